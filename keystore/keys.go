@@ -1,0 +1,198 @@
+package keystore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/tink-crypto/tink-go/v2/keyset"
+
+	"github.com/custos-kms/custos/keystore/storage"
+)
+
+// CreateKey creates a key with version 1 as its primary. It returns
+// ErrNotFound for an unknown tenant and ErrAlreadyExists if the id is taken.
+func (s *Service) CreateKey(ctx context.Context, ref KeyRef, spec KeySpec) (Key, error) {
+	if !ValidID(ref.Tenant) || !ValidID(ref.Key) {
+		return Key{}, fmt.Errorf("%w: key %q is malformed", ErrInvalidArgument, truncate(ref.String()))
+	}
+	if spec.Purpose != PurposeEncrypt {
+		return Key{}, fmt.Errorf("%w: key.purpose %v is not supported", ErrInvalidArgument, spec.Purpose)
+	}
+	if spec.RotationPeriod < 0 || (spec.RotationPeriod > 0 && spec.RotationPeriod < time.Hour) {
+		return Key{}, fmt.Errorf("%w: key.rotation_period must be zero or at least 1h", ErrInvalidArgument)
+	}
+	kek, err := s.activeTenantKEK(ctx, ref.Tenant)
+	if err != nil {
+		return Key{}, err
+	}
+	h, err := addVersion(nil, spec.Purpose, 1)
+	if err != nil {
+		return Key{}, err
+	}
+	sealed, err := sealKeyset(h, kek, ref)
+	if err != nil {
+		return Key{}, err
+	}
+	now := s.now().UTC()
+	rec := &keyRecord{
+		Format:     recordFormat,
+		Purpose:    spec.Purpose,
+		CreateTime: now,
+		Primary:    1,
+		Versions:   []versionRecord{{Version: 1, State: VersionEnabled, CreateTime: now}},
+		Keyset:     sealed,
+	}
+	if spec.RotationPeriod > 0 {
+		rec.RotationPeriod = spec.RotationPeriod
+		rec.NextRotationTime = now.Add(spec.RotationPeriod)
+	}
+	b, err := encodeRecord(rec)
+	if err != nil {
+		return Key{}, err
+	}
+	if _, err := s.store.Put(ctx, keyStorageKey(ref), b, 0); err != nil {
+		if errors.Is(err, storage.ErrConflict) {
+			return Key{}, fmt.Errorf("key %s: %w", ref, ErrAlreadyExists)
+		}
+		return Key{}, storageErr("create key", err)
+	}
+	if prim, err := newPrimitives(rec.Purpose, h); err == nil {
+		s.keys.put(ref, &keyEntry{ref: ref, rec: rec, prim: prim})
+	}
+	return rec.toKey(ref), nil
+}
+
+// GetKey returns a key's metadata, read from storage.
+func (s *Service) GetKey(ctx context.Context, ref KeyRef) (Key, error) {
+	if !ValidID(ref.Tenant) || !ValidID(ref.Key) {
+		return Key{}, fmt.Errorf("%w: key %q is malformed", ErrInvalidArgument, truncate(ref.String()))
+	}
+	if _, _, err := s.readTenant(ctx, ref.Tenant); err != nil {
+		return Key{}, err
+	}
+	rec, _, err := s.readKey(ctx, ref)
+	if err != nil {
+		return Key{}, err
+	}
+	return rec.toKey(ref), nil
+}
+
+// ListKeys returns up to size keys of a tenant in id order after the page
+// token, and the next page's token ("" on the last page).
+func (s *Service) ListKeys(ctx context.Context, tenant string, size int, token string) ([]Key, string, error) {
+	if !ValidID(tenant) {
+		return nil, "", fmt.Errorf("%w: parent %q is malformed", ErrInvalidArgument, truncate(tenant))
+	}
+	size, err := pageSize(size)
+	if err != nil {
+		return nil, "", err
+	}
+	after, err := decodePageToken(token)
+	if err != nil {
+		return nil, "", err
+	}
+	if _, _, err := s.readTenant(ctx, tenant); err != nil {
+		return nil, "", err
+	}
+	prefix := keyStoragePrefix(tenant)
+	if after != "" {
+		after = prefix + after
+	}
+	recs, err := s.store.List(ctx, prefix, after, size+1)
+	if err != nil {
+		return nil, "", storageErr("list keys", err)
+	}
+	var next string
+	if len(recs) > size {
+		recs = recs[:size]
+		next = encodePageToken(strings.TrimPrefix(recs[size-1].Key, prefix))
+	}
+	out := make([]Key, 0, len(recs))
+	for _, r := range recs {
+		ref := KeyRef{Tenant: tenant, Key: strings.TrimPrefix(r.Key, prefix)}
+		rec, err := decodeKey(r.Value)
+		if err != nil {
+			return nil, "", fmt.Errorf("key %s: %w", ref, err)
+		}
+		out = append(out, rec.toKey(ref))
+	}
+	return out, next, nil
+}
+
+// RotateKey adds a new version and makes it primary. Older versions keep
+// decrypting. Concurrent rotations on any number of replicas each add exactly
+// one version (compare-and-swap with retry).
+func (s *Service) RotateKey(ctx context.Context, ref KeyRef) (Key, error) {
+	return s.updateKey(ctx, ref, "rotate key", func(rec *keyRecord, h *keyset.Handle) (*keyset.Handle, error) {
+		next := rec.maxVersion() + 1
+		nh, err := addVersion(h, rec.Purpose, next)
+		if err != nil {
+			return nil, err
+		}
+		now := s.now().UTC()
+		rec.Versions = append(rec.Versions, versionRecord{Version: next, State: VersionEnabled, CreateTime: now})
+		rec.Primary = next
+		if rec.RotationPeriod > 0 {
+			rec.NextRotationTime = now.Add(rec.RotationPeriod)
+		}
+		return nh, nil
+	})
+}
+
+// updateKey runs a read-modify-write of a key's record and keyset with
+// compare-and-swap, retrying when another writer got there first. mutate
+// changes rec in place and returns the new keyset (or h unchanged, or nil
+// for "no keyset change").
+func (s *Service) updateKey(ctx context.Context, ref KeyRef, op string, mutate func(rec *keyRecord, h *keyset.Handle) (*keyset.Handle, error)) (Key, error) {
+	if !ValidID(ref.Tenant) || !ValidID(ref.Key) {
+		return Key{}, fmt.Errorf("%w: key %q is malformed", ErrInvalidArgument, truncate(ref.String()))
+	}
+	for range maxCASRetries {
+		kek, err := s.activeTenantKEK(ctx, ref.Tenant)
+		if err != nil {
+			return Key{}, err
+		}
+		rec, ver, err := s.readKey(ctx, ref)
+		if err != nil {
+			return Key{}, err
+		}
+		h, err := openKeyset(rec.Keyset, kek, ref)
+		if err != nil {
+			s.logger.Error("stored keyset failed authentication", "key", ref.String())
+			return Key{}, err
+		}
+		nh, err := mutate(rec, h)
+		if err != nil {
+			return Key{}, fmt.Errorf("%s %s: %w", op, ref, err)
+		}
+		if nh == nil {
+			nh = h
+		}
+		if nh != h {
+			if rec.Keyset, err = sealKeyset(nh, kek, ref); err != nil {
+				return Key{}, err
+			}
+		}
+		b, err := encodeRecord(rec)
+		if err != nil {
+			return Key{}, err
+		}
+		_, err = s.store.Put(ctx, keyStorageKey(ref), b, ver)
+		if errors.Is(err, storage.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return Key{}, storageErr(op, err)
+		}
+		if prim, err := newPrimitives(rec.Purpose, nh); err == nil {
+			s.keys.put(ref, &keyEntry{ref: ref, rec: rec, prim: prim})
+		} else {
+			s.keys.remove(ref)
+		}
+		return rec.toKey(ref), nil
+	}
+	return Key{}, fmt.Errorf("%s %s: %w", op, ref, ErrAborted)
+}

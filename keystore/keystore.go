@@ -1,0 +1,247 @@
+// Package keystore holds Custos's key hierarchy: tenants, their KEKs wrapped by
+// the root, keys whose Tink keysets are wrapped by the tenant KEK, and the
+// versions that encrypt data. It speaks native Go types; gRPC lives in server/.
+//
+//	root (local file, Vault Transit, KMS, HSM)
+//	  └─ tenant KEK, AES-256, wrapped with AAD "custos:tenant:<tenant>"
+//	       └─ key's Tink keyset, wrapped with AAD "custos:key:<tenant>/<key>"
+//	            └─ key versions encrypt data with the caller's associated data
+//
+// Unwrapped material is cached (bounded size and TTL) so the root is called
+// once per tenant per cache lifetime, never per request.
+package keystore
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/tink-crypto/tink-go/v2/tink"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/custos-kms/custos/keystore/root"
+	"github.com/custos-kms/custos/keystore/storage"
+)
+
+// Defaults for Config.
+const (
+	DefaultCacheSize = 10000
+	DefaultCacheTTL  = 5 * time.Minute
+	// maxCASRetries bounds read-modify-write loops under contention.
+	maxCASRetries = 64
+	// DefaultPageSize and MaxPageSize bound List calls.
+	DefaultPageSize = 100
+	MaxPageSize     = 1000
+)
+
+// Config configures a Service.
+type Config struct {
+	// Storage persists tenants and keys. Required.
+	Storage storage.Store
+	// Root wraps tenant KEKs. Required.
+	Root root.Root
+	// CacheSize bounds the number of cached tenant KEKs and, separately, of
+	// cached keys. Default DefaultCacheSize.
+	CacheSize int
+	// CacheTTL is how long unwrapped material stays cached. Default DefaultCacheTTL.
+	CacheTTL time.Duration
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+	// Rand is the source of tenant KEKs. Default crypto/rand.Reader.
+	Rand io.Reader
+	// Logger receives internal failures (never key material). Default slog.Default().
+	Logger *slog.Logger
+}
+
+// Service is the keystore. It is safe for concurrent use.
+type Service struct {
+	store  storage.Store
+	root   root.Root
+	now    func() time.Time
+	rand   io.Reader
+	logger *slog.Logger
+
+	keks  *lru[string, tink.AEAD]
+	keys  *lru[KeyRef, *keyEntry]
+	loads singleflight.Group
+}
+
+// keyEntry is a cached, unwrapped key: an immutable snapshot of its record
+// and the primitives of its enabled versions.
+type keyEntry struct {
+	ref  KeyRef
+	rec  *keyRecord
+	prim primitives
+}
+
+// New returns a Service.
+func New(cfg Config) (*Service, error) {
+	if cfg.Storage == nil || cfg.Root == nil {
+		return nil, errors.New("keystore: Storage and Root are required")
+	}
+	if cfg.CacheSize <= 0 {
+		cfg.CacheSize = DefaultCacheSize
+	}
+	if cfg.CacheTTL <= 0 {
+		cfg.CacheTTL = DefaultCacheTTL
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Reader
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Service{
+		store:  cfg.Storage,
+		root:   cfg.Root,
+		now:    cfg.Now,
+		rand:   cfg.Rand,
+		logger: cfg.Logger,
+		keks:   newLRU[string, tink.AEAD](cfg.CacheSize, cfg.CacheTTL, cfg.Now),
+		keys:   newLRU[KeyRef, *keyEntry](cfg.CacheSize, cfg.CacheTTL, cfg.Now),
+	}, nil
+}
+
+// storageErr maps a storage failure to a keystore error, with context.
+func storageErr(op string, err error) error {
+	switch {
+	case errors.Is(err, storage.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("%s: %w: storage: %v", op, ErrUnavailable, err)
+	case errors.Is(err, context.Canceled):
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	return fmt.Errorf("%s: storage: %w", op, err)
+}
+
+// rootErr maps a root failure to a keystore error.
+func rootErr(op string, err error) error {
+	switch {
+	case errors.Is(err, root.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("%s: %w: root: %v", op, ErrUnavailable, err)
+	case errors.Is(err, root.ErrNotAuthentic):
+		return fmt.Errorf("%s: %w: root refused the wrapped KEK", op, ErrIntegrity)
+	case errors.Is(err, context.Canceled):
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	return fmt.Errorf("%s: root: %w", op, err)
+}
+
+// readTenant reads a tenant's record and its storage version.
+func (s *Service) readTenant(ctx context.Context, tenant string) (*tenantRecord, uint64, error) {
+	r, err := s.store.Get(ctx, tenantStorageKey(tenant))
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, 0, fmt.Errorf("tenant %q: %w", tenant, ErrNotFound)
+	}
+	if err != nil {
+		return nil, 0, storageErr("read tenant", err)
+	}
+	rec, err := decodeTenant(r.Value)
+	if err != nil {
+		return nil, 0, fmt.Errorf("tenant %q: %w", tenant, err)
+	}
+	return rec, r.Version, nil
+}
+
+// activeTenantKEK returns the KEK of an active tenant, from cache or by
+// asking the root once.
+func (s *Service) activeTenantKEK(ctx context.Context, tenant string) (tink.AEAD, error) {
+	rec, _, err := s.readTenant(ctx, tenant)
+	if err != nil {
+		return nil, err
+	}
+	if rec.State != TenantActive {
+		return nil, fmt.Errorf("tenant %q: %w", tenant, ErrTenantDeleted)
+	}
+	if kek, ok := s.keks.get(tenant); ok {
+		return kek, nil
+	}
+	v, err, _ := s.loads.Do("kek\x00"+tenant, func() (any, error) {
+		if kek, ok := s.keks.get(tenant); ok {
+			return kek, nil
+		}
+		raw, err := s.root.Unwrap(ctx, rec.WrappedKEK, tenantKEKAAD(tenant))
+		if err != nil {
+			return nil, rootErr(fmt.Sprintf("unwrap KEK of tenant %q", tenant), err)
+		}
+		kek, err := newKEKAEAD(raw)
+		clear(raw)
+		if err != nil {
+			return nil, err
+		}
+		s.keks.put(tenant, kek)
+		return kek, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(tink.AEAD), nil
+}
+
+// readKey reads a key's record and storage version.
+func (s *Service) readKey(ctx context.Context, ref KeyRef) (*keyRecord, uint64, error) {
+	r, err := s.store.Get(ctx, keyStorageKey(ref))
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, 0, fmt.Errorf("key %s: %w", ref, ErrNotFound)
+	}
+	if err != nil {
+		return nil, 0, storageErr("read key", err)
+	}
+	rec, err := decodeKey(r.Value)
+	if err != nil {
+		return nil, 0, fmt.Errorf("key %s: %w", ref, err)
+	}
+	return rec, r.Version, nil
+}
+
+// key returns the cached key entry, loading it on a miss.
+func (s *Service) key(ctx context.Context, ref KeyRef) (*keyEntry, error) {
+	if e, ok := s.keys.get(ref); ok {
+		return e, nil
+	}
+	return s.loadKey(ctx, ref)
+}
+
+// loadKey loads a key from storage into the cache; concurrent loads of one
+// key share one storage read and one unwrap.
+func (s *Service) loadKey(ctx context.Context, ref KeyRef) (*keyEntry, error) {
+	v, err, _ := s.loads.Do("key\x00"+ref.String(), func() (any, error) {
+		kek, err := s.activeTenantKEK(ctx, ref.Tenant)
+		if err != nil {
+			return nil, err
+		}
+		rec, _, err := s.readKey(ctx, ref)
+		if err != nil {
+			return nil, err
+		}
+		e, err := s.newKeyEntry(ref, rec, kek)
+		if err != nil {
+			return nil, err
+		}
+		s.keys.put(ref, e)
+		return e, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*keyEntry), nil
+}
+
+func (s *Service) newKeyEntry(ref KeyRef, rec *keyRecord, kek tink.AEAD) (*keyEntry, error) {
+	h, err := openKeyset(rec.Keyset, kek, ref)
+	if err != nil {
+		s.logger.Error("stored keyset failed authentication", "key", ref.String())
+		return nil, err
+	}
+	prim, err := newPrimitives(rec.Purpose, h)
+	if err != nil {
+		return nil, fmt.Errorf("key %s: %w", ref, err)
+	}
+	return &keyEntry{ref: ref, rec: rec, prim: prim}, nil
+}

@@ -1,0 +1,39 @@
+package keystore
+
+import (
+	"encoding/base64"
+	"fmt"
+)
+
+// Page tokens are opaque to callers: the base64url of "p1:" and the last id of
+// the previous page. Anything else is rejected as INVALID_ARGUMENT.
+const pageTokenPrefix = "p1:"
+
+func encodePageToken(lastID string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(pageTokenPrefix + lastID))
+}
+
+func decodePageToken(tok string) (string, error) {
+	if tok == "" {
+		return "", nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(tok)
+	if err == nil && len(b) > len(pageTokenPrefix) && string(b[:len(pageTokenPrefix)]) == pageTokenPrefix {
+		if id := string(b[len(pageTokenPrefix):]); ValidID(id) {
+			return id, nil
+		}
+	}
+	return "", fmt.Errorf("%w: page_token is malformed", ErrInvalidArgument)
+}
+
+func pageSize(n int) (int, error) {
+	switch {
+	case n < 0:
+		return 0, fmt.Errorf("%w: page_size must not be negative", ErrInvalidArgument)
+	case n == 0:
+		return DefaultPageSize, nil
+	case n > MaxPageSize:
+		return MaxPageSize, nil
+	}
+	return n, nil
+}

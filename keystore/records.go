@@ -1,0 +1,122 @@
+package keystore
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Storage keys. Tenant and key ids cannot contain '/', so prefixes are unambiguous.
+const (
+	tenantPrefix = "tenants/"
+	keyPrefix    = "keys/"
+)
+
+func tenantStorageKey(tenant string) string { return tenantPrefix + tenant }
+func keyStoragePrefix(tenant string) string { return keyPrefix + tenant + "/" }
+func keyStorageKey(r KeyRef) string         { return keyStoragePrefix(r.Tenant) + r.Key }
+
+// recordFormat is the version of the JSON records below.
+const recordFormat = 1
+
+// tenantRecord is what storage holds for a tenant.
+type tenantRecord struct {
+	Format     int         `json:"format"`
+	State      TenantState `json:"state"`
+	CreateTime time.Time   `json:"create_time"`
+	DeleteTime time.Time   `json:"delete_time,omitzero"`
+	// WrappedKEK is the tenant KEK wrapped by the root with AAD tenantKEKAAD.
+	WrappedKEK []byte `json:"wrapped_kek"`
+}
+
+// keyRecord is what storage holds for a key.
+type keyRecord struct {
+	Format               int             `json:"format"`
+	Purpose              Purpose         `json:"purpose"`
+	CreateTime           time.Time       `json:"create_time"`
+	Primary              uint32          `json:"primary"`
+	Versions             []versionRecord `json:"versions"`
+	RotationPeriod       time.Duration   `json:"rotation_period,omitzero"`
+	NextRotationTime     time.Time       `json:"next_rotation_time,omitzero"`
+	MinDecryptionVersion uint32          `json:"min_decryption_version,omitzero"`
+	// Keyset is the Tink keyset encrypted under the tenant KEK with AAD
+	// keysetAAD (a serialized Tink EncryptedKeyset).
+	Keyset []byte `json:"keyset"`
+}
+
+type versionRecord struct {
+	Version      uint32       `json:"version"`
+	State        VersionState `json:"state"`
+	CreateTime   time.Time    `json:"create_time"`
+	DestroyTime  time.Time    `json:"destroy_time,omitzero"`
+	EncryptCount uint64       `json:"encrypt_count,omitzero"`
+}
+
+func (r *keyRecord) version(v uint32) (*versionRecord, bool) {
+	for i := range r.Versions {
+		if r.Versions[i].Version == v {
+			return &r.Versions[i], true
+		}
+	}
+	return nil, false
+}
+
+func (r *keyRecord) maxVersion() uint32 {
+	var m uint32
+	for _, v := range r.Versions {
+		m = max(m, v.Version)
+	}
+	return m
+}
+
+func encodeRecord(v any) ([]byte, error) { return json.Marshal(v) }
+
+func decodeTenant(b []byte) (*tenantRecord, error) {
+	var r tenantRecord
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("%w: decode tenant record: %v", ErrIntegrity, err)
+	}
+	if r.Format != recordFormat {
+		return nil, fmt.Errorf("%w: tenant record format %d not supported", ErrIntegrity, r.Format)
+	}
+	return &r, nil
+}
+
+func decodeKey(b []byte) (*keyRecord, error) {
+	var r keyRecord
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("%w: decode key record: %v", ErrIntegrity, err)
+	}
+	if r.Format != recordFormat {
+		return nil, fmt.Errorf("%w: key record format %d not supported", ErrIntegrity, r.Format)
+	}
+	return &r, nil
+}
+
+func (r *tenantRecord) toTenant(id string) Tenant {
+	return Tenant{ID: id, State: r.State, CreateTime: r.CreateTime, DeleteTime: r.DeleteTime}
+}
+
+func (r *keyRecord) toKey(ref KeyRef) Key {
+	k := Key{
+		Tenant:               ref.Tenant,
+		ID:                   ref.Key,
+		Purpose:              r.Purpose,
+		PrimaryVersion:       r.Primary,
+		RotationPeriod:       r.RotationPeriod,
+		NextRotationTime:     r.NextRotationTime,
+		MinDecryptionVersion: r.MinDecryptionVersion,
+		CreateTime:           r.CreateTime,
+		Versions:             make([]KeyVersion, len(r.Versions)),
+	}
+	for i, v := range r.Versions {
+		k.Versions[i] = KeyVersion(v)
+	}
+	return k
+}
+
+// tenantKEKAAD binds a wrapped KEK to its tenant.
+func tenantKEKAAD(tenant string) []byte { return []byte("custos:tenant:" + tenant) }
+
+// keysetAAD binds a wrapped keyset to its tenant and key.
+func keysetAAD(r KeyRef) []byte { return []byte("custos:key:" + r.Tenant + "/" + r.Key) }

@@ -1,0 +1,136 @@
+// Package local is the root provider for development and tests: a 32-byte
+// AES-256 key in a file readable by its owner only. Production deployments
+// keep the root in Vault Transit, a cloud KMS or an HSM instead.
+package local
+
+import (
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+
+	"github.com/custos-kms/custos/keystore/root"
+)
+
+// KeySize is the size of the root key file: AES-256.
+const KeySize = 32
+
+// Wrapped blobs are formatVersion | 12-byte nonce | AES-256-GCM(ciphertext || tag).
+const (
+	formatVersion = 0x01
+	nonceSize     = 12
+	overhead      = 1 + nonceSize + 16
+)
+
+// Root is a local root key. It never exposes the key.
+type Root struct {
+	aead cipher.AEAD
+}
+
+var _ root.Root = (*Root)(nil)
+
+// Open loads the root key file at path. It refuses a file that is group- or
+// world-accessible, or that does not hold exactly KeySize bytes.
+func Open(path string) (*Root, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("local root: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("local root: %w", err)
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("local root: %s has mode %04o; it must not be accessible by group or others (chmod 600)", path, st.Mode().Perm())
+	}
+	if !st.Mode().IsRegular() || st.Size() != KeySize {
+		return nil, fmt.Errorf("local root: %s must be a regular file of exactly %d bytes", path, KeySize)
+	}
+	key := make([]byte, KeySize)
+	defer clear(key)
+	if _, err := io.ReadFull(f, key); err != nil {
+		return nil, fmt.Errorf("local root: read %s: %w", path, err)
+	}
+	return newRoot(key)
+}
+
+// Create writes a fresh random root key to path with mode 0600 and opens it.
+// It fails if path exists.
+func Create(path string) (*Root, error) {
+	key := make([]byte, KeySize)
+	defer clear(key)
+	if _, err := io.ReadFull(rand.Reader, key); err != nil {
+		return nil, fmt.Errorf("local root: generate key: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("local root: %w", err)
+	}
+	if _, err := f.Write(key); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("local root: write %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("local root: sync %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return nil, fmt.Errorf("local root: close %s: %w", path, err)
+	}
+	return newRoot(key)
+}
+
+// OpenOrCreate opens path, creating a fresh key there first if it does not exist.
+func OpenOrCreate(path string) (*Root, error) {
+	r, err := Create(path)
+	if errors.Is(err, fs.ErrExist) {
+		return Open(path)
+	}
+	return r, err
+}
+
+func newRoot(key []byte) (*Root, error) {
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, fmt.Errorf("local root: %w", err)
+	}
+	a, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, fmt.Errorf("local root: %w", err)
+	}
+	return &Root{aead: a}, nil
+}
+
+// Wrap encrypts plaintext under the root key, binding aad.
+func (r *Root) Wrap(ctx context.Context, plaintext, aad []byte) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("local root: wrap: %w", err)
+	}
+	out := make([]byte, 1+nonceSize, overhead+len(plaintext))
+	out[0] = formatVersion
+	if _, err := io.ReadFull(rand.Reader, out[1:]); err != nil {
+		return nil, fmt.Errorf("local root: nonce: %w", err)
+	}
+	return r.aead.Seal(out, out[1:], plaintext, aad), nil
+}
+
+// Unwrap decrypts a blob made by Wrap with the same aad.
+func (r *Root) Unwrap(ctx context.Context, wrapped, aad []byte) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("local root: unwrap: %w", err)
+	}
+	if len(wrapped) < overhead || wrapped[0] != formatVersion {
+		return nil, fmt.Errorf("local root: %w", root.ErrNotAuthentic)
+	}
+	pt, err := r.aead.Open(nil, wrapped[1:1+nonceSize], wrapped[1+nonceSize:], aad)
+	if err != nil {
+		return nil, fmt.Errorf("local root: %w", root.ErrNotAuthentic)
+	}
+	return pt, nil
+}

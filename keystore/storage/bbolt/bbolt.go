@@ -1,0 +1,252 @@
+// Package bbolt is a storage.Store in a single local file, built on
+// go.etcd.io/bbolt. Every write is its own transaction and is synced to disk
+// before it returns. Only one Store, in one process, can have a file open.
+package bbolt
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/custos-kms/custos/keystore/storage"
+	"github.com/custos-kms/custos/keystore/storage/internal/validate"
+)
+
+var _ storage.Store = (*Store)(nil)
+
+// DefaultTimeout is how long Open waits for the file lock when
+// Options.Timeout is not set.
+const DefaultTimeout = time.Second
+
+// ErrLocked is wrapped by the error Open returns when another process, or
+// another Store in this process, holds the file's lock for longer than
+// Options.Timeout.
+var ErrLocked = errors.New("bbolt: database file is locked by another process")
+
+// Options configures Open.
+type Options struct {
+	// Timeout is how long Open waits for another holder to release the
+	// file's lock. Zero or negative means DefaultTimeout.
+	Timeout time.Duration
+}
+
+// bucket holds every record. A record's value is its version as 8 bytes
+// big-endian followed by the stored bytes. The bucket's sequence is the last
+// version handed out, so versions are never reused, even after a Delete.
+var bucket = []byte("records")
+
+const versionLen = 8
+
+// Store is a storage.Store backed by a bbolt file. Create one with Open.
+type Store struct {
+	// mu is held for reading by every operation and for writing by Close, so
+	// Close waits for operations in flight and none start after it.
+	mu     sync.RWMutex
+	closed bool
+	db     *bolt.DB
+	path   string
+}
+
+// Open opens the store in the file at path, creating it with mode 0600 if
+// it does not exist. If the file stays locked by another holder for
+// opts.Timeout, Open returns an error wrapping ErrLocked.
+func Open(path string, opts Options) (*Store, error) {
+	timeout := opts.Timeout
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, fmt.Errorf("bbolt: open %s: gave up after %v: %w", path, timeout, ErrLocked)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("bbolt: open %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(bucket)
+		return err
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("bbolt: open %s: create bucket: %w", path, err)
+	}
+	return &Store{db: db, path: path}, nil
+}
+
+// Get returns the record stored under key, or an error wrapping
+// storage.ErrNotFound.
+func (s *Store) Get(ctx context.Context, key string) (storage.Record, error) {
+	if err := validate.Key(key); err != nil {
+		return storage.Record{}, fmt.Errorf("bbolt: get: %w", err)
+	}
+	rec := storage.Record{Key: key}
+	err := s.view(ctx, func(b *bolt.Bucket) error {
+		raw := b.Get([]byte(key))
+		if raw == nil {
+			return storage.ErrNotFound
+		}
+		var err error
+		rec.Value, rec.Version, err = decode(raw)
+		return err
+	})
+	if err != nil {
+		return storage.Record{}, fmt.Errorf("bbolt: get %q: %w", key, err)
+	}
+	return rec, nil
+}
+
+// Put stores value under key if the stored version equals expect (0: the key
+// must not exist) and returns the new version.
+func (s *Store) Put(ctx context.Context, key string, value []byte, expect uint64) (uint64, error) {
+	if err := validate.Key(key); err != nil {
+		return 0, fmt.Errorf("bbolt: put: %w", err)
+	}
+	if err := validate.Value(value); err != nil {
+		return 0, fmt.Errorf("bbolt: put %q: %w", key, err)
+	}
+	var version uint64
+	err := s.update(ctx, func(b *bolt.Bucket) error {
+		if err := checkVersion(b, key, expect, false); err != nil {
+			return err
+		}
+		var err error
+		if version, err = b.NextSequence(); err != nil {
+			return err
+		}
+		raw := make([]byte, versionLen+len(value))
+		binary.BigEndian.PutUint64(raw, version)
+		copy(raw[versionLen:], value)
+		return b.Put([]byte(key), raw)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("bbolt: put %q: %w", key, err)
+	}
+	return version, nil
+}
+
+// Delete removes the record under key if its version equals expect.
+func (s *Store) Delete(ctx context.Context, key string, expect uint64) error {
+	if err := validate.Key(key); err != nil {
+		return fmt.Errorf("bbolt: delete: %w", err)
+	}
+	err := s.update(ctx, func(b *bolt.Bucket) error {
+		if err := checkVersion(b, key, expect, true); err != nil {
+			return err
+		}
+		return b.Delete([]byte(key))
+	})
+	if err != nil {
+		return fmt.Errorf("bbolt: delete %q: %w", key, err)
+	}
+	return nil
+}
+
+// List returns at most limit records whose keys start with prefix and sort
+// strictly after after, in ascending byte-wise key order.
+func (s *Store) List(ctx context.Context, prefix, after string, limit int) ([]storage.Record, error) {
+	if err := validate.Limit(limit); err != nil {
+		return nil, fmt.Errorf("bbolt: list %q: %w", prefix, err)
+	}
+	var out []storage.Record
+	err := s.view(ctx, func(b *bolt.Bucket) error {
+		p := []byte(prefix)
+		c := b.Cursor()
+		k, raw := c.Seek([]byte(max(prefix, after)))
+		if string(k) == after {
+			k, raw = c.Next()
+		}
+		for ; k != nil && bytes.HasPrefix(k, p) && len(out) < limit; k, raw = c.Next() {
+			value, version, err := decode(raw)
+			if err != nil {
+				return fmt.Errorf("record %q: %w", k, err)
+			}
+			out = append(out, storage.Record{Key: string(k), Value: value, Version: version})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bbolt: list %q: %w", prefix, err)
+	}
+	return out, nil
+}
+
+// Close waits for operations in flight and closes the file. Every later
+// call, including Close, returns an error wrapping storage.ErrClosed.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return fmt.Errorf("bbolt: close %s: %w", s.path, storage.ErrClosed)
+	}
+	s.closed = true
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("bbolt: close %s: %w", s.path, err)
+	}
+	return nil
+}
+
+// checkVersion returns storage.ErrConflict unless the record under key has
+// version expect. A missing record has version 0, unless missingIsNotFound,
+// in which case it is storage.ErrNotFound.
+func checkVersion(b *bolt.Bucket, key string, expect uint64, missingIsNotFound bool) error {
+	var found uint64
+	if raw := b.Get([]byte(key)); raw != nil {
+		var err error
+		if _, found, err = decode(raw); err != nil {
+			return err
+		}
+	} else if missingIsNotFound {
+		return storage.ErrNotFound
+	}
+	if found != expect {
+		return fmt.Errorf("expected version %d, found %d: %w", expect, found, storage.ErrConflict)
+	}
+	return nil
+}
+
+// view runs fn on the records bucket in a read-only transaction.
+func (s *Store) view(ctx context.Context, fn func(*bolt.Bucket) error) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return storage.ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return s.db.View(func(tx *bolt.Tx) error { return fn(tx.Bucket(bucket)) })
+}
+
+// update runs fn on the records bucket in a read-write transaction, which
+// commits if fn returns nil.
+func (s *Store) update(ctx context.Context, fn func(*bolt.Bucket) error) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return storage.ErrClosed
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		// Checked once the write lock is held, so a caller that gave up
+		// while waiting for it does not write.
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		return fn(tx.Bucket(bucket))
+	})
+}
+
+// decode splits a stored record into a copy of its value and its version.
+func decode(raw []byte) ([]byte, uint64, error) {
+	if len(raw) < versionLen {
+		return nil, 0, fmt.Errorf("corrupt record of %d bytes", len(raw))
+	}
+	value := make([]byte, len(raw)-versionLen)
+	copy(value, raw[versionLen:])
+	return value, binary.BigEndian.Uint64(raw), nil
+}

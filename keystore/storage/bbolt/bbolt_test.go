@@ -1,0 +1,114 @@
+package bbolt_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/custos-kms/custos/keystore/storage"
+	"github.com/custos-kms/custos/keystore/storage/bbolt"
+	"github.com/custos-kms/custos/keystore/storage/storagetest"
+)
+
+func TestConformance(t *testing.T) {
+	storagetest.Test(t, func(t *testing.T) storage.Store {
+		return open(t, filepath.Join(t.TempDir(), "custos.db"), bbolt.Options{})
+	})
+}
+
+func TestReopenKeepsRecordsAndVersions(t *testing.T) {
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "custos.db")
+	s := open(t, path, bbolt.Options{})
+	a1 := put(t, s, "a", "one", 0)
+	a2 := put(t, s, "a", "two", a1)
+	b := put(t, s, "b", "bee", 0)
+	gone := put(t, s, "gone", "x", 0)
+	if err := s.Delete(ctx, "gone", gone); err != nil {
+		t.Fatalf("Delete = %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close = %v", err)
+	}
+
+	if fi, err := os.Stat(path); err != nil {
+		t.Fatal(err)
+	} else if perm := fi.Mode().Perm(); perm != 0o600 {
+		t.Errorf("file mode = %v, want 0600", perm)
+	}
+
+	s = open(t, path, bbolt.Options{})
+	defer s.Close()
+	got, err := s.List(ctx, "", "", 10)
+	if err != nil {
+		t.Fatalf("List after reopen = %v", err)
+	}
+	want := []storage.Record{{Key: "a", Value: []byte("two"), Version: a2}, {Key: "b", Value: []byte("bee"), Version: b}}
+	if len(got) != len(want) {
+		t.Fatalf("List after reopen = %d records, want %d", len(got), len(want))
+	}
+	for i := range want {
+		if got[i].Key != want[i].Key || string(got[i].Value) != string(want[i].Value) || got[i].Version != want[i].Version {
+			t.Errorf("record %d after reopen = {%q %q %d}, want {%q %q %d}", i,
+				got[i].Key, got[i].Value, got[i].Version, want[i].Key, want[i].Value, want[i].Version)
+		}
+	}
+	if v := put(t, s, "gone", "again", 0); v <= gone {
+		t.Errorf("recreated key after reopen got version %d, want > %d", v, gone)
+	}
+	if v := put(t, s, "a", "three", a2); v <= gone {
+		t.Errorf("update after reopen got version %d, want > %d", v, gone)
+	}
+}
+
+func TestSecondOpenFailsWhileLocked(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "custos.db")
+	first := open(t, path, bbolt.Options{})
+
+	for _, timeout := range []time.Duration{200 * time.Millisecond, 0} {
+		wait := timeout
+		if wait == 0 {
+			wait = bbolt.DefaultTimeout
+		}
+		start := time.Now()
+		s, err := bbolt.Open(path, bbolt.Options{Timeout: timeout})
+		elapsed := time.Since(start)
+		if err == nil {
+			s.Close()
+			t.Fatalf("second Open with Timeout %v succeeded while the file was open", timeout)
+		}
+		if !errors.Is(err, bbolt.ErrLocked) || !strings.Contains(err.Error(), "locked") {
+			t.Errorf("second Open with Timeout %v = %v, want an error wrapping ErrLocked", timeout, err)
+		}
+		// bbolt retries the lock every 50ms and may give up one retry early.
+		if elapsed < wait/2 || elapsed > wait+2*time.Second {
+			t.Errorf("second Open with Timeout %v failed after %v, want about %v", timeout, elapsed, wait)
+		}
+	}
+
+	if err := first.Close(); err != nil {
+		t.Fatalf("Close = %v", err)
+	}
+	open(t, path, bbolt.Options{Timeout: 200 * time.Millisecond}).Close()
+}
+
+func open(t *testing.T, path string, opts bbolt.Options) *bbolt.Store {
+	t.Helper()
+	s, err := bbolt.Open(path, opts)
+	if err != nil {
+		t.Fatalf("Open = %v", err)
+	}
+	return s
+}
+
+func put(t *testing.T, s storage.Store, key, value string, expect uint64) uint64 {
+	t.Helper()
+	v, err := s.Put(t.Context(), key, []byte(value), expect)
+	if err != nil {
+		t.Fatalf("Put(%q, expect %d) = %v", key, expect, err)
+	}
+	return v
+}

@@ -1,0 +1,156 @@
+package keystore
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// idPattern is the syntax of tenant and key ids.
+var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+
+// ValidID reports whether s is a valid tenant or key id.
+func ValidID(s string) bool { return idPattern.MatchString(s) }
+
+// TenantState is a tenant's lifecycle state.
+type TenantState int
+
+// Tenant states.
+const (
+	TenantActive TenantState = iota + 1
+	TenantDeleteScheduled
+)
+
+// String returns the state's name.
+func (s TenantState) String() string {
+	switch s {
+	case TenantActive:
+		return "ACTIVE"
+	case TenantDeleteScheduled:
+		return "DELETE_SCHEDULED"
+	}
+	return fmt.Sprintf("TenantState(%d)", int(s))
+}
+
+// Purpose says what a key does; it is fixed at creation.
+type Purpose int
+
+// Key purposes.
+const (
+	// PurposeEncrypt is AES-256-GCM randomized encryption (Tink AEAD).
+	PurposeEncrypt Purpose = iota + 1
+)
+
+// String returns the purpose's name.
+func (p Purpose) String() string {
+	switch p {
+	case PurposeEncrypt:
+		return "ENCRYPT"
+	}
+	return fmt.Sprintf("Purpose(%d)", int(p))
+}
+
+// VersionState is a key version's state.
+type VersionState int
+
+// Key version states.
+const (
+	VersionEnabled VersionState = iota + 1
+	VersionDisabled
+	VersionDestroyScheduled
+	VersionDestroyed
+)
+
+// String returns the state's name.
+func (s VersionState) String() string {
+	switch s {
+	case VersionEnabled:
+		return "ENABLED"
+	case VersionDisabled:
+		return "DISABLED"
+	case VersionDestroyScheduled:
+		return "DESTROY_SCHEDULED"
+	case VersionDestroyed:
+		return "DESTROYED"
+	}
+	return fmt.Sprintf("VersionState(%d)", int(s))
+}
+
+// Tenant is a tenant's metadata. It holds no key material.
+type Tenant struct {
+	ID         string
+	State      TenantState
+	CreateTime time.Time
+	// DeleteTime is set while the tenant is scheduled for deletion.
+	DeleteTime time.Time
+}
+
+// Key is a key's metadata. It holds no key material.
+type Key struct {
+	Tenant         string
+	ID             string
+	Purpose        Purpose
+	PrimaryVersion uint32
+	// Versions in ascending order.
+	Versions             []KeyVersion
+	RotationPeriod       time.Duration
+	NextRotationTime     time.Time
+	MinDecryptionVersion uint32
+	CreateTime           time.Time
+}
+
+// KeyVersion is one version's metadata.
+type KeyVersion struct {
+	Version      uint32
+	State        VersionState
+	CreateTime   time.Time
+	DestroyTime  time.Time
+	EncryptCount uint64
+}
+
+// KeySpec is what CreateKey needs.
+type KeySpec struct {
+	Purpose Purpose
+	// RotationPeriod, when non-zero, is how often the key rotates.
+	RotationPeriod time.Duration
+}
+
+// KeyRef names one key of one tenant.
+type KeyRef struct {
+	Tenant string
+	Key    string
+}
+
+// String returns the key's resource name, tenants/{tenant}/keys/{key}.
+func (r KeyRef) String() string { return "tenants/" + r.Tenant + "/keys/" + r.Key }
+
+// ParseTenantName parses tenants/{tenant}.
+func ParseTenantName(name string) (string, error) {
+	id, ok := strings.CutPrefix(name, "tenants/")
+	if !ok || !ValidID(id) {
+		return "", fmt.Errorf("%w: name %q is not tenants/{tenant}", ErrInvalidArgument, truncate(name))
+	}
+	return id, nil
+}
+
+// ParseKeyName parses tenants/{tenant}/keys/{key}.
+func ParseKeyName(name string) (KeyRef, error) {
+	rest, ok := strings.CutPrefix(name, "tenants/")
+	if ok {
+		tenant, key, found := strings.Cut(rest, "/keys/")
+		if found && ValidID(tenant) && ValidID(key) {
+			return KeyRef{Tenant: tenant, Key: key}, nil
+		}
+	}
+	return KeyRef{}, fmt.Errorf("%w: name %q is not tenants/{tenant}/keys/{key}", ErrInvalidArgument, truncate(name))
+}
+
+// truncate bounds user-supplied names echoed in error messages.
+func truncate(s string) string {
+	const max = 200
+	if len(s) > max {
+		return s[:max] + "…"
+	}
+	return s
+}
