@@ -1,0 +1,56 @@
+package config_test
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/custos-kms/custos/internal/config"
+)
+
+const valid = `
+listen: 127.0.0.1:9000
+tls: {cert_file: s.pem, key_file: s-key.pem, client_ca_file: /etc/ca.pem}
+policy_file: policy.yaml
+root: {type: local, local: {key_file: root.key}}
+storage: {type: bbolt, bbolt: {path: data/custos.db}}
+cache: {size: 10, ttl: 1m}
+`
+
+func TestParseResolvesRelativePathsAndDefaults(t *testing.T) {
+	c, err := config.Parse([]byte(valid), "/srv/custos")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.TLS.CertFile != filepath.Join("/srv/custos", "s.pem") || c.TLS.ClientCAFile != "/etc/ca.pem" || c.Storage.Bbolt.Path != "/srv/custos/data/custos.db" {
+		t.Fatalf("paths not resolved: %+v", c)
+	}
+	if c.Cache.TTL != time.Minute || c.Log.Level != "info" || c.ShutdownTimeout != 10*time.Second {
+		t.Fatalf("defaults/durations wrong: %+v", c)
+	}
+}
+
+func TestParseRejects(t *testing.T) {
+	cases := map[string]struct{ yaml, want string }{
+		"an unknown field":      {valid + "bogus: 1\n", "bogus"},
+		"an unknown root type":  {strings.Replace(valid, "type: local", "type: nope", 1), "root.type"},
+		"an unknown storage":    {strings.Replace(valid, "type: bbolt", "type: nope", 1), "storage.type"},
+		"a missing policy file": {strings.Replace(valid, "policy_file: policy.yaml", "", 1), "policy_file"},
+		"a bad log level":       {valid + "log: {level: loud}\n", "log.level"},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			_, err := config.Parse([]byte(c.yaml), "/x")
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("got %v, want an error mentioning %q", err, c.want)
+			}
+		})
+	}
+}
+
+func TestExampleConfigParses(t *testing.T) {
+	if _, err := config.Load(filepath.Join("..", "..", "examples", "custos.yaml")); err != nil {
+		t.Fatal(err)
+	}
+}

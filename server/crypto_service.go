@@ -1,0 +1,124 @@
+package server
+
+import (
+	"context"
+
+	statuspb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
+	"github.com/custos-kms/custos/server/policy"
+)
+
+// cryptoService implements custosv1.CryptoServiceServer.
+type cryptoService struct {
+	*Server
+	custosv1.UnsafeCryptoServiceServer
+}
+
+var _ custosv1.CryptoServiceServer = cryptoService{}
+
+// okStatus is the per-item status of a successful batch item. Shared: it is
+// only ever marshaled.
+var okStatus = &statuspb.Status{Code: int32(codes.OK)}
+
+func (s *Server) checkPlaintext(field string, n int) error {
+	if n > s.limits.MaxPlaintextBytes {
+		return status.Errorf(codes.InvalidArgument, "%s: %d bytes exceed the server limit of %d", field, n, s.limits.MaxPlaintextBytes)
+	}
+	return nil
+}
+
+func (s *Server) checkBatch(n int) error {
+	if n > s.limits.MaxBatchItems {
+		return status.Errorf(codes.InvalidArgument, "items: %d items exceed the server limit of %d", n, s.limits.MaxBatchItems)
+	}
+	return nil
+}
+
+func (s cryptoService) Encrypt(ctx context.Context, req *custosv1.EncryptRequest) (*custosv1.EncryptResponse, error) {
+	ref, err := s.keyRef(ctx, req.GetName(), policy.Encrypt)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.checkPlaintext("plaintext", len(req.GetPlaintext())); err != nil {
+		return nil, err
+	}
+	ct, v, err := s.ks.Encrypt(ctx, ref, req.GetPlaintext(), req.GetAssociatedData())
+	if err != nil {
+		return nil, s.toError(ctx, err)
+	}
+	return &custosv1.EncryptResponse{Ciphertext: ct, KeyVersion: v}, nil
+}
+
+func (s cryptoService) Decrypt(ctx context.Context, req *custosv1.DecryptRequest) (*custosv1.DecryptResponse, error) {
+	ref, err := s.keyRef(ctx, req.GetName(), policy.Decrypt)
+	if err != nil {
+		return nil, err
+	}
+	pt, v, err := s.ks.Decrypt(ctx, ref, req.GetCiphertext(), req.GetAssociatedData())
+	if err != nil {
+		return nil, s.toError(ctx, err)
+	}
+	return &custosv1.DecryptResponse{Plaintext: pt, KeyVersion: v}, nil
+}
+
+// EncryptBatch fails as a whole only for what applies to every item (name,
+// permission, batch size, unknown key); each item gets its own status.
+func (s cryptoService) EncryptBatch(ctx context.Context, req *custosv1.EncryptBatchRequest) (*custosv1.EncryptBatchResponse, error) {
+	ref, err := s.keyRef(ctx, req.GetName(), policy.Encrypt)
+	if err != nil {
+		return nil, err
+	}
+	items := req.GetItems()
+	if err := s.checkBatch(len(items)); err != nil {
+		return nil, err
+	}
+	resp := &custosv1.EncryptBatchResponse{Results: make([]*custosv1.EncryptBatchResponse_Result, len(items))}
+	for i, it := range items {
+		r := &custosv1.EncryptBatchResponse_Result{Status: okStatus}
+		resp.Results[i] = r
+		if err := s.checkPlaintext("items.plaintext", len(it.GetPlaintext())); err != nil {
+			r.Status = status.Convert(err).Proto()
+			continue
+		}
+		ct, v, err := s.ks.Encrypt(ctx, ref, it.GetPlaintext(), it.GetAssociatedData())
+		if err != nil {
+			if i == 0 && isCallWide(err) {
+				return nil, s.toError(ctx, err)
+			}
+			r.Status = s.toStatus(ctx, err).Proto()
+			continue
+		}
+		r.Ciphertext, r.KeyVersion = ct, v
+	}
+	return resp, nil
+}
+
+// DecryptBatch decrypts each item on its own; one bad item never fails the others.
+func (s cryptoService) DecryptBatch(ctx context.Context, req *custosv1.DecryptBatchRequest) (*custosv1.DecryptBatchResponse, error) {
+	ref, err := s.keyRef(ctx, req.GetName(), policy.Decrypt)
+	if err != nil {
+		return nil, err
+	}
+	items := req.GetItems()
+	if err := s.checkBatch(len(items)); err != nil {
+		return nil, err
+	}
+	resp := &custosv1.DecryptBatchResponse{Results: make([]*custosv1.DecryptBatchResponse_Result, len(items))}
+	for i, it := range items {
+		r := &custosv1.DecryptBatchResponse_Result{Status: okStatus}
+		resp.Results[i] = r
+		pt, v, err := s.ks.Decrypt(ctx, ref, it.GetCiphertext(), it.GetAssociatedData())
+		if err != nil {
+			if i == 0 && isCallWide(err) {
+				return nil, s.toError(ctx, err)
+			}
+			r.Status = s.toStatus(ctx, err).Proto()
+			continue
+		}
+		r.Plaintext, r.KeyVersion = pt, v
+	}
+	return resp, nil
+}

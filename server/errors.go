@@ -1,0 +1,112 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/custos-kms/custos/keystore"
+)
+
+// ErrorDomain is the google.rpc.ErrorInfo domain of Custos's error reasons.
+const ErrorDomain = "custos.dev"
+
+// Reasons carried in a google.rpc.ErrorInfo detail, so clients can tell
+// failures that share a code apart without parsing messages.
+const (
+	ReasonCiphertextNotAuthentic = "CIPHERTEXT_NOT_AUTHENTIC"
+	ReasonTenantDeleted          = "TENANT_DELETED"
+	ReasonKeyVersionDisabled     = "KEY_VERSION_DISABLED"
+	ReasonKeyVersionDestroyed    = "KEY_VERSION_DESTROYED"
+	ReasonKeyVersionTooOld       = "KEY_VERSION_TOO_OLD"
+	ReasonWrongPurpose           = "WRONG_PURPOSE"
+)
+
+// errorKind says how a domain error reaches the caller.
+type errorKind struct {
+	err    error
+	code   codes.Code
+	reason string
+	// internal errors are logged with detail and returned with a bland
+	// message; user errors return their own (secret-free) message.
+	internal bool
+}
+
+// errorTable is the one mapping from domain errors to gRPC codes (DESIGN.md,
+// "Errors"). The first entry that matches wins.
+var errorTable = []errorKind{
+	{err: keystore.ErrInvalidCiphertext, code: codes.InvalidArgument, reason: ReasonCiphertextNotAuthentic},
+	{err: keystore.ErrInvalidArgument, code: codes.InvalidArgument},
+	{err: keystore.ErrNotFound, code: codes.NotFound},
+	{err: keystore.ErrAlreadyExists, code: codes.AlreadyExists},
+	{err: keystore.ErrTenantDeleted, code: codes.FailedPrecondition, reason: ReasonTenantDeleted},
+	{err: keystore.ErrKeyVersionDisabled, code: codes.FailedPrecondition, reason: ReasonKeyVersionDisabled},
+	{err: keystore.ErrKeyVersionDestroyed, code: codes.FailedPrecondition, reason: ReasonKeyVersionDestroyed},
+	{err: keystore.ErrKeyVersionTooOld, code: codes.FailedPrecondition, reason: ReasonKeyVersionTooOld},
+	{err: keystore.ErrWrongPurpose, code: codes.FailedPrecondition, reason: ReasonWrongPurpose},
+	{err: keystore.ErrUnavailable, code: codes.Unavailable, internal: true},
+	{err: keystore.ErrAborted, code: codes.Aborted},
+	{err: keystore.ErrIntegrity, code: codes.Internal, internal: true},
+	{err: context.Canceled, code: codes.Canceled},
+	{err: context.DeadlineExceeded, code: codes.DeadlineExceeded},
+}
+
+// blandMessages are what callers see for internal failures.
+var blandMessages = map[codes.Code]string{
+	codes.Unavailable: "a root key provider or the storage is unavailable; retry later",
+	codes.Internal:    "internal error",
+}
+
+// toStatus converts a handler error to a gRPC status, logging internal
+// failures. Errors that already are statuses pass through.
+func (s *Server) toStatus(ctx context.Context, err error) *status.Status {
+	if st, ok := status.FromError(err); ok {
+		return st
+	}
+	for _, k := range errorTable {
+		if !errors.Is(err, k.err) {
+			continue
+		}
+		msg := err.Error()
+		if k.internal {
+			s.logger.LogAttrs(ctx, slog.LevelError, "request failed", slog.String("code", k.code.String()), slog.String("error", err.Error()))
+			msg = blandMessages[k.code]
+		}
+		if k.err == keystore.ErrInvalidCiphertext {
+			msg = keystore.ErrInvalidCiphertext.Error() // one generic message, no oracle
+		}
+		st := status.New(k.code, msg)
+		if k.reason != "" {
+			if ds, derr := st.WithDetails(&errdetails.ErrorInfo{Reason: k.reason, Domain: ErrorDomain}); derr == nil {
+				return ds
+			}
+		}
+		return st
+	}
+	s.logger.LogAttrs(ctx, slog.LevelError, "request failed", slog.String("code", codes.Internal.String()), slog.String("error", err.Error()))
+	return status.New(codes.Internal, blandMessages[codes.Internal])
+}
+
+// toError is toStatus as an error.
+func (s *Server) toError(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	return s.toStatus(ctx, err).Err()
+}
+
+// isCallWide reports whether err concerns the key rather than one item (an
+// unknown key or tenant, a deleted tenant, a wrong purpose, an unreachable
+// root), so a batch fails as a whole instead of repeating it per item.
+func isCallWide(err error) bool {
+	for _, e := range []error{keystore.ErrNotFound, keystore.ErrTenantDeleted, keystore.ErrWrongPurpose, keystore.ErrUnavailable, keystore.ErrIntegrity, context.Canceled, context.DeadlineExceeded} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,167 @@
+package server
+
+import (
+	"context"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/custos-kms/custos/keystore"
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
+	"github.com/custos-kms/custos/server/identity"
+	"github.com/custos-kms/custos/server/policy"
+)
+
+// keyService implements custosv1.KeyServiceServer. Embedding the Unsafe
+// interface makes a new RPC in the proto fail to compile until implemented.
+type keyService struct {
+	*Server
+	custosv1.UnsafeKeyServiceServer
+}
+
+var _ custosv1.KeyServiceServer = keyService{}
+
+// Every handler authorizes before it looks anything up, so a caller learns
+// nothing about tenants it may not see.
+
+func (s keyService) CreateTenant(ctx context.Context, req *custosv1.CreateTenantRequest) (*custosv1.CreateTenantResponse, error) {
+	if err := s.authorize(ctx, policy.TenantsAdmin, req.GetTenantId()); err != nil {
+		return nil, err
+	}
+	t, err := s.ks.CreateTenant(ctx, req.GetTenantId())
+	if err != nil {
+		return nil, s.toError(ctx, err)
+	}
+	return &custosv1.CreateTenantResponse{Tenant: tenantToProto(t)}, nil
+}
+
+func (s keyService) GetTenant(ctx context.Context, req *custosv1.GetTenantRequest) (*custosv1.GetTenantResponse, error) {
+	id, err := keystore.ParseTenantName(req.GetName())
+	if err != nil {
+		return nil, s.toError(ctx, err)
+	}
+	if err := s.authorize(ctx, policy.TenantsAdmin, id); err != nil {
+		return nil, err
+	}
+	t, err := s.ks.GetTenant(ctx, id)
+	if err != nil {
+		return nil, s.toError(ctx, err)
+	}
+	return &custosv1.GetTenantResponse{Tenant: tenantToProto(t)}, nil
+}
+
+// maxListScans bounds how many storage pages one ListTenants call reads while
+// skipping tenants the caller may not see.
+const maxListScans = 10
+
+func (s keyService) ListTenants(ctx context.Context, req *custosv1.ListTenantsRequest) (*custosv1.ListTenantsResponse, error) {
+	id, _ := identity.FromContext(ctx)
+	pol := s.policy.Current()
+	if !pol.AllowedAny(id, policy.TenantsAdmin) {
+		return nil, status.Errorf(codes.PermissionDenied, "identity %q lacks permission %q on any tenant", id, policy.TenantsAdmin)
+	}
+	size := int(req.GetPageSize())
+	if size <= 0 {
+		size = keystore.DefaultPageSize
+	}
+	resp := &custosv1.ListTenantsResponse{}
+	token := req.GetPageToken()
+	for range maxListScans {
+		page, next, err := s.ks.ListTenants(ctx, size-len(resp.Tenants), token)
+		if err != nil {
+			return nil, s.toError(ctx, err)
+		}
+		for _, t := range page {
+			if pol.Allowed(id, t.ID, policy.TenantsAdmin) {
+				resp.Tenants = append(resp.Tenants, tenantToProto(t))
+			}
+		}
+		token = next
+		if next == "" || len(resp.Tenants) >= size {
+			break
+		}
+	}
+	resp.NextPageToken = token
+	return resp, nil
+}
+
+func (s keyService) CreateKey(ctx context.Context, req *custosv1.CreateKeyRequest) (*custosv1.CreateKeyResponse, error) {
+	tenant, err := keystore.ParseTenantName(req.GetParent())
+	if err != nil {
+		return nil, s.toError(ctx, err)
+	}
+	if err := s.authorize(ctx, policy.KeysWrite, tenant); err != nil {
+		return nil, err
+	}
+	purpose, ok := purposeFromProto(req.GetKey().GetPurpose())
+	if !ok {
+		return nil, status.Errorf(codes.InvalidArgument, "key.purpose: %v is not supported", req.GetKey().GetPurpose())
+	}
+	spec := keystore.KeySpec{Purpose: purpose}
+	if rp := req.GetKey().GetRotationPeriod(); rp != nil {
+		if err := rp.CheckValid(); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "key.rotation_period: %v", err)
+		}
+		spec.RotationPeriod = rp.AsDuration()
+	}
+	k, err := s.ks.CreateKey(ctx, keystore.KeyRef{Tenant: tenant, Key: req.GetKeyId()}, spec)
+	if err != nil {
+		return nil, s.toError(ctx, err)
+	}
+	return &custosv1.CreateKeyResponse{Key: keyToProto(k)}, nil
+}
+
+func (s keyService) GetKey(ctx context.Context, req *custosv1.GetKeyRequest) (*custosv1.GetKeyResponse, error) {
+	ref, err := s.keyRef(ctx, req.GetName(), policy.KeysRead)
+	if err != nil {
+		return nil, err
+	}
+	k, err := s.ks.GetKey(ctx, ref)
+	if err != nil {
+		return nil, s.toError(ctx, err)
+	}
+	return &custosv1.GetKeyResponse{Key: keyToProto(k)}, nil
+}
+
+func (s keyService) ListKeys(ctx context.Context, req *custosv1.ListKeysRequest) (*custosv1.ListKeysResponse, error) {
+	tenant, err := keystore.ParseTenantName(req.GetParent())
+	if err != nil {
+		return nil, s.toError(ctx, err)
+	}
+	if err := s.authorize(ctx, policy.KeysRead, tenant); err != nil {
+		return nil, err
+	}
+	keys, next, err := s.ks.ListKeys(ctx, tenant, int(req.GetPageSize()), req.GetPageToken())
+	if err != nil {
+		return nil, s.toError(ctx, err)
+	}
+	resp := &custosv1.ListKeysResponse{NextPageToken: next, Keys: make([]*custosv1.Key, len(keys))}
+	for i, k := range keys {
+		resp.Keys[i] = keyToProto(k)
+	}
+	return resp, nil
+}
+
+func (s keyService) RotateKey(ctx context.Context, req *custosv1.RotateKeyRequest) (*custosv1.RotateKeyResponse, error) {
+	ref, err := s.keyRef(ctx, req.GetName(), policy.KeysRotate)
+	if err != nil {
+		return nil, err
+	}
+	k, err := s.ks.RotateKey(ctx, ref)
+	if err != nil {
+		return nil, s.toError(ctx, err)
+	}
+	return &custosv1.RotateKeyResponse{Key: keyToProto(k)}, nil
+}
+
+// keyRef parses a key name and authorizes perm on its tenant.
+func (s *Server) keyRef(ctx context.Context, name string, perm policy.Permission) (keystore.KeyRef, error) {
+	ref, err := keystore.ParseKeyName(name)
+	if err != nil {
+		return keystore.KeyRef{}, s.toError(ctx, err)
+	}
+	if err := s.authorize(ctx, perm, ref.Tenant); err != nil {
+		return keystore.KeyRef{}, err
+	}
+	return ref, nil
+}

@@ -1,0 +1,208 @@
+// Package server is Custos's gRPC edge: mutual TLS, caller identity, policy,
+// interceptors, request limits, the handlers of KeyService and CryptoService,
+// and the one table mapping domain errors to gRPC codes. Key handling lives
+// in keystore/; this package converts between it and custosv1.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+
+	"buf.build/go/protovalidate"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
+	protovalidatemw "github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/protovalidate"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+
+	"github.com/custos-kms/custos/keystore"
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
+	"github.com/custos-kms/custos/server/identity"
+	"github.com/custos-kms/custos/server/policy"
+)
+
+// Limits bound what one request may carry. Larger requests fail with
+// INVALID_ARGUMENT naming the field.
+type Limits struct {
+	// MaxPlaintextBytes bounds one plaintext field. Default 64 KiB.
+	MaxPlaintextBytes int
+	// MaxBatchItems bounds the items of one batch call. Default 1000.
+	MaxBatchItems int
+	// MaxMessageBytes bounds one gRPC message. Default 16 MiB.
+	MaxMessageBytes int
+}
+
+// Default limits.
+const (
+	DefaultMaxPlaintextBytes = 64 << 10
+	DefaultMaxBatchItems     = 1000
+	DefaultMaxMessageBytes   = 16 << 20
+)
+
+// PolicySource returns the policy in force; *policy.Holder is one.
+type PolicySource interface {
+	Current() *policy.Policy
+}
+
+// Config configures a Server.
+type Config struct {
+	// Keystore does the work. Required.
+	Keystore *keystore.Service
+	// Policy authorizes callers. Required.
+	Policy PolicySource
+	// Logger receives structured logs; never payloads. Default slog.Default().
+	Logger *slog.Logger
+	// Limits; zero fields take the defaults.
+	Limits Limits
+}
+
+// Server implements custosv1.KeyServiceServer and custosv1.CryptoServiceServer.
+type Server struct {
+	ks     *keystore.Service
+	policy PolicySource
+	logger *slog.Logger
+	limits Limits
+	health *health.Server
+}
+
+// New returns a Server.
+func New(cfg Config) (*Server, error) {
+	if cfg.Keystore == nil || cfg.Policy == nil {
+		return nil, errors.New("server: Keystore and Policy are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	l := &cfg.Limits
+	if l.MaxPlaintextBytes <= 0 {
+		l.MaxPlaintextBytes = DefaultMaxPlaintextBytes
+	}
+	if l.MaxBatchItems <= 0 {
+		l.MaxBatchItems = DefaultMaxBatchItems
+	}
+	if l.MaxMessageBytes <= 0 {
+		l.MaxMessageBytes = DefaultMaxMessageBytes
+	}
+	return &Server{ks: cfg.Keystore, policy: cfg.Policy, logger: cfg.Logger, limits: cfg.Limits, health: health.NewServer()}, nil
+}
+
+// Register registers the Custos services, health and reflection on r.
+func (s *Server) Register(r grpc.ServiceRegistrar) {
+	custosv1.RegisterKeyServiceServer(r, keyService{Server: s})
+	custosv1.RegisterCryptoServiceServer(r, cryptoService{Server: s})
+	healthpb.RegisterHealthServer(r, s.health)
+	for _, svc := range []string{"", custosv1.KeyService_ServiceDesc.ServiceName, custosv1.CryptoService_ServiceDesc.ServiceName} {
+		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
+	}
+	if sr, ok := r.(reflection.GRPCServer); ok {
+		reflection.Register(sr)
+	}
+}
+
+// Shutdown marks every service NOT_SERVING, so load balancers drain the
+// server before it stops.
+func (s *Server) Shutdown() { s.health.Shutdown() }
+
+// NewGRPCServer returns a *grpc.Server that serves only mutual TLS with
+// tlsConf, runs the interceptor chain (recovery, identity, logging,
+// protovalidate) and has s registered.
+func (s *Server) NewGRPCServer(tlsConf *tls.Config, opts ...grpc.ServerOption) (*grpc.Server, error) {
+	if tlsConf == nil || tlsConf.ClientAuth != tls.RequireAndVerifyClientCert {
+		return nil, errors.New("server: mutual TLS (RequireAndVerifyClientCert) is required")
+	}
+	validator, err := protovalidate.New()
+	if err != nil {
+		return nil, fmt.Errorf("server: protovalidate: %w", err)
+	}
+	rec := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
+		// The panic value may hold request data: log only its type and the stack.
+		s.logger.LogAttrs(ctx, slog.LevelError, "panic in handler", slog.String("panic_type", fmt.Sprintf("%T", p)), slog.String("stack", string(debug.Stack())))
+		return status.Error(codes.Internal, "internal error")
+	})
+	logOpts := []logging.Option{
+		logging.WithLogOnEvents(logging.FinishCall),
+		logging.WithLevels(codeToLevel),
+		logging.WithFieldsFromContext(func(ctx context.Context) logging.Fields {
+			if id, ok := identity.FromContext(ctx); ok {
+				return logging.Fields{"identity", id}
+			}
+			return nil
+		}),
+	}
+	logger := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
+		s.logger.Log(ctx, slog.Level(lvl), msg, fields...)
+	})
+	all := []grpc.ServerOption{
+		grpc.Creds(credentials.NewTLS(tlsConf)),
+		grpc.MaxRecvMsgSize(s.limits.MaxMessageBytes),
+		grpc.MaxSendMsgSize(s.limits.MaxMessageBytes),
+		grpc.ChainUnaryInterceptor(
+			recovery.UnaryServerInterceptor(rec),
+			auth.UnaryServerInterceptor(identity.AuthFunc),
+			logging.UnaryServerInterceptor(logger, logOpts...),
+			protovalidatemw.UnaryServerInterceptor(validator),
+		),
+		grpc.ChainStreamInterceptor(
+			recovery.StreamServerInterceptor(rec),
+			auth.StreamServerInterceptor(identity.AuthFunc),
+			logging.StreamServerInterceptor(logger, logOpts...),
+			protovalidatemw.StreamServerInterceptor(validator),
+		),
+	}
+	gs := grpc.NewServer(append(all, opts...)...)
+	s.Register(gs)
+	return gs, nil
+}
+
+// codeToLevel logs successful calls at debug level only, so the hot path does
+// not write a log line per request at the default info level.
+func codeToLevel(c codes.Code) logging.Level {
+	switch c {
+	case codes.OK:
+		return logging.LevelDebug
+	case codes.Internal, codes.Unknown, codes.DataLoss, codes.Unavailable:
+		return logging.LevelError
+	}
+	return logging.LevelInfo
+}
+
+// TLSConfig returns the server's mutual-TLS configuration: TLS 1.3 only,
+// client certificates required and verified against the CA bundle in clientCAFile.
+func TLSConfig(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("server TLS: load certificate: %w", err)
+	}
+	pool, err := loadCertPool(clientCAFile)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{cert},
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		ClientCAs:    pool,
+	}, nil
+}
+
+// authorize checks the caller's identity against the policy for one tenant.
+func (s *Server) authorize(ctx context.Context, perm policy.Permission, tenant string) error {
+	id, ok := identity.FromContext(ctx)
+	if !ok {
+		return status.Error(codes.Unauthenticated, "no verified client certificate")
+	}
+	if !s.policy.Current().Allowed(id, tenant, perm) {
+		return status.Errorf(codes.PermissionDenied, "identity %q lacks permission %q on tenant %q", id, perm, tenant)
+	}
+	return nil
+}
