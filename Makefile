@@ -27,8 +27,12 @@ run: ## start `custos dev`: the embedded default on $(DEV_ADDR)
 	$(GO) run ./cmd/custos dev --listen $(DEV_ADDR)
 
 .PHONY: test
-test: tools vet generate-check ## vet, check generated code, run every test with -race
+test: tools test-deps vet generate-check ## vet, check generated code, run every test with -race
 	$(GO) test -race -count=1 ./...
+
+.PHONY: test-deps
+test-deps: ## install PostgreSQL and SoftHSM2 from Debian packages when missing
+	bash scripts/test-deps.sh
 
 .PHONY: vet
 vet: ## go vet

@@ -29,18 +29,22 @@ var (
 type Record struct {
 	// Key is the record's key.
 	Key string
-	// Value is the stored bytes. Callers must not modify it.
+	// Value is the stored bytes: the caller's own copy.
 	Value []byte
 	// Version is greater than zero for a stored record. Versions are opaque,
-	// strictly increasing across the whole store and never reused, so a record
-	// that is deleted and created again never repeats an old version.
+	// unique across the whole store, never reused, and increase with every
+	// write of the same key, so a record deleted and created again never
+	// repeats an old version (no ABA).
 	Version uint64
 }
 
 // Store is a key-value store with compare-and-swap updates.
 //
-// Keys are non-empty UTF-8 strings of at most MaxKeyLen bytes; values are at
-// most MaxValueLen bytes. All methods are safe for concurrent use.
+// Keys are non-empty, valid UTF-8 strings of at most MaxKeyLen bytes; values
+// are at most MaxValueLen bytes. Keys sort byte-wise (SQL backends use the "C"
+// collation) and prefixes match literally. Put with expect != 0 on a missing
+// key, and Delete with expect == 0 on an existing key, return ErrConflict.
+// All methods are safe for concurrent use.
 type Store interface {
 	// Get returns the record stored under key, or ErrNotFound.
 	Get(ctx context.Context, key string) (Record, error)
@@ -74,3 +78,20 @@ const (
 // ErrInvalid is returned for an empty or oversized key, an oversized value, or
 // a non-positive List limit.
 var ErrInvalid = errors.New("storage: invalid argument")
+
+// Change reports that a key was written or deleted, by this process or another
+// sharing the store. Key == "" means "anything may have changed" (sent after
+// the watcher reconnects and may have missed changes): drop every cache.
+type Change struct {
+	Key string
+}
+
+// Watcher is implemented by stores that can tell every process sharing them
+// about changes (PostgreSQL LISTEN/NOTIFY). Replicas use it to invalidate
+// cached key material within a second of a change made elsewhere.
+type Watcher interface {
+	// Watch delivers changes until ctx is done, then closes the channel.
+	// Changes may be coalesced or repeated; a slow reader may miss
+	// individual keys but then receives a Change with Key == "".
+	Watch(ctx context.Context) (<-chan Change, error)
+}
