@@ -6,64 +6,87 @@ import (
 	"time"
 )
 
-// lru is a bounded, TTL-limited cache safe for concurrent use. Entries older
-// than ttl are treated as missing; when full, the least recently used entry is
-// evicted, so memory is bounded by size, not by the number of tenants.
+// lru is a bounded cache safe for concurrent use, whose entries are fresh for
+// ttl and then stale for grace more: a stale entry is served only when a
+// refresh fails because the root or the storage is unavailable. When full,
+// the least recently used entry is evicted, so memory is bounded by size, not
+// by the number of tenants.
 type lru[K comparable, V any] struct {
 	mu    sync.Mutex
 	size  int
 	ttl   time.Duration
+	grace time.Duration
 	now   func() time.Time
 	ll    *list.List // front = most recently used
 	items map[K]*list.Element
 }
 
 type lruEntry[K comparable, V any] struct {
-	key     K
-	value   V
-	expires time.Time
+	key        K
+	value      V
+	freshUntil time.Time
+	staleUntil time.Time
 }
 
-func newLRU[K comparable, V any](size int, ttl time.Duration, now func() time.Time) *lru[K, V] {
-	return &lru[K, V]{size: size, ttl: ttl, now: now, ll: list.New(), items: make(map[K]*list.Element, size)}
+func newLRU[K comparable, V any](size int, ttl, grace time.Duration, now func() time.Time) *lru[K, V] {
+	return &lru[K, V]{size: size, ttl: ttl, grace: grace, now: now, ll: list.New(), items: make(map[K]*list.Element)}
 }
 
-// get returns the live value under k.
-func (c *lru[K, V]) get(k K) (V, bool) {
+// get returns the value under k and whether it is still fresh. ok is false
+// when there is no entry or it is past its grace.
+func (c *lru[K, V]) get(k K) (v V, fresh, ok bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	el, ok := c.items[k]
-	if !ok {
-		var zero V
-		return zero, false
+	el, found := c.items[k]
+	if !found {
+		return v, false, false
 	}
 	e := el.Value.(*lruEntry[K, V])
-	if !c.now().Before(e.expires) {
+	now := c.now()
+	if !now.Before(e.staleUntil) {
 		c.ll.Remove(el)
 		delete(c.items, k)
-		var zero V
-		return zero, false
+		return v, false, false
 	}
 	c.ll.MoveToFront(el)
-	return e.value, true
+	return e.value, now.Before(e.freshUntil), true
 }
 
-// put stores v under k, evicting the least recently used entry when full.
+// put stores v under k as fresh, evicting the least recently used entry when full.
 func (c *lru[K, V]) put(k K, v V) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	exp := c.now().Add(c.ttl)
+	now := c.now()
+	fresh, stale := now.Add(c.ttl), now.Add(c.ttl+c.grace)
 	if el, ok := c.items[k]; ok {
 		e := el.Value.(*lruEntry[K, V])
-		e.value, e.expires = v, exp
+		e.value, e.freshUntil, e.staleUntil = v, fresh, stale
 		c.ll.MoveToFront(el)
 		return
 	}
-	c.items[k] = c.ll.PushFront(&lruEntry[K, V]{key: k, value: v, expires: exp})
+	c.items[k] = c.ll.PushFront(&lruEntry[K, V]{key: k, value: v, freshUntil: fresh, staleUntil: stale})
 	for c.ll.Len() > c.size {
 		last := c.ll.Back()
 		c.ll.Remove(last)
 		delete(c.items, last.Value.(*lruEntry[K, V]).key)
+	}
+}
+
+// postpone makes the stale entry under k count as fresh for d more (but never
+// past its grace), so an outage costs one failed refresh per d, not one per
+// request. It does nothing if the entry is gone or was replaced.
+func (c *lru[K, V]) postpone(k K, d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if el, ok := c.items[k]; ok {
+		e := el.Value.(*lruEntry[K, V])
+		t := c.now().Add(d)
+		if t.After(e.staleUntil) {
+			t = e.staleUntil
+		}
+		if t.After(e.freshUntil) {
+			e.freshUntil = t
+		}
 	}
 }
 
@@ -89,9 +112,10 @@ func (c *lru[K, V]) removeIf(pred func(K) bool) {
 	}
 }
 
-// len returns the number of entries, live or expired.
-func (c *lru[K, V]) len() int {
+// clear drops every entry.
+func (c *lru[K, V]) clear() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.ll.Len()
+	c.ll.Init()
+	clear(c.items)
 }

@@ -31,6 +31,11 @@ import (
 const (
 	DefaultCacheSize = 10000
 	DefaultCacheTTL  = 5 * time.Minute
+	// DefaultUnavailableGrace is how long cached material keeps serving past
+	// its TTL while the root or the storage cannot be reached.
+	DefaultUnavailableGrace = time.Hour
+	// retryBackoff is how often a stale entry retries its refresh during an outage.
+	retryBackoff = 5 * time.Second
 	// maxCASRetries bounds read-modify-write loops under contention.
 	maxCASRetries = 64
 	// DefaultPageSize and MaxPageSize bound List calls.
@@ -49,6 +54,11 @@ type Config struct {
 	CacheSize int
 	// CacheTTL is how long unwrapped material stays cached. Default DefaultCacheTTL.
 	CacheTTL time.Duration
+	// UnavailableGrace is how long past CacheTTL cached material keeps
+	// serving while the root or the storage is unreachable; tenants not in
+	// the cache get ErrUnavailable meanwhile. Default DefaultUnavailableGrace;
+	// negative disables it.
+	UnavailableGrace time.Duration
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
 	// Rand is the source of tenant KEKs. Default crypto/rand.Reader.
@@ -89,6 +99,12 @@ func New(cfg Config) (*Service, error) {
 	if cfg.CacheTTL <= 0 {
 		cfg.CacheTTL = DefaultCacheTTL
 	}
+	switch {
+	case cfg.UnavailableGrace == 0:
+		cfg.UnavailableGrace = DefaultUnavailableGrace
+	case cfg.UnavailableGrace < 0:
+		cfg.UnavailableGrace = 0
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -104,8 +120,8 @@ func New(cfg Config) (*Service, error) {
 		now:    cfg.Now,
 		rand:   cfg.Rand,
 		logger: cfg.Logger,
-		keks:   newLRU[string, tink.AEAD](cfg.CacheSize, cfg.CacheTTL, cfg.Now),
-		keys:   newLRU[KeyRef, *keyEntry](cfg.CacheSize, cfg.CacheTTL, cfg.Now),
+		keks:   newLRU[string, tink.AEAD](cfg.CacheSize, cfg.CacheTTL, cfg.UnavailableGrace, cfg.Now),
+		keys:   newLRU[KeyRef, *keyEntry](cfg.CacheSize, cfg.CacheTTL, cfg.UnavailableGrace, cfg.Now),
 	}, nil
 }
 
@@ -150,7 +166,8 @@ func (s *Service) readTenant(ctx context.Context, tenant string) (*tenantRecord,
 }
 
 // activeTenantKEK returns the KEK of an active tenant, from cache or by
-// asking the root once.
+// asking the root once. When the root is unreachable, a KEK cached earlier
+// keeps serving until its grace runs out.
 func (s *Service) activeTenantKEK(ctx context.Context, tenant string) (tink.AEAD, error) {
 	rec, _, err := s.readTenant(ctx, tenant)
 	if err != nil {
@@ -159,11 +176,12 @@ func (s *Service) activeTenantKEK(ctx context.Context, tenant string) (tink.AEAD
 	if rec.State != TenantActive {
 		return nil, fmt.Errorf("tenant %q: %w", tenant, ErrTenantDeleted)
 	}
-	if kek, ok := s.keks.get(tenant); ok {
-		return kek, nil
+	cached, fresh, ok := s.keks.get(tenant)
+	if ok && fresh {
+		return cached, nil
 	}
 	v, err, _ := s.loads.Do("kek\x00"+tenant, func() (any, error) {
-		if kek, ok := s.keks.get(tenant); ok {
+		if kek, fresh, ok := s.keks.get(tenant); ok && fresh {
 			return kek, nil
 		}
 		raw, err := s.root.Unwrap(ctx, rec.WrappedKEK, tenantKEKAAD(tenant))
@@ -179,6 +197,11 @@ func (s *Service) activeTenantKEK(ctx context.Context, tenant string) (tink.AEAD
 		return kek, nil
 	})
 	if err != nil {
+		if ok && errors.Is(err, ErrUnavailable) {
+			s.keks.postpone(tenant, retryBackoff)
+			s.logger.Warn("root unavailable; serving cached tenant KEK", "tenant", tenant)
+			return cached, nil
+		}
 		return nil, err
 	}
 	return v.(tink.AEAD), nil
@@ -200,12 +223,21 @@ func (s *Service) readKey(ctx context.Context, ref KeyRef) (*keyRecord, uint64, 
 	return rec, r.Version, nil
 }
 
-// key returns the cached key entry, loading it on a miss.
+// key returns the cached key entry, loading it on a miss. While the root or
+// the storage is unreachable, an entry cached earlier keeps serving until its
+// grace runs out, retrying the refresh every retryBackoff.
 func (s *Service) key(ctx context.Context, ref KeyRef) (*keyEntry, error) {
-	if e, ok := s.keys.get(ref); ok {
-		return e, nil
+	cached, fresh, ok := s.keys.get(ref)
+	if ok && fresh {
+		return cached, nil
 	}
-	return s.loadKey(ctx, ref)
+	e, err := s.loadKey(ctx, ref)
+	if err != nil && ok && errors.Is(err, ErrUnavailable) {
+		s.keys.postpone(ref, retryBackoff)
+		s.logger.Warn("refresh failed; serving cached key", "key", ref.String(), "error", err.Error())
+		return cached, nil
+	}
+	return e, err
 }
 
 // loadKey loads a key from storage into the cache; concurrent loads of one

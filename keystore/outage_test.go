@@ -1,0 +1,120 @@
+package keystore_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/custos-kms/custos/keystore"
+	"github.com/custos-kms/custos/keystore/root"
+	"github.com/custos-kms/custos/keystore/root/local"
+	"github.com/custos-kms/custos/keystore/storage/memory"
+)
+
+// switchableRoot is a real local root that can be made unreachable.
+type switchableRoot struct {
+	root.Root
+	down  atomic.Bool
+	calls atomic.Int64
+}
+
+func (r *switchableRoot) Wrap(ctx context.Context, pt, aad []byte) ([]byte, error) {
+	r.calls.Add(1)
+	if r.down.Load() {
+		return nil, fmt.Errorf("test root: %w", root.ErrUnavailable)
+	}
+	return r.Root.Wrap(ctx, pt, aad)
+}
+
+func (r *switchableRoot) Unwrap(ctx context.Context, w, aad []byte) ([]byte, error) {
+	r.calls.Add(1)
+	if r.down.Load() {
+		return nil, fmt.Errorf("test root: %w", root.ErrUnavailable)
+	}
+	return r.Root.Unwrap(ctx, w, aad)
+}
+
+type testClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *testClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *testClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+func TestRootOutageServesCachedTenantsForTheGrace(t *testing.T) {
+	ctx := context.Background()
+	lr, err := local.Create(filepath.Join(t.TempDir(), "root.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt := &switchableRoot{Root: lr}
+	clock := &testClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	store := memory.New()
+	setup, err := keystore.New(keystore.Config{Storage: store, Root: rt, Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tn := range []string{"cached", "cold"} {
+		if _, err := setup.CreateTenant(ctx, tn); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := setup.CreateKey(ctx, keystore.KeyRef{Tenant: tn, Key: "k"}, keystore.KeySpec{Purpose: keystore.PurposeEncrypt}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ks, err := keystore.New(keystore.Config{Storage: store, Root: rt, Now: clock.Now, CacheTTL: time.Minute, UnavailableGrace: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cached := keystore.KeyRef{Tenant: "cached", Key: "k"}
+	cold := keystore.KeyRef{Tenant: "cold", Key: "k"}
+	ct, _, err := ks.Encrypt(ctx, cached, []byte("x"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	rt.down.Store(true)
+	clock.Advance(10 * time.Minute) // past the TTL, inside the grace
+	if _, _, err := ks.Encrypt(ctx, cached, []byte("y"), nil); err != nil {
+		t.Fatalf("cached tenant during outage: %v", err)
+	}
+	if _, _, err := ks.Decrypt(ctx, cached, ct, nil); err != nil {
+		t.Fatalf("cached tenant decrypt during outage: %v", err)
+	}
+	if _, _, err := ks.Encrypt(ctx, cold, []byte("y"), nil); !errors.Is(err, keystore.ErrUnavailable) {
+		t.Fatalf("uncached tenant during outage: got %v, want ErrUnavailable", err)
+	}
+	// During the outage a stale entry retries the root at most once per backoff.
+	before := rt.calls.Load()
+	for range 50 {
+		if _, _, err := ks.Encrypt(ctx, cached, []byte("y"), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := rt.calls.Load() - before; n > 0 {
+		t.Fatalf("root called %d times for 50 requests within one backoff", n)
+	}
+
+	rt.down.Store(false)
+	clock.Advance(10 * time.Second)
+	if _, _, err := ks.Encrypt(ctx, cold, []byte("y"), nil); err != nil {
+		t.Fatalf("uncached tenant after the root returned: %v", err)
+	}
+
+	// Past the grace, a cached tenant needs the root again.
+	rt.down.Store(true)
+	clock.Advance(2 * time.Hour)
+	if _, _, err := ks.Encrypt(ctx, cached, []byte("z"), nil); !errors.Is(err, keystore.ErrUnavailable) {
+		t.Fatalf("cached tenant past the grace: got %v, want ErrUnavailable", err)
+	}
+}
