@@ -1,0 +1,159 @@
+package client
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"sync/atomic"
+
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+)
+
+// Config says where a [Client] connects and how it authenticates. Give
+// either the three PEM files or TLSConfig, not both.
+type Config struct {
+	// Address is the server's gRPC address, host:port or any target
+	// grpc.NewClient accepts (e.g. "dns:///custos.internal:8443").
+	Address string
+
+	// CAFile is a PEM file of the CA certificates that may sign the
+	// server's certificate.
+	CAFile string
+	// CertFile is a PEM file holding the client certificate (and any
+	// intermediates) presented to the server.
+	CertFile string
+	// KeyFile is the PEM private key of CertFile.
+	KeyFile string
+
+	// TLSConfig is a ready TLS configuration, used instead of the files,
+	// e.g. one from go-spiffe's tlsconfig.MTLSClientConfig. It is cloned;
+	// its MinVersion is raised to TLS 1.3. It must present a client
+	// certificate (Certificates or GetClientCertificate), and may set
+	// InsecureSkipVerify only with its own VerifyPeerCertificate or
+	// VerifyConnection.
+	TLSConfig *tls.Config
+
+	// DialOptions are extra options for grpc.NewClient, such as
+	// interceptors or grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(n))
+	// for large batches. They cannot replace the mutual-TLS transport
+	// credentials.
+	DialOptions []grpc.DialOption
+}
+
+// Client calls a Custos server. It is safe for concurrent use; share one per
+// server rather than making one per request.
+type Client struct {
+	conn   *grpc.ClientConn
+	keys   custosv1.KeyServiceClient
+	crypto custosv1.CryptoServiceClient
+	closed atomic.Bool
+}
+
+// New returns a Client for cfg.Address over mutual TLS 1.3. It reads the PEM
+// files if given, but does not connect: the connection is made by the first
+// call and re-made as needed, so New succeeds while the server is down. It
+// fails if ctx is already done or the configuration is incomplete or
+// invalid.
+func New(ctx context.Context, cfg Config) (*Client, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("custos: new client: %w", err)
+	}
+	if cfg.Address == "" {
+		return nil, errors.New("custos: new client: config has no Address")
+	}
+	tlsConf, err := cfg.tlsConfig()
+	if err != nil {
+		return nil, fmt.Errorf("custos: new client: %w", err)
+	}
+	// The transport credentials come last so no dial option can replace
+	// them with insecure ones.
+	opts := append(slices.Clone(cfg.DialOptions), grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
+	conn, err := grpc.NewClient(cfg.Address, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("custos: new client for %s: %w", cfg.Address, err)
+	}
+	return &Client{
+		conn:   conn,
+		keys:   custosv1.NewKeyServiceClient(conn),
+		crypto: custosv1.NewCryptoServiceClient(conn),
+	}, nil
+}
+
+// Close closes the connection. Calls in flight fail, and later calls fail
+// at once, with an error matching [ErrClosed]. Closing again does nothing
+// and returns nil.
+func (c *Client) Close() error {
+	if c.closed.Swap(true) {
+		return nil
+	}
+	if err := c.conn.Close(); err != nil {
+		return fmt.Errorf("custos: close client: %w", err)
+	}
+	return nil
+}
+
+// tlsConfig returns the client TLS configuration: cfg.TLSConfig checked and
+// cloned, or one made from the PEM files.
+func (cfg Config) tlsConfig() (*tls.Config, error) {
+	files := cfg.CAFile != "" || cfg.CertFile != "" || cfg.KeyFile != ""
+	switch {
+	case cfg.TLSConfig != nil && files:
+		return nil, errors.New("config sets both TLSConfig and PEM files; set one")
+	case cfg.TLSConfig != nil:
+		return checkTLSConfig(cfg.TLSConfig)
+	case files:
+		return cfg.loadTLSFiles()
+	default:
+		return nil, errors.New("config has no TLS settings: set CAFile, CertFile and KeyFile, or TLSConfig (mutual TLS is required)")
+	}
+}
+
+// checkTLSConfig clones a caller's TLS configuration, raises it to TLS 1.3
+// and refuses one that would not authenticate both sides.
+func checkTLSConfig(in *tls.Config) (*tls.Config, error) {
+	tc := in.Clone()
+	if tc.MaxVersion != 0 && tc.MaxVersion < tls.VersionTLS13 {
+		return nil, errors.New("TLSConfig.MaxVersion is below TLS 1.3, which Custos requires")
+	}
+	if tc.MinVersion < tls.VersionTLS13 {
+		tc.MinVersion = tls.VersionTLS13
+	}
+	if len(tc.Certificates) == 0 && tc.GetClientCertificate == nil {
+		return nil, errors.New("TLSConfig presents no client certificate (set Certificates or GetClientCertificate); Custos requires mutual TLS")
+	}
+	if tc.InsecureSkipVerify && tc.VerifyPeerCertificate == nil && tc.VerifyConnection == nil {
+		return nil, errors.New("TLSConfig.InsecureSkipVerify is set without VerifyPeerCertificate or VerifyConnection; the server would not be authenticated")
+	}
+	return tc, nil
+}
+
+// loadTLSFiles makes a TLS 1.3 configuration from the three PEM files.
+func (cfg Config) loadTLSFiles() (*tls.Config, error) {
+	if cfg.CAFile == "" || cfg.CertFile == "" || cfg.KeyFile == "" {
+		return nil, errors.New("config must set all of CAFile, CertFile and KeyFile")
+	}
+	caPEM, err := os.ReadFile(cfg.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("read CA file: %w", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("CA file %s holds no PEM certificate", cfg.CAFile)
+	}
+	// LoadX509KeyPair's errors name what is wrong, never key bytes.
+	cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("load client certificate %s and key %s: %w", cfg.CertFile, cfg.KeyFile, err)
+	}
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		RootCAs:      roots,
+		Certificates: []tls.Certificate{cert},
+	}, nil
+}

@@ -1,0 +1,199 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	spb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// ErrorDomain is the google.rpc.ErrorInfo domain of Custos errors. Only an
+// ErrorInfo detail with this domain sets [Error.Reason].
+const ErrorDomain = "custos.dev"
+
+// Reasons the server gives in the google.rpc.ErrorInfo detail of a status,
+// with domain [ErrorDomain]. The server uses the same strings; it does not
+// import this package.
+//
+//	| constant                     | value                    | code                | meaning                                             |
+//	| ---------------------------- | ------------------------ | ------------------- | --------------------------------------------------- |
+//	| ReasonCiphertextNotAuthentic | CIPHERTEXT_NOT_AUTHENTIC | INVALID_ARGUMENT    | tampered ciphertext, wrong key or associated data   |
+//	| ReasonTenantDeleted          | TENANT_DELETED           | FAILED_PRECONDITION | the tenant is scheduled for deletion                |
+//	| ReasonKeyVersionDisabled     | KEY_VERSION_DISABLED     | FAILED_PRECONDITION | the version is disabled (or scheduled for destroy)  |
+//	| ReasonKeyVersionDestroyed    | KEY_VERSION_DESTROYED    | FAILED_PRECONDITION | the version's key material is gone                  |
+//	| ReasonKeyVersionTooOld       | KEY_VERSION_TOO_OLD      | FAILED_PRECONDITION | the version is below the key's min decrypt version  |
+//	| ReasonWrongPurpose           | WRONG_PURPOSE            | FAILED_PRECONDITION | the key's purpose does not allow the operation      |
+const (
+	ReasonCiphertextNotAuthentic = "CIPHERTEXT_NOT_AUTHENTIC"
+	ReasonTenantDeleted          = "TENANT_DELETED"
+	ReasonKeyVersionDisabled     = "KEY_VERSION_DISABLED"
+	ReasonKeyVersionDestroyed    = "KEY_VERSION_DESTROYED"
+	ReasonKeyVersionTooOld       = "KEY_VERSION_TOO_OLD"
+	ReasonWrongPurpose           = "WRONG_PURPOSE"
+)
+
+// Sentinel errors, for use with [errors.Is]. See the package documentation
+// for the table of codes and reasons they match. Do not modify them.
+var (
+	// ErrInvalidArgument: a malformed name, an empty or oversized field, a
+	// bad page token — or an inauthentic ciphertext (see ErrInvalidCiphertext).
+	ErrInvalidArgument = &Error{Code: codes.InvalidArgument}
+	// ErrInvalidCiphertext: the ciphertext was tampered with, or was made by
+	// another key, or the associated data differs from what was encrypted
+	// with. The server deliberately does not say which. Also matches
+	// ErrInvalidArgument.
+	ErrInvalidCiphertext = &Error{Code: codes.InvalidArgument, Reason: ReasonCiphertextNotAuthentic}
+	// ErrNotFound: the tenant, key or key version does not exist.
+	ErrNotFound = &Error{Code: codes.NotFound}
+	// ErrAlreadyExists: a tenant or key with that id already exists.
+	ErrAlreadyExists = &Error{Code: codes.AlreadyExists}
+	// ErrPermissionDenied: the policy does not let the caller's identity do
+	// this on this tenant.
+	ErrPermissionDenied = &Error{Code: codes.PermissionDenied}
+	// ErrUnauthenticated: the server did not accept a client certificate.
+	ErrUnauthenticated = &Error{Code: codes.Unauthenticated}
+	// ErrFailedPrecondition: the resource is not in a state that allows the
+	// operation. The more specific sentinels below also match it.
+	ErrFailedPrecondition = &Error{Code: codes.FailedPrecondition}
+	// ErrTenantDeleted: the tenant is scheduled for deletion; every
+	// operation on it fails until it is undeleted.
+	ErrTenantDeleted = &Error{Code: codes.FailedPrecondition, Reason: ReasonTenantDeleted}
+	// ErrKeyVersionDisabled: the key version that made the ciphertext is
+	// disabled or scheduled for destruction.
+	ErrKeyVersionDisabled = &Error{Code: codes.FailedPrecondition, Reason: ReasonKeyVersionDisabled}
+	// ErrKeyVersionDestroyed: the key version that made the ciphertext has
+	// been destroyed; the data cannot be decrypted any more.
+	ErrKeyVersionDestroyed = &Error{Code: codes.FailedPrecondition, Reason: ReasonKeyVersionDestroyed}
+	// ErrKeyVersionTooOld: the key version is below the key's minimum
+	// decryption version.
+	ErrKeyVersionTooOld = &Error{Code: codes.FailedPrecondition, Reason: ReasonKeyVersionTooOld}
+	// ErrWrongPurpose: the key's purpose does not allow the operation, e.g.
+	// Encrypt with a MAC key.
+	ErrWrongPurpose = &Error{Code: codes.FailedPrecondition, Reason: ReasonWrongPurpose}
+	// ErrResourceExhausted: a rate limit or the server's hashing queue is
+	// full; retry later with backoff.
+	ErrResourceExhausted = &Error{Code: codes.ResourceExhausted}
+	// ErrUnavailable: the server, its root KMS or its storage cannot be
+	// reached; the call may be retried.
+	ErrUnavailable = &Error{Code: codes.Unavailable}
+)
+
+// ErrClosed is matched by the error of a call made on, or interrupted by, a
+// closed [Client].
+var ErrClosed = errors.New("custos: client is closed")
+
+// Error is a failure reported by the Custos API (or, for a few checks, by
+// the client before calling it). Calls return it wrapped with context; use
+// [errors.Is] with the sentinels, or [errors.As] to read the fields.
+type Error struct {
+	// Code is the gRPC status code.
+	Code codes.Code
+	// Reason is the google.rpc.ErrorInfo reason given by the server with
+	// domain [ErrorDomain], such as [ReasonKeyVersionDisabled]; empty if the
+	// status carried none.
+	Reason string
+	// Message is the status message: what was wrong, never secret data.
+	Message string
+
+	// status is the status as received, details included, if any.
+	status *status.Status
+	// cause is an error the status stands for on this side of the wire:
+	// the context's error or ErrClosed.
+	cause error
+}
+
+// Error returns the code, the reason if any, and the message, e.g.
+// "FailedPrecondition (KEY_VERSION_DISABLED): key version 2 is disabled".
+func (e *Error) Error() string {
+	s := e.Code.String()
+	if e.Reason != "" {
+		s += " (" + e.Reason + ")"
+	}
+	if e.Message != "" {
+		s += ": " + e.Message
+	}
+	return s
+}
+
+// Is reports whether target is an *Error with the same Code and, when the
+// target has a Reason, the same Reason. Messages are not compared. So the
+// error of an inauthentic ciphertext is both [ErrInvalidCiphertext] and
+// [ErrInvalidArgument], but not [ErrNotFound].
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	if !ok {
+		return false
+	}
+	return t.Code == e.Code && (t.Reason == "" || t.Reason == e.Reason)
+}
+
+// Unwrap returns the local cause of the error, if any: the context's error
+// for a call whose context ended, or [ErrClosed].
+func (e *Error) Unwrap() error { return e.cause }
+
+// GRPCStatus returns the status the error stands for, so that
+// [status.FromError] and [status.Code] work on errors from this package. It
+// is the status as received when the error came from the server, details
+// included; otherwise one built from Code, Message and Reason.
+func (e *Error) GRPCStatus() *status.Status {
+	if e.status != nil {
+		return e.status
+	}
+	st := status.New(e.Code, e.Message)
+	if e.Reason != "" {
+		if withInfo, err := st.WithDetails(&errdetails.ErrorInfo{Reason: e.Reason, Domain: ErrorDomain}); err == nil {
+			st = withInfo
+		}
+	}
+	return st
+}
+
+// errorFromStatus converts a non-OK status to an *Error, taking the reason
+// from its first google.rpc.ErrorInfo detail with domain ErrorDomain.
+func errorFromStatus(st *status.Status) *Error {
+	e := &Error{Code: st.Code(), Message: st.Message(), status: st}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == ErrorDomain {
+			e.Reason = info.GetReason()
+			break
+		}
+	}
+	return e
+}
+
+// itemError converts the status of one batch item: nil for OK (or for no
+// status, which proto3 reads as OK), otherwise an *Error.
+func itemError(st *spb.Status) error {
+	if st.GetCode() == int32(codes.OK) {
+		return nil
+	}
+	return errorFromStatus(status.FromProto(st))
+}
+
+// callError converts the error of a gRPC call to an *Error wrapped with op,
+// which names what was being done. A context error or a closed client
+// becomes the *Error's cause, so errors.Is matches it too.
+func (c *Client) callError(ctx context.Context, op string, err error) error {
+	st, ok := status.FromError(err)
+	if !ok {
+		return fmt.Errorf("custos: %s: %w", op, err)
+	}
+	e := errorFromStatus(st)
+	switch {
+	case c.closed.Load():
+		e.cause = ErrClosed
+	case e.Code == codes.Canceled || e.Code == codes.DeadlineExceeded:
+		e.cause = ctx.Err()
+	}
+	return fmt.Errorf("custos: %s: %w", op, e)
+}
+
+// localError is a failure found by the client before or after a call, with
+// the code the server would have used.
+func localError(op string, code codes.Code, format string, args ...any) error {
+	return fmt.Errorf("custos: %s: %w", op, &Error{Code: code, Message: fmt.Sprintf(format, args...)})
+}

@@ -1,0 +1,149 @@
+package client
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"testing"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	spb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+func withInfo(t *testing.T, code codes.Code, msg, domain, reason string) *status.Status {
+	t.Helper()
+	st, err := status.New(code, msg).WithDetails(&errdetails.ErrorInfo{Domain: domain, Reason: reason})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func TestReasonConstantsAreTheContractStrings(t *testing.T) {
+	for got, want := range map[string]string{
+		ErrorDomain:                  "custos.dev",
+		ReasonCiphertextNotAuthentic: "CIPHERTEXT_NOT_AUTHENTIC",
+		ReasonTenantDeleted:          "TENANT_DELETED",
+		ReasonKeyVersionDisabled:     "KEY_VERSION_DISABLED",
+		ReasonKeyVersionDestroyed:    "KEY_VERSION_DESTROYED",
+		ReasonKeyVersionTooOld:       "KEY_VERSION_TOO_OLD",
+		ReasonWrongPurpose:           "WRONG_PURPOSE",
+	} {
+		if got != want {
+			t.Errorf("constant = %q, want %q", got, want)
+		}
+	}
+}
+
+func TestErrorFromStatusReadsTheCustosErrorInfo(t *testing.T) {
+	t.Run("the reason of a custos.dev ErrorInfo is taken", func(t *testing.T) {
+		e := errorFromStatus(withInfo(t, codes.FailedPrecondition, "key version 2 is disabled", "custos.dev", "KEY_VERSION_DISABLED"))
+		if e.Code != codes.FailedPrecondition || e.Reason != ReasonKeyVersionDisabled || e.Message != "key version 2 is disabled" {
+			t.Errorf("errorFromStatus = %+v", e)
+		}
+		if !errors.Is(e, ErrKeyVersionDisabled) || !errors.Is(e, ErrFailedPrecondition) || errors.Is(e, ErrKeyVersionDestroyed) {
+			t.Errorf("sentinel matching is wrong for %v", e)
+		}
+	})
+	t.Run("an ErrorInfo of another domain is ignored", func(t *testing.T) {
+		e := errorFromStatus(withInfo(t, codes.InvalidArgument, "bad", "googleapis.com", "CIPHERTEXT_NOT_AUTHENTIC"))
+		if e.Reason != "" || errors.Is(e, ErrInvalidCiphertext) || !errors.Is(e, ErrInvalidArgument) {
+			t.Errorf("foreign ErrorInfo was used: %+v", e)
+		}
+	})
+	t.Run("a reason only matches together with its code", func(t *testing.T) {
+		e := errorFromStatus(withInfo(t, codes.NotFound, "gone", "custos.dev", "TENANT_DELETED"))
+		if errors.Is(e, ErrTenantDeleted) || errors.Is(e, ErrFailedPrecondition) || !errors.Is(e, ErrNotFound) {
+			t.Errorf("reason matched across codes: %+v", e)
+		}
+	})
+	t.Run("other details do not hide the ErrorInfo", func(t *testing.T) {
+		st, err := status.New(codes.InvalidArgument, "bad").WithDetails(
+			&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: "ciphertext"}}},
+			&errdetails.ErrorInfo{Domain: "custos.dev", Reason: "CIPHERTEXT_NOT_AUTHENTIC"},
+		)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e := errorFromStatus(st); !errors.Is(e, ErrInvalidCiphertext) {
+			t.Errorf("errorFromStatus = %+v, want ErrInvalidCiphertext", e)
+		}
+	})
+}
+
+func TestItemErrorTreatsAMissingStatusAsOK(t *testing.T) {
+	if err := itemError(nil); err != nil {
+		t.Errorf("itemError(nil) = %v", err)
+	}
+	if err := itemError(&spb.Status{}); err != nil {
+		t.Errorf("itemError(OK) = %v", err)
+	}
+	err := itemError(withInfo(t, codes.InvalidArgument, "x", "custos.dev", "CIPHERTEXT_NOT_AUTHENTIC").Proto())
+	if !errors.Is(err, ErrInvalidCiphertext) || !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("itemError = %v, want ErrInvalidCiphertext", err)
+	}
+}
+
+func TestErrorStringAndStatus(t *testing.T) {
+	e := &Error{Code: codes.FailedPrecondition, Reason: ReasonTenantDeleted, Message: "tenants/acme is scheduled for deletion"}
+	if got, want := e.Error(), "FailedPrecondition (TENANT_DELETED): tenants/acme is scheduled for deletion"; got != want {
+		t.Errorf("Error() = %q, want %q", got, want)
+	}
+	if got, want := ErrNotFound.Error(), "NotFound"; got != want {
+		t.Errorf("ErrNotFound.Error() = %q, want %q", got, want)
+	}
+
+	// A locally made error builds its status, ErrorInfo included.
+	st := e.GRPCStatus()
+	if st.Code() != codes.FailedPrecondition || st.Message() != e.Message {
+		t.Errorf("GRPCStatus = %v", st)
+	}
+	if back := errorFromStatus(st); back.Reason != ReasonTenantDeleted {
+		t.Errorf("GRPCStatus lost the reason: %v", st.Details())
+	}
+	// Through wrapping, status.FromError still finds the code.
+	wrapped := localError("get tenant tenants/acme", codes.InvalidArgument, "page size %d out of range", -1)
+	if got := status.Code(wrapped); got != codes.InvalidArgument {
+		t.Errorf("status.Code(wrapped) = %v", got)
+	}
+	if got, want := wrapped.Error(), "custos: get tenant tenants/acme: InvalidArgument: page size -1 out of range"; got != want {
+		t.Errorf("wrapped.Error() = %q, want %q", got, want)
+	}
+}
+
+func TestCallErrorKeepsNonStatusErrors(t *testing.T) {
+	c := &Client{}
+	cause := errors.New("boom")
+	err := c.callError(context.Background(), "op", cause)
+	if !errors.Is(err, cause) {
+		t.Errorf("callError lost a non-status error: %v", err)
+	}
+}
+
+func TestCheckTLSConfig(t *testing.T) {
+	cert := tls.Certificate{Certificate: [][]byte{{1}}}
+	t.Run("MinVersion is raised to TLS 1.3 on a copy", func(t *testing.T) {
+		in := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		out, err := checkTLSConfig(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out.MinVersion != tls.VersionTLS13 || in.MinVersion != tls.VersionTLS12 {
+			t.Errorf("MinVersion: out %x, in %x", out.MinVersion, in.MinVersion)
+		}
+	})
+	t.Run("GetClientCertificate counts as presenting a certificate", func(t *testing.T) {
+		in := &tls.Config{GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }}
+		if _, err := checkTLSConfig(in); err != nil {
+			t.Error(err)
+		}
+	})
+	t.Run("InsecureSkipVerify is accepted with a verifier of its own", func(t *testing.T) {
+		in := &tls.Config{Certificates: []tls.Certificate{cert}, InsecureSkipVerify: true, VerifyConnection: func(tls.ConnectionState) error { return nil }}
+		if _, err := checkTLSConfig(in); err != nil {
+			t.Error(err)
+		}
+	})
+}

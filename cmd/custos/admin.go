@@ -1,0 +1,260 @@
+package main
+
+import (
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/custos-kms/custos/client"
+)
+
+// conn holds the admin commands' connection flags.
+type conn struct {
+	addr, ca, cert, key string
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+func (c *conn) flags(cmd *cobra.Command) {
+	dev := func(f string) string { return filepath.Join(".custos-dev", f) }
+	pf := cmd.PersistentFlags()
+	pf.StringVar(&c.addr, "addr", envOr("CUSTOS_ADDR", "127.0.0.1:8443"), "server address (env CUSTOS_ADDR)")
+	pf.StringVar(&c.ca, "ca", envOr("CUSTOS_CA", dev("ca.pem")), "CA bundle that verifies the server (env CUSTOS_CA)")
+	pf.StringVar(&c.cert, "cert", envOr("CUSTOS_CERT", dev("client.pem")), "client certificate (env CUSTOS_CERT)")
+	pf.StringVar(&c.key, "key", envOr("CUSTOS_KEY", dev("client-key.pem")), "client private key (env CUSTOS_KEY)")
+}
+
+func (c *conn) dial(cmd *cobra.Command) (*client.Client, error) {
+	return client.New(cmd.Context(), client.Config{Address: c.addr, CAFile: c.ca, CertFile: c.cert, KeyFile: c.key})
+}
+
+// run dials, runs f and closes the connection.
+func (c *conn) run(f func(cmd *cobra.Command, cl *client.Client, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		cl, err := c.dial(cmd)
+		if err != nil {
+			return err
+		}
+		defer cl.Close()
+		return f(cmd, cl, args)
+	}
+}
+
+func addAdminCommands(root *cobra.Command) {
+	var c conn
+	tenant := &cobra.Command{Use: "tenant", Short: "Create, show and list tenants"}
+	c.flags(tenant)
+	tenant.AddCommand(
+		&cobra.Command{
+			Use: "create TENANT_ID", Short: "Create a tenant", Args: cobra.ExactArgs(1),
+			RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
+				t, err := cl.CreateTenant(cmd.Context(), args[0])
+				if err != nil {
+					return err
+				}
+				printTenants(cmd.OutOrStdout(), t)
+				return nil
+			}),
+		},
+		&cobra.Command{
+			Use: "get TENANT_ID", Short: "Show a tenant", Args: cobra.ExactArgs(1),
+			RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
+				t, err := cl.GetTenant(cmd.Context(), tenantName(args[0]))
+				if err != nil {
+					return err
+				}
+				printTenants(cmd.OutOrStdout(), t)
+				return nil
+			}),
+		},
+		&cobra.Command{
+			Use: "list", Short: "List the tenants you may see", Args: cobra.NoArgs,
+			RunE: c.run(func(cmd *cobra.Command, cl *client.Client, _ []string) error {
+				var ts []client.Tenant
+				for t, err := range cl.AllTenants(cmd.Context()) {
+					if err != nil {
+						return err
+					}
+					ts = append(ts, t)
+				}
+				printTenants(cmd.OutOrStdout(), ts...)
+				return nil
+			}),
+		},
+	)
+
+	var k conn
+	var rotation time.Duration
+	key := &cobra.Command{Use: "key", Short: "Create, show, list and rotate keys"}
+	k.flags(key)
+	create := &cobra.Command{
+		Use: "create tenants/TENANT/keys/KEY", Short: "Create an ENCRYPT key (AES-256-GCM)", Args: cobra.ExactArgs(1),
+		RunE: k.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
+			parent, id, ok := splitKeyName(args[0])
+			if !ok {
+				return fmt.Errorf("%q is not tenants/{tenant}/keys/{key}", args[0])
+			}
+			kk, err := cl.CreateKey(cmd.Context(), parent, id, client.KeySpec{Purpose: client.PurposeEncrypt, RotationPeriod: rotation})
+			if err != nil {
+				return err
+			}
+			printKey(cmd.OutOrStdout(), kk)
+			return nil
+		}),
+	}
+	create.Flags().DurationVar(&rotation, "rotation-period", 0, "rotate automatically this often (e.g. 720h); 0 = never")
+	key.AddCommand(create,
+		&cobra.Command{
+			Use: "get tenants/TENANT/keys/KEY", Short: "Show a key and its versions", Args: cobra.ExactArgs(1),
+			RunE: k.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
+				kk, err := cl.GetKey(cmd.Context(), args[0])
+				if err != nil {
+					return err
+				}
+				printKey(cmd.OutOrStdout(), kk)
+				return nil
+			}),
+		},
+		&cobra.Command{
+			Use: "list tenants/TENANT", Short: "List a tenant's keys", Args: cobra.ExactArgs(1),
+			RunE: k.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
+				w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+				fmt.Fprintln(w, "NAME\tPURPOSE\tPRIMARY\tVERSIONS")
+				for kk, err := range cl.AllKeys(cmd.Context(), tenantName(args[0])) {
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(w, "%s\t%v\t%d\t%d\n", kk.Name, kk.Purpose, kk.PrimaryVersion, len(kk.Versions))
+				}
+				return w.Flush()
+			}),
+		},
+		&cobra.Command{
+			Use: "rotate tenants/TENANT/keys/KEY", Short: "Add a new primary version; old versions still decrypt", Args: cobra.ExactArgs(1),
+			RunE: k.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
+				kk, err := cl.RotateKey(cmd.Context(), args[0])
+				if err != nil {
+					return err
+				}
+				printKey(cmd.OutOrStdout(), kk)
+				return nil
+			}),
+		},
+	)
+
+	root.AddCommand(tenant, key, newCryptoCmd("encrypt"), newCryptoCmd("decrypt"))
+}
+
+// newCryptoCmd is `custos encrypt` or `custos decrypt`.
+func newCryptoCmd(op string) *cobra.Command {
+	var c conn
+	var ad string
+	var noAD bool
+	use, short := "encrypt NAME PLAINTEXT|-", "Encrypt a field; prints the base64 ciphertext"
+	if op == "decrypt" {
+		use, short = "decrypt NAME CIPHERTEXT_BASE64|-", "Decrypt a base64 ciphertext; prints the plaintext"
+	}
+	cmd := &cobra.Command{
+		Use: use, Short: short, Args: cobra.ExactArgs(2),
+		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
+			if ad == "" && !noAD {
+				return errors.New("pass --ad with the record id and field the value belongs to (or --no-ad to bind nothing)")
+			}
+			in := []byte(args[1])
+			if args[1] == "-" {
+				b, err := io.ReadAll(io.LimitReader(cmd.InOrStdin(), 16<<20))
+				if err != nil {
+					return err
+				}
+				in = b
+			}
+			var aad []byte
+			if !noAD {
+				aad = []byte(ad)
+			}
+			out := cmd.OutOrStdout()
+			if op == "encrypt" {
+				ct, v, err := cl.Encrypt(cmd.Context(), args[0], in, aad)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(out, base64.StdEncoding.EncodeToString(ct))
+				fmt.Fprintf(cmd.ErrOrStderr(), "(key version %d)\n", v)
+				return nil
+			}
+			ct, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(in)))
+			if err != nil {
+				return fmt.Errorf("ciphertext is not base64: %w", err)
+			}
+			pt, v, err := cl.Decrypt(cmd.Context(), args[0], ct, aad)
+			if err != nil {
+				return err
+			}
+			out.Write(pt)
+			fmt.Fprintln(out)
+			fmt.Fprintf(cmd.ErrOrStderr(), "(key version %d)\n", v)
+			return nil
+		}),
+	}
+	c.flags(cmd)
+	cmd.Flags().StringVar(&ad, "ad", "", "associated data bound to the ciphertext, e.g. \"customer-42/email\"")
+	cmd.Flags().BoolVar(&noAD, "no-ad", false, "bind no associated data")
+	return cmd
+}
+
+func tenantName(s string) string {
+	if strings.HasPrefix(s, "tenants/") {
+		return s
+	}
+	return client.TenantName(s)
+}
+
+func splitKeyName(name string) (parent, id string, ok bool) {
+	i := strings.LastIndex(name, "/keys/")
+	if i < 0 || !strings.HasPrefix(name, "tenants/") {
+		return "", "", false
+	}
+	return name[:i], name[i+len("/keys/"):], true
+}
+
+func printTenants(w io.Writer, ts ...client.Tenant) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tSTATE\tCREATED\tDELETE AT")
+	for _, t := range ts {
+		fmt.Fprintf(tw, "%s\t%v\t%s\t%s\n", t.Name, t.State, when(t.CreateTime), when(t.DeleteTime))
+	}
+	tw.Flush()
+}
+
+func printKey(w io.Writer, k client.Key) {
+	fmt.Fprintf(w, "name:     %s\npurpose:  %v\nprimary:  %d\ncreated:  %s\n", k.Name, k.Purpose, k.PrimaryVersion, when(k.CreateTime))
+	if k.RotationPeriod > 0 {
+		fmt.Fprintf(w, "rotation: every %v, next %s\n", k.RotationPeriod, when(k.NextRotationTime))
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VERSION\tSTATE\tCREATED\tENCRYPTIONS")
+	for _, v := range k.Versions {
+		fmt.Fprintf(tw, "%d\t%v\t%s\t%d\n", v.Version, v.State, when(v.CreateTime), v.EncryptCount)
+	}
+	tw.Flush()
+}
+
+func when(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339)
+}

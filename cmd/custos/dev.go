@@ -1,0 +1,122 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/custos-kms/custos/internal/config"
+	"github.com/custos-kms/custos/internal/pki"
+	"github.com/custos-kms/custos/keystore/root/local"
+)
+
+// devPolicy gives the dev client every permission on every tenant.
+const devPolicy = `# custos dev: the dev client may do everything on every tenant.
+rules:
+  - identities: ["` + pki.DevClientID + `"]
+    tenants: ["*"]
+    permissions: ["*"]
+`
+
+// devConfig is the configuration custos dev serves with; paths are relative
+// to the directory holding it, so "custos serve --config .custos-dev/custos.yaml"
+// serves the same data.
+const devConfig = `# Written by custos dev. Paths are relative to this file.
+listen: 127.0.0.1:8443
+tls:
+  cert_file: server.pem
+  key_file: server-key.pem
+  client_ca_file: ca.pem
+policy_file: policy.yaml
+root:
+  type: local
+  local:
+    key_file: root.key
+storage:
+  type: bbolt
+  bbolt:
+    path: custos.db
+`
+
+func newDevCmd() *cobra.Command {
+	var dir, listen string
+	cmd := &cobra.Command{
+		Use:   "dev",
+		Short: "Serve the embedded default: dev PKI, local root and bbolt under ./.custos-dev",
+		Long: `custos dev creates ./.custos-dev on first run (a dev CA, a server certificate
+for localhost and 127.0.0.1, a client certificate for ` + pki.DevClientID + `,
+a local root key, a bbolt file and an allow-all policy for the dev client) and
+serves on 127.0.0.1:8443. Later runs reuse everything, so data written before a
+restart still decrypts. Never use it in production.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := prepareDev(dir)
+			if err != nil {
+				return err
+			}
+			cfg.Listen = listen
+			out := cmd.OutOrStdout()
+			return serve(cmd.Context(), cfg, cmd.ErrOrStderr(), func(addr net.Addr) { printDevHelp(out, dir, addr) })
+		},
+	}
+	cmd.Flags().StringVar(&dir, "dir", ".custos-dev", "directory for the dev PKI, root key, data and policy")
+	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8443", "gRPC listen address")
+	return cmd
+}
+
+// prepareDev creates whatever is missing under dir and returns the config.
+func prepareDev(dir string) (*config.Config, error) {
+	if _, err := pki.WriteDevFiles(dir); err != nil {
+		return nil, fmt.Errorf("dev PKI: %w", err)
+	}
+	if _, err := local.OpenOrCreate(filepath.Join(dir, "root.key")); err != nil {
+		return nil, err
+	}
+	for name, content := range map[string]string{"policy.yaml": devPolicy, "custos.yaml": devConfig} {
+		if err := writeIfMissing(filepath.Join(dir, name), content); err != nil {
+			return nil, err
+		}
+	}
+	return config.Load(filepath.Join(dir, "custos.yaml"))
+}
+
+func writeIfMissing(path, content string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := io.WriteString(f, content); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func printDevHelp(w io.Writer, dir string, addr net.Addr) {
+	p := func(name string) string { return filepath.Join(dir, name) }
+	fmt.Fprintf(w, `
+Custos dev server listening on %[1]s (mutual TLS; files in %[2]s)
+
+Try it with grpcurl (install: make grpcurl, then use .tools/bin/grpcurl):
+
+  grpcurl -cacert %[3]s -cert %[4]s -key %[5]s \
+    -d '{"tenant_id":"acme"}' %[1]s custos.v1.KeyService/CreateTenant
+
+Or with the CLI and the Go example:
+
+  go run ./cmd/custos key create tenants/acme/keys/pii
+  go run ./cmd/custos encrypt tenants/acme/keys/pii "hello" --ad "customer-42/email"
+  go run ./examples/fieldencryption
+
+Ctrl-C stops the server; the next run reuses %[2]s.
+`, addr, dir, p("ca.pem"), p("client.pem"), p("client-key.pem"))
+}

@@ -1,0 +1,29 @@
+// Command custos is the Custos key-management service and its admin CLI.
+//
+//	custos dev                      the embedded default: dev PKI, local root, bbolt, on 127.0.0.1:8443
+//	custos serve --config FILE      the server from a YAML config
+//	custos tenant|key|encrypt|…     admin commands through the Go client
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := newRootCmd().ExecuteContext(ctx)
+	stop()
+	if err != nil {
+		msg := err.Error()
+		if !strings.HasPrefix(msg, "custos") {
+			msg = "custos: " + msg
+		}
+		fmt.Fprintln(os.Stderr, msg)
+		os.Exit(1)
+	}
+}
