@@ -3,6 +3,7 @@ package keystore
 import (
 	"context"
 	"fmt"
+	"strings"
 )
 
 // reloadWindow bounds how far past the newest known version a ciphertext may
@@ -11,18 +12,33 @@ import (
 const reloadWindow = 1024
 
 // Encrypt encrypts plaintext under the key's primary version, binding aad.
-// It returns the ciphertext and the version that made it.
+// ENCRYPT keys are randomized (AES-256-GCM); ENCRYPT_DETERMINISTIC keys give
+// equal ciphertexts for equal plaintext and aad (AES-256-SIV). It returns the
+// ciphertext and the version that made it.
 func (s *Service) Encrypt(ctx context.Context, ref KeyRef, plaintext, aad []byte) ([]byte, uint32, error) {
+	if isDataKeyAAD(aad) {
+		return nil, 0, fmt.Errorf("%w: associated_data: the prefix %q is reserved for data keys", ErrInvalidArgument, dataKeyAADPrefix)
+	}
 	e, err := s.key(ctx, ref)
 	if err != nil {
 		return nil, 0, err
 	}
-	if e.rec.Purpose != PurposeEncrypt {
-		return nil, 0, fmt.Errorf("%w: encrypt needs a key of purpose %v, %s is %v", ErrWrongPurpose, PurposeEncrypt, ref, e.rec.Purpose)
+	return s.encryptWith(e, "encrypt", plaintext, aad)
+}
+
+func (s *Service) encryptWith(e *keyEntry, op string, plaintext, aad []byte) ([]byte, uint32, error) {
+	var ct []byte
+	var err error
+	switch e.rec.Purpose {
+	case PurposeEncrypt:
+		ct, err = e.prim.aead.Encrypt(plaintext, aad)
+	case PurposeEncryptDeterministic:
+		ct, err = e.prim.daead.EncryptDeterministically(plaintext, aad)
+	default:
+		return nil, 0, wrongPurpose(op, e, PurposeEncrypt, PurposeEncryptDeterministic)
 	}
-	ct, err := e.prim.aead.Encrypt(plaintext, aad)
 	if err != nil {
-		return nil, 0, fmt.Errorf("encrypt with %s: %w", ref, err)
+		return nil, 0, fmt.Errorf("%s with %s: %w", op, e.ref, err)
 	}
 	return ct, e.rec.Primary, nil
 }
@@ -31,25 +47,48 @@ func (s *Service) Encrypt(ctx context.Context, ref KeyRef, plaintext, aad []byte
 // Every authentication failure is ErrInvalidCiphertext; a disabled, destroyed
 // or too-old version is reported as such.
 func (s *Service) Decrypt(ctx context.Context, ref KeyRef, ciphertext, aad []byte) ([]byte, uint32, error) {
+	if isDataKeyAAD(aad) {
+		return nil, 0, ErrInvalidCiphertext
+	}
 	e, err := s.key(ctx, ref)
 	if err != nil {
 		return nil, 0, err
 	}
-	if e.rec.Purpose != PurposeEncrypt {
-		return nil, 0, fmt.Errorf("%w: decrypt needs a key of purpose %v, %s is %v", ErrWrongPurpose, PurposeEncrypt, ref, e.rec.Purpose)
+	return s.decryptWith(ctx, e, "decrypt", ciphertext, aad)
+}
+
+func (s *Service) decryptWith(ctx context.Context, e *keyEntry, op string, ciphertext, aad []byte) ([]byte, uint32, error) {
+	if e.rec.Purpose != PurposeEncrypt && e.rec.Purpose != PurposeEncryptDeterministic {
+		return nil, 0, wrongPurpose(op, e, PurposeEncrypt, PurposeEncryptDeterministic)
 	}
 	v, ok := versionOf(ciphertext)
 	if !ok {
 		return nil, 0, ErrInvalidCiphertext
 	}
-	if e, err = s.entryForVersion(ctx, e, v); err != nil {
+	e, err := s.entryForVersion(ctx, e, v)
+	if err != nil {
 		return nil, 0, err
 	}
-	pt, err := e.prim.aead.Decrypt(ciphertext, aad)
+	var pt []byte
+	if e.rec.Purpose == PurposeEncrypt {
+		pt, err = e.prim.aead.Decrypt(ciphertext, aad)
+	} else {
+		pt, err = e.prim.daead.DecryptDeterministically(ciphertext, aad)
+	}
 	if err != nil {
 		return nil, 0, ErrInvalidCiphertext
 	}
 	return pt, v, nil
+}
+
+// wrongPurpose names the key's purpose and the ones the operation needs.
+func wrongPurpose(op string, e *keyEntry, want ...Purpose) error {
+	names := make([]string, len(want))
+	for i, p := range want {
+		names[i] = p.String()
+	}
+	return fmt.Errorf("%w: %s needs a key of purpose %s; %s has purpose %v",
+		ErrWrongPurpose, op, strings.Join(names, " or "), e.ref, e.rec.Purpose)
 }
 
 // entryForVersion checks that version v of e may decrypt, reloading the key

@@ -18,7 +18,9 @@ func (s *Service) CreateKey(ctx context.Context, ref KeyRef, spec KeySpec) (Key,
 	if !ValidID(ref.Tenant) || !ValidID(ref.Key) {
 		return Key{}, fmt.Errorf("%w: key %q is malformed", ErrInvalidArgument, truncate(ref.String()))
 	}
-	if spec.Purpose != PurposeEncrypt {
+	switch spec.Purpose {
+	case PurposeEncrypt, PurposeEncryptDeterministic, PurposeMAC, PurposePassword:
+	default:
 		return Key{}, fmt.Errorf("%w: key.purpose %v is not supported", ErrInvalidArgument, spec.Purpose)
 	}
 	if spec.RotationPeriod < 0 || (spec.RotationPeriod > 0 && spec.RotationPeriod < time.Hour) {

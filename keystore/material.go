@@ -4,12 +4,17 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"slices"
 
 	"github.com/tink-crypto/tink-go/v2/aead"
 	"github.com/tink-crypto/tink-go/v2/aead/aesgcm"
 	"github.com/tink-crypto/tink-go/v2/aead/subtle"
+	"github.com/tink-crypto/tink-go/v2/daead"
+	"github.com/tink-crypto/tink-go/v2/daead/aessiv"
 	"github.com/tink-crypto/tink-go/v2/key"
 	"github.com/tink-crypto/tink-go/v2/keyset"
+	"github.com/tink-crypto/tink-go/v2/mac"
+	"github.com/tink-crypto/tink-go/v2/mac/hmac"
 	"github.com/tink-crypto/tink-go/v2/secretdata"
 	"github.com/tink-crypto/tink-go/v2/tink"
 )
@@ -61,6 +66,29 @@ func newVersionKey(p Purpose, version uint32) (key.Key, error) {
 			return nil, err
 		}
 		return aesgcm.NewKey(b, version, params)
+	case PurposeEncryptDeterministic:
+		// AES-SIV with a 64-byte key: two AES-256 keys (S2V and CTR).
+		params, err := aessiv.NewParameters(64, aessiv.VariantTink)
+		if err != nil {
+			return nil, err
+		}
+		b, err := secretdata.NewBytesFromRand(64)
+		if err != nil {
+			return nil, err
+		}
+		return aessiv.NewKey(b, version, params)
+	case PurposeMAC, PurposePassword:
+		params, err := hmac.NewParameters(hmac.ParametersOpts{
+			KeySizeInBytes: 32, TagSizeInBytes: 32, HashType: hmac.SHA256, Variant: hmac.VariantTink,
+		})
+		if err != nil {
+			return nil, err
+		}
+		b, err := secretdata.NewBytesFromRand(32)
+		if err != nil {
+			return nil, err
+		}
+		return hmac.NewKey(b, params, version)
 	}
 	return nil, fmt.Errorf("%w: purpose %v not supported", ErrInvalidArgument, p)
 }
@@ -107,19 +135,74 @@ func openKeyset(sealed []byte, kek tink.AEAD, ref KeyRef) (*keyset.Handle, error
 	return h, nil
 }
 
-// primitives are what a key's keyset does, by purpose.
+// primitives are what a key's keyset does, by purpose. Tink's keyset
+// primitives use only the keyset's enabled keys: encrypt and compute with the
+// primary, decrypt and verify with any enabled key named by the prefix.
 type primitives struct {
-	aead tink.AEAD // PurposeEncrypt
+	aead  tink.AEAD              // PurposeEncrypt
+	daead tink.DeterministicAEAD // PurposeEncryptDeterministic
+	mac   tink.MAC               // PurposeMAC, PurposePassword
+	macs  map[uint32]tink.MAC    // PurposeMAC, PurposePassword: each enabled version alone
+	order []uint32               // the keys of macs: primary first, then newest to oldest
 }
 
 func newPrimitives(p Purpose, h *keyset.Handle) (primitives, error) {
+	var out primitives
+	var err error
 	switch p {
 	case PurposeEncrypt:
-		a, err := aead.New(h)
-		if err != nil {
-			return primitives{}, fmt.Errorf("aead primitive: %w", err)
+		out.aead, err = aead.New(h)
+	case PurposeEncryptDeterministic:
+		out.daead, err = daead.New(h)
+	case PurposeMAC, PurposePassword:
+		if out.mac, err = mac.New(h); err == nil {
+			out.macs, out.order, err = versionMACs(h)
 		}
-		return primitives{aead: a}, nil
+	default:
+		return primitives{}, fmt.Errorf("%w: purpose %v not supported", ErrIntegrity, p)
 	}
-	return primitives{}, fmt.Errorf("%w: purpose %v not supported", ErrIntegrity, p)
+	if err != nil {
+		return primitives{}, fmt.Errorf("%v primitive: %w", p, err)
+	}
+	return out, nil
+}
+
+// versionMACs returns a MAC primitive for each enabled key of h alone, and
+// their versions: primary first, then newest to oldest.
+func versionMACs(h *keyset.Handle) (map[uint32]tink.MAC, []uint32, error) {
+	macs := make(map[uint32]tink.MAC, h.Len())
+	var primary uint32
+	var others []uint32
+	for i := range h.Len() {
+		e, err := h.Entry(i)
+		if err != nil {
+			return nil, nil, err
+		}
+		if e.KeyStatus() != keyset.Enabled {
+			continue
+		}
+		m := keyset.NewManager()
+		id, err := m.AddKey(e.Key())
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := m.SetPrimary(id); err != nil {
+			return nil, nil, err
+		}
+		one, err := m.Handle()
+		if err != nil {
+			return nil, nil, err
+		}
+		if macs[id], err = mac.New(one); err != nil {
+			return nil, nil, err
+		}
+		if e.IsPrimary() {
+			primary = id
+		} else {
+			others = append(others, id)
+		}
+	}
+	slices.Sort(others)
+	slices.Reverse(others)
+	return macs, append([]uint32{primary}, others...), nil
 }

@@ -40,6 +40,13 @@ type Purpose int
 const (
 	// PurposeEncrypt is AES-256-GCM randomized encryption (Tink AEAD).
 	PurposeEncrypt Purpose = iota + 1
+	// PurposeEncryptDeterministic is AES-256-SIV (Tink DAEAD): equal inputs
+	// give equal ciphertexts, for equality lookups.
+	PurposeEncryptDeterministic
+	// PurposeMAC is HMAC-SHA256: MACs and blind indexes.
+	PurposeMAC
+	// PurposePassword is an HMAC-SHA256 pepper for password hashing.
+	PurposePassword
 )
 
 // String returns the purpose's name.
@@ -47,6 +54,12 @@ func (p Purpose) String() string {
 	switch p {
 	case PurposeEncrypt:
 		return "ENCRYPT"
+	case PurposeEncryptDeterministic:
+		return "ENCRYPT_DETERMINISTIC"
+	case PurposeMAC:
+		return "MAC"
+	case PurposePassword:
+		return "PASSWORD"
 	}
 	return fmt.Sprintf("Purpose(%d)", int(p))
 }

@@ -1,0 +1,88 @@
+package keystore
+
+import (
+	"context"
+	"fmt"
+)
+
+// MACEntry is the MAC of a value under one key version.
+type MACEntry struct {
+	Version uint32
+	MAC     []byte
+}
+
+// ComputeMAC returns the HMAC-SHA256 of data under the primary version of a
+// MAC key: a 5-byte prefix naming the version, then the 32-byte tag.
+func (s *Service) ComputeMAC(ctx context.Context, ref KeyRef, data []byte) ([]byte, uint32, error) {
+	e, err := s.macKey(ctx, ref, "compute MAC")
+	if err != nil {
+		return nil, 0, err
+	}
+	m, err := e.prim.mac.ComputeMAC(data)
+	if err != nil {
+		return nil, 0, fmt.Errorf("compute MAC with %s: %w", ref, err)
+	}
+	return m, e.rec.Primary, nil
+}
+
+// VerifyMAC reports whether mac is a valid MAC of data under an enabled
+// version at or above the key's minimum decryption version. The comparison
+// is constant time (Tink compares with hmac.Equal).
+func (s *Service) VerifyMAC(ctx context.Context, ref KeyRef, data, mac []byte) (bool, error) {
+	e, err := s.macKey(ctx, ref, "verify MAC")
+	if err != nil {
+		return false, err
+	}
+	v, ok := versionOf(mac)
+	if !ok {
+		return false, nil
+	}
+	if _, known := e.rec.version(v); !known {
+		// Maybe rotated on another replica: reload once, bounded like Decrypt.
+		if fresh, err := s.entryForVersion(ctx, e, v); err == nil {
+			e = fresh
+		}
+	}
+	vr, known := e.rec.version(v)
+	if !known || vr.State != VersionEnabled || v < e.rec.MinDecryptionVersion {
+		return false, nil
+	}
+	return e.prim.mac.VerifyMAC(mac, data) == nil, nil
+}
+
+// BlindIndex returns the MAC of data under every enabled version at or above
+// the minimum decryption version, primary first, then newest to oldest. Each
+// MAC is exactly what ComputeMAC returns under that version, so rows indexed
+// before a rotation are still found after it.
+func (s *Service) BlindIndex(ctx context.Context, ref KeyRef, data []byte) ([]MACEntry, error) {
+	e, err := s.macKey(ctx, ref, "blind index")
+	if err != nil {
+		return nil, err
+	}
+	out := make([]MACEntry, 0, len(e.prim.order))
+	for _, v := range e.prim.order {
+		if v < e.rec.MinDecryptionVersion {
+			continue
+		}
+		if vr, ok := e.rec.version(v); !ok || vr.State != VersionEnabled {
+			continue
+		}
+		m, err := e.prim.macs[v].ComputeMAC(data)
+		if err != nil {
+			return nil, fmt.Errorf("blind index with %s version %d: %w", ref, v, err)
+		}
+		out = append(out, MACEntry{Version: v, MAC: m})
+	}
+	return out, nil
+}
+
+func (s *Service) macKey(ctx context.Context, ref KeyRef, op string) (*keyEntry, error) {
+	e, err := s.key(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	if e.rec.Purpose != PurposeMAC {
+		return nil, wrongPurpose(op, e, PurposeMAC)
+	}
+	return e, nil
+}
