@@ -28,6 +28,11 @@ var (
 	ErrKeyVersionTooOld = errors.New("key version is below the minimum decryption version")
 	// ErrWrongPurpose: the key's purpose does not allow the operation.
 	ErrWrongPurpose = errors.New("wrong key purpose")
+	// ErrResourceExhausted: the password hashing queue is full; retry later.
+	ErrResourceExhausted = errors.New("password hashing queue is full")
+	// ErrSubjectLocked: too many failed password verifications for this
+	// subject; it is locked for the key's lockout duration.
+	ErrSubjectLocked = errors.New("subject is locked after too many failed password verifications")
 	// ErrUnavailable: the root or the storage cannot be reached; retryable.
 	ErrUnavailable = errors.New("unavailable")
 	// ErrAborted: a concurrent change won too many times; retry the call.

@@ -23,6 +23,21 @@ func (s *Service) CreateKey(ctx context.Context, ref KeyRef, spec KeySpec) (Key,
 	default:
 		return Key{}, fmt.Errorf("%w: key.purpose %v is not supported", ErrInvalidArgument, spec.Purpose)
 	}
+	var policy *PasswordPolicy
+	switch {
+	case spec.Purpose == PurposePassword:
+		pp := PasswordPolicy{}
+		if spec.PasswordPolicy != nil {
+			pp = *spec.PasswordPolicy
+		}
+		pp, err := normalizePasswordPolicy(pp)
+		if err != nil {
+			return Key{}, err
+		}
+		policy = &pp
+	case spec.PasswordPolicy != nil:
+		return Key{}, fmt.Errorf("%w: key.password_policy applies to PASSWORD keys only", ErrInvalidArgument)
+	}
 	if spec.RotationPeriod < 0 || (spec.RotationPeriod > 0 && spec.RotationPeriod < time.Hour) {
 		return Key{}, fmt.Errorf("%w: key.rotation_period must be zero or at least 1h", ErrInvalidArgument)
 	}
@@ -40,12 +55,13 @@ func (s *Service) CreateKey(ctx context.Context, ref KeyRef, spec KeySpec) (Key,
 	}
 	now := s.now().UTC()
 	rec := &keyRecord{
-		Format:     recordFormat,
-		Purpose:    spec.Purpose,
-		CreateTime: now,
-		Primary:    1,
-		Versions:   []versionRecord{{Version: 1, State: VersionEnabled, CreateTime: now}},
-		Keyset:     sealed,
+		Format:         recordFormat,
+		Purpose:        spec.Purpose,
+		CreateTime:     now,
+		Primary:        1,
+		Versions:       []versionRecord{{Version: 1, State: VersionEnabled, CreateTime: now}},
+		Keyset:         sealed,
+		PasswordPolicy: policy,
 	}
 	if spec.RotationPeriod > 0 {
 		rec.RotationPeriod = spec.RotationPeriod

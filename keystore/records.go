@@ -39,6 +39,7 @@ type keyRecord struct {
 	RotationPeriod       time.Duration   `json:"rotation_period,omitzero"`
 	NextRotationTime     time.Time       `json:"next_rotation_time,omitzero"`
 	MinDecryptionVersion uint32          `json:"min_decryption_version,omitzero"`
+	PasswordPolicy       *PasswordPolicy `json:"password_policy,omitempty"`
 	// Keyset is the Tink keyset encrypted under the tenant KEK with AAD
 	// keysetAAD (a serialized Tink EncryptedKeyset).
 	Keyset []byte `json:"keyset"`
@@ -108,6 +109,10 @@ func (r *keyRecord) toKey(ref KeyRef) Key {
 		MinDecryptionVersion: r.MinDecryptionVersion,
 		CreateTime:           r.CreateTime,
 		Versions:             make([]KeyVersion, len(r.Versions)),
+	}
+	if r.PasswordPolicy != nil {
+		pp := *r.PasswordPolicy
+		k.PasswordPolicy = &pp
 	}
 	for i, v := range r.Versions {
 		k.Versions[i] = KeyVersion(v)

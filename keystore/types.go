@@ -111,6 +111,8 @@ type Key struct {
 	NextRotationTime     time.Time
 	MinDecryptionVersion uint32
 	CreateTime           time.Time
+	// PasswordPolicy is set for PASSWORD keys only.
+	PasswordPolicy *PasswordPolicy
 }
 
 // KeyVersion is one version's metadata.
@@ -127,6 +129,19 @@ type KeySpec struct {
 	Purpose Purpose
 	// RotationPeriod, when non-zero, is how often the key rotates.
 	RotationPeriod time.Duration
+	// PasswordPolicy applies to PASSWORD keys (nil takes the defaults) and
+	// must be nil for other purposes.
+	PasswordPolicy *PasswordPolicy
+}
+
+// KeyUpdate is what UpdateKey changes; nil fields stay as they are.
+type KeyUpdate struct {
+	// RotationPeriod: 0 turns automatic rotation off.
+	RotationPeriod *time.Duration
+	// MinDecryptionVersion: 0 removes the minimum.
+	MinDecryptionVersion *uint32
+	// PasswordPolicy: PASSWORD keys only.
+	PasswordPolicy *PasswordPolicy
 }
 
 // KeyRef names one key of one tenant.

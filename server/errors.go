@@ -24,6 +24,8 @@ const (
 	ReasonKeyVersionDestroyed    = "KEY_VERSION_DESTROYED"
 	ReasonKeyVersionTooOld       = "KEY_VERSION_TOO_OLD"
 	ReasonWrongPurpose           = "WRONG_PURPOSE"
+	ReasonHashQueueFull          = "HASH_QUEUE_FULL"
+	ReasonSubjectLocked          = "SUBJECT_LOCKED"
 )
 
 // errorKind says how a domain error reaches the caller.
@@ -48,6 +50,8 @@ var errorTable = []errorKind{
 	{err: keystore.ErrKeyVersionDestroyed, code: codes.FailedPrecondition, reason: ReasonKeyVersionDestroyed},
 	{err: keystore.ErrKeyVersionTooOld, code: codes.FailedPrecondition, reason: ReasonKeyVersionTooOld},
 	{err: keystore.ErrWrongPurpose, code: codes.FailedPrecondition, reason: ReasonWrongPurpose},
+	{err: keystore.ErrResourceExhausted, code: codes.ResourceExhausted, reason: ReasonHashQueueFull},
+	{err: keystore.ErrSubjectLocked, code: codes.ResourceExhausted, reason: ReasonSubjectLocked},
 	{err: keystore.ErrUnavailable, code: codes.Unavailable, internal: true},
 	{err: keystore.ErrAborted, code: codes.Aborted},
 	{err: keystore.ErrIntegrity, code: codes.Internal, internal: true},

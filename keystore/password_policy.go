@@ -1,0 +1,111 @@
+package keystore
+
+import (
+	"fmt"
+	"time"
+)
+
+// PasswordAlgorithm is the slow hash a PASSWORD key applies after the pepper.
+type PasswordAlgorithm int
+
+// Password algorithms.
+const (
+	PasswordBcrypt PasswordAlgorithm = iota + 1
+	PasswordArgon2id
+)
+
+// String returns the algorithm's name.
+func (a PasswordAlgorithm) String() string {
+	switch a {
+	case PasswordBcrypt:
+		return "BCRYPT"
+	case PasswordArgon2id:
+		return "ARGON2ID"
+	}
+	return fmt.Sprintf("PasswordAlgorithm(%d)", int(a))
+}
+
+// Password hashing defaults and bounds. bcrypt's default cost is 12 and its
+// floor 10; argon2id defaults follow OWASP's cheat sheet (m=19 MiB, t=2, p=1).
+const (
+	DefaultBcryptCost        = 12
+	MinBcryptCost            = 10
+	MaxBcryptCost            = 31
+	DefaultArgon2MemoryKiB   = 19456
+	DefaultArgon2Iterations  = 2
+	DefaultArgon2Parallelism = 1
+	MinArgon2MemoryKiB       = 8192
+	MaxArgon2MemoryKiB       = 4 << 20 // 4 GiB
+	MaxArgon2Iterations      = 64
+	MaxArgon2Parallelism     = 64
+	DefaultLockoutWindow     = 15 * time.Minute
+	DefaultLockoutDuration   = 15 * time.Minute
+)
+
+// PasswordPolicy is how a PASSWORD key hashes, and its optional brute-force
+// lockout. Zero fields take the defaults above.
+type PasswordPolicy struct {
+	Algorithm         PasswordAlgorithm
+	BcryptCost        int
+	Argon2MemoryKiB   uint32
+	Argon2Iterations  uint32
+	Argon2Parallelism uint32
+	// LockoutMaxFailures > 0 locks a subject after that many failed
+	// verifications within LockoutWindow, for LockoutDuration.
+	LockoutMaxFailures uint32
+	LockoutWindow      time.Duration
+	LockoutDuration    time.Duration
+}
+
+// normalizePasswordPolicy fills defaults and checks bounds; the error names
+// the offending field (as key.password_policy.<field>).
+func normalizePasswordPolicy(p PasswordPolicy) (PasswordPolicy, error) {
+	bad := func(field, why string) (PasswordPolicy, error) {
+		return PasswordPolicy{}, fmt.Errorf("%w: key.password_policy.%s %s", ErrInvalidArgument, field, why)
+	}
+	if p.Algorithm == 0 {
+		p.Algorithm = PasswordBcrypt
+	}
+	switch p.Algorithm {
+	case PasswordBcrypt:
+		if p.BcryptCost == 0 {
+			p.BcryptCost = DefaultBcryptCost
+		}
+		if p.BcryptCost < MinBcryptCost || p.BcryptCost > MaxBcryptCost {
+			return bad("bcrypt_cost", fmt.Sprintf("must be %d to %d", MinBcryptCost, MaxBcryptCost))
+		}
+	case PasswordArgon2id:
+		if p.Argon2MemoryKiB == 0 {
+			p.Argon2MemoryKiB = DefaultArgon2MemoryKiB
+		}
+		if p.Argon2Iterations == 0 {
+			p.Argon2Iterations = DefaultArgon2Iterations
+		}
+		if p.Argon2Parallelism == 0 {
+			p.Argon2Parallelism = DefaultArgon2Parallelism
+		}
+		if p.Argon2MemoryKiB < MinArgon2MemoryKiB || p.Argon2MemoryKiB > MaxArgon2MemoryKiB {
+			return bad("argon2_memory_kib", fmt.Sprintf("must be %d to %d", MinArgon2MemoryKiB, MaxArgon2MemoryKiB))
+		}
+		if p.Argon2Iterations > MaxArgon2Iterations {
+			return bad("argon2_iterations", fmt.Sprintf("must be 1 to %d", MaxArgon2Iterations))
+		}
+		if p.Argon2Parallelism > MaxArgon2Parallelism {
+			return bad("argon2_parallelism", fmt.Sprintf("must be 1 to %d", MaxArgon2Parallelism))
+		}
+	default:
+		return bad("algorithm", "is not supported")
+	}
+	if p.LockoutMaxFailures > 0 {
+		if p.LockoutWindow == 0 {
+			p.LockoutWindow = DefaultLockoutWindow
+		}
+		if p.LockoutDuration == 0 {
+			p.LockoutDuration = DefaultLockoutDuration
+		}
+		if p.LockoutWindow < time.Second || p.LockoutDuration < time.Second {
+			return bad("lockout_window", "and lockout_duration must be at least 1s")
+		}
+	}
+	return p, nil
+}
