@@ -76,6 +76,9 @@ func (s cryptoService) EncryptBatch(ctx context.Context, req *custosv1.EncryptBa
 		return nil, err
 	}
 	resp := &custosv1.EncryptBatchResponse{Results: make([]*custosv1.EncryptBatchResponse_Result, len(items))}
+	// first is true until an item reaches the keystore: a call-wide error
+	// there fails the call, even if earlier items failed their size check.
+	first := true
 	for i, it := range items {
 		r := &custosv1.EncryptBatchResponse_Result{Status: okStatus}
 		resp.Results[i] = r
@@ -84,8 +87,10 @@ func (s cryptoService) EncryptBatch(ctx context.Context, req *custosv1.EncryptBa
 			continue
 		}
 		ct, v, err := s.ks.Encrypt(ctx, ref, it.GetPlaintext(), it.GetAssociatedData())
+		wasFirst := first
+		first = false
 		if err != nil {
-			if i == 0 && isCallWide(err) {
+			if wasFirst && isCallWide(err) {
 				return nil, s.toError(ctx, err)
 			}
 			r.Status = s.toStatus(ctx, err).Proto()

@@ -1,0 +1,392 @@
+package server_test
+
+// The harness every test and benchmark in this package runs on: a real Custos
+// server on 127.0.0.1:0, mutual TLS with certificates made by internal/pki at
+// test time, a local root key file and a bbolt file in a temporary directory.
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	"github.com/custos-kms/custos/internal/pki"
+	"github.com/custos-kms/custos/keystore"
+	"github.com/custos-kms/custos/keystore/root"
+	"github.com/custos-kms/custos/keystore/root/local"
+	"github.com/custos-kms/custos/keystore/storage/bbolt"
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
+	"github.com/custos-kms/custos/server"
+	"github.com/custos-kms/custos/server/policy"
+)
+
+// Identities of the test clients. Each gets its own certificate from the
+// test CA; the SPIFFE ones carry a URI SAN, the others only a common name.
+const (
+	idAdmin       = "spiffe://custos.test/admin"  // everything, every tenant
+	idOnlyA       = "spiffe://custos.test/only-a" // data plane and reads on tenant a only
+	idDecryptOnly = "decrypt-only"                // decrypt on every tenant, nothing else
+	idListAC      = "lister-ac"                   // tenants.admin on tenants a and c
+	idNobody      = "spiffe://custos.test/nobody" // verified certificate, no rule
+)
+
+// testPolicy is the policy of every test server.
+const testPolicy = `
+rules:
+  - identities: ["spiffe://custos.test/admin"]
+    tenants: ["*"]
+    permissions: ["*"]
+  - identities: ["spiffe://custos.test/only-a"]
+    tenants: ["a"]
+    permissions: [encrypt, decrypt, keys.read, tenants.admin]
+  - identities: ["decrypt-only"]
+    tenants: ["*"]
+    permissions: [decrypt]
+  - identities: ["lister-ac"]
+    tenants: ["a", "c"]
+    permissions: [tenants.admin]
+`
+
+// staticPolicy is a server.PolicySource that never changes.
+type staticPolicy struct{ p *policy.Policy }
+
+func (s staticPolicy) Current() *policy.Policy { return s.p }
+
+// discardLogger drops every record without formatting it.
+func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// testPKI is a CA made for one test, the server's TLS configuration and a
+// way to issue client certificates.
+type testPKI struct {
+	ca        *pki.CA
+	roots     *x509.CertPool
+	serverTLS *tls.Config
+}
+
+// newPKI makes a CA, a server certificate for 127.0.0.1 and the server's TLS
+// configuration, loaded from files by server.TLSConfig like in production.
+func newPKI(tb testing.TB) *testPKI {
+	tb.Helper()
+	ca, err := pki.NewCA("Custos test CA", time.Hour)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	certPEM, keyPEM, err := ca.Issue(pki.IssueRequest{
+		CommonName:  "custos-server",
+		DNSNames:    []string{"localhost"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		Server:      true,
+		Validity:    time.Hour,
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	dir := tb.TempDir()
+	certFile, keyFile, caFile := filepath.Join(dir, "server.pem"), filepath.Join(dir, "server-key.pem"), filepath.Join(dir, "ca.pem")
+	for name, data := range map[string][]byte{certFile: certPEM, keyFile: keyPEM, caFile: ca.CertPEM()} {
+		if err := os.WriteFile(name, data, 0o600); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	serverTLS, err := server.TLSConfig(certFile, keyFile, caFile)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(ca.CertPEM()) {
+		tb.Fatal("test CA certificate does not parse")
+	}
+	return &testPKI{ca: ca, roots: roots, serverTLS: serverTLS}
+}
+
+// clientCert issues a client certificate for id: a SPIFFE ID goes in the URI
+// SAN, anything else in the common name.
+func (p *testPKI) clientCert(tb testing.TB, id string) tls.Certificate {
+	tb.Helper()
+	return issueClientCert(tb, p.ca, id)
+}
+
+func issueClientCert(tb testing.TB, ca *pki.CA, id string) tls.Certificate {
+	tb.Helper()
+	req := pki.IssueRequest{Client: true, Validity: time.Hour}
+	if u, err := url.Parse(id); err == nil && u.Scheme == "spiffe" {
+		req.URIs = []*url.URL{u}
+	} else {
+		req.CommonName = id
+	}
+	certPEM, keyPEM, err := ca.Issue(req)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return cert
+}
+
+// clientTLS returns a client TLS configuration that trusts the test CA and
+// presents certs (none for an empty list).
+func (p *testPKI) clientTLS(certs ...tls.Certificate) *tls.Config {
+	return &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: p.roots, Certificates: certs}
+}
+
+// dial opens a client connection to addr with conf and closes it at cleanup.
+func dial(tb testing.TB, addr string, conf *tls.Config) *grpc.ClientConn {
+	tb.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(conf)))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// files are the state a server runs on; they outlive any one server, so a
+// test can stop a server and start another on the same state.
+type files struct {
+	pki      *testPKI
+	rootPath string
+	root     *local.Root
+	dbPath   string
+}
+
+// newFiles makes a PKI, a local root key file and the path of a bbolt file
+// in a temporary directory.
+func newFiles(tb testing.TB) *files {
+	tb.Helper()
+	dir := tb.TempDir()
+	rootPath := filepath.Join(dir, "root.key")
+	r, err := local.Create(rootPath)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return &files{pki: newPKI(tb), rootPath: rootPath, root: r, dbPath: filepath.Join(dir, "custos.db")}
+}
+
+// options tune one test server; the zero value is a quiet server with the
+// default limits and testPolicy.
+type options struct {
+	// limits are the server's limits; zero fields take the defaults.
+	limits server.Limits
+	// logger receives the server's and the keystore's logs; nil discards them.
+	logger *slog.Logger
+	// root replaces the local root (for example to count calls to it).
+	root root.Root
+	// register adds services to the grpc.Server before it serves.
+	register func(*grpc.Server)
+}
+
+// testServer is one running server on files.
+type testServer struct {
+	files *files
+	addr  string
+	gs    *grpc.Server
+	store *bbolt.Store
+
+	stopOnce sync.Once
+}
+
+// start starts a server on f: a new keystore (so an empty cache) over the
+// bbolt file and root of f. It stops at cleanup unless stopped before.
+func start(tb testing.TB, f *files, o options) *testServer {
+	tb.Helper()
+	logger := o.logger
+	if logger == nil {
+		logger = discardLogger()
+	}
+	var r root.Root = f.root
+	if o.root != nil {
+		r = o.root
+	}
+	store, err := bbolt.Open(f.dbPath, bbolt.Options{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ks, err := keystore.New(keystore.Config{Storage: store, Root: r, Logger: logger})
+	if err != nil {
+		store.Close()
+		tb.Fatal(err)
+	}
+	srv, err := server.New(server.Config{
+		Keystore: ks,
+		Policy:   staticPolicy{mustParsePolicy(tb, testPolicy)},
+		Logger:   logger,
+		Limits:   o.limits,
+	})
+	if err != nil {
+		store.Close()
+		tb.Fatal(err)
+	}
+	gs, err := srv.NewGRPCServer(f.pki.serverTLS)
+	if err != nil {
+		store.Close()
+		tb.Fatal(err)
+	}
+	if o.register != nil {
+		o.register(gs)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		store.Close()
+		tb.Fatal(err)
+	}
+	ts := &testServer{files: f, addr: lis.Addr().String(), gs: gs, store: store}
+	go gs.Serve(lis) //nolint:errcheck // returns when stopped
+	tb.Cleanup(ts.stop)
+	return ts
+}
+
+// stop stops the server gracefully and closes its store. It may be called
+// more than once.
+func (ts *testServer) stop() {
+	ts.stopOnce.Do(func() {
+		ts.gs.GracefulStop()
+		ts.store.Close()
+	})
+}
+
+func mustParsePolicy(tb testing.TB, doc string) *policy.Policy {
+	tb.Helper()
+	p, err := policy.Parse([]byte(doc))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return p
+}
+
+// conn returns a connection to ts authenticated as id.
+func (ts *testServer) conn(tb testing.TB, id string) *grpc.ClientConn {
+	tb.Helper()
+	p := ts.files.pki
+	return dial(tb, ts.addr, p.clientTLS(p.clientCert(tb, id)))
+}
+
+// clients are the generated stubs over one connection.
+type clients struct {
+	keys   custosv1.KeyServiceClient
+	crypto custosv1.CryptoServiceClient
+}
+
+func (ts *testServer) clients(tb testing.TB, id string) clients {
+	tb.Helper()
+	c := ts.conn(tb, id)
+	return clients{keys: custosv1.NewKeyServiceClient(c), crypto: custosv1.NewCryptoServiceClient(c)}
+}
+
+// testContext is a context bounded so a hung call fails the test instead of
+// the whole run.
+func testContext(tb testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	tb.Cleanup(cancel)
+	return ctx
+}
+
+// setup creates each tenant with one ENCRYPT key "k", as the admin.
+func setup(tb testing.TB, ts *testServer, tenants ...string) {
+	tb.Helper()
+	ctx := testContext(tb)
+	c := ts.clients(tb, idAdmin)
+	for _, t := range tenants {
+		if _, err := c.keys.CreateTenant(ctx, &custosv1.CreateTenantRequest{TenantId: t}); err != nil {
+			tb.Fatalf("CreateTenant(%s): %v", t, err)
+		}
+		_, err := c.keys.CreateKey(ctx, &custosv1.CreateKeyRequest{
+			Parent: "tenants/" + t,
+			KeyId:  "k",
+			Key:    &custosv1.Key{Purpose: custosv1.KeyPurpose_KEY_PURPOSE_ENCRYPT},
+		})
+		if err != nil {
+			tb.Fatalf("CreateKey(%s/k): %v", t, err)
+		}
+	}
+}
+
+// keyName is the name of key "k" of tenant.
+func keyName(tenant string) string { return "tenants/" + tenant + "/keys/k" }
+
+// wantCode fails the test unless err is a status with code want, and returns
+// the status.
+func wantCode(tb testing.TB, err error, want codes.Code) *status.Status {
+	tb.Helper()
+	st, ok := status.FromError(err)
+	if !ok {
+		tb.Fatalf("error %v is not a gRPC status", err)
+	}
+	if st.Code() != want {
+		tb.Fatalf("code = %v (%q), want %v", st.Code(), st.Message(), want)
+	}
+	return st
+}
+
+// errorInfo returns the ErrorInfo detail of st, or nil.
+func errorInfo(st *status.Status) *errdetails.ErrorInfo {
+	for _, d := range st.Details() {
+		if ei, ok := d.(*errdetails.ErrorInfo); ok {
+			return ei
+		}
+	}
+	return nil
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writes and reads, to
+// collect the logs of a running server.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) Bytes() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return bytes.Clone(b.buf.Bytes())
+}
+
+// countingRoot counts the calls to the root it wraps.
+type countingRoot struct {
+	root.Root
+	mu             sync.Mutex
+	wraps, unwraps int
+}
+
+func (c *countingRoot) Wrap(ctx context.Context, plaintext, aad []byte) ([]byte, error) {
+	c.mu.Lock()
+	c.wraps++
+	c.mu.Unlock()
+	return c.Root.Wrap(ctx, plaintext, aad)
+}
+
+func (c *countingRoot) Unwrap(ctx context.Context, wrapped, aad []byte) ([]byte, error) {
+	c.mu.Lock()
+	c.unwraps++
+	c.mu.Unlock()
+	return c.Root.Unwrap(ctx, wrapped, aad)
+}
+
+func (c *countingRoot) counts() (wraps, unwraps int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.wraps, c.unwraps
+}
+
+var _ root.Root = (*countingRoot)(nil)

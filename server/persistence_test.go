@@ -1,0 +1,234 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/custos-kms/custos/keystore"
+	"github.com/custos-kms/custos/keystore/storage/bbolt"
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
+)
+
+func TestDecryptAfterRestart(t *testing.T) {
+	t.Parallel()
+	f := newFiles(t)
+	first := start(t, f, options{})
+	setup(t, first, "a")
+	ctx := testContext(t)
+	c := first.clients(t, idAdmin)
+	aad := []byte("users/9/email")
+	v1, err := c.crypto.Encrypt(ctx, &custosv1.EncryptRequest{Name: keyName("a"), Plaintext: []byte("before rotation"), AssociatedData: aad})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.keys.RotateKey(ctx, &custosv1.RotateKeyRequest{Name: keyName("a")}); err != nil {
+		t.Fatal(err)
+	}
+	v2, err := c.crypto.Encrypt(ctx, &custosv1.EncryptRequest{Name: keyName("a"), Plaintext: []byte("after rotation"), AssociatedData: aad})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first.stop()
+
+	// A new server: new keystore, empty cache, same bbolt file and root key.
+	second := start(t, f, options{})
+	c = second.clients(t, idAdmin)
+	tests := []struct {
+		name    string
+		ct      []byte
+		want    string
+		version uint32
+	}{
+		{"a ciphertext of version 1 made before the restart decrypts", v1.GetCiphertext(), "before rotation", 1},
+		{"a ciphertext of version 2 made before the restart decrypts", v2.GetCiphertext(), "after rotation", 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dec, err := c.crypto.Decrypt(ctx, &custosv1.DecryptRequest{Name: keyName("a"), Ciphertext: tt.ct, AssociatedData: aad})
+			if err != nil {
+				t.Fatalf("Decrypt: %v", err)
+			}
+			if string(dec.GetPlaintext()) != tt.want || dec.GetKeyVersion() != tt.version {
+				t.Errorf("Decrypt = %q version %d, want %q version %d", dec.GetPlaintext(), dec.GetKeyVersion(), tt.want, tt.version)
+			}
+		})
+	}
+	t.Run("new ciphertexts use the primary version set before the restart", func(t *testing.T) {
+		enc, err := c.crypto.Encrypt(ctx, &custosv1.EncryptRequest{Name: keyName("a"), Plaintext: []byte("p")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if enc.GetKeyVersion() != 2 {
+			t.Errorf("key_version = %d, want 2", enc.GetKeyVersion())
+		}
+	})
+}
+
+// copyRecord copies the stored record under from over the one under to,
+// with compare-and-swap on to's version, in the bbolt file at path.
+func copyRecord(t *testing.T, path, from, to string) {
+	t.Helper()
+	ctx := testContext(t)
+	store, err := bbolt.Open(path, bbolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	src, err := store.Get(ctx, from)
+	if err != nil {
+		t.Fatalf("get %s: %v", from, err)
+	}
+	dst, err := store.Get(ctx, to)
+	if err != nil {
+		t.Fatalf("get %s: %v", to, err)
+	}
+	if bytes.Equal(src.Value, dst.Value) {
+		t.Fatalf("%s and %s already hold the same record", from, to)
+	}
+	if _, err := store.Put(ctx, to, src.Value, dst.Version); err != nil {
+		t.Fatalf("put %s: %v", to, err)
+	}
+}
+
+func TestKeysetCopiedToAnotherTenantNeverDecrypts(t *testing.T) {
+	t.Parallel()
+	f := newFiles(t)
+	first := start(t, f, options{})
+	setup(t, first, "a", "b")
+	ctx := testContext(t)
+	c := first.clients(t, idAdmin)
+	aad := []byte("invoices/3/iban")
+	ctA, err := c.crypto.Encrypt(ctx, &custosv1.EncryptRequest{Name: keyName("a"), Plaintext: []byte("tenant a's secret"), AssociatedData: aad})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctB, err := c.crypto.Encrypt(ctx, &custosv1.EncryptRequest{Name: keyName("b"), Plaintext: []byte("tenant b's secret"), AssociatedData: aad})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first.stop()
+
+	// An attacker with write access to the storage moves a's wrapped keyset
+	// (and its versions' metadata) onto b's key.
+	copyRecord(t, f.dbPath, "keys/a/k", "keys/b/k")
+
+	logs := &syncBuffer{}
+	second := start(t, f, options{logger: slog.New(slog.NewJSONHandler(logs, nil))})
+	c = second.clients(t, idAdmin)
+
+	tests := []struct {
+		name string
+		call func(context.Context) error
+	}{
+		{"Encrypt under tenant b's key fails", func(ctx context.Context) error {
+			_, err := c.crypto.Encrypt(ctx, &custosv1.EncryptRequest{Name: keyName("b"), Plaintext: []byte("p"), AssociatedData: aad})
+			return err
+		}},
+		{"Decrypt of tenant a's ciphertext under tenant b's key fails", func(ctx context.Context) error {
+			_, err := c.crypto.Decrypt(ctx, &custosv1.DecryptRequest{Name: keyName("b"), Ciphertext: ctA.GetCiphertext(), AssociatedData: aad})
+			return err
+		}},
+		{"Decrypt of tenant b's own old ciphertext fails", func(ctx context.Context) error {
+			_, err := c.crypto.Decrypt(ctx, &custosv1.DecryptRequest{Name: keyName("b"), Ciphertext: ctB.GetCiphertext(), AssociatedData: aad})
+			return err
+		}},
+		{"EncryptBatch under tenant b's key fails as a whole", func(ctx context.Context) error {
+			_, err := c.crypto.EncryptBatch(ctx, &custosv1.EncryptBatchRequest{Name: keyName("b"), Items: encryptItems(2, 4)})
+			return err
+		}},
+		{"DecryptBatch of tenant a's ciphertext under tenant b's key fails as a whole", func(ctx context.Context) error {
+			_, err := c.crypto.DecryptBatch(ctx, &custosv1.DecryptBatchRequest{Name: keyName("b"), Items: []*custosv1.DecryptBatchRequest_Item{{Ciphertext: ctA.GetCiphertext(), AssociatedData: aad}}})
+			return err
+		}},
+		{"RotateKey of tenant b's key fails", func(ctx context.Context) error {
+			_, err := c.keys.RotateKey(ctx, &custosv1.RotateKeyRequest{Name: keyName("b")})
+			return err
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name+" with a bland INTERNAL error", func(t *testing.T) {
+			st := wantCode(t, tt.call(ctx), codes.Internal)
+			if st.Message() != "internal error" {
+				t.Errorf("message = %q, want the bland %q", st.Message(), "internal error")
+			}
+		})
+	}
+
+	t.Run("the failure is logged with its detail for the operator", func(t *testing.T) {
+		if !bytes.Contains(logs.Bytes(), []byte(keystore.ErrIntegrity.Error())) {
+			t.Errorf("logs do not mention %q:\n%s", keystore.ErrIntegrity, logs.Bytes())
+		}
+	})
+	t.Run("tenant a's own key is untouched and still decrypts", func(t *testing.T) {
+		dec, err := c.crypto.Decrypt(ctx, &custosv1.DecryptRequest{Name: keyName("a"), Ciphertext: ctA.GetCiphertext(), AssociatedData: aad})
+		if err != nil || string(dec.GetPlaintext()) != "tenant a's secret" {
+			t.Fatalf("Decrypt = %q, %v", dec.GetPlaintext(), err)
+		}
+	})
+}
+
+func TestRootIsCalledOncePerTenantWhileCacheIsWarm(t *testing.T) {
+	t.Parallel()
+	f := newFiles(t)
+	first := start(t, f, options{})
+	setup(t, first, "a", "b")
+	first.stop()
+
+	// A fresh server, so both tenants' KEKs must come from the root.
+	counting := &countingRoot{Root: f.root}
+	ts := start(t, f, options{root: counting})
+	ctx := testContext(t)
+	c := ts.clients(t, idAdmin)
+
+	const workers, rounds = 8, 25
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := range workers {
+		wg.Go(func() {
+			tenant := []string{"a", "b"}[w%2]
+			for i := range rounds {
+				pt := fmt.Appendf(nil, "worker %d round %d", w, i)
+				enc, err := c.crypto.Encrypt(ctx, &custosv1.EncryptRequest{Name: keyName(tenant), Plaintext: pt})
+				if err != nil {
+					errs <- fmt.Errorf("Encrypt: %w", err)
+					return
+				}
+				dec, err := c.crypto.Decrypt(ctx, &custosv1.DecryptRequest{Name: keyName(tenant), Ciphertext: enc.GetCiphertext()})
+				if err != nil {
+					errs <- fmt.Errorf("Decrypt: %w", err)
+					return
+				}
+				if !bytes.Equal(dec.GetPlaintext(), pt) {
+					errs <- fmt.Errorf("Decrypt = %q, want %q", dec.GetPlaintext(), pt)
+					return
+				}
+				if i%5 == 0 {
+					_, err := c.crypto.EncryptBatch(ctx, &custosv1.EncryptBatchRequest{Name: keyName(tenant), Items: encryptItems(3, 8)})
+					if err != nil {
+						errs <- fmt.Errorf("EncryptBatch: %w", err)
+						return
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+
+	wraps, unwraps := counting.counts()
+	if unwraps != 2 {
+		t.Errorf("the root unwrapped %d times for %d calls on 2 tenants, want exactly 2 (once per tenant)", unwraps, workers*rounds*2)
+	}
+	if wraps != 0 {
+		t.Errorf("the root wrapped %d times, want 0: no tenant was created", wraps)
+	}
+}
