@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"time"
 
 	"buf.build/go/protovalidate"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
@@ -132,12 +133,8 @@ func (s *Server) NewGRPCServer(tlsConf *tls.Config, opts ...grpc.ServerOption) (
 	logOpts := []logging.Option{
 		logging.WithLogOnEvents(logging.FinishCall),
 		logging.WithLevels(codeToLevel),
-		logging.WithFieldsFromContext(func(ctx context.Context) logging.Fields {
-			if id, ok := identity.FromContext(ctx); ok {
-				return logging.Fields{"identity", id}
-			}
-			return nil
-		}),
+		logging.WithDurationField(func(time.Duration) logging.Fields { return nil }),
+		logging.WithFieldsFromContext(callFields),
 	}
 	logger := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
 		s.logger.Log(ctx, slog.Level(lvl), msg, fields...)
@@ -149,7 +146,7 @@ func (s *Server) NewGRPCServer(tlsConf *tls.Config, opts ...grpc.ServerOption) (
 		grpc.ChainUnaryInterceptor(
 			recovery.UnaryServerInterceptor(rec),
 			auth.UnaryServerInterceptor(identity.AuthFunc),
-			logging.UnaryServerInterceptor(logger, logOpts...),
+			s.logFinishedCalls(logging.UnaryServerInterceptor(logger, logOpts...)),
 			protovalidatemw.UnaryServerInterceptor(validator),
 		),
 		grpc.ChainStreamInterceptor(
@@ -162,6 +159,37 @@ func (s *Server) NewGRPCServer(tlsConf *tls.Config, opts ...grpc.ServerOption) (
 	gs := grpc.NewServer(append(all, opts...)...)
 	s.Register(gs)
 	return gs, nil
+}
+
+// callStartKey holds a call's start time in its context, for the log line.
+type callStartKey struct{}
+
+// callFields are the fields Custos adds to a call's log line: the caller's
+// identity and the call's duration.
+func callFields(ctx context.Context) logging.Fields {
+	var f logging.Fields
+	if id, ok := identity.FromContext(ctx); ok {
+		f = append(f, "identity", id)
+	}
+	if start, ok := ctx.Value(callStartKey{}).(time.Time); ok {
+		f = append(f, "grpc.time_ms", fmt.Sprintf("%.3f", float64(time.Since(start).Microseconds())/1000))
+	}
+	return f
+}
+
+// logFinishedCalls runs the call first and hands it to the logging
+// interceptor only when it will be logged (it failed, or debug is on): a
+// successful call at the default level pays nothing for logging.
+func (s *Server) logFinishedCalls(log grpc.UnaryServerInterceptor) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		start := time.Now()
+		resp, err := handler(ctx, req)
+		if err == nil && !s.logger.Enabled(ctx, slog.LevelDebug) {
+			return resp, nil
+		}
+		ctx = context.WithValue(ctx, callStartKey{}, start)
+		return log(ctx, req, info, func(context.Context, any) (any, error) { return resp, err })
+	}
 }
 
 // codeToLevel logs successful calls at debug level only, so the hot path does
