@@ -169,10 +169,13 @@ func newCryptoCmd(op string) *cobra.Command {
 	}
 	cmd := &cobra.Command{
 		Use: use, Short: short, Args: cobra.ExactArgs(2),
-		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
+		PreRunE: func(*cobra.Command, []string) error {
 			if ad == "" && !noAD {
 				return errors.New("pass --ad with the record id and field the value belongs to (or --no-ad to bind nothing)")
 			}
+			return nil
+		},
+		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
 			in := []byte(args[1])
 			if args[1] == "-" {
 				b, err := io.ReadAll(io.LimitReader(cmd.InOrStdin(), 16<<20))

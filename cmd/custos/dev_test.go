@@ -1,0 +1,97 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// startDev prepares dir like `custos dev` and serves it on a free port until
+// the returned stop function is called (a graceful stop, as on SIGINT).
+func startDev(t *testing.T, dir string) (addr string, stop func()) {
+	t.Helper()
+	cfg, err := prepareDev(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Listen = "127.0.0.1:0"
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	var logs bytes.Buffer
+	go func() { done <- serve(ctx, cfg, &logs, func(a net.Addr) { ready <- a.String() }) }()
+	select {
+	case addr = <-ready:
+	case err := <-done:
+		t.Fatalf("serve: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("server did not start")
+	}
+	return addr, func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("graceful stop: %v", err)
+		}
+	}
+}
+
+// cli runs a custos admin command against addr with the dev client files.
+func cli(t *testing.T, dir, addr string, args ...string) string {
+	t.Helper()
+	cmd := newRootCmd()
+	var out, errOut bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&errOut)
+	conn := []string{"--addr", addr, "--ca", filepath.Join(dir, "ca.pem"), "--cert", filepath.Join(dir, "client.pem"), "--key", filepath.Join(dir, "client-key.pem")}
+	cmd.SetArgs(append(args, conn...))
+	if err := cmd.ExecuteContext(t.Context()); err != nil {
+		t.Fatalf("custos %s: %v (%s)", strings.Join(args, " "), err, errOut.String())
+	}
+	return out.String()
+}
+
+func TestDevServesAndKeepsDataAcrossARestart(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), ".custos-dev")
+	addr, stop := startDev(t, dir)
+	cli(t, dir, addr, "tenant", "create", "acme")
+	cli(t, dir, addr, "key", "create", "tenants/acme/keys/pii")
+	ct := strings.TrimSpace(cli(t, dir, addr, "encrypt", "tenants/acme/keys/pii", "alice@example.com", "--ad", "customer-42/email"))
+	if out := cli(t, dir, addr, "key", "rotate", "tenants/acme/keys/pii"); !strings.Contains(out, "primary:  2") {
+		t.Fatalf("rotate output:\n%s", out)
+	}
+	stop()
+
+	for _, f := range []string{"ca.pem", "client.pem", "client-key.pem", "server.pem", "root.key", "custos.db", "policy.yaml", "custos.yaml"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Errorf("dev file %s: %v", f, err)
+		}
+	}
+	rootKey, _ := os.ReadFile(filepath.Join(dir, "root.key"))
+
+	addr, stop = startDev(t, dir) // second run reuses everything
+	defer stop()
+	if again, _ := os.ReadFile(filepath.Join(dir, "root.key")); !bytes.Equal(again, rootKey) {
+		t.Fatal("the second run replaced the root key")
+	}
+	if out := cli(t, dir, addr, "decrypt", "tenants/acme/keys/pii", ct, "--ad", "customer-42/email"); strings.TrimSpace(out) != "alice@example.com" {
+		t.Fatalf("decrypt after restart: %q", out)
+	}
+	if out := cli(t, dir, addr, "tenant", "list"); !strings.Contains(out, "tenants/acme") {
+		t.Fatalf("tenant list: %q", out)
+	}
+}
+
+func TestEncryptRequiresAnExplicitAssociatedDataChoice(t *testing.T) {
+	cmd := newRootCmd()
+	cmd.SetArgs([]string{"encrypt", "tenants/a/keys/k", "x", "--addr", "127.0.0.1:1"})
+	cmd.SetOut(&bytes.Buffer{})
+	err := cmd.ExecuteContext(t.Context())
+	if err == nil || !strings.Contains(err.Error(), "--ad") {
+		t.Fatalf("got %v, want an error asking for --ad or --no-ad", err)
+	}
+}
