@@ -40,6 +40,7 @@ func (s *Service) encryptWith(e *keyEntry, op string, plaintext, aad []byte) ([]
 	if err != nil {
 		return nil, 0, fmt.Errorf("%s with %s: %w", op, e.ref, err)
 	}
+	s.life.countEncrypt(e.ref, e.rec.Primary)
 	return ct, e.rec.Primary, nil
 }
 

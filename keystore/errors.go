@@ -41,3 +41,14 @@ var (
 	// wrapped keyset moved between tenants). Never decrypts; needs an operator.
 	ErrIntegrity = errors.New("stored key material failed authentication")
 )
+
+// Lifecycle errors (key version states, tenant deletion).
+var (
+	// ErrPrimaryVersion: the primary version cannot be disabled or
+	// destroyed; rotate the key first.
+	ErrPrimaryVersion = errors.New("the primary version cannot be disabled or destroyed")
+	// ErrWrongState: the tenant or key version is not in a state that allows
+	// the operation (for example restoring a version that is not scheduled
+	// for destruction, or undeleting an active tenant).
+	ErrWrongState = errors.New("not in a state that allows the operation")
+)

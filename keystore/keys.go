@@ -38,9 +38,10 @@ func (s *Service) CreateKey(ctx context.Context, ref KeyRef, spec KeySpec) (Key,
 	case spec.PasswordPolicy != nil:
 		return Key{}, fmt.Errorf("%w: key.password_policy applies to PASSWORD keys only", ErrInvalidArgument)
 	}
-	if spec.RotationPeriod < 0 || (spec.RotationPeriod > 0 && spec.RotationPeriod < time.Hour) {
-		return Key{}, fmt.Errorf("%w: key.rotation_period must be zero or at least 1h", ErrInvalidArgument)
+	if err := checkRotationPeriod(spec.RotationPeriod); err != nil {
+		return Key{}, err
 	}
+	gen := s.life.tenantGen.Load()
 	kek, err := s.activeTenantKEK(ctx, ref.Tenant)
 	if err != nil {
 		return Key{}, err
@@ -78,9 +79,17 @@ func (s *Service) CreateKey(ctx context.Context, ref KeyRef, spec KeySpec) (Key,
 		return Key{}, storageErr("create key", err)
 	}
 	if prim, err := newPrimitives(rec.Purpose, h); err == nil {
-		s.keys.put(ref, &keyEntry{ref: ref, rec: rec, prim: prim})
+		s.cacheKey(gen, &keyEntry{ref: ref, rec: rec, prim: prim})
 	}
 	return rec.toKey(ref), nil
+}
+
+// checkRotationPeriod accepts 0 (no automatic rotation) or at least an hour.
+func checkRotationPeriod(d time.Duration) error {
+	if d < 0 || (d > 0 && d < time.Hour) {
+		return fmt.Errorf("%w: key.rotation_period must be zero or at least 1h", ErrInvalidArgument)
+	}
+	return nil
 }
 
 // GetKey returns a key's metadata, read from storage.
@@ -88,7 +97,7 @@ func (s *Service) GetKey(ctx context.Context, ref KeyRef) (Key, error) {
 	if !ValidID(ref.Tenant) || !ValidID(ref.Key) {
 		return Key{}, fmt.Errorf("%w: key %q is malformed", ErrInvalidArgument, truncate(ref.String()))
 	}
-	if _, _, err := s.readTenant(ctx, ref.Tenant); err != nil {
+	if err := s.checkTenantActive(ctx, ref.Tenant); err != nil {
 		return Key{}, err
 	}
 	rec, _, err := s.readKey(ctx, ref)
@@ -112,7 +121,7 @@ func (s *Service) ListKeys(ctx context.Context, tenant string, size int, token s
 	if err != nil {
 		return nil, "", err
 	}
-	if _, _, err := s.readTenant(ctx, tenant); err != nil {
+	if err := s.checkTenantActive(ctx, tenant); err != nil {
 		return nil, "", err
 	}
 	prefix := keyStoragePrefix(tenant)
@@ -144,20 +153,24 @@ func (s *Service) ListKeys(ctx context.Context, tenant string, size int, token s
 // decrypting. Concurrent rotations on any number of replicas each add exactly
 // one version (compare-and-swap with retry).
 func (s *Service) RotateKey(ctx context.Context, ref KeyRef) (Key, error) {
-	return s.updateKey(ctx, ref, "rotate key", func(rec *keyRecord, h *keyset.Handle) (*keyset.Handle, error) {
-		next := rec.maxVersion() + 1
-		nh, err := addVersion(h, rec.Purpose, next)
-		if err != nil {
-			return nil, err
-		}
-		now := s.now().UTC()
-		rec.Versions = append(rec.Versions, versionRecord{Version: next, State: VersionEnabled, CreateTime: now})
-		rec.Primary = next
-		if rec.RotationPeriod > 0 {
-			rec.NextRotationTime = now.Add(rec.RotationPeriod)
-		}
-		return nh, nil
-	})
+	return s.updateKey(ctx, ref, "rotate key", s.rotate)
+}
+
+// rotate adds a new primary version to rec and h and, for keys that rotate
+// automatically, moves the next rotation one period from now.
+func (s *Service) rotate(rec *keyRecord, h *keyset.Handle) (*keyset.Handle, error) {
+	next := rec.maxVersion() + 1
+	nh, err := addVersion(h, rec.Purpose, next)
+	if err != nil {
+		return nil, err
+	}
+	now := s.now().UTC()
+	rec.Versions = append(rec.Versions, versionRecord{Version: next, State: VersionEnabled, CreateTime: now})
+	rec.Primary = next
+	if rec.RotationPeriod > 0 {
+		rec.NextRotationTime = now.Add(rec.RotationPeriod)
+	}
+	return nh, nil
 }
 
 // updateKey runs a read-modify-write of a key's record and keyset with
@@ -169,6 +182,7 @@ func (s *Service) updateKey(ctx context.Context, ref KeyRef, op string, mutate f
 		return Key{}, fmt.Errorf("%w: key %q is malformed", ErrInvalidArgument, truncate(ref.String()))
 	}
 	for range maxCASRetries {
+		gen := s.life.tenantGen.Load()
 		kek, err := s.activeTenantKEK(ctx, ref.Tenant)
 		if err != nil {
 			return Key{}, err
@@ -205,10 +219,9 @@ func (s *Service) updateKey(ctx context.Context, ref KeyRef, op string, mutate f
 		if err != nil {
 			return Key{}, storageErr(op, err)
 		}
+		s.keys.remove(ref)
 		if prim, err := newPrimitives(rec.Purpose, nh); err == nil {
-			s.keys.put(ref, &keyEntry{ref: ref, rec: rec, prim: prim})
-		} else {
-			s.keys.remove(ref)
+			s.cacheKey(gen, &keyEntry{ref: ref, rec: rec, prim: prim})
 		}
 		return rec.toKey(ref), nil
 	}

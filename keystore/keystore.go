@@ -18,11 +18,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
 	"time"
 
 	"github.com/tink-crypto/tink-go/v2/tink"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/custos-kms/custos/internal/workpool"
 	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/storage"
 )
@@ -63,8 +65,25 @@ type Config struct {
 	Now func() time.Time
 	// Rand is the source of tenant KEKs. Default crypto/rand.Reader.
 	Rand io.Reader
+	// UsageRotateThreshold is the number of encryptions after which the
+	// scheduler rotates an ENCRYPT key's primary version automatically.
+	// Default DefaultUsageRotateThreshold (below 2^30; see docs/lifecycle.md).
+	UsageRotateThreshold uint64
 	// Logger receives internal failures (never key material). Default slog.Default().
 	Logger *slog.Logger
+	// HashPool runs password hashing (bcrypt, argon2id), so hashing load
+	// cannot starve encrypt and decrypt; when its queue is full, password
+	// calls fail with ErrResourceExhausted. The caller owns it and closes it
+	// after the Service is done; several Services may share one. When nil,
+	// New makes one from HashWorkers and HashQueue; that pool holds no
+	// goroutines while idle, so it needs no Close.
+	HashPool *workpool.Pool
+	// HashWorkers bounds concurrent hashes when HashPool is nil. Default
+	// runtime.GOMAXPROCS(0).
+	HashWorkers int
+	// HashQueue bounds hashes waiting for a worker when HashPool is nil.
+	// Default 64 × HashWorkers; negative means none may wait.
+	HashQueue int
 }
 
 // Service is the keystore. It is safe for concurrent use.
@@ -74,10 +93,13 @@ type Service struct {
 	now    func() time.Time
 	rand   io.Reader
 	logger *slog.Logger
+	hashes *workpool.Pool
 
 	keks  *lru[string, tink.AEAD]
 	keys  *lru[KeyRef, *keyEntry]
 	loads singleflight.Group
+
+	life *lifecycleState // version usage counters, invalidation generation
 }
 
 // keyEntry is a cached, unwrapped key: an immutable snapshot of its record
@@ -114,14 +136,28 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.HashPool == nil {
+		if cfg.HashWorkers <= 0 {
+			cfg.HashWorkers = runtime.GOMAXPROCS(0)
+		}
+		switch {
+		case cfg.HashQueue == 0:
+			cfg.HashQueue = 64 * cfg.HashWorkers
+		case cfg.HashQueue < 0:
+			cfg.HashQueue = 0
+		}
+		cfg.HashPool = workpool.New(cfg.HashWorkers, cfg.HashQueue)
+	}
 	return &Service{
 		store:  cfg.Storage,
 		root:   cfg.Root,
 		now:    cfg.Now,
 		rand:   cfg.Rand,
 		logger: cfg.Logger,
+		hashes: cfg.HashPool,
 		keks:   newLRU[string, tink.AEAD](cfg.CacheSize, cfg.CacheTTL, cfg.UnavailableGrace, cfg.Now),
 		keys:   newLRU[KeyRef, *keyEntry](cfg.CacheSize, cfg.CacheTTL, cfg.UnavailableGrace, cfg.Now),
+		life:   newLifecycleState(cfg.UsageRotateThreshold),
 	}, nil
 }
 
@@ -244,6 +280,7 @@ func (s *Service) key(ctx context.Context, ref KeyRef) (*keyEntry, error) {
 // key share one storage read and one unwrap.
 func (s *Service) loadKey(ctx context.Context, ref KeyRef) (*keyEntry, error) {
 	v, err, _ := s.loads.Do("key\x00"+ref.String(), func() (any, error) {
+		gen := s.life.tenantGen.Load()
 		kek, err := s.activeTenantKEK(ctx, ref.Tenant)
 		if err != nil {
 			return nil, err
@@ -256,7 +293,7 @@ func (s *Service) loadKey(ctx context.Context, ref KeyRef) (*keyEntry, error) {
 		if err != nil {
 			return nil, err
 		}
-		s.keys.put(ref, e)
+		s.cacheKey(gen, e)
 		return e, nil
 	})
 	if err != nil {

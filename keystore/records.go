@@ -12,6 +12,9 @@ const (
 	keyPrefix    = "keys/"
 )
 
+// leaseStorageKey holds the scheduler lease (leaseRecord).
+const leaseStorageKey = "scheduler/lease"
+
 func tenantStorageKey(tenant string) string { return tenantPrefix + tenant }
 func keyStoragePrefix(tenant string) string { return keyPrefix + tenant + "/" }
 func keyStorageKey(r KeyRef) string         { return keyStoragePrefix(r.Tenant) + r.Key }
@@ -25,6 +28,9 @@ type tenantRecord struct {
 	State      TenantState `json:"state"`
 	CreateTime time.Time   `json:"create_time"`
 	DeleteTime time.Time   `json:"delete_time,omitzero"`
+	// ShredTime is set when the scheduler began crypto-shredding the tenant
+	// (past DeleteTime); from then on it can no longer be undeleted.
+	ShredTime time.Time `json:"shred_time,omitzero"`
 	// WrappedKEK is the tenant KEK wrapped by the root with AAD tenantKEKAAD.
 	WrappedKEK []byte `json:"wrapped_kek"`
 }
@@ -43,6 +49,14 @@ type keyRecord struct {
 	// Keyset is the Tink keyset encrypted under the tenant KEK with AAD
 	// keysetAAD (a serialized Tink EncryptedKeyset).
 	Keyset []byte `json:"keyset"`
+}
+
+// leaseRecord is the scheduler lease: the replica holding it until
+// ExpireTime runs rotation, destruction and shredding for the deployment.
+type leaseRecord struct {
+	Format     int       `json:"format"`
+	Holder     string    `json:"holder"`
+	ExpireTime time.Time `json:"expire_time"`
 }
 
 type versionRecord struct {

@@ -64,7 +64,9 @@ func (p Purpose) String() string {
 	return fmt.Sprintf("Purpose(%d)", int(p))
 }
 
-// VersionState is a key version's state.
+// VersionState is a key version's state. Transitions (docs/lifecycle.md):
+// ENABLED ⇄ DISABLED; ENABLED or DISABLED → DESTROY_SCHEDULED (reversible to
+// DISABLED until DestroyTime) → DESTROYED (final; material erased).
 type VersionState int
 
 // Key version states.
@@ -117,10 +119,15 @@ type Key struct {
 
 // KeyVersion is one version's metadata.
 type KeyVersion struct {
-	Version      uint32
-	State        VersionState
-	CreateTime   time.Time
-	DestroyTime  time.Time
+	Version    uint32
+	State      VersionState
+	CreateTime time.Time
+	// DestroyTime is when a DESTROY_SCHEDULED (or DESTROYED) version's
+	// material is (or was due to be) erased; zero otherwise.
+	DestroyTime time.Time
+	// EncryptCount is how many times the version encrypted (Encrypt,
+	// GenerateDataKey and Rewrap re-encryptions), as flushed to storage by
+	// every replica: it may trail the truth by one flush interval.
 	EncryptCount uint64
 }
 

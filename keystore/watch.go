@@ -30,12 +30,11 @@ func (s *Service) Watch(ctx context.Context) error {
 func (s *Service) invalidate(k string) {
 	switch {
 	case k == "":
+		s.life.tenantGen.Add(1)
 		s.keks.clear()
 		s.keys.clear()
 	case strings.HasPrefix(k, tenantPrefix):
-		tenant := strings.TrimPrefix(k, tenantPrefix)
-		s.keks.remove(tenant)
-		s.keys.removeIf(func(r KeyRef) bool { return r.Tenant == tenant })
+		s.invalidateTenant(strings.TrimPrefix(k, tenantPrefix))
 	case strings.HasPrefix(k, keyPrefix):
 		tenant, key, ok := strings.Cut(strings.TrimPrefix(k, keyPrefix), "/")
 		if ok {

@@ -1,0 +1,19 @@
+package keystore
+
+import (
+	"context"
+	"time"
+)
+
+// Test hooks for the external keystore_test package.
+
+// LeaderPasses reports how many scheduler passes s ran holding the lease.
+func LeaderPasses(s *Service) uint64 { return s.life.leaderPasses.Load() }
+
+// AcquireLease takes or renews the scheduler lease for holder.
+func AcquireLease(ctx context.Context, s *Service, holder string, ttl time.Duration) (bool, error) {
+	return s.acquireLease(ctx, holder, ttl)
+}
+
+// LeaseStorageKey is where the scheduler lease is stored.
+const LeaseStorageKey = leaseStorageKey

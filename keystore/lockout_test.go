@@ -1,0 +1,236 @@
+package keystore_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/custos-kms/custos/keystore"
+	"github.com/custos-kms/custos/keystore/storage"
+)
+
+// lockoutPolicy locks a subject after 3 failures within a minute, for 5 minutes.
+var lockoutPolicy = func() keystore.PasswordPolicy {
+	p := fastArgon2id
+	p.LockoutMaxFailures = 3
+	p.LockoutWindow = time.Minute
+	p.LockoutDuration = 5 * time.Minute
+	return p
+}()
+
+type lockoutFixture struct {
+	*fixture
+	clock *testClock
+	ks    *keystore.Service
+	ref   keystore.KeyRef
+	hash  map[string]string // subject → hash of its password
+}
+
+var lockoutPasswords = map[string]string{"alice@example.com": "alice-pw", "bob@example.com": "bob-pw"}
+
+func newLockoutFixture(t *testing.T) *lockoutFixture {
+	t.Helper()
+	f := newFixture(t)
+	lf := &lockoutFixture{fixture: f, clock: &testClock{now: time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)}, hash: map[string]string{}}
+	lf.ks = lf.open(t)
+	lf.ref = f.passwordKey(t, "acme", "logins", lockoutPolicy)
+	for subject, pw := range lockoutPasswords {
+		lf.hash[subject] = pwHash(t, lf.ks, lf.ref, []byte(pw))
+	}
+	return lf
+}
+
+// open returns another replica with the fixture's clock.
+func (lf *lockoutFixture) open(t *testing.T) *keystore.Service {
+	return lf.openPasswordService(t, keystore.Config{Now: lf.clock.Now})
+}
+
+func (lf *lockoutFixture) try(ks *keystore.Service, subject, pw string) (bool, error) {
+	m, _, err := ks.VerifyPassword(context.Background(), lf.ref, []byte(pw), lf.hash[subject], subject)
+	return m, err
+}
+
+func (lf *lockoutFixture) mustFail(t *testing.T, subject string) {
+	t.Helper()
+	if m, err := lf.try(lf.ks, subject, "wrong"); m || err != nil {
+		t.Fatalf("wrong password for %s: match=%v err=%v; want a plain failure", subject, m, err)
+	}
+}
+
+func (lf *lockoutFixture) mustMatch(t *testing.T, ks *keystore.Service, subject string) {
+	t.Helper()
+	if m, err := lf.try(ks, subject, lockoutPasswords[subject]); !m || err != nil {
+		t.Fatalf("right password for %s: match=%v err=%v", subject, m, err)
+	}
+}
+
+func (lf *lockoutFixture) mustBeLocked(t *testing.T, ks *keystore.Service, subject string) {
+	t.Helper()
+	if m, err := lf.try(ks, subject, lockoutPasswords[subject]); m || !errors.Is(err, keystore.ErrSubjectLocked) {
+		t.Fatalf("%s: match=%v err=%v; want ErrSubjectLocked", subject, m, err)
+	}
+}
+
+const subjectAlice, subjectBob = "alice@example.com", "bob@example.com"
+
+func TestLockoutLocksAfterNFailuresUntilItExpires(t *testing.T) {
+	t.Parallel()
+	lf := newLockoutFixture(t)
+	for range 3 {
+		lf.mustFail(t, subjectAlice)
+	}
+	lf.mustBeLocked(t, lf.ks, subjectAlice)      // even the right password
+	lf.mustBeLocked(t, lf.open(t), subjectAlice) // on another replica too
+	lf.mustMatch(t, lf.ks, subjectBob)           // other subjects are independent
+	if m, _, err := lf.ks.VerifyPassword(context.Background(), lf.ref, []byte("alice-pw"), lf.hash[subjectAlice], ""); !m || err != nil {
+		t.Fatalf("without a subject there is no lockout: %v %v", m, err)
+	}
+	lf.clock.Advance(5*time.Minute - time.Second)
+	lf.mustBeLocked(t, lf.ks, subjectAlice)
+	lf.clock.Advance(time.Second)
+	lf.mustMatch(t, lf.ks, subjectAlice)
+	// After the lock the count starts again from zero.
+	lf.mustFail(t, subjectAlice)
+	lf.mustFail(t, subjectAlice)
+	lf.mustMatch(t, lf.ks, subjectAlice)
+}
+
+func TestLockoutMatchBeforeNResetsTheCount(t *testing.T) {
+	t.Parallel()
+	lf := newLockoutFixture(t)
+	lf.mustFail(t, subjectAlice)
+	lf.mustFail(t, subjectAlice)
+	lf.mustMatch(t, lf.ks, subjectAlice)
+	lf.mustFail(t, subjectAlice)
+	lf.mustFail(t, subjectAlice)
+	lf.mustMatch(t, lf.ks, subjectAlice) // 4 failures in all, never 3 in a row
+	// A match deletes the state: storage keeps nothing for subjectAlice.
+	recs, err := lf.store.List(context.Background(), "lockout/", "", 10)
+	if err != nil || len(recs) != 0 {
+		t.Fatalf("lockout records after a match: %d %v", len(recs), err)
+	}
+}
+
+func TestLockoutWindowExpires(t *testing.T) {
+	t.Parallel()
+	lf := newLockoutFixture(t)
+	lf.mustFail(t, subjectAlice)
+	lf.mustFail(t, subjectAlice)
+	lf.clock.Advance(time.Minute)
+	lf.mustFail(t, subjectAlice) // a new window: 1 failure
+	lf.mustFail(t, subjectAlice)
+	lf.mustMatch(t, lf.ks, subjectAlice)
+}
+
+func TestLockoutStateHidesSubjectsAndSurvivesRestarts(t *testing.T) {
+	t.Parallel()
+	lf := newLockoutFixture(t)
+	lf.mustFail(t, subjectAlice)
+	lf.mustFail(t, subjectAlice)
+	recs, err := lf.store.List(context.Background(), "lockout/", "", 10)
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("lockout records: %d %v", len(recs), err)
+	}
+	if k := recs[0].Key; !strings.HasPrefix(k, "lockout/acme/logins/") || strings.Contains(k, "alice") || len(k) != len("lockout/acme/logins/")+64 {
+		t.Fatalf("lockout record key %q is not lockout/{tenant}/{key}/{64 hex}", k)
+	}
+	if strings.Contains(string(recs[0].Value), "alice") {
+		t.Fatalf("lockout record holds the subject: %s", recs[0].Value)
+	}
+	// A restarted replica continues the count: one more failure locks.
+	restarted := lf.open(t)
+	if m, err := lf.try(restarted, subjectAlice, "wrong"); m || err != nil {
+		t.Fatalf("third failure: %v %v", m, err)
+	}
+	lf.mustBeLocked(t, lf.ks, subjectAlice)
+}
+
+func TestLockoutCannotBeOutrunByParallelGuesses(t *testing.T) {
+	t.Parallel()
+	lf := newLockoutFixture(t)
+	var failures, locked atomic.Int64
+	var wg sync.WaitGroup
+	for range 12 {
+		wg.Go(func() {
+			m, err := lf.try(lf.ks, subjectAlice, "guess")
+			switch {
+			case errors.Is(err, keystore.ErrSubjectLocked):
+				locked.Add(1)
+			case err == nil && !m:
+				failures.Add(1)
+			default:
+				t.Errorf("parallel guess: match=%v err=%v", m, err)
+			}
+		})
+	}
+	wg.Wait()
+	if failures.Load() > 3 || failures.Load()+locked.Load() != 12 {
+		t.Fatalf("%d guesses were verified and %d refused; at most 3 may be verified", failures.Load(), locked.Load())
+	}
+	lf.mustBeLocked(t, lf.ks, subjectAlice)
+}
+
+// lockoutStore fails lockout reads or writes on demand.
+type lockoutStore struct {
+	storage.Store
+	failGets, failPuts atomic.Bool
+}
+
+func (s *lockoutStore) Get(ctx context.Context, key string) (storage.Record, error) {
+	if s.failGets.Load() && strings.HasPrefix(key, "lockout/") {
+		return storage.Record{}, fmt.Errorf("test store: %w", storage.ErrUnavailable)
+	}
+	return s.Store.Get(ctx, key)
+}
+
+func (s *lockoutStore) Put(ctx context.Context, key string, v []byte, expect uint64) (uint64, error) {
+	if s.failPuts.Load() && strings.HasPrefix(key, "lockout/") {
+		return 0, fmt.Errorf("test store: %w", storage.ErrUnavailable)
+	}
+	return s.Store.Put(ctx, key, v, expect)
+}
+
+func TestLockoutFailsClosedWhenItsStateIsUnreachable(t *testing.T) {
+	t.Parallel()
+	lf := newLockoutFixture(t)
+	st := &lockoutStore{Store: lf.store}
+	ks, err := keystore.New(keystore.Config{Storage: st, Root: lf.root, Now: lf.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lf.mustMatch(t, ks, subjectAlice) // warm the key cache
+	st.failGets.Store(true)
+	if m, err := lf.try(ks, subjectAlice, lockoutPasswords[subjectAlice]); m || !errors.Is(err, keystore.ErrUnavailable) {
+		t.Fatalf("lockout state unreadable: match=%v err=%v; want ErrUnavailable", m, err)
+	}
+	st.failGets.Store(false)
+	st.failPuts.Store(true)
+	if m, err := lf.try(ks, subjectAlice, lockoutPasswords[subjectAlice]); m || !errors.Is(err, keystore.ErrUnavailable) {
+		t.Fatalf("lockout state unwritable: match=%v err=%v; want ErrUnavailable", m, err)
+	}
+	st.failPuts.Store(false)
+	lf.mustMatch(t, ks, subjectAlice)
+}
+
+func TestLockoutIsOffByDefault(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ref := f.passwordKey(t, "acme", "pw", fastArgon2id)
+	h := pwHash(t, f.ks, ref, []byte("pw"))
+	for range 5 {
+		if m, _, err := f.ks.VerifyPassword(context.Background(), ref, []byte("wrong"), h, subjectAlice); m || err != nil {
+			t.Fatalf("failure: %v %v", m, err)
+		}
+	}
+	if m, _, err := f.ks.VerifyPassword(context.Background(), ref, []byte("pw"), h, subjectAlice); !m || err != nil {
+		t.Fatalf("locked without a lockout policy: %v %v", m, err)
+	}
+	if recs, _ := f.store.List(context.Background(), "lockout/", "", 10); len(recs) != 0 {
+		t.Fatalf("lockout state written without a lockout policy: %d records", len(recs))
+	}
+}

@@ -1,0 +1,376 @@
+package keystore_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/custos-kms/custos/internal/workpool"
+	"github.com/custos-kms/custos/keystore"
+	"github.com/custos-kms/custos/keystore/passhash"
+)
+
+// Cheapest policies the bounds allow, to keep tests fast (bcrypt cost 10 is
+// still ~0.7 s under -race, so bcrypt tests hash as little as they can).
+var (
+	fastBcrypt   = keystore.PasswordPolicy{Algorithm: keystore.PasswordBcrypt, BcryptCost: keystore.MinBcryptCost}
+	fastArgon2id = keystore.PasswordPolicy{Algorithm: keystore.PasswordArgon2id,
+		Argon2MemoryKiB: keystore.MinArgon2MemoryKiB, Argon2Iterations: 1, Argon2Parallelism: 1}
+)
+
+// passwordKey creates a PASSWORD key with policy p (and its tenant if needed).
+func (f *fixture) passwordKey(t *testing.T, tenant, key string, p keystore.PasswordPolicy) keystore.KeyRef {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := f.ks.CreateTenant(ctx, tenant); err != nil && !errors.Is(err, keystore.ErrAlreadyExists) {
+		t.Fatal(err)
+	}
+	ref := keystore.KeyRef{Tenant: tenant, Key: key}
+	if _, err := f.ks.CreateKey(ctx, ref, keystore.KeySpec{Purpose: keystore.PurposePassword, PasswordPolicy: &p}); err != nil {
+		t.Fatal(err)
+	}
+	return ref
+}
+
+// openPasswordService returns a new Service over the fixture's storage and root with
+// cfg's other fields.
+func (f *fixture) openPasswordService(t *testing.T, cfg keystore.Config) *keystore.Service {
+	t.Helper()
+	cfg.Storage, cfg.Root = f.store, f.root
+	ks, err := keystore.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ks
+}
+
+func pwHash(t *testing.T, ks *keystore.Service, ref keystore.KeyRef, pw []byte) string {
+	t.Helper()
+	h, err := ks.HashPassword(context.Background(), ref, pw)
+	if err != nil {
+		t.Fatalf("HashPassword: %v", err)
+	}
+	return h
+}
+
+func pwVerify(t *testing.T, ks *keystore.Service, ref keystore.KeyRef, pw []byte, hash string) (match, rehash bool) {
+	t.Helper()
+	match, rehash, err := ks.VerifyPassword(context.Background(), ref, pw, hash, "")
+	if err != nil {
+		t.Fatalf("VerifyPassword: %v", err)
+	}
+	return match, rehash
+}
+
+func TestBcryptHashesLongPasswordsWithoutTruncating(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ref := f.passwordKey(t, "acme", "pw", fastBcrypt)
+	pw := bytes.Repeat([]byte("p"), 100)
+	other := bytes.Clone(pw)
+	other[80] = 'q' // differs only after bcrypt's 72-byte limit
+	h := pwHash(t, f.ks, ref, pw)
+	if !strings.HasPrefix(h, "$custos-bcrypt$v=1$$2a$10$") {
+		t.Fatalf("hash %q is not $custos-bcrypt$v=1$$2a$10$…", h)
+	}
+	if m, r := pwVerify(t, f.ks, ref, pw, h); !m || r {
+		t.Fatalf("right password: match=%v needs_rehash=%v", m, r)
+	}
+	if m, r := pwVerify(t, f.ks, ref, other, h); m || r {
+		t.Fatalf("100-byte password differing after byte 72 matched (needs_rehash=%v)", r)
+	}
+}
+
+func TestArgon2idRoundTripAndFreshSalts(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ref := f.passwordKey(t, "acme", "pw", fastArgon2id)
+	pw := []byte("correct horse battery staple")
+	h1, h2 := pwHash(t, f.ks, ref, pw), pwHash(t, f.ks, ref, pw)
+	if h1 == h2 {
+		t.Fatal("two hashes of one password are equal")
+	}
+	if !strings.HasPrefix(h1, "$custos-argon2id$v=1$m=8192,t=1,p=1$") {
+		t.Fatalf("hash %q does not name its algorithm, pepper and parameters", h1)
+	}
+	// A cold Service (another replica) verifies it too.
+	for _, ks := range []*keystore.Service{f.ks, f.open(t)} {
+		if m, r := pwVerify(t, ks, ref, pw, h1); !m || r {
+			t.Fatalf("right password: match=%v needs_rehash=%v", m, r)
+		}
+		if m, _ := pwVerify(t, ks, ref, []byte("correct horse battery stapler"), h1); m {
+			t.Fatal("wrong password matched")
+		}
+	}
+	long := bytes.Repeat([]byte("x"), 100)
+	other := bytes.Clone(long)
+	other[99] = 'y'
+	if m, _ := pwVerify(t, f.ks, ref, other, pwHash(t, f.ks, ref, long)); m {
+		t.Fatal("100-byte passwords differing in the last byte matched")
+	}
+}
+
+func TestAnotherTenantsPepperDoesNotMatch(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	a := f.passwordKey(t, "tenant-a", "pw", fastArgon2id)
+	b := f.passwordKey(t, "tenant-b", "pw", fastArgon2id)
+	aOther := f.passwordKey(t, "tenant-a", "other", fastArgon2id)
+	pw := []byte("hunter2")
+	h := pwHash(t, f.ks, a, pw)
+	for name, ref := range map[string]keystore.KeyRef{"tenant B's key": b, "tenant A's other key": aOther} {
+		m, r, err := f.ks.VerifyPassword(context.Background(), ref, pw, h, "")
+		if m || r || err != nil {
+			t.Fatalf("%s: match=%v needs_rehash=%v err=%v; want no match and no error", name, m, r, err)
+		}
+	}
+}
+
+func TestNeedsRehashAfterRotationAndAfterRaisingThePolicy(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := context.Background()
+	ref := f.passwordKey(t, "acme", "pw", fastArgon2id)
+	pw := []byte("s3cret")
+	old := pwHash(t, f.ks, ref, pw)
+	if _, err := f.ks.RotateKey(ctx, ref); err != nil {
+		t.Fatal(err)
+	}
+	if m, r := pwVerify(t, f.ks, ref, pw, old); !m || !r {
+		t.Fatalf("hash of pepper v1 after rotation: match=%v needs_rehash=%v; want both", m, r)
+	}
+	fresh := pwHash(t, f.ks, ref, pw)
+	if !strings.HasPrefix(fresh, "$custos-argon2id$v=2$") {
+		t.Fatalf("new hash %q does not use pepper v2", fresh)
+	}
+	if m, r := pwVerify(t, f.ks, ref, pw, fresh); !m || r {
+		t.Fatalf("current hash: match=%v needs_rehash=%v", m, r)
+	}
+	if m, r := pwVerify(t, f.ks, ref, []byte("nope"), old); m || r {
+		t.Fatalf("wrong password: match=%v needs_rehash=%v; needs_rehash only on a match", m, r)
+	}
+
+	raised := fastArgon2id
+	raised.Argon2Iterations = 2
+	if _, err := f.ks.UpdateKey(ctx, ref, keystore.KeyUpdate{PasswordPolicy: &raised}); err != nil {
+		t.Fatal(err)
+	}
+	if m, r := pwVerify(t, f.ks, ref, pw, fresh); !m || !r {
+		t.Fatalf("t=1 hash under a t=2 policy: match=%v needs_rehash=%v", m, r)
+	}
+	if h := pwHash(t, f.ks, ref, pw); !strings.Contains(h, "m=8192,t=2,p=1") {
+		t.Fatalf("hash %q does not follow the raised policy", h)
+	}
+	// Switching the algorithm asks for a rehash too.
+	if _, err := f.ks.UpdateKey(ctx, ref, keystore.KeyUpdate{PasswordPolicy: &fastBcrypt}); err != nil {
+		t.Fatal(err)
+	}
+	if m, r := pwVerify(t, f.ks, ref, pw, fresh); !m || !r {
+		t.Fatalf("argon2id hash under a bcrypt policy: match=%v needs_rehash=%v", m, r)
+	}
+}
+
+func TestNeedsRehashAfterRaisingTheBcryptCost(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ref := f.passwordKey(t, "acme", "pw", fastBcrypt)
+	pw := []byte("s3cret")
+	h := pwHash(t, f.ks, ref, pw)
+	raised := fastBcrypt
+	raised.BcryptCost = keystore.MinBcryptCost + 1
+	if _, err := f.ks.UpdateKey(context.Background(), ref, keystore.KeyUpdate{PasswordPolicy: &raised}); err != nil {
+		t.Fatal(err)
+	}
+	if m, r := pwVerify(t, f.ks, ref, pw, h); !m || !r {
+		t.Fatalf("cost-10 hash under a cost-11 policy: match=%v needs_rehash=%v", m, r)
+	}
+}
+
+func TestVerifyRefusesMalformedHostileAndUnusableHashes(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := context.Background()
+	ref := f.passwordKey(t, "acme", "pw", fastArgon2id)
+	pw := []byte("correct horse")
+	h1 := pwHash(t, f.ks, ref, pw)
+	if _, err := f.ks.RotateKey(ctx, ref); err != nil {
+		t.Fatal(err)
+	}
+	h2 := pwHash(t, f.ks, ref, pw)
+	if _, err := f.ks.RotateKey(ctx, ref); err != nil {
+		t.Fatal(err)
+	}
+	digest := h1[strings.LastIndexByte(h1, '$')+1:]
+	salt := "AAAAAAAAAAAAAAAAAAAAAA$" + strings.Repeat("A", 43)
+	invalid := map[string]string{
+		"empty":                         "",
+		"truncated":                     h1[:len(h1)-1],
+		"trailing garbage":              h1 + "A",
+		"another scheme":                "$2a$10$" + strings.Repeat("a", 53),
+		"pepper version unknown":        strings.Replace(h1, "$v=1$", "$v=9$", 1),
+		"oversized":                     h1 + strings.Repeat("A", passhash.MaxLen),
+		"argon2id with 4 GiB of memory": "$custos-argon2id$v=1$m=4194304,t=1,p=1$" + salt,
+		"argon2id with 64 iterations":   "$custos-argon2id$v=1$m=8192,t=64,p=1$" + salt,
+		"argon2id with 64 lanes":        "$custos-argon2id$v=1$m=8192,t=1,p=64$" + salt,
+		"bcrypt at cost 31":             "$custos-bcrypt$v=1$$2a$31$" + strings.Repeat("a", 53),
+	}
+	for name, h := range invalid {
+		t.Run(name, func(t *testing.T) {
+			_, _, err := f.ks.VerifyPassword(ctx, ref, pw, h, "")
+			if !errors.Is(err, keystore.ErrInvalidArgument) || !strings.Contains(err.Error(), "hash") {
+				t.Fatalf("got %v, want ErrInvalidArgument naming hash", err)
+			}
+			if strings.Contains(err.Error(), digest) || strings.Contains(err.Error(), string(pw)) {
+				t.Fatalf("error leaks the hash or the password: %v", err)
+			}
+		})
+	}
+
+	// Version states refuse like Decrypt does.
+	if _, err := f.ks.DisableKeyVersion(ctx, ref, 2); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := f.ks.VerifyPassword(ctx, ref, pw, h2, ""); !errors.Is(err, keystore.ErrKeyVersionDisabled) {
+		t.Fatalf("hash of a disabled pepper version: %v", err)
+	}
+	if _, err := f.ks.DestroyKeyVersion(ctx, ref, 2, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := f.ks.VerifyPassword(ctx, ref, pw, h2, ""); !errors.Is(err, keystore.ErrKeyVersionDestroyed) {
+		t.Fatalf("hash of a pepper version scheduled for destruction: %v", err)
+	}
+	min := uint32(3)
+	if _, err := f.ks.UpdateKey(ctx, ref, keystore.KeyUpdate{MinDecryptionVersion: &min}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := f.ks.VerifyPassword(ctx, ref, pw, h1, ""); !errors.Is(err, keystore.ErrKeyVersionTooOld) {
+		t.Fatalf("hash of a pepper version below the minimum: %v", err)
+	}
+
+	for name, p := range map[string][]byte{"empty": nil, "oversized": make([]byte, keystore.MaxPasswordSize+1)} {
+		if _, err := f.ks.HashPassword(ctx, ref, p); !errors.Is(err, keystore.ErrInvalidArgument) {
+			t.Fatalf("HashPassword(%s password): %v", name, err)
+		}
+		if _, _, err := f.ks.VerifyPassword(ctx, ref, p, h1, ""); !errors.Is(err, keystore.ErrInvalidArgument) {
+			t.Fatalf("VerifyPassword(%s password): %v", name, err)
+		}
+	}
+	if _, _, err := f.ks.VerifyPassword(ctx, ref, pw, h1, strings.Repeat("s", keystore.MaxSubjectSize+1)); !errors.Is(err, keystore.ErrInvalidArgument) {
+		t.Fatalf("oversized subject: %v", err)
+	}
+}
+
+func TestPasswordCallsNeedAPasswordKey(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := context.Background()
+	pwKey := f.passwordKey(t, "acme", "pw", fastArgon2id)
+	h := pwHash(t, f.ks, pwKey, []byte("x"))
+	for _, p := range []keystore.Purpose{keystore.PurposeEncrypt, keystore.PurposeMAC} {
+		ref := f.key(t, "acme", strings.ToLower(p.String()), p)
+		if _, err := f.ks.HashPassword(ctx, ref, []byte("x")); !errors.Is(err, keystore.ErrWrongPurpose) || !strings.Contains(err.Error(), "PASSWORD") {
+			t.Fatalf("HashPassword with a %v key: %v", p, err)
+		}
+		if _, _, err := f.ks.VerifyPassword(ctx, ref, []byte("x"), h, ""); !errors.Is(err, keystore.ErrWrongPurpose) {
+			t.Fatalf("VerifyPassword with a %v key: %v", p, err)
+		}
+	}
+	// And a PASSWORD key does nothing else: its pepper is not a MAC oracle.
+	if _, _, err := f.ks.ComputeMAC(ctx, pwKey, []byte("x")); !errors.Is(err, keystore.ErrWrongPurpose) {
+		t.Fatalf("ComputeMAC with a PASSWORD key: %v", err)
+	}
+}
+
+func TestFullHashingQueueIsResourceExhaustedWhileEncryptAnswers(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := context.Background()
+	pool := workpool.New(1, 1)
+	t.Cleanup(pool.Close)
+	ks := f.openPasswordService(t, keystore.Config{HashPool: pool})
+	pwKey := f.passwordKey(t, "acme", "pw", fastArgon2id)
+	encKey := f.key(t, "acme", "pii", keystore.PurposeEncrypt)
+	h := pwHash(t, ks, pwKey, []byte("pw"))
+
+	// Occupy the only worker and the only queue slot.
+	release := make(chan struct{})
+	running := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = pool.Do(ctx, func() { close(running); <-release }) })
+	<-running
+	// A caller whose deadline passes while queued gets the context's error.
+	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	if _, err := ks.HashPassword(short, pwKey, []byte("pw")); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("HashPassword queued past its deadline: %v", err)
+	}
+	wg.Go(func() { _ = pool.Do(ctx, func() {}) })
+	for pool.Waiting() != 1 {
+		time.Sleep(time.Millisecond)
+	}
+
+	if _, err := ks.HashPassword(ctx, pwKey, []byte("pw")); !errors.Is(err, keystore.ErrResourceExhausted) {
+		t.Fatalf("HashPassword with a full queue: %v", err)
+	}
+	if _, _, err := ks.VerifyPassword(ctx, pwKey, []byte("pw"), h, ""); !errors.Is(err, keystore.ErrResourceExhausted) {
+		t.Fatalf("VerifyPassword with a full queue: %v", err)
+	}
+	ct, _, err := ks.Encrypt(ctx, encKey, []byte("still here"), nil)
+	if err != nil {
+		t.Fatalf("Encrypt while hashing is saturated: %v", err)
+	}
+	if pt, _, err := ks.Decrypt(ctx, encKey, ct, nil); err != nil || string(pt) != "still here" {
+		t.Fatalf("Decrypt while hashing is saturated: %q %v", pt, err)
+	}
+	close(release)
+	wg.Wait()
+	if m, _ := pwVerify(t, ks, pwKey, []byte("pw"), h); !m {
+		t.Fatal("no match once the pool drained")
+	}
+}
+
+func TestDefaultHashingPoolQueuesAndRefuses(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := context.Background()
+	ks := f.openPasswordService(t, keystore.Config{HashWorkers: 1, HashQueue: -1})
+	ref := f.passwordKey(t, "acme", "pw", fastArgon2id)
+	// With one worker and no queue, parallel callers either hash or are
+	// refused at once; none waits, and at least one succeeds.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var ok, refused int
+	for range 8 {
+		wg.Go(func() {
+			_, err := ks.HashPassword(ctx, ref, []byte("pw"))
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				ok++
+			case errors.Is(err, keystore.ErrResourceExhausted):
+				refused++
+			default:
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if ok == 0 || ok+refused != 8 {
+		t.Fatalf("ok=%d refused=%d", ok, refused)
+	}
+}
+
+func TestHashParserBoundsMatchThePolicyBounds(t *testing.T) {
+	if passhash.MaxBcryptCost != keystore.MaxBcryptCost ||
+		passhash.MaxArgon2MemoryKiB != keystore.MaxArgon2MemoryKiB ||
+		passhash.MaxArgon2Iterations != keystore.MaxArgon2Iterations ||
+		passhash.MaxArgon2Parallelism != keystore.MaxArgon2Parallelism ||
+		passhash.MinBcryptCost > keystore.MinBcryptCost {
+		t.Fatal("keystore/passhash bounds differ from the password policy's")
+	}
+}

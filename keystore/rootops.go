@@ -1,0 +1,92 @@
+package keystore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/custos-kms/custos/keystore/storage"
+)
+
+// RewrapProgress reports each tenant whose KEK RewrapTenantKEKs re-wrapped.
+type RewrapProgress func(tenant string)
+
+// RewrapTenantKEKs re-wraps every tenant's KEK under the root key's current
+// version (after a Vault Transit or KMS key rotation), while the service keeps
+// serving: the KEK itself does not change, so caches stay valid and no keyset
+// is touched. Each tenant is updated with compare-and-swap; interrupted and
+// run again, it simply re-wraps every tenant again and finishes without loss.
+// It returns how many tenants it re-wrapped.
+func (s *Service) RewrapTenantKEKs(ctx context.Context, progress RewrapProgress) (int, error) {
+	n, after := 0, ""
+	for {
+		recs, err := s.store.List(ctx, tenantPrefix, after, 100)
+		if err != nil {
+			return n, storageErr("rewrap: list tenants", err)
+		}
+		for _, r := range recs {
+			tenant := strings.TrimPrefix(r.Key, tenantPrefix)
+			if err := s.rewrapTenantKEK(ctx, tenant); err != nil {
+				return n, err
+			}
+			n++
+			if progress != nil {
+				progress(tenant)
+			}
+		}
+		if len(recs) < 100 {
+			return n, nil
+		}
+		after = recs[len(recs)-1].Key
+	}
+}
+
+func (s *Service) rewrapTenantKEK(ctx context.Context, tenant string) error {
+	for range maxCASRetries {
+		rec, ver, err := s.readTenant(ctx, tenant)
+		if errors.Is(err, ErrNotFound) {
+			return nil // shredded meanwhile
+		}
+		if err != nil {
+			return err
+		}
+		aad := tenantKEKAAD(tenant)
+		raw, err := s.root.Unwrap(ctx, rec.WrappedKEK, aad)
+		if err != nil {
+			return rootErr(fmt.Sprintf("rewrap: unwrap KEK of tenant %q", tenant), err)
+		}
+		rec.WrappedKEK, err = s.root.Wrap(ctx, raw, aad)
+		clear(raw)
+		if err != nil {
+			return rootErr(fmt.Sprintf("rewrap: wrap KEK of tenant %q", tenant), err)
+		}
+		b, err := encodeRecord(rec)
+		if err != nil {
+			return err
+		}
+		_, err = s.store.Put(ctx, tenantStorageKey(tenant), b, ver)
+		if errors.Is(err, storage.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return storageErr("rewrap: store tenant", err)
+		}
+		return nil
+	}
+	return fmt.Errorf("rewrap tenant %q: %w", tenant, ErrAborted)
+}
+
+// Dependencies reports whether the storage and the root can be reached now;
+// each error is nil when that dependency answered. It costs one storage read
+// and one root wrap, so call it periodically, never per request.
+func (s *Service) Dependencies(ctx context.Context) (storageErr, rootErr error) {
+	if _, err := s.store.Get(ctx, "health/probe"); err != nil && !errors.Is(err, storage.ErrNotFound) {
+		storageErr = err
+	}
+	probe := make([]byte, kekSize)
+	if _, err := s.root.Wrap(ctx, probe, []byte("custos:probe")); err != nil {
+		rootErr = err
+	}
+	return storageErr, rootErr
+}

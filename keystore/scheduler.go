@@ -1,0 +1,371 @@
+package keystore
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/tink-crypto/tink-go/v2/keyset"
+
+	"github.com/custos-kms/custos/keystore/storage"
+)
+
+// Scheduler defaults.
+const (
+	// DefaultSchedulerInterval is how often the lease holder runs a pass.
+	DefaultSchedulerInterval = time.Minute
+	// DefaultFlushInterval is how often every replica writes its encryption
+	// counts to storage.
+	DefaultFlushInterval = 10 * time.Second
+	// schedulerPageSize is how many records one storage List returns during
+	// a pass.
+	schedulerPageSize = 256
+	// stopTimeout bounds the final flush and lease release when
+	// RunScheduler stops.
+	stopTimeout = 5 * time.Second
+)
+
+// SchedulerConfig configures RunScheduler. Zero fields take the defaults.
+type SchedulerConfig struct {
+	// Interval is how often the lease is taken or renewed and, by its
+	// holder, a pass run. Default DefaultSchedulerInterval.
+	Interval time.Duration
+	// HolderID names this replica in the lease; it must differ between
+	// replicas. Default: host name, process id and a random suffix.
+	HolderID string
+	// LeaseTTL is how long the lease lasts without renewal, so how long a
+	// dead holder's lease blocks the others. It must exceed Interval.
+	// Default 3 × Interval.
+	LeaseTTL time.Duration
+	// FlushInterval is how often this replica adds its encryption counts to
+	// storage (FlushUsage). Default DefaultFlushInterval.
+	FlushInterval time.Duration
+}
+
+func (c SchedulerConfig) normalize() (SchedulerConfig, error) {
+	if c.Interval < 0 || c.LeaseTTL < 0 || c.FlushInterval < 0 {
+		return c, fmt.Errorf("%w: scheduler intervals must not be negative", ErrInvalidArgument)
+	}
+	if c.Interval == 0 {
+		c.Interval = DefaultSchedulerInterval
+	}
+	if c.FlushInterval == 0 {
+		c.FlushInterval = DefaultFlushInterval
+	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = 3 * c.Interval
+	}
+	if c.LeaseTTL <= c.Interval {
+		return c, fmt.Errorf("%w: scheduler lease TTL %v must exceed the interval %v", ErrInvalidArgument, c.LeaseTTL, c.Interval)
+	}
+	if c.HolderID == "" {
+		host, _ := os.Hostname()
+		c.HolderID = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), rand.Text()[:8])
+	}
+	return c, nil
+}
+
+// RunScheduler runs the key lifecycle for the whole deployment until ctx is
+// done, then returns nil (or at once an ErrInvalidArgument for a bad cfg).
+// Run it on every replica:
+//
+//   - every FlushInterval, each replica adds its encryption counts to the
+//     persisted per-version counts (FlushUsage);
+//   - every Interval, each replica tries to take or renew the scheduler
+//     lease (a storage record changed with compare-and-swap); the one
+//     holding it runs a pass: automatic rotation (rotation period due, or the
+//     primary's persisted count at Config.UsageRotateThreshold), destruction
+//     of versions whose destroy date has passed, and crypto-shredding of
+//     tenants whose deletion date has passed.
+//
+// When ctx is done it flushes the counts once more and releases the lease so
+// another replica takes over at its next Interval. Failures are logged and
+// retried on the next tick.
+func (s *Service) RunScheduler(ctx context.Context, cfg SchedulerConfig) error {
+	cfg, err := cfg.normalize()
+	if err != nil {
+		return err
+	}
+	// Flushes run on their own, so a long pass never delays them.
+	flushed := make(chan struct{})
+	go func() {
+		defer close(flushed)
+		s.flushLoop(ctx, cfg.FlushInterval)
+	}()
+	pass := time.NewTicker(cfg.Interval)
+	defer pass.Stop()
+	for {
+		s.leaderTick(ctx, cfg)
+		select {
+		case <-ctx.Done():
+			<-flushed
+			stop, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
+			defer cancel()
+			if err := s.FlushUsage(stop); err != nil {
+				s.logger.Warn("scheduler: final flush of encrypt counts failed", "error", err.Error())
+			}
+			if err := s.releaseLease(stop, cfg.HolderID); err != nil {
+				s.logger.Warn("scheduler: release lease failed", "error", err.Error())
+			}
+			return nil
+		case <-pass.C:
+		}
+	}
+}
+
+// flushLoop runs FlushUsage every interval until ctx is done.
+func (s *Service) flushLoop(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := s.FlushUsage(ctx); err != nil && ctx.Err() == nil {
+				s.logger.Warn("scheduler: flush encrypt counts failed; will retry", "error", err.Error())
+			}
+		}
+	}
+}
+
+// leaderTick takes or renews the lease and, when held, runs one pass.
+func (s *Service) leaderTick(ctx context.Context, cfg SchedulerConfig) {
+	held, err := s.acquireLease(ctx, cfg.HolderID, cfg.LeaseTTL)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.logger.Warn("scheduler: lease", "error", err.Error())
+		}
+		return
+	}
+	if !held {
+		return
+	}
+	s.life.leaderPasses.Add(1)
+	if err := s.pass(ctx); err != nil && ctx.Err() == nil {
+		s.logger.Error("scheduler: pass failed; will retry", "error", err.Error())
+	}
+}
+
+// RunOnce flushes this replica's encryption counts and runs one scheduler
+// pass (rotation, destruction, shredding), for tests and admin commands. It
+// does not take the lease: every change re-checks its condition under
+// compare-and-swap, so running it beside the lease holder never rotates a
+// key twice or loses a write. It returns the failures joined (at most a
+// few, then a count); the work that did not fail is done.
+func (s *Service) RunOnce(ctx context.Context) error {
+	return errors.Join(s.FlushUsage(ctx), s.pass(ctx))
+}
+
+// acquireLease takes the scheduler lease for holder, or renews it, until
+// now + ttl. It reports false while another holder's lease has not expired,
+// or when another replica won the compare-and-swap.
+func (s *Service) acquireLease(ctx context.Context, holder string, ttl time.Duration) (bool, error) {
+	now := s.now()
+	var expect uint64
+	r, err := s.store.Get(ctx, leaseStorageKey)
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+	case err != nil:
+		return false, storageErr("read scheduler lease", err)
+	default:
+		var l leaseRecord
+		if err := json.Unmarshal(r.Value, &l); err != nil || l.Format != recordFormat {
+			s.logger.Warn("scheduler: unreadable lease record; taking it over")
+		} else if l.Holder != holder && now.Before(l.ExpireTime) {
+			return false, nil
+		}
+		expect = r.Version
+	}
+	b, err := encodeRecord(leaseRecord{Format: recordFormat, Holder: holder, ExpireTime: now.Add(ttl).UTC()})
+	if err != nil {
+		return false, err
+	}
+	if _, err := s.store.Put(ctx, leaseStorageKey, b, expect); err != nil {
+		if errors.Is(err, storage.ErrConflict) {
+			return false, nil
+		}
+		return false, storageErr("write scheduler lease", err)
+	}
+	return true, nil
+}
+
+// releaseLease deletes the lease if holder holds it.
+func (s *Service) releaseLease(ctx context.Context, holder string) error {
+	r, err := s.store.Get(ctx, leaseStorageKey)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return storageErr("read scheduler lease", err)
+	}
+	var l leaseRecord
+	if err := json.Unmarshal(r.Value, &l); err != nil || l.Holder != holder {
+		return nil
+	}
+	err = s.store.Delete(ctx, leaseStorageKey, r.Version)
+	if err != nil && !errors.Is(err, storage.ErrNotFound) && !errors.Is(err, storage.ErrConflict) {
+		return storageErr("release scheduler lease", err)
+	}
+	return nil
+}
+
+// pass visits every tenant once: shreds those past their deletion date and
+// maintains the keys of active ones. A failure on one tenant or key does not
+// stop the others.
+func (s *Service) pass(ctx context.Context) error {
+	var errs []error
+	after := ""
+	for {
+		recs, err := s.store.List(ctx, tenantPrefix, after, schedulerPageSize)
+		if err != nil {
+			return storageErr("scheduler: list tenants", err)
+		}
+		for _, r := range recs {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if err := s.tenantPass(ctx, strings.TrimPrefix(r.Key, tenantPrefix), r.Value); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if len(recs) < schedulerPageSize {
+			return joinCapped(errs)
+		}
+		after = recs[len(recs)-1].Key
+	}
+}
+
+func (s *Service) tenantPass(ctx context.Context, tenant string, value []byte) error {
+	rec, err := decodeTenant(value)
+	if err != nil {
+		return fmt.Errorf("scheduler: tenant %q: %w", tenant, err)
+	}
+	switch rec.State {
+	case TenantDeleteScheduled:
+		if rec.DeleteTime.After(s.now()) {
+			return nil
+		}
+		if _, err := s.shredTenant(ctx, tenant); err != nil {
+			return fmt.Errorf("scheduler: %w", err)
+		}
+		return nil
+	case TenantActive:
+		return s.keysPass(ctx, tenant)
+	}
+	return nil
+}
+
+// keysPass maintains the keys of one tenant that have something due.
+func (s *Service) keysPass(ctx context.Context, tenant string) error {
+	prefix := keyStoragePrefix(tenant)
+	var errs []error
+	after := ""
+	for {
+		recs, err := s.store.List(ctx, prefix, after, schedulerPageSize)
+		if err != nil {
+			return storageErr("scheduler: list keys", err)
+		}
+		for _, r := range recs {
+			ref := KeyRef{Tenant: tenant, Key: strings.TrimPrefix(r.Key, prefix)}
+			rec, err := decodeKey(r.Value)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("scheduler: key %s: %w", ref, err))
+				continue
+			}
+			now := s.now()
+			if _, due := s.rotationDue(rec, now); !due && !destroyDue(rec, now) {
+				continue
+			}
+			if err := s.maintainKey(ctx, ref); err != nil {
+				if errors.Is(err, ErrTenantDeleted) || errors.Is(err, ErrNotFound) {
+					return joinCapped(errs) // deleted meanwhile
+				}
+				errs = append(errs, fmt.Errorf("scheduler: %w", err))
+			}
+		}
+		if len(recs) < schedulerPageSize {
+			return joinCapped(errs)
+		}
+		after = recs[len(recs)-1].Key
+	}
+}
+
+// rotationDue reports whether rec should rotate now, and why: its rotation
+// period came round, or its primary made UsageRotateThreshold encryptions
+// (ENCRYPT keys only: the bound is AES-GCM's random nonces; deterministic
+// and MAC keys have no such limit, and rotating them by surprise would
+// break equality lookups).
+func (s *Service) rotationDue(rec *keyRecord, now time.Time) (string, bool) {
+	if rec.RotationPeriod > 0 && !rec.NextRotationTime.After(now) {
+		return "rotation period", true
+	}
+	if rec.Purpose == PurposeEncrypt {
+		if vr, ok := rec.version(rec.Primary); ok && vr.EncryptCount >= s.life.threshold {
+			return "usage threshold", true
+		}
+	}
+	return "", false
+}
+
+// destroyDue reports whether a version of rec is due for destruction.
+func destroyDue(rec *keyRecord, now time.Time) bool {
+	for _, vr := range rec.Versions {
+		if vr.State == VersionDestroyScheduled && !vr.DestroyTime.After(now) {
+			return true
+		}
+	}
+	return false
+}
+
+// maintainKey destroys the key's versions whose date has passed and rotates
+// it if due, in one compare-and-swap that re-checks both, so concurrent
+// passes (a RunOnce beside the lease holder) change the key once.
+func (s *Service) maintainKey(ctx context.Context, ref KeyRef) error {
+	var destroyed []uint32
+	var why string
+	_, err := s.updateKey(ctx, ref, "scheduled maintenance of", func(rec *keyRecord, h *keyset.Handle) (*keyset.Handle, error) {
+		now := s.now().UTC()
+		destroyed, why = nil, ""
+		nh := h
+		if destroyDue(rec, now) {
+			m := keyset.NewManagerFromHandle(h)
+			var err error
+			if destroyed, err = destroyVersions(rec, m, now); err != nil {
+				return nil, err
+			}
+			if nh, err = m.Handle(); err != nil {
+				return nil, fmt.Errorf("keyset: %w", err)
+			}
+		}
+		if reason, due := s.rotationDue(rec, now); due {
+			var err error
+			if nh, err = s.rotate(rec, nh); err != nil {
+				return nil, err
+			}
+			why = reason
+		}
+		if len(destroyed) == 0 && why == "" {
+			return nil, errUnchanged
+		}
+		return nh, nil
+	})
+	if errors.Is(err, errUnchanged) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, v := range destroyed {
+		s.logger.Info("key version destroyed", "key", ref.String(), "version", v)
+	}
+	if why != "" {
+		s.logger.Info("key rotated automatically", "key", ref.String(), "reason", why)
+	}
+	return nil
+}

@@ -1,0 +1,200 @@
+package keystore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/custos-kms/custos/keystore/storage"
+)
+
+// DeleteTenant schedules a tenant for crypto-shredding after waiting (0 means
+// DefaultWaitingPeriod; otherwise 1 to 365 days, else ErrInvalidArgument).
+// From now on every data-plane call and every key read or write on the
+// tenant fails with ErrTenantDeleted — on this replica at once, on others as
+// soon as the storage's change notification arrives (or their cache TTL
+// runs out, for a storage that cannot notify). GetTenant and ListTenants
+// show it as DELETE_SCHEDULED with its DeleteTime, and UndeleteTenant
+// cancels until then. After DeleteTime the scheduler deletes the tenant's
+// keysets and its wrapped KEK from storage.
+//
+// It fails with ErrNotFound for an unknown tenant and ErrTenantDeleted if the
+// tenant is already scheduled (its date stays).
+func (s *Service) DeleteTenant(ctx context.Context, tenant string, waiting time.Duration) (Tenant, error) {
+	if !ValidID(tenant) {
+		return Tenant{}, fmt.Errorf("%w: tenant id %q is malformed", ErrInvalidArgument, truncate(tenant))
+	}
+	waiting, err := waitingPeriod("waiting_period", waiting)
+	if err != nil {
+		return Tenant{}, err
+	}
+	return s.updateTenant(ctx, tenant, "delete tenant", func(rec *tenantRecord) error {
+		if rec.State != TenantActive {
+			return fmt.Errorf("%w: deletion is already scheduled for %s", ErrTenantDeleted, rec.DeleteTime.Format(time.RFC3339))
+		}
+		rec.State = TenantDeleteScheduled
+		rec.DeleteTime = s.now().UTC().Add(waiting)
+		return nil
+	})
+}
+
+// UndeleteTenant cancels a tenant's scheduled deletion before its
+// DeleteTime; the tenant and all its keys work again as before. It fails
+// with ErrWrongState if the tenant is not scheduled for deletion,
+// ErrTenantDeleted once the date has passed (shredding is due or under way),
+// and ErrNotFound for an unknown (or already shredded) tenant.
+func (s *Service) UndeleteTenant(ctx context.Context, tenant string) (Tenant, error) {
+	if !ValidID(tenant) {
+		return Tenant{}, fmt.Errorf("%w: tenant id %q is malformed", ErrInvalidArgument, truncate(tenant))
+	}
+	return s.updateTenant(ctx, tenant, "undelete tenant", func(rec *tenantRecord) error {
+		if rec.State != TenantDeleteScheduled {
+			return fmt.Errorf("%w: the tenant is %v, not scheduled for deletion", ErrWrongState, rec.State)
+		}
+		if !rec.ShredTime.IsZero() || !s.now().Before(rec.DeleteTime) {
+			return fmt.Errorf("%w: its waiting period ended at %s; it can no longer be undeleted",
+				ErrTenantDeleted, rec.DeleteTime.Format(time.RFC3339))
+		}
+		rec.State = TenantActive
+		rec.DeleteTime = time.Time{}
+		return nil
+	})
+}
+
+// updateTenant is a read-modify-write of a tenant record with
+// compare-and-swap, retrying on conflicts. After a write it drops the
+// tenant's cached material on this replica.
+func (s *Service) updateTenant(ctx context.Context, tenant, op string, mutate func(rec *tenantRecord) error) (Tenant, error) {
+	for range maxCASRetries {
+		rec, ver, err := s.readTenant(ctx, tenant)
+		if err != nil {
+			return Tenant{}, err
+		}
+		if err := mutate(rec); err != nil {
+			return Tenant{}, fmt.Errorf("%s %q: %w", op, tenant, err)
+		}
+		b, err := encodeRecord(rec)
+		if err != nil {
+			return Tenant{}, err
+		}
+		_, err = s.store.Put(ctx, tenantStorageKey(tenant), b, ver)
+		if errors.Is(err, storage.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return Tenant{}, storageErr(op, err)
+		}
+		s.invalidateTenant(tenant)
+		return rec.toTenant(tenant), nil
+	}
+	return Tenant{}, fmt.Errorf("%s %q: %w", op, tenant, ErrAborted)
+}
+
+// invalidateTenant drops a tenant's cached KEK and keys, and makes loads
+// that began before this call not cache what they read.
+func (s *Service) invalidateTenant(tenant string) {
+	s.life.tenantGen.Add(1)
+	s.keks.remove(tenant)
+	s.keys.removeIf(func(r KeyRef) bool { return r.Tenant == tenant })
+}
+
+// checkTenantActive fails with ErrNotFound for an unknown tenant and
+// ErrTenantDeleted for one scheduled for deletion.
+func (s *Service) checkTenantActive(ctx context.Context, tenant string) error {
+	rec, _, err := s.readTenant(ctx, tenant)
+	if err != nil {
+		return err
+	}
+	if rec.State != TenantActive {
+		return fmt.Errorf("tenant %q: %w", tenant, ErrTenantDeleted)
+	}
+	return nil
+}
+
+// shredPageSize is how many key records one storage List returns while
+// shredding.
+const shredPageSize = 256
+
+// tenantScopedPrefixes are the storage prefixes of every record that
+// belongs to one tenant besides its tenant record: its keys (wrapped
+// keysets) and its password lockout state.
+func tenantScopedPrefixes(tenant string) []string {
+	return []string{keyStoragePrefix(tenant), lockoutStoragePrefix(tenant)}
+}
+
+// shredTenant crypto-shreds a tenant whose deletion date has passed: it
+// marks the record (so UndeleteTenant refuses from then on), deletes every
+// record under tenantScopedPrefixes, then the tenant record holding the
+// wrapped KEK, and drops every cache. It is safe to repeat after a crash at any step:
+// the tenant record goes last, so the next pass finds it and finishes.
+// It reports whether the tenant was shredded (false: not due any more).
+func (s *Service) shredTenant(ctx context.Context, tenant string) (bool, error) {
+	rec, ver, err := s.readTenant(ctx, tenant)
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if rec.State != TenantDeleteScheduled || s.now().Before(rec.DeleteTime) {
+		return false, nil
+	}
+	if rec.ShredTime.IsZero() {
+		rec.ShredTime = s.now().UTC()
+		b, err := encodeRecord(rec)
+		if err != nil {
+			return false, err
+		}
+		ver, err = s.store.Put(ctx, tenantStorageKey(tenant), b, ver)
+		if errors.Is(err, storage.ErrConflict) {
+			return false, nil // changed meanwhile (undeleted?): the next pass decides again
+		}
+		if err != nil {
+			return false, storageErr("shred tenant: mark", err)
+		}
+	}
+	s.invalidateTenant(tenant)
+	for _, prefix := range tenantScopedPrefixes(tenant) {
+		if err := s.deletePrefix(ctx, prefix); err != nil {
+			return false, fmt.Errorf("shred tenant %q: %w", tenant, err)
+		}
+	}
+	err = s.store.Delete(ctx, tenantStorageKey(tenant), ver)
+	if err != nil && !errors.Is(err, storage.ErrNotFound) {
+		return false, storageErr(fmt.Sprintf("shred tenant %q: delete tenant record", tenant), err)
+	}
+	s.invalidateTenant(tenant)
+	s.life.dropTenant(tenant)
+	s.logger.Info("tenant crypto-shredded", "tenant", tenant)
+	return true, nil
+}
+
+// deletePrefix deletes every record whose key starts with prefix, however
+// many there are; it gives up (ErrAborted) only when concurrent writes keep
+// conflicting with its deletes.
+func (s *Service) deletePrefix(ctx context.Context, prefix string) error {
+	conflicts := 0
+	for {
+		recs, err := s.store.List(ctx, prefix, "", shredPageSize)
+		if err != nil {
+			return storageErr("list "+prefix, err)
+		}
+		if len(recs) == 0 {
+			return nil
+		}
+		for _, r := range recs {
+			err := s.store.Delete(ctx, r.Key, r.Version)
+			switch {
+			case err == nil, errors.Is(err, storage.ErrNotFound):
+			case errors.Is(err, storage.ErrConflict):
+				// A late write (a counts flush): the next List sees it.
+				if conflicts++; conflicts > maxCASRetries {
+					return fmt.Errorf("delete %s: %w", prefix, ErrAborted)
+				}
+			default:
+				return storageErr("delete "+r.Key, err)
+			}
+		}
+	}
+}
