@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -71,7 +72,11 @@ var sentinels = []struct {
 	{"ErrKeyVersionDestroyed", client.ErrKeyVersionDestroyed},
 	{"ErrKeyVersionTooOld", client.ErrKeyVersionTooOld},
 	{"ErrWrongPurpose", client.ErrWrongPurpose},
+	{"ErrPrimaryVersion", client.ErrPrimaryVersion},
+	{"ErrWrongState", client.ErrWrongState},
 	{"ErrResourceExhausted", client.ErrResourceExhausted},
+	{"ErrHashQueueFull", client.ErrHashQueueFull},
+	{"ErrSubjectLocked", client.ErrSubjectLocked},
 	{"ErrUnavailable", client.ErrUnavailable},
 	{"ErrClosed", client.ErrClosed},
 }
@@ -619,8 +624,12 @@ func TestErrorMappingOverTheWire(t *testing.T) {
 		{"FAILED_PRECONDITION with KEY_VERSION_DESTROYED is also ErrKeyVersionDestroyed", reasonError(codes.FailedPrecondition, "KEY_VERSION_DESTROYED", "destroyed"), "KEY_VERSION_DESTROYED", []error{client.ErrFailedPrecondition, client.ErrKeyVersionDestroyed}},
 		{"FAILED_PRECONDITION with KEY_VERSION_TOO_OLD is also ErrKeyVersionTooOld", reasonError(codes.FailedPrecondition, "KEY_VERSION_TOO_OLD", "too old"), "KEY_VERSION_TOO_OLD", []error{client.ErrFailedPrecondition, client.ErrKeyVersionTooOld}},
 		{"FAILED_PRECONDITION with WRONG_PURPOSE is also ErrWrongPurpose", reasonError(codes.FailedPrecondition, "WRONG_PURPOSE", "wrong purpose"), "WRONG_PURPOSE", []error{client.ErrFailedPrecondition, client.ErrWrongPurpose}},
+		{"FAILED_PRECONDITION with PRIMARY_VERSION is also ErrPrimaryVersion", reasonError(codes.FailedPrecondition, "PRIMARY_VERSION", "primary"), "PRIMARY_VERSION", []error{client.ErrFailedPrecondition, client.ErrPrimaryVersion}},
+		{"FAILED_PRECONDITION with WRONG_STATE is also ErrWrongState", reasonError(codes.FailedPrecondition, "WRONG_STATE", "wrong state"), "WRONG_STATE", []error{client.ErrFailedPrecondition, client.ErrWrongState}},
 		{"FAILED_PRECONDITION with an unknown reason is only ErrFailedPrecondition", reasonError(codes.FailedPrecondition, "SOMETHING_NEW", "new"), "SOMETHING_NEW", []error{client.ErrFailedPrecondition}},
 		{"RESOURCE_EXHAUSTED is ErrResourceExhausted", status.Error(codes.ResourceExhausted, "slow down"), "", []error{client.ErrResourceExhausted}},
+		{"RESOURCE_EXHAUSTED with HASH_QUEUE_FULL is also ErrHashQueueFull", reasonError(codes.ResourceExhausted, "HASH_QUEUE_FULL", "hashing queue full"), "HASH_QUEUE_FULL", []error{client.ErrResourceExhausted, client.ErrHashQueueFull}},
+		{"RESOURCE_EXHAUSTED with SUBJECT_LOCKED is also ErrSubjectLocked", reasonError(codes.ResourceExhausted, "SUBJECT_LOCKED", "subject locked"), "SUBJECT_LOCKED", []error{client.ErrResourceExhausted, client.ErrSubjectLocked}},
 		{"UNAVAILABLE is ErrUnavailable", status.Error(codes.Unavailable, "root KMS unreachable"), "", []error{client.ErrUnavailable}},
 		{"INTERNAL matches no sentinel", status.Error(codes.Internal, "internal error"), "", nil},
 	}
@@ -770,7 +779,11 @@ func TestBatchItemsFailOnTheirOwn(t *testing.T) {
 		}
 	})
 	t.Run("an empty batch makes no call", func(t *testing.T) {
-		before := env.fake.callCount("/custos.v1.CryptoService/EncryptBatch")
+		methods := []string{"EncryptBatch", "DecryptBatch", "RewrapBatch"}
+		before := make([]int, len(methods))
+		for i, m := range methods {
+			before[i] = env.fake.callCount("/custos.v1.CryptoService/" + m)
+		}
 		res, err := c.EncryptBatch(ctx, name, nil)
 		if err != nil || len(res) != 0 {
 			t.Errorf("EncryptBatch(nil) = %v, %v", res, err)
@@ -779,10 +792,80 @@ func TestBatchItemsFailOnTheirOwn(t *testing.T) {
 		if err != nil || len(dres) != 0 {
 			t.Errorf("DecryptBatch(nil) = %v, %v", dres, err)
 		}
-		if env.fake.callCount("/custos.v1.CryptoService/EncryptBatch") != before {
-			t.Error("an empty batch called the server")
+		rres, err := c.RewrapBatch(ctx, name, nil)
+		if err != nil || len(rres) != 0 {
+			t.Errorf("RewrapBatch(nil) = %v, %v", rres, err)
+		}
+		for i, m := range methods {
+			if env.fake.callCount("/custos.v1.CryptoService/"+m) != before[i] {
+				t.Errorf("an empty %s called the server", m)
+			}
 		}
 	})
+}
+
+// TestEveryNewCallReportsTheServersStatus injects a failure into each call
+// added with the key lifecycle and the crypto surface (their behaviour is
+// tested against the real server in real_server_test.go) and checks that
+// the error matches the status's sentinels, keeps the status for
+// status.FromError, and names the operation and the resource.
+func TestEveryNewCallReportsTheServersStatus(t *testing.T) {
+	env := startFakeT(t)
+	c := newClient(t, env)
+	const (
+		tenant = "tenants/acme"
+		key    = "tenants/acme/keys/k"
+	)
+	pw := c.Password(key)
+	calls := []struct {
+		op   string
+		call func(context.Context) error
+	}{
+		{"delete tenant " + tenant, func(ctx context.Context) error { _, err := c.DeleteTenant(ctx, tenant, 0); return err }},
+		{"undelete tenant " + tenant, func(ctx context.Context) error { _, err := c.UndeleteTenant(ctx, tenant); return err }},
+		{"update key " + key, func(ctx context.Context) error {
+			v := uint32(2)
+			_, err := c.UpdateKey(ctx, key, client.KeyUpdate{MinDecryptionVersion: &v})
+			return err
+		}},
+		{"enable version 2 of key " + key, func(ctx context.Context) error { _, err := c.EnableKeyVersion(ctx, key, 2); return err }},
+		{"disable version 2 of key " + key, func(ctx context.Context) error { _, err := c.DisableKeyVersion(ctx, key, 2); return err }},
+		{"destroy version 2 of key " + key, func(ctx context.Context) error { _, err := c.DestroyKeyVersion(ctx, key, 2, 0); return err }},
+		{"restore version 2 of key " + key, func(ctx context.Context) error { _, err := c.RestoreKeyVersion(ctx, key, 2); return err }},
+		{"rewrap with " + key, func(ctx context.Context) error { _, _, err := c.Rewrap(ctx, key, []byte("c"), nil); return err }},
+		{"rewrap batch with " + key, func(ctx context.Context) error {
+			_, err := c.RewrapBatch(ctx, key, []client.RewrapItem{{Ciphertext: []byte("c")}})
+			return err
+		}},
+		{"generate data key with " + key, func(ctx context.Context) error { _, err := c.GenerateDataKey(ctx, key, nil); return err }},
+		{"generate wrapped data key with " + key, func(ctx context.Context) error {
+			_, _, err := c.GenerateWrappedDataKey(ctx, key, nil)
+			return err
+		}},
+		{"decrypt data key with " + key, func(ctx context.Context) error { _, err := c.DecryptDataKey(ctx, key, []byte("w"), nil); return err }},
+		{"compute MAC with " + key, func(ctx context.Context) error { _, _, err := c.ComputeMAC(ctx, key, []byte("d")); return err }},
+		{"verify MAC with " + key, func(ctx context.Context) error { _, err := c.VerifyMAC(ctx, key, []byte("d"), []byte("m")); return err }},
+		{"blind index with " + key, func(ctx context.Context) error { _, err := c.BlindIndex(ctx, key, []byte("d")); return err }},
+		{"hash password with " + key, func(ctx context.Context) error { _, err := pw.Hash(ctx, []byte("pw")); return err }},
+		{"verify password with " + key, func(ctx context.Context) error { _, _, err := pw.Verify(ctx, []byte("pw"), "h"); return err }},
+		{"verify password with " + key, func(ctx context.Context) error {
+			_, _, err := pw.VerifySubject(ctx, []byte("pw"), "h", "user-1")
+			return err
+		}},
+	}
+	for _, tt := range calls {
+		t.Run(tt.op, func(t *testing.T) {
+			env.fake.injectNext(reasonError(codes.ResourceExhausted, "HASH_QUEUE_FULL", "hashing queue full"))
+			err := tt.call(t.Context())
+			checkSentinels(t, err, client.ErrResourceExhausted, client.ErrHashQueueFull)
+			if st, ok := status.FromError(err); !ok || st.Code() != codes.ResourceExhausted {
+				t.Errorf("status.FromError(%q) = %v, %v", err, st, ok)
+			}
+			if want := "custos: " + tt.op + ": "; !strings.HasPrefix(err.Error(), want) {
+				t.Errorf("error %q does not start with %q", err, want)
+			}
+		})
+	}
 }
 
 func TestContextErrorsMatchTheContext(t *testing.T) {

@@ -5,11 +5,13 @@ package client
 // zero value, a zero time or duration becomes an unset field.
 
 import (
+	"math"
 	"strings"
 	"time"
 
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -61,6 +63,7 @@ func keyFromProto(k *custosv1.Key) Key {
 		NextRotationTime:     timeFromProto(k.GetNextRotationTime()),
 		MinDecryptionVersion: k.GetMinDecryptionVersion(),
 		CreateTime:           timeFromProto(k.GetCreateTime()),
+		PasswordPolicy:       passwordPolicyFromProto(k.GetPasswordPolicy()),
 	}
 }
 
@@ -82,6 +85,7 @@ func keyToProto(k Key) *custosv1.Key {
 		NextRotationTime:     timeToProto(k.NextRotationTime),
 		MinDecryptionVersion: k.MinDecryptionVersion,
 		CreateTime:           timeToProto(k.CreateTime),
+		PasswordPolicy:       passwordPolicyToProto(k.PasswordPolicy),
 	}
 }
 
@@ -122,6 +126,69 @@ func keySpecToProto(s KeySpec) *custosv1.Key {
 	return &custosv1.Key{
 		Purpose:        custosv1.KeyPurpose(s.Purpose),
 		RotationPeriod: durationToProto(s.RotationPeriod),
+		PasswordPolicy: passwordPolicyToProto(s.PasswordPolicy),
+	}
+}
+
+// keyUpdateToProto converts an update of the key name: the key carries the
+// fields u sets, and the mask names them, in a fixed order. A field set to
+// its zero value is sent unset, which the server reads as "off" or
+// "defaults".
+func keyUpdateToProto(name string, u KeyUpdate) (*custosv1.Key, *fieldmaskpb.FieldMask) {
+	k := &custosv1.Key{Name: name}
+	mask := &fieldmaskpb.FieldMask{}
+	if u.RotationPeriod != nil {
+		k.RotationPeriod = durationToProto(*u.RotationPeriod)
+		mask.Paths = append(mask.Paths, "rotation_period")
+	}
+	if u.MinDecryptionVersion != nil {
+		k.MinDecryptionVersion = *u.MinDecryptionVersion
+		mask.Paths = append(mask.Paths, "min_decryption_version")
+	}
+	if u.PasswordPolicy != nil {
+		k.PasswordPolicy = passwordPolicyToProto(u.PasswordPolicy)
+		mask.Paths = append(mask.Paths, "password_policy")
+	}
+	return k, mask
+}
+
+// passwordPolicyFromProto converts a policy; unset is nil.
+func passwordPolicyFromProto(p *custosv1.PasswordPolicy) *PasswordPolicy {
+	if p == nil {
+		return nil
+	}
+	return &PasswordPolicy{
+		Algorithm:          PasswordAlgorithm(p.GetAlgorithm()),
+		BcryptCost:         int(p.GetBcryptCost()),
+		Argon2MemoryKiB:    p.GetArgon2MemoryKib(),
+		Argon2Iterations:   p.GetArgon2Iterations(),
+		Argon2Parallelism:  p.GetArgon2Parallelism(),
+		LockoutMaxFailures: p.GetLockoutMaxFailures(),
+		LockoutWindow:      durationFromProto(p.GetLockoutWindow()),
+		LockoutDuration:    durationFromProto(p.GetLockoutDuration()),
+	}
+}
+
+// passwordPolicyToProto converts a policy; nil is unset. A BcryptCost
+// outside int32 is sent as -1, which the server refuses as out of range,
+// rather than wrapped around to a cost it might accept.
+func passwordPolicyToProto(p *PasswordPolicy) *custosv1.PasswordPolicy {
+	if p == nil {
+		return nil
+	}
+	cost := int32(-1)
+	if p.BcryptCost >= math.MinInt32 && p.BcryptCost <= math.MaxInt32 {
+		cost = int32(p.BcryptCost)
+	}
+	return &custosv1.PasswordPolicy{
+		Algorithm:          custosv1.PasswordAlgorithm(p.Algorithm),
+		BcryptCost:         cost,
+		Argon2MemoryKib:    p.Argon2MemoryKiB,
+		Argon2Iterations:   p.Argon2Iterations,
+		Argon2Parallelism:  p.Argon2Parallelism,
+		LockoutMaxFailures: p.LockoutMaxFailures,
+		LockoutWindow:      durationToProto(p.LockoutWindow),
+		LockoutDuration:    durationToProto(p.LockoutDuration),
 	}
 }
 
@@ -139,6 +206,37 @@ func decryptItemsToProto(items []DecryptItem) []*custosv1.DecryptBatchRequest_It
 	out := make([]*custosv1.DecryptBatchRequest_Item, len(items))
 	for i, it := range items {
 		out[i] = &custosv1.DecryptBatchRequest_Item{Ciphertext: it.Ciphertext, AssociatedData: it.AssociatedData}
+	}
+	return out
+}
+
+// rewrapItemsToProto converts the items of a RewrapBatch request.
+func rewrapItemsToProto(items []RewrapItem) []*custosv1.RewrapBatchRequest_Item {
+	out := make([]*custosv1.RewrapBatchRequest_Item, len(items))
+	for i, it := range items {
+		out[i] = &custosv1.RewrapBatchRequest_Item{Ciphertext: it.Ciphertext, AssociatedData: it.AssociatedData}
+	}
+	return out
+}
+
+// rewrapResultFromProto converts one batch result; a failed item's Err is
+// the *Error made from its status.
+func rewrapResultFromProto(r *custosv1.RewrapBatchResponse_Result) RewrapResult {
+	if err := itemError(r.GetStatus()); err != nil {
+		return RewrapResult{Err: err}
+	}
+	return RewrapResult{Ciphertext: r.GetCiphertext(), Version: r.GetKeyVersion()}
+}
+
+// blindIndexFromProto converts the entries of a BlindIndex response, in
+// the server's order (primary first); none is a nil slice.
+func blindIndexFromProto(es []*custosv1.BlindIndexResponse_Entry) []BlindIndexEntry {
+	if len(es) == 0 {
+		return nil
+	}
+	out := make([]BlindIndexEntry, len(es))
+	for i, e := range es {
+		out[i] = BlindIndexEntry{Version: e.GetKeyVersion(), MAC: e.GetMac()}
 	}
 	return out
 }

@@ -1,13 +1,20 @@
 package client
 
 import (
+	"errors"
+	"fmt"
 	"reflect"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -39,8 +46,8 @@ func TestTenantConvertsEveryFieldBothWays(t *testing.T) {
 
 func TestKeyConvertsEveryFieldBothWays(t *testing.T) {
 	pb := &custosv1.Key{
-		Name:           "tenants/acme/keys/pii",
-		Purpose:        custosv1.KeyPurpose_KEY_PURPOSE_ENCRYPT,
+		Name:           "tenants/acme/keys/logins",
+		Purpose:        custosv1.KeyPurpose_KEY_PURPOSE_PASSWORD,
 		PrimaryVersion: 2,
 		Versions: []*custosv1.KeyVersion{
 			{Version: 1, State: custosv1.KeyVersionState_KEY_VERSION_STATE_DESTROY_SCHEDULED, CreateTime: timestamppb.New(t0), DestroyTime: timestamppb.New(t1), EncryptCount: 1 << 40},
@@ -50,10 +57,11 @@ func TestKeyConvertsEveryFieldBothWays(t *testing.T) {
 		NextRotationTime:     timestamppb.New(t1),
 		MinDecryptionVersion: 1,
 		CreateTime:           timestamppb.New(t0),
+		PasswordPolicy:       fullPolicyProto(),
 	}
 	want := Key{
-		Name:           "tenants/acme/keys/pii",
-		Purpose:        PurposeEncrypt,
+		Name:           "tenants/acme/keys/logins",
+		Purpose:        PurposePassword,
 		PrimaryVersion: 2,
 		Versions: []KeyVersion{
 			{Version: 1, State: VersionDestroyScheduled, CreateTime: t0, DestroyTime: t1, EncryptCount: 1 << 40},
@@ -63,6 +71,7 @@ func TestKeyConvertsEveryFieldBothWays(t *testing.T) {
 		NextRotationTime:     t1,
 		MinDecryptionVersion: 1,
 		CreateTime:           t0,
+		PasswordPolicy:       fullPolicy(),
 	}
 	got := keyFromProto(pb)
 	if !reflect.DeepEqual(got, want) {
@@ -77,6 +86,117 @@ func TestKeyConvertsEveryFieldBothWays(t *testing.T) {
 	checkAllProtoFieldsSet(t, pb.Versions[0])
 }
 
+// fullPolicy and fullPolicyProto are the same password policy with every
+// field set (argon2id fields next to a bcrypt cost, which no server would
+// store, so that each field's conversion is tested).
+func fullPolicy() *PasswordPolicy {
+	return &PasswordPolicy{
+		Algorithm:          PasswordArgon2id,
+		BcryptCost:         13,
+		Argon2MemoryKiB:    65536,
+		Argon2Iterations:   3,
+		Argon2Parallelism:  4,
+		LockoutMaxFailures: 5,
+		LockoutWindow:      10 * time.Minute,
+		LockoutDuration:    time.Hour,
+	}
+}
+
+func fullPolicyProto() *custosv1.PasswordPolicy {
+	return &custosv1.PasswordPolicy{
+		Algorithm:          custosv1.PasswordAlgorithm_PASSWORD_ALGORITHM_ARGON2ID,
+		BcryptCost:         13,
+		Argon2MemoryKib:    65536,
+		Argon2Iterations:   3,
+		Argon2Parallelism:  4,
+		LockoutMaxFailures: 5,
+		LockoutWindow:      durationpb.New(10 * time.Minute),
+		LockoutDuration:    durationpb.New(time.Hour),
+	}
+}
+
+func TestPasswordPolicyConvertsEveryFieldBothWays(t *testing.T) {
+	pb, want := fullPolicyProto(), fullPolicy()
+	got := passwordPolicyFromProto(pb)
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("passwordPolicyFromProto = %+v, want %+v", got, want)
+	}
+	if back := passwordPolicyToProto(got); !proto.Equal(back, pb) {
+		t.Errorf("passwordPolicyToProto(passwordPolicyFromProto(pb)) = %v, want %v", back, pb)
+	}
+	checkAllFieldsSet(t, reflect.ValueOf(*want), "PasswordPolicy")
+	checkAllProtoFieldsSet(t, pb)
+
+	if got := passwordPolicyFromProto(nil); got != nil {
+		t.Errorf("passwordPolicyFromProto(nil) = %+v, want nil", got)
+	}
+	if got := passwordPolicyToProto(nil); got != nil {
+		t.Errorf("passwordPolicyToProto(nil) = %v, want nil (unset)", got)
+	}
+	if got := passwordPolicyToProto(&PasswordPolicy{}); !proto.Equal(got, &custosv1.PasswordPolicy{}) {
+		t.Errorf("passwordPolicyToProto(zero) = %v, want an empty message (server defaults)", got)
+	}
+}
+
+func TestABcryptCostBeyondInt32IsNotWrappedToAValidOne(t *testing.T) {
+	if strconv.IntSize < 64 {
+		t.Skip("int is 32 bits: no cost beyond int32")
+	}
+	for _, cost := range []int{1<<32 + 12, -(1<<32 - 12)} {
+		if got := passwordPolicyToProto(&PasswordPolicy{BcryptCost: cost}).GetBcryptCost(); got != -1 {
+			t.Errorf("cost %d is sent as %d, want -1 (refused by the server)", cost, got)
+		}
+	}
+}
+
+func TestKeyUpdateSendsOnlyTheFieldsItSets(t *testing.T) {
+	day, zeroPeriod := 24*time.Hour, time.Duration(0)
+	three, zeroVersion := uint32(3), uint32(0)
+	tests := []struct {
+		name      string
+		update    KeyUpdate
+		wantKey   *custosv1.Key
+		wantPaths []string
+	}{
+		{"nothing set sends an empty mask", KeyUpdate{}, &custosv1.Key{Name: "k"}, nil},
+		{"a rotation period", KeyUpdate{RotationPeriod: &day},
+			&custosv1.Key{Name: "k", RotationPeriod: durationpb.New(day)}, []string{"rotation_period"}},
+		{"a zero rotation period is sent unset, which turns rotation off", KeyUpdate{RotationPeriod: &zeroPeriod},
+			&custosv1.Key{Name: "k"}, []string{"rotation_period"}},
+		{"a minimum decryption version", KeyUpdate{MinDecryptionVersion: &three},
+			&custosv1.Key{Name: "k", MinDecryptionVersion: 3}, []string{"min_decryption_version"}},
+		{"a zero minimum decryption version removes the minimum", KeyUpdate{MinDecryptionVersion: &zeroVersion},
+			&custosv1.Key{Name: "k"}, []string{"min_decryption_version"}},
+		{"a zero password policy asks for the defaults", KeyUpdate{PasswordPolicy: &PasswordPolicy{}},
+			&custosv1.Key{Name: "k", PasswordPolicy: &custosv1.PasswordPolicy{}}, []string{"password_policy"}},
+		{"every field", KeyUpdate{RotationPeriod: &day, MinDecryptionVersion: &three, PasswordPolicy: fullPolicy()},
+			&custosv1.Key{Name: "k", RotationPeriod: durationpb.New(day), MinDecryptionVersion: 3, PasswordPolicy: fullPolicyProto()},
+			[]string{"rotation_period", "min_decryption_version", "password_policy"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			key, mask := keyUpdateToProto("k", tt.update)
+			if !proto.Equal(key, tt.wantKey) {
+				t.Errorf("key = %v, want %v", key, tt.wantKey)
+			}
+			if !slices.Equal(mask.GetPaths(), tt.wantPaths) {
+				t.Errorf("mask paths = %q, want %q", mask.GetPaths(), tt.wantPaths)
+			}
+			if mask == nil {
+				t.Error("mask is nil; send an empty one so the server names what is missing")
+			}
+		})
+	}
+	// Every path the test sends must be a field of custos.v1.Key.
+	fields := (&custosv1.Key{}).ProtoReflect().Descriptor().Fields()
+	for _, p := range tests[len(tests)-1].wantPaths {
+		if fields.ByName(protoreflect.Name(p)) == nil {
+			t.Errorf("mask path %q is not a field of custos.v1.Key", p)
+		}
+	}
+	checkAllFieldsSet(t, reflect.ValueOf(tests[len(tests)-1].update), "KeyUpdate")
+}
+
 func TestUnsetFieldsConvertToZeroValues(t *testing.T) {
 	if got := tenantFromProto(nil); !reflect.DeepEqual(got, Tenant{}) {
 		t.Errorf("tenantFromProto(nil) = %+v, want zero", got)
@@ -84,7 +204,7 @@ func TestUnsetFieldsConvertToZeroValues(t *testing.T) {
 	if got := keyFromProto(nil); !reflect.DeepEqual(got, Key{}) {
 		t.Errorf("keyFromProto(nil) = %+v, want zero", got)
 	}
-	if got := keyFromProto(&custosv1.Key{}); got.Versions != nil || !got.CreateTime.IsZero() || got.RotationPeriod != 0 {
+	if got := keyFromProto(&custosv1.Key{}); got.Versions != nil || !got.CreateTime.IsZero() || got.RotationPeriod != 0 || got.PasswordPolicy != nil {
 		t.Errorf("keyFromProto(empty) = %+v, want zero", got)
 	}
 	if got := keyToProto(Key{}); !proto.Equal(got, &custosv1.Key{}) {
@@ -109,16 +229,21 @@ func TestTimesConvertToUTCAndKeepTheInstant(t *testing.T) {
 	}
 }
 
-func TestKeySpecConvertsBothFields(t *testing.T) {
-	got := keySpecToProto(KeySpec{Purpose: PurposeEncrypt, RotationPeriod: 30 * 24 * time.Hour})
-	want := &custosv1.Key{Purpose: custosv1.KeyPurpose_KEY_PURPOSE_ENCRYPT, RotationPeriod: durationpb.New(30 * 24 * time.Hour)}
+func TestKeySpecConvertsEveryField(t *testing.T) {
+	spec := KeySpec{Purpose: PurposePassword, RotationPeriod: 30 * 24 * time.Hour, PasswordPolicy: fullPolicy()}
+	got := keySpecToProto(spec)
+	want := &custosv1.Key{
+		Purpose:        custosv1.KeyPurpose_KEY_PURPOSE_PASSWORD,
+		RotationPeriod: durationpb.New(30 * 24 * time.Hour),
+		PasswordPolicy: fullPolicyProto(),
+	}
 	if !proto.Equal(got, want) {
 		t.Errorf("keySpecToProto = %v, want %v", got, want)
 	}
-	if got := keySpecToProto(KeySpec{Purpose: PurposeEncrypt}); got.RotationPeriod != nil {
-		t.Errorf("a zero rotation period was sent as %v, want unset", got.RotationPeriod)
+	if got := keySpecToProto(KeySpec{Purpose: PurposeEncrypt}); got.RotationPeriod != nil || got.PasswordPolicy != nil {
+		t.Errorf("a zero rotation period and nil policy were sent as %v, %v; want unset", got.RotationPeriod, got.PasswordPolicy)
 	}
-	checkAllFieldsSet(t, reflect.ValueOf(KeySpec{Purpose: PurposeEncrypt, RotationPeriod: 1}), "KeySpec")
+	checkAllFieldsSet(t, reflect.ValueOf(spec), "KeySpec")
 }
 
 func TestBatchItemsAndResultsConvert(t *testing.T) {
@@ -138,6 +263,54 @@ func TestBatchItemsAndResultsConvert(t *testing.T) {
 	dr := decryptResultFromProto(&custosv1.DecryptBatchResponse_Result{Plaintext: []byte("p"), KeyVersion: 4})
 	if dr.Err != nil || string(dr.Plaintext) != "p" || dr.Version != 4 {
 		t.Errorf("decrypt result without a status (OK) = %+v", dr)
+	}
+
+	rw := rewrapItemsToProto([]RewrapItem{{Ciphertext: []byte("c"), AssociatedData: []byte("a")}})
+	if len(rw) != 1 || string(rw[0].GetCiphertext()) != "c" || string(rw[0].GetAssociatedData()) != "a" {
+		t.Errorf("rewrapItemsToProto = %v", rw)
+	}
+	checkAllFieldsSet(t, reflect.ValueOf(RewrapItem{Ciphertext: []byte("c"), AssociatedData: []byte("a")}), "RewrapItem")
+	rr := rewrapResultFromProto(&custosv1.RewrapBatchResponse_Result{Ciphertext: []byte("c"), KeyVersion: 5})
+	if rr.Err != nil || string(rr.Ciphertext) != "c" || rr.Version != 5 {
+		t.Errorf("rewrap result without a status (OK) = %+v", rr)
+	}
+	failed := rewrapResultFromProto(&custosv1.RewrapBatchResponse_Result{
+		Ciphertext: []byte("ignored"), KeyVersion: 5,
+		Status: status.New(codes.FailedPrecondition, "disabled").Proto(),
+	})
+	if !errors.Is(failed.Err, ErrFailedPrecondition) || failed.Ciphertext != nil || failed.Version != 0 {
+		t.Errorf("failed rewrap result = %+v, want only Err", failed)
+	}
+}
+
+func TestBlindIndexEntriesKeepTheServersOrder(t *testing.T) {
+	got := blindIndexFromProto([]*custosv1.BlindIndexResponse_Entry{
+		{KeyVersion: 3, Mac: []byte("m3")},
+		{KeyVersion: 1, Mac: []byte("m1")},
+	})
+	want := []BlindIndexEntry{{Version: 3, MAC: []byte("m3")}, {Version: 1, MAC: []byte("m1")}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("blindIndexFromProto = %+v, want %+v", got, want)
+	}
+	checkAllFieldsSet(t, reflect.ValueOf(want[0]), "BlindIndexEntry")
+	checkAllProtoFieldsSet(t, &custosv1.BlindIndexResponse_Entry{KeyVersion: 3, Mac: []byte("m3")})
+	if got := blindIndexFromProto(nil); got != nil {
+		t.Errorf("blindIndexFromProto(nil) = %v, want nil", got)
+	}
+}
+
+func TestDataKeyNeverPrintsItsPlaintext(t *testing.T) {
+	secret := []byte("0123456789abcdef0123456789abcdef")
+	k := DataKey{Plaintext: secret, Wrapped: []byte("wrapped-bytes"), Version: 7}
+	for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%x", "%q"} {
+		out := fmt.Sprintf(verb, k)
+		if strings.Contains(out, string(secret)) || strings.Contains(out, fmt.Sprintf("%x", secret)) ||
+			strings.Contains(out, "48 49 50") || strings.Contains(out, "[48 49") {
+			t.Errorf("Sprintf(%q, DataKey) = %q: it shows the plaintext", verb, out)
+		}
+	}
+	if got, want := k.String(), "DataKey{Plaintext: [REDACTED 32 bytes], Wrapped: 13 bytes, Version: 7}"; got != want {
+		t.Errorf("String() = %q, want %q", got, want)
 	}
 }
 
@@ -162,6 +335,18 @@ func TestEnumsMatchTheAPI(t *testing.T) {
 		if got, want := KeyVersionState(n).String(), strings.TrimPrefix(name, "KEY_VERSION_STATE_"); got != want {
 			t.Errorf("KeyVersionState(%d).String() = %q, want %q", n, got, want)
 		}
+	}
+	for n, name := range custosv1.PasswordAlgorithm_name {
+		if got, want := PasswordAlgorithm(n).String(), strings.TrimPrefix(name, "PASSWORD_ALGORITHM_"); got != want {
+			t.Errorf("PasswordAlgorithm(%d).String() = %q, want %q", n, got, want)
+		}
+		pb := &custosv1.PasswordPolicy{Algorithm: custosv1.PasswordAlgorithm(n)}
+		if got := passwordPolicyFromProto(pb).Algorithm; got != PasswordAlgorithm(n) {
+			t.Errorf("algorithm %s converts to %v", name, got)
+		}
+	}
+	if got := PasswordAlgorithm(99).String(); got != "PasswordAlgorithm(99)" {
+		t.Errorf("unknown password algorithm prints as %q", got)
 	}
 	if got := Purpose(99).String(); got != "Purpose(99)" {
 		t.Errorf("unknown purpose prints as %q", got)

@@ -21,6 +21,13 @@ import (
 // so that it cannot be moved to another row or column. nil means no
 // associated data, and then Decrypt must be given none.
 //
+// A key of purpose [PurposeEncrypt] gives a new ciphertext every time. A key
+// of purpose [PurposeEncryptDeterministic] gives the same ciphertext for the
+// same plaintext and associated data, so a column can be searched for
+// equality by encrypting the value searched for; keep the associated data
+// the same for every row of such a column (the table and column name, not
+// the record id), or equal values will not compare equal.
+//
 // It fails with [ErrNotFound] for an unknown key, [ErrTenantDeleted] for a
 // tenant scheduled for deletion and [ErrWrongPurpose] for a key that does
 // not encrypt.
@@ -100,6 +107,59 @@ func (c *Client) DecryptBatch(ctx context.Context, name string, items []DecryptI
 	out := make([]DecryptResult, len(items))
 	for i, r := range resp.GetResults() {
 		out[i] = decryptResultFromProto(r)
+		if out[i].Err != nil {
+			out[i].Err = fmt.Errorf("custos: %s: item %d: %w", op, i, out[i].Err)
+		}
+	}
+	return out, nil
+}
+
+// Rewrap re-encrypts a ciphertext of the key named name under the key's
+// primary version, inside the server: the plaintext never leaves it, and
+// the caller needs only the rewrap permission. associatedData is the
+// associated data the ciphertext was made with; the new ciphertext is bound
+// to the same bytes. It returns the new ciphertext and the primary version.
+// A ciphertext the primary version already made comes back unchanged, the
+// same bytes, so rewrapping is idempotent and cheap to repeat. Rewrap works
+// on ciphertexts of ENCRYPT and ENCRYPT_DETERMINISTIC keys, and on data keys
+// wrapped by [Client.GenerateDataKey] — give it the associated data given
+// to GenerateDataKey.
+//
+// Use it after [Client.RotateKey] to move stored ciphertexts to the new
+// version, before raising the minimum decryption version or destroying the
+// old one. It fails like [Client.Decrypt] when the ciphertext cannot be
+// decrypted.
+func (c *Client) Rewrap(ctx context.Context, name string, ciphertext, associatedData []byte) ([]byte, uint32, error) {
+	resp, err := c.crypto.Rewrap(ctx, &custosv1.RewrapRequest{Name: name, Ciphertext: ciphertext, AssociatedData: associatedData})
+	if err != nil {
+		return nil, 0, c.callError(ctx, "rewrap with "+name, err)
+	}
+	return resp.GetCiphertext(), resp.GetKeyVersion(), nil
+}
+
+// RewrapBatch rewraps many ciphertexts of the key named name in one call;
+// see [Client.Rewrap] for the rules of each item. It returns one result per
+// item, in order. An item that fails has its own Err (for example
+// [ErrInvalidCiphertext] or [ErrKeyVersionDisabled]) and does not fail the
+// others; the returned error is for the call as a whole, and then there are
+// no results. The API allows at most 10000 items per call, a server may
+// allow fewer. An empty batch returns no results without calling the
+// server.
+func (c *Client) RewrapBatch(ctx context.Context, name string, items []RewrapItem) ([]RewrapResult, error) {
+	op := "rewrap batch with " + name
+	if len(items) == 0 {
+		return nil, nil
+	}
+	resp, err := c.crypto.RewrapBatch(ctx, &custosv1.RewrapBatchRequest{Name: name, Items: rewrapItemsToProto(items)})
+	if err != nil {
+		return nil, c.callError(ctx, op, err)
+	}
+	if n := len(resp.GetResults()); n != len(items) {
+		return nil, localError(op, codes.Internal, "server returned %d results for %d items", n, len(items))
+	}
+	out := make([]RewrapResult, len(items))
+	for i, r := range resp.GetResults() {
+		out[i] = rewrapResultFromProto(r)
 		if out[i].Err != nil {
 			out[i].Err = fmt.Errorf("custos: %s: item %d: %w", op, i, out[i].Err)
 		}

@@ -36,6 +36,33 @@
 // [AssociatedData] builds an unambiguous encoding of such parts. Passing nil
 // is allowed, but it must be written out, so the choice is visible in review.
 //
+// # What each key does
+//
+// A key's [Purpose] is fixed when it is created, and decides which calls it
+// serves; any other call fails with [ErrWrongPurpose]:
+//
+//	| purpose                     | calls                                                   |
+//	| --------------------------- | ------------------------------------------------------- |
+//	| PurposeEncrypt              | Encrypt, Decrypt, their batches, Rewrap, RewrapBatch,   |
+//	|                             | GenerateDataKey, GenerateWrappedDataKey, DecryptDataKey |
+//	| PurposeEncryptDeterministic | Encrypt, Decrypt, their batches, Rewrap, RewrapBatch    |
+//	| PurposeMAC                  | ComputeMAC, VerifyMAC, BlindIndex                       |
+//	| PurposePassword             | HashPassword, VerifyPassword, the Password helper       |
+//
+// # Rotation and the key lifecycle
+//
+// [Client.RotateKey] adds a version and makes it the primary: new
+// ciphertexts, MACs and password hashes use it, while everything made by
+// older enabled versions still decrypts or verifies. To retire a version,
+// move stored data forward — [Client.Rewrap] (or [Client.RewrapBatch])
+// ciphertexts, store the first entry of [Client.BlindIndex], rehash passwords
+// when [Client.VerifyPassword] says so — then refuse the old version with
+// [Client.UpdateKey] (a minimum decryption version), [Client.DisableKeyVersion]
+// (reversible) or [Client.DestroyKeyVersion] (after a waiting period during
+// which [Client.RestoreKeyVersion] cancels). [Client.DeleteTenant] schedules
+// a whole tenant for crypto-shredding the same way, and
+// [Client.UndeleteTenant] cancels it.
+//
 // # Errors
 //
 // Every error returned by a call wraps an [*Error] carrying the gRPC code, the
@@ -56,12 +83,17 @@
 //	| ErrKeyVersionDestroyed  | FAILED_PRECONDITION  | KEY_VERSION_DESTROYED                   |
 //	| ErrKeyVersionTooOld     | FAILED_PRECONDITION  | KEY_VERSION_TOO_OLD                     |
 //	| ErrWrongPurpose         | FAILED_PRECONDITION  | WRONG_PURPOSE                           |
+//	| ErrPrimaryVersion       | FAILED_PRECONDITION  | PRIMARY_VERSION                         |
+//	| ErrWrongState           | FAILED_PRECONDITION  | WRONG_STATE                             |
 //	| ErrResourceExhausted    | RESOURCE_EXHAUSTED   | any                                     |
+//	| ErrHashQueueFull        | RESOURCE_EXHAUSTED   | HASH_QUEUE_FULL                         |
+//	| ErrSubjectLocked        | RESOURCE_EXHAUSTED   | SUBJECT_LOCKED                          |
 //	| ErrUnavailable          | UNAVAILABLE          | any                                     |
 //
 // A sentinel with a reason also matches its code's general sentinel: an error
-// that is [ErrInvalidCiphertext] is also [ErrInvalidArgument], and
-// [ErrKeyVersionDisabled] is also [ErrFailedPrecondition]. A call that fails
+// that is [ErrInvalidCiphertext] is also [ErrInvalidArgument],
+// [ErrKeyVersionDisabled] is also [ErrFailedPrecondition], and
+// [ErrSubjectLocked] is also [ErrResourceExhausted]. A call that fails
 // because its context ended also matches [context.Canceled] or
 // [context.DeadlineExceeded], and a call on a closed Client matches
 // [ErrClosed]. The errors implement GRPCStatus, so [google.golang.org/grpc/status.FromError]

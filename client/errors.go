@@ -19,14 +19,20 @@ const ErrorDomain = "custos.dev"
 // with domain [ErrorDomain]. The server uses the same strings; it does not
 // import this package.
 //
-//	| constant                     | value                    | code                | meaning                                             |
-//	| ---------------------------- | ------------------------ | ------------------- | --------------------------------------------------- |
-//	| ReasonCiphertextNotAuthentic | CIPHERTEXT_NOT_AUTHENTIC | INVALID_ARGUMENT    | tampered ciphertext, wrong key or associated data   |
-//	| ReasonTenantDeleted          | TENANT_DELETED           | FAILED_PRECONDITION | the tenant is scheduled for deletion                |
-//	| ReasonKeyVersionDisabled     | KEY_VERSION_DISABLED     | FAILED_PRECONDITION | the version is disabled (or scheduled for destroy)  |
-//	| ReasonKeyVersionDestroyed    | KEY_VERSION_DESTROYED    | FAILED_PRECONDITION | the version's key material is gone                  |
-//	| ReasonKeyVersionTooOld       | KEY_VERSION_TOO_OLD      | FAILED_PRECONDITION | the version is below the key's min decrypt version  |
-//	| ReasonWrongPurpose           | WRONG_PURPOSE            | FAILED_PRECONDITION | the key's purpose does not allow the operation      |
+//	| constant                     | value                    | code                | meaning                                              |
+//	| ---------------------------- | ------------------------ | ------------------- | ---------------------------------------------------- |
+//	| ReasonCiphertextNotAuthentic | CIPHERTEXT_NOT_AUTHENTIC | INVALID_ARGUMENT    | tampered ciphertext, wrong key or associated data    |
+//	| ReasonTenantDeleted          | TENANT_DELETED           | FAILED_PRECONDITION | the tenant is scheduled for deletion                 |
+//	| ReasonKeyVersionDisabled     | KEY_VERSION_DISABLED     | FAILED_PRECONDITION | the version is disabled                              |
+//	| ReasonKeyVersionDestroyed    | KEY_VERSION_DESTROYED    | FAILED_PRECONDITION | the version is destroyed or scheduled for it         |
+//	| ReasonKeyVersionTooOld       | KEY_VERSION_TOO_OLD      | FAILED_PRECONDITION | the version is below the key's min decrypt version   |
+//	| ReasonWrongPurpose           | WRONG_PURPOSE            | FAILED_PRECONDITION | the key's purpose does not allow the operation       |
+//	| ReasonPrimaryVersion         | PRIMARY_VERSION          | FAILED_PRECONDITION | the primary version cannot be disabled or destroyed  |
+//	| ReasonWrongState             | WRONG_STATE              | FAILED_PRECONDITION | the tenant or version is not in a state that allows  |
+//	|                              |                          |                     | the operation (e.g. restoring a version not          |
+//	|                              |                          |                     | scheduled for destruction)                           |
+//	| ReasonHashQueueFull          | HASH_QUEUE_FULL          | RESOURCE_EXHAUSTED  | the server's password-hashing queue is full          |
+//	| ReasonSubjectLocked          | SUBJECT_LOCKED           | RESOURCE_EXHAUSTED  | too many failed password verifications for a subject |
 const (
 	ReasonCiphertextNotAuthentic = "CIPHERTEXT_NOT_AUTHENTIC"
 	ReasonTenantDeleted          = "TENANT_DELETED"
@@ -34,6 +40,10 @@ const (
 	ReasonKeyVersionDestroyed    = "KEY_VERSION_DESTROYED"
 	ReasonKeyVersionTooOld       = "KEY_VERSION_TOO_OLD"
 	ReasonWrongPurpose           = "WRONG_PURPOSE"
+	ReasonPrimaryVersion         = "PRIMARY_VERSION"
+	ReasonWrongState             = "WRONG_STATE"
+	ReasonHashQueueFull          = "HASH_QUEUE_FULL"
+	ReasonSubjectLocked          = "SUBJECT_LOCKED"
 )
 
 // Sentinel errors, for use with [errors.Is]. See the package documentation
@@ -63,10 +73,12 @@ var (
 	// operation on it fails until it is undeleted.
 	ErrTenantDeleted = &Error{Code: codes.FailedPrecondition, Reason: ReasonTenantDeleted}
 	// ErrKeyVersionDisabled: the key version that made the ciphertext is
-	// disabled or scheduled for destruction.
+	// disabled; enabling it makes the ciphertext decrypt again.
 	ErrKeyVersionDisabled = &Error{Code: codes.FailedPrecondition, Reason: ReasonKeyVersionDisabled}
 	// ErrKeyVersionDestroyed: the key version that made the ciphertext has
-	// been destroyed; the data cannot be decrypted any more.
+	// been destroyed, and the data cannot be decrypted any more — or is
+	// scheduled for destruction, and [Client.RestoreKeyVersion] can still
+	// save it.
 	ErrKeyVersionDestroyed = &Error{Code: codes.FailedPrecondition, Reason: ReasonKeyVersionDestroyed}
 	// ErrKeyVersionTooOld: the key version is below the key's minimum
 	// decryption version.
@@ -74,9 +86,28 @@ var (
 	// ErrWrongPurpose: the key's purpose does not allow the operation, e.g.
 	// Encrypt with a MAC key.
 	ErrWrongPurpose = &Error{Code: codes.FailedPrecondition, Reason: ReasonWrongPurpose}
+	// ErrPrimaryVersion: the version to disable or destroy is the key's
+	// primary; rotate the key first.
+	ErrPrimaryVersion = &Error{Code: codes.FailedPrecondition, Reason: ReasonPrimaryVersion}
+	// ErrWrongState: the tenant or key version is not in a state that
+	// allows the operation, e.g. undeleting an active tenant, restoring a
+	// version not scheduled for destruction, or enabling one that is
+	// (restore it first).
+	ErrWrongState = &Error{Code: codes.FailedPrecondition, Reason: ReasonWrongState}
 	// ErrResourceExhausted: a rate limit or the server's hashing queue is
-	// full; retry later with backoff.
+	// full (retry later with backoff), or a subject is locked out. The more
+	// specific sentinels below also match it.
 	ErrResourceExhausted = &Error{Code: codes.ResourceExhausted}
+	// ErrHashQueueFull: the server's password-hashing pool and its queue
+	// are full; retry later with backoff. Encrypt and Decrypt are not
+	// affected. Also matches ErrResourceExhausted.
+	ErrHashQueueFull = &Error{Code: codes.ResourceExhausted, Reason: ReasonHashQueueFull}
+	// ErrSubjectLocked: the subject given to [Password.VerifySubject] (or
+	// [Client.VerifyPassword]) failed too many verifications within the
+	// key's lockout window and is locked for its lockout duration; the
+	// password was not checked. Retrying sooner does not help. Also matches
+	// ErrResourceExhausted.
+	ErrSubjectLocked = &Error{Code: codes.ResourceExhausted, Reason: ReasonSubjectLocked}
 	// ErrUnavailable: the server, its root KMS or its storage cannot be
 	// reached; the call may be retried.
 	ErrUnavailable = &Error{Code: codes.Unavailable}

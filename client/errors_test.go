@@ -30,6 +30,10 @@ func TestReasonConstantsAreTheContractStrings(t *testing.T) {
 		ReasonKeyVersionDestroyed:    "KEY_VERSION_DESTROYED",
 		ReasonKeyVersionTooOld:       "KEY_VERSION_TOO_OLD",
 		ReasonWrongPurpose:           "WRONG_PURPOSE",
+		ReasonPrimaryVersion:         "PRIMARY_VERSION",
+		ReasonWrongState:             "WRONG_STATE",
+		ReasonHashQueueFull:          "HASH_QUEUE_FULL",
+		ReasonSubjectLocked:          "SUBJECT_LOCKED",
 	} {
 		if got != want {
 			t.Errorf("constant = %q, want %q", got, want)

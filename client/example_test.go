@@ -2,36 +2,28 @@ package client_test
 
 import (
 	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log"
-	"os"
+	"strings"
 
 	"github.com/custos-kms/custos/client"
+	"github.com/custos-kms/custos/client/clienttest"
 )
 
-// exampleServer starts the test fake and returns a Config for it, as an
-// operator would hand one out, and a function that stops it. In real code
-// the Config names the server's address and the caller's PEM files.
+// exampleServer starts a real in-process Custos (package clienttest) and
+// returns a Config for it, as an operator would hand one out, and a function
+// that stops it. In real code the Config names the server's address and the
+// caller's PEM files.
 func exampleServer() (client.Config, func()) {
-	dir, err := os.MkdirTemp("", "custos-example-")
+	srv, err := clienttest.New(clienttest.Options{})
 	if err != nil {
 		log.Fatal(err)
 	}
-	env, err := startFake(dir)
-	if err != nil {
-		log.Fatal(err)
-	}
-	cfg := client.Config{
-		Address:  env.addr,
-		CAFile:   env.caFile,
-		CertFile: env.certFile,
-		KeyFile:  env.keyFile,
-	}
-	return cfg, func() {
-		env.stop()
-		os.RemoveAll(dir)
-	}
+	return srv.Config(), srv.Close
 }
 
 // exampleKey connects and creates tenant "acme" with the ENCRYPT key "pii".
@@ -205,6 +197,186 @@ func ExampleClient_RotateKey() {
 	// version 1 ENABLED
 	// version 2 ENABLED
 	// decrypted a ciphertext of version 1
+}
+
+func ExampleClient_Password() {
+	cfg, stop := exampleServer()
+	defer stop()
+	ctx := context.Background()
+	c, err := client.New(ctx, cfg)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.CreateTenant(ctx, "acme"); err != nil {
+		log.Fatal(err)
+	}
+	// The default policy is bcrypt with cost 12; 10 keeps the example fast.
+	k, err := c.CreateKey(ctx, client.TenantName("acme"), "logins", client.KeySpec{
+		Purpose:        client.PurposePassword,
+		PasswordPolicy: &client.PasswordPolicy{BcryptCost: 10},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	pw := c.Password(k.Name)
+
+	// Sign-up: store the hash, never the password.
+	hash, err := pw.Hash(ctx, []byte("correct horse battery staple"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(hash[:strings.Index(hash, "$$")]) // algorithm and pepper version
+
+	// Login.
+	match, needsRehash, err := pw.Verify(ctx, []byte("correct horse battery staple"), hash)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("match:", match, "needs rehash:", needsRehash)
+	match, _, err = pw.Verify(ctx, []byte("Tr0ub4dor&3"), hash)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("wrong password matches:", match)
+
+	// Once the pepper key is rotated, old hashes still verify but should be
+	// replaced, which is possible only while the password is at hand.
+	if _, err := c.RotateKey(ctx, k.Name); err != nil {
+		log.Fatal(err)
+	}
+	match, needsRehash, err = pw.Verify(ctx, []byte("correct horse battery staple"), hash)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("match:", match, "needs rehash:", needsRehash)
+	if match && needsRehash {
+		if hash, err = pw.Hash(ctx, []byte("correct horse battery staple")); err != nil {
+			log.Fatal(err)
+		}
+		fmt.Println(hash[:strings.Index(hash, "$$")]) // store it
+	}
+	// Output:
+	// $custos-bcrypt$v=1
+	// match: true needs rehash: false
+	// wrong password matches: false
+	// match: true needs rehash: true
+	// $custos-bcrypt$v=2
+}
+
+func ExampleClient_BlindIndex() {
+	cfg, stop := exampleServer()
+	defer stop()
+	ctx := context.Background()
+	c, err := client.New(ctx, cfg)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.CreateTenant(ctx, "acme"); err != nil {
+		log.Fatal(err)
+	}
+	k, err := c.CreateKey(ctx, client.TenantName("acme"), "email-idx", client.KeySpec{Purpose: client.PurposeMAC})
+	if err != nil {
+		log.Fatal(err)
+	}
+	// emailIdx stands for an indexed column: blind index -> user id. The
+	// email itself would be stored encrypted in another column.
+	emailIdx := map[string]string{}
+	index := func(email string) []client.BlindIndexEntry {
+		entries, err := c.BlindIndex(ctx, k.Name, []byte(strings.ToLower(email)))
+		if err != nil {
+			log.Fatal(err)
+		}
+		return entries
+	}
+
+	// Insert: store the primary version's MAC, the first entry.
+	emailIdx[string(index("Alice@Example.com")[0].MAC)] = "user-42"
+
+	// Later the key is rotated; rows indexed before still carry version 1.
+	if _, err := c.RotateKey(ctx, k.Name); err != nil {
+		log.Fatal(err)
+	}
+
+	// Look up with every entry, as WHERE email_idx IN (...) would.
+	entries := index("alice@example.com")
+	for _, e := range entries {
+		id, found := emailIdx[string(e.MAC)]
+		fmt.Printf("version %d: found %q\n", e.Version, id)
+		if found && e.Version != entries[0].Version {
+			// Reindex lazily under the primary, so that version 1 can be
+			// disabled once every row has moved.
+			delete(emailIdx, string(e.MAC))
+			emailIdx[string(entries[0].MAC)] = id
+		}
+	}
+	_, found := emailIdx[string(entries[0].MAC)]
+	fmt.Println("reindexed under the primary:", found)
+	// Output:
+	// version 2: found ""
+	// version 1: found "user-42"
+	// reindexed under the primary: true
+}
+
+func ExampleClient_GenerateDataKey() {
+	cfg, stop := exampleServer()
+	defer stop()
+	ctx := context.Background()
+	c, key := exampleKey(ctx, cfg)
+	defer c.Close()
+
+	// Encrypt a large blob locally with a data key; only the 32-byte key
+	// travels to and from Custos.
+	ad := client.AssociatedData("uploads", "report.pdf")
+	dk, err := c.GenerateDataKey(ctx, key, ad)
+	if err != nil {
+		log.Fatal(err)
+	}
+	sealed := sealLocally(dk.Plaintext, []byte("a large file's contents"))
+	clear(dk.Plaintext)
+	// Store dk.Wrapped next to sealed.
+
+	// Later, to read the blob (this needs the datakey permission):
+	dataKey, err := c.DecryptDataKey(ctx, key, dk.Wrapped, ad)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(string(openLocally(dataKey, sealed)))
+	// Output: a large file's contents
+}
+
+// sealLocally encrypts with AES-256-GCM: nonce || ciphertext.
+func sealLocally(key, plaintext []byte) []byte {
+	aead := newGCM(key)
+	nonce := make([]byte, aead.NonceSize())
+	if _, err := rand.Read(nonce); err != nil {
+		log.Fatal(err)
+	}
+	return aead.Seal(nonce, nonce, plaintext, nil)
+}
+
+// openLocally decrypts what sealLocally made.
+func openLocally(key, sealed []byte) []byte {
+	aead := newGCM(key)
+	n := aead.NonceSize()
+	plaintext, err := aead.Open(nil, sealed[:n], sealed[n:], nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	return plaintext
+}
+
+func newGCM(key []byte) cipher.AEAD {
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		log.Fatal(err)
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		log.Fatal(err)
+	}
+	return aead
 }
 
 func ExampleAssociatedData() {

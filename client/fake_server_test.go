@@ -1,14 +1,21 @@
 package client_test
 
 // This file holds fakeServer: a minimal in-memory stand-in for the Custos
-// server, used by the tests and examples of package client until the real
-// server can be started in-process. It is a fake, not the server: keys are
-// plain AES-256-GCM keys in memory, there is no storage, no root and no
-// policy file. It follows the contract of DESIGN.md where the client's tests
-// depend on it: resource names, paging, mTLS with a verified client
-// certificate, and the status codes and google.rpc.ErrorInfo reasons of
-// every failure. Its reason strings are written out here rather than taken
-// from package client, so the tests also check the client's constants.
+// server. It is a fake, not the server: keys are plain AES-256-GCM keys in
+// memory, there is no storage, no root and no policy file. It follows the
+// contract of DESIGN.md where the client's tests depend on it: resource
+// names, paging, mTLS with a verified client certificate, and the status
+// codes and google.rpc.ErrorInfo reasons of every failure. Its reason
+// strings are written out here rather than taken from package client, so the
+// tests also check the client's constants.
+//
+// The tests that need what only a fake can do use it: inject any status on
+// any call (injectNext), restrict an identity, count calls, fail one batch
+// item on demand. Everything else — every RPC added for issue 4 (key
+// lifecycle, rewrap, data keys, MAC, blind index, passwords) and the
+// examples — runs against the real server through client/clienttest
+// (real_server_test.go). The fake answers those RPCs with UNIMPLEMENTED
+// unless a status is injected.
 
 import (
 	"context"
@@ -58,8 +65,9 @@ const (
 
 // fakeServer implements CryptoService and KeyService in memory.
 type fakeServer struct {
-	custosv1.UnsafeCryptoServiceServer
-	custosv1.UnsafeKeyServiceServer
+	// The RPCs the fake does not implement answer UNIMPLEMENTED.
+	custosv1.UnimplementedCryptoServiceServer
+	custosv1.UnimplementedKeyServiceServer
 
 	mu      sync.Mutex
 	now     time.Time // fixed clock
@@ -108,8 +116,8 @@ type fakeEnv struct {
 }
 
 // startFake starts a fakeServer on 127.0.0.1:0 with mutual TLS 1.3 and
-// writes the client's PEM files into dir. It is shared by tests and
-// examples, so it returns errors instead of taking a testing.TB.
+// writes the client's PEM files into dir; startFakeT is the form tests
+// use.
 func startFake(dir string) (*fakeEnv, error) {
 	ca, err := pki.NewCA("custos fake CA", time.Hour)
 	if err != nil {

@@ -48,6 +48,9 @@ type Key struct {
 	MinDecryptionVersion uint32
 	// CreateTime is when the key was created.
 	CreateTime time.Time
+	// PasswordPolicy is how a [PurposePassword] key hashes, with the
+	// server's defaults filled in; nil for other purposes.
+	PasswordPolicy *PasswordPolicy
 }
 
 // KeyVersion is one version of a key. It never holds key material.
@@ -72,6 +75,57 @@ type KeySpec struct {
 	Purpose Purpose
 	// RotationPeriod makes the key rotate automatically; zero means never.
 	RotationPeriod time.Duration
+	// PasswordPolicy sets how a [PurposePassword] key hashes; nil means
+	// the server's defaults (bcrypt, cost 12, no lockout). Only PASSWORD
+	// keys take one.
+	PasswordPolicy *PasswordPolicy
+}
+
+// KeyUpdate says which settings of a key [Client.UpdateKey] changes. A nil
+// field is left as it is; at least one must be set.
+type KeyUpdate struct {
+	// RotationPeriod sets how often the key rotates automatically; a
+	// pointer to zero turns automatic rotation off.
+	RotationPeriod *time.Duration
+	// MinDecryptionVersion makes versions below it refuse to decrypt (and
+	// to verify MACs, and to appear in blind indexes); a pointer to zero
+	// removes the minimum. It may not exceed the primary version.
+	MinDecryptionVersion *uint32
+	// PasswordPolicy replaces the whole policy of a [PurposePassword] key;
+	// its zero fields take the server's defaults. Hashes made under the old
+	// policy still verify, and [Client.VerifyPassword] reports that they
+	// need a rehash when their cost is below the new one.
+	PasswordPolicy *PasswordPolicy
+}
+
+// PasswordPolicy is how a [PurposePassword] key hashes passwords: the slow
+// hash applied after the HMAC-SHA256 pepper, its cost, and an optional
+// brute-force lockout per subject. A zero field means the server's default.
+type PasswordPolicy struct {
+	// Algorithm is the slow hash; PasswordAlgorithmUnspecified means
+	// bcrypt.
+	Algorithm PasswordAlgorithm
+	// BcryptCost is the bcrypt cost, 10 to 31; zero means 12.
+	BcryptCost int
+	// Argon2MemoryKiB is argon2id's memory in KiB, at least 8192; zero
+	// means 19456 (OWASP's recommendation).
+	Argon2MemoryKiB uint32
+	// Argon2Iterations is argon2id's number of passes, at most 64; zero
+	// means 2.
+	Argon2Iterations uint32
+	// Argon2Parallelism is argon2id's number of lanes, at most 64; zero
+	// means 1.
+	Argon2Parallelism uint32
+	// LockoutMaxFailures locks a subject after this many failed
+	// verifications within LockoutWindow (see [Password.VerifySubject]);
+	// zero turns lockout off.
+	LockoutMaxFailures uint32
+	// LockoutWindow is the window failures are counted in, at least a
+	// second; zero means 15 minutes.
+	LockoutWindow time.Duration
+	// LockoutDuration is how long a locked subject stays locked, at least
+	// a second; zero means 15 minutes.
+	LockoutDuration time.Duration
 }
 
 // ListOptions selects a page of a list call.
@@ -112,6 +166,65 @@ type DecryptItem struct {
 	AssociatedData []byte
 }
 
+// RewrapItem is one ciphertext of [Client.RewrapBatch].
+type RewrapItem struct {
+	// Ciphertext is a ciphertext made by any enabled version of the key.
+	Ciphertext []byte
+	// AssociatedData is the associated data it was made with; the new
+	// ciphertext is bound to the same bytes.
+	AssociatedData []byte
+}
+
+// RewrapResult is the outcome of one [RewrapItem].
+type RewrapResult struct {
+	// Ciphertext is the ciphertext under the primary version, when Err is
+	// nil: the item's own bytes if the primary had already made it.
+	Ciphertext []byte
+	// Version is the primary version, when Err is nil.
+	Version uint32
+	// Err is why this item failed, or nil. It wraps an [*Error]; test it
+	// with errors.Is and the sentinels.
+	Err error
+}
+
+// DataKey is a fresh 256-bit data key from [Client.GenerateDataKey], for
+// encrypting data locally (envelope encryption): use Plaintext as an
+// AES-256 key, store Wrapped next to the data, and forget Plaintext as soon
+// as possible. [Client.DecryptDataKey] turns Wrapped back into Plaintext.
+//
+// Its String and GoString methods never print Plaintext, so logging a
+// DataKey by mistake does not leak it.
+type DataKey struct {
+	// Plaintext is the 32-byte key. Keep it in memory only.
+	Plaintext []byte
+	// Wrapped is Plaintext encrypted under the key's primary version and
+	// bound to the associated data given to GenerateDataKey; it is safe to
+	// store.
+	Wrapped []byte
+	// Version is the key version that wrapped it.
+	Version uint32
+}
+
+// String describes the data key without its plaintext.
+func (k DataKey) String() string {
+	return "DataKey{Plaintext: [REDACTED " + strconv.Itoa(len(k.Plaintext)) + " bytes], Wrapped: " +
+		strconv.Itoa(len(k.Wrapped)) + " bytes, Version: " + strconv.FormatUint(uint64(k.Version), 10) + "}"
+}
+
+// GoString is String, so %#v does not print the plaintext either.
+func (k DataKey) GoString() string { return "client." + k.String() }
+
+// BlindIndexEntry is the MAC of a value under one key version; see
+// [Client.BlindIndex].
+type BlindIndexEntry struct {
+	// Version is the key version.
+	Version uint32
+	// MAC is the value's MAC under Version, exactly as [Client.ComputeMAC]
+	// returns it under that version: a 5-byte prefix naming the version,
+	// then 32 bytes of HMAC-SHA256.
+	MAC []byte
+}
+
 // DecryptResult is the outcome of one [DecryptItem].
 type DecryptResult struct {
 	// Plaintext is the decrypted field, when Err is nil.
@@ -132,8 +245,20 @@ type Purpose int32
 const (
 	// PurposeUnspecified is the zero value; no key has it.
 	PurposeUnspecified Purpose = 0
-	// PurposeEncrypt: AES-256-GCM randomized field encryption.
+	// PurposeEncrypt: AES-256-GCM randomized field encryption, and data
+	// keys for envelope encryption.
 	PurposeEncrypt Purpose = 1
+	// PurposeEncryptDeterministic: AES-256-SIV deterministic encryption.
+	// The same plaintext and associated data always give the same
+	// ciphertext, so a column can be searched for equality; that also tells
+	// whoever reads the column which rows hold equal values.
+	PurposeEncryptDeterministic Purpose = 2
+	// PurposeMAC: HMAC-SHA256, for [Client.ComputeMAC], [Client.VerifyMAC]
+	// and [Client.BlindIndex].
+	PurposeMAC Purpose = 3
+	// PurposePassword: an HMAC-SHA256 pepper for [Client.HashPassword] and
+	// [Client.VerifyPassword]; see [PasswordPolicy].
+	PurposePassword Purpose = 4
 )
 
 // String returns the purpose's API name without prefix, e.g. "ENCRYPT".
@@ -143,8 +268,43 @@ func (p Purpose) String() string {
 		return "UNSPECIFIED"
 	case PurposeEncrypt:
 		return "ENCRYPT"
+	case PurposeEncryptDeterministic:
+		return "ENCRYPT_DETERMINISTIC"
+	case PurposeMAC:
+		return "MAC"
+	case PurposePassword:
+		return "PASSWORD"
 	}
 	return "Purpose(" + strconv.Itoa(int(p)) + ")"
+}
+
+// PasswordAlgorithm is the slow hash of a [PasswordPolicy]. Its values are
+// the custos.v1.PasswordAlgorithm numbers.
+type PasswordAlgorithm int32
+
+// Password algorithms.
+const (
+	// PasswordAlgorithmUnspecified is the zero value; a policy with it
+	// uses bcrypt.
+	PasswordAlgorithmUnspecified PasswordAlgorithm = 0
+	// PasswordBcrypt: bcrypt over the pepper's output, so passwords longer
+	// than bcrypt's 72-byte limit are not truncated.
+	PasswordBcrypt PasswordAlgorithm = 1
+	// PasswordArgon2id: argon2id over the pepper's output.
+	PasswordArgon2id PasswordAlgorithm = 2
+)
+
+// String returns the algorithm's API name without prefix, e.g. "BCRYPT".
+func (a PasswordAlgorithm) String() string {
+	switch a {
+	case PasswordAlgorithmUnspecified:
+		return "UNSPECIFIED"
+	case PasswordBcrypt:
+		return "BCRYPT"
+	case PasswordArgon2id:
+		return "ARGON2ID"
+	}
+	return "PasswordAlgorithm(" + strconv.Itoa(int(a)) + ")"
 }
 
 // TenantState is the lifecycle state of a tenant. Its values are the
@@ -189,7 +349,8 @@ const (
 	// VersionDisabled: the version refuses to decrypt; reversible.
 	VersionDisabled KeyVersionState = 2
 	// VersionDestroyScheduled: the version will be destroyed at its
-	// DestroyTime; reversible until then.
+	// DestroyTime and refuses to decrypt meanwhile; [Client.RestoreKeyVersion]
+	// cancels until then.
 	VersionDestroyScheduled KeyVersionState = 3
 	// VersionDestroyed: the version's key material is gone.
 	VersionDestroyed KeyVersionState = 4

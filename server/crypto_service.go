@@ -2,11 +2,13 @@ package server
 
 import (
 	"context"
+	"errors"
 
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/custos-kms/custos/keystore"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 	"github.com/custos-kms/custos/server/policy"
 )
@@ -52,12 +54,35 @@ func (s cryptoService) Encrypt(ctx context.Context, req *custosv1.EncryptRequest
 	return &custosv1.EncryptResponse{Ciphertext: ct, KeyVersion: v}, nil
 }
 
+// Decrypt decrypts a field (needs decrypt) or unwraps a data key from
+// GenerateDataKey (needs datakey). A caller holding both gets whichever the
+// ciphertext is; a caller holding one cannot use the other kind.
 func (s cryptoService) Decrypt(ctx context.Context, req *custosv1.DecryptRequest) (*custosv1.DecryptResponse, error) {
-	ref, err := s.keyRef(ctx, req.GetName(), policy.Decrypt)
+	ref, err := keystore.ParseKeyName(req.GetName())
 	if err != nil {
-		return nil, err
+		return nil, s.toError(ctx, err)
 	}
-	pt, v, err := s.ks.Decrypt(ctx, ref, req.GetCiphertext(), req.GetAssociatedData())
+	fields := s.authorize(ctx, policy.Decrypt, ref.Tenant) == nil
+	dataKeys := s.authorize(ctx, policy.DataKey, ref.Tenant) == nil
+	if !fields && !dataKeys {
+		return nil, s.authorize(ctx, policy.Decrypt, ref.Tenant)
+	}
+	ct, aad := req.GetCiphertext(), req.GetAssociatedData()
+	var pt []byte
+	var v uint32
+	err = keystore.ErrInvalidCiphertext
+	if fields {
+		pt, v, err = s.ks.Decrypt(ctx, ref, ct, aad)
+	}
+	if dataKeys && errors.Is(err, keystore.ErrInvalidCiphertext) {
+		fieldErr := err
+		pt, v, err = s.ks.DecryptDataKey(ctx, ref, ct, aad)
+		if errors.Is(err, keystore.ErrWrongPurpose) {
+			// Not an ENCRYPT key, so not a data key: the field error stands
+			// (a datakey-only caller learns nothing more than "not authentic").
+			err = fieldErr
+		}
+	}
 	if err != nil {
 		return nil, s.toError(ctx, err)
 	}

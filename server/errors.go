@@ -24,6 +24,8 @@ const (
 	ReasonKeyVersionDestroyed    = "KEY_VERSION_DESTROYED"
 	ReasonKeyVersionTooOld       = "KEY_VERSION_TOO_OLD"
 	ReasonWrongPurpose           = "WRONG_PURPOSE"
+	ReasonPrimaryVersion         = "PRIMARY_VERSION"
+	ReasonWrongState             = "WRONG_STATE"
 	ReasonHashQueueFull          = "HASH_QUEUE_FULL"
 	ReasonSubjectLocked          = "SUBJECT_LOCKED"
 )
@@ -50,6 +52,8 @@ var errorTable = []errorKind{
 	{err: keystore.ErrKeyVersionDestroyed, code: codes.FailedPrecondition, reason: ReasonKeyVersionDestroyed},
 	{err: keystore.ErrKeyVersionTooOld, code: codes.FailedPrecondition, reason: ReasonKeyVersionTooOld},
 	{err: keystore.ErrWrongPurpose, code: codes.FailedPrecondition, reason: ReasonWrongPurpose},
+	{err: keystore.ErrPrimaryVersion, code: codes.FailedPrecondition, reason: ReasonPrimaryVersion},
+	{err: keystore.ErrWrongState, code: codes.FailedPrecondition, reason: ReasonWrongState},
 	{err: keystore.ErrResourceExhausted, code: codes.ResourceExhausted, reason: ReasonHashQueueFull},
 	{err: keystore.ErrSubjectLocked, code: codes.ResourceExhausted, reason: ReasonSubjectLocked},
 	{err: keystore.ErrUnavailable, code: codes.Unavailable, internal: true},

@@ -97,7 +97,11 @@ func (s keyService) CreateKey(ctx context.Context, req *custosv1.CreateKeyReques
 	if !ok {
 		return nil, status.Errorf(codes.InvalidArgument, "key.purpose: %v is not supported", req.GetKey().GetPurpose())
 	}
-	spec := keystore.KeySpec{Purpose: purpose}
+	pp, err := passwordPolicyFromProto(req.GetKey().GetPasswordPolicy())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	spec := keystore.KeySpec{Purpose: purpose, PasswordPolicy: pp}
 	if rp := req.GetKey().GetRotationPeriod(); rp != nil {
 		if err := rp.CheckValid(); err != nil {
 			return nil, status.Errorf(codes.InvalidArgument, "key.rotation_period: %v", err)

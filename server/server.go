@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"sync/atomic"
 	"time"
 
 	"buf.build/go/protovalidate"
@@ -69,11 +70,13 @@ type Config struct {
 
 // Server implements custosv1.KeyServiceServer and custosv1.CryptoServiceServer.
 type Server struct {
-	ks     *keystore.Service
-	policy PolicySource
-	logger *slog.Logger
-	limits Limits
-	health *health.Server
+	ks      *keystore.Service
+	policy  PolicySource
+	logger  *slog.Logger
+	limits  Limits
+	health  *health.Server
+	metrics *metrics
+	ready   atomic.Pointer[readiness]
 }
 
 // New returns a Server.
@@ -94,7 +97,7 @@ func New(cfg Config) (*Server, error) {
 	if l.MaxMessageBytes <= 0 {
 		l.MaxMessageBytes = DefaultMaxMessageBytes
 	}
-	return &Server{ks: cfg.Keystore, policy: cfg.Policy, logger: cfg.Logger, limits: cfg.Limits, health: health.NewServer()}, nil
+	return &Server{ks: cfg.Keystore, policy: cfg.Policy, logger: cfg.Logger, limits: cfg.Limits, health: health.NewServer(), metrics: newMetrics()}, nil
 }
 
 // Register registers the Custos services, health and reflection on r.
@@ -144,12 +147,14 @@ func (s *Server) NewGRPCServer(tlsConf *tls.Config, opts ...grpc.ServerOption) (
 		grpc.MaxRecvMsgSize(s.limits.MaxMessageBytes),
 		grpc.MaxSendMsgSize(s.limits.MaxMessageBytes),
 		grpc.ChainUnaryInterceptor(
+			s.metrics.grpc.UnaryServerInterceptor(),
 			recovery.UnaryServerInterceptor(rec),
 			auth.UnaryServerInterceptor(identity.AuthFunc),
 			s.logFinishedCalls(logging.UnaryServerInterceptor(logger, logOpts...)),
 			protovalidatemw.UnaryServerInterceptor(validator),
 		),
 		grpc.ChainStreamInterceptor(
+			s.metrics.grpc.StreamServerInterceptor(),
 			recovery.StreamServerInterceptor(rec),
 			auth.StreamServerInterceptor(identity.AuthFunc),
 			logging.StreamServerInterceptor(logger, logOpts...),
@@ -158,6 +163,7 @@ func (s *Server) NewGRPCServer(tlsConf *tls.Config, opts ...grpc.ServerOption) (
 	}
 	gs := grpc.NewServer(append(all, opts...)...)
 	s.Register(gs)
+	s.metrics.grpc.InitializeMetrics(gs)
 	return gs, nil
 }
 

@@ -7,15 +7,37 @@
 //	srv := clienttest.Start(t)
 //	c := srv.Client(t)
 //	ct, _, err := c.Encrypt(ctx, client.KeyName("acme", "pii"), []byte("x"), ad)
+//
+// To test how a program behaves with fewer permissions, start the server
+// with a policy of your own and connect as another identity:
+//
+//	srv := clienttest.StartWith(t, clienttest.Options{Policy: `rules:
+//	  - identities: ["` + clienttest.ClientID + `"]
+//	    tenants: ["*"]
+//	    permissions: ["*"]
+//	  - identities: ["spiffe://example.org/billing"]
+//	    tenants: ["acme"]
+//	    permissions: [encrypt]
+//	`})
+//	admin := srv.Client(t)
+//	billing := srv.ClientAs(t, "spiffe://example.org/billing")
 package clienttest
 
 import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/custos-kms/custos/client"
 	"github.com/custos-kms/custos/internal/pki"
@@ -26,6 +48,25 @@ import (
 	"github.com/custos-kms/custos/server/policy"
 )
 
+// ClientID is the identity (a SPIFFE ID) of the client that [Server.Client]
+// and [Server.Config] connect as.
+const ClientID = pki.DevClientID
+
+// AllowAll is the default policy: it gives [ClientID] every permission on
+// every tenant, and nobody else anything.
+const AllowAll = `rules:
+  - identities: ["` + ClientID + `"]
+    tenants: ["*"]
+    permissions: ["*"]
+`
+
+// Options configure a server. The zero value is what [Start] uses.
+type Options struct {
+	// Policy is the server's policy file, in YAML (docs/authorization.md).
+	// Empty means [AllowAll].
+	Policy string
+}
+
 // Server is a running in-process Custos.
 type Server struct {
 	// Addr is the server's host:port on 127.0.0.1.
@@ -35,75 +76,194 @@ type Server struct {
 	Dir string
 	// Files are the paths of the PKI files in Dir.
 	Files pki.DevFiles
+
+	ca   *pki.CA
+	stop func()
+	once sync.Once
 }
 
-// allowAll gives the dev client identity every permission on every tenant.
-const allowAll = `rules:
-  - identities: ["` + pki.DevClientID + `"]
-    tenants: ["*"]
-    permissions: ["*"]
-`
-
-// Start starts a server that stops when the test ends.
+// Start starts a server with the [AllowAll] policy that stops when the test
+// ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	dir := t.TempDir()
+	return StartWith(t, Options{})
+}
+
+// StartWith starts a server configured by opts that stops when the test
+// ends.
+func StartWith(t testing.TB, opts Options) *Server {
+	t.Helper()
+	s, err := start(t.TempDir(), opts)
+	if err != nil {
+		t.Fatalf("clienttest: %v", err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+// New starts a server outside a test — in an Example function or TestMain —
+// in a new temporary directory. Close stops it and removes the directory.
+func New(opts Options) (*Server, error) {
+	dir, err := os.MkdirTemp("", "custos-clienttest-")
+	if err != nil {
+		return nil, fmt.Errorf("clienttest: %w", err)
+	}
+	s, err := start(dir, opts)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("clienttest: %w", err)
+	}
+	stop := s.stop
+	s.stop = func() {
+		stop()
+		os.RemoveAll(dir)
+	}
+	return s, nil
+}
+
+// Close stops the server: calls in flight fail and later calls cannot
+// connect. Closing again does nothing. A server from [Start] or
+// [StartWith] is closed when its test ends.
+func (s *Server) Close() { s.once.Do(s.stop) }
+
+// start runs a server whose files live in dir.
+func start(dir string, opts Options) (*Server, error) {
 	files, err := pki.WriteDevFiles(dir)
 	if err != nil {
-		t.Fatalf("clienttest: PKI: %v", err)
+		return nil, fmt.Errorf("PKI: %w", err)
+	}
+	ca, err := loadCA(files)
+	if err != nil {
+		return nil, fmt.Errorf("PKI: %w", err)
 	}
 	rt, err := local.Create(filepath.Join(dir, "root.key"))
 	if err != nil {
-		t.Fatalf("clienttest: root: %v", err)
+		return nil, fmt.Errorf("root: %w", err)
 	}
 	store := memory.New()
 	ks, err := keystore.New(keystore.Config{Storage: store, Root: rt})
 	if err != nil {
-		t.Fatalf("clienttest: keystore: %v", err)
+		store.Close()
+		return nil, fmt.Errorf("keystore: %w", err)
+	}
+	pol := opts.Policy
+	if pol == "" {
+		pol = AllowAll
 	}
 	policyFile := filepath.Join(dir, "policy.yaml")
-	if err := os.WriteFile(policyFile, []byte(allowAll), 0o600); err != nil {
-		t.Fatal(err)
+	if err := os.WriteFile(policyFile, []byte(pol), 0o600); err != nil {
+		store.Close()
+		return nil, err
 	}
-	pol, err := policy.NewHolder(policyFile)
+	holder, err := policy.NewHolder(policyFile)
 	if err != nil {
-		t.Fatalf("clienttest: policy: %v", err)
+		store.Close()
+		return nil, fmt.Errorf("policy: %w", err)
 	}
-	srv, err := server.New(server.Config{Keystore: ks, Policy: pol, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	srv, err := server.New(server.Config{Keystore: ks, Policy: holder, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
-		t.Fatalf("clienttest: server: %v", err)
+		store.Close()
+		return nil, fmt.Errorf("server: %w", err)
 	}
 	tlsConf, err := server.TLSConfig(files.ServerCert, files.ServerKey, files.CA)
 	if err != nil {
-		t.Fatalf("clienttest: TLS: %v", err)
+		store.Close()
+		return nil, fmt.Errorf("TLS: %w", err)
 	}
 	gs, err := srv.NewGRPCServer(tlsConf)
 	if err != nil {
-		t.Fatalf("clienttest: gRPC: %v", err)
+		store.Close()
+		return nil, fmt.Errorf("gRPC: %w", err)
 	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatalf("clienttest: listen: %v", err)
+		store.Close()
+		return nil, fmt.Errorf("listen: %w", err)
 	}
 	done := make(chan struct{})
 	go func() { defer close(done); _ = gs.Serve(lis) }()
-	t.Cleanup(func() {
+	s := &Server{Addr: lis.Addr().String(), Dir: dir, Files: files, ca: ca}
+	s.stop = func() {
 		gs.Stop()
 		<-done
 		store.Close()
-	})
-	return &Server{Addr: lis.Addr().String(), Dir: dir, Files: files}
+	}
+	return s, nil
 }
 
-// Config returns a client configuration for the test client.
+// loadCA loads the CA that WriteDevFiles made, to issue more client
+// certificates.
+func loadCA(files pki.DevFiles) (*pki.CA, error) {
+	certPEM, err := os.ReadFile(files.CA)
+	if err != nil {
+		return nil, err
+	}
+	keyPEM, err := os.ReadFile(files.CAKey)
+	if err != nil {
+		return nil, err
+	}
+	return pki.LoadCA(certPEM, keyPEM)
+}
+
+// Config returns a client configuration for the test client, [ClientID].
 func (s *Server) Config() client.Config {
 	return client.Config{Address: s.Addr, CAFile: s.Files.CA, CertFile: s.Files.ClientCert, KeyFile: s.Files.ClientKey}
 }
 
-// Client returns a connected client that is closed when the test ends.
+// Client returns a client connected as [ClientID] that is closed when the
+// test ends.
 func (s *Server) Client(t testing.TB) *client.Client {
 	t.Helper()
-	c, err := client.New(t.Context(), s.Config())
+	return newClient(t, s.Config())
+}
+
+// ConfigAs returns a client configuration with a new client certificate for
+// identity: a SPIFFE ID ("spiffe://…"), which the certificate carries as its
+// URI SAN, or else a plain name, which it carries as its common name. The
+// server's policy decides what identity may do; the default policy lets it
+// do nothing.
+func (s *Server) ConfigAs(identity string) (client.Config, error) {
+	req := pki.IssueRequest{CommonName: identity, Client: true, Validity: 24 * time.Hour}
+	if strings.HasPrefix(identity, "spiffe://") {
+		u, err := url.Parse(identity)
+		if err != nil {
+			return client.Config{}, fmt.Errorf("clienttest: identity %q: %w", identity, err)
+		}
+		req.CommonName, req.URIs = "", []*url.URL{u}
+	}
+	if req.CommonName == "" && len(req.URIs) == 0 {
+		return client.Config{}, errors.New("clienttest: empty identity")
+	}
+	certPEM, keyPEM, err := s.ca.Issue(req)
+	if err != nil {
+		return client.Config{}, fmt.Errorf("clienttest: certificate for %q: %w", identity, err)
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return client.Config{}, fmt.Errorf("clienttest: certificate for %q: %w", identity, err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(s.ca.CertPEM())
+	return client.Config{
+		Address:   s.Addr,
+		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: roots, Certificates: []tls.Certificate{cert}},
+	}, nil
+}
+
+// ClientAs returns a client connected as identity (see [Server.ConfigAs])
+// that is closed when the test ends.
+func (s *Server) ClientAs(t testing.TB, identity string) *client.Client {
+	t.Helper()
+	cfg, err := s.ConfigAs(identity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newClient(t, cfg)
+}
+
+func newClient(t testing.TB, cfg client.Config) *client.Client {
+	t.Helper()
+	c, err := client.New(t.Context(), cfg)
 	if err != nil {
 		t.Fatalf("clienttest: client: %v", err)
 	}

@@ -1,8 +1,11 @@
 package clienttest_test
 
 import (
+	"context"
 	"errors"
+	"os"
 	"testing"
+	"time"
 
 	"github.com/custos-kms/custos/client"
 	"github.com/custos-kms/custos/client/clienttest"
@@ -33,5 +36,79 @@ func TestRealServerRoundTrip(t *testing.T) {
 	}
 	if _, err := c.GetKey(ctx, client.KeyName("acme", "nope")); !errors.Is(err, client.ErrNotFound) {
 		t.Fatalf("unknown key: %v", err)
+	}
+}
+
+func TestAPolicyLimitsWhatAnotherIdentityMayDo(t *testing.T) {
+	srv := clienttest.StartWith(t, clienttest.Options{Policy: clienttest.AllowAll + `  - identities: ["spiffe://example.org/billing"]
+    tenants: ["acme"]
+    permissions: [encrypt]
+  - identities: ["reporting"]
+    tenants: ["acme"]
+    permissions: [decrypt]
+`})
+	admin := srv.Client(t)
+	ctx := t.Context()
+	for _, tenant := range []string{"acme", "other"} {
+		if _, err := admin.CreateTenant(ctx, tenant); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := admin.CreateKey(ctx, client.TenantName(tenant), "pii", client.KeySpec{Purpose: client.PurposeEncrypt}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	name := client.KeyName("acme", "pii")
+
+	billing := srv.ClientAs(t, "spiffe://example.org/billing") // a SPIFFE ID
+	ct, _, err := billing.Encrypt(ctx, name, []byte("x"), nil)
+	if err != nil {
+		t.Fatalf("Encrypt as billing: %v", err)
+	}
+	if _, _, err := billing.Decrypt(ctx, name, ct, nil); !errors.Is(err, client.ErrPermissionDenied) {
+		t.Errorf("Decrypt as billing: %v, want ErrPermissionDenied", err)
+	}
+	if _, _, err := billing.Encrypt(ctx, client.KeyName("other", "pii"), []byte("x"), nil); !errors.Is(err, client.ErrPermissionDenied) {
+		t.Errorf("Encrypt in another tenant as billing: %v, want ErrPermissionDenied", err)
+	}
+
+	reporting := srv.ClientAs(t, "reporting") // a common name
+	if pt, _, err := reporting.Decrypt(ctx, name, ct, nil); err != nil || string(pt) != "x" {
+		t.Errorf("Decrypt as reporting = %q, %v", pt, err)
+	}
+
+	stranger := srv.ClientAs(t, "spiffe://example.org/stranger")
+	if _, _, err := stranger.Encrypt(ctx, name, []byte("x"), nil); !errors.Is(err, client.ErrPermissionDenied) {
+		t.Errorf("Encrypt as an identity the policy does not name: %v, want ErrPermissionDenied", err)
+	}
+}
+
+func TestNewRunsOutsideATestUntilClosed(t *testing.T) {
+	srv, err := clienttest.New(clienttest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.New(t.Context(), srv.Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.CreateTenant(t.Context(), "acme"); err != nil {
+		t.Fatalf("CreateTenant: %v", err)
+	}
+	srv.Close()
+	srv.Close() // idempotent
+	if _, err := os.Stat(srv.Dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Close left %s behind: %v", srv.Dir, err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	if _, err := c.GetTenant(ctx, client.TenantName("acme")); err == nil {
+		t.Error("a call after Close succeeded")
+	}
+}
+
+func TestABadPolicyFailsToStart(t *testing.T) {
+	if _, err := clienttest.New(clienttest.Options{Policy: "rules: [{identities: [x], permissions: [fly]}]"}); err == nil {
+		t.Error("New with an invalid policy succeeded")
 	}
 }

@@ -464,6 +464,907 @@ func (x *DecryptBatchResponse) GetResults() []*DecryptBatchResponse_Result {
 	return nil
 }
 
+// Request of Rewrap.
+type RewrapRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key: tenants/{tenant}/keys/{key}.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// A ciphertext made by any enabled version of the key.
+	Ciphertext []byte `protobuf:"bytes,2,opt,name=ciphertext,proto3" json:"ciphertext,omitempty"`
+	// The associated data it was made with; the new ciphertext keeps it.
+	AssociatedData []byte `protobuf:"bytes,3,opt,name=associated_data,json=associatedData,proto3" json:"associated_data,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *RewrapRequest) Reset() {
+	*x = RewrapRequest{}
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RewrapRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RewrapRequest) ProtoMessage() {}
+
+func (x *RewrapRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RewrapRequest.ProtoReflect.Descriptor instead.
+func (*RewrapRequest) Descriptor() ([]byte, []int) {
+	return file_custos_v1_crypto_service_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *RewrapRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RewrapRequest) GetCiphertext() []byte {
+	if x != nil {
+		return x.Ciphertext
+	}
+	return nil
+}
+
+func (x *RewrapRequest) GetAssociatedData() []byte {
+	if x != nil {
+		return x.AssociatedData
+	}
+	return nil
+}
+
+// Response of Rewrap.
+type RewrapResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The ciphertext under the primary version.
+	Ciphertext []byte `protobuf:"bytes,1,opt,name=ciphertext,proto3" json:"ciphertext,omitempty"`
+	// The primary version.
+	KeyVersion    uint32 `protobuf:"varint,2,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RewrapResponse) Reset() {
+	*x = RewrapResponse{}
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RewrapResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RewrapResponse) ProtoMessage() {}
+
+func (x *RewrapResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RewrapResponse.ProtoReflect.Descriptor instead.
+func (*RewrapResponse) Descriptor() ([]byte, []int) {
+	return file_custos_v1_crypto_service_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *RewrapResponse) GetCiphertext() []byte {
+	if x != nil {
+		return x.Ciphertext
+	}
+	return nil
+}
+
+func (x *RewrapResponse) GetKeyVersion() uint32 {
+	if x != nil {
+		return x.KeyVersion
+	}
+	return 0
+}
+
+// Request of RewrapBatch.
+type RewrapBatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key: tenants/{tenant}/keys/{key}.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The ciphertexts, 1 to 10000 (the server's configured limit may be lower).
+	Items         []*RewrapBatchRequest_Item `protobuf:"bytes,2,rep,name=items,proto3" json:"items,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RewrapBatchRequest) Reset() {
+	*x = RewrapBatchRequest{}
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RewrapBatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RewrapBatchRequest) ProtoMessage() {}
+
+func (x *RewrapBatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RewrapBatchRequest.ProtoReflect.Descriptor instead.
+func (*RewrapBatchRequest) Descriptor() ([]byte, []int) {
+	return file_custos_v1_crypto_service_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RewrapBatchRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RewrapBatchRequest) GetItems() []*RewrapBatchRequest_Item {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+// Response of RewrapBatch.
+type RewrapBatchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One result per request item, in request order.
+	Results       []*RewrapBatchResponse_Result `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RewrapBatchResponse) Reset() {
+	*x = RewrapBatchResponse{}
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RewrapBatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RewrapBatchResponse) ProtoMessage() {}
+
+func (x *RewrapBatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RewrapBatchResponse.ProtoReflect.Descriptor instead.
+func (*RewrapBatchResponse) Descriptor() ([]byte, []int) {
+	return file_custos_v1_crypto_service_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *RewrapBatchResponse) GetResults() []*RewrapBatchResponse_Result {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// Request of GenerateDataKey.
+type GenerateDataKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// An ENCRYPT key: tenants/{tenant}/keys/{key}.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Bound to the wrapped data key: Decrypt must present the same bytes.
+	AssociatedData []byte `protobuf:"bytes,2,opt,name=associated_data,json=associatedData,proto3" json:"associated_data,omitempty"`
+	// Return only the wrapped form (for a key to be unwrapped later elsewhere).
+	WrappedOnly   bool `protobuf:"varint,3,opt,name=wrapped_only,json=wrappedOnly,proto3" json:"wrapped_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GenerateDataKeyRequest) Reset() {
+	*x = GenerateDataKeyRequest{}
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GenerateDataKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GenerateDataKeyRequest) ProtoMessage() {}
+
+func (x *GenerateDataKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GenerateDataKeyRequest.ProtoReflect.Descriptor instead.
+func (*GenerateDataKeyRequest) Descriptor() ([]byte, []int) {
+	return file_custos_v1_crypto_service_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *GenerateDataKeyRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *GenerateDataKeyRequest) GetAssociatedData() []byte {
+	if x != nil {
+		return x.AssociatedData
+	}
+	return nil
+}
+
+func (x *GenerateDataKeyRequest) GetWrappedOnly() bool {
+	if x != nil {
+		return x.WrappedOnly
+	}
+	return false
+}
+
+// Response of GenerateDataKey.
+type GenerateDataKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The 32-byte data key; empty when wrapped_only was set.
+	Plaintext []byte `protobuf:"bytes,1,opt,name=plaintext,proto3" json:"plaintext,omitempty"`
+	// The data key encrypted under the primary version; Decrypt (with the
+	// datakey permission) returns the plaintext.
+	Wrapped []byte `protobuf:"bytes,2,opt,name=wrapped,proto3" json:"wrapped,omitempty"`
+	// The version that wrapped it.
+	KeyVersion    uint32 `protobuf:"varint,3,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GenerateDataKeyResponse) Reset() {
+	*x = GenerateDataKeyResponse{}
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GenerateDataKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GenerateDataKeyResponse) ProtoMessage() {}
+
+func (x *GenerateDataKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GenerateDataKeyResponse.ProtoReflect.Descriptor instead.
+func (*GenerateDataKeyResponse) Descriptor() ([]byte, []int) {
+	return file_custos_v1_crypto_service_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *GenerateDataKeyResponse) GetPlaintext() []byte {
+	if x != nil {
+		return x.Plaintext
+	}
+	return nil
+}
+
+func (x *GenerateDataKeyResponse) GetWrapped() []byte {
+	if x != nil {
+		return x.Wrapped
+	}
+	return nil
+}
+
+func (x *GenerateDataKeyResponse) GetKeyVersion() uint32 {
+	if x != nil {
+		return x.KeyVersion
+	}
+	return 0
+}
+
+// Request of ComputeMac.
+type ComputeMacRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A MAC key: tenants/{tenant}/keys/{key}.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The data: 0 bytes to 1 MiB.
+	Data          []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ComputeMacRequest) Reset() {
+	*x = ComputeMacRequest{}
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ComputeMacRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ComputeMacRequest) ProtoMessage() {}
+
+func (x *ComputeMacRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ComputeMacRequest.ProtoReflect.Descriptor instead.
+func (*ComputeMacRequest) Descriptor() ([]byte, []int) {
+	return file_custos_v1_crypto_service_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ComputeMacRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ComputeMacRequest) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+// Response of ComputeMac.
+type ComputeMacResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The MAC: a 5-byte prefix naming the version, then 32 bytes of HMAC-SHA256.
+	Mac []byte `protobuf:"bytes,1,opt,name=mac,proto3" json:"mac,omitempty"`
+	// The version that computed it.
+	KeyVersion    uint32 `protobuf:"varint,2,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ComputeMacResponse) Reset() {
+	*x = ComputeMacResponse{}
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ComputeMacResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ComputeMacResponse) ProtoMessage() {}
+
+func (x *ComputeMacResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ComputeMacResponse.ProtoReflect.Descriptor instead.
+func (*ComputeMacResponse) Descriptor() ([]byte, []int) {
+	return file_custos_v1_crypto_service_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ComputeMacResponse) GetMac() []byte {
+	if x != nil {
+		return x.Mac
+	}
+	return nil
+}
+
+func (x *ComputeMacResponse) GetKeyVersion() uint32 {
+	if x != nil {
+		return x.KeyVersion
+	}
+	return 0
+}
+
+// Request of VerifyMac.
+type VerifyMacRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A MAC key: tenants/{tenant}/keys/{key}.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The data: 0 bytes to 1 MiB.
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	// A MAC from ComputeMac or BlindIndex.
+	Mac           []byte `protobuf:"bytes,3,opt,name=mac,proto3" json:"mac,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyMacRequest) Reset() {
+	*x = VerifyMacRequest{}
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyMacRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyMacRequest) ProtoMessage() {}
+
+func (x *VerifyMacRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyMacRequest.ProtoReflect.Descriptor instead.
+func (*VerifyMacRequest) Descriptor() ([]byte, []int) {
+	return file_custos_v1_crypto_service_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *VerifyMacRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *VerifyMacRequest) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *VerifyMacRequest) GetMac() []byte {
+	if x != nil {
+		return x.Mac
+	}
+	return nil
+}
+
+// Response of VerifyMac.
+type VerifyMacResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether the MAC is valid under an enabled version.
+	Valid         bool `protobuf:"varint,1,opt,name=valid,proto3" json:"valid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyMacResponse) Reset() {
+	*x = VerifyMacResponse{}
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyMacResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyMacResponse) ProtoMessage() {}
+
+func (x *VerifyMacResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyMacResponse.ProtoReflect.Descriptor instead.
+func (*VerifyMacResponse) Descriptor() ([]byte, []int) {
+	return file_custos_v1_crypto_service_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *VerifyMacResponse) GetValid() bool {
+	if x != nil {
+		return x.Valid
+	}
+	return false
+}
+
+// Request of BlindIndex.
+type BlindIndexRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A MAC key: tenants/{tenant}/keys/{key}.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The value to index: 0 bytes to 64 KiB.
+	Data          []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BlindIndexRequest) Reset() {
+	*x = BlindIndexRequest{}
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BlindIndexRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BlindIndexRequest) ProtoMessage() {}
+
+func (x *BlindIndexRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BlindIndexRequest.ProtoReflect.Descriptor instead.
+func (*BlindIndexRequest) Descriptor() ([]byte, []int) {
+	return file_custos_v1_crypto_service_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *BlindIndexRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *BlindIndexRequest) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+// Response of BlindIndex.
+type BlindIndexResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One entry per enabled version, primary first, then newest to oldest.
+	Entries       []*BlindIndexResponse_Entry `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BlindIndexResponse) Reset() {
+	*x = BlindIndexResponse{}
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BlindIndexResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BlindIndexResponse) ProtoMessage() {}
+
+func (x *BlindIndexResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BlindIndexResponse.ProtoReflect.Descriptor instead.
+func (*BlindIndexResponse) Descriptor() ([]byte, []int) {
+	return file_custos_v1_crypto_service_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *BlindIndexResponse) GetEntries() []*BlindIndexResponse_Entry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+// Request of HashPassword.
+type HashPasswordRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A PASSWORD key: tenants/{tenant}/keys/{key}.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The password: 1 to 4096 bytes (not truncated at 72).
+	Password      []byte `protobuf:"bytes,2,opt,name=password,proto3" json:"password,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HashPasswordRequest) Reset() {
+	*x = HashPasswordRequest{}
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HashPasswordRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HashPasswordRequest) ProtoMessage() {}
+
+func (x *HashPasswordRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HashPasswordRequest.ProtoReflect.Descriptor instead.
+func (*HashPasswordRequest) Descriptor() ([]byte, []int) {
+	return file_custos_v1_crypto_service_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *HashPasswordRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *HashPasswordRequest) GetPassword() []byte {
+	if x != nil {
+		return x.Password
+	}
+	return nil
+}
+
+// Response of HashPassword.
+type HashPasswordResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The self-describing hash string (see docs/formats.md).
+	Hash          string `protobuf:"bytes,1,opt,name=hash,proto3" json:"hash,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HashPasswordResponse) Reset() {
+	*x = HashPasswordResponse{}
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HashPasswordResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HashPasswordResponse) ProtoMessage() {}
+
+func (x *HashPasswordResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HashPasswordResponse.ProtoReflect.Descriptor instead.
+func (*HashPasswordResponse) Descriptor() ([]byte, []int) {
+	return file_custos_v1_crypto_service_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *HashPasswordResponse) GetHash() string {
+	if x != nil {
+		return x.Hash
+	}
+	return ""
+}
+
+// Request of VerifyPassword.
+type VerifyPasswordRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A PASSWORD key: tenants/{tenant}/keys/{key}.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The password to check: 1 to 4096 bytes.
+	Password []byte `protobuf:"bytes,2,opt,name=password,proto3" json:"password,omitempty"`
+	// A hash from HashPassword.
+	Hash string `protobuf:"bytes,3,opt,name=hash,proto3" json:"hash,omitempty"`
+	// Optional: who is logging in (e.g. a user id), for brute-force lockout
+	// when the key's policy enables it.
+	Subject       string `protobuf:"bytes,4,opt,name=subject,proto3" json:"subject,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyPasswordRequest) Reset() {
+	*x = VerifyPasswordRequest{}
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyPasswordRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyPasswordRequest) ProtoMessage() {}
+
+func (x *VerifyPasswordRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyPasswordRequest.ProtoReflect.Descriptor instead.
+func (*VerifyPasswordRequest) Descriptor() ([]byte, []int) {
+	return file_custos_v1_crypto_service_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *VerifyPasswordRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *VerifyPasswordRequest) GetPassword() []byte {
+	if x != nil {
+		return x.Password
+	}
+	return nil
+}
+
+func (x *VerifyPasswordRequest) GetHash() string {
+	if x != nil {
+		return x.Hash
+	}
+	return ""
+}
+
+func (x *VerifyPasswordRequest) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+// Response of VerifyPassword.
+type VerifyPasswordResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether the password matches.
+	Match bool `protobuf:"varint,1,opt,name=match,proto3" json:"match,omitempty"`
+	// On a match: hash again with HashPassword and store the new hash (the
+	// pepper version is not the primary, or the cost is below the policy).
+	NeedsRehash   bool `protobuf:"varint,2,opt,name=needs_rehash,json=needsRehash,proto3" json:"needs_rehash,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyPasswordResponse) Reset() {
+	*x = VerifyPasswordResponse{}
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyPasswordResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyPasswordResponse) ProtoMessage() {}
+
+func (x *VerifyPasswordResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyPasswordResponse.ProtoReflect.Descriptor instead.
+func (*VerifyPasswordResponse) Descriptor() ([]byte, []int) {
+	return file_custos_v1_crypto_service_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *VerifyPasswordResponse) GetMatch() bool {
+	if x != nil {
+		return x.Match
+	}
+	return false
+}
+
+func (x *VerifyPasswordResponse) GetNeedsRehash() bool {
+	if x != nil {
+		return x.NeedsRehash
+	}
+	return false
+}
+
 // One field to encrypt.
 type EncryptBatchRequest_Item struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -477,7 +1378,7 @@ type EncryptBatchRequest_Item struct {
 
 func (x *EncryptBatchRequest_Item) Reset() {
 	*x = EncryptBatchRequest_Item{}
-	mi := &file_custos_v1_crypto_service_proto_msgTypes[8]
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -489,7 +1390,7 @@ func (x *EncryptBatchRequest_Item) String() string {
 func (*EncryptBatchRequest_Item) ProtoMessage() {}
 
 func (x *EncryptBatchRequest_Item) ProtoReflect() protoreflect.Message {
-	mi := &file_custos_v1_crypto_service_proto_msgTypes[8]
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -534,7 +1435,7 @@ type EncryptBatchResponse_Result struct {
 
 func (x *EncryptBatchResponse_Result) Reset() {
 	*x = EncryptBatchResponse_Result{}
-	mi := &file_custos_v1_crypto_service_proto_msgTypes[9]
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -546,7 +1447,7 @@ func (x *EncryptBatchResponse_Result) String() string {
 func (*EncryptBatchResponse_Result) ProtoMessage() {}
 
 func (x *EncryptBatchResponse_Result) ProtoReflect() protoreflect.Message {
-	mi := &file_custos_v1_crypto_service_proto_msgTypes[9]
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -596,7 +1497,7 @@ type DecryptBatchRequest_Item struct {
 
 func (x *DecryptBatchRequest_Item) Reset() {
 	*x = DecryptBatchRequest_Item{}
-	mi := &file_custos_v1_crypto_service_proto_msgTypes[10]
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -608,7 +1509,7 @@ func (x *DecryptBatchRequest_Item) String() string {
 func (*DecryptBatchRequest_Item) ProtoMessage() {}
 
 func (x *DecryptBatchRequest_Item) ProtoReflect() protoreflect.Message {
-	mi := &file_custos_v1_crypto_service_proto_msgTypes[10]
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -653,7 +1554,7 @@ type DecryptBatchResponse_Result struct {
 
 func (x *DecryptBatchResponse_Result) Reset() {
 	*x = DecryptBatchResponse_Result{}
-	mi := &file_custos_v1_crypto_service_proto_msgTypes[11]
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -665,7 +1566,7 @@ func (x *DecryptBatchResponse_Result) String() string {
 func (*DecryptBatchResponse_Result) ProtoMessage() {}
 
 func (x *DecryptBatchResponse_Result) ProtoReflect() protoreflect.Message {
-	mi := &file_custos_v1_crypto_service_proto_msgTypes[11]
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -698,6 +1599,180 @@ func (x *DecryptBatchResponse_Result) GetKeyVersion() uint32 {
 func (x *DecryptBatchResponse_Result) GetStatus() *status.Status {
 	if x != nil {
 		return x.Status
+	}
+	return nil
+}
+
+// One ciphertext to rewrap.
+type RewrapBatchRequest_Item struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A ciphertext made by any enabled version of the key.
+	Ciphertext []byte `protobuf:"bytes,1,opt,name=ciphertext,proto3" json:"ciphertext,omitempty"`
+	// The associated data it was made with.
+	AssociatedData []byte `protobuf:"bytes,2,opt,name=associated_data,json=associatedData,proto3" json:"associated_data,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *RewrapBatchRequest_Item) Reset() {
+	*x = RewrapBatchRequest_Item{}
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RewrapBatchRequest_Item) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RewrapBatchRequest_Item) ProtoMessage() {}
+
+func (x *RewrapBatchRequest_Item) ProtoReflect() protoreflect.Message {
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RewrapBatchRequest_Item.ProtoReflect.Descriptor instead.
+func (*RewrapBatchRequest_Item) Descriptor() ([]byte, []int) {
+	return file_custos_v1_crypto_service_proto_rawDescGZIP(), []int{10, 0}
+}
+
+func (x *RewrapBatchRequest_Item) GetCiphertext() []byte {
+	if x != nil {
+		return x.Ciphertext
+	}
+	return nil
+}
+
+func (x *RewrapBatchRequest_Item) GetAssociatedData() []byte {
+	if x != nil {
+		return x.AssociatedData
+	}
+	return nil
+}
+
+// One result per item.
+type RewrapBatchResponse_Result struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The ciphertext under the primary version, when status is OK.
+	Ciphertext []byte `protobuf:"bytes,1,opt,name=ciphertext,proto3" json:"ciphertext,omitempty"`
+	// The primary version, when status is OK.
+	KeyVersion uint32 `protobuf:"varint,2,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
+	// OK, or why this item failed.
+	Status        *status.Status `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RewrapBatchResponse_Result) Reset() {
+	*x = RewrapBatchResponse_Result{}
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RewrapBatchResponse_Result) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RewrapBatchResponse_Result) ProtoMessage() {}
+
+func (x *RewrapBatchResponse_Result) ProtoReflect() protoreflect.Message {
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RewrapBatchResponse_Result.ProtoReflect.Descriptor instead.
+func (*RewrapBatchResponse_Result) Descriptor() ([]byte, []int) {
+	return file_custos_v1_crypto_service_proto_rawDescGZIP(), []int{11, 0}
+}
+
+func (x *RewrapBatchResponse_Result) GetCiphertext() []byte {
+	if x != nil {
+		return x.Ciphertext
+	}
+	return nil
+}
+
+func (x *RewrapBatchResponse_Result) GetKeyVersion() uint32 {
+	if x != nil {
+		return x.KeyVersion
+	}
+	return 0
+}
+
+func (x *RewrapBatchResponse_Result) GetStatus() *status.Status {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+// The MAC under one version.
+type BlindIndexResponse_Entry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The version.
+	KeyVersion uint32 `protobuf:"varint,1,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
+	// The MAC, exactly as ComputeMac returns it under that version.
+	Mac           []byte `protobuf:"bytes,2,opt,name=mac,proto3" json:"mac,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BlindIndexResponse_Entry) Reset() {
+	*x = BlindIndexResponse_Entry{}
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BlindIndexResponse_Entry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BlindIndexResponse_Entry) ProtoMessage() {}
+
+func (x *BlindIndexResponse_Entry) ProtoReflect() protoreflect.Message {
+	mi := &file_custos_v1_crypto_service_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BlindIndexResponse_Entry.ProtoReflect.Descriptor instead.
+func (*BlindIndexResponse_Entry) Descriptor() ([]byte, []int) {
+	return file_custos_v1_crypto_service_proto_rawDescGZIP(), []int{19, 0}
+}
+
+func (x *BlindIndexResponse_Entry) GetKeyVersion() uint32 {
+	if x != nil {
+		return x.KeyVersion
+	}
+	return 0
+}
+
+func (x *BlindIndexResponse_Entry) GetMac() []byte {
+	if x != nil {
+		return x.Mac
 	}
 	return nil
 }
@@ -756,12 +1831,99 @@ const file_custos_v1_crypto_service_proto_rawDesc = "" +
 	"\tplaintext\x18\x01 \x01(\fR\tplaintext\x12\x1f\n" +
 	"\vkey_version\x18\x02 \x01(\rR\n" +
 	"keyVersion\x12*\n" +
-	"\x06status\x18\x03 \x01(\v2\x12.google.rpc.StatusR\x06status2\xb5\x02\n" +
+	"\x06status\x18\x03 \x01(\v2\x12.google.rpc.StatusR\x06status\"\xcb\x01\n" +
+	"\rRewrapRequest\x12Y\n" +
+	"\x04name\x18\x01 \x01(\tBE\xbaHBr@2>^tenants/[a-z0-9][a-z0-9-]{0,62}/keys/[a-z0-9][a-z0-9-]{0,62}$R\x04name\x12+\n" +
+	"\n" +
+	"ciphertext\x18\x02 \x01(\fB\v\xbaH\bz\x06\x10\x01\x18\x80\x80DR\n" +
+	"ciphertext\x122\n" +
+	"\x0fassociated_data\x18\x03 \x01(\fB\t\xbaH\x06z\x04\x18\x80\x80\x04R\x0eassociatedData\"Q\n" +
+	"\x0eRewrapResponse\x12\x1e\n" +
+	"\n" +
+	"ciphertext\x18\x01 \x01(\fR\n" +
+	"ciphertext\x12\x1f\n" +
+	"\vkey_version\x18\x02 \x01(\rR\n" +
+	"keyVersion\"\x9f\x02\n" +
+	"\x12RewrapBatchRequest\x12Y\n" +
+	"\x04name\x18\x01 \x01(\tBE\xbaHBr@2>^tenants/[a-z0-9][a-z0-9-]{0,62}/keys/[a-z0-9][a-z0-9-]{0,62}$R\x04name\x12E\n" +
+	"\x05items\x18\x02 \x03(\v2\".custos.v1.RewrapBatchRequest.ItemB\v\xbaH\b\x92\x01\x05\b\x01\x10\x90NR\x05items\x1ag\n" +
+	"\x04Item\x12+\n" +
+	"\n" +
+	"ciphertext\x18\x01 \x01(\fB\v\xbaH\bz\x06\x10\x01\x18\x80\x80DR\n" +
+	"ciphertext\x122\n" +
+	"\x0fassociated_data\x18\x02 \x01(\fB\t\xbaH\x06z\x04\x18\x80\x80\x04R\x0eassociatedData\"\xcd\x01\n" +
+	"\x13RewrapBatchResponse\x12?\n" +
+	"\aresults\x18\x01 \x03(\v2%.custos.v1.RewrapBatchResponse.ResultR\aresults\x1au\n" +
+	"\x06Result\x12\x1e\n" +
+	"\n" +
+	"ciphertext\x18\x01 \x01(\fR\n" +
+	"ciphertext\x12\x1f\n" +
+	"\vkey_version\x18\x02 \x01(\rR\n" +
+	"keyVersion\x12*\n" +
+	"\x06status\x18\x03 \x01(\v2\x12.google.rpc.StatusR\x06status\"\xca\x01\n" +
+	"\x16GenerateDataKeyRequest\x12Y\n" +
+	"\x04name\x18\x01 \x01(\tBE\xbaHBr@2>^tenants/[a-z0-9][a-z0-9-]{0,62}/keys/[a-z0-9][a-z0-9-]{0,62}$R\x04name\x122\n" +
+	"\x0fassociated_data\x18\x02 \x01(\fB\t\xbaH\x06z\x04\x18\x80\x80\x04R\x0eassociatedData\x12!\n" +
+	"\fwrapped_only\x18\x03 \x01(\bR\vwrappedOnly\"r\n" +
+	"\x17GenerateDataKeyResponse\x12\x1c\n" +
+	"\tplaintext\x18\x01 \x01(\fR\tplaintext\x12\x18\n" +
+	"\awrapped\x18\x02 \x01(\fR\awrapped\x12\x1f\n" +
+	"\vkey_version\x18\x03 \x01(\rR\n" +
+	"keyVersion\"\x8d\x01\n" +
+	"\x11ComputeMacRequest\x12Y\n" +
+	"\x04name\x18\x01 \x01(\tBE\xbaHBr@2>^tenants/[a-z0-9][a-z0-9-]{0,62}/keys/[a-z0-9][a-z0-9-]{0,62}$R\x04name\x12\x1d\n" +
+	"\x04data\x18\x02 \x01(\fB\t\xbaH\x06z\x04\x18\x80\x80@R\x04data\"G\n" +
+	"\x12ComputeMacResponse\x12\x10\n" +
+	"\x03mac\x18\x01 \x01(\fR\x03mac\x12\x1f\n" +
+	"\vkey_version\x18\x02 \x01(\rR\n" +
+	"keyVersion\"\xaa\x01\n" +
+	"\x10VerifyMacRequest\x12Y\n" +
+	"\x04name\x18\x01 \x01(\tBE\xbaHBr@2>^tenants/[a-z0-9][a-z0-9-]{0,62}/keys/[a-z0-9][a-z0-9-]{0,62}$R\x04name\x12\x1d\n" +
+	"\x04data\x18\x02 \x01(\fB\t\xbaH\x06z\x04\x18\x80\x80@R\x04data\x12\x1c\n" +
+	"\x03mac\x18\x03 \x01(\fB\n" +
+	"\xbaH\az\x05\x10\x01\x18\x80\bR\x03mac\")\n" +
+	"\x11VerifyMacResponse\x12\x14\n" +
+	"\x05valid\x18\x01 \x01(\bR\x05valid\"\x8d\x01\n" +
+	"\x11BlindIndexRequest\x12Y\n" +
+	"\x04name\x18\x01 \x01(\tBE\xbaHBr@2>^tenants/[a-z0-9][a-z0-9-]{0,62}/keys/[a-z0-9][a-z0-9-]{0,62}$R\x04name\x12\x1d\n" +
+	"\x04data\x18\x02 \x01(\fB\t\xbaH\x06z\x04\x18\x80\x80\x04R\x04data\"\x8f\x01\n" +
+	"\x12BlindIndexResponse\x12=\n" +
+	"\aentries\x18\x01 \x03(\v2#.custos.v1.BlindIndexResponse.EntryR\aentries\x1a:\n" +
+	"\x05Entry\x12\x1f\n" +
+	"\vkey_version\x18\x01 \x01(\rR\n" +
+	"keyVersion\x12\x10\n" +
+	"\x03mac\x18\x02 \x01(\fR\x03mac\"\x98\x01\n" +
+	"\x13HashPasswordRequest\x12Y\n" +
+	"\x04name\x18\x01 \x01(\tBE\xbaHBr@2>^tenants/[a-z0-9][a-z0-9-]{0,62}/keys/[a-z0-9][a-z0-9-]{0,62}$R\x04name\x12&\n" +
+	"\bpassword\x18\x02 \x01(\fB\n" +
+	"\xbaH\az\x05\x10\x01\x18\x80 R\bpassword\"*\n" +
+	"\x14HashPasswordResponse\x12\x12\n" +
+	"\x04hash\x18\x01 \x01(\tR\x04hash\"\xde\x01\n" +
+	"\x15VerifyPasswordRequest\x12Y\n" +
+	"\x04name\x18\x01 \x01(\tBE\xbaHBr@2>^tenants/[a-z0-9][a-z0-9-]{0,62}/keys/[a-z0-9][a-z0-9-]{0,62}$R\x04name\x12&\n" +
+	"\bpassword\x18\x02 \x01(\fB\n" +
+	"\xbaH\az\x05\x10\x01\x18\x80 R\bpassword\x12\x1e\n" +
+	"\x04hash\x18\x03 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x04R\x04hash\x12\"\n" +
+	"\asubject\x18\x04 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x02R\asubject\"Q\n" +
+	"\x16VerifyPasswordResponse\x12\x14\n" +
+	"\x05match\x18\x01 \x01(\bR\x05match\x12!\n" +
+	"\fneeds_rehash\x18\x02 \x01(\bR\vneedsRehash2\xa2\a\n" +
 	"\rCryptoService\x12@\n" +
 	"\aEncrypt\x12\x19.custos.v1.EncryptRequest\x1a\x1a.custos.v1.EncryptResponse\x12@\n" +
 	"\aDecrypt\x12\x19.custos.v1.DecryptRequest\x1a\x1a.custos.v1.DecryptResponse\x12O\n" +
 	"\fEncryptBatch\x12\x1e.custos.v1.EncryptBatchRequest\x1a\x1f.custos.v1.EncryptBatchResponse\x12O\n" +
-	"\fDecryptBatch\x12\x1e.custos.v1.DecryptBatchRequest\x1a\x1f.custos.v1.DecryptBatchResponseB7Z5github.com/custos-kms/custos/proto/custos/v1;custosv1b\x06proto3"
+	"\fDecryptBatch\x12\x1e.custos.v1.DecryptBatchRequest\x1a\x1f.custos.v1.DecryptBatchResponse\x12=\n" +
+	"\x06Rewrap\x12\x18.custos.v1.RewrapRequest\x1a\x19.custos.v1.RewrapResponse\x12L\n" +
+	"\vRewrapBatch\x12\x1d.custos.v1.RewrapBatchRequest\x1a\x1e.custos.v1.RewrapBatchResponse\x12X\n" +
+	"\x0fGenerateDataKey\x12!.custos.v1.GenerateDataKeyRequest\x1a\".custos.v1.GenerateDataKeyResponse\x12I\n" +
+	"\n" +
+	"ComputeMac\x12\x1c.custos.v1.ComputeMacRequest\x1a\x1d.custos.v1.ComputeMacResponse\x12F\n" +
+	"\tVerifyMac\x12\x1b.custos.v1.VerifyMacRequest\x1a\x1c.custos.v1.VerifyMacResponse\x12I\n" +
+	"\n" +
+	"BlindIndex\x12\x1c.custos.v1.BlindIndexRequest\x1a\x1d.custos.v1.BlindIndexResponse\x12O\n" +
+	"\fHashPassword\x12\x1e.custos.v1.HashPasswordRequest\x1a\x1f.custos.v1.HashPasswordResponse\x12U\n" +
+	"\x0eVerifyPassword\x12 .custos.v1.VerifyPasswordRequest\x1a!.custos.v1.VerifyPasswordResponseB7Z5github.com/custos-kms/custos/proto/custos/v1;custosv1b\x06proto3"
 
 var (
 	file_custos_v1_crypto_service_proto_rawDescOnce sync.Once
@@ -775,7 +1937,7 @@ func file_custos_v1_crypto_service_proto_rawDescGZIP() []byte {
 	return file_custos_v1_crypto_service_proto_rawDescData
 }
 
-var file_custos_v1_crypto_service_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_custos_v1_crypto_service_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_custos_v1_crypto_service_proto_goTypes = []any{
 	(*EncryptRequest)(nil),              // 0: custos.v1.EncryptRequest
 	(*EncryptResponse)(nil),             // 1: custos.v1.EncryptResponse
@@ -785,32 +1947,71 @@ var file_custos_v1_crypto_service_proto_goTypes = []any{
 	(*EncryptBatchResponse)(nil),        // 5: custos.v1.EncryptBatchResponse
 	(*DecryptBatchRequest)(nil),         // 6: custos.v1.DecryptBatchRequest
 	(*DecryptBatchResponse)(nil),        // 7: custos.v1.DecryptBatchResponse
-	(*EncryptBatchRequest_Item)(nil),    // 8: custos.v1.EncryptBatchRequest.Item
-	(*EncryptBatchResponse_Result)(nil), // 9: custos.v1.EncryptBatchResponse.Result
-	(*DecryptBatchRequest_Item)(nil),    // 10: custos.v1.DecryptBatchRequest.Item
-	(*DecryptBatchResponse_Result)(nil), // 11: custos.v1.DecryptBatchResponse.Result
-	(*status.Status)(nil),               // 12: google.rpc.Status
+	(*RewrapRequest)(nil),               // 8: custos.v1.RewrapRequest
+	(*RewrapResponse)(nil),              // 9: custos.v1.RewrapResponse
+	(*RewrapBatchRequest)(nil),          // 10: custos.v1.RewrapBatchRequest
+	(*RewrapBatchResponse)(nil),         // 11: custos.v1.RewrapBatchResponse
+	(*GenerateDataKeyRequest)(nil),      // 12: custos.v1.GenerateDataKeyRequest
+	(*GenerateDataKeyResponse)(nil),     // 13: custos.v1.GenerateDataKeyResponse
+	(*ComputeMacRequest)(nil),           // 14: custos.v1.ComputeMacRequest
+	(*ComputeMacResponse)(nil),          // 15: custos.v1.ComputeMacResponse
+	(*VerifyMacRequest)(nil),            // 16: custos.v1.VerifyMacRequest
+	(*VerifyMacResponse)(nil),           // 17: custos.v1.VerifyMacResponse
+	(*BlindIndexRequest)(nil),           // 18: custos.v1.BlindIndexRequest
+	(*BlindIndexResponse)(nil),          // 19: custos.v1.BlindIndexResponse
+	(*HashPasswordRequest)(nil),         // 20: custos.v1.HashPasswordRequest
+	(*HashPasswordResponse)(nil),        // 21: custos.v1.HashPasswordResponse
+	(*VerifyPasswordRequest)(nil),       // 22: custos.v1.VerifyPasswordRequest
+	(*VerifyPasswordResponse)(nil),      // 23: custos.v1.VerifyPasswordResponse
+	(*EncryptBatchRequest_Item)(nil),    // 24: custos.v1.EncryptBatchRequest.Item
+	(*EncryptBatchResponse_Result)(nil), // 25: custos.v1.EncryptBatchResponse.Result
+	(*DecryptBatchRequest_Item)(nil),    // 26: custos.v1.DecryptBatchRequest.Item
+	(*DecryptBatchResponse_Result)(nil), // 27: custos.v1.DecryptBatchResponse.Result
+	(*RewrapBatchRequest_Item)(nil),     // 28: custos.v1.RewrapBatchRequest.Item
+	(*RewrapBatchResponse_Result)(nil),  // 29: custos.v1.RewrapBatchResponse.Result
+	(*BlindIndexResponse_Entry)(nil),    // 30: custos.v1.BlindIndexResponse.Entry
+	(*status.Status)(nil),               // 31: google.rpc.Status
 }
 var file_custos_v1_crypto_service_proto_depIdxs = []int32{
-	8,  // 0: custos.v1.EncryptBatchRequest.items:type_name -> custos.v1.EncryptBatchRequest.Item
-	9,  // 1: custos.v1.EncryptBatchResponse.results:type_name -> custos.v1.EncryptBatchResponse.Result
-	10, // 2: custos.v1.DecryptBatchRequest.items:type_name -> custos.v1.DecryptBatchRequest.Item
-	11, // 3: custos.v1.DecryptBatchResponse.results:type_name -> custos.v1.DecryptBatchResponse.Result
-	12, // 4: custos.v1.EncryptBatchResponse.Result.status:type_name -> google.rpc.Status
-	12, // 5: custos.v1.DecryptBatchResponse.Result.status:type_name -> google.rpc.Status
-	0,  // 6: custos.v1.CryptoService.Encrypt:input_type -> custos.v1.EncryptRequest
-	2,  // 7: custos.v1.CryptoService.Decrypt:input_type -> custos.v1.DecryptRequest
-	4,  // 8: custos.v1.CryptoService.EncryptBatch:input_type -> custos.v1.EncryptBatchRequest
-	6,  // 9: custos.v1.CryptoService.DecryptBatch:input_type -> custos.v1.DecryptBatchRequest
-	1,  // 10: custos.v1.CryptoService.Encrypt:output_type -> custos.v1.EncryptResponse
-	3,  // 11: custos.v1.CryptoService.Decrypt:output_type -> custos.v1.DecryptResponse
-	5,  // 12: custos.v1.CryptoService.EncryptBatch:output_type -> custos.v1.EncryptBatchResponse
-	7,  // 13: custos.v1.CryptoService.DecryptBatch:output_type -> custos.v1.DecryptBatchResponse
-	10, // [10:14] is the sub-list for method output_type
-	6,  // [6:10] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	24, // 0: custos.v1.EncryptBatchRequest.items:type_name -> custos.v1.EncryptBatchRequest.Item
+	25, // 1: custos.v1.EncryptBatchResponse.results:type_name -> custos.v1.EncryptBatchResponse.Result
+	26, // 2: custos.v1.DecryptBatchRequest.items:type_name -> custos.v1.DecryptBatchRequest.Item
+	27, // 3: custos.v1.DecryptBatchResponse.results:type_name -> custos.v1.DecryptBatchResponse.Result
+	28, // 4: custos.v1.RewrapBatchRequest.items:type_name -> custos.v1.RewrapBatchRequest.Item
+	29, // 5: custos.v1.RewrapBatchResponse.results:type_name -> custos.v1.RewrapBatchResponse.Result
+	30, // 6: custos.v1.BlindIndexResponse.entries:type_name -> custos.v1.BlindIndexResponse.Entry
+	31, // 7: custos.v1.EncryptBatchResponse.Result.status:type_name -> google.rpc.Status
+	31, // 8: custos.v1.DecryptBatchResponse.Result.status:type_name -> google.rpc.Status
+	31, // 9: custos.v1.RewrapBatchResponse.Result.status:type_name -> google.rpc.Status
+	0,  // 10: custos.v1.CryptoService.Encrypt:input_type -> custos.v1.EncryptRequest
+	2,  // 11: custos.v1.CryptoService.Decrypt:input_type -> custos.v1.DecryptRequest
+	4,  // 12: custos.v1.CryptoService.EncryptBatch:input_type -> custos.v1.EncryptBatchRequest
+	6,  // 13: custos.v1.CryptoService.DecryptBatch:input_type -> custos.v1.DecryptBatchRequest
+	8,  // 14: custos.v1.CryptoService.Rewrap:input_type -> custos.v1.RewrapRequest
+	10, // 15: custos.v1.CryptoService.RewrapBatch:input_type -> custos.v1.RewrapBatchRequest
+	12, // 16: custos.v1.CryptoService.GenerateDataKey:input_type -> custos.v1.GenerateDataKeyRequest
+	14, // 17: custos.v1.CryptoService.ComputeMac:input_type -> custos.v1.ComputeMacRequest
+	16, // 18: custos.v1.CryptoService.VerifyMac:input_type -> custos.v1.VerifyMacRequest
+	18, // 19: custos.v1.CryptoService.BlindIndex:input_type -> custos.v1.BlindIndexRequest
+	20, // 20: custos.v1.CryptoService.HashPassword:input_type -> custos.v1.HashPasswordRequest
+	22, // 21: custos.v1.CryptoService.VerifyPassword:input_type -> custos.v1.VerifyPasswordRequest
+	1,  // 22: custos.v1.CryptoService.Encrypt:output_type -> custos.v1.EncryptResponse
+	3,  // 23: custos.v1.CryptoService.Decrypt:output_type -> custos.v1.DecryptResponse
+	5,  // 24: custos.v1.CryptoService.EncryptBatch:output_type -> custos.v1.EncryptBatchResponse
+	7,  // 25: custos.v1.CryptoService.DecryptBatch:output_type -> custos.v1.DecryptBatchResponse
+	9,  // 26: custos.v1.CryptoService.Rewrap:output_type -> custos.v1.RewrapResponse
+	11, // 27: custos.v1.CryptoService.RewrapBatch:output_type -> custos.v1.RewrapBatchResponse
+	13, // 28: custos.v1.CryptoService.GenerateDataKey:output_type -> custos.v1.GenerateDataKeyResponse
+	15, // 29: custos.v1.CryptoService.ComputeMac:output_type -> custos.v1.ComputeMacResponse
+	17, // 30: custos.v1.CryptoService.VerifyMac:output_type -> custos.v1.VerifyMacResponse
+	19, // 31: custos.v1.CryptoService.BlindIndex:output_type -> custos.v1.BlindIndexResponse
+	21, // 32: custos.v1.CryptoService.HashPassword:output_type -> custos.v1.HashPasswordResponse
+	23, // 33: custos.v1.CryptoService.VerifyPassword:output_type -> custos.v1.VerifyPasswordResponse
+	22, // [22:34] is the sub-list for method output_type
+	10, // [10:22] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_custos_v1_crypto_service_proto_init() }
@@ -824,7 +2025,7 @@ func file_custos_v1_crypto_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_custos_v1_crypto_service_proto_rawDesc), len(file_custos_v1_crypto_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,10 +19,18 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	CryptoService_Encrypt_FullMethodName      = "/custos.v1.CryptoService/Encrypt"
-	CryptoService_Decrypt_FullMethodName      = "/custos.v1.CryptoService/Decrypt"
-	CryptoService_EncryptBatch_FullMethodName = "/custos.v1.CryptoService/EncryptBatch"
-	CryptoService_DecryptBatch_FullMethodName = "/custos.v1.CryptoService/DecryptBatch"
+	CryptoService_Encrypt_FullMethodName         = "/custos.v1.CryptoService/Encrypt"
+	CryptoService_Decrypt_FullMethodName         = "/custos.v1.CryptoService/Decrypt"
+	CryptoService_EncryptBatch_FullMethodName    = "/custos.v1.CryptoService/EncryptBatch"
+	CryptoService_DecryptBatch_FullMethodName    = "/custos.v1.CryptoService/DecryptBatch"
+	CryptoService_Rewrap_FullMethodName          = "/custos.v1.CryptoService/Rewrap"
+	CryptoService_RewrapBatch_FullMethodName     = "/custos.v1.CryptoService/RewrapBatch"
+	CryptoService_GenerateDataKey_FullMethodName = "/custos.v1.CryptoService/GenerateDataKey"
+	CryptoService_ComputeMac_FullMethodName      = "/custos.v1.CryptoService/ComputeMac"
+	CryptoService_VerifyMac_FullMethodName       = "/custos.v1.CryptoService/VerifyMac"
+	CryptoService_BlindIndex_FullMethodName      = "/custos.v1.CryptoService/BlindIndex"
+	CryptoService_HashPassword_FullMethodName    = "/custos.v1.CryptoService/HashPassword"
+	CryptoService_VerifyPassword_FullMethodName  = "/custos.v1.CryptoService/VerifyPassword"
 )
 
 // CryptoServiceClient is the client API for CryptoService service.
@@ -44,6 +52,26 @@ type CryptoServiceClient interface {
 	EncryptBatch(ctx context.Context, in *EncryptBatchRequest, opts ...grpc.CallOption) (*EncryptBatchResponse, error)
 	// Decrypts many fields; each item succeeds or fails on its own.
 	DecryptBatch(ctx context.Context, in *DecryptBatchRequest, opts ...grpc.CallOption) (*DecryptBatchResponse, error)
+	// Decrypts and re-encrypts under the primary version inside the service;
+	// the plaintext never leaves. A ciphertext already under the primary comes
+	// back unchanged.
+	Rewrap(ctx context.Context, in *RewrapRequest, opts ...grpc.CallOption) (*RewrapResponse, error)
+	// Rewraps many ciphertexts; each item succeeds or fails on its own.
+	RewrapBatch(ctx context.Context, in *RewrapBatchRequest, opts ...grpc.CallOption) (*RewrapBatchResponse, error)
+	// Returns a fresh 256-bit data key, in plaintext and wrapped under the
+	// key's primary version, for client-side envelope encryption.
+	GenerateDataKey(ctx context.Context, in *GenerateDataKeyRequest, opts ...grpc.CallOption) (*GenerateDataKeyResponse, error)
+	// Computes an HMAC-SHA256 with the primary version of a MAC key.
+	ComputeMac(ctx context.Context, in *ComputeMacRequest, opts ...grpc.CallOption) (*ComputeMacResponse, error)
+	// Verifies a MAC made by any enabled version, in constant time.
+	VerifyMac(ctx context.Context, in *VerifyMacRequest, opts ...grpc.CallOption) (*VerifyMacResponse, error)
+	// Returns the MAC of a value under every enabled version, so lookups keep
+	// working across a rotation.
+	BlindIndex(ctx context.Context, in *BlindIndexRequest, opts ...grpc.CallOption) (*BlindIndexResponse, error)
+	// Hashes a password: HMAC-SHA256 pepper, then bcrypt or argon2id.
+	HashPassword(ctx context.Context, in *HashPasswordRequest, opts ...grpc.CallOption) (*HashPasswordResponse, error)
+	// Verifies a password against a hash; says whether it should be rehashed.
+	VerifyPassword(ctx context.Context, in *VerifyPasswordRequest, opts ...grpc.CallOption) (*VerifyPasswordResponse, error)
 }
 
 type cryptoServiceClient struct {
@@ -94,6 +122,86 @@ func (c *cryptoServiceClient) DecryptBatch(ctx context.Context, in *DecryptBatch
 	return out, nil
 }
 
+func (c *cryptoServiceClient) Rewrap(ctx context.Context, in *RewrapRequest, opts ...grpc.CallOption) (*RewrapResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RewrapResponse)
+	err := c.cc.Invoke(ctx, CryptoService_Rewrap_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cryptoServiceClient) RewrapBatch(ctx context.Context, in *RewrapBatchRequest, opts ...grpc.CallOption) (*RewrapBatchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RewrapBatchResponse)
+	err := c.cc.Invoke(ctx, CryptoService_RewrapBatch_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cryptoServiceClient) GenerateDataKey(ctx context.Context, in *GenerateDataKeyRequest, opts ...grpc.CallOption) (*GenerateDataKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GenerateDataKeyResponse)
+	err := c.cc.Invoke(ctx, CryptoService_GenerateDataKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cryptoServiceClient) ComputeMac(ctx context.Context, in *ComputeMacRequest, opts ...grpc.CallOption) (*ComputeMacResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ComputeMacResponse)
+	err := c.cc.Invoke(ctx, CryptoService_ComputeMac_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cryptoServiceClient) VerifyMac(ctx context.Context, in *VerifyMacRequest, opts ...grpc.CallOption) (*VerifyMacResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(VerifyMacResponse)
+	err := c.cc.Invoke(ctx, CryptoService_VerifyMac_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cryptoServiceClient) BlindIndex(ctx context.Context, in *BlindIndexRequest, opts ...grpc.CallOption) (*BlindIndexResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BlindIndexResponse)
+	err := c.cc.Invoke(ctx, CryptoService_BlindIndex_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cryptoServiceClient) HashPassword(ctx context.Context, in *HashPasswordRequest, opts ...grpc.CallOption) (*HashPasswordResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(HashPasswordResponse)
+	err := c.cc.Invoke(ctx, CryptoService_HashPassword_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cryptoServiceClient) VerifyPassword(ctx context.Context, in *VerifyPasswordRequest, opts ...grpc.CallOption) (*VerifyPasswordResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(VerifyPasswordResponse)
+	err := c.cc.Invoke(ctx, CryptoService_VerifyPassword_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CryptoServiceServer is the server API for CryptoService service.
 // All implementations must embed UnimplementedCryptoServiceServer
 // for forward compatibility.
@@ -113,6 +221,26 @@ type CryptoServiceServer interface {
 	EncryptBatch(context.Context, *EncryptBatchRequest) (*EncryptBatchResponse, error)
 	// Decrypts many fields; each item succeeds or fails on its own.
 	DecryptBatch(context.Context, *DecryptBatchRequest) (*DecryptBatchResponse, error)
+	// Decrypts and re-encrypts under the primary version inside the service;
+	// the plaintext never leaves. A ciphertext already under the primary comes
+	// back unchanged.
+	Rewrap(context.Context, *RewrapRequest) (*RewrapResponse, error)
+	// Rewraps many ciphertexts; each item succeeds or fails on its own.
+	RewrapBatch(context.Context, *RewrapBatchRequest) (*RewrapBatchResponse, error)
+	// Returns a fresh 256-bit data key, in plaintext and wrapped under the
+	// key's primary version, for client-side envelope encryption.
+	GenerateDataKey(context.Context, *GenerateDataKeyRequest) (*GenerateDataKeyResponse, error)
+	// Computes an HMAC-SHA256 with the primary version of a MAC key.
+	ComputeMac(context.Context, *ComputeMacRequest) (*ComputeMacResponse, error)
+	// Verifies a MAC made by any enabled version, in constant time.
+	VerifyMac(context.Context, *VerifyMacRequest) (*VerifyMacResponse, error)
+	// Returns the MAC of a value under every enabled version, so lookups keep
+	// working across a rotation.
+	BlindIndex(context.Context, *BlindIndexRequest) (*BlindIndexResponse, error)
+	// Hashes a password: HMAC-SHA256 pepper, then bcrypt or argon2id.
+	HashPassword(context.Context, *HashPasswordRequest) (*HashPasswordResponse, error)
+	// Verifies a password against a hash; says whether it should be rehashed.
+	VerifyPassword(context.Context, *VerifyPasswordRequest) (*VerifyPasswordResponse, error)
 	mustEmbedUnimplementedCryptoServiceServer()
 }
 
@@ -134,6 +262,30 @@ func (UnimplementedCryptoServiceServer) EncryptBatch(context.Context, *EncryptBa
 }
 func (UnimplementedCryptoServiceServer) DecryptBatch(context.Context, *DecryptBatchRequest) (*DecryptBatchResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DecryptBatch not implemented")
+}
+func (UnimplementedCryptoServiceServer) Rewrap(context.Context, *RewrapRequest) (*RewrapResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Rewrap not implemented")
+}
+func (UnimplementedCryptoServiceServer) RewrapBatch(context.Context, *RewrapBatchRequest) (*RewrapBatchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RewrapBatch not implemented")
+}
+func (UnimplementedCryptoServiceServer) GenerateDataKey(context.Context, *GenerateDataKeyRequest) (*GenerateDataKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GenerateDataKey not implemented")
+}
+func (UnimplementedCryptoServiceServer) ComputeMac(context.Context, *ComputeMacRequest) (*ComputeMacResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ComputeMac not implemented")
+}
+func (UnimplementedCryptoServiceServer) VerifyMac(context.Context, *VerifyMacRequest) (*VerifyMacResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method VerifyMac not implemented")
+}
+func (UnimplementedCryptoServiceServer) BlindIndex(context.Context, *BlindIndexRequest) (*BlindIndexResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method BlindIndex not implemented")
+}
+func (UnimplementedCryptoServiceServer) HashPassword(context.Context, *HashPasswordRequest) (*HashPasswordResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method HashPassword not implemented")
+}
+func (UnimplementedCryptoServiceServer) VerifyPassword(context.Context, *VerifyPasswordRequest) (*VerifyPasswordResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method VerifyPassword not implemented")
 }
 func (UnimplementedCryptoServiceServer) mustEmbedUnimplementedCryptoServiceServer() {}
 func (UnimplementedCryptoServiceServer) testEmbeddedByValue()                       {}
@@ -228,6 +380,150 @@ func _CryptoService_DecryptBatch_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _CryptoService_Rewrap_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RewrapRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CryptoServiceServer).Rewrap(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CryptoService_Rewrap_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CryptoServiceServer).Rewrap(ctx, req.(*RewrapRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CryptoService_RewrapBatch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RewrapBatchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CryptoServiceServer).RewrapBatch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CryptoService_RewrapBatch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CryptoServiceServer).RewrapBatch(ctx, req.(*RewrapBatchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CryptoService_GenerateDataKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GenerateDataKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CryptoServiceServer).GenerateDataKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CryptoService_GenerateDataKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CryptoServiceServer).GenerateDataKey(ctx, req.(*GenerateDataKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CryptoService_ComputeMac_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ComputeMacRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CryptoServiceServer).ComputeMac(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CryptoService_ComputeMac_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CryptoServiceServer).ComputeMac(ctx, req.(*ComputeMacRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CryptoService_VerifyMac_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(VerifyMacRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CryptoServiceServer).VerifyMac(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CryptoService_VerifyMac_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CryptoServiceServer).VerifyMac(ctx, req.(*VerifyMacRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CryptoService_BlindIndex_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BlindIndexRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CryptoServiceServer).BlindIndex(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CryptoService_BlindIndex_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CryptoServiceServer).BlindIndex(ctx, req.(*BlindIndexRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CryptoService_HashPassword_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(HashPasswordRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CryptoServiceServer).HashPassword(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CryptoService_HashPassword_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CryptoServiceServer).HashPassword(ctx, req.(*HashPasswordRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CryptoService_VerifyPassword_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(VerifyPasswordRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CryptoServiceServer).VerifyPassword(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CryptoService_VerifyPassword_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CryptoServiceServer).VerifyPassword(ctx, req.(*VerifyPasswordRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // CryptoService_ServiceDesc is the grpc.ServiceDesc for CryptoService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -250,6 +546,38 @@ var CryptoService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DecryptBatch",
 			Handler:    _CryptoService_DecryptBatch_Handler,
+		},
+		{
+			MethodName: "Rewrap",
+			Handler:    _CryptoService_Rewrap_Handler,
+		},
+		{
+			MethodName: "RewrapBatch",
+			Handler:    _CryptoService_RewrapBatch_Handler,
+		},
+		{
+			MethodName: "GenerateDataKey",
+			Handler:    _CryptoService_GenerateDataKey_Handler,
+		},
+		{
+			MethodName: "ComputeMac",
+			Handler:    _CryptoService_ComputeMac_Handler,
+		},
+		{
+			MethodName: "VerifyMac",
+			Handler:    _CryptoService_VerifyMac_Handler,
+		},
+		{
+			MethodName: "BlindIndex",
+			Handler:    _CryptoService_BlindIndex_Handler,
+		},
+		{
+			MethodName: "HashPassword",
+			Handler:    _CryptoService_HashPassword_Handler,
+		},
+		{
+			MethodName: "VerifyPassword",
+			Handler:    _CryptoService_VerifyPassword_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

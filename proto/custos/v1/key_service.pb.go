@@ -10,6 +10,8 @@ import (
 	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -738,11 +740,719 @@ func (x *RotateKeyResponse) GetKey() *Key {
 	return nil
 }
 
+// Request of DeleteTenant.
+type DeleteTenantRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// tenants/{tenant}.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// How long until the tenant is shredded: 1 to 365 days; unset means 30 days.
+	WaitingPeriod *durationpb.Duration `protobuf:"bytes,2,opt,name=waiting_period,json=waitingPeriod,proto3" json:"waiting_period,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteTenantRequest) Reset() {
+	*x = DeleteTenantRequest{}
+	mi := &file_custos_v1_key_service_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteTenantRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteTenantRequest) ProtoMessage() {}
+
+func (x *DeleteTenantRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_custos_v1_key_service_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteTenantRequest.ProtoReflect.Descriptor instead.
+func (*DeleteTenantRequest) Descriptor() ([]byte, []int) {
+	return file_custos_v1_key_service_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *DeleteTenantRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DeleteTenantRequest) GetWaitingPeriod() *durationpb.Duration {
+	if x != nil {
+		return x.WaitingPeriod
+	}
+	return nil
+}
+
+// Response of DeleteTenant.
+type DeleteTenantResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant, now TENANT_STATE_DELETE_SCHEDULED with its delete_time.
+	Tenant        *Tenant `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteTenantResponse) Reset() {
+	*x = DeleteTenantResponse{}
+	mi := &file_custos_v1_key_service_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteTenantResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteTenantResponse) ProtoMessage() {}
+
+func (x *DeleteTenantResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_custos_v1_key_service_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteTenantResponse.ProtoReflect.Descriptor instead.
+func (*DeleteTenantResponse) Descriptor() ([]byte, []int) {
+	return file_custos_v1_key_service_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *DeleteTenantResponse) GetTenant() *Tenant {
+	if x != nil {
+		return x.Tenant
+	}
+	return nil
+}
+
+// Request of UndeleteTenant.
+type UndeleteTenantRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// tenants/{tenant}.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UndeleteTenantRequest) Reset() {
+	*x = UndeleteTenantRequest{}
+	mi := &file_custos_v1_key_service_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UndeleteTenantRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UndeleteTenantRequest) ProtoMessage() {}
+
+func (x *UndeleteTenantRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_custos_v1_key_service_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UndeleteTenantRequest.ProtoReflect.Descriptor instead.
+func (*UndeleteTenantRequest) Descriptor() ([]byte, []int) {
+	return file_custos_v1_key_service_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *UndeleteTenantRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// Response of UndeleteTenant.
+type UndeleteTenantResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant, active again.
+	Tenant        *Tenant `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UndeleteTenantResponse) Reset() {
+	*x = UndeleteTenantResponse{}
+	mi := &file_custos_v1_key_service_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UndeleteTenantResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UndeleteTenantResponse) ProtoMessage() {}
+
+func (x *UndeleteTenantResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_custos_v1_key_service_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UndeleteTenantResponse.ProtoReflect.Descriptor instead.
+func (*UndeleteTenantResponse) Descriptor() ([]byte, []int) {
+	return file_custos_v1_key_service_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *UndeleteTenantResponse) GetTenant() *Tenant {
+	if x != nil {
+		return x.Tenant
+	}
+	return nil
+}
+
+// Request of UpdateKey.
+type UpdateKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key with its name set and the fields to change.
+	Key *Key `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// Which fields to change: rotation_period, min_decryption_version,
+	// password_policy. Required.
+	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateKeyRequest) Reset() {
+	*x = UpdateKeyRequest{}
+	mi := &file_custos_v1_key_service_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateKeyRequest) ProtoMessage() {}
+
+func (x *UpdateKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_custos_v1_key_service_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateKeyRequest.ProtoReflect.Descriptor instead.
+func (*UpdateKeyRequest) Descriptor() ([]byte, []int) {
+	return file_custos_v1_key_service_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *UpdateKeyRequest) GetKey() *Key {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *UpdateKeyRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
+// Response of UpdateKey.
+type UpdateKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The updated key.
+	Key           *Key `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateKeyResponse) Reset() {
+	*x = UpdateKeyResponse{}
+	mi := &file_custos_v1_key_service_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateKeyResponse) ProtoMessage() {}
+
+func (x *UpdateKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_custos_v1_key_service_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateKeyResponse.ProtoReflect.Descriptor instead.
+func (*UpdateKeyResponse) Descriptor() ([]byte, []int) {
+	return file_custos_v1_key_service_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *UpdateKeyResponse) GetKey() *Key {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+// Request of EnableKeyVersion.
+type EnableKeyVersionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// tenants/{tenant}/keys/{key}.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The version, 1 or more.
+	Version       uint32 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnableKeyVersionRequest) Reset() {
+	*x = EnableKeyVersionRequest{}
+	mi := &file_custos_v1_key_service_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnableKeyVersionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnableKeyVersionRequest) ProtoMessage() {}
+
+func (x *EnableKeyVersionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_custos_v1_key_service_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnableKeyVersionRequest.ProtoReflect.Descriptor instead.
+func (*EnableKeyVersionRequest) Descriptor() ([]byte, []int) {
+	return file_custos_v1_key_service_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *EnableKeyVersionRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *EnableKeyVersionRequest) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+// Response of EnableKeyVersion.
+type EnableKeyVersionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key with the version's new state.
+	Key           *Key `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnableKeyVersionResponse) Reset() {
+	*x = EnableKeyVersionResponse{}
+	mi := &file_custos_v1_key_service_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnableKeyVersionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnableKeyVersionResponse) ProtoMessage() {}
+
+func (x *EnableKeyVersionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_custos_v1_key_service_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnableKeyVersionResponse.ProtoReflect.Descriptor instead.
+func (*EnableKeyVersionResponse) Descriptor() ([]byte, []int) {
+	return file_custos_v1_key_service_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *EnableKeyVersionResponse) GetKey() *Key {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+// Request of DisableKeyVersion.
+type DisableKeyVersionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// tenants/{tenant}/keys/{key}.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The version, 1 or more; not the primary.
+	Version       uint32 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DisableKeyVersionRequest) Reset() {
+	*x = DisableKeyVersionRequest{}
+	mi := &file_custos_v1_key_service_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DisableKeyVersionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DisableKeyVersionRequest) ProtoMessage() {}
+
+func (x *DisableKeyVersionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_custos_v1_key_service_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DisableKeyVersionRequest.ProtoReflect.Descriptor instead.
+func (*DisableKeyVersionRequest) Descriptor() ([]byte, []int) {
+	return file_custos_v1_key_service_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *DisableKeyVersionRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DisableKeyVersionRequest) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+// Response of DisableKeyVersion.
+type DisableKeyVersionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key with the version's new state.
+	Key           *Key `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DisableKeyVersionResponse) Reset() {
+	*x = DisableKeyVersionResponse{}
+	mi := &file_custos_v1_key_service_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DisableKeyVersionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DisableKeyVersionResponse) ProtoMessage() {}
+
+func (x *DisableKeyVersionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_custos_v1_key_service_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DisableKeyVersionResponse.ProtoReflect.Descriptor instead.
+func (*DisableKeyVersionResponse) Descriptor() ([]byte, []int) {
+	return file_custos_v1_key_service_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *DisableKeyVersionResponse) GetKey() *Key {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+// Request of DestroyKeyVersion.
+type DestroyKeyVersionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// tenants/{tenant}/keys/{key}.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The version, 1 or more; not the primary.
+	Version uint32 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	// How long until the material is erased: 1 to 365 days; unset means 30 days.
+	WaitingPeriod *durationpb.Duration `protobuf:"bytes,3,opt,name=waiting_period,json=waitingPeriod,proto3" json:"waiting_period,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DestroyKeyVersionRequest) Reset() {
+	*x = DestroyKeyVersionRequest{}
+	mi := &file_custos_v1_key_service_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DestroyKeyVersionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DestroyKeyVersionRequest) ProtoMessage() {}
+
+func (x *DestroyKeyVersionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_custos_v1_key_service_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DestroyKeyVersionRequest.ProtoReflect.Descriptor instead.
+func (*DestroyKeyVersionRequest) Descriptor() ([]byte, []int) {
+	return file_custos_v1_key_service_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *DestroyKeyVersionRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DestroyKeyVersionRequest) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *DestroyKeyVersionRequest) GetWaitingPeriod() *durationpb.Duration {
+	if x != nil {
+		return x.WaitingPeriod
+	}
+	return nil
+}
+
+// Response of DestroyKeyVersion.
+type DestroyKeyVersionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key with the version now KEY_VERSION_STATE_DESTROY_SCHEDULED.
+	Key           *Key `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DestroyKeyVersionResponse) Reset() {
+	*x = DestroyKeyVersionResponse{}
+	mi := &file_custos_v1_key_service_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DestroyKeyVersionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DestroyKeyVersionResponse) ProtoMessage() {}
+
+func (x *DestroyKeyVersionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_custos_v1_key_service_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DestroyKeyVersionResponse.ProtoReflect.Descriptor instead.
+func (*DestroyKeyVersionResponse) Descriptor() ([]byte, []int) {
+	return file_custos_v1_key_service_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *DestroyKeyVersionResponse) GetKey() *Key {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+// Request of RestoreKeyVersion.
+type RestoreKeyVersionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// tenants/{tenant}/keys/{key}.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The version, 1 or more.
+	Version       uint32 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoreKeyVersionRequest) Reset() {
+	*x = RestoreKeyVersionRequest{}
+	mi := &file_custos_v1_key_service_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoreKeyVersionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoreKeyVersionRequest) ProtoMessage() {}
+
+func (x *RestoreKeyVersionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_custos_v1_key_service_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoreKeyVersionRequest.ProtoReflect.Descriptor instead.
+func (*RestoreKeyVersionRequest) Descriptor() ([]byte, []int) {
+	return file_custos_v1_key_service_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *RestoreKeyVersionRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RestoreKeyVersionRequest) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+// Response of RestoreKeyVersion.
+type RestoreKeyVersionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key with the version back to KEY_VERSION_STATE_DISABLED.
+	Key           *Key `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoreKeyVersionResponse) Reset() {
+	*x = RestoreKeyVersionResponse{}
+	mi := &file_custos_v1_key_service_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoreKeyVersionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoreKeyVersionResponse) ProtoMessage() {}
+
+func (x *RestoreKeyVersionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_custos_v1_key_service_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoreKeyVersionResponse.ProtoReflect.Descriptor instead.
+func (*RestoreKeyVersionResponse) Descriptor() ([]byte, []int) {
+	return file_custos_v1_key_service_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *RestoreKeyVersionResponse) GetKey() *Key {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
 var File_custos_v1_key_service_proto protoreflect.FileDescriptor
 
 const file_custos_v1_key_service_proto_rawDesc = "" +
 	"\n" +
-	"\x1bcustos/v1/key_service.proto\x12\tcustos.v1\x1a\x1bbuf/validate/validate.proto\x1a\x19custos/v1/resources.proto\"\x7f\n" +
+	"\x1bcustos/v1/key_service.proto\x12\tcustos.v1\x1a\x1bbuf/validate/validate.proto\x1a\x19custos/v1/resources.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\"\x7f\n" +
 	"\x13CreateTenantRequest\x12=\n" +
 	"\ttenant_id\x18\x01 \x01(\tB \xbaH\x1dr\x1b2\x19^[a-z0-9][a-z0-9-]{0,62}$R\btenantId\x12)\n" +
 	"\x06tenant\x18\x02 \x01(\v2\x11.custos.v1.TenantR\x06tenant\"A\n" +
@@ -782,7 +1492,43 @@ const file_custos_v1_key_service_proto_rawDesc = "" +
 	"\x10RotateKeyRequest\x12Y\n" +
 	"\x04name\x18\x01 \x01(\tBE\xbaHBr@2>^tenants/[a-z0-9][a-z0-9-]{0,62}/keys/[a-z0-9][a-z0-9-]{0,62}$R\x04name\"5\n" +
 	"\x11RotateKeyResponse\x12 \n" +
-	"\x03key\x18\x01 \x01(\v2\x0e.custos.v1.KeyR\x03key2\x87\x04\n" +
+	"\x03key\x18\x01 \x01(\v2\x0e.custos.v1.KeyR\x03key\"\xaa\x01\n" +
+	"\x13DeleteTenantRequest\x12<\n" +
+	"\x04name\x18\x01 \x01(\tB(\xbaH%r#2!^tenants/[a-z0-9][a-z0-9-]{0,62}$R\x04name\x12U\n" +
+	"\x0ewaiting_period\x18\x02 \x01(\v2\x19.google.protobuf.DurationB\x13\xbaH\x10\xaa\x01\r\"\x05\b\x80\xe7\x84\x0f2\x04\b\x80\xa3\x05R\rwaitingPeriod\"A\n" +
+	"\x14DeleteTenantResponse\x12)\n" +
+	"\x06tenant\x18\x01 \x01(\v2\x11.custos.v1.TenantR\x06tenant\"U\n" +
+	"\x15UndeleteTenantRequest\x12<\n" +
+	"\x04name\x18\x01 \x01(\tB(\xbaH%r#2!^tenants/[a-z0-9][a-z0-9-]{0,62}$R\x04name\"C\n" +
+	"\x16UndeleteTenantResponse\x12)\n" +
+	"\x06tenant\x18\x01 \x01(\v2\x11.custos.v1.TenantR\x06tenant\"\x81\x01\n" +
+	"\x10UpdateKeyRequest\x12(\n" +
+	"\x03key\x18\x01 \x01(\v2\x0e.custos.v1.KeyB\x06\xbaH\x03\xc8\x01\x01R\x03key\x12C\n" +
+	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskB\x06\xbaH\x03\xc8\x01\x01R\n" +
+	"updateMask\"5\n" +
+	"\x11UpdateKeyResponse\x12 \n" +
+	"\x03key\x18\x01 \x01(\v2\x0e.custos.v1.KeyR\x03key\"\x97\x01\n" +
+	"\x17EnableKeyVersionRequest\x12Y\n" +
+	"\x04name\x18\x01 \x01(\tBE\xbaHBr@2>^tenants/[a-z0-9][a-z0-9-]{0,62}/keys/[a-z0-9][a-z0-9-]{0,62}$R\x04name\x12!\n" +
+	"\aversion\x18\x02 \x01(\rB\a\xbaH\x04*\x02(\x01R\aversion\"<\n" +
+	"\x18EnableKeyVersionResponse\x12 \n" +
+	"\x03key\x18\x01 \x01(\v2\x0e.custos.v1.KeyR\x03key\"\x98\x01\n" +
+	"\x18DisableKeyVersionRequest\x12Y\n" +
+	"\x04name\x18\x01 \x01(\tBE\xbaHBr@2>^tenants/[a-z0-9][a-z0-9-]{0,62}/keys/[a-z0-9][a-z0-9-]{0,62}$R\x04name\x12!\n" +
+	"\aversion\x18\x02 \x01(\rB\a\xbaH\x04*\x02(\x01R\aversion\"=\n" +
+	"\x19DisableKeyVersionResponse\x12 \n" +
+	"\x03key\x18\x01 \x01(\v2\x0e.custos.v1.KeyR\x03key\"\xef\x01\n" +
+	"\x18DestroyKeyVersionRequest\x12Y\n" +
+	"\x04name\x18\x01 \x01(\tBE\xbaHBr@2>^tenants/[a-z0-9][a-z0-9-]{0,62}/keys/[a-z0-9][a-z0-9-]{0,62}$R\x04name\x12!\n" +
+	"\aversion\x18\x02 \x01(\rB\a\xbaH\x04*\x02(\x01R\aversion\x12U\n" +
+	"\x0ewaiting_period\x18\x03 \x01(\v2\x19.google.protobuf.DurationB\x13\xbaH\x10\xaa\x01\r\"\x05\b\x80\xe7\x84\x0f2\x04\b\x80\xa3\x05R\rwaitingPeriod\"=\n" +
+	"\x19DestroyKeyVersionResponse\x12 \n" +
+	"\x03key\x18\x01 \x01(\v2\x0e.custos.v1.KeyR\x03key\"\x98\x01\n" +
+	"\x18RestoreKeyVersionRequest\x12Y\n" +
+	"\x04name\x18\x01 \x01(\tBE\xbaHBr@2>^tenants/[a-z0-9][a-z0-9-]{0,62}/keys/[a-z0-9][a-z0-9-]{0,62}$R\x04name\x12!\n" +
+	"\aversion\x18\x02 \x01(\rB\a\xbaH\x04*\x02(\x01R\aversion\"=\n" +
+	"\x19RestoreKeyVersionResponse\x12 \n" +
+	"\x03key\x18\x01 \x01(\v2\x0e.custos.v1.KeyR\x03key2\xf4\b\n" +
 	"\n" +
 	"KeyService\x12O\n" +
 	"\fCreateTenant\x12\x1e.custos.v1.CreateTenantRequest\x1a\x1f.custos.v1.CreateTenantResponse\x12F\n" +
@@ -791,7 +1537,14 @@ const file_custos_v1_key_service_proto_rawDesc = "" +
 	"\tCreateKey\x12\x1b.custos.v1.CreateKeyRequest\x1a\x1c.custos.v1.CreateKeyResponse\x12=\n" +
 	"\x06GetKey\x12\x18.custos.v1.GetKeyRequest\x1a\x19.custos.v1.GetKeyResponse\x12C\n" +
 	"\bListKeys\x12\x1a.custos.v1.ListKeysRequest\x1a\x1b.custos.v1.ListKeysResponse\x12F\n" +
-	"\tRotateKey\x12\x1b.custos.v1.RotateKeyRequest\x1a\x1c.custos.v1.RotateKeyResponseB7Z5github.com/custos-kms/custos/proto/custos/v1;custosv1b\x06proto3"
+	"\tRotateKey\x12\x1b.custos.v1.RotateKeyRequest\x1a\x1c.custos.v1.RotateKeyResponse\x12O\n" +
+	"\fDeleteTenant\x12\x1e.custos.v1.DeleteTenantRequest\x1a\x1f.custos.v1.DeleteTenantResponse\x12U\n" +
+	"\x0eUndeleteTenant\x12 .custos.v1.UndeleteTenantRequest\x1a!.custos.v1.UndeleteTenantResponse\x12F\n" +
+	"\tUpdateKey\x12\x1b.custos.v1.UpdateKeyRequest\x1a\x1c.custos.v1.UpdateKeyResponse\x12[\n" +
+	"\x10EnableKeyVersion\x12\".custos.v1.EnableKeyVersionRequest\x1a#.custos.v1.EnableKeyVersionResponse\x12^\n" +
+	"\x11DisableKeyVersion\x12#.custos.v1.DisableKeyVersionRequest\x1a$.custos.v1.DisableKeyVersionResponse\x12^\n" +
+	"\x11DestroyKeyVersion\x12#.custos.v1.DestroyKeyVersionRequest\x1a$.custos.v1.DestroyKeyVersionResponse\x12^\n" +
+	"\x11RestoreKeyVersion\x12#.custos.v1.RestoreKeyVersionRequest\x1a$.custos.v1.RestoreKeyVersionResponseB7Z5github.com/custos-kms/custos/proto/custos/v1;custosv1b\x06proto3"
 
 var (
 	file_custos_v1_key_service_proto_rawDescOnce sync.Once
@@ -805,54 +1558,95 @@ func file_custos_v1_key_service_proto_rawDescGZIP() []byte {
 	return file_custos_v1_key_service_proto_rawDescData
 }
 
-var file_custos_v1_key_service_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_custos_v1_key_service_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_custos_v1_key_service_proto_goTypes = []any{
-	(*CreateTenantRequest)(nil),  // 0: custos.v1.CreateTenantRequest
-	(*CreateTenantResponse)(nil), // 1: custos.v1.CreateTenantResponse
-	(*GetTenantRequest)(nil),     // 2: custos.v1.GetTenantRequest
-	(*GetTenantResponse)(nil),    // 3: custos.v1.GetTenantResponse
-	(*ListTenantsRequest)(nil),   // 4: custos.v1.ListTenantsRequest
-	(*ListTenantsResponse)(nil),  // 5: custos.v1.ListTenantsResponse
-	(*CreateKeyRequest)(nil),     // 6: custos.v1.CreateKeyRequest
-	(*CreateKeyResponse)(nil),    // 7: custos.v1.CreateKeyResponse
-	(*GetKeyRequest)(nil),        // 8: custos.v1.GetKeyRequest
-	(*GetKeyResponse)(nil),       // 9: custos.v1.GetKeyResponse
-	(*ListKeysRequest)(nil),      // 10: custos.v1.ListKeysRequest
-	(*ListKeysResponse)(nil),     // 11: custos.v1.ListKeysResponse
-	(*RotateKeyRequest)(nil),     // 12: custos.v1.RotateKeyRequest
-	(*RotateKeyResponse)(nil),    // 13: custos.v1.RotateKeyResponse
-	(*Tenant)(nil),               // 14: custos.v1.Tenant
-	(*Key)(nil),                  // 15: custos.v1.Key
+	(*CreateTenantRequest)(nil),       // 0: custos.v1.CreateTenantRequest
+	(*CreateTenantResponse)(nil),      // 1: custos.v1.CreateTenantResponse
+	(*GetTenantRequest)(nil),          // 2: custos.v1.GetTenantRequest
+	(*GetTenantResponse)(nil),         // 3: custos.v1.GetTenantResponse
+	(*ListTenantsRequest)(nil),        // 4: custos.v1.ListTenantsRequest
+	(*ListTenantsResponse)(nil),       // 5: custos.v1.ListTenantsResponse
+	(*CreateKeyRequest)(nil),          // 6: custos.v1.CreateKeyRequest
+	(*CreateKeyResponse)(nil),         // 7: custos.v1.CreateKeyResponse
+	(*GetKeyRequest)(nil),             // 8: custos.v1.GetKeyRequest
+	(*GetKeyResponse)(nil),            // 9: custos.v1.GetKeyResponse
+	(*ListKeysRequest)(nil),           // 10: custos.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),          // 11: custos.v1.ListKeysResponse
+	(*RotateKeyRequest)(nil),          // 12: custos.v1.RotateKeyRequest
+	(*RotateKeyResponse)(nil),         // 13: custos.v1.RotateKeyResponse
+	(*DeleteTenantRequest)(nil),       // 14: custos.v1.DeleteTenantRequest
+	(*DeleteTenantResponse)(nil),      // 15: custos.v1.DeleteTenantResponse
+	(*UndeleteTenantRequest)(nil),     // 16: custos.v1.UndeleteTenantRequest
+	(*UndeleteTenantResponse)(nil),    // 17: custos.v1.UndeleteTenantResponse
+	(*UpdateKeyRequest)(nil),          // 18: custos.v1.UpdateKeyRequest
+	(*UpdateKeyResponse)(nil),         // 19: custos.v1.UpdateKeyResponse
+	(*EnableKeyVersionRequest)(nil),   // 20: custos.v1.EnableKeyVersionRequest
+	(*EnableKeyVersionResponse)(nil),  // 21: custos.v1.EnableKeyVersionResponse
+	(*DisableKeyVersionRequest)(nil),  // 22: custos.v1.DisableKeyVersionRequest
+	(*DisableKeyVersionResponse)(nil), // 23: custos.v1.DisableKeyVersionResponse
+	(*DestroyKeyVersionRequest)(nil),  // 24: custos.v1.DestroyKeyVersionRequest
+	(*DestroyKeyVersionResponse)(nil), // 25: custos.v1.DestroyKeyVersionResponse
+	(*RestoreKeyVersionRequest)(nil),  // 26: custos.v1.RestoreKeyVersionRequest
+	(*RestoreKeyVersionResponse)(nil), // 27: custos.v1.RestoreKeyVersionResponse
+	(*Tenant)(nil),                    // 28: custos.v1.Tenant
+	(*Key)(nil),                       // 29: custos.v1.Key
+	(*durationpb.Duration)(nil),       // 30: google.protobuf.Duration
+	(*fieldmaskpb.FieldMask)(nil),     // 31: google.protobuf.FieldMask
 }
 var file_custos_v1_key_service_proto_depIdxs = []int32{
-	14, // 0: custos.v1.CreateTenantRequest.tenant:type_name -> custos.v1.Tenant
-	14, // 1: custos.v1.CreateTenantResponse.tenant:type_name -> custos.v1.Tenant
-	14, // 2: custos.v1.GetTenantResponse.tenant:type_name -> custos.v1.Tenant
-	14, // 3: custos.v1.ListTenantsResponse.tenants:type_name -> custos.v1.Tenant
-	15, // 4: custos.v1.CreateKeyRequest.key:type_name -> custos.v1.Key
-	15, // 5: custos.v1.CreateKeyResponse.key:type_name -> custos.v1.Key
-	15, // 6: custos.v1.GetKeyResponse.key:type_name -> custos.v1.Key
-	15, // 7: custos.v1.ListKeysResponse.keys:type_name -> custos.v1.Key
-	15, // 8: custos.v1.RotateKeyResponse.key:type_name -> custos.v1.Key
-	0,  // 9: custos.v1.KeyService.CreateTenant:input_type -> custos.v1.CreateTenantRequest
-	2,  // 10: custos.v1.KeyService.GetTenant:input_type -> custos.v1.GetTenantRequest
-	4,  // 11: custos.v1.KeyService.ListTenants:input_type -> custos.v1.ListTenantsRequest
-	6,  // 12: custos.v1.KeyService.CreateKey:input_type -> custos.v1.CreateKeyRequest
-	8,  // 13: custos.v1.KeyService.GetKey:input_type -> custos.v1.GetKeyRequest
-	10, // 14: custos.v1.KeyService.ListKeys:input_type -> custos.v1.ListKeysRequest
-	12, // 15: custos.v1.KeyService.RotateKey:input_type -> custos.v1.RotateKeyRequest
-	1,  // 16: custos.v1.KeyService.CreateTenant:output_type -> custos.v1.CreateTenantResponse
-	3,  // 17: custos.v1.KeyService.GetTenant:output_type -> custos.v1.GetTenantResponse
-	5,  // 18: custos.v1.KeyService.ListTenants:output_type -> custos.v1.ListTenantsResponse
-	7,  // 19: custos.v1.KeyService.CreateKey:output_type -> custos.v1.CreateKeyResponse
-	9,  // 20: custos.v1.KeyService.GetKey:output_type -> custos.v1.GetKeyResponse
-	11, // 21: custos.v1.KeyService.ListKeys:output_type -> custos.v1.ListKeysResponse
-	13, // 22: custos.v1.KeyService.RotateKey:output_type -> custos.v1.RotateKeyResponse
-	16, // [16:23] is the sub-list for method output_type
-	9,  // [9:16] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	28, // 0: custos.v1.CreateTenantRequest.tenant:type_name -> custos.v1.Tenant
+	28, // 1: custos.v1.CreateTenantResponse.tenant:type_name -> custos.v1.Tenant
+	28, // 2: custos.v1.GetTenantResponse.tenant:type_name -> custos.v1.Tenant
+	28, // 3: custos.v1.ListTenantsResponse.tenants:type_name -> custos.v1.Tenant
+	29, // 4: custos.v1.CreateKeyRequest.key:type_name -> custos.v1.Key
+	29, // 5: custos.v1.CreateKeyResponse.key:type_name -> custos.v1.Key
+	29, // 6: custos.v1.GetKeyResponse.key:type_name -> custos.v1.Key
+	29, // 7: custos.v1.ListKeysResponse.keys:type_name -> custos.v1.Key
+	29, // 8: custos.v1.RotateKeyResponse.key:type_name -> custos.v1.Key
+	30, // 9: custos.v1.DeleteTenantRequest.waiting_period:type_name -> google.protobuf.Duration
+	28, // 10: custos.v1.DeleteTenantResponse.tenant:type_name -> custos.v1.Tenant
+	28, // 11: custos.v1.UndeleteTenantResponse.tenant:type_name -> custos.v1.Tenant
+	29, // 12: custos.v1.UpdateKeyRequest.key:type_name -> custos.v1.Key
+	31, // 13: custos.v1.UpdateKeyRequest.update_mask:type_name -> google.protobuf.FieldMask
+	29, // 14: custos.v1.UpdateKeyResponse.key:type_name -> custos.v1.Key
+	29, // 15: custos.v1.EnableKeyVersionResponse.key:type_name -> custos.v1.Key
+	29, // 16: custos.v1.DisableKeyVersionResponse.key:type_name -> custos.v1.Key
+	30, // 17: custos.v1.DestroyKeyVersionRequest.waiting_period:type_name -> google.protobuf.Duration
+	29, // 18: custos.v1.DestroyKeyVersionResponse.key:type_name -> custos.v1.Key
+	29, // 19: custos.v1.RestoreKeyVersionResponse.key:type_name -> custos.v1.Key
+	0,  // 20: custos.v1.KeyService.CreateTenant:input_type -> custos.v1.CreateTenantRequest
+	2,  // 21: custos.v1.KeyService.GetTenant:input_type -> custos.v1.GetTenantRequest
+	4,  // 22: custos.v1.KeyService.ListTenants:input_type -> custos.v1.ListTenantsRequest
+	6,  // 23: custos.v1.KeyService.CreateKey:input_type -> custos.v1.CreateKeyRequest
+	8,  // 24: custos.v1.KeyService.GetKey:input_type -> custos.v1.GetKeyRequest
+	10, // 25: custos.v1.KeyService.ListKeys:input_type -> custos.v1.ListKeysRequest
+	12, // 26: custos.v1.KeyService.RotateKey:input_type -> custos.v1.RotateKeyRequest
+	14, // 27: custos.v1.KeyService.DeleteTenant:input_type -> custos.v1.DeleteTenantRequest
+	16, // 28: custos.v1.KeyService.UndeleteTenant:input_type -> custos.v1.UndeleteTenantRequest
+	18, // 29: custos.v1.KeyService.UpdateKey:input_type -> custos.v1.UpdateKeyRequest
+	20, // 30: custos.v1.KeyService.EnableKeyVersion:input_type -> custos.v1.EnableKeyVersionRequest
+	22, // 31: custos.v1.KeyService.DisableKeyVersion:input_type -> custos.v1.DisableKeyVersionRequest
+	24, // 32: custos.v1.KeyService.DestroyKeyVersion:input_type -> custos.v1.DestroyKeyVersionRequest
+	26, // 33: custos.v1.KeyService.RestoreKeyVersion:input_type -> custos.v1.RestoreKeyVersionRequest
+	1,  // 34: custos.v1.KeyService.CreateTenant:output_type -> custos.v1.CreateTenantResponse
+	3,  // 35: custos.v1.KeyService.GetTenant:output_type -> custos.v1.GetTenantResponse
+	5,  // 36: custos.v1.KeyService.ListTenants:output_type -> custos.v1.ListTenantsResponse
+	7,  // 37: custos.v1.KeyService.CreateKey:output_type -> custos.v1.CreateKeyResponse
+	9,  // 38: custos.v1.KeyService.GetKey:output_type -> custos.v1.GetKeyResponse
+	11, // 39: custos.v1.KeyService.ListKeys:output_type -> custos.v1.ListKeysResponse
+	13, // 40: custos.v1.KeyService.RotateKey:output_type -> custos.v1.RotateKeyResponse
+	15, // 41: custos.v1.KeyService.DeleteTenant:output_type -> custos.v1.DeleteTenantResponse
+	17, // 42: custos.v1.KeyService.UndeleteTenant:output_type -> custos.v1.UndeleteTenantResponse
+	19, // 43: custos.v1.KeyService.UpdateKey:output_type -> custos.v1.UpdateKeyResponse
+	21, // 44: custos.v1.KeyService.EnableKeyVersion:output_type -> custos.v1.EnableKeyVersionResponse
+	23, // 45: custos.v1.KeyService.DisableKeyVersion:output_type -> custos.v1.DisableKeyVersionResponse
+	25, // 46: custos.v1.KeyService.DestroyKeyVersion:output_type -> custos.v1.DestroyKeyVersionResponse
+	27, // 47: custos.v1.KeyService.RestoreKeyVersion:output_type -> custos.v1.RestoreKeyVersionResponse
+	34, // [34:48] is the sub-list for method output_type
+	20, // [20:34] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_custos_v1_key_service_proto_init() }
@@ -867,7 +1661,7 @@ func file_custos_v1_key_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_custos_v1_key_service_proto_rawDesc), len(file_custos_v1_key_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

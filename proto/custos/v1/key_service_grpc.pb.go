@@ -19,13 +19,20 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	KeyService_CreateTenant_FullMethodName = "/custos.v1.KeyService/CreateTenant"
-	KeyService_GetTenant_FullMethodName    = "/custos.v1.KeyService/GetTenant"
-	KeyService_ListTenants_FullMethodName  = "/custos.v1.KeyService/ListTenants"
-	KeyService_CreateKey_FullMethodName    = "/custos.v1.KeyService/CreateKey"
-	KeyService_GetKey_FullMethodName       = "/custos.v1.KeyService/GetKey"
-	KeyService_ListKeys_FullMethodName     = "/custos.v1.KeyService/ListKeys"
-	KeyService_RotateKey_FullMethodName    = "/custos.v1.KeyService/RotateKey"
+	KeyService_CreateTenant_FullMethodName      = "/custos.v1.KeyService/CreateTenant"
+	KeyService_GetTenant_FullMethodName         = "/custos.v1.KeyService/GetTenant"
+	KeyService_ListTenants_FullMethodName       = "/custos.v1.KeyService/ListTenants"
+	KeyService_CreateKey_FullMethodName         = "/custos.v1.KeyService/CreateKey"
+	KeyService_GetKey_FullMethodName            = "/custos.v1.KeyService/GetKey"
+	KeyService_ListKeys_FullMethodName          = "/custos.v1.KeyService/ListKeys"
+	KeyService_RotateKey_FullMethodName         = "/custos.v1.KeyService/RotateKey"
+	KeyService_DeleteTenant_FullMethodName      = "/custos.v1.KeyService/DeleteTenant"
+	KeyService_UndeleteTenant_FullMethodName    = "/custos.v1.KeyService/UndeleteTenant"
+	KeyService_UpdateKey_FullMethodName         = "/custos.v1.KeyService/UpdateKey"
+	KeyService_EnableKeyVersion_FullMethodName  = "/custos.v1.KeyService/EnableKeyVersion"
+	KeyService_DisableKeyVersion_FullMethodName = "/custos.v1.KeyService/DisableKeyVersion"
+	KeyService_DestroyKeyVersion_FullMethodName = "/custos.v1.KeyService/DestroyKeyVersion"
+	KeyService_RestoreKeyVersion_FullMethodName = "/custos.v1.KeyService/RestoreKeyVersion"
 )
 
 // KeyServiceClient is the client API for KeyService service.
@@ -48,6 +55,20 @@ type KeyServiceClient interface {
 	ListKeys(ctx context.Context, in *ListKeysRequest, opts ...grpc.CallOption) (*ListKeysResponse, error)
 	// Adds a new version and makes it primary; older versions still decrypt.
 	RotateKey(ctx context.Context, in *RotateKeyRequest, opts ...grpc.CallOption) (*RotateKeyResponse, error)
+	// Schedules a tenant for crypto-shredding after a waiting period.
+	DeleteTenant(ctx context.Context, in *DeleteTenantRequest, opts ...grpc.CallOption) (*DeleteTenantResponse, error)
+	// Cancels a scheduled deletion before its delete_time.
+	UndeleteTenant(ctx context.Context, in *UndeleteTenantRequest, opts ...grpc.CallOption) (*UndeleteTenantResponse, error)
+	// Changes a key's rotation period, minimum decryption version or password policy.
+	UpdateKey(ctx context.Context, in *UpdateKeyRequest, opts ...grpc.CallOption) (*UpdateKeyResponse, error)
+	// Enables a disabled version (or one whose destruction was cancelled).
+	EnableKeyVersion(ctx context.Context, in *EnableKeyVersionRequest, opts ...grpc.CallOption) (*EnableKeyVersionResponse, error)
+	// Disables a version: it refuses to decrypt until enabled again.
+	DisableKeyVersion(ctx context.Context, in *DisableKeyVersionRequest, opts ...grpc.CallOption) (*DisableKeyVersionResponse, error)
+	// Schedules a version's destruction after a waiting period.
+	DestroyKeyVersion(ctx context.Context, in *DestroyKeyVersionRequest, opts ...grpc.CallOption) (*DestroyKeyVersionResponse, error)
+	// Cancels a scheduled destruction; the version comes back disabled.
+	RestoreKeyVersion(ctx context.Context, in *RestoreKeyVersionRequest, opts ...grpc.CallOption) (*RestoreKeyVersionResponse, error)
 }
 
 type keyServiceClient struct {
@@ -128,6 +149,76 @@ func (c *keyServiceClient) RotateKey(ctx context.Context, in *RotateKeyRequest, 
 	return out, nil
 }
 
+func (c *keyServiceClient) DeleteTenant(ctx context.Context, in *DeleteTenantRequest, opts ...grpc.CallOption) (*DeleteTenantResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteTenantResponse)
+	err := c.cc.Invoke(ctx, KeyService_DeleteTenant_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyServiceClient) UndeleteTenant(ctx context.Context, in *UndeleteTenantRequest, opts ...grpc.CallOption) (*UndeleteTenantResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UndeleteTenantResponse)
+	err := c.cc.Invoke(ctx, KeyService_UndeleteTenant_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyServiceClient) UpdateKey(ctx context.Context, in *UpdateKeyRequest, opts ...grpc.CallOption) (*UpdateKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateKeyResponse)
+	err := c.cc.Invoke(ctx, KeyService_UpdateKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyServiceClient) EnableKeyVersion(ctx context.Context, in *EnableKeyVersionRequest, opts ...grpc.CallOption) (*EnableKeyVersionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EnableKeyVersionResponse)
+	err := c.cc.Invoke(ctx, KeyService_EnableKeyVersion_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyServiceClient) DisableKeyVersion(ctx context.Context, in *DisableKeyVersionRequest, opts ...grpc.CallOption) (*DisableKeyVersionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DisableKeyVersionResponse)
+	err := c.cc.Invoke(ctx, KeyService_DisableKeyVersion_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyServiceClient) DestroyKeyVersion(ctx context.Context, in *DestroyKeyVersionRequest, opts ...grpc.CallOption) (*DestroyKeyVersionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DestroyKeyVersionResponse)
+	err := c.cc.Invoke(ctx, KeyService_DestroyKeyVersion_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyServiceClient) RestoreKeyVersion(ctx context.Context, in *RestoreKeyVersionRequest, opts ...grpc.CallOption) (*RestoreKeyVersionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RestoreKeyVersionResponse)
+	err := c.cc.Invoke(ctx, KeyService_RestoreKeyVersion_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KeyServiceServer is the server API for KeyService service.
 // All implementations must embed UnimplementedKeyServiceServer
 // for forward compatibility.
@@ -148,6 +239,20 @@ type KeyServiceServer interface {
 	ListKeys(context.Context, *ListKeysRequest) (*ListKeysResponse, error)
 	// Adds a new version and makes it primary; older versions still decrypt.
 	RotateKey(context.Context, *RotateKeyRequest) (*RotateKeyResponse, error)
+	// Schedules a tenant for crypto-shredding after a waiting period.
+	DeleteTenant(context.Context, *DeleteTenantRequest) (*DeleteTenantResponse, error)
+	// Cancels a scheduled deletion before its delete_time.
+	UndeleteTenant(context.Context, *UndeleteTenantRequest) (*UndeleteTenantResponse, error)
+	// Changes a key's rotation period, minimum decryption version or password policy.
+	UpdateKey(context.Context, *UpdateKeyRequest) (*UpdateKeyResponse, error)
+	// Enables a disabled version (or one whose destruction was cancelled).
+	EnableKeyVersion(context.Context, *EnableKeyVersionRequest) (*EnableKeyVersionResponse, error)
+	// Disables a version: it refuses to decrypt until enabled again.
+	DisableKeyVersion(context.Context, *DisableKeyVersionRequest) (*DisableKeyVersionResponse, error)
+	// Schedules a version's destruction after a waiting period.
+	DestroyKeyVersion(context.Context, *DestroyKeyVersionRequest) (*DestroyKeyVersionResponse, error)
+	// Cancels a scheduled destruction; the version comes back disabled.
+	RestoreKeyVersion(context.Context, *RestoreKeyVersionRequest) (*RestoreKeyVersionResponse, error)
 	mustEmbedUnimplementedKeyServiceServer()
 }
 
@@ -178,6 +283,27 @@ func (UnimplementedKeyServiceServer) ListKeys(context.Context, *ListKeysRequest)
 }
 func (UnimplementedKeyServiceServer) RotateKey(context.Context, *RotateKeyRequest) (*RotateKeyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RotateKey not implemented")
+}
+func (UnimplementedKeyServiceServer) DeleteTenant(context.Context, *DeleteTenantRequest) (*DeleteTenantResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteTenant not implemented")
+}
+func (UnimplementedKeyServiceServer) UndeleteTenant(context.Context, *UndeleteTenantRequest) (*UndeleteTenantResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UndeleteTenant not implemented")
+}
+func (UnimplementedKeyServiceServer) UpdateKey(context.Context, *UpdateKeyRequest) (*UpdateKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateKey not implemented")
+}
+func (UnimplementedKeyServiceServer) EnableKeyVersion(context.Context, *EnableKeyVersionRequest) (*EnableKeyVersionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EnableKeyVersion not implemented")
+}
+func (UnimplementedKeyServiceServer) DisableKeyVersion(context.Context, *DisableKeyVersionRequest) (*DisableKeyVersionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DisableKeyVersion not implemented")
+}
+func (UnimplementedKeyServiceServer) DestroyKeyVersion(context.Context, *DestroyKeyVersionRequest) (*DestroyKeyVersionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DestroyKeyVersion not implemented")
+}
+func (UnimplementedKeyServiceServer) RestoreKeyVersion(context.Context, *RestoreKeyVersionRequest) (*RestoreKeyVersionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RestoreKeyVersion not implemented")
 }
 func (UnimplementedKeyServiceServer) mustEmbedUnimplementedKeyServiceServer() {}
 func (UnimplementedKeyServiceServer) testEmbeddedByValue()                    {}
@@ -326,6 +452,132 @@ func _KeyService_RotateKey_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KeyService_DeleteTenant_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteTenantRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).DeleteTenant(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_DeleteTenant_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).DeleteTenant(ctx, req.(*DeleteTenantRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyService_UndeleteTenant_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UndeleteTenantRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).UndeleteTenant(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_UndeleteTenant_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).UndeleteTenant(ctx, req.(*UndeleteTenantRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyService_UpdateKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).UpdateKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_UpdateKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).UpdateKey(ctx, req.(*UpdateKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyService_EnableKeyVersion_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EnableKeyVersionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).EnableKeyVersion(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_EnableKeyVersion_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).EnableKeyVersion(ctx, req.(*EnableKeyVersionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyService_DisableKeyVersion_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DisableKeyVersionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).DisableKeyVersion(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_DisableKeyVersion_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).DisableKeyVersion(ctx, req.(*DisableKeyVersionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyService_DestroyKeyVersion_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DestroyKeyVersionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).DestroyKeyVersion(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_DestroyKeyVersion_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).DestroyKeyVersion(ctx, req.(*DestroyKeyVersionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyService_RestoreKeyVersion_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RestoreKeyVersionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).RestoreKeyVersion(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_RestoreKeyVersion_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).RestoreKeyVersion(ctx, req.(*RestoreKeyVersionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // KeyService_ServiceDesc is the grpc.ServiceDesc for KeyService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -360,6 +612,34 @@ var KeyService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RotateKey",
 			Handler:    _KeyService_RotateKey_Handler,
+		},
+		{
+			MethodName: "DeleteTenant",
+			Handler:    _KeyService_DeleteTenant_Handler,
+		},
+		{
+			MethodName: "UndeleteTenant",
+			Handler:    _KeyService_UndeleteTenant_Handler,
+		},
+		{
+			MethodName: "UpdateKey",
+			Handler:    _KeyService_UpdateKey_Handler,
+		},
+		{
+			MethodName: "EnableKeyVersion",
+			Handler:    _KeyService_EnableKeyVersion_Handler,
+		},
+		{
+			MethodName: "DisableKeyVersion",
+			Handler:    _KeyService_DisableKeyVersion_Handler,
+		},
+		{
+			MethodName: "DestroyKeyVersion",
+			Handler:    _KeyService_DestroyKeyVersion_Handler,
+		},
+		{
+			MethodName: "RestoreKeyVersion",
+			Handler:    _KeyService_RestoreKeyVersion_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -85,6 +85,13 @@ const (
 	KeyPurpose_KEY_PURPOSE_UNSPECIFIED KeyPurpose = 0
 	// AES-256-GCM randomized field encryption (Tink AEAD).
 	KeyPurpose_KEY_PURPOSE_ENCRYPT KeyPurpose = 1
+	// AES-256-SIV deterministic encryption (Tink DAEAD): the same plaintext and
+	// associated data give the same ciphertext, for equality lookups.
+	KeyPurpose_KEY_PURPOSE_ENCRYPT_DETERMINISTIC KeyPurpose = 2
+	// HMAC-SHA256: MACs, blind indexes, tokens.
+	KeyPurpose_KEY_PURPOSE_MAC KeyPurpose = 3
+	// HMAC-SHA256 pepper for password hashing with bcrypt or argon2id.
+	KeyPurpose_KEY_PURPOSE_PASSWORD KeyPurpose = 4
 )
 
 // Enum value maps for KeyPurpose.
@@ -92,10 +99,16 @@ var (
 	KeyPurpose_name = map[int32]string{
 		0: "KEY_PURPOSE_UNSPECIFIED",
 		1: "KEY_PURPOSE_ENCRYPT",
+		2: "KEY_PURPOSE_ENCRYPT_DETERMINISTIC",
+		3: "KEY_PURPOSE_MAC",
+		4: "KEY_PURPOSE_PASSWORD",
 	}
 	KeyPurpose_value = map[string]int32{
-		"KEY_PURPOSE_UNSPECIFIED": 0,
-		"KEY_PURPOSE_ENCRYPT":     1,
+		"KEY_PURPOSE_UNSPECIFIED":           0,
+		"KEY_PURPOSE_ENCRYPT":               1,
+		"KEY_PURPOSE_ENCRYPT_DETERMINISTIC": 2,
+		"KEY_PURPOSE_MAC":                   3,
+		"KEY_PURPOSE_PASSWORD":              4,
 	}
 )
 
@@ -124,6 +137,59 @@ func (x KeyPurpose) Number() protoreflect.EnumNumber {
 // Deprecated: Use KeyPurpose.Descriptor instead.
 func (KeyPurpose) EnumDescriptor() ([]byte, []int) {
 	return file_custos_v1_resources_proto_rawDescGZIP(), []int{1}
+}
+
+// PasswordAlgorithm is the slow hash a PASSWORD key applies after the pepper.
+type PasswordAlgorithm int32
+
+const (
+	// Not set: bcrypt.
+	PasswordAlgorithm_PASSWORD_ALGORITHM_UNSPECIFIED PasswordAlgorithm = 0
+	// bcrypt over the base64 of the 32-byte pepper output.
+	PasswordAlgorithm_PASSWORD_ALGORITHM_BCRYPT PasswordAlgorithm = 1
+	// argon2id over the pepper output.
+	PasswordAlgorithm_PASSWORD_ALGORITHM_ARGON2ID PasswordAlgorithm = 2
+)
+
+// Enum value maps for PasswordAlgorithm.
+var (
+	PasswordAlgorithm_name = map[int32]string{
+		0: "PASSWORD_ALGORITHM_UNSPECIFIED",
+		1: "PASSWORD_ALGORITHM_BCRYPT",
+		2: "PASSWORD_ALGORITHM_ARGON2ID",
+	}
+	PasswordAlgorithm_value = map[string]int32{
+		"PASSWORD_ALGORITHM_UNSPECIFIED": 0,
+		"PASSWORD_ALGORITHM_BCRYPT":      1,
+		"PASSWORD_ALGORITHM_ARGON2ID":    2,
+	}
+)
+
+func (x PasswordAlgorithm) Enum() *PasswordAlgorithm {
+	p := new(PasswordAlgorithm)
+	*p = x
+	return p
+}
+
+func (x PasswordAlgorithm) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PasswordAlgorithm) Descriptor() protoreflect.EnumDescriptor {
+	return file_custos_v1_resources_proto_enumTypes[2].Descriptor()
+}
+
+func (PasswordAlgorithm) Type() protoreflect.EnumType {
+	return &file_custos_v1_resources_proto_enumTypes[2]
+}
+
+func (x PasswordAlgorithm) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PasswordAlgorithm.Descriptor instead.
+func (PasswordAlgorithm) EnumDescriptor() ([]byte, []int) {
+	return file_custos_v1_resources_proto_rawDescGZIP(), []int{2}
 }
 
 // KeyVersionState is the state of one version of a key.
@@ -171,11 +237,11 @@ func (x KeyVersionState) String() string {
 }
 
 func (KeyVersionState) Descriptor() protoreflect.EnumDescriptor {
-	return file_custos_v1_resources_proto_enumTypes[2].Descriptor()
+	return file_custos_v1_resources_proto_enumTypes[3].Descriptor()
 }
 
 func (KeyVersionState) Type() protoreflect.EnumType {
-	return &file_custos_v1_resources_proto_enumTypes[2]
+	return &file_custos_v1_resources_proto_enumTypes[3]
 }
 
 func (x KeyVersionState) Number() protoreflect.EnumNumber {
@@ -184,7 +250,7 @@ func (x KeyVersionState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use KeyVersionState.Descriptor instead.
 func (KeyVersionState) EnumDescriptor() ([]byte, []int) {
-	return file_custos_v1_resources_proto_rawDescGZIP(), []int{2}
+	return file_custos_v1_resources_proto_rawDescGZIP(), []int{3}
 }
 
 // Tenant owns keys; its keys are wrapped by its own KEK.
@@ -278,9 +344,11 @@ type Key struct {
 	// Versions below this refuse to decrypt; 0 means no minimum.
 	MinDecryptionVersion uint32 `protobuf:"varint,7,opt,name=min_decryption_version,json=minDecryptionVersion,proto3" json:"min_decryption_version,omitempty"`
 	// When the key was created.
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// Hashing policy of a PASSWORD key; unset for other purposes.
+	PasswordPolicy *PasswordPolicy `protobuf:"bytes,9,opt,name=password_policy,json=passwordPolicy,proto3" json:"password_policy,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Key) Reset() {
@@ -369,6 +437,124 @@ func (x *Key) GetCreateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Key) GetPasswordPolicy() *PasswordPolicy {
+	if x != nil {
+		return x.PasswordPolicy
+	}
+	return nil
+}
+
+// PasswordPolicy is how a PASSWORD key hashes: the algorithm and its cost,
+// and an optional brute-force lockout per subject.
+type PasswordPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The slow hash; unspecified means bcrypt.
+	Algorithm PasswordAlgorithm `protobuf:"varint,1,opt,name=algorithm,proto3,enum=custos.v1.PasswordAlgorithm" json:"algorithm,omitempty"`
+	// bcrypt cost, 10 to 31; 0 means the default, 12.
+	BcryptCost int32 `protobuf:"varint,2,opt,name=bcrypt_cost,json=bcryptCost,proto3" json:"bcrypt_cost,omitempty"`
+	// argon2id memory in KiB; 0 means the default (OWASP: 19456).
+	Argon2MemoryKib uint32 `protobuf:"varint,3,opt,name=argon2_memory_kib,json=argon2MemoryKib,proto3" json:"argon2_memory_kib,omitempty"`
+	// argon2id passes; 0 means the default (OWASP: 2).
+	Argon2Iterations uint32 `protobuf:"varint,4,opt,name=argon2_iterations,json=argon2Iterations,proto3" json:"argon2_iterations,omitempty"`
+	// argon2id lanes; 0 means the default (OWASP: 1).
+	Argon2Parallelism uint32 `protobuf:"varint,5,opt,name=argon2_parallelism,json=argon2Parallelism,proto3" json:"argon2_parallelism,omitempty"`
+	// Lock a subject after this many failed verifications within
+	// lockout_window; 0 disables lockout.
+	LockoutMaxFailures uint32 `protobuf:"varint,6,opt,name=lockout_max_failures,json=lockoutMaxFailures,proto3" json:"lockout_max_failures,omitempty"`
+	// The window failures are counted in (default 15 minutes).
+	LockoutWindow *durationpb.Duration `protobuf:"bytes,7,opt,name=lockout_window,json=lockoutWindow,proto3" json:"lockout_window,omitempty"`
+	// How long a subject stays locked (default 15 minutes).
+	LockoutDuration *durationpb.Duration `protobuf:"bytes,8,opt,name=lockout_duration,json=lockoutDuration,proto3" json:"lockout_duration,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *PasswordPolicy) Reset() {
+	*x = PasswordPolicy{}
+	mi := &file_custos_v1_resources_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PasswordPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PasswordPolicy) ProtoMessage() {}
+
+func (x *PasswordPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_custos_v1_resources_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PasswordPolicy.ProtoReflect.Descriptor instead.
+func (*PasswordPolicy) Descriptor() ([]byte, []int) {
+	return file_custos_v1_resources_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *PasswordPolicy) GetAlgorithm() PasswordAlgorithm {
+	if x != nil {
+		return x.Algorithm
+	}
+	return PasswordAlgorithm_PASSWORD_ALGORITHM_UNSPECIFIED
+}
+
+func (x *PasswordPolicy) GetBcryptCost() int32 {
+	if x != nil {
+		return x.BcryptCost
+	}
+	return 0
+}
+
+func (x *PasswordPolicy) GetArgon2MemoryKib() uint32 {
+	if x != nil {
+		return x.Argon2MemoryKib
+	}
+	return 0
+}
+
+func (x *PasswordPolicy) GetArgon2Iterations() uint32 {
+	if x != nil {
+		return x.Argon2Iterations
+	}
+	return 0
+}
+
+func (x *PasswordPolicy) GetArgon2Parallelism() uint32 {
+	if x != nil {
+		return x.Argon2Parallelism
+	}
+	return 0
+}
+
+func (x *PasswordPolicy) GetLockoutMaxFailures() uint32 {
+	if x != nil {
+		return x.LockoutMaxFailures
+	}
+	return 0
+}
+
+func (x *PasswordPolicy) GetLockoutWindow() *durationpb.Duration {
+	if x != nil {
+		return x.LockoutWindow
+	}
+	return nil
+}
+
+func (x *PasswordPolicy) GetLockoutDuration() *durationpb.Duration {
+	if x != nil {
+		return x.LockoutDuration
+	}
+	return nil
+}
+
 // KeyVersion is one version of a key.
 type KeyVersion struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -388,7 +574,7 @@ type KeyVersion struct {
 
 func (x *KeyVersion) Reset() {
 	*x = KeyVersion{}
-	mi := &file_custos_v1_resources_proto_msgTypes[2]
+	mi := &file_custos_v1_resources_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -400,7 +586,7 @@ func (x *KeyVersion) String() string {
 func (*KeyVersion) ProtoMessage() {}
 
 func (x *KeyVersion) ProtoReflect() protoreflect.Message {
-	mi := &file_custos_v1_resources_proto_msgTypes[2]
+	mi := &file_custos_v1_resources_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -413,7 +599,7 @@ func (x *KeyVersion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyVersion.ProtoReflect.Descriptor instead.
 func (*KeyVersion) Descriptor() ([]byte, []int) {
-	return file_custos_v1_resources_proto_rawDescGZIP(), []int{2}
+	return file_custos_v1_resources_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *KeyVersion) GetVersion() uint32 {
@@ -462,7 +648,7 @@ const file_custos_v1_resources_proto_rawDesc = "" +
 	"\vcreate_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vdelete_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"deleteTime\"\xa7\x03\n" +
+	"deleteTime\"\xeb\x03\n" +
 	"\x03Key\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12/\n" +
 	"\apurpose\x18\x02 \x01(\x0e2\x15.custos.v1.KeyPurposeR\apurpose\x12'\n" +
@@ -472,7 +658,18 @@ const file_custos_v1_resources_proto_rawDesc = "" +
 	"\x12next_rotation_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x10nextRotationTime\x124\n" +
 	"\x16min_decryption_version\x18\a \x01(\rR\x14minDecryptionVersion\x12;\n" +
 	"\vcreate_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"\xf9\x01\n" +
+	"createTime\x12B\n" +
+	"\x0fpassword_policy\x18\t \x01(\v2\x19.custos.v1.PasswordPolicyR\x0epasswordPolicy\"\xaf\x03\n" +
+	"\x0ePasswordPolicy\x12:\n" +
+	"\talgorithm\x18\x01 \x01(\x0e2\x1c.custos.v1.PasswordAlgorithmR\talgorithm\x12\x1f\n" +
+	"\vbcrypt_cost\x18\x02 \x01(\x05R\n" +
+	"bcryptCost\x12*\n" +
+	"\x11argon2_memory_kib\x18\x03 \x01(\rR\x0fargon2MemoryKib\x12+\n" +
+	"\x11argon2_iterations\x18\x04 \x01(\rR\x10argon2Iterations\x12-\n" +
+	"\x12argon2_parallelism\x18\x05 \x01(\rR\x11argon2Parallelism\x120\n" +
+	"\x14lockout_max_failures\x18\x06 \x01(\rR\x12lockoutMaxFailures\x12@\n" +
+	"\x0elockout_window\x18\a \x01(\v2\x19.google.protobuf.DurationR\rlockoutWindow\x12D\n" +
+	"\x10lockout_duration\x18\b \x01(\v2\x19.google.protobuf.DurationR\x0flockoutDuration\"\xf9\x01\n" +
 	"\n" +
 	"KeyVersion\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x120\n" +
@@ -484,11 +681,18 @@ const file_custos_v1_resources_proto_rawDesc = "" +
 	"\vTenantState\x12\x1c\n" +
 	"\x18TENANT_STATE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13TENANT_STATE_ACTIVE\x10\x01\x12!\n" +
-	"\x1dTENANT_STATE_DELETE_SCHEDULED\x10\x02*B\n" +
+	"\x1dTENANT_STATE_DELETE_SCHEDULED\x10\x02*\x98\x01\n" +
 	"\n" +
 	"KeyPurpose\x12\x1b\n" +
 	"\x17KEY_PURPOSE_UNSPECIFIED\x10\x00\x12\x17\n" +
-	"\x13KEY_PURPOSE_ENCRYPT\x10\x01*\xbd\x01\n" +
+	"\x13KEY_PURPOSE_ENCRYPT\x10\x01\x12%\n" +
+	"!KEY_PURPOSE_ENCRYPT_DETERMINISTIC\x10\x02\x12\x13\n" +
+	"\x0fKEY_PURPOSE_MAC\x10\x03\x12\x18\n" +
+	"\x14KEY_PURPOSE_PASSWORD\x10\x04*w\n" +
+	"\x11PasswordAlgorithm\x12\"\n" +
+	"\x1ePASSWORD_ALGORITHM_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19PASSWORD_ALGORITHM_BCRYPT\x10\x01\x12\x1f\n" +
+	"\x1bPASSWORD_ALGORITHM_ARGON2ID\x10\x02*\xbd\x01\n" +
 	"\x0fKeyVersionState\x12!\n" +
 	"\x1dKEY_VERSION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19KEY_VERSION_STATE_ENABLED\x10\x01\x12\x1e\n" +
@@ -508,35 +712,41 @@ func file_custos_v1_resources_proto_rawDescGZIP() []byte {
 	return file_custos_v1_resources_proto_rawDescData
 }
 
-var file_custos_v1_resources_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_custos_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_custos_v1_resources_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_custos_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_custos_v1_resources_proto_goTypes = []any{
 	(TenantState)(0),              // 0: custos.v1.TenantState
 	(KeyPurpose)(0),               // 1: custos.v1.KeyPurpose
-	(KeyVersionState)(0),          // 2: custos.v1.KeyVersionState
-	(*Tenant)(nil),                // 3: custos.v1.Tenant
-	(*Key)(nil),                   // 4: custos.v1.Key
-	(*KeyVersion)(nil),            // 5: custos.v1.KeyVersion
-	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 7: google.protobuf.Duration
+	(PasswordAlgorithm)(0),        // 2: custos.v1.PasswordAlgorithm
+	(KeyVersionState)(0),          // 3: custos.v1.KeyVersionState
+	(*Tenant)(nil),                // 4: custos.v1.Tenant
+	(*Key)(nil),                   // 5: custos.v1.Key
+	(*PasswordPolicy)(nil),        // 6: custos.v1.PasswordPolicy
+	(*KeyVersion)(nil),            // 7: custos.v1.KeyVersion
+	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 9: google.protobuf.Duration
 }
 var file_custos_v1_resources_proto_depIdxs = []int32{
 	0,  // 0: custos.v1.Tenant.state:type_name -> custos.v1.TenantState
-	6,  // 1: custos.v1.Tenant.create_time:type_name -> google.protobuf.Timestamp
-	6,  // 2: custos.v1.Tenant.delete_time:type_name -> google.protobuf.Timestamp
+	8,  // 1: custos.v1.Tenant.create_time:type_name -> google.protobuf.Timestamp
+	8,  // 2: custos.v1.Tenant.delete_time:type_name -> google.protobuf.Timestamp
 	1,  // 3: custos.v1.Key.purpose:type_name -> custos.v1.KeyPurpose
-	5,  // 4: custos.v1.Key.versions:type_name -> custos.v1.KeyVersion
-	7,  // 5: custos.v1.Key.rotation_period:type_name -> google.protobuf.Duration
-	6,  // 6: custos.v1.Key.next_rotation_time:type_name -> google.protobuf.Timestamp
-	6,  // 7: custos.v1.Key.create_time:type_name -> google.protobuf.Timestamp
-	2,  // 8: custos.v1.KeyVersion.state:type_name -> custos.v1.KeyVersionState
-	6,  // 9: custos.v1.KeyVersion.create_time:type_name -> google.protobuf.Timestamp
-	6,  // 10: custos.v1.KeyVersion.destroy_time:type_name -> google.protobuf.Timestamp
-	11, // [11:11] is the sub-list for method output_type
-	11, // [11:11] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	7,  // 4: custos.v1.Key.versions:type_name -> custos.v1.KeyVersion
+	9,  // 5: custos.v1.Key.rotation_period:type_name -> google.protobuf.Duration
+	8,  // 6: custos.v1.Key.next_rotation_time:type_name -> google.protobuf.Timestamp
+	8,  // 7: custos.v1.Key.create_time:type_name -> google.protobuf.Timestamp
+	6,  // 8: custos.v1.Key.password_policy:type_name -> custos.v1.PasswordPolicy
+	2,  // 9: custos.v1.PasswordPolicy.algorithm:type_name -> custos.v1.PasswordAlgorithm
+	9,  // 10: custos.v1.PasswordPolicy.lockout_window:type_name -> google.protobuf.Duration
+	9,  // 11: custos.v1.PasswordPolicy.lockout_duration:type_name -> google.protobuf.Duration
+	3,  // 12: custos.v1.KeyVersion.state:type_name -> custos.v1.KeyVersionState
+	8,  // 13: custos.v1.KeyVersion.create_time:type_name -> google.protobuf.Timestamp
+	8,  // 14: custos.v1.KeyVersion.destroy_time:type_name -> google.protobuf.Timestamp
+	15, // [15:15] is the sub-list for method output_type
+	15, // [15:15] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_custos_v1_resources_proto_init() }
@@ -549,8 +759,8 @@ func file_custos_v1_resources_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_custos_v1_resources_proto_rawDesc), len(file_custos_v1_resources_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   3,
+			NumEnums:      4,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,124 @@
+package server
+
+import (
+	"context"
+
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
+	"github.com/custos-kms/custos/server/policy"
+)
+
+// Rewrap needs only the rewrap permission: the plaintext never leaves.
+func (s cryptoService) Rewrap(ctx context.Context, req *custosv1.RewrapRequest) (*custosv1.RewrapResponse, error) {
+	ref, err := s.keyRef(ctx, req.GetName(), policy.Rewrap)
+	if err != nil {
+		return nil, err
+	}
+	ct, v, err := s.ks.Rewrap(ctx, ref, req.GetCiphertext(), req.GetAssociatedData())
+	if err != nil {
+		return nil, s.toError(ctx, err)
+	}
+	return &custosv1.RewrapResponse{Ciphertext: ct, KeyVersion: v}, nil
+}
+
+// RewrapBatch rewraps each item on its own; one bad item never fails the others.
+func (s cryptoService) RewrapBatch(ctx context.Context, req *custosv1.RewrapBatchRequest) (*custosv1.RewrapBatchResponse, error) {
+	ref, err := s.keyRef(ctx, req.GetName(), policy.Rewrap)
+	if err != nil {
+		return nil, err
+	}
+	items := req.GetItems()
+	if err := s.checkBatch(len(items)); err != nil {
+		return nil, err
+	}
+	resp := &custosv1.RewrapBatchResponse{Results: make([]*custosv1.RewrapBatchResponse_Result, len(items))}
+	for i, it := range items {
+		r := &custosv1.RewrapBatchResponse_Result{Status: okStatus}
+		resp.Results[i] = r
+		ct, v, err := s.ks.Rewrap(ctx, ref, it.GetCiphertext(), it.GetAssociatedData())
+		if err != nil {
+			if i == 0 && isCallWide(err) {
+				return nil, s.toError(ctx, err)
+			}
+			r.Status = s.toStatus(ctx, err).Proto()
+			continue
+		}
+		r.Ciphertext, r.KeyVersion = ct, v
+	}
+	return resp, nil
+}
+
+func (s cryptoService) GenerateDataKey(ctx context.Context, req *custosv1.GenerateDataKeyRequest) (*custosv1.GenerateDataKeyResponse, error) {
+	ref, err := s.keyRef(ctx, req.GetName(), policy.DataKey)
+	if err != nil {
+		return nil, err
+	}
+	pt, wrapped, v, err := s.ks.GenerateDataKey(ctx, ref, req.GetAssociatedData(), req.GetWrappedOnly())
+	if err != nil {
+		return nil, s.toError(ctx, err)
+	}
+	return &custosv1.GenerateDataKeyResponse{Plaintext: pt, Wrapped: wrapped, KeyVersion: v}, nil
+}
+
+func (s cryptoService) ComputeMac(ctx context.Context, req *custosv1.ComputeMacRequest) (*custosv1.ComputeMacResponse, error) {
+	ref, err := s.keyRef(ctx, req.GetName(), policy.MAC)
+	if err != nil {
+		return nil, err
+	}
+	m, v, err := s.ks.ComputeMAC(ctx, ref, req.GetData())
+	if err != nil {
+		return nil, s.toError(ctx, err)
+	}
+	return &custosv1.ComputeMacResponse{Mac: m, KeyVersion: v}, nil
+}
+
+func (s cryptoService) VerifyMac(ctx context.Context, req *custosv1.VerifyMacRequest) (*custosv1.VerifyMacResponse, error) {
+	ref, err := s.keyRef(ctx, req.GetName(), policy.MAC)
+	if err != nil {
+		return nil, err
+	}
+	ok, err := s.ks.VerifyMAC(ctx, ref, req.GetData(), req.GetMac())
+	if err != nil {
+		return nil, s.toError(ctx, err)
+	}
+	return &custosv1.VerifyMacResponse{Valid: ok}, nil
+}
+
+func (s cryptoService) BlindIndex(ctx context.Context, req *custosv1.BlindIndexRequest) (*custosv1.BlindIndexResponse, error) {
+	ref, err := s.keyRef(ctx, req.GetName(), policy.MAC)
+	if err != nil {
+		return nil, err
+	}
+	entries, err := s.ks.BlindIndex(ctx, ref, req.GetData())
+	if err != nil {
+		return nil, s.toError(ctx, err)
+	}
+	resp := &custosv1.BlindIndexResponse{Entries: make([]*custosv1.BlindIndexResponse_Entry, len(entries))}
+	for i, e := range entries {
+		resp.Entries[i] = &custosv1.BlindIndexResponse_Entry{KeyVersion: e.Version, Mac: e.MAC}
+	}
+	return resp, nil
+}
+
+func (s cryptoService) HashPassword(ctx context.Context, req *custosv1.HashPasswordRequest) (*custosv1.HashPasswordResponse, error) {
+	ref, err := s.keyRef(ctx, req.GetName(), policy.Hash)
+	if err != nil {
+		return nil, err
+	}
+	h, err := s.ks.HashPassword(ctx, ref, req.GetPassword())
+	if err != nil {
+		return nil, s.toError(ctx, err)
+	}
+	return &custosv1.HashPasswordResponse{Hash: h}, nil
+}
+
+func (s cryptoService) VerifyPassword(ctx context.Context, req *custosv1.VerifyPasswordRequest) (*custosv1.VerifyPasswordResponse, error) {
+	ref, err := s.keyRef(ctx, req.GetName(), policy.Hash)
+	if err != nil {
+		return nil, err
+	}
+	match, rehash, err := s.ks.VerifyPassword(ctx, ref, req.GetPassword(), req.GetHash(), req.GetSubject())
+	if err != nil {
+		return nil, s.toError(ctx, err)
+	}
+	return &custosv1.VerifyPasswordResponse{Match: match, NeedsRehash: match && rehash}, nil
+}
