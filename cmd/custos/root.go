@@ -9,7 +9,7 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServeCmd(), newDevCmd())
+	root.AddCommand(newServeCmd(), newDevCmd(), newRootAdminCmd())
 	addAdminCommands(root)
 	return root
 }

@@ -7,7 +7,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -19,6 +21,7 @@ import (
 	"github.com/custos-kms/custos/keystore/storage"
 	"github.com/custos-kms/custos/keystore/storage/bbolt"
 	"github.com/custos-kms/custos/keystore/storage/memory"
+	"github.com/custos-kms/custos/keystore/storage/postgres"
 	"github.com/custos-kms/custos/server"
 	"github.com/custos-kms/custos/server/policy"
 )
@@ -58,29 +61,33 @@ func openRoot(cfg *config.Config) (root.Root, error) {
 }
 
 // openStorage is the composition root's choice of storage backend.
-func openStorage(cfg *config.Config) (storage.Store, error) {
+func openStorage(ctx context.Context, cfg *config.Config) (storage.Store, error) {
 	switch cfg.Storage.Type {
 	case "bbolt":
 		return bbolt.Open(cfg.Storage.Bbolt.Path, bbolt.Options{})
+	case "postgres":
+		url, err := cfg.Storage.Postgres.PostgresURL()
+		if err != nil {
+			return nil, err
+		}
+		return postgres.Open(ctx, postgres.Config{URL: url, MaxConns: cfg.Storage.Postgres.MaxConns})
 	case "memory":
 		return memory.New(), nil
 	}
 	return nil, fmt.Errorf("storage type %q is not supported", cfg.Storage.Type)
 }
 
-// serve runs the server until ctx is done, then stops gracefully. ready, if
-// not nil, receives the bound address once the server is listening.
-func serve(ctx context.Context, cfg *config.Config, logw io.Writer, ready func(addr net.Addr)) error {
-	logger := newLogger(logw, cfg.Log.Level)
+// openKeystore opens the configured root and storage and builds the keystore.
+// The caller closes the returned store.
+func openKeystore(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*keystore.Service, storage.Store, error) {
 	rt, err := openRoot(cfg)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	store, err := openStorage(cfg)
+	store, err := openStorage(ctx, cfg)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	defer store.Close()
 	ks, err := keystore.New(keystore.Config{
 		Storage:   store,
 		Root:      rt,
@@ -89,16 +96,25 @@ func serve(ctx context.Context, cfg *config.Config, logw io.Writer, ready func(a
 		Logger:    logger,
 	})
 	if err != nil {
+		store.Close()
+		return nil, nil, err
+	}
+	return ks, store, nil
+}
+
+// serve runs the server until ctx is done, then stops gracefully. ready, if
+// not nil, receives the bound address once the server is listening.
+func serve(ctx context.Context, cfg *config.Config, logw io.Writer, ready func(addr net.Addr)) error {
+	logger := newLogger(logw, cfg.Log.Level)
+	ks, store, err := openKeystore(ctx, cfg, logger)
+	if err != nil {
 		return err
 	}
+	defer store.Close()
 	pol, err := policy.NewHolder(cfg.PolicyFile)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	pol.WatchSIGHUP(ctx, logger)
-
 	srv, err := server.New(server.Config{
 		Keystore: ks,
 		Policy:   pol,
@@ -124,11 +140,45 @@ func serve(ctx context.Context, cfg *config.Config, logw io.Writer, ready func(a
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	logger.Info("custos serving", "addr", lis.Addr().String(), "root", cfg.Root.Type, "storage", cfg.Storage.Type)
+	var ops *http.Server
+	if cfg.Ops.Listen != "off" {
+		opsLis, err := net.Listen("tcp", cfg.Ops.Listen)
+		if err != nil {
+			lis.Close()
+			return fmt.Errorf("ops listen: %w", err)
+		}
+		ops = &http.Server{Handler: srv.OpsHandler(), ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			if err := ops.Serve(opsLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				logger.Error("ops listener stopped", "error", err.Error())
+			}
+		}()
+	}
+
+	// Background work, all stopped by bg's cancellation before we return.
+	bg, stopBG := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() { stopBG(); wg.Wait() }()
+	pol.WatchSIGHUP(bg, logger)
+	wg.Go(func() {
+		if err := ks.Watch(bg); err != nil {
+			logger.Error("storage change watch stopped; caches expire by TTL only", "error", err.Error())
+		}
+	})
+	wg.Go(func() { srv.WatchDependencies(bg, ks, cfg.Ops.ProbeInterval) })
+	if !cfg.Scheduler.Disabled {
+		wg.Go(func() {
+			err := ks.RunScheduler(bg, keystore.SchedulerConfig{Interval: cfg.Scheduler.Interval, HolderID: schedulerHolderID(lis.Addr())})
+			if err != nil && !errors.Is(err, context.Canceled) {
+				logger.Error("scheduler stopped", "error", err.Error())
+			}
+		})
+	}
+
+	logger.Info("custos serving", "addr", lis.Addr().String(), "ops", cfg.Ops.Listen, "root", cfg.Root.Type, "storage", cfg.Storage.Type)
 	if ready != nil {
 		ready(lis.Addr())
 	}
-
 	errc := make(chan error, 1)
 	go func() { errc <- gs.Serve(lis) }()
 	select {
@@ -147,8 +197,19 @@ func serve(ctx context.Context, cfg *config.Config, logw io.Writer, ready func(a
 		gs.Stop()
 		<-stopped
 	}
+	if ops != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = ops.Shutdown(sctx)
+		cancel()
+	}
 	if err := <-errc; err != nil && !errors.Is(err, net.ErrClosed) {
 		return fmt.Errorf("serve: %w", err)
 	}
 	return nil
+}
+
+// schedulerHolderID names this replica in the scheduler's lease.
+func schedulerHolderID(addr net.Addr) string {
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s/%d/%s", host, os.Getpid(), addr)
 }

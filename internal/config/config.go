@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -34,6 +35,29 @@ type Config struct {
 	Log Log `yaml:"log"`
 	// ShutdownTimeout bounds a graceful stop before open calls are cut. Default 10s.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// Ops is the local HTTP listener for /healthz, /readyz and /metrics.
+	Ops Ops `yaml:"ops"`
+	// Scheduler runs automatic rotation, scheduled destruction and tenant
+	// shredding (one replica at a time holds its lease).
+	Scheduler Scheduler `yaml:"scheduler"`
+}
+
+// Ops configures the operations listener.
+type Ops struct {
+	// Listen is host:port, default 127.0.0.1:9464; "off" disables it.
+	// It has no authentication: keep it on loopback or a private network.
+	Listen string `yaml:"listen"`
+	// ProbeInterval is how often the storage and the root are probed for
+	// /readyz and gRPC health. Default 5s.
+	ProbeInterval time.Duration `yaml:"probe_interval"`
+}
+
+// Scheduler configures the background lifecycle work.
+type Scheduler struct {
+	// Interval between passes. Default 30s.
+	Interval time.Duration `yaml:"interval"`
+	// Disabled turns the scheduler off on this replica.
+	Disabled bool `yaml:"disabled"`
 }
 
 // TLS holds PEM file paths.
@@ -43,23 +67,26 @@ type TLS struct {
 	ClientCAFile string `yaml:"client_ca_file"`
 }
 
-// Root selects the root key provider; Type names the one configured.
-type Root struct {
-	// Type is "local".
-	Type  string    `yaml:"type"`
-	Local LocalRoot `yaml:"local"`
-}
-
-// LocalRoot is a 32-byte key file readable by its owner only (dev and tests).
-type LocalRoot struct {
-	KeyFile string `yaml:"key_file"`
-}
-
 // Storage selects the storage backend; Type names the one configured.
 type Storage struct {
-	// Type is "bbolt" or "memory" (tests only: nothing survives a restart).
-	Type  string      `yaml:"type"`
-	Bbolt BboltConfig `yaml:"bbolt"`
+	// Type is "bbolt", "postgres" or "memory" (tests only: nothing survives a restart).
+	Type     string         `yaml:"type"`
+	Bbolt    BboltConfig    `yaml:"bbolt"`
+	Postgres PostgresConfig `yaml:"postgres"`
+}
+
+// PostgresConfig is the shared store of a multi-replica deployment. Give the
+// connection URL in exactly one of URL, URLFile or URLEnv; keep passwords out
+// of the config file with the latter two.
+type PostgresConfig struct {
+	// URL is a libpq/pgx connection string, e.g. postgres://custos@db:5432/custos?sslmode=verify-full.
+	URL string `yaml:"url"`
+	// URLFile is a file holding the URL (e.g. a mounted secret).
+	URLFile string `yaml:"url_file"`
+	// URLEnv names an environment variable holding the URL.
+	URLEnv string `yaml:"url_env"`
+	// MaxConns bounds the connection pool; 0 is the driver's default.
+	MaxConns int32 `yaml:"max_conns"`
 }
 
 // BboltConfig is the embedded single-file store.
@@ -86,6 +113,27 @@ type Log struct {
 	Level string `yaml:"level"`
 }
 
+// PostgresURL returns the configured connection URL, reading the file or
+// environment variable it names.
+func (p PostgresConfig) PostgresURL() (string, error) {
+	switch {
+	case p.URL != "":
+		return p.URL, nil
+	case p.URLFile != "":
+		b, err := os.ReadFile(p.URLFile)
+		if err != nil {
+			return "", fmt.Errorf("storage.postgres.url_file: %w", err)
+		}
+		return strings.TrimSpace(string(b)), nil
+	case p.URLEnv != "":
+		if v := os.Getenv(p.URLEnv); v != "" {
+			return v, nil
+		}
+		return "", fmt.Errorf("storage.postgres.url_env: $%s is empty", p.URLEnv)
+	}
+	return "", errors.New("storage.postgres: no url configured")
+}
+
 // Load reads, defaults and validates the file at path.
 func Load(path string) (*Config, error) {
 	b, err := os.ReadFile(path)
@@ -108,11 +156,12 @@ func Parse(b []byte, baseDir string) (*Config, error) {
 		return nil, err
 	}
 	c.setDefaults()
-	for _, p := range []*string{&c.TLS.CertFile, &c.TLS.KeyFile, &c.TLS.ClientCAFile, &c.PolicyFile, &c.Root.Local.KeyFile, &c.Storage.Bbolt.Path} {
+	for _, p := range []*string{&c.TLS.CertFile, &c.TLS.KeyFile, &c.TLS.ClientCAFile, &c.PolicyFile, &c.Storage.Bbolt.Path, &c.Storage.Postgres.URLFile} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(baseDir, *p)
 		}
 	}
+	c.Root.resolvePaths(baseDir)
 	return &c, c.validate()
 }
 
@@ -125,6 +174,15 @@ func (c *Config) setDefaults() {
 	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = 10 * time.Second
+	}
+	if c.Ops.Listen == "" {
+		c.Ops.Listen = "127.0.0.1:9464"
+	}
+	if c.Ops.ProbeInterval == 0 {
+		c.Ops.ProbeInterval = 5 * time.Second
+	}
+	if c.Scheduler.Interval == 0 {
+		c.Scheduler.Interval = 30 * time.Second
 	}
 }
 
@@ -139,26 +197,31 @@ func (c *Config) validate() error {
 	need("tls.key_file", c.TLS.KeyFile)
 	need("tls.client_ca_file", c.TLS.ClientCAFile)
 	need("policy_file", c.PolicyFile)
-	switch c.Root.Type {
-	case "local":
-		need("root.local.key_file", c.Root.Local.KeyFile)
-	default:
-		errs = append(errs, fmt.Errorf("root.type %q is not one of: local", c.Root.Type))
-	}
+	errs = append(errs, c.Root.validate()...)
 	switch c.Storage.Type {
 	case "bbolt":
 		need("storage.bbolt.path", c.Storage.Bbolt.Path)
+	case "postgres":
+		n := 0
+		for _, v := range []string{c.Storage.Postgres.URL, c.Storage.Postgres.URLFile, c.Storage.Postgres.URLEnv} {
+			if v != "" {
+				n++
+			}
+		}
+		if n != 1 {
+			errs = append(errs, errors.New("storage.postgres needs exactly one of url, url_file, url_env"))
+		}
 	case "memory":
 	default:
-		errs = append(errs, fmt.Errorf("storage.type %q is not one of: bbolt, memory", c.Storage.Type))
+		errs = append(errs, fmt.Errorf("storage.type %q is not one of: bbolt, postgres, memory", c.Storage.Type))
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
 		errs = append(errs, fmt.Errorf("log.level %q is not one of: debug, info, warn, error", c.Log.Level))
 	}
-	if c.Cache.Size < 0 || c.Cache.TTL < 0 || c.ShutdownTimeout < 0 {
-		errs = append(errs, errors.New("cache.size, cache.ttl and shutdown_timeout must not be negative"))
+	if c.Cache.Size < 0 || c.Cache.TTL < 0 || c.ShutdownTimeout < 0 || c.Ops.ProbeInterval < 0 || c.Scheduler.Interval < 0 {
+		errs = append(errs, errors.New("cache.size, cache.ttl, shutdown_timeout, ops.probe_interval and scheduler.interval must not be negative"))
 	}
 	if c.Limits.MaxPlaintextBytes < 0 || c.Limits.MaxBatchItems < 0 || c.Limits.MaxMessageBytes < 0 {
 		errs = append(errs, errors.New("limits must not be negative"))

@@ -23,6 +23,12 @@ type Store struct {
 	version uint64            // last version handed out, across all keys
 	records map[string]record // by key
 	keys    []string          // keys of records, sorted byte-wise
+
+	// Watchers, created by the first Watch.
+	watchers map[*watcher]bool
+	stop     context.Context // done once Close is called
+	stopAll  context.CancelFunc
+	watching sync.WaitGroup
 }
 
 type record struct {
@@ -77,6 +83,7 @@ func (s *Store) Put(ctx context.Context, key string, value []byte, expect uint64
 	}
 	s.version++
 	s.records[key] = record{value: slices.Clone(value), version: s.version}
+	s.notify(key)
 	return s.version, nil
 }
 
@@ -100,6 +107,7 @@ func (s *Store) Delete(ctx context.Context, key string, expect uint64) error {
 	delete(s.records, key)
 	i, _ := slices.BinarySearch(s.keys, key)
 	s.keys = slices.Delete(s.keys, i, i+1)
+	s.notify(key)
 	return nil
 }
 
@@ -130,16 +138,23 @@ func (s *Store) List(ctx context.Context, prefix, after string, limit int) ([]st
 	return out, nil
 }
 
-// Close releases the store's records. Every later call, including Close,
-// returns an error wrapping storage.ErrClosed.
+// Close releases the store's records and stops its watchers, closing their
+// channels. Every later call, including Close, returns an error wrapping
+// storage.ErrClosed.
 func (s *Store) Close() error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.closed {
+		s.mu.Unlock()
 		return fmt.Errorf("memory: close: %w", storage.ErrClosed)
 	}
 	s.closed = true
 	s.records, s.keys = nil, nil
+	stopAll := s.stopAll
+	s.mu.Unlock()
+	if stopAll != nil {
+		stopAll()
+		s.watching.Wait() // watchers take s.mu to leave
+	}
 	return nil
 }
 

@@ -11,3 +11,13 @@ import (
 func TestConformance(t *testing.T) {
 	storagetest.Test(t, func(t *testing.T) storage.Store { return memory.New() })
 }
+
+func TestWatch(t *testing.T) {
+	storagetest.TestWatch(t, storagetest.WatchConfig{
+		Open: func(t *testing.T) (storage.Store, storage.Store) {
+			s := memory.New()
+			return s, s
+		},
+		Overflow: 1000,
+	})
+}

@@ -5,6 +5,8 @@
 //	func TestConformance(t *testing.T) {
 //		storagetest.Test(t, func(t *testing.T) storage.Store { return memory.New() })
 //	}
+//
+// Backends that implement storage.Watcher also run TestWatch.
 package storagetest
 
 import (
@@ -59,6 +61,7 @@ var cases = []struct {
 	{"List returns records in byte-wise key order", testListOrder},
 	{"List returns only keys with the prefix that sort after after", testListFilter},
 	{"List pages through every key exactly once", testListPaging},
+	{"List compares prefix and after byte-wise, even inside a multi-byte character", testListBytewiseArguments},
 	{"invalid arguments return ErrInvalid", testInvalid},
 	{"mutating a slice passed to Put does not change the stored value", testPutCopies},
 	{"mutating a returned Value does not change the stored value", testGetCopies},
@@ -319,6 +322,43 @@ func testListPaging(t *testing.T, s storage.Store) {
 	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("paged keys = %q\nwant %q", got, want)
+	}
+}
+
+func testListBytewiseArguments(t *testing.T, s storage.Store) {
+	// "é" is "\xc3\xa9", "ê" "\xc3\xaa", "ÿ" "\xc3\xbf", "Ā" "\xc4\x80". A backend
+	// that can only pass valid UTF-8 to its database must still honour
+	// prefixes and after keys that end inside a character.
+	keys := []string{"k/z", "k/é", "k/ê", "k/ÿ", "k/Ā", "k/\U0010FFFF"}
+	for _, k := range keys {
+		mustPut(t, s, k, "v:"+k, 0)
+	}
+	for _, c := range []struct {
+		prefix, after string
+		want          []string
+	}{
+		{"k/\xc3", "", []string{"k/é", "k/ê", "k/ÿ"}},
+		{"k/\xc3\xa9", "", []string{"k/é"}},
+		{"k/", "k/\xc3", []string{"k/é", "k/ê", "k/ÿ", "k/Ā", "k/\U0010FFFF"}},
+		{"k/", "k/\xc3\xaa", []string{"k/ÿ", "k/Ā", "k/\U0010FFFF"}},
+		{"k/", "k/\xc3\xff", []string{"k/Ā", "k/\U0010FFFF"}},
+		{"k/\xc3", "k/\xc3\xaa\x00", []string{"k/ÿ"}},
+		{"k/\xf4", "", []string{"k/\U0010FFFF"}},
+		{"k/\xf4\x90", "", nil},
+		{"k/\xff", "", nil},
+		{"k/", "k/\xff", nil},
+		{"k\x00", "", nil},
+		{"", "k/\U0010FFFF\xff", nil},
+	} {
+		t.Run(fmt.Sprintf("prefix %q after %q", c.prefix, c.after), func(t *testing.T) {
+			got, err := s.List(t.Context(), c.prefix, c.after, 100)
+			if err != nil {
+				t.Fatalf("List = %v", err)
+			}
+			if !slices.Equal(recordKeys(got), c.want) {
+				t.Errorf("List keys = %q, want %q", recordKeys(got), c.want)
+			}
+		})
 	}
 }
 

@@ -1,0 +1,46 @@
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/custos-kms/custos/internal/config"
+)
+
+// newRootAdminCmd is `custos root …`: operations on the root key that work
+// directly on the configured storage and root, with no running server needed.
+func newRootAdminCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "root", Short: "Operate on the root key (re-wrap tenant KEKs after a root rotation)"}
+	var path string
+	rewrap := &cobra.Command{
+		Use:   "rewrap --config FILE",
+		Short: "Re-wrap every tenant KEK under the root key's current version",
+		Long: `After rotating the root key (a new Vault Transit or KMS key version), re-wrap
+every tenant KEK under the current version so older root versions can be retired.
+Runs against the storage and root named in the config while the service keeps
+serving; each tenant is updated atomically, so an interrupted run is simply
+started again.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.Load(path)
+			if err != nil {
+				return err
+			}
+			logger := newLogger(os.Stderr, cfg.Log.Level)
+			ks, store, err := openKeystore(cmd.Context(), cfg, logger)
+			if err != nil {
+				return err
+			}
+			defer store.Close()
+			out := cmd.OutOrStdout()
+			n, err := ks.RewrapTenantKEKs(cmd.Context(), func(tenant string) { fmt.Fprintf(out, "re-wrapped tenants/%s\n", tenant) })
+			fmt.Fprintf(out, "%d tenant KEKs re-wrapped\n", n)
+			return err
+		},
+	}
+	rewrap.Flags().StringVar(&path, "config", "custos.yaml", "configuration file")
+	cmd.AddCommand(rewrap)
+	return cmd
+}

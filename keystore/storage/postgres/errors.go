@@ -1,0 +1,87 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"syscall"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/custos-kms/custos/keystore/storage"
+)
+
+// classify returns err wrapped so that callers can test it with errors.Is:
+//
+//   - the context's error when ctx is done, and also storage.ErrUnavailable
+//     when its deadline passed: the storage did not answer in time, which a
+//     caller handles as an outage (serve from cache, retry later);
+//   - storage.ErrUnavailable when the server cannot be reached or dropped
+//     the connection (see unavailable);
+//   - storage.ErrInvalid when the server rejected a string as not UTF-8;
+//   - err alone otherwise.
+func classify(ctx context.Context, err error) error {
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		if errors.Is(ctxErr, context.DeadlineExceeded) {
+			if errors.Is(err, ctxErr) {
+				return fmt.Errorf("%w: %w", storage.ErrUnavailable, err)
+			}
+			return fmt.Errorf("%w: %w: %w", storage.ErrUnavailable, ctxErr, err)
+		}
+		if errors.Is(err, ctxErr) {
+			return err
+		}
+		return fmt.Errorf("%w: %w", ctxErr, err)
+	}
+	if unavailable(err) {
+		return fmt.Errorf("%w: %w", storage.ErrUnavailable, err)
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "22021" { // character_not_in_repertoire
+		return fmt.Errorf("%w: %w", storage.ErrInvalid, err)
+	}
+	return err
+}
+
+// unavailable reports whether err means the server is down, unreachable,
+// shutting down, starting up, out of connections or read-only (a standby
+// after a failover): an outage that a later attempt may not meet. A
+// statement whose connection broke may or may not have taken effect;
+// compare-and-swap makes the retry safe, as it then reports a conflict.
+func unavailable(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		// The server answered: its SQLSTATE says whether it can serve.
+		// Authentication failures (28xxx) and a missing database (3D000)
+		// are configuration errors, not outages.
+		code := pgErr.Code
+		switch {
+		case strings.HasPrefix(code, "08"): // connection_exception
+			return true
+		case strings.HasPrefix(code, "53"): // insufficient_resources, too_many_connections
+			return true
+		case strings.HasPrefix(code, "57P"): // admin_shutdown, crash_shutdown, cannot_connect_now, ...
+			return true
+		case code == "25006": // read_only_sql_transaction
+			return true
+		}
+		return false
+	}
+	if pgconn.SafeToRetry(err) || pgconn.Timeout(err) {
+		return true
+	}
+	var connectErr *pgconn.ConnectError
+	var netErr net.Error
+	switch {
+	case errors.As(err, &connectErr), errors.As(err, &netErr):
+		return true
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, pgconn.ErrConnClosed):
+		return true
+	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return true
+	}
+	return false
+}
