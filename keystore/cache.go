@@ -112,6 +112,18 @@ func (c *lru[K, V]) removeIf(pred func(K) bool) {
 	}
 }
 
+// removeWhere drops every entry for which pred holds.
+func (c *lru[K, V]) removeWhere(pred func(K, V) bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, el := range c.items {
+		if pred(k, el.Value.(*lruEntry[K, V]).value) {
+			c.ll.Remove(el)
+			delete(c.items, k)
+		}
+	}
+}
+
 // clear drops every entry.
 func (c *lru[K, V]) clear() {
 	c.mu.Lock()

@@ -42,7 +42,7 @@ func (s *Service) CreateKey(ctx context.Context, ref KeyRef, spec KeySpec) (Key,
 		return Key{}, err
 	}
 	gen := s.life.tenantGen.Load()
-	kek, err := s.activeTenantKEK(ctx, ref.Tenant)
+	kek, tver, err := s.activeTenant(ctx, ref.Tenant)
 	if err != nil {
 		return Key{}, err
 	}
@@ -72,14 +72,15 @@ func (s *Service) CreateKey(ctx context.Context, ref KeyRef, spec KeySpec) (Key,
 	if err != nil {
 		return Key{}, err
 	}
-	if _, err := s.store.Put(ctx, keyStorageKey(ref), b, 0); err != nil {
+	ver, err := s.store.Put(ctx, keyStorageKey(ref), b, 0)
+	if err != nil {
 		if errors.Is(err, storage.ErrConflict) {
 			return Key{}, fmt.Errorf("key %s: %w", ref, ErrAlreadyExists)
 		}
 		return Key{}, storageErr("create key", err)
 	}
 	if prim, err := newPrimitives(rec.Purpose, h); err == nil {
-		s.cacheKey(gen, &keyEntry{ref: ref, rec: rec, prim: prim})
+		s.cacheKey(gen, &keyEntry{ref: ref, rec: rec, prim: prim, ver: ver, tenantVer: tver})
 	}
 	return rec.toKey(ref), nil
 }
@@ -183,7 +184,7 @@ func (s *Service) updateKey(ctx context.Context, ref KeyRef, op string, mutate f
 	}
 	for range maxCASRetries {
 		gen := s.life.tenantGen.Load()
-		kek, err := s.activeTenantKEK(ctx, ref.Tenant)
+		kek, tver, err := s.activeTenant(ctx, ref.Tenant)
 		if err != nil {
 			return Key{}, err
 		}
@@ -212,7 +213,7 @@ func (s *Service) updateKey(ctx context.Context, ref KeyRef, op string, mutate f
 		if err != nil {
 			return Key{}, err
 		}
-		_, err = s.store.Put(ctx, keyStorageKey(ref), b, ver)
+		nver, err := s.store.Put(ctx, keyStorageKey(ref), b, ver)
 		if errors.Is(err, storage.ErrConflict) {
 			continue
 		}
@@ -221,7 +222,7 @@ func (s *Service) updateKey(ctx context.Context, ref KeyRef, op string, mutate f
 		}
 		s.keys.remove(ref)
 		if prim, err := newPrimitives(rec.Purpose, nh); err == nil {
-			s.cacheKey(gen, &keyEntry{ref: ref, rec: rec, prim: prim})
+			s.cacheKey(gen, &keyEntry{ref: ref, rec: rec, prim: prim, ver: nver, tenantVer: tver})
 		}
 		return rec.toKey(ref), nil
 	}

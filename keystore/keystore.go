@@ -108,6 +108,10 @@ type keyEntry struct {
 	ref  KeyRef
 	rec  *keyRecord
 	prim primitives
+	// ver and tenantVer are the storage versions of the key and tenant
+	// records the entry was built from: a change notification for an older
+	// or equal version (for example this replica's own write) keeps it.
+	ver, tenantVer uint64
 }
 
 // New returns a Service.
@@ -205,16 +209,23 @@ func (s *Service) readTenant(ctx context.Context, tenant string) (*tenantRecord,
 // asking the root once. When the root is unreachable, a KEK cached earlier
 // keeps serving until its grace runs out.
 func (s *Service) activeTenantKEK(ctx context.Context, tenant string) (tink.AEAD, error) {
-	rec, _, err := s.readTenant(ctx, tenant)
+	kek, _, err := s.activeTenant(ctx, tenant)
+	return kek, err
+}
+
+// activeTenant is activeTenantKEK that also returns the storage version of
+// the tenant record it checked.
+func (s *Service) activeTenant(ctx context.Context, tenant string) (tink.AEAD, uint64, error) {
+	rec, tver, err := s.readTenant(ctx, tenant)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if rec.State != TenantActive {
-		return nil, fmt.Errorf("tenant %q: %w", tenant, ErrTenantDeleted)
+		return nil, 0, fmt.Errorf("tenant %q: %w", tenant, ErrTenantDeleted)
 	}
 	cached, fresh, ok := s.keks.get(tenant)
 	if ok && fresh {
-		return cached, nil
+		return cached, tver, nil
 	}
 	v, err, _ := s.loads.Do("kek\x00"+tenant, func() (any, error) {
 		if kek, fresh, ok := s.keks.get(tenant); ok && fresh {
@@ -236,11 +247,11 @@ func (s *Service) activeTenantKEK(ctx context.Context, tenant string) (tink.AEAD
 		if ok && errors.Is(err, ErrUnavailable) {
 			s.keks.postpone(tenant, retryBackoff)
 			s.logger.Warn("root unavailable; serving cached tenant KEK", "tenant", tenant)
-			return cached, nil
+			return cached, tver, nil
 		}
-		return nil, err
+		return nil, 0, err
 	}
-	return v.(tink.AEAD), nil
+	return v.(tink.AEAD), tver, nil
 }
 
 // readKey reads a key's record and storage version.
@@ -281,11 +292,11 @@ func (s *Service) key(ctx context.Context, ref KeyRef) (*keyEntry, error) {
 func (s *Service) loadKey(ctx context.Context, ref KeyRef) (*keyEntry, error) {
 	v, err, _ := s.loads.Do("key\x00"+ref.String(), func() (any, error) {
 		gen := s.life.tenantGen.Load()
-		kek, err := s.activeTenantKEK(ctx, ref.Tenant)
+		kek, tver, err := s.activeTenant(ctx, ref.Tenant)
 		if err != nil {
 			return nil, err
 		}
-		rec, _, err := s.readKey(ctx, ref)
+		rec, ver, err := s.readKey(ctx, ref)
 		if err != nil {
 			return nil, err
 		}
@@ -293,6 +304,7 @@ func (s *Service) loadKey(ctx context.Context, ref KeyRef) (*keyEntry, error) {
 		if err != nil {
 			return nil, err
 		}
+		e.ver, e.tenantVer = ver, tver
 		s.cacheKey(gen, e)
 		return e, nil
 	})

@@ -21,24 +21,41 @@ func (s *Service) Watch(ctx context.Context) error {
 		return storageErr("watch", err)
 	}
 	for c := range changes {
-		s.invalidate(c.Key)
+		s.invalidate(c)
 	}
 	return nil
 }
 
-// invalidate drops what a change to storage key k may have made stale.
-func (s *Service) invalidate(k string) {
-	switch {
+// invalidate drops what a change may have made stale. A change that names
+// the record version it wrote (Version > 0) drops only entries built from
+// older versions, so a replica's own writes, echoed back by the storage, do
+// not evict what it has just cached.
+func (s *Service) invalidate(c storage.Change) {
+	switch k := c.Key; {
 	case k == "":
 		s.life.tenantGen.Add(1)
 		s.keks.clear()
 		s.keys.clear()
 	case strings.HasPrefix(k, tenantPrefix):
-		s.invalidateTenant(strings.TrimPrefix(k, tenantPrefix))
+		tenant := strings.TrimPrefix(k, tenantPrefix)
+		s.life.tenantGen.Add(1)
+		if c.Version == 0 {
+			// Deleted (shredded), or version unknown: the KEK may be gone.
+			s.keks.remove(tenant)
+		}
+		// A tenant's KEK never changes while its record exists (a root
+		// re-wrap wraps the same bytes); its state may, so the keys that
+		// were checked against an older record go.
+		s.keys.removeWhere(func(r KeyRef, e *keyEntry) bool {
+			return r.Tenant == tenant && (c.Version == 0 || e.tenantVer < c.Version)
+		})
 	case strings.HasPrefix(k, keyPrefix):
 		tenant, key, ok := strings.Cut(strings.TrimPrefix(k, keyPrefix), "/")
 		if ok {
-			s.keys.remove(KeyRef{Tenant: tenant, Key: key})
+			ref := KeyRef{Tenant: tenant, Key: key}
+			s.keys.removeWhere(func(r KeyRef, e *keyEntry) bool {
+				return r == ref && (c.Version == 0 || e.ver < c.Version)
+			})
 		}
 	}
 }

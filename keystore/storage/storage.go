@@ -84,6 +84,10 @@ var ErrInvalid = errors.New("storage: invalid argument")
 // the watcher reconnects and may have missed changes): drop every cache.
 type Change struct {
 	Key string
+	// Version is the version the change wrote, or 0 when the record was
+	// deleted or the backend cannot tell: caches built from a record at
+	// Version or newer are still current.
+	Version uint64
 }
 
 // Watcher is implemented by stores that can tell every process sharing them

@@ -29,11 +29,13 @@ func connAlive(c net.Conn) bool {
 		return true
 	}
 	alive := true
-	err = raw.Read(func(fd uintptr) bool {
+	// Control, not Read: pgx may have a background read pending on the
+	// connection, which holds the descriptor's read lock until data comes.
+	// A peek that does not wait can run beside it.
+	err = raw.Control(func(fd uintptr) {
 		var b [1]byte
 		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 		alive = n < 0 && (errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EWOULDBLOCK) || errors.Is(err, syscall.EINTR))
-		return true // never wait for the socket to become readable
 	})
-	return alive && err == nil
+	return err == nil && alive
 }

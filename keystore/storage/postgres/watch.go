@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -152,7 +154,7 @@ func (s *Store) forward(ctx context.Context, conn *pgx.Conn, ch chan<- storage.C
 		waitCtx, cancel := context.WithTimeout(ctx, idleCheck)
 		n, err := conn.WaitForNotification(waitCtx)
 		cancel()
-		if n != nil && !deliver(ctx, ch, storage.Change{Key: n.Payload}) {
+		if n != nil && !deliver(ctx, ch, parsePayload(n.Payload)) {
 			return ctx.Err()
 		}
 		switch {
@@ -203,4 +205,15 @@ func closeConn(conn *pgx.Conn) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	conn.Close(ctx)
+}
+
+// parsePayload reads a notification: "<version> <key>" (migration 0003), or
+// a bare key from a server still on the older trigger (version unknown).
+func parsePayload(p string) storage.Change {
+	if v, key, ok := strings.Cut(p, " "); ok {
+		if n, err := strconv.ParseUint(v, 10, 64); err == nil {
+			return storage.Change{Key: key, Version: n}
+		}
+	}
+	return storage.Change{Key: p}
 }

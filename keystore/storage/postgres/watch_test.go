@@ -160,3 +160,27 @@ func receive(t *testing.T, ch <-chan storage.Change, d time.Duration) storage.Ch
 		return storage.Change{}
 	}
 }
+
+// TestWatchCarriesTheVersionWritten: a change names the version its write
+// produced, and a delete names none, so caches can keep what is current.
+func TestWatchCarriesTheVersionWritten(t *testing.T) {
+	writer, watcher := replicas(t, pgtest.Start(t), 0)
+	ch, err := watcher.Watch(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1 := put(t, writer, "keys/acme/pii", "a", 0)
+	if got := receive(t, ch, time.Second); got.Key != "keys/acme/pii" || got.Version != v1 {
+		t.Fatalf("create: got %+v, want version %d", got, v1)
+	}
+	v2 := put(t, writer, "keys/acme/pii", "b", v1)
+	if got := receive(t, ch, time.Second); got.Version != v2 {
+		t.Fatalf("update: got %+v, want version %d", got, v2)
+	}
+	if err := writer.Delete(t.Context(), "keys/acme/pii", v2); err != nil {
+		t.Fatal(err)
+	}
+	if got := receive(t, ch, time.Second); got.Key != "keys/acme/pii" || got.Version != 0 {
+		t.Fatalf("delete: got %+v, want version 0", got)
+	}
+}
