@@ -29,11 +29,11 @@ started again.`,
 				return err
 			}
 			logger := newLogger(os.Stderr, cfg.Log.Level)
-			ks, store, err := openKeystore(cmd.Context(), cfg, logger)
+			ks, closeKeystore, err := openKeystore(cmd.Context(), cfg, logger)
 			if err != nil {
 				return err
 			}
-			defer store.Close()
+			defer closeKeystore()
 			out := cmd.OutOrStdout()
 			n, err := ks.RewrapTenantKEKs(cmd.Context(), func(tenant string) { fmt.Fprintf(out, "re-wrapped tenants/%s\n", tenant) })
 			fmt.Fprintf(out, "%d tenant KEKs re-wrapped\n", n)

@@ -17,7 +17,11 @@ import (
 	"github.com/custos-kms/custos/internal/config"
 	"github.com/custos-kms/custos/keystore"
 	"github.com/custos-kms/custos/keystore/root"
+	"github.com/custos-kms/custos/keystore/root/awskms"
+	"github.com/custos-kms/custos/keystore/root/gcpkms"
 	"github.com/custos-kms/custos/keystore/root/local"
+	"github.com/custos-kms/custos/keystore/root/pkcs11"
+	vaultroot "github.com/custos-kms/custos/keystore/root/vault"
 	"github.com/custos-kms/custos/keystore/storage"
 	"github.com/custos-kms/custos/keystore/storage/bbolt"
 	"github.com/custos-kms/custos/keystore/storage/memory"
@@ -51,13 +55,63 @@ func newLogger(w io.Writer, level string) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l}))
 }
 
-// openRoot is the composition root's choice of root provider.
+// openRoot is the composition root's choice of root provider. Vault and
+// PKCS#11 check their key before returning (within a minute); the cloud KMS
+// clients are built without a call. pkcs11 and gcpkms roots hold resources
+// released by their Close method (io.Closer).
 func openRoot(cfg *config.Config) (root.Root, error) {
-	switch cfg.Root.Type {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	rc := cfg.Root
+	switch rc.Type {
 	case "local":
-		return local.Open(cfg.Root.Local.KeyFile)
+		return local.Open(rc.Local.KeyFile)
+	case "vault":
+		v := rc.Vault
+		token, err := v.Auth.EnvToken()
+		if err != nil {
+			return nil, err
+		}
+		auth := vaultroot.Auth{Token: token, TokenFile: v.Auth.TokenFile}
+		if a := v.Auth.AppRole; a != nil {
+			secretID, err := a.EnvSecretID()
+			if err != nil {
+				return nil, err
+			}
+			auth.AppRole = &vaultroot.AppRole{Mount: a.Mount, RoleID: a.RoleID, SecretID: secretID, SecretIDFile: a.SecretIDFile}
+		}
+		if c := v.Auth.Cert; c != nil {
+			auth.Cert = &vaultroot.Cert{Mount: c.Mount, Role: c.Role, CertFile: c.CertFile, KeyFile: c.KeyFile}
+		}
+		return vaultroot.New(ctx, vaultroot.Config{
+			Address:    v.Address,
+			Namespace:  v.Namespace,
+			Mount:      v.Mount,
+			KeyName:    v.KeyName,
+			CACertFile: v.CACertFile,
+			Auth:       auth,
+			Timeout:    v.Timeout,
+			MaxRetries: v.MaxRetries,
+		})
+	case "pkcs11":
+		p := rc.PKCS11
+		return pkcs11.New(ctx, pkcs11.Config{
+			Module:      p.Module,
+			TokenLabel:  p.TokenLabel,
+			KeyLabel:    p.KeyLabel,
+			PINFile:     p.PINFile,
+			PINEnv:      p.PINEnv,
+			MaxSessions: p.MaxSessions,
+		})
+	case "awskms":
+		a := rc.AWSKMS
+		return awskms.New(ctx, awskms.Config{KeyID: a.KeyID, Region: a.Region, Profile: a.Profile, Endpoint: a.Endpoint, MaxAttempts: a.MaxAttempts})
+	case "gcpkms":
+		g := rc.GCPKMS
+		// The client keeps the context for its lifetime (credential refresh).
+		return gcpkms.New(context.Background(), gcpkms.Config{KeyName: g.KeyName, CredentialsFile: g.CredentialsFile, Endpoint: g.Endpoint})
 	}
-	return nil, fmt.Errorf("root type %q is not supported", cfg.Root.Type)
+	return nil, fmt.Errorf("root type %q is not supported", rc.Type)
 }
 
 // openStorage is the composition root's choice of storage backend.
@@ -78,14 +132,16 @@ func openStorage(ctx context.Context, cfg *config.Config) (storage.Store, error)
 }
 
 // openKeystore opens the configured root and storage and builds the keystore.
-// The caller closes the returned store.
-func openKeystore(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*keystore.Service, storage.Store, error) {
+// The caller calls the returned close function when done: it closes the
+// store and the root (an HSM session pool, a KMS connection).
+func openKeystore(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*keystore.Service, func(), error) {
 	rt, err := openRoot(cfg)
 	if err != nil {
 		return nil, nil, err
 	}
 	store, err := openStorage(ctx, cfg)
 	if err != nil {
+		closeRoot(rt)
 		return nil, nil, err
 	}
 	ks, err := keystore.New(keystore.Config{
@@ -97,20 +153,21 @@ func openKeystore(ctx context.Context, cfg *config.Config, logger *slog.Logger) 
 	})
 	if err != nil {
 		store.Close()
+		closeRoot(rt)
 		return nil, nil, err
 	}
-	return ks, store, nil
+	return ks, func() { store.Close(); closeRoot(rt) }, nil
 }
 
 // serve runs the server until ctx is done, then stops gracefully. ready, if
 // not nil, receives the bound address once the server is listening.
 func serve(ctx context.Context, cfg *config.Config, logw io.Writer, ready func(addr net.Addr)) error {
 	logger := newLogger(logw, cfg.Log.Level)
-	ks, store, err := openKeystore(ctx, cfg, logger)
+	ks, closeKeystore, err := openKeystore(ctx, cfg, logger)
 	if err != nil {
 		return err
 	}
-	defer store.Close()
+	defer closeKeystore()
 	pol, err := policy.NewHolder(cfg.PolicyFile)
 	if err != nil {
 		return err
@@ -212,4 +269,10 @@ func serve(ctx context.Context, cfg *config.Config, logw io.Writer, ready func(a
 func schedulerHolderID(addr net.Addr) string {
 	host, _ := os.Hostname()
 	return fmt.Sprintf("%s/%d/%s", host, os.Getpid(), addr)
+}
+
+func closeRoot(r root.Root) {
+	if c, ok := r.(io.Closer); ok {
+		_ = c.Close()
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -205,4 +206,26 @@ func (r *Root) validate() []error {
 		errs = append(errs, fmt.Errorf("root.type %q is not one of: local, vault, pkcs11, awskms, gcpkms", r.Type))
 	}
 	return errs
+}
+
+// EnvToken returns the Vault token held in the variable TokenEnv names, or
+// "" when TokenEnv is not set. It fails when the variable is empty.
+func (a VaultAuth) EnvToken() (string, error) {
+	return fromEnv("root.vault.auth.token_env", a.TokenEnv)
+}
+
+// EnvSecretID returns the secret_id held in the variable SecretIDEnv names,
+// or "" when SecretIDEnv is not set. It fails when the variable is empty.
+func (a VaultAppRole) EnvSecretID() (string, error) {
+	return fromEnv("root.vault.auth.approle.secret_id_env", a.SecretIDEnv)
+}
+
+func fromEnv(field, name string) (string, error) {
+	if name == "" {
+		return "", nil
+	}
+	if v := os.Getenv(name); v != "" {
+		return v, nil
+	}
+	return "", fmt.Errorf("%s: $%s is unset or empty", field, name)
 }

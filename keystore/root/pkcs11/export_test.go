@@ -1,0 +1,19 @@
+//go:build cgo
+
+package pkcs11
+
+import (
+	"context"
+
+	p11 "github.com/miekg/pkcs11"
+)
+
+// Hang runs an operation that blocks until release is closed, standing for
+// a token that stopped answering in the middle of a call.
+func (r *Root) Hang(ctx context.Context, release <-chan struct{}) error {
+	_, err := r.do(ctx, "hang", func(p11.SessionHandle, p11.ObjectHandle) ([]byte, error) {
+		<-release
+		return nil, nil
+	})
+	return err
+}

@@ -1,0 +1,192 @@
+package vault
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/vault/api"
+)
+
+// loginFunc obtains a token. ttl is zero when the token's lifetime is
+// unknown or unlimited.
+type loginFunc func(ctx context.Context, c *api.Client) (token string, ttl time.Duration, err error)
+
+// newLogin checks that exactly one auth method is configured and returns
+// how to obtain a token with it, and whether logging in again can yield
+// another token (not so for a literal token).
+func newLogin(a Auth) (loginFunc, bool, error) {
+	n := 0
+	for _, set := range []bool{a.Token != "", a.TokenFile != "", a.AppRole != nil, a.Cert != nil} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		return nil, false, errors.New("vault root: configure exactly one auth method: token, token file, AppRole or cert")
+	}
+	switch {
+	case a.Token != "":
+		token := a.Token
+		return func(context.Context, *api.Client) (string, time.Duration, error) { return token, 0, nil }, false, nil
+	case a.TokenFile != "":
+		path := a.TokenFile
+		return func(context.Context, *api.Client) (string, time.Duration, error) {
+			t, err := readSecretFile("token", path)
+			return t, 0, err
+		}, true, nil
+	case a.AppRole != nil:
+		ar := *a.AppRole
+		if ar.RoleID == "" {
+			return nil, false, errors.New("vault root: AppRole auth needs a role_id")
+		}
+		if (ar.SecretID == "") == (ar.SecretIDFile == "") {
+			return nil, false, errors.New("vault root: AppRole auth needs exactly one of secret_id and secret_id_file")
+		}
+		mount := mountOr(ar.Mount, "approle")
+		return func(ctx context.Context, c *api.Client) (string, time.Duration, error) {
+			secretID := ar.SecretID
+			if ar.SecretIDFile != "" {
+				var err error
+				if secretID, err = readSecretFile("AppRole secret_id", ar.SecretIDFile); err != nil {
+					return "", 0, err
+				}
+			}
+			return login(ctx, c, "auth/"+mount+"/login", map[string]any{"role_id": ar.RoleID, "secret_id": secretID})
+		}, true, nil
+	default:
+		ca := *a.Cert
+		if ca.CertFile == "" || ca.KeyFile == "" {
+			return nil, false, errors.New("vault root: cert auth needs a client certificate file and key file")
+		}
+		mount := mountOr(ca.Mount, "cert")
+		data := map[string]any{}
+		if ca.Role != "" {
+			data["name"] = ca.Role
+		}
+		return func(ctx context.Context, c *api.Client) (string, time.Duration, error) {
+			return login(ctx, c, "auth/"+mount+"/login", data)
+		}, true, nil
+	}
+}
+
+func mountOr(m, def string) string {
+	if m = strings.Trim(m, "/"); m == "" {
+		return def
+	}
+	return m
+}
+
+// login writes to an auth method's login path with a token-less client.
+func login(ctx context.Context, c *api.Client, path string, data map[string]any) (string, time.Duration, error) {
+	s, err := c.Logical().WriteWithContext(ctx, path, data)
+	if err != nil {
+		var re *api.ResponseError
+		if errors.As(err, &re) && (re.StatusCode == http.StatusBadRequest || re.StatusCode == http.StatusForbidden) {
+			// Vault says "invalid role or secret ID", "invalid certificate", ...:
+			// the credentials are wrong, retrying will not help.
+			return "", 0, fmt.Errorf("vault root: login at %s: %w: Vault answered %d: %s", path, ErrPermissionDenied, re.StatusCode, strings.Join(re.Errors, "; "))
+		}
+		return "", 0, classify(ctx, "login at "+path, err)
+	}
+	if s == nil || s.Auth == nil || s.Auth.ClientToken == "" {
+		return "", 0, fmt.Errorf("vault root: login at %s: Vault's answer holds no token", path)
+	}
+	return s.Auth.ClientToken, time.Duration(s.Auth.LeaseDuration) * time.Second, nil
+}
+
+// session holds the provider's token and renews it. Logins are serialised
+// by a one-slot semaphore that callers wait on only as long as their
+// context allows.
+type session struct {
+	client      *api.Client // the operations client, whose token this sets
+	loginClient *api.Client // token-less, for the login calls
+	login       loginFunc
+	renewable   bool
+	now         func() time.Time
+	sem         chan struct{}
+
+	// Guarded by sem.
+	epoch   uint64    // incremented by each successful login
+	refresh time.Time // log in again after this; zero: no need
+	expire  time.Time // the token is dead after this; zero: unknown
+}
+
+func newSession(client, loginClient *api.Client, login loginFunc, renewable bool, now func() time.Time) *session {
+	return &session{
+		client:      client,
+		loginClient: loginClient,
+		login:       login,
+		renewable:   renewable,
+		now:         now,
+		sem:         make(chan struct{}, 1),
+	}
+}
+
+// canRenew reports whether another login could yield another token: false
+// for a literal token, which can only be what it is.
+func (s *session) canRenew() bool { return s.renewable }
+
+func (s *session) lock(ctx context.Context) error {
+	select {
+	case s.sem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return classify(ctx, "login", ctx.Err())
+	}
+}
+
+func (s *session) unlock() { <-s.sem }
+
+// current makes sure a usable token is set, logging in when there is none
+// yet or when the last one is due for renewal, and returns the epoch of the
+// token in use.
+func (s *session) current(ctx context.Context) (uint64, error) {
+	if err := s.lock(ctx); err != nil {
+		return 0, err
+	}
+	defer s.unlock()
+	now := s.now()
+	if s.epoch > 0 && (s.refresh.IsZero() || now.Before(s.refresh)) {
+		return s.epoch, nil
+	}
+	if err := s.doLogin(ctx); err != nil {
+		if s.epoch > 0 && (s.expire.IsZero() || now.Before(s.expire)) {
+			return s.epoch, nil // renewal failed early; the old token still has time
+		}
+		return 0, err
+	}
+	return s.epoch, nil
+}
+
+// renew logs in again after Vault refused the token of epoch seen, unless
+// another caller already has.
+func (s *session) renew(ctx context.Context, seen uint64) error {
+	if err := s.lock(ctx); err != nil {
+		return err
+	}
+	defer s.unlock()
+	if s.epoch != seen {
+		return nil
+	}
+	return s.doLogin(ctx)
+}
+
+func (s *session) doLogin(ctx context.Context) error {
+	token, ttl, err := s.login(ctx, s.loginClient)
+	if err != nil {
+		return err
+	}
+	s.client.SetToken(token)
+	s.epoch++
+	now := s.now()
+	s.refresh, s.expire = time.Time{}, time.Time{}
+	if ttl > 0 {
+		s.refresh = now.Add(ttl * 3 / 4)
+		s.expire = now.Add(ttl)
+	}
+	return nil
+}
