@@ -34,7 +34,7 @@ type fixture struct {
 	root  *countingRoot
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	r, err := local.Create(filepath.Join(t.TempDir(), "root.key"))
 	if err != nil {
@@ -46,7 +46,7 @@ func newFixture(t *testing.T) *fixture {
 }
 
 // open returns a new Service (empty caches) over the fixture's storage and root.
-func (f *fixture) open(t *testing.T) *keystore.Service {
+func (f *fixture) open(t testing.TB) *keystore.Service {
 	t.Helper()
 	ks, err := keystore.New(keystore.Config{Storage: f.store, Root: f.root})
 	if err != nil {

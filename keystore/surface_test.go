@@ -9,7 +9,7 @@ import (
 	"github.com/custos-kms/custos/keystore"
 )
 
-func (f *fixture) key(t *testing.T, tenant, key string, p keystore.Purpose) keystore.KeyRef {
+func (f *fixture) key(t testing.TB, tenant, key string, p keystore.Purpose) keystore.KeyRef {
 	t.Helper()
 	ctx := context.Background()
 	if _, err := f.ks.CreateTenant(ctx, tenant); err != nil && !errors.Is(err, keystore.ErrAlreadyExists) {

@@ -9,8 +9,8 @@ import (
 
 // Watch invalidates cached material whenever any replica sharing the storage
 // changes a tenant or key, until ctx is done. It returns at once (nil) when
-// the storage cannot notify (a single-process backend). Run it in its own
-// goroutine; it stops when ctx is cancelled.
+// the storage cannot notify (bbolt: one process owns the file). Run it in
+// its own goroutine; it stops when ctx is cancelled.
 func (s *Service) Watch(ctx context.Context) error {
 	w, ok := s.store.(storage.Watcher)
 	if !ok {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/custos-kms/custos/keystore/storage"
 	"github.com/custos-kms/custos/keystore/storage/internal/validate"
@@ -62,7 +63,7 @@ func Open(path string, opts Options) (*Store, error) {
 		timeout = DefaultTimeout
 	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
-	if errors.Is(err, bolt.ErrTimeout) {
+	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("bbolt: open %s: gave up after %v: %w", path, timeout, ErrLocked)
 	}
 	if err != nil {

@@ -83,7 +83,7 @@ func (s *Store) Put(ctx context.Context, key string, value []byte, expect uint64
 	}
 	s.version++
 	s.records[key] = record{value: slices.Clone(value), version: s.version}
-	s.notify(key)
+	s.notify(key, s.version)
 	return s.version, nil
 }
 
@@ -107,7 +107,7 @@ func (s *Store) Delete(ctx context.Context, key string, expect uint64) error {
 	delete(s.records, key)
 	i, _ := slices.BinarySearch(s.keys, key)
 	s.keys = slices.Delete(s.keys, i, i+1)
-	s.notify(key)
+	s.notify(key, 0)
 	return nil
 }
 

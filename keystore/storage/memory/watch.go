@@ -17,13 +17,13 @@ const watchBuffer = 256
 // watcher queues the keys written since its reader last caught up.
 type watcher struct {
 	mu      sync.Mutex
-	pending []string
+	pending []storage.Change
 	missed  bool          // pending overflowed and was dropped
 	wake    chan struct{} // signalled, without blocking, when pending grows
 }
 
-// Watch delivers a storage.Change for every Put and Delete that succeeds on
-// this Store until ctx is done or the Store is closed; then it closes the
+// Watch delivers a storage.Change, with the version written (0 for a
+// delete), for every Put and Delete that succeeds on this Store until ctx is done or the Store is closed; then it closes the
 // channel. It lets several in-process users of one Store (replicas in a
 // test) invalidate their caches as PostgreSQL's watchers do. A reader more
 // than 256 changes behind misses keys and gets Change{Key: ""} instead.
@@ -56,12 +56,13 @@ func (s *Store) Watch(ctx context.Context) (<-chan storage.Change, error) {
 	return ch, nil
 }
 
-// notify queues a change to key for every watcher. s.mu must be held.
-func (s *Store) notify(key string) {
+// notify queues, for every watcher, a change to key that wrote version (0:
+// a delete). s.mu must be held.
+func (s *Store) notify(key string, version uint64) {
 	for w := range s.watchers {
 		w.mu.Lock()
 		if len(w.pending) < watchBuffer {
-			w.pending = append(w.pending, key)
+			w.pending = append(w.pending, storage.Change{Key: key, Version: version})
 		} else {
 			w.pending, w.missed = nil, true
 		}
@@ -101,7 +102,7 @@ func (w *watcher) next() (storage.Change, bool) {
 		w.pending, w.missed = nil, false
 		return storage.Change{}, true
 	case len(w.pending) > 0:
-		c := storage.Change{Key: w.pending[0]}
+		c := w.pending[0]
 		w.pending = w.pending[1:]
 		return c, true
 	}

@@ -68,7 +68,7 @@ var watchCases = []struct {
 	name string
 	run  func(t *testing.T, e watchEnv)
 }{
-	{"a create, an update and a delete through the other store are each delivered", testWatchWrites},
+	{"a create, an update and a delete through the other store are each delivered, with the version written", testWatchWrites},
 	{"keys arrive exactly as written", testWatchKeys},
 	{"when a change arrives the watching store already reads the write", testWatchReadYourNotification},
 	{"a reader that falls behind gets a change with an empty key", testWatchOverflow},
@@ -88,8 +88,9 @@ func (e watchEnv) watch(t *testing.T) <-chan storage.Change {
 }
 
 // waitChange receives from ch until a change to key, or one with an empty
-// key (anything may have changed), arrives within e.cfg.Within.
-func (e watchEnv) waitChange(t *testing.T, ch <-chan storage.Change, key, what string) {
+// key (anything may have changed), arrives within e.cfg.Within, and
+// returns it.
+func (e watchEnv) waitChange(t *testing.T, ch <-chan storage.Change, key, what string) storage.Change {
 	t.Helper()
 	timeout := time.After(e.cfg.Within)
 	for {
@@ -99,24 +100,34 @@ func (e watchEnv) waitChange(t *testing.T, ch <-chan storage.Change, key, what s
 				t.Fatalf("%s: channel closed while waiting for a change to %q", what, key)
 			}
 			if c.Key == key || c.Key == "" {
-				return
+				return c
 			}
 		case <-timeout:
 			t.Fatalf("%s: no change to %q within %v", what, key, e.cfg.Within)
+			return storage.Change{}
 		}
+	}
+}
+
+// wantVersion fails t unless c names version, or no version (0: the backend
+// cannot tell), or is a change with an empty key.
+func wantVersion(t *testing.T, c storage.Change, version uint64, what string) {
+	t.Helper()
+	if c.Key != "" && c.Version != 0 && c.Version != version {
+		t.Errorf("%s: change %+v, want version %d (or 0)", what, c, version)
 	}
 }
 
 func testWatchWrites(t *testing.T, e watchEnv) {
 	ch := e.watch(t)
 	v := mustPut(t, e.writer, "tenants/a", "one", 0)
-	e.waitChange(t, ch, "tenants/a", "create")
+	wantVersion(t, e.waitChange(t, ch, "tenants/a", "create"), v, "create")
 	v = mustPut(t, e.writer, "tenants/a", "two", v)
-	e.waitChange(t, ch, "tenants/a", "update")
+	wantVersion(t, e.waitChange(t, ch, "tenants/a", "update"), v, "update")
 	if err := e.writer.Delete(t.Context(), "tenants/a", v); err != nil {
 		t.Fatalf("Delete = %v", err)
 	}
-	e.waitChange(t, ch, "tenants/a", "delete")
+	wantVersion(t, e.waitChange(t, ch, "tenants/a", "delete"), 0, "delete")
 }
 
 func testWatchKeys(t *testing.T, e watchEnv) {
