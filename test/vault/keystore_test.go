@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/custos-kms/custos/keystore"
-	"github.com/custos-kms/custos/keystore/storage/memory"
 	vaultroot "github.com/custos-kms/custos/keystore/root/vault"
+	"github.com/custos-kms/custos/keystore/storage/memory"
 )
 
 // TestKeystoreRidesOutASealedVault is issue 3's availability contract with a
