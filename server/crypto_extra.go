@@ -3,6 +3,8 @@ package server
 import (
 	"context"
 
+	"google.golang.org/grpc/status"
+
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 	"github.com/custos-kms/custos/server/policy"
 )
@@ -34,6 +36,10 @@ func (s cryptoService) RewrapBatch(ctx context.Context, req *custosv1.RewrapBatc
 	for i, it := range items {
 		r := &custosv1.RewrapBatchResponse_Result{Status: okStatus}
 		resp.Results[i] = r
+		if err := checkCiphertextItem(it.GetCiphertext(), it.GetAssociatedData()); err != nil {
+			r.Status = status.Convert(err).Proto()
+			continue
+		}
 		ct, v, err := s.ks.Rewrap(ctx, ref, it.GetCiphertext(), it.GetAssociatedData())
 		if err != nil {
 			if i == 0 && isCallWide(err) {

@@ -4,13 +4,17 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"strings"
+	"sync"
 	"time"
 
-	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 )
@@ -31,25 +35,109 @@ type readiness struct {
 func (r *readiness) ready() bool { return r.Storage == "ok" && r.Root == "ok" }
 
 // metrics are the server's Prometheus metrics, on a registry of its own.
+// The gRPC metrics keep go-grpc-middleware's names and labels
+// (grpc_server_started_total, grpc_server_handled_total,
+// grpc_server_handling_seconds), but each method's series are resolved once
+// and cached, so a call costs a few atomic adds instead of label hashing.
 type metrics struct {
 	registry *prometheus.Registry
-	grpc     *grpcprom.ServerMetrics
+	started  *prometheus.CounterVec
+	handled  *prometheus.CounterVec
+	seconds  *prometheus.HistogramVec
 	depUp    *prometheus.GaugeVec
+	methods  sync.Map // full method name → *methodMetrics
+}
+
+// methodMetrics are one method's series; handled is indexed by gRPC code.
+type methodMetrics struct {
+	started prometheus.Counter
+	seconds prometheus.Observer
+	handled [17]prometheus.Counter
 }
 
 func newMetrics() *metrics {
+	labels := []string{"grpc_type", "grpc_service", "grpc_method"}
 	m := &metrics{
 		registry: prometheus.NewRegistry(),
-		grpc: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
-			grpcprom.WithHistogramBuckets([]float64{.0001, .00025, .0005, .001, .0025, .005, .01, .05, .25, 1}),
-		)),
+		started: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "grpc_server_started_total", Help: "Total number of RPCs started on the server.",
+		}, labels),
+		handled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "grpc_server_handled_total", Help: "Total number of RPCs completed on the server, regardless of success or failure.",
+		}, append(labels, "grpc_code")),
+		seconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "grpc_server_handling_seconds",
+			Help:    "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .05, .25, 1},
+		}, labels),
 		depUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "custos_dependency_up",
 			Help: "1 if the dependency (storage, root) answered the last probe, else 0.",
 		}, []string{"dependency"}),
 	}
-	m.registry.MustRegister(m.grpc, m.depUp, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.registry.MustRegister(m.started, m.handled, m.seconds, m.depUp, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// method returns the cached series of a method, creating them on first use.
+func (m *metrics) method(fullMethod, typ string) *methodMetrics {
+	if mm, ok := m.methods.Load(fullMethod); ok {
+		return mm.(*methodMetrics)
+	}
+	service, method := splitMethod(fullMethod)
+	mm := &methodMetrics{
+		started: m.started.WithLabelValues(typ, service, method),
+		seconds: m.seconds.WithLabelValues(typ, service, method),
+	}
+	for c := range mm.handled {
+		mm.handled[c] = m.handled.WithLabelValues(typ, service, method, codes.Code(c).String())
+	}
+	actual, _ := m.methods.LoadOrStore(fullMethod, mm)
+	return actual.(*methodMetrics)
+}
+
+func splitMethod(full string) (service, method string) {
+	full = strings.TrimPrefix(full, "/")
+	if i := strings.LastIndex(full, "/"); i >= 0 {
+		return full[:i], full[i+1:]
+	}
+	return "unknown", full
+}
+
+func (mm *methodMetrics) done(start time.Time, err error) {
+	mm.seconds.Observe(time.Since(start).Seconds())
+	c := status.Code(err)
+	if int(c) >= len(mm.handled) {
+		c = codes.Unknown
+	}
+	mm.handled[c].Inc()
+}
+
+// unary counts and times unary calls.
+func (m *metrics) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	mm := m.method(info.FullMethod, "unary")
+	mm.started.Inc()
+	start := time.Now()
+	resp, err := handler(ctx, req)
+	mm.done(start, err)
+	return resp, err
+}
+
+// stream counts and times streaming calls (health watches, reflection).
+func (m *metrics) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	typ := "bidi_stream"
+	switch {
+	case info.IsClientStream && !info.IsServerStream:
+		typ = "client_stream"
+	case !info.IsClientStream && info.IsServerStream:
+		typ = "server_stream"
+	}
+	mm := m.method(info.FullMethod, typ)
+	mm.started.Inc()
+	start := time.Now()
+	err := handler(srv, ss)
+	mm.done(start, err)
+	return err
 }
 
 // WatchDependencies probes the storage and the root every interval until ctx

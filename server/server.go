@@ -94,6 +94,7 @@ func New(cfg Config) (*Server, error) {
 	if l.MaxBatchItems <= 0 {
 		l.MaxBatchItems = DefaultMaxBatchItems
 	}
+	l.MaxBatchItems = min(l.MaxBatchItems, maxBatchItemsCeiling)
 	if l.MaxMessageBytes <= 0 {
 		l.MaxMessageBytes = DefaultMaxMessageBytes
 	}
@@ -147,14 +148,14 @@ func (s *Server) NewGRPCServer(tlsConf *tls.Config, opts ...grpc.ServerOption) (
 		grpc.MaxRecvMsgSize(s.limits.MaxMessageBytes),
 		grpc.MaxSendMsgSize(s.limits.MaxMessageBytes),
 		grpc.ChainUnaryInterceptor(
-			s.metrics.grpc.UnaryServerInterceptor(),
+			s.metrics.unary,
 			recovery.UnaryServerInterceptor(rec),
 			auth.UnaryServerInterceptor(identity.AuthFunc),
 			s.logFinishedCalls(logging.UnaryServerInterceptor(logger, logOpts...)),
-			protovalidatemw.UnaryServerInterceptor(validator),
+			protovalidatemw.UnaryServerInterceptor(validator, batchesValidatedByHandlers),
 		),
 		grpc.ChainStreamInterceptor(
-			s.metrics.grpc.StreamServerInterceptor(),
+			s.metrics.stream,
 			recovery.StreamServerInterceptor(rec),
 			auth.StreamServerInterceptor(identity.AuthFunc),
 			logging.StreamServerInterceptor(logger, logOpts...),
@@ -163,9 +164,16 @@ func (s *Server) NewGRPCServer(tlsConf *tls.Config, opts ...grpc.ServerOption) (
 	}
 	gs := grpc.NewServer(append(all, opts...)...)
 	s.Register(gs)
-	s.metrics.grpc.InitializeMetrics(gs)
 	return gs, nil
 }
+
+// batchesValidatedByHandlers leaves the batch requests to their handlers,
+// which apply the same rules item by item (see checkBatch).
+var batchesValidatedByHandlers = protovalidatemw.WithIgnoreMessages(
+	(&custosv1.EncryptBatchRequest{}).ProtoReflect().Type(),
+	(&custosv1.DecryptBatchRequest{}).ProtoReflect().Type(),
+	(&custosv1.RewrapBatchRequest{}).ProtoReflect().Type(),
+)
 
 // callStartKey holds a call's start time in its context, for the log line.
 type callStartKey struct{}

@@ -136,10 +136,6 @@ func TestInvalidArgumentsNameTheField(t *testing.T) {
 			_, err := c.crypto.EncryptBatch(ctx, &custosv1.EncryptBatchRequest{Name: keyName("a")})
 			return err
 		}, "items"},
-		{"EncryptBatch with an empty item names plaintext", func(ctx context.Context) error {
-			_, err := c.crypto.EncryptBatch(ctx, &custosv1.EncryptBatchRequest{Name: keyName("a"), Items: encryptItems(2, 0)})
-			return err
-		}, "plaintext"},
 		{"ListTenants with a garbage page token names page_token", func(ctx context.Context) error {
 			_, err := c.keys.ListTenants(ctx, &custosv1.ListTenantsRequest{PageToken: "not a token"})
 			return err
@@ -189,6 +185,47 @@ func TestInvalidArgumentsNameTheField(t *testing.T) {
 			}
 		})
 	}
+
+	t.Run("an empty item in EncryptBatch fails alone, naming plaintext", func(t *testing.T) {
+		items := encryptItems(3, 8)
+		items[2].Plaintext = nil
+		resp, err := c.crypto.EncryptBatch(ctx, &custosv1.EncryptBatchRequest{Name: keyName("a"), Items: items})
+		if err != nil {
+			t.Fatalf("EncryptBatch failed as a whole: %v", err)
+		}
+		for i, r := range resp.GetResults() {
+			st := status.FromProto(r.GetStatus())
+			if want := codes.OK; i == 2 {
+				if st.Code() != codes.InvalidArgument || !containsField(st.Message(), "plaintext") {
+					t.Errorf("item 2: %v %q, want InvalidArgument naming plaintext", st.Code(), st.Message())
+				}
+			} else if st.Code() != want {
+				t.Errorf("item %d: %v %q, want OK", i, st.Code(), st.Message())
+			}
+		}
+	})
+
+	t.Run("an empty or oversized item in DecryptBatch fails alone, naming its field", func(t *testing.T) {
+		ok, err := c.crypto.Encrypt(ctx, &custosv1.EncryptRequest{Name: keyName("a"), Plaintext: []byte("x")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		items := []*custosv1.DecryptBatchRequest_Item{
+			{Ciphertext: ok.Ciphertext},
+			{Ciphertext: nil},
+			{Ciphertext: ok.Ciphertext, AssociatedData: make([]byte, 65537)},
+		}
+		resp, err := c.crypto.DecryptBatch(ctx, &custosv1.DecryptBatchRequest{Name: keyName("a"), Items: items})
+		if err != nil {
+			t.Fatalf("DecryptBatch failed as a whole: %v", err)
+		}
+		for i, want := range []string{"", "ciphertext", "associated_data"} {
+			st := status.FromProto(resp.GetResults()[i].GetStatus())
+			if want == "" && st.Code() != codes.OK || want != "" && (st.Code() != codes.InvalidArgument || !containsField(st.Message(), want)) {
+				t.Errorf("item %d: %v %q, want %q", i, st.Code(), st.Message(), want)
+			}
+		}
+	})
 
 	t.Run("an oversized item in EncryptBatch fails alone, naming plaintext", func(t *testing.T) {
 		items := encryptItems(3, 8)
