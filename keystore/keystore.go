@@ -205,16 +205,10 @@ func (s *Service) readTenant(ctx context.Context, tenant string) (*tenantRecord,
 	return rec, r.Version, nil
 }
 
-// activeTenantKEK returns the KEK of an active tenant, from cache or by
-// asking the root once. When the root is unreachable, a KEK cached earlier
-// keeps serving until its grace runs out.
-func (s *Service) activeTenantKEK(ctx context.Context, tenant string) (tink.AEAD, error) {
-	kek, _, err := s.activeTenant(ctx, tenant)
-	return kek, err
-}
-
-// activeTenant is activeTenantKEK that also returns the storage version of
-// the tenant record it checked.
+// activeTenant returns the KEK of an active tenant, from cache or by asking
+// the root once, and the storage version of the tenant record it checked.
+// When the root is unreachable, a KEK cached earlier keeps serving until its
+// grace runs out.
 func (s *Service) activeTenant(ctx context.Context, tenant string) (tink.AEAD, uint64, error) {
 	rec, tver, err := s.readTenant(ctx, tenant)
 	if err != nil {
