@@ -2,6 +2,7 @@ package vaulttest
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"testing"
 	"time"
@@ -70,5 +71,72 @@ func TestKeystoreRidesOutASealedVault(t *testing.T) {
 	}
 	if s, r := ks.Dependencies(ctx); s != nil || r != nil {
 		t.Fatalf("dependencies after unseal: storage %v, root %v", s, r)
+	}
+}
+
+// TestRootRewrapMovesEveryTenantToTheNewVaultKeyVersion is the root rotation
+// procedure of docs/operations.md against a real Vault: rotate the Transit
+// key, re-wrap every tenant KEK (as `custos root rewrap` does), retire the old
+// version, and every tenant still decrypts from a cold cache.
+func TestRootRewrapMovesEveryTenantToTheNewVaultKeyVersion(t *testing.T) {
+	v := startVault(t)
+	rt := newRoot(t, v.config(vaultroot.Auth{Token: v.token(t, "custos")}))
+	store := memory.New()
+	t.Cleanup(func() { store.Close() })
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	ks, err := keystore.New(keystore.Config{Storage: store, Root: rt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tenants := []string{"a", "b", "c"}
+	cts := map[string][]byte{}
+	for _, tn := range tenants {
+		ref := keystore.KeyRef{Tenant: tn, Key: "k"}
+		if _, err := ks.CreateTenant(ctx, tn); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ks.CreateKey(ctx, ref, keystore.KeySpec{Purpose: keystore.PurposeEncrypt}); err != nil {
+			t.Fatal(err)
+		}
+		if cts[tn], _, err = ks.Encrypt(ctx, ref, []byte("secret of "+tn), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := v.admin.Logical().Write("transit/keys/"+keyName+"/rotate", nil); err != nil {
+		t.Fatal(err)
+	}
+	n, err := ks.RewrapTenantKEKs(ctx, nil)
+	if err != nil || n != len(tenants) {
+		t.Fatalf("RewrapTenantKEKs = %d, %v", n, err)
+	}
+	for _, tn := range tenants {
+		rec, err := store.Get(ctx, "tenants/"+tn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var stored struct {
+			WrappedKEK []byte `json:"wrapped_kek"`
+		}
+		if err := json.Unmarshal(rec.Value, &stored); err != nil {
+			t.Fatal(err)
+		}
+		if ver, err := vaultroot.KeyVersion(stored.WrappedKEK); err != nil || ver != 2 {
+			t.Fatalf("tenant %s KEK under Transit version %d (%v), want 2", tn, ver, err)
+		}
+	}
+	// Retire version 1; a cold keystore must still decrypt everything.
+	if _, err := v.admin.Logical().Write("transit/keys/"+keyName+"/config", map[string]any{"min_decryption_version": 2}); err != nil {
+		t.Fatal(err)
+	}
+	cold, err := keystore.New(keystore.Config{Storage: store, Root: rt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tn := range tenants {
+		pt, _, err := cold.Decrypt(ctx, keystore.KeyRef{Tenant: tn, Key: "k"}, cts[tn], nil)
+		if err != nil || string(pt) != "secret of "+tn {
+			t.Fatalf("tenant %s after root rotation: %q %v", tn, pt, err)
+		}
 	}
 }
