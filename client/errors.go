@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	spb "google.golang.org/genproto/googleapis/rpc/status"
@@ -13,11 +14,11 @@ import (
 
 // ErrorDomain is the google.rpc.ErrorInfo domain of Custos errors. Only an
 // ErrorInfo detail with this domain sets [Error.Reason].
-const ErrorDomain = "custos.dev"
+const ErrorDomain = custosv1.ErrorDomain
 
 // Reasons the server gives in the google.rpc.ErrorInfo detail of a status,
-// with domain [ErrorDomain]. The server uses the same strings; it does not
-// import this package.
+// with domain [ErrorDomain]. They are defined once, in the proto package,
+// which the server uses too.
 //
 //	| constant                     | value                    | code                | meaning                                              |
 //	| ---------------------------- | ------------------------ | ------------------- | ---------------------------------------------------- |
@@ -34,16 +35,16 @@ const ErrorDomain = "custos.dev"
 //	| ReasonHashQueueFull          | HASH_QUEUE_FULL          | RESOURCE_EXHAUSTED  | the server's password-hashing queue is full          |
 //	| ReasonSubjectLocked          | SUBJECT_LOCKED           | RESOURCE_EXHAUSTED  | too many failed password verifications for a subject |
 const (
-	ReasonCiphertextNotAuthentic = "CIPHERTEXT_NOT_AUTHENTIC"
-	ReasonTenantDeleted          = "TENANT_DELETED"
-	ReasonKeyVersionDisabled     = "KEY_VERSION_DISABLED"
-	ReasonKeyVersionDestroyed    = "KEY_VERSION_DESTROYED"
-	ReasonKeyVersionTooOld       = "KEY_VERSION_TOO_OLD"
-	ReasonWrongPurpose           = "WRONG_PURPOSE"
-	ReasonPrimaryVersion         = "PRIMARY_VERSION"
-	ReasonWrongState             = "WRONG_STATE"
-	ReasonHashQueueFull          = "HASH_QUEUE_FULL"
-	ReasonSubjectLocked          = "SUBJECT_LOCKED"
+	ReasonCiphertextNotAuthentic = custosv1.ReasonCiphertextNotAuthentic
+	ReasonTenantDeleted          = custosv1.ReasonTenantDeleted
+	ReasonKeyVersionDisabled     = custosv1.ReasonKeyVersionDisabled
+	ReasonKeyVersionDestroyed    = custosv1.ReasonKeyVersionDestroyed
+	ReasonKeyVersionTooOld       = custosv1.ReasonKeyVersionTooOld
+	ReasonWrongPurpose           = custosv1.ReasonWrongPurpose
+	ReasonPrimaryVersion         = custosv1.ReasonPrimaryVersion
+	ReasonWrongState             = custosv1.ReasonWrongState
+	ReasonHashQueueFull          = custosv1.ReasonHashQueueFull
+	ReasonSubjectLocked          = custosv1.ReasonSubjectLocked
 )
 
 // Sentinel errors, for use with [errors.Is]. See the package documentation

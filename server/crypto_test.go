@@ -219,8 +219,8 @@ func TestBatchFailsOnlyTheBadItem(t *testing.T) {
 					if st.Code() != codes.InvalidArgument {
 						t.Errorf("bad item %d: status %v %q, want InvalidArgument", i, st.Code(), st.Message())
 					}
-					if ei := errorInfo(st); ei.GetReason() != server.ReasonCiphertextNotAuthentic {
-						t.Errorf("bad item %d: ErrorInfo %v, want reason %s", i, ei, server.ReasonCiphertextNotAuthentic)
+					if ei := errorInfo(st); ei.GetReason() != custosv1.ReasonCiphertextNotAuthentic {
+						t.Errorf("bad item %d: ErrorInfo %v, want reason %s", i, ei, custosv1.ReasonCiphertextNotAuthentic)
 					}
 					if len(r.GetPlaintext()) != 0 {
 						t.Errorf("bad item %d carries a plaintext", i)
@@ -308,8 +308,8 @@ func TestUnauthenticCiphertextsGetOneGenericError(t *testing.T) {
 			}
 			st := wantCode(t, err, codes.InvalidArgument)
 			ei := errorInfo(st)
-			if ei.GetReason() != server.ReasonCiphertextNotAuthentic || ei.GetDomain() != server.ErrorDomain {
-				t.Errorf("ErrorInfo = %v, want reason %s in domain %s", ei, server.ReasonCiphertextNotAuthentic, server.ErrorDomain)
+			if ei.GetReason() != custosv1.ReasonCiphertextNotAuthentic || ei.GetDomain() != custosv1.ErrorDomain {
+				t.Errorf("ErrorInfo = %v, want reason %s in domain %s", ei, custosv1.ReasonCiphertextNotAuthentic, custosv1.ErrorDomain)
 			}
 			messages[st.Message()] = append(messages[st.Message()], tt.name)
 		})

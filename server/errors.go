@@ -10,24 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/custos-kms/custos/keystore"
-)
-
-// ErrorDomain is the google.rpc.ErrorInfo domain of Custos's error reasons.
-const ErrorDomain = "custos.dev"
-
-// Reasons carried in a google.rpc.ErrorInfo detail, so clients can tell
-// failures that share a code apart without parsing messages.
-const (
-	ReasonCiphertextNotAuthentic = "CIPHERTEXT_NOT_AUTHENTIC"
-	ReasonTenantDeleted          = "TENANT_DELETED"
-	ReasonKeyVersionDisabled     = "KEY_VERSION_DISABLED"
-	ReasonKeyVersionDestroyed    = "KEY_VERSION_DESTROYED"
-	ReasonKeyVersionTooOld       = "KEY_VERSION_TOO_OLD"
-	ReasonWrongPurpose           = "WRONG_PURPOSE"
-	ReasonPrimaryVersion         = "PRIMARY_VERSION"
-	ReasonWrongState             = "WRONG_STATE"
-	ReasonHashQueueFull          = "HASH_QUEUE_FULL"
-	ReasonSubjectLocked          = "SUBJECT_LOCKED"
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 )
 
 // errorKind says how a domain error reaches the caller.
@@ -43,19 +26,19 @@ type errorKind struct {
 // errorTable is the one mapping from domain errors to gRPC codes (DESIGN.md,
 // "Errors"). The first entry that matches wins.
 var errorTable = []errorKind{
-	{err: keystore.ErrInvalidCiphertext, code: codes.InvalidArgument, reason: ReasonCiphertextNotAuthentic},
+	{err: keystore.ErrInvalidCiphertext, code: codes.InvalidArgument, reason: custosv1.ReasonCiphertextNotAuthentic},
 	{err: keystore.ErrInvalidArgument, code: codes.InvalidArgument},
 	{err: keystore.ErrNotFound, code: codes.NotFound},
 	{err: keystore.ErrAlreadyExists, code: codes.AlreadyExists},
-	{err: keystore.ErrTenantDeleted, code: codes.FailedPrecondition, reason: ReasonTenantDeleted},
-	{err: keystore.ErrKeyVersionDisabled, code: codes.FailedPrecondition, reason: ReasonKeyVersionDisabled},
-	{err: keystore.ErrKeyVersionDestroyed, code: codes.FailedPrecondition, reason: ReasonKeyVersionDestroyed},
-	{err: keystore.ErrKeyVersionTooOld, code: codes.FailedPrecondition, reason: ReasonKeyVersionTooOld},
-	{err: keystore.ErrWrongPurpose, code: codes.FailedPrecondition, reason: ReasonWrongPurpose},
-	{err: keystore.ErrPrimaryVersion, code: codes.FailedPrecondition, reason: ReasonPrimaryVersion},
-	{err: keystore.ErrWrongState, code: codes.FailedPrecondition, reason: ReasonWrongState},
-	{err: keystore.ErrResourceExhausted, code: codes.ResourceExhausted, reason: ReasonHashQueueFull},
-	{err: keystore.ErrSubjectLocked, code: codes.ResourceExhausted, reason: ReasonSubjectLocked},
+	{err: keystore.ErrTenantDeleted, code: codes.FailedPrecondition, reason: custosv1.ReasonTenantDeleted},
+	{err: keystore.ErrKeyVersionDisabled, code: codes.FailedPrecondition, reason: custosv1.ReasonKeyVersionDisabled},
+	{err: keystore.ErrKeyVersionDestroyed, code: codes.FailedPrecondition, reason: custosv1.ReasonKeyVersionDestroyed},
+	{err: keystore.ErrKeyVersionTooOld, code: codes.FailedPrecondition, reason: custosv1.ReasonKeyVersionTooOld},
+	{err: keystore.ErrWrongPurpose, code: codes.FailedPrecondition, reason: custosv1.ReasonWrongPurpose},
+	{err: keystore.ErrPrimaryVersion, code: codes.FailedPrecondition, reason: custosv1.ReasonPrimaryVersion},
+	{err: keystore.ErrWrongState, code: codes.FailedPrecondition, reason: custosv1.ReasonWrongState},
+	{err: keystore.ErrResourceExhausted, code: codes.ResourceExhausted, reason: custosv1.ReasonHashQueueFull},
+	{err: keystore.ErrSubjectLocked, code: codes.ResourceExhausted, reason: custosv1.ReasonSubjectLocked},
 	{err: keystore.ErrUnavailable, code: codes.Unavailable, internal: true},
 	{err: keystore.ErrAborted, code: codes.Aborted},
 	{err: keystore.ErrIntegrity, code: codes.Internal, internal: true},
@@ -89,7 +72,7 @@ func (s *Server) toStatus(ctx context.Context, err error) *status.Status {
 		}
 		st := status.New(k.code, msg)
 		if k.reason != "" {
-			if ds, derr := st.WithDetails(&errdetails.ErrorInfo{Reason: k.reason, Domain: ErrorDomain}); derr == nil {
+			if ds, derr := st.WithDetails(&errdetails.ErrorInfo{Reason: k.reason, Domain: custosv1.ErrorDomain}); derr == nil {
 				return ds
 			}
 		}

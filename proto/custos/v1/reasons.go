@@ -1,0 +1,39 @@
+package custosv1
+
+// ErrorDomain is the google.rpc.ErrorInfo domain of Custos errors.
+const ErrorDomain = "custos.dev"
+
+// Reasons a Custos server gives in the google.rpc.ErrorInfo detail (domain
+// ErrorDomain) of a failed call or batch item, so that failures sharing a gRPC
+// code can be told apart without parsing messages. This hand-written file is
+// the one definition the server and the Go client share; callers in other
+// languages match the same strings.
+const (
+	// ReasonCiphertextNotAuthentic (INVALID_ARGUMENT): tampered or truncated
+	// ciphertext, another key's, or the wrong associated data.
+	ReasonCiphertextNotAuthentic = "CIPHERTEXT_NOT_AUTHENTIC"
+	// ReasonTenantDeleted (FAILED_PRECONDITION): the tenant is scheduled for deletion.
+	ReasonTenantDeleted = "TENANT_DELETED"
+	// ReasonKeyVersionDisabled (FAILED_PRECONDITION): the version is disabled.
+	ReasonKeyVersionDisabled = "KEY_VERSION_DISABLED"
+	// ReasonKeyVersionDestroyed (FAILED_PRECONDITION): the version is destroyed
+	// or scheduled for destruction.
+	ReasonKeyVersionDestroyed = "KEY_VERSION_DESTROYED"
+	// ReasonKeyVersionTooOld (FAILED_PRECONDITION): the version is below the
+	// key's minimum decryption version.
+	ReasonKeyVersionTooOld = "KEY_VERSION_TOO_OLD"
+	// ReasonWrongPurpose (FAILED_PRECONDITION): the key's purpose does not
+	// allow the operation.
+	ReasonWrongPurpose = "WRONG_PURPOSE"
+	// ReasonPrimaryVersion (FAILED_PRECONDITION): the primary version cannot
+	// be disabled or destroyed.
+	ReasonPrimaryVersion = "PRIMARY_VERSION"
+	// ReasonWrongState (FAILED_PRECONDITION): the tenant or version is not in
+	// a state that allows the operation.
+	ReasonWrongState = "WRONG_STATE"
+	// ReasonHashQueueFull (RESOURCE_EXHAUSTED): the password-hashing queue is full.
+	ReasonHashQueueFull = "HASH_QUEUE_FULL"
+	// ReasonSubjectLocked (RESOURCE_EXHAUSTED): too many failed password
+	// verifications for the subject.
+	ReasonSubjectLocked = "SUBJECT_LOCKED"
+)
