@@ -53,6 +53,11 @@ func FromCertificate(cert *x509.Certificate) (string, error) {
 		}
 	}
 	if cn := cert.Subject.CommonName; cn != "" {
+		// A SPIFFE ID is only ever taken from a URI SAN: a common name that
+		// merely spells one must not pass for that workload.
+		if len(cn) >= len("spiffe:") && strings.EqualFold(cn[:len("spiffe:")], "spiffe:") {
+			return "", fmt.Errorf("%w: the common name looks like a SPIFFE ID but the certificate has no SPIFFE URI SAN", ErrNoIdentity)
+		}
 		return cn, nil
 	}
 	return "", fmt.Errorf("%w: no SPIFFE ID URI SAN and no subject common name", ErrNoIdentity)

@@ -93,6 +93,8 @@ func TestFromCertificate(t *testing.T) {
 		{"a SPIFFE ID beside another URI is not an SVID", p.client(t, "cn", "spiffe://custos.dev/a", "https://a.example/"), "", true},
 		{"a malformed SPIFFE ID does not fall back to the common name", p.client(t, "cn", "spiffe://Custos.Dev/a"), "", true},
 		{"a nil certificate is an error", nil, "", true},
+		{"a common name spelling a SPIFFE ID is not that identity", p.client(t, "spiffe://custos.dev/dev-client"), "", true},
+		{"a common name spelling a SPIFFE ID in upper case is refused too", p.client(t, "SPIFFE://custos.dev/dev-client"), "", true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
