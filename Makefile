@@ -29,7 +29,7 @@ run: ## start `custos dev`: the embedded default on $(DEV_ADDR)
 .PHONY: test
 test: tools test-deps vet generate-check ## vet, check generated code, run every test with -race, then the real-Vault tests
 	$(GO) test -race -count=1 ./...
-	$(MAKE) test-vault
+	$(MAKE) --no-print-directory test-vault
 
 # The real-Vault tests live in a nested module (test/vault) so Vault's large
 # dependency tree stays out of the main go.mod. A cold build compiles most of
