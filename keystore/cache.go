@@ -72,6 +72,35 @@ func (c *lru[K, V]) put(k K, v V) {
 	}
 }
 
+// upsert stores v under k as fresh unless an entry is there that keep says
+// must stay (for example, a newer version than v).
+func (c *lru[K, V]) upsert(k K, v V, keep func(old V) bool) {
+	c.mu.Lock()
+	if el, ok := c.items[k]; ok && keep(el.Value.(*lruEntry[K, V]).value) {
+		c.mu.Unlock()
+		return
+	}
+	c.mu.Unlock()
+	c.put(k, v)
+}
+
+// swap replaces the value under k by f's result, keeping the entry's
+// expiry, when f returns true. It reports whether it did.
+func (c *lru[K, V]) swap(k K, f func(old V) (V, bool)) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	el, found := c.items[k]
+	if !found {
+		return false
+	}
+	e := el.Value.(*lruEntry[K, V])
+	v, ok := f(e.value)
+	if ok {
+		e.value = v
+	}
+	return ok
+}
+
 // postpone makes the stale entry under k count as fresh for d more (but never
 // past its grace), so an outage costs one failed refresh per d, not one per
 // request. It does nothing if the entry is gone or was replaced.

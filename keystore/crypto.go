@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // reloadWindow bounds how far past the newest known version a ciphertext may
@@ -100,12 +101,20 @@ func (s *Service) entryForVersion(ctx context.Context, e *keyEntry, v uint32) (*
 		if max := e.rec.maxVersion(); v <= max || v > max+reloadWindow {
 			return nil, ErrInvalidCiphertext
 		}
-		s.keys.remove(e.ref)
+		// A forged prefix must not turn into a storage read per request, nor
+		// evict what serves everyone else: at most one reload per second per
+		// key looks for versions it does not know, and the cached entry stays
+		// until the reload replaces it.
+		now := s.now()
+		if last := e.missed.Load(); last != 0 && now.Sub(time.Unix(0, last)) < time.Second {
+			return nil, ErrInvalidCiphertext
+		}
 		fresh, err := s.loadKey(ctx, e.ref)
 		if err != nil {
 			return nil, err
 		}
 		if vr, ok = fresh.rec.version(v); !ok {
+			fresh.missed.Store(now.UnixNano())
 			return nil, ErrInvalidCiphertext
 		}
 		e = fresh
@@ -121,4 +130,20 @@ func (s *Service) entryForVersion(ctx context.Context, e *keyEntry, v uint32) (*
 		return nil, fmt.Errorf("%w: %s version %d < %d", ErrKeyVersionTooOld, e.ref, v, e.rec.MinDecryptionVersion)
 	}
 	return e, nil
+}
+
+// CheckEncryptionKey loads the key (from cache when it can) and checks that
+// it encrypts (ENCRYPT or ENCRYPT_DETERMINISTIC). A batch calls it once
+// first, so that what concerns the key — unknown, tenant deleted, wrong
+// purpose, root or storage unreachable — fails the call as a whole, and each
+// item's own failure stays in that item.
+func (s *Service) CheckEncryptionKey(ctx context.Context, ref KeyRef, op string) error {
+	e, err := s.key(ctx, ref)
+	if err != nil {
+		return err
+	}
+	if e.rec.Purpose != PurposeEncrypt && e.rec.Purpose != PurposeEncryptDeterministic {
+		return wrongPurpose(op, e, PurposeEncrypt, PurposeEncryptDeterministic)
+	}
+	return nil
 }

@@ -79,6 +79,7 @@ func (s *Service) CreateKey(ctx context.Context, ref KeyRef, spec KeySpec) (Key,
 		}
 		return Key{}, storageErr("create key", err)
 	}
+	s.wrote(ref, ver)
 	if prim, err := newPrimitives(rec.Purpose, h); err == nil {
 		s.cacheKey(gen, &keyEntry{ref: ref, rec: rec, prim: prim, ver: ver, tenantVer: tver})
 	}
@@ -220,7 +221,7 @@ func (s *Service) updateKey(ctx context.Context, ref KeyRef, op string, mutate f
 		if err != nil {
 			return Key{}, storageErr(op, err)
 		}
-		s.keys.remove(ref)
+		s.wrote(ref, nver)
 		if prim, err := newPrimitives(rec.Purpose, nh); err == nil {
 			s.cacheKey(gen, &keyEntry{ref: ref, rec: rec, prim: prim, ver: nver, tenantVer: tver})
 		}

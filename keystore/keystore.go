@@ -19,6 +19,7 @@ import (
 	"io"
 	"log/slog"
 	"runtime"
+	"sync/atomic"
 	"time"
 
 	"github.com/tink-crypto/tink-go/v2/tink"
@@ -112,7 +113,15 @@ type keyEntry struct {
 	// records the entry was built from: a change notification for an older
 	// or equal version (for example this replica's own write) keeps it.
 	ver, tenantVer uint64
+	// missed is when (unix ns) a reload last failed to find a version a
+	// ciphertext named; another reload for an unknown version waits a second.
+	missed atomic.Int64
 }
+
+// tombstone reports whether e only records that version ver of its key was
+// written elsewhere: it never serves, and only an entry built from that
+// version or a newer one replaces it.
+func (e *keyEntry) tombstone() bool { return e.rec == nil }
 
 // New returns a Service.
 func New(cfg Config) (*Service, error) {
@@ -221,7 +230,7 @@ func (s *Service) activeTenant(ctx context.Context, tenant string) (tink.AEAD, u
 	if ok && fresh {
 		return cached, tver, nil
 	}
-	v, err, _ := s.loads.Do("kek\x00"+tenant, func() (any, error) {
+	v, err := s.shared(ctx, "kek\x00"+tenant, func(ctx context.Context) (any, error) {
 		if kek, fresh, ok := s.keks.get(tenant); ok && fresh {
 			return kek, nil
 		}
@@ -269,6 +278,9 @@ func (s *Service) readKey(ctx context.Context, ref KeyRef) (*keyRecord, uint64, 
 // grace runs out, retrying the refresh every retryBackoff.
 func (s *Service) key(ctx context.Context, ref KeyRef) (*keyEntry, error) {
 	cached, fresh, ok := s.keys.get(ref)
+	if ok && cached.tombstone() {
+		ok = false
+	}
 	if ok && fresh {
 		return cached, nil
 	}
@@ -281,10 +293,35 @@ func (s *Service) key(ctx context.Context, ref KeyRef) (*keyEntry, error) {
 	return e, err
 }
 
+// loadTimeout bounds a shared load (storage reads and a root unwrap), which
+// runs detached from the callers waiting for it.
+const loadTimeout = 30 * time.Second
+
+// shared runs fn once for all concurrent callers with the same key. fn runs
+// on a context detached from any one caller's cancellation (bounded by
+// loadTimeout), so a caller that gives up does not fail the others; each
+// caller waits only as long as its own ctx allows.
+func (s *Service) shared(ctx context.Context, key string, fn func(context.Context) (any, error)) (any, error) {
+	ch := s.loads.DoChan(key, func() (any, error) {
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), loadTimeout)
+		defer cancel()
+		return fn(lctx)
+	})
+	select {
+	case r := <-ch:
+		return r.Val, r.Err
+	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return nil, fmt.Errorf("%w: load: %w", ErrUnavailable, ctx.Err())
+		}
+		return nil, ctx.Err()
+	}
+}
+
 // loadKey loads a key from storage into the cache; concurrent loads of one
 // key share one storage read and one unwrap.
 func (s *Service) loadKey(ctx context.Context, ref KeyRef) (*keyEntry, error) {
-	v, err, _ := s.loads.Do("key\x00"+ref.String(), func() (any, error) {
+	v, err := s.shared(ctx, "key\x00"+ref.String(), func(ctx context.Context) (any, error) {
 		gen := s.life.tenantGen.Load()
 		kek, tver, err := s.activeTenant(ctx, ref.Tenant)
 		if err != nil {

@@ -45,6 +45,10 @@ type SchedulerConfig struct {
 	// FlushInterval is how often this replica adds its encryption counts to
 	// storage (FlushUsage). Default DefaultFlushInterval.
 	FlushInterval time.Duration
+	// FlushOnly makes this replica only flush its encryption counts (which
+	// every replica must do) and never take the lease, for a replica whose
+	// scheduler is turned off.
+	FlushOnly bool
 }
 
 func (c SchedulerConfig) normalize() (SchedulerConfig, error) {
@@ -100,7 +104,9 @@ func (s *Service) RunScheduler(ctx context.Context, cfg SchedulerConfig) error {
 	pass := time.NewTicker(cfg.Interval)
 	defer pass.Stop()
 	for {
-		s.leaderTick(ctx, cfg)
+		if !cfg.FlushOnly {
+			s.leaderTick(ctx, cfg)
+		}
 		select {
 		case <-ctx.Done():
 			<-flushed

@@ -63,13 +63,40 @@ func newLifecycleState(threshold uint64) *lifecycleState {
 	return &lifecycleState{threshold: threshold}
 }
 
+// wrote records that this replica wrote version ver of ref's record: from
+// now on no entry built from an older record can be cached (a load that read
+// before the write must not undo it), even if the caller's own cacheKey is
+// refused.
+func (s *Service) wrote(ref KeyRef, ver uint64) {
+	s.keys.upsert(ref, &keyEntry{ref: ref, ver: ver}, func(old *keyEntry) bool { return old.ver >= ver })
+}
+
+// countsWritten notes that this replica rewrote ref's record from version
+// old to nver changing only encryption counts (which the cache does not use):
+// an entry built from old is as good as one built from nver, so it is kept
+// under the new version instead of being reloaded when the change notice
+// comes back.
+func (s *Service) countsWritten(ref KeyRef, old, nver uint64) {
+	renamed := s.keys.swap(ref, func(cur *keyEntry) (*keyEntry, bool) {
+		if cur.tombstone() || cur.ver != old {
+			return nil, false
+		}
+		return &keyEntry{ref: cur.ref, rec: cur.rec, prim: cur.prim, ver: nver, tenantVer: cur.tenantVer}, true
+	})
+	if !renamed {
+		s.wrote(ref, nver)
+	}
+}
+
 // cacheKey caches e unless a tenant invalidation happened since gen was read:
 // then what the caller read may already be stale, and the next call reloads.
 func (s *Service) cacheKey(gen uint64, e *keyEntry) {
 	if s.life.tenantGen.Load() != gen {
 		return
 	}
-	s.keys.put(e.ref, e)
+	// Never replace an entry (or tombstone) from a newer record: a load that
+	// read before a change must not undo it.
+	s.keys.upsert(e.ref, e, func(old *keyEntry) bool { return old.ver > e.ver })
 }
 
 // countEncrypt records one encryption by version v of ref. It does not
@@ -200,12 +227,14 @@ func (s *Service) casKeyRecord(ctx context.Context, ref KeyRef, op string, mutat
 		if err != nil {
 			return nil, err
 		}
-		if _, err := s.store.Put(ctx, keyStorageKey(ref), b, ver); err != nil {
+		nver, err := s.store.Put(ctx, keyStorageKey(ref), b, ver)
+		if err != nil {
 			if errors.Is(err, storage.ErrConflict) {
 				continue
 			}
 			return nil, storageErr(op, err)
 		}
+		s.countsWritten(ref, ver, nver)
 		return rec, nil
 	}
 	return nil, fmt.Errorf("%s %s: %w", op, ref, ErrAborted)

@@ -51,11 +51,19 @@ func (s *Service) invalidate(c storage.Change) {
 		})
 	case strings.HasPrefix(k, keyPrefix):
 		tenant, key, ok := strings.Cut(strings.TrimPrefix(k, keyPrefix), "/")
-		if ok {
-			ref := KeyRef{Tenant: tenant, Key: key}
-			s.keys.removeWhere(func(r KeyRef, e *keyEntry) bool {
-				return r == ref && (c.Version == 0 || e.ver < c.Version)
-			})
+		if !ok {
+			return
 		}
+		ref := KeyRef{Tenant: tenant, Key: key}
+		if c.Version == 0 {
+			// Deleted, or version unknown: drop it, and keep a load now in
+			// flight from caching what it read before.
+			s.life.tenantGen.Add(1)
+			s.keys.remove(ref)
+			return
+		}
+		// Record that version c.Version exists: an older entry, or an older
+		// record a load is still reading, can no longer be cached.
+		s.keys.upsert(ref, &keyEntry{ref: ref, ver: c.Version}, func(old *keyEntry) bool { return old.ver >= c.Version })
 	}
 }

@@ -32,6 +32,9 @@ func (s cryptoService) RewrapBatch(ctx context.Context, req *custosv1.RewrapBatc
 	if err := s.checkBatch(len(items)); err != nil {
 		return nil, err
 	}
+	if err := s.ks.CheckEncryptionKey(ctx, ref, "rewrap"); err != nil {
+		return nil, s.toError(ctx, err)
+	}
 	resp := &custosv1.RewrapBatchResponse{Results: make([]*custosv1.RewrapBatchResponse_Result, len(items))}
 	for i, it := range items {
 		r := &custosv1.RewrapBatchResponse_Result{Status: okStatus}
@@ -42,9 +45,6 @@ func (s cryptoService) RewrapBatch(ctx context.Context, req *custosv1.RewrapBatc
 		}
 		ct, v, err := s.ks.Rewrap(ctx, ref, it.GetCiphertext(), it.GetAssociatedData())
 		if err != nil {
-			if i == 0 && isCallWide(err) {
-				return nil, s.toError(ctx, err)
-			}
 			r.Status = s.toStatus(ctx, err).Proto()
 			continue
 		}

@@ -38,6 +38,7 @@ func (s *Server) checkPlaintext(field string, n int) error {
 // that item's own status, so one bad item never fails the others.
 const (
 	maxBatchItemsCeiling = 10000   // the protos' max_items
+	maxPlaintextCeiling  = 1 << 20 // the protos' plaintext max_len
 	maxCiphertextBytes   = 1114112 // the protos' ciphertext max_len
 	maxAssociatedData    = 65536   // the protos' associated_data max_len
 )
@@ -131,8 +132,9 @@ func (s cryptoService) Decrypt(ctx context.Context, req *custosv1.DecryptRequest
 	return &custosv1.DecryptResponse{Plaintext: pt, KeyVersion: v}, nil
 }
 
-// EncryptBatch fails as a whole only for what applies to every item (name,
-// permission, batch size, unknown key); each item gets its own status.
+// EncryptBatch fails as a whole only for what concerns the call (name,
+// permission, item count) or the key (unknown, tenant deleted, wrong
+// purpose, unavailable); each item gets its own status.
 func (s cryptoService) EncryptBatch(ctx context.Context, req *custosv1.EncryptBatchRequest) (*custosv1.EncryptBatchResponse, error) {
 	ref, err := s.keyRef(ctx, req.GetName(), policy.Encrypt)
 	if err != nil {
@@ -142,10 +144,10 @@ func (s cryptoService) EncryptBatch(ctx context.Context, req *custosv1.EncryptBa
 	if err := s.checkBatch(len(items)); err != nil {
 		return nil, err
 	}
+	if err := s.ks.CheckEncryptionKey(ctx, ref, "encrypt"); err != nil {
+		return nil, s.toError(ctx, err)
+	}
 	resp := &custosv1.EncryptBatchResponse{Results: make([]*custosv1.EncryptBatchResponse_Result, len(items))}
-	// first is true until an item reaches the keystore: a call-wide error
-	// there fails the call, even if earlier items failed their size check.
-	first := true
 	for i, it := range items {
 		r := &custosv1.EncryptBatchResponse_Result{Status: okStatus}
 		resp.Results[i] = r
@@ -154,12 +156,7 @@ func (s cryptoService) EncryptBatch(ctx context.Context, req *custosv1.EncryptBa
 			continue
 		}
 		ct, v, err := s.ks.Encrypt(ctx, ref, it.GetPlaintext(), it.GetAssociatedData())
-		wasFirst := first
-		first = false
 		if err != nil {
-			if wasFirst && isCallWide(err) {
-				return nil, s.toError(ctx, err)
-			}
 			r.Status = s.toStatus(ctx, err).Proto()
 			continue
 		}
@@ -178,6 +175,9 @@ func (s cryptoService) DecryptBatch(ctx context.Context, req *custosv1.DecryptBa
 	if err := s.checkBatch(len(items)); err != nil {
 		return nil, err
 	}
+	if err := s.ks.CheckEncryptionKey(ctx, ref, "decrypt"); err != nil {
+		return nil, s.toError(ctx, err)
+	}
 	resp := &custosv1.DecryptBatchResponse{Results: make([]*custosv1.DecryptBatchResponse_Result, len(items))}
 	for i, it := range items {
 		r := &custosv1.DecryptBatchResponse_Result{Status: okStatus}
@@ -188,9 +188,6 @@ func (s cryptoService) DecryptBatch(ctx context.Context, req *custosv1.DecryptBa
 		}
 		pt, v, err := s.ks.Decrypt(ctx, ref, it.GetCiphertext(), it.GetAssociatedData())
 		if err != nil {
-			if i == 0 && isCallWide(err) {
-				return nil, s.toError(ctx, err)
-			}
 			r.Status = s.toStatus(ctx, err).Proto()
 			continue
 		}

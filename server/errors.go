@@ -55,8 +55,11 @@ var blandMessages = map[codes.Code]string{
 // toStatus converts a handler error to a gRPC status, logging internal
 // failures. Errors that already are statuses pass through.
 func (s *Server) toStatus(ctx context.Context, err error) *status.Status {
-	if st, ok := status.FromError(err); ok {
-		return st
+	// Only an error that is itself a status (made by a handler) passes
+	// through: a status wrapped deeper (say a cloud KMS's gRPC error inside
+	// a root error) is an internal detail and goes through the table.
+	if se, ok := err.(interface{ GRPCStatus() *status.Status }); ok {
+		return se.GRPCStatus()
 	}
 	for _, k := range errorTable {
 		if !errors.Is(err, k.err) {
@@ -88,16 +91,4 @@ func (s *Server) toError(ctx context.Context, err error) error {
 		return nil
 	}
 	return s.toStatus(ctx, err).Err()
-}
-
-// isCallWide reports whether err concerns the key rather than one item (an
-// unknown key or tenant, a deleted tenant, a wrong purpose, an unreachable
-// root), so a batch fails as a whole instead of repeating it per item.
-func isCallWide(err error) bool {
-	for _, e := range []error{keystore.ErrNotFound, keystore.ErrTenantDeleted, keystore.ErrWrongPurpose, keystore.ErrUnavailable, keystore.ErrIntegrity, context.Canceled, context.DeadlineExceeded} {
-		if errors.Is(err, e) {
-			return true
-		}
-	}
-	return false
 }

@@ -95,6 +95,7 @@ func New(cfg Config) (*Server, error) {
 		l.MaxBatchItems = DefaultMaxBatchItems
 	}
 	l.MaxBatchItems = min(l.MaxBatchItems, maxBatchItemsCeiling)
+	l.MaxPlaintextBytes = min(l.MaxPlaintextBytes, maxPlaintextCeiling)
 	if l.MaxMessageBytes <= 0 {
 		l.MaxMessageBytes = DefaultMaxMessageBytes
 	}
@@ -122,8 +123,13 @@ func (s *Server) Shutdown() { s.health.Shutdown() }
 // tlsConf, runs the interceptor chain (recovery, identity, logging,
 // protovalidate) and has s registered.
 func (s *Server) NewGRPCServer(tlsConf *tls.Config, opts ...grpc.ServerOption) (*grpc.Server, error) {
-	if tlsConf == nil || tlsConf.ClientAuth != tls.RequireAndVerifyClientCert {
+	switch {
+	case tlsConf == nil || tlsConf.ClientAuth != tls.RequireAndVerifyClientCert:
 		return nil, errors.New("server: mutual TLS (RequireAndVerifyClientCert) is required")
+	case tlsConf.ClientCAs == nil:
+		return nil, errors.New("server: ClientCAs is required (client certificates must chain to the configured CA, not the system roots)")
+	case tlsConf.MinVersion < tls.VersionTLS13:
+		return nil, errors.New("server: TLS 1.3 is required (MinVersion)")
 	}
 	validator, err := protovalidate.New()
 	if err != nil {

@@ -20,6 +20,7 @@ func startDev(t *testing.T, dir string) (addr string, stop func()) {
 		t.Fatal(err)
 	}
 	cfg.Listen = "127.0.0.1:0"
+	cfg.Ops.Listen = "127.0.0.1:0" // never the fixed port a `make run` may hold
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan string, 1)
 	done := make(chan error, 1)

@@ -212,10 +212,13 @@ func serve(ctx context.Context, cfg *config.Config, logw io.Writer, ready func(a
 		}()
 	}
 
-	// Background work, all stopped by bg's cancellation before we return.
-	bg, stopBG := context.WithCancel(ctx)
+	// Background work runs on a context of its own, stopped only after the
+	// last call has drained: change notices keep reaching the cache while
+	// calls finish, and the final flush counts every encryption served.
+	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
-	defer func() { stopBG(); wg.Wait() }()
+	stopBackground := func() { stopBG(); wg.Wait() }
+	defer stopBackground()
 	pol.WatchSIGHUP(bg, logger)
 	wg.Go(func() {
 		if err := ks.Watch(bg); err != nil {
@@ -223,13 +226,24 @@ func serve(ctx context.Context, cfg *config.Config, logw io.Writer, ready func(a
 		}
 	})
 	wg.Go(func() { srv.WatchDependencies(bg, ks, cfg.Ops.ProbeInterval) })
-	if !cfg.Scheduler.Disabled {
-		wg.Go(func() {
-			err := ks.RunScheduler(bg, keystore.SchedulerConfig{Interval: cfg.Scheduler.Interval, HolderID: schedulerHolderID(lis.Addr())})
-			if err != nil && !errors.Is(err, context.Canceled) {
-				logger.Error("scheduler stopped", "error", err.Error())
-			}
+	wg.Go(func() {
+		// Every replica flushes its encryption counts; with the scheduler
+		// disabled it never takes the lease.
+		err := ks.RunScheduler(bg, keystore.SchedulerConfig{
+			Interval:  cfg.Scheduler.Interval,
+			HolderID:  schedulerHolderID(lis.Addr()),
+			FlushOnly: cfg.Scheduler.Disabled,
 		})
+		if err != nil && !errors.Is(err, context.Canceled) {
+			logger.Error("scheduler stopped", "error", err.Error())
+		}
+	})
+	shutdownOps := func() {
+		if ops != nil {
+			sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			_ = ops.Shutdown(sctx)
+			cancel()
+		}
 	}
 
 	logger.Info("custos serving", "addr", lis.Addr().String(), "ops", cfg.Ops.Listen, "root", cfg.Root.Type, "storage", cfg.Storage.Type)
@@ -240,6 +254,8 @@ func serve(ctx context.Context, cfg *config.Config, logw io.Writer, ready func(a
 	go func() { errc <- gs.Serve(lis) }()
 	select {
 	case err := <-errc:
+		srv.Shutdown()
+		shutdownOps()
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
@@ -254,11 +270,8 @@ func serve(ctx context.Context, cfg *config.Config, logw io.Writer, ready func(a
 		gs.Stop()
 		<-stopped
 	}
-	if ops != nil {
-		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_ = ops.Shutdown(sctx)
-		cancel()
-	}
+	stopBackground()
+	shutdownOps()
 	if err := <-errc; err != nil && !errors.Is(err, net.ErrClosed) {
 		return fmt.Errorf("serve: %w", err)
 	}

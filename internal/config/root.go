@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -173,6 +174,9 @@ func (r *Root) validate() []error {
 		need("address", v.Address)
 		if u, err := url.Parse(v.Address); v.Address != "" && (err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "") {
 			errs = append(errs, errors.New("root.vault.address must be an http(s) URL, e.g. https://vault.example.com:8200"))
+		} else if v.Address != "" && u.Scheme == "http" && !loopbackHost(u.Hostname()) {
+			// Tenant KEKs and the Vault token would cross the network in clear.
+			errs = append(errs, errors.New("root.vault.address: plain http is allowed only to a loopback address (a local Vault Agent); use https"))
 		}
 		need("key_name", v.KeyName)
 		notNegative("timeout", int64(v.Timeout))
@@ -228,4 +232,13 @@ func fromEnv(field, name string) (string, error) {
 		return v, nil
 	}
 	return "", fmt.Errorf("%s: $%s is unset or empty", field, name)
+}
+
+// loopbackHost reports whether host is localhost or a loopback IP.
+func loopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

@@ -105,6 +105,9 @@ func TestParseRejectsIncompleteRoots(t *testing.T) {
 		"vault with a bare host": {`
   type: vault
   vault: {address: "vault:8200", key_name: k, auth: {token_file: t}}`, "http(s) URL"},
+		"vault over plain http to another host": {`
+  type: vault
+  vault: {address: "http://vault.internal:8200", key_name: k, auth: {token_file: t}}`, "plain http"},
 		"vault without a key": {`
   type: vault
   vault: {address: "https://v", auth: {token_file: t}}`, "root.vault.key_name"},
@@ -151,5 +154,19 @@ func TestParseRejectsIncompleteRoots(t *testing.T) {
 				t.Fatalf("got %v, want an error mentioning %q", err, c.want)
 			}
 		})
+	}
+}
+
+func TestPlainHTTPVaultIsAllowedOnLoopbackOnly(t *testing.T) {
+	for addr, ok := range map[string]bool{
+		"http://127.0.0.1:8200": true, "http://localhost:8200": true, "http://[::1]:8200": true,
+		"http://10.0.0.5:8200": false, "https://vault.internal:8200": true,
+	} {
+		doc := strings.Replace(valid, "root: {type: local, local: {key_file: root.key}}",
+			`root: {type: vault, vault: {address: "`+addr+`", key_name: k, auth: {token_file: t}}}`, 1)
+		_, err := config.Parse([]byte(doc), "/x")
+		if (err == nil) != ok {
+			t.Errorf("%s: err = %v, want ok=%v", addr, err, ok)
+		}
 	}
 }

@@ -1,0 +1,271 @@
+package keystore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/custos-kms/custos/keystore/root/local"
+	"github.com/custos-kms/custos/keystore/storage"
+	"github.com/custos-kms/custos/keystore/storage/memory"
+)
+
+// hookStore lets a test pause one Get of a chosen key (after or before the
+// underlying read) and make the whole store unreachable.
+type hookStore struct {
+	storage.Store
+	down atomic.Bool
+
+	mu        sync.Mutex
+	pauseKey  string
+	before    bool          // pause before reading (else after)
+	paused    chan struct{} // closed when the Get is paused
+	release   chan struct{}
+	armedOnce bool
+}
+
+func (h *hookStore) arm(key string, before bool) (paused, release chan struct{}) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.pauseKey, h.before, h.armedOnce = key, before, true
+	h.paused, h.release = make(chan struct{}), make(chan struct{})
+	return h.paused, h.release
+}
+
+func (h *hookStore) take(key string) (bool, bool, chan struct{}, chan struct{}) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.armedOnce && key == h.pauseKey {
+		h.armedOnce = false
+		return true, h.before, h.paused, h.release
+	}
+	return false, false, nil, nil
+}
+
+func (h *hookStore) Get(ctx context.Context, key string) (storage.Record, error) {
+	if h.down.Load() {
+		return storage.Record{}, fmt.Errorf("test: %w", storage.ErrUnavailable)
+	}
+	hit, before, paused, release := h.take(key)
+	if hit && before {
+		close(paused)
+		<-release
+	}
+	r, err := h.Store.Get(ctx, key)
+	if hit && !before {
+		close(paused)
+		<-release
+	}
+	return r, err
+}
+
+func (h *hookStore) Put(ctx context.Context, key string, v []byte, expect uint64) (uint64, error) {
+	if h.down.Load() {
+		return 0, fmt.Errorf("test: %w", storage.ErrUnavailable)
+	}
+	return h.Store.Put(ctx, key, v, expect)
+}
+
+func newReviewSvc(t *testing.T) (*Service, *hookStore, func() *Service) {
+	t.Helper()
+	r, err := local.Create(filepath.Join(t.TempDir(), "root.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &hookStore{Store: memory.New()}
+	open := func() *Service {
+		s, err := New(Config{Storage: hs, Root: r})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	return open(), hs, open
+}
+
+// setupRotated makes tenant t, ENCRYPT key k, a v1 ciphertext, and rotates to v2.
+func setupRotated(t *testing.T, s *Service) (KeyRef, []byte) {
+	ctx := context.Background()
+	ref := KeyRef{Tenant: "t", Key: "k"}
+	if _, err := s.CreateTenant(ctx, "t"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateKey(ctx, ref, KeySpec{Purpose: PurposeEncrypt}); err != nil {
+		t.Fatal(err)
+	}
+	ct, _, err := s.Encrypt(ctx, ref, []byte("secret"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RotateKey(ctx, ref); err != nil {
+		t.Fatal(err)
+	}
+	return ref, ct
+}
+
+// Finding 1a: a load in flight overwrites the entry updateKey just cached on
+// the same replica, so a disabled version keeps decrypting for the whole TTL.
+func TestAnInFlightLoadCannotResurrectADisabledVersion(t *testing.T) {
+	ctx := context.Background()
+	setup, hs, open := newReviewSvc(t)
+	ref, ct := setupRotated(t, setup)
+	s := open() // cold caches
+
+	paused, release := hs.arm(keyStorageKey(ref), false) // pause after reading the old record
+	done := make(chan error, 1)
+	go func() { _, _, err := s.Decrypt(ctx, ref, ct, nil); done <- err }()
+	<-paused
+	if _, err := s.DisableKeyVersion(ctx, ref, 1); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	<-done // the in-flight request itself may succeed; that is fine
+
+	if _, _, err := s.Decrypt(ctx, ref, ct, nil); !errors.Is(err, ErrKeyVersionDisabled) {
+		t.Fatalf("decrypt with version 1 after DisableKeyVersion returned: got err=%v, want ErrKeyVersionDisabled", err)
+	}
+}
+
+// Finding 1b: same race across replicas: the change notification arrives
+// while the load is in flight, and the stale entry is cached afterwards.
+func TestARemoteChangeDuringALoadIsNotUndone(t *testing.T) {
+	ctx := context.Background()
+	a, hs, open := newReviewSvc(t)
+	ref, ct := setupRotated(t, a)
+	b := open() // replica B, cold
+
+	paused, release := hs.arm(keyStorageKey(ref), false)
+	done := make(chan error, 1)
+	go func() { _, _, err := b.Decrypt(ctx, ref, ct, nil); done <- err }()
+	<-paused
+	if _, err := a.DisableKeyVersion(ctx, ref, 1); err != nil {
+		t.Fatal(err)
+	}
+	r, err := hs.Store.Get(ctx, keyStorageKey(ref))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.invalidate(storage.Change{Key: keyStorageKey(ref), Version: r.Version}) // what B's watcher delivers
+	close(release)
+	<-done
+
+	if _, _, err := b.Decrypt(ctx, ref, ct, nil); !errors.Is(err, ErrKeyVersionDisabled) {
+		t.Fatalf("replica B after the notification: got err=%v, want ErrKeyVersionDisabled", err)
+	}
+}
+
+// Checked fine: the tenant-deletion analogue is protected by tenantGen.
+func TestAnInFlightLoadCannotResurrectADeletedTenant(t *testing.T) {
+	ctx := context.Background()
+	a, hs, open := newReviewSvc(t)
+	ref, ct := setupRotated(t, a)
+	b := open()
+	paused, release := hs.arm(keyStorageKey(ref), false)
+	done := make(chan error, 1)
+	go func() { _, _, err := b.Decrypt(ctx, ref, ct, nil); done <- err }()
+	<-paused
+	if _, err := a.DeleteTenant(ctx, "t", 0); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := hs.Store.Get(ctx, tenantStorageKey("t"))
+	b.invalidate(storage.Change{Key: tenantStorageKey("t"), Version: r.Version})
+	close(release)
+	<-done
+	if _, _, err := b.Encrypt(ctx, ref, []byte("x"), nil); !errors.Is(err, ErrTenantDeleted) {
+		t.Fatalf("got %v, want ErrTenantDeleted", err)
+	}
+}
+
+// Finding 2: one ciphertext naming a not-yet-known version evicts the cached
+// key before reloading; during a storage outage the key is then gone for
+// every caller although its entry was fresh.
+func TestAForgedVersionDoesNotEvictTheCacheDuringAnOutage(t *testing.T) {
+	ctx := context.Background()
+	s, hs, _ := newReviewSvc(t)
+	ref, ct := setupRotated(t, s)
+	if _, _, err := s.Encrypt(ctx, ref, []byte("warm"), nil); err != nil {
+		t.Fatal(err)
+	}
+	hs.down.Store(true)
+	if _, _, err := s.Encrypt(ctx, ref, []byte("x"), nil); err != nil {
+		t.Fatalf("cached key during outage before the bogus ciphertext: %v", err)
+	}
+	bogus := append([]byte(nil), ct...)
+	bogus[4] = 3 // names version 3 (newest known is 2)
+	_, _, err := s.Decrypt(ctx, ref, bogus, nil)
+	t.Logf("bogus decrypt: %v", err)
+	if _, _, err := s.Encrypt(ctx, ref, []byte("x"), nil); err != nil {
+		t.Fatalf("cached (fresh) key after one bogus ciphertext during outage: %v", err)
+	}
+}
+
+// Finding 3: loads are shared (singleflight) but run with the first caller's
+// context: its cancellation fails every other caller sharing the load.
+func TestACancelledCallerDoesNotFailASharedLoad(t *testing.T) {
+	setup, hs, open := newReviewSvc(t)
+	ref, _ := setupRotated(t, setup)
+	s := open()
+	paused, release := hs.arm(keyStorageKey(ref), true) // pause before reading
+	ctx1, cancel1 := context.WithCancel(context.Background())
+	err1 := make(chan error, 1)
+	go func() { _, _, err := s.Encrypt(ctx1, ref, []byte("a"), nil); err1 <- err }()
+	<-paused
+	err2 := make(chan error, 1)
+	go func() { _, _, err := s.Encrypt(context.Background(), ref, []byte("b"), nil); err2 <- err }()
+	time.Sleep(100 * time.Millisecond) // let caller 2 join the shared load
+	cancel1()
+	close(release)
+	t.Logf("caller 1 (cancelled): %v", <-err1)
+	if err := <-err2; err != nil {
+		t.Fatalf("caller 2 (healthy context) failed because caller 1 cancelled: %v", err)
+	}
+}
+
+type countStore struct {
+	storage.Store
+	gets atomic.Int64
+}
+
+func (c *countStore) Get(ctx context.Context, k string) (storage.Record, error) {
+	c.gets.Add(1)
+	return c.Store.Get(ctx, k)
+}
+
+func TestForgedVersionsCostAtMostOneReloadPerSecond(t *testing.T) {
+	ctx := context.Background()
+	r, _ := local.Create(filepath.Join(t.TempDir(), "root.key"))
+	cs := &countStore{Store: memory.New()}
+	s, _ := New(Config{Storage: cs, Root: r})
+	ref, ct := setupRotated(t, s)
+	bogus := append([]byte(nil), ct...)
+	bogus[4] = 200
+	before := cs.gets.Load()
+	for range 100 {
+		s.Decrypt(ctx, ref, bogus, nil)
+	}
+	// One reload (a tenant read and a key read) finds no such version; the
+	// next 99 within the second read nothing.
+	if n := cs.gets.Load() - before; n > 2 {
+		t.Fatalf("storage Gets for 100 forged decrypts on a warm cache: %d, want at most 2", n)
+	}
+}
+
+func TestADisabledVersionCanBeDestroyed(t *testing.T) {
+	ctx := context.Background()
+	s, _, _ := newReviewSvc(t)
+	ref, ct := setupRotated(t, s)
+	if _, err := s.DisableKeyVersion(ctx, ref, 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.DestroyKeyVersion(ctx, ref, 1, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Decrypt(ctx, ref, ct, nil); !errors.Is(err, ErrKeyVersionDestroyed) {
+		t.Fatal(err)
+	}
+}
