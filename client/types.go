@@ -1,7 +1,9 @@
 package client
 
 import (
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -263,19 +265,7 @@ const (
 
 // String returns the purpose's API name without prefix, e.g. "ENCRYPT".
 func (p Purpose) String() string {
-	switch p {
-	case PurposeUnspecified:
-		return "UNSPECIFIED"
-	case PurposeEncrypt:
-		return "ENCRYPT"
-	case PurposeEncryptDeterministic:
-		return "ENCRYPT_DETERMINISTIC"
-	case PurposeMAC:
-		return "MAC"
-	case PurposePassword:
-		return "PASSWORD"
-	}
-	return "Purpose(" + strconv.Itoa(int(p)) + ")"
+	return enumName(custosv1.KeyPurpose_name, "KEY_PURPOSE_", "Purpose", int32(p))
 }
 
 // PasswordAlgorithm is the slow hash of a [PasswordPolicy]. Its values are
@@ -296,15 +286,7 @@ const (
 
 // String returns the algorithm's API name without prefix, e.g. "BCRYPT".
 func (a PasswordAlgorithm) String() string {
-	switch a {
-	case PasswordAlgorithmUnspecified:
-		return "UNSPECIFIED"
-	case PasswordBcrypt:
-		return "BCRYPT"
-	case PasswordArgon2id:
-		return "ARGON2ID"
-	}
-	return "PasswordAlgorithm(" + strconv.Itoa(int(a)) + ")"
+	return enumName(custosv1.PasswordAlgorithm_name, "PASSWORD_ALGORITHM_", "PasswordAlgorithm", int32(a))
 }
 
 // TenantState is the lifecycle state of a tenant. Its values are the
@@ -325,15 +307,7 @@ const (
 
 // String returns the state's API name without prefix, e.g. "ACTIVE".
 func (s TenantState) String() string {
-	switch s {
-	case TenantStateUnspecified:
-		return "UNSPECIFIED"
-	case TenantActive:
-		return "ACTIVE"
-	case TenantDeleteScheduled:
-		return "DELETE_SCHEDULED"
-	}
-	return "TenantState(" + strconv.Itoa(int(s)) + ")"
+	return enumName(custosv1.TenantState_name, "TENANT_STATE_", "TenantState", int32(s))
 }
 
 // KeyVersionState is the state of one key version. Its values are the
@@ -358,17 +332,15 @@ const (
 
 // String returns the state's API name without prefix, e.g. "ENABLED".
 func (s KeyVersionState) String() string {
-	switch s {
-	case VersionStateUnspecified:
-		return "UNSPECIFIED"
-	case VersionEnabled:
-		return "ENABLED"
-	case VersionDisabled:
-		return "DISABLED"
-	case VersionDestroyScheduled:
-		return "DESTROY_SCHEDULED"
-	case VersionDestroyed:
-		return "DESTROYED"
+	return enumName(custosv1.KeyVersionState_name, "KEY_VERSION_STATE_", "KeyVersionState", int32(s))
+}
+
+// enumName is the API name of an enum value without its prefix (e.g.
+// "ENCRYPT" for KEY_PURPOSE_ENCRYPT), taken from the generated proto names;
+// a value the protos do not know prints as Type(n).
+func enumName(names map[int32]string, prefix, typ string, v int32) string {
+	if n, ok := names[v]; ok {
+		return strings.TrimPrefix(n, prefix)
 	}
-	return "KeyVersionState(" + strconv.Itoa(int(s)) + ")"
+	return typ + "(" + strconv.Itoa(int(v)) + ")"
 }
