@@ -27,8 +27,10 @@ run: ## start `custos dev`: the embedded default on $(DEV_ADDR)
 	$(GO) run ./cmd/custos dev --listen $(DEV_ADDR)
 
 .PHONY: test
-test: tools test-deps vet generate-check ## vet, check generated code, run every test with -race, then the real-Vault tests
-	$(GO) test -race -count=1 ./...
+# The tests run while a `custos dev` holds the default ports (as when
+# `make run` is going in another terminal), so none may depend on them.
+test: tools test-deps vet generate-check ## vet, check generated code, run every test with -race beside a custos dev, then the real-Vault tests
+	bash scripts/with-dev-server.sh $(GO) test -race -count=1 ./...
 	$(MAKE) --no-print-directory test-vault
 
 # The real-Vault tests live in a nested module (test/vault) so Vault's large

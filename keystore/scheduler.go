@@ -15,18 +15,18 @@ import (
 	"github.com/custos-kms/custos/keystore/storage"
 )
 
-// Scheduler defaults.
+// Scheduler defaults. They are the only defaults of these settings: the
+// YAML configuration leaves them zero unless set.
 const (
 	// DefaultSchedulerInterval is how often the lease holder runs a pass.
-	DefaultSchedulerInterval = time.Minute
+	DefaultSchedulerInterval = 30 * time.Second
 	// DefaultFlushInterval is how often every replica writes its encryption
 	// counts to storage.
 	DefaultFlushInterval = 10 * time.Second
 	// schedulerPageSize is how many records one storage List returns during
 	// a pass.
 	schedulerPageSize = 256
-	// stopTimeout bounds the final flush and lease release when
-	// RunScheduler stops.
+	// stopTimeout bounds the final flush and the lease release on stop.
 	stopTimeout = 5 * time.Second
 )
 
@@ -42,24 +42,14 @@ type SchedulerConfig struct {
 	// dead holder's lease blocks the others. It must exceed Interval.
 	// Default 3 × Interval.
 	LeaseTTL time.Duration
-	// FlushInterval is how often this replica adds its encryption counts to
-	// storage (FlushUsage). Default DefaultFlushInterval.
-	FlushInterval time.Duration
-	// FlushOnly makes this replica only flush its encryption counts (which
-	// every replica must do) and never take the lease, for a replica whose
-	// scheduler is turned off.
-	FlushOnly bool
 }
 
 func (c SchedulerConfig) normalize() (SchedulerConfig, error) {
-	if c.Interval < 0 || c.LeaseTTL < 0 || c.FlushInterval < 0 {
+	if c.Interval < 0 || c.LeaseTTL < 0 {
 		return c, fmt.Errorf("%w: scheduler intervals must not be negative", ErrInvalidArgument)
 	}
 	if c.Interval == 0 {
 		c.Interval = DefaultSchedulerInterval
-	}
-	if c.FlushInterval == 0 {
-		c.FlushInterval = DefaultFlushInterval
 	}
 	if c.LeaseTTL == 0 {
 		c.LeaseTTL = 3 * c.Interval
@@ -74,47 +64,32 @@ func (c SchedulerConfig) normalize() (SchedulerConfig, error) {
 	return c, nil
 }
 
-// RunScheduler runs the key lifecycle for the whole deployment until ctx is
-// done, then returns nil (or at once an ErrInvalidArgument for a bad cfg).
-// Run it on every replica:
+// RunScheduler runs the leased key maintenance of the whole deployment
+// until ctx is done, then returns nil (or at once an ErrInvalidArgument for
+// a bad cfg). Every Interval each replica running it tries to take or renew
+// the scheduler lease (a storage record changed with compare-and-swap); the
+// one holding it runs a pass: automatic rotation (rotation period due, or
+// the primary's persisted count at Config.UsageRotateThreshold),
+// destruction of versions whose destroy date has passed, and
+// crypto-shredding of tenants whose deletion date has passed. When ctx is
+// done it releases the lease, so another replica takes over at its next
+// Interval. Failures are logged and retried on the next tick.
 //
-//   - every FlushInterval, each replica adds its encryption counts to the
-//     persisted per-version counts (FlushUsage);
-//   - every Interval, each replica tries to take or renew the scheduler
-//     lease (a storage record changed with compare-and-swap); the one
-//     holding it runs a pass: automatic rotation (rotation period due, or the
-//     primary's persisted count at Config.UsageRotateThreshold), destruction
-//     of versions whose destroy date has passed, and crypto-shredding of
-//     tenants whose deletion date has passed.
-//
-// When ctx is done it flushes the counts once more and releases the lease so
-// another replica takes over at its next Interval. Failures are logged and
-// retried on the next tick.
+// Encryption counts are flushed by RunCountFlush, which every replica runs
+// whether or not it takes part in the lease.
 func (s *Service) RunScheduler(ctx context.Context, cfg SchedulerConfig) error {
 	cfg, err := cfg.normalize()
 	if err != nil {
 		return err
 	}
-	// Flushes run on their own, so a long pass never delays them.
-	flushed := make(chan struct{})
-	go func() {
-		defer close(flushed)
-		s.flushLoop(ctx, cfg.FlushInterval)
-	}()
 	pass := time.NewTicker(cfg.Interval)
 	defer pass.Stop()
 	for {
-		if !cfg.FlushOnly {
-			s.leaderTick(ctx, cfg)
-		}
+		s.leaderTick(ctx, cfg)
 		select {
 		case <-ctx.Done():
-			<-flushed
 			stop, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
 			defer cancel()
-			if err := s.FlushUsage(stop); err != nil {
-				s.logger.Warn("scheduler: final flush of encrypt counts failed", "error", err.Error())
-			}
 			if err := s.releaseLease(stop, cfg.HolderID); err != nil {
 				s.logger.Warn("scheduler: release lease failed", "error", err.Error())
 			}
@@ -124,17 +99,28 @@ func (s *Service) RunScheduler(ctx context.Context, cfg SchedulerConfig) error {
 	}
 }
 
-// flushLoop runs FlushUsage every interval until ctx is done.
-func (s *Service) flushLoop(ctx context.Context, interval time.Duration) {
+// RunCountFlush adds this replica's encryption counts to storage
+// (FlushUsage) every interval (default DefaultFlushInterval) until ctx is
+// done, then once more, so every encryption served before ctx ended is
+// counted. Every replica runs it.
+func (s *Service) RunCountFlush(ctx context.Context, interval time.Duration) {
+	if interval <= 0 {
+		interval = DefaultFlushInterval
+	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
+			stop, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
+			defer cancel()
+			if err := s.FlushUsage(stop); err != nil {
+				s.logger.Warn("final flush of encrypt counts failed", "error", err.Error())
+			}
 			return
 		case <-t.C:
 			if err := s.FlushUsage(ctx); err != nil && ctx.Err() == nil {
-				s.logger.Warn("scheduler: flush encrypt counts failed; will retry", "error", err.Error())
+				s.logger.Warn("flush encrypt counts failed; will retry", "error", err.Error())
 			}
 		}
 	}

@@ -232,7 +232,7 @@ func TestOneSchedulerRotatesOnceForManyReplicas(t *testing.T) {
 	replicas := []*keystore.Service{f.replica(), f.replica(), f.replica()}
 	var wg sync.WaitGroup
 	for i, ks := range replicas {
-		cfg := keystore.SchedulerConfig{Interval: 2 * time.Millisecond, FlushInterval: time.Millisecond, LeaseTTL: time.Hour, HolderID: string(rune('a' + i))}
+		cfg := keystore.SchedulerConfig{Interval: 2 * time.Millisecond, LeaseTTL: time.Hour, HolderID: string(rune('a' + i))}
 		wg.Go(func() {
 			if err := ks.RunScheduler(ctx, cfg); err != nil {
 				t.Error(err)

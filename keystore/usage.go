@@ -178,8 +178,8 @@ func (l *lifecycleState) dropTenant(tenant string) {
 
 // FlushUsage adds the encryptions this replica counted since the last flush
 // to the versions' persisted encrypt_count, with compare-and-swap, so the
-// counts of every replica add up. RunScheduler calls it every
-// SchedulerConfig.FlushInterval and once more when it stops. Counts whose
+// counts of every replica add up. RunCountFlush calls it every flush
+// interval and once more when it stops. Counts whose
 // write fails are kept for the next flush; counts of keys that no longer
 // exist are dropped.
 func (s *Service) FlushUsage(ctx context.Context) error {

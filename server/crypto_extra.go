@@ -6,15 +6,11 @@ import (
 	"google.golang.org/grpc/status"
 
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
-	"github.com/custos-kms/custos/server/policy"
 )
 
 // Rewrap needs only the rewrap permission: the plaintext never leaves.
 func (s cryptoService) Rewrap(ctx context.Context, req *custosv1.RewrapRequest) (*custosv1.RewrapResponse, error) {
-	ref, err := s.keyRef(ctx, req.GetName(), policy.Rewrap)
-	if err != nil {
-		return nil, err
-	}
+	ref := callOf(ctx).key
 	ct, v, err := s.ks.Rewrap(ctx, ref, req.GetCiphertext(), req.GetAssociatedData())
 	if err != nil {
 		return nil, s.toError(ctx, err)
@@ -24,10 +20,7 @@ func (s cryptoService) Rewrap(ctx context.Context, req *custosv1.RewrapRequest) 
 
 // RewrapBatch rewraps each item on its own; one bad item never fails the others.
 func (s cryptoService) RewrapBatch(ctx context.Context, req *custosv1.RewrapBatchRequest) (*custosv1.RewrapBatchResponse, error) {
-	ref, err := s.keyRef(ctx, req.GetName(), policy.Rewrap)
-	if err != nil {
-		return nil, err
-	}
+	ref := callOf(ctx).key
 	items := req.GetItems()
 	if err := s.checkBatch(len(items)); err != nil {
 		return nil, err
@@ -54,10 +47,7 @@ func (s cryptoService) RewrapBatch(ctx context.Context, req *custosv1.RewrapBatc
 }
 
 func (s cryptoService) GenerateDataKey(ctx context.Context, req *custosv1.GenerateDataKeyRequest) (*custosv1.GenerateDataKeyResponse, error) {
-	ref, err := s.keyRef(ctx, req.GetName(), policy.DataKey)
-	if err != nil {
-		return nil, err
-	}
+	ref := callOf(ctx).key
 	pt, wrapped, v, err := s.ks.GenerateDataKey(ctx, ref, req.GetAssociatedData(), req.GetWrappedOnly())
 	if err != nil {
 		return nil, s.toError(ctx, err)
@@ -66,10 +56,7 @@ func (s cryptoService) GenerateDataKey(ctx context.Context, req *custosv1.Genera
 }
 
 func (s cryptoService) ComputeMac(ctx context.Context, req *custosv1.ComputeMacRequest) (*custosv1.ComputeMacResponse, error) {
-	ref, err := s.keyRef(ctx, req.GetName(), policy.MAC)
-	if err != nil {
-		return nil, err
-	}
+	ref := callOf(ctx).key
 	m, v, err := s.ks.ComputeMAC(ctx, ref, req.GetData())
 	if err != nil {
 		return nil, s.toError(ctx, err)
@@ -78,10 +65,7 @@ func (s cryptoService) ComputeMac(ctx context.Context, req *custosv1.ComputeMacR
 }
 
 func (s cryptoService) VerifyMac(ctx context.Context, req *custosv1.VerifyMacRequest) (*custosv1.VerifyMacResponse, error) {
-	ref, err := s.keyRef(ctx, req.GetName(), policy.MAC)
-	if err != nil {
-		return nil, err
-	}
+	ref := callOf(ctx).key
 	ok, err := s.ks.VerifyMAC(ctx, ref, req.GetData(), req.GetMac())
 	if err != nil {
 		return nil, s.toError(ctx, err)
@@ -90,10 +74,7 @@ func (s cryptoService) VerifyMac(ctx context.Context, req *custosv1.VerifyMacReq
 }
 
 func (s cryptoService) BlindIndex(ctx context.Context, req *custosv1.BlindIndexRequest) (*custosv1.BlindIndexResponse, error) {
-	ref, err := s.keyRef(ctx, req.GetName(), policy.MAC)
-	if err != nil {
-		return nil, err
-	}
+	ref := callOf(ctx).key
 	entries, err := s.ks.BlindIndex(ctx, ref, req.GetData())
 	if err != nil {
 		return nil, s.toError(ctx, err)
@@ -106,10 +87,7 @@ func (s cryptoService) BlindIndex(ctx context.Context, req *custosv1.BlindIndexR
 }
 
 func (s cryptoService) HashPassword(ctx context.Context, req *custosv1.HashPasswordRequest) (*custosv1.HashPasswordResponse, error) {
-	ref, err := s.keyRef(ctx, req.GetName(), policy.Hash)
-	if err != nil {
-		return nil, err
-	}
+	ref := callOf(ctx).key
 	h, err := s.ks.HashPassword(ctx, ref, req.GetPassword())
 	if err != nil {
 		return nil, s.toError(ctx, err)
@@ -118,10 +96,7 @@ func (s cryptoService) HashPassword(ctx context.Context, req *custosv1.HashPassw
 }
 
 func (s cryptoService) VerifyPassword(ctx context.Context, req *custosv1.VerifyPasswordRequest) (*custosv1.VerifyPasswordResponse, error) {
-	ref, err := s.keyRef(ctx, req.GetName(), policy.Hash)
-	if err != nil {
-		return nil, err
-	}
+	ref := callOf(ctx).key
 	match, rehash, err := s.ks.VerifyPassword(ctx, ref, req.GetPassword(), req.GetHash(), req.GetSubject())
 	if err != nil {
 		return nil, s.toError(ctx, err)

@@ -83,10 +83,7 @@ func checkItemAAD(aad []byte) error {
 }
 
 func (s cryptoService) Encrypt(ctx context.Context, req *custosv1.EncryptRequest) (*custosv1.EncryptResponse, error) {
-	ref, err := s.keyRef(ctx, req.GetName(), policy.Encrypt)
-	if err != nil {
-		return nil, err
-	}
+	ref := callOf(ctx).key
 	if err := s.checkPlaintext("plaintext", len(req.GetPlaintext())); err != nil {
 		return nil, err
 	}
@@ -101,19 +98,12 @@ func (s cryptoService) Encrypt(ctx context.Context, req *custosv1.EncryptRequest
 // GenerateDataKey (needs datakey). A caller holding both gets whichever the
 // ciphertext is; a caller holding one cannot use the other kind.
 func (s cryptoService) Decrypt(ctx context.Context, req *custosv1.DecryptRequest) (*custosv1.DecryptResponse, error) {
-	ref, err := keystore.ParseKeyName(req.GetName())
-	if err != nil {
-		return nil, s.toError(ctx, err)
-	}
-	fields := s.authorize(ctx, policy.Decrypt, ref.Tenant) == nil
-	dataKeys := s.authorize(ctx, policy.DataKey, ref.Tenant) == nil
-	if !fields && !dataKeys {
-		return nil, s.authorize(ctx, policy.Decrypt, ref.Tenant)
-	}
+	c := callOf(ctx)
+	ref, fields, dataKeys := c.key, c.has(policy.Decrypt), c.has(policy.DataKey)
 	ct, aad := req.GetCiphertext(), req.GetAssociatedData()
 	var pt []byte
 	var v uint32
-	err = keystore.ErrInvalidCiphertext
+	err := keystore.ErrInvalidCiphertext
 	if fields {
 		pt, v, err = s.ks.Decrypt(ctx, ref, ct, aad)
 	}
@@ -136,10 +126,7 @@ func (s cryptoService) Decrypt(ctx context.Context, req *custosv1.DecryptRequest
 // permission, item count) or the key (unknown, tenant deleted, wrong
 // purpose, unavailable); each item gets its own status.
 func (s cryptoService) EncryptBatch(ctx context.Context, req *custosv1.EncryptBatchRequest) (*custosv1.EncryptBatchResponse, error) {
-	ref, err := s.keyRef(ctx, req.GetName(), policy.Encrypt)
-	if err != nil {
-		return nil, err
-	}
+	ref := callOf(ctx).key
 	items := req.GetItems()
 	if err := s.checkBatch(len(items)); err != nil {
 		return nil, err
@@ -167,10 +154,7 @@ func (s cryptoService) EncryptBatch(ctx context.Context, req *custosv1.EncryptBa
 
 // DecryptBatch decrypts each item on its own; one bad item never fails the others.
 func (s cryptoService) DecryptBatch(ctx context.Context, req *custosv1.DecryptBatchRequest) (*custosv1.DecryptBatchResponse, error) {
-	ref, err := s.keyRef(ctx, req.GetName(), policy.Decrypt)
-	if err != nil {
-		return nil, err
-	}
+	ref := callOf(ctx).key
 	items := req.GetItems()
 	if err := s.checkBatch(len(items)); err != nil {
 		return nil, err

@@ -24,11 +24,11 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
+	"github.com/custos-kms/custos/internal/config"
+	"github.com/custos-kms/custos/internal/custos"
 	"github.com/custos-kms/custos/internal/pki"
-	"github.com/custos-kms/custos/keystore"
 	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/root/local"
-	"github.com/custos-kms/custos/keystore/storage/bbolt"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 	"github.com/custos-kms/custos/server"
 	"github.com/custos-kms/custos/server/policy"
@@ -61,11 +61,6 @@ rules:
     permissions: [tenants.admin]
 `
 
-// staticPolicy is a server.PolicySource that never changes.
-type staticPolicy struct{ p *policy.Policy }
-
-func (s staticPolicy) Current() *policy.Policy { return s.p }
-
 // discardLogger drops every record without formatting it.
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
@@ -75,6 +70,8 @@ type testPKI struct {
 	ca        *pki.CA
 	roots     *x509.CertPool
 	serverTLS *tls.Config
+	// The server's PEM files, for configurations.
+	certFile, keyFile, caFile string
 }
 
 // newPKI makes a CA, a server certificate for 127.0.0.1 and the server's TLS
@@ -110,7 +107,7 @@ func newPKI(tb testing.TB) *testPKI {
 	if !roots.AppendCertsFromPEM(ca.CertPEM()) {
 		tb.Fatal("test CA certificate does not parse")
 	}
-	return &testPKI{ca: ca, roots: roots, serverTLS: serverTLS}
+	return &testPKI{ca: ca, roots: roots, serverTLS: serverTLS, certFile: certFile, keyFile: keyFile, caFile: caFile}
 }
 
 // clientCert issues a client certificate for id: a SPIFFE ID goes in the URI
@@ -159,14 +156,15 @@ func dial(tb testing.TB, addr string, conf *tls.Config) *grpc.ClientConn {
 // files are the state a server runs on; they outlive any one server, so a
 // test can stop a server and start another on the same state.
 type files struct {
-	pki      *testPKI
-	rootPath string
-	root     *local.Root
-	dbPath   string
+	pki        *testPKI
+	rootPath   string
+	root       *local.Root
+	dbPath     string
+	policyPath string
 }
 
-// newFiles makes a PKI, a local root key file and the path of a bbolt file
-// in a temporary directory.
+// newFiles makes a PKI, a local root key file, the path of a bbolt file and
+// the test policy in a temporary directory.
 func newFiles(tb testing.TB) *files {
 	tb.Helper()
 	dir := tb.TempDir()
@@ -175,7 +173,30 @@ func newFiles(tb testing.TB) *files {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return &files{pki: newPKI(tb), rootPath: rootPath, root: r, dbPath: filepath.Join(dir, "custos.db")}
+	policyPath := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(policyPath, []byte(testPolicy), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	return &files{pki: newPKI(tb), rootPath: rootPath, root: r, dbPath: filepath.Join(dir, "custos.db"), policyPath: policyPath}
+}
+
+// config is the configuration of a server on f: listeners on 127.0.0.1:0,
+// ops off, bbolt and the local root of f.
+func (f *files) config(tb testing.TB) *config.Config {
+	tb.Helper()
+	p := f.pki
+	cfg := &config.Config{
+		Listen:     "127.0.0.1:0",
+		TLS:        config.TLS{CertFile: p.certFile, KeyFile: p.keyFile, ClientCAFile: p.caFile},
+		PolicyFile: f.policyPath,
+		Root:       config.Root{Type: "local", Local: config.LocalRoot{KeyFile: f.rootPath}},
+		Storage:    config.Storage{Type: "bbolt", Bbolt: config.BboltConfig{Path: f.dbPath}},
+		Ops:        config.Ops{Listen: "off"},
+	}
+	if err := cfg.Validate(); err != nil {
+		tb.Fatal(err)
+	}
+	return cfg
 }
 
 // options tune one test server; the zero value is a quiet server with the
@@ -189,20 +210,27 @@ type options struct {
 	root root.Root
 	// register adds services to the grpc.Server before it serves.
 	register func(*grpc.Server)
+	// configure changes the configuration before the server starts.
+	configure func(*config.Config)
+	// policy replaces testPolicy in the policy file of f.
+	policy string
+	// sighup makes the server reload its policy on SIGHUP.
+	sighup bool
 }
 
 // testServer is one running server on files.
 type testServer struct {
 	files *files
 	addr  string
-	gs    *grpc.Server
-	store *bbolt.Store
+	rt    *custos.Runtime
 
 	stopOnce sync.Once
+	stopRun  func()
 }
 
-// start starts a server on f: a new keystore (so an empty cache) over the
-// bbolt file and root of f. It stops at cleanup unless stopped before.
+// start starts a server on f through the runtime custos serve uses: a new
+// keystore (so an empty cache) over the bbolt file and root of f. It stops
+// at cleanup unless stopped before.
 func start(tb testing.TB, f *files, o options) *testServer {
 	tb.Helper()
 	logger := o.logger
@@ -213,52 +241,48 @@ func start(tb testing.TB, f *files, o options) *testServer {
 	if o.root != nil {
 		r = o.root
 	}
-	store, err := bbolt.Open(f.dbPath, bbolt.Options{})
+	cfg := f.config(tb)
+	cfg.Limits = config.Limits{MaxPlaintextBytes: o.limits.MaxPlaintextBytes, MaxBatchItems: o.limits.MaxBatchItems, MaxMessageBytes: o.limits.MaxMessageBytes}
+	if o.configure != nil {
+		o.configure(cfg)
+	}
+	if o.policy != "" {
+		if err := os.WriteFile(f.policyPath, []byte(o.policy), 0o600); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	rt, err := custos.New(context.Background(), cfg, custos.Options{Logger: logger, Root: r, Register: o.register, HandleSIGHUP: o.sighup})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	ks, err := keystore.New(keystore.Config{Storage: store, Root: r, Logger: logger})
-	if err != nil {
-		store.Close()
-		tb.Fatal(err)
-	}
-	srv, err := server.New(server.Config{
-		Keystore: ks,
-		Policy:   staticPolicy{mustParsePolicy(tb, testPolicy)},
-		Logger:   logger,
-		Limits:   o.limits,
-	})
-	if err != nil {
-		store.Close()
-		tb.Fatal(err)
-	}
-	gs, err := srv.NewGRPCServer(f.pki.serverTLS)
-	if err != nil {
-		store.Close()
-		tb.Fatal(err)
-	}
-	if o.register != nil {
-		o.register(gs)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		store.Close()
-		tb.Fatal(err)
-	}
-	ts := &testServer{files: f, addr: lis.Addr().String(), gs: gs, store: store}
-	go gs.Serve(lis) //nolint:errcheck // returns when stopped
+	ts := &testServer{files: f, addr: rt.Addr().String(), rt: rt}
+	ts.stopRun = runInBackground(tb, rt)
 	tb.Cleanup(ts.stop)
 	return ts
 }
 
+// runInBackground runs rt until the returned stop is called, failing the test
+// if Run fails.
+func runInBackground(tb testing.TB, rt *custos.Runtime) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- rt.Run(ctx) }()
+	return func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				tb.Errorf("custos runtime: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			tb.Errorf("custos runtime did not stop within 30s")
+		}
+	}
+}
+
 // stop stops the server gracefully and closes its store. It may be called
 // more than once.
-func (ts *testServer) stop() {
-	ts.stopOnce.Do(func() {
-		ts.gs.GracefulStop()
-		ts.store.Close()
-	})
-}
+func (ts *testServer) stop() { ts.stopOnce.Do(ts.stopRun) }
 
 func mustParsePolicy(tb testing.TB, doc string) *policy.Policy {
 	tb.Helper()
@@ -369,9 +393,13 @@ type countingRoot struct {
 	wraps, unwraps int
 }
 
+// Wrap counts the wraps of key material, not the runtime's dependency
+// probes (associated data "custos:probe").
 func (c *countingRoot) Wrap(ctx context.Context, plaintext, aad []byte) ([]byte, error) {
 	c.mu.Lock()
-	c.wraps++
+	if string(aad) != "custos:probe" {
+		c.wraps++
+	}
 	c.mu.Unlock()
 	return c.Root.Wrap(ctx, plaintext, aad)
 }

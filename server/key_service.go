@@ -8,7 +8,6 @@ import (
 
 	"github.com/custos-kms/custos/keystore"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
-	"github.com/custos-kms/custos/server/identity"
 	"github.com/custos-kms/custos/server/policy"
 )
 
@@ -21,14 +20,11 @@ type keyService struct {
 
 var _ custosv1.KeyServiceServer = keyService{}
 
-// Every handler authorizes before it looks anything up, so a caller learns
-// nothing about tenants it may not see.
+// The request path (methods.go) has parsed the names and authorized the
+// caller before a handler runs; handlers read the result with callOf.
 
 func (s keyService) CreateTenant(ctx context.Context, req *custosv1.CreateTenantRequest) (*custosv1.CreateTenantResponse, error) {
-	if err := s.authorize(ctx, policy.TenantsAdmin, req.GetTenantId()); err != nil {
-		return nil, err
-	}
-	t, err := s.ks.CreateTenant(ctx, req.GetTenantId())
+	t, err := s.ks.CreateTenant(ctx, callOf(ctx).tenant)
 	if err != nil {
 		return nil, s.toError(ctx, err)
 	}
@@ -36,13 +32,7 @@ func (s keyService) CreateTenant(ctx context.Context, req *custosv1.CreateTenant
 }
 
 func (s keyService) GetTenant(ctx context.Context, req *custosv1.GetTenantRequest) (*custosv1.GetTenantResponse, error) {
-	id, err := keystore.ParseTenantName(req.GetName())
-	if err != nil {
-		return nil, s.toError(ctx, err)
-	}
-	if err := s.authorize(ctx, policy.TenantsAdmin, id); err != nil {
-		return nil, err
-	}
+	id := callOf(ctx).tenant
 	t, err := s.ks.GetTenant(ctx, id)
 	if err != nil {
 		return nil, s.toError(ctx, err)
@@ -55,11 +45,8 @@ func (s keyService) GetTenant(ctx context.Context, req *custosv1.GetTenantReques
 const maxListScans = 10
 
 func (s keyService) ListTenants(ctx context.Context, req *custosv1.ListTenantsRequest) (*custosv1.ListTenantsResponse, error) {
-	id, _ := identity.FromContext(ctx)
-	pol := s.policy.Current()
-	if !pol.AllowedAny(id, policy.TenantsAdmin) {
-		return nil, status.Errorf(codes.PermissionDenied, "identity %q lacks permission %q on any tenant", id, policy.TenantsAdmin)
-	}
+	c := callOf(ctx)
+	id, pol := c.identity, c.policy
 	size := int(req.GetPageSize())
 	if size <= 0 {
 		size = keystore.DefaultPageSize
@@ -86,13 +73,7 @@ func (s keyService) ListTenants(ctx context.Context, req *custosv1.ListTenantsRe
 }
 
 func (s keyService) CreateKey(ctx context.Context, req *custosv1.CreateKeyRequest) (*custosv1.CreateKeyResponse, error) {
-	tenant, err := keystore.ParseTenantName(req.GetParent())
-	if err != nil {
-		return nil, s.toError(ctx, err)
-	}
-	if err := s.authorize(ctx, policy.KeysWrite, tenant); err != nil {
-		return nil, err
-	}
+	tenant := callOf(ctx).tenant
 	purpose, ok := purposeFromProto(req.GetKey().GetPurpose())
 	if !ok {
 		return nil, status.Errorf(codes.InvalidArgument, "key.purpose: %v is not supported", req.GetKey().GetPurpose())
@@ -116,10 +97,7 @@ func (s keyService) CreateKey(ctx context.Context, req *custosv1.CreateKeyReques
 }
 
 func (s keyService) GetKey(ctx context.Context, req *custosv1.GetKeyRequest) (*custosv1.GetKeyResponse, error) {
-	ref, err := s.keyRef(ctx, req.GetName(), policy.KeysRead)
-	if err != nil {
-		return nil, err
-	}
+	ref := callOf(ctx).key
 	k, err := s.ks.GetKey(ctx, ref)
 	if err != nil {
 		return nil, s.toError(ctx, err)
@@ -128,13 +106,7 @@ func (s keyService) GetKey(ctx context.Context, req *custosv1.GetKeyRequest) (*c
 }
 
 func (s keyService) ListKeys(ctx context.Context, req *custosv1.ListKeysRequest) (*custosv1.ListKeysResponse, error) {
-	tenant, err := keystore.ParseTenantName(req.GetParent())
-	if err != nil {
-		return nil, s.toError(ctx, err)
-	}
-	if err := s.authorize(ctx, policy.KeysRead, tenant); err != nil {
-		return nil, err
-	}
+	tenant := callOf(ctx).tenant
 	keys, next, err := s.ks.ListKeys(ctx, tenant, int(req.GetPageSize()), req.GetPageToken())
 	if err != nil {
 		return nil, s.toError(ctx, err)
@@ -147,25 +119,10 @@ func (s keyService) ListKeys(ctx context.Context, req *custosv1.ListKeysRequest)
 }
 
 func (s keyService) RotateKey(ctx context.Context, req *custosv1.RotateKeyRequest) (*custosv1.RotateKeyResponse, error) {
-	ref, err := s.keyRef(ctx, req.GetName(), policy.KeysRotate)
-	if err != nil {
-		return nil, err
-	}
+	ref := callOf(ctx).key
 	k, err := s.ks.RotateKey(ctx, ref)
 	if err != nil {
 		return nil, s.toError(ctx, err)
 	}
 	return &custosv1.RotateKeyResponse{Key: keyToProto(k)}, nil
-}
-
-// keyRef parses a key name and authorizes perm on its tenant.
-func (s *Server) keyRef(ctx context.Context, name string, perm policy.Permission) (keystore.KeyRef, error) {
-	ref, err := keystore.ParseKeyName(name)
-	if err != nil {
-		return keystore.KeyRef{}, s.toError(ctx, err)
-	}
-	if err := s.authorize(ctx, perm, ref.Tenant); err != nil {
-		return keystore.KeyRef{}, err
-	}
-	return ref, nil
 }

@@ -10,7 +10,6 @@ import (
 
 	"github.com/custos-kms/custos/keystore"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
-	"github.com/custos-kms/custos/server/policy"
 )
 
 // waitingPeriod converts an optional waiting period (validated 1–365 days by
@@ -23,13 +22,7 @@ func waitingPeriod(d *durationpb.Duration) time.Duration {
 }
 
 func (s keyService) DeleteTenant(ctx context.Context, req *custosv1.DeleteTenantRequest) (*custosv1.DeleteTenantResponse, error) {
-	id, err := keystore.ParseTenantName(req.GetName())
-	if err != nil {
-		return nil, s.toError(ctx, err)
-	}
-	if err := s.authorize(ctx, policy.TenantsAdmin, id); err != nil {
-		return nil, err
-	}
+	id := callOf(ctx).tenant
 	t, err := s.ks.DeleteTenant(ctx, id, waitingPeriod(req.GetWaitingPeriod()))
 	if err != nil {
 		return nil, s.toError(ctx, err)
@@ -38,13 +31,7 @@ func (s keyService) DeleteTenant(ctx context.Context, req *custosv1.DeleteTenant
 }
 
 func (s keyService) UndeleteTenant(ctx context.Context, req *custosv1.UndeleteTenantRequest) (*custosv1.UndeleteTenantResponse, error) {
-	id, err := keystore.ParseTenantName(req.GetName())
-	if err != nil {
-		return nil, s.toError(ctx, err)
-	}
-	if err := s.authorize(ctx, policy.TenantsAdmin, id); err != nil {
-		return nil, err
-	}
+	id := callOf(ctx).tenant
 	t, err := s.ks.UndeleteTenant(ctx, id)
 	if err != nil {
 		return nil, s.toError(ctx, err)
@@ -55,10 +42,7 @@ func (s keyService) UndeleteTenant(ctx context.Context, req *custosv1.UndeleteTe
 // UpdateKey applies the fields named in update_mask: rotation_period,
 // min_decryption_version, password_policy.
 func (s keyService) UpdateKey(ctx context.Context, req *custosv1.UpdateKeyRequest) (*custosv1.UpdateKeyResponse, error) {
-	ref, err := s.keyRef(ctx, req.GetKey().GetName(), policy.KeysWrite)
-	if err != nil {
-		return nil, err
-	}
+	ref := callOf(ctx).key
 	paths := req.GetUpdateMask().GetPaths()
 	if len(paths) == 0 {
 		return nil, status.Error(codes.InvalidArgument, "update_mask: name at least one of rotation_period, min_decryption_version, password_policy")
@@ -99,10 +83,7 @@ func (s keyService) UpdateKey(ctx context.Context, req *custosv1.UpdateKeyReques
 }
 
 func (s keyService) EnableKeyVersion(ctx context.Context, req *custosv1.EnableKeyVersionRequest) (*custosv1.EnableKeyVersionResponse, error) {
-	ref, err := s.keyRef(ctx, req.GetName(), policy.KeysWrite)
-	if err != nil {
-		return nil, err
-	}
+	ref := callOf(ctx).key
 	k, err := s.ks.EnableKeyVersion(ctx, ref, req.GetVersion())
 	if err != nil {
 		return nil, s.toError(ctx, err)
@@ -111,10 +92,7 @@ func (s keyService) EnableKeyVersion(ctx context.Context, req *custosv1.EnableKe
 }
 
 func (s keyService) DisableKeyVersion(ctx context.Context, req *custosv1.DisableKeyVersionRequest) (*custosv1.DisableKeyVersionResponse, error) {
-	ref, err := s.keyRef(ctx, req.GetName(), policy.KeysWrite)
-	if err != nil {
-		return nil, err
-	}
+	ref := callOf(ctx).key
 	k, err := s.ks.DisableKeyVersion(ctx, ref, req.GetVersion())
 	if err != nil {
 		return nil, s.toError(ctx, err)
@@ -123,10 +101,7 @@ func (s keyService) DisableKeyVersion(ctx context.Context, req *custosv1.Disable
 }
 
 func (s keyService) DestroyKeyVersion(ctx context.Context, req *custosv1.DestroyKeyVersionRequest) (*custosv1.DestroyKeyVersionResponse, error) {
-	ref, err := s.keyRef(ctx, req.GetName(), policy.KeysWrite)
-	if err != nil {
-		return nil, err
-	}
+	ref := callOf(ctx).key
 	k, err := s.ks.DestroyKeyVersion(ctx, ref, req.GetVersion(), waitingPeriod(req.GetWaitingPeriod()))
 	if err != nil {
 		return nil, s.toError(ctx, err)
@@ -135,10 +110,7 @@ func (s keyService) DestroyKeyVersion(ctx context.Context, req *custosv1.Destroy
 }
 
 func (s keyService) RestoreKeyVersion(ctx context.Context, req *custosv1.RestoreKeyVersionRequest) (*custosv1.RestoreKeyVersionResponse, error) {
-	ref, err := s.keyRef(ctx, req.GetName(), policy.KeysWrite)
-	if err != nil {
-		return nil, err
-	}
+	ref := callOf(ctx).key
 	k, err := s.ks.RestoreKeyVersion(ctx, ref, req.GetVersion())
 	if err != nil {
 		return nil, s.toError(ctx, err)

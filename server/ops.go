@@ -45,7 +45,10 @@ type metrics struct {
 	handled  *prometheus.CounterVec
 	seconds  *prometheus.HistogramVec
 	depUp    *prometheus.GaugeVec
-	methods  sync.Map // full method name → *methodMetrics
+	// rateLimited counts calls refused by a rate limit, by policy rule
+	// name and class: never by identity, so the label set stays bounded.
+	rateLimited *prometheus.CounterVec
+	methods     sync.Map // full method name → *methodMetrics
 }
 
 // methodMetrics are one method's series; handled is indexed by gRPC code.
@@ -74,8 +77,12 @@ func newMetrics() *metrics {
 			Name: "custos_dependency_up",
 			Help: "1 if the dependency (storage, root) answered the last probe, else 0.",
 		}, []string{"dependency"}),
+		rateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "custos_rate_limited_total",
+			Help: "Calls refused by a rate limit, by the policy rule that limited them and the call's class.",
+		}, []string{"rule", "class"}),
 	}
-	m.registry.MustRegister(m.started, m.handled, m.seconds, m.depUp, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.registry.MustRegister(m.started, m.handled, m.seconds, m.depUp, m.rateLimited, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 

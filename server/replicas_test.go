@@ -2,7 +2,6 @@ package server_test
 
 import (
 	"context"
-	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -11,60 +10,45 @@ import (
 
 	"google.golang.org/grpc/codes"
 
+	"github.com/custos-kms/custos/internal/config"
+	"github.com/custos-kms/custos/internal/custos"
 	"github.com/custos-kms/custos/internal/pgtest"
 	"github.com/custos-kms/custos/keystore"
 	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/root/local"
-	"github.com/custos-kms/custos/keystore/storage/postgres"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
-	"github.com/custos-kms/custos/server"
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 
 // replica is one stateless Custos server on a shared PostgreSQL database:
-// its own pool, keystore and cache, watching for other replicas' changes.
+// its own pool, keystore and cache, watching for other replicas' changes,
+// run by the runtime custos serve uses.
 type replica struct {
-	addr  string
-	ks    *keystore.Service
-	store *postgres.Store
-	c     clients
+	addr string
+	ks   *keystore.Service
+	c    clients
 }
 
 func startReplica(tb testing.TB, p *testPKI, url string, rt root.Root) *replica {
 	tb.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	store, err := postgres.Open(ctx, postgres.Config{URL: url})
-	if err != nil {
-		cancel()
+	f := &files{pki: p, policyPath: filepath.Join(tb.TempDir(), "policy.yaml")}
+	if err := os.WriteFile(f.policyPath, []byte(testPolicy), 0o600); err != nil {
 		tb.Fatal(err)
 	}
-	ks, err := keystore.New(keystore.Config{Storage: store, Root: rt, Logger: discardLogger()})
-	if err != nil {
+	f.rootPath = "unused: the root is given"
+	f.dbPath = "unused: the storage is postgres"
+	cfg := f.config(tb)
+	cfg.Storage = config.Storage{Type: "postgres", Postgres: config.PostgresConfig{URL: url}}
+	if err := cfg.Validate(); err != nil {
 		tb.Fatal(err)
 	}
-	srv, err := server.New(server.Config{Keystore: ks, Policy: staticPolicy{mustParsePolicy(tb, testPolicy)}, Logger: discardLogger()})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	gs, err := srv.NewGRPCServer(p.serverTLS)
+	run, err := custos.New(context.Background(), cfg, custos.Options{Logger: discardLogger(), Root: rt})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() { _ = gs.Serve(lis) })
-	wg.Go(func() { _ = ks.Watch(ctx) })
-	tb.Cleanup(func() {
-		gs.Stop()
-		cancel()
-		wg.Wait()
-		store.Close()
-	})
-	r := &replica{addr: lis.Addr().String(), ks: ks, store: store}
+	tb.Cleanup(runInBackground(tb, run))
+	r := &replica{addr: run.Addr().String(), ks: run.Keystore()}
 	conn := dial(tb, r.addr, p.clientTLS(p.clientCert(tb, "spiffe://custos.test/admin")))
 	r.c = clients{keys: custosv1.NewKeyServiceClient(conn), crypto: custosv1.NewCryptoServiceClient(conn)}
 	return r

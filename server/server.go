@@ -76,6 +76,7 @@ type Server struct {
 	limits  Limits
 	health  *health.Server
 	metrics *metrics
+	limiter *limiter
 	ready   atomic.Pointer[readiness]
 }
 
@@ -99,7 +100,8 @@ func New(cfg Config) (*Server, error) {
 	if l.MaxMessageBytes <= 0 {
 		l.MaxMessageBytes = DefaultMaxMessageBytes
 	}
-	return &Server{ks: cfg.Keystore, policy: cfg.Policy, logger: cfg.Logger, limits: cfg.Limits, health: health.NewServer(), metrics: newMetrics()}, nil
+	m := newMetrics()
+	return &Server{ks: cfg.Keystore, policy: cfg.Policy, logger: cfg.Logger, limits: cfg.Limits, health: health.NewServer(), metrics: m, limiter: newLimiter(m.rateLimited)}, nil
 }
 
 // Register registers the Custos services, health and reflection on r.
@@ -120,8 +122,9 @@ func (s *Server) Register(r grpc.ServiceRegistrar) {
 func (s *Server) Shutdown() { s.health.Shutdown() }
 
 // NewGRPCServer returns a *grpc.Server that serves only mutual TLS with
-// tlsConf, runs the interceptor chain (recovery, identity, logging,
-// protovalidate) and has s registered.
+// tlsConf, runs the interceptor chain (metrics, recovery, identity, logging,
+// protovalidate, then the request path: authorization and rate limits
+// driven by the method table) and has s registered.
 func (s *Server) NewGRPCServer(tlsConf *tls.Config, opts ...grpc.ServerOption) (*grpc.Server, error) {
 	switch {
 	case tlsConf == nil || tlsConf.ClientAuth != tls.RequireAndVerifyClientCert:
@@ -159,6 +162,7 @@ func (s *Server) NewGRPCServer(tlsConf *tls.Config, opts ...grpc.ServerOption) (
 			auth.UnaryServerInterceptor(identity.AuthFunc),
 			s.logFinishedCalls(logging.UnaryServerInterceptor(logger, logOpts...)),
 			protovalidatemw.UnaryServerInterceptor(validator, batchesValidatedByHandlers),
+			s.requestPath,
 		),
 		grpc.ChainStreamInterceptor(
 			s.metrics.stream,
@@ -166,6 +170,7 @@ func (s *Server) NewGRPCServer(tlsConf *tls.Config, opts ...grpc.ServerOption) (
 			auth.StreamServerInterceptor(identity.AuthFunc),
 			logging.StreamServerInterceptor(logger, logOpts...),
 			protovalidatemw.StreamServerInterceptor(validator),
+			s.streamRequestPath,
 		),
 	}
 	gs := grpc.NewServer(append(all, opts...)...)
@@ -241,16 +246,4 @@ func TLSConfig(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
 		ClientAuth:   tls.RequireAndVerifyClientCert,
 		ClientCAs:    pool,
 	}, nil
-}
-
-// authorize checks the caller's identity against the policy for one tenant.
-func (s *Server) authorize(ctx context.Context, perm policy.Permission, tenant string) error {
-	id, ok := identity.FromContext(ctx)
-	if !ok {
-		return status.Error(codes.Unauthenticated, "no verified client certificate")
-	}
-	if !s.policy.Current().Allowed(id, tenant, perm) {
-		return status.Errorf(codes.PermissionDenied, "identity %q lacks permission %q on tenant %q", id, perm, tenant)
-	}
-	return nil
 }

@@ -1,8 +1,12 @@
 // Package clienttest runs a real, in-process Custos for the tests of
-// programs that use the client library: the real keystore (memory storage, a
-// local root key in a temp dir), the real gRPC server with mutual TLS on
-// 127.0.0.1, and a policy that lets the test client do everything. Nothing
-// is faked, so what passes here passes against a deployed Custos.
+// programs that use the client library: the runtime `custos serve` runs
+// (keystore over memory storage and a local root key in a temp dir, the
+// gRPC server with mutual TLS on 127.0.0.1, the scheduler that rotates keys
+// by period and shreds deleted tenants, the encryption-count flush) and a
+// policy that lets the test client do everything. Nothing is faked, so what
+// passes here passes against a deployed Custos. The scheduler and the count
+// flush run every [Options.SchedulerInterval] (default 200ms) rather than
+// the production 30s and 10s, so tests see their effects quickly.
 //
 //	srv := clienttest.Start(t)
 //	c := srv.Client(t)
@@ -24,13 +28,12 @@
 package clienttest
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -40,12 +43,10 @@ import (
 	"time"
 
 	"github.com/custos-kms/custos/client"
+	"github.com/custos-kms/custos/internal/config"
+	"github.com/custos-kms/custos/internal/custos"
 	"github.com/custos-kms/custos/internal/pki"
-	"github.com/custos-kms/custos/keystore"
 	"github.com/custos-kms/custos/keystore/root/local"
-	"github.com/custos-kms/custos/keystore/storage/memory"
-	"github.com/custos-kms/custos/server"
-	"github.com/custos-kms/custos/server/policy"
 )
 
 // ClientID is the identity (a SPIFFE ID) of the client that [Server.Client]
@@ -65,7 +66,20 @@ type Options struct {
 	// Policy is the server's policy file, in YAML (docs/authorization.md).
 	// Empty means [AllowAll].
 	Policy string
+	// SchedulerInterval is how often the scheduler runs a pass (rotation by
+	// period, destruction, shredding) and encryption counts are flushed.
+	// Default 200ms.
+	SchedulerInterval time.Duration
+	// Now is the server's clock: creation times, rotation due dates,
+	// destruction and deletion dates. Default time.Now. A test that wants
+	// a key to rotate by period (at least an hour) or a deleted tenant to
+	// be shredded passes a clock it can move forward.
+	Now func() time.Time
 }
+
+// DefaultSchedulerInterval is the scheduler and count-flush interval of a
+// test server.
+const DefaultSchedulerInterval = 200 * time.Millisecond
 
 // Server is a running in-process Custos.
 type Server struct {
@@ -121,7 +135,7 @@ func New(opts Options) (*Server, error) {
 	return s, nil
 }
 
-// Close stops the server: calls in flight fail and later calls cannot
+// Close stops the server: calls in flight get a second to finish, later calls cannot
 // connect. Closing again does nothing. A server from [Start] or
 // [StartWith] is closed when its test ends.
 func (s *Server) Close() { s.once.Do(s.stop) }
@@ -136,15 +150,9 @@ func start(dir string, opts Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("PKI: %w", err)
 	}
-	rt, err := local.Create(filepath.Join(dir, "root.key"))
-	if err != nil {
+	rootFile := filepath.Join(dir, "root.key")
+	if _, err := local.Create(rootFile); err != nil {
 		return nil, fmt.Errorf("root: %w", err)
-	}
-	store := memory.New()
-	ks, err := keystore.New(keystore.Config{Storage: store, Root: rt})
-	if err != nil {
-		store.Close()
-		return nil, fmt.Errorf("keystore: %w", err)
 	}
 	pol := opts.Policy
 	if pol == "" {
@@ -152,41 +160,37 @@ func start(dir string, opts Options) (*Server, error) {
 	}
 	policyFile := filepath.Join(dir, "policy.yaml")
 	if err := os.WriteFile(policyFile, []byte(pol), 0o600); err != nil {
-		store.Close()
 		return nil, err
 	}
-	holder, err := policy.NewHolder(policyFile)
-	if err != nil {
-		store.Close()
-		return nil, fmt.Errorf("policy: %w", err)
+	interval := opts.SchedulerInterval
+	if interval <= 0 {
+		interval = DefaultSchedulerInterval
 	}
-	srv, err := server.New(server.Config{Keystore: ks, Policy: holder, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		store.Close()
-		return nil, fmt.Errorf("server: %w", err)
+	cfg := &config.Config{
+		Listen:     "127.0.0.1:0",
+		TLS:        config.TLS{CertFile: files.ServerCert, KeyFile: files.ServerKey, ClientCAFile: files.CA},
+		PolicyFile: policyFile,
+		Root:       config.Root{Type: "local", Local: config.LocalRoot{KeyFile: rootFile}},
+		Storage:    config.Storage{Type: "memory"},
+		Ops:        config.Ops{Listen: "off", ProbeInterval: time.Second},
+		Scheduler:  config.Scheduler{Interval: interval, FlushInterval: interval},
+		// A test's server stops at once: its calls are the test's own.
+		ShutdownTimeout: time.Second,
 	}
-	tlsConf, err := server.TLSConfig(files.ServerCert, files.ServerKey, files.CA)
-	if err != nil {
-		store.Close()
-		return nil, fmt.Errorf("TLS: %w", err)
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
-	gs, err := srv.NewGRPCServer(tlsConf)
+	rt, err := custos.New(context.Background(), cfg, custos.Options{Logger: slog.New(slog.DiscardHandler), Now: opts.Now})
 	if err != nil {
-		store.Close()
-		return nil, fmt.Errorf("gRPC: %w", err)
+		return nil, err
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		store.Close()
-		return nil, fmt.Errorf("listen: %w", err)
-	}
+	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); _ = gs.Serve(lis) }()
-	s := &Server{Addr: lis.Addr().String(), Dir: dir, Files: files, ca: ca}
+	go func() { defer close(done); _ = rt.Run(ctx) }()
+	s := &Server{Addr: rt.Addr().String(), Dir: dir, Files: files, ca: ca}
 	s.stop = func() {
-		gs.Stop()
+		cancel()
 		<-done
-		store.Close()
 	}
 	return s, nil
 }

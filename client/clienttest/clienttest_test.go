@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -110,5 +111,63 @@ func TestNewRunsOutsideATestUntilClosed(t *testing.T) {
 func TestABadPolicyFailsToStart(t *testing.T) {
 	if _, err := clienttest.New(clienttest.Options{Policy: "rules: [{identities: [x], permissions: [fly]}]"}); err == nil {
 		t.Error("New with an invalid policy succeeded")
+	}
+}
+
+// waitFor polls cond every 50ms until it holds or 10s pass.
+func waitFor(t *testing.T, what string, cond func() (bool, error)) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ok, err := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not happen within 10s (last error: %v)", what, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// A clienttest server runs the scheduler and the count flush like a
+// deployed Custos: a key with a rotation period rotates by itself, and
+// GetKey shows how many times each version encrypted.
+func TestTheSchedulerRunsInsideATestServer(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	srv := clienttest.StartWith(t, clienttest.Options{Now: clock})
+	c := srv.Client(t)
+	ctx := t.Context()
+	if _, err := c.CreateTenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	name := client.KeyName("acme", "pii")
+	if _, err := c.CreateKey(ctx, client.TenantName("acme"), "pii", client.KeySpec{Purpose: client.PurposeEncrypt, RotationPeriod: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, _, err := c.Encrypt(ctx, name, []byte("x"), client.AssociatedData("r", "f")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	now = now.Add(61 * time.Minute)
+	mu.Unlock()
+	waitFor(t, "a rotation by period", func() (bool, error) {
+		k, err := c.GetKey(ctx, name)
+		return err == nil && k.PrimaryVersion >= 2, err
+	})
+	waitFor(t, "the count flush", func() (bool, error) {
+		k, err := c.GetKey(ctx, name)
+		return err == nil && len(k.Versions) > 0 && k.Versions[0].EncryptCount >= 3, err
+	})
+	k, err := c.GetKey(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.Versions[0].EncryptCount != 3 {
+		t.Errorf("version 1 encrypt count = %d, want 3", k.Versions[0].EncryptCount)
 	}
 }

@@ -15,31 +15,78 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/custos-kms/custos/client"
+	"github.com/custos-kms/custos/internal/config"
 )
 
 func startDevWith(t *testing.T, dir string, schedulerDisabled bool) (string, func()) {
+	t.Helper()
+	addr, stop, _ := startDevServer(t, dir, func(cfg *config.Config) { cfg.Scheduler.Disabled = schedulerDisabled })
+	return addr, func() {
+		if err := stop(); err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}
+}
+
+// startDevServer serves the dev state in dir on 127.0.0.1:0 (ops listener
+// too, so a `custos dev` on the default ports does not disturb it) with
+// configure applied, and returns the address and a stop function that
+// waits, up to 30s, for serve to return. It fails the test if the server
+// does not start within 10s, with the error serve returned.
+func startDevServer(t *testing.T, dir string, configure func(*config.Config)) (addr string, stop func() error, cancel context.CancelFunc) {
 	t.Helper()
 	cfg, err := prepareDev(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg.Listen = "127.0.0.1:0"
-	cfg.Scheduler.Disabled = schedulerDisabled
 	cfg.Ops.Listen = "127.0.0.1:0"
+	if configure != nil {
+		configure(cfg)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan string, 1)
 	done := make(chan error, 1)
-	var logs bytes.Buffer
+	var logs syncBuffer
 	go func() { done <- serve(ctx, cfg, &logs, func(a net.Addr) { ready <- a.String() }) }()
+	stop = func() error {
+		cancel()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(30 * time.Second):
+			return fmt.Errorf("serve did not return within 30s of its context ending; logs:\n%s", logs.String())
+		}
+	}
 	select {
 	case addr := <-ready:
-		return addr, func() { cancel(); <-done }
+		return addr, stop, cancel
 	case err := <-done:
+		cancel()
 		t.Fatalf("serve: %v", err)
 	case <-time.After(10 * time.Second):
-		t.Fatal("server did not start")
+		cancel()
+		t.Fatalf("server did not start within 10s; logs:\n%s", logs.String())
 	}
-	return "", nil
+	return "", nil, nil
+}
+
+// syncBuffer collects a server's logs safely across goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // A replica with scheduler.disabled still persists its encryption counts, so
@@ -69,17 +116,7 @@ func TestEveryReplicaFlushesItsEncryptionCounts(t *testing.T) {
 // the final flush runs after the last call.
 func TestEncryptionsServedWhileDrainingAreCounted(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), ".custos-dev")
-	cfg, err := prepareDev(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Listen = "127.0.0.1:0"
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan string, 1)
-	done := make(chan error, 1)
-	var logs bytes.Buffer
-	go func() { done <- serve(ctx, cfg, &logs, func(a net.Addr) { ready <- a.String() }) }()
-	addr := <-ready
+	addr, stopServer, cancel := startDevServer(t, dir, nil)
 	cli(t, dir, addr, "tenant", "create", "acme")
 	cli(t, dir, addr, "key", "create", "tenants/acme/keys/pii")
 	cl, err := client.New(context.Background(), client.Config{Address: addr, CAFile: filepath.Join(dir, "ca.pem"), CertFile: filepath.Join(dir, "client.pem"), KeyFile: filepath.Join(dir, "client-key.pem"),
@@ -112,7 +149,9 @@ func TestEncryptionsServedWhileDrainingAreCounted(t *testing.T) {
 	time.Sleep(1500 * time.Millisecond)
 	cancel()
 	wg.Wait()
-	<-done
+	if err := stopServer(); err != nil {
+		t.Fatal(err)
+	}
 	addr, stop := startDevWith(t, dir, false)
 	defer stop()
 	out := cli(t, dir, addr, "key", "get", "tenants/acme/keys/pii")

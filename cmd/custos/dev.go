@@ -45,7 +45,7 @@ storage:
 `
 
 func newDevCmd() *cobra.Command {
-	var dir, listen string
+	var dir, listen, opsListen string
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Serve the embedded default: dev PKI, local root and bbolt under ./.custos-dev",
@@ -61,12 +61,14 @@ restart still decrypts. Never use it in production.`,
 				return err
 			}
 			cfg.Listen = listen
+			cfg.Ops.Listen = opsListen
 			out := cmd.OutOrStdout()
 			return serve(cmd.Context(), cfg, cmd.ErrOrStderr(), func(addr net.Addr) { printDevHelp(out, dir, addr) })
 		},
 	}
 	cmd.Flags().StringVar(&dir, "dir", ".custos-dev", "directory for the dev PKI, root key, data and policy")
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8443", "gRPC listen address")
+	cmd.Flags().StringVar(&opsListen, "ops-listen", "127.0.0.1:9464", `ops listener address (/healthz, /readyz, /metrics), or "off"`)
 	return cmd
 }
 

@@ -2,40 +2,19 @@ package main
 
 import (
 	"bytes"
-	"context"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 )
 
 // startDev prepares dir like `custos dev` and serves it on a free port until
 // the returned stop function is called (a graceful stop, as on SIGINT).
 func startDev(t *testing.T, dir string) (addr string, stop func()) {
 	t.Helper()
-	cfg, err := prepareDev(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Listen = "127.0.0.1:0"
-	cfg.Ops.Listen = "127.0.0.1:0" // never the fixed port a `make run` may hold
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan string, 1)
-	done := make(chan error, 1)
-	var logs bytes.Buffer
-	go func() { done <- serve(ctx, cfg, &logs, func(a net.Addr) { ready <- a.String() }) }()
-	select {
-	case addr = <-ready:
-	case err := <-done:
-		t.Fatalf("serve: %v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("server did not start")
-	}
+	addr, stopServer, _ := startDevServer(t, dir, nil)
 	return addr, func() {
-		cancel()
-		if err := <-done; err != nil {
+		if err := stopServer(); err != nil {
 			t.Errorf("graceful stop: %v", err)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/custos-kms/custos/internal/config"
+	"github.com/custos-kms/custos/internal/custos"
 )
 
 // newRootAdminCmd is `custos root …`: operations on the root key that work
@@ -28,8 +29,8 @@ started again.`,
 			if err != nil {
 				return err
 			}
-			logger := newLogger(os.Stderr, cfg.Log.Level)
-			ks, closeKeystore, err := openKeystore(cmd.Context(), cfg, logger)
+			logger := custos.NewLogger(os.Stderr, cfg.Log.Level)
+			ks, closeKeystore, err := custos.OpenKeystore(cmd.Context(), cfg, logger)
 			if err != nil {
 				return err
 			}

@@ -40,6 +40,18 @@ type Config struct {
 	// Scheduler runs automatic rotation, scheduled destruction and tenant
 	// shredding (one replica at a time holds its lease).
 	Scheduler Scheduler `yaml:"scheduler"`
+	// Passwords bounds the CPU that password hashing may take.
+	Passwords Passwords `yaml:"passwords"`
+}
+
+// Passwords configures the password-hashing pool (bcrypt, argon2id). Zero
+// fields take the keystore's defaults (docs/passwords.md).
+type Passwords struct {
+	// HashWorkers bounds the hashes computed at once.
+	HashWorkers int `yaml:"hash_workers"`
+	// HashQueue bounds the hashes waiting for a worker; beyond it calls fail
+	// with RESOURCE_EXHAUSTED. Negative: none may wait.
+	HashQueue int `yaml:"hash_queue"`
 }
 
 // Ops configures the operations listener.
@@ -52,11 +64,22 @@ type Ops struct {
 	ProbeInterval time.Duration `yaml:"probe_interval"`
 }
 
-// Scheduler configures the background lifecycle work.
+// Scheduler configures the background lifecycle work. Zero fields take the
+// keystore's defaults (docs/lifecycle.md).
 type Scheduler struct {
-	// Interval between passes. Default 30s.
+	// Interval between passes of the lease holder. Default 30s.
 	Interval time.Duration `yaml:"interval"`
-	// Disabled turns the scheduler off on this replica.
+	// LeaseTTL is how long a dead holder's lease blocks the other replicas.
+	// Default 3 × Interval; it must exceed Interval.
+	LeaseTTL time.Duration `yaml:"lease_ttl"`
+	// FlushInterval is how often every replica adds its encryption counts
+	// to storage. Default 10s.
+	FlushInterval time.Duration `yaml:"flush_interval"`
+	// UsageRotateThreshold is how many encryptions a version of an ENCRYPT
+	// key makes before it is rotated automatically. Default 2^30 − 2^27.
+	UsageRotateThreshold uint64 `yaml:"usage_rotate_threshold"`
+	// Disabled keeps this replica out of the lease; it still flushes its
+	// encryption counts.
 	Disabled bool `yaml:"disabled"`
 }
 
@@ -94,10 +117,17 @@ type BboltConfig struct {
 	Path string `yaml:"path"`
 }
 
-// Cache bounds unwrapped material in memory.
+// Cache bounds unwrapped material in memory. Zero fields take the
+// keystore's defaults.
 type Cache struct {
-	Size int           `yaml:"size"`
-	TTL  time.Duration `yaml:"ttl"`
+	// Size bounds the cached tenant KEKs and, separately, keys. Default 10000.
+	Size int `yaml:"size"`
+	// TTL is how long unwrapped material stays cached. Default 5m.
+	TTL time.Duration `yaml:"ttl"`
+	// UnavailableGrace is how long past TTL cached material keeps serving
+	// while the root or the storage is unreachable. Default 1h; negative
+	// turns it off.
+	UnavailableGrace time.Duration `yaml:"unavailable_grace"`
 }
 
 // Limits bound requests; zero takes the server's default.
@@ -155,14 +185,25 @@ func Parse(b []byte, baseDir string) (*Config, error) {
 	if err := dec.Decode(&c); err != nil {
 		return nil, err
 	}
+	c.resolvePaths(baseDir)
+	return &c, c.Validate()
+}
+
+// Validate fills in the defaults of unset fields and checks the whole
+// configuration, reporting every problem at once. Parse calls it; a program
+// that builds a Config in code calls it before using it.
+func (c *Config) Validate() error {
 	c.setDefaults()
+	return c.validate()
+}
+
+func (c *Config) resolvePaths(baseDir string) {
 	for _, p := range []*string{&c.TLS.CertFile, &c.TLS.KeyFile, &c.TLS.ClientCAFile, &c.PolicyFile, &c.Storage.Bbolt.Path, &c.Storage.Postgres.URLFile} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(baseDir, *p)
 		}
 	}
 	c.Root.resolvePaths(baseDir)
-	return &c, c.validate()
 }
 
 func (c *Config) setDefaults() {
@@ -180,9 +221,6 @@ func (c *Config) setDefaults() {
 	}
 	if c.Ops.ProbeInterval == 0 {
 		c.Ops.ProbeInterval = 5 * time.Second
-	}
-	if c.Scheduler.Interval == 0 {
-		c.Scheduler.Interval = 30 * time.Second
 	}
 }
 
@@ -220,8 +258,12 @@ func (c *Config) validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("log.level %q is not one of: debug, info, warn, error", c.Log.Level))
 	}
-	if c.Cache.Size < 0 || c.Cache.TTL < 0 || c.ShutdownTimeout < 0 || c.Ops.ProbeInterval < 0 || c.Scheduler.Interval < 0 {
-		errs = append(errs, errors.New("cache.size, cache.ttl, shutdown_timeout, ops.probe_interval and scheduler.interval must not be negative"))
+	if c.Cache.Size < 0 || c.Cache.TTL < 0 || c.ShutdownTimeout < 0 || c.Ops.ProbeInterval < 0 ||
+		c.Scheduler.Interval < 0 || c.Scheduler.LeaseTTL < 0 || c.Scheduler.FlushInterval < 0 || c.Passwords.HashWorkers < 0 {
+		errs = append(errs, errors.New("cache.size, cache.ttl, shutdown_timeout, ops.probe_interval, scheduler.interval, scheduler.lease_ttl, scheduler.flush_interval and passwords.hash_workers must not be negative"))
+	}
+	if c.Scheduler.LeaseTTL > 0 && c.Scheduler.Interval > 0 && c.Scheduler.LeaseTTL <= c.Scheduler.Interval {
+		errs = append(errs, fmt.Errorf("scheduler.lease_ttl %v must exceed scheduler.interval %v", c.Scheduler.LeaseTTL, c.Scheduler.Interval))
 	}
 	if c.Limits.MaxPlaintextBytes < 0 || c.Limits.MaxBatchItems < 0 || c.Limits.MaxMessageBytes < 0 {
 		errs = append(errs, errors.New("limits must not be negative"))

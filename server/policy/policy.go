@@ -20,9 +20,37 @@
 //	    tenants: ["*"]
 //	    permissions: [tenants.admin, keys.read, keys.write, keys.rotate, audit.read]
 //
-// Each rule needs non-empty identities, tenants and permissions lists. A rule
-// grants each of its permissions to each matching identity for each matching
-// tenant; rules add up, and nothing is ever denied explicitly.
+// Each rule needs non-empty identities and tenants lists, and permissions,
+// rate_limits or both. A rule grants each of its permissions to each
+// matching identity for each matching tenant; rules add up, and nothing is
+// ever denied explicitly. An optional name labels the rule in metrics and
+// logs (default "rules[N]").
+//
+// # Rate limits
+//
+// A rule may limit the calls of the identities it matches:
+//
+//   - name: billing
+//     identities: ["spiffe://example.org/billing/*"]
+//     tenants: ["acme"]
+//     permissions: [encrypt, decrypt]
+//     rate_limits:
+//   - requests_per_second: 200   # tokens added per second (> 0)
+//     burst: 400                 # bucket size (≥ 1)
+//   - class: hashing             # only HashPassword/VerifyPassword
+//     requests_per_second: 5
+//     burst: 10
+//     per_tenant: true           # a bucket per identity and tenant
+//
+// Each limit is a token bucket per identity (or per identity and tenant with
+// per_tenant). A call is limited by every limit of every rule whose
+// identities match the caller and whose tenants match the call's tenant
+// (calls naming no tenant, such as ListTenants, by the rules matching the
+// identity); it proceeds only if each of those buckets holds enough tokens.
+// A class narrows a limit to one kind of call: data (the data plane of
+// CryptoService but password hashing), control (KeyService and
+// AuditService) or hashing (HashPassword, VerifyPassword); without a class
+// it counts every call. A batch call takes one token per item.
 //
 // Identities and tenants are globs in which '*' matches any run of
 // characters, '/' included, and every other character matches only itself.
@@ -51,6 +79,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"strings"
 
@@ -107,15 +136,47 @@ func permBit(p Permission) permSet {
 // Valid reports whether p is a grantable permission (All excluded).
 func (p Permission) Valid() bool { return permBit(p) != 0 }
 
+// Class is a kind of call that a rate limit can be narrowed to.
+type Class string
+
+// The classes of calls.
+const (
+	ClassData    Class = "data"    // CryptoService, password hashing excepted
+	ClassControl Class = "control" // KeyService, AuditService
+	ClassHashing Class = "hashing" // HashPassword, VerifyPassword
+)
+
+// RateLimit is one token bucket limit of a rule. It is immutable.
+type RateLimit struct {
+	// Rule names the rule (its name, or "rules[N]"): a bounded label for
+	// metrics, never an identity.
+	Rule string
+	// ID tells the limit apart from every other across reloads: the same
+	// rule (identities, tenants) and class give the same ID, so buckets
+	// survive a reload that only changes rates.
+	ID string
+	// Class narrows the limit to one kind of call; empty means every call.
+	Class Class
+	// PerSecond is how many tokens the bucket gains each second.
+	PerSecond float64
+	// Burst is the bucket's size.
+	Burst int
+	// PerTenant gives each (identity, tenant) its own bucket.
+	PerTenant bool
+}
+
 // Policy is an immutable, parsed policy. It is safe for concurrent use.
 type Policy struct {
 	rules []rule
+	// limited reports whether any rule has a rate limit.
+	limited bool
 }
 
 type rule struct {
 	identities []glob
 	tenants    []glob
 	perms      permSet
+	limits     []*RateLimit
 }
 
 // Allowed reports whether identity may exercise perm on tenant. It is false
@@ -153,6 +214,41 @@ func (p *Policy) AllowedAny(identity string, perm Permission) bool {
 	return false
 }
 
+// HasRateLimits reports whether any rule limits calls.
+func (p *Policy) HasRateLimits() bool { return p != nil && p.limited }
+
+// RateLimits calls fn with each rate limit that applies to a call of class
+// by identity on tenant (empty for calls naming no tenant), until fn returns
+// false.
+func (p *Policy) RateLimits(identity, tenant string, class Class, fn func(*RateLimit) bool) {
+	if !p.HasRateLimits() || identity == "" {
+		return
+	}
+	for i := range p.rules {
+		r := &p.rules[i]
+		if len(r.limits) == 0 || !matchAny(r.identities, identity) || (tenant != "" && !matchAny(r.tenants, tenant)) {
+			continue
+		}
+		for _, l := range r.limits {
+			if (l.Class == "" || l.Class == class) && !fn(l) {
+				return
+			}
+		}
+	}
+}
+
+// AllRateLimits returns every rate limit of every rule.
+func (p *Policy) AllRateLimits() []*RateLimit {
+	if p == nil {
+		return nil
+	}
+	var out []*RateLimit
+	for i := range p.rules {
+		out = append(out, p.rules[i].limits...)
+	}
+	return out
+}
+
 // Load reads and parses the policy file at path. See the package
 // documentation for the format.
 func Load(path string) (*Policy, error) {
@@ -187,13 +283,22 @@ func Parse(data []byte) (*Policy, error) {
 		return nil, errors.New("policy: no rules; a policy needs at least one rule")
 	}
 	p := &Policy{rules: make([]rule, 0, len(doc.Rules))}
+	names := map[string]bool{}
 	for i := range doc.Rules {
 		n := &doc.Rules[i]
-		r, err := parseRule(n)
+		r, name, err := parseRule(n, i)
+		if err == nil && names[name] {
+			err = fmt.Errorf("name %q is used by another rule", name)
+		}
 		if err != nil {
+			if name != "" && name != fmt.Sprintf("rules[%d]", i) {
+				return nil, fmt.Errorf("policy: rules[%d] %q (line %d): %w", i, name, n.Line, err)
+			}
 			return nil, fmt.Errorf("policy: rules[%d] (line %d): %w", i, n.Line, err)
 		}
+		names[name] = true
 		p.rules = append(p.rules, r)
+		p.limited = p.limited || len(r.limits) > 0
 	}
 	return p, nil
 }
@@ -205,18 +310,40 @@ type policyFile struct {
 }
 
 // parseRule checks the fields of one rule by hand, so that errors can name
-// the rule, and compiles it.
-func parseRule(n *yaml.Node) (rule, error) {
+// the rule, and compiles it. It returns the rule's name (default
+// "rules[index]") even with an error.
+func parseRule(n *yaml.Node, index int) (rule, string, error) {
+	name := fmt.Sprintf("rules[%d]", index)
 	n = resolveAlias(n)
 	if n.Kind != yaml.MappingNode {
-		return rule{}, errors.New("a rule must be a mapping with identities, tenants and permissions")
+		return rule{}, name, errors.New("a rule must be a mapping with identities, tenants and permissions")
 	}
 	var fields struct{ identities, tenants, permissions []string }
+	var limits []yaml.Node
 	seen := map[string]bool{}
 	for i := 0; i+1 < len(n.Content); i += 2 {
-		key, val := n.Content[i].Value, n.Content[i+1]
+		key, val := n.Content[i].Value, resolveAlias(n.Content[i+1])
+		if seen[key] {
+			return rule{}, name, fmt.Errorf("field %q given twice", key)
+		}
+		seen[key] = true
 		var dst *[]string
 		switch key {
+		case "name":
+			if val.Kind != yaml.ScalarNode || val.Value == "" {
+				return rule{}, name, errors.New("name must be a non-empty string")
+			}
+			name = val.Value
+			continue
+		case "rate_limits":
+			if val.Kind != yaml.SequenceNode {
+				return rule{}, name, errors.New("rate_limits must be a list")
+			}
+			limits = make([]yaml.Node, len(val.Content))
+			for j, c := range val.Content {
+				limits[j] = *c
+			}
+			continue
 		case "identities":
 			dst = &fields.identities
 		case "tenants":
@@ -224,43 +351,117 @@ func parseRule(n *yaml.Node) (rule, error) {
 		case "permissions":
 			dst = &fields.permissions
 		default:
-			return rule{}, fmt.Errorf("unknown field %q (want identities, tenants, permissions)", key)
+			return rule{}, name, fmt.Errorf("unknown field %q (want name, identities, tenants, permissions, rate_limits)", key)
 		}
-		if seen[key] {
-			return rule{}, fmt.Errorf("field %q given twice", key)
-		}
-		seen[key] = true
-		if val = resolveAlias(val); val.Kind != yaml.SequenceNode {
-			return rule{}, fmt.Errorf("%s must be a list", key)
+		if val.Kind != yaml.SequenceNode {
+			return rule{}, name, fmt.Errorf("%s must be a list", key)
 		}
 		if err := val.Decode(dst); err != nil {
-			return rule{}, fmt.Errorf("%s: %w", key, err)
+			return rule{}, name, fmt.Errorf("%s: %w", key, err)
 		}
 	}
 
 	var r rule
 	var err error
 	if r.identities, err = compileGlobs("identities", fields.identities, nil); err != nil {
-		return rule{}, err
+		return rule{}, name, err
 	}
 	if r.tenants, err = compileGlobs("tenants", fields.tenants, validTenantGlob); err != nil {
-		return rule{}, err
+		return rule{}, name, err
 	}
-	if len(fields.permissions) == 0 {
-		return rule{}, errors.New("permissions is missing or empty")
+	if len(fields.permissions) == 0 && len(limits) == 0 {
+		return rule{}, name, errors.New("permissions is missing or empty (a rule needs permissions, rate_limits or both)")
 	}
-	for j, name := range fields.permissions {
-		p := Permission(name)
+	if seen["permissions"] && len(fields.permissions) == 0 {
+		return rule{}, name, errors.New("permissions is empty")
+	}
+	for j, pname := range fields.permissions {
+		p := Permission(pname)
 		switch {
 		case p == All:
 			r.perms = allPerms
 		case p.Valid():
 			r.perms |= permBit(p)
 		default:
-			return rule{}, fmt.Errorf("permissions[%d]: unknown permission %q (want one of %s, or \"*\")", j, name, permissionList())
+			return rule{}, name, fmt.Errorf("permissions[%d]: unknown permission %q (want one of %s, or \"*\")", j, pname, permissionList())
 		}
 	}
-	return r, nil
+	classes := map[Class]bool{}
+	for j := range limits {
+		l, err := parseRateLimit(&limits[j])
+		if err != nil {
+			return rule{}, name, fmt.Errorf("rate_limits[%d]: %w", j, err)
+		}
+		if classes[l.Class] {
+			return rule{}, name, fmt.Errorf("rate_limits[%d]: a second limit for class %q", j, classOrAll(l.Class))
+		}
+		classes[l.Class] = true
+		l.Rule = name
+		l.ID = fmt.Sprintf("%q %q %s %v", fields.identities, fields.tenants, l.Class, l.PerTenant)
+		r.limits = append(r.limits, l)
+	}
+	return r, name, nil
+}
+
+// rateLimitFile is one entry of a rule's rate_limits.
+type rateLimitFile struct {
+	Class             string   `yaml:"class"`
+	RequestsPerSecond *float64 `yaml:"requests_per_second"`
+	Burst             *int     `yaml:"burst"`
+	PerTenant         bool     `yaml:"per_tenant"`
+}
+
+func parseRateLimit(n *yaml.Node) (*RateLimit, error) {
+	if n.Kind != yaml.MappingNode {
+		return nil, errors.New("must be a mapping with requests_per_second and burst")
+	}
+	var f rateLimitFile
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		key := n.Content[i].Value
+		switch key {
+		case "class", "requests_per_second", "burst", "per_tenant":
+		default:
+			return nil, fmt.Errorf("unknown field %q (want class, requests_per_second, burst, per_tenant)", key)
+		}
+		if seen[key] {
+			return nil, fmt.Errorf("field %q given twice", key)
+		}
+		seen[key] = true
+	}
+	if err := n.Decode(&f); err != nil {
+		return nil, err
+	}
+	l := &RateLimit{Class: Class(f.Class), PerTenant: f.PerTenant}
+	switch l.Class {
+	case "", ClassData, ClassControl, ClassHashing:
+	default:
+		return nil, fmt.Errorf("unknown class %q (want data, control or hashing, or no class for every call)", f.Class)
+	}
+	switch {
+	case f.RequestsPerSecond == nil:
+		return nil, errors.New("requests_per_second is missing")
+	case !(*f.RequestsPerSecond > 0) || math.IsInf(*f.RequestsPerSecond, 0):
+		return nil, fmt.Errorf("requests_per_second %v must be a positive number", *f.RequestsPerSecond)
+	case f.Burst == nil:
+		return nil, errors.New("burst is missing")
+	case *f.Burst < 1:
+		return nil, fmt.Errorf("burst %d must be at least 1", *f.Burst)
+	case *f.Burst > maxBurst:
+		return nil, fmt.Errorf("burst %d is above %d", *f.Burst, maxBurst)
+	}
+	l.PerSecond, l.Burst = *f.RequestsPerSecond, *f.Burst
+	return l, nil
+}
+
+// maxBurst bounds a rate limit's bucket.
+const maxBurst = 1 << 30
+
+func classOrAll(c Class) string {
+	if c == "" {
+		return "every call"
+	}
+	return string(c)
 }
 
 func resolveAlias(n *yaml.Node) *yaml.Node {

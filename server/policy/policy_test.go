@@ -1,8 +1,10 @@
 package policy
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -138,6 +140,17 @@ func TestParseRejectsInvalidPolicies(t *testing.T) {
 		{"a rule that is not a mapping", rule("encrypt"), "rules[1] (line 5): a rule must be a mapping"},
 		{"two documents", "rules:\n  - {identities: [x], tenants: [t], permissions: [encrypt]}\n---\nrules: []\n", "more than one YAML document"},
 		{"broken YAML", "rules: [\n", "policy: yaml:"},
+		{"a negative rate", rule("{name: billing, identities: [x], tenants: [t], rate_limits: [{requests_per_second: -1, burst: 5}]}"), `rules[1] "billing" (line 5): rate_limits[0]: requests_per_second -1 must be a positive number`},
+		{"a zero rate", rule("{identities: [x], tenants: [t], rate_limits: [{requests_per_second: 0, burst: 5}]}"), "rules[1] (line 5): rate_limits[0]: requests_per_second 0 must be a positive number"},
+		{"a zero burst", rule("{identities: [x], tenants: [t], rate_limits: [{requests_per_second: 10, burst: 0}]}"), "rate_limits[0]: burst 0 must be at least 1"},
+		{"a missing burst", rule("{identities: [x], tenants: [t], rate_limits: [{requests_per_second: 10}]}"), "rate_limits[0]: burst is missing"},
+		{"a missing rate", rule("{identities: [x], tenants: [t], rate_limits: [{burst: 10}]}"), "rate_limits[0]: requests_per_second is missing"},
+		{"an unknown class", rule("{identities: [x], tenants: [t], rate_limits: [{class: admin, requests_per_second: 1, burst: 1}]}"), `rate_limits[0]: unknown class "admin"`},
+		{"an unknown rate-limit field", rule("{identities: [x], tenants: [t], rate_limits: [{rps: 1, burst: 1}]}"), `rate_limits[0]: unknown field "rps"`},
+		{"two limits for one class", rule("{identities: [x], tenants: [t], rate_limits: [{class: data, requests_per_second: 1, burst: 1}, {class: data, requests_per_second: 2, burst: 2}]}"), `rate_limits[1]: a second limit for class "data"`},
+		{"rate_limits not a list", rule("{identities: [x], tenants: [t], rate_limits: {burst: 1}}"), "rate_limits must be a list"},
+		{"a rule with neither permissions nor limits", rule("{identities: [x], tenants: [t]}"), "a rule needs permissions, rate_limits or both"},
+		{"two rules with one name", "rules:\n  - {name: a, identities: [x], tenants: [t], permissions: [encrypt]}\n  - {name: a, identities: [y], tenants: [t], permissions: [encrypt]}\n", `rules[1] "a" (line 3): name "a" is used by another rule`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -150,6 +163,78 @@ func TestParseRejectsInvalidPolicies(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestRateLimitsApplyByIdentityTenantAndClass(t *testing.T) {
+	p, err := Parse([]byte(`
+rules:
+  - name: billing
+    identities: ["spiffe://x/billing"]
+    tenants: [acme]
+    permissions: [encrypt]
+    rate_limits:
+      - {requests_per_second: 100, burst: 200}
+      - {class: hashing, requests_per_second: 2.5, burst: 3, per_tenant: true}
+  - identities: ["spiffe://x/*"]
+    tenants: ["*"]
+    rate_limits:
+      - {class: control, requests_per_second: 1, burst: 1}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !p.HasRateLimits() || len(p.AllRateLimits()) != 3 {
+		t.Fatalf("HasRateLimits %v, %d limits; want true, 3", p.HasRateLimits(), len(p.AllRateLimits()))
+	}
+	limits := func(id, tenant string, c Class) []string {
+		var out []string
+		p.RateLimits(id, tenant, c, func(l *RateLimit) bool {
+			out = append(out, fmt.Sprintf("%s/%s/%v/%d/%v", l.Rule, l.Class, l.PerSecond, l.Burst, l.PerTenant))
+			return true
+		})
+		return out
+	}
+	tests := []struct {
+		name       string
+		id, tenant string
+		class      Class
+		want       []string
+	}{
+		{"data calls on acme: the rule's classless limit", "spiffe://x/billing", "acme", ClassData, []string{"billing//100/200/false"}},
+		{"hashing on acme: both of the rule's limits", "spiffe://x/billing", "acme", ClassHashing, []string{"billing//100/200/false", "billing/hashing/2.5/3/true"}},
+		{"control on acme: the classless limit and the catch-all rule", "spiffe://x/billing", "acme", ClassControl, []string{"billing//100/200/false", "rules[1]/control/1/1/false"}},
+		{"another tenant: only the catch-all", "spiffe://x/billing", "other", ClassControl, []string{"rules[1]/control/1/1/false"}},
+		{"a call naming no tenant: every rule of the identity", "spiffe://x/billing", "", ClassControl, []string{"billing//100/200/false", "rules[1]/control/1/1/false"}},
+		{"an identity no rule matches: none", "spiffe://y/other", "acme", ClassData, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := limits(tt.id, tt.tenant, tt.class); !slices.Equal(got, tt.want) {
+				t.Errorf("limits = %v, want %v", got, tt.want)
+			}
+		})
+	}
+	t.Run("a rule with only rate limits grants nothing", func(t *testing.T) {
+		if p.Allowed("spiffe://x/other", "acme", Encrypt) || p.AllowedAny("spiffe://x/other", KeysRead) {
+			t.Error("the catch-all rule, which has no permissions, granted one")
+		}
+	})
+	t.Run("a limit keeps its ID when only its rates change, not when its rule does", func(t *testing.T) {
+		doc := "rules:\n  - {identities: [x], tenants: [%s], rate_limits: [{requests_per_second: %d, burst: %d}]}\n"
+		id := func(tenants string, rps, burst int) string {
+			p, err := Parse(fmt.Appendf(nil, doc, tenants, rps, burst))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return p.AllRateLimits()[0].ID
+		}
+		if id("t", 1, 1) != id("t", 50, 100) {
+			t.Error("new rates gave the limit a new ID: its buckets would be reset")
+		}
+		if id("t", 1, 1) == id("u", 1, 1) {
+			t.Error("a limit of another rule has the same ID")
+		}
+	})
 }
 
 func TestParseAcceptsAliasesAndBlockLists(t *testing.T) {

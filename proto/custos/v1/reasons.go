@@ -36,4 +36,8 @@ const (
 	// ReasonSubjectLocked (RESOURCE_EXHAUSTED): too many failed password
 	// verifications for the subject.
 	ReasonSubjectLocked = "SUBJECT_LOCKED"
+	// ReasonRateLimited (RESOURCE_EXHAUSTED): the caller's rate limit is
+	// spent; a google.rpc.RetryInfo detail says when to retry, and the
+	// ErrorInfo metadata "rule" names the policy rule.
+	ReasonRateLimited = "RATE_LIMITED"
 )

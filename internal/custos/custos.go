@@ -1,0 +1,295 @@
+// Package custos owns a running Custos: from one configuration it builds the
+// storage, the root, the keystore, the policy, the gRPC server and the ops
+// listener, runs the background work (change watch, count flush, leased
+// maintenance, dependency probe, policy reload), and stops it all in order.
+//
+// `custos serve`, `custos dev`, client/clienttest and the test harnesses all
+// run through it, so what the tests run is what users run:
+//
+//	rt, err := custos.New(ctx, cfg, custos.Options{})
+//	if err != nil { … }
+//	err = rt.Run(ctx) // until ctx is done; then drain, flush, close
+package custos
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/custos-kms/custos/internal/config"
+	"github.com/custos-kms/custos/keystore"
+	"github.com/custos-kms/custos/keystore/root"
+	"github.com/custos-kms/custos/keystore/storage"
+	"github.com/custos-kms/custos/server"
+	"github.com/custos-kms/custos/server/policy"
+)
+
+// Options adjust a Runtime for embedding and tests. The zero value runs
+// exactly what the configuration says.
+type Options struct {
+	// Logger receives every component's logs. Default: JSON on LogWriter
+	// (or stderr) at the configured level.
+	Logger *slog.Logger
+	// LogWriter is where the default logger writes. Default os.Stderr.
+	LogWriter io.Writer
+	// Root replaces the configured root; the Runtime does not close it.
+	Root root.Root
+	// Store replaces the configured storage; the Runtime does not close it.
+	Store storage.Store
+	// Now is the keystore's clock. Default time.Now.
+	Now func() time.Time
+	// ServerOptions are added to the gRPC server's own (for example an
+	// interceptor of a test).
+	ServerOptions []grpc.ServerOption
+	// Register adds services to the gRPC server. Their methods need rows in
+	// the server's method table; calls to methods without one are refused.
+	Register func(*grpc.Server)
+	// HandleSIGHUP reloads the policy when the process receives SIGHUP.
+	// Only a process's one server should set it (custos serve and dev).
+	HandleSIGHUP bool
+}
+
+// Runtime is a built Custos, ready to Run. Its listeners are bound by New,
+// so Addr is known before Run.
+type Runtime struct {
+	cfg     *config.Config
+	logger  *slog.Logger
+	ks      *keystore.Service
+	policy  *policy.Holder
+	srv     *server.Server
+	gs      *grpc.Server
+	lis     net.Listener
+	opsLis  net.Listener
+	closers []func() // run in reverse order by close
+	ran     atomic.Bool
+}
+
+// New builds everything cfg describes and binds the listeners. cfg must have
+// passed config.Load, config.Parse or Config.Validate. Call Run, or Close if
+// Run is never called.
+func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err error) {
+	rt := &Runtime{cfg: cfg, logger: opts.Logger}
+	defer func() {
+		if err != nil {
+			rt.close()
+		}
+	}()
+	if rt.logger == nil {
+		w := opts.LogWriter
+		if w == nil {
+			w = os.Stderr
+		}
+		rt.logger = NewLogger(w, cfg.Log.Level)
+	}
+	r := opts.Root
+	if r == nil {
+		if r, err = OpenRoot(cfg); err != nil {
+			return nil, err
+		}
+		rt.closers = append(rt.closers, func() { CloseRoot(r) })
+	}
+	store := opts.Store
+	if store == nil {
+		if store, err = OpenStorage(ctx, cfg, rt.logger); err != nil {
+			return nil, err
+		}
+		rt.closers = append(rt.closers, func() { store.Close() })
+	}
+	kcfg := KeystoreConfig(cfg, store, r, rt.logger)
+	kcfg.Now = opts.Now
+	if rt.ks, err = keystore.New(kcfg); err != nil {
+		return nil, err
+	}
+	if rt.policy, err = policy.NewHolder(cfg.PolicyFile); err != nil {
+		return nil, err
+	}
+	rt.srv, err = server.New(server.Config{
+		Keystore: rt.ks,
+		Policy:   rt.policy,
+		Logger:   rt.logger,
+		Limits: server.Limits{
+			MaxPlaintextBytes: cfg.Limits.MaxPlaintextBytes,
+			MaxBatchItems:     cfg.Limits.MaxBatchItems,
+			MaxMessageBytes:   cfg.Limits.MaxMessageBytes,
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	tlsConf, err := server.TLSConfig(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.TLS.ClientCAFile)
+	if err != nil {
+		return nil, err
+	}
+	if rt.gs, err = rt.srv.NewGRPCServer(tlsConf, opts.ServerOptions...); err != nil {
+		return nil, err
+	}
+	if opts.Register != nil {
+		opts.Register(rt.gs)
+	}
+	if rt.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	rt.closers = append(rt.closers, func() { rt.lis.Close() })
+	if cfg.Ops.Listen != "off" {
+		if rt.opsLis, err = net.Listen("tcp", cfg.Ops.Listen); err != nil {
+			return nil, fmt.Errorf("ops listen: %w", err)
+		}
+		rt.closers = append(rt.closers, func() { rt.opsLis.Close() })
+	}
+	if opts.HandleSIGHUP {
+		rt.policy.WatchSIGHUP(ctx, rt.logger)
+	}
+	return rt, nil
+}
+
+// NewLogger returns a JSON slog logger at level (debug, info, warn, error).
+func NewLogger(w io.Writer, level string) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level)) // validated by config
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l}))
+}
+
+// Addr is the address the gRPC listener is bound to.
+func (rt *Runtime) Addr() net.Addr { return rt.lis.Addr() }
+
+// OpsAddr is the address of the ops listener, or nil when it is off.
+func (rt *Runtime) OpsAddr() net.Addr {
+	if rt.opsLis == nil {
+		return nil
+	}
+	return rt.opsLis.Addr()
+}
+
+// Keystore is the runtime's keystore, for tests and embedding programs
+// that need to act on it directly (for example run one scheduler pass).
+func (rt *Runtime) Keystore() *keystore.Service { return rt.ks }
+
+// ReloadPolicy reads the policy file again, as SIGHUP does; an invalid file
+// keeps the policy in force and returns the error.
+func (rt *Runtime) ReloadPolicy() error { return rt.policy.Reload() }
+
+// Close releases what New built, for a Runtime that is never Run. It does
+// nothing after Run.
+func (rt *Runtime) Close() {
+	if rt.ran.CompareAndSwap(false, true) {
+		rt.close()
+	}
+}
+
+func (rt *Runtime) close() {
+	for i := len(rt.closers) - 1; i >= 0; i-- {
+		rt.closers[i]()
+	}
+	rt.closers = nil
+}
+
+// Run serves until ctx is done or the listener fails, then stops in order:
+// health turns NOT_SERVING, open calls drain (cut after the configured
+// shutdown timeout), background work stops (the last count flush runs after
+// the last call, the scheduler lease is released), the ops listener shuts
+// down, and the storage and the root are closed. It may be called once.
+func (rt *Runtime) Run(ctx context.Context) error {
+	if !rt.ran.CompareAndSwap(false, true) {
+		return errors.New("custos: Run called twice, or after Close")
+	}
+	defer rt.close()
+	cfg, logger := rt.cfg, rt.logger
+
+	var ops *http.Server
+	opsDone := make(chan struct{})
+	if rt.opsLis != nil {
+		ops = &http.Server{Handler: rt.srv.OpsHandler(), ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			defer close(opsDone)
+			if err := ops.Serve(rt.opsLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				logger.Error("ops listener stopped", "error", err.Error())
+			}
+		}()
+	} else {
+		close(opsDone)
+	}
+
+	// Background work runs on a context of its own, stopped only after the
+	// last call has drained: change notices keep reaching the cache while
+	// calls finish, and the final flush counts every encryption served.
+	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
+	var wg sync.WaitGroup
+	stopBackground := sync.OnceFunc(func() { stopBG(); wg.Wait() })
+	defer stopBackground()
+	wg.Go(func() {
+		if err := rt.ks.Watch(bg); err != nil {
+			logger.Error("storage change watch stopped; caches expire by TTL only", "error", err.Error())
+		}
+	})
+	wg.Go(func() { rt.srv.WatchDependencies(bg, rt.ks, cfg.Ops.ProbeInterval) })
+	wg.Go(func() { rt.ks.RunCountFlush(bg, cfg.Scheduler.FlushInterval) })
+	if !cfg.Scheduler.Disabled {
+		wg.Go(func() {
+			err := rt.ks.RunScheduler(bg, keystore.SchedulerConfig{
+				Interval: cfg.Scheduler.Interval,
+				LeaseTTL: cfg.Scheduler.LeaseTTL,
+				HolderID: holderID(rt.lis.Addr()),
+			})
+			if err != nil {
+				logger.Error("scheduler stopped", "error", err.Error())
+			}
+		})
+	}
+
+	logger.Info("custos serving", "addr", rt.lis.Addr().String(), "ops", cfg.Ops.Listen, "root", cfg.Root.Type, "storage", cfg.Storage.Type)
+	errc := make(chan error, 1)
+	go func() { errc <- rt.gs.Serve(rt.lis) }()
+	var serveErr error
+	select {
+	case serveErr = <-errc:
+		rt.srv.Shutdown()
+		rt.gs.Stop()
+	case <-ctx.Done():
+		logger.Info("custos stopping", "timeout", cfg.ShutdownTimeout.String())
+		rt.srv.Shutdown()
+		rt.drain(cfg.ShutdownTimeout)
+		serveErr = <-errc
+	}
+	stopBackground()
+	if ops != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = ops.Shutdown(sctx)
+		cancel()
+	}
+	<-opsDone
+	if serveErr != nil && !errors.Is(serveErr, grpc.ErrServerStopped) && !errors.Is(serveErr, net.ErrClosed) {
+		return fmt.Errorf("serve: %w", serveErr)
+	}
+	return nil
+}
+
+// drain stops the gRPC server gracefully, cutting open calls after timeout.
+func (rt *Runtime) drain(timeout time.Duration) {
+	stopped := make(chan struct{})
+	go func() { rt.gs.GracefulStop(); close(stopped) }()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-stopped:
+	case <-t.C:
+		rt.logger.Warn("graceful stop timed out; closing open calls")
+		rt.gs.Stop()
+		<-stopped
+	}
+}
+
+// holderID names this replica in the scheduler's lease.
+func holderID(addr net.Addr) string {
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s/%d/%s", host, os.Getpid(), addr)
+}

@@ -1,0 +1,146 @@
+package custos
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/custos-kms/custos/internal/config"
+	"github.com/custos-kms/custos/keystore"
+	"github.com/custos-kms/custos/keystore/root"
+	"github.com/custos-kms/custos/keystore/root/awskms"
+	"github.com/custos-kms/custos/keystore/root/gcpkms"
+	"github.com/custos-kms/custos/keystore/root/local"
+	"github.com/custos-kms/custos/keystore/root/pkcs11"
+	vaultroot "github.com/custos-kms/custos/keystore/root/vault"
+	"github.com/custos-kms/custos/keystore/storage"
+	"github.com/custos-kms/custos/keystore/storage/bbolt"
+	"github.com/custos-kms/custos/keystore/storage/memory"
+	"github.com/custos-kms/custos/keystore/storage/postgres"
+)
+
+// rootOpenTimeout bounds opening a root: Vault and PKCS#11 check their key
+// before they return.
+const rootOpenTimeout = time.Minute
+
+// OpenRoot opens the configured root provider. The cloud KMS clients are
+// built without a call. Close it with CloseRoot.
+func OpenRoot(cfg *config.Config) (root.Root, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), rootOpenTimeout)
+	defer cancel()
+	rc := cfg.Root
+	switch rc.Type {
+	case "local":
+		return local.Open(rc.Local.KeyFile)
+	case "vault":
+		v := rc.Vault
+		token, err := v.Auth.EnvToken()
+		if err != nil {
+			return nil, err
+		}
+		auth := vaultroot.Auth{Token: token, TokenFile: v.Auth.TokenFile}
+		if a := v.Auth.AppRole; a != nil {
+			secretID, err := a.EnvSecretID()
+			if err != nil {
+				return nil, err
+			}
+			auth.AppRole = &vaultroot.AppRole{Mount: a.Mount, RoleID: a.RoleID, SecretID: secretID, SecretIDFile: a.SecretIDFile}
+		}
+		if c := v.Auth.Cert; c != nil {
+			auth.Cert = &vaultroot.Cert{Mount: c.Mount, Role: c.Role, CertFile: c.CertFile, KeyFile: c.KeyFile}
+		}
+		return vaultroot.New(ctx, vaultroot.Config{
+			Address:    v.Address,
+			Namespace:  v.Namespace,
+			Mount:      v.Mount,
+			KeyName:    v.KeyName,
+			CACertFile: v.CACertFile,
+			Auth:       auth,
+			Timeout:    v.Timeout,
+			MaxRetries: v.MaxRetries,
+		})
+	case "pkcs11":
+		p := rc.PKCS11
+		return pkcs11.New(ctx, pkcs11.Config{
+			Module:      p.Module,
+			TokenLabel:  p.TokenLabel,
+			KeyLabel:    p.KeyLabel,
+			PINFile:     p.PINFile,
+			PINEnv:      p.PINEnv,
+			MaxSessions: p.MaxSessions,
+		})
+	case "awskms":
+		a := rc.AWSKMS
+		return awskms.New(ctx, awskms.Config{KeyID: a.KeyID, Region: a.Region, Profile: a.Profile, Endpoint: a.Endpoint, MaxAttempts: a.MaxAttempts})
+	case "gcpkms":
+		g := rc.GCPKMS
+		// The client keeps the context for its lifetime (credential refresh).
+		return gcpkms.New(context.Background(), gcpkms.Config{KeyName: g.KeyName, CredentialsFile: g.CredentialsFile, Endpoint: g.Endpoint})
+	}
+	return nil, fmt.Errorf("root type %q is not supported", rc.Type)
+}
+
+// CloseRoot releases what a root holds (an HSM session pool, a KMS
+// connection), if anything.
+func CloseRoot(r root.Root) {
+	if c, ok := r.(io.Closer); ok {
+		_ = c.Close()
+	}
+}
+
+// OpenStorage opens the configured storage backend.
+func OpenStorage(ctx context.Context, cfg *config.Config, logger *slog.Logger) (storage.Store, error) {
+	switch cfg.Storage.Type {
+	case "bbolt":
+		return bbolt.Open(cfg.Storage.Bbolt.Path, bbolt.Options{})
+	case "postgres":
+		url, err := cfg.Storage.Postgres.PostgresURL()
+		if err != nil {
+			return nil, err
+		}
+		return postgres.Open(ctx, postgres.Config{URL: url, MaxConns: cfg.Storage.Postgres.MaxConns, Logger: logger})
+	case "memory":
+		return memory.New(), nil
+	}
+	return nil, fmt.Errorf("storage type %q is not supported", cfg.Storage.Type)
+}
+
+// KeystoreConfig is the keystore configuration cfg describes, over store
+// and rt. Unset settings stay zero and take the keystore's defaults.
+func KeystoreConfig(cfg *config.Config, store storage.Store, rt root.Root, logger *slog.Logger) keystore.Config {
+	return keystore.Config{
+		Storage:              store,
+		Root:                 rt,
+		CacheSize:            cfg.Cache.Size,
+		CacheTTL:             cfg.Cache.TTL,
+		UnavailableGrace:     cfg.Cache.UnavailableGrace,
+		UsageRotateThreshold: cfg.Scheduler.UsageRotateThreshold,
+		HashWorkers:          cfg.Passwords.HashWorkers,
+		HashQueue:            cfg.Passwords.HashQueue,
+		Logger:               logger,
+	}
+}
+
+// OpenKeystore opens the configured root and storage and builds a keystore
+// over them, for commands that work on the store directly (custos root
+// rewrap). close closes the store and the root.
+func OpenKeystore(ctx context.Context, cfg *config.Config, logger *slog.Logger) (ks *keystore.Service, close func(), err error) {
+	rt, err := OpenRoot(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	store, err := OpenStorage(ctx, cfg, logger)
+	if err != nil {
+		CloseRoot(rt)
+		return nil, nil, err
+	}
+	ks, err = keystore.New(KeystoreConfig(cfg, store, rt, logger))
+	if err != nil {
+		store.Close()
+		CloseRoot(rt)
+		return nil, nil, err
+	}
+	return ks, func() { store.Close(); CloseRoot(rt) }, nil
+}
