@@ -24,8 +24,8 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// newClient returns a client of env's fake, closed at cleanup.
-func newClient(t *testing.T, env *fakeEnv) *client.Client {
+// newClient returns a client of env's server, closed at cleanup.
+func newClient(t *testing.T, env *testEnv) *client.Client {
 	t.Helper()
 	c, err := client.New(t.Context(), client.Config{
 		Address:  env.addr,
@@ -101,7 +101,7 @@ func checkSentinels(t *testing.T, err error, want ...error) {
 }
 
 func TestNewRejectsConfigsWithoutMutualTLS(t *testing.T) {
-	env := startFakeT(t)
+	env := startEnv(t)
 	pair, err := tls.LoadX509KeyPair(env.certFile, env.keyFile)
 	if err != nil {
 		t.Fatal(err)
@@ -134,7 +134,7 @@ func TestNewRejectsConfigsWithoutMutualTLS(t *testing.T) {
 }
 
 func TestNewFailsOnADoneContext(t *testing.T) {
-	env := startFakeT(t)
+	env := startEnv(t)
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 	_, err := client.New(ctx, client.Config{Address: env.addr, CAFile: env.caFile, CertFile: env.certFile, KeyFile: env.keyFile})
@@ -144,13 +144,13 @@ func TestNewFailsOnADoneContext(t *testing.T) {
 }
 
 func TestClientWithTLSConfigConnects(t *testing.T) {
-	env := startFakeT(t)
+	env := startEnv(t)
 	pair, err := tls.LoadX509KeyPair(env.certFile, env.keyFile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(env.ca.CertPEM())
+	roots.AppendCertsFromPEM(env.caPEM)
 	// MinVersion 1.2 is raised to 1.3, and the caller's config is untouched.
 	tc := &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
 	c, err := client.New(t.Context(), client.Config{Address: env.addr, TLSConfig: tc})
@@ -167,7 +167,7 @@ func TestClientWithTLSConfigConnects(t *testing.T) {
 }
 
 func TestDialOptionsCannotMakeTheConnectionPlaintext(t *testing.T) {
-	env := startFakeT(t)
+	env := startEnv(t)
 	c, err := client.New(t.Context(), client.Config{
 		Address:     env.addr,
 		CAFile:      env.caFile,
@@ -179,16 +179,16 @@ func TestDialOptionsCannotMakeTheConnectionPlaintext(t *testing.T) {
 		t.Fatalf("New: %v", err)
 	}
 	defer c.Close()
-	// The fake only speaks TLS, so a call that succeeds went over mTLS.
+	// The server only speaks mutual TLS, so a call that succeeds went over it.
 	if _, err := c.CreateTenant(t.Context(), "acme"); err != nil {
 		t.Fatalf("CreateTenant: %v", err)
 	}
 }
 
 func TestServerRequiresAClientCertificate(t *testing.T) {
-	env := startFakeT(t)
+	env := startEnv(t)
 	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(env.ca.CertPEM())
+	roots.AppendCertsFromPEM(env.caPEM)
 
 	call := func(t *testing.T, tc *tls.Config) error {
 		conn, err := grpc.NewClient(env.addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
@@ -247,7 +247,7 @@ func TestServerRequiresAClientCertificate(t *testing.T) {
 }
 
 func TestTenants(t *testing.T) {
-	env := startFakeT(t)
+	env := startEnv(t)
 	c := newClient(t, env)
 	ctx := t.Context()
 
@@ -255,7 +255,7 @@ func TestTenants(t *testing.T) {
 	if err != nil {
 		t.Fatalf("CreateTenant: %v", err)
 	}
-	want := client.Tenant{Name: "tenants/acme", ID: "acme", State: client.TenantActive, CreateTime: env.fake.now}
+	want := client.Tenant{Name: "tenants/acme", ID: "acme", State: client.TenantActive, CreateTime: env.now}
 	if !equalTenant(created, want) {
 		t.Errorf("CreateTenant = %+v, want %+v", created, want)
 	}
@@ -274,12 +274,12 @@ func TestTenants(t *testing.T) {
 	_, err = c.CreateTenant(ctx, "Not_An_ID")
 	checkSentinels(t, err, client.ErrInvalidArgument)
 
-	env.fake.scheduleTenantDeletion("acme")
+	env.scheduleTenantDeletion(t, "acme")
 	got, err = c.GetTenant(ctx, client.TenantName("acme"))
 	if err != nil {
 		t.Fatalf("GetTenant of a tenant scheduled for deletion: %v", err)
 	}
-	if got.State != client.TenantDeleteScheduled || !got.DeleteTime.Equal(env.fake.now.Add(30*24*time.Hour)) {
+	if got.State != client.TenantDeleteScheduled || !got.DeleteTime.Equal(env.now.Add(30*24*time.Hour)) {
 		t.Errorf("GetTenant after deletion = %+v, want DELETE_SCHEDULED with a delete time", got)
 	}
 }
@@ -289,7 +289,7 @@ func equalTenant(a, b client.Tenant) bool {
 }
 
 func TestKeys(t *testing.T) {
-	env := startFakeT(t)
+	env := startEnv(t)
 	c := newClient(t, env)
 	ctx := t.Context()
 	if _, err := c.CreateTenant(ctx, "acme"); err != nil {
@@ -301,8 +301,8 @@ func TestKeys(t *testing.T) {
 		t.Fatalf("CreateKey: %v", err)
 	}
 	if k.Name != "tenants/acme/keys/pii" || k.Purpose != client.PurposeEncrypt || k.PrimaryVersion != 1 ||
-		k.RotationPeriod != 90*24*time.Hour || !k.NextRotationTime.Equal(env.fake.now.Add(90*24*time.Hour)) ||
-		len(k.Versions) != 1 || k.Versions[0].State != client.VersionEnabled || !k.CreateTime.Equal(env.fake.now) {
+		k.RotationPeriod != 90*24*time.Hour || !k.NextRotationTime.Equal(env.now.Add(90*24*time.Hour)) ||
+		len(k.Versions) != 1 || k.Versions[0].State != client.VersionEnabled || !k.CreateTime.Equal(env.now) {
 		t.Errorf("CreateKey = %+v", k)
 	}
 
@@ -316,13 +316,7 @@ func TestKeys(t *testing.T) {
 	if rotated.PrimaryVersion != 2 || len(rotated.Versions) != 2 || rotated.Versions[1].Version != 2 {
 		t.Errorf("RotateKey = %+v, want primary version 2 of 2", rotated)
 	}
-	got, err := c.GetKey(ctx, k.Name)
-	if err != nil {
-		t.Fatalf("GetKey: %v", err)
-	}
-	if got.Versions[0].EncryptCount != 1 || got.Versions[1].EncryptCount != 0 {
-		t.Errorf("GetKey encrypt counts = %d, %d; want 1, 0", got.Versions[0].EncryptCount, got.Versions[1].EncryptCount)
-	}
+	env.waitForEncryptCounts(t, k.Name, 1, 0)
 
 	_, err = c.CreateKey(ctx, client.TenantName("acme"), "pii", client.KeySpec{Purpose: client.PurposeEncrypt})
 	checkSentinels(t, err, client.ErrAlreadyExists)
@@ -335,13 +329,13 @@ func TestKeys(t *testing.T) {
 	_, err = c.RotateKey(ctx, "not a name")
 	checkSentinels(t, err, client.ErrInvalidArgument)
 
-	env.fake.scheduleTenantDeletion("acme")
+	env.scheduleTenantDeletion(t, "acme")
 	_, err = c.CreateKey(ctx, client.TenantName("acme"), "late", client.KeySpec{Purpose: client.PurposeEncrypt})
 	checkSentinels(t, err, client.ErrTenantDeleted, client.ErrFailedPrecondition)
 }
 
 func TestListTenantsPagesByToken(t *testing.T) {
-	env := startFakeT(t)
+	env := startEnv(t)
 	c := newClient(t, env)
 	ctx := t.Context()
 	for i := range 7 {
@@ -379,7 +373,7 @@ func TestListTenantsPagesByToken(t *testing.T) {
 }
 
 func TestAllTenantsWalksThreePages(t *testing.T) {
-	env := startFakeT(t)
+	env := startEnv(t)
 	c := newClient(t, env)
 	ctx := t.Context()
 	for i := range 8 {
@@ -387,11 +381,11 @@ func TestAllTenantsWalksThreePages(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	env.fake.setPageSize(3)
+	env.hooks.setPageSize(3)
 	const method = "/custos.v1.KeyService/ListTenants"
 
 	t.Run("every tenant is yielded once, in order, over three calls", func(t *testing.T) {
-		before := env.fake.callCount(method)
+		before := env.hooks.callCount(method)
 		var ids []string
 		for tn, err := range c.AllTenants(ctx) {
 			if err != nil {
@@ -402,16 +396,16 @@ func TestAllTenantsWalksThreePages(t *testing.T) {
 		if want := []string{"t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7"}; !equalStrings(ids, want) {
 			t.Errorf("AllTenants ids = %v, want %v", ids, want)
 		}
-		if calls := env.fake.callCount(method) - before; calls != 3 {
+		if calls := env.hooks.callCount(method) - before; calls != 3 {
 			t.Errorf("AllTenants made %d ListTenants calls, want 3", calls)
 		}
 	})
 	t.Run("breaking out of the loop stops paging", func(t *testing.T) {
-		before := env.fake.callCount(method)
+		before := env.hooks.callCount(method)
 		for range c.AllTenants(ctx) {
 			break
 		}
-		if calls := env.fake.callCount(method) - before; calls != 1 {
+		if calls := env.hooks.callCount(method) - before; calls != 1 {
 			t.Errorf("after break: %d ListTenants calls, want 1", calls)
 		}
 	})
@@ -425,7 +419,7 @@ func TestAllTenantsWalksThreePages(t *testing.T) {
 			}
 			ids = append(ids, tn.ID)
 			if len(ids) == 3 {
-				env.fake.injectNext(status.Error(codes.Unavailable, "storage unreachable"))
+				env.hooks.injectNext(status.Error(codes.Unavailable, "storage unreachable"))
 			}
 		}
 		if len(ids) != 3 || len(errs) != 1 {
@@ -436,7 +430,7 @@ func TestAllTenantsWalksThreePages(t *testing.T) {
 }
 
 func TestAllKeysWalksThreePages(t *testing.T) {
-	env := startFakeT(t)
+	env := startEnv(t)
 	c := newClient(t, env)
 	ctx := t.Context()
 	if _, err := c.CreateTenant(ctx, "acme"); err != nil {
@@ -447,9 +441,9 @@ func TestAllKeysWalksThreePages(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	env.fake.setPageSize(3)
+	env.hooks.setPageSize(3)
 	const method = "/custos.v1.KeyService/ListKeys"
-	before := env.fake.callCount(method)
+	before := env.hooks.callCount(method)
 	var names []string
 	for k, err := range c.AllKeys(ctx, client.TenantName("acme")) {
 		if err != nil {
@@ -460,7 +454,7 @@ func TestAllKeysWalksThreePages(t *testing.T) {
 	if len(names) != 7 || names[0] != client.KeyName("acme", "k0") || names[6] != client.KeyName("acme", "k6") {
 		t.Errorf("AllKeys = %v, want k0…k6", names)
 	}
-	if calls := env.fake.callCount(method) - before; calls != 3 {
+	if calls := env.hooks.callCount(method) - before; calls != 3 {
 		t.Errorf("AllKeys made %d ListKeys calls, want 3", calls)
 	}
 
@@ -482,7 +476,7 @@ func equalStrings(a, b []string) bool {
 }
 
 func TestEncryptDecrypt(t *testing.T) {
-	env := startFakeT(t)
+	env := startEnv(t)
 	c := newClient(t, env)
 	ctx := t.Context()
 	name := setupKey(t, c)
@@ -566,33 +560,30 @@ func TestEncryptDecrypt(t *testing.T) {
 		}
 	})
 	t.Run("a version below the minimum is too old", func(t *testing.T) {
-		env.fake.setMinDecryptionVersion("acme", "pii", 2)
-		defer env.fake.setMinDecryptionVersion("acme", "pii", 0)
+		env.setMinDecryptionVersion(t, name, 2)
+		defer env.setMinDecryptionVersion(t, name, 0)
 		_, _, err := c.Decrypt(ctx, name, ct, ad)
 		checkSentinels(t, err, client.ErrKeyVersionTooOld, client.ErrFailedPrecondition)
 	})
 	t.Run("a disabled version refuses to decrypt", func(t *testing.T) {
-		env.fake.setVersionState("acme", "pii", 1, custosv1.KeyVersionState_KEY_VERSION_STATE_DISABLED)
-		defer env.fake.setVersionState("acme", "pii", 1, custosv1.KeyVersionState_KEY_VERSION_STATE_ENABLED)
+		defer env.disableVersion(t, name, 1)()
 		_, _, err := c.Decrypt(ctx, name, ct, ad)
 		checkSentinels(t, err, client.ErrKeyVersionDisabled, client.ErrFailedPrecondition)
 	})
 	t.Run("another tenant's key is permission denied", func(t *testing.T) {
-		if _, err := c.CreateTenant(ctx, "globex"); err != nil {
-			t.Fatal(err)
-		}
-		env.fake.restrictIdentity("test-client", "globex")
-		defer env.fake.unrestrictIdentity("test-client")
-		_, _, err := c.Encrypt(ctx, name, []byte("x"), ad)
+		restricted := env.srv.ClientAs(t, restrictedID)
+		_, _, err := restricted.Encrypt(ctx, name, []byte("x"), ad)
 		checkSentinels(t, err, client.ErrPermissionDenied)
 	})
 	t.Run("a destroyed version can never decrypt again", func(t *testing.T) {
-		env.fake.setVersionState("acme", "pii", 1, custosv1.KeyVersionState_KEY_VERSION_STATE_DESTROYED)
+		if _, err := c.DestroyKeyVersion(ctx, name, 1, 0); err != nil {
+			t.Fatal(err)
+		}
 		_, _, err := c.Decrypt(ctx, name, ct, ad)
 		checkSentinels(t, err, client.ErrKeyVersionDestroyed, client.ErrFailedPrecondition)
 	})
 	t.Run("a tenant scheduled for deletion refuses everything", func(t *testing.T) {
-		env.fake.scheduleTenantDeletion("acme")
+		env.scheduleTenantDeletion(t, "acme")
 		_, _, err := c.Encrypt(ctx, name, []byte("x"), ad)
 		checkSentinels(t, err, client.ErrTenantDeleted, client.ErrFailedPrecondition)
 	})
@@ -602,7 +593,7 @@ func TestEncryptDecrypt(t *testing.T) {
 // a real gRPC connection and checks which sentinels the client's error
 // matches, and that the status survives for status.FromError.
 func TestErrorMappingOverTheWire(t *testing.T) {
-	env := startFakeT(t)
+	env := startEnv(t)
 	c := newClient(t, env)
 	name := setupKey(t, c)
 
@@ -635,7 +626,7 @@ func TestErrorMappingOverTheWire(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			env.fake.injectNext(tt.sent)
+			env.hooks.injectNext(tt.sent)
 			_, _, err := c.Encrypt(t.Context(), name, []byte("x"), nil)
 			if len(tt.want) == 0 {
 				for _, s := range sentinels {
@@ -675,7 +666,7 @@ func TestErrorMappingOverTheWire(t *testing.T) {
 }
 
 func TestBatchItemsFailOnTheirOwn(t *testing.T) {
-	env := startFakeT(t)
+	env := startEnv(t)
 	c := newClient(t, env)
 	ctx := t.Context()
 	name := setupKey(t, c)
@@ -686,14 +677,14 @@ func TestBatchItemsFailOnTheirOwn(t *testing.T) {
 		{Plaintext: []byte("two"), AssociatedData: client.AssociatedData("row", "2")},
 		{Plaintext: []byte("three"), AssociatedData: client.AssociatedData("row", "3")},
 	}
-	env.fake.setEncryptItemErr(func(i int) error {
+	env.hooks.setEncryptItemErr(func(i int) error {
 		if i == 1 {
 			return status.Error(codes.ResourceExhausted, "item quota exceeded")
 		}
 		return nil
 	})
 	enc, err := c.EncryptBatch(ctx, name, items)
-	env.fake.setEncryptItemErr(nil)
+	env.hooks.setEncryptItemErr(nil)
 	if err != nil {
 		t.Fatalf("EncryptBatch: %v", err)
 	}
@@ -753,7 +744,7 @@ func TestBatchItemsFailOnTheirOwn(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		env.fake.setVersionState("acme", "pii", 1, custosv1.KeyVersionState_KEY_VERSION_STATE_DISABLED)
+		env.disableVersion(t, name, 1)
 		dec, err := c.DecryptBatch(ctx, name, []client.DecryptItem{
 			{Ciphertext: enc[0].Ciphertext, AssociatedData: items[0].AssociatedData},
 			{Ciphertext: ct2},
@@ -782,7 +773,7 @@ func TestBatchItemsFailOnTheirOwn(t *testing.T) {
 		methods := []string{"EncryptBatch", "DecryptBatch", "RewrapBatch"}
 		before := make([]int, len(methods))
 		for i, m := range methods {
-			before[i] = env.fake.callCount("/custos.v1.CryptoService/" + m)
+			before[i] = env.hooks.callCount("/custos.v1.CryptoService/" + m)
 		}
 		res, err := c.EncryptBatch(ctx, name, nil)
 		if err != nil || len(res) != 0 {
@@ -797,7 +788,7 @@ func TestBatchItemsFailOnTheirOwn(t *testing.T) {
 			t.Errorf("RewrapBatch(nil) = %v, %v", rres, err)
 		}
 		for i, m := range methods {
-			if env.fake.callCount("/custos.v1.CryptoService/"+m) != before[i] {
+			if env.hooks.callCount("/custos.v1.CryptoService/"+m) != before[i] {
 				t.Errorf("an empty %s called the server", m)
 			}
 		}
@@ -810,7 +801,7 @@ func TestBatchItemsFailOnTheirOwn(t *testing.T) {
 // the error matches the status's sentinels, keeps the status for
 // status.FromError, and names the operation and the resource.
 func TestEveryNewCallReportsTheServersStatus(t *testing.T) {
-	env := startFakeT(t)
+	env := startEnv(t)
 	c := newClient(t, env)
 	const (
 		tenant = "tenants/acme"
@@ -855,7 +846,7 @@ func TestEveryNewCallReportsTheServersStatus(t *testing.T) {
 	}
 	for _, tt := range calls {
 		t.Run(tt.op, func(t *testing.T) {
-			env.fake.injectNext(reasonError(codes.ResourceExhausted, "HASH_QUEUE_FULL", "hashing queue full"))
+			env.hooks.injectNext(reasonError(codes.ResourceExhausted, "HASH_QUEUE_FULL", "hashing queue full"))
 			err := tt.call(t.Context())
 			checkSentinels(t, err, client.ErrResourceExhausted, client.ErrHashQueueFull)
 			if st, ok := status.FromError(err); !ok || st.Code() != codes.ResourceExhausted {
@@ -869,7 +860,7 @@ func TestEveryNewCallReportsTheServersStatus(t *testing.T) {
 }
 
 func TestContextErrorsMatchTheContext(t *testing.T) {
-	env := startFakeT(t)
+	env := startEnv(t)
 	c := newClient(t, env)
 	name := setupKey(t, c)
 
@@ -889,7 +880,7 @@ func TestContextErrorsMatchTheContext(t *testing.T) {
 }
 
 func TestClose(t *testing.T) {
-	env := startFakeT(t)
+	env := startEnv(t)
 	c, err := client.New(t.Context(), client.Config{Address: env.addr, CAFile: env.caFile, CertFile: env.certFile, KeyFile: env.keyFile})
 	if err != nil {
 		t.Fatal(err)
@@ -920,7 +911,7 @@ func TestNewDoesNotConnect(t *testing.T) {
 	}
 	addr := lis.Addr().String()
 	lis.Close()
-	env := startFakeT(t)
+	env := startEnv(t)
 	c, err := client.New(t.Context(), client.Config{Address: addr, CAFile: env.caFile, CertFile: env.certFile, KeyFile: env.keyFile})
 	if err != nil {
 		t.Fatalf("New with no server listening: %v", err)

@@ -42,6 +42,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"github.com/custos-kms/custos/client"
 	"github.com/custos-kms/custos/internal/config"
 	"github.com/custos-kms/custos/internal/custos"
@@ -75,6 +77,11 @@ type Options struct {
 	// a key to rotate by period (at least an hour) or a deleted tenant to
 	// be shredded passes a clock it can move forward.
 	Now func() time.Time
+	// Interceptor, if set, runs on every call after the server's own
+	// checks (mutual TLS, validation, authorization, rate limits), just
+	// before the handler: a test can count calls, inject a failure, or
+	// change a response to see how a program copes.
+	Interceptor grpc.UnaryServerInterceptor
 }
 
 // DefaultSchedulerInterval is the scheduler and count-flush interval of a
@@ -180,7 +187,7 @@ func start(dir string, opts Options) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	rt, err := custos.New(context.Background(), cfg, custos.Options{Logger: slog.New(slog.DiscardHandler), Now: opts.Now})
+	rt, err := custos.New(context.Background(), cfg, custos.Options{Logger: slog.New(slog.DiscardHandler), Now: opts.Now, ServerOptions: serverOptions(opts)})
 	if err != nil {
 		return nil, err
 	}
@@ -193,6 +200,13 @@ func start(dir string, opts Options) (*Server, error) {
 		<-done
 	}
 	return s, nil
+}
+
+func serverOptions(opts Options) []grpc.ServerOption {
+	if opts.Interceptor == nil {
+		return nil
+	}
+	return []grpc.ServerOption{grpc.ChainUnaryInterceptor(opts.Interceptor)}
 }
 
 // loadCA loads the CA that WriteDevFiles made, to issue more client
