@@ -183,49 +183,48 @@ func (s *Service) updateKey(ctx context.Context, ref KeyRef, op string, mutate f
 	if !ValidID(ref.Tenant) || !ValidID(ref.Key) {
 		return Key{}, fmt.Errorf("%w: key %q is malformed", ErrInvalidArgument, truncate(ref.String()))
 	}
-	for range maxCASRetries {
+	var out Key
+	err := retryCAS(fmt.Sprintf("%s %s", op, ref), func() error {
 		gen := s.life.tenantGen.Load()
 		kek, tver, err := s.activeTenant(ctx, ref.Tenant)
 		if err != nil {
-			return Key{}, err
+			return err
 		}
 		rec, ver, err := s.readKey(ctx, ref)
 		if err != nil {
-			return Key{}, err
+			return err
 		}
 		h, err := openKeyset(rec.Keyset, kek, ref)
 		if err != nil {
 			s.logger.Error("stored keyset failed authentication", "key", ref.String())
-			return Key{}, err
+			return err
 		}
 		nh, err := mutate(rec, h)
 		if err != nil {
-			return Key{}, fmt.Errorf("%s %s: %w", op, ref, err)
+			return fmt.Errorf("%s %s: %w", op, ref, err)
 		}
 		if nh == nil {
 			nh = h
 		}
 		if nh != h {
 			if rec.Keyset, err = sealKeyset(nh, kek, ref); err != nil {
-				return Key{}, err
+				return err
 			}
 		}
 		b, err := encodeRecord(rec)
 		if err != nil {
-			return Key{}, err
+			return err
 		}
 		nver, err := s.store.Put(ctx, keyStorageKey(ref), b, ver)
-		if errors.Is(err, storage.ErrConflict) {
-			continue
-		}
 		if err != nil {
-			return Key{}, storageErr(op, err)
+			return storageErr(op, err)
 		}
 		s.wrote(ref, nver)
 		if prim, err := newPrimitives(rec.Purpose, nh); err == nil {
 			s.cacheKey(gen, &keyEntry{ref: ref, rec: rec, prim: prim, ver: nver, tenantVer: tver})
 		}
-		return rec.toKey(ref), nil
-	}
-	return Key{}, fmt.Errorf("%s %s: %w", op, ref, ErrAborted)
+		out = rec.toKey(ref)
+		return nil
+	})
+	return out, err
 }

@@ -39,8 +39,6 @@ const (
 	DefaultUnavailableGrace = time.Hour
 	// retryBackoff is how often a stale entry retries its refresh during an outage.
 	retryBackoff = 5 * time.Second
-	// maxCASRetries bounds read-modify-write loops under contention.
-	maxCASRetries = 64
 	// DefaultPageSize and MaxPageSize bound List calls.
 	DefaultPageSize = 100
 	MaxPageSize     = 1000
@@ -174,17 +172,6 @@ func New(cfg Config) (*Service, error) {
 	}, nil
 }
 
-// storageErr maps a storage failure to a keystore error, with context.
-func storageErr(op string, err error) error {
-	switch {
-	case errors.Is(err, storage.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
-		return fmt.Errorf("%s: %w: storage: %v", op, ErrUnavailable, err)
-	case errors.Is(err, context.Canceled):
-		return fmt.Errorf("%s: %w", op, err)
-	}
-	return fmt.Errorf("%s: storage: %w", op, err)
-}
-
 // rootErr maps a root failure to a keystore error.
 func rootErr(op string, err error) error {
 	switch {
@@ -196,22 +183,6 @@ func rootErr(op string, err error) error {
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	return fmt.Errorf("%s: root: %w", op, err)
-}
-
-// readTenant reads a tenant's record and its storage version.
-func (s *Service) readTenant(ctx context.Context, tenant string) (*tenantRecord, uint64, error) {
-	r, err := s.store.Get(ctx, tenantStorageKey(tenant))
-	if errors.Is(err, storage.ErrNotFound) {
-		return nil, 0, fmt.Errorf("tenant %q: %w", tenant, ErrNotFound)
-	}
-	if err != nil {
-		return nil, 0, storageErr("read tenant", err)
-	}
-	rec, err := decodeTenant(r.Value)
-	if err != nil {
-		return nil, 0, fmt.Errorf("tenant %q: %w", tenant, err)
-	}
-	return rec, r.Version, nil
 }
 
 // activeTenant returns the KEK of an active tenant, from cache or by asking
@@ -255,22 +226,6 @@ func (s *Service) activeTenant(ctx context.Context, tenant string) (tink.AEAD, u
 		return nil, 0, err
 	}
 	return v.(tink.AEAD), tver, nil
-}
-
-// readKey reads a key's record and storage version.
-func (s *Service) readKey(ctx context.Context, ref KeyRef) (*keyRecord, uint64, error) {
-	r, err := s.store.Get(ctx, keyStorageKey(ref))
-	if errors.Is(err, storage.ErrNotFound) {
-		return nil, 0, fmt.Errorf("key %s: %w", ref, ErrNotFound)
-	}
-	if err != nil {
-		return nil, 0, storageErr("read key", err)
-	}
-	rec, err := decodeKey(r.Value)
-	if err != nil {
-		return nil, 0, fmt.Errorf("key %s: %w", ref, err)
-	}
-	return rec, r.Version, nil
 }
 
 // key returns the cached key entry, loading it on a miss. While the root or

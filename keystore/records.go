@@ -12,7 +12,7 @@ const (
 	keyPrefix    = "keys/"
 )
 
-// leaseStorageKey holds the scheduler lease (leaseRecord).
+// leaseStorageKey holds the scheduler lease (package storage/lease).
 const leaseStorageKey = "scheduler/lease"
 
 func tenantStorageKey(tenant string) string { return tenantPrefix + tenant }
@@ -49,14 +49,6 @@ type keyRecord struct {
 	// Keyset is the Tink keyset encrypted under the tenant KEK with AAD
 	// keysetAAD (a serialized Tink EncryptedKeyset).
 	Keyset []byte `json:"keyset"`
-}
-
-// leaseRecord is the scheduler lease: the replica holding it until
-// ExpireTime runs rotation, destruction and shredding for the deployment.
-type leaseRecord struct {
-	Format     int       `json:"format"`
-	Holder     string    `json:"holder"`
-	ExpireTime time.Time `json:"expire_time"`
 }
 
 type versionRecord struct {

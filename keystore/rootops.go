@@ -19,31 +19,25 @@ type RewrapProgress func(tenant string)
 // run again, it simply re-wraps every tenant again and finishes without loss.
 // It returns how many tenants it re-wrapped.
 func (s *Service) RewrapTenantKEKs(ctx context.Context, progress RewrapProgress) (int, error) {
-	n, after := 0, ""
-	for {
-		recs, err := s.store.List(ctx, tenantPrefix, after, 100)
+	n := 0
+	for r, err := range s.scan(ctx, "rewrap: list tenants", tenantPrefix) {
 		if err != nil {
-			return n, storageErr("rewrap: list tenants", err)
+			return n, err
 		}
-		for _, r := range recs {
-			tenant := strings.TrimPrefix(r.Key, tenantPrefix)
-			if err := s.rewrapTenantKEK(ctx, tenant); err != nil {
-				return n, err
-			}
-			n++
-			if progress != nil {
-				progress(tenant)
-			}
+		tenant := strings.TrimPrefix(r.Key, tenantPrefix)
+		if err := s.rewrapTenantKEK(ctx, tenant); err != nil {
+			return n, err
 		}
-		if len(recs) < 100 {
-			return n, nil
+		n++
+		if progress != nil {
+			progress(tenant)
 		}
-		after = recs[len(recs)-1].Key
 	}
+	return n, nil
 }
 
 func (s *Service) rewrapTenantKEK(ctx context.Context, tenant string) error {
-	for range maxCASRetries {
+	return retryCAS(fmt.Sprintf("rewrap tenant %q", tenant), func() error {
 		rec, ver, err := s.readTenant(ctx, tenant)
 		if errors.Is(err, ErrNotFound) {
 			return nil // shredded meanwhile
@@ -65,16 +59,11 @@ func (s *Service) rewrapTenantKEK(ctx context.Context, tenant string) error {
 		if err != nil {
 			return err
 		}
-		_, err = s.store.Put(ctx, tenantStorageKey(tenant), b, ver)
-		if errors.Is(err, storage.ErrConflict) {
-			continue
-		}
-		if err != nil {
+		if _, err := s.store.Put(ctx, tenantStorageKey(tenant), b, ver); err != nil {
 			return storageErr("rewrap: store tenant", err)
 		}
 		return nil
-	}
-	return fmt.Errorf("rewrap tenant %q: %w", tenant, ErrAborted)
+	})
 }
 
 // Dependencies reports whether the storage and the root can be reached now;

@@ -3,7 +3,6 @@ package keystore
 import (
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -12,7 +11,7 @@ import (
 
 	"github.com/tink-crypto/tink-go/v2/keyset"
 
-	"github.com/custos-kms/custos/keystore/storage"
+	"github.com/custos-kms/custos/keystore/storage/lease"
 )
 
 // Scheduler defaults. They are the only defaults of these settings: the
@@ -23,9 +22,6 @@ const (
 	// DefaultFlushInterval is how often every replica writes its encryption
 	// counts to storage.
 	DefaultFlushInterval = 10 * time.Second
-	// schedulerPageSize is how many records one storage List returns during
-	// a pass.
-	schedulerPageSize = 256
 	// stopTimeout bounds the final flush and the lease release on stop.
 	stopTimeout = 5 * time.Second
 )
@@ -154,57 +150,29 @@ func (s *Service) RunOnce(ctx context.Context) error {
 	return errors.Join(s.FlushUsage(ctx), s.pass(ctx))
 }
 
-// acquireLease takes the scheduler lease for holder, or renews it, until
-// now + ttl. It reports false while another holder's lease has not expired,
-// or when another replica won the compare-and-swap.
+// acquireLease takes or renews the scheduler lease for holder.
 func (s *Service) acquireLease(ctx context.Context, holder string, ttl time.Duration) (bool, error) {
-	now := s.now()
-	var expect uint64
-	r, err := s.store.Get(ctx, leaseStorageKey)
-	switch {
-	case errors.Is(err, storage.ErrNotFound):
-	case err != nil:
-		return false, storageErr("read scheduler lease", err)
-	default:
-		var l leaseRecord
-		if err := json.Unmarshal(r.Value, &l); err != nil || l.Format != recordFormat {
-			s.logger.Warn("scheduler: unreadable lease record; taking it over")
-		} else if l.Holder != holder && now.Before(l.ExpireTime) {
-			return false, nil
-		}
-		expect = r.Version
+	held, tookOver, err := s.lease().Acquire(ctx, holder, ttl)
+	if tookOver {
+		s.logger.Warn("scheduler: unreadable lease record; taken over")
 	}
-	b, err := encodeRecord(leaseRecord{Format: recordFormat, Holder: holder, ExpireTime: now.Add(ttl).UTC()})
 	if err != nil {
-		return false, err
+		return false, storageErr("scheduler lease", err)
 	}
-	if _, err := s.store.Put(ctx, leaseStorageKey, b, expect); err != nil {
-		if errors.Is(err, storage.ErrConflict) {
-			return false, nil
-		}
-		return false, storageErr("write scheduler lease", err)
-	}
-	return true, nil
+	return held, nil
 }
 
-// releaseLease deletes the lease if holder holds it.
+// releaseLease releases the scheduler lease if holder holds it.
 func (s *Service) releaseLease(ctx context.Context, holder string) error {
-	r, err := s.store.Get(ctx, leaseStorageKey)
-	if errors.Is(err, storage.ErrNotFound) {
-		return nil
-	}
-	if err != nil {
-		return storageErr("read scheduler lease", err)
-	}
-	var l leaseRecord
-	if err := json.Unmarshal(r.Value, &l); err != nil || l.Holder != holder {
-		return nil
-	}
-	err = s.store.Delete(ctx, leaseStorageKey, r.Version)
-	if err != nil && !errors.Is(err, storage.ErrNotFound) && !errors.Is(err, storage.ErrConflict) {
-		return storageErr("release scheduler lease", err)
+	if err := s.lease().Release(ctx, holder); err != nil {
+		return storageErr("scheduler lease", err)
 	}
 	return nil
+}
+
+// lease is the scheduler's lease.
+func (s *Service) lease() lease.Lease {
+	return lease.Lease{Store: s.store, Key: leaseStorageKey, Now: s.now}
 }
 
 // pass visits every tenant once: shreds those past their deletion date and
@@ -212,25 +180,18 @@ func (s *Service) releaseLease(ctx context.Context, holder string) error {
 // stop the others.
 func (s *Service) pass(ctx context.Context) error {
 	var errs []error
-	after := ""
-	for {
-		recs, err := s.store.List(ctx, tenantPrefix, after, schedulerPageSize)
+	for r, err := range s.scan(ctx, "scheduler: list tenants", tenantPrefix) {
 		if err != nil {
-			return storageErr("scheduler: list tenants", err)
+			return err
 		}
-		for _, r := range recs {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			if err := s.tenantPass(ctx, strings.TrimPrefix(r.Key, tenantPrefix), r.Value); err != nil {
-				errs = append(errs, err)
-			}
+		if err := ctx.Err(); err != nil {
+			return err
 		}
-		if len(recs) < schedulerPageSize {
-			return joinCapped(errs)
+		if err := s.tenantPass(ctx, strings.TrimPrefix(r.Key, tenantPrefix), r.Value); err != nil {
+			errs = append(errs, err)
 		}
-		after = recs[len(recs)-1].Key
 	}
+	return joinCapped(errs)
 }
 
 func (s *Service) tenantPass(ctx context.Context, tenant string, value []byte) error {
@@ -257,35 +218,28 @@ func (s *Service) tenantPass(ctx context.Context, tenant string, value []byte) e
 func (s *Service) keysPass(ctx context.Context, tenant string) error {
 	prefix := keyStoragePrefix(tenant)
 	var errs []error
-	after := ""
-	for {
-		recs, err := s.store.List(ctx, prefix, after, schedulerPageSize)
+	for r, err := range s.scan(ctx, "scheduler: list keys", prefix) {
 		if err != nil {
-			return storageErr("scheduler: list keys", err)
+			return err
 		}
-		for _, r := range recs {
-			ref := KeyRef{Tenant: tenant, Key: strings.TrimPrefix(r.Key, prefix)}
-			rec, err := decodeKey(r.Value)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("scheduler: key %s: %w", ref, err))
-				continue
-			}
-			now := s.now()
-			if _, due := s.rotationDue(rec, now); !due && !destroyDue(rec, now) {
-				continue
-			}
-			if err := s.maintainKey(ctx, ref); err != nil {
-				if errors.Is(err, ErrTenantDeleted) || errors.Is(err, ErrNotFound) {
-					return joinCapped(errs) // deleted meanwhile
-				}
-				errs = append(errs, fmt.Errorf("scheduler: %w", err))
-			}
+		ref := KeyRef{Tenant: tenant, Key: strings.TrimPrefix(r.Key, prefix)}
+		rec, err := decodeKey(r.Value)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("scheduler: key %s: %w", ref, err))
+			continue
 		}
-		if len(recs) < schedulerPageSize {
-			return joinCapped(errs)
+		now := s.now()
+		if _, due := s.rotationDue(rec, now); !due && !destroyDue(rec, now) {
+			continue
 		}
-		after = recs[len(recs)-1].Key
+		if err := s.maintainKey(ctx, ref); err != nil {
+			if errors.Is(err, ErrTenantDeleted) || errors.Is(err, ErrNotFound) {
+				return joinCapped(errs) // deleted meanwhile
+			}
+			errs = append(errs, fmt.Errorf("scheduler: %w", err))
+		}
 	}
+	return joinCapped(errs)
 }
 
 // rotationDue reports whether rec should rotate now, and why: its rotation

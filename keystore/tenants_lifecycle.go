@@ -66,29 +66,27 @@ func (s *Service) UndeleteTenant(ctx context.Context, tenant string) (Tenant, er
 // compare-and-swap, retrying on conflicts. After a write it drops the
 // tenant's cached material on this replica.
 func (s *Service) updateTenant(ctx context.Context, tenant, op string, mutate func(rec *tenantRecord) error) (Tenant, error) {
-	for range maxCASRetries {
+	var out Tenant
+	err := retryCAS(fmt.Sprintf("%s %q", op, tenant), func() error {
 		rec, ver, err := s.readTenant(ctx, tenant)
 		if err != nil {
-			return Tenant{}, err
+			return err
 		}
 		if err := mutate(rec); err != nil {
-			return Tenant{}, fmt.Errorf("%s %q: %w", op, tenant, err)
+			return fmt.Errorf("%s %q: %w", op, tenant, err)
 		}
 		b, err := encodeRecord(rec)
 		if err != nil {
-			return Tenant{}, err
+			return err
 		}
-		_, err = s.store.Put(ctx, tenantStorageKey(tenant), b, ver)
-		if errors.Is(err, storage.ErrConflict) {
-			continue
-		}
-		if err != nil {
-			return Tenant{}, storageErr(op, err)
+		if _, err := s.store.Put(ctx, tenantStorageKey(tenant), b, ver); err != nil {
+			return storageErr(op, err)
 		}
 		s.invalidateTenant(tenant)
-		return rec.toTenant(tenant), nil
-	}
-	return Tenant{}, fmt.Errorf("%s %q: %w", op, tenant, ErrAborted)
+		out = rec.toTenant(tenant)
+		return nil
+	})
+	return out, err
 }
 
 // invalidateTenant drops a tenant's cached KEK and keys, and makes loads

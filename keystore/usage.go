@@ -7,8 +7,6 @@ import (
 	"math"
 	"sync"
 	"sync/atomic"
-
-	"github.com/custos-kms/custos/keystore/storage"
 )
 
 // DefaultUsageRotateThreshold is how many encryptions a version of an ENCRYPT
@@ -215,29 +213,28 @@ func (s *Service) addEncryptCounts(ctx context.Context, ref KeyRef, counts map[u
 // keyset) with compare-and-swap, retrying on conflicts. It never creates a
 // record: a key deleted meanwhile gives ErrNotFound.
 func (s *Service) casKeyRecord(ctx context.Context, ref KeyRef, op string, mutate func(rec *keyRecord) error) (*keyRecord, error) {
-	for range maxCASRetries {
+	var out *keyRecord
+	err := retryCAS(fmt.Sprintf("%s %s", op, ref), func() error {
 		rec, ver, err := s.readKey(ctx, ref)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if err := mutate(rec); err != nil {
-			return nil, fmt.Errorf("%s %s: %w", op, ref, err)
+			return fmt.Errorf("%s %s: %w", op, ref, err)
 		}
 		b, err := encodeRecord(rec)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		nver, err := s.store.Put(ctx, keyStorageKey(ref), b, ver)
 		if err != nil {
-			if errors.Is(err, storage.ErrConflict) {
-				continue
-			}
-			return nil, storageErr(op, err)
+			return storageErr(op, err)
 		}
 		s.countsWritten(ref, ver, nver)
-		return rec, nil
-	}
-	return nil, fmt.Errorf("%s %s: %w", op, ref, ErrAborted)
+		out = rec
+		return nil
+	})
+	return out, err
 }
 
 func saturatingAdd(a, b uint64) uint64 {
