@@ -20,7 +20,7 @@ func (s *Service) Encrypt(ctx context.Context, ref KeyRef, plaintext, aad []byte
 	if isDataKeyAAD(aad) {
 		return nil, 0, fmt.Errorf("%w: associated_data: the prefix %q is reserved for data keys", ErrInvalidArgument, dataKeyAADPrefix)
 	}
-	e, err := s.key(ctx, ref)
+	e, err := s.m.key(ctx, ref)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -52,7 +52,7 @@ func (s *Service) Decrypt(ctx context.Context, ref KeyRef, ciphertext, aad []byt
 	if isDataKeyAAD(aad) {
 		return nil, 0, ErrInvalidCiphertext
 	}
-	e, err := s.key(ctx, ref)
+	e, err := s.m.key(ctx, ref)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -109,7 +109,7 @@ func (s *Service) entryForVersion(ctx context.Context, e *keyEntry, v uint32) (*
 		if last := e.missed.Load(); last != 0 && now.Sub(time.Unix(0, last)) < time.Second {
 			return nil, ErrInvalidCiphertext
 		}
-		fresh, err := s.loadKey(ctx, e.ref)
+		fresh, err := s.m.loadKey(ctx, e.ref)
 		if err != nil {
 			return nil, err
 		}
@@ -138,7 +138,7 @@ func (s *Service) entryForVersion(ctx context.Context, e *keyEntry, v uint32) (*
 // purpose, root or storage unreachable — fails the call as a whole, and each
 // item's own failure stays in that item.
 func (s *Service) CheckEncryptionKey(ctx context.Context, ref KeyRef, op string) error {
-	e, err := s.key(ctx, ref)
+	e, err := s.m.key(ctx, ref)
 	if err != nil {
 		return err
 	}

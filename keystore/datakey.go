@@ -30,7 +30,7 @@ func dataKeyAAD(aad []byte) []byte {
 // under the primary version of an ENCRYPT key, bound to aad. With
 // wrappedOnly the plaintext key is not returned (nil).
 func (s *Service) GenerateDataKey(ctx context.Context, ref KeyRef, aad []byte, wrappedOnly bool) (plaintext, wrapped []byte, version uint32, err error) {
-	e, err := s.key(ctx, ref)
+	e, err := s.m.key(ctx, ref)
 	if err != nil {
 		return nil, nil, 0, err
 	}
@@ -55,7 +55,7 @@ func (s *Service) GenerateDataKey(ctx context.Context, ref KeyRef, aad []byte, w
 // DecryptDataKey unwraps a data key made by GenerateDataKey with the same aad.
 // A field ciphertext fails with ErrInvalidCiphertext.
 func (s *Service) DecryptDataKey(ctx context.Context, ref KeyRef, wrapped, aad []byte) ([]byte, uint32, error) {
-	e, err := s.key(ctx, ref)
+	e, err := s.m.key(ctx, ref)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -73,7 +73,7 @@ func (s *Service) Rewrap(ctx context.Context, ref KeyRef, ciphertext, aad []byte
 	if isDataKeyAAD(aad) {
 		return nil, 0, ErrInvalidCiphertext
 	}
-	e, err := s.key(ctx, ref)
+	e, err := s.m.key(ctx, ref)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -88,7 +88,7 @@ func (s *Service) Rewrap(ctx context.Context, ref KeyRef, ciphertext, aad []byte
 	}
 	defer clear(pt)
 	// Re-read the entry: decryptWith may have reloaded a newer one.
-	if cur, cerr := s.key(ctx, ref); cerr == nil {
+	if cur, cerr := s.m.key(ctx, ref); cerr == nil {
 		e = cur
 	}
 	if v == e.rec.Primary {

@@ -41,8 +41,8 @@ func (s *Service) CreateKey(ctx context.Context, ref KeyRef, spec KeySpec) (Key,
 	if err := checkRotationPeriod(spec.RotationPeriod); err != nil {
 		return Key{}, err
 	}
-	gen := s.life.tenantGen.Load()
-	kek, tver, err := s.activeTenant(ctx, ref.Tenant)
+	gen := s.m.gen.Load()
+	kek, tver, err := s.m.activeTenant(ctx, ref.Tenant)
 	if err != nil {
 		return Key{}, err
 	}
@@ -79,9 +79,9 @@ func (s *Service) CreateKey(ctx context.Context, ref KeyRef, spec KeySpec) (Key,
 		}
 		return Key{}, storageErr("create key", err)
 	}
-	s.wrote(ref, ver)
+	s.m.noteWrite(ref, ver)
 	if prim, err := newPrimitives(rec.Purpose, h); err == nil {
-		s.cacheKey(gen, &keyEntry{ref: ref, rec: rec, prim: prim, ver: ver, tenantVer: tver})
+		s.m.put(gen, &keyEntry{ref: ref, rec: rec, prim: prim, ver: ver, tenantVer: tver})
 	}
 	return rec.toKey(ref), nil
 }
@@ -185,8 +185,8 @@ func (s *Service) updateKey(ctx context.Context, ref KeyRef, op string, mutate f
 	}
 	var out Key
 	err := retryCAS(fmt.Sprintf("%s %s", op, ref), func() error {
-		gen := s.life.tenantGen.Load()
-		kek, tver, err := s.activeTenant(ctx, ref.Tenant)
+		gen := s.m.gen.Load()
+		kek, tver, err := s.m.activeTenant(ctx, ref.Tenant)
 		if err != nil {
 			return err
 		}
@@ -219,9 +219,9 @@ func (s *Service) updateKey(ctx context.Context, ref KeyRef, op string, mutate f
 		if err != nil {
 			return storageErr(op, err)
 		}
-		s.wrote(ref, nver)
+		s.m.noteWrite(ref, nver)
 		if prim, err := newPrimitives(rec.Purpose, nh); err == nil {
-			s.cacheKey(gen, &keyEntry{ref: ref, rec: rec, prim: prim, ver: nver, tenantVer: tver})
+			s.m.put(gen, &keyEntry{ref: ref, rec: rec, prim: prim, ver: nver, tenantVer: tver})
 		}
 		out = rec.toKey(ref)
 		return nil

@@ -19,11 +19,9 @@ import (
 	"io"
 	"log/slog"
 	"runtime"
-	"sync/atomic"
 	"time"
 
 	"github.com/tink-crypto/tink-go/v2/tink"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/custos-kms/custos/internal/workpool"
 	"github.com/custos-kms/custos/keystore/root"
@@ -87,39 +85,16 @@ type Config struct {
 
 // Service is the keystore. It is safe for concurrent use.
 type Service struct {
-	store  storage.Store
-	root   root.Root
-	now    func() time.Time
-	rand   io.Reader
-	logger *slog.Logger
-	hashes *workpool.Pool
+	records // typed storage access: s.store, s.readTenant, s.readKey, s.scan
+	root    root.Root
+	now     func() time.Time
+	rand    io.Reader
+	logger  *slog.Logger
+	hashes  *workpool.Pool
 
-	keks  *lru[string, tink.AEAD]
-	keys  *lru[KeyRef, *keyEntry]
-	loads singleflight.Group
-
-	life *lifecycleState // version usage counters, invalidation generation
+	m    *materials      // unwrapped material: cache, loads, cross-replica coherence
+	life *lifecycleState // version usage counters
 }
-
-// keyEntry is a cached, unwrapped key: an immutable snapshot of its record
-// and the primitives of its enabled versions.
-type keyEntry struct {
-	ref  KeyRef
-	rec  *keyRecord
-	prim primitives
-	// ver and tenantVer are the storage versions of the key and tenant
-	// records the entry was built from: a change notification for an older
-	// or equal version (for example this replica's own write) keeps it.
-	ver, tenantVer uint64
-	// missed is when (unix ns) a reload last failed to find a version a
-	// ciphertext named; another reload for an unknown version waits a second.
-	missed atomic.Int64
-}
-
-// tombstone reports whether e only records that version ver of its key was
-// written elsewhere: it never serves, and only an entry built from that
-// version or a newer one replaces it.
-func (e *keyEntry) tombstone() bool { return e.rec == nil }
 
 // New returns a Service.
 func New(cfg Config) (*Service, error) {
@@ -159,16 +134,22 @@ func New(cfg Config) (*Service, error) {
 		}
 		cfg.HashPool = workpool.New(cfg.HashWorkers, cfg.HashQueue)
 	}
+	recs := records{store: cfg.Storage}
 	return &Service{
-		store:  cfg.Storage,
-		root:   cfg.Root,
-		now:    cfg.Now,
-		rand:   cfg.Rand,
-		logger: cfg.Logger,
-		hashes: cfg.HashPool,
-		keks:   newLRU[string, tink.AEAD](cfg.CacheSize, cfg.CacheTTL, cfg.UnavailableGrace, cfg.Now),
-		keys:   newLRU[KeyRef, *keyEntry](cfg.CacheSize, cfg.CacheTTL, cfg.UnavailableGrace, cfg.Now),
-		life:   newLifecycleState(cfg.UsageRotateThreshold),
+		records: recs,
+		root:    cfg.Root,
+		now:     cfg.Now,
+		rand:    cfg.Rand,
+		logger:  cfg.Logger,
+		hashes:  cfg.HashPool,
+		m: &materials{
+			records: recs,
+			root:    cfg.Root,
+			logger:  cfg.Logger,
+			keks:    newLRU[string, tink.AEAD](cfg.CacheSize, cfg.CacheTTL, cfg.UnavailableGrace, cfg.Now),
+			keys:    newLRU[KeyRef, *keyEntry](cfg.CacheSize, cfg.CacheTTL, cfg.UnavailableGrace, cfg.Now),
+		},
+		life: newLifecycleState(cfg.UsageRotateThreshold),
 	}, nil
 }
 
@@ -183,132 +164,4 @@ func rootErr(op string, err error) error {
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	return fmt.Errorf("%s: root: %w", op, err)
-}
-
-// activeTenant returns the KEK of an active tenant, from cache or by asking
-// the root once, and the storage version of the tenant record it checked.
-// When the root is unreachable, a KEK cached earlier keeps serving until its
-// grace runs out.
-func (s *Service) activeTenant(ctx context.Context, tenant string) (tink.AEAD, uint64, error) {
-	rec, tver, err := s.readTenant(ctx, tenant)
-	if err != nil {
-		return nil, 0, err
-	}
-	if rec.State != TenantActive {
-		return nil, 0, fmt.Errorf("tenant %q: %w", tenant, ErrTenantDeleted)
-	}
-	cached, fresh, ok := s.keks.get(tenant)
-	if ok && fresh {
-		return cached, tver, nil
-	}
-	v, err := s.shared(ctx, "kek\x00"+tenant, func(ctx context.Context) (any, error) {
-		if kek, fresh, ok := s.keks.get(tenant); ok && fresh {
-			return kek, nil
-		}
-		raw, err := s.root.Unwrap(ctx, rec.WrappedKEK, tenantKEKAAD(tenant))
-		if err != nil {
-			return nil, rootErr(fmt.Sprintf("unwrap KEK of tenant %q", tenant), err)
-		}
-		kek, err := newKEKAEAD(raw)
-		clear(raw)
-		if err != nil {
-			return nil, err
-		}
-		s.keks.put(tenant, kek)
-		return kek, nil
-	})
-	if err != nil {
-		if ok && errors.Is(err, ErrUnavailable) {
-			s.keks.postpone(tenant, retryBackoff)
-			s.logger.Warn("root unavailable; serving cached tenant KEK", "tenant", tenant)
-			return cached, tver, nil
-		}
-		return nil, 0, err
-	}
-	return v.(tink.AEAD), tver, nil
-}
-
-// key returns the cached key entry, loading it on a miss. While the root or
-// the storage is unreachable, an entry cached earlier keeps serving until its
-// grace runs out, retrying the refresh every retryBackoff.
-func (s *Service) key(ctx context.Context, ref KeyRef) (*keyEntry, error) {
-	cached, fresh, ok := s.keys.get(ref)
-	if ok && cached.tombstone() {
-		ok = false
-	}
-	if ok && fresh {
-		return cached, nil
-	}
-	e, err := s.loadKey(ctx, ref)
-	if err != nil && ok && errors.Is(err, ErrUnavailable) {
-		s.keys.postpone(ref, retryBackoff)
-		s.logger.Warn("refresh failed; serving cached key", "key", ref.String(), "error", err.Error())
-		return cached, nil
-	}
-	return e, err
-}
-
-// loadTimeout bounds a shared load (storage reads and a root unwrap), which
-// runs detached from the callers waiting for it.
-const loadTimeout = 30 * time.Second
-
-// shared runs fn once for all concurrent callers with the same key. fn runs
-// on a context detached from any one caller's cancellation (bounded by
-// loadTimeout), so a caller that gives up does not fail the others; each
-// caller waits only as long as its own ctx allows.
-func (s *Service) shared(ctx context.Context, key string, fn func(context.Context) (any, error)) (any, error) {
-	ch := s.loads.DoChan(key, func() (any, error) {
-		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), loadTimeout)
-		defer cancel()
-		return fn(lctx)
-	})
-	select {
-	case r := <-ch:
-		return r.Val, r.Err
-	case <-ctx.Done():
-		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return nil, fmt.Errorf("%w: load: %w", ErrUnavailable, ctx.Err())
-		}
-		return nil, ctx.Err()
-	}
-}
-
-// loadKey loads a key from storage into the cache; concurrent loads of one
-// key share one storage read and one unwrap.
-func (s *Service) loadKey(ctx context.Context, ref KeyRef) (*keyEntry, error) {
-	v, err := s.shared(ctx, "key\x00"+ref.String(), func(ctx context.Context) (any, error) {
-		gen := s.life.tenantGen.Load()
-		kek, tver, err := s.activeTenant(ctx, ref.Tenant)
-		if err != nil {
-			return nil, err
-		}
-		rec, ver, err := s.readKey(ctx, ref)
-		if err != nil {
-			return nil, err
-		}
-		e, err := s.newKeyEntry(ref, rec, kek)
-		if err != nil {
-			return nil, err
-		}
-		e.ver, e.tenantVer = ver, tver
-		s.cacheKey(gen, e)
-		return e, nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	return v.(*keyEntry), nil
-}
-
-func (s *Service) newKeyEntry(ref KeyRef, rec *keyRecord, kek tink.AEAD) (*keyEntry, error) {
-	h, err := openKeyset(rec.Keyset, kek, ref)
-	if err != nil {
-		s.logger.Error("stored keyset failed authentication", "key", ref.String())
-		return nil, err
-	}
-	prim, err := newPrimitives(rec.Purpose, h)
-	if err != nil {
-		return nil, fmt.Errorf("key %s: %w", ref, err)
-	}
-	return &keyEntry{ref: ref, rec: rec, prim: prim}, nil
 }

@@ -77,7 +77,7 @@ func (s *Service) BlindIndex(ctx context.Context, ref KeyRef, data []byte) ([]MA
 }
 
 func (s *Service) macKey(ctx context.Context, ref KeyRef, op string) (*keyEntry, error) {
-	e, err := s.key(ctx, ref)
+	e, err := s.m.key(ctx, ref)
 	if err != nil {
 		return nil, err
 	}

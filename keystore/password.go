@@ -239,7 +239,7 @@ func checkPasswordInput(password []byte, subject string) error {
 
 // passwordKey returns the key's cached entry if it is a PASSWORD key.
 func (s *Service) passwordKey(ctx context.Context, ref KeyRef, op string) (*keyEntry, error) {
-	e, err := s.key(ctx, ref)
+	e, err := s.m.key(ctx, ref)
 	if err != nil {
 		return nil, err
 	}

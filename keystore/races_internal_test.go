@@ -150,7 +150,7 @@ func TestARemoteChangeDuringALoadIsNotUndone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b.invalidate(storage.Change{Key: keyStorageKey(ref), Version: r.Version}) // what B's watcher delivers
+	b.m.apply(storage.Change{Key: keyStorageKey(ref), Version: r.Version}) // what B's watcher delivers
 	close(release)
 	<-done
 
@@ -173,7 +173,7 @@ func TestAnInFlightLoadCannotResurrectADeletedTenant(t *testing.T) {
 		t.Fatal(err)
 	}
 	r, _ := hs.Store.Get(ctx, tenantStorageKey("t"))
-	b.invalidate(storage.Change{Key: tenantStorageKey("t"), Version: r.Version})
+	b.m.apply(storage.Change{Key: tenantStorageKey("t"), Version: r.Version})
 	close(release)
 	<-done
 	if _, _, err := b.Encrypt(ctx, ref, []byte("x"), nil); !errors.Is(err, ErrTenantDeleted) {

@@ -18,6 +18,11 @@ const maxCASRetries = 64
 // scanPageSize is how many records one storage List returns during a scan.
 const scanPageSize = 256
 
+// records is typed access to the keystore's records in storage.
+type records struct {
+	store storage.Store
+}
+
 // storageErr maps a storage failure to a keystore error, with context.
 func storageErr(op string, err error) error {
 	switch {
@@ -45,7 +50,7 @@ func retryCAS(op string, attempt func() error) error {
 // scan yields every record whose key starts with prefix, in key order, a
 // page at a time; a failed List is yielded once (as a keystore error naming
 // op) and ends the scan.
-func (s *Service) scan(ctx context.Context, op, prefix string) iter.Seq2[storage.Record, error] {
+func (s records) scan(ctx context.Context, op, prefix string) iter.Seq2[storage.Record, error] {
 	return func(yield func(storage.Record, error) bool) {
 		after := ""
 		for {
@@ -68,7 +73,7 @@ func (s *Service) scan(ctx context.Context, op, prefix string) iter.Seq2[storage
 }
 
 // readTenant reads a tenant's record and its storage version.
-func (s *Service) readTenant(ctx context.Context, tenant string) (*tenantRecord, uint64, error) {
+func (s records) readTenant(ctx context.Context, tenant string) (*tenantRecord, uint64, error) {
 	r, err := s.store.Get(ctx, tenantStorageKey(tenant))
 	if errors.Is(err, storage.ErrNotFound) {
 		return nil, 0, fmt.Errorf("tenant %q: %w", tenant, ErrNotFound)
@@ -84,7 +89,7 @@ func (s *Service) readTenant(ctx context.Context, tenant string) (*tenantRecord,
 }
 
 // readKey reads a key's record and storage version.
-func (s *Service) readKey(ctx context.Context, ref KeyRef) (*keyRecord, uint64, error) {
+func (s records) readKey(ctx context.Context, ref KeyRef) (*keyRecord, uint64, error) {
 	r, err := s.store.Get(ctx, keyStorageKey(ref))
 	if errors.Is(err, storage.ErrNotFound) {
 		return nil, 0, fmt.Errorf("key %s: %w", ref, ErrNotFound)

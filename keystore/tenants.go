@@ -45,7 +45,7 @@ func (s *Service) CreateTenant(ctx context.Context, id string) (Tenant, error) {
 		}
 		return Tenant{}, storageErr("create tenant", err)
 	}
-	s.keks.put(id, kek)
+	s.m.keks.put(id, kek)
 	return rec.toTenant(id), nil
 }
 

@@ -82,19 +82,11 @@ func (s *Service) updateTenant(ctx context.Context, tenant, op string, mutate fu
 		if _, err := s.store.Put(ctx, tenantStorageKey(tenant), b, ver); err != nil {
 			return storageErr(op, err)
 		}
-		s.invalidateTenant(tenant)
+		s.m.invalidateTenant(tenant)
 		out = rec.toTenant(tenant)
 		return nil
 	})
 	return out, err
-}
-
-// invalidateTenant drops a tenant's cached KEK and keys, and makes loads
-// that began before this call not cache what they read.
-func (s *Service) invalidateTenant(tenant string) {
-	s.life.tenantGen.Add(1)
-	s.keks.remove(tenant)
-	s.keys.removeIf(func(r KeyRef) bool { return r.Tenant == tenant })
 }
 
 // checkTenantActive fails with ErrNotFound for an unknown tenant and
@@ -152,7 +144,7 @@ func (s *Service) shredTenant(ctx context.Context, tenant string) (bool, error) 
 			return false, storageErr("shred tenant: mark", err)
 		}
 	}
-	s.invalidateTenant(tenant)
+	s.m.invalidateTenant(tenant)
 	for _, prefix := range tenantScopedPrefixes(tenant) {
 		if err := s.deletePrefix(ctx, prefix); err != nil {
 			return false, fmt.Errorf("shred tenant %q: %w", tenant, err)
@@ -162,7 +154,7 @@ func (s *Service) shredTenant(ctx context.Context, tenant string) (bool, error) 
 	if err != nil && !errors.Is(err, storage.ErrNotFound) {
 		return false, storageErr(fmt.Sprintf("shred tenant %q: delete tenant record", tenant), err)
 	}
-	s.invalidateTenant(tenant)
+	s.m.invalidateTenant(tenant)
 	s.life.dropTenant(tenant)
 	s.logger.Info("tenant crypto-shredded", "tenant", tenant)
 	return true, nil

@@ -35,12 +35,6 @@ type lifecycleState struct {
 	// encrypted since the last flush, not by the number of tenants.
 	usage sync.Map
 
-	// tenantGen changes whenever cached material of a tenant is dropped
-	// (deletion, undeletion, a tenant record changed on another replica). A
-	// load that began before the change does not cache what it read, so a
-	// tenant scheduled for deletion stops serving at once.
-	tenantGen atomic.Uint64
-
 	// leaderPasses counts scheduler passes run while holding the lease.
 	leaderPasses atomic.Uint64
 }
@@ -59,42 +53,6 @@ func newLifecycleState(threshold uint64) *lifecycleState {
 		threshold = DefaultUsageRotateThreshold
 	}
 	return &lifecycleState{threshold: threshold}
-}
-
-// wrote records that this replica wrote version ver of ref's record: from
-// now on no entry built from an older record can be cached (a load that read
-// before the write must not undo it), even if the caller's own cacheKey is
-// refused.
-func (s *Service) wrote(ref KeyRef, ver uint64) {
-	s.keys.upsert(ref, &keyEntry{ref: ref, ver: ver}, func(old *keyEntry) bool { return old.ver >= ver })
-}
-
-// countsWritten notes that this replica rewrote ref's record from version
-// old to nver changing only encryption counts (which the cache does not use):
-// an entry built from old is as good as one built from nver, so it is kept
-// under the new version instead of being reloaded when the change notice
-// comes back.
-func (s *Service) countsWritten(ref KeyRef, old, nver uint64) {
-	renamed := s.keys.swap(ref, func(cur *keyEntry) (*keyEntry, bool) {
-		if cur.tombstone() || cur.ver != old {
-			return nil, false
-		}
-		return &keyEntry{ref: cur.ref, rec: cur.rec, prim: cur.prim, ver: nver, tenantVer: cur.tenantVer}, true
-	})
-	if !renamed {
-		s.wrote(ref, nver)
-	}
-}
-
-// cacheKey caches e unless a tenant invalidation happened since gen was read:
-// then what the caller read may already be stale, and the next call reloads.
-func (s *Service) cacheKey(gen uint64, e *keyEntry) {
-	if s.life.tenantGen.Load() != gen {
-		return
-	}
-	// Never replace an entry (or tombstone) from a newer record: a load that
-	// read before a change must not undo it.
-	s.keys.upsert(e.ref, e, func(old *keyEntry) bool { return old.ver > e.ver })
 }
 
 // countEncrypt records one encryption by version v of ref. It does not
@@ -230,7 +188,7 @@ func (s *Service) casKeyRecord(ctx context.Context, ref KeyRef, op string, mutat
 		if err != nil {
 			return storageErr(op, err)
 		}
-		s.countsWritten(ref, ver, nver)
+		s.m.countsWritten(ref, ver, nver)
 		out = rec
 		return nil
 	})

@@ -1,0 +1,272 @@
+package keystore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/tink-crypto/tink-go/v2/tink"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/custos-kms/custos/keystore/root"
+	"github.com/custos-kms/custos/keystore/storage"
+)
+
+// materials is the unwrapped key material of this replica: tenant KEKs and
+// keys, cached (bounded, with a TTL and an outage grace), loaded once for
+// all concurrent callers (one storage read, one root unwrap), and kept
+// coherent with what other replicas write (apply) and with this replica's
+// own writes (noteWrite, invalidateTenant).
+type materials struct {
+	records
+	root   root.Root
+	logger *slog.Logger
+
+	keks  *lru[string, tink.AEAD]
+	keys  *lru[KeyRef, *keyEntry]
+	loads singleflight.Group
+
+	// gen changes whenever cached material of a tenant is dropped
+	// (deletion, undeletion, a tenant record changed on another replica). A
+	// load that began before the change does not cache what it read, so a
+	// tenant scheduled for deletion stops serving at once.
+	gen atomic.Uint64
+}
+
+// keyEntry is a cached, unwrapped key: an immutable snapshot of its record
+// and the primitives of its enabled versions.
+type keyEntry struct {
+	ref  KeyRef
+	rec  *keyRecord
+	prim primitives
+	// ver and tenantVer are the storage versions of the key and tenant
+	// records the entry was built from: a change notification for an older
+	// or equal version (for example this replica's own write) keeps it.
+	ver, tenantVer uint64
+	// missed is when (unix ns) a reload last failed to find a version a
+	// ciphertext named; another reload for an unknown version waits a second.
+	missed atomic.Int64
+}
+
+// tombstone reports whether e only records that version ver of its key was
+// written elsewhere: it never serves, and only an entry built from that
+// version or a newer one replaces it.
+func (e *keyEntry) tombstone() bool { return e.rec == nil }
+
+// activeTenant returns the KEK of an active tenant, from cache or by asking
+// the root once, and the storage version of the tenant record it checked.
+// When the root is unreachable, a KEK cached earlier keeps serving until its
+// grace runs out.
+func (m *materials) activeTenant(ctx context.Context, tenant string) (tink.AEAD, uint64, error) {
+	rec, tver, err := m.readTenant(ctx, tenant)
+	if err != nil {
+		return nil, 0, err
+	}
+	if rec.State != TenantActive {
+		return nil, 0, fmt.Errorf("tenant %q: %w", tenant, ErrTenantDeleted)
+	}
+	cached, fresh, ok := m.keks.get(tenant)
+	if ok && fresh {
+		return cached, tver, nil
+	}
+	v, err := m.shared(ctx, "kek\x00"+tenant, func(ctx context.Context) (any, error) {
+		if kek, fresh, ok := m.keks.get(tenant); ok && fresh {
+			return kek, nil
+		}
+		raw, err := m.root.Unwrap(ctx, rec.WrappedKEK, tenantKEKAAD(tenant))
+		if err != nil {
+			return nil, rootErr(fmt.Sprintf("unwrap KEK of tenant %q", tenant), err)
+		}
+		kek, err := newKEKAEAD(raw)
+		clear(raw)
+		if err != nil {
+			return nil, err
+		}
+		m.keks.put(tenant, kek)
+		return kek, nil
+	})
+	if err != nil {
+		if ok && errors.Is(err, ErrUnavailable) {
+			m.keks.postpone(tenant, retryBackoff)
+			m.logger.Warn("root unavailable; serving cached tenant KEK", "tenant", tenant)
+			return cached, tver, nil
+		}
+		return nil, 0, err
+	}
+	return v.(tink.AEAD), tver, nil
+}
+
+// key returns the cached key entry, loading it on a miss. While the root or
+// the storage is unreachable, an entry cached earlier keeps serving until its
+// grace runs out, retrying the refresh every retryBackoff.
+func (m *materials) key(ctx context.Context, ref KeyRef) (*keyEntry, error) {
+	cached, fresh, ok := m.keys.get(ref)
+	if ok && cached.tombstone() {
+		ok = false
+	}
+	if ok && fresh {
+		return cached, nil
+	}
+	e, err := m.loadKey(ctx, ref)
+	if err != nil && ok && errors.Is(err, ErrUnavailable) {
+		m.keys.postpone(ref, retryBackoff)
+		m.logger.Warn("refresh failed; serving cached key", "key", ref.String(), "error", err.Error())
+		return cached, nil
+	}
+	return e, err
+}
+
+// loadTimeout bounds a shared load (storage reads and a root unwrap), which
+// runs detached from the callers waiting for it.
+const loadTimeout = 30 * time.Second
+
+// shared runs fn once for all concurrent callers with the same key. fn runs
+// on a context detached from any one caller's cancellation (bounded by
+// loadTimeout), so a caller that gives up does not fail the others; each
+// caller waits only as long as its own ctx allows.
+func (m *materials) shared(ctx context.Context, key string, fn func(context.Context) (any, error)) (any, error) {
+	ch := m.loads.DoChan(key, func() (any, error) {
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), loadTimeout)
+		defer cancel()
+		return fn(lctx)
+	})
+	select {
+	case r := <-ch:
+		return r.Val, r.Err
+	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return nil, fmt.Errorf("%w: load: %w", ErrUnavailable, ctx.Err())
+		}
+		return nil, ctx.Err()
+	}
+}
+
+// loadKey loads a key from storage into the cache; concurrent loads of one
+// key share one storage read and one unwrap.
+func (m *materials) loadKey(ctx context.Context, ref KeyRef) (*keyEntry, error) {
+	v, err := m.shared(ctx, "key\x00"+ref.String(), func(ctx context.Context) (any, error) {
+		gen := m.gen.Load()
+		kek, tver, err := m.activeTenant(ctx, ref.Tenant)
+		if err != nil {
+			return nil, err
+		}
+		rec, ver, err := m.readKey(ctx, ref)
+		if err != nil {
+			return nil, err
+		}
+		e, err := m.newKeyEntry(ref, rec, kek)
+		if err != nil {
+			return nil, err
+		}
+		e.ver, e.tenantVer = ver, tver
+		m.put(gen, e)
+		return e, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*keyEntry), nil
+}
+
+func (m *materials) newKeyEntry(ref KeyRef, rec *keyRecord, kek tink.AEAD) (*keyEntry, error) {
+	h, err := openKeyset(rec.Keyset, kek, ref)
+	if err != nil {
+		m.logger.Error("stored keyset failed authentication", "key", ref.String())
+		return nil, err
+	}
+	prim, err := newPrimitives(rec.Purpose, h)
+	if err != nil {
+		return nil, fmt.Errorf("key %s: %w", ref, err)
+	}
+	return &keyEntry{ref: ref, rec: rec, prim: prim}, nil
+}
+
+// noteWrite records that this replica wrote version ver of ref's record: from
+// now on no entry built from an older record can be cached (a load that read
+// before the write must not undo it), even if the caller's own put is
+// refused.
+func (m *materials) noteWrite(ref KeyRef, ver uint64) {
+	m.keys.upsert(ref, &keyEntry{ref: ref, ver: ver}, func(old *keyEntry) bool { return old.ver >= ver })
+}
+
+// countsWritten notes that this replica rewrote ref's record from version
+// old to nver changing only encryption counts (which the cache does not use):
+// an entry built from old is as good as one built from nver, so it is kept
+// under the new version instead of being reloaded when the change notice
+// comes back.
+func (m *materials) countsWritten(ref KeyRef, old, nver uint64) {
+	renamed := m.keys.swap(ref, func(cur *keyEntry) (*keyEntry, bool) {
+		if cur.tombstone() || cur.ver != old {
+			return nil, false
+		}
+		return &keyEntry{ref: cur.ref, rec: cur.rec, prim: cur.prim, ver: nver, tenantVer: cur.tenantVer}, true
+	})
+	if !renamed {
+		m.noteWrite(ref, nver)
+	}
+}
+
+// put caches e unless a tenant invalidation happened since gen was read:
+// then what the caller read may already be stale, and the next call reloads.
+func (m *materials) put(gen uint64, e *keyEntry) {
+	if m.gen.Load() != gen {
+		return
+	}
+	// Never replace an entry (or tombstone) from a newer record: a load that
+	// read before a change must not undo it.
+	m.keys.upsert(e.ref, e, func(old *keyEntry) bool { return old.ver > e.ver })
+}
+
+// invalidateTenant drops a tenant's cached KEK and keys, and makes loads
+// that began before this call not cache what they read.
+func (m *materials) invalidateTenant(tenant string) {
+	m.gen.Add(1)
+	m.keks.remove(tenant)
+	m.keys.removeIf(func(r KeyRef) bool { return r.Tenant == tenant })
+}
+
+// apply drops what a change may have made stale. A change that names
+// the record version it wrote (Version > 0) drops only entries built from
+// older versions, so a replica's own writes, echoed back by the storage, do
+// not evict what it has just cached.
+func (m *materials) apply(c storage.Change) {
+	switch k := c.Key; {
+	case k == "":
+		m.gen.Add(1)
+		m.keks.clear()
+		m.keys.clear()
+	case strings.HasPrefix(k, tenantPrefix):
+		tenant := strings.TrimPrefix(k, tenantPrefix)
+		m.gen.Add(1)
+		if c.Version == 0 {
+			// Deleted (shredded), or version unknown: the KEK may be gone.
+			m.keks.remove(tenant)
+		}
+		// A tenant's KEK never changes while its record exists (a root
+		// re-wrap wraps the same bytes); its state may, so the keys that
+		// were checked against an older record go.
+		m.keys.removeWhere(func(r KeyRef, e *keyEntry) bool {
+			return r.Tenant == tenant && (c.Version == 0 || e.tenantVer < c.Version)
+		})
+	case strings.HasPrefix(k, keyPrefix):
+		tenant, key, ok := strings.Cut(strings.TrimPrefix(k, keyPrefix), "/")
+		if !ok {
+			return
+		}
+		ref := KeyRef{Tenant: tenant, Key: key}
+		if c.Version == 0 {
+			// Deleted, or version unknown: drop it, and keep a load now in
+			// flight from caching what it read before.
+			m.gen.Add(1)
+			m.keys.remove(ref)
+			return
+		}
+		// Record that version c.Version exists: an older entry, or an older
+		// record a load is still reading, can no longer be cached.
+		m.keys.upsert(ref, &keyEntry{ref: ref, ver: c.Version}, func(old *keyEntry) bool { return old.ver >= c.Version })
+	}
+}
