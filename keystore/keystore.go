@@ -18,12 +18,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"runtime"
 	"time"
 
 	"github.com/tink-crypto/tink-go/v2/tink"
 
-	"github.com/custos-kms/custos/internal/workpool"
 	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/storage"
 )
@@ -68,19 +66,6 @@ type Config struct {
 	UsageRotateThreshold uint64
 	// Logger receives internal failures (never key material). Default slog.Default().
 	Logger *slog.Logger
-	// HashPool runs password hashing (bcrypt, argon2id), so hashing load
-	// cannot starve encrypt and decrypt; when its queue is full, password
-	// calls fail with ErrResourceExhausted. The caller owns it and closes it
-	// after the Service is done; several Services may share one. When nil,
-	// New makes one from HashWorkers and HashQueue; that pool holds no
-	// goroutines while idle, so it needs no Close.
-	HashPool *workpool.Pool
-	// HashWorkers bounds concurrent hashes when HashPool is nil. Default
-	// runtime.GOMAXPROCS(0).
-	HashWorkers int
-	// HashQueue bounds hashes waiting for a worker when HashPool is nil.
-	// Default 64 × HashWorkers; negative means none may wait.
-	HashQueue int
 }
 
 // Service is the keystore. It is safe for concurrent use.
@@ -90,7 +75,6 @@ type Service struct {
 	now     func() time.Time
 	rand    io.Reader
 	logger  *slog.Logger
-	hashes  *workpool.Pool
 
 	m    *materials      // unwrapped material: cache, loads, cross-replica coherence
 	life *lifecycleState // version usage counters
@@ -122,18 +106,6 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if cfg.HashPool == nil {
-		if cfg.HashWorkers <= 0 {
-			cfg.HashWorkers = runtime.GOMAXPROCS(0)
-		}
-		switch {
-		case cfg.HashQueue == 0:
-			cfg.HashQueue = 64 * cfg.HashWorkers
-		case cfg.HashQueue < 0:
-			cfg.HashQueue = 0
-		}
-		cfg.HashPool = workpool.New(cfg.HashWorkers, cfg.HashQueue)
-	}
 	recs := records{store: cfg.Storage}
 	return &Service{
 		records: recs,
@@ -141,7 +113,6 @@ func New(cfg Config) (*Service, error) {
 		now:     cfg.Now,
 		rand:    cfg.Rand,
 		logger:  cfg.Logger,
-		hashes:  cfg.HashPool,
 		m: &materials{
 			records: recs,
 			root:    cfg.Root,

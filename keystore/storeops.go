@@ -12,8 +12,10 @@ import (
 // The keystore's few ways of using storage: typed reads of its records, a
 // bounded compare-and-swap retry, and a paged scan of a prefix.
 
-// maxCASRetries bounds read-modify-write loops under contention.
-const maxCASRetries = 64
+// MaxCASRetries bounds read-modify-write loops under contention.
+const MaxCASRetries = 64
+
+const maxCASRetries = MaxCASRetries
 
 // scanPageSize is how many records one storage List returns during a scan.
 const scanPageSize = 256
@@ -39,13 +41,17 @@ func storageErr(op string, err error) error {
 // first), at most maxCASRetries times; then it gives up with ErrAborted
 // naming op. Any other result of attempt is returned as it is.
 func retryCAS(op string, attempt func() error) error {
-	for range maxCASRetries {
-		if err := attempt(); !errors.Is(err, storage.ErrConflict) {
-			return err
-		}
+	err := storage.RetryOnConflict(maxCASRetries, attempt)
+	if errors.Is(err, storage.ErrConflict) {
+		return fmt.Errorf("%s: %w", op, ErrAborted)
 	}
-	return fmt.Errorf("%s: %w", op, ErrAborted)
+	return err
 }
+
+// StorageError maps a storage failure to the keystore's errors
+// (ErrUnavailable when the storage cannot be reached), naming op, for
+// packages that keep their own records beside the keystore's.
+func StorageError(op string, err error) error { return storageErr(op, err) }
 
 // scan yields every record whose key starts with prefix, in key order, a
 // page at a time; a failed List is yielded once (as a keystore error naming

@@ -110,7 +110,7 @@ const shredPageSize = 256
 // belongs to one tenant besides its tenant record: its keys (wrapped
 // keysets) and its password lockout state.
 func tenantScopedPrefixes(tenant string) []string {
-	return []string{keyStoragePrefix(tenant), lockoutStoragePrefix(tenant)}
+	return []string{keyStoragePrefix(tenant), LockoutStoragePrefix(tenant)}
 }
 
 // shredTenant crypto-shreds a tenant whose deletion date has passed: it

@@ -88,7 +88,7 @@ func (s cryptoService) BlindIndex(ctx context.Context, req *custosv1.BlindIndexR
 
 func (s cryptoService) HashPassword(ctx context.Context, req *custosv1.HashPasswordRequest) (*custosv1.HashPasswordResponse, error) {
 	ref := callOf(ctx).key
-	h, err := s.ks.HashPassword(ctx, ref, req.GetPassword())
+	h, err := s.pw.Hash(ctx, ref, req.GetPassword())
 	if err != nil {
 		return nil, s.toError(ctx, err)
 	}
@@ -97,7 +97,7 @@ func (s cryptoService) HashPassword(ctx context.Context, req *custosv1.HashPassw
 
 func (s cryptoService) VerifyPassword(ctx context.Context, req *custosv1.VerifyPasswordRequest) (*custosv1.VerifyPasswordResponse, error) {
 	ref := callOf(ctx).key
-	match, rehash, err := s.ks.VerifyPassword(ctx, ref, req.GetPassword(), req.GetHash(), req.GetSubject())
+	match, rehash, err := s.pw.Verify(ctx, ref, req.GetPassword(), req.GetHash(), req.GetSubject())
 	if err != nil {
 		return nil, s.toError(ctx, err)
 	}

@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/custos-kms/custos/keystore"
+	"github.com/custos-kms/custos/keystore/password"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 	"github.com/custos-kms/custos/server/identity"
 	"github.com/custos-kms/custos/server/policy"
@@ -60,6 +61,8 @@ type PolicySource interface {
 type Config struct {
 	// Keystore does the work. Required.
 	Keystore *keystore.Service
+	// Passwords hashes and verifies passwords. Required.
+	Passwords *password.Service
 	// Policy authorizes callers. Required.
 	Policy PolicySource
 	// Logger receives structured logs; never payloads. Default slog.Default().
@@ -71,6 +74,7 @@ type Config struct {
 // Server implements custosv1.KeyServiceServer and custosv1.CryptoServiceServer.
 type Server struct {
 	ks      *keystore.Service
+	pw      *password.Service
 	policy  PolicySource
 	logger  *slog.Logger
 	limits  Limits
@@ -82,8 +86,8 @@ type Server struct {
 
 // New returns a Server.
 func New(cfg Config) (*Server, error) {
-	if cfg.Keystore == nil || cfg.Policy == nil {
-		return nil, errors.New("server: Keystore and Policy are required")
+	if cfg.Keystore == nil || cfg.Passwords == nil || cfg.Policy == nil {
+		return nil, errors.New("server: Keystore, Passwords and Policy are required")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -101,7 +105,7 @@ func New(cfg Config) (*Server, error) {
 		l.MaxMessageBytes = DefaultMaxMessageBytes
 	}
 	m := newMetrics()
-	return &Server{ks: cfg.Keystore, policy: cfg.Policy, logger: cfg.Logger, limits: cfg.Limits, health: health.NewServer(), metrics: m, limiter: newLimiter(m.rateLimited)}, nil
+	return &Server{ks: cfg.Keystore, pw: cfg.Passwords, policy: cfg.Policy, logger: cfg.Logger, limits: cfg.Limits, health: health.NewServer(), metrics: m, limiter: newLimiter(m.rateLimited)}, nil
 }
 
 // Register registers the Custos services, health and reflection on r.

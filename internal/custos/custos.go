@@ -28,6 +28,7 @@ import (
 
 	"github.com/custos-kms/custos/internal/config"
 	"github.com/custos-kms/custos/keystore"
+	"github.com/custos-kms/custos/keystore/password"
 	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/storage"
 	"github.com/custos-kms/custos/server"
@@ -110,13 +111,25 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 	if rt.ks, err = keystore.New(kcfg); err != nil {
 		return nil, err
 	}
+	pw, err := password.New(password.Config{
+		Peppers: rt.ks,
+		Store:   store,
+		Workers: cfg.Passwords.HashWorkers,
+		Queue:   cfg.Passwords.HashQueue,
+		Now:     opts.Now,
+		Logger:  rt.logger,
+	})
+	if err != nil {
+		return nil, err
+	}
 	if rt.policy, err = policy.NewHolder(cfg.PolicyFile); err != nil {
 		return nil, err
 	}
 	rt.srv, err = server.New(server.Config{
-		Keystore: rt.ks,
-		Policy:   rt.policy,
-		Logger:   rt.logger,
+		Keystore:  rt.ks,
+		Passwords: pw,
+		Policy:    rt.policy,
+		Logger:    rt.logger,
 		Limits: server.Limits{
 			MaxPlaintextBytes: cfg.Limits.MaxPlaintextBytes,
 			MaxBatchItems:     cfg.Limits.MaxBatchItems,

@@ -117,8 +117,6 @@ func KeystoreConfig(cfg *config.Config, store storage.Store, rt root.Root, logge
 		CacheTTL:             cfg.Cache.TTL,
 		UnavailableGrace:     cfg.Cache.UnavailableGrace,
 		UsageRotateThreshold: cfg.Scheduler.UsageRotateThreshold,
-		HashWorkers:          cfg.Passwords.HashWorkers,
-		HashQueue:            cfg.Passwords.HashQueue,
 		Logger:               logger,
 	}
 }

@@ -99,3 +99,17 @@ type Watcher interface {
 	// individual keys but then receives a Change with Key == "".
 	Watch(ctx context.Context) (<-chan Change, error)
 }
+
+// RetryOnConflict runs attempt, a read-modify-write that ends in a
+// compare-and-swap, again while it fails with ErrConflict (another writer
+// got there first), at most maxAttempts times in all. It returns attempt's
+// first other result, or the last ErrConflict when every attempt conflicted.
+func RetryOnConflict(maxAttempts int, attempt func() error) error {
+	err := ErrConflict
+	for range maxAttempts {
+		if err = attempt(); !errors.Is(err, ErrConflict) {
+			return err
+		}
+	}
+	return err
+}

@@ -1,4 +1,4 @@
-package keystore_test
+package password_test
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/custos-kms/custos/keystore"
+	"github.com/custos-kms/custos/keystore/password"
 	"github.com/custos-kms/custos/keystore/storage"
 )
 
@@ -26,7 +27,7 @@ var lockoutPolicy = func() keystore.PasswordPolicy {
 type lockoutFixture struct {
 	*fixture
 	clock *testClock
-	ks    *keystore.Service
+	ks    *password.Service
 	ref   keystore.KeyRef
 	hash  map[string]string // subject → hash of its password
 }
@@ -46,12 +47,12 @@ func newLockoutFixture(t *testing.T) *lockoutFixture {
 }
 
 // open returns another replica with the fixture's clock.
-func (lf *lockoutFixture) open(t *testing.T) *keystore.Service {
-	return lf.openPasswordService(t, keystore.Config{Now: lf.clock.Now})
+func (lf *lockoutFixture) open(t *testing.T) *password.Service {
+	return lf.openPasswordService(t, password.Config{Now: lf.clock.Now})
 }
 
-func (lf *lockoutFixture) try(ks *keystore.Service, subject, pw string) (bool, error) {
-	m, _, err := ks.VerifyPassword(context.Background(), lf.ref, []byte(pw), lf.hash[subject], subject)
+func (lf *lockoutFixture) try(ks *password.Service, subject, pw string) (bool, error) {
+	m, _, err := ks.Verify(context.Background(), lf.ref, []byte(pw), lf.hash[subject], subject)
 	return m, err
 }
 
@@ -62,14 +63,14 @@ func (lf *lockoutFixture) mustFail(t *testing.T, subject string) {
 	}
 }
 
-func (lf *lockoutFixture) mustMatch(t *testing.T, ks *keystore.Service, subject string) {
+func (lf *lockoutFixture) mustMatch(t *testing.T, ks *password.Service, subject string) {
 	t.Helper()
 	if m, err := lf.try(ks, subject, lockoutPasswords[subject]); !m || err != nil {
 		t.Fatalf("right password for %s: match=%v err=%v", subject, m, err)
 	}
 }
 
-func (lf *lockoutFixture) mustBeLocked(t *testing.T, ks *keystore.Service, subject string) {
+func (lf *lockoutFixture) mustBeLocked(t *testing.T, ks *password.Service, subject string) {
 	t.Helper()
 	if m, err := lf.try(ks, subject, lockoutPasswords[subject]); m || !errors.Is(err, keystore.ErrSubjectLocked) {
 		t.Fatalf("%s: match=%v err=%v; want ErrSubjectLocked", subject, m, err)
@@ -87,7 +88,7 @@ func TestLockoutLocksAfterNFailuresUntilItExpires(t *testing.T) {
 	lf.mustBeLocked(t, lf.ks, subjectAlice)      // even the right password
 	lf.mustBeLocked(t, lf.open(t), subjectAlice) // on another replica too
 	lf.mustMatch(t, lf.ks, subjectBob)           // other subjects are independent
-	if m, _, err := lf.ks.VerifyPassword(context.Background(), lf.ref, []byte("alice-pw"), lf.hash[subjectAlice], ""); !m || err != nil {
+	if m, _, err := lf.pw.Verify(context.Background(), lf.ref, []byte("alice-pw"), lf.hash[subjectAlice], ""); !m || err != nil {
 		t.Fatalf("without a subject there is no lockout: %v %v", m, err)
 	}
 	lf.clock.Advance(5*time.Minute - time.Second)
@@ -199,7 +200,11 @@ func TestLockoutFailsClosedWhenItsStateIsUnreachable(t *testing.T) {
 	t.Parallel()
 	lf := newLockoutFixture(t)
 	st := &lockoutStore{Store: lf.store}
-	ks, err := keystore.New(keystore.Config{Storage: st, Root: lf.root, Now: lf.clock.Now})
+	keys, err := keystore.New(keystore.Config{Storage: st, Root: lf.root, Now: lf.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks, err := password.New(password.Config{Peppers: keys, Store: st, Now: lf.clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,13 +226,13 @@ func TestLockoutIsOffByDefault(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
 	ref := f.passwordKey(t, "acme", "pw", fastArgon2id)
-	h := pwHash(t, f.ks, ref, []byte("pw"))
+	h := pwHash(t, f.pw, ref, []byte("pw"))
 	for range 5 {
-		if m, _, err := f.ks.VerifyPassword(context.Background(), ref, []byte("wrong"), h, subjectAlice); m || err != nil {
+		if m, _, err := f.pw.Verify(context.Background(), ref, []byte("wrong"), h, subjectAlice); m || err != nil {
 			t.Fatalf("failure: %v %v", m, err)
 		}
 	}
-	if m, _, err := f.ks.VerifyPassword(context.Background(), ref, []byte("pw"), h, subjectAlice); !m || err != nil {
+	if m, _, err := f.pw.Verify(context.Background(), ref, []byte("pw"), h, subjectAlice); !m || err != nil {
 		t.Fatalf("locked without a lockout policy: %v %v", m, err)
 	}
 	if recs, _ := f.store.List(context.Background(), "lockout/", "", 10); len(recs) != 0 {

@@ -1,4 +1,4 @@
-package keystore_test
+package password_test
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 
 	"github.com/custos-kms/custos/internal/workpool"
 	"github.com/custos-kms/custos/keystore"
+	"github.com/custos-kms/custos/keystore/password"
 	"github.com/custos-kms/custos/keystore/root/local"
 	"github.com/custos-kms/custos/keystore/storage/memory"
 )
@@ -39,7 +40,12 @@ func benchmarkEncryptWithFlood(b *testing.B, flooders int) {
 	workers := runtime.GOMAXPROCS(0)
 	pool := workpool.New(workers, 64*workers)
 	b.Cleanup(pool.Close)
-	ks, err := keystore.New(keystore.Config{Storage: memory.New(), Root: r, HashPool: pool})
+	store := memory.New()
+	ks, err := keystore.New(keystore.Config{Storage: store, Root: r})
+	if err != nil {
+		b.Fatal(err)
+	}
+	hashing, err := password.New(password.Config{Peppers: ks, Store: store, Pool: pool})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -65,7 +71,7 @@ func benchmarkEncryptWithFlood(b *testing.B, flooders int) {
 					return
 				default:
 				}
-				if _, err := ks.HashPassword(ctx, pw, []byte("flood")); err != nil && !errors.Is(err, keystore.ErrResourceExhausted) {
+				if _, err := hashing.Hash(ctx, pw, []byte("flood")); err != nil && !errors.Is(err, keystore.ErrResourceExhausted) {
 					b.Error(err)
 					return
 				}

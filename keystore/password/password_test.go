@@ -1,4 +1,4 @@
-package keystore_test
+package password_test
 
 import (
 	"bytes"
@@ -12,6 +12,7 @@ import (
 	"github.com/custos-kms/custos/internal/workpool"
 	"github.com/custos-kms/custos/keystore"
 	"github.com/custos-kms/custos/keystore/passhash"
+	"github.com/custos-kms/custos/keystore/password"
 )
 
 // Cheapest policies the bounds allow, to keep tests fast (bcrypt cost 10 is
@@ -36,30 +37,18 @@ func (f *fixture) passwordKey(t *testing.T, tenant, key string, p keystore.Passw
 	return ref
 }
 
-// openPasswordService returns a new Service over the fixture's storage and root with
-// cfg's other fields.
-func (f *fixture) openPasswordService(t *testing.T, cfg keystore.Config) *keystore.Service {
+func pwHash(t *testing.T, ks *password.Service, ref keystore.KeyRef, pw []byte) string {
 	t.Helper()
-	cfg.Storage, cfg.Root = f.store, f.root
-	ks, err := keystore.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ks
-}
-
-func pwHash(t *testing.T, ks *keystore.Service, ref keystore.KeyRef, pw []byte) string {
-	t.Helper()
-	h, err := ks.HashPassword(context.Background(), ref, pw)
+	h, err := ks.Hash(context.Background(), ref, pw)
 	if err != nil {
 		t.Fatalf("HashPassword: %v", err)
 	}
 	return h
 }
 
-func pwVerify(t *testing.T, ks *keystore.Service, ref keystore.KeyRef, pw []byte, hash string) (match, rehash bool) {
+func pwVerify(t *testing.T, ks *password.Service, ref keystore.KeyRef, pw []byte, hash string) (match, rehash bool) {
 	t.Helper()
-	match, rehash, err := ks.VerifyPassword(context.Background(), ref, pw, hash, "")
+	match, rehash, err := ks.Verify(context.Background(), ref, pw, hash, "")
 	if err != nil {
 		t.Fatalf("VerifyPassword: %v", err)
 	}
@@ -73,14 +62,14 @@ func TestBcryptHashesLongPasswordsWithoutTruncating(t *testing.T) {
 	pw := bytes.Repeat([]byte("p"), 100)
 	other := bytes.Clone(pw)
 	other[80] = 'q' // differs only after bcrypt's 72-byte limit
-	h := pwHash(t, f.ks, ref, pw)
+	h := pwHash(t, f.pw, ref, pw)
 	if !strings.HasPrefix(h, "$custos-bcrypt$v=1$$2a$10$") {
 		t.Fatalf("hash %q is not $custos-bcrypt$v=1$$2a$10$…", h)
 	}
-	if m, r := pwVerify(t, f.ks, ref, pw, h); !m || r {
+	if m, r := pwVerify(t, f.pw, ref, pw, h); !m || r {
 		t.Fatalf("right password: match=%v needs_rehash=%v", m, r)
 	}
-	if m, r := pwVerify(t, f.ks, ref, other, h); m || r {
+	if m, r := pwVerify(t, f.pw, ref, other, h); m || r {
 		t.Fatalf("100-byte password differing after byte 72 matched (needs_rehash=%v)", r)
 	}
 }
@@ -90,7 +79,7 @@ func TestArgon2idRoundTripAndFreshSalts(t *testing.T) {
 	f := newFixture(t)
 	ref := f.passwordKey(t, "acme", "pw", fastArgon2id)
 	pw := []byte("correct horse battery staple")
-	h1, h2 := pwHash(t, f.ks, ref, pw), pwHash(t, f.ks, ref, pw)
+	h1, h2 := pwHash(t, f.pw, ref, pw), pwHash(t, f.pw, ref, pw)
 	if h1 == h2 {
 		t.Fatal("two hashes of one password are equal")
 	}
@@ -98,7 +87,7 @@ func TestArgon2idRoundTripAndFreshSalts(t *testing.T) {
 		t.Fatalf("hash %q does not name its algorithm, pepper and parameters", h1)
 	}
 	// A cold Service (another replica) verifies it too.
-	for _, ks := range []*keystore.Service{f.ks, f.open(t)} {
+	for _, ks := range []*password.Service{f.pw, f.open(t)} {
 		if m, r := pwVerify(t, ks, ref, pw, h1); !m || r {
 			t.Fatalf("right password: match=%v needs_rehash=%v", m, r)
 		}
@@ -109,7 +98,7 @@ func TestArgon2idRoundTripAndFreshSalts(t *testing.T) {
 	long := bytes.Repeat([]byte("x"), 100)
 	other := bytes.Clone(long)
 	other[99] = 'y'
-	if m, _ := pwVerify(t, f.ks, ref, other, pwHash(t, f.ks, ref, long)); m {
+	if m, _ := pwVerify(t, f.pw, ref, other, pwHash(t, f.pw, ref, long)); m {
 		t.Fatal("100-byte passwords differing in the last byte matched")
 	}
 }
@@ -121,9 +110,9 @@ func TestAnotherTenantsPepperDoesNotMatch(t *testing.T) {
 	b := f.passwordKey(t, "tenant-b", "pw", fastArgon2id)
 	aOther := f.passwordKey(t, "tenant-a", "other", fastArgon2id)
 	pw := []byte("hunter2")
-	h := pwHash(t, f.ks, a, pw)
+	h := pwHash(t, f.pw, a, pw)
 	for name, ref := range map[string]keystore.KeyRef{"tenant B's key": b, "tenant A's other key": aOther} {
-		m, r, err := f.ks.VerifyPassword(context.Background(), ref, pw, h, "")
+		m, r, err := f.pw.Verify(context.Background(), ref, pw, h, "")
 		if m || r || err != nil {
 			t.Fatalf("%s: match=%v needs_rehash=%v err=%v; want no match and no error", name, m, r, err)
 		}
@@ -136,21 +125,21 @@ func TestNeedsRehashAfterRotationAndAfterRaisingThePolicy(t *testing.T) {
 	ctx := context.Background()
 	ref := f.passwordKey(t, "acme", "pw", fastArgon2id)
 	pw := []byte("s3cret")
-	old := pwHash(t, f.ks, ref, pw)
+	old := pwHash(t, f.pw, ref, pw)
 	if _, err := f.ks.RotateKey(ctx, ref); err != nil {
 		t.Fatal(err)
 	}
-	if m, r := pwVerify(t, f.ks, ref, pw, old); !m || !r {
+	if m, r := pwVerify(t, f.pw, ref, pw, old); !m || !r {
 		t.Fatalf("hash of pepper v1 after rotation: match=%v needs_rehash=%v; want both", m, r)
 	}
-	fresh := pwHash(t, f.ks, ref, pw)
+	fresh := pwHash(t, f.pw, ref, pw)
 	if !strings.HasPrefix(fresh, "$custos-argon2id$v=2$") {
 		t.Fatalf("new hash %q does not use pepper v2", fresh)
 	}
-	if m, r := pwVerify(t, f.ks, ref, pw, fresh); !m || r {
+	if m, r := pwVerify(t, f.pw, ref, pw, fresh); !m || r {
 		t.Fatalf("current hash: match=%v needs_rehash=%v", m, r)
 	}
-	if m, r := pwVerify(t, f.ks, ref, []byte("nope"), old); m || r {
+	if m, r := pwVerify(t, f.pw, ref, []byte("nope"), old); m || r {
 		t.Fatalf("wrong password: match=%v needs_rehash=%v; needs_rehash only on a match", m, r)
 	}
 
@@ -159,17 +148,17 @@ func TestNeedsRehashAfterRotationAndAfterRaisingThePolicy(t *testing.T) {
 	if _, err := f.ks.UpdateKey(ctx, ref, keystore.KeyUpdate{PasswordPolicy: &raised}); err != nil {
 		t.Fatal(err)
 	}
-	if m, r := pwVerify(t, f.ks, ref, pw, fresh); !m || !r {
+	if m, r := pwVerify(t, f.pw, ref, pw, fresh); !m || !r {
 		t.Fatalf("t=1 hash under a t=2 policy: match=%v needs_rehash=%v", m, r)
 	}
-	if h := pwHash(t, f.ks, ref, pw); !strings.Contains(h, "m=8192,t=2,p=1") {
+	if h := pwHash(t, f.pw, ref, pw); !strings.Contains(h, "m=8192,t=2,p=1") {
 		t.Fatalf("hash %q does not follow the raised policy", h)
 	}
 	// Switching the algorithm asks for a rehash too.
 	if _, err := f.ks.UpdateKey(ctx, ref, keystore.KeyUpdate{PasswordPolicy: &fastBcrypt}); err != nil {
 		t.Fatal(err)
 	}
-	if m, r := pwVerify(t, f.ks, ref, pw, fresh); !m || !r {
+	if m, r := pwVerify(t, f.pw, ref, pw, fresh); !m || !r {
 		t.Fatalf("argon2id hash under a bcrypt policy: match=%v needs_rehash=%v", m, r)
 	}
 }
@@ -179,13 +168,13 @@ func TestNeedsRehashAfterRaisingTheBcryptCost(t *testing.T) {
 	f := newFixture(t)
 	ref := f.passwordKey(t, "acme", "pw", fastBcrypt)
 	pw := []byte("s3cret")
-	h := pwHash(t, f.ks, ref, pw)
+	h := pwHash(t, f.pw, ref, pw)
 	raised := fastBcrypt
 	raised.BcryptCost = keystore.MinBcryptCost + 1
 	if _, err := f.ks.UpdateKey(context.Background(), ref, keystore.KeyUpdate{PasswordPolicy: &raised}); err != nil {
 		t.Fatal(err)
 	}
-	if m, r := pwVerify(t, f.ks, ref, pw, h); !m || !r {
+	if m, r := pwVerify(t, f.pw, ref, pw, h); !m || !r {
 		t.Fatalf("cost-10 hash under a cost-11 policy: match=%v needs_rehash=%v", m, r)
 	}
 }
@@ -196,11 +185,11 @@ func TestVerifyRefusesMalformedHostileAndUnusableHashes(t *testing.T) {
 	ctx := context.Background()
 	ref := f.passwordKey(t, "acme", "pw", fastArgon2id)
 	pw := []byte("correct horse")
-	h1 := pwHash(t, f.ks, ref, pw)
+	h1 := pwHash(t, f.pw, ref, pw)
 	if _, err := f.ks.RotateKey(ctx, ref); err != nil {
 		t.Fatal(err)
 	}
-	h2 := pwHash(t, f.ks, ref, pw)
+	h2 := pwHash(t, f.pw, ref, pw)
 	if _, err := f.ks.RotateKey(ctx, ref); err != nil {
 		t.Fatal(err)
 	}
@@ -220,7 +209,7 @@ func TestVerifyRefusesMalformedHostileAndUnusableHashes(t *testing.T) {
 	}
 	for name, h := range invalid {
 		t.Run(name, func(t *testing.T) {
-			_, _, err := f.ks.VerifyPassword(ctx, ref, pw, h, "")
+			_, _, err := f.pw.Verify(ctx, ref, pw, h, "")
 			if !errors.Is(err, keystore.ErrInvalidArgument) || !strings.Contains(err.Error(), "hash") {
 				t.Fatalf("got %v, want ErrInvalidArgument naming hash", err)
 			}
@@ -234,32 +223,32 @@ func TestVerifyRefusesMalformedHostileAndUnusableHashes(t *testing.T) {
 	if _, err := f.ks.DisableKeyVersion(ctx, ref, 2); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := f.ks.VerifyPassword(ctx, ref, pw, h2, ""); !errors.Is(err, keystore.ErrKeyVersionDisabled) {
+	if _, _, err := f.pw.Verify(ctx, ref, pw, h2, ""); !errors.Is(err, keystore.ErrKeyVersionDisabled) {
 		t.Fatalf("hash of a disabled pepper version: %v", err)
 	}
 	if _, err := f.ks.DestroyKeyVersion(ctx, ref, 2, 0); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := f.ks.VerifyPassword(ctx, ref, pw, h2, ""); !errors.Is(err, keystore.ErrKeyVersionDestroyed) {
+	if _, _, err := f.pw.Verify(ctx, ref, pw, h2, ""); !errors.Is(err, keystore.ErrKeyVersionDestroyed) {
 		t.Fatalf("hash of a pepper version scheduled for destruction: %v", err)
 	}
 	min := uint32(3)
 	if _, err := f.ks.UpdateKey(ctx, ref, keystore.KeyUpdate{MinDecryptionVersion: &min}); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := f.ks.VerifyPassword(ctx, ref, pw, h1, ""); !errors.Is(err, keystore.ErrKeyVersionTooOld) {
+	if _, _, err := f.pw.Verify(ctx, ref, pw, h1, ""); !errors.Is(err, keystore.ErrKeyVersionTooOld) {
 		t.Fatalf("hash of a pepper version below the minimum: %v", err)
 	}
 
-	for name, p := range map[string][]byte{"empty": nil, "oversized": make([]byte, keystore.MaxPasswordSize+1)} {
-		if _, err := f.ks.HashPassword(ctx, ref, p); !errors.Is(err, keystore.ErrInvalidArgument) {
+	for name, p := range map[string][]byte{"empty": nil, "oversized": make([]byte, password.MaxPasswordSize+1)} {
+		if _, err := f.pw.Hash(ctx, ref, p); !errors.Is(err, keystore.ErrInvalidArgument) {
 			t.Fatalf("HashPassword(%s password): %v", name, err)
 		}
-		if _, _, err := f.ks.VerifyPassword(ctx, ref, p, h1, ""); !errors.Is(err, keystore.ErrInvalidArgument) {
+		if _, _, err := f.pw.Verify(ctx, ref, p, h1, ""); !errors.Is(err, keystore.ErrInvalidArgument) {
 			t.Fatalf("VerifyPassword(%s password): %v", name, err)
 		}
 	}
-	if _, _, err := f.ks.VerifyPassword(ctx, ref, pw, h1, strings.Repeat("s", keystore.MaxSubjectSize+1)); !errors.Is(err, keystore.ErrInvalidArgument) {
+	if _, _, err := f.pw.Verify(ctx, ref, pw, h1, strings.Repeat("s", password.MaxSubjectSize+1)); !errors.Is(err, keystore.ErrInvalidArgument) {
 		t.Fatalf("oversized subject: %v", err)
 	}
 }
@@ -269,13 +258,13 @@ func TestPasswordCallsNeedAPasswordKey(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
 	pwKey := f.passwordKey(t, "acme", "pw", fastArgon2id)
-	h := pwHash(t, f.ks, pwKey, []byte("x"))
+	h := pwHash(t, f.pw, pwKey, []byte("x"))
 	for _, p := range []keystore.Purpose{keystore.PurposeEncrypt, keystore.PurposeMAC} {
 		ref := f.key(t, "acme", strings.ToLower(p.String()), p)
-		if _, err := f.ks.HashPassword(ctx, ref, []byte("x")); !errors.Is(err, keystore.ErrWrongPurpose) || !strings.Contains(err.Error(), "PASSWORD") {
+		if _, err := f.pw.Hash(ctx, ref, []byte("x")); !errors.Is(err, keystore.ErrWrongPurpose) || !strings.Contains(err.Error(), "PASSWORD") {
 			t.Fatalf("HashPassword with a %v key: %v", p, err)
 		}
-		if _, _, err := f.ks.VerifyPassword(ctx, ref, []byte("x"), h, ""); !errors.Is(err, keystore.ErrWrongPurpose) {
+		if _, _, err := f.pw.Verify(ctx, ref, []byte("x"), h, ""); !errors.Is(err, keystore.ErrWrongPurpose) {
 			t.Fatalf("VerifyPassword with a %v key: %v", p, err)
 		}
 	}
@@ -291,7 +280,7 @@ func TestFullHashingQueueIsResourceExhaustedWhileEncryptAnswers(t *testing.T) {
 	ctx := context.Background()
 	pool := workpool.New(1, 1)
 	t.Cleanup(pool.Close)
-	ks := f.openPasswordService(t, keystore.Config{HashPool: pool})
+	ks := f.openPasswordService(t, password.Config{Pool: pool})
 	pwKey := f.passwordKey(t, "acme", "pw", fastArgon2id)
 	encKey := f.key(t, "acme", "pii", keystore.PurposeEncrypt)
 	h := pwHash(t, ks, pwKey, []byte("pw"))
@@ -305,7 +294,7 @@ func TestFullHashingQueueIsResourceExhaustedWhileEncryptAnswers(t *testing.T) {
 	// A caller whose deadline passes while queued gets the context's error.
 	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
 	defer cancel()
-	if _, err := ks.HashPassword(short, pwKey, []byte("pw")); !errors.Is(err, context.DeadlineExceeded) {
+	if _, err := ks.Hash(short, pwKey, []byte("pw")); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("HashPassword queued past its deadline: %v", err)
 	}
 	wg.Go(func() { _ = pool.Do(ctx, func() {}) })
@@ -313,17 +302,17 @@ func TestFullHashingQueueIsResourceExhaustedWhileEncryptAnswers(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 
-	if _, err := ks.HashPassword(ctx, pwKey, []byte("pw")); !errors.Is(err, keystore.ErrResourceExhausted) {
+	if _, err := ks.Hash(ctx, pwKey, []byte("pw")); !errors.Is(err, keystore.ErrResourceExhausted) {
 		t.Fatalf("HashPassword with a full queue: %v", err)
 	}
-	if _, _, err := ks.VerifyPassword(ctx, pwKey, []byte("pw"), h, ""); !errors.Is(err, keystore.ErrResourceExhausted) {
+	if _, _, err := ks.Verify(ctx, pwKey, []byte("pw"), h, ""); !errors.Is(err, keystore.ErrResourceExhausted) {
 		t.Fatalf("VerifyPassword with a full queue: %v", err)
 	}
-	ct, _, err := ks.Encrypt(ctx, encKey, []byte("still here"), nil)
+	ct, _, err := f.ks.Encrypt(ctx, encKey, []byte("still here"), nil)
 	if err != nil {
 		t.Fatalf("Encrypt while hashing is saturated: %v", err)
 	}
-	if pt, _, err := ks.Decrypt(ctx, encKey, ct, nil); err != nil || string(pt) != "still here" {
+	if pt, _, err := f.ks.Decrypt(ctx, encKey, ct, nil); err != nil || string(pt) != "still here" {
 		t.Fatalf("Decrypt while hashing is saturated: %q %v", pt, err)
 	}
 	close(release)
@@ -337,7 +326,7 @@ func TestDefaultHashingPoolQueuesAndRefuses(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
 	ctx := context.Background()
-	ks := f.openPasswordService(t, keystore.Config{HashWorkers: 1, HashQueue: -1})
+	ks := f.openPasswordService(t, password.Config{Workers: 1, Queue: -1})
 	ref := f.passwordKey(t, "acme", "pw", fastArgon2id)
 	// With one worker and no queue, parallel callers either hash or are
 	// refused at once; none waits, and at least one succeeds.
@@ -346,7 +335,7 @@ func TestDefaultHashingPoolQueuesAndRefuses(t *testing.T) {
 	var ok, refused int
 	for range 8 {
 		wg.Go(func() {
-			_, err := ks.HashPassword(ctx, ref, []byte("pw"))
+			_, err := ks.Hash(ctx, ref, []byte("pw"))
 			mu.Lock()
 			defer mu.Unlock()
 			switch {

@@ -1,23 +1,24 @@
-package keystore
+package password
 
 import (
 	"context"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
+	"github.com/custos-kms/custos/keystore"
 	"github.com/custos-kms/custos/keystore/storage"
 )
 
-// Brute-force lockout for VerifyPassword (docs/passwords.md).
+// Brute-force lockout for Verify (docs/passwords.md).
 //
 // One record per (key, subject) lives in storage under
-// lockout/{tenant}/{key}/{id}, where id is the hex HMAC-SHA256, under the
-// key's primary pepper version, of "custos:lockout:" + subject: every replica
+// keystore.LockoutStorageKey: the subject is named by its id, an HMAC under
+// the key's primary version (keystore.Pepper.SubjectID), so every replica
 // sees the same state, it survives restarts, and storage never holds the
-// subject in the clear. Records change only by compare-and-swap.
+// subject in the clear. Records change only by compare-and-swap, and the
+// keystore deletes them when it shreds the tenant.
 //
 // A verification is counted when it starts (InFlight) and settled when it
 // ends: a failure moves it to Failures, a match deletes the record (the
@@ -26,24 +27,13 @@ import (
 // running in parallel cannot slip past a limit of N: a new one is admitted
 // only while Failures + InFlight < N.
 
-// lockoutPrefix starts every lockout record's storage key.
-const lockoutPrefix = "lockout/"
+// recordFormat is the version of the lockout record.
+const recordFormat = 1
 
-// lockoutSubjectLabel separates subject ids from other uses of the pepper.
-const lockoutSubjectLabel = "custos:lockout:"
-
-// lockoutSettleTimeout bounds the storage write that settles a verification;
-// it runs even when the caller's context has ended, so that cancelling a
+// settleTimeout bounds the storage write that settles a verification; it
+// runs even when the caller's context has ended, so that cancelling a
 // request cannot erase its failure.
-const lockoutSettleTimeout = 5 * time.Second
-
-// lockoutStoragePrefix is the prefix of all of a tenant's lockout records
-// (for crypto-shredding a tenant).
-func lockoutStoragePrefix(tenant string) string { return lockoutPrefix + tenant + "/" }
-
-func lockoutStorageKey(ref KeyRef, id string) string {
-	return lockoutStoragePrefix(ref.Tenant) + ref.Key + "/" + id
-}
+const settleTimeout = 5 * time.Second
 
 // lockoutRecord is a subject's lockout state.
 type lockoutRecord struct {
@@ -62,19 +52,18 @@ type lockoutRecord struct {
 // lockout is one subject's lockout under one key's policy.
 type lockout struct {
 	s      *Service
-	ref    KeyRef
+	ref    keystore.KeyRef
 	key    string // storage key
-	policy PasswordPolicy
+	policy keystore.PasswordPolicy
 }
 
 // newLockout names the subject's lockout record.
-func (s *Service) newLockout(e *keyEntry, policy PasswordPolicy, subject string) (*lockout, error) {
-	tag, err := macTag(e.prim.mac, []byte(lockoutSubjectLabel+subject))
+func (s *Service) newLockout(pep *keystore.Pepper, policy keystore.PasswordPolicy, subject string) (*lockout, error) {
+	id, err := pep.SubjectID(subject)
 	if err != nil {
 		return nil, err
 	}
-	id := hex.EncodeToString(tag[tinkPrefixSize:])
-	return &lockout{s: s, ref: e.ref, key: lockoutStorageKey(e.ref, id), policy: policy}, nil
+	return &lockout{s: s, ref: pep.Key(), key: keystore.LockoutStorageKey(pep.Key(), id), policy: policy}, nil
 }
 
 // admit counts a verification that is about to run, or returns
@@ -83,14 +72,14 @@ func (s *Service) newLockout(e *keyEntry, policy PasswordPolicy, subject string)
 func (l *lockout) admit(ctx context.Context) error {
 	return l.update(ctx, "read lockout state", func(r *lockoutRecord, now time.Time) (bool, error) {
 		if now.Before(r.LockedUntil) {
-			return false, fmt.Errorf("verify password with %s: %w", l.ref, ErrSubjectLocked)
+			return false, fmt.Errorf("verify password with %s: %w", l.ref, keystore.ErrSubjectLocked)
 		}
 		r.LockedUntil = time.Time{}
 		if !now.Before(r.WindowStart.Add(l.policy.LockoutWindow)) {
 			r.Failures, r.InFlight, r.WindowStart = 0, 0, time.Time{}
 		}
 		if uint64(r.Failures)+uint64(r.InFlight) >= uint64(l.policy.LockoutMaxFailures) {
-			return false, fmt.Errorf("verify password with %s: %w", l.ref, ErrSubjectLocked)
+			return false, fmt.Errorf("verify password with %s: %w", l.ref, keystore.ErrSubjectLocked)
 		}
 		if r.WindowStart.IsZero() {
 			r.WindowStart = now
@@ -105,7 +94,7 @@ func (l *lockout) admit(ctx context.Context) error {
 // logged, not returned: the verification was admitted under the limit, and
 // an unsettled one keeps counting until the window ends, so the limit holds.
 func (l *lockout) finish(ctx context.Context, match bool) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lockoutSettleTimeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
 	defer cancel()
 	err := l.update(ctx, "settle lockout state", func(r *lockoutRecord, now time.Time) (bool, error) {
 		if r.WindowStart.IsZero() {
@@ -130,7 +119,7 @@ func (l *lockout) finish(ctx context.Context, match bool) {
 
 // abandon uncounts an admitted verification that did not run to the end.
 func (l *lockout) abandon(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lockoutSettleTimeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
 	defer cancel()
 	err := l.update(ctx, "settle lockout state", func(r *lockoutRecord, _ time.Time) (bool, error) {
 		if r.InFlight == 0 {
@@ -148,17 +137,17 @@ func (l *lockout) abandon(ctx context.Context) {
 // the record (zero when none is stored) and the time, changes it in place and
 // reports whether to write it; a record that ends up zero is deleted.
 func (l *lockout) update(ctx context.Context, op string, mutate func(r *lockoutRecord, now time.Time) (bool, error)) error {
-	for range maxCASRetries {
+	err := storage.RetryOnConflict(keystore.MaxCASRetries, func() error {
 		var rec lockoutRecord
 		var ver uint64
 		got, err := l.s.store.Get(ctx, l.key)
 		switch {
 		case errors.Is(err, storage.ErrNotFound):
 		case err != nil:
-			return storageErr(op, err)
+			return keystore.StorageError(op, err)
 		default:
 			if err := json.Unmarshal(got.Value, &rec); err != nil || rec.Format != recordFormat {
-				return fmt.Errorf("%s: %w: lockout record of %s is not readable", op, ErrIntegrity, l.ref)
+				return fmt.Errorf("%s: %w: lockout record of %s is not readable", op, keystore.ErrIntegrity, l.ref)
 			}
 			ver = got.Version
 		}
@@ -172,7 +161,7 @@ func (l *lockout) update(ctx context.Context, op string, mutate func(r *lockoutR
 			}
 			err = l.s.store.Delete(ctx, l.key, ver)
 			if errors.Is(err, storage.ErrNotFound) {
-				continue
+				return storage.ErrConflict // gone meanwhile: read again
 			}
 		} else {
 			rec.Format = recordFormat
@@ -182,13 +171,13 @@ func (l *lockout) update(ctx context.Context, op string, mutate func(r *lockoutR
 			}
 			_, err = l.s.store.Put(ctx, l.key, b, ver)
 		}
-		if errors.Is(err, storage.ErrConflict) {
-			continue
-		}
 		if err != nil {
-			return storageErr(op, err)
+			return keystore.StorageError(op, err)
 		}
 		return nil
+	})
+	if errors.Is(err, storage.ErrConflict) {
+		return fmt.Errorf("%s of %s: %w", op, l.ref, keystore.ErrAborted)
 	}
-	return fmt.Errorf("%s of %s: %w", op, l.ref, ErrAborted)
+	return err
 }

@@ -1,0 +1,335 @@
+// Package password hashes and verifies passwords for Custos: an HMAC-SHA256
+// pepper under a PASSWORD key of the keystore, then bcrypt or argon2id as
+// the key's policy says, in a bounded pool so that hashing load cannot
+// starve encryption, with brute-force lockout kept in storage and shared by
+// every replica (docs/passwords.md).
+//
+// The keystore holds the keys; this package only asks it for peppers
+// through the narrow Peppers interface, which *keystore.Service implements.
+// Errors are the keystore's sentinels (keystore.ErrInvalidArgument,
+// ErrSubjectLocked, ErrResourceExhausted, …), so callers map them as they
+// map every other keystore error.
+package password
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime"
+	"time"
+
+	"github.com/custos-kms/custos/internal/workpool"
+	"github.com/custos-kms/custos/keystore"
+	"github.com/custos-kms/custos/keystore/passhash"
+	"github.com/custos-kms/custos/keystore/storage"
+)
+
+// Bounds on inputs. A hash string is at most passhash.MaxLen bytes.
+const (
+	MaxPasswordSize = 4096
+	MaxSubjectSize  = 1024
+)
+
+// verifyHeadroom bounds how much more work than the key's policy Verify
+// will spend on one hash: bcrypt at most 2 cost steps above the policy, and
+// argon2id at most this factor above each of m, t and p. The base is the
+// policy or the default, whichever is higher, so lowering a policy a little
+// keeps older hashes verifiable while a hostile hash string cannot ask for
+// gigabytes of memory or days of CPU.
+const (
+	verifyHeadroomBcrypt = 2
+	verifyHeadroomArgon2 = 4
+)
+
+// Peppers gives password hashing the peppers of PASSWORD keys;
+// *keystore.Service implements it (see keystore.Service.Pepper for the
+// errors).
+type Peppers interface {
+	Pepper(ctx context.Context, ref keystore.KeyRef, version uint32) (*keystore.Pepper, error)
+}
+
+// Config configures a Service.
+type Config struct {
+	// Peppers are the keys. Required.
+	Peppers Peppers
+	// Store keeps the lockout state. Required.
+	Store storage.Store
+	// Pool runs the slow hashes. The caller owns it and may share it among
+	// Services. When nil, New makes one from Workers and Queue; that pool
+	// holds no goroutines while idle, so it needs no Close.
+	Pool *workpool.Pool
+	// Workers bounds concurrent hashes when Pool is nil. Default
+	// runtime.GOMAXPROCS(0).
+	Workers int
+	// Queue bounds hashes waiting for a worker when Pool is nil; beyond it
+	// calls fail with keystore.ErrResourceExhausted. Default 64 × Workers;
+	// negative means none may wait.
+	Queue int
+	// Now is the clock of lockout windows. Default time.Now.
+	Now func() time.Time
+	// Rand is the source of salts. Default crypto/rand.Reader.
+	Rand io.Reader
+	// Logger receives failures to settle lockout state (never a password or
+	// subject). Default slog.Default().
+	Logger *slog.Logger
+}
+
+// Service hashes and verifies passwords. It is safe for concurrent use.
+type Service struct {
+	peppers Peppers
+	store   storage.Store
+	pool    *workpool.Pool
+	now     func() time.Time
+	rand    io.Reader
+	logger  *slog.Logger
+}
+
+// New returns a Service.
+func New(cfg Config) (*Service, error) {
+	if cfg.Peppers == nil || cfg.Store == nil {
+		return nil, errors.New("password: Peppers and Store are required")
+	}
+	if cfg.Pool == nil {
+		if cfg.Workers <= 0 {
+			cfg.Workers = runtime.GOMAXPROCS(0)
+		}
+		switch {
+		case cfg.Queue == 0:
+			cfg.Queue = 64 * cfg.Workers
+		case cfg.Queue < 0:
+			cfg.Queue = 0
+		}
+		cfg.Pool = workpool.New(cfg.Workers, cfg.Queue)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Reader
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Service{peppers: cfg.Peppers, store: cfg.Store, pool: cfg.Pool, now: cfg.Now, rand: cfg.Rand, logger: cfg.Logger}, nil
+}
+
+// Hash hashes password for the caller to store: HMAC-SHA256 under the
+// primary version of a PASSWORD key (the pepper), then the key policy's slow
+// hash, bcrypt or argon2id. It returns one self-describing string naming the
+// algorithm, its cost and the pepper version (docs/formats.md, "Password
+// hashes"). When the hashing queue is full it returns
+// keystore.ErrResourceExhausted at once. A key of another purpose gives
+// keystore.ErrWrongPurpose; an empty or oversized password
+// keystore.ErrInvalidArgument.
+func (s *Service) Hash(ctx context.Context, ref keystore.KeyRef, password []byte) (string, error) {
+	const op = "hash password"
+	if err := checkInput(password, ""); err != nil {
+		return "", err
+	}
+	pep, err := s.peppers.Pepper(ctx, ref, 0)
+	if err != nil {
+		return "", err
+	}
+	policy, err := pep.Policy()
+	if err != nil {
+		return "", err
+	}
+	tag, err := pep.Tag(password)
+	if err != nil {
+		return "", err
+	}
+	defer clear(tag)
+	v := pep.Version()
+	var h passhash.Hash
+	var herr error
+	err = s.run(ctx, op, func() {
+		switch policy.Algorithm {
+		case keystore.PasswordArgon2id:
+			h, herr = passhash.NewArgon2id(v, tag, passhash.Argon2Params{
+				MemoryKiB:   policy.Argon2MemoryKiB,
+				Iterations:  policy.Argon2Iterations,
+				Parallelism: uint8(policy.Argon2Parallelism),
+			}, s.rand)
+		default:
+			h, herr = passhash.NewBcrypt(v, tag, policy.BcryptCost)
+		}
+	})
+	if err != nil {
+		return "", err
+	}
+	if herr != nil {
+		return "", fmt.Errorf("%s with %s: %w", op, ref, herr)
+	}
+	out, err := h.Encode()
+	if err != nil {
+		return "", fmt.Errorf("%s with %s: %w", op, ref, err)
+	}
+	return out, nil
+}
+
+// Verify reports whether password matches hash, a string Hash made with the
+// same key, and whether the caller should replace the stored hash by Hash's
+// output for this password (needsRehash, set only on a match): when the
+// hash's pepper version is no longer the key's primary, its algorithm is not
+// the policy's, or its cost parameters are below the policy. The comparison
+// is constant time. A hash made with another key or tenant does not match;
+// that is not an error.
+//
+// Errors: a malformed hash, or one whose cost exceeds what the key verifies
+// (its policy, or the default if higher, plus 2 bcrypt cost steps or 4× each
+// argon2id parameter), is keystore.ErrInvalidArgument naming hash, as is a
+// hash naming a pepper version the key never had. A disabled, destroyed or
+// too-old pepper version gives the errors Decrypt gives. A full hashing
+// queue gives keystore.ErrResourceExhausted.
+//
+// When the key's policy enables lockout and subject is not empty, a locked
+// subject gets keystore.ErrSubjectLocked without any hashing, every failed
+// verification counts toward the lock, and a match resets the count. The
+// state lives in storage, shared by every replica; when it cannot be read
+// or updated before hashing, Verify fails (keystore.ErrUnavailable) rather
+// than verify without the limit.
+func (s *Service) Verify(ctx context.Context, ref keystore.KeyRef, password []byte, hash, subject string) (match, needsRehash bool, err error) {
+	const op = "verify password"
+	if err := checkInput(password, subject); err != nil {
+		return false, false, err
+	}
+	if _, err := s.peppers.Pepper(ctx, ref, 0); err != nil {
+		return false, false, err
+	}
+	h, err := passhash.Parse(hash)
+	if err != nil {
+		return false, false, fmt.Errorf("%w: hash: %w", keystore.ErrInvalidArgument, err)
+	}
+	pep, err := s.peppers.Pepper(ctx, ref, h.PepperVersion)
+	if errors.Is(err, keystore.ErrInvalidCiphertext) {
+		return false, false, fmt.Errorf("%w: hash names an unknown pepper version of %s", keystore.ErrInvalidArgument, ref)
+	}
+	if err != nil {
+		return false, false, err
+	}
+	policy, err := pep.Policy()
+	if err != nil {
+		return false, false, err
+	}
+	if err := checkVerifyCost(h, policy); err != nil {
+		return false, false, err
+	}
+
+	var lock *lockout
+	if policy.LockoutMaxFailures > 0 && subject != "" {
+		if lock, err = s.newLockout(pep, policy, subject); err != nil {
+			return false, false, err
+		}
+		if err := lock.admit(ctx); err != nil {
+			return false, false, err
+		}
+	}
+	match, err = s.verifyPeppered(ctx, op, pep, h, password)
+	if err != nil {
+		if lock != nil {
+			lock.abandon(ctx)
+		}
+		return false, false, err
+	}
+	if lock != nil {
+		lock.finish(ctx, match)
+	}
+	if !match {
+		return false, false, nil
+	}
+	return true, rehashNeeded(h, pep.Primary(), policy), nil
+}
+
+// verifyPeppered peppers password and checks it against h on the pool.
+func (s *Service) verifyPeppered(ctx context.Context, op string, pep *keystore.Pepper, h passhash.Hash, password []byte) (bool, error) {
+	tag, err := pep.Tag(password)
+	if err != nil {
+		return false, err
+	}
+	defer clear(tag)
+	var ok bool
+	var verr error
+	if err := s.run(ctx, op, func() { ok, verr = h.Verify(tag) }); err != nil {
+		return false, err
+	}
+	if verr != nil {
+		return false, fmt.Errorf("%w: hash: %w", keystore.ErrInvalidArgument, verr)
+	}
+	return ok, nil
+}
+
+// rehashNeeded reports whether a matching hash should be replaced: an old
+// pepper version, another algorithm, or cost parameters below the policy.
+func rehashNeeded(h passhash.Hash, primary uint32, p keystore.PasswordPolicy) bool {
+	if h.PepperVersion != primary {
+		return true
+	}
+	switch h.Algorithm {
+	case passhash.Bcrypt:
+		return p.Algorithm != keystore.PasswordBcrypt || h.BcryptCost < p.BcryptCost
+	case passhash.Argon2id:
+		return p.Algorithm != keystore.PasswordArgon2id ||
+			h.Argon2.MemoryKiB < p.Argon2MemoryKiB ||
+			h.Argon2.Iterations < p.Argon2Iterations ||
+			uint32(h.Argon2.Parallelism) < p.Argon2Parallelism
+	}
+	return true
+}
+
+// checkVerifyCost refuses a hash that would cost more to verify than the
+// key's policy allows with headroom (see verifyHeadroomBcrypt).
+func checkVerifyCost(h passhash.Hash, p keystore.PasswordPolicy) error {
+	switch h.Algorithm {
+	case passhash.Bcrypt:
+		base := keystore.DefaultBcryptCost
+		if p.Algorithm == keystore.PasswordBcrypt {
+			base = max(base, p.BcryptCost)
+		}
+		if h.BcryptCost > base+verifyHeadroomBcrypt {
+			return fmt.Errorf("%w: hash: bcrypt cost %d is above the %d this key verifies", keystore.ErrInvalidArgument, h.BcryptCost, base+verifyHeadroomBcrypt)
+		}
+	case passhash.Argon2id:
+		m, t, par := uint64(keystore.DefaultArgon2MemoryKiB), uint64(keystore.DefaultArgon2Iterations), uint64(keystore.DefaultArgon2Parallelism)
+		if p.Algorithm == keystore.PasswordArgon2id {
+			m, t, par = max(m, uint64(p.Argon2MemoryKiB)), max(t, uint64(p.Argon2Iterations)), max(par, uint64(p.Argon2Parallelism))
+		}
+		if uint64(h.Argon2.MemoryKiB) > verifyHeadroomArgon2*m ||
+			uint64(h.Argon2.Iterations) > verifyHeadroomArgon2*t ||
+			uint64(h.Argon2.Parallelism) > verifyHeadroomArgon2*par {
+			return fmt.Errorf("%w: hash: argon2id parameters are above the m=%d,t=%d,p=%d this key verifies",
+				keystore.ErrInvalidArgument, verifyHeadroomArgon2*m, verifyHeadroomArgon2*t, verifyHeadroomArgon2*par)
+		}
+	}
+	return nil
+}
+
+// checkInput bounds the caller's password and subject.
+func checkInput(password []byte, subject string) error {
+	switch {
+	case len(password) == 0:
+		return fmt.Errorf("%w: password must not be empty", keystore.ErrInvalidArgument)
+	case len(password) > MaxPasswordSize:
+		return fmt.Errorf("%w: password is longer than %d bytes", keystore.ErrInvalidArgument, MaxPasswordSize)
+	case len(subject) > MaxSubjectSize:
+		return fmt.Errorf("%w: subject is longer than %d bytes", keystore.ErrInvalidArgument, MaxSubjectSize)
+	}
+	return nil
+}
+
+// run runs f on the hashing pool, mapping the pool's refusals to keystore
+// errors.
+func (s *Service) run(ctx context.Context, op string, f func()) error {
+	err := s.pool.Do(ctx, f)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, workpool.ErrFull):
+		return fmt.Errorf("%s: %w", op, keystore.ErrResourceExhausted)
+	case errors.Is(err, workpool.ErrClosed):
+		return fmt.Errorf("%s: %w: hashing pool is closed", op, keystore.ErrUnavailable)
+	}
+	return fmt.Errorf("%s: %w", op, err)
+}
