@@ -49,6 +49,35 @@ func TestParseRejects(t *testing.T) {
 	}
 }
 
+// Every keystore setting can be set from the file; unset ones stay zero so
+// the keystore's own defaults (the one place they are defined) apply.
+func TestEveryKeystoreKnobIsReachable(t *testing.T) {
+	c, err := config.Parse([]byte(valid+`
+scheduler: {interval: 1m, lease_ttl: 5m, flush_interval: 3s, usage_rotate_threshold: 1000, disabled: true}
+passwords: {hash_workers: 3, hash_queue: -1}
+`), "/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, p := c.Scheduler, c.Passwords
+	if s.Interval != time.Minute || s.LeaseTTL != 5*time.Minute || s.FlushInterval != 3*time.Second || s.UsageRotateThreshold != 1000 || !s.Disabled {
+		t.Errorf("scheduler = %+v", s)
+	}
+	if p.HashWorkers != 3 || p.HashQueue != -1 {
+		t.Errorf("passwords = %+v", p)
+	}
+	c, err = config.Parse([]byte(strings.Replace(valid, "cache: {size: 10, ttl: 1m}", "cache: {unavailable_grace: -1s}", 1)), "/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Cache.UnavailableGrace != -time.Second || c.Scheduler.Interval != 0 || c.Cache.Size != 0 {
+		t.Errorf("unset settings must stay zero for the keystore's defaults: %+v %+v", c.Cache, c.Scheduler)
+	}
+	if _, err := config.Parse([]byte(valid+"scheduler: {interval: 1m, lease_ttl: 1m}\n"), "/x"); err == nil || !strings.Contains(err.Error(), "lease_ttl") {
+		t.Errorf("a lease no longer than the interval: %v", err)
+	}
+}
+
 func TestExampleConfigParses(t *testing.T) {
 	if _, err := config.Load(filepath.Join("..", "..", "examples", "custos.yaml")); err != nil {
 		t.Fatal(err)
