@@ -119,12 +119,12 @@ func TestAnInFlightLoadCannotResurrectADisabledVersion(t *testing.T) {
 	paused, release := hs.arm(keyStorageKey(ref), false) // pause after reading the old record
 	done := make(chan error, 1)
 	go func() { _, _, err := s.Decrypt(ctx, ref, ct, nil); done <- err }()
-	<-paused
+	within(t, paused, "the load to pause")
 	if _, err := s.DisableKeyVersion(ctx, ref, 1); err != nil {
 		t.Fatal(err)
 	}
 	close(release)
-	<-done // the in-flight request itself may succeed; that is fine
+	within(t, done, "the in-flight call to return") // the in-flight request itself may succeed; that is fine
 
 	if _, _, err := s.Decrypt(ctx, ref, ct, nil); !errors.Is(err, ErrKeyVersionDisabled) {
 		t.Fatalf("decrypt with version 1 after DisableKeyVersion returned: got err=%v, want ErrKeyVersionDisabled", err)
@@ -142,7 +142,7 @@ func TestARemoteChangeDuringALoadIsNotUndone(t *testing.T) {
 	paused, release := hs.arm(keyStorageKey(ref), false)
 	done := make(chan error, 1)
 	go func() { _, _, err := b.Decrypt(ctx, ref, ct, nil); done <- err }()
-	<-paused
+	within(t, paused, "the load to pause")
 	if _, err := a.DisableKeyVersion(ctx, ref, 1); err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +152,7 @@ func TestARemoteChangeDuringALoadIsNotUndone(t *testing.T) {
 	}
 	b.m.apply(storage.Change{Key: keyStorageKey(ref), Version: r.Version}) // what B's watcher delivers
 	close(release)
-	<-done
+	within(t, done, "the in-flight call to return")
 
 	if _, _, err := b.Decrypt(ctx, ref, ct, nil); !errors.Is(err, ErrKeyVersionDisabled) {
 		t.Fatalf("replica B after the notification: got err=%v, want ErrKeyVersionDisabled", err)
@@ -168,14 +168,14 @@ func TestAnInFlightLoadCannotResurrectADeletedTenant(t *testing.T) {
 	paused, release := hs.arm(keyStorageKey(ref), false)
 	done := make(chan error, 1)
 	go func() { _, _, err := b.Decrypt(ctx, ref, ct, nil); done <- err }()
-	<-paused
+	within(t, paused, "the load to pause")
 	if _, err := a.DeleteTenant(ctx, "t", 0); err != nil {
 		t.Fatal(err)
 	}
 	r, _ := hs.Store.Get(ctx, tenantStorageKey("t"))
 	b.m.apply(storage.Change{Key: tenantStorageKey("t"), Version: r.Version})
 	close(release)
-	<-done
+	within(t, done, "the in-flight call to return")
 	if _, _, err := b.Encrypt(ctx, ref, []byte("x"), nil); !errors.Is(err, ErrTenantDeleted) {
 		t.Fatalf("got %v, want ErrTenantDeleted", err)
 	}
@@ -214,7 +214,7 @@ func TestACancelledCallerDoesNotFailASharedLoad(t *testing.T) {
 	ctx1, cancel1 := context.WithCancel(context.Background())
 	err1 := make(chan error, 1)
 	go func() { _, _, err := s.Encrypt(ctx1, ref, []byte("a"), nil); err1 <- err }()
-	<-paused
+	within(t, paused, "the load to pause")
 	err2 := make(chan error, 1)
 	go func() { _, _, err := s.Encrypt(context.Background(), ref, []byte("b"), nil); err2 <- err }()
 	time.Sleep(100 * time.Millisecond) // let caller 2 join the shared load
@@ -268,4 +268,18 @@ func TestADisabledVersionCanBeDestroyed(t *testing.T) {
 	if _, _, err := s.Decrypt(ctx, ref, ct, nil); !errors.Is(err, ErrKeyVersionDestroyed) {
 		t.Fatal(err)
 	}
+}
+
+// within waits for a value on ch for at most 10s, failing the test with
+// what it waited for.
+func within[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(10 * time.Second):
+		t.Fatalf("waited 10s for %s", what)
+	}
+	var zero T
+	return zero
 }

@@ -96,8 +96,13 @@ func TestOtherReplicasStopServingADeletedTenantWhenNotified(t *testing.T) {
 	}
 	f.mustDecrypt(b, ref, ct, "alice")
 	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Watch did not return within 10s of its context ending")
 	}
 }
 

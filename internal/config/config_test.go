@@ -10,7 +10,7 @@ import (
 )
 
 const valid = `
-listen: 127.0.0.1:9000
+listen: 127.0.0.1:0
 tls: {cert_file: s.pem, key_file: s-key.pem, client_ca_file: /etc/ca.pem}
 policy_file: policy.yaml
 root: {type: local, local: {key_file: root.key}}

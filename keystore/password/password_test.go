@@ -290,7 +290,11 @@ func TestFullHashingQueueIsResourceExhaustedWhileEncryptAnswers(t *testing.T) {
 	running := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = pool.Do(ctx, func() { close(running); <-release }) })
-	<-running
+	select {
+	case <-running:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the pool's worker did not start within 10s")
+	}
 	// A caller whose deadline passes while queued gets the context's error.
 	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
 	defer cancel()
