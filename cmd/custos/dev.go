@@ -63,7 +63,7 @@ restart still decrypts. Never use it in production.`,
 			cfg.Listen = listen
 			cfg.Ops.Listen = opsListen
 			out := cmd.OutOrStdout()
-			return serve(cmd.Context(), cfg, cmd.ErrOrStderr(), func(addr net.Addr) { printDevHelp(out, dir, addr) })
+			return serve(cmd.Context(), cfg, cmd.ErrOrStderr(), func(addr, ops net.Addr) { printDevHelp(out, dir, addr, ops) })
 		},
 	}
 	cmd.Flags().StringVar(&dir, "dir", ".custos-dev", "directory for the dev PKI, root key, data and policy")
@@ -103,7 +103,7 @@ func writeIfMissing(path, content string) error {
 	return f.Close()
 }
 
-func printDevHelp(w io.Writer, dir string, addr net.Addr) {
+func printDevHelp(w io.Writer, dir string, addr, ops net.Addr) {
 	p := func(name string) string { return filepath.Join(dir, name) }
 	fmt.Fprintf(w, `
 Custos dev server listening on %[1]s (mutual TLS; files in %[2]s)
@@ -121,4 +121,7 @@ Or with the CLI and the Go example:
 
 Ctrl-C stops the server; the next run reuses %[2]s.
 `, addr, dir, p("ca.pem"), p("client.pem"), p("client-key.pem"))
+	if ops != nil {
+		fmt.Fprintf(w, "Ops listener (/healthz, /readyz, /metrics) on %s\n", ops)
+	}
 }

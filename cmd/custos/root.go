@@ -9,7 +9,7 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServeCmd(), newDevCmd(), newRootAdminCmd())
+	root.AddCommand(newServeCmd(), newDevCmd(), newRootAdminCmd(), newBenchCmd())
 	addAdminCommands(root)
 	return root
 }

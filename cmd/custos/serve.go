@@ -31,14 +31,15 @@ func newServeCmd() *cobra.Command {
 }
 
 // serve runs Custos as cfg says until ctx is done. ready, if not nil, is
-// called with the bound address before serving starts.
-func serve(ctx context.Context, cfg *config.Config, logw io.Writer, ready func(addr net.Addr)) error {
+// called with the bound addresses (ops is nil when the ops listener is off)
+// before serving starts.
+func serve(ctx context.Context, cfg *config.Config, logw io.Writer, ready func(addr, ops net.Addr)) error {
 	rt, err := custos.New(ctx, cfg, custos.Options{LogWriter: logw, HandleSIGHUP: true})
 	if err != nil {
 		return err
 	}
 	if ready != nil {
-		ready(rt.Addr())
+		ready(rt.Addr(), rt.OpsAddr())
 	}
 	return rt.Run(ctx)
 }

@@ -1,0 +1,405 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/custos-kms/custos/internal/bench"
+	"github.com/custos-kms/custos/server"
+)
+
+// benchFlags are the flags of `custos bench`.
+type benchFlags struct {
+	conn
+	ops, concurrency             string
+	batch, payload, rounds       int
+	warmup, duration             time.Duration
+	baseline                     string
+	baseCert, baseKey, baseCA    string
+	serverPID                    int
+	serverMetrics                string
+	spawnDev, setup              bool
+	contention                   bool
+	contentionOp, contentionConc string
+	output                       string
+}
+
+func newBenchCmd() *cobra.Command {
+	var f benchFlags
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Load a Custos server and compare it with a bare mTLS gRPC baseline in the same run",
+		Long: `custos bench is a closed-loop load generator. For each operation and
+concurrency it runs a bare mutual-TLS gRPC server of the same service and
+message types (the baseline: single calls echo their payload, batch calls
+seal each item with AES-256-GCM) in a separate process, alternates rounds
+against the baseline and against Custos, and prints each figure as a ratio
+to its baseline from the same run, with the spread over the rounds.
+
+Without --spawn-dev it loads the server at --addr with the client files
+given (default: ./.custos-dev, as custos dev writes them) and starts the
+baseline with that directory's server certificate. --server-pid or
+--server-metrics add the server's CPU time per call. See docs/performance.md.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runBench(cmd, &f) },
+	}
+	f.conn.flags(cmd)
+	fl := cmd.Flags()
+	fl.StringVar(&f.ops, "ops", "encrypt,decrypt,blind-index,encrypt-batch", "operations, comma-separated: "+opNames())
+	fl.StringVar(&f.concurrency, "concurrency", "1,64", "calls in flight, comma-separated")
+	fl.IntVar(&f.batch, "batch", 100, "items per batch call")
+	fl.IntVar(&f.payload, "payload", 64, "bytes per plaintext field")
+	fl.DurationVar(&f.warmup, "warmup", time.Second, "warm-up before each measured run")
+	fl.DurationVar(&f.duration, "duration", 3*time.Second, "measured time of each run")
+	fl.IntVar(&f.rounds, "rounds", 3, "rounds per workload, alternating baseline and Custos")
+	fl.StringVar(&f.baseline, "baseline", "spawn", `"spawn" (a baseline process started here), "off", or the host:port of a running one`)
+	fl.StringVar(&f.baseCert, "baseline-cert", "", "baseline server certificate (default: server.pem beside --ca)")
+	fl.StringVar(&f.baseKey, "baseline-key", "", "baseline server key (default: server-key.pem beside --ca)")
+	fl.StringVar(&f.baseCA, "baseline-client-ca", "", "CA that verifies clients of the baseline (default: --ca)")
+	fl.IntVar(&f.serverPID, "server-pid", 0, "PID of the Custos server, to report its CPU time per call")
+	fl.StringVar(&f.serverMetrics, "server-metrics", "", "the server's /metrics URL, to report its CPU time per call")
+	fl.BoolVar(&f.spawnDev, "spawn-dev", false, "start a throwaway custos dev in its own process and load it")
+	fl.BoolVar(&f.setup, "setup", true, "create tenant bench and its keys first")
+	fl.BoolVar(&f.contention, "contention", false, "also measure --contention-op beside password hashing")
+	fl.StringVar(&f.contentionOp, "contention-op", "encrypt@64", "the measured workload of --contention, op@concurrency")
+	fl.StringVar(&f.contentionConc, "contention-background", "hash@4", "the background workload of --contention, op@concurrency")
+	fl.StringVarP(&f.output, "output", "o", "text", "text or json")
+	cmd.AddCommand(newBenchBaselineCmd())
+	return cmd
+}
+
+func opNames() string {
+	names := make([]string, len(bench.Ops))
+	for i, o := range bench.Ops {
+		names[i] = string(o)
+	}
+	return strings.Join(names, ", ")
+}
+
+// newBenchBaselineCmd is the baseline server process that `custos bench`
+// starts; it is hidden (users run `custos bench`). It serves until its
+// standard input closes or it is signalled.
+func newBenchBaselineCmd() *cobra.Command {
+	var listen, cert, key, ca string
+	cmd := &cobra.Command{
+		Use:    "baseline",
+		Short:  "Serve the bench baseline (started by custos bench)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			tlsConf, err := server.TLSConfig(cert, key, ca)
+			if err != nil {
+				return err
+			}
+			lis, err := net.Listen("tcp", listen)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithCancel(cmd.Context())
+			defer cancel()
+			go func() { _, _ = io.Copy(io.Discard, cmd.InOrStdin()); cancel() }()
+			fmt.Fprintf(cmd.OutOrStdout(), "baseline listening on %s\n", lis.Addr())
+			return bench.ServeBaseline(ctx, lis, tlsConf, server.DefaultMaxMessageBytes)
+		},
+	}
+	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:0", "listen address")
+	cmd.Flags().StringVar(&cert, "cert", "", "server certificate")
+	cmd.Flags().StringVar(&key, "key", "", "server key")
+	cmd.Flags().StringVar(&ca, "client-ca", "", "CA bundle that verifies clients")
+	return cmd
+}
+
+func runBench(cmd *cobra.Command, f *benchFlags) error {
+	ctx := cmd.Context()
+	base := bench.Workload{BatchSize: f.batch, PayloadBytes: f.payload, Warmup: f.warmup, Duration: f.duration}
+	var workloads []bench.Workload
+	ops, err := splitOps(f.ops)
+	if err != nil {
+		return usageErr(cmd, err)
+	}
+	concs, err := splitInts(f.concurrency)
+	if err != nil {
+		return usageErr(cmd, fmt.Errorf("--concurrency: %w", err))
+	}
+	for _, op := range ops {
+		for _, c := range concs {
+			w := base
+			w.Op, w.Concurrency = op, c
+			workloads = append(workloads, w)
+		}
+	}
+	if f.output != "text" && f.output != "json" {
+		return usageErr(cmd, fmt.Errorf("--output %q: want text or json", f.output))
+	}
+	progress := cmd.ErrOrStderr()
+
+	var cpu bench.CPUReader
+	switch {
+	case f.serverPID > 0:
+		cpu = bench.ProcCPU(f.serverPID)
+	case f.serverMetrics != "":
+		cpu = bench.MetricsCPU(f.serverMetrics)
+	}
+	if f.spawnDev {
+		dir, err := os.MkdirTemp("", "custos-bench-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		devDir := filepath.Join(dir, "dev")
+		child, lines, err := startChild(ctx, []string{"dev", "--dir", devDir, "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"},
+			filepath.Join(dir, "dev.log"), regexp.MustCompile(`listening on (\S+)`))
+		if err != nil {
+			return fmt.Errorf("spawn custos dev: %w", err)
+		}
+		defer child.stop()
+		f.addr = lines[1]
+		f.ca, f.cert, f.key = filepath.Join(devDir, "ca.pem"), filepath.Join(devDir, "client.pem"), filepath.Join(devDir, "client-key.pem")
+		cpu = bench.ProcCPU(child.cmd.Process.Pid)
+		fmt.Fprintf(progress, "custos dev (pid %d) on %s\n", child.cmd.Process.Pid, f.addr)
+	}
+	clientTLS, err := loadClientTLS(f.ca, f.cert, f.key)
+	if err != nil {
+		return err
+	}
+	custosConn, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(credentials.NewTLS(clientTLS)))
+	if err != nil {
+		return err
+	}
+	defer custosConn.Close()
+	if f.setup {
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := bench.Setup(sctx, custosConn)
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
+	custos := bench.Target{Name: "custos", Conn: custosConn, CPU: cpu}
+
+	var baseline *bench.Target
+	switch f.baseline {
+	case "off":
+	case "spawn":
+		dir := filepath.Dir(f.ca)
+		certF, keyF, caF := orDefault(f.baseCert, filepath.Join(dir, "server.pem")), orDefault(f.baseKey, filepath.Join(dir, "server-key.pem")), orDefault(f.baseCA, f.ca)
+		child, lines, err := startChild(ctx, []string{"bench", "baseline", "--cert", certF, "--key", keyF, "--client-ca", caF}, "", regexp.MustCompile(`baseline listening on (\S+)`))
+		if err != nil {
+			return fmt.Errorf("spawn the baseline: %w", err)
+		}
+		defer child.stop()
+		conn, err := grpc.NewClient(lines[1], grpc.WithTransportCredentials(credentials.NewTLS(clientTLS)))
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		baseline = &bench.Target{Name: "baseline", Conn: conn, CPU: bench.ProcCPU(child.cmd.Process.Pid)}
+		fmt.Fprintf(progress, "baseline (pid %d) on %s\n", child.cmd.Process.Pid, lines[1])
+	default:
+		conn, err := grpc.NewClient(f.baseline, grpc.WithTransportCredentials(credentials.NewTLS(clientTLS)))
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		baseline = &bench.Target{Name: "baseline", Conn: conn}
+	}
+
+	rep := bench.NewReport(f.rounds, base)
+	for _, w := range workloads {
+		fmt.Fprintf(progress, "running %s@%d %d×…\n", w.Op, w.Concurrency, f.rounds)
+		c, err := bench.Compare(ctx, custos, baseline, w, f.rounds)
+		if err != nil {
+			return err
+		}
+		rep.Comparisons = append(rep.Comparisons, c)
+	}
+	if f.contention {
+		w, err := parseWorkload(f.contentionOp, base)
+		if err != nil {
+			return usageErr(cmd, fmt.Errorf("--contention-op: %w", err))
+		}
+		bg, err := parseWorkload(f.contentionConc, base)
+		if err != nil {
+			return usageErr(cmd, fmt.Errorf("--contention-background: %w", err))
+		}
+		bg.Warmup = 2 * time.Second // let the background saturate the hashing pool first
+		fmt.Fprintf(progress, "running %s beside %s %d×…\n", f.contentionOp, f.contentionConc, f.rounds)
+		c, err := bench.Contend(ctx, custos, w, bg, f.rounds)
+		if err != nil {
+			return err
+		}
+		rep.Contention = append(rep.Contention, c)
+	}
+	if f.output == "json" {
+		return rep.WriteJSON(cmd.OutOrStdout())
+	}
+	return rep.WriteText(cmd.OutOrStdout())
+}
+
+func orDefault(v, def string) string {
+	if v != "" {
+		return v
+	}
+	return def
+}
+
+// usageErr marks a bad flag value; main exits with the usage code.
+func usageErr(cmd *cobra.Command, err error) error {
+	return fmt.Errorf("%s: %w", cmd.CommandPath(), err)
+}
+
+func splitOps(s string) ([]bench.Op, error) {
+	var out []bench.Op
+	for _, p := range strings.Split(s, ",") {
+		op, err := bench.ParseOp(strings.TrimSpace(p))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, op)
+	}
+	return out, nil
+}
+
+func splitInts(s string) ([]int, error) {
+	var out []int
+	for _, p := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(p))
+		if err != nil || n < 1 || n > 10000 {
+			return nil, fmt.Errorf("%q is not a whole number from 1 to 10000", p)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// parseWorkload reads op@concurrency.
+func parseWorkload(s string, base bench.Workload) (bench.Workload, error) {
+	opS, cS, ok := strings.Cut(s, "@")
+	if !ok {
+		return base, fmt.Errorf("%q: want op@concurrency, e.g. encrypt@64", s)
+	}
+	op, err := bench.ParseOp(opS)
+	if err != nil {
+		return base, err
+	}
+	c, err := splitInts(cS)
+	if err != nil || len(c) != 1 {
+		return base, fmt.Errorf("%q: want op@concurrency, e.g. encrypt@64", s)
+	}
+	base.Op, base.Concurrency = op, c[0]
+	return base, nil
+}
+
+func loadClientTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
+	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("client certificate: %w", err)
+	}
+	caPEM, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("CA: %w", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("CA %s: no certificate", caFile)
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: roots, Certificates: []tls.Certificate{pair}}, nil
+}
+
+// child is a process this binary started.
+type child struct {
+	cmd   *exec.Cmd
+	stdin io.Closer
+	done  chan struct{}
+}
+
+// childStartTimeout bounds how long a child may take to say where it listens.
+const childStartTimeout = 60 * time.Second
+
+// startChild runs this binary with args, waits (at most childStartTimeout)
+// for a line of its standard output matching ready, and returns the match.
+// Its standard error goes to logFile, or is discarded. stop closes its
+// standard input (the baseline exits on that), then signals, then kills.
+func startChild(ctx context.Context, args []string, logFile string, ready *regexp.Regexp) (*child, []string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, nil, err
+	}
+	cmd := exec.Command(exe, args...)
+	cmd.Stderr = io.Discard
+	if logFile != "" {
+		lf, err := os.Create(logFile)
+		if err != nil {
+			return nil, nil, err
+		}
+		defer lf.Close()
+		cmd.Stderr = lf
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, nil, err
+	}
+	c := &child{cmd: cmd, stdin: stdin, done: make(chan struct{})}
+	found := make(chan []string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if m := ready.FindStringSubmatch(sc.Text()); m != nil {
+				select {
+				case found <- m:
+				default:
+				}
+			}
+		}
+		_ = cmd.Wait()
+		close(c.done)
+	}()
+	t := time.NewTimer(childStartTimeout)
+	defer t.Stop()
+	select {
+	case m := <-found:
+		return c, m, nil
+	case <-c.done:
+		return nil, nil, fmt.Errorf("%s exited before it listened (%v)", strings.Join(args[:1], " "), cmd.ProcessState)
+	case <-t.C:
+		c.stop()
+		return nil, nil, fmt.Errorf("%s did not listen within %v", strings.Join(args[:1], " "), childStartTimeout)
+	case <-ctx.Done():
+		c.stop()
+		return nil, nil, ctx.Err()
+	}
+}
+
+func (c *child) stop() {
+	c.stdin.Close()
+	_ = c.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-c.done:
+	case <-time.After(10 * time.Second):
+		_ = c.cmd.Process.Kill()
+		<-c.done
+	}
+}

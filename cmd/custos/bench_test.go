@@ -1,0 +1,155 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/custos-kms/custos/internal/bench"
+	"github.com/custos-kms/custos/server"
+)
+
+// TestMain lets a test run this binary as custos itself: with
+// CUSTOS_TEST_RUN_MAIN=1 the test binary is `custos`, so commands that start
+// child processes (custos bench) can be tested end to end.
+func TestMain(m *testing.M) {
+	if os.Getenv("CUSTOS_TEST_RUN_MAIN") == "1" {
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// runCLI runs a custos command line in-process and returns its standard
+// output and error.
+func runCLI(t *testing.T, args ...string) (string, string, error) {
+	t.Helper()
+	cmd := newRootCmd()
+	var out, errOut bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&errOut)
+	cmd.SetArgs(args)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	err := cmd.ExecuteContext(ctx)
+	return out.String(), errOut.String(), err
+}
+
+func parseReport(t *testing.T, out string) bench.Report {
+	t.Helper()
+	var rep bench.Report
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("-o json output does not parse: %v\n%s", err, out)
+	}
+	return rep
+}
+
+// A bounded run of every operation against a real server and an in-process
+// baseline: every workload made calls without errors, and the ones with a
+// baseline have a ratio from the same run.
+func TestBenchMeasuresEveryOperationAgainstItsBaseline(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), ".custos-dev")
+	addr, stop, _ := startDevServer(t, dir, nil)
+	defer stop()
+	tlsConf, err := server.TLSConfig(filepath.Join(dir, "server.pem"), filepath.Join(dir, "server-key.pem"), filepath.Join(dir, "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- bench.ServeBaseline(ctx, lis, tlsConf, server.DefaultMaxMessageBytes) }()
+	defer func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("baseline did not stop within 10s")
+		}
+	}()
+
+	ops := "encrypt,decrypt,encrypt-batch,decrypt-batch,rewrap-batch,blind-index,datakey,mixed" // hash: TestBenchSpawns…
+	out, errOut, err := runCLI(t, "bench", "--addr", addr, "--ca", filepath.Join(dir, "ca.pem"), "--cert", filepath.Join(dir, "client.pem"), "--key", filepath.Join(dir, "client-key.pem"),
+		"--baseline", lis.Addr().String(), "--ops", ops, "--concurrency", "2", "--batch", "5",
+		"--warmup", "20ms", "--duration", "150ms", "--rounds", "2", "-o", "json")
+	if err != nil {
+		t.Fatalf("bench: %v\n%s", err, errOut)
+	}
+	rep := parseReport(t, out)
+	if len(rep.Comparisons) != len(strings.Split(ops, ",")) || rep.Rounds != 2 {
+		t.Fatalf("%d comparisons, %d rounds; want %d, 2", len(rep.Comparisons), rep.Rounds, len(strings.Split(ops, ",")))
+	}
+	for _, c := range rep.Comparisons {
+		if len(c.Custos) != 2 {
+			t.Errorf("%s: %d Custos rounds, want 2", c.Workload, len(c.Custos))
+		}
+		for _, r := range append(c.Custos, c.Baseline...) {
+			if r.Calls == 0 || r.OpsPerSec <= 0 || r.P50 <= 0 || r.P99 < r.P50 || len(r.Errors) != 0 {
+				t.Errorf("%s on %s: %+v", c.Workload, r.Target, r)
+			}
+			if r.Op.Batch() && r.Items != 5*r.Calls {
+				t.Errorf("%s: %d items in %d calls of 5", c.Workload, r.Items, r.Calls)
+			}
+		}
+		op := c.Custos[0].Op
+		if op.HasBaseline() != (len(c.Baseline) == 2) {
+			t.Errorf("%s: %d baseline rounds", c.Workload, len(c.Baseline))
+		}
+		if op.HasBaseline() && (c.Throughput.Median <= 0 || len(c.Throughput.Values) != 2 || c.Throughput.Min > c.Throughput.Max) {
+			t.Errorf("%s: throughput ratio %+v", c.Workload, c.Throughput)
+		}
+	}
+}
+
+// The whole tool as users run it: it starts custos dev and the baseline in
+// processes of their own, measures server CPU per call from /proc, and runs
+// the hashing contention scenario.
+func TestBenchSpawnsTheServerAndTheBaselineInTheirOwnProcesses(t *testing.T) {
+	t.Setenv("CUSTOS_TEST_RUN_MAIN", "1")
+	out, errOut, err := runCLI(t, "bench", "--spawn-dev", "--ops", "encrypt", "--concurrency", "4",
+		"--warmup", "50ms", "--duration", "300ms", "--rounds", "1",
+		"--contention", "--contention-op", "encrypt@4", "--contention-background", "hash@2", "-o", "json")
+	if err != nil {
+		t.Fatalf("bench: %v\n%s", err, errOut)
+	}
+	for _, want := range []string{"custos dev (pid ", "baseline (pid "} {
+		if !strings.Contains(errOut, want) {
+			t.Errorf("progress lacks %q:\n%s", want, errOut)
+		}
+	}
+	rep := parseReport(t, out)
+	if len(rep.Comparisons) != 1 || len(rep.Contention) != 1 {
+		t.Fatalf("report: %d comparisons, %d contention runs", len(rep.Comparisons), len(rep.Contention))
+	}
+	c := rep.Comparisons[0]
+	if c.Custos[0].ServerCPUPerCall <= 0 || c.Baseline[0].ServerCPUPerCall <= 0 {
+		t.Errorf("server CPU per call not measured: custos %v, baseline %v", c.Custos[0].ServerCPUPerCall, c.Baseline[0].ServerCPUPerCall)
+	}
+	k := rep.Contention[0]
+	if len(k.Loaded) != 1 || k.Loaded[0].Background == nil || k.Loaded[0].Background.Calls == 0 || k.Throughput.Median <= 0 {
+		t.Errorf("contention: %+v", k)
+	}
+}
+
+func TestBenchRefusesBadFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"bench", "--ops", "encrypt,nope"},
+		{"bench", "--concurrency", "0"},
+		{"bench", "--concurrency", "x"},
+		{"bench", "-o", "yaml"},
+	} {
+		_, _, err := runCLI(t, append(args, "--addr", "127.0.0.1:1", "--setup=false", "--baseline", "off")...)
+		if err == nil {
+			t.Errorf("%v succeeded", args)
+		}
+	}
+}

@@ -1,0 +1,165 @@
+// Package bench is Custos's load tool (`custos bench`): a closed-loop load
+// generator for the gRPC API, and the baseline it measures against — a bare
+// mutual-TLS gRPC server with the same TLS configuration, the same service
+// and message types and no Custos work, run in a process of its own — so
+// every figure is a ratio to a baseline taken in the same run, on the same
+// machine, the way users see it (docs/performance.md).
+package bench
+
+import (
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"crypto/tls"
+	"fmt"
+	"net"
+
+	statuspb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
+)
+
+// overhead is what a Custos AES-GCM ciphertext adds to its plaintext: the
+// 5-byte Tink prefix, the 12-byte nonce and the 16-byte tag. The baseline's
+// answers carry as many bytes, so both sides move the same data.
+const overhead = 5 + 12 + 16
+
+// baseline answers CryptoService calls with no Custos work: single calls
+// echo their payload (padded to the size of a real answer), batch calls seal
+// every item with AES-256-GCM under one key and a fresh random nonce, so a
+// batch ratio isolates what Custos adds to the cryptography itself. It has
+// no key lookup, no authorization, no interceptors. Methods it does not
+// answer (password hashing, whose cost is the hash itself) are not part of
+// any baseline.
+type baseline struct {
+	custosv1.UnimplementedCryptoServiceServer
+	aead cipher.AEAD
+}
+
+func newBaseline() (*baseline, error) {
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return nil, err
+	}
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, err
+	}
+	return &baseline{aead: aead}, nil
+}
+
+// seal is the baseline's per-item work: AES-256-GCM with a random nonce,
+// laid out as Custos lays out a ciphertext.
+func (b *baseline) seal(pt, aad []byte) ([]byte, error) {
+	out := make([]byte, 5+12, 5+12+len(pt)+16)
+	out[0] = 1
+	if _, err := rand.Read(out[5:17]); err != nil {
+		return nil, err
+	}
+	return b.aead.Seal(out, out[5:17], pt, aad), nil
+}
+
+var okStatus = &statuspb.Status{}
+
+func pad(p []byte) []byte { return append(make([]byte, overhead, overhead+len(p)), p...) }
+
+func unpad(c []byte) []byte {
+	if len(c) < overhead {
+		return c
+	}
+	return c[overhead:]
+}
+
+func (b *baseline) Encrypt(_ context.Context, req *custosv1.EncryptRequest) (*custosv1.EncryptResponse, error) {
+	return &custosv1.EncryptResponse{Ciphertext: pad(req.GetPlaintext()), KeyVersion: 1}, nil
+}
+
+func (b *baseline) Decrypt(_ context.Context, req *custosv1.DecryptRequest) (*custosv1.DecryptResponse, error) {
+	return &custosv1.DecryptResponse{Plaintext: unpad(req.GetCiphertext()), KeyVersion: 1}, nil
+}
+
+func (b *baseline) BlindIndex(_ context.Context, req *custosv1.BlindIndexRequest) (*custosv1.BlindIndexResponse, error) {
+	mac := make([]byte, 5+32)
+	copy(mac[5:], req.GetData())
+	return &custosv1.BlindIndexResponse{Entries: []*custosv1.BlindIndexResponse_Entry{{KeyVersion: 1, Mac: mac}}}, nil
+}
+
+func (b *baseline) GenerateDataKey(_ context.Context, _ *custosv1.GenerateDataKeyRequest) (*custosv1.GenerateDataKeyResponse, error) {
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return nil, err
+	}
+	return &custosv1.GenerateDataKeyResponse{Plaintext: key, Wrapped: pad(key), KeyVersion: 1}, nil
+}
+
+func (b *baseline) EncryptBatch(_ context.Context, req *custosv1.EncryptBatchRequest) (*custosv1.EncryptBatchResponse, error) {
+	items := req.GetItems()
+	resp := &custosv1.EncryptBatchResponse{Results: make([]*custosv1.EncryptBatchResponse_Result, len(items))}
+	for i, it := range items {
+		ct, err := b.seal(it.GetPlaintext(), it.GetAssociatedData())
+		if err != nil {
+			return nil, err
+		}
+		resp.Results[i] = &custosv1.EncryptBatchResponse_Result{Ciphertext: ct, KeyVersion: 1, Status: okStatus}
+	}
+	return resp, nil
+}
+
+// DecryptBatch cannot open Custos's ciphertexts (it has not their key), so
+// it seals each item's payload instead: the same AES-GCM work on the same
+// number of bytes, and answers of the size a real decryption gives.
+func (b *baseline) DecryptBatch(_ context.Context, req *custosv1.DecryptBatchRequest) (*custosv1.DecryptBatchResponse, error) {
+	items := req.GetItems()
+	resp := &custosv1.DecryptBatchResponse{Results: make([]*custosv1.DecryptBatchResponse_Result, len(items))}
+	for i, it := range items {
+		ct, err := b.seal(unpad(it.GetCiphertext()), it.GetAssociatedData())
+		if err != nil {
+			return nil, err
+		}
+		resp.Results[i] = &custosv1.DecryptBatchResponse_Result{Plaintext: unpad(ct), KeyVersion: 1, Status: okStatus}
+	}
+	return resp, nil
+}
+
+// RewrapBatch seals each item's payload once (a real rewrap opens and seals).
+func (b *baseline) RewrapBatch(_ context.Context, req *custosv1.RewrapBatchRequest) (*custosv1.RewrapBatchResponse, error) {
+	items := req.GetItems()
+	resp := &custosv1.RewrapBatchResponse{Results: make([]*custosv1.RewrapBatchResponse_Result, len(items))}
+	for i, it := range items {
+		ct, err := b.seal(unpad(it.GetCiphertext()), it.GetAssociatedData())
+		if err != nil {
+			return nil, err
+		}
+		resp.Results[i] = &custosv1.RewrapBatchResponse_Result{Ciphertext: ct, KeyVersion: 1, Status: okStatus}
+	}
+	return resp, nil
+}
+
+// ServeBaseline serves the baseline on lis with tlsConf (Custos's own
+// server TLS configuration) and maxMsg as the message size limit, until ctx
+// is done.
+func ServeBaseline(ctx context.Context, lis net.Listener, tlsConf *tls.Config, maxMsg int) error {
+	impl, err := newBaseline()
+	if err != nil {
+		return fmt.Errorf("baseline: %w", err)
+	}
+	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsConf)), grpc.MaxRecvMsgSize(maxMsg), grpc.MaxSendMsgSize(maxMsg))
+	custosv1.RegisterCryptoServiceServer(gs, impl)
+	errc := make(chan error, 1)
+	go func() { errc <- gs.Serve(lis) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		gs.Stop()
+		<-errc
+		return nil
+	}
+}

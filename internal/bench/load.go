@@ -1,0 +1,473 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
+)
+
+// Op is a kind of call the tool makes.
+type Op string
+
+// The operations. Batch operations send BatchSize items per call.
+const (
+	OpEncrypt      Op = "encrypt"
+	OpDecrypt      Op = "decrypt"
+	OpEncryptBatch Op = "encrypt-batch"
+	OpDecryptBatch Op = "decrypt-batch"
+	OpRewrapBatch  Op = "rewrap-batch"
+	OpBlindIndex   Op = "blind-index"
+	OpDataKey      Op = "datakey"
+	OpHash         Op = "hash"
+	OpVerify       Op = "verify"
+	// OpMixed is 60% encrypt, 30% decrypt, 5% blind index, 4% encrypt
+	// batches and 1% data keys.
+	OpMixed Op = "mixed"
+)
+
+// Ops lists every operation.
+var Ops = []Op{OpEncrypt, OpDecrypt, OpEncryptBatch, OpDecryptBatch, OpRewrapBatch, OpBlindIndex, OpDataKey, OpHash, OpVerify, OpMixed}
+
+// HasBaseline reports whether the baseline server answers op, so that a
+// ratio can be taken. Password hashing has none: its cost is the hash.
+func (o Op) HasBaseline() bool { return o != OpHash && o != OpVerify && o != OpMixed }
+
+// Batch reports whether op sends batches.
+func (o Op) Batch() bool { return o == OpEncryptBatch || o == OpDecryptBatch || o == OpRewrapBatch }
+
+// ParseOp checks an operation name.
+func ParseOp(s string) (Op, error) {
+	for _, o := range Ops {
+		if string(o) == s {
+			return o, nil
+		}
+	}
+	return "", fmt.Errorf("unknown operation %q (want one of %v)", s, Ops)
+}
+
+// Keys names the keys a run uses; Setup creates them.
+type Keys struct {
+	Encrypt  string // an ENCRYPT key
+	MAC      string // a MAC key
+	Password string // a PASSWORD key
+}
+
+// DefaultKeys are the keys of tenant "bench".
+var DefaultKeys = Keys{
+	Encrypt:  "tenants/bench/keys/enc",
+	MAC:      "tenants/bench/keys/mac",
+	Password: "tenants/bench/keys/pw",
+}
+
+// Setup creates tenant "bench" and its keys on a Custos server; existing
+// ones are kept.
+func Setup(ctx context.Context, conn grpc.ClientConnInterface) error {
+	kc := custosv1.NewKeyServiceClient(conn)
+	if _, err := kc.CreateTenant(ctx, &custosv1.CreateTenantRequest{TenantId: "bench"}); err != nil && status.Code(err) != codes.AlreadyExists {
+		return fmt.Errorf("create tenant bench: %w", err)
+	}
+	for id, p := range map[string]custosv1.KeyPurpose{
+		"enc": custosv1.KeyPurpose_KEY_PURPOSE_ENCRYPT,
+		"mac": custosv1.KeyPurpose_KEY_PURPOSE_MAC,
+		"pw":  custosv1.KeyPurpose_KEY_PURPOSE_PASSWORD,
+	} {
+		_, err := kc.CreateKey(ctx, &custosv1.CreateKeyRequest{Parent: "tenants/bench", KeyId: id, Key: &custosv1.Key{Purpose: p}})
+		if err != nil && status.Code(err) != codes.AlreadyExists {
+			return fmt.Errorf("create key %s: %w", id, err)
+		}
+	}
+	return nil
+}
+
+// Workload is what one run does.
+type Workload struct {
+	Op Op
+	// Concurrency is the number of calls in flight (closed loop: each
+	// worker sends its next call when the last one returned).
+	Concurrency int
+	// BatchSize is the items per batch call.
+	BatchSize int
+	// PayloadBytes is the size of each plaintext field.
+	PayloadBytes int
+	// Warmup runs before the measured Duration and is not counted.
+	Warmup, Duration time.Duration
+	// Keys are the key names; zero means DefaultKeys.
+	Keys Keys
+}
+
+func (w Workload) label() string {
+	if w.Op.Batch() {
+		return fmt.Sprintf("%s(%d)@%d", w.Op, w.BatchSize, w.Concurrency)
+	}
+	return fmt.Sprintf("%s@%d", w.Op, w.Concurrency)
+}
+
+// Result is what one run measured. Latencies are in microseconds.
+type Result struct {
+	Target      string           `json:"target"`
+	Op          Op               `json:"op"`
+	Concurrency int              `json:"concurrency"`
+	BatchSize   int              `json:"batch_size,omitempty"`
+	Calls       int64            `json:"calls"`
+	Items       int64            `json:"items"`
+	Seconds     float64          `json:"seconds"`
+	OpsPerSec   float64          `json:"ops_per_sec"`
+	ItemsPerSec float64          `json:"items_per_sec"`
+	P50         float64          `json:"p50_us"`
+	P90         float64          `json:"p90_us"`
+	P99         float64          `json:"p99_us"`
+	P999        float64          `json:"p999_us"`
+	Errors      map[string]int64 `json:"errors,omitempty"`
+	// ServerCPUPerCall is the server's CPU time per call in microseconds,
+	// when the run was told how to read it (0 otherwise).
+	ServerCPUPerCall float64 `json:"server_cpu_us_per_call,omitempty"`
+	// Background is what ran beside the measured calls, if anything.
+	Background *Result `json:"background,omitempty"`
+}
+
+// call is one prepared request; it returns how many items it carried.
+type call func(ctx context.Context) (items int, err error)
+
+// prepare builds the calls of w against conn: one per worker, each with
+// its own request so that no two workers share a message.
+func prepare(ctx context.Context, conn grpc.ClientConnInterface, w Workload) (func(worker int) call, error) {
+	c := custosv1.NewCryptoServiceClient(conn)
+	k := w.Keys
+	if k == (Keys{}) {
+		k = DefaultKeys
+	}
+	payload := bytes.Repeat([]byte("p"), max(w.PayloadBytes, 1))
+	aad := []byte("bench/field")
+	// A ciphertext of this server, for the decrypting operations.
+	var ct []byte
+	if w.Op == OpDecrypt || w.Op == OpDecryptBatch || w.Op == OpRewrapBatch || w.Op == OpMixed {
+		r, err := c.Encrypt(ctx, &custosv1.EncryptRequest{Name: k.Encrypt, Plaintext: payload, AssociatedData: aad})
+		if err != nil {
+			return nil, fmt.Errorf("prepare: encrypt: %w", err)
+		}
+		ct = r.GetCiphertext()
+	}
+	var hash string
+	if w.Op == OpVerify {
+		r, err := c.HashPassword(ctx, &custosv1.HashPasswordRequest{Name: k.Password, Password: payload})
+		if err != nil {
+			return nil, fmt.Errorf("prepare: hash: %w", err)
+		}
+		hash = r.GetHash()
+	}
+	n := max(w.BatchSize, 1)
+	batchOf := func(op Op) call {
+		switch op {
+		case OpEncryptBatch:
+			req := &custosv1.EncryptBatchRequest{Name: k.Encrypt, Items: make([]*custosv1.EncryptBatchRequest_Item, n)}
+			for i := range req.Items {
+				req.Items[i] = &custosv1.EncryptBatchRequest_Item{Plaintext: payload, AssociatedData: aad}
+			}
+			return func(ctx context.Context) (int, error) { _, err := c.EncryptBatch(ctx, req); return n, err }
+		case OpDecryptBatch:
+			req := &custosv1.DecryptBatchRequest{Name: k.Encrypt, Items: make([]*custosv1.DecryptBatchRequest_Item, n)}
+			for i := range req.Items {
+				req.Items[i] = &custosv1.DecryptBatchRequest_Item{Ciphertext: ct, AssociatedData: aad}
+			}
+			return func(ctx context.Context) (int, error) { _, err := c.DecryptBatch(ctx, req); return n, err }
+		default:
+			req := &custosv1.RewrapBatchRequest{Name: k.Encrypt, Items: make([]*custosv1.RewrapBatchRequest_Item, n)}
+			for i := range req.Items {
+				req.Items[i] = &custosv1.RewrapBatchRequest_Item{Ciphertext: ct, AssociatedData: aad}
+			}
+			return func(ctx context.Context) (int, error) { _, err := c.RewrapBatch(ctx, req); return n, err }
+		}
+	}
+	single := func(op Op) call {
+		switch op {
+		case OpEncrypt:
+			req := &custosv1.EncryptRequest{Name: k.Encrypt, Plaintext: payload, AssociatedData: aad}
+			return func(ctx context.Context) (int, error) { _, err := c.Encrypt(ctx, req); return 1, err }
+		case OpDecrypt:
+			req := &custosv1.DecryptRequest{Name: k.Encrypt, Ciphertext: ct, AssociatedData: aad}
+			return func(ctx context.Context) (int, error) { _, err := c.Decrypt(ctx, req); return 1, err }
+		case OpBlindIndex:
+			req := &custosv1.BlindIndexRequest{Name: k.MAC, Data: payload}
+			return func(ctx context.Context) (int, error) { _, err := c.BlindIndex(ctx, req); return 1, err }
+		case OpDataKey:
+			req := &custosv1.GenerateDataKeyRequest{Name: k.Encrypt, AssociatedData: aad}
+			return func(ctx context.Context) (int, error) { _, err := c.GenerateDataKey(ctx, req); return 1, err }
+		case OpHash:
+			req := &custosv1.HashPasswordRequest{Name: k.Password, Password: payload}
+			return func(ctx context.Context) (int, error) { _, err := c.HashPassword(ctx, req); return 1, err }
+		case OpVerify:
+			req := &custosv1.VerifyPasswordRequest{Name: k.Password, Password: payload, Hash: hash}
+			return func(ctx context.Context) (int, error) { _, err := c.VerifyPassword(ctx, req); return 1, err }
+		}
+		return batchOf(op)
+	}
+	return func(worker int) call {
+		if w.Op != OpMixed {
+			return single(w.Op)
+		}
+		enc, dec, bi, dk := single(OpEncrypt), single(OpDecrypt), single(OpBlindIndex), single(OpDataKey)
+		n = 10
+		batch := batchOf(OpEncryptBatch)
+		rng := rand.New(rand.NewPCG(uint64(worker), 42))
+		return func(ctx context.Context) (int, error) {
+			switch r := rng.IntN(100); {
+			case r < 60:
+				return enc(ctx)
+			case r < 90:
+				return dec(ctx)
+			case r < 95:
+				return bi(ctx)
+			case r < 99:
+				return batch(ctx)
+			default:
+				return dk(ctx)
+			}
+		}
+	}, nil
+}
+
+// Run runs w against conn: Warmup, then Duration measured, with
+// w.Concurrency calls in flight, and reports what it measured. cpu, if not
+// nil, reads the server's CPU time (for CPU per call). It fails only if the
+// calls cannot be prepared; failed calls are counted by code.
+func Run(ctx context.Context, target string, conn grpc.ClientConnInterface, w Workload, cpu CPUReader) (Result, error) {
+	mk, err := prepare(ctx, conn, w)
+	if err != nil {
+		return Result{}, err
+	}
+	workers := max(w.Concurrency, 1)
+	type tally struct {
+		lat    []time.Duration
+		items  int64
+		errors map[string]int64
+	}
+	tallies := make([]tally, workers)
+	start := time.Now()
+	measureFrom, measureTo := start.Add(w.Warmup), start.Add(w.Warmup+w.Duration)
+	var cpu0 time.Duration
+	cpuErr := errors.New("no CPU reader")
+	var cpuOnce sync.Once
+	readCPU0 := func() {
+		if cpu != nil {
+			cpu0, cpuErr = cpu.CPU()
+		}
+	}
+	if w.Warmup == 0 {
+		cpuOnce.Do(readCPU0)
+	}
+	var wg sync.WaitGroup
+	for i := range workers {
+		c := mk(i)
+		t := &tallies[i]
+		t.errors = map[string]int64{}
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				t0 := time.Now()
+				if !t0.Before(measureTo) {
+					return
+				}
+				if !t0.Before(measureFrom) {
+					cpuOnce.Do(readCPU0)
+				}
+				n, err := c(ctx)
+				if t0.Before(measureFrom) {
+					continue
+				}
+				if err != nil {
+					if ctx.Err() != nil {
+						return
+					}
+					t.errors[status.Code(err).String()]++
+					continue
+				}
+				t.lat = append(t.lat, time.Since(t0))
+				t.items += int64(n)
+			}
+		})
+	}
+	wg.Wait()
+	end := time.Now()
+	if err := ctx.Err(); err != nil {
+		return Result{}, err
+	}
+	r := Result{Target: target, Op: w.Op, Concurrency: workers, Errors: map[string]int64{}}
+	if w.Op.Batch() {
+		r.BatchSize = max(w.BatchSize, 1)
+	}
+	var lat []time.Duration
+	for _, t := range tallies {
+		lat = append(lat, t.lat...)
+		r.Items += t.items
+		for k, v := range t.errors {
+			r.Errors[k] += v
+		}
+	}
+	if len(r.Errors) == 0 {
+		r.Errors = nil
+	}
+	r.Calls = int64(len(lat))
+	r.Seconds = end.Sub(measureFrom).Seconds()
+	if r.Seconds > 0 {
+		r.OpsPerSec = float64(r.Calls) / r.Seconds
+		r.ItemsPerSec = float64(r.Items) / r.Seconds
+	}
+	slices.Sort(lat)
+	r.P50, r.P90, r.P99, r.P999 = pct(lat, 50), pct(lat, 90), pct(lat, 99), pct(lat, 99.9)
+	if cpu != nil && cpuErr == nil && r.Calls > 0 {
+		if cpu1, err := cpu.CPU(); err == nil {
+			r.ServerCPUPerCall = float64((cpu1-cpu0).Microseconds()) / float64(r.Calls)
+		}
+	}
+	return r, nil
+}
+
+// pct is the p-th percentile of sorted latencies, in microseconds.
+func pct(sorted []time.Duration, p float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(float64(len(sorted))*p/100+0.5) - 1
+	i = min(max(i, 0), len(sorted)-1)
+	return float64(sorted[i].Nanoseconds()) / 1e3
+}
+
+// Target is one server a comparison loads.
+type Target struct {
+	// Name labels its results ("custos", "baseline").
+	Name string
+	Conn grpc.ClientConnInterface
+	// CPU reads its process's CPU time; nil if unknown.
+	CPU CPUReader
+}
+
+// Comparison is the rounds of one workload against Custos and its baseline,
+// run alternately, and the ratios of each round.
+type Comparison struct {
+	Workload string   `json:"workload"`
+	Custos   []Result `json:"custos"`
+	Baseline []Result `json:"baseline,omitempty"`
+	// Throughput is Custos's throughput over the baseline's, per round, and
+	// its median; P50 is Custos's median latency over the baseline's.
+	Throughput Stat `json:"throughput_ratio"`
+	P50        Stat `json:"p50_ratio"`
+}
+
+// Stat is a median and the spread of a few paired measurements.
+type Stat struct {
+	Median float64   `json:"median"`
+	Min    float64   `json:"min"`
+	Max    float64   `json:"max"`
+	Values []float64 `json:"values"`
+}
+
+func newStat(v []float64) Stat {
+	if len(v) == 0 {
+		return Stat{}
+	}
+	s := slices.Clone(v)
+	sort.Float64s(s)
+	m := s[len(s)/2]
+	if len(s)%2 == 0 {
+		m = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return Stat{Median: m, Min: s[0], Max: s[len(s)-1], Values: v}
+}
+
+// Compare runs w rounds times against custos and, when base is not nil and
+// the operation has one, against the baseline, alternating (baseline first)
+// so that both see the same machine.
+func Compare(ctx context.Context, custos Target, base *Target, w Workload, rounds int) (Comparison, error) {
+	cmp := Comparison{Workload: w.label()}
+	var thr, p50 []float64
+	for range max(rounds, 1) {
+		var b Result
+		if base != nil && w.Op.HasBaseline() {
+			var err error
+			if b, err = Run(ctx, base.Name, base.Conn, w, base.CPU); err != nil {
+				return cmp, err
+			}
+			cmp.Baseline = append(cmp.Baseline, b)
+		}
+		c, err := Run(ctx, custos.Name, custos.Conn, w, custos.CPU)
+		if err != nil {
+			return cmp, err
+		}
+		cmp.Custos = append(cmp.Custos, c)
+		if b.ItemsPerSec > 0 && b.P50 > 0 {
+			thr = append(thr, c.ItemsPerSec/b.ItemsPerSec)
+			p50 = append(p50, c.P50/b.P50)
+		}
+	}
+	cmp.Throughput, cmp.P50 = newStat(thr), newStat(p50)
+	return cmp, nil
+}
+
+// Contention measures w against Custos alone and while bg runs beside it
+// (for example HashPassword at 4 in flight beside Encrypt at 64),
+// alternating, rounds times.
+type Contention struct {
+	Workload   string   `json:"workload"`
+	Background string   `json:"background"`
+	Unloaded   []Result `json:"unloaded"`
+	Loaded     []Result `json:"loaded"`
+	// Throughput is loaded over unloaded throughput per round; P99 is
+	// loaded over unloaded p99.
+	Throughput Stat `json:"throughput_ratio"`
+	P99        Stat `json:"p99_ratio"`
+}
+
+// Contend runs the contention measurement.
+func Contend(ctx context.Context, custos Target, w, bg Workload, rounds int) (Contention, error) {
+	res := Contention{Workload: w.label(), Background: bg.label()}
+	var thr, p99 []float64
+	for range max(rounds, 1) {
+		u, err := Run(ctx, custos.Name, custos.Conn, w, custos.CPU)
+		if err != nil {
+			return res, err
+		}
+		// The background starts first (bg.Warmup ahead, to saturate) and
+		// outlasts the measured run; all of its calls count.
+		ramp := bg.Warmup
+		span := bg
+		span.Warmup, span.Duration = 0, ramp+w.Warmup+w.Duration
+		bgDone := make(chan Result, 1)
+		bgErr := make(chan error, 1)
+		go func() {
+			r, err := Run(ctx, custos.Name, custos.Conn, span, nil)
+			bgDone <- r
+			bgErr <- err
+		}()
+		select {
+		case <-time.After(ramp):
+		case <-ctx.Done():
+		}
+		l, err := Run(ctx, custos.Name, custos.Conn, w, custos.CPU)
+		b := <-bgDone
+		if err == nil {
+			err = <-bgErr
+		}
+		if err != nil {
+			return res, err
+		}
+		l.Background = &b
+		res.Unloaded, res.Loaded = append(res.Unloaded, u), append(res.Loaded, l)
+		if u.ItemsPerSec > 0 && u.P99 > 0 {
+			thr = append(thr, l.ItemsPerSec/u.ItemsPerSec)
+			p99 = append(p99, l.P99/u.P99)
+		}
+	}
+	res.Throughput, res.P99 = newStat(thr), newStat(p99)
+	return res, nil
+}

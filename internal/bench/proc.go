@@ -1,0 +1,84 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// CPUReader reads the CPU time (user + system) a server process has used.
+type CPUReader interface {
+	CPU() (time.Duration, error)
+}
+
+// ProcCPU reads a local process's CPU time from /proc/PID/stat.
+type ProcCPU int
+
+// clockTick is Linux's USER_HZ, the unit of /proc/PID/stat times.
+const clockTick = 10 * time.Millisecond
+
+// CPU implements CPUReader.
+func (p ProcCPU) CPU() (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", int(p)))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces; fields after its closing
+	// parenthesis are space-separated: utime and stime are the 12th and
+	// 13th of them (fields 14 and 15 of the whole line).
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", int(p))
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: too few fields", int(p))
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: bad times", int(p))
+	}
+	return time.Duration(ut+st) * clockTick, nil
+}
+
+// MetricsCPU reads process_cpu_seconds_total from a Prometheus endpoint
+// (Custos's ops listener, /metrics), for a server on another machine or
+// whose PID is unknown.
+type MetricsCPU string
+
+// CPU implements CPUReader.
+func (m MetricsCPU) CPU() (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, string(m), nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "process_cpu_seconds_total "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err != nil {
+				return 0, fmt.Errorf("%s: process_cpu_seconds_total: %w", string(m), err)
+			}
+			return time.Duration(f * float64(time.Second)), nil
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return 0, err
+	}
+	return 0, fmt.Errorf("%s: no process_cpu_seconds_total", string(m))
+}

@@ -1,0 +1,118 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"runtime"
+	"text/tabwriter"
+	"time"
+)
+
+// Report is the outcome of a `custos bench` invocation.
+type Report struct {
+	// Machine says where it ran: OS, architecture, CPUs.
+	Machine     string        `json:"machine"`
+	Started     time.Time     `json:"started"`
+	Rounds      int           `json:"rounds"`
+	Comparisons []Comparison  `json:"comparisons"`
+	Contention  []Contention  `json:"contention,omitempty"`
+	Settings    WorkloadFlags `json:"settings"`
+}
+
+// WorkloadFlags are the settings a report was made with.
+type WorkloadFlags struct {
+	PayloadBytes int     `json:"payload_bytes"`
+	BatchSize    int     `json:"batch_size"`
+	WarmupSec    float64 `json:"warmup_seconds"`
+	DurationSec  float64 `json:"duration_seconds"`
+}
+
+// NewReport starts a report.
+func NewReport(rounds int, w Workload) *Report {
+	return &Report{
+		Machine: fmt.Sprintf("%s/%s, %d CPUs", runtime.GOOS, runtime.GOARCH, runtime.NumCPU()),
+		Started: time.Now().UTC(),
+		Rounds:  rounds,
+		Settings: WorkloadFlags{
+			PayloadBytes: w.PayloadBytes, BatchSize: w.BatchSize,
+			WarmupSec: w.Warmup.Seconds(), DurationSec: w.Duration.Seconds(),
+		},
+	}
+}
+
+// WriteJSON writes the report as indented JSON.
+func (r *Report) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
+
+// WriteText writes the report as tables: per workload the medians of the
+// rounds, and the ratios with their spread.
+func (r *Report) WriteText(w io.Writer) error {
+	fmt.Fprintf(w, "custos bench: %s; %d round(s) of %.1fs after %.1fs warm-up; %d-byte fields\n\n",
+		r.Machine, r.Rounds, r.Settings.DurationSec, r.Settings.WarmupSec, r.Settings.PayloadBytes)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "workload\tcustos items/s\tp50 µs\tp99 µs\tp99.9 µs\tcpu µs/call\tbaseline items/s\tp50 µs\tcpu µs/call\tthroughput ratio\t(min–max)\tp50 ratio\terrors\t")
+	for _, c := range r.Comparisons {
+		cu := medianResult(c.Custos)
+		row := fmt.Sprintf("%s\t%.0f\t%.0f\t%.0f\t%.0f\t%s\t", c.Workload, cu.ItemsPerSec, cu.P50, cu.P99, cu.P999, cpu(cu))
+		if len(c.Baseline) > 0 {
+			b := medianResult(c.Baseline)
+			row += fmt.Sprintf("%.0f\t%.0f\t%s\t%.2f×\t(%.2f–%.2f)\t%.2f×\t", b.ItemsPerSec, b.P50, cpu(b), c.Throughput.Median, c.Throughput.Min, c.Throughput.Max, c.P50.Median)
+		} else {
+			row += "–\t–\t–\t–\t\t–\t"
+		}
+		row += fmt.Sprintf("%d\t", errorCount(c.Custos)+errorCount(c.Baseline))
+		fmt.Fprintln(tw, row)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, c := range r.Contention {
+		u, l := medianResult(c.Unloaded), medianResult(c.Loaded)
+		var bgRate float64
+		for _, x := range c.Loaded {
+			if x.Background != nil {
+				bgRate += x.Background.ItemsPerSec / float64(len(c.Loaded))
+			}
+		}
+		fmt.Fprintf(w, "\n%s beside %s: %.0f → %.0f items/s (%.2f×, %.2f–%.2f), p99 %.0f → %.0f µs (%.2f×, %.2f–%.2f); background %.1f calls/s\n",
+			c.Workload, c.Background, u.ItemsPerSec, l.ItemsPerSec, c.Throughput.Median, c.Throughput.Min, c.Throughput.Max,
+			u.P99, l.P99, c.P99.Median, c.P99.Min, c.P99.Max, bgRate)
+	}
+	return nil
+}
+
+func cpu(r Result) string {
+	if r.ServerCPUPerCall == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.1f", r.ServerCPUPerCall)
+}
+
+func errorCount(rs []Result) int64 {
+	var n int64
+	for _, r := range rs {
+		for _, v := range r.Errors {
+			n += v
+		}
+	}
+	return n
+}
+
+// medianResult is the round with the median throughput.
+func medianResult(rs []Result) Result {
+	if len(rs) == 0 {
+		return Result{}
+	}
+	s := make([]Result, len(rs))
+	copy(s, rs)
+	for i := 1; i < len(s); i++ {
+		for j := i; j > 0 && s[j].ItemsPerSec < s[j-1].ItemsPerSec; j-- {
+			s[j], s[j-1] = s[j-1], s[j]
+		}
+	}
+	return s[len(s)/2]
+}
