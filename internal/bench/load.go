@@ -327,7 +327,7 @@ func Run(ctx context.Context, target string, conn grpc.ClientConnInterface, w Wo
 	r.P50, r.P90, r.P99, r.P999 = pct(lat, 50), pct(lat, 90), pct(lat, 99), pct(lat, 99.9)
 	if cpu != nil && cpuErr == nil && r.Calls > 0 {
 		if cpu1, err := cpu.CPU(); err == nil {
-			r.ServerCPUPerCall = float64((cpu1-cpu0).Microseconds()) / float64(r.Calls)
+			r.ServerCPUPerCall = float64((cpu1 - cpu0).Microseconds()) / float64(r.Calls)
 		}
 	}
 	return r, nil
