@@ -20,6 +20,10 @@ import (
 // 800-38D's 2^32 limit.
 const DefaultUsageRotateThreshold uint64 = 1<<30 - 1<<27
 
+// MaxUsageRotateThreshold is the highest usage threshold a deployment may
+// set: 2^30 encryptions per version.
+const MaxUsageRotateThreshold uint64 = 1 << 30
+
 // lifecycleState is the Service's mutable lifecycle bookkeeping, kept apart
 // from the immutable cache entries.
 type lifecycleState struct {

@@ -13,8 +13,10 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -251,7 +253,13 @@ func start(tb testing.TB, f *files, o options) *testServer {
 			tb.Fatal(err)
 		}
 	}
-	rt, err := custos.New(context.Background(), cfg, custos.Options{Logger: logger, Root: r, Register: o.register, HandleSIGHUP: o.sighup})
+	var reload chan os.Signal
+	if o.sighup {
+		reload = make(chan os.Signal, 1)
+		signal.Notify(reload, syscall.SIGHUP)
+		tb.Cleanup(func() { signal.Stop(reload) })
+	}
+	rt, err := custos.New(context.Background(), cfg, custos.Options{Logger: logger, Root: r, Register: o.register, Reload: reload})
 	if err != nil {
 		tb.Fatal(err)
 	}

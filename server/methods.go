@@ -186,18 +186,18 @@ func (c *call) authorize() error {
 	return status.Errorf(codes.PermissionDenied, "identity %q lacks permission %q on tenant %q", c.identity, c.method.perms[0], c.tenant)
 }
 
-// items is how many rate-limit tokens a request takes: one per batch item.
-func items(req any) int {
-	var n int
+// items is how many items a batch request carries (each takes a rate-limit
+// token); batch is false for other requests, which take one.
+func items(req any) (n int, batch bool) {
 	switch r := req.(type) {
 	case *custosv1.EncryptBatchRequest:
-		n = len(r.GetItems())
+		return len(r.GetItems()), true
 	case *custosv1.DecryptBatchRequest:
-		n = len(r.GetItems())
+		return len(r.GetItems()), true
 	case *custosv1.RewrapBatchRequest:
-		n = len(r.GetItems())
+		return len(r.GetItems()), true
 	}
-	return max(n, 1)
+	return 1, false
 }
 
 // requestPath is the unary interceptor of the request path.
@@ -221,8 +221,15 @@ func (s *Server) requestPath(ctx context.Context, req any, info *grpc.UnaryServe
 	if err := c.authorize(); err != nil {
 		return nil, err
 	}
-	if c.policy.HasRateLimits() {
-		if err := s.limiter.allow(c, items(req)); err != nil {
+	if s.policy.Current().HasRateLimits() {
+		n, batch := items(req)
+		if batch {
+			// An oversized batch is refused before it costs any tokens.
+			if err := s.checkBatch(n); err != nil {
+				return nil, err
+			}
+		}
+		if err := s.limiter.allow(c, max(n, 1)); err != nil {
 			return nil, err
 		}
 	}

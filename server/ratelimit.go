@@ -1,8 +1,6 @@
 package server
 
 import (
-	"fmt"
-	"math"
 	"sync"
 	"time"
 
@@ -11,26 +9,30 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/protoadapt"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 	"github.com/custos-kms/custos/server/policy"
 )
 
-// maxBuckets bounds the token buckets kept; past it, full buckets (which a
-// new bucket would equal) are dropped.
-const maxBuckets = 100_000
+// defaultMaxBuckets bounds the token buckets kept (see limiter.makeRoom).
+const defaultMaxBuckets = 100_000
 
 // limiter enforces the policy's per-identity rate limits with one token
 // bucket (golang.org/x/time/rate) per limit and identity, or per limit,
 // identity and tenant. Buckets survive a policy reload when their limit
 // does (same rule and class); only their rate and size change.
 type limiter struct {
-	mu      sync.Mutex
-	synced  *policy.Policy // the policy the buckets were last checked against
-	buckets map[bucketKey]*bucket
-	now     func() time.Time
-	refused *prometheus.CounterVec
+	// policy is the policy in force; the buckets follow it forward only,
+	// whatever policy a call was authorized under.
+	policy     PolicySource
+	mu         sync.Mutex
+	synced     *policy.Policy // the policy the buckets were last checked against
+	buckets    map[bucketKey]*bucket
+	maxBuckets int
+	now        func() time.Time
+	refused    *prometheus.CounterVec
 }
 
 type bucketKey struct {
@@ -42,24 +44,27 @@ type bucket struct {
 	limit *policy.RateLimit
 }
 
-func newLimiter(refused *prometheus.CounterVec) *limiter {
-	return &limiter{buckets: make(map[bucketKey]*bucket), now: time.Now, refused: refused}
+func newLimiter(src PolicySource, refused *prometheus.CounterVec) *limiter {
+	return &limiter{policy: src, buckets: make(map[bucketKey]*bucket), maxBuckets: defaultMaxBuckets, now: time.Now, refused: refused}
 }
 
-// allow takes n tokens from every bucket that limits c, or none: it fails
-// with RESOURCE_EXHAUSTED, reason RATE_LIMITED and a RetryInfo saying when
-// the call could pass, if any of them lacks tokens.
+// allow takes n tokens from every bucket that limits c under the policy in
+// force, or none: it fails with RESOURCE_EXHAUSTED, reason RATE_LIMITED and
+// a RetryInfo saying when the call could pass, if any of them lacks tokens.
+// The policy is read under the lock, so the buckets only ever follow a
+// reload forward, even for a call authorized just before it.
 func (l *limiter) allow(c *call, n int) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if c.policy != l.synced {
-		l.sync(c.policy)
+	pol := l.policy.Current()
+	if pol != l.synced {
+		l.sync(pol)
 	}
 	now := l.now()
 	var taken []*rate.Reservation
 	var refusedBy *policy.RateLimit
 	var wait time.Duration
-	c.policy.RateLimits(c.identity, c.tenant, c.method.class, func(rl *policy.RateLimit) bool {
+	pol.RateLimits(c.identity, c.tenant, c.method.class, func(rl *policy.RateLimit) bool {
 		b := l.bucket(rl, c)
 		r := b.lim.ReserveN(now, n)
 		if !r.OK() {
@@ -93,8 +98,8 @@ func (l *limiter) bucket(rl *policy.RateLimit, c *call) *bucket {
 	}
 	b, ok := l.buckets[k]
 	if !ok {
-		if len(l.buckets) >= maxBuckets {
-			l.dropFull()
+		if len(l.buckets) >= l.maxBuckets {
+			l.makeRoom()
 		}
 		b = &bucket{lim: rate.NewLimiter(rate.Limit(rl.PerSecond), rl.Burst), limit: rl}
 		l.buckets[k] = b
@@ -128,30 +133,41 @@ func (l *limiter) sync(p *policy.Policy) {
 	l.synced = p
 }
 
-// dropFull drops the buckets that are full again: a new one would be the same.
-func (l *limiter) dropFull() {
+// makeRoom brings the buckets down to 90% of the cap, so that the scan it
+// takes runs at most once per tenth of the cap of new buckets. It drops the
+// buckets that are full again first (a new one would be the same), then, if
+// that is not enough (someone naming ever new tenants under a per-tenant
+// limit), arbitrary ones: a dropped bucket comes back full, which errs
+// toward letting calls through, never toward refusing them.
+func (l *limiter) makeRoom() {
+	target := l.maxBuckets * 9 / 10
 	now := l.now()
 	for k, b := range l.buckets {
 		if b.lim.TokensAt(now) >= float64(b.limit.Burst) {
 			delete(l.buckets, k)
 		}
 	}
+	for k := range l.buckets {
+		if len(l.buckets) <= target {
+			break
+		}
+		delete(l.buckets, k)
+	}
 }
 
 // rateLimited is the status of a refused call. It says nothing of other
 // identities' buckets.
 func rateLimited(n int, rl *policy.RateLimit, wait time.Duration) error {
-	msg := "rate limit exceeded; retry later"
+	info := &errdetails.ErrorInfo{Reason: custosv1.ReasonRateLimited, Domain: custosv1.ErrorDomain, Metadata: map[string]string{"rule": rl.Rule}}
+	st := status.New(codes.ResourceExhausted, "rate limit exceeded; retry later")
+	details := []protoadapt.MessageV1{info, &errdetails.RetryInfo{RetryDelay: durationpb.New(wait)}}
 	if wait < 0 {
-		// Never passes: the call needs more tokens than the bucket holds.
-		wait = time.Duration(math.Ceil(float64(n) / rl.PerSecond * float64(time.Second)))
-		msg = fmt.Sprintf("rate limit exceeded: %d items exceed the limit's burst of %d; send smaller batches", n, rl.Burst)
+		// Never passes, so no RetryInfo: the call needs more tokens than
+		// the bucket holds.
+		st = status.Newf(codes.ResourceExhausted, "rate limit exceeded: %d items exceed the limit's burst of %d; send smaller batches", n, rl.Burst)
+		details = details[:1]
 	}
-	st := status.New(codes.ResourceExhausted, msg)
-	ds, err := st.WithDetails(
-		&errdetails.ErrorInfo{Reason: custosv1.ReasonRateLimited, Domain: custosv1.ErrorDomain, Metadata: map[string]string{"rule": rl.Rule}},
-		&errdetails.RetryInfo{RetryDelay: durationpb.New(wait)},
-	)
+	ds, err := st.WithDetails(details...)
 	if err != nil {
 		return st.Err()
 	}

@@ -108,7 +108,7 @@ rules:
     tenants: ["a"]
     permissions: [encrypt, decrypt, keys.read, tenants.admin]
     rate_limits:
-      - requests_per_second: %d
+      - requests_per_second: %v
         burst: %d
 `
 
@@ -137,7 +137,7 @@ func TestRateLimitsPerIdentity(t *testing.T) {
 	// A rate so low that no token comes back during the test.
 	const burst = 5
 	ts := start(t, newFiles(t), options{
-		policy:    fmt.Sprintf(limitedPolicy, 1, burst),
+		policy:    fmt.Sprintf(limitedPolicy, 0.001, burst),
 		configure: func(c *config.Config) { c.Ops.Listen = "127.0.0.1:0" },
 	})
 	setup(t, ts, "a")
@@ -166,16 +166,28 @@ func TestRateLimitsPerIdentity(t *testing.T) {
 	})
 	t.Run("beyond the burst the caller gets RATE_LIMITED with RetryInfo", func(t *testing.T) {
 		delay := wantRateLimited(t, encrypt(limited))
-		if delay > 2*time.Second {
-			t.Errorf("retry delay %v; at 1 token/s it should be about a second", delay)
+		if delay < 900*time.Second || delay > 1100*time.Second {
+			t.Errorf("retry delay %v; at 0.001 token/s one token takes about 1000s", delay)
 		}
 	})
-	t.Run("a batch larger than the burst can never pass and says so", func(t *testing.T) {
+	t.Run("a batch larger than the burst can never pass, says so, and has no RetryInfo", func(t *testing.T) {
 		_, err := limited.EncryptBatch(ctx, &custosv1.EncryptBatchRequest{Name: keyName("a"), Items: encryptItems(burst+1, 8)})
-		wantRateLimited(t, err)
-		if msg := status.Convert(err).Message(); !strings.Contains(msg, "burst") {
+		st := wantCode(t, err, codes.ResourceExhausted)
+		if ei := errorInfo(st); ei.GetReason() != custosv1.ReasonRateLimited {
+			t.Errorf("reason %q", ei.GetReason())
+		}
+		if msg := st.Message(); !strings.Contains(msg, "burst") {
 			t.Errorf("message %q does not say the batch exceeds the burst", msg)
 		}
+		for _, d := range st.Details() {
+			if _, ok := d.(*errdetails.RetryInfo); ok {
+				t.Error("a RetryInfo for a call that can never pass")
+			}
+		}
+	})
+	t.Run("a batch over the server's item limit is refused before it costs tokens", func(t *testing.T) {
+		_, err := limited.EncryptBatch(ctx, &custosv1.EncryptBatchRequest{Name: keyName("a"), Items: encryptItems(server.DefaultMaxBatchItems+1, 1)})
+		wantCode(t, err, codes.InvalidArgument)
 	})
 	t.Run("another identity is unaffected", func(t *testing.T) {
 		for i := range 3 * burst {
@@ -184,10 +196,15 @@ func TestRateLimitsPerIdentity(t *testing.T) {
 			}
 		}
 	})
-	t.Run("the message names no other identity's state", func(t *testing.T) {
-		msg := status.Convert(encrypt(limited)).Message()
-		if strings.Contains(msg, "admin") || strings.Contains(msg, "only-a") {
+	t.Run("the refusal names no identity and only the caller's own rule", func(t *testing.T) {
+		err := encrypt(limited)
+		wantRateLimited(t, err)
+		st := status.Convert(err)
+		if msg := st.Message(); strings.Contains(msg, "admin") || strings.Contains(msg, "only-a") || strings.Contains(msg, "spiffe") {
 			t.Errorf("message %q names an identity", msg)
+		}
+		if rule := errorInfo(st).GetMetadata()["rule"]; rule != "only-a" {
+			t.Errorf("ErrorInfo rule = %q, want the caller's own rule only-a", rule)
 		}
 	})
 	t.Run("refusals are counted per rule, not per identity", func(t *testing.T) {
@@ -256,10 +273,14 @@ func TestSIGHUPChangesARateLimitWithoutDroppingCalls(t *testing.T) {
 	wantCode(t, decrypt(), codes.InvalidArgument)
 	wantRateLimited(t, decrypt())
 
-	// The admin calls throughout the reload; none may fail.
+	// The admin calls throughout the reload; none may fail. The callers
+	// stop before the test ends, whatever happens.
 	stop := make(chan struct{})
 	var calls, failures atomic.Int64
+	var firstFailure atomic.Value
 	var wg sync.WaitGroup
+	stopCallers := sync.OnceFunc(func() { close(stop); wg.Wait() })
+	t.Cleanup(stopCallers)
 	for range 4 {
 		wg.Go(func() {
 			for {
@@ -271,34 +292,39 @@ func TestSIGHUPChangesARateLimitWithoutDroppingCalls(t *testing.T) {
 				calls.Add(1)
 				if err := encrypt(admin); err != nil {
 					failures.Add(1)
-					t.Errorf("admin call during the reload: %v", err)
+					firstFailure.CompareAndSwap(nil, err.Error())
 				}
 			}
 		})
 	}
-	if err := os.WriteFile(f.policyPath, []byte(fmt.Sprintf(reloadPolicy, 1000, 50)), 0o600); err != nil {
+	// The new limit: a rate so high that the bucket refills at once, and a
+	// burst of 100 that the old one (burst 2) could never allow.
+	if err := os.WriteFile(f.policyPath, []byte(fmt.Sprintf(reloadPolicy, 1e6, 100)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	// The reload is asynchronous: wait (bounded) until the larger burst shows.
+	// The reload is asynchronous: wait (bounded) until 30 calls in a row
+	// pass, which only the new limit allows.
+	inARow := func() bool {
+		for range 30 {
+			if encrypt(limited) != nil {
+				return false
+			}
+		}
+		return true
+	}
 	deadline := time.Now().Add(10 * time.Second)
-	for encrypt(limited) != nil {
+	for !inARow() {
 		if time.Now().After(deadline) {
 			t.Fatal("the new rate limit did not take effect within 10s of SIGHUP")
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	for i := range 20 {
-		if err := encrypt(limited); err != nil {
-			t.Fatalf("call %d under the raised limit: %v", i+1, err)
-		}
-	}
-	close(stop)
-	wg.Wait()
+	stopCallers()
 	if calls.Load() == 0 || failures.Load() != 0 {
-		t.Fatalf("%d of %d admin calls failed during the reload", failures.Load(), calls.Load())
+		t.Fatalf("%d of %d admin calls failed during the reload; first: %v", failures.Load(), calls.Load(), firstFailure.Load())
 	}
 	// An unchanged rule keeps its buckets: decrypt-only is still spent.
 	wantRateLimited(t, decrypt())

@@ -105,7 +105,7 @@ func New(cfg Config) (*Server, error) {
 		l.MaxMessageBytes = DefaultMaxMessageBytes
 	}
 	m := newMetrics()
-	return &Server{ks: cfg.Keystore, pw: cfg.Passwords, policy: cfg.Policy, logger: cfg.Logger, limits: cfg.Limits, health: health.NewServer(), metrics: m, limiter: newLimiter(m.rateLimited)}, nil
+	return &Server{ks: cfg.Keystore, pw: cfg.Passwords, policy: cfg.Policy, logger: cfg.Logger, limits: cfg.Limits, health: health.NewServer(), metrics: m, limiter: newLimiter(cfg.Policy, m.rateLimited)}, nil
 }
 
 // Register registers the Custos services, health and reflection on r.

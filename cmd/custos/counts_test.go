@@ -48,7 +48,7 @@ func startDevServer(t *testing.T, dir string, configure func(*config.Config)) (a
 	ready := make(chan string, 1)
 	done := make(chan error, 1)
 	var logs syncBuffer
-	go func() { done <- serve(ctx, cfg, &logs, func(a, _ net.Addr) { ready <- a.String() }) }()
+	go func() { done <- serve(ctx, cfg, &logs, nil, func(a, _ net.Addr) { ready <- a.String() }) }()
 	stop = func() error {
 		cancel()
 		select {

@@ -56,6 +56,7 @@ serves on 127.0.0.1:8443. Later runs reuse everything, so data written before a
 restart still decrypts. Never use it in production.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			hup := catchSIGHUP()
 			cfg, err := prepareDev(dir)
 			if err != nil {
 				return err
@@ -63,7 +64,7 @@ restart still decrypts. Never use it in production.`,
 			cfg.Listen = listen
 			cfg.Ops.Listen = opsListen
 			out := cmd.OutOrStdout()
-			return serve(cmd.Context(), cfg, cmd.ErrOrStderr(), func(addr, ops net.Addr) { printDevHelp(out, dir, addr, ops) })
+			return serve(cmd.Context(), cfg, cmd.ErrOrStderr(), hup, func(addr, ops net.Addr) { printDevHelp(out, dir, addr, ops) })
 		},
 	}
 	cmd.Flags().StringVar(&dir, "dir", ".custos-dev", "directory for the dev PKI, root key, data and policy")

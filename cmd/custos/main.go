@@ -15,6 +15,11 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && (os.Args[1] == "serve" || os.Args[1] == "dev") {
+		// A server reloads its policy on SIGHUP; from the first instruction
+		// on, a SIGHUP is caught, never fatal (serve and dev take it up).
+		earlySIGHUP = catchSIGHUP()
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newRootCmd().ExecuteContext(ctx)
 	stop()

@@ -5,6 +5,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -19,11 +21,12 @@ func newServeCmd() *cobra.Command {
 		Short: "Serve the Custos API as configured in a YAML file",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			hup := catchSIGHUP()
 			cfg, err := config.Load(path)
 			if err != nil {
 				return err
 			}
-			return serve(cmd.Context(), cfg, os.Stderr, nil)
+			return serve(cmd.Context(), cfg, os.Stderr, hup, nil)
 		},
 	}
 	cmd.Flags().StringVar(&path, "config", "custos.yaml", "configuration file")
@@ -33,8 +36,8 @@ func newServeCmd() *cobra.Command {
 // serve runs Custos as cfg says until ctx is done. ready, if not nil, is
 // called with the bound addresses (ops is nil when the ops listener is off)
 // before serving starts.
-func serve(ctx context.Context, cfg *config.Config, logw io.Writer, ready func(addr, ops net.Addr)) error {
-	rt, err := custos.New(ctx, cfg, custos.Options{LogWriter: logw, HandleSIGHUP: true})
+func serve(ctx context.Context, cfg *config.Config, logw io.Writer, reload <-chan os.Signal, ready func(addr, ops net.Addr)) error {
+	rt, err := custos.New(ctx, cfg, custos.Options{LogWriter: logw, Reload: reload})
 	if err != nil {
 		return err
 	}
@@ -42,4 +45,20 @@ func serve(ctx context.Context, cfg *config.Config, logw io.Writer, ready func(a
 		ready(rt.Addr(), rt.OpsAddr())
 	}
 	return rt.Run(ctx)
+}
+
+// earlySIGHUP is the channel main registered before anything else, when
+// the command is a server.
+var earlySIGHUP <-chan os.Signal
+
+// catchSIGHUP makes SIGHUP reload the policy instead of ending the process,
+// from this moment on: custos serve and dev call it first thing. SIGHUPs
+// that arrive before the server runs wait (coalesced) in the channel.
+func catchSIGHUP() <-chan os.Signal {
+	if earlySIGHUP != nil {
+		return earlySIGHUP
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	return hup
 }

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/custos-kms/custos/keystore"
 )
 
 // Config is the whole configuration.
@@ -262,8 +264,15 @@ func (c *Config) validate() error {
 		c.Scheduler.Interval < 0 || c.Scheduler.LeaseTTL < 0 || c.Scheduler.FlushInterval < 0 || c.Passwords.HashWorkers < 0 {
 		errs = append(errs, errors.New("cache.size, cache.ttl, shutdown_timeout, ops.probe_interval, scheduler.interval, scheduler.lease_ttl, scheduler.flush_interval and passwords.hash_workers must not be negative"))
 	}
-	if c.Scheduler.LeaseTTL > 0 && c.Scheduler.Interval > 0 && c.Scheduler.LeaseTTL <= c.Scheduler.Interval {
-		errs = append(errs, fmt.Errorf("scheduler.lease_ttl %v must exceed scheduler.interval %v", c.Scheduler.LeaseTTL, c.Scheduler.Interval))
+	interval := c.Scheduler.Interval
+	if interval == 0 {
+		interval = keystore.DefaultSchedulerInterval
+	}
+	if c.Scheduler.LeaseTTL > 0 && c.Scheduler.LeaseTTL <= interval {
+		errs = append(errs, fmt.Errorf("scheduler.lease_ttl %v must exceed scheduler.interval %v", c.Scheduler.LeaseTTL, interval))
+	}
+	if c.Scheduler.UsageRotateThreshold > keystore.MaxUsageRotateThreshold {
+		errs = append(errs, fmt.Errorf("scheduler.usage_rotate_threshold %d is above %d: AES-GCM with random nonces must rotate before 2^30 encryptions", c.Scheduler.UsageRotateThreshold, uint64(keystore.MaxUsageRotateThreshold)))
 	}
 	if c.Limits.MaxPlaintextBytes < 0 || c.Limits.MaxBatchItems < 0 || c.Limits.MaxMessageBytes < 0 {
 		errs = append(errs, errors.New("limits must not be negative"))

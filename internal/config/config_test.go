@@ -83,3 +83,17 @@ func TestExampleConfigParses(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestSchedulerSettingsAreCheckedAgainstTheEffectiveDefaults(t *testing.T) {
+	for name, tt := range map[string]struct{ yaml, want string }{
+		"a lease shorter than the default interval": {"scheduler: {lease_ttl: 20s}\n", "lease_ttl"},
+		"a usage threshold past 2^30":               {"scheduler: {usage_rotate_threshold: 2000000000}\n", "usage_rotate_threshold"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := config.Parse([]byte(valid+tt.yaml), "/x")
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("got %v, want an error naming %s", err, tt.want)
+			}
+		})
+	}
+}

@@ -55,15 +55,18 @@ type Options struct {
 	// Register adds services to the gRPC server. Their methods need rows in
 	// the server's method table; calls to methods without one are refused.
 	Register func(*grpc.Server)
-	// HandleSIGHUP reloads the policy when the process receives SIGHUP.
-	// Only a process's one server should set it (custos serve and dev).
-	HandleSIGHUP bool
+	// Reload, if set, reloads the policy on every receive. A process's one
+	// server passes a channel registered for SIGHUP with signal.Notify as
+	// its first step, so that a SIGHUP is never fatal, not during start-up
+	// (it is handled once Run starts) nor during the drain.
+	Reload <-chan os.Signal
 }
 
 // Runtime is a built Custos, ready to Run. Its listeners are bound by New,
 // so Addr is known before Run.
 type Runtime struct {
 	cfg     *config.Config
+	reload  <-chan os.Signal
 	logger  *slog.Logger
 	ks      *keystore.Service
 	policy  *policy.Holder
@@ -79,7 +82,7 @@ type Runtime struct {
 // passed config.Load, config.Parse or Config.Validate. Call Run, or Close if
 // Run is never called.
 func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err error) {
-	rt := &Runtime{cfg: cfg, logger: opts.Logger}
+	rt := &Runtime{cfg: cfg, logger: opts.Logger, reload: opts.Reload}
 	defer func() {
 		if err != nil {
 			rt.close()
@@ -104,7 +107,11 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 		if store, err = OpenStorage(ctx, cfg, rt.logger); err != nil {
 			return nil, err
 		}
-		rt.closers = append(rt.closers, func() { store.Close() })
+		rt.closers = append(rt.closers, func() {
+			if err := store.Close(); err != nil {
+				rt.logger.Error("closing the storage failed", "error", err.Error())
+			}
+		})
 	}
 	kcfg := KeystoreConfig(cfg, store, r, rt.logger)
 	kcfg.Now = opts.Now
@@ -158,9 +165,6 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 			return nil, fmt.Errorf("ops listen: %w", err)
 		}
 		rt.closers = append(rt.closers, func() { rt.opsLis.Close() })
-	}
-	if opts.HandleSIGHUP {
-		rt.policy.WatchSIGHUP(ctx, rt.logger)
 	}
 	return rt, nil
 }
@@ -245,6 +249,9 @@ func (rt *Runtime) Run(ctx context.Context) error {
 		}
 	})
 	wg.Go(func() { rt.srv.WatchDependencies(bg, rt.ks, cfg.Ops.ProbeInterval) })
+	if rt.reload != nil {
+		wg.Go(func() { rt.policy.Watch(bg, rt.reload, logger) })
+	}
 	wg.Go(func() { rt.ks.RunCountFlush(bg, cfg.Scheduler.FlushInterval) })
 	if !cfg.Scheduler.Disabled {
 		wg.Go(func() {
@@ -276,7 +283,9 @@ func (rt *Runtime) Run(ctx context.Context) error {
 	stopBackground()
 	if ops != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_ = ops.Shutdown(sctx)
+		if err := ops.Shutdown(sctx); err != nil {
+			logger.Warn("ops listener did not shut down cleanly", "error", err.Error())
+		}
 		cancel()
 	}
 	<-opsDone

@@ -4,10 +4,8 @@ import (
 	"context"
 	"log/slog"
 	"os"
-	"os/signal"
 	"sync"
 	"sync/atomic"
-	"syscall"
 )
 
 // Holder holds the policy in force and replaces it on reload. Current is a
@@ -53,31 +51,26 @@ func (h *Holder) reload() (*Policy, error) {
 	return p, nil
 }
 
-// WatchSIGHUP starts a goroutine that calls Reload whenever the process
-// receives SIGHUP, until ctx is done. Each reload is logged to logger (or
-// slog.Default() if nil): success at Info, failure, with the previous
-// policy kept, at Error. The policy's contents are never logged. The signal
-// handler is installed before WatchSIGHUP returns.
-func (h *Holder) WatchSIGHUP(ctx context.Context, logger *slog.Logger) {
-	if logger == nil {
-		logger = slog.Default()
-	}
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGHUP)
-	go func() {
-		defer signal.Stop(sig)
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-sig:
-				p, err := h.reload()
-				if err != nil {
-					logger.Error("policy reload failed; keeping the previous policy", "path", h.path, "error", err)
-					continue
-				}
-				logger.Info("policy reloaded", "path", h.path, "rules", len(p.rules))
+// Watch reloads the policy every time reload delivers a signal (SIGHUP),
+// until ctx is done. The caller registers reload with signal.Notify, as
+// early as it can: a signal that arrives before Watch runs waits in the
+// channel and is handled then, and one that arrives after Watch returns
+// stays caught (never fatal) as long as the registration lasts. Each reload
+// is logged to logger: success at Info, failure, with the previous policy
+// kept, at Error (naming the rule at fault). The policy's contents are
+// never logged.
+func (h *Holder) Watch(ctx context.Context, reload <-chan os.Signal, logger *slog.Logger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-reload:
+			p, err := h.reload()
+			if err != nil {
+				logger.Error("policy reload failed; keeping the previous policy", "path", h.path, "error", err)
+				continue
 			}
+			logger.Info("policy reloaded", "path", h.path, "rules", len(p.rules))
 		}
-	}()
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"log/slog"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -183,13 +184,23 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func TestWatchSIGHUPReloads(t *testing.T) {
+func TestWatchReloadsOnSIGHUP(t *testing.T) {
 	h, path := newTestHolder(t, policyA)
 	var logs syncBuffer
 	logger := slog.New(slog.NewJSONHandler(&logs, nil))
 	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	h.WatchSIGHUP(ctx, logger)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	done := make(chan struct{})
+	go func() { defer close(done); h.Watch(ctx, hup, logger) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("Watch did not return within 10s of its context ending")
+		}
+	})
 
 	writePolicy(t, path, policyB)
 	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {

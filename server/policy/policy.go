@@ -70,7 +70,7 @@
 // # Reloading
 //
 // A Holder keeps the current Policy and swaps it atomically on Reload, or on
-// SIGHUP with WatchSIGHUP. Calls in flight keep the Policy they started
+// SIGHUP with Watch. Calls in flight keep the Policy they started
 // with; an invalid file leaves the previous policy in force.
 package policy
 
@@ -152,8 +152,10 @@ type RateLimit struct {
 	// metrics, never an identity.
 	Rule string
 	// ID tells the limit apart from every other across reloads: the same
-	// rule (identities, tenants) and class give the same ID, so buckets
-	// survive a reload that only changes rates.
+	// rule (name, identities, tenants) and class give the same ID, so
+	// buckets survive a reload that only changes rates. Unnamed rules are
+	// named by position: name a rule to keep its buckets when rules above
+	// it are added or removed.
 	ID string
 	// Class narrows the limit to one kind of call; empty means every call.
 	Class Class
@@ -397,7 +399,10 @@ func parseRule(n *yaml.Node, index int) (rule, string, error) {
 		}
 		classes[l.Class] = true
 		l.Rule = name
-		l.ID = fmt.Sprintf("%q %q %s %v", fields.identities, fields.tenants, l.Class, l.PerTenant)
+		// The rule's name (unique; "rules[N]" by default) keeps two rules
+		// with the same globs apart; the globs make an edited rule start
+		// with new buckets.
+		l.ID = fmt.Sprintf("%s %q %q %s %v", name, fields.identities, fields.tenants, l.Class, l.PerTenant)
 		r.limits = append(r.limits, l)
 	}
 	return r, name, nil

@@ -1,0 +1,126 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/custos-kms/custos/client"
+)
+
+// startServeProcess runs `custos dev` on dir as a process of its own (this
+// test binary, run as custos) and returns it once it listens.
+func startServeProcess(t *testing.T, dir string) (*child, string) {
+	t.Helper()
+	t.Setenv("CUSTOS_TEST_RUN_MAIN", "1")
+	c, m, err := startChild(context.Background(), []string{"dev", "--dir", dir, "--listen", "127.0.0.1:0", "--ops-listen", "off"},
+		filepath.Join(t.TempDir(), "server.log"), regexp.MustCompile(`listening on (\S+)`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.stop)
+	return c, m[1]
+}
+
+// waitExit waits (at most 30s) for the process to exit and returns how.
+func waitExit(t *testing.T, c *child) *os.ProcessState {
+	t.Helper()
+	select {
+	case <-c.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the server did not exit within 30s")
+	}
+	return c.cmd.ProcessState
+}
+
+// A SIGHUP that arrives while the server drains after SIGTERM (as a config
+// reloader may send on deploy) must not kill it: it finishes the calls in
+// flight and exits 0.
+func TestSIGHUPWhileDrainingIsNotFatal(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), ".custos-dev")
+	c, addr := startServeProcess(t, dir)
+	cl, err := client.New(t.Context(), client.Config{Address: addr, CAFile: filepath.Join(dir, "ca.pem"), CertFile: filepath.Join(dir, "client.pem"), KeyFile: filepath.Join(dir, "client-key.pem")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx := t.Context()
+	if _, err := cl.CreateTenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.CreateKey(ctx, client.TenantName("acme"), "pw", client.KeySpec{Purpose: client.PurposePassword}); err != nil {
+		t.Fatal(err)
+	}
+	// Keep slow calls (bcrypt) in flight so that the drain takes a while.
+	var wg sync.WaitGroup
+	started := make(chan struct{}, 4)
+	for range 4 {
+		wg.Go(func() {
+			started <- struct{}{}
+			_, _ = cl.Password(client.KeyName("acme", "pw")).Hash(ctx, []byte("correct horse"))
+		})
+	}
+	for range 4 {
+		<-started
+	}
+	time.Sleep(50 * time.Millisecond)
+	if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	for range 5 {
+		if err := c.cmd.Process.Signal(syscall.SIGHUP); err != nil && !errors.Is(err, os.ErrProcessDone) {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	st := waitExit(t, c)
+	wg.Wait()
+	if ws, ok := st.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		t.Fatalf("the server was killed by %v while draining", ws.Signal())
+	}
+	if !st.Success() {
+		t.Fatalf("the server exited with %v", st)
+	}
+}
+
+// A SIGHUP in the first moments of start-up (before the server listens)
+// is not fatal either.
+func TestSIGHUPDuringStartUpIsNotFatal(t *testing.T) {
+	t.Setenv("CUSTOS_TEST_RUN_MAIN", "1")
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 4 {
+		dir := filepath.Join(t.TempDir(), ".custos-dev")
+		cmd := exec.Command(exe, "dev", "--dir", dir, "--listen", "127.0.0.1:0", "--ops-listen", "off")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		// From 30ms on, as an orchestrator's deploy might (the reported
+		// failure was at 20ms, while the root and storage were opened).
+		time.Sleep(time.Duration(30<<i) * time.Millisecond)
+		_ = cmd.Process.Signal(syscall.SIGHUP)
+		time.Sleep(300 * time.Millisecond)
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			_ = cmd.Process.Kill()
+			t.Fatal("the server did not exit within 30s of SIGTERM")
+		}
+		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGHUP {
+			t.Fatalf("SIGHUP %dms after start killed the server", 30<<i)
+		}
+	}
+}
