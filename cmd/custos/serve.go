@@ -33,11 +33,13 @@ func newServeCmd() *cobra.Command {
 	return cmd
 }
 
-// serve runs Custos as cfg says until ctx is done. ready, if not nil, is
-// called with the bound addresses (ops is nil when the ops listener is off)
-// before serving starts.
+// serve runs Custos as cfg says until ctx is done. reload is the process's
+// SIGHUP channel when this is the process's one server (custos serve, dev),
+// which then also sizes GOMAXPROCS for the hashing threads; tests running a
+// server in-process pass nil. ready, if not nil, is called with the bound
+// addresses (ops is nil when the ops listener is off) before serving starts.
 func serve(ctx context.Context, cfg *config.Config, logw io.Writer, reload <-chan os.Signal, ready func(addr, ops net.Addr)) error {
-	rt, err := custos.New(ctx, cfg, custos.Options{LogWriter: logw, Reload: reload})
+	rt, err := custos.New(ctx, cfg, custos.Options{LogWriter: logw, Reload: reload, SizeGOMAXPROCS: reload != nil})
 	if err != nil {
 		return err
 	}

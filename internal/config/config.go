@@ -54,6 +54,10 @@ type Passwords struct {
 	// HashQueue bounds the hashes waiting for a worker; beyond it calls fail
 	// with RESOURCE_EXHAUSTED. Negative: none may wait.
 	HashQueue int `yaml:"hash_queue"`
+	// HashNice is the scheduling niceness (1–19) of the threads that hash:
+	// the OS gives encryption the CPU first. Default 10; negative: hash at
+	// normal priority on the callers' goroutines.
+	HashNice int `yaml:"hash_nice"`
 }
 
 // Ops configures the operations listener.
@@ -270,6 +274,9 @@ func (c *Config) validate() error {
 	}
 	if c.Scheduler.LeaseTTL > 0 && c.Scheduler.LeaseTTL <= interval {
 		errs = append(errs, fmt.Errorf("scheduler.lease_ttl %v must exceed scheduler.interval %v", c.Scheduler.LeaseTTL, interval))
+	}
+	if c.Passwords.HashNice > 19 {
+		errs = append(errs, fmt.Errorf("passwords.hash_nice %d is above 19", c.Passwords.HashNice))
 	}
 	if c.Scheduler.UsageRotateThreshold > keystore.MaxUsageRotateThreshold {
 		errs = append(errs, fmt.Errorf("scheduler.usage_rotate_threshold %d is above %d: AES-GCM with random nonces must rotate before 2^30 encryptions", c.Scheduler.UsageRotateThreshold, uint64(keystore.MaxUsageRotateThreshold)))

@@ -20,6 +20,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -55,6 +56,10 @@ type Options struct {
 	// Register adds services to the gRPC server. Their methods need rows in
 	// the server's method table; calls to methods without one are refused.
 	Register func(*grpc.Server)
+	// SizeGOMAXPROCS raises GOMAXPROCS by the password-hashing threads, so
+	// that hashing does not take Go's Ps from the rest. Only the process's
+	// one server sets it (custos serve and dev).
+	SizeGOMAXPROCS bool
 	// Reload, if set, reloads the policy on every receive. A process's one
 	// server passes a channel registered for SIGHUP with signal.Notify as
 	// its first step, so that a SIGHUP is never fatal, not during start-up
@@ -123,11 +128,19 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 		Store:   store,
 		Workers: cfg.Passwords.HashWorkers,
 		Queue:   cfg.Passwords.HashQueue,
+		Nice:    cfg.Passwords.HashNice,
 		Now:     opts.Now,
 		Logger:  rt.logger,
 	})
 	if err != nil {
 		return nil, err
+	}
+	rt.closers = append(rt.closers, pw.Close)
+	if opts.SizeGOMAXPROCS && cfg.Passwords.HashNice >= 0 {
+		// A hashing thread holds one of Go's Ps while it runs; give Go as
+		// many more, so that encryption keeps every core and the OS
+		// scheduler (the hashing threads' niceness) decides who gets the CPU.
+		runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + pw.Workers())
 	}
 	if rt.policy, err = policy.NewHolder(cfg.PolicyFile); err != nil {
 		return nil, err

@@ -1,11 +1,15 @@
 // Package workpool bounds CPU-heavy work (password hashing) so that it cannot
 // starve everything else: at most a fixed number of tasks run at once, at most
-// a fixed number wait, and anything beyond that is refused at once.
+// a fixed number wait, and anything beyond that is refused at once. A pool
+// made with a niceness runs its tasks on OS threads of their own at a lower
+// CPU priority, so that when the machine is busy the operating system gives
+// the rest of the process the CPU first.
 package workpool
 
 import (
 	"context"
 	"errors"
+	"runtime"
 	"sync"
 )
 
@@ -21,16 +25,22 @@ var (
 // Pool runs tasks with bounded concurrency and a bounded queue. It is safe for
 // concurrent use.
 //
-// A worker is a slot, not a goroutine: Do runs f on the calling goroutine once
-// it holds one of the pool's worker slots. An idle pool therefore owns no
+// In a pool from New a worker is a slot, not a goroutine: Do runs f on the
+// calling goroutine once it holds one of the pool's worker slots. An idle pool therefore owns no
 // goroutines and leaks none, f sees the caller's stack (a panic in f unwinds
 // the caller, as a plain call would), and the number of tasks running at once
 // never exceeds the number of workers.
 type Pool struct {
 	slots chan struct{} // one token per running task; capacity = workers
 	queue int
-	mu    sync.Mutex
-	wait  int // callers blocked waiting for a slot
+
+	// With a niceness: tasks go to the worker goroutines over work, each
+	// locked to an OS thread of its own (see NewNiced).
+	work    chan task
+	workers sync.WaitGroup
+	niceErr error
+	mu      sync.Mutex
+	wait    int // callers blocked waiting for a slot
 
 	closed    chan struct{}
 	closeOnce sync.Once
@@ -45,6 +55,53 @@ func New(workers, queue int) *Pool {
 		closed: make(chan struct{}),
 	}
 }
+
+// task is one f for a worker thread; done receives what f panicked with, or
+// nil.
+type task struct {
+	f    func()
+	done chan any
+}
+
+// NewNiced returns a pool like New whose tasks run on workers dedicated OS
+// threads, each with scheduling niceness nice (Linux: 1 lowest to 19
+// highest; other systems: the niceness is not applied). The Go runtime
+// still counts a running task against GOMAXPROCS, so a process that wants
+// the rest of its work to keep every core should raise GOMAXPROCS by
+// workers. The pool holds its workers' goroutines until Close. NiceErr
+// says whether the niceness could be set.
+func NewNiced(workers, queue, nice int) *Pool {
+	p := New(workers, queue)
+	p.work = make(chan task)
+	started := make(chan error, cap(p.slots))
+	for range cap(p.slots) {
+		p.workers.Go(func() {
+			// Locked and never unlocked: the thread is this worker's alone,
+			// and ends with it.
+			runtime.LockOSThread()
+			started <- setThreadNice(nice)
+			for t := range p.work {
+				func() {
+					defer func() { t.done <- recover() }()
+					t.f()
+				}()
+			}
+		})
+	}
+	for range cap(p.slots) {
+		if err := <-started; err != nil && p.niceErr == nil {
+			p.niceErr = err
+		}
+	}
+	return p
+}
+
+// NiceErr reports why the niceness of a NewNiced pool's threads could not be
+// set, or nil.
+func (p *Pool) NiceErr() error { return p.niceErr }
+
+// Workers is the number of tasks the pool runs at once.
+func (p *Pool) Workers() int { return cap(p.slots) }
 
 // Do runs f on a worker and returns nil when f has returned. When every
 // worker is busy it waits for one; it returns ErrFull at once, without
@@ -70,7 +127,16 @@ func (p *Pool) Do(ctx context.Context, f func()) error {
 		return ErrClosed
 	default:
 	}
-	f()
+	if p.work == nil {
+		f()
+		return nil
+	}
+	// A worker thread is free: as many hold slots as there are workers.
+	t := task{f: f, done: make(chan any, 1)}
+	p.work <- t
+	if r := <-t.done; r != nil {
+		panic(r) // unwind the caller, as a plain call would
+	}
 	return nil
 }
 
@@ -115,6 +181,10 @@ func (p *Pool) Close() {
 		// start afterwards.
 		for range cap(p.slots) {
 			p.slots <- struct{}{}
+		}
+		if p.work != nil {
+			close(p.work)
+			p.workers.Wait()
 		}
 	})
 }

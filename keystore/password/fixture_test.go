@@ -38,6 +38,7 @@ func newFixture(t testing.TB) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(pw.Close)
 	f.pw = pw
 	return f
 }
@@ -61,6 +62,7 @@ func (f *fixture) openPasswordService(t testing.TB, cfg password.Config) *passwo
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(pw.Close)
 	return pw
 }
 

@@ -62,12 +62,18 @@ type Config struct {
 	// holds no goroutines while idle, so it needs no Close.
 	Pool *workpool.Pool
 	// Workers bounds concurrent hashes when Pool is nil. Default
-	// runtime.GOMAXPROCS(0).
+	// DefaultWorkers(): half the CPUs Go may use, at least one.
 	Workers int
 	// Queue bounds hashes waiting for a worker when Pool is nil; beyond it
 	// calls fail with keystore.ErrResourceExhausted. Default 64 × Workers;
 	// negative means none may wait.
 	Queue int
+	// Nice is the scheduling niceness (1–19) of the OS threads that hash,
+	// when Pool is nil: the operating system then gives the rest of the
+	// process (encryption) the CPU first, and hashing what is left.
+	// Default DefaultNice; negative runs hashes on the callers' goroutines
+	// at normal priority.
+	Nice int
 	// Now is the clock of lockout windows. Default time.Now.
 	Now func() time.Time
 	// Rand is the source of salts. Default crypto/rand.Reader.
@@ -77,11 +83,21 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// DefaultNice is the niceness of hashing threads: low enough a priority that
+// hashing cannot starve encryption, high enough that it still progresses
+// on a busy machine (docs/passwords.md).
+const DefaultNice = 10
+
+// DefaultWorkers is half the CPUs Go may use, and at least one: hashing
+// leaves at least half the cores to everything else.
+func DefaultWorkers() int { return max(1, runtime.GOMAXPROCS(0)/2) }
+
 // Service hashes and verifies passwords. It is safe for concurrent use.
 type Service struct {
 	peppers Peppers
 	store   storage.Store
 	pool    *workpool.Pool
+	ownPool bool
 	now     func() time.Time
 	rand    io.Reader
 	logger  *slog.Logger
@@ -92,9 +108,10 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Peppers == nil || cfg.Store == nil {
 		return nil, errors.New("password: Peppers and Store are required")
 	}
-	if cfg.Pool == nil {
+	own := cfg.Pool == nil
+	if own {
 		if cfg.Workers <= 0 {
-			cfg.Workers = runtime.GOMAXPROCS(0)
+			cfg.Workers = DefaultWorkers()
 		}
 		switch {
 		case cfg.Queue == 0:
@@ -102,7 +119,17 @@ func New(cfg Config) (*Service, error) {
 		case cfg.Queue < 0:
 			cfg.Queue = 0
 		}
-		cfg.Pool = workpool.New(cfg.Workers, cfg.Queue)
+		switch {
+		case cfg.Nice > 19:
+			return nil, fmt.Errorf("password: niceness %d is above 19", cfg.Nice)
+		case cfg.Nice < 0:
+			cfg.Pool = workpool.New(cfg.Workers, cfg.Queue)
+		default:
+			if cfg.Nice == 0 {
+				cfg.Nice = DefaultNice
+			}
+			cfg.Pool = workpool.NewNiced(cfg.Workers, cfg.Queue, cfg.Nice)
+		}
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -113,7 +140,22 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Service{peppers: cfg.Peppers, store: cfg.Store, pool: cfg.Pool, now: cfg.Now, rand: cfg.Rand, logger: cfg.Logger}, nil
+	if err := cfg.Pool.NiceErr(); err != nil {
+		cfg.Logger.Warn("password hashing threads run at normal priority", "error", err.Error())
+	}
+	return &Service{peppers: cfg.Peppers, store: cfg.Store, pool: cfg.Pool, ownPool: own, now: cfg.Now, rand: cfg.Rand, logger: cfg.Logger}, nil
+}
+
+// Workers is how many hashes run at once.
+func (s *Service) Workers() int { return s.pool.Workers() }
+
+// Close stops the hashing threads of a pool the Service made (waiting for
+// running hashes); calls after it fail with keystore.ErrUnavailable. A pool
+// given in Config is the caller's to close.
+func (s *Service) Close() {
+	if s.ownPool {
+		s.pool.Close()
+	}
 }
 
 // Hash hashes password for the caller to store: HMAC-SHA256 under the

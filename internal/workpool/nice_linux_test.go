@@ -1,0 +1,74 @@
+package workpool
+
+import (
+	"context"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func TestNicedTasksRunOnLowPriorityThreadsOfTheirOwn(t *testing.T) {
+	p := NewNiced(2, 4, 10)
+	if err := p.NiceErr(); err != nil {
+		t.Fatalf("setting the niceness: %v", err)
+	}
+	callerTID := unix.Gettid()
+	var mu sync.Mutex
+	tids := map[int]bool{}
+	var wg sync.WaitGroup
+	for range 6 {
+		wg.Go(func() {
+			err := p.Do(context.Background(), func() {
+				tid := unix.Gettid()
+				// The raw getpriority system call returns 20 − niceness.
+				prio, err := unix.Getpriority(unix.PRIO_PROCESS, tid)
+				if err != nil || 20-prio != 10 {
+					t.Errorf("task thread niceness: 20-%d (%v), want 10", prio, err)
+				}
+				mu.Lock()
+				tids[tid] = true
+				mu.Unlock()
+				time.Sleep(5 * time.Millisecond)
+			})
+			if err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if len(tids) == 0 || len(tids) > 2 || tids[callerTID] {
+		t.Errorf("tasks ran on threads %v (caller %d); want at most the 2 workers' own", tids, callerTID)
+	}
+	// The caller's thread keeps its priority.
+	if prio, _ := unix.Getpriority(unix.PRIO_PROCESS, unix.Gettid()); 20-prio == 10 {
+		t.Error("the calling thread was niced")
+	}
+	before := runtime.NumGoroutine()
+	p.Close()
+	if after := runtime.NumGoroutine(); after > before-2 {
+		t.Errorf("goroutines %d → %d after Close; the 2 workers should have ended", before, after)
+	}
+	if err := p.Do(context.Background(), func() {}); err != ErrClosed {
+		t.Errorf("Do after Close = %v, want ErrClosed", err)
+	}
+}
+
+func TestANicedTaskPanicReachesTheCaller(t *testing.T) {
+	p := NewNiced(1, 0, 5)
+	defer p.Close()
+	func() {
+		defer func() {
+			if r := recover(); r != "boom" {
+				t.Errorf("recovered %v, want boom", r)
+			}
+		}()
+		_ = p.Do(context.Background(), func() { panic("boom") })
+	}()
+	ran := false
+	if err := p.Do(context.Background(), func() { ran = true }); err != nil || !ran {
+		t.Fatalf("the worker is gone after a panic: %v, ran=%v", err, ran)
+	}
+}
