@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"sync"
 	"time"
@@ -190,10 +191,18 @@ func (s *Server) WatchDependencies(ctx context.Context, dc DependencyChecker, in
 
 // OpsHandler serves the local operations endpoints: /healthz (the process is
 // up), /readyz (200 when the storage and the root answered the last probe,
-// else 503, with a JSON body saying which) and /metrics (Prometheus). Serve it
+// else 503, with a JSON body saying which), /metrics (Prometheus) and, with
+// withPprof, Go's profiles under /debug/pprof/. Serve it
 // on a loopback or otherwise private address: it has no authentication.
-func (s *Server) OpsHandler() http.Handler {
+func (s *Server) OpsHandler(withPprof bool) http.Handler {
 	mux := http.NewServeMux()
+	if withPprof {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n"))
 	})

@@ -329,3 +329,29 @@ func TestSIGHUPChangesARateLimitWithoutDroppingCalls(t *testing.T) {
 	// An unchanged rule keeps its buckets: decrypt-only is still spent.
 	wantRateLimited(t, decrypt())
 }
+
+func TestPprofIsServedOnlyWhenConfigured(t *testing.T) {
+	t.Parallel()
+	for _, on := range []bool{false, true} {
+		ts := start(t, newFiles(t), options{configure: func(c *config.Config) { c.Ops.Listen, c.Ops.Pprof = "127.0.0.1:0", on }})
+		base := "http://" + ts.rt.OpsAddr().String()
+		get := func(path string) int {
+			resp, err := http.Get(base + path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			return resp.StatusCode
+		}
+		want := http.StatusNotFound
+		if on {
+			want = http.StatusOK
+		}
+		if got := get("/debug/pprof/"); got != want {
+			t.Errorf("pprof %v: /debug/pprof/ answered %d, want %d", on, got, want)
+		}
+		if got := get("/metrics"); got != http.StatusOK {
+			t.Errorf("pprof %v: /metrics answered %d", on, got)
+		}
+	}
+}

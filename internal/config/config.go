@@ -68,6 +68,10 @@ type Ops struct {
 	// ProbeInterval is how often the storage and the root are probed for
 	// /readyz and gRPC health. Default 5s.
 	ProbeInterval time.Duration `yaml:"probe_interval"`
+	// Pprof serves Go's profiles under /debug/pprof/ on the ops listener.
+	// Off by default: profiles show what the process is doing (never key
+	// material, but function names and timings).
+	Pprof bool `yaml:"pprof"`
 }
 
 // Scheduler configures the background lifecycle work. Zero fields take the

@@ -238,7 +238,7 @@ func (rt *Runtime) Run(ctx context.Context) error {
 	var ops *http.Server
 	opsDone := make(chan struct{})
 	if rt.opsLis != nil {
-		ops = &http.Server{Handler: rt.srv.OpsHandler(), ReadHeaderTimeout: 5 * time.Second}
+		ops = &http.Server{Handler: rt.srv.OpsHandler(cfg.Ops.Pprof), ReadHeaderTimeout: 5 * time.Second}
 		go func() {
 			defer close(opsDone)
 			if err := ops.Serve(rt.opsLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
