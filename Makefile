@@ -45,6 +45,7 @@ FUZZTIME ?= 20s
 FUZZ_TARGETS := \
 	./keystore:FuzzDecrypt \
 	./keystore:FuzzVerifyMAC \
+	./keystore:FuzzValidIDMatchesThePattern \
 	./keystore/passhash:FuzzParse \
 	./keystore/passhash:FuzzEncode \
 	./server/policy:FuzzGlob \

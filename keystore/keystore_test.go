@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"regexp"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -350,4 +352,18 @@ func TestParseNames(t *testing.T) {
 			t.Errorf("ParseKeyName(%q): %v, want ErrInvalidArgument", name, err)
 		}
 	}
+}
+
+// ValidID is hand-written for speed; it must agree with the documented
+// pattern on every input.
+func FuzzValidIDMatchesThePattern(f *testing.F) {
+	pattern := regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+	for _, s := range []string{"", "a", "-a", "a-", "acme", "A", "a_b", strings.Repeat("a", 63), strings.Repeat("a", 64), "a\n", "é", "0-0"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if got, want := keystore.ValidID(s), pattern.MatchString(s); got != want {
+			t.Fatalf("ValidID(%q) = %v, the pattern says %v", s, got, want)
+		}
+	})
 }

@@ -14,7 +14,7 @@ import (
 // It returns ErrAlreadyExists if the id is taken.
 func (s *Service) CreateTenant(ctx context.Context, id string) (Tenant, error) {
 	if !ValidID(id) {
-		return Tenant{}, fmt.Errorf("%w: tenant_id %q must match %s", ErrInvalidArgument, truncate(id), idPattern)
+		return Tenant{}, fmt.Errorf("%w: tenant_id %q must match %s", ErrInvalidArgument, truncate(id), IDPattern)
 	}
 	raw := make([]byte, kekSize)
 	if _, err := io.ReadFull(s.rand, raw); err != nil {

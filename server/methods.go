@@ -214,6 +214,9 @@ func (s *Server) requestPath(ctx context.Context, req any, info *grpc.UnaryServe
 	if !ok {
 		return nil, status.Error(codes.Unauthenticated, "no verified client certificate")
 	}
+	if err := checkSingle(req); err != nil {
+		return nil, err
+	}
 	c := &call{method: &m, identity: id, policy: s.policy.Current()}
 	if err := c.resolve(req); err != nil {
 		return nil, s.toError(ctx, err)
