@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/codes"
@@ -82,7 +83,40 @@ func FromPeer(ctx context.Context) (string, error) {
 	if len(chains) == 0 || len(chains[0]) == 0 {
 		return "", ErrNoVerifiedCertificate
 	}
-	return FromCertificate(chains[0][0])
+	return fromCertificateCached(chains[0][0])
+}
+
+// certCache remembers the identity of recently seen client certificates.
+// Every call of a connection shares its peer's *x509.Certificate, so the
+// identity is derived once per connection instead of once per call. It is
+// bounded (cleared when full), keyed by pointer, and holds only identities
+// derived by FromCertificate, so it can never hold one for a certificate
+// that did not verify.
+var certCache struct {
+	sync.Mutex
+	m map[*x509.Certificate]string
+}
+
+const certCacheSize = 4096
+
+func fromCertificateCached(cert *x509.Certificate) (string, error) {
+	certCache.Lock()
+	id, ok := certCache.m[cert]
+	certCache.Unlock()
+	if ok {
+		return id, nil
+	}
+	id, err := FromCertificate(cert)
+	if err != nil {
+		return "", err
+	}
+	certCache.Lock()
+	if certCache.m == nil || len(certCache.m) >= certCacheSize {
+		certCache.m = make(map[*x509.Certificate]string, 64)
+	}
+	certCache.m[cert] = id
+	certCache.Unlock()
+	return id, nil
 }
 
 type contextKey struct{}
