@@ -59,6 +59,15 @@ fuzz: ## run every fuzz target for FUZZTIME (default 20s) each
 	  $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) $$pkg; \
 	done
 
+# The standard load-tool run (docs/performance.md): custos dev and the
+# baseline each in a process of its own, rounds alternating, every figure a
+# ratio to the baseline of the same run. About 8 minutes on two cores.
+BENCH_ROUNDS ?= 5
+.PHONY: bench
+bench: build ## the standard custos bench run: single calls, batches, hashing contention (BENCH_ROUNDS, default 5)
+	bin/custos bench --spawn-dev --rounds $(BENCH_ROUNDS) --ops encrypt,decrypt,blind-index --concurrency 1,64
+	bin/custos bench --spawn-dev --rounds $(BENCH_ROUNDS) --ops encrypt-batch,decrypt-batch,rewrap-batch --concurrency 64 --batch 100 --contention
+
 .PHONY: test-deps
 test-deps: ## install PostgreSQL and SoftHSM2 from Debian packages when missing
 	bash scripts/test-deps.sh

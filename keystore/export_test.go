@@ -10,6 +10,12 @@ import (
 // LeaderPasses reports how many scheduler passes s ran holding the lease.
 func LeaderPasses(s *Service) uint64 { return s.life.leaderPasses.Load() }
 
+// Sweeps reports how many full sweeps s ran holding the lease.
+func Sweeps(s *Service) uint64 { return s.life.sweeps.Load() }
+
+// DuePass runs one pass over the due-time index.
+func DuePass(ctx context.Context, s *Service) error { return s.duePass(ctx) }
+
 // AcquireLease takes or renews the scheduler lease for holder.
 func AcquireLease(ctx context.Context, s *Service, holder string, ttl time.Duration) (bool, error) {
 	return s.acquireLease(ctx, holder, ttl)

@@ -38,7 +38,15 @@ type SchedulerConfig struct {
 	// dead holder's lease blocks the others. It must exceed Interval.
 	// Default 3 × Interval.
 	LeaseTTL time.Duration
+	// SweepInterval is how often the lease holder visits every tenant and
+	// key (a full sweep) instead of only the due-time index; the first pass
+	// after taking the lease is always a sweep. Default DefaultSweepInterval.
+	SweepInterval time.Duration
 }
+
+// DefaultSweepInterval is how often the lease holder sweeps every tenant and
+// key to catch work whose due-time hint was lost.
+const DefaultSweepInterval = 24 * time.Hour
 
 func (c SchedulerConfig) normalize() (SchedulerConfig, error) {
 	if c.Interval < 0 || c.LeaseTTL < 0 {
@@ -49,6 +57,9 @@ func (c SchedulerConfig) normalize() (SchedulerConfig, error) {
 	}
 	if c.LeaseTTL == 0 {
 		c.LeaseTTL = 3 * c.Interval
+	}
+	if c.SweepInterval <= 0 {
+		c.SweepInterval = DefaultSweepInterval
 	}
 	if c.LeaseTTL <= c.Interval {
 		return c, fmt.Errorf("%w: scheduler lease TTL %v must exceed the interval %v", ErrInvalidArgument, c.LeaseTTL, c.Interval)
@@ -80,8 +91,9 @@ func (s *Service) RunScheduler(ctx context.Context, cfg SchedulerConfig) error {
 	}
 	pass := time.NewTicker(cfg.Interval)
 	defer pass.Stop()
+	var lastSweep time.Time // zero: sweep on the first pass holding the lease
 	for {
-		s.leaderTick(ctx, cfg)
+		s.leaderTick(ctx, cfg, &lastSweep)
 		select {
 		case <-ctx.Done():
 			stop, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
@@ -122,8 +134,10 @@ func (s *Service) RunCountFlush(ctx context.Context, interval time.Duration) {
 	}
 }
 
-// leaderTick takes or renews the lease and, when held, runs one pass.
-func (s *Service) leaderTick(ctx context.Context, cfg SchedulerConfig) {
+// leaderTick takes or renews the lease and, when held, runs one pass: the
+// due-time index, or a full sweep when the last one is SweepInterval old
+// (or this replica has not swept since it took the lease).
+func (s *Service) leaderTick(ctx context.Context, cfg SchedulerConfig, lastSweep *time.Time) {
 	held, err := s.acquireLease(ctx, cfg.HolderID, cfg.LeaseTTL)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -132,16 +146,27 @@ func (s *Service) leaderTick(ctx context.Context, cfg SchedulerConfig) {
 		return
 	}
 	if !held {
+		*lastSweep = time.Time{} // whoever takes it over next sweeps first
 		return
 	}
 	s.life.leaderPasses.Add(1)
-	if err := s.pass(ctx); err != nil && ctx.Err() == nil {
+	if now := s.now(); lastSweep.IsZero() || now.Sub(*lastSweep) >= cfg.SweepInterval {
+		s.life.sweeps.Add(1)
+		if err := s.pass(ctx); err != nil && ctx.Err() == nil {
+			s.logger.Error("scheduler: sweep failed; will retry", "error", err.Error())
+			return
+		}
+		*lastSweep = now
+		return
+	}
+	if err := s.duePass(ctx); err != nil && ctx.Err() == nil {
 		s.logger.Error("scheduler: pass failed; will retry", "error", err.Error())
 	}
 }
 
-// RunOnce flushes this replica's encryption counts and runs one scheduler
-// pass (rotation, destruction, shredding), for tests and admin commands. It
+// RunOnce flushes this replica's encryption counts and runs one full
+// scheduler sweep (rotation, destruction, shredding, and the due-time hints
+// of every future date), for tests and admin commands. It
 // does not take the lease: every change re-checks its condition under
 // compare-and-swap, so running it beside the lease holder never rotates a
 // key twice or loses a write. It returns the failures joined (at most a
@@ -202,6 +227,7 @@ func (s *Service) tenantPass(ctx context.Context, tenant string, value []byte) e
 	switch rec.State {
 	case TenantDeleteScheduled:
 		if rec.DeleteTime.After(s.now()) {
+			s.noteTenantDue(ctx, tenant, rec)
 			return nil
 		}
 		if _, err := s.shredTenant(ctx, tenant); err != nil {
@@ -230,6 +256,7 @@ func (s *Service) keysPass(ctx context.Context, tenant string) error {
 		}
 		now := s.now()
 		if _, due := s.rotationDue(rec, now); !due && !destroyDue(rec, now) {
+			s.noteKeyDue(ctx, ref, rec) // the hint of its next date, if a write lost it
 			continue
 		}
 		if err := s.maintainKey(ctx, ref); err != nil {

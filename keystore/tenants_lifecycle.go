@@ -83,6 +83,7 @@ func (s *Service) updateTenant(ctx context.Context, tenant, op string, mutate fu
 			return storageErr(op, err)
 		}
 		s.m.invalidateTenant(tenant)
+		s.noteTenantDue(ctx, tenant, rec)
 		out = rec.toTenant(tenant)
 		return nil
 	})

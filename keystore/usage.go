@@ -7,6 +7,7 @@ import (
 	"math"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // DefaultUsageRotateThreshold is how many encryptions a version of an ENCRYPT
@@ -39,8 +40,9 @@ type lifecycleState struct {
 	// encrypted since the last flush, not by the number of tenants.
 	usage sync.Map
 
-	// leaderPasses counts scheduler passes run while holding the lease.
-	leaderPasses atomic.Uint64
+	// leaderPasses counts scheduler passes run while holding the lease;
+	// sweeps, those that visited every tenant and key.
+	leaderPasses, sweeps atomic.Uint64
 }
 
 type usageKey struct {
@@ -160,7 +162,7 @@ func (s *Service) FlushUsage(ctx context.Context) error {
 // It needs neither the tenant KEK nor the keyset, so counts made before a
 // tenant was scheduled for deletion still reach storage.
 func (s *Service) addEncryptCounts(ctx context.Context, ref KeyRef, counts map[uint32]uint64) error {
-	_, err := s.casKeyRecord(ctx, ref, "flush encrypt counts", func(rec *keyRecord) error {
+	rec, err := s.casKeyRecord(ctx, ref, "flush encrypt counts", func(rec *keyRecord) error {
 		for v, n := range counts {
 			if vr, ok := rec.version(v); ok {
 				vr.EncryptCount = saturatingAdd(vr.EncryptCount, n)
@@ -168,6 +170,12 @@ func (s *Service) addEncryptCounts(ctx context.Context, ref KeyRef, counts map[u
 		}
 		return nil
 	})
+	if err == nil {
+		if _, due := s.rotationDue(rec, time.Time{}); due {
+			// The usage threshold (a zero time: no rotation period counts).
+			s.noteDue(ctx, s.now(), dueKeyKind, ref.Tenant+"/"+ref.Key)
+		}
+	}
 	return err
 }
 

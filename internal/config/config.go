@@ -85,6 +85,10 @@ type Scheduler struct {
 	// FlushInterval is how often every replica adds its encryption counts
 	// to storage. Default 10s.
 	FlushInterval time.Duration `yaml:"flush_interval"`
+	// SweepInterval is how often the lease holder visits every tenant and
+	// key instead of only the work its due-time index says is due.
+	// Default 24h.
+	SweepInterval time.Duration `yaml:"sweep_interval"`
 	// UsageRotateThreshold is how many encryptions a version of an ENCRYPT
 	// key makes before it is rotated automatically. Default 2^30 − 2^27.
 	UsageRotateThreshold uint64 `yaml:"usage_rotate_threshold"`
@@ -269,7 +273,7 @@ func (c *Config) validate() error {
 		errs = append(errs, fmt.Errorf("log.level %q is not one of: debug, info, warn, error", c.Log.Level))
 	}
 	if c.Cache.Size < 0 || c.Cache.TTL < 0 || c.ShutdownTimeout < 0 || c.Ops.ProbeInterval < 0 ||
-		c.Scheduler.Interval < 0 || c.Scheduler.LeaseTTL < 0 || c.Scheduler.FlushInterval < 0 || c.Passwords.HashWorkers < 0 {
+		c.Scheduler.Interval < 0 || c.Scheduler.LeaseTTL < 0 || c.Scheduler.FlushInterval < 0 || c.Scheduler.SweepInterval < 0 || c.Passwords.HashWorkers < 0 {
 		errs = append(errs, errors.New("cache.size, cache.ttl, shutdown_timeout, ops.probe_interval, scheduler.interval, scheduler.lease_ttl, scheduler.flush_interval and passwords.hash_workers must not be negative"))
 	}
 	interval := c.Scheduler.Interval

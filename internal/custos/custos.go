@@ -269,9 +269,10 @@ func (rt *Runtime) Run(ctx context.Context) error {
 	if !cfg.Scheduler.Disabled {
 		wg.Go(func() {
 			err := rt.ks.RunScheduler(bg, keystore.SchedulerConfig{
-				Interval: cfg.Scheduler.Interval,
-				LeaseTTL: cfg.Scheduler.LeaseTTL,
-				HolderID: holderID(rt.lis.Addr()),
+				Interval:      cfg.Scheduler.Interval,
+				LeaseTTL:      cfg.Scheduler.LeaseTTL,
+				SweepInterval: cfg.Scheduler.SweepInterval,
+				HolderID:      holderID(rt.lis.Addr()),
 			})
 			if err != nil {
 				logger.Error("scheduler stopped", "error", err.Error())

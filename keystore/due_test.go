@@ -1,0 +1,208 @@
+package keystore_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/custos-kms/custos/keystore"
+	"github.com/custos-kms/custos/keystore/storage"
+)
+
+// readCounter counts a store's reads.
+type readCounter struct {
+	storage.Store
+	gets, lists atomic.Int64
+	listed      atomic.Int64 // records the lists returned
+}
+
+func (c *readCounter) Get(ctx context.Context, k string) (storage.Record, error) {
+	c.gets.Add(1)
+	return c.Store.Get(ctx, k)
+}
+
+func (c *readCounter) List(ctx context.Context, prefix, after string, limit int) ([]storage.Record, error) {
+	c.lists.Add(1)
+	recs, err := c.Store.List(ctx, prefix, after, limit)
+	c.listed.Add(int64(len(recs)))
+	return recs, err
+}
+
+func (c *readCounter) reset() { c.gets.Store(0); c.lists.Store(0); c.listed.Store(0) }
+
+// manyTenants adds n tenants, each with one key, by copying the records of
+// tenant "seed" and its key "k" under other names: enough for the
+// scheduler, which reads the metadata of due records only (the copies'
+// wrapped material would not open under their new names, and is never
+// opened here).
+func manyTenants(t *testing.T, f *lcFixture, n int) {
+	t.Helper()
+	ctx := context.Background()
+	f.newKey("seed", "k", keystore.KeySpec{Purpose: keystore.PurposeEncrypt})
+	tr, err := f.store.Get(ctx, "tenants/seed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kr, err := f.store.Get(ctx, "keys/seed/k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		name := fmt.Sprintf("t%05d", i)
+		if _, err := f.store.Put(ctx, "tenants/"+name, tr.Value, 0); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.store.Put(ctx, "keys/"+name+"/k", kr.Value, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// Among 10,000 tenants, due work is found through the due-time index with a
+// handful of reads, not by visiting every tenant; a pass with nothing due
+// reads one page of the index.
+func TestDueWorkIsFoundThroughTheIndexNotByWalking(t *testing.T) {
+	f := newLCFixture(t)
+	ctx := context.Background()
+	const tenants = 10000
+	manyTenants(t, f, tenants)
+	rotating := f.newKey("acme", "pii", keystore.KeySpec{Purpose: keystore.PurposeEncrypt, RotationPeriod: time.Hour})
+	destroying := f.newKey("acme", "old", keystore.KeySpec{Purpose: keystore.PurposeEncrypt})
+	f.rotate(destroying)
+	if _, err := f.ks.DestroyKeyVersion(ctx, destroying, 1, 24*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	doomed := f.newKey("doomed", "k", keystore.KeySpec{Purpose: keystore.PurposeEncrypt})
+	if _, err := f.ks.DeleteTenant(ctx, doomed.Tenant, 24*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+
+	counter := &readCounter{Store: f.store}
+	cfg := f.cfg
+	cfg.Storage = counter
+	ks, err := keystore.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reads := func() int64 { return counter.gets.Load() + counter.listed.Load() }
+
+	t.Run("with nothing due, a pass reads one page of the index", func(t *testing.T) {
+		counter.reset()
+		if err := keystore.DuePass(ctx, ks); err != nil {
+			t.Fatal(err)
+		}
+		if counter.lists.Load() != 1 || counter.gets.Load() != 0 {
+			t.Errorf("%d lists, %d gets", counter.lists.Load(), counter.gets.Load())
+		}
+	})
+	t.Run("a due rotation is done with a few reads", func(t *testing.T) {
+		f.clock.Advance(61 * time.Minute)
+		counter.reset()
+		if err := keystore.DuePass(ctx, ks); err != nil {
+			t.Fatal(err)
+		}
+		if k := f.getKey(rotating); k.PrimaryVersion != 2 {
+			t.Fatalf("primary %d after the due pass, want 2", k.PrimaryVersion)
+		}
+		if n := reads(); n > 50 {
+			t.Errorf("%d records read among %d tenants; the pass walked them", n, tenants)
+		}
+	})
+	t.Run("a due destruction and a due shredding likewise", func(t *testing.T) {
+		f.clock.Advance(24 * time.Hour)
+		counter.reset()
+		if err := keystore.DuePass(ctx, ks); err != nil {
+			t.Fatal(err)
+		}
+		if k := f.getKey(destroying); k.Versions[0].State != keystore.VersionDestroyed {
+			t.Errorf("version 1 is %v, want destroyed", k.Versions[0].State)
+		}
+		if _, err := f.ks.GetTenant(ctx, doomed.Tenant); err == nil {
+			t.Error("the tenant past its deletion date was not shredded")
+		}
+		if k := f.getKey(rotating); k.PrimaryVersion != 3 {
+			t.Errorf("the hourly key rotated to %d, want 3: its next hint was written by the last rotation", k.PrimaryVersion)
+		}
+		if n := reads(); n > 100 {
+			t.Errorf("%d records read among %d tenants", n, tenants)
+		}
+	})
+	t.Run("a lost hint is found by the next full sweep, which writes the hints again", func(t *testing.T) {
+		for r, err := range scanAll(ctx, f.store, "due/") {
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := f.store.Delete(ctx, r.Key, r.Version); err != nil {
+				t.Fatal(err)
+			}
+		}
+		f.clock.Advance(61 * time.Minute)
+		if err := keystore.DuePass(ctx, ks); err != nil {
+			t.Fatal(err)
+		}
+		if k := f.getKey(rotating); k.PrimaryVersion != 3 {
+			t.Fatalf("rotated without a hint: primary %d", k.PrimaryVersion)
+		}
+		if err := ks.RunOnce(ctx); err != nil { // the sweep
+			t.Fatal(err)
+		}
+		if k := f.getKey(rotating); k.PrimaryVersion != 4 {
+			t.Fatalf("the sweep did not rotate the due key: primary %d", k.PrimaryVersion)
+		}
+		hints := 0
+		for r, err := range scanAll(ctx, f.store, "due/") {
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(r.Key, "/k/acme/pii") {
+				hints++
+			}
+		}
+		if hints != 1 {
+			t.Fatalf("%d hints for acme/pii after the sweep, want its next rotation's", hints)
+		}
+	})
+}
+
+// The lease holder sweeps once when it takes the lease, then reads the
+// index only.
+func TestTheSchedulerSweepsOnceThenReadsTheIndex(t *testing.T) {
+	f := newLCFixture(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- f.ks.RunScheduler(ctx, keystore.SchedulerConfig{Interval: 5 * time.Millisecond, LeaseTTL: time.Minute, HolderID: "a"})
+	}()
+	waitFor(t, "several passes", func() bool { return keystore.LeaderPasses(f.ks) >= 5 })
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("RunScheduler did not return within 10s")
+	}
+	if n := keystore.Sweeps(f.ks); n != 1 {
+		t.Fatalf("%d full sweeps in %d passes, want 1", n, keystore.LeaderPasses(f.ks))
+	}
+}
+
+// scanAll lists every record under prefix.
+func scanAll(ctx context.Context, s storage.Store, prefix string) func(func(storage.Record, error) bool) {
+	return func(yield func(storage.Record, error) bool) {
+		recs, err := s.List(ctx, prefix, "", 1000)
+		if err != nil {
+			yield(storage.Record{}, err)
+			return
+		}
+		for _, r := range recs {
+			if !yield(r, nil) {
+				return
+			}
+		}
+	}
+}
