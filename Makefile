@@ -68,6 +68,14 @@ bench: build ## the standard custos bench run: single calls, batches, hashing co
 	bin/custos bench --spawn-dev --rounds $(BENCH_ROUNDS) --ops encrypt,decrypt,blind-index --concurrency 1,64
 	bin/custos bench --spawn-dev --rounds $(BENCH_ROUNDS) --ops encrypt-batch,decrypt-batch,rewrap-batch --concurrency 64 --batch 100 --contention
 
+# The scale measurement (docs/performance.md): a throwaway PostgreSQL seeded
+# with SCALE_TENANTS tenants (and, to compare, 1,000), each served by a
+# custos serve process. About 6 minutes for a million on two cores.
+SCALE_TENANTS ?= 1000000
+.PHONY: bench-scale
+bench-scale: test-deps ## idle CPU, due rotations, hot-set p99 and cold first calls with SCALE_TENANTS tenants in PostgreSQL
+	CUSTOS_SCALE_TENANTS=$(SCALE_TENANTS) $(GO) test -tags scale -run TestScale -timeout 60m -count=1 -v ./internal/bench/
+
 .PHONY: test-deps
 test-deps: ## install PostgreSQL and SoftHSM2 from Debian packages when missing
 	bash scripts/test-deps.sh

@@ -152,10 +152,12 @@ func (s *Service) leaderTick(ctx context.Context, cfg SchedulerConfig, lastSweep
 	s.life.leaderPasses.Add(1)
 	if now := s.now(); lastSweep.IsZero() || now.Sub(*lastSweep) >= cfg.SweepInterval {
 		s.life.sweeps.Add(1)
+		start := time.Now()
 		if err := s.pass(ctx); err != nil && ctx.Err() == nil {
 			s.logger.Error("scheduler: sweep failed; will retry", "error", err.Error())
 			return
 		}
+		s.logger.Info("scheduler: full sweep finished", "seconds", time.Since(start).Seconds())
 		*lastSweep = now
 		return
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -21,6 +22,8 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/custos-kms/custos/internal/bench"
+	"github.com/custos-kms/custos/internal/config"
+	"github.com/custos-kms/custos/internal/custos"
 	"github.com/custos-kms/custos/server"
 )
 
@@ -38,6 +41,8 @@ type benchFlags struct {
 	contention                   bool
 	contentionOp, contentionConc string
 	output                       string
+	tenants                      int
+	tenantPrefix                 string
 }
 
 func newBenchCmd() *cobra.Command {
@@ -80,7 +85,53 @@ baseline with that directory's server certificate. --server-pid or
 	fl.StringVar(&f.contentionOp, "contention-op", "encrypt@64", "the measured workload of --contention, op@concurrency")
 	fl.StringVar(&f.contentionConc, "contention-background", "hash@4", "the background workload of --contention, op@concurrency")
 	fl.StringVarP(&f.output, "output", "o", "text", "text or json")
-	cmd.AddCommand(newBenchBaselineCmd())
+	fl.IntVar(&f.tenants, "tenants", 0, "encrypt only: spread calls over this many seeded tenants (custos bench seed)")
+	fl.StringVar(&f.tenantPrefix, "tenant-prefix", "s", "the seeded tenants' id prefix")
+	cmd.AddCommand(newBenchBaselineCmd(), newBenchSeedCmd())
+	return cmd
+}
+
+// newBenchSeedCmd bulk-creates tenants for sizing runs.
+func newBenchSeedCmd() *cobra.Command {
+	var path, prefix string
+	var n, workers int
+	cmd := &cobra.Command{
+		Use:   "seed --config FILE --tenants N",
+		Short: "Create N tenants with one ENCRYPT key each, directly in the configured storage",
+		Long: `custos bench seed creates tenants PREFIX0000000 … each with an ENCRYPT key
+"enc", through the keystore on the storage and root of the config file (no
+server needed, as for custos root rewrap), for sizing runs such as
+custos bench --tenants. Existing tenants are kept; an interrupted seed can be
+run again.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if n < 1 {
+				return usageErr(cmd, errors.New("--tenants must be at least 1"))
+			}
+			cfg, err := config.Load(path)
+			if err != nil {
+				return err
+			}
+			ks, closeKS, err := custos.OpenKeystore(cmd.Context(), cfg, custos.NewLogger(cmd.ErrOrStderr(), cfg.Log.Level))
+			if err != nil {
+				return err
+			}
+			defer closeKS()
+			start := time.Now()
+			err = bench.Seed(cmd.Context(), ks, prefix, n, workers, func(done int) {
+				fmt.Fprintf(cmd.ErrOrStderr(), "%d tenants (%.0f/s)\n", done, float64(done)/time.Since(start).Seconds())
+			})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%d tenants with key enc in %s\n", n, time.Since(start).Round(time.Second))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&path, "config", "custos.yaml", "configuration file (storage and root)")
+	cmd.Flags().StringVar(&prefix, "prefix", "s", "tenant id prefix")
+	cmd.Flags().IntVar(&n, "tenants", 0, "how many tenants")
+	cmd.Flags().IntVar(&workers, "workers", 16, "tenants created at once")
 	return cmd
 }
 
@@ -127,7 +178,7 @@ func newBenchBaselineCmd() *cobra.Command {
 
 func runBench(cmd *cobra.Command, f *benchFlags) error {
 	ctx := cmd.Context()
-	base := bench.Workload{BatchSize: f.batch, PayloadBytes: f.payload, Warmup: f.warmup, Duration: f.duration}
+	base := bench.Workload{BatchSize: f.batch, PayloadBytes: f.payload, Warmup: f.warmup, Duration: f.duration, Tenants: f.tenants, TenantPrefix: f.tenantPrefix}
 	var workloads []bench.Workload
 	ops, err := splitOps(f.ops)
 	if err != nil {

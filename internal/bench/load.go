@@ -105,6 +105,11 @@ type Workload struct {
 	Warmup, Duration time.Duration
 	// Keys are the key names; zero means DefaultKeys.
 	Keys Keys
+	// Tenants, for encrypt only, spreads the calls over the keys "enc" of
+	// the seeded tenants TenantPrefix0000000 … (Seed), each call picking
+	// one at random, instead of Keys.Encrypt.
+	Tenants      int
+	TenantPrefix string
 }
 
 func (w Workload) label() string {
@@ -193,6 +198,14 @@ func prepare(ctx context.Context, conn grpc.ClientConnInterface, w Workload) (fu
 	single := func(op Op) call {
 		switch op {
 		case OpEncrypt:
+			if w.Tenants > 0 {
+				rng := rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+				return func(ctx context.Context) (int, error) {
+					name := "tenants/" + SeedName(w.TenantPrefix, rng.IntN(w.Tenants)) + "/keys/enc"
+					_, err := c.Encrypt(ctx, &custosv1.EncryptRequest{Name: name, Plaintext: payload, AssociatedData: aad})
+					return 1, err
+				}
+			}
 			req := &custosv1.EncryptRequest{Name: k.Encrypt, Plaintext: payload, AssociatedData: aad}
 			return func(ctx context.Context) (int, error) { _, err := c.Encrypt(ctx, req); return 1, err }
 		case OpDecrypt:
