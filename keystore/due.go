@@ -66,13 +66,35 @@ func parseDueKey(k string) (t time.Time, kind, name string, ok bool) {
 	return time.Unix(sec, 0), kind, name, ok && (kind == dueKeyKind || kind == dueTenantKind)
 }
 
+// noteTimeout bounds a hint's write. It runs even when the caller's context
+// has ended: the record it describes is already written.
+const noteTimeout = 5 * time.Second
+
 // noteDue writes the hint that something of name falls due at t. A hint
 // already there is fine; a failure is logged, and the next full sweep
 // writes the hint again.
 func (s *Service) noteDue(ctx context.Context, t time.Time, kind, name string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), noteTimeout)
+	defer cancel()
 	_, err := s.store.Put(ctx, dueStorageKey(t, kind, name), hintValue, 0)
-	if err != nil && !errors.Is(err, storage.ErrConflict) && ctx.Err() == nil {
+	if err != nil && !errors.Is(err, storage.ErrConflict) {
 		s.logger.Warn("scheduler: could not record a due date; the next full sweep will", "name", name, "error", err.Error())
+	}
+}
+
+// noteTenantKeysDue writes the hints of every key of tenant (after an
+// undeletion: work that fell due while the tenant was scheduled for
+// deletion was put off).
+func (s *Service) noteTenantKeysDue(ctx context.Context, tenant string) {
+	prefix := keyStoragePrefix(tenant)
+	for r, err := range s.scan(ctx, "list keys", prefix) {
+		if err != nil {
+			s.logger.Warn("scheduler: could not record the due dates of a tenant's keys; the next full sweep will", "tenant", tenant, "error", err.Error())
+			return
+		}
+		if rec, err := decodeKey(r.Value); err == nil {
+			s.noteKeyDue(ctx, KeyRef{Tenant: tenant, Key: strings.TrimPrefix(r.Key, prefix)}, rec)
+		}
 	}
 }
 
@@ -194,7 +216,9 @@ func (s *Service) dueKeyWork(ctx context.Context, ref KeyRef) error {
 	}
 	err = s.maintainKey(ctx, ref)
 	if errors.Is(err, ErrTenantDeleted) || errors.Is(err, ErrNotFound) {
-		return nil // the tenant's own hint shreds it
+		// Shredded, or scheduled for deletion: the tenant's own hint shreds
+		// it, and an undeletion writes the hints of its keys again.
+		return nil
 	}
 	return err
 }

@@ -206,3 +206,79 @@ func scanAll(ctx context.Context, s storage.Store, prefix string) func(func(stor
 		}
 	}
 }
+
+// Work that fell due while the tenant was scheduled for deletion is done
+// soon after an undeletion, not only at the next full sweep.
+func TestDueWorkPutOffByADeletionIsDoneAfterTheUndeletion(t *testing.T) {
+	f := newLCFixture(t)
+	ctx := context.Background()
+	ref := f.newKey("acme", "pii", keystore.KeySpec{Purpose: keystore.PurposeEncrypt, RotationPeriod: time.Hour})
+	if _, err := f.ks.DeleteTenant(ctx, "acme", 0); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(2 * time.Hour)
+	if err := keystore.DuePass(ctx, f.ks); err != nil { // the key's hint comes due; its tenant is deleted
+		t.Fatal(err)
+	}
+	if _, err := f.ks.UndeleteTenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if err := keystore.DuePass(ctx, f.ks); err != nil {
+		t.Fatal(err)
+	}
+	if k := f.getKey(ref); k.PrimaryVersion != 2 {
+		t.Fatalf("primary %d after the undeletion and a due pass, want 2", k.PrimaryVersion)
+	}
+}
+
+// slowLister makes every List of a tenant's keys take a while, so that a
+// full sweep outlasts the scheduler lease.
+type slowLister struct{ storage.Store }
+
+func (s slowLister) List(ctx context.Context, prefix, after string, limit int) ([]storage.Record, error) {
+	if strings.HasPrefix(prefix, "keys/") {
+		time.Sleep(2 * time.Millisecond)
+	}
+	return s.Store.List(ctx, prefix, after, limit)
+}
+
+// A sweep that outlasts the lease renews it as it goes: another replica
+// does not take over and sweep again, so one sweep is done in all.
+func TestASweepLongerThanTheLeaseKeepsIt(t *testing.T) {
+	f := newLCFixture(t)
+	manyTenants(t, f, 300) // about 0.6 s of sweeping
+	var replicas []*keystore.Service
+	for range 2 {
+		cfg := f.cfg
+		cfg.Storage = slowLister{f.store}
+		cfg.Now = time.Now // leases expire in real time here
+		ks, err := keystore.New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		replicas = append(replicas, ks)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 2)
+	for i, ks := range replicas {
+		go func() {
+			done <- ks.RunScheduler(ctx, keystore.SchedulerConfig{Interval: 20 * time.Millisecond, LeaseTTL: 60 * time.Millisecond, HolderID: fmt.Sprint(i)})
+		}()
+	}
+	time.Sleep(1500 * time.Millisecond)
+	cancel()
+	for range 2 {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("RunScheduler did not return within 10s")
+		}
+	}
+	t.Logf("sweeps %d %d passes %d %d", keystore.Sweeps(replicas[0]), keystore.Sweeps(replicas[1]), keystore.LeaderPasses(replicas[0]), keystore.LeaderPasses(replicas[1]))
+	if n := keystore.Sweeps(replicas[0]) + keystore.Sweeps(replicas[1]); n != 1 {
+		t.Fatalf("%d sweeps started by the two replicas, want 1", n)
+	}
+}

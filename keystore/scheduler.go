@@ -153,8 +153,24 @@ func (s *Service) leaderTick(ctx context.Context, cfg SchedulerConfig, lastSweep
 	if now := s.now(); lastSweep.IsZero() || now.Sub(*lastSweep) >= cfg.SweepInterval {
 		s.life.sweeps.Add(1)
 		start := time.Now()
-		if err := s.pass(ctx); err != nil && ctx.Err() == nil {
-			s.logger.Error("scheduler: sweep failed; will retry", "error", err.Error())
+		// A sweep of many tenants outlasts the lease: renew it as it goes,
+		// and stop if another replica took it over meanwhile.
+		lastRenew := start
+		renew := func() bool {
+			if time.Since(lastRenew) < cfg.Interval {
+				return true
+			}
+			lastRenew = time.Now()
+			held, err := s.acquireLease(ctx, cfg.HolderID, cfg.LeaseTTL)
+			return err == nil && held
+		}
+		complete, err := s.sweep(ctx, renew)
+		if err != nil && ctx.Err() == nil {
+			// Items that failed have hints (retried by the next passes);
+			// a sweep cut short is run again on the next tick.
+			s.logger.Error("scheduler: sweep met failures", "error", err.Error())
+		}
+		if !complete {
 			return
 		}
 		s.logger.Info("scheduler: full sweep finished", "seconds", time.Since(start).Seconds())
@@ -174,7 +190,9 @@ func (s *Service) leaderTick(ctx context.Context, cfg SchedulerConfig, lastSweep
 // key twice or loses a write. It returns the failures joined (at most a
 // few, then a count); the work that did not fail is done.
 func (s *Service) RunOnce(ctx context.Context) error {
-	return errors.Join(s.FlushUsage(ctx), s.pass(ctx))
+	flushErr := s.FlushUsage(ctx)
+	_, err := s.sweep(ctx, nil)
+	return errors.Join(flushErr, err)
 }
 
 // acquireLease takes or renews the scheduler lease for holder.
@@ -202,23 +220,30 @@ func (s *Service) lease() lease.Lease {
 	return lease.Lease{Store: s.store, Key: leaseStorageKey, Now: s.now}
 }
 
-// pass visits every tenant once: shreds those past their deletion date and
-// maintains the keys of active ones. A failure on one tenant or key does not
-// stop the others.
-func (s *Service) pass(ctx context.Context) error {
+// sweep visits every tenant once: shreds those past their deletion date,
+// maintains the keys of active ones, and writes the due-time hints of every
+// future date. A failure on one tenant or key does not stop the others; its
+// work gets a hint for now, so the next pass retries it. renew, if not nil,
+// is called as the sweep goes; when it reports the lease lost the sweep
+// stops. complete is false when the sweep did not reach the end (a failed
+// List, a lost lease, ctx done).
+func (s *Service) sweep(ctx context.Context, renew func() bool) (complete bool, err error) {
 	var errs []error
 	for r, err := range s.scan(ctx, "scheduler: list tenants", tenantPrefix) {
 		if err != nil {
-			return err
+			return false, err
 		}
 		if err := ctx.Err(); err != nil {
-			return err
+			return false, err
+		}
+		if renew != nil && !renew() {
+			return false, joinCapped(append(errs, errors.New("scheduler: lease lost during the sweep")))
 		}
 		if err := s.tenantPass(ctx, strings.TrimPrefix(r.Key, tenantPrefix), r.Value); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	return joinCapped(errs)
+	return true, joinCapped(errs)
 }
 
 func (s *Service) tenantPass(ctx context.Context, tenant string, value []byte) error {
@@ -233,6 +258,7 @@ func (s *Service) tenantPass(ctx context.Context, tenant string, value []byte) e
 			return nil
 		}
 		if _, err := s.shredTenant(ctx, tenant); err != nil {
+			s.noteDue(ctx, s.now(), dueTenantKind, tenant) // retried by the next pass
 			return fmt.Errorf("scheduler: %w", err)
 		}
 		return nil
@@ -265,6 +291,7 @@ func (s *Service) keysPass(ctx context.Context, tenant string) error {
 			if errors.Is(err, ErrTenantDeleted) || errors.Is(err, ErrNotFound) {
 				return joinCapped(errs) // deleted meanwhile
 			}
+			s.noteKeyDue(ctx, ref, rec) // due now: retried by the next pass
 			errs = append(errs, fmt.Errorf("scheduler: %w", err))
 		}
 	}

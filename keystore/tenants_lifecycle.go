@@ -48,7 +48,7 @@ func (s *Service) UndeleteTenant(ctx context.Context, tenant string) (Tenant, er
 	if !ValidID(tenant) {
 		return Tenant{}, fmt.Errorf("%w: tenant id %q is malformed", ErrInvalidArgument, truncate(tenant))
 	}
-	return s.updateTenant(ctx, tenant, "undelete tenant", func(rec *tenantRecord) error {
+	t, err := s.updateTenant(ctx, tenant, "undelete tenant", func(rec *tenantRecord) error {
 		if rec.State != TenantDeleteScheduled {
 			return fmt.Errorf("%w: the tenant is %v, not scheduled for deletion", ErrWrongState, rec.State)
 		}
@@ -60,6 +60,11 @@ func (s *Service) UndeleteTenant(ctx context.Context, tenant string) (Tenant, er
 		rec.DeleteTime = time.Time{}
 		return nil
 	})
+	if err == nil {
+		// Work of its keys that fell due meanwhile was put off.
+		s.noteTenantKeysDue(ctx, tenant)
+	}
+	return t, err
 }
 
 // updateTenant is a read-modify-write of a tenant record with

@@ -121,16 +121,6 @@ func (mm *methodMetrics) done(start time.Time, err error) {
 	mm.handled[c].Inc()
 }
 
-// unary counts and times unary calls.
-func (m *metrics) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	mm := m.method(info.FullMethod, "unary")
-	mm.started.Inc()
-	start := time.Now()
-	resp, err := handler(ctx, req)
-	mm.done(start, err)
-	return resp, err
-}
-
 // stream counts and times streaming calls (health watches, reflection).
 func (m *metrics) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	typ := "bidi_stream"

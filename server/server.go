@@ -165,14 +165,7 @@ func (s *Server) NewGRPCServer(tlsConf *tls.Config, opts ...grpc.ServerOption) (
 		grpc.NumStreamWorkers(streamWorkers),
 		grpc.MaxRecvMsgSize(s.limits.MaxMessageBytes),
 		grpc.MaxSendMsgSize(s.limits.MaxMessageBytes),
-		grpc.ChainUnaryInterceptor(
-			s.metrics.unary,
-			recovery.UnaryServerInterceptor(rec),
-			auth.UnaryServerInterceptor(identity.AuthFunc),
-			s.logFinishedCalls(logging.UnaryServerInterceptor(logger, logOpts...)),
-			protovalidatemw.UnaryServerInterceptor(validator, validatedByHand),
-			s.requestPath,
-		),
+		grpc.ChainUnaryInterceptor((&unaryPath{s: s, validator: validator}).intercept),
 		grpc.ChainStreamInterceptor(
 			s.metrics.stream,
 			recovery.StreamServerInterceptor(rec),
@@ -190,35 +183,13 @@ func (s *Server) NewGRPCServer(tlsConf *tls.Config, opts ...grpc.ServerOption) (
 // streamWorkers is how many goroutines serve calls (grpc.NumStreamWorkers).
 const streamWorkers = 256
 
-// callStartKey holds a call's start time in its context, for the log line.
-type callStartKey struct{}
-
-// callFields are the fields Custos adds to a call's log line: the caller's
-// identity and the call's duration.
+// callFields are the fields Custos adds to a stream's log line: the
+// caller's identity.
 func callFields(ctx context.Context) logging.Fields {
-	var f logging.Fields
 	if id, ok := identity.FromContext(ctx); ok {
-		f = append(f, "identity", id)
+		return logging.Fields{"identity", id}
 	}
-	if start, ok := ctx.Value(callStartKey{}).(time.Time); ok {
-		f = append(f, "grpc.time_ms", fmt.Sprintf("%.3f", float64(time.Since(start).Microseconds())/1000))
-	}
-	return f
-}
-
-// logFinishedCalls runs the call first and hands it to the logging
-// interceptor only when it will be logged (it failed, or debug is on): a
-// successful call at the default level pays nothing for logging.
-func (s *Server) logFinishedCalls(log grpc.UnaryServerInterceptor) grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		start := time.Now()
-		resp, err := handler(ctx, req)
-		if err == nil && !s.logger.Enabled(ctx, slog.LevelDebug) {
-			return resp, nil
-		}
-		ctx = context.WithValue(ctx, callStartKey{}, start)
-		return log(ctx, req, info, func(context.Context, any) (any, error) { return resp, err })
-	}
+	return nil
 }
 
 // codeToLevel logs successful calls at debug level only, so the hot path does

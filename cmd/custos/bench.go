@@ -393,6 +393,7 @@ func startChild(ctx context.Context, args []string, logFile string, ready *regex
 		return nil, nil, err
 	}
 	cmd := exec.Command(exe, args...)
+	cmd.SysProcAttr = childProcAttr() // the child dies with this process
 	cmd.Stderr = io.Discard
 	if logFile != "" {
 		lf, err := os.Create(logFile)

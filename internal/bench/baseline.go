@@ -142,6 +142,10 @@ func (b *baseline) RewrapBatch(_ context.Context, req *custosv1.RewrapBatchReque
 	return resp, nil
 }
 
+// StreamWorkers is the grpc.NumStreamWorkers of the baseline, the same as
+// Custos's server's.
+const StreamWorkers = 256
+
 // ServeBaseline serves the baseline on lis with tlsConf (Custos's own
 // server TLS configuration) and maxMsg as the message size limit, until ctx
 // is done.
@@ -150,7 +154,9 @@ func ServeBaseline(ctx context.Context, lis net.Listener, tlsConf *tls.Config, m
 	if err != nil {
 		return fmt.Errorf("baseline: %w", err)
 	}
-	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsConf)), grpc.MaxRecvMsgSize(maxMsg), grpc.MaxSendMsgSize(maxMsg))
+	// The transport settings Custos's server uses (server.NewGRPCServer),
+	// stream workers included, so that the ratio isolates Custos's work.
+	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsConf)), grpc.MaxRecvMsgSize(maxMsg), grpc.MaxSendMsgSize(maxMsg), grpc.NumStreamWorkers(StreamWorkers))
 	custosv1.RegisterCryptoServiceServer(gs, impl)
 	errc := make(chan error, 1)
 	go func() { errc <- gs.Serve(lis) }()

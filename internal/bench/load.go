@@ -3,7 +3,6 @@ package bench
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -269,16 +268,18 @@ func Run(ctx context.Context, target string, conn grpc.ClientConnInterface, w Wo
 	tallies := make([]tally, workers)
 	start := time.Now()
 	measureFrom, measureTo := start.Add(w.Warmup), start.Add(w.Warmup+w.Duration)
-	var cpu0 time.Duration
-	cpuErr := errors.New("no CPU reader")
-	var cpuOnce sync.Once
-	readCPU0 := func() {
-		if cpu != nil {
-			cpu0, cpuErr = cpu.CPU()
-		}
-	}
-	if w.Warmup == 0 {
-		cpuOnce.Do(readCPU0)
+	// The server's CPU is read when the measured window opens and when it
+	// closes, off the workers' path (a metrics scrape takes a while).
+	cpu0 := make(chan time.Duration, 1)
+	if cpu != nil {
+		time.AfterFunc(w.Warmup, func() {
+			if c, err := cpu.CPU(); err == nil {
+				cpu0 <- c
+			}
+			close(cpu0)
+		})
+	} else {
+		close(cpu0)
 	}
 	var wg sync.WaitGroup
 	for i := range workers {
@@ -291,11 +292,11 @@ func Run(ctx context.Context, target string, conn grpc.ClientConnInterface, w Wo
 				if !t0.Before(measureTo) {
 					return
 				}
-				if !t0.Before(measureFrom) {
-					cpuOnce.Do(readCPU0)
-				}
 				n, err := c(ctx)
-				if t0.Before(measureFrom) {
+				t1 := time.Now()
+				// A call counts when it both started and ended inside the
+				// measured window, so the window's length is the time base.
+				if t0.Before(measureFrom) || t1.After(measureTo) {
 					continue
 				}
 				if err != nil {
@@ -305,13 +306,18 @@ func Run(ctx context.Context, target string, conn grpc.ClientConnInterface, w Wo
 					t.errors[status.Code(err).String()]++
 					continue
 				}
-				t.lat = append(t.lat, time.Since(t0))
+				t.lat = append(t.lat, t1.Sub(t0))
 				t.items += int64(n)
 			}
 		})
 	}
 	wg.Wait()
-	end := time.Now()
+	var cpu1 time.Duration
+	cpuOK := false
+	if cpu != nil {
+		c, err := cpu.CPU()
+		cpu1, cpuOK = c, err == nil
+	}
 	if err := ctx.Err(); err != nil {
 		return Result{}, err
 	}
@@ -331,17 +337,17 @@ func Run(ctx context.Context, target string, conn grpc.ClientConnInterface, w Wo
 		r.Errors = nil
 	}
 	r.Calls = int64(len(lat))
-	r.Seconds = end.Sub(measureFrom).Seconds()
+	r.Seconds = w.Duration.Seconds()
 	if r.Seconds > 0 {
 		r.OpsPerSec = float64(r.Calls) / r.Seconds
 		r.ItemsPerSec = float64(r.Items) / r.Seconds
 	}
 	slices.Sort(lat)
 	r.P50, r.P90, r.P99, r.P999 = pct(lat, 50), pct(lat, 90), pct(lat, 99), pct(lat, 99.9)
-	if cpu != nil && cpuErr == nil && r.Calls > 0 {
-		if cpu1, err := cpu.CPU(); err == nil {
-			r.ServerCPUPerCall = float64((cpu1 - cpu0).Microseconds()) / float64(r.Calls)
-		}
+	if c0, ok := <-cpu0; ok && cpuOK && r.Calls > 0 {
+		// The CPU of the drain after the window is counted too: calls that
+		// end late are few, and their share of CPU small.
+		r.ServerCPUPerCall = float64((cpu1 - c0).Microseconds()) / float64(r.Calls)
 	}
 	return r, nil
 }
@@ -454,7 +460,9 @@ func Contend(ctx context.Context, custos Target, w, bg Workload, rounds int) (Co
 		// outlasts the measured run; all of its calls count.
 		ramp := bg.Warmup
 		span := bg
-		span.Warmup, span.Duration = 0, ramp+w.Warmup+w.Duration
+		// It runs a little past the measured run, which ends when its
+		// last call has returned.
+		span.Warmup, span.Duration = 0, ramp+w.Warmup+w.Duration+time.Second
 		bgDone := make(chan Result, 1)
 		bgErr := make(chan error, 1)
 		go func() {

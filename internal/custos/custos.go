@@ -136,11 +136,13 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 		return nil, err
 	}
 	rt.closers = append(rt.closers, pw.Close)
-	if opts.SizeGOMAXPROCS && cfg.Passwords.HashNice >= 0 {
+	if opts.SizeGOMAXPROCS && pw.Niced() {
 		// A hashing thread holds one of Go's Ps while it runs; give Go as
-		// many more, so that encryption keeps every core and the OS
-		// scheduler (the hashing threads' niceness) decides who gets the CPU.
-		runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + pw.Workers())
+		// many more (at most one per CPU), so that encryption keeps every
+		// core and the OS scheduler, by the hashing threads' niceness,
+		// decides who gets the CPU. (Setting GOMAXPROCS stops Go from
+		// following a container's CPU limit as it changes.)
+		runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + min(pw.Workers(), runtime.NumCPU()))
 	}
 	if rt.policy, err = policy.NewHolder(cfg.PolicyFile); err != nil {
 		return nil, err
@@ -263,7 +265,7 @@ func (rt *Runtime) Run(ctx context.Context) error {
 	})
 	wg.Go(func() { rt.srv.WatchDependencies(bg, rt.ks, cfg.Ops.ProbeInterval) })
 	if rt.reload != nil {
-		wg.Go(func() { rt.policy.Watch(bg, rt.reload, logger) })
+		wg.Go(func() { rt.policy.ReloadOn(bg, rt.reload, logger) })
 	}
 	wg.Go(func() { rt.ks.RunCountFlush(bg, cfg.Scheduler.FlushInterval) })
 	if !cfg.Scheduler.Disabled {

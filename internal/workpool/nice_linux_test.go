@@ -72,3 +72,26 @@ func TestANicedTaskPanicReachesTheCaller(t *testing.T) {
 		t.Fatalf("the worker is gone after a panic: %v, ran=%v", err, ran)
 	}
 }
+
+func TestATaskThatCallsGoexitFailsItsCallerAndTheWorkerIsReplaced(t *testing.T) {
+	p := NewNiced(1, 0, 5)
+	defer p.Close()
+	func() {
+		defer func() {
+			if r := recover(); r != errGoexit {
+				t.Errorf("recovered %v, want errGoexit", r)
+			}
+		}()
+		_ = p.Do(context.Background(), runtime.Goexit)
+	}()
+	done := make(chan error, 1)
+	go func() { done <- p.Do(context.Background(), func() {}) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the pool lost its only worker")
+	}
+}

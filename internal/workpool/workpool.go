@@ -75,18 +75,7 @@ func NewNiced(workers, queue, nice int) *Pool {
 	p.work = make(chan task)
 	started := make(chan error, cap(p.slots))
 	for range cap(p.slots) {
-		p.workers.Go(func() {
-			// Locked and never unlocked: the thread is this worker's alone,
-			// and ends with it.
-			runtime.LockOSThread()
-			started <- setThreadNice(nice)
-			for t := range p.work {
-				func() {
-					defer func() { t.done <- recover() }()
-					t.f()
-				}()
-			}
-		})
+		p.startWorker(nice, started)
 	}
 	for range cap(p.slots) {
 		if err := <-started; err != nil && p.niceErr == nil {
@@ -95,6 +84,38 @@ func NewNiced(workers, queue, nice int) *Pool {
 	}
 	return p
 }
+
+// startWorker starts one worker thread at niceness nice, reporting on
+// started whether the niceness could be set.
+func (p *Pool) startWorker(nice int, started chan<- error) {
+	p.workers.Go(func() {
+		// Locked and never unlocked: the thread is this worker's alone,
+		// and ends with it.
+		runtime.LockOSThread()
+		started <- setThreadNice(nice)
+		for t := range p.work {
+			returned := false
+			func() {
+				defer func() {
+					r := recover()
+					if !returned && r == nil {
+						// f called runtime.Goexit, which ends this
+						// goroutine: tell the caller, and replace the
+						// worker so the pool keeps its size.
+						r = errGoexit
+						p.startWorker(nice, make(chan error, 1))
+					}
+					t.done <- r
+				}()
+				t.f()
+				returned = true
+			}()
+		}
+	})
+}
+
+// errGoexit is what Do panics with when its task called runtime.Goexit.
+var errGoexit = errors.New("workpool: task called runtime.Goexit")
 
 // NiceErr reports why the niceness of a NewNiced pool's threads could not be
 // set, or nil.

@@ -208,6 +208,7 @@ func TestLockoutFailsClosedWhenItsStateIsUnreachable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(ks.Close)
 	lf.mustMatch(t, ks, subjectAlice) // warm the key cache
 	st.failGets.Store(true)
 	if m, err := lf.try(ks, subjectAlice, lockoutPasswords[subjectAlice]); m || !errors.Is(err, keystore.ErrUnavailable) {

@@ -98,6 +98,7 @@ type Service struct {
 	store   storage.Store
 	pool    *workpool.Pool
 	ownPool bool
+	niced   bool
 	now     func() time.Time
 	rand    io.Reader
 	logger  *slog.Logger
@@ -140,11 +141,17 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	niced := own && cfg.Nice > 0
 	if err := cfg.Pool.NiceErr(); err != nil {
 		cfg.Logger.Warn("password hashing threads run at normal priority", "error", err.Error())
+		niced = false
 	}
-	return &Service{peppers: cfg.Peppers, store: cfg.Store, pool: cfg.Pool, ownPool: own, now: cfg.Now, rand: cfg.Rand, logger: cfg.Logger}, nil
+	return &Service{peppers: cfg.Peppers, store: cfg.Store, pool: cfg.Pool, ownPool: own, niced: niced, now: cfg.Now, rand: cfg.Rand, logger: cfg.Logger}, nil
 }
+
+// Niced reports whether hashes run on threads of their own at a lowered
+// priority (the niceness could be set).
+func (s *Service) Niced() bool { return s.niced }
 
 // Workers is how many hashes run at once.
 func (s *Service) Workers() int { return s.pool.Workers() }

@@ -51,15 +51,15 @@ func (h *Holder) reload() (*Policy, error) {
 	return p, nil
 }
 
-// Watch reloads the policy every time reload delivers a signal (SIGHUP),
+// ReloadOn reloads the policy every time reload delivers a signal (SIGHUP),
 // until ctx is done. The caller registers reload with signal.Notify, as
-// early as it can: a signal that arrives before Watch runs waits in the
-// channel and is handled then, and one that arrives after Watch returns
+// early as it can: a signal that arrives before ReloadOn runs waits in the
+// channel and is handled then, and one that arrives after ReloadOn returns
 // stays caught (never fatal) as long as the registration lasts. Each reload
 // is logged to logger: success at Info, failure, with the previous policy
 // kept, at Error (naming the rule at fault). The policy's contents are
 // never logged.
-func (h *Holder) Watch(ctx context.Context, reload <-chan os.Signal, logger *slog.Logger) {
+func (h *Holder) ReloadOn(ctx context.Context, reload <-chan os.Signal, logger *slog.Logger) {
 	for {
 		select {
 		case <-ctx.Done():

@@ -192,13 +192,13 @@ func TestWatchReloadsOnSIGHUP(t *testing.T) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	done := make(chan struct{})
-	go func() { defer close(done); h.Watch(ctx, hup, logger) }()
+	go func() { defer close(done); h.ReloadOn(ctx, hup, logger) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
 		case <-done:
 		case <-time.After(10 * time.Second):
-			t.Error("Watch did not return within 10s of its context ending")
+			t.Error("ReloadOn did not return within 10s of its context ending")
 		}
 	})
 

@@ -70,7 +70,7 @@
 // # Reloading
 //
 // A Holder keeps the current Policy and swaps it atomically on Reload, or on
-// SIGHUP with Watch. Calls in flight keep the Policy they started
+// SIGHUP with ReloadOn. Calls in flight keep the Policy they started
 // with; an invalid file leaves the previous policy in force.
 package policy
 

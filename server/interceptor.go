@@ -1,0 +1,121 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"time"
+
+	"buf.build/go/protovalidate"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/custos-kms/custos/server/identity"
+)
+
+// unaryPath is Custos's one unary interceptor. In order, as the chain of
+// separate interceptors it replaces did: it counts and times the call
+// (metrics), turns a panic into a bland INTERNAL (recovery), derives the
+// caller's identity from its verified certificate (UNAUTHENTICATED
+// otherwise), validates the request (protovalidate, or the hand checks of
+// validatedByHand), runs the request path (names, authorization, rate
+// limits) and the handler, and logs the call when it failed or debug
+// logging is on ("finished call", the fields go-grpc-middleware's logging
+// wrote). One function instead of six chained interceptors saves their
+// per-call closures and frames on the hottest path. Streams keep the
+// middleware chain.
+type unaryPath struct {
+	s         *Server
+	validator protovalidate.Validator
+}
+
+func (u *unaryPath) intercept(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+	s := u.s
+	mm := s.metrics.method(info.FullMethod, "unary")
+	mm.started.Inc()
+	start := time.Now()
+	logCtx := ctx
+	defer func() {
+		if p := recover(); p != nil {
+			// The panic value may hold request data: log only its type and the stack.
+			s.logger.LogAttrs(logCtx, slog.LevelError, "panic in handler", slog.String("panic_type", fmt.Sprintf("%T", p)), slog.String("stack", string(debug.Stack())))
+			resp, err = nil, status.Error(codes.Internal, "internal error")
+		}
+		mm.done(start, err)
+		s.logCall(logCtx, info.FullMethod, start, err)
+	}()
+	ctx, err = identity.AuthFunc(ctx)
+	if err != nil {
+		return nil, err
+	}
+	logCtx = ctx
+	if err := u.validate(req); err != nil {
+		return nil, err
+	}
+	return s.requestPath(ctx, req, info, handler)
+}
+
+// validate applies protovalidate to requests that are not checked by hand,
+// with the errors go-grpc-middleware's protovalidate interceptor gave.
+func (u *unaryPath) validate(req any) error {
+	msg, ok := req.(proto.Message)
+	if !ok {
+		return status.Errorf(codes.Internal, "unsupported message type: %T", req)
+	}
+	if handChecked[msg.ProtoReflect().Descriptor().FullName()] {
+		return nil
+	}
+	err := u.validator.Validate(msg)
+	if err == nil {
+		return nil
+	}
+	var valErr *protovalidate.ValidationError
+	if errors.As(err, &valErr) {
+		st := status.New(codes.InvalidArgument, err.Error())
+		if ds, derr := st.WithDetails(valErr.ToProto()); derr == nil {
+			return ds.Err()
+		}
+		return st.Err()
+	}
+	return status.Error(codes.Internal, err.Error())
+}
+
+// logCall writes a call's "finished call" line: failures at info or above
+// (codeToLevel), successes only at debug, so a successful call at the
+// default level pays for one Enabled check.
+func (s *Server) logCall(ctx context.Context, fullMethod string, start time.Time, err error) {
+	code := status.Code(err)
+	lvl := slog.Level(codeToLevel(code))
+	if !s.logger.Enabled(ctx, lvl) {
+		return
+	}
+	service, method := splitMethod(fullMethod)
+	attrs := make([]slog.Attr, 0, 12)
+	attrs = append(attrs,
+		slog.String("protocol", "grpc"),
+		slog.String("grpc.component", "server"),
+		slog.String("grpc.service", service),
+		slog.String("grpc.method", method),
+		slog.String("grpc.method_type", "unary"),
+	)
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		attrs = append(attrs, slog.String("peer.address", p.Addr.String()))
+	}
+	attrs = append(attrs, slog.String("grpc.start_time", start.Format(time.RFC3339)))
+	if id, ok := identity.FromContext(ctx); ok {
+		attrs = append(attrs, slog.String("identity", id))
+	}
+	attrs = append(attrs,
+		slog.String("grpc.time_ms", fmt.Sprintf("%.3f", float64(time.Since(start).Microseconds())/1000)),
+		slog.String("grpc.code", code.String()),
+	)
+	if err != nil {
+		attrs = append(attrs, slog.String("grpc.error", err.Error()))
+	}
+	s.logger.LogAttrs(ctx, lvl, "finished call", attrs...)
+}
