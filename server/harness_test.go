@@ -33,7 +33,6 @@ import (
 	"github.com/custos-kms/custos/keystore/root/local"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 	"github.com/custos-kms/custos/server"
-	"github.com/custos-kms/custos/server/policy"
 )
 
 // Identities of the test clients. Each gets its own certificate from the
@@ -291,15 +290,6 @@ func runInBackground(tb testing.TB, rt *custos.Runtime) (stop func()) {
 // stop stops the server gracefully and closes its store. It may be called
 // more than once.
 func (ts *testServer) stop() { ts.stopOnce.Do(ts.stopRun) }
-
-func mustParsePolicy(tb testing.TB, doc string) *policy.Policy {
-	tb.Helper()
-	p, err := policy.Parse([]byte(doc))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return p
-}
 
 // conn returns a connection to ts authenticated as id.
 func (ts *testServer) conn(tb testing.TB, id string) *grpc.ClientConn {
