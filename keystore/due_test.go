@@ -246,7 +246,7 @@ func (s slowLister) List(ctx context.Context, prefix, after string, limit int) (
 // does not take over and sweep again, so one sweep is done in all.
 func TestASweepLongerThanTheLeaseKeepsIt(t *testing.T) {
 	f := newLCFixture(t)
-	manyTenants(t, f, 300) // about 0.6 s of sweeping
+	manyTenants(t, f, 1000) // about 2 s of sweeping, several lease lifetimes
 	var replicas []*keystore.Service
 	for range 2 {
 		cfg := f.cfg
@@ -262,10 +262,10 @@ func TestASweepLongerThanTheLeaseKeepsIt(t *testing.T) {
 	done := make(chan error, 2)
 	for i, ks := range replicas {
 		go func() {
-			done <- ks.RunScheduler(ctx, keystore.SchedulerConfig{Interval: 20 * time.Millisecond, LeaseTTL: 60 * time.Millisecond, HolderID: fmt.Sprint(i)})
+			done <- ks.RunScheduler(ctx, keystore.SchedulerConfig{Interval: 20 * time.Millisecond, LeaseTTL: 400 * time.Millisecond, HolderID: fmt.Sprint(i)})
 		}()
 	}
-	time.Sleep(1500 * time.Millisecond)
+	time.Sleep(3500 * time.Millisecond)
 	cancel()
 	for range 2 {
 		select {
