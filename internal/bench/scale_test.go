@@ -2,7 +2,8 @@
 
 package bench_test
 
-// The scale measurement (make bench-scale), not part of make test: a
+// The scale measurement (make bench-scale), not part of make test. With
+// CUSTOS_SCALE_SERVER_GOGC set, the servers run with that GOGC. A
 // throwaway PostgreSQL (internal/pgtest: fsync off, fit for measurements of
 // CPU, not of durability) seeded with CUSTOS_SCALE_TENANTS tenants (default
 // 1,000,000) of one key each, and again with 1,000, each served by a
@@ -183,6 +184,10 @@ scheduler: {interval: 5s}
 	defer logf.Close()
 	srv := exec.Command(bin, "serve", "--config", confPath)
 	srv.Stderr, srv.Stdout = logf, logf
+	if g := os.Getenv("CUSTOS_SCALE_SERVER_GOGC"); g != "" {
+		// The servers' garbage collector only, not the load generator's.
+		srv.Env = append(os.Environ(), "GOGC="+g)
+	}
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
