@@ -39,7 +39,7 @@ func newServeCmd() *cobra.Command {
 // server in-process pass nil. ready, if not nil, is called with the bound
 // addresses (ops is nil when the ops listener is off) before serving starts.
 func serve(ctx context.Context, cfg *config.Config, logw io.Writer, reload <-chan os.Signal, ready func(addr, ops net.Addr)) error {
-	rt, err := custos.New(ctx, cfg, custos.Options{LogWriter: logw, Reload: reload, SizeGOMAXPROCS: reload != nil})
+	rt, err := custos.New(ctx, cfg, custos.Options{LogWriter: logw, Reload: reload, TuneRuntime: reload != nil})
 	if err != nil {
 		return err
 	}

@@ -26,7 +26,7 @@ func TestParseResolvesRelativePathsAndDefaults(t *testing.T) {
 	if c.TLS.CertFile != filepath.Join("/srv/custos", "s.pem") || c.TLS.ClientCAFile != "/etc/ca.pem" || c.Storage.Bbolt.Path != "/srv/custos/data/custos.db" {
 		t.Fatalf("paths not resolved: %+v", c)
 	}
-	if c.Cache.TTL != time.Minute || c.Log.Level != "info" || c.ShutdownTimeout != 10*time.Second {
+	if c.Cache.TTL != time.Minute || c.Log.Level != "info" || c.ShutdownTimeout != 10*time.Second || c.GCPercent != config.DefaultGCPercent {
 		t.Fatalf("defaults/durations wrong: %+v", c)
 	}
 }
@@ -88,6 +88,7 @@ func TestSchedulerSettingsAreCheckedAgainstTheEffectiveDefaults(t *testing.T) {
 	for name, tt := range map[string]struct{ yaml, want string }{
 		"a lease shorter than the default interval": {"scheduler: {lease_ttl: 20s}\n", "lease_ttl"},
 		"a usage threshold past 2^30":               {"scheduler: {usage_rotate_threshold: 2000000000}\n", "usage_rotate_threshold"},
+		"a negative GC target":                      {"gc_percent: -5\n", "gc_percent"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := config.Parse([]byte(valid+tt.yaml), "/x")

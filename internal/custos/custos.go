@@ -21,6 +21,7 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,10 +57,12 @@ type Options struct {
 	// Register adds services to the gRPC server. Their methods need rows in
 	// the server's method table; calls to methods without one are refused.
 	Register func(*grpc.Server)
-	// SizeGOMAXPROCS raises GOMAXPROCS by the password-hashing threads, so
-	// that hashing does not take Go's Ps from the rest. Only the process's
-	// one server sets it (custos serve and dev).
-	SizeGOMAXPROCS bool
+	// TuneRuntime makes the Runtime tune the Go runtime of its process:
+	// GOMAXPROCS is raised by the password-hashing threads, so that hashing
+	// does not take Go's Ps from the rest, and the GC target is set to the
+	// configured gc_percent unless GOGC is in the environment. Only the
+	// process's one server sets it (custos serve and dev).
+	TuneRuntime bool
 	// Reload, if set, reloads the policy on every receive. A process's one
 	// server passes a channel registered for SIGHUP with signal.Notify as
 	// its first step, so that a SIGHUP is never fatal, not during start-up
@@ -136,7 +139,10 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 		return nil, err
 	}
 	rt.closers = append(rt.closers, pw.Close)
-	if opts.SizeGOMAXPROCS && pw.Niced() {
+	if opts.TuneRuntime && os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(cfg.GCPercent)
+	}
+	if opts.TuneRuntime && pw.Niced() {
 		// A hashing thread holds one of Go's Ps while it runs; give Go as
 		// many more (at most one per CPU), so that encryption keeps every
 		// core and the OS scheduler, by the hashing threads' niceness,
