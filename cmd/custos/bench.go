@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -43,6 +44,7 @@ type benchFlags struct {
 	output                       string
 	tenants                      int
 	tenantPrefix                 string
+	baseGC                       int
 }
 
 func newBenchCmd() *cobra.Command {
@@ -77,6 +79,7 @@ baseline with that directory's server certificate. --server-pid or
 	fl.StringVar(&f.baseCert, "baseline-cert", "", "baseline server certificate (default: server.pem beside --ca)")
 	fl.StringVar(&f.baseKey, "baseline-key", "", "baseline server key (default: server-key.pem beside --ca)")
 	fl.StringVar(&f.baseCA, "baseline-client-ca", "", "CA that verifies clients of the baseline (default: --ca)")
+	fl.IntVar(&f.baseGC, "baseline-gc-percent", config.DefaultGCPercent, "the baseline's Go GC target: set it to the server's gc_percent")
 	fl.IntVar(&f.serverPID, "server-pid", 0, "PID of the Custos server, to report its CPU time per call")
 	fl.StringVar(&f.serverMetrics, "server-metrics", "", "the server's /metrics URL, to report its CPU time per call")
 	fl.BoolVar(&f.spawnDev, "spawn-dev", false, "start a throwaway custos dev in its own process and load it")
@@ -148,12 +151,18 @@ func opNames() string {
 // standard input closes or it is signalled.
 func newBenchBaselineCmd() *cobra.Command {
 	var listen, cert, key, ca string
+	var gcPercent int
 	cmd := &cobra.Command{
 		Use:    "baseline",
 		Short:  "Serve the bench baseline (started by custos bench)",
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if os.Getenv("GOGC") == "" {
+				// The GC target custos serve runs with, so that the ratio
+				// compares the work, not the collectors' settings.
+				debug.SetGCPercent(gcPercent)
+			}
 			tlsConf, err := server.TLSConfig(cert, key, ca)
 			if err != nil {
 				return err
@@ -173,6 +182,7 @@ func newBenchBaselineCmd() *cobra.Command {
 	cmd.Flags().StringVar(&cert, "cert", "", "server certificate")
 	cmd.Flags().StringVar(&key, "key", "", "server key")
 	cmd.Flags().StringVar(&ca, "client-ca", "", "CA bundle that verifies clients")
+	cmd.Flags().IntVar(&gcPercent, "gc-percent", config.DefaultGCPercent, "Go GC target (as the server's gc_percent)")
 	return cmd
 }
 
@@ -250,7 +260,8 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 	case "spawn":
 		dir := filepath.Dir(f.ca)
 		certF, keyF, caF := orDefault(f.baseCert, filepath.Join(dir, "server.pem")), orDefault(f.baseKey, filepath.Join(dir, "server-key.pem")), orDefault(f.baseCA, f.ca)
-		child, lines, err := startChild(ctx, []string{"bench", "baseline", "--cert", certF, "--key", keyF, "--client-ca", caF}, "", regexp.MustCompile(`baseline listening on (\S+)`))
+		child, lines, err := startChild(ctx, []string{"bench", "baseline", "--cert", certF, "--key", keyF, "--client-ca", caF, "--gc-percent", strconv.Itoa(f.baseGC)},
+			"", regexp.MustCompile(`baseline listening on (\S+)`))
 		if err != nil {
 			return fmt.Errorf("spawn the baseline: %w", err)
 		}
