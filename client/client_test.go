@@ -8,6 +8,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -393,7 +394,7 @@ func TestAllTenantsWalksThreePages(t *testing.T) {
 			}
 			ids = append(ids, tn.ID)
 		}
-		if want := []string{"t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7"}; !equalStrings(ids, want) {
+		if want := []string{"t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7"}; !slices.Equal(ids, want) {
 			t.Errorf("AllTenants ids = %v, want %v", ids, want)
 		}
 		if calls := env.hooks.callCount(method) - before; calls != 3 {
@@ -461,18 +462,6 @@ func TestAllKeysWalksThreePages(t *testing.T) {
 	for _, err := range c.AllKeys(ctx, client.TenantName("nobody")) {
 		checkSentinels(t, err, client.ErrNotFound)
 	}
-}
-
-func equalStrings(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func TestEncryptDecrypt(t *testing.T) {

@@ -9,6 +9,7 @@ package client_test
 import (
 	"context"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -111,7 +112,7 @@ func (e *testEnv) waitForEncryptCounts(t *testing.T, key string, want ...uint64)
 		for _, v := range k.Versions {
 			got = append(got, v.EncryptCount)
 		}
-		if equalCounts(got, want) {
+		if slices.Equal(got, want) {
 			return
 		}
 		if time.Now().After(deadline) {
@@ -119,18 +120,6 @@ func (e *testEnv) waitForEncryptCounts(t *testing.T, key string, want ...uint64)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-func equalCounts(a, b []uint64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // hooks is the test's interceptor on the real server.

@@ -39,25 +39,25 @@ func (u *unaryPath) intercept(ctx context.Context, req any, info *grpc.UnaryServ
 	mm := s.metrics.method(info.FullMethod, "unary")
 	mm.started.Inc()
 	start := time.Now()
-	logCtx := ctx
+	var id string
 	defer func() {
 		if p := recover(); p != nil {
 			// The panic value may hold request data: log only its type and the stack.
-			s.logger.LogAttrs(logCtx, slog.LevelError, "panic in handler", slog.String("panic_type", fmt.Sprintf("%T", p)), slog.String("stack", string(debug.Stack())))
+			s.logger.LogAttrs(ctx, slog.LevelError, "panic in handler", slog.String("panic_type", fmt.Sprintf("%T", p)), slog.String("stack", string(debug.Stack())))
 			resp, err = nil, status.Error(codes.Internal, "internal error")
 		}
 		mm.done(start, err)
-		s.logCall(logCtx, info.FullMethod, start, err)
+		s.logCall(ctx, id, info.FullMethod, start, err)
 	}()
-	ctx, err = identity.AuthFunc(ctx)
-	if err != nil {
+	// The identity travels with the call (requestPath's call value), not in
+	// a context value of its own: one allocation less per call.
+	if id, err = identity.Authenticate(ctx); err != nil {
 		return nil, err
 	}
-	logCtx = ctx
 	if err := u.validate(req); err != nil {
 		return nil, err
 	}
-	return s.requestPath(ctx, req, info, handler)
+	return s.requestPath(ctx, id, req, info, handler)
 }
 
 // validate applies protovalidate to requests that are not checked by hand,
@@ -88,7 +88,7 @@ func (u *unaryPath) validate(req any) error {
 // logCall writes a call's "finished call" line: failures at info or above
 // (codeToLevel), successes only at debug, so a successful call at the
 // default level pays for one Enabled check.
-func (s *Server) logCall(ctx context.Context, fullMethod string, start time.Time, err error) {
+func (s *Server) logCall(ctx context.Context, id, fullMethod string, start time.Time, err error) {
 	code := status.Code(err)
 	lvl := slog.Level(codeToLevel(code))
 	if !s.logger.Enabled(ctx, lvl) {
@@ -107,7 +107,7 @@ func (s *Server) logCall(ctx context.Context, fullMethod string, start time.Time
 		attrs = append(attrs, slog.String("peer.address", p.Addr.String()))
 	}
 	attrs = append(attrs, slog.String("grpc.start_time", start.Format(time.RFC3339)))
-	if id, ok := identity.FromContext(ctx); ok {
+	if id != "" {
 		attrs = append(attrs, slog.String("identity", id))
 	}
 	attrs = append(attrs,

@@ -212,10 +212,6 @@ func (rt *Runtime) OpsAddr() net.Addr {
 // that need to act on it directly (for example run one scheduler pass).
 func (rt *Runtime) Keystore() *keystore.Service { return rt.ks }
 
-// ReloadPolicy reads the policy file again, as SIGHUP does; an invalid file
-// keeps the policy in force and returns the error.
-func (rt *Runtime) ReloadPolicy() error { return rt.policy.Reload() }
-
 // Close releases what New built, for a Runtime that is never Run. It does
 // nothing after Run.
 func (rt *Runtime) Close() {

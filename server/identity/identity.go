@@ -145,12 +145,22 @@ func FromContext(ctx context.Context) (id string, ok bool) {
 // usable identity fails with UNAUTHENTICATED saying why. No service is
 // exempt: health checking and reflection need a certificate too.
 func AuthFunc(ctx context.Context) (context.Context, error) {
+	id, err := Authenticate(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return NewContext(ctx, id), nil
+}
+
+// Authenticate is AuthFunc without the context: the caller's identity, or
+// the UNAUTHENTICATED status AuthFunc returns.
+func Authenticate(ctx context.Context) (string, error) {
 	id, err := FromPeer(ctx)
 	switch {
 	case errors.Is(err, ErrNoVerifiedCertificate):
-		return nil, status.Error(codes.Unauthenticated, "no verified client certificate")
+		return "", status.Error(codes.Unauthenticated, "no verified client certificate")
 	case err != nil:
-		return nil, status.Error(codes.Unauthenticated, strings.TrimPrefix(err.Error(), "identity: "))
+		return "", status.Error(codes.Unauthenticated, strings.TrimPrefix(err.Error(), "identity: "))
 	}
-	return NewContext(ctx, id), nil
+	return id, nil
 }
