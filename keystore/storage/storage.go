@@ -113,3 +113,34 @@ func RetryOnConflict(maxAttempts int, attempt func() error) error {
 	}
 	return err
 }
+
+// AnyVersion as an Op's Expect skips the version check: a Put overwrites
+// or creates the record, a Delete removes it if it exists.
+const AnyVersion = ^uint64(0)
+
+// Op is one write of an Apply.
+type Op struct {
+	// Key is the record's key.
+	Key string
+	// Value is stored by a Put; ignored by a Delete.
+	Value []byte
+	// Expect is the version the record must have, as in Put and Delete
+	// (0: must not exist), or AnyVersion.
+	Expect uint64
+	// Delete removes the record instead of storing Value.
+	Delete bool
+}
+
+// Applier is implemented by stores that can make several writes at once,
+// atomically: the audit log integrates a batch of events into its tree in
+// one transaction.
+type Applier interface {
+	// Apply makes every write of ops or none. If any version check fails
+	// it returns an error wrapping ErrConflict (a Delete of a missing
+	// record with Expect other than AnyVersion is a conflict too) and
+	// stores nothing. A key may appear at most once in ops.
+	Apply(ctx context.Context, ops []Op) error
+}
+
+// MaxApplyOps bounds the writes of one Apply.
+const MaxApplyOps = 100_000

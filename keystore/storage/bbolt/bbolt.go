@@ -251,3 +251,49 @@ func decode(raw []byte) ([]byte, uint64, error) {
 	copy(value, raw[versionLen:])
 	return value, binary.BigEndian.Uint64(raw), nil
 }
+
+var _ storage.Applier = (*Store)(nil)
+
+// Apply makes every write of ops in one transaction, or, if a version check
+// fails, none.
+func (s *Store) Apply(ctx context.Context, ops []storage.Op) error {
+	if err := validate.Ops(ops); err != nil {
+		return fmt.Errorf("bbolt: apply: %w", err)
+	}
+	err := s.update(ctx, func(b *bolt.Bucket) error {
+		for _, op := range ops {
+			if op.Expect == storage.AnyVersion {
+				continue
+			}
+			if err := checkVersion(b, op.Key, op.Expect, false); err != nil {
+				return fmt.Errorf("%q: %w", op.Key, err)
+			}
+			if op.Delete && op.Expect == 0 {
+				return fmt.Errorf("%q: delete expects no record: %w", op.Key, storage.ErrConflict)
+			}
+		}
+		for _, op := range ops {
+			if op.Delete {
+				if err := b.Delete([]byte(op.Key)); err != nil {
+					return err
+				}
+				continue
+			}
+			version, err := b.NextSequence()
+			if err != nil {
+				return err
+			}
+			raw := make([]byte, versionLen+len(op.Value))
+			binary.BigEndian.PutUint64(raw, version)
+			copy(raw[versionLen:], op.Value)
+			if err := b.Put([]byte(op.Key), raw); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("bbolt: apply: %w", err)
+	}
+	return nil
+}

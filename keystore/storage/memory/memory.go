@@ -166,3 +166,44 @@ func (s *Store) ready(ctx context.Context) error {
 	}
 	return ctx.Err()
 }
+
+var _ storage.Applier = (*Store)(nil)
+
+// Apply makes every write of ops or, if a version check fails, none.
+func (s *Store) Apply(ctx context.Context, ops []storage.Op) error {
+	if err := validate.Ops(ops); err != nil {
+		return fmt.Errorf("memory: apply: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.ready(ctx); err != nil {
+		return fmt.Errorf("memory: apply: %w", err)
+	}
+	for _, op := range ops {
+		r, ok := s.records[op.Key]
+		if op.Expect == storage.AnyVersion || r.version == op.Expect && (ok || !op.Delete) {
+			continue
+		}
+		return fmt.Errorf("memory: apply: %q: expected version %d, found %d: %w", op.Key, op.Expect, r.version, storage.ErrConflict)
+	}
+	for _, op := range ops {
+		_, exists := s.records[op.Key]
+		if op.Delete {
+			if exists {
+				delete(s.records, op.Key)
+				i, _ := slices.BinarySearch(s.keys, op.Key)
+				s.keys = slices.Delete(s.keys, i, i+1)
+				s.notify(op.Key, 0)
+			}
+			continue
+		}
+		if !exists {
+			i, _ := slices.BinarySearch(s.keys, op.Key)
+			s.keys = slices.Insert(s.keys, i, op.Key)
+		}
+		s.version++
+		s.records[op.Key] = record{value: slices.Clone(op.Value), version: s.version}
+		s.notify(op.Key, s.version)
+	}
+	return nil
+}

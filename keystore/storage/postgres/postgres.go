@@ -354,3 +354,73 @@ func dbVersion(expect uint64) int64 {
 	}
 	return int64(expect)
 }
+
+var _ storage.Applier = (*Store)(nil)
+
+// Apply makes every write of ops in one transaction, sent as one pipelined
+// batch, or, if a version check fails, none.
+func (s *Store) Apply(ctx context.Context, ops []storage.Op) error {
+	if err := validate.Ops(ops); err != nil {
+		return fmt.Errorf("postgres: apply: %w", err)
+	}
+	for _, op := range ops {
+		if !validKey(op.Key) {
+			return fmt.Errorf("postgres: apply: key %q is not valid UTF-8 or contains NUL: %w", op.Key, storage.ErrInvalid)
+		}
+	}
+	if err := s.ready(ctx); err != nil {
+		return fmt.Errorf("postgres: apply: %w", err)
+	}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var b pgx.Batch
+		for _, op := range ops {
+			value := op.Value
+			if value == nil {
+				value = []byte{}
+			}
+			switch {
+			case op.Delete && op.Expect == storage.AnyVersion:
+				b.Queue(`DELETE FROM custos_records WHERE key = $1`, op.Key)
+			case op.Delete:
+				b.Queue(`DELETE FROM custos_records WHERE key = $1 AND version = $2`, op.Key, dbVersion(op.Expect))
+			case op.Expect == storage.AnyVersion:
+				b.Queue(`
+					INSERT INTO custos_records (key, value, version)
+					VALUES ($1, $2, nextval('custos_record_version'))
+					ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, version = EXCLUDED.version`, op.Key, value)
+			case op.Expect == 0:
+				b.Queue(`
+					INSERT INTO custos_records (key, value, version)
+					VALUES ($1, $2, nextval('custos_record_version'))
+					ON CONFLICT (key) DO NOTHING`, op.Key, value)
+			default:
+				b.Queue(`
+					UPDATE custos_records SET value = $2, version = nextval('custos_record_version')
+					WHERE key = $1 AND version = $3`, op.Key, value, dbVersion(op.Expect))
+			}
+		}
+		br := tx.SendBatch(ctx, &b)
+		var conflict error
+		for _, op := range ops {
+			tag, err := br.Exec()
+			if err != nil {
+				br.Close()
+				return err
+			}
+			if op.Expect != storage.AnyVersion && tag.RowsAffected() != 1 && conflict == nil {
+				conflict = fmt.Errorf("%q: expected version %d, found another or none: %w", op.Key, op.Expect, storage.ErrConflict)
+			}
+		}
+		if err := br.Close(); err != nil {
+			return err
+		}
+		return conflict // rolls the transaction back
+	})
+	switch {
+	case errors.Is(err, storage.ErrConflict):
+		return fmt.Errorf("postgres: apply: %w", err)
+	case err != nil:
+		return fmt.Errorf("postgres: apply: %w", s.fail(ctx, err))
+	}
+	return nil
+}

@@ -69,6 +69,9 @@ var cases = []struct {
 	{"concurrent creates of one key let exactly one succeed", testConcurrentCreates},
 	{"methods after Close return ErrClosed", testClosed},
 	{"a cancelled context fails every method with context.Canceled", testCancelled},
+	{"Apply makes all its writes", testApply},
+	{"Apply with one failing version check makes none of its writes", testApplyConflict},
+	{"Apply refuses a key named twice and an empty batch", testApplyInvalid},
 }
 
 func testGetMissing(t *testing.T, s storage.Store) {
@@ -585,4 +588,78 @@ func recordKeys(rs []storage.Record) []string {
 		keys = append(keys, r.Key)
 	}
 	return keys
+}
+
+func applier(t *testing.T, s storage.Store) storage.Applier {
+	t.Helper()
+	a, ok := s.(storage.Applier)
+	if !ok {
+		t.Fatalf("%T does not implement storage.Applier", s)
+	}
+	return a
+}
+
+func testApply(t *testing.T, s storage.Store) {
+	ctx := context.Background()
+	a := applier(t, s)
+	v1 := mustPut(t, s, "a/update", "old", 0)
+	mustPut(t, s, "a/delete", "gone", 0)
+	mustPut(t, s, "a/overwrite", "old", 0)
+	v4 := mustPut(t, s, "a/delete-checked", "gone", 0)
+	err := a.Apply(ctx, []storage.Op{
+		{Key: "a/create", Value: []byte("new"), Expect: 0},
+		{Key: "a/update", Value: []byte("new"), Expect: v1},
+		{Key: "a/delete", Delete: true, Expect: storage.AnyVersion},
+		{Key: "a/delete-checked", Delete: true, Expect: v4},
+		{Key: "a/overwrite", Value: []byte("new"), Expect: storage.AnyVersion},
+		{Key: "a/upsert", Value: []byte("new"), Expect: storage.AnyVersion},
+		{Key: "a/delete-missing", Delete: true, Expect: storage.AnyVersion},
+	})
+	if err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	for _, k := range []string{"a/create", "a/update", "a/overwrite", "a/upsert"} {
+		if r := mustGet(t, s, k); string(r.Value) != "new" || r.Version <= v4 {
+			t.Errorf("%s = %q version %d, want \"new\" at a version above %d", k, r.Value, r.Version, v4)
+		}
+	}
+	for _, k := range []string{"a/delete", "a/delete-checked", "a/delete-missing"} {
+		_, err := s.Get(ctx, k)
+		wantErr(t, err, storage.ErrNotFound, "Get "+k)
+	}
+}
+
+func testApplyConflict(t *testing.T, s storage.Store) {
+	ctx := context.Background()
+	a := applier(t, s)
+	v := mustPut(t, s, "b/kept", "old", 0)
+	mustPut(t, s, "b/exists", "old", 0)
+	for name, bad := range map[string]storage.Op{
+		"stale version":         {Key: "b/kept", Value: []byte("new"), Expect: v + 1000},
+		"create of an existing": {Key: "b/exists", Value: []byte("new"), Expect: 0},
+		"delete of a missing":   {Key: "b/missing", Delete: true, Expect: 7},
+		"update of a missing":   {Key: "b/missing", Value: []byte("new"), Expect: 7},
+	} {
+		err := a.Apply(ctx, []storage.Op{
+			{Key: "b/created", Value: []byte("new"), Expect: 0},
+			{Key: "b/upsert", Value: []byte("new"), Expect: storage.AnyVersion},
+			bad,
+		})
+		wantErr(t, err, storage.ErrConflict, name)
+		for _, k := range []string{"b/created", "b/upsert"} {
+			_, err := s.Get(ctx, k)
+			wantErr(t, err, storage.ErrNotFound, name+": Get "+k)
+		}
+		wantRecord(t, s, "b/kept", "old", v)
+	}
+}
+
+func testApplyInvalid(t *testing.T, s storage.Store) {
+	ctx := context.Background()
+	a := applier(t, s)
+	err := a.Apply(ctx, []storage.Op{{Key: "c/x", Value: []byte("1"), Expect: storage.AnyVersion}, {Key: "c/x", Delete: true, Expect: storage.AnyVersion}})
+	wantErr(t, err, storage.ErrInvalid, "a key named twice")
+	wantErr(t, a.Apply(ctx, nil), storage.ErrInvalid, "no writes")
+	_, err = s.Get(ctx, "c/x")
+	wantErr(t, err, storage.ErrNotFound, "Get c/x")
 }

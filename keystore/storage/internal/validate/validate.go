@@ -36,3 +36,25 @@ func Limit(limit int) error {
 	}
 	return nil
 }
+
+// Ops reports an error wrapping storage.ErrInvalid if ops is empty, too
+// long, names a key twice, or holds an invalid key or value.
+func Ops(ops []storage.Op) error {
+	if len(ops) == 0 || len(ops) > storage.MaxApplyOps {
+		return fmt.Errorf("%d writes, want 1 to %d: %w", len(ops), storage.MaxApplyOps, storage.ErrInvalid)
+	}
+	seen := make(map[string]struct{}, len(ops))
+	for _, op := range ops {
+		if err := Key(op.Key); err != nil {
+			return err
+		}
+		if err := Value(op.Value); err != nil {
+			return fmt.Errorf("key %q: %w", op.Key, err)
+		}
+		if _, dup := seen[op.Key]; dup {
+			return fmt.Errorf("key %q written twice: %w", op.Key, storage.ErrInvalid)
+		}
+		seen[op.Key] = struct{}{}
+	}
+	return nil
+}

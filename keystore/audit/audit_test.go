@@ -1,0 +1,472 @@
+package audit_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/transparency-dev/merkle/proof"
+	"github.com/transparency-dev/merkle/rfc6962"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/custos-kms/custos/keystore/audit"
+	"github.com/custos-kms/custos/keystore/root/local"
+	"github.com/custos-kms/custos/keystore/storage"
+	"github.com/custos-kms/custos/keystore/storage/bbolt"
+	"github.com/custos-kms/custos/keystore/storage/memory"
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
+)
+
+type fixture struct {
+	store storage.Store
+	root  *local.Root
+	log   *audit.Log
+	w     *audit.Writer
+}
+
+func newFixture(t *testing.T, store storage.Store, spool string) *fixture {
+	t.Helper()
+	r, err := local.Create(filepath.Join(t.TempDir(), "root.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := audit.Open(context.Background(), audit.Config{Store: store, Root: r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := audit.NewWriter(audit.WriterConfig{Store: store, SpoolPath: spool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close() })
+	return &fixture{store: store, root: r, log: l, w: w}
+}
+
+func event(tenant string, n int) *custosv1.AuditEvent {
+	return &custosv1.AuditEvent{
+		Time: timestamppb.New(time.Date(2026, 11, 27, 12, 0, n, 0, time.UTC)), RequestId: fmt.Sprintf("req-%s-%d", tenant, n),
+		Identity: "spiffe://test/" + tenant, Tenant: tenant, Key: "k", KeyVersions: []uint32{1}, Operation: "encrypt",
+		Method: "/custos.v1.CryptoService/Encrypt", Code: "OK",
+	}
+}
+
+// record writes n events for each tenant concurrently, integrates and signs.
+func (f *fixture) record(t *testing.T, n int, tenants ...string) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, n*len(tenants))
+	for _, tn := range tenants {
+		for i := range n {
+			wg.Go(func() { errs <- f.w.Record(event(tn, i)) })
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("Record: %v", err)
+		}
+	}
+	if err := f.log.Flush(context.Background()); err != nil {
+		t.Fatalf("Flush: %v", err)
+	}
+}
+
+func verify(t *testing.T, f *fixture) *audit.Report {
+	t.Helper()
+	v, err := audit.VerifierOf(context.Background(), f.store, f.root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := audit.Verify(context.Background(), f.store, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rep
+}
+
+func TestEventsCarryProofsThatVerifyAgainstTheSignedCheckpoint(t *testing.T) {
+	f := newFixture(t, memory.New(), "")
+	f.record(t, 40, "a", "b")
+	recs, cp, next, err := f.log.Events(context.Background(), audit.Query{Tenant: "a", Limit: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 40 || next != 0 || cp == nil || cp.Size != 80 {
+		t.Fatalf("got %d events, next %d, checkpoint %+v; want 40 of a tree of 80, no next page", len(recs), next, cp)
+	}
+	if _, err := audit.ParseCheckpoint(cp.Note, f.log.Verifier()); err != nil {
+		t.Fatalf("checkpoint signature: %v", err)
+	}
+	for _, r := range recs {
+		if r.Event.GetTenant() != "a" {
+			t.Fatalf("tenant a's view holds an event of %q", r.Event.GetTenant())
+		}
+		if err := proof.VerifyInclusion(rfc6962.DefaultHasher, r.Index, cp.Size, audit.LeafHash(r.Leaf), r.Proof, cp.Root); err != nil {
+			t.Fatalf("event %d: inclusion proof: %v", r.Index, err)
+		}
+	}
+	// Paging and filters.
+	page, _, next, err := f.log.Events(context.Background(), audit.Query{Tenant: "b", Limit: 15})
+	if err != nil || len(page) != 15 || next != page[14].Index+1 {
+		t.Fatalf("first page: %d events, next %d, err %v", len(page), next, err)
+	}
+	rest, _, next2, err := f.log.Events(context.Background(), audit.Query{Tenant: "b", Limit: 100, From: next})
+	if err != nil || len(rest) != 25 || next2 != 0 {
+		t.Fatalf("second page: %d events, next %d, err %v", len(rest), next2, err)
+	}
+	some, _, _, err := f.log.Events(context.Background(), audit.Query{Tenant: "b", Limit: 100, Start: time.Date(2026, 11, 27, 12, 0, 10, 0, time.UTC), End: time.Date(2026, 11, 27, 12, 0, 20, 0, time.UTC)})
+	if err != nil || len(some) != 10 {
+		t.Fatalf("time range: %d events, err %v; want 10", len(some), err)
+	}
+	none, _, _, err := f.log.Events(context.Background(), audit.Query{Tenant: "b", Limit: 100, Result: "FAILED"})
+	if err != nil || len(none) != 0 {
+		t.Fatalf("result FAILED: %d events, err %v; want none", len(none), err)
+	}
+	// Consistency from an early size to the latest.
+	p, err := f.log.ConsistencyProof(context.Background(), 10, cp.Size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p) == 0 {
+		t.Fatal("empty consistency proof")
+	}
+	if rep := verify(t, f); len(rep.Findings) != 0 || rep.Events != 80 {
+		t.Fatalf("untouched log: %d events, findings %v", rep.Events, rep.Findings)
+	}
+}
+
+func TestVerifyReportsEachTampering(t *testing.T) {
+	ctx := context.Background()
+	cases := []struct {
+		name   string
+		tamper func(t *testing.T, s storage.Store)
+		want   string // a finding must contain this
+	}{
+		{"a byte of an event changed", func(t *testing.T, s storage.Store) {
+			r := get(t, s, "audit/l/0000000000000007")
+			r.Value[len(r.Value)-1] ^= 1
+			put(t, s, r)
+		}, "event 7: modified"},
+		{"an event deleted", func(t *testing.T, s storage.Store) {
+			del(t, s, "audit/l/0000000000000003")
+		}, "event 3: deleted"},
+		{"two events swapped", func(t *testing.T, s storage.Store) {
+			a, b := get(t, s, "audit/l/0000000000000002"), get(t, s, "audit/l/0000000000000005")
+			a.Value, b.Value = b.Value, a.Value
+			put(t, s, a)
+			put(t, s, b)
+		}, "event 2: reordered: holds the event that belongs at index 5"},
+		{"the tail truncated", func(t *testing.T, s storage.Store) {
+			for i := 15; i < 20; i++ {
+				del(t, s, fmt.Sprintf("audit/l/%016x", i))
+				del(t, s, fmt.Sprintf("audit/n/00/%016x", i))
+			}
+		}, "event 15: truncated: events 15 to 19 are missing"},
+		{"a checkpoint signature replaced", func(t *testing.T, s storage.Store) {
+			r := get(t, s, "audit/c/0000000000000014")
+			i := bytes.LastIndex(r.Value, []byte(" "))
+			r.Value = append(r.Value[:i+1], []byte("AAAA"+strings.Repeat("B", 84)+"\n")...)
+			put(t, s, r)
+		}, "bad-checkpoint: audit/c/0000000000000014"},
+		{"an event inserted past the end", func(t *testing.T, s storage.Store) {
+			r := get(t, s, "audit/l/0000000000000001")
+			r.Key, r.Version = "audit/l/0000000000000063", 0
+			put(t, s, r)
+		}, "event 99: inserted"},
+		{"an event hash rewritten with its body", func(t *testing.T, s storage.Store) {
+			r := get(t, s, "audit/l/0000000000000004")
+			r.Value[len(r.Value)-1] ^= 1
+			put(t, s, r)
+			n := get(t, s, "audit/n/00/0000000000000004")
+			n.Value = audit.LeafHash(r.Value)
+			put(t, s, n)
+		}, "root-mismatch: the checkpoint of size 20"},
+		{"a tenant's copy changed", func(t *testing.T, s storage.Store) {
+			recs, err := s.List(ctx, "audit/t/b/", "", 1)
+			if err != nil || len(recs) != 1 {
+				t.Fatal(recs, err)
+			}
+			recs[0].Value[len(recs[0].Value)-1] ^= 1
+			put(t, s, recs[0])
+		}, "tenant-view: tenant b's copy differs"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFixture(t, memory.New(), "")
+			f.record(t, 10, "a", "b")
+			if rep := verify(t, f); len(rep.Findings) != 0 {
+				t.Fatalf("before tampering: %v", rep.Findings)
+			}
+			c.tamper(t, f.store)
+			rep := verify(t, f)
+			var got []string
+			for _, fd := range rep.Findings {
+				got = append(got, fd.String())
+				if strings.Contains(fd.String(), c.want) {
+					return
+				}
+			}
+			t.Fatalf("findings %q do not report %q", got, c.want)
+		})
+	}
+}
+
+func get(t *testing.T, s storage.Store, key string) storage.Record {
+	t.Helper()
+	r, err := s.Get(context.Background(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func put(t *testing.T, s storage.Store, r storage.Record) {
+	t.Helper()
+	if _, err := s.Put(context.Background(), r.Key, r.Value, r.Version); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func del(t *testing.T, s storage.Store, key string) {
+	t.Helper()
+	r := get(t, s, key)
+	if err := s.Delete(context.Background(), key, r.Version); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// flaky is a store whose writes fail while down is set (a fake of an
+// outage; the real PostgreSQL outage is tested in server/).
+type flaky struct {
+	storage.Store
+	mu   sync.Mutex
+	down bool
+}
+
+func (f *flaky) set(down bool) { f.mu.Lock(); f.down = down; f.mu.Unlock() }
+func (f *flaky) err() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.down {
+		return storage.ErrUnavailable
+	}
+	return nil
+}
+func (f *flaky) Put(ctx context.Context, k string, v []byte, e uint64) (uint64, error) {
+	if err := f.err(); err != nil {
+		return 0, err
+	}
+	return f.Store.Put(ctx, k, v, e)
+}
+func (f *flaky) Apply(ctx context.Context, ops []storage.Op) error {
+	if err := f.err(); err != nil {
+		return err
+	}
+	return f.Store.(storage.Applier).Apply(ctx, ops)
+}
+
+func TestSpooledEventsReachTheLogInOrderExactlyOnce(t *testing.T) {
+	ctx := context.Background()
+	st := &flaky{Store: memory.New()}
+	spool := filepath.Join(t.TempDir(), "audit.spool")
+	f := newFixture(t, st, spool)
+	f.record(t, 3, "a")
+	st.set(true)
+	for i := range 5 {
+		if err := f.w.Record(event("a", 100+i)); err != nil {
+			t.Fatalf("Record during the outage (spool): %v", err)
+		}
+	}
+	st.set(false)
+	// Stored again, but the spool still has entries: new events queue
+	// behind them, so order holds.
+	if err := f.w.Record(event("a", 200)); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.w.ShipOnce(ctx); err != nil {
+		t.Fatalf("ShipOnce: %v", err)
+	}
+	// Shipping again (as after a crash before the spool was emptied) adds
+	// nothing.
+	if err := f.w.ShipOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.log.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	recs, _, _, err := f.log.Events(ctx, audit.Query{Tenant: "a", Limit: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, r := range recs {
+		ids = append(ids, r.Event.GetRequestId())
+	}
+	want := "req-a-100 req-a-101 req-a-102 req-a-103 req-a-104 req-a-200"
+	if got := strings.Join(ids[3:], " "); len(ids) != 9 || got != want {
+		t.Fatalf("events after the first three: %q (%d in all); want %q", got, len(ids), want)
+	}
+	if fi, err := os.Stat(spool); err != nil || fi.Size() != 0 {
+		t.Fatalf("spool after shipping: %v, %v; want empty", fi, err)
+	}
+	if rep := verify(t, f); len(rep.Findings) != 0 {
+		t.Fatal(rep.Findings)
+	}
+}
+
+func TestShippingTwiceAfterIntegrationAddsNothing(t *testing.T) {
+	ctx := context.Background()
+	st := &flaky{Store: memory.New()}
+	spool := filepath.Join(t.TempDir(), "audit.spool")
+	f := newFixture(t, st, spool)
+	st.set(true)
+	if err := f.w.Record(event("a", 1)); err != nil {
+		t.Fatal(err)
+	}
+	st.set(false)
+	// A copy of the spool as it was before shipping: a crash after the
+	// entry was shipped and integrated but before the spool was emptied.
+	saved, err := os.ReadFile(spool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.w.ShipOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.log.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.w.Close()
+	if err := os.WriteFile(spool, saved, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w2, err := audit.NewWriter(audit.WriterConfig{Store: st, SpoolPath: spool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w2.Close()
+	if err := w2.ShipOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.log.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if cp, err := f.log.Latest(ctx); err != nil || cp.Size != 1 {
+		t.Fatalf("log size %v, %v; want 1 (the re-shipped batch is not integrated twice)", cp, err)
+	}
+}
+
+func TestNoDurableSinkFailsClosedOrOpen(t *testing.T) {
+	st := &flaky{Store: memory.New()}
+	bad := filepath.Join(t.TempDir(), "no-such-dir", "spool")
+	if _, err := audit.NewWriter(audit.WriterConfig{Store: st, SpoolPath: bad}); err == nil {
+		t.Fatal("a writer with an unwritable spool path started")
+	}
+	closed, err := audit.NewWriter(audit.WriterConfig{Store: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closed.Close()
+	open, err := audit.NewWriter(audit.WriterConfig{Store: st, FailOpen: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	st.set(true)
+	if err := closed.Record(event("a", 1)); !errors.Is(err, audit.ErrUnavailable) {
+		t.Fatalf("fail-closed Record with the store down and no spool: %v, want ErrUnavailable", err)
+	}
+	if err := open.Record(event("a", 1)); err != nil {
+		t.Fatalf("fail-open Record: %v, want nil", err)
+	}
+}
+
+func TestTornSpoolTailIsCutOff(t *testing.T) {
+	st := &flaky{Store: memory.New()}
+	spool := filepath.Join(t.TempDir(), "audit.spool")
+	f := newFixture(t, st, spool)
+	st.set(true)
+	for i := range 2 {
+		if err := f.w.Record(event("a", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.w.Close()
+	fh, err := os.OpenFile(spool, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fh.Write([]byte{0, 0, 1, 0, 9, 9, 9}) // half an entry
+	fh.Close()
+	st.set(false)
+	w, err := audit.NewWriter(audit.WriterConfig{Store: st, SpoolPath: spool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if err := w.ShipOnce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.log.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if cp, _ := f.log.Latest(context.Background()); cp == nil || cp.Size != 2 {
+		t.Fatalf("checkpoint %+v; want the 2 whole entries", cp)
+	}
+}
+
+func TestRetentionKeepsTheLogVerifiable(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, memory.New(), "")
+	f.record(t, 30, "a", "shredded")
+	// Events of second 0..14 are older than the cutoff.
+	n, err := f.log.Prune(ctx, time.Date(2026, 11, 27, 12, 0, 15, 0, time.UTC))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n == 0 {
+		t.Fatal("nothing pruned")
+	}
+	recs, _, _, err := f.log.Events(ctx, audit.Query{Tenant: "shredded", Limit: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range recs {
+		if r.Event.GetTime().AsTime().Before(time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)) {
+			t.Fatalf("event %d older than the cutoff is still listed", r.Index)
+		}
+	}
+	rep := verify(t, f)
+	if len(rep.Findings) != 0 || rep.Pruned != uint64(n) {
+		t.Fatalf("after retention: pruned %d checked by hash (deleted %d), findings %v", rep.Pruned, n, rep.Findings)
+	}
+}
+
+func TestBboltLogSurvivesReopen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "custos.db")
+	s, err := bbolt.Open(path, bbolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFixture(t, s, "")
+	f.record(t, 20, "a")
+	f.w.Close()
+	s.Close()
+	s2, err := bbolt.Open(path, bbolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	f.store = s2
+	if rep := verify(t, f); len(rep.Findings) != 0 || rep.Events != 20 {
+		t.Fatalf("reopened: %d events, %v", rep.Events, rep.Findings)
+	}
+}

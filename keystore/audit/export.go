@@ -1,0 +1,149 @@
+package audit
+
+import (
+	"encoding/json"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"gopkg.in/natefinch/lumberjack.v2"
+
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
+)
+
+// ExportLine is one exported event: one JSON object per line. Its field
+// names are stable (docs/audit.md); new fields may be added, none renamed.
+type ExportLine struct {
+	Time        time.Time `json:"time"`
+	RequestID   string    `json:"request_id"`
+	Identity    string    `json:"identity,omitempty"`
+	Peer        string    `json:"peer,omitempty"`
+	Tenant      string    `json:"tenant,omitempty"`
+	Key         string    `json:"key,omitempty"`
+	KeyVersions []uint32  `json:"key_versions,omitempty"`
+	Operation   string    `json:"operation"`
+	Method      string    `json:"method"`
+	Code        string    `json:"code"`
+	Reason      string    `json:"reason,omitempty"`
+	ItemsOK     uint32    `json:"items_ok,omitempty"`
+	ItemsFailed uint32    `json:"items_failed,omitempty"`
+	DurationMS  float64   `json:"duration_ms"`
+}
+
+// LineOf is ev as an export line.
+func LineOf(ev *custosv1.AuditEvent) ExportLine {
+	return ExportLine{
+		Time: ev.GetTime().AsTime().UTC(), RequestID: ev.GetRequestId(), Identity: ev.GetIdentity(), Peer: ev.GetPeer(),
+		Tenant: ev.GetTenant(), Key: ev.GetKey(), KeyVersions: ev.GetKeyVersions(), Operation: ev.GetOperation(),
+		Method: ev.GetMethod(), Code: ev.GetCode(), Reason: ev.GetReason(), ItemsOK: ev.GetItemsOk(), ItemsFailed: ev.GetItemsFailed(),
+		DurationMS: float64(ev.GetDuration().AsDuration().Microseconds()) / 1000,
+	}
+}
+
+// Exporter writes events as JSON lines, for log shippers (Loki, Elastic,
+// Splunk forwarders). Export is best effort: a failed write is logged and
+// counted, never fails a call; the tree is the record.
+type Exporter struct {
+	mu     sync.Mutex
+	w      io.Writer
+	closer io.Closer
+	logger *slog.Logger
+	failed bool
+}
+
+// ExportConfig configures NewExporter.
+type ExportConfig struct {
+	// Path of the file, or "-" for standard output.
+	Path string
+	// MaxSizeMB rotates the file when it reaches this size. Default 100.
+	MaxSizeMB int
+	// MaxFiles is how many rotated files to keep. Default 10.
+	MaxFiles int
+	// Stdout is where "-" writes. Default os.Stdout.
+	Stdout io.Writer
+	Logger *slog.Logger
+}
+
+// NewExporter returns an exporter to a rotated file or standard output.
+func NewExporter(cfg ExportConfig) *Exporter {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Path == "-" {
+		if cfg.Stdout == nil {
+			cfg.Stdout = os.Stdout
+		}
+		return &Exporter{w: cfg.Stdout, logger: cfg.Logger}
+	}
+	if cfg.MaxSizeMB <= 0 {
+		cfg.MaxSizeMB = 100
+	}
+	if cfg.MaxFiles <= 0 {
+		cfg.MaxFiles = 10
+	}
+	lj := &lumberjack.Logger{Filename: cfg.Path, MaxSize: cfg.MaxSizeMB, MaxBackups: cfg.MaxFiles}
+	return &Exporter{w: lj, closer: lj, logger: cfg.Logger}
+}
+
+// Write exports events, one line each.
+func (e *Exporter) Write(events []*custosv1.AuditEvent) {
+	var buf []byte
+	for _, ev := range events {
+		b, err := json.Marshal(LineOf(ev))
+		if err != nil {
+			continue
+		}
+		buf = append(append(buf, b...), '\n')
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if _, err := e.w.Write(buf); err != nil {
+		if !e.failed {
+			e.logger.Error("audit: export failed; events stay in the log", "error", err.Error())
+		}
+		e.failed = true
+		return
+	}
+	e.failed = false
+}
+
+// Close closes the export file.
+func (e *Exporter) Close() error {
+	if e.closer != nil {
+		return e.closer.Close()
+	}
+	return nil
+}
+
+// CodeName is a gRPC code's canonical name (OK, PERMISSION_DENIED, …), as
+// events record it.
+func CodeName(c codes.Code) string {
+	if int(c) < len(codeNames) {
+		return codeNames[c]
+	}
+	return "UNKNOWN"
+}
+
+var codeNames = [...]string{
+	"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+	"ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+	"ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+	"UNAUTHENTICATED",
+}
+
+// ValidResult reports whether r is a result filter: OK, FAILED or a code's
+// canonical name.
+func ValidResult(r string) bool {
+	if r == "FAILED" {
+		return true
+	}
+	for _, n := range codeNames {
+		if n == r {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,55 @@
+package audit
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/transparency-dev/merkle/compact"
+)
+
+// Storage keys. Indexes and counters are 16 lower-case hex digits, so that
+// keys sort in numeric order.
+const (
+	prefix        = "audit/"
+	queuePrefix   = prefix + "q/"       // q/<writer>/<counter>: a batch of events not yet in the tree
+	leafPrefix    = prefix + "l/"       // l/<index>: the leaf at index
+	tenantPrefix  = prefix + "t/"       // t/<tenant>/<index>: the same leaf, in its tenant's view
+	nodePrefix    = prefix + "n/"       // n/<level>/<index>: a node hash of the tree
+	cpPrefix      = prefix + "c/"       // c/<size>: the signed checkpoint of that size
+	shippedPrefix = prefix + "shipped/" // shipped/<writer>: the last counter of writer in the tree
+	treeKey       = prefix + "tree"     // the tree's state
+	signingKeyKey = prefix + "signing-key"
+	leaseKey      = prefix + "lease"
+)
+
+func hex16(n uint64) string { return fmt.Sprintf("%016x", n) }
+
+func parseHex16(s string) (uint64, bool) {
+	if len(s) != 16 {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(s, 16, 64)
+	return n, err == nil
+}
+
+func leafKey(i uint64) string             { return leafPrefix + hex16(i) }
+func tenantKey(t string, i uint64) string { return tenantPrefix + t + "/" + hex16(i) }
+func cpKey(size uint64) string            { return cpPrefix + hex16(size) }
+func queueKey(writer string, n uint64) string {
+	return queuePrefix + writer + "/" + hex16(n)
+}
+
+func nodeKey(id compact.NodeID) string {
+	return fmt.Sprintf("%s%02x/%016x", nodePrefix, id.Level, id.Index)
+}
+
+// parseQueueKey returns a queue key's writer and counter.
+func parseQueueKey(k string) (writer string, n uint64, ok bool) {
+	writer, c, ok := strings.Cut(strings.TrimPrefix(k, queuePrefix), "/")
+	if !ok || writer == "" {
+		return "", 0, false
+	}
+	n, ok = parseHex16(c)
+	return writer, n, ok
+}

@@ -1,0 +1,375 @@
+package audit
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	tlog "github.com/transparency-dev/formats/log"
+	"github.com/transparency-dev/merkle/compact"
+	"github.com/transparency-dev/merkle/proof"
+	"github.com/transparency-dev/merkle/rfc6962"
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/custos-kms/custos/keystore/root"
+	"github.com/custos-kms/custos/keystore/storage"
+)
+
+var rangeFactory = &compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren}
+
+// treeState is the tree's state record (audit/tree). Only the replica
+// holding the integration lease writes it, with compare-and-swap, so two
+// integrators racing cannot both extend the tree.
+type treeState struct {
+	Format int `json:"format"`
+	// Size is the number of leaves in the tree.
+	Size uint64 `json:"size"`
+	// Range is the compact range of [0, Size): the hashes along its right
+	// border, enough to extend the tree and compute its root.
+	Range [][]byte `json:"range"`
+	// Checkpoint is the latest signed checkpoint (a signed note), of
+	// CheckpointSize leaves.
+	Checkpoint     []byte `json:"checkpoint,omitempty"`
+	CheckpointSize uint64 `json:"checkpoint_size"`
+	// HistoryTime is when a checkpoint was last kept in the history
+	// (audit/c/…), which keeps at most one a minute.
+	HistoryTime time.Time `json:"history_time"`
+	// Pruned: the bodies of the leaves below this index were deleted by
+	// retention; their hashes stay.
+	Pruned uint64 `json:"pruned"`
+}
+
+const treeFormat = 1
+
+// shippedMark is the last counter of a writer whose batch is in the tree,
+// so that a spooled batch shipped twice (a crash between shipping and
+// forgetting it) is not integrated twice.
+type shippedMark struct {
+	Counter uint64    `json:"counter"`
+	Time    time.Time `json:"time"`
+}
+
+// Checkpoint is a signed tree head.
+type Checkpoint struct {
+	// Note is the signed note: the checkpoint text and its signature.
+	Note   []byte
+	Origin string
+	Size   uint64
+	Root   []byte
+	Time   time.Time
+}
+
+// Config configures a Log.
+type Config struct {
+	// Store holds the log; it must implement storage.Applier. Required.
+	Store storage.Store
+	// Root wraps the signing key. Required.
+	Root root.Root
+	// Origin names the log. Default DefaultOrigin.
+	Origin string
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+	// Logger. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// Log is the audit log in a store: it integrates queued events into the
+// tree, signs checkpoints, prunes old bodies and answers queries with
+// proofs. Safe for concurrent use.
+type Log struct {
+	store    storage.Store
+	applier  storage.Applier
+	signer   note.Signer
+	verifier note.Verifier
+	origin   string
+	now      func() time.Time
+	logger   *slog.Logger
+
+	nodesMu sync.Mutex
+	nodes   map[compact.NodeID][]byte // node hashes never change once stored
+}
+
+const maxCachedNodes = 1 << 16
+
+// Open opens the log in cfg.Store, creating its signing key on first use.
+func Open(ctx context.Context, cfg Config) (*Log, error) {
+	a, ok := cfg.Store.(storage.Applier)
+	if !ok {
+		return nil, fmt.Errorf("audit: storage %T cannot apply writes atomically", cfg.Store)
+	}
+	if cfg.Origin == "" {
+		cfg.Origin = DefaultOrigin
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	s, v, err := loadSigner(ctx, cfg.Store, cfg.Root, cfg.Origin)
+	if err != nil {
+		return nil, err
+	}
+	return &Log{store: cfg.Store, applier: a, signer: s, verifier: v, origin: v.Name(), now: cfg.Now, logger: cfg.Logger, nodes: make(map[compact.NodeID][]byte)}, nil
+}
+
+// PublicKey is the verifier key of the log's signing key, in the note
+// format.
+func (l *Log) PublicKey() string { return verifierKey(l.verifier) }
+
+// Verifier verifies the log's checkpoints.
+func (l *Log) Verifier() note.Verifier { return l.verifier }
+
+func (l *Log) loadTree(ctx context.Context) (treeState, uint64, error) {
+	rec, err := l.store.Get(ctx, treeKey)
+	if errors.Is(err, storage.ErrNotFound) {
+		return treeState{Format: treeFormat}, 0, nil
+	}
+	if err != nil {
+		return treeState{}, 0, fmt.Errorf("audit: read tree state: %w", err)
+	}
+	st, err := parseTree(rec.Value)
+	return st, rec.Version, err
+}
+
+func parseTree(b []byte) (treeState, error) {
+	var st treeState
+	if err := json.Unmarshal(b, &st); err != nil || st.Format != treeFormat {
+		return treeState{}, errors.New("audit: tree state record is unreadable")
+	}
+	return st, nil
+}
+
+// Integrate moves up to limit queued events (at least one queue record's)
+// into the tree in one atomic write, oldest queue records first (by the
+// store's record version). It returns how many it integrated; zero when
+// the queue is empty. A concurrent integrator makes it fail with
+// storage.ErrConflict and integrate nothing.
+func (l *Log) Integrate(ctx context.Context, limit int) (int, error) {
+	st, ver, err := l.loadTree(ctx)
+	if err != nil {
+		return 0, err
+	}
+	queued, err := l.store.List(ctx, queuePrefix, "", 256)
+	if err != nil {
+		return 0, fmt.Errorf("audit: list queue: %w", err)
+	}
+	if len(queued) == 0 {
+		return 0, nil
+	}
+	slices.SortFunc(queued, func(a, b storage.Record) int { return cmp.Compare(a.Version, b.Version) })
+	rng, err := rangeFactory.NewRange(0, st.Size, st.Range)
+	if err != nil {
+		return 0, fmt.Errorf("audit: tree state: %w", err)
+	}
+	var ops []storage.Op
+	visit := func(id compact.NodeID, hash []byte) {
+		ops = append(ops, storage.Op{Key: nodeKey(id), Value: hash, Expect: storage.AnyVersion})
+	}
+	marks := map[string]uint64{}
+	n := 0
+	for _, q := range queued {
+		if n > 0 && n >= limit {
+			break
+		}
+		ops = append(ops, storage.Op{Key: q.Key, Delete: true, Expect: q.Version})
+		writer, counter, ok := parseQueueKey(q.Key)
+		if ok {
+			marks[writer] = max(marks[writer], counter)
+		}
+		leaves, err := decodeBatch(q.Value)
+		if !ok || err != nil {
+			// Not something a writer made: it cannot be integrated, and
+			// leaving it would stop the log. Drop it, loudly.
+			l.logger.Error("audit: dropped a malformed queue record", "key", q.Key)
+			continue
+		}
+		for _, leaf := range leaves {
+			i := rng.End()
+			if err := rng.Append(LeafHash(leaf), visit); err != nil {
+				return 0, fmt.Errorf("audit: extend tree: %w", err)
+			}
+			ops = append(ops, storage.Op{Key: leafKey(i), Value: leaf, Expect: storage.AnyVersion})
+			if ev, err := Unmarshal(leaf); err == nil && validTenant(ev.GetTenant()) {
+				ops = append(ops, storage.Op{Key: tenantKey(ev.GetTenant(), i), Value: leaf, Expect: storage.AnyVersion})
+			}
+			n++
+		}
+	}
+	now := l.now().UTC()
+	for w, c := range marks {
+		b, _ := json.Marshal(shippedMark{Counter: c, Time: now})
+		ops = append(ops, storage.Op{Key: shippedPrefix + w, Value: b, Expect: storage.AnyVersion})
+	}
+	st.Size, st.Range = rng.End(), rng.Hashes()
+	b, _ := json.Marshal(st)
+	ops = append(ops, storage.Op{Key: treeKey, Value: b, Expect: ver})
+	if err := l.applier.Apply(ctx, ops); err != nil {
+		return 0, fmt.Errorf("audit: integrate %d events: %w", n, err)
+	}
+	return n, nil
+}
+
+// Sign signs a checkpoint of the tree as it is, unless the latest one
+// already covers it, and returns the latest checkpoint. The checkpoint
+// history keeps one a minute.
+func (l *Log) Sign(ctx context.Context) (*Checkpoint, error) { return l.sign(ctx, false) }
+
+// historyInterval: the checkpoint history keeps at most one checkpoint per
+// interval (besides the one signed at shutdown); the latest is always in
+// the tree state.
+const historyInterval = time.Minute
+
+func (l *Log) sign(ctx context.Context, historyAll bool) (*Checkpoint, error) {
+	st, ver, err := l.loadTree(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if st.Size == 0 || (st.Checkpoint != nil && st.CheckpointSize == st.Size) {
+		return l.checkpointOf(st)
+	}
+	rng, err := rangeFactory.NewRange(0, st.Size, st.Range)
+	if err != nil {
+		return nil, fmt.Errorf("audit: tree state: %w", err)
+	}
+	rootHash, err := rng.GetRootHash(nil)
+	if err != nil {
+		return nil, fmt.Errorf("audit: root hash: %w", err)
+	}
+	text := string(tlog.Checkpoint{Origin: l.origin, Size: st.Size, Hash: rootHash}.Marshal()) +
+		"time " + l.now().UTC().Format(time.RFC3339Nano) + "\n"
+	signed, err := note.Sign(&note.Note{Text: text}, l.signer)
+	if err != nil {
+		return nil, fmt.Errorf("audit: sign checkpoint: %w", err)
+	}
+	st.Checkpoint, st.CheckpointSize = signed, st.Size
+	var ops []storage.Op
+	if now := l.now(); historyAll || now.Sub(st.HistoryTime) >= historyInterval {
+		st.HistoryTime = now.UTC()
+		ops = append(ops, storage.Op{Key: cpKey(st.Size), Value: signed, Expect: storage.AnyVersion})
+	}
+	b, _ := json.Marshal(st)
+	err = l.applier.Apply(ctx, append(ops, storage.Op{Key: treeKey, Value: b, Expect: ver}))
+	if err != nil {
+		return nil, fmt.Errorf("audit: store checkpoint: %w", err)
+	}
+	return l.checkpointOf(st)
+}
+
+func (l *Log) checkpointOf(st treeState) (*Checkpoint, error) {
+	if st.Checkpoint == nil {
+		return nil, nil
+	}
+	return ParseCheckpoint(st.Checkpoint, l.verifier)
+}
+
+// Latest returns the latest signed checkpoint, or nil before the first.
+func (l *Log) Latest(ctx context.Context) (*Checkpoint, error) {
+	st, _, err := l.loadTree(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return l.checkpointOf(st)
+}
+
+// ParseCheckpoint verifies a signed checkpoint with v and parses it.
+func ParseCheckpoint(signed []byte, v note.Verifier) (*Checkpoint, error) {
+	cp, rest, _, err := tlog.ParseCheckpoint(signed, v.Name(), v)
+	if err != nil {
+		return nil, fmt.Errorf("audit: checkpoint: %w", err)
+	}
+	out := &Checkpoint{Note: signed, Origin: cp.Origin, Size: cp.Size, Root: cp.Hash}
+	for line := range strings.Lines(string(rest)) {
+		if ts, ok := strings.CutPrefix(strings.TrimSuffix(line, "\n"), "time "); ok {
+			if out.Time, err = time.Parse(time.RFC3339Nano, ts); err != nil {
+				return nil, fmt.Errorf("audit: checkpoint time: %w", err)
+			}
+		}
+	}
+	return out, nil
+}
+
+// verifierKey renders a verifier as its note verifier key string.
+func verifierKey(v note.Verifier) string {
+	if k, ok := v.(interface{ String() string }); ok {
+		return k.String()
+	}
+	return v.Name()
+}
+
+// hashes returns the stored hashes of ids, from the cache where it can.
+func (l *Log) hashes(ctx context.Context, ids []compact.NodeID) ([][]byte, error) {
+	out := make([][]byte, len(ids))
+	for i, id := range ids {
+		l.nodesMu.Lock()
+		h, ok := l.nodes[id]
+		l.nodesMu.Unlock()
+		if !ok {
+			rec, err := l.store.Get(ctx, nodeKey(id))
+			if err != nil {
+				return nil, fmt.Errorf("audit: read tree node %d/%d: %w", id.Level, id.Index, err)
+			}
+			h = rec.Value
+			l.nodesMu.Lock()
+			if len(l.nodes) >= maxCachedNodes {
+				clear(l.nodes)
+			}
+			l.nodes[id] = h
+			l.nodesMu.Unlock()
+		}
+		out[i] = h
+	}
+	return out, nil
+}
+
+// InclusionProof is the RFC 6962 inclusion proof of leaf index in the tree
+// of size leaves.
+func (l *Log) InclusionProof(ctx context.Context, index, size uint64) ([][]byte, error) {
+	nodes, err := proof.Inclusion(index, size)
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	h, err := l.hashes(ctx, nodes.IDs)
+	if err != nil {
+		return nil, err
+	}
+	return nodes.Rehash(h, rfc6962.DefaultHasher.HashChildren)
+}
+
+// ConsistencyProof is the RFC 6962 consistency proof from the tree of
+// size1 leaves to the tree of size2.
+func (l *Log) ConsistencyProof(ctx context.Context, size1, size2 uint64) ([][]byte, error) {
+	if size1 == 0 || size1 >= size2 {
+		return nil, nil
+	}
+	nodes, err := proof.Consistency(size1, size2)
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	h, err := l.hashes(ctx, nodes.IDs)
+	if err != nil {
+		return nil, err
+	}
+	return nodes.Rehash(h, rfc6962.DefaultHasher.HashChildren)
+}
+
+// validTenant is keystore.ValidID, without importing the keystore.
+func validTenant(t string) bool {
+	if t == "" || len(t) > 63 {
+		return false
+	}
+	for i := 0; i < len(t); i++ {
+		c := t[i]
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' && i > 0) {
+			return false
+		}
+	}
+	return true
+}

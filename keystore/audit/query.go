@@ -1,0 +1,121 @@
+package audit
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
+)
+
+// Query selects a tenant's events. Zero fields select everything.
+type Query struct {
+	// Tenant whose events to list. Required.
+	Tenant string
+	// Start and End bound the event time: Start <= time < End.
+	Start, End time.Time
+	// Operation, Identity: exact matches.
+	Operation, Identity string
+	// Result: "OK", "FAILED" (any code but OK) or a code's canonical name.
+	Result string
+	// From is the first leaf index to consider.
+	From uint64
+	// Limit is the most events to return. Required.
+	Limit int
+}
+
+// Record is an event in the tree, with its inclusion proof.
+type Record struct {
+	Index uint64
+	Leaf  []byte
+	Event *custosv1.AuditEvent
+	Proof [][]byte
+}
+
+// maxScanFactor bounds the records one query reads: Limit × this, plus
+// maxScanExtra. A page of a selective filter may come back short, with a
+// next index to continue from.
+const (
+	maxScanFactor = 10
+	maxScanExtra  = 1000
+)
+
+// Events returns q.Tenant's events from q.From on, in log order, that are
+// covered by the latest signed checkpoint, each with its inclusion proof
+// against that checkpoint (returned too; nil before the first). next is the
+// index to continue from, 0 when there is nothing more to read now.
+func (l *Log) Events(ctx context.Context, q Query) (out []Record, cp *Checkpoint, next uint64, err error) {
+	if !validTenant(q.Tenant) || q.Limit <= 0 {
+		return nil, nil, 0, fmt.Errorf("audit: bad query")
+	}
+	if cp, err = l.Latest(ctx); err != nil || cp == nil {
+		return nil, cp, 0, err
+	}
+	pfx := tenantPrefix + q.Tenant + "/"
+	after := ""
+	if q.From > 0 {
+		after = tenantKey(q.Tenant, q.From-1)
+	}
+	budget := q.Limit*maxScanFactor + maxScanExtra
+	for budget > 0 {
+		want := min(budget, 500)
+		recs, err := l.store.List(ctx, pfx, after, want)
+		if err != nil {
+			return nil, nil, 0, fmt.Errorf("audit: list events: %w", err)
+		}
+		for _, r := range recs {
+			budget--
+			i, ok := parseHex16(strings.TrimPrefix(r.Key, pfx))
+			if !ok {
+				continue
+			}
+			if i >= cp.Size {
+				return l.withProofs(ctx, out, cp, 0)
+			}
+			after = r.Key
+			ev, err := Unmarshal(r.Value)
+			if err != nil || !q.match(ev) {
+				continue
+			}
+			out = append(out, Record{Index: i, Leaf: r.Value, Event: ev})
+			if len(out) == q.Limit {
+				return l.withProofs(ctx, out, cp, i+1)
+			}
+		}
+		if len(recs) < want {
+			return l.withProofs(ctx, out, cp, 0)
+		}
+	}
+	i, _ := parseHex16(strings.TrimPrefix(after, pfx))
+	return l.withProofs(ctx, out, cp, i+1)
+}
+
+func (l *Log) withProofs(ctx context.Context, recs []Record, cp *Checkpoint, next uint64) ([]Record, *Checkpoint, uint64, error) {
+	for i := range recs {
+		p, err := l.InclusionProof(ctx, recs[i].Index, cp.Size)
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		recs[i].Proof = p
+	}
+	return recs, cp, next, nil
+}
+
+func (q *Query) match(ev *custosv1.AuditEvent) bool {
+	t := ev.GetTime().AsTime()
+	switch {
+	case !q.Start.IsZero() && t.Before(q.Start),
+		!q.End.IsZero() && !t.Before(q.End),
+		q.Operation != "" && ev.GetOperation() != q.Operation,
+		q.Identity != "" && ev.GetIdentity() != q.Identity:
+		return false
+	}
+	switch q.Result {
+	case "":
+		return true
+	case "FAILED":
+		return ev.GetCode() != "OK"
+	}
+	return ev.GetCode() == q.Result
+}

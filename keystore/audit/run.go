@@ -1,0 +1,220 @@
+package audit
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/custos-kms/custos/keystore/storage"
+	"github.com/custos-kms/custos/keystore/storage/lease"
+)
+
+// Defaults of RunConfig.
+const (
+	DefaultCheckpointInterval = 2 * time.Second
+	DefaultRetention          = 90 * 24 * time.Hour
+	DefaultPruneInterval      = time.Hour
+	DefaultLeaseTTL           = 30 * time.Second
+	// integrateChunk is the most events one atomic integration writes.
+	integrateChunk = 2048
+	// maxChunksPerTick bounds the integration work between two checkpoints
+	// when the queue does not empty (a backlog after an outage).
+	maxChunksPerTick = 64
+)
+
+// RunConfig configures Log.Run.
+type RunConfig struct {
+	// Holder names this replica in the integration lease. Required.
+	Holder string
+	// CheckpointInterval is how often queued events are integrated and a
+	// checkpoint signed. Default DefaultCheckpointInterval.
+	CheckpointInterval time.Duration
+	// LeaseTTL. Default DefaultLeaseTTL.
+	LeaseTTL time.Duration
+	// Retention: event bodies older than this are deleted (their hashes
+	// stay). Default DefaultRetention; negative keeps them forever.
+	Retention time.Duration
+	// PruneInterval is how often retention runs. Default DefaultPruneInterval.
+	PruneInterval time.Duration
+}
+
+// Run integrates and signs every CheckpointInterval while this replica
+// holds the integration lease, and prunes by retention every PruneInterval,
+// until ctx is done; then, holding the lease, it integrates what is queued,
+// signs a last checkpoint and releases the lease. Call it after the
+// writers of this process have flushed their last events, or run Flush.
+func (l *Log) Run(ctx context.Context, cfg RunConfig) {
+	if cfg.CheckpointInterval <= 0 {
+		cfg.CheckpointInterval = DefaultCheckpointInterval
+	}
+	if cfg.LeaseTTL <= 0 {
+		cfg.LeaseTTL = DefaultLeaseTTL
+	}
+	if cfg.Retention == 0 {
+		cfg.Retention = DefaultRetention
+	}
+	if cfg.PruneInterval <= 0 {
+		cfg.PruneInterval = DefaultPruneInterval
+	}
+	ls := lease.Lease{Store: l.store, Key: leaseKey, Now: l.now}
+	t := time.NewTicker(cfg.CheckpointInterval)
+	defer t.Stop()
+	var lastPrune time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			if held, _, err := ls.Acquire(fctx, cfg.Holder, cfg.LeaseTTL); err == nil && held {
+				if err := l.Flush(fctx); err != nil {
+					l.logger.Error("audit: final integration failed; the queued events stay for the next holder", "error", err.Error())
+				}
+				_ = ls.Release(fctx, cfg.Holder)
+			}
+			return
+		case <-t.C:
+		}
+		held, _, err := ls.Acquire(ctx, cfg.Holder, cfg.LeaseTTL)
+		if err != nil || !held {
+			if err != nil && ctx.Err() == nil {
+				l.logger.Warn("audit: integration lease unavailable", "error", err.Error())
+			}
+			continue
+		}
+		if err := l.tick(ctx, maxChunksPerTick, false); err != nil && ctx.Err() == nil {
+			l.logger.Warn("audit: integration failed; retrying", "error", err.Error())
+		}
+		if cfg.Retention > 0 && l.now().Sub(lastPrune) >= cfg.PruneInterval {
+			lastPrune = l.now()
+			if n, err := l.Prune(ctx, l.now().Add(-cfg.Retention)); err != nil && ctx.Err() == nil {
+				l.logger.Warn("audit: retention failed; retrying", "error", err.Error())
+			} else if n > 0 {
+				l.logger.Info("audit: retention deleted event bodies", "events", n)
+			}
+		}
+	}
+}
+
+// Flush integrates everything queued and signs a checkpoint of it.
+// The checkpoint is kept in the history.
+func (l *Log) Flush(ctx context.Context) error { return l.tick(ctx, 1<<20, true) }
+
+func (l *Log) tick(ctx context.Context, chunks int, history bool) error {
+	for range chunks {
+		n, err := l.Integrate(ctx, integrateChunk)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			break
+		}
+	}
+	_, err := l.sign(ctx, history)
+	return err
+}
+
+// Prune deletes the bodies of events before cutoff, oldest index first,
+// stopping at the first event at or after cutoff (events are integrated
+// roughly in time order; a straggler waits for the next pass). Leaf hashes
+// and the tree's nodes stay, so the log still verifies. It also forgets
+// old shipped marks and checkpoints older than cutoff, except the latest.
+// It returns how many bodies it deleted.
+func (l *Log) Prune(ctx context.Context, cutoff time.Time) (int, error) {
+	total := 0
+	for {
+		st, ver, err := l.loadTree(ctx)
+		if err != nil {
+			return total, err
+		}
+		after := ""
+		if st.Pruned > 0 {
+			after = leafKey(st.Pruned - 1)
+		}
+		recs, err := l.store.List(ctx, leafPrefix, after, 500)
+		if err != nil {
+			return total, fmt.Errorf("audit: list leaves: %w", err)
+		}
+		var ops []storage.Op
+		deleted := 0
+		next, done := st.Pruned, len(recs) < 500
+		for _, r := range recs {
+			i, ok := parseHex16(strings.TrimPrefix(r.Key, leafPrefix))
+			if !ok || i >= st.Size {
+				done = true
+				break
+			}
+			ev, err := Unmarshal(r.Value)
+			if err == nil && !ev.GetTime().AsTime().Before(cutoff) {
+				done = true
+				break
+			}
+			ops = append(ops, storage.Op{Key: r.Key, Delete: true, Expect: storage.AnyVersion})
+			if err == nil && validTenant(ev.GetTenant()) {
+				ops = append(ops, storage.Op{Key: tenantKey(ev.GetTenant(), i), Delete: true, Expect: storage.AnyVersion})
+			}
+			next = i + 1
+			deleted++
+		}
+		if len(ops) > 0 {
+			st.Pruned = next
+			b, _ := json.Marshal(st)
+			ops = append(ops, storage.Op{Key: treeKey, Value: b, Expect: ver})
+			if err := l.applier.Apply(ctx, ops); err != nil {
+				return total, fmt.Errorf("audit: prune: %w", err)
+			}
+			total += deleted
+		}
+		if done || len(ops) == 0 {
+			break
+		}
+	}
+	return total, l.pruneSide(ctx, cutoff)
+}
+
+// pruneSide forgets shipped marks and checkpoints older than cutoff (the
+// latest checkpoint always stays).
+func (l *Log) pruneSide(ctx context.Context, cutoff time.Time) error {
+	var ops []storage.Op
+	marks, err := l.store.List(ctx, shippedPrefix, "", 1000)
+	if err != nil {
+		return fmt.Errorf("audit: list shipped marks: %w", err)
+	}
+	for _, m := range marks {
+		var sm shippedMark
+		if json.Unmarshal(m.Value, &sm) == nil && sm.Time.Before(cutoff) {
+			ops = append(ops, storage.Op{Key: m.Key, Delete: true, Expect: m.Version})
+		}
+	}
+	for after := ""; len(ops) < 50_000; {
+		cps, err := l.store.List(ctx, cpPrefix, after, 1000)
+		if err != nil {
+			return fmt.Errorf("audit: list checkpoints: %w", err)
+		}
+		stop := len(cps) < 1000
+		for i, c := range cps {
+			if stop && i == len(cps)-1 {
+				break // the newest stays
+			}
+			after = c.Key
+			cp, err := ParseCheckpoint(c.Value, l.verifier)
+			if err != nil || !cp.Time.Before(cutoff) {
+				stop = true
+				break
+			}
+			ops = append(ops, storage.Op{Key: c.Key, Delete: true, Expect: c.Version})
+		}
+		if stop {
+			break
+		}
+	}
+	if len(ops) == 0 {
+		return nil
+	}
+	if err := l.applier.Apply(ctx, ops); err != nil && !errors.Is(err, storage.ErrConflict) {
+		return fmt.Errorf("audit: prune marks and checkpoints: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,113 @@
+package audit
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/custos-kms/custos/keystore/root"
+	"github.com/custos-kms/custos/keystore/storage"
+)
+
+// DefaultOrigin names the log (the checkpoint's first line and the signing
+// key's name) unless configured.
+const DefaultOrigin = "custos-audit"
+
+// signingKeyRecord is what the store holds for the log's signing key: the
+// note signer key wrapped under the root, and its verifier key in the clear.
+// The wrap binds the verifier key, so neither can be swapped alone.
+type signingKeyRecord struct {
+	Format   int    `json:"format"`
+	Verifier string `json:"verifier"`
+	Wrapped  []byte `json:"wrapped"`
+}
+
+const signingKeyFormat = 1
+
+func signingKeyAAD(verifier string) []byte {
+	return []byte("custos audit signing key v1\x00" + verifier)
+}
+
+// loadSigner returns the log's signer, creating the key on first use (the
+// first replica to store it wins; the others use its key).
+func loadSigner(ctx context.Context, store storage.Store, r root.Root, origin string) (note.Signer, note.Verifier, error) {
+	for range 3 {
+		rec, err := store.Get(ctx, signingKeyKey)
+		if errors.Is(err, storage.ErrNotFound) {
+			skey, vkey, err := note.GenerateKey(rand.Reader, origin)
+			if err != nil {
+				return nil, nil, fmt.Errorf("audit: generate signing key: %w", err)
+			}
+			wrapped, err := r.Wrap(ctx, []byte(skey), signingKeyAAD(vkey))
+			if err != nil {
+				return nil, nil, fmt.Errorf("audit: wrap signing key under the root: %w", err)
+			}
+			b, _ := json.Marshal(signingKeyRecord{Format: signingKeyFormat, Verifier: vkey, Wrapped: wrapped})
+			if _, err := store.Put(ctx, signingKeyKey, b, 0); errors.Is(err, storage.ErrConflict) {
+				continue // another replica made one first
+			} else if err != nil {
+				return nil, nil, fmt.Errorf("audit: store signing key: %w", err)
+			}
+			return signerOf(skey, vkey)
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("audit: read signing key: %w", err)
+		}
+		var sk signingKeyRecord
+		if err := json.Unmarshal(rec.Value, &sk); err != nil || sk.Format != signingKeyFormat {
+			return nil, nil, fmt.Errorf("audit: signing key record is unreadable")
+		}
+		skey, err := r.Unwrap(ctx, sk.Wrapped, signingKeyAAD(sk.Verifier))
+		if err != nil {
+			return nil, nil, fmt.Errorf("audit: unwrap signing key: %w", err)
+		}
+		return signerOf(string(skey), sk.Verifier)
+	}
+	return nil, nil, errors.New("audit: signing key kept changing while being read")
+}
+
+func signerOf(skey, vkey string) (note.Signer, note.Verifier, error) {
+	s, err := note.NewSigner(skey)
+	if err != nil {
+		return nil, nil, fmt.Errorf("audit: signing key: %w", err)
+	}
+	v, err := note.NewVerifier(vkey)
+	if err != nil {
+		return nil, nil, fmt.Errorf("audit: verifier key: %w", err)
+	}
+	return s, v, nil
+}
+
+// RewrapSigningKey wraps the log's signing key again under the current
+// root version (part of custos root rewrap). It does nothing when the log
+// has no key yet.
+func RewrapSigningKey(ctx context.Context, store storage.Store, r root.Root) error {
+	rec, err := store.Get(ctx, signingKeyKey)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("audit: read signing key: %w", err)
+	}
+	var sk signingKeyRecord
+	if err := json.Unmarshal(rec.Value, &sk); err != nil || sk.Format != signingKeyFormat {
+		return fmt.Errorf("audit: signing key record is unreadable")
+	}
+	skey, err := r.Unwrap(ctx, sk.Wrapped, signingKeyAAD(sk.Verifier))
+	if err != nil {
+		return fmt.Errorf("audit: unwrap signing key: %w", err)
+	}
+	defer clear(skey)
+	if sk.Wrapped, err = r.Wrap(ctx, skey, signingKeyAAD(sk.Verifier)); err != nil {
+		return fmt.Errorf("audit: wrap signing key: %w", err)
+	}
+	b, _ := json.Marshal(sk)
+	if _, err := store.Put(ctx, signingKeyKey, b, rec.Version); err != nil {
+		return fmt.Errorf("audit: store rewrapped signing key: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,369 @@
+package audit
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
+	"github.com/custos-kms/custos/keystore/storage"
+)
+
+// ErrUnavailable is wrapped by Record's error when an event could be made
+// durable neither in the store nor in the spool: the call must fail closed.
+var ErrUnavailable = errors.New("audit: event could not be recorded")
+
+// WriterConfig configures a Writer.
+type WriterConfig struct {
+	// Store receives the events. Required.
+	Store storage.Store
+	// SpoolPath is the local spool file for events the store cannot take.
+	// Empty: no spool, so a store outage fails calls (or drops events with
+	// FailOpen).
+	SpoolPath string
+	// FailOpen acknowledges calls whose event could not be recorded
+	// anywhere, counting them in custos_audit_dropped_total and logging
+	// each batch at error level. Default false: such calls fail.
+	FailOpen bool
+	// Export, if set, receives every event once it is durable.
+	Export *Exporter
+	// CommitTimeout bounds one store write. Default 5s.
+	CommitTimeout time.Duration
+	// Logger. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// Writer makes events durable before their calls are answered: Record
+// waits while the committer writes every event recorded since its last
+// write in one store transaction (group commit). Create one with
+// NewWriter; Close flushes and stops it.
+type Writer struct {
+	cfg    WriterConfig
+	id     string // this writer's name in queue keys
+	logger *slog.Logger
+
+	mu      sync.Mutex
+	cur     *batch
+	kick    chan struct{}
+	stop    chan struct{}
+	stopped chan struct{}
+	closed  bool
+
+	// counter numbers this writer's queue records; only the committer
+	// goroutine uses it.
+	counter uint64
+
+	spoolMu  sync.Mutex
+	spool    *spool       // nil without a spool
+	pending  []spoolEntry // spooled entries not yet shipped, in order
+	shipKick chan struct{}
+
+	events    *prometheus.CounterVec
+	dropped   prometheus.Counter
+	refused   prometheus.Counter
+	spooled   prometheus.Gauge
+	commitDur prometheus.Histogram
+}
+
+type batch struct {
+	leaves [][]byte
+	events []*custosv1.AuditEvent
+	done   chan struct{}
+	err    error
+}
+
+func newBatch() *batch { return &batch{done: make(chan struct{})} }
+
+// NewWriter starts a writer. With a spool, entries left in it by an
+// earlier run are shipped first, in order.
+func NewWriter(cfg WriterConfig) (*Writer, error) {
+	if cfg.CommitTimeout <= 0 {
+		cfg.CommitTimeout = 5 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	var idb [8]byte
+	if _, err := rand.Read(idb[:]); err != nil {
+		return nil, err
+	}
+	w := &Writer{
+		cfg: cfg, id: hex.EncodeToString(idb[:]), logger: cfg.Logger,
+		cur: newBatch(), kick: make(chan struct{}, 1), stop: make(chan struct{}), stopped: make(chan struct{}),
+		shipKick: make(chan struct{}, 1),
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "custos_audit_events_total", Help: "Audit events made durable, by where: store or spool.",
+		}, []string{"sink"}),
+		dropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "custos_audit_dropped_total", Help: "Audit events lost because neither the store nor the spool took them, with fail-open configured (the calls succeeded).",
+		}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "custos_audit_failed_closed_total", Help: "Calls failed with UNAVAILABLE because their audit event could not be made durable.",
+		}),
+		spooled: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "custos_audit_spool_entries", Help: "Batches of audit events in the local spool, waiting for the store.",
+		}),
+		commitDur: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "custos_audit_commit_seconds", Help: "Time to make one batch of audit events durable.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .05, .25, 1},
+		}),
+	}
+	if cfg.SpoolPath != "" {
+		sp, entries, torn, err := openSpool(cfg.SpoolPath)
+		if err != nil {
+			return nil, err
+		}
+		if torn > 0 {
+			w.logger.Warn("audit: cut a torn entry off the spool's end (a crash while writing it; its calls were not answered)", "bytes", torn)
+		}
+		w.spool, w.pending = sp, entries
+		w.spooled.Set(float64(len(entries)))
+	}
+	go w.commitLoop()
+	return w, nil
+}
+
+// Collectors are the writer's Prometheus metrics.
+func (w *Writer) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{w.events, w.dropped, w.refused, w.spooled, w.commitDur}
+}
+
+// Record makes ev durable, together with the events recorded at the same
+// time, and returns once it is (or could not be: an error wrapping
+// ErrUnavailable, unless the writer fails open).
+func (w *Writer) Record(ev *custosv1.AuditEvent) error {
+	leaf, err := Marshal(ev)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return w.failed(fmt.Errorf("%w: writer closed", ErrUnavailable), 1)
+	}
+	b := w.cur
+	b.leaves = append(b.leaves, leaf)
+	if w.cfg.Export != nil {
+		b.events = append(b.events, ev)
+	}
+	w.mu.Unlock()
+	select {
+	case w.kick <- struct{}{}:
+	default:
+	}
+	<-b.done
+	if b.err != nil {
+		return w.failed(b.err, 0)
+	}
+	return nil
+}
+
+// failed applies the fail-closed or fail-open rule to one call's error.
+func (w *Writer) failed(err error, count int) error {
+	if w.cfg.FailOpen {
+		w.dropped.Add(float64(count))
+		return nil
+	}
+	w.refused.Inc()
+	return err
+}
+
+func (w *Writer) commitLoop() {
+	defer close(w.stopped)
+	for {
+		select {
+		case <-w.kick:
+		case <-w.stop:
+			w.commitCurrent() // what was recorded before Close
+			return
+		}
+		w.commitCurrent()
+	}
+}
+
+func (w *Writer) commitCurrent() {
+	w.mu.Lock()
+	b := w.cur
+	w.cur = newBatch()
+	w.mu.Unlock()
+	if len(b.leaves) == 0 {
+		close(b.done)
+		return
+	}
+	start := time.Now()
+	for i := 0; i < len(b.leaves) && b.err == nil; i += MaxBatchEvents {
+		b.err = w.commit(b.leaves[i:min(i+MaxBatchEvents, len(b.leaves))])
+	}
+	w.commitDur.Observe(time.Since(start).Seconds())
+	if b.err != nil && w.cfg.FailOpen {
+		w.dropped.Add(float64(len(b.leaves)))
+		w.logger.Error("AUDIT EVENTS LOST: neither the store nor the spool took them; calls are answered because audit.fail_open is set", "events", len(b.leaves), "error", b.err.Error())
+		b.err = nil
+		close(b.done)
+		return
+	}
+	close(b.done)
+	if b.err == nil && w.cfg.Export != nil {
+		w.cfg.Export.Write(b.events)
+	}
+}
+
+// commit writes one queue record: to the store, or to the spool while the
+// spool holds entries not yet shipped (so events keep their order) or when
+// the store fails.
+func (w *Writer) commit(leaves [][]byte) error {
+	w.counter++
+	key, value := queueKey(w.id, w.counter), encodeBatch(leaves)
+	w.spoolMu.Lock()
+	spooling := len(w.pending) > 0
+	w.spoolMu.Unlock()
+	var storeErr error
+	if !spooling {
+		ctx, cancel := context.WithTimeout(context.Background(), w.cfg.CommitTimeout)
+		_, storeErr = w.cfg.Store.Put(ctx, key, value, 0)
+		cancel()
+		if storeErr == nil {
+			w.events.WithLabelValues("store").Add(float64(len(leaves)))
+			return nil
+		}
+		if w.spool == nil {
+			return fmt.Errorf("%w: store: %w", ErrUnavailable, storeErr)
+		}
+		w.logger.Warn("audit: the store did not take a batch of events; spooling them locally until it is back", "events", len(leaves), "error", storeErr.Error())
+	}
+	w.spoolMu.Lock()
+	defer w.spoolMu.Unlock()
+	if err := w.spool.append(key, value); err != nil {
+		if storeErr != nil {
+			return fmt.Errorf("%w: store: %w; spool: %w", ErrUnavailable, storeErr, err)
+		}
+		return fmt.Errorf("%w: spool: %w", ErrUnavailable, err)
+	}
+	w.pending = append(w.pending, spoolEntry{key: key, value: value, end: w.spool.size})
+	w.spooled.Set(float64(len(w.pending)))
+	w.events.WithLabelValues("spool").Add(float64(len(leaves)))
+	select {
+	case w.shipKick <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// Ship sends spooled entries to the store, every interval and when one is
+// spooled, until ctx is done. It returns at once without a spool.
+func (w *Writer) Ship(ctx context.Context, interval time.Duration) {
+	if w.spool == nil {
+		return
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		if err := w.ShipOnce(ctx); err != nil && ctx.Err() == nil {
+			w.logger.Warn("audit: shipping spooled events failed; retrying", "error", err.Error())
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-w.shipKick:
+			// Give the store a moment: it just failed a write.
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}
+}
+
+// ShipOnce ships what the spool holds, in order and exactly once: an entry
+// already queued (or already in the tree, by its writer's shipped mark) is
+// not sent again. When everything is shipped the spool is emptied.
+func (w *Writer) ShipOnce(ctx context.Context) error {
+	w.spoolMu.Lock()
+	todo := w.pending
+	w.spoolMu.Unlock()
+	shipped := 0
+	marks := map[string]uint64{}
+	for _, e := range todo {
+		writer, n, ok := parseQueueKey(e.key)
+		if !ok {
+			shipped++ // not a queue key: nothing a writer made; skip it
+			continue
+		}
+		mark, seen := marks[writer]
+		if !seen {
+			var err error
+			if mark, err = w.shippedMark(ctx, writer); err != nil {
+				break
+			}
+			marks[writer] = mark
+		}
+		if n > mark {
+			cctx, cancel := context.WithTimeout(ctx, w.cfg.CommitTimeout)
+			_, err := w.cfg.Store.Put(cctx, e.key, e.value, 0)
+			cancel()
+			if err != nil && !errors.Is(err, storage.ErrConflict) {
+				break
+			}
+		}
+		shipped++
+	}
+	w.spoolMu.Lock()
+	defer w.spoolMu.Unlock()
+	w.pending = w.pending[shipped:]
+	w.spooled.Set(float64(len(w.pending)))
+	if len(w.pending) == 0 && w.spool.size > 0 {
+		if err := w.spool.reset(); err != nil {
+			return err
+		}
+		w.logger.Info("audit: every spooled event is in the store again")
+	}
+	if shipped < len(todo) {
+		return fmt.Errorf("audit: %d spooled batches wait for the store", len(todo)-shipped)
+	}
+	return nil
+}
+
+func (w *Writer) shippedMark(ctx context.Context, writer string) (uint64, error) {
+	rec, err := w.cfg.Store.Get(ctx, shippedPrefix+writer)
+	if errors.Is(err, storage.ErrNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	var m shippedMark
+	if err := json.Unmarshal(rec.Value, &m); err != nil {
+		return 0, fmt.Errorf("audit: shipped mark of %s is unreadable", strings.TrimSpace(writer))
+	}
+	return m.Counter, nil
+}
+
+// Close commits what was recorded and stops the writer; later Records fail
+// (or are dropped with FailOpen). The spool keeps what it holds for the
+// next start.
+func (w *Writer) Close() error {
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return nil
+	}
+	w.closed = true
+	w.mu.Unlock()
+	close(w.stop)
+	<-w.stopped
+	if w.spool != nil {
+		return w.spool.f.Close()
+	}
+	return nil
+}
