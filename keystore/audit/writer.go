@@ -14,8 +14,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 	"github.com/custos-kms/custos/keystore/storage"
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 )
 
 // ErrUnavailable is wrapped by Record's error when an event could be made
