@@ -391,20 +391,29 @@ type countingRoot struct {
 	wraps, unwraps int
 }
 
-// Wrap counts the wraps of key material, not the runtime's dependency
-// probes (associated data "custos:probe").
+// tenantMaterial reports whether aad is a tenant KEK's: not the runtime's
+// dependency probe ("custos:probe") nor the audit log's signing key, which
+// the lease holder unwraps once per process, off the request path.
+func tenantMaterial(aad []byte) bool {
+	return string(aad) != "custos:probe" && !bytes.HasPrefix(aad, []byte("custos audit signing key"))
+}
+
+// Wrap counts the wraps of tenant key material.
 func (c *countingRoot) Wrap(ctx context.Context, plaintext, aad []byte) ([]byte, error) {
 	c.mu.Lock()
-	if string(aad) != "custos:probe" {
+	if tenantMaterial(aad) {
 		c.wraps++
 	}
 	c.mu.Unlock()
 	return c.Root.Wrap(ctx, plaintext, aad)
 }
 
+// Unwrap counts the unwraps of tenant key material.
 func (c *countingRoot) Unwrap(ctx context.Context, wrapped, aad []byte) ([]byte, error) {
 	c.mu.Lock()
-	c.unwraps++
+	if tenantMaterial(aad) {
+		c.unwraps++
+	}
 	c.mu.Unlock()
 	return c.Root.Unwrap(ctx, wrapped, aad)
 }

@@ -39,25 +39,36 @@ func (u *unaryPath) intercept(ctx context.Context, req any, info *grpc.UnaryServ
 	mm := s.metrics.method(info.FullMethod, "unary")
 	mm.started.Inc()
 	start := time.Now()
-	var id string
+	rid := newRequestID()
+	setRequestID(ctx, rid)
+	// c collects what the request path resolves (identity, tenant, key);
+	// the audit event is built from it, whatever step refused the call.
+	c := &call{}
 	defer func() {
 		if p := recover(); p != nil {
 			// The panic value may hold request data: log only its type and the stack.
-			s.logger.LogAttrs(ctx, slog.LevelError, "panic in handler", slog.String("panic_type", fmt.Sprintf("%T", p)), slog.String("stack", string(debug.Stack())))
+			s.logger.LogAttrs(ctx, slog.LevelError, "panic in handler", slog.String("request_id", rid), slog.String("panic_type", fmt.Sprintf("%T", p)), slog.String("stack", string(debug.Stack())))
 			resp, err = nil, status.Error(codes.Internal, "internal error")
 		}
+		if s.audit != nil {
+			// Durable before the answer: a call whose event cannot be
+			// recorded is not acknowledged.
+			if aerr := s.recordEvent(auditEvent(ctx, rid, info.FullMethod, c, start, req, resp, err)); aerr != nil {
+				resp, err = nil, aerr
+			}
+		}
 		mm.done(start, err)
-		s.logCall(ctx, id, info.FullMethod, start, err)
+		s.logCall(ctx, rid, c.identity, info.FullMethod, start, err)
 	}()
-	// The identity travels with the call (requestPath's call value), not in
-	// a context value of its own: one allocation less per call.
-	if id, err = identity.Authenticate(ctx); err != nil {
+	// The identity travels with the call value, not in a context value of
+	// its own: one allocation less per call.
+	if c.identity, err = identity.Authenticate(ctx); err != nil {
 		return nil, err
 	}
 	if err := u.validate(req); err != nil {
 		return nil, err
 	}
-	return s.requestPath(ctx, id, req, info, handler)
+	return s.requestPath(ctx, c, req, info, handler)
 }
 
 // validate applies protovalidate to requests that are not checked by hand,
@@ -88,15 +99,16 @@ func (u *unaryPath) validate(req any) error {
 // logCall writes a call's "finished call" line: failures at info or above
 // (codeToLevel), successes only at debug, so a successful call at the
 // default level pays for one Enabled check.
-func (s *Server) logCall(ctx context.Context, id, fullMethod string, start time.Time, err error) {
+func (s *Server) logCall(ctx context.Context, rid, id, fullMethod string, start time.Time, err error) {
 	code := status.Code(err)
 	lvl := slog.Level(codeToLevel(code))
 	if !s.logger.Enabled(ctx, lvl) {
 		return
 	}
 	service, method := splitMethod(fullMethod)
-	attrs := make([]slog.Attr, 0, 12)
+	attrs := make([]slog.Attr, 0, 13)
 	attrs = append(attrs,
+		slog.String("request_id", rid),
 		slog.String("protocol", "grpc"),
 		slog.String("grpc.component", "server"),
 		slog.String("grpc.service", service),

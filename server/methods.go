@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/custos-kms/custos/keystore"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
+	"github.com/custos-kms/custos/server/identity"
 	"github.com/custos-kms/custos/server/policy"
 )
 
@@ -94,6 +96,9 @@ var methods = map[string]method{
 	custosv1.KeyService_DisableKeyVersion_FullMethodName: row("disable_key_version", policy.ClassControl, scopeKeyName, policy.KeysWrite),
 	custosv1.KeyService_DestroyKeyVersion_FullMethodName: row("destroy_key_version", policy.ClassControl, scopeKeyName, policy.KeysWrite),
 	custosv1.KeyService_RestoreKeyVersion_FullMethodName: row("restore_key_version", policy.ClassControl, scopeKeyName, policy.KeysWrite),
+
+	custosv1.AuditService_ListAuditEvents_FullMethodName:    row("list_audit_events", policy.ClassControl, scopeParent, policy.AuditRead),
+	custosv1.AuditService_GetAuditCheckpoint_FullMethodName: row("get_audit_checkpoint", policy.ClassControl, scopeParent, policy.AuditRead),
 
 	healthpb.Health_Check_FullMethodName:                                   row("health_check", "", scopePublic),
 	healthpb.Health_List_FullMethodName:                                    row("health_list", "", scopePublic),
@@ -201,7 +206,7 @@ func items(req any) (n int, batch bool) {
 
 // requestPath runs the request path of a unary call by the caller id
 // (authenticated by unaryPath), then its handler.
-func (s *Server) requestPath(ctx context.Context, id string, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+func (s *Server) requestPath(ctx context.Context, c *call, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	m, ok := methods[info.FullMethod]
 	if !ok {
 		s.logger.LogAttrs(ctx, slog.LevelError, "method has no row in the method table; refused", slog.String("method", info.FullMethod))
@@ -210,15 +215,15 @@ func (s *Server) requestPath(ctx context.Context, id string, req any, info *grpc
 	if m.scope == scopePublic {
 		return handler(ctx, req)
 	}
-	if id == "" {
+	if c.identity == "" {
 		return nil, status.Error(codes.Unauthenticated, "no verified client certificate")
+	}
+	c.method, c.policy = &m, s.policy.Current()
+	if err := c.resolve(req); err != nil {
+		return nil, s.toError(ctx, err)
 	}
 	if err := checkSingle(req); err != nil {
 		return nil, err
-	}
-	c := &call{method: &m, identity: id, policy: s.policy.Current()}
-	if err := c.resolve(req); err != nil {
-		return nil, s.toError(ctx, err)
 	}
 	if err := c.authorize(); err != nil {
 		return nil, err
@@ -241,10 +246,22 @@ func (s *Server) requestPath(ctx context.Context, id string, req any, info *grpc
 // streamRequestPath lets public streams (health watches, reflection)
 // through and refuses any other: no Custos RPC streams, and one added later
 // must get its checks here before it can be called.
-func (s *Server) streamRequestPath(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+func (s *Server) streamRequestPath(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
+	start, rid := time.Now(), newRequestID()
+	ctx := ss.Context()
+	setRequestID(ctx, rid)
+	c := &call{}
+	c.identity, _ = identity.Authenticate(ctx)
+	if s.audit != nil {
+		defer func() {
+			if aerr := s.recordEvent(auditEvent(ctx, rid, info.FullMethod, c, start, nil, nil, err)); aerr != nil && err == nil {
+				err = aerr
+			}
+		}()
+	}
 	if m, ok := methods[info.FullMethod]; ok && m.scope == scopePublic {
 		return handler(srv, ss)
 	}
-	s.logger.LogAttrs(ss.Context(), slog.LevelError, "streaming method has no request path; refused", slog.String("method", info.FullMethod))
+	s.logger.LogAttrs(ctx, slog.LevelError, "streaming method has no request path; refused", slog.String("method", info.FullMethod), slog.String("request_id", rid))
 	return status.Error(codes.PermissionDenied, "method is not authorized for anyone")
 }

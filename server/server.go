@@ -16,6 +16,7 @@ import (
 
 	"buf.build/go/protovalidate"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	protovalidatemw "github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/protovalidate"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
@@ -69,6 +70,14 @@ type Config struct {
 	Logger *slog.Logger
 	// Limits; zero fields take the defaults.
 	Limits Limits
+	// Audit records one event per call before the call is answered; nil
+	// records nothing.
+	Audit AuditRecorder
+	// AuditLog answers AuditService; nil answers FAILED_PRECONDITION.
+	AuditLog AuditLog
+	// AuditCollectors are Prometheus metrics of the audit trail, served
+	// with the server's own.
+	AuditCollectors []prometheus.Collector
 }
 
 // Server implements custosv1.KeyServiceServer and custosv1.CryptoServiceServer.
@@ -82,6 +91,9 @@ type Server struct {
 	metrics *metrics
 	limiter *limiter
 	ready   atomic.Pointer[readiness]
+
+	audit    AuditRecorder
+	auditLog AuditLog
 }
 
 // New returns a Server.
@@ -105,15 +117,25 @@ func New(cfg Config) (*Server, error) {
 		l.MaxMessageBytes = DefaultMaxMessageBytes
 	}
 	m := newMetrics()
-	return &Server{ks: cfg.Keystore, pw: cfg.Passwords, policy: cfg.Policy, logger: cfg.Logger, limits: cfg.Limits, health: health.NewServer(), metrics: m, limiter: newLimiter(cfg.Policy, m.rateLimited)}, nil
+	for _, c := range cfg.AuditCollectors {
+		if err := m.registry.Register(c); err != nil {
+			return nil, fmt.Errorf("server: audit metrics: %w", err)
+		}
+	}
+	return &Server{
+		ks: cfg.Keystore, pw: cfg.Passwords, policy: cfg.Policy, logger: cfg.Logger, limits: cfg.Limits,
+		health: health.NewServer(), metrics: m, limiter: newLimiter(cfg.Policy, m.rateLimited),
+		audit: cfg.Audit, auditLog: cfg.AuditLog,
+	}, nil
 }
 
 // Register registers the Custos services, health and reflection on r.
 func (s *Server) Register(r grpc.ServiceRegistrar) {
 	custosv1.RegisterKeyServiceServer(r, keyService{Server: s})
 	custosv1.RegisterCryptoServiceServer(r, cryptoService{Server: s})
+	custosv1.RegisterAuditServiceServer(r, auditService{Server: s})
 	healthpb.RegisterHealthServer(r, s.health)
-	for _, svc := range []string{"", custosv1.KeyService_ServiceDesc.ServiceName, custosv1.CryptoService_ServiceDesc.ServiceName} {
+	for _, svc := range []string{"", custosv1.KeyService_ServiceDesc.ServiceName, custosv1.CryptoService_ServiceDesc.ServiceName, custosv1.AuditService_ServiceDesc.ServiceName} {
 		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
 	}
 	if sr, ok := r.(reflection.GRPCServer); ok {

@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/custos-kms/custos/internal/config"
+	"github.com/custos-kms/custos/keystore/audit"
 	"github.com/custos-kms/custos/internal/custos"
 )
 
@@ -30,15 +31,22 @@ started again.`,
 				return err
 			}
 			logger := custos.NewLogger(os.Stderr, cfg.Log.Level)
-			ks, closeKeystore, err := custos.OpenKeystore(cmd.Context(), cfg, logger)
+			d, closeDirect, err := custos.OpenDirect(cmd.Context(), cfg, logger)
 			if err != nil {
 				return err
 			}
-			defer closeKeystore()
+			defer closeDirect()
 			out := cmd.OutOrStdout()
-			n, err := ks.RewrapTenantKEKs(cmd.Context(), func(tenant string) { fmt.Fprintf(out, "re-wrapped tenants/%s\n", tenant) })
+			n, err := d.Keystore.RewrapTenantKEKs(cmd.Context(), func(tenant string) { fmt.Fprintf(out, "re-wrapped tenants/%s\n", tenant) })
 			fmt.Fprintf(out, "%d tenant KEKs re-wrapped\n", n)
-			return err
+			if err != nil {
+				return err
+			}
+			if err := audit.RewrapSigningKey(cmd.Context(), d.Store, d.Root); err != nil {
+				return err
+			}
+			fmt.Fprintln(out, "audit signing key re-wrapped")
+			return nil
 		},
 	}
 	rewrap.Flags().StringVar(&path, "config", "custos.yaml", "configuration file")

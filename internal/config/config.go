@@ -49,6 +49,47 @@ type Config struct {
 	// heap, most of which is the key cache. Default 400; the GOGC
 	// environment variable, when set, wins (docs/performance.md).
 	GCPercent int `yaml:"gc_percent"`
+	// Audit configures the audit trail (docs/audit.md).
+	Audit Audit `yaml:"audit"`
+}
+
+// Audit configures the audit trail: one event per call, durable before the
+// call is answered, leaves of a Merkle tree with signed checkpoints.
+type Audit struct {
+	// Disabled turns the audit trail off: no events, and AuditService
+	// answers FAILED_PRECONDITION. For benchmarks; a regulated deployment
+	// keeps it on.
+	Disabled bool `yaml:"disabled"`
+	// Spool is a local file that takes events while the store cannot, so
+	// a storage outage does not fail calls that can still be served.
+	// Default: next to a bbolt file (<path>.audit-spool); none with
+	// PostgreSQL unless set (a warning at start). "off": none.
+	Spool string `yaml:"spool"`
+	// FailOpen answers calls whose event could be made durable nowhere,
+	// counting them in custos_audit_dropped_total and logging at error
+	// level. Default false: such calls fail with UNAVAILABLE.
+	FailOpen bool `yaml:"fail_open"`
+	// CheckpointInterval is how often new events are integrated into the
+	// tree and a checkpoint signed. Default 2s.
+	CheckpointInterval time.Duration `yaml:"checkpoint_interval"`
+	// Retention: event bodies older than this are deleted (their hashes
+	// stay, so the log still verifies). Default 2160h (90 days).
+	Retention time.Duration `yaml:"retention"`
+	// Origin names the log in its checkpoints and signing key. Default
+	// custos-audit. Only read when the signing key is created.
+	Origin string `yaml:"origin"`
+	// Export writes every event as a JSON line, for log shippers.
+	Export AuditExport `yaml:"export"`
+}
+
+// AuditExport configures the JSON-lines export of audit events.
+type AuditExport struct {
+	// Path of the export file, "-" for standard output; empty: no export.
+	Path string `yaml:"path"`
+	// MaxSizeMB rotates the file at this size. Default 100.
+	MaxSizeMB int `yaml:"max_size_mb"`
+	// MaxFiles is how many rotated files are kept. Default 10.
+	MaxFiles int `yaml:"max_files"`
 }
 
 // DefaultGCPercent is the default gc_percent: with a full key cache the
@@ -222,7 +263,10 @@ func (c *Config) Validate() error {
 }
 
 func (c *Config) resolvePaths(baseDir string) {
-	for _, p := range []*string{&c.TLS.CertFile, &c.TLS.KeyFile, &c.TLS.ClientCAFile, &c.PolicyFile, &c.Storage.Bbolt.Path, &c.Storage.Postgres.URLFile} {
+	for _, p := range []*string{&c.TLS.CertFile, &c.TLS.KeyFile, &c.TLS.ClientCAFile, &c.PolicyFile, &c.Storage.Bbolt.Path, &c.Storage.Postgres.URLFile, &c.Audit.Spool, &c.Audit.Export.Path} {
+		if *p == "-" || *p == "off" {
+			continue
+		}
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(baseDir, *p)
 		}
@@ -248,6 +292,15 @@ func (c *Config) setDefaults() {
 	}
 	if c.Ops.ProbeInterval == 0 {
 		c.Ops.ProbeInterval = 5 * time.Second
+	}
+	if c.Audit.Spool == "" && c.Storage.Type == "bbolt" && c.Storage.Bbolt.Path != "" {
+		c.Audit.Spool = c.Storage.Bbolt.Path + ".audit-spool"
+	}
+	if c.Audit.CheckpointInterval == 0 {
+		c.Audit.CheckpointInterval = 2 * time.Second
+	}
+	if c.Audit.Retention == 0 {
+		c.Audit.Retention = 90 * 24 * time.Hour
 	}
 }
 
@@ -305,8 +358,25 @@ func (c *Config) validate() error {
 	if c.Scheduler.UsageRotateThreshold > keystore.MaxUsageRotateThreshold {
 		errs = append(errs, fmt.Errorf("scheduler.usage_rotate_threshold %d is above %d: AES-GCM with random nonces must rotate before 2^30 encryptions", c.Scheduler.UsageRotateThreshold, uint64(keystore.MaxUsageRotateThreshold)))
 	}
+	if c.Audit.CheckpointInterval < 0 || c.Audit.Retention < 0 || c.Audit.Export.MaxSizeMB < 0 || c.Audit.Export.MaxFiles < 0 {
+		errs = append(errs, errors.New("audit.checkpoint_interval, audit.retention, audit.export.max_size_mb and audit.export.max_files must not be negative"))
+	}
+	if c.Audit.Origin != "" && !validOrigin(c.Audit.Origin) {
+		errs = append(errs, fmt.Errorf("audit.origin %q must be printable ASCII without spaces or '+'", c.Audit.Origin))
+	}
 	if c.Limits.MaxPlaintextBytes < 0 || c.Limits.MaxBatchItems < 0 || c.Limits.MaxMessageBytes < 0 {
 		errs = append(errs, errors.New("limits must not be negative"))
 	}
 	return errors.Join(errs...)
+}
+
+// validOrigin: a note key name (golang.org/x/mod/sumdb/note): non-empty,
+// printable ASCII without spaces or '+'.
+func validOrigin(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] >= 0x7f || s[i] == '+' {
+			return false
+		}
+	}
+	return s != ""
 }

@@ -30,6 +30,7 @@ import (
 
 	"github.com/custos-kms/custos/internal/config"
 	"github.com/custos-kms/custos/keystore"
+	"github.com/custos-kms/custos/keystore/audit"
 	"github.com/custos-kms/custos/keystore/password"
 	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/storage"
@@ -77,6 +78,8 @@ type Runtime struct {
 	reload  <-chan os.Signal
 	logger  *slog.Logger
 	ks      *keystore.Service
+	audit   *audit.Log    // nil with the audit trail off
+	writer  *audit.Writer // nil with the audit trail off
 	policy  *policy.Holder
 	srv     *server.Server
 	gs      *grpc.Server
@@ -153,7 +156,16 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 	if rt.policy, err = policy.NewHolder(cfg.PolicyFile); err != nil {
 		return nil, err
 	}
+	var auditCfg server.Config
+	if !cfg.Audit.Disabled {
+		if err := rt.openAudit(ctx, store, r, opts.Now, &auditCfg); err != nil {
+			return nil, err
+		}
+	}
 	rt.srv, err = server.New(server.Config{
+		Audit:           auditCfg.Audit,
+		AuditLog:        auditCfg.AuditLog,
+		AuditCollectors: auditCfg.AuditCollectors,
 		Keystore:  rt.ks,
 		Passwords: pw,
 		Policy:    rt.policy,
@@ -270,6 +282,20 @@ func (rt *Runtime) Run(ctx context.Context) error {
 		wg.Go(func() { rt.policy.ReloadOn(bg, rt.reload, logger) })
 	}
 	wg.Go(func() { rt.ks.RunCountFlush(bg, cfg.Scheduler.FlushInterval) })
+	if rt.audit != nil {
+		// Stopped after the last call has drained (and so after its event
+		// was queued): the lease holder's last pass integrates and signs
+		// everything.
+		wg.Go(func() { rt.writer.Ship(bg, time.Second) })
+		wg.Go(func() {
+			rt.audit.Run(bg, audit.RunConfig{
+				Holder:             holderID(rt.lis.Addr()),
+				CheckpointInterval: cfg.Audit.CheckpointInterval,
+				LeaseTTL:           cfg.Scheduler.LeaseTTL,
+				Retention:          cfg.Audit.Retention,
+			})
+		})
+	}
 	if !cfg.Scheduler.Disabled {
 		wg.Go(func() {
 			err := rt.ks.RunScheduler(bg, keystore.SchedulerConfig{
@@ -332,4 +358,41 @@ func (rt *Runtime) drain(timeout time.Duration) {
 func holderID(addr net.Addr) string {
 	host, _ := os.Hostname()
 	return fmt.Sprintf("%s/%d/%s", host, os.Getpid(), addr)
+}
+
+// openAudit opens the audit log and its writer (and export) and fills the
+// server's audit settings.
+func (rt *Runtime) openAudit(ctx context.Context, store storage.Store, r root.Root, now func() time.Time, sc *server.Config) error {
+	ac := rt.cfg.Audit
+	log, err := audit.Open(ctx, audit.Config{Store: store, Root: r, Origin: ac.Origin, Now: now, Logger: rt.logger})
+	if err != nil {
+		return err
+	}
+	var exp *audit.Exporter
+	if ac.Export.Path != "" {
+		exp = audit.NewExporter(audit.ExportConfig{Path: ac.Export.Path, MaxSizeMB: ac.Export.MaxSizeMB, MaxFiles: ac.Export.MaxFiles, Logger: rt.logger})
+		rt.closers = append(rt.closers, func() { _ = exp.Close() })
+	}
+	spool := ac.Spool
+	if spool == "off" {
+		spool = ""
+	}
+	if spool == "" && rt.cfg.Storage.Type == "postgres" {
+		rt.logger.Warn("audit.spool is not set: while PostgreSQL is down, calls fail closed (or, with audit.fail_open, lose their events) instead of spooling them locally")
+	}
+	w, err := audit.NewWriter(audit.WriterConfig{Store: store, SpoolPath: spool, FailOpen: ac.FailOpen, Export: exp, Logger: rt.logger})
+	if err != nil {
+		return err
+	}
+	rt.closers = append(rt.closers, func() {
+		if err := w.Close(); err != nil {
+			rt.logger.Error("closing the audit writer failed", "error", err.Error())
+		}
+	})
+	if ac.FailOpen {
+		rt.logger.Warn("audit.fail_open is set: calls whose audit event cannot be recorded anywhere are answered anyway")
+	}
+	rt.audit, rt.writer = log, w
+	sc.Audit, sc.AuditLog, sc.AuditCollectors = w, log, w.Collectors()
+	return nil
 }

@@ -121,10 +121,18 @@ func KeystoreConfig(cfg *config.Config, store storage.Store, rt root.Root, logge
 	}
 }
 
-// OpenKeystore opens the configured root and storage and builds a keystore
-// over them, for commands that work on the store directly (custos root
-// rewrap). close closes the store and the root.
-func OpenKeystore(ctx context.Context, cfg *config.Config, logger *slog.Logger) (ks *keystore.Service, close func(), err error) {
+// Direct is the configured store and root, opened by a command that works
+// on the store directly (custos root rewrap, custos audit verify), with a
+// keystore over them.
+type Direct struct {
+	Store    storage.Store
+	Root     root.Root
+	Keystore *keystore.Service
+}
+
+// OpenDirect opens the configured root and storage and builds a keystore
+// over them. close closes the store and the root.
+func OpenDirect(ctx context.Context, cfg *config.Config, logger *slog.Logger) (d *Direct, close func(), err error) {
 	rt, err := OpenRoot(cfg)
 	if err != nil {
 		return nil, nil, err
@@ -134,11 +142,20 @@ func OpenKeystore(ctx context.Context, cfg *config.Config, logger *slog.Logger) 
 		CloseRoot(rt)
 		return nil, nil, err
 	}
-	ks, err = keystore.New(KeystoreConfig(cfg, store, rt, logger))
+	ks, err := keystore.New(KeystoreConfig(cfg, store, rt, logger))
 	if err != nil {
 		store.Close()
 		CloseRoot(rt)
 		return nil, nil, err
 	}
-	return ks, func() { store.Close(); CloseRoot(rt) }, nil
+	return &Direct{Store: store, Root: rt, Keystore: ks}, func() { store.Close(); CloseRoot(rt) }, nil
+}
+
+// OpenKeystore is OpenDirect for commands that need only the keystore.
+func OpenKeystore(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*keystore.Service, func(), error) {
+	d, closeFn, err := OpenDirect(ctx, cfg, logger)
+	if err != nil {
+		return nil, nil, err
+	}
+	return d.Keystore, closeFn, nil
 }

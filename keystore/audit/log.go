@@ -84,11 +84,14 @@ type Config struct {
 // tree, signs checkpoints, prunes old bodies and answers queries with
 // proofs. Safe for concurrent use.
 type Log struct {
-	store    storage.Store
-	applier  storage.Applier
-	signer   note.Signer
-	verifier note.Verifier
-	origin   string
+	store   storage.Store
+	applier storage.Applier
+	root    root.Root
+	origin  string
+
+	keyMu    sync.Mutex
+	signer   note.Signer   // loaded (or created) by the first Sign
+	verifier note.Verifier // from the key record, or the signer's
 	now      func() time.Time
 	logger   *slog.Logger
 
@@ -98,7 +101,9 @@ type Log struct {
 
 const maxCachedNodes = 1 << 16
 
-// Open opens the log in cfg.Store, creating its signing key on first use.
+// Open opens the log in cfg.Store. It does not call the root: the signing
+// key is unwrapped (or created and wrapped) by the first Sign, so a root
+// that is down at start delays checkpoints, not the server.
 func Open(ctx context.Context, cfg Config) (*Log, error) {
 	a, ok := cfg.Store.(storage.Applier)
 	if !ok {
@@ -113,19 +118,48 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	s, v, err := loadSigner(ctx, cfg.Store, cfg.Root, cfg.Origin)
-	if err != nil {
-		return nil, err
+	return &Log{store: cfg.Store, applier: a, root: cfg.Root, origin: cfg.Origin, now: cfg.Now, logger: cfg.Logger, nodes: make(map[compact.NodeID][]byte)}, nil
+}
+
+// signing returns the log's signer, unwrapping or creating the key once.
+func (l *Log) signing(ctx context.Context) (note.Signer, error) {
+	l.keyMu.Lock()
+	defer l.keyMu.Unlock()
+	if l.signer == nil {
+		s, v, err := loadSigner(ctx, l.store, l.root, l.origin)
+		if err != nil {
+			return nil, err
+		}
+		l.signer, l.verifier = s, v
 	}
-	return &Log{store: cfg.Store, applier: a, signer: s, verifier: v, origin: v.Name(), now: cfg.Now, logger: cfg.Logger, nodes: make(map[compact.NodeID][]byte)}, nil
+	return l.signer, nil
+}
+
+// Verifier verifies the log's checkpoints: the signer's, or the verifier
+// key the store holds next to the wrapped signing key (nil, nil when the
+// log has no key yet).
+func (l *Log) Verifier(ctx context.Context) (note.Verifier, error) {
+	l.keyMu.Lock()
+	defer l.keyMu.Unlock()
+	if l.verifier == nil {
+		v, err := storedVerifier(ctx, l.store)
+		if err != nil || v == nil {
+			return nil, err
+		}
+		l.verifier = v
+	}
+	return l.verifier, nil
 }
 
 // PublicKey is the verifier key of the log's signing key, in the note
-// format.
-func (l *Log) PublicKey() string { return verifierKey(l.verifier) }
-
-// Verifier verifies the log's checkpoints.
-func (l *Log) Verifier() note.Verifier { return l.verifier }
+// format; empty before the first checkpoint.
+func (l *Log) PublicKey(ctx context.Context) (string, error) {
+	v, err := l.Verifier(ctx)
+	if err != nil || v == nil {
+		return "", err
+	}
+	return verifierKey(v), nil
+}
 
 func (l *Log) loadTree(ctx context.Context) (treeState, uint64, error) {
 	rec, err := l.store.Get(ctx, treeKey)
@@ -233,7 +267,11 @@ func (l *Log) sign(ctx context.Context, historyAll bool) (*Checkpoint, error) {
 		return nil, err
 	}
 	if st.Size == 0 || (st.Checkpoint != nil && st.CheckpointSize == st.Size) {
-		return l.checkpointOf(st)
+		return l.checkpointOf(ctx, st)
+	}
+	signer, err := l.signing(ctx)
+	if err != nil {
+		return nil, err
 	}
 	rng, err := rangeFactory.NewRange(0, st.Size, st.Range)
 	if err != nil {
@@ -243,9 +281,9 @@ func (l *Log) sign(ctx context.Context, historyAll bool) (*Checkpoint, error) {
 	if err != nil {
 		return nil, fmt.Errorf("audit: root hash: %w", err)
 	}
-	text := string(tlog.Checkpoint{Origin: l.origin, Size: st.Size, Hash: rootHash}.Marshal()) +
+	text := string(tlog.Checkpoint{Origin: signer.Name(), Size: st.Size, Hash: rootHash}.Marshal()) +
 		"time " + l.now().UTC().Format(time.RFC3339Nano) + "\n"
-	signed, err := note.Sign(&note.Note{Text: text}, l.signer)
+	signed, err := note.Sign(&note.Note{Text: text}, signer)
 	if err != nil {
 		return nil, fmt.Errorf("audit: sign checkpoint: %w", err)
 	}
@@ -260,14 +298,21 @@ func (l *Log) sign(ctx context.Context, historyAll bool) (*Checkpoint, error) {
 	if err != nil {
 		return nil, fmt.Errorf("audit: store checkpoint: %w", err)
 	}
-	return l.checkpointOf(st)
+	return l.checkpointOf(ctx, st)
 }
 
-func (l *Log) checkpointOf(st treeState) (*Checkpoint, error) {
+func (l *Log) checkpointOf(ctx context.Context, st treeState) (*Checkpoint, error) {
 	if st.Checkpoint == nil {
 		return nil, nil
 	}
-	return ParseCheckpoint(st.Checkpoint, l.verifier)
+	v, err := l.Verifier(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if v == nil {
+		return nil, errors.New("audit: the log has checkpoints but no signing key")
+	}
+	return ParseCheckpoint(st.Checkpoint, v)
 }
 
 // Latest returns the latest signed checkpoint, or nil before the first.
@@ -276,7 +321,7 @@ func (l *Log) Latest(ctx context.Context) (*Checkpoint, error) {
 	if err != nil {
 		return nil, err
 	}
-	return l.checkpointOf(st)
+	return l.checkpointOf(ctx, st)
 }
 
 // ParseCheckpoint verifies a signed checkpoint with v and parses it.

@@ -188,7 +188,11 @@ func (l *Log) pruneSide(ctx context.Context, cutoff time.Time) error {
 			ops = append(ops, storage.Op{Key: m.Key, Delete: true, Expect: m.Version})
 		}
 	}
-	for after := ""; len(ops) < 50_000; {
+	v, err := l.Verifier(ctx)
+	if err != nil {
+		return err
+	}
+	for after := ""; v != nil && len(ops) < 50_000; {
 		cps, err := l.store.List(ctx, cpPrefix, after, 1000)
 		if err != nil {
 			return fmt.Errorf("audit: list checkpoints: %w", err)
@@ -199,7 +203,7 @@ func (l *Log) pruneSide(ctx context.Context, cutoff time.Time) error {
 				break // the newest stays
 			}
 			after = c.Key
-			cp, err := ParseCheckpoint(c.Value, l.verifier)
+			cp, err := ParseCheckpoint(c.Value, v)
 			if err != nil || !cp.Time.Before(cutoff) {
 				stop = true
 				break

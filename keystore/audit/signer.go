@@ -111,3 +111,24 @@ func RewrapSigningKey(ctx context.Context, store storage.Store, r root.Root) err
 	}
 	return nil
 }
+
+// storedVerifier is the verifier key the store holds next to the wrapped
+// signing key, read without the root; nil when there is no key yet.
+func storedVerifier(ctx context.Context, store storage.Store) (note.Verifier, error) {
+	rec, err := store.Get(ctx, signingKeyKey)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("audit: read signing key: %w", err)
+	}
+	var sk signingKeyRecord
+	if err := json.Unmarshal(rec.Value, &sk); err != nil || sk.Format != signingKeyFormat {
+		return nil, fmt.Errorf("audit: signing key record is unreadable")
+	}
+	v, err := note.NewVerifier(sk.Verifier)
+	if err != nil {
+		return nil, fmt.Errorf("audit: verifier key: %w", err)
+	}
+	return v, nil
+}

@@ -367,7 +367,10 @@ type ListAuditEventsRequest struct {
 	// At most this many events (default 100, at most 1000).
 	PageSize int32 `protobuf:"varint,7,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// From a previous response's next_page_token.
-	PageToken     string `protobuf:"bytes,8,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageToken string `protobuf:"bytes,8,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Only events at or after this leaf index: a follower (custos audit
+	// tail) passes the last index it saw plus one.
+	StartIndex    uint64 `protobuf:"varint,9,opt,name=start_index,json=startIndex,proto3" json:"start_index,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -456,6 +459,13 @@ func (x *ListAuditEventsRequest) GetPageToken() string {
 		return x.PageToken
 	}
 	return ""
+}
+
+func (x *ListAuditEventsRequest) GetStartIndex() uint64 {
+	if x != nil {
+		return x.StartIndex
+	}
+	return 0
 }
 
 // Response of ListAuditEvents.
@@ -680,7 +690,7 @@ const file_custos_v1_audit_service_proto_rawDesc = "" +
 	"\n" +
 	"leaf_index\x18\x02 \x01(\x04R\tleafIndex\x12\x12\n" +
 	"\x04leaf\x18\x03 \x01(\fR\x04leaf\x12'\n" +
-	"\x0finclusion_proof\x18\x04 \x03(\fR\x0einclusionProof\"\xda\x02\n" +
+	"\x0finclusion_proof\x18\x04 \x03(\fR\x0einclusionProof\"\xfb\x02\n" +
 	"\x16ListAuditEventsRequest\x12@\n" +
 	"\x06parent\x18\x01 \x01(\tB(\xbaH%r#2!^tenants/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x129\n" +
 	"\n" +
@@ -691,7 +701,9 @@ const file_custos_v1_audit_service_proto_rawDesc = "" +
 	"\x06result\x18\x06 \x01(\tR\x06result\x12\x1b\n" +
 	"\tpage_size\x18\a \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\b \x01(\tR\tpageToken\"\xaf\x01\n" +
+	"page_token\x18\b \x01(\tR\tpageToken\x12\x1f\n" +
+	"\vstart_index\x18\t \x01(\x04R\n" +
+	"startIndex\"\xaf\x01\n" +
 	"\x17ListAuditEventsResponse\x120\n" +
 	"\arecords\x18\x01 \x03(\v2\x16.custos.v1.AuditRecordR\arecords\x12:\n" +
 	"\n" +

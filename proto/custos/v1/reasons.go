@@ -40,4 +40,8 @@ const (
 	// spent; a google.rpc.RetryInfo detail says when to retry, and the
 	// ErrorInfo metadata "rule" names the policy rule.
 	ReasonRateLimited = "RATE_LIMITED"
+	// ReasonAuditUnavailable (UNAVAILABLE): the call's audit event could
+	// be made durable neither in the store nor in the local spool, so the
+	// call was not acknowledged (the audit trail fails closed).
+	ReasonAuditUnavailable = "AUDIT_UNAVAILABLE"
 )

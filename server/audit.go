@@ -1,0 +1,319 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/custos-kms/custos/keystore"
+	"github.com/custos-kms/custos/keystore/audit"
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
+)
+
+// RequestIDHeader is the response header that carries a call's request id,
+// the id its audit event and its log line have.
+const RequestIDHeader = "x-request-id"
+
+// AuditRecorder makes a call's audit event durable before the call is
+// answered; *audit.Writer is one.
+type AuditRecorder interface {
+	Record(ev *custosv1.AuditEvent) error
+}
+
+// newRequestID returns 128 random bits, hex-encoded.
+func newRequestID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read does not fail on Linux
+	return hex.EncodeToString(b[:])
+}
+
+// auditEvent builds the event of a finished call from what the request
+// path resolved, never from payloads: no plaintext, ciphertext, associated
+// data, passwords, MACs or password subjects.
+func auditEvent(ctx context.Context, rid, fullMethod string, c *call, start time.Time, req, resp any, err error) *custosv1.AuditEvent {
+	ev := &custosv1.AuditEvent{
+		Time:      timestamppb.New(start),
+		RequestId: rid,
+		Identity:  c.identity,
+		Method:    fullMethod,
+		Code:      audit.CodeName(status.Code(err)),
+		Duration:  durationpb.New(time.Since(start)),
+	}
+	if m, ok := methods[fullMethod]; ok {
+		ev.Operation = m.op
+	} else {
+		ev.Operation = "unknown"
+	}
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		ev.Peer = p.Addr.String()
+	}
+	// Names a caller sent are recorded only when well formed: a refused
+	// call's garbage stays out of the log.
+	if keystore.ValidID(c.tenant) {
+		ev.Tenant = c.tenant
+		if keystore.ValidID(c.key.Key) {
+			ev.Key = c.key.Key
+		}
+	}
+	if err != nil {
+		if st, ok := status.FromError(err); ok {
+			for _, d := range st.Details() {
+				if info, ok := d.(*errdetails.ErrorInfo); ok {
+					ev.Reason = info.GetReason()
+				}
+			}
+		}
+		return ev
+	}
+	ev.KeyVersions, ev.ItemsOk, ev.ItemsFailed = usage(req, resp)
+	return ev
+}
+
+type keyVersioned interface{ GetKeyVersion() uint32 }
+
+// usage reads the key versions a successful call used, and a batch's item
+// counts, from its response (or, for version operations, its request).
+func usage(req, resp any) (versions []uint32, ok, failed uint32) {
+	add := func(v uint32) {
+		if v != 0 && !slices.Contains(versions, v) {
+			versions = append(versions, v)
+		}
+	}
+	batch := func(n int, each func(int) (uint32, bool)) {
+		for i := range n {
+			v, good := each(i)
+			if good {
+				ok++
+				add(v)
+			} else {
+				failed++
+			}
+		}
+	}
+	switch r := resp.(type) {
+	case *custosv1.EncryptBatchResponse:
+		res := r.GetResults()
+		batch(len(res), func(i int) (uint32, bool) { return res[i].GetKeyVersion(), res[i].GetStatus().GetCode() == 0 })
+	case *custosv1.DecryptBatchResponse:
+		res := r.GetResults()
+		batch(len(res), func(i int) (uint32, bool) { return res[i].GetKeyVersion(), res[i].GetStatus().GetCode() == 0 })
+	case *custosv1.RewrapBatchResponse:
+		res := r.GetResults()
+		batch(len(res), func(i int) (uint32, bool) { return res[i].GetKeyVersion(), res[i].GetStatus().GetCode() == 0 })
+	case *custosv1.BlindIndexResponse:
+		for _, e := range r.GetEntries() {
+			add(e.GetKeyVersion())
+		}
+	case keyVersioned:
+		add(r.GetKeyVersion())
+	}
+	if v, isV := req.(interface{ GetVersion() uint32 }); isV {
+		add(v.GetVersion())
+	}
+	slices.Sort(versions)
+	return versions, ok, failed
+}
+
+// recordEvent makes the call's event durable; if it cannot, the call fails
+// closed with UNAVAILABLE (the recorder decides fail-open).
+func (s *Server) recordEvent(ev *custosv1.AuditEvent) error {
+	if err := s.audit.Record(ev); err != nil {
+		s.logger.Error("audit event could not be recorded; the call fails closed", "request_id", ev.GetRequestId(), "error", err.Error())
+		st := status.New(codes.Unavailable, "audit trail unavailable: the call was not acknowledged")
+		if ds, derr := st.WithDetails(&errdetails.ErrorInfo{Reason: custosv1.ReasonAuditUnavailable, Domain: custosv1.ErrorDomain}); derr == nil {
+			return ds.Err()
+		}
+		return st.Err()
+	}
+	return nil
+}
+
+// setRequestID sends the request id to the caller in the response header.
+func setRequestID(ctx context.Context, rid string) {
+	_ = grpc.SetHeader(ctx, metadata.Pairs(RequestIDHeader, rid))
+}
+
+// AuditLog answers AuditService; *audit.Log is one.
+type AuditLog interface {
+	Events(ctx context.Context, q audit.Query) ([]audit.Record, *audit.Checkpoint, uint64, error)
+	Latest(ctx context.Context) (*audit.Checkpoint, error)
+	ConsistencyProof(ctx context.Context, size1, size2 uint64) ([][]byte, error)
+	PublicKey(ctx context.Context) (string, error)
+}
+
+// Audit page sizes.
+const (
+	DefaultAuditPageSize = 100
+	MaxAuditPageSize     = 1000
+)
+
+type auditService struct {
+	custosv1.UnimplementedAuditServiceServer
+	*Server
+}
+
+func (a auditService) log() (AuditLog, error) {
+	if a.auditLog == nil {
+		return nil, status.Error(codes.FailedPrecondition, "the audit trail is disabled in this deployment (audit.disabled)")
+	}
+	return a.auditLog, nil
+}
+
+// ListAuditEvents lists a tenant's events with inclusion proofs.
+func (a auditService) ListAuditEvents(ctx context.Context, req *custosv1.ListAuditEventsRequest) (*custosv1.ListAuditEventsResponse, error) {
+	c := callOf(ctx)
+	q, err := auditQuery(c.tenant, req)
+	if err != nil {
+		return nil, err
+	}
+	log, err := a.log()
+	if err != nil {
+		return nil, err
+	}
+	recs, cp, next, err := log.Events(ctx, q)
+	if err != nil {
+		return nil, a.toError(ctx, fmt.Errorf("%w: %w", keystore.ErrUnavailable, err))
+	}
+	resp := &custosv1.ListAuditEventsResponse{Checkpoint: checkpointPB(cp)}
+	for _, r := range recs {
+		resp.Records = append(resp.Records, &custosv1.AuditRecord{Event: r.Event, LeafIndex: r.Index, Leaf: r.Leaf, InclusionProof: r.Proof})
+	}
+	if next > 0 {
+		resp.NextPageToken = encodeAuditToken(next)
+	}
+	return resp, nil
+}
+
+// GetAuditCheckpoint returns the latest signed checkpoint and its key.
+func (a auditService) GetAuditCheckpoint(ctx context.Context, req *custosv1.GetAuditCheckpointRequest) (*custosv1.GetAuditCheckpointResponse, error) {
+	log, err := a.log()
+	if err != nil {
+		return nil, err
+	}
+	cp, err := log.Latest(ctx)
+	if err != nil {
+		return nil, a.toError(ctx, fmt.Errorf("%w: %w", keystore.ErrUnavailable, err))
+	}
+	pub, err := log.PublicKey(ctx)
+	if err != nil {
+		return nil, a.toError(ctx, fmt.Errorf("%w: %w", keystore.ErrUnavailable, err))
+	}
+	resp := &custosv1.GetAuditCheckpointResponse{Checkpoint: checkpointPB(cp), PublicKey: pub}
+	if f := req.GetFirstSize(); f > 0 {
+		if cp == nil || f > cp.Size {
+			return nil, status.Errorf(codes.InvalidArgument, "first_size %d is beyond the latest checkpoint's size", f)
+		}
+		if resp.ConsistencyProof, err = log.ConsistencyProof(ctx, f, cp.Size); err != nil {
+			return nil, a.toError(ctx, fmt.Errorf("%w: %w", keystore.ErrUnavailable, err))
+		}
+	}
+	return resp, nil
+}
+
+func checkpointPB(cp *audit.Checkpoint) *custosv1.AuditCheckpoint {
+	if cp == nil {
+		return nil
+	}
+	return &custosv1.AuditCheckpoint{SignedNote: cp.Note, Origin: cp.Origin, Size: cp.Size, RootHash: cp.Root, Time: timestamppb.New(cp.Time)}
+}
+
+// auditQuery validates a request's filters, naming the field at fault.
+func auditQuery(tenant string, req *custosv1.ListAuditEventsRequest) (audit.Query, error) {
+	bad := func(format string, args ...any) (audit.Query, error) {
+		return audit.Query{}, status.Errorf(codes.InvalidArgument, format, args...)
+	}
+	q := audit.Query{Tenant: tenant, Operation: req.GetOperation(), Identity: req.GetIdentity(), Result: req.GetResult()}
+	switch n := req.GetPageSize(); {
+	case n < 0 || n > MaxAuditPageSize:
+		return bad("page_size %d must be between 0 and %d", n, MaxAuditPageSize)
+	case n == 0:
+		q.Limit = DefaultAuditPageSize
+	default:
+		q.Limit = int(n)
+	}
+	for _, b := range []struct {
+		field string
+		ts    *timestamppb.Timestamp
+		dst   *time.Time
+	}{{"start_time", req.GetStartTime(), &q.Start}, {"end_time", req.GetEndTime(), &q.End}} {
+		if b.ts == nil {
+			continue
+		}
+		if err := b.ts.CheckValid(); err != nil {
+			return bad("%s is not a valid time (years 1 to 9999): %v", b.field, err)
+		}
+		*b.dst = b.ts.AsTime()
+	}
+	if !q.Start.IsZero() && !q.End.IsZero() && q.End.Before(q.Start) {
+		return bad("end_time %s is before start_time %s", q.End.Format(time.RFC3339), q.Start.Format(time.RFC3339))
+	}
+	if q.Operation != "" && !knownOperation(q.Operation) {
+		return bad("operation %q is not an operation Custos records (see docs/audit.md)", truncate(q.Operation))
+	}
+	if len(q.Identity) > 2048 {
+		return bad("identity is longer than 2048 bytes")
+	}
+	if q.Result != "" && !audit.ValidResult(q.Result) {
+		return bad("result %q is not OK, FAILED or a gRPC code name such as PERMISSION_DENIED", truncate(q.Result))
+	}
+	from, err := decodeAuditToken(req.GetPageToken())
+	if err != nil {
+		return audit.Query{}, err
+	}
+	q.From = max(from, req.GetStartIndex())
+	return q, nil
+}
+
+func truncate(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "…"
+	}
+	return s
+}
+
+func knownOperation(op string) bool {
+	for _, m := range methods {
+		if m.op == op {
+			return true
+		}
+	}
+	return false
+}
+
+// Audit page tokens: base64url of "a1:" and the next leaf index in hex.
+const auditTokenPrefix = "a1:"
+
+func encodeAuditToken(next uint64) string {
+	return base64.RawURLEncoding.EncodeToString(fmt.Appendf(nil, "%s%x", auditTokenPrefix, next))
+}
+
+func decodeAuditToken(tok string) (uint64, error) {
+	if tok == "" {
+		return 0, nil
+	}
+	if len(tok) <= 40 {
+		if b, err := base64.RawURLEncoding.DecodeString(tok); err == nil {
+			if h, ok := strings.CutPrefix(string(b), auditTokenPrefix); ok && len(h) > 0 && len(h) <= 16 {
+				var n uint64
+				if _, err := fmt.Sscanf(h, "%x", &n); err == nil && fmt.Sprintf("%x", n) == h {
+					return n, nil
+				}
+			}
+		}
+	}
+	return 0, status.Error(codes.InvalidArgument, "page_token is malformed")
+}
