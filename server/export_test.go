@@ -17,3 +17,12 @@ func MethodTable() map[string]bool {
 	}
 	return out
 }
+
+// MethodOps returns each method's operation name, as audit events record it.
+func MethodOps() map[string]string {
+	out := make(map[string]string, len(methods))
+	for name, m := range methods {
+		out[name] = m.op
+	}
+	return out
+}

@@ -224,6 +224,9 @@ func (rt *Runtime) OpsAddr() net.Addr {
 // that need to act on it directly (for example run one scheduler pass).
 func (rt *Runtime) Keystore() *keystore.Service { return rt.ks }
 
+// AuditLog is the runtime's audit log, nil with the audit trail off.
+func (rt *Runtime) AuditLog() *audit.Log { return rt.audit }
+
 // Close releases what New built, for a Runtime that is never Run. It does
 // nothing after Run.
 func (rt *Runtime) Close() {

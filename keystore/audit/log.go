@@ -91,7 +91,8 @@ type Log struct {
 
 	keyMu    sync.Mutex
 	signer   note.Signer   // loaded (or created) by the first Sign
-	verifier note.Verifier // from the key record, or the signer's
+	vkey     string        // the verifier key, from the key record
+	verifier note.Verifier // vkey's verifier
 	now      func() time.Time
 	logger   *slog.Logger
 
@@ -126,11 +127,12 @@ func (l *Log) signing(ctx context.Context) (note.Signer, error) {
 	l.keyMu.Lock()
 	defer l.keyMu.Unlock()
 	if l.signer == nil {
-		s, v, err := loadSigner(ctx, l.store, l.root, l.origin)
+		s, vkey, err := loadSigner(ctx, l.store, l.root, l.origin)
 		if err != nil {
 			return nil, err
 		}
-		l.signer, l.verifier = s, v
+		v, _ := note.NewVerifier(vkey) // checked by loadSigner
+		l.signer, l.vkey, l.verifier = s, vkey, v
 	}
 	return l.signer, nil
 }
@@ -142,11 +144,12 @@ func (l *Log) Verifier(ctx context.Context) (note.Verifier, error) {
 	l.keyMu.Lock()
 	defer l.keyMu.Unlock()
 	if l.verifier == nil {
-		v, err := storedVerifier(ctx, l.store)
-		if err != nil || v == nil {
+		vkey, err := storedVerifier(ctx, l.store)
+		if err != nil || vkey == "" {
 			return nil, err
 		}
-		l.verifier = v
+		l.vkey = vkey
+		l.verifier, _ = note.NewVerifier(vkey) // checked by storedVerifier
 	}
 	return l.verifier, nil
 }
@@ -158,7 +161,9 @@ func (l *Log) PublicKey(ctx context.Context) (string, error) {
 	if err != nil || v == nil {
 		return "", err
 	}
-	return verifierKey(v), nil
+	l.keyMu.Lock()
+	defer l.keyMu.Unlock()
+	return l.vkey, nil
 }
 
 func (l *Log) loadTree(ctx context.Context) (treeState, uint64, error) {
@@ -339,14 +344,6 @@ func ParseCheckpoint(signed []byte, v note.Verifier) (*Checkpoint, error) {
 		}
 	}
 	return out, nil
-}
-
-// verifierKey renders a verifier as its note verifier key string.
-func verifierKey(v note.Verifier) string {
-	if k, ok := v.(interface{ String() string }); ok {
-		return k.String()
-	}
-	return v.Name()
 }
 
 // hashes returns the stored hashes of ids, from the cache where it can.

@@ -119,3 +119,30 @@ func (q *Query) match(ev *custosv1.AuditEvent) bool {
 	}
 	return ev.GetCode() == q.Result
 }
+
+// Leaves returns up to limit events of the log from index from on, in
+// index order, as stored (bodies deleted by retention are skipped). It
+// reads integrated events only; Flush first to see everything queued.
+func (l *Log) Leaves(ctx context.Context, from uint64, limit int) ([]Record, error) {
+	after := ""
+	if from > 0 {
+		after = leafKey(from - 1)
+	}
+	recs, err := l.store.List(ctx, leafPrefix, after, limit)
+	if err != nil {
+		return nil, fmt.Errorf("audit: list leaves: %w", err)
+	}
+	out := make([]Record, 0, len(recs))
+	for _, r := range recs {
+		i, ok := parseHex16(strings.TrimPrefix(r.Key, leafPrefix))
+		if !ok {
+			continue
+		}
+		ev, err := Unmarshal(r.Value)
+		if err != nil {
+			return nil, fmt.Errorf("audit: event %d: %w", i, err)
+		}
+		out = append(out, Record{Index: i, Leaf: r.Value, Event: ev})
+	}
+	return out, nil
+}

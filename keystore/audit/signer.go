@@ -34,52 +34,56 @@ func signingKeyAAD(verifier string) []byte {
 
 // loadSigner returns the log's signer, creating the key on first use (the
 // first replica to store it wins; the others use its key).
-func loadSigner(ctx context.Context, store storage.Store, r root.Root, origin string) (note.Signer, note.Verifier, error) {
+func loadSigner(ctx context.Context, store storage.Store, r root.Root, origin string) (note.Signer, string, error) {
 	for range 3 {
 		rec, err := store.Get(ctx, signingKeyKey)
 		if errors.Is(err, storage.ErrNotFound) {
 			skey, vkey, err := note.GenerateKey(rand.Reader, origin)
 			if err != nil {
-				return nil, nil, fmt.Errorf("audit: generate signing key: %w", err)
+				return nil, "", fmt.Errorf("audit: generate signing key: %w", err)
 			}
 			wrapped, err := r.Wrap(ctx, []byte(skey), signingKeyAAD(vkey))
 			if err != nil {
-				return nil, nil, fmt.Errorf("audit: wrap signing key under the root: %w", err)
+				return nil, "", fmt.Errorf("audit: wrap signing key under the root: %w", err)
 			}
 			b, _ := json.Marshal(signingKeyRecord{Format: signingKeyFormat, Verifier: vkey, Wrapped: wrapped})
 			if _, err := store.Put(ctx, signingKeyKey, b, 0); errors.Is(err, storage.ErrConflict) {
 				continue // another replica made one first
 			} else if err != nil {
-				return nil, nil, fmt.Errorf("audit: store signing key: %w", err)
+				return nil, "", fmt.Errorf("audit: store signing key: %w", err)
 			}
 			return signerOf(skey, vkey)
 		}
 		if err != nil {
-			return nil, nil, fmt.Errorf("audit: read signing key: %w", err)
+			return nil, "", fmt.Errorf("audit: read signing key: %w", err)
 		}
 		var sk signingKeyRecord
 		if err := json.Unmarshal(rec.Value, &sk); err != nil || sk.Format != signingKeyFormat {
-			return nil, nil, fmt.Errorf("audit: signing key record is unreadable")
+			return nil, "", fmt.Errorf("audit: signing key record is unreadable")
 		}
 		skey, err := r.Unwrap(ctx, sk.Wrapped, signingKeyAAD(sk.Verifier))
 		if err != nil {
-			return nil, nil, fmt.Errorf("audit: unwrap signing key: %w", err)
+			return nil, "", fmt.Errorf("audit: unwrap signing key: %w", err)
 		}
 		return signerOf(string(skey), sk.Verifier)
 	}
-	return nil, nil, errors.New("audit: signing key kept changing while being read")
+	return nil, "", errors.New("audit: signing key kept changing while being read")
 }
 
-func signerOf(skey, vkey string) (note.Signer, note.Verifier, error) {
+// signerOf checks that skey and vkey are a pair and returns the signer.
+func signerOf(skey, vkey string) (note.Signer, string, error) {
 	s, err := note.NewSigner(skey)
 	if err != nil {
-		return nil, nil, fmt.Errorf("audit: signing key: %w", err)
+		return nil, "", fmt.Errorf("audit: signing key: %w", err)
 	}
 	v, err := note.NewVerifier(vkey)
 	if err != nil {
-		return nil, nil, fmt.Errorf("audit: verifier key: %w", err)
+		return nil, "", fmt.Errorf("audit: verifier key: %w", err)
 	}
-	return s, v, nil
+	if v.Name() != s.Name() || v.KeyHash() != s.KeyHash() {
+		return nil, "", errors.New("audit: the signing key and its verifier key do not match")
+	}
+	return s, vkey, nil
 }
 
 // RewrapSigningKey wraps the log's signing key again under the current
@@ -114,21 +118,20 @@ func RewrapSigningKey(ctx context.Context, store storage.Store, r root.Root) err
 
 // storedVerifier is the verifier key the store holds next to the wrapped
 // signing key, read without the root; nil when there is no key yet.
-func storedVerifier(ctx context.Context, store storage.Store) (note.Verifier, error) {
+func storedVerifier(ctx context.Context, store storage.Store) (string, error) {
 	rec, err := store.Get(ctx, signingKeyKey)
 	if errors.Is(err, storage.ErrNotFound) {
-		return nil, nil
+		return "", nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("audit: read signing key: %w", err)
+		return "", fmt.Errorf("audit: read signing key: %w", err)
 	}
 	var sk signingKeyRecord
 	if err := json.Unmarshal(rec.Value, &sk); err != nil || sk.Format != signingKeyFormat {
-		return nil, fmt.Errorf("audit: signing key record is unreadable")
+		return "", fmt.Errorf("audit: signing key record is unreadable")
 	}
-	v, err := note.NewVerifier(sk.Verifier)
-	if err != nil {
-		return nil, fmt.Errorf("audit: verifier key: %w", err)
+	if _, err := note.NewVerifier(sk.Verifier); err != nil {
+		return "", fmt.Errorf("audit: verifier key: %w", err)
 	}
-	return v, nil
+	return sk.Verifier, nil
 }

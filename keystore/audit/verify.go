@@ -50,15 +50,14 @@ const maxFindings = 1000
 // holds it, checked by unwrapping the key under the root (so a verifier
 // key swapped in the store is refused).
 func VerifierOf(ctx context.Context, store storage.Store, r root.Root) (note.Verifier, error) {
-	_, v, err := loadSignerExisting(ctx, store, r)
-	return v, err
-}
-
-func loadSignerExisting(ctx context.Context, store storage.Store, r root.Root) (note.Signer, note.Verifier, error) {
 	if _, err := store.Get(ctx, signingKeyKey); errors.Is(err, storage.ErrNotFound) {
-		return nil, nil, errors.New("audit: the store has no audit log (no signing key)")
+		return nil, errors.New("audit: the store has no audit log signing key yet")
 	}
-	return loadSigner(ctx, store, r, "")
+	_, vkey, err := loadSigner(ctx, store, r, "")
+	if err != nil {
+		return nil, err
+	}
+	return note.NewVerifier(vkey)
 }
 
 // Verify recomputes the whole tree from the store: every event body must
