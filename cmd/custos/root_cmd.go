@@ -7,8 +7,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/custos-kms/custos/internal/config"
-	"github.com/custos-kms/custos/keystore/audit"
 	"github.com/custos-kms/custos/internal/custos"
+	"github.com/custos-kms/custos/keystore/audit"
 )
 
 // newRootAdminCmd is `custos root …`: operations on the root key that work
