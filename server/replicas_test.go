@@ -27,10 +27,17 @@ func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 type replica struct {
 	addr string
 	ks   *keystore.Service
+	rt   *custos.Runtime
 	c    clients
 }
 
 func startReplica(tb testing.TB, p *testPKI, url string, rt root.Root) *replica {
+	tb.Helper()
+	return startReplicaWith(tb, p, url, rt, nil)
+}
+
+// startReplicaWith starts a replica whose configuration configure changes.
+func startReplicaWith(tb testing.TB, p *testPKI, url string, rt root.Root, configure func(*config.Config)) *replica {
 	tb.Helper()
 	f := &files{pki: p, policyPath: filepath.Join(tb.TempDir(), "policy.yaml")}
 	if err := os.WriteFile(f.policyPath, []byte(testPolicy), 0o600); err != nil {
@@ -40,6 +47,9 @@ func startReplica(tb testing.TB, p *testPKI, url string, rt root.Root) *replica 
 	f.dbPath = "unused: the storage is postgres"
 	cfg := f.config(tb)
 	cfg.Storage = config.Storage{Type: "postgres", Postgres: config.PostgresConfig{URL: url}}
+	if configure != nil {
+		configure(cfg)
+	}
 	if err := cfg.Validate(); err != nil {
 		tb.Fatal(err)
 	}
@@ -48,7 +58,7 @@ func startReplica(tb testing.TB, p *testPKI, url string, rt root.Root) *replica 
 		tb.Fatal(err)
 	}
 	tb.Cleanup(runInBackground(tb, run))
-	r := &replica{addr: run.Addr().String(), ks: run.Keystore()}
+	r := &replica{addr: run.Addr().String(), ks: run.Keystore(), rt: run}
 	conn := dial(tb, r.addr, p.clientTLS(p.clientCert(tb, "spiffe://custos.test/admin")))
 	r.c = clients{keys: custosv1.NewKeyServiceClient(conn), crypto: custosv1.NewCryptoServiceClient(conn)}
 	return r

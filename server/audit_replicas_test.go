@@ -1,0 +1,287 @@
+package server_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/custos-kms/custos/internal/config"
+	"github.com/custos-kms/custos/internal/pgtest"
+	"github.com/custos-kms/custos/keystore/audit"
+	"github.com/custos-kms/custos/keystore/root"
+	"github.com/custos-kms/custos/keystore/storage/postgres"
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
+	"github.com/custos-kms/custos/server"
+)
+
+// acked collects the request ids of the calls a client saw succeed.
+type acked struct {
+	mu  sync.Mutex
+	ids []string
+}
+
+func (a *acked) add(id string) { a.mu.Lock(); a.ids = append(a.ids, id); a.mu.Unlock() }
+func (a *acked) all() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]string(nil), a.ids...)
+}
+
+// encryptAcked encrypts once and, if the call succeeded, records its id.
+func encryptAcked(ctx context.Context, c custosv1.CryptoServiceClient, name string, a *acked) error {
+	var header metadata.MD
+	_, err := c.Encrypt(ctx, &custosv1.EncryptRequest{Name: name, Plaintext: []byte("x")}, grpc.Header(&header))
+	if err == nil {
+		v := header.Get(server.RequestIDHeader)
+		if len(v) != 1 {
+			return errors.New("no request id")
+		}
+		a.add(v[0])
+	}
+	return err
+}
+
+// verifyStore opens the store at url and verifies the whole log.
+func verifyStore(t *testing.T, url string, r root.Root) (*audit.Report, map[string]int) {
+	t.Helper()
+	ctx := testContext(t)
+	s, err := postgres.Open(ctx, postgres.Config{URL: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	v, err := audit.VerifierOf(ctx, s, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := audit.Verify(ctx, s, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]int{}
+	for after := ""; ; {
+		recs, err := s.List(ctx, "audit/l/", after, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range recs {
+			ev, err := audit.Unmarshal(r.Value)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids[ev.GetRequestId()]++
+			after = r.Key
+		}
+		if len(recs) < 1000 {
+			return rep, ids
+		}
+	}
+}
+
+// flushAll integrates everything queued, retrying while another replica's
+// integrator races it.
+func flushAll(t *testing.T, r *replica) {
+	t.Helper()
+	waitFor(t, 20*time.Second, "the log integrates everything queued", func() bool {
+		err := r.rt.AuditLog().Flush(testContext(t))
+		return err == nil
+	})
+}
+
+func TestTwoReplicasOnPostgreSQLWriteOneConsistentAuditLog(t *testing.T) {
+	ctx := testContext(t)
+	url := pgtest.Start(t).NewDatabase(t)
+	p, rt := newPKI(t), sharedRoot(t)
+	a, b := startReplica(t, p, url, rt), startReplica(t, p, url, rt)
+	if _, err := a.c.keys.CreateTenant(ctx, &custosv1.CreateTenantRequest{TenantId: "acme"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.c.keys.CreateKey(ctx, &custosv1.CreateKeyRequest{Parent: "tenants/acme", KeyId: "pii", Key: &custosv1.Key{Purpose: custosv1.KeyPurpose_KEY_PURPOSE_ENCRYPT}}); err != nil {
+		t.Fatal(err)
+	}
+	var ok acked
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for _, r := range []*replica{a, b} {
+		for range 8 {
+			wg.Go(func() {
+				for range 60 {
+					if err := encryptAcked(ctx, r.c.crypto, "tenants/acme/keys/pii", &ok); err != nil {
+						errs <- err
+						return
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	flushAll(t, a)
+	rep, ids := verifyStore(t, url, rt)
+	if len(rep.Findings) != 0 {
+		t.Fatalf("verify: %v", rep.Findings)
+	}
+	for _, id := range ok.all() {
+		if ids[id] != 1 {
+			t.Fatalf("acknowledged call %s has %d events, want 1", id, ids[id])
+		}
+	}
+	if len(ok.all()) != 960 || rep.Size < 960 {
+		t.Fatalf("%d calls acknowledged, checkpoint of %d events; want 960 and at least as many", len(ok.all()), rep.Size)
+	}
+}
+
+func TestPostgreSQLOutageSpoolsEventsAndShipsThemWhenItReturns(t *testing.T) {
+	ctx := testContext(t)
+	pg := pgtest.StartDedicated(t)
+	url := pg.NewDatabase(t)
+	p, rt := newPKI(t), sharedRoot(t)
+	spool := filepath.Join(t.TempDir(), "audit.spool")
+	r := startReplicaWith(t, p, url, rt, func(c *config.Config) { c.Audit.Spool = spool })
+	name := "tenants/acme/keys/pii"
+	if _, err := r.c.keys.CreateTenant(ctx, &custosv1.CreateTenantRequest{TenantId: "acme"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.c.keys.CreateKey(ctx, &custosv1.CreateKeyRequest{Parent: "tenants/acme", KeyId: "pii", Key: &custosv1.Key{Purpose: custosv1.KeyPurpose_KEY_PURPOSE_ENCRYPT}}); err != nil {
+		t.Fatal(err)
+	}
+	var ok acked
+	if err := encryptAcked(ctx, r.c.crypto, name, &ok); err != nil { // warms the cache
+		t.Fatal(err)
+	}
+	// Load on the cached tenant before, during and after the outage.
+	stop := make(chan struct{})
+	var failures []error
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if err := encryptAcked(ctx, r.c.crypto, name, &ok); err != nil {
+					mu.Lock()
+					failures = append(failures, err)
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	time.Sleep(300 * time.Millisecond)
+	pg.Kill(t)
+	time.Sleep(1500 * time.Millisecond)
+	during := len(ok.all())
+	pg.StartAgain(t)
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	if len(failures) > 0 {
+		t.Fatalf("%d calls on the cached tenant failed around the outage; first: %v", len(failures), failures[0])
+	}
+	if fi, err := os.Stat(spool); err != nil {
+		t.Fatal(err)
+	} else {
+		t.Logf("%d calls acknowledged (%d by the end of the outage); spool now %d bytes", len(ok.all()), during, fi.Size())
+	}
+	waitFor(t, 20*time.Second, "every spooled event is shipped", func() bool {
+		fi, err := os.Stat(spool)
+		return err == nil && fi.Size() == 0
+	})
+	flushAll(t, r)
+	rep, ids := verifyStore(t, url, rt)
+	if len(rep.Findings) != 0 {
+		t.Fatalf("verify: %v", rep.Findings)
+	}
+	for _, id := range ok.all() {
+		if ids[id] != 1 {
+			t.Fatalf("acknowledged call %s has %d events, want exactly 1", id, ids[id])
+		}
+	}
+}
+
+// metric reads one counter from a server's /metrics.
+func metric(t *testing.T, opsAddr, name string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + opsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^` + name + ` (\S+)$`).FindSubmatch(b)
+	if m == nil {
+		t.Fatalf("/metrics has no %s", name)
+	}
+	v, err := strconv.ParseFloat(string(m[1]), 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func TestNoDurableAuditSinkFailsClosedOrOpenAsConfigured(t *testing.T) {
+	// /dev/full takes the spool's open but fails every write with ENOSPC:
+	// a spool on a full disk.
+	if _, err := os.Stat("/dev/full"); err != nil {
+		t.Skip("no /dev/full on this system: cannot make a spool that fails its writes")
+	}
+	ctx := testContext(t)
+	pg := pgtest.StartDedicated(t)
+	url := pg.NewDatabase(t)
+	p, rt := newPKI(t), sharedRoot(t)
+	closed := startReplicaWith(t, p, url, rt, func(c *config.Config) { c.Audit.Spool = "/dev/full" })
+	open := startReplicaWith(t, p, url, rt, func(c *config.Config) {
+		c.Audit.Spool = "/dev/full"
+		c.Audit.FailOpen = true
+		c.Ops.Listen = "127.0.0.1:0"
+	})
+	name := "tenants/acme/keys/pii"
+	if _, err := closed.c.keys.CreateTenant(ctx, &custosv1.CreateTenantRequest{TenantId: "acme"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := closed.c.keys.CreateKey(ctx, &custosv1.CreateKeyRequest{Parent: "tenants/acme", KeyId: "pii", Key: &custosv1.Key{Purpose: custosv1.KeyPurpose_KEY_PURPOSE_ENCRYPT}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []*replica{closed, open} { // warm the caches
+		if _, err := r.c.crypto.Encrypt(ctx, &custosv1.EncryptRequest{Name: name, Plaintext: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	opsAddr := open.rt.OpsAddr().String()
+	before := metric(t, opsAddr, "custos_audit_dropped_total")
+	pg.Kill(t)
+	_, err := closed.c.crypto.Encrypt(ctx, &custosv1.EncryptRequest{Name: name, Plaintext: []byte("x")})
+	st := wantCode(t, err, codes.Unavailable)
+	if info := errorInfo(st); info == nil || info.GetReason() != custosv1.ReasonAuditUnavailable {
+		t.Fatalf("fail-closed refusal carries %v, want reason %s", info, custosv1.ReasonAuditUnavailable)
+	}
+	if _, err := open.c.crypto.Encrypt(ctx, &custosv1.EncryptRequest{Name: name, Plaintext: []byte("x")}); err != nil {
+		t.Fatalf("fail-open encrypt with no durable sink: %v", err)
+	}
+	if after := metric(t, opsAddr, "custos_audit_dropped_total"); after <= before {
+		t.Fatalf("custos_audit_dropped_total %v → %v, want it to rise", before, after)
+	}
+	pg.StartAgain(t)
+}
+
