@@ -52,6 +52,7 @@ type Client struct {
 	conn   *grpc.ClientConn
 	keys   custosv1.KeyServiceClient
 	crypto custosv1.CryptoServiceClient
+	audit  custosv1.AuditServiceClient
 	closed atomic.Bool
 }
 
@@ -82,6 +83,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		conn:   conn,
 		keys:   custosv1.NewKeyServiceClient(conn),
 		crypto: custosv1.NewCryptoServiceClient(conn),
+		audit:  custosv1.NewAuditServiceClient(conn),
 	}, nil
 }
 

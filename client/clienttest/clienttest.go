@@ -181,6 +181,7 @@ func start(dir string, opts Options) (*Server, error) {
 		Storage:    config.Storage{Type: "memory"},
 		Ops:        config.Ops{Listen: "off", ProbeInterval: time.Second},
 		Scheduler:  config.Scheduler{Interval: interval, FlushInterval: interval},
+		Audit:      config.Audit{CheckpointInterval: interval},
 		// A test's server stops at once: its calls are the test's own.
 		ShutdownTimeout: time.Second,
 	}

@@ -1,0 +1,94 @@
+package client_test
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"testing"
+	"time"
+
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/custos-kms/custos/client"
+	"github.com/custos-kms/custos/client/clienttest"
+)
+
+func TestVerifyAuditEventsWithTheAnswersAlone(t *testing.T) {
+	srv := clienttest.StartWith(t, clienttest.Options{})
+	c := srv.Client(t)
+	ctx := t.Context()
+	for _, tn := range []string{"a", "b"} {
+		if _, err := c.CreateTenant(ctx, tn); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.CreateKey(ctx, client.TenantName(tn), "k", client.KeySpec{Purpose: client.PurposeEncrypt}); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := c.Encrypt(ctx, client.KeyName(tn, "k"), []byte("x"), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var page client.AuditPage
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var err error
+		if page, err = c.ListAuditEvents(ctx, client.TenantName("a"), client.AuditFilter{}); err != nil {
+			t.Fatal(err)
+		}
+		if len(page.Events) >= 3 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if len(page.Events) < 3 {
+		t.Fatalf("tenant a has %d events, want CreateTenant, CreateKey and Encrypt", len(page.Events))
+	}
+	cp, pub, _, err := c.AuditCheckpoint(ctx, client.TenantName("a"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cp.Size < page.Checkpoint.Size {
+		t.Fatalf("latest checkpoint %d is older than the page's %d", cp.Size, page.Checkpoint.Size)
+	}
+	if err := client.VerifyAuditEvents(pub, page); err != nil {
+		t.Fatalf("VerifyAuditEvents: %v", err)
+	}
+	for _, ev := range page.Events {
+		if ev.Tenant != "a" {
+			t.Fatalf("tenant a's page holds an event of %q", ev.Tenant)
+		}
+	}
+	// Tampering with what the server said is caught.
+	bad := page
+	bad.Events = append([]client.AuditEvent(nil), page.Events...)
+	bad.Events[0].Leaf = bytes.Clone(bad.Events[0].Leaf)
+	bad.Events[0].Leaf[len(bad.Events[0].Leaf)-1] ^= 1
+	if err := client.VerifyAuditEvents(pub, bad); err == nil {
+		t.Fatal("a changed leaf verified")
+	}
+	bad.Events = append([]client.AuditEvent(nil), page.Events...)
+	bad.Events[0].Operation = "nothing_to_see"
+	if err := client.VerifyAuditEvents(pub, bad); err == nil {
+		t.Fatal("an event that does not match its leaf verified")
+	}
+	_, other, err := note.GenerateKey(rand.Reader, "custos-audit")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := client.VerifyAuditEvents(other, page); err == nil {
+		t.Fatal("a page verified under another key")
+	}
+	// The log only grows: the page's checkpoint is a prefix of the latest.
+	later, _, proof, err := c.AuditCheckpoint(ctx, client.TenantName("a"), page.Checkpoint.Size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := client.VerifyAuditConsistency(pub, page.Checkpoint, later, proof); err != nil {
+		t.Fatalf("VerifyAuditConsistency: %v", err)
+	}
+	// A bad filter is refused with the field named.
+	_, err = c.ListAuditEvents(ctx, client.TenantName("a"), client.AuditFilter{Operation: "nope"})
+	if !errors.Is(err, client.ErrInvalidArgument) {
+		t.Fatalf("unknown operation: %v, want ErrInvalidArgument", err)
+	}
+}
