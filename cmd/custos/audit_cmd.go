@@ -1,0 +1,282 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/custos-kms/custos/client"
+	"github.com/custos-kms/custos/internal/config"
+	"github.com/custos-kms/custos/internal/custos"
+	"github.com/custos-kms/custos/keystore/audit"
+)
+
+func newAuditCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "audit", Short: "Read, follow and verify the audit trail"}
+	cmd.AddCommand(newAuditVerifyCmd())
+	var c conn
+	var tenant, operation, identity, result, output, publicKey string
+	var since, until time.Duration
+	var limit int
+	var verify bool
+	filterFlags := func(sub *cobra.Command) {
+		c.flags(sub)
+		f := sub.Flags()
+		f.StringVar(&tenant, "tenant", "", "tenant whose events to read (required)")
+		f.StringVar(&operation, "operation", "", "only this operation (encrypt, rotate_key, …)")
+		f.StringVar(&identity, "identity", "", "only this caller identity")
+		f.StringVar(&result, "result", "", "only OK, FAILED or one gRPC code (PERMISSION_DENIED, …)")
+		f.StringVarP(&output, "output", "o", "text", "text or json (one JSON object per line)")
+		f.StringVar(&publicKey, "public-key", "", "verify against this pinned log key (note verifier key); default: the server's")
+		_ = sub.MarkFlagRequired("tenant")
+	}
+	filter := func() client.AuditFilter {
+		f := client.AuditFilter{Operation: operation, Identity: identity, Result: result}
+		if since > 0 {
+			f.Start = time.Now().Add(-since)
+		}
+		if until > 0 {
+			f.End = time.Now().Add(-until)
+		}
+		return f
+	}
+	list := &cobra.Command{
+		Use:   "list --tenant T",
+		Short: "List a tenant's audit events, oldest first (through the API; needs audit.read)",
+		Args:  cobra.NoArgs,
+		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, _ []string) error {
+			if output != "text" && output != "json" {
+				return fmt.Errorf("--output %q is not text or json", output)
+			}
+			ctx, parent := cmd.Context(), tenantName(tenant)
+			pub, err := auditKey(cmd, cl, parent, publicKey, verify)
+			if err != nil {
+				return err
+			}
+			f := filter()
+			f.PageSize = min(limit, 1000)
+			p := newEventPrinter(cmd.OutOrStdout(), output)
+			n := 0
+			for n < limit {
+				page, err := cl.ListAuditEvents(ctx, parent, f)
+				if err != nil {
+					return err
+				}
+				if err := verifyPage(cmd, cl, parent, publicKey, verify, &pub, page); err != nil {
+					return err
+				}
+				for _, ev := range page.Events {
+					if n == limit {
+						break
+					}
+					p.print(ev)
+					n++
+				}
+				if f.PageToken = page.NextPageToken; f.PageToken == "" {
+					break
+				}
+			}
+			p.flush()
+			if verify && output == "text" {
+				fmt.Fprintf(cmd.ErrOrStderr(), "%d events verified: each is in the log's signed checkpoint\n", n)
+			}
+			return nil
+		}),
+	}
+	filterFlags(list)
+	list.Flags().DurationVar(&since, "since", 0, "only events of the last DURATION (e.g. 24h)")
+	list.Flags().DurationVar(&until, "until", 0, "only events older than DURATION ago")
+	list.Flags().IntVar(&limit, "limit", 1000, "print at most this many events")
+	list.Flags().BoolVar(&verify, "verify", false, "check each event's inclusion proof and the checkpoint's signature")
+
+	var interval time.Duration
+	tail := &cobra.Command{
+		Use:   "tail --tenant T",
+		Short: "Follow a tenant's audit events as the log signs them (Ctrl-C to stop)",
+		Args:  cobra.NoArgs,
+		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, _ []string) error {
+			if output != "text" && output != "json" {
+				return fmt.Errorf("--output %q is not text or json", output)
+			}
+			ctx, parent := cmd.Context(), tenantName(tenant)
+			pub, err := auditKey(cmd, cl, parent, publicKey, verify)
+			if err != nil {
+				return err
+			}
+			f := filter()
+			f.PageSize = 1000
+			p := newEventPrinter(cmd.OutOrStdout(), output)
+			t := time.NewTicker(interval)
+			defer t.Stop()
+			for {
+				page, err := cl.ListAuditEvents(ctx, parent, f)
+				if err != nil {
+					if ctx.Err() != nil {
+						return nil
+					}
+					return err
+				}
+				if err := verifyPage(cmd, cl, parent, publicKey, verify, &pub, page); err != nil {
+					return err
+				}
+				for _, ev := range page.Events {
+					p.print(ev)
+					f.StartIndex = ev.Index + 1
+				}
+				p.flush()
+				if f.PageToken = page.NextPageToken; f.PageToken != "" {
+					continue
+				}
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-t.C:
+				}
+			}
+		}),
+	}
+	filterFlags(tail)
+	tail.Flags().DurationVar(&since, "since", 10*time.Minute, "start with the events of the last DURATION")
+	tail.Flags().DurationVar(&interval, "interval", 2*time.Second, "how often to ask for new events")
+	tail.Flags().BoolVar(&verify, "verify", false, "check each event's inclusion proof and the checkpoint's signature")
+	cmd.AddCommand(list, tail)
+	return cmd
+}
+
+// auditKey returns the key to verify with: the pinned one, or the server's
+// (said on stderr, since it proves only the server's self-consistency).
+func auditKey(cmd *cobra.Command, cl *client.Client, parent, pinned string, verify bool) (string, error) {
+	if !verify {
+		return "", nil
+	}
+	if pinned != "" {
+		if _, err := note.NewVerifier(pinned); err != nil {
+			return "", fmt.Errorf("--public-key: %w", err)
+		}
+		return pinned, nil
+	}
+	_, pub, _, err := cl.AuditCheckpoint(cmd.Context(), parent, 0)
+	if err != nil {
+		return "", err
+	}
+	if pub == "" {
+		return "", nil // no checkpoint yet, so no event to verify either
+	}
+	fmt.Fprintf(cmd.ErrOrStderr(), "verifying with the server's log key %s (pin it with --public-key)\n", pub)
+	return pub, nil
+}
+
+// verifyPage verifies a page when asked to, fetching the server's key if
+// the log had none when the command started.
+func verifyPage(cmd *cobra.Command, cl *client.Client, parent, pinned string, verify bool, pub *string, page client.AuditPage) error {
+	if !verify || len(page.Events) == 0 {
+		return nil
+	}
+	if *pub == "" {
+		var err error
+		if *pub, err = auditKey(cmd, cl, parent, pinned, verify); err != nil {
+			return err
+		}
+		if *pub == "" {
+			return errors.New("the server returned events but no log key")
+		}
+	}
+	return client.VerifyAuditEvents(*pub, page)
+}
+
+type eventPrinter struct {
+	out  io.Writer
+	tw   *tabwriter.Writer
+	json bool
+	head bool
+}
+
+func newEventPrinter(w io.Writer, output string) *eventPrinter {
+	return &eventPrinter{out: w, tw: tabwriter.NewWriter(w, 0, 0, 2, ' ', 0), json: output == "json"}
+}
+
+func (p *eventPrinter) print(ev client.AuditEvent) {
+	if p.json {
+		line := struct {
+			Index uint64 `json:"index"`
+			audit.ExportLine
+		}{ev.Index, audit.ExportLine{
+			Time: ev.Time.UTC(), RequestID: ev.RequestID, Identity: ev.Identity, Peer: ev.Peer, Tenant: ev.Tenant, Key: ev.Key,
+			KeyVersions: ev.KeyVersions, Operation: ev.Operation, Method: ev.Method, Code: ev.Code, Reason: ev.Reason,
+			ItemsOK: ev.ItemsOK, ItemsFailed: ev.ItemsFailed, DurationMS: float64(ev.Duration.Microseconds()) / 1000,
+		}}
+		b, _ := json.Marshal(line)
+		fmt.Fprintf(p.out, "%s\n", b)
+		return
+	}
+	if !p.head {
+		fmt.Fprintln(p.tw, "INDEX\tTIME\tIDENTITY\tOPERATION\tKEY\tVERSIONS\tCODE\tREQUEST ID")
+		p.head = true
+	}
+	key := ev.Key
+	if key == "" {
+		key = "-"
+	}
+	fmt.Fprintf(p.tw, "%d\t%s\t%s\t%s\t%s\t%v\t%s\t%s\n", ev.Index, ev.Time.UTC().Format(time.RFC3339), ev.Identity, ev.Operation, key, ev.KeyVersions, ev.Code, ev.RequestID)
+}
+
+func (p *eventPrinter) flush() { _ = p.tw.Flush() }
+
+func newAuditVerifyCmd() *cobra.Command {
+	var path, publicKey string
+	cmd := &cobra.Command{
+		Use:   "verify --config FILE",
+		Short: "Recompute the audit log's tree from the store and check every checkpoint",
+		Long: `Works on the store directly (like root rewrap), with the server running or not:
+recomputes every leaf hash and the tree, checks each signed checkpoint's
+signature and that it is a prefix of the log, and reports every modified,
+deleted, reordered or inserted event with its index. Exits non-zero on any
+finding. The log key is the one wrapped under the root, unless --public-key
+pins another.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.Load(path)
+			if err != nil {
+				return err
+			}
+			d, closeDirect, err := custos.OpenDirect(cmd.Context(), cfg, custos.NewLogger(os.Stderr, cfg.Log.Level))
+			if err != nil {
+				return err
+			}
+			defer closeDirect()
+			var v note.Verifier
+			if publicKey != "" {
+				if v, err = note.NewVerifier(publicKey); err != nil {
+					return fmt.Errorf("--public-key: %w", err)
+				}
+			} else if v, err = audit.VerifierOf(cmd.Context(), d.Store, d.Root); err != nil {
+				return err
+			}
+			start := time.Now()
+			rep, err := audit.Verify(cmd.Context(), d.Store, v)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			for _, f := range rep.Findings {
+				fmt.Fprintln(out, f)
+			}
+			fmt.Fprintf(out, "audit log: %d events (%d checked by hash after retention), %d signed checkpoints, latest of size %d; %d findings (%v)\n",
+				rep.Events+rep.Pruned, rep.Pruned, rep.Checkpoints, rep.Size, len(rep.Findings), time.Since(start).Round(time.Millisecond))
+			if len(rep.Findings) > 0 {
+				return fmt.Errorf("the audit log failed verification: %d findings", len(rep.Findings))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&path, "config", "custos.yaml", "configuration file")
+	cmd.Flags().StringVar(&publicKey, "public-key", "", "verify the checkpoints with this log key instead of the one wrapped under the root")
+	return cmd
+}
