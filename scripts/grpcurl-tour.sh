@@ -80,4 +80,16 @@ expect_fail FailedPrecondition CryptoService/Encrypt "{\"name\":\"$K\",\"plainte
 call KeyService/UndeleteTenant "{\"name\":\"tenants/$t\"}" | grep -q TENANT_STATE_ACTIVE && ok KeyService/UndeleteTenant
 call CryptoService/Encrypt "{\"name\":\"$K\",\"plaintext\":\"$(b64 x)\"}" >/dev/null && ok "CryptoService/Encrypt (after undelete)"
 "$grpcurl" -cacert "$dir/ca.pem" -cert "$dir/client.pem" -key "$dir/client-key.pem" "$addr" grpc.health.v1.Health/Check | grep -q SERVING && ok grpc.health.v1.Health/Check
+
+# The audit trail: the tenant's events appear once the log signs a
+# checkpoint (every 2s by default); each comes with its inclusion proof.
+for _ in $(seq 1 30); do
+  ev=$(call AuditService/ListAuditEvents "{\"parent\":\"tenants/$t\",\"operation\":\"undelete_tenant\"}")
+  grep -q undelete_tenant <<<"$ev" && break
+  sleep 0.5
+done
+grep -q '"inclusionProof"' <<<"$ev" && ok AuditService/ListAuditEvents
+cp=$(call AuditService/GetAuditCheckpoint "{\"parent\":\"tenants/$t\"}")
+grep -q '"publicKey": "custos-audit+' <<<"$cp" && ok AuditService/GetAuditCheckpoint
+expect_fail InvalidArgument AuditService/ListAuditEvents "{\"parent\":\"tenants/$t\",\"operation\":\"steal_keys\"}"
 echo "every RPC answered as expected"

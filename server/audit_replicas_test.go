@@ -6,10 +6,12 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -196,14 +198,9 @@ func TestPostgreSQLOutageSpoolsEventsAndShipsThemWhenItReturns(t *testing.T) {
 	if len(failures) > 0 {
 		t.Fatalf("%d calls on the cached tenant failed around the outage; first: %v", len(failures), failures[0])
 	}
-	if fi, err := os.Stat(spool); err != nil {
-		t.Fatal(err)
-	} else {
-		t.Logf("%d calls acknowledged (%d by the end of the outage); spool now %d bytes", len(ok.all()), during, fi.Size())
-	}
+	t.Logf("%d calls acknowledged (%d by the end of the outage); spool now %d bytes", len(ok.all()), during, spoolSize(t, spool))
 	waitFor(t, 20*time.Second, "every spooled event is shipped", func() bool {
-		fi, err := os.Stat(spool)
-		return err == nil && fi.Size() == 0
+		return spoolSize(t, spool) == 0
 	})
 	flushAll(t, r)
 	rep, ids := verifyStore(t, url, rt)
@@ -241,18 +238,13 @@ func metric(t *testing.T, opsAddr, name string) float64 {
 }
 
 func TestNoDurableAuditSinkFailsClosedOrOpenAsConfigured(t *testing.T) {
-	// /dev/full takes the spool's open but fails every write with ENOSPC:
-	// a spool on a full disk.
-	if _, err := os.Stat("/dev/full"); err != nil {
-		t.Skip("no /dev/full on this system: cannot make a spool that fails its writes")
-	}
 	ctx := testContext(t)
 	pg := pgtest.StartDedicated(t)
 	url := pg.NewDatabase(t)
 	p, rt := newPKI(t), sharedRoot(t)
-	closed := startReplicaWith(t, p, url, rt, func(c *config.Config) { c.Audit.Spool = "/dev/full" })
+	closed := startReplicaWith(t, p, url, rt, func(c *config.Config) { c.Audit.Spool = filepath.Join(t.TempDir(), "spool") })
 	open := startReplicaWith(t, p, url, rt, func(c *config.Config) {
-		c.Audit.Spool = "/dev/full"
+		c.Audit.Spool = filepath.Join(t.TempDir(), "spool")
 		c.Audit.FailOpen = true
 		c.Ops.Listen = "127.0.0.1:0"
 	})
@@ -271,6 +263,9 @@ func TestNoDurableAuditSinkFailsClosedOrOpenAsConfigured(t *testing.T) {
 	opsAddr := open.rt.OpsAddr().String()
 	before := metric(t, opsAddr, "custos_audit_dropped_total")
 	pg.Kill(t)
+	// The spools' disk is full: this process may not grow any file (the
+	// PostgreSQL server is another process).
+	restore := fileSizeLimit(t, 1)
 	_, err := closed.c.crypto.Encrypt(ctx, &custosv1.EncryptRequest{Name: name, Plaintext: []byte("x")})
 	st := wantCode(t, err, codes.Unavailable)
 	if info := errorInfo(st); info == nil || info.GetReason() != custosv1.ReasonAuditUnavailable {
@@ -282,6 +277,48 @@ func TestNoDurableAuditSinkFailsClosedOrOpenAsConfigured(t *testing.T) {
 	if after := metric(t, opsAddr, "custos_audit_dropped_total"); after <= before {
 		t.Fatalf("custos_audit_dropped_total %v → %v, want it to rise", before, after)
 	}
-	pg.StartAgain(t)
+	restore()
+	pg.StartAgain(t) // a child process would inherit the limit
 }
 
+// fileSizeLimit makes writes of this process past limit bytes of any file
+// fail with EFBIG (as on a full disk) until restore is called or the test
+// ends.
+func fileSizeLimit(t *testing.T, limit uint64) (restore func()) {
+	t.Helper()
+	signal.Ignore(syscall.SIGXFSZ)
+	var old syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_FSIZE, &old); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &syscall.Rlimit{Cur: limit, Max: old.Max}); err != nil {
+		t.Fatal(err)
+	}
+	restore = sync.OnceFunc(func() {
+		if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &old); err != nil {
+			t.Error(err)
+		}
+		signal.Reset(syscall.SIGXFSZ)
+	})
+	t.Cleanup(restore)
+	return restore
+}
+
+
+// spoolSize is the size of a spool's segment files.
+func spoolSize(t *testing.T, prefix string) int64 {
+	t.Helper()
+	m, err := filepath.Glob(prefix + ".*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, f := range m {
+		fi, err := os.Stat(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += fi.Size()
+	}
+	return n
+}

@@ -75,7 +75,7 @@ baseline with that directory's server certificate. --server-pid or
 	fl.DurationVar(&f.warmup, "warmup", time.Second, "warm-up before each measured run")
 	fl.DurationVar(&f.duration, "duration", 3*time.Second, "measured time of each run")
 	fl.IntVar(&f.rounds, "rounds", 3, "rounds per workload, alternating baseline and Custos")
-	fl.StringVar(&f.baseline, "baseline", "spawn", `"spawn" (a baseline process started here), "off", or the host:port of a running one`)
+	fl.StringVar(&f.baseline, "baseline", "spawn", `"spawn" (a baseline process started here), "audit-off" (a second custos dev with --audit=false: the audit trail's cost), "off", or the host:port of a running one (any server of the same API)`)
 	fl.StringVar(&f.baseCert, "baseline-cert", "", "baseline server certificate (default: server.pem beside --ca)")
 	fl.StringVar(&f.baseKey, "baseline-key", "", "baseline server key (default: server-key.pem beside --ca)")
 	fl.StringVar(&f.baseCA, "baseline-client-ca", "", "CA that verifies clients of the baseline (default: --ca)")
@@ -273,6 +273,36 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 		defer conn.Close()
 		baseline = &bench.Target{Name: "baseline", Conn: conn, CPU: bench.ProcCPU(child.cmd.Process.Pid)}
 		fmt.Fprintf(progress, "baseline (pid %d) on %s\n", child.cmd.Process.Pid, lines[1])
+	case "audit-off":
+		dir, err := os.MkdirTemp("", "custos-bench-noaudit-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		devDir := filepath.Join(dir, "dev")
+		child, lines, err := startChild(ctx, []string{"dev", "--dir", devDir, "--listen", "127.0.0.1:0", "--ops-listen", "off", "--audit=false"},
+			filepath.Join(dir, "dev.log"), regexp.MustCompile(`listening on (\S+)`))
+		if err != nil {
+			return fmt.Errorf("spawn custos dev --audit=false: %w", err)
+		}
+		defer child.stop()
+		tlsConf, err := loadClientTLS(filepath.Join(devDir, "ca.pem"), filepath.Join(devDir, "client.pem"), filepath.Join(devDir, "client-key.pem"))
+		if err != nil {
+			return err
+		}
+		conn, err := grpc.NewClient(lines[1], grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err = bench.Setup(sctx, conn)
+		cancel()
+		if err != nil {
+			return err
+		}
+		baseline = &bench.Target{Name: "audit-off", Conn: conn, CPU: bench.ProcCPU(child.cmd.Process.Pid)}
+		fmt.Fprintf(progress, "baseline: custos dev --audit=false (pid %d) on %s\n", child.cmd.Process.Pid, lines[1])
 	default:
 		conn, err := grpc.NewClient(f.baseline, grpc.WithTransportCredentials(credentials.NewTLS(clientTLS)))
 		if err != nil {

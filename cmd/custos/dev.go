@@ -46,6 +46,7 @@ storage:
 
 func newDevCmd() *cobra.Command {
 	var dir, listen, opsListen string
+	var auditOn bool
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Serve the embedded default: dev PKI, local root and bbolt under ./.custos-dev",
@@ -63,12 +64,14 @@ restart still decrypts. Never use it in production.`,
 			}
 			cfg.Listen = listen
 			cfg.Ops.Listen = opsListen
+			cfg.Audit.Disabled = !auditOn
 			out := cmd.OutOrStdout()
 			return serve(cmd.Context(), cfg, cmd.ErrOrStderr(), hup, func(addr, ops net.Addr) { printDevHelp(out, dir, addr, ops) })
 		},
 	}
 	cmd.Flags().StringVar(&dir, "dir", ".custos-dev", "directory for the dev PKI, root key, data and policy")
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8443", "gRPC listen address")
+	cmd.Flags().BoolVar(&auditOn, "audit", true, "record the audit trail (--audit=false only to measure its cost)")
 	cmd.Flags().StringVar(&opsListen, "ops-listen", "127.0.0.1:9464", `ops listener address (/healthz, /readyz, /metrics), or "off"`)
 	return cmd
 }

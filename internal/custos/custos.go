@@ -289,13 +289,18 @@ func (rt *Runtime) Run(ctx context.Context) error {
 		// Stopped after the last call has drained (and so after its event
 		// was queued): the lease holder's last pass integrates and signs
 		// everything.
-		wg.Go(func() { rt.writer.Ship(bg, time.Second) })
+		wg.Go(func() { rt.writer.Ship(bg) })
 		wg.Go(func() {
 			rt.audit.Run(bg, audit.RunConfig{
 				Holder:             holderID(rt.lis.Addr()),
 				CheckpointInterval: cfg.Audit.CheckpointInterval,
 				LeaseTTL:           cfg.Scheduler.LeaseTTL,
 				Retention:          cfg.Audit.Retention,
+				BeforeFinal: func(ctx context.Context) {
+					if err := rt.writer.ShipOnce(ctx); err != nil {
+						logger.Warn("audit: spooled events stay in the spool for the next start", "error", err.Error())
+					}
+				},
 			})
 		})
 	}
@@ -383,7 +388,11 @@ func (rt *Runtime) openAudit(ctx context.Context, store storage.Store, r root.Ro
 	if spool == "" && rt.cfg.Storage.Type == "postgres" {
 		rt.logger.Warn("audit.spool is not set: while PostgreSQL is down, calls fail closed (or, with audit.fail_open, lose their events) instead of spooling them locally")
 	}
-	w, err := audit.NewWriter(audit.WriterConfig{Store: store, SpoolPath: spool, FailOpen: ac.FailOpen, Export: exp, Logger: rt.logger})
+	// With bbolt the spool is on the store's disk: a spool append and its
+	// sync cost a fraction of a bbolt transaction and are as durable, so
+	// every batch goes to the spool first and is shipped in bulk.
+	journal := spool != "" && rt.cfg.Storage.Type == "bbolt"
+	w, err := audit.NewWriter(audit.WriterConfig{Store: store, SpoolPath: spool, JournalFirst: journal, FailOpen: ac.FailOpen, Export: exp, Logger: rt.logger})
 	if err != nil {
 		return err
 	}

@@ -318,8 +318,8 @@ func TestSpooledEventsReachTheLogInOrderExactlyOnce(t *testing.T) {
 	if got := strings.Join(ids[3:], " "); len(ids) != 9 || got != want {
 		t.Fatalf("events after the first three: %q (%d in all); want %q", got, len(ids), want)
 	}
-	if fi, err := os.Stat(spool); err != nil || fi.Size() != 0 {
-		t.Fatalf("spool after shipping: %v, %v; want empty", fi, err)
+	if n := spoolBytes(t, spool); n != 0 {
+		t.Fatalf("spool after shipping: %d bytes; want empty", n)
 	}
 	if rep := verify(t, f); len(rep.Findings) != 0 {
 		t.Fatal(rep.Findings)
@@ -338,7 +338,7 @@ func TestShippingTwiceAfterIntegrationAddsNothing(t *testing.T) {
 	st.set(false)
 	// A copy of the spool as it was before shipping: a crash after the
 	// entry was shipped and integrated but before the spool was emptied.
-	saved, err := os.ReadFile(spool)
+	saved, err := os.ReadFile(spool + ".0000000000000001")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -349,7 +349,7 @@ func TestShippingTwiceAfterIntegrationAddsNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.w.Close()
-	if err := os.WriteFile(spool, saved, 0o600); err != nil {
+	if err := os.WriteFile(spool+".0000000000000001", saved, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	w2, err := audit.NewWriter(audit.WriterConfig{Store: st, SpoolPath: spool})
@@ -404,7 +404,7 @@ func TestTornSpoolTailIsCutOff(t *testing.T) {
 		}
 	}
 	f.w.Close()
-	fh, err := os.OpenFile(spool, os.O_APPEND|os.O_WRONLY, 0)
+	fh, err := os.OpenFile(spool+".0000000000000001", os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -485,5 +485,62 @@ func TestBboltLogSurvivesReopen(t *testing.T) {
 	f.store = s2
 	if rep := verify(t, f); len(rep.Findings) != 0 || rep.Events != 20 {
 		t.Fatalf("reopened: %d events, %v", rep.Events, rep.Findings)
+	}
+}
+
+// spoolBytes is the size of the spool's segments.
+func spoolBytes(t *testing.T, prefix string) int64 {
+	t.Helper()
+	m, err := filepath.Glob(prefix + ".*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, f := range m {
+		fi, err := os.Stat(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += fi.Size()
+	}
+	return n
+}
+
+func TestJournalFirstShipsInBulkAndDeletesShippedSegments(t *testing.T) {
+	ctx := context.Background()
+	st := memory.New()
+	spool := filepath.Join(t.TempDir(), "audit.spool")
+	f := newFixture(t, st, "")
+	w, err := audit.NewWriter(audit.WriterConfig{Store: st, SpoolPath: spool, JournalFirst: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	// Enough events, one batch each, to fill more than one 8 MiB segment.
+	big := event("a", 0)
+	big.Identity = strings.Repeat("i", 12000)
+	for i := range 800 {
+		big.RequestId = fmt.Sprintf("req-%d", i)
+		if err := w.Record(big); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m, _ := filepath.Glob(spool + ".*"); len(m) < 2 {
+		t.Fatalf("%d spool segments after ~9.6 MB; want a second one", len(m))
+	}
+	if recs, _ := st.List(ctx, "audit/q/", "", 10); len(recs) != 0 {
+		t.Fatal("journal-first wrote to the store before shipping")
+	}
+	if err := w.ShipOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if m, _ := filepath.Glob(spool + ".*"); len(m) != 1 || spoolBytes(t, spool) != 0 {
+		t.Fatalf("after shipping everything: segments %v (%d bytes); want one, empty", m, spoolBytes(t, spool))
+	}
+	if err := f.log.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if cp, err := f.log.Latest(ctx); err != nil || cp.Size != 800 {
+		t.Fatalf("checkpoint %v, %v; want 800 events", cp, err)
 	}
 }

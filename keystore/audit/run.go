@@ -19,7 +19,7 @@ const (
 	DefaultPruneInterval      = time.Hour
 	DefaultLeaseTTL           = 30 * time.Second
 	// integrateChunk is the most events one atomic integration writes.
-	integrateChunk = 2048
+	integrateChunk = 8192
 	// maxChunksPerTick bounds the integration work between two checkpoints
 	// when the queue does not empty (a backlog after an outage).
 	maxChunksPerTick = 64
@@ -39,6 +39,9 @@ type RunConfig struct {
 	Retention time.Duration
 	// PruneInterval is how often retention runs. Default DefaultPruneInterval.
 	PruneInterval time.Duration
+	// BeforeFinal runs before the last integration at shutdown (the
+	// writer's last shipping of its spool).
+	BeforeFinal func(ctx context.Context)
 }
 
 // Run integrates and signs every CheckpointInterval while this replica
@@ -68,6 +71,9 @@ func (l *Log) Run(ctx context.Context, cfg RunConfig) {
 		case <-ctx.Done():
 			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 			defer cancel()
+			if cfg.BeforeFinal != nil {
+				cfg.BeforeFinal(fctx)
+			}
 			if held, _, err := ls.Acquire(fctx, cfg.Holder, cfg.LeaseTTL); err == nil && held {
 				if err := l.Flush(fctx); err != nil {
 					l.logger.Error("audit: final integration failed; the queued events stay for the next holder", "error", err.Error())

@@ -7,63 +7,112 @@ import (
 	"hash/crc32"
 	"io"
 	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
 )
 
-// The spool is a local append-only file of queue records the store could
-// not take. Each entry: a 4-byte big-endian length n, a 4-byte CRC-32C of
-// the payload, then the payload of n bytes: a 2-byte key length, the
-// queue key, the queue record's value. An entry is written and synced
-// before the events in it are acknowledged; a torn last entry (a crash in
-// the middle of writing it) was never acknowledged and is cut off when the
-// spool is opened.
+// The spool is a local append-only journal of queue records: those the
+// store could not take, or, in journal-first mode (bbolt), every one. It
+// is a sequence of segment files PATH.<16 hex digits>; a segment is deleted
+// once everything in it is in the store.
+//
+// Each entry: a 4-byte big-endian length n, a 4-byte CRC-32C of the
+// payload, then the payload of n bytes: a 2-byte key length, the queue key,
+// the queue record's value. An entry is written and synced before the
+// events in it are acknowledged; a torn last entry (a crash in the middle
+// of writing it) was never acknowledged and is cut off when the spool is
+// opened.
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
 // maxSpoolEntry bounds one entry's payload when reading it back.
 const maxSpoolEntry = 2 + 512 + MaxBatchEvents*(MaxLeafBytes+3) + 1
 
+// segmentBytes: a segment takes no new entries past this size.
+const segmentBytes = 8 << 20
+
+// spoolEntry locates one entry not yet shipped.
 type spoolEntry struct {
-	key   string
-	value []byte
-	end   int64 // file offset just past the entry
+	seg      uint64 // segment number
+	off, end int64  // the entry's payload is at [off, end) of the segment
+	key      string
 }
 
-type spool struct {
+type segment struct {
+	n    uint64
 	f    *os.File
 	size int64
 }
 
-// openSpool opens (creating) the spool at path and reads its entries,
-// cutting off a torn tail. It returns the entries not yet shipped.
-func openSpool(path string) (*spool, []spoolEntry, int64, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, nil, 0, fmt.Errorf("audit: open spool: %w", err)
-	}
-	entries, good, err := readSpool(f, 0)
-	if err != nil {
-		f.Close()
-		return nil, nil, 0, err
-	}
-	st, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, nil, 0, fmt.Errorf("audit: spool: %w", err)
-	}
-	torn := st.Size() - good
-	if torn > 0 {
-		if err := f.Truncate(good); err != nil {
-			f.Close()
-			return nil, nil, 0, fmt.Errorf("audit: spool: cut torn tail: %w", err)
-		}
-	}
-	return &spool{f: f, size: good}, entries, torn, nil
+type spool struct {
+	prefix string
+	segs   []*segment // in order; the last takes appends
 }
 
-// readSpool reads the entries from offset on; good is the offset after the
-// last whole, intact entry.
-func readSpool(r io.ReaderAt, from int64) (entries []spoolEntry, good int64, err error) {
-	off := from
+func (s *spool) segPath(n uint64) string { return fmt.Sprintf("%s.%016x", s.prefix, n) }
+
+// openSpool opens the spool at prefix (creating its first segment) and
+// returns the entries in it, in order; torn is how many bytes of a torn
+// last entry it cut off.
+func openSpool(prefix string) (*spool, []spoolEntry, int64, error) {
+	s := &spool{prefix: prefix}
+	matches, err := filepath.Glob(prefix + ".*")
+	if err != nil {
+		return nil, nil, 0, fmt.Errorf("audit: spool: %w", err)
+	}
+	var nums []uint64
+	for _, m := range matches {
+		if n, err := strconv.ParseUint(strings.TrimPrefix(m, prefix+"."), 16, 64); err == nil && len(m) == len(prefix)+17 {
+			nums = append(nums, n)
+		}
+	}
+	slices.Sort(nums)
+	if len(nums) == 0 {
+		nums = []uint64{1}
+	}
+	var entries []spoolEntry
+	var torn int64
+	for i, n := range nums {
+		f, err := os.OpenFile(s.segPath(n), os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			s.close()
+			return nil, nil, 0, fmt.Errorf("audit: open spool: %w", err)
+		}
+		seg := &segment{n: n, f: f}
+		s.segs = append(s.segs, seg)
+		es, good, err := readSegment(f, n)
+		if err != nil {
+			s.close()
+			return nil, nil, 0, err
+		}
+		st, err := f.Stat()
+		if err != nil {
+			s.close()
+			return nil, nil, 0, fmt.Errorf("audit: spool: %w", err)
+		}
+		if cut := st.Size() - good; cut > 0 {
+			if i != len(nums)-1 {
+				s.close()
+				return nil, nil, 0, fmt.Errorf("audit: spool segment %s is damaged before its end; move it aside to start", s.segPath(n))
+			}
+			if err := f.Truncate(good); err != nil {
+				s.close()
+				return nil, nil, 0, fmt.Errorf("audit: spool: cut torn tail: %w", err)
+			}
+			torn = cut
+		}
+		seg.size = good
+		entries = append(entries, es...)
+	}
+	return s, entries, torn, nil
+}
+
+// readSegment reads a segment's entries; good is the offset after the last
+// whole, intact entry.
+func readSegment(r io.ReaderAt, n uint64) (entries []spoolEntry, good int64, err error) {
+	var off int64
 	var hdr [8]byte
 	for {
 		if _, err := r.ReadAt(hdr[:], off); err != nil {
@@ -72,11 +121,11 @@ func readSpool(r io.ReaderAt, from int64) (entries []spoolEntry, good int64, err
 			}
 			return nil, 0, fmt.Errorf("audit: read spool: %w", err)
 		}
-		n := binary.BigEndian.Uint32(hdr[:4])
-		if n < 2 || n > maxSpoolEntry {
+		size := binary.BigEndian.Uint32(hdr[:4])
+		if size < 2 || size > maxSpoolEntry {
 			return entries, off, nil
 		}
-		p := make([]byte, n)
+		p := make([]byte, size)
 		if _, err := r.ReadAt(p, off+8); err != nil {
 			if errors.Is(err, io.EOF) {
 				return entries, off, nil
@@ -90,37 +139,103 @@ func readSpool(r io.ReaderAt, from int64) (entries []spoolEntry, good int64, err
 		if kl == 0 || 2+kl > len(p) {
 			return entries, off, nil
 		}
-		off += 8 + int64(n)
-		entries = append(entries, spoolEntry{key: string(p[2 : 2+kl]), value: p[2+kl:], end: off})
+		entries = append(entries, spoolEntry{seg: n, off: off + 8, end: off + 8 + int64(size), key: string(p[2 : 2+kl])})
+		off += 8 + int64(size)
 	}
 }
 
-// append writes one entry and syncs it.
-func (s *spool) append(key string, value []byte) error {
+// append writes one entry to the last segment and syncs it, starting a new
+// segment when the last is full.
+func (s *spool) append(key string, value []byte) (spoolEntry, error) {
+	last := s.segs[len(s.segs)-1]
+	if last.size >= segmentBytes {
+		n := last.n + 1
+		f, err := os.OpenFile(s.segPath(n), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return spoolEntry{}, fmt.Errorf("audit: new spool segment: %w", err)
+		}
+		last = &segment{n: n, f: f}
+		s.segs = append(s.segs, last)
+		syncDir(filepath.Dir(s.prefix))
+	}
 	p := make([]byte, 8, 8+2+len(key)+len(value))
 	p = binary.BigEndian.AppendUint16(p, uint16(len(key)))
 	p = append(p, key...)
 	p = append(p, value...)
 	binary.BigEndian.PutUint32(p[:4], uint32(len(p)-8))
 	binary.BigEndian.PutUint32(p[4:8], crc32.Checksum(p[8:], crcTable))
-	if _, err := s.f.WriteAt(p, s.size); err != nil {
-		return fmt.Errorf("audit: write spool: %w", err)
+	if _, err := last.f.WriteAt(p, last.size); err != nil {
+		return spoolEntry{}, fmt.Errorf("audit: write spool: %w", err)
 	}
-	if err := s.f.Sync(); err != nil {
-		return fmt.Errorf("audit: sync spool: %w", err)
+	if err := last.f.Sync(); err != nil {
+		return spoolEntry{}, fmt.Errorf("audit: sync spool: %w", err)
 	}
-	s.size += int64(len(p))
+	e := spoolEntry{seg: last.n, off: last.size + 8, end: last.size + int64(len(p)), key: key}
+	last.size += int64(len(p))
+	return e, nil
+}
+
+// read returns an entry's queue record value.
+func (s *spool) read(e spoolEntry) ([]byte, error) {
+	for _, seg := range s.segs {
+		if seg.n == e.seg {
+			p := make([]byte, e.end-e.off)
+			if _, err := seg.f.ReadAt(p, e.off); err != nil {
+				return nil, fmt.Errorf("audit: read spool: %w", err)
+			}
+			kl := int(binary.BigEndian.Uint16(p))
+			return p[2+kl:], nil
+		}
+	}
+	return nil, fmt.Errorf("audit: spool segment %d is gone", e.seg)
+}
+
+// release deletes the segments before seg (everything in them is in the
+// store); with everything shipped (seg 0), it empties the last one.
+func (s *spool) release(seg uint64) error {
+	for len(s.segs) > 1 && (seg == 0 || s.segs[0].n < seg) {
+		old := s.segs[0]
+		old.f.Close()
+		if err := os.Remove(s.segPath(old.n)); err != nil {
+			return fmt.Errorf("audit: remove shipped spool segment: %w", err)
+		}
+		s.segs = s.segs[1:]
+	}
+	if seg == 0 && s.segs[0].size > 0 {
+		if err := s.segs[0].f.Truncate(0); err != nil {
+			return fmt.Errorf("audit: empty spool: %w", err)
+		}
+		if err := s.segs[0].f.Sync(); err != nil {
+			return fmt.Errorf("audit: sync spool: %w", err)
+		}
+		s.segs[0].size = 0
+	}
 	return nil
 }
 
-// reset empties the spool once everything in it has been shipped.
-func (s *spool) reset() error {
-	if err := s.f.Truncate(0); err != nil {
-		return fmt.Errorf("audit: empty spool: %w", err)
+// bytes is the spool's size on disk.
+func (s *spool) bytes() int64 {
+	var n int64
+	for _, seg := range s.segs {
+		n += seg.size
 	}
-	if err := s.f.Sync(); err != nil {
-		return fmt.Errorf("audit: sync spool: %w", err)
+	return n
+}
+
+func (s *spool) close() error {
+	var first error
+	for _, seg := range s.segs {
+		if err := seg.f.Close(); err != nil && first == nil {
+			first = err
+		}
 	}
-	s.size = 0
-	return nil
+	return first
+}
+
+// syncDir makes a new file's directory entry durable.
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
 }

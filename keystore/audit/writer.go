@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -26,10 +27,18 @@ var ErrUnavailable = errors.New("audit: event could not be recorded")
 type WriterConfig struct {
 	// Store receives the events. Required.
 	Store storage.Store
-	// SpoolPath is the local spool file for events the store cannot take.
-	// Empty: no spool, so a store outage fails calls (or drops events with
-	// FailOpen).
+	// SpoolPath is the path prefix of the local spool's segment files
+	// (SpoolPath.<n>), for events the store cannot take. Empty: no spool,
+	// so a store outage fails calls (or drops events with FailOpen).
 	SpoolPath string
+	// JournalFirst writes every batch to the spool and ships batches to the
+	// store in the background, many per store transaction: for a store on
+	// the same disk (bbolt), where a spool append and its sync cost much
+	// less than a store transaction and are as durable. Needs SpoolPath.
+	JournalFirst bool
+	// ShipInterval is how often spooled batches are shipped while the store
+	// takes them. Default 50ms with JournalFirst, else 1s.
+	ShipInterval time.Duration
 	// FailOpen acknowledges calls whose event could not be recorded
 	// anywhere, counting them in custos_audit_dropped_total and logging
 	// each batch at error level. Default false: such calls fail.
@@ -62,6 +71,7 @@ type Writer struct {
 	// goroutine uses it.
 	counter uint64
 
+	shipMu   sync.Mutex // one ShipOnce at a time
 	spoolMu  sync.Mutex
 	spool    *spool       // nil without a spool
 	pending  []spoolEntry // spooled entries not yet shipped, in order
@@ -70,7 +80,7 @@ type Writer struct {
 	events    *prometheus.CounterVec
 	dropped   prometheus.Counter
 	refused   prometheus.Counter
-	spooled   prometheus.Gauge
+	spooled   prometheus.Gauge // entries waiting in the spool
 	commitDur prometheus.Histogram
 }
 
@@ -91,6 +101,15 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.JournalFirst && cfg.SpoolPath == "" {
+		return nil, errors.New("audit: journal-first needs a spool")
+	}
+	if cfg.ShipInterval <= 0 {
+		cfg.ShipInterval = time.Second
+		if cfg.JournalFirst {
+			cfg.ShipInterval = 50 * time.Millisecond
+		}
 	}
 	var idb [8]byte
 	if _, err := rand.Read(idb[:]); err != nil {
@@ -224,7 +243,7 @@ func (w *Writer) commit(leaves [][]byte) error {
 	w.counter++
 	key, value := queueKey(w.id, w.counter), encodeBatch(leaves)
 	w.spoolMu.Lock()
-	spooling := len(w.pending) > 0
+	spooling := len(w.pending) > 0 || w.cfg.JournalFirst
 	w.spoolMu.Unlock()
 	var storeErr error
 	if !spooling {
@@ -242,94 +261,146 @@ func (w *Writer) commit(leaves [][]byte) error {
 	}
 	w.spoolMu.Lock()
 	defer w.spoolMu.Unlock()
-	if err := w.spool.append(key, value); err != nil {
+	e, err := w.spool.append(key, value)
+	if err != nil {
 		if storeErr != nil {
 			return fmt.Errorf("%w: store: %w; spool: %w", ErrUnavailable, storeErr, err)
 		}
 		return fmt.Errorf("%w: spool: %w", ErrUnavailable, err)
 	}
-	w.pending = append(w.pending, spoolEntry{key: key, value: value, end: w.spool.size})
+	w.pending = append(w.pending, e)
 	w.spooled.Set(float64(len(w.pending)))
 	w.events.WithLabelValues("spool").Add(float64(len(leaves)))
-	select {
-	case w.shipKick <- struct{}{}:
-	default:
+	if storeErr != nil {
+		select {
+		case w.shipKick <- struct{}{}:
+		default:
+		}
 	}
 	return nil
 }
 
-// Ship sends spooled entries to the store, every interval and when one is
-// spooled, until ctx is done. It returns at once without a spool.
-func (w *Writer) Ship(ctx context.Context, interval time.Duration) {
+// Ship sends spooled entries to the store every ShipInterval until ctx is
+// done. It returns at once without a spool.
+func (w *Writer) Ship(ctx context.Context) {
 	if w.spool == nil {
 		return
 	}
-	t := time.NewTicker(interval)
+	t := time.NewTicker(w.cfg.ShipInterval)
 	defer t.Stop()
+	failing := false
 	for {
-		if err := w.ShipOnce(ctx); err != nil && ctx.Err() == nil {
+		err := w.ShipOnce(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil && !failing:
 			w.logger.Warn("audit: shipping spooled events failed; retrying", "error", err.Error())
+			failing = true
+		case err == nil && failing:
+			failing = false
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		case <-w.shipKick:
-			// Give the store a moment: it just failed a write.
+			// The store just failed a write: give it a moment.
 			select {
 			case <-ctx.Done():
 				return
-			case <-t.C:
+			case <-time.After(time.Second):
 			}
 		}
 	}
 }
 
+// shipChunk is the most spooled batches one store transaction ships.
+const shipChunk = 64
+
 // ShipOnce ships what the spool holds, in order and exactly once: an entry
 // already queued (or already in the tree, by its writer's shipped mark) is
-// not sent again. When everything is shipped the spool is emptied.
+// not sent again. Shipped segments are deleted; when everything is
+// shipped the spool is emptied.
 func (w *Writer) ShipOnce(ctx context.Context) error {
+	if w.spool == nil {
+		return nil
+	}
+	w.shipMu.Lock()
+	defer w.shipMu.Unlock()
 	w.spoolMu.Lock()
-	todo := w.pending
+	todo := slices.Clone(w.pending)
 	w.spoolMu.Unlock()
 	shipped := 0
 	marks := map[string]uint64{}
-	for _, e := range todo {
-		writer, n, ok := parseQueueKey(e.key)
-		if !ok {
-			shipped++ // not a queue key: nothing a writer made; skip it
-			continue
+	var shipErr error
+	for shipped < len(todo) && shipErr == nil {
+		chunk := todo[shipped:min(shipped+shipChunk, len(todo))]
+		var ops []storage.Op
+		for _, e := range chunk {
+			writer, n, ok := parseQueueKey(e.key)
+			if !ok {
+				continue // not a queue key: nothing a writer made; skip it
+			}
+			mark, seen := marks[writer]
+			if !seen {
+				if mark, shipErr = w.shippedMark(ctx, writer); shipErr != nil {
+					break
+				}
+				marks[writer] = mark
+			}
+			if n <= mark {
+				continue // already in the tree
+			}
+			w.spoolMu.Lock()
+			value, err := w.spool.read(e)
+			w.spoolMu.Unlock()
+			if err != nil {
+				return err
+			}
+			ops = append(ops, storage.Op{Key: e.key, Value: value, Expect: 0})
 		}
-		mark, seen := marks[writer]
-		if !seen {
-			var err error
-			if mark, err = w.shippedMark(ctx, writer); err != nil {
+		if shipErr != nil {
+			break
+		}
+		if len(ops) > 0 {
+			if shipErr = w.putAll(ctx, ops); shipErr != nil {
 				break
 			}
-			marks[writer] = mark
 		}
-		if n > mark {
-			cctx, cancel := context.WithTimeout(ctx, w.cfg.CommitTimeout)
-			_, err := w.cfg.Store.Put(cctx, e.key, e.value, 0)
-			cancel()
-			if err != nil && !errors.Is(err, storage.ErrConflict) {
-				break
-			}
-		}
-		shipped++
+		shipped += len(chunk)
 	}
 	w.spoolMu.Lock()
 	defer w.spoolMu.Unlock()
 	w.pending = w.pending[shipped:]
 	w.spooled.Set(float64(len(w.pending)))
-	if len(w.pending) == 0 && w.spool.size > 0 {
-		if err := w.spool.reset(); err != nil {
+	var release uint64 // 0: everything
+	if len(w.pending) > 0 {
+		release = w.pending[0].seg
+	}
+	if err := w.spool.release(release); err != nil {
+		return err
+	}
+	if shipErr != nil {
+		return fmt.Errorf("audit: %d spooled batches wait for the store: %w", len(todo)-shipped, shipErr)
+	}
+	return nil
+}
+
+// putAll creates the queue records of ops in one transaction when the
+// store can, skipping those that exist already (a batch shipped before a
+// crash).
+func (w *Writer) putAll(ctx context.Context, ops []storage.Op) error {
+	cctx, cancel := context.WithTimeout(ctx, w.cfg.CommitTimeout)
+	defer cancel()
+	if a, ok := w.cfg.Store.(storage.Applier); ok {
+		err := a.Apply(cctx, ops)
+		if !errors.Is(err, storage.ErrConflict) {
 			return err
 		}
-		w.logger.Info("audit: every spooled event is in the store again")
 	}
-	if shipped < len(todo) {
-		return fmt.Errorf("audit: %d spooled batches wait for the store", len(todo)-shipped)
+	for _, op := range ops {
+		if _, err := w.cfg.Store.Put(cctx, op.Key, op.Value, 0); err != nil && !errors.Is(err, storage.ErrConflict) {
+			return err
+		}
 	}
 	return nil
 }
@@ -363,7 +434,9 @@ func (w *Writer) Close() error {
 	close(w.stop)
 	<-w.stopped
 	if w.spool != nil {
-		return w.spool.f.Close()
+		w.spoolMu.Lock()
+		defer w.spoolMu.Unlock()
+		return w.spool.close()
 	}
 	return nil
 }
