@@ -97,7 +97,7 @@ func verifyStore(t *testing.T, url string, r root.Root) (*audit.Report, map[stri
 func flushAll(t *testing.T, r *replica) {
 	t.Helper()
 	waitFor(t, 20*time.Second, "the log integrates everything queued", func() bool {
-		err := r.rt.AuditLog().Flush(testContext(t))
+		err := r.rt.FlushAudit(testContext(t))
 		return err == nil
 	})
 }

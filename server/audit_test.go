@@ -45,7 +45,7 @@ func events(t *testing.T, ts *testServer) []audit.Record {
 	t.Helper()
 	ctx := testContext(t)
 	l := ts.rt.AuditLog()
-	if err := l.Flush(ctx); err != nil {
+	if err := ts.rt.FlushAudit(ctx); err != nil {
 		t.Fatalf("Flush: %v", err)
 	}
 	var all []audit.Record

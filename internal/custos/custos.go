@@ -227,6 +227,20 @@ func (rt *Runtime) Keystore() *keystore.Service { return rt.ks }
 // AuditLog is the runtime's audit log, nil with the audit trail off.
 func (rt *Runtime) AuditLog() *audit.Log { return rt.audit }
 
+// FlushAudit ships the events in the spool to the store, integrates
+// everything queued and signs a checkpoint, so that every call answered so
+// far is in the log (tests; the running log does this every checkpoint
+// interval).
+func (rt *Runtime) FlushAudit(ctx context.Context) error {
+	if rt.audit == nil {
+		return errors.New("custos: the audit trail is off")
+	}
+	if err := rt.writer.ShipOnce(ctx); err != nil {
+		return err
+	}
+	return rt.audit.Flush(ctx)
+}
+
 // Close releases what New built, for a Runtime that is never Run. It does
 // nothing after Run.
 func (rt *Runtime) Close() {

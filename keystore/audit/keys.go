@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"encoding/binary"
 	"fmt"
 	"strconv"
 	"strings"
@@ -14,8 +15,8 @@ const (
 	prefix        = "audit/"
 	queuePrefix   = prefix + "q/"       // q/<writer>/<counter>: a batch of events not yet in the tree
 	leafPrefix    = prefix + "l/"       // l/<index>: the leaf at index
-	tenantPrefix  = prefix + "t/"       // t/<tenant>/<index>: the same leaf, in its tenant's view
-	nodePrefix    = prefix + "n/"       // n/<level>/<index>: a node hash of the tree
+	tenantPrefix  = prefix + "t/"       // t/<tenant>/<last index>: indexes of the tenant's leaves (one record per integration)
+	nodePrefix    = prefix + "n/"       // n/<level>/<strip>: the hashes of up to 256 nodes of a level
 	cpPrefix      = prefix + "c/"       // c/<size>: the signed checkpoint of that size
 	shippedPrefix = prefix + "shipped/" // shipped/<writer>: the last counter of writer in the tree
 	treeKey       = prefix + "tree"     // the tree's state
@@ -40,8 +41,39 @@ func queueKey(writer string, n uint64) string {
 	return queuePrefix + writer + "/" + hex16(n)
 }
 
-func nodeKey(id compact.NodeID) string {
-	return fmt.Sprintf("%s%02x/%016x", nodePrefix, id.Level, id.Index)
+// stripLen is how many node hashes one strip record holds.
+const stripLen = 256
+
+// stripKey is the key of the strip holding node id.
+func stripKey(id compact.NodeID) string {
+	return fmt.Sprintf("%s%02x/%016x", nodePrefix, id.Level, id.Index/stripLen)
+}
+
+// appendIndexes encodes a tenant view record: the indexes, ascending, as
+// uvarint deltas from 0.
+func appendIndexes(b []byte, idx []uint64) []byte {
+	var prev uint64
+	for _, i := range idx {
+		b = binary.AppendUvarint(b, i-prev)
+		prev = i
+	}
+	return b
+}
+
+// decodeIndexes reverses appendIndexes, checking every length.
+func decodeIndexes(b []byte) ([]uint64, bool) {
+	var out []uint64
+	var prev uint64
+	for len(b) > 0 {
+		d, n := binary.Uvarint(b)
+		if n <= 0 || (len(out) > 0 && d == 0) || d > ^uint64(0)-prev {
+			return nil, false
+		}
+		prev += d
+		out = append(out, prev)
+		b = b[n:]
+	}
+	return out, true
 }
 
 // parseQueueKey returns a queue key's writer and counter.

@@ -17,6 +17,7 @@ import (
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
 	"golang.org/x/mod/sumdb/note"
+	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/storage"
@@ -97,10 +98,11 @@ type Log struct {
 	logger   *slog.Logger
 
 	nodesMu sync.Mutex
-	nodes   map[compact.NodeID][]byte // node hashes never change once stored
+	strips  map[string][]byte // full strips: they never change
 }
 
-const maxCachedNodes = 1 << 16
+// maxCachedStrips bounds the strip cache (8 KiB each).
+const maxCachedStrips = 4096
 
 // Open opens the log in cfg.Store. It does not call the root: the signing
 // key is unwrapped (or created and wrapped) by the first Sign, so a root
@@ -119,7 +121,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Log{store: cfg.Store, applier: a, root: cfg.Root, origin: cfg.Origin, now: cfg.Now, logger: cfg.Logger, nodes: make(map[compact.NodeID][]byte)}, nil
+	return &Log{store: cfg.Store, applier: a, root: cfg.Root, origin: cfg.Origin, now: cfg.Now, logger: cfg.Logger, strips: make(map[string][]byte)}, nil
 }
 
 // signing returns the log's signer, unwrapping or creating the key once.
@@ -209,9 +211,22 @@ func (l *Log) Integrate(ctx context.Context, limit int) (int, error) {
 		return 0, fmt.Errorf("audit: tree state: %w", err)
 	}
 	var ops []storage.Op
-	visit := func(id compact.NodeID, hash []byte) {
-		ops = append(ops, storage.Op{Key: nodeKey(id), Value: hash, Expect: storage.AnyVersion})
+	// New node hashes by level: each level's new nodes are contiguous and
+	// ascending, so they extend that level's last strip.
+	type run struct {
+		first  uint64
+		hashes []byte
 	}
+	levels := map[uint]*run{}
+	visit := func(id compact.NodeID, hash []byte) {
+		r := levels[id.Level]
+		if r == nil {
+			r = &run{first: id.Index}
+			levels[id.Level] = r
+		}
+		r.hashes = append(r.hashes, hash...)
+	}
+	views := map[string][]uint64{}
 	marks := map[string]uint64{}
 	n := 0
 	for _, q := range queued {
@@ -236,11 +251,21 @@ func (l *Log) Integrate(ctx context.Context, limit int) (int, error) {
 				return 0, fmt.Errorf("audit: extend tree: %w", err)
 			}
 			ops = append(ops, storage.Op{Key: leafKey(i), Value: leaf, Expect: storage.AnyVersion})
-			if ev, err := Unmarshal(leaf); err == nil && validTenant(ev.GetTenant()) {
-				ops = append(ops, storage.Op{Key: tenantKey(ev.GetTenant(), i), Value: leaf, Expect: storage.AnyVersion})
+			if t := leafTenant(leaf); validTenant(t) {
+				views[t] = append(views[t], i)
 			}
 			n++
 		}
+	}
+	for level, r := range levels {
+		strips, err := l.extendStrips(ctx, level, r.first, r.hashes)
+		if err != nil {
+			return 0, err
+		}
+		ops = append(ops, strips...)
+	}
+	for t, idx := range views {
+		ops = append(ops, storage.Op{Key: tenantKey(t, idx[len(idx)-1]), Value: appendIndexes(nil, idx), Expect: storage.AnyVersion})
 	}
 	now := l.now().UTC()
 	for w, c := range marks {
@@ -346,29 +371,92 @@ func ParseCheckpoint(signed []byte, v note.Verifier) (*Checkpoint, error) {
 	return out, nil
 }
 
-// hashes returns the stored hashes of ids, from the cache where it can.
+// extendStrips returns the writes that add hashes (of the nodes first,
+// first+1, … of level) to the level's strips, reading the last strip when
+// it is partly filled.
+func (l *Log) extendStrips(ctx context.Context, level uint, first uint64, hashes []byte) ([]storage.Op, error) {
+	var ops []storage.Op
+	id := compact.NewNodeID(level, first)
+	var cur []byte
+	if off := first % stripLen; off > 0 {
+		rec, err := l.store.Get(ctx, stripKey(id))
+		if err != nil {
+			return nil, fmt.Errorf("audit: read tree strip %d/%d: %w", level, first/stripLen, err)
+		}
+		if uint64(len(rec.Value)) != off*hashLen {
+			return nil, fmt.Errorf("audit: tree strip %d/%d holds %d bytes, want %d: the stored tree disagrees with its state", level, first/stripLen, len(rec.Value), off*hashLen)
+		}
+		cur = rec.Value
+	}
+	for len(hashes) > 0 {
+		room := int(stripLen*hashLen) - len(cur)
+		take := min(room, len(hashes))
+		cur = append(cur, hashes[:take]...)
+		hashes = hashes[take:]
+		ops = append(ops, storage.Op{Key: stripKey(id), Value: cur, Expect: storage.AnyVersion})
+		id = compact.NewNodeID(level, (id.Index/stripLen+1)*stripLen)
+		cur = nil
+	}
+	return ops, nil
+}
+
+// hashLen is the size of a node hash.
+const hashLen = 32
+
+// hashes returns the stored hashes of ids, reading each strip once and
+// keeping full strips (which never change) in a cache.
 func (l *Log) hashes(ctx context.Context, ids []compact.NodeID) ([][]byte, error) {
 	out := make([][]byte, len(ids))
 	for i, id := range ids {
+		key := stripKey(id)
+		off := int(id.Index%stripLen) * hashLen
 		l.nodesMu.Lock()
-		h, ok := l.nodes[id]
+		strip := l.strips[key]
 		l.nodesMu.Unlock()
-		if !ok {
-			rec, err := l.store.Get(ctx, nodeKey(id))
+		if len(strip) < off+hashLen {
+			rec, err := l.store.Get(ctx, key)
 			if err != nil {
 				return nil, fmt.Errorf("audit: read tree node %d/%d: %w", id.Level, id.Index, err)
 			}
-			h = rec.Value
-			l.nodesMu.Lock()
-			if len(l.nodes) >= maxCachedNodes {
-				clear(l.nodes)
+			if strip = rec.Value; len(strip) < off+hashLen {
+				return nil, fmt.Errorf("audit: tree node %d/%d is not stored", id.Level, id.Index)
 			}
-			l.nodes[id] = h
-			l.nodesMu.Unlock()
+			if len(strip) == stripLen*hashLen {
+				l.nodesMu.Lock()
+				if len(l.strips) >= maxCachedStrips {
+					clear(l.strips)
+				}
+				l.strips[key] = strip
+				l.nodesMu.Unlock()
+			}
 		}
-		out[i] = h
+		out[i] = strip[off : off+hashLen]
 	}
 	return out, nil
+}
+
+// leafTenant reads an event's tenant (field 5) without decoding the rest.
+func leafTenant(leaf []byte) string {
+	for len(leaf) > 0 {
+		num, typ, n := protowire.ConsumeTag(leaf)
+		if n < 0 {
+			return ""
+		}
+		leaf = leaf[n:]
+		if num == 5 && typ == protowire.BytesType {
+			v, m := protowire.ConsumeBytes(leaf)
+			if m < 0 {
+				return ""
+			}
+			return string(v)
+		}
+		m := protowire.ConsumeFieldValue(num, typ, leaf)
+		if m < 0 {
+			return ""
+		}
+		leaf = leaf[m:]
+	}
+	return ""
 }
 
 // InclusionProof is the RFC 6962 inclusion proof of leaf index in the tree

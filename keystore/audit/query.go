@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/custos-kms/custos/keystore/storage"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 )
 
@@ -33,7 +34,7 @@ type Record struct {
 	Proof [][]byte
 }
 
-// maxScanFactor bounds the records one query reads: Limit × this, plus
+// maxScanFactor bounds the events one query reads: Limit × this, plus
 // maxScanExtra. A page of a selective filter may come back short, with a
 // next index to continue from.
 const (
@@ -55,40 +56,91 @@ func (l *Log) Events(ctx context.Context, q Query) (out []Record, cp *Checkpoint
 	pfx := tenantPrefix + q.Tenant + "/"
 	after := ""
 	if q.From > 0 {
+		// View records are keyed by their last index: the first one that
+		// can hold q.From is the first with a key at or after it.
 		after = tenantKey(q.Tenant, q.From-1)
 	}
 	budget := q.Limit*maxScanFactor + maxScanExtra
 	for budget > 0 {
-		want := min(budget, 500)
-		recs, err := l.store.List(ctx, pfx, after, want)
+		recs, err := l.store.List(ctx, pfx, after, 64)
 		if err != nil {
 			return nil, nil, 0, fmt.Errorf("audit: list events: %w", err)
 		}
 		for _, r := range recs {
-			budget--
-			i, ok := parseHex16(strings.TrimPrefix(r.Key, pfx))
+			after = r.Key
+			idx, ok := decodeIndexes(r.Value)
 			if !ok {
 				continue
 			}
-			if i >= cp.Size {
-				return l.withProofs(ctx, out, cp, 0)
+			var want []uint64
+			for _, i := range idx {
+				if i >= q.From && i < cp.Size {
+					want = append(want, i)
+				}
 			}
-			after = r.Key
-			ev, err := Unmarshal(r.Value)
-			if err != nil || !q.match(ev) {
-				continue
+			bodies, err := l.bodies(ctx, want)
+			if err != nil {
+				return nil, nil, 0, err
 			}
-			out = append(out, Record{Index: i, Leaf: r.Value, Event: ev})
-			if len(out) == q.Limit {
-				return l.withProofs(ctx, out, cp, i+1)
+			for _, i := range want {
+				budget--
+				b, ok := bodies[i]
+				if !ok {
+					continue // deleted by retention
+				}
+				ev, err := Unmarshal(b)
+				if err != nil || ev.GetTenant() != q.Tenant || !q.match(ev) {
+					continue
+				}
+				out = append(out, Record{Index: i, Leaf: b, Event: ev})
+				if len(out) == q.Limit {
+					return l.withProofs(ctx, out, cp, i+1)
+				}
+			}
+			if len(idx) > 0 && idx[len(idx)-1] >= cp.Size {
+				return l.withProofs(ctx, out, cp, 0) // the rest is not signed yet
+			}
+			if budget <= 0 {
+				return l.withProofs(ctx, out, cp, idx[len(idx)-1]+1)
 			}
 		}
-		if len(recs) < want {
-			return l.withProofs(ctx, out, cp, 0)
+		if len(recs) < 64 {
+			break
 		}
 	}
-	i, _ := parseHex16(strings.TrimPrefix(after, pfx))
-	return l.withProofs(ctx, out, cp, i+1)
+	return l.withProofs(ctx, out, cp, 0)
+}
+
+// bodies reads the leaves at idx (ascending), a run of nearby indexes per
+// store call.
+func (l *Log) bodies(ctx context.Context, idx []uint64) (map[uint64][]byte, error) {
+	return readBodies(ctx, l.store, idx)
+}
+
+func readBodies(ctx context.Context, store storage.Store, idx []uint64) (map[uint64][]byte, error) {
+	out := make(map[uint64][]byte, len(idx))
+	for len(idx) > 0 {
+		end := 1
+		for end < len(idx) && idx[end]-idx[end-1] <= 16 && idx[end]-idx[0] < 1000 {
+			end++
+		}
+		first, last := idx[0], idx[end-1]
+		after := ""
+		if first > 0 {
+			after = leafKey(first - 1)
+		}
+		recs, err := store.List(ctx, leafPrefix, after, int(last-first+1))
+		if err != nil {
+			return nil, fmt.Errorf("audit: read events: %w", err)
+		}
+		for _, r := range recs {
+			if i, ok := parseHex16(strings.TrimPrefix(r.Key, leafPrefix)); ok && i <= last {
+				out[i] = r.Value
+			}
+		}
+		idx = idx[end:]
+	}
+	return out, nil
 }
 
 func (l *Log) withProofs(ctx context.Context, recs []Record, cp *Checkpoint, next uint64) ([]Record, *Checkpoint, uint64, error) {

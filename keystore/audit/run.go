@@ -122,7 +122,8 @@ func (l *Log) tick(ctx context.Context, chunks int, history bool) error {
 	return err
 }
 
-// Prune deletes the bodies of events before cutoff, oldest index first,
+// Prune deletes the bodies of events before cutoff (their tenant views
+// keep only bare indexes), oldest index first,
 // stopping at the first event at or after cutoff (events are integrated
 // roughly in time order; a straggler waits for the next pass). Leaf hashes
 // and the tree's nodes stay, so the log still verifies. It also forgets
@@ -157,10 +158,8 @@ func (l *Log) Prune(ctx context.Context, cutoff time.Time) (int, error) {
 				done = true
 				break
 			}
+			// The tenant's view keeps the bare index; its body is gone.
 			ops = append(ops, storage.Op{Key: r.Key, Delete: true, Expect: storage.AnyVersion})
-			if err == nil && validTenant(ev.GetTenant()) {
-				ops = append(ops, storage.Op{Key: tenantKey(ev.GetTenant(), i), Delete: true, Expect: storage.AnyVersion})
-			}
 			next = i + 1
 			deleted++
 		}

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/transparency-dev/merkle/compact"
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/custos-kms/custos/keystore/root"
@@ -130,7 +131,8 @@ func Verify(ctx context.Context, store storage.Store, v note.Verifier) (*Report,
 
 	// Leaves, in index order: bodies and level-0 node hashes side by side.
 	bodies := newCursor(ctx, store, leafPrefix)
-	hashes := newCursor(ctx, store, fmt.Sprintf("%s%02x/", nodePrefix, 0))
+	hashes := &stripReader{ctx: ctx, store: store}
+	counts := map[string]uint64{} // each tenant's events above the retention horizon
 	rng := rangeFactory.NewEmptyRange(0)
 	type mismatch struct {
 		i          uint64
@@ -167,6 +169,9 @@ func Verify(ctx context.Context, store storage.Store, v note.Verifier) (*Report,
 			flushMissing(i)
 			rep.Events++
 			h = LeafHash(body)
+			if t := leafTenant(body); validTenant(t) {
+				counts[t]++
+			}
 			if node != nil && !bytes.Equal(h, node) {
 				mismatches = append(mismatches, mismatch{i, h, node})
 			}
@@ -222,7 +227,8 @@ func Verify(ctx context.Context, store storage.Store, v note.Verifier) (*Report,
 		add(Finding{Index: int64(i), Kind: "inserted", Detail: "an event past the end of the tree"})
 	}
 
-	// Tenant views must be copies of the log's events.
+	// Each tenant's view must list exactly its events.
+	listed := map[string]uint64{}
 	for after := ""; ; {
 		recs, err := store.List(ctx, tenantPrefix, after, 1000)
 		if err != nil {
@@ -230,23 +236,42 @@ func Verify(ctx context.Context, store storage.Store, v note.Verifier) (*Report,
 		}
 		for _, r := range recs {
 			after = r.Key
-			tenant, idx, _ := strings.Cut(strings.TrimPrefix(r.Key, tenantPrefix), "/")
-			i, ok := parseHex16(idx)
-			if !ok {
-				add(Finding{Index: -1, Kind: "tenant-view", Detail: fmt.Sprintf("unexpected record %q", r.Key)})
+			tenant, last, _ := strings.Cut(strings.TrimPrefix(r.Key, tenantPrefix), "/")
+			idx, ok := decodeIndexes(r.Value)
+			lastIdx, ok2 := parseHex16(last)
+			if !ok || !ok2 || len(idx) == 0 || idx[len(idx)-1] != lastIdx || lastIdx >= end {
+				add(Finding{Index: -1, Kind: "tenant-view", Detail: fmt.Sprintf("record %q is malformed", r.Key)})
 				continue
 			}
-			lr, err := store.Get(ctx, leafKey(i))
-			if err != nil || !bytes.Equal(lr.Value, r.Value) {
-				add(Finding{Index: int64(i), Kind: "tenant-view", Detail: fmt.Sprintf("tenant %s's copy differs from the log", tenant)})
-				continue
+			var live []uint64
+			for _, i := range idx {
+				if i >= st.Pruned {
+					live = append(live, i)
+				}
 			}
-			if ev, err := Unmarshal(r.Value); err != nil || ev.GetTenant() != tenant {
-				add(Finding{Index: int64(i), Kind: "tenant-view", Detail: fmt.Sprintf("filed under tenant %s but is not its event", tenant)})
+			bodies, err := readBodies(ctx, store, live)
+			if err != nil {
+				return nil, err
+			}
+			for _, i := range live {
+				b, ok := bodies[i]
+				if !ok {
+					continue // reported as deleted above
+				}
+				if leafTenant(b) != tenant {
+					add(Finding{Index: int64(i), Kind: "tenant-view", Detail: fmt.Sprintf("listed in tenant %s's view but is not its event", tenant)})
+					continue
+				}
+				listed[tenant]++
 			}
 		}
 		if len(recs) < 1000 {
 			break
+		}
+	}
+	for t, n := range counts {
+		if listed[t] != n {
+			add(Finding{Index: -1, Kind: "tenant-view", Detail: fmt.Sprintf("tenant %s's view lists %d of its %d events", t, listed[t], n)})
 		}
 	}
 	slices.SortStableFunc(rep.Findings, func(a, b Finding) int { return int(min(max(a.Index-b.Index, -1), 1)) })
@@ -314,4 +339,34 @@ func (c *cursor) next() (string, []byte, error) {
 	}
 	c.buf = c.buf[1:]
 	return r.Key, r.Value, nil
+}
+
+// stripReader reads level-0 hashes (leaf hashes) from the strips in order.
+type stripReader struct {
+	ctx   context.Context
+	store storage.Store
+	n     uint64 // the strip in buf
+	buf   []byte
+	read  bool
+}
+
+// at returns the leaf hash of index i, or nil when it is not stored.
+func (r *stripReader) at(i uint64) ([]byte, error) {
+	id := compact.NewNodeID(0, i)
+	if !r.read || r.n != i/stripLen {
+		r.n, r.read, r.buf = i/stripLen, true, nil
+		rec, err := r.store.Get(r.ctx, stripKey(id))
+		switch {
+		case errors.Is(err, storage.ErrNotFound):
+		case err != nil:
+			return nil, fmt.Errorf("audit: read tree strip: %w", err)
+		default:
+			r.buf = rec.Value
+		}
+	}
+	off := int(i%stripLen) * hashLen
+	if len(r.buf) < off+hashLen {
+		return nil, nil
+	}
+	return r.buf[off : off+hashLen], nil
 }
