@@ -227,6 +227,9 @@ func (rt *Runtime) Keystore() *keystore.Service { return rt.ks }
 // AuditLog is the runtime's audit log, nil with the audit trail off.
 func (rt *Runtime) AuditLog() *audit.Log { return rt.audit }
 
+// AuditWriter is the runtime's audit writer, nil with the audit trail off.
+func (rt *Runtime) AuditWriter() *audit.Writer { return rt.writer }
+
 // FlushAudit ships the events in the spool to the store, integrates
 // everything queued and signs a checkpoint, so that every call answered so
 // far is in the log (tests; the running log does this every checkpoint

@@ -328,8 +328,8 @@ func TestSpooledEventsReachTheLogInOrderExactlyOnce(t *testing.T) {
 	if got := strings.Join(ids[3:], " "); len(ids) != 9 || got != want {
 		t.Fatalf("events after the first three: %q (%d in all); want %q", got, len(ids), want)
 	}
-	if n := spoolBytes(t, spool); n != 0 {
-		t.Fatalf("spool after shipping: %d bytes; want empty", n)
+	if n, b := f.w.Spooled(); n != 0 || b != 0 {
+		t.Fatalf("spool after shipping: %d batches, %d bytes; want empty", n, b)
 	}
 	if rep := verify(t, f); len(rep.Findings) != 0 {
 		t.Fatal(rep.Findings)
@@ -498,24 +498,6 @@ func TestBboltLogSurvivesReopen(t *testing.T) {
 	}
 }
 
-// spoolBytes is the size of the spool's segments.
-func spoolBytes(t *testing.T, prefix string) int64 {
-	t.Helper()
-	m, err := filepath.Glob(prefix + ".*")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n int64
-	for _, f := range m {
-		fi, err := os.Stat(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		n += fi.Size()
-	}
-	return n
-}
-
 func TestJournalFirstShipsInBulkAndDeletesShippedSegments(t *testing.T) {
 	ctx := context.Background()
 	st := memory.New()
@@ -544,8 +526,11 @@ func TestJournalFirstShipsInBulkAndDeletesShippedSegments(t *testing.T) {
 	if err := w.ShipOnce(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if m, _ := filepath.Glob(spool + ".*"); len(m) != 1 || spoolBytes(t, spool) != 0 {
-		t.Fatalf("after shipping everything: segments %v (%d bytes); want one, empty", m, spoolBytes(t, spool))
+	if m, _ := filepath.Glob(spool + ".*"); len(m) != 1 {
+		t.Fatalf("after shipping everything: segments %v; want one", m)
+	}
+	if n, b := w.Spooled(); n != 0 || b != 0 {
+		t.Fatalf("after shipping everything: %d batches, %d bytes in the spool; want none", n, b)
 	}
 	if err := f.log.Flush(ctx); err != nil {
 		t.Fatal(err)

@@ -440,3 +440,14 @@ func (w *Writer) Close() error {
 	}
 	return nil
 }
+
+// Spooled reports the batches in the spool not yet shipped and the bytes
+// the spool holds.
+func (w *Writer) Spooled() (batches int, bytes int64) {
+	if w.spool == nil {
+		return 0, 0
+	}
+	w.spoolMu.Lock()
+	defer w.spoolMu.Unlock()
+	return len(w.pending), w.spool.bytes()
+}
