@@ -31,6 +31,9 @@ const RequestIDHeader = "x-request-id"
 // AuditRecorder makes a call's audit event durable before the call is
 // answered; *audit.Writer is one.
 type AuditRecorder interface {
+	// Begin announces a call whose event Record will get (so group commit
+	// can wait for it).
+	Begin()
 	Record(ev *custosv1.AuditEvent) error
 }
 

@@ -44,6 +44,9 @@ func (u *unaryPath) intercept(ctx context.Context, req any, info *grpc.UnaryServ
 	// c collects what the request path resolves (identity, tenant, key);
 	// the audit event is built from it, whatever step refused the call.
 	c := &call{}
+	if s.audit != nil {
+		s.audit.Begin()
+	}
 	defer func() {
 		if p := recover(); p != nil {
 			// The panic value may hold request data: log only its type and the stack.

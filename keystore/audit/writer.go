@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -45,11 +46,25 @@ type WriterConfig struct {
 	FailOpen bool
 	// Export, if set, receives every event once it is durable.
 	Export *Exporter
+	// CommitDelay is the longest the committer waits for more events
+	// while calls that will record one are in flight (see Begin), so that
+	// more events share one sync (PostgreSQL's commit_delay). Default
+	// 200µs; negative: never wait.
+	CommitDelay time.Duration
 	// CommitTimeout bounds one store write. Default 5s.
 	CommitTimeout time.Duration
 	// Logger. Default slog.Default().
 	Logger *slog.Logger
 }
+
+// DefaultCommitDelay is WriterConfig.CommitDelay's default.
+const DefaultCommitDelay = 200 * time.Microsecond
+
+// maxGroup: the committer stops waiting once a batch has this many events.
+const maxGroup = 256
+
+// busyBatch: a batch of this many events means calls keep coming.
+const busyBatch = 8
 
 // Writer makes events durable before their calls are answered: Record
 // waits while the committer writes every event recorded since its last
@@ -60,6 +75,10 @@ type Writer struct {
 	id     string // this writer's name in queue keys
 	logger *slog.Logger
 
+	// coming counts the calls that have begun (Begin) and not yet recorded
+	// their event: the committer waits a little for them.
+	coming atomic.Int64
+
 	mu      sync.Mutex
 	cur     *batch
 	kick    chan struct{}
@@ -67,9 +86,10 @@ type Writer struct {
 	stopped chan struct{}
 	closed  bool
 
-	// counter numbers this writer's queue records; only the committer
-	// goroutine uses it.
-	counter uint64
+	// counter numbers this writer's queue records, lastBatch is the size
+	// of the last batch; only the committer goroutine uses them.
+	counter   uint64
+	lastBatch int
 
 	shipMu   sync.Mutex // one ShipOnce at a time
 	spoolMu  sync.Mutex
@@ -98,6 +118,9 @@ func newBatch() *batch { return &batch{done: make(chan struct{})} }
 func NewWriter(cfg WriterConfig) (*Writer, error) {
 	if cfg.CommitTimeout <= 0 {
 		cfg.CommitTimeout = 5 * time.Second
+	}
+	if cfg.CommitDelay == 0 {
+		cfg.CommitDelay = DefaultCommitDelay
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -156,10 +179,19 @@ func (w *Writer) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{w.events, w.dropped, w.refused, w.spooled, w.commitDur}
 }
 
+// Begin tells the writer that a call has begun whose event Record will
+// make durable: the committer waits briefly for the events of calls in
+// flight, so they share one sync. Each Begin must be followed by one
+// Record.
+func (w *Writer) Begin() { w.coming.Add(1) }
+
 // Record makes ev durable, together with the events recorded at the same
 // time, and returns once it is (or could not be: an error wrapping
 // ErrUnavailable, unless the writer fails open).
 func (w *Writer) Record(ev *custosv1.AuditEvent) error {
+	if w.coming.Add(-1) < 0 {
+		w.coming.Store(0) // a Record without Begin
+	}
 	leaf, err := Marshal(ev)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
@@ -205,7 +237,34 @@ func (w *Writer) commitLoop() {
 			w.commitCurrent() // what was recorded before Close
 			return
 		}
+		w.gather()
 		w.commitCurrent()
+	}
+}
+
+// gather waits, at most CommitDelay, while the batch is small and more
+// events are likely soon: calls in flight are about to record theirs, or
+// the last batch was a busy one.
+func (w *Writer) gather() {
+	if w.cfg.CommitDelay <= 0 || (w.coming.Load() <= 0 && w.lastBatch < busyBatch) {
+		return
+	}
+	t := time.NewTimer(w.cfg.CommitDelay)
+	defer t.Stop()
+	for {
+		w.mu.Lock()
+		n := len(w.cur.leaves)
+		w.mu.Unlock()
+		if n >= maxGroup || (w.coming.Load() <= 0 && w.lastBatch < busyBatch) {
+			return
+		}
+		select {
+		case <-w.kick:
+		case <-t.C:
+			return
+		case <-w.stop:
+			return
+		}
 	}
 }
 
@@ -214,6 +273,7 @@ func (w *Writer) commitCurrent() {
 	b := w.cur
 	w.cur = newBatch()
 	w.mu.Unlock()
+	w.lastBatch = len(b.leaves)
 	if len(b.leaves) == 0 {
 		close(b.done)
 		return
