@@ -13,7 +13,8 @@
 // The server comes from the newest /usr/lib/postgresql/*/bin (scripts/test-deps.sh
 // installs it when missing). It runs on a free 127.0.0.1 port with trust
 // authentication, its unix socket in its temporary directory, and fsync off:
-// fast, and fit for nothing but tests. initdb and postgres refuse to run as
+// fast, and fit for nothing but tests (CUSTOS_PGTEST_DURABLE=1 turns fsync on,
+// for measurements of what commits cost). initdb and postgres refuse to run as
 // root, so under root they run as the "postgres" user. The cluster's default
 // collation is ICU en-US (on PostgreSQL 15 and later), as on a typical
 // production server, so SQL that forgets COLLATE "C" fails the storage
@@ -250,13 +251,19 @@ func (s *Server) launchLocked() error {
 		return fmt.Errorf("open server log: %w", err)
 	}
 	defer logf.Close() // the child has its own descriptor
+	// Durable (CUSTOS_PGTEST_DURABLE=1, for measurements of commit costs)
+	// or not (tests: faster).
+	durable := "off"
+	if os.Getenv("CUSTOS_PGTEST_DURABLE") == "1" {
+		durable = "on"
+	}
 	cmd := exec.Command(filepath.Join(s.bin, "postgres"),
 		"-D", s.dataDir(),
 		"-p", strconv.Itoa(s.port),
 		"-c", "listen_addresses=127.0.0.1",
 		"-c", "unix_socket_directories="+s.dir,
-		"-c", "fsync=off",
-		"-c", "full_page_writes=off",
+		"-c", "fsync="+durable,
+		"-c", "full_page_writes="+durable,
 		"-c", "shared_buffers=16MB",
 		"-c", "max_connections=200",
 	)

@@ -2,6 +2,7 @@ package audit
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -129,6 +130,39 @@ func Verify(ctx context.Context, store storage.Store, v note.Verifier) (*Report,
 		add(Finding{Index: -1, Kind: "truncated", Detail: fmt.Sprintf("the tree state holds %d leaves, the latest checkpoint %d", st.Size, rep.Size)})
 	}
 
+	// Tenant views, as (index, tenant) sorted by index, checked against
+	// the leaves as they stream by.
+	type listing struct {
+		i uint64
+		t string
+	}
+	var listed []listing
+	for after := ""; ; {
+		recs, err := store.List(ctx, tenantPrefix, after, 1000)
+		if err != nil {
+			return nil, fmt.Errorf("audit: list tenant views: %w", err)
+		}
+		for _, r := range recs {
+			after = r.Key
+			tenant, last, _ := strings.Cut(strings.TrimPrefix(r.Key, tenantPrefix), "/")
+			idx, ok := decodeIndexes(r.Value)
+			lastIdx, ok2 := parseHex16(last)
+			if !ok || !ok2 || len(idx) == 0 || idx[len(idx)-1] != lastIdx || lastIdx >= end {
+				add(Finding{Index: -1, Kind: "tenant-view", Detail: fmt.Sprintf("record %q is malformed", r.Key)})
+				continue
+			}
+			for _, i := range idx {
+				listed = append(listed, listing{i, tenant})
+			}
+		}
+		if len(recs) < 1000 {
+			break
+		}
+	}
+	slices.SortFunc(listed, func(a, b listing) int { return cmp.Compare(a.i, b.i) })
+	listedOK := map[string]uint64{}
+	li := 0
+
 	// Leaves, in index order: bodies and level-0 node hashes side by side.
 	bodies := newCursor(ctx, store, leafPrefix)
 	hashes := &stripReader{ctx: ctx, store: store}
@@ -169,8 +203,19 @@ func Verify(ctx context.Context, store storage.Store, v note.Verifier) (*Report,
 			flushMissing(i)
 			rep.Events++
 			h = LeafHash(body)
-			if t := leafTenant(body); validTenant(t) {
+			t := leafTenant(body)
+			if validTenant(t) {
 				counts[t]++
+			}
+			for li < len(listed) && listed[li].i < i {
+				li++
+			}
+			for ; li < len(listed) && listed[li].i == i; li++ {
+				if listed[li].t != t {
+					add(Finding{Index: int64(i), Kind: "tenant-view", Detail: fmt.Sprintf("listed in tenant %s's view but is not its event", listed[li].t)})
+				} else {
+					listedOK[t]++
+				}
 			}
 			if node != nil && !bytes.Equal(h, node) {
 				mismatches = append(mismatches, mismatch{i, h, node})
@@ -227,51 +272,9 @@ func Verify(ctx context.Context, store storage.Store, v note.Verifier) (*Report,
 		add(Finding{Index: int64(i), Kind: "inserted", Detail: "an event past the end of the tree"})
 	}
 
-	// Each tenant's view must list exactly its events.
-	listed := map[string]uint64{}
-	for after := ""; ; {
-		recs, err := store.List(ctx, tenantPrefix, after, 1000)
-		if err != nil {
-			return nil, fmt.Errorf("audit: list tenant views: %w", err)
-		}
-		for _, r := range recs {
-			after = r.Key
-			tenant, last, _ := strings.Cut(strings.TrimPrefix(r.Key, tenantPrefix), "/")
-			idx, ok := decodeIndexes(r.Value)
-			lastIdx, ok2 := parseHex16(last)
-			if !ok || !ok2 || len(idx) == 0 || idx[len(idx)-1] != lastIdx || lastIdx >= end {
-				add(Finding{Index: -1, Kind: "tenant-view", Detail: fmt.Sprintf("record %q is malformed", r.Key)})
-				continue
-			}
-			var live []uint64
-			for _, i := range idx {
-				if i >= st.Pruned {
-					live = append(live, i)
-				}
-			}
-			bodies, err := readBodies(ctx, store, live)
-			if err != nil {
-				return nil, err
-			}
-			for _, i := range live {
-				b, ok := bodies[i]
-				if !ok {
-					continue // reported as deleted above
-				}
-				if leafTenant(b) != tenant {
-					add(Finding{Index: int64(i), Kind: "tenant-view", Detail: fmt.Sprintf("listed in tenant %s's view but is not its event", tenant)})
-					continue
-				}
-				listed[tenant]++
-			}
-		}
-		if len(recs) < 1000 {
-			break
-		}
-	}
 	for t, n := range counts {
-		if listed[t] != n {
-			add(Finding{Index: -1, Kind: "tenant-view", Detail: fmt.Sprintf("tenant %s's view lists %d of its %d events", t, listed[t], n)})
+		if listedOK[t] != n {
+			add(Finding{Index: -1, Kind: "tenant-view", Detail: fmt.Sprintf("tenant %s's view lists %d of its %d events", t, listedOK[t], n)})
 		}
 	}
 	slices.SortStableFunc(rep.Findings, func(a, b Finding) int { return int(min(max(a.Index-b.Index, -1), 1)) })

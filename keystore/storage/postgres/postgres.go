@@ -424,3 +424,13 @@ func (s *Store) Apply(ctx context.Context, ops []storage.Op) error {
 	}
 	return nil
 }
+
+// TableBytes is the size of the records table with its indexes and TOAST
+// (pg_total_relation_size), for sizing measurements.
+func TableBytes(ctx context.Context, s *Store) (int64, error) {
+	var n int64
+	if err := s.pool.QueryRow(ctx, `SELECT pg_total_relation_size('custos_records')`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("postgres: table size: %w", err)
+	}
+	return n, nil
+}
