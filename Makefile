@@ -46,6 +46,9 @@ FUZZ_TARGETS := \
 	./keystore:FuzzDecrypt \
 	./keystore:FuzzVerifyMAC \
 	./keystore:FuzzValidIDMatchesThePattern \
+	./keystore/audit:FuzzDecodeBatch \
+	./keystore/audit:FuzzDecodeIndexes \
+	./keystore/audit:FuzzSpoolSegment \
 	./keystore/passhash:FuzzParse \
 	./keystore/passhash:FuzzEncode \
 	./server/policy:FuzzGlob \
@@ -67,6 +70,16 @@ BENCH_ROUNDS ?= 5
 bench: build ## the standard custos bench run: single calls, batches, hashing contention (BENCH_ROUNDS, default 5)
 	bin/custos bench --spawn-dev --rounds $(BENCH_ROUNDS) --ops encrypt,decrypt,blind-index --concurrency 1,64
 	bin/custos bench --spawn-dev --rounds $(BENCH_ROUNDS) --ops encrypt-batch,decrypt-batch,rewrap-batch --concurrency 64 --batch 100 --contention
+
+# The audit trail's cost (docs/performance.md, docs/audit.md): on bbolt,
+# custos bench against a second custos dev with --audit=false; on PostgreSQL
+# (fsync on), two custos serve processes on one database; then storage per
+# event and audit verify's time for AUDIT_EVENTS events. About 4 minutes.
+AUDIT_EVENTS ?= 1000000
+.PHONY: bench-audit
+bench-audit: build test-deps ## the audit trail's cost: audit on over off (bbolt, PostgreSQL), bytes per event, verify time for AUDIT_EVENTS
+	bin/custos bench --spawn-dev --baseline audit-off --rounds $(BENCH_ROUNDS) --ops encrypt --concurrency 64,1
+	CUSTOS_AUDIT_EVENTS=$(AUDIT_EVENTS) $(GO) test -tags scale -run 'TestAudit' -timeout 30m -count=1 -v ./internal/bench/
 
 # The scale measurement (docs/performance.md): a throwaway PostgreSQL seeded
 # with SCALE_TENANTS tenants (and, to compare, 1,000), each served by a

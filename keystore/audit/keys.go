@@ -65,7 +65,7 @@ func decodeIndexes(b []byte) ([]uint64, bool) {
 	var out []uint64
 	var prev uint64
 	for len(b) > 0 {
-		d, n := binary.Uvarint(b)
+		d, n := uvarint(b)
 		if n <= 0 || (len(out) > 0 && d == 0) || d > ^uint64(0)-prev {
 			return nil, false
 		}

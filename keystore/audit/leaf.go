@@ -75,7 +75,7 @@ func decodeBatch(b []byte) ([][]byte, error) {
 	b = b[1:]
 	var leaves [][]byte
 	for len(b) > 0 {
-		n, k := binary.Uvarint(b)
+		n, k := uvarint(b)
 		if k <= 0 || n > MaxLeafBytes || n > uint64(len(b)-k) {
 			return nil, fmt.Errorf("%w: bad leaf length", errBadBatch)
 		}
@@ -86,4 +86,23 @@ func decodeBatch(b []byte) ([][]byte, error) {
 		b = b[k+int(n):]
 	}
 	return leaves, nil
+}
+
+// uvarint is binary.Uvarint accepting only the shortest encoding, so that
+// a value has one encoding.
+func uvarint(b []byte) (uint64, int) {
+	v, n := binary.Uvarint(b)
+	if n > 0 && n != uvarintLen(v) {
+		return 0, -1
+	}
+	return v, n
+}
+
+func uvarintLen(v uint64) int {
+	n := 1
+	for v >= 0x80 {
+		v >>= 7
+		n++
+	}
+	return n
 }
