@@ -303,7 +303,6 @@ func fileSizeLimit(t *testing.T, limit uint64) (restore func()) {
 	return restore
 }
 
-
 // spooled is how many batches wait in a replica's spool.
 func spooled(r *replica) int {
 	n, _ := r.rt.AuditWriter().Spooled()
