@@ -539,3 +539,43 @@ func TestJournalFirstShipsInBulkAndDeletesShippedSegments(t *testing.T) {
 		t.Fatalf("checkpoint %v, %v; want 800 events", cp, err)
 	}
 }
+
+func TestRewrapSigningKeyKeepsTheLogVerifiable(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, memory.New(), "")
+	f.record(t, 5, "a")
+	before, err := f.store.Get(ctx, "audit/signing-key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := audit.RewrapSigningKey(ctx, f.store, f.root); err != nil {
+		t.Fatal(err)
+	}
+	after, err := f.store.Get(ctx, "audit/signing-key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Equal(before.Value, after.Value) {
+		t.Fatal("the wrapped signing key did not change")
+	}
+	// A new log over the store signs with the same key after the rewrap.
+	l2, err := audit.Open(ctx, audit.Config{Store: f.store, Root: f.root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.record(t, 3, "a")
+	if _, err := l2.Sign(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if rep := verify(t, f); len(rep.Findings) != 0 || rep.Events != 8 {
+		t.Fatalf("after rewrap: %d events, %v", rep.Events, rep.Findings)
+	}
+	// Another root cannot unwrap it: verification refuses to start.
+	other, err := local.Create(filepath.Join(t.TempDir(), "other.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := audit.VerifierOf(ctx, f.store, other); err == nil {
+		t.Fatal("another root unwrapped the signing key")
+	}
+}
