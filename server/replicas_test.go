@@ -47,6 +47,7 @@ func startReplicaWith(tb testing.TB, p *testPKI, url string, rt root.Root, confi
 	f.dbPath = "unused: the storage is postgres"
 	cfg := f.config(tb)
 	cfg.Storage = config.Storage{Type: "postgres", Postgres: config.PostgresConfig{URL: url}}
+	cfg.Audit.Spool = "" // the bbolt default named above is not this replica's
 	if configure != nil {
 		configure(cfg)
 	}

@@ -517,7 +517,7 @@ func TestJournalFirstShipsInBulkAndDeletesShippedSegments(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if m, _ := filepath.Glob(spool + ".*"); len(m) < 2 {
+	if m, _ := filepath.Glob(spool + ".0*"); len(m) < 2 {
 		t.Fatalf("%d spool segments after ~9.6 MB; want a second one", len(m))
 	}
 	if recs, _ := st.List(ctx, "audit/q/", "", 10); len(recs) != 0 {
@@ -526,7 +526,7 @@ func TestJournalFirstShipsInBulkAndDeletesShippedSegments(t *testing.T) {
 	if err := w.ShipOnce(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if m, _ := filepath.Glob(spool + ".*"); len(m) != 1 {
+	if m, _ := filepath.Glob(spool + ".0*"); len(m) != 1 {
 		t.Fatalf("after shipping everything: segments %v; want one", m)
 	}
 	if n, b := w.Spooled(); n != 0 || b != 0 {
@@ -578,4 +578,27 @@ func TestRewrapSigningKeyKeepsTheLogVerifiable(t *testing.T) {
 	if _, err := audit.VerifierOf(ctx, f.store, other); err == nil {
 		t.Fatal("another root unwrapped the signing key")
 	}
+}
+
+func TestASpoolIsNeverShared(t *testing.T) {
+	spool := filepath.Join(t.TempDir(), "audit.spool")
+	st := memory.New()
+	w, err := audit.NewWriter(audit.WriterConfig{Store: st, SpoolPath: spool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := audit.NewWriter(audit.WriterConfig{Store: st, SpoolPath: spool}); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("a second writer on the same spool: %v, want refused", err)
+	}
+	w.Close()
+	// A stray file beside a new spool does not stop it from opening.
+	other := filepath.Join(t.TempDir(), "audit.spool")
+	if err := os.WriteFile(other+".bak", []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w2, err := audit.NewWriter(audit.WriterConfig{Store: st, SpoolPath: other})
+	if err != nil {
+		t.Fatalf("after Close, with a stray file: %v", err)
+	}
+	w2.Close()
 }

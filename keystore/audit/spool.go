@@ -30,6 +30,10 @@ import (
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
+// errSpoolCorrupt: an entry no longer reads back as written; it cannot be
+// shipped.
+var errSpoolCorrupt = errors.New("audit: corrupt spool entry")
+
 // maxSpoolEntry bounds one entry's payload when reading it back.
 const maxSpoolEntry = 2 + 512 + MaxBatchEvents*(MaxLeafBytes+3) + 1
 
@@ -51,6 +55,7 @@ type segment struct {
 
 type spool struct {
 	prefix string
+	lock   *os.File   // PATH.lock, flocked while the spool is open
 	segs   []*segment // in order; the last takes appends
 }
 
@@ -61,6 +66,11 @@ func (s *spool) segPath(n uint64) string { return fmt.Sprintf("%s.%016x", s.pref
 // last entry it cut off.
 func openSpool(prefix string) (*spool, []spoolEntry, int64, error) {
 	s := &spool{prefix: prefix}
+	lock, err := lockFile(prefix + ".lock")
+	if err != nil {
+		return nil, nil, 0, fmt.Errorf("audit: spool %s: %w", prefix, err)
+	}
+	s.lock = lock
 	matches, err := filepath.Glob(prefix + ".*")
 	if err != nil {
 		return nil, nil, 0, fmt.Errorf("audit: spool: %w", err)
@@ -72,14 +82,15 @@ func openSpool(prefix string) (*spool, []spoolEntry, int64, error) {
 		}
 	}
 	slices.Sort(nums)
-	if len(nums) == 0 {
+	fresh := len(nums) == 0
+	if fresh {
 		nums = []uint64{1}
 	}
 	var entries []spoolEntry
 	var torn int64
-	for i, n := range nums {
+	for _, n := range nums {
 		f, err := os.OpenFile(s.segPath(n), os.O_RDWR, 0o600)
-		if errors.Is(err, os.ErrNotExist) && len(matches) == 0 {
+		if errors.Is(err, os.ErrNotExist) && fresh {
 			f, err = createSegment(s.segPath(n))
 		}
 		if err != nil {
@@ -102,10 +113,8 @@ func openSpool(prefix string) (*spool, []spoolEntry, int64, error) {
 			s.close()
 			return nil, nil, 0, err
 		} else if cut > 0 {
-			if i != len(nums)-1 {
-				s.close()
-				return nil, nil, 0, fmt.Errorf("audit: spool segment %s is damaged before its end; move it aside to start", s.segPath(n))
-			}
+			// A torn or failed write: never acknowledged (in an earlier
+			// segment, the writer moved on to a new one after it).
 			if err := zero(f, good, st.Size()); err != nil {
 				s.close()
 				return nil, nil, 0, fmt.Errorf("audit: spool: cut torn tail: %w", err)
@@ -173,9 +182,11 @@ func (s *spool) append(key string, value []byte) (spoolEntry, error) {
 	binary.BigEndian.PutUint32(p[:4], uint32(len(p)-8))
 	binary.BigEndian.PutUint32(p[4:8], crc32.Checksum(p[8:], crcTable))
 	if _, err := last.f.WriteAt(p, last.size); err != nil {
+		_ = zero(last.f, last.size, last.size+int64(len(p))) // best effort: no half entry stays behind
 		return spoolEntry{}, fmt.Errorf("audit: write spool: %w", err)
 	}
 	if err := datasync(last.f); err != nil {
+		_ = zero(last.f, last.size, last.size+int64(len(p)))
 		return spoolEntry{}, fmt.Errorf("audit: sync spool: %w", err)
 	}
 	e := spoolEntry{seg: last.n, off: last.size + 8, end: last.size + int64(len(p)), key: key}
@@ -187,12 +198,15 @@ func (s *spool) append(key string, value []byte) (spoolEntry, error) {
 func (s *spool) read(e spoolEntry) ([]byte, error) {
 	for _, seg := range s.segs {
 		if seg.n == e.seg {
-			p := make([]byte, e.end-e.off)
-			if _, err := seg.f.ReadAt(p, e.off); err != nil {
+			p := make([]byte, 8+e.end-e.off)
+			if _, err := seg.f.ReadAt(p, e.off-8); err != nil {
 				return nil, fmt.Errorf("audit: read spool: %w", err)
 			}
-			kl := int(binary.BigEndian.Uint16(p))
-			return p[2+kl:], nil
+			if binary.BigEndian.Uint32(p) != uint32(e.end-e.off) || crc32.Checksum(p[8:], crcTable) != binary.BigEndian.Uint32(p[4:]) {
+				return nil, fmt.Errorf("audit: spool entry at %d of segment %d changed on disk: %w", e.off, e.seg, errSpoolCorrupt)
+			}
+			kl := int(binary.BigEndian.Uint16(p[8:]))
+			return p[8+2+kl:], nil
 		}
 	}
 	return nil, fmt.Errorf("audit: spool segment %d is gone", e.seg)
@@ -274,6 +288,9 @@ func (s *spool) bytes() int64 {
 
 func (s *spool) close() error {
 	var first error
+	if s.lock != nil {
+		s.lock.Close() // releases the flock
+	}
 	for _, seg := range s.segs {
 		if err := seg.f.Close(); err != nil && first == nil {
 			first = err
