@@ -2,6 +2,7 @@ package audit_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"context"
 	"errors"
 	"fmt"
@@ -201,7 +202,23 @@ func TestVerifyReportsEachTampering(t *testing.T) {
 			// deltas, and the first is at most a byte here.
 			recs[0].Value = append([]byte{recs[0].Value[0] + recs[0].Value[1]}, recs[0].Value[2:]...)
 			put(t, s, recs[0])
-		}, "tenant-view: tenant b's view lists 9 of its 10 events"},
+		}, "tenant-view: missing from tenant b's view"},
+		{"bodies deleted and the retention horizon raised in the state", func(t *testing.T, s storage.Store) {
+			r := get(t, s, "audit/tree")
+			var st map[string]any
+			if err := json.Unmarshal(r.Value, &st); err != nil {
+				t.Fatal(err)
+			}
+			st["pruned"] = 20
+			r.Value, _ = json.Marshal(st)
+			put(t, s, r)
+			del(t, s, "audit/l/0000000000000011")
+		}, "event 17: deleted"},
+		{"an interior node changed", func(t *testing.T, s storage.Store) {
+			n := get(t, s, "audit/n/01/0000000000000000")
+			n.Value[3*32] ^= 1 // node 1/3: events 6 and 7
+			put(t, s, n)
+		}, "tree node 1/3 is not the hash of its children (covers events 6 to 7)"},
 		{"another tenant's event in a view", func(t *testing.T, s storage.Store) {
 			recs, err := s.List(ctx, "audit/t/a/", "", 1)
 			if err != nil || len(recs) != 1 {
@@ -456,6 +473,14 @@ func TestRetentionKeepsTheLogVerifiable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Until a checkpoint signs the new horizon, the deleted bodies are
+	// findings; the log's Run signs right after pruning.
+	if rep := verify(t, f); len(rep.Findings) == 0 {
+		t.Fatal("bodies deleted before a checkpoint states the horizon verified clean")
+	}
+	if _, err := f.log.Sign(ctx); err != nil {
+		t.Fatal(err)
+	}
 	if n == 0 {
 		t.Fatal("nothing pruned")
 	}
@@ -601,4 +626,75 @@ func TestASpoolIsNeverShared(t *testing.T) {
 		t.Fatalf("after Close, with a stray file: %v", err)
 	}
 	w2.Close()
+}
+
+func TestIntegrateSkipsABatchItsWriterAlreadyHasInTheTree(t *testing.T) {
+	ctx := context.Background()
+	st := memory.New()
+	f := newFixture(t, st, "")
+	f.record(t, 3, "a") // writer w's batches 1.. are in the tree
+	recs, err := st.List(ctx, "audit/shipped/", "", 10)
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("shipped marks: %v %v", recs, err)
+	}
+	writer := strings.TrimPrefix(recs[0].Key, "audit/shipped/")
+	// The same batch arrives again (a late commit of a timed-out write, or
+	// a spool shipped twice): its counter is at or below the mark.
+	leaf, err := audit.Marshal(event("a", 99))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dup := append([]byte{1}, byte(len(leaf)))
+	dup = append(dup, leaf...)
+	if _, err := st.Put(ctx, "audit/q/"+writer+"/0000000000000001", dup, 0); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := f.log.Latest(ctx)
+	if err := f.log.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := f.log.Latest(ctx)
+	if after.Size != before.Size {
+		t.Fatalf("log grew from %d to %d: a batch already in the tree was integrated again", before.Size, after.Size)
+	}
+	if q, _ := st.List(ctx, "audit/q/", "", 10); len(q) != 0 {
+		t.Fatalf("the duplicate stays queued: %v", q)
+	}
+}
+
+func TestVerifyOfALogBeingWrittenFindsNothing(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, memory.New(), "")
+	f.record(t, 50, "a", "b")
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_ = f.w.Record(event("c", i))
+			_ = f.log.Flush(ctx)
+		}
+	}()
+	v, err := f.log.Verifier(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 20 {
+		rep, err := audit.Verify(ctx, f.store, v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rep.Findings) != 0 {
+			close(stop)
+			<-done
+			t.Fatalf("verify beside a writer: %v", rep.Findings)
+		}
+	}
+	close(stop)
+	<-done
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -37,8 +38,9 @@ type treeState struct {
 	Range [][]byte `json:"range"`
 	// Checkpoint is the latest signed checkpoint (a signed note), of
 	// CheckpointSize leaves.
-	Checkpoint     []byte `json:"checkpoint,omitempty"`
-	CheckpointSize uint64 `json:"checkpoint_size"`
+	Checkpoint       []byte `json:"checkpoint,omitempty"`
+	CheckpointSize   uint64 `json:"checkpoint_size"`
+	CheckpointPruned uint64 `json:"checkpoint_pruned"`
 	// HistoryTime is when a checkpoint was last kept in the history
 	// (audit/c/…), which keeps at most one a minute.
 	HistoryTime time.Time `json:"history_time"`
@@ -57,6 +59,35 @@ type shippedMark struct {
 	Time    time.Time `json:"time"`
 }
 
+// markState is one writer's shipped mark during an integration: as
+// stored (at version) and as it will be.
+type markState struct {
+	stored, next uint64
+	version      uint64
+}
+
+// mark reads writer's shipped mark once per integration.
+func (l *Log) mark(ctx context.Context, marks map[string]*markState, writer string) (*markState, error) {
+	if m, ok := marks[writer]; ok {
+		return m, nil
+	}
+	m := &markState{}
+	rec, err := l.store.Get(ctx, shippedPrefix+writer)
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+	case err != nil:
+		return nil, fmt.Errorf("audit: read shipped mark: %w", err)
+	default:
+		var sm shippedMark
+		if err := json.Unmarshal(rec.Value, &sm); err != nil {
+			return nil, fmt.Errorf("audit: shipped mark of writer %s is unreadable", writer)
+		}
+		m.stored, m.next, m.version = sm.Counter, sm.Counter, rec.Version
+	}
+	marks[writer] = m
+	return m, nil
+}
+
 // Checkpoint is a signed tree head.
 type Checkpoint struct {
 	// Note is the signed note: the checkpoint text and its signature.
@@ -65,6 +96,10 @@ type Checkpoint struct {
 	Size   uint64
 	Root   []byte
 	Time   time.Time
+	// Pruned: the bodies of the events below this index were deleted by
+	// retention (the "pruned" extension line), so verifiers check them by
+	// hash only.
+	Pruned uint64
 }
 
 // Config configures a Log.
@@ -227,7 +262,10 @@ func (l *Log) Integrate(ctx context.Context, limit int) (int, error) {
 		r.hashes = append(r.hashes, hash...)
 	}
 	views := map[string][]uint64{}
-	marks := map[string]uint64{}
+	// The shipped marks are authoritative: a batch whose counter is at or
+	// below its writer's mark is in the tree already (a write that timed
+	// out and committed late, a spool entry shipped twice) and is dropped.
+	marks := map[string]*markState{}
 	n := 0
 	for _, q := range queued {
 		if n > 0 && n >= limit {
@@ -236,7 +274,15 @@ func (l *Log) Integrate(ctx context.Context, limit int) (int, error) {
 		ops = append(ops, storage.Op{Key: q.Key, Delete: true, Expect: q.Version})
 		writer, counter, ok := parseQueueKey(q.Key)
 		if ok {
-			marks[writer] = max(marks[writer], counter)
+			m, err := l.mark(ctx, marks, writer)
+			if err != nil {
+				return 0, err
+			}
+			if counter <= m.stored {
+				l.logger.Warn("audit: dropped a batch already in the log", "key", q.Key)
+				continue
+			}
+			m.next = max(m.next, counter)
 		}
 		leaves, err := decodeBatch(q.Value)
 		if !ok || err != nil {
@@ -268,9 +314,12 @@ func (l *Log) Integrate(ctx context.Context, limit int) (int, error) {
 		ops = append(ops, storage.Op{Key: tenantKey(t, idx[len(idx)-1]), Value: appendIndexes(nil, idx), Expect: storage.AnyVersion})
 	}
 	now := l.now().UTC()
-	for w, c := range marks {
-		b, _ := json.Marshal(shippedMark{Counter: c, Time: now})
-		ops = append(ops, storage.Op{Key: shippedPrefix + w, Value: b, Expect: storage.AnyVersion})
+	for w, m := range marks {
+		if m.next <= m.stored {
+			continue
+		}
+		b, _ := json.Marshal(shippedMark{Counter: m.next, Time: now})
+		ops = append(ops, storage.Op{Key: shippedPrefix + w, Value: b, Expect: m.version})
 	}
 	st.Size, st.Range = rng.End(), rng.Hashes()
 	b, _ := json.Marshal(st)
@@ -296,7 +345,7 @@ func (l *Log) sign(ctx context.Context, historyAll bool) (*Checkpoint, error) {
 	if err != nil {
 		return nil, err
 	}
-	if st.Size == 0 || (st.Checkpoint != nil && st.CheckpointSize == st.Size) {
+	if st.Size == 0 || (st.Checkpoint != nil && st.CheckpointSize == st.Size && st.CheckpointPruned == st.Pruned) {
 		return l.checkpointOf(ctx, st)
 	}
 	signer, err := l.signing(ctx)
@@ -313,11 +362,14 @@ func (l *Log) sign(ctx context.Context, historyAll bool) (*Checkpoint, error) {
 	}
 	text := string(tlog.Checkpoint{Origin: signer.Name(), Size: st.Size, Hash: rootHash}.Marshal()) +
 		"time " + l.now().UTC().Format(time.RFC3339Nano) + "\n"
+	if st.Pruned > 0 {
+		text += "pruned " + strconv.FormatUint(st.Pruned, 10) + "\n"
+	}
 	signed, err := note.Sign(&note.Note{Text: text}, signer)
 	if err != nil {
 		return nil, fmt.Errorf("audit: sign checkpoint: %w", err)
 	}
-	st.Checkpoint, st.CheckpointSize = signed, st.Size
+	st.Checkpoint, st.CheckpointSize, st.CheckpointPruned = signed, st.Size, st.Pruned
 	var ops []storage.Op
 	if now := l.now(); historyAll || now.Sub(st.HistoryTime) >= historyInterval {
 		st.HistoryTime = now.UTC()
@@ -362,9 +414,15 @@ func ParseCheckpoint(signed []byte, v note.Verifier) (*Checkpoint, error) {
 	}
 	out := &Checkpoint{Note: signed, Origin: cp.Origin, Size: cp.Size, Root: cp.Hash}
 	for line := range strings.Lines(string(rest)) {
-		if ts, ok := strings.CutPrefix(strings.TrimSuffix(line, "\n"), "time "); ok {
+		line = strings.TrimSuffix(line, "\n")
+		if ts, ok := strings.CutPrefix(line, "time "); ok {
 			if out.Time, err = time.Parse(time.RFC3339Nano, ts); err != nil {
 				return nil, fmt.Errorf("audit: checkpoint time: %w", err)
+			}
+		}
+		if p, ok := strings.CutPrefix(line, "pruned "); ok {
+			if out.Pruned, err = strconv.ParseUint(p, 10, 64); err != nil || out.Pruned > out.Size {
+				return nil, fmt.Errorf("audit: checkpoint pruned line %q", p)
 			}
 		}
 	}

@@ -62,13 +62,20 @@ func VerifierOf(ctx context.Context, store storage.Store, r root.Root) (note.Ver
 	return note.NewVerifier(vkey)
 }
 
-// Verify recomputes the whole tree from the store: every event body must
-// hash to its stored leaf hash, every leaf up to the latest checkpoint must
-// be there (bodies below the retention horizon by hash), every checkpoint
-// must carry a valid signature by v and its root must be the root of the
-// first size leaves (so each is consistent with the one before), and every
-// tenant's view must hold exactly the log's events. It reports each
-// finding with its index.
+// Verify recomputes the whole tree from the store and checks it:
+//
+//   - every event body hashes to its stored leaf hash, and every stored
+//     node hash is the hash of its children;
+//   - every leaf up to the tree's size is there, except bodies below the
+//     retention horizon a signed checkpoint states;
+//   - every checkpoint carries a valid signature by v, and its root is the
+//     root of the log's first size events (so each is a prefix of the next);
+//   - every tenant's view lists each of its events exactly once and no
+//     other event.
+//
+// It reports each finding with its index. It may run while servers write
+// the log: it checks the tree as it was when it started, and what they add
+// meanwhile is not a finding.
 func Verify(ctx context.Context, store storage.Store, v note.Verifier) (*Report, error) {
 	rep := &Report{}
 	add := func(f Finding) {
@@ -76,21 +83,33 @@ func Verify(ctx context.Context, store storage.Store, v note.Verifier) (*Report,
 			rep.Findings = append(rep.Findings, f)
 		}
 	}
-	rec, err := store.Get(ctx, treeKey)
-	if errors.Is(err, storage.ErrNotFound) {
+	readState := func() (*treeState, error) {
+		rec, err := store.Get(ctx, treeKey)
+		if errors.Is(err, storage.ErrNotFound) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("audit: read tree state: %w", err)
+		}
+		st, err := parseTree(rec.Value)
+		if err != nil {
+			return nil, err
+		}
+		return &st, nil
+	}
+	s0, err := readState()
+	if err != nil || s0 == nil {
+		if err != nil {
+			add(Finding{Index: -1, Kind: "state", Detail: err.Error()})
+		}
 		return rep, nil
 	}
-	if err != nil {
-		return nil, fmt.Errorf("audit: read tree state: %w", err)
-	}
-	st, err := parseTree(rec.Value)
-	if err != nil {
-		add(Finding{Index: -1, Kind: "state", Detail: err.Error()})
-		return rep, nil
-	}
+	end := s0.Size
 
 	// Checkpoints: the history, and the latest from the state.
 	var cps []*Checkpoint
+	var later []*Checkpoint // signed after the state was read, or a sign of truncation
+	var horizon uint64      // the retention horizon the checkpoints sign
 	check := func(key string, signed []byte) {
 		cp, err := ParseCheckpoint(signed, v)
 		if err != nil {
@@ -101,6 +120,11 @@ func Verify(ctx context.Context, store storage.Store, v note.Verifier) (*Report,
 			add(Finding{Index: -1, Kind: "bad-checkpoint", Detail: fmt.Sprintf("%s holds the checkpoint of size %d", key, cp.Size)})
 			return
 		}
+		if cp.Size > end {
+			later = append(later, cp)
+			return
+		}
+		horizon = max(horizon, min(cp.Pruned, cp.Size))
 		cps = append(cps, cp)
 	}
 	for after := ""; ; {
@@ -116,18 +140,13 @@ func Verify(ctx context.Context, store storage.Store, v note.Verifier) (*Report,
 			break
 		}
 	}
-	if st.Checkpoint != nil {
-		check(treeKey, st.Checkpoint)
+	if s0.Checkpoint != nil {
+		check(treeKey, s0.Checkpoint)
 	}
-	slices.SortFunc(cps, func(a, b *Checkpoint) int { return int(min(max(int64(a.Size)-int64(b.Size), -1), 1)) })
+	slices.SortFunc(cps, func(a, b *Checkpoint) int { return cmp.Compare(a.Size, b.Size) })
 	rep.Checkpoints = len(cps)
-	var end uint64 = st.Size
 	if len(cps) > 0 {
 		rep.Size = cps[len(cps)-1].Size
-		end = max(end, rep.Size)
-	}
-	if st.Size < rep.Size {
-		add(Finding{Index: -1, Kind: "truncated", Detail: fmt.Sprintf("the tree state holds %d leaves, the latest checkpoint %d", st.Size, rep.Size)})
 	}
 
 	// Tenant views, as (index, tenant) sorted by index, checked against
@@ -147,9 +166,12 @@ func Verify(ctx context.Context, store storage.Store, v note.Verifier) (*Report,
 			tenant, last, _ := strings.Cut(strings.TrimPrefix(r.Key, tenantPrefix), "/")
 			idx, ok := decodeIndexes(r.Value)
 			lastIdx, ok2 := parseHex16(last)
-			if !ok || !ok2 || len(idx) == 0 || idx[len(idx)-1] != lastIdx || lastIdx >= end {
+			switch {
+			case !ok || !ok2 || len(idx) == 0 || idx[len(idx)-1] != lastIdx:
 				add(Finding{Index: -1, Kind: "tenant-view", Detail: fmt.Sprintf("record %q is malformed", r.Key)})
 				continue
+			case lastIdx >= end:
+				continue // integrated after the state was read
 			}
 			for _, i := range idx {
 				listed = append(listed, listing{i, tenant})
@@ -160,30 +182,50 @@ func Verify(ctx context.Context, store storage.Store, v note.Verifier) (*Report,
 		}
 	}
 	slices.SortFunc(listed, func(a, b listing) int { return cmp.Compare(a.i, b.i) })
-	listedOK := map[string]uint64{}
 	li := 0
 
-	// Leaves, in index order: bodies and level-0 node hashes side by side.
+	// Leaves, in index order. Two trees are built: one from the bodies'
+	// hashes, whose roots must match the checkpoints, and one from the
+	// stored leaf hashes, whose every node must match the stored nodes.
 	bodies := newCursor(ctx, store, leafPrefix)
-	hashes := &stripReader{ctx: ctx, store: store}
-	counts := map[string]uint64{} // each tenant's events above the retention horizon
-	rng := rangeFactory.NewEmptyRange(0)
+	levels := map[uint]*stripReader{}
+	stored := func(id compact.NodeID) ([]byte, error) {
+		r := levels[id.Level]
+		if r == nil {
+			r = &stripReader{ctx: ctx, store: store, level: id.Level}
+			levels[id.Level] = r
+		}
+		return r.at(id.Index)
+	}
+	byBody := rangeFactory.NewEmptyRange(0)
+	byStored := rangeFactory.NewEmptyRange(0)
+	var nodeErr error
+	badNodes := 0
+	checkNode := func(id compact.NodeID, hash []byte) {
+		if id.Level == 0 || nodeErr != nil {
+			return
+		}
+		want, err := stored(id)
+		if err != nil {
+			nodeErr = err
+			return
+		}
+		if !bytes.Equal(want, hash) {
+			badNodes++
+			add(Finding{Index: -1, Kind: "node", Detail: fmt.Sprintf("tree node %d/%d is not the hash of its children (covers events %d to %d)", id.Level, id.Index, id.Index<<id.Level, (id.Index+1)<<id.Level-1)})
+		}
+	}
 	type mismatch struct {
-		i          uint64
-		body, node []byte
+		i    uint64
+		body []byte
 	}
 	var mismatches []mismatch
+	nodeAt := map[string]uint64{} // stored leaf hash → index, for the mismatched ones
+	var missing [][2]uint64       // runs of missing bodies [from, to)
 	var missingFrom int64 = -1
 	flushMissing := func(to uint64) {
 		if missingFrom >= 0 {
-			kind, what := "deleted", fmt.Sprintf("events %d to %d are missing", missingFrom, to-1)
-			if to == end {
-				kind = "truncated"
-			}
-			if uint64(missingFrom) == to-1 {
-				what = "the event is missing"
-			}
-			add(Finding{Index: missingFrom, Kind: kind, Detail: what})
+			missing = append(missing, [2]uint64{uint64(missingFrom), to})
 			missingFrom = -1
 		}
 	}
@@ -193,7 +235,7 @@ func Verify(ctx context.Context, store storage.Store, v note.Verifier) (*Report,
 		if err != nil {
 			return nil, err
 		}
-		node, err := hashes.at(i)
+		node, err := stored(compact.NewNodeID(0, i))
 		if err != nil {
 			return nil, err
 		}
@@ -203,41 +245,52 @@ func Verify(ctx context.Context, store storage.Store, v note.Verifier) (*Report,
 			flushMissing(i)
 			rep.Events++
 			h = LeafHash(body)
-			t := leafTenant(body)
-			if validTenant(t) {
-				counts[t]++
+			if node != nil && !bytes.Equal(h, node) {
+				mismatches = append(mismatches, mismatch{i, h})
+				nodeAt[string(node)] = i
 			}
+			t := leafTenant(body)
+			n := 0
 			for li < len(listed) && listed[li].i < i {
 				li++
 			}
 			for ; li < len(listed) && listed[li].i == i; li++ {
 				if listed[li].t != t {
 					add(Finding{Index: int64(i), Kind: "tenant-view", Detail: fmt.Sprintf("listed in tenant %s's view but is not its event", listed[li].t)})
-				} else {
-					listedOK[t]++
+					continue
 				}
+				n++
 			}
-			if node != nil && !bytes.Equal(h, node) {
-				mismatches = append(mismatches, mismatch{i, h, node})
+			switch {
+			case validTenant(t) && n == 0:
+				add(Finding{Index: int64(i), Kind: "tenant-view", Detail: fmt.Sprintf("missing from tenant %s's view", t)})
+			case n > 1:
+				add(Finding{Index: int64(i), Kind: "tenant-view", Detail: fmt.Sprintf("listed %d times in tenant %s's view", n, t)})
 			}
-		case i < st.Pruned && node != nil:
-			flushMissing(i)
-			rep.Pruned++
-			h = node
 		default:
 			if missingFrom < 0 {
 				missingFrom = int64(i)
 			}
 			h = node
-			if h == nil {
-				h = make([]byte, 32) // unknowable: the roots below will not match
-			}
 		}
-		if err := rng.Append(h, nil); err != nil {
+		if h == nil {
+			h = make([]byte, hashLen) // unknowable: the roots below will not match
+		}
+		if err := byBody.Append(h, nil); err != nil {
 			return nil, err
 		}
+		sh := node
+		if sh == nil {
+			sh = h
+		}
+		if err := byStored.Append(sh, checkNode); err != nil {
+			return nil, err
+		}
+		if nodeErr != nil {
+			return nil, nodeErr
+		}
 		for next < len(cps) && cps[next].Size == i+1 {
-			root, _ := rng.GetRootHash(nil)
+			root, _ := byBody.GetRootHash(nil)
 			if !bytes.Equal(root, cps[next].Root) {
 				add(Finding{Index: -1, Kind: "root-mismatch", Detail: fmt.Sprintf("the checkpoint of size %d (signed %s) does not match the log's first %d events", cps[next].Size, cps[next].Time.Format("2006-01-02T15:04:05Z07:00"), cps[next].Size)})
 			}
@@ -245,21 +298,16 @@ func Verify(ctx context.Context, store storage.Store, v note.Verifier) (*Report,
 		}
 	}
 	flushMissing(end)
-	for i := range mismatches {
-		m := mismatches[i]
-		swapped := false
-		for _, o := range mismatches {
-			if o.i != m.i && bytes.Equal(m.body, o.node) {
-				add(Finding{Index: int64(m.i), Kind: "reordered", Detail: fmt.Sprintf("holds the event that belongs at index %d", o.i)})
-				swapped = true
-				break
-			}
-		}
-		if !swapped {
+	for _, m := range mismatches {
+		if j, ok := nodeAt[string(m.body)]; ok && j != m.i {
+			add(Finding{Index: int64(m.i), Kind: "reordered", Detail: fmt.Sprintf("holds the event that belongs at index %d", j)})
+		} else {
 			add(Finding{Index: int64(m.i), Kind: "modified", Detail: "the event does not hash to its leaf hash"})
 		}
 	}
-	// Anything stored past the end was never in a checkpoint.
+
+	// Anything stored past the end: integrated since, or inserted.
+	var past []uint64
 	for {
 		k, _, err := bodies.next()
 		if err != nil {
@@ -269,15 +317,47 @@ func Verify(ctx context.Context, store storage.Store, v note.Verifier) (*Report,
 			break
 		}
 		i, _ := parseHex16(strings.TrimPrefix(k, leafPrefix))
-		add(Finding{Index: int64(i), Kind: "inserted", Detail: "an event past the end of the tree"})
+		past = append(past, i)
 	}
 
-	for t, n := range counts {
-		if listedOK[t] != n {
-			add(Finding{Index: -1, Kind: "tenant-view", Detail: fmt.Sprintf("tenant %s's view lists %d of its %d events", t, listedOK[t], n)})
+	// What servers did meanwhile: a checkpoint signed since (with a newer
+	// retention horizon), leaves integrated since. Read after everything
+	// else, so that it covers all that was seen.
+	s1, err := readState()
+	if err != nil {
+		return nil, err
+	}
+	if s1 != nil && s1.Checkpoint != nil {
+		if cp, err := ParseCheckpoint(s1.Checkpoint, v); err == nil {
+			horizon = max(horizon, min(cp.Pruned, end))
 		}
 	}
-	slices.SortStableFunc(rep.Findings, func(a, b Finding) int { return int(min(max(a.Index-b.Index, -1), 1)) })
+	for _, i := range past {
+		if s1 == nil || i >= s1.Size {
+			add(Finding{Index: int64(i), Kind: "inserted", Detail: "an event past the end of the tree"})
+		}
+	}
+	for _, cp := range later {
+		if s1 == nil || cp.Size > s1.Size {
+			add(Finding{Index: -1, Kind: "truncated", Detail: fmt.Sprintf("a checkpoint of size %d is signed, the log holds %d events", cp.Size, end)})
+		}
+	}
+	for _, r := range missing {
+		from, to := max(r[0], horizon), r[1]
+		rep.Pruned += min(to, from) - r[0] // deleted by retention, as a checkpoint states
+		if from >= to {
+			continue
+		}
+		kind, what := "deleted", fmt.Sprintf("events %d to %d are missing", from, to-1)
+		if to == end {
+			kind = "truncated"
+		}
+		if from == to-1 {
+			what = "the event is missing"
+		}
+		add(Finding{Index: int64(from), Kind: kind, Detail: what})
+	}
+	slices.SortStableFunc(rep.Findings, func(a, b Finding) int { return cmp.Compare(a.Index, b.Index) })
 	return rep, nil
 }
 
@@ -344,18 +424,21 @@ func (c *cursor) next() (string, []byte, error) {
 	return r.Key, r.Value, nil
 }
 
-// stripReader reads level-0 hashes (leaf hashes) from the strips in order.
+// stripReader reads one level's node hashes from its strips, in order.
 type stripReader struct {
 	ctx   context.Context
 	store storage.Store
+	level uint
 	n     uint64 // the strip in buf
 	buf   []byte
 	read  bool
 }
 
-// at returns the leaf hash of index i, or nil when it is not stored.
+// at returns the stored hash of node i of the reader's level, or nil when
+// it is not stored. Indexes must not decrease much: strips are read one at
+// a time.
 func (r *stripReader) at(i uint64) ([]byte, error) {
-	id := compact.NewNodeID(0, i)
+	id := compact.NewNodeID(r.level, i)
 	if !r.read || r.n != i/stripLen {
 		r.n, r.read, r.buf = i/stripLen, true, nil
 		rec, err := r.store.Get(r.ctx, stripKey(id))
