@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/custos-kms/custos/keystore"
 	"github.com/custos-kms/custos/keystore/audit"
+	"github.com/custos-kms/custos/keystore/storage"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 )
 
@@ -51,7 +53,7 @@ func auditEvent(ctx context.Context, rid, fullMethod string, c *call, start time
 	ev := &custosv1.AuditEvent{
 		Time:      timestamppb.New(start),
 		RequestId: rid,
-		Identity:  c.identity,
+		Identity:  clip(c.identity),
 		Method:    fullMethod,
 		Code:      audit.CodeName(status.Code(err)),
 		Duration:  durationpb.New(time.Since(start)),
@@ -62,7 +64,7 @@ func auditEvent(ctx context.Context, rid, fullMethod string, c *call, start time
 		ev.Operation = "unknown"
 	}
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
-		ev.Peer = p.Addr.String()
+		ev.Peer = clip(p.Addr.String())
 	}
 	// Names a caller sent are recorded only when well formed: a refused
 	// call's garbage stays out of the log.
@@ -84,6 +86,17 @@ func auditEvent(ctx context.Context, rid, fullMethod string, c *call, start time
 	}
 	ev.KeyVersions, ev.ItemsOk, ev.ItemsFailed = usage(req, resp)
 	return ev
+}
+
+// maxEventField bounds the identity and peer an event records (a
+// certificate's URI may be long); events stay far below audit.MaxLeafBytes.
+const maxEventField = 1024
+
+func clip(s string) string {
+	if len(s) > maxEventField {
+		return s[:maxEventField]
+	}
+	return s
 }
 
 type keyVersioned interface{ GetKeyVersion() uint32 }
@@ -189,7 +202,7 @@ func (a auditService) ListAuditEvents(ctx context.Context, req *custosv1.ListAud
 	}
 	recs, cp, next, err := log.Events(ctx, q)
 	if err != nil {
-		return nil, a.toError(ctx, fmt.Errorf("%w: %w", keystore.ErrUnavailable, err))
+		return nil, a.logError(ctx, err)
 	}
 	resp := &custosv1.ListAuditEventsResponse{Checkpoint: checkpointPB(cp)}
 	for _, r := range recs {
@@ -209,11 +222,11 @@ func (a auditService) GetAuditCheckpoint(ctx context.Context, req *custosv1.GetA
 	}
 	cp, err := log.Latest(ctx)
 	if err != nil {
-		return nil, a.toError(ctx, fmt.Errorf("%w: %w", keystore.ErrUnavailable, err))
+		return nil, a.logError(ctx, err)
 	}
 	pub, err := log.PublicKey(ctx)
 	if err != nil {
-		return nil, a.toError(ctx, fmt.Errorf("%w: %w", keystore.ErrUnavailable, err))
+		return nil, a.logError(ctx, err)
 	}
 	resp := &custosv1.GetAuditCheckpointResponse{Checkpoint: checkpointPB(cp), PublicKey: pub}
 	if f := req.GetFirstSize(); f > 0 {
@@ -221,10 +234,21 @@ func (a auditService) GetAuditCheckpoint(ctx context.Context, req *custosv1.GetA
 			return nil, status.Errorf(codes.InvalidArgument, "first_size %d is beyond the latest checkpoint's size", f)
 		}
 		if resp.ConsistencyProof, err = log.ConsistencyProof(ctx, f, cp.Size); err != nil {
-			return nil, a.toError(ctx, fmt.Errorf("%w: %w", keystore.ErrUnavailable, err))
+			return nil, a.logError(ctx, err)
 		}
 	}
 	return resp, nil
+}
+
+// logError maps an error of the audit log: the store out of reach is
+// UNAVAILABLE; anything else (a node or record that should be there and is
+// not) is INTERNAL, logged.
+func (a auditService) logError(ctx context.Context, err error) error {
+	if errors.Is(err, storage.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
+		return a.toError(ctx, fmt.Errorf("%w: %w", keystore.ErrUnavailable, err))
+	}
+	a.logger.Error("audit log read failed", "error", err.Error())
+	return status.Error(codes.Internal, "internal error")
 }
 
 func checkpointPB(cp *audit.Checkpoint) *custosv1.AuditCheckpoint {

@@ -253,8 +253,8 @@ func (s *Server) streamRequestPath(srv any, ss grpc.ServerStream, info *grpc.Str
 	c := &call{}
 	c.identity, _ = identity.Authenticate(ctx)
 	if s.audit != nil {
-		s.audit.Begin()
 		defer func() {
+			s.audit.Begin() // a stream may last hours: announce its event only now
 			if aerr := s.recordEvent(auditEvent(ctx, rid, info.FullMethod, c, start, nil, nil, err)); aerr != nil && err == nil {
 				err = aerr
 			}

@@ -97,6 +97,7 @@ func newAuditCmd() *cobra.Command {
 	list.Flags().BoolVar(&verify, "verify", false, "check each event's inclusion proof and the checkpoint's signature")
 
 	var interval time.Duration
+	var includeReads bool
 	tail := &cobra.Command{
 		Use:   "tail --tenant T",
 		Short: "Follow a tenant's audit events as the log signs them (Ctrl-C to stop)",
@@ -127,8 +128,11 @@ func newAuditCmd() *cobra.Command {
 					return err
 				}
 				for _, ev := range page.Events {
-					p.print(ev)
 					f.StartIndex = ev.Index + 1
+					if !includeReads && operation == "" && (ev.Operation == "list_audit_events" || ev.Operation == "get_audit_checkpoint") {
+						continue // our own polls, and other readers of the trail
+					}
+					p.print(ev)
 				}
 				p.flush()
 				if f.PageToken = page.NextPageToken; f.PageToken != "" {
@@ -146,6 +150,7 @@ func newAuditCmd() *cobra.Command {
 	tail.Flags().DurationVar(&since, "since", 10*time.Minute, "start with the events of the last DURATION")
 	tail.Flags().DurationVar(&interval, "interval", 2*time.Second, "how often to ask for new events")
 	tail.Flags().BoolVar(&verify, "verify", false, "check each event's inclusion proof and the checkpoint's signature")
+	tail.Flags().BoolVar(&includeReads, "include-reads", false, "also print reads of the audit trail (tail's own polls among them)")
 	cmd.AddCommand(list, tail)
 	return cmd
 }

@@ -73,7 +73,8 @@ type Audit struct {
 	// tree and a checkpoint signed. Default 2s.
 	CheckpointInterval time.Duration `yaml:"checkpoint_interval"`
 	// Retention: event bodies older than this are deleted (their hashes
-	// stay, so the log still verifies). Default 2160h (90 days).
+	// stay, so the log still verifies). Default 2160h (90 days); negative:
+	// keep them forever.
 	Retention time.Duration `yaml:"retention"`
 	// Origin names the log in its checkpoints and signing key. Default
 	// custos-audit. Only read when the signing key is created.
@@ -358,8 +359,8 @@ func (c *Config) validate() error {
 	if c.Scheduler.UsageRotateThreshold > keystore.MaxUsageRotateThreshold {
 		errs = append(errs, fmt.Errorf("scheduler.usage_rotate_threshold %d is above %d: AES-GCM with random nonces must rotate before 2^30 encryptions", c.Scheduler.UsageRotateThreshold, uint64(keystore.MaxUsageRotateThreshold)))
 	}
-	if c.Audit.CheckpointInterval < 0 || c.Audit.Retention < 0 || c.Audit.Export.MaxSizeMB < 0 || c.Audit.Export.MaxFiles < 0 {
-		errs = append(errs, errors.New("audit.checkpoint_interval, audit.retention, audit.export.max_size_mb and audit.export.max_files must not be negative"))
+	if c.Audit.CheckpointInterval < 0 || c.Audit.Export.MaxSizeMB < 0 || c.Audit.Export.MaxFiles < 0 {
+		errs = append(errs, errors.New("audit.checkpoint_interval, audit.export.max_size_mb and audit.export.max_files must not be negative"))
 	}
 	if c.Audit.Origin != "" && !validOrigin(c.Audit.Origin) {
 		errs = append(errs, fmt.Errorf("audit.origin %q must be printable ASCII without spaces or '+'", c.Audit.Origin))

@@ -698,3 +698,45 @@ func TestVerifyOfALogBeingWrittenFindsNothing(t *testing.T) {
 	close(stop)
 	<-done
 }
+
+// blocked is an export destination that never takes a byte (a stalled
+// log shipper).
+type blocked struct{ release chan struct{} }
+
+func (b blocked) Write(p []byte) (int, error) { <-b.release; return len(p), nil }
+
+func TestAStalledExportNeverHoldsUpCalls(t *testing.T) {
+	st := memory.New()
+	b := blocked{release: make(chan struct{})}
+	exp := audit.NewExporter(audit.ExportConfig{Path: "-", Stdout: b})
+	w, err := audit.NewWriter(audit.WriterConfig{Store: st, Export: exp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		for i := range 3000 {
+			if err := w.Record(event("a", i)); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Record blocked behind a stalled export")
+	}
+	if exp.Dropped() == 0 {
+		t.Fatal("a stalled export dropped nothing")
+	}
+	close(b.release)
+	w.Close()
+	if err := exp.Close(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -47,12 +48,22 @@ func LineOf(ev *custosv1.AuditEvent) ExportLine {
 // Splunk forwarders). Export is best effort: a failed write is logged and
 // counted, never fails a call; the tree is the record.
 type Exporter struct {
-	mu     sync.Mutex
 	w      io.Writer
 	closer io.Closer
 	logger *slog.Logger
 	failed bool
+
+	// The writer hands batches over; one goroutine writes them, so a slow
+	// reader of the export never holds up a call. A full queue drops the
+	// batch (counted in Dropped).
+	queue   chan []*custosv1.AuditEvent
+	done    chan struct{}
+	once    sync.Once
+	dropped atomic.Uint64
 }
+
+// exportQueue is how many batches may wait for the export writer.
+const exportQueue = 1024
 
 // ExportConfig configures NewExporter.
 type ExportConfig struct {
@@ -76,7 +87,7 @@ func NewExporter(cfg ExportConfig) *Exporter {
 		if cfg.Stdout == nil {
 			cfg.Stdout = os.Stdout
 		}
-		return &Exporter{w: cfg.Stdout, logger: cfg.Logger}
+		return startExporter(&Exporter{w: cfg.Stdout, logger: cfg.Logger})
 	}
 	if cfg.MaxSizeMB <= 0 {
 		cfg.MaxSizeMB = 100
@@ -85,11 +96,37 @@ func NewExporter(cfg ExportConfig) *Exporter {
 		cfg.MaxFiles = 10
 	}
 	lj := &lumberjack.Logger{Filename: cfg.Path, MaxSize: cfg.MaxSizeMB, MaxBackups: cfg.MaxFiles}
-	return &Exporter{w: lj, closer: lj, logger: cfg.Logger}
+	return startExporter(&Exporter{w: lj, closer: lj, logger: cfg.Logger})
 }
 
-// Write exports events, one line each.
+func startExporter(e *Exporter) *Exporter {
+	e.queue = make(chan []*custosv1.AuditEvent, exportQueue)
+	e.done = make(chan struct{})
+	go func() {
+		defer close(e.done)
+		for batch := range e.queue {
+			e.write(batch)
+		}
+	}()
+	return e
+}
+
+// Write hands events to the export; it never blocks.
 func (e *Exporter) Write(events []*custosv1.AuditEvent) {
+	select {
+	case e.queue <- events:
+	default:
+		if e.dropped.Add(uint64(len(events))) == uint64(len(events)) {
+			e.logger.Error("audit: the export cannot keep up; dropping lines (events stay in the log)")
+		}
+	}
+}
+
+// Dropped is how many events the export dropped because it could not keep
+// up.
+func (e *Exporter) Dropped() uint64 { return e.dropped.Load() }
+
+func (e *Exporter) write(events []*custosv1.AuditEvent) {
 	var buf []byte
 	for _, ev := range events {
 		b, err := json.Marshal(LineOf(ev))
@@ -98,8 +135,6 @@ func (e *Exporter) Write(events []*custosv1.AuditEvent) {
 		}
 		buf = append(append(buf, b...), '\n')
 	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
 	if _, err := e.w.Write(buf); err != nil {
 		if !e.failed {
 			e.logger.Error("audit: export failed; events stay in the log", "error", err.Error())
@@ -110,8 +145,11 @@ func (e *Exporter) Write(events []*custosv1.AuditEvent) {
 	e.failed = false
 }
 
-// Close closes the export file.
+// Close writes what is queued and closes the export file. Call it after
+// the writer that feeds it is closed.
 func (e *Exporter) Close() error {
+	e.once.Do(func() { close(e.queue) })
+	<-e.done
 	if e.closer != nil {
 		return e.closer.Close()
 	}

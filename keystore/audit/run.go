@@ -202,25 +202,29 @@ func (l *Log) pruneSide(ctx context.Context, cutoff time.Time) error {
 	if err != nil {
 		return err
 	}
+	// Old history checkpoints go, but never the newest: each is deleted
+	// only once a newer one has been seen.
+	var prev *storage.Record
 	for after := ""; v != nil && len(ops) < 50_000; {
 		cps, err := l.store.List(ctx, cpPrefix, after, 1000)
 		if err != nil {
 			return fmt.Errorf("audit: list checkpoints: %w", err)
 		}
-		stop := len(cps) < 1000
-		for i, c := range cps {
-			if stop && i == len(cps)-1 {
-				break // the newest stays
-			}
+		stop := false
+		for i := range cps {
+			c := cps[i]
 			after = c.Key
 			cp, err := ParseCheckpoint(c.Value, v)
 			if err != nil || !cp.Time.Before(cutoff) {
 				stop = true
 				break
 			}
-			ops = append(ops, storage.Op{Key: c.Key, Delete: true, Expect: c.Version})
+			if prev != nil {
+				ops = append(ops, storage.Op{Key: prev.Key, Delete: true, Expect: prev.Version})
+			}
+			prev = &c
 		}
-		if stop {
+		if stop || len(cps) < 1000 {
 			break
 		}
 	}

@@ -3,6 +3,7 @@ package audit
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -194,7 +195,8 @@ func (w *Writer) Record(ev *custosv1.AuditEvent) error {
 	}
 	leaf, err := Marshal(ev)
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		w.logger.Error("audit: an event could not be encoded", "request_id", ev.GetRequestId(), "error", err.Error())
+		return w.failed(fmt.Errorf("%w: %w", ErrUnavailable, err), 1)
 	}
 	w.mu.Lock()
 	if w.closed {
@@ -279,8 +281,10 @@ func (w *Writer) commitCurrent() {
 		return
 	}
 	start := time.Now()
-	for i := 0; i < len(b.leaves) && b.err == nil; i += MaxBatchEvents {
-		b.err = w.commit(b.leaves[i:min(i+MaxBatchEvents, len(b.leaves))])
+	for rest := b.leaves; len(rest) > 0 && b.err == nil; {
+		n := batchPrefix(rest)
+		b.err = w.commit(rest[:n])
+		rest = rest[n:]
 	}
 	w.commitDur.Observe(time.Since(start).Seconds())
 	if b.err != nil && w.cfg.FailOpen {
@@ -294,6 +298,23 @@ func (w *Writer) commitCurrent() {
 	if b.err == nil && w.cfg.Export != nil {
 		w.cfg.Export.Write(b.events)
 	}
+}
+
+// maxBatchBytes bounds one queue record's value, well below
+// storage.MaxValueLen.
+const maxBatchBytes = 4 << 20
+
+// batchPrefix is how many of leaves one queue record takes: at most
+// MaxBatchEvents and maxBatchBytes, at least one.
+func batchPrefix(leaves [][]byte) int {
+	size := 0
+	for i, l := range leaves {
+		size += len(l) + binary.MaxVarintLen32
+		if i > 0 && (i == MaxBatchEvents || size > maxBatchBytes) {
+			return i
+		}
+	}
+	return len(leaves)
 }
 
 // commit writes one queue record: to the store, or to the spool while the
@@ -314,7 +335,7 @@ func (w *Writer) commit(leaves [][]byte) error {
 			w.events.WithLabelValues("store").Add(float64(len(leaves)))
 			return nil
 		}
-		if w.spool == nil {
+		if w.spool == nil || errors.Is(storeErr, storage.ErrInvalid) {
 			return fmt.Errorf("%w: store: %w", ErrUnavailable, storeErr)
 		}
 		w.logger.Warn("audit: the store did not take a batch of events; spooling them locally until it is back", "events", len(leaves), "error", storeErr.Error())
@@ -413,6 +434,12 @@ func (w *Writer) ShipOnce(ctx context.Context) error {
 			w.spoolMu.Lock()
 			value, err := w.spool.read(e)
 			w.spoolMu.Unlock()
+			if errors.Is(err, errSpoolCorrupt) {
+				// It can never be shipped; waiting would stop the spool.
+				w.logger.Error("AUDIT EVENTS LOST: a spool entry changed on disk since it was written", "key", e.key, "error", err.Error())
+				w.dropped.Inc()
+				continue
+			}
 			if err != nil {
 				return err
 			}
