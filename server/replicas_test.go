@@ -47,7 +47,7 @@ func startReplicaWith(tb testing.TB, p *testPKI, url string, rt root.Root, confi
 	f.dbPath = "unused: the storage is postgres"
 	cfg := f.config(tb)
 	cfg.Storage = config.Storage{Type: "postgres", Postgres: config.PostgresConfig{URL: url}}
-	cfg.Audit.Spool = "" // the bbolt default named above is not this replica's
+	cfg.Audit.Spool = filepath.Join(tb.TempDir(), "audit.spool") // each replica its own, as in production
 	if configure != nil {
 		configure(cfg)
 	}

@@ -149,7 +149,8 @@ root: {type: local, local: {key_file: root.key}}
 storage: {type: postgres, postgres: {url: %q, max_conns: 16}}
 ops: {listen: %s}
 scheduler: {interval: 5s}
-`, addr, pg.NewDatabase(t), ops)
+audit: {spool: %q}
+`, addr, pg.NewDatabase(t), ops, filepath.Join(dir, "audit.spool"))
 	confPath := filepath.Join(dir, "custos.yaml")
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)

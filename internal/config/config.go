@@ -60,10 +60,11 @@ type Audit struct {
 	// answers FAILED_PRECONDITION. For benchmarks; a regulated deployment
 	// keeps it on.
 	Disabled bool `yaml:"disabled"`
-	// Spool is a local file that takes events while the store cannot, so
-	// a storage outage does not fail calls that can still be served.
-	// Default: next to a bbolt file (<path>.audit-spool); none with
-	// PostgreSQL unless set (a warning at start). "off": none.
+	// Spool is the path prefix of a local journal that takes events while
+	// the store cannot, so a storage outage does not fail calls that can
+	// still be served. Default: next to a bbolt file (<path>.audit-spool);
+	// with PostgreSQL, DefaultPostgresSpool. "off": none (a storage outage
+	// then fails calls closed).
 	Spool string `yaml:"spool"`
 	// FailOpen answers calls whose event could be made durable nowhere,
 	// counting them in custos_audit_dropped_total and logging at error
@@ -297,6 +298,9 @@ func (c *Config) setDefaults() {
 	if c.Audit.Spool == "" && c.Storage.Type == "bbolt" && c.Storage.Bbolt.Path != "" {
 		c.Audit.Spool = c.Storage.Bbolt.Path + ".audit-spool"
 	}
+	if c.Audit.Spool == "" && c.Storage.Type == "postgres" {
+		c.Audit.Spool = DefaultPostgresSpool(c.Listen)
+	}
 	if c.Audit.CheckpointInterval == 0 {
 		c.Audit.CheckpointInterval = 2 * time.Second
 	}
@@ -380,4 +384,31 @@ func validOrigin(s string) bool {
 		}
 	}
 	return s != ""
+}
+
+// DefaultPostgresSpool is a PostgreSQL replica's default audit spool, in
+// its state directory: systemd's $STATE_DIRECTORY, else $XDG_STATE_HOME,
+// else ~/.local/state; named after the listen address, so that replicas on
+// one host do not share one (a shared spool is refused at start anyway).
+func DefaultPostgresSpool(listen string) string {
+	dir := os.Getenv("STATE_DIRECTORY")
+	if i := strings.IndexByte(dir, ':'); i >= 0 {
+		dir = dir[:i]
+	}
+	if dir == "" {
+		if x := os.Getenv("XDG_STATE_HOME"); x != "" {
+			dir = filepath.Join(x, "custos")
+		} else if home, err := os.UserHomeDir(); err == nil {
+			dir = filepath.Join(home, ".local", "state", "custos")
+		} else {
+			dir = filepath.Join(os.TempDir(), "custos")
+		}
+	}
+	name := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '-' {
+			return r
+		}
+		return '_'
+	}, listen)
+	return filepath.Join(dir, "audit-"+name+".spool")
 }

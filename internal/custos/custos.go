@@ -20,6 +20,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"sync"
@@ -403,7 +404,12 @@ func (rt *Runtime) openAudit(ctx context.Context, store storage.Store, r root.Ro
 		spool = ""
 	}
 	if spool == "" && rt.cfg.Storage.Type == "postgres" {
-		rt.logger.Warn("audit.spool is not set: while PostgreSQL is down, calls fail closed (or, with audit.fail_open, lose their events) instead of spooling them locally")
+		rt.logger.Warn("audit.spool is off: while PostgreSQL is down, calls fail closed (or, with audit.fail_open, lose their events) instead of spooling them locally")
+	}
+	if spool != "" {
+		if err := os.MkdirAll(filepath.Dir(spool), 0o700); err != nil {
+			return fmt.Errorf("audit spool: %w", err)
+		}
 	}
 	// With bbolt the spool is on the store's disk: a spool append and its
 	// sync cost a fraction of a bbolt transaction and are as durable, so
