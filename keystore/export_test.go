@@ -21,5 +21,3 @@ func AcquireLease(ctx context.Context, s *Service, holder string, ttl time.Durat
 	return s.acquireLease(ctx, holder, ttl)
 }
 
-// LeaseStorageKey is where the scheduler lease is stored.
-const LeaseStorageKey = leaseStorageKey

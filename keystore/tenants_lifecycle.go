@@ -150,6 +150,9 @@ func (s *Service) shredTenant(ctx context.Context, tenant string) (bool, error) 
 			return false, storageErr("shred tenant: mark", err)
 		}
 	}
+	if err := s.writeTombstone(ctx, *rec, tenant); err != nil {
+		return false, err
+	}
 	s.m.invalidateTenant(tenant)
 	for _, prefix := range tenantScopedPrefixes(tenant) {
 		if err := s.deletePrefix(ctx, prefix); err != nil {

@@ -144,3 +144,12 @@ type Applier interface {
 
 // MaxApplyOps bounds the writes of one Apply.
 const MaxApplyOps = 100_000
+
+// Snapshotter is implemented by stores that can read every record as of
+// one moment while writers carry on (backups).
+type Snapshotter interface {
+	// Snapshot calls fn for every record, in ascending key order, as the
+	// store was at one point in time; writes made meanwhile are not seen.
+	// It stops at fn's first error and returns it.
+	Snapshot(ctx context.Context, fn func(Record) error) error
+}

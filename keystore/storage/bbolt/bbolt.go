@@ -297,3 +297,30 @@ func (s *Store) Apply(ctx context.Context, ops []storage.Op) error {
 	}
 	return nil
 }
+
+var _ storage.Snapshotter = (*Store)(nil)
+
+// Snapshot calls fn for every record, in key order, within one read
+// transaction: a consistent view while writers carry on.
+func (s *Store) Snapshot(ctx context.Context, fn func(storage.Record) error) error {
+	err := s.view(ctx, func(b *bolt.Bucket) error {
+		c := b.Cursor()
+		for k, raw := c.First(); k != nil; k, raw = c.Next() {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			value, version, err := decode(raw)
+			if err != nil {
+				return fmt.Errorf("record %q: %w", k, err)
+			}
+			if err := fn(storage.Record{Key: string(k), Value: value, Version: version}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("bbolt: snapshot: %w", err)
+	}
+	return nil
+}

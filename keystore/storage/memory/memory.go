@@ -207,3 +207,30 @@ func (s *Store) Apply(ctx context.Context, ops []storage.Op) error {
 	}
 	return nil
 }
+
+var _ storage.Snapshotter = (*Store)(nil)
+
+// Snapshot calls fn for a copy of every record, in key order, as they were
+// when it was called.
+func (s *Store) Snapshot(ctx context.Context, fn func(storage.Record) error) error {
+	s.mu.RLock()
+	if err := s.ready(ctx); err != nil {
+		s.mu.RUnlock()
+		return fmt.Errorf("memory: snapshot: %w", err)
+	}
+	recs := make([]storage.Record, 0, len(s.keys))
+	for _, k := range s.keys {
+		r := s.records[k]
+		recs = append(recs, storage.Record{Key: k, Value: slices.Clone(r.value), Version: r.version})
+	}
+	s.mu.RUnlock()
+	for _, r := range recs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := fn(r); err != nil {
+			return err
+		}
+	}
+	return nil
+}

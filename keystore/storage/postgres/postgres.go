@@ -434,3 +434,43 @@ func TableBytes(ctx context.Context, s *Store) (int64, error) {
 	}
 	return n, nil
 }
+
+var _ storage.Snapshotter = (*Store)(nil)
+
+// Snapshot calls fn for every record, in key order, from one read-only
+// REPEATABLE READ transaction: a consistent view while writers carry on.
+// Rows are streamed, never all held.
+func (s *Store) Snapshot(ctx context.Context, fn func(storage.Record) error) error {
+	if err := s.ready(ctx); err != nil {
+		return fmt.Errorf("postgres: snapshot: %w", err)
+	}
+	var fnErr error
+	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `SELECT key, value, version FROM custos_records ORDER BY key COLLATE "C"`)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var (
+				r storage.Record
+				v int64
+			)
+			if err := rows.Scan(&r.Key, &r.Value, &v); err != nil {
+				return err
+			}
+			r.Version = uint64(v)
+			if fnErr = fn(r); fnErr != nil {
+				return fnErr
+			}
+		}
+		return rows.Err()
+	})
+	switch {
+	case fnErr != nil:
+		return fnErr
+	case err != nil:
+		return fmt.Errorf("postgres: snapshot: %w", s.fail(ctx, err))
+	}
+	return nil
+}

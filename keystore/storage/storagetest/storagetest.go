@@ -72,6 +72,7 @@ var cases = []struct {
 	{"Apply makes all its writes", testApply},
 	{"Apply with one failing version check makes none of its writes", testApplyConflict},
 	{"Apply refuses a key named twice and an empty batch", testApplyInvalid},
+	{"Snapshot sees every record once, in order, as it was when it began", testSnapshot},
 }
 
 func testGetMissing(t *testing.T, s storage.Store) {
@@ -662,4 +663,43 @@ func testApplyInvalid(t *testing.T, s storage.Store) {
 	wantErr(t, a.Apply(ctx, nil), storage.ErrInvalid, "no writes")
 	_, err = s.Get(ctx, "c/x")
 	wantErr(t, err, storage.ErrNotFound, "Get c/x")
+}
+
+func testSnapshot(t *testing.T, s storage.Store) {
+	ctx := context.Background()
+	sn, ok := s.(storage.Snapshotter)
+	if !ok {
+		t.Fatalf("%T does not implement storage.Snapshotter", s)
+	}
+	for i := range 50 {
+		mustPut(t, s, fmt.Sprintf("s/%03d", i), "v1", 0)
+	}
+	var keys []string
+	err := sn.Snapshot(ctx, func(r storage.Record) error {
+		if len(keys) == 0 {
+			// Writes during the snapshot are not seen by it.
+			rec := mustGet(t, s, "s/049")
+			if _, err := s.Put(ctx, "s/049", []byte("v2"), rec.Version); err != nil {
+				return err
+			}
+			if _, err := s.Put(ctx, "s/050", []byte("new"), 0); err != nil {
+				return err
+			}
+		}
+		if r.Key == "s/049" && string(r.Value) != "v1" {
+			return fmt.Errorf("snapshot saw a later write: %q", r.Value)
+		}
+		keys = append(keys, r.Key)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 50 || keys[0] != "s/000" || keys[49] != "s/049" {
+		t.Fatalf("snapshot saw %d keys (%v…): want s/000…s/049 once each", len(keys), keys[:min(3, len(keys))])
+	}
+	stop := errors.New("stop")
+	if err := sn.Snapshot(ctx, func(storage.Record) error { return stop }); !errors.Is(err, stop) {
+		t.Fatalf("Snapshot returned %v, want fn's error", err)
+	}
 }

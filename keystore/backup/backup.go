@@ -1,0 +1,318 @@
+// Package backup writes and restores whole-store backups: every record the
+// store holds (wrapped KEKs, wrapped keysets, metadata, lockout, audit and
+// tombstone records — never unwrapped material), from one consistent
+// snapshot taken while servers keep serving, into one file that is
+// encrypted and authenticated as a whole under a data key wrapped by the
+// root. docs/backup.md describes the format and the guarantees.
+//
+// File layout (format 1):
+//
+//	magic "custos-backup\x00v1\n"
+//	uint32 big-endian n, then n bytes: the backup's Tink streaming-AEAD
+//	  keyset (AES256_GCM_HKDF_1MB), encrypted by the root with the magic as
+//	  associated data
+//	the Tink streaming-AEAD ciphertext of the body, with the magic and the
+//	  encrypted keyset as associated data
+//
+// The body is a sequence of frames, each a type byte, a uvarint length and
+// that many bytes: type 1, a record (uvarint key length, key, value); type
+// 2, last, the manifest (JSON). Streaming AEAD authenticates every 1 MiB
+// segment and the end, so a flipped bit, a reordering or a truncation
+// anywhere fails the read.
+package backup
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/tink-crypto/tink-go/v2/keyset"
+	"github.com/tink-crypto/tink-go/v2/streamingaead"
+
+	"github.com/custos-kms/custos/keystore"
+	"github.com/custos-kms/custos/keystore/root"
+	"github.com/custos-kms/custos/keystore/storage"
+)
+
+// Format is the backup file format this package writes.
+const Format = 1
+
+const magic = "custos-backup\x00v1\n"
+
+// Frame types.
+const (
+	frameRecord   = 1
+	frameManifest = 2
+)
+
+// Limits of what a backup file may hold; larger is refused as damaged.
+const (
+	maxKeysetBytes   = 64 << 10
+	maxFrameBytes    = storage.MaxKeyLen + storage.MaxValueLen + 16
+	maxManifestBytes = 256 << 20
+)
+
+// ErrDamaged is wrapped by the error of a backup that is truncated, was
+// changed, or was not made under this root.
+var ErrDamaged = errors.New("backup: damaged, truncated, or not made under this deployment's root")
+
+// Manifest describes a backup; it is the body's last frame, so it is
+// encrypted and authenticated with everything else.
+type Manifest struct {
+	Format int `json:"format"`
+	// ID is random, 128 bits, hex.
+	ID string `json:"id"`
+	// Created is when the snapshot was taken.
+	Created time.Time `json:"created"`
+	// Source names the store backed up (its type).
+	Source string `json:"source"`
+	// Records and Bytes count the records and their key and value bytes.
+	Records uint64 `json:"records"`
+	Bytes   uint64 `json:"bytes"`
+	// Digest is the hex SHA-256 of the record frames, in order.
+	Digest string `json:"digest"`
+	// Tenants is every tenant's state at the snapshot, so that a restore
+	// can tell which it must shred.
+	Tenants []Tenant `json:"tenants"`
+}
+
+// Tenant is one tenant's state in a manifest.
+type Tenant struct {
+	ID         string    `json:"id"`
+	State      string    `json:"state"`
+	CreateTime time.Time `json:"create_time"`
+	DeleteTime time.Time `json:"delete_time,omitzero"`
+}
+
+// rootAEAD lets the root encrypt the backup's keyset (tink.AEAD).
+type rootAEAD struct {
+	ctx context.Context
+	r   root.Root
+}
+
+func (a rootAEAD) Encrypt(pt, aad []byte) ([]byte, error) { return a.r.Wrap(a.ctx, pt, aad) }
+func (a rootAEAD) Decrypt(ct, aad []byte) ([]byte, error) { return a.r.Unwrap(a.ctx, ct, aad) }
+
+// Options configure Write.
+type Options struct {
+	// Source names the store in the manifest.
+	Source string
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+	// Progress, if set, is called every few thousand records with the
+	// records and bytes written so far.
+	Progress func(records, bytes uint64)
+}
+
+// Write streams a backup of store to w: one consistent snapshot, never
+// held in memory.
+func Write(ctx context.Context, w io.Writer, store storage.Snapshotter, r root.Root, opts Options) (*Manifest, error) {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	h, err := keyset.NewHandle(streamingaead.AES256GCMHKDF1MBKeyTemplate())
+	if err != nil {
+		return nil, fmt.Errorf("backup: data key: %w", err)
+	}
+	var ks bytes.Buffer
+	if err := h.WriteWithAssociatedData(keyset.NewBinaryWriter(&ks), rootAEAD{ctx, r}, []byte(magic)); err != nil {
+		return nil, fmt.Errorf("backup: wrap the data key under the root: %w", err)
+	}
+	sa, err := streamingaead.New(h)
+	if err != nil {
+		return nil, fmt.Errorf("backup: %w", err)
+	}
+	bw := bufio.NewWriterSize(w, 1<<20)
+	hdr := append([]byte(magic), binary.BigEndian.AppendUint32(nil, uint32(ks.Len()))...)
+	hdr = append(hdr, ks.Bytes()...)
+	if _, err := bw.Write(hdr); err != nil {
+		return nil, fmt.Errorf("backup: write: %w", err)
+	}
+	enc, err := sa.NewEncryptingWriter(bw, append([]byte(magic), ks.Bytes()...))
+	if err != nil {
+		return nil, fmt.Errorf("backup: %w", err)
+	}
+	var id [16]byte
+	if _, err := rand.Read(id[:]); err != nil {
+		return nil, err
+	}
+	m := &Manifest{Format: Format, ID: hex.EncodeToString(id[:]), Created: opts.Now().UTC(), Source: opts.Source}
+	digest := sha256.New()
+	body := bufio.NewWriterSize(enc, 1<<20)
+	var frame []byte
+	err = store.Snapshot(ctx, func(rec storage.Record) error {
+		frame = appendRecordFrame(frame[:0], rec.Key, rec.Value)
+		digest.Write(frame)
+		if _, err := body.Write(frame); err != nil {
+			return fmt.Errorf("backup: write: %w", err)
+		}
+		m.Records++
+		m.Bytes += uint64(len(rec.Key) + len(rec.Value))
+		if t, ok := keystore.TenantOfStorageKey(rec.Key); ok {
+			info, err := keystore.ParseTenantRecord(rec.Value)
+			if err != nil {
+				return fmt.Errorf("backup: tenant %s: %w", t, err)
+			}
+			m.Tenants = append(m.Tenants, Tenant{ID: t, State: info.State.String(), CreateTime: info.CreateTime, DeleteTime: info.DeleteTime})
+		}
+		if opts.Progress != nil && m.Records%4096 == 0 {
+			opts.Progress(m.Records, m.Bytes)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	m.Digest = hex.EncodeToString(digest.Sum(nil))
+	mb, err := json.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	frame = append(frame[:0], frameManifest)
+	frame = binary.AppendUvarint(frame, uint64(len(mb)))
+	frame = append(frame, mb...)
+	if _, err := body.Write(frame); err != nil {
+		return nil, fmt.Errorf("backup: write: %w", err)
+	}
+	if err := body.Flush(); err != nil {
+		return nil, fmt.Errorf("backup: write: %w", err)
+	}
+	if err := enc.Close(); err != nil {
+		return nil, fmt.Errorf("backup: write: %w", err)
+	}
+	if err := bw.Flush(); err != nil {
+		return nil, fmt.Errorf("backup: write: %w", err)
+	}
+	if opts.Progress != nil {
+		opts.Progress(m.Records, m.Bytes)
+	}
+	return m, nil
+}
+
+func appendRecordFrame(b []byte, key string, value []byte) []byte {
+	n := uint64(binary.PutUvarint(make([]byte, binary.MaxVarintLen64), uint64(len(key))) + len(key) + len(value))
+	b = append(b, frameRecord)
+	b = binary.AppendUvarint(b, n)
+	b = binary.AppendUvarint(b, uint64(len(key)))
+	b = append(b, key...)
+	return append(b, value...)
+}
+
+// Read reads the backup in r, calling fn for every record in order, and
+// returns its manifest once the whole file is read and authenticated.
+// Records reach fn before the end is authenticated: to act only on a good
+// file, read it once with a nil fn (Verify), then again.
+func Read(ctx context.Context, in io.Reader, r root.Root, fn func(key string, value []byte) error) (*Manifest, error) {
+	br := bufio.NewReaderSize(in, 1<<20)
+	head := make([]byte, len(magic)+4)
+	if _, err := io.ReadFull(br, head); err != nil {
+		return nil, fmt.Errorf("%w: no header: %v", ErrDamaged, err)
+	}
+	if string(head[:len(magic)]) != magic {
+		if bytes.HasPrefix(head, []byte("custos-backup\x00")) {
+			return nil, fmt.Errorf("backup: format %q is not one this version reads (1)", bytes.TrimSpace(head[len("custos-backup\x00"):len(magic)]))
+		}
+		return nil, fmt.Errorf("%w: not a Custos backup", ErrDamaged)
+	}
+	n := binary.BigEndian.Uint32(head[len(magic):])
+	if n == 0 || n > maxKeysetBytes {
+		return nil, fmt.Errorf("%w: bad data key length", ErrDamaged)
+	}
+	ks := make([]byte, n)
+	if _, err := io.ReadFull(br, ks); err != nil {
+		return nil, fmt.Errorf("%w: truncated data key: %v", ErrDamaged, err)
+	}
+	h, err := keyset.ReadWithAssociatedData(keyset.NewBinaryReader(bytes.NewReader(ks)), rootAEAD{ctx, r}, []byte(magic))
+	if err != nil {
+		if errors.Is(err, root.ErrUnavailable) {
+			return nil, fmt.Errorf("backup: the root cannot be reached to unwrap the backup's data key: %w", err)
+		}
+		return nil, fmt.Errorf("%w: the root does not unwrap its data key (%v)", ErrDamaged, err)
+	}
+	sa, err := streamingaead.New(h)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrDamaged, err)
+	}
+	dec, err := sa.NewDecryptingReader(br, append([]byte(magic), ks...))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrDamaged, err)
+	}
+	body := bufio.NewReaderSize(dec, 1<<20)
+	digest := sha256.New()
+	var records, nbytes uint64
+	var frame []byte
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		typ, err := body.ReadByte()
+		if err != nil {
+			return nil, fmt.Errorf("%w: ends before its manifest (%v)", ErrDamaged, err)
+		}
+		size, err := binary.ReadUvarint(body)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrDamaged, err)
+		}
+		switch typ {
+		case frameRecord:
+			if size > maxFrameBytes {
+				return nil, fmt.Errorf("%w: record of %d bytes", ErrDamaged, size)
+			}
+			frame = append(frame[:0], frameRecord)
+			frame = binary.AppendUvarint(frame, size)
+			start := len(frame)
+			frame = append(frame, make([]byte, size)...)
+			if _, err := io.ReadFull(body, frame[start:]); err != nil {
+				return nil, fmt.Errorf("%w: %v", ErrDamaged, err)
+			}
+			p := frame[start:]
+			kl, k := binary.Uvarint(p)
+			if k <= 0 || kl == 0 || kl > storage.MaxKeyLen || kl > uint64(len(p)-k) {
+				return nil, fmt.Errorf("%w: bad record key", ErrDamaged)
+			}
+			digest.Write(frame)
+			records++
+			nbytes += uint64(len(p) - k)
+			if fn != nil {
+				key, value := string(p[k:k+int(kl)]), p[k+int(kl):]
+				if err := fn(key, bytes.Clone(value)); err != nil {
+					return nil, err
+				}
+			}
+		case frameManifest:
+			if size > maxManifestBytes {
+				return nil, fmt.Errorf("%w: manifest of %d bytes", ErrDamaged, size)
+			}
+			mb := make([]byte, size)
+			if _, err := io.ReadFull(body, mb); err != nil {
+				return nil, fmt.Errorf("%w: %v", ErrDamaged, err)
+			}
+			// The end must be authenticated: nothing after the manifest.
+			if _, err := body.ReadByte(); !errors.Is(err, io.EOF) {
+				return nil, fmt.Errorf("%w: data after the manifest or a bad end (%v)", ErrDamaged, err)
+			}
+			var m Manifest
+			if err := json.Unmarshal(mb, &m); err != nil {
+				return nil, fmt.Errorf("%w: manifest: %v", ErrDamaged, err)
+			}
+			if m.Format != Format {
+				return nil, fmt.Errorf("backup: manifest format %d is not one this version reads (%d)", m.Format, Format)
+			}
+			if m.Records != records || m.Bytes != nbytes || m.Digest != hex.EncodeToString(digest.Sum(nil)) {
+				return nil, fmt.Errorf("%w: the records do not match the manifest", ErrDamaged)
+			}
+			return &m, nil
+		default:
+			return nil, fmt.Errorf("%w: unknown frame %d", ErrDamaged, typ)
+		}
+	}
+}

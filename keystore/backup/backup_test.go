@@ -1,0 +1,380 @@
+package backup_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/custos-kms/custos/internal/pgtest"
+	"github.com/custos-kms/custos/keystore"
+	"github.com/custos-kms/custos/keystore/backup"
+	"github.com/custos-kms/custos/keystore/root/local"
+	"github.com/custos-kms/custos/keystore/storage"
+	"github.com/custos-kms/custos/keystore/storage/bbolt"
+	"github.com/custos-kms/custos/keystore/storage/memory"
+	"github.com/custos-kms/custos/keystore/storage/postgres"
+)
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+// clock is a settable clock.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+type world struct {
+	root  *local.Root
+	clock *clock
+}
+
+func newWorld(t *testing.T) *world {
+	r, err := local.Create(filepath.Join(t.TempDir(), "root.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &world{root: r, clock: &clock{t: time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)}}
+}
+
+func (w *world) keystore(t *testing.T, s storage.Store) *keystore.Service {
+	t.Helper()
+	ks, err := keystore.New(keystore.Config{Storage: s, Root: w.root, Now: w.clock.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ks
+}
+
+func bboltStore(t *testing.T) storage.Store {
+	s, err := bbolt.Open(filepath.Join(t.TempDir(), "custos.db"), bbolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func pgStore(t *testing.T) storage.Store {
+	s, err := postgres.Open(context.Background(), postgres.Config{URL: pgtest.Start(t).NewDatabase(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// ciphertext is one acknowledged encryption.
+type ciphertext struct {
+	ref keystore.KeyRef
+	pt  string
+	ct  []byte
+}
+
+// populate creates tenants with two keys each and encrypts under them.
+func populate(t *testing.T, ks *keystore.Service, tenants ...string) []ciphertext {
+	t.Helper()
+	ctx := context.Background()
+	var out []ciphertext
+	for _, tn := range tenants {
+		if _, err := ks.CreateTenant(ctx, tn); err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range []string{"pii", "cards"} {
+			ref := keystore.KeyRef{Tenant: tn, Key: k}
+			if _, err := ks.CreateKey(ctx, ref, keystore.KeySpec{Purpose: keystore.PurposeEncrypt}); err != nil {
+				t.Fatal(err)
+			}
+			pt := fmt.Sprintf("%s/%s secret", tn, k)
+			ct, _, err := ks.Encrypt(ctx, ref, []byte(pt), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, ciphertext{ref, pt, ct})
+		}
+	}
+	return out
+}
+
+func backupOf(t *testing.T, w *world, s storage.Store) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	if _, err := backup.Write(context.Background(), &buf, s.(storage.Snapshotter), w.root, backup.Options{Source: "test", Now: w.clock.now}); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func restore(w *world, file []byte, target storage.Store, opts backup.RestoreOptions) (*backup.RestoreReport, error) {
+	opts.Now = w.clock.now
+	open := func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(file)), nil }
+	return backup.Restore(context.Background(), open, target, w.root, opts)
+}
+
+func mustDecrypt(t *testing.T, ks *keystore.Service, cts []ciphertext) {
+	t.Helper()
+	for _, c := range cts {
+		pt, _, err := ks.Decrypt(context.Background(), c.ref, c.ct, nil)
+		if err != nil || string(pt) != c.pt {
+			t.Fatalf("decrypt %v after restore: %q, %v", c.ref, pt, err)
+		}
+	}
+}
+
+// The drill: back up under a load of encryptions and rotations, restore
+// into a new store of the other backend, and everything acknowledged
+// before the snapshot decrypts; rotations after it are not there.
+func TestDrillAcrossBackends(t *testing.T) {
+	for _, dir := range []struct {
+		name     string
+		from, to func(*testing.T) storage.Store
+	}{{"bbolt to postgres", bboltStore, pgStore}, {"postgres to bbolt", pgStore, bboltStore}} {
+		t.Run(dir.name, func(t *testing.T) {
+			ctx := context.Background()
+			w := newWorld(t)
+			src := dir.from(t)
+			ks := w.keystore(t, src)
+			acked := populate(t, ks, "acme", "globex", "initech")
+			// Load while the backup runs: encryptions and rotations.
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			wg.Go(func() {
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					ref := keystore.KeyRef{Tenant: "acme", Key: "pii"}
+					_, _, _ = ks.Encrypt(ctx, ref, []byte("during"), nil)
+					if i%50 == 0 {
+						_, _ = ks.RotateKey(ctx, keystore.KeyRef{Tenant: "globex", Key: "cards"})
+					}
+				}
+			})
+			file := backupOf(t, w, src)
+			close(stop)
+			wg.Wait()
+			after, err := ks.RotateKey(ctx, keystore.KeyRef{Tenant: "initech", Key: "pii"})
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			dst := dir.to(t)
+			rep, err := restore(w, file, dst, backup.RestoreOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rep.Written == 0 || len(rep.Shredded) != 0 {
+				t.Fatalf("restore report %+v", rep)
+			}
+			restored := w.keystore(t, dst)
+			mustDecrypt(t, restored, acked)
+			k, err := restored.GetKey(ctx, keystore.KeyRef{Tenant: "initech", Key: "pii"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if k.PrimaryVersion >= after.PrimaryVersion {
+				t.Fatalf("a rotation after the snapshot is in the restore: primary %d, rotated to %d after", k.PrimaryVersion, after.PrimaryVersion)
+			}
+			if _, err := backup.Read(ctx, bytes.NewReader(file), w.root, nil); err != nil {
+				t.Fatalf("verify: %v", err)
+			}
+		})
+	}
+}
+
+func TestDamagedBackupsAreRefusedBeforeAnythingIsWritten(t *testing.T) {
+	w := newWorld(t)
+	src := memory.New()
+	populate(t, w.keystore(t, src), "acme", "globex")
+	file := backupOf(t, w, src)
+	refused := func(name string, f []byte, opts backup.RestoreOptions, want string) {
+		t.Helper()
+		dst := memory.New()
+		_, err := restore(w, f, dst, opts)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("%s: restore returned %v, want an error containing %q", name, err, want)
+		}
+		if recs, _ := dst.List(context.Background(), "", "", 1); len(recs) != 0 {
+			t.Fatalf("%s: the target was written", name)
+		}
+	}
+	for cut := 0; cut < len(file); cut += max(len(file)/40, 1) {
+		refused(fmt.Sprintf("truncated at %d of %d", cut, len(file)), file[:cut], backup.RestoreOptions{}, "damaged")
+	}
+	for _, at := range []int{3, 20, 40, len(file) / 2, len(file) - 40, len(file) - 2} {
+		f := bytes.Clone(file)
+		f[at] ^= 0x10
+		want := "damaged"
+		if at == 3 {
+			want = "not a Custos backup"
+		}
+		refused(fmt.Sprintf("a bit flipped at %d", at), f, backup.RestoreOptions{}, want)
+	}
+	f := bytes.Clone(file)
+	copy(f, "custos-backup\x00v9\n")
+	refused("an unknown format", f, backup.RestoreOptions{}, "format")
+	other := newWorld(t)
+	other.clock = w.clock
+	dst := memory.New()
+	if _, err := restore(other, file, dst, backup.RestoreOptions{}); !errors.Is(err, backup.ErrDamaged) {
+		t.Fatalf("another deployment's root: %v, want ErrDamaged", err)
+	}
+	w.clock.add(backup.DefaultMaxAge + time.Hour)
+	refused("older than the maximum age", file, backup.RestoreOptions{}, "maximum age")
+	w.clock.add(-backup.DefaultMaxAge - time.Hour)
+
+	// A target that holds records: refused unless forced.
+	full := memory.New()
+	populate(t, w.keystore(t, full), "other")
+	if _, err := restore(w, file, full, backup.RestoreOptions{}); err == nil || !strings.Contains(err.Error(), "not empty") {
+		t.Fatalf("restore into a store with records: %v", err)
+	}
+	if _, err := restore(w, file, full, backup.RestoreOptions{Force: true}); err != nil {
+		t.Fatalf("forced: %v", err)
+	}
+}
+
+// A tenant shredded after a backup was taken stays shredded when that
+// backup is restored; a tenant whose deletion date passes while the backup
+// ages is shredded on restore, not brought back.
+func TestShreddingReachesBackups(t *testing.T) {
+	ctx := context.Background()
+	w := newWorld(t)
+	live := memory.New()
+	ks := w.keystore(t, live)
+	cts := populate(t, ks, "keep", "late", "early")
+	// "early" was scheduled for deletion before the backup.
+	if _, err := ks.DeleteTenant(ctx, "early", 24*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	file := backupOf(t, w, live)
+	// "late" is deleted after the backup and its date passes: the live
+	// scheduler shreds it (and "early").
+	if _, err := ks.DeleteTenant(ctx, "late", 24*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	w.clock.add(48 * time.Hour)
+	if err := ks.RunOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tombs, err := backup.Tombstones(ctx, live)
+	if err != nil || len(tombs) != 2 {
+		t.Fatalf("tombstones in the live store: %v, %v; want late and early", tombs, err)
+	}
+
+	// Into a new store, with the live store's tombstones.
+	dst := memory.New()
+	rep, err := restore(w, file, dst, backup.RestoreOptions{Tombstones: tombs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(rep.Shredded, ",") != "early,late" {
+		t.Fatalf("shredded on restore: %v", rep.Shredded)
+	}
+	restored := w.keystore(t, dst)
+	for _, tn := range []string{"late", "early"} {
+		if _, err := restored.GetTenant(ctx, tn); !errors.Is(err, keystore.ErrNotFound) {
+			t.Fatalf("tenant %s after restore: %v, want not found", tn, err)
+		}
+	}
+	mustDecrypt(t, restored, cts[:2]) // keep's
+
+	// Without the tombstones, "early" (whose date passed) still stays
+	// shredded; "late" comes back: the documented limit.
+	dst2 := memory.New()
+	rep, err = restore(w, file, dst2, backup.RestoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(rep.Shredded, ",") != "early" {
+		t.Fatalf("shredded without tombstones: %v", rep.Shredded)
+	}
+	// Restored over the live store (forced), its tombstones count.
+	rep, err = restore(w, file, live, backup.RestoreOptions{Force: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(rep.Shredded, ",") != "early,late" {
+		t.Fatalf("shredded over the live store: %v", rep.Shredded)
+	}
+}
+
+// errAfter fails the target's writes after n records: an interrupted
+// restore.
+type errAfter struct {
+	storage.Store
+	mu   sync.Mutex
+	left int
+}
+
+var errInterrupted = errors.New("interrupted")
+
+func (e *errAfter) Apply(ctx context.Context, ops []storage.Op) error {
+	e.mu.Lock()
+	e.left -= len(ops)
+	left := e.left
+	e.mu.Unlock()
+	if left < 0 {
+		return errInterrupted
+	}
+	return e.Store.(storage.Applier).Apply(ctx, ops)
+}
+
+func TestAnInterruptedRestoreCompletesWhenRunAgain(t *testing.T) {
+	ctx := context.Background()
+	w := newWorld(t)
+	src := memory.New()
+	cts := populate(t, w.keystore(t, src), "a", "b", "c", "d", "e", "f", "g", "h")
+	// Enough records for several batches.
+	for i := range 1500 {
+		if _, err := src.Put(ctx, fmt.Sprintf("lockout/a/pii/%04d", i), []byte("x"), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	file := backupOf(t, w, src)
+	dst := bboltStore(t)
+	if _, err := restore(w, file, &errAfter{Store: dst, left: 800}, backup.RestoreOptions{}); !errors.Is(err, errInterrupted) {
+		t.Fatalf("first run: %v", err)
+	}
+	rep, err := restore(w, file, dst, backup.RestoreOptions{})
+	if err != nil {
+		t.Fatalf("second run: %v", err)
+	}
+	if !rep.Resumed {
+		t.Fatal("the second run did not resume the first")
+	}
+	mustDecrypt(t, w.keystore(t, dst), cts)
+	var n int
+	if err := dst.(storage.Snapshotter).Snapshot(ctx, func(r storage.Record) error {
+		if r.Key == "restore/in-progress" {
+			return errors.New("the restore marker stayed")
+		}
+		n++
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if uint64(n) != rep.Manifest.Records {
+		t.Fatalf("%d records after the resumed restore, the backup has %d", n, rep.Manifest.Records)
+	}
+	// Another backup's restore does not resume this one's marker.
+	if _, err := restore(w, backupOf(t, w, src), dst, backup.RestoreOptions{}); err == nil {
+		t.Fatal("a non-empty target took another backup without --force")
+	}
+}

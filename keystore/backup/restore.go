@@ -1,0 +1,250 @@
+package backup
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/custos-kms/custos/keystore"
+	"github.com/custos-kms/custos/keystore/root"
+	"github.com/custos-kms/custos/keystore/storage"
+)
+
+// DefaultMaxAge is how old a backup may be for Restore by default: the
+// deletion period SaaS providers commonly promise, so that a tenant
+// shredded meanwhile cannot come back from an older copy.
+const DefaultMaxAge = 90 * 24 * time.Hour
+
+// markerKey is the record a restore in progress leaves in the target, so
+// that an interrupted restore of the same backup can be run again.
+const markerKey = "restore/in-progress"
+
+// restoreBatch is how many records one target write takes.
+const restoreBatch = 500
+
+// RestoreOptions configure Restore.
+type RestoreOptions struct {
+	// Force restores into a store that already holds records (they are
+	// overwritten where the backup has the same keys, kept otherwise).
+	Force bool
+	// MaxAge refuses older backups. Default DefaultMaxAge; negative: no
+	// limit.
+	MaxAge time.Duration
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+	// Progress, if set, is called as records are written.
+	Progress func(records uint64)
+	// Tombstones are shredded tenants known elsewhere (the live store of
+	// the deployment, a newer backup): they stay shredded too.
+	Tombstones []keystore.Tombstone
+}
+
+// RestoreReport says what a restore did.
+type RestoreReport struct {
+	Manifest *Manifest
+	// Written is how many records were written.
+	Written uint64
+	// Shredded lists the tenants not restored: their deletion date passed
+	// or the target holds their tombstone.
+	Shredded []string
+	// Skipped counts records left out on purpose: the shredded tenants'
+	// records and leases.
+	Skipped uint64
+	// Resumed is set when the restore continued one interrupted before.
+	Resumed bool
+}
+
+// Restore restores the backup that open reads into target. It reads the
+// whole file once to authenticate it before writing anything, refuses a
+// backup older than MaxAge and a target that holds records (unless Force,
+// or unless it is an interrupted restore of the same backup), then reads it
+// again and writes every record, except those of tenants that must stay
+// shredded and the leases (whose holders are gone). Run again after an
+// interruption, it completes with the same result.
+func Restore(ctx context.Context, open func() (io.ReadCloser, error), target storage.Store, r root.Root, opts RestoreOptions) (*RestoreReport, error) {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.MaxAge == 0 {
+		opts.MaxAge = DefaultMaxAge
+	}
+	apply, ok := target.(storage.Applier)
+	if !ok {
+		return nil, fmt.Errorf("backup: storage %T cannot write in batches", target)
+	}
+	// 1. Authenticate the whole file; write nothing.
+	m, err := readAll(ctx, open, r, nil)
+	if err != nil {
+		return nil, err
+	}
+	now := opts.Now()
+	if age := now.Sub(m.Created); opts.MaxAge > 0 && age > opts.MaxAge {
+		return nil, fmt.Errorf("backup: taken %s, %v ago: older than the maximum age %v (tenants shredded since could come back; --max-age overrides)", m.Created.Format(time.RFC3339), age.Round(time.Hour), opts.MaxAge)
+	}
+	rep := &RestoreReport{Manifest: m}
+
+	// 2. The target: empty, or this backup's interrupted restore.
+	existing, err := target.List(ctx, "", "", 2)
+	if err != nil {
+		return nil, fmt.Errorf("backup: read the target store: %w", err)
+	}
+	if len(existing) > 0 {
+		marker, err := target.Get(ctx, markerKey)
+		switch {
+		case err == nil && string(marker.Value) == m.ID:
+			rep.Resumed = true
+		case err != nil && !errors.Is(err, storage.ErrNotFound):
+			return nil, fmt.Errorf("backup: read the target store: %w", err)
+		case !opts.Force:
+			return nil, errors.New("backup: the target store is not empty; restore into an empty store, or pass --force to write over it")
+		}
+	}
+
+	// 3. Which tenants stay shredded: deleted by now per the manifest, or
+	// with a tombstone in the target or in the backup.
+	shred := map[string]bool{}
+	created := map[string]time.Time{}
+	for _, t := range m.Tenants {
+		created[t.ID] = t.CreateTime
+		if t.State == keystore.TenantDeleteScheduled.String() && !t.DeleteTime.IsZero() && !now.Before(t.DeleteTime) {
+			shred[t.ID] = true
+		}
+	}
+	honour := func(ts keystore.Tombstone) {
+		if c, ok := created[ts.Tenant]; ok && ts.Covers(c) {
+			shred[ts.Tenant] = true
+		}
+	}
+	tomb := func(value []byte) {
+		if ts, err := keystore.ParseTombstone(value); err == nil {
+			honour(ts)
+		}
+	}
+	for _, ts := range opts.Tombstones {
+		honour(ts)
+	}
+	for after := ""; ; {
+		recs, err := target.List(ctx, keystore.TombstonePrefix, after, 1000)
+		if err != nil {
+			return nil, fmt.Errorf("backup: read the target's tombstones: %w", err)
+		}
+		for _, rec := range recs {
+			tomb(rec.Value)
+			after = rec.Key
+		}
+		if len(recs) < 1000 {
+			break
+		}
+	}
+	if _, err := readAll(ctx, open, r, func(key string, value []byte) error {
+		if strings.HasPrefix(key, keystore.TombstonePrefix) {
+			tomb(value)
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	for t := range shred {
+		rep.Shredded = append(rep.Shredded, t)
+	}
+	slices.Sort(rep.Shredded)
+
+	// 4. Write, marked as in progress.
+	if err := apply.Apply(ctx, []storage.Op{{Key: markerKey, Value: []byte(m.ID), Expect: storage.AnyVersion}}); err != nil {
+		return nil, fmt.Errorf("backup: mark the target: %w", err)
+	}
+	var ops []storage.Op
+	flush := func() error {
+		if len(ops) == 0 {
+			return nil
+		}
+		if err := apply.Apply(ctx, ops); err != nil {
+			return fmt.Errorf("backup: write the target: %w", err)
+		}
+		rep.Written += uint64(len(ops))
+		ops = ops[:0]
+		if opts.Progress != nil {
+			opts.Progress(rep.Written)
+		}
+		return nil
+	}
+	if _, err := readAll(ctx, open, r, func(key string, value []byte) error {
+		if key == markerKey || skipKey(key, shred) {
+			rep.Skipped++
+			return nil
+		}
+		ops = append(ops, storage.Op{Key: key, Value: value, Expect: storage.AnyVersion})
+		if len(ops) == restoreBatch {
+			return flush()
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	if err := flush(); err != nil {
+		return nil, err
+	}
+	if err := apply.Apply(ctx, []storage.Op{{Key: markerKey, Delete: true, Expect: storage.AnyVersion}}); err != nil {
+		return nil, fmt.Errorf("backup: unmark the target: %w", err)
+	}
+	return rep, nil
+}
+
+// skipKey: leases (their holders are gone) and shredded tenants' records.
+func skipKey(key string, shred map[string]bool) bool {
+	if key == keystore.LeaseStorageKey || key == "audit/lease" || strings.HasSuffix(key, "/lease") {
+		return true
+	}
+	for _, p := range []string{"tenants/", "keys/", "lockout/"} {
+		if rest, ok := strings.CutPrefix(key, p); ok {
+			t, _, _ := strings.Cut(rest, "/")
+			return shred[t] && keystore.TenantOwnsStorageKey(t, key)
+		}
+	}
+	return false
+}
+
+func readAll(ctx context.Context, open func() (io.ReadCloser, error), r root.Root, fn func(string, []byte) error) (*Manifest, error) {
+	f, err := open()
+	if err != nil {
+		return nil, fmt.Errorf("backup: open: %w", err)
+	}
+	defer f.Close()
+	return Read(ctx, f, r, fn)
+}
+
+// Summary is a manifest's tenant states, for reports.
+func (m *Manifest) Summary() string {
+	counts := map[string]int{}
+	for _, t := range m.Tenants {
+		counts[t.State]++
+	}
+	b, _ := json.Marshal(counts)
+	return string(b)
+}
+
+// Tombstones lists the tombstones a store holds (for
+// RestoreOptions.Tombstones).
+func Tombstones(ctx context.Context, s storage.Store) ([]keystore.Tombstone, error) {
+	var out []keystore.Tombstone
+	for after := ""; ; {
+		recs, err := s.List(ctx, keystore.TombstonePrefix, after, 1000)
+		if err != nil {
+			return nil, fmt.Errorf("backup: list tombstones: %w", err)
+		}
+		for _, rec := range recs {
+			if ts, err := keystore.ParseTombstone(rec.Value); err == nil {
+				out = append(out, ts)
+			}
+			after = rec.Key
+		}
+		if len(recs) < 1000 {
+			return out, nil
+		}
+	}
+}

@@ -1,0 +1,108 @@
+package keystore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/custos-kms/custos/keystore/storage"
+)
+
+// A tombstone records that a tenant was crypto-shredded, so that a restore
+// of a backup taken before the shred does not bring the tenant back
+// (docs/backup.md). It is kept in the store for good: a few dozen bytes per
+// shredded tenant.
+
+// TombstonePrefix starts every tombstone's storage key.
+const TombstonePrefix = "tombstones/"
+
+// Tombstone is a shredded tenant's record.
+type Tombstone struct {
+	// Tenant is the shredded tenant's id.
+	Tenant string `json:"tenant"`
+	// CreateTime is when the shredded tenant was created: a tenant of the
+	// same id created later is another one.
+	CreateTime time.Time `json:"create_time"`
+	// ShredTime is when shredding began.
+	ShredTime time.Time `json:"shred_time"`
+}
+
+// Covers reports whether the tombstone is that of a tenant created at
+// createTime (the same incarnation, not a later one of the same id).
+func (t Tombstone) Covers(createTime time.Time) bool { return !createTime.After(t.CreateTime) }
+
+// ParseTombstone decodes a tombstone record.
+func ParseTombstone(value []byte) (Tombstone, error) {
+	var t Tombstone
+	if err := json.Unmarshal(value, &t); err != nil || !ValidID(t.Tenant) {
+		return Tombstone{}, errors.New("keystore: malformed tombstone")
+	}
+	return t, nil
+}
+
+// writeTombstone stores tenant's tombstone (idempotent).
+func (s *Service) writeTombstone(ctx context.Context, rec tenantRecord, tenant string) error {
+	b, err := json.Marshal(Tombstone{Tenant: tenant, CreateTime: rec.CreateTime.UTC(), ShredTime: rec.ShredTime.UTC()})
+	if err != nil {
+		return err
+	}
+	key := TombstonePrefix + tenant
+	_, err = s.store.Put(ctx, key, b, 0)
+	if errors.Is(err, storage.ErrConflict) {
+		// A tombstone of an earlier incarnation, or this one's from a pass
+		// that crashed: the newest shred wins.
+		old, gerr := s.store.Get(ctx, key)
+		if gerr != nil {
+			return storageErr("shred tenant: tombstone", gerr)
+		}
+		_, err = s.store.Put(ctx, key, b, old.Version)
+	}
+	if err != nil {
+		return storageErr("shred tenant: tombstone", err)
+	}
+	return nil
+}
+
+// TenantInfo is what a backup records of a tenant.
+type TenantInfo struct {
+	State      TenantState
+	CreateTime time.Time
+	DeleteTime time.Time
+}
+
+// ParseTenantRecord reads a tenant record's state and dates (backups
+// decide from them which tenants a restore must shred).
+func ParseTenantRecord(value []byte) (TenantInfo, error) {
+	var rec tenantRecord
+	if err := json.Unmarshal(value, &rec); err != nil {
+		return TenantInfo{}, fmt.Errorf("keystore: malformed tenant record: %w", err)
+	}
+	return TenantInfo{State: rec.State, CreateTime: rec.CreateTime, DeleteTime: rec.DeleteTime}, nil
+}
+
+// TenantOfStorageKey returns the tenant whose record key is, if it is a
+// tenant record (tenants/{id}).
+func TenantOfStorageKey(key string) (string, bool) {
+	t, ok := strings.CutPrefix(key, tenantPrefix)
+	return t, ok && ValidID(t)
+}
+
+// TenantOwnsStorageKey reports whether key is one of tenant's records:
+// its tenant record, its keys, its lockout records.
+func TenantOwnsStorageKey(tenant, key string) bool {
+	if key == tenantStorageKey(tenant) {
+		return true
+	}
+	for _, p := range tenantScopedPrefixes(tenant) {
+		if strings.HasPrefix(key, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// LeaseStorageKey is the scheduler lease's storage key.
+const LeaseStorageKey = leaseStorageKey
