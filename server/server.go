@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"runtime/debug"
 	"sync/atomic"
@@ -78,6 +79,10 @@ type Config struct {
 	// AuditCollectors are Prometheus metrics of the audit trail, served
 	// with the server's own.
 	AuditCollectors []prometheus.Collector
+	// Backup, if set, streams a backup of the store; the ops listener
+	// serves it at GET /backup (custos backup uses it when the store is a
+	// bbolt file the server holds).
+	Backup func(ctx context.Context, w io.Writer) error
 }
 
 // Server implements custosv1.KeyServiceServer and custosv1.CryptoServiceServer.
@@ -94,6 +99,7 @@ type Server struct {
 
 	audit    AuditRecorder
 	auditLog AuditLog
+	backup   func(ctx context.Context, w io.Writer) error
 }
 
 // New returns a Server.
@@ -125,7 +131,7 @@ func New(cfg Config) (*Server, error) {
 	return &Server{
 		ks: cfg.Keystore, pw: cfg.Passwords, policy: cfg.Policy, logger: cfg.Logger, limits: cfg.Limits,
 		health: health.NewServer(), metrics: m, limiter: newLimiter(cfg.Policy, m.rateLimited),
-		audit: cfg.Audit, auditLog: cfg.AuditLog,
+		audit: cfg.Audit, auditLog: cfg.AuditLog, backup: cfg.Backup,
 	}, nil
 }
 

@@ -32,6 +32,7 @@ import (
 	"github.com/custos-kms/custos/internal/config"
 	"github.com/custos-kms/custos/keystore"
 	"github.com/custos-kms/custos/keystore/audit"
+	"github.com/custos-kms/custos/keystore/backup"
 	"github.com/custos-kms/custos/keystore/password"
 	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/storage"
@@ -163,7 +164,15 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 			return nil, err
 		}
 	}
+	var backupFn func(context.Context, io.Writer) error
+	if sn, ok := store.(storage.Snapshotter); ok {
+		backupFn = func(ctx context.Context, w io.Writer) error {
+			_, err := backup.Write(ctx, w, sn, r, backup.Options{Source: cfg.Storage.Type})
+			return err
+		}
+	}
 	rt.srv, err = server.New(server.Config{
+		Backup:          backupFn,
 		Audit:           auditCfg.Audit,
 		AuditLog:        auditCfg.AuditLog,
 		AuditCollectors: auditCfg.AuditCollectors,

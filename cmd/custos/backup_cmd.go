@@ -1,0 +1,320 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/custos-kms/custos/internal/config"
+	"github.com/custos-kms/custos/internal/custos"
+	"github.com/custos-kms/custos/keystore"
+	"github.com/custos-kms/custos/keystore/backup"
+	"github.com/custos-kms/custos/keystore/storage"
+	"github.com/custos-kms/custos/keystore/storage/bbolt"
+)
+
+func newBackupCmd() *cobra.Command {
+	var path, out string
+	cmd := &cobra.Command{
+		Use:   "backup --config FILE --out PATH",
+		Short: "Write a consistent, encrypted backup of the whole store while servers keep serving",
+		Long: `custos backup reads the store named in the config in one consistent snapshot
+(a bbolt read transaction, a PostgreSQL repeatable-read transaction) and
+streams every record, as the store holds it (wrapped keys, metadata, audit
+log), into one file encrypted and authenticated under a data key wrapped by
+the root. "-" writes to standard output. See docs/backup.md.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if out == "" {
+				return fmt.Errorf("--out is required (a file, or - for standard output)")
+			}
+			cfg, err := config.Load(path)
+			if err != nil {
+				return err
+			}
+			var w io.Writer = cmd.OutOrStdout()
+			var f *os.File
+			if out != "-" {
+				// Written beside the target and renamed at the end, so that
+				// a failed backup never leaves a file that looks whole.
+				if f, err = os.CreateTemp(filepath.Dir(out), filepath.Base(out)+".partial-*"); err != nil {
+					return err
+				}
+				defer os.Remove(f.Name())
+				defer f.Close()
+				w = f
+			}
+			p := newProgress(cmd.ErrOrStderr(), "backup")
+			m, err := writeBackup(cmd, cfg, w, f, p)
+			p.done()
+			if err != nil {
+				return err
+			}
+			if f != nil {
+				if err := f.Sync(); err != nil {
+					return err
+				}
+				if err := f.Close(); err != nil {
+					return err
+				}
+				if err := os.Chmod(f.Name(), 0o600); err != nil {
+					return err
+				}
+				if err := os.Rename(f.Name(), out); err != nil {
+					return err
+				}
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "backup %s: %d records (%d bytes), %d tenants %s, taken %s from %s\n",
+				m.ID, m.Records, m.Bytes, len(m.Tenants), m.Summary(), m.Created.Format(time.RFC3339), m.Source)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&path, "config", "custos.yaml", "configuration file (storage and root)")
+	cmd.Flags().StringVar(&out, "out", "", `backup file to write, or "-" for standard output`)
+	cmd.AddCommand(newBackupVerifyCmd())
+	return cmd
+}
+
+func newBackupVerifyCmd() *cobra.Command {
+	var path, in string
+	cmd := &cobra.Command{
+		Use:   "verify --config FILE --in PATH",
+		Short: "Read and authenticate a whole backup without restoring it",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.Load(path)
+			if err != nil {
+				return err
+			}
+			r, err := custos.OpenRoot(cfg)
+			if err != nil {
+				return err
+			}
+			defer custos.CloseRoot(r)
+			f, err := os.Open(in)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			m, err := backup.Read(cmd.Context(), f, r, nil)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "backup %s is whole and authentic: %d records (%d bytes), %d tenants %s, taken %s from %s\n",
+				m.ID, m.Records, m.Bytes, len(m.Tenants), m.Summary(), m.Created.Format(time.RFC3339), m.Source)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&path, "config", "custos.yaml", "configuration file (its root unwraps the backup's data key)")
+	cmd.Flags().StringVar(&in, "in", "", "backup file")
+	_ = cmd.MarkFlagRequired("in")
+	return cmd
+}
+
+func newRestoreCmd() *cobra.Command {
+	var path, in, tombsFrom string
+	var force bool
+	var maxAge time.Duration
+	cmd := &cobra.Command{
+		Use:   "restore --config FILE --in PATH",
+		Short: "Restore a backup into the (empty) store named in the config, of either backend",
+		Long: `custos restore reads the whole backup once to authenticate it, and writes
+nothing unless it is whole, authentic, made under this root and younger than
+--max-age. It then writes every record into the store named in the config,
+which must be empty (or --force). Tenants whose deletion date has passed, and
+tenants with a tombstone in the target or in --tombstones-from, stay shredded.
+An interrupted restore is finished by running it again. Restoring a bbolt
+backup into PostgreSQL (or back) is the migration between the two. See
+docs/backup.md.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if in == "" {
+				return fmt.Errorf("--in is required")
+			}
+			file := in
+			if in == "-" {
+				// Two passes: the first authenticates, the second writes.
+				tmp, err := os.CreateTemp("", "custos-restore-*")
+				if err != nil {
+					return err
+				}
+				defer os.Remove(tmp.Name())
+				if _, err := io.Copy(tmp, cmd.InOrStdin()); err != nil {
+					tmp.Close()
+					return err
+				}
+				tmp.Close()
+				file = tmp.Name()
+			}
+			_, d, closeDirect, err := openDirect(cmd, path)
+			if err != nil {
+				return err
+			}
+			defer closeDirect()
+			opts := backup.RestoreOptions{Force: force, MaxAge: maxAge}
+			if tombsFrom != "" {
+				if opts.Tombstones, err = tombstonesFrom(cmd.Context(), tombsFrom); err != nil {
+					return err
+				}
+			}
+			p := newProgress(cmd.ErrOrStderr(), "restore")
+			opts.Progress = func(n uint64) { p.update(n, 0) }
+			open := func() (io.ReadCloser, error) { return os.Open(file) }
+			rep, err := backup.Restore(cmd.Context(), open, d.Store, d.Root, opts)
+			p.done()
+			if err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			if rep.Resumed {
+				fmt.Fprintln(w, "resumed an interrupted restore of this backup")
+			}
+			fmt.Fprintf(w, "restored backup %s (taken %s): %d records written, %d left out\n", rep.Manifest.ID, rep.Manifest.Created.Format(time.RFC3339), rep.Written, rep.Skipped)
+			if len(rep.Shredded) > 0 {
+				fmt.Fprintf(w, "kept shredded (not restored): %s\n", strings.Join(rep.Shredded, ", "))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&path, "config", "custos.yaml", "configuration file of the target (storage and root)")
+	cmd.Flags().StringVar(&in, "in", "", `backup file, or "-" for standard input`)
+	cmd.Flags().BoolVar(&force, "force", false, "write into a store that already holds records")
+	cmd.Flags().DurationVar(&maxAge, "max-age", backup.DefaultMaxAge, "refuse backups older than this (negative: no limit)")
+	cmd.Flags().StringVar(&tombsFrom, "tombstones-from", "", "the config of another store (the live deployment) whose tombstones count too")
+	return cmd
+}
+
+// writeBackup writes the backup: from the store directly, or, when the
+// store is a bbolt file a running server holds, from that server's ops
+// listener (GET /backup), checked here with the root before it is kept.
+func writeBackup(cmd *cobra.Command, cfg *config.Config, w io.Writer, f *os.File, p *progress) (*backup.Manifest, error) {
+	ctx := cmd.Context()
+	d, closeDirect, err := custos.OpenDirect(ctx, cfg, custos.NewLogger(cmd.ErrOrStderr(), "warn"))
+	if errors.Is(err, bbolt.ErrLocked) && cfg.Ops.Listen != "off" {
+		return backupFromServer(cmd, cfg, w, f, p)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer closeDirect()
+	sn, ok := d.Store.(storage.Snapshotter)
+	if !ok {
+		return nil, fmt.Errorf("storage %s cannot take a snapshot", cfg.Storage.Type)
+	}
+	return backup.Write(ctx, w, sn, d.Root, backup.Options{Source: cfg.Storage.Type, Progress: p.update})
+}
+
+func backupFromServer(cmd *cobra.Command, cfg *config.Config, w io.Writer, f *os.File, p *progress) (*backup.Manifest, error) {
+	ctx := cmd.Context()
+	fmt.Fprintf(cmd.ErrOrStderr(), "the bbolt file is held by a running server: taking the backup through its ops listener %s\n", cfg.Ops.Listen)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+cfg.Ops.Listen+"/backup", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("backup through the server: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("backup through the server: %s", resp.Status)
+	}
+	n, err := io.Copy(w, io.TeeReader(resp.Body, progressWriter{p}))
+	if err != nil {
+		return nil, fmt.Errorf("backup through the server: %w", err)
+	}
+	if f == nil {
+		return &backup.Manifest{ID: "(streamed; check it with custos backup verify)", Bytes: uint64(n), Source: cfg.Storage.Type}, nil
+	}
+	r, err := custos.OpenRoot(cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer custos.CloseRoot(r)
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
+	return backup.Read(ctx, f, r, nil)
+}
+
+// progressWriter reports bytes received.
+type progressWriter struct{ p *progress }
+
+func (pw progressWriter) Write(b []byte) (int, error) {
+	pw.p.received += uint64(len(b))
+	pw.p.update(0, pw.p.received)
+	return len(b), nil
+}
+
+// openDirect loads the config and opens its store and root.
+func openDirect(cmd *cobra.Command, path string) (*config.Config, *custos.Direct, func(), error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	d, closeDirect, err := custos.OpenDirect(cmd.Context(), cfg, custos.NewLogger(cmd.ErrOrStderr(), "warn"))
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return cfg, d, closeDirect, nil
+}
+
+func tombstonesFrom(ctx context.Context, path string) ([]keystore.Tombstone, error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return nil, fmt.Errorf("--tombstones-from: %w", err)
+	}
+	s, err := custos.OpenStorage(ctx, cfg, custos.NewLogger(io.Discard, "error"))
+	if err != nil {
+		return nil, fmt.Errorf("--tombstones-from: %w", err)
+	}
+	defer s.Close()
+	return backup.Tombstones(ctx, s)
+}
+
+// progress draws a one-line progress report on a terminal, and nothing
+// otherwise.
+type progress struct {
+	received uint64
+	w        io.Writer
+	what     string
+	tty      bool
+	last     time.Time
+	any      bool
+}
+
+func newProgress(w io.Writer, what string) *progress {
+	p := &progress{w: w, what: what}
+	if f, ok := w.(*os.File); ok {
+		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+			p.tty = true
+		}
+	}
+	return p
+}
+
+func (p *progress) update(records, bytes uint64) {
+	if !p.tty || time.Since(p.last) < 200*time.Millisecond {
+		return
+	}
+	p.last, p.any = time.Now(), true
+	if bytes > 0 {
+		fmt.Fprintf(p.w, "\r%s: %d records, %.1f MB", p.what, records, float64(bytes)/1e6)
+	} else {
+		fmt.Fprintf(p.w, "\r%s: %d records", p.what, records)
+	}
+}
+
+func (p *progress) done() {
+	if p.any {
+		fmt.Fprintln(p.w)
+	}
+}

@@ -1,0 +1,128 @@
+package main
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/custos-kms/custos/internal/config"
+	"github.com/custos-kms/custos/internal/pgtest"
+)
+
+// startDevWithOps serves dir like custos dev, on free ports, and returns
+// the gRPC and ops addresses.
+func startDevWithOps(t *testing.T, dir string) (addr, ops string, stop func()) {
+	t.Helper()
+	cfg, err := prepareDev(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Listen, cfg.Ops.Listen = "127.0.0.1:0", "127.0.0.1:0"
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan [2]string, 1)
+	done := make(chan error, 1)
+	var logs syncBuffer
+	go func() {
+		done <- serve(ctx, cfg, &logs, nil, func(a, o net.Addr) { ready <- [2]string{a.String(), o.String()} })
+	}()
+	select {
+	case a := <-ready:
+		return a[0], a[1], func() {
+			cancel()
+			select {
+			case <-done:
+			case <-time.After(30 * time.Second):
+				t.Errorf("serve did not stop; logs:\n%s", logs.String())
+			}
+		}
+	case err := <-done:
+		cancel()
+		t.Fatalf("serve: %v\n%s", err, logs.String())
+	case <-time.After(30 * time.Second):
+		cancel()
+		t.Fatal("serve did not start within 30s")
+	}
+	return "", "", nil
+}
+
+// The migration: a backup of a running bbolt deployment (taken through
+// its server), verified, restored into PostgreSQL, served from there.
+func TestBackupOfARunningServerRestoresIntoPostgreSQL(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), ".custos-dev")
+	addr, ops, stop := startDevWithOps(t, dir)
+	cli(t, dir, addr, "tenant", "create", "acme")
+	cli(t, dir, addr, "key", "create", "tenants/acme/keys/pii")
+	ct := strings.TrimSpace(cli(t, dir, addr, "encrypt", "tenants/acme/keys/pii", "--no-ad", "before the backup"))
+
+	// The config the CLI reads, with the server's real ops address.
+	conf, err := os.ReadFile(filepath.Join(dir, "custos.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := filepath.Join(dir, "live.yaml")
+	if err := os.WriteFile(live, append(conf, []byte("ops:\n  listen: "+ops+"\n")...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "custos.backup")
+	out := runMain(t, "backup", "--config", live, "--out", file)
+	if !strings.Contains(out, "through its ops listener") || !strings.Contains(out, "records") {
+		t.Fatalf("backup said:\n%s", out)
+	}
+	cli(t, dir, addr, "key", "rotate", "tenants/acme/keys/pii") // after the snapshot
+	stop()
+	if out := runMain(t, "backup", "verify", "--config", live, "--in", file); !strings.Contains(out, "whole and authentic") {
+		t.Fatalf("backup verify:\n%s", out)
+	}
+
+	// Restore into PostgreSQL: the same root and PKI, another store.
+	url := pgtest.Start(t).NewDatabase(t)
+	pgConf := filepath.Join(dir, "pg.yaml")
+	pg := strings.Replace(string(conf), "  type: bbolt\n  bbolt:\n    path: custos.db\n", "  type: postgres\n  postgres:\n    url: \""+url+"\"\n", 1)
+	pg += "audit:\n  spool: " + filepath.Join(t.TempDir(), "spool") + "\n"
+	if err := os.WriteFile(pgConf, []byte(pg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := config.Load(pgConf); err != nil {
+		t.Fatal(err)
+	}
+	out = runMain(t, "restore", "--config", pgConf, "--in", file)
+	if !strings.Contains(out, "records written") {
+		t.Fatalf("restore:\n%s", out)
+	}
+	// A second restore into the now full store is refused.
+	if out, err := runMainErr(t, "restore", "--config", pgConf, "--in", file); err == nil || !strings.Contains(err.Error(), "not empty") {
+		t.Fatalf("restore into a full store: %v\n%s", err, out)
+	}
+	// Served from PostgreSQL: the old ciphertext decrypts; the rotation
+	// after the snapshot is not there.
+	cfg, err := config.Load(pgConf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Listen, cfg.Ops.Listen = "127.0.0.1:0", "off"
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, cfg, &syncBuffer{}, nil, func(a, _ net.Addr) { ready <- a.String() }) }()
+	var pgAddr string
+	select {
+	case pgAddr = <-ready:
+	case err := <-done:
+		t.Fatal(err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the PostgreSQL server did not start")
+	}
+	if pt := cli(t, dir, pgAddr, "decrypt", "tenants/acme/keys/pii", "--no-ad", ct); !strings.Contains(pt, "before the backup") {
+		t.Fatalf("decrypt after the migration: %q", pt)
+	}
+	if k := cli(t, dir, pgAddr, "key", "get", "tenants/acme/keys/pii"); !strings.Contains(k, "primary:  1\n") {
+		t.Fatalf("the rotation after the snapshot is in the restore:\n%s", k)
+	}
+	cancel()
+	<-done
+}
