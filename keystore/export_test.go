@@ -20,4 +20,3 @@ func DuePass(ctx context.Context, s *Service) error { return s.duePass(ctx) }
 func AcquireLease(ctx context.Context, s *Service, holder string, ttl time.Duration) (bool, error) {
 	return s.acquireLease(ctx, holder, ttl)
 }
-
