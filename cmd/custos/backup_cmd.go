@@ -73,7 +73,7 @@ the root. "-" writes to standard output. See docs/backup.md.`,
 				}
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "backup %s: %d records (%d bytes), %d tenants %s, taken %s from %s\n",
-				m.ID, m.Records, m.Bytes, len(m.Tenants), m.Summary(), m.Created.Format(time.RFC3339), m.Source)
+				m.ID, m.Records, m.Bytes, m.TenantCount(), m.Summary(), m.Created.Format(time.RFC3339), m.Source)
 			return nil
 		},
 	}
@@ -109,7 +109,7 @@ func newBackupVerifyCmd() *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "backup %s is whole and authentic: %d records (%d bytes), %d tenants %s, taken %s from %s\n",
-				m.ID, m.Records, m.Bytes, len(m.Tenants), m.Summary(), m.Created.Format(time.RFC3339), m.Source)
+				m.ID, m.Records, m.Bytes, m.TenantCount(), m.Summary(), m.Created.Format(time.RFC3339), m.Source)
 			return nil
 		},
 	}

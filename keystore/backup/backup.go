@@ -80,9 +80,13 @@ type Manifest struct {
 	Bytes   uint64 `json:"bytes"`
 	// Digest is the hex SHA-256 of the record frames, in order.
 	Digest string `json:"digest"`
-	// Tenants is every tenant's state at the snapshot, so that a restore
-	// can tell which it must shred.
-	Tenants []Tenant `json:"tenants"`
+	// TenantStates counts the tenants by state at the snapshot.
+	TenantStates map[string]int `json:"tenant_states"`
+	// Deleting lists the tenants scheduled for deletion at the snapshot,
+	// with their deletion dates, so that a restore shreds those whose date
+	// has passed. (Active tenants are not listed: the manifest stays small
+	// however many tenants there are.)
+	Deleting []Tenant `json:"deleting,omitempty"`
 }
 
 // Tenant is one tenant's state in a manifest.
@@ -145,7 +149,7 @@ func Write(ctx context.Context, w io.Writer, store storage.Snapshotter, r root.R
 	if _, err := rand.Read(id[:]); err != nil {
 		return nil, err
 	}
-	m := &Manifest{Format: Format, ID: hex.EncodeToString(id[:]), Created: opts.Now().UTC(), Source: opts.Source}
+	m := &Manifest{Format: Format, ID: hex.EncodeToString(id[:]), Created: opts.Now().UTC(), Source: opts.Source, TenantStates: map[string]int{}}
 	digest := sha256.New()
 	body := bufio.NewWriterSize(enc, 1<<20)
 	var frame []byte
@@ -162,7 +166,10 @@ func Write(ctx context.Context, w io.Writer, store storage.Snapshotter, r root.R
 			if err != nil {
 				return fmt.Errorf("backup: tenant %s: %w", t, err)
 			}
-			m.Tenants = append(m.Tenants, Tenant{ID: t, State: info.State.String(), CreateTime: info.CreateTime, DeleteTime: info.DeleteTime})
+			m.TenantStates[info.State.String()]++
+			if info.State == keystore.TenantDeleteScheduled {
+				m.Deleting = append(m.Deleting, Tenant{ID: t, State: info.State.String(), CreateTime: info.CreateTime, DeleteTime: info.DeleteTime})
+			}
 		}
 		if opts.Progress != nil && m.Records%4096 == 0 {
 			opts.Progress(m.Records, m.Bytes)

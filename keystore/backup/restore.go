@@ -77,8 +77,17 @@ func Restore(ctx context.Context, open func() (io.ReadCloser, error), target sto
 	if !ok {
 		return nil, fmt.Errorf("backup: storage %T cannot write in batches", target)
 	}
-	// 1. Authenticate the whole file; write nothing.
-	m, err := readAll(ctx, open, r, nil)
+	// 1. Authenticate the whole file, collecting its tombstones; write
+	// nothing.
+	var tombs []keystore.Tombstone
+	m, err := readAll(ctx, open, r, func(key string, value []byte) error {
+		if strings.HasPrefix(key, keystore.TombstonePrefix) {
+			if ts, err := keystore.ParseTombstone(value); err == nil {
+				tombs = append(tombs, ts)
+			}
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -106,48 +115,46 @@ func Restore(ctx context.Context, open func() (io.ReadCloser, error), target sto
 	}
 
 	// 3. Which tenants stay shredded: deleted by now per the manifest, or
-	// with a tombstone in the target or in the backup.
+	// with a tombstone (in the backup, the target or opts) that covers the
+	// backed-up tenant (created no later than the tombstone's tenant).
 	shred := map[string]bool{}
-	created := map[string]time.Time{}
-	for _, t := range m.Tenants {
-		created[t.ID] = t.CreateTime
-		if t.State == keystore.TenantDeleteScheduled.String() && !t.DeleteTime.IsZero() && !now.Before(t.DeleteTime) {
+	for _, t := range m.Deleting {
+		if !t.DeleteTime.IsZero() && !now.Before(t.DeleteTime) {
 			shred[t.ID] = true
 		}
 	}
-	honour := func(ts keystore.Tombstone) {
-		if c, ok := created[ts.Tenant]; ok && ts.Covers(c) {
-			shred[ts.Tenant] = true
-		}
-	}
-	tomb := func(value []byte) {
-		if ts, err := keystore.ParseTombstone(value); err == nil {
-			honour(ts)
-		}
-	}
-	for _, ts := range opts.Tombstones {
-		honour(ts)
-	}
-	for after := ""; ; {
-		recs, err := target.List(ctx, keystore.TombstonePrefix, after, 1000)
-		if err != nil {
-			return nil, fmt.Errorf("backup: read the target's tombstones: %w", err)
-		}
-		for _, rec := range recs {
-			tomb(rec.Value)
-			after = rec.Key
-		}
-		if len(recs) < 1000 {
-			break
-		}
-	}
-	if _, err := readAll(ctx, open, r, func(key string, value []byte) error {
-		if strings.HasPrefix(key, keystore.TombstonePrefix) {
-			tomb(value)
-		}
-		return nil
-	}); err != nil {
+	tombs = append(tombs, opts.Tombstones...)
+	targetTombs, err := Tombstones(ctx, target)
+	if err != nil {
 		return nil, err
+	}
+	tombs = append(tombs, targetTombs...)
+	if len(tombs) > 0 {
+		byTenant := map[string][]keystore.Tombstone{}
+		for _, ts := range tombs {
+			byTenant[ts.Tenant] = append(byTenant[ts.Tenant], ts)
+		}
+		// The backed-up tenants' creation times, read for the tombstoned
+		// ones only (tenant records sort after key records, so this is a
+		// pass of its own).
+		if _, err := readAll(ctx, open, r, func(key string, value []byte) error {
+			t, ok := keystore.TenantOfStorageKey(key)
+			if !ok || len(byTenant[t]) == 0 {
+				return nil
+			}
+			info, err := keystore.ParseTenantRecord(value)
+			if err != nil {
+				return fmt.Errorf("backup: tenant %s: %w", t, err)
+			}
+			for _, ts := range byTenant[t] {
+				if ts.Covers(info.CreateTime) {
+					shred[t] = true
+				}
+			}
+			return nil
+		}); err != nil {
+			return nil, err
+		}
 	}
 	for t := range shred {
 		rep.Shredded = append(rep.Shredded, t)
@@ -220,12 +227,17 @@ func readAll(ctx context.Context, open func() (io.ReadCloser, error), r root.Roo
 
 // Summary is a manifest's tenant states, for reports.
 func (m *Manifest) Summary() string {
-	counts := map[string]int{}
-	for _, t := range m.Tenants {
-		counts[t.State]++
-	}
-	b, _ := json.Marshal(counts)
+	b, _ := json.Marshal(m.TenantStates)
 	return string(b)
+}
+
+// TenantCount is how many tenants the backup holds.
+func (m *Manifest) TenantCount() int {
+	n := 0
+	for _, c := range m.TenantStates {
+		n += c
+	}
+	return n
 }
 
 // Tombstones lists the tombstones a store holds (for
