@@ -108,8 +108,13 @@ func TestSIGHUPDuringStartUpIsNotFatal(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		// From 20ms on, as an orchestrator's deploy might (the reported
-		// failure was at 20ms, while the root and storage were opened).
+		// No program can catch a signal before its own code runs: on a busy
+		// machine the process may take longer than 20ms to reach main.
+		// Wait until it has run main (custos dev's first act after
+		// catching SIGHUP is to create its directory), then send it from
+		// 20ms on, as an orchestrator's deploy might (the reported failure
+		// was at 20ms, while the root and storage were opened).
+		waitExists(t, dir)
 		time.Sleep(time.Duration(20<<i) * time.Millisecond)
 		_ = cmd.Process.Signal(syscall.SIGHUP)
 		time.Sleep(300 * time.Millisecond)
@@ -126,4 +131,17 @@ func TestSIGHUPDuringStartUpIsNotFatal(t *testing.T) {
 			t.Fatalf("SIGHUP %dms after start killed the server", 20<<i)
 		}
 	}
+}
+
+// waitExists waits (at most 10s) until path exists.
+func waitExists(t *testing.T, path string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Fatalf("%s did not appear within 10s", path)
 }
