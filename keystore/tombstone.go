@@ -104,5 +104,11 @@ func TenantOwnsStorageKey(tenant, key string) bool {
 	return false
 }
 
+// TenantStoragePrefixes are the key prefixes under which tenant's records
+// lie (TenantOwnsStorageKey tells which of the keys they list are its).
+func TenantStoragePrefixes(tenant string) []string {
+	return append([]string{tenantStorageKey(tenant)}, tenantScopedPrefixes(tenant)...)
+}
+
 // LeaseStorageKey is the scheduler lease's storage key.
 const LeaseStorageKey = leaseStorageKey

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/pprof"
 	"strings"
@@ -213,14 +214,41 @@ func (s *Server) OpsHandler(withPprof bool) http.Handler {
 	if s.backup != nil {
 		// A backup of the whole store, taken inside the server (the one
 		// process that may open a bbolt file). Its content is encrypted
-		// under a key only the root unwraps; a failure mid-stream leaves a
-		// file that fails authentication.
+		// under a key only the root unwraps. One at a time.
+		var busy sync.Mutex
 		mux.HandleFunc("GET /backup", func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Content-Type", "application/octet-stream")
-			if err := s.backup(r.Context(), w); err != nil {
-				s.logger.Error("backup over the ops listener failed", "error", err.Error())
+			if !busy.TryLock() {
+				http.Error(w, "a backup is already being taken", http.StatusTooManyRequests)
+				return
 			}
+			defer busy.Unlock()
+			s.logger.Info("backup requested on the ops listener", "remote", r.RemoteAddr)
+			cw := &countingWriter{w: w}
+			w.Header().Set("Content-Type", "application/octet-stream")
+			if err := s.backup(r.Context(), cw); err != nil {
+				s.logger.Error("backup over the ops listener failed", "error", err.Error())
+				if cw.n == 0 {
+					http.Error(w, "backup failed: "+err.Error(), http.StatusInternalServerError)
+					return
+				}
+				// Cut the response: the client sees a broken stream, not
+				// a clean end.
+				panic(http.ErrAbortHandler)
+			}
+			s.logger.Info("backup taken on the ops listener", "bytes", cw.n)
 		})
 	}
 	return mux
+}
+
+// countingWriter counts what it passes on.
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	"github.com/custos-kms/custos/keystore/backup"
 	"github.com/custos-kms/custos/keystore/storage"
 	"github.com/custos-kms/custos/keystore/storage/bbolt"
+	"github.com/custos-kms/custos/keystore/storage/postgres"
 )
 
 func newBackupCmd() *cobra.Command {
@@ -164,11 +166,18 @@ docs/backup.md.`,
 				if opts.Tombstones, err = tombstonesFrom(cmd.Context(), tombsFrom); err != nil {
 					return err
 				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "%d tombstones read from %s\n", len(opts.Tombstones), tombsFrom)
 			}
 			p := newProgress(cmd.ErrOrStderr(), "restore")
 			opts.Progress = func(n uint64) { p.update(n, 0) }
-			open := func() (io.ReadCloser, error) { return os.Open(file) }
-			rep, err := backup.Restore(cmd.Context(), open, d.Store, d.Root, opts)
+			// Opened once: every pass reads the same file, even if another
+			// is renamed over its path meanwhile.
+			f, err := os.Open(file)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			rep, err := backup.Restore(cmd.Context(), f, d.Store, d.Root, opts)
 			p.done()
 			if err != nil {
 				return err
@@ -197,6 +206,13 @@ docs/backup.md.`,
 // listener (GET /backup), checked here with the root before it is kept.
 func writeBackup(cmd *cobra.Command, cfg *config.Config, w io.Writer, f *os.File, p *progress) (*backup.Manifest, error) {
 	ctx := cmd.Context()
+	if cfg.Storage.Type == "bbolt" {
+		// A mistyped path must not become a new, empty store and an empty
+		// backup.
+		if _, err := os.Stat(cfg.Storage.Bbolt.Path); err != nil {
+			return nil, fmt.Errorf("storage: %w", err)
+		}
+	}
 	d, closeDirect, err := custos.OpenDirect(ctx, cfg, custos.NewLogger(cmd.ErrOrStderr(), "warn"))
 	if errors.Is(err, bbolt.ErrLocked) && cfg.Ops.Listen != "off" {
 		return backupFromServer(cmd, cfg, w, f, p)
@@ -227,18 +243,36 @@ func backupFromServer(cmd *cobra.Command, cfg *config.Config, w io.Writer, f *os
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("backup through the server: %s", resp.Status)
 	}
-	n, err := io.Copy(w, io.TeeReader(resp.Body, progressWriter{p}))
-	if err != nil {
-		return nil, fmt.Errorf("backup through the server: %w", err)
-	}
-	if f == nil {
-		return &backup.Manifest{ID: "(streamed; check it with custos backup verify)", Bytes: uint64(n), Source: cfg.Storage.Type}, nil
-	}
 	r, err := custos.OpenRoot(cfg)
 	if err != nil {
 		return nil, err
 	}
 	defer custos.CloseRoot(r)
+	if f == nil {
+		// Streamed on: checked with the root as it passes, and the command
+		// fails if it does not check out.
+		pr, pw := io.Pipe()
+		checked := make(chan error, 1)
+		var m *backup.Manifest
+		go func() {
+			var err error
+			m, err = backup.Read(ctx, pr, r, nil)
+			_, _ = io.Copy(io.Discard, pr)
+			checked <- err
+		}()
+		_, err := io.Copy(io.MultiWriter(w, pw), io.TeeReader(resp.Body, progressWriter{p}))
+		pw.CloseWithError(err)
+		if cerr := <-checked; err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return nil, fmt.Errorf("backup through the server: %w", err)
+		}
+		return m, nil
+	}
+	if _, err := io.Copy(w, io.TeeReader(resp.Body, progressWriter{p})); err != nil {
+		return nil, fmt.Errorf("backup through the server: %w", err)
+	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return nil, err
 	}
@@ -267,12 +301,29 @@ func openDirect(cmd *cobra.Command, path string) (*config.Config, *custos.Direct
 	return cfg, d, closeDirect, nil
 }
 
+// tombstonesFrom reads the tombstones of the store another config names,
+// without writing to it: a bbolt file opened read-only (it must exist, and
+// its server must be stopped), a PostgreSQL database without migrations.
 func tombstonesFrom(ctx context.Context, path string) ([]keystore.Tombstone, error) {
 	cfg, err := config.Load(path)
 	if err != nil {
 		return nil, fmt.Errorf("--tombstones-from: %w", err)
 	}
-	s, err := custos.OpenStorage(ctx, cfg, custos.NewLogger(io.Discard, "error"))
+	var s storage.Store
+	switch cfg.Storage.Type {
+	case "bbolt":
+		s, err = bbolt.Open(cfg.Storage.Bbolt.Path, bbolt.Options{ReadOnly: true})
+		if errors.Is(err, bbolt.ErrLocked) {
+			err = fmt.Errorf("%w (stop its server first)", err)
+		}
+	case "postgres":
+		var url string
+		if url, err = cfg.Storage.Postgres.PostgresURL(); err == nil {
+			s, err = postgres.Open(ctx, postgres.Config{URL: url, NoMigrate: true, Logger: slog.New(slog.DiscardHandler)})
+		}
+	default:
+		err = fmt.Errorf("storage %s holds no tombstones to read", cfg.Storage.Type)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("--tombstones-from: %w", err)
 	}

@@ -11,6 +11,8 @@ import (
 
 	"github.com/custos-kms/custos/internal/config"
 	"github.com/custos-kms/custos/internal/pgtest"
+	"github.com/custos-kms/custos/keystore/backup"
+	"github.com/custos-kms/custos/keystore/storage/bbolt"
 )
 
 // startDevWithOps serves dir like custos dev, on free ports, and returns
@@ -125,4 +127,26 @@ func TestBackupOfARunningServerRestoresIntoPostgreSQL(t *testing.T) {
 	}
 	cancel()
 	<-done
+}
+
+// A server does not start on a store whose restore did not finish.
+func TestAServerRefusesAHalfRestoredStore(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), ".custos-dev")
+	cfg, err := prepareDev(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := bbolt.Open(cfg.Storage.Bbolt.Path, bbolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Put(t.Context(), backup.MarkerKey, []byte("0123"), 0); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	cfg.Listen, cfg.Ops.Listen = "127.0.0.1:0", "off"
+	err = serve(t.Context(), cfg, &syncBuffer{}, nil, func(net.Addr, net.Addr) {})
+	if err == nil || !strings.Contains(err.Error(), "unfinished restore") {
+		t.Fatalf("serve on a half-restored store: %v", err)
+	}
 }

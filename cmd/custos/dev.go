@@ -89,7 +89,12 @@ func prepareDev(dir string) (*config.Config, error) {
 			return nil, err
 		}
 	}
-	return config.Load(filepath.Join(dir, "custos.yaml"))
+	cfg, err := config.Load(filepath.Join(dir, "custos.yaml"))
+	if err != nil {
+		return nil, err
+	}
+	cfg.Ops.Backup = true // custos backup --config .custos-dev/custos.yaml while it runs
+	return cfg, nil
 }
 
 func writeIfMissing(path, content string) error {

@@ -121,6 +121,12 @@ type Ops struct {
 	// ProbeInterval is how often the storage and the root are probed for
 	// /readyz and gRPC health. Default 5s.
 	ProbeInterval time.Duration `yaml:"probe_interval"`
+	// Backup serves GET /backup on the ops listener: a backup of the store
+	// taken by this server, which custos backup fetches when the store is
+	// a bbolt file the server holds. bbolt only; default off (custos dev
+	// turns it on). The file is encrypted under the root, but anyone who
+	// reaches the listener can take one.
+	Backup bool `yaml:"backup"`
 	// Pprof serves Go's profiles under /debug/pprof/ on the ops listener.
 	// Off by default: profiles show what the process is doing (never key
 	// material, but function names and timings).

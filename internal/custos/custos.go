@@ -126,6 +126,13 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 			}
 		})
 	}
+	// A store a restore has not finished is not served: it holds part of a
+	// backup.
+	if rec, err := store.Get(ctx, backup.MarkerKey); err == nil {
+		return nil, fmt.Errorf("the store holds an unfinished restore of backup %s: run the same custos restore again to finish it", rec.Value)
+	} else if !errors.Is(err, storage.ErrNotFound) && !errors.Is(err, storage.ErrUnavailable) {
+		return nil, fmt.Errorf("storage: %w", err)
+	}
 	kcfg := KeystoreConfig(cfg, store, r, rt.logger)
 	kcfg.Now = opts.Now
 	if rt.ks, err = keystore.New(kcfg); err != nil {
@@ -165,7 +172,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 		}
 	}
 	var backupFn func(context.Context, io.Writer) error
-	if sn, ok := store.(storage.Snapshotter); ok {
+	if sn, ok := store.(storage.Snapshotter); ok && cfg.Ops.Backup && cfg.Storage.Type == "bbolt" {
 		backupFn = func(ctx context.Context, w io.Writer) error {
 			_, err := backup.Write(ctx, w, sn, r, backup.Options{Source: cfg.Storage.Type})
 			return err
@@ -363,7 +370,9 @@ func (rt *Runtime) Run(ctx context.Context) error {
 	if ops != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		if err := ops.Shutdown(sctx); err != nil {
-			logger.Warn("ops listener did not shut down cleanly", "error", err.Error())
+			// A long request (a backup) still running: cut it.
+			logger.Warn("ops listener did not shut down cleanly; closing it", "error", err.Error())
+			_ = ops.Close()
 		}
 		cancel()
 	}

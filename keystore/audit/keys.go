@@ -21,8 +21,11 @@ const (
 	shippedPrefix = prefix + "shipped/" // shipped/<writer>: the last counter of writer in the tree
 	treeKey       = prefix + "tree"     // the tree's state
 	signingKeyKey = prefix + "signing-key"
-	leaseKey      = prefix + "lease"
+	leaseKey      = LeaseStorageKey
 )
+
+// LeaseStorageKey is the integration lease's storage key.
+const LeaseStorageKey = prefix + "lease"
 
 func hex16(n uint64) string { return fmt.Sprintf("%016x", n) }
 

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -121,8 +120,7 @@ func backupOf(t *testing.T, w *world, s storage.Store) []byte {
 
 func restore(w *world, file []byte, target storage.Store, opts backup.RestoreOptions) (*backup.RestoreReport, error) {
 	opts.Now = w.clock.now
-	open := func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(file)), nil }
-	return backup.Restore(context.Background(), open, target, w.root, opts)
+	return backup.Restore(context.Background(), bytes.NewReader(file), target, w.root, opts)
 }
 
 func mustDecrypt(t *testing.T, ks *keystore.Service, cts []ciphertext) {
@@ -313,6 +311,52 @@ func TestShreddingReachesBackups(t *testing.T) {
 	if strings.Join(rep.Shredded, ",") != "early,late" {
 		t.Fatalf("shredded over the live store: %v", rep.Shredded)
 	}
+	// The first restore gave its target tombstones for the tenants it kept
+	// out: restoring the same (old) backup over it, forced, keeps them out
+	// and clears anything of theirs already there.
+	if tombs, _ := backup.Tombstones(ctx, dst); len(tombs) != 2 {
+		t.Fatalf("tombstones in the restored store: %v", tombs)
+	}
+	if _, err := dst.Put(ctx, "keys/late/leftover", []byte("x"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := restore(w, file, dst, backup.RestoreOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	if recs, _ := dst.List(ctx, "keys/late/", "", 10); len(recs) != 0 {
+		t.Fatalf("records of a shredded tenant stay in the target: %v", recs)
+	}
+}
+
+// Only the two leases are left out: a key named "lease" is restored.
+func TestAKeyNamedLeaseIsRestored(t *testing.T) {
+	ctx := context.Background()
+	w := newWorld(t)
+	src := memory.New()
+	ks := w.keystore(t, src)
+	if _, err := ks.CreateTenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	ref := keystore.KeyRef{Tenant: "acme", Key: "lease"}
+	if _, err := ks.CreateKey(ctx, ref, keystore.KeySpec{Purpose: keystore.PurposeEncrypt}); err != nil {
+		t.Fatal(err)
+	}
+	ct, _, err := ks.Encrypt(ctx, ref, []byte("x"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.Put(ctx, keystore.LeaseStorageKey, []byte("{}"), 0); err != nil {
+		t.Fatal(err)
+	}
+	dst := memory.New()
+	rep, err := restore(w, backupOf(t, w, src), dst, backup.RestoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Skipped != 1 {
+		t.Fatalf("%d records left out, want the scheduler lease only", rep.Skipped)
+	}
+	mustDecrypt(t, w.keystore(t, dst), []ciphertext{{ref, "x", ct}})
 }
 
 // errAfter fails the target's writes after n records: an interrupted

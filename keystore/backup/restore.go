@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/custos-kms/custos/keystore"
+	"github.com/custos-kms/custos/keystore/audit"
 	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/storage"
 )
@@ -20,12 +21,18 @@ import (
 // shredded meanwhile cannot come back from an older copy.
 const DefaultMaxAge = 90 * 24 * time.Hour
 
-// markerKey is the record a restore in progress leaves in the target, so
-// that an interrupted restore of the same backup can be run again.
-const markerKey = "restore/in-progress"
+// MarkerKey is the record a restore in progress leaves in the target, so
+// that an interrupted restore of the same backup can be run again (and a
+// server refuses to start on a store half restored).
+const MarkerKey = "restore/in-progress"
 
-// restoreBatch is how many records one target write takes.
-const restoreBatch = 500
+const markerKey = MarkerKey
+
+// restoreBatch and restoreBatchBytes bound one target write.
+const (
+	restoreBatch      = 500
+	restoreBatchBytes = 8 << 20
+)
 
 // RestoreOptions configure Restore.
 type RestoreOptions struct {
@@ -66,7 +73,7 @@ type RestoreReport struct {
 // again and writes every record, except those of tenants that must stay
 // shredded and the leases (whose holders are gone). Run again after an
 // interruption, it completes with the same result.
-func Restore(ctx context.Context, open func() (io.ReadCloser, error), target storage.Store, r root.Root, opts RestoreOptions) (*RestoreReport, error) {
+func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root.Root, opts RestoreOptions) (*RestoreReport, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
@@ -80,7 +87,7 @@ func Restore(ctx context.Context, open func() (io.ReadCloser, error), target sto
 	// 1. Authenticate the whole file, collecting its tombstones; write
 	// nothing.
 	var tombs []keystore.Tombstone
-	m, err := readAll(ctx, open, r, func(key string, value []byte) error {
+	m, err := readAll(ctx, in, r, nil, func(key string, value []byte) error {
 		if strings.HasPrefix(key, keystore.TombstonePrefix) {
 			if ts, err := keystore.ParseTombstone(value); err == nil {
 				tombs = append(tombs, ts)
@@ -118,9 +125,13 @@ func Restore(ctx context.Context, open func() (io.ReadCloser, error), target sto
 	// with a tombstone (in the backup, the target or opts) that covers the
 	// backed-up tenant (created no later than the tombstone's tenant).
 	shred := map[string]bool{}
+	// keep are the tombstones the target gets for the tenants kept out, so
+	// that a later restore of an older backup into it keeps them out too.
+	keep := map[string]keystore.Tombstone{}
 	for _, t := range m.Deleting {
 		if !t.DeleteTime.IsZero() && !now.Before(t.DeleteTime) {
 			shred[t.ID] = true
+			keep[t.ID] = keystore.Tombstone{Tenant: t.ID, CreateTime: t.CreateTime.UTC(), ShredTime: now.UTC()}
 		}
 	}
 	tombs = append(tombs, opts.Tombstones...)
@@ -137,7 +148,7 @@ func Restore(ctx context.Context, open func() (io.ReadCloser, error), target sto
 		// The backed-up tenants' creation times, read for the tombstoned
 		// ones only (tenant records sort after key records, so this is a
 		// pass of its own).
-		if _, err := readAll(ctx, open, r, func(key string, value []byte) error {
+		if _, err := readAll(ctx, in, r, m, func(key string, value []byte) error {
 			t, ok := keystore.TenantOfStorageKey(key)
 			if !ok || len(byTenant[t]) == 0 {
 				return nil
@@ -149,6 +160,7 @@ func Restore(ctx context.Context, open func() (io.ReadCloser, error), target sto
 			for _, ts := range byTenant[t] {
 				if ts.Covers(info.CreateTime) {
 					shred[t] = true
+					keep[t] = ts
 				}
 			}
 			return nil
@@ -161,11 +173,15 @@ func Restore(ctx context.Context, open func() (io.ReadCloser, error), target sto
 	}
 	slices.Sort(rep.Shredded)
 
-	// 4. Write, marked as in progress.
+	// 4. Write, marked as in progress: the shredded tenants' tombstones
+	// first, then their records already in the target go (a forced
+	// restore, an interrupted one re-run after a deletion date passed),
+	// then the backup's records.
 	if err := apply.Apply(ctx, []storage.Op{{Key: markerKey, Value: []byte(m.ID), Expect: storage.AnyVersion}}); err != nil {
 		return nil, fmt.Errorf("backup: mark the target: %w", err)
 	}
 	var ops []storage.Op
+	size := 0
 	flush := func() error {
 		if len(ops) == 0 {
 			return nil
@@ -174,22 +190,58 @@ func Restore(ctx context.Context, open func() (io.ReadCloser, error), target sto
 			return fmt.Errorf("backup: write the target: %w", err)
 		}
 		rep.Written += uint64(len(ops))
-		ops = ops[:0]
+		ops, size = ops[:0], 0
 		if opts.Progress != nil {
 			opts.Progress(rep.Written)
 		}
 		return nil
 	}
-	if _, err := readAll(ctx, open, r, func(key string, value []byte) error {
+	add := func(op storage.Op) error {
+		ops = append(ops, op)
+		size += len(op.Key) + len(op.Value)
+		if len(ops) == restoreBatch || size >= restoreBatchBytes {
+			return flush()
+		}
+		return nil
+	}
+	for _, t := range rep.Shredded {
+		b, _ := json.Marshal(keep[t])
+		if err := add(storage.Op{Key: keystore.TombstonePrefix + t, Value: b, Expect: storage.AnyVersion}); err != nil {
+			return nil, err
+		}
+		if err := flush(); err != nil { // the tombstone before any delete
+			return nil, err
+		}
+		for _, p := range keystore.TenantStoragePrefixes(t) {
+			for {
+				recs, err := target.List(ctx, p, "", restoreBatch)
+				if err != nil {
+					return nil, fmt.Errorf("backup: clear shredded tenant %s: %w", t, err)
+				}
+				for _, rec := range recs {
+					if keystore.TenantOwnsStorageKey(t, rec.Key) {
+						ops = append(ops, storage.Op{Key: rec.Key, Delete: true, Expect: storage.AnyVersion})
+					}
+				}
+				if err := flush(); err != nil {
+					return nil, err
+				}
+				if len(recs) < restoreBatch {
+					break
+				}
+			}
+		}
+	}
+	rep.Written = 0
+	if _, err := readAll(ctx, in, r, m, func(key string, value []byte) error {
 		if key == markerKey || skipKey(key, shred) {
 			rep.Skipped++
 			return nil
 		}
-		ops = append(ops, storage.Op{Key: key, Value: value, Expect: storage.AnyVersion})
-		if len(ops) == restoreBatch {
-			return flush()
+		if strings.HasPrefix(key, keystore.TombstonePrefix) && shred[strings.TrimPrefix(key, keystore.TombstonePrefix)] {
+			return nil // written above
 		}
-		return nil
+		return add(storage.Op{Key: key, Value: value, Expect: storage.AnyVersion})
 	}); err != nil {
 		return nil, err
 	}
@@ -202,9 +254,10 @@ func Restore(ctx context.Context, open func() (io.ReadCloser, error), target sto
 	return rep, nil
 }
 
-// skipKey: leases (their holders are gone) and shredded tenants' records.
+// skipKey: the leases (their holders are gone) and shredded tenants'
+// records.
 func skipKey(key string, shred map[string]bool) bool {
-	if key == keystore.LeaseStorageKey || key == "audit/lease" || strings.HasSuffix(key, "/lease") {
+	if key == keystore.LeaseStorageKey || key == audit.LeaseStorageKey {
 		return true
 	}
 	for _, p := range []string{"tenants/", "keys/", "lockout/"} {
@@ -216,13 +269,20 @@ func skipKey(key string, shred map[string]bool) bool {
 	return false
 }
 
-func readAll(ctx context.Context, open func() (io.ReadCloser, error), r root.Root, fn func(string, []byte) error) (*Manifest, error) {
-	f, err := open()
-	if err != nil {
-		return nil, fmt.Errorf("backup: open: %w", err)
+// readAll reads the backup from its start; with want set, the file must
+// still be that backup (same id and digest) or the pass fails.
+func readAll(ctx context.Context, in io.ReadSeeker, r root.Root, want *Manifest, fn func(string, []byte) error) (*Manifest, error) {
+	if _, err := in.Seek(0, io.SeekStart); err != nil {
+		return nil, fmt.Errorf("backup: rewind: %w", err)
 	}
-	defer f.Close()
-	return Read(ctx, f, r, fn)
+	m, err := Read(ctx, in, r, fn)
+	if err != nil {
+		return nil, err
+	}
+	if want != nil && (m.ID != want.ID || m.Digest != want.Digest) {
+		return nil, fmt.Errorf("%w: the file changed while it was being restored", ErrDamaged)
+	}
+	return m, nil
 }
 
 // Summary is a manifest's tenant states, for reports.

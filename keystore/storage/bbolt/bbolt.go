@@ -9,6 +9,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -35,6 +37,9 @@ type Options struct {
 	// Timeout is how long Open waits for another holder to release the
 	// file's lock. Zero or negative means DefaultTimeout.
 	Timeout time.Duration
+	// ReadOnly opens an existing file for reading only (a shared lock);
+	// a missing file is an error instead of a new, empty store.
+	ReadOnly bool
 }
 
 // bucket holds every record. A record's value is its version as 8 bytes
@@ -62,20 +67,34 @@ func Open(path string, opts Options) (*Store, error) {
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
+	if opts.ReadOnly {
+		if _, err := os.Stat(path); err != nil {
+			return nil, fmt.Errorf("bbolt: open %s: %w", path, err)
+		}
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout, ReadOnly: opts.ReadOnly})
 	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("bbolt: open %s: gave up after %v: %w", path, timeout, ErrLocked)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("bbolt: open %s: %w", path, err)
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(bucket)
-		return err
-	})
+	if opts.ReadOnly {
+		err = db.View(func(tx *bolt.Tx) error {
+			if tx.Bucket(bucket) == nil {
+				return errors.New("not a Custos store (no records bucket)")
+			}
+			return nil
+		})
+	} else {
+		err = db.Update(func(tx *bolt.Tx) error {
+			_, err := tx.CreateBucketIfNotExists(bucket)
+			return err
+		})
+	}
 	if err != nil {
 		db.Close()
-		return nil, fmt.Errorf("bbolt: open %s: create bucket: %w", path, err)
+		return nil, fmt.Errorf("bbolt: open %s: %w", path, err)
 	}
 	return &Store{db: db, path: path}, nil
 }
@@ -300,10 +319,37 @@ func (s *Store) Apply(ctx context.Context, ops []storage.Op) error {
 
 var _ storage.Snapshotter = (*Store)(nil)
 
-// Snapshot calls fn for every record, in key order, within one read
-// transaction: a consistent view while writers carry on.
+// Snapshot calls fn for every record, in key order, as of one moment. The
+// read transaction that defines the moment lasts only as long as copying
+// the file (tx.WriteTo, at disk speed) beside it; fn then reads the copy,
+// however slowly, without holding back the live file's writers.
 func (s *Store) Snapshot(ctx context.Context, fn func(storage.Record) error) error {
-	err := s.view(ctx, func(b *bolt.Bucket) error {
+	tmp, err := os.CreateTemp(filepath.Dir(s.path), filepath.Base(s.path)+".snapshot-*")
+	if err != nil {
+		return fmt.Errorf("bbolt: snapshot: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	err = s.viewTx(ctx, func(tx *bolt.Tx) error {
+		_, err := tx.WriteTo(tmp)
+		return err
+	})
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("bbolt: snapshot: copy: %w", err)
+	}
+	db, err := bolt.Open(tmp.Name(), 0o600, &bolt.Options{ReadOnly: true, Timeout: DefaultTimeout})
+	if err != nil {
+		return fmt.Errorf("bbolt: snapshot: %w", err)
+	}
+	defer db.Close()
+	var fnErr error
+	err = db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucket)
+		if b == nil {
+			return errors.New("no records bucket")
+		}
 		c := b.Cursor()
 		for k, raw := c.First(); k != nil; k, raw = c.Next() {
 			if err := ctx.Err(); err != nil {
@@ -313,14 +359,30 @@ func (s *Store) Snapshot(ctx context.Context, fn func(storage.Record) error) err
 			if err != nil {
 				return fmt.Errorf("record %q: %w", k, err)
 			}
-			if err := fn(storage.Record{Key: string(k), Value: value, Version: version}); err != nil {
-				return err
+			if fnErr = fn(storage.Record{Key: string(k), Value: value, Version: version}); fnErr != nil {
+				return fnErr
 			}
 		}
 		return nil
 	})
-	if err != nil {
+	switch {
+	case fnErr != nil:
+		return fnErr
+	case err != nil:
 		return fmt.Errorf("bbolt: snapshot: %w", err)
 	}
 	return nil
+}
+
+// viewTx runs fn in a read-only transaction.
+func (s *Store) viewTx(ctx context.Context, fn func(*bolt.Tx) error) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return storage.ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return s.db.View(fn)
 }

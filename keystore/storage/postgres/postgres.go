@@ -67,6 +67,9 @@ type Config struct {
 	// DefaultWatchBuffer.
 	WatchBuffer int
 
+	// NoMigrate opens a database without applying migrations (a read-only
+	// look at another deployment's store); it must be migrated already.
+	NoMigrate bool
 	// Logger receives the watchers' connection losses and reconnections.
 	// Nil means slog.Default().
 	Logger *slog.Logger
@@ -120,9 +123,13 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("postgres: open: %w", classify(ctx, err))
 	}
-	if err := migrate(ctx, pool, ms); err != nil {
-		pool.Close()
-		return nil, fmt.Errorf("postgres: open: migrate: %w", classify(ctx, err))
+	// NoMigrate writes nothing; a database never migrated fails at the
+	// first read.
+	if !cfg.NoMigrate {
+		if err := migrate(ctx, pool, ms); err != nil {
+			pool.Close()
+			return nil, fmt.Errorf("postgres: open: migrate: %w", classify(ctx, err))
+		}
 	}
 	s := &Store{
 		pool:        pool,
