@@ -70,8 +70,12 @@ func auditEvent(ctx context.Context, rid, fullMethod string, c *call, start time
 	// call's garbage stays out of the log.
 	if keystore.ValidID(c.tenant) {
 		ev.Tenant = c.tenant
-		if keystore.ValidID(c.key.Key) {
-			ev.Key = c.key.Key
+		key := c.key.Key
+		if r, ok := req.(interface{ GetKeyId() string }); ok && key == "" {
+			key = r.GetKeyId() // CreateKey names its key apart from its parent
+		}
+		if keystore.ValidID(key) {
+			ev.Key = key
 		}
 	}
 	if err != nil {

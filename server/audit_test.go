@@ -108,6 +108,7 @@ func request(t *testing.T, method string, bad bool) (req, resp protoreflect.Prot
 	set(msg, "name", "tenants/a/keys/k")
 	set(msg, "parent", "tenants/a")
 	set(msg, "tenant_id", "a")
+	set(msg, "key_id", "k")
 	if strings.HasSuffix(method, "/GetTenant") || strings.HasSuffix(method, "/DeleteTenant") || strings.HasSuffix(method, "/UndeleteTenant") {
 		set(msg, "name", "tenants/a")
 	}
@@ -210,6 +211,9 @@ func TestEveryMethodRecordsExactlyOneEventPerCall(t *testing.T) {
 		}
 		if c.tenant != "" && c.code != codes.InvalidArgument && ev.GetTenant() != c.tenant {
 			t.Errorf("%s as %s (%s): event tenant %q, want %q", c.method, c.identity, c.code, ev.GetTenant(), c.tenant)
+		}
+		if c.method == custosv1.KeyService_CreateKey_FullMethodName && c.code != codes.InvalidArgument && ev.GetKey() != "k" {
+			t.Errorf("CreateKey as %s: event key %q, want the key_id k", c.identity, ev.GetKey())
 		}
 		if ev.GetPeer() == "" || ev.GetTime() == nil || ev.GetDuration() == nil {
 			t.Errorf("%s: event lacks peer, time or duration: %v", c.method, ev)
