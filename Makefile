@@ -50,6 +50,7 @@ FUZZ_TARGETS := \
 	./keystore/audit:FuzzDecodeIndexes \
 	./keystore/audit:FuzzSpoolSegment \
 	./keystore/backup:FuzzRead \
+	./envelope:FuzzParseOpen \
 	./keystore/passhash:FuzzParse \
 	./keystore/passhash:FuzzEncode \
 	./server/policy:FuzzGlob \

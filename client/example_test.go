@@ -391,3 +391,27 @@ func ExampleKeyName() {
 	// tenants/acme
 	// tenants/acme/keys/pii
 }
+
+// Fields encrypted locally (client local mode): one GenerateDataKey per
+// data key, then AES-256-GCM in the process; the service's Decrypt reads
+// the same ciphertexts.
+func ExampleClient_Envelope() {
+	ctx := context.Background()
+	c, err := client.New(ctx, client.Config{Address: "127.0.0.1:8443",
+		CAFile: ".custos-dev/ca.pem", CertFile: ".custos-dev/client.pem", KeyFile: ".custos-dev/client-key.pem"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	pii := c.Envelope(client.KeyName("acme", "pii"), client.EnvelopeOptions{}) // defaults: 5 min, 2^20 fields, 1 GiB per data key
+	ad := client.AssociatedData("customer-42", "email")
+	ct, err := pii.Encrypt(ctx, []byte("alice@example.com"), ad)
+	if err != nil {
+		log.Fatal(err)
+	}
+	pt, err := pii.Decrypt(ctx, ct, ad)
+	if err != nil {
+		log.Fatal(err)
+	}
+	_ = pt
+}

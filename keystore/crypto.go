@@ -3,6 +3,7 @@ package keystore
 import (
 	"context"
 	"fmt"
+	"github.com/custos-kms/custos/envelope"
 	"strings"
 	"time"
 )
@@ -51,6 +52,10 @@ func (s *Service) encryptWith(e *keyEntry, op string, plaintext, aad []byte) ([]
 func (s *Service) Decrypt(ctx context.Context, ref KeyRef, ciphertext, aad []byte) ([]byte, uint32, error) {
 	if isDataKeyAAD(aad) {
 		return nil, 0, ErrInvalidCiphertext
+	}
+	if envelope.IsEnvelope(ciphertext) {
+		pt, v, _, err := s.decryptEnvelope(ctx, ref, ciphertext, aad)
+		return pt, v, err
 	}
 	e, err := s.m.key(ctx, ref)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"github.com/custos-kms/custos/envelope"
 	"io"
 )
 
@@ -72,6 +73,9 @@ func (s *Service) DecryptDataKey(ctx context.Context, ref KeyRef, wrapped, aad [
 func (s *Service) Rewrap(ctx context.Context, ref KeyRef, ciphertext, aad []byte) ([]byte, uint32, error) {
 	if isDataKeyAAD(aad) {
 		return nil, 0, ErrInvalidCiphertext
+	}
+	if envelope.IsEnvelope(ciphertext) {
+		return s.rewrapEnvelope(ctx, ref, ciphertext, aad)
 	}
 	e, err := s.m.key(ctx, ref)
 	if err != nil {

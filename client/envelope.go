@@ -1,0 +1,267 @@
+package client
+
+import (
+	"container/list"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+	"google.golang.org/grpc/codes"
+
+	"github.com/custos-kms/custos/envelope"
+)
+
+// Local mode defaults (docs/client.md explains the choice).
+const (
+	// DefaultEnvelopeMaxAge: a data key encrypts for at most 5 minutes, so
+	// a rotation reaches new ciphertexts within 5 minutes.
+	DefaultEnvelopeMaxAge = 5 * time.Minute
+	// DefaultEnvelopeMaxMessages: at most 2^20 fields per data key, far
+	// below AES-GCM's 2^32 random-nonce bound.
+	DefaultEnvelopeMaxMessages = 1 << 20
+	// DefaultEnvelopeMaxBytes: at most 1 GiB of plaintext per data key.
+	DefaultEnvelopeMaxBytes = 1 << 30
+	// DefaultEnvelopeCacheSize: data keys cached for decryption.
+	DefaultEnvelopeCacheSize = 1000
+	// DefaultEnvelopeDecryptTTL: a cached data key decrypts for at most 5
+	// minutes after it was unwrapped, so a disabled version or a tenant
+	// scheduled for deletion stops local decryption within 5 minutes.
+	DefaultEnvelopeDecryptTTL = 5 * time.Minute
+)
+
+// EnvelopeOptions configure local mode; zero fields take the defaults.
+type EnvelopeOptions struct {
+	// MaxAge, MaxMessages and MaxBytes bound the use of one data key for
+	// encryption (AWS Encryption SDK's three thresholds): whichever is
+	// reached first, the next encryption gets a new data key. MaxMessages
+	// is at most 2^24−2 and MaxBytes 2^40−2.
+	MaxAge      time.Duration
+	MaxMessages uint64
+	MaxBytes    uint64
+	// CacheSize bounds the data keys cached for decryption (LRU);
+	// DecryptTTL is how long one stays.
+	CacheSize  int
+	DecryptTTL time.Duration
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+}
+
+// Envelope encrypts and decrypts fields locally with data keys from the key
+// name (client local mode): a data key from GenerateDataKey seals many
+// fields under the limits of its options, and unwrapped data keys are cached
+// for decryption. The service still holds the keys that wrap data keys: it
+// sees one GenerateDataKey per data key and one Decrypt per data key a
+// client has not cached, never the fields. Its ciphertexts are envelopes
+// (docs/formats.md), which the service's Decrypt and Rewrap also take. Safe
+// for concurrent use; create one per key with [Client.Envelope].
+type Envelope struct {
+	c    *Client
+	name string
+	opts EnvelopeOptions
+
+	cur atomic.Pointer[encKey]
+	sf  singleflight.Group
+
+	mu    sync.Mutex
+	cache map[string]*list.Element // wrapped key → *decKey element
+	lru   list.List
+}
+
+// encKey is the data key encryptions use now.
+type encKey struct {
+	k       *envelope.Key
+	expires time.Time
+	// used counts messages (high 24 bits) and bytes (low 40) in one word:
+	// one atomic add per encryption, the only write shared by callers.
+	used atomic.Uint64
+}
+
+// Packing of encKey.used; the options are capped to fit.
+const (
+	bytesBits   = 40
+	maxMessages = 1<<(64-bytesBits) - 1
+	maxBytes    = 1<<bytesBits - 1
+)
+
+// decKey is a cached data key for decryption.
+type decKey struct {
+	wrapped string
+	k       *envelope.Key
+	expires time.Time
+}
+
+// Envelope returns local mode for the ENCRYPT key name
+// ("tenants/{tenant}/keys/{key}"). The caller needs the datakey permission
+// to encrypt, and the datakey permission to decrypt locally.
+func (c *Client) Envelope(name string, opts EnvelopeOptions) *Envelope {
+	if opts.MaxAge <= 0 {
+		opts.MaxAge = DefaultEnvelopeMaxAge
+	}
+	if opts.MaxMessages == 0 {
+		opts.MaxMessages = DefaultEnvelopeMaxMessages
+	}
+	if opts.MaxBytes == 0 {
+		opts.MaxBytes = DefaultEnvelopeMaxBytes
+	}
+	opts.MaxMessages = min(opts.MaxMessages, maxMessages-1)
+	opts.MaxBytes = min(opts.MaxBytes, maxBytes-1)
+	if opts.CacheSize <= 0 {
+		opts.CacheSize = DefaultEnvelopeCacheSize
+	}
+	if opts.DecryptTTL <= 0 {
+		opts.DecryptTTL = DefaultEnvelopeDecryptTTL
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	return &Envelope{c: c, name: name, opts: opts, cache: map[string]*list.Element{}}
+}
+
+// Encrypt seals plaintext locally, bound to associatedData, with the
+// current data key, getting a new one from the service when the current
+// one has reached a limit. Its cost, with a data key in hand, is one
+// AES-256-GCM seal and one allocation.
+func (e *Envelope) Encrypt(ctx context.Context, plaintext, associatedData []byte) ([]byte, error) {
+	for range 3 {
+		k := e.cur.Load()
+		var used uint64
+		if k != nil && e.opts.Now().Before(k.expires) && len(plaintext) <= maxBytes {
+			used = k.used.Add(1<<bytesBits | uint64(len(plaintext)))
+		}
+		if k == nil || used == 0 || used>>bytesBits > e.opts.MaxMessages || used&maxBytes > e.opts.MaxBytes {
+			if err := e.refresh(ctx, k); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		out, err := k.k.Seal(plaintext, associatedData)
+		if err != nil {
+			return nil, localError("local encrypt with "+e.name, codes.Internal, "%v", err)
+		}
+		return out, nil
+	}
+	return nil, localError("local encrypt with "+e.name, codes.ResourceExhausted, "data keys used up faster than they can be fetched")
+}
+
+// refresh replaces old (nil: none yet) with a new data key, once however
+// many callers ask at the same time.
+func (e *Envelope) refresh(ctx context.Context, old *encKey) error {
+	_, err, _ := e.sf.Do("encrypt", func() (any, error) {
+		if cur := e.cur.Load(); cur != old {
+			return nil, nil // another caller refreshed it
+		}
+		dk, err := e.c.GenerateDataKey(ctx, e.name, []byte(envelope.DataKeyContext))
+		if err != nil {
+			return nil, err
+		}
+		k, err := envelope.NewKey(dk.Plaintext, dk.Wrapped)
+		clear(dk.Plaintext)
+		if err != nil {
+			return nil, localError("local encrypt with "+e.name, codes.Internal, "%v", err)
+		}
+		now := e.opts.Now()
+		e.cur.Store(&encKey{k: k, expires: now.Add(e.opts.MaxAge)})
+		e.remember(&decKey{wrapped: string(dk.Wrapped), k: k, expires: now.Add(e.opts.DecryptTTL)})
+		return nil, nil
+	})
+	return err
+}
+
+// Decrypt opens an envelope locally, unwrapping its data key through the
+// service unless it is cached. A ciphertext that is not an envelope (made
+// by [Client.Encrypt]) is decrypted by the service. Every tampered,
+// truncated or foreign ciphertext fails with [ErrInvalidCiphertext].
+func (e *Envelope) Decrypt(ctx context.Context, ciphertext, associatedData []byte) ([]byte, error) {
+	op := "local decrypt with " + e.name
+	if !envelope.IsEnvelope(ciphertext) {
+		pt, _, err := e.c.Decrypt(ctx, e.name, ciphertext, associatedData)
+		return pt, err
+	}
+	env, err := envelope.Parse(ciphertext)
+	if err != nil {
+		return nil, invalidLocal(op)
+	}
+	k, err := e.dataKey(ctx, env.Wrapped)
+	if err != nil {
+		return nil, err
+	}
+	pt, err := env.Open(k, associatedData)
+	if err != nil {
+		return nil, invalidLocal(op)
+	}
+	return pt, nil
+}
+
+func invalidLocal(op string) error {
+	return fmt.Errorf("custos: %s: %w", op, &Error{Code: codes.InvalidArgument, Reason: ReasonCiphertextNotAuthentic, Message: "ciphertext is not authentic"})
+}
+
+// dataKey returns the data key wrapped is a wrapping of, from the cache or
+// (one call however many ask at once) from the service.
+func (e *Envelope) dataKey(ctx context.Context, wrapped []byte) (*envelope.Key, error) {
+	now := e.opts.Now()
+	e.mu.Lock()
+	if el, ok := e.cache[string(wrapped)]; ok {
+		d := el.Value.(*decKey)
+		if now.Before(d.expires) {
+			e.lru.MoveToFront(el)
+			e.mu.Unlock()
+			return d.k, nil
+		}
+		e.lru.Remove(el)
+		delete(e.cache, d.wrapped)
+	}
+	e.mu.Unlock()
+	v, err, _ := e.sf.Do("decrypt:"+string(wrapped), func() (any, error) {
+		dk, err := e.c.DecryptDataKey(ctx, e.name, wrapped, []byte(envelope.DataKeyContext))
+		if err != nil {
+			var ce *Error
+			if errors.As(err, &ce) && ce.Code == codes.InvalidArgument {
+				return nil, invalidLocal("local decrypt with " + e.name)
+			}
+			return nil, err
+		}
+		k, err := envelope.NewKey(dk, wrapped)
+		clear(dk)
+		if err != nil {
+			return nil, invalidLocal("local decrypt with " + e.name)
+		}
+		e.remember(&decKey{wrapped: string(wrapped), k: k, expires: e.opts.Now().Add(e.opts.DecryptTTL)})
+		return k, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*envelope.Key), nil
+}
+
+// remember caches a data key for decryption, evicting the least recently
+// used beyond CacheSize.
+func (e *Envelope) remember(d *decKey) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if el, ok := e.cache[d.wrapped]; ok {
+		e.lru.Remove(el)
+	}
+	e.cache[d.wrapped] = e.lru.PushFront(d)
+	for e.lru.Len() > e.opts.CacheSize {
+		old := e.lru.Back()
+		e.lru.Remove(old)
+		delete(e.cache, old.Value.(*decKey).wrapped)
+	}
+}
+
+// Purge forgets every data key: the next encryption gets a new one, and
+// every decryption asks the service again (so a disabled version or a
+// deleted tenant takes effect at once).
+func (e *Envelope) Purge() {
+	e.cur.Store(nil)
+	e.mu.Lock()
+	clear(e.cache)
+	e.lru.Init()
+	e.mu.Unlock()
+}

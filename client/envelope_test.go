@@ -1,0 +1,369 @@
+package client_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/custos-kms/custos/client"
+	"github.com/custos-kms/custos/client/clienttest"
+	"github.com/custos-kms/custos/envelope"
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
+)
+
+// envEnv is a real server that counts GenerateDataKey and Decrypt calls,
+// with tenants a and b, each with ENCRYPT key k.
+type envEnv struct {
+	c           *client.Client
+	dataKeys    atomic.Int64
+	decrypts    atomic.Int64
+	clockMu     sync.Mutex
+	clock       time.Time
+	name, other string
+}
+
+func (e *envEnv) now() time.Time { e.clockMu.Lock(); defer e.clockMu.Unlock(); return e.clock }
+func (e *envEnv) advance(d time.Duration) {
+	e.clockMu.Lock()
+	e.clock = e.clock.Add(d)
+	e.clockMu.Unlock()
+}
+
+func startEnvelopeEnv(t testing.TB) *envEnv {
+	t.Helper()
+	e := &envEnv{clock: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC), name: client.KeyName("a", "k"), other: client.KeyName("b", "k")}
+	srv := clienttest.StartWith(t, clienttest.Options{Interceptor: func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		switch info.FullMethod {
+		case custosv1.CryptoService_GenerateDataKey_FullMethodName:
+			e.dataKeys.Add(1)
+		case custosv1.CryptoService_Decrypt_FullMethodName:
+			e.decrypts.Add(1)
+		}
+		return h(ctx, req)
+	}})
+	e.c = srv.Client(t)
+	ctx := context.Background()
+	for _, tn := range []string{"a", "b"} {
+		if _, err := e.c.CreateTenant(ctx, tn); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.c.CreateKey(ctx, client.TenantName(tn), "k", client.KeySpec{Purpose: client.PurposeEncrypt}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return e
+}
+
+func TestEnvelopeRoundTripsLocalAndThroughTheService(t *testing.T) {
+	ctx := context.Background()
+	e := startEnvelopeEnv(t)
+	env := e.c.Envelope(e.name, client.EnvelopeOptions{Now: e.now})
+	ad := client.AssociatedData("customer-42", "email")
+	ct, err := env.Encrypt(ctx, []byte("alice@example.com"), ad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !envelope.IsEnvelope(ct) {
+		t.Fatal("not an envelope")
+	}
+	// Local → local, with the data key cached: no call.
+	before := e.decrypts.Load()
+	if pt, err := env.Decrypt(ctx, ct, ad); err != nil || string(pt) != "alice@example.com" {
+		t.Fatalf("local decrypt: %q %v", pt, err)
+	}
+	if e.decrypts.Load() != before {
+		t.Fatal("a local decrypt of the client's own data key called the service")
+	}
+	// Another client (cold cache) unwraps once, then decrypts locally.
+	other := e.c.Envelope(e.name, client.EnvelopeOptions{Now: e.now})
+	for range 3 {
+		if pt, err := other.Decrypt(ctx, ct, ad); err != nil || string(pt) != "alice@example.com" {
+			t.Fatalf("cold local decrypt: %q %v", pt, err)
+		}
+	}
+	if n := e.decrypts.Load() - before; n != 1 {
+		t.Fatalf("%d unwraps for 3 decryptions of one data key, want 1", n)
+	}
+	// Local → the service's Decrypt (what a Node or Python caller does).
+	if pt, v, err := e.c.Decrypt(ctx, e.name, ct, ad); err != nil || string(pt) != "alice@example.com" || v != 1 {
+		t.Fatalf("service decrypt of an envelope: %q v%d %v", pt, v, err)
+	}
+	// Rotate; the service rewraps the envelope's data key only.
+	if _, err := e.c.RotateKey(ctx, e.name); err != nil {
+		t.Fatal(err)
+	}
+	re, v, err := e.c.Rewrap(ctx, e.name, ct, ad)
+	if err != nil || v != 2 {
+		t.Fatalf("rewrap: v%d %v", v, err)
+	}
+	old, _ := envelope.Parse(ct)
+	neu, err := envelope.Parse(re)
+	if err != nil || bytes.Equal(old.Wrapped, neu.Wrapped) || !bytes.Equal(ct[len(ct)-40:], re[len(re)-40:]) {
+		t.Fatalf("rewrap should replace the wrapping and keep the bulk (err %v)", err)
+	}
+	if pt, err := other.Decrypt(ctx, re, ad); err != nil || string(pt) != "alice@example.com" {
+		t.Fatalf("local decrypt of the rewrapped envelope: %q %v", pt, err)
+	}
+	// A service ciphertext goes through Envelope.Decrypt too.
+	sct, _, err := e.c.Encrypt(ctx, e.name, []byte("remote"), ad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pt, err := env.Decrypt(ctx, sct, ad); err != nil || string(pt) != "remote" {
+		t.Fatalf("Envelope.Decrypt of a service ciphertext: %q %v", pt, err)
+	}
+}
+
+func TestEnvelopeLimitsAndRotation(t *testing.T) {
+	ctx := context.Background()
+	e := startEnvelopeEnv(t)
+	env := e.c.Envelope(e.name, client.EnvelopeOptions{MaxMessages: 3, MaxBytes: 1000, MaxAge: time.Minute, Now: e.now})
+	wrappedOf := func(ct []byte) string {
+		p, err := envelope.Parse(ct)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(p.Wrapped)
+	}
+	seal := func(n int) []byte {
+		ct, err := env.Encrypt(ctx, make([]byte, n), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ct
+	}
+	first := wrappedOf(seal(1))
+	seal(1)
+	seal(1)
+	if got := wrappedOf(seal(1)); got == first {
+		t.Fatal("the 4th encryption with MaxMessages 3 used the same data key")
+	}
+	if e.dataKeys.Load() != 2 {
+		t.Fatalf("%d data keys for 4 encryptions at 3 per key", e.dataKeys.Load())
+	}
+	// Max bytes.
+	k := wrappedOf(seal(600))
+	if wrappedOf(seal(600)) == k {
+		t.Fatal("1200 bytes under a 1000-byte limit used one data key")
+	}
+	// Max age, and rotation reaching new ciphertexts within it.
+	if _, err := e.c.RotateKey(ctx, e.name); err != nil {
+		t.Fatal(err)
+	}
+	k = wrappedOf(seal(1))
+	e.advance(time.Minute)
+	ct := seal(1)
+	if wrappedOf(ct) == k {
+		t.Fatal("an encryption after MaxAge used the same data key")
+	}
+	if _, v, err := e.c.Decrypt(ctx, e.name, ct, nil); err != nil || v != 2 {
+		t.Fatalf("after the rotation and MaxAge, new ciphertexts use version %d (%v), want 2", v, err)
+	}
+
+	// Concurrent callers share one GenerateDataKey.
+	fresh := e.c.Envelope(e.name, client.EnvelopeOptions{Now: e.now})
+	before := e.dataKeys.Load()
+	var wg sync.WaitGroup
+	for range 64 {
+		wg.Go(func() {
+			if _, err := fresh.Encrypt(ctx, []byte("x"), nil); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if n := e.dataKeys.Load() - before; n != 1 {
+		t.Fatalf("64 concurrent first encryptions made %d GenerateDataKey calls, want 1", n)
+	}
+}
+
+func TestEnvelopeDecryptionStopsWithinTheTTLAfterADisable(t *testing.T) {
+	ctx := context.Background()
+	e := startEnvelopeEnv(t)
+	enc := e.c.Envelope(e.name, client.EnvelopeOptions{Now: e.now})
+	ct, err := enc.Encrypt(ctx, []byte("x"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := e.c.Envelope(e.name, client.EnvelopeOptions{DecryptTTL: time.Minute, Now: e.now})
+	if _, err := dec.Decrypt(ctx, ct, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.RotateKey(ctx, e.name); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.DisableKeyVersion(ctx, e.name, 1); err != nil {
+		t.Fatal(err)
+	}
+	// Cached: still decrypts until the TTL…
+	if _, err := dec.Decrypt(ctx, ct, nil); err != nil {
+		t.Fatalf("within the TTL: %v", err)
+	}
+	e.advance(time.Minute)
+	// …then the service refuses the disabled version.
+	if _, err := dec.Decrypt(ctx, ct, nil); !errors.Is(err, client.ErrKeyVersionDisabled) {
+		t.Fatalf("after the TTL: %v, want ErrKeyVersionDisabled", err)
+	}
+	// Purge takes effect at once.
+	if _, err := e.c.EnableKeyVersion(ctx, e.name, 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dec.Decrypt(ctx, ct, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.DisableKeyVersion(ctx, e.name, 1); err != nil {
+		t.Fatal(err)
+	}
+	dec.Purge()
+	if _, err := dec.Decrypt(ctx, ct, nil); !errors.Is(err, client.ErrKeyVersionDisabled) {
+		t.Fatalf("after Purge: %v, want ErrKeyVersionDisabled", err)
+	}
+}
+
+func TestBadEnvelopesFailAsInvalidCiphertextLocallyAndOnTheService(t *testing.T) {
+	ctx := context.Background()
+	e := startEnvelopeEnv(t)
+	a := e.c.Envelope(e.name, client.EnvelopeOptions{Now: e.now})
+	b := e.c.Envelope(e.other, client.EnvelopeOptions{Now: e.now})
+	ad := []byte("customer-42/email")
+	ct, err := a.Encrypt(ctx, []byte("alice@example.com"), ad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctB, err := b.Encrypt(ctx, []byte("bob@example.com"), ad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pa, _ := envelope.Parse(ct)
+	pb, _ := envelope.Parse(ctB)
+	// Tenant a's wrapped data key spliced into tenant b's envelope.
+	cross, err := envelope.Rewrapped(ctB, pa.Wrapped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	flip := bytes.Clone(ct)
+	flip[len(flip)-3] ^= 4
+	unknown := bytes.Clone(ct)
+	unknown[0] = 0xE6
+	oversized := bytes.Clone(ct)
+	binary.BigEndian.PutUint16(oversized[1:3], 0xFFFF)
+	cases := map[string]struct {
+		ct   []byte
+		ad   []byte
+		name string
+		env  *client.Envelope
+	}{
+		"truncated":                     {ct[:len(ct)-10], ad, e.name, a},
+		"bit flipped":                   {flip, ad, e.name, a},
+		"unknown format byte":           {unknown, ad, e.name, a},
+		"oversized length field":        {oversized, ad, e.name, a},
+		"wrong associated data":         {ct, []byte("customer-43/email"), e.name, a},
+		"a's data key in b's envelope":  {cross, ad, e.other, b},
+		"b's envelope under a's key":    {ctB, ad, e.name, a},
+		"a's envelope wrapped key only": {pb.Wrapped, ad, e.name, a},
+	}
+	for what, c := range cases {
+		if _, err := c.env.Decrypt(ctx, c.ct, c.ad); !errors.Is(err, client.ErrInvalidCiphertext) {
+			t.Errorf("%s, locally: %v, want ErrInvalidCiphertext", what, err)
+		}
+		if _, _, err := e.c.Decrypt(ctx, c.name, c.ct, c.ad); !errors.Is(err, client.ErrInvalidCiphertext) {
+			t.Errorf("%s, on the service: %v, want ErrInvalidCiphertext", what, err)
+		}
+	}
+}
+
+func BenchmarkEnvelopeEncrypt64(b *testing.B) {
+	e := startEnvelopeEnv(b)
+	env := e.c.Envelope(e.name, client.EnvelopeOptions{})
+	ctx := context.Background()
+	pt, ad := make([]byte, 64), []byte("customer-42/email")
+	if _, err := env.Encrypt(ctx, pt, ad); err != nil { // the data key, once
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := env.Encrypt(ctx, pt, ad); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkEnvelopeEncrypt64Parallel(b *testing.B) {
+	e := startEnvelopeEnv(b)
+	env := e.c.Envelope(e.name, client.EnvelopeOptions{})
+	ctx := context.Background()
+	pt, ad := make([]byte, 64), []byte("customer-42/email")
+	if _, err := env.Encrypt(ctx, pt, ad); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.SetParallelism(32) // 64 goroutines on 2 cores
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := env.Encrypt(ctx, pt, ad); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+func BenchmarkEnvelopeDecrypt64(b *testing.B) {
+	e := startEnvelopeEnv(b)
+	env := e.c.Envelope(e.name, client.EnvelopeOptions{})
+	ctx := context.Background()
+	ad := []byte("customer-42/email")
+	ct, err := env.Encrypt(ctx, make([]byte, 64), ad)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := env.Decrypt(ctx, ct, ad); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// The baselines: crypto/cipher AES-256-GCM of the same field, a random
+// nonce, a new output buffer.
+func BenchmarkRawGCMSeal64(b *testing.B) {
+	block, _ := aes.NewCipher(make([]byte, 32))
+	g, _ := cipher.NewGCM(block)
+	pt, ad := make([]byte, 64), []byte("customer-42/email")
+	b.ReportAllocs()
+	for b.Loop() {
+		out := make([]byte, 12, 12+64+16)
+		if _, err := rand.Read(out); err != nil {
+			b.Fatal(err)
+		}
+		_ = g.Seal(out, out[:12], pt, ad)
+	}
+}
+
+func BenchmarkRawGCMOpen64(b *testing.B) {
+	block, _ := aes.NewCipher(make([]byte, 32))
+	g, _ := cipher.NewGCM(block)
+	pt, ad := make([]byte, 64), []byte("customer-42/email")
+	nonce := make([]byte, 12)
+	ct := g.Seal(nil, nonce, pt, ad)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := g.Open(nil, nonce, ct, ad); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
