@@ -367,3 +367,60 @@ func BenchmarkRawGCMOpen64(b *testing.B) {
 		}
 	}
 }
+
+func TestRecordHelpersRemoteAndLocal(t *testing.T) {
+	ctx := context.Background()
+	e := startEnvelopeEnv(t)
+	rec := client.Fields{"email": []byte("alice@example.com"), "iban": []byte("DE89370400440532013000")}
+	for name, fc := range map[string]*client.FieldCipher{"remote": e.c.Fields(e.name), "local": e.c.Envelope(e.name, client.EnvelopeOptions{}).Fields()} {
+		ct, err := fc.Encrypt(ctx, "customer-42", rec)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		pt, err := fc.Decrypt(ctx, "customer-42", ct)
+		if err != nil || string(pt["email"]) != "alice@example.com" || string(pt["iban"]) != "DE89370400440532013000" {
+			t.Fatalf("%s: decrypt: %q %v", name, pt, err)
+		}
+		// A field moved to another column or another record is refused.
+		swapped := client.Fields{"email": ct["iban"], "iban": ct["email"]}
+		if _, err := fc.Decrypt(ctx, "customer-42", swapped); !errors.Is(err, client.ErrInvalidCiphertext) {
+			t.Fatalf("%s: swapped columns: %v", name, err)
+		}
+		if _, err := fc.Decrypt(ctx, "customer-43", ct); !errors.Is(err, client.ErrInvalidCiphertext) {
+			t.Fatalf("%s: another record: %v", name, err)
+		}
+		if _, err := fc.Encrypt(ctx, "", rec); !errors.Is(err, client.ErrInvalidArgument) {
+			t.Fatalf("%s: no record id: %v", name, err)
+		}
+	}
+}
+
+func TestBlindIndexValuesFindRowsAcrossARotation(t *testing.T) {
+	ctx := context.Background()
+	e := startEnvelopeEnv(t)
+	if _, err := e.c.CreateKey(ctx, client.TenantName("a"), "idx", client.KeySpec{Purpose: client.PurposeMAC}); err != nil {
+		t.Fatal(err)
+	}
+	name := client.KeyName("a", "idx")
+	stored, _, err := e.c.BlindIndexValues(ctx, name, []byte("alice@example.com"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.RotateKey(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	newStore, query, err := e.c.BlindIndexValues(ctx, name, []byte("alice@example.com"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(query) != 2 || bytes.Equal(newStore, stored) {
+		t.Fatalf("after a rotation: %d query values, store changed %v", len(query), !bytes.Equal(newStore, stored))
+	}
+	found := false
+	for _, q := range query {
+		found = found || bytes.Equal(q, stored)
+	}
+	if !found {
+		t.Fatal("a row stored before the rotation is not found by the query values")
+	}
+}

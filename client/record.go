@@ -1,0 +1,147 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"google.golang.org/grpc/codes"
+)
+
+// Fields are a record's fields by name: plaintexts to encrypt, or
+// ciphertexts to decrypt.
+type Fields map[string][]byte
+
+// FieldCipher encrypts the fields of one record, each bound to the record's
+// id and its own name (AssociatedData(recordID, field)), so that no
+// ciphertext can be moved to another record or another column unnoticed.
+// Remote ([Client.Fields]) it sends all of a record's fields in one batch
+// call; local ([Envelope.Fields]) it seals them in-process.
+type FieldCipher struct {
+	c    *Client
+	name string
+	env  *Envelope
+}
+
+// Fields returns the remote record helper for the key name.
+func (c *Client) Fields(name string) *FieldCipher { return &FieldCipher{c: c, name: name} }
+
+// Fields returns the local record helper of the envelope's key.
+func (e *Envelope) Fields() *FieldCipher { return &FieldCipher{c: e.c, name: e.name, env: e} }
+
+// Encrypt encrypts every field of the record recordID (which must not be
+// empty).
+func (f *FieldCipher) Encrypt(ctx context.Context, recordID string, fields Fields) (Fields, error) {
+	op := "encrypt the fields of record " + recordID
+	names, err := fieldNames(op, recordID, fields)
+	if err != nil || len(names) == 0 {
+		return Fields{}, err
+	}
+	out := make(Fields, len(fields))
+	if f.env != nil {
+		for _, n := range names {
+			ct, err := f.env.Encrypt(ctx, fields[n], AssociatedData(recordID, n))
+			if err != nil {
+				return nil, fmt.Errorf("field %s: %w", n, err)
+			}
+			out[n] = ct
+		}
+		return out, nil
+	}
+	items := make([]EncryptItem, len(names))
+	for i, n := range names {
+		items[i] = EncryptItem{Plaintext: fields[n], AssociatedData: AssociatedData(recordID, n)}
+	}
+	res, err := f.c.EncryptBatch(ctx, f.name, items)
+	if err != nil {
+		return nil, err
+	}
+	for i, n := range names {
+		if res[i].Err != nil {
+			return nil, fmt.Errorf("field %s: %w", n, res[i].Err)
+		}
+		out[n] = res[i].Ciphertext
+	}
+	return out, nil
+}
+
+// Decrypt decrypts every field of the record recordID. A ciphertext of
+// another record or another field fails with [ErrInvalidCiphertext].
+func (f *FieldCipher) Decrypt(ctx context.Context, recordID string, fields Fields) (Fields, error) {
+	op := "decrypt the fields of record " + recordID
+	names, err := fieldNames(op, recordID, fields)
+	if err != nil || len(names) == 0 {
+		return Fields{}, err
+	}
+	out := make(Fields, len(fields))
+	if f.env != nil {
+		for _, n := range names {
+			pt, err := f.env.Decrypt(ctx, fields[n], AssociatedData(recordID, n))
+			if err != nil {
+				return nil, fmt.Errorf("field %s: %w", n, err)
+			}
+			out[n] = pt
+		}
+		return out, nil
+	}
+	items := make([]DecryptItem, len(names))
+	for i, n := range names {
+		items[i] = DecryptItem{Ciphertext: fields[n], AssociatedData: AssociatedData(recordID, n)}
+	}
+	res, err := f.c.DecryptBatch(ctx, f.name, items)
+	if err != nil {
+		return nil, err
+	}
+	for i, n := range names {
+		if res[i].Err != nil {
+			return nil, fmt.Errorf("field %s: %w", n, res[i].Err)
+		}
+		out[n] = res[i].Plaintext
+	}
+	return out, nil
+}
+
+func fieldNames(op, recordID string, fields Fields) ([]string, error) {
+	if recordID == "" {
+		return nil, localError(op, codes.InvalidArgument, "a record id is required: it binds each field to its record")
+	}
+	names := make([]string, 0, len(fields))
+	for n := range fields {
+		if n == "" {
+			return nil, localError(op, codes.InvalidArgument, "a field needs a name")
+		}
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names, nil
+}
+
+// BlindIndexValues returns what to store beside an encrypted value to find
+// it by equality, and what to look for: store is its MAC under the key's
+// primary version; query holds its MAC under every enabled version, so rows
+// stored before a rotation are still found:
+//
+//	SELECT … WHERE email_idx = ANY($1)   -- $1 = query
+//
+// Rows keep the MAC they were stored with until they are written again.
+func (c *Client) BlindIndexValues(ctx context.Context, name string, data []byte) (store []byte, query [][]byte, err error) {
+	entries, err := c.BlindIndex(ctx, name, data)
+	if err != nil {
+		return nil, nil, err
+	}
+	// The primary is the newest version (a rotation adds it) and is never
+	// disabled, so it is the highest version the index answers with.
+	var primary uint32
+	for _, e := range entries {
+		query = append(query, e.MAC)
+		if e.Version > primary {
+			primary, store = e.Version, e.MAC
+		}
+	}
+	if store == nil {
+		return nil, nil, errors.New("custos: blind index: the service returned no MAC")
+	}
+	return bytes.Clone(store), query, nil
+}
