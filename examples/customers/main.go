@@ -1,0 +1,247 @@
+// Command customers keeps a customers table in PostgreSQL with encrypted
+// email and IBAN columns (client local mode: envelopes) and a blind-index
+// column to find customers by email, then rotates the keys under it.
+//
+// Start `custos dev` (make run) in another terminal and point it at a
+// PostgreSQL database you may write a "customers" table into:
+//
+//	go run ./examples/customers --pg 'postgres://user:pass@localhost:5432/db'
+//
+// It inserts 10,000 customers, looks one up by email through the blind
+// index, rotates both keys, keeps looking up, rewraps every row (only the
+// data keys are re-wrapped; the bulk stays) and re-stores the blind index
+// under the new version, disables the old versions, and shows everything
+// still works.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/custos-kms/custos/client"
+)
+
+func main() {
+	dev := flag.String("dev-dir", ".custos-dev", "directory of `custos dev` (CA and client certificate)")
+	addr := flag.String("addr", "127.0.0.1:8443", "Custos address")
+	pg := flag.String("pg", os.Getenv("DATABASE_URL"), "PostgreSQL connection string (env DATABASE_URL)")
+	n := flag.Int("customers", 10000, "how many customers to insert")
+	flag.Parse()
+	if *pg == "" {
+		log.Fatal("customers: --pg (or DATABASE_URL) is required")
+	}
+	if err := run(context.Background(), os.Stdout, *addr, *dev, *pg, *n); err != nil {
+		log.Fatal(err)
+	}
+}
+
+const (
+	pii = "pii"       // ENCRYPT key of the email and IBAN columns
+	idx = "email-idx" // MAC key of the email blind index
+)
+
+func run(ctx context.Context, out io.Writer, addr, dev, pgURL string, n int) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	c, err := client.New(ctx, client.Config{Address: addr,
+		CAFile: filepath.Join(dev, "ca.pem"), CertFile: filepath.Join(dev, "client.pem"), KeyFile: filepath.Join(dev, "client-key.pem")})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := ensureKeys(ctx, c); err != nil {
+		return err
+	}
+	db, err := pgxpool.New(ctx, pgURL)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if _, err := db.Exec(ctx, `
+		DROP TABLE IF EXISTS customers;
+		CREATE TABLE customers (id bigint PRIMARY KEY, email bytea NOT NULL, iban bytea NOT NULL, email_idx bytea NOT NULL);
+		CREATE INDEX ON customers (email_idx);`); err != nil {
+		return err
+	}
+	piiName, idxName := client.KeyName("acme", pii), client.KeyName("acme", idx)
+	fields := c.Envelope(piiName, client.EnvelopeOptions{}).Fields()
+
+	// 1. Insert: fields sealed locally, the blind index from the service.
+	start := time.Now()
+	rows := make([][]any, n)
+	err = parallel(n, func(i int) error {
+		id := fmt.Sprint(i)
+		email := fmt.Sprintf("customer%d@example.com", i)
+		ct, err := fields.Encrypt(ctx, id, client.Fields{"email": []byte(email), "iban": []byte(fmt.Sprintf("DE89%018d", i))})
+		if err != nil {
+			return err
+		}
+		store, _, err := c.BlindIndexValues(ctx, idxName, []byte(email))
+		if err != nil {
+			return err
+		}
+		rows[i] = []any{int64(i), ct["email"], ct["iban"], store}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if _, err := db.CopyFrom(ctx, pgx.Identifier{"customers"}, []string{"id", "email", "iban", "email_idx"}, pgx.CopyFromRows(rows)); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "inserted %d customers with encrypted email and IBAN in %v\n", n, time.Since(start).Round(time.Millisecond))
+
+	lookup := func(when string) error {
+		email := fmt.Sprintf("customer%d@example.com", n/2)
+		_, query, err := c.BlindIndexValues(ctx, idxName, []byte(email))
+		if err != nil {
+			return err
+		}
+		var id int64
+		ct := client.Fields{}
+		var e, b []byte
+		if err := db.QueryRow(ctx, `SELECT id, email, iban FROM customers WHERE email_idx = ANY($1)`, query).Scan(&id, &e, &b); err != nil {
+			return fmt.Errorf("look up %s: %w", email, err)
+		}
+		ct["email"], ct["iban"] = e, b
+		pt, err := fields.Decrypt(ctx, fmt.Sprint(id), ct)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "%s: found customer %d by email through %d index value(s): %s, %s\n", when, id, len(query), pt["email"], pt["iban"])
+		return nil
+	}
+	if err := lookup("lookup"); err != nil {
+		return err
+	}
+
+	// 2. Rotate both keys: old rows still decrypt and are still found.
+	var primary uint32
+	for _, name := range []string{piiName, idxName} {
+		k, err := c.RotateKey(ctx, name)
+		if err != nil {
+			return err
+		}
+		primary = k.PrimaryVersion
+	}
+	fmt.Fprintf(out, "rotated pii and email-idx to version %d\n", primary)
+	if err := lookup("after rotation"); err != nil {
+		return err
+	}
+
+	// 3. Rewrap every row in the background: the service re-wraps each
+	// field's data key under version 2 (the bulk stays), and the blind
+	// index is stored again under version 2.
+	start = time.Now()
+	var rewrapped int64
+	var mu sync.Mutex
+	err = parallel(n, func(i int) error {
+		id := fmt.Sprint(i)
+		var e, b []byte
+		if err := db.QueryRow(ctx, `SELECT email, iban FROM customers WHERE id = $1`, int64(i)).Scan(&e, &b); err != nil {
+			return err
+		}
+		res, err := c.RewrapBatch(ctx, piiName, []client.RewrapItem{
+			{Ciphertext: e, AssociatedData: client.AssociatedData(id, "email")},
+			{Ciphertext: b, AssociatedData: client.AssociatedData(id, "iban")},
+		})
+		if err != nil {
+			return err
+		}
+		for _, r := range res {
+			if r.Err != nil {
+				return r.Err
+			}
+		}
+		pt, err := fields.Decrypt(ctx, id, client.Fields{"email": res[0].Ciphertext})
+		if err != nil {
+			return err
+		}
+		store, _, err := c.BlindIndexValues(ctx, idxName, pt["email"])
+		if err != nil {
+			return err
+		}
+		if _, err := db.Exec(ctx, `UPDATE customers SET email = $2, iban = $3, email_idx = $4 WHERE id = $1`, int64(i), res[0].Ciphertext, res[1].Ciphertext, store); err != nil {
+			return err
+		}
+		mu.Lock()
+		rewrapped++
+		mu.Unlock()
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "rewrapped %d rows under version %d in %v (data keys re-wrapped, bulk unchanged)\n", rewrapped, primary, time.Since(start).Round(time.Millisecond))
+
+	// 4. Retire the old version of both keys: nothing needs it any more.
+	for _, name := range []string{piiName, idxName} {
+		k, err := c.GetKey(ctx, name)
+		if err != nil {
+			return err
+		}
+		if _, err := c.DisableKeyVersion(ctx, name, k.PrimaryVersion-1); err != nil {
+			return err
+		}
+	}
+	fields = c.Envelope(piiName, client.EnvelopeOptions{}).Fields() // no cached data keys of the old version
+	fmt.Fprintf(out, "disabled version %d of pii and email-idx\n", primary-1)
+	return lookup(fmt.Sprintf("after retiring version %d", primary-1))
+}
+
+func ensureKeys(ctx context.Context, c *client.Client) error {
+	if _, err := c.CreateTenant(ctx, "acme"); err != nil && !errors.Is(err, client.ErrAlreadyExists) {
+		return err
+	}
+	for key, purpose := range map[string]client.Purpose{pii: client.PurposeEncrypt, idx: client.PurposeMAC} {
+		if _, err := c.CreateKey(ctx, client.TenantName("acme"), key, client.KeySpec{Purpose: purpose}); err != nil && !errors.Is(err, client.ErrAlreadyExists) {
+			return err
+		}
+	}
+	return nil
+}
+
+// parallel runs fn for 0…n-1 on 16 goroutines and returns the first error.
+func parallel(n int, fn func(int) error) error {
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		next int
+		ferr error
+	)
+	for range 16 {
+		wg.Go(func() {
+			for {
+				mu.Lock()
+				i := next
+				next++
+				stop := ferr != nil
+				mu.Unlock()
+				if i >= n || stop {
+					return
+				}
+				if err := fn(i); err != nil {
+					mu.Lock()
+					if ferr == nil {
+						ferr = err
+					}
+					mu.Unlock()
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return ferr
+}
