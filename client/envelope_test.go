@@ -424,3 +424,48 @@ func TestBlindIndexValuesFindRowsAcrossARotation(t *testing.T) {
 		t.Fatal("a row stored before the rotation is not found by the query values")
 	}
 }
+
+func TestEnvelopeTenantDeletionAndDataKeyCallsPerWindow(t *testing.T) {
+	ctx := context.Background()
+	e := startEnvelopeEnv(t)
+	env := e.c.Envelope(e.name, client.EnvelopeOptions{MaxAge: time.Minute, DecryptTTL: time.Minute, Now: e.now})
+	// Steady load over three MaxAge windows: one data key per window.
+	before := e.dataKeys.Load()
+	var ct []byte
+	for w := range 3 {
+		for range 500 {
+			var err error
+			if ct, err = env.Encrypt(ctx, []byte("x"), nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if w < 2 {
+			e.advance(time.Minute)
+		}
+	}
+	if n := e.dataKeys.Load() - before; n != 3 {
+		t.Fatalf("%d GenerateDataKey calls for 1500 encryptions over 3 windows, want 3", n)
+	}
+	// A tenant scheduled for deletion: local decryption stops within the
+	// decrypt TTL.
+	dec := e.c.Envelope(e.name, client.EnvelopeOptions{DecryptTTL: time.Minute, Now: e.now})
+	if _, err := dec.Decrypt(ctx, ct, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.DeleteTenant(ctx, client.TenantName("a"), 24*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dec.Decrypt(ctx, ct, nil); err != nil {
+		t.Fatalf("within the TTL: %v", err)
+	}
+	e.advance(time.Minute)
+	if _, err := dec.Decrypt(ctx, ct, nil); !errors.Is(err, client.ErrTenantDeleted) {
+		t.Fatalf("after the TTL: %v, want ErrTenantDeleted", err)
+	}
+	if _, err := env.Encrypt(ctx, []byte("x"), nil); err == nil {
+		e.advance(2 * time.Minute)
+		if _, err := env.Encrypt(ctx, []byte("x"), nil); !errors.Is(err, client.ErrTenantDeleted) {
+			t.Fatalf("encryption after MaxAge on a deleted tenant: %v, want ErrTenantDeleted", err)
+		}
+	}
+}
