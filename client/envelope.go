@@ -67,6 +67,7 @@ type Envelope struct {
 	sf  singleflight.Group
 
 	mu    sync.Mutex
+	gen   uint64                   // bumped by Purge: keys fetched before it are not kept
 	cache map[string]*list.Element // wrapped key → *decKey element
 	lru   list.List
 }
@@ -87,12 +88,25 @@ const (
 	maxBytes    = 1<<bytesBits - 1
 )
 
-// decKey is a cached data key for decryption.
+// decKey is a cached data key for decryption, by the exact wrapping that
+// was unwrapped to it: an envelope whose wrapped key was swapped for
+// another is never opened from the cache. (The service gives all the
+// envelopes of one data key that it rewraps one new wrapping, so the cache
+// keeps working after a rewrap.)
 type decKey struct {
 	wrapped string
 	k       *envelope.Key
 	expires time.Time
 }
+
+// MaxEnvelopePlaintext is the largest field local mode encrypts: the
+// service decrypts and rewraps envelopes up to its ciphertext limit, so
+// every envelope stays readable by polyglot callers.
+const MaxEnvelopePlaintext = 1 << 20
+
+// fetchTimeout bounds a data-key call shared by concurrent callers (it does
+// not end with the first caller's context).
+const fetchTimeout = 30 * time.Second
 
 // Envelope returns local mode for the ENCRYPT key name
 // ("tenants/{tenant}/keys/{key}"). The caller needs the datakey permission
@@ -121,18 +135,18 @@ func (c *Client) Envelope(name string, opts EnvelopeOptions) *Envelope {
 	return &Envelope{c: c, name: name, opts: opts, cache: map[string]*list.Element{}}
 }
 
-// Encrypt seals plaintext locally, bound to associatedData, with the
-// current data key, getting a new one from the service when the current
-// one has reached a limit. Its cost, with a data key in hand, is one
-// AES-256-GCM seal and one allocation.
+// Encrypt seals plaintext (at most MaxEnvelopePlaintext bytes) locally,
+// bound to associatedData, with the current data key, getting a new one
+// from the service when the current one has reached a limit. Its cost,
+// with a data key in hand, is one AES-256-GCM seal and one allocation.
 func (e *Envelope) Encrypt(ctx context.Context, plaintext, associatedData []byte) ([]byte, error) {
+	op := "local encrypt with " + e.name
+	if len(plaintext) > MaxEnvelopePlaintext || uint64(len(plaintext)) > e.opts.MaxBytes {
+		return nil, localError(op, codes.InvalidArgument, "plaintext of %d bytes is larger than %d", len(plaintext), min(MaxEnvelopePlaintext, e.opts.MaxBytes))
+	}
 	for range 3 {
 		k := e.cur.Load()
-		var used uint64
-		if k != nil && e.opts.Now().Before(k.expires) && len(plaintext) <= maxBytes {
-			used = k.used.Add(1<<bytesBits | uint64(len(plaintext)))
-		}
-		if k == nil || used == 0 || used>>bytesBits > e.opts.MaxMessages || used&maxBytes > e.opts.MaxBytes {
+		if k == nil || !e.opts.Now().Before(k.expires) || !k.take(uint64(len(plaintext)), e.opts) {
 			if err := e.refresh(ctx, k); err != nil {
 				return nil, err
 			}
@@ -140,21 +154,42 @@ func (e *Envelope) Encrypt(ctx context.Context, plaintext, associatedData []byte
 		}
 		out, err := k.k.Seal(plaintext, associatedData)
 		if err != nil {
-			return nil, localError("local encrypt with "+e.name, codes.Internal, "%v", err)
+			return nil, localError(op, codes.Internal, "%v", err)
 		}
 		return out, nil
 	}
-	return nil, localError("local encrypt with "+e.name, codes.ResourceExhausted, "data keys used up faster than they can be fetched")
+	return nil, localError(op, codes.ResourceExhausted, "data keys used up faster than they can be fetched")
+}
+
+// take counts one message of n bytes against the key's limits, unless that
+// would pass one: a refused attempt counts nothing, so the counters never
+// wrap.
+func (k *encKey) take(n uint64, o EnvelopeOptions) bool {
+	for {
+		used := k.used.Load()
+		msgs, bytes := used>>bytesBits+1, used&maxBytes+n
+		if msgs > o.MaxMessages || bytes > o.MaxBytes {
+			return false
+		}
+		if k.used.CompareAndSwap(used, msgs<<bytesBits|bytes) {
+			return true
+		}
+	}
 }
 
 // refresh replaces old (nil: none yet) with a new data key, once however
-// many callers ask at the same time.
+// many callers ask at the same time; each waits on its own context.
 func (e *Envelope) refresh(ctx context.Context, old *encKey) error {
-	_, err, _ := e.sf.Do("encrypt", func() (any, error) {
+	e.mu.Lock()
+	gen := e.gen
+	e.mu.Unlock()
+	ch := e.sf.DoChan("encrypt", func() (any, error) {
 		if cur := e.cur.Load(); cur != old {
 			return nil, nil // another caller refreshed it
 		}
-		dk, err := e.c.GenerateDataKey(ctx, e.name, []byte(envelope.DataKeyContext))
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchTimeout)
+		defer cancel()
+		dk, err := e.c.GenerateDataKey(fctx, e.name, []byte(envelope.DataKeyContext))
 		if err != nil {
 			return nil, err
 		}
@@ -164,17 +199,25 @@ func (e *Envelope) refresh(ctx context.Context, old *encKey) error {
 			return nil, localError("local encrypt with "+e.name, codes.Internal, "%v", err)
 		}
 		now := e.opts.Now()
-		e.cur.Store(&encKey{k: k, expires: now.Add(e.opts.MaxAge)})
-		e.remember(&decKey{wrapped: string(dk.Wrapped), k: k, expires: now.Add(e.opts.DecryptTTL)})
+		if e.remember(gen, &decKey{wrapped: string(dk.Wrapped), k: k, expires: now.Add(e.opts.DecryptTTL)}) {
+			e.cur.CompareAndSwap(old, &encKey{k: k, expires: now.Add(e.opts.MaxAge)})
+		}
 		return nil, nil
 	})
-	return err
+	select {
+	case r := <-ch:
+		return r.Err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // Decrypt opens an envelope locally, unwrapping its data key through the
 // service unless it is cached. A ciphertext that is not an envelope (made
-// by [Client.Encrypt]) is decrypted by the service. Every tampered,
-// truncated or foreign ciphertext fails with [ErrInvalidCiphertext].
+// by [Client.Encrypt]), or an envelope whose data key this caller may not
+// unwrap (it holds decrypt but not datakey), is decrypted by the service.
+// Every tampered, truncated or foreign ciphertext fails with
+// [ErrInvalidCiphertext].
 func (e *Envelope) Decrypt(ctx context.Context, ciphertext, associatedData []byte) ([]byte, error) {
 	op := "local decrypt with " + e.name
 	if !envelope.IsEnvelope(ciphertext) {
@@ -185,7 +228,13 @@ func (e *Envelope) Decrypt(ctx context.Context, ciphertext, associatedData []byt
 	if err != nil {
 		return nil, invalidLocal(op)
 	}
-	k, err := e.dataKey(ctx, env.Wrapped)
+	k, err := e.dataKey(ctx, env)
+	if errors.Is(err, ErrInvalidCiphertext) || errors.Is(err, ErrPermissionDenied) {
+		// The unwrap was refused: not authentic, or not this caller's to
+		// unwrap. The service decides, as for any field.
+		pt, _, err := e.c.Decrypt(ctx, e.name, ciphertext, associatedData)
+		return pt, err
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -200,12 +249,13 @@ func invalidLocal(op string) error {
 	return fmt.Errorf("custos: %s: %w", op, &Error{Code: codes.InvalidArgument, Reason: ReasonCiphertextNotAuthentic, Message: "ciphertext is not authentic"})
 }
 
-// dataKey returns the data key wrapped is a wrapping of, from the cache or
-// (one call however many ask at once) from the service.
-func (e *Envelope) dataKey(ctx context.Context, wrapped []byte) (*envelope.Key, error) {
+// dataKey returns the data key env commits to, from the cache or (one call
+// however many ask at once) by unwrapping env's wrapped key.
+func (e *Envelope) dataKey(ctx context.Context, env *envelope.Envelope) (*envelope.Key, error) {
 	now := e.opts.Now()
 	e.mu.Lock()
-	if el, ok := e.cache[string(wrapped)]; ok {
+	gen := e.gen
+	if el, ok := e.cache[string(env.Wrapped)]; ok {
 		d := el.Value.(*decKey)
 		if now.Before(d.expires) {
 			e.lru.MoveToFront(el)
@@ -216,13 +266,12 @@ func (e *Envelope) dataKey(ctx context.Context, wrapped []byte) (*envelope.Key, 
 		delete(e.cache, d.wrapped)
 	}
 	e.mu.Unlock()
-	v, err, _ := e.sf.Do("decrypt:"+string(wrapped), func() (any, error) {
-		dk, err := e.c.DecryptDataKey(ctx, e.name, wrapped, []byte(envelope.DataKeyContext))
+	wrapped := env.Wrapped
+	ch := e.sf.DoChan("decrypt:"+string(wrapped), func() (any, error) {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchTimeout)
+		defer cancel()
+		dk, err := e.c.DecryptDataKey(fctx, e.name, wrapped, []byte(envelope.DataKeyContext))
 		if err != nil {
-			var ce *Error
-			if errors.As(err, &ce) && ce.Code == codes.InvalidArgument {
-				return nil, invalidLocal("local decrypt with " + e.name)
-			}
 			return nil, err
 		}
 		k, err := envelope.NewKey(dk, wrapped)
@@ -230,20 +279,29 @@ func (e *Envelope) dataKey(ctx context.Context, wrapped []byte) (*envelope.Key, 
 		if err != nil {
 			return nil, invalidLocal("local decrypt with " + e.name)
 		}
-		e.remember(&decKey{wrapped: string(wrapped), k: k, expires: e.opts.Now().Add(e.opts.DecryptTTL)})
+		e.remember(gen, &decKey{wrapped: string(wrapped), k: k, expires: e.opts.Now().Add(e.opts.DecryptTTL)})
 		return k, nil
 	})
-	if err != nil {
-		return nil, err
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(*envelope.Key), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
-	return v.(*envelope.Key), nil
 }
 
 // remember caches a data key for decryption, evicting the least recently
-// used beyond CacheSize.
-func (e *Envelope) remember(d *decKey) {
+// used beyond CacheSize, unless a Purge came since gen was read; it
+// reports whether it kept the key.
+func (e *Envelope) remember(gen uint64, d *decKey) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if gen != e.gen {
+		return false
+	}
 	if el, ok := e.cache[d.wrapped]; ok {
 		e.lru.Remove(el)
 	}
@@ -253,15 +311,17 @@ func (e *Envelope) remember(d *decKey) {
 		e.lru.Remove(old)
 		delete(e.cache, old.Value.(*decKey).wrapped)
 	}
+	return true
 }
 
 // Purge forgets every data key: the next encryption gets a new one, and
 // every decryption asks the service again (so a disabled version or a
 // deleted tenant takes effect at once).
 func (e *Envelope) Purge() {
-	e.cur.Store(nil)
 	e.mu.Lock()
+	e.gen++ // keys being fetched now are not kept
 	clear(e.cache)
 	e.lru.Init()
+	e.cur.Store(nil)
 	e.mu.Unlock()
 }

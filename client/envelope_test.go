@@ -114,6 +114,19 @@ func TestEnvelopeRoundTripsLocalAndThroughTheService(t *testing.T) {
 	if pt, err := other.Decrypt(ctx, re, ad); err != nil || string(pt) != "alice@example.com" {
 		t.Fatalf("local decrypt of the rewrapped envelope: %q %v", pt, err)
 	}
+	// Envelopes of one data key get one new wrapping, so a reader's cache
+	// keeps working after a table is rewrapped.
+	ct2, err := env.Encrypt(ctx, []byte("bob@example.com"), ad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	re2, _, err := e.c.Rewrap(ctx, e.name, ct2, ad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p2, _ := envelope.Parse(re2); !bytes.Equal(p2.Wrapped, neu.Wrapped) {
+		t.Fatal("two envelopes of one data key were given different new wrappings")
+	}
 	// A service ciphertext goes through Envelope.Decrypt too.
 	sct, _, err := e.c.Encrypt(ctx, e.name, []byte("remote"), ad)
 	if err != nil {
@@ -468,4 +481,60 @@ func TestEnvelopeTenantDeletionAndDataKeyCallsPerWindow(t *testing.T) {
 			t.Fatalf("encryption after MaxAge on a deleted tenant: %v, want ErrTenantDeleted", err)
 		}
 	}
+}
+
+// What each permission can do with envelopes: a writer in local mode needs
+// datakey; a reader with decrypt only reads envelopes through the service
+// (Envelope.Decrypt falls back to it); datakey alone reads them locally.
+func TestEnvelopePermissions(t *testing.T) {
+	ctx := context.Background()
+	policy := `rules:
+  - identities: ["` + clienttest.ClientID + `"]
+    tenants: ["*"]
+    permissions: ["*"]
+  - identities: ["spiffe://test/reader"]
+    tenants: ["a"]
+    permissions: [decrypt]
+  - identities: ["spiffe://test/encrypt-only"]
+    tenants: ["a"]
+    permissions: [encrypt]
+`
+	srv := clienttest.StartWith(t, clienttest.Options{Policy: policy})
+	admin := srv.Client(t)
+	if _, err := admin.CreateTenant(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	name := client.KeyName("a", "k")
+	if _, err := admin.CreateKey(ctx, client.TenantName("a"), "k", client.KeySpec{Purpose: client.PurposeEncrypt}); err != nil {
+		t.Fatal(err)
+	}
+	ct, err := admin.Envelope(name, client.EnvelopeOptions{}).Encrypt(ctx, []byte("x"), []byte("ad"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reader := srv.ClientAs(t, "spiffe://test/reader")
+	if pt, err := reader.Envelope(name, client.EnvelopeOptions{}).Decrypt(ctx, ct, []byte("ad")); err != nil || string(pt) != "x" {
+		t.Fatalf("a decrypt-only reader through Envelope.Decrypt: %q %v", pt, err)
+	}
+	if _, err := reader.DecryptDataKey(ctx, name, envelopeWrapped(t, ct), []byte(envelope.DataKeyContext)); err == nil {
+		t.Fatal("a decrypt-only reader unwrapped an envelope's data key")
+	}
+	// An encrypt-only caller cannot make a field that passes for an
+	// envelope data key: that associated data is reserved.
+	w := srv.ClientAs(t, "spiffe://test/encrypt-only")
+	if _, _, err := w.Encrypt(ctx, name, make([]byte, 32), []byte(envelope.DataKeyContext)); !errors.Is(err, client.ErrInvalidArgument) {
+		t.Fatalf("a field with the envelope data-key context: %v, want refused", err)
+	}
+	if _, err := w.Envelope(name, client.EnvelopeOptions{}).Encrypt(ctx, []byte("x"), nil); !errors.Is(err, client.ErrPermissionDenied) {
+		t.Fatalf("local mode without datakey: %v, want PERMISSION_DENIED", err)
+	}
+}
+
+func envelopeWrapped(t *testing.T, ct []byte) []byte {
+	t.Helper()
+	e, err := envelope.Parse(ct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e.Wrapped
 }

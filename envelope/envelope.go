@@ -106,6 +106,10 @@ func NewKey(dk, wrapped []byte) (*Key, error) {
 // Wrapped is the key's wrapping as the envelopes carry it.
 func (k *Key) Wrapped() []byte { return k.wrapped }
 
+// Commitment is the key's commitment: it identifies the data key, whatever
+// wrapping of it an envelope carries.
+func (k *Key) Commitment() []byte { return k.commitment[:] }
+
 // Overhead is how many bytes an envelope adds to its plaintext.
 func (k *Key) Overhead() int {
 	return headerFixed + len(k.wrapped) + CommitmentSize + NonceSize + TagSize
@@ -189,6 +193,9 @@ func (e *Envelope) Open(k *Key, associatedData []byte) ([]byte, error) {
 	}
 	return pt, nil
 }
+
+// Commitment is the envelope's commitment to its data key.
+func (e *Envelope) Commitment() []byte { return e.commitment }
 
 // Rewrapped returns the envelope with its data key's wrapping replaced by
 // wrapped (a new wrapping of the same data key): the bulk stays.

@@ -50,6 +50,7 @@ func TestWriteVectors(t *testing.T) {
 	out.Comment = "Custos envelope format 1 (docs/formats.md). Hex throughout. Valid: seal(data_key, wrapped, nonce, plaintext, associated_data) == envelope and open gives plaintext. Invalid: open with data_key (the key the envelope's wrapped key names) fails."
 	k, _ := envelope.NewKey(dk, wrapped)
 	add := func(name string, k *envelope.Key, pt, ad []byte) []byte {
+		nonce := append([]byte("nonce-"), byte('a'+len(out.Valid)), '1', '2', '3', '4', '5')
 		env := k.SealWithNonce(nonce, pt, ad)
 		out.Valid = append(out.Valid, valid{name, x(dk), x(k.Wrapped()), x(nonce), x(pt), x(ad), x(env)})
 		return env
@@ -76,6 +77,9 @@ func TestWriteVectors(t *testing.T) {
 	big[1], big[2] = 0xFF, 0xFF
 	bad("oversized wrapped-key length", big, dk, ad)
 	bad("the right envelope opened with another data key (commitment mismatch)", env, dk2, ad)
+	commit := bytes.Clone(env)
+	commit[3+len(wrapped)] ^= 1
+	bad("a bit flipped in the commitment, the body authentic under the data key (only the commitment check refuses it)", commit, dk, ad)
 	k2, _ := envelope.NewKey(dk2, wrapped)
 	other := k2.SealWithNonce(nonce, bytes.Repeat([]byte("f"), 64), ad)
 	splice := bytes.Clone(env)

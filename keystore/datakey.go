@@ -20,7 +20,13 @@ const DataKeySize = 32
 // allowed to unwrap data keys cannot decrypt fields.
 const dataKeyAADPrefix = "custos:datakey:"
 
-func isDataKeyAAD(aad []byte) bool { return bytes.HasPrefix(aad, []byte(dataKeyAADPrefix)) }
+// isDataKeyAAD reports associated data fields may not use: the data-key
+// prefix, and the envelope data keys' context (so a field can never be
+// taken for an envelope's data key, by the service or by a client that
+// unwraps through Decrypt).
+func isDataKeyAAD(aad []byte) bool {
+	return bytes.HasPrefix(aad, []byte(dataKeyAADPrefix)) || string(aad) == envelope.DataKeyContext
+}
 
 func dataKeyAAD(aad []byte) []byte {
 	out := make([]byte, 0, len(dataKeyAADPrefix)+len(aad))
@@ -71,7 +77,7 @@ func (s *Service) DecryptDataKey(ctx context.Context, ref KeyRef, wrapped, aad [
 // the service. A ciphertext already made by the primary version is returned
 // unchanged (same bytes), so rewrapping is idempotent and cheap to repeat.
 func (s *Service) Rewrap(ctx context.Context, ref KeyRef, ciphertext, aad []byte) ([]byte, uint32, error) {
-	if isDataKeyAAD(aad) {
+	if bytes.HasPrefix(aad, []byte(dataKeyAADPrefix)) {
 		return nil, 0, ErrInvalidCiphertext
 	}
 	if envelope.IsEnvelope(ciphertext) {

@@ -2,7 +2,7 @@ package keystore
 
 import (
 	"context"
-	"errors"
+	"sync"
 
 	"github.com/custos-kms/custos/envelope"
 )
@@ -28,7 +28,7 @@ func (s *Service) decryptEnvelope(ctx context.Context, ref KeyRef, ciphertext, a
 		return nil, 0, nil, ErrInvalidCiphertext
 	}
 	pt, err := env.Open(k, aad)
-	if errors.Is(err, envelope.ErrInvalid) || err != nil {
+	if err != nil {
 		return nil, 0, nil, ErrInvalidCiphertext
 	}
 	return pt, v, env, nil
@@ -42,13 +42,71 @@ func (s *Service) rewrapEnvelope(ctx context.Context, ref KeyRef, ciphertext, aa
 		return nil, 0, err
 	}
 	clear(pt)
-	wrapped, v, err := s.Rewrap(ctx, ref, env.Wrapped, []byte(envelope.DataKeyContext))
-	if err != nil {
-		return nil, 0, err
+	// Every envelope of one data key gets the same new wrapping (within the
+	// cache's reach), so that clients' data-key caches, keyed by wrapping,
+	// keep working after a rewrap of many rows.
+	ck := rewrapKey{ref: ref, commitment: string(env.Commitment()), from: string(env.Wrapped)}
+	wrapped, v, ok := s.envRewraps.get(ck, s.primaryOf(ctx, ref))
+	if !ok {
+		if wrapped, v, err = s.Rewrap(ctx, ref, env.Wrapped, []byte(envelope.DataKeyContext)); err != nil {
+			return nil, 0, err
+		}
+		s.envRewraps.put(ck, wrapped, v)
 	}
 	out, err := envelope.Rewrapped(ciphertext, wrapped)
 	if err != nil {
 		return nil, 0, ErrInvalidCiphertext
 	}
 	return out, v, nil
+}
+
+// rewrapKey names an envelope data key's rewrap: the key, the data key (by
+// its commitment) and the wrapping it came from.
+type rewrapKey struct {
+	ref        KeyRef
+	commitment string
+	from       string
+}
+
+type rewrapped struct {
+	wrapped []byte
+	version uint32
+}
+
+// envelopeRewraps remembers the new wrapping of recently rewrapped envelope
+// data keys (a bounded map, cleared when full): rewrapping a table's rows
+// gives every envelope of one data key one new wrapping.
+type envelopeRewraps struct {
+	mu sync.Mutex
+	m  map[rewrapKey]rewrapped
+}
+
+const maxEnvelopeRewraps = 4096
+
+func (r *envelopeRewraps) get(k rewrapKey, primary uint32) ([]byte, uint32, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.m[k]
+	if !ok || e.version != primary {
+		return nil, 0, false
+	}
+	return e.wrapped, e.version, true
+}
+
+func (r *envelopeRewraps) put(k rewrapKey, wrapped []byte, v uint32) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.m == nil || len(r.m) >= maxEnvelopeRewraps {
+		r.m = make(map[rewrapKey]rewrapped)
+	}
+	r.m[k] = rewrapped{wrapped: wrapped, version: v}
+}
+
+// primaryOf is the key's primary version, 0 if it cannot be read.
+func (s *Service) primaryOf(ctx context.Context, ref KeyRef) uint32 {
+	e, err := s.m.key(ctx, ref)
+	if err != nil {
+		return 0
+	}
+	return e.rec.Primary
 }

@@ -70,11 +70,12 @@ type Config struct {
 
 // Service is the keystore. It is safe for concurrent use.
 type Service struct {
-	records // typed storage access: s.store, s.readTenant, s.readKey, s.scan
-	root    root.Root
-	now     func() time.Time
-	rand    io.Reader
-	logger  *slog.Logger
+	records                    // typed storage access: s.store, s.readTenant, s.readKey, s.scan
+	envRewraps envelopeRewraps // recent envelope data-key rewraps (envelope.go)
+	root       root.Root
+	now        func() time.Time
+	rand       io.Reader
+	logger     *slog.Logger
 
 	m    *materials      // unwrapped material: cache, loads, cross-replica coherence
 	life *lifecycleState // version usage counters

@@ -1,4 +1,5 @@
-// Command customers keeps a customers table in PostgreSQL with encrypted
+// Command customers keeps a customers table (custos_example_customers) in
+// PostgreSQL with encrypted
 // email and IBAN columns (client local mode: envelopes) and a blind-index
 // column to find customers by email, then rotates the keys under it.
 //
@@ -68,10 +69,12 @@ func run(ctx context.Context, out io.Writer, addr, dev, pgURL string, n int) err
 		return err
 	}
 	defer db.Close()
+	// A table of its own name, made afresh on every run: the example never
+	// touches a table of yours.
 	if _, err := db.Exec(ctx, `
-		DROP TABLE IF EXISTS customers;
-		CREATE TABLE customers (id bigint PRIMARY KEY, email bytea NOT NULL, iban bytea NOT NULL, email_idx bytea NOT NULL);
-		CREATE INDEX ON customers (email_idx);`); err != nil {
+		DROP TABLE IF EXISTS custos_example_customers;
+		CREATE TABLE custos_example_customers (id bigint PRIMARY KEY, email bytea NOT NULL, iban bytea NOT NULL, email_idx bytea NOT NULL);
+		CREATE INDEX ON custos_example_customers (email_idx);`); err != nil {
 		return err
 	}
 	piiName, idxName := client.KeyName("acme", pii), client.KeyName("acme", idx)
@@ -97,7 +100,7 @@ func run(ctx context.Context, out io.Writer, addr, dev, pgURL string, n int) err
 	if err != nil {
 		return err
 	}
-	if _, err := db.CopyFrom(ctx, pgx.Identifier{"customers"}, []string{"id", "email", "iban", "email_idx"}, pgx.CopyFromRows(rows)); err != nil {
+	if _, err := db.CopyFrom(ctx, pgx.Identifier{"custos_example_customers"}, []string{"id", "email", "iban", "email_idx"}, pgx.CopyFromRows(rows)); err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "inserted %d customers with encrypted email and IBAN in %v\n", n, time.Since(start).Round(time.Millisecond))
@@ -111,7 +114,7 @@ func run(ctx context.Context, out io.Writer, addr, dev, pgURL string, n int) err
 		var id int64
 		ct := client.Fields{}
 		var e, b []byte
-		if err := db.QueryRow(ctx, `SELECT id, email, iban FROM customers WHERE email_idx = ANY($1)`, query).Scan(&id, &e, &b); err != nil {
+		if err := db.QueryRow(ctx, `SELECT id, email, iban FROM custos_example_customers WHERE email_idx = ANY($1)`, query).Scan(&id, &e, &b); err != nil {
 			return fmt.Errorf("look up %s: %w", email, err)
 		}
 		ct["email"], ct["iban"] = e, b
@@ -149,7 +152,7 @@ func run(ctx context.Context, out io.Writer, addr, dev, pgURL string, n int) err
 	err = parallel(n, func(i int) error {
 		id := fmt.Sprint(i)
 		var e, b []byte
-		if err := db.QueryRow(ctx, `SELECT email, iban FROM customers WHERE id = $1`, int64(i)).Scan(&e, &b); err != nil {
+		if err := db.QueryRow(ctx, `SELECT email, iban FROM custos_example_customers WHERE id = $1`, int64(i)).Scan(&e, &b); err != nil {
 			return err
 		}
 		res, err := c.RewrapBatch(ctx, piiName, []client.RewrapItem{
@@ -172,7 +175,10 @@ func run(ctx context.Context, out io.Writer, addr, dev, pgURL string, n int) err
 		if err != nil {
 			return err
 		}
-		if _, err := db.Exec(ctx, `UPDATE customers SET email = $2, iban = $3, email_idx = $4 WHERE id = $1`, int64(i), res[0].Ciphertext, res[1].Ciphertext, store); err != nil {
+		// Only if the row is still what was read: a concurrent change of
+		// the customer wins over the rewrap (run it again for that row).
+		if _, err := db.Exec(ctx, `UPDATE custos_example_customers SET email = $2, iban = $3, email_idx = $4 WHERE id = $1 AND email = $5 AND iban = $6`,
+			int64(i), res[0].Ciphertext, res[1].Ciphertext, store, e, b); err != nil {
 			return err
 		}
 		mu.Lock()
