@@ -36,10 +36,13 @@ func (e *Envelope) Fields() *FieldCipher { return &FieldCipher{c: e.c, name: e.n
 func (f *FieldCipher) Encrypt(ctx context.Context, recordID string, fields Fields) (Fields, error) {
 	op := "encrypt the fields of record " + recordID
 	names, err := fieldNames(op, recordID, fields)
-	if err != nil || len(names) == 0 {
-		return Fields{}, err
+	if err != nil {
+		return nil, err
 	}
 	out := make(Fields, len(fields))
+	if len(names) == 0 {
+		return out, nil
+	}
 	if f.env != nil {
 		for _, n := range names {
 			ct, err := f.env.Encrypt(ctx, fields[n], AssociatedData(recordID, n))
@@ -72,10 +75,13 @@ func (f *FieldCipher) Encrypt(ctx context.Context, recordID string, fields Field
 func (f *FieldCipher) Decrypt(ctx context.Context, recordID string, fields Fields) (Fields, error) {
 	op := "decrypt the fields of record " + recordID
 	names, err := fieldNames(op, recordID, fields)
-	if err != nil || len(names) == 0 {
-		return Fields{}, err
+	if err != nil {
+		return nil, err
 	}
 	out := make(Fields, len(fields))
+	if len(names) == 0 {
+		return out, nil
+	}
 	if f.env != nil {
 		for _, n := range names {
 			pt, err := f.env.Decrypt(ctx, fields[n], AssociatedData(recordID, n))
