@@ -39,6 +39,28 @@ type AuditRecorder interface {
 	Record(ev *custosv1.AuditEvent) error
 }
 
+// requestIDOf is the caller's request id (x-request-id, 1 to 64
+// characters of [A-Za-z0-9._-]) if it sent one, else a new one.
+func requestIDOf(ctx context.Context) string {
+	if v := metadata.ValueFromIncomingContext(ctx, RequestIDHeader); len(v) == 1 && validRequestID(v[0]) {
+		return v[0]
+	}
+	return newRequestID()
+}
+
+func validRequestID(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
 // newRequestID returns 128 random bits, hex-encoded.
 func newRequestID() string {
 	var b [16]byte

@@ -455,3 +455,29 @@ func TestAuditServiceIsListedAndNeedsAuditRead(t *testing.T) {
 		t.Fatalf("reflection lists %v", names)
 	}
 }
+
+// A caller's own request id (x-request-id) is used: returned, in the
+// audit event; a malformed one is replaced by a fresh id.
+func TestACallersRequestIDRoundTrips(t *testing.T) {
+	ts := start(t, newFiles(t), options{})
+	setup(t, ts, "a")
+	c := ts.clients(t, idAdmin)
+	for _, sent := range []string{"order-7.checkout_42", "bad id with spaces"} {
+		var header metadata.MD
+		ctx := metadata.AppendToOutgoingContext(testContext(t), server.RequestIDHeader, sent)
+		if _, err := c.crypto.Encrypt(ctx, &custosv1.EncryptRequest{Name: keyName("a"), Plaintext: []byte("x")}, grpc.Header(&header)); err != nil {
+			t.Fatal(err)
+		}
+		got := requestID(header, nil)
+		if valid := !strings.Contains(sent, " "); valid != (got == sent) || got == "" {
+			t.Fatalf("sent %q, got %q", sent, got)
+		}
+		found := false
+		for _, r := range events(t, ts) {
+			found = found || r.Event.GetRequestId() == got
+		}
+		if !found {
+			t.Fatalf("no audit event with request id %q", got)
+		}
+	}
+}

@@ -39,7 +39,7 @@ func (u *unaryPath) intercept(ctx context.Context, req any, info *grpc.UnaryServ
 	mm := s.metrics.method(info.FullMethod, "unary")
 	mm.started.Inc()
 	start := time.Now()
-	rid := newRequestID()
+	rid := requestIDOf(ctx)
 	setRequestID(ctx, rid)
 	// c collects what the request path resolves (identity, tenant, key);
 	// the audit event is built from it, whatever step refused the call.

@@ -247,8 +247,8 @@ func (s *Server) requestPath(ctx context.Context, c *call, req any, info *grpc.U
 // through and refuses any other: no Custos RPC streams, and one added later
 // must get its checks here before it can be called.
 func (s *Server) streamRequestPath(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
-	start, rid := time.Now(), newRequestID()
 	ctx := ss.Context()
+	start, rid := time.Now(), requestIDOf(ctx)
 	setRequestID(ctx, rid)
 	c := &call{}
 	c.identity, _ = identity.Authenticate(ctx)
