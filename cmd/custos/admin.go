@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -10,6 +11,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
@@ -19,6 +22,7 @@ import (
 // conn holds the admin commands' connection flags.
 type conn struct {
 	addr, ca, cert, key string
+	timeout             time.Duration
 }
 
 func envOr(name, def string) string {
@@ -35,6 +39,14 @@ func (c *conn) flags(cmd *cobra.Command) {
 	pf.StringVar(&c.ca, "ca", envOr("CUSTOS_CA", dev("ca.pem")), "CA bundle that verifies the server (env CUSTOS_CA)")
 	pf.StringVar(&c.cert, "cert", envOr("CUSTOS_CERT", dev("client.pem")), "client certificate (env CUSTOS_CERT)")
 	pf.StringVar(&c.key, "key", envOr("CUSTOS_KEY", dev("client-key.pem")), "client private key (env CUSTOS_KEY)")
+	pf.DurationVar(&c.timeout, "timeout", envDuration("CUSTOS_TIMEOUT", 10*time.Second), "give up on the command after this long (env CUSTOS_TIMEOUT; 0: never)")
+}
+
+func envDuration(name string, def time.Duration) time.Duration {
+	if d, err := time.ParseDuration(os.Getenv(name)); err == nil {
+		return d
+	}
+	return def
 }
 
 func (c *conn) dial(cmd *cobra.Command) (*client.Client, error) {
@@ -44,6 +56,12 @@ func (c *conn) dial(cmd *cobra.Command) (*client.Client, error) {
 // run dials, runs f and closes the connection.
 func (c *conn) run(f func(cmd *cobra.Command, cl *client.Client, args []string) error) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, args []string) error {
+		// A command that follows (audit tail) bounds each call instead.
+		if c.timeout > 0 && cmd.Annotations["follow"] == "" {
+			ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
+			defer cancel()
+			cmd.SetContext(ctx)
+		}
 		cl, err := c.dial(cmd)
 		if err != nil {
 			return err
@@ -162,7 +180,7 @@ func addAdminCommands(root *cobra.Command) {
 func newCryptoCmd(op string) *cobra.Command {
 	var c conn
 	var ad string
-	var noAD bool
+	var noAD, raw bool
 	use, short := "encrypt NAME PLAINTEXT|-", "Encrypt a field; prints the base64 ciphertext"
 	if op == "decrypt" {
 		use, short = "decrypt NAME CIPHERTEXT_BASE64|-", "Decrypt a base64 ciphertext; prints the plaintext"
@@ -206,8 +224,15 @@ func newCryptoCmd(op string) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			out.Write(pt)
-			fmt.Fprintln(out)
+			switch {
+			case raw:
+				out.Write(pt) // byte for byte, nothing added
+			case printable(pt):
+				fmt.Fprintf(out, "%s\n", pt)
+			default:
+				fmt.Fprintln(out, base64.StdEncoding.EncodeToString(pt))
+				fmt.Fprintln(cmd.ErrOrStderr(), "(binary plaintext, printed in base64; --raw writes the bytes)")
+			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "(key version %d)\n", v)
 			return nil
 		}),
@@ -215,7 +240,24 @@ func newCryptoCmd(op string) *cobra.Command {
 	c.flags(cmd)
 	cmd.Flags().StringVar(&ad, "ad", "", "associated data bound to the ciphertext, e.g. \"customer-42/email\"")
 	cmd.Flags().BoolVar(&noAD, "no-ad", false, "bind no associated data")
+	if op == "decrypt" {
+		cmd.Flags().BoolVar(&raw, "raw", false, "write the plaintext byte for byte, with no newline")
+	}
 	return cmd
+}
+
+// printable reports whether b prints as text: valid UTF-8 without control
+// characters other than tab and newline.
+func printable(b []byte) bool {
+	if !utf8.Valid(b) {
+		return false
+	}
+	for _, r := range string(b) {
+		if unicode.IsControl(r) && r != '\n' && r != '\t' {
+			return false
+		}
+	}
+	return true
 }
 
 func tenantName(s string) string {

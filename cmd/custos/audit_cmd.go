@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -99,9 +100,10 @@ func newAuditCmd() *cobra.Command {
 	var interval time.Duration
 	var includeReads bool
 	tail := &cobra.Command{
-		Use:   "tail --tenant T",
-		Short: "Follow a tenant's audit events as the log signs them (Ctrl-C to stop)",
-		Args:  cobra.NoArgs,
+		Annotations: map[string]string{"follow": "true"},
+		Use:         "tail --tenant T",
+		Short:       "Follow a tenant's audit events as the log signs them (Ctrl-C to stop)",
+		Args:        cobra.NoArgs,
 		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, _ []string) error {
 			if output != "text" && output != "json" {
 				return fmt.Errorf("--output %q is not text or json", output)
@@ -117,7 +119,12 @@ func newAuditCmd() *cobra.Command {
 			t := time.NewTicker(interval)
 			defer t.Stop()
 			for {
-				page, err := cl.ListAuditEvents(ctx, parent, f)
+				cctx, cancel := ctx, context.CancelFunc(func() {})
+				if c.timeout > 0 {
+					cctx, cancel = context.WithTimeout(ctx, c.timeout)
+				}
+				page, err := cl.ListAuditEvents(cctx, parent, f)
+				cancel()
 				if err != nil {
 					if ctx.Err() != nil {
 						return nil

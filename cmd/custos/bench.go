@@ -353,7 +353,7 @@ func orDefault(v, def string) string {
 
 // usageErr marks a bad flag value; main exits with the usage code.
 func usageErr(cmd *cobra.Command, err error) error {
-	return fmt.Errorf("%s: %w", cmd.CommandPath(), err)
+	return usageError{fmt.Errorf("%s: %w", cmd.CommandPath(), err)}
 }
 
 func splitOps(s string) ([]bench.Op, error) {

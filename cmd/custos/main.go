@@ -29,6 +29,6 @@ func main() {
 			msg = "custos: " + msg
 		}
 		fmt.Fprintln(os.Stderr, msg)
-		os.Exit(1)
+		os.Exit(exitCode(err))
 	}
 }

@@ -1,0 +1,75 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"strings"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/custos-kms/custos/client"
+	"github.com/custos-kms/custos/keystore/backup"
+)
+
+// Exit codes by class of failure (docs/cli.md), so that scripts can tell
+// them apart.
+const (
+	exitOther        = 1
+	exitUsage        = 2 // unknown flag or command, missing or bad argument
+	exitNotFound     = 3
+	exitPermission   = 4 // permission denied, not authenticated
+	exitInvalid      = 5 // invalid argument, ciphertext or backup not authentic
+	exitPrecondition = 6 // failed precondition (a disabled version, a deleted tenant), already exists
+	exitUnavailable  = 7 // unavailable, timed out, resource exhausted
+)
+
+// usageError marks a usage mistake.
+type usageError struct{ error }
+
+func (u usageError) Unwrap() error { return u.error }
+
+// exitCode is the exit code of err.
+func exitCode(err error) int {
+	var u usageError
+	if errors.As(err, &u) {
+		return exitUsage
+	}
+	if errors.Is(err, backup.ErrDamaged) {
+		return exitInvalid
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return exitUnavailable
+	}
+	var ce *client.Error
+	if !errors.As(err, &ce) {
+		if isCobraUsage(err) {
+			return exitUsage
+		}
+		return exitOther
+	}
+	switch ce.Code {
+	case codes.NotFound:
+		return exitNotFound
+	case codes.PermissionDenied, codes.Unauthenticated:
+		return exitPermission
+	case codes.InvalidArgument, codes.OutOfRange:
+		return exitInvalid
+	case codes.FailedPrecondition, codes.AlreadyExists, codes.Aborted:
+		return exitPrecondition
+	case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.Canceled:
+		return exitUnavailable
+	}
+	return exitOther
+}
+
+// isCobraUsage recognises cobra's own usage errors (argument counts,
+// unknown commands, required flags), which it does not type.
+func isCobraUsage(err error) bool {
+	msg := err.Error()
+	for _, p := range []string{"unknown command", "accepts ", "requires at least", "requires at most", "required flag(s)"} {
+		if strings.HasPrefix(msg, p) {
+			return true
+		}
+	}
+	return false
+}
