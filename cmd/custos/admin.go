@@ -23,6 +23,7 @@ import (
 type conn struct {
 	addr, ca, cert, key string
 	timeout             time.Duration
+	output              string
 }
 
 func envOr(name, def string) string {
@@ -40,6 +41,7 @@ func (c *conn) flags(cmd *cobra.Command) {
 	pf.StringVar(&c.cert, "cert", envOr("CUSTOS_CERT", dev("client.pem")), "client certificate (env CUSTOS_CERT)")
 	pf.StringVar(&c.key, "key", envOr("CUSTOS_KEY", dev("client-key.pem")), "client private key (env CUSTOS_KEY)")
 	pf.DurationVar(&c.timeout, "timeout", envDuration("CUSTOS_TIMEOUT", 10*time.Second), "give up on the command after this long (env CUSTOS_TIMEOUT; 0: never)")
+	pf.StringVarP(&c.output, "output", "o", "text", "text or json")
 }
 
 func envDuration(name string, def time.Duration) time.Duration {
@@ -83,8 +85,7 @@ func addAdminCommands(root *cobra.Command) {
 				if err != nil {
 					return err
 				}
-				printTenants(cmd.OutOrStdout(), t)
-				return nil
+				return c.tenants(cmd, t)
 			}),
 		},
 		&cobra.Command{
@@ -94,8 +95,7 @@ func addAdminCommands(root *cobra.Command) {
 				if err != nil {
 					return err
 				}
-				printTenants(cmd.OutOrStdout(), t)
-				return nil
+				return c.tenants(cmd, t)
 			}),
 		},
 		&cobra.Command{
@@ -108,32 +108,36 @@ func addAdminCommands(root *cobra.Command) {
 					}
 					ts = append(ts, t)
 				}
-				printTenants(cmd.OutOrStdout(), ts...)
-				return nil
+				return c.tenants(cmd, ts...)
 			}),
 		},
 	)
 
 	var k conn
 	var rotation time.Duration
-	key := &cobra.Command{Use: "key", Short: "Create, show, list and rotate keys"}
+	var purpose string
+	key := &cobra.Command{Use: "key", Short: "Create, show, list, rotate and update keys and their versions"}
 	k.flags(key)
 	create := &cobra.Command{
-		Use: "create tenants/TENANT/keys/KEY", Short: "Create an ENCRYPT key (AES-256-GCM)", Args: cobra.ExactArgs(1),
+		Use: "create tenants/TENANT/keys/KEY", Short: "Create a key (--purpose, default encrypt: AES-256-GCM)", Args: cobra.ExactArgs(1),
 		RunE: k.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
 			parent, id, ok := splitKeyName(args[0])
 			if !ok {
-				return fmt.Errorf("%q is not tenants/{tenant}/keys/{key}", args[0])
+				return usageError{fmt.Errorf("%q is not a key name: want tenants/{tenant}/keys/{key}", args[0])}
 			}
-			kk, err := cl.CreateKey(cmd.Context(), parent, id, client.KeySpec{Purpose: client.PurposeEncrypt, RotationPeriod: rotation})
+			p, err := parsePurpose(purpose)
 			if err != nil {
 				return err
 			}
-			printKey(cmd.OutOrStdout(), kk)
-			return nil
+			kk, err := cl.CreateKey(cmd.Context(), parent, id, client.KeySpec{Purpose: p, RotationPeriod: rotation})
+			if err != nil {
+				return err
+			}
+			return emitKey(cmd, k.output, kk)
 		}),
 	}
 	create.Flags().DurationVar(&rotation, "rotation-period", 0, "rotate automatically this often (e.g. 720h); 0 = never")
+	create.Flags().StringVar(&purpose, "purpose", "encrypt", "encrypt, encrypt-deterministic, mac or password")
 	key.AddCommand(create,
 		&cobra.Command{
 			Use: "get tenants/TENANT/keys/KEY", Short: "Show a key and its versions", Args: cobra.ExactArgs(1),
@@ -142,8 +146,7 @@ func addAdminCommands(root *cobra.Command) {
 				if err != nil {
 					return err
 				}
-				printKey(cmd.OutOrStdout(), kk)
-				return nil
+				return emitKey(cmd, k.output, kk)
 			}),
 		},
 		&cobra.Command{
@@ -167,13 +170,13 @@ func addAdminCommands(root *cobra.Command) {
 				if err != nil {
 					return err
 				}
-				printKey(cmd.OutOrStdout(), kk)
-				return nil
+				return emitKey(cmd, k.output, kk)
 			}),
 		},
 	)
 
 	root.AddCommand(tenant, key, newCryptoCmd("encrypt"), newCryptoCmd("decrypt"))
+	addMoreCommands(root, tenant, key, &c, &k)
 }
 
 // newCryptoCmd is `custos encrypt` or `custos decrypt`.
@@ -302,4 +305,22 @@ func when(t time.Time) string {
 		return "-"
 	}
 	return t.UTC().Format(time.RFC3339)
+}
+
+// tenants prints tenants as a table, or as JSON lines with -o json.
+func (c *conn) tenants(cmd *cobra.Command, ts ...client.Tenant) error {
+	if c.output != "json" {
+		printTenants(cmd.OutOrStdout(), ts...)
+		return nil
+	}
+	for _, t := range ts {
+		v := map[string]any{"name": t.Name, "state": t.State.String(), "create_time": t.CreateTime}
+		if !t.DeleteTime.IsZero() {
+			v["delete_time"] = t.DeleteTime
+		}
+		if err := emit(cmd, "json", v); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/base64"
+	"encoding/json"
 	"net"
 	"path/filepath"
 	"strings"
@@ -95,5 +96,89 @@ func TestTimeoutOnASilentListener(t *testing.T) {
 func TestVersion(t *testing.T) {
 	if out := runMain(t, "--version"); !strings.HasPrefix(out, "custos version ") {
 		t.Fatalf("--version printed %q", out)
+	}
+}
+
+// Every command group answers, with -o json parsed.
+func TestEveryCommandGroupWithJSON(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), ".custos-dev")
+	addr, stop := startDev(t, dir)
+	defer stop()
+	cli(t, dir, addr, "tenant", "create", "acme")
+	for _, k := range []string{"enc:encrypt", "idx:mac", "pw:password", "det:encrypt-deterministic"} {
+		name, purpose, _ := strings.Cut(k, ":")
+		cli(t, dir, addr, "key", "create", "tenants/acme/keys/"+name, "--purpose", purpose)
+	}
+	js := func(args ...string) map[string]any {
+		t.Helper()
+		out, code := runDev(t, dir, addr, append(args, "-o", "json")...)
+		if code != 0 {
+			t.Fatalf("custos %v: exit %d\n%s", args, code, out)
+		}
+		var v map[string]any
+		if err := json.Unmarshal([]byte(out), &v); err != nil {
+			t.Fatalf("custos %v: not JSON: %v\n%s", args, err, out)
+		}
+		return v
+	}
+	m := js("mac", "compute", "tenants/acme/keys/idx", "hello")
+	js("mac", "verify", "tenants/acme/keys/idx", "hello", m["mac"].(string))
+	if _, code := runDev(t, dir, addr, "mac", "verify", "tenants/acme/keys/idx", "other", m["mac"].(string)); code != exitInvalid {
+		t.Fatalf("a MAC that does not match: exit %d, want %d", code, exitInvalid)
+	}
+	if bi := js("mac", "blind-index", "tenants/acme/keys/idx", "alice@example.com"); len(bi["query"].([]any)) != 1 {
+		t.Fatalf("blind index: %v", bi)
+	}
+	dk := js("datakey", "generate", "tenants/acme/keys/enc", "--ad", "object-7")
+	if back := js("datakey", "decrypt", "tenants/acme/keys/enc", dk["wrapped"].(string), "--ad", "object-7"); back["plaintext"] != dk["plaintext"] {
+		t.Fatal("the unwrapped data key differs")
+	}
+	ct := strings.TrimSpace(cli(t, dir, addr, "encrypt", "tenants/acme/keys/enc", "--ad", "r1", "x"))
+	if k := js("key", "rotate", "tenants/acme/keys/enc"); k == nil {
+		t.Fatal("rotate")
+	}
+	if rw := js("rewrap", "tenants/acme/keys/enc", ct, "--ad", "r1"); rw["key_version"].(float64) != 2 {
+		t.Fatalf("rewrap: %v", rw)
+	}
+	if k := js("key", "update", "tenants/acme/keys/enc", "--min-decryption-version", "2"); k["primary_version"].(float64) != 2 {
+		t.Fatalf("update: %v", k)
+	}
+	js("key", "update", "tenants/acme/keys/enc", "--min-decryption-version", "0")
+	js("key", "version", "disable", "tenants/acme/keys/enc", "1")
+	js("key", "version", "enable", "tenants/acme/keys/enc", "1")
+	js("key", "version", "destroy", "tenants/acme/keys/enc", "1")
+	js("key", "version", "restore", "tenants/acme/keys/enc", "1")
+	// Passwords come on standard input.
+	pw := func(args ...string) (map[string]any, int) {
+		cmd := newRootCmd()
+		cmd.SetIn(strings.NewReader("correct horse\n"))
+		var out bytes.Buffer
+		cmd.SetOut(&out)
+		cmd.SetErr(&bytes.Buffer{})
+		cmd.SetArgs(append(args, "-o", "json", "--addr", addr, "--ca", filepath.Join(dir, "ca.pem"), "--cert", filepath.Join(dir, "client.pem"), "--key", filepath.Join(dir, "client-key.pem")))
+		code := 0
+		if err := cmd.ExecuteContext(t.Context()); err != nil {
+			code = exitCode(err)
+		}
+		var v map[string]any
+		_ = json.Unmarshal(out.Bytes(), &v)
+		return v, code
+	}
+	h, code := pw("password", "hash", "tenants/acme/keys/pw")
+	if code != 0 || !strings.HasPrefix(h["hash"].(string), "$custos-") {
+		t.Fatalf("password hash: %v exit %d", h, code)
+	}
+	if v, code := pw("password", "verify", "tenants/acme/keys/pw", h["hash"].(string)); code != 0 || v["match"] != true {
+		t.Fatalf("password verify: %v exit %d", v, code)
+	}
+	if d := js("tenant", "delete", "acme", "--waiting", "48h"); d["state"] != "DELETE_SCHEDULED" {
+		t.Fatalf("tenant delete: %v", d)
+	}
+	if u := js("tenant", "undelete", "acme"); u["state"] != "ACTIVE" {
+		t.Fatalf("tenant undelete: %v", u)
+	}
+	// A malformed key name shows the expected form, with the usage code.
+	if _, code := runDev(t, dir, addr, "key", "update", "acme/enc", "--rotation-period", "1h"); code != exitUsage {
+		t.Fatalf("a malformed key name: exit %d, want %d", code, exitUsage)
 	}
 }

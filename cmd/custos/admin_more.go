@@ -1,0 +1,353 @@
+package main
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/custos-kms/custos/client"
+)
+
+// purposes by their CLI names.
+var purposes = map[string]client.Purpose{
+	"encrypt":               client.PurposeEncrypt,
+	"encrypt-deterministic": client.PurposeEncryptDeterministic,
+	"mac":                   client.PurposeMAC,
+	"password":              client.PurposePassword,
+}
+
+func parsePurpose(s string) (client.Purpose, error) {
+	if p, ok := purposes[s]; ok {
+		return p, nil
+	}
+	return 0, usageError{fmt.Errorf("--purpose %q is not one of encrypt, encrypt-deterministic, mac, password", s)}
+}
+
+// keyNameArg checks a key name argument, showing the expected form.
+func keyNameArg(s string) (string, error) {
+	if _, _, ok := splitKeyName(s); !ok {
+		return "", usageError{fmt.Errorf("%q is not a key name: want tenants/{tenant}/keys/{key}", s)}
+	}
+	return s, nil
+}
+
+// input returns arg, or standard input when arg is "-".
+func input(cmd *cobra.Command, arg string) ([]byte, error) {
+	if arg != "-" {
+		return []byte(arg), nil
+	}
+	return io.ReadAll(io.LimitReader(cmd.InOrStdin(), 16<<20))
+}
+
+// emit prints v as JSON (-o json) or as "label: value" lines.
+func emit(cmd *cobra.Command, output string, v map[string]any, order ...string) error {
+	if output == "json" {
+		b, err := json.Marshal(v)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "%s\n", b)
+		return nil
+	}
+	for _, k := range order {
+		fmt.Fprintf(cmd.OutOrStdout(), "%s: %v\n", k, v[k])
+	}
+	return nil
+}
+
+func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
+
+// addMoreCommands adds the commands that reach the rest of the API:
+// tenant deletion, key updates and version states, MACs and blind indexes,
+// password hashes, data keys and rewrap.
+func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
+	outFlag := func(cmd *cobra.Command) *cobra.Command { return cmd }
+	var waiting time.Duration
+	del := outFlag(&cobra.Command{
+		Use: "delete TENANT_ID", Short: "Schedule a tenant for crypto-shredding after --waiting", Args: cobra.ExactArgs(1),
+		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
+			t, err := cl.DeleteTenant(cmd.Context(), tenantName(args[0]), waiting)
+			if err != nil {
+				return err
+			}
+			return emit(cmd, c.output, map[string]any{"name": t.Name, "state": t.State.String(), "delete_time": t.DeleteTime}, "name", "state", "delete_time")
+		}),
+	})
+	del.Flags().DurationVar(&waiting, "waiting", 0, "waiting period before the tenant is shredded (0: the server's default)")
+	tenant.AddCommand(del, outFlag(&cobra.Command{
+		Use: "undelete TENANT_ID", Short: "Cancel a scheduled deletion", Args: cobra.ExactArgs(1),
+		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
+			t, err := cl.UndeleteTenant(cmd.Context(), tenantName(args[0]))
+			if err != nil {
+				return err
+			}
+			return emit(cmd, c.output, map[string]any{"name": t.Name, "state": t.State.String()}, "name", "state")
+		}),
+	}))
+
+	var rotation time.Duration
+	var minVersion int64
+	update := outFlag(&cobra.Command{
+		Use: "update tenants/TENANT/keys/KEY", Short: "Change a key's rotation period or minimum decryption version", Args: cobra.ExactArgs(1),
+		RunE: k.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
+			name, err := keyNameArg(args[0])
+			if err != nil {
+				return err
+			}
+			var u client.KeyUpdate
+			if cmd.Flags().Changed("rotation-period") {
+				u.RotationPeriod = &rotation
+			}
+			if cmd.Flags().Changed("min-decryption-version") {
+				if minVersion < 0 || minVersion > 1<<31 {
+					return usageError{errors.New("--min-decryption-version is out of range")}
+				}
+				v := uint32(minVersion)
+				u.MinDecryptionVersion = &v
+			}
+			if u.RotationPeriod == nil && u.MinDecryptionVersion == nil {
+				return usageError{errors.New("nothing to update: give --rotation-period or --min-decryption-version")}
+			}
+			kk, err := cl.UpdateKey(cmd.Context(), name, u)
+			if err != nil {
+				return err
+			}
+			return emitKey(cmd, k.output, kk)
+		}),
+	})
+	update.Flags().DurationVar(&rotation, "rotation-period", 0, "rotate automatically this often; 0 turns it off")
+	update.Flags().Int64Var(&minVersion, "min-decryption-version", 0, "versions below this refuse to decrypt; 0 removes the minimum")
+
+	version := &cobra.Command{Use: "version", Short: "Enable, disable, destroy or restore one version of a key"}
+	var destroyWaiting time.Duration
+	for _, op := range []string{"enable", "disable", "destroy", "restore"} {
+		vc := outFlag(&cobra.Command{
+			Use: op + " tenants/TENANT/keys/KEY VERSION", Short: strings.ToUpper(op[:1]) + op[1:] + " a version", Args: cobra.ExactArgs(2),
+			RunE: k.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
+				name, err := keyNameArg(args[0])
+				if err != nil {
+					return err
+				}
+				v, err := strconv.ParseUint(args[1], 10, 32)
+				if err != nil || v == 0 {
+					return usageError{fmt.Errorf("VERSION %q is not a version number", args[1])}
+				}
+				var kk client.Key
+				switch op {
+				case "enable":
+					kk, err = cl.EnableKeyVersion(cmd.Context(), name, uint32(v))
+				case "disable":
+					kk, err = cl.DisableKeyVersion(cmd.Context(), name, uint32(v))
+				case "destroy":
+					kk, err = cl.DestroyKeyVersion(cmd.Context(), name, uint32(v), destroyWaiting)
+				case "restore":
+					kk, err = cl.RestoreKeyVersion(cmd.Context(), name, uint32(v))
+				}
+				if err != nil {
+					return err
+				}
+				return emitKey(cmd, k.output, kk)
+			}),
+		})
+		if op == "destroy" {
+			vc.Flags().DurationVar(&destroyWaiting, "waiting", 0, "waiting period before the material is destroyed (0: the server's default)")
+		}
+		version.AddCommand(vc)
+	}
+	key.AddCommand(update, version)
+
+	mac := &cobra.Command{Use: "mac", Short: "Compute and verify HMACs with a MAC key"}
+	c.flags(mac)
+	mac.AddCommand(outFlag(&cobra.Command{
+		Use: "compute tenants/TENANT/keys/KEY DATA|-", Short: "Compute the HMAC of DATA under the primary version (base64)", Args: cobra.ExactArgs(2),
+		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
+			data, err := input(cmd, args[1])
+			if err != nil {
+				return err
+			}
+			m, v, err := cl.ComputeMAC(cmd.Context(), args[0], data)
+			if err != nil {
+				return err
+			}
+			return emit(cmd, c.output, map[string]any{"mac": b64(m), "key_version": v}, "mac", "key_version")
+		}),
+	}), outFlag(&cobra.Command{
+		Use: "verify tenants/TENANT/keys/KEY DATA|- MAC_BASE64", Short: "Check a MAC; exits 5 when it does not match", Args: cobra.ExactArgs(3),
+		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
+			data, err := input(cmd, args[1])
+			if err != nil {
+				return err
+			}
+			m, err := base64.StdEncoding.DecodeString(args[2])
+			if err != nil {
+				return usageError{fmt.Errorf("MAC is not base64: %w", err)}
+			}
+			ok, err := cl.VerifyMAC(cmd.Context(), args[0], data, m)
+			if err != nil {
+				return err
+			}
+			if err := emit(cmd, c.output, map[string]any{"valid": ok}, "valid"); err != nil {
+				return err
+			}
+			if !ok {
+				return fmt.Errorf("custos: the MAC does not match: %w", client.ErrInvalidArgument)
+			}
+			return nil
+		}),
+	}), outFlag(&cobra.Command{
+		Use: "blind-index tenants/TENANT/keys/KEY DATA|-", Short: "The blind index of DATA: the value to store and the values to query by (base64)", Args: cobra.ExactArgs(2),
+		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
+			data, err := input(cmd, args[1])
+			if err != nil {
+				return err
+			}
+			store, query, err := cl.BlindIndexValues(cmd.Context(), args[0], data)
+			if err != nil {
+				return err
+			}
+			q := make([]string, len(query))
+			for i, v := range query {
+				q[i] = b64(v)
+			}
+			return emit(cmd, c.output, map[string]any{"store": b64(store), "query": q}, "store", "query")
+		}),
+	}))
+
+	password := &cobra.Command{Use: "password", Short: "Hash and verify passwords with a PASSWORD key (the password is read from standard input)"}
+	c.flags(password)
+	var subject string
+	pverify := outFlag(&cobra.Command{
+		Use: "verify tenants/TENANT/keys/KEY HASH", Short: "Check the password on standard input against HASH; exits 5 when it does not match", Args: cobra.ExactArgs(2),
+		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
+			pw, err := readPassword(cmd)
+			if err != nil {
+				return err
+			}
+			match, rehash, err := cl.VerifyPassword(cmd.Context(), args[0], pw, args[1], subject)
+			clear(pw)
+			if err != nil {
+				return err
+			}
+			if err := emit(cmd, c.output, map[string]any{"match": match, "needs_rehash": rehash}, "match", "needs_rehash"); err != nil {
+				return err
+			}
+			if !match {
+				return fmt.Errorf("custos: the password does not match: %w", client.ErrInvalidArgument)
+			}
+			return nil
+		}),
+	})
+	pverify.Flags().StringVar(&subject, "subject", "", "the account the password belongs to (for lockout)")
+	password.AddCommand(outFlag(&cobra.Command{
+		Use: "hash tenants/TENANT/keys/KEY", Short: "Hash the password on standard input", Args: cobra.ExactArgs(1),
+		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
+			pw, err := readPassword(cmd)
+			if err != nil {
+				return err
+			}
+			h, err := cl.HashPassword(cmd.Context(), args[0], pw)
+			clear(pw)
+			if err != nil {
+				return err
+			}
+			return emit(cmd, c.output, map[string]any{"hash": h}, "hash")
+		}),
+	}), pverify)
+
+	var ad string
+	datakey := &cobra.Command{Use: "datakey", Short: "Generate and unwrap data keys of an ENCRYPT key (base64)"}
+	c.flags(datakey)
+	datakey.PersistentFlags().StringVar(&ad, "ad", "", "associated data the wrapped key is bound to")
+	datakey.AddCommand(outFlag(&cobra.Command{
+		Use: "generate tenants/TENANT/keys/KEY", Short: "A new data key: plaintext and wrapped", Args: cobra.ExactArgs(1),
+		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
+			dk, err := cl.GenerateDataKey(cmd.Context(), args[0], []byte(ad))
+			if err != nil {
+				return err
+			}
+			defer clear(dk.Plaintext)
+			return emit(cmd, c.output, map[string]any{"plaintext": b64(dk.Plaintext), "wrapped": b64(dk.Wrapped), "key_version": dk.Version}, "plaintext", "wrapped", "key_version")
+		}),
+	}), outFlag(&cobra.Command{
+		Use: "decrypt tenants/TENANT/keys/KEY WRAPPED_BASE64", Short: "Unwrap a data key", Args: cobra.ExactArgs(2),
+		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
+			w, err := base64.StdEncoding.DecodeString(args[1])
+			if err != nil {
+				return usageError{fmt.Errorf("WRAPPED is not base64: %w", err)}
+			}
+			pt, err := cl.DecryptDataKey(cmd.Context(), args[0], w, []byte(ad))
+			if err != nil {
+				return err
+			}
+			defer clear(pt)
+			return emit(cmd, c.output, map[string]any{"plaintext": b64(pt)}, "plaintext")
+		}),
+	}))
+
+	var rad string
+	var rnoAD bool
+	rewrap := outFlag(&cobra.Command{
+		Use: "rewrap tenants/TENANT/keys/KEY CIPHERTEXT_BASE64|-", Short: "Re-encrypt a ciphertext under the key's primary version, inside the service (base64)", Args: cobra.ExactArgs(2),
+		PreRunE: func(*cobra.Command, []string) error {
+			if rad == "" && !rnoAD {
+				return usageError{errors.New("pass --ad with the associated data the ciphertext was made with (or --no-ad)")}
+			}
+			return nil
+		},
+		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
+			in, err := input(cmd, args[1])
+			if err != nil {
+				return err
+			}
+			ct, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(in)))
+			if err != nil {
+				return usageError{fmt.Errorf("ciphertext is not base64: %w", err)}
+			}
+			var aad []byte
+			if !rnoAD {
+				aad = []byte(rad)
+			}
+			out, v, err := cl.Rewrap(cmd.Context(), args[0], ct, aad)
+			if err != nil {
+				return err
+			}
+			return emit(cmd, c.output, map[string]any{"ciphertext": b64(out), "key_version": v}, "ciphertext", "key_version")
+		}),
+	})
+	rewrap.Flags().StringVar(&rad, "ad", "", "the associated data the ciphertext was made with")
+	rewrap.Flags().BoolVar(&rnoAD, "no-ad", false, "the ciphertext binds no associated data")
+	c.flags(rewrap)
+	root.AddCommand(mac, password, datakey, rewrap)
+}
+
+func readPassword(cmd *cobra.Command) ([]byte, error) {
+	b, err := io.ReadAll(io.LimitReader(cmd.InOrStdin(), 4097))
+	if err != nil {
+		return nil, err
+	}
+	pw := []byte(strings.TrimRight(string(b), "\r\n"))
+	clear(b)
+	if len(pw) == 0 {
+		return nil, usageError{errors.New("no password on standard input")}
+	}
+	return pw, nil
+}
+
+func emitKey(cmd *cobra.Command, output string, k client.Key) error {
+	if output != "json" {
+		printKey(cmd.OutOrStdout(), k)
+		return nil
+	}
+	versions := make([]map[string]any, 0, len(k.Versions))
+	for _, v := range k.Versions {
+		versions = append(versions, map[string]any{"version": v.Version, "state": v.State.String(), "create_time": v.CreateTime, "encryptions": v.EncryptCount})
+	}
+	return emit(cmd, output, map[string]any{"name": k.Name, "purpose": k.Purpose.String(), "primary_version": k.PrimaryVersion, "versions": versions})
+}
