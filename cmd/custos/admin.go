@@ -22,6 +22,7 @@ import (
 // conn holds the admin commands' connection flags.
 type conn struct {
 	addr, ca, cert, key string
+	devDir              string
 	timeout             time.Duration
 	output              string
 }
@@ -42,6 +43,7 @@ func (c *conn) flags(cmd *cobra.Command) {
 	pf.StringVar(&c.key, "key", envOr("CUSTOS_KEY", dev("client-key.pem")), "client private key (env CUSTOS_KEY)")
 	pf.DurationVar(&c.timeout, "timeout", envDuration("CUSTOS_TIMEOUT", 10*time.Second), "give up on the command after this long (env CUSTOS_TIMEOUT; 0: never)")
 	pf.StringVarP(&c.output, "output", "o", "text", "text or json")
+	pf.StringVar(&c.devDir, "dev-dir", os.Getenv("CUSTOS_DEV_DIR"), "a custos dev directory: its CA and client files, from any directory (env CUSTOS_DEV_DIR; --ca/--cert/--key win)")
 }
 
 func envDuration(name string, def time.Duration) time.Duration {
@@ -52,6 +54,13 @@ func envDuration(name string, def time.Duration) time.Duration {
 }
 
 func (c *conn) dial(cmd *cobra.Command) (*client.Client, error) {
+	if c.devDir != "" {
+		for flag, p := range map[string]*string{"ca": &c.ca, "cert": &c.cert, "key": &c.key} {
+			if !cmd.Flags().Changed(flag) {
+				*p = filepath.Join(c.devDir, map[string]string{"ca": "ca.pem", "cert": "client.pem", "key": "client-key.pem"}[flag])
+			}
+		}
+	}
 	return client.New(cmd.Context(), client.Config{Address: c.addr, CAFile: c.ca, CertFile: c.cert, KeyFile: c.key})
 }
 

@@ -5,6 +5,9 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"net"
+	"os"
+	"regexp"
+	"syscall"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -180,5 +183,51 @@ func TestEveryCommandGroupWithJSON(t *testing.T) {
 	// A malformed key name shows the expected form, with the usage code.
 	if _, code := runDev(t, dir, addr, "key", "update", "acme/enc", "--rotation-period", "1h"); code != exitUsage {
 		t.Fatalf("a malformed key name: exit %d, want %d", code, exitUsage)
+	}
+}
+
+// custos dev --ephemeral keeps nothing; its banner tells the CLI where it
+// is, and --dev-dir works from any directory.
+func TestEphemeralDevAndItsBanner(t *testing.T) {
+	t.Setenv("CUSTOS_TEST_RUN_MAIN", "1")
+	c, m, err := startChild(t.Context(), []string{"dev", "--ephemeral", "--listen", "127.0.0.1:0", "--ops-listen", "off"},
+		filepath.Join(t.TempDir(), "server.log"), regexp.MustCompile(`listening on (\S+) \(mutual TLS; files in (\S+)\)`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.stop)
+	addr, dir := m[1], m[2]
+	// From another directory, with --dev-dir only.
+	t.Chdir(t.TempDir())
+	cmd := newRootCmd()
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&bytes.Buffer{})
+	cmd.SetArgs([]string{"tenant", "create", "acme", "--addr", addr, "--dev-dir", dir, "-o", "json"})
+	if err := cmd.ExecuteContext(t.Context()); err != nil {
+		t.Fatalf("tenant create with --dev-dir: %v", err)
+	}
+	if !strings.Contains(out.String(), `"name":"tenants/acme"`) {
+		t.Fatalf("tenant create printed %q", out.String())
+	}
+	if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitExit(t, c)
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("the ephemeral directory %s is still there (%v)", dir, err)
+	}
+}
+
+func TestDevBannerForANonDefaultAddress(t *testing.T) {
+	var b bytes.Buffer
+	addr := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 18443} // printed, never bound
+	dir := filepath.Join(t.TempDir(), ".custos-dev")
+	printDevHelp(&b, dir, addr, nil)
+	s := b.String()
+	for _, want := range []string{"export CUSTOS_ADDR=" + addr.String() + " CUSTOS_CA=" + filepath.Join(dir, "ca.pem"), "go run ./cmd/custos tenant create acme\n  go run ./cmd/custos key create", "-addr " + addr.String() + " -dev-dir " + dir} {
+		if !strings.Contains(s, want) {
+			t.Errorf("banner lacks %q:\n%s", want, s)
+		}
 	}
 }

@@ -46,7 +46,7 @@ storage:
 
 func newDevCmd() *cobra.Command {
 	var dir, listen, opsListen string
-	var auditOn bool
+	var auditOn, ephemeral bool
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Serve the embedded default: dev PKI, local root and bbolt under ./.custos-dev",
@@ -58,9 +58,24 @@ restart still decrypts. Never use it in production.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			hup := catchSIGHUP()
+			if ephemeral {
+				// Nothing kept: a throwaway PKI and root in a temporary
+				// directory, removed at exit, and an in-memory store.
+				tmp, err := os.MkdirTemp("", "custos-dev-")
+				if err != nil {
+					return err
+				}
+				defer os.RemoveAll(tmp)
+				dir = tmp
+			}
 			cfg, err := prepareDev(dir)
 			if err != nil {
 				return err
+			}
+			if ephemeral {
+				cfg.Storage = config.Storage{Type: "memory"}
+				cfg.Audit.Spool = ""
+				cfg.Ops.Backup = false
 			}
 			cfg.Listen = listen
 			cfg.Ops.Listen = opsListen
@@ -72,6 +87,7 @@ restart still decrypts. Never use it in production.`,
 	cmd.Flags().StringVar(&dir, "dir", ".custos-dev", "directory for the dev PKI, root key, data and policy")
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8443", "gRPC listen address")
 	cmd.Flags().BoolVar(&auditOn, "audit", true, "record the audit trail (--audit=false only to measure its cost)")
+	cmd.Flags().BoolVar(&ephemeral, "ephemeral", false, "keep nothing: an in-memory store and a throwaway PKI and root in a temporary directory, removed at exit (for quick experiments and CI)")
 	cmd.Flags().StringVar(&opsListen, "ops-listen", "127.0.0.1:9464", `ops listener address (/healthz, /readyz, /metrics), or "off"`)
 	return cmd
 }
@@ -114,22 +130,34 @@ func writeIfMissing(path, content string) error {
 
 func printDevHelp(w io.Writer, dir string, addr, ops net.Addr) {
 	p := func(name string) string { return filepath.Join(dir, name) }
+	grpcurl := "grpcurl"
+	if _, err := os.Stat(filepath.Join(".tools", "bin", "grpcurl")); err == nil {
+		grpcurl = filepath.Join(".tools", "bin", "grpcurl")
+	}
+	// The CLI's defaults are 127.0.0.1:8443 and ./.custos-dev: say so when
+	// this server is elsewhere.
+	var env, exampleFlags string
+	if a := addr.String(); a != "127.0.0.1:8443" || filepath.Clean(dir) != ".custos-dev" {
+		env = fmt.Sprintf("  export CUSTOS_ADDR=%s CUSTOS_CA=%s CUSTOS_CERT=%s CUSTOS_KEY=%s\n", a, p("ca.pem"), p("client.pem"), p("client-key.pem"))
+		exampleFlags = fmt.Sprintf(" -addr %s -dev-dir %s", a, dir)
+	}
 	fmt.Fprintf(w, `
 Custos dev server listening on %[1]s (mutual TLS; files in %[2]s)
 
-Try it with grpcurl (install: make grpcurl, then use .tools/bin/grpcurl):
+Try it with grpcurl (make grpcurl installs it in .tools/bin):
 
-  grpcurl -cacert %[3]s -cert %[4]s -key %[5]s \
+  %[6]s -cacert %[3]s -cert %[4]s -key %[5]s \
     -d '{"tenant_id":"acme"}' %[1]s custos.v1.KeyService/CreateTenant
 
 Or with the CLI and the Go example:
 
+%[7]s  go run ./cmd/custos tenant create acme
   go run ./cmd/custos key create tenants/acme/keys/pii
   go run ./cmd/custos encrypt tenants/acme/keys/pii "hello" --ad "customer-42/email"
-  go run ./examples/fieldencryption
+  go run ./examples/fieldencryption%[8]s
 
-Ctrl-C stops the server; the next run reuses %[2]s.
-`, addr, dir, p("ca.pem"), p("client.pem"), p("client-key.pem"))
+Ctrl-C stops the server.
+`, addr, dir, p("ca.pem"), p("client.pem"), p("client-key.pem"), grpcurl, env, exampleFlags)
 	if ops != nil {
 		fmt.Fprintf(w, "Ops listener (/healthz, /readyz, /metrics) on %s\n", ops)
 	}
