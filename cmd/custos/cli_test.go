@@ -6,10 +6,10 @@ import (
 	"encoding/json"
 	"net"
 	"os"
-	"regexp"
-	"syscall"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
