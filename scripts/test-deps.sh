@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages the tests need, when missing: PostgreSQL server
-# binaries (tests start a throwaway server from /usr/lib/postgresql/*/bin) and
-# SoftHSM2 (the PKCS#11 root is tested against it). Idempotent; quiet when
+# binaries (tests start a throwaway server from /usr/lib/postgresql/*/bin),
+# SoftHSM2 (the PKCS#11 root is tested against it), Node.js and npm, and
+# Debian's python3-grpcio and python3-grpc-tools (the polyglot examples). Idempotent; quiet when
 # everything is present. Needs root (or sudo) only when something is missing.
 set -euo pipefail
 
@@ -9,6 +10,10 @@ need=()
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 { compgen -G '/usr/lib/softhsm/libsofthsm2.so' >/dev/null || compgen -G '/usr/lib/*/softhsm/libsofthsm2.so' >/dev/null; } || need+=(softhsm2)
 command -v softhsm2-util >/dev/null || need+=(softhsm2)
+# The polyglot examples: Node.js with npm, and Debian's Python gRPC.
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
+/usr/bin/python3 -c 'import grpc, grpc_tools' 2>/dev/null || need+=(python3-grpcio python3-grpc-tools)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -1,0 +1,104 @@
+// Calls Custos from Node.js with nothing but the protos in proto/:
+// @grpc/grpc-js, @grpc/proto-loader and protobufjs from npm (pinned in
+// package-lock.json). Against `custos dev` (make run):
+//
+//   cd examples/node && npm ci && node index.js 127.0.0.1:8443 ../../.custos-dev
+//
+// It checks health, creates a tenant with an ENCRYPT, a MAC and a PASSWORD
+// key, encrypts and decrypts with associated data, runs a batch with one bad
+// item and reads its per-item status, reads the ErrorInfo reason of a
+// refused call, computes a blind index, and hashes and verifies a password.
+'use strict';
+
+const fs = require('fs');
+const path = require('path');
+const grpc = require('@grpc/grpc-js');
+const loader = require('@grpc/proto-loader');
+const protobuf = require('protobufjs');
+
+const [addr = '127.0.0.1:8443', devDir = '.custos-dev'] = process.argv.slice(2);
+const protoDir = path.join(__dirname, '..', '..', 'proto');
+const files = [
+  'custos/v1/key_service.proto', 'custos/v1/crypto_service.proto',
+  'grpc/health/v1/health.proto', 'google/rpc/status.proto', 'google/rpc/error_details.proto',
+];
+const def = grpc.loadPackageDefinition(loader.loadSync(files, {
+  includeDirs: [protoDir], keepCase: true, longs: String, enums: String, defaults: true,
+}));
+// protobufjs decodes the error details a failure carries.
+const root = new protobuf.Root();
+root.resolvePath = (_, target) => path.join(protoDir, target);
+root.loadSync(['google/rpc/status.proto', 'google/rpc/error_details.proto']);
+const Status = root.lookupType('google.rpc.Status');
+const ErrorInfo = root.lookupType('google.rpc.ErrorInfo');
+
+const creds = grpc.credentials.createSsl(
+  fs.readFileSync(path.join(devDir, 'ca.pem')),
+  fs.readFileSync(path.join(devDir, 'client-key.pem')),
+  fs.readFileSync(path.join(devDir, 'client.pem')));
+const keys = new def.custos.v1.KeyService(addr, creds);
+const crypto = new def.custos.v1.CryptoService(addr, creds);
+const health = new def.grpc.health.v1.Health(addr, creds);
+
+const call = (client, method, req) => new Promise((resolve, reject) => {
+  client[method](req, { deadline: Date.now() + 10000 }, (err, resp) => (err ? reject(err) : resolve(resp)));
+});
+
+// reason reads the google.rpc.ErrorInfo reason of a failed call.
+function reason(err) {
+  const bin = err.metadata && err.metadata.get('grpc-status-details-bin')[0];
+  if (!bin) return '';
+  for (const any of Status.decode(bin).details) {
+    if (any.type_url.endsWith('/google.rpc.ErrorInfo')) return ErrorInfo.decode(any.value).reason;
+  }
+  return '';
+}
+
+function ok(what, cond) {
+  if (!cond) throw new Error(`${what}: unexpected answer`);
+  console.log(`ok  ${what}`);
+}
+
+async function main() {
+  const h = await call(health, 'Check', { service: '' });
+  ok('health: SERVING', h.status === 'SERVING');
+
+  const t = `node-${Date.now()}`;
+  await call(keys, 'CreateTenant', { tenant_id: t });
+  for (const [id, purpose] of [['enc', 'KEY_PURPOSE_ENCRYPT'], ['idx', 'KEY_PURPOSE_MAC'], ['pw', 'KEY_PURPOSE_PASSWORD']]) {
+    await call(keys, 'CreateKey', { parent: `tenants/${t}`, key_id: id, key: { purpose } });
+  }
+  ok(`tenant ${t} with 3 keys`, true);
+  const enc = `tenants/${t}/keys/enc`;
+
+  const ad = Buffer.from('customer-42/email');
+  const e = await call(crypto, 'Encrypt', { name: enc, plaintext: Buffer.from('alice@example.com'), associated_data: ad });
+  const d = await call(crypto, 'Decrypt', { name: enc, ciphertext: e.ciphertext, associated_data: ad });
+  ok('encrypt and decrypt with associated data', d.plaintext.toString() === 'alice@example.com' && d.key_version === 1);
+
+  const b = await call(crypto, 'DecryptBatch', {
+    name: enc,
+    items: [{ ciphertext: e.ciphertext, associated_data: ad }, { ciphertext: e.ciphertext, associated_data: Buffer.from('customer-43/email') }],
+  });
+  ok('a batch with one bad item: item 1 OK, item 2 INVALID_ARGUMENT',
+    b.results[0].status.code === 0 && b.results[0].plaintext.toString() === 'alice@example.com' && b.results[1].status.code === 3);
+
+  try {
+    await call(crypto, 'Decrypt', { name: enc, ciphertext: e.ciphertext, associated_data: Buffer.from('customer-43/email') });
+    throw new Error('a decrypt with the wrong associated data succeeded');
+  } catch (err) {
+    ok(`a refused call's ErrorInfo reason: ${reason(err)}`, err.code === grpc.status.INVALID_ARGUMENT && reason(err) === 'CIPHERTEXT_NOT_AUTHENTIC');
+  }
+
+  const bi = await call(crypto, 'BlindIndex', { name: `tenants/${t}/keys/idx`, data: Buffer.from('alice@example.com') });
+  ok('blind index: one entry per enabled version', bi.entries.length === 1 && bi.entries[0].mac.length > 32);
+
+  const pwKey = `tenants/${t}/keys/pw`;
+  const hp = await call(crypto, 'HashPassword', { name: pwKey, password: Buffer.from('correct horse') });
+  const vp = await call(crypto, 'VerifyPassword', { name: pwKey, password: Buffer.from('correct horse'), hash: hp.hash });
+  const bad = await call(crypto, 'VerifyPassword', { name: pwKey, password: Buffer.from('wrong horse'), hash: hp.hash });
+  ok('hash and verify a password', vp.match === true && bad.match === false);
+  console.log('node example: every call answered as expected');
+}
+
+main().then(() => process.exit(0), (err) => { console.error(`node example: ${err.message}`); process.exit(1); });
