@@ -481,3 +481,23 @@ func TestACallersRequestIDRoundTrips(t *testing.T) {
 		}
 	}
 }
+
+// Every error carries an ErrorInfo reason from the ErrorReason enum,
+// NOT_FOUND and ALREADY_EXISTS included.
+func TestErrorsCarryErrorInfo(t *testing.T) {
+	ts := start(t, newFiles(t), options{})
+	setup(t, ts, "a")
+	ctx := testContext(t)
+	c := ts.clients(t, idAdmin)
+	_, err := c.keys.GetTenant(ctx, &custosv1.GetTenantRequest{Name: "tenants/nobody"})
+	if info := errorInfo(wantCode(t, err, codes.NotFound)); info == nil || info.GetReason() != custosv1.ReasonNotFound || info.GetDomain() != custosv1.ErrorDomain {
+		t.Fatalf("NOT_FOUND carries %v", info)
+	}
+	_, err = c.keys.CreateTenant(ctx, &custosv1.CreateTenantRequest{TenantId: "a"})
+	if info := errorInfo(wantCode(t, err, codes.AlreadyExists)); info == nil || info.GetReason() != custosv1.ReasonAlreadyExists {
+		t.Fatalf("ALREADY_EXISTS carries %v", info)
+	}
+	if _, ok := custosv1.ErrorReason_value[custosv1.ReasonNotFound]; !ok {
+		t.Fatal("NOT_FOUND is not in the ErrorReason enum")
+	}
+}

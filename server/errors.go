@@ -27,9 +27,9 @@ type errorKind struct {
 // "Errors"). The first entry that matches wins.
 var errorTable = []errorKind{
 	{err: keystore.ErrInvalidCiphertext, code: codes.InvalidArgument, reason: custosv1.ReasonCiphertextNotAuthentic},
-	{err: keystore.ErrInvalidArgument, code: codes.InvalidArgument},
-	{err: keystore.ErrNotFound, code: codes.NotFound},
-	{err: keystore.ErrAlreadyExists, code: codes.AlreadyExists},
+	{err: keystore.ErrInvalidArgument, code: codes.InvalidArgument, reason: custosv1.ReasonInvalidArgument},
+	{err: keystore.ErrNotFound, code: codes.NotFound, reason: custosv1.ReasonNotFound},
+	{err: keystore.ErrAlreadyExists, code: codes.AlreadyExists, reason: custosv1.ReasonAlreadyExists},
 	{err: keystore.ErrTenantDeleted, code: codes.FailedPrecondition, reason: custosv1.ReasonTenantDeleted},
 	{err: keystore.ErrKeyVersionDisabled, code: codes.FailedPrecondition, reason: custosv1.ReasonKeyVersionDisabled},
 	{err: keystore.ErrKeyVersionDestroyed, code: codes.FailedPrecondition, reason: custosv1.ReasonKeyVersionDestroyed},
@@ -39,9 +39,9 @@ var errorTable = []errorKind{
 	{err: keystore.ErrWrongState, code: codes.FailedPrecondition, reason: custosv1.ReasonWrongState},
 	{err: keystore.ErrResourceExhausted, code: codes.ResourceExhausted, reason: custosv1.ReasonHashQueueFull},
 	{err: keystore.ErrSubjectLocked, code: codes.ResourceExhausted, reason: custosv1.ReasonSubjectLocked},
-	{err: keystore.ErrUnavailable, code: codes.Unavailable, internal: true},
-	{err: keystore.ErrAborted, code: codes.Aborted},
-	{err: keystore.ErrIntegrity, code: codes.Internal, internal: true},
+	{err: keystore.ErrUnavailable, code: codes.Unavailable, internal: true, reason: custosv1.ReasonDependencyUnavailable},
+	{err: keystore.ErrAborted, code: codes.Aborted, reason: custosv1.ReasonConflict},
+	{err: keystore.ErrIntegrity, code: codes.Internal, internal: true, reason: custosv1.ReasonInternal},
 	{err: context.Canceled, code: codes.Canceled},
 	{err: context.DeadlineExceeded, code: codes.DeadlineExceeded},
 }
@@ -82,7 +82,11 @@ func (s *Server) toStatus(ctx context.Context, err error) *status.Status {
 		return st
 	}
 	s.logger.LogAttrs(ctx, slog.LevelError, "request failed", slog.String("code", codes.Internal.String()), slog.String("error", err.Error()))
-	return status.New(codes.Internal, blandMessages[codes.Internal])
+	st := status.New(codes.Internal, blandMessages[codes.Internal])
+	if ds, derr := st.WithDetails(&errdetails.ErrorInfo{Reason: custosv1.ReasonInternal, Domain: custosv1.ErrorDomain}); derr == nil {
+		return ds
+	}
+	return st
 }
 
 // toError is toStatus as an error.

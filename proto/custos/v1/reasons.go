@@ -7,7 +7,8 @@ const ErrorDomain = "custos.dev"
 // ErrorDomain) of a failed call or batch item, so that failures sharing a gRPC
 // code can be told apart without parsing messages. This hand-written file is
 // the one definition the server and the Go client share; callers in other
-// languages match the same strings.
+// languages match the same strings, published as the names of the values of
+// the ErrorReason enum (errors.proto).
 const (
 	// ReasonCiphertextNotAuthentic (INVALID_ARGUMENT): tampered or truncated
 	// ciphertext, another key's, or the wrong associated data.
@@ -44,4 +45,18 @@ const (
 	// be made durable neither in the store nor in the local spool, so the
 	// call was not acknowledged (the audit trail fails closed).
 	ReasonAuditUnavailable = "AUDIT_UNAVAILABLE"
+	// ReasonNotFound (NOT_FOUND): the tenant, key or version does not exist.
+	ReasonNotFound = "NOT_FOUND"
+	// ReasonAlreadyExists (ALREADY_EXISTS): the tenant or key exists.
+	ReasonAlreadyExists = "ALREADY_EXISTS"
+	// ReasonInvalidArgument (INVALID_ARGUMENT): a malformed or out-of-range
+	// field.
+	ReasonInvalidArgument = "INVALID_ARGUMENT"
+	// ReasonDependencyUnavailable (UNAVAILABLE): a root key provider or the
+	// storage is unavailable.
+	ReasonDependencyUnavailable = "DEPENDENCY_UNAVAILABLE"
+	// ReasonConflict (ABORTED): concurrent changes kept conflicting.
+	ReasonConflict = "CONFLICT"
+	// ReasonInternal (INTERNAL): an internal error.
+	ReasonInternal = "INTERNAL"
 )
