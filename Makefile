@@ -113,12 +113,22 @@ vet: ## go vet
 # staticcheck of test/vault compiles most of Vault (about 15 minutes cold on
 # two cores): only with LINT_VAULT=1.
 LINT_VAULT ?=
-lint: tools vet ## buf lint, go vet, staticcheck, go mod tidy check (LINT_VAULT=1 adds test/vault, ~15 min cold)
+# buf breaking compares the protos with this git ref (default: the previous
+# commit; a release would compare with its last tag).
+BREAKING_AGAINST ?= HEAD~1
+lint: tools vet ## buf lint and breaking (against BREAKING_AGAINST, default HEAD~1), go vet, staticcheck, go mod tidy check (LINT_VAULT=1 adds test/vault, ~15 min cold)
 	$(TOOLS)/buf lint
+	$(TOOLS)/buf breaking --against '.git#ref=$(BREAKING_AGAINST)'
 	$(TOOLS)/staticcheck ./...
 	$(GO) mod tidy -diff
 	@if [ -n "$(LINT_VAULT)" ]; then cd test/vault && $(TOOLS)/staticcheck ./...; \
 	  else echo "lint: test/vault skipped (LINT_VAULT=1 to include it: it compiles most of Vault)"; fi
+
+.PHONY: descriptor
+descriptor: tools ## write bin/custos.binpb: a FileDescriptorSet of every proto, for tools that want one
+	@mkdir -p bin
+	$(TOOLS)/buf build -o bin/custos.binpb
+	@echo "descriptor: bin/custos.binpb"
 
 .PHONY: generate
 generate: tools ## regenerate the .pb.go files from proto/

@@ -592,7 +592,7 @@ func TestErrorMappingOverTheWire(t *testing.T) {
 		reason string
 		want   []error
 	}{
-		{"INVALID_ARGUMENT is ErrInvalidArgument", status.Error(codes.InvalidArgument, "bad name"), "", []error{client.ErrInvalidArgument}},
+		{"INVALID_ARGUMENT is ErrInvalidArgument (the server adds reason INVALID_ARGUMENT)", status.Error(codes.InvalidArgument, "bad name"), "INVALID_ARGUMENT", []error{client.ErrInvalidArgument}},
 		{"INVALID_ARGUMENT with CIPHERTEXT_NOT_AUTHENTIC is also ErrInvalidCiphertext", reasonError(codes.InvalidArgument, "CIPHERTEXT_NOT_AUTHENTIC", "ciphertext is not authentic"), "CIPHERTEXT_NOT_AUTHENTIC", []error{client.ErrInvalidArgument, client.ErrInvalidCiphertext}},
 		{"NOT_FOUND is ErrNotFound", status.Error(codes.NotFound, "no such key"), "", []error{client.ErrNotFound}},
 		{"ALREADY_EXISTS is ErrAlreadyExists", status.Error(codes.AlreadyExists, "exists"), "", []error{client.ErrAlreadyExists}},

@@ -17,6 +17,7 @@ import (
 	"github.com/transparency-dev/merkle/rfc6962"
 	"golang.org/x/mod/sumdb/note"
 	"google.golang.org/grpc"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
@@ -499,5 +500,36 @@ func TestErrorsCarryErrorInfo(t *testing.T) {
 	}
 	if _, ok := custosv1.ErrorReason_value[custosv1.ReasonNotFound]; !ok {
 		t.Fatal("NOT_FOUND is not in the ErrorReason enum")
+	}
+}
+
+// INVALID_ARGUMENT carries the standard details: ErrorInfo and a
+// google.rpc.BadRequest naming the field, for protovalidate's checks and the
+// hand-written ones alike.
+func TestInvalidArgumentCarriesBadRequest(t *testing.T) {
+	ts := start(t, newFiles(t), options{})
+	setup(t, ts, "a")
+	ctx := testContext(t)
+	c := ts.clients(t, idAdmin)
+	for what, call := range map[string]func() error{
+		"protovalidate (ListKeys page_size)": func() error {
+			_, err := c.keys.ListKeys(ctx, &custosv1.ListKeysRequest{Parent: "tenants/a", PageSize: -1})
+			return err
+		},
+		"by hand (Encrypt plaintext)": func() error {
+			_, err := c.crypto.Encrypt(ctx, &custosv1.EncryptRequest{Name: keyName("a")})
+			return err
+		},
+	} {
+		st := wantCode(t, call(), codes.InvalidArgument)
+		var field string
+		for _, d := range st.Details() {
+			if br, ok := d.(*errdetails.BadRequest); ok && len(br.GetFieldViolations()) > 0 {
+				field = br.GetFieldViolations()[0].GetField()
+			}
+		}
+		if info := errorInfo(st); info == nil || field == "" {
+			t.Errorf("%s: ErrorInfo %v, BadRequest field %q", what, info, field)
+		}
 	}
 }

@@ -4,6 +4,11 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"regexp"
+
+	"buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
+	"buf.build/go/protovalidate"
+	"google.golang.org/protobuf/protoadapt"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -95,4 +100,56 @@ func (s *Server) toError(ctx context.Context, err error) error {
 		return nil
 	}
 	return s.toStatus(ctx, err).Err()
+}
+
+// fieldPrefix is how hand-written INVALID_ARGUMENT messages start: the
+// field at fault ("items[3].plaintext: …", "page_size 0 must …").
+var fieldPrefix = regexp.MustCompile(`^([a-z][a-z0-9_]*(?:\[[0-9]+\])?(?:\.[a-z][a-z0-9_]*(?:\[[0-9]+\])?)*)[: ]`)
+
+// withInvalidDetails gives an INVALID_ARGUMENT status without an ErrorInfo
+// the standard details other languages read: ErrorInfo (reason
+// INVALID_ARGUMENT, or the one it has) and google.rpc.BadRequest naming the
+// field, from a buf.validate Violations detail or from the message. Other
+// errors pass unchanged.
+func withInvalidDetails(err error) error {
+	st, ok := status.FromError(err)
+	if !ok || st.Code() != codes.InvalidArgument {
+		return err
+	}
+	var br errdetails.BadRequest
+	hasInfo := false
+	for _, d := range st.Details() {
+		switch d := d.(type) {
+		case *errdetails.ErrorInfo:
+			hasInfo = true
+		case *errdetails.BadRequest:
+			return err // already complete
+		case *validate.Violations:
+			for _, v := range d.GetViolations() {
+				br.FieldViolations = append(br.FieldViolations, &errdetails.BadRequest_FieldViolation{
+					Field: protovalidate.FieldPathString(v.GetField()), Description: v.GetMessage(), Reason: v.GetRuleId(),
+				})
+			}
+		}
+	}
+	if len(br.FieldViolations) == 0 {
+		if m := fieldPrefix.FindStringSubmatch(st.Message()); m != nil {
+			br.FieldViolations = append(br.FieldViolations, &errdetails.BadRequest_FieldViolation{Field: m[1], Description: st.Message()})
+		}
+	}
+	details := []protoadapt.MessageV1{}
+	if !hasInfo {
+		details = append(details, &errdetails.ErrorInfo{Reason: custosv1.ReasonInvalidArgument, Domain: custosv1.ErrorDomain})
+	}
+	if len(br.FieldViolations) > 0 {
+		details = append(details, &br)
+	}
+	if len(details) == 0 {
+		return err
+	}
+	ds, derr := st.WithDetails(details...)
+	if derr != nil {
+		return err
+	}
+	return ds.Err()
 }

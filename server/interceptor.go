@@ -53,6 +53,9 @@ func (u *unaryPath) intercept(ctx context.Context, req any, info *grpc.UnaryServ
 			s.logger.LogAttrs(ctx, slog.LevelError, "panic in handler", slog.String("request_id", rid), slog.String("panic_type", fmt.Sprintf("%T", p)), slog.String("stack", string(debug.Stack())))
 			resp, err = nil, status.Error(codes.Internal, "internal error")
 		}
+		if err != nil {
+			err = withInvalidDetails(err)
+		}
 		if s.audit != nil {
 			// Durable before the answer: a call whose event cannot be
 			// recorded is not acknowledged.
