@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -531,5 +532,29 @@ func TestInvalidArgumentCarriesBadRequest(t *testing.T) {
 		if info := errorInfo(st); info == nil || field == "" {
 			t.Errorf("%s: ErrorInfo %v, BadRequest field %q", what, info, field)
 		}
+	}
+}
+
+// A failed call's log line names its request id, tenant and key, never data.
+func TestFailureLogLinesNameRequestTenantAndKey(t *testing.T) {
+	var buf syncBuffer
+	ts := start(t, newFiles(t), options{logger: slog.New(slog.NewJSONHandler(&buf, nil))})
+	setup(t, ts, "a")
+	var header, trailer metadata.MD
+	_, err := ts.clients(t, idAdmin).crypto.Decrypt(testContext(t), &custosv1.DecryptRequest{Name: keyName("a"), Ciphertext: []byte("MARKER-not-a-ciphertext")}, grpc.Header(&header), grpc.Trailer(&trailer))
+	wantCode(t, err, codes.InvalidArgument)
+	rid := requestID(header, trailer)
+	logs := string(buf.Bytes())
+	line := ""
+	for _, l := range strings.Split(logs, "\n") {
+		if strings.Contains(l, `"finished call"`) && strings.Contains(l, rid) {
+			line = l
+		}
+	}
+	if line == "" || !strings.Contains(line, `"tenant":"a"`) || !strings.Contains(line, `"key":"k"`) {
+		t.Fatalf("the failure's log line (request id %s): %q", rid, line)
+	}
+	if strings.Contains(logs, "MARKER") {
+		t.Fatal("request data reached the log")
 	}
 }

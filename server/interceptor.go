@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/custos-kms/custos/keystore"
 	"github.com/custos-kms/custos/server/identity"
 )
 
@@ -64,7 +65,7 @@ func (u *unaryPath) intercept(ctx context.Context, req any, info *grpc.UnaryServ
 			}
 		}
 		mm.done(start, err)
-		s.logCall(ctx, rid, c.identity, info.FullMethod, start, err)
+		s.logCall(ctx, rid, c, info.FullMethod, start, err)
 	}()
 	// The identity travels with the call value, not in a context value of
 	// its own: one allocation less per call.
@@ -105,7 +106,7 @@ func (u *unaryPath) validate(req any) error {
 // logCall writes a call's "finished call" line: failures at info or above
 // (codeToLevel), successes only at debug, so a successful call at the
 // default level pays for one Enabled check.
-func (s *Server) logCall(ctx context.Context, rid, id, fullMethod string, start time.Time, err error) {
+func (s *Server) logCall(ctx context.Context, rid string, c *call, fullMethod string, start time.Time, err error) {
 	code := status.Code(err)
 	lvl := slog.Level(codeToLevel(code))
 	if !s.logger.Enabled(ctx, lvl) {
@@ -125,8 +126,15 @@ func (s *Server) logCall(ctx context.Context, rid, id, fullMethod string, start 
 		attrs = append(attrs, slog.String("peer.address", p.Addr.String()))
 	}
 	attrs = append(attrs, slog.String("grpc.start_time", start.Format(time.RFC3339)))
-	if id != "" {
-		attrs = append(attrs, slog.String("identity", id))
+	if c.identity != "" {
+		attrs = append(attrs, slog.String("identity", c.identity))
+	}
+	// The tenant and key the call named, when well formed: names, never data.
+	if keystore.ValidID(c.tenant) {
+		attrs = append(attrs, slog.String("tenant", c.tenant))
+		if keystore.ValidID(c.key.Key) {
+			attrs = append(attrs, slog.String("key", c.key.Key))
+		}
 	}
 	attrs = append(attrs,
 		slog.String("grpc.time_ms", fmt.Sprintf("%.3f", float64(time.Since(start).Microseconds())/1000)),
