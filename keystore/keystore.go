@@ -137,3 +137,10 @@ func rootErr(op string, err error) error {
 	}
 	return fmt.Errorf("%s: root: %w", op, err)
 }
+
+// CacheStats are the key cache's counters since start: lookups served from
+// the cache, lookups that loaded from storage (and the root), and entries
+// evicted to make room (keys and tenant KEKs).
+func (s *Service) CacheStats() (hits, misses, evictions uint64) {
+	return s.m.hits.Load(), s.m.misses.Load(), s.m.keys.evictions.Load() + s.m.keks.evictions.Load()
+}

@@ -3,6 +3,7 @@ package keystore
 import (
 	"container/list"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -12,13 +13,15 @@ import (
 // the least recently used entry is evicted, so memory is bounded by size, not
 // by the number of tenants.
 type lru[K comparable, V any] struct {
-	mu    sync.Mutex
-	size  int
-	ttl   time.Duration
-	grace time.Duration
-	now   func() time.Time
-	ll    *list.List // front = most recently used
-	items map[K]*list.Element
+	// evictions counts entries dropped to make room.
+	evictions atomic.Uint64
+	mu        sync.Mutex
+	size      int
+	ttl       time.Duration
+	grace     time.Duration
+	now       func() time.Time
+	ll        *list.List // front = most recently used
+	items     map[K]*list.Element
 }
 
 type lruEntry[K comparable, V any] struct {
@@ -69,6 +72,7 @@ func (c *lru[K, V]) put(k K, v V) {
 		last := c.ll.Back()
 		c.ll.Remove(last)
 		delete(c.items, last.Value.(*lruEntry[K, V]).key)
+		c.evictions.Add(1)
 	}
 }
 

@@ -30,6 +30,10 @@ type materials struct {
 	keys  *lru[KeyRef, *keyEntry]
 	loads singleflight.Group
 
+	// hits and misses count key lookups served fresh from the cache and
+	// those that loaded (CacheStats).
+	hits, misses atomic.Uint64
+
 	// gen changes whenever cached material of a tenant is dropped
 	// (deletion, undeletion, a tenant record changed on another replica). A
 	// load that began before the change does not cache what it read, so a
@@ -109,8 +113,10 @@ func (m *materials) key(ctx context.Context, ref KeyRef) (*keyEntry, error) {
 		ok = false
 	}
 	if ok && fresh {
+		m.hits.Add(1)
 		return cached, nil
 	}
+	m.misses.Add(1)
 	e, err := m.loadKey(ctx, ref)
 	if err != nil && ok && errors.Is(err, ErrUnavailable) {
 		m.keys.postpone(ref, retryBackoff)

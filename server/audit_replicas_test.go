@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -307,4 +308,43 @@ func fileSizeLimit(t *testing.T, limit uint64) (restore func()) {
 func spooled(r *replica) int {
 	n, _ := r.rt.AuditWriter().Spooled()
 	return n
+}
+
+// The metrics operators need are served: the key cache, the root's calls,
+// batch item outcomes.
+func TestOperatorMetrics(t *testing.T) {
+	ctx := testContext(t)
+	url := pgtest.Start(t).NewDatabase(t)
+	p, rt := newPKI(t), sharedRoot(t)
+	r := startReplicaWith(t, p, url, rt, func(c *config.Config) { c.Ops.Listen = "127.0.0.1:0" })
+	if _, err := r.c.keys.CreateTenant(ctx, &custosv1.CreateTenantRequest{TenantId: "acme"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.c.keys.CreateKey(ctx, &custosv1.CreateKeyRequest{Parent: "tenants/acme", KeyId: "pii", Key: &custosv1.Key{Purpose: custosv1.KeyPurpose_KEY_PURPOSE_ENCRYPT}}); err != nil {
+		t.Fatal(err)
+	}
+	name := "tenants/acme/keys/pii"
+	for range 3 {
+		if _, err := r.c.crypto.Encrypt(ctx, &custosv1.EncryptRequest{Name: name, Plaintext: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := r.c.crypto.DecryptBatch(ctx, &custosv1.DecryptBatchRequest{Name: name, Items: []*custosv1.DecryptBatchRequest_Item{{Ciphertext: []byte("not a ciphertext")}}}); err != nil {
+		t.Fatal(err)
+	}
+	ops := r.rt.OpsAddr().String()
+	if v := metric(t, ops, "custos_key_cache_hits_total"); v < 2 {
+		t.Errorf("custos_key_cache_hits_total %v, want at least 2", v)
+	}
+	resp, err := http.Get("http://" + ops + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{`custos_root_calls_total{op="wrap",provider="local",result="ok"}`, `custos_batch_items_total{code="InvalidArgument",grpc_method="DecryptBatch"} 1`, "custos_key_cache_misses_total", "custos_root_call_seconds_bucket"} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
 }

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/custos-kms/custos/keystore"
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 	"github.com/custos-kms/custos/server/identity"
 )
 
@@ -56,6 +57,8 @@ func (u *unaryPath) intercept(ctx context.Context, req any, info *grpc.UnaryServ
 		}
 		if err != nil {
 			err = withInvalidDetails(err)
+		} else {
+			s.countBatchItems(info.FullMethod, resp)
 		}
 		if s.audit != nil {
 			// Durable before the answer: a call whose event cannot be
@@ -144,4 +147,40 @@ func (s *Server) logCall(ctx context.Context, rid string, c *call, fullMethod st
 		attrs = append(attrs, slog.String("grpc.error", err.Error()))
 	}
 	s.logger.LogAttrs(ctx, lvl, "finished call", attrs...)
+}
+
+// countBatchItems adds a batch response's item outcomes to
+// custos_batch_items_total.
+func (s *Server) countBatchItems(fullMethod string, resp any) {
+	var codesOf []int32
+	switch r := resp.(type) {
+	case interface {
+		GetResults() []*custosv1.EncryptBatchResponse_Result
+	}:
+		for _, it := range r.GetResults() {
+			codesOf = append(codesOf, it.GetStatus().GetCode())
+		}
+	case interface {
+		GetResults() []*custosv1.DecryptBatchResponse_Result
+	}:
+		for _, it := range r.GetResults() {
+			codesOf = append(codesOf, it.GetStatus().GetCode())
+		}
+	case interface {
+		GetResults() []*custosv1.RewrapBatchResponse_Result
+	}:
+		for _, it := range r.GetResults() {
+			codesOf = append(codesOf, it.GetStatus().GetCode())
+		}
+	default:
+		return
+	}
+	_, method := splitMethod(fullMethod)
+	counts := map[int32]float64{}
+	for _, c := range codesOf {
+		counts[c]++
+	}
+	for c, n := range counts {
+		s.metrics.batchItems.WithLabelValues(method, codes.Code(c).String()).Add(n)
+	}
 }

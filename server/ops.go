@@ -50,7 +50,10 @@ type metrics struct {
 	// rateLimited counts calls refused by a rate limit, by policy rule
 	// name and class: never by identity, so the label set stays bounded.
 	rateLimited *prometheus.CounterVec
-	methods     sync.Map // full method name → *methodMetrics
+	// batchItems counts the items of batch calls by method and outcome
+	// code (bounded: three methods, seventeen codes).
+	batchItems *prometheus.CounterVec
+	methods    sync.Map // full method name → *methodMetrics
 }
 
 // methodMetrics are one method's series; handled is indexed by gRPC code.
@@ -84,7 +87,10 @@ func newMetrics() *metrics {
 			Help: "Calls refused by a rate limit, by the policy rule that limited them and the call's class.",
 		}, []string{"rule", "class"}),
 	}
-	m.registry.MustRegister(m.started, m.handled, m.seconds, m.depUp, m.rateLimited, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.batchItems = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "custos_batch_items_total", Help: "Items of batch calls, by method and outcome code.",
+	}, []string{"grpc_method", "code"})
+	m.registry.MustRegister(m.batchItems, m.started, m.handled, m.seconds, m.depUp, m.rateLimited, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 

@@ -76,9 +76,9 @@ type Config struct {
 	Audit AuditRecorder
 	// AuditLog answers AuditService; nil answers FAILED_PRECONDITION.
 	AuditLog AuditLog
-	// AuditCollectors are Prometheus metrics of the audit trail, served
-	// with the server's own.
-	AuditCollectors []prometheus.Collector
+	// Collectors are more Prometheus metrics (the audit trail's, the
+	// root's), served with the server's own.
+	Collectors []prometheus.Collector
 	// Backup, if set, streams a backup of the store; the ops listener
 	// serves it at GET /backup (custos backup uses it when the store is a
 	// bbolt file the server holds).
@@ -123,7 +123,16 @@ func New(cfg Config) (*Server, error) {
 		l.MaxMessageBytes = DefaultMaxMessageBytes
 	}
 	m := newMetrics()
-	for _, c := range cfg.AuditCollectors {
+	ks := cfg.Keystore
+	m.registry.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "custos_key_cache_hits_total", Help: "Key lookups served from the cache."},
+			func() float64 { h, _, _ := ks.CacheStats(); return float64(h) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "custos_key_cache_misses_total", Help: "Key lookups that loaded from storage (and the root, for a tenant KEK not cached)."},
+			func() float64 { _, mi, _ := ks.CacheStats(); return float64(mi) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "custos_key_cache_evictions_total", Help: "Cached keys and tenant KEKs evicted to make room (cache.size)."},
+			func() float64 { _, _, ev := ks.CacheStats(); return float64(ev) }),
+	)
+	for _, c := range cfg.Collectors {
 		if err := m.registry.Register(c); err != nil {
 			return nil, fmt.Errorf("server: audit metrics: %w", err)
 		}

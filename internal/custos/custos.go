@@ -115,6 +115,9 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 		}
 		rt.closers = append(rt.closers, func() { CloseRoot(r) })
 	}
+	// Calls to the root are counted and timed (the dependency probe's too).
+	mr := newMeteredRoot(r, cfg.Root.Type)
+	r = mr
 	store := opts.Store
 	if store == nil {
 		if store, err = OpenStorage(ctx, cfg, rt.logger); err != nil {
@@ -182,7 +185,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 		Backup:          backupFn,
 		Audit:           auditCfg.Audit,
 		AuditLog:        auditCfg.AuditLog,
-		AuditCollectors: auditCfg.AuditCollectors,
+		Collectors: append(auditCfg.Collectors, mr.collectors()...),
 		Keystore:        rt.ks,
 		Passwords:       pw,
 		Policy:          rt.policy,
@@ -446,6 +449,6 @@ func (rt *Runtime) openAudit(ctx context.Context, store storage.Store, r root.Ro
 		rt.logger.Warn("audit.fail_open is set: calls whose audit event cannot be recorded anywhere are answered anyway")
 	}
 	rt.audit, rt.writer = log, w
-	sc.Audit, sc.AuditLog, sc.AuditCollectors = w, log, w.Collectors()
+	sc.Audit, sc.AuditLog, sc.Collectors = w, log, w.Collectors()
 	return nil
 }
