@@ -3,13 +3,13 @@ package client
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"sync/atomic"
+	"time"
 
+	"github.com/custos-kms/custos/internal/tlssource"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -30,9 +30,16 @@ type Config struct {
 	CertFile string
 	// KeyFile is the PEM private key of CertFile.
 	KeyFile string
+	// ReloadInterval is how often the three files are checked for a new
+	// certificate, key or CA bundle (rotated in place by SPIRE's helper,
+	// cert-manager or Vault Agent). A change is used from the next
+	// connection on; a new set that does not load is ignored and the
+	// previous one kept. Zero means every 5 seconds; negative, never.
+	ReloadInterval time.Duration
 
 	// TLSConfig is a ready TLS configuration, used instead of the files,
-	// e.g. one from go-spiffe's tlsconfig.MTLSClientConfig. It is cloned;
+	// e.g. go-spiffe's tlsconfig.MTLSClientConfig over a
+	// workloadapi.X509Source, which follows SVID rotation. It is cloned;
 	// its MinVersion is raised to TLS 1.3. It must present a client
 	// certificate (Certificates or GetClientCertificate), and may set
 	// InsecureSkipVerify only with its own VerifyPeerCertificate or
@@ -135,27 +142,18 @@ func checkTLSConfig(in *tls.Config) (*tls.Config, error) {
 	return tc, nil
 }
 
-// loadTLSFiles makes a TLS 1.3 configuration from the three PEM files.
+// loadTLSFiles makes a TLS 1.3 configuration that presents the current
+// certificate of the files and verifies the server against their current
+// CA bundle.
 func (cfg Config) loadTLSFiles() (*tls.Config, error) {
 	if cfg.CAFile == "" || cfg.CertFile == "" || cfg.KeyFile == "" {
 		return nil, errors.New("config must set all of CAFile, CertFile and KeyFile")
 	}
-	caPEM, err := os.ReadFile(cfg.CAFile)
+	f, err := tlssource.Load(cfg.CertFile, cfg.KeyFile, cfg.CAFile, tlssource.Options{
+		Interval: cfg.ReloadInterval, Name: "client TLS",
+	})
 	if err != nil {
-		return nil, fmt.Errorf("read CA file: %w", err)
+		return nil, err
 	}
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(caPEM) {
-		return nil, fmt.Errorf("CA file %s holds no PEM certificate", cfg.CAFile)
-	}
-	// LoadX509KeyPair's errors name what is wrong, never key bytes.
-	cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
-	if err != nil {
-		return nil, fmt.Errorf("load client certificate %s and key %s: %w", cfg.CertFile, cfg.KeyFile, err)
-	}
-	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		RootCAs:      roots,
-		Certificates: []tls.Certificate{cert},
-	}, nil
+	return tlssource.ClientConfig(f), nil
 }

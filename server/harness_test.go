@@ -217,6 +217,8 @@ type options struct {
 	policy string
 	// sighup makes the server reload its policy on SIGHUP.
 	sighup bool
+	// serverOptions are added to the gRPC server's options.
+	serverOptions []grpc.ServerOption
 }
 
 // testServer is one running server on files.
@@ -258,7 +260,7 @@ func start(tb testing.TB, f *files, o options) *testServer {
 		signal.Notify(reload, syscall.SIGHUP)
 		tb.Cleanup(func() { signal.Stop(reload) })
 	}
-	rt, err := custos.New(context.Background(), cfg, custos.Options{Logger: logger, Root: r, Register: o.register, Reload: reload})
+	rt, err := custos.New(context.Background(), cfg, custos.Options{Logger: logger, Root: r, Register: o.register, Reload: reload, ServerOptions: o.serverOptions})
 	if err != nil {
 		tb.Fatal(err)
 	}

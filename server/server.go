@@ -167,13 +167,20 @@ func (s *Server) Shutdown() { s.health.Shutdown() }
 // protovalidate, then the request path: authorization and rate limits
 // driven by the method table) and has s registered.
 func (s *Server) NewGRPCServer(tlsConf *tls.Config, opts ...grpc.ServerOption) (*grpc.Server, error) {
-	switch {
-	case tlsConf == nil || tlsConf.ClientAuth != tls.RequireAndVerifyClientCert:
-		return nil, errors.New("server: mutual TLS (RequireAndVerifyClientCert) is required")
-	case tlsConf.ClientCAs == nil:
-		return nil, errors.New("server: ClientCAs is required (client certificates must chain to the configured CA, not the system roots)")
-	case tlsConf.MinVersion < tls.VersionTLS13:
-		return nil, errors.New("server: TLS 1.3 is required (MinVersion)")
+	if err := checkServerTLS(tlsConf, true); err != nil {
+		return nil, err
+	}
+	if get := tlsConf.GetConfigForClient; get != nil {
+		// A configuration chosen per handshake (certificate reload) is held
+		// to the same rules at every handshake.
+		tlsConf = tlsConf.Clone()
+		tlsConf.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			c, err := get(hello)
+			if err == nil && c != nil {
+				err = checkServerTLS(c, false)
+			}
+			return c, err
+		}
 	}
 	validator, err := protovalidate.New()
 	if err != nil {
@@ -239,6 +246,22 @@ func codeToLevel(c codes.Code) logging.Level {
 		return logging.LevelError
 	}
 	return logging.LevelInfo
+}
+
+// checkServerTLS refuses a configuration that would not verify clients
+// against a configured CA with TLS 1.3. A configuration with
+// GetConfigForClient (top is true) needs no ClientCAs itself: the one it
+// returns is checked at each handshake.
+func checkServerTLS(c *tls.Config, top bool) error {
+	switch {
+	case c == nil || c.ClientAuth != tls.RequireAndVerifyClientCert:
+		return errors.New("server: mutual TLS (RequireAndVerifyClientCert) is required")
+	case c.ClientCAs == nil && !(top && c.GetConfigForClient != nil):
+		return errors.New("server: ClientCAs is required (client certificates must chain to the configured CA, not the system roots)")
+	case c.MinVersion < tls.VersionTLS13:
+		return errors.New("server: TLS 1.3 is required (MinVersion)")
+	}
+	return nil
 }
 
 // TLSConfig returns the server's mutual-TLS configuration: TLS 1.3 only,

@@ -30,6 +30,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/custos-kms/custos/internal/config"
+	"github.com/custos-kms/custos/internal/tlssource"
 	"github.com/custos-kms/custos/keystore"
 	"github.com/custos-kms/custos/keystore/audit"
 	"github.com/custos-kms/custos/keystore/backup"
@@ -66,7 +67,8 @@ type Options struct {
 	// configured gc_percent unless GOGC is in the environment. Only the
 	// process's one server sets it (custos serve and dev).
 	TuneRuntime bool
-	// Reload, if set, reloads the policy on every receive. A process's one
+	// Reload, if set, reloads the policy and the TLS files on every
+	// receive. A process's one
 	// server passes a channel registered for SIGHUP with signal.Notify as
 	// its first step, so that a SIGHUP is never fatal, not during start-up
 	// (it is handled once Run starts) nor during the drain.
@@ -83,6 +85,7 @@ type Runtime struct {
 	audit   *audit.Log    // nil with the audit trail off
 	writer  *audit.Writer // nil with the audit trail off
 	policy  *policy.Holder
+	tlsFile *tlssource.Files // nil with SPIFFE
 	srv     *server.Server
 	gs      *grpc.Server
 	lis     net.Listener
@@ -107,6 +110,26 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 			w = os.Stderr
 		}
 		rt.logger = NewLogger(w, cfg.Log.Level)
+	}
+	// TLS first: a bad certificate fails the start before anything is
+	// opened or created.
+	var tlsSrc tlssource.Source
+	if api := cfg.TLS.SPIFFE.WorkloadAPI; api != "" {
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		sp, err := tlssource.NewSPIFFE(sctx, api)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		rt.closers = append(rt.closers, func() { sp.Close() })
+		tlsSrc = sp
+	} else {
+		if rt.tlsFile, err = tlssource.Load(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.TLS.ClientCAFile, tlssource.Options{
+			Interval: cfg.TLS.ReloadInterval, Logger: rt.logger, Name: "server TLS",
+		}); err != nil {
+			return nil, err
+		}
+		tlsSrc = rt.tlsFile
 	}
 	r := opts.Root
 	if r == nil {
@@ -199,11 +222,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 	if err != nil {
 		return nil, err
 	}
-	tlsConf, err := server.TLSConfig(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.TLS.ClientCAFile)
-	if err != nil {
-		return nil, err
-	}
-	if rt.gs, err = rt.srv.NewGRPCServer(tlsConf, opts.ServerOptions...); err != nil {
+	if rt.gs, err = rt.srv.NewGRPCServer(tlssource.ServerConfig(tlsSrc), opts.ServerOptions...); err != nil {
 		return nil, err
 	}
 	if opts.Register != nil {
@@ -319,7 +338,7 @@ func (rt *Runtime) Run(ctx context.Context) error {
 	})
 	wg.Go(func() { rt.srv.WatchDependencies(bg, rt.ks, cfg.Ops.ProbeInterval) })
 	if rt.reload != nil {
-		wg.Go(func() { rt.policy.ReloadOn(bg, rt.reload, logger) })
+		wg.Go(func() { rt.reloadOn(bg) })
 	}
 	wg.Go(func() { rt.ks.RunCountFlush(bg, cfg.Scheduler.FlushInterval) })
 	if rt.audit != nil {
@@ -387,6 +406,22 @@ func (rt *Runtime) Run(ctx context.Context) error {
 }
 
 // drain stops the gRPC server gracefully, cutting open calls after timeout.
+// reloadOn reloads the policy and the TLS files on every SIGHUP until ctx
+// is done; either one failing keeps its previous version and is logged.
+func (rt *Runtime) reloadOn(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-rt.reload:
+			rt.policy.ReloadLogged(rt.logger)
+			if rt.tlsFile != nil {
+				_, _ = rt.tlsFile.Reload() // logged by the source
+			}
+		}
+	}
+}
+
 func (rt *Runtime) drain(timeout time.Duration) {
 	stopped := make(chan struct{})
 	go func() { rt.gs.GracefulStop(); close(stopped) }()

@@ -65,12 +65,19 @@ func (h *Holder) ReloadOn(ctx context.Context, reload <-chan os.Signal, logger *
 		case <-ctx.Done():
 			return
 		case <-reload:
-			p, err := h.reload()
-			if err != nil {
-				logger.Error("policy reload failed; keeping the previous policy", "path", h.path, "error", err)
-				continue
-			}
-			logger.Info("policy reloaded", "path", h.path, "rules", len(p.rules))
+			h.ReloadLogged(logger)
 		}
 	}
+}
+
+// ReloadLogged reloads the policy as Reload does and logs the outcome:
+// success at Info, failure, with the previous policy kept, at Error (naming
+// the rule at fault). The policy's contents are never logged.
+func (h *Holder) ReloadLogged(logger *slog.Logger) {
+	p, err := h.reload()
+	if err != nil {
+		logger.Error("policy reload failed; keeping the previous policy", "path", h.path, "error", err)
+		return
+	}
+	logger.Info("policy reloaded", "path", h.path, "rules", len(p.rules))
 }

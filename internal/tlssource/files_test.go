@@ -1,0 +1,107 @@
+package tlssource
+
+import (
+	"bytes"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/custos-kms/custos/internal/pki"
+)
+
+func writeSet(t *testing.T, ca *pki.CA, dir string) (certFile, keyFile, caFile string) {
+	t.Helper()
+	certPEM, keyPEM, err := ca.Issue(pki.IssueRequest{CommonName: "s", IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, Server: true, Validity: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile, caFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"), filepath.Join(dir, "ca.pem")
+	for p, b := range map[string][]byte{certFile: certPEM, keyFile: keyPEM, caFile: ca.CertPEM()} {
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return certFile, keyFile, caFile
+}
+
+func TestLoadNamesTheFileAtFault(t *testing.T) {
+	ca, err := pki.NewCA("t", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile, caFile := writeSet(t, ca, dir)
+	other := t.TempDir()
+	_, otherKey, _ := writeSet(t, ca, other)
+	for name, args := range map[string][3]string{
+		"missing cert": {filepath.Join(dir, "nope.pem"), keyFile, caFile},
+		"mismatch":     {certFile, otherKey, caFile},
+		"empty bundle": {certFile, keyFile, keyFile},
+	} {
+		_, err := Load(args[0], args[1], args[2], Options{Name: "server TLS"})
+		if err == nil {
+			t.Fatalf("%s: loaded", name)
+		}
+		msg := err.Error()
+		if !strings.HasPrefix(msg, "server TLS: ") || strings.Contains(msg, "PRIVATE KEY") {
+			t.Errorf("%s: %q", name, msg)
+		}
+		named := false
+		for _, a := range args {
+			named = named || strings.Contains(msg, a)
+		}
+		if !named {
+			t.Errorf("%s: error names no file: %q", name, msg)
+		}
+	}
+}
+
+func TestCurrentTakesChangesWithinTheIntervalAndLogsARefusalOnce(t *testing.T) {
+	ca, err := pki.NewCA("t", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile, caFile := writeSet(t, ca, dir)
+	var logs bytes.Buffer
+	f, err := Load(certFile, keyFile, caFile, Options{Interval: time.Millisecond, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, _ := f.Current()
+	// A certificate without its key: refused, however often it is checked.
+	other := t.TempDir()
+	otherCert, _, _ := writeSet(t, ca, other)
+	b, _ := os.ReadFile(otherCert)
+	if err := os.WriteFile(certFile, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for range 20 {
+		time.Sleep(2 * time.Millisecond)
+		if s, _ := f.Current(); s != first {
+			t.Fatal("a mismatched pair was taken")
+		}
+	}
+	if n := strings.Count(logs.String(), "files not taken"); n != 1 {
+		t.Fatalf("refusal logged %d times, want once:\n%s", n, logs.String())
+	}
+	// The whole new set: taken at the next check.
+	writeSet(t, ca, dir)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if s, _ := f.Current(); s != first {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("new files not taken within 5s")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	if !strings.Contains(logs.String(), "new files taken") {
+		t.Fatalf("no log line for the new set:\n%s", logs.String())
+	}
+}
