@@ -11,6 +11,9 @@ import (
 
 	"github.com/custos-kms/custos/internal/tlssource"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 )
@@ -45,6 +48,12 @@ type Config struct {
 	// InsecureSkipVerify only with its own VerifyPeerCertificate or
 	// VerifyConnection.
 	TLSConfig *tls.Config
+
+	// TracerProvider makes the client's spans (one per call, otelgrpc's
+	// instrumentation); nil means OpenTelemetry's global provider. Either
+	// way the caller's trace context in ctx is sent to the server as a W3C
+	// traceparent header, so the server's spans join the caller's trace.
+	TracerProvider trace.TracerProvider
 
 	// DialOptions are extra options for grpc.NewClient, such as
 	// interceptors or grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(n))
@@ -81,7 +90,13 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	// The transport credentials come last so no dial option can replace
 	// them with insecure ones.
-	opts := append(slices.Clone(cfg.DialOptions), grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
+	traceOpts := []otelgrpc.Option{otelgrpc.WithPropagators(propagation.TraceContext{})}
+	if cfg.TracerProvider != nil {
+		traceOpts = append(traceOpts, otelgrpc.WithTracerProvider(cfg.TracerProvider))
+	}
+	opts := append(slices.Clone(cfg.DialOptions),
+		grpc.WithStatsHandler(otelgrpc.NewClientHandler(traceOpts...)),
+		grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
 	conn, err := grpc.NewClient(cfg.Address, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("custos: new client for %s: %w", cfg.Address, err)

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/tink-crypto/tink-go/v2/tink"
@@ -79,6 +80,16 @@ type Service struct {
 
 	m    *materials      // unwrapped material: cache, loads, cross-replica coherence
 	life *lifecycleState // version usage counters
+
+	// Actions of the scheduler in this process (SchedulerStats).
+	autoRotations, autoDestructions, autoShreds atomic.Uint64
+}
+
+// SchedulerStats counts what this process's scheduler passes did since
+// start: keys rotated automatically, key versions destroyed on their date
+// and tenants shredded on their deletion date.
+func (s *Service) SchedulerStats() (rotations, destructions, shreds uint64) {
+	return s.autoRotations.Load(), s.autoDestructions.Load(), s.autoShreds.Load()
 }
 
 // New returns a Service.

@@ -257,9 +257,13 @@ func (s *Service) tenantPass(ctx context.Context, tenant string, value []byte) e
 			s.noteTenantDue(ctx, tenant, rec)
 			return nil
 		}
-		if _, err := s.shredTenant(ctx, tenant); err != nil {
+		shredded, err := s.shredTenant(ctx, tenant)
+		if err != nil {
 			s.noteDue(ctx, s.now(), dueTenantKind, tenant) // retried by the next pass
 			return fmt.Errorf("scheduler: %w", err)
+		}
+		if shredded {
+			s.autoShreds.Add(1)
 		}
 		return nil
 	case TenantActive:
@@ -363,10 +367,12 @@ func (s *Service) maintainKey(ctx context.Context, ref KeyRef) error {
 	if err != nil {
 		return err
 	}
+	s.autoDestructions.Add(uint64(len(destroyed)))
 	for _, v := range destroyed {
 		s.logger.Info("key version destroyed", "key", ref.String(), "version", v)
 	}
 	if why != "" {
+		s.autoRotations.Add(1)
 		s.logger.Info("key rotated automatically", "key", ref.String(), "reason", why)
 	}
 	return nil

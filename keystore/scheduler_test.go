@@ -285,8 +285,10 @@ func TestConcurrentPassesRotateAndDestroyOnce(t *testing.T) {
 	}
 	f.clock.Advance(25 * time.Hour)
 	var wg sync.WaitGroup
+	var replicas []*keystore.Service
 	for range 4 {
 		ks := f.replica()
+		replicas = append(replicas, ks)
 		wg.Go(func() {
 			for range 3 {
 				if err := ks.RunOnce(ctx); err != nil {
@@ -299,5 +301,14 @@ func TestConcurrentPassesRotateAndDestroyOnce(t *testing.T) {
 	k := f.getKey(ref)
 	if len(k.Versions) != 3 || k.PrimaryVersion != 3 || versionState(k, 1) != keystore.VersionDestroyed {
 		t.Fatalf("after concurrent passes: %+v; want one rotation (3 versions) and version 1 destroyed", k)
+	}
+	// The metrics' counts add up to what happened, once.
+	var rotations, destructions, shreds uint64
+	for _, ks := range replicas {
+		r, d, s := ks.SchedulerStats()
+		rotations, destructions, shreds = rotations+r, destructions+d, shreds+s
+	}
+	if rotations != 1 || destructions != 1 || shreds != 0 {
+		t.Fatalf("scheduler stats over the replicas: %d rotations, %d destructions, %d shreds; want 1, 1, 0", rotations, destructions, shreds)
 	}
 }

@@ -136,6 +136,9 @@ func TestShreddedTenantIsGoneFromStorageAndNeverDecryptsAgain(t *testing.T) {
 	if err := f.ks.RunOnce(ctx); err != nil {
 		t.Fatal(err)
 	}
+	if _, _, shreds := f.ks.SchedulerStats(); shreds != 1 {
+		t.Fatalf("scheduler stats: %d shreds, want 1", shreds)
+	}
 
 	// Inspect the storage directly: no tenant record (wrapped KEK), no keysets.
 	if _, err := f.store.Get(ctx, "tenants/acme"); !errors.Is(err, storage.ErrNotFound) {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"buf.build/go/protovalidate"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
@@ -68,6 +69,7 @@ func (u *unaryPath) intercept(ctx context.Context, req any, info *grpc.UnaryServ
 			}
 		}
 		mm.done(start, err)
+		annotateSpan(ctx, rid, c)
 		s.logCall(ctx, rid, c, info.FullMethod, start, err)
 	}()
 	// The identity travels with the call value, not in a context value of
@@ -116,9 +118,14 @@ func (s *Server) logCall(ctx context.Context, rid string, c *call, fullMethod st
 		return
 	}
 	service, method := splitMethod(fullMethod)
-	attrs := make([]slog.Attr, 0, 13)
+	attrs := make([]slog.Attr, 0, 14)
 	attrs = append(attrs,
 		slog.String("request_id", rid),
+	)
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		attrs = append(attrs, slog.String("trace_id", sc.TraceID().String()))
+	}
+	attrs = append(attrs,
 		slog.String("protocol", "grpc"),
 		slog.String("grpc.component", "server"),
 		slog.String("grpc.service", service),

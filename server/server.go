@@ -132,6 +132,20 @@ func New(cfg Config) (*Server, error) {
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "custos_key_cache_evictions_total", Help: "Cached keys and tenant KEKs evicted to make room (cache.size)."},
 			func() float64 { _, _, ev := ks.CacheStats(); return float64(ev) }),
 	)
+	pw := cfg.Passwords
+	m.registry.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "custos_password_hashing_running", Help: "Password hashes running now on the hashing pool."},
+			func() float64 { return float64(pw.Stats().Running) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "custos_password_hashing_queued", Help: "Password hashing calls waiting for a worker (queue depth)."},
+			func() float64 { return float64(pw.Stats().Queued) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "custos_password_hashing_rejected_total", Help: "Password hashing calls refused with RESOURCE_EXHAUSTED because the queue was full (passwords.queue)."},
+			func() float64 { return float64(pw.Stats().Rejected) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "custos_password_lockouts_total", Help: "Subjects locked out after too many failed verifications."},
+			func() float64 { return float64(pw.Stats().Lockouts) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "custos_password_locked_refusals_total", Help: "Verifications refused because their subject was locked out."},
+			func() float64 { return float64(pw.Stats().LockedRefusals) }),
+		schedulerCollector{ks},
+	)
 	for _, c := range cfg.Collectors {
 		if err := m.registry.Register(c); err != nil {
 			return nil, fmt.Errorf("server: audit metrics: %w", err)
@@ -281,4 +295,23 @@ func TLSConfig(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
 		ClientAuth:   tls.RequireAndVerifyClientCert,
 		ClientCAs:    pool,
 	}, nil
+}
+
+// schedulerCollector exports the scheduler's actions in this process as
+// custos_scheduler_actions_total{action}: rotate, destroy, shred.
+type schedulerCollector struct{ ks *keystore.Service }
+
+var schedulerActionsDesc = prometheus.NewDesc("custos_scheduler_actions_total",
+	"What the scheduler did in this process: keys rotated automatically, key versions destroyed on their date, tenants shredded on their deletion date.",
+	[]string{"action"}, nil)
+
+// Describe implements prometheus.Collector.
+func (c schedulerCollector) Describe(ch chan<- *prometheus.Desc) { ch <- schedulerActionsDesc }
+
+// Collect implements prometheus.Collector.
+func (c schedulerCollector) Collect(ch chan<- prometheus.Metric) {
+	r, d, s := c.ks.SchedulerStats()
+	ch <- prometheus.MustNewConstMetric(schedulerActionsDesc, prometheus.CounterValue, float64(r), "rotate")
+	ch <- prometheus.MustNewConstMetric(schedulerActionsDesc, prometheus.CounterValue, float64(d), "destroy")
+	ch <- prometheus.MustNewConstMetric(schedulerActionsDesc, prometheus.CounterValue, float64(s), "shred")
 }

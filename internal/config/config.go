@@ -51,6 +51,29 @@ type Config struct {
 	GCPercent int `yaml:"gc_percent"`
 	// Audit configures the audit trail (docs/audit.md).
 	Audit Audit `yaml:"audit"`
+	// Tracing exports OpenTelemetry traces over OTLP; off unless an
+	// endpoint is set.
+	Tracing Tracing `yaml:"tracing"`
+}
+
+// Tracing configures OpenTelemetry traces: a server span per call (gRPC's
+// otelgrpc instrumentation, which records method, status and peer, never
+// messages), joined to the caller's trace by its W3C traceparent, exported
+// over OTLP/gRPC.
+type Tracing struct {
+	// Endpoint is the OTLP/gRPC collector, host:port; empty turns tracing
+	// off (the default).
+	Endpoint string `yaml:"endpoint"`
+	// Insecure sends to the collector without TLS (a local agent).
+	Insecure bool `yaml:"insecure"`
+	// CAFile verifies the collector's certificate; empty means the system
+	// roots.
+	CAFile string `yaml:"ca_file"`
+	// SampleRatio is the share of calls without a sampled parent that are
+	// traced, 0 to 1 (default 1); a caller's sampling decision is followed.
+	SampleRatio *float64 `yaml:"sample_ratio"`
+	// ServiceName is the resource's service.name (default "custos").
+	ServiceName string `yaml:"service_name"`
 }
 
 // Audit configures the audit trail: one event per call, durable before the
@@ -286,7 +309,7 @@ func (c *Config) Validate() error {
 }
 
 func (c *Config) resolvePaths(baseDir string) {
-	for _, p := range []*string{&c.TLS.CertFile, &c.TLS.KeyFile, &c.TLS.ClientCAFile, &c.PolicyFile, &c.Storage.Bbolt.Path, &c.Storage.Postgres.URLFile, &c.Audit.Spool, &c.Audit.Export.Path} {
+	for _, p := range []*string{&c.TLS.CertFile, &c.TLS.KeyFile, &c.TLS.ClientCAFile, &c.PolicyFile, &c.Storage.Bbolt.Path, &c.Storage.Postgres.URLFile, &c.Audit.Spool, &c.Audit.Export.Path, &c.Tracing.CAFile} {
 		if *p == "-" || *p == "off" {
 			continue
 		}
@@ -343,6 +366,15 @@ func (c *Config) validate() error {
 		need("tls.client_ca_file", c.TLS.ClientCAFile)
 	} else if c.TLS.CertFile != "" || c.TLS.KeyFile != "" || c.TLS.ClientCAFile != "" {
 		errs = append(errs, errors.New("tls: set either spiffe.workload_api or cert_file, key_file and client_ca_file, not both"))
+	}
+	if r := c.Tracing.SampleRatio; r != nil && (*r < 0 || *r > 1) {
+		errs = append(errs, errors.New("tracing.sample_ratio must be between 0 and 1"))
+	}
+	if c.Tracing.Endpoint == "" && (c.Tracing.Insecure || c.Tracing.CAFile != "") {
+		errs = append(errs, errors.New("tracing: insecure or ca_file set without tracing.endpoint"))
+	}
+	if c.Tracing.Insecure && c.Tracing.CAFile != "" {
+		errs = append(errs, errors.New("tracing: set insecure or ca_file, not both"))
 	}
 	if c.TLS.ReloadInterval < 0 {
 		errs = append(errs, errors.New("tls.reload_interval must not be negative"))

@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -222,7 +223,24 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 	if err != nil {
 		return nil, err
 	}
-	if rt.gs, err = rt.srv.NewGRPCServer(tlssource.ServerConfig(tlsSrc), opts.ServerOptions...); err != nil {
+	serverOpts := opts.ServerOptions
+	if cfg.Tracing.Endpoint != "" {
+		tp, opt, err := newTracing(ctx, cfg.Tracing)
+		if err != nil {
+			return nil, err
+		}
+		// Closed after the gRPC server has stopped: the last spans are
+		// flushed, for at most 5 s.
+		rt.closers = append(rt.closers, func() {
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			if err := tp.Shutdown(sctx); err != nil {
+				rt.logger.Warn("tracing: spans not flushed at shutdown", "error", err.Error())
+			}
+		})
+		serverOpts = append(slices.Clone(serverOpts), opt)
+	}
+	if rt.gs, err = rt.srv.NewGRPCServer(tlssource.ServerConfig(tlsSrc), serverOpts...); err != nil {
 		return nil, err
 	}
 	if opts.Register != nil {

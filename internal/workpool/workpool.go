@@ -11,6 +11,7 @@ import (
 	"errors"
 	"runtime"
 	"sync"
+	"sync/atomic"
 )
 
 var (
@@ -41,6 +42,8 @@ type Pool struct {
 	niceErr error
 	mu      sync.Mutex
 	wait    int // callers blocked waiting for a slot
+
+	rejected atomic.Uint64 // Do calls refused with ErrFull
 
 	closed    chan struct{}
 	closeOnce sync.Once
@@ -166,6 +169,7 @@ func (p *Pool) waitForSlot(ctx context.Context) error {
 	p.mu.Lock()
 	if p.wait >= p.queue {
 		p.mu.Unlock()
+		p.rejected.Add(1)
 		return ErrFull
 	}
 	p.wait++
@@ -184,6 +188,13 @@ func (p *Pool) waitForSlot(ctx context.Context) error {
 		return ErrClosed
 	}
 }
+
+// Running returns how many tasks hold a worker now.
+func (p *Pool) Running() int { return len(p.slots) }
+
+// Rejected returns how many tasks were refused with ErrFull since the pool
+// was made.
+func (p *Pool) Rejected() uint64 { return p.rejected.Load() }
 
 // Waiting returns how many tasks are waiting for a worker.
 func (p *Pool) Waiting() int {

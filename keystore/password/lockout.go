@@ -70,7 +70,7 @@ func (s *Service) newLockout(pep *keystore.Pepper, policy keystore.PasswordPolic
 // ErrSubjectLocked. Storage failures are returned (ErrUnavailable when it is
 // unreachable): the caller must not verify without the limit.
 func (l *lockout) admit(ctx context.Context) error {
-	return l.update(ctx, "read lockout state", func(r *lockoutRecord, now time.Time) (bool, error) {
+	err := l.update(ctx, "read lockout state", func(r *lockoutRecord, now time.Time) (bool, error) {
 		if now.Before(r.LockedUntil) {
 			return false, fmt.Errorf("verify password with %s: %w", l.ref, keystore.ErrSubjectLocked)
 		}
@@ -87,6 +87,10 @@ func (l *lockout) admit(ctx context.Context) error {
 		r.InFlight++
 		return true, nil
 	})
+	if errors.Is(err, keystore.ErrSubjectLocked) {
+		l.s.lockedRefusals.Add(1)
+	}
+	return err
 }
 
 // finish settles an admitted verification: a match resets the subject's
@@ -96,7 +100,9 @@ func (l *lockout) admit(ctx context.Context) error {
 func (l *lockout) finish(ctx context.Context, match bool) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
 	defer cancel()
+	locked := false
 	err := l.update(ctx, "settle lockout state", func(r *lockoutRecord, now time.Time) (bool, error) {
+		locked = false
 		if r.WindowStart.IsZero() {
 			// Reset by a match, or locked, meanwhile: nothing to settle.
 			return false, nil
@@ -109,9 +115,13 @@ func (l *lockout) finish(ctx context.Context, match bool) {
 		r.Failures++
 		if r.Failures >= l.policy.LockoutMaxFailures {
 			*r = lockoutRecord{LockedUntil: now.Add(l.policy.LockoutDuration)}
+			locked = true
 		}
 		return true, nil
 	})
+	if err == nil && locked {
+		l.s.lockouts.Add(1)
+	}
 	if err != nil {
 		l.s.logger.Warn("could not settle password lockout state", "key", l.ref.String(), "error", err.Error())
 	}

@@ -19,6 +19,7 @@ import (
 	"io"
 	"log/slog"
 	"runtime"
+	"sync/atomic"
 	"time"
 
 	"github.com/custos-kms/custos/internal/workpool"
@@ -102,6 +103,31 @@ type Service struct {
 	now     func() time.Time
 	rand    io.Reader
 	logger  *slog.Logger
+
+	lockouts, lockedRefusals atomic.Uint64 // Stats
+}
+
+// Stats are the hashing pool's state and the lockout counters since start,
+// for metrics.
+type Stats struct {
+	// Running is how many hashes run now; Queued how many wait for a
+	// worker.
+	Running, Queued int
+	// Rejected counts calls refused because the queue was full
+	// (RESOURCE_EXHAUSTED).
+	Rejected uint64
+	// Lockouts counts subjects locked after too many failures;
+	// LockedRefusals counts verifications refused because the subject was
+	// locked.
+	Lockouts, LockedRefusals uint64
+}
+
+// Stats returns the service's Stats.
+func (s *Service) Stats() Stats {
+	return Stats{
+		Running: s.pool.Running(), Queued: s.pool.Waiting(), Rejected: s.pool.Rejected(),
+		Lockouts: s.lockouts.Load(), LockedRefusals: s.lockedRefusals.Load(),
+	}
 }
 
 // New returns a Service.
