@@ -42,7 +42,7 @@ func (c *conn) flags(cmd *cobra.Command) {
 	pf.StringVar(&c.cert, "cert", envOr("CUSTOS_CERT", dev("client.pem")), "client certificate (env CUSTOS_CERT)")
 	pf.StringVar(&c.key, "key", envOr("CUSTOS_KEY", dev("client-key.pem")), "client private key (env CUSTOS_KEY)")
 	pf.DurationVar(&c.timeout, "timeout", envDuration("CUSTOS_TIMEOUT", 10*time.Second), "give up on the command after this long (env CUSTOS_TIMEOUT; 0: never)")
-	pf.StringVarP(&c.output, "output", "o", "text", "text or json")
+	pf.StringVarP(&c.output, "output", "o", "text", "text, json (one object per line) or table")
 	pf.StringVar(&c.devDir, "dev-dir", os.Getenv("CUSTOS_DEV_DIR"), "a custos dev directory: its CA and client files, from any directory (env CUSTOS_DEV_DIR; --ca/--cert/--key win)")
 }
 
@@ -67,6 +67,11 @@ func (c *conn) dial(cmd *cobra.Command) (*client.Client, error) {
 // run dials, runs f and closes the connection.
 func (c *conn) run(f func(cmd *cobra.Command, cl *client.Client, args []string) error) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, args []string) error {
+		switch c.output {
+		case "text", "json", "table":
+		default:
+			return usageError{fmt.Errorf("-o %q: want text, json or table", c.output)}
+		}
 		// A command that follows (audit tail) bounds each call instead.
 		if c.timeout > 0 && cmd.Annotations["follow"] == "" {
 			ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
@@ -224,6 +229,9 @@ func newCryptoCmd(op string) *cobra.Command {
 				if err != nil {
 					return err
 				}
+				if c.output != "text" {
+					return emit(cmd, c.output, map[string]any{"ciphertext": b64(ct), "key_version": v}, "ciphertext", "key_version")
+				}
 				fmt.Fprintln(out, base64.StdEncoding.EncodeToString(ct))
 				fmt.Fprintf(cmd.ErrOrStderr(), "(key version %d)\n", v)
 				return nil
@@ -235,6 +243,9 @@ func newCryptoCmd(op string) *cobra.Command {
 			pt, v, err := cl.Decrypt(cmd.Context(), args[0], ct, aad)
 			if err != nil {
 				return err
+			}
+			if c.output != "text" && !raw {
+				return emit(cmd, c.output, map[string]any{"plaintext": b64(pt), "key_version": v}, "plaintext", "key_version")
 			}
 			switch {
 			case raw:
@@ -318,7 +329,7 @@ func when(t time.Time) string {
 
 // tenants prints tenants as a table, or as JSON lines with -o json.
 func (c *conn) tenants(cmd *cobra.Command, ts ...client.Tenant) error {
-	if c.output != "json" {
+	if c.output != "json" { // text and table
 		printTenants(cmd.OutOrStdout(), ts...)
 		return nil
 	}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -46,20 +47,44 @@ func input(cmd *cobra.Command, arg string) ([]byte, error) {
 	return io.ReadAll(io.LimitReader(cmd.InOrStdin(), 16<<20))
 }
 
-// emit prints v as JSON (-o json) or as "label: value" lines.
+// emit prints v as one JSON object (-o json), as a table with a header row
+// (-o table), or as "label: value" lines (text, the default).
 func emit(cmd *cobra.Command, output string, v map[string]any, order ...string) error {
-	if output == "json" {
+	w := cmd.OutOrStdout()
+	switch output {
+	case "json":
 		b, err := json.Marshal(v)
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(cmd.OutOrStdout(), "%s\n", b)
-		return nil
-	}
-	for _, k := range order {
-		fmt.Fprintf(cmd.OutOrStdout(), "%s: %v\n", k, v[k])
+		fmt.Fprintf(w, "%s\n", b)
+	case "table":
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		head, row := make([]string, len(order)), make([]string, len(order))
+		for i, k := range order {
+			head[i], row[i] = strings.ToUpper(k), cell(v[k])
+		}
+		fmt.Fprintln(tw, strings.Join(head, "\t"))
+		fmt.Fprintln(tw, strings.Join(row, "\t"))
+		return tw.Flush()
+	default:
+		for _, k := range order {
+			fmt.Fprintf(w, "%s: %v\n", k, v[k])
+		}
 	}
 	return nil
+}
+
+// cell is a value as a table shows it: times in RFC 3339, lists joined
+// with commas.
+func cell(v any) string {
+	switch x := v.(type) {
+	case time.Time:
+		return when(x)
+	case []string:
+		return strings.Join(x, ",")
+	}
+	return fmt.Sprint(v)
 }
 
 func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
@@ -341,7 +366,16 @@ func readPassword(cmd *cobra.Command) ([]byte, error) {
 }
 
 func emitKey(cmd *cobra.Command, output string, k client.Key) error {
-	if output != "json" {
+	switch output {
+	case "json":
+	case "table":
+		tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tPURPOSE\tPRIMARY\tVERSION\tSTATE\tCREATED\tENCRYPTIONS")
+		for _, v := range k.Versions {
+			fmt.Fprintf(tw, "%s\t%v\t%d\t%d\t%v\t%s\t%d\n", k.Name, k.Purpose, k.PrimaryVersion, v.Version, v.State, when(v.CreateTime), v.EncryptCount)
+		}
+		return tw.Flush()
+	default:
 		printKey(cmd.OutOrStdout(), k)
 		return nil
 	}

@@ -34,7 +34,7 @@ func newAuditCmd() *cobra.Command {
 		f.StringVar(&operation, "operation", "", "only this operation (encrypt, rotate_key, …)")
 		f.StringVar(&identity, "identity", "", "only this caller identity")
 		f.StringVar(&result, "result", "", "only OK, FAILED or one gRPC code (PERMISSION_DENIED, …)")
-		f.StringVarP(&output, "output", "o", "text", "text or json (one JSON object per line)")
+		f.StringVarP(&output, "output", "o", "text", "text (a table), table, or json (one JSON object per line)")
 		f.StringVar(&publicKey, "public-key", "", "verify against this pinned log key (note verifier key); default: the server's")
 		_ = sub.MarkFlagRequired("tenant")
 	}
@@ -53,8 +53,8 @@ func newAuditCmd() *cobra.Command {
 		Short: "List a tenant's audit events, oldest first (through the API; needs audit.read)",
 		Args:  cobra.NoArgs,
 		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, _ []string) error {
-			if output != "text" && output != "json" {
-				return fmt.Errorf("--output %q is not text or json", output)
+			if output != "text" && output != "json" && output != "table" {
+				return usageError{fmt.Errorf("-o %q: want text, json or table", output)}
 			}
 			ctx, parent := cmd.Context(), tenantName(tenant)
 			pub, err := auditKey(cmd, cl, parent, publicKey, verify)
@@ -105,8 +105,8 @@ func newAuditCmd() *cobra.Command {
 		Short:       "Follow a tenant's audit events as the log signs them (Ctrl-C to stop)",
 		Args:        cobra.NoArgs,
 		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, _ []string) error {
-			if output != "text" && output != "json" {
-				return fmt.Errorf("--output %q is not text or json", output)
+			if output != "text" && output != "json" && output != "table" {
+				return usageError{fmt.Errorf("-o %q: want text, json or table", output)}
 			}
 			ctx, parent := cmd.Context(), tenantName(tenant)
 			pub, err := auditKey(cmd, cl, parent, publicKey, verify)

@@ -184,6 +184,39 @@ func TestEveryCommandGroupWithJSON(t *testing.T) {
 	if _, code := runDev(t, dir, addr, "key", "update", "acme/enc", "--rotation-period", "1h"); code != exitUsage {
 		t.Fatalf("a malformed key name: exit %d, want %d", code, exitUsage)
 	}
+
+	// encrypt and decrypt speak JSON too; bytes are base64.
+	enc := js("encrypt", "tenants/acme/keys/enc", "--ad", "r2", "secret")
+	dec := js("decrypt", "tenants/acme/keys/enc", enc["ciphertext"].(string), "--ad", "r2")
+	if dec["plaintext"] != base64.StdEncoding.EncodeToString([]byte("secret")) || dec["key_version"] != enc["key_version"] {
+		t.Fatalf("encrypt %v, decrypt %v", enc, dec)
+	}
+
+	// -o table: a header row, then one row per item.
+	table := func(args ...string) [][]string {
+		t.Helper()
+		out, code := runDev(t, dir, addr, append(args, "-o", "table")...)
+		if code != 0 {
+			t.Fatalf("custos %v -o table: exit %d\n%s", args, code, out)
+		}
+		var rows [][]string
+		for line := range strings.Lines(out) {
+			rows = append(rows, strings.Fields(line))
+		}
+		return rows
+	}
+	if rows := table("key", "get", "tenants/acme/keys/enc"); len(rows) != 3 || rows[0][0] != "NAME" || rows[1][0] != "tenants/acme/keys/enc" {
+		t.Fatalf("key get -o table: %q", rows)
+	}
+	if rows := table("mac", "compute", "tenants/acme/keys/idx", "hello"); len(rows) != 2 || strings.Join(rows[0], " ") != "MAC KEY_VERSION" || rows[1][0] != m["mac"] {
+		t.Fatalf("mac compute -o table: %q", rows)
+	}
+	if rows := table("tenant", "list"); len(rows) != 2 || rows[0][0] != "NAME" || rows[1][0] != "tenants/acme" {
+		t.Fatalf("tenant list -o table: %q", rows)
+	}
+	if _, code := runDev(t, dir, addr, "tenant", "list", "-o", "yaml"); code != exitUsage {
+		t.Fatalf("-o yaml: exit %d, want %d", code, exitUsage)
+	}
 }
 
 // custos dev --ephemeral keeps nothing; its banner tells the CLI where it
