@@ -86,6 +86,7 @@ type Runtime struct {
 	audit   *audit.Log    // nil with the audit trail off
 	writer  *audit.Writer // nil with the audit trail off
 	policy  *policy.Holder
+	pw      *password.Service
 	tlsFile *tlssource.Files // nil with SPIFFE
 	srv     *server.Server
 	gs      *grpc.Server
@@ -93,6 +94,9 @@ type Runtime struct {
 	opsLis  net.Listener
 	closers []func() // run in reverse order by close
 	ran     atomic.Bool
+	// abandoned is set when the drain's deadline passed with handlers
+	// still running (hashes): closing does not wait for them.
+	abandoned atomic.Bool
 }
 
 // New builds everything cfg describes and binds the listeners. cfg must have
@@ -177,7 +181,17 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 	if err != nil {
 		return nil, err
 	}
-	rt.closers = append(rt.closers, pw.Close)
+	rt.pw = pw
+	rt.closers = append(rt.closers, func() {
+		if rt.abandoned.Load() {
+			// Hashes cut at the shutdown deadline cannot be interrupted:
+			// the pool closes when they end, and the process does not
+			// wait for them.
+			go pw.Close()
+			return
+		}
+		pw.Close()
+	})
 	if opts.TuneRuntime && os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(cfg.GCPercent)
 	}
@@ -280,6 +294,9 @@ func (rt *Runtime) OpsAddr() net.Addr {
 // Keystore is the runtime's keystore, for tests and embedding programs
 // that need to act on it directly (for example run one scheduler pass).
 func (rt *Runtime) Keystore() *keystore.Service { return rt.ks }
+
+// Passwords is the runtime's password hashing service.
+func (rt *Runtime) Passwords() *password.Service { return rt.pw }
 
 // AuditLog is the runtime's audit log, nil with the audit trail off.
 func (rt *Runtime) AuditLog() *audit.Log { return rt.audit }
@@ -447,10 +464,21 @@ func (rt *Runtime) drain(timeout time.Duration) {
 	defer t.Stop()
 	select {
 	case <-stopped:
+		return
 	case <-t.C:
-		rt.logger.Warn("graceful stop timed out; closing open calls")
-		rt.gs.Stop()
-		<-stopped
+	}
+	// The deadline: cut every connection; callers still waiting get
+	// UNAVAILABLE. GracefulStop still waits for handlers to return, and a
+	// handler inside bcrypt or argon2 cannot be interrupted, so its work
+	// is abandoned rather than waited for: shutdown_timeout bounds the
+	// exit.
+	rt.logger.Warn("graceful stop timed out; closing open calls")
+	rt.gs.Stop()
+	select {
+	case <-stopped:
+	case <-time.After(100 * time.Millisecond):
+		rt.abandoned.Store(true)
+		rt.logger.Warn("calls still running at the shutdown deadline were abandoned (password hashing cannot be interrupted)")
 	}
 }
 

@@ -44,6 +44,7 @@ type Pool struct {
 	wait    int // callers blocked waiting for a slot
 
 	rejected atomic.Uint64 // Do calls refused with ErrFull
+	running  atomic.Int64  // tasks running f now
 
 	closed    chan struct{}
 	closeOnce sync.Once
@@ -151,6 +152,8 @@ func (p *Pool) Do(ctx context.Context, f func()) error {
 		return ErrClosed
 	default:
 	}
+	p.running.Add(1)
+	defer p.running.Add(-1)
 	if p.work == nil {
 		f()
 		return nil
@@ -190,7 +193,7 @@ func (p *Pool) waitForSlot(ctx context.Context) error {
 }
 
 // Running returns how many tasks hold a worker now.
-func (p *Pool) Running() int { return len(p.slots) }
+func (p *Pool) Running() int { return int(p.running.Load()) }
 
 // Rejected returns how many tasks were refused with ErrFull since the pool
 // was made.

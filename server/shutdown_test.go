@@ -1,0 +1,60 @@
+package server_test
+
+import (
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/custos-kms/custos/internal/config"
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
+)
+
+// shutdown_timeout bounds the stop even with a hash running that takes
+// far longer: the call is cut (UNAVAILABLE to its caller) and its hashing
+// abandoned.
+func TestShutdownTimeoutBoundsTheStopWithAHashInFlight(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	ts := start(t, newFiles(t), options{configure: func(c *config.Config) {
+		c.ShutdownTimeout = timeout
+		c.Passwords.HashWorkers = 1
+	}})
+	ctx := testContext(t)
+	c := ts.clients(t, idAdmin)
+	if _, err := c.keys.CreateTenant(ctx, &custosv1.CreateTenantRequest{TenantId: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.keys.CreateKey(ctx, &custosv1.CreateKeyRequest{Parent: "tenants/a", KeyId: "pw", Key: &custosv1.Key{
+		Purpose:        custosv1.KeyPurpose_KEY_PURPOSE_PASSWORD,
+		PasswordPolicy: &custosv1.PasswordPolicy{Algorithm: custosv1.PasswordAlgorithm_PASSWORD_ALGORITHM_BCRYPT, BcryptCost: 16},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	// bcrypt cost 16 takes seconds here.
+	hashErr := make(chan error, 1)
+	go func() {
+		_, err := c.crypto.HashPassword(ctx, &custosv1.HashPasswordRequest{Name: "tenants/a/keys/pw", Password: []byte("p")})
+		hashErr <- err
+	}()
+	waitFor(t, 10*time.Second, "the hash running", func() bool { return ts.rt.Passwords().Stats().Running == 1 })
+
+	begin := time.Now()
+	ts.stop()
+	took := time.Since(begin)
+	t.Logf("stop took %v with shutdown_timeout %v and a bcrypt-16 hash in flight", took, timeout)
+	if took > timeout+time.Second {
+		t.Fatalf("stop took %v; shutdown_timeout is %v", took, timeout)
+	}
+	select {
+	case err := <-hashErr:
+		if status.Code(err) != codes.Unavailable {
+			t.Fatalf("the cut call got %v, want UNAVAILABLE", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the cut call was not answered within 5s of the stop")
+	}
+	// The abandoned hash ends on its own, after the store closed; nothing
+	// may break when it does.
+	waitFor(t, 60*time.Second, "the abandoned hash to end", func() bool { return ts.rt.Passwords().Stats().Running == 0 })
+}
