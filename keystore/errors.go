@@ -1,6 +1,9 @@
 package keystore
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Sentinel errors. Every error the keystore returns wraps one of these, so the
 // server maps them to gRPC codes in one table. Messages never contain
@@ -35,6 +38,9 @@ var (
 	ErrSubjectLocked = errors.New("subject is locked after too many failed password verifications")
 	// ErrUnavailable: the root or the storage cannot be reached; retryable.
 	ErrUnavailable = errors.New("unavailable")
+	// ErrStorageFull: a write failed because the storage has no space left
+	// (disk full). It wraps ErrUnavailable: retryable once space is freed.
+	ErrStorageFull = fmt.Errorf("%w: the storage is full (no space left)", ErrUnavailable)
 	// ErrAborted: a concurrent change won too many times; retry the call.
 	ErrAborted = errors.New("aborted by concurrent changes")
 	// ErrIntegrity: stored key material failed authentication (for example a

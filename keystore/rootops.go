@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/custos-kms/custos/keystore/storage"
 )
@@ -72,6 +73,16 @@ func (s *Service) rewrapTenantKEK(ctx context.Context, tenant string) error {
 func (s *Service) Dependencies(ctx context.Context) (storageErr, rootErr error) {
 	if _, err := s.store.Get(ctx, "health/probe"); err != nil && !errors.Is(err, storage.ErrNotFound) {
 		storageErr = err
+	}
+	if wh, ok := s.store.(storage.WriteHealth); ok && storageErr == nil {
+		if err := wh.WriteHealth(); err != nil {
+			// Writes failed for lack of space. One small write tells
+			// whether space came back; if it succeeds the next probe
+			// reports ok (and the next failing write "full" again).
+			if _, perr := s.store.Put(ctx, "health/probe", []byte(s.now().UTC().Format(time.RFC3339)), storage.AnyVersion); perr != nil {
+				storageErr = err
+			}
+		}
 	}
 	probe := make([]byte, kekSize)
 	if _, err := s.root.Wrap(ctx, probe, []byte("custos:probe")); err != nil {

@@ -28,6 +28,8 @@ type records struct {
 // storageErr maps a storage failure to a keystore error, with context.
 func storageErr(op string, err error) error {
 	switch {
+	case errors.Is(err, storage.ErrFull):
+		return fmt.Errorf("%s: %w: storage: %v", op, ErrStorageFull, err)
 	case errors.Is(err, storage.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
 		return fmt.Errorf("%s: %w: storage: %v", op, ErrUnavailable, err)
 	case errors.Is(err, context.Canceled):

@@ -26,6 +26,8 @@ type errorKind struct {
 	// internal errors are logged with detail and returned with a bland
 	// message; user errors return their own (secret-free) message.
 	internal bool
+	// bland replaces the code's bland message for an internal error.
+	bland string
 }
 
 // errorTable is the one mapping from domain errors to gRPC codes (DESIGN.md,
@@ -44,6 +46,8 @@ var errorTable = []errorKind{
 	{err: keystore.ErrWrongState, code: codes.FailedPrecondition, reason: custosv1.ReasonWrongState},
 	{err: keystore.ErrResourceExhausted, code: codes.ResourceExhausted, reason: custosv1.ReasonHashQueueFull},
 	{err: keystore.ErrSubjectLocked, code: codes.ResourceExhausted, reason: custosv1.ReasonSubjectLocked},
+	{err: keystore.ErrStorageFull, code: codes.Unavailable, internal: true, reason: custosv1.ReasonStorageFull,
+		bland: "the storage is full (no space left): writes fail until an operator frees space; retry later"},
 	{err: keystore.ErrUnavailable, code: codes.Unavailable, internal: true, reason: custosv1.ReasonDependencyUnavailable},
 	{err: keystore.ErrAborted, code: codes.Aborted, reason: custosv1.ReasonConflict},
 	{err: keystore.ErrIntegrity, code: codes.Internal, internal: true, reason: custosv1.ReasonInternal},
@@ -74,6 +78,9 @@ func (s *Server) toStatus(ctx context.Context, err error) *status.Status {
 		if k.internal {
 			s.logger.LogAttrs(ctx, slog.LevelError, "request failed", slog.String("code", k.code.String()), slog.String("error", err.Error()))
 			msg = blandMessages[k.code]
+			if k.bland != "" {
+				msg = k.bland
+			}
 		}
 		if k.err == keystore.ErrInvalidCiphertext {
 			msg = keystore.ErrInvalidCiphertext.Error() // one generic message, no oracle

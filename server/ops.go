@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/pprof"
@@ -18,6 +19,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
+	"github.com/custos-kms/custos/keystore/storage"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 )
 
@@ -160,7 +162,10 @@ func (s *Server) WatchDependencies(ctx context.Context, dc DependencyChecker, in
 			v := 1.0
 			if err != nil {
 				*field, v = "unavailable", 0
-				s.logger.Warn("dependency unavailable", "dependency", dep, "error", err.Error())
+				if errors.Is(err, storage.ErrFull) {
+					*field = "full" // reads work, writes fail
+				}
+				s.logger.Warn("dependency unavailable", "dependency", dep, "state", *field, "error", err.Error())
 			}
 			s.metrics.depUp.WithLabelValues(dep).Set(v)
 		}

@@ -9,6 +9,9 @@ package storage
 import (
 	"context"
 	"errors"
+	"strings"
+	"sync/atomic"
+	"syscall"
 )
 
 // Sentinel errors. Backends wrap them with context; callers test with errors.Is.
@@ -23,7 +26,58 @@ var (
 	ErrUnavailable = errors.New("storage: unavailable")
 	// ErrClosed is returned by every method after Close.
 	ErrClosed = errors.New("storage: closed")
+	// ErrFull is returned when a write failed because the backend has no
+	// space left (disk full, quota); writes may succeed once space is freed.
+	ErrFull = errors.New("storage: full")
 )
+
+// WriteHealth is implemented by backends that remember whether their last
+// write failed for lack of space, so that readiness can say so: reads keep
+// working on a full disk, so a read probe alone would report "ok".
+type WriteHealth interface {
+	// WriteHealth returns the error, wrapping ErrFull, of the last write
+	// if it failed for lack of space, and nil once a write has succeeded.
+	WriteHealth() error
+}
+
+// FullTracker implements WriteHealth for a backend: Note each write's
+// result.
+type FullTracker struct{ last atomic.Pointer[error] }
+
+// Note records a write's result: an error wrapping ErrFull is remembered,
+// a success clears it, other errors leave it as it is.
+func (t *FullTracker) Note(err error) {
+	switch {
+	case err == nil:
+		if t.last.Load() != nil {
+			t.last.Store(nil)
+		}
+	case errors.Is(err, ErrFull):
+		t.last.Store(&err)
+	}
+}
+
+// WriteHealth implements WriteHealth.
+func (t *FullTracker) WriteHealth() error {
+	if p := t.last.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// NoSpace reports whether err is the operating system's "no space left on
+// device" or "disk quota exceeded", also when a library flattened it into
+// a message (bbolt's "file resize error").
+func NoSpace(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return true
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "no space left on device") || strings.Contains(msg, "disk quota exceeded")
+}
 
 // Record is one stored value and the version compare-and-swap compares.
 type Record struct {

@@ -57,6 +57,32 @@ type Store struct {
 	closed bool
 	db     *bolt.DB
 	path   string
+	full   storage.FullTracker // WriteHealth: the last write and lack of space
+}
+
+// minFree is the free space on the file's filesystem at which a store
+// whose writes failed for lack of space counts as writable again: enough
+// for bbolt to grow the file by a step.
+const minFree = 1 << 20
+
+// WriteHealth reports, wrapping storage.ErrFull, that a write failed for
+// lack of space and the file's filesystem still has less than 1 MiB free.
+// A small write succeeding says nothing (bbolt reuses free pages of the
+// file first); free space on the filesystem does. Where free space cannot
+// be read, it is reported once.
+func (s *Store) WriteHealth() error {
+	err := s.full.WriteHealth()
+	if err == nil {
+		return nil
+	}
+	free, ok := freeBytes(filepath.Dir(s.path))
+	if !ok || free >= minFree {
+		s.full.Note(nil)
+	}
+	if ok && free >= minFree {
+		return nil
+	}
+	return err
 }
 
 // Open opens the store in the file at path, creating it with mode 0600 if
@@ -251,7 +277,7 @@ func (s *Store) update(ctx context.Context, fn func(*bolt.Bucket) error) error {
 	if s.closed {
 		return storage.ErrClosed
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
 		// Checked once the write lock is held, so a caller that gave up
 		// while waiting for it does not write.
 		if err := ctx.Err(); err != nil {
@@ -259,6 +285,11 @@ func (s *Store) update(ctx context.Context, fn func(*bolt.Bucket) error) error {
 		}
 		return fn(tx.Bucket(bucket))
 	})
+	if storage.NoSpace(err) {
+		err = fmt.Errorf("%w: %w", storage.ErrFull, err)
+		s.full.Note(err)
+	}
+	return err
 }
 
 // decode splits a stored record into a copy of its value and its version.

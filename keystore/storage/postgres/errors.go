@@ -36,6 +36,10 @@ func classify(ctx context.Context, err error) error {
 		}
 		return fmt.Errorf("%w: %w", ctxErr, err)
 	}
+	var full *pgconn.PgError
+	if errors.As(err, &full) && (full.Code == "53100" || storage.NoSpace(err)) { // disk_full
+		return fmt.Errorf("%w: %w: %w", storage.ErrFull, storage.ErrUnavailable, err)
+	}
 	if unavailable(err) {
 		return fmt.Errorf("%w: %w", storage.ErrUnavailable, err)
 	}

@@ -89,7 +89,14 @@ type Store struct {
 	stop     context.Context // done once Close is called
 	stopAll  context.CancelFunc
 	watchers sync.WaitGroup
+
+	full storage.FullTracker // WriteHealth: the last write and lack of space
 }
+
+// WriteHealth reports, wrapping storage.ErrFull, that the last write
+// failed because the database server has no space left (SQLSTATE 53100);
+// nil once a write succeeded.
+func (s *Store) WriteHealth() error { return s.full.WriteHealth() }
 
 // Open connects to the database at cfg.URL and brings its schema up to date.
 // Replicas may open the same database at once. If the server cannot be
@@ -212,6 +219,7 @@ func (s *Store) Put(ctx context.Context, key string, value []byte, expect uint64
 	if err != nil {
 		return 0, fmt.Errorf("postgres: put %q: %w", key, s.fail(ctx, err))
 	}
+	s.full.Note(nil)
 	return uint64(version), nil
 }
 
@@ -332,13 +340,19 @@ func (s *Store) fail(ctx context.Context, err error) error {
 	if s.closed.Load() {
 		return fmt.Errorf("%w: %w", storage.ErrClosed, err)
 	}
-	if ctx.Err() == nil && unavailable(err) {
+	err = classify(ctx, err)
+	if errors.Is(err, storage.ErrFull) {
+		// The server is up, its disk full: keep the connections.
+		s.full.Note(err)
+		return err
+	}
+	if ctx.Err() == nil && errors.Is(err, storage.ErrUnavailable) {
 		// The server went away, or is going: its other connections are
 		// most likely dead too. Drop them all, so that the first calls
 		// once it is back do not meet them.
 		s.pool.Reset()
 	}
-	return classify(ctx, err)
+	return err
 }
 
 // checkKey validates key against the storage limits and PostgreSQL text.
@@ -429,6 +443,7 @@ func (s *Store) Apply(ctx context.Context, ops []storage.Op) error {
 	case err != nil:
 		return fmt.Errorf("postgres: apply: %w", s.fail(ctx, err))
 	}
+	s.full.Note(nil)
 	return nil
 }
 

@@ -75,6 +75,9 @@ const (
 	ErrorReason_CONFLICT ErrorReason = 17
 	// INTERNAL: an internal error (logged by the server, not described).
 	ErrorReason_INTERNAL ErrorReason = 18
+	// UNAVAILABLE: the storage has no space left (disk full); writes fail
+	// until an operator frees space, reads keep working. Retry later.
+	ErrorReason_STORAGE_FULL ErrorReason = 19
 )
 
 // Enum value maps for ErrorReason.
@@ -99,6 +102,7 @@ var (
 		16: "DEPENDENCY_UNAVAILABLE",
 		17: "CONFLICT",
 		18: "INTERNAL",
+		19: "STORAGE_FULL",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED": 0,
@@ -120,6 +124,7 @@ var (
 		"DEPENDENCY_UNAVAILABLE":   16,
 		"CONFLICT":                 17,
 		"INTERNAL":                 18,
+		"STORAGE_FULL":             19,
 	}
 )
 
@@ -154,7 +159,7 @@ var File_custos_v1_errors_proto protoreflect.FileDescriptor
 
 const file_custos_v1_errors_proto_rawDesc = "" +
 	"\n" +
-	"\x16custos/v1/errors.proto\x12\tcustos.v1*\xa7\x03\n" +
+	"\x16custos/v1/errors.proto\x12\tcustos.v1*\xb9\x03\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CIPHERTEXT_NOT_AUTHENTIC\x10\x01\x12\x12\n" +
@@ -175,7 +180,8 @@ const file_custos_v1_errors_proto_rawDesc = "" +
 	"\x10INVALID_ARGUMENT\x10\x0f\x12\x1a\n" +
 	"\x16DEPENDENCY_UNAVAILABLE\x10\x10\x12\f\n" +
 	"\bCONFLICT\x10\x11\x12\f\n" +
-	"\bINTERNAL\x10\x12B7Z5github.com/custos-kms/custos/proto/custos/v1;custosv1b\x06proto3"
+	"\bINTERNAL\x10\x12\x12\x10\n" +
+	"\fSTORAGE_FULL\x10\x13B7Z5github.com/custos-kms/custos/proto/custos/v1;custosv1b\x06proto3"
 
 var (
 	file_custos_v1_errors_proto_rawDescOnce sync.Once

@@ -57,6 +57,9 @@ const (
 	ReasonDependencyUnavailable = "DEPENDENCY_UNAVAILABLE"
 	// ReasonConflict (ABORTED): concurrent changes kept conflicting.
 	ReasonConflict = "CONFLICT"
+	// ReasonStorageFull (UNAVAILABLE): the storage has no space left (disk
+	// full); writes fail until an operator frees space. Retry later.
+	ReasonStorageFull = "STORAGE_FULL"
 	// ReasonInternal (INTERNAL): an internal error.
 	ReasonInternal = "INTERNAL"
 )

@@ -1,0 +1,137 @@
+package server_test
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/custos-kms/custos/internal/config"
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
+)
+
+// mountTmpfs mounts a tmpfs of size bytes on a new temporary directory and
+// unmounts it at cleanup. It skips the test, saying why, where mounting is
+// impossible (not root, no CAP_SYS_ADMIN); CI runs as root.
+func mountTmpfs(t *testing.T, size int) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, fmt.Sprintf("size=%d,mode=0700", size)); err != nil {
+		t.Skipf("cannot mount a tmpfs to fill (needs root or CAP_SYS_ADMIN): %v", err)
+	}
+	t.Cleanup(func() {
+		if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {
+			t.Errorf("unmount %s: %v", dir, err)
+		}
+	})
+	return dir
+}
+
+// fill writes a file into dir until the filesystem is full.
+func fill(t *testing.T, dir string) string {
+	t.Helper()
+	p := filepath.Join(dir, "filler")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 64<<10)
+	for {
+		if _, err := f.Write(buf); err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("filling %s: %v", dir, err)
+			}
+			return p
+		}
+	}
+}
+
+// readyz returns /readyz's status code and its storage field.
+func readyz(t *testing.T, ops string) (int, string) {
+	t.Helper()
+	resp, err := http.Get("http://" + ops + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var r struct{ Storage string }
+	_ = json.Unmarshal(b, &r)
+	return resp.StatusCode, r.Storage
+}
+
+// With the bbolt file on a full filesystem, writes fail with UNAVAILABLE
+// STORAGE_FULL and a message saying so, reads and encryption go on,
+// readiness says the storage is full; once space is freed, readiness and
+// writes recover without a restart.
+func TestDiskFullIsRetryableAndReportedAndRecovers(t *testing.T) {
+	fs := mountTmpfs(t, 4<<20)
+	f := newFiles(t)
+	f.dbPath = filepath.Join(fs, "custos.db")
+	ts := start(t, f, options{configure: func(c *config.Config) {
+		c.Storage.Bbolt.Path = f.dbPath
+		c.Audit.Spool = filepath.Join(t.TempDir(), "spool") // the audit journal on another disk
+		c.Ops.Listen = "127.0.0.1:0"
+		c.Ops.ProbeInterval = 50 * time.Millisecond
+	}})
+	setup(t, ts, "a")
+	ctx := testContext(t)
+	c := ts.clients(t, idAdmin)
+	ops := ts.rt.OpsAddr().String()
+	filler := fill(t, fs)
+
+	// bbolt reuses free pages first: write until a write needs new ones.
+	var werr error
+	for i := 0; werr == nil; i++ {
+		if i == 2000 {
+			t.Fatal("2000 key creations on a full filesystem all succeeded")
+		}
+		_, werr = c.keys.CreateKey(ctx, &custosv1.CreateKeyRequest{Parent: "tenants/a", KeyId: fmt.Sprintf("k%d", i), Key: &custosv1.Key{Purpose: custosv1.KeyPurpose_KEY_PURPOSE_ENCRYPT}})
+	}
+	st := status.Convert(werr)
+	if st.Code() != codes.Unavailable || errorInfo(st).GetReason() != custosv1.ReasonStorageFull || !strings.Contains(st.Message(), "storage is full") {
+		t.Fatalf("a write on a full disk: %v (reason %v); want UNAVAILABLE STORAGE_FULL saying the storage is full", werr, errorInfo(st))
+	}
+	// Every write that fails says so (none is INTERNAL); bbolt may still
+	// fit a few into pages it frees.
+	for range 20 {
+		_, err := c.keys.RotateKey(ctx, &custosv1.RotateKeyRequest{Name: "tenants/a/keys/k"})
+		if st := status.Convert(err); err != nil && (st.Code() != codes.Unavailable || errorInfo(st).GetReason() != custosv1.ReasonStorageFull) {
+			t.Fatalf("RotateKey on a full disk: %v", err)
+		}
+	}
+	// Reads and the data plane of cached keys go on.
+	if _, err := c.crypto.Encrypt(ctx, &custosv1.EncryptRequest{Name: "tenants/a/keys/k", Plaintext: []byte("x")}); err != nil {
+		t.Fatalf("Encrypt on a full disk: %v", err)
+	}
+	if _, err := c.keys.GetKey(ctx, &custosv1.GetKeyRequest{Name: "tenants/a/keys/k"}); err != nil {
+		t.Fatalf("GetKey on a full disk: %v", err)
+	}
+	waitFor(t, 10*time.Second, "readiness to report the storage full", func() bool {
+		code, s := readyz(t, ops)
+		return code == http.StatusServiceUnavailable && s == "full"
+	})
+
+	// Space comes back: readiness and writes recover, no restart.
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "readiness to recover", func() bool {
+		code, s := readyz(t, ops)
+		return code == http.StatusOK && s == "ok"
+	})
+	if _, err := c.keys.RotateKey(ctx, &custosv1.RotateKeyRequest{Name: "tenants/a/keys/k"}); err != nil {
+		t.Fatalf("RotateKey after space was freed: %v", err)
+	}
+}
