@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/storage"
 )
 
@@ -87,6 +88,11 @@ func (s *Service) Dependencies(ctx context.Context) (storageErr, rootErr error) 
 	probe := make([]byte, kekSize)
 	if _, err := s.root.Wrap(ctx, probe, []byte("custos:probe")); err != nil {
 		rootErr = err
+	} else if c, ok := s.root.(root.Checker); ok {
+		if err := c.Check(ctx); err != nil {
+			rootErr = err
+			s.logger.Error("ROOT KEY AT RISK: the root works now but would not come back after a restart", "error", err.Error())
+		}
 	}
 	return storageErr, rootErr
 }

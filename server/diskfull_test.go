@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -134,4 +135,54 @@ func TestDiskFullIsRetryableAndReportedAndRecovers(t *testing.T) {
 	if _, err := c.keys.RotateKey(ctx, &custosv1.RotateKeyRequest{Name: "tenants/a/keys/k"}); err != nil {
 		t.Fatalf("RotateKey after space was freed: %v", err)
 	}
+}
+
+// A local root key file deleted under a running server: it keeps serving
+// with the key it loaded, but readiness reports the root and the log says
+// loudly that a restart would fail; restoring the file clears it.
+func TestReadinessReportsALocalRootKeyFileThatWouldNotSurviveARestart(t *testing.T) {
+	f := newFiles(t)
+	logs := &syncBuffer{}
+	ts := start(t, f, options{logger: slog.New(slog.NewJSONHandler(logs, nil)), configure: func(c *config.Config) {
+		c.Ops.Listen = "127.0.0.1:0"
+		c.Ops.ProbeInterval = 50 * time.Millisecond
+	}})
+	setup(t, ts, "a")
+	ops := ts.rt.OpsAddr().String()
+	rootOf := func() (int, string) {
+		resp, err := http.Get("http://" + ops + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var r struct{ Root string }
+		_ = json.NewDecoder(resp.Body).Decode(&r)
+		return resp.StatusCode, r.Root
+	}
+	orig, err := os.ReadFile(f.rootPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(f.rootPath); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "readiness to report the root", func() bool {
+		code, r := rootOf()
+		return code == http.StatusServiceUnavailable && r == "unavailable"
+	})
+	if !strings.Contains(string(logs.Bytes()), "ROOT KEY AT RISK") {
+		t.Fatalf("no loud log line:\n%s", logs.Bytes())
+	}
+	// Still serving with the loaded key.
+	c := ts.clients(t, idAdmin)
+	if _, err := c.crypto.Encrypt(testContext(t), &custosv1.EncryptRequest{Name: "tenants/a/keys/k", Plaintext: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(f.rootPath, orig, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "readiness to recover", func() bool {
+		code, r := rootOf()
+		return code == http.StatusOK && r == "ok"
+	})
 }

@@ -69,3 +69,11 @@ func (m *meteredRoot) Close() error {
 	}
 	return nil
 }
+
+// Check passes readiness's check on to the root, if it has one.
+func (m *meteredRoot) Check(ctx context.Context) error {
+	if c, ok := m.Root.(root.Checker); ok {
+		return c.Check(ctx)
+	}
+	return nil
+}

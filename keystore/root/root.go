@@ -20,6 +20,13 @@ var (
 	ErrUnavailable = errors.New("root: unavailable")
 )
 
+// Checker is implemented by roots that can tell, while they still work,
+// that the process would not get the same root back on a restart (a local
+// key file deleted, unreadable or replaced). Readiness calls it.
+type Checker interface {
+	Check(ctx context.Context) error
+}
+
 // Root wraps and unwraps tenant KEKs. Implementations are safe for concurrent use.
 type Root interface {
 	// Wrap encrypts plaintext (a tenant KEK) under the root key, binding aad.

@@ -8,6 +8,8 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
@@ -30,13 +32,31 @@ const (
 // Root is a local root key. It never exposes the key.
 type Root struct {
 	aead cipher.AEAD
+	// path and digest (SHA-256 of the key) let Check tell that the file
+	// still holds the key in use.
+	path   string
+	digest [sha256.Size]byte
 }
 
-var _ root.Root = (*Root)(nil)
+var (
+	_ root.Root    = (*Root)(nil)
+	_ root.Checker = (*Root)(nil)
+)
 
 // Open loads the root key file at path. It refuses a file that is group- or
 // world-accessible, or that does not hold exactly KeySize bytes.
 func Open(path string) (*Root, error) {
+	key, err := readKeyFile(path)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(key)
+	return newRoot(path, key)
+}
+
+// readKeyFile reads and checks a key file: a regular file of KeySize bytes
+// that neither group nor others can read.
+func readKeyFile(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("local root: %w", err)
@@ -53,15 +73,37 @@ func Open(path string) (*Root, error) {
 		return nil, fmt.Errorf("local root: %s must be a regular file of exactly %d bytes", path, KeySize)
 	}
 	key := make([]byte, KeySize)
-	defer clear(key)
 	if _, err := io.ReadFull(f, key); err != nil {
+		clear(key)
 		return nil, fmt.Errorf("local root: read %s: %w", path, err)
 	}
-	return newRoot(key)
+	return key, nil
 }
 
-// Create writes a fresh random root key to path with mode 0600 and opens it.
-// It fails if path exists.
+// Check reads the key file again: it fails if the file is gone,
+// unreadable or holds another key. The key loaded at start stays in use
+// either way (a replaced file is never silently taken), but a restart
+// would fail or use another key, so every tenant would become unreadable:
+// restore the file.
+func (r *Root) Check(ctx context.Context) error {
+	if r.path == "" {
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	key, err := readKeyFile(r.path)
+	if err != nil {
+		return fmt.Errorf("%w: the key in use stays loaded, but a restart would fail; restore the file: %w", root.ErrUnavailable, err)
+	}
+	d := sha256.Sum256(key)
+	clear(key)
+	if subtle.ConstantTimeCompare(d[:], r.digest[:]) != 1 {
+		return fmt.Errorf("%w: local root: %s no longer holds the key this process loaded; the loaded key stays in use and the file's is refused; restore the original file before any restart", root.ErrUnavailable, r.path)
+	}
+	return nil
+}
+
 func Create(path string) (*Root, error) {
 	key := make([]byte, KeySize)
 	defer clear(key)
@@ -83,7 +125,7 @@ func Create(path string) (*Root, error) {
 	if err := f.Close(); err != nil {
 		return nil, fmt.Errorf("local root: close %s: %w", path, err)
 	}
-	return newRoot(key)
+	return newRoot(path, key)
 }
 
 // OpenOrCreate opens path, creating a fresh key there first if it does not exist.
@@ -95,7 +137,7 @@ func OpenOrCreate(path string) (*Root, error) {
 	return r, err
 }
 
-func newRoot(key []byte) (*Root, error) {
+func newRoot(path string, key []byte) (*Root, error) {
 	block, err := aes.NewCipher(key)
 	if err != nil {
 		return nil, fmt.Errorf("local root: %w", err)
@@ -104,7 +146,7 @@ func newRoot(key []byte) (*Root, error) {
 	if err != nil {
 		return nil, fmt.Errorf("local root: %w", err)
 	}
-	return &Root{aead: a}, nil
+	return &Root{aead: a, path: path, digest: sha256.Sum256(key)}, nil
 }
 
 // Wrap encrypts plaintext under the root key, binding aad.

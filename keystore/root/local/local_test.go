@@ -1,11 +1,14 @@
 package local_test
 
 import (
+	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/root/local"
 	"github.com/custos-kms/custos/keystore/root/roottest"
 )
@@ -76,5 +79,40 @@ func TestReopenedKeyUnwrapsEarlierBlobs(t *testing.T) {
 	}
 	if _, err := r2.Unwrap(t.Context(), w, []byte("aad")); err != nil {
 		t.Fatalf("reopened root: %v", err)
+	}
+}
+
+func TestCheckNoticesAKeyFileDeletedOrReplaced(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "root.key")
+	r, err := local.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Check(ctx); err != nil {
+		t.Fatalf("fresh file: %v", err)
+	}
+	wrapped, err := r.Wrap(ctx, []byte("kek"), []byte("ad"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Replaced by another key: refused, and the loaded key stays in use.
+	other := make([]byte, local.KeySize)
+	other[0] = 1
+	if err := os.WriteFile(path, other, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Check(ctx); err == nil || !strings.Contains(err.Error(), "no longer holds the key") || !errors.Is(err, root.ErrUnavailable) {
+		t.Fatalf("replaced file: %v", err)
+	}
+	if _, err := r.Unwrap(ctx, wrapped, []byte("ad")); err != nil {
+		t.Fatalf("the loaded key is no longer used: %v", err)
+	}
+	// Gone: a restart would fail.
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Check(ctx); err == nil || !strings.Contains(err.Error(), "restart would fail") {
+		t.Fatalf("deleted file: %v", err)
 	}
 }
