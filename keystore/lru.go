@@ -107,13 +107,17 @@ func (c *lru[K, V]) swap(k K, f func(old V) (V, bool)) bool {
 
 // postpone makes the stale entry under k count as fresh for d more (but never
 // past its grace), so an outage costs one failed refresh per d, not one per
-// request. It does nothing if the entry is gone or was replaced.
-func (c *lru[K, V]) postpone(k K, d time.Duration) {
+// request. It does nothing if the entry is gone or was replaced. It reports
+// whether the entry was stale until now: true for the first of the callers
+// that met one failed refresh, false for the others.
+func (c *lru[K, V]) postpone(k K, d time.Duration) (first bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if el, ok := c.items[k]; ok {
 		e := el.Value.(*lruEntry[K, V])
-		t := c.now().Add(d)
+		now := c.now()
+		first = !now.Before(e.freshUntil)
+		t := now.Add(d)
 		if t.After(e.staleUntil) {
 			t = e.staleUntil
 		}
@@ -121,6 +125,7 @@ func (c *lru[K, V]) postpone(k K, d time.Duration) {
 			e.freshUntil = t
 		}
 	}
+	return first
 }
 
 // remove drops k.

@@ -95,8 +95,9 @@ func (m *materials) activeTenant(ctx context.Context, tenant string) (tink.AEAD,
 	})
 	if err != nil {
 		if ok && errors.Is(err, ErrUnavailable) {
-			m.keks.postpone(tenant, retryBackoff)
-			m.logger.Warn("root unavailable; serving cached tenant KEK", "tenant", tenant)
+			if m.keks.postpone(tenant, retryBackoff) { // once per attempt, not per waiting caller
+				m.logger.Warn("root unavailable; serving cached tenant KEK", "tenant", tenant)
+			}
 			return cached, tver, nil
 		}
 		return nil, 0, err
@@ -119,8 +120,9 @@ func (m *materials) key(ctx context.Context, ref KeyRef) (*keyEntry, error) {
 	m.misses.Add(1)
 	e, err := m.loadKey(ctx, ref)
 	if err != nil && ok && errors.Is(err, ErrUnavailable) {
-		m.keys.postpone(ref, retryBackoff)
-		m.logger.Warn("refresh failed; serving cached key", "key", ref.String(), "error", err.Error())
+		if m.keys.postpone(ref, retryBackoff) { // once per attempt, not per waiting caller
+			m.logger.Warn("refresh failed; serving cached key", "key", ref.String(), "error", err.Error())
+		}
 		return cached, nil
 	}
 	return e, err

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,6 +15,7 @@ import (
 	"github.com/custos-kms/custos/keystore"
 	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/root/local"
+	"github.com/custos-kms/custos/keystore/storage"
 	"github.com/custos-kms/custos/keystore/storage/memory"
 )
 
@@ -34,6 +37,7 @@ func (r *switchableRoot) Wrap(ctx context.Context, pt, aad []byte) ([]byte, erro
 func (r *switchableRoot) Unwrap(ctx context.Context, w, aad []byte) ([]byte, error) {
 	r.calls.Add(1)
 	if r.down.Load() {
+
 		return nil, fmt.Errorf("test root: %w", root.ErrUnavailable)
 	}
 	return r.Root.Unwrap(ctx, w, aad)
@@ -118,3 +122,67 @@ func TestRootOutageServesCachedTenantsForTheGrace(t *testing.T) {
 		t.Fatalf("cached tenant past the grace: got %v, want ErrUnavailable", err)
 	}
 }
+
+// downStore is a memory store whose reads fail, slowly, while down.
+type downStore struct {
+	storage.Store
+	down atomic.Bool
+}
+
+func (s *downStore) Get(ctx context.Context, key string) (storage.Record, error) {
+	if s.down.Load() {
+		time.Sleep(100 * time.Millisecond)
+		return storage.Record{}, fmt.Errorf("test store: %w", storage.ErrUnavailable)
+	}
+	return s.Store.Get(ctx, key)
+}
+
+// An outage is logged once per failed refresh, not once per caller that
+// waited on it.
+func TestAFailedRefreshIsLoggedOncePerAttempt(t *testing.T) {
+	ctx := context.Background()
+	lr, err := local.Create(filepath.Join(t.TempDir(), "root.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := &testClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	var logs syncBuf
+	store := &downStore{Store: memory.New()}
+	ks, err := keystore.New(keystore.Config{Storage: store, Root: lr, Now: clock.Now, CacheTTL: time.Minute, UnavailableGrace: time.Hour,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := keystore.KeyRef{Tenant: "t", Key: "k"}
+	if _, err := ks.CreateTenant(ctx, "t"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ks.CreateKey(ctx, ref, keystore.KeySpec{Purpose: keystore.PurposeEncrypt}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := ks.Encrypt(ctx, ref, []byte("x"), nil); err != nil {
+		t.Fatal(err)
+	}
+	store.down.Store(true)
+	clock.Advance(10 * time.Minute)
+	var wg sync.WaitGroup
+	for range 32 {
+		wg.Go(func() {
+			if _, _, err := ks.Encrypt(ctx, ref, []byte("y"), nil); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if n := strings.Count(logs.String(), "refresh failed; serving cached key"); n != 1 {
+		t.Fatalf("32 callers sharing one failed refresh logged it %d times, want once:\n%s", n, logs.String())
+	}
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (b *syncBuf) Write(p []byte) (int, error) { b.mu.Lock(); defer b.mu.Unlock(); return b.b.Write(p) }
+func (b *syncBuf) String() string              { b.mu.Lock(); defer b.mu.Unlock(); return b.b.String() }
