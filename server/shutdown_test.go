@@ -1,6 +1,10 @@
 package server_test
 
 import (
+	"context"
+	"errors"
+	"net"
+	"os"
 	"testing"
 	"time"
 
@@ -8,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/custos-kms/custos/internal/config"
+	"github.com/custos-kms/custos/internal/custos"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 )
 
@@ -57,4 +62,34 @@ func TestShutdownTimeoutBoundsTheStopWithAHashInFlight(t *testing.T) {
 	// The abandoned hash ends on its own, after the store closed; nothing
 	// may break when it does.
 	waitFor(t, 60*time.Second, "the abandoned hash to end", func() bool { return ts.rt.Passwords().Stats().Running == 0 })
+}
+
+// A start that fails on its policy or its listen address leaves no store
+// file behind.
+func TestAFailedStartCreatesNoStoreFile(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	for name, breakIt := range map[string]func(*files, *config.Config){
+		"bad policy": func(f *files, _ *config.Config) {
+			if err := os.WriteFile(f.policyPath, []byte("rules:\n  - identitiez: [x]\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		},
+		"address in use": func(_ *files, c *config.Config) { c.Listen = busy.Addr().String() },
+	} {
+		f := newFiles(t)
+		cfg := f.config(t)
+		breakIt(f, cfg)
+		rt, err := custos.New(context.Background(), cfg, custos.Options{Logger: discardLogger(), Root: f.root})
+		if err == nil {
+			rt.Close()
+			t.Fatalf("%s: the start succeeded", name)
+		}
+		if _, serr := os.Stat(f.dbPath); !errors.Is(serr, os.ErrNotExist) {
+			t.Errorf("%s: failed with %q but left %s behind (stat: %v)", name, err, f.dbPath, serr)
+		}
+	}
 }

@@ -136,6 +136,21 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 		}
 		tlsSrc = rt.tlsFile
 	}
+	// Then what else can fail without touching anything: the policy and
+	// the listeners. A start that fails here creates no store file.
+	if rt.policy, err = policy.NewHolder(cfg.PolicyFile); err != nil {
+		return nil, err
+	}
+	if rt.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	rt.closers = append(rt.closers, func() { rt.lis.Close() })
+	if cfg.Ops.Listen != "off" {
+		if rt.opsLis, err = net.Listen("tcp", cfg.Ops.Listen); err != nil {
+			return nil, fmt.Errorf("ops listen: %w", err)
+		}
+		rt.closers = append(rt.closers, func() { rt.opsLis.Close() })
+	}
 	r := opts.Root
 	if r == nil {
 		if r, err = OpenRoot(cfg); err != nil {
@@ -203,9 +218,6 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 		// following a container's CPU limit as it changes.)
 		runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + min(pw.Workers(), runtime.NumCPU()))
 	}
-	if rt.policy, err = policy.NewHolder(cfg.PolicyFile); err != nil {
-		return nil, err
-	}
 	var auditCfg server.Config
 	if !cfg.Audit.Disabled {
 		if err := rt.openAudit(ctx, store, r, opts.Now, &auditCfg); err != nil {
@@ -259,16 +271,6 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 	}
 	if opts.Register != nil {
 		opts.Register(rt.gs)
-	}
-	if rt.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
-		return nil, fmt.Errorf("listen: %w", err)
-	}
-	rt.closers = append(rt.closers, func() { rt.lis.Close() })
-	if cfg.Ops.Listen != "off" {
-		if rt.opsLis, err = net.Listen("tcp", cfg.Ops.Listen); err != nil {
-			return nil, fmt.Errorf("ops listen: %w", err)
-		}
-		rt.closers = append(rt.closers, func() { rt.opsLis.Close() })
 	}
 	return rt, nil
 }
