@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -26,7 +27,12 @@ func newServeCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return serve(cmd.Context(), cfg, os.Stderr, hup, nil)
+			out := cmd.OutOrStdout()
+			return serve(cmd.Context(), cfg, os.Stderr, hup, func(addr, _ net.Addr) {
+				// One line for scripts and supervisors that start it on
+				// port 0.
+				fmt.Fprintf(out, "custos listening on %s\n", addr)
+			})
 		},
 	}
 	cmd.Flags().StringVar(&path, "config", "custos.yaml", "configuration file")
