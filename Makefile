@@ -84,6 +84,14 @@ bench-audit: build test-deps ## the audit trail's cost: audit on over off (bbolt
 	bin/custos bench --spawn-dev --baseline audit-off --rounds $(BENCH_ROUNDS) --ops encrypt --concurrency 64,1
 	CUSTOS_AUDIT_EVENTS=$(AUDIT_EVENTS) $(GO) test -tags scale -run 'TestAudit' -timeout 30m -count=1 -v ./internal/bench/
 
+# The soak profile (docs/operations.md): a mixed load held at SOAK_FRACTION of
+# the measured peak for SOAK_DURATION against a custos dev of its own.
+SOAK_DURATION ?= 8m
+SOAK_FRACTION ?= 0.7
+.PHONY: soak
+soak: build ## hold a mixed load at SOAK_FRACTION of peak for SOAK_DURATION: errors, RSS, goroutines, latency drift
+	bin/custos bench soak --spawn-dev --fraction $(SOAK_FRACTION) --duration $(SOAK_DURATION) --sample 30s
+
 # Backup and restore at scale (docs/backup.md): BACKUP_TENANTS tenants with
 # two keys each, PostgreSQL → bbolt → PostgreSQL, each step a process of its
 # own with its time and peak RSS. About 5 minutes for 100,000.

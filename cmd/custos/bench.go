@@ -90,7 +90,7 @@ baseline with that directory's server certificate. --server-pid or
 	fl.StringVarP(&f.output, "output", "o", "text", "text or json")
 	fl.IntVar(&f.tenants, "tenants", 0, "encrypt only: spread calls over this many seeded tenants (custos bench seed)")
 	fl.StringVar(&f.tenantPrefix, "tenant-prefix", "s", "the seeded tenants' id prefix")
-	cmd.AddCommand(newBenchBaselineCmd(), newBenchSeedCmd())
+	cmd.AddCommand(newBenchBaselineCmd(), newBenchSeedCmd(), newBenchSoakCmd())
 	return cmd
 }
 
@@ -429,6 +429,16 @@ const childStartTimeout = 60 * time.Second
 // Its standard error goes to logFile, or is discarded. stop closes its
 // standard input (the baseline exits on that), then signals, then kills.
 func startChild(ctx context.Context, args []string, logFile string, ready *regexp.Regexp) (*child, []string, error) {
+	c, ms, err := startChildAll(ctx, args, logFile, ready)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, ms[0], nil
+}
+
+// startChildAll is startChild waiting for a line matching each of readies,
+// in any order; it returns their matches in the same order.
+func startChildAll(ctx context.Context, args []string, logFile string, readies ...*regexp.Regexp) (*child, [][]string, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, nil, err
@@ -456,14 +466,17 @@ func startChild(ctx context.Context, args []string, logFile string, ready *regex
 		return nil, nil, err
 	}
 	c := &child{cmd: cmd, stdin: stdin, done: make(chan struct{})}
-	found := make(chan []string, 1)
+	found := make(chan [][]string, 1)
 	go func() {
+		ms, left := make([][]string, len(readies)), len(readies)
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
-			if m := ready.FindStringSubmatch(sc.Text()); m != nil {
-				select {
-				case found <- m:
-				default:
+			for i, re := range readies {
+				if m := re.FindStringSubmatch(sc.Text()); m != nil && ms[i] == nil {
+					ms[i] = m
+					if left--; left == 0 {
+						found <- ms
+					}
 				}
 			}
 		}

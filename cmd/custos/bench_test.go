@@ -153,3 +153,39 @@ func TestBenchRefusesBadFlags(t *testing.T) {
 		}
 	}
 }
+
+func TestBenchSoakHoldsAFractionOfThePeakAndSamplesTheServer(t *testing.T) {
+	t.Setenv("CUSTOS_TEST_RUN_MAIN", "1")
+	out, errOut, err := runCLI(t, "bench", "soak", "--spawn-dev", "--concurrency", "4", "--peak", "300ms",
+		"--fraction", "0.5", "--duration", "2s", "--sample", "500ms", "-o", "json")
+	if err != nil {
+		t.Fatalf("soak: %v\n%s", err, errOut)
+	}
+	var rep struct {
+		Peak    float64 `json:"peak_ops_per_sec"`
+		Rate    float64 `json:"target_rate"`
+		Calls   int64   `json:"calls"`
+		Samples []struct {
+			Calls      int64   `json:"calls"`
+			RSSMiB     float64 `json:"rss_mib"`
+			Goroutines int     `json:"goroutines"`
+		} `json:"samples"`
+		Trend map[string]string `json:"trend"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, out)
+	}
+	if rep.Peak <= 0 || rep.Rate != rep.Peak*0.5 || rep.Calls == 0 || len(rep.Samples) < 3 {
+		t.Fatalf("soak report: %+v", rep)
+	}
+	for _, s := range rep.Samples {
+		if s.RSSMiB <= 0 || s.Goroutines <= 0 {
+			t.Fatalf("a sample without the server's RSS or goroutines: %+v", s)
+		}
+	}
+	for _, k := range []string{"rss_mib", "goroutines", "p99_us", "ops_per_sec"} {
+		if rep.Trend[k] == "" {
+			t.Errorf("trend lacks %s: %v", k, rep.Trend)
+		}
+	}
+}
