@@ -30,9 +30,10 @@ run: ## start `custos dev`: the embedded default on $(DEV_ADDR)
 .PHONY: test
 # The tests run while a `custos dev` holds the default ports (as when
 # `make run` is going in another terminal), so none may depend on them.
-test: tools test-deps vet generate-check ## vet, check generated code, run every test with -race beside a custos dev, then the real-Vault tests
+test: tools test-deps vet generate-check ## vet, check generated code, run every test with -race beside a custos dev, then the real-Vault and local-kms tests
 	bash scripts/with-dev-server.sh $(GO) test -race -count=1 ./...
 	$(MAKE) --no-print-directory test-vault
+	$(MAKE) --no-print-directory test-localkms
 
 # The real-Vault tests live in a nested module (test/vault) so Vault's large
 # dependency tree stays out of the main go.mod. A cold build compiles most of
@@ -40,6 +41,13 @@ test: tools test-deps vet generate-check ## vet, check generated code, run every
 .PHONY: test-vault
 test-vault: ## real-Vault tests of the vault root and keystore (nested module test/vault)
 	cd test/vault && $(GO) vet -mod=mod ./... && $(GO) test -mod=mod -count=1 ./...
+
+# The awskms root against local-kms, a third-party AWS KMS emulator built from
+# its Go module by the test (nested module test/localkms, so its dependencies
+# stay out of the main go.mod).
+.PHONY: test-localkms
+test-localkms: ## the awskms root against a local-kms process (nested module test/localkms)
+	cd test/localkms && $(GO) vet -mod=mod ./... && $(GO) test -mod=mod -count=1 ./...
 
 # Each fuzz target runs for FUZZTIME; go test -fuzz takes one target at a time.
 FUZZTIME ?= 20s

@@ -183,7 +183,7 @@ func TestBenchSoakHoldsAFractionOfThePeakAndSamplesTheServer(t *testing.T) {
 			t.Fatalf("a sample without the server's RSS or goroutines: %+v", s)
 		}
 	}
-	for _, k := range []string{"rss_mib", "goroutines", "p99_us", "ops_per_sec"} {
+	for _, k := range []string{"rss_mib", "heap_mib", "goroutines", "p99_us", "ops_per_sec"} {
 		if rep.Trend[k] == "" {
 			t.Errorf("trend lacks %s: %v", k, rep.Trend)
 		}

@@ -102,9 +102,9 @@ See docs/operations.md for this machine's figures.`,
 				}{p.OpsPerSec, rep})
 			}
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
-			fmt.Fprintln(tw, "at s\tcalls\terrors\tcalls/s\tp50 µs\tp99 µs\tRSS MiB\tgoroutines\t")
+			fmt.Fprintln(tw, "at s\tcalls\terrors\tcalls/s\tp50 µs\tp99 µs\tRSS MiB\theap MiB\tgoroutines\t")
 			for _, s := range rep.Samples {
-				fmt.Fprintf(tw, "%.0f\t%d\t%d\t%.0f\t%.0f\t%.0f\t%.1f\t%d\t\n", s.AtSeconds, s.Calls, s.Errors, s.OpsPerSec, s.P50, s.P99, s.RSSMiB, s.Goroutines)
+				fmt.Fprintf(tw, "%.0f\t%d\t%d\t%.0f\t%.0f\t%.0f\t%.1f\t%.1f\t%d\t\n", s.AtSeconds, s.Calls, s.Errors, s.OpsPerSec, s.P50, s.P99, s.RSSMiB, s.HeapMiB, s.Goroutines)
 			}
 			tw.Flush()
 			fmt.Fprintf(out, "\n%s@%d at %.0f%% of a %.0f calls/s peak for %.0f s: %d calls, errors %v\n", o, concurrency, fraction*100, p.OpsPerSec, rep.Seconds, rep.Calls, rep.Errors)

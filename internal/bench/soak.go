@@ -33,13 +33,16 @@ type SoakConfig struct {
 
 // SoakSample is one sample window. Latencies are in microseconds.
 type SoakSample struct {
-	AtSeconds  float64 `json:"at_s"`
-	Calls      int64   `json:"calls"`
-	Errors     int64   `json:"errors"`
-	OpsPerSec  float64 `json:"ops_per_sec"`
-	P50        float64 `json:"p50_us"`
-	P99        float64 `json:"p99_us"`
-	RSSMiB     float64 `json:"rss_mib,omitempty"`
+	AtSeconds float64 `json:"at_s"`
+	Calls     int64   `json:"calls"`
+	Errors    int64   `json:"errors"`
+	OpsPerSec float64 `json:"ops_per_sec"`
+	P50       float64 `json:"p50_us"`
+	P99       float64 `json:"p99_us"`
+	RSSMiB    float64 `json:"rss_mib,omitempty"`
+	// HeapMiB is the Go heap in use: RSS also counts the pages of a
+	// mapped bbolt file, which come and go with the OS's page cache.
+	HeapMiB    float64 `json:"heap_mib,omitempty"`
 	Goroutines int     `json:"goroutines,omitempty"`
 }
 
@@ -121,8 +124,8 @@ func Soak(ctx context.Context, conn grpc.ClientConnInterface, cfg SoakConfig) (S
 		}
 		last = now
 		if cfg.Metrics != "" {
-			if rss, g, err := scrapeProcess(cfg.Metrics); err == nil {
-				s.RSSMiB, s.Goroutines = rss/(1<<20), g
+			if m, err := scrapeProcess(cfg.Metrics); err == nil {
+				s.RSSMiB, s.HeapMiB, s.Goroutines = m.rss/(1<<20), m.heap/(1<<20), m.goroutines
 			}
 		}
 		rep.Samples = append(rep.Samples, s)
@@ -171,6 +174,7 @@ func trend(s []SoakSample) map[string]string {
 	out := map[string]string{}
 	for name, f := range map[string]func(SoakSample) float64{
 		"rss_mib":     func(x SoakSample) float64 { return x.RSSMiB },
+		"heap_mib":    func(x SoakSample) float64 { return x.HeapMiB },
 		"goroutines":  func(x SoakSample) float64 { return float64(x.Goroutines) },
 		"p99_us":      func(x SoakSample) float64 { return x.P99 },
 		"p50_us":      func(x SoakSample) float64 { return x.P50 },
@@ -189,31 +193,48 @@ func trend(s []SoakSample) map[string]string {
 	return out
 }
 
-// scrapeProcess reads the server's resident memory and goroutine count
-// from its Prometheus metrics.
-func scrapeProcess(url string) (rssBytes float64, goroutines int, err error) {
+// processMetrics are the server's own figures a soak samples.
+type processMetrics struct {
+	rss, heap  float64 // bytes
+	goroutines int
+}
+
+// scrapeProcess reads the server's resident memory, Go heap in use and
+// goroutine count from its Prometheus metrics.
+func scrapeProcess(url string) (processMetrics, error) {
+	var m processMetrics
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return 0, 0, err
+		return m, err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0, 0, err
+		return m, err
 	}
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	value := func(line, name string) (float64, bool) {
+		v, ok := strings.CutPrefix(line, name+" ")
+		if !ok {
+			return 0, false
+		}
+		f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		return f, err == nil
+	}
 	for sc.Scan() {
 		line := sc.Text()
-		if v, ok := strings.CutPrefix(line, "process_resident_memory_bytes "); ok {
-			rssBytes, _ = strconv.ParseFloat(strings.TrimSpace(v), 64)
+		if v, ok := value(line, "process_resident_memory_bytes"); ok {
+			m.rss = v
 		}
-		if v, ok := strings.CutPrefix(line, "go_goroutines "); ok {
-			f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			goroutines = int(f)
+		if v, ok := value(line, "go_memstats_heap_inuse_bytes"); ok {
+			m.heap = v
+		}
+		if v, ok := value(line, "go_goroutines"); ok {
+			m.goroutines = int(v)
 		}
 	}
-	return rssBytes, goroutines, sc.Err()
+	return m, sc.Err()
 }
