@@ -84,7 +84,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	if cfg.Address == "" {
 		return nil, errors.New("custos: new client: config has no Address")
 	}
-	tlsConf, err := cfg.tlsConfig()
+	creds, err := cfg.transportCredentials()
 	if err != nil {
 		return nil, fmt.Errorf("custos: new client: %w", err)
 	}
@@ -96,7 +96,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	opts := append(slices.Clone(cfg.DialOptions),
 		grpc.WithStatsHandler(otelgrpc.NewClientHandler(traceOpts...)),
-		grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
+		grpc.WithTransportCredentials(creds))
 	conn, err := grpc.NewClient(cfg.Address, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("custos: new client for %s: %w", cfg.Address, err)
@@ -122,15 +122,20 @@ func (c *Client) Close() error {
 	return nil
 }
 
-// tlsConfig returns the client TLS configuration: cfg.TLSConfig checked and
-// cloned, or one made from the PEM files.
-func (cfg Config) tlsConfig() (*tls.Config, error) {
+// transportCredentials returns the client's mutual-TLS credentials:
+// cfg.TLSConfig checked and cloned, or the PEM files, reloaded as they
+// change.
+func (cfg Config) transportCredentials() (credentials.TransportCredentials, error) {
 	files := cfg.CAFile != "" || cfg.CertFile != "" || cfg.KeyFile != ""
 	switch {
 	case cfg.TLSConfig != nil && files:
 		return nil, errors.New("config sets both TLSConfig and PEM files; set one")
 	case cfg.TLSConfig != nil:
-		return checkTLSConfig(cfg.TLSConfig)
+		tc, err := checkTLSConfig(cfg.TLSConfig)
+		if err != nil {
+			return nil, err
+		}
+		return credentials.NewTLS(tc), nil
 	case files:
 		return cfg.loadTLSFiles()
 	default:
@@ -157,10 +162,10 @@ func checkTLSConfig(in *tls.Config) (*tls.Config, error) {
 	return tc, nil
 }
 
-// loadTLSFiles makes a TLS 1.3 configuration that presents the current
-// certificate of the files and verifies the server against their current
-// CA bundle.
-func (cfg Config) loadTLSFiles() (*tls.Config, error) {
+// loadTLSFiles makes credentials that present the current certificate of
+// the files and verify the server against their current CA bundle and the
+// host it is dialled by.
+func (cfg Config) loadTLSFiles() (credentials.TransportCredentials, error) {
 	if cfg.CAFile == "" || cfg.CertFile == "" || cfg.KeyFile == "" {
 		return nil, errors.New("config must set all of CAFile, CertFile and KeyFile")
 	}
@@ -170,5 +175,5 @@ func (cfg Config) loadTLSFiles() (*tls.Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	return tlssource.ClientConfig(f), nil
+	return tlssource.ClientCredentials(f), nil
 }

@@ -78,11 +78,13 @@ func (s *Service) Dependencies(ctx context.Context) (storageErr, rootErr error) 
 	if wh, ok := s.store.(storage.WriteHealth); ok && storageErr == nil {
 		if err := wh.WriteHealth(); err != nil {
 			// Writes failed for lack of space. One small write tells
-			// whether space came back; if it succeeds the next probe
-			// reports ok (and the next failing write "full" again).
-			if _, perr := s.store.Put(ctx, "health/probe", []byte(s.now().UTC().Format(time.RFC3339)), storage.AnyVersion); perr != nil {
-				storageErr = err
-			}
+			// whether space came back.
+			_, _ = s.store.Put(ctx, "health/probe", []byte(s.now().UTC().Format(time.RFC3339)), storage.AnyVersion)
+			// The backend decides whether that settles it: PostgreSQL
+			// clears on any successful write; bbolt only once its
+			// filesystem has room again (a small write can fit in pages
+			// bbolt freed and prove nothing).
+			storageErr = wh.WriteHealth()
 		}
 	}
 	probe := make([]byte, kekSize)

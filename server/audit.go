@@ -175,7 +175,11 @@ func usage(req, resp any) (versions []uint32, ok, failed uint32) {
 func (s *Server) recordEvent(ev *custosv1.AuditEvent) error {
 	if err := s.audit.Record(ev); err != nil {
 		s.logger.Error("audit event could not be recorded; the call fails closed", "request_id", ev.GetRequestId(), "error", err.Error())
-		st := status.New(codes.Unavailable, "audit trail unavailable: the call was not acknowledged")
+		msg := "audit trail unavailable: the call was not acknowledged"
+		if errors.Is(err, storage.ErrFull) || storage.NoSpace(err) {
+			msg = "audit trail unavailable: the storage is full (no space left for the audit journal); the call was not acknowledged"
+		}
+		st := status.New(codes.Unavailable, msg)
 		if ds, derr := st.WithDetails(&errdetails.ErrorInfo{Reason: custosv1.ReasonAuditUnavailable, Domain: custosv1.ErrorDomain}); derr == nil {
 			return ds.Err()
 		}

@@ -18,6 +18,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -86,7 +87,8 @@ func clientReq(id string) pki.IssueRequest {
 // handshake makes one TLS connection to addr presenting cert and returns
 // the serial of the certificate the server presented, or the error the
 // server's verdict on cert produced (TLS 1.3 reports a refused client
-// certificate on the first read).
+// certificate on the first read, where an accepted one reads the server's
+// first HTTP/2 frame).
 func handshake(t *testing.T, addr string, cert tls.Certificate) (*big.Int, error) {
 	t.Helper()
 	d := &net.Dialer{Timeout: 5 * time.Second}
@@ -100,8 +102,13 @@ func handshake(t *testing.T, addr string, cert tls.Certificate) (*big.Int, error
 	}
 	defer conn.Close()
 	serial := conn.ConnectionState().PeerCertificates[0].SerialNumber
-	_ = conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
-	if _, err := conn.Read(make([]byte, 1)); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+	// An accepted client gets the gRPC server's HTTP/2 SETTINGS frame at
+	// once; a refused one gets the TLS alert. Either comes well within 10 s.
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := conn.Read(make([]byte, 1)); err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("handshake probe: neither HTTP/2 settings nor an alert from %s within 10s", addr)
+		}
 		return serial, err
 	}
 	return serial, nil
@@ -414,4 +421,34 @@ func TestSPIFFEWorkloadAPISVIDsRotateUnderLoadWithoutAFailedCall(t *testing.T) {
 		t.Fatalf("%d calls failed during SVID rotation; first: %v", len(errs), errs[0])
 	}
 	t.Logf("%d calls over 3 SVID rotations, none failed", ok.Load())
+}
+
+// The Go client checks the server's certificate against the address it
+// dials, an IP address included (for which TLS sends no server name): a
+// certificate from the same CA for another address is refused.
+func TestTheClientRefusesAServerCertificateForAnotherAddress(t *testing.T) {
+	f := newFiles(t)
+	p := f.pki
+	sp, sk, _ := issue(t, p.ca, pki.IssueRequest{CommonName: "elsewhere", IPAddresses: []net.IP{net.IPv4(10, 9, 9, 9)}, DNSNames: []string{"elsewhere.internal"}, Server: true})
+	writeAtomic(t, p.keyFile, sk)
+	writeAtomic(t, p.certFile, sp)
+	ts := start(t, f, options{})
+	cp, kp, _ := issue(t, p.ca, clientReq(idAdmin))
+	dir := t.TempDir()
+	cCert, cKey := filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem")
+	writeAtomic(t, cCert, cp)
+	writeAtomic(t, cKey, kp)
+	for _, addr := range []string{ts.addr, strings.Replace(ts.addr, "127.0.0.1", "localhost", 1)} {
+		c, err := client.New(context.Background(), client.Config{Address: addr, CAFile: p.caFile, CertFile: cCert, KeyFile: cKey})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err = c.CreateTenant(ctx, "a")
+		cancel()
+		c.Close()
+		if err == nil || !strings.Contains(err.Error(), "certificate") {
+			t.Fatalf("dialling %s, a server certificate for 10.9.9.9 and elsewhere.internal was accepted (err %v)", addr, err)
+		}
+	}
 }

@@ -123,6 +123,14 @@ func TestDiskFullIsRetryableAndReportedAndRecovers(t *testing.T) {
 		code, s := readyz(t, ops)
 		return code == http.StatusServiceUnavailable && s == "full"
 	})
+	// And it stays so while the disk is full: the probe's own small write
+	// fitting into bbolt's free pages does not make it flap to "ok".
+	for i := range 30 {
+		if code, s := readyz(t, ops); code != http.StatusServiceUnavailable || s != "full" {
+			t.Fatalf("readiness check %d with the disk still full: %d %q", i, code, s)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
 
 	// Space comes back: readiness and writes recover, no restart.
 	if err := os.Remove(filler); err != nil {
@@ -138,8 +146,9 @@ func TestDiskFullIsRetryableAndReportedAndRecovers(t *testing.T) {
 }
 
 // A local root key file deleted under a running server: it keeps serving
-// with the key it loaded, but readiness reports the root and the log says
-// loudly that a restart would fail; restoring the file clears it.
+// with the key it loaded and stays ready, but readiness, a metric and a
+// loud log line say that a restart would fail; restoring the file clears
+// it.
 func TestReadinessReportsALocalRootKeyFileThatWouldNotSurviveARestart(t *testing.T) {
 	f := newFiles(t)
 	logs := &syncBuffer{}
@@ -166,10 +175,15 @@ func TestReadinessReportsALocalRootKeyFileThatWouldNotSurviveARestart(t *testing
 	if err := os.Remove(f.rootPath); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "readiness to report the root", func() bool {
+	// Still ready (the key works; taking every replica out for a risk that
+	// bites at the next restart would be an outage now), but said loudly.
+	waitFor(t, 10*time.Second, "readiness to report the root at risk", func() bool {
 		code, r := rootOf()
-		return code == http.StatusServiceUnavailable && r == "unavailable"
+		return code == http.StatusOK && r == "at_risk"
 	})
+	if v := metric(t, ops, "custos_root_at_risk"); v != 1 {
+		t.Errorf("custos_root_at_risk = %v, want 1", v)
+	}
 	if !strings.Contains(string(logs.Bytes()), "ROOT KEY AT RISK") {
 		t.Fatalf("no loud log line:\n%s", logs.Bytes())
 	}
@@ -184,5 +198,44 @@ func TestReadinessReportsALocalRootKeyFileThatWouldNotSurviveARestart(t *testing
 	waitFor(t, 10*time.Second, "readiness to recover", func() bool {
 		code, r := rootOf()
 		return code == http.StatusOK && r == "ok"
+	})
+	if v := metric(t, ops, "custos_root_at_risk"); v != 0 {
+		t.Errorf("custos_root_at_risk = %v after the file was restored, want 0", v)
+	}
+}
+
+// With the audit journal on the full disk too (the default: beside the
+// bbolt file), calls fail closed with UNAVAILABLE saying the storage is
+// full — no call is acknowledged without its event — and recover when
+// space returns, without a restart.
+func TestDiskFullWithTheAuditJournalOnItFailsClosedSayingSo(t *testing.T) {
+	fs := mountTmpfs(t, 24<<20) // room for the journal's first 8 MiB segment
+	f := newFiles(t)
+	f.dbPath = filepath.Join(fs, "custos.db")
+	ts := start(t, f, options{configure: func(c *config.Config) {
+		c.Storage.Bbolt.Path = f.dbPath
+		c.Audit.Spool = "" // the default, beside the bbolt file
+		c.Audit.FailOpen = false
+	}})
+	setup(t, ts, "a")
+	ctx := testContext(t)
+	c := ts.clients(t, idAdmin)
+	filler := fill(t, fs)
+	var err error
+	n := 0
+	for ; n < 200000 && err == nil; n++ {
+		_, err = c.crypto.Encrypt(ctx, &custosv1.EncryptRequest{Name: "tenants/a/keys/k", Plaintext: []byte("x")})
+	}
+	st := status.Convert(err)
+	if err == nil || st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "storage is full") {
+		t.Fatalf("after %d encryptions on a full disk: %v; want UNAVAILABLE saying the storage is full", n, err)
+	}
+	t.Logf("%d encryptions acknowledged on the full disk before the first refusal: %v", n-1, err)
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 15*time.Second, "encryption to recover once space returned", func() bool {
+		_, err := c.crypto.Encrypt(ctx, &custosv1.EncryptRequest{Name: "tenants/a/keys/k", Plaintext: []byte("x")})
+		return err == nil
 	})
 }

@@ -19,6 +19,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
+	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/storage"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 )
@@ -36,7 +37,13 @@ type readiness struct {
 	Checked time.Time `json:"checked"`
 }
 
-func (r *readiness) ready() bool { return r.Storage == "ok" && r.Root == "ok" }
+// ready: the storage and the root answer. A root "at_risk" (it works, but
+// would not survive a restart) is still ready: taking every replica out of
+// service for a risk that bites only at the next restart would turn it
+// into an outage now; it is reported in the body, a metric and the log.
+func (r *readiness) ready() bool {
+	return r.Storage == "ok" && (r.Root == "ok" || r.Root == "at_risk")
+}
 
 // metrics are the server's Prometheus metrics, on a registry of its own.
 // The gRPC metrics keep go-grpc-middleware's names and labels
@@ -49,6 +56,9 @@ type metrics struct {
 	handled  *prometheus.CounterVec
 	seconds  *prometheus.HistogramVec
 	depUp    *prometheus.GaugeVec
+	// rootAtRisk is 1 while the root works but would not survive a
+	// restart (root.ErrAtRisk).
+	rootAtRisk prometheus.Gauge
 	// rateLimited counts calls refused by a rate limit, by policy rule
 	// name and class: never by identity, so the label set stays bounded.
 	rateLimited *prometheus.CounterVec
@@ -92,7 +102,8 @@ func newMetrics() *metrics {
 	m.batchItems = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "custos_batch_items_total", Help: "Items of batch calls, by method and outcome code.",
 	}, []string{"grpc_method", "code"})
-	m.registry.MustRegister(m.batchItems, m.started, m.handled, m.seconds, m.depUp, m.rateLimited, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.rootAtRisk = prometheus.NewGauge(prometheus.GaugeOpts{Name: "custos_root_at_risk", Help: "1 while the root key works but would not come back after a restart (a local key file deleted, unreadable or replaced)."})
+	m.registry.MustRegister(m.rootAtRisk, m.batchItems, m.started, m.handled, m.seconds, m.depUp, m.rateLimited, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
@@ -160,6 +171,13 @@ func (s *Server) WatchDependencies(ctx context.Context, dc DependencyChecker, in
 		r := &readiness{Storage: "ok", Root: "ok", Checked: time.Now().UTC()}
 		up := func(dep string, err error, field *string) {
 			v := 1.0
+			if errors.Is(err, root.ErrAtRisk) {
+				*field = "at_risk"
+				s.metrics.rootAtRisk.Set(1)
+				err = nil
+			} else if dep == "root" {
+				s.metrics.rootAtRisk.Set(0)
+			}
 			if err != nil {
 				*field, v = "unavailable", 0
 				if errors.Is(err, storage.ErrFull) {

@@ -181,20 +181,9 @@ func (s *Server) Shutdown() { s.health.Shutdown() }
 // protovalidate, then the request path: authorization and rate limits
 // driven by the method table) and has s registered.
 func (s *Server) NewGRPCServer(tlsConf *tls.Config, opts ...grpc.ServerOption) (*grpc.Server, error) {
-	if err := checkServerTLS(tlsConf, true); err != nil {
+	tlsConf, err := s.perHandshake(tlsConf)
+	if err != nil {
 		return nil, err
-	}
-	if get := tlsConf.GetConfigForClient; get != nil {
-		// A configuration chosen per handshake (certificate reload) is held
-		// to the same rules at every handshake.
-		tlsConf = tlsConf.Clone()
-		tlsConf.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-			c, err := get(hello)
-			if err == nil && c != nil {
-				err = checkServerTLS(c, false)
-			}
-			return c, err
-		}
 	}
 	validator, err := protovalidate.New()
 	if err != nil {
@@ -260,6 +249,34 @@ func codeToLevel(c codes.Code) logging.Level {
 		return logging.LevelError
 	}
 	return logging.LevelInfo
+}
+
+// perHandshake checks tlsConf and, when it chooses a configuration per
+// handshake (certificate reload), returns a copy whose GetConfigForClient
+// holds every chosen configuration to the same rules.
+func (s *Server) perHandshake(tlsConf *tls.Config) (*tls.Config, error) {
+	if err := checkServerTLS(tlsConf, true); err != nil {
+		return nil, err
+	}
+	if get := tlsConf.GetConfigForClient; get != nil {
+		// A configuration chosen per handshake (certificate reload) is held
+		// to the same rules at every handshake.
+		tlsConf = tlsConf.Clone()
+		tlsConf.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			c, err := get(hello)
+			switch {
+			case err != nil:
+			case c == nil:
+				// crypto/tls would fall back to the top-level config,
+				// which need not name ClientCAs.
+				err = errors.New("server: GetConfigForClient returned no configuration")
+			default:
+				err = checkServerTLS(c, false)
+			}
+			return c, err
+		}
+	}
+	return tlsConf, nil
 }
 
 // checkServerTLS refuses a configuration that would not verify clients

@@ -7,10 +7,14 @@
 package tlssource
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
+
+	"google.golang.org/grpc/credentials"
 )
 
 // Set is one certificate with its key, and the CA bundle that verifies
@@ -50,11 +54,54 @@ func ServerConfig(src Source) *tls.Config {
 	}
 }
 
-// ClientConfig is a client's TLS configuration: TLS 1.3, the current
-// certificate presented, and the server verified against the current
-// bundle and the name the connection was made for, as crypto/tls would
-// with RootCAs were the bundle fixed.
-func ClientConfig(src Source) *tls.Config {
+// ClientCredentials are a gRPC client's transport credentials over src:
+// TLS 1.3, the current certificate presented, and the server verified
+// against the current bundle and the host of the authority the connection
+// is made for (its DNS name or IP address), as crypto/tls verifies
+// against RootCAs and ServerName — which cannot follow a bundle that
+// changes. The authority comes from gRPC for each handshake, so an IP
+// address, for which crypto/tls sends no server name, is checked too.
+func ClientCredentials(src Source) credentials.TransportCredentials {
+	return &clientCreds{TransportCredentials: credentials.NewTLS(clientConfig(src, "")), src: src}
+}
+
+type clientCreds struct {
+	credentials.TransportCredentials
+	src      Source
+	override string // OverrideServerName
+}
+
+// ClientHandshake verifies the server for the host of authority.
+func (c *clientCreds) ClientHandshake(ctx context.Context, authority string, raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	host := authority
+	if c.override != "" {
+		host = c.override
+	}
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	if host == "" {
+		return nil, nil, errors.New("tls: no server name to verify the server against")
+	}
+	conf := clientConfig(c.src, host)
+	conf.ServerName = host
+	return credentials.NewTLS(conf).ClientHandshake(ctx, authority, raw)
+}
+
+// Clone implements credentials.TransportCredentials.
+func (c *clientCreds) Clone() credentials.TransportCredentials {
+	return &clientCreds{TransportCredentials: c.TransportCredentials.Clone(), src: c.src, override: c.override}
+}
+
+// OverrideServerName implements credentials.TransportCredentials.
+func (c *clientCreds) OverrideServerName(name string) error { //nolint:staticcheck // part of the interface
+	c.override = name
+	return nil
+}
+
+// clientConfig is the TLS configuration of one handshake with the server
+// named host (empty: only for the credentials' Info).
+func clientConfig(src Source, host string) *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
@@ -68,12 +115,15 @@ func ClientConfig(src Source) *tls.Config {
 		// current at this handshake: RootCAs cannot change once in use.
 		InsecureSkipVerify: true,
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			return verifyServer(src, cs)
+			return verifyServer(src, cs, host)
 		},
 	}
 }
 
-func verifyServer(src Source, cs tls.ConnectionState) error {
+func verifyServer(src Source, cs tls.ConnectionState, host string) error {
+	if host == "" {
+		return errors.New("no server name to verify the server against")
+	}
 	if len(cs.PeerCertificates) == 0 {
 		return errors.New("server presented no certificate")
 	}
@@ -88,7 +138,7 @@ func verifyServer(src Source, cs tls.ConnectionState) error {
 	if _, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{
 		Roots:         s.Pool,
 		Intermediates: inter,
-		DNSName:       cs.ServerName,
+		DNSName:       host,
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}); err != nil {
 		return fmt.Errorf("verify server certificate: %w", err)

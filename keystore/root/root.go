@@ -18,6 +18,10 @@ var (
 	// ErrUnavailable is returned when the provider cannot be reached (network,
 	// sealed Vault, HSM absent). It is retryable.
 	ErrUnavailable = errors.New("root: unavailable")
+	// ErrAtRisk is returned by Checker.Check: the root works now, but the
+	// process would not get it back on a restart (a local key file
+	// deleted or replaced). It is not an outage: keep serving, alert.
+	ErrAtRisk = errors.New("root: at risk")
 )
 
 // Checker is implemented by roots that can tell, while they still work,

@@ -277,7 +277,8 @@ func TestADisabledKeyIsRefusedAndComesBack(t *testing.T) {
 // rotates a key when its NextKeyRotation has passed, which a seed sets.
 func TestBlobsWrappedBeforeAKeyRotationStillUnwrap(t *testing.T) {
 	const keyID = "bc436485-5092-42b8-92a3-0aa8b93536dc"
-	rotateAt := time.Now().Add(2 * time.Second).UTC()
+	emulator(t) // built first: the rotation time counts from the start
+	rotateAt := time.Now().Add(3 * time.Second).UTC()
 	p := startKMS(t, fmt.Sprintf(`Keys:
   Symmetric:
     Aes:
@@ -299,6 +300,9 @@ func TestBlobsWrappedBeforeAKeyRotationStillUnwrap(t *testing.T) {
 	before, err := r.Wrap(ctx, kekA, aad)
 	if err != nil {
 		t.Fatalf("wrap before the rotation: %v\n%s", err, p.log.String())
+	}
+	if v := backingVersion(t, before); v != 0 {
+		t.Fatalf("the first blob already used backing key %d: local-kms took over 3s to start", v)
 	}
 	time.Sleep(time.Until(rotateAt) + 200*time.Millisecond)
 	after, err := r.Wrap(ctx, kekB, aad)

@@ -94,12 +94,12 @@ func (r *Root) Check(ctx context.Context) error {
 	}
 	key, err := readKeyFile(r.path)
 	if err != nil {
-		return fmt.Errorf("%w: the key in use stays loaded, but a restart would fail; restore the file: %w", root.ErrUnavailable, err)
+		return fmt.Errorf("%w: the key in use stays loaded, but a restart would fail; restore the file: %w", root.ErrAtRisk, err)
 	}
 	d := sha256.Sum256(key)
 	clear(key)
 	if subtle.ConstantTimeCompare(d[:], r.digest[:]) != 1 {
-		return fmt.Errorf("%w: local root: %s no longer holds the key this process loaded; the loaded key stays in use and the file's is refused; restore the original file before any restart", root.ErrUnavailable, r.path)
+		return fmt.Errorf("%w: local root: %s no longer holds the key this process loaded; the loaded key stays in use and the file's is refused; restore the original file before any restart", root.ErrAtRisk, r.path)
 	}
 	return nil
 }

@@ -102,7 +102,7 @@ func TestCheckNoticesAKeyFileDeletedOrReplaced(t *testing.T) {
 	if err := os.WriteFile(path, other, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Check(ctx); err == nil || !strings.Contains(err.Error(), "no longer holds the key") || !errors.Is(err, root.ErrUnavailable) {
+	if err := r.Check(ctx); err == nil || !strings.Contains(err.Error(), "no longer holds the key") || !errors.Is(err, root.ErrAtRisk) {
 		t.Fatalf("replaced file: %v", err)
 	}
 	if _, err := r.Unwrap(ctx, wrapped, []byte("ad")); err != nil {
