@@ -10,7 +10,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -20,10 +22,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/custos-kms/custos/internal/config"
 	"github.com/custos-kms/custos/internal/pgtest"
+	"github.com/custos-kms/custos/keystore/backup"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 )
 
@@ -453,4 +458,110 @@ func TestFaultReplicaKilledDuringConcurrentRotationsPostgreSQL(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	stopB()
 	chk.verify(t, dir, b.addr)
+}
+
+// A custos restore process killed with SIGKILL half-way through writing
+// into PostgreSQL: a server refuses the half-restored store, running the
+// same restore again finishes it, and the restored store serves every
+// tenant the backup held.
+func TestFaultRestoreKilledMidwayFinishesWhenRunAgain(t *testing.T) {
+	t.Setenv("CUSTOS_TEST_RUN_MAIN", "1")
+	dir, path := newFaultConfig(t, "", "")
+	const tenants = 6000
+	runMain(t, "bench", "seed", "--config", path, "--tenants", fmt.Sprint(tenants))
+	file := filepath.Join(t.TempDir(), "custos.backup")
+	runMain(t, "backup", "--config", path, "--out", file)
+
+	pg := pgtest.Start(t)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for attempt := 1; ; attempt++ {
+		url := pg.NewDatabase(t)
+		conf, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pgPath := filepath.Join(dir, fmt.Sprintf("restore-%d.yaml", attempt))
+		pgConf := strings.Replace(string(conf), "  type: bbolt\n  bbolt:\n    path: custos.db\n", "  type: postgres\n  postgres:\n    url: \""+url+"\"\n", 1)
+		pgConf += "audit:\n  spool: spool-" + fmt.Sprint(attempt) + "\n"
+		if err := os.WriteFile(pgPath, []byte(pgConf), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		db, err := pgx.Connect(t.Context(), url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(exe, "restore", "--config", pgPath, "--in", file)
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		// Kill it as soon as records are being written.
+		killed := false
+		deadline := time.Now().Add(60 * time.Second)
+	poll:
+		for time.Now().Before(deadline) {
+			select {
+			case <-done:
+				break poll
+			default:
+			}
+			var n int
+			if err := db.QueryRow(t.Context(), `SELECT count(*) FROM custos_records`).Scan(&n); err == nil && n > 0 {
+				_ = cmd.Process.Kill()
+				<-done
+				killed = true
+				break
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		var marker int
+		_ = db.QueryRow(t.Context(), `SELECT count(*) FROM custos_records WHERE key = $1`, backup.MarkerKey).Scan(&marker)
+		db.Close(context.Background())
+		if !killed || marker == 0 {
+			if attempt == 3 {
+				t.Fatalf("the restore finished before it could be killed, 3 times (killed %v); output:\n%s", killed, out.String())
+			}
+			t.Logf("attempt %d: the restore finished before the kill; again", attempt)
+			continue
+		}
+		t.Logf("attempt %d: restore killed with SIGKILL half-way", attempt)
+
+		cfg, err := config.Load(pgPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Listen, cfg.Ops.Listen = "127.0.0.1:0", "off"
+		if err := serve(t.Context(), cfg, &syncBuffer{}, nil, func(net.Addr, net.Addr) {}); err == nil || !strings.Contains(err.Error(), "unfinished restore") {
+			t.Fatalf("serve on the half-restored store: %v", err)
+		}
+		again := runMain(t, "restore", "--config", pgPath, "--in", file)
+		if !strings.Contains(again, "resumed an interrupted restore") {
+			t.Fatalf("the second restore did not resume the first:\n%s", again)
+		}
+		srv := startFaultServer(t, dir, pgPath)
+		kc := custosv1.NewKeyServiceClient(devConn(t, dir, srv.addr))
+		seen := 0
+		tok := ""
+		for {
+			resp, err := kc.ListTenants(t.Context(), &custosv1.ListTenantsRequest{PageSize: 1000, PageToken: tok})
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen += len(resp.GetTenants())
+			if tok = resp.GetNextPageToken(); tok == "" {
+				break
+			}
+		}
+		if seen != tenants {
+			t.Fatalf("%d tenants served after the resumed restore, the backup held %d", seen, tenants)
+		}
+		t.Logf("all %d tenants served after a restore killed half-way and run again", seen)
+		return
+	}
 }
