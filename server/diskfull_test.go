@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -224,7 +225,9 @@ func TestDiskFullWithTheAuditJournalOnItFailsClosedSayingSo(t *testing.T) {
 	var err error
 	n := 0
 	for ; n < 200000 && err == nil; n++ {
-		_, err = c.crypto.Encrypt(ctx, &custosv1.EncryptRequest{Name: "tenants/a/keys/k", Plaintext: []byte("x")})
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err = c.crypto.Encrypt(cctx, &custosv1.EncryptRequest{Name: "tenants/a/keys/k", Plaintext: []byte("x")})
+		cancel()
 	}
 	st := status.Convert(err)
 	if err == nil || st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "storage is full") {

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/custos-kms/custos/internal/config"
 	"github.com/custos-kms/custos/internal/custos"
 	"github.com/custos-kms/custos/internal/pgtest"
@@ -40,7 +42,18 @@ func TestThePostgreSQLWatcherLogsThroughTheConfiguredLogger(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(runInBackground(t, rt))
-	time.Sleep(200 * time.Millisecond) // the watcher listening
+	// Wait until the watcher's LISTEN session exists, so that the kill
+	// below drops an established connection.
+	db, err := pgx.Connect(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 15*time.Second, "the watcher's LISTEN session", func() bool {
+		var n int
+		err := db.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'listen %'`).Scan(&n)
+		return err == nil && n > 0
+	})
+	db.Close(context.Background())
 
 	pg.Kill(t)
 	waitFor(t, 15*time.Second, "the watcher's reconnection line", func() bool {

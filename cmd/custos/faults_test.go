@@ -494,6 +494,7 @@ func TestFaultRestoreKilledMidwayFinishesWhenRunAgain(t *testing.T) {
 			t.Fatal(err)
 		}
 		cmd := exec.Command(exe, "restore", "--config", pgPath, "--in", file)
+		cmd.SysProcAttr = childProcAttr() // it dies with the test
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out
 		if err := cmd.Start(); err != nil {
@@ -501,7 +502,7 @@ func TestFaultRestoreKilledMidwayFinishesWhenRunAgain(t *testing.T) {
 		}
 		done := make(chan error, 1)
 		go func() { done <- cmd.Wait() }()
-		// Kill it as soon as records are being written.
+		// Kill it a third of the way through the records.
 		killed := false
 		deadline := time.Now().Add(60 * time.Second)
 	poll:
@@ -512,7 +513,7 @@ func TestFaultRestoreKilledMidwayFinishesWhenRunAgain(t *testing.T) {
 			default:
 			}
 			var n int
-			if err := db.QueryRow(t.Context(), `SELECT count(*) FROM custos_records`).Scan(&n); err == nil && n > 0 {
+			if err := db.QueryRow(t.Context(), `SELECT count(*) FROM custos_records`).Scan(&n); err == nil && n >= tenants/3 {
 				_ = cmd.Process.Kill()
 				<-done
 				killed = true
@@ -523,6 +524,9 @@ func TestFaultRestoreKilledMidwayFinishesWhenRunAgain(t *testing.T) {
 		var marker int
 		_ = db.QueryRow(t.Context(), `SELECT count(*) FROM custos_records WHERE key = $1`, backup.MarkerKey).Scan(&marker)
 		db.Close(context.Background())
+		if !killed {
+			_ = cmd.Process.Kill()
+		}
 		if !killed || marker == 0 {
 			if attempt == 3 {
 				t.Fatalf("the restore finished before it could be killed, 3 times (killed %v); output:\n%s", killed, out.String())
@@ -530,14 +534,17 @@ func TestFaultRestoreKilledMidwayFinishesWhenRunAgain(t *testing.T) {
 			t.Logf("attempt %d: the restore finished before the kill; again", attempt)
 			continue
 		}
-		t.Logf("attempt %d: restore killed with SIGKILL half-way", attempt)
+		t.Logf("attempt %d: restore killed with SIGKILL a third of the way through", attempt)
 
 		cfg, err := config.Load(pgPath)
 		if err != nil {
 			t.Fatal(err)
 		}
 		cfg.Listen, cfg.Ops.Listen = "127.0.0.1:0", "off"
-		if err := serve(t.Context(), cfg, &syncBuffer{}, nil, func(net.Addr, net.Addr) {}); err == nil || !strings.Contains(err.Error(), "unfinished restore") {
+		sctx, scancel := context.WithTimeout(t.Context(), 30*time.Second)
+		err = serve(sctx, cfg, &syncBuffer{}, nil, func(net.Addr, net.Addr) {})
+		scancel()
+		if err == nil || !strings.Contains(err.Error(), "unfinished restore") {
 			t.Fatalf("serve on the half-restored store: %v", err)
 		}
 		again := runMain(t, "restore", "--config", pgPath, "--in", file)
@@ -614,23 +621,37 @@ func TestFaultDiskFullUnderLoadLosesNothing(t *testing.T) {
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
-	cc := custosv1.NewCryptoServiceClient(devConn(t, dir, srv.addr))
+	// Recovery is a write: a rotation, which needs new pages in the store.
+	kc := custosv1.NewKeyServiceClient(devConn(t, dir, srv.addr))
 	back := time.Now()
 	for {
 		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
-		_, err := cc.Encrypt(ctx, &custosv1.EncryptRequest{Name: keys[0], Plaintext: []byte("x")})
+		_, err := kc.RotateKey(ctx, &custosv1.RotateKeyRequest{Name: keys[0]})
 		cancel()
 		if err == nil {
 			break
 		}
 		if time.Since(back) > 15*time.Second {
-			t.Fatalf("no recovery within 15s of freeing space: %v", err)
+			t.Fatalf("writes did not recover within 15s of freeing space: %v", err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	recovered := time.Since(back)
+	chk.mu.Lock()
+	rotationsAtRecovery := 0
+	for _, v := range chk.rotations {
+		rotationsAtRecovery += len(v)
+	}
+	chk.mu.Unlock()
 	time.Sleep(300 * time.Millisecond)
 	stop()
+	rotationsAfter := 0
+	for _, v := range chk.rotations {
+		rotationsAfter += len(v)
+	}
+	if rotationsAfter <= rotationsAtRecovery {
+		t.Errorf("the load's rotations did not resume after space was freed (%d before, %d after)", rotationsAtRecovery, rotationsAfter)
+	}
 	chk.mu.Lock()
 	for code := range chk.failures {
 		if code != codes.Unavailable {
@@ -641,6 +662,6 @@ func TestFaultDiskFullUnderLoadLosesNothing(t *testing.T) {
 	if refusedWhileFull == 0 {
 		t.Fatal("no call was refused while the disk was full: the scenario tested nothing")
 	}
-	t.Logf("disk full for 1s under load: %d calls refused with UNAVAILABLE; recovered %v after space was freed", refusedWhileFull, recovered)
+	t.Logf("disk full for 1s under load: %d calls refused with UNAVAILABLE; a rotation succeeded %v after space was freed", refusedWhileFull, recovered)
 	chk.verify(t, dir, srv.addr)
 }

@@ -93,10 +93,12 @@ func (c *clientCreds) Clone() credentials.TransportCredentials {
 	return &clientCreds{TransportCredentials: c.TransportCredentials.Clone(), src: c.src, override: c.override}
 }
 
-// OverrideServerName implements credentials.TransportCredentials.
-func (c *clientCreds) OverrideServerName(name string) error { //nolint:staticcheck // part of the interface
+// OverrideServerName implements credentials.TransportCredentials: the
+// name is verified instead of the authority's host, and reported by Info.
+func (c *clientCreds) OverrideServerName(name string) error {
 	c.override = name
-	return nil
+	//lint:ignore SA1019 forwarding the interface's own method, deprecated but still part of it
+	return c.TransportCredentials.OverrideServerName(name)
 }
 
 // clientConfig is the TLS configuration of one handshake with the server

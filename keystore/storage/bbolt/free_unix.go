@@ -2,14 +2,22 @@
 
 package bbolt
 
-import "syscall"
+import (
+	"os"
+	"syscall"
+)
 
-// freeBytes is the space an unprivileged writer may still use on the
-// filesystem holding dir.
+// freeBytes is the space this process may still use on the filesystem
+// holding dir: the blocks available to unprivileged users, or, running as
+// root, every free block (root may write into the reserved ones).
 func freeBytes(dir string) (uint64, bool) {
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(dir, &st); err != nil {
 		return 0, false
 	}
-	return uint64(st.Bavail) * uint64(st.Bsize), true //nolint:unconvert // field types differ by platform
+	blocks := uint64(st.Bavail)
+	if os.Geteuid() == 0 {
+		blocks = uint64(st.Bfree)
+	}
+	return blocks * uint64(st.Bsize), true
 }
