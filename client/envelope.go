@@ -140,9 +140,8 @@ func (c *Client) Envelope(name string, opts EnvelopeOptions) *Envelope {
 // from the service when the current one has reached a limit. Its cost,
 // with a data key in hand, is one AES-256-GCM seal and one allocation.
 func (e *Envelope) Encrypt(ctx context.Context, plaintext, associatedData []byte) ([]byte, error) {
-	op := "local encrypt with " + e.name
 	if len(plaintext) > MaxEnvelopePlaintext || uint64(len(plaintext)) > e.opts.MaxBytes {
-		return nil, localError(op, codes.InvalidArgument, "plaintext of %d bytes is larger than %d", len(plaintext), min(MaxEnvelopePlaintext, e.opts.MaxBytes))
+		return nil, localError(e.op("local encrypt"), codes.InvalidArgument, "plaintext of %d bytes is larger than %d", len(plaintext), min(MaxEnvelopePlaintext, e.opts.MaxBytes))
 	}
 	for range 3 {
 		k := e.cur.Load()
@@ -154,11 +153,11 @@ func (e *Envelope) Encrypt(ctx context.Context, plaintext, associatedData []byte
 		}
 		out, err := k.k.Seal(plaintext, associatedData)
 		if err != nil {
-			return nil, localError(op, codes.Internal, "%v", err)
+			return nil, localError(e.op("local encrypt"), codes.Internal, "%v", err)
 		}
 		return out, nil
 	}
-	return nil, localError(op, codes.ResourceExhausted, "data keys used up faster than they can be fetched")
+	return nil, localError(e.op("local encrypt"), codes.ResourceExhausted, "data keys used up faster than they can be fetched")
 }
 
 // take counts one message of n bytes against the key's limits, unless that
@@ -219,14 +218,13 @@ func (e *Envelope) refresh(ctx context.Context, old *encKey) error {
 // Every tampered, truncated or foreign ciphertext fails with
 // [ErrInvalidCiphertext].
 func (e *Envelope) Decrypt(ctx context.Context, ciphertext, associatedData []byte) ([]byte, error) {
-	op := "local decrypt with " + e.name
 	if !envelope.IsEnvelope(ciphertext) {
 		pt, _, err := e.c.Decrypt(ctx, e.name, ciphertext, associatedData)
 		return pt, err
 	}
 	env, err := envelope.Parse(ciphertext)
 	if err != nil {
-		return nil, invalidLocal(op)
+		return nil, invalidLocal(e.op("local decrypt"))
 	}
 	k, err := e.dataKey(ctx, env)
 	if errors.Is(err, ErrInvalidCiphertext) || errors.Is(err, ErrPermissionDenied) {
@@ -240,10 +238,14 @@ func (e *Envelope) Decrypt(ctx context.Context, ciphertext, associatedData []byt
 	}
 	pt, err := env.Open(k, associatedData)
 	if err != nil {
-		return nil, invalidLocal(op)
+		return nil, invalidLocal(e.op("local decrypt"))
 	}
 	return pt, nil
 }
+
+// op names an operation of e for an error message; built only on the
+// error paths, so the success path allocates nothing for it.
+func (e *Envelope) op(verb string) string { return verb + " with " + e.name }
 
 func invalidLocal(op string) error {
 	return fmt.Errorf("custos: %s: %w", op, &Error{Code: codes.InvalidArgument, Reason: ReasonCiphertextNotAuthentic, Message: "ciphertext is not authentic"})

@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -537,4 +538,25 @@ func envelopeWrapped(t *testing.T, ct []byte) []byte {
 		t.Fatal(err)
 	}
 	return e.Wrapped
+}
+
+// A record id is associated data: it never appears in an error.
+func TestRecordErrorsDoNotNameTheRecord(t *testing.T) {
+	const id = "alice@example.com"
+	f := new(client.Client).Fields("tenants/a/keys/k")
+	for name, op := range map[string]func() error{
+		"encrypt": func() error {
+			_, err := f.Encrypt(context.Background(), id, client.Fields{"": []byte("x")})
+			return err
+		},
+		"decrypt": func() error {
+			_, err := f.Decrypt(context.Background(), id, client.Fields{"": []byte("x")})
+			return err
+		},
+	} {
+		err := op()
+		if err == nil || strings.Contains(err.Error(), id) {
+			t.Errorf("%s: %v; want an error that does not name the record", name, err)
+		}
+	}
 }

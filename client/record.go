@@ -34,7 +34,7 @@ func (e *Envelope) Fields() *FieldCipher { return &FieldCipher{c: e.c, name: e.n
 // Encrypt encrypts every field of the record recordID (which must not be
 // empty).
 func (f *FieldCipher) Encrypt(ctx context.Context, recordID string, fields Fields) (Fields, error) {
-	op := "encrypt the fields of record " + recordID
+	op := "encrypt the fields of a record" // not the record id: it is associated data
 	names, err := fieldNames(op, recordID, fields)
 	if err != nil {
 		return nil, err
@@ -73,7 +73,7 @@ func (f *FieldCipher) Encrypt(ctx context.Context, recordID string, fields Field
 // Decrypt decrypts every field of the record recordID. A ciphertext of
 // another record or another field fails with [ErrInvalidCiphertext].
 func (f *FieldCipher) Decrypt(ctx context.Context, recordID string, fields Fields) (Fields, error) {
-	op := "decrypt the fields of record " + recordID
+	op := "decrypt the fields of a record"
 	names, err := fieldNames(op, recordID, fields)
 	if err != nil {
 		return nil, err
