@@ -14,50 +14,67 @@ import (
 
 // decryptEnvelope unwraps ciphertext's data key under ref and opens it.
 func (s *Service) decryptEnvelope(ctx context.Context, ref KeyRef, ciphertext, aad []byte) ([]byte, uint32, *envelope.Envelope, error) {
-	env, err := envelope.Parse(ciphertext)
+	pt, v, env, dk, err := s.openEnvelope(ctx, ref, ciphertext, aad)
+	clear(dk)
+	return pt, v, env, err
+}
+
+// openEnvelope is decryptEnvelope that also returns the unwrapped data key,
+// which the caller clears.
+func (s *Service) openEnvelope(ctx context.Context, ref KeyRef, ciphertext, aad []byte) (pt []byte, v uint32, env *envelope.Envelope, dk []byte, err error) {
+	env, err = envelope.Parse(ciphertext)
 	if err != nil {
-		return nil, 0, nil, ErrInvalidCiphertext
+		return nil, 0, nil, nil, ErrInvalidCiphertext
 	}
-	dk, v, err := s.DecryptDataKey(ctx, ref, env.Wrapped, []byte(envelope.DataKeyContext))
+	dk, v, err = s.DecryptDataKey(ctx, ref, env.Wrapped, []byte(envelope.DataKeyContext))
 	if err != nil {
-		return nil, 0, nil, err
+		return nil, 0, nil, nil, err
 	}
 	k, err := envelope.NewKey(dk, env.Wrapped)
-	clear(dk)
 	if err != nil {
-		return nil, 0, nil, ErrInvalidCiphertext
+		clear(dk)
+		return nil, 0, nil, nil, ErrInvalidCiphertext
 	}
-	pt, err := env.Open(k, aad)
-	if err != nil {
-		return nil, 0, nil, ErrInvalidCiphertext
+	if pt, err = env.Open(k, aad); err != nil {
+		clear(dk)
+		return nil, 0, nil, nil, ErrInvalidCiphertext
 	}
-	return pt, v, env, nil
+	return pt, v, env, dk, nil
 }
 
 // rewrapEnvelope checks the envelope (it must open with aad), then wraps
-// its data key again under the primary version: the bulk stays.
+// its data key again under the primary version: the bulk stays. The data
+// key is unwrapped once, to open the envelope, and wrapped again from that.
 func (s *Service) rewrapEnvelope(ctx context.Context, ref KeyRef, ciphertext, aad []byte) ([]byte, uint32, error) {
-	pt, _, env, err := s.decryptEnvelope(ctx, ref, ciphertext, aad)
+	pt, v, env, dk, err := s.openEnvelope(ctx, ref, ciphertext, aad)
 	if err != nil {
 		return nil, 0, err
 	}
 	clear(pt)
+	defer clear(dk)
+	e, err := s.m.key(ctx, ref)
+	if err != nil {
+		return nil, 0, err
+	}
+	if v == e.rec.Primary {
+		return ciphertext, v, nil // already under the primary: unchanged, as Rewrap does
+	}
 	// Every envelope of one data key gets the same new wrapping (within the
 	// cache's reach), so that clients' data-key caches, keyed by wrapping,
 	// keep working after a rewrap of many rows.
 	ck := rewrapKey{ref: ref, commitment: string(env.Commitment()), from: string(env.Wrapped)}
-	wrapped, v, ok := s.envRewraps.get(ck, s.primaryOf(ctx, ref))
+	wrapped, nv, ok := s.envRewraps.get(ck, e.rec.Primary)
 	if !ok {
-		if wrapped, v, err = s.Rewrap(ctx, ref, env.Wrapped, []byte(envelope.DataKeyContext)); err != nil {
+		if wrapped, nv, err = s.encryptWith(e, "rewrap", dk, dataKeyAAD([]byte(envelope.DataKeyContext))); err != nil {
 			return nil, 0, err
 		}
-		s.envRewraps.put(ck, wrapped, v)
+		s.envRewraps.put(ck, wrapped, nv)
 	}
 	out, err := envelope.Rewrapped(ciphertext, wrapped)
 	if err != nil {
 		return nil, 0, ErrInvalidCiphertext
 	}
-	return out, v, nil
+	return out, nv, nil
 }
 
 // rewrapKey names an envelope data key's rewrap: the key, the data key (by
@@ -102,11 +119,3 @@ func (r *envelopeRewraps) put(k rewrapKey, wrapped []byte, v uint32) {
 	r.m[k] = rewrapped{wrapped: wrapped, version: v}
 }
 
-// primaryOf is the key's primary version, 0 if it cannot be read.
-func (s *Service) primaryOf(ctx context.Context, ref KeyRef) uint32 {
-	e, err := s.m.key(ctx, ref)
-	if err != nil {
-		return 0
-	}
-	return e.rec.Primary
-}
