@@ -118,4 +118,3 @@ func (r *envelopeRewraps) put(k rewrapKey, wrapped []byte, v uint32) {
 	}
 	r.m[k] = rewrapped{wrapped: wrapped, version: v}
 }
-

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/custos-kms/custos/internal/testkit"
 	"github.com/custos-kms/custos/keystore"
 	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/root/local"
@@ -146,7 +147,7 @@ func TestAFailedRefreshIsLoggedOncePerAttempt(t *testing.T) {
 		t.Fatal(err)
 	}
 	clock := &testClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	var logs syncBuf
+	var logs testkit.SyncBuffer
 	store := &downStore{Store: memory.New()}
 	ks, err := keystore.New(keystore.Config{Storage: store, Root: lr, Now: clock.Now, CacheTTL: time.Minute, UnavailableGrace: time.Hour,
 		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
@@ -178,11 +179,3 @@ func TestAFailedRefreshIsLoggedOncePerAttempt(t *testing.T) {
 		t.Fatalf("32 callers sharing one failed refresh logged it %d times, want once:\n%s", n, logs.String())
 	}
 }
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (b *syncBuf) Write(p []byte) (int, error) { b.mu.Lock(); defer b.mu.Unlock(); return b.b.Write(p) }
-func (b *syncBuf) String() string              { b.mu.Lock(); defer b.mu.Unlock(); return b.b.String() }

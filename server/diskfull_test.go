@@ -19,25 +19,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/custos-kms/custos/internal/config"
+	"github.com/custos-kms/custos/internal/testkit"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 )
-
-// mountTmpfs mounts a tmpfs of size bytes on a new temporary directory and
-// unmounts it at cleanup. It skips the test, saying why, where mounting is
-// impossible (not root, no CAP_SYS_ADMIN); CI runs as root.
-func mountTmpfs(t *testing.T, size int) string {
-	t.Helper()
-	dir := t.TempDir()
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, fmt.Sprintf("size=%d,mode=0700", size)); err != nil {
-		t.Skipf("cannot mount a tmpfs to fill (needs root or CAP_SYS_ADMIN): %v", err)
-	}
-	t.Cleanup(func() {
-		if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {
-			t.Errorf("unmount %s: %v", dir, err)
-		}
-	})
-	return dir
-}
 
 // fill writes a file into dir until the filesystem is full.
 func fill(t *testing.T, dir string) string {
@@ -78,7 +62,7 @@ func readyz(t *testing.T, ops string) (int, string) {
 // readiness says the storage is full; once space is freed, readiness and
 // writes recover without a restart.
 func TestDiskFullIsRetryableAndReportedAndRecovers(t *testing.T) {
-	fs := mountTmpfs(t, 4<<20)
+	fs := testkit.MountTmpfs(t, 4<<20)
 	f := newFiles(t)
 	f.dbPath = filepath.Join(fs, "custos.db")
 	ts := start(t, f, options{configure: func(c *config.Config) {
@@ -210,7 +194,7 @@ func TestReadinessReportsALocalRootKeyFileThatWouldNotSurviveARestart(t *testing
 // full — no call is acknowledged without its event — and recover when
 // space returns, without a restart.
 func TestDiskFullWithTheAuditJournalOnItFailsClosedSayingSo(t *testing.T) {
-	fs := mountTmpfs(t, 24<<20) // room for the journal's first 8 MiB segment
+	fs := testkit.MountTmpfs(t, 24<<20) // room for the journal's first 8 MiB segment
 	f := newFiles(t)
 	f.dbPath = filepath.Join(fs, "custos.db")
 	ts := start(t, f, options{configure: func(c *config.Config) {

@@ -29,6 +29,7 @@ import (
 	"github.com/custos-kms/custos/internal/config"
 	"github.com/custos-kms/custos/internal/custos"
 	"github.com/custos-kms/custos/internal/pki"
+	"github.com/custos-kms/custos/internal/testkit"
 	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/root/local"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
@@ -367,25 +368,6 @@ func errorInfo(st *status.Status) *errdetails.ErrorInfo {
 	return nil
 }
 
-// syncBuffer is a bytes.Buffer safe for concurrent writes and reads, to
-// collect the logs of a running server.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) Bytes() []byte {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return bytes.Clone(b.buf.Bytes())
-}
-
 // countingRoot counts the calls to the root it wraps.
 type countingRoot struct {
 	root.Root
@@ -427,3 +409,6 @@ func (c *countingRoot) counts() (wraps, unwraps int) {
 }
 
 var _ root.Root = (*countingRoot)(nil)
+
+// syncBuffer collects logs safely across goroutines.
+type syncBuffer = testkit.SyncBuffer

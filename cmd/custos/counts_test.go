@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/custos-kms/custos/client"
 	"github.com/custos-kms/custos/internal/config"
+	"github.com/custos-kms/custos/internal/testkit"
 )
 
 func startDevWith(t *testing.T, dir string, schedulerDisabled bool) (string, func()) {
@@ -69,24 +69,6 @@ func startDevServer(t *testing.T, dir string, configure func(*config.Config)) (a
 		t.Fatalf("server did not start within 10s; logs:\n%s", logs.String())
 	}
 	return "", nil, nil
-}
-
-// syncBuffer collects a server's logs safely across goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // A replica with scheduler.disabled still persists its encryption counts, so
@@ -162,3 +144,6 @@ func TestEncryptionsServedWhileDrainingAreCounted(t *testing.T) {
 		t.Errorf("encrypt_count %s != %d encryptions served", stored, ok.Load())
 	}
 }
+
+// syncBuffer collects logs safely across goroutines.
+type syncBuffer = testkit.SyncBuffer

@@ -28,6 +28,7 @@ import (
 
 	"github.com/custos-kms/custos/internal/config"
 	"github.com/custos-kms/custos/internal/pgtest"
+	"github.com/custos-kms/custos/internal/testkit"
 	"github.com/custos-kms/custos/keystore/backup"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 )
@@ -578,15 +579,7 @@ func TestFaultRestoreKilledMidwayFinishesWhenRunAgain(t *testing.T) {
 // INTERNAL), nothing acknowledged is lost, and the server recovers without
 // a restart. Skipped, saying why, where a tmpfs cannot be mounted.
 func TestFaultDiskFullUnderLoadLosesNothing(t *testing.T) {
-	fs := t.TempDir()
-	if err := syscall.Mount("tmpfs", fs, "tmpfs", 0, "size=32m,mode=0700"); err != nil {
-		t.Skipf("cannot mount a tmpfs to fill (needs root or CAP_SYS_ADMIN): %v", err)
-	}
-	t.Cleanup(func() {
-		if err := syscall.Unmount(fs, syscall.MNT_DETACH); err != nil {
-			t.Errorf("unmount %s: %v", fs, err)
-		}
-	})
+	fs := testkit.MountTmpfs(t, 32<<20)
 	dir, path := newFaultConfig(t, "", "")
 	conf, err := os.ReadFile(path)
 	if err != nil {

@@ -1,7 +1,6 @@
 package policy
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"os"
@@ -13,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/custos-kms/custos/internal/testkit"
 )
 
 const (
@@ -154,25 +155,6 @@ func TestAllowedDuringReload(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for the watcher goroutine to write to
-// while the test reads it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
@@ -223,3 +205,6 @@ func TestWatchReloadsOnSIGHUP(t *testing.T) {
 		t.Error("log contains the policy file's contents")
 	}
 }
+
+// syncBuffer collects logs safely across goroutines.
+type syncBuffer = testkit.SyncBuffer

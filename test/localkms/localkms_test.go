@@ -20,6 +20,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 
+	"github.com/custos-kms/custos/internal/testkit"
 	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/root/awskms"
 	"github.com/custos-kms/custos/keystore/root/roottest"
@@ -76,25 +77,7 @@ type kmsProcess struct {
 	seed      string
 	port      int
 	cmd       *exec.Cmd
-	log       *lockedBuffer
-}
-
-// lockedBuffer collects the emulator's output; safe to read while written.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	log       *testkit.SyncBuffer
 }
 
 // startKMS runs local-kms on a free loopback port with seed (YAML, may be
@@ -129,7 +112,7 @@ func startKMS(t *testing.T, seed string) *kmsProcess {
 }
 
 func (p *kmsProcess) start() error {
-	p.log = &lockedBuffer{}
+	p.log = &testkit.SyncBuffer{}
 	cmd := exec.Command(p.bin)
 	cmd.Env = append(os.Environ(), "PORT="+strconv.Itoa(p.port), "KMS_REGION="+region, "KMS_ACCOUNT_ID="+account, "KMS_DATA_PATH="+p.data)
 	if p.seed != "" {
