@@ -53,14 +53,21 @@ func envDuration(name string, def time.Duration) time.Duration {
 	return def
 }
 
-func (c *conn) dial(cmd *cobra.Command) (*client.Client, error) {
-	if c.devDir != "" {
-		for flag, p := range map[string]*string{"ca": &c.ca, "cert": &c.cert, "key": &c.key} {
-			if !cmd.Flags().Changed(flag) {
-				*p = filepath.Join(c.devDir, map[string]string{"ca": "ca.pem", "cert": "client.pem", "key": "client-key.pem"}[flag])
-			}
+// applyDevDir points --ca, --cert and --key, where not given, at the
+// files of --dev-dir.
+func (c *conn) applyDevDir(cmd *cobra.Command) {
+	if c.devDir == "" {
+		return
+	}
+	for flag, p := range map[string]*string{"ca": &c.ca, "cert": &c.cert, "key": &c.key} {
+		if !cmd.Flags().Changed(flag) {
+			*p = filepath.Join(c.devDir, map[string]string{"ca": "ca.pem", "cert": "client.pem", "key": "client-key.pem"}[flag])
 		}
 	}
+}
+
+func (c *conn) dial(cmd *cobra.Command) (*client.Client, error) {
+	c.applyDevDir(cmd)
 	return client.New(cmd.Context(), client.Config{Address: c.addr, CAFile: c.ca, CertFile: c.cert, KeyFile: c.key})
 }
 

@@ -217,6 +217,7 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 	case f.serverMetrics != "":
 		cpu = bench.MetricsCPU(f.serverMetrics)
 	}
+	f.applyDevDir(cmd)
 	if f.spawnDev {
 		dir, err := os.MkdirTemp("", "custos-bench-")
 		if err != nil {

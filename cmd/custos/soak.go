@@ -53,6 +53,7 @@ See docs/operations.md for this machine's figures.`,
 				return usageErr(cmd, fmt.Errorf("-o %q: want text or json", c.output))
 			}
 			progress := cmd.ErrOrStderr()
+			c.applyDevDir(cmd)
 			if spawnDev {
 				dir, err := os.MkdirTemp("", "custos-soak-")
 				if err != nil {
