@@ -79,7 +79,7 @@ func TestBenchMeasuresEveryOperationAgainstItsBaseline(t *testing.T) {
 	}()
 
 	ops := "encrypt,decrypt,encrypt-batch,decrypt-batch,rewrap-batch,blind-index,datakey,mixed" // hash: TestBenchSpawns…
-	out, errOut, err := runCLI(t, "bench", "--addr", addr, "--dev-dir", dir,                    // --dev-dir, as README's walkthrough uses it
+	out, errOut, err := runCLI(t, "bench", "--addr", addr, "--dev-dir", dir,
 		"--baseline", lis.Addr().String(), "--ops", ops, "--concurrency", "2", "--batch", "5",
 		"--warmup", "20ms", "--duration", "150ms", "--rounds", "2", "-o", "json")
 	if err != nil {
