@@ -29,6 +29,16 @@ func (s *Service) Encrypt(ctx context.Context, ref KeyRef, plaintext, aad []byte
 }
 
 func (s *Service) encryptWith(e *keyEntry, op string, plaintext, aad []byte) ([]byte, uint32, error) {
+	ct, err := s.seal(e, op, plaintext, aad)
+	if err != nil {
+		return nil, 0, err
+	}
+	s.life.countEncrypt(e.ref, e.rec.Primary)
+	return ct, e.rec.Primary, nil
+}
+
+// seal encrypts under e's primary version without counting the use.
+func (s *Service) seal(e *keyEntry, op string, plaintext, aad []byte) ([]byte, error) {
 	var ct []byte
 	var err error
 	switch e.rec.Purpose {
@@ -37,13 +47,12 @@ func (s *Service) encryptWith(e *keyEntry, op string, plaintext, aad []byte) ([]
 	case PurposeEncryptDeterministic:
 		ct, err = e.prim.daead.EncryptDeterministically(plaintext, aad)
 	default:
-		return nil, 0, wrongPurpose(op, e, PurposeEncrypt, PurposeEncryptDeterministic)
+		return nil, wrongPurpose(op, e, PurposeEncrypt, PurposeEncryptDeterministic)
 	}
 	if err != nil {
-		return nil, 0, fmt.Errorf("%s with %s: %w", op, e.ref, err)
+		return nil, fmt.Errorf("%s with %s: %w", op, e.ref, err)
 	}
-	s.life.countEncrypt(e.ref, e.rec.Primary)
-	return ct, e.rec.Primary, nil
+	return ct, nil
 }
 
 // Decrypt decrypts a ciphertext made by any enabled version of the key.
@@ -135,20 +144,4 @@ func (s *Service) entryForVersion(ctx context.Context, e *keyEntry, v uint32) (*
 		return nil, fmt.Errorf("%w: %s version %d < %d", ErrKeyVersionTooOld, e.ref, v, e.rec.MinDecryptionVersion)
 	}
 	return e, nil
-}
-
-// CheckEncryptionKey loads the key (from cache when it can) and checks that
-// it encrypts (ENCRYPT or ENCRYPT_DETERMINISTIC). A batch calls it once
-// first, so that what concerns the key — unknown, tenant deleted, wrong
-// purpose, root or storage unreachable — fails the call as a whole, and each
-// item's own failure stays in that item.
-func (s *Service) CheckEncryptionKey(ctx context.Context, ref KeyRef, op string) error {
-	e, err := s.m.key(ctx, ref)
-	if err != nil {
-		return err
-	}
-	if e.rec.Purpose != PurposeEncrypt && e.rec.Purpose != PurposeEncryptDeterministic {
-		return wrongPurpose(op, e, PurposeEncrypt, PurposeEncryptDeterministic)
-	}
-	return nil
 }

@@ -25,9 +25,11 @@ func (s cryptoService) RewrapBatch(ctx context.Context, req *custosv1.RewrapBatc
 	if err := s.checkBatch(len(items)); err != nil {
 		return nil, err
 	}
-	if err := s.ks.CheckEncryptionKey(ctx, ref, "rewrap"); err != nil {
+	b, err := s.ks.Batch(ctx, ref, "rewrap")
+	if err != nil {
 		return nil, s.toError(ctx, err)
 	}
+	defer b.Done()
 	resp := &custosv1.RewrapBatchResponse{Results: make([]*custosv1.RewrapBatchResponse_Result, len(items))}
 	for i, it := range items {
 		r := &custosv1.RewrapBatchResponse_Result{Status: okStatus}
@@ -36,7 +38,7 @@ func (s cryptoService) RewrapBatch(ctx context.Context, req *custosv1.RewrapBatc
 			r.Status = status.Convert(err).Proto()
 			continue
 		}
-		ct, v, err := s.ks.Rewrap(ctx, ref, it.GetCiphertext(), it.GetAssociatedData())
+		ct, v, err := b.Rewrap(ctx, it.GetCiphertext(), it.GetAssociatedData())
 		if err != nil {
 			r.Status = s.toStatus(ctx, err).Proto()
 			continue

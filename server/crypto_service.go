@@ -131,9 +131,11 @@ func (s cryptoService) EncryptBatch(ctx context.Context, req *custosv1.EncryptBa
 	if err := s.checkBatch(len(items)); err != nil {
 		return nil, err
 	}
-	if err := s.ks.CheckEncryptionKey(ctx, ref, "encrypt"); err != nil {
+	b, err := s.ks.Batch(ctx, ref, "encrypt")
+	if err != nil {
 		return nil, s.toError(ctx, err)
 	}
+	defer b.Done()
 	resp := &custosv1.EncryptBatchResponse{Results: make([]*custosv1.EncryptBatchResponse_Result, len(items))}
 	for i, it := range items {
 		r := &custosv1.EncryptBatchResponse_Result{Status: okStatus}
@@ -142,7 +144,7 @@ func (s cryptoService) EncryptBatch(ctx context.Context, req *custosv1.EncryptBa
 			r.Status = status.Convert(err).Proto()
 			continue
 		}
-		ct, v, err := s.ks.Encrypt(ctx, ref, it.GetPlaintext(), it.GetAssociatedData())
+		ct, v, err := b.Encrypt(it.GetPlaintext(), it.GetAssociatedData())
 		if err != nil {
 			r.Status = s.toStatus(ctx, err).Proto()
 			continue
@@ -159,9 +161,11 @@ func (s cryptoService) DecryptBatch(ctx context.Context, req *custosv1.DecryptBa
 	if err := s.checkBatch(len(items)); err != nil {
 		return nil, err
 	}
-	if err := s.ks.CheckEncryptionKey(ctx, ref, "decrypt"); err != nil {
+	b, err := s.ks.Batch(ctx, ref, "decrypt")
+	if err != nil {
 		return nil, s.toError(ctx, err)
 	}
+	defer b.Done()
 	resp := &custosv1.DecryptBatchResponse{Results: make([]*custosv1.DecryptBatchResponse_Result, len(items))}
 	for i, it := range items {
 		r := &custosv1.DecryptBatchResponse_Result{Status: okStatus}
@@ -170,7 +174,7 @@ func (s cryptoService) DecryptBatch(ctx context.Context, req *custosv1.DecryptBa
 			r.Status = status.Convert(err).Proto()
 			continue
 		}
-		pt, v, err := s.ks.Decrypt(ctx, ref, it.GetCiphertext(), it.GetAssociatedData())
+		pt, v, err := b.Decrypt(ctx, it.GetCiphertext(), it.GetAssociatedData())
 		if err != nil {
 			r.Status = s.toStatus(ctx, err).Proto()
 			continue

@@ -1,0 +1,112 @@
+package keystore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/custos-kms/custos/envelope"
+)
+
+// A Batch is one key looked up once for the items of one batch call:
+// items pay no cache lookup of their own, and the encryptions the batch
+// makes are added to the key's usage count once, by Done. A Batch serves
+// one call on one goroutine; it is not safe for concurrent use.
+//
+// Every item sees the key as it was when the batch began; a rotation that
+// lands meanwhile applies to the next call, as it would to a call that
+// began a moment earlier.
+type Batch struct {
+	s         *Service
+	e         *keyEntry
+	encrypted uint64
+}
+
+// Batch looks up the key of ref for a batch call of op ("encrypt",
+// "decrypt", "rewrap") and checks that it encrypts (ENCRYPT or
+// ENCRYPT_DETERMINISTIC), so that what concerns the key (unknown, tenant
+// deleted, wrong purpose, root or storage unreachable) fails the call as a
+// whole and each item's own failure stays in that item. Call Done when the
+// batch is over.
+func (s *Service) Batch(ctx context.Context, ref KeyRef, op string) (*Batch, error) {
+	e, err := s.m.key(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	if e.rec.Purpose != PurposeEncrypt && e.rec.Purpose != PurposeEncryptDeterministic {
+		return nil, wrongPurpose(op, e, PurposeEncrypt, PurposeEncryptDeterministic)
+	}
+	return &Batch{s: s, e: e}, nil
+}
+
+// Encrypt is Service.Encrypt for one item of the batch.
+func (b *Batch) Encrypt(plaintext, aad []byte) ([]byte, uint32, error) {
+	if isDataKeyAAD(aad) {
+		return nil, 0, fmt.Errorf("%w: associated_data: the prefix %q is reserved for data keys", ErrInvalidArgument, dataKeyAADPrefix)
+	}
+	return b.seal("encrypt", plaintext, aad)
+}
+
+// seal encrypts under the batch's primary version and counts it for Done.
+func (b *Batch) seal(op string, plaintext, aad []byte) ([]byte, uint32, error) {
+	ct, err := b.s.seal(b.e, op, plaintext, aad)
+	if err != nil {
+		return nil, 0, err
+	}
+	b.encrypted++
+	return ct, b.e.rec.Primary, nil
+}
+
+// Decrypt is Service.Decrypt for one item of the batch.
+func (b *Batch) Decrypt(ctx context.Context, ciphertext, aad []byte) ([]byte, uint32, error) {
+	if isDataKeyAAD(aad) {
+		return nil, 0, ErrInvalidCiphertext
+	}
+	if envelope.IsEnvelope(ciphertext) {
+		pt, v, _, err := b.s.decryptEnvelope(ctx, b.e.ref, ciphertext, aad)
+		return pt, v, err
+	}
+	return b.s.decryptWith(ctx, b.e, "decrypt", ciphertext, aad)
+}
+
+// Rewrap is Service.Rewrap for one item of the batch.
+func (b *Batch) Rewrap(ctx context.Context, ciphertext, aad []byte) ([]byte, uint32, error) {
+	if isDataKeyAAD(aad) {
+		return nil, 0, ErrInvalidCiphertext
+	}
+	if envelope.IsEnvelope(ciphertext) {
+		return b.s.rewrapEnvelope(ctx, b.e.ref, ciphertext, aad)
+	}
+	inner := aad
+	pt, v, err := b.s.decryptWith(ctx, b.e, "rewrap", ciphertext, aad)
+	if errors.Is(err, ErrInvalidCiphertext) && b.e.rec.Purpose == PurposeEncrypt {
+		inner = dataKeyAAD(aad)
+		pt, v, err = b.s.decryptWith(ctx, b.e, "rewrap", ciphertext, inner)
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	defer clear(pt)
+	if v > b.e.rec.maxVersion() {
+		// Made by a version newer than the batch knew: another replica
+		// rotated and decryptWith reloaded the key. Take the reloaded
+		// entry, as Service.Rewrap does, for this item and the rest.
+		if cur, cerr := b.s.m.key(ctx, b.e.ref); cerr == nil && cur != b.e {
+			b.Done()
+			b.e = cur
+		}
+	}
+	if v == b.e.rec.Primary {
+		return ciphertext, v, nil
+	}
+	return b.seal("rewrap", pt, inner)
+}
+
+// Done adds the batch's encryptions to the key's usage count (the input of
+// usage-based rotation). Calling it again adds only what came since.
+func (b *Batch) Done() {
+	if b.encrypted > 0 {
+		b.s.life.add(usageKey{ref: b.e.ref, version: b.e.rec.Primary}, b.encrypted)
+		b.encrypted = 0
+	}
+}
