@@ -46,10 +46,30 @@ func devConn(t *testing.T, dir, addr string) *grpc.ClientConn {
 
 // Every call a client saw acknowledged has its audit event, even when the
 // server is killed with SIGKILL under load: the event is durable before
-// the answer.
+// the answer. With audit.sync_interval the journal is not synced before
+// the answer (nor, here, at all before the kill), and the events survive
+// all the same: they are in the operating system.
 func TestEveryAcknowledgedCallSurvivesKill9InTheAuditLog(t *testing.T) {
+	t.Run("synced before each answer", func(t *testing.T) { testAckedSurviveKill9(t, "") })
+	t.Run("audit.sync_interval", func(t *testing.T) { testAckedSurviveKill9(t, "audit:\n  sync_interval: 1m\n") })
+}
+
+func testAckedSurviveKill9(t *testing.T, extraConfig string) {
 	dir := filepath.Join(t.TempDir(), ".custos-dev")
-	srv, addr := startServeProcess(t, dir)
+	if extraConfig != "" {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "custos.yaml"), []byte(devConfig+extraConfig), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srv, addr, logPath := startServeProcessLog(t, dir)
+	if extraConfig != "" {
+		if logs, err := os.ReadFile(logPath); err != nil || !bytes.Contains(logs, []byte("audit.sync_interval is set")) {
+			t.Fatalf("the server does not say it runs with audit.sync_interval (%v):\n%s", err, logs)
+		}
+	}
 	ctx := t.Context()
 	conn := devConn(t, dir, addr)
 	keys, crypto := custosv1.NewKeyServiceClient(conn), custosv1.NewCryptoServiceClient(conn)

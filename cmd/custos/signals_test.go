@@ -19,14 +19,23 @@ import (
 // test binary, run as custos) and returns it once it listens.
 func startServeProcess(t *testing.T, dir string) (*child, string) {
 	t.Helper()
+	c, addr, _ := startServeProcessLog(t, dir)
+	return c, addr
+}
+
+// startServeProcessLog is startServeProcess, also returning the path of
+// the server's log.
+func startServeProcessLog(t *testing.T, dir string) (*child, string, string) {
+	t.Helper()
 	t.Setenv("CUSTOS_TEST_RUN_MAIN", "1")
+	logPath := filepath.Join(t.TempDir(), "server.log")
 	c, m, err := startChild(context.Background(), []string{"dev", "--dir", dir, "--listen", "127.0.0.1:0", "--ops-listen", "off"},
-		filepath.Join(t.TempDir(), "server.log"), regexp.MustCompile(`listening on (\S+)`))
+		logPath, regexp.MustCompile(`listening on (\S+)`))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.stop)
-	return c, m[1]
+	return c, m[1], logPath
 }
 
 // waitExit waits (at most 30s) for the process to exit and returns how.

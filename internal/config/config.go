@@ -93,6 +93,14 @@ type Audit struct {
 	// counting them in custos_audit_dropped_total and logging at error
 	// level. Default false: such calls fail with UNAVAILABLE.
 	FailOpen bool `yaml:"fail_open"`
+	// SyncInterval relaxes the local journal's durability (docs/audit.md):
+	// events are written to the operating system before their calls are
+	// answered and synced to disk at this interval. They survive the
+	// server process dying (kill -9, OOM, panic) but not a power loss or a
+	// kernel crash within the interval. Default 0: every group of events is
+	// on disk before its calls are answered. With PostgreSQL it applies only
+	// to the spool; events the database takes are its commits either way.
+	SyncInterval time.Duration `yaml:"sync_interval"`
 	// CheckpointInterval is how often new events are integrated into the
 	// tree and a checkpoint signed. Default 2s.
 	CheckpointInterval time.Duration `yaml:"checkpoint_interval"`
@@ -425,6 +433,9 @@ func (c *Config) validate() error {
 	}
 	if c.Audit.CheckpointInterval < 0 || c.Audit.Export.MaxSizeMB < 0 || c.Audit.Export.MaxFiles < 0 {
 		errs = append(errs, errors.New("audit.checkpoint_interval, audit.export.max_size_mb and audit.export.max_files must not be negative"))
+	}
+	if c.Audit.SyncInterval < 0 || c.Audit.SyncInterval > time.Minute {
+		errs = append(errs, fmt.Errorf("audit.sync_interval %v: want 0 (sync before answering) up to 1m", c.Audit.SyncInterval))
 	}
 	if c.Audit.Origin != "" && !validOrigin(c.Audit.Origin) {
 		errs = append(errs, fmt.Errorf("audit.origin %q must be printable ASCII without spaces or '+'", c.Audit.Origin))

@@ -519,9 +519,12 @@ func (rt *Runtime) openAudit(ctx context.Context, store storage.Store, r root.Ro
 	// sync cost a fraction of a bbolt transaction and are as durable, so
 	// every batch goes to the spool first and is shipped in bulk.
 	journal := spool != "" && rt.cfg.Storage.Type == "bbolt"
-	w, err := audit.NewWriter(audit.WriterConfig{Store: store, SpoolPath: spool, JournalFirst: journal, FailOpen: ac.FailOpen, Export: exp, Logger: rt.logger})
+	w, err := audit.NewWriter(audit.WriterConfig{Store: store, SpoolPath: spool, JournalFirst: journal, SyncInterval: ac.SyncInterval, FailOpen: ac.FailOpen, Export: exp, Logger: rt.logger})
 	if err != nil {
 		return err
+	}
+	if ac.SyncInterval > 0 {
+		rt.logger.Warn("audit.sync_interval is set: events are in the operating system, not yet on disk, when their calls are answered; a power loss or kernel crash can lose up to that interval of them", "sync_interval", ac.SyncInterval.String())
 	}
 	rt.closers = append(rt.closers, func() {
 		if err := w.Close(); err != nil {

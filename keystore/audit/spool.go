@@ -30,6 +30,10 @@ import (
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
+// syncEntry makes appended entries durable: datasync, replaced by tests
+// that count or fail syncs.
+var syncEntry = datasync
+
 // errSpoolCorrupt: an entry no longer reads back as written; it cannot be
 // shipped.
 var errSpoolCorrupt = errors.New("audit: corrupt spool entry")
@@ -48,15 +52,23 @@ type spoolEntry struct {
 }
 
 type segment struct {
-	n    uint64
-	f    *os.File
-	size int64
+	n     uint64
+	f     *os.File
+	size  int64
+	dirty bool // written since its last sync (lazy spools only)
 }
 
 type spool struct {
 	prefix string
 	lock   *os.File   // PATH.lock, flocked while the spool is open
 	segs   []*segment // in order; the last takes appends
+	// lazy: append leaves syncing to sync, called on a timer (the writer's
+	// SyncInterval); an entry is in the operating system, not yet on
+	// disk, when append returns.
+	lazy bool
+	// syncErr is the first failed sync of a lazy spool: what it wrote may
+	// be lost, so every later append fails with it.
+	syncErr error
 }
 
 func (s *spool) segPath(n uint64) string { return fmt.Sprintf("%s.%016x", s.prefix, n) }
@@ -162,9 +174,12 @@ func readSegment(r io.ReaderAt, n uint64) (entries []spoolEntry, good int64, err
 	}
 }
 
-// append writes one entry to the last segment and syncs it, starting a new
-// segment when the last is full.
+// append writes one entry to the last segment and, unless the spool is
+// lazy, syncs it, starting a new segment when the last is full.
 func (s *spool) append(key string, value []byte) (spoolEntry, error) {
+	if s.syncErr != nil {
+		return spoolEntry{}, s.syncErr
+	}
 	last := s.segs[len(s.segs)-1]
 	if need := int64(8 + 2 + len(key) + len(value)); last.size > 0 && last.size+need > segmentBytes {
 		n := last.n + 1
@@ -185,13 +200,35 @@ func (s *spool) append(key string, value []byte) (spoolEntry, error) {
 		_ = zero(last.f, last.size, last.size+int64(len(p))) // best effort: no half entry stays behind
 		return spoolEntry{}, fmt.Errorf("audit: write spool: %w", err)
 	}
-	if err := datasync(last.f); err != nil {
+	if s.lazy {
+		last.dirty = true
+	} else if err := syncEntry(last.f); err != nil {
 		_ = zero(last.f, last.size, last.size+int64(len(p)))
 		return spoolEntry{}, fmt.Errorf("audit: sync spool: %w", err)
 	}
 	e := spoolEntry{seg: last.n, off: last.size + 8, end: last.size + int64(len(p)), key: key}
 	last.size += int64(len(p))
 	return e, nil
+}
+
+// sync makes what a lazy spool wrote since its last sync durable. After a
+// failure it keeps failing, and so does append: the kernel may have
+// dropped the unsynced pages, so nothing more is acknowledged.
+func (s *spool) sync() error {
+	if s.syncErr != nil {
+		return s.syncErr
+	}
+	for _, seg := range s.segs {
+		if !seg.dirty {
+			continue
+		}
+		if err := syncEntry(seg.f); err != nil {
+			s.syncErr = fmt.Errorf("audit: sync spool: %w", err)
+			return s.syncErr
+		}
+		seg.dirty = false
+	}
+	return nil
 }
 
 // read returns an entry's queue record value.
@@ -227,7 +264,7 @@ func (s *spool) release(seg uint64) error {
 		if err := zero(s.segs[0].f, 0, s.segs[0].size); err != nil {
 			return fmt.Errorf("audit: empty spool: %w", err)
 		}
-		s.segs[0].size = 0
+		s.segs[0].size, s.segs[0].dirty = 0, false // zero synced it
 	}
 	return nil
 }

@@ -54,6 +54,14 @@ type WriterConfig struct {
 	CommitDelay time.Duration
 	// CommitTimeout bounds one store write. Default 5s.
 	CommitTimeout time.Duration
+	// SyncInterval, if positive, relaxes the spool's durability: a batch
+	// is written to the operating system before its calls are answered
+	// and synced to disk at this interval, not before. Such an event
+	// survives the server process dying (kill -9, OOM, panic), not a power
+	// loss or kernel crash within the interval. Zero (the default): every
+	// batch is on disk before its calls are answered. Writes to the store
+	// itself are the store's commits either way.
+	SyncInterval time.Duration
 	// Logger. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -97,6 +105,7 @@ type Writer struct {
 	spool    *spool       // nil without a spool
 	pending  []spoolEntry // spooled entries not yet shipped, in order
 	shipKick chan struct{}
+	synced   chan struct{} // closed when syncLoop has stopped (SyncInterval > 0)
 
 	events    *prometheus.CounterVec
 	dropped   prometheus.Counter
@@ -170,6 +179,11 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 		}
 		w.spool, w.pending = sp, entries
 		w.spooled.Set(float64(len(entries)))
+		if cfg.SyncInterval > 0 {
+			sp.lazy = true
+			w.synced = make(chan struct{})
+			go w.syncLoop()
+		}
 	}
 	go w.commitLoop()
 	return w, nil
@@ -227,6 +241,38 @@ func (w *Writer) failed(err error, count int) error {
 		return nil
 	}
 	w.refused.Inc()
+	return err
+}
+
+// syncLoop syncs a lazy spool every SyncInterval until Close.
+func (w *Writer) syncLoop() {
+	defer close(w.synced)
+	t := time.NewTicker(w.cfg.SyncInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-w.stop:
+			return
+		case <-t.C:
+		}
+		if err := w.syncSpool(); err != nil {
+			return
+		}
+	}
+}
+
+// syncSpool makes a lazy spool's recent entries durable. A failure is
+// logged once; from then on every batch fails (see spool.sync).
+func (w *Writer) syncSpool() error {
+	w.spoolMu.Lock()
+	defer w.spoolMu.Unlock()
+	if w.spool.syncErr != nil {
+		return w.spool.syncErr
+	}
+	err := w.spool.sync()
+	if err != nil {
+		w.logger.Error("AUDIT EVENTS MAY BE LOST: syncing the audit spool failed; every later call fails closed (or, with audit.fail_open, loses its event) until the server restarts", "error", err.Error())
+	}
 	return err
 }
 
@@ -520,12 +566,17 @@ func (w *Writer) Close() error {
 	w.mu.Unlock()
 	close(w.stop)
 	<-w.stopped
-	if w.spool != nil {
-		w.spoolMu.Lock()
-		defer w.spoolMu.Unlock()
-		return w.spool.close()
+	if w.spool == nil {
+		return nil
 	}
-	return nil
+	var syncErr error
+	if w.synced != nil {
+		<-w.synced
+		syncErr = w.syncSpool()
+	}
+	w.spoolMu.Lock()
+	defer w.spoolMu.Unlock()
+	return errors.Join(syncErr, w.spool.close())
 }
 
 // Spooled reports the batches in the spool not yet shipped and the bytes

@@ -1,0 +1,169 @@
+package audit
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/custos-kms/custos/internal/testkit"
+	"github.com/custos-kms/custos/keystore/storage/memory"
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
+)
+
+// countSyncs replaces syncEntry for the test with one that counts and
+// then calls fail (nil: the real sync).
+func countSyncs(t *testing.T, fail func() error) *atomic.Int64 {
+	t.Helper()
+	var n atomic.Int64
+	real := syncEntry
+	syncEntry = func(f *os.File) error {
+		n.Add(1)
+		if fail != nil {
+			if err := fail(); err != nil {
+				return err
+			}
+		}
+		return real(f)
+	}
+	t.Cleanup(func() { syncEntry = real })
+	return &n
+}
+
+func testEvent(n int) *custosv1.AuditEvent {
+	return &custosv1.AuditEvent{
+		Time: timestamppb.New(time.Date(2026, 11, 27, 12, 0, n, 0, time.UTC)), RequestId: fmt.Sprintf("req-%d", n),
+		Identity: "spiffe://test/acme", Tenant: "acme", Key: "k", Operation: "encrypt", Method: "/custos.v1.CryptoService/Encrypt", Code: "OK",
+	}
+}
+
+// By default every batch is synced before its calls are answered; with
+// SyncInterval, none is, and the spool is synced on the interval and at
+// Close instead. The entries are in the file either way.
+func TestTheSpoolSyncsPerBatchOrOnItsInterval(t *testing.T) {
+	for _, lazy := range []bool{false, true} {
+		t.Run(fmt.Sprintf("lazy=%v", lazy), func(t *testing.T) {
+			syncs := countSyncs(t, nil)
+			cfg := WriterConfig{Store: memory.New(), SpoolPath: filepath.Join(t.TempDir(), "spool"), JournalFirst: true, ShipInterval: time.Hour}
+			if lazy {
+				cfg.SyncInterval = time.Minute // never within the test: only Close syncs
+			}
+			w, err := NewWriter(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Close()
+			before := syncs.Load() // opening the spool syncs its new segment
+			for i := range 5 {
+				if err := w.Record(testEvent(i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got := syncs.Load() - before
+			if batches, _ := w.Spooled(); batches != 5 {
+				t.Fatalf("%d batches in the spool, want 5", batches)
+			}
+			switch {
+			case !lazy && got != 5:
+				t.Fatalf("%d syncs for 5 batches answered one after another, want 5", got)
+			case lazy && got != 0:
+				t.Fatalf("%d syncs before the interval, want 0", got)
+			}
+			if err := w.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if lazy && syncs.Load()-before != 1 {
+				t.Fatalf("Close made %d syncs, want 1 (what the interval had not synced yet)", syncs.Load()-before)
+			}
+			// What was answered is in the spool for the next start.
+			w2, err := NewWriter(WriterConfig{Store: memory.New(), SpoolPath: cfg.SpoolPath, JournalFirst: true, ShipInterval: time.Hour})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w2.Close()
+			if batches, _ := w2.Spooled(); batches != 5 {
+				t.Fatalf("reopened: %d batches in the spool, want 5", batches)
+			}
+		})
+	}
+}
+
+// The interval's syncs happen without any Close.
+func TestALazySpoolIsSyncedOnItsInterval(t *testing.T) {
+	syncs := countSyncs(t, nil)
+	w, err := NewWriter(WriterConfig{Store: memory.New(), SpoolPath: filepath.Join(t.TempDir(), "spool"), JournalFirst: true, ShipInterval: time.Hour, SyncInterval: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	before := syncs.Load()
+	if err := w.Record(testEvent(1)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for syncs.Load() == before {
+		if time.Now().After(deadline) {
+			t.Fatal("no sync within 5s of an interval of 10ms")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	w.spoolMu.Lock()
+	dirty := w.spool.segs[len(w.spool.segs)-1].dirty
+	w.spoolMu.Unlock()
+	if dirty {
+		t.Fatal("the segment is still dirty after its sync")
+	}
+}
+
+// A sync that fails may have lost what it was to make durable: the writer
+// says so once, loudly, and answers no call from then on (fail closed).
+func TestAFailedIntervalSyncFailsLaterCallsClosed(t *testing.T) {
+	var failing atomic.Bool
+	countSyncs(t, func() error {
+		if failing.Load() {
+			return syscall.EIO
+		}
+		return nil
+	})
+	var logs testkit.SyncBuffer
+	w, err := NewWriter(WriterConfig{Store: memory.New(), SpoolPath: filepath.Join(t.TempDir(), "spool"), JournalFirst: true, ShipInterval: time.Hour,
+		SyncInterval: 5 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Record(testEvent(0)); err != nil {
+		t.Fatal(err)
+	}
+	failing.Store(true)
+	deadline := time.Now().Add(5 * time.Second)
+	for i := 1; ; i++ {
+		err := w.Record(testEvent(i))
+		if errors.Is(err, ErrUnavailable) && errors.Is(err, syscall.EIO) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("Record: %v, want ErrUnavailable wrapping EIO", err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("calls still answered 5s after the interval's sync began to fail")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	if err := w.Record(testEvent(1000)); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("a later call: %v, want ErrUnavailable", err)
+	}
+	if err := w.Close(); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("Close: %v, want the sync's error", err)
+	}
+	if n := strings.Count(logs.String(), "AUDIT EVENTS MAY BE LOST"); n != 1 {
+		t.Fatalf("the failed sync was logged %d times, want once:\n%s", n, logs.String())
+	}
+}
