@@ -190,7 +190,9 @@ func (s *Server) recordEvent(ev *custosv1.AuditEvent) error {
 
 // setRequestID sends the request id to the caller in the response header.
 func setRequestID(ctx context.Context, rid string) {
-	_ = grpc.SetHeader(ctx, metadata.Pairs(RequestIDHeader, rid))
+	// A literal: metadata.Pairs would lower-case the constant key again on
+	// every call.
+	_ = grpc.SetHeader(ctx, metadata.MD{RequestIDHeader: []string{rid}})
 }
 
 // AuditLog answers AuditService; *audit.Log is one.
