@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"errors"
 	"fmt"
 	"github.com/custos-kms/custos/envelope"
 	"io"
@@ -77,32 +76,16 @@ func (s *Service) DecryptDataKey(ctx context.Context, ref KeyRef, wrapped, aad [
 // the service. A ciphertext already made by the primary version is returned
 // unchanged (same bytes), so rewrapping is idempotent and cheap to repeat.
 func (s *Service) Rewrap(ctx context.Context, ref KeyRef, ciphertext, aad []byte) ([]byte, uint32, error) {
-	if bytes.HasPrefix(aad, []byte(dataKeyAADPrefix)) {
+	if isDataKeyAAD(aad) {
 		return nil, 0, ErrInvalidCiphertext
 	}
 	if envelope.IsEnvelope(ciphertext) {
 		return s.rewrapEnvelope(ctx, ref, ciphertext, aad)
 	}
-	e, err := s.m.key(ctx, ref)
+	b, err := s.Batch(ctx, ref, "rewrap")
 	if err != nil {
 		return nil, 0, err
 	}
-	inner := aad
-	pt, v, err := s.decryptWith(ctx, e, "rewrap", ciphertext, aad)
-	if errors.Is(err, ErrInvalidCiphertext) && e.rec.Purpose == PurposeEncrypt {
-		inner = dataKeyAAD(aad)
-		pt, v, err = s.decryptWith(ctx, e, "rewrap", ciphertext, inner)
-	}
-	if err != nil {
-		return nil, 0, err
-	}
-	defer clear(pt)
-	// Re-read the entry: decryptWith may have reloaded a newer one.
-	if cur, cerr := s.m.key(ctx, ref); cerr == nil {
-		e = cur
-	}
-	if v == e.rec.Primary {
-		return ciphertext, v, nil
-	}
-	return s.encryptWith(e, "rewrap", pt, inner)
+	defer b.Done()
+	return b.Rewrap(ctx, ciphertext, aad)
 }
