@@ -219,22 +219,15 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 	}
 	f.applyDevDir(cmd)
 	if f.spawnDev {
-		dir, err := os.MkdirTemp("", "custos-bench-")
+		dev, err := spawnDev(ctx, false)
 		if err != nil {
 			return err
 		}
-		defer os.RemoveAll(dir)
-		devDir := filepath.Join(dir, "dev")
-		child, lines, err := startChild(ctx, []string{"dev", "--dir", devDir, "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"},
-			filepath.Join(dir, "dev.log"), regexp.MustCompile(`listening on (\S+)`))
-		if err != nil {
-			return fmt.Errorf("spawn custos dev: %w", err)
-		}
-		defer child.stop()
-		f.addr = lines[1]
-		f.ca, f.cert, f.key = filepath.Join(devDir, "ca.pem"), filepath.Join(devDir, "client.pem"), filepath.Join(devDir, "client-key.pem")
-		cpu = bench.ProcCPU(child.cmd.Process.Pid)
-		fmt.Fprintf(progress, "custos dev (pid %d) on %s\n", child.cmd.Process.Pid, f.addr)
+		defer dev.stop()
+		f.addr = dev.addr
+		f.ca, f.cert, f.key = dev.clientFiles()
+		cpu = bench.ProcCPU(dev.cmd.Process.Pid)
+		fmt.Fprintf(progress, "custos dev (pid %d) on %s\n", dev.cmd.Process.Pid, f.addr)
 	}
 	clientTLS, err := loadClientTLS(f.ca, f.cert, f.key)
 	if err != nil {
@@ -275,23 +268,16 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 		baseline = &bench.Target{Name: "baseline", Conn: conn, CPU: bench.ProcCPU(child.cmd.Process.Pid)}
 		fmt.Fprintf(progress, "baseline (pid %d) on %s\n", child.cmd.Process.Pid, lines[1])
 	case "audit-off":
-		dir, err := os.MkdirTemp("", "custos-bench-noaudit-")
+		dev, err := spawnDev(ctx, false, "--audit=false")
 		if err != nil {
 			return err
 		}
-		defer os.RemoveAll(dir)
-		devDir := filepath.Join(dir, "dev")
-		child, lines, err := startChild(ctx, []string{"dev", "--dir", devDir, "--listen", "127.0.0.1:0", "--ops-listen", "off", "--audit=false"},
-			filepath.Join(dir, "dev.log"), regexp.MustCompile(`listening on (\S+)`))
-		if err != nil {
-			return fmt.Errorf("spawn custos dev --audit=false: %w", err)
-		}
-		defer child.stop()
-		tlsConf, err := loadClientTLS(filepath.Join(devDir, "ca.pem"), filepath.Join(devDir, "client.pem"), filepath.Join(devDir, "client-key.pem"))
+		defer dev.stop()
+		tlsConf, err := loadClientTLS(dev.clientFiles())
 		if err != nil {
 			return err
 		}
-		conn, err := grpc.NewClient(lines[1], grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
+		conn, err := grpc.NewClient(dev.addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
 		if err != nil {
 			return err
 		}
@@ -302,8 +288,8 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 		if err != nil {
 			return err
 		}
-		baseline = &bench.Target{Name: "audit-off", Conn: conn, CPU: bench.ProcCPU(child.cmd.Process.Pid)}
-		fmt.Fprintf(progress, "baseline: custos dev --audit=false (pid %d) on %s\n", child.cmd.Process.Pid, lines[1])
+		baseline = &bench.Target{Name: "audit-off", Conn: conn, CPU: bench.ProcCPU(dev.cmd.Process.Pid)}
+		fmt.Fprintf(progress, "baseline: custos dev --audit=false (pid %d) on %s\n", dev.cmd.Process.Pid, dev.addr)
 	default:
 		conn, err := grpc.NewClient(f.baseline, grpc.WithTransportCredentials(credentials.NewTLS(clientTLS)))
 		if err != nil {
@@ -424,6 +410,54 @@ type child struct {
 
 // childStartTimeout bounds how long a child may take to say where it listens.
 const childStartTimeout = 60 * time.Second
+
+// devChild is a throwaway custos dev in a process of its own, in a
+// temporary directory that stop removes.
+type devChild struct {
+	*child
+	dir  string // the dev directory: PKI, root key, store
+	addr string // gRPC address
+	ops  string // ops listener address; empty when started without one
+	tmp  string
+}
+
+// spawnDev starts `custos dev` with extra flags on free loopback ports,
+// with an ops listener if withOps.
+func spawnDev(ctx context.Context, withOps bool, extra ...string) (*devChild, error) {
+	tmp, err := os.MkdirTemp("", "custos-dev-")
+	if err != nil {
+		return nil, err
+	}
+	d := &devChild{dir: filepath.Join(tmp, "dev"), tmp: tmp}
+	ops := "off"
+	readies := []*regexp.Regexp{regexp.MustCompile(`listening on (\S+)`)}
+	if withOps {
+		ops = "127.0.0.1:0"
+		readies = append(readies, regexp.MustCompile(`Ops listener .* on (\S+)`))
+	}
+	args := append([]string{"dev", "--dir", d.dir, "--listen", "127.0.0.1:0", "--ops-listen", ops}, extra...)
+	c, ms, err := startChildAll(ctx, args, filepath.Join(tmp, "dev.log"), readies...)
+	if err != nil {
+		os.RemoveAll(tmp)
+		return nil, fmt.Errorf("spawn custos %s: %w", strings.Join(args, " "), err)
+	}
+	d.child, d.addr = c, ms[0][1]
+	if withOps {
+		d.ops = ms[1][1]
+	}
+	return d, nil
+}
+
+// clientFiles are the dev client's CA, certificate and key files.
+func (d *devChild) clientFiles() (ca, cert, key string) {
+	return filepath.Join(d.dir, "ca.pem"), filepath.Join(d.dir, "client.pem"), filepath.Join(d.dir, "client-key.pem")
+}
+
+// stop stops the server and removes its directory.
+func (d *devChild) stop() {
+	d.child.stop()
+	os.RemoveAll(d.tmp)
+}
 
 // startChild runs this binary with args, waits (at most childStartTimeout)
 // for a line of its standard output matching ready, and returns the match.

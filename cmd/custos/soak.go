@@ -3,9 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
-	"regexp"
 	"sort"
 	"text/tabwriter"
 	"time"
@@ -26,7 +23,7 @@ func newBenchSoakCmd() *cobra.Command {
 		concurrency              int
 		fraction                 float64
 		peak, duration, sampleEv time.Duration
-		spawnDev                 bool
+		spawnDevFlag             bool
 	)
 	cmd := &cobra.Command{
 		Use:   "soak",
@@ -54,22 +51,15 @@ See docs/operations.md for this machine's figures.`,
 			}
 			progress := cmd.ErrOrStderr()
 			c.applyDevDir(cmd)
-			if spawnDev {
-				dir, err := os.MkdirTemp("", "custos-soak-")
+			if spawnDevFlag {
+				dev, err := spawnDev(ctx, true)
 				if err != nil {
 					return err
 				}
-				defer os.RemoveAll(dir)
-				devDir := filepath.Join(dir, "dev")
-				child, ms, err := startChildAll(ctx, []string{"dev", "--dir", devDir, "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"},
-					filepath.Join(dir, "dev.log"), regexp.MustCompile(`listening on (\S+)`), regexp.MustCompile(`Ops listener .* on (\S+)`))
-				if err != nil {
-					return fmt.Errorf("spawn custos dev: %w", err)
-				}
-				defer child.stop()
-				c.addr, metrics = ms[0][1], "http://"+ms[1][1]+"/metrics"
-				c.ca, c.cert, c.key = filepath.Join(devDir, "ca.pem"), filepath.Join(devDir, "client.pem"), filepath.Join(devDir, "client-key.pem")
-				fmt.Fprintf(progress, "custos dev (pid %d) on %s\n", child.cmd.Process.Pid, c.addr)
+				defer dev.stop()
+				c.addr, metrics = dev.addr, "http://"+dev.ops+"/metrics"
+				c.ca, c.cert, c.key = dev.clientFiles()
+				fmt.Fprintf(progress, "custos dev (pid %d) on %s\n", dev.cmd.Process.Pid, c.addr)
 			}
 			tlsConf, err := loadClientTLS(c.ca, c.cert, c.key)
 			if err != nil {
@@ -129,6 +119,6 @@ See docs/operations.md for this machine's figures.`,
 	fl.DurationVar(&duration, "duration", 8*time.Minute, "how long to hold the load")
 	fl.DurationVar(&sampleEv, "sample", 15*time.Second, "sample interval")
 	fl.StringVar(&metrics, "server-metrics", "", "the server's /metrics URL, for RSS and goroutines (set by --spawn-dev)")
-	fl.BoolVar(&spawnDev, "spawn-dev", false, "start a throwaway custos dev in its own process and soak it")
+	fl.BoolVar(&spawnDevFlag, "spawn-dev", false, "start a throwaway custos dev in its own process and soak it")
 	return cmd
 }
