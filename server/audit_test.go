@@ -558,3 +558,39 @@ func TestFailureLogLinesNameRequestTenantAndKey(t *testing.T) {
 		t.Fatal("request data reached the log")
 	}
 }
+
+// A caller whose certificate verifies but names no identity is refused
+// with UNAUTHENTICATED, and its call is audited like any other: unary
+// calls and streams (health watches, reflection) alike.
+func TestUnauthenticatedCallsAreAudited(t *testing.T) {
+	ts := start(t, newFiles(t), options{})
+	ctx := testContext(t)
+	conn := ts.conn(t, "spiffe:no-such-workload") // a URI SAN that is no SPIFFE ID
+	var header, trailer metadata.MD
+	err := conn.Invoke(ctx, custosv1.KeyService_ListTenants_FullMethodName, &custosv1.ListTenantsRequest{}, new(custosv1.ListTenantsResponse), grpc.Header(&header), grpc.Trailer(&trailer))
+	if status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("unary: %v, want UNAUTHENTICATED", err)
+	}
+	unary := requestID(header, trailer)
+	st, err := healthpb.NewHealthClient(conn).Watch(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Recv(); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("health watch: %v, want UNAUTHENTICATED", err)
+	}
+	header, _ = st.Header()
+	watch := requestID(header, st.Trailer())
+	if unary == "" || watch == "" {
+		t.Fatalf("request ids: unary %q, watch %q; want both", unary, watch)
+	}
+	waitFor(t, 10*time.Second, "both refusals are in the log", func() bool {
+		found := 0
+		for _, r := range events(t, ts) {
+			if id := r.Event.GetRequestId(); (id == unary || id == watch) && r.Event.GetCode() == "UNAUTHENTICATED" && r.Event.GetIdentity() == "" {
+				found++
+			}
+		}
+		return found == 2
+	})
+}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	middleware "github.com/grpc-ecosystem/go-grpc-middleware/v2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -243,15 +244,15 @@ func (s *Server) requestPath(ctx context.Context, c *call, req any, info *grpc.U
 	return handler(context.WithValue(ctx, callKey{}, c), req)
 }
 
-// streamRequestPath lets public streams (health watches, reflection)
-// through and refuses any other: no Custos RPC streams, and one added later
-// must get its checks here before it can be called.
+// streamRequestPath authenticates every stream, audits it (allowed or
+// refused), lets public streams (health watches, reflection) through and
+// refuses any other: no Custos RPC streams, and one added later must get
+// its checks here before it can be called.
 func (s *Server) streamRequestPath(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
 	ctx := ss.Context()
 	start, rid := time.Now(), requestIDOf(ctx)
 	setRequestID(ctx, rid)
 	c := &call{}
-	c.identity, _ = identity.Authenticate(ctx)
 	if s.audit != nil {
 		defer func() {
 			s.audit.Begin() // a stream may last hours: announce its event only now
@@ -260,8 +261,15 @@ func (s *Server) streamRequestPath(srv any, ss grpc.ServerStream, info *grpc.Str
 			}
 		}()
 	}
+	id, err := identity.Authenticate(ctx)
+	if err != nil {
+		return err
+	}
+	c.identity = id
 	if m, ok := methods[info.FullMethod]; ok && m.scope == scopePublic {
-		return handler(srv, ss)
+		wrapped := middleware.WrapServerStream(ss)
+		wrapped.WrappedContext = identity.NewContext(ctx, id)
+		return handler(srv, wrapped)
 	}
 	s.logger.LogAttrs(ctx, slog.LevelError, "streaming method has no request path; refused", slog.String("method", info.FullMethod), slog.String("request_id", rid))
 	return status.Error(codes.PermissionDenied, "method is not authorized for anyone")

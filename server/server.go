@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"buf.build/go/protovalidate"
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	protovalidatemw "github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/protovalidate"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
@@ -216,10 +215,11 @@ func (s *Server) NewGRPCServer(tlsConf *tls.Config, opts ...grpc.ServerOption) (
 		grpc.ChainStreamInterceptor(
 			s.metrics.stream,
 			recovery.StreamServerInterceptor(rec),
-			auth.StreamServerInterceptor(identity.AuthFunc),
+			// Authenticates, audits and refuses all but public streams,
+			// before anything else can refuse the call unaudited.
+			s.streamRequestPath,
 			logging.StreamServerInterceptor(logger, logOpts...),
 			protovalidatemw.StreamServerInterceptor(validator),
-			s.streamRequestPath,
 		),
 	}
 	gs := grpc.NewServer(append(all, opts...)...)
