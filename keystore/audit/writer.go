@@ -204,8 +204,11 @@ func (w *Writer) Begin() { w.coming.Add(1) }
 // time, and returns once it is (or could not be: an error wrapping
 // ErrUnavailable, unless the writer fails open).
 func (w *Writer) Record(ev *custosv1.AuditEvent) error {
-	if w.coming.Add(-1) < 0 {
-		w.coming.Store(0) // a Record without Begin
+	for { // one less call coming, never below zero (a Record without Begin)
+		n := w.coming.Load()
+		if n <= 0 || w.coming.CompareAndSwap(n, n-1) {
+			break
+		}
 	}
 	leaf, err := Marshal(ev)
 	if err != nil {
