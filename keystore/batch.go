@@ -66,7 +66,25 @@ func (b *Batch) Decrypt(ctx context.Context, ciphertext, aad []byte) ([]byte, ui
 		pt, v, _, err := b.s.decryptEnvelope(ctx, b.e.ref, ciphertext, aad)
 		return pt, v, err
 	}
-	return b.s.decryptWith(ctx, b.e, "decrypt", ciphertext, aad)
+	return b.decrypt(ctx, "decrypt", ciphertext, aad)
+}
+
+// decrypt is decryptWith under the batch's key. A ciphertext of a version
+// newer than the batch knows (another replica rotated since it began)
+// reloads the key, at most once a second per key as for single calls, and
+// the batch keeps what the reload found for its other items.
+func (b *Batch) decrypt(ctx context.Context, op string, ciphertext, aad []byte) ([]byte, uint32, error) {
+	if v, ok := versionOf(ciphertext); ok && v > b.e.rec.maxVersion() {
+		e, err := b.s.entryKnowing(ctx, b.e, v)
+		if err != nil {
+			return nil, 0, err
+		}
+		if e != b.e {
+			b.Done() // counted under the primary they were made with
+			b.e = e
+		}
+	}
+	return b.s.decryptWith(ctx, b.e, op, ciphertext, aad)
 }
 
 // Rewrap is Service.Rewrap for one item of the batch.
@@ -78,25 +96,18 @@ func (b *Batch) Rewrap(ctx context.Context, ciphertext, aad []byte) ([]byte, uin
 		return b.s.rewrapEnvelope(ctx, b.e.ref, ciphertext, aad)
 	}
 	inner := aad
-	pt, v, err := b.s.decryptWith(ctx, b.e, "rewrap", ciphertext, aad)
+	pt, v, err := b.decrypt(ctx, "rewrap", ciphertext, aad)
 	if errors.Is(err, ErrInvalidCiphertext) && b.e.rec.Purpose == PurposeEncrypt {
 		inner = dataKeyAAD(aad)
-		pt, v, err = b.s.decryptWith(ctx, b.e, "rewrap", ciphertext, inner)
+		pt, v, err = b.decrypt(ctx, "rewrap", ciphertext, inner)
 	}
 	if err != nil {
 		return nil, 0, err
 	}
 	defer clear(pt)
-	if v > b.e.rec.maxVersion() {
-		// Made by a version newer than the batch knew: another replica
-		// rotated and decryptWith reloaded the key. Take the reloaded
-		// entry, as Service.Rewrap does, for this item and the rest.
-		if cur, cerr := b.s.m.key(ctx, b.e.ref); cerr == nil && cur != b.e {
-			b.Done()
-			b.e = cur
-		}
-	}
-	if v == b.e.rec.Primary {
+	if v >= b.e.rec.Primary {
+		// Current (the primary is always the newest version): the same
+		// bytes, never rewrapped down to an older one.
 		return ciphertext, v, nil
 	}
 	return b.seal("rewrap", pt, inner)

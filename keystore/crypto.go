@@ -110,29 +110,11 @@ func wrongPurpose(op string, e *keyEntry, want ...Purpose) error {
 // entryForVersion checks that version v of e may decrypt, reloading the key
 // once from storage when v is newer than any version e knows.
 func (s *Service) entryForVersion(ctx context.Context, e *keyEntry, v uint32) (*keyEntry, error) {
-	vr, ok := e.rec.version(v)
-	if !ok {
-		if max := e.rec.maxVersion(); v <= max || v > max+reloadWindow {
-			return nil, ErrInvalidCiphertext
-		}
-		// A forged prefix must not turn into a storage read per request, nor
-		// evict what serves everyone else: at most one reload per second per
-		// key looks for versions it does not know, and the cached entry stays
-		// until the reload replaces it.
-		now := s.now()
-		if last := e.missed.Load(); last != 0 && now.Sub(time.Unix(0, last)) < time.Second {
-			return nil, ErrInvalidCiphertext
-		}
-		fresh, err := s.m.loadKey(ctx, e.ref)
-		if err != nil {
-			return nil, err
-		}
-		if vr, ok = fresh.rec.version(v); !ok {
-			fresh.missed.Store(now.UnixNano())
-			return nil, ErrInvalidCiphertext
-		}
-		e = fresh
+	e, err := s.entryKnowing(ctx, e, v)
+	if err != nil {
+		return nil, err
 	}
+	vr, _ := e.rec.version(v)
 	switch vr.State {
 	case VersionEnabled:
 	case VersionDisabled:
@@ -144,4 +126,36 @@ func (s *Service) entryForVersion(ctx context.Context, e *keyEntry, v uint32) (*
 		return nil, fmt.Errorf("%w: %s version %d < %d", ErrKeyVersionTooOld, e.ref, v, e.rec.MinDecryptionVersion)
 	}
 	return e, nil
+}
+
+// entryKnowing returns e if it knows version v, else the key reloaded from
+// storage if that knows v (another replica rotated), else
+// ErrInvalidCiphertext.
+func (s *Service) entryKnowing(ctx context.Context, e *keyEntry, v uint32) (*keyEntry, error) {
+	if _, ok := e.rec.version(v); ok {
+		return e, nil
+	}
+	if max := e.rec.maxVersion(); v <= max || v > max+reloadWindow {
+		return nil, ErrInvalidCiphertext
+	}
+	// A forged prefix must not turn into a storage read per request, nor
+	// evict what serves everyone else: at most one reload per second per
+	// key looks for versions it does not know, and the cached entry stays
+	// until the reload replaces it.
+	now := s.now()
+	if last := e.missed.Load(); last != 0 && now.Sub(time.Unix(0, last)) < time.Second {
+		return nil, ErrInvalidCiphertext
+	}
+	fresh, err := s.m.loadKey(ctx, e.ref)
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := fresh.rec.version(v); !ok {
+		// Both: callers still holding e (a batch, a call in flight) are
+		// limited too, not only those that get fresh from the cache.
+		fresh.missed.Store(now.UnixNano())
+		e.missed.Store(now.UnixNano())
+		return nil, ErrInvalidCiphertext
+	}
+	return fresh, nil
 }

@@ -255,6 +255,69 @@ func TestForgedVersionsCostAtMostOneReloadPerSecond(t *testing.T) {
 	}
 }
 
+// The same limit holds inside one batch call: its items share the key the
+// batch looked up, and a forged version among them must not reload it per
+// item (DecryptBatch and RewrapBatch of 100 forged items).
+func TestForgedVersionsInABatchCostAtMostOneReload(t *testing.T) {
+	ctx := context.Background()
+	r, _ := local.Create(filepath.Join(t.TempDir(), "root.key"))
+	cs := &countStore{Store: memory.New()}
+	s, _ := New(Config{Storage: cs, Root: r})
+	ref, ct := setupRotated(t, s)
+	bogus := append([]byte(nil), ct...)
+	bogus[4] = 200
+	for _, op := range []string{"decrypt", "rewrap"} {
+		b, err := s.Batch(ctx, ref, op)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := cs.gets.Load()
+		for range 100 {
+			if op == "decrypt" {
+				b.Decrypt(ctx, bogus, nil)
+			} else {
+				b.Rewrap(ctx, bogus, nil)
+			}
+		}
+		b.Done()
+		if n := cs.gets.Load() - before; n > 2 {
+			t.Fatalf("%s batch of 100 forged items: %d storage Gets, want at most 2", op, n)
+		}
+	}
+}
+
+// A batch that meets a version another replica created since it began
+// reloads the key once and serves the rest of its items from that.
+func TestABatchReloadsOnceForANewVersion(t *testing.T) {
+	ctx := context.Background()
+	r, _ := local.Create(filepath.Join(t.TempDir(), "root.key"))
+	cs := &countStore{Store: memory.New()}
+	s, _ := New(Config{Storage: cs, Root: r})
+	ref, _ := setupRotated(t, s)
+	b, err := s.Batch(ctx, ref, "decrypt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _ := New(Config{Storage: cs, Root: r})
+	if _, err := other.RotateKey(ctx, ref); err != nil {
+		t.Fatal(err)
+	}
+	ct, v, err := other.Encrypt(ctx, ref, []byte("new"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := cs.gets.Load()
+	for range 100 {
+		if pt, got, err := b.Decrypt(ctx, ct, nil); err != nil || got != v || string(pt) != "new" {
+			t.Fatalf("decrypt of version %d: %q, version %d, %v", v, pt, got, err)
+		}
+	}
+	b.Done()
+	if n := cs.gets.Load() - before; n > 2 {
+		t.Fatalf("100 items of a version the batch did not know: %d storage Gets, want at most 2", n)
+	}
+}
+
 func TestADisabledVersionCanBeDestroyed(t *testing.T) {
 	ctx := context.Background()
 	s, _, _ := newReviewSvc(t)
