@@ -434,8 +434,8 @@ func (c *Config) validate() error {
 	if c.Audit.CheckpointInterval < 0 || c.Audit.Export.MaxSizeMB < 0 || c.Audit.Export.MaxFiles < 0 {
 		errs = append(errs, errors.New("audit.checkpoint_interval, audit.export.max_size_mb and audit.export.max_files must not be negative"))
 	}
-	if c.Audit.SyncInterval < 0 || c.Audit.SyncInterval > time.Minute {
-		errs = append(errs, fmt.Errorf("audit.sync_interval %v: want 0 (sync before answering) up to 1m", c.Audit.SyncInterval))
+	if si := c.Audit.SyncInterval; si != 0 && (si < time.Millisecond || si > time.Minute) {
+		errs = append(errs, fmt.Errorf("audit.sync_interval %v: want 0 (sync before answering) or 1ms to 1m", si))
 	}
 	if c.Audit.Origin != "" && !validOrigin(c.Audit.Origin) {
 		errs = append(errs, fmt.Errorf("audit.origin %q must be printable ASCII without spaces or '+'", c.Audit.Origin))

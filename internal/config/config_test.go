@@ -33,13 +33,14 @@ func TestParseResolvesRelativePathsAndDefaults(t *testing.T) {
 
 func TestParseRejects(t *testing.T) {
 	cases := map[string]struct{ yaml, want string }{
-		"an unknown field":               {valid + "bogus: 1\n", "bogus"},
-		"an unknown root type":           {strings.Replace(valid, "type: local", "type: nope", 1), "root.type"},
-		"an unknown storage":             {strings.Replace(valid, "type: bbolt", "type: nope", 1), "storage.type"},
-		"a missing policy file":          {strings.Replace(valid, "policy_file: policy.yaml", "", 1), "policy_file"},
-		"a bad log level":                {valid + "log: {level: loud}\n", "log.level"},
-		"a negative audit sync interval": {valid + "audit: {sync_interval: -1s}\n", "audit.sync_interval"},
-		"an audit sync interval over 1m": {valid + "audit: {sync_interval: 2m}\n", "audit.sync_interval"},
+		"an unknown field":                 {valid + "bogus: 1\n", "bogus"},
+		"an unknown root type":             {strings.Replace(valid, "type: local", "type: nope", 1), "root.type"},
+		"an unknown storage":               {strings.Replace(valid, "type: bbolt", "type: nope", 1), "storage.type"},
+		"a missing policy file":            {strings.Replace(valid, "policy_file: policy.yaml", "", 1), "policy_file"},
+		"a bad log level":                  {valid + "log: {level: loud}\n", "log.level"},
+		"a negative audit sync interval":   {valid + "audit: {sync_interval: -1s}\n", "audit.sync_interval"},
+		"an audit sync interval over 1m":   {valid + "audit: {sync_interval: 2m}\n", "audit.sync_interval"},
+		"an audit sync interval under 1ms": {valid + "audit: {sync_interval: 10us}\n", "audit.sync_interval"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {

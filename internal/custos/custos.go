@@ -523,7 +523,7 @@ func (rt *Runtime) openAudit(ctx context.Context, store storage.Store, r root.Ro
 	if err != nil {
 		return err
 	}
-	if ac.SyncInterval > 0 {
+	if ac.SyncInterval > 0 && spool != "" {
 		rt.logger.Warn("audit.sync_interval is set: events are in the operating system, not yet on disk, when their calls are answered; a power loss or kernel crash can lose up to that interval of them", "sync_interval", ac.SyncInterval.String())
 	}
 	rt.closers = append(rt.closers, func() {

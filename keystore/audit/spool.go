@@ -197,7 +197,12 @@ func (s *spool) append(key string, value []byte) (spoolEntry, error) {
 	binary.BigEndian.PutUint32(p[:4], uint32(len(p)-8))
 	binary.BigEndian.PutUint32(p[4:8], crc32.Checksum(p[8:], crcTable))
 	if _, err := last.f.WriteAt(p, last.size); err != nil {
-		_ = zero(last.f, last.size, last.size+int64(len(p))) // best effort: no half entry stays behind
+		// Best effort: no half entry stays behind. Its sync may be the one
+		// to report that earlier, unsynced entries of a lazy spool never
+		// reached the disk (the kernel reports a writeback error once).
+		if zerr := zero(last.f, last.size, last.size+int64(len(p))); zerr != nil && s.lazy {
+			s.syncErr = fmt.Errorf("audit: sync spool: %w", zerr)
+		}
 		return spoolEntry{}, fmt.Errorf("audit: write spool: %w", err)
 	}
 	if s.lazy {

@@ -167,3 +167,30 @@ func TestAFailedIntervalSyncFailsLaterCallsClosed(t *testing.T) {
 		t.Fatalf("the failed sync was logged %d times, want once:\n%s", n, logs.String())
 	}
 }
+
+// When an append fails and cutting it off fails too, a lazy spool cannot
+// tell whether its earlier, unsynced entries reached the disk (the kernel
+// reports a writeback error once, and that cut's sync took it): it refuses
+// everything from then on, like a failed interval sync.
+func TestALazySpoolThatCannotCutAFailedAppendStopsTakingBatches(t *testing.T) {
+	w, err := NewWriter(WriterConfig{Store: memory.New(), SpoolPath: filepath.Join(t.TempDir(), "spool"), JournalFirst: true, ShipInterval: time.Hour, SyncInterval: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if err := w.Record(testEvent(0)); err != nil {
+		t.Fatal(err)
+	}
+	w.spoolMu.Lock()
+	w.spool.segs[len(w.spool.segs)-1].f.Close() // every write and sync of it fails now
+	w.spoolMu.Unlock()
+	if err := w.Record(testEvent(1)); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Record on a failing spool: %v, want ErrUnavailable", err)
+	}
+	w.spoolMu.Lock()
+	poisoned := w.spool.syncErr != nil
+	w.spoolMu.Unlock()
+	if !poisoned {
+		t.Fatal("the lazy spool takes batches again after a failed append it could not cut off")
+	}
+}

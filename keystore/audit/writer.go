@@ -175,7 +175,7 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 			return nil, err
 		}
 		if torn > 0 {
-			w.logger.Warn("audit: cut a torn entry off the spool's end (a crash while writing it; its calls were not answered)", "bytes", torn)
+			w.logger.Warn("audit: cut a torn entry off the spool's end (a crash while writing it, whose calls were not answered; or, with audit.sync_interval, a power loss, whose calls may have been)", "bytes", torn)
 		}
 		w.spool, w.pending = sp, entries
 		w.spooled.Set(float64(len(entries)))
@@ -274,7 +274,7 @@ func (w *Writer) syncSpool() error {
 	}
 	err := w.spool.sync()
 	if err != nil {
-		w.logger.Error("AUDIT EVENTS MAY BE LOST: syncing the audit spool failed; every later call fails closed (or, with audit.fail_open, loses its event) until the server restarts", "error", err.Error())
+		w.logger.Error("AUDIT EVENTS MAY BE LOST: syncing the audit spool failed; every later batch the spool would take fails closed (or, with audit.fail_open, loses its events) until the server restarts; with bbolt that is every call", "error", err.Error())
 	}
 	return err
 }
