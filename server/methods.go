@@ -271,6 +271,6 @@ func (s *Server) streamRequestPath(srv any, ss grpc.ServerStream, info *grpc.Str
 		wrapped.WrappedContext = identity.NewContext(ctx, id)
 		return handler(srv, wrapped)
 	}
-	s.logger.LogAttrs(ctx, slog.LevelError, "streaming method has no request path; refused", slog.String("method", info.FullMethod), slog.String("request_id", rid))
+	s.logger.LogAttrs(ctx, slog.LevelError, "streaming method has no request path; refused", slog.String("method", info.FullMethod), slog.String("request_id", rid), slog.String("identity", id))
 	return status.Error(codes.PermissionDenied, "method is not authorized for anyone")
 }

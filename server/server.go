@@ -216,8 +216,11 @@ func (s *Server) NewGRPCServer(tlsConf *tls.Config, opts ...grpc.ServerOption) (
 			s.metrics.stream,
 			recovery.StreamServerInterceptor(rec),
 			// Authenticates, audits and refuses all but public streams,
-			// before anything else can refuse the call unaudited.
+			// before anything else can refuse the call unaudited; the
+			// recovery after it turns a handler's panic into the INTERNAL
+			// its event records.
 			s.streamRequestPath,
+			recovery.StreamServerInterceptor(rec),
 			logging.StreamServerInterceptor(logger, logOpts...),
 			protovalidatemw.StreamServerInterceptor(validator),
 		),
