@@ -34,46 +34,55 @@ func (e *Envelope) Fields() *FieldCipher { return &FieldCipher{c: e.c, name: e.n
 // Encrypt encrypts every field of the record recordID (which must not be
 // empty).
 func (f *FieldCipher) Encrypt(ctx context.Context, recordID string, fields Fields) (Fields, error) {
-	op := "encrypt the fields of a record" // not the record id: it is associated data
-	names, err := fieldNames(op, recordID, fields)
-	if err != nil {
-		return nil, err
-	}
-	out := make(Fields, len(fields))
-	if len(names) == 0 {
-		return out, nil
-	}
-	if f.env != nil {
-		for _, n := range names {
-			ct, err := f.env.Encrypt(ctx, fields[n], AssociatedData(recordID, n))
-			if err != nil {
-				return nil, fmt.Errorf("field %s: %w", n, err)
+	// op names the call in errors; not the record id: it is associated data.
+	return f.each(ctx, "encrypt the fields of a record", recordID, fields,
+		func(ctx context.Context, pt, aad []byte) ([]byte, error) { return f.env.Encrypt(ctx, pt, aad) },
+		func(ctx context.Context, pts, aads [][]byte) ([][]byte, []error, error) {
+			items := make([]EncryptItem, len(pts))
+			for i := range pts {
+				items[i] = EncryptItem{Plaintext: pts[i], AssociatedData: aads[i]}
 			}
-			out[n] = ct
-		}
-		return out, nil
-	}
-	items := make([]EncryptItem, len(names))
-	for i, n := range names {
-		items[i] = EncryptItem{Plaintext: fields[n], AssociatedData: AssociatedData(recordID, n)}
-	}
-	res, err := f.c.EncryptBatch(ctx, f.name, items)
-	if err != nil {
-		return nil, err
-	}
-	for i, n := range names {
-		if res[i].Err != nil {
-			return nil, fmt.Errorf("field %s: %w", n, res[i].Err)
-		}
-		out[n] = res[i].Ciphertext
-	}
-	return out, nil
+			res, err := f.c.EncryptBatch(ctx, f.name, items)
+			if err != nil {
+				return nil, nil, err
+			}
+			outs, errs := make([][]byte, len(res)), make([]error, len(res))
+			for i, r := range res {
+				outs[i], errs[i] = r.Ciphertext, r.Err
+			}
+			return outs, errs, nil
+		})
 }
 
 // Decrypt decrypts every field of the record recordID. A ciphertext of
 // another record or another field fails with [ErrInvalidCiphertext].
 func (f *FieldCipher) Decrypt(ctx context.Context, recordID string, fields Fields) (Fields, error) {
-	op := "decrypt the fields of a record"
+	return f.each(ctx, "decrypt the fields of a record", recordID, fields,
+		func(ctx context.Context, ct, aad []byte) ([]byte, error) { return f.env.Decrypt(ctx, ct, aad) },
+		func(ctx context.Context, cts, aads [][]byte) ([][]byte, []error, error) {
+			items := make([]DecryptItem, len(cts))
+			for i := range cts {
+				items[i] = DecryptItem{Ciphertext: cts[i], AssociatedData: aads[i]}
+			}
+			res, err := f.c.DecryptBatch(ctx, f.name, items)
+			if err != nil {
+				return nil, nil, err
+			}
+			outs, errs := make([][]byte, len(res)), make([]error, len(res))
+			for i, r := range res {
+				outs[i], errs[i] = r.Plaintext, r.Err
+			}
+			return outs, errs, nil
+		})
+}
+
+// each maps every field of a record through local (the envelope, field by
+// field) or, without an envelope, through one remote batch call, binding
+// each to AssociatedData(recordID, its name). The first failing field
+// fails the record, named in the error.
+func (f *FieldCipher) each(ctx context.Context, op, recordID string, fields Fields,
+	local func(ctx context.Context, in, aad []byte) ([]byte, error),
+	remote func(ctx context.Context, ins, aads [][]byte) ([][]byte, []error, error)) (Fields, error) {
 	names, err := fieldNames(op, recordID, fields)
 	if err != nil {
 		return nil, err
@@ -82,29 +91,29 @@ func (f *FieldCipher) Decrypt(ctx context.Context, recordID string, fields Field
 	if len(names) == 0 {
 		return out, nil
 	}
+	ins, aads := make([][]byte, len(names)), make([][]byte, len(names))
+	for i, n := range names {
+		ins[i], aads[i] = fields[n], AssociatedData(recordID, n)
+	}
 	if f.env != nil {
-		for _, n := range names {
-			pt, err := f.env.Decrypt(ctx, fields[n], AssociatedData(recordID, n))
+		for i, n := range names {
+			v, err := local(ctx, ins[i], aads[i])
 			if err != nil {
 				return nil, fmt.Errorf("field %s: %w", n, err)
 			}
-			out[n] = pt
+			out[n] = v
 		}
 		return out, nil
 	}
-	items := make([]DecryptItem, len(names))
-	for i, n := range names {
-		items[i] = DecryptItem{Ciphertext: fields[n], AssociatedData: AssociatedData(recordID, n)}
-	}
-	res, err := f.c.DecryptBatch(ctx, f.name, items)
+	outs, errs, err := remote(ctx, ins, aads)
 	if err != nil {
 		return nil, err
 	}
 	for i, n := range names {
-		if res[i].Err != nil {
-			return nil, fmt.Errorf("field %s: %w", n, res[i].Err)
+		if errs[i] != nil {
+			return nil, fmt.Errorf("field %s: %w", n, errs[i])
 		}
-		out[n] = res[i].Plaintext
+		out[n] = outs[i]
 	}
 	return out, nil
 }
