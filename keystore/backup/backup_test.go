@@ -422,3 +422,54 @@ func TestAnInterruptedRestoreCompletesWhenRunAgain(t *testing.T) {
 		t.Fatal("a non-empty target took another backup without --force")
 	}
 }
+
+// Clearing a shredded tenant from the target lists by its key prefix,
+// which other tenants' records can share ("tenants/t1" lists t10, t11…):
+// a full page of records it does not own must not make the restore list
+// the same page for ever.
+func TestRestoreClearsAShreddedTenantBesideManyWithItsPrefix(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	w := newWorld(t)
+	live := memory.New()
+	ks := w.keystore(t, live)
+	populate(t, ks, "t1")
+	if _, err := ks.DeleteTenant(ctx, "t1", 24*time.Hour); err != nil { // shredded on restore: its date passes
+		t.Fatal(err)
+	}
+	file := backupOf(t, w, live)
+	w.clock.add(48 * time.Hour)
+	dst := memory.New()
+	for i := range 600 { // more than a page of records under "tenants/t1" that t1 does not own
+		if _, err := dst.Put(ctx, fmt.Sprintf("tenants/t1%04d", i), []byte("{}"), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := dst.Put(ctx, "keys/t1/leftover", []byte("x"), 0); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	var rep *backup.RestoreReport
+	go func() {
+		var err error
+		rep, err = restore(w, file, dst, backup.RestoreOptions{Force: true})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the restore still runs after 20s: it lists the same page of other tenants' records again and again")
+	}
+	if strings.Join(rep.Shredded, ",") != "t1" {
+		t.Fatalf("shredded: %v, want t1", rep.Shredded)
+	}
+	if recs, _ := dst.List(ctx, "keys/t1/", "", 10); len(recs) != 0 {
+		t.Fatalf("records of the shredded tenant stay: %v", recs)
+	}
+	if recs, _ := dst.List(ctx, "tenants/t1", "", 1000); len(recs) != 600 {
+		t.Fatalf("%d records of other tenants under the prefix, want all 600", len(recs))
+	}
+}

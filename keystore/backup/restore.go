@@ -213,8 +213,10 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 			return nil, err
 		}
 		for _, p := range keystore.TenantStoragePrefixes(t) {
-			for {
-				recs, err := target.List(ctx, p, "", restoreBatch)
+			// The prefix may list other tenants' records too (tenants/t1
+			// lists t10): page on, never back to the start.
+			for after := ""; ; {
+				recs, err := target.List(ctx, p, after, restoreBatch)
 				if err != nil {
 					return nil, fmt.Errorf("backup: clear shredded tenant %s: %w", t, err)
 				}
@@ -229,6 +231,7 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 				if len(recs) < restoreBatch {
 					break
 				}
+				after = recs[len(recs)-1].Key
 			}
 		}
 	}
