@@ -268,8 +268,11 @@ func (e *Envelope) dataKey(ctx context.Context, env *envelope.Envelope) (*envelo
 		delete(e.cache, d.wrapped)
 	}
 	e.mu.Unlock()
-	wrapped := env.Wrapped
-	ch := e.sf.DoChan("decrypt:"+string(wrapped), func() (any, error) {
+	// A copy: the unwrap goes on for other callers after this one may have
+	// given up and reused its ciphertext's buffer.
+	ws := string(env.Wrapped)
+	ch := e.sf.DoChan("decrypt:"+ws, func() (any, error) {
+		wrapped := []byte(ws)
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchTimeout)
 		defer cancel()
 		dk, err := e.c.DecryptDataKey(fctx, e.name, wrapped, []byte(envelope.DataKeyContext))
@@ -281,7 +284,7 @@ func (e *Envelope) dataKey(ctx context.Context, env *envelope.Envelope) (*envelo
 		if err != nil {
 			return nil, invalidLocal("local decrypt with " + e.name)
 		}
-		e.remember(gen, &decKey{wrapped: string(wrapped), k: k, expires: e.opts.Now().Add(e.opts.DecryptTTL)})
+		e.remember(gen, &decKey{wrapped: ws, k: k, expires: e.opts.Now().Add(e.opts.DecryptTTL)})
 		return k, nil
 	})
 	select {

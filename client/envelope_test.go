@@ -28,6 +28,7 @@ type envEnv struct {
 	c           *client.Client
 	dataKeys    atomic.Int64
 	decrypts    atomic.Int64
+	hold        atomic.Pointer[chan struct{}] // if set, Decrypt calls wait for it to close
 	clockMu     sync.Mutex
 	clock       time.Time
 	name, other string
@@ -49,6 +50,9 @@ func startEnvelopeEnv(t testing.TB) *envEnv {
 			e.dataKeys.Add(1)
 		case custosv1.CryptoService_Decrypt_FullMethodName:
 			e.decrypts.Add(1)
+			if hold := e.hold.Load(); hold != nil {
+				<-*hold
+			}
 		}
 		return h(ctx, req)
 	}})
@@ -558,5 +562,47 @@ func TestRecordErrorsDoNotNameTheRecord(t *testing.T) {
 		if err == nil || strings.Contains(err.Error(), id) {
 			t.Errorf("%s: %v; want an error that does not name the record", name, err)
 		}
+	}
+}
+
+// A caller that gives up while its data key is being unwrapped may reuse
+// its ciphertext buffer at once (a pooled row buffer): the unwrap that goes
+// on for the other callers must not read it, and caches the key under the
+// wrapping it was asked for.
+func TestAnAbandonedUnwrapDoesNotReadTheCallersBuffer(t *testing.T) {
+	e := startEnvelopeEnv(t)
+	ctx := context.Background()
+	ct, err := e.c.Envelope(e.name, client.EnvelopeOptions{}).Encrypt(ctx, []byte("x"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := e.c.Envelope(e.name, client.EnvelopeOptions{})
+	hold := make(chan struct{})
+	e.hold.Store(&hold)
+	buf := append([]byte(nil), ct...)
+	cctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { _, err := dec.Decrypt(cctx, buf, nil); done <- err }()
+	for deadline := time.Now().Add(10 * time.Second); e.decrypts.Load() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the unwrap did not reach the server within 10s")
+		}
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("abandoned Decrypt: %v, want context.Canceled", err)
+	}
+	for i := range buf { // the caller reuses its buffer
+		buf[i] = 0xAA
+	}
+	e.hold.Store(nil)
+	close(hold)
+	for range 2 { // joins the unwrap or finds its key cached; then the cache
+		if _, err := dec.Decrypt(ctx, ct, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := e.decrypts.Load(); n != 1 {
+		t.Fatalf("%d unwraps, want 1: the abandoned one's key was cached under another wrapping", n)
 	}
 }
