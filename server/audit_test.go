@@ -594,3 +594,23 @@ func TestUnauthenticatedCallsAreAudited(t *testing.T) {
 		return found == 2
 	})
 }
+
+// The keystore's INVALID_ARGUMENT messages start "invalid argument: " and
+// then the field: BadRequest names the field, not "invalid".
+func TestKeystoreInvalidArgumentsNameTheirField(t *testing.T) {
+	ts := start(t, newFiles(t), options{})
+	setup(t, ts, "a")
+	_, err := ts.clients(t, idAdmin).crypto.Encrypt(testContext(t), &custosv1.EncryptRequest{Name: keyName("a"), Plaintext: []byte("x"), AssociatedData: []byte("custos:datakey:x")})
+	st := wantCode(t, err, codes.InvalidArgument)
+	var fields []string
+	for _, d := range st.Details() {
+		if br, ok := d.(*errdetails.BadRequest); ok {
+			for _, v := range br.GetFieldViolations() {
+				fields = append(fields, v.GetField())
+			}
+		}
+	}
+	if len(fields) != 1 || fields[0] != "associated_data" {
+		t.Fatalf("BadRequest fields %v for %q, want [associated_data]", fields, st.Message())
+	}
+}

@@ -110,8 +110,9 @@ func (s *Server) toError(ctx context.Context, err error) error {
 }
 
 // fieldPrefix is how hand-written INVALID_ARGUMENT messages start: the
-// field at fault ("items[3].plaintext: …", "page_size 0 must …").
-var fieldPrefix = regexp.MustCompile(`^([a-z][a-z0-9_]*(?:\[[0-9]+\])?(?:\.[a-z][a-z0-9_]*(?:\[[0-9]+\])?)*)[: ]`)
+// field at fault ("items[3].plaintext: …", "page_size 0 must …"), after
+// the keystore's "invalid argument: " when it made the error.
+var fieldPrefix = regexp.MustCompile(`^(?:invalid argument: )?([a-z][a-z0-9_]*(?:\[[0-9]+\])?(?:\.[a-z][a-z0-9_]*(?:\[[0-9]+\])?)*)[: ]`)
 
 // withInvalidDetails gives an INVALID_ARGUMENT status without an ErrorInfo
 // the standard details other languages read: ErrorInfo (reason
