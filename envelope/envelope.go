@@ -127,9 +127,9 @@ func (k *Key) Seal(plaintext, associatedData []byte) ([]byte, error) {
 	return k.seal(out, nonce, plaintext, associatedData), nil
 }
 
-// SealWithNonce is Seal with the given nonce: for test vectors only, never
-// with a nonce used before under the same data key.
-func (k *Key) SealWithNonce(nonce, plaintext, associatedData []byte) []byte {
+// sealWithNonce is Seal with the given nonce: for test vectors only
+// (export_test.go), never with a nonce used before under the same data key.
+func (k *Key) sealWithNonce(nonce, plaintext, associatedData []byte) []byte {
 	out := make([]byte, 0, k.Overhead()+len(plaintext))
 	out = k.appendHeader(out)
 	n := out[len(out) : len(out)+NonceSize]
