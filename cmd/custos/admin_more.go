@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -357,8 +358,9 @@ func readPassword(cmd *cobra.Command) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	pw := []byte(strings.TrimRight(string(b), "\r\n"))
-	clear(b)
+	// Trimmed in place: a string copy could not be cleared. The caller
+	// clears what it gets.
+	pw := bytes.TrimRight(b, "\r\n")
 	if len(pw) == 0 {
 		return nil, usageError{errors.New("no password on standard input")}
 	}
