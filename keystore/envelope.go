@@ -2,7 +2,6 @@ package keystore
 
 import (
 	"context"
-	"sync"
 
 	"github.com/custos-kms/custos/envelope"
 )
@@ -63,12 +62,13 @@ func (s *Service) rewrapEnvelope(ctx context.Context, ref KeyRef, ciphertext, aa
 	// cache's reach), so that clients' data-key caches, keyed by wrapping,
 	// keep working after a rewrap of many rows.
 	ck := rewrapKey{ref: ref, commitment: string(env.Commitment()), from: string(env.Wrapped)}
-	wrapped, nv, ok := s.envRewraps.get(ck, e.rec.Primary)
-	if !ok {
+	r, fresh, _ := s.envRewraps.get(ck)
+	wrapped, nv := r.wrapped, r.version
+	if !fresh || nv != e.rec.Primary {
 		if wrapped, nv, err = s.encryptWith(e, "rewrap", dk, dataKeyAAD([]byte(envelope.DataKeyContext))); err != nil {
 			return nil, 0, err
 		}
-		s.envRewraps.put(ck, wrapped, nv)
+		s.envRewraps.put(ck, rewrapped{wrapped: wrapped, version: nv})
 	}
 	out, err := envelope.Rewrapped(ciphertext, wrapped)
 	if err != nil {
@@ -90,31 +90,8 @@ type rewrapped struct {
 	version uint32
 }
 
-// envelopeRewraps remembers the new wrapping of recently rewrapped envelope
-// data keys (a bounded map, cleared when full): rewrapping a table's rows
-// gives every envelope of one data key one new wrapping.
-type envelopeRewraps struct {
-	mu sync.Mutex
-	m  map[rewrapKey]rewrapped
-}
-
+// maxEnvelopeRewraps bounds Service.envRewraps, which remembers the new
+// wrapping of recently rewrapped envelope data keys (for the cache TTL):
+// rewrapping a table's rows gives every envelope of one data key one new
+// wrapping.
 const maxEnvelopeRewraps = 4096
-
-func (r *envelopeRewraps) get(k rewrapKey, primary uint32) ([]byte, uint32, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	e, ok := r.m[k]
-	if !ok || e.version != primary {
-		return nil, 0, false
-	}
-	return e.wrapped, e.version, true
-}
-
-func (r *envelopeRewraps) put(k rewrapKey, wrapped []byte, v uint32) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.m == nil || len(r.m) >= maxEnvelopeRewraps {
-		r.m = make(map[rewrapKey]rewrapped)
-	}
-	r.m[k] = rewrapped{wrapped: wrapped, version: v}
-}

@@ -71,8 +71,8 @@ type Config struct {
 
 // Service is the keystore. It is safe for concurrent use.
 type Service struct {
-	records                    // typed storage access: s.store, s.readTenant, s.readKey, s.scan
-	envRewraps envelopeRewraps // recent envelope data-key rewraps (envelope.go)
+	records                               // typed storage access: s.store, s.readTenant, s.readKey, s.scan
+	envRewraps *lru[rewrapKey, rewrapped] // recent envelope data-key rewraps (envelope.go)
 	root       root.Root
 	now        func() time.Time
 	rand       io.Reader
@@ -132,7 +132,8 @@ func New(cfg Config) (*Service, error) {
 			keks:    newLRU[string, tink.AEAD](cfg.CacheSize, cfg.CacheTTL, cfg.UnavailableGrace, cfg.Now),
 			keys:    newLRU[KeyRef, *keyEntry](cfg.CacheSize, cfg.CacheTTL, cfg.UnavailableGrace, cfg.Now),
 		},
-		life: newLifecycleState(cfg.UsageRotateThreshold),
+		life:       newLifecycleState(cfg.UsageRotateThreshold),
+		envRewraps: newLRU[rewrapKey, rewrapped](maxEnvelopeRewraps, cfg.CacheTTL, 0, cfg.Now),
 	}, nil
 }
 
