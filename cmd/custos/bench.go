@@ -3,8 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -25,6 +23,7 @@ import (
 	"github.com/custos-kms/custos/internal/bench"
 	"github.com/custos-kms/custos/internal/config"
 	"github.com/custos-kms/custos/internal/custos"
+	"github.com/custos-kms/custos/internal/tlssource"
 	"github.com/custos-kms/custos/server"
 )
 
@@ -229,11 +228,11 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 		cpu = bench.ProcCPU(dev.cmd.Process.Pid)
 		fmt.Fprintf(progress, "custos dev (pid %d) on %s\n", dev.cmd.Process.Pid, f.addr)
 	}
-	clientTLS, err := loadClientTLS(f.ca, f.cert, f.key)
+	clientCreds, err := clientCredentials(f.ca, f.cert, f.key)
 	if err != nil {
 		return err
 	}
-	custosConn, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(credentials.NewTLS(clientTLS)))
+	custosConn, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(clientCreds))
 	if err != nil {
 		return err
 	}
@@ -260,7 +259,7 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 			return fmt.Errorf("spawn the baseline: %w", err)
 		}
 		defer child.stop()
-		conn, err := grpc.NewClient(lines[1], grpc.WithTransportCredentials(credentials.NewTLS(clientTLS)))
+		conn, err := grpc.NewClient(lines[1], grpc.WithTransportCredentials(clientCreds))
 		if err != nil {
 			return err
 		}
@@ -273,11 +272,11 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 			return err
 		}
 		defer dev.stop()
-		tlsConf, err := loadClientTLS(dev.clientFiles())
+		creds, err := clientCredentials(dev.clientFiles())
 		if err != nil {
 			return err
 		}
-		conn, err := grpc.NewClient(dev.addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
+		conn, err := grpc.NewClient(dev.addr, grpc.WithTransportCredentials(creds))
 		if err != nil {
 			return err
 		}
@@ -291,7 +290,7 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 		baseline = &bench.Target{Name: "audit-off", Conn: conn, CPU: bench.ProcCPU(dev.cmd.Process.Pid)}
 		fmt.Fprintf(progress, "baseline: custos dev --audit=false (pid %d) on %s\n", dev.cmd.Process.Pid, dev.addr)
 	default:
-		conn, err := grpc.NewClient(f.baseline, grpc.WithTransportCredentials(credentials.NewTLS(clientTLS)))
+		conn, err := grpc.NewClient(f.baseline, grpc.WithTransportCredentials(clientCreds))
 		if err != nil {
 			return err
 		}
@@ -385,20 +384,15 @@ func parseWorkload(s string, base bench.Workload) (bench.Workload, error) {
 	return base, nil
 }
 
-func loadClientTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
-	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+// clientCredentials are mutual-TLS credentials from the client files,
+// through the same loader as the client library (tlssource): the server is
+// verified against the CA bundle and the host it is dialled by.
+func clientCredentials(caFile, certFile, keyFile string) (credentials.TransportCredentials, error) {
+	src, err := tlssource.Load(certFile, keyFile, caFile, tlssource.Options{Name: "client TLS"})
 	if err != nil {
-		return nil, fmt.Errorf("client certificate: %w", err)
+		return nil, err
 	}
-	caPEM, err := os.ReadFile(caFile)
-	if err != nil {
-		return nil, fmt.Errorf("CA: %w", err)
-	}
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(caPEM) {
-		return nil, fmt.Errorf("CA %s: no certificate", caFile)
-	}
-	return &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: roots, Certificates: []tls.Certificate{pair}}, nil
+	return tlssource.ClientCredentials(src), nil
 }
 
 // child is a process this binary started.

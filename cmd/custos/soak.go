@@ -9,7 +9,6 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	"github.com/custos-kms/custos/internal/bench"
 )
@@ -61,11 +60,11 @@ See docs/operations.md for this machine's figures.`,
 				c.ca, c.cert, c.key = dev.clientFiles()
 				fmt.Fprintf(progress, "custos dev (pid %d) on %s\n", dev.cmd.Process.Pid, c.addr)
 			}
-			tlsConf, err := loadClientTLS(c.ca, c.cert, c.key)
+			creds, err := clientCredentials(c.ca, c.cert, c.key)
 			if err != nil {
 				return err
 			}
-			cc, err := grpc.NewClient(c.addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
+			cc, err := grpc.NewClient(c.addr, grpc.WithTransportCredentials(creds))
 			if err != nil {
 				return err
 			}
