@@ -55,30 +55,47 @@ type MetricsCPU string
 
 // CPU implements CPUReader.
 func (m MetricsCPU) CPU() (time.Duration, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, string(m), nil)
+	vals, err := scrapeMetrics(string(m), "process_cpu_seconds_total")
 	if err != nil {
 		return 0, err
 	}
+	f, ok := vals["process_cpu_seconds_total"]
+	if !ok {
+		return 0, fmt.Errorf("%s: no process_cpu_seconds_total", string(m))
+	}
+	return time.Duration(f * float64(time.Second)), nil
+}
+
+// scrapeMetrics reads the named unlabelled samples from a Prometheus text
+// endpoint (within 5 s); a name it does not find is absent from the map.
+func scrapeMetrics(url string, names ...string) (map[string]float64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	out := make(map[string]float64, len(names))
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "process_cpu_seconds_total "); ok {
+		line := sc.Text()
+		for _, name := range names {
+			v, ok := strings.CutPrefix(line, name+" ")
+			if !ok {
+				continue
+			}
 			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
 			if err != nil {
-				return 0, fmt.Errorf("%s: process_cpu_seconds_total: %w", string(m), err)
+				return nil, fmt.Errorf("%s: %s: %w", url, name, err)
 			}
-			return time.Duration(f * float64(time.Second)), nil
+			out[name] = f
 		}
 	}
-	if err := sc.Err(); err != nil {
-		return 0, err
-	}
-	return 0, fmt.Errorf("%s: no process_cpu_seconds_total", string(m))
+	return out, sc.Err()
 }

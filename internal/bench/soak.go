@@ -1,13 +1,9 @@
 package bench
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"net/http"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -202,39 +198,9 @@ type processMetrics struct {
 // scrapeProcess reads the server's resident memory, Go heap in use and
 // goroutine count from its Prometheus metrics.
 func scrapeProcess(url string) (processMetrics, error) {
-	var m processMetrics
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	vals, err := scrapeMetrics(url, "process_resident_memory_bytes", "go_memstats_heap_inuse_bytes", "go_goroutines")
 	if err != nil {
-		return m, err
+		return processMetrics{}, err
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return m, err
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	value := func(line, name string) (float64, bool) {
-		v, ok := strings.CutPrefix(line, name+" ")
-		if !ok {
-			return 0, false
-		}
-		f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-		return f, err == nil
-	}
-	for sc.Scan() {
-		line := sc.Text()
-		if v, ok := value(line, "process_resident_memory_bytes"); ok {
-			m.rss = v
-		}
-		if v, ok := value(line, "go_memstats_heap_inuse_bytes"); ok {
-			m.heap = v
-		}
-		if v, ok := value(line, "go_goroutines"); ok {
-			m.goroutines = int(v)
-		}
-	}
-	return m, sc.Err()
+	return processMetrics{rss: vals["process_resident_memory_bytes"], heap: vals["go_memstats_heap_inuse_bytes"], goroutines: int(vals["go_goroutines"])}, nil
 }
