@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
+	"github.com/custos-kms/custos/internal/tlssource"
 	"github.com/custos-kms/custos/keystore"
 	"github.com/custos-kms/custos/keystore/password"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
@@ -299,22 +300,15 @@ func checkServerTLS(c *tls.Config, top bool) error {
 }
 
 // TLSConfig returns the server's mutual-TLS configuration: TLS 1.3 only,
-// client certificates required and verified against the CA bundle in clientCAFile.
+// client certificates required and verified against the CA bundle in
+// clientCAFile. It is tlssource's, as custos serve uses: the files are
+// read again when they change.
 func TLSConfig(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("server TLS: load certificate: %w", err)
-	}
-	pool, err := loadCertPool(clientCAFile)
+	src, err := tlssource.Load(certFile, keyFile, clientCAFile, tlssource.Options{Name: "server TLS"})
 	if err != nil {
 		return nil, err
 	}
-	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{cert},
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-		ClientCAs:    pool,
-	}, nil
+	return tlssource.ServerConfig(src), nil
 }
 
 // schedulerCollector exports the scheduler's actions in this process as
