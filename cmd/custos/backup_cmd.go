@@ -20,7 +20,6 @@ import (
 	"github.com/custos-kms/custos/keystore/backup"
 	"github.com/custos-kms/custos/keystore/storage"
 	"github.com/custos-kms/custos/keystore/storage/bbolt"
-	"github.com/custos-kms/custos/keystore/storage/postgres"
 )
 
 func newBackupCmd() *cobra.Command {
@@ -309,20 +308,9 @@ func tombstonesFrom(ctx context.Context, path string) ([]keystore.Tombstone, err
 	if err != nil {
 		return nil, fmt.Errorf("--tombstones-from: %w", err)
 	}
-	var s storage.Store
-	switch cfg.Storage.Type {
-	case "bbolt":
-		s, err = bbolt.Open(cfg.Storage.Bbolt.Path, bbolt.Options{ReadOnly: true})
-		if errors.Is(err, bbolt.ErrLocked) {
-			err = fmt.Errorf("%w (stop its server first)", err)
-		}
-	case "postgres":
-		var url string
-		if url, err = cfg.Storage.Postgres.PostgresURL(); err == nil {
-			s, err = postgres.Open(ctx, postgres.Config{URL: url, NoMigrate: true, Logger: slog.New(slog.DiscardHandler)})
-		}
-	default:
-		err = fmt.Errorf("storage %s holds no tombstones to read", cfg.Storage.Type)
+	s, err := custos.OpenStorageReadOnly(ctx, cfg, slog.New(slog.DiscardHandler))
+	if errors.Is(err, bbolt.ErrLocked) {
+		err = fmt.Errorf("%w (stop its server first)", err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("--tombstones-from: %w", err)

@@ -2,6 +2,7 @@ package custos
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -92,16 +93,31 @@ func CloseRoot(r root.Root) {
 
 // OpenStorage opens the configured storage backend.
 func OpenStorage(ctx context.Context, cfg *config.Config, logger *slog.Logger) (storage.Store, error) {
+	return openStorage(ctx, cfg, logger, false)
+}
+
+// OpenStorageReadOnly opens the configured store to read it without
+// writing to it: a bbolt file read-only (it must exist, and a server that
+// holds it makes this fail with bbolt.ErrLocked), a PostgreSQL database
+// without migrations.
+func OpenStorageReadOnly(ctx context.Context, cfg *config.Config, logger *slog.Logger) (storage.Store, error) {
+	return openStorage(ctx, cfg, logger, true)
+}
+
+func openStorage(ctx context.Context, cfg *config.Config, logger *slog.Logger, readOnly bool) (storage.Store, error) {
 	switch cfg.Storage.Type {
 	case "bbolt":
-		return bbolt.Open(cfg.Storage.Bbolt.Path, bbolt.Options{})
+		return bbolt.Open(cfg.Storage.Bbolt.Path, bbolt.Options{ReadOnly: readOnly})
 	case "postgres":
 		url, err := cfg.Storage.Postgres.PostgresURL()
 		if err != nil {
 			return nil, err
 		}
-		return postgres.Open(ctx, postgres.Config{URL: url, MaxConns: cfg.Storage.Postgres.MaxConns, Logger: logger})
+		return postgres.Open(ctx, postgres.Config{URL: url, MaxConns: cfg.Storage.Postgres.MaxConns, NoMigrate: readOnly, Logger: logger})
 	case "memory":
+		if readOnly {
+			return nil, errors.New("storage memory holds nothing to read")
+		}
 		return memory.New(), nil
 	}
 	return nil, fmt.Errorf("storage type %q is not supported", cfg.Storage.Type)
