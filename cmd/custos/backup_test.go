@@ -11,6 +11,7 @@ import (
 
 	"github.com/custos-kms/custos/internal/config"
 	"github.com/custos-kms/custos/internal/pgtest"
+	"github.com/custos-kms/custos/keystore"
 	"github.com/custos-kms/custos/keystore/backup"
 	"github.com/custos-kms/custos/keystore/storage/bbolt"
 )
@@ -148,5 +149,39 @@ func TestAServerRefusesAHalfRestoredStore(t *testing.T) {
 	err = serve(t.Context(), cfg, &syncBuffer{}, nil, func(net.Addr, net.Addr) {})
 	if err == nil || !strings.Contains(err.Error(), "unfinished restore") {
 		t.Fatalf("serve on a half-restored store: %v", err)
+	}
+}
+
+// --tombstones-from reads the other store without writing to it: a bbolt
+// file read-only, refused (saying why) while a process holds it, and never
+// created when the path is wrong.
+func TestTombstonesFromReadsAnotherStoreReadOnly(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	db := filepath.Join(dir, "live.db")
+	conf := filepath.Join(dir, "live.yaml")
+	if err := os.WriteFile(conf, []byte("tls:\n  cert_file: s.pem\n  key_file: s.key\n  client_ca_file: ca.pem\nstorage:\n  type: bbolt\n  bbolt:\n    path: live.db\nroot:\n  type: local\n  local:\n    key_file: root.key\npolicy_file: policy.yaml\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tombstonesFrom(ctx, conf); err == nil {
+		t.Fatal("a missing bbolt file was opened (or created)")
+	}
+	if _, err := os.Stat(db); !os.IsNotExist(err) {
+		t.Fatalf("the missing bbolt file exists now: %v", err)
+	}
+	s, err := bbolt.Open(db, bbolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Put(ctx, keystore.TombstonePrefix+"gone", []byte(`{"tenant":"gone","create_time":"2026-01-01T00:00:00Z","shred_time":"2026-02-01T00:00:00Z"}`), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tombstonesFrom(ctx, conf); err == nil || !strings.Contains(err.Error(), "stop its server first") {
+		t.Fatalf("while another process holds the file: %v, want an error saying to stop its server", err)
+	}
+	s.Close()
+	tombs, err := tombstonesFrom(ctx, conf)
+	if err != nil || len(tombs) != 1 || tombs[0].Tenant != "gone" {
+		t.Fatalf("tombstones %+v, %v; want tenant gone", tombs, err)
 	}
 }
