@@ -29,6 +29,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/custos-kms/custos/client"
 )
@@ -83,7 +84,7 @@ func run(ctx context.Context, out io.Writer, addr, dev, pgURL string, n int) err
 	// 1. Insert: fields sealed locally, the blind index from the service.
 	start := time.Now()
 	rows := make([][]any, n)
-	err = parallel(n, func(i int) error {
+	err = parallel(ctx, n, func(i int) error {
 		id := fmt.Sprint(i)
 		email := fmt.Sprintf("customer%d@example.com", i)
 		ct, err := fields.Encrypt(ctx, id, client.Fields{"email": []byte(email), "iban": []byte(fmt.Sprintf("DE89%018d", i))})
@@ -115,7 +116,7 @@ func run(ctx context.Context, out io.Writer, addr, dev, pgURL string, n int) err
 		ct := client.Fields{}
 		var e, b []byte
 		if err := db.QueryRow(ctx, `SELECT id, email, iban FROM custos_example_customers WHERE email_idx = ANY($1)`, query).Scan(&id, &e, &b); err != nil {
-			return fmt.Errorf("look up %s: %w", email, err)
+			return fmt.Errorf("look up a customer by its email's blind index: %w", err) // not the email: errors end up in logs
 		}
 		ct["email"], ct["iban"] = e, b
 		pt, err := fields.Decrypt(ctx, fmt.Sprint(id), ct)
@@ -149,7 +150,7 @@ func run(ctx context.Context, out io.Writer, addr, dev, pgURL string, n int) err
 	start = time.Now()
 	var rewrapped int64
 	var mu sync.Mutex
-	err = parallel(n, func(i int) error {
+	err = parallel(ctx, n, func(i int) error {
 		id := fmt.Sprint(i)
 		var e, b []byte
 		if err := db.QueryRow(ctx, `SELECT email, iban FROM custos_example_customers WHERE id = $1`, int64(i)).Scan(&e, &b); err != nil {
@@ -218,36 +219,16 @@ func ensureKeys(ctx context.Context, c *client.Client) error {
 	return nil
 }
 
-// parallel runs fn for 0…n-1 on 16 goroutines and returns the first error.
-func parallel(n int, fn func(int) error) error {
-	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		next int
-		ferr error
-	)
-	for range 16 {
-		wg.Go(func() {
-			for {
-				mu.Lock()
-				i := next
-				next++
-				stop := ferr != nil
-				mu.Unlock()
-				if i >= n || stop {
-					return
-				}
-				if err := fn(i); err != nil {
-					mu.Lock()
-					if ferr == nil {
-						ferr = err
-					}
-					mu.Unlock()
-					return
-				}
-			}
-		})
+// parallel runs fn for 0…n-1, 16 at a time, and returns the first error;
+// after one, no more are started.
+func parallel(ctx context.Context, n int, fn func(int) error) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(16)
+	for i := range n {
+		if gctx.Err() != nil {
+			break
+		}
+		g.Go(func() error { return fn(i) })
 	}
-	wg.Wait()
-	return ferr
+	return g.Wait()
 }
