@@ -3,7 +3,6 @@ package keystore
 import (
 	"context"
 	"errors"
-	"fmt"
 
 	"github.com/custos-kms/custos/envelope"
 )
@@ -42,7 +41,7 @@ func (s *Service) Batch(ctx context.Context, ref KeyRef, op string) (*Batch, err
 // Encrypt is Service.Encrypt for one item of the batch.
 func (b *Batch) Encrypt(plaintext, aad []byte) ([]byte, uint32, error) {
 	if isDataKeyAAD(aad) {
-		return nil, 0, fmt.Errorf("%w: associated_data: the prefix %q is reserved for data keys", ErrInvalidArgument, dataKeyAADPrefix)
+		return nil, 0, errReservedAAD
 	}
 	return b.seal("encrypt", plaintext, aad)
 }

@@ -19,7 +19,7 @@ const reloadWindow = 1024
 // ciphertext and the version that made it.
 func (s *Service) Encrypt(ctx context.Context, ref KeyRef, plaintext, aad []byte) ([]byte, uint32, error) {
 	if isDataKeyAAD(aad) {
-		return nil, 0, fmt.Errorf("%w: associated_data: the prefix %q is reserved for data keys", ErrInvalidArgument, dataKeyAADPrefix)
+		return nil, 0, errReservedAAD
 	}
 	e, err := s.m.key(ctx, ref)
 	if err != nil {

@@ -55,8 +55,8 @@ func (s *Service) rewrapEnvelope(ctx context.Context, ref KeyRef, ciphertext, aa
 	if err != nil {
 		return nil, 0, err
 	}
-	if v == e.rec.Primary {
-		return ciphertext, v, nil // already under the primary: unchanged, as Rewrap does
+	if v >= e.rec.Primary {
+		return ciphertext, v, nil // already under the primary (the newest): unchanged, as Rewrap does; never down
 	}
 	// Every envelope of one data key gets the same new wrapping (within the
 	// cache's reach), so that clients' data-key caches, keyed by wrapping,
