@@ -59,9 +59,12 @@ func (c *conn) applyDevDir(cmd *cobra.Command) {
 	if c.devDir == "" {
 		return
 	}
-	for flag, p := range map[string]*string{"ca": &c.ca, "cert": &c.cert, "key": &c.key} {
-		if !cmd.Flags().Changed(flag) {
-			*p = filepath.Join(c.devDir, map[string]string{"ca": "ca.pem", "cert": "client.pem", "key": "client-key.pem"}[flag])
+	for _, f := range []struct {
+		flag, file string
+		p          *string
+	}{{"ca", "ca.pem", &c.ca}, {"cert", "client.pem", &c.cert}, {"key", "client-key.pem", &c.key}} {
+		if !cmd.Flags().Changed(f.flag) {
+			*f.p = filepath.Join(c.devDir, f.file)
 		}
 	}
 }

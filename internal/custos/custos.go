@@ -442,7 +442,6 @@ func (rt *Runtime) Run(ctx context.Context) error {
 	return nil
 }
 
-// drain stops the gRPC server gracefully, cutting open calls after timeout.
 // reloadOn reloads the policy and the TLS files on every SIGHUP until ctx
 // is done; either one failing keeps its previous version and is logged.
 func (rt *Runtime) reloadOn(ctx context.Context) {
@@ -459,6 +458,7 @@ func (rt *Runtime) reloadOn(ctx context.Context) {
 	}
 }
 
+// drain stops the gRPC server gracefully, cutting open calls after timeout.
 func (rt *Runtime) drain(timeout time.Duration) {
 	stopped := make(chan struct{})
 	go func() { rt.gs.GracefulStop(); close(stopped) }()
