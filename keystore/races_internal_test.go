@@ -236,14 +236,27 @@ func (c *countStore) Get(ctx context.Context, k string) (storage.Record, error) 
 	return c.Store.Get(ctx, k)
 }
 
+// newCountingService is a service over a store that counts its Gets.
+func newCountingService(t *testing.T) (*Service, *countStore, *local.Root) {
+	t.Helper()
+	r, err := local.Create(filepath.Join(t.TempDir(), "root.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := &countStore{Store: memory.New()}
+	s, err := New(Config{Storage: cs, Root: r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, cs, r
+}
+
 func TestForgedVersionsCostAtMostOneReloadPerSecond(t *testing.T) {
 	ctx := context.Background()
-	r, _ := local.Create(filepath.Join(t.TempDir(), "root.key"))
-	cs := &countStore{Store: memory.New()}
-	s, _ := New(Config{Storage: cs, Root: r})
+	s, cs, _ := newCountingService(t)
 	ref, ct := setupRotated(t, s)
 	bogus := append([]byte(nil), ct...)
-	bogus[4] = 200
+	bogus[4] = 200 // a version far beyond any the key has
 	before := cs.gets.Load()
 	for range 100 {
 		s.Decrypt(ctx, ref, bogus, nil)
@@ -260,12 +273,10 @@ func TestForgedVersionsCostAtMostOneReloadPerSecond(t *testing.T) {
 // item (DecryptBatch and RewrapBatch of 100 forged items).
 func TestForgedVersionsInABatchCostAtMostOneReload(t *testing.T) {
 	ctx := context.Background()
-	r, _ := local.Create(filepath.Join(t.TempDir(), "root.key"))
-	cs := &countStore{Store: memory.New()}
-	s, _ := New(Config{Storage: cs, Root: r})
+	s, cs, _ := newCountingService(t)
 	ref, ct := setupRotated(t, s)
 	bogus := append([]byte(nil), ct...)
-	bogus[4] = 200
+	bogus[4] = 200 // a version far beyond any the key has
 	for _, op := range []string{"decrypt", "rewrap"} {
 		b, err := s.Batch(ctx, ref, op)
 		if err != nil {
@@ -290,9 +301,7 @@ func TestForgedVersionsInABatchCostAtMostOneReload(t *testing.T) {
 // reloads the key once and serves the rest of its items from that.
 func TestABatchReloadsOnceForANewVersion(t *testing.T) {
 	ctx := context.Background()
-	r, _ := local.Create(filepath.Join(t.TempDir(), "root.key"))
-	cs := &countStore{Store: memory.New()}
-	s, _ := New(Config{Storage: cs, Root: r})
+	s, cs, r := newCountingService(t)
 	ref, _ := setupRotated(t, s)
 	b, err := s.Batch(ctx, ref, "decrypt")
 	if err != nil {
