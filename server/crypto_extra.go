@@ -30,10 +30,10 @@ func (s cryptoService) RewrapBatch(ctx context.Context, req *custosv1.RewrapBatc
 		return nil, s.toError(ctx, err)
 	}
 	defer b.Done()
-	resp := &custosv1.RewrapBatchResponse{Results: make([]*custosv1.RewrapBatchResponse_Result, len(items))}
+	resp := &custosv1.RewrapBatchResponse{Results: batchResults[custosv1.RewrapBatchResponse_Result](len(items))}
 	for i, it := range items {
-		r := &custosv1.RewrapBatchResponse_Result{Status: okStatus}
-		resp.Results[i] = r
+		r := resp.Results[i]
+		r.Status = okStatus
 		if err := checkCiphertextItem(it.GetCiphertext(), it.GetAssociatedData()); err != nil {
 			r.Status = status.Convert(err).Proto()
 			continue
