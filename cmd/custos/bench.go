@@ -149,7 +149,7 @@ func opNames() string {
 // starts; it is hidden (users run `custos bench`). It serves until its
 // standard input closes or it is signalled.
 func newBenchBaselineCmd() *cobra.Command {
-	var listen, cert, key, ca string
+	var listen, metricsListen, cert, key, ca string
 	var gcPercent int
 	cmd := &cobra.Command{
 		Use:    "baseline",
@@ -173,11 +173,20 @@ func newBenchBaselineCmd() *cobra.Command {
 			ctx, cancel := context.WithCancel(cmd.Context())
 			defer cancel()
 			go func() { _, _ = io.Copy(io.Discard, cmd.InOrStdin()); cancel() }()
+			if metricsListen != "" {
+				mlis, err := net.Listen("tcp", metricsListen)
+				if err != nil {
+					return err
+				}
+				go bench.ServeMetrics(ctx, mlis)
+				fmt.Fprintf(cmd.OutOrStdout(), "baseline metrics on %s\n", mlis.Addr())
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "baseline listening on %s\n", lis.Addr())
 			return bench.ServeBaseline(ctx, lis, tlsConf, server.DefaultMaxMessageBytes)
 		},
 	}
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:0", "listen address")
+	cmd.Flags().StringVar(&metricsListen, "metrics-listen", "", "also serve the process's Go metrics (/metrics) on this address")
 	cmd.Flags().StringVar(&cert, "cert", "", "server certificate")
 	cmd.Flags().StringVar(&key, "key", "", "server key")
 	cmd.Flags().StringVar(&ca, "client-ca", "", "CA bundle that verifies clients")
@@ -210,22 +219,26 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 	progress := cmd.ErrOrStderr()
 
 	var cpu bench.CPUReader
+	var allocs bench.AllocReader
 	switch {
 	case f.serverPID > 0:
 		cpu = bench.ProcCPU(f.serverPID)
 	case f.serverMetrics != "":
 		cpu = bench.MetricsCPU(f.serverMetrics)
 	}
+	if f.serverMetrics != "" {
+		allocs = bench.MetricsAllocs(f.serverMetrics)
+	}
 	f.applyDevDir(cmd)
 	if f.spawnDev {
-		dev, err := spawnDev(ctx, false)
+		dev, err := spawnDev(ctx, true)
 		if err != nil {
 			return err
 		}
 		defer dev.stop()
 		f.addr = dev.addr
 		f.ca, f.cert, f.key = dev.clientFiles()
-		cpu = bench.ProcCPU(dev.cmd.Process.Pid)
+		cpu, allocs = bench.ProcCPU(dev.cmd.Process.Pid), dev.allocs()
 		fmt.Fprintf(progress, "custos dev (pid %d) on %s\n", dev.cmd.Process.Pid, f.addr)
 	}
 	clientCreds, err := clientCredentials(f.ca, f.cert, f.key)
@@ -245,7 +258,7 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 			return err
 		}
 	}
-	custos := bench.Target{Name: "custos", Conn: custosConn, CPU: cpu}
+	custos := bench.Target{Name: "custos", Conn: custosConn, CPU: cpu, Allocs: allocs}
 
 	var baseline *bench.Target
 	switch f.baseline {
@@ -253,21 +266,22 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 	case "spawn":
 		dir := filepath.Dir(f.ca)
 		certF, keyF, caF := orDefault(f.baseCert, filepath.Join(dir, "server.pem")), orDefault(f.baseKey, filepath.Join(dir, "server-key.pem")), orDefault(f.baseCA, f.ca)
-		child, lines, err := startChild(ctx, []string{"bench", "baseline", "--cert", certF, "--key", keyF, "--client-ca", caF, "--gc-percent", strconv.Itoa(f.baseGC)},
-			"", regexp.MustCompile(`baseline listening on (\S+)`))
+		child, ms, err := startChildAll(ctx, []string{"bench", "baseline", "--cert", certF, "--key", keyF, "--client-ca", caF, "--gc-percent", strconv.Itoa(f.baseGC), "--metrics-listen", "127.0.0.1:0"},
+			"", regexp.MustCompile(`baseline listening on (\S+)`), regexp.MustCompile(`baseline metrics on (\S+)`))
 		if err != nil {
 			return fmt.Errorf("spawn the baseline: %w", err)
 		}
 		defer child.stop()
-		conn, err := grpc.NewClient(lines[1], grpc.WithTransportCredentials(clientCreds))
+		addr := ms[0][1]
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(clientCreds))
 		if err != nil {
 			return err
 		}
 		defer conn.Close()
-		baseline = &bench.Target{Name: "baseline", Conn: conn, CPU: bench.ProcCPU(child.cmd.Process.Pid)}
-		fmt.Fprintf(progress, "baseline (pid %d) on %s\n", child.cmd.Process.Pid, lines[1])
+		baseline = &bench.Target{Name: "baseline", Conn: conn, CPU: bench.ProcCPU(child.cmd.Process.Pid), Allocs: bench.MetricsAllocs("http://" + ms[1][1] + "/metrics")}
+		fmt.Fprintf(progress, "baseline (pid %d) on %s\n", child.cmd.Process.Pid, addr)
 	case "audit-off":
-		dev, err := spawnDev(ctx, false, "--audit=false")
+		dev, err := spawnDev(ctx, true, "--audit=false")
 		if err != nil {
 			return err
 		}
@@ -287,7 +301,7 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 		if err != nil {
 			return err
 		}
-		baseline = &bench.Target{Name: "audit-off", Conn: conn, CPU: bench.ProcCPU(dev.cmd.Process.Pid)}
+		baseline = &bench.Target{Name: "audit-off", Conn: conn, CPU: bench.ProcCPU(dev.cmd.Process.Pid), Allocs: dev.allocs()}
 		fmt.Fprintf(progress, "baseline: custos dev --audit=false (pid %d) on %s\n", dev.cmd.Process.Pid, dev.addr)
 	default:
 		conn, err := grpc.NewClient(f.baseline, grpc.WithTransportCredentials(clientCreds))
@@ -440,6 +454,11 @@ func spawnDev(ctx context.Context, withOps bool, extra ...string) (*devChild, er
 		d.ops = ms[1][1]
 	}
 	return d, nil
+}
+
+// allocs reads the server's allocation count from its ops listener.
+func (d *devChild) allocs() bench.AllocReader {
+	return bench.MetricsAllocs("http://" + d.ops + "/metrics")
 }
 
 // clientFiles are the dev client's CA, certificate and key files.

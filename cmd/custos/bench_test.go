@@ -112,7 +112,8 @@ func TestBenchMeasuresEveryOperationAgainstItsBaseline(t *testing.T) {
 }
 
 // The whole tool as users run it: it starts custos dev and the baseline in
-// processes of their own, measures server CPU per call from /proc, and runs
+// processes of their own, measures server CPU per call from /proc and
+// allocations per call from each server's metrics, and runs
 // the hashing contention scenario.
 func TestBenchSpawnsTheServerAndTheBaselineInTheirOwnProcesses(t *testing.T) {
 	t.Setenv("CUSTOS_TEST_RUN_MAIN", "1")
@@ -137,6 +138,11 @@ func TestBenchSpawnsTheServerAndTheBaselineInTheirOwnProcesses(t *testing.T) {
 	c := rep.Comparisons[0]
 	if c.Custos[0].ServerCPUPerCall <= 0 || c.Baseline[0].ServerCPUPerCall <= 0 {
 		t.Errorf("server CPU per call not measured: custos %v, baseline %v", c.Custos[0].ServerCPUPerCall, c.Baseline[0].ServerCPUPerCall)
+	}
+	// Both servers' allocations come from their own metrics endpoints:
+	// Custos's ops listener and the baseline's; a gRPC call allocates.
+	if c.Custos[0].ServerAllocsPerCall < 1 || c.Baseline[0].ServerAllocsPerCall < 1 {
+		t.Errorf("server allocations per call not measured: custos %v, baseline %v", c.Custos[0].ServerAllocsPerCall, c.Baseline[0].ServerAllocsPerCall)
 	}
 	k := rep.Contention[0]
 	if len(k.Loaded) != 1 || k.Loaded[0].Background == nil || k.Loaded[0].Background.Calls == 0 || k.Throughput.Median <= 0 {

@@ -74,7 +74,7 @@ See docs/operations.md for this machine's figures.`,
 			}
 			w := bench.Workload{Op: o, Concurrency: concurrency, BatchSize: 100, PayloadBytes: 64, Warmup: time.Second, Duration: peak}
 			fmt.Fprintf(progress, "measuring the peak of %s@%d for %v\n", o, concurrency, peak)
-			p, err := bench.Run(ctx, "custos", cc, w, nil)
+			p, err := bench.Run(ctx, bench.Target{Name: "custos", Conn: cc}, w)
 			if err != nil {
 				return err
 			}

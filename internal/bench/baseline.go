@@ -14,7 +14,12 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"net/http"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -168,4 +173,18 @@ func ServeBaseline(ctx context.Context, lis net.Listener, tlsConf *tls.Config, m
 		<-errc
 		return nil
 	}
+}
+
+// ServeMetrics serves the process's Go and process metrics (/metrics, in
+// the Prometheus text format) on lis until ctx is done: the baseline's
+// allocation count, read as Custos's is from its ops listener.
+func ServeMetrics(ctx context.Context, lis net.Listener) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	stop := context.AfterFunc(ctx, func() { _ = srv.Close() })
+	defer stop()
+	_ = srv.Serve(lis) // returns when closed
 }

@@ -137,6 +137,9 @@ type Result struct {
 	// ServerCPUPerCall is the server's CPU time per call in microseconds,
 	// when the run was told how to read it (0 otherwise).
 	ServerCPUPerCall float64 `json:"server_cpu_us_per_call,omitempty"`
+	// ServerAllocsPerCall is how many heap objects the server allocated
+	// per call, when the run was told how to read it (0 otherwise).
+	ServerAllocsPerCall float64 `json:"server_allocs_per_call,omitempty"`
 	// Background is what ran beside the measured calls, if anything.
 	Background *Result `json:"background,omitempty"`
 }
@@ -250,12 +253,13 @@ func prepare(ctx context.Context, conn grpc.ClientConnInterface, w Workload) (fu
 	}, nil
 }
 
-// Run runs w against conn: Warmup, then Duration measured, with
-// w.Concurrency calls in flight, and reports what it measured. cpu, if not
-// nil, reads the server's CPU time (for CPU per call). It fails only if the
-// calls cannot be prepared; failed calls are counted by code.
-func Run(ctx context.Context, target string, conn grpc.ClientConnInterface, w Workload, cpu CPUReader) (Result, error) {
-	mk, err := prepare(ctx, conn, w)
+// Run runs w against t's server: Warmup, then Duration measured, with
+// w.Concurrency calls in flight, and reports what it measured, with the
+// server's CPU time and allocations per call when t can read them. It
+// fails only if the calls cannot be prepared; failed calls are counted by
+// code.
+func Run(ctx context.Context, t Target, w Workload) (Result, error) {
+	mk, err := prepare(ctx, t.Conn, w)
 	if err != nil {
 		return Result{}, err
 	}
@@ -268,24 +272,15 @@ func Run(ctx context.Context, target string, conn grpc.ClientConnInterface, w Wo
 	tallies := make([]tally, workers)
 	start := time.Now()
 	measureFrom, measureTo := start.Add(w.Warmup), start.Add(w.Warmup+w.Duration)
-	// The server's CPU is read when the measured window opens and when it
+	// The server is read when the measured window opens and when it
 	// closes, off the workers' path (a metrics scrape takes a while).
-	cpu0 := make(chan time.Duration, 1)
-	if cpu != nil {
-		time.AfterFunc(w.Warmup, func() {
-			if c, err := cpu.CPU(); err == nil {
-				cpu0 <- c
-			}
-			close(cpu0)
-		})
-	} else {
-		close(cpu0)
-	}
+	open := make(chan usage, 1)
+	time.AfterFunc(w.Warmup, func() { open <- t.usage() })
 	var wg sync.WaitGroup
 	for i := range workers {
 		c := mk(i)
-		t := &tallies[i]
-		t.errors = map[string]int64{}
+		tl := &tallies[i]
+		tl.errors = map[string]int64{}
 		wg.Go(func() {
 			for ctx.Err() == nil {
 				t0 := time.Now()
@@ -303,33 +298,29 @@ func Run(ctx context.Context, target string, conn grpc.ClientConnInterface, w Wo
 					if ctx.Err() != nil {
 						return
 					}
-					t.errors[status.Code(err).String()]++
+					tl.errors[status.Code(err).String()]++
 					continue
 				}
-				t.lat = append(t.lat, t1.Sub(t0))
-				t.items += int64(n)
+				tl.lat = append(tl.lat, t1.Sub(t0))
+				tl.items += int64(n)
 			}
 		})
 	}
 	wg.Wait()
-	var cpu1 time.Duration
-	cpuOK := false
-	if cpu != nil {
-		c, err := cpu.CPU()
-		cpu1, cpuOK = c, err == nil
-	}
+	closed := t.usage()
+	opened := <-open
 	if err := ctx.Err(); err != nil {
 		return Result{}, err
 	}
-	r := Result{Target: target, Op: w.Op, Concurrency: workers, Errors: map[string]int64{}}
+	r := Result{Target: t.Name, Op: w.Op, Concurrency: workers, Errors: map[string]int64{}}
 	if w.Op.Batch() {
 		r.BatchSize = max(w.BatchSize, 1)
 	}
 	var lat []time.Duration
-	for _, t := range tallies {
-		lat = append(lat, t.lat...)
-		r.Items += t.items
-		for k, v := range t.errors {
+	for _, tl := range tallies {
+		lat = append(lat, tl.lat...)
+		r.Items += tl.items
+		for k, v := range tl.errors {
 			r.Errors[k] += v
 		}
 	}
@@ -344,12 +335,36 @@ func Run(ctx context.Context, target string, conn grpc.ClientConnInterface, w Wo
 	}
 	slices.Sort(lat)
 	r.P50, r.P90, r.P99, r.P999 = pct(lat, 50), pct(lat, 90), pct(lat, 99), pct(lat, 99.9)
-	if c0, ok := <-cpu0; ok && cpuOK && r.Calls > 0 {
-		// The CPU of the drain after the window is counted too: calls that
-		// end late are few, and their share of CPU small.
-		r.ServerCPUPerCall = float64((cpu1 - c0).Microseconds()) / float64(r.Calls)
+	// What the drain after the window used is counted too: calls that end
+	// late are few, and their share small.
+	if r.Calls > 0 && opened.cpuOK && closed.cpuOK {
+		r.ServerCPUPerCall = float64((closed.cpu - opened.cpu).Microseconds()) / float64(r.Calls)
+	}
+	if r.Calls > 0 && opened.allocsOK && closed.allocsOK {
+		r.ServerAllocsPerCall = float64(closed.allocs-opened.allocs) / float64(r.Calls)
 	}
 	return r, nil
+}
+
+// usage is what a server process had used at one moment.
+type usage struct {
+	cpu             time.Duration
+	allocs          uint64
+	cpuOK, allocsOK bool
+}
+
+func (t Target) usage() usage {
+	var u usage
+	var err error
+	if t.CPU != nil {
+		u.cpu, err = t.CPU.CPU()
+		u.cpuOK = err == nil
+	}
+	if t.Allocs != nil {
+		u.allocs, err = t.Allocs.Allocs()
+		u.allocsOK = err == nil
+	}
+	return u
 }
 
 // pct is the p-th percentile of sorted latencies, in microseconds.
@@ -369,6 +384,8 @@ type Target struct {
 	Conn grpc.ClientConnInterface
 	// CPU reads its process's CPU time; nil if unknown.
 	CPU CPUReader
+	// Allocs reads its process's allocation count; nil if unknown.
+	Allocs AllocReader
 }
 
 // Comparison is the rounds of one workload against Custos and its baseline,
@@ -414,12 +431,12 @@ func Compare(ctx context.Context, custos Target, base *Target, w Workload, round
 		var b Result
 		if base != nil && w.Op.HasBaseline() {
 			var err error
-			if b, err = Run(ctx, base.Name, base.Conn, w, base.CPU); err != nil {
+			if b, err = Run(ctx, *base, w); err != nil {
 				return cmp, err
 			}
 			cmp.Baseline = append(cmp.Baseline, b)
 		}
-		c, err := Run(ctx, custos.Name, custos.Conn, w, custos.CPU)
+		c, err := Run(ctx, custos, w)
 		if err != nil {
 			return cmp, err
 		}
@@ -452,7 +469,7 @@ func Contend(ctx context.Context, custos Target, w, bg Workload, rounds int) (Co
 	res := Contention{Workload: w.label(), Background: bg.label()}
 	var thr, p99 []float64
 	for range max(rounds, 1) {
-		u, err := Run(ctx, custos.Name, custos.Conn, w, custos.CPU)
+		u, err := Run(ctx, custos, w)
 		if err != nil {
 			return res, err
 		}
@@ -466,7 +483,7 @@ func Contend(ctx context.Context, custos Target, w, bg Workload, rounds int) (Co
 		bgDone := make(chan Result, 1)
 		bgErr := make(chan error, 1)
 		go func() {
-			r, err := Run(ctx, custos.Name, custos.Conn, span, nil)
+			r, err := Run(ctx, Target{Name: custos.Name, Conn: custos.Conn}, span)
 			bgDone <- r
 			bgErr <- err
 		}()
@@ -474,7 +491,7 @@ func Contend(ctx context.Context, custos Target, w, bg Workload, rounds int) (Co
 		case <-time.After(ramp):
 		case <-ctx.Done():
 		}
-		l, err := Run(ctx, custos.Name, custos.Conn, w, custos.CPU)
+		l, err := Run(ctx, custos, w)
 		b := <-bgDone
 		if err == nil {
 			err = <-bgErr

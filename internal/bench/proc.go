@@ -66,6 +66,29 @@ func (m MetricsCPU) CPU() (time.Duration, error) {
 	return time.Duration(f * float64(time.Second)), nil
 }
 
+// AllocReader reads how many heap objects a server process has allocated
+// since it started.
+type AllocReader interface {
+	Allocs() (uint64, error)
+}
+
+// MetricsAllocs reads go_memstats_mallocs_total from a Prometheus endpoint
+// (Custos's ops listener, or the baseline's metrics listener).
+type MetricsAllocs string
+
+// Allocs implements AllocReader.
+func (m MetricsAllocs) Allocs() (uint64, error) {
+	vals, err := scrapeMetrics(string(m), "go_memstats_mallocs_total")
+	if err != nil {
+		return 0, err
+	}
+	f, ok := vals["go_memstats_mallocs_total"]
+	if !ok {
+		return 0, fmt.Errorf("%s: no go_memstats_mallocs_total", string(m))
+	}
+	return uint64(f), nil
+}
+
 // scrapeMetrics reads the named unlabelled samples from a Prometheus text
 // endpoint (within 5 s); a name it does not find is absent from the map.
 func scrapeMetrics(url string, names ...string) (map[string]float64, error) {

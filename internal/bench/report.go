@@ -54,15 +54,15 @@ func (r *Report) WriteText(w io.Writer) error {
 	fmt.Fprintf(w, "custos bench: %s; %d round(s) of %.1fs after %.1fs warm-up; %d-byte fields\n\n",
 		r.Machine, r.Rounds, r.Settings.DurationSec, r.Settings.WarmupSec, r.Settings.PayloadBytes)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "workload\tcustos items/s\tp50 µs\tp99 µs\tp99.9 µs\tcpu µs/call\tbaseline items/s\tp50 µs\tcpu µs/call\tthroughput ratio\t(min–max)\tp50 ratio\terrors\t")
+	fmt.Fprintln(tw, "workload\tcustos items/s\tp50 µs\tp99 µs\tp99.9 µs\tcpu µs/call\tallocs/call\tbaseline items/s\tp50 µs\tcpu µs/call\tallocs/call\tthroughput ratio\t(min–max)\tp50 ratio\terrors\t")
 	for _, c := range r.Comparisons {
 		cu := medianResult(c.Custos)
-		row := fmt.Sprintf("%s\t%.0f\t%.0f\t%.0f\t%.0f\t%s\t", c.Workload, cu.ItemsPerSec, cu.P50, cu.P99, cu.P999, cpu(cu))
+		row := fmt.Sprintf("%s\t%.0f\t%.0f\t%.0f\t%.0f\t%s\t%s\t", c.Workload, cu.ItemsPerSec, cu.P50, cu.P99, cu.P999, cpu(cu), allocs(cu))
 		if len(c.Baseline) > 0 {
 			b := medianResult(c.Baseline)
-			row += fmt.Sprintf("%.0f\t%.0f\t%s\t%.2f×\t(%.2f–%.2f)\t%.2f×\t", b.ItemsPerSec, b.P50, cpu(b), c.Throughput.Median, c.Throughput.Min, c.Throughput.Max, c.P50.Median)
+			row += fmt.Sprintf("%.0f\t%.0f\t%s\t%s\t%.2f×\t(%.2f–%.2f)\t%.2f×\t", b.ItemsPerSec, b.P50, cpu(b), allocs(b), c.Throughput.Median, c.Throughput.Min, c.Throughput.Max, c.P50.Median)
 		} else {
-			row += "–\t–\t–\t–\t\t–\t"
+			row += "–\t–\t–\t–\t–\t\t–\t"
 		}
 		row += fmt.Sprintf("%d\t", errorCount(c.Custos)+errorCount(c.Baseline))
 		fmt.Fprintln(tw, row)
@@ -90,6 +90,13 @@ func cpu(r Result) string {
 		return "–"
 	}
 	return fmt.Sprintf("%.1f", r.ServerCPUPerCall)
+}
+
+func allocs(r Result) string {
+	if r.ServerAllocsPerCall == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.0f", r.ServerAllocsPerCall)
 }
 
 func errorCount(rs []Result) int64 {

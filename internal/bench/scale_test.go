@@ -81,11 +81,11 @@ func TestScale(t *testing.T) {
 	var ratios []float64
 	var sp99, bp99 []float64
 	for range 5 {
-		rs, err := bench.Run(ctx, "custos", smallConn, hot, nil)
+		rs, err := bench.Run(ctx, bench.Target{Name: "custos", Conn: smallConn}, hot)
 		if err != nil || len(rs.Errors) > 0 {
 			t.Fatalf("hot set on 1,000: %v %v", err, rs.Errors)
 		}
-		rb, err := bench.Run(ctx, "custos", bigConn, hot, nil)
+		rb, err := bench.Run(ctx, bench.Target{Name: "custos", Conn: bigConn}, hot)
 		if err != nil || len(rb.Errors) > 0 {
 			t.Fatalf("hot set on %d: %v %v", n, err, rb.Errors)
 		}
@@ -236,7 +236,7 @@ audit: {spool: %q}
 	// nearly all of them not cached (10,000 cached of n).
 	if n > 100000 {
 		cold := bench.Workload{Op: bench.OpEncrypt, Concurrency: 1, PayloadBytes: 64, Duration: 10 * time.Second, Tenants: n, TenantPrefix: "s"}
-		r, err := bench.Run(ctx, "custos", conn, cold, nil)
+		r, err := bench.Run(ctx, bench.Target{Name: "custos", Conn: conn}, cold)
 		if err != nil {
 			t.Fatal(err)
 		}
