@@ -72,14 +72,16 @@ func newRequestID() string {
 // path resolved, never from payloads: no plaintext, ciphertext, associated
 // data, passwords, MACs or password subjects.
 func auditEvent(ctx context.Context, rid, fullMethod string, c *call, start time.Time, req, resp any, err error) *custosv1.AuditEvent {
-	ev := &custosv1.AuditEvent{
-		Time:      timestamppb.New(start),
-		RequestId: rid,
-		Identity:  clip(c.identity),
-		Method:    fullMethod,
-		Code:      audit.CodeName(status.Code(err)),
-		Duration:  durationpb.New(time.Since(start)),
-	}
+	a := &eventAlloc{}
+	a.time.Seconds, a.time.Nanos = start.Unix(), int32(start.Nanosecond())
+	d := time.Since(start)
+	a.duration.Seconds, a.duration.Nanos = int64(d/time.Second), int32(d%time.Second)
+	ev := &a.ev
+	ev.Time, ev.Duration = &a.time, &a.duration
+	ev.RequestId = rid
+	ev.Identity = clip(c.identity)
+	ev.Method = fullMethod
+	ev.Code = audit.CodeName(status.Code(err))
 	if m, ok := methods[fullMethod]; ok {
 		ev.Operation = m.op
 	} else {
@@ -110,8 +112,18 @@ func auditEvent(ctx context.Context, rid, fullMethod string, c *call, start time
 		}
 		return ev
 	}
-	ev.KeyVersions, ev.ItemsOk, ev.ItemsFailed = usage(req, resp)
+	ev.KeyVersions, ev.ItemsOk, ev.ItemsFailed = usage(req, resp, a.versions[:0])
 	return ev
+}
+
+// eventAlloc is an event with the messages it points to and room for its
+// key versions (most calls use one), allocated together: one allocation
+// per call instead of four.
+type eventAlloc struct {
+	ev       custosv1.AuditEvent
+	time     timestamppb.Timestamp
+	duration durationpb.Duration
+	versions [2]uint32
 }
 
 // maxEventField bounds the identity and peer an event records (a
@@ -129,7 +141,9 @@ type keyVersioned interface{ GetKeyVersion() uint32 }
 
 // usage reads the key versions a successful call used, and a batch's item
 // counts, from its response (or, for version operations, its request).
-func usage(req, resp any) (versions []uint32, ok, failed uint32) {
+// The versions are appended to buf.
+func usage(req, resp any, buf []uint32) (versions []uint32, ok, failed uint32) {
+	versions = buf
 	add := func(v uint32) {
 		if v != 0 && !slices.Contains(versions, v) {
 			versions = append(versions, v)
@@ -165,6 +179,9 @@ func usage(req, resp any) (versions []uint32, ok, failed uint32) {
 	}
 	if v, isV := req.(interface{ GetVersion() uint32 }); isV {
 		add(v.GetVersion())
+	}
+	if len(versions) == 0 {
+		return nil, ok, failed
 	}
 	slices.Sort(versions)
 	return versions, ok, failed

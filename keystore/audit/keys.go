@@ -27,7 +27,19 @@ const (
 // LeaseStorageKey is the integration lease's storage key.
 const LeaseStorageKey = prefix + "lease"
 
-func hex16(n uint64) string { return fmt.Sprintf("%016x", n) }
+func hex16(n uint64) string {
+	var b [16]byte
+	return string(appendHex16(b[:0], n))
+}
+
+// appendHex16 appends n as 16 lower-case hex digits (fmt's %016x).
+func appendHex16(b []byte, n uint64) []byte {
+	const digits = "0123456789abcdef"
+	for shift := 60; shift >= 0; shift -= 4 {
+		b = append(b, digits[n>>uint(shift)&0xf])
+	}
+	return b
+}
 
 func parseHex16(s string) (uint64, bool) {
 	if len(s) != 16 {
@@ -37,7 +49,10 @@ func parseHex16(s string) (uint64, bool) {
 	return n, err == nil
 }
 
-func leafKey(i uint64) string             { return leafPrefix + hex16(i) }
+func leafKey(i uint64) string {
+	var b [len(leafPrefix) + 16]byte
+	return string(appendHex16(append(b[:0], leafPrefix...), i))
+}
 func tenantKey(t string, i uint64) string { return tenantPrefix + t + "/" + hex16(i) }
 func cpKey(size uint64) string            { return cpPrefix + hex16(size) }
 func queueKey(writer string, n uint64) string {
