@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -176,13 +177,16 @@ func ServeBaseline(ctx context.Context, lis net.Listener, tlsConf *tls.Config, m
 }
 
 // ServeMetrics serves the process's Go and process metrics (/metrics, in
-// the Prometheus text format) on lis until ctx is done: the baseline's
-// allocation count, read as Custos's is from its ops listener.
+// the Prometheus text format) and Go's profiles (/debug/pprof/) on lis
+// until ctx is done: the baseline's allocation count, read as Custos's is
+// from its ops listener, and its profiles, to compare with Custos's.
 func ServeMetrics(ctx context.Context, lis net.Listener) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	stop := context.AfterFunc(ctx, func() { _ = srv.Close() })
 	defer stop()
