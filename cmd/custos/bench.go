@@ -61,7 +61,9 @@ to its baseline from the same run, with the spread over the rounds.
 Without --spawn-dev it loads the server at --addr with the client files
 given (default: ./.custos-dev, as custos dev writes them) and starts the
 baseline with that directory's server certificate. --server-pid or
---server-metrics add the server's CPU time per call. See docs/performance.md.`,
+--server-metrics add the server's CPU time per call, and --server-metrics its
+heap allocations per call (--spawn-dev reads both from the spawned server;
+the spawned baseline reports its own). See docs/performance.md.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runBench(cmd, &f) },
 	}
@@ -80,7 +82,7 @@ baseline with that directory's server certificate. --server-pid or
 	fl.StringVar(&f.baseCA, "baseline-client-ca", "", "CA that verifies clients of the baseline (default: --ca)")
 	fl.IntVar(&f.baseGC, "baseline-gc-percent", config.DefaultGCPercent, "the baseline's Go GC target: set it to the server's gc_percent")
 	fl.IntVar(&f.serverPID, "server-pid", 0, "PID of the Custos server, to report its CPU time per call")
-	fl.StringVar(&f.serverMetrics, "server-metrics", "", "the server's /metrics URL, to report its CPU time per call")
+	fl.StringVar(&f.serverMetrics, "server-metrics", "", "the server's /metrics URL, to report its CPU time and heap allocations per call")
 	fl.BoolVar(&f.spawnDev, "spawn-dev", false, "start a throwaway custos dev in its own process and load it")
 	fl.BoolVar(&f.setup, "setup", true, "create tenant bench and its keys first")
 	fl.BoolVar(&f.contention, "contention", false, "also measure --contention-op beside password hashing")
@@ -186,7 +188,7 @@ func newBenchBaselineCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:0", "listen address")
-	cmd.Flags().StringVar(&metricsListen, "metrics-listen", "", "also serve the process's Go metrics (/metrics) on this address")
+	cmd.Flags().StringVar(&metricsListen, "metrics-listen", "", "also serve the process's Go metrics (/metrics) and, unauthenticated, Go's profiles (/debug/pprof/) on this address; keep it on loopback")
 	cmd.Flags().StringVar(&cert, "cert", "", "server certificate")
 	cmd.Flags().StringVar(&key, "key", "", "server key")
 	cmd.Flags().StringVar(&ca, "client-ca", "", "CA bundle that verifies clients")
@@ -239,7 +241,7 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 		f.addr = dev.addr
 		f.ca, f.cert, f.key = dev.clientFiles()
 		cpu, allocs = bench.ProcCPU(dev.cmd.Process.Pid), dev.allocs()
-		fmt.Fprintf(progress, "custos dev (pid %d) on %s\n", dev.cmd.Process.Pid, f.addr)
+		fmt.Fprintf(progress, "custos dev (pid %d) on %s, ops listener (/metrics) on %s\n", dev.cmd.Process.Pid, f.addr, dev.ops)
 	}
 	clientCreds, err := clientCredentials(f.ca, f.cert, f.key)
 	if err != nil {
@@ -279,7 +281,7 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 		}
 		defer conn.Close()
 		baseline = &bench.Target{Name: "baseline", Conn: conn, CPU: bench.ProcCPU(child.cmd.Process.Pid), Allocs: bench.MetricsAllocs("http://" + ms[1][1] + "/metrics")}
-		fmt.Fprintf(progress, "baseline (pid %d) on %s\n", child.cmd.Process.Pid, addr)
+		fmt.Fprintf(progress, "baseline (pid %d) on %s, metrics and profiles on %s\n", child.cmd.Process.Pid, addr, ms[1][1])
 	case "audit-off":
 		dev, err := spawnDev(ctx, true, "--audit=false")
 		if err != nil {

@@ -117,8 +117,10 @@ func TestBenchMeasuresEveryOperationAgainstItsBaseline(t *testing.T) {
 // the hashing contention scenario.
 func TestBenchSpawnsTheServerAndTheBaselineInTheirOwnProcesses(t *testing.T) {
 	t.Setenv("CUSTOS_TEST_RUN_MAIN", "1")
-	out, errOut, err := runCLI(t, "bench", "--spawn-dev", "--ops", "encrypt", "--concurrency", "4",
-		"--warmup", "50ms", "--duration", "300ms", "--rounds", "1",
+	// Enough calls in the window for allocations per call to be reported
+	// (bench.minCallsForAllocs), with the race detector on.
+	out, errOut, err := runCLI(t, "bench", "--spawn-dev", "--ops", "encrypt", "--concurrency", "8",
+		"--warmup", "50ms", "--duration", "600ms", "--rounds", "1",
 		// The background is any workload: a bcrypt hash of the race-built
 		// child can outlast a short window on a loaded machine, a blind
 		// index cannot.
@@ -141,6 +143,7 @@ func TestBenchSpawnsTheServerAndTheBaselineInTheirOwnProcesses(t *testing.T) {
 	}
 	// Both servers' allocations come from their own metrics endpoints:
 	// Custos's ops listener and the baseline's; a gRPC call allocates.
+	t.Logf("calls in the window: custos %d, baseline %d", c.Custos[0].Calls, c.Baseline[0].Calls)
 	if c.Custos[0].ServerAllocsPerCall < 1 || c.Baseline[0].ServerAllocsPerCall < 1 {
 		t.Errorf("server allocations per call not measured: custos %v, baseline %v", c.Custos[0].ServerAllocsPerCall, c.Baseline[0].ServerAllocsPerCall)
 	}

@@ -89,6 +89,20 @@ func (m MetricsAllocs) Allocs() (uint64, error) {
 	return uint64(f), nil
 }
 
+// read reads the CPU time and the allocation count in one scrape.
+func (m MetricsCPU) read() (time.Duration, uint64, error) {
+	vals, err := scrapeMetrics(string(m), "process_cpu_seconds_total", "go_memstats_mallocs_total")
+	if err != nil {
+		return 0, 0, err
+	}
+	cpu, ok1 := vals["process_cpu_seconds_total"]
+	allocs, ok2 := vals["go_memstats_mallocs_total"]
+	if !ok1 || !ok2 {
+		return 0, 0, fmt.Errorf("%s: no process_cpu_seconds_total or go_memstats_mallocs_total", string(m))
+	}
+	return time.Duration(cpu * float64(time.Second)), uint64(allocs), nil
+}
+
 // scrapeMetrics reads the named unlabelled samples from a Prometheus text
 // endpoint (within 5 s); a name it does not find is absent from the map.
 func scrapeMetrics(url string, names ...string) (map[string]float64, error) {

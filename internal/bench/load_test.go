@@ -1,0 +1,139 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+)
+
+// fakeConn answers every unary call after a short pause, counting them: a
+// stand-in for a server, so that Run's own arithmetic can be checked
+// exactly. The real tool is tested against real servers in cmd/custos.
+type fakeConn struct {
+	delay time.Duration // default 200µs
+	calls atomic.Int64
+}
+
+func (f *fakeConn) Invoke(ctx context.Context, _ string, _, _ any, _ ...grpc.CallOption) error {
+	d := f.delay
+	if d == 0 {
+		d = 200 * time.Microsecond
+	}
+	select {
+	case <-time.After(d):
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	f.calls.Add(1)
+	return nil
+}
+
+func (f *fakeConn) NewStream(context.Context, *grpc.StreamDesc, string, ...grpc.CallOption) (grpc.ClientStream, error) {
+	return nil, errors.New("fakeConn: no streams")
+}
+
+// perCall reads a usage that grows by a fixed amount per call the fake
+// server answered, as a server's CPU time and allocation counter do.
+type perCall struct {
+	conn   *fakeConn
+	cpu    time.Duration
+	allocs uint64
+	err    error
+}
+
+func (p perCall) CPU() (time.Duration, error) {
+	return time.Duration(p.conn.calls.Load()) * p.cpu, p.err
+}
+
+func (p perCall) Allocs() (uint64, error) { return uint64(p.conn.calls.Load()) * p.allocs, p.err }
+
+// shrinking is an allocation counter that went backwards (a restarted
+// server, or a metrics URL that reached another replica).
+type shrinking struct{ n atomic.Int64 }
+
+func (s *shrinking) Allocs() (uint64, error) { return uint64(1_000_000 - s.n.Add(1000)), nil }
+
+func runWorkload() Workload {
+	return Workload{Op: OpEncrypt, Concurrency: 16, PayloadBytes: 8, Warmup: 50 * time.Millisecond, Duration: 500 * time.Millisecond}
+}
+
+func TestRunReportsTheServersCPUAndAllocationsPerCall(t *testing.T) {
+	conn := &fakeConn{}
+	r := perCall{conn: conn, cpu: 10 * time.Microsecond, allocs: 50}
+	res, err := Run(context.Background(), Target{Name: "fake", Conn: conn, CPU: r, Allocs: r}, runWorkload())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Calls < minCallsForAllocs {
+		t.Fatalf("%d calls in the window, fewer than the %d that allocations are reported for", res.Calls, minCallsForAllocs)
+	}
+	// The readings bracket the window, and calls that straddle its edges
+	// are not counted: the figures are at least the true cost per call and
+	// close to it.
+	if res.ServerCPUPerCall < 10 || res.ServerCPUPerCall > 12 {
+		t.Errorf("CPU per call %.2f µs, want about 10", res.ServerCPUPerCall)
+	}
+	if res.ServerAllocsPerCall < 50 || res.ServerAllocsPerCall > 60 {
+		t.Errorf("allocations per call %.2f, want about 50", res.ServerAllocsPerCall)
+	}
+}
+
+func TestRunLeavesOutWhatItCouldNotRead(t *testing.T) {
+	conn := &fakeConn{}
+	failing := perCall{conn: conn, cpu: time.Microsecond, allocs: 1, err: errors.New("scrape failed")}
+	res, err := Run(context.Background(), Target{Name: "fake", Conn: conn, CPU: failing, Allocs: &shrinking{}}, runWorkload())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Calls == 0 {
+		t.Fatal("no calls")
+	}
+	if res.ServerCPUPerCall != 0 || res.ServerAllocsPerCall != 0 {
+		t.Errorf("CPU %v µs and %v allocations per call from failed or backward readings; want none", res.ServerCPUPerCall, res.ServerAllocsPerCall)
+	}
+}
+
+func TestRunReturnsPromptlyWhenCancelledDuringTheWarmup(t *testing.T) {
+	conn := &fakeConn{}
+	r := perCall{conn: conn, cpu: time.Microsecond, allocs: 1}
+	w := runWorkload()
+	w.Warmup = time.Minute
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(100*time.Millisecond, cancel)
+	done := make(chan error, 1)
+	go func() {
+		_, err := Run(ctx, Target{Name: "fake", Conn: conn, CPU: r, Allocs: r}, w)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("Run after cancel: %v, want context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run still running 10s after its context was cancelled (warm-up 1m)")
+	}
+}
+
+// A window of few calls (password hashing) gets its CPU per call but no
+// allocations per call: the metrics scrape in the window would dominate.
+func TestRunReportsNoAllocationsForAFewCalls(t *testing.T) {
+	conn := &fakeConn{delay: 5 * time.Millisecond}
+	r := perCall{conn: conn, cpu: 10 * time.Microsecond, allocs: 50}
+	w := runWorkload()
+	w.Concurrency = 1
+	res, err := Run(context.Background(), Target{Name: "fake", Conn: conn, CPU: r, Allocs: r}, w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Calls == 0 || res.Calls >= minCallsForAllocs {
+		t.Fatalf("%d calls; the test wants a few", res.Calls)
+	}
+	if res.ServerCPUPerCall < 10 || res.ServerAllocsPerCall != 0 {
+		t.Errorf("CPU %.2f µs (want about 10) and %.2f allocations per call (want none) for %d calls", res.ServerCPUPerCall, res.ServerAllocsPerCall, res.Calls)
+	}
+}
