@@ -5,6 +5,7 @@ import (
 
 	"google.golang.org/grpc/status"
 
+	"github.com/custos-kms/custos/internal/slab"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 )
 
@@ -30,7 +31,7 @@ func (s cryptoService) RewrapBatch(ctx context.Context, req *custosv1.RewrapBatc
 		return nil, s.toError(ctx, err)
 	}
 	defer b.Done()
-	resp := &custosv1.RewrapBatchResponse{Results: batchResults[custosv1.RewrapBatchResponse_Result](len(items))}
+	resp := &custosv1.RewrapBatchResponse{Results: slab.Of[custosv1.RewrapBatchResponse_Result](len(items))}
 	for i, it := range items {
 		r := resp.Results[i]
 		r.Status = okStatus

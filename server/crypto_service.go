@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/custos-kms/custos/internal/slab"
 	"github.com/custos-kms/custos/keystore"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 	"github.com/custos-kms/custos/server/policy"
@@ -24,17 +25,6 @@ var _ custosv1.CryptoServiceServer = cryptoService{}
 // okStatus is the per-item status of a successful batch item. Shared: it is
 // only ever marshaled.
 var okStatus = &statuspb.Status{Code: int32(codes.OK)}
-
-// batchResults returns the n results of a batch response, allocated
-// together: one allocation per call instead of one per item.
-func batchResults[T any](n int) []*T {
-	slab := make([]T, n)
-	out := make([]*T, n)
-	for i := range slab {
-		out[i] = &slab[i]
-	}
-	return out
-}
 
 func (s *Server) checkPlaintext(field string, n int) error {
 	if n > s.limits.MaxPlaintextBytes {
@@ -147,7 +137,7 @@ func (s cryptoService) EncryptBatch(ctx context.Context, req *custosv1.EncryptBa
 		return nil, s.toError(ctx, err)
 	}
 	defer b.Done()
-	resp := &custosv1.EncryptBatchResponse{Results: batchResults[custosv1.EncryptBatchResponse_Result](len(items))}
+	resp := &custosv1.EncryptBatchResponse{Results: slab.Of[custosv1.EncryptBatchResponse_Result](len(items))}
 	for i, it := range items {
 		r := resp.Results[i]
 		r.Status = okStatus
@@ -177,7 +167,7 @@ func (s cryptoService) DecryptBatch(ctx context.Context, req *custosv1.DecryptBa
 		return nil, s.toError(ctx, err)
 	}
 	defer b.Done()
-	resp := &custosv1.DecryptBatchResponse{Results: batchResults[custosv1.DecryptBatchResponse_Result](len(items))}
+	resp := &custosv1.DecryptBatchResponse{Results: slab.Of[custosv1.DecryptBatchResponse_Result](len(items))}
 	for i, it := range items {
 		r := resp.Results[i]
 		r.Status = okStatus
