@@ -73,11 +73,11 @@ func newRequestID() string {
 // data, passwords, MACs or password subjects.
 func auditEvent(ctx context.Context, rid, fullMethod string, c *call, start time.Time, req, resp any, err error) *custosv1.AuditEvent {
 	a := &eventAlloc{}
-	a.time.Seconds, a.time.Nanos = start.Unix(), int32(start.Nanosecond())
+	a.ts.Seconds, a.ts.Nanos = start.Unix(), int32(start.Nanosecond())
 	d := time.Since(start)
 	a.duration.Seconds, a.duration.Nanos = int64(d/time.Second), int32(d%time.Second)
 	ev := &a.ev
-	ev.Time, ev.Duration = &a.time, &a.duration
+	ev.Time, ev.Duration = &a.ts, &a.duration
 	ev.RequestId = rid
 	ev.Identity = clip(c.identity)
 	ev.Method = fullMethod
@@ -121,7 +121,7 @@ func auditEvent(ctx context.Context, rid, fullMethod string, c *call, start time
 // per call instead of four.
 type eventAlloc struct {
 	ev       custosv1.AuditEvent
-	time     timestamppb.Timestamp
+	ts       timestamppb.Timestamp
 	duration durationpb.Duration
 	versions [2]uint32
 }

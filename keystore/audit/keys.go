@@ -36,7 +36,7 @@ func hex16(n uint64) string {
 func appendHex16(b []byte, n uint64) []byte {
 	const digits = "0123456789abcdef"
 	for shift := 60; shift >= 0; shift -= 4 {
-		b = append(b, digits[n>>uint(shift)&0xf])
+		b = append(b, digits[n>>shift&0xf])
 	}
 	return b
 }

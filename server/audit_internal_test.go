@@ -1,0 +1,72 @@
+package server
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	statuspb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
+)
+
+// The event's time and duration are set in place (one allocation with the
+// event), and must be what timestamppb.New and durationpb.New give.
+func TestAnEventsTimeAndDurationAreTheWellKnownTypes(t *testing.T) {
+	start := time.Now().Add(-1500 * time.Millisecond)
+	before := time.Since(start)
+	ev := auditEvent(context.Background(), "rid-1", "/custos.v1.CryptoService/Encrypt", &call{}, start,
+		&custosv1.EncryptRequest{}, &custosv1.EncryptResponse{KeyVersion: 3}, nil)
+	after := time.Since(start)
+	if !proto.Equal(ev.GetTime(), timestamppb.New(start)) {
+		t.Errorf("time %v, want %v", ev.GetTime(), timestamppb.New(start))
+	}
+	if err := ev.GetDuration().CheckValid(); err != nil {
+		t.Fatalf("duration %v: %v", ev.GetDuration(), err)
+	}
+	if d := ev.GetDuration().AsDuration(); d < before || d > after {
+		t.Errorf("duration %v, want between %v and %v", d, before, after)
+	}
+	if !slices.Equal(ev.GetKeyVersions(), []uint32{3}) || ev.GetRequestId() != "rid-1" {
+		t.Errorf("event %v", ev)
+	}
+}
+
+func TestUsageReadsVersionsAndItemCounts(t *testing.T) {
+	failed := &statuspb.Status{Code: int32(codes.InvalidArgument)}
+	result := func(v uint32, st *statuspb.Status) *custosv1.EncryptBatchResponse_Result {
+		return &custosv1.EncryptBatchResponse_Result{KeyVersion: v, Status: st}
+	}
+	for _, tc := range []struct {
+		name         string
+		req, resp    any
+		versions     []uint32
+		ok, failures uint32
+	}{
+		{"single call", &custosv1.EncryptRequest{}, &custosv1.EncryptResponse{KeyVersion: 7}, []uint32{7}, 0, 0},
+		{"no version", &custosv1.CreateTenantRequest{}, &custosv1.CreateTenantResponse{}, nil, 0, 0},
+		{"version in the request", &custosv1.DisableKeyVersionRequest{Version: 4}, &custosv1.DisableKeyVersionResponse{}, []uint32{4}, 0, 0},
+		{"batch: deduplicated, sorted, failures counted", &custosv1.EncryptBatchRequest{},
+			&custosv1.EncryptBatchResponse{Results: []*custosv1.EncryptBatchResponse_Result{
+				result(3, okStatus), result(1, okStatus), result(3, okStatus), result(0, failed),
+			}}, []uint32{1, 3}, 3, 1},
+		{"more versions than the event's room", &custosv1.EncryptBatchRequest{},
+			&custosv1.EncryptBatchResponse{Results: []*custosv1.EncryptBatchResponse_Result{
+				result(5, okStatus), result(2, okStatus), result(9, okStatus), result(1, okStatus),
+			}}, []uint32{1, 2, 5, 9}, 4, 0},
+		{"blind index entries", &custosv1.BlindIndexRequest{},
+			&custosv1.BlindIndexResponse{Entries: []*custosv1.BlindIndexResponse_Entry{{KeyVersion: 2}, {KeyVersion: 1}, {KeyVersion: 2}}}, []uint32{1, 2}, 0, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var room [2]uint32
+			versions, ok, failures := usage(tc.req, tc.resp, room[:0])
+			if !slices.Equal(versions, tc.versions) || (versions == nil) != (tc.versions == nil) || ok != tc.ok || failures != tc.failures {
+				t.Errorf("usage = %v, %d ok, %d failed; want %v, %d, %d", versions, ok, failures, tc.versions, tc.ok, tc.failures)
+			}
+		})
+	}
+}
