@@ -366,8 +366,14 @@ func (t Target) usage() usage {
 	// Both from one metrics endpoint: one scrape, not two.
 	if m, ok := t.CPU.(MetricsCPU); ok {
 		if a, ok := t.Allocs.(MetricsAllocs); ok && string(a) == string(m) {
-			u.cpu, u.allocs, err = m.read()
-			u.cpuOK, u.allocsOK = err == nil, err == nil
+			vals, err := scrapeMetrics(string(m), cpuMetric, allocsMetric)
+			if err != nil {
+				return u
+			}
+			f, cpuOK := vals[cpuMetric]
+			u.cpu, u.cpuOK = time.Duration(f*float64(time.Second)), cpuOK
+			n, allocsOK := vals[allocsMetric]
+			u.allocs, u.allocsOK = uint64(n), allocsOK
 			return u
 		}
 	}

@@ -3,6 +3,9 @@ package bench
 import (
 	"context"
 	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -135,5 +138,38 @@ func TestRunReportsNoAllocationsForAFewCalls(t *testing.T) {
 	}
 	if res.ServerCPUPerCall < 10 || res.ServerAllocsPerCall != 0 {
 		t.Errorf("CPU %.2f µs (want about 10) and %.2f allocations per call (want none) for %d calls", res.ServerCPUPerCall, res.ServerAllocsPerCall, res.Calls)
+	}
+}
+
+// With both readers on one metrics endpoint (--server-metrics), a reading
+// is one scrape, and a metric the endpoint lacks leaves out that figure
+// only.
+func TestUsageScrapesAMetricsEndpointOnce(t *testing.T) {
+	var scrapes atomic.Int64
+	body := "# HELP process_cpu_seconds_total x\nprocess_cpu_seconds_total 1.5\ngo_memstats_mallocs_total 12345\n"
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		scrapes.Add(1)
+		if r.URL.Path == "/cpu-only" {
+			_, _ = io.WriteString(w, "process_cpu_seconds_total 2\n")
+			return
+		}
+		_, _ = io.WriteString(w, body)
+	}))
+	defer srv.Close()
+
+	url := srv.URL + "/metrics"
+	u := Target{CPU: MetricsCPU(url), Allocs: MetricsAllocs(url)}.usage()
+	if n := scrapes.Load(); n != 1 {
+		t.Errorf("%d scrapes for one reading, want 1", n)
+	}
+	if !u.cpuOK || !u.allocsOK || u.cpu != 1500*time.Millisecond || u.allocs != 12345 {
+		t.Errorf("reading %+v, want 1.5s and 12345 allocations", u)
+	}
+
+	other := srv.URL + "/cpu-only"
+	before := scrapes.Load()
+	u = Target{CPU: MetricsCPU(other), Allocs: MetricsAllocs(other)}.usage()
+	if !u.cpuOK || u.cpu != 2*time.Second || u.allocsOK || scrapes.Load() != before+1 {
+		t.Errorf("reading %+v from an endpoint without go_memstats_mallocs_total: want 2s, no allocations, one scrape", u)
 	}
 }

@@ -53,17 +53,19 @@ func (p ProcCPU) CPU() (time.Duration, error) {
 // whose PID is unknown.
 type MetricsCPU string
 
+// The metrics the readers scrape.
+const (
+	cpuMetric    = "process_cpu_seconds_total"
+	allocsMetric = "go_memstats_mallocs_total"
+)
+
 // CPU implements CPUReader.
 func (m MetricsCPU) CPU() (time.Duration, error) {
-	vals, err := scrapeMetrics(string(m), "process_cpu_seconds_total")
+	v, err := scrapeAll(string(m), cpuMetric)
 	if err != nil {
 		return 0, err
 	}
-	f, ok := vals["process_cpu_seconds_total"]
-	if !ok {
-		return 0, fmt.Errorf("%s: no process_cpu_seconds_total", string(m))
-	}
-	return time.Duration(f * float64(time.Second)), nil
+	return time.Duration(v[0] * float64(time.Second)), nil
 }
 
 // AllocReader reads how many heap objects a server process has allocated
@@ -78,29 +80,28 @@ type MetricsAllocs string
 
 // Allocs implements AllocReader.
 func (m MetricsAllocs) Allocs() (uint64, error) {
-	vals, err := scrapeMetrics(string(m), "go_memstats_mallocs_total")
+	v, err := scrapeAll(string(m), allocsMetric)
 	if err != nil {
 		return 0, err
 	}
-	f, ok := vals["go_memstats_mallocs_total"]
-	if !ok {
-		return 0, fmt.Errorf("%s: no go_memstats_mallocs_total", string(m))
-	}
-	return uint64(f), nil
+	return uint64(v[0]), nil
 }
 
-// read reads the CPU time and the allocation count in one scrape.
-func (m MetricsCPU) read() (time.Duration, uint64, error) {
-	vals, err := scrapeMetrics(string(m), "process_cpu_seconds_total", "go_memstats_mallocs_total")
+// scrapeAll is scrapeMetrics for names that must all be there, in order.
+func scrapeAll(url string, names ...string) ([]float64, error) {
+	vals, err := scrapeMetrics(url, names...)
 	if err != nil {
-		return 0, 0, err
+		return nil, err
 	}
-	cpu, ok1 := vals["process_cpu_seconds_total"]
-	allocs, ok2 := vals["go_memstats_mallocs_total"]
-	if !ok1 || !ok2 {
-		return 0, 0, fmt.Errorf("%s: no process_cpu_seconds_total or go_memstats_mallocs_total", string(m))
+	out := make([]float64, len(names))
+	for i, name := range names {
+		f, ok := vals[name]
+		if !ok {
+			return nil, fmt.Errorf("%s: no %s", url, name)
+		}
+		out[i] = f
 	}
-	return time.Duration(cpu * float64(time.Second)), uint64(allocs), nil
+	return out, nil
 }
 
 // scrapeMetrics reads the named unlabelled samples from a Prometheus text
