@@ -15,7 +15,8 @@ import (
 )
 
 // The event's time and duration are set in place (one allocation with the
-// event), and must be what timestamppb.New and durationpb.New give.
+// event): the time must be what timestamppb.New gives, the duration a
+// valid one (normalized as durationpb.New's) of the call's length.
 func TestAnEventsTimeAndDurationAreTheWellKnownTypes(t *testing.T) {
 	start := time.Now().Add(-1500 * time.Millisecond)
 	before := time.Since(start)

@@ -304,7 +304,7 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 			return err
 		}
 		baseline = &bench.Target{Name: "audit-off", Conn: conn, CPU: bench.ProcCPU(dev.cmd.Process.Pid), Allocs: dev.allocs()}
-		fmt.Fprintf(progress, "baseline: custos dev --audit=false (pid %d) on %s\n", dev.cmd.Process.Pid, dev.addr)
+		fmt.Fprintf(progress, "baseline: custos dev --audit=false (pid %d) on %s, ops listener (/metrics) on %s\n", dev.cmd.Process.Pid, dev.addr, dev.ops)
 	default:
 		conn, err := grpc.NewClient(f.baseline, grpc.WithTransportCredentials(clientCreds))
 		if err != nil {

@@ -118,9 +118,10 @@ func TestBenchMeasuresEveryOperationAgainstItsBaseline(t *testing.T) {
 func TestBenchSpawnsTheServerAndTheBaselineInTheirOwnProcesses(t *testing.T) {
 	t.Setenv("CUSTOS_TEST_RUN_MAIN", "1")
 	// Enough calls in the window for allocations per call to be reported
-	// (bench.minCallsForAllocs), with the race detector on.
-	out, errOut, err := runCLI(t, "bench", "--spawn-dev", "--ops", "encrypt", "--concurrency", "8",
-		"--warmup", "50ms", "--duration", "600ms", "--rounds", "1",
+	// (bench.minCallsForAllocs), with the race detector on and a slow disk
+	// under the audit trail's group commit: many calls share each sync.
+	out, errOut, err := runCLI(t, "bench", "--spawn-dev", "--ops", "encrypt", "--concurrency", "32",
+		"--warmup", "50ms", "--duration", "1s", "--rounds", "1",
 		// The background is any workload: a bcrypt hash of the race-built
 		// child can outlast a short window on a loaded machine, a blind
 		// index cannot.

@@ -256,8 +256,8 @@ func prepare(ctx context.Context, conn grpc.ClientConnInterface, w Workload) (fu
 // Run runs w against t's server: Warmup, then Duration measured, with
 // w.Concurrency calls in flight, and reports what it measured, with the
 // server's CPU time and allocations per call when t can read them. It
-// fails only if the calls cannot be prepared; failed calls are counted by
-// code.
+// fails if the calls cannot be prepared or ctx is done (at once, even
+// during the warm-up); failed calls are counted by code.
 func Run(ctx context.Context, t Target, w Workload) (Result, error) {
 	mk, err := prepare(ctx, t.Conn, w)
 	if err != nil {
@@ -338,7 +338,7 @@ func Run(ctx context.Context, t Target, w Workload) (Result, error) {
 	r.P50, r.P90, r.P99, r.P999 = pct(lat, 50), pct(lat, 90), pct(lat, 99), pct(lat, 99.9)
 	// What the drain after the window used is counted too: calls that end
 	// late are few, and their share small.
-	if r.Calls > 0 && opened.cpuOK && closed.cpuOK {
+	if r.Calls > 0 && opened.cpuOK && closed.cpuOK && closed.cpu >= opened.cpu {
 		r.ServerCPUPerCall = float64((closed.cpu - opened.cpu).Microseconds()) / float64(r.Calls)
 	}
 	if r.Calls >= minCallsForAllocs && opened.allocsOK && closed.allocsOK && closed.allocs >= opened.allocs {
@@ -366,14 +366,12 @@ func (t Target) usage() usage {
 	// Both from one metrics endpoint: one scrape, not two.
 	if m, ok := t.CPU.(MetricsCPU); ok {
 		if a, ok := t.Allocs.(MetricsAllocs); ok && string(a) == string(m) {
-			vals, err := scrapeMetrics(string(m), cpuMetric, allocsMetric)
-			if err != nil {
-				return u
+			if vals, err := scrapeMetrics(string(m), cpuMetric, allocsMetric); err == nil {
+				f, cpuOK := vals[cpuMetric]
+				u.cpu, u.cpuOK = seconds(f), cpuOK
+				n, allocsOK := vals[allocsMetric]
+				u.allocs, u.allocsOK = uint64(n), allocsOK
 			}
-			f, cpuOK := vals[cpuMetric]
-			u.cpu, u.cpuOK = time.Duration(f*float64(time.Second)), cpuOK
-			n, allocsOK := vals[allocsMetric]
-			u.allocs, u.allocsOK = uint64(n), allocsOK
 			return u
 		}
 	}

@@ -74,13 +74,13 @@ func TestRunReportsTheServersCPUAndAllocationsPerCall(t *testing.T) {
 	if res.Calls < minCallsForAllocs {
 		t.Fatalf("%d calls in the window, fewer than the %d that allocations are reported for", res.Calls, minCallsForAllocs)
 	}
-	// The readings bracket the window, and calls that straddle its edges
-	// are not counted: the figures are at least the true cost per call and
-	// close to it.
-	if res.ServerCPUPerCall < 10 || res.ServerCPUPerCall > 12 {
+	// The readings bracket the window give or take a scheduling delay, and
+	// calls that straddle its edges are not counted: the figures are close
+	// to the true cost per call, a little above it more often than below.
+	if res.ServerCPUPerCall < 9.5 || res.ServerCPUPerCall > 12 {
 		t.Errorf("CPU per call %.2f µs, want about 10", res.ServerCPUPerCall)
 	}
-	if res.ServerAllocsPerCall < 50 || res.ServerAllocsPerCall > 60 {
+	if res.ServerAllocsPerCall < 47.5 || res.ServerAllocsPerCall > 60 {
 		t.Errorf("allocations per call %.2f, want about 50", res.ServerAllocsPerCall)
 	}
 }
@@ -92,8 +92,8 @@ func TestRunLeavesOutWhatItCouldNotRead(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Calls == 0 {
-		t.Fatal("no calls")
+	if res.Calls < minCallsForAllocs {
+		t.Fatalf("%d calls, fewer than the %d that allocations are reported for", res.Calls, minCallsForAllocs)
 	}
 	if res.ServerCPUPerCall != 0 || res.ServerAllocsPerCall != 0 {
 		t.Errorf("CPU %v µs and %v allocations per call from failed or backward readings; want none", res.ServerCPUPerCall, res.ServerAllocsPerCall)

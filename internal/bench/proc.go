@@ -65,8 +65,11 @@ func (m MetricsCPU) CPU() (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
-	return time.Duration(v[0] * float64(time.Second)), nil
+	return seconds(v[0]), nil
 }
+
+// seconds converts a metric in seconds.
+func seconds(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }
 
 // AllocReader reads how many heap objects a server process has allocated
 // since it started.
