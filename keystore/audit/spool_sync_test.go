@@ -194,3 +194,53 @@ func TestALazySpoolThatCannotCutAFailedAppendStopsTakingBatches(t *testing.T) {
 		t.Fatal("the lazy spool takes batches again after a failed append it could not cut off")
 	}
 }
+
+// The committer waits up to CommitDelay for company while calls are in
+// flight, and up to BatchCommitDelay while the group holds only batch
+// calls' events; an event of a single call ends that longer wait. Each
+// committed group is one spool entry (nothing ships in the test).
+func TestAGroupOfBatchCallsWaitsLongerForCompany(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		first, then uint32 // items of the two events
+		inFlight    int
+		groups      int
+	}{
+		{name: "single calls", first: 1, then: 1, inFlight: 2, groups: 2},
+		{name: "batch calls", first: 100, then: 100, inFlight: 2, groups: 1},
+		// A third call stays in flight: only the single call's event ends
+		// the batch group's wait.
+		{name: "a single call joins batch calls", first: 100, then: 1, inFlight: 3, groups: 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w, err := NewWriter(WriterConfig{Store: memory.New(), SpoolPath: filepath.Join(t.TempDir(), "spool"), JournalFirst: true, ShipInterval: time.Hour,
+				CommitDelay: 20 * time.Millisecond, BatchCommitDelay: time.Minute})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Close()
+			for range tc.inFlight {
+				w.Begin()
+			}
+			ev1, ev2 := testEvent(1), testEvent(2)
+			ev1.ItemsOk, ev2.ItemsOk = tc.first, tc.then
+			errs := make(chan error, 2)
+			go func() { errs <- w.Record(ev1) }()
+			time.Sleep(500 * time.Millisecond) // far past CommitDelay, far short of BatchCommitDelay
+			go func() { errs <- w.Record(ev2) }()
+			for range 2 {
+				select {
+				case err := <-errs:
+					if err != nil {
+						t.Fatal(err)
+					}
+				case <-time.After(10 * time.Second):
+					t.Fatal("Record still waiting after 10s")
+				}
+			}
+			if got, _ := w.Spooled(); got != tc.groups {
+				t.Errorf("%d groups committed, want %d", got, tc.groups)
+			}
+		})
+	}
+}
