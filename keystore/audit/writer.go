@@ -52,13 +52,6 @@ type WriterConfig struct {
 	// more events share one sync (PostgreSQL's commit_delay). Default
 	// 200µs; negative: never wait.
 	CommitDelay time.Duration
-	// BatchCommitDelay replaces CommitDelay while every event gathered so
-	// far is a batch call's (more than one item): such calls carry many
-	// items each and take milliseconds under load, so a longer wait costs
-	// them little and saves syncs, the CPU a batch-heavy load runs short
-	// of. An event of a single call in the group brings the wait back to
-	// CommitDelay. Default 1ms; it is never shorter than CommitDelay.
-	BatchCommitDelay time.Duration
 	// CommitTimeout bounds one store write. Default 5s.
 	CommitTimeout time.Duration
 	// SyncInterval, if positive, relaxes the spool's durability: a batch
@@ -75,9 +68,6 @@ type WriterConfig struct {
 
 // DefaultCommitDelay is WriterConfig.CommitDelay's default.
 const DefaultCommitDelay = 200 * time.Microsecond
-
-// DefaultBatchCommitDelay is WriterConfig.BatchCommitDelay's default.
-const DefaultBatchCommitDelay = time.Millisecond
 
 // maxGroup: the committer stops waiting once a batch has this many events.
 const maxGroup = 256
@@ -127,10 +117,8 @@ type Writer struct {
 type batch struct {
 	leaves [][]byte
 	events []*custosv1.AuditEvent
-	// singles counts the events of calls of at most one item.
-	singles int
-	done    chan struct{}
-	err     error
+	done   chan struct{}
+	err    error
 }
 
 func newBatch() *batch { return &batch{done: make(chan struct{})} }
@@ -144,10 +132,6 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 	if cfg.CommitDelay == 0 {
 		cfg.CommitDelay = DefaultCommitDelay
 	}
-	if cfg.BatchCommitDelay == 0 {
-		cfg.BatchCommitDelay = DefaultBatchCommitDelay
-	}
-	cfg.BatchCommitDelay = max(cfg.BatchCommitDelay, cfg.CommitDelay)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -238,9 +222,6 @@ func (w *Writer) Record(ev *custosv1.AuditEvent) error {
 	}
 	b := w.cur
 	b.leaves = append(b.leaves, leaf)
-	if ev.GetItemsOk()+ev.GetItemsFailed() <= 1 {
-		b.singles++
-	}
 	if w.cfg.Export != nil {
 		b.events = append(b.events, ev)
 	}
@@ -312,36 +293,26 @@ func (w *Writer) commitLoop() {
 	}
 }
 
-// gather waits, at most CommitDelay (BatchCommitDelay while the group
-// holds only batch calls' events), while the group is small and more
+// gather waits, at most CommitDelay, while the batch is small and more
 // events are likely soon: calls in flight are about to record theirs, or
-// the last group was a busy one.
+// the last batch was a busy one.
 func (w *Writer) gather() {
 	if w.cfg.CommitDelay <= 0 || (w.coming.Load() <= 0 && w.lastBatch < busyBatch) {
 		return
 	}
-	start := time.Now()
 	t := time.NewTimer(w.cfg.CommitDelay)
 	defer t.Stop()
 	for {
 		w.mu.Lock()
-		n, singles := len(w.cur.leaves), w.cur.singles
+		n := len(w.cur.leaves)
 		w.mu.Unlock()
 		if n >= maxGroup || (w.coming.Load() <= 0 && w.lastBatch < busyBatch) {
 			return
 		}
-		limit := w.cfg.CommitDelay
-		if n > 0 && singles == 0 {
-			limit = w.cfg.BatchCommitDelay
-		}
-		left := limit - time.Since(start)
-		if left <= 0 {
-			return
-		}
-		t.Reset(left)
 		select {
 		case <-w.kick:
-		case <-t.C: // the limit may have changed meanwhile: look again
+		case <-t.C:
+			return
 		case <-w.stop:
 			return
 		}
