@@ -196,12 +196,16 @@ func (s *spool) append(key string, value []byte) (spoolEntry, error) {
 	p = append(p, value...)
 	binary.BigEndian.PutUint32(p[:4], uint32(len(p)-8))
 	binary.BigEndian.PutUint32(p[4:8], crc32.Checksum(p[8:], crcTable))
-	if _, err := last.f.WriteAt(p, last.size); err != nil {
-		// Best effort: no half entry stays behind. Its sync may be the one
-		// to report that earlier, unsynced entries of a lazy spool never
-		// reached the disk (the kernel reports a writeback error once).
-		if zerr := zero(last.f, last.size, last.size+int64(len(p))); zerr != nil && s.lazy {
-			s.syncErr = fmt.Errorf("audit: sync spool: %w", zerr)
+	if err := writeAt(last.f, p, last.size); err != nil {
+		// Best effort: no half entry stays behind (a start cuts a torn
+		// tail anyway, and the next entry is written over it). The sync
+		// after it may be the one to report that earlier, unsynced
+		// entries of a lazy spool never reached the disk (the kernel
+		// reports a writeback error once): only that failure stops the
+		// spool, not a write that fails while the disk is full.
+		_ = writeZeros(last.f, last.size, last.size+int64(len(p)))
+		if serr := syncEntry(last.f); serr != nil && s.lazy {
+			s.syncErr = fmt.Errorf("audit: sync spool: %w", serr)
 		}
 		return spoolEntry{}, fmt.Errorf("audit: write spool: %w", err)
 	}
@@ -292,13 +296,28 @@ func createSegment(path string) (*os.File, error) {
 
 // zero overwrites [from, to) of f with zeros and syncs it.
 func zero(f *os.File, from, to int64) error {
+	if err := writeZeros(f, from, to); err != nil {
+		return err
+	}
+	return datasync(f)
+}
+
+// writeZeros overwrites [from, to) of f with zeros, without syncing.
+func writeZeros(f *os.File, from, to int64) error {
 	z := make([]byte, min(to-from, 1<<20))
 	for off := from; off < to; off += int64(len(z)) {
-		if _, err := f.WriteAt(z[:min(int64(len(z)), to-off)], off); err != nil {
+		if err := writeAt(f, z[:min(int64(len(z)), to-off)], off); err != nil {
 			return err
 		}
 	}
-	return datasync(f)
+	return nil
+}
+
+// writeAt writes p at off; a variable so that tests can make writes fail
+// as a full disk does.
+var writeAt = func(f *os.File, p []byte, off int64) error {
+	_, err := f.WriteAt(p, off)
+	return err
 }
 
 // nonZero returns how many bytes from the first non-zero byte in

@@ -194,3 +194,59 @@ func TestALazySpoolThatCannotCutAFailedAppendStopsTakingBatches(t *testing.T) {
 		t.Fatal("the lazy spool takes batches again after a failed append it could not cut off")
 	}
 }
+
+// A lazy spool whose write fails while the disk is full (on a
+// copy-on-write filesystem even overwriting its preallocated space does)
+// fails that batch, and takes the next once there is room: only a failed
+// sync, which may have lost acknowledged entries, stops it for good.
+func TestALazySpoolTakesBatchesAgainAfterAFullDisk(t *testing.T) {
+	full := errors.New("no space left on device")
+	var failing atomic.Bool
+	real := writeAt
+	writeAt = func(f *os.File, p []byte, off int64) error {
+		if failing.Load() {
+			return full
+		}
+		return real(f, p, off)
+	}
+	t.Cleanup(func() { writeAt = real })
+	w, err := NewWriter(WriterConfig{Store: memory.New(), SpoolPath: filepath.Join(t.TempDir(), "spool"), JournalFirst: true, ShipInterval: time.Hour, SyncInterval: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	failing.Store(true)
+	if err := w.Record(testEvent(0)); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Record on a full disk: %v, want ErrUnavailable", err)
+	}
+	failing.Store(false)
+	if err := w.Record(testEvent(1)); err != nil {
+		t.Fatalf("Record once there is room again: %v", err)
+	}
+	if n, _ := w.Spooled(); n != 1 {
+		t.Errorf("%d entries in the spool, want 1", n)
+	}
+}
+
+// When an append's own sync fails (the writeback error of earlier entries),
+// the loss is logged as it is when the interval's sync fails.
+func TestALazySpoolLogsTheLossWhenAnAppendsSyncFails(t *testing.T) {
+	var logs testkit.SyncBuffer
+	w, err := NewWriter(WriterConfig{Store: memory.New(), SpoolPath: filepath.Join(t.TempDir(), "spool"), JournalFirst: true, ShipInterval: time.Hour, SyncInterval: time.Minute,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	w.spoolMu.Lock()
+	w.spool.segs[len(w.spool.segs)-1].f.Close() // every write and sync of it fails now
+	w.spoolMu.Unlock()
+	for i := range 2 {
+		if err := w.Record(testEvent(i)); !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("Record %d on a failing spool: %v, want ErrUnavailable", i, err)
+		}
+	}
+	if n := strings.Count(logs.String(), "AUDIT EVENTS MAY BE LOST"); n != 1 {
+		t.Errorf("the loss was logged %d times, want once:\n%s", n, logs.String())
+	}
+}

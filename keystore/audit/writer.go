@@ -274,9 +274,14 @@ func (w *Writer) syncSpool() error {
 	}
 	err := w.spool.sync()
 	if err != nil {
-		w.logger.Error("AUDIT EVENTS MAY BE LOST: syncing the audit spool failed; every later batch the spool would take fails closed (or, with audit.fail_open, loses its events) until the server restarts; with bbolt that is every call", "error", err.Error())
+		w.logSyncLost(err)
 	}
 	return err
+}
+
+// logSyncLost reports, once, that a lazy spool's sync failed.
+func (w *Writer) logSyncLost(err error) {
+	w.logger.Error("AUDIT EVENTS MAY BE LOST: syncing the audit spool failed; every later batch the spool would take fails closed (or, with audit.fail_open, loses its events) until the server restarts; with bbolt that is every call", "error", err.Error())
 }
 
 func (w *Writer) commitLoop() {
@@ -391,8 +396,12 @@ func (w *Writer) commit(leaves [][]byte) error {
 	}
 	w.spoolMu.Lock()
 	defer w.spoolMu.Unlock()
+	synced := w.spool.syncErr == nil
 	e, err := w.spool.append(key, value)
 	if err != nil {
+		if synced && w.spool.syncErr != nil { // this append's own sync failed
+			w.logSyncLost(w.spool.syncErr)
+		}
 		if storeErr != nil {
 			return fmt.Errorf("%w: store: %w; spool: %w", ErrUnavailable, storeErr, err)
 		}
