@@ -209,6 +209,16 @@ func (s *Server) WatchDependencies(ctx context.Context, dc DependencyChecker, in
 	}
 }
 
+// HandlePprof serves Go's profiles under /debug/pprof/ on mux (as
+// net/http/pprof does on the default mux). They have no authentication.
+func HandlePprof(mux *http.ServeMux) {
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+}
+
 // OpsHandler serves the local operations endpoints: /healthz (the process is
 // up), /readyz (200 when the storage and the root answered the last probe,
 // else 503, with a JSON body saying which), /metrics (Prometheus) and, with
@@ -217,11 +227,7 @@ func (s *Server) WatchDependencies(ctx context.Context, dc DependencyChecker, in
 func (s *Server) OpsHandler(withPprof bool) http.Handler {
 	mux := http.NewServeMux()
 	if withPprof {
-		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
-		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+		HandlePprof(mux)
 	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n"))

@@ -226,14 +226,14 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 	case f.serverPID > 0:
 		cpu = bench.ProcCPU(f.serverPID)
 	case f.serverMetrics != "":
-		cpu = bench.MetricsCPU(f.serverMetrics)
+		cpu = bench.Metrics(f.serverMetrics)
 	}
 	if f.serverMetrics != "" {
-		allocs = bench.MetricsAllocs(f.serverMetrics)
+		allocs = bench.Metrics(f.serverMetrics)
 	}
 	f.applyDevDir(cmd)
 	if f.spawnDev {
-		dev, err := spawnDev(ctx, true)
+		dev, err := spawnDev(ctx)
 		if err != nil {
 			return err
 		}
@@ -253,10 +253,7 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 	}
 	defer custosConn.Close()
 	if f.setup {
-		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err := bench.Setup(sctx, custosConn)
-		cancel()
-		if err != nil {
+		if err := setupBench(ctx, custosConn); err != nil {
 			return err
 		}
 	}
@@ -280,27 +277,21 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 			return err
 		}
 		defer conn.Close()
-		baseline = &bench.Target{Name: "baseline", Conn: conn, CPU: bench.ProcCPU(child.cmd.Process.Pid), Allocs: bench.MetricsAllocs("http://" + ms[1][1] + "/metrics")}
+		baseline = &bench.Target{Name: "baseline", Conn: conn, CPU: bench.ProcCPU(child.cmd.Process.Pid), Allocs: bench.Metrics("http://" + ms[1][1] + "/metrics")}
 		fmt.Fprintf(progress, "baseline (pid %d) on %s, metrics and profiles on %s\n", child.cmd.Process.Pid, addr, ms[1][1])
 	case "audit-off":
-		dev, err := spawnDev(ctx, true, "--audit=false")
+		dev, err := spawnDev(ctx, "--audit=false")
 		if err != nil {
 			return err
 		}
 		defer dev.stop()
-		creds, err := clientCredentials(dev.clientFiles())
-		if err != nil {
-			return err
-		}
-		conn, err := grpc.NewClient(dev.addr, grpc.WithTransportCredentials(creds))
+		ca, cert, key := dev.clientFiles()
+		conn, err := dialBench(dev.addr, ca, cert, key)
 		if err != nil {
 			return err
 		}
 		defer conn.Close()
-		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err = bench.Setup(sctx, conn)
-		cancel()
-		if err != nil {
+		if err := setupBench(ctx, conn); err != nil {
 			return err
 		}
 		baseline = &bench.Target{Name: "audit-off", Conn: conn, CPU: bench.ProcCPU(dev.cmd.Process.Pid), Allocs: dev.allocs()}
@@ -411,6 +402,22 @@ func clientCredentials(caFile, certFile, keyFile string) (credentials.TransportC
 	return tlssource.ClientCredentials(src), nil
 }
 
+// dialBench connects to a server at addr with the client files given.
+func dialBench(addr, caFile, certFile, keyFile string) (*grpc.ClientConn, error) {
+	creds, err := clientCredentials(caFile, certFile, keyFile)
+	if err != nil {
+		return nil, err
+	}
+	return grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+}
+
+// setupBench creates the bench tenant and keys (bench.Setup), within 30 s.
+func setupBench(ctx context.Context, conn grpc.ClientConnInterface) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return bench.Setup(ctx, conn)
+}
+
 // child is a process this binary started.
 type child struct {
 	cmd   *exec.Cmd
@@ -427,40 +434,32 @@ type devChild struct {
 	*child
 	dir  string // the dev directory: PKI, root key, store
 	addr string // gRPC address
-	ops  string // ops listener address; empty when started without one
+	ops  string // ops listener address (/metrics)
 	tmp  string
 }
 
-// spawnDev starts `custos dev` with extra flags on free loopback ports,
-// with an ops listener if withOps.
-func spawnDev(ctx context.Context, withOps bool, extra ...string) (*devChild, error) {
+// spawnDev starts `custos dev` with extra flags, its gRPC and ops
+// listeners on free loopback ports.
+func spawnDev(ctx context.Context, extra ...string) (*devChild, error) {
 	tmp, err := os.MkdirTemp("", "custos-dev-")
 	if err != nil {
 		return nil, err
 	}
 	d := &devChild{dir: filepath.Join(tmp, "dev"), tmp: tmp}
-	ops := "off"
-	readies := []*regexp.Regexp{regexp.MustCompile(`listening on (\S+)`)}
-	if withOps {
-		ops = "127.0.0.1:0"
-		readies = append(readies, regexp.MustCompile(`Ops listener .* on (\S+)`))
-	}
-	args := append([]string{"dev", "--dir", d.dir, "--listen", "127.0.0.1:0", "--ops-listen", ops}, extra...)
-	c, ms, err := startChildAll(ctx, args, filepath.Join(tmp, "dev.log"), readies...)
+	args := append([]string{"dev", "--dir", d.dir, "--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"}, extra...)
+	c, ms, err := startChildAll(ctx, args, filepath.Join(tmp, "dev.log"),
+		regexp.MustCompile(`listening on (\S+)`), regexp.MustCompile(`Ops listener .* on (\S+)`))
 	if err != nil {
 		os.RemoveAll(tmp)
 		return nil, fmt.Errorf("spawn custos %s: %w", strings.Join(args, " "), err)
 	}
-	d.child, d.addr = c, ms[0][1]
-	if withOps {
-		d.ops = ms[1][1]
-	}
+	d.child, d.addr, d.ops = c, ms[0][1], ms[1][1]
 	return d, nil
 }
 
 // allocs reads the server's allocation count from its ops listener.
 func (d *devChild) allocs() bench.AllocReader {
-	return bench.MetricsAllocs("http://" + d.ops + "/metrics")
+	return bench.Metrics("http://" + d.ops + "/metrics")
 }
 
 // clientFiles are the dev client's CA, certificate and key files.

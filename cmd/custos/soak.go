@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
 
 	"github.com/custos-kms/custos/internal/bench"
 )
@@ -51,7 +50,7 @@ See docs/operations.md for this machine's figures.`,
 			progress := cmd.ErrOrStderr()
 			c.applyDevDir(cmd)
 			if spawnDevFlag {
-				dev, err := spawnDev(ctx, true)
+				dev, err := spawnDev(ctx)
 				if err != nil {
 					return err
 				}
@@ -60,16 +59,12 @@ See docs/operations.md for this machine's figures.`,
 				c.ca, c.cert, c.key = dev.clientFiles()
 				fmt.Fprintf(progress, "custos dev (pid %d) on %s\n", dev.cmd.Process.Pid, c.addr)
 			}
-			creds, err := clientCredentials(c.ca, c.cert, c.key)
-			if err != nil {
-				return err
-			}
-			cc, err := grpc.NewClient(c.addr, grpc.WithTransportCredentials(creds))
+			cc, err := dialBench(c.addr, c.ca, c.cert, c.key)
 			if err != nil {
 				return err
 			}
 			defer cc.Close()
-			if err := bench.Setup(ctx, cc); err != nil {
+			if err := setupBench(ctx, cc); err != nil {
 				return err
 			}
 			w := bench.Workload{Op: o, Concurrency: concurrency, BatchSize: 100, PayloadBytes: 64, Warmup: time.Second, Duration: peak}

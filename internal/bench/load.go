@@ -364,16 +364,14 @@ func (t Target) usage() usage {
 	var u usage
 	var err error
 	// Both from one metrics endpoint: one scrape, not two.
-	if m, ok := t.CPU.(MetricsCPU); ok {
-		if a, ok := t.Allocs.(MetricsAllocs); ok && string(a) == string(m) {
-			if vals, err := scrapeMetrics(string(m), cpuMetric, allocsMetric); err == nil {
-				f, cpuOK := vals[cpuMetric]
-				u.cpu, u.cpuOK = seconds(f), cpuOK
-				n, allocsOK := vals[allocsMetric]
-				u.allocs, u.allocsOK = uint64(n), allocsOK
-			}
-			return u
+	if m, ok := t.CPU.(Metrics); ok && t.Allocs == AllocReader(m) {
+		if vals, err := scrapeMetrics(string(m), cpuMetric, allocsMetric); err == nil {
+			f, cpuOK := vals[cpuMetric]
+			u.cpu, u.cpuOK = seconds(f), cpuOK
+			n, allocsOK := vals[allocsMetric]
+			u.allocs, u.allocsOK = uint64(n), allocsOK
 		}
+		return u
 	}
 	if t.CPU != nil {
 		u.cpu, err = t.CPU.CPU()

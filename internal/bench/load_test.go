@@ -158,7 +158,7 @@ func TestUsageScrapesAMetricsEndpointOnce(t *testing.T) {
 	defer srv.Close()
 
 	url := srv.URL + "/metrics"
-	u := Target{CPU: MetricsCPU(url), Allocs: MetricsAllocs(url)}.usage()
+	u := Target{CPU: Metrics(url), Allocs: Metrics(url)}.usage()
 	if n := scrapes.Load(); n != 1 {
 		t.Errorf("%d scrapes for one reading, want 1", n)
 	}
@@ -168,8 +168,34 @@ func TestUsageScrapesAMetricsEndpointOnce(t *testing.T) {
 
 	other := srv.URL + "/cpu-only"
 	before := scrapes.Load()
-	u = Target{CPU: MetricsCPU(other), Allocs: MetricsAllocs(other)}.usage()
+	u = Target{CPU: Metrics(other), Allocs: Metrics(other)}.usage()
 	if !u.cpuOK || u.cpu != 2*time.Second || u.allocsOK || scrapes.Load() != before+1 {
 		t.Errorf("reading %+v from an endpoint without go_memstats_mallocs_total: want 2s, no allocations, one scrape", u)
+	}
+}
+
+// An interrupted soak returns what it saw and its context's error, so that
+// the command does not exit 0 as if it had held the load throughout.
+func TestASoakCancelledReportsItsContextsError(t *testing.T) {
+	conn := &fakeConn{}
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(300*time.Millisecond, cancel)
+	done := make(chan error, 1)
+	var rep SoakReport
+	go func() {
+		var err error
+		rep, err = Soak(ctx, conn, SoakConfig{Workload: runWorkload(), Rate: 1000, Duration: time.Minute, Sample: 100 * time.Millisecond})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("Soak after cancel: %v, want context.Canceled", err)
+		}
+		if rep.Calls == 0 {
+			t.Errorf("the report lost what the soak saw before it was cancelled: %+v", rep)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Soak still running 10s after its context was cancelled")
 	}
 }

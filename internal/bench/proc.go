@@ -48,28 +48,29 @@ func (p ProcCPU) CPU() (time.Duration, error) {
 	return time.Duration(ut+st) * clockTick, nil
 }
 
-// MetricsCPU reads process_cpu_seconds_total from a Prometheus endpoint
-// (Custos's ops listener, /metrics), for a server on another machine or
-// whose PID is unknown.
-type MetricsCPU string
+// Metrics reads a server's CPU time (process_cpu_seconds_total) and
+// allocation count (go_memstats_mallocs_total) from its Prometheus
+// endpoint: Custos's ops listener (/metrics), for a server on another
+// machine or whose PID is unknown, or the baseline's metrics listener.
+type Metrics string
 
-// The metrics the readers scrape.
+// The metrics it reads.
 const (
 	cpuMetric    = "process_cpu_seconds_total"
 	allocsMetric = "go_memstats_mallocs_total"
 )
 
 // CPU implements CPUReader.
-func (m MetricsCPU) CPU() (time.Duration, error) {
-	v, err := scrapeAll(string(m), cpuMetric)
-	if err != nil {
-		return 0, err
-	}
-	return seconds(v[0]), nil
+func (m Metrics) CPU() (time.Duration, error) {
+	f, err := scrapeOne(string(m), cpuMetric)
+	return seconds(f), err
 }
 
-// seconds converts a metric in seconds.
-func seconds(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }
+// Allocs implements AllocReader.
+func (m Metrics) Allocs() (uint64, error) {
+	f, err := scrapeOne(string(m), allocsMetric)
+	return uint64(f), err
+}
 
 // AllocReader reads how many heap objects a server process has allocated
 // since it started.
@@ -77,34 +78,20 @@ type AllocReader interface {
 	Allocs() (uint64, error)
 }
 
-// MetricsAllocs reads go_memstats_mallocs_total from a Prometheus endpoint
-// (Custos's ops listener, or the baseline's metrics listener).
-type MetricsAllocs string
+// seconds converts a metric in seconds.
+func seconds(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }
 
-// Allocs implements AllocReader.
-func (m MetricsAllocs) Allocs() (uint64, error) {
-	v, err := scrapeAll(string(m), allocsMetric)
+// scrapeOne is scrapeMetrics for one name that must be there.
+func scrapeOne(url, name string) (float64, error) {
+	vals, err := scrapeMetrics(url, name)
 	if err != nil {
 		return 0, err
 	}
-	return uint64(v[0]), nil
-}
-
-// scrapeAll is scrapeMetrics for names that must all be there, in order.
-func scrapeAll(url string, names ...string) ([]float64, error) {
-	vals, err := scrapeMetrics(url, names...)
-	if err != nil {
-		return nil, err
+	f, ok := vals[name]
+	if !ok {
+		return 0, fmt.Errorf("%s: no %s", url, name)
 	}
-	out := make([]float64, len(names))
-	for i, name := range names {
-		f, ok := vals[name]
-		if !ok {
-			return nil, fmt.Errorf("%s: no %s", url, name)
-		}
-		out[i] = f
-	}
-	return out, nil
+	return f, nil
 }
 
 // scrapeMetrics reads the named unlabelled samples from a Prometheus text

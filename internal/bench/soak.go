@@ -57,7 +57,9 @@ type SoakReport struct {
 // Soak runs cfg against conn and reports every sample. The pace is held
 // by a token bucket (x/time/rate); at most Concurrency calls are in flight,
 // so a server that slows down shows as a rate below the target and a
-// latency drift, not as an unbounded queue in the client.
+// latency drift, not as an unbounded queue in the client. Cancelled, it
+// returns what it saw so far with ctx's error: an interrupted soak is no
+// pass.
 func Soak(ctx context.Context, conn grpc.ClientConnInterface, cfg SoakConfig) (SoakReport, error) {
 	w := cfg.Workload
 	mk, err := prepare(ctx, conn, w)
@@ -149,7 +151,7 @@ loop:
 		rep.Calls += s.Calls
 	}
 	rep.Trend = trend(rep.Samples)
-	return rep, nil
+	return rep, ctx.Err()
 }
 
 // trend compares the first quarter of the samples with the last: RSS,
