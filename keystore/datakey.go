@@ -19,14 +19,14 @@ const DataKeySize = 32
 // allowed to unwrap data keys cannot decrypt fields.
 const dataKeyAADPrefix = "custos:datakey:"
 
-// isDataKeyAAD reports associated data fields may not use: the data-key
-// prefix, and the envelope data keys' context (so a field can never be
-// taken for an envelope's data key, by the service or by a client that
-// unwraps through Decrypt).
 // errReservedAAD refuses to encrypt with associated data isDataKeyAAD
 // reserves.
 var errReservedAAD = fmt.Errorf("%w: associated_data: the prefix %q and the value %q are reserved for data keys", ErrInvalidArgument, dataKeyAADPrefix, envelope.DataKeyContext)
 
+// isDataKeyAAD reports associated data fields may not use: the data-key
+// prefix, and the envelope data keys' context (so a field can never be
+// taken for an envelope's data key, by the service or by a client that
+// unwraps through Decrypt).
 func isDataKeyAAD(aad []byte) bool {
 	return bytes.HasPrefix(aad, []byte(dataKeyAADPrefix)) || string(aad) == envelope.DataKeyContext
 }

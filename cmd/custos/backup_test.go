@@ -84,7 +84,7 @@ func TestBackupOfARunningServerRestoresIntoPostgreSQL(t *testing.T) {
 	// Restore into PostgreSQL: the same root and PKI, another store.
 	url := pgtest.Start(t).NewDatabase(t)
 	pgConf := filepath.Join(dir, "pg.yaml")
-	pg := strings.Replace(string(conf), "  type: bbolt\n  bbolt:\n    path: custos.db\n", "  type: postgres\n  postgres:\n    url: \""+url+"\"\n", 1)
+	pg := onPostgres(t, string(conf), url)
 	pg += "audit:\n  spool: " + filepath.Join(t.TempDir(), "spool") + "\n"
 	if err := os.WriteFile(pgConf, []byte(pg), 0o600); err != nil {
 		t.Fatal(err)

@@ -201,9 +201,9 @@ func newFaultConfig(t *testing.T, pgURL, extra string) (dir, path string) {
 	if _, err := prepareDev(dir); err != nil {
 		t.Fatal(err)
 	}
-	conf := strings.Replace(devConfig, "listen: 127.0.0.1:8443", "listen: 127.0.0.1:0", 1)
+	conf := replaceOnce(t, devConfig, "listen: 127.0.0.1:8443", "listen: 127.0.0.1:0")
 	if pgURL != "" {
-		conf = strings.Replace(conf, "  type: bbolt\n  bbolt:\n    path: custos.db\n", "  type: postgres\n  postgres:\n    url: \""+pgURL+"\"\n", 1)
+		conf = onPostgres(t, conf, pgURL)
 		conf += "audit:\n  spool: spool\n"
 	}
 	conf += "ops:\n  listen: \"off\"\n" + extra
@@ -485,7 +485,7 @@ func TestFaultRestoreKilledMidwayFinishesWhenRunAgain(t *testing.T) {
 			t.Fatal(err)
 		}
 		pgPath := filepath.Join(dir, fmt.Sprintf("restore-%d.yaml", attempt))
-		pgConf := strings.Replace(string(conf), "  type: bbolt\n  bbolt:\n    path: custos.db\n", "  type: postgres\n  postgres:\n    url: \""+url+"\"\n", 1)
+		pgConf := onPostgres(t, string(conf), url)
 		pgConf += "audit:\n  spool: spool-" + fmt.Sprint(attempt) + "\n"
 		if err := os.WriteFile(pgPath, []byte(pgConf), 0o600); err != nil {
 			t.Fatal(err)
@@ -504,12 +504,13 @@ func TestFaultRestoreKilledMidwayFinishesWhenRunAgain(t *testing.T) {
 		done := make(chan error, 1)
 		go func() { done <- cmd.Wait() }()
 		// Kill it a third of the way through the records.
-		killed := false
+		killed, exited := false, false
 		deadline := time.Now().Add(60 * time.Second)
 	poll:
 		for time.Now().Before(deadline) {
 			select {
 			case <-done:
+				exited = true
 				break poll
 			default:
 			}
@@ -525,8 +526,9 @@ func TestFaultRestoreKilledMidwayFinishesWhenRunAgain(t *testing.T) {
 		var marker int
 		_ = db.QueryRow(t.Context(), `SELECT count(*) FROM custos_records WHERE key = $1`, backup.MarkerKey).Scan(&marker)
 		db.Close(context.Background())
-		if !killed {
+		if !killed && !exited { // the deadline passed: stop it before reading its output
 			_ = cmd.Process.Kill()
+			<-done
 		}
 		if !killed || marker == 0 {
 			if attempt == 3 {
@@ -657,4 +659,20 @@ func TestFaultDiskFullUnderLoadLosesNothing(t *testing.T) {
 	}
 	t.Logf("disk full for 1s under load: %d calls refused with UNAVAILABLE; a rotation succeeded %v after space was freed", refusedWhileFull, recovered)
 	chk.verify(t, dir, srv.addr)
+}
+
+// replaceOnce replaces old in s by new, failing the test when s lacks it
+// (a changed dev config must not leave a test on a fixed port or bbolt).
+func replaceOnce(t *testing.T, s, old, new string) string {
+	t.Helper()
+	if !strings.Contains(s, old) {
+		t.Fatalf("config lacks %q:\n%s", old, s)
+	}
+	return strings.Replace(s, old, new, 1)
+}
+
+// onPostgres is a custos dev config moved from bbolt to the PostgreSQL at url.
+func onPostgres(t *testing.T, conf, url string) string {
+	t.Helper()
+	return replaceOnce(t, conf, "  type: bbolt\n  bbolt:\n    path: custos.db\n", "  type: postgres\n  postgres:\n    url: \""+url+"\"\n")
 }

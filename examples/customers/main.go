@@ -84,7 +84,7 @@ func run(ctx context.Context, out io.Writer, addr, dev, pgURL string, n int) err
 	// 1. Insert: fields sealed locally, the blind index from the service.
 	start := time.Now()
 	rows := make([][]any, n)
-	err = parallel(ctx, n, func(i int) error {
+	err = parallel(ctx, n, func(ctx context.Context, i int) error {
 		id := fmt.Sprint(i)
 		email := fmt.Sprintf("customer%d@example.com", i)
 		ct, err := fields.Encrypt(ctx, id, client.Fields{"email": []byte(email), "iban": []byte(fmt.Sprintf("DE89%018d", i))})
@@ -150,7 +150,7 @@ func run(ctx context.Context, out io.Writer, addr, dev, pgURL string, n int) err
 	start = time.Now()
 	var rewrapped int64
 	var mu sync.Mutex
-	err = parallel(ctx, n, func(i int) error {
+	err = parallel(ctx, n, func(ctx context.Context, i int) error {
 		id := fmt.Sprint(i)
 		var e, b []byte
 		if err := db.QueryRow(ctx, `SELECT email, iban FROM custos_example_customers WHERE id = $1`, int64(i)).Scan(&e, &b); err != nil {
@@ -220,15 +220,15 @@ func ensureKeys(ctx context.Context, c *client.Client) error {
 }
 
 // parallel runs fn for 0…n-1, 16 at a time, and returns the first error;
-// after one, no more are started.
-func parallel(ctx context.Context, n int, fn func(int) error) error {
+// after one, no more are started and fn's context is cancelled.
+func parallel(ctx context.Context, n int, fn func(context.Context, int) error) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(16)
 	for i := range n {
 		if gctx.Err() != nil {
 			break
 		}
-		g.Go(func() error { return fn(i) })
+		g.Go(func() error { return fn(gctx, i) })
 	}
 	return g.Wait()
 }

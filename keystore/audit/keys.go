@@ -2,6 +2,7 @@ package audit
 
 import (
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"strconv"
 	"strings"
@@ -34,11 +35,8 @@ func hex16(n uint64) string {
 
 // appendHex16 appends n as 16 lower-case hex digits (fmt's %016x).
 func appendHex16(b []byte, n uint64) []byte {
-	const digits = "0123456789abcdef"
-	for shift := 60; shift >= 0; shift -= 4 {
-		b = append(b, digits[n>>shift&0xf])
-	}
-	return b
+	var be [8]byte
+	return hex.AppendEncode(b, binary.BigEndian.AppendUint64(be[:0], n))
 }
 
 func parseHex16(s string) (uint64, bool) {

@@ -25,3 +25,13 @@ func TestHex16IsFixedWidthLowerCaseHex(t *testing.T) {
 		t.Errorf("leafKey(0xff) %q sorts after leafKey(0x100) %q", a, b)
 	}
 }
+
+var keySink string
+
+// A leaf key is built in one allocation (the string): integration makes
+// one per event.
+func TestALeafKeyIsOneAllocation(t *testing.T) {
+	if n := testing.AllocsPerRun(100, func() { keySink = leafKey(0xdeadbeef) }); n != 1 {
+		t.Errorf("leafKey made %v allocations, want 1", n)
+	}
+}

@@ -104,6 +104,8 @@ func (r *Root) Check(ctx context.Context) error {
 	return nil
 }
 
+// Create writes a fresh random root key to path with mode 0600 and opens it.
+// It fails if path exists.
 func Create(path string) (*Root, error) {
 	key := make([]byte, KeySize)
 	defer clear(key)
