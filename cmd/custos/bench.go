@@ -257,7 +257,8 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 			return err
 		}
 	}
-	custos := bench.Target{Name: "custos", Conn: custosConn, CPU: cpu, Allocs: allocs}
+	self := bench.ProcCPU(os.Getpid())
+	custos := bench.Target{Name: "custos", Conn: custosConn, CPU: cpu, Allocs: allocs, Client: self}
 
 	var baseline *bench.Target
 	switch f.baseline {
@@ -277,7 +278,7 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 			return err
 		}
 		defer conn.Close()
-		baseline = &bench.Target{Name: "baseline", Conn: conn, CPU: bench.ProcCPU(child.cmd.Process.Pid), Allocs: bench.Metrics("http://" + ms[1][1] + "/metrics")}
+		baseline = &bench.Target{Name: "baseline", Conn: conn, CPU: bench.ProcCPU(child.cmd.Process.Pid), Allocs: bench.Metrics("http://" + ms[1][1] + "/metrics"), Client: self}
 		fmt.Fprintf(progress, "baseline (pid %d) on %s, metrics and profiles on %s\n", child.cmd.Process.Pid, addr, ms[1][1])
 	case "audit-off":
 		dev, err := spawnDev(ctx, "--audit=false")
@@ -294,7 +295,7 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 		if err := setupBench(ctx, conn); err != nil {
 			return err
 		}
-		baseline = &bench.Target{Name: "audit-off", Conn: conn, CPU: bench.ProcCPU(dev.cmd.Process.Pid), Allocs: dev.allocs()}
+		baseline = &bench.Target{Name: "audit-off", Conn: conn, CPU: bench.ProcCPU(dev.cmd.Process.Pid), Allocs: dev.allocs(), Client: self}
 		fmt.Fprintf(progress, "baseline: custos dev --audit=false (pid %d) on %s, ops listener (/metrics) on %s\n", dev.cmd.Process.Pid, dev.addr, dev.ops)
 	default:
 		conn, err := grpc.NewClient(f.baseline, grpc.WithTransportCredentials(clientCreds))
@@ -302,7 +303,7 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 			return err
 		}
 		defer conn.Close()
-		baseline = &bench.Target{Name: "baseline", Conn: conn}
+		baseline = &bench.Target{Name: "baseline", Conn: conn, Client: self}
 	}
 
 	rep := bench.NewReport(f.rounds, base)

@@ -148,9 +148,21 @@ func TestBenchSpawnsTheServerAndTheBaselineInTheirOwnProcesses(t *testing.T) {
 	if c.Custos[0].ServerAllocsPerCall < 1 || c.Baseline[0].ServerAllocsPerCall < 1 {
 		t.Errorf("server allocations per call not measured: custos %v, baseline %v", c.Custos[0].ServerAllocsPerCall, c.Baseline[0].ServerAllocsPerCall)
 	}
+	// This process's own CPU per call, and the machine's idle share, in
+	// each paired run.
+	for _, r := range []bench.Result{c.Custos[0], c.Baseline[0]} {
+		if r.ClientCPUPerCall <= 0 || r.IdleShare == nil || *r.IdleShare < 0 || *r.IdleShare > 1 {
+			t.Errorf("%s: client CPU per call %v, idle share %v", r.Target, r.ClientCPUPerCall, r.IdleShare)
+		}
+	}
 	k := rep.Contention[0]
 	if len(k.Loaded) != 1 || k.Loaded[0].Background == nil || k.Loaded[0].Background.Calls == 0 || k.Throughput.Median <= 0 {
 		t.Errorf("contention: %+v", k)
+	}
+	// Beside the background load, this process's CPU is not the measured
+	// calls' alone: not reported.
+	if l := k.Loaded[0]; l.ClientCPUPerCall != 0 || l.IdleShare != nil {
+		t.Errorf("loaded contention run reports client CPU %v, idle share %v", l.ClientCPUPerCall, l.IdleShare)
 	}
 }
 

@@ -140,6 +140,17 @@ type Result struct {
 	// ServerAllocsPerCall is how many heap objects the server allocated
 	// per call, when the run was told how to read it (0 otherwise).
 	ServerAllocsPerCall float64 `json:"server_allocs_per_call,omitempty"`
+	// ClientCPUPerCall is the load generator's own CPU time per call in
+	// microseconds, when its target says how to read it (0 otherwise).
+	// With client and server on one machine, they share its cores: the
+	// client's cost per call bounds the throughput as the server's does.
+	ClientCPUPerCall float64 `json:"client_cpu_us_per_call,omitempty"`
+	// IdleShare is the share of this machine's CPU time that was idle
+	// (or waiting for I/O) during the measured window, 0 to 1, when read
+	// with the client's CPU; nil otherwise. Near 0 the run was bound by
+	// CPU; well above 0 with calls still in flight, by latency (a wait
+	// that holds no core, such as a disk sync).
+	IdleShare *float64 `json:"machine_idle_share,omitempty"`
 	// Background is what ran beside the measured calls, if anything.
 	Background *Result `json:"background,omitempty"`
 }
@@ -344,6 +355,13 @@ func Run(ctx context.Context, t Target, w Workload) (Result, error) {
 	if r.Calls >= minCallsForAllocs && opened.allocsOK && closed.allocsOK && closed.allocs >= opened.allocs {
 		r.ServerAllocsPerCall = float64(closed.allocs-opened.allocs) / float64(r.Calls)
 	}
+	if r.Calls > 0 && opened.selfOK && closed.selfOK && closed.self >= opened.self {
+		r.ClientCPUPerCall = float64((closed.self - opened.self).Microseconds()) / float64(r.Calls)
+	}
+	if opened.hostOK && closed.hostOK && closed.host.total > opened.host.total && closed.host.idle >= opened.host.idle {
+		idle := float64(closed.host.idle-opened.host.idle) / float64(closed.host.total-opened.host.total)
+		r.IdleShare = &idle
+	}
 	return r, nil
 }
 
@@ -353,16 +371,26 @@ func Run(ctx context.Context, t Target, w Workload) (Result, error) {
 // is reported (password hashing: a dozen calls a window).
 const minCallsForAllocs = 500
 
-// usage is what a server process had used at one moment.
+// usage is what a server process, the load generator and the machine had
+// used at one moment.
 type usage struct {
 	cpu             time.Duration
 	allocs          uint64
+	self            time.Duration
+	host            hostTicks
 	cpuOK, allocsOK bool
+	selfOK, hostOK  bool
 }
 
 func (t Target) usage() usage {
 	var u usage
 	var err error
+	if t.Client != nil {
+		u.self, err = t.Client.CPU()
+		u.selfOK = err == nil
+		u.host, err = readHostTicks()
+		u.hostOK = err == nil
+	}
 	// Both from one metrics endpoint: one scrape, not two.
 	if m, ok := t.CPU.(Metrics); ok && t.Allocs == AllocReader(m) {
 		if vals, err := scrapeMetrics(string(m), cpuMetric, allocsMetric); err == nil {
@@ -403,6 +431,11 @@ type Target struct {
 	CPU CPUReader
 	// Allocs reads its process's allocation count; nil if unknown.
 	Allocs AllocReader
+	// Client reads the load generator's own CPU time (ProcCPU of this
+	// process); with it, a run also reports this machine's idle share.
+	// nil: neither is reported (as when something else loads the server
+	// beside the measured calls).
+	Client CPUReader
 }
 
 // Comparison is the rounds of one workload against Custos and its baseline,

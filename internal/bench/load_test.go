@@ -85,6 +85,54 @@ func TestRunReportsTheServersCPUAndAllocationsPerCall(t *testing.T) {
 	}
 }
 
+func TestRunReportsTheClientsCPUPerCallAndTheMachinesIdleShare(t *testing.T) {
+	conn := &fakeConn{}
+	self := perCall{conn: conn, cpu: 20 * time.Microsecond}
+	res, err := Run(context.Background(), Target{Name: "fake", Conn: conn, Client: self}, runWorkload())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ClientCPUPerCall < 19 || res.ClientCPUPerCall > 24 {
+		t.Errorf("client CPU per call %.2f µs, want about 20", res.ClientCPUPerCall)
+	}
+	if res.ServerCPUPerCall != 0 || res.ServerAllocsPerCall != 0 {
+		t.Errorf("server figures without readers: %v, %v", res.ServerCPUPerCall, res.ServerAllocsPerCall)
+	}
+	if _, err := readHostTicks(); err != nil {
+		t.Logf("no /proc/stat here (%v): idle share not checked", err)
+		return
+	}
+	if res.IdleShare == nil || *res.IdleShare < 0 || *res.IdleShare > 1 {
+		t.Errorf("idle share %v, want one in [0, 1]", res.IdleShare)
+	}
+
+	// Without a client reader, neither is reported.
+	res, err = Run(context.Background(), Target{Name: "fake", Conn: conn}, runWorkload())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ClientCPUPerCall != 0 || res.IdleShare != nil {
+		t.Errorf("without a client reader: client CPU %v, idle share %v", res.ClientCPUPerCall, res.IdleShare)
+	}
+}
+
+func TestHostTicksCountIdleAndIOWaitOutOfTheTotal(t *testing.T) {
+	// user nice system idle iowait irq softirq steal guest guest_nice
+	h, err := parseHostTicks("cpu  100 5 50 800 40 3 2 0 70 9\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Guest time is part of user and nice already.
+	if want := (hostTicks{idle: 840, total: 1000}); h != want {
+		t.Errorf("got %+v, want %+v", h, want)
+	}
+	for _, bad := range []string{"", "cpu0 1 2 3 4 5\n", "cpu  1 2 3\n", "cpu  1 2 x 4 5 6\n", "cpu  1 2 3 -4 5 6\n"} {
+		if _, err := parseHostTicks(bad); err == nil {
+			t.Errorf("%q parsed", bad)
+		}
+	}
+}
+
 func TestRunLeavesOutWhatItCouldNotRead(t *testing.T) {
 	conn := &fakeConn{}
 	failing := perCall{conn: conn, cpu: time.Microsecond, allocs: 1, err: errors.New("scrape failed")}

@@ -48,6 +48,45 @@ func (p ProcCPU) CPU() (time.Duration, error) {
 	return time.Duration(ut+st) * clockTick, nil
 }
 
+// hostTicks is the machine's CPU time from /proc/stat, in clock ticks: idle
+// (idle and iowait) and in total, over all cores.
+type hostTicks struct{ idle, total uint64 }
+
+// readHostTicks reads /proc/stat's first line ("cpu  user nice system idle
+// iowait irq softirq steal ...").
+func readHostTicks() (hostTicks, error) {
+	f, err := os.Open("/proc/stat")
+	if err != nil {
+		return hostTicks{}, err
+	}
+	defer f.Close()
+	line, err := bufio.NewReader(f).ReadString('\n')
+	if err != nil {
+		return hostTicks{}, fmt.Errorf("/proc/stat: %w", err)
+	}
+	return parseHostTicks(line)
+}
+
+func parseHostTicks(line string) (hostTicks, error) {
+	fields := strings.Fields(line)
+	if len(fields) < 6 || fields[0] != "cpu" {
+		return hostTicks{}, fmt.Errorf("/proc/stat: unexpected first line")
+	}
+	var t hostTicks
+	// Guest time (fields 10 and 11) is already counted in user and nice.
+	for i, f := range fields[1:min(len(fields), 9)] {
+		n, err := strconv.ParseUint(f, 10, 64)
+		if err != nil {
+			return hostTicks{}, fmt.Errorf("/proc/stat: field %d: %w", i+1, err)
+		}
+		t.total += n
+		if i == 3 || i == 4 { // idle, iowait
+			t.idle += n
+		}
+	}
+	return t, nil
+}
+
 // Metrics reads a server's CPU time (process_cpu_seconds_total) and
 // allocation count (go_memstats_mallocs_total) from its Prometheus
 // endpoint: Custos's ops listener (/metrics), for a server on another

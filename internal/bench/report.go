@@ -70,6 +70,9 @@ func (r *Report) WriteText(w io.Writer) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	if err := r.writeCPUShares(w); err != nil {
+		return err
+	}
 	for _, c := range r.Contention {
 		u, l := medianResult(c.Unloaded), medianResult(c.Loaded)
 		var bgRate float64
@@ -83,6 +86,49 @@ func (r *Report) WriteText(w io.Writer) error {
 			u.P99, l.P99, c.P99.Median, c.P99.Min, c.P99.Max, bgRate)
 	}
 	return nil
+}
+
+// writeCPUShares writes, when the runs read them, where each call's CPU
+// went (server and load generator, from the median rounds above) and how
+// much of the machine stayed idle: with both on one machine, they share
+// its cores.
+func (r *Report) writeCPUShares(w io.Writer) error {
+	read := false
+	for _, c := range r.Comparisons {
+		read = read || medianResult(c.Custos).IdleShare != nil
+	}
+	if !read {
+		return nil
+	}
+	fmt.Fprintln(w, "\nCPU µs per call, server and this load generator, and this machine's idle share (median rounds):")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "workload\tcustos server\tclient\tidle\tbaseline server\tclient\tidle\t")
+	for _, c := range r.Comparisons {
+		cu := medianResult(c.Custos)
+		row := fmt.Sprintf("%s\t%s\t%s\t%s\t", c.Workload, cpu(cu), clientCPU(cu), idle(cu))
+		if len(c.Baseline) > 0 {
+			b := medianResult(c.Baseline)
+			row += fmt.Sprintf("%s\t%s\t%s\t", cpu(b), clientCPU(b), idle(b))
+		} else {
+			row += "–\t–\t–\t"
+		}
+		fmt.Fprintln(tw, row)
+	}
+	return tw.Flush()
+}
+
+func clientCPU(r Result) string {
+	if r.ClientCPUPerCall == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.1f", r.ClientCPUPerCall)
+}
+
+func idle(r Result) string {
+	if r.IdleShare == nil {
+		return "–"
+	}
+	return fmt.Sprintf("%.0f%%", *r.IdleShare*100)
 }
 
 func cpu(r Result) string {
