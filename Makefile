@@ -75,10 +75,12 @@ fuzz: ## run every fuzz target for FUZZTIME (default 20s) each
 
 # The standard load-tool run (docs/performance.md): custos dev and the
 # baseline each in a process of its own, rounds alternating, every figure a
-# ratio to the baseline of the same run. About 8 minutes on two cores.
-BENCH_ROUNDS ?= 5
+# ratio to the baseline of the same run, medians of BENCH_ROUNDS paired
+# rounds (7: medians of 5 still moved by several percent from run to run).
+# About 11 minutes on two cores.
+BENCH_ROUNDS ?= 7
 .PHONY: bench
-bench: build ## the standard custos bench run: single calls, batches, hashing contention (BENCH_ROUNDS, default 5)
+bench: build ## the standard custos bench run: single calls, batches, hashing contention (BENCH_ROUNDS, default 7)
 	bin/custos bench --spawn-dev --rounds $(BENCH_ROUNDS) --ops encrypt,decrypt,blind-index --concurrency 1,64
 	bin/custos bench --spawn-dev --rounds $(BENCH_ROUNDS) --ops encrypt-batch,decrypt-batch,rewrap-batch --concurrency 64 --batch 100 --contention
 
