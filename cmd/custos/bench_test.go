@@ -180,6 +180,23 @@ func TestBenchRefusesBadFlags(t *testing.T) {
 	}
 }
 
+// Bad soak flags are refused before anything is dialled or measured
+// (the peak alone takes seconds), each error naming its flag.
+func TestBenchSoakRefusesBadFlagsFirst(t *testing.T) {
+	for flag, args := range map[string][]string{
+		"--concurrency": {"--concurrency", "0"},
+		"--peak":        {"--peak", "0s"},
+		"--duration":    {"--duration", "-1s"},
+		"--sample":      {"--sample", "10m", "--duration", "1m"},
+		"--fraction":    {"--fraction", "1.5"},
+	} {
+		_, _, err := runCLI(t, append([]string{"bench", "soak", "--addr", "127.0.0.1:1"}, args...)...)
+		if err == nil || !strings.Contains(err.Error(), flag) {
+			t.Errorf("%v: %v, want an error naming %s", args, err, flag)
+		}
+	}
+}
+
 func TestBenchSoakHoldsAFractionOfThePeakAndSamplesTheServer(t *testing.T) {
 	t.Setenv("CUSTOS_TEST_RUN_MAIN", "1")
 	out, errOut, err := runCLI(t, "bench", "soak", "--spawn-dev", "--concurrency", "4", "--peak", "300ms",

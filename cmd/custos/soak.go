@@ -44,6 +44,17 @@ See docs/operations.md for this machine's figures.`,
 			if fraction <= 0 || fraction > 1 {
 				return usageErr(cmd, fmt.Errorf("--fraction %v: want (0, 1]", fraction))
 			}
+			// Checked before the peak is measured, not after.
+			switch {
+			case concurrency < 1:
+				return usageErr(cmd, fmt.Errorf("--concurrency %d: want at least 1", concurrency))
+			case peak <= 0:
+				return usageErr(cmd, fmt.Errorf("--peak %v: want a positive duration", peak))
+			case duration <= 0:
+				return usageErr(cmd, fmt.Errorf("--duration %v: want a positive duration", duration))
+			case sampleEv <= 0 || sampleEv > duration:
+				return usageErr(cmd, fmt.Errorf("--sample %v: want a positive duration no longer than --duration (%v)", sampleEv, duration))
+			}
 			if c.output != "text" && c.output != "json" {
 				return usageErr(cmd, fmt.Errorf("-o %q: want text or json", c.output))
 			}

@@ -247,3 +247,25 @@ func TestASoakCancelledReportsItsContextsError(t *testing.T) {
 		t.Fatal("Soak still running 10s after its context was cancelled")
 	}
 }
+
+func TestASoaksShortLastWindowStillCountsInItsTotals(t *testing.T) {
+	conn := &fakeConn{}
+	w := runWorkload()
+	// One sample at 1 s, then 0.2 s: too short for a sample of its own.
+	rep, err := Soak(context.Background(), conn, SoakConfig{Workload: w, Rate: 2000, Duration: 1200 * time.Millisecond, Sample: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Samples) != 1 {
+		t.Fatalf("%d samples, want 1", len(rep.Samples))
+	}
+	// Every call the fake answered is in the total, but for those the
+	// end of the soak cut short (at most one per worker).
+	answered := conn.calls.Load()
+	if rep.Calls > answered || rep.Calls < answered-int64(w.Concurrency) {
+		t.Errorf("total %d calls, the server answered %d (sample: %d)", rep.Calls, answered, rep.Samples[0].Calls)
+	}
+	if rep.Calls <= rep.Samples[0].Calls {
+		t.Errorf("total %d calls, no more than the one sample's %d: the last 0.2 s were dropped", rep.Calls, rep.Samples[0].Calls)
+	}
+}

@@ -62,12 +62,12 @@ type SoakReport struct {
 // pass.
 func Soak(ctx context.Context, conn grpc.ClientConnInterface, cfg SoakConfig) (SoakReport, error) {
 	w := cfg.Workload
+	if cfg.Rate <= 0 || cfg.Duration <= 0 || cfg.Sample <= 0 {
+		return SoakReport{}, fmt.Errorf("soak: rate, duration and sample must be positive")
+	}
 	mk, err := prepare(ctx, conn, w)
 	if err != nil {
 		return SoakReport{}, err
-	}
-	if cfg.Rate <= 0 || cfg.Duration <= 0 || cfg.Sample <= 0 {
-		return SoakReport{}, fmt.Errorf("soak: rate, duration and sample must be positive")
 	}
 	workers := max(w.Concurrency, 1)
 	lim := rate.NewLimiter(rate.Limit(cfg.Rate), workers)
@@ -146,6 +146,9 @@ loop:
 	for k, v := range allErr {
 		rep.Errors[k] = v
 	}
+	// A last window too short for a sample of its own (its rate would
+	// be noise) still counts in the totals.
+	rep.Calls = int64(len(lat)) + errs
 	mu.Unlock()
 	for _, s := range rep.Samples {
 		rep.Calls += s.Calls
