@@ -286,7 +286,14 @@ func Run(ctx context.Context, t Target, w Workload) (Result, error) {
 	// The server is read when the measured window opens and when it
 	// closes, off the workers' path (a metrics scrape takes a while).
 	open := make(chan usage, 1)
-	opening := time.AfterFunc(w.Warmup, func() { open <- t.usage() })
+	// The load generator's own reading is taken inside the server's: after
+	// it when the window opens and before it when the window closes, so
+	// that neither scrape's cost counts as the calls'.
+	opening := time.AfterFunc(w.Warmup, func() {
+		u := t.usage()
+		t.readClient(&u)
+		open <- u
+	})
 	var wg sync.WaitGroup
 	for i := range workers {
 		c := mk(i)
@@ -322,7 +329,10 @@ func Run(ctx context.Context, t Target, w Workload) (Result, error) {
 		opening.Stop() // a reading already under way sends into the buffer
 		return Result{}, err
 	}
-	closed := t.usage()
+	var closed usage
+	t.readClient(&closed)
+	server := t.usage()
+	closed.cpu, closed.allocs, closed.cpuOK, closed.allocsOK = server.cpu, server.allocs, server.cpuOK, server.allocsOK
 	opened := <-open
 	r := Result{Target: t.Name, Op: w.Op, Concurrency: workers, Errors: map[string]int64{}}
 	if w.Op.Batch() {
@@ -382,15 +392,27 @@ type usage struct {
 	selfOK, hostOK  bool
 }
 
+// hostTicksNow reads the machine's CPU ticks (a variable so that tests can
+// give Run known readings).
+var hostTicksNow = readHostTicks
+
+// readClient adds the load generator's CPU time and the machine's ticks to
+// u, if t says how to read them.
+func (t Target) readClient(u *usage) {
+	if t.Client == nil {
+		return
+	}
+	var err error
+	u.self, err = t.Client.CPU()
+	u.selfOK = err == nil
+	u.host, err = hostTicksNow()
+	u.hostOK = err == nil
+}
+
+// usage reads the server's CPU time and allocations, if t says how.
 func (t Target) usage() usage {
 	var u usage
 	var err error
-	if t.Client != nil {
-		u.self, err = t.Client.CPU()
-		u.selfOK = err == nil
-		u.host, err = readHostTicks()
-		u.hostOK = err == nil
-	}
 	// Both from one metrics endpoint: one scrape, not two.
 	if m, ok := t.CPU.(Metrics); ok && t.Allocs == AllocReader(m) {
 		if vals, err := scrapeMetrics(string(m), cpuMetric, allocsMetric); err == nil {
@@ -433,8 +455,8 @@ type Target struct {
 	Allocs AllocReader
 	// Client reads the load generator's own CPU time (ProcCPU of this
 	// process); with it, a run also reports this machine's idle share.
-	// nil: neither is reported (as when something else loads the server
-	// beside the measured calls).
+	// nil: neither is reported (as when this process makes other calls
+	// beside the measured ones, which its CPU time would include).
 	Client CPUReader
 }
 

@@ -86,24 +86,41 @@ func TestRunReportsTheServersCPUAndAllocationsPerCall(t *testing.T) {
 }
 
 func TestRunReportsTheClientsCPUPerCallAndTheMachinesIdleShare(t *testing.T) {
+	// The machine's ticks: the window opens at (idle 100, total 1000) and
+	// closes at (400, 2000), so 300 of its 1000 ticks were idle. A third
+	// reading would mean the window read the machine more than twice.
+	readings := []hostTicks{{idle: 100, total: 1000}, {idle: 400, total: 2000}}
+	var reads atomic.Int32
+	hostTicksNow = func() (hostTicks, error) {
+		i := int(reads.Add(1)) - 1
+		if i >= len(readings) {
+			return hostTicks{}, errors.New("read more than twice")
+		}
+		return readings[i], nil
+	}
+	t.Cleanup(func() { hostTicksNow = readHostTicks })
+
 	conn := &fakeConn{}
 	self := perCall{conn: conn, cpu: 20 * time.Microsecond}
-	res, err := Run(context.Background(), Target{Name: "fake", Conn: conn, Client: self}, runWorkload())
+	// A warm-up as long as the window: a reading taken when the warm-up
+	// starts instead of when it ends would double the figure.
+	w := runWorkload()
+	w.Warmup = w.Duration
+	res, err := Run(context.Background(), Target{Name: "fake", Conn: conn, Client: self}, w)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.ClientCPUPerCall < 19 || res.ClientCPUPerCall > 24 {
+	// The readings bracket the window give or take a scheduling delay: a
+	// late opening reading lowers the figure a little, calls straddling the
+	// window's edges raise it a little.
+	if res.ClientCPUPerCall < 16 || res.ClientCPUPerCall > 25 {
 		t.Errorf("client CPU per call %.2f µs, want about 20", res.ClientCPUPerCall)
 	}
 	if res.ServerCPUPerCall != 0 || res.ServerAllocsPerCall != 0 {
 		t.Errorf("server figures without readers: %v, %v", res.ServerCPUPerCall, res.ServerAllocsPerCall)
 	}
-	if _, err := readHostTicks(); err != nil {
-		t.Logf("no /proc/stat here (%v): idle share not checked", err)
-		return
-	}
-	if res.IdleShare == nil || *res.IdleShare < 0 || *res.IdleShare > 1 {
-		t.Errorf("idle share %v, want one in [0, 1]", res.IdleShare)
+	if res.IdleShare == nil || *res.IdleShare != 0.3 {
+		t.Errorf("idle share %v, want 0.3", res.IdleShare)
 	}
 
 	// Without a client reader, neither is reported.
@@ -113,6 +130,19 @@ func TestRunReportsTheClientsCPUPerCallAndTheMachinesIdleShare(t *testing.T) {
 	}
 	if res.ClientCPUPerCall != 0 || res.IdleShare != nil {
 		t.Errorf("without a client reader: client CPU %v, idle share %v", res.ClientCPUPerCall, res.IdleShare)
+	}
+	if n := reads.Load(); n != 2 {
+		t.Errorf("the machine was read %d times, want 2", n)
+	}
+}
+
+func TestReadHostTicksReadsThisMachine(t *testing.T) {
+	h, err := readHostTicks()
+	if err != nil {
+		t.Skipf("no /proc/stat here: %v", err)
+	}
+	if h.total == 0 || h.idle > h.total {
+		t.Errorf("host ticks %+v", h)
 	}
 }
 
@@ -251,8 +281,10 @@ func TestASoakCancelledReportsItsContextsError(t *testing.T) {
 func TestASoaksShortLastWindowStillCountsInItsTotals(t *testing.T) {
 	conn := &fakeConn{}
 	w := runWorkload()
-	// One sample at 1 s, then 0.2 s: too short for a sample of its own.
-	rep, err := Soak(context.Background(), conn, SoakConfig{Workload: w, Rate: 2000, Duration: 1200 * time.Millisecond, Sample: time.Second})
+	// One sample at 1 s, then 0.25 s: too short for a sample of its own.
+	// The margins either side (the tick before the end; the rest under
+	// half a sample) are a quarter of a second each.
+	rep, err := Soak(context.Background(), conn, SoakConfig{Workload: w, Rate: 2000, Duration: 1250 * time.Millisecond, Sample: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -266,6 +298,18 @@ func TestASoaksShortLastWindowStillCountsInItsTotals(t *testing.T) {
 		t.Errorf("total %d calls, the server answered %d (sample: %d)", rep.Calls, answered, rep.Samples[0].Calls)
 	}
 	if rep.Calls <= rep.Samples[0].Calls {
-		t.Errorf("total %d calls, no more than the one sample's %d: the last 0.2 s were dropped", rep.Calls, rep.Samples[0].Calls)
+		t.Errorf("total %d calls, no more than the one sample's %d: the last 0.25 s were dropped", rep.Calls, rep.Samples[0].Calls)
+	}
+}
+
+func TestASoakRefusesABadConfigBeforeItCallsTheServer(t *testing.T) {
+	conn := &fakeConn{}
+	w := runWorkload()
+	w.Op = OpDecrypt // preparing it encrypts a field first
+	if _, err := Soak(context.Background(), conn, SoakConfig{Workload: w, Rate: 0, Duration: time.Second, Sample: time.Second}); err == nil {
+		t.Fatal("a soak at rate 0 started")
+	}
+	if n := conn.calls.Load(); n != 0 {
+		t.Errorf("%d calls made before the configuration was refused", n)
 	}
 }

@@ -70,7 +70,7 @@ func readHostTicks() (hostTicks, error) {
 func parseHostTicks(line string) (hostTicks, error) {
 	fields := strings.Fields(line)
 	if len(fields) < 6 || fields[0] != "cpu" {
-		return hostTicks{}, fmt.Errorf("/proc/stat: unexpected first line")
+		return hostTicks{}, fmt.Errorf("/proc/stat: unexpected first line %.40q", line)
 	}
 	var t hostTicks
 	// Guest time (fields 10 and 11) is already counted in user and nice.

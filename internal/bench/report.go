@@ -95,7 +95,10 @@ func (r *Report) WriteText(w io.Writer) error {
 func (r *Report) writeCPUShares(w io.Writer) error {
 	read := false
 	for _, c := range r.Comparisons {
-		read = read || medianResult(c.Custos).IdleShare != nil
+		for _, x := range [][]Result{c.Custos, c.Baseline} {
+			m := medianResult(x)
+			read = read || m.ClientCPUPerCall > 0 || m.IdleShare != nil
+		}
 	}
 	if !read {
 		return nil
@@ -105,10 +108,10 @@ func (r *Report) writeCPUShares(w io.Writer) error {
 	fmt.Fprintln(tw, "workload\tcustos server\tclient\tidle\tbaseline server\tclient\tidle\t")
 	for _, c := range r.Comparisons {
 		cu := medianResult(c.Custos)
-		row := fmt.Sprintf("%s\t%s\t%s\t%s\t", c.Workload, cpu(cu), clientCPU(cu), idle(cu))
+		row := fmt.Sprintf("%s\t%s\t%s\t%s\t", c.Workload, cpu(cu), clientCPU(cu), idleCell(cu))
 		if len(c.Baseline) > 0 {
 			b := medianResult(c.Baseline)
-			row += fmt.Sprintf("%s\t%s\t%s\t", cpu(b), clientCPU(b), idle(b))
+			row += fmt.Sprintf("%s\t%s\t%s\t", cpu(b), clientCPU(b), idleCell(b))
 		} else {
 			row += "–\t–\t–\t"
 		}
@@ -124,7 +127,7 @@ func clientCPU(r Result) string {
 	return fmt.Sprintf("%.1f", r.ClientCPUPerCall)
 }
 
-func idle(r Result) string {
+func idleCell(r Result) string {
 	if r.IdleShare == nil {
 		return "–"
 	}

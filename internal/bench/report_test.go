@@ -27,8 +27,20 @@ func TestTheTextReportShowsWhereEachCallsCPUWent(t *testing.T) {
 		}
 	}
 
-	// Runs that did not read this process's CPU print no such section.
+	// The client's CPU is shown even when the idle share could not be read.
 	rep.Comparisons[0].Custos[0].IdleShare = nil
+	b.Reset()
+	if err := rep.WriteText(&b); err != nil {
+		t.Fatal(err)
+	}
+	if i := strings.Index(b.String(), "CPU µs per call"); i < 0 || !strings.Contains(b.String()[i:], "19.6") {
+		t.Errorf("the client's CPU is not shown without an idle share:\n%s", b.String())
+	}
+
+	// Runs that read neither print no such section.
+	for _, r := range []*Result{&rep.Comparisons[0].Custos[0], &rep.Comparisons[0].Baseline[0]} {
+		r.ClientCPUPerCall, r.IdleShare = 0, nil
+	}
 	b.Reset()
 	if err := rep.WriteText(&b); err != nil {
 		t.Fatal(err)
