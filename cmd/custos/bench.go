@@ -362,12 +362,16 @@ func splitOps(s string) ([]bench.Op, error) {
 	return out, nil
 }
 
+// maxConcurrency bounds the calls in flight a load may ask for (each is a
+// goroutine of this process).
+const maxConcurrency = 10000
+
 func splitInts(s string) ([]int, error) {
 	var out []int
 	for _, p := range strings.Split(s, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(p))
-		if err != nil || n < 1 || n > 10000 {
-			return nil, fmt.Errorf("%q is not a whole number from 1 to 10000", p)
+		if err != nil || n < 1 || n > maxConcurrency {
+			return nil, fmt.Errorf("%q is not a whole number from 1 to %d", p, maxConcurrency)
 		}
 		out = append(out, n)
 	}

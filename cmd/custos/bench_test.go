@@ -183,17 +183,32 @@ func TestBenchRefusesBadFlags(t *testing.T) {
 // Bad soak flags are refused before anything is dialled or measured
 // (the peak alone takes seconds), each error naming its flag.
 func TestBenchSoakRefusesBadFlagsFirst(t *testing.T) {
-	for flag, args := range map[string][]string{
-		"--concurrency": {"--concurrency", "0"},
-		"--peak":        {"--peak", "0s"},
-		"--duration":    {"--duration", "-1s"},
-		"--sample":      {"--sample", "10m", "--duration", "1m"},
-		"--fraction":    {"--fraction", "1.5"},
+	for _, c := range []struct {
+		flag string
+		args []string
+	}{
+		{"--concurrency", []string{"--concurrency", "0"}},
+		{"--concurrency", []string{"--concurrency", "100000000"}},
+		{"--peak", []string{"--peak", "0s"}},
+		{"--duration", []string{"--duration", "-1s"}},
+		{"--sample", []string{"--sample", "10m", "--duration", "1m"}},
+		{"--fraction", []string{"--fraction", "1.5"}},
 	} {
-		_, _, err := runCLI(t, append([]string{"bench", "soak", "--addr", "127.0.0.1:1"}, args...)...)
-		if err == nil || !strings.Contains(err.Error(), flag) {
-			t.Errorf("%v: %v, want an error naming %s", args, err, flag)
+		_, _, err := runCLI(t, append([]string{"bench", "soak", "--addr", "127.0.0.1:1"}, c.args...)...)
+		if err == nil || !strings.Contains(err.Error(), c.flag) {
+			t.Errorf("%v: %v, want an error naming %s", c.args, err, c.flag)
 		}
+	}
+}
+
+// A peak of no successful call leaves nothing to hold: the soak says so
+// rather than failing on a zero rate.
+func TestBenchSoakSaysSoWhenNoCallSucceededAtThePeak(t *testing.T) {
+	t.Setenv("CUSTOS_TEST_RUN_MAIN", "1")
+	// A window of a nanosecond holds no whole call.
+	_, errOut, err := runCLI(t, "bench", "soak", "--spawn-dev", "--concurrency", "2", "--peak", "1ns", "--duration", "1s", "--sample", "1s")
+	if err == nil || !strings.Contains(err.Error(), "no mixed call succeeded while measuring the peak") {
+		t.Fatalf("soak with no call at the peak: %v\n%s", err, errOut)
 	}
 }
 

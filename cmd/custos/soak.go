@@ -46,8 +46,8 @@ See docs/operations.md for this machine's figures.`,
 			}
 			// Checked before the peak is measured, not after.
 			switch {
-			case concurrency < 1:
-				return usageErr(cmd, fmt.Errorf("--concurrency %d: want at least 1", concurrency))
+			case concurrency < 1 || concurrency > maxConcurrency:
+				return usageErr(cmd, fmt.Errorf("--concurrency %d: want 1 to %d", concurrency, maxConcurrency))
 			case peak <= 0:
 				return usageErr(cmd, fmt.Errorf("--peak %v: want a positive duration", peak))
 			case duration <= 0:
@@ -83,6 +83,9 @@ See docs/operations.md for this machine's figures.`,
 			p, err := bench.Run(ctx, bench.Target{Name: "custos", Conn: cc}, w)
 			if err != nil {
 				return err
+			}
+			if p.OpsPerSec == 0 {
+				return fmt.Errorf("no %s call succeeded while measuring the peak for %v (errors: %v); nothing to hold", o, peak, p.Errors)
 			}
 			target := p.OpsPerSec * fraction
 			fmt.Fprintf(progress, "peak %.0f calls/s; holding %.0f calls/s (%.0f%%) for %v\n", p.OpsPerSec, target, fraction*100, duration)
@@ -122,7 +125,7 @@ See docs/operations.md for this machine's figures.`,
 	fl.Float64Var(&fraction, "fraction", 0.7, "share of the measured peak to hold")
 	fl.DurationVar(&peak, "peak", 5*time.Second, "how long to measure the peak")
 	fl.DurationVar(&duration, "duration", 8*time.Minute, "how long to hold the load")
-	fl.DurationVar(&sampleEv, "sample", 15*time.Second, "sample interval")
+	fl.DurationVar(&sampleEv, "sample", 15*time.Second, "sample interval (at most --duration)")
 	fl.StringVar(&metrics, "server-metrics", "", "the server's /metrics URL, for RSS and goroutines (set by --spawn-dev)")
 	fl.BoolVar(&spawnDevFlag, "spawn-dev", false, "start a throwaway custos dev in its own process and soak it")
 	return cmd
