@@ -87,7 +87,9 @@ bench: build ## the standard custos bench run: single calls, batches, hashing co
 # The audit trail's cost (docs/performance.md, docs/audit.md): on bbolt,
 # custos bench against a second custos dev with --audit=false; on PostgreSQL
 # (fsync on), two custos serve processes on one database; then storage per
-# event and audit verify's time for AUDIT_EVENTS events. About 4 minutes.
+# event and audit verify's time for AUDIT_EVENTS events, and the journal's
+# sync floor on this disk (CUSTOS_SYNC_DIR). About 6 minutes with
+# BENCH_ROUNDS at 7.
 AUDIT_EVENTS ?= 1000000
 .PHONY: bench-audit
 bench-audit: build test-deps ## the audit trail's cost: audit on over off (bbolt, PostgreSQL), bytes per event, verify time for AUDIT_EVENTS

@@ -1,0 +1,69 @@
+//go:build scale && linux
+
+package bench_test
+
+import (
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestAuditJournalSyncFloor measures what one group commit of the audit
+// journal cannot go below on this disk (make bench-audit; docs/performance.md):
+// a 2 KiB write and an fdatasync of a preallocated, zero-filled file, as the
+// journal does, one at a time and 2 and 4 at a time on the same file. It
+// logs syncs a second and the mean time each; it asserts nothing about
+// them. CUSTOS_SYNC_DIR picks the directory (default: the test's temporary
+// directory; put it on the disk the journal will use).
+func TestAuditJournalSyncFloor(t *testing.T) {
+	dir := os.Getenv("CUSTOS_SYNC_DIR")
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	f, err := os.CreateTemp(dir, "custos-sync-floor-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	const size = 8 << 20
+	if _, err := f.Write(make([]byte, size)); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("file %s", f.Name())
+	for _, writers := range []int{1, 2, 4} {
+		var syncs, off atomic.Int64
+		var failed atomic.Value
+		stop := time.Now().Add(3 * time.Second)
+		var wg sync.WaitGroup
+		for range writers {
+			wg.Go(func() {
+				buf := make([]byte, 2048)
+				for time.Now().Before(stop) {
+					at := off.Add(int64(len(buf))) % (size - int64(len(buf)))
+					if _, err := f.WriteAt(buf, at); err != nil {
+						failed.Store(err)
+						return
+					}
+					if err := syscall.Fdatasync(int(f.Fd())); err != nil { // as the journal's group commit
+						failed.Store(err)
+						return
+					}
+					syncs.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		if err, _ := failed.Load().(error); err != nil {
+			t.Fatal(err)
+		}
+		n := syncs.Load()
+		t.Logf("%d at a time: %.0f syncs/s, %.0f µs each", writers, float64(n)/3, 3e6*float64(writers)/float64(n))
+	}
+}
