@@ -91,10 +91,13 @@ bench: build ## the standard custos bench run: single calls, batches, hashing co
 # sync floor on this disk (CUSTOS_SYNC_DIR). About 6 minutes with
 # BENCH_ROUNDS at 7.
 AUDIT_EVENTS ?= 1000000
+# Where the sync floor is measured: by default this checkout's disk, where
+# custos dev keeps its journal.
+CUSTOS_SYNC_DIR ?= $(CURDIR)
 .PHONY: bench-audit
 bench-audit: build test-deps ## the audit trail's cost: audit on over off (bbolt, PostgreSQL), bytes per event, verify time for AUDIT_EVENTS
 	bin/custos bench --spawn-dev --baseline audit-off --rounds $(BENCH_ROUNDS) --ops encrypt --concurrency 64,1
-	CUSTOS_AUDIT_EVENTS=$(AUDIT_EVENTS) $(GO) test -tags scale -run 'TestAudit' -timeout 30m -count=1 -v ./internal/bench/
+	CUSTOS_AUDIT_EVENTS=$(AUDIT_EVENTS) CUSTOS_SYNC_DIR=$(CUSTOS_SYNC_DIR) $(GO) test -tags scale -run 'TestAudit' -timeout 30m -count=1 -v ./internal/bench/
 
 # The soak profile (docs/operations.md): a mixed load held at SOAK_FRACTION of
 # the measured peak for SOAK_DURATION against a custos dev of its own.
