@@ -288,7 +288,7 @@ func Run(ctx context.Context, t Target, w Workload) (Result, error) {
 	open := make(chan usage, 1)
 	// The load generator's own reading is taken inside the server's: after
 	// it when the window opens and before it when the window closes, so
-	// that neither scrape's cost counts as the calls'.
+	// that neither metrics scrape counts in the load generator's CPU.
 	opening := time.AfterFunc(w.Warmup, func() {
 		u := t.usage()
 		t.readClient(&u)
