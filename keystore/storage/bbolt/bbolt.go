@@ -269,6 +269,12 @@ func (s *Store) view(ctx context.Context, fn func(*bolt.Bucket) error) error {
 	return s.db.View(func(tx *bolt.Tx) error { return fn(tx.Bucket(bucket)) })
 }
 
+// fillPercent is how full bbolt fills the left page when one splits: most
+// of what is written is appended (the audit trail's leaves, strips and
+// queue, under increasing keys), and at bbolt's default of half full every
+// page of them would stay half empty, doubling what is written and stored.
+const fillPercent = 0.9
+
 // update runs fn on the records bucket in a read-write transaction, which
 // commits if fn returns nil.
 func (s *Store) update(ctx context.Context, fn func(*bolt.Bucket) error) error {
@@ -283,7 +289,9 @@ func (s *Store) update(ctx context.Context, fn func(*bolt.Bucket) error) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		return fn(tx.Bucket(bucket))
+		b := tx.Bucket(bucket)
+		b.FillPercent = fillPercent
+		return fn(b)
 	})
 	if storage.NoSpace(err) {
 		err = fmt.Errorf("%w: %w", storage.ErrFull, err)
