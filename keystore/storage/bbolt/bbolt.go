@@ -269,11 +269,15 @@ func (s *Store) view(ctx context.Context, fn func(*bolt.Bucket) error) error {
 	return s.db.View(func(tx *bolt.Tx) error { return fn(tx.Bucket(bucket)) })
 }
 
-// fillPercent is how full bbolt fills the left page when one splits: most
-// of what is written is appended (the audit trail's leaves, strips and
-// queue, under increasing keys), and at bbolt's default of half full every
-// page of them would stay half empty, doubling what is written and stored.
-const fillPercent = 0.9
+// applyFillPercent is how full bbolt leaves the left page when it splits
+// one, in Apply's transactions: they are the audit trail's shipping and
+// integration, which append leaves, strips and queue records under
+// increasing keys, and a restore's batches, written in key order. At bbolt's
+// default of half, every page of them stayed half empty, doubling what was
+// written and stored. Put and Delete, which write records under keys in no
+// order (tenants, keys, the due index), keep the default: at 0.9 the pages
+// of keys inserted at random end up emptier, not fuller.
+const applyFillPercent = 0.9
 
 // update runs fn on the records bucket in a read-write transaction, which
 // commits if fn returns nil.
@@ -289,9 +293,7 @@ func (s *Store) update(ctx context.Context, fn func(*bolt.Bucket) error) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		b := tx.Bucket(bucket)
-		b.FillPercent = fillPercent
-		return fn(b)
+		return fn(tx.Bucket(bucket))
 	})
 	if storage.NoSpace(err) {
 		err = fmt.Errorf("%w: %w", storage.ErrFull, err)
@@ -319,6 +321,7 @@ func (s *Store) Apply(ctx context.Context, ops []storage.Op) error {
 		return fmt.Errorf("bbolt: apply: %w", err)
 	}
 	err := s.update(ctx, func(b *bolt.Bucket) error {
+		b.FillPercent = applyFillPercent // for this transaction only
 		for _, op := range ops {
 			if op.Expect == storage.AnyVersion {
 				continue
