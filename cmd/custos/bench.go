@@ -218,6 +218,18 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 	if f.output != "text" && f.output != "json" {
 		return usageErr(cmd, fmt.Errorf("--output %q: want text or json", f.output))
 	}
+	switch {
+	case f.duration <= 0:
+		return usageErr(cmd, fmt.Errorf("--duration %v: want a positive duration", f.duration))
+	case f.warmup < 0:
+		return usageErr(cmd, fmt.Errorf("--warmup %v: want zero or more", f.warmup))
+	case f.rounds < 1:
+		return usageErr(cmd, fmt.Errorf("--rounds %d: want at least 1", f.rounds))
+	case f.batch < 1 || f.batch > 10000:
+		return usageErr(cmd, fmt.Errorf("--batch %d: want 1 to 10000 (the API's limit)", f.batch))
+	case f.payload < 1 || f.payload > 1<<20:
+		return usageErr(cmd, fmt.Errorf("--payload %d: want 1 to 1048576 bytes (the API's limit)", f.payload))
+	}
 	progress := cmd.ErrOrStderr()
 
 	var cpu bench.CPUReader

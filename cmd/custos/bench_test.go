@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -172,10 +174,17 @@ func TestBenchRefusesBadFlags(t *testing.T) {
 		{"bench", "--concurrency", "0"},
 		{"bench", "--concurrency", "x"},
 		{"bench", "-o", "yaml"},
+		{"bench", "--duration", "0"},
+		{"bench", "--warmup", "-1s"},
+		{"bench", "--rounds", "0"},
+		{"bench", "--batch", "0"},
+		{"bench", "--payload", "2000000"},
 	} {
+		// Refused as a bad flag before anything is dialled or run.
 		_, _, err := runCLI(t, append(args, "--addr", "127.0.0.1:1", "--setup=false", "--baseline", "off")...)
-		if err == nil {
-			t.Errorf("%v succeeded", args)
+		var ue usageError
+		if !errors.As(err, &ue) {
+			t.Errorf("%v: %v, want a usage error", args, err)
 		}
 	}
 }
@@ -209,6 +218,63 @@ func TestBenchSoakSaysSoWhenNoCallSucceededAtThePeak(t *testing.T) {
 	_, errOut, err := runCLI(t, "bench", "soak", "--spawn-dev", "--concurrency", "2", "--peak", "1ns", "--duration", "1s", "--sample", "1s")
 	if err == nil || !strings.Contains(err.Error(), "no mixed call succeeded while measuring the peak") {
 		t.Fatalf("soak with no call at the peak: %v\n%s", err, errOut)
+	}
+}
+
+// signalWriter collects a command's progress and closes seen once it has
+// written want.
+type signalWriter struct {
+	mu   sync.Mutex
+	buf  bytes.Buffer
+	want string
+	seen chan struct{}
+	once sync.Once
+}
+
+func (w *signalWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n, err := w.buf.Write(p)
+	if strings.Contains(w.buf.String(), w.want) {
+		w.once.Do(func() { close(w.seen) })
+	}
+	return n, err
+}
+
+// A soak interrupted while it holds its load prints what it saw and fails
+// with the interruption (Ctrl-C on a long soak keeps its samples).
+func TestAnInterruptedSoakPrintsItsSamplesAndFails(t *testing.T) {
+	t.Setenv("CUSTOS_TEST_RUN_MAIN", "1")
+	cmd := newRootCmd()
+	var out bytes.Buffer
+	progress := &signalWriter{want: "holding", seen: make(chan struct{})}
+	cmd.SetOut(&out)
+	cmd.SetErr(progress)
+	cmd.SetArgs([]string{"bench", "soak", "--spawn-dev", "--concurrency", "2", "--peak", "300ms",
+		"--fraction", "0.5", "--duration", "10m", "--sample", "300ms"})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+	select {
+	case <-progress.seen:
+	case err := <-done:
+		t.Fatalf("soak ended before holding its load: %v", err)
+	case <-time.After(2 * time.Minute):
+		t.Fatal("soak did not start holding its load within 2 minutes")
+	}
+	time.Sleep(1500 * time.Millisecond) // a few samples
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("interrupted soak: %v, want context.Canceled", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("soak still running 30 s after it was interrupted")
+	}
+	if !strings.Contains(out.String(), "at s") || !strings.Contains(out.String(), "first quarter -> last quarter") {
+		t.Errorf("interrupted soak printed no samples:\n%s", out.String())
 	}
 }
 

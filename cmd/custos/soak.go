@@ -89,16 +89,21 @@ See docs/operations.md for this machine's figures.`,
 			}
 			target := p.OpsPerSec * fraction
 			fmt.Fprintf(progress, "peak %.0f calls/s; holding %.0f calls/s (%.0f%%) for %v\n", p.OpsPerSec, target, fraction*100, duration)
-			rep, err := bench.Soak(ctx, cc, bench.SoakConfig{Workload: w, Rate: target, Duration: duration, Sample: sampleEv, Metrics: metrics})
-			if err != nil {
-				return err
+			// Interrupted, a soak still reports what it saw, and then fails
+			// with the interruption: a cut-short soak is no pass.
+			rep, soakErr := bench.Soak(ctx, cc, bench.SoakConfig{Workload: w, Rate: target, Duration: duration, Sample: sampleEv, Metrics: metrics})
+			if soakErr != nil && rep.Calls == 0 {
+				return soakErr
 			}
 			out := cmd.OutOrStdout()
 			if c.output == "json" {
-				return json.NewEncoder(out).Encode(struct {
+				if err := json.NewEncoder(out).Encode(struct {
 					Peak float64 `json:"peak_ops_per_sec"`
 					bench.SoakReport
-				}{p.OpsPerSec, rep})
+				}{p.OpsPerSec, rep}); err != nil {
+					return err
+				}
+				return soakErr
 			}
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
 			fmt.Fprintln(tw, "at s\tcalls\terrors\tcalls/s\tp50 µs\tp99 µs\tRSS MiB\theap MiB\tgoroutines\t")
@@ -115,7 +120,7 @@ See docs/operations.md for this machine's figures.`,
 			for _, k := range names {
 				fmt.Fprintf(out, "  %-12s first quarter -> last quarter: %s\n", k, rep.Trend[k])
 			}
-			return nil
+			return soakErr
 		},
 	}
 	c.flags(cmd)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -311,5 +312,18 @@ func TestASoakRefusesABadConfigBeforeItCallsTheServer(t *testing.T) {
 	}
 	if n := conn.calls.Load(); n != 0 {
 		t.Errorf("%d calls made before the configuration was refused", n)
+	}
+}
+
+// A metrics URL that answers with an error status (a wrong path, another
+// listener) is an error, not a server that reports zeros.
+func TestMetricsAnsweredWithAnErrorStatusAreAnError(t *testing.T) {
+	srv := httptest.NewServer(http.NotFoundHandler())
+	defer srv.Close()
+	if _, err := scrapeMetrics(srv.URL+"/metrics", cpuMetric); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Errorf("scrape of a 404: %v, want an error naming the status", err)
+	}
+	if _, err := scrapeProcess(srv.URL + "/metrics"); err == nil {
+		t.Error("the soak's scrape of a 404 succeeded")
 	}
 }
