@@ -12,9 +12,10 @@ import (
 // makes are added to the key's usage count once, by Done. A Batch serves
 // one call on one goroutine; it is not safe for concurrent use.
 //
-// Every item sees the key as it was when the batch began; a rotation that
-// lands meanwhile applies to the next call, as it would to a call that
-// began a moment earlier.
+// Items are encrypted under the key as it was when the batch began (a
+// rotation that lands meanwhile applies to the next call, as it would to a
+// call that began a moment earlier); an item of a version newer than the
+// batch knows reloads the key, as a single call would.
 type Batch struct {
 	s         *Service
 	e         *keyEntry
@@ -75,12 +76,14 @@ func (b *Batch) Decrypt(ctx context.Context, ciphertext, aad []byte) ([]byte, ui
 func (b *Batch) decrypt(ctx context.Context, op string, ciphertext, aad []byte) ([]byte, uint32, error) {
 	if v, ok := versionOf(ciphertext); ok && v > b.e.rec.maxVersion() {
 		e, err := b.s.entryKnowing(ctx, b.e, v)
-		if err != nil {
-			return nil, 0, err
-		}
-		if e != b.e {
+		// A reload goes on serving the batch even when it did not know v
+		// (a forged item): it may know versions newer than the batch's.
+		if e != nil && e != b.e {
 			b.Done() // counted under the primary they were made with
 			b.e = e
+		}
+		if err != nil {
+			return nil, 0, err
 		}
 	}
 	return b.s.decryptWith(ctx, b.e, op, ciphertext, aad)

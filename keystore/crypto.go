@@ -130,7 +130,8 @@ func (s *Service) entryForVersion(ctx context.Context, e *keyEntry, v uint32) (*
 
 // entryKnowing returns e if it knows version v, else the key reloaded from
 // storage if that knows v (another replica rotated), else
-// ErrInvalidCiphertext.
+// ErrInvalidCiphertext — with the reloaded entry, when there was a reload,
+// so that a caller holding e (a batch) can go on with what storage holds.
 func (s *Service) entryKnowing(ctx context.Context, e *keyEntry, v uint32) (*keyEntry, error) {
 	if _, ok := e.rec.version(v); ok {
 		return e, nil
@@ -155,7 +156,7 @@ func (s *Service) entryKnowing(ctx context.Context, e *keyEntry, v uint32) (*key
 		// limited too, not only those that get fresh from the cache.
 		fresh.missed.Store(now.UnixNano())
 		e.missed.Store(now.UnixNano())
-		return nil, ErrInvalidCiphertext
+		return fresh, ErrInvalidCiphertext
 	}
 	return fresh, nil
 }
