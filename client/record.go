@@ -35,54 +35,61 @@ func (e *Envelope) Fields() *FieldCipher { return &FieldCipher{c: e.c, name: e.n
 // empty).
 func (f *FieldCipher) Encrypt(ctx context.Context, recordID string, fields Fields) (Fields, error) {
 	// op names the call in errors; not the record id: it is associated data.
-	return f.each(ctx, "encrypt the fields of a record", recordID, fields,
-		func(ctx context.Context, pt, aad []byte) ([]byte, error) { return f.env.Encrypt(ctx, pt, aad) },
-		func(ctx context.Context, pts, aads [][]byte) ([][]byte, []error, error) {
-			items := make([]EncryptItem, len(pts))
-			for i := range pts {
-				items[i] = EncryptItem{Plaintext: pts[i], AssociatedData: aads[i]}
-			}
-			res, err := f.c.EncryptBatch(ctx, f.name, items)
-			if err != nil {
-				return nil, nil, err
-			}
-			outs, errs := make([][]byte, len(res)), make([]error, len(res))
-			for i, r := range res {
-				outs[i], errs[i] = r.Ciphertext, r.Err
-			}
-			return outs, errs, nil
-		})
+	const op = "encrypt the fields of a record"
+	if f.env != nil {
+		return localFields(ctx, op, recordID, fields, f.env.Encrypt)
+	}
+	return batchFields(ctx, op, recordID, fields,
+		func(pt, aad []byte) EncryptItem { return EncryptItem{Plaintext: pt, AssociatedData: aad} },
+		func(ctx context.Context, items []EncryptItem) ([]EncryptResult, error) {
+			return f.c.EncryptBatch(ctx, f.name, items)
+		},
+		func(r EncryptResult) ([]byte, error) { return r.Ciphertext, r.Err })
 }
 
 // Decrypt decrypts every field of the record recordID. A ciphertext of
 // another record or another field fails with [ErrInvalidCiphertext].
 func (f *FieldCipher) Decrypt(ctx context.Context, recordID string, fields Fields) (Fields, error) {
-	return f.each(ctx, "decrypt the fields of a record", recordID, fields,
-		func(ctx context.Context, ct, aad []byte) ([]byte, error) { return f.env.Decrypt(ctx, ct, aad) },
-		func(ctx context.Context, cts, aads [][]byte) ([][]byte, []error, error) {
-			items := make([]DecryptItem, len(cts))
-			for i := range cts {
-				items[i] = DecryptItem{Ciphertext: cts[i], AssociatedData: aads[i]}
-			}
-			res, err := f.c.DecryptBatch(ctx, f.name, items)
-			if err != nil {
-				return nil, nil, err
-			}
-			outs, errs := make([][]byte, len(res)), make([]error, len(res))
-			for i, r := range res {
-				outs[i], errs[i] = r.Plaintext, r.Err
-			}
-			return outs, errs, nil
-		})
+	const op = "decrypt the fields of a record"
+	if f.env != nil {
+		return localFields(ctx, op, recordID, fields, f.env.Decrypt)
+	}
+	return batchFields(ctx, op, recordID, fields,
+		func(ct, aad []byte) DecryptItem { return DecryptItem{Ciphertext: ct, AssociatedData: aad} },
+		func(ctx context.Context, items []DecryptItem) ([]DecryptResult, error) {
+			return f.c.DecryptBatch(ctx, f.name, items)
+		},
+		func(r DecryptResult) ([]byte, error) { return r.Plaintext, r.Err })
 }
 
-// each maps every field of a record through local (the envelope, field by
-// field) or, without an envelope, through one remote batch call, binding
-// each to AssociatedData(recordID, its name). The first failing field
-// fails the record, named in the error.
-func (f *FieldCipher) each(ctx context.Context, op, recordID string, fields Fields,
-	local func(ctx context.Context, in, aad []byte) ([]byte, error),
-	remote func(ctx context.Context, ins, aads [][]byte) ([][]byte, []error, error)) (Fields, error) {
+// localFields maps every field of a record through apply (the envelope),
+// field by field, each bound to AssociatedData(recordID, its name). The
+// first failing field fails the record, named in the error.
+func localFields(ctx context.Context, op, recordID string, fields Fields,
+	apply func(ctx context.Context, in, aad []byte) ([]byte, error)) (Fields, error) {
+	names, err := fieldNames(op, recordID, fields)
+	if err != nil {
+		return nil, err
+	}
+	out := make(Fields, len(fields))
+	for _, n := range names {
+		v, err := apply(ctx, fields[n], AssociatedData(recordID, n))
+		if err != nil {
+			return nil, fmt.Errorf("field %s: %w", n, err)
+		}
+		out[n] = v
+	}
+	return out, nil
+}
+
+// batchFields sends every field of a record in one batch call, made by
+// item from the field and AssociatedData(recordID, its name); result gives
+// each item's output or error. The first failing field fails the record,
+// named in the error.
+func batchFields[I, R any](ctx context.Context, op, recordID string, fields Fields,
+	item func(in, aad []byte) I,
+	call func(ctx context.Context, items []I) ([]R, error),
+	result func(R) ([]byte, error)) (Fields, error) {
 	names, err := fieldNames(op, recordID, fields)
 	if err != nil {
 		return nil, err
@@ -91,29 +98,20 @@ func (f *FieldCipher) each(ctx context.Context, op, recordID string, fields Fiel
 	if len(names) == 0 {
 		return out, nil
 	}
-	ins, aads := make([][]byte, len(names)), make([][]byte, len(names))
+	items := make([]I, len(names))
 	for i, n := range names {
-		ins[i], aads[i] = fields[n], AssociatedData(recordID, n)
+		items[i] = item(fields[n], AssociatedData(recordID, n))
 	}
-	if f.env != nil {
-		for i, n := range names {
-			v, err := local(ctx, ins[i], aads[i])
-			if err != nil {
-				return nil, fmt.Errorf("field %s: %w", n, err)
-			}
-			out[n] = v
-		}
-		return out, nil
-	}
-	outs, errs, err := remote(ctx, ins, aads)
+	res, err := call(ctx, items)
 	if err != nil {
 		return nil, err
 	}
 	for i, n := range names {
-		if errs[i] != nil {
-			return nil, fmt.Errorf("field %s: %w", n, errs[i])
+		v, err := result(res[i])
+		if err != nil {
+			return nil, fmt.Errorf("field %s: %w", n, err)
 		}
-		out[n] = outs[i]
+		out[n] = v
 	}
 	return out, nil
 }
