@@ -127,16 +127,6 @@ func (k *Key) Seal(plaintext, associatedData []byte) ([]byte, error) {
 	return k.seal(out, nonce, plaintext, associatedData), nil
 }
 
-// sealWithNonce is Seal with the given nonce: for test vectors only
-// (export_test.go), never with a nonce used before under the same data key.
-func (k *Key) sealWithNonce(nonce, plaintext, associatedData []byte) []byte {
-	out := make([]byte, 0, k.Overhead()+len(plaintext))
-	out = k.appendHeader(out)
-	n := out[len(out) : len(out)+NonceSize]
-	copy(n, nonce)
-	return k.seal(out, n, plaintext, associatedData)
-}
-
 func (k *Key) appendHeader(out []byte) []byte {
 	out = append(out, Format)
 	out = binary.BigEndian.AppendUint16(out, uint16(len(k.wrapped)))

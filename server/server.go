@@ -177,9 +177,11 @@ func (s *Server) Register(r grpc.ServiceRegistrar) {
 func (s *Server) Shutdown() { s.health.Shutdown() }
 
 // NewGRPCServer returns a *grpc.Server that serves only mutual TLS with
-// tlsConf, runs the interceptor chain (metrics, recovery, identity, logging,
-// protovalidate, then the request path: authorization and rate limits
-// driven by the method table) and has s registered.
+// tlsConf and has s registered. Unary calls go through one interceptor
+// (metrics, recovery, identity, validation, the request path's
+// authorization, rate limits and audit event, the call log); streams through
+// a chain that authenticates and audits them before anything else can
+// refuse them.
 func (s *Server) NewGRPCServer(tlsConf *tls.Config, opts ...grpc.ServerOption) (*grpc.Server, error) {
 	tlsConf, err := s.perHandshake(tlsConf)
 	if err != nil {

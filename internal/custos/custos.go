@@ -523,7 +523,10 @@ func (rt *Runtime) openAudit(ctx context.Context, store storage.Store, r root.Ro
 	if err != nil {
 		return err
 	}
-	if ac.SyncInterval > 0 && spool != "" {
+	// Only the journal (bbolt) answers before its sync; with PostgreSQL an
+	// answered event is in its commit, and only events spooled during an
+	// outage wait for the interval.
+	if ac.SyncInterval > 0 && journal {
 		rt.logger.Warn("audit.sync_interval is set: events are in the operating system, not yet on disk, when their calls are answered; a power loss or kernel crash can lose up to that interval of them", "sync_interval", ac.SyncInterval.String())
 	}
 	rt.closers = append(rt.closers, func() {
