@@ -104,11 +104,13 @@ func TenantOwnsStorageKey(tenant, key string) bool {
 	return false
 }
 
-// TenantStoragePrefixes are the key prefixes under which tenant's records
-// lie (TenantOwnsStorageKey tells which of the keys they list are its).
-func TenantStoragePrefixes(tenant string) []string {
-	return append([]string{tenantStorageKey(tenant)}, tenantScopedPrefixes(tenant)...)
-}
+// TenantStorageKey is the storage key of tenant's own record (its wrapped
+// KEK).
+func TenantStorageKey(tenant string) string { return tenantStorageKey(tenant) }
+
+// TenantScopedPrefixes are the key prefixes under which tenant's other
+// records lie; each ends in "/", so it lists that tenant's records only.
+func TenantScopedPrefixes(tenant string) []string { return tenantScopedPrefixes(tenant) }
 
 // LeaseStorageKey is the scheduler lease's storage key.
 const LeaseStorageKey = leaseStorageKey

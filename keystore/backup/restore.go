@@ -212,18 +212,19 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 		if err := flush(); err != nil { // the tombstone before any delete
 			return nil, err
 		}
-		for _, p := range keystore.TenantStoragePrefixes(t) {
-			// The prefix may list other tenants' records too (tenants/t1
-			// lists t10): page on, never back to the start.
+		if err := add(storage.Op{Key: keystore.TenantStorageKey(t), Delete: true, Expect: storage.AnyVersion}); err != nil {
+			return nil, err
+		}
+		for _, p := range keystore.TenantScopedPrefixes(t) {
+			// Page on, never back to the start: what a page deletes is
+			// only deleted when the batch is flushed.
 			for after := ""; ; {
 				recs, err := target.List(ctx, p, after, restoreBatch)
 				if err != nil {
 					return nil, fmt.Errorf("backup: clear shredded tenant %s: %w", t, err)
 				}
 				for _, rec := range recs {
-					if keystore.TenantOwnsStorageKey(t, rec.Key) {
-						ops = append(ops, storage.Op{Key: rec.Key, Delete: true, Expect: storage.AnyVersion})
-					}
+					ops = append(ops, storage.Op{Key: rec.Key, Delete: true, Expect: storage.AnyVersion})
 				}
 				if err := flush(); err != nil {
 					return nil, err
