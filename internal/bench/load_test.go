@@ -78,7 +78,7 @@ func TestRunReportsTheServersCPUAndAllocationsPerCall(t *testing.T) {
 	// The readings bracket the window give or take a scheduling delay, and
 	// calls that straddle its edges are not counted: the figures are close
 	// to the true cost per call, a little above it more often than below.
-	if res.ServerCPUPerCall < 9.5 || res.ServerCPUPerCall > 12 {
+	if res.ServerCPUPerCall < 9 || res.ServerCPUPerCall > 12 {
 		t.Errorf("CPU per call %.2f µs, want about 10", res.ServerCPUPerCall)
 	}
 	if res.ServerAllocsPerCall < 47.5 || res.ServerAllocsPerCall > 60 {
@@ -215,7 +215,7 @@ func TestRunReportsNoAllocationsForAFewCalls(t *testing.T) {
 	if res.Calls == 0 || res.Calls >= minCallsForAllocs {
 		t.Fatalf("%d calls; the test wants a few", res.Calls)
 	}
-	if res.ServerCPUPerCall < 10 || res.ServerAllocsPerCall != 0 {
+	if res.ServerCPUPerCall < 8 || res.ServerAllocsPerCall != 0 {
 		t.Errorf("CPU %.2f µs (want about 10) and %.2f allocations per call (want none) for %d calls", res.ServerCPUPerCall, res.ServerAllocsPerCall, res.Calls)
 	}
 }
