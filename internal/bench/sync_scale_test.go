@@ -19,15 +19,18 @@ import (
 // them. CUSTOS_SYNC_DIR picks the directory (default: the test's temporary
 // directory; put it on the disk the journal will use).
 func TestAuditJournalSyncFloor(t *testing.T) {
-	dir := os.Getenv("CUSTOS_SYNC_DIR")
-	if dir == "" {
-		dir = t.TempDir()
+	dir := t.TempDir()
+	if d := os.Getenv("CUSTOS_SYNC_DIR"); d != "" {
+		var err error
+		if dir, err = os.MkdirTemp(d, "custos-sync-floor-"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(dir) })
 	}
-	f, err := os.CreateTemp(dir, "custos-sync-floor-")
+	f, err := os.CreateTemp(dir, "journal-")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer os.Remove(f.Name())
 	defer f.Close()
 	const size = 8 << 20
 	if _, err := f.Write(make([]byte, size)); err != nil {
