@@ -59,7 +59,13 @@ type versionRecord struct {
 	EncryptCount uint64       `json:"encrypt_count,omitzero"`
 }
 
+// version finds version v. Versions are numbered from 1 in the order they
+// were added, so v is at index v-1 in every record this package writes; the
+// scan is for any other.
 func (r *keyRecord) version(v uint32) (*versionRecord, bool) {
+	if i := uint64(v) - 1; i < uint64(len(r.Versions)) && r.Versions[i].Version == v {
+		return &r.Versions[i], true
+	}
 	for i := range r.Versions {
 		if r.Versions[i].Version == v {
 			return &r.Versions[i], true
