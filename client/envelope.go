@@ -66,8 +66,13 @@ type Envelope struct {
 	cur atomic.Pointer[encKey]
 	sf  singleflight.Group
 
-	mu    sync.Mutex
-	gen   uint64                   // bumped by Purge: keys fetched before it are not kept
+	mu  sync.Mutex
+	gen uint64 // bumped by Purge: keys fetched before it are not kept
+	// cache and lru are the decryption cache, least recently used evicted
+	// first. A map and container/list rather than a cache library
+	// (golang-lru's simplelru): indexing the map with string(wrapped)
+	// does not allocate, and a library's Get(string(wrapped)) allocates
+	// once per decryption.
 	cache map[string]*list.Element // wrapped key → *decKey element
 	lru   list.List
 }

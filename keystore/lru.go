@@ -12,6 +12,11 @@ import (
 // refresh fails because the root or the storage is unavailable. When full,
 // the least recently used entry is evicted, so memory is bounded by size, not
 // by the number of tenants.
+//
+// Written on container/list rather than a cache library (golang-lru's
+// simplelru): it needs an entry's expiry changed in place (postpone, swap)
+// and removal by predicate over the map without copying its keys, which a
+// tenant's change on another replica triggers.
 type lru[K comparable, V any] struct {
 	// evictions counts entries dropped to make room.
 	evictions atomic.Uint64
