@@ -1,6 +1,7 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -132,17 +133,25 @@ func (c *Client) AuditCheckpoint(ctx context.Context, parent string, firstSize u
 
 // VerifyAuditEvents checks a page with nothing but its contents and the
 // log's verifier key: the checkpoint must carry a valid signature by
-// publicKey and each event's leaf must be included in it. Pin publicKey
-// (take it once from [Client.AuditCheckpoint] or from your operator and
-// keep it): a key taken from the same server on every call proves only
-// that the server is consistent with itself.
+// publicKey, its Origin, Size, Root and Time must be the ones the signature
+// covers, and each event's leaf must be included in it. A page without
+// events and without a checkpoint (a log not yet signed) verifies; one
+// with a checkpoint has it checked. Pin publicKey (take it once from
+// [Client.AuditCheckpoint] or from your operator and keep it): a key taken
+// from the same server on every call proves only that the server is
+// consistent with itself. A page is checked on its own: that two pages, or
+// a page and a checkpoint you kept, show one history is
+// [VerifyAuditConsistency]'s to check.
 func VerifyAuditEvents(publicKey string, page AuditPage) error {
-	if len(page.Events) == 0 {
+	if len(page.Events) == 0 && len(page.Checkpoint.Note) == 0 {
 		return nil
 	}
 	cp, err := VerifyAuditCheckpoint(publicKey, page.Checkpoint.Note)
 	if err != nil {
 		return err
+	}
+	if got := page.Checkpoint; got.Origin != cp.Origin || got.Size != cp.Size || !bytes.Equal(got.Root, cp.Root) || !got.Time.Equal(cp.Time) {
+		return errors.New("custos: the page's audit checkpoint does not match its signed note")
 	}
 	for _, ev := range page.Events {
 		if err := proof.VerifyInclusion(rfc6962.DefaultHasher, ev.Index, cp.Size, rfc6962.DefaultHasher.HashLeaf(ev.Leaf), ev.Proof, cp.Root); err != nil {

@@ -78,6 +78,31 @@ func TestVerifyAuditEventsWithTheAnswersAlone(t *testing.T) {
 	if err := client.VerifyAuditEvents(other, page); err == nil {
 		t.Fatal("a page verified under another key")
 	}
+	// The page's checkpoint fields are the ones its note signs.
+	for what, change := range map[string]func(*client.AuditCheckpoint){
+		"size":   func(c *client.AuditCheckpoint) { c.Size-- },
+		"root":   func(c *client.AuditCheckpoint) { c.Root = bytes.Clone(c.Root); c.Root[0] ^= 1 },
+		"origin": func(c *client.AuditCheckpoint) { c.Origin += "-x" },
+		"time":   func(c *client.AuditCheckpoint) { c.Time = c.Time.Add(time.Hour) },
+	} {
+		bad := page
+		change(&bad.Checkpoint)
+		if err := client.VerifyAuditEvents(pub, bad); err == nil {
+			t.Errorf("a page whose checkpoint %s differs from its signed note verified", what)
+		}
+	}
+	// A page without events still has its checkpoint checked.
+	if err := client.VerifyAuditEvents(pub, client.AuditPage{Checkpoint: page.Checkpoint}); err != nil {
+		t.Fatalf("an empty page with a good checkpoint: %v", err)
+	}
+	forged := page.Checkpoint
+	forged.Note = []byte("custos-audit\n99\nAAAA\n")
+	if err := client.VerifyAuditEvents(pub, client.AuditPage{Checkpoint: forged}); err == nil {
+		t.Fatal("an empty page with an unsigned checkpoint verified")
+	}
+	if err := client.VerifyAuditEvents(pub, client.AuditPage{}); err != nil {
+		t.Fatalf("an empty page of a log not yet signed: %v", err)
+	}
 	// The log only grows: the page's checkpoint is a prefix of the latest.
 	later, _, proof, err := c.AuditCheckpoint(ctx, client.TenantName("a"), page.Checkpoint.Size)
 	if err != nil {
