@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -145,6 +146,12 @@ func (c *Client) Envelope(name string, opts EnvelopeOptions) *Envelope {
 // from the service when the current one has reached a limit. Its cost,
 // with a data key in hand, is one AES-256-GCM seal and one allocation.
 func (e *Envelope) Encrypt(ctx context.Context, plaintext, associatedData []byte) ([]byte, error) {
+	if e.c.closed.Load() {
+		return nil, e.closed("local encrypt")
+	}
+	if err := checkLocalAD(e.op, "local encrypt", associatedData); err != nil {
+		return nil, err
+	}
 	if len(plaintext) > MaxEnvelopePlaintext || uint64(len(plaintext)) > e.opts.MaxBytes {
 		return nil, localError(e.op("local encrypt"), codes.InvalidArgument, "plaintext of %d bytes is larger than %d", len(plaintext), min(MaxEnvelopePlaintext, e.opts.MaxBytes))
 	}
@@ -187,7 +194,9 @@ func (e *Envelope) refresh(ctx context.Context, old *encKey) error {
 	e.mu.Lock()
 	gen := e.gen
 	e.mu.Unlock()
-	ch := e.sf.DoChan("encrypt", func() (any, error) {
+	// One flight per generation: a caller after a Purge never waits on
+	// a fetch from before it.
+	ch := e.sf.DoChan("encrypt:"+strconv.FormatUint(gen, 10), func() (any, error) {
 		if cur := e.cur.Load(); cur != old {
 			return nil, nil // another caller refreshed it
 		}
@@ -203,7 +212,11 @@ func (e *Envelope) refresh(ctx context.Context, old *encKey) error {
 			return nil, localError("local encrypt with "+e.name, codes.Internal, "%v", err)
 		}
 		now := e.opts.Now()
-		if e.remember(gen, &decKey{wrapped: string(dk.Wrapped), k: k, expires: now.Add(e.opts.DecryptTTL)}) {
+		// Cached and made current under one lock, so a Purge comes
+		// wholly before (the key is not kept) or wholly after (it goes).
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		if e.rememberLocked(gen, &decKey{wrapped: string(dk.Wrapped), k: k, expires: now.Add(e.opts.DecryptTTL)}) {
 			e.cur.CompareAndSwap(old, &encKey{k: k, expires: now.Add(e.opts.MaxAge)})
 		}
 		return nil, nil
@@ -212,7 +225,7 @@ func (e *Envelope) refresh(ctx context.Context, old *encKey) error {
 	case r := <-ch:
 		return r.Err
 	case <-ctx.Done():
-		return ctx.Err()
+		return contextError(e.op("local encrypt"), ctx)
 	}
 }
 
@@ -226,6 +239,15 @@ func (e *Envelope) Decrypt(ctx context.Context, ciphertext, associatedData []byt
 	if !envelope.IsEnvelope(ciphertext) {
 		pt, _, err := e.c.Decrypt(ctx, e.name, ciphertext, associatedData)
 		return pt, err
+	}
+	if e.c.closed.Load() {
+		return nil, e.closed("local decrypt")
+	}
+	if err := checkLocalAD(e.op, "local decrypt", associatedData); err != nil {
+		if envelope.ReservedAssociatedData(associatedData) {
+			return nil, invalidLocal(e.op("local decrypt")) // as the service answers
+		}
+		return nil, err
 	}
 	env, err := envelope.Parse(ciphertext)
 	if err != nil {
@@ -252,6 +274,26 @@ func (e *Envelope) Decrypt(ctx context.Context, ciphertext, associatedData []byt
 // error paths, so the success path allocates nothing for it.
 func (e *Envelope) op(verb string) string { return verb + " with " + e.name }
 
+// checkLocalAD refuses the associated data the service would: more than
+// envelope.MaxAssociatedData bytes, or reserved for data keys. Local mode
+// then never makes an envelope the service cannot decrypt or rewrap.
+func checkLocalAD(op func(string) string, verb string, ad []byte) error {
+	switch {
+	case len(ad) > envelope.MaxAssociatedData:
+		return localError(op(verb), codes.InvalidArgument, "associated_data: %d bytes exceed %d", len(ad), envelope.MaxAssociatedData)
+	case envelope.ReservedAssociatedData(ad):
+		return localError(op(verb), codes.InvalidArgument, "associated_data: the prefix %q and the value %q are reserved for data keys", envelope.DataKeyAADPrefix, envelope.DataKeyContext)
+	}
+	return nil
+}
+
+// closed fails a local operation on a closed client, as its remote calls
+// fail, and drops the envelope's data keys.
+func (e *Envelope) closed(verb string) error {
+	e.Purge()
+	return fmt.Errorf("custos: %s: %w", e.op(verb), &Error{Code: codes.Canceled, Message: "the client is closed", cause: ErrClosed})
+}
+
 func invalidLocal(op string) error {
 	return fmt.Errorf("custos: %s: %w", op, &Error{Code: codes.InvalidArgument, Reason: ReasonCiphertextNotAuthentic, Message: "ciphertext is not authentic"})
 }
@@ -276,7 +318,9 @@ func (e *Envelope) dataKey(ctx context.Context, env *envelope.Envelope) (*envelo
 	// A copy: the unwrap goes on for other callers after this one may have
 	// given up and reused its ciphertext's buffer.
 	ws := string(env.Wrapped)
-	ch := e.sf.DoChan("decrypt:"+ws, func() (any, error) {
+	// One flight per generation and wrapping: a caller after a Purge
+	// asks the service again.
+	ch := e.sf.DoChan("decrypt:"+strconv.FormatUint(gen, 10)+":"+ws, func() (any, error) {
 		wrapped := []byte(ws)
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchTimeout)
 		defer cancel()
@@ -299,7 +343,7 @@ func (e *Envelope) dataKey(ctx context.Context, env *envelope.Envelope) (*envelo
 		}
 		return r.Val.(*envelope.Key), nil
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, contextError(e.op("local decrypt"), ctx)
 	}
 }
 
@@ -309,6 +353,11 @@ func (e *Envelope) dataKey(ctx context.Context, env *envelope.Envelope) (*envelo
 func (e *Envelope) remember(gen uint64, d *decKey) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	return e.rememberLocked(gen, d)
+}
+
+// rememberLocked is remember with e.mu held.
+func (e *Envelope) rememberLocked(gen uint64, d *decKey) bool {
 	if gen != e.gen {
 		return false
 	}

@@ -224,6 +224,13 @@ func (c *Client) callError(ctx context.Context, op string, err error) error {
 	return fmt.Errorf("custos: %s: %w", op, e)
 }
 
+// contextError is a local wait that ctx ended, as a remote call's: its
+// code is CANCELLED or DEADLINE_EXCEEDED and it matches ctx's error.
+func contextError(op string, ctx context.Context) error {
+	err := ctx.Err()
+	return fmt.Errorf("custos: %s: %w", op, &Error{Code: status.FromContextError(err).Code(), Message: err.Error(), cause: err})
+}
+
 // localError is a failure found by the client before or after a call, with
 // the code the server would have used.
 func localError(op string, code codes.Code, format string, args ...any) error {

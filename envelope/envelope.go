@@ -28,6 +28,7 @@
 package envelope
 
 import (
+	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hkdf"
@@ -58,6 +59,24 @@ const (
 // with (GenerateDataKey's associated_data): envelope data keys are never
 // confused with data keys a caller uses otherwise.
 const DataKeyContext = "custos envelope v1"
+
+// DataKeyAADPrefix separates wrapped data keys from encrypted fields: the
+// service wraps a data key with associated data DataKeyAADPrefix followed by
+// the caller's, and refuses fields whose associated data starts with it.
+const DataKeyAADPrefix = "custos:datakey:"
+
+// MaxAssociatedData is the most associated data the service takes with a
+// field (its API's limit); local mode keeps to it, so that the service can
+// decrypt and rewrap every envelope.
+const MaxAssociatedData = 65536
+
+// ReservedAssociatedData reports associated data that fields may not use,
+// locally or on the service: DataKeyAADPrefix and anything after it, and
+// DataKeyContext. A field can then never be taken for a data key's
+// wrapping, by the service or by a client that unwraps through Decrypt.
+func ReservedAssociatedData(ad []byte) bool {
+	return bytes.HasPrefix(ad, []byte(DataKeyAADPrefix)) || string(ad) == DataKeyContext
+}
 
 const (
 	commitLabel = "custos envelope v1 commit"

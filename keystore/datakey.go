@@ -1,12 +1,12 @@
 package keystore
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"fmt"
-	"github.com/custos-kms/custos/envelope"
 	"io"
+
+	"github.com/custos-kms/custos/envelope"
 )
 
 // DataKeySize is the size of a data key from GenerateDataKey: AES-256.
@@ -17,19 +17,15 @@ const DataKeySize = 32
 // refuses associated data with this prefix, so a caller allowed to encrypt
 // fields cannot forge something that unwraps as a data key, and a caller
 // allowed to unwrap data keys cannot decrypt fields.
-const dataKeyAADPrefix = "custos:datakey:"
+const dataKeyAADPrefix = envelope.DataKeyAADPrefix
 
 // errReservedAAD refuses to encrypt with associated data isDataKeyAAD
 // reserves.
 var errReservedAAD = fmt.Errorf("%w: associated_data: the prefix %q and the value %q are reserved for data keys", ErrInvalidArgument, dataKeyAADPrefix, envelope.DataKeyContext)
 
-// isDataKeyAAD reports associated data fields may not use: the data-key
-// prefix, and the envelope data keys' context (so a field can never be
-// taken for an envelope's data key, by the service or by a client that
-// unwraps through Decrypt).
-func isDataKeyAAD(aad []byte) bool {
-	return bytes.HasPrefix(aad, []byte(dataKeyAADPrefix)) || string(aad) == envelope.DataKeyContext
-}
+// isDataKeyAAD reports associated data fields may not use
+// (envelope.ReservedAssociatedData).
+func isDataKeyAAD(aad []byte) bool { return envelope.ReservedAssociatedData(aad) }
 
 func dataKeyAAD(aad []byte) []byte {
 	out := make([]byte, 0, len(dataKeyAADPrefix)+len(aad))

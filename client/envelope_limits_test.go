@@ -1,0 +1,195 @@
+package client_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/custos-kms/custos/client"
+	"github.com/custos-kms/custos/client/clienttest"
+	"github.com/custos-kms/custos/envelope"
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
+)
+
+// Local mode refuses the associated data the service refuses, so every
+// envelope it makes stays readable, and rewrappable, by the service.
+func TestLocalModeRefusesTheAssociatedDataTheServiceRefuses(t *testing.T) {
+	ctx := context.Background()
+	e := startEnvelopeEnv(t)
+	env := e.c.Envelope(e.name, client.EnvelopeOptions{Now: e.now})
+	for what, ad := range map[string][]byte{
+		"one byte over the limit": make([]byte, envelope.MaxAssociatedData+1),
+		"the data-key prefix":     []byte(envelope.DataKeyAADPrefix + "x"),
+		"the envelope context":    []byte(envelope.DataKeyContext),
+	} {
+		if _, err := env.Encrypt(ctx, []byte("x"), ad); status.Code(err) != codes.InvalidArgument || !errors.Is(err, client.ErrInvalidArgument) {
+			t.Errorf("%s, local encrypt: %v, want INVALID_ARGUMENT", what, err)
+		}
+		if _, _, err := e.c.Encrypt(ctx, e.name, []byte("x"), ad); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("%s, the service's encrypt: %v, want INVALID_ARGUMENT (the limits differ)", what, err)
+		}
+	}
+	// The largest associated data both take round-trips every way.
+	ad := bytes.Repeat([]byte{'a'}, envelope.MaxAssociatedData)
+	ct, err := env.Encrypt(ctx, []byte("field"), ad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pt, _, err := e.c.Decrypt(ctx, e.name, ct, ad); err != nil || string(pt) != "field" {
+		t.Fatalf("the service decrypting a local envelope with %d bytes of associated data: %q, %v", len(ad), pt, err)
+	}
+	if _, _, err := e.c.Rewrap(ctx, e.name, ct, ad); err != nil {
+		t.Fatalf("the service rewrapping it: %v", err)
+	}
+	// An envelope sealed with reserved associated data (as a client
+	// before this check could) fails locally as on the service.
+	dk, err := e.c.GenerateDataKey(ctx, e.name, []byte(envelope.DataKeyContext))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := envelope.NewKey(dk.Plaintext, dk.Wrapped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reserved := []byte(envelope.DataKeyContext)
+	old, err := k.Seal([]byte("field"), reserved)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.Decrypt(ctx, old, reserved); !errors.Is(err, client.ErrInvalidCiphertext) {
+		t.Errorf("local decrypt with reserved associated data: %v, want ErrInvalidCiphertext", err)
+	}
+	if _, _, err := e.c.Decrypt(ctx, e.name, old, reserved); !errors.Is(err, client.ErrInvalidCiphertext) {
+		t.Errorf("the service's decrypt with reserved associated data: %v, want ErrInvalidCiphertext", err)
+	}
+}
+
+// After Close, local mode fails as the client's remote calls do, even with
+// a data key in hand.
+func TestLocalModeFailsWithErrClosedAfterClose(t *testing.T) {
+	ctx := context.Background()
+	srv := clienttest.Start(t)
+	c := srv.Client(t)
+	if _, err := c.CreateTenant(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	name := client.KeyName("a", "k")
+	if _, err := c.CreateKey(ctx, client.TenantName("a"), "k", client.KeySpec{Purpose: client.PurposeEncrypt}); err != nil {
+		t.Fatal(err)
+	}
+	env := c.Envelope(name, client.EnvelopeOptions{})
+	ct, err := env.Encrypt(ctx, []byte("field"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.Decrypt(ctx, ct, nil); err != nil { // the data key is cached now
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.Encrypt(ctx, []byte("field"), nil); !errors.Is(err, client.ErrClosed) || status.Code(err) != codes.Canceled {
+		t.Errorf("local encrypt after Close: %v, want ErrClosed", err)
+	}
+	if _, err := env.Decrypt(ctx, ct, nil); !errors.Is(err, client.ErrClosed) || status.Code(err) != codes.Canceled {
+		t.Errorf("local decrypt after Close: %v, want ErrClosed", err)
+	}
+}
+
+// A local wait that the caller's context ends fails as a remote call would:
+// with the context's code, matching its error, as a *client.Error.
+func TestALocalWaitEndedByItsContextFailsAsARemoteCallWould(t *testing.T) {
+	e := startEnvelopeEnv(t)
+	ct, err := e.c.Envelope(e.name, client.EnvelopeOptions{}).Encrypt(context.Background(), []byte("field"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hold := make(chan struct{})
+	e.hold.Store(&hold)
+	defer close(hold)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, err = e.c.Envelope(e.name, client.EnvelopeOptions{}).Decrypt(ctx, ct, nil) // its unwrap is held
+	var ce *client.Error
+	if status.Code(err) != codes.DeadlineExceeded || !errors.Is(err, context.DeadlineExceeded) || !errors.As(err, &ce) {
+		t.Errorf("decrypt whose unwrap outlived its deadline: %v (%T), want DEADLINE_EXCEEDED", err, err)
+	}
+	gone, cancelNow := context.WithCancel(context.Background())
+	cancelNow()
+	_, err = e.c.Envelope(e.other, client.EnvelopeOptions{}).Encrypt(gone, []byte("field"), nil)
+	if status.Code(err) != codes.Canceled || !errors.Is(err, context.Canceled) || !errors.As(err, &ce) {
+		t.Errorf("encrypt with a cancelled context: %v (%T), want CANCELLED", err, err)
+	}
+}
+
+// A Purge that races with the first encryption's data-key fetch never
+// leaves a data key fetched before it in use after it.
+func TestAPurgeRacingAFetchNeverLeavesAnOlderDataKeyInUse(t *testing.T) {
+	ctx := context.Background()
+	var mu sync.Mutex
+	seq := 0
+	fetched := map[string]int{} // wrapped data key → when its fetch arrived
+	srv := clienttest.StartWith(t, clienttest.Options{Interceptor: func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		if info.FullMethod != custosv1.CryptoService_GenerateDataKey_FullMethodName {
+			return h(ctx, req)
+		}
+		mu.Lock()
+		seq++
+		at := seq
+		mu.Unlock()
+		resp, err := h(ctx, req)
+		if r, ok := resp.(*custosv1.GenerateDataKeyResponse); ok {
+			mu.Lock()
+			fetched[string(r.GetWrapped())] = at
+			mu.Unlock()
+		}
+		return resp, err
+	}})
+	c := srv.Client(t)
+	if _, err := c.CreateTenant(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	name := client.KeyName("a", "k")
+	if _, err := c.CreateKey(ctx, client.TenantName("a"), "k", client.KeySpec{Purpose: client.PurposeEncrypt}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 300 {
+		env := c.Envelope(name, client.EnvelopeOptions{})
+		var purgedAt int
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			if _, err := env.Encrypt(ctx, []byte("field"), nil); err != nil {
+				t.Error(err)
+			}
+		})
+		wg.Go(func() {
+			time.Sleep(time.Duration(i%40) * 10 * time.Microsecond)
+			mu.Lock()
+			purgedAt = seq // every fetch that arrived by now began before the Purge
+			mu.Unlock()
+			env.Purge()
+		})
+		wg.Wait()
+		ct, err := env.Encrypt(ctx, []byte("field"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := envelope.Parse(ct)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		at := fetched[string(p.Wrapped)]
+		mu.Unlock()
+		if at <= purgedAt {
+			t.Fatalf("round %d: an encryption after Purge used a data key fetched before it (fetch %d; the Purge began after fetch %d)", i, at, purgedAt)
+		}
+	}
+}
