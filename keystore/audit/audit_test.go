@@ -502,6 +502,67 @@ func TestRetentionKeepsTheLogVerifiable(t *testing.T) {
 	}
 }
 
+// Retention deletes only bodies that are there, in order, and match their
+// leaf hashes: it must not sign away a body someone else deleted or changed.
+func TestRetentionNeverExcusesATamperedBody(t *testing.T) {
+	ctx := context.Background()
+	old := event("a", 0)
+	old.Time = timestamppb.New(time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC))
+	forged, err := audit.Marshal(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cutoff := time.Date(2026, 11, 27, 11, 0, 0, 0, time.UTC) // before every real event
+	cases := map[string]func(t *testing.T, s storage.Store){
+		"bodies deleted below one dated long ago": func(t *testing.T, s storage.Store) {
+			for i := range 5 {
+				del(t, s, fmt.Sprintf("audit/l/%016x", i))
+			}
+			r := get(t, s, "audit/l/0000000000000005")
+			r.Value = forged
+			put(t, s, r)
+		},
+		"bodies deleted below one that does not decode": func(t *testing.T, s storage.Store) {
+			for i := range 5 {
+				del(t, s, fmt.Sprintf("audit/l/%016x", i))
+			}
+			r := get(t, s, "audit/l/0000000000000005")
+			r.Value = []byte{0xff}
+			put(t, s, r)
+		},
+		"the first body redated": func(t *testing.T, s storage.Store) {
+			r := get(t, s, "audit/l/0000000000000000")
+			r.Value = forged
+			put(t, s, r)
+		},
+	}
+	for name, tamper := range cases {
+		t.Run(name, func(t *testing.T) {
+			f := newFixture(t, memory.New(), "")
+			for i := range 10 {
+				if err := f.w.Record(event("a", i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := f.log.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			tamper(t, f.store)
+			n, err := f.log.Prune(ctx, cutoff)
+			if n != 0 || !errors.Is(err, audit.ErrRetentionStopped) {
+				t.Fatalf("Prune deleted %d bodies, error %v; want none and ErrRetentionStopped", n, err)
+			}
+			if _, err := f.log.Sign(ctx); err != nil {
+				t.Fatal(err)
+			}
+			rep := verify(t, f)
+			if rep.Pruned != 0 || len(rep.Findings) == 0 {
+				t.Fatalf("after retention met a tampered log: pruned %d, findings %v; want the tampering reported", rep.Pruned, rep.Findings)
+			}
+		})
+	}
+}
+
 func TestBboltLogSurvivesReopen(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "custos.db")
 	s, err := bbolt.Open(path, bbolt.Options{})

@@ -1,12 +1,15 @@
 package audit
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/transparency-dev/merkle/compact"
 
 	"github.com/custos-kms/custos/keystore/storage"
 	"github.com/custos-kms/custos/keystore/storage/lease"
@@ -95,9 +98,11 @@ func (l *Log) Run(ctx context.Context, cfg RunConfig) {
 		}
 		if cfg.Retention > 0 && l.now().Sub(lastPrune) >= cfg.PruneInterval {
 			lastPrune = l.now()
-			if n, err := l.Prune(ctx, l.now().Add(-cfg.Retention)); err != nil && ctx.Err() == nil {
+			n, err := l.Prune(ctx, l.now().Add(-cfg.Retention))
+			if err != nil && ctx.Err() == nil {
 				l.logger.Warn("audit: retention failed; retrying", "error", err.Error())
-			} else if n > 0 {
+			}
+			if n > 0 {
 				l.logger.Info("audit: retention deleted event bodies", "events", n)
 				// The new horizon goes into a signed checkpoint at once,
 				// so that verifiers accept the deleted bodies.
@@ -134,6 +139,12 @@ func (l *Log) tick(ctx context.Context, chunks int, history bool) error {
 // and the tree's nodes stay, so the log still verifies. It also forgets
 // old shipped marks and checkpoints older than cutoff, except the latest.
 // It returns how many bodies it deleted.
+//
+// Only a body that is there, in index order, and hashes to its leaf is
+// deleted: the horizon a checkpoint then signs excuses the missing bodies
+// below it, so retention must not excuse a body someone else deleted or
+// changed. At such a body Prune stops with ErrRetentionStopped, and
+// `custos audit verify` reports it.
 func (l *Log) Prune(ctx context.Context, cutoff time.Time) (int, error) {
 	total := 0
 	for {
@@ -152,14 +163,26 @@ func (l *Log) Prune(ctx context.Context, cutoff time.Time) (int, error) {
 		var ops []storage.Op
 		deleted := 0
 		next, done := st.Pruned, len(recs) < 500
+		var stopped error
 		for _, r := range recs {
 			i, ok := parseHex16(strings.TrimPrefix(r.Key, leafPrefix))
 			if !ok || i >= st.Size {
 				done = true
 				break
 			}
+			if i != next {
+				stopped = fmt.Errorf("%w: the body of event %d is missing", ErrRetentionStopped, next)
+				break
+			}
+			if stopped = l.prunable(ctx, i, r.Value); stopped != nil {
+				break
+			}
 			ev, err := Unmarshal(r.Value)
-			if err == nil && !ev.GetTime().AsTime().Before(cutoff) {
+			if err != nil {
+				stopped = fmt.Errorf("%w: event %d does not decode", ErrRetentionStopped, i)
+				break
+			}
+			if !ev.GetTime().AsTime().Before(cutoff) {
 				done = true
 				break
 			}
@@ -177,11 +200,30 @@ func (l *Log) Prune(ctx context.Context, cutoff time.Time) (int, error) {
 			}
 			total += deleted
 		}
+		if stopped != nil {
+			return total, stopped
+		}
 		if done || len(ops) == 0 {
 			break
 		}
 	}
 	return total, l.pruneSide(ctx, cutoff)
+}
+
+// ErrRetentionStopped: retention met an event body it must not delete
+// (missing, changed, or not decoding) and stopped there.
+var ErrRetentionStopped = errors.New("audit: retention stopped; run custos audit verify")
+
+// prunable checks that leaf is the body event i was integrated with.
+func (l *Log) prunable(ctx context.Context, i uint64, leaf []byte) error {
+	h, err := l.hashes(ctx, []compact.NodeID{compact.NewNodeID(0, i)})
+	if err != nil {
+		return fmt.Errorf("%w: the leaf hash of event %d: %w", ErrRetentionStopped, i, err)
+	}
+	if !bytes.Equal(h[0], LeafHash(leaf)) {
+		return fmt.Errorf("%w: the body of event %d does not match its leaf hash", ErrRetentionStopped, i)
+	}
+	return nil
 }
 
 // pruneSide forgets shipped marks and checkpoints older than cutoff (the
