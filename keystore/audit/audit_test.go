@@ -219,6 +219,14 @@ func TestVerifyReportsEachTampering(t *testing.T) {
 			n.Value[3*32] ^= 1 // node 1/3: events 6 and 7
 			put(t, s, n)
 		}, "tree node 1/3 is not the hash of its children (covers events 6 to 7)"},
+		{"the leaf hashes deleted", func(t *testing.T, s storage.Store) {
+			del(t, s, "audit/n/00/0000000000000000")
+		}, "event 0: node: the leaf hashes of events 0 to 19 are not stored"},
+		{"the leaf hashes truncated", func(t *testing.T, s storage.Store) {
+			n := get(t, s, "audit/n/00/0000000000000000")
+			n.Value = n.Value[:12*32]
+			put(t, s, n)
+		}, "event 12: node: the leaf hashes of events 12 to 19 are not stored"},
 		{"another tenant's event in a view", func(t *testing.T, s storage.Store) {
 			recs, err := s.List(ctx, "audit/t/a/", "", 1)
 			if err != nil || len(recs) != 1 {

@@ -229,6 +229,8 @@ func Verify(ctx context.Context, store storage.Store, v note.Verifier) (*Report,
 			missingFrom = -1
 		}
 	}
+	var unhashed [][2]uint64 // runs of leaf hashes not stored [from, to)
+	var unhashedFrom int64 = -1
 	next := 0
 	for i := uint64(0); i < end; i++ {
 		body, err := bodies.at(i)
@@ -238,6 +240,13 @@ func Verify(ctx context.Context, store storage.Store, v note.Verifier) (*Report,
 		node, err := stored(compact.NewNodeID(0, i))
 		if err != nil {
 			return nil, err
+		}
+		switch {
+		case node == nil && unhashedFrom < 0:
+			unhashedFrom = int64(i)
+		case node != nil && unhashedFrom >= 0:
+			unhashed = append(unhashed, [2]uint64{uint64(unhashedFrom), i})
+			unhashedFrom = -1
 		}
 		var h []byte
 		switch {
@@ -298,6 +307,13 @@ func Verify(ctx context.Context, store storage.Store, v note.Verifier) (*Report,
 		}
 	}
 	flushMissing(end)
+	if unhashedFrom >= 0 {
+		unhashed = append(unhashed, [2]uint64{uint64(unhashedFrom), end})
+	}
+	for _, r := range unhashed {
+		// Retention keeps every leaf hash, and proofs need them.
+		add(Finding{Index: int64(r[0]), Kind: "node", Detail: fmt.Sprintf("the leaf hashes of events %d to %d are not stored (inclusion proofs that need them fail)", r[0], r[1]-1)})
+	}
 	for _, m := range mismatches {
 		if j, ok := nodeAt[string(m.body)]; ok && j != m.i {
 			add(Finding{Index: int64(m.i), Kind: "reordered", Detail: fmt.Sprintf("holds the event that belongs at index %d", j)})
