@@ -9,6 +9,8 @@ import (
 
 	"github.com/custos-kms/custos/client"
 	"github.com/custos-kms/custos/keystore/backup"
+	"github.com/custos-kms/custos/keystore/root"
+	"github.com/custos-kms/custos/keystore/storage"
 )
 
 // Exit codes by class of failure (docs/cli.md), so that scripts can tell
@@ -37,8 +39,11 @@ func exitCode(err error) int {
 	if errors.Is(err, backup.ErrDamaged) {
 		return exitInvalid
 	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		return exitUnavailable
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, root.ErrUnavailable) || errors.Is(err, storage.ErrUnavailable) {
+		return exitUnavailable // a command on the store directly: the root or the store is down
+	}
+	if errors.Is(err, backup.ErrRestoring) {
+		return exitPrecondition
 	}
 	var ce *client.Error
 	if !errors.As(err, &ce) {

@@ -101,10 +101,27 @@ type Tenant struct {
 type rootAEAD struct {
 	ctx context.Context
 	r   root.Root
+	// err is the root's own error: Tink formats it into its own with %v,
+	// so errors.Is no longer finds root.ErrUnavailable there.
+	err error
 }
 
-func (a rootAEAD) Encrypt(pt, aad []byte) ([]byte, error) { return a.r.Wrap(a.ctx, pt, aad) }
-func (a rootAEAD) Decrypt(ct, aad []byte) ([]byte, error) { return a.r.Unwrap(a.ctx, ct, aad) }
+func (a *rootAEAD) Encrypt(pt, aad []byte) ([]byte, error) {
+	ct, err := a.r.Wrap(a.ctx, pt, aad)
+	a.err = err
+	return ct, err
+}
+
+func (a *rootAEAD) Decrypt(ct, aad []byte) ([]byte, error) {
+	pt, err := a.r.Unwrap(a.ctx, ct, aad)
+	a.err = err
+	return pt, err
+}
+
+// ErrRestoring refuses to back up a store that holds an unfinished
+// restore (restore/in-progress): the backup would look whole, and a
+// restore of it would drop the marker and start a server on half a store.
+var ErrRestoring = errors.New("backup: the store holds an unfinished restore (restore/in-progress); finish or repeat the restore first")
 
 // Options configure Write.
 type Options struct {
@@ -128,7 +145,11 @@ func Write(ctx context.Context, w io.Writer, store storage.Snapshotter, r root.R
 		return nil, fmt.Errorf("backup: data key: %w", err)
 	}
 	var ks bytes.Buffer
-	if err := h.WriteWithAssociatedData(keyset.NewBinaryWriter(&ks), rootAEAD{ctx, r}, []byte(magic)); err != nil {
+	wrap := &rootAEAD{ctx: ctx, r: r}
+	if err := h.WriteWithAssociatedData(keyset.NewBinaryWriter(&ks), wrap, []byte(magic)); err != nil {
+		if wrap.err != nil {
+			return nil, fmt.Errorf("backup: wrap the data key under the root: %w", wrap.err)
+		}
 		return nil, fmt.Errorf("backup: wrap the data key under the root: %w", err)
 	}
 	sa, err := streamingaead.New(h)
@@ -154,6 +175,9 @@ func Write(ctx context.Context, w io.Writer, store storage.Snapshotter, r root.R
 	body := bufio.NewWriterSize(enc, 1<<20)
 	var frame []byte
 	err = store.Snapshot(ctx, func(rec storage.Record) error {
+		if rec.Key == MarkerKey {
+			return ErrRestoring
+		}
 		frame = appendRecordFrame(frame[:0], rec.Key, rec.Value)
 		digest.Write(frame)
 		if _, err := body.Write(frame); err != nil {
@@ -238,10 +262,11 @@ func Read(ctx context.Context, in io.Reader, r root.Root, fn func(key string, va
 	if _, err := io.ReadFull(br, ks); err != nil {
 		return nil, fmt.Errorf("%w: truncated data key: %v", ErrDamaged, err)
 	}
-	h, err := keyset.ReadWithAssociatedData(keyset.NewBinaryReader(bytes.NewReader(ks)), rootAEAD{ctx, r}, []byte(magic))
+	unwrap := &rootAEAD{ctx: ctx, r: r}
+	h, err := keyset.ReadWithAssociatedData(keyset.NewBinaryReader(bytes.NewReader(ks)), unwrap, []byte(magic))
 	if err != nil {
-		if errors.Is(err, root.ErrUnavailable) {
-			return nil, fmt.Errorf("backup: the root cannot be reached to unwrap the backup's data key: %w", err)
+		if errors.Is(unwrap.err, root.ErrUnavailable) {
+			return nil, fmt.Errorf("backup: the root cannot be reached to unwrap the backup's data key: %w", unwrap.err)
 		}
 		return nil, fmt.Errorf("%w: the root does not unwrap its data key (%v)", ErrDamaged, err)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/custos-kms/custos/internal/pgtest"
 	"github.com/custos-kms/custos/keystore"
 	"github.com/custos-kms/custos/keystore/backup"
+	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/root/local"
 	"github.com/custos-kms/custos/keystore/storage"
 	"github.com/custos-kms/custos/keystore/storage/bbolt"
@@ -396,6 +398,11 @@ func TestAnInterruptedRestoreCompletesWhenRunAgain(t *testing.T) {
 	if _, err := restore(w, file, &errAfter{Store: dst, left: 800}, backup.RestoreOptions{}); !errors.Is(err, errInterrupted) {
 		t.Fatalf("first run: %v", err)
 	}
+	// A backup of the half-restored store is refused: it would look whole,
+	// and restoring it would drop the marker.
+	if _, err := backup.Write(ctx, io.Discard, dst.(storage.Snapshotter), w.root, backup.Options{}); !errors.Is(err, backup.ErrRestoring) {
+		t.Fatalf("a backup of a half-restored store: %v, want ErrRestoring", err)
+	}
 	rep, err := restore(w, file, dst, backup.RestoreOptions{})
 	if err != nil {
 		t.Fatalf("second run: %v", err)
@@ -471,5 +478,33 @@ func TestRestoreClearsAShreddedTenantBesideManyWithItsPrefix(t *testing.T) {
 	}
 	if recs, _ := dst.List(ctx, "tenants/t1", "", 1000); len(recs) != 600 {
 		t.Fatalf("%d records of other tenants under the prefix, want all 600", len(recs))
+	}
+}
+
+// downRoot is a root whose provider cannot be reached.
+type downRoot struct{}
+
+func (downRoot) Wrap(context.Context, []byte, []byte) ([]byte, error) {
+	return nil, fmt.Errorf("%w: the provider does not answer", root.ErrUnavailable)
+}
+
+func (downRoot) Unwrap(context.Context, []byte, []byte) ([]byte, error) {
+	return nil, fmt.Errorf("%w: the provider does not answer", root.ErrUnavailable)
+}
+
+// An unreachable root is reported as such, not as a damaged backup (which
+// an operator might throw away).
+func TestAnUnreachableRootIsNotADamagedBackup(t *testing.T) {
+	ctx := context.Background()
+	w := newWorld(t)
+	src := memory.New()
+	populate(t, w.keystore(t, src), "a")
+	file := backupOf(t, w, src)
+	_, err := backup.Read(ctx, bytes.NewReader(file), downRoot{}, nil)
+	if errors.Is(err, backup.ErrDamaged) || !errors.Is(err, root.ErrUnavailable) {
+		t.Fatalf("reading a backup with the root down: %v, want root.ErrUnavailable and not ErrDamaged", err)
+	}
+	if _, err := backup.Write(ctx, io.Discard, src, downRoot{}, backup.Options{}); !errors.Is(err, root.ErrUnavailable) {
+		t.Fatalf("writing a backup with the root down: %v, want root.ErrUnavailable", err)
 	}
 }
