@@ -122,7 +122,24 @@ func Open(path string, opts Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("bbolt: open %s: %w", path, err)
 	}
+	if !opts.ReadOnly {
+		removeStaleSnapshots(path)
+	}
 	return &Store{db: db, path: path}, nil
+}
+
+// snapshotPattern names the copies Snapshot makes beside the file.
+func snapshotPattern(path string) string { return filepath.Base(path) + ".snapshot-*" }
+
+// removeStaleSnapshots deletes copies a Snapshot left when its process
+// died: each is a whole copy of the store, and would keep a tenant
+// shredded since unwrappable. The caller holds the file's exclusive lock,
+// so no other process is taking a snapshot of it.
+func removeStaleSnapshots(path string) {
+	stale, _ := filepath.Glob(filepath.Join(filepath.Dir(path), snapshotPattern(path)))
+	for _, f := range stale {
+		_ = os.Remove(f)
+	}
 }
 
 // Get returns the record stored under key, or an error wrapping
@@ -366,7 +383,7 @@ var _ storage.Snapshotter = (*Store)(nil)
 // the file (tx.WriteTo, at disk speed) beside it; fn then reads the copy,
 // however slowly, without holding back the live file's writers.
 func (s *Store) Snapshot(ctx context.Context, fn func(storage.Record) error) error {
-	tmp, err := os.CreateTemp(filepath.Dir(s.path), filepath.Base(s.path)+".snapshot-*")
+	tmp, err := os.CreateTemp(filepath.Dir(s.path), snapshotPattern(s.path))
 	if err != nil {
 		return fmt.Errorf("bbolt: snapshot: %w", err)
 	}
@@ -386,6 +403,9 @@ func (s *Store) Snapshot(ctx context.Context, fn func(storage.Record) error) err
 		return fmt.Errorf("bbolt: snapshot: %w", err)
 	}
 	defer db.Close()
+	// Open, the copy needs no name: a process that dies while fn reads it
+	// leaves nothing behind (and the next Open removes a copy left earlier).
+	_ = os.Remove(tmp.Name())
 	var fnErr error
 	err = db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucket)

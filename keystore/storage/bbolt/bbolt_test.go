@@ -159,3 +159,38 @@ func TestAppendedRecordsFillTheirPages(t *testing.T) {
 		t.Errorf("leaf pages %.2f full after appending in order, want at least 0.8", fill)
 	}
 }
+
+// A snapshot's copy of the store has no name while it is read, and a copy
+// a dead process left is removed by the next Open: it would keep a tenant
+// shredded since unwrappable.
+func TestSnapshotCopiesDoNotOutliveTheSnapshot(t *testing.T) {
+	ctx := t.Context()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "custos.db")
+	stale := path + ".snapshot-1234"
+	if err := os.WriteFile(stale, []byte("a copy left by a killed backup"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ro := path + ".other.snapshot-1" // not a copy of this store
+	if err := os.WriteFile(ro, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := open(t, path, bbolt.Options{})
+	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a stale snapshot copy survived Open: %v", err)
+	}
+	if _, err := os.Stat(ro); err != nil {
+		t.Fatalf("Open removed a file that is not its copy: %v", err)
+	}
+	put(t, s, "a", "one", 0)
+	err := s.Snapshot(ctx, func(storage.Record) error {
+		left, _ := filepath.Glob(path + ".snapshot-*")
+		if len(left) != 0 {
+			return fmt.Errorf("copies on disk while the snapshot is read: %v", left)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
