@@ -49,7 +49,7 @@ func FuzzDecodeIndexes(f *testing.F) {
 // and the entries read back lie within the file.
 func FuzzSpoolSegment(f *testing.F) {
 	dir := f.TempDir()
-	s, _, _, err := openSpool(filepath.Join(dir, "seed"))
+	s, _, _, _, err := openSpool(filepath.Join(dir, "seed"))
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -68,7 +68,7 @@ func FuzzSpoolSegment(f *testing.F) {
 		if err := os.WriteFile(prefix+".0000000000000001", b, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		sp, entries, _, err := openSpool(prefix)
+		sp, entries, _, _, err := openSpool(prefix)
 		if err != nil {
 			return
 		}

@@ -26,7 +26,9 @@ import (
 // the queue record's value. An entry is written and synced before the
 // events in it are acknowledged; a torn last entry (a crash in the middle
 // of writing it) was never acknowledged and is cut off when the spool is
-// opened.
+// opened. An entry that fails its CRC while intact entries follow it was
+// damaged on disk: it is skipped (its events are lost, and logged as
+// such), and the entries after it are kept.
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
@@ -75,17 +77,18 @@ func (s *spool) segPath(n uint64) string { return fmt.Sprintf("%s.%016x", s.pref
 
 // openSpool opens the spool at prefix (creating its first segment) and
 // returns the entries in it, in order; torn is how many bytes of a torn
-// last entry it cut off.
-func openSpool(prefix string) (*spool, []spoolEntry, int64, error) {
+// last entry it cut off, corrupt how many entries it skipped because they
+// no longer read back as written while intact entries follow them.
+func openSpool(prefix string) (sp *spool, entries []spoolEntry, torn int64, corrupt int, err error) {
 	s := &spool{prefix: prefix}
 	lock, err := lockFile(prefix + ".lock")
 	if err != nil {
-		return nil, nil, 0, fmt.Errorf("audit: spool %s: %w", prefix, err)
+		return nil, nil, 0, 0, fmt.Errorf("audit: spool %s: %w", prefix, err)
 	}
 	s.lock = lock
 	matches, err := filepath.Glob(prefix + ".*")
 	if err != nil {
-		return nil, nil, 0, fmt.Errorf("audit: spool: %w", err)
+		return nil, nil, 0, 0, fmt.Errorf("audit: spool: %w", err)
 	}
 	var nums []uint64
 	for _, m := range matches {
@@ -98,8 +101,6 @@ func openSpool(prefix string) (*spool, []spoolEntry, int64, error) {
 	if fresh {
 		nums = []uint64{1}
 	}
-	var entries []spoolEntry
-	var torn int64
 	for _, n := range nums {
 		f, err := os.OpenFile(s.segPath(n), os.O_RDWR, 0o600)
 		if errors.Is(err, os.ErrNotExist) && fresh {
@@ -107,71 +108,112 @@ func openSpool(prefix string) (*spool, []spoolEntry, int64, error) {
 		}
 		if err != nil {
 			s.close()
-			return nil, nil, 0, fmt.Errorf("audit: open spool: %w", err)
+			return nil, nil, 0, 0, fmt.Errorf("audit: open spool: %w", err)
 		}
 		seg := &segment{n: n, f: f}
 		s.segs = append(s.segs, seg)
-		es, good, err := readSegment(f, n)
+		es, good, bad, err := readSegment(f, n)
+		corrupt += bad
 		if err != nil {
 			s.close()
-			return nil, nil, 0, err
+			return nil, nil, 0, 0, err
 		}
 		st, err := f.Stat()
 		if err != nil {
 			s.close()
-			return nil, nil, 0, fmt.Errorf("audit: spool: %w", err)
+			return nil, nil, 0, 0, fmt.Errorf("audit: spool: %w", err)
 		}
 		if cut, err := nonZero(f, good, st.Size()); err != nil {
 			s.close()
-			return nil, nil, 0, err
+			return nil, nil, 0, 0, err
 		} else if cut > 0 {
 			// A torn or failed write: never acknowledged (in an earlier
 			// segment, the writer moved on to a new one after it).
 			if err := zero(f, good, st.Size()); err != nil {
 				s.close()
-				return nil, nil, 0, fmt.Errorf("audit: spool: cut torn tail: %w", err)
+				return nil, nil, 0, 0, fmt.Errorf("audit: spool: cut torn tail: %w", err)
 			}
 			torn = cut
 		}
 		seg.size = good
 		entries = append(entries, es...)
 	}
-	return s, entries, torn, nil
+	return s, entries, torn, corrupt, nil
 }
 
 // readSegment reads a segment's entries; good is the offset after the last
-// whole, intact entry.
-func readSegment(r io.ReaderAt, n uint64) (entries []spoolEntry, good int64, err error) {
+// whole, intact entry. An entry that fails its checksum while an intact
+// entry follows it cannot be a torn write (only the last entry can be):
+// it is skipped and counted in corrupt, and reading goes on, so one
+// damaged entry does not cost the acknowledged entries after it.
+func readSegment(r io.ReaderAt, n uint64) (entries []spoolEntry, good int64, corrupt int, err error) {
 	var off int64
-	var hdr [8]byte
 	for {
-		if _, err := r.ReadAt(hdr[:], off); err != nil {
-			if errors.Is(err, io.EOF) {
-				return entries, off, nil
+		e, next, err := readEntry(r, n, off)
+		if err != nil {
+			return nil, 0, 0, err
+		}
+		switch {
+		case e != nil:
+			entries = append(entries, *e)
+			off = next
+			continue
+		case next > off:
+			// Whole entries whose checksums fail: damage, if an intact
+			// entry follows them; else a torn tail.
+			bad, at := 1, next
+			for {
+				after, afterNext, err := readEntry(r, n, at)
+				if err != nil {
+					return nil, 0, 0, err
+				}
+				if after != nil {
+					corrupt += bad
+					off = at
+					break
+				}
+				if afterNext == at {
+					return entries, off, corrupt, nil
+				}
+				bad, at = bad+1, afterNext
 			}
-			return nil, 0, fmt.Errorf("audit: read spool: %w", err)
+			continue
 		}
-		size := binary.BigEndian.Uint32(hdr[:4])
-		if size < 2 || size > maxSpoolEntry {
-			return entries, off, nil
-		}
-		p := make([]byte, size)
-		if _, err := r.ReadAt(p, off+8); err != nil {
-			if errors.Is(err, io.EOF) {
-				return entries, off, nil
-			}
-			return nil, 0, fmt.Errorf("audit: read spool: %w", err)
-		}
-		if crc32.Checksum(p, crcTable) != binary.BigEndian.Uint32(hdr[4:]) {
-			return entries, off, nil
-		}
-		kl := int(binary.BigEndian.Uint16(p))
-		if kl == 0 || 2+kl > len(p) {
-			return entries, off, nil
-		}
-		entries = append(entries, spoolEntry{seg: n, off: off + 8, end: off + 8 + int64(size), key: string(p[2 : 2+kl])})
-		off += 8 + int64(size)
+		return entries, off, corrupt, nil
 	}
+}
+
+// readEntry reads the entry at off. It returns the entry and the offset
+// after it; no entry and next > off for a whole entry whose payload fails
+// its checksum or framing; no entry and next == off where no entry is.
+func readEntry(r io.ReaderAt, n uint64, off int64) (e *spoolEntry, next int64, err error) {
+	var hdr [8]byte
+	if _, err := r.ReadAt(hdr[:], off); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, off, nil
+		}
+		return nil, off, fmt.Errorf("audit: read spool: %w", err)
+	}
+	size := binary.BigEndian.Uint32(hdr[:4])
+	if size < 2 || size > maxSpoolEntry {
+		return nil, off, nil
+	}
+	p := make([]byte, size)
+	if _, err := r.ReadAt(p, off+8); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, off, nil
+		}
+		return nil, off, fmt.Errorf("audit: read spool: %w", err)
+	}
+	next = off + 8 + int64(size)
+	if crc32.Checksum(p, crcTable) != binary.BigEndian.Uint32(hdr[4:]) {
+		return nil, next, nil
+	}
+	kl := int(binary.BigEndian.Uint16(p))
+	if kl == 0 || 2+kl > len(p) {
+		return nil, next, nil
+	}
+	return &spoolEntry{seg: n, off: off + 8, end: next, key: string(p[2 : 2+kl])}, next, nil
 }
 
 // append writes one entry to the last segment and, unless the spool is

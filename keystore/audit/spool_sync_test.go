@@ -250,3 +250,57 @@ func TestALazySpoolLogsTheLossWhenAnAppendsSyncFails(t *testing.T) {
 		t.Errorf("the loss was logged %d times, want once:\n%s", n, logs.String())
 	}
 }
+
+// A damaged entry in the middle of a segment costs that entry only: the
+// acknowledged entries after it are kept, and a torn tail is still cut.
+func TestADamagedSpoolEntryDoesNotCostTheEntriesAfterIt(t *testing.T) {
+	for _, damaged := range [][]int{{0}, {1}, {0, 1}} {
+		t.Run(fmt.Sprint(damaged), func(t *testing.T) {
+			prefix := filepath.Join(t.TempDir(), "spool")
+			s, _, _, _, err := openSpool(prefix)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var written []spoolEntry
+			for i := range 4 {
+				e, err := s.append(fmt.Sprintf("audit/q/w/%016x", i+1), encodeBatch([][]byte{[]byte(fmt.Sprint("event ", i))}))
+				if err != nil {
+					t.Fatal(err)
+				}
+				written = append(written, e)
+			}
+			f := s.segs[0].f
+			for _, i := range damaged {
+				b := []byte{0}
+				if _, err := f.ReadAt(b, written[i].end-1); err != nil {
+					t.Fatal(err)
+				}
+				b[0] ^= 1
+				if _, err := f.WriteAt(b, written[i].end-1); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// and a torn entry after the last
+			if _, err := f.WriteAt([]byte{0, 0, 1, 0, 9, 9, 9}, written[3].end); err != nil {
+				t.Fatal(err)
+			}
+			s.close()
+			s, entries, torn, corrupt, err := openSpool(prefix)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.close()
+			var keys []string
+			for _, e := range entries {
+				keys = append(keys, e.key)
+			}
+			want := len(written) - len(damaged)
+			if len(entries) != want || corrupt != len(damaged) || torn == 0 {
+				t.Fatalf("reopened: entries %v, %d corrupt, %d torn bytes; want %d entries, %d corrupt and the torn tail cut", keys, corrupt, torn, want, len(damaged))
+			}
+			if entries[len(entries)-1].key != written[3].key {
+				t.Fatalf("the last entry %q is not the last written", entries[len(entries)-1].key)
+			}
+		})
+	}
+}

@@ -170,12 +170,15 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 		}),
 	}
 	if cfg.SpoolPath != "" {
-		sp, entries, torn, err := openSpool(cfg.SpoolPath)
+		sp, entries, torn, corrupt, err := openSpool(cfg.SpoolPath)
 		if err != nil {
 			return nil, err
 		}
 		if torn > 0 {
 			w.logger.Warn("audit: cut a torn entry off the spool's end (a crash while writing it, whose calls were not answered; or, with audit.sync_interval, a power loss, whose calls may have been)", "bytes", torn)
+		}
+		if corrupt > 0 {
+			w.logger.Error("AUDIT EVENTS LOST: spool entries no longer read back as written (damaged on disk) and were skipped; the entries after them are kept and shipped", "entries", corrupt, "spool", cfg.SpoolPath)
 		}
 		w.spool, w.pending = sp, entries
 		w.spooled.Set(float64(len(entries)))
