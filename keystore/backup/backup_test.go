@@ -3,11 +3,13 @@ package backup_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -506,5 +508,55 @@ func TestAnUnreachableRootIsNotADamagedBackup(t *testing.T) {
 	}
 	if _, err := backup.Write(ctx, io.Discard, src, downRoot{}, backup.Options{}); !errors.Is(err, root.ErrUnavailable) {
 		t.Fatalf("writing a backup with the root down: %v, want root.ErrUnavailable", err)
+	}
+}
+
+// A restore never replaces a tombstone by an older one: the target's
+// newer tombstone stays, and keeps out the incarnation it covers in any
+// later restore.
+func TestARestoreKeepsTheNewestTombstone(t *testing.T) {
+	ctx := context.Background()
+	w := newWorld(t)
+	t0 := w.clock.now()
+	tomb := func(s storage.Store, created time.Time) {
+		b, err := json.Marshal(keystore.Tombstone{Tenant: "acme", CreateTime: created.UTC(), ShredTime: created.Add(time.Hour).UTC()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Put(ctx, keystore.TombstonePrefix+"acme", b, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Backup A: the tombstone of an early incarnation of acme.
+	a := memory.New()
+	populate(t, w.keystore(t, a), "other")
+	tomb(a, t0.Add(-time.Hour))
+	fileA := backupOf(t, w, a)
+	// Backup B: acme created again at t5, alive.
+	w.clock.add(5 * time.Hour)
+	t5 := w.clock.now()
+	b := memory.New()
+	populate(t, w.keystore(t, b), "acme")
+	fileB := backupOf(t, w, b)
+	// The target: where acme of t5 was shredded since.
+	w.clock.add(time.Hour)
+	target := memory.New()
+	tomb(target, t5)
+	if _, err := restore(w, fileA, target, backup.RestoreOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	ts, err := backup.Tombstones(ctx, target)
+	if err != nil || len(ts) != 1 || !ts[0].CreateTime.Equal(t5) {
+		t.Fatalf("after restoring an older tombstone: %+v, %v; want acme's of %v kept", ts, err, t5)
+	}
+	rep, err := restore(w, fileB, target, backup.RestoreOptions{Force: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(rep.Shredded, "acme") {
+		t.Fatalf("a backup of the acme the target shredded restored it: shredded %v", rep.Shredded)
+	}
+	if _, err := target.Get(ctx, keystore.TenantStorageKey("acme")); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("acme's record after the restore: %v, want none", err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -140,28 +141,31 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 		return nil, err
 	}
 	tombs = append(tombs, targetTombs...)
-	if len(tombs) > 0 {
-		byTenant := map[string][]keystore.Tombstone{}
-		for _, ts := range tombs {
-			byTenant[ts.Tenant] = append(byTenant[ts.Tenant], ts)
+	// newest is each tenant's newest tombstone (the latest incarnation
+	// shredded) from the backup, opts and the target: the one the target
+	// keeps, so that a restore never replaces a tombstone by an older one.
+	newest := map[string]keystore.Tombstone{}
+	for _, ts := range slices.Concat(targetTombs, tombs) { // the target's first: kept on a tie
+		if cur, ok := newest[ts.Tenant]; !ok || ts.CreateTime.After(cur.CreateTime) {
+			newest[ts.Tenant] = ts
 		}
+	}
+	if len(newest) > 0 {
 		// The backed-up tenants' creation times, read for the tombstoned
 		// ones only (tenant records sort after key records, so this is a
 		// pass of its own).
 		if _, err := readAll(ctx, in, r, m, func(key string, value []byte) error {
 			t, ok := keystore.TenantOfStorageKey(key)
-			if !ok || len(byTenant[t]) == 0 {
+			if _, tombstoned := newest[t]; !ok || !tombstoned {
 				return nil
 			}
 			info, err := keystore.ParseTenantRecord(value)
 			if err != nil {
 				return fmt.Errorf("backup: tenant %s: %w", t, err)
 			}
-			for _, ts := range byTenant[t] {
-				if ts.Covers(info.CreateTime) {
-					shred[t] = true
-					keep[t] = ts
-				}
+			if ts := newest[t]; ts.Covers(info.CreateTime) {
+				shred[t] = true
+				keep[t] = ts
 			}
 			return nil
 		}); err != nil {
@@ -242,12 +246,30 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 			rep.Skipped++
 			return nil
 		}
-		if strings.HasPrefix(key, keystore.TombstonePrefix) && shred[strings.TrimPrefix(key, keystore.TombstonePrefix)] {
-			return nil // written above
+		if strings.HasPrefix(key, keystore.TombstonePrefix) {
+			if _, err := keystore.ParseTombstone(value); err == nil {
+				return nil // the newest of each tenant's is written below
+			}
 		}
 		return add(storage.Op{Key: key, Value: value, Expect: storage.AnyVersion})
 	}); err != nil {
 		return nil, err
+	}
+	// The other tenants' newest tombstones, where the target does not
+	// hold that one already.
+	held := map[string]keystore.Tombstone{}
+	for _, ts := range targetTombs {
+		held[ts.Tenant] = ts
+	}
+	for _, t := range slices.Sorted(maps.Keys(newest)) {
+		ts := newest[t]
+		if h, ok := held[t]; shred[t] || ok && h.CreateTime.Equal(ts.CreateTime) && h.ShredTime.Equal(ts.ShredTime) {
+			continue
+		}
+		b, _ := json.Marshal(ts)
+		if err := add(storage.Op{Key: keystore.TombstonePrefix + t, Value: b, Expect: storage.AnyVersion}); err != nil {
+			return nil, err
+		}
 	}
 	if err := flush(); err != nil {
 		return nil, err
