@@ -193,8 +193,17 @@ func (s *Service) dueTenant(ctx context.Context, tenant string) error {
 		s.noteTenantDue(ctx, tenant, rec)
 		return nil
 	}
-	if _, err := s.shredTenant(ctx, tenant); err != nil {
+	done, err := s.shredTenant(ctx, tenant)
+	if err != nil {
 		return fmt.Errorf("scheduler: %w", err)
+	}
+	if !done {
+		// The record changed under the shred (an undeletion, a root
+		// rewrap): if it is still to be shredded, its hint goes back so
+		// that the next pass does it, not the next full sweep.
+		if rec, _, err := s.readTenant(ctx, tenant); err == nil {
+			s.noteTenantDue(ctx, tenant, rec)
+		}
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package keystore_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync/atomic"
@@ -280,5 +281,54 @@ func TestASweepLongerThanTheLeaseKeepsIt(t *testing.T) {
 	t.Logf("sweeps %d %d passes %d %d", keystore.Sweeps(replicas[0]), keystore.Sweeps(replicas[1]), keystore.LeaderPasses(replicas[0]), keystore.LeaderPasses(replicas[1]))
 	if n := keystore.Sweeps(replicas[0]) + keystore.Sweeps(replicas[1]); n != 1 {
 		t.Fatalf("%d sweeps started by the two replicas, want 1", n)
+	}
+}
+
+// conflictOnce makes the next versioned Put of its key lose a race: another
+// writer (say `custos root rewrap`) rewrites the record just before it.
+type conflictOnce struct {
+	storage.Store
+	key atomic.Pointer[string]
+}
+
+func (c *conflictOnce) Put(ctx context.Context, key string, v []byte, expect uint64) (uint64, error) {
+	if k := c.key.Load(); k != nil && *k == key && expect > 0 && c.key.CompareAndSwap(k, nil) {
+		if cur, err := c.Store.Get(ctx, key); err == nil {
+			if _, err := c.Store.Put(ctx, key, cur.Value, cur.Version); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return c.Store.Put(ctx, key, v, expect)
+}
+
+// A shred that loses a race for the tenant's record keeps its due hint: the
+// next pass shreds the tenant, not the next full sweep a day later.
+func TestAShredThatLosesARaceIsRetriedByTheNextPass(t *testing.T) {
+	f := newLCFixture(t)
+	ctx := context.Background()
+	cs := &conflictOnce{Store: f.store}
+	f.store = cs
+	ks := f.replica()
+	if _, err := ks.CreateTenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ks.DeleteTenant(ctx, "acme", 24*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(25 * time.Hour)
+	key := "tenants/acme"
+	cs.key.Store(&key)
+	if err := keystore.DuePass(ctx, ks); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.store.Get(ctx, key); err != nil {
+		t.Fatalf("the tenant after the pass that lost the race: %v, want it still there", err)
+	}
+	if err := keystore.DuePass(ctx, ks); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.store.Get(ctx, key); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("the tenant after the next pass: %v, want it shredded", err)
 	}
 }
