@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -10,10 +13,13 @@ import (
 	"time"
 
 	"github.com/custos-kms/custos/internal/config"
+	"github.com/custos-kms/custos/internal/custos"
 	"github.com/custos-kms/custos/internal/pgtest"
 	"github.com/custos-kms/custos/keystore"
 	"github.com/custos-kms/custos/keystore/backup"
+	"github.com/custos-kms/custos/keystore/storage"
 	"github.com/custos-kms/custos/keystore/storage/bbolt"
+	"github.com/custos-kms/custos/keystore/storage/memory"
 )
 
 // startDevWithOps serves dir like custos dev, on free ports, and returns
@@ -149,6 +155,36 @@ func TestAServerRefusesAHalfRestoredStore(t *testing.T) {
 	err = serve(t.Context(), cfg, &syncBuffer{}, nil, func(net.Addr, net.Addr) {})
 	if err == nil || !strings.Contains(err.Error(), "unfinished restore") {
 		t.Fatalf("serve on a half-restored store: %v", err)
+	}
+}
+
+// markerUnreadable is a store that cannot be read for the restore marker
+// (the database blinked just after the migration).
+type markerUnreadable struct{ *memory.Store }
+
+func (m markerUnreadable) Get(ctx context.Context, key string) (storage.Record, error) {
+	if key == backup.MarkerKey {
+		return storage.Record{}, fmt.Errorf("test: %w", storage.ErrUnavailable)
+	}
+	return m.Store.Get(ctx, key)
+}
+
+// A server does not start on a store it could not check for an unfinished
+// restore: it would serve half a backup once the store answers again.
+func TestAServerDoesNotStartWithoutCheckingForAnUnfinishedRestore(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), ".custos-dev")
+	cfg, err := prepareDev(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Listen, cfg.Ops.Listen = "127.0.0.1:0", "off"
+	rt, err := custos.New(t.Context(), cfg, custos.Options{Store: markerUnreadable{memory.New()}, LogWriter: io.Discard})
+	if err == nil {
+		rt.Close()
+		t.Fatal("a server started on a store it could not check for an unfinished restore")
+	}
+	if !errors.Is(err, storage.ErrUnavailable) || !strings.Contains(err.Error(), "unfinished restore") {
+		t.Fatalf("the start failed with %v, want the store's unavailability while checking for a restore", err)
 	}
 }
 
