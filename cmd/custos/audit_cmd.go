@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/google/renameio/v2"
 	"github.com/spf13/cobra"
 	"golang.org/x/mod/sumdb/note"
 
@@ -242,7 +243,7 @@ func (p *eventPrinter) print(ev client.AuditEvent) {
 func (p *eventPrinter) flush() { _ = p.tw.Flush() }
 
 func newAuditVerifyCmd() *cobra.Command {
-	var path, publicKey string
+	var path, publicKey, keptPath, savePath string
 	cmd := &cobra.Command{
 		Use:   "verify --config FILE",
 		Short: "Recompute the audit log's tree from the store and check every checkpoint",
@@ -251,7 +252,14 @@ recomputes every leaf hash and the tree, checks each signed checkpoint's
 signature and that it is a prefix of the log, and reports every modified,
 deleted, reordered or inserted event with its index. Exits non-zero on any
 finding. The log key is the one wrapped under the root, unless --public-key
-pins another.`,
+pins another.
+
+The stored checkpoints cannot show a log rolled back to an older state as a
+whole. --save-checkpoint FILE keeps the latest checkpoint of a clean run;
+give it to the next run with --checkpoint FILE, which then reports a log
+that is not an extension of it. Run it as
+  custos audit verify --config FILE --checkpoint kept.note --save-checkpoint kept.note
+(a missing --checkpoint file is allowed on the first run).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := config.Load(path)
@@ -271,8 +279,22 @@ pins another.`,
 			} else if v, err = audit.VerifierOf(cmd.Context(), d.Store, d.Root); err != nil {
 				return err
 			}
+			var kept [][]byte
+			if keptPath != "" {
+				b, err := os.ReadFile(keptPath)
+				switch {
+				case errors.Is(err, os.ErrNotExist) && keptPath == savePath:
+					fmt.Fprintf(cmd.ErrOrStderr(), "no kept checkpoint at %s yet: this run keeps one\n", keptPath)
+				case err != nil:
+					return fmt.Errorf("--checkpoint: %w", err)
+				case len(b) > maxKeptCheckpoint:
+					return fmt.Errorf("--checkpoint: %s holds %d bytes, more than a checkpoint", keptPath, len(b))
+				default:
+					kept = append(kept, b)
+				}
+			}
 			start := time.Now()
-			rep, err := audit.Verify(cmd.Context(), d.Store, v)
+			rep, err := audit.Verify(cmd.Context(), d.Store, v, kept...)
 			if err != nil {
 				return err
 			}
@@ -285,10 +307,22 @@ pins another.`,
 			if len(rep.Findings) > 0 {
 				return fmt.Errorf("the audit log failed verification: %d findings", len(rep.Findings))
 			}
+			if savePath != "" && len(rep.Latest) > 0 {
+				if err := renameio.WriteFile(savePath, rep.Latest, 0o644); err != nil {
+					return fmt.Errorf("--save-checkpoint: %w", err)
+				}
+				fmt.Fprintf(out, "kept the checkpoint of size %d in %s\n", rep.Size, savePath)
+			}
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&path, "config", "custos.yaml", "configuration file")
 	cmd.Flags().StringVar(&publicKey, "public-key", "", "verify the checkpoints with this log key instead of the one wrapped under the root")
+	cmd.Flags().StringVar(&keptPath, "checkpoint", "", "a checkpoint kept from an earlier run (--save-checkpoint): report a log that is not an extension of it")
+	cmd.Flags().StringVar(&savePath, "save-checkpoint", "", "after a clean run, keep the latest checkpoint in this file")
 	return cmd
 }
+
+// maxKeptCheckpoint bounds a kept checkpoint file (a signed note of a few
+// lines).
+const maxKeptCheckpoint = 64 << 10

@@ -207,9 +207,19 @@ func TestAuditCommands(t *testing.T) {
 		t.Fatalf("audit list -o json --operation encrypt:\n%s", js)
 	}
 	stop()
-	rep := runMain(t, "audit", "verify", "--config", filepath.Join(dir, "custos.yaml"))
-	if !strings.Contains(rep, "0 findings") {
-		t.Fatalf("audit verify of an untouched log:\n%s", rep)
+	kept := filepath.Join(t.TempDir(), "kept.note")
+	rep := runMain(t, "audit", "verify", "--config", filepath.Join(dir, "custos.yaml"), "--checkpoint", kept, "--save-checkpoint", kept)
+	if !strings.Contains(rep, "0 findings") || !strings.Contains(rep, "kept the checkpoint of size") {
+		t.Fatalf("audit verify of an untouched log, keeping its checkpoint:\n%s", rep)
+	}
+	if rep := runMain(t, "audit", "verify", "--config", filepath.Join(dir, "custos.yaml"), "--checkpoint", kept); !strings.Contains(rep, "0 findings") {
+		t.Fatalf("audit verify against the kept checkpoint:\n%s", rep)
+	}
+	if err := os.WriteFile(kept, []byte("not a checkpoint\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := runMainErr(t, "audit", "verify", "--config", filepath.Join(dir, "custos.yaml"), "--checkpoint", kept); err == nil || !strings.Contains(rep, "bad-checkpoint: kept checkpoint 1") {
+		t.Fatalf("audit verify against a kept file that is not a checkpoint: err %v\n%s", err, rep)
 	}
 	// Tamper with the store and verify again: a finding and an error.
 	tamperFirstEvent(t, filepath.Join(dir, "custos.db"))

@@ -12,6 +12,8 @@ import (
 	"runtime"
 	"slices"
 	"time"
+
+	"github.com/google/renameio/v2"
 )
 
 // DevClientID is the SPIFFE ID of the client certificate made by
@@ -235,35 +237,18 @@ func checkKeyFileMode(path string) error {
 	return nil
 }
 
-// writeFileAtomic writes data to a temporary file next to path with the
-// given mode, syncs it and renames it over path.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+// writeFileAtomic replaces path with data, with mode perm whatever the
+// umask: a crash leaves the old file or the new one, never half of one.
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	f, err := renameio.NewPendingFile(path, renameio.WithStaticPermissions(perm))
 	if err != nil {
 		return fmt.Errorf("pki: write %s: %w", path, err)
 	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			_ = f.Close()
-			_ = os.Remove(tmp)
-		}
-	}()
-	// CreateTemp makes the file 0600; set the final mode explicitly so the
-	// umask plays no part.
-	if err := f.Chmod(perm); err != nil {
-		return fmt.Errorf("pki: write %s: %w", path, err)
-	}
+	defer f.Cleanup()
 	if _, err := f.Write(data); err != nil {
 		return fmt.Errorf("pki: write %s: %w", path, err)
 	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("pki: write %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("pki: write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := f.CloseAtomicallyReplace(); err != nil {
 		return fmt.Errorf("pki: write %s: %w", path, err)
 	}
 	return nil

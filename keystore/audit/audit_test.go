@@ -571,6 +571,51 @@ func TestRetentionNeverExcusesATamperedBody(t *testing.T) {
 	}
 }
 
+// A log rolled back to an older state (write access to the store alone
+// can do it) shows nothing in the stored checkpoints; a checkpoint kept
+// from an earlier verify reports it.
+func TestAKeptCheckpointCatchesALogRolledBack(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, memory.New(), "")
+	f.record(t, 10, "a")
+	before := memory.New() // the store as it was at 10 events
+	if err := f.store.(storage.Snapshotter).Snapshot(ctx, func(r storage.Record) error {
+		_, err := before.Put(ctx, r.Key, r.Value, 0)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	f.record(t, 10, "a")
+	rep := verify(t, f)
+	if len(rep.Findings) != 0 || rep.Size != 20 || len(rep.Latest) == 0 {
+		t.Fatalf("the log of 20 events: size %d, findings %v, latest %q", rep.Size, rep.Findings, rep.Latest)
+	}
+	v, err := audit.VerifierOf(ctx, f.store, f.root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Rolled back: clean on its own, truncated against the kept checkpoint.
+	if old, err := audit.Verify(ctx, before, v); err != nil || len(old.Findings) != 0 {
+		t.Fatalf("the rolled-back log on its own: %v, %v; want it clean (why a checkpoint must be kept)", old, err)
+	}
+	old, err := audit.Verify(ctx, before, v, rep.Latest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(old.Findings) == 0 || !strings.Contains(old.Findings[0].String(), "truncated: a checkpoint of size 20 is signed, the log holds 10") {
+		t.Fatalf("the rolled-back log against the kept checkpoint: %v", old.Findings)
+	}
+	// The kept checkpoint's signature counts too.
+	forged := bytes.Clone(rep.Latest)
+	forged[len(forged)-2] ^= 1
+	if now, err := audit.Verify(ctx, f.store, v, forged); err != nil || len(now.Findings) == 0 {
+		t.Fatalf("a forged kept checkpoint: %v, %v; want a finding", now, err)
+	}
+	if now, err := audit.Verify(ctx, f.store, v, rep.Latest); err != nil || len(now.Findings) != 0 {
+		t.Fatalf("the log against its own kept checkpoint: %v, %v", now, err)
+	}
+}
+
 func TestBboltLogSurvivesReopen(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "custos.db")
 	s, err := bbolt.Open(path, bbolt.Options{})

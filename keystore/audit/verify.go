@@ -37,6 +37,9 @@ func (f Finding) String() string {
 type Report struct {
 	// Size is the size of the latest valid checkpoint.
 	Size uint64
+	// Latest is that checkpoint's signed note: keep it, and give it to the
+	// next Verify, which then also reports a log rolled back behind it.
+	Latest []byte
 	// Events is how many event bodies were hashed; Pruned how many leaves
 	// below the retention horizon were checked by hash only.
 	Events, Pruned uint64
@@ -73,10 +76,16 @@ func VerifierOf(ctx context.Context, store storage.Store, r root.Root) (note.Ver
 //   - every tenant's view lists each of its events exactly once and no
 //     other event.
 //
+// Checkpoints kept from earlier (kept: signed notes, say a Report's
+// Latest) are checked like the stored ones: their signatures, and that
+// each is a prefix of the log. So a log rolled back to an older state,
+// which write access to the store alone can do and which the stored
+// checkpoints cannot show, is reported as truncated.
+//
 // It reports each finding with its index. It may run while servers write
 // the log: it checks the tree as it was when it started, and what they add
 // meanwhile is not a finding.
-func Verify(ctx context.Context, store storage.Store, v note.Verifier) (*Report, error) {
+func Verify(ctx context.Context, store storage.Store, v note.Verifier, kept ...[]byte) (*Report, error) {
 	rep := &Report{}
 	add := func(f Finding) {
 		if len(rep.Findings) < maxFindings {
@@ -116,7 +125,7 @@ func Verify(ctx context.Context, store storage.Store, v note.Verifier) (*Report,
 			add(Finding{Index: -1, Kind: "bad-checkpoint", Detail: fmt.Sprintf("%s: %v", key, err)})
 			return
 		}
-		if want := strings.TrimPrefix(key, cpPrefix); key != treeKey && want != hex16(cp.Size) {
+		if want := strings.TrimPrefix(key, cpPrefix); strings.HasPrefix(key, cpPrefix) && want != hex16(cp.Size) {
 			add(Finding{Index: -1, Kind: "bad-checkpoint", Detail: fmt.Sprintf("%s holds the checkpoint of size %d", key, cp.Size)})
 			return
 		}
@@ -143,10 +152,13 @@ func Verify(ctx context.Context, store storage.Store, v note.Verifier) (*Report,
 	if s0.Checkpoint != nil {
 		check(treeKey, s0.Checkpoint)
 	}
+	for i, signed := range kept {
+		check(fmt.Sprintf("kept checkpoint %d", i+1), signed)
+	}
 	slices.SortFunc(cps, func(a, b *Checkpoint) int { return cmp.Compare(a.Size, b.Size) })
 	rep.Checkpoints = len(cps)
 	if len(cps) > 0 {
-		rep.Size = cps[len(cps)-1].Size
+		rep.Size, rep.Latest = cps[len(cps)-1].Size, cps[len(cps)-1].Note
 	}
 
 	// Tenant views, as (index, tenant) sorted by index, checked against
