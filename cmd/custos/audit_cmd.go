@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -58,7 +59,7 @@ func newAuditCmd() *cobra.Command {
 				return usageError{fmt.Errorf("-o %q: want text, json or table", output)}
 			}
 			ctx, parent := cmd.Context(), tenantName(tenant)
-			pub, err := auditKey(cmd, cl, parent, publicKey, verify)
+			pv, err := newPageVerifier(cmd, cl, parent, tenant, publicKey, verify)
 			if err != nil {
 				return err
 			}
@@ -71,7 +72,7 @@ func newAuditCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if err := verifyPage(cmd, cl, parent, publicKey, verify, &pub, page); err != nil {
+				if err := pv.check(page); err != nil {
 					return err
 				}
 				for _, ev := range page.Events {
@@ -87,7 +88,7 @@ func newAuditCmd() *cobra.Command {
 			}
 			p.flush()
 			if verify && output == "text" {
-				fmt.Fprintf(cmd.ErrOrStderr(), "%d events verified: each is in the log's signed checkpoint\n", n)
+				fmt.Fprintf(cmd.ErrOrStderr(), "%d events verified: each is tenant %s's and in the log's signed checkpoint, and every page's checkpoint is consistent with the others\n", n, tenant)
 			}
 			return nil
 		}),
@@ -96,7 +97,7 @@ func newAuditCmd() *cobra.Command {
 	list.Flags().DurationVar(&since, "since", 0, "only events of the last DURATION (e.g. 24h)")
 	list.Flags().DurationVar(&until, "until", 0, "only events older than DURATION ago")
 	list.Flags().IntVar(&limit, "limit", 1000, "print at most this many events")
-	list.Flags().BoolVar(&verify, "verify", false, "check each event's inclusion proof and the checkpoint's signature")
+	list.Flags().BoolVar(&verify, "verify", false, "check each event's inclusion proof and tenant, each checkpoint's signature, and that the pages' checkpoints show one history")
 
 	var interval time.Duration
 	var includeReads bool
@@ -110,7 +111,7 @@ func newAuditCmd() *cobra.Command {
 				return usageError{fmt.Errorf("-o %q: want text, json or table", output)}
 			}
 			ctx, parent := cmd.Context(), tenantName(tenant)
-			pub, err := auditKey(cmd, cl, parent, publicKey, verify)
+			pv, err := newPageVerifier(cmd, cl, parent, tenant, publicKey, verify)
 			if err != nil {
 				return err
 			}
@@ -132,7 +133,7 @@ func newAuditCmd() *cobra.Command {
 					}
 					return err
 				}
-				if err := verifyPage(cmd, cl, parent, publicKey, verify, &pub, page); err != nil {
+				if err := pv.check(page); err != nil {
 					return err
 				}
 				for _, ev := range page.Events {
@@ -157,7 +158,7 @@ func newAuditCmd() *cobra.Command {
 	filterFlags(tail)
 	tail.Flags().DurationVar(&since, "since", 10*time.Minute, "start with the events of the last DURATION")
 	tail.Flags().DurationVar(&interval, "interval", 2*time.Second, "how often to ask for new events")
-	tail.Flags().BoolVar(&verify, "verify", false, "check each event's inclusion proof and the checkpoint's signature")
+	tail.Flags().BoolVar(&verify, "verify", false, "check each event's inclusion proof and tenant, each checkpoint's signature, and that the pages' checkpoints show one history")
 	tail.Flags().BoolVar(&includeReads, "include-reads", false, "also print reads of the audit trail (tail's own polls among them)")
 	cmd.AddCommand(list, tail)
 	return cmd
@@ -186,22 +187,92 @@ func auditKey(cmd *cobra.Command, cl *client.Client, parent, pinned string, veri
 	return pub, nil
 }
 
-// verifyPage verifies a page when asked to, fetching the server's key if
-// the log had none when the command started.
-func verifyPage(cmd *cobra.Command, cl *client.Client, parent, pinned string, verify bool, pub *string, page client.AuditPage) error {
-	if !verify || len(page.Events) == 0 {
+// pageVerifier verifies the pages of one listing (or of one tail's polls)
+// when asked to: each page on its own (VerifyAuditEvents), each event as
+// the requested tenant's, and every page's checkpoint consistent with the
+// newest seen before, so that no two pages show different histories.
+type pageVerifier struct {
+	cmd            *cobra.Command
+	cl             *client.Client
+	parent, tenant string
+	pinned, pub    string
+	verify         bool
+	last           *client.AuditCheckpoint // the newest checkpoint verified so far
+}
+
+func newPageVerifier(cmd *cobra.Command, cl *client.Client, parent, tenant, pinned string, verify bool) (*pageVerifier, error) {
+	pub, err := auditKey(cmd, cl, parent, pinned, verify)
+	if err != nil {
+		return nil, err
+	}
+	return &pageVerifier{cmd: cmd, cl: cl, parent: parent, tenant: tenant, pinned: pinned, pub: pub, verify: verify}, nil
+}
+
+// check verifies a page, fetching the server's key if the log had none
+// when the command started.
+func (v *pageVerifier) check(page client.AuditPage) error {
+	if !v.verify || len(page.Events) == 0 {
 		return nil
 	}
-	if *pub == "" {
+	if v.pub == "" {
 		var err error
-		if *pub, err = auditKey(cmd, cl, parent, pinned, verify); err != nil {
+		if v.pub, err = auditKey(v.cmd, v.cl, v.parent, v.pinned, v.verify); err != nil {
 			return err
 		}
-		if *pub == "" {
+		if v.pub == "" {
 			return errors.New("the server returned events but no log key")
 		}
 	}
-	return client.VerifyAuditEvents(*pub, page)
+	if err := client.VerifyAuditEvents(v.pub, page); err != nil {
+		return err
+	}
+	for _, ev := range page.Events {
+		if ev.Tenant != v.tenant {
+			return fmt.Errorf("audit event %d is tenant %q's, not %q's", ev.Index, ev.Tenant, v.tenant)
+		}
+	}
+	cp := page.Checkpoint
+	if v.last != nil {
+		if err := v.consistent(*v.last, cp); err != nil {
+			return err
+		}
+		if cp.Size < v.last.Size {
+			return nil
+		}
+	}
+	v.last = &cp
+	return nil
+}
+
+// consistent checks that a and b (both verified) are prefixes of one log:
+// each is proved a prefix of the server's latest checkpoint, taken twice
+// until both proofs are to the same one.
+func (v *pageVerifier) consistent(a, b client.AuditCheckpoint) error {
+	if a.Size == b.Size && bytes.Equal(a.Root, b.Root) {
+		return nil
+	}
+	ctx := v.cmd.Context()
+	for range 3 {
+		la, _, pa, err := v.cl.AuditCheckpoint(ctx, v.parent, a.Size)
+		if err != nil {
+			return err
+		}
+		lb, _, pb, err := v.cl.AuditCheckpoint(ctx, v.parent, b.Size)
+		if err != nil {
+			return err
+		}
+		if la.Size != lb.Size || !bytes.Equal(la.Root, lb.Root) {
+			continue // the log grew between the two answers
+		}
+		if err := client.VerifyAuditConsistency(v.pub, a, la, pa); err != nil {
+			return fmt.Errorf("the pages show different histories: %w", err)
+		}
+		if err := client.VerifyAuditConsistency(v.pub, b, lb, pb); err != nil {
+			return fmt.Errorf("the pages show different histories: %w", err)
+		}
+		return nil
+	}
+	return errors.New("the audit log kept growing while its pages' checkpoints were checked against each other; run again")
 }
 
 type eventPrinter struct {
