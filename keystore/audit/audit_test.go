@@ -362,6 +362,16 @@ func TestSpooledEventsReachTheLogInOrderExactlyOnce(t *testing.T) {
 }
 
 func TestShippingTwiceAfterIntegrationAddsNothing(t *testing.T) {
+	for _, retention := range []bool{false, true} {
+		t.Run(fmt.Sprintf("a retention pass between: %v", retention), func(t *testing.T) { shipTwice(t, retention) })
+	}
+}
+
+// shipTwice ships a spooled batch, integrates it, then ships it again (a
+// crash after shipping, before the spool was emptied), with or without a
+// retention pass between whose cutoff is past every mark (a server down
+// longer than audit.retention).
+func shipTwice(t *testing.T, retention bool) {
 	ctx := context.Background()
 	st := &flaky{Store: memory.New()}
 	spool := filepath.Join(t.TempDir(), "audit.spool")
@@ -384,6 +394,11 @@ func TestShippingTwiceAfterIntegrationAddsNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.w.Close()
+	if retention {
+		if _, err := f.log.Prune(ctx, time.Now().Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := os.WriteFile(spool+".0000000000000001", saved, 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -137,7 +137,7 @@ func (l *Log) tick(ctx context.Context, chunks int, history bool) error {
 // stopping at the first event at or after cutoff (events are integrated
 // roughly in time order; a straggler waits for the next pass). Leaf hashes
 // and the tree's nodes stay, so the log still verifies. It also forgets
-// old shipped marks and checkpoints older than cutoff, except the latest.
+// checkpoints older than cutoff, except the latest.
 // It returns how many bodies it deleted.
 //
 // Only a body that is there, in index order, and hashes to its leaf is
@@ -226,20 +226,13 @@ func (l *Log) prunable(ctx context.Context, i uint64, leaf []byte) error {
 	return nil
 }
 
-// pruneSide forgets shipped marks and checkpoints older than cutoff (the
-// latest checkpoint always stays).
+// pruneSide forgets checkpoints older than cutoff (the latest always
+// stays). Shipped marks stay, however old: a server down longer than the
+// retention may still hold batches in its spool that are in the tree, and
+// only its mark keeps them from being integrated twice when it ships them
+// (one small record per writer, that is per server start).
 func (l *Log) pruneSide(ctx context.Context, cutoff time.Time) error {
 	var ops []storage.Op
-	marks, err := l.store.List(ctx, shippedPrefix, "", 1000)
-	if err != nil {
-		return fmt.Errorf("audit: list shipped marks: %w", err)
-	}
-	for _, m := range marks {
-		var sm shippedMark
-		if json.Unmarshal(m.Value, &sm) == nil && sm.Time.Before(cutoff) {
-			ops = append(ops, storage.Op{Key: m.Key, Delete: true, Expect: m.Version})
-		}
-	}
 	v, err := l.Verifier(ctx)
 	if err != nil {
 		return err
