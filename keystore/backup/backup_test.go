@@ -560,3 +560,36 @@ func TestARestoreKeepsTheNewestTombstone(t *testing.T) {
 		t.Fatalf("acme's record after the restore: %v, want none", err)
 	}
 }
+
+// A forced restore keeps a backed-up tenant out that a tombstone covers,
+// but leaves alone a tenant of the same id in the target created after the
+// shred: that is another tenant.
+func TestARestoreLeavesATenantCreatedAfterTheShredAlone(t *testing.T) {
+	ctx := context.Background()
+	w := newWorld(t)
+	// The backup: acme's first incarnation, alive when it was taken.
+	old := memory.New()
+	populate(t, w.keystore(t, old), "acme")
+	file := backupOf(t, w, old)
+	// The live store: that acme was shredded (its tombstone), and acme was
+	// created again since.
+	w.clock.add(time.Hour)
+	target := memory.New()
+	b, err := json.Marshal(keystore.Tombstone{Tenant: "acme", CreateTime: w.clock.now().Add(-time.Hour).UTC(), ShredTime: w.clock.now().UTC()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := target.Put(ctx, keystore.TombstonePrefix+"acme", b, 0); err != nil {
+		t.Fatal(err)
+	}
+	w.clock.add(time.Hour)
+	live := populate(t, w.keystore(t, target), "acme")
+	rep, err := restore(w, file, target, backup.RestoreOptions{Force: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(rep.Shredded, "acme") {
+		t.Fatalf("the backed-up acme, which the tombstone covers, was restored: shredded %v", rep.Shredded)
+	}
+	mustDecrypt(t, w.keystore(t, target), live) // the new acme is intact
+}

@@ -216,6 +216,15 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 		if err := flush(); err != nil { // the tombstone before any delete
 			return nil, err
 		}
+		// A tenant of this id in the target that the tombstone does not
+		// cover (created after the shred) is another tenant: it stays.
+		if rec, err := target.Get(ctx, keystore.TenantStorageKey(t)); err == nil {
+			if info, err := keystore.ParseTenantRecord(rec.Value); err == nil && !keep[t].Covers(info.CreateTime) {
+				continue
+			}
+		} else if !errors.Is(err, storage.ErrNotFound) {
+			return nil, fmt.Errorf("backup: read the target's tenant %s: %w", t, err)
+		}
 		if err := add(storage.Op{Key: keystore.TenantStorageKey(t), Delete: true, Expect: storage.AnyVersion}); err != nil {
 			return nil, err
 		}
