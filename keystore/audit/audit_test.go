@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -617,8 +618,21 @@ func TestAKeptCheckpointCatchesALogRolledBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(old.Findings) == 0 || !strings.Contains(old.Findings[0].String(), "truncated: a checkpoint of size 20 is signed, the log holds 10") {
+	if len(old.Findings) == 0 || !strings.Contains(old.Findings[0].String(), "truncated: kept checkpoint 1, of size 20, is signed; the log holds 10 events") {
 		t.Fatalf("the rolled-back log against the kept checkpoint: %v", old.Findings)
+	}
+	// Rolled back while servers write past the kept size during the run.
+	f.record(t, 10, "a")
+	grown, err := f.store.Get(ctx, "audit/tree")
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err = audit.Verify(ctx, &growingState{Store: before, later: grown}, v, rep.Latest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(old.Findings) == 0 || !strings.Contains(old.Findings[0].String(), "kept checkpoint 1, of size 20, is signed; the log holds 10 events") {
+		t.Fatalf("the rolled-back log, growing during the run, against the kept checkpoint: %v", old.Findings)
 	}
 	// The kept checkpoint's signature counts too.
 	forged := bytes.Clone(rep.Latest)
@@ -629,6 +643,21 @@ func TestAKeptCheckpointCatchesALogRolledBack(t *testing.T) {
 	if now, err := audit.Verify(ctx, f.store, v, rep.Latest); err != nil || len(now.Findings) != 0 {
 		t.Fatalf("the log against its own kept checkpoint: %v, %v", now, err)
 	}
+}
+
+// growingState is a store whose tree state grows to later after its first
+// read: servers integrating while a verify runs.
+type growingState struct {
+	storage.Store
+	later storage.Record
+	reads atomic.Int32
+}
+
+func (g *growingState) Get(ctx context.Context, key string) (storage.Record, error) {
+	if key == "audit/tree" && g.reads.Add(1) > 1 {
+		return g.later, nil
+	}
+	return g.Store.Get(ctx, key)
 }
 
 func TestBboltLogSurvivesReopen(t *testing.T) {
