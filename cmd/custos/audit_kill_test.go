@@ -178,6 +178,10 @@ func TestAuditCommands(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 		out = cli(t, dir, addr, "audit", "list", "--tenant", "acme", "--verify")
 	}
+	// The tenant by its name verifies the same.
+	if named := cli(t, dir, addr, "audit", "list", "--tenant", "tenants/acme", "--verify"); !strings.Contains(named, "encrypt") {
+		t.Fatalf("audit list --tenant tenants/acme --verify:\n%s", named)
+	}
 	for _, want := range []string{"create_tenant", "create_key", "encrypt", "OK"} {
 		if !strings.Contains(out, want) {
 			t.Fatalf("audit list lacks %q:\n%s", want, out)

@@ -1,0 +1,63 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"testing"
+	"time"
+
+	"github.com/spf13/cobra"
+	tlog "github.com/transparency-dev/formats/log"
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/custos-kms/custos/client"
+)
+
+// lyingSource answers GetAuditCheckpoint with what it was told to: a
+// server showing different histories.
+type lyingSource map[uint64]client.AuditCheckpoint
+
+func (l lyingSource) AuditCheckpoint(_ context.Context, _ string, firstSize uint64) (client.AuditCheckpoint, string, [][]byte, error) {
+	return l[firstSize], "", nil, nil
+}
+
+// signedCheckpoint signs a checkpoint of size over a made-up root.
+func signedCheckpoint(t *testing.T, signer note.Signer, vkey string, size uint64, seed string) client.AuditCheckpoint {
+	t.Helper()
+	root := sha256.Sum256([]byte(seed))
+	text := string(tlog.Checkpoint{Origin: signer.Name(), Size: size, Hash: root[:]}.Marshal()) + "time " + time.Now().UTC().Format(time.RFC3339Nano) + "\n"
+	signed, err := note.Sign(&note.Note{Text: text}, signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp, err := client.VerifyAuditCheckpoint(vkey, signed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cp
+}
+
+// Two pages whose checkpoints are of different histories are refused, even
+// when the server answers the consistency check with one checkpoint's note
+// under the other's size and root (fields the note does not vouch for).
+func TestPagesShowingDifferentHistoriesAreRefused(t *testing.T) {
+	skey, vkey, err := note.GenerateKey(rand.Reader, "custos-audit")
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := note.NewSigner(skey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := signedCheckpoint(t, signer, vkey, 100, "history one")
+	b := signedCheckpoint(t, signer, vkey, 120, "history two")
+	lie := a
+	lie.Size, lie.Root = b.Size, b.Root // a's note, b's fields
+	cmd := &cobra.Command{}
+	cmd.SetContext(t.Context())
+	v := &pageVerifier{cmd: cmd, cl: lyingSource{a.Size: lie, b.Size: b}, parent: "tenants/acme", tenant: "acme", pub: vkey, verify: true}
+	if err := v.consistent(a, b); err == nil {
+		t.Fatal("two checkpoints of different histories passed as one")
+	}
+}
