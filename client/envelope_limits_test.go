@@ -69,6 +69,16 @@ func TestLocalModeRefusesTheAssociatedDataTheServiceRefuses(t *testing.T) {
 	if _, _, err := e.c.Decrypt(ctx, e.name, old, reserved); !errors.Is(err, client.ErrInvalidCiphertext) {
 		t.Errorf("the service's decrypt with reserved associated data: %v, want ErrInvalidCiphertext", err)
 	}
+	// One sealed with more associated data than the service takes (as a
+	// client before this check could) stays readable locally.
+	large := make([]byte, envelope.MaxAssociatedData+1024)
+	big, err := k.Seal([]byte("field"), large)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pt, err := env.Decrypt(ctx, big, large); err != nil || string(pt) != "field" {
+		t.Errorf("local decrypt of an envelope with %d bytes of associated data: %q, %v", len(large), pt, err)
+	}
 }
 
 // After Close, local mode fails as the client's remote calls do, even with
