@@ -105,6 +105,10 @@ type decKey struct {
 	expires time.Time
 }
 
+// testHookInstall, set by tests only, runs between caching a fetched data
+// key and making it current.
+var testHookInstall func()
+
 // MaxEnvelopePlaintext is the largest field local mode encrypts: the
 // service decrypts and rewraps envelopes up to its ciphertext limit, so
 // every envelope stays readable by polyglot callers.
@@ -217,6 +221,9 @@ func (e *Envelope) refresh(ctx context.Context, old *encKey) error {
 		e.mu.Lock()
 		defer e.mu.Unlock()
 		if e.rememberLocked(gen, &decKey{wrapped: string(dk.Wrapped), k: k, expires: now.Add(e.opts.DecryptTTL)}) {
+			if testHookInstall != nil {
+				testHookInstall()
+			}
 			e.cur.CompareAndSwap(old, &encKey{k: k, expires: now.Add(e.opts.MaxAge)})
 		}
 		return nil, nil

@@ -8,14 +8,12 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/custos-kms/custos/client"
 	"github.com/custos-kms/custos/client/clienttest"
 	"github.com/custos-kms/custos/envelope"
-	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 )
 
 // Local mode refuses the associated data the service refuses, so every
@@ -139,67 +137,36 @@ func TestALocalWaitEndedByItsContextFailsAsARemoteCallWould(t *testing.T) {
 	}
 }
 
-// A Purge that races with the first encryption's data-key fetch never
-// leaves a data key fetched before it in use after it.
-func TestAPurgeRacingAFetchNeverLeavesAnOlderDataKeyInUse(t *testing.T) {
+// A Purge that comes while a fetched data key is being installed is not
+// undone by the install: the next encryption gets a new data key.
+func TestAPurgeDuringTheInstallOfAFetchedDataKeyTakesEffect(t *testing.T) {
 	ctx := context.Background()
-	var mu sync.Mutex
-	seq := 0
-	fetched := map[string]int{} // wrapped data key → when its fetch arrived
-	srv := clienttest.StartWith(t, clienttest.Options{Interceptor: func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-		if info.FullMethod != custosv1.CryptoService_GenerateDataKey_FullMethodName {
-			return h(ctx, req)
-		}
-		mu.Lock()
-		seq++
-		at := seq
-		mu.Unlock()
-		resp, err := h(ctx, req)
-		if r, ok := resp.(*custosv1.GenerateDataKeyResponse); ok {
-			mu.Lock()
-			fetched[string(r.GetWrapped())] = at
-			mu.Unlock()
-		}
-		return resp, err
-	}})
-	c := srv.Client(t)
-	if _, err := c.CreateTenant(ctx, "a"); err != nil {
-		t.Fatal(err)
-	}
-	name := client.KeyName("a", "k")
-	if _, err := c.CreateKey(ctx, client.TenantName("a"), "k", client.KeySpec{Purpose: client.PurposeEncrypt}); err != nil {
-		t.Fatal(err)
-	}
-	for i := range 300 {
-		env := c.Envelope(name, client.EnvelopeOptions{})
-		var purgedAt int
-		var wg sync.WaitGroup
-		wg.Go(func() {
-			if _, err := env.Encrypt(ctx, []byte("field"), nil); err != nil {
-				t.Error(err)
+	e := startEnvelopeEnv(t)
+	env := e.c.Envelope(e.name, client.EnvelopeOptions{Now: e.now})
+	purged := make(chan struct{})
+	var once sync.Once
+	restore := client.SetTestHookInstall(func() {
+		once.Do(func() {
+			go func() { env.Purge(); close(purged) }()
+			select { // long enough for a Purge the install does not hold back
+			case <-purged:
+			case <-time.After(100 * time.Millisecond):
 			}
 		})
-		wg.Go(func() {
-			time.Sleep(time.Duration(i%40) * 10 * time.Microsecond)
-			mu.Lock()
-			purgedAt = seq // every fetch that arrived by now began before the Purge
-			mu.Unlock()
-			env.Purge()
-		})
-		wg.Wait()
-		ct, err := env.Encrypt(ctx, []byte("field"), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p, err := envelope.Parse(ct)
-		if err != nil {
-			t.Fatal(err)
-		}
-		mu.Lock()
-		at := fetched[string(p.Wrapped)]
-		mu.Unlock()
-		if at <= purgedAt {
-			t.Fatalf("round %d: an encryption after Purge used a data key fetched before it (fetch %d; the Purge began after fetch %d)", i, at, purgedAt)
-		}
+	})
+	first, err := env.Encrypt(ctx, []byte("field"), nil)
+	restore()
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-purged
+	next, err := env.Encrypt(ctx, []byte("field"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := envelope.Parse(first)
+	b, _ := envelope.Parse(next)
+	if bytes.Equal(a.Wrapped, b.Wrapped) {
+		t.Fatal("an encryption after Purge used the data key fetched before it")
 	}
 }
