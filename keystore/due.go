@@ -201,7 +201,11 @@ func (s *Service) dueTenant(ctx context.Context, tenant string) error {
 		// The record changed under the shred (an undeletion, a root
 		// rewrap): if it is still to be shredded, its hint goes back so
 		// that the next pass does it, not the next full sweep.
-		if rec, _, err := s.readTenant(ctx, tenant); err == nil {
+		rec, _, err := s.readTenant(ctx, tenant)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return fmt.Errorf("scheduler: %w", err) // the pass writes the hint back
+		}
+		if err == nil {
 			s.noteTenantDue(ctx, tenant, rec)
 		}
 	}

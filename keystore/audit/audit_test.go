@@ -546,7 +546,7 @@ func TestRetentionNeverExcusesATamperedBody(t *testing.T) {
 			r.Value = forged
 			put(t, s, r)
 		},
-		"bodies deleted below one that does not decode": func(t *testing.T, s storage.Store) {
+		"bodies deleted below one replaced by bytes that do not decode": func(t *testing.T, s storage.Store) {
 			for i := range 5 {
 				del(t, s, fmt.Sprintf("audit/l/%016x", i))
 			}

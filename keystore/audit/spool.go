@@ -133,7 +133,7 @@ func openSpool(prefix string) (sp *spool, entries []spoolEntry, torn int64, corr
 				s.close()
 				return nil, nil, 0, 0, fmt.Errorf("audit: spool: cut torn tail: %w", err)
 			}
-			torn = cut
+			torn += cut
 		}
 		seg.size = good
 		entries = append(entries, es...)

@@ -140,12 +140,11 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 	if err != nil {
 		return nil, err
 	}
-	tombs = append(tombs, targetTombs...)
 	// newest is each tenant's newest tombstone (the latest incarnation
 	// shredded) from the backup, opts and the target: the one the target
 	// keeps, so that a restore never replaces a tombstone by an older one.
 	newest := map[string]keystore.Tombstone{}
-	for _, ts := range slices.Concat(targetTombs, tombs) { // the target's first: kept on a tie
+	for _, ts := range slices.Concat(targetTombs, tombs) { // the target's first: kept on a tie (tombs: the backup's and opts')
 		if cur, ok := newest[ts.Tenant]; !ok || ts.CreateTime.After(cur.CreateTime) {
 			newest[ts.Tenant] = ts
 		}

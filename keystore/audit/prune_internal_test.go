@@ -1,0 +1,45 @@
+package audit
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/custos-kms/custos/keystore/root/local"
+	"github.com/custos-kms/custos/keystore/storage/memory"
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
+)
+
+// A body that is what was integrated but does not decode (no server writes
+// one) goes with the old bodies: it has no time, and must not stop
+// retention for good.
+func TestRetentionDeletesAnIntegratedBodyThatDoesNotDecode(t *testing.T) {
+	ctx := context.Background()
+	r, err := local.Create(filepath.Join(t.TempDir(), "root.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := memory.New()
+	l, err := Open(ctx, Config{Store: store, Root: r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	ev, err := Marshal(&custosv1.AuditEvent{Time: timestamppb.New(old), RequestId: "r1", Operation: "encrypt", Code: "OK"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Put(ctx, queueKey("w", 1), encodeBatch([][]byte{{0xff, 0xff}, ev}), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	n, err := l.Prune(ctx, old.Add(time.Hour))
+	if n != 2 || err != nil {
+		t.Fatalf("Prune deleted %d bodies, error %v; want both", n, err)
+	}
+}
