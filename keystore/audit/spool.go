@@ -26,9 +26,10 @@ import (
 // the queue record's value. An entry is written and synced before the
 // events in it are acknowledged; a torn last entry (a crash in the middle
 // of writing it) was never acknowledged and is cut off when the spool is
-// opened. An entry that fails its CRC while intact entries follow it was
-// damaged on disk: it is skipped (its events are lost, and logged as
-// such), and the entries after it are kept.
+// opened. An entry whose payload fails its CRC while intact entries
+// follow it was damaged on disk: it is skipped (its events are lost, and
+// logged as such), and the entries after it are kept. A damaged length
+// cannot be told from a torn write, and the rest of its segment is cut.
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
