@@ -64,6 +64,11 @@ func (c *lru[K, V]) get(k K) (v V, fresh, ok bool) {
 func (c *lru[K, V]) put(k K, v V) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.putLocked(k, v)
+}
+
+// putLocked is put with c.mu held.
+func (c *lru[K, V]) putLocked(k K, v V) {
 	now := c.now()
 	fresh, stale := now.Add(c.ttl), now.Add(c.ttl+c.grace)
 	if el, ok := c.items[k]; ok {
@@ -82,15 +87,22 @@ func (c *lru[K, V]) put(k K, v V) {
 }
 
 // upsert stores v under k as fresh unless an entry is there that keep says
-// must stay (for example, a newer version than v).
-func (c *lru[K, V]) upsert(k K, v V, keep func(old V) bool) {
+// must stay (for example, a newer version than v). The check and the write
+// are one step: no other upsert comes between them.
+func (c *lru[K, V]) upsert(k K, v V, keep func(old V) bool) { c.upsertIf(k, v, keep, nil) }
+
+// upsertIf is upsert, done only if still (when not nil) holds, checked in
+// the same step as keep.
+func (c *lru[K, V]) upsertIf(k K, v V, keep func(old V) bool, still func() bool) {
 	c.mu.Lock()
-	if el, ok := c.items[k]; ok && keep(el.Value.(*lruEntry[K, V]).value) {
-		c.mu.Unlock()
+	defer c.mu.Unlock()
+	if still != nil && !still() {
 		return
 	}
-	c.mu.Unlock()
-	c.put(k, v)
+	if el, ok := c.items[k]; ok && keep(el.Value.(*lruEntry[K, V]).value) {
+		return
+	}
+	c.putLocked(k, v)
 }
 
 // swap replaces the value under k by f's result, keeping the entry's

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -156,8 +157,10 @@ func (m *materials) shared(ctx context.Context, key string, fn func(context.Cont
 // loadKey loads a key from storage into the cache; concurrent loads of one
 // key share one storage read and one unwrap.
 func (m *materials) loadKey(ctx context.Context, ref KeyRef) (*keyEntry, error) {
-	v, err := m.shared(ctx, "key\x00"+ref.String(), func(ctx context.Context) (any, error) {
-		gen := m.gen.Load()
+	// One load per generation: a caller after an invalidation (a tenant
+	// deleted, say) never joins a load that read the tenant before it.
+	gen := m.gen.Load()
+	v, err := m.shared(ctx, "key\x00"+ref.String()+"\x00"+strconv.FormatUint(gen, 10), func(ctx context.Context) (any, error) {
 		kek, tver, err := m.activeTenant(ctx, ref.Tenant)
 		if err != nil {
 			return nil, err
@@ -220,13 +223,13 @@ func (m *materials) countsWritten(ref KeyRef, old, nver uint64) {
 
 // put caches e unless a tenant invalidation happened since gen was read:
 // then what the caller read may already be stale, and the next call reloads.
+// The check is made under the cache's lock, in the step that writes: an
+// invalidation bumps gen before it takes that lock to drop entries, so it
+// either stops this put or drops what it wrote.
 func (m *materials) put(gen uint64, e *keyEntry) {
-	if m.gen.Load() != gen {
-		return
-	}
 	// Never replace an entry (or tombstone) from a newer record: a load that
 	// read before a change must not undo it.
-	m.keys.upsert(e.ref, e, func(old *keyEntry) bool { return old.ver > e.ver })
+	m.keys.upsertIf(e.ref, e, func(old *keyEntry) bool { return old.ver > e.ver }, func() bool { return m.gen.Load() == gen })
 }
 
 // invalidateTenant drops a tenant's cached KEK and keys, and makes loads

@@ -358,3 +358,32 @@ func within[T any](t *testing.T, ch <-chan T, what string) T {
 	var zero T
 	return zero
 }
+
+// A call that starts after its tenant was deleted does not join a load of
+// the key that read the tenant before the deletion.
+func TestACallAfterADeletionDoesNotJoinALoadFromBeforeIt(t *testing.T) {
+	ctx := context.Background()
+	a, hs, open := newReviewSvc(t)
+	ref, _ := setupRotated(t, a)
+	b := open() // cold caches
+	paused, release := hs.arm(keyStorageKey(ref), false)
+	first := make(chan error, 1)
+	go func() { _, _, err := b.Encrypt(ctx, ref, []byte("x"), nil); first <- err }()
+	within(t, paused, "the load to pause, the tenant read")
+	if _, err := b.DeleteTenant(ctx, "t", 0); err != nil {
+		t.Fatal(err)
+	}
+	second := make(chan error, 1)
+	go func() { _, _, err := b.Encrypt(ctx, ref, []byte("x"), nil); second <- err }()
+	time.Sleep(50 * time.Millisecond) // time to join the paused load, if it could
+	close(release)
+	within(t, first, "the call from before the deletion to return")
+	select {
+	case err := <-second:
+		if !errors.Is(err, ErrTenantDeleted) {
+			t.Fatalf("a call after the deletion: %v, want ErrTenantDeleted", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the call after the deletion did not return")
+	}
+}
