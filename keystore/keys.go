@@ -30,7 +30,7 @@ func (s *Service) CreateKey(ctx context.Context, ref KeyRef, spec KeySpec) (Key,
 		if spec.PasswordPolicy != nil {
 			pp = *spec.PasswordPolicy
 		}
-		pp, err := normalizePasswordPolicy(pp)
+		pp, err := s.checkPasswordPolicy(pp)
 		if err != nil {
 			return Key{}, err
 		}

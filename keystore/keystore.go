@@ -65,6 +65,10 @@ type Config struct {
 	// scheduler rotates an ENCRYPT key's primary version automatically.
 	// Default DefaultUsageRotateThreshold (below 2^30; see docs/lifecycle.md).
 	UsageRotateThreshold uint64
+	// PasswordLimits caps the cost a PASSWORD key's policy may ask for,
+	// for every tenant: the hashing pool is shared. Zero fields take
+	// DefaultPasswordLimits' (docs/passwords.md).
+	PasswordLimits PasswordLimits
 	// Logger receives internal failures (never key material). Default slog.Default().
 	Logger *slog.Logger
 }
@@ -80,6 +84,8 @@ type Service struct {
 
 	m    *materials      // unwrapped material: cache, loads, cross-replica coherence
 	life *lifecycleState // version usage counters
+
+	pwLimits PasswordLimits // the deployment's caps on password policies
 
 	// Actions of the scheduler in this process (SchedulerStats).
 	autoRotations, autoDestructions, autoShreds atomic.Uint64
@@ -119,7 +125,12 @@ func New(cfg Config) (*Service, error) {
 		cfg.Logger = slog.Default()
 	}
 	recs := records{store: cfg.Storage}
+	pwLimits, err := cfg.PasswordLimits.WithDefaults()
+	if err != nil {
+		return nil, err
+	}
 	return &Service{
+		pwLimits: pwLimits,
 		records: recs,
 		root:    cfg.Root,
 		now:     cfg.Now,

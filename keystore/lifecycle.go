@@ -56,7 +56,7 @@ func (s *Service) UpdateKey(ctx context.Context, ref KeyRef, u KeyUpdate) (Key, 
 	}
 	var policy *PasswordPolicy
 	if u.PasswordPolicy != nil {
-		pp, err := normalizePasswordPolicy(*u.PasswordPolicy)
+		pp, err := s.checkPasswordPolicy(*u.PasswordPolicy)
 		if err != nil {
 			return Key{}, err
 		}

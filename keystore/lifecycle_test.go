@@ -423,6 +423,10 @@ func TestUpdateKeyValidatesEachField(t *testing.T) {
 		{"a negative rotation period", enc, keystore.KeyUpdate{RotationPeriod: dur(-time.Hour)}, "rotation_period"},
 		{"a password policy on an ENCRYPT key", enc, keystore.KeyUpdate{PasswordPolicy: &keystore.PasswordPolicy{}}, "password_policy"},
 		{"a bcrypt cost below the floor", pw, keystore.KeyUpdate{PasswordPolicy: &keystore.PasswordPolicy{BcryptCost: 4}}, "bcrypt_cost"},
+		{"a bcrypt cost above the deployment's limit", pw, keystore.KeyUpdate{PasswordPolicy: &keystore.PasswordPolicy{BcryptCost: 31}}, "passwords.max_bcrypt_cost"},
+		{"argon2id memory above the deployment's limit", pw, keystore.KeyUpdate{PasswordPolicy: &keystore.PasswordPolicy{Algorithm: keystore.PasswordArgon2id, Argon2MemoryKiB: 4 << 20}}, "passwords.max_argon2_memory_kib"},
+		{"argon2id passes above the deployment's limit", pw, keystore.KeyUpdate{PasswordPolicy: &keystore.PasswordPolicy{Algorithm: keystore.PasswordArgon2id, Argon2Iterations: 64}}, "passwords.max_argon2_iterations"},
+		{"argon2id lanes above the deployment's limit", pw, keystore.KeyUpdate{PasswordPolicy: &keystore.PasswordPolicy{Algorithm: keystore.PasswordArgon2id, Argon2Parallelism: 64}}, "passwords.max_argon2_parallelism"},
 	}
 	for _, c := range bad {
 		t.Run("refuses "+c.name, func(t *testing.T) {
@@ -542,4 +546,30 @@ func (s *notifyingStore) watchers() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.subs)
+}
+
+// The hashing pool is shared by every tenant: no tenant's policy may ask
+// for more than the deployment allows, at creation, on update, or (a key
+// set before the limits were lowered) when it hashes.
+func TestPasswordPoliciesStayWithinTheDeploymentsLimits(t *testing.T) {
+	ctx := context.Background()
+	f := newLCFixture(t, func(c *keystore.Config) { c.PasswordLimits = keystore.PasswordLimits{BcryptCost: 20} })
+	high := keystore.KeySpec{Purpose: keystore.PurposePassword, PasswordPolicy: &keystore.PasswordPolicy{BcryptCost: 18}}
+	ref := f.newKey("acme", "pw", high) // allowed under a limit of 20
+	if _, err := f.ks.CreateKey(ctx, keystore.KeyRef{Tenant: "acme", Key: "pw2"}, keystore.KeySpec{Purpose: keystore.PurposePassword, PasswordPolicy: &keystore.PasswordPolicy{BcryptCost: 21}}); !errors.Is(err, keystore.ErrInvalidArgument) || !strings.Contains(err.Error(), "passwords.max_bcrypt_cost") {
+		t.Fatalf("a key created above the limit: %v, want ErrInvalidArgument naming the limit", err)
+	}
+	// The limit lowered to the default (16): the key hashes no more.
+	f.cfg.PasswordLimits = keystore.PasswordLimits{}
+	low := f.replica()
+	pep, err := low.Pepper(ctx, ref, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pep.Policy(); !errors.Is(err, keystore.ErrWrongState) || !strings.Contains(err.Error(), "passwords.max_bcrypt_cost") {
+		t.Fatalf("the policy of a key above the lowered limit: %v, want ErrWrongState naming the limit", err)
+	}
+	if _, err := keystore.New(keystore.Config{Storage: f.store, Root: f.root, PasswordLimits: keystore.PasswordLimits{BcryptCost: 32}}); err == nil {
+		t.Fatal("a limit above bcrypt's own maximum was taken")
+	}
 }

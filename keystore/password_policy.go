@@ -42,6 +42,79 @@ const (
 	DefaultLockoutDuration   = 15 * time.Minute
 )
 
+// PasswordLimits caps the policies of every PASSWORD key of a deployment.
+// The hashing pool is shared by all tenants: one tenant's policy at the
+// absolute maxima (bcrypt cost 31: days per hash; argon2id 4 GiB per hash)
+// would take it for everyone, or exhaust the server's memory.
+type PasswordLimits struct {
+	BcryptCost        int
+	Argon2MemoryKiB   uint32
+	Argon2Iterations  uint32
+	Argon2Parallelism uint32
+}
+
+// DefaultPasswordLimits: bcrypt cost 16 (about 16 times the default's
+// time), argon2id 256 MiB, 16 passes, 4 lanes: well above OWASP's and RFC
+// 9106's second recommendations, far below the formats' maxima.
+var DefaultPasswordLimits = PasswordLimits{BcryptCost: 16, Argon2MemoryKiB: 256 << 10, Argon2Iterations: 16, Argon2Parallelism: 4}
+
+// WithDefaults fills zero fields from DefaultPasswordLimits and checks the
+// rest against the formats' bounds.
+func (l PasswordLimits) WithDefaults() (PasswordLimits, error) {
+	d := DefaultPasswordLimits
+	if l.BcryptCost == 0 {
+		l.BcryptCost = d.BcryptCost
+	}
+	if l.Argon2MemoryKiB == 0 {
+		l.Argon2MemoryKiB = d.Argon2MemoryKiB
+	}
+	if l.Argon2Iterations == 0 {
+		l.Argon2Iterations = d.Argon2Iterations
+	}
+	if l.Argon2Parallelism == 0 {
+		l.Argon2Parallelism = d.Argon2Parallelism
+	}
+	switch {
+	case l.BcryptCost < MinBcryptCost || l.BcryptCost > MaxBcryptCost:
+		return l, fmt.Errorf("keystore: password limit bcrypt cost %d is not %d to %d", l.BcryptCost, MinBcryptCost, MaxBcryptCost)
+	case l.Argon2MemoryKiB < MinArgon2MemoryKiB || l.Argon2MemoryKiB > MaxArgon2MemoryKiB:
+		return l, fmt.Errorf("keystore: password limit argon2 memory %d KiB is not %d to %d", l.Argon2MemoryKiB, MinArgon2MemoryKiB, MaxArgon2MemoryKiB)
+	case l.Argon2Iterations > MaxArgon2Iterations:
+		return l, fmt.Errorf("keystore: password limit argon2 iterations %d is above %d", l.Argon2Iterations, MaxArgon2Iterations)
+	case l.Argon2Parallelism > MaxArgon2Parallelism:
+		return l, fmt.Errorf("keystore: password limit argon2 parallelism %d is above %d", l.Argon2Parallelism, MaxArgon2Parallelism)
+	}
+	return l, nil
+}
+
+// exceeded names what of p (normalized) is above l, or is "".
+func (l PasswordLimits) exceeded(p PasswordPolicy) string {
+	switch {
+	case p.Algorithm == PasswordBcrypt && p.BcryptCost > l.BcryptCost:
+		return fmt.Sprintf("bcrypt_cost %d is above this deployment's limit of %d (passwords.max_bcrypt_cost)", p.BcryptCost, l.BcryptCost)
+	case p.Algorithm == PasswordArgon2id && p.Argon2MemoryKiB > l.Argon2MemoryKiB:
+		return fmt.Sprintf("argon2_memory_kib %d is above this deployment's limit of %d (passwords.max_argon2_memory_kib)", p.Argon2MemoryKiB, l.Argon2MemoryKiB)
+	case p.Algorithm == PasswordArgon2id && p.Argon2Iterations > l.Argon2Iterations:
+		return fmt.Sprintf("argon2_iterations %d is above this deployment's limit of %d (passwords.max_argon2_iterations)", p.Argon2Iterations, l.Argon2Iterations)
+	case p.Algorithm == PasswordArgon2id && p.Argon2Parallelism > l.Argon2Parallelism:
+		return fmt.Sprintf("argon2_parallelism %d is above this deployment's limit of %d (passwords.max_argon2_parallelism)", p.Argon2Parallelism, l.Argon2Parallelism)
+	}
+	return ""
+}
+
+// checkPasswordPolicy normalizes a policy a caller sets and refuses one
+// above the deployment's limits.
+func (s *Service) checkPasswordPolicy(p PasswordPolicy) (PasswordPolicy, error) {
+	p, err := normalizePasswordPolicy(p)
+	if err != nil {
+		return PasswordPolicy{}, err
+	}
+	if why := s.pwLimits.exceeded(p); why != "" {
+		return PasswordPolicy{}, fmt.Errorf("%w: key.password_policy.%s", ErrInvalidArgument, why)
+	}
+	return p, nil
+}
+
 // PasswordPolicy is how a PASSWORD key hashes, and its optional brute-force
 // lockout. Zero fields take the defaults above.
 type PasswordPolicy struct {

@@ -19,8 +19,9 @@ const lockoutSubjectLabel = "custos:lockout:"
 // (keystore/password) uses it: it computes peppers and subject ids under
 // the key and never hands out the key itself.
 type Pepper struct {
-	e *keyEntry
-	v uint32
+	e      *keyEntry
+	v      uint32
+	limits PasswordLimits
 }
 
 // Pepper returns version v of a PASSWORD key, or its primary version when v
@@ -38,12 +39,12 @@ func (s *Service) Pepper(ctx context.Context, ref KeyRef, v uint32) (*Pepper, er
 		return nil, wrongPurpose("password hashing", e, PurposePassword)
 	}
 	if v == 0 {
-		return &Pepper{e: e, v: e.rec.Primary}, nil
+		return &Pepper{e: e, v: e.rec.Primary, limits: s.pwLimits}, nil
 	}
 	if e, err = s.entryForVersion(ctx, e, v); err != nil {
 		return nil, err
 	}
-	return &Pepper{e: e, v: v}, nil
+	return &Pepper{e: e, v: v, limits: s.pwLimits}, nil
 }
 
 // Key names the key.
@@ -57,7 +58,9 @@ func (p *Pepper) Version() uint32 { return p.v }
 func (p *Pepper) Primary() uint32 { return p.e.rec.Primary }
 
 // Policy is the key's password policy with the defaults filled in; a stored
-// policy out of bounds is ErrIntegrity.
+// policy out of bounds is ErrIntegrity, and one above the deployment's
+// limits (set before they were lowered) ErrWrongState: no hash is
+// computed at a cost the deployment does not allow.
 func (p *Pepper) Policy() (PasswordPolicy, error) {
 	var pol PasswordPolicy
 	if p.e.rec.PasswordPolicy != nil {
@@ -66,6 +69,9 @@ func (p *Pepper) Policy() (PasswordPolicy, error) {
 	pol, err := normalizePasswordPolicy(pol)
 	if err != nil {
 		return PasswordPolicy{}, fmt.Errorf("%w: stored password policy of %s: %v", ErrIntegrity, p.e.ref, err)
+	}
+	if why := p.limits.exceeded(pol); why != "" {
+		return PasswordPolicy{}, fmt.Errorf("%w: the password policy of %s: %s; lower it (UpdateKey) or raise the limit", ErrWrongState, p.e.ref, why)
 	}
 	return pol, nil
 }

@@ -290,7 +290,7 @@ func TestFaultKill9UnderRotationsAndEncryptionsPostgreSQL(t *testing.T) {
 // before it is intact after a restart.
 func TestFaultSIGTERMUnderLoadExitsWithinShutdownTimeout(t *testing.T) {
 	const timeout = 1500 * time.Millisecond
-	dir, path := newFaultConfig(t, "", fmt.Sprintf("shutdown_timeout: %s\n", timeout))
+	dir, path := newFaultConfig(t, "", fmt.Sprintf("shutdown_timeout: %s\npasswords:\n  max_bcrypt_cost: 17\n", timeout))
 	srv := startFaultServer(t, dir, path)
 	keys := setupKeys(t, dir, srv.addr, "a", "b")
 	conn := devConn(t, dir, srv.addr)

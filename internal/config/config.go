@@ -142,6 +142,18 @@ type Passwords struct {
 	// the OS gives encryption the CPU first. Default 10; negative: hash at
 	// normal priority on the callers' goroutines.
 	HashNice int `yaml:"hash_nice"`
+	// MaxBcryptCost and the argon2id maxima cap every PASSWORD key's
+	// policy (the pool is shared by all tenants); zero: the keystore's
+	// defaults (bcrypt 16, 256 MiB, 16 passes, 4 lanes).
+	MaxBcryptCost        int    `yaml:"max_bcrypt_cost"`
+	MaxArgon2MemoryKiB   uint32 `yaml:"max_argon2_memory_kib"`
+	MaxArgon2Iterations  uint32 `yaml:"max_argon2_iterations"`
+	MaxArgon2Parallelism uint32 `yaml:"max_argon2_parallelism"`
+}
+
+// Limits are the password policy caps as the keystore takes them.
+func (p Passwords) Limits() keystore.PasswordLimits {
+	return keystore.PasswordLimits{BcryptCost: p.MaxBcryptCost, Argon2MemoryKiB: p.MaxArgon2MemoryKiB, Argon2Iterations: p.MaxArgon2Iterations, Argon2Parallelism: p.MaxArgon2Parallelism}
 }
 
 // Ops configures the operations listener.
@@ -427,6 +439,11 @@ func (c *Config) validate() error {
 	}
 	if c.Passwords.HashNice > 19 {
 		errs = append(errs, fmt.Errorf("passwords.hash_nice %d is above 19", c.Passwords.HashNice))
+	}
+	if c.Passwords.MaxBcryptCost < 0 {
+		errs = append(errs, fmt.Errorf("passwords.max_bcrypt_cost %d must not be negative", c.Passwords.MaxBcryptCost))
+	} else if _, err := c.Passwords.Limits().WithDefaults(); err != nil {
+		errs = append(errs, fmt.Errorf("passwords: %w", err))
 	}
 	if c.Scheduler.UsageRotateThreshold > keystore.MaxUsageRotateThreshold {
 		errs = append(errs, fmt.Errorf("scheduler.usage_rotate_threshold %d is above %d: AES-GCM with random nonces must rotate before 2^30 encryptions", c.Scheduler.UsageRotateThreshold, uint64(keystore.MaxUsageRotateThreshold)))

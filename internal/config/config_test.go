@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/custos-kms/custos/internal/config"
+	"github.com/custos-kms/custos/keystore"
 )
 
 const valid = `
@@ -57,7 +58,7 @@ func TestParseRejects(t *testing.T) {
 func TestEveryKeystoreKnobIsReachable(t *testing.T) {
 	c, err := config.Parse([]byte(valid+`
 scheduler: {interval: 1m, lease_ttl: 5m, flush_interval: 3s, usage_rotate_threshold: 1000, disabled: true}
-passwords: {hash_workers: 3, hash_queue: -1}
+passwords: {hash_workers: 3, hash_queue: -1, max_bcrypt_cost: 14, max_argon2_memory_kib: 65536, max_argon2_iterations: 4, max_argon2_parallelism: 2}
 `), "/x")
 	if err != nil {
 		t.Fatal(err)
@@ -66,7 +67,7 @@ passwords: {hash_workers: 3, hash_queue: -1}
 	if s.Interval != time.Minute || s.LeaseTTL != 5*time.Minute || s.FlushInterval != 3*time.Second || s.UsageRotateThreshold != 1000 || !s.Disabled {
 		t.Errorf("scheduler = %+v", s)
 	}
-	if p.HashWorkers != 3 || p.HashQueue != -1 {
+	if p.HashWorkers != 3 || p.HashQueue != -1 || p.Limits() != (keystore.PasswordLimits{BcryptCost: 14, Argon2MemoryKiB: 65536, Argon2Iterations: 4, Argon2Parallelism: 2}) {
 		t.Errorf("passwords = %+v", p)
 	}
 	c, err = config.Parse([]byte(strings.Replace(valid, "cache: {size: 10, ttl: 1m}", "cache: {unavailable_grace: -1s}", 1)), "/x")
@@ -92,6 +93,8 @@ func TestSchedulerSettingsAreCheckedAgainstTheEffectiveDefaults(t *testing.T) {
 		"a lease shorter than the default interval": {"scheduler: {lease_ttl: 20s}\n", "lease_ttl"},
 		"a usage threshold past 2^30":               {"scheduler: {usage_rotate_threshold: 2000000000}\n", "usage_rotate_threshold"},
 		"a negative GC target":                      {"gc_percent: -5\n", "gc_percent"},
+		"a bcrypt limit past bcrypt's maximum":      {"passwords: {max_bcrypt_cost: 40}\n", "bcrypt cost"},
+		"an argon2id memory limit past 4 GiB":       {"passwords: {max_argon2_memory_kib: 5000000}\n", "argon2 memory"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := config.Parse([]byte(valid+tt.yaml), "/x")

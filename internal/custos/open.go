@@ -133,6 +133,7 @@ func KeystoreConfig(cfg *config.Config, store storage.Store, rt root.Root, logge
 		CacheTTL:             cfg.Cache.TTL,
 		UnavailableGrace:     cfg.Cache.UnavailableGrace,
 		UsageRotateThreshold: cfg.Scheduler.UsageRotateThreshold,
+		PasswordLimits:       cfg.Passwords.Limits(),
 		Logger:               logger,
 	}
 }
