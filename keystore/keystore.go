@@ -131,11 +131,11 @@ func New(cfg Config) (*Service, error) {
 	}
 	return &Service{
 		pwLimits: pwLimits,
-		records: recs,
-		root:    cfg.Root,
-		now:     cfg.Now,
-		rand:    cfg.Rand,
-		logger:  cfg.Logger,
+		records:  recs,
+		root:     cfg.Root,
+		now:      cfg.Now,
+		rand:     cfg.Rand,
+		logger:   cfg.Logger,
 		m: &materials{
 			records: recs,
 			root:    cfg.Root,
