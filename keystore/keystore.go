@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -86,6 +87,9 @@ type Service struct {
 	life *lifecycleState // version usage counters
 
 	pwLimits PasswordLimits // the deployment's caps on password policies
+
+	pageToken   atomic.Pointer[tink.AEAD] // seals ListTenants' page tokens (pagetoken.go)
+	pageTokenMu sync.Mutex                // one unwrap or creation of it at a time
 
 	// Actions of the scheduler in this process (SchedulerStats).
 	autoRotations, autoDestructions, autoShreds atomic.Uint64

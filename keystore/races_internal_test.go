@@ -387,3 +387,42 @@ func TestACallAfterADeletionDoesNotJoinALoadFromBeforeIt(t *testing.T) {
 		t.Fatal("the call after the deletion did not return")
 	}
 }
+
+// Sealed page tokens open on every replica; a token not sealed by the
+// deployment is refused; a page-token key the root no longer opens is
+// replaced, costing only the tokens out at the time.
+func TestPageTokensAreSealedForTheWholeDeployment(t *testing.T) {
+	ctx := context.Background()
+	a, hs, open := newReviewSvc(t)
+	b := open()
+	tok, err := a.SealPageToken(ctx, encodePageToken("tenant-9"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := b.OpenPageToken(ctx, tok); err != nil || got != encodePageToken("tenant-9") {
+		t.Fatalf("another replica opened %q, %v", got, err)
+	}
+	for _, bad := range []string{encodePageToken("tenant-9"), "!!", tok[:len(tok)-2]} {
+		if _, err := b.OpenPageToken(ctx, bad); !errors.Is(err, ErrInvalidArgument) {
+			t.Fatalf("token %q: %v, want ErrInvalidArgument", bad, err)
+		}
+	}
+	rec, err := hs.Store.Get(ctx, pageTokenKeyKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hs.Store.Put(ctx, pageTokenKeyKey, []byte("wrapped under a root version destroyed since"), rec.Version); err != nil {
+		t.Fatal(err)
+	}
+	c := open()
+	fresh, err := c.SealPageToken(ctx, encodePageToken("tenant-9"))
+	if err != nil {
+		t.Fatalf("a page-token key the root does not open was not replaced: %v", err)
+	}
+	if _, err := c.OpenPageToken(ctx, tok); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("a token under the replaced key: %v, want ErrInvalidArgument", err)
+	}
+	if got, err := c.OpenPageToken(ctx, fresh); err != nil || got != encodePageToken("tenant-9") {
+		t.Fatalf("a token under the new key: %q, %v", got, err)
+	}
+}

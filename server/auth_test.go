@@ -1,15 +1,20 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/base64"
+	"fmt"
 	"net"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 
 	"github.com/custos-kms/custos/internal/pki"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
@@ -213,4 +218,47 @@ func TestListTenantsShowsOnlyTenantsTheCallerMaySee(t *testing.T) {
 		_, err := ts.clients(t, idDecryptOnly).keys.ListTenants(ctx, &custosv1.ListTenantsRequest{})
 		wantCode(t, err, codes.PermissionDenied)
 	})
+}
+
+// ListTenants' page tokens reveal nothing of the tenants a caller may not
+// see, however many it skips, and a token not made by the server is
+// refused.
+func TestListTenantsTokensRevealNoHiddenTenant(t *testing.T) {
+	t.Parallel()
+	ts := start(t, newFiles(t), options{})
+	hidden := []string{}
+	for i := range 25 { // more than a call scans, one at a time
+		hidden = append(hidden, fmt.Sprintf("hid%02d", i))
+	}
+	setup(t, ts, append([]string{"a"}, hidden...)...)
+	ctx := testContext(t)
+	c := ts.clients(t, idOnlyA)
+	var names []string
+	token := ""
+	for range 30 {
+		resp, err := c.keys.ListTenants(ctx, &custosv1.ListTenantsRequest{PageSize: 1, PageToken: token})
+		if err != nil {
+			t.Fatalf("ListTenants: %v", err)
+		}
+		for _, tn := range resp.GetTenants() {
+			names = append(names, tn.GetName())
+		}
+		token = resp.GetNextPageToken()
+		raw, _ := base64.RawURLEncoding.DecodeString(token)
+		for _, h := range hidden {
+			if strings.Contains(token, h) || bytes.Contains(raw, []byte(h)) {
+				t.Fatalf("a page token names hidden tenant %s: %q", h, raw)
+			}
+		}
+		if token == "" {
+			break
+		}
+	}
+	if !slices.Equal(names, []string{"tenants/a"}) {
+		t.Fatalf("ListTenants = %q, want only tenants/a", names)
+	}
+	forged := base64.RawURLEncoding.EncodeToString([]byte("p1:hid05"))
+	if _, err := c.keys.ListTenants(ctx, &custosv1.ListTenantsRequest{PageSize: 1, PageToken: forged}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("a token the server did not make: %v, want INVALID_ARGUMENT", err)
+	}
 }

@@ -52,7 +52,12 @@ func (s keyService) ListTenants(ctx context.Context, req *custosv1.ListTenantsRe
 		size = keystore.DefaultPageSize
 	}
 	resp := &custosv1.ListTenantsResponse{}
-	token := req.GetPageToken()
+	// The token names the last tenant scanned, which the caller may not
+	// see: it goes out sealed.
+	token, err := s.ks.OpenPageToken(ctx, req.GetPageToken())
+	if err != nil {
+		return nil, s.toError(ctx, err)
+	}
 	for range maxListScans {
 		page, next, err := s.ks.ListTenants(ctx, size-len(resp.Tenants), token)
 		if err != nil {
@@ -68,7 +73,9 @@ func (s keyService) ListTenants(ctx context.Context, req *custosv1.ListTenantsRe
 			break
 		}
 	}
-	resp.NextPageToken = token
+	if resp.NextPageToken, err = s.ks.SealPageToken(ctx, token); err != nil {
+		return nil, s.toError(ctx, err)
+	}
 	return resp, nil
 }
 

@@ -1,0 +1,126 @@
+package keystore
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/tink-crypto/tink-go/v2/tink"
+
+	"github.com/custos-kms/custos/keystore/root"
+	"github.com/custos-kms/custos/keystore/storage"
+)
+
+// A page token of ListTenants holds the last tenant the server scanned,
+// which may be one the caller may not see: the server seals it before it
+// leaves (SealPageToken) and opens it when it comes back (OpenPageToken),
+// under a deployment-wide key stored wrapped by the root like a tenant KEK.
+// A caller learns nothing from a sealed token, nor can it make one.
+
+// pageTokenKeyKey is where the wrapped page-token key is stored.
+const pageTokenKeyKey = "meta/page-token-key"
+
+// Associated data: of the key's wrapping under the root, and of a token.
+const (
+	pageTokenKeyAAD = "custos:page-token-key"
+	pageTokenAAD    = "custos:page-token"
+)
+
+// maxSealedToken bounds a sealed token a caller sends back.
+const maxSealedToken = 1024
+
+// SealPageToken seals a page token (empty stays empty).
+func (s *Service) SealPageToken(ctx context.Context, tok string) (string, error) {
+	if tok == "" {
+		return "", nil
+	}
+	a, err := s.pageTokenAEAD(ctx)
+	if err != nil {
+		return "", err
+	}
+	ct, err := a.Encrypt([]byte(tok), []byte(pageTokenAAD))
+	if err != nil {
+		return "", fmt.Errorf("seal page token: %w", err)
+	}
+	return base64.RawURLEncoding.EncodeToString(ct), nil
+}
+
+// OpenPageToken opens a token SealPageToken made (empty stays empty);
+// anything else is ErrInvalidArgument.
+func (s *Service) OpenPageToken(ctx context.Context, tok string) (string, error) {
+	if tok == "" {
+		return "", nil
+	}
+	malformed := fmt.Errorf("%w: page_token is malformed", ErrInvalidArgument)
+	if len(tok) > maxSealedToken {
+		return "", malformed
+	}
+	ct, err := base64.RawURLEncoding.DecodeString(tok)
+	if err != nil {
+		return "", malformed
+	}
+	a, err := s.pageTokenAEAD(ctx)
+	if err != nil {
+		return "", err
+	}
+	pt, err := a.Decrypt(ct, []byte(pageTokenAAD))
+	if err != nil {
+		return "", malformed
+	}
+	return string(pt), nil
+}
+
+// pageTokenAEAD returns the page-token key, unwrapping it on first use, or
+// making it if the deployment has none yet (or one the root no longer
+// opens: tokens live minutes, so a new key costs only the tokens out now).
+func (s *Service) pageTokenAEAD(ctx context.Context) (tink.AEAD, error) {
+	if a := s.pageToken.Load(); a != nil {
+		return *a, nil
+	}
+	s.pageTokenMu.Lock()
+	defer s.pageTokenMu.Unlock()
+	if a := s.pageToken.Load(); a != nil {
+		return *a, nil
+	}
+	for range 3 {
+		rec, err := s.store.Get(ctx, pageTokenKeyKey)
+		switch {
+		case errors.Is(err, storage.ErrNotFound):
+			rec = storage.Record{}
+		case err != nil:
+			return nil, storageErr("page-token key", err)
+		}
+		if rec.Version > 0 {
+			raw, err := s.root.Unwrap(ctx, rec.Value, []byte(pageTokenKeyAAD))
+			if err == nil {
+				a, err := newKEKAEAD(raw)
+				clear(raw)
+				if err != nil {
+					return nil, err
+				}
+				s.pageToken.Store(&a)
+				return a, nil
+			}
+			if !errors.Is(err, root.ErrNotAuthentic) {
+				return nil, rootErr("unwrap the page-token key", err)
+			}
+		}
+		raw := make([]byte, kekSize)
+		if _, err := io.ReadFull(s.rand, raw); err != nil {
+			return nil, fmt.Errorf("page-token key: %w", err)
+		}
+		wrapped, err := s.root.Wrap(ctx, raw, []byte(pageTokenKeyAAD))
+		clear(raw)
+		if err != nil {
+			return nil, rootErr("wrap the page-token key", err)
+		}
+		// Another replica may make one at the same time: whichever is
+		// stored first is the one, and the loop unwraps it.
+		if _, err := s.store.Put(ctx, pageTokenKeyKey, wrapped, rec.Version); err != nil && !errors.Is(err, storage.ErrConflict) {
+			return nil, storageErr("page-token key", err)
+		}
+	}
+	return nil, fmt.Errorf("%w: the page-token key kept changing", ErrAborted)
+}
