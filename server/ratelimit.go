@@ -1,6 +1,8 @@
 package server
 
 import (
+	"cmp"
+	"slices"
 	"sync"
 	"time"
 
@@ -135,23 +137,27 @@ func (l *limiter) sync(p *policy.Policy) {
 
 // makeRoom brings the buckets down to 90% of the cap, so that the scan it
 // takes runs at most once per tenth of the cap of new buckets. It drops the
-// buckets that are full again first (a new one would be the same), then, if
-// that is not enough (someone naming ever new tenants under a per-tenant
-// limit), arbitrary ones: a dropped bucket comes back full, which errs
-// toward letting calls through, never toward refusing them.
+// fullest buckets first: a full one is as good as a new one, and a nearly
+// full one loses almost nothing. The drained buckets of callers being held
+// back go last, so that naming ever new tenants under a per-tenant limit
+// (each a bucket one call below full) cannot reset them.
 func (l *limiter) makeRoom() {
 	target := l.maxBuckets * 9 / 10
 	now := l.now()
-	for k, b := range l.buckets {
-		if b.lim.TokensAt(now) >= float64(b.limit.Burst) {
-			delete(l.buckets, k)
-		}
+	type fill struct {
+		k    bucketKey
+		fill float64
 	}
-	for k := range l.buckets {
-		if len(l.buckets) <= target {
+	all := make([]fill, 0, len(l.buckets))
+	for k, b := range l.buckets {
+		all = append(all, fill{k, b.lim.TokensAt(now) / float64(max(b.limit.Burst, 1))})
+	}
+	slices.SortFunc(all, func(a, b fill) int { return cmp.Compare(b.fill, a.fill) })
+	for _, f := range all {
+		if len(l.buckets) <= target && f.fill < 1 {
 			break
 		}
-		delete(l.buckets, k)
+		delete(l.buckets, f.k)
 	}
 }
 

@@ -92,3 +92,28 @@ func TestBucketsStayBoundedWhateverTheTenantsNamed(t *testing.T) {
 		t.Fatalf("%d buckets for a cap of %d", n, l.maxBuckets)
 	}
 }
+
+// Naming ever new tenants under a per-tenant limit fills the bucket table
+// with buckets one call below full; making room drops those first, never
+// a drained bucket of a caller being held back.
+func TestMakingRoomNeverResetsADrainedBucket(t *testing.T) {
+	p := mustPolicy(t, "rules:\n  - {identities: [x, y], tenants: [\"*\"], rate_limits: [{requests_per_second: 0.001, burst: 10, per_tenant: true}]}\n")
+	l := newTestLimiter(&fixedPolicy{p})
+	l.maxBuckets = 100
+	for range 10 { // x drains its bucket on tenant a
+		if err := l.allow(callOn(p, "x", "a"), 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.allow(callOn(p, "x", "a"), 1); err == nil {
+		t.Fatal("the drained bucket let a call through")
+	}
+	for i := range 1000 { // y names ever new tenants
+		if err := l.allow(callOn(p, "y", fmt.Sprintf("t%d", i)), 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.allow(callOn(p, "x", "a"), 1); err == nil {
+		t.Fatal("x's drained bucket was dropped to make room, and its limit reset")
+	}
+}
