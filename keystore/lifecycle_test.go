@@ -559,17 +559,21 @@ func TestPasswordPoliciesStayWithinTheDeploymentsLimits(t *testing.T) {
 	if _, err := f.ks.CreateKey(ctx, keystore.KeyRef{Tenant: "acme", Key: "pw2"}, keystore.KeySpec{Purpose: keystore.PurposePassword, PasswordPolicy: &keystore.PasswordPolicy{BcryptCost: 21}}); !errors.Is(err, keystore.ErrInvalidArgument) || !strings.Contains(err.Error(), "passwords.max_bcrypt_cost") {
 		t.Fatalf("a key created above the limit: %v, want ErrInvalidArgument naming the limit", err)
 	}
-	// The limit lowered to the default (16): the key hashes no more.
+	// The limit lowered to the default (16): the key keeps its policy, and
+	// new hashes follow it capped at the limit.
 	f.cfg.PasswordLimits = keystore.PasswordLimits{}
 	low := f.replica()
 	pep, err := low.Pepper(ctx, ref, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pep.Policy(); !errors.Is(err, keystore.ErrWrongState) || !strings.Contains(err.Error(), "passwords.max_bcrypt_cost") {
-		t.Fatalf("the policy of a key above the lowered limit: %v, want ErrWrongState naming the limit", err)
+	pol, err := pep.Policy()
+	if err != nil || pol.BcryptCost != 18 || pep.Limits().Cap(pol).BcryptCost != 16 {
+		t.Fatalf("a key above the lowered limit: policy cost %d, capped %d, %v; want 18 and 16", pol.BcryptCost, pep.Limits().Cap(pol).BcryptCost, err)
 	}
-	if _, err := keystore.New(keystore.Config{Storage: f.store, Root: f.root, PasswordLimits: keystore.PasswordLimits{BcryptCost: 32}}); err == nil {
-		t.Fatal("a limit above bcrypt's own maximum was taken")
+	for _, l := range []keystore.PasswordLimits{{BcryptCost: 32}, {BcryptCost: 11}, {Argon2MemoryKiB: 8192}, {Argon2Iterations: 1}} {
+		if _, err := keystore.New(keystore.Config{Storage: f.store, Root: f.root, PasswordLimits: l}); err == nil {
+			t.Fatalf("limits %+v, beyond a format's maximum or below the default policy, were taken", l)
+		}
 	}
 }

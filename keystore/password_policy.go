@@ -59,7 +59,8 @@ type PasswordLimits struct {
 var DefaultPasswordLimits = PasswordLimits{BcryptCost: 16, Argon2MemoryKiB: 256 << 10, Argon2Iterations: 16, Argon2Parallelism: 4}
 
 // WithDefaults fills zero fields from DefaultPasswordLimits and checks the
-// rest against the formats' bounds.
+// rest: at least the default policy (which every key without a policy
+// uses), at most the formats' bounds.
 func (l PasswordLimits) WithDefaults() (PasswordLimits, error) {
 	d := DefaultPasswordLimits
 	if l.BcryptCost == 0 {
@@ -75,16 +76,26 @@ func (l PasswordLimits) WithDefaults() (PasswordLimits, error) {
 		l.Argon2Parallelism = d.Argon2Parallelism
 	}
 	switch {
-	case l.BcryptCost < MinBcryptCost || l.BcryptCost > MaxBcryptCost:
-		return l, fmt.Errorf("keystore: password limit bcrypt cost %d is not %d to %d", l.BcryptCost, MinBcryptCost, MaxBcryptCost)
-	case l.Argon2MemoryKiB < MinArgon2MemoryKiB || l.Argon2MemoryKiB > MaxArgon2MemoryKiB:
-		return l, fmt.Errorf("keystore: password limit argon2 memory %d KiB is not %d to %d", l.Argon2MemoryKiB, MinArgon2MemoryKiB, MaxArgon2MemoryKiB)
-	case l.Argon2Iterations > MaxArgon2Iterations:
-		return l, fmt.Errorf("keystore: password limit argon2 iterations %d is above %d", l.Argon2Iterations, MaxArgon2Iterations)
+	case l.BcryptCost < DefaultBcryptCost || l.BcryptCost > MaxBcryptCost:
+		return l, fmt.Errorf("keystore: password limit bcrypt cost %d is not %d (the default policy) to %d", l.BcryptCost, DefaultBcryptCost, MaxBcryptCost)
+	case l.Argon2MemoryKiB < DefaultArgon2MemoryKiB || l.Argon2MemoryKiB > MaxArgon2MemoryKiB:
+		return l, fmt.Errorf("keystore: password limit argon2 memory %d KiB is not %d (the default policy) to %d", l.Argon2MemoryKiB, DefaultArgon2MemoryKiB, MaxArgon2MemoryKiB)
+	case l.Argon2Iterations < DefaultArgon2Iterations || l.Argon2Iterations > MaxArgon2Iterations:
+		return l, fmt.Errorf("keystore: password limit argon2 iterations %d is not %d (the default policy) to %d", l.Argon2Iterations, DefaultArgon2Iterations, MaxArgon2Iterations)
 	case l.Argon2Parallelism > MaxArgon2Parallelism:
 		return l, fmt.Errorf("keystore: password limit argon2 parallelism %d is above %d", l.Argon2Parallelism, MaxArgon2Parallelism)
 	}
 	return l, nil
+}
+
+// Cap returns p with each cost lowered to l's: the policy new hashes
+// follow.
+func (l PasswordLimits) Cap(p PasswordPolicy) PasswordPolicy {
+	p.BcryptCost = min(p.BcryptCost, l.BcryptCost)
+	p.Argon2MemoryKiB = min(p.Argon2MemoryKiB, l.Argon2MemoryKiB)
+	p.Argon2Iterations = min(p.Argon2Iterations, l.Argon2Iterations)
+	p.Argon2Parallelism = min(p.Argon2Parallelism, l.Argon2Parallelism)
+	return p
 }
 
 // exceeded names what of p (normalized) is above l, or is "".

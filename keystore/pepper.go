@@ -58,9 +58,8 @@ func (p *Pepper) Version() uint32 { return p.v }
 func (p *Pepper) Primary() uint32 { return p.e.rec.Primary }
 
 // Policy is the key's password policy with the defaults filled in; a stored
-// policy out of bounds is ErrIntegrity, and one above the deployment's
-// limits (set before they were lowered) ErrWrongState: no hash is
-// computed at a cost the deployment does not allow.
+// policy out of bounds is ErrIntegrity. It may be above Limits (set before
+// they were lowered): new hashes follow Limits().Cap(policy).
 func (p *Pepper) Policy() (PasswordPolicy, error) {
 	var pol PasswordPolicy
 	if p.e.rec.PasswordPolicy != nil {
@@ -70,11 +69,13 @@ func (p *Pepper) Policy() (PasswordPolicy, error) {
 	if err != nil {
 		return PasswordPolicy{}, fmt.Errorf("%w: stored password policy of %s: %v", ErrIntegrity, p.e.ref, err)
 	}
-	if why := p.limits.exceeded(pol); why != "" {
-		return PasswordPolicy{}, fmt.Errorf("%w: the password policy of %s: %s; lower it (UpdateKey) or raise the limit", ErrWrongState, p.e.ref, why)
-	}
 	return pol, nil
 }
+
+// Limits are the deployment's caps on password hashing: new hashes are made
+// at the key's policy capped by them, and verification takes no hash above
+// them beyond what the key's own policy allows.
+func (p *Pepper) Limits() PasswordLimits { return p.limits }
 
 // Tag returns the pepper of data: its HMAC-SHA256 under this version, a
 // new PepperSize-byte slice the caller clears after use.

@@ -94,6 +94,7 @@ func TestSchedulerSettingsAreCheckedAgainstTheEffectiveDefaults(t *testing.T) {
 		"a usage threshold past 2^30":               {"scheduler: {usage_rotate_threshold: 2000000000}\n", "usage_rotate_threshold"},
 		"a negative GC target":                      {"gc_percent: -5\n", "gc_percent"},
 		"a bcrypt limit past bcrypt's maximum":      {"passwords: {max_bcrypt_cost: 40}\n", "bcrypt cost"},
+		"a bcrypt limit below the default policy":   {"passwords: {max_bcrypt_cost: 11}\n", "bcrypt cost"},
 		"an argon2id memory limit past 4 GiB":       {"passwords: {max_argon2_memory_kib: 5000000}\n", "argon2 memory"},
 	} {
 		t.Run(name, func(t *testing.T) {

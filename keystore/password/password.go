@@ -212,6 +212,8 @@ func (s *Service) Hash(ctx context.Context, ref keystore.KeyRef, password []byte
 	if err != nil {
 		return "", err
 	}
+	// A key set before the deployment's limits were lowered hashes at them.
+	policy = pep.Limits().Cap(policy)
 	tag, err := pep.Tag(password)
 	if err != nil {
 		return "", err
@@ -289,7 +291,7 @@ func (s *Service) Verify(ctx context.Context, ref keystore.KeyRef, password []by
 	if err != nil {
 		return false, false, err
 	}
-	if err := checkVerifyCost(h, policy); err != nil {
+	if err := checkVerifyCost(h, policy, pep.Limits()); err != nil {
 		return false, false, err
 	}
 
@@ -315,7 +317,7 @@ func (s *Service) Verify(ctx context.Context, ref keystore.KeyRef, password []by
 	if !match {
 		return false, false, nil
 	}
-	return true, rehashNeeded(h, pep.Primary(), policy), nil
+	return true, rehashNeeded(h, pep.Primary(), policy, pep.Limits()), nil
 }
 
 // verifyPeppered peppers password and checks it against h on the pool.
@@ -337,45 +339,56 @@ func (s *Service) verifyPeppered(ctx context.Context, op string, pep *keystore.P
 }
 
 // rehashNeeded reports whether a matching hash should be replaced: an old
-// pepper version, another algorithm, or cost parameters below the policy.
-func rehashNeeded(h passhash.Hash, primary uint32, p keystore.PasswordPolicy) bool {
+// pepper version, another algorithm, cost parameters below the policy (as
+// the deployment's limits cap it), or above the limits.
+func rehashNeeded(h passhash.Hash, primary uint32, p keystore.PasswordPolicy, l keystore.PasswordLimits) bool {
 	if h.PepperVersion != primary {
 		return true
 	}
+	p = l.Cap(p)
 	switch h.Algorithm {
 	case passhash.Bcrypt:
-		return p.Algorithm != keystore.PasswordBcrypt || h.BcryptCost < p.BcryptCost
+		return p.Algorithm != keystore.PasswordBcrypt || h.BcryptCost < p.BcryptCost || h.BcryptCost > l.BcryptCost
 	case passhash.Argon2id:
 		return p.Algorithm != keystore.PasswordArgon2id ||
 			h.Argon2.MemoryKiB < p.Argon2MemoryKiB ||
 			h.Argon2.Iterations < p.Argon2Iterations ||
-			uint32(h.Argon2.Parallelism) < p.Argon2Parallelism
+			uint32(h.Argon2.Parallelism) < p.Argon2Parallelism ||
+			h.Argon2.MemoryKiB > l.Argon2MemoryKiB ||
+			h.Argon2.Iterations > l.Argon2Iterations ||
+			uint32(h.Argon2.Parallelism) > l.Argon2Parallelism
 	}
 	return true
 }
 
 // checkVerifyCost refuses a hash that would cost more to verify than the
-// key's policy allows with headroom (see verifyHeadroomBcrypt).
-func checkVerifyCost(h passhash.Hash, p keystore.PasswordPolicy) error {
+// key's policy allows with headroom (see verifyHeadroomBcrypt), and, past
+// the key's own policy, more than the deployment's limits.
+func checkVerifyCost(h passhash.Hash, p keystore.PasswordPolicy, l keystore.PasswordLimits) error {
+	// ceiling is base with headroom, but no higher than the limit unless
+	// the key's own policy (set before the limit was lowered) is higher.
+	ceiling := func(base, headroom, limit uint64) uint64 { return min(headroom, max(base, limit)) }
 	switch h.Algorithm {
 	case passhash.Bcrypt:
 		base := keystore.DefaultBcryptCost
 		if p.Algorithm == keystore.PasswordBcrypt {
 			base = max(base, p.BcryptCost)
 		}
-		if h.BcryptCost > base+verifyHeadroomBcrypt {
-			return fmt.Errorf("%w: hash: bcrypt cost %d is above the %d this key verifies", keystore.ErrInvalidArgument, h.BcryptCost, base+verifyHeadroomBcrypt)
+		top := ceiling(uint64(base), uint64(base+verifyHeadroomBcrypt), uint64(l.BcryptCost))
+		if uint64(h.BcryptCost) > top {
+			return fmt.Errorf("%w: hash: bcrypt cost %d is above the %d this key verifies", keystore.ErrInvalidArgument, h.BcryptCost, top)
 		}
 	case passhash.Argon2id:
 		m, t, par := uint64(keystore.DefaultArgon2MemoryKiB), uint64(keystore.DefaultArgon2Iterations), uint64(keystore.DefaultArgon2Parallelism)
 		if p.Algorithm == keystore.PasswordArgon2id {
 			m, t, par = max(m, uint64(p.Argon2MemoryKiB)), max(t, uint64(p.Argon2Iterations)), max(par, uint64(p.Argon2Parallelism))
 		}
-		if uint64(h.Argon2.MemoryKiB) > verifyHeadroomArgon2*m ||
-			uint64(h.Argon2.Iterations) > verifyHeadroomArgon2*t ||
-			uint64(h.Argon2.Parallelism) > verifyHeadroomArgon2*par {
+		topM := ceiling(m, verifyHeadroomArgon2*m, uint64(l.Argon2MemoryKiB))
+		topT := ceiling(t, verifyHeadroomArgon2*t, uint64(l.Argon2Iterations))
+		topP := ceiling(par, verifyHeadroomArgon2*par, uint64(l.Argon2Parallelism))
+		if uint64(h.Argon2.MemoryKiB) > topM || uint64(h.Argon2.Iterations) > topT || uint64(h.Argon2.Parallelism) > topP {
 			return fmt.Errorf("%w: hash: argon2id parameters are above the m=%d,t=%d,p=%d this key verifies",
-				keystore.ErrInvalidArgument, verifyHeadroomArgon2*m, verifyHeadroomArgon2*t, verifyHeadroomArgon2*par)
+				keystore.ErrInvalidArgument, topM, topT, topP)
 		}
 	}
 	return nil

@@ -367,3 +367,56 @@ func TestHashParserBoundsMatchThePolicyBounds(t *testing.T) {
 		t.Fatal("keystore/passhash bounds differ from the password policy's")
 	}
 }
+
+// A key whose policy is above the deployment's limits (set before they were
+// lowered) keeps verifying its users' hashes, hashes new passwords at the
+// limits, and asks for a rehash of the hashes above them; no hash above
+// the limits is taken beyond what the key's own policy allows.
+func TestAKeyAboveTheLimitsVerifiesAndMovesItsHashesDownToThem(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := context.Background()
+	high, err := keystore.New(keystore.Config{Storage: f.store, Root: f.root, PasswordLimits: keystore.PasswordLimits{Argon2Iterations: 32}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := high.CreateTenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	ref := keystore.KeyRef{Tenant: "acme", Key: "pw"}
+	pol := fastArgon2id
+	pol.Argon2Iterations = 20 // above the default limit of 16
+	if _, err := high.CreateKey(ctx, ref, keystore.KeySpec{Purpose: keystore.PurposePassword, PasswordPolicy: &pol}); err != nil {
+		t.Fatal(err)
+	}
+	before, err := password.New(password.Config{Peppers: high, Store: f.store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer before.Close()
+	pw := []byte("s3cret")
+	old := pwHash(t, before, ref, pw)
+	if !strings.Contains(old, "t=20") {
+		t.Fatalf("the hash under the higher limit: %q", old)
+	}
+	// f.pw runs under the default limits.
+	if m, r := pwVerify(t, f.pw, ref, pw, old); !m || !r {
+		t.Fatalf("a t=20 hash of a t=20 key under a limit of 16: match=%v needs_rehash=%v; want both", m, r)
+	}
+	fresh := pwHash(t, f.pw, ref, pw)
+	if !strings.Contains(fresh, "t=16") {
+		t.Fatalf("a new hash of a t=20 key under a limit of 16: %q, want t=16", fresh)
+	}
+	if m, r := pwVerify(t, f.pw, ref, pw, fresh); !m || r {
+		t.Fatalf("the capped hash: match=%v needs_rehash=%v; want a match and no rehash", m, r)
+	}
+	// A key at the limit takes no hash above it, whatever its headroom.
+	at := fastArgon2id
+	at.Argon2Iterations = 16
+	atRef := f.passwordKey(t, "acme", "at-limit", at)
+	cheap := pwHash(t, f.pw, f.passwordKey(t, "acme", "cheap", fastArgon2id), pw)
+	above := strings.Replace(cheap, ",t=1,", ",t=17,", 1)
+	if _, _, err := f.pw.Verify(ctx, atRef, pw, above, ""); !errors.Is(err, keystore.ErrInvalidArgument) {
+		t.Fatalf("a t=17 hash for a key at the limit of 16: %v, want ErrInvalidArgument", err)
+	}
+}
