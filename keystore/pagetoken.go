@@ -9,15 +9,16 @@ import (
 
 	"github.com/tink-crypto/tink-go/v2/tink"
 
-	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/storage"
 )
 
 // A page token of ListTenants holds the last tenant the server scanned,
 // which may be one the caller may not see: the server seals it before it
 // leaves (SealPageToken) and opens it when it comes back (OpenPageToken),
-// under a deployment-wide key stored wrapped by the root like a tenant KEK.
-// A caller learns nothing from a sealed token, nor can it make one.
+// under a deployment-wide key stored wrapped by the root like a tenant KEK
+// (and re-wrapped with them by RewrapTenantKEKs). The key never changes
+// once made, so every replica may keep it. A caller learns no tenant from
+// a sealed token, nor can it make one.
 
 // pageTokenKeyKey is where the wrapped page-token key is stored.
 const pageTokenKeyKey = "meta/page-token-key"
@@ -73,8 +74,7 @@ func (s *Service) OpenPageToken(ctx context.Context, tok string) (string, error)
 }
 
 // pageTokenAEAD returns the page-token key, unwrapping it on first use, or
-// making it if the deployment has none yet (or one the root no longer
-// opens: tokens live minutes, so a new key costs only the tokens out now).
+// making it if the deployment has none yet.
 func (s *Service) pageTokenAEAD(ctx context.Context) (tink.AEAD, error) {
 	if a := s.pageToken.Load(); a != nil {
 		return *a, nil
@@ -94,18 +94,16 @@ func (s *Service) pageTokenAEAD(ctx context.Context) (tink.AEAD, error) {
 		}
 		if rec.Version > 0 {
 			raw, err := s.root.Unwrap(ctx, rec.Value, []byte(pageTokenKeyAAD))
-			if err == nil {
-				a, err := newKEKAEAD(raw)
-				clear(raw)
-				if err != nil {
-					return nil, err
-				}
-				s.pageToken.Store(&a)
-				return a, nil
-			}
-			if !errors.Is(err, root.ErrNotAuthentic) {
+			if err != nil {
 				return nil, rootErr("unwrap the page-token key", err)
 			}
+			a, err := newKEKAEAD(raw)
+			clear(raw)
+			if err != nil {
+				return nil, err
+			}
+			s.pageToken.Store(&a)
+			return a, nil
 		}
 		raw := make([]byte, kekSize)
 		if _, err := io.ReadFull(s.rand, raw); err != nil {

@@ -388,9 +388,10 @@ func TestACallAfterADeletionDoesNotJoinALoadFromBeforeIt(t *testing.T) {
 	}
 }
 
-// Sealed page tokens open on every replica; a token not sealed by the
-// deployment is refused; a page-token key the root no longer opens is
-// replaced, costing only the tokens out at the time.
+// Sealed page tokens open on every replica, also after a root rewrap (the
+// key is re-wrapped, not replaced); a token not sealed by the deployment
+// is refused; a page-token key the root does not open is an integrity
+// failure, as a tenant KEK's would be, not a reason to make a new key.
 func TestPageTokensAreSealedForTheWholeDeployment(t *testing.T) {
 	ctx := context.Background()
 	a, hs, open := newReviewSvc(t)
@@ -407,22 +408,27 @@ func TestPageTokensAreSealedForTheWholeDeployment(t *testing.T) {
 			t.Fatalf("token %q: %v, want ErrInvalidArgument", bad, err)
 		}
 	}
-	rec, err := hs.Store.Get(ctx, pageTokenKeyKey)
+	before, err := hs.Store.Get(ctx, pageTokenKeyKey)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := hs.Store.Put(ctx, pageTokenKeyKey, []byte("wrapped under a root version destroyed since"), rec.Version); err != nil {
+	if _, err := a.RewrapTenantKEKs(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
-	c := open()
-	fresh, err := c.SealPageToken(ctx, encodePageToken("tenant-9"))
-	if err != nil {
-		t.Fatalf("a page-token key the root does not open was not replaced: %v", err)
+	after, err := hs.Store.Get(ctx, pageTokenKeyKey)
+	if err != nil || after.Version == before.Version {
+		t.Fatalf("the page-token key after a rewrap: version %d (was %d), %v; want it re-wrapped", after.Version, before.Version, err)
 	}
-	if _, err := c.OpenPageToken(ctx, tok); !errors.Is(err, ErrInvalidArgument) {
-		t.Fatalf("a token under the replaced key: %v, want ErrInvalidArgument", err)
+	if got, err := open().OpenPageToken(ctx, tok); err != nil || got != encodePageToken("tenant-9") {
+		t.Fatalf("a new replica after the rewrap opened %q, %v", got, err)
 	}
-	if got, err := c.OpenPageToken(ctx, fresh); err != nil || got != encodePageToken("tenant-9") {
-		t.Fatalf("a token under the new key: %q, %v", got, err)
+	if _, err := hs.Store.Put(ctx, pageTokenKeyKey, []byte("wrapped under another root"), after.Version); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := open().SealPageToken(ctx, encodePageToken("tenant-9")); !errors.Is(err, ErrIntegrity) {
+		t.Fatalf("a page-token key the root does not open: %v, want ErrIntegrity", err)
+	}
+	if got, err := a.OpenPageToken(ctx, tok); err != nil || got != encodePageToken("tenant-9") {
+		t.Fatalf("a replica that has the key keeps opening tokens: %q, %v", got, err)
 	}
 }

@@ -17,7 +17,8 @@ type RewrapProgress func(tenant string)
 // RewrapTenantKEKs re-wraps every tenant's KEK under the root key's current
 // version (after a Vault Transit or KMS key rotation), while the service keeps
 // serving: the KEK itself does not change, so caches stay valid and no keyset
-// is touched. Each tenant is updated with compare-and-swap; interrupted and
+// is touched; the page-token key is re-wrapped after them. Each tenant is
+// updated with compare-and-swap; interrupted and
 // run again, it simply re-wraps every tenant again and finishes without loss.
 // It returns how many tenants it re-wrapped.
 func (s *Service) RewrapTenantKEKs(ctx context.Context, progress RewrapProgress) (int, error) {
@@ -35,7 +36,34 @@ func (s *Service) RewrapTenantKEKs(ctx context.Context, progress RewrapProgress)
 			progress(tenant)
 		}
 	}
-	return n, nil
+	return n, s.rewrapPageTokenKey(ctx)
+}
+
+// rewrapPageTokenKey re-wraps the page-token key (pagetoken.go), if the
+// deployment has one, under the root key's current version.
+func (s *Service) rewrapPageTokenKey(ctx context.Context) error {
+	return retryCAS("rewrap the page-token key", func() error {
+		rec, err := s.store.Get(ctx, pageTokenKeyKey)
+		if errors.Is(err, storage.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return storageErr("rewrap: read the page-token key", err)
+		}
+		raw, err := s.root.Unwrap(ctx, rec.Value, []byte(pageTokenKeyAAD))
+		if err != nil {
+			return rootErr("rewrap: unwrap the page-token key", err)
+		}
+		wrapped, err := s.root.Wrap(ctx, raw, []byte(pageTokenKeyAAD))
+		clear(raw)
+		if err != nil {
+			return rootErr("rewrap: wrap the page-token key", err)
+		}
+		if _, err := s.store.Put(ctx, pageTokenKeyKey, wrapped, rec.Version); err != nil {
+			return storageErr("rewrap: store the page-token key", err)
+		}
+		return nil
+	})
 }
 
 func (s *Service) rewrapTenantKEK(ctx context.Context, tenant string) error {

@@ -326,8 +326,9 @@ func newAuditVerifyCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "verify --config FILE",
 		Short: "Recompute the audit log's tree from the store and check every checkpoint",
-		Long: `Works on the store directly (like root rewrap), with the server running or not:
-recomputes every leaf hash and the tree, checks each signed checkpoint's
+		Long: `Works on the store directly (like root rewrap): on PostgreSQL with the servers
+running or not; on bbolt, whose file one process holds at a time, with the server stopped.
+It recomputes every leaf hash and the tree, checks each signed checkpoint's
 signature and that it is a prefix of the log, and reports every modified,
 deleted, reordered or inserted event with its index. Exits non-zero on any
 finding. The log key is the one wrapped under the root, unless --public-key

@@ -21,9 +21,11 @@ func newRootAdminCmd() *cobra.Command {
 		Short: "Re-wrap every tenant KEK under the root key's current version",
 		Long: `After rotating the root key (a new Vault Transit or KMS key version), re-wrap
 every tenant KEK under the current version so older root versions can be retired.
-Runs against the storage and root named in the config while the service keeps
-serving; each tenant is updated atomically, so an interrupted run is simply
-started again.`,
+Runs against the storage and root named in the config: on PostgreSQL while the
+service keeps serving; on bbolt, whose file one process holds at a time, with
+the server stopped. Each tenant is updated atomically, so an interrupted run is
+simply started again. The audit log's signing key and the page-token key are
+re-wrapped too.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := config.Load(path)
