@@ -2,6 +2,7 @@ package audit
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -41,5 +42,53 @@ func TestRetentionDeletesAnIntegratedBodyThatDoesNotDecode(t *testing.T) {
 	n, err := l.Prune(ctx, old.Add(time.Hour))
 	if n != 2 || err != nil {
 		t.Fatalf("Prune deleted %d bodies, error %v; want both", n, err)
+	}
+}
+
+// Retention reads a strip of leaf hashes again when the events it reaches
+// were integrated after it read the strip.
+func TestRetentionRereadsAStripThatGrew(t *testing.T) {
+	ctx := context.Background()
+	r, err := local.Create(filepath.Join(t.TempDir(), "root.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := memory.New()
+	l, err := Open(ctx, Config{Store: store, Root: r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	leaf := func(n int) []byte {
+		b, err := Marshal(&custosv1.AuditEvent{Time: timestamppb.New(old), RequestId: fmt.Sprint("r", n), Operation: "encrypt", Code: "OK"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	integrate := func(counter uint64, from, to int) {
+		var leaves [][]byte
+		for n := from; n < to; n++ {
+			leaves = append(leaves, leaf(n))
+		}
+		if _, err := store.Put(ctx, queueKey("w", counter), encodeBatch(leaves), 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	integrate(1, 0, 10)
+	var h leafHashes
+	for i := range 10 {
+		if ok, err := l.integrated(ctx, &h, uint64(i), leaf(i)); !ok || err != nil {
+			t.Fatalf("event %d: %v, %v", i, ok, err)
+		}
+	}
+	integrate(2, 10, 20) // the same strip, grown
+	for i := 10; i < 20; i++ {
+		if ok, err := l.integrated(ctx, &h, uint64(i), leaf(i)); !ok || err != nil {
+			t.Fatalf("event %d, integrated after the strip was read: %v, %v", i, ok, err)
+		}
 	}
 }

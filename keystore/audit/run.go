@@ -228,14 +228,16 @@ type leafHashes struct {
 // integrated reports whether leaf is the body event i was integrated
 // with (it hashes to the stored leaf hash; a hash not stored is not).
 func (l *Log) integrated(ctx context.Context, h *leafHashes, i uint64, leaf []byte) (bool, error) {
-	if key := stripKey(compact.NewNodeID(0, i)); key != h.key {
+	off := int(i%stripLen) * hashLen
+	// A strip read earlier may have grown since (integration appends to the
+	// last one): read it again when it is too short.
+	if key := stripKey(compact.NewNodeID(0, i)); key != h.key || len(h.strip) < off+hashLen {
 		rec, err := l.store.Get(ctx, key)
 		if err != nil && !errors.Is(err, storage.ErrNotFound) {
 			return false, fmt.Errorf("audit: prune: read the leaf hash of event %d: %w", i, err)
 		}
 		h.key, h.strip = key, rec.Value
 	}
-	off := int(i%stripLen) * hashLen
 	return len(h.strip) >= off+hashLen && bytes.Equal(h.strip[off:off+hashLen], LeafHash(leaf)), nil
 }
 
