@@ -216,7 +216,7 @@ func newCryptoCmd(op string) *cobra.Command {
 		Use: use, Short: short, Args: cobra.ExactArgs(2),
 		PreRunE: func(*cobra.Command, []string) error {
 			if ad == "" && !noAD {
-				return errors.New("pass --ad with the record id and field the value belongs to (or --no-ad to bind nothing)")
+				return usageError{errors.New("pass --ad with the record id and field the value belongs to (or --no-ad to bind nothing)")}
 			}
 			return nil
 		},
@@ -248,7 +248,7 @@ func newCryptoCmd(op string) *cobra.Command {
 			}
 			ct, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(in)))
 			if err != nil {
-				return fmt.Errorf("ciphertext is not base64: %w", err)
+				return usageError{fmt.Errorf("ciphertext is not base64: %w", err)}
 			}
 			pt, v, err := cl.Decrypt(cmd.Context(), args[0], ct, aad)
 			if err != nil {

@@ -35,7 +35,7 @@ the root. "-" writes to standard output. See docs/backup.md.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if out == "" {
-				return fmt.Errorf("--out is required (a file, or - for standard output)")
+				return usageError{fmt.Errorf("--out is required (a file, or - for standard output)")}
 			}
 			cfg, err := config.Load(path)
 			if err != nil {
@@ -138,7 +138,7 @@ docs/backup.md.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if in == "" {
-				return fmt.Errorf("--in is required")
+				return usageError{fmt.Errorf("--in is required")}
 			}
 			file := in
 			if in == "-" {

@@ -44,6 +44,10 @@ func TestExitCodesByClass(t *testing.T) {
 	}{
 		{"an unknown flag", []string{"tenant", "get", "acme", "--bogus"}, exitUsage},
 		{"a missing argument", []string{"tenant", "get"}, exitUsage},
+		{"a mistyped subcommand", []string{"key", "rotat", "tenants/acme/keys/pii"}, exitUsage},
+		{"a mistyped subcommand two levels down", []string{"key", "version", "disabel", "tenants/acme/keys/pii", "1"}, exitUsage},
+		{"encrypt without --ad", []string{"encrypt", "tenants/acme/keys/pii", "v"}, exitUsage},
+		{"a ciphertext that is not base64", []string{"decrypt", "tenants/acme/keys/pii", "--no-ad", "!!"}, exitUsage},
 		{"a tenant that does not exist", []string{"tenant", "get", "nobody"}, exitNotFound},
 		{"wrong associated data", []string{"decrypt", "tenants/acme/keys/pii", "--ad", "r1/iban", ct}, exitInvalid},
 		{"an existing tenant", []string{"tenant", "create", "acme"}, exitPrecondition},
