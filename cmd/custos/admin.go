@@ -177,10 +177,18 @@ func addAdminCommands(root *cobra.Command) {
 			Use: "list tenants/TENANT", Short: "List a tenant's keys", Args: cobra.ExactArgs(1),
 			RunE: k.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
 				w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-				fmt.Fprintln(w, "NAME\tPURPOSE\tPRIMARY\tVERSIONS")
+				if k.output != "json" { // text and table
+					fmt.Fprintln(w, "NAME\tPURPOSE\tPRIMARY\tVERSIONS")
+				}
 				for kk, err := range cl.AllKeys(cmd.Context(), tenantName(args[0])) {
 					if err != nil {
 						return err
+					}
+					if k.output == "json" { // one key object per line, as key get prints it
+						if err := emitKey(cmd, "json", kk); err != nil {
+							return err
+						}
+						continue
 					}
 					fmt.Fprintf(w, "%s\t%v\t%d\t%d\n", kk.Name, kk.Purpose, kk.PrimaryVersion, len(kk.Versions))
 				}

@@ -128,6 +128,21 @@ func TestEveryCommandGroupWithJSON(t *testing.T) {
 		}
 		return v
 	}
+	// key list -o json: one key object per line.
+	out, code := runDev(t, dir, addr, "key", "list", "tenants/acme", "-o", "json")
+	if code != 0 {
+		t.Fatalf("key list -o json: exit %d\n%s", code, out)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 4 {
+		t.Fatalf("key list -o json printed %d lines, want 4:\n%s", len(lines), out)
+	}
+	for _, l := range lines {
+		var k map[string]any
+		if err := json.Unmarshal([]byte(l), &k); err != nil || k["name"] == nil || k["versions"] == nil {
+			t.Fatalf("key list -o json line %q: %v", l, err)
+		}
+	}
 	m := js("mac", "compute", "tenants/acme/keys/idx", "hello")
 	js("mac", "verify", "tenants/acme/keys/idx", "hello", m["mac"].(string))
 	if _, code := runDev(t, dir, addr, "mac", "verify", "tenants/acme/keys/idx", "other", m["mac"].(string)); code != exitInvalid {
