@@ -113,19 +113,36 @@ func prepareDev(dir string) (*config.Config, error) {
 	return cfg, nil
 }
 
+// writeIfMissing creates path with content unless it exists. The file
+// appears whole or not at all (written and synced beside it, then linked
+// into place, which fails if the name was taken meanwhile): a crash never
+// leaves a cut file that later runs would keep.
 func writeIfMissing(path, content string) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, fs.ErrExist) {
+	if _, err := os.Stat(path); err == nil {
 		return nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return err
 	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
 		return err
 	}
-	if _, err := io.WriteString(f, content); err != nil {
-		f.Close()
+	defer os.Remove(tmp.Name())
+	if _, err := io.WriteString(tmp, content); err != nil {
+		tmp.Close()
 		return err
 	}
-	return f.Close()
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Link(tmp.Name(), path); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	return nil
 }
 
 func printDevHelp(w io.Writer, dir string, addr, ops net.Addr) {

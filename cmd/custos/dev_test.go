@@ -75,3 +75,26 @@ func TestEncryptRequiresAnExplicitAssociatedDataChoice(t *testing.T) {
 		t.Fatalf("got %v, want an error asking for --ad or --no-ad", err)
 	}
 }
+
+// writeIfMissing keeps what is there, leaves no temporary file behind, and
+// gives the file the owner's permissions only.
+func TestWriteIfMissingCreatesOnceAndWhole(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "custos.yaml")
+	if err := writeIfMissing(path, "first\n"); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeIfMissing(path, "second\n"); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil || string(b) != "first\n" {
+		t.Fatalf("%q, %v; want the first content kept", b, err)
+	}
+	if st, err := os.Stat(path); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v, %v; want 0600", st.Mode().Perm(), err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+		t.Fatalf("%d entries in the directory, want the file alone", len(entries))
+	}
+}
