@@ -60,7 +60,7 @@ func newAuditCmd() *cobra.Command {
 				return usageError{fmt.Errorf("-o %q: want text, json or table", output)}
 			}
 			ctx, parent := cmd.Context(), tenantName(tenant)
-			pv, err := newPageVerifier(cmd, cl, parent, tenant, publicKey, verify)
+			pv, err := newPageVerifier(cmd, cl, parent, publicKey, verify)
 			if err != nil {
 				return err
 			}
@@ -112,7 +112,7 @@ func newAuditCmd() *cobra.Command {
 				return usageError{fmt.Errorf("-o %q: want text, json or table", output)}
 			}
 			ctx, parent := cmd.Context(), tenantName(tenant)
-			pv, err := newPageVerifier(cmd, cl, parent, tenant, publicKey, verify)
+			pv, err := newPageVerifier(cmd, cl, parent, publicKey, verify)
 			if err != nil {
 				return err
 			}
@@ -206,7 +206,7 @@ type pageVerifier struct {
 	last           *client.AuditCheckpoint // the newest checkpoint verified so far
 }
 
-func newPageVerifier(cmd *cobra.Command, cl checkpointSource, parent, tenant, pinned string, verify bool) (*pageVerifier, error) {
+func newPageVerifier(cmd *cobra.Command, cl checkpointSource, parent, pinned string, verify bool) (*pageVerifier, error) {
 	pub, err := auditKey(cmd, cl, parent, pinned, verify)
 	if err != nil {
 		return nil, err

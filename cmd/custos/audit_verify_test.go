@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"strings"
 	"testing"
 	"time"
 
@@ -59,5 +60,10 @@ func TestPagesShowingDifferentHistoriesAreRefused(t *testing.T) {
 	v := &pageVerifier{cmd: cmd, cl: lyingSource{a.Size: lie, b.Size: b}, parent: "tenants/acme", tenant: "acme", pub: vkey, verify: true}
 	if err := v.consistent(a, b); err == nil {
 		t.Fatal("two checkpoints of different histories passed as one")
+	}
+	// Answered with one latest checkpoint for both, the proofs fail.
+	v.cl = lyingSource{a.Size: b, b.Size: b}
+	if err := v.consistent(a, b); err == nil || !strings.Contains(err.Error(), "different histories") {
+		t.Fatalf("two checkpoints of different histories and no proof: %v, want them reported as such", err)
 	}
 }
