@@ -72,6 +72,9 @@ the root. "-" writes to standard output. See docs/backup.md.`,
 				if err := os.Rename(f.Name(), out); err != nil {
 					return err
 				}
+				if err := syncDir(filepath.Dir(out)); err != nil {
+					return fmt.Errorf("the backup is in place, but its directory could not be synced (a power loss could lose it): %w", err)
+				}
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "backup %s: %d records (%d bytes), %d tenants %s, taken %s from %s\n",
 				m.ID, m.Records, m.Bytes, m.TenantCount(), m.Summary(), m.Created.Format(time.RFC3339), m.Source)
@@ -95,7 +98,7 @@ func newBackupVerifyCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			r, err := custos.OpenRoot(cfg)
+			r, err := custos.OpenRoot(cmd.Context(), cfg)
 			if err != nil {
 				return err
 			}
@@ -242,7 +245,7 @@ func backupFromServer(cmd *cobra.Command, cfg *config.Config, w io.Writer, f *os
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("backup through the server: %s", resp.Status)
 	}
-	r, err := custos.OpenRoot(cfg)
+	r, err := custos.OpenRoot(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -356,4 +359,14 @@ func (p *progress) done() {
 	if p.any {
 		fmt.Fprintln(p.w)
 	}
+}
+
+// syncDir makes a rename in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }

@@ -246,7 +246,7 @@ audit: {spool: %q}
 }
 
 func openKeystoreAt(ctx context.Context, cfg *config.Config, now time.Time) (*keystore.Service, func(), error) {
-	rt, err := custos.OpenRoot(cfg)
+	rt, err := custos.OpenRoot(ctx, cfg)
 	if err != nil {
 		return nil, nil, err
 	}

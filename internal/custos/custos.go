@@ -153,7 +153,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 	}
 	r := opts.Root
 	if r == nil {
-		if r, err = OpenRoot(cfg); err != nil {
+		if r, err = OpenRoot(ctx, cfg); err != nil {
 			return nil, err
 		}
 		rt.closers = append(rt.closers, func() { CloseRoot(r) })

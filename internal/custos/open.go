@@ -26,10 +26,11 @@ import (
 // before they return.
 const rootOpenTimeout = time.Minute
 
-// OpenRoot opens the configured root provider. The cloud KMS clients are
-// built without a call. Close it with CloseRoot.
-func OpenRoot(cfg *config.Config) (root.Root, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), rootOpenTimeout)
+// OpenRoot opens the configured root provider, giving up when ctx ends
+// (a signal) or after rootOpenTimeout. The cloud KMS clients are built
+// without a call. Close it with CloseRoot.
+func OpenRoot(ctx context.Context, cfg *config.Config) (root.Root, error) {
+	ctx, cancel := context.WithTimeout(ctx, rootOpenTimeout)
 	defer cancel()
 	rc := cfg.Root
 	switch rc.Type {
@@ -150,7 +151,7 @@ type Direct struct {
 // OpenDirect opens the configured root and storage and builds a keystore
 // over them. close closes the store and the root.
 func OpenDirect(ctx context.Context, cfg *config.Config, logger *slog.Logger) (d *Direct, close func(), err error) {
-	rt, err := OpenRoot(cfg)
+	rt, err := OpenRoot(ctx, cfg)
 	if err != nil {
 		return nil, nil, err
 	}
