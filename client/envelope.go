@@ -106,8 +106,8 @@ type decKey struct {
 }
 
 // testHookInstall, set by tests only, runs between caching a fetched data
-// key and making it current.
-var testHookInstall func()
+// key (wrapped) and making it current.
+var testHookInstall func(wrapped []byte)
 
 // MaxEnvelopePlaintext is the largest field local mode encrypts: the
 // service decrypts and rewraps envelopes up to its ciphertext limit, so
@@ -222,7 +222,7 @@ func (e *Envelope) refresh(ctx context.Context, old *encKey) error {
 		defer e.mu.Unlock()
 		if e.rememberLocked(gen, &decKey{wrapped: string(dk.Wrapped), k: k, expires: now.Add(e.opts.DecryptTTL)}) {
 			if testHookInstall != nil {
-				testHookInstall()
+				testHookInstall(dk.Wrapped)
 			}
 			e.cur.CompareAndSwap(old, &encKey{k: k, expires: now.Add(e.opts.MaxAge)})
 		}
