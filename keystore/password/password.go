@@ -251,13 +251,16 @@ func (s *Service) Hash(ctx context.Context, ref keystore.KeyRef, password []byte
 // same key, and whether the caller should replace the stored hash by Hash's
 // output for this password (needsRehash, set only on a match): when the
 // hash's pepper version is no longer the key's primary, its algorithm is not
-// the policy's, or its cost parameters are below the policy. The comparison
+// the policy's, or its cost parameters are below the policy as the
+// deployment's limits cap it, or above those limits. The comparison
 // is constant time. A hash made with another key or tenant does not match;
 // that is not an error.
 //
 // Errors: a malformed hash, or one whose cost exceeds what the key verifies
 // (its policy, or the default if higher, plus 2 bcrypt cost steps or 4× each
-// argon2id parameter), is keystore.ErrInvalidArgument naming hash, as is a
+// argon2id parameter, the memory no more than the deployment's limit when
+// that is higher than the policy's), is keystore.ErrInvalidArgument naming
+// hash, as is a
 // hash naming a pepper version the key never had. A disabled, destroyed or
 // too-old pepper version gives the errors Decrypt gives. A full hashing
 // queue gives keystore.ErrResourceExhausted.
@@ -362,20 +365,18 @@ func rehashNeeded(h passhash.Hash, primary uint32, p keystore.PasswordPolicy, l 
 }
 
 // checkVerifyCost refuses a hash that would cost more to verify than the
-// key's policy allows with headroom (see verifyHeadroomBcrypt), and, past
-// the key's own policy, more than the deployment's limits.
+// key's policy allows with headroom (see verifyHeadroomBcrypt); its memory,
+// past the key's own policy, no more than the deployment's limit (what
+// each hashing worker holds: the server's memory is what is at stake).
 func checkVerifyCost(h passhash.Hash, p keystore.PasswordPolicy, l keystore.PasswordLimits) error {
-	// ceiling is base with headroom, but no higher than the limit unless
-	// the key's own policy (set before the limit was lowered) is higher.
-	ceiling := func(base, headroom, limit uint64) uint64 { return min(headroom, max(base, limit)) }
 	switch h.Algorithm {
 	case passhash.Bcrypt:
 		base := keystore.DefaultBcryptCost
 		if p.Algorithm == keystore.PasswordBcrypt {
 			base = max(base, p.BcryptCost)
 		}
-		top := ceiling(uint64(base), uint64(base+verifyHeadroomBcrypt), uint64(l.BcryptCost))
-		if uint64(h.BcryptCost) > top {
+		top := base + verifyHeadroomBcrypt
+		if h.BcryptCost > top {
 			return fmt.Errorf("%w: hash: bcrypt cost %d is above the %d this key verifies", keystore.ErrInvalidArgument, h.BcryptCost, top)
 		}
 	case passhash.Argon2id:
@@ -383,9 +384,8 @@ func checkVerifyCost(h passhash.Hash, p keystore.PasswordPolicy, l keystore.Pass
 		if p.Algorithm == keystore.PasswordArgon2id {
 			m, t, par = max(m, uint64(p.Argon2MemoryKiB)), max(t, uint64(p.Argon2Iterations)), max(par, uint64(p.Argon2Parallelism))
 		}
-		topM := ceiling(m, verifyHeadroomArgon2*m, uint64(l.Argon2MemoryKiB))
-		topT := ceiling(t, verifyHeadroomArgon2*t, uint64(l.Argon2Iterations))
-		topP := ceiling(par, verifyHeadroomArgon2*par, uint64(l.Argon2Parallelism))
+		topM := min(verifyHeadroomArgon2*m, max(m, uint64(l.Argon2MemoryKiB)))
+		topT, topP := verifyHeadroomArgon2*t, verifyHeadroomArgon2*par
 		if uint64(h.Argon2.MemoryKiB) > topM || uint64(h.Argon2.Iterations) > topT || uint64(h.Argon2.Parallelism) > topP {
 			return fmt.Errorf("%w: hash: argon2id parameters are above the m=%d,t=%d,p=%d this key verifies",
 				keystore.ErrInvalidArgument, topM, topT, topP)

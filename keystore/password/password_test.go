@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -410,13 +411,24 @@ func TestAKeyAboveTheLimitsVerifiesAndMovesItsHashesDownToThem(t *testing.T) {
 	if m, r := pwVerify(t, f.pw, ref, pw, fresh); !m || r {
 		t.Fatalf("the capped hash: match=%v needs_rehash=%v; want a match and no rehash", m, r)
 	}
-	// A key at the limit takes no hash above it, whatever its headroom.
-	at := fastArgon2id
-	at.Argon2Iterations = 16
-	atRef := f.passwordKey(t, "acme", "at-limit", at)
+	// Lowered by its tenant to the limit, the key still verifies the
+	// hashes within its headroom (t=20 under t=16 × 4).
+	lowered := fastArgon2id
+	lowered.Argon2Iterations = 16
+	if _, err := f.ks.UpdateKey(ctx, ref, keystore.KeyUpdate{PasswordPolicy: &lowered}); err != nil {
+		t.Fatal(err)
+	}
+	if m, r := pwVerify(t, f.pw, ref, pw, old); !m || !r {
+		t.Fatalf("a t=20 hash after the policy was lowered to t=16: match=%v needs_rehash=%v; want both", m, r)
+	}
+	// A key at the memory limit takes no hash with more memory, whatever
+	// its headroom: what each worker holds is capped.
+	atMem := fastArgon2id
+	atMem.Argon2MemoryKiB = keystore.DefaultPasswordLimits.Argon2MemoryKiB
+	atRef := f.passwordKey(t, "acme", "at-limit", atMem)
 	cheap := pwHash(t, f.pw, f.passwordKey(t, "acme", "cheap", fastArgon2id), pw)
-	above := strings.Replace(cheap, ",t=1,", ",t=17,", 1)
+	above := strings.Replace(cheap, "m=8192,", fmt.Sprintf("m=%d,", 2*keystore.DefaultPasswordLimits.Argon2MemoryKiB), 1)
 	if _, _, err := f.pw.Verify(ctx, atRef, pw, above, ""); !errors.Is(err, keystore.ErrInvalidArgument) {
-		t.Fatalf("a t=17 hash for a key at the limit of 16: %v, want ErrInvalidArgument", err)
+		t.Fatalf("a hash with twice the memory limit for a key at it: %v, want ErrInvalidArgument", err)
 	}
 }

@@ -1315,7 +1315,8 @@ type VerifyPasswordResponse struct {
 	// Whether the password matches.
 	Match bool `protobuf:"varint,1,opt,name=match,proto3" json:"match,omitempty"`
 	// On a match: hash again with HashPassword and store the new hash (the
-	// pepper version is not the primary, or the cost is below the policy).
+	// pepper version is not the primary, or the cost is below the policy, as
+	// the deployment's limits cap it, or above those limits).
 	NeedsRehash   bool `protobuf:"varint,2,opt,name=needs_rehash,json=needsRehash,proto3" json:"needs_rehash,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
