@@ -16,8 +16,9 @@ import (
 // which may be one the caller may not see: the server seals it before it
 // leaves (SealPageToken) and opens it when it comes back (OpenPageToken),
 // under a deployment-wide key stored wrapped by the root like a tenant KEK
-// (and re-wrapped with them by RewrapTenantKEKs). The key never changes
-// once made, so every replica may keep it. A caller learns no tenant from
+// (re-wrapped by RewrapPageTokenKey, which `custos root rewrap` runs). The
+// key changes only when root rewrap finds it unopenable, so every replica
+// may keep it. A caller learns no tenant from
 // a sealed token, nor can it make one.
 
 // pageTokenKeyKey is where the wrapped page-token key is stored.

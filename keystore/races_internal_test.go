@@ -391,7 +391,8 @@ func TestACallAfterADeletionDoesNotJoinALoadFromBeforeIt(t *testing.T) {
 // Sealed page tokens open on every replica, also after a root rewrap (the
 // key is re-wrapped, not replaced); a token not sealed by the deployment
 // is refused; a page-token key the root does not open is an integrity
-// failure, as a tenant KEK's would be, not a reason to make a new key.
+// failure for the servers, as a tenant KEK's would be, and root rewrap
+// replaces it.
 func TestPageTokensAreSealedForTheWholeDeployment(t *testing.T) {
 	ctx := context.Background()
 	a, hs, open := newReviewSvc(t)
@@ -412,8 +413,8 @@ func TestPageTokensAreSealedForTheWholeDeployment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.RewrapTenantKEKs(ctx, nil); err != nil {
-		t.Fatal(err)
+	if replaced, err := a.RewrapPageTokenKey(ctx); err != nil || replaced {
+		t.Fatalf("rewrap of the page-token key: replaced %v, %v; want it re-wrapped", replaced, err)
 	}
 	after, err := hs.Store.Get(ctx, pageTokenKeyKey)
 	if err != nil || after.Version == before.Version {
@@ -430,5 +431,18 @@ func TestPageTokensAreSealedForTheWholeDeployment(t *testing.T) {
 	}
 	if got, err := a.OpenPageToken(ctx, tok); err != nil || got != encodePageToken("tenant-9") {
 		t.Fatalf("a replica that has the key keeps opening tokens: %q, %v", got, err)
+	}
+	// The operator's way out: root rewrap replaces a key the root does not
+	// open, and new replicas seal and open with the new one.
+	if replaced, err := a.RewrapPageTokenKey(ctx); err != nil || !replaced {
+		t.Fatalf("rewrap of a page-token key the root does not open: replaced %v, %v; want it replaced", replaced, err)
+	}
+	c := open()
+	fresh, err := c.SealPageToken(ctx, encodePageToken("tenant-9"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := open().OpenPageToken(ctx, fresh); err != nil || got != encodePageToken("tenant-9") {
+		t.Fatalf("a token under the replaced key: %q, %v", got, err)
 	}
 }

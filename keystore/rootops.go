@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
@@ -17,8 +18,7 @@ type RewrapProgress func(tenant string)
 // RewrapTenantKEKs re-wraps every tenant's KEK under the root key's current
 // version (after a Vault Transit or KMS key rotation), while the service keeps
 // serving: the KEK itself does not change, so caches stay valid and no keyset
-// is touched; the page-token key is re-wrapped after them. Each tenant is
-// updated with compare-and-swap; interrupted and
+// is touched. Each tenant is updated with compare-and-swap; interrupted and
 // run again, it simply re-wraps every tenant again and finishes without loss.
 // It returns how many tenants it re-wrapped.
 func (s *Service) RewrapTenantKEKs(ctx context.Context, progress RewrapProgress) (int, error) {
@@ -36,13 +36,18 @@ func (s *Service) RewrapTenantKEKs(ctx context.Context, progress RewrapProgress)
 			progress(tenant)
 		}
 	}
-	return n, s.rewrapPageTokenKey(ctx)
+	return n, nil
 }
 
-// rewrapPageTokenKey re-wraps the page-token key (pagetoken.go), if the
-// deployment has one, under the root key's current version.
-func (s *Service) rewrapPageTokenKey(ctx context.Context) error {
-	return retryCAS("rewrap the page-token key", func() error {
+// RewrapPageTokenKey re-wraps the page-token key (pagetoken.go), if the
+// deployment has one, under the root key's current version. One the root
+// no longer opens (wrapped under a version retired before it was
+// re-wrapped) is replaced: that voids the page tokens out now, and servers
+// running with the old key keep it until they restart. It reports whether
+// it replaced the key.
+func (s *Service) RewrapPageTokenKey(ctx context.Context) (replaced bool, err error) {
+	err = retryCAS("rewrap the page-token key", func() error {
+		replaced = false
 		rec, err := s.store.Get(ctx, pageTokenKeyKey)
 		if errors.Is(err, storage.ErrNotFound) {
 			return nil
@@ -51,7 +56,12 @@ func (s *Service) rewrapPageTokenKey(ctx context.Context) error {
 			return storageErr("rewrap: read the page-token key", err)
 		}
 		raw, err := s.root.Unwrap(ctx, rec.Value, []byte(pageTokenKeyAAD))
-		if err != nil {
+		if errors.Is(err, root.ErrNotAuthentic) {
+			raw, replaced = make([]byte, kekSize), true
+			if _, err := io.ReadFull(s.rand, raw); err != nil {
+				return fmt.Errorf("rewrap: page-token key: %w", err)
+			}
+		} else if err != nil {
 			return rootErr("rewrap: unwrap the page-token key", err)
 		}
 		wrapped, err := s.root.Wrap(ctx, raw, []byte(pageTokenKeyAAD))
@@ -64,6 +74,7 @@ func (s *Service) rewrapPageTokenKey(ctx context.Context) error {
 		}
 		return nil
 	})
+	return replaced, err
 }
 
 func (s *Service) rewrapTenantKEK(ctx context.Context, tenant string) error {

@@ -48,6 +48,15 @@ re-wrapped too.`,
 				return err
 			}
 			fmt.Fprintln(out, "audit signing key re-wrapped")
+			replaced, err := d.Keystore.RewrapPageTokenKey(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if replaced {
+				fmt.Fprintln(out, "page-token key replaced (the root no longer opened it): ListTenants page tokens out now are void; restart the servers")
+			} else {
+				fmt.Fprintln(out, "page-token key re-wrapped")
+			}
 			return nil
 		},
 	}
