@@ -413,8 +413,8 @@ func TestPageTokensAreSealedForTheWholeDeployment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if replaced, err := a.RewrapPageTokenKey(ctx); err != nil || replaced {
-		t.Fatalf("rewrap of the page-token key: replaced %v, %v; want it re-wrapped", replaced, err)
+	if found, replaced, err := a.RewrapPageTokenKey(ctx); err != nil || !found || replaced {
+		t.Fatalf("rewrap of the page-token key: found %v, replaced %v, %v; want it re-wrapped", found, replaced, err)
 	}
 	after, err := hs.Store.Get(ctx, pageTokenKeyKey)
 	if err != nil || after.Version == before.Version {
@@ -434,7 +434,7 @@ func TestPageTokensAreSealedForTheWholeDeployment(t *testing.T) {
 	}
 	// The operator's way out: root rewrap replaces a key the root does not
 	// open, and new replicas seal and open with the new one.
-	if replaced, err := a.RewrapPageTokenKey(ctx); err != nil || !replaced {
+	if _, replaced, err := a.RewrapPageTokenKey(ctx); err != nil || !replaced {
 		t.Fatalf("rewrap of a page-token key the root does not open: replaced %v, %v; want it replaced", replaced, err)
 	}
 	c := open()

@@ -44,14 +44,15 @@ func (s *Service) RewrapTenantKEKs(ctx context.Context, progress RewrapProgress)
 // no longer opens (wrapped under a version retired before it was
 // re-wrapped) is replaced: that voids the page tokens out now, and servers
 // running with the old key keep it until they restart. It reports whether
-// it replaced the key.
-func (s *Service) RewrapPageTokenKey(ctx context.Context) (replaced bool, err error) {
+// there was a key, and whether it replaced it.
+func (s *Service) RewrapPageTokenKey(ctx context.Context) (found, replaced bool, err error) {
 	err = retryCAS("rewrap the page-token key", func() error {
-		replaced = false
+		found, replaced = false, false
 		rec, err := s.store.Get(ctx, pageTokenKeyKey)
 		if errors.Is(err, storage.ErrNotFound) {
 			return nil
 		}
+		found = true
 		if err != nil {
 			return storageErr("rewrap: read the page-token key", err)
 		}
@@ -74,7 +75,7 @@ func (s *Service) RewrapPageTokenKey(ctx context.Context) (replaced bool, err er
 		}
 		return nil
 	})
-	return replaced, err
+	return found, replaced, err
 }
 
 func (s *Service) rewrapTenantKEK(ctx context.Context, tenant string) error {

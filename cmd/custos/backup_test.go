@@ -221,3 +221,26 @@ func TestTombstonesFromReadsAnotherStoreReadOnly(t *testing.T) {
 		t.Fatalf("tombstones %+v, %v; want tenant gone", tombs, err)
 	}
 }
+
+// custos root rewrap re-wraps every tenant KEK, the audit signing key and
+// the page-token key, on a bbolt store whose server is stopped, and the
+// server then serves every tenant as before.
+func TestRootRewrapOnAStoppedBboltServer(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), ".custos-dev")
+	addr, stop := startDev(t, dir)
+	cli(t, dir, addr, "tenant", "create", "acme")
+	cli(t, dir, addr, "key", "create", "tenants/acme/keys/pii")
+	ct := strings.TrimSpace(cli(t, dir, addr, "encrypt", "tenants/acme/keys/pii", "--no-ad", "hello"))
+	stop()
+	out := runMain(t, "root", "rewrap", "--config", filepath.Join(dir, "custos.yaml"))
+	for _, want := range []string{"re-wrapped tenants/acme", "tenant KEKs re-wrapped", "audit signing key re-wrapped"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("root rewrap printed:\n%s\nwant %q", out, want)
+		}
+	}
+	addr, stop = startDev(t, dir)
+	defer stop()
+	if pt := strings.TrimSpace(cli(t, dir, addr, "decrypt", "tenants/acme/keys/pii", "--no-ad", ct)); pt != "hello" {
+		t.Fatalf("decrypt after the rewrap: %q", pt)
+	}
+}

@@ -48,13 +48,13 @@ re-wrapped too.`,
 				return err
 			}
 			fmt.Fprintln(out, "audit signing key re-wrapped")
-			replaced, err := d.Keystore.RewrapPageTokenKey(cmd.Context())
-			if err != nil {
+			found, replaced, err := d.Keystore.RewrapPageTokenKey(cmd.Context())
+			switch {
+			case err != nil:
 				return err
-			}
-			if replaced {
+			case replaced:
 				fmt.Fprintln(out, "page-token key replaced (the root no longer opened it): ListTenants page tokens out now are void; restart the servers")
-			} else {
+			case found:
 				fmt.Fprintln(out, "page-token key re-wrapped")
 			}
 			return nil
