@@ -18,7 +18,9 @@ type RewrapProgress func(tenant string)
 // RewrapTenantKEKs re-wraps every tenant's KEK under the root key's current
 // version (after a Vault Transit or KMS key rotation), while the service keeps
 // serving: the KEK itself does not change, so caches stay valid and no keyset
-// is touched. Each tenant is updated with compare-and-swap; interrupted and
+// is touched (RewrapPageTokenKey re-wraps the page-token key; custos root
+// rewrap runs both). Each tenant is updated with compare-and-swap;
+// interrupted and
 // run again, it simply re-wraps every tenant again and finishes without loss.
 // It returns how many tenants it re-wrapped.
 func (s *Service) RewrapTenantKEKs(ctx context.Context, progress RewrapProgress) (int, error) {

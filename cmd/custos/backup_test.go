@@ -20,6 +20,7 @@ import (
 	"github.com/custos-kms/custos/keystore/storage"
 	"github.com/custos-kms/custos/keystore/storage/bbolt"
 	"github.com/custos-kms/custos/keystore/storage/memory"
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 )
 
 // startDevWithOps serves dir like custos dev, on free ports, and returns
@@ -229,11 +230,17 @@ func TestRootRewrapOnAStoppedBboltServer(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), ".custos-dev")
 	addr, stop := startDev(t, dir)
 	cli(t, dir, addr, "tenant", "create", "acme")
+	cli(t, dir, addr, "tenant", "create", "beta")
 	cli(t, dir, addr, "key", "create", "tenants/acme/keys/pii")
 	ct := strings.TrimSpace(cli(t, dir, addr, "encrypt", "tenants/acme/keys/pii", "--no-ad", "hello"))
+	// A page of one tenant: its token makes the page-token key.
+	page, err := custosv1.NewKeyServiceClient(devConn(t, dir, addr)).ListTenants(t.Context(), &custosv1.ListTenantsRequest{PageSize: 1})
+	if err != nil || page.GetNextPageToken() == "" {
+		t.Fatalf("a page of one tenant: %v, %v", page, err)
+	}
 	stop()
 	out := runMain(t, "root", "rewrap", "--config", filepath.Join(dir, "custos.yaml"))
-	for _, want := range []string{"re-wrapped tenants/acme", "tenant KEKs re-wrapped", "audit signing key re-wrapped"} {
+	for _, want := range []string{"re-wrapped tenants/acme", "2 tenant KEKs re-wrapped", "audit signing key re-wrapped", "page-token key re-wrapped"} {
 		if !strings.Contains(out, want) {
 			t.Fatalf("root rewrap printed:\n%s\nwant %q", out, want)
 		}
@@ -242,5 +249,10 @@ func TestRootRewrapOnAStoppedBboltServer(t *testing.T) {
 	defer stop()
 	if pt := strings.TrimSpace(cli(t, dir, addr, "decrypt", "tenants/acme/keys/pii", "--no-ad", ct)); pt != "hello" {
 		t.Fatalf("decrypt after the rewrap: %q", pt)
+	}
+	// The token from before the rewrap still opens: the key was re-wrapped, not replaced.
+	next, err := custosv1.NewKeyServiceClient(devConn(t, dir, addr)).ListTenants(t.Context(), &custosv1.ListTenantsRequest{PageSize: 1, PageToken: page.GetNextPageToken()})
+	if err != nil || len(next.GetTenants()) != 1 || next.GetTenants()[0].GetName() != "tenants/beta" {
+		t.Fatalf("the second page with the token from before the rewrap: %v, %v", next, err)
 	}
 }

@@ -151,8 +151,9 @@ func writeIfMissing(path, content string) error {
 	return err
 }
 
-// createExclusive creates path with content unless it exists.
-func createExclusive(path, content string) error {
+// createExclusive creates path with content unless it exists; on a
+// failure it removes what it began, so that no cut file stays.
+func createExclusive(path, content string) (err error) {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if errors.Is(err, fs.ErrExist) {
 		return nil
@@ -160,6 +161,11 @@ func createExclusive(path, content string) error {
 	if err != nil {
 		return err
 	}
+	defer func() {
+		if err != nil {
+			_ = os.Remove(path)
+		}
+	}()
 	if _, err := io.WriteString(f, content); err != nil {
 		f.Close()
 		return err

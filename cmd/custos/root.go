@@ -37,6 +37,7 @@ func refuseUnknownSubcommands(cmd *cobra.Command) {
 	if !cmd.HasParent() || !cmd.HasSubCommands() || cmd.Runnable() {
 		return
 	}
+	cmd.SuggestionsMinimumDistance = 2 // cobra sets it for the top level only
 	cmd.RunE = func(c *cobra.Command, args []string) error {
 		if len(args) > 0 {
 			msg := fmt.Sprintf("unknown command %q for %q", args[0], c.CommandPath())

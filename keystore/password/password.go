@@ -258,8 +258,8 @@ func (s *Service) Hash(ctx context.Context, ref keystore.KeyRef, password []byte
 //
 // Errors: a malformed hash, or one whose cost exceeds what the key verifies
 // (its policy, or the default if higher, plus 2 bcrypt cost steps or 4× each
-// argon2id parameter, the memory no more than the deployment's limit when
-// that is higher than the policy's), is keystore.ErrInvalidArgument naming
+// argon2id parameter, the memory and lanes no more than the larger of the
+// policy's and the deployment's limits), is keystore.ErrInvalidArgument naming
 // hash, as is a
 // hash naming a pepper version the key never had. A disabled, destroyed or
 // too-old pepper version gives the errors Decrypt gives. A full hashing
@@ -365,9 +365,10 @@ func rehashNeeded(h passhash.Hash, primary uint32, p keystore.PasswordPolicy, l 
 }
 
 // checkVerifyCost refuses a hash that would cost more to verify than the
-// key's policy allows with headroom (see verifyHeadroomBcrypt); its memory,
-// past the key's own policy, no more than the deployment's limit (what
-// each hashing worker holds: the server's memory is what is at stake).
+// key's policy allows with headroom (see verifyHeadroomBcrypt); its
+// argon2id memory and lanes, past the key's own policy, no more than the
+// deployment's limits (what one hashing worker holds: the server's memory
+// and cores, which the pool is sized by).
 func checkVerifyCost(h passhash.Hash, p keystore.PasswordPolicy, l keystore.PasswordLimits) error {
 	switch h.Algorithm {
 	case passhash.Bcrypt:
@@ -385,7 +386,8 @@ func checkVerifyCost(h passhash.Hash, p keystore.PasswordPolicy, l keystore.Pass
 			m, t, par = max(m, uint64(p.Argon2MemoryKiB)), max(t, uint64(p.Argon2Iterations)), max(par, uint64(p.Argon2Parallelism))
 		}
 		topM := min(verifyHeadroomArgon2*m, max(m, uint64(l.Argon2MemoryKiB)))
-		topT, topP := verifyHeadroomArgon2*t, verifyHeadroomArgon2*par
+		topP := min(verifyHeadroomArgon2*par, max(par, uint64(l.Argon2Parallelism)))
+		topT := verifyHeadroomArgon2 * t
 		if uint64(h.Argon2.MemoryKiB) > topM || uint64(h.Argon2.Iterations) > topT || uint64(h.Argon2.Parallelism) > topP {
 			return fmt.Errorf("%w: hash: argon2id parameters are above the m=%d,t=%d,p=%d this key verifies",
 				keystore.ErrInvalidArgument, topM, topT, topP)

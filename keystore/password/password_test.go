@@ -371,8 +371,9 @@ func TestHashParserBoundsMatchThePolicyBounds(t *testing.T) {
 
 // A key whose policy is above the deployment's limits (set before they were
 // lowered) keeps verifying its users' hashes, hashes new passwords at the
-// limits, and asks for a rehash of the hashes above them; no hash above
-// the limits is taken beyond what the key's own policy allows.
+// limits, and asks for a rehash of the hashes above them; no hash with
+// more argon2id memory or lanes than the limits is taken beyond what the
+// key's own policy allows.
 func TestAKeyAboveTheLimitsVerifiesAndMovesItsHashesDownToThem(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
@@ -430,5 +431,12 @@ func TestAKeyAboveTheLimitsVerifiesAndMovesItsHashesDownToThem(t *testing.T) {
 	above := strings.Replace(cheap, "m=8192,", fmt.Sprintf("m=%d,", 2*keystore.DefaultPasswordLimits.Argon2MemoryKiB), 1)
 	if _, _, err := f.pw.Verify(ctx, atRef, pw, above, ""); !errors.Is(err, keystore.ErrInvalidArgument) {
 		t.Fatalf("a hash with twice the memory limit for a key at it: %v, want ErrInvalidArgument", err)
+	}
+	atLanes := fastArgon2id
+	atLanes.Argon2Parallelism = keystore.DefaultPasswordLimits.Argon2Parallelism
+	lanesRef := f.passwordKey(t, "acme", "lanes-at-limit", atLanes)
+	wide := strings.Replace(cheap, ",p=1$", fmt.Sprintf(",p=%d$", 4*keystore.DefaultPasswordLimits.Argon2Parallelism), 1)
+	if _, _, err := f.pw.Verify(ctx, lanesRef, pw, wide, ""); !errors.Is(err, keystore.ErrInvalidArgument) {
+		t.Fatalf("a hash with four times the lane limit for a key at it: %v, want ErrInvalidArgument", err)
 	}
 }
