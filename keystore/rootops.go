@@ -121,7 +121,11 @@ func (s *Service) Dependencies(ctx context.Context) (storageErr, rootErr error) 
 		if err := wh.WriteHealth(); err != nil {
 			// Writes failed for lack of space. One small write tells
 			// whether space came back.
-			_, _ = s.store.Put(ctx, "health/probe", []byte(s.now().UTC().Format(time.RFC3339)), storage.AnyVersion)
+			// (Through Apply: AnyVersion means "whatever is there" only
+			// there; a Put would always conflict.)
+			if a, ok := s.store.(storage.Applier); ok {
+				_ = a.Apply(ctx, []storage.Op{{Key: "health/probe", Value: []byte(s.now().UTC().Format(time.RFC3339)), Expect: storage.AnyVersion}})
+			}
 			// The backend decides whether that settles it: PostgreSQL
 			// clears on any successful write; bbolt only once its
 			// filesystem has room again (a small write can fit in pages

@@ -3,11 +3,14 @@ package keystore_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"path/filepath"
 	"testing"
 
 	"github.com/custos-kms/custos/keystore"
 	"github.com/custos-kms/custos/keystore/root/local"
+	"github.com/custos-kms/custos/keystore/storage"
+	"github.com/custos-kms/custos/keystore/storage/memory"
 )
 
 func TestRewrapTenantKEKsKeepsEverythingDecryptable(t *testing.T) {
@@ -64,5 +67,45 @@ func TestDependenciesReportsTheRoot(t *testing.T) {
 	rt.down.Store(true)
 	if s, r := ks.Dependencies(ctx); s != nil || r == nil {
 		t.Fatalf("root down: %v %v", s, r)
+	}
+}
+
+// fullUntilWritten is a store whose writes failed for lack of space until
+// one succeeds, as PostgreSQL's tracker reports it.
+type fullUntilWritten struct {
+	*memory.Store
+	full storage.FullTracker
+}
+
+func (f *fullUntilWritten) WriteHealth() error { return f.full.WriteHealth() }
+
+func (f *fullUntilWritten) Apply(ctx context.Context, ops []storage.Op) error {
+	err := f.Store.Apply(ctx, ops)
+	f.full.Note(err)
+	return err
+}
+
+func (f *fullUntilWritten) Put(ctx context.Context, k string, v []byte, expect uint64) (uint64, error) {
+	ver, err := f.Store.Put(ctx, k, v, expect)
+	f.full.Note(err)
+	return ver, err
+}
+
+// Once space is back, the dependency probe's own write clears the "full"
+// state: a replica that serves no writes would otherwise stay unready.
+func TestTheProbeClearsAFullStoreOnceSpaceIsBack(t *testing.T) {
+	ctx := context.Background()
+	lr, err := local.Create(filepath.Join(t.TempDir(), "root.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &fullUntilWritten{Store: memory.New()}
+	st.full.Note(fmt.Errorf("test: %w", storage.ErrFull))
+	ks, err := keystore.New(keystore.Config{Storage: st, Root: lr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, r := ks.Dependencies(ctx); s != nil || r != nil {
+		t.Fatalf("space back, after the probe: storage %v, root %v; want both healthy", s, r)
 	}
 }
