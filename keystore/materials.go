@@ -295,6 +295,9 @@ func (s *Service) Watch(ctx context.Context) error {
 	if err != nil {
 		return storageErr("watch", err)
 	}
+	// What was cached before the watch began (the server may already be
+	// answering) may have changed unseen: it goes.
+	s.m.apply(storage.Change{})
 	for c := range changes {
 		s.m.apply(c)
 	}

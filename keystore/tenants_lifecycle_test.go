@@ -246,3 +246,30 @@ func TestInterruptedShreddingCannotBeUndoneAndFinishesOnTheNextPass(t *testing.T
 	}
 	f.decryptFails(ks, ref, ct, keystore.ErrNotFound)
 }
+
+// A change made before a replica's watch began (the replica already
+// answering, its cache warm) is not missed: the watch drops what was
+// cached before it.
+func TestAWatchDropsWhatWasCachedBeforeItBegan(t *testing.T) {
+	store := newNotifyingStore()
+	f := newLCFixture(t)
+	f.store = store
+	f.ks = f.replica()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ref := f.newKey("acme", "pii", keystore.KeySpec{Purpose: keystore.PurposeEncrypt})
+	b := f.replica()
+	f.encrypt(b, ref, "alice", 1) // b's cache is warm
+	// Deleted with no one listening yet: written to the store underneath,
+	// as a change another replica commits before b's LISTEN is up.
+	f.store = store.Store
+	if _, err := f.replica().DeleteTenant(ctx, "acme", 0); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = b.Watch(ctx) }()
+	waitFor(t, "b to watch", func() bool { return store.watchers() == 1 })
+	waitFor(t, "b to refuse the tenant deleted before its watch began", func() bool {
+		_, _, err := b.Encrypt(ctx, ref, []byte("x"), nil)
+		return errors.Is(err, keystore.ErrTenantDeleted)
+	})
+}
