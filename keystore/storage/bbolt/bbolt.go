@@ -381,7 +381,9 @@ var _ storage.Snapshotter = (*Store)(nil)
 // Snapshot calls fn for every record, in key order, as of one moment. The
 // read transaction that defines the moment lasts only as long as copying
 // the file (tx.WriteTo, at disk speed) beside it; fn then reads the copy,
-// however slowly, without holding back the live file's writers.
+// however slowly, without holding back the live file's writers. During the
+// copy, a write that must grow the file's memory map waits for it to end
+// (bbolt remaps only with no reader), and reads queue behind that write.
 func (s *Store) Snapshot(ctx context.Context, fn func(storage.Record) error) error {
 	tmp, err := os.CreateTemp(filepath.Dir(s.path), snapshotPattern(s.path))
 	if err != nil {

@@ -24,9 +24,11 @@ var (
 	// idleCheck is how long a watcher waits for a notification before it
 	// pings the server, to notice a connection that died silently (a
 	// network partition sends no reset).
-	idleCheck = 30 * time.Second
+	// With pingTimeout, it bounds how long a replica can go on serving
+	// cached entries that a dead connection kept it from hearing about.
+	idleCheck = 5 * time.Second
 	// pingTimeout bounds that ping.
-	pingTimeout = 5 * time.Second
+	pingTimeout = 2 * time.Second
 	// reconnectMin and reconnectMax bound the wait between attempts to
 	// reconnect; it doubles from one to the other.
 	reconnectMin = 50 * time.Millisecond
