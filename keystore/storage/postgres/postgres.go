@@ -405,10 +405,13 @@ func (s *Store) Apply(ctx context.Context, ops []storage.Op) error {
 			case op.Delete:
 				b.Queue(`DELETE FROM custos_records WHERE key = $1 AND version = $2`, op.Key, dbVersion(op.Expect))
 			case op.Expect == storage.AnyVersion:
+				// The version is drawn after the row lock on an update,
+				// so a key's versions only grow, even when a
+				// compare-and-swap writer committed in between.
 				b.Queue(`
 					INSERT INTO custos_records (key, value, version)
 					VALUES ($1, $2, nextval('custos_record_version'))
-					ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, version = EXCLUDED.version`, op.Key, value)
+					ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, version = nextval('custos_record_version')`, op.Key, value)
 			case op.Expect == 0:
 				b.Queue(`
 					INSERT INTO custos_records (key, value, version)
