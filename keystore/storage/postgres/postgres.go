@@ -340,13 +340,14 @@ func (s *Store) fail(ctx context.Context, err error) error {
 	if s.closed.Load() {
 		return fmt.Errorf("%w: %w", storage.ErrClosed, err)
 	}
+	short := resourcesShort(err)
 	err = classify(ctx, err)
 	if errors.Is(err, storage.ErrFull) {
 		// The server is up, its disk full: keep the connections.
 		s.full.Note(err)
 		return err
 	}
-	if ctx.Err() == nil && errors.Is(err, storage.ErrUnavailable) {
+	if ctx.Err() == nil && errors.Is(err, storage.ErrUnavailable) && !short {
 		// The server went away, or is going: its other connections are
 		// most likely dead too. Drop them all, so that the first calls
 		// once it is back do not meet them.
