@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"time"
 
 	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/storage"
@@ -119,17 +118,13 @@ func (s *Service) Dependencies(ctx context.Context) (storageErr, rootErr error) 
 	}
 	if wh, ok := s.store.(storage.WriteHealth); ok && storageErr == nil {
 		if err := wh.WriteHealth(); err != nil {
-			// Writes failed for lack of space. One small write tells
-			// whether space came back.
-			// (Through Apply: AnyVersion means "whatever is there" only
-			// there; a Put would always conflict.)
-			if a, ok := s.store.(storage.Applier); ok {
-				_ = a.Apply(ctx, []storage.Op{{Key: "health/probe", Value: []byte(s.now().UTC().Format(time.RFC3339)), Expect: storage.AnyVersion}})
+			// Writes failed for lack of space. Where only a successful
+			// write clears that (PostgreSQL), one small write tells
+			// whether space came back; bbolt clears once its file system
+			// has room again, and a write there would prove nothing.
+			if p, ok := s.store.(storage.WriteProber); ok {
+				_ = p.ProbeWrite(ctx)
 			}
-			// The backend decides whether that settles it: PostgreSQL
-			// clears on any successful write; bbolt only once its
-			// filesystem has room again (a small write can fit in pages
-			// bbolt freed and prove nothing).
 			storageErr = wh.WriteHealth()
 		}
 	}

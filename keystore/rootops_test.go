@@ -79,6 +79,10 @@ type fullUntilWritten struct {
 
 func (f *fullUntilWritten) WriteHealth() error { return f.full.WriteHealth() }
 
+func (f *fullUntilWritten) ProbeWrite(ctx context.Context) error {
+	return f.Apply(ctx, []storage.Op{{Key: "health/probe", Value: []byte("x"), Expect: storage.AnyVersion}})
+}
+
 func (f *fullUntilWritten) Apply(ctx context.Context, ops []storage.Op) error {
 	err := f.Store.Apply(ctx, ops)
 	f.full.Note(err)

@@ -40,6 +40,15 @@ type WriteHealth interface {
 	WriteHealth() error
 }
 
+// WriteProber is implemented by stores whose full state clears only on a
+// successful write (PostgreSQL): the dependency probe tries one small
+// write through ProbeWrite. A store that judges fullness by its disk's
+// free space (bbolt) does not implement it: a write there would take the
+// last free pages and prove nothing.
+type WriteProber interface {
+	ProbeWrite(ctx context.Context) error
+}
+
 // FullTracker implements WriteHealth for a backend: Note each write's
 // result.
 type FullTracker struct{ last atomic.Pointer[error] }

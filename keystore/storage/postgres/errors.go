@@ -50,11 +50,6 @@ func classify(ctx context.Context, err error) error {
 	return err
 }
 
-// unavailable reports whether err means the server is down, unreachable,
-// shutting down, starting up, out of connections or read-only (a standby
-// after a failover): an outage that a later attempt may not meet. A
-// statement whose connection broke may or may not have taken effect;
-// compare-and-swap makes the retry safe, as it then reports a conflict.
 // resourcesShort reports an error of a server that is up but short of
 // resources (SQLSTATE class 53: too many connections, out of memory): its
 // connections are sound, and dropping them all would only send every one
@@ -64,6 +59,11 @@ func resourcesShort(err error) bool {
 	return errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "53")
 }
 
+// unavailable reports whether err means the server is down, unreachable,
+// shutting down, starting up, out of connections or read-only (a standby
+// after a failover): an outage that a later attempt may not meet. A
+// statement whose connection broke may or may not have taken effect;
+// compare-and-swap makes the retry safe, as it then reports a conflict.
 func unavailable(err error) bool {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {

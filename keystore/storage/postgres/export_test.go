@@ -30,3 +30,6 @@ const (
 	ListQueryBounded   = listBounded
 	ListQueryUnbounded = listUnbounded
 )
+
+// NoteFull marks s as full, as a write that failed for lack of space does.
+func NoteFull(s *Store, err error) { s.full.Note(err) }

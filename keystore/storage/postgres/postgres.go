@@ -98,6 +98,14 @@ type Store struct {
 // nil once a write succeeded.
 func (s *Store) WriteHealth() error { return s.full.WriteHealth() }
 
+var _ storage.WriteProber = (*Store)(nil)
+
+// ProbeWrite writes one small record (health/probe), whatever is there: a
+// success clears the full state.
+func (s *Store) ProbeWrite(ctx context.Context) error {
+	return s.Apply(ctx, []storage.Op{{Key: "health/probe", Value: []byte(time.Now().UTC().Format(time.RFC3339)), Expect: storage.AnyVersion}})
+}
+
 // Open connects to the database at cfg.URL and brings its schema up to date.
 // Replicas may open the same database at once. If the server cannot be
 // reached, the error wraps storage.ErrUnavailable.

@@ -378,3 +378,22 @@ func argsFor(q string) []any {
 	}
 	return []any{"a", 10}
 }
+
+// The probe write clears the full state once the server takes writes
+// again, with or without a probe record already there.
+func TestAProbeWriteClearsTheFullState(t *testing.T) {
+	ctx := t.Context()
+	s := open(t, postgres.Config{URL: pgtest.Start(t).NewDatabase(t)})
+	for range 2 {
+		postgres.NoteFull(s, fmt.Errorf("test: %w", storage.ErrFull))
+		if err := s.WriteHealth(); !errors.Is(err, storage.ErrFull) {
+			t.Fatalf("marked full: %v", err)
+		}
+		if err := s.ProbeWrite(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.WriteHealth(); err != nil {
+			t.Fatalf("after the probe write: %v, want cleared", err)
+		}
+	}
+}

@@ -24,11 +24,12 @@ var (
 	// idleCheck is how long a watcher waits for a notification before it
 	// pings the server, to notice a connection that died silently (a
 	// network partition sends no reset).
-	// With pingTimeout, it bounds how long a replica can go on serving
-	// cached entries that a dead connection kept it from hearing about.
+	// With pingTimeout, it bounds how long a dead connection goes
+	// unnoticed (every cached entry is dropped once listening again).
 	idleCheck = 5 * time.Second
-	// pingTimeout bounds that ping.
-	pingTimeout = 2 * time.Second
+	// pingTimeout bounds that ping: long enough that a busy but healthy
+	// server's stall does not cost every replica its caches.
+	pingTimeout = 5 * time.Second
 	// reconnectMin and reconnectMax bound the wait between attempts to
 	// reconnect; it doubles from one to the other.
 	reconnectMin = 50 * time.Millisecond
