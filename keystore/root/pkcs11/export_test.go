@@ -17,3 +17,12 @@ func (r *Root) Hang(ctx context.Context, release <-chan struct{}) error {
 	})
 	return err
 }
+
+// CloseAllSessions closes every session of the root's slot behind its
+// back, as an HSM failover or a session timeout does.
+func (r *Root) CloseAllSessions() error {
+	r.mu.Lock()
+	slot := r.state.slot
+	r.mu.Unlock()
+	return r.mod.ctx.CloseAllSessions(slot)
+}

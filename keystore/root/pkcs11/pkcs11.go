@@ -155,13 +155,15 @@ func (r *Root) Close() error {
 
 // Wrap encrypts plaintext with AES-256-GCM under the token's key, binding aad.
 func (r *Root) Wrap(ctx context.Context, plaintext, aad []byte) ([]byte, error) {
-	iv := make([]byte, ivSize)
-	if _, err := io.ReadFull(r.rand, iv); err != nil {
-		return nil, fmt.Errorf("pkcs11 root: IV: %w", err)
-	}
 	pt, ad := clone(plaintext), clone(aad) // the call may outlive this one
-	return r.do(ctx, "wrap", func(h p11.SessionHandle, key p11.ObjectHandle) ([]byte, error) {
-		defer clear(pt)
+	// op may run twice (a retry on a stale session): the copy of the
+	// plaintext is cleared once both are over, never between them, and
+	// each attempt draws its own IV.
+	return r.doThen(ctx, "wrap", func(h p11.SessionHandle, key p11.ObjectHandle) ([]byte, error) {
+		iv := make([]byte, ivSize)
+		if _, err := io.ReadFull(r.rand, iv); err != nil {
+			return nil, fmt.Errorf("IV: %w", err)
+		}
 		params := p11.NewGCMParams(iv, ad, tagSize*8)
 		defer params.Free()
 		if err := r.mod.ctx.EncryptInit(h, []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_GCM, params)}, key); err != nil {
@@ -182,7 +184,7 @@ func (r *Root) Wrap(ctx context.Context, plaintext, aad []byte) ([]byte, error) 
 		out = append(out, formatVersion)
 		out = append(out, used...)
 		return append(out, ct...), nil
-	})
+	}, func() { clear(pt) })
 }
 
 // Unwrap decrypts a blob made by Wrap with the same aad.
@@ -266,6 +268,12 @@ var errClosed = errors.New("pkcs11 root: closed")
 // ctx. An error that means the token state went stale resets it and op is
 // tried once more.
 func (r *Root) do(ctx context.Context, what string, op func(p11.SessionHandle, p11.ObjectHandle) ([]byte, error)) ([]byte, error) {
+	return r.doThen(ctx, what, op, nil)
+}
+
+// doThen is do, and runs after (when not nil) once op's attempts are over,
+// however long after the caller stopped waiting.
+func (r *Root) doThen(ctx context.Context, what string, op func(p11.SessionHandle, p11.ObjectHandle) ([]byte, error), after func()) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, ctxError(what, err)
 	}
@@ -283,6 +291,9 @@ func (r *Root) do(ctx context.Context, what string, op func(p11.SessionHandle, p
 	ch := make(chan result, 1)
 	go func() {
 		defer r.inflight.Done()
+		if after != nil {
+			defer after()
+		}
 		out, err := r.attempt(ctx, op)
 		if err != nil && isStale(err) && ctx.Err() == nil {
 			out, err = r.attempt(ctx, op)

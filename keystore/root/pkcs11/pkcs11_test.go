@@ -293,3 +293,26 @@ func TestAHungTokenDoesNotHoldCallersPastTheirDeadline(t *testing.T) {
 		t.Fatalf("Wrap after the token answered: %v", err)
 	}
 }
+
+// A Wrap retried on a fresh session (the pooled one closed behind the
+// root's back) wraps the plaintext it was given, not a cleared copy.
+func TestAWrapRetriedOnAStaleSessionWrapsThePlaintext(t *testing.T) {
+	h := newSoftHSM(t)
+	r := newRoot(t, h.cfg)
+	ctx := t.Context()
+	kek := bytes.Repeat([]byte{0x5a}, 32)
+	if _, err := r.Wrap(ctx, kek, []byte("warm")); err != nil { // a session now idle in the pool
+		t.Fatal(err)
+	}
+	if err := r.CloseAllSessions(); err != nil {
+		t.Fatal(err)
+	}
+	wrapped, err := r.Wrap(ctx, kek, []byte("aad"))
+	if err != nil {
+		t.Fatalf("Wrap on a stale session: %v", err)
+	}
+	got, err := r.Unwrap(ctx, wrapped, []byte("aad"))
+	if err != nil || !bytes.Equal(got, kek) {
+		t.Fatalf("Unwrap of what the retried Wrap made: %x, %v; want the plaintext %x", got, err, kek)
+	}
+}
