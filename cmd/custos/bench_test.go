@@ -313,3 +313,25 @@ func TestBenchSoakHoldsAFractionOfThePeakAndSamplesTheServer(t *testing.T) {
 		}
 	}
 }
+
+// Batch items the server fails one by one (here fields over its 64 KiB
+// limit) are errors of the run, with their code, not items done.
+func TestBenchCountsFailedBatchItemsAsErrors(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), ".custos-dev")
+	addr, stop, _ := startDevServer(t, dir, nil)
+	defer stop()
+	out, errOut, err := runCLI(t, "bench", "--addr", addr, "--dev-dir", dir, "--baseline", "off",
+		"--ops", "encrypt-batch", "--concurrency", "1", "--batch", "2", "--payload", "70000",
+		"--warmup", "10ms", "--duration", "100ms", "--rounds", "1", "-o", "json")
+	if err != nil {
+		t.Fatalf("bench: %v\n%s", err, errOut)
+	}
+	rep := parseReport(t, out)
+	if len(rep.Comparisons) != 1 || len(rep.Comparisons[0].Custos) != 1 {
+		t.Fatalf("report: %+v", rep)
+	}
+	r := rep.Comparisons[0].Custos[0]
+	if r.Items != 0 || r.Errors["InvalidArgument"] == 0 {
+		t.Fatalf("batches of fields over the server's limit: %d items done, errors %v; want none done and INVALID_ARGUMENT counted", r.Items, r.Errors)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -193,19 +194,28 @@ func prepare(ctx context.Context, conn grpc.ClientConnInterface, w Workload) (fu
 			for i := range req.Items {
 				req.Items[i] = &custosv1.EncryptBatchRequest_Item{Plaintext: payload, AssociatedData: aad}
 			}
-			return func(ctx context.Context) (int, error) { _, err := c.EncryptBatch(ctx, req); return n, err }
+			return func(ctx context.Context) (int, error) {
+				resp, err := c.EncryptBatch(ctx, req)
+				return batchItems(n, resp.GetResults(), err)
+			}
 		case OpDecryptBatch:
 			req := &custosv1.DecryptBatchRequest{Name: k.Encrypt, Items: make([]*custosv1.DecryptBatchRequest_Item, n)}
 			for i := range req.Items {
 				req.Items[i] = &custosv1.DecryptBatchRequest_Item{Ciphertext: ct, AssociatedData: aad}
 			}
-			return func(ctx context.Context) (int, error) { _, err := c.DecryptBatch(ctx, req); return n, err }
+			return func(ctx context.Context) (int, error) {
+				resp, err := c.DecryptBatch(ctx, req)
+				return batchItems(n, resp.GetResults(), err)
+			}
 		default:
 			req := &custosv1.RewrapBatchRequest{Name: k.Encrypt, Items: make([]*custosv1.RewrapBatchRequest_Item, n)}
 			for i := range req.Items {
 				req.Items[i] = &custosv1.RewrapBatchRequest_Item{Ciphertext: ct, AssociatedData: aad}
 			}
-			return func(ctx context.Context) (int, error) { _, err := c.RewrapBatch(ctx, req); return n, err }
+			return func(ctx context.Context) (int, error) {
+				resp, err := c.RewrapBatch(ctx, req)
+				return batchItems(n, resp.GetResults(), err)
+			}
 		}
 	}
 	single := func(op Op) call {
@@ -582,4 +592,23 @@ func Contend(ctx context.Context, custos Target, w, bg Workload, rounds int) (Co
 	}
 	res.Throughput, res.P99 = newStat(thr), newStat(p99)
 	return res, nil
+}
+
+// batchItems is what a batch call of n items counts: n when every item
+// succeeded; else the call is an error with the first failed item's code
+// (a batch answers OK and fails items one by one, so the call's own
+// status would count them as done).
+func batchItems[T interface{ GetStatus() *statuspb.Status }](n int, results []T, err error) (int, error) {
+	if err != nil {
+		return 0, err
+	}
+	for _, r := range results {
+		if st := r.GetStatus(); st.GetCode() != 0 {
+			return 0, status.ErrorProto(st)
+		}
+	}
+	if len(results) != n {
+		return 0, status.Errorf(codes.Internal, "%d results for a batch of %d", len(results), n)
+	}
+	return n, nil
 }
