@@ -525,7 +525,9 @@ func Compare(ctx context.Context, custos Target, base *Target, w Workload, round
 		cmp.Custos = append(cmp.Custos, c)
 		if b.ItemsPerSec > 0 && b.P50 > 0 {
 			thr = append(thr, c.ItemsPerSec/b.ItemsPerSec)
-			p50 = append(p50, c.P50/b.P50)
+			if c.P50 > 0 { // a round with no successful call has no latency, not a zero one
+				p50 = append(p50, c.P50/b.P50)
+			}
 		}
 	}
 	cmp.Throughput, cmp.P50 = newStat(thr), newStat(p50)
