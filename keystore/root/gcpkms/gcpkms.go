@@ -37,6 +37,7 @@ import (
 	"hash/crc32"
 	"net"
 	"net/url"
+	"strings"
 	"regexp"
 
 	kms "cloud.google.com/go/kms/apiv1"
@@ -205,6 +206,15 @@ func classify(ctx context.Context, what string, err error) error {
 		}
 	case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.Aborted, codes.Internal:
 		return fmt.Errorf("gcpkms root: %s: %w: %w", what, root.ErrUnavailable, err)
+	case codes.Unauthenticated:
+		// grpc-go reports credentials it could not get (the metadata
+		// server or the token endpoint unreachable) as UNAUTHENTICATED
+		// "per-RPC creds failed", with the cause flattened into the
+		// message: an outage of the credentials, not Cloud KMS refusing
+		// them.
+		if strings.Contains(status.Convert(err).Message(), "per-RPC creds failed") {
+			return fmt.Errorf("gcpkms root: %s: %w: could not get credentials: %w", what, root.ErrUnavailable, err)
+		}
 	case codes.Unknown:
 		// Not a gRPC status. A network failure (fetching a token, say) is
 		// retryable; anything else is reported as it is.

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"hash/crc32"
 	"net"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -279,4 +280,35 @@ func TestUnresponsiveEndpointHonoursTheDeadline(t *testing.T) {
 	}()
 	r := realClient(t, ln.Addr().String())
 	roottest.TestUnresponsive(t, r, []byte{1, 2, 3, 4})
+}
+
+// failingCreds cannot get a token: the metadata server or the token
+// endpoint does not answer.
+type failingCreds struct{}
+
+func (failingCreds) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return nil, &url.Error{Op: "Post", URL: "https://oauth2.googleapis.com/token", Err: errors.New("dial tcp: i/o timeout")}
+}
+
+func (failingCreds) RequireTransportSecurity() bool { return false }
+
+// Credentials that cannot be fetched are an outage (cached tenants keep
+// serving through the grace), not Cloud KMS refusing the call.
+func TestCredentialsThatCannotBeFetchedAreUnavailable(t *testing.T) {
+	_, addr := startServer(t)
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithPerRPCCredentials(failingCreds{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	r, err := gcpkms.New(t.Context(), gcpkms.Config{KeyName: keyName}, option.WithGRPCConn(conn))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	if _, err := r.Wrap(ctx, []byte("kek"), []byte("aad")); !errors.Is(err, root.ErrUnavailable) {
+		t.Fatalf("Wrap without credentials: %v, want ErrUnavailable", err)
+	}
 }
