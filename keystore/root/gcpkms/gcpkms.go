@@ -37,8 +37,8 @@ import (
 	"hash/crc32"
 	"net"
 	"net/url"
-	"strings"
 	"regexp"
+	"strings"
 
 	kms "cloud.google.com/go/kms/apiv1"
 	"cloud.google.com/go/kms/apiv1/kmspb"
