@@ -68,6 +68,10 @@ the spawned baseline reports its own). See docs/performance.md.`,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runBench(cmd, &f) },
 	}
 	f.conn.flags(cmd)
+	// A run ends with its rounds (--duration × --rounds per workload); a
+	// command-wide --timeout would cut a measurement short, so bench and
+	// soak do not offer it.
+	_ = cmd.PersistentFlags().MarkHidden("timeout")
 	fl := cmd.Flags()
 	fl.StringVar(&f.ops, "ops", "encrypt,decrypt,blind-index,encrypt-batch", "operations, comma-separated: "+opNames())
 	fl.StringVar(&f.concurrency, "concurrency", "1,64", "calls in flight, comma-separated")

@@ -124,6 +124,7 @@ See docs/operations.md for this machine's figures.`,
 		},
 	}
 	c.flags(cmd)
+	_ = cmd.PersistentFlags().MarkHidden("timeout") // a soak ends with --duration
 	fl := cmd.Flags()
 	fl.StringVar(&op, "op", "mixed", "operation: "+opNames())
 	fl.IntVar(&concurrency, "concurrency", 64, "most calls in flight")
