@@ -19,15 +19,7 @@ import (
 // retention for good.
 func TestRetentionDeletesAnIntegratedBodyThatDoesNotDecode(t *testing.T) {
 	ctx := context.Background()
-	r, err := local.Create(filepath.Join(t.TempDir(), "root.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	store := memory.New()
-	l, err := Open(ctx, Config{Store: store, Root: r})
-	if err != nil {
-		t.Fatal(err)
-	}
+	store, l := newMemoryLog(t)
 	old := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	ev, err := Marshal(&custosv1.AuditEvent{Time: timestamppb.New(old), RequestId: "r1", Operation: "encrypt", Code: "OK"})
 	if err != nil {
@@ -49,15 +41,7 @@ func TestRetentionDeletesAnIntegratedBodyThatDoesNotDecode(t *testing.T) {
 // were integrated after it read the strip.
 func TestRetentionRereadsAStripThatGrew(t *testing.T) {
 	ctx := context.Background()
-	r, err := local.Create(filepath.Join(t.TempDir(), "root.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	store := memory.New()
-	l, err := Open(ctx, Config{Store: store, Root: r})
-	if err != nil {
-		t.Fatal(err)
-	}
+	store, l := newMemoryLog(t)
 	old := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	leaf := func(n int) []byte {
 		b, err := Marshal(&custosv1.AuditEvent{Time: timestamppb.New(old), RequestId: fmt.Sprint("r", n), Operation: "encrypt", Code: "OK"})
@@ -91,4 +75,19 @@ func TestRetentionRereadsAStripThatGrew(t *testing.T) {
 			t.Fatalf("event %d, integrated after the strip was read: %v, %v", i, ok, err)
 		}
 	}
+}
+
+// newMemoryLog is a log over a memory store and a local root.
+func newMemoryLog(t *testing.T) (*memory.Store, *Log) {
+	t.Helper()
+	r, err := local.Create(filepath.Join(t.TempDir(), "root.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := memory.New()
+	l, err := Open(context.Background(), Config{Store: store, Root: r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return store, l
 }

@@ -175,10 +175,10 @@ func (s *fakeKMSServer) Decrypt(ctx context.Context, req *kmspb.DecryptRequest) 
 	return s.kms.Decrypt(ctx, req)
 }
 
-// realClient dials addr in plaintext and builds the root with New.
-func realClient(t *testing.T, addr string) *gcpkms.Root {
+// realClient dials addr in plaintext (with opts) and builds the root with New.
+func realClient(t *testing.T, addr string, opts ...grpc.DialOption) *gcpkms.Root {
 	t.Helper()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(addr, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -296,16 +296,7 @@ func (failingCreds) RequireTransportSecurity() bool { return false }
 // serving through the grace), not Cloud KMS refusing the call.
 func TestCredentialsThatCannotBeFetchedAreUnavailable(t *testing.T) {
 	_, addr := startServer(t)
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithPerRPCCredentials(failingCreds{}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	r, err := gcpkms.New(t.Context(), gcpkms.Config{KeyName: keyName}, option.WithGRPCConn(conn))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.Close() })
+	r := realClient(t, addr, grpc.WithPerRPCCredentials(failingCreds{}))
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
 	if _, err := r.Wrap(ctx, []byte("kek"), []byte("aad")); !errors.Is(err, root.ErrUnavailable) {
