@@ -327,6 +327,11 @@ func (e *Envelope) dataKey(ctx context.Context, env *envelope.Envelope) (*envelo
 	// One flight per generation and wrapping: a caller after a Purge
 	// asks the service again.
 	ch := e.sf.DoChan("decrypt:"+strconv.FormatUint(gen, 10)+":"+ws, func() (any, error) {
+		// A flight that ended between this caller's cache miss and now
+		// cached the key: no second unwrap.
+		if k, ok := e.cached(ws, e.opts.Now()); ok {
+			return k, nil
+		}
 		wrapped := []byte(ws)
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchTimeout)
 		defer cancel()
@@ -351,6 +356,19 @@ func (e *Envelope) dataKey(ctx context.Context, env *envelope.Envelope) (*envelo
 	case <-ctx.Done():
 		return nil, contextError(e.op("local decrypt"), ctx)
 	}
+}
+
+// cached returns the cached data key of wrapping ws, if it is still good.
+func (e *Envelope) cached(ws string, now time.Time) (*envelope.Key, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if el, ok := e.cache[ws]; ok {
+		if d := el.Value.(*decKey); now.Before(d.expires) {
+			e.lru.MoveToFront(el)
+			return d.k, true
+		}
+	}
+	return nil, false
 }
 
 // remember caches a data key for decryption, evicting the least recently
