@@ -60,7 +60,11 @@ func (r *Report) WriteText(w io.Writer) error {
 		row := fmt.Sprintf("%s\t%.0f\t%.0f\t%.0f\t%.0f\t%s\t%s\t", c.Workload, cu.ItemsPerSec, cu.P50, cu.P99, cu.P999, cpu(cu), allocs(cu))
 		if len(c.Baseline) > 0 {
 			b := medianResult(c.Baseline)
-			row += fmt.Sprintf("%.0f\t%.0f\t%s\t%s\t%.2f×\t(%.2f–%.2f)\t%.2f×\t", b.ItemsPerSec, b.P50, cpu(b), allocs(b), c.Throughput.Median, c.Throughput.Min, c.Throughput.Max, c.P50.Median)
+			p50 := "–" // no Custos round had a successful call
+			if len(c.P50.Values) > 0 {
+				p50 = fmt.Sprintf("%.2f×", c.P50.Median)
+			}
+			row += fmt.Sprintf("%.0f\t%.0f\t%s\t%s\t%.2f×\t(%.2f–%.2f)\t%s\t", b.ItemsPerSec, b.P50, cpu(b), allocs(b), c.Throughput.Median, c.Throughput.Min, c.Throughput.Max, p50)
 		} else {
 			row += "–\t–\t–\t–\t–\t\t–\t"
 		}

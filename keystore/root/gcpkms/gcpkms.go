@@ -188,6 +188,10 @@ func (r *Root) Unwrap(ctx context.Context, wrapped, aad []byte) ([]byte, error) 
 	return resp.GetPlaintext(), nil
 }
 
+// tokenRefused matches a token fetch the token endpoint answered with a
+// client error (the auth library's "cannot fetch token: 400 …").
+var tokenRefused = regexp.MustCompile(`cannot fetch token: 4[0-9][0-9]|invalid_grant|unauthorized_client`)
+
 // classify maps a client error to the root sentinels.
 func classify(ctx context.Context, what string, err error) error {
 	if cerr := ctx.Err(); cerr != nil {
@@ -212,12 +216,14 @@ func classify(ctx context.Context, what string, err error) error {
 		// "per-RPC creds failed", with the cause flattened into the
 		// message: an outage of the credentials, not Cloud KMS refusing
 		// them.
-		if strings.Contains(status.Convert(err).Message(), "per-RPC creds failed") {
+		// A token endpoint that answered 4xx (a revoked or disabled
+		// service-account key: invalid_grant) refused them, though.
+		if msg := status.Convert(err).Message(); strings.Contains(msg, "per-RPC creds failed") && !tokenRefused.MatchString(msg) {
 			return fmt.Errorf("gcpkms root: %s: %w: could not get credentials: %w", what, root.ErrUnavailable, err)
 		}
 	case codes.Unknown:
-		// Not a gRPC status. A network failure (fetching a token, say) is
-		// retryable; anything else is reported as it is.
+		// Not a gRPC status. A network failure is retryable; anything else
+		// is reported as it is.
 		var (
 			ue *url.Error
 			ne net.Error

@@ -303,3 +303,25 @@ func TestCredentialsThatCannotBeFetchedAreUnavailable(t *testing.T) {
 		t.Fatalf("Wrap without credentials: %v, want ErrUnavailable", err)
 	}
 }
+
+// refusingCreds are refused by the token endpoint (a revoked key).
+type refusingCreds struct{}
+
+func (refusingCreds) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return nil, errors.New(`auth: cannot fetch token: 400` + "\n" + `Response: {"error":"invalid_grant","error_description":"Invalid JWT Signature."}`)
+}
+
+func (refusingCreds) RequireTransportSecurity() bool { return false }
+
+// Credentials the token endpoint refused are a misconfiguration, not an
+// outage.
+func TestCredentialsTheTokenEndpointRefusedAreNotAnOutage(t *testing.T) {
+	_, addr := startServer(t)
+	r := realClient(t, addr, grpc.WithPerRPCCredentials(refusingCreds{}))
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	_, err := r.Wrap(ctx, []byte("kek"), []byte("aad"))
+	if err == nil || errors.Is(err, root.ErrUnavailable) || errors.Is(err, root.ErrNotAuthentic) {
+		t.Fatalf("Wrap with refused credentials: %v, want neither sentinel", err)
+	}
+}
