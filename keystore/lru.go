@@ -179,10 +179,15 @@ func (c *lru[K, V]) removeWhere(pred func(K, V) bool) {
 	}
 }
 
-// clear drops every entry.
-func (c *lru[K, V]) clear() {
+// staleAll makes every entry stale: the next get of each refreshes it,
+// and a failed refresh (an outage) still serves it within its grace.
+func (c *lru[K, V]) staleAll() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.ll.Init()
-	clear(c.items)
+	now := c.now()
+	for _, el := range c.items {
+		if e := el.Value.(*lruEntry[K, V]); e.freshUntil.After(now) {
+			e.freshUntil = now
+		}
+	}
 }
