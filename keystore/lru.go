@@ -179,15 +179,10 @@ func (c *lru[K, V]) removeWhere(pred func(K, V) bool) {
 	}
 }
 
-// staleAll makes every entry stale: the next get of each refreshes it,
-// and a failed refresh (an outage) still serves it within its grace.
-func (c *lru[K, V]) staleAll() {
+// clear drops every entry.
+func (c *lru[K, V]) clear() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	now := c.now()
-	for _, el := range c.items {
-		if e := el.Value.(*lruEntry[K, V]); e.freshUntil.After(now) {
-			e.freshUntil = now
-		}
-	}
+	c.ll.Init()
+	clear(c.items)
 }

@@ -247,13 +247,9 @@ func (m *materials) invalidateTenant(tenant string) {
 func (m *materials) apply(c storage.Change) {
 	switch k := c.Key; {
 	case k == "":
-		// Everything is suspect: every entry is reloaded before it serves
-		// again, except during an outage, when it serves within its grace
-		// as any cached entry does (dropping them all would fail every
-		// tenant if the root or the storage were down at that moment).
 		m.gen.Add(1)
-		m.keks.staleAll()
-		m.keys.staleAll()
+		m.keks.clear()
+		m.keys.clear()
 	case strings.HasPrefix(k, tenantPrefix):
 		tenant := strings.TrimPrefix(k, tenantPrefix)
 		m.gen.Add(1)

@@ -446,31 +446,3 @@ func TestPageTokensAreSealedForTheWholeDeployment(t *testing.T) {
 		t.Fatalf("a token under the replaced key: %q, %v", got, err)
 	}
 }
-
-// A change notice that makes everything suspect (a watcher listening
-// again) makes each cached entry reload before it serves, but during a
-// storage outage they still serve within their grace.
-func TestEverythingSuspectReloadsButServesThroughAnOutage(t *testing.T) {
-	ctx := context.Background()
-	s, hs, _ := newReviewSvc(t)
-	ref, ct := setupRotated(t, s)
-	if _, _, err := s.Encrypt(ctx, ref, []byte("warm"), nil); err != nil {
-		t.Fatal(err)
-	}
-	before := hs.gets.Load()
-	s.m.apply(storage.Change{})
-	if _, _, err := s.Encrypt(ctx, ref, []byte("x"), nil); err != nil {
-		t.Fatal(err)
-	}
-	if hs.gets.Load() == before {
-		t.Fatal("a cached key served after everything became suspect, without a reload")
-	}
-	s.m.apply(storage.Change{})
-	hs.down.Store(true)
-	if _, _, err := s.Encrypt(ctx, ref, []byte("x"), nil); err != nil {
-		t.Fatalf("encrypt during an outage right after everything became suspect: %v, want the cached key within its grace", err)
-	}
-	if _, _, err := s.Decrypt(ctx, ref, ct, nil); err != nil {
-		t.Fatalf("decrypt during the outage: %v", err)
-	}
-}

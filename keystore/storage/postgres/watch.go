@@ -25,7 +25,7 @@ var (
 	// pings the server, to notice a connection that died silently (a
 	// network partition sends no reset).
 	// With pingTimeout, it bounds how long a dead connection goes
-	// unnoticed (every cached entry is reloaded once listening again).
+	// unnoticed (every cached entry is dropped once listening again).
 	idleCheck = 5 * time.Second
 	// pingTimeout bounds that ping: long enough that a busy but healthy
 	// server's stall does not cost every replica its caches.
