@@ -188,9 +188,22 @@ func (r *Root) Unwrap(ctx context.Context, wrapped, aad []byte) ([]byte, error) 
 	return resp.GetPlaintext(), nil
 }
 
-// tokenRefused matches a token fetch the token endpoint answered with a
-// client error (the auth library's "cannot fetch token: 400 …").
-var tokenRefused = regexp.MustCompile(`cannot fetch token: 4[0-9][0-9]|invalid_grant|unauthorized_client`)
+// tokenStatus finds the HTTP status of a failed token fetch in the auth
+// library's message ("cannot fetch token: 400 …").
+var tokenStatus = regexp.MustCompile(`cannot fetch token: ([0-9]{3})`)
+
+// tokenRefused reports a token fetch the token endpoint refused: an OAuth
+// error that names the credentials, or a 4xx other than 408 and 429 (which
+// say "try again").
+func tokenRefused(msg string) bool {
+	for _, e := range []string{"invalid_grant", "invalid_client", "unauthorized_client", "access_denied"} {
+		if strings.Contains(msg, e) {
+			return true
+		}
+	}
+	m := tokenStatus.FindStringSubmatch(msg)
+	return m != nil && m[1][0] == '4' && m[1] != "408" && m[1] != "429"
+}
 
 // classify maps a client error to the root sentinels.
 func classify(ctx context.Context, what string, err error) error {
@@ -218,7 +231,7 @@ func classify(ctx context.Context, what string, err error) error {
 		// them.
 		// A token endpoint that answered 4xx (a revoked or disabled
 		// service-account key: invalid_grant) refused them, though.
-		if msg := status.Convert(err).Message(); strings.Contains(msg, "per-RPC creds failed") && !tokenRefused.MatchString(msg) {
+		if msg := status.Convert(err).Message(); strings.Contains(msg, "per-RPC creds failed") && !tokenRefused(msg) {
 			return fmt.Errorf("gcpkms root: %s: %w: could not get credentials: %w", what, root.ErrUnavailable, err)
 		}
 	case codes.Unknown:

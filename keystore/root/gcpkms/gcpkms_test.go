@@ -304,24 +304,33 @@ func TestCredentialsThatCannotBeFetchedAreUnavailable(t *testing.T) {
 	}
 }
 
-// refusingCreds are refused by the token endpoint (a revoked key).
-type refusingCreds struct{}
+// tokenCreds fail to get a token with err.
+type tokenCreds struct{ err error }
 
-func (refusingCreds) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return nil, errors.New(`auth: cannot fetch token: 400` + "\n" + `Response: {"error":"invalid_grant","error_description":"Invalid JWT Signature."}`)
+func (c tokenCreds) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return nil, c.err
 }
 
-func (refusingCreds) RequireTransportSecurity() bool { return false }
+func (tokenCreds) RequireTransportSecurity() bool { return false }
 
-// Credentials the token endpoint refused are a misconfiguration, not an
-// outage.
-func TestCredentialsTheTokenEndpointRefusedAreNotAnOutage(t *testing.T) {
+// A token endpoint that refused the credentials is a misconfiguration; one
+// that said "try again" (408, 429, 5xx) is an outage.
+func TestTokenFetchFailuresAreClassified(t *testing.T) {
 	_, addr := startServer(t)
-	r := realClient(t, addr, grpc.WithPerRPCCredentials(refusingCreds{}))
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
-	defer cancel()
-	_, err := r.Wrap(ctx, []byte("kek"), []byte("aad"))
-	if err == nil || errors.Is(err, root.ErrUnavailable) || errors.Is(err, root.ErrNotAuthentic) {
-		t.Fatalf("Wrap with refused credentials: %v, want neither sentinel", err)
+	for msg, outage := range map[string]bool{
+		"auth: cannot fetch token: 400\nResponse: {\"error\":\"invalid_grant\"}": false,
+		"auth: cannot fetch token: 401\nResponse: {}":                            false,
+		`auth: "invalid_client" "The OAuth client was not found."`:               false,
+		"auth: cannot fetch token: 429\nResponse: {}":                            true,
+		"auth: cannot fetch token: 408\nResponse: {}":                            true,
+		"auth: cannot fetch token: 503\nResponse: {}":                            true,
+	} {
+		r := realClient(t, addr, grpc.WithPerRPCCredentials(tokenCreds{errors.New(msg)}))
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		_, err := r.Wrap(ctx, []byte("kek"), []byte("aad"))
+		cancel()
+		if got := errors.Is(err, root.ErrUnavailable); got != outage || err == nil {
+			t.Errorf("token fetch %q: %v; outage %v, want %v", msg, err, got, outage)
+		}
 	}
 }
