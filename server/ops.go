@@ -263,7 +263,11 @@ func (s *Server) OpsHandler(withPprof bool) http.Handler {
 			if err := s.backup(r.Context(), cw); err != nil {
 				s.logger.Error("backup over the ops listener failed", "error", err.Error())
 				if cw.n == 0 {
-					http.Error(w, "backup failed: "+err.Error(), http.StatusInternalServerError)
+					code := http.StatusInternalServerError
+					if errors.Is(err, root.ErrUnavailable) || errors.Is(err, storage.ErrUnavailable) {
+						code = http.StatusServiceUnavailable // a dependency is down: retry later
+					}
+					http.Error(w, "backup failed: "+err.Error(), code)
 					return
 				}
 				// Cut the response: the client sees a broken stream, not

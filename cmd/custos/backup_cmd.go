@@ -244,7 +244,12 @@ func backupFromServer(cmd *cobra.Command, cfg *config.Config, w io.Writer, f *os
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("backup through the server: %s", resp.Status)
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		err := fmt.Errorf("backup through the server: %s: %s", resp.Status, strings.TrimSpace(string(body)))
+		if resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusTooManyRequests {
+			err = fmt.Errorf("%w: %w", storage.ErrUnavailable, err) // exit 7: retry later
+		}
+		return nil, err
 	}
 	r, err := custos.OpenRoot(ctx, cfg)
 	if err != nil {
