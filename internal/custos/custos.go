@@ -227,6 +227,15 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 		}
 	}
 	var backupFn func(context.Context, io.Writer) error
+	switch {
+	case cfg.Ops.Backup && cfg.Storage.Type != "bbolt":
+		rt.logger.Warn("ops.backup is on but serves bbolt stores only; custos backup reads this storage directly", "storage", cfg.Storage.Type)
+	case cfg.Ops.Backup && rt.opsLis == nil:
+		rt.logger.Warn("ops.backup is on but the ops listener is off (ops.listen); GET /backup is not served")
+	}
+	if cfg.Ops.Pprof && rt.opsLis == nil {
+		rt.logger.Warn("ops.pprof is on but the ops listener is off (ops.listen); /debug/pprof is not served")
+	}
 	if sn, ok := store.(storage.Snapshotter); ok && cfg.Ops.Backup && cfg.Storage.Type == "bbolt" {
 		backupFn = func(ctx context.Context, w io.Writer) error {
 			_, err := backup.Write(ctx, w, sn, r, backup.Options{Source: cfg.Storage.Type})
