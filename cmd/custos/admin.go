@@ -231,7 +231,7 @@ func newCryptoCmd(op string) *cobra.Command {
 		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
 			in := []byte(args[1])
 			if args[1] == "-" {
-				b, err := io.ReadAll(io.LimitReader(cmd.InOrStdin(), 16<<20))
+				b, err := readStdin(cmd, 16<<20)
 				if err != nil {
 					return err
 				}

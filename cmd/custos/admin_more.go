@@ -45,7 +45,7 @@ func input(cmd *cobra.Command, arg string) ([]byte, error) {
 	if arg != "-" {
 		return []byte(arg), nil
 	}
-	return io.ReadAll(io.LimitReader(cmd.InOrStdin(), 16<<20))
+	return readStdin(cmd, 16<<20)
 }
 
 // emit prints v as one JSON object (-o json), as a table with a header row
@@ -354,7 +354,7 @@ func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
 }
 
 func readPassword(cmd *cobra.Command) ([]byte, error) {
-	b, err := io.ReadAll(io.LimitReader(cmd.InOrStdin(), 4097))
+	b, err := readStdin(cmd, 4097)
 	if err != nil {
 		return nil, err
 	}
@@ -386,4 +386,27 @@ func emitKey(cmd *cobra.Command, output string, k client.Key) error {
 		versions = append(versions, map[string]any{"version": v.Version, "state": v.State.String(), "create_time": v.CreateTime, "encryptions": v.EncryptCount})
 	}
 	return emit(cmd, output, map[string]any{"name": k.Name, "purpose": k.Purpose.String(), "primary_version": k.PrimaryVersion, "versions": versions})
+}
+
+// readStdin reads up to limit bytes of standard input, or stops when the
+// command's context ends (Ctrl-C: main's signal context catches the
+// signal, so a blocked read would otherwise wait for end of input). The
+// reading goroutine ends with the input or with the process.
+func readStdin(cmd *cobra.Command, limit int64) ([]byte, error) {
+	type read struct {
+		b   []byte
+		err error
+	}
+	ch := make(chan read, 1)
+	in := cmd.InOrStdin()
+	go func() {
+		b, err := io.ReadAll(io.LimitReader(in, limit))
+		ch <- read{b, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.b, r.err
+	case <-cmd.Context().Done():
+		return nil, cmd.Context().Err()
+	}
 }

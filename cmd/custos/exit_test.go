@@ -1,8 +1,12 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"io"
 	"testing"
+	"time"
 
 	"github.com/custos-kms/custos/keystore/backup"
 	"github.com/custos-kms/custos/keystore/root"
@@ -22,5 +26,33 @@ func TestExitCodesOfCommandsOnTheStoreDirectly(t *testing.T) {
 		if got := exitCode(err); got != want {
 			t.Errorf("exit code of %q: %d, want %d", err, got, want)
 		}
+	}
+}
+
+// A command waiting on standard input stops when its context ends (Ctrl-C
+// is caught by main's signal context, so the read must watch it).
+func TestAReadFromStandardInputStopsWithTheCommand(t *testing.T) {
+	pr, pw := io.Pipe() // input that never comes
+	defer pw.Close()
+	cmd := newRootCmd()
+	cmd.SetIn(pr)
+	cmd.SetOut(io.Discard)
+	cmd.SetErr(io.Discard)
+	dir := t.TempDir()
+	if _, err := prepareDev(dir); err != nil { // client files; nothing listens at --addr
+		t.Fatal(err)
+	}
+	cmd.SetArgs([]string{"password", "hash", "tenants/acme/keys/pw", "--addr", "127.0.0.1:1", "--dev-dir", dir})
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("password hash with no input, its context ended: %v, want the context's error", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("password hash kept waiting for standard input after its context ended")
 	}
 }
