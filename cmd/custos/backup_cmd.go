@@ -247,7 +247,7 @@ func backupFromServer(cmd *cobra.Command, cfg *config.Config, w io.Writer, f *os
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		err := fmt.Errorf("backup through the server: %s: %s", resp.Status, strings.TrimSpace(string(body)))
 		if resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusTooManyRequests {
-			err = fmt.Errorf("%w: %w", storage.ErrUnavailable, err) // exit 7: retry later
+			err = fmt.Errorf("%w (%w)", err, errRetryLater) // exit 7
 		}
 		return nil, err
 	}

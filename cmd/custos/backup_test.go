@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -254,5 +256,34 @@ func TestRootRewrapOnAStoppedBboltServer(t *testing.T) {
 	next, err := custosv1.NewKeyServiceClient(devConn(t, dir, addr)).ListTenants(t.Context(), &custosv1.ListTenantsRequest{PageSize: 1, PageToken: page.GetNextPageToken()})
 	if err != nil || len(next.GetTenants()) != 1 || next.GetTenants()[0].GetName() != "tenants/beta" {
 		t.Fatalf("the second page with the token from before the rewrap: %v, %v", next, err)
+	}
+}
+
+// A backup through a server that answers "retry later" (503: its root is
+// down; 429: a backup is already being taken) exits 7 with the server's
+// message; any other failure exits 1.
+func TestABackupThroughTheServerSaysWhenToRetry(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), ".custos-dev")
+	if _, err := prepareDev(dir); err != nil {
+		t.Fatal(err)
+	}
+	held, err := bbolt.Open(filepath.Join(dir, "custos.db"), bbolt.Options{}) // as a running server holds it
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	for code, want := range map[int]int{http.StatusServiceUnavailable: exitUnavailable, http.StatusTooManyRequests: exitUnavailable, http.StatusInternalServerError: exitOther} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			http.Error(w, "the server's own reason", code)
+		}))
+		cfgPath := filepath.Join(dir, fmt.Sprintf("custos-%d.yaml", code))
+		if err := os.WriteFile(cfgPath, []byte(devConfig+"ops:\n  listen: "+strings.TrimPrefix(srv.URL, "http://")+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, errOut, err := runCLI(t, "backup", "--config", cfgPath, "--out", filepath.Join(t.TempDir(), "b"))
+		srv.Close()
+		if got := exitCode(err); got != want || !strings.Contains(err.Error(), "the server's own reason") || strings.Contains(err.Error(), "storage: unavailable") {
+			t.Errorf("server answering %d: exit %d (%v)\n%s; want exit %d with the server's message", code, got, err, errOut, want)
+		}
 	}
 }

@@ -80,6 +80,9 @@ restart still decrypts. Never use it in production.`,
 			}
 			cfg.Listen = listen
 			cfg.Ops.Listen = opsListen
+			if opsListen == "off" {
+				cfg.Ops.Backup = false // served on the ops listener only
+			}
 			cfg.Audit.Disabled = !auditOn
 			out := cmd.OutOrStdout()
 			return serve(cmd.Context(), cfg, cmd.ErrOrStderr(), hup, func(addr, ops net.Addr) { printDevHelp(out, dir, addr, ops) })

@@ -25,6 +25,9 @@ const (
 	exitUnavailable  = 7 // unavailable, timed out, resource exhausted
 )
 
+// errRetryLater marks a failure the server says will pass (503, 429).
+var errRetryLater = errors.New("retry later")
+
 // usageError marks a usage mistake.
 type usageError struct{ error }
 
@@ -41,6 +44,9 @@ func exitCode(err error) int {
 	}
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, root.ErrUnavailable) || errors.Is(err, storage.ErrUnavailable) {
 		return exitUnavailable // a command on the store directly: the root or the store is down
+	}
+	if errors.Is(err, errRetryLater) {
+		return exitUnavailable
 	}
 	if errors.Is(err, backup.ErrRestoring) {
 		return exitPrecondition

@@ -22,6 +22,7 @@ func TestExitCodesOfCommandsOnTheStoreDirectly(t *testing.T) {
 		fmt.Errorf("backup: snapshot: %w", storage.ErrUnavailable): exitUnavailable,
 		fmt.Errorf("backup: %w", backup.ErrDamaged):                exitInvalid,
 		backup.ErrRestoring: exitPrecondition,
+		fmt.Errorf("backup through the server: 429 Too Many Requests: a backup is already being taken (%w)", errRetryLater): exitUnavailable,
 	} {
 		if got := exitCode(err); got != want {
 			t.Errorf("exit code of %q: %d, want %d", err, got, want)
