@@ -229,13 +229,9 @@ func newCryptoCmd(op string) *cobra.Command {
 			return nil
 		},
 		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
-			in := []byte(args[1])
-			if args[1] == "-" {
-				b, err := readStdin(cmd, 16<<20)
-				if err != nil {
-					return err
-				}
-				in = b
+			in, err := input(cmd, args[1])
+			if err != nil {
+				return err
 			}
 			var aad []byte
 			if !noAD {

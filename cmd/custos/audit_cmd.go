@@ -89,7 +89,7 @@ func newAuditCmd() *cobra.Command {
 			}
 			p.flush()
 			if verify && output == "text" {
-				fmt.Fprintf(cmd.ErrOrStderr(), "%d events verified: each is tenant %s's and in the log's signed checkpoint, and every page's checkpoint is consistent with the others\n", n, strings.TrimPrefix(parent, "tenants/"))
+				fmt.Fprintf(cmd.ErrOrStderr(), "%d events verified: each is tenant %s's and in the log's signed checkpoint, and every page's checkpoint is consistent with the others\n", n, pv.tenant)
 			}
 			return nil
 		}),

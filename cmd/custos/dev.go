@@ -8,8 +8,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"syscall"
 
+	"github.com/google/renameio/v2"
 	"github.com/spf13/cobra"
 
 	"github.com/custos-kms/custos/internal/config"
@@ -76,13 +76,11 @@ restart still decrypts. Never use it in production.`,
 			if ephemeral {
 				cfg.Storage = config.Storage{Type: "memory"}
 				cfg.Audit.Spool = ""
-				cfg.Ops.Backup = false
 			}
 			cfg.Listen = listen
 			cfg.Ops.Listen = opsListen
-			if opsListen == "off" {
-				cfg.Ops.Backup = false // served on the ops listener only
-			}
+			// GET /backup serves bbolt files, on the ops listener.
+			cfg.Ops.Backup = !ephemeral && opsListen != "off"
 			cfg.Audit.Disabled = !auditOn
 			out := cmd.OutOrStdout()
 			return serve(cmd.Context(), cfg, cmd.ErrOrStderr(), hup, func(addr, ops net.Addr) { printDevHelp(out, dir, addr, ops) })
@@ -118,66 +116,16 @@ func prepareDev(dir string) (*config.Config, error) {
 }
 
 // writeIfMissing creates path with content unless it exists. The file
-// appears whole or not at all (written and synced beside it, then linked
-// into place, which fails if the name was taken meanwhile): a crash never
-// leaves a cut file that later runs would keep.
+// appears whole or not at all (renameio writes and syncs it beside, then
+// renames it into place): a crash never leaves a cut file that later runs
+// would keep. Two runs racing write the same bytes.
 func writeIfMissing(path, content string) error {
 	if _, err := os.Stat(path); err == nil {
 		return nil
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := io.WriteString(tmp, content); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	err = os.Link(tmp.Name(), path)
-	switch {
-	case err == nil, errors.Is(err, fs.ErrExist):
-		return nil
-	case errors.Is(err, fs.ErrPermission), errors.Is(err, syscall.ENOTSUP), errors.Is(err, syscall.EXDEV):
-		// A file system without hard links: create it in place.
-		return createExclusive(path, content)
-	}
-	return err
-}
-
-// createExclusive creates path with content unless it exists; on a
-// failure it removes what it began, so that no cut file stays.
-func createExclusive(path, content string) (err error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, fs.ErrExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			_ = os.Remove(path)
-		}
-	}()
-	if _, err := io.WriteString(f, content); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return renameio.WriteFile(path, []byte(content), 0o600, renameio.WithStaticPermissions(0o600))
 }
 
 func printDevHelp(w io.Writer, dir string, addr, ops net.Addr) {

@@ -42,11 +42,8 @@ func exitCode(err error) int {
 	if errors.Is(err, backup.ErrDamaged) {
 		return exitInvalid
 	}
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, root.ErrUnavailable) || errors.Is(err, storage.ErrUnavailable) {
-		return exitUnavailable // a command on the store directly: the root or the store is down
-	}
-	if errors.Is(err, errRetryLater) {
-		return exitUnavailable
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, root.ErrUnavailable) || errors.Is(err, storage.ErrUnavailable) || errors.Is(err, errRetryLater) {
+		return exitUnavailable // a command on the store directly (the root or the store is down), or a server's "retry later"
 	}
 	if errors.Is(err, backup.ErrRestoring) {
 		return exitPrecondition

@@ -440,9 +440,7 @@ func (c *Config) validate() error {
 	if c.Passwords.HashNice > 19 {
 		errs = append(errs, fmt.Errorf("passwords.hash_nice %d is above 19", c.Passwords.HashNice))
 	}
-	if c.Passwords.MaxBcryptCost < 0 {
-		errs = append(errs, fmt.Errorf("passwords.max_bcrypt_cost %d must not be negative", c.Passwords.MaxBcryptCost))
-	} else if _, err := c.Passwords.Limits().WithDefaults(); err != nil {
+	if _, err := c.Passwords.Limits().WithDefaults(); err != nil {
 		errs = append(errs, fmt.Errorf("passwords: %w", err))
 	}
 	if c.Scheduler.UsageRotateThreshold > keystore.MaxUsageRotateThreshold {
