@@ -307,32 +307,28 @@ func invalidLocal(op string) error {
 // dataKey returns the data key env commits to, from the cache or (one call
 // however many ask at once) by unwrapping env's wrapped key.
 func (e *Envelope) dataKey(ctx context.Context, env *envelope.Envelope) (*envelope.Key, error) {
-	now := e.opts.Now()
 	e.mu.Lock()
 	gen := e.gen
-	if el, ok := e.cache[string(env.Wrapped)]; ok {
-		d := el.Value.(*decKey)
-		if now.Before(d.expires) {
-			e.lru.MoveToFront(el)
-			e.mu.Unlock()
-			return d.k, nil
-		}
-		e.lru.Remove(el)
-		delete(e.cache, d.wrapped)
-	}
+	k, ok := e.lookupLocked(env.Wrapped, e.opts.Now())
 	e.mu.Unlock()
+	if ok {
+		return k, nil
+	}
 	// A copy: the unwrap goes on for other callers after this one may have
 	// given up and reused its ciphertext's buffer.
 	ws := string(env.Wrapped)
 	// One flight per generation and wrapping: a caller after a Purge
 	// asks the service again.
 	ch := e.sf.DoChan("decrypt:"+strconv.FormatUint(gen, 10)+":"+ws, func() (any, error) {
+		wrapped := []byte(ws)
 		// A flight that ended between this caller's cache miss and now
 		// cached the key: no second unwrap.
-		if k, ok := e.cached(ws, e.opts.Now()); ok {
-			return k, nil
+		e.mu.Lock()
+		cached, ok := e.lookupLocked(wrapped, e.opts.Now())
+		e.mu.Unlock()
+		if ok {
+			return cached, nil
 		}
-		wrapped := []byte(ws)
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchTimeout)
 		defer cancel()
 		dk, err := e.c.DecryptDataKey(fctx, e.name, wrapped, []byte(envelope.DataKeyContext))
@@ -358,17 +354,22 @@ func (e *Envelope) dataKey(ctx context.Context, env *envelope.Envelope) (*envelo
 	}
 }
 
-// cached returns the cached data key of wrapping ws, if it is still good.
-func (e *Envelope) cached(ws string, now time.Time) (*envelope.Key, bool) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if el, ok := e.cache[ws]; ok {
-		if d := el.Value.(*decKey); now.Before(d.expires) {
-			e.lru.MoveToFront(el)
-			return d.k, true
-		}
+// lookupLocked returns the cached data key of wrapping w if it is still
+// good (dropping it if not), with e.mu held. Indexing with string(w) does
+// not allocate.
+func (e *Envelope) lookupLocked(w []byte, now time.Time) (*envelope.Key, bool) {
+	el, ok := e.cache[string(w)]
+	if !ok {
+		return nil, false
 	}
-	return nil, false
+	d := el.Value.(*decKey)
+	if !now.Before(d.expires) {
+		e.lru.Remove(el)
+		delete(e.cache, d.wrapped)
+		return nil, false
+	}
+	e.lru.MoveToFront(el)
+	return d.k, true
 }
 
 // remember caches a data key for decryption, evicting the least recently

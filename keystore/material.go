@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"slices"
 
 	"github.com/tink-crypto/tink-go/v2/aead"
@@ -36,6 +37,16 @@ func versionOf(ciphertext []byte) (uint32, bool) {
 		return 0, false
 	}
 	return binary.BigEndian.Uint32(ciphertext[1:tinkPrefixSize]), true
+}
+
+// newKEK draws a fresh key of kekSize bytes (a tenant KEK, the page-token
+// key) for the caller to wrap under the root and clear.
+func (s *Service) newKEK() ([]byte, error) {
+	raw := make([]byte, kekSize)
+	if _, err := io.ReadFull(s.rand, raw); err != nil {
+		return nil, err
+	}
+	return raw, nil
 }
 
 // newKEKAEAD returns the AEAD a tenant KEK wraps keysets with.

@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"io"
 
 	"github.com/tink-crypto/tink-go/v2/tink"
 
@@ -55,13 +54,12 @@ func (s *Service) OpenPageToken(ctx context.Context, tok string) (string, error)
 	if tok == "" {
 		return "", nil
 	}
-	malformed := fmt.Errorf("%w: page_token is malformed", ErrInvalidArgument)
 	if len(tok) > maxSealedToken {
-		return "", malformed
+		return "", errMalformedPageToken
 	}
 	ct, err := base64.RawURLEncoding.DecodeString(tok)
 	if err != nil {
-		return "", malformed
+		return "", errMalformedPageToken
 	}
 	a, err := s.pageTokenAEAD(ctx)
 	if err != nil {
@@ -69,7 +67,7 @@ func (s *Service) OpenPageToken(ctx context.Context, tok string) (string, error)
 	}
 	pt, err := a.Decrypt(ct, []byte(pageTokenAAD))
 	if err != nil {
-		return "", malformed
+		return "", errMalformedPageToken
 	}
 	return string(pt), nil
 }
@@ -106,8 +104,8 @@ func (s *Service) pageTokenAEAD(ctx context.Context) (tink.AEAD, error) {
 			s.pageToken.Store(&a)
 			return a, nil
 		}
-		raw := make([]byte, kekSize)
-		if _, err := io.ReadFull(s.rand, raw); err != nil {
+		raw, err := s.newKEK()
+		if err != nil {
 			return nil, fmt.Errorf("page-token key: %w", err)
 		}
 		wrapped, err := s.root.Wrap(ctx, raw, []byte(pageTokenKeyAAD))

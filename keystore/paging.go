@@ -23,8 +23,11 @@ func decodePageToken(tok string) (string, error) {
 			return id, nil
 		}
 	}
-	return "", fmt.Errorf("%w: page_token is malformed", ErrInvalidArgument)
+	return "", errMalformedPageToken
 }
+
+// errMalformedPageToken refuses a page token the server did not make.
+var errMalformedPageToken = fmt.Errorf("%w: page_token is malformed", ErrInvalidArgument)
 
 func pageSize(n int) (int, error) {
 	switch {

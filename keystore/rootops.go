@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 
 	"github.com/custos-kms/custos/keystore/root"
@@ -59,10 +58,10 @@ func (s *Service) RewrapPageTokenKey(ctx context.Context) (found, replaced bool,
 		}
 		raw, err := s.root.Unwrap(ctx, rec.Value, []byte(pageTokenKeyAAD))
 		if errors.Is(err, root.ErrNotAuthentic) {
-			raw, replaced = make([]byte, kekSize), true
-			if _, err := io.ReadFull(s.rand, raw); err != nil {
+			if raw, err = s.newKEK(); err != nil {
 				return fmt.Errorf("rewrap: page-token key: %w", err)
 			}
+			replaced = true
 		} else if err != nil {
 			return rootErr("rewrap: unwrap the page-token key", err)
 		}

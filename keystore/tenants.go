@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 
 	"github.com/custos-kms/custos/keystore/storage"
@@ -16,8 +15,8 @@ func (s *Service) CreateTenant(ctx context.Context, id string) (Tenant, error) {
 	if !ValidID(id) {
 		return Tenant{}, fmt.Errorf("%w: tenant_id %q must match %s", ErrInvalidArgument, truncate(id), IDPattern)
 	}
-	raw := make([]byte, kekSize)
-	if _, err := io.ReadFull(s.rand, raw); err != nil {
+	raw, err := s.newKEK()
+	if err != nil {
 		return Tenant{}, fmt.Errorf("create tenant: generate KEK: %w", err)
 	}
 	defer clear(raw)

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/custos-kms/custos/envelope"
 	"github.com/custos-kms/custos/internal/slab"
 	"github.com/custos-kms/custos/keystore"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
@@ -38,10 +39,10 @@ func (s *Server) checkPlaintext(field string, n int) error {
 // failing the whole call only for what concerns the call, and a bad item in
 // that item's own status, so one bad item never fails the others.
 const (
-	maxBatchItemsCeiling = 10000   // the protos' max_items
-	maxPlaintextCeiling  = 1 << 20 // the protos' plaintext max_len
-	maxCiphertextBytes   = 1114112 // the protos' ciphertext max_len
-	maxAssociatedData    = 65536   // the protos' associated_data max_len
+	maxBatchItemsCeiling = 10000                      // the protos' max_items
+	maxPlaintextCeiling  = 1 << 20                    // the protos' plaintext max_len
+	maxCiphertextBytes   = 1114112                    // the protos' ciphertext max_len
+	maxAssociatedData    = envelope.MaxAssociatedData // the protos' associated_data max_len
 )
 
 func (s *Server) checkBatch(n int) error {
