@@ -112,7 +112,7 @@ func (s *Service) rewrapTenantKEK(ctx context.Context, tenant string) error {
 // each error is nil when that dependency answered. It costs one storage read
 // and one root wrap, so call it periodically, never per request.
 func (s *Service) Dependencies(ctx context.Context) (storageErr, rootErr error) {
-	if _, err := s.store.Get(ctx, "health/probe"); err != nil && !errors.Is(err, storage.ErrNotFound) {
+	if _, err := s.store.Get(ctx, storage.ProbeKey); err != nil && !errors.Is(err, storage.ErrNotFound) {
 		storageErr = err
 	}
 	if wh, ok := s.store.(storage.WriteHealth); ok && storageErr == nil {

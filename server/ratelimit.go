@@ -148,15 +148,19 @@ func (l *limiter) makeRoom() {
 		k    bucketKey
 		fill float64
 	}
-	all := make([]fill, 0, len(l.buckets))
+	var rest []fill // the buckets not full, sorted only if full ones are not enough
 	for k, b := range l.buckets {
-		all = append(all, fill{k, b.lim.TokensAt(now) / float64(max(b.limit.Burst, 1))})
-	}
-	slices.SortFunc(all, func(a, b fill) int { return cmp.Compare(b.fill, a.fill) })
-	for _, f := range all {
-		if len(l.buckets) <= target && f.fill < 1 {
-			break
+		if f := b.lim.TokensAt(now) / float64(max(b.limit.Burst, 1)); f >= 1 {
+			delete(l.buckets, k)
+		} else {
+			rest = append(rest, fill{k, f})
 		}
+	}
+	if len(l.buckets) <= target {
+		return
+	}
+	slices.SortFunc(rest, func(a, b fill) int { return cmp.Compare(b.fill, a.fill) })
+	for _, f := range rest[:len(l.buckets)-target] {
 		delete(l.buckets, f.k)
 	}
 }

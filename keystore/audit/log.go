@@ -466,31 +466,48 @@ const hashLen = 32
 func (l *Log) hashes(ctx context.Context, ids []compact.NodeID) ([][]byte, error) {
 	out := make([][]byte, len(ids))
 	for i, id := range ids {
-		key := stripKey(id)
-		off := int(id.Index%stripLen) * hashLen
-		l.nodesMu.Lock()
-		strip := l.strips[key]
-		l.nodesMu.Unlock()
-		if len(strip) < off+hashLen {
-			rec, err := l.store.Get(ctx, key)
-			if err != nil {
-				return nil, fmt.Errorf("audit: read tree node %d/%d: %w", id.Level, id.Index, err)
-			}
-			if strip = rec.Value; len(strip) < off+hashLen {
-				return nil, fmt.Errorf("audit: tree node %d/%d is not stored", id.Level, id.Index)
-			}
-			if len(strip) == stripLen*hashLen {
-				l.nodesMu.Lock()
-				if len(l.strips) >= maxCachedStrips {
-					clear(l.strips)
-				}
-				l.strips[key] = strip
-				l.nodesMu.Unlock()
-			}
+		h, err := l.hash(ctx, id)
+		if err != nil {
+			return nil, err
 		}
-		out[i] = strip[off : off+hashLen]
+		if h == nil {
+			return nil, fmt.Errorf("audit: tree node %d/%d is not stored", id.Level, id.Index)
+		}
+		out[i] = h
 	}
 	return out, nil
+}
+
+// hash returns the stored hash of id, or nil if it is not stored. A full
+// strip (which never changes) is kept in a cache; a partly filled one is
+// read again, since integration appends to it.
+func (l *Log) hash(ctx context.Context, id compact.NodeID) ([]byte, error) {
+	key := stripKey(id)
+	off := int(id.Index%stripLen) * hashLen
+	l.nodesMu.Lock()
+	strip := l.strips[key]
+	l.nodesMu.Unlock()
+	if len(strip) < off+hashLen {
+		rec, err := l.store.Get(ctx, key)
+		if errors.Is(err, storage.ErrNotFound) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("audit: read tree node %d/%d: %w", id.Level, id.Index, err)
+		}
+		if strip = rec.Value; len(strip) < off+hashLen {
+			return nil, nil
+		}
+		if len(strip) == stripLen*hashLen {
+			l.nodesMu.Lock()
+			if len(l.strips) >= maxCachedStrips {
+				clear(l.strips)
+			}
+			l.strips[key] = strip
+			l.nodesMu.Unlock()
+		}
+	}
+	return strip[off : off+hashLen], nil
 }
 
 // leafTenant reads an event's tenant (field 5) without decoding the rest.

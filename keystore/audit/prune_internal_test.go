@@ -63,15 +63,14 @@ func TestRetentionRereadsAStripThatGrew(t *testing.T) {
 		}
 	}
 	integrate(1, 0, 10)
-	var h leafHashes
 	for i := range 10 {
-		if ok, err := l.integrated(ctx, &h, uint64(i), leaf(i)); !ok || err != nil {
+		if ok, err := l.integrated(ctx, uint64(i), leaf(i)); !ok || err != nil {
 			t.Fatalf("event %d: %v, %v", i, ok, err)
 		}
 	}
 	integrate(2, 10, 20) // the same strip, grown
 	for i := 10; i < 20; i++ {
-		if ok, err := l.integrated(ctx, &h, uint64(i), leaf(i)); !ok || err != nil {
+		if ok, err := l.integrated(ctx, uint64(i), leaf(i)); !ok || err != nil {
 			t.Fatalf("event %d, integrated after the strip was read: %v, %v", i, ok, err)
 		}
 	}

@@ -147,7 +147,6 @@ func (l *Log) tick(ctx context.Context, chunks int, history bool) error {
 // `custos audit verify` reports it.
 func (l *Log) Prune(ctx context.Context, cutoff time.Time) (int, error) {
 	total := 0
-	var hashes leafHashes
 	for {
 		st, ver, err := l.loadTree(ctx)
 		if err != nil {
@@ -175,7 +174,7 @@ func (l *Log) Prune(ctx context.Context, cutoff time.Time) (int, error) {
 				stopped = fmt.Errorf("%w: the body of event %d is missing", ErrRetentionStopped, next)
 				break
 			}
-			same, err := l.integrated(ctx, &hashes, i, r.Value)
+			same, err := l.integrated(ctx, i, r.Value)
 			if err != nil {
 				return total, err
 			}
@@ -218,27 +217,14 @@ func (l *Log) Prune(ctx context.Context, cutoff time.Time) (int, error) {
 // (missing, or not the one integrated) and stopped there.
 var ErrRetentionStopped = errors.New("audit: retention stopped; run custos audit verify")
 
-// leafHashes reads the stored leaf hashes a strip at a time, for Prune's
-// walk in index order.
-type leafHashes struct {
-	key   string
-	strip []byte
-}
-
 // integrated reports whether leaf is the body event i was integrated
 // with (it hashes to the stored leaf hash; a hash not stored is not).
-func (l *Log) integrated(ctx context.Context, h *leafHashes, i uint64, leaf []byte) (bool, error) {
-	off := int(i%stripLen) * hashLen
-	// A strip read earlier may have grown since (integration appends to the
-	// last one): read it again when it is too short.
-	if key := stripKey(compact.NewNodeID(0, i)); key != h.key || len(h.strip) < off+hashLen {
-		rec, err := l.store.Get(ctx, key)
-		if err != nil && !errors.Is(err, storage.ErrNotFound) {
-			return false, fmt.Errorf("audit: prune: read the leaf hash of event %d: %w", i, err)
-		}
-		h.key, h.strip = key, rec.Value
+func (l *Log) integrated(ctx context.Context, i uint64, leaf []byte) (bool, error) {
+	h, err := l.hash(ctx, compact.NewNodeID(0, i))
+	if err != nil {
+		return false, fmt.Errorf("audit: prune: %w", err)
 	}
-	return len(h.strip) >= off+hashLen && bytes.Equal(h.strip[off:off+hashLen], LeafHash(leaf)), nil
+	return h != nil && bytes.Equal(h, LeafHash(leaf)), nil
 }
 
 // pruneSide forgets checkpoints older than cutoff (the latest always

@@ -23,6 +23,7 @@ package backup
 
 import (
 	"bufio"
+	"cmp"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -147,10 +148,7 @@ func Write(ctx context.Context, w io.Writer, store storage.Snapshotter, r root.R
 	var ks bytes.Buffer
 	wrap := &rootAEAD{ctx: ctx, r: r}
 	if err := h.WriteWithAssociatedData(keyset.NewBinaryWriter(&ks), wrap, []byte(magic)); err != nil {
-		if wrap.err != nil {
-			return nil, fmt.Errorf("backup: wrap the data key under the root: %w", wrap.err)
-		}
-		return nil, fmt.Errorf("backup: wrap the data key under the root: %w", err)
+		return nil, fmt.Errorf("backup: wrap the data key under the root: %w", cmp.Or(wrap.err, err))
 	}
 	sa, err := streamingaead.New(h)
 	if err != nil {

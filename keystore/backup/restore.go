@@ -143,10 +143,11 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 	// newest is each tenant's newest tombstone (the latest incarnation
 	// shredded) from the backup, opts and the target: the one the target
 	// keeps, so that a restore never replaces a tombstone by an older one.
-	newest := map[string]keystore.Tombstone{}
-	for _, ts := range slices.Concat(targetTombs, tombs) { // the target's first: kept on a tie (tombs: the backup's and opts')
+	// inTarget marks the tenants whose newest tombstone the target holds.
+	newest, inTarget := map[string]keystore.Tombstone{}, map[string]bool{}
+	for i, ts := range slices.Concat(targetTombs, tombs) { // the target's first: kept on a tie (tombs: the backup's and opts')
 		if cur, ok := newest[ts.Tenant]; !ok || ts.CreateTime.After(cur.CreateTime) {
-			newest[ts.Tenant] = ts
+			newest[ts.Tenant], inTarget[ts.Tenant] = ts, i < len(targetTombs)
 		}
 	}
 	if len(newest) > 0 {
@@ -265,16 +266,11 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 	}
 	// The other tenants' newest tombstones, where the target does not
 	// hold that one already.
-	held := map[string]keystore.Tombstone{}
-	for _, ts := range targetTombs {
-		held[ts.Tenant] = ts
-	}
 	for _, t := range slices.Sorted(maps.Keys(newest)) {
-		ts := newest[t]
-		if h, ok := held[t]; shred[t] || ok && h.CreateTime.Equal(ts.CreateTime) && h.ShredTime.Equal(ts.ShredTime) {
+		if shred[t] || inTarget[t] {
 			continue
 		}
-		b, _ := json.Marshal(ts)
+		b, _ := json.Marshal(newest[t])
 		if err := add(storage.Op{Key: keystore.TombstonePrefix + t, Value: b, Expect: storage.AnyVersion}); err != nil {
 			return nil, err
 		}

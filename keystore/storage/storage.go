@@ -40,6 +40,10 @@ type WriteHealth interface {
 	WriteHealth() error
 }
 
+// ProbeKey is the record the dependency probe reads, and writes where a
+// write is its test (WriteProber).
+const ProbeKey = "health/probe"
+
 // WriteProber is implemented by stores whose full state clears only on a
 // successful write (PostgreSQL): the dependency probe tries one small
 // write through ProbeWrite. A store that judges fullness by its disk's

@@ -103,7 +103,7 @@ var _ storage.WriteProber = (*Store)(nil)
 // ProbeWrite writes one small record (health/probe), whatever is there: a
 // success clears the full state.
 func (s *Store) ProbeWrite(ctx context.Context) error {
-	return s.Apply(ctx, []storage.Op{{Key: "health/probe", Value: []byte(time.Now().UTC().Format(time.RFC3339)), Expect: storage.AnyVersion}})
+	return s.Apply(ctx, []storage.Op{{Key: storage.ProbeKey, Value: []byte(time.Now().UTC().Format(time.RFC3339)), Expect: storage.AnyVersion}})
 }
 
 // Open connects to the database at cfg.URL and brings its schema up to date.
