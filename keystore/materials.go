@@ -287,19 +287,32 @@ func (m *materials) apply(c storage.Change) {
 // the storage cannot notify (bbolt: one process owns the file). Run it in
 // its own goroutine; it stops when ctx is cancelled.
 func (s *Service) Watch(ctx context.Context) error {
+	run, err := s.StartWatch(ctx)
+	if err != nil {
+		return err
+	}
+	run()
+	return nil
+}
+
+// StartWatch begins watching (it returns once the storage is listening)
+// and returns the loop that applies the changes until ctx is done; a
+// server calls it before it answers, so that nothing it caches can miss a
+// change. What was cached before the watch began may have changed unseen:
+// it goes. Without a storage that notifies, run returns at once.
+func (s *Service) StartWatch(ctx context.Context) (run func(), err error) {
 	w, ok := s.store.(storage.Watcher)
 	if !ok {
-		return nil
+		return func() {}, nil
 	}
 	changes, err := w.Watch(ctx)
 	if err != nil {
-		return storageErr("watch", err)
+		return nil, storageErr("watch", err)
 	}
-	// What was cached before the watch began (the server may already be
-	// answering) may have changed unseen: it goes.
 	s.m.apply(storage.Change{})
-	for c := range changes {
-		s.m.apply(c)
-	}
-	return nil
+	return func() {
+		for c := range changes {
+			s.m.apply(c)
+		}
+	}, nil
 }

@@ -379,11 +379,13 @@ func (rt *Runtime) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	stopBackground := sync.OnceFunc(func() { stopBG(); wg.Wait() })
 	defer stopBackground()
-	wg.Go(func() {
-		if err := rt.ks.Watch(bg); err != nil {
-			logger.Error("storage change watch stopped; caches expire by TTL only", "error", err.Error())
-		}
-	})
+	// Listening before the first call is answered: nothing cached can
+	// miss a change.
+	if watch, err := rt.ks.StartWatch(bg); err != nil {
+		logger.Error("storage change watch could not start; caches expire by TTL only", "error", err.Error())
+	} else {
+		wg.Go(watch)
+	}
 	wg.Go(func() { rt.srv.WatchDependencies(bg, rt.ks, cfg.Ops.ProbeInterval) })
 	if rt.reload != nil {
 		wg.Go(func() { rt.reloadOn(bg) })
