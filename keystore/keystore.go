@@ -144,7 +144,7 @@ func New(cfg Config) (*Service, error) {
 			records: recs,
 			root:    cfg.Root,
 			logger:  cfg.Logger,
-			keks:    newLRU[string, tink.AEAD](cfg.CacheSize, cfg.CacheTTL, cfg.UnavailableGrace, cfg.Now),
+			keks:    newLRU[string, *kekEntry](cfg.CacheSize, cfg.CacheTTL, cfg.UnavailableGrace, cfg.Now),
 			keys:    newLRU[KeyRef, *keyEntry](cfg.CacheSize, cfg.CacheTTL, cfg.UnavailableGrace, cfg.Now),
 		},
 		life:       newLifecycleState(cfg.UsageRotateThreshold),

@@ -179,10 +179,17 @@ func (c *lru[K, V]) removeWhere(pred func(K, V) bool) {
 	}
 }
 
-// clear drops every entry.
-func (c *lru[K, V]) clear() {
+// staleAll makes every fresh entry stale and calls mark on each value, in
+// one step under the cache's lock.
+func (c *lru[K, V]) staleAll(mark func(V)) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.ll.Init()
-	clear(c.items)
+	now := c.now()
+	for _, el := range c.items {
+		e := el.Value.(*lruEntry[K, V])
+		if e.freshUntil.After(now) {
+			e.freshUntil = now
+		}
+		mark(e.value)
+	}
 }

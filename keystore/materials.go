@@ -1,6 +1,7 @@
 package keystore
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -27,7 +28,7 @@ type materials struct {
 	root   root.Root
 	logger *slog.Logger
 
-	keks  *lru[string, tink.AEAD]
+	keks  *lru[string, *kekEntry]
 	keys  *lru[KeyRef, *keyEntry]
 	loads singleflight.Group
 
@@ -40,6 +41,15 @@ type materials struct {
 	// load that began before the change does not cache what it read, so a
 	// tenant scheduled for deletion stops serving at once.
 	gen atomic.Uint64
+}
+
+// kekEntry is a cached, unwrapped tenant KEK and the wrapped bytes it was
+// unwrapped from. It serves only a tenant record that holds the same bytes:
+// a tenant shredded and created again under the same id, unseen by this
+// replica, never gets its predecessor's KEK.
+type kekEntry struct {
+	aead    tink.AEAD
+	wrapped []byte
 }
 
 // keyEntry is a cached, unwrapped key: an immutable snapshot of its record
@@ -55,6 +65,10 @@ type keyEntry struct {
 	// missed is when (unix ns) a reload last failed to find a version a
 	// ciphertext named; another reload for an unknown version waits a second.
 	missed atomic.Int64
+	// suspect is set when a change may have been missed (the storage's
+	// watch began again): the entry serves again only once the records it
+	// was built from are read back unchanged, or while that read fails.
+	suspect atomic.Bool
 }
 
 // tombstone reports whether e only records that version ver of its key was
@@ -74,13 +88,15 @@ func (m *materials) activeTenant(ctx context.Context, tenant string) (tink.AEAD,
 	if rec.State != TenantActive {
 		return nil, 0, fmt.Errorf("tenant %q: %w", tenant, ErrTenantDeleted)
 	}
+	// A KEK cached from other wrapped bytes is another tenant's of that id.
 	cached, fresh, ok := m.keks.get(tenant)
+	ok = ok && bytes.Equal(cached.wrapped, rec.WrappedKEK)
 	if ok && fresh {
-		return cached, tver, nil
+		return cached.aead, tver, nil
 	}
-	v, err := m.shared(ctx, "kek\x00"+tenant, func(ctx context.Context) (any, error) {
-		if kek, fresh, ok := m.keks.get(tenant); ok && fresh {
-			return kek, nil
+	v, err := m.shared(ctx, "kek\x00"+tenant+"\x00"+string(rec.WrappedKEK), func(ctx context.Context) (any, error) {
+		if kek, fresh, ok := m.keks.get(tenant); ok && fresh && bytes.Equal(kek.wrapped, rec.WrappedKEK) {
+			return kek.aead, nil
 		}
 		raw, err := m.root.Unwrap(ctx, rec.WrappedKEK, tenantKEKAAD(tenant))
 		if err != nil {
@@ -91,7 +107,7 @@ func (m *materials) activeTenant(ctx context.Context, tenant string) (tink.AEAD,
 		if err != nil {
 			return nil, err
 		}
-		m.keks.put(tenant, kek)
+		m.keks.put(tenant, &kekEntry{aead: kek, wrapped: rec.WrappedKEK})
 		return kek, nil
 	})
 	if err != nil {
@@ -99,7 +115,7 @@ func (m *materials) activeTenant(ctx context.Context, tenant string) (tink.AEAD,
 			if m.keks.postpone(tenant, retryBackoff) { // once per attempt, not per waiting caller
 				m.logger.Warn("root unavailable; serving cached tenant KEK", "tenant", tenant)
 			}
-			return cached, tver, nil
+			return cached.aead, tver, nil
 		}
 		return nil, 0, err
 	}
@@ -108,7 +124,9 @@ func (m *materials) activeTenant(ctx context.Context, tenant string) (tink.AEAD,
 
 // key returns the cached key entry, loading it on a miss. While the root or
 // the storage is unreachable, an entry cached earlier keeps serving until its
-// grace runs out, retrying the refresh every retryBackoff.
+// grace runs out, retrying the refresh every retryBackoff. A suspect entry
+// (a change may have been missed) serves only once its records are read back
+// unchanged, or while the storage cannot be read.
 func (m *materials) key(ctx context.Context, ref KeyRef) (*keyEntry, error) {
 	cached, fresh, ok := m.keys.get(ref)
 	if ok && cached.tombstone() {
@@ -119,6 +137,23 @@ func (m *materials) key(ctx context.Context, ref KeyRef) (*keyEntry, error) {
 		return cached, nil
 	}
 	m.misses.Add(1)
+	if ok && cached.suspect.Load() {
+		e, err := m.recheck(ctx, ref, cached)
+		switch {
+		case err == nil && e != nil:
+			return e, nil
+		case err == nil:
+			// Changed: it reloads, and never serves the old entry again.
+			return m.loadKey(ctx, ref)
+		case errors.Is(err, ErrUnavailable) && ctx.Err() == nil:
+			// The storage could not be read (not the caller's deadline).
+			if m.keys.postpone(ref, retryBackoff) {
+				m.logger.Warn("storage unavailable; serving cached key", "key", ref.String(), "error", err.Error())
+			}
+			return cached, nil
+		}
+		return nil, err
+	}
 	e, err := m.loadKey(ctx, ref)
 	if err != nil && ok && errors.Is(err, ErrUnavailable) {
 		if m.keys.postpone(ref, retryBackoff) { // once per attempt, not per waiting caller
@@ -127,6 +162,35 @@ func (m *materials) key(ctx context.Context, ref KeyRef) (*keyEntry, error) {
 		return cached, nil
 	}
 	return e, err
+}
+
+// recheck reads back the tenant and key records a suspect entry was built
+// from. If neither changed (and the tenant is active) it caches and returns
+// the entry as no longer suspect; if either did, it returns nil. It asks
+// the root nothing, so a root outage cannot make a changed entry serve.
+func (m *materials) recheck(ctx context.Context, ref KeyRef, cached *keyEntry) (*keyEntry, error) {
+	gen := m.gen.Load()
+	flight := "check\x00" + ref.String() + "\x00" + strconv.FormatUint(cached.ver, 10) + "\x00" + strconv.FormatUint(gen, 10)
+	v, err := m.shared(ctx, flight, func(ctx context.Context) (any, error) {
+		trec, tver, err := m.readTenant(ctx, ref.Tenant)
+		if err != nil {
+			return nil, err
+		}
+		_, ver, err := m.readKey(ctx, ref)
+		if err != nil {
+			return nil, err
+		}
+		if trec.State != TenantActive || tver != cached.tenantVer || ver != cached.ver {
+			return (*keyEntry)(nil), nil
+		}
+		e := &keyEntry{ref: cached.ref, rec: cached.rec, prim: cached.prim, ver: cached.ver, tenantVer: cached.tenantVer}
+		m.put(gen, e)
+		return e, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*keyEntry), nil
 }
 
 // loadTimeout bounds a shared load (storage reads and a root unwrap), which
@@ -247,9 +311,14 @@ func (m *materials) invalidateTenant(tenant string) {
 func (m *materials) apply(c storage.Change) {
 	switch k := c.Key; {
 	case k == "":
+		// Anything may have changed unseen. Each key entry reads its
+		// records back before it serves again (recheck); a KEK needs no
+		// more than the tenant record every load reads (activeTenant). So
+		// a storage stall that made every replica listen again costs a
+		// read per key, not a root unwrap per tenant, and a root outage at
+		// that moment fails nobody.
 		m.gen.Add(1)
-		m.keks.clear()
-		m.keys.clear()
+		m.keys.staleAll(func(e *keyEntry) { e.suspect.Store(true) })
 	case strings.HasPrefix(k, tenantPrefix):
 		tenant := strings.TrimPrefix(k, tenantPrefix)
 		m.gen.Add(1)
@@ -299,7 +368,8 @@ func (s *Service) Watch(ctx context.Context) error {
 // and returns the loop that applies the changes until ctx is done; a
 // server calls it before it answers, so that nothing it caches can miss a
 // change. What was cached before the watch began may have changed unseen:
-// it goes. Without a storage that notifies, run returns at once.
+// it becomes suspect (apply). Without a storage that notifies, run returns
+// at once.
 func (s *Service) StartWatch(ctx context.Context) (run func(), err error) {
 	w, ok := s.store.(storage.Watcher)
 	if !ok {

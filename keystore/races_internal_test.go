@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/root/local"
 	"github.com/custos-kms/custos/keystore/storage"
 	"github.com/custos-kms/custos/keystore/storage/memory"
@@ -444,5 +445,167 @@ func TestPageTokensAreSealedForTheWholeDeployment(t *testing.T) {
 	}
 	if got, err := open().OpenPageToken(ctx, fresh); err != nil || got != encodePageToken("tenant-9") {
 		t.Fatalf("a token under the replaced key: %q, %v", got, err)
+	}
+}
+
+// flakyRoot is a real local root that counts its unwraps and can be made
+// unreachable.
+type flakyRoot struct {
+	root.Root
+	down    atomic.Bool
+	unwraps atomic.Int64
+}
+
+func (r *flakyRoot) Unwrap(ctx context.Context, w, aad []byte) ([]byte, error) {
+	r.unwraps.Add(1)
+	if r.down.Load() {
+		return nil, fmt.Errorf("test root: %w", root.ErrUnavailable)
+	}
+	return r.Root.Unwrap(ctx, w, aad)
+}
+
+// twoReplicas opens two services on one store and one root, neither
+// watching: what one writes, the other misses until a test says otherwise.
+func twoReplicas(t *testing.T) (a, b *Service, hs *hookStore, rt *flakyRoot) {
+	t.Helper()
+	lr, err := local.Create(filepath.Join(t.TempDir(), "root.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt = &flakyRoot{Root: lr}
+	hs = &hookStore{Store: memory.New()}
+	open := func() *Service {
+		s, err := New(Config{Storage: hs, Root: rt})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	return open(), open(), hs, rt
+}
+
+// A change notice that makes everything suspect (the watch listening again)
+// makes each cached key read its records back before it serves, without
+// asking the root: during a root outage at that moment every unchanged key
+// serves, and during a storage outage each serves within its grace.
+func TestEverythingSuspectRereadsButServesThroughOutages(t *testing.T) {
+	ctx := context.Background()
+	s, _, hs, rt := twoReplicas(t)
+	ref, ct := setupRotated(t, s)
+	if _, _, err := s.Encrypt(ctx, ref, []byte("warm"), nil); err != nil {
+		t.Fatal(err)
+	}
+	gets, unwraps := hs.gets.Load(), rt.unwraps.Load()
+	s.m.apply(storage.Change{})
+	rt.down.Store(true)
+	if _, _, err := s.Encrypt(ctx, ref, []byte("x"), nil); err != nil {
+		t.Fatalf("encrypt during a root outage right after everything became suspect: %v", err)
+	}
+	if hs.gets.Load() == gets {
+		t.Fatal("a suspect key served without reading its records back")
+	}
+	if n := rt.unwraps.Load() - unwraps; n != 0 {
+		t.Fatalf("re-checking an unchanged key asked the root %d times, want 0", n)
+	}
+	rt.down.Store(false)
+
+	s.m.apply(storage.Change{})
+	hs.down.Store(true)
+	if _, _, err := s.Encrypt(ctx, ref, []byte("x"), nil); err != nil {
+		t.Fatalf("encrypt during a storage outage right after everything became suspect: %v, want the cached key within its grace", err)
+	}
+	if _, _, err := s.Decrypt(ctx, ref, ct, nil); err != nil {
+		t.Fatalf("decrypt during the storage outage: %v", err)
+	}
+}
+
+// A key version another replica disabled while this one was not listening
+// never serves again once everything is suspect: not when the reload that
+// follows meets a root outage, and not when the caller's deadline ends the
+// re-check.
+func TestASuspectEntryVoidedByAMissedChangeNeverServesAgain(t *testing.T) {
+	ctx := context.Background()
+	a, b, hs, rt := twoReplicas(t)
+	ref, ct := setupRotated(t, a)
+	if _, _, err := a.Decrypt(ctx, ref, ct, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.DisableKeyVersion(ctx, ref, 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := a.Decrypt(ctx, ref, ct, nil); err != nil {
+		t.Fatalf("the missed change is unseen until a notice says so, got %v", err)
+	}
+	a.m.apply(storage.Change{})
+
+	// The caller's deadline ends the re-check while the key read hangs.
+	paused, release := hs.arm(keyStorageKey(ref), true)
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	_, _, err := a.Decrypt(short, ref, ct, nil)
+	cancel()
+	select {
+	case <-paused:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the re-check never read the key record")
+	}
+	close(release)
+	if err == nil {
+		t.Fatal("a suspect entry served a disabled version when the caller's deadline ended its re-check")
+	}
+
+	// The reload finds the change; the KEK it needs is cached, so even a
+	// root outage does not keep it from refusing.
+	rt.down.Store(true)
+	if _, _, err := a.Decrypt(ctx, ref, ct, nil); !errors.Is(err, ErrKeyVersionDisabled) {
+		t.Fatalf("decrypt of the disabled version during a root outage: %v, want ErrKeyVersionDisabled, never the plaintext", err)
+	}
+	rt.down.Store(false)
+	if _, _, err := a.Decrypt(ctx, ref, ct, nil); !errors.Is(err, ErrKeyVersionDisabled) {
+		t.Fatalf("decrypt of the disabled version: %v, want ErrKeyVersionDisabled", err)
+	}
+}
+
+// A tenant shredded and created again under the same id while this replica
+// was not listening: once everything is suspect, neither its old key nor
+// its old KEK serves the new tenant.
+func TestATenantCreatedAgainUnseenGetsNothingOfItsPredecessor(t *testing.T) {
+	ctx := context.Background()
+	a, b, _, _ := twoReplicas(t)
+	ref, ct := setupRotated(t, a)
+	if _, _, err := a.Decrypt(ctx, ref, ct, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.DeleteTenant(ctx, ref.Tenant, 0); err != nil {
+		t.Fatal(err)
+	}
+	b.now = func() time.Time { return time.Now().Add(400 * 24 * time.Hour) }
+	if ok, err := b.shredTenant(ctx, ref.Tenant); !ok || err != nil {
+		t.Fatalf("shred: %v, %v", ok, err)
+	}
+	if _, err := b.CreateTenant(ctx, ref.Tenant); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.CreateKey(ctx, ref, KeySpec{Purpose: PurposeEncrypt}); err != nil {
+		t.Fatal(err)
+	}
+	a.m.apply(storage.Change{})
+	if _, _, err := a.Decrypt(ctx, ref, ct, nil); err == nil {
+		t.Fatal("the shredded tenant's ciphertext decrypted after everything became suspect")
+	}
+	ct2, _, err := a.Encrypt(ctx, ref, []byte("new"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pt, _, err := b.Decrypt(ctx, ref, ct2, nil); err != nil || string(pt) != "new" {
+		t.Fatalf("the new tenant's key on the other replica: %q, %v", pt, err)
+	}
+	// The KEK alone: a new key of the new tenant, loaded on a replica that
+	// still caches the old tenant's KEK, must be opened with the new KEK.
+	ref2 := KeyRef{Tenant: ref.Tenant, Key: "k2"}
+	if _, err := b.CreateKey(ctx, ref2, KeySpec{Purpose: PurposeEncrypt}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := a.Encrypt(ctx, ref2, []byte("x"), nil); err != nil {
+		t.Fatalf("a key of the re-created tenant: %v", err)
 	}
 }
