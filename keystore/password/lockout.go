@@ -68,9 +68,13 @@ func (s *Service) newLockout(pep *keystore.Pepper, policy keystore.PasswordPolic
 
 // admit counts a verification that is about to run, or returns
 // ErrSubjectLocked. Storage failures are returned (ErrUnavailable when it is
-// unreachable): the caller must not verify without the limit.
-func (l *lockout) admit(ctx context.Context) error {
-	err := l.update(ctx, "read lockout state", func(r *lockoutRecord, now time.Time) (bool, error) {
+// unreachable): the caller must not verify without the limit. It returns
+// the start of the window the verification is counted in, which names that
+// window to finish and abandon: a verification admitted in a window that
+// has since ended is settled in none, so one still queued when its window
+// ends can neither uncount nor count an attempt of the next.
+func (l *lockout) admit(ctx context.Context) (window time.Time, err error) {
+	err = l.update(ctx, "read lockout state", func(r *lockoutRecord, now time.Time) (bool, error) {
 		if now.Before(r.LockedUntil) {
 			return false, fmt.Errorf("verify password with %s: %w", l.ref, keystore.ErrSubjectLocked)
 		}
@@ -85,19 +89,21 @@ func (l *lockout) admit(ctx context.Context) error {
 			r.WindowStart = now
 		}
 		r.InFlight++
+		window = r.WindowStart
 		return true, nil
 	})
 	if errors.Is(err, keystore.ErrSubjectLocked) {
 		l.s.lockedRefusals.Add(1)
 	}
-	return err
+	return window, err
 }
 
-// finish settles an admitted verification: a match resets the subject's
-// counts, a failure counts and may lock the subject. Storage failures are
-// logged, not returned: the verification was admitted under the limit, and
-// an unsettled one keeps counting until the window ends, so the limit holds.
-func (l *lockout) finish(ctx context.Context, match bool) {
+// finish settles a verification admitted in window: a match resets the
+// subject's counts, a failure counts and may lock the subject (in the
+// window it was admitted in only). Storage failures are logged, not
+// returned: the verification was admitted under the limit, and an unsettled
+// one keeps counting until the window ends, so the limit holds.
+func (l *lockout) finish(ctx context.Context, window time.Time, match bool) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
 	defer cancel()
 	locked := false
@@ -107,11 +113,14 @@ func (l *lockout) finish(ctx context.Context, match bool) {
 			// Reset by a match, or locked, meanwhile: nothing to settle.
 			return false, nil
 		}
-		r.InFlight = max(r.InFlight, 1) - 1
 		if match {
-			*r = lockoutRecord{} // deleted
+			*r = lockoutRecord{} // deleted: the right password resets any window
 			return true, nil
 		}
+		if !r.WindowStart.Equal(window) {
+			return false, nil // its window ended: the new one never counted it
+		}
+		r.InFlight = max(r.InFlight, 1) - 1
 		r.Failures++
 		if r.Failures >= l.policy.LockoutMaxFailures {
 			*r = lockoutRecord{LockedUntil: now.Add(l.policy.LockoutDuration)}
@@ -127,12 +136,13 @@ func (l *lockout) finish(ctx context.Context, match bool) {
 	}
 }
 
-// abandon uncounts an admitted verification that did not run to the end.
-func (l *lockout) abandon(ctx context.Context) {
+// abandon uncounts a verification admitted in window that did not run to
+// the end.
+func (l *lockout) abandon(ctx context.Context, window time.Time) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
 	defer cancel()
 	err := l.update(ctx, "settle lockout state", func(r *lockoutRecord, _ time.Time) (bool, error) {
-		if r.InFlight == 0 {
+		if r.InFlight == 0 || !r.WindowStart.Equal(window) {
 			return false, nil
 		}
 		r.InFlight--
@@ -187,7 +197,8 @@ func (l *lockout) update(ctx context.Context, op string, mutate func(r *lockoutR
 		return nil
 	})
 	if errors.Is(err, storage.ErrConflict) {
-		return fmt.Errorf("%s of %s: %w", op, l.ref, keystore.ErrAborted)
+		// Too many writers of one subject's record at once: retry later.
+		return fmt.Errorf("%s of %s: %w: too many concurrent verifications of one subject", op, l.ref, keystore.ErrUnavailable)
 	}
 	return err
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/custos-kms/custos/internal/workpool"
 	"github.com/custos-kms/custos/keystore"
 	"github.com/custos-kms/custos/keystore/password"
 	"github.com/custos-kms/custos/keystore/storage"
@@ -52,7 +53,11 @@ func (lf *lockoutFixture) open(t *testing.T) *password.Service {
 }
 
 func (lf *lockoutFixture) try(ks *password.Service, subject, pw string) (bool, error) {
-	m, _, err := ks.Verify(context.Background(), lf.ref, []byte(pw), lf.hash[subject], subject)
+	return lf.try2(context.Background(), ks, subject, pw)
+}
+
+func (lf *lockoutFixture) try2(ctx context.Context, ks *password.Service, subject, pw string) (bool, error) {
+	m, _, err := ks.Verify(ctx, lf.ref, []byte(pw), lf.hash[subject], subject)
 	return m, err
 }
 
@@ -179,7 +184,7 @@ func TestLockoutCannotBeOutrunByParallelGuesses(t *testing.T) {
 // lockoutStore fails lockout reads or writes on demand.
 type lockoutStore struct {
 	storage.Store
-	failGets, failPuts atomic.Bool
+	failGets, failPuts, conflictPuts atomic.Bool
 }
 
 func (s *lockoutStore) Get(ctx context.Context, key string) (storage.Record, error) {
@@ -192,6 +197,9 @@ func (s *lockoutStore) Get(ctx context.Context, key string) (storage.Record, err
 func (s *lockoutStore) Put(ctx context.Context, key string, v []byte, expect uint64) (uint64, error) {
 	if s.failPuts.Load() && strings.HasPrefix(key, "lockout/") {
 		return 0, fmt.Errorf("test store: %w", storage.ErrUnavailable)
+	}
+	if s.conflictPuts.Load() && strings.HasPrefix(key, "lockout/") {
+		return 0, fmt.Errorf("test store: %w", storage.ErrConflict)
 	}
 	return s.Store.Put(ctx, key, v, expect)
 }
@@ -220,6 +228,13 @@ func TestLockoutFailsClosedWhenItsStateIsUnreachable(t *testing.T) {
 		t.Fatalf("lockout state unwritable: match=%v err=%v; want ErrUnavailable", m, err)
 	}
 	st.failPuts.Store(false)
+	// A record whose compare-and-swap keeps losing (verifications of one
+	// subject racing on many replicas): try again later, not ABORTED.
+	st.conflictPuts.Store(true)
+	if m, err := lf.try(ks, subjectAlice, lockoutPasswords[subjectAlice]); m || !errors.Is(err, keystore.ErrUnavailable) {
+		t.Fatalf("lockout state never written for conflicts: match=%v err=%v; want ErrUnavailable", m, err)
+	}
+	st.conflictPuts.Store(false)
 	lf.mustMatch(t, ks, subjectAlice)
 }
 
@@ -238,5 +253,74 @@ func TestLockoutIsOffByDefault(t *testing.T) {
 	}
 	if recs, _ := f.store.List(context.Background(), "lockout/", "", 10); len(recs) != 0 {
 		t.Fatalf("lockout state written without a lockout policy: %d records", len(recs))
+	}
+}
+
+// A verification still queued when its window ends is settled in no window:
+// abandoning it cannot free a slot of the next window, so the next window
+// still admits at most N.
+func TestLockoutAnAttemptFromAnEndedWindowFreesNoSlotInTheNext(t *testing.T) {
+	t.Parallel()
+	lf := newLockoutFixture(t)
+	pool := workpool.New(1, 64)
+	t.Cleanup(pool.Close)
+	ks := lf.openPasswordService(t, password.Config{Now: lf.clock.Now, Pool: pool})
+	block := make(chan struct{})
+	blocked := make(chan error, 1)
+	holding := make(chan struct{})
+	go func() { blocked <- pool.Do(context.Background(), func() { close(holding); <-block }) }()
+	t.Cleanup(func() { close(block); <-blocked })
+	select {
+	case <-holding:
+	case err := <-blocked:
+		t.Fatalf("the task holding the pool's worker: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the pool never ran the task holding its worker")
+	}
+	waitQueued := func(n int) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for pool.Waiting() != n || pool.Running() != 1 {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d verifications queued (%d running), want %d", pool.Waiting(), pool.Running(), n)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	guess := func(ctx context.Context, done chan<- error) {
+		_, err := lf.try2(ctx, ks, subjectAlice, "guess")
+		done <- err
+	}
+	old, cancelOld := context.WithCancel(context.Background())
+	oldDone := make(chan error, 3)
+	for range 3 {
+		go guess(old, oldDone)
+	}
+	waitQueued(3)
+	lf.clock.Advance(2 * time.Minute) // the window ends
+	cur, cancelCur := context.WithCancel(context.Background())
+	t.Cleanup(cancelCur)
+	curDone := make(chan error, 3)
+	for range 3 {
+		go guess(cur, curDone)
+	}
+	select {
+	case err := <-curDone:
+		t.Fatalf("a verification in the new window ended early: %v", err)
+	case err := <-oldDone:
+		t.Fatalf("a verification in the old window ended early: %v", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	waitQueued(6)
+	cancelOld()
+	for range 3 {
+		if err := <-oldDone; !errors.Is(err, context.Canceled) {
+			t.Fatalf("a cancelled queued verification: %v", err)
+		}
+	}
+	short, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if _, err := lf.try2(short, ks, subjectAlice, "guess"); !errors.Is(err, keystore.ErrSubjectLocked) {
+		t.Fatalf("a fourth verification in a window that admitted three: %v, want ErrSubjectLocked", err)
 	}
 }

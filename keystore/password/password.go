@@ -299,23 +299,24 @@ func (s *Service) Verify(ctx context.Context, ref keystore.KeyRef, password []by
 	}
 
 	var lock *lockout
+	var window time.Time
 	if policy.LockoutMaxFailures > 0 && subject != "" {
 		if lock, err = s.newLockout(pep, policy, subject); err != nil {
 			return false, false, err
 		}
-		if err := lock.admit(ctx); err != nil {
+		if window, err = lock.admit(ctx); err != nil {
 			return false, false, err
 		}
 	}
 	match, err = s.verifyPeppered(ctx, op, pep, h, password)
 	if err != nil {
 		if lock != nil {
-			lock.abandon(ctx)
+			lock.abandon(ctx, window)
 		}
 		return false, false, err
 	}
 	if lock != nil {
-		lock.finish(ctx, match)
+		lock.finish(ctx, window, match)
 	}
 	if !match {
 		return false, false, nil
