@@ -1,7 +1,6 @@
 package keystore
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -43,13 +42,14 @@ type materials struct {
 	gen atomic.Uint64
 }
 
-// kekEntry is a cached, unwrapped tenant KEK and the wrapped bytes it was
-// unwrapped from. It serves only a tenant record that holds the same bytes:
-// a tenant shredded and created again under the same id, unseen by this
-// replica, never gets its predecessor's KEK.
+// kekEntry is a cached, unwrapped tenant KEK and the creation time of the
+// tenant record it came from. It serves only a record with the same
+// creation time: a tenant shredded and created again under the same id,
+// unseen by this replica, never gets its predecessor's KEK, while a root
+// re-wrap (new wrapped bytes, the same KEK) keeps it.
 type kekEntry struct {
 	aead    tink.AEAD
-	wrapped []byte
+	created time.Time
 }
 
 // keyEntry is a cached, unwrapped key: an immutable snapshot of its record
@@ -88,14 +88,15 @@ func (m *materials) activeTenant(ctx context.Context, tenant string) (tink.AEAD,
 	if rec.State != TenantActive {
 		return nil, 0, fmt.Errorf("tenant %q: %w", tenant, ErrTenantDeleted)
 	}
-	// A KEK cached from other wrapped bytes is another tenant's of that id.
+	// A KEK cached for a record created at another time is another
+	// tenant's of that id.
 	cached, fresh, ok := m.keks.get(tenant)
-	ok = ok && bytes.Equal(cached.wrapped, rec.WrappedKEK)
+	ok = ok && cached.created.Equal(rec.CreateTime)
 	if ok && fresh {
 		return cached.aead, tver, nil
 	}
 	v, err := m.shared(ctx, "kek\x00"+tenant+"\x00"+string(rec.WrappedKEK), func(ctx context.Context) (any, error) {
-		if kek, fresh, ok := m.keks.get(tenant); ok && fresh && bytes.Equal(kek.wrapped, rec.WrappedKEK) {
+		if kek, fresh, ok := m.keks.get(tenant); ok && fresh && kek.created.Equal(rec.CreateTime) {
 			return kek.aead, nil
 		}
 		raw, err := m.root.Unwrap(ctx, rec.WrappedKEK, tenantKEKAAD(tenant))
@@ -107,7 +108,7 @@ func (m *materials) activeTenant(ctx context.Context, tenant string) (tink.AEAD,
 		if err != nil {
 			return nil, err
 		}
-		m.keks.put(tenant, &kekEntry{aead: kek, wrapped: rec.WrappedKEK})
+		m.keks.put(tenant, &kekEntry{aead: kek, created: rec.CreateTime})
 		return kek, nil
 	})
 	if err != nil {

@@ -609,3 +609,27 @@ func TestATenantCreatedAgainUnseenGetsNothingOfItsPredecessor(t *testing.T) {
 		t.Fatalf("a key of the re-created tenant: %v", err)
 	}
 }
+
+// A root re-wrap gives a tenant's KEK new wrapped bytes, not a new KEK: a
+// replica that cached the KEK keeps serving it through a root outage after
+// the re-wrap's change notice.
+func TestARootRewrapKeepsTheCachedKEKThroughARootOutage(t *testing.T) {
+	ctx := context.Background()
+	a, b, hs, rt := twoReplicas(t)
+	ref, _ := setupRotated(t, a)
+	if _, _, err := a.Encrypt(ctx, ref, []byte("warm"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.RewrapTenantKEKs(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	r, err := hs.Get(ctx, tenantStorageKey(ref.Tenant))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.m.apply(storage.Change{Key: tenantStorageKey(ref.Tenant), Version: r.Version})
+	rt.down.Store(true)
+	if _, _, err := a.Encrypt(ctx, ref, []byte("x"), nil); err != nil {
+		t.Fatalf("encrypt during a root outage after a root re-wrap: %v, want the cached KEK", err)
+	}
+}

@@ -44,7 +44,7 @@ func (s *Service) CreateTenant(ctx context.Context, id string) (Tenant, error) {
 		}
 		return Tenant{}, storageErr("create tenant", err)
 	}
-	s.m.keks.put(id, &kekEntry{aead: kek, wrapped: wrapped})
+	s.m.keks.put(id, &kekEntry{aead: kek, created: rec.CreateTime})
 	return rec.toTenant(id), nil
 }
 
