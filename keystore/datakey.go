@@ -49,6 +49,7 @@ func (s *Service) GenerateDataKey(ctx context.Context, ref KeyRef, aad []byte, w
 	}
 	wrapped, version, err = s.encryptWith(e, "generate data key", dk, dataKeyAAD(aad))
 	if err != nil {
+		clear(dk)
 		return nil, nil, 0, err
 	}
 	if wrappedOnly {

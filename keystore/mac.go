@@ -2,6 +2,7 @@ package keystore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 )
 
@@ -38,10 +39,18 @@ func (s *Service) VerifyMAC(ctx context.Context, ref KeyRef, data, mac []byte) (
 		return false, nil
 	}
 	if _, known := e.rec.version(v); !known {
-		// Maybe rotated on another replica: reload once, bounded like Decrypt.
-		if fresh, err := s.entryForVersion(ctx, e, v); err == nil {
-			e = fresh
+		// Maybe rotated on another replica: reload once, bounded like
+		// Decrypt. A version storage does not know either is not a valid
+		// MAC; a reload that fails (an outage, the key deleted) is the
+		// caller's error, never a MAC reported invalid.
+		fresh, err := s.entryKnowing(ctx, e, v)
+		switch {
+		case errors.Is(err, ErrInvalidCiphertext):
+			return false, nil
+		case err != nil:
+			return false, err
 		}
+		e = fresh
 	}
 	vr, known := e.rec.version(v)
 	if !known || vr.State != VersionEnabled || v < e.rec.MinDecryptionVersion {

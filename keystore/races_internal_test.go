@@ -633,3 +633,36 @@ func TestARootRewrapKeepsTheCachedKEKThroughARootOutage(t *testing.T) {
 		t.Fatalf("encrypt during a root outage after a root re-wrap: %v, want the cached KEK", err)
 	}
 }
+
+// A MAC under a version another replica made is verified after a reload;
+// when the storage cannot be read for it, the caller gets ErrUnavailable,
+// never "not valid".
+func TestVerifyMACReportsAnOutageNotAnInvalidMAC(t *testing.T) {
+	ctx := context.Background()
+	a, b, hs, _ := twoReplicas(t)
+	ref := KeyRef{Tenant: "t", Key: "m"}
+	if _, err := a.CreateTenant(ctx, "t"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.CreateKey(ctx, ref, KeySpec{Purpose: PurposeMAC}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := a.ComputeMAC(ctx, ref, []byte("warm")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.RotateKey(ctx, ref); err != nil {
+		t.Fatal(err)
+	}
+	mac, v, err := b.ComputeMAC(ctx, ref, []byte("data"))
+	if err != nil || v != 2 {
+		t.Fatalf("MAC under the new version: v%d, %v", v, err)
+	}
+	hs.down.Store(true)
+	if ok, err := a.VerifyMAC(ctx, ref, []byte("data"), mac); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("verify a MAC of an unseen version during a storage outage: %v, %v; want ErrUnavailable", ok, err)
+	}
+	hs.down.Store(false)
+	if ok, err := a.VerifyMAC(ctx, ref, []byte("data"), mac); !ok || err != nil {
+		t.Fatalf("verify after the outage: %v, %v", ok, err)
+	}
+}
