@@ -197,7 +197,9 @@ func (s *Service) dueTenant(ctx context.Context, tenant string) error {
 	if err != nil {
 		return fmt.Errorf("scheduler: %w", err)
 	}
-	if !done {
+	if done {
+		s.autoShreds.Add(1)
+	} else {
 		// The record changed under the shred (an undeletion, a root
 		// rewrap): if it is still to be shredded, its hint goes back so
 		// that the next pass does it, not the next full sweep.

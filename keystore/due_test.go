@@ -332,3 +332,105 @@ func TestAShredThatLosesARaceIsRetriedByTheNextPass(t *testing.T) {
 		t.Fatalf("the tenant after the next pass: %v, want it shredded", err)
 	}
 }
+
+// A shred in a full sweep that loses a race for the tenant's record keeps
+// a due hint too: the next pass shreds the tenant, even when the hint the
+// deletion wrote was lost (which the sweep exists to recover).
+func TestAShredInASweepThatLosesARaceIsRetriedByTheNextPass(t *testing.T) {
+	f := newLCFixture(t)
+	ctx := context.Background()
+	cs := &conflictOnce{Store: f.store}
+	f.store = cs
+	ks := f.replica()
+	if _, err := ks.CreateTenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ks.DeleteTenant(ctx, "acme", 24*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	for r, err := range scanAll(ctx, f.store, "due/") {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.store.Delete(ctx, r.Key, r.Version); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.clock.Advance(25 * time.Hour)
+	key := "tenants/acme"
+	cs.key.Store(&key)
+	if err := ks.RunOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.store.Get(ctx, key); err != nil {
+		t.Fatalf("the tenant after the sweep that lost the race: %v, want it still there", err)
+	}
+	if err := keystore.DuePass(ctx, ks); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.store.Get(ctx, key); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("the tenant after the next due pass: %v, want it shredded", err)
+	}
+}
+
+// flakyLeaseStore fails every third write of the scheduler lease, and
+// every second list of tenants, as a storage that hiccups does.
+type flakyLeaseStore struct {
+	slowLister
+	leasePuts, tenantLists atomic.Int64
+	failLists              bool
+}
+
+func (s *flakyLeaseStore) Put(ctx context.Context, key string, v []byte, expect uint64) (uint64, error) {
+	if key == "scheduler/lease" && s.leasePuts.Add(1)%3 == 0 {
+		return 0, fmt.Errorf("test store: %w", storage.ErrUnavailable)
+	}
+	return s.slowLister.Put(ctx, key, v, expect)
+}
+
+func (s *flakyLeaseStore) List(ctx context.Context, prefix, after string, limit int) ([]storage.Record, error) {
+	if s.failLists && prefix == "tenants/" && s.tenantLists.Add(1)%2 == 0 {
+		return nil, fmt.Errorf("test store: %w", storage.ErrUnavailable)
+	}
+	return s.slowLister.List(ctx, prefix, after, limit)
+}
+
+// A sweep that outlasts the lease finishes although some of its renewals
+// fail (the lease is still good until its TTL), and although lists of
+// tenants fail now and then (the next tick goes on where it stopped).
+func TestASweepFinishesThroughStorageHiccups(t *testing.T) {
+	for _, failLists := range []bool{false, true} {
+		t.Run(fmt.Sprintf("failing lists %v", failLists), func(t *testing.T) {
+			f := newLCFixture(t)
+			manyTenants(t, f, 1000) // about 2 s of sweeping, several lease lifetimes
+			cfg := f.cfg
+			cfg.Storage = &flakyLeaseStore{slowLister: slowLister{f.store}, failLists: failLists}
+			cfg.Now = time.Now // leases expire in real time here
+			ks, err := keystore.New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() {
+				done <- ks.RunScheduler(ctx, keystore.SchedulerConfig{Interval: 20 * time.Millisecond, LeaseTTL: 400 * time.Millisecond, HolderID: "a"})
+			}()
+			deadline := time.Now().Add(30 * time.Second)
+			for keystore.SweepsDone(ks) == 0 && time.Now().Before(deadline) {
+				time.Sleep(20 * time.Millisecond)
+			}
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatal(err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("RunScheduler did not return within 10s")
+			}
+			if keystore.SweepsDone(ks) == 0 {
+				t.Fatalf("no sweep finished in 30 s (%d begun, %d passes)", keystore.Sweeps(ks), keystore.LeaderPasses(ks))
+			}
+		})
+	}
+}

@@ -91,9 +91,9 @@ func (s *Service) RunScheduler(ctx context.Context, cfg SchedulerConfig) error {
 	}
 	pass := time.NewTicker(cfg.Interval)
 	defer pass.Stop()
-	var lastSweep time.Time // zero: sweep on the first pass holding the lease
+	var st leaderState
 	for {
-		s.leaderTick(ctx, cfg, &lastSweep)
+		s.leaderTick(ctx, cfg, &st)
 		select {
 		case <-ctx.Done():
 			stop, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
@@ -134,10 +134,27 @@ func (s *Service) RunCountFlush(ctx context.Context, interval time.Duration) {
 	}
 }
 
+// leaderState is what the scheduler remembers between ticks while this
+// replica holds the lease.
+type leaderState struct {
+	// lastSweep is when the last full sweep finished; zero: sweep on the
+	// first pass holding the lease.
+	lastSweep time.Time
+	// resume, when sweeping, is the storage key of the last tenant a sweep
+	// cut short (a failed list, say) finished: the next tick goes on after
+	// it instead of starting over, so a sweep that keeps failing half-way
+	// still reaches every tenant.
+	resume   string
+	sweeping bool
+}
+
 // leaderTick takes or renews the lease and, when held, runs one pass: the
 // due-time index, or a full sweep when the last one is SweepInterval old
-// (or this replica has not swept since it took the lease).
-func (s *Service) leaderTick(ctx context.Context, cfg SchedulerConfig, lastSweep *time.Time) {
+// (or this replica has not swept since it took the lease). During a sweep
+// it renews the lease between tenants and between keys, and runs the due
+// pass every Interval, so work that falls due meanwhile (a key past its
+// usage threshold) does not wait for the sweep's end.
+func (s *Service) leaderTick(ctx context.Context, cfg SchedulerConfig, st *leaderState) {
 	held, err := s.acquireLease(ctx, cfg.HolderID, cfg.LeaseTTL)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -146,41 +163,69 @@ func (s *Service) leaderTick(ctx context.Context, cfg SchedulerConfig, lastSweep
 		return
 	}
 	if !held {
-		*lastSweep = time.Time{} // whoever takes it over next sweeps first
+		*st = leaderState{} // whoever takes it over next sweeps first
 		return
 	}
 	s.life.leaderPasses.Add(1)
-	if now := s.now(); lastSweep.IsZero() || now.Sub(*lastSweep) >= cfg.SweepInterval {
-		s.life.sweeps.Add(1)
-		start := time.Now()
-		// A sweep of many tenants outlasts the lease: renew it as it goes,
-		// and stop if another replica took it over meanwhile.
-		lastRenew := start
-		renew := func() bool {
-			if time.Since(lastRenew) < cfg.Interval {
-				return true
-			}
-			lastRenew = time.Now()
-			held, err := s.acquireLease(ctx, cfg.HolderID, cfg.LeaseTTL)
-			return err == nil && held
+	now := s.now()
+	if !st.sweeping && !st.lastSweep.IsZero() && now.Sub(st.lastSweep) < cfg.SweepInterval {
+		if err := s.duePass(ctx); err != nil && ctx.Err() == nil {
+			s.logger.Error("scheduler: pass failed; will retry", "error", err.Error())
 		}
-		complete, err := s.sweep(ctx, renew)
-		if err != nil && ctx.Err() == nil {
-			// Items that failed have hints (retried by the next passes);
-			// a sweep cut short is run again on the next tick.
-			s.logger.Error("scheduler: sweep met failures", "error", err.Error())
-		}
-		if !complete {
-			return
-		}
-		s.logger.Info("scheduler: full sweep finished", "seconds", time.Since(start).Seconds())
-		*lastSweep = now
 		return
 	}
-	if err := s.duePass(ctx); err != nil && ctx.Err() == nil {
-		s.logger.Error("scheduler: pass failed; will retry", "error", err.Error())
+	if st.sweeping {
+		// Going on with a sweep cut short: what fell due meanwhile first.
+		if err := s.duePass(ctx); err != nil && ctx.Err() == nil {
+			s.logger.Error("scheduler: pass failed; will retry", "error", err.Error())
+		}
+	} else {
+		s.life.sweeps.Add(1)
+		st.sweeping, st.resume = true, ""
 	}
+	start := time.Now()
+	lastRenew := start
+	renew := func() bool {
+		if time.Since(lastRenew) < cfg.Interval {
+			return true
+		}
+		held, err := s.acquireLease(ctx, cfg.HolderID, cfg.LeaseTTL)
+		if err != nil {
+			// The lease renewed last is good until its TTL: a storage
+			// hiccup stops the sweep only when less than an interval of
+			// it is left.
+			return ctx.Err() == nil && time.Since(lastRenew) < cfg.LeaseTTL-cfg.Interval
+		}
+		if !held {
+			return false
+		}
+		lastRenew = time.Now()
+		if err := s.duePass(ctx); err != nil && ctx.Err() == nil {
+			s.logger.Error("scheduler: pass failed; will retry", "error", err.Error())
+		}
+		return true
+	}
+	last, complete, err := s.sweep(ctx, st.resume, renew)
+	if err != nil && ctx.Err() == nil {
+		// Items that failed have hints (retried by the next passes);
+		// a sweep cut short goes on at the next tick.
+		s.logger.Error("scheduler: sweep met failures", "error", err.Error())
+	}
+	if errors.Is(err, errLeaseLost) {
+		*st = leaderState{}
+		return
+	}
+	if !complete {
+		st.resume = last
+		return
+	}
+	s.life.sweepsDone.Add(1)
+	s.logger.Info("scheduler: full sweep finished", "seconds", time.Since(start).Seconds())
+	*st = leaderState{lastSweep: now}
 }
+
+// errLeaseLost stops a sweep whose replica no longer holds the lease.
+var errLeaseLost = errors.New("scheduler: lease lost during the sweep")
 
 // RunOnce flushes this replica's encryption counts and runs one full
 // scheduler sweep (rotation, destruction, shredding, and the due-time hints
@@ -191,7 +236,7 @@ func (s *Service) leaderTick(ctx context.Context, cfg SchedulerConfig, lastSweep
 // few, then a count); the work that did not fail is done.
 func (s *Service) RunOnce(ctx context.Context) error {
 	flushErr := s.FlushUsage(ctx)
-	_, err := s.sweep(ctx, nil)
+	_, _, err := s.sweep(ctx, "", nil)
 	return errors.Join(flushErr, err)
 }
 
@@ -220,65 +265,68 @@ func (s *Service) lease() lease.Lease {
 	return lease.Lease{Store: s.store, Key: leaseStorageKey, Now: s.now}
 }
 
-// sweep visits every tenant once: shreds those past their deletion date,
-// maintains the keys of active ones, and writes the due-time hints of every
-// future date. A failure on one tenant or key does not stop the others; its
-// work gets a hint for now, so the next pass retries it. renew, if not nil,
-// is called as the sweep goes; when it reports the lease lost the sweep
-// stops. complete is false when the sweep did not reach the end (a failed
-// List, a lost lease, ctx done).
-func (s *Service) sweep(ctx context.Context, renew func() bool) (complete bool, err error) {
+// sweep visits every tenant after the storage key after ("": from the
+// first) once: shreds those past their deletion date, maintains the keys of
+// active ones, and writes the due-time hints of every future date. A
+// failure on one tenant or key does not stop the others; its work gets a
+// hint for now, so the next pass retries it. renew, if not nil, is called
+// between tenants and between keys; when it reports the lease lost the
+// sweep stops with errLeaseLost. complete is false when the sweep did not
+// reach the end (a failed List, a lost lease, ctx done); last is then the
+// storage key of the last tenant it finished.
+func (s *Service) sweep(ctx context.Context, after string, renew func() bool) (last string, complete bool, err error) {
 	var errs []error
-	for r, err := range s.scan(ctx, "scheduler: list tenants", tenantPrefix) {
+	last = after
+	for r, err := range s.scanAfter(ctx, "scheduler: list tenants", tenantPrefix, after) {
 		if err != nil {
-			return false, err
+			return last, false, joinCapped(append(errs, err))
 		}
 		if err := ctx.Err(); err != nil {
-			return false, err
+			return last, false, err
 		}
 		if renew != nil && !renew() {
-			return false, joinCapped(append(errs, errors.New("scheduler: lease lost during the sweep")))
+			return last, false, joinCapped(append(errs, errLeaseLost))
 		}
-		if err := s.tenantPass(ctx, strings.TrimPrefix(r.Key, tenantPrefix), r.Value); err != nil {
+		if err := s.tenantPass(ctx, strings.TrimPrefix(r.Key, tenantPrefix), r.Value, renew); err != nil {
+			if errors.Is(err, errLeaseLost) {
+				return last, false, joinCapped(append(errs, err))
+			}
 			errs = append(errs, err)
 		}
+		last = r.Key
 	}
-	return true, joinCapped(errs)
+	return last, true, joinCapped(errs)
 }
 
-func (s *Service) tenantPass(ctx context.Context, tenant string, value []byte) error {
+func (s *Service) tenantPass(ctx context.Context, tenant string, value []byte, renew func() bool) error {
 	rec, err := decodeTenant(value)
 	if err != nil {
 		return fmt.Errorf("scheduler: tenant %q: %w", tenant, err)
 	}
 	switch rec.State {
 	case TenantDeleteScheduled:
-		if rec.DeleteTime.After(s.now()) {
-			s.noteTenantDue(ctx, tenant, rec)
-			return nil
-		}
-		shredded, err := s.shredTenant(ctx, tenant)
-		if err != nil {
+		// As a due pass does it: a shred that loses a race keeps its hint.
+		if err := s.dueTenant(ctx, tenant); err != nil {
 			s.noteDue(ctx, s.now(), dueTenantKind, tenant) // retried by the next pass
-			return fmt.Errorf("scheduler: %w", err)
-		}
-		if shredded {
-			s.autoShreds.Add(1)
+			return err
 		}
 		return nil
 	case TenantActive:
-		return s.keysPass(ctx, tenant)
+		return s.keysPass(ctx, tenant, renew)
 	}
 	return nil
 }
 
 // keysPass maintains the keys of one tenant that have something due.
-func (s *Service) keysPass(ctx context.Context, tenant string) error {
+func (s *Service) keysPass(ctx context.Context, tenant string, renew func() bool) error {
 	prefix := keyStoragePrefix(tenant)
 	var errs []error
 	for r, err := range s.scan(ctx, "scheduler: list keys", prefix) {
 		if err != nil {
-			return err
+			return joinCapped(append(errs, err))
+		}
+		if renew != nil && !renew() {
+			return joinCapped(append(errs, errLeaseLost))
 		}
 		ref := KeyRef{Tenant: tenant, Key: strings.TrimPrefix(r.Key, prefix)}
 		rec, err := decodeKey(r.Value)

@@ -59,8 +59,14 @@ func StorageError(op string, err error) error { return storageErr(op, err) }
 // page at a time; a failed List is yielded once (as a keystore error naming
 // op) and ends the scan.
 func (s records) scan(ctx context.Context, op, prefix string) iter.Seq2[storage.Record, error] {
+	return s.scanAfter(ctx, op, prefix, "")
+}
+
+// scanAfter is scan from the first storage key after after ("": from the
+// start of prefix).
+func (s records) scanAfter(ctx context.Context, op, prefix, after string) iter.Seq2[storage.Record, error] {
 	return func(yield func(storage.Record, error) bool) {
-		after := ""
+		after := after
 		for {
 			recs, err := s.store.List(ctx, prefix, after, scanPageSize)
 			if err != nil {

@@ -41,8 +41,9 @@ type lifecycleState struct {
 	usage sync.Map
 
 	// leaderPasses counts scheduler passes run while holding the lease;
-	// sweeps, those that visited every tenant and key.
-	leaderPasses, sweeps atomic.Uint64
+	// sweeps, the full sweeps of every tenant and key begun, and
+	// sweepsDone, those that reached the end.
+	leaderPasses, sweeps, sweepsDone atomic.Uint64
 }
 
 type usageKey struct {
