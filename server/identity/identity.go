@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/codes"
@@ -26,6 +27,12 @@ import (
 // arrive over TLS with a client certificate verified against the configured
 // client CAs.
 var ErrNoVerifiedCertificate = errors.New("identity: no verified client certificate")
+
+// ErrCertificateExpired is returned by FromPeer when a certificate of the
+// verified chain of the call's connection has expired since the handshake:
+// a connection outlives its certificate, the certificate's authority does
+// not.
+var ErrCertificateExpired = errors.New("identity: the client certificate has expired since the connection was made; reconnect with a current one")
 
 // ErrNoIdentity is returned by FromCertificate when a certificate names
 // neither a SPIFFE ID nor a subject common name, or names a SPIFFE ID
@@ -65,7 +72,9 @@ func FromCertificate(cert *x509.Certificate) (string, error) {
 }
 
 // FromPeer returns the identity of the caller of the gRPC call whose server
-// context is ctx. It requires the client certificate to have been verified
+// context is ctx, as long as every certificate of the chain verified at the
+// handshake is still within its validity (ErrCertificateExpired once one is
+// not). It requires the client certificate to have been verified
 // by crypto/tls (tls.RequireAndVerifyClientCert), so that
 // State.VerifiedChains is populated; a TLS configuration that verifies only
 // in VerifyPeerCertificate leaves it empty and is refused. The error wraps
@@ -83,7 +92,14 @@ func FromPeer(ctx context.Context) (string, error) {
 	if len(chains) == 0 || len(chains[0]) == 0 {
 		return "", ErrNoVerifiedCertificate
 	}
-	return fromCertificateCached(chains[0][0])
+	c, err := fromChainCached(chains[0])
+	if err != nil {
+		return "", err
+	}
+	if time.Now().After(c.notAfter) {
+		return "", ErrCertificateExpired
+	}
+	return c.id, nil
 }
 
 // certCache remembers the identity of recently seen client certificates.
@@ -94,29 +110,43 @@ func FromPeer(ctx context.Context) (string, error) {
 // that did not verify.
 var certCache struct {
 	sync.Mutex
-	m map[*x509.Certificate]string
+	m map[*x509.Certificate]cachedIdentity
+}
+
+// cachedIdentity is a verified chain's identity and when the first of its
+// certificates expires.
+type cachedIdentity struct {
+	id       string
+	notAfter time.Time
 }
 
 const certCacheSize = 4096
 
-func fromCertificateCached(cert *x509.Certificate) (string, error) {
+func fromChainCached(chain []*x509.Certificate) (cachedIdentity, error) {
+	leaf := chain[0]
 	certCache.Lock()
-	id, ok := certCache.m[cert]
+	c, ok := certCache.m[leaf]
 	certCache.Unlock()
 	if ok {
-		return id, nil
+		return c, nil
 	}
-	id, err := FromCertificate(cert)
+	id, err := FromCertificate(leaf)
 	if err != nil {
-		return "", err
+		return cachedIdentity{}, err
+	}
+	c = cachedIdentity{id: id, notAfter: leaf.NotAfter}
+	for _, cert := range chain[1:] {
+		if cert.NotAfter.Before(c.notAfter) {
+			c.notAfter = cert.NotAfter
+		}
 	}
 	certCache.Lock()
 	if certCache.m == nil || len(certCache.m) >= certCacheSize {
-		certCache.m = make(map[*x509.Certificate]string, 64)
+		certCache.m = make(map[*x509.Certificate]cachedIdentity, 64)
 	}
-	certCache.m[cert] = id
+	certCache.m[leaf] = c
 	certCache.Unlock()
-	return id, nil
+	return c, nil
 }
 
 type contextKey struct{}

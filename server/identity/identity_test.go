@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net"
 	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -268,4 +269,54 @@ func TestAuthInterceptorOverMutualTLS(t *testing.T) {
 			t.Errorf("handler ran for an unauthenticated call")
 		}
 	})
+}
+
+// A connection outlives its client certificate, not the certificate's
+// authority: once the certificate expires, the next call on the same
+// connection is refused.
+func TestACallAfterTheClientCertificateExpiredIsRefused(t *testing.T) {
+	p := newTestPKI(t)
+	serverPair := p.pair(t, pki.IssueRequest{DNSNames: []string{"localhost"}, Server: true})
+	clientPair := p.pair(t, pki.IssueRequest{CommonName: "short-lived", Client: true, Validity: 2 * time.Second})
+	srv := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(&tls.Config{
+			Certificates: []tls.Certificate{serverPair},
+			ClientCAs:    p.roots,
+			ClientAuth:   tls.RequireAndVerifyClientCert,
+			MinVersion:   tls.VersionTLS13,
+		})),
+		grpc.ChainUnaryInterceptor(auth.UnaryServerInterceptor(identity.AuthFunc)),
+	)
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(srv.Stop)
+	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+		Certificates: []tls.Certificate{clientPair},
+		RootCAs:      p.roots,
+		ServerName:   "localhost",
+		MinVersion:   tls.VersionTLS13,
+	})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	hc := healthpb.NewHealthClient(conn)
+	call := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
+		return err
+	}
+	if err := call(); err != nil {
+		t.Fatalf("a call with a current certificate: %v", err)
+	}
+	time.Sleep(time.Until(clientPair.Leaf.NotAfter) + 100*time.Millisecond)
+	err = call()
+	if status.Code(err) != codes.Unauthenticated || !strings.Contains(status.Convert(err).Message(), "expired") {
+		t.Fatalf("a call on the same connection after the certificate expired: %v, want UNAUTHENTICATED saying it expired", err)
+	}
 }
