@@ -3,12 +3,16 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"sync"
 	"testing"
+	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/custos-kms/custos/keystore"
 	"github.com/custos-kms/custos/keystore/storage/bbolt"
@@ -230,5 +234,78 @@ func TestRootIsCalledOncePerTenantWhileCacheIsWarm(t *testing.T) {
 	}
 	if wraps != 0 {
 		t.Errorf("the root wrapped %d times, want 0: no tenant was created", wraps)
+	}
+}
+
+// setCreateTime rewrites the create_time of the tenant record under key in
+// the bbolt file at path, as a tenant shredded and created again under the
+// same id would have it.
+func setCreateTime(t *testing.T, path, key string, when time.Time) {
+	t.Helper()
+	ctx := testContext(t)
+	store, err := bbolt.Open(path, bbolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	r, err := store.Get(ctx, key)
+	if err != nil {
+		t.Fatalf("get %s: %v", key, err)
+	}
+	var rec map[string]any
+	if err := json.Unmarshal(r.Value, &rec); err != nil {
+		t.Fatal(err)
+	}
+	rec["create_time"] = when.UTC().Format(time.RFC3339Nano)
+	b, err := json.Marshal(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Put(ctx, key, b, r.Version); err != nil {
+		t.Fatalf("put %s: %v", key, err)
+	}
+}
+
+// A tenant id shredded and created again names another tenant: the new
+// one's auditors see none of the events of the earlier one (its callers,
+// its keys), only those from the new tenant's creation on.
+func TestATenantCreatedAgainSeesNoneOfItsPredecessorsEvents(t *testing.T) {
+	t.Parallel()
+	f := newFiles(t)
+	ts := start(t, f, options{policy: auditPolicy})
+	setup(t, ts, "a")
+	ctx := testContext(t)
+	encrypt := func(ts *testServer) string {
+		var header, trailer metadata.MD
+		if _, err := ts.clients(t, idAdmin).crypto.Encrypt(ctx, &custosv1.EncryptRequest{Name: keyName("a"), Plaintext: []byte("x")}, grpc.Header(&header), grpc.Trailer(&trailer)); err != nil {
+			t.Fatal(err)
+		}
+		return requestID(header, trailer)
+	}
+	before := encrypt(ts)
+	events(t, ts)
+	ts.stop()
+	created := time.Now()
+	setCreateTime(t, f.dbPath, "tenants/a", created)
+	ts = start(t, f, options{policy: auditPolicy})
+	after := encrypt(ts)
+	events(t, ts)
+	resp, err := custosv1.NewAuditServiceClient(ts.conn(t, idAuditorA)).ListAuditEvents(ctx, &custosv1.ListAuditEventsRequest{Parent: "tenants/a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, r := range resp.GetRecords() {
+		ev := r.GetEvent()
+		seen[ev.GetRequestId()] = true
+		if end := ev.GetTime().AsTime().Add(ev.GetDuration().AsDuration()); end.Before(created) {
+			t.Errorf("event %s (%s) ended at %s, before the tenant was created at %s", ev.GetRequestId(), ev.GetOperation(), end, created)
+		}
+	}
+	if seen[before] {
+		t.Fatal("the re-created tenant's auditor sees its predecessor's Encrypt")
+	}
+	if !seen[after] {
+		t.Fatal("the re-created tenant's auditor does not see its own Encrypt")
 	}
 }

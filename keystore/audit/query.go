@@ -16,6 +16,10 @@ type Query struct {
 	Tenant string
 	// Start and End bound the event time: Start <= time < End.
 	Start, End time.Time
+	// EndedFrom, when set, drops the events of calls that ended before it
+	// (time + duration < EndedFrom): a tenant created again under an id
+	// sees none of its predecessor's events, yet the call that created it.
+	EndedFrom time.Time
 	// Operation, Identity: exact matches.
 	Operation, Identity string
 	// Result: "OK", "FAILED" (any code but OK) or a code's canonical name.
@@ -160,7 +164,8 @@ func (q *Query) match(ev *custosv1.AuditEvent) bool {
 	case !q.Start.IsZero() && t.Before(q.Start),
 		!q.End.IsZero() && !t.Before(q.End),
 		q.Operation != "" && ev.GetOperation() != q.Operation,
-		q.Identity != "" && ev.GetIdentity() != q.Identity:
+		q.Identity != "" && ev.GetIdentity() != q.Identity,
+		!q.EndedFrom.IsZero() && t.Add(ev.GetDuration().AsDuration()).Before(q.EndedFrom):
 		return false
 	}
 	switch q.Result {
