@@ -40,6 +40,7 @@ type benchFlags struct {
 	spawnDev, setup              bool
 	contention                   bool
 	contentionOp, contentionConc string
+	passwordAlgorithm            string
 	output                       string
 	tenants                      int
 	tenantPrefix                 string
@@ -92,6 +93,7 @@ the spawned baseline reports its own). See docs/performance.md.`,
 	fl.BoolVar(&f.contention, "contention", false, "also measure --contention-op beside password hashing")
 	fl.StringVar(&f.contentionOp, "contention-op", "encrypt@64", "the measured workload of --contention, op@concurrency")
 	fl.StringVar(&f.contentionConc, "contention-background", "hash@4", "the background workload of --contention, op@concurrency")
+	fl.StringVar(&f.passwordAlgorithm, "password-algorithm", "bcrypt", "hash and verify with a key of this algorithm (default parameters): bcrypt or argon2id")
 	fl.StringVarP(&f.output, "output", "o", "text", "text or json")
 	fl.IntVar(&f.tenants, "tenants", 0, "encrypt only: spread calls over this many seeded tenants (custos bench seed)")
 	fl.StringVar(&f.tenantPrefix, "tenant-prefix", "s", "the seeded tenants' id prefix")
@@ -203,6 +205,13 @@ func newBenchBaselineCmd() *cobra.Command {
 func runBench(cmd *cobra.Command, f *benchFlags) error {
 	ctx := cmd.Context()
 	base := bench.Workload{BatchSize: f.batch, PayloadBytes: f.payload, Warmup: f.warmup, Duration: f.duration, Tenants: f.tenants, TenantPrefix: f.tenantPrefix}
+	switch f.passwordAlgorithm {
+	case "bcrypt":
+	case "argon2id":
+		base.Keys = bench.Argon2idKeys
+	default:
+		return usageErr(cmd, fmt.Errorf("--password-algorithm %q: want bcrypt or argon2id", f.passwordAlgorithm))
+	}
 	var workloads []bench.Workload
 	ops, err := splitOps(f.ops)
 	if err != nil {

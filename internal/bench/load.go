@@ -71,6 +71,14 @@ var DefaultKeys = Keys{
 	Password: "tenants/bench/keys/pw",
 }
 
+// Argon2idKeys are DefaultKeys with the PASSWORD key hashing with argon2id
+// (its default parameters) instead of bcrypt.
+var Argon2idKeys = Keys{
+	Encrypt:  DefaultKeys.Encrypt,
+	MAC:      DefaultKeys.MAC,
+	Password: "tenants/bench/keys/pw-argon2id",
+}
+
 // Setup creates tenant "bench" and its keys on a Custos server; existing
 // ones are kept.
 func Setup(ctx context.Context, conn grpc.ClientConnInterface) error {
@@ -78,12 +86,15 @@ func Setup(ctx context.Context, conn grpc.ClientConnInterface) error {
 	if _, err := kc.CreateTenant(ctx, &custosv1.CreateTenantRequest{TenantId: "bench"}); err != nil && status.Code(err) != codes.AlreadyExists {
 		return fmt.Errorf("create tenant bench: %w", err)
 	}
-	for id, p := range map[string]custosv1.KeyPurpose{
-		"enc": custosv1.KeyPurpose_KEY_PURPOSE_ENCRYPT,
-		"mac": custosv1.KeyPurpose_KEY_PURPOSE_MAC,
-		"pw":  custosv1.KeyPurpose_KEY_PURPOSE_PASSWORD,
+	argon2id := &custosv1.PasswordPolicy{Algorithm: custosv1.PasswordAlgorithm_PASSWORD_ALGORITHM_ARGON2ID}
+	for id, k := range map[string]*custosv1.Key{
+		"enc": {Purpose: custosv1.KeyPurpose_KEY_PURPOSE_ENCRYPT},
+		"mac": {Purpose: custosv1.KeyPurpose_KEY_PURPOSE_MAC},
+		"pw":  {Purpose: custosv1.KeyPurpose_KEY_PURPOSE_PASSWORD},
+		// ArgonKeys' key: argon2id with its default (OWASP) parameters.
+		"pw-argon2id": {Purpose: custosv1.KeyPurpose_KEY_PURPOSE_PASSWORD, PasswordPolicy: argon2id},
 	} {
-		_, err := kc.CreateKey(ctx, &custosv1.CreateKeyRequest{Parent: "tenants/bench", KeyId: id, Key: &custosv1.Key{Purpose: p}})
+		_, err := kc.CreateKey(ctx, &custosv1.CreateKeyRequest{Parent: "tenants/bench", KeyId: id, Key: k})
 		if err != nil && status.Code(err) != codes.AlreadyExists {
 			return fmt.Errorf("create key %s: %w", id, err)
 		}
