@@ -179,6 +179,7 @@ func TestBenchRefusesBadFlags(t *testing.T) {
 		{"bench", "--rounds", "0"},
 		{"bench", "--batch", "0"},
 		{"bench", "--payload", "2000000"},
+		{"bench", "--password-algorithm", "scrypt"},
 	} {
 		// Refused as a bad flag before anything is dialled or run.
 		_, _, err := runCLI(t, append(args, "--addr", "127.0.0.1:1", "--setup=false", "--baseline", "off")...)
