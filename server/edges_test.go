@@ -97,11 +97,12 @@ func TestABatchOnAnUnknownKeyFailsAsAWholeWhateverItsItems(t *testing.T) {
 var _ = errors.New
 var _ = fmt.Sprintf
 
-// The protos' 1 MiB plaintext ceiling is absolute; a server configured with a
-// higher limit must still refuse a 1.5 MiB batch item (as it refuses Encrypt).
+// The protos' 1 MiB plaintext ceiling is absolute (a higher limit is refused
+// at start); a server configured at it, with room for larger messages, must
+// still refuse a 1.5 MiB batch item (as it refuses Encrypt).
 func TestNoBatchItemExceedsTheProtosPlaintextCeiling(t *testing.T) {
 	f := newFiles(t)
-	ts := start(t, f, options{limits: server.Limits{MaxPlaintextBytes: 4 << 20, MaxMessageBytes: 64 << 20}})
+	ts := start(t, f, options{limits: server.Limits{MaxPlaintextBytes: 1 << 20, MaxMessageBytes: 64 << 20}})
 	setup(t, ts, "a")
 	c := ts.clients(t, idAdmin)
 	ctx := testContext(t)

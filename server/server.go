@@ -117,8 +117,14 @@ func New(cfg Config) (*Server, error) {
 	if l.MaxBatchItems <= 0 {
 		l.MaxBatchItems = DefaultMaxBatchItems
 	}
-	l.MaxBatchItems = min(l.MaxBatchItems, maxBatchItemsCeiling)
-	l.MaxPlaintextBytes = min(l.MaxPlaintextBytes, maxPlaintextCeiling)
+	// Above the API's own bounds a limit could never be reached: refuse
+	// it rather than serve less than the configuration says.
+	if l.MaxBatchItems > maxBatchItemsCeiling {
+		return nil, fmt.Errorf("server: limits.max_batch_items %d is above the API's %d", l.MaxBatchItems, maxBatchItemsCeiling)
+	}
+	if l.MaxPlaintextBytes > maxPlaintextCeiling {
+		return nil, fmt.Errorf("server: limits.max_plaintext_bytes %d is above the API's %d (1 MiB)", l.MaxPlaintextBytes, maxPlaintextCeiling)
+	}
 	if l.MaxMessageBytes <= 0 {
 		l.MaxMessageBytes = DefaultMaxMessageBytes
 	}

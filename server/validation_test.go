@@ -10,6 +10,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/custos-kms/custos/internal/config"
+	"github.com/custos-kms/custos/internal/custos"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 	"github.com/custos-kms/custos/server"
 )
@@ -340,4 +342,27 @@ func TestCreatingTwiceIsAlreadyExists(t *testing.T) {
 			t.Fatalf("Decrypt = %q, %v", dec.GetPlaintext(), err)
 		}
 	})
+}
+
+// A limit above the API's own bound could never be reached: the server
+// refuses to start with it instead of serving less than it says.
+func TestALimitAboveTheAPIsBoundIsRefusedAtStart(t *testing.T) {
+	for name, l := range map[string]config.Limits{
+		"max_plaintext_bytes": {MaxPlaintextBytes: 4 << 20},
+		"max_batch_items":     {MaxBatchItems: 20000},
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := newFiles(t)
+			cfg := f.config(t)
+			cfg.Limits = l
+			rt, err := custos.New(context.Background(), cfg, custos.Options{Logger: discardLogger(), Root: f.root})
+			if err == nil {
+				rt.Close()
+				t.Fatal("the server started")
+			}
+			if !strings.Contains(err.Error(), name) {
+				t.Fatalf("error %q does not name limits.%s", err, name)
+			}
+		})
+	}
 }

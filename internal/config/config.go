@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -314,10 +315,34 @@ func Parse(b []byte, baseDir string) (*Config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("the file holds no settings")
+		}
 		return nil, err
+	}
+	// A second document would be ignored: refuse it (an empty one, as a
+	// trailing "---" makes, holds nothing to ignore).
+	for {
+		var n yaml.Node
+		err := dec.Decode(&n)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil || !emptyDocument(&n) {
+			return nil, errors.New("the file holds more than one YAML document; put every setting in one")
+		}
 	}
 	c.resolvePaths(baseDir)
 	return &c, c.Validate()
+}
+
+// emptyDocument reports whether n, a decoded YAML document, holds nothing.
+func emptyDocument(n *yaml.Node) bool {
+	if n.Kind == 0 || len(n.Content) == 0 {
+		return true
+	}
+	c := n.Content[0]
+	return n.Kind == yaml.DocumentNode && c.Kind == yaml.ScalarNode && c.Tag == "!!null"
 }
 
 // Validate fills in the defaults of unset fields and checks the whole
@@ -425,7 +450,7 @@ func (c *Config) validate() error {
 	}
 	if c.Cache.Size < 0 || c.Cache.TTL < 0 || c.ShutdownTimeout < 0 || c.Ops.ProbeInterval < 0 ||
 		c.Scheduler.Interval < 0 || c.Scheduler.LeaseTTL < 0 || c.Scheduler.FlushInterval < 0 || c.Scheduler.SweepInterval < 0 || c.Passwords.HashWorkers < 0 {
-		errs = append(errs, errors.New("cache.size, cache.ttl, shutdown_timeout, ops.probe_interval, scheduler.interval, scheduler.lease_ttl, scheduler.flush_interval and passwords.hash_workers must not be negative"))
+		errs = append(errs, errors.New("cache.size, cache.ttl, shutdown_timeout, ops.probe_interval, scheduler.interval, scheduler.lease_ttl, scheduler.flush_interval, scheduler.sweep_interval and passwords.hash_workers must not be negative"))
 	}
 	interval := c.Scheduler.Interval
 	if interval == 0 {

@@ -42,6 +42,9 @@ func TestParseRejects(t *testing.T) {
 		"a negative audit sync interval":   {valid + "audit: {sync_interval: -1s}\n", "audit.sync_interval"},
 		"an audit sync interval over 1m":   {valid + "audit: {sync_interval: 2m}\n", "audit.sync_interval"},
 		"an audit sync interval under 1ms": {valid + "audit: {sync_interval: 10us}\n", "audit.sync_interval"},
+		"a second YAML document":           {valid + "---\nlog: {level: debug}\n", "more than one YAML document"},
+		"an empty file":                    {"", "no settings"},
+		"a negative sweep interval":        {valid + "scheduler: {sweep_interval: -1s}\n", "scheduler.sweep_interval"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -79,6 +82,15 @@ passwords: {hash_workers: 3, hash_queue: -1, max_bcrypt_cost: 14, max_argon2_mem
 	}
 	if _, err := config.Parse([]byte(valid+"scheduler: {interval: 1m, lease_ttl: 1m}\n"), "/x"); err == nil || !strings.Contains(err.Error(), "lease_ttl") {
 		t.Errorf("a lease no longer than the interval: %v", err)
+	}
+}
+
+// A trailing document separator adds no document to refuse.
+func TestATrailingDocumentSeparatorIsAccepted(t *testing.T) {
+	for _, tail := range []string{"---\n", "---\n# nothing more\n"} {
+		if _, err := config.Parse([]byte(valid+tail), "/x"); err != nil {
+			t.Errorf("%q: %v", tail, err)
+		}
 	}
 }
 
