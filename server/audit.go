@@ -126,9 +126,10 @@ type eventAlloc struct {
 	versions [2]uint32
 }
 
-// maxEventField bounds the identity and peer an event records (a
-// certificate's URI may be long); events stay far below audit.MaxLeafBytes.
-const maxEventField = 1024
+// maxEventField bounds the identity and peer an event records: the
+// longest SPIFFE ID (2048 bytes), so that two identities never record as
+// one; events stay far below audit.MaxLeafBytes.
+const maxEventField = 2048
 
 func clip(s string) string {
 	if len(s) > maxEventField {

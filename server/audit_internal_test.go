@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -69,5 +70,16 @@ func TestUsageReadsVersionsAndItemCounts(t *testing.T) {
 				t.Errorf("usage = %v, %d ok, %d failed; want %v, %d, %d", versions, ok, failures, tc.versions, tc.ok, tc.failures)
 			}
 		})
+	}
+}
+
+// Identities are recorded whole up to the longest SPIFFE ID (2048 bytes):
+// two that differ only past their first kilobyte stay two.
+func TestAnEventRecordsTheLongestSPIFFEIDWhole(t *testing.T) {
+	long := "spiffe://example.org/" + strings.Repeat("a", 2048-len("spiffe://example.org/"))
+	ev := auditEvent(context.Background(), "rid", "/custos.v1.CryptoService/Encrypt", &call{identity: long}, time.Now(),
+		&custosv1.EncryptRequest{}, &custosv1.EncryptResponse{}, nil)
+	if ev.GetIdentity() != long {
+		t.Fatalf("identity recorded as %d bytes, want all %d", len(ev.GetIdentity()), len(long))
 	}
 }
