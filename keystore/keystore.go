@@ -145,6 +145,7 @@ func New(cfg Config) (*Service, error) {
 			root:    cfg.Root,
 			logger:  cfg.Logger,
 			keks:    newLRU[string, *kekEntry](cfg.CacheSize, cfg.CacheTTL, cfg.UnavailableGrace, cfg.Now),
+			failed:  newLRU[string, *failedUnwrap](cfg.CacheSize, retryBackoff, 0, cfg.Now),
 			keys:    newLRU[KeyRef, *keyEntry](cfg.CacheSize, cfg.CacheTTL, cfg.UnavailableGrace, cfg.Now),
 		},
 		life:       newLifecycleState(cfg.UsageRotateThreshold),

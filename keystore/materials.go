@@ -28,6 +28,10 @@ type materials struct {
 	logger *slog.Logger
 
 	keks  *lru[string, *kekEntry]
+	// failed remembers, for retryBackoff, a tenant KEK the root would not
+	// unwrap: the root is asked again once per backoff, not once per
+	// request, however many requests name the tenant.
+	failed *lru[string, *failedUnwrap]
 	keys  *lru[KeyRef, *keyEntry]
 	loads singleflight.Group
 
@@ -49,6 +53,13 @@ type materials struct {
 // re-wrap (new wrapped bytes, the same KEK) keeps it.
 type kekEntry struct {
 	aead    tink.AEAD
+	created time.Time
+}
+
+// failedUnwrap is a root's refusal to unwrap the KEK of the tenant record
+// created at created.
+type failedUnwrap struct {
+	err     error
 	created time.Time
 }
 
@@ -95,14 +106,20 @@ func (m *materials) activeTenant(ctx context.Context, tenant string) (tink.AEAD,
 	if ok && fresh {
 		return cached.aead, tver, nil
 	}
+	if f, _, found := m.failed.get(tenant); found && !ok && f.created.Equal(rec.CreateTime) {
+		return nil, 0, f.err // the root refused within the backoff
+	}
 	v, err := m.shared(ctx, "kek\x00"+tenant+"\x00"+string(rec.WrappedKEK), func(ctx context.Context) (any, error) {
 		if kek, fresh, ok := m.keks.get(tenant); ok && fresh && kek.created.Equal(rec.CreateTime) {
 			return kek.aead, nil
 		}
 		raw, err := m.root.Unwrap(ctx, rec.WrappedKEK, tenantKEKAAD(tenant))
 		if err != nil {
-			return nil, rootErr(fmt.Sprintf("unwrap KEK of tenant %q", tenant), err)
+			err = rootErr(fmt.Sprintf("unwrap KEK of tenant %q", tenant), err)
+			m.failed.put(tenant, &failedUnwrap{err: err, created: rec.CreateTime})
+			return nil, err
 		}
+		m.failed.remove(tenant)
 		kek, err := newKEKAEAD(raw)
 		clear(raw)
 		if err != nil {

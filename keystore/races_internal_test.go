@@ -666,3 +666,21 @@ func TestVerifyMACReportsAnOutageNotAnInvalidMAC(t *testing.T) {
 		t.Fatalf("verify after the outage: %v, %v", ok, err)
 	}
 }
+
+// A tenant whose KEK the root will not unwrap costs one root call per
+// backoff, not one per request.
+func TestAFailedUnwrapIsNotRetriedForEveryRequest(t *testing.T) {
+	ctx := context.Background()
+	a, b, _, rt := twoReplicas(t)
+	ref, _ := setupRotated(t, b) // cached on b, not on a
+	rt.down.Store(true)
+	before := rt.unwraps.Load()
+	for range 10 {
+		if _, _, err := a.Encrypt(ctx, ref, []byte("x"), nil); !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("encrypt for an uncached tenant during a root outage: %v, want ErrUnavailable", err)
+		}
+	}
+	if n := rt.unwraps.Load() - before; n != 1 {
+		t.Fatalf("10 requests asked the root %d times within the backoff, want 1", n)
+	}
+}
