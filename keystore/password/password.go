@@ -369,26 +369,31 @@ func rehashNeeded(h passhash.Hash, primary uint32, p keystore.PasswordPolicy, l 
 // key's policy allows with headroom (see verifyHeadroomBcrypt); its
 // argon2id memory and lanes, past the key's own policy, no more than the
 // deployment's limits (what one hashing worker holds: the server's memory
-// and cores, which the pool is sized by).
+// and cores, which the pool is sized by). A hash of the other algorithm
+// than the key's policy (made before the key switched) verifies up to the
+// deployment's limits, which any policy may reach: switching never strands
+// the hashes made before.
 func checkVerifyCost(h passhash.Hash, p keystore.PasswordPolicy, l keystore.PasswordLimits) error {
 	switch h.Algorithm {
 	case passhash.Bcrypt:
-		base := keystore.DefaultBcryptCost
+		top := max(keystore.DefaultBcryptCost+verifyHeadroomBcrypt, l.BcryptCost)
 		if p.Algorithm == keystore.PasswordBcrypt {
-			base = max(base, p.BcryptCost)
+			top = max(keystore.DefaultBcryptCost, p.BcryptCost) + verifyHeadroomBcrypt
 		}
-		top := base + verifyHeadroomBcrypt
 		if h.BcryptCost > top {
 			return fmt.Errorf("%w: hash: bcrypt cost %d is above the %d this key verifies", keystore.ErrInvalidArgument, h.BcryptCost, top)
 		}
 	case passhash.Argon2id:
 		m, t, par := uint64(keystore.DefaultArgon2MemoryKiB), uint64(keystore.DefaultArgon2Iterations), uint64(keystore.DefaultArgon2Parallelism)
+		// The limits are never below the default policy (PasswordLimits).
+		topM, topP := uint64(l.Argon2MemoryKiB), uint64(l.Argon2Parallelism)
+		topT := max(verifyHeadroomArgon2*t, uint64(l.Argon2Iterations))
 		if p.Algorithm == keystore.PasswordArgon2id {
 			m, t, par = max(m, uint64(p.Argon2MemoryKiB)), max(t, uint64(p.Argon2Iterations)), max(par, uint64(p.Argon2Parallelism))
+			topM = min(verifyHeadroomArgon2*m, max(m, uint64(l.Argon2MemoryKiB)))
+			topP = min(verifyHeadroomArgon2*par, max(par, uint64(l.Argon2Parallelism)))
+			topT = verifyHeadroomArgon2 * t
 		}
-		topM := min(verifyHeadroomArgon2*m, max(m, uint64(l.Argon2MemoryKiB)))
-		topP := min(verifyHeadroomArgon2*par, max(par, uint64(l.Argon2Parallelism)))
-		topT := verifyHeadroomArgon2 * t
 		if uint64(h.Argon2.MemoryKiB) > topM || uint64(h.Argon2.Iterations) > topT || uint64(h.Argon2.Parallelism) > topP {
 			return fmt.Errorf("%w: hash: argon2id parameters are above the m=%d,t=%d,p=%d this key verifies",
 				keystore.ErrInvalidArgument, topM, topT, topP)

@@ -440,3 +440,32 @@ func TestAKeyAboveTheLimitsVerifiesAndMovesItsHashesDownToThem(t *testing.T) {
 		t.Fatalf("a hash with four times the lane limit for a key at it: %v, want ErrInvalidArgument", err)
 	}
 }
+
+// A key that switches algorithm keeps verifying the hashes made before, up
+// to what the deployment lets any policy reach: a bcrypt key at cost 16
+// (the default limit) that turns to argon2id, or an argon2id key at the
+// memory limit that turns to bcrypt, does not strand its users.
+func TestSwitchingAlgorithmKeepsVerifyingTheHashesMadeBefore(t *testing.T) {
+	l := keystore.DefaultPasswordLimits
+	bcrypt16 := passhash.Hash{Algorithm: passhash.Bcrypt, BcryptCost: l.BcryptCost}
+	argonMax := passhash.Hash{Algorithm: passhash.Argon2id, Argon2: passhash.Argon2Params{MemoryKiB: l.Argon2MemoryKiB, Iterations: l.Argon2Iterations, Parallelism: uint8(l.Argon2Parallelism)}}
+	toArgon := keystore.PasswordPolicy{Algorithm: keystore.PasswordArgon2id}
+	toBcrypt := keystore.PasswordPolicy{Algorithm: keystore.PasswordBcrypt, BcryptCost: keystore.DefaultBcryptCost}
+	if err := password.CheckVerifyCost(bcrypt16, toArgon, l); err != nil {
+		t.Errorf("a bcrypt hash at the limit on a key now argon2id: %v", err)
+	}
+	if err := password.CheckVerifyCost(argonMax, toBcrypt, l); err != nil {
+		t.Errorf("an argon2id hash at the limits on a key now bcrypt: %v", err)
+	}
+	// Beyond the limits stays refused, whatever the key's algorithm.
+	over := bcrypt16
+	over.BcryptCost++
+	if err := password.CheckVerifyCost(over, toArgon, l); !errors.Is(err, keystore.ErrInvalidArgument) {
+		t.Errorf("a bcrypt hash above the limit: %v, want ErrInvalidArgument", err)
+	}
+	overM := argonMax
+	overM.Argon2.MemoryKiB++
+	if err := password.CheckVerifyCost(overM, toBcrypt, l); !errors.Is(err, keystore.ErrInvalidArgument) {
+		t.Errorf("an argon2id hash above the memory limit: %v, want ErrInvalidArgument", err)
+	}
+}

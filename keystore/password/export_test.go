@@ -1,0 +1,4 @@
+package password
+
+// CheckVerifyCost exposes checkVerifyCost to the package's tests.
+var CheckVerifyCost = checkVerifyCost
