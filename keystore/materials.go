@@ -27,13 +27,13 @@ type materials struct {
 	root   root.Root
 	logger *slog.Logger
 
-	keks  *lru[string, *kekEntry]
+	keks *lru[string, *kekEntry]
 	// failed remembers, for retryBackoff, a tenant KEK the root would not
 	// unwrap: the root is asked again once per backoff, not once per
 	// request, however many requests name the tenant.
 	failed *lru[string, *failedUnwrap]
-	keys  *lru[KeyRef, *keyEntry]
-	loads singleflight.Group
+	keys   *lru[KeyRef, *keyEntry]
+	loads  singleflight.Group
 
 	// hits and misses count key lookups served fresh from the cache and
 	// those that loaded (CacheStats).
