@@ -82,22 +82,6 @@ func (s *Service) noteDue(ctx context.Context, t time.Time, kind, name string) {
 	}
 }
 
-// noteTenantKeysDue writes the hints of every key of tenant (after an
-// undeletion: work that fell due while the tenant was scheduled for
-// deletion was put off).
-func (s *Service) noteTenantKeysDue(ctx context.Context, tenant string) {
-	prefix := keyStoragePrefix(tenant)
-	for r, err := range s.scan(ctx, "list keys", prefix) {
-		if err != nil {
-			s.logger.Warn("scheduler: could not record the due dates of a tenant's keys; the next full sweep will", "tenant", tenant, "error", err.Error())
-			return
-		}
-		if rec, err := decodeKey(r.Value); err == nil {
-			s.noteKeyDue(ctx, KeyRef{Tenant: tenant, Key: strings.TrimPrefix(r.Key, prefix)}, rec)
-		}
-	}
-}
-
 // keyDue is the earliest date on which the scheduler must act on rec: its
 // next rotation, a version's destruction, or now if its primary reached the
 // usage threshold.
@@ -186,7 +170,13 @@ func (s *Service) dueTenant(ctx context.Context, tenant string) error {
 	if err != nil {
 		return err
 	}
-	if rec.State != TenantDeleteScheduled {
+	switch rec.State {
+	case TenantActive:
+		// An undeletion's hint: the work of its keys that fell due while
+		// it was scheduled for deletion (and the hints of later dates).
+		return s.keysPass(ctx, tenant, nil)
+	case TenantDeleteScheduled:
+	default:
 		return nil
 	}
 	if rec.DeleteTime.After(s.now()) {

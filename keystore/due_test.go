@@ -434,3 +434,52 @@ func TestASweepFinishesThroughStorageHiccups(t *testing.T) {
 		})
 	}
 }
+
+// cancelOnDuePut cancels a context when the first due-time hint is written,
+// as a caller that gives up during an undeletion does.
+type cancelOnDuePut struct {
+	storage.Store
+	cancel func()
+}
+
+func (c *cancelOnDuePut) Put(ctx context.Context, key string, v []byte, expect uint64) (uint64, error) {
+	if strings.HasPrefix(key, "due/") {
+		c.cancel()
+	}
+	return c.Store.Put(ctx, key, v, expect)
+}
+
+// The work of every key put off by a deletion is done after the undeletion,
+// however many keys the tenant has, even when the caller of the undeletion
+// gives up as soon as it can.
+func TestAnUndeletionHandsEveryKeysPutOffWorkToTheScheduler(t *testing.T) {
+	f := newLCFixture(t)
+	ctx := context.Background()
+	const n = 300 // more than a page of a scan
+	for i := range n {
+		f.newKey("acme", fmt.Sprintf("k%03d", i), keystore.KeySpec{Purpose: keystore.PurposeEncrypt, RotationPeriod: time.Hour})
+	}
+	if _, err := f.ks.DeleteTenant(ctx, "acme", 0); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(2 * time.Hour)
+	if err := keystore.DuePass(ctx, f.ks); err != nil { // the keys' hints come due; the tenant is deleted
+		t.Fatal(err)
+	}
+	uctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	f.store = &cancelOnDuePut{Store: f.store, cancel: cancel}
+	ks := f.replica()
+	if _, err := ks.UndeleteTenant(uctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if err := keystore.DuePass(ctx, ks); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		ref := keystore.KeyRef{Tenant: "acme", Key: fmt.Sprintf("k%03d", i)}
+		if k := f.getKey(ref); k.PrimaryVersion != 2 {
+			t.Fatalf("%s: primary %d after the undeletion and a due pass, want 2", ref, k.PrimaryVersion)
+		}
+	}
+}

@@ -61,8 +61,10 @@ func (s *Service) UndeleteTenant(ctx context.Context, tenant string) (Tenant, er
 		return nil
 	})
 	if err == nil {
-		// Work of its keys that fell due meanwhile was put off.
-		s.noteTenantKeysDue(ctx, tenant)
+		// Work of its keys that fell due meanwhile was put off: one hint,
+		// due now, has the next due pass go through them (however many
+		// there are, and whatever becomes of this call's context).
+		s.noteDue(ctx, s.now(), dueTenantKind, tenant)
 	}
 	return t, err
 }
