@@ -123,15 +123,19 @@ func (s *Service) noteTenantDue(ctx context.Context, tenant string, rec *tenantR
 }
 
 // duePass does the work whose hints have come due, oldest first, and stops
-// at the first hint still in the future. Each hint is deleted before its
+// at the first hint still in the future, or when renew (if not nil), called
+// between hints, reports the lease lost. Each hint is deleted before its
 // work runs (the work writes the hints of later dates) and written again
 // if the work fails, so the next pass retries it.
-func (s *Service) duePass(ctx context.Context) error {
+func (s *Service) duePass(ctx context.Context, renew func() bool) error {
 	now := s.now()
 	var errs []error
 	for r, err := range s.scan(ctx, "scheduler: list due work", duePrefix) {
 		if err != nil {
 			return err
+		}
+		if renew != nil && !renew() {
+			return joinCapped(append(errs, errLeaseLost))
 		}
 		t, kind, name, ok := parseDueKey(r.Key)
 		if ok && t.After(now) {

@@ -483,3 +483,70 @@ func TestAnUndeletionHandsEveryKeysPutOffWorkToTheScheduler(t *testing.T) {
 		}
 	}
 }
+
+// slowDueDeletes makes every delete of a due-time hint take a while, so
+// that a due pass over many hints outlasts the scheduler lease.
+type slowDueDeletes struct{ storage.Store }
+
+func (s slowDueDeletes) Delete(ctx context.Context, key string, expect uint64) error {
+	if strings.HasPrefix(key, "due/") {
+		time.Sleep(2 * time.Millisecond)
+	}
+	return s.Store.Delete(ctx, key, expect)
+}
+
+// A due pass that outlasts the lease renews it as it goes: the other
+// replica never takes over in the middle of it.
+func TestADuePassLongerThanTheLeaseKeepsIt(t *testing.T) {
+	f := newLCFixture(t)
+	ctx := context.Background()
+	due := time.Now().Add(-time.Minute).Unix()
+	for i := range 1000 { // about 2 s of deletes, five lease lifetimes
+		if _, err := f.store.Put(ctx, fmt.Sprintf("due/%012d/k/gone/k%04d", due, i), []byte(`{"format":1}`), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var replicas []*keystore.Service
+	for range 2 {
+		cfg := f.cfg
+		cfg.Storage = slowDueDeletes{f.store}
+		cfg.Now = time.Now // leases expire in real time here
+		ks, err := keystore.New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		replicas = append(replicas, ks)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 2)
+	for i, ks := range replicas {
+		go func() {
+			done <- ks.RunScheduler(rctx, keystore.SchedulerConfig{Interval: 20 * time.Millisecond, LeaseTTL: 400 * time.Millisecond, HolderID: fmt.Sprint(i)})
+		}()
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if recs, err := f.store.List(ctx, "due/", "", 1); err == nil && len(recs) == 0 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	for range 2 {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("RunScheduler did not return within 10s")
+		}
+	}
+	if recs, err := f.store.List(ctx, "due/", "", 1); err != nil || len(recs) != 0 {
+		t.Fatalf("hints left after 20 s: %d, %v", len(recs), err)
+	}
+	a, b := keystore.LeaderPasses(replicas[0]), keystore.LeaderPasses(replicas[1])
+	if a > 0 && b > 0 {
+		t.Fatalf("both replicas held the lease during one due pass (%d and %d passes)", a, b)
+	}
+}

@@ -17,7 +17,7 @@ func Sweeps(s *Service) uint64 { return s.life.sweeps.Load() }
 func SweepsDone(s *Service) uint64 { return s.life.sweepsDone.Load() }
 
 // DuePass runs one pass over the due-time index.
-func DuePass(ctx context.Context, s *Service) error { return s.duePass(ctx) }
+func DuePass(ctx context.Context, s *Service) error { return s.duePass(ctx, nil) }
 
 // AcquireLease takes or renews the scheduler lease for holder.
 func AcquireLease(ctx context.Context, s *Service, holder string, ttl time.Duration) (bool, error) {

@@ -168,42 +168,46 @@ func (s *Service) leaderTick(ctx context.Context, cfg SchedulerConfig, st *leade
 	}
 	s.life.leaderPasses.Add(1)
 	now := s.now()
-	if !st.sweeping && !st.lastSweep.IsZero() && now.Sub(st.lastSweep) < cfg.SweepInterval {
-		if err := s.duePass(ctx); err != nil && ctx.Err() == nil {
+	// keep renews the lease every Interval while a pass goes on, and says
+	// whether it is still held: a failed renewal stops the pass only when
+	// less than an interval of the lease renewed last is left.
+	lastRenew := time.Now()
+	keep := func() (held, renewed bool) {
+		if time.Since(lastRenew) < cfg.Interval {
+			return true, false
+		}
+		held, err := s.acquireLease(ctx, cfg.HolderID, cfg.LeaseTTL)
+		if err != nil {
+			return ctx.Err() == nil && time.Since(lastRenew) < cfg.LeaseTTL-cfg.Interval, false
+		}
+		if held {
+			lastRenew = time.Now()
+		}
+		return held, held
+	}
+	keepHeld := func() bool { held, _ := keep(); return held }
+	due := func() {
+		if err := s.duePass(ctx, keepHeld); err != nil && ctx.Err() == nil {
 			s.logger.Error("scheduler: pass failed; will retry", "error", err.Error())
 		}
+	}
+	if !st.sweeping && !st.lastSweep.IsZero() && now.Sub(st.lastSweep) < cfg.SweepInterval {
+		due()
 		return
 	}
 	if st.sweeping {
-		// Going on with a sweep cut short: what fell due meanwhile first.
-		if err := s.duePass(ctx); err != nil && ctx.Err() == nil {
-			s.logger.Error("scheduler: pass failed; will retry", "error", err.Error())
-		}
+		due() // going on with a sweep cut short: what fell due meanwhile first
 	} else {
 		s.life.sweeps.Add(1)
 		st.sweeping, st.resume = true, ""
 	}
 	start := time.Now()
-	lastRenew := start
 	renew := func() bool {
-		if time.Since(lastRenew) < cfg.Interval {
-			return true
+		held, renewed := keep()
+		if renewed {
+			due() // what fell due since the sweep began does not wait for its end
 		}
-		held, err := s.acquireLease(ctx, cfg.HolderID, cfg.LeaseTTL)
-		if err != nil {
-			// The lease renewed last is good until its TTL: a storage
-			// hiccup stops the sweep only when less than an interval of
-			// it is left.
-			return ctx.Err() == nil && time.Since(lastRenew) < cfg.LeaseTTL-cfg.Interval
-		}
-		if !held {
-			return false
-		}
-		lastRenew = time.Now()
-		if err := s.duePass(ctx); err != nil && ctx.Err() == nil {
-			s.logger.Error("scheduler: pass failed; will retry", "error", err.Error())
-		}
-		return true
+		return held
 	}
 	last, complete, err := s.sweep(ctx, st.resume, renew)
 	if err != nil && ctx.Err() == nil {
