@@ -83,6 +83,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"gopkg.in/yaml.v3"
 )
 
@@ -365,7 +366,7 @@ func parseRule(n *yaml.Node, index int) (rule, string, error) {
 
 	var r rule
 	var err error
-	if r.identities, err = compileGlobs("identities", fields.identities, nil); err != nil {
+	if r.identities, err = compileGlobs("identities", fields.identities, validIdentityGlob); err != nil {
 		return rule{}, name, err
 	}
 	if r.tenants, err = compileGlobs("tenants", fields.tenants, validTenantGlob); err != nil {
@@ -502,6 +503,20 @@ func validTenantGlob(s string) error {
 		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '*') {
 			return fmt.Errorf("can never match a tenant id (only a-z, 0-9, '-' and '*' may appear)")
 		}
+	}
+	return nil
+}
+
+// validIdentityGlob rejects SPIFFE ID globs that could never match a
+// SPIFFE ID, such as one with an upper-case trust domain or a trailing
+// slash: each '*' is taken as one letter (which any star may match) and the
+// result must parse as a SPIFFE ID. Common-name globs are not checked.
+func validIdentityGlob(s string) error {
+	if len(s) < len("spiffe://") || !strings.EqualFold(s[:len("spiffe://")], "spiffe://") {
+		return nil
+	}
+	if _, err := spiffeid.FromString(strings.ReplaceAll(s, "*", "x")); err != nil {
+		return fmt.Errorf("can never match a SPIFFE ID (%v)", err)
 	}
 	return nil
 }

@@ -135,6 +135,8 @@ func TestParseRejectsInvalidPolicies(t *testing.T) {
 		{"empty permissions", rule("{identities: [x], tenants: [t], permissions: []}"), "rules[1] (line 5): permissions is missing or empty"},
 		{"an empty identity glob", rule(`{identities: [""], tenants: [t], permissions: [encrypt]}`), "rules[1] (line 5): identities[0] is empty"},
 		{"a tenant glob that can never match", rule("{identities: [x], tenants: [t, Acme], permissions: [encrypt]}"), `rules[1] (line 5): tenants[1] "Acme": can never match`},
+		{"a SPIFFE glob with an upper-case trust domain", rule(`{identities: ["spiffe://Example.org/x"], tenants: [t], permissions: [encrypt]}`), `identities[0] "spiffe://Example.org/x": can never match a SPIFFE ID`},
+		{"a SPIFFE glob with a trailing slash", rule(`{identities: ["spiffe://example.org/a/*/"], tenants: [t], permissions: [encrypt]}`), `identities[0] "spiffe://example.org/a/*/": can never match a SPIFFE ID`},
 		{"a scalar instead of a list", rule("{identities: x, tenants: [t], permissions: [encrypt]}"), "rules[1] (line 5): identities must be a list"},
 		{"a nested list", rule("{identities: [[x]], tenants: [t], permissions: [encrypt]}"), "rules[1] (line 5): identities:"},
 		{"a rule that is not a mapping", rule("encrypt"), "rules[1] (line 5): a rule must be a mapping"},
