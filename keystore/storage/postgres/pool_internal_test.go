@@ -1,0 +1,81 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/custos-kms/custos/internal/pgtest"
+	"github.com/custos-kms/custos/keystore/storage"
+)
+
+// A connection refused for want of connections (SQLSTATE class 53: here a
+// role at its CONNECTION LIMIT) is an outage of that call only: the server
+// is up, and the pool keeps the connections it has instead of dropping them
+// all, as it does when the server went away.
+func TestRunningOutOfConnectionsKeepsThePool(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	dbURL := pgtest.Start(t).NewDatabase(t)
+	admin, err := Open(ctx, Config{URL: dbURL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { admin.Close() })
+	role := fmt.Sprintf("custos_limited_%d", time.Now().UnixNano())
+	quoted := pgx.Identifier{role}.Sanitize()
+	for _, q := range []string{
+		`CREATE ROLE ` + quoted + ` LOGIN CONNECTION LIMIT 1`,
+		`GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO ` + quoted,
+		`GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO ` + quoted,
+	} {
+		if _, err := admin.pool.Exec(ctx, q); err != nil {
+			t.Skipf("cannot make a role with a connection limit here (an external server?): %v", err)
+		}
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for _, q := range []string{`DROP OWNED BY ` + quoted, `DROP ROLE ` + quoted} {
+			if _, err := admin.pool.Exec(ctx, q); err != nil {
+				t.Logf("cleanup %q: %v", q, err)
+			}
+		}
+	})
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.User(role)
+	s, err := Open(ctx, Config{URL: u.String(), MaxConns: 2, NoMigrate: true})
+	if err != nil {
+		t.Skipf("cannot connect as the limited role here: %v", err)
+	}
+	defer s.Close()
+	if _, err := s.Put(ctx, "k", []byte("v"), 0); err != nil {
+		t.Fatal(err)
+	}
+	held, err := s.pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The role's one connection is held: this call needs a second one,
+	// which the server refuses.
+	_, err = s.Get(ctx, "k")
+	if !errors.Is(err, storage.ErrUnavailable) {
+		held.Release()
+		t.Fatalf("a read with the role's one connection held: %v, want ErrUnavailable", err)
+	}
+	held.Release()
+	if n := s.pool.Stat().TotalConns(); n != 1 {
+		t.Fatalf("the pool has %d connections after the refusal, want its 1 kept", n)
+	}
+	if _, err := s.Get(ctx, "k"); err != nil {
+		t.Fatalf("a read on the kept connection: %v", err)
+	}
+}
