@@ -27,7 +27,9 @@ func newAuditCmd() *cobra.Command {
 	cmd.AddCommand(newAuditVerifyCmd())
 	var c conn
 	var tenant, operation, identity, result, output, publicKey string
-	var since, until time.Duration
+	// Each command has its own --since: one variable for both would take
+	// the default of the command registered last.
+	var listSince, tailSince, until time.Duration
 	var limit int
 	var verify bool
 	filterFlags := func(sub *cobra.Command) {
@@ -41,7 +43,7 @@ func newAuditCmd() *cobra.Command {
 		f.StringVar(&publicKey, "public-key", "", "verify against this pinned log key (note verifier key); default: the server's")
 		_ = sub.MarkFlagRequired("tenant")
 	}
-	filter := func() client.AuditFilter {
+	filter := func(since time.Duration) client.AuditFilter {
 		f := client.AuditFilter{Operation: operation, Identity: identity, Result: result}
 		if since > 0 {
 			f.Start = time.Now().Add(-since)
@@ -55,6 +57,12 @@ func newAuditCmd() *cobra.Command {
 		Use:   "list --tenant T",
 		Short: "List a tenant's audit events, oldest first (through the API; needs audit.read)",
 		Args:  cobra.NoArgs,
+		PreRunE: func(*cobra.Command, []string) error {
+			if limit < 1 {
+				return usageError{fmt.Errorf("--limit %d: want at least 1", limit)}
+			}
+			return nil
+		},
 		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, _ []string) error {
 			if output != "text" && output != "json" && output != "table" {
 				return usageError{fmt.Errorf("-o %q: want text, json or table", output)}
@@ -64,7 +72,7 @@ func newAuditCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			f := filter()
+			f := filter(listSince)
 			f.PageSize = min(limit, 1000)
 			p := newEventPrinter(cmd.OutOrStdout(), output)
 			n := 0
@@ -95,7 +103,7 @@ func newAuditCmd() *cobra.Command {
 		}),
 	}
 	filterFlags(list)
-	list.Flags().DurationVar(&since, "since", 0, "only events of the last DURATION (e.g. 24h)")
+	list.Flags().DurationVar(&listSince, "since", 0, "only events of the last DURATION (e.g. 24h)")
 	list.Flags().DurationVar(&until, "until", 0, "only events older than DURATION ago")
 	list.Flags().IntVar(&limit, "limit", 1000, "print at most this many events")
 	list.Flags().BoolVar(&verify, "verify", false, "check each event's inclusion proof and tenant, each checkpoint's signature, and that the pages' checkpoints show one history")
@@ -107,6 +115,12 @@ func newAuditCmd() *cobra.Command {
 		Use:         "tail --tenant T",
 		Short:       "Follow a tenant's audit events as the log signs them (Ctrl-C to stop)",
 		Args:        cobra.NoArgs,
+		PreRunE: func(*cobra.Command, []string) error {
+			if interval <= 0 {
+				return usageError{fmt.Errorf("--interval %v: want a positive duration", interval)}
+			}
+			return nil
+		},
 		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, _ []string) error {
 			if output != "text" && output != "json" && output != "table" {
 				return usageError{fmt.Errorf("-o %q: want text, json or table", output)}
@@ -116,7 +130,7 @@ func newAuditCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			f := filter()
+			f := filter(tailSince)
 			f.PageSize = 1000
 			p := newEventPrinter(cmd.OutOrStdout(), output)
 			t := time.NewTicker(interval)
@@ -157,7 +171,7 @@ func newAuditCmd() *cobra.Command {
 		}),
 	}
 	filterFlags(tail)
-	tail.Flags().DurationVar(&since, "since", 10*time.Minute, "start with the events of the last DURATION")
+	tail.Flags().DurationVar(&tailSince, "since", 10*time.Minute, "start with the events of the last DURATION")
 	tail.Flags().DurationVar(&interval, "interval", 2*time.Second, "how often to ask for new events")
 	tail.Flags().BoolVar(&verify, "verify", false, "check each event's inclusion proof and tenant, each checkpoint's signature, and that the pages' checkpoints show one history")
 	tail.Flags().BoolVar(&includeReads, "include-reads", false, "also print reads of the audit trail (tail's own polls among them)")

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"testing"
 	"time"
 
@@ -55,5 +56,38 @@ func TestAReadFromStandardInputStopsWithTheCommand(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("password hash kept waiting for standard input after its context ended")
+	}
+}
+
+// audit list and audit tail each keep their own --since default: list reads
+// every event unless told otherwise (the two once shared one variable, and
+// list took tail's ten minutes).
+func TestAuditListAndTailKeepTheirOwnSince(t *testing.T) {
+	audit := newAuditCmd()
+	for name, want := range map[string]string{"list": "0s", "tail": "10m0s"} {
+		sub, _, err := audit.Find([]string{name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := sub.Flags().Lookup("since").Value.String(); got != want {
+			t.Errorf("audit %s --since defaults to %s, want %s", name, got, want)
+		}
+	}
+}
+
+// A zero or negative --interval or --limit is a usage error, not a panic or
+// an empty success.
+func TestAuditRefusesNonPositiveIntervalAndLimit(t *testing.T) {
+	for _, args := range [][]string{
+		{"audit", "tail", "--tenant", "a", "--interval", "0"},
+		{"audit", "tail", "--tenant", "a", "--interval", "-1s"},
+		{"audit", "list", "--tenant", "a", "--limit", "0"},
+		{"audit", "list", "--tenant", "a", "--limit", "-1"},
+	} {
+		_, stderr, err := runCLI(t, append(args, "--addr", "127.0.0.1:1")...)
+		var ue usageError
+		if !errors.As(err, &ue) || strings.Contains(stderr, "goroutine") {
+			t.Errorf("%v: %v, want a usage error", args, err)
+		}
 	}
 }
