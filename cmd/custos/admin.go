@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/custos-kms/custos/client"
+	"github.com/custos-kms/custos/keystore"
 )
 
 // conn holds the admin commands' connection flags.
@@ -164,7 +165,7 @@ func addAdminCommands(root *cobra.Command) {
 	create.Flags().StringVar(&purpose, "purpose", "encrypt", "encrypt, encrypt-deterministic, mac or password")
 	key.AddCommand(create,
 		&cobra.Command{
-			Use: "get tenants/TENANT/keys/KEY", Short: "Show a key and its versions", Args: cobra.ExactArgs(1),
+			Use: "get tenants/TENANT/keys/KEY", Short: "Show a key and its versions", Args: keyArgs(1),
 			RunE: k.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
 				kk, err := cl.GetKey(cmd.Context(), args[0])
 				if err != nil {
@@ -196,7 +197,7 @@ func addAdminCommands(root *cobra.Command) {
 			}),
 		},
 		&cobra.Command{
-			Use: "rotate tenants/TENANT/keys/KEY", Short: "Add a new primary version; old versions still decrypt", Args: cobra.ExactArgs(1),
+			Use: "rotate tenants/TENANT/keys/KEY", Short: "Add a new primary version; old versions still decrypt", Args: keyArgs(1),
 			RunE: k.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
 				kk, err := cl.RotateKey(cmd.Context(), args[0])
 				if err != nil {
@@ -221,7 +222,7 @@ func newCryptoCmd(op string) *cobra.Command {
 		use, short = "decrypt NAME CIPHERTEXT_BASE64|-", "Decrypt a base64 ciphertext; prints the plaintext"
 	}
 	cmd := &cobra.Command{
-		Use: use, Short: short, Args: cobra.ExactArgs(2),
+		Use: use, Short: short, Args: keyArgs(2),
 		PreRunE: func(*cobra.Command, []string) error {
 			if ad == "" && !noAD {
 				return usageError{errors.New("pass --ad with the record id and field the value belongs to (or --no-ad to bind nothing)")}
@@ -304,12 +305,26 @@ func tenantName(s string) string {
 	return client.TenantName(s)
 }
 
+// splitKeyName splits tenants/{tenant}/keys/{key}, each id well formed.
 func splitKeyName(name string) (parent, id string, ok bool) {
-	i := strings.LastIndex(name, "/keys/")
-	if i < 0 || !strings.HasPrefix(name, "tenants/") {
+	ref, err := keystore.ParseKeyName(name)
+	if err != nil {
 		return "", "", false
 	}
-	return name[:i], name[i+len("/keys/"):], true
+	return "tenants/" + ref.Tenant, ref.Key, true
+}
+
+// keyArgs accepts exactly n arguments, the first a key name; a malformed
+// name is a usage error showing the expected form, before anything is
+// dialled.
+func keyArgs(n int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := cobra.ExactArgs(n)(cmd, args); err != nil {
+			return err
+		}
+		_, err := keyNameArg(args[0])
+		return err
+	}
 }
 
 func printTenants(w io.Writer, ts ...client.Tenant) {

@@ -121,7 +121,7 @@ func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
 	var rotation time.Duration
 	var minVersion int64
 	update := outFlag(&cobra.Command{
-		Use: "update tenants/TENANT/keys/KEY", Short: "Change a key's rotation period or minimum decryption version", Args: cobra.ExactArgs(1),
+		Use: "update tenants/TENANT/keys/KEY", Short: "Change a key's rotation period or minimum decryption version", Args: keyArgs(1),
 		RunE: k.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
 			name, err := keyNameArg(args[0])
 			if err != nil {
@@ -192,7 +192,7 @@ func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
 	mac := &cobra.Command{Use: "mac", Short: "Compute and verify HMACs with a MAC key"}
 	c.flags(mac)
 	mac.AddCommand(outFlag(&cobra.Command{
-		Use: "compute tenants/TENANT/keys/KEY DATA|-", Short: "Compute the HMAC of DATA under the primary version (base64)", Args: cobra.ExactArgs(2),
+		Use: "compute tenants/TENANT/keys/KEY DATA|-", Short: "Compute the HMAC of DATA under the primary version (base64)", Args: keyArgs(2),
 		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
 			data, err := input(cmd, args[1])
 			if err != nil {
@@ -205,7 +205,7 @@ func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
 			return emit(cmd, c.output, map[string]any{"mac": b64(m), "key_version": v}, "mac", "key_version")
 		}),
 	}), outFlag(&cobra.Command{
-		Use: "verify tenants/TENANT/keys/KEY DATA|- MAC_BASE64", Short: "Check a MAC; exits 5 when it does not match", Args: cobra.ExactArgs(3),
+		Use: "verify tenants/TENANT/keys/KEY DATA|- MAC_BASE64", Short: "Check a MAC; exits 5 when it does not match", Args: keyArgs(3),
 		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
 			data, err := input(cmd, args[1])
 			if err != nil {
@@ -228,7 +228,7 @@ func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
 			return nil
 		}),
 	}), outFlag(&cobra.Command{
-		Use: "blind-index tenants/TENANT/keys/KEY DATA|-", Short: "The blind index of DATA: the value to store and the values to query by (base64)", Args: cobra.ExactArgs(2),
+		Use: "blind-index tenants/TENANT/keys/KEY DATA|-", Short: "The blind index of DATA: the value to store and the values to query by (base64)", Args: keyArgs(2),
 		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
 			data, err := input(cmd, args[1])
 			if err != nil {
@@ -250,7 +250,7 @@ func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
 	c.flags(password)
 	var subject string
 	pverify := outFlag(&cobra.Command{
-		Use: "verify tenants/TENANT/keys/KEY HASH", Short: "Check the password on standard input against HASH; exits 5 when it does not match", Args: cobra.ExactArgs(2),
+		Use: "verify tenants/TENANT/keys/KEY HASH", Short: "Check the password on standard input against HASH; exits 5 when it does not match", Args: keyArgs(2),
 		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
 			pw, err := readPassword(cmd)
 			if err != nil {
@@ -272,7 +272,7 @@ func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
 	})
 	pverify.Flags().StringVar(&subject, "subject", "", "the account the password belongs to (for lockout)")
 	password.AddCommand(outFlag(&cobra.Command{
-		Use: "hash tenants/TENANT/keys/KEY", Short: "Hash the password on standard input", Args: cobra.ExactArgs(1),
+		Use: "hash tenants/TENANT/keys/KEY", Short: "Hash the password on standard input", Args: keyArgs(1),
 		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
 			pw, err := readPassword(cmd)
 			if err != nil {
@@ -292,7 +292,7 @@ func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
 	c.flags(datakey)
 	datakey.PersistentFlags().StringVar(&ad, "ad", "", "associated data the wrapped key is bound to")
 	datakey.AddCommand(outFlag(&cobra.Command{
-		Use: "generate tenants/TENANT/keys/KEY", Short: "A new data key: plaintext and wrapped", Args: cobra.ExactArgs(1),
+		Use: "generate tenants/TENANT/keys/KEY", Short: "A new data key: plaintext and wrapped", Args: keyArgs(1),
 		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
 			dk, err := cl.GenerateDataKey(cmd.Context(), args[0], []byte(ad))
 			if err != nil {
@@ -302,7 +302,7 @@ func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
 			return emit(cmd, c.output, map[string]any{"plaintext": b64(dk.Plaintext), "wrapped": b64(dk.Wrapped), "key_version": dk.Version}, "plaintext", "wrapped", "key_version")
 		}),
 	}), outFlag(&cobra.Command{
-		Use: "decrypt tenants/TENANT/keys/KEY WRAPPED_BASE64", Short: "Unwrap a data key", Args: cobra.ExactArgs(2),
+		Use: "decrypt tenants/TENANT/keys/KEY WRAPPED_BASE64", Short: "Unwrap a data key", Args: keyArgs(2),
 		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
 			w, err := base64.StdEncoding.DecodeString(args[1])
 			if err != nil {
@@ -320,7 +320,7 @@ func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
 	var rad string
 	var rnoAD bool
 	rewrap := outFlag(&cobra.Command{
-		Use: "rewrap tenants/TENANT/keys/KEY CIPHERTEXT_BASE64|-", Short: "Re-encrypt a ciphertext under the key's primary version, inside the service (base64)", Args: cobra.ExactArgs(2),
+		Use: "rewrap tenants/TENANT/keys/KEY CIPHERTEXT_BASE64|-", Short: "Re-encrypt a ciphertext under the key's primary version, inside the service (base64)", Args: keyArgs(2),
 		PreRunE: func(*cobra.Command, []string) error {
 			if rad == "" && !rnoAD {
 				return usageError{errors.New("pass --ad with the associated data the ciphertext was made with (or --no-ad)")}

@@ -91,3 +91,31 @@ func TestAuditRefusesNonPositiveIntervalAndLimit(t *testing.T) {
 		}
 	}
 }
+
+// Every command that takes a key name refuses a malformed one as a usage
+// error showing the expected form, before anything is dialled.
+func TestMalformedKeyNamesAreUsageErrors(t *testing.T) {
+	for _, name := range []string{"acme/pii", "tenants/acme/keys/", "tenants/a/b/keys/c", "tenants/Acme/keys/pii"} {
+		for _, args := range [][]string{
+			{"key", "get", name},
+			{"key", "rotate", name},
+			{"key", "update", name, "--rotation-period", "24h"},
+			{"encrypt", name, "x", "--no-ad"},
+			{"decrypt", name, "eA==", "--no-ad"},
+			{"mac", "compute", name, "x"},
+			{"mac", "verify", name, "x", "eA=="},
+			{"mac", "blind-index", name, "x"},
+			{"password", "hash", name},
+			{"password", "verify", name, "h"},
+			{"datakey", "generate", name},
+			{"datakey", "decrypt", name, "eA=="},
+			{"rewrap", name, "eA=="},
+		} {
+			_, _, err := runCLI(t, append(args, "--addr", "127.0.0.1:1")...)
+			var ue usageError
+			if !errors.As(err, &ue) || !strings.Contains(err.Error(), "tenants/{tenant}/keys/{key}") {
+				t.Errorf("%v: %v, want a usage error showing tenants/{tenant}/keys/{key}", args, err)
+			}
+		}
+	}
+}
