@@ -71,8 +71,8 @@ func (s *Service) newLockout(pep *keystore.Pepper, policy keystore.PasswordPolic
 // unreachable): the caller must not verify without the limit. It returns
 // the start of the window the verification is counted in, which names that
 // window to finish and abandon: a verification admitted in a window that
-// has since ended is settled in none, so one still queued when its window
-// ends can neither uncount nor count an attempt of the next.
+// has since ended never uncounts an attempt of the next one (its failure
+// still counts there).
 func (l *lockout) admit(ctx context.Context) (window time.Time, err error) {
 	err = l.update(ctx, "read lockout state", func(r *lockoutRecord, now time.Time) (bool, error) {
 		if now.Before(r.LockedUntil) {
@@ -99,8 +99,9 @@ func (l *lockout) admit(ctx context.Context) (window time.Time, err error) {
 }
 
 // finish settles a verification admitted in window: a match resets the
-// subject's counts, a failure counts and may lock the subject (in the
-// window it was admitted in only). Storage failures are logged, not
+// subject's counts, a failure counts (in the window now current) and may
+// lock the subject; it is uncounted from in flight only in the window
+// that counted it. Storage failures are logged, not
 // returned: the verification was admitted under the limit, and an unsettled
 // one keeps counting until the window ends, so the limit holds.
 func (l *lockout) finish(ctx context.Context, window time.Time, match bool) {
@@ -117,10 +118,12 @@ func (l *lockout) finish(ctx context.Context, window time.Time, match bool) {
 			*r = lockoutRecord{} // deleted: the right password resets any window
 			return true, nil
 		}
-		if !r.WindowStart.Equal(window) {
-			return false, nil // its window ended: the new one never counted it
+		if r.WindowStart.Equal(window) {
+			r.InFlight = max(r.InFlight, 1) - 1
 		}
-		r.InFlight = max(r.InFlight, 1) - 1
+		// A failure counts in the window it ends in, even one admitted in
+		// an earlier window (which the new one never counted as in
+		// flight): guesses timed to straddle a window's end still count.
 		r.Failures++
 		if r.Failures >= l.policy.LockoutMaxFailures {
 			*r = lockoutRecord{LockedUntil: now.Add(l.policy.LockoutDuration)}

@@ -324,3 +324,54 @@ func TestLockoutAnAttemptFromAnEndedWindowFreesNoSlotInTheNext(t *testing.T) {
 		t.Fatalf("a fourth verification in a window that admitted three: %v, want ErrSubjectLocked", err)
 	}
 }
+
+// Guesses timed to straddle a window's end still count: failures admitted
+// in an ended window count in the window they end in, so N guesses a
+// window lock the subject however they are timed.
+func TestLockoutGuessesStraddlingAWindowsEndStillCount(t *testing.T) {
+	t.Parallel()
+	lf := newLockoutFixture(t)
+	pool := workpool.New(1, 64)
+	t.Cleanup(pool.Close)
+	ks := lf.openPasswordService(t, password.Config{Now: lf.clock.Now, Pool: pool})
+	block := make(chan struct{})
+	holding := make(chan struct{})
+	blocked := make(chan error, 1)
+	go func() { blocked <- pool.Do(context.Background(), func() { close(holding); <-block }) }()
+	select {
+	case <-holding:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the pool never ran the task holding its worker")
+	}
+	early := make(chan error, 2)
+	for range 2 {
+		go func() { _, err := lf.try2(context.Background(), ks, subjectAlice, "guess"); early <- err }()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for pool.Waiting() != 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d guesses queued, want 2", pool.Waiting())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	lf.clock.Advance(2 * time.Minute) // the window ends under the queued guesses
+	late := make(chan error, 1)
+	go func() { _, err := lf.try2(context.Background(), ks, subjectAlice, "guess"); late <- err }()
+	for pool.Waiting() != 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d guesses queued, want 3", pool.Waiting())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(block)
+	<-blocked
+	for range 2 {
+		if err := <-early; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := <-late; err != nil {
+		t.Fatal(err)
+	}
+	lf.mustBeLocked(t, ks, subjectAlice)
+}
