@@ -114,3 +114,29 @@ func TenantScopedPrefixes(tenant string) []string { return tenantScopedPrefixes(
 
 // LeaseStorageKey is the scheduler lease's storage key.
 const LeaseStorageKey = leaseStorageKey
+
+// TenantCreateTime returns when the latest incarnation of tenant was
+// created: the tenant's own record while it exists, else its tombstone
+// (the one shredded last). found is false for an id never created (or
+// whose tombstone is gone).
+func (s *Service) TenantCreateTime(ctx context.Context, tenant string) (created time.Time, found bool, err error) {
+	rec, _, err := s.readTenant(ctx, tenant)
+	switch {
+	case err == nil:
+		return rec.CreateTime, true, nil
+	case !errors.Is(err, ErrNotFound):
+		return time.Time{}, false, err
+	}
+	r, err := s.store.Get(ctx, TombstonePrefix+tenant)
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+		return time.Time{}, false, nil
+	case err != nil:
+		return time.Time{}, false, storageErr("read tombstone", err)
+	}
+	t, err := ParseTombstone(r.Value)
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("tenant %q: %w", tenant, err)
+	}
+	return t.CreateTime, true, nil
+}

@@ -251,14 +251,16 @@ func (a auditService) ListAuditEvents(ctx context.Context, req *custosv1.ListAud
 		return nil, err
 	}
 	// An id shredded and created again names two tenants: the events of
-	// the earlier one (its callers, keys, addresses) are not the new
-	// owner's to read. They stay in the log until retention, for the
-	// operator (docs/audit.md).
-	switch t, err := a.ks.GetTenant(ctx, c.tenant); {
-	case err == nil:
-		q.EndedFrom = t.CreateTime
-	case !errors.Is(err, keystore.ErrNotFound):
+	// the earlier one (its callers, keys, addresses) are not the later
+	// one's to read, whether the later one still exists or was shredded
+	// too (its tombstone says when it was created). They stay in the log
+	// until retention (docs/audit.md).
+	created, found, err := a.ks.TenantCreateTime(ctx, c.tenant)
+	if err != nil {
 		return nil, a.toError(ctx, err)
+	}
+	if found {
+		q.EndedFrom = created
 	}
 	recs, cp, next, err := log.Events(ctx, q)
 	if err != nil {

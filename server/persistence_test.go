@@ -308,4 +308,47 @@ func TestATenantCreatedAgainSeesNoneOfItsPredecessorsEvents(t *testing.T) {
 	if !seen[after] {
 		t.Fatal("the re-created tenant's auditor does not see its own Encrypt")
 	}
+
+	// The second incarnation shredded too (its record gone, its tombstone
+	// written): its events are still the only ones listed.
+	ts.stop()
+	shredInPlace(t, f.dbPath, "a", created)
+	ts = start(t, f, options{policy: auditPolicy})
+	resp, err = custosv1.NewAuditServiceClient(ts.conn(t, idAuditorA)).ListAuditEvents(ctx, &custosv1.ListAuditEventsRequest{Parent: "tenants/a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen = map[string]bool{}
+	for _, r := range resp.GetRecords() {
+		seen[r.GetEvent().GetRequestId()] = true
+	}
+	if seen[before] || !seen[after] {
+		t.Fatalf("after the second shred: the first incarnation's Encrypt listed %v, the second's %v; want false, true", seen[before], seen[after])
+	}
+}
+
+// shredInPlace deletes tenant's record and writes the tombstone a shred of
+// the incarnation created at created leaves, in the bbolt file at path.
+func shredInPlace(t *testing.T, path, tenant string, created time.Time) {
+	t.Helper()
+	ctx := testContext(t)
+	store, err := bbolt.Open(path, bbolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	r, err := store.Get(ctx, "tenants/"+tenant)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Delete(ctx, "tenants/"+tenant, r.Version); err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(keystore.Tombstone{Tenant: tenant, CreateTime: created.UTC(), ShredTime: time.Now().UTC()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Put(ctx, keystore.TombstonePrefix+tenant, b, 0); err != nil {
+		t.Fatal(err)
+	}
 }
