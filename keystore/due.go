@@ -36,6 +36,9 @@ var hintValue = []byte(`{"format":1}`)
 const (
 	dueKeyKind    = "k"
 	dueTenantKind = "t"
+	// dueKeysKind: every key of a tenant (after an undeletion, the work
+	// of its keys that fell due meanwhile).
+	dueKeysKind = "u"
 )
 
 // dueStorageKey names the hint for name (tenant, or tenant/key) at t,
@@ -63,7 +66,7 @@ func parseDueKey(k string) (t time.Time, kind, name string, ok bool) {
 		return time.Time{}, "", "", false
 	}
 	kind, name, ok = strings.Cut(rest, "/")
-	return time.Unix(sec, 0), kind, name, ok && (kind == dueKeyKind || kind == dueTenantKind)
+	return time.Unix(sec, 0), kind, name, ok && (kind == dueKeyKind || kind == dueTenantKind || kind == dueKeysKind)
 }
 
 // noteTimeout bounds a hint's write. It runs even when the caller's context
@@ -135,7 +138,7 @@ func (s *Service) duePass(ctx context.Context, renew func() bool) error {
 			return err
 		}
 		if renew != nil && !renew() {
-			return joinCapped(append(errs, errLeaseLost))
+			return joinCapped(append([]error{errLeaseLost}, errs...))
 		}
 		t, kind, name, ok := parseDueKey(r.Key)
 		if ok && t.After(now) {
@@ -155,6 +158,8 @@ func (s *Service) duePass(ctx context.Context, renew func() bool) error {
 		case dueKeyKind:
 			tenant, key, _ := strings.Cut(name, "/")
 			werr = s.dueKeyWork(ctx, KeyRef{Tenant: tenant, Key: key})
+		case dueKeysKind:
+			werr = s.dueKeysOf(ctx, name, renew)
 		}
 		if werr != nil {
 			errs = append(errs, werr)
@@ -174,13 +179,7 @@ func (s *Service) dueTenant(ctx context.Context, tenant string) error {
 	if err != nil {
 		return err
 	}
-	switch rec.State {
-	case TenantActive:
-		// An undeletion's hint: the work of its keys that fell due while
-		// it was scheduled for deletion (and the hints of later dates).
-		return s.keysPass(ctx, tenant, nil)
-	case TenantDeleteScheduled:
-	default:
+	if rec.State != TenantDeleteScheduled {
 		return nil
 	}
 	if rec.DeleteTime.After(s.now()) {
@@ -204,6 +203,33 @@ func (s *Service) dueTenant(ctx context.Context, tenant string) error {
 		if err == nil {
 			s.noteTenantDue(ctx, tenant, rec)
 		}
+	}
+	return nil
+}
+
+// dueKeysOf goes through every key of an active tenant once (an
+// undeletion's hint): it maintains those with work due and writes the
+// hints of later dates. A key that fails gets a hint of its own, so
+// failures are logged, not returned: the tenant's hint is not written
+// again to scan every key once more. A lost lease, or a list that fails,
+// is returned, and the next pass starts over.
+func (s *Service) dueKeysOf(ctx context.Context, tenant string, renew func() bool) error {
+	rec, _, err := s.readTenant(ctx, tenant)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if rec.State != TenantActive {
+		return nil // deleted again: the undeletion's work waits for the next one
+	}
+	err = s.keysPass(ctx, tenant, renew)
+	if errors.Is(err, errLeaseLost) || errors.Is(err, errScanCut) {
+		return err
+	}
+	if err != nil {
+		s.logger.Warn("scheduler: some keys of an undeleted tenant failed; each is retried by its own hint", "tenant", tenant, "error", err.Error())
 	}
 	return nil
 }

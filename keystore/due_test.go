@@ -550,3 +550,45 @@ func TestADuePassLongerThanTheLeaseKeepsIt(t *testing.T) {
 		t.Fatalf("both replicas held the lease during one due pass (%d and %d passes)", a, b)
 	}
 }
+
+// keyLists counts the lists of one tenant's keys.
+type keyLists struct {
+	storage.Store
+	prefix string
+	n      atomic.Int64
+}
+
+func (c *keyLists) List(ctx context.Context, prefix, after string, limit int) ([]storage.Record, error) {
+	if prefix == c.prefix {
+		c.n.Add(1)
+	}
+	return c.Store.List(ctx, prefix, after, limit)
+}
+
+// An undeletion's pass over the tenant's keys runs once, even when a key
+// fails: that key is retried by its own hint, not by scanning every key of
+// the tenant again at each pass.
+func TestAnUndeletedTenantsKeysAreScannedOnceDespiteAFailingKey(t *testing.T) {
+	f := newLCFixture(t)
+	ctx := context.Background()
+	f.newKey("acme", "good", keystore.KeySpec{Purpose: keystore.PurposeEncrypt})
+	if _, err := f.store.Put(ctx, "keys/acme/bad", []byte("not a key record"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.ks.DeleteTenant(ctx, "acme", 0); err != nil {
+		t.Fatal(err)
+	}
+	kl := &keyLists{Store: f.store, prefix: "keys/acme/"}
+	f.store = kl
+	ks := f.replica()
+	if _, err := ks.UndeleteTenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		_ = keystore.DuePass(ctx, ks)
+		f.clock.Advance(time.Minute)
+	}
+	if n := kl.n.Load(); n != 1 {
+		t.Fatalf("the undeleted tenant's keys were listed %d times in three passes, want 1", n)
+	}
+}

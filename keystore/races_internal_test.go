@@ -684,3 +684,23 @@ func TestAFailedUnwrapIsNotRetriedForEveryRequest(t *testing.T) {
 		t.Fatalf("10 requests asked the root %d times within the backoff, want 1", n)
 	}
 }
+
+// A lost lease stays visible in a pass's error however many keys failed
+// before it (a joined error keeps only the first few).
+func TestALostLeaseIsNotHiddenByManyFailedKeys(t *testing.T) {
+	ctx := context.Background()
+	s, hs, _ := newReviewSvc(t)
+	if _, err := s.CreateTenant(ctx, "t"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range maxJoinedErrors + 5 {
+		if _, err := hs.Store.Put(ctx, fmt.Sprintf("keys/t/k%02d", i), []byte("not a key record"), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	calls := 0
+	renew := func() bool { calls++; return calls <= maxJoinedErrors+2 }
+	if err := s.keysPass(ctx, "t", renew); !errors.Is(err, errLeaseLost) {
+		t.Fatalf("keysPass after the lease was lost: %v, want errLeaseLost among its errors", err)
+	}
+}

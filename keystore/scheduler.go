@@ -228,8 +228,13 @@ func (s *Service) leaderTick(ctx context.Context, cfg SchedulerConfig, st *leade
 	*st = leaderState{lastSweep: now}
 }
 
-// errLeaseLost stops a sweep whose replica no longer holds the lease.
+// errLeaseLost stops a sweep whose replica no longer holds the lease. It
+// goes first in a joined error, which keeps only the first few.
 var errLeaseLost = errors.New("scheduler: lease lost during the sweep")
+
+// errScanCut marks a pass over a tenant's keys that a failed list cut
+// short (as opposed to keys that failed, each of which has a hint).
+var errScanCut = errors.New("scheduler: the list of keys was cut short")
 
 // RunOnce flushes this replica's encryption counts and runs one full
 // scheduler sweep (rotation, destruction, shredding, and the due-time hints
@@ -289,11 +294,11 @@ func (s *Service) sweep(ctx context.Context, after string, renew func() bool) (l
 			return last, false, err
 		}
 		if renew != nil && !renew() {
-			return last, false, joinCapped(append(errs, errLeaseLost))
+			return last, false, joinCapped(append([]error{errLeaseLost}, errs...))
 		}
 		if err := s.tenantPass(ctx, strings.TrimPrefix(r.Key, tenantPrefix), r.Value, renew); err != nil {
 			if errors.Is(err, errLeaseLost) {
-				return last, false, joinCapped(append(errs, err))
+				return last, false, joinCapped(append([]error{err}, errs...))
 			}
 			errs = append(errs, err)
 		}
@@ -327,10 +332,10 @@ func (s *Service) keysPass(ctx context.Context, tenant string, renew func() bool
 	var errs []error
 	for r, err := range s.scan(ctx, "scheduler: list keys", prefix) {
 		if err != nil {
-			return joinCapped(append(errs, err))
+			return joinCapped(append([]error{fmt.Errorf("%w: %w", errScanCut, err)}, errs...))
 		}
 		if renew != nil && !renew() {
-			return joinCapped(append(errs, errLeaseLost))
+			return joinCapped(append([]error{errLeaseLost}, errs...))
 		}
 		ref := KeyRef{Tenant: tenant, Key: strings.TrimPrefix(r.Key, prefix)}
 		rec, err := decodeKey(r.Value)

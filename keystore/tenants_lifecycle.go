@@ -64,7 +64,7 @@ func (s *Service) UndeleteTenant(ctx context.Context, tenant string) (Tenant, er
 		// Work of its keys that fell due meanwhile was put off: one hint,
 		// due now, has the next due pass go through them (however many
 		// there are, and whatever becomes of this call's context).
-		s.noteDue(ctx, s.now(), dueTenantKind, tenant)
+		s.noteDue(ctx, s.now(), dueKeysKind, tenant)
 	}
 	return t, err
 }
