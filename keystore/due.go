@@ -14,7 +14,7 @@ import (
 // The due-time index. Whenever a record gets a date on which the scheduler
 // must act — a key's next rotation, a version's destruction, a primary past
 // its usage threshold, a tenant's deletion — a hint record is written under
-// due/<unix seconds, zero-padded>/<k|t>/<name>. Keys sort by time in every
+// due/<unix seconds, zero-padded>/<k|t|u>/<name>. Keys sort by time in every
 // backend (bbolt's B+tree, PostgreSQL's primary key), so the lease holder
 // finds the work that is due with one range read from the start of due/,
 // stopping at the first hint still in the future: its idle cost does not
