@@ -35,6 +35,8 @@ type readiness struct {
 	Storage string    `json:"storage"`
 	Root    string    `json:"root"`
 	Checked time.Time `json:"checked"`
+	// Draining is set once the server is shutting down.
+	Draining bool `json:"draining,omitempty"`
 }
 
 // ready: the storage and the root answer. A root "at_risk" (it works, but
@@ -237,8 +239,13 @@ func (s *Server) OpsHandler(withPprof bool) http.Handler {
 		if r == nil {
 			r = &readiness{Storage: "unknown", Root: "unknown"}
 		}
+		if s.draining.Load() {
+			d := *r
+			d.Draining = true
+			r = &d
+		}
 		w.Header().Set("Content-Type", "application/json")
-		if !r.ready() {
+		if !r.ready() || r.Draining {
 			w.WriteHeader(http.StatusServiceUnavailable)
 		}
 		if err := json.NewEncoder(w).Encode(r); err != nil {

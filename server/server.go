@@ -96,6 +96,8 @@ type Server struct {
 	metrics *metrics
 	limiter *limiter
 	ready   atomic.Pointer[readiness]
+	// draining is set by Shutdown: /readyz answers 503 from then on.
+	draining atomic.Bool
 
 	audit    AuditRecorder
 	auditLog AuditLog
@@ -178,9 +180,12 @@ func (s *Server) Register(r grpc.ServiceRegistrar) {
 	}
 }
 
-// Shutdown marks every service NOT_SERVING, so load balancers drain the
-// server before it stops.
-func (s *Server) Shutdown() { s.health.Shutdown() }
+// Shutdown marks every service NOT_SERVING and /readyz 503 ("draining"), so
+// load balancers and probers drain the server before it stops.
+func (s *Server) Shutdown() {
+	s.draining.Store(true)
+	s.health.Shutdown()
+}
 
 // NewGRPCServer returns a *grpc.Server that serves only mutual TLS with
 // tlsConf and has s registered. Unary calls go through one interceptor

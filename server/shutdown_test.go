@@ -3,8 +3,11 @@ package server_test
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
+	"net/http"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -92,4 +95,57 @@ func TestAFailedStartCreatesNoStoreFile(t *testing.T) {
 			t.Errorf("%s: failed with %q but left %s behind (stat: %v)", name, err, f.dbPath, serr)
 		}
 	}
+}
+
+// Once the server is shutting down, /readyz answers 503 ("draining") for
+// the whole drain, not the readiness of its last probe: a prober stops
+// sending it traffic while its calls finish.
+func TestReadyzSaysDrainingDuringTheDrain(t *testing.T) {
+	ts := start(t, newFiles(t), options{configure: func(c *config.Config) {
+		c.ShutdownTimeout = 5 * time.Second
+		c.Passwords.HashWorkers = 1
+		c.Ops.Listen = "127.0.0.1:0"
+	}})
+	ctx := testContext(t)
+	c := ts.clients(t, idAdmin)
+	if _, err := c.keys.CreateTenant(ctx, &custosv1.CreateTenantRequest{TenantId: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.keys.CreateKey(ctx, &custosv1.CreateKeyRequest{Parent: "tenants/a", KeyId: "pw", Key: &custosv1.Key{
+		Purpose:        custosv1.KeyPurpose_KEY_PURPOSE_PASSWORD,
+		PasswordPolicy: &custosv1.PasswordPolicy{Algorithm: custosv1.PasswordAlgorithm_PASSWORD_ALGORITHM_BCRYPT, BcryptCost: 15},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	readyz := func() (int, string) {
+		resp, err := http.Get("http://" + ts.rt.OpsAddr().String() + "/readyz")
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	waitFor(t, 10*time.Second, "/readyz 200", func() bool { code, _ := readyz(); return code == http.StatusOK })
+	go func() {
+		_, _ = c.crypto.HashPassword(ctx, &custosv1.HashPasswordRequest{Name: "tenants/a/keys/pw", Password: []byte("p")})
+	}()
+	waitFor(t, 10*time.Second, "the hash running", func() bool { return ts.rt.Passwords().Stats().Running == 1 })
+	stopped := make(chan struct{})
+	go func() { ts.stop(); close(stopped) }()
+	var code int
+	var body string
+	waitFor(t, 10*time.Second, "/readyz to say draining", func() bool {
+		select {
+		case <-stopped:
+			return true
+		default:
+		}
+		code, body = readyz()
+		return code == http.StatusServiceUnavailable && strings.Contains(body, `"draining":true`)
+	})
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, `"draining":true`) {
+		t.Fatalf("/readyz during the drain: %d %s, want 503 saying draining", code, body)
+	}
+	<-stopped
 }
