@@ -242,7 +242,10 @@ func TestNoDurableAuditSinkFailsClosedOrOpenAsConfigured(t *testing.T) {
 	pg := pgtest.StartDedicated(t)
 	url := pg.NewDatabase(t)
 	p, rt := newPKI(t), sharedRoot(t)
-	closed := startReplicaWith(t, p, url, rt, func(c *config.Config) { c.Audit.Spool = filepath.Join(t.TempDir(), "spool") })
+	closed := startReplicaWith(t, p, url, rt, func(c *config.Config) {
+		c.Audit.Spool = filepath.Join(t.TempDir(), "spool")
+		c.Ops.Listen = "127.0.0.1:0"
+	})
 	open := startReplicaWith(t, p, url, rt, func(c *config.Config) {
 		c.Audit.Spool = filepath.Join(t.TempDir(), "spool")
 		c.Audit.FailOpen = true
@@ -260,6 +263,13 @@ func TestNoDurableAuditSinkFailsClosedOrOpenAsConfigured(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	batch := &custosv1.EncryptBatchRequest{Name: name, Items: []*custosv1.EncryptBatchRequest_Item{{Plaintext: []byte("a")}, {Plaintext: []byte("b")}}}
+	if _, err := closed.c.crypto.EncryptBatch(ctx, batch); err != nil {
+		t.Fatal(err)
+	}
+	const okItems = `custos_batch_items_total\{code="OK",grpc_method="EncryptBatch"\}`
+	closedOps := closed.rt.OpsAddr().String()
+	itemsBefore := metric(t, closedOps, okItems)
 	opsAddr := open.rt.OpsAddr().String()
 	before := metric(t, opsAddr, "custos_audit_dropped_total")
 	pg.Kill(t)
@@ -270,6 +280,11 @@ func TestNoDurableAuditSinkFailsClosedOrOpenAsConfigured(t *testing.T) {
 	st := wantCode(t, err, codes.Unavailable)
 	if info := errorInfo(st); info == nil || info.GetReason() != custosv1.ReasonAuditUnavailable {
 		t.Fatalf("fail-closed refusal carries %v, want reason %s", info, custosv1.ReasonAuditUnavailable)
+	}
+	_, err = closed.c.crypto.EncryptBatch(ctx, batch)
+	wantCode(t, err, codes.Unavailable)
+	if after := metric(t, closedOps, okItems); after != itemsBefore {
+		t.Fatalf("a batch refused for want of its audit event counted its items as OK: %v → %v", itemsBefore, after)
 	}
 	if _, err := open.c.crypto.Encrypt(ctx, &custosv1.EncryptRequest{Name: name, Plaintext: []byte("x")}); err != nil {
 		t.Fatalf("fail-open encrypt with no durable sink: %v", err)

@@ -58,8 +58,6 @@ func (u *unaryPath) intercept(ctx context.Context, req any, info *grpc.UnaryServ
 		}
 		if err != nil {
 			err = withInvalidDetails(err)
-		} else {
-			s.countBatchItems(info.FullMethod, resp)
 		}
 		if s.audit != nil {
 			// Durable before the answer: a call whose event cannot be
@@ -67,6 +65,10 @@ func (u *unaryPath) intercept(ctx context.Context, req any, info *grpc.UnaryServ
 			if aerr := s.recordEvent(auditEvent(ctx, rid, info.FullMethod, c, start, req, resp, err)); aerr != nil {
 				resp, err = nil, aerr
 			}
+		}
+		if err == nil {
+			// Only items the caller is answered with count.
+			s.countBatchItems(info.FullMethod, resp)
 		}
 		mm.done(start, err)
 		annotateSpan(ctx, rid, c)
