@@ -117,3 +117,22 @@ func TestMakingRoomNeverResetsADrainedBucket(t *testing.T) {
 		t.Fatal("x's drained bucket was dropped to make room, and its limit reset")
 	}
 }
+
+// An unnamed limited rule keeps its buckets when another rule is added
+// before it: its buckets are not tied to its position in the file.
+func TestAReloadThatMovesAnUnnamedRuleKeepsItsBuckets(t *testing.T) {
+	const limited = "  - {identities: [x], tenants: [t], rate_limits: [{requests_per_second: 0.001, burst: 2}]}\n"
+	a := mustPolicy(t, "rules:\n"+limited)
+	b := mustPolicy(t, "rules:\n  - {identities: [y], tenants: [u], permissions: [encrypt]}\n"+limited)
+	src := &fixedPolicy{a}
+	l := newTestLimiter(src)
+	for i := range 2 {
+		if err := l.allow(callOn(a, "x", "t"), 1); err != nil {
+			t.Fatalf("call %d within the burst: %v", i+1, err)
+		}
+	}
+	src.p = b // reloaded with a rule before the limited one
+	if err := l.allow(callOn(b, "x", "t"), 1); err == nil {
+		t.Fatal("the drained bucket was refilled by a reload that only moved its rule")
+	}
+}

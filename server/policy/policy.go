@@ -287,6 +287,7 @@ func Parse(data []byte) (*Policy, error) {
 	}
 	p := &Policy{rules: make([]rule, 0, len(doc.Rules))}
 	names := map[string]bool{}
+	ids := map[string]int{} // limits' bucket ids, made unique
 	for i := range doc.Rules {
 		n := &doc.Rules[i]
 		r, name, err := parseRule(n, i)
@@ -300,6 +301,16 @@ func Parse(data []byte) (*Policy, error) {
 			return nil, fmt.Errorf("policy: rules[%d] (line %d): %w", i, n.Line, err)
 		}
 		names[name] = true
+		for _, l := range r.limits {
+			// Unnamed rules with the same globs and class: the second one's
+			// limit is "#2", and so on, in file order.
+			if n := ids[l.ID]; n > 0 {
+				ids[l.ID] = n + 1
+				l.ID = fmt.Sprintf("%s #%d", l.ID, n+1)
+			} else {
+				ids[l.ID] = 1
+			}
+		}
 		p.rules = append(p.rules, r)
 		p.limited = p.limited || len(r.limits) > 0
 	}
@@ -317,6 +328,7 @@ type policyFile struct {
 // "rules[index]") even with an error.
 func parseRule(n *yaml.Node, index int) (rule, string, error) {
 	name := fmt.Sprintf("rules[%d]", index)
+	explicit := false
 	n = resolveAlias(n)
 	if n.Kind != yaml.MappingNode {
 		return rule{}, name, errors.New("a rule must be a mapping with identities, tenants and permissions")
@@ -336,7 +348,7 @@ func parseRule(n *yaml.Node, index int) (rule, string, error) {
 			if val.Kind != yaml.ScalarNode || val.Value == "" {
 				return rule{}, name, errors.New("name must be a non-empty string")
 			}
-			name = val.Value
+			name, explicit = val.Value, true
 			continue
 		case "rate_limits":
 			if val.Kind != yaml.SequenceNode {
@@ -400,10 +412,15 @@ func parseRule(n *yaml.Node, index int) (rule, string, error) {
 		}
 		classes[l.Class] = true
 		l.Rule = name
-		// The rule's name (unique; "rules[N]" by default) keeps two rules
-		// with the same globs apart; the globs make an edited rule start
-		// with new buckets.
-		l.ID = fmt.Sprintf("%s %q %q %s %v", name, fields.identities, fields.tenants, l.Class, l.PerTenant)
+		// The globs make an edited rule start with new buckets. A rule's
+		// own name keeps two rules with the same globs apart; unnamed ones
+		// are told apart by Parse, not by their position, so that adding
+		// or moving another rule keeps their buckets.
+		idName := "unnamed"
+		if explicit {
+			idName = "name " + name
+		}
+		l.ID = fmt.Sprintf("%s %q %q %s %v", idName, fields.identities, fields.tenants, l.Class, l.PerTenant)
 		r.limits = append(r.limits, l)
 	}
 	return r, name, nil
