@@ -159,7 +159,11 @@ func (e *Envelope) Encrypt(ctx context.Context, plaintext, associatedData []byte
 	if len(plaintext) > MaxEnvelopePlaintext || uint64(len(plaintext)) > e.opts.MaxBytes {
 		return nil, localError(e.op("local encrypt"), codes.InvalidArgument, "plaintext of %d bytes is larger than %d", len(plaintext), min(MaxEnvelopePlaintext, e.opts.MaxBytes))
 	}
-	for range 3 {
+	// Each round either seals or waits for a new data key; many callers at
+	// once with a small MaxMessages may each lose a few rounds to the
+	// others, so a caller goes on until its context ends, up to
+	// maxEncryptRounds fetches.
+	for range maxEncryptRounds {
 		k := e.cur.Load()
 		if k == nil || !e.opts.Now().Before(k.expires) || !k.take(uint64(len(plaintext)), e.opts) {
 			if err := e.refresh(ctx, k); err != nil {
@@ -175,6 +179,11 @@ func (e *Envelope) Encrypt(ctx context.Context, plaintext, associatedData []byte
 	}
 	return nil, localError(e.op("local encrypt"), codes.ResourceExhausted, "data keys used up faster than they can be fetched")
 }
+
+// maxEncryptRounds bounds the data keys one local Encrypt waits for before
+// it gives up (RESOURCE_EXHAUSTED): only callers far more numerous than a
+// data key's MaxMessages get near it.
+const maxEncryptRounds = 100
 
 // take counts one message of n bytes against the key's limits, unless that
 // would pass one: a refused attempt counts nothing, so the counters never

@@ -606,3 +606,25 @@ func TestAnAbandonedUnwrapDoesNotReadTheCallersBuffer(t *testing.T) {
 		t.Fatalf("%d unwraps, want 1: the abandoned one's key was cached under another wrapping", n)
 	}
 }
+
+// Many callers at once with a data key good for one message each all get
+// their ciphertexts: losing a round to the others is no reason to fail.
+func TestEnvelopeEncryptUnderContentionWithOneMessagePerKey(t *testing.T) {
+	ctx := context.Background()
+	e := startEnvelopeEnv(t)
+	env := e.c.Envelope(e.name, client.EnvelopeOptions{MaxMessages: 1, MaxAge: time.Minute, Now: e.now})
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for range 16 {
+		wg.Go(func() {
+			if _, err := env.Encrypt(ctx, []byte("x"), nil); err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("a local Encrypt among 16 with one message per data key: %v", err)
+	}
+}
