@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"slices"
 	"sync/atomic"
 	"time"
 
@@ -94,7 +93,12 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	if cfg.TracerProvider != nil {
 		traceOpts = append(traceOpts, otelgrpc.WithTracerProvider(cfg.TracerProvider))
 	}
-	opts := append(slices.Clone(cfg.DialOptions),
+	// No service config from the name resolver (a DNS TXT record): it
+	// could add retries to calls that must not repeat (RotateKey,
+	// CreateKey). One given in DialOptions (WithDefaultServiceConfig) is
+	// still used.
+	opts := append([]grpc.DialOption{grpc.WithDisableServiceConfig()}, cfg.DialOptions...)
+	opts = append(opts,
 		grpc.WithStatsHandler(otelgrpc.NewClientHandler(traceOpts...)),
 		grpc.WithTransportCredentials(creds))
 	conn, err := grpc.NewClient(cfg.Address, opts...)

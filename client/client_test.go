@@ -936,3 +936,35 @@ func TestAssociatedDataIsUnambiguous(t *testing.T) {
 		t.Errorf("AssociatedData() = %#v, want an empty slice", got)
 	}
 }
+
+// A call cut off by Close fails with CANCELLED and ErrClosed, not with a
+// retryable UNAVAILABLE.
+func TestACallInFlightWhenTheClientClosesIsCancelled(t *testing.T) {
+	env := startEnv(t)
+	c, err := client.New(t.Context(), client.Config{Address: env.addr, CAFile: env.caFile, CertFile: env.certFile, KeyFile: env.keyFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	if _, err := c.CreateTenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	k, err := c.CreateKey(ctx, client.TenantName("acme"), "pw", client.KeySpec{Purpose: client.PurposePassword, PasswordPolicy: &client.PasswordPolicy{BcryptCost: 15}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := c.HashPassword(ctx, k.Name, []byte("p")); done <- err }()
+	time.Sleep(200 * time.Millisecond) // bcrypt cost 15 takes seconds
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the call in flight did not end within 30s of Close")
+	}
+	if !errors.Is(err, client.ErrClosed) || status.Code(err) != codes.Canceled || errors.Is(err, client.ErrUnavailable) {
+		t.Fatalf("a call cut off by Close: %v (code %v), want ErrClosed with CANCELLED, not ErrUnavailable", err, status.Code(err))
+	}
+}

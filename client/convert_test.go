@@ -1,6 +1,7 @@
 package client
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"reflect"
@@ -385,5 +386,28 @@ func checkAllProtoFieldsSet(t *testing.T, m proto.Message) {
 		if f := fields.Get(i); !r.Has(f) {
 			t.Errorf("test message %s leaves field %s unset; set it so its conversion is tested", r.Descriptor().FullName(), f.Name())
 		}
+	}
+}
+
+// A server whose page tokens go round in a cycle (A, B, A, …) ends the
+// iteration with an error instead of listing forever.
+func TestAllPagesStopsOnACycleOfPageTokens(t *testing.T) {
+	next := map[string]string{"": "A", "A": "B", "B": "A"}
+	calls := 0
+	list := func(_ context.Context, o ListOptions) ([]int, string, error) {
+		calls++
+		if calls > 10 {
+			t.Fatal("still listing after 10 pages")
+		}
+		return []int{calls}, next[o.PageToken], nil
+	}
+	var err error
+	for _, e := range allPages(context.Background(), "list", list) {
+		if e != nil {
+			err = e
+		}
+	}
+	if err == nil || status.Code(err) != codes.Internal {
+		t.Fatalf("a cycle of page tokens: %v, want an INTERNAL error", err)
 	}
 }

@@ -28,6 +28,7 @@ func (c *Client) GenerateDataKey(ctx context.Context, name string, associatedDat
 		return DataKey{}, c.callError(ctx, op, err)
 	}
 	if len(resp.GetWrapped()) == 0 {
+		clear(resp.GetPlaintext())
 		return DataKey{}, localError(op, codes.Internal, "response has no wrapped key")
 	}
 	if n := len(resp.GetPlaintext()); n != DataKeySize {

@@ -216,6 +216,10 @@ func (c *Client) callError(ctx context.Context, op string, err error) error {
 	}
 	e := errorFromStatus(st)
 	switch {
+	case c.closed.Load() && (e.Code == codes.Unavailable || e.Code == codes.Canceled):
+		// Cut off by Close (gRPC reports the closed transport as
+		// UNAVAILABLE): CANCELLED, as the docs say, never "retry".
+		e.Code, e.cause = codes.Canceled, ErrClosed
 	case c.closed.Load():
 		e.cause = ErrClosed
 	case e.Code == codes.Canceled || e.Code == codes.DeadlineExceeded:

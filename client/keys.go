@@ -147,6 +147,7 @@ func allPages[T any](ctx context.Context, op string, list func(context.Context, 
 	return func(yield func(T, error) bool) {
 		var zero T
 		token := ""
+		seen := map[string]bool{}
 		for {
 			items, next, err := list(ctx, ListOptions{PageToken: token})
 			if err != nil {
@@ -161,12 +162,13 @@ func allPages[T any](ctx context.Context, op string, list func(context.Context, 
 			if next == "" {
 				return
 			}
-			if next == token {
-				// A server that hands back the token it was given would
-				// loop forever.
-				yield(zero, localError(op, codes.Internal, "server returned the same page token twice"))
+			if seen[next] {
+				// A server that hands back a token it gave before (the
+				// last one, or one of a cycle) would loop forever.
+				yield(zero, localError(op, codes.Internal, "server returned a page token it had returned before"))
 				return
 			}
+			seen[next] = true
 			token = next
 		}
 	}

@@ -112,6 +112,12 @@ func (f *Files) read() (*filesSet, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: certificate %s and key %s: %w", f.opts.Name, f.certFile, f.keyFile, err)
 	}
+	if cert.Leaf == nil {
+		// GODEBUG=x509keypairleaf=0 leaves it unset; Set promises it.
+		if cert.Leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
+			return nil, fmt.Errorf("%s: certificate %s: %w", f.opts.Name, f.certFile, err)
+		}
+	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(caPEM) {
 		return nil, fmt.Errorf("%s: CA bundle %s holds no PEM certificate", f.opts.Name, f.caFile)

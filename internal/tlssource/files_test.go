@@ -105,3 +105,39 @@ func TestCurrentTakesChangesWithinTheIntervalAndLogsARefusalOnce(t *testing.T) {
 		t.Fatalf("no log line for the new set:\n%s", logs.String())
 	}
 }
+
+// With GODEBUG=x509keypairleaf=0 crypto/tls leaves Certificate.Leaf unset;
+// a loaded set still carries it, and taking new files logs their subject
+// without a nil dereference.
+func TestALoadedSetHasItsLeafWhateverGODEBUGSays(t *testing.T) {
+	t.Setenv("GODEBUG", "x509keypairleaf=0")
+	ca, err := pki.NewCA("t", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile, caFile := writeSet(t, ca, dir)
+	var logs bytes.Buffer
+	f, err := Load(certFile, keyFile, caFile, Options{Interval: time.Millisecond, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, _ := f.Current()
+	if first.Cert.Leaf == nil {
+		t.Fatal("the loaded set has no Leaf")
+	}
+	writeSet(t, ca, dir)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if s, _ := f.Current(); s != first {
+			if s.Cert.Leaf == nil {
+				t.Fatal("the new set has no Leaf")
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("new files not taken within 5s")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
