@@ -76,7 +76,17 @@ type Envelope struct {
 	// once per decryption.
 	cache map[string]*list.Element // wrapped key → *decKey element
 	lru   list.List
+	// refusedUntil (unix ns): the service refused to unwrap a data key
+	// for this caller (no datakey permission, or not authentic); until
+	// then envelopes not cached go straight to the service's Decrypt
+	// instead of asking for an unwrap that will be refused again.
+	refusedUntil atomic.Int64
 }
+
+// unwrapRefusalTTL is how long a refused unwrap sends envelopes straight
+// to the service: short, since one tampered envelope refuses it too, and
+// the service then does every decryption (correct, but slower).
+const unwrapRefusalTTL = 10 * time.Second
 
 // encKey is the data key encryptions use now.
 type encKey struct {
@@ -269,9 +279,12 @@ func (e *Envelope) Decrypt(ctx context.Context, ciphertext, associatedData []byt
 		return nil, invalidLocal(e.op("local decrypt"))
 	}
 	k, err := e.dataKey(ctx, env)
-	if errors.Is(err, ErrInvalidCiphertext) || errors.Is(err, ErrPermissionDenied) {
+	if errors.Is(err, ErrInvalidCiphertext) || errors.Is(err, ErrPermissionDenied) || errors.Is(err, errUnwrapRefused) {
 		// The unwrap was refused: not authentic, or not this caller's to
 		// unwrap. The service decides, as for any field.
+		if !errors.Is(err, errUnwrapRefused) {
+			e.refusedUntil.Store(e.opts.Now().Add(unwrapRefusalTTL).UnixNano())
+		}
 		pt, _, err := e.c.Decrypt(ctx, e.name, ciphertext, associatedData)
 		return pt, err
 	}
@@ -284,6 +297,10 @@ func (e *Envelope) Decrypt(ctx context.Context, ciphertext, associatedData []byt
 	}
 	return pt, nil
 }
+
+// errUnwrapRefused: an unwrap the service refused a moment ago is not
+// asked for again (refusedUntil).
+var errUnwrapRefused = errors.New("custos: data key unwrap refused recently")
 
 // op names an operation of e for an error message; built only on the
 // error paths, so the success path allocates nothing for it.
@@ -322,6 +339,9 @@ func (e *Envelope) dataKey(ctx context.Context, env *envelope.Envelope) (*envelo
 	e.mu.Unlock()
 	if ok {
 		return k, nil
+	}
+	if e.opts.Now().UnixNano() < e.refusedUntil.Load() {
+		return nil, errUnwrapRefused
 	}
 	// A copy: the unwrap goes on for other callers after this one may have
 	// given up and reused its ciphertext's buffer.

@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -626,5 +627,61 @@ func TestEnvelopeEncryptUnderContentionWithOneMessagePerKey(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Errorf("a local Encrypt among 16 with one message per data key: %v", err)
+	}
+}
+
+// A reader with decrypt but not datakey reads envelopes through the
+// service; it asks for an unwrap the service refuses once per while, not
+// once per field (each refusal is an extra call and an audit event that
+// looks like tampering).
+func TestADecryptOnlyReaderAsksForARefusedUnwrapOncePerWhile(t *testing.T) {
+	ctx := context.Background()
+	policy := `rules:
+  - identities: ["` + clienttest.ClientID + `"]
+    tenants: ["*"]
+    permissions: ["*"]
+  - identities: ["spiffe://test/reader"]
+    tenants: ["a"]
+    permissions: [decrypt]
+`
+	var unwraps, decrypts atomic.Int64
+	srv := clienttest.StartWith(t, clienttest.Options{Policy: policy, Interceptor: func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		if r, ok := req.(*custosv1.DecryptRequest); ok {
+			if string(r.GetAssociatedData()) == envelope.DataKeyContext {
+				unwraps.Add(1)
+			} else {
+				decrypts.Add(1)
+			}
+		}
+		return h(ctx, req)
+	}})
+	admin := srv.Client(t)
+	if _, err := admin.CreateTenant(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	name := client.KeyName("a", "k")
+	if _, err := admin.CreateKey(ctx, client.TenantName("a"), "k", client.KeySpec{Purpose: client.PurposeEncrypt}); err != nil {
+		t.Fatal(err)
+	}
+	w := admin.Envelope(name, client.EnvelopeOptions{MaxMessages: 1}) // a data key per field
+	var cts [][]byte
+	for i := range 10 {
+		ct, err := w.Encrypt(ctx, []byte(fmt.Sprint(i)), []byte("ad"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cts = append(cts, ct)
+	}
+	r := srv.ClientAs(t, "spiffe://test/reader").Envelope(name, client.EnvelopeOptions{})
+	for i, ct := range cts {
+		if pt, err := r.Decrypt(ctx, ct, []byte("ad")); err != nil || string(pt) != fmt.Sprint(i) {
+			t.Fatalf("field %d: %q %v", i, pt, err)
+		}
+	}
+	if n := unwraps.Load(); n != 1 {
+		t.Fatalf("%d refused unwraps for 10 fields, want 1", n)
+	}
+	if n := decrypts.Load(); n != 10 {
+		t.Fatalf("%d service decryptions for 10 fields, want 10", n)
 	}
 }
