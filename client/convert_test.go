@@ -411,3 +411,21 @@ func TestAllPagesStopsOnACycleOfPageTokens(t *testing.T) {
 		t.Fatalf("a cycle of page tokens: %v, want an INTERNAL error", err)
 	}
 }
+
+// A shared data-key fetch gets at least fetchTimeout, and the deadline of
+// the caller that starts it when that is later.
+func TestAFetchGetsTheStartingCallersLongerDeadline(t *testing.T) {
+	if d := fetchBound(context.Background()); d != fetchTimeout {
+		t.Errorf("no deadline: %v, want %v", d, fetchTimeout)
+	}
+	short, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if d := fetchBound(short); d != fetchTimeout {
+		t.Errorf("a 1 s deadline: %v, want %v (a shared fetch outlives one caller)", d, fetchTimeout)
+	}
+	long, cancel2 := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel2()
+	if d := fetchBound(long); d < 119*time.Second {
+		t.Errorf("a 2 min deadline: %v, want about 2 min", d)
+	}
+}

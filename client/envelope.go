@@ -128,6 +128,17 @@ const MaxEnvelopePlaintext = 1 << 20
 // not end with the first caller's context).
 const fetchTimeout = 30 * time.Second
 
+// fetchBound is the time a shared data-key call started by a caller with
+// ctx may take: fetchTimeout, or longer if that caller's own deadline is
+// later (a caller willing to wait two minutes for a cold root is not cut
+// off at thirty seconds).
+func fetchBound(ctx context.Context) time.Duration {
+	if dl, ok := ctx.Deadline(); ok {
+		return max(fetchTimeout, time.Until(dl))
+	}
+	return fetchTimeout
+}
+
 // Envelope returns local mode for the ENCRYPT key name
 // ("tenants/{tenant}/keys/{key}"). The caller needs the datakey permission
 // to encrypt, and the datakey permission to decrypt locally.
@@ -223,7 +234,7 @@ func (e *Envelope) refresh(ctx context.Context, old *encKey) error {
 		if cur := e.cur.Load(); cur != old {
 			return nil, nil // another caller refreshed it
 		}
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchTimeout)
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchBound(ctx))
 		defer cancel()
 		dk, err := e.c.GenerateDataKey(fctx, e.name, []byte(envelope.DataKeyContext))
 		if err != nil {
@@ -358,7 +369,7 @@ func (e *Envelope) dataKey(ctx context.Context, env *envelope.Envelope) (*envelo
 		if ok {
 			return cached, nil
 		}
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchTimeout)
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchBound(ctx))
 		defer cancel()
 		dk, err := e.c.DecryptDataKey(fctx, e.name, wrapped, []byte(envelope.DataKeyContext))
 		if err != nil {
