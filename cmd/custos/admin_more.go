@@ -344,6 +344,13 @@ func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
 			if err != nil {
 				return err
 			}
+			if c.output == "text" {
+				// As encrypt: stdout carries only the value, so it feeds
+				// straight into decrypt.
+				fmt.Fprintln(cmd.OutOrStdout(), b64(out))
+				fmt.Fprintf(cmd.ErrOrStderr(), "(key version %d)\n", v)
+				return nil
+			}
 			return emit(cmd, c.output, map[string]any{"ciphertext": b64(out), "key_version": v}, "ciphertext", "key_version")
 		}),
 	})

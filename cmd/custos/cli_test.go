@@ -162,6 +162,12 @@ func TestEveryCommandGroupWithJSON(t *testing.T) {
 	if rw := js("rewrap", "tenants/acme/keys/enc", ct, "--ad", "r1"); rw["key_version"].(float64) != 2 {
 		t.Fatalf("rewrap: %v", rw)
 	}
+	// rewrap's text output is the bare ciphertext, as encrypt's: it feeds
+	// straight into decrypt.
+	rct := strings.TrimSpace(cli(t, dir, addr, "rewrap", "tenants/acme/keys/enc", ct, "--ad", "r1"))
+	if pt := strings.TrimSpace(cli(t, dir, addr, "decrypt", "tenants/acme/keys/enc", rct, "--ad", "r1")); pt != "x" {
+		t.Fatalf("decrypt of rewrap's output: %q, want x", pt)
+	}
 	if k := js("key", "update", "tenants/acme/keys/enc", "--min-decryption-version", "2"); k["primary_version"].(float64) != 2 {
 		t.Fatalf("update: %v", k)
 	}
