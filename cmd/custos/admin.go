@@ -110,7 +110,7 @@ func addAdminCommands(root *cobra.Command) {
 				if err != nil {
 					return err
 				}
-				return c.tenants(cmd, t)
+				return c.tenant(cmd, t)
 			}),
 		},
 		&cobra.Command{
@@ -120,7 +120,7 @@ func addAdminCommands(root *cobra.Command) {
 				if err != nil {
 					return err
 				}
-				return c.tenants(cmd, t)
+				return c.tenant(cmd, t)
 			}),
 		},
 		&cobra.Command{
@@ -329,7 +329,7 @@ func keyArgs(n int) cobra.PositionalArgs {
 
 func printTenants(w io.Writer, ts ...client.Tenant) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tSTATE\tCREATED\tDELETE AT")
+	fmt.Fprintln(tw, "NAME\tSTATE\tCREATED\tDELETE_AT")
 	for _, t := range ts {
 		fmt.Fprintf(tw, "%s\t%v\t%s\t%s\n", t.Name, t.State, when(t.CreateTime), when(t.DeleteTime))
 	}
@@ -356,10 +356,26 @@ func when(t time.Time) string {
 	return t.UTC().Format(time.RFC3339)
 }
 
-// tenants prints tenants as a table, or as JSON lines with -o json.
+// tenants prints tenants as a table (a list in text, and -o table), as
+// label: value lines (one tenant in text), or as JSON lines with -o json;
+// every command that shows tenants prints them so.
 func (c *conn) tenants(cmd *cobra.Command, ts ...client.Tenant) error {
-	if c.output != "json" { // text and table
+	return c.printTenants(cmd, false, ts...)
+}
+
+// tenant prints the one tenant a command returned.
+func (c *conn) tenant(cmd *cobra.Command, t client.Tenant) error {
+	return c.printTenants(cmd, true, t)
+}
+
+func (c *conn) printTenants(cmd *cobra.Command, single bool, ts ...client.Tenant) error {
+	switch {
+	case c.output == "table", c.output == "text" && !single:
 		printTenants(cmd.OutOrStdout(), ts...)
+		return nil
+	case c.output == "text":
+		t := ts[0]
+		fmt.Fprintf(cmd.OutOrStdout(), "name: %s\nstate: %v\ncreate_time: %s\ndelete_time: %s\n", t.Name, t.State, when(t.CreateTime), when(t.DeleteTime))
 		return nil
 	}
 	for _, t := range ts {

@@ -70,7 +70,7 @@ func emit(cmd *cobra.Command, output string, v map[string]any, order ...string) 
 		return tw.Flush()
 	default:
 		for _, k := range order {
-			fmt.Fprintf(w, "%s: %v\n", k, v[k])
+			fmt.Fprintf(w, "%s: %s\n", k, cell(v[k]))
 		}
 	}
 	return nil
@@ -84,6 +84,15 @@ func cell(v any) string {
 		return when(x)
 	case []string:
 		return strings.Join(x, ",")
+	case []uint32:
+		if len(x) == 0 {
+			return "-"
+		}
+		s := make([]string, len(x))
+		for i, n := range x {
+			s[i] = strconv.FormatUint(uint64(n), 10)
+		}
+		return strings.Join(s, ",")
 	}
 	return fmt.Sprint(v)
 }
@@ -103,7 +112,7 @@ func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
 			if err != nil {
 				return err
 			}
-			return emit(cmd, c.output, map[string]any{"name": t.Name, "state": t.State.String(), "delete_time": t.DeleteTime}, "name", "state", "delete_time")
+			return c.tenant(cmd, t)
 		}),
 	})
 	del.Flags().DurationVar(&waiting, "waiting", 0, "waiting period before the tenant is shredded (0: the server's default)")
@@ -114,7 +123,7 @@ func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
 			if err != nil {
 				return err
 			}
-			return emit(cmd, c.output, map[string]any{"name": t.Name, "state": t.State.String()}, "name", "state")
+			return c.tenant(cmd, t)
 		}),
 	}))
 

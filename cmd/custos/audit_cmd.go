@@ -323,14 +323,14 @@ func (p *eventPrinter) print(ev client.AuditEvent) {
 		return
 	}
 	if !p.head {
-		fmt.Fprintln(p.tw, "INDEX\tTIME\tIDENTITY\tOPERATION\tKEY\tVERSIONS\tCODE\tREQUEST ID")
+		fmt.Fprintln(p.tw, "INDEX\tTIME\tIDENTITY\tOPERATION\tKEY\tVERSIONS\tCODE\tREQUEST_ID")
 		p.head = true
 	}
 	key := ev.Key
 	if key == "" {
 		key = "-"
 	}
-	fmt.Fprintf(p.tw, "%d\t%s\t%s\t%s\t%s\t%v\t%s\t%s\n", ev.Index, ev.Time.UTC().Format(time.RFC3339), ev.Identity, ev.Operation, key, ev.KeyVersions, ev.Code, ev.RequestID)
+	fmt.Fprintf(p.tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", ev.Index, ev.Time.UTC().Format(time.RFC3339), ev.Identity, ev.Operation, key, cell(ev.KeyVersions), ev.Code, ev.RequestID)
 }
 
 func (p *eventPrinter) flush() { _ = p.tw.Flush() }

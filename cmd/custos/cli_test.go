@@ -239,6 +239,32 @@ func TestEveryCommandGroupWithJSON(t *testing.T) {
 	if rows := table("tenant", "list"); len(rows) != 2 || rows[0][0] != "NAME" || rows[1][0] != "tenants/acme" {
 		t.Fatalf("tenant list -o table: %q", rows)
 	}
+	// Every row of a table has the header's columns (awk reads them so),
+	// an audit event of several key versions included.
+	for _, args := range [][]string{{"tenant", "list"}, {"audit", "list", "--tenant", "acme", "--operation", "rewrap"}} {
+		rows := table(args...)
+		for deadline := time.Now().Add(10 * time.Second); len(rows) < 2 && time.Now().Before(deadline); rows = table(args...) {
+			time.Sleep(100 * time.Millisecond) // events are listed once the log signs them
+		}
+		if len(rows) < 2 {
+			t.Fatalf("%v -o table: %q, want a header and rows", args, rows)
+		}
+		for _, r := range rows[1:] {
+			if len(r) != len(rows[0]) {
+				t.Fatalf("%v -o table: row %q has %d columns, the header %d", args, r, len(r), len(rows[0]))
+			}
+		}
+	}
+	// Every tenant command prints the same tenant fields.
+	cli(t, dir, addr, "tenant", "create", "gone")
+	for _, args := range [][]string{{"tenant", "delete", "gone"}, {"tenant", "undelete", "gone"}} {
+		if v := js(args...); v["name"] != "tenants/gone" || v["state"] == nil || v["create_time"] == nil {
+			t.Fatalf("%v -o json: %v, want name, state and create_time", args, v)
+		}
+	}
+	if out := cli(t, dir, addr, "tenant", "get", "gone"); !strings.Contains(out, "name: tenants/gone\n") || !strings.Contains(out, "create_time: 20") {
+		t.Fatalf("tenant get prints %q, want label: value lines with RFC 3339 times", out)
+	}
 	if _, code := runDev(t, dir, addr, "tenant", "list", "-o", "yaml"); code != exitUsage {
 		t.Fatalf("-o yaml: exit %d, want %d", code, exitUsage)
 	}
