@@ -26,6 +26,8 @@ type conn struct {
 	devDir              string
 	timeout             time.Duration
 	output              string
+	// envErr is a malformed CUSTOS_TIMEOUT, refused when a command runs.
+	envErr error
 }
 
 func envOr(name, def string) string {
@@ -42,29 +44,39 @@ func (c *conn) flags(cmd *cobra.Command) {
 	pf.StringVar(&c.ca, "ca", envOr("CUSTOS_CA", dev("ca.pem")), "CA bundle that verifies the server (env CUSTOS_CA)")
 	pf.StringVar(&c.cert, "cert", envOr("CUSTOS_CERT", dev("client.pem")), "client certificate (env CUSTOS_CERT)")
 	pf.StringVar(&c.key, "key", envOr("CUSTOS_KEY", dev("client-key.pem")), "client private key (env CUSTOS_KEY)")
-	pf.DurationVar(&c.timeout, "timeout", envDuration("CUSTOS_TIMEOUT", 10*time.Second), "give up on the command after this long (env CUSTOS_TIMEOUT; 0: never)")
+	timeout, err := envDuration("CUSTOS_TIMEOUT", 10*time.Second)
+	c.envErr = err
+	pf.DurationVar(&c.timeout, "timeout", timeout, "give up on the command after this long (env CUSTOS_TIMEOUT; 0: never)")
 	pf.StringVarP(&c.output, "output", "o", "text", "text, json (one object per line) or table")
 	pf.StringVar(&c.devDir, "dev-dir", os.Getenv("CUSTOS_DEV_DIR"), "a custos dev directory: its CA and client files, from any directory (env CUSTOS_DEV_DIR; --ca/--cert/--key win)")
 }
 
-func envDuration(name string, def time.Duration) time.Duration {
-	if d, err := time.ParseDuration(os.Getenv(name)); err == nil {
-		return d
+// envDuration reads the duration in the environment variable name, def
+// when it is unset; a malformed one is an error (and def).
+func envDuration(name string, def time.Duration) (time.Duration, error) {
+	v := os.Getenv(name)
+	if v == "" {
+		return def, nil
 	}
-	return def
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return def, usageError{fmt.Errorf("%s %q is not a duration (e.g. 30s)", name, v)}
+	}
+	return d, nil
 }
 
-// applyDevDir points --ca, --cert and --key, where not given, at the
-// files of --dev-dir.
+// applyDevDir points --ca, --cert and --key, where given neither as flags
+// nor in the environment (CUSTOS_CA, CUSTOS_CERT, CUSTOS_KEY), at the files
+// of --dev-dir.
 func (c *conn) applyDevDir(cmd *cobra.Command) {
 	if c.devDir == "" {
 		return
 	}
 	for _, f := range []struct {
-		flag, file string
-		p          *string
-	}{{"ca", "ca.pem", &c.ca}, {"cert", "client.pem", &c.cert}, {"key", "client-key.pem", &c.key}} {
-		if !cmd.Flags().Changed(f.flag) {
+		flag, env, file string
+		p               *string
+	}{{"ca", "CUSTOS_CA", "ca.pem", &c.ca}, {"cert", "CUSTOS_CERT", "client.pem", &c.cert}, {"key", "CUSTOS_KEY", "client-key.pem", &c.key}} {
+		if !cmd.Flags().Changed(f.flag) && os.Getenv(f.env) == "" {
 			*f.p = filepath.Join(c.devDir, f.file)
 		}
 	}
@@ -75,6 +87,15 @@ func (c *conn) dial(cmd *cobra.Command) (*client.Client, error) {
 	return client.New(cmd.Context(), client.Config{Address: c.addr, CAFile: c.ca, CertFile: c.cert, KeyFile: c.key})
 }
 
+// callContext bounds the calls of a command that bounded nothing before
+// (one that reads what a person types): --timeout from now.
+func (c *conn) callContext(cmd *cobra.Command) (context.Context, context.CancelFunc) {
+	if c.timeout > 0 {
+		return context.WithTimeout(cmd.Context(), c.timeout)
+	}
+	return context.WithCancel(cmd.Context())
+}
+
 // run dials, runs f and closes the connection.
 func (c *conn) run(f func(cmd *cobra.Command, cl *client.Client, args []string) error) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, args []string) error {
@@ -83,8 +104,13 @@ func (c *conn) run(f func(cmd *cobra.Command, cl *client.Client, args []string) 
 		default:
 			return usageError{fmt.Errorf("-o %q: want text, json or table", c.output)}
 		}
-		// A command that follows (audit tail) bounds each call instead.
-		if c.timeout > 0 && cmd.Annotations["follow"] == "" {
+		if c.envErr != nil && !cmd.Flags().Changed("timeout") {
+			return c.envErr
+		}
+		// A command that follows (audit tail) bounds each call instead; one
+		// that reads a typed password bounds the calls after the reading
+		// (callContext).
+		if c.timeout > 0 && cmd.Annotations["follow"] == "" && cmd.Annotations["stdin"] == "" {
 			ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 			defer cancel()
 			cmd.SetContext(ctx)
@@ -145,6 +171,7 @@ func addAdminCommands(root *cobra.Command) {
 	k.flags(key)
 	create := &cobra.Command{
 		Use: "create tenants/TENANT/keys/KEY", Short: "Create a key (--purpose, default encrypt: AES-256-GCM)", Args: cobra.ExactArgs(1),
+		PreRunE: func(*cobra.Command, []string) error { return checkRotationPeriod(rotation) },
 		RunE: k.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
 			parent, id, ok := splitKeyName(args[0])
 			if !ok {
@@ -312,6 +339,24 @@ func splitKeyName(name string) (parent, id string, ok bool) {
 		return "", "", false
 	}
 	return "tenants/" + ref.Tenant, ref.Key, true
+}
+
+// checkRotationPeriod refuses, before anything is dialled, a
+// --rotation-period the service would: it is 0 (never) or at least 1h.
+func checkRotationPeriod(d time.Duration) error {
+	if d < 0 || d > 0 && d < time.Hour {
+		return usageError{fmt.Errorf("--rotation-period %v: want 0 (never) or at least 1h", d)}
+	}
+	return nil
+}
+
+// checkWaiting refuses, before anything is dialled, a --waiting the
+// service would: it is 0 (the service's default) or 1 to 365 days.
+func checkWaiting(d time.Duration) error {
+	if d != 0 && (d < keystore.MinWaitingPeriod || d > keystore.MaxWaitingPeriod) {
+		return usageError{fmt.Errorf("--waiting %v: want 0 (the default) or 24h to 8760h (1 to 365 days)", d)}
+	}
+	return nil
 }
 
 // keyArgs accepts exactly n arguments, the first a key name; a malformed

@@ -107,6 +107,7 @@ func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
 	var waiting time.Duration
 	del := outFlag(&cobra.Command{
 		Use: "delete TENANT_ID", Short: "Schedule a tenant for crypto-shredding after --waiting", Args: cobra.ExactArgs(1),
+		PreRunE: func(*cobra.Command, []string) error { return checkWaiting(waiting) },
 		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
 			t, err := cl.DeleteTenant(cmd.Context(), tenantName(args[0]), waiting)
 			if err != nil {
@@ -131,6 +132,7 @@ func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
 	var minVersion int64
 	update := outFlag(&cobra.Command{
 		Use: "update tenants/TENANT/keys/KEY", Short: "Change a key's rotation period or minimum decryption version", Args: keyArgs(1),
+		PreRunE: func(*cobra.Command, []string) error { return checkRotationPeriod(rotation) },
 		RunE: k.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
 			name, err := keyNameArg(args[0])
 			if err != nil {
@@ -164,7 +166,8 @@ func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
 	var destroyWaiting time.Duration
 	for _, op := range []string{"enable", "disable", "destroy", "restore"} {
 		vc := outFlag(&cobra.Command{
-			Use: op + " tenants/TENANT/keys/KEY VERSION", Short: strings.ToUpper(op[:1]) + op[1:] + " a version", Args: cobra.ExactArgs(2),
+			Use: op + " tenants/TENANT/keys/KEY VERSION", Short: strings.ToUpper(op[:1]) + op[1:] + " a version", Args: keyArgs(2),
+			PreRunE: func(*cobra.Command, []string) error { return checkWaiting(destroyWaiting) },
 			RunE: k.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
 				name, err := keyNameArg(args[0])
 				if err != nil {
@@ -260,12 +263,15 @@ func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
 	var subject string
 	pverify := outFlag(&cobra.Command{
 		Use: "verify tenants/TENANT/keys/KEY HASH", Short: "Check the password on standard input against HASH; exits 5 when it does not match", Args: keyArgs(2),
+		Annotations: map[string]string{"stdin": "true"},
 		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
 			pw, err := readPassword(cmd)
 			if err != nil {
 				return err
 			}
-			match, rehash, err := cl.VerifyPassword(cmd.Context(), args[0], pw, args[1], subject)
+			ctx, cancel := c.callContext(cmd) // --timeout starts once it is typed
+			defer cancel()
+			match, rehash, err := cl.VerifyPassword(ctx, args[0], pw, args[1], subject)
 			clear(pw)
 			if err != nil {
 				return err
@@ -282,12 +288,15 @@ func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
 	pverify.Flags().StringVar(&subject, "subject", "", "the account the password belongs to (for lockout)")
 	password.AddCommand(outFlag(&cobra.Command{
 		Use: "hash tenants/TENANT/keys/KEY", Short: "Hash the password on standard input", Args: keyArgs(1),
+		Annotations: map[string]string{"stdin": "true"},
 		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
 			pw, err := readPassword(cmd)
 			if err != nil {
 				return err
 			}
-			h, err := cl.HashPassword(cmd.Context(), args[0], pw)
+			ctx, cancel := c.callContext(cmd) // --timeout starts once it is typed
+			defer cancel()
+			h, err := cl.HashPassword(ctx, args[0], pw)
 			clear(pw)
 			if err != nil {
 				return err

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -199,6 +200,22 @@ func TestEveryCommandGroupWithJSON(t *testing.T) {
 	if v, code := pw("password", "verify", "tenants/acme/keys/pw", h["hash"].(string)); code != 0 || v["match"] != true {
 		t.Fatalf("password verify: %v exit %d", v, code)
 	}
+	// --timeout does not run while a person types the password: a password
+	// that comes after the timeout is still read (the call then has the
+	// whole timeout).
+	{
+		cmd := newRootCmd()
+		cmd.SetIn(&slowReader{delay: 400 * time.Millisecond, data: []byte("correct horse\n")})
+		cmd.SetOut(&bytes.Buffer{})
+		var errOut bytes.Buffer
+		cmd.SetErr(&errOut)
+		cmd.SetArgs([]string{"password", "hash", "tenants/acme/keys/pw", "--timeout", "100ms", "--addr", addr, "--ca", filepath.Join(dir, "ca.pem"), "--cert", filepath.Join(dir, "client.pem"), "--key", filepath.Join(dir, "client-key.pem")})
+		begin := time.Now()
+		err := cmd.ExecuteContext(t.Context())
+		if took := time.Since(begin); took < 400*time.Millisecond {
+			t.Fatalf("password hash gave up after %v, before the password was typed: %v", took, err)
+		}
+	}
 	if d := js("tenant", "delete", "acme", "--waiting", "48h"); d["state"] != "DELETE_SCHEDULED" {
 		t.Fatalf("tenant delete: %v", d)
 	}
@@ -314,4 +331,20 @@ func TestDevBannerForANonDefaultAddress(t *testing.T) {
 			t.Errorf("banner lacks %q:\n%s", want, s)
 		}
 	}
+}
+
+// slowReader yields data after delay, as a person typing does.
+type slowReader struct {
+	delay time.Duration
+	data  []byte
+	done  bool
+}
+
+func (r *slowReader) Read(p []byte) (int, error) {
+	if r.done {
+		return 0, io.EOF
+	}
+	time.Sleep(r.delay)
+	r.done = true
+	return copy(p, r.data), nil
 }

@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/custos-kms/custos/keystore/backup"
 	"github.com/custos-kms/custos/keystore/root"
@@ -117,5 +120,48 @@ func TestMalformedKeyNamesAreUsageErrors(t *testing.T) {
 				t.Errorf("%v: %v, want a usage error showing tenants/{tenant}/keys/{key}", args, err)
 			}
 		}
+	}
+}
+
+// Durations the service would refuse are usage errors, named, before
+// anything is dialled.
+func TestDurationsOutOfRangeAreUsageErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{"tenant", "delete", "acme", "--waiting", "1h"},
+		{"tenant", "delete", "acme", "--waiting", "9000h"},
+		{"key", "version", "destroy", "tenants/acme/keys/k", "1", "--waiting", "-1s"},
+		{"key", "create", "tenants/acme/keys/k", "--rotation-period", "-1h"},
+		{"key", "create", "tenants/acme/keys/k", "--rotation-period", "30m"},
+		{"key", "update", "tenants/acme/keys/k", "--rotation-period", "10m"},
+	} {
+		_, _, err := runCLI(t, append(args, "--addr", "127.0.0.1:1")...)
+		var ue usageError
+		if !errors.As(err, &ue) || !strings.Contains(err.Error(), "--") {
+			t.Errorf("%v: %v, want a usage error naming the flag", args, err)
+		}
+	}
+}
+
+// A malformed CUSTOS_TIMEOUT is a usage error, not silently the default.
+func TestAMalformedCUSTOSTIMEOUTIsAUsageError(t *testing.T) {
+	t.Setenv("CUSTOS_TIMEOUT", "bogus")
+	_, _, err := runCLI(t, "tenant", "get", "acme", "--addr", "127.0.0.1:1")
+	var ue usageError
+	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "CUSTOS_TIMEOUT") {
+		t.Fatalf("CUSTOS_TIMEOUT=bogus: %v, want a usage error naming it", err)
+	}
+}
+
+// CUSTOS_DEV_DIR fills in only the client files given neither as flags
+// nor in their own variables.
+func TestCUSTOSDEVDIRYieldsToCUSTOSCA(t *testing.T) {
+	t.Setenv("CUSTOS_CA", "/elsewhere/ca.pem")
+	var c conn
+	cmd := &cobra.Command{Use: "x"}
+	c.flags(cmd)
+	c.devDir = "/dev-dir"
+	c.applyDevDir(cmd)
+	if c.ca != "/elsewhere/ca.pem" || c.cert != filepath.Join("/dev-dir", "client.pem") {
+		t.Fatalf("ca %q, cert %q: want CUSTOS_CA's and the dev dir's", c.ca, c.cert)
 	}
 }
