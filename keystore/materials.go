@@ -1,6 +1,7 @@
 package keystore
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -56,11 +57,12 @@ type kekEntry struct {
 	created time.Time
 }
 
-// failedUnwrap is a root's refusal to unwrap the KEK of the tenant record
-// created at created.
+// failedUnwrap is a root's refusal to unwrap the wrapped KEK of the tenant
+// record created at created.
 type failedUnwrap struct {
 	err     error
 	created time.Time
+	wrapped []byte
 }
 
 // keyEntry is a cached, unwrapped key: an immutable snapshot of its record
@@ -106,7 +108,7 @@ func (m *materials) activeTenant(ctx context.Context, tenant string) (tink.AEAD,
 	if ok && fresh {
 		return cached.aead, tver, nil
 	}
-	if f, _, found := m.failed.get(tenant); found && !ok && f.created.Equal(rec.CreateTime) {
+	if f, _, found := m.failed.get(tenant); found && !ok && f.created.Equal(rec.CreateTime) && bytes.Equal(f.wrapped, rec.WrappedKEK) {
 		return nil, 0, f.err // the root refused within the backoff
 	}
 	v, err := m.shared(ctx, "kek\x00"+tenant+"\x00"+string(rec.WrappedKEK), func(ctx context.Context) (any, error) {
@@ -116,7 +118,7 @@ func (m *materials) activeTenant(ctx context.Context, tenant string) (tink.AEAD,
 		raw, err := m.root.Unwrap(ctx, rec.WrappedKEK, tenantKEKAAD(tenant))
 		if err != nil {
 			err = rootErr(fmt.Sprintf("unwrap KEK of tenant %q", tenant), err)
-			m.failed.put(tenant, &failedUnwrap{err: err, created: rec.CreateTime})
+			m.failed.put(tenant, &failedUnwrap{err: err, created: rec.CreateTime, wrapped: rec.WrappedKEK})
 			return nil, err
 		}
 		m.failed.remove(tenant)
