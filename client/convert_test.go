@@ -412,20 +412,18 @@ func TestAllPagesStopsOnACycleOfPageTokens(t *testing.T) {
 	}
 }
 
-// A shared data-key fetch gets at least fetchTimeout, and the deadline of
-// the caller that starts it when that is later.
-func TestAFetchGetsTheStartingCallersLongerDeadline(t *testing.T) {
-	if d := fetchBound(context.Background()); d != fetchTimeout {
-		t.Errorf("no deadline: %v, want %v", d, fetchTimeout)
+// A call the closed transport ends as UNAVAILABLE is CANCELLED with
+// ErrClosed once the client is closed: never "retry".
+func TestACallEndedByCloseIsCancelledNotUnavailable(t *testing.T) {
+	c := &Client{}
+	c.closed.Store(true)
+	err := c.callError(context.Background(), "op", status.Error(codes.Unavailable, "transport is closing"))
+	if status.Code(err) != codes.Canceled || !errors.Is(err, ErrClosed) || errors.Is(err, ErrUnavailable) {
+		t.Fatalf("%v (code %v), want CANCELLED with ErrClosed, not ErrUnavailable", err, status.Code(err))
 	}
-	short, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	if d := fetchBound(short); d != fetchTimeout {
-		t.Errorf("a 1 s deadline: %v, want %v (a shared fetch outlives one caller)", d, fetchTimeout)
-	}
-	long, cancel2 := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel2()
-	if d := fetchBound(long); d < 119*time.Second {
-		t.Errorf("a 2 min deadline: %v, want about 2 min", d)
+	// An answer the server gave (here a refusal) keeps its code.
+	err = c.callError(context.Background(), "op", status.Error(codes.PermissionDenied, "no"))
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("a refusal after Close: code %v, want PERMISSION_DENIED", status.Code(err))
 	}
 }

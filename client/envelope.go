@@ -76,17 +76,20 @@ type Envelope struct {
 	// once per decryption.
 	cache map[string]*list.Element // wrapped key → *decKey element
 	lru   list.List
-	// refusedUntil (unix ns): the service refused to unwrap a data key
-	// for this caller (no datakey permission, or not authentic); until
-	// then envelopes not cached go straight to the service's Decrypt
-	// instead of asking for an unwrap that will be refused again.
-	refusedUntil atomic.Int64
+	// refused (wrapped key → unix ns, under mu): data keys the service
+	// refused to unwrap for this caller (no datakey permission, or not
+	// authentic). Until then envelopes under that data key go straight to
+	// the service's Decrypt instead of asking for an unwrap that will be
+	// refused again; other data keys are not affected.
+	refused map[string]int64
 }
 
-// unwrapRefusalTTL is how long a refused unwrap sends envelopes straight
-// to the service: short, since one tampered envelope refuses it too, and
-// the service then does every decryption (correct, but slower).
-const unwrapRefusalTTL = 10 * time.Second
+// unwrapRefusalTTL is how long a refused unwrap sends envelopes of that data
+// key straight to the service; maxRefused bounds how many are remembered.
+const (
+	unwrapRefusalTTL = 10 * time.Second
+	maxRefused       = 1024
+)
 
 // encKey is the data key encryptions use now.
 type encKey struct {
@@ -125,19 +128,10 @@ var testHookInstall func(wrapped []byte)
 const MaxEnvelopePlaintext = 1 << 20
 
 // fetchTimeout bounds a data-key call shared by concurrent callers (it does
-// not end with the first caller's context).
+// not end with the first caller's context, nor outlast 30 s for a caller
+// whose own deadline is later: one stuck fetch must not hold every later
+// caller of the Envelope for that caller's deadline).
 const fetchTimeout = 30 * time.Second
-
-// fetchBound is the time a shared data-key call started by a caller with
-// ctx may take: fetchTimeout, or longer if that caller's own deadline is
-// later (a caller willing to wait two minutes for a cold root is not cut
-// off at thirty seconds).
-func fetchBound(ctx context.Context) time.Duration {
-	if dl, ok := ctx.Deadline(); ok {
-		return max(fetchTimeout, time.Until(dl))
-	}
-	return fetchTimeout
-}
 
 // Envelope returns local mode for the ENCRYPT key name
 // ("tenants/{tenant}/keys/{key}"). The caller needs the datakey permission
@@ -234,7 +228,7 @@ func (e *Envelope) refresh(ctx context.Context, old *encKey) error {
 		if cur := e.cur.Load(); cur != old {
 			return nil, nil // another caller refreshed it
 		}
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchBound(ctx))
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchTimeout)
 		defer cancel()
 		dk, err := e.c.GenerateDataKey(fctx, e.name, []byte(envelope.DataKeyContext))
 		if err != nil {
@@ -294,7 +288,7 @@ func (e *Envelope) Decrypt(ctx context.Context, ciphertext, associatedData []byt
 		// The unwrap was refused: not authentic, or not this caller's to
 		// unwrap. The service decides, as for any field.
 		if !errors.Is(err, errUnwrapRefused) {
-			e.refusedUntil.Store(e.opts.Now().Add(unwrapRefusalTTL).UnixNano())
+			e.noteRefused(env.Wrapped)
 		}
 		pt, _, err := e.c.Decrypt(ctx, e.name, ciphertext, associatedData)
 		return pt, err
@@ -310,8 +304,32 @@ func (e *Envelope) Decrypt(ctx context.Context, ciphertext, associatedData []byt
 }
 
 // errUnwrapRefused: an unwrap the service refused a moment ago is not
-// asked for again (refusedUntil).
+// asked for again (refused).
 var errUnwrapRefused = errors.New("custos: data key unwrap refused recently")
+
+// noteRefused remembers, for unwrapRefusalTTL, that the service refused to
+// unwrap wrapped.
+func (e *Envelope) noteRefused(wrapped []byte) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.refused == nil || len(e.refused) >= maxRefused {
+		e.refused = map[string]int64{}
+	}
+	e.refused[string(wrapped)] = e.opts.Now().Add(unwrapRefusalTTL).UnixNano()
+}
+
+// wasRefused reports whether the service refused to unwrap wrapped within
+// unwrapRefusalTTL.
+func (e *Envelope) wasRefused(wrapped []byte) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	until, ok := e.refused[string(wrapped)]
+	if ok && e.opts.Now().UnixNano() >= until {
+		delete(e.refused, string(wrapped))
+		return false
+	}
+	return ok
+}
 
 // op names an operation of e for an error message; built only on the
 // error paths, so the success path allocates nothing for it.
@@ -351,7 +369,7 @@ func (e *Envelope) dataKey(ctx context.Context, env *envelope.Envelope) (*envelo
 	if ok {
 		return k, nil
 	}
-	if e.opts.Now().UnixNano() < e.refusedUntil.Load() {
+	if e.wasRefused(env.Wrapped) {
 		return nil, errUnwrapRefused
 	}
 	// A copy: the unwrap goes on for other callers after this one may have
@@ -369,7 +387,7 @@ func (e *Envelope) dataKey(ctx context.Context, env *envelope.Envelope) (*envelo
 		if ok {
 			return cached, nil
 		}
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchBound(ctx))
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchTimeout)
 		defer cancel()
 		dk, err := e.c.DecryptDataKey(fctx, e.name, wrapped, []byte(envelope.DataKeyContext))
 		if err != nil {

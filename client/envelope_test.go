@@ -631,9 +631,9 @@ func TestEnvelopeEncryptUnderContentionWithOneMessagePerKey(t *testing.T) {
 }
 
 // A reader with decrypt but not datakey reads envelopes through the
-// service; it asks for an unwrap the service refuses once per while, not
-// once per field (each refusal is an extra call and an audit event that
-// looks like tampering).
+// service; it asks for an unwrap the service refuses once per data key and
+// while, not once per field (each refusal is an extra call and an audit
+// event that looks like tampering).
 func TestADecryptOnlyReaderAsksForARefusedUnwrapOncePerWhile(t *testing.T) {
 	ctx := context.Background()
 	policy := `rules:
@@ -663,7 +663,7 @@ func TestADecryptOnlyReaderAsksForARefusedUnwrapOncePerWhile(t *testing.T) {
 	if _, err := admin.CreateKey(ctx, client.TenantName("a"), "k", client.KeySpec{Purpose: client.PurposeEncrypt}); err != nil {
 		t.Fatal(err)
 	}
-	w := admin.Envelope(name, client.EnvelopeOptions{MaxMessages: 1}) // a data key per field
+	w := admin.Envelope(name, client.EnvelopeOptions{}) // one data key for every field
 	var cts [][]byte
 	for i := range 10 {
 		ct, err := w.Encrypt(ctx, []byte(fmt.Sprint(i)), []byte("ad"))
@@ -683,5 +683,47 @@ func TestADecryptOnlyReaderAsksForARefusedUnwrapOncePerWhile(t *testing.T) {
 	}
 	if n := decrypts.Load(); n != 10 {
 		t.Fatalf("%d service decryptions for 10 fields, want 10", n)
+	}
+}
+
+// One envelope whose data key the service refuses (tampered) sends only
+// envelopes of that data key to the service: a reader with datakey alone
+// (no decrypt) still reads every other envelope locally.
+func TestOneRefusedDataKeyLeavesTheOthersLocal(t *testing.T) {
+	ctx := context.Background()
+	policy := `rules:
+  - identities: ["` + clienttest.ClientID + `"]
+    tenants: ["*"]
+    permissions: ["*"]
+  - identities: ["spiffe://test/local-reader"]
+    tenants: ["a"]
+    permissions: [datakey]
+`
+	srv := clienttest.StartWith(t, clienttest.Options{Policy: policy})
+	admin := srv.Client(t)
+	if _, err := admin.CreateTenant(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	name := client.KeyName("a", "k")
+	if _, err := admin.CreateKey(ctx, client.TenantName("a"), "k", client.KeySpec{Purpose: client.PurposeEncrypt}); err != nil {
+		t.Fatal(err)
+	}
+	w := admin.Envelope(name, client.EnvelopeOptions{MaxMessages: 1}) // a data key per envelope
+	bad, err := w.Encrypt(ctx, []byte("one"), []byte("ad"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, err := w.Encrypt(ctx, []byte("two"), []byte("ad"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrapped := envelopeWrapped(t, bad)
+	wrapped[len(wrapped)-1] ^= 1 // the wrapped data key, tampered in place
+	r := srv.ClientAs(t, "spiffe://test/local-reader").Envelope(name, client.EnvelopeOptions{})
+	if _, err := r.Decrypt(ctx, bad, []byte("ad")); err == nil {
+		t.Fatal("an envelope with a tampered data key decrypted")
+	}
+	if pt, err := r.Decrypt(ctx, good, []byte("ad")); err != nil || string(pt) != "two" {
+		t.Fatalf("a valid envelope read right after a tampered one: %q %v", pt, err)
 	}
 }

@@ -219,7 +219,7 @@ func (c *Client) callError(ctx context.Context, op string, err error) error {
 	case c.closed.Load() && (e.Code == codes.Unavailable || e.Code == codes.Canceled):
 		// Cut off by Close (gRPC reports the closed transport as
 		// UNAVAILABLE): CANCELLED, as the docs say, never "retry".
-		e.Code, e.cause = codes.Canceled, ErrClosed
+		e.Code, e.cause, e.status = codes.Canceled, ErrClosed, nil
 	case c.closed.Load():
 		e.cause = ErrClosed
 	case e.Code == codes.Canceled || e.Code == codes.DeadlineExceeded:
