@@ -29,9 +29,9 @@ type materials struct {
 	logger *slog.Logger
 
 	keks *lru[string, *kekEntry]
-	// failed remembers, for retryBackoff, a tenant KEK the root would not
-	// unwrap: the root is asked again once per backoff, not once per
-	// request, however many requests name the tenant.
+	// failed remembers, for retryBackoff, a tenant KEK the root refused to
+	// unwrap (not an outage): the root is asked again once per backoff, not
+	// once per request, however many requests name the tenant.
 	failed *lru[string, *failedUnwrap]
 	keys   *lru[KeyRef, *keyEntry]
 	loads  singleflight.Group
@@ -118,7 +118,12 @@ func (m *materials) activeTenant(ctx context.Context, tenant string) (tink.AEAD,
 		raw, err := m.root.Unwrap(ctx, rec.WrappedKEK, tenantKEKAAD(tenant))
 		if err != nil {
 			err = rootErr(fmt.Sprintf("unwrap KEK of tenant %q", tenant), err)
-			m.failed.put(tenant, &failedUnwrap{err: err, created: rec.CreateTime, wrapped: rec.WrappedKEK})
+			if !errors.Is(err, ErrUnavailable) {
+				// A refusal (a denied policy, a blob that is not
+				// authentic) is remembered; an outage is not, so that a
+				// root that comes back serves at once.
+				m.failed.put(tenant, &failedUnwrap{err: err, created: rec.CreateTime, wrapped: rec.WrappedKEK})
+			}
 			return nil, err
 		}
 		m.failed.remove(tenant)

@@ -452,14 +452,17 @@ func TestPageTokensAreSealedForTheWholeDeployment(t *testing.T) {
 // unreachable.
 type flakyRoot struct {
 	root.Root
-	down    atomic.Bool
-	unwraps atomic.Int64
+	down, denied atomic.Bool
+	unwraps      atomic.Int64
 }
 
 func (r *flakyRoot) Unwrap(ctx context.Context, w, aad []byte) ([]byte, error) {
 	r.unwraps.Add(1)
 	if r.down.Load() {
 		return nil, fmt.Errorf("test root: %w", root.ErrUnavailable)
+	}
+	if r.denied.Load() {
+		return nil, errors.New("test root: permission denied (a misconfiguration)")
 	}
 	return r.Root.Unwrap(ctx, w, aad)
 }
@@ -667,21 +670,38 @@ func TestVerifyMACReportsAnOutageNotAnInvalidMAC(t *testing.T) {
 	}
 }
 
-// A tenant whose KEK the root will not unwrap costs one root call per
-// backoff, not one per request.
-func TestAFailedUnwrapIsNotRetriedForEveryRequest(t *testing.T) {
+// A tenant whose KEK the root refuses to unwrap (a denied policy) costs one
+// root call per backoff, not one per request; an outage is not remembered,
+// so a root that comes back serves at once.
+func TestARefusedUnwrapIsNotRetriedForEveryRequest(t *testing.T) {
 	ctx := context.Background()
 	a, b, _, rt := twoReplicas(t)
 	ref, _ := setupRotated(t, b) // cached on b, not on a
-	rt.down.Store(true)
+	rt.denied.Store(true)
 	before := rt.unwraps.Load()
 	for range 10 {
-		if _, _, err := a.Encrypt(ctx, ref, []byte("x"), nil); !errors.Is(err, ErrUnavailable) {
-			t.Fatalf("encrypt for an uncached tenant during a root outage: %v, want ErrUnavailable", err)
+		if _, _, err := a.Encrypt(ctx, ref, []byte("x"), nil); err == nil || errors.Is(err, ErrUnavailable) {
+			t.Fatalf("encrypt for an uncached tenant the root refuses: %v, want the refusal", err)
 		}
 	}
 	if n := rt.unwraps.Load() - before; n != 1 {
 		t.Fatalf("10 requests asked the root %d times within the backoff, want 1", n)
+	}
+	rt.denied.Store(false)
+	rt.down.Store(true)
+	ref2 := KeyRef{Tenant: "t2", Key: "k"}
+	if _, err := b.CreateTenant(ctx, "t2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.CreateKey(ctx, ref2, KeySpec{Purpose: PurposeEncrypt}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := a.Encrypt(ctx, ref2, []byte("x"), nil); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("encrypt during a root outage: %v, want ErrUnavailable", err)
+	}
+	rt.down.Store(false)
+	if _, _, err := a.Encrypt(ctx, ref2, []byte("x"), nil); err != nil {
+		t.Fatalf("encrypt right after the root came back: %v", err)
 	}
 }
 

@@ -391,16 +391,12 @@ func isForbidden(err error) bool {
 }
 
 // Transit's messages for a ciphertext it cannot authenticate or parse
-// (sdk/helper/keysutil); all are final, except versionTooNew.
+// (sdk/helper/keysutil); all are final.
 var notAuthenticMessages = []string{
 	"message authentication failed",
 	"invalid ciphertext",
 	"disallowed by policy (too old)",
 }
-
-// versionTooNew is Transit's answer for a ciphertext of a key version it
-// does not have, which a replica behind a rotation gives for a while.
-const versionTooNew = "version is too new"
 
 // classify maps an error from the Vault client to the root sentinels.
 func classify(ctx context.Context, what string, err error) error {
@@ -421,10 +417,6 @@ func classify(ctx context.Context, what string, err error) error {
 			return fmt.Errorf("vault root: %s: %w (Vault answered 403: the token's policy must allow the operation; see docs/roots.md)", what, ErrPermissionDenied)
 		case re.StatusCode == http.StatusTooManyRequests || re.StatusCode >= 500:
 			return fmt.Errorf("vault root: %s: %w: Vault answered %d: %s", what, root.ErrUnavailable, re.StatusCode, msg)
-		case re.StatusCode == http.StatusBadRequest && strings.Contains(msg, versionTooNew):
-			// A performance standby or DR replica that has not yet seen
-			// the rotation this blob was wrapped after: it will.
-			return fmt.Errorf("vault root: %s: %w: Vault does not know the key version yet (a replica behind a rotation?): %s", what, root.ErrUnavailable, msg)
 		case re.StatusCode == http.StatusBadRequest && what == "unwrap" && containsAny(msg, notAuthenticMessages):
 			return fmt.Errorf("vault root: %w", root.ErrNotAuthentic)
 		}
