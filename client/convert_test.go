@@ -427,3 +427,19 @@ func TestACallEndedByCloseIsCancelledNotUnavailable(t *testing.T) {
 		t.Fatalf("a refusal after Close: code %v, want PERMISSION_DENIED", status.Code(err))
 	}
 }
+
+// A shared data-key fetch that runs out of its own time is UNAVAILABLE to
+// its callers, not DEADLINE_EXCEEDED: their own deadlines may be far off.
+func TestAFetchOutOfItsOwnTimeIsUnavailable(t *testing.T) {
+	expired, cancel := context.WithTimeout(context.Background(), 0)
+	defer cancel()
+	<-expired.Done()
+	remote := status.Error(codes.DeadlineExceeded, "context deadline exceeded")
+	err := fetchError(expired, "op", remote)
+	if status.Code(err) != codes.Unavailable || !errors.Is(err, ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("%v (code %v), want UNAVAILABLE and not context.DeadlineExceeded", err, status.Code(err))
+	}
+	if got := fetchError(context.Background(), "op", remote); got != remote {
+		t.Fatalf("a fetch with time left: %v, want the call's own error", got)
+	}
+}

@@ -232,7 +232,7 @@ func (e *Envelope) refresh(ctx context.Context, old *encKey) error {
 		defer cancel()
 		dk, err := e.c.GenerateDataKey(fctx, e.name, []byte(envelope.DataKeyContext))
 		if err != nil {
-			return nil, err
+			return nil, fetchError(fctx, "local encrypt with "+e.name, err)
 		}
 		k, err := envelope.NewKey(dk.Plaintext, dk.Wrapped)
 		clear(dk.Plaintext)
@@ -301,6 +301,17 @@ func (e *Envelope) Decrypt(ctx context.Context, ciphertext, associatedData []byt
 		return nil, invalidLocal(e.op("local decrypt"))
 	}
 	return pt, nil
+}
+
+// fetchError is the error of a shared data-key fetch that failed: when the
+// fetch ran out of its own time (fetchTimeout), the service did not answer
+// in time, which is UNAVAILABLE to the callers, whose own deadlines may not
+// have passed (they get their own context's error if they have).
+func fetchError(fctx context.Context, op string, err error) error {
+	if fctx.Err() != nil {
+		return localError(op, codes.Unavailable, "the service did not answer a data-key call within %v", fetchTimeout)
+	}
+	return err
 }
 
 // errUnwrapRefused: an unwrap the service refused a moment ago is not
@@ -391,7 +402,7 @@ func (e *Envelope) dataKey(ctx context.Context, env *envelope.Envelope) (*envelo
 		defer cancel()
 		dk, err := e.c.DecryptDataKey(fctx, e.name, wrapped, []byte(envelope.DataKeyContext))
 		if err != nil {
-			return nil, err
+			return nil, fetchError(fctx, "local decrypt with "+e.name, err)
 		}
 		k, err := envelope.NewKey(dk, wrapped)
 		clear(dk)
@@ -462,6 +473,7 @@ func (e *Envelope) rememberLocked(gen uint64, d *decKey) bool {
 func (e *Envelope) Purge() {
 	e.mu.Lock()
 	e.gen++ // keys being fetched now are not kept
+	clear(e.refused)
 	clear(e.cache)
 	e.lru.Init()
 	e.cur.Store(nil)
