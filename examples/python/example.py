@@ -1,14 +1,17 @@
 """Calls Custos from Python with nothing but the protos in proto/.
 
 Debian's python3-grpcio and python3-grpc-tools; the stubs are generated
-from proto/ first. (Debian's grpc-tools bundle protoc 3.5, which predates
-proto3 optional fields: remove the one "optional" label in
-google/rpc/error_details.proto for it, as the test does; on the wire it is
-the same field.) Against `custos dev` (make run):
+from a copy of proto/ first. (Debian's grpc-tools bundle protoc 3.5, which
+predates proto3 optional fields: the copy drops that label from the proto3
+files, as the test does; on the wire it is the same field. protoc runs in the
+copy, so that the shell expands the file patterns there.) From this
+directory, against `custos dev` (make run):
 
-    out=$(mktemp -d)
-    /usr/bin/python3 -m grpc_tools.protoc -I ../../proto --python_out=$out --grpc_python_out=$out \
-        custos/v1/*.proto buf/validate/validate.proto google/rpc/*.proto grpc/health/v1/health.proto
+    out=$(mktemp -d) src=$(mktemp -d)
+    cp -r ../../proto/. "$src"
+    sed -i 's/^\(\s*\)optional /\1/' $(grep -rlE '^\s*optional ' "$src" | xargs grep -l 'syntax = "proto3"')
+    (cd "$src" && /usr/bin/python3 -m grpc_tools.protoc -I . --python_out=$out --grpc_python_out=$out \
+        custos/v1/*.proto buf/validate/validate.proto google/rpc/*.proto grpc/health/v1/health.proto)
     PYTHONPATH=$out /usr/bin/python3 example.py 127.0.0.1:8443 ../../.custos-dev
 
 It checks health, creates a tenant with an ENCRYPT, a MAC and a PASSWORD
