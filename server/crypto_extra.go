@@ -36,7 +36,7 @@ func (s cryptoService) RewrapBatch(ctx context.Context, req *custosv1.RewrapBatc
 		r := resp.Results[i]
 		r.Status = okStatus
 		if err := checkCiphertextItem(it.GetCiphertext(), it.GetAssociatedData()); err != nil {
-			r.Status = status.Convert(err).Proto()
+			r.Status = status.Convert(withInvalidDetails(err)).Proto()
 			continue
 		}
 		ct, v, err := b.Rewrap(ctx, it.GetCiphertext(), it.GetAssociatedData())

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -201,6 +202,13 @@ func TestInvalidArgumentsNameTheField(t *testing.T) {
 				if st.Code() != codes.InvalidArgument || !containsField(st.Message(), "plaintext") {
 					t.Errorf("item 2: %v %q, want InvalidArgument naming plaintext", st.Code(), st.Message())
 				}
+				// The details a whole call's refusal carries, per item too.
+				if info := errorInfo(st); info == nil || info.GetReason() != custosv1.ReasonInvalidArgument {
+					t.Errorf("item 2: ErrorInfo %v, want reason %s", info, custosv1.ReasonInvalidArgument)
+				}
+				if !hasBadRequestField(st, "plaintext") {
+					t.Errorf("item 2: no BadRequest naming plaintext in %v", st.Details())
+				}
 			} else if st.Code() != want {
 				t.Errorf("item %d: %v %q, want OK", i, st.Code(), st.Message())
 			}
@@ -365,4 +373,19 @@ func TestALimitAboveTheAPIsBoundIsRefusedAtStart(t *testing.T) {
 			}
 		})
 	}
+}
+
+// hasBadRequestField reports whether st carries a BadRequest whose field
+// violation names field.
+func hasBadRequestField(st *status.Status, field string) bool {
+	for _, d := range st.Details() {
+		if br, ok := d.(*errdetails.BadRequest); ok {
+			for _, v := range br.GetFieldViolations() {
+				if strings.Contains(v.GetField(), field) {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }

@@ -42,7 +42,12 @@ const (
 // needs no version.
 //
 // Size ceilings in the rules below are absolute; a server may be configured
-// with lower limits, which it reports as INVALID_ARGUMENT naming the field.
+// with lower limits (by default 64 KiB of plaintext, 1,000 batch items),
+// which it reports as INVALID_ARGUMENT naming the field. A whole message over
+// the server's message limit (default 16 MiB) is refused by gRPC itself:
+// RESOURCE_EXHAUSTED, without details. gRPC clients in most languages take
+// responses of at most 4 MiB by default: raise that (for example
+// max_receive_message_length) for large batches.
 type CryptoServiceClient interface {
 	// Encrypts one field under the key's primary version.
 	Encrypt(ctx context.Context, in *EncryptRequest, opts ...grpc.CallOption) (*EncryptResponse, error)
@@ -211,7 +216,12 @@ func (c *cryptoServiceClient) VerifyPassword(ctx context.Context, in *VerifyPass
 // needs no version.
 //
 // Size ceilings in the rules below are absolute; a server may be configured
-// with lower limits, which it reports as INVALID_ARGUMENT naming the field.
+// with lower limits (by default 64 KiB of plaintext, 1,000 batch items),
+// which it reports as INVALID_ARGUMENT naming the field. A whole message over
+// the server's message limit (default 16 MiB) is refused by gRPC itself:
+// RESOURCE_EXHAUSTED, without details. gRPC clients in most languages take
+// responses of at most 4 MiB by default: raise that (for example
+// max_receive_message_length) for large batches.
 type CryptoServiceServer interface {
 	// Encrypts one field under the key's primary version.
 	Encrypt(context.Context, *EncryptRequest) (*EncryptResponse, error)

@@ -22,9 +22,12 @@ const (
 )
 
 // ErrorReason lists the reasons a Custos server gives in the
-// google.rpc.ErrorInfo detail of every error (domain "custos.dev"): the
-// reason string is the value's name. Callers in any language compare
-// ErrorInfo.reason with these names; the Go constants are in reasons.go.
+// google.rpc.ErrorInfo detail of its errors (domain "custos.dev"), a batch
+// item's included: the reason string is the value's name. PERMISSION_DENIED,
+// UNAUTHENTICATED and INTERNAL carry no ErrorInfo, nor do gRPC's own
+// refusals (a message over the size limit, one that does not decode).
+// Callers in any language compare ErrorInfo.reason with these names; the Go
+// constants are in reasons.go.
 type ErrorReason int32
 
 const (
@@ -57,7 +60,8 @@ const (
 	// subject.
 	ErrorReason_SUBJECT_LOCKED ErrorReason = 10
 	// RESOURCE_EXHAUSTED: the caller's rate limit is spent (a RetryInfo
-	// detail says when to retry).
+	// detail says when to retry; none when the call can never pass, as a
+	// batch larger than the limit's burst).
 	ErrorReason_RATE_LIMITED ErrorReason = 11
 	// UNAVAILABLE: the call's audit event could be made durable nowhere.
 	ErrorReason_AUDIT_UNAVAILABLE ErrorReason = 12
