@@ -614,3 +614,25 @@ func TestKeystoreInvalidArgumentsNameTheirField(t *testing.T) {
 		t.Fatalf("BadRequest fields %v for %q, want [associated_data]", fields, st.Message())
 	}
 }
+
+// A malformed call is refused before the names in it are read, whatever
+// its RPC: its event names no tenant, so a tenant's auditors never see
+// another identity's malformed calls as if they were theirs to judge.
+func TestAMalformedCallsEventNamesNoTenant(t *testing.T) {
+	ts := start(t, newFiles(t), options{policy: auditPolicy})
+	setup(t, ts, "a", "b")
+	ctx := testContext(t)
+	var header, trailer metadata.MD
+	_, err := ts.clients(t, idOnlyA).crypto.Encrypt(ctx, &custosv1.EncryptRequest{Name: keyName("b"), Plaintext: nil}, grpc.Header(&header), grpc.Trailer(&trailer))
+	wantCode(t, err, codes.InvalidArgument)
+	rid := requestID(header, trailer)
+	for _, r := range events(t, ts) {
+		if r.Event.GetRequestId() == rid {
+			if r.Event.GetTenant() != "" {
+				t.Fatalf("the malformed call's event names tenant %q", r.Event.GetTenant())
+			}
+			return
+		}
+	}
+	t.Fatal("the malformed call's event is not in the log")
+}

@@ -220,11 +220,14 @@ func (s *Server) requestPath(ctx context.Context, c *call, req any, info *grpc.U
 		return nil, status.Error(codes.Unauthenticated, "no verified client certificate")
 	}
 	c.method, c.policy = &m, s.policy.Current()
-	if err := c.resolve(req); err != nil {
-		return nil, s.toError(ctx, err)
-	}
+	// Sizes first, as protovalidate checks them for the other RPCs: a
+	// malformed call is refused before its names are read, so its audit
+	// event names no tenant the caller may not use.
 	if err := checkSingle(req); err != nil {
 		return nil, err
+	}
+	if err := c.resolve(req); err != nil {
+		return nil, s.toError(ctx, err)
 	}
 	if err := c.authorize(); err != nil {
 		return nil, err
