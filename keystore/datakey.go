@@ -77,12 +77,8 @@ func (s *Service) DecryptDataKey(ctx context.Context, ref KeyRef, wrapped, aad [
 // the service. A ciphertext already made by the primary version is returned
 // unchanged (same bytes), so rewrapping is idempotent and cheap to repeat.
 func (s *Service) Rewrap(ctx context.Context, ref KeyRef, ciphertext, aad []byte) ([]byte, uint32, error) {
-	if isDataKeyAAD(aad) {
-		return nil, 0, ErrInvalidCiphertext
-	}
-	if envelope.IsEnvelope(ciphertext) {
-		return s.rewrapEnvelope(ctx, ref, ciphertext, aad)
-	}
+	// Exactly what a batch of one does: the key first (unknown, deleted,
+	// wrong purpose), then the item.
 	b, err := s.Batch(ctx, ref, "rewrap")
 	if err != nil {
 		return nil, 0, err

@@ -724,3 +724,33 @@ func TestALostLeaseIsNotHiddenByManyFailedKeys(t *testing.T) {
 		t.Fatalf("keysPass after the lease was lost: %v, want errLeaseLost among its errors", err)
 	}
 }
+
+// Associated data reserved for data keys is no reason to skip the key:
+// Decrypt and Rewrap answer for an unknown key, a deleted tenant or a key
+// of another purpose as they would for any field, as their batches do.
+func TestReservedAssociatedDataIsCheckedAfterTheKey(t *testing.T) {
+	ctx := context.Background()
+	s, _, _ := newReviewSvc(t)
+	ref, ct := setupRotated(t, s)
+	reserved := dataKeyAAD([]byte("x"))
+	if _, _, err := s.Decrypt(ctx, KeyRef{Tenant: ref.Tenant, Key: "nope"}, ct, reserved); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Decrypt on an unknown key: %v, want ErrNotFound", err)
+	}
+	if _, _, err := s.Rewrap(ctx, KeyRef{Tenant: ref.Tenant, Key: "nope"}, ct, reserved); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Rewrap on an unknown key: %v, want ErrNotFound", err)
+	}
+	if _, _, err := s.Decrypt(ctx, ref, ct, reserved); !errors.Is(err, ErrInvalidCiphertext) {
+		t.Fatalf("Decrypt on the key: %v, want ErrInvalidCiphertext", err)
+	}
+	if _, err := s.DeleteTenant(ctx, ref.Tenant, 0); err != nil {
+		t.Fatal(err)
+	}
+	for name, call := range map[string]func() error{
+		"Decrypt": func() error { _, _, err := s.Decrypt(ctx, ref, ct, reserved); return err },
+		"Rewrap":  func() error { _, _, err := s.Rewrap(ctx, ref, ct, reserved); return err },
+	} {
+		if err := call(); !errors.Is(err, ErrTenantDeleted) {
+			t.Fatalf("%s on a deleted tenant: %v, want ErrTenantDeleted", name, err)
+		}
+	}
+}
