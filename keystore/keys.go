@@ -120,7 +120,7 @@ func (s *Service) ListKeys(ctx context.Context, tenant string, size int, token s
 	if err != nil {
 		return nil, "", err
 	}
-	after, err := decodePageToken(token)
+	after, err := decodeKeysPageToken(token, tenant)
 	if err != nil {
 		return nil, "", err
 	}
@@ -138,7 +138,7 @@ func (s *Service) ListKeys(ctx context.Context, tenant string, size int, token s
 	var next string
 	if len(recs) > size {
 		recs = recs[:size]
-		next = encodePageToken(strings.TrimPrefix(recs[size-1].Key, prefix))
+		next = encodeKeysPageToken(tenant, strings.TrimPrefix(recs[size-1].Key, prefix))
 	}
 	out := make([]Key, 0, len(recs))
 	for _, r := range recs {

@@ -3,6 +3,7 @@ package keystore
 import (
 	"encoding/base64"
 	"fmt"
+	"strings"
 )
 
 // Page tokens are opaque to callers: the base64url of "p1:" and the last id of
@@ -21,6 +22,30 @@ func decodePageToken(tok string) (string, error) {
 	if err == nil && len(b) > len(pageTokenPrefix) && string(b[:len(pageTokenPrefix)]) == pageTokenPrefix {
 		if id := string(b[len(pageTokenPrefix):]); ValidID(id) {
 			return id, nil
+		}
+	}
+	return "", errMalformedPageToken
+}
+
+// ListKeys's page tokens name the tenant they page, so that one made for a
+// tenant's keys is refused on another's (where it would skip keys): the
+// base64url of "k1:", the tenant, "/" and the last key id of the page.
+const keysPageTokenPrefix = "k1:"
+
+func encodeKeysPageToken(tenant, lastID string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(keysPageTokenPrefix + tenant + "/" + lastID))
+}
+
+func decodeKeysPageToken(tok, tenant string) (string, error) {
+	if tok == "" {
+		return "", nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(tok)
+	if err == nil {
+		if rest, ok := strings.CutPrefix(string(b), keysPageTokenPrefix); ok {
+			if t, id, ok := strings.Cut(rest, "/"); ok && t == tenant && ValidID(id) {
+				return id, nil
+			}
 		}
 	}
 	return "", errMalformedPageToken

@@ -754,3 +754,30 @@ func TestReservedAssociatedDataIsCheckedAfterTheKey(t *testing.T) {
 		}
 	}
 }
+
+// A ListKeys page token pages the tenant it was made for: on another
+// tenant it is refused, not used to skip that tenant's keys.
+func TestAListKeysPageTokenIsBoundToItsTenant(t *testing.T) {
+	ctx := context.Background()
+	s, _, _ := newReviewSvc(t)
+	for _, tn := range []string{"a", "b"} {
+		if _, err := s.CreateTenant(ctx, tn); err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range []string{"k1", "k2", "k3"} {
+			if _, err := s.CreateKey(ctx, KeyRef{Tenant: tn, Key: k}, KeySpec{Purpose: PurposeEncrypt}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	_, tok, err := s.ListKeys(ctx, "a", 2, "")
+	if err != nil || tok == "" {
+		t.Fatalf("first page of a: %q, %v", tok, err)
+	}
+	if keys, _, err := s.ListKeys(ctx, "a", 2, tok); err != nil || len(keys) != 1 || keys[0].ID != "k3" {
+		t.Fatalf("second page of a: %v, %v", keys, err)
+	}
+	if _, _, err := s.ListKeys(ctx, "b", 2, tok); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("a's page token on b: %v, want ErrInvalidArgument", err)
+	}
+}
