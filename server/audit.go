@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -271,7 +272,7 @@ func (a auditService) ListAuditEvents(ctx context.Context, req *custosv1.ListAud
 		resp.Records = append(resp.Records, &custosv1.AuditRecord{Event: r.Event, LeafIndex: r.Index, Leaf: r.Leaf, InclusionProof: r.Proof})
 	}
 	if next > 0 {
-		resp.NextPageToken = encodeAuditToken(next)
+		resp.NextPageToken = encodeAuditToken(queryDigest(q), next)
 	}
 	return resp, nil
 }
@@ -359,12 +360,24 @@ func auditQuery(tenant string, req *custosv1.ListAuditEventsRequest) (audit.Quer
 	if q.Result != "" && !audit.ValidResult(q.Result) {
 		return bad("result %q is not OK, FAILED or a gRPC code name such as PERMISSION_DENIED", truncate(q.Result))
 	}
-	from, err := decodeAuditToken(req.GetPageToken())
+	from, err := decodeAuditToken(req.GetPageToken(), queryDigest(q))
 	if err != nil {
 		return audit.Query{}, err
 	}
 	q.From = max(from, req.GetStartIndex())
 	return q, nil
+}
+
+// queryDigest names a query's tenant and filters in its page tokens, so
+// that a token is refused with another tenant or other filters (where it
+// would skip events) instead of being taken as a start index.
+func queryDigest(q audit.Query) string {
+	h := sha256.New()
+	for _, f := range []string{q.Tenant, q.Operation, q.Identity, q.Result, q.Start.UTC().Format(time.RFC3339Nano), q.End.UTC().Format(time.RFC3339Nano)} {
+		h.Write([]byte(f))
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil)[:8])
 }
 
 func truncate(s string) string {
@@ -383,20 +396,26 @@ func knownOperation(op string) bool {
 	return false
 }
 
-// Audit page tokens: base64url of "a1:" and the next leaf index in hex.
-const auditTokenPrefix = "a1:"
+// Audit page tokens: base64url of "a2:", the digest of the query's tenant
+// and filters (queryDigest), ":" and the next leaf index in hex.
+const auditTokenPrefix = "a2:"
 
-func encodeAuditToken(next uint64) string {
-	return base64.RawURLEncoding.EncodeToString(fmt.Appendf(nil, "%s%x", auditTokenPrefix, next))
+func encodeAuditToken(digest string, next uint64) string {
+	return base64.RawURLEncoding.EncodeToString(fmt.Appendf(nil, "%s%s:%x", auditTokenPrefix, digest, next))
 }
 
-func decodeAuditToken(tok string) (uint64, error) {
+func decodeAuditToken(tok, digest string) (uint64, error) {
 	if tok == "" {
 		return 0, nil
 	}
-	if len(tok) <= 40 {
+	if len(tok) <= 64 {
 		if b, err := base64.RawURLEncoding.DecodeString(tok); err == nil {
-			if h, ok := strings.CutPrefix(string(b), auditTokenPrefix); ok && len(h) > 0 && len(h) <= 16 {
+			rest, ok := strings.CutPrefix(string(b), auditTokenPrefix)
+			d, h, ok2 := strings.Cut(rest, ":")
+			if ok && ok2 && d != digest {
+				return 0, status.Error(codes.InvalidArgument, "page_token was made for another tenant or other filters")
+			}
+			if ok && ok2 && len(h) > 0 && len(h) <= 16 {
 				var n uint64
 				if _, err := fmt.Sscanf(h, "%x", &n); err == nil && fmt.Sprintf("%x", n) == h {
 					return n, nil

@@ -636,3 +636,36 @@ func TestAMalformedCallsEventNamesNoTenant(t *testing.T) {
 	}
 	t.Fatal("the malformed call's event is not in the log")
 }
+
+// An audit page token continues the query it came from: with another
+// tenant or other filters it is refused, not taken as a start index that
+// would skip events.
+func TestAnAuditPageTokenIsBoundToItsQuery(t *testing.T) {
+	ts := start(t, newFiles(t), options{policy: auditPolicy})
+	setup(t, ts, "a", "b")
+	ctx := testContext(t)
+	admin := ts.clients(t, idAdmin)
+	for range 3 {
+		if _, err := admin.crypto.Encrypt(ctx, &custosv1.EncryptRequest{Name: keyName("a"), Plaintext: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	events(t, ts) // integrate and sign
+	ac := custosv1.NewAuditServiceClient(ts.conn(t, idAdmin))
+	first, err := ac.ListAuditEvents(ctx, &custosv1.ListAuditEventsRequest{Parent: "tenants/a", Operation: "encrypt", PageSize: 1})
+	if err != nil || first.GetNextPageToken() == "" {
+		t.Fatalf("first page: %v, token %q", err, first.GetNextPageToken())
+	}
+	tok := first.GetNextPageToken()
+	if _, err := ac.ListAuditEvents(ctx, &custosv1.ListAuditEventsRequest{Parent: "tenants/a", Operation: "encrypt", PageSize: 1, PageToken: tok}); err != nil {
+		t.Fatalf("the next page of the same query: %v", err)
+	}
+	for name, req := range map[string]*custosv1.ListAuditEventsRequest{
+		"without the filter": {Parent: "tenants/a", PageSize: 1, PageToken: tok},
+		"on another tenant":  {Parent: "tenants/b", Operation: "encrypt", PageSize: 1, PageToken: tok},
+	} {
+		_, err := ac.ListAuditEvents(ctx, req)
+		wantCode(t, err, codes.InvalidArgument)
+		_ = name
+	}
+}
