@@ -20,6 +20,9 @@ type Batch struct {
 	s         *Service
 	e         *keyEntry
 	encrypted uint64
+	// reloadErr is the outage a reload for an unknown version met: the
+	// batch's other items get it too instead of reloading again each.
+	reloadErr error
 }
 
 // Batch looks up the key of ref for a batch call of op ("encrypt",
@@ -75,7 +78,13 @@ func (b *Batch) Decrypt(ctx context.Context, ciphertext, aad []byte) ([]byte, ui
 // the batch keeps what the reload found for its other items.
 func (b *Batch) decrypt(ctx context.Context, op string, ciphertext, aad []byte) ([]byte, uint32, error) {
 	if v, ok := versionOf(ciphertext); ok && v > b.e.rec.maxVersion() {
+		if b.reloadErr != nil && v <= b.e.rec.maxVersion()+reloadWindow {
+			return nil, 0, b.reloadErr
+		}
 		e, err := b.s.entryKnowing(ctx, b.e, v)
+		if errors.Is(err, ErrUnavailable) && ctx.Err() == nil {
+			b.reloadErr = err
+		}
 		// A reload goes on serving the batch even when it did not know v
 		// (a forged item): it may know versions newer than the batch's.
 		if e != nil && e != b.e {

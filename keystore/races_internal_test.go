@@ -1,7 +1,9 @@
 package keystore
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -779,5 +781,39 @@ func TestAListKeysPageTokenIsBoundToItsTenant(t *testing.T) {
 	}
 	if _, _, err := s.ListKeys(ctx, "b", 2, tok); !errors.Is(err, ErrInvalidArgument) {
 		t.Fatalf("a's page token on b: %v, want ErrInvalidArgument", err)
+	}
+}
+
+// A batch whose reload for an unknown version met an outage gives its other
+// such items the same answer: a batch of forged prefixes during an outage
+// costs one storage read, not one per item.
+func TestABatchReloadsOnceThroughAnOutage(t *testing.T) {
+	ctx := context.Background()
+	s, hs, _ := newReviewSvc(t)
+	ref, ct := setupRotated(t, s)
+	if _, _, err := s.Decrypt(ctx, ref, ct, nil); err != nil {
+		t.Fatal(err)
+	}
+	forged := bytes.Clone(ct)
+	binary.BigEndian.PutUint32(forged[1:5], 7) // a version in the reload window
+	hs.down.Store(true)
+	before := hs.gets.Load()
+	b, err := s.Batch(ctx, ref, "decrypt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Done()
+	for i := range 50 {
+		if _, _, err := b.Decrypt(ctx, forged, nil); !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("item %d during the outage: %v, want ErrUnavailable", i, err)
+		}
+	}
+	if n := hs.gets.Load() - before; n > 2 {
+		t.Fatalf("50 forged items read the storage %d times during the outage, want at most 2", n)
+	}
+	// A single call after the outage reloads at once.
+	hs.down.Store(false)
+	if _, _, err := s.Decrypt(ctx, ref, forged, nil); !errors.Is(err, ErrInvalidCiphertext) {
+		t.Fatalf("the forged ciphertext after the outage: %v, want ErrInvalidCiphertext", err)
 	}
 }
