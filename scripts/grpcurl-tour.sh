@@ -29,7 +29,16 @@ expect_fail() { # expect_fail CODE METHOD JSON
 echo "Custos grpcurl tour against $addr, tenant $t"
 call KeyService/CreateTenant "{\"tenant_id\":\"$t\"}" >/dev/null || fail KeyService/CreateTenant; ok KeyService/CreateTenant
 call KeyService/GetTenant "{\"name\":\"tenants/$t\"}" | grep -q TENANT_STATE_ACTIVE || fail KeyService/GetTenant; ok KeyService/GetTenant
-call KeyService/ListTenants '{"page_size":1000}' | grep -q "tenants/$t" || fail KeyService/ListTenants; ok KeyService/ListTenants
+# Page until the new tenant shows (a long-used dev directory holds many); the
+# whole answer is read before it is searched, so grep -q never cuts grpcurl.
+found= tok=
+for _ in $(seq 100); do
+  out=$(call KeyService/ListTenants "{\"page_size\":1000,\"page_token\":\"$tok\"}")
+  if grep -q "\"tenants/$t\"" <<<"$out"; then found=1; break; fi
+  tok=$(field "['nextPageToken']" <<<"$out" 2>/dev/null) || tok=
+  [ -n "$tok" ] || break
+done
+[ -n "$found" ] || fail KeyService/ListTenants; ok KeyService/ListTenants
 for k in enc:ENCRYPT det:ENCRYPT_DETERMINISTIC idx:MAC pw:PASSWORD; do
   call KeyService/CreateKey "{\"parent\":\"tenants/$t\",\"key_id\":\"${k%%:*}\",\"key\":{\"purpose\":\"KEY_PURPOSE_${k##*:}\"}}" >/dev/null
 done

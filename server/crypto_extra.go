@@ -41,7 +41,7 @@ func (s cryptoService) RewrapBatch(ctx context.Context, req *custosv1.RewrapBatc
 		}
 		ct, v, err := b.Rewrap(ctx, it.GetCiphertext(), it.GetAssociatedData())
 		if err != nil {
-			r.Status = s.toStatus(ctx, err).Proto()
+			r.Status = s.itemStatus(ctx, err)
 			continue
 		}
 		r.Ciphertext, r.KeyVersion = ct, v

@@ -148,7 +148,7 @@ func (s cryptoService) EncryptBatch(ctx context.Context, req *custosv1.EncryptBa
 		}
 		ct, v, err := b.Encrypt(it.GetPlaintext(), it.GetAssociatedData())
 		if err != nil {
-			r.Status = s.toStatus(ctx, err).Proto()
+			r.Status = s.itemStatus(ctx, err)
 			continue
 		}
 		r.Ciphertext, r.KeyVersion = ct, v
@@ -178,7 +178,7 @@ func (s cryptoService) DecryptBatch(ctx context.Context, req *custosv1.DecryptBa
 		}
 		pt, v, err := b.Decrypt(ctx, it.GetCiphertext(), it.GetAssociatedData())
 		if err != nil {
-			r.Status = s.toStatus(ctx, err).Proto()
+			r.Status = s.itemStatus(ctx, err)
 			continue
 		}
 		r.Plaintext, r.KeyVersion = pt, v

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/protoadapt"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -63,6 +64,12 @@ var blandMessages = map[codes.Code]string{
 
 // toStatus converts a handler error to a gRPC status, logging internal
 // failures. Errors that already are statuses pass through.
+// itemStatus is a batch item's status for err, with the details a whole
+// call's refusal of the same error carries (withInvalidDetails).
+func (s *Server) itemStatus(ctx context.Context, err error) *spb.Status {
+	return status.Convert(withInvalidDetails(s.toStatus(ctx, err).Err())).Proto()
+}
+
 func (s *Server) toStatus(ctx context.Context, err error) *status.Status {
 	// Only an error that is itself a status (made by a handler) passes
 	// through: a status wrapped deeper (say a cloud KMS's gRPC error inside

@@ -215,6 +215,19 @@ func TestInvalidArgumentsNameTheField(t *testing.T) {
 		}
 	})
 
+	t.Run("an item the keystore refuses carries the details a whole call's refusal does", func(t *testing.T) {
+		items := encryptItems(2, 8)
+		items[1].AssociatedData = []byte("custos:datakey:x") // reserved for data keys
+		resp, err := c.crypto.EncryptBatch(ctx, &custosv1.EncryptBatchRequest{Name: keyName("a"), Items: items})
+		if err != nil {
+			t.Fatalf("EncryptBatch failed as a whole: %v", err)
+		}
+		st := status.FromProto(resp.GetResults()[1].GetStatus())
+		if st.Code() != codes.InvalidArgument || !hasBadRequestField(st, "associated_data") {
+			t.Errorf("item 1: %v %q %v, want InvalidArgument with a BadRequest naming associated_data", st.Code(), st.Message(), st.Details())
+		}
+	})
+
 	t.Run("an empty or oversized item in DecryptBatch fails alone, naming its field", func(t *testing.T) {
 		ok, err := c.crypto.Encrypt(ctx, &custosv1.EncryptRequest{Name: keyName("a"), Plaintext: []byte("x")})
 		if err != nil {

@@ -23,9 +23,11 @@ const (
 
 // ErrorReason lists the reasons a Custos server gives in the
 // google.rpc.ErrorInfo detail of its errors (domain "custos.dev"), a batch
-// item's included: the reason string is the value's name. PERMISSION_DENIED,
-// UNAUTHENTICATED and INTERNAL carry no ErrorInfo, nor do gRPC's own
-// refusals (a message over the size limit, one that does not decode).
+// item's included: the reason string is the value's name. PERMISSION_DENIED
+// and UNAUTHENTICATED carry no ErrorInfo, nor do gRPC's own refusals (a
+// message over the size limit, one that does not decode) or an INTERNAL
+// from a failure the server did not foresee; other INTERNALs carry reason
+// INTERNAL.
 // Callers in any language compare ErrorInfo.reason with these names; the Go
 // constants are in reasons.go.
 type ErrorReason int32
