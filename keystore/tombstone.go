@@ -104,6 +104,9 @@ func TenantOwnsStorageKey(tenant, key string) bool {
 	return false
 }
 
+// TenantStoragePrefix starts the storage key of every tenant's own record.
+const TenantStoragePrefix = tenantPrefix
+
 // TenantStorageKey is the storage key of tenant's own record (its wrapped
 // KEK).
 func TenantStorageKey(tenant string) string { return tenantStorageKey(tenant) }

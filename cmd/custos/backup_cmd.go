@@ -325,7 +325,7 @@ func tombstonesFrom(ctx context.Context, path string) ([]keystore.Tombstone, err
 		return nil, fmt.Errorf("--tombstones-from: %w", err)
 	}
 	defer s.Close()
-	return backup.Tombstones(ctx, s)
+	return backup.ShreddedOrDue(ctx, s, time.Now())
 }
 
 // progress draws a one-line progress report on a terminal, and nothing

@@ -263,8 +263,15 @@ func Read(ctx context.Context, in io.Reader, r root.Root, fn func(key string, va
 	unwrap := &rootAEAD{ctx: ctx, r: r}
 	h, err := keyset.ReadWithAssociatedData(keyset.NewBinaryReader(bytes.NewReader(ks)), unwrap, []byte(magic))
 	if err != nil {
-		if errors.Is(unwrap.err, root.ErrUnavailable) {
+		switch {
+		case errors.Is(unwrap.err, root.ErrUnavailable):
 			return nil, fmt.Errorf("backup: the root cannot be reached to unwrap the backup's data key: %w", unwrap.err)
+		case unwrap.err != nil && ctx.Err() != nil:
+			return nil, fmt.Errorf("backup: unwrap the backup's data key: %w", ctx.Err())
+		case unwrap.err != nil && !errors.Is(unwrap.err, root.ErrNotAuthentic):
+			// A refusal (a denied policy, a TLS or credential problem):
+			// the configuration is at fault, not the file.
+			return nil, fmt.Errorf("backup: the root refused to unwrap the backup's data key (check the root's configuration and permissions): %w", unwrap.err)
 		}
 		return nil, fmt.Errorf("%w: the root does not unwrap its data key (%v)", ErrDamaged, err)
 	}

@@ -593,3 +593,93 @@ func TestARestoreLeavesATenantCreatedAfterTheShredAlone(t *testing.T) {
 	}
 	mustDecrypt(t, w.keystore(t, target), live) // the new acme is intact
 }
+
+// A tenant deleted after the backup whose date has passed but which the
+// scheduler has not shredded yet (no tombstone) stays out of a restore that
+// knows the live store, and of a forced restore over it.
+func TestATenantDueForShreddingButNotShreddedStaysOut(t *testing.T) {
+	ctx := context.Background()
+	w := newWorld(t)
+	live := memory.New()
+	ks := w.keystore(t, live)
+	populate(t, ks, "keep", "due")
+	file := backupOf(t, w, live)
+	if _, err := ks.DeleteTenant(ctx, "due", 24*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	w.clock.add(48 * time.Hour) // due, but no scheduler ran
+	known, err := backup.ShreddedOrDue(ctx, live, w.clock.now())
+	if err != nil || len(known) != 1 || known[0].Tenant != "due" {
+		t.Fatalf("what the live store says must stay shredded: %v, %v", known, err)
+	}
+	dst := memory.New()
+	rep, err := restore(w, file, dst, backup.RestoreOptions{Tombstones: known})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(rep.Shredded, ",") != "due" {
+		t.Fatalf("shredded on restore: %v, want due", rep.Shredded)
+	}
+	if _, err := dst.Get(ctx, "tenants/due"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("the due tenant's record in the restored store: %v", err)
+	}
+	if _, err := restore(w, file, live, backup.RestoreOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := live.Get(ctx, "tenants/due"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("the due tenant's record after a forced restore over the live store: %v", err)
+	}
+}
+
+// A forced restore clears the target's records of a tenant a tombstone it
+// knows covers, even when the backup holds nothing of that tenant.
+func TestAForcedRestoreClearsATombstonedTenantTheBackupLacks(t *testing.T) {
+	ctx := context.Background()
+	w := newWorld(t)
+	src := memory.New()
+	populate(t, w.keystore(t, src), "keep")
+	file := backupOf(t, w, src) // holds no tenant "gone"
+	target := memory.New()
+	kt := w.keystore(t, target)
+	populate(t, kt, "gone")
+	rec, err := target.Get(ctx, "tenants/gone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := keystore.ParseTenantRecord(rec.Value)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := keystore.Tombstone{Tenant: "gone", CreateTime: info.CreateTime.UTC(), ShredTime: w.clock.now().UTC()}
+	if _, err := restore(w, file, target, backup.RestoreOptions{Force: true, Tombstones: []keystore.Tombstone{ts}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := target.Get(ctx, "tenants/gone"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("the tombstoned tenant's record after the forced restore: %v", err)
+	}
+	if recs, _ := target.List(ctx, "keys/gone/", "", 10); len(recs) != 0 {
+		t.Fatalf("the tombstoned tenant's keys after the forced restore: %v", recs)
+	}
+}
+
+// deniedRoot refuses every unwrap as a misconfigured root does (a Vault
+// policy without decrypt, say): neither unavailable nor "not authentic".
+type deniedRoot struct{ downRoot }
+
+func (deniedRoot) Unwrap(context.Context, []byte, []byte) ([]byte, error) {
+	return nil, errors.New("test root: permission denied")
+}
+
+// A root that refuses (a misconfiguration) is not a damaged backup either:
+// only a data key the root finds not authentic is.
+func TestARefusingRootIsNotADamagedBackup(t *testing.T) {
+	ctx := context.Background()
+	w := newWorld(t)
+	src := memory.New()
+	populate(t, w.keystore(t, src), "a")
+	file := backupOf(t, w, src)
+	_, err := backup.Read(ctx, bytes.NewReader(file), deniedRoot{}, nil)
+	if err == nil || errors.Is(err, backup.ErrDamaged) || !strings.Contains(err.Error(), "permission denied") {
+		t.Fatalf("reading a backup with a refusing root: %v, want the refusal and not ErrDamaged", err)
+	}
+}

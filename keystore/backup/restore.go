@@ -136,7 +136,7 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 		}
 	}
 	tombs = append(tombs, opts.Tombstones...)
-	targetTombs, err := Tombstones(ctx, target)
+	targetTombs, err := ShreddedOrDue(ctx, target, now)
 	if err != nil {
 		return nil, err
 	}
@@ -170,6 +170,25 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 			return nil
 		}); err != nil {
 			return nil, err
+		}
+	}
+	// A tenant the target holds that a known tombstone covers goes too,
+	// whether or not the backup holds it (a forced restore of a newer
+	// backup over a store that kept a shredded tenant's records).
+	for t, ts := range newest {
+		if shred[t] {
+			continue
+		}
+		rec, err := target.Get(ctx, keystore.TenantStorageKey(t))
+		if errors.Is(err, storage.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("backup: read the target's tenant %s: %w", t, err)
+		}
+		if info, err := keystore.ParseTenantRecord(rec.Value); err == nil && ts.Covers(info.CreateTime) {
+			shred[t] = true
+			keep[t] = ts
 		}
 	}
 	for t := range shred {
@@ -328,6 +347,41 @@ func (m *Manifest) TenantCount() int {
 		n += c
 	}
 	return n
+}
+
+// ShreddedOrDue lists what a store says must stay shredded (for
+// RestoreOptions.Tombstones, and the target of a restore): its tombstones,
+// and one made up at now for each tenant scheduled for deletion whose date
+// has passed but that the scheduler has not shredded yet (its server was
+// down, or the shred keeps failing), which would otherwise come back.
+func ShreddedOrDue(ctx context.Context, s storage.Store, now time.Time) ([]keystore.Tombstone, error) {
+	out, err := Tombstones(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	for after := ""; ; {
+		recs, err := s.List(ctx, keystore.TenantStoragePrefix, after, 1000)
+		if err != nil {
+			return nil, fmt.Errorf("backup: list tenants: %w", err)
+		}
+		for _, rec := range recs {
+			after = rec.Key
+			t, ok := keystore.TenantOfStorageKey(rec.Key)
+			if !ok {
+				continue
+			}
+			info, err := keystore.ParseTenantRecord(rec.Value)
+			if err != nil {
+				return nil, fmt.Errorf("backup: tenant %s: %w", t, err)
+			}
+			if info.State == keystore.TenantDeleteScheduled && !info.DeleteTime.IsZero() && !now.Before(info.DeleteTime) {
+				out = append(out, keystore.Tombstone{Tenant: t, CreateTime: info.CreateTime.UTC(), ShredTime: now.UTC()})
+			}
+		}
+		if len(recs) < 1000 {
+			return out, nil
+		}
+	}
 }
 
 // Tombstones lists the tombstones a store holds (for
