@@ -22,6 +22,7 @@ import (
 	"github.com/custos-kms/custos/keystore/root/local"
 	"github.com/custos-kms/custos/keystore/storage"
 	"github.com/custos-kms/custos/keystore/storage/bbolt"
+	"github.com/custos-kms/custos/keystore/storage/lease"
 	"github.com/custos-kms/custos/keystore/storage/memory"
 	"github.com/custos-kms/custos/keystore/storage/postgres"
 )
@@ -681,5 +682,31 @@ func TestARefusingRootIsNotADamagedBackup(t *testing.T) {
 	_, err := backup.Read(ctx, bytes.NewReader(file), deniedRoot{}, nil)
 	if err == nil || errors.Is(err, backup.ErrDamaged) || !strings.Contains(err.Error(), "permission denied") {
 		t.Fatalf("reading a backup with a refusing root: %v, want the refusal and not ErrDamaged", err)
+	}
+}
+
+// A forced restore is refused while a server holds a lease on the target:
+// it would serve, and write to, a store half restored.
+func TestAForcedRestoreIsRefusedWhileServersRun(t *testing.T) {
+	ctx := context.Background()
+	w := newWorld(t)
+	src := memory.New()
+	populate(t, w.keystore(t, src), "a")
+	file := backupOf(t, w, src)
+	target := memory.New()
+	populate(t, w.keystore(t, target), "b")
+	l := lease.Lease{Store: target, Key: keystore.LeaseStorageKey, Now: w.clock.now}
+	if held, _, err := l.Acquire(ctx, "replica-1", time.Minute); err != nil || !held {
+		t.Fatalf("take the lease: %v, %v", held, err)
+	}
+	if _, err := restore(w, file, target, backup.RestoreOptions{Force: true}); err == nil || !strings.Contains(err.Error(), "servers are running") {
+		t.Fatalf("a forced restore under a held lease: %v, want it refused", err)
+	}
+	if _, err := target.Get(ctx, backup.MarkerKey); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("the refused restore marked the target: %v", err)
+	}
+	w.clock.add(2 * time.Minute) // the lease expired: its holder is gone
+	if _, err := restore(w, file, target, backup.RestoreOptions{Force: true}); err != nil {
+		t.Fatalf("a forced restore once the lease expired: %v", err)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/custos-kms/custos/keystore/audit"
 	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/storage"
+	"github.com/custos-kms/custos/keystore/storage/lease"
 )
 
 // DefaultMaxAge is how old a backup may be for Restore by default: the
@@ -119,6 +120,19 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 			return nil, fmt.Errorf("backup: read the target store: %w", err)
 		case !opts.Force:
 			return nil, errors.New("backup: the target store is not empty; restore into an empty store, or pass --force to write over it")
+		}
+		// Servers running on the target would serve, and write to, a store
+		// half restored (they check for a restore only at start), and could
+		// shred a tenant the restore then writes back: refuse while one of
+		// them holds a lease.
+		for _, key := range []string{keystore.LeaseStorageKey, audit.LeaseStorageKey} {
+			holder, until, held, err := lease.Lease{Store: target, Key: key, Now: opts.Now}.Holder(ctx)
+			if err != nil {
+				return nil, fmt.Errorf("backup: read the target store: %w", err)
+			}
+			if held {
+				return nil, fmt.Errorf("backup: servers are running on the target store (%s is held by %s until %s): stop them before restoring over it", key, holder, until.UTC().Format(time.RFC3339))
+			}
 		}
 	}
 

@@ -95,3 +95,20 @@ func (l Lease) Release(ctx context.Context, holder string) error {
 	}
 	return nil
 }
+
+// Holder returns who holds the lease and until when, if someone does now
+// (held is false when there is no record, it is unreadable, or it expired).
+func (l Lease) Holder(ctx context.Context) (holder string, until time.Time, held bool, err error) {
+	r, err := l.Store.Get(ctx, l.Key)
+	if errors.Is(err, storage.ErrNotFound) {
+		return "", time.Time{}, false, nil
+	}
+	if err != nil {
+		return "", time.Time{}, false, fmt.Errorf("read lease %s: %w", l.Key, err)
+	}
+	var rec record
+	if err := json.Unmarshal(r.Value, &rec); err != nil || rec.Format != recordFormat || !l.now().Before(rec.ExpireTime) {
+		return "", time.Time{}, false, nil
+	}
+	return rec.Holder, rec.ExpireTime, true, nil
+}
