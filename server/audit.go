@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -128,13 +129,24 @@ type eventAlloc struct {
 }
 
 // maxEventField bounds the identity and peer an event records: the
-// longest SPIFFE ID (2048 bytes), so that two identities never record as
-// one; events stay far below audit.MaxLeafBytes.
+// longest SPIFFE ID (2048 bytes), so that two SPIFFE IDs never record as
+// one (a common name, which has no bound, may); events stay far below
+// audit.MaxLeafBytes.
 const maxEventField = 2048
 
+// clip bounds s to maxEventField bytes, cut at a character boundary, and
+// makes it valid UTF-8: an event is a protobuf message, whose strings must
+// be, or it could not be recorded at all (and its call not answered).
 func clip(s string) string {
 	if len(s) > maxEventField {
-		return s[:maxEventField]
+		i := maxEventField
+		for i > 0 && !utf8.RuneStart(s[i]) {
+			i--
+		}
+		s = s[:i]
+	}
+	if !utf8.ValidString(s) {
+		s = strings.ToValidUTF8(s, "\uFFFD")
 	}
 	return s
 }

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
@@ -81,5 +82,25 @@ func TestAnEventRecordsTheLongestSPIFFEIDWhole(t *testing.T) {
 		&custosv1.EncryptRequest{}, &custosv1.EncryptResponse{}, nil)
 	if ev.GetIdentity() != long {
 		t.Fatalf("identity recorded as %d bytes, want all %d", len(ev.GetIdentity()), len(long))
+	}
+}
+
+// An identity is recorded as valid UTF-8 whatever its length or bytes: a
+// long common name cut inside a character, or one that is not UTF-8, would
+// make an event protobuf cannot encode, and so a call that cannot be
+// answered.
+func TestAnEventsIdentityIsAlwaysValidUTF8(t *testing.T) {
+	for name, id := range map[string]string{
+		"cut inside a character": strings.Repeat("a", maxEventField-1) + "é",
+		"not UTF-8":              "cn-\xff\xfe",
+	} {
+		ev := auditEvent(context.Background(), "rid", "/custos.v1.CryptoService/Encrypt", &call{identity: id}, time.Now(),
+			&custosv1.EncryptRequest{}, &custosv1.EncryptResponse{}, nil)
+		if !utf8.ValidString(ev.GetIdentity()) || len(ev.GetIdentity()) > maxEventField {
+			t.Errorf("%s: identity of %d bytes, valid UTF-8 %v", name, len(ev.GetIdentity()), utf8.ValidString(ev.GetIdentity()))
+		}
+		if _, err := proto.Marshal(ev); err != nil {
+			t.Errorf("%s: the event does not encode: %v", name, err)
+		}
 	}
 }
