@@ -119,6 +119,20 @@ type batch struct {
 	events []*custosv1.AuditEvent
 	done   chan struct{}
 	err    error
+	// committed is how many leaves, from the first, were made durable
+	// before err: a batch too large for one queue record is written as
+	// several, and one that fails part-way has its first leaves in the log.
+	committed int
+}
+
+// errFor is the outcome of the call whose leaf is the i-th of b, once b is
+// done: nil if its leaf was made durable (its event is in the log, so its
+// call must be answered as it went), else b's error.
+func (b *batch) errFor(i int) error {
+	if i < b.committed {
+		return nil
+	}
+	return b.err
 }
 
 func newBatch() *batch { return &batch{done: make(chan struct{})} }
@@ -224,6 +238,7 @@ func (w *Writer) Record(ev *custosv1.AuditEvent) error {
 		return w.failed(fmt.Errorf("%w: writer closed", ErrUnavailable), 1)
 	}
 	b := w.cur
+	i := len(b.leaves)
 	b.leaves = append(b.leaves, leaf)
 	if w.cfg.Export != nil {
 		b.events = append(b.events, ev)
@@ -234,8 +249,8 @@ func (w *Writer) Record(ev *custosv1.AuditEvent) error {
 	default:
 	}
 	<-b.done
-	if b.err != nil {
-		return w.failed(b.err, 0)
+	if err := b.errFor(i); err != nil {
+		return w.failed(err, 0)
 	}
 	return nil
 }
@@ -340,20 +355,21 @@ func (w *Writer) commitCurrent() {
 	start := time.Now()
 	for rest := b.leaves; len(rest) > 0 && b.err == nil; {
 		n := batchPrefix(rest)
-		b.err = w.commit(rest[:n])
+		if b.err = w.commit(rest[:n]); b.err == nil {
+			b.committed += n
+		}
 		rest = rest[n:]
 	}
 	w.commitDur.Observe(time.Since(start).Seconds())
 	if b.err != nil && w.cfg.FailOpen {
-		w.dropped.Add(float64(len(b.leaves)))
-		w.logger.Error("AUDIT EVENTS LOST: neither the store nor the spool took them; calls are answered because audit.fail_open is set", "events", len(b.leaves), "error", b.err.Error())
+		lost := len(b.leaves) - b.committed
+		w.dropped.Add(float64(lost))
+		w.logger.Error("AUDIT EVENTS LOST: neither the store nor the spool took them; calls are answered because audit.fail_open is set", "events", lost, "error", b.err.Error())
 		b.err = nil
-		close(b.done)
-		return
 	}
 	close(b.done)
-	if b.err == nil && w.cfg.Export != nil {
-		w.cfg.Export.Write(b.events)
+	if w.cfg.Export != nil && b.committed > 0 {
+		w.cfg.Export.Write(b.events[:b.committed])
 	}
 }
 
