@@ -284,12 +284,9 @@ func (e *Envelope) Decrypt(ctx context.Context, ciphertext, associatedData []byt
 		return nil, invalidLocal(e.op("local decrypt"))
 	}
 	k, err := e.dataKey(ctx, env)
-	if errors.Is(err, ErrInvalidCiphertext) || errors.Is(err, ErrPermissionDenied) || errors.Is(err, errUnwrapRefused) {
+	if errors.Is(err, errUnwrapRefused) {
 		// The unwrap was refused: not authentic, or not this caller's to
 		// unwrap. The service decides, as for any field.
-		if !errors.Is(err, errUnwrapRefused) {
-			e.noteRefused(env.Wrapped)
-		}
 		pt, _, err := e.c.Decrypt(ctx, e.name, ciphertext, associatedData)
 		return pt, err
 	}
@@ -319,23 +316,24 @@ func fetchError(fctx context.Context, op string, err error) error {
 var errUnwrapRefused = errors.New("custos: data key unwrap refused recently")
 
 // noteRefused remembers, for unwrapRefusalTTL, that the service refused to
-// unwrap wrapped.
-func (e *Envelope) noteRefused(wrapped []byte) {
+// unwrap wrapped, unless a Purge came since generation gen.
+func (e *Envelope) noteRefused(gen uint64, wrapped []byte) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if e.gen != gen {
+		return
+	}
 	if e.refused == nil || len(e.refused) >= maxRefused {
 		e.refused = map[string]int64{}
 	}
 	e.refused[string(wrapped)] = e.opts.Now().Add(unwrapRefusalTTL).UnixNano()
 }
 
-// wasRefused reports whether the service refused to unwrap wrapped within
-// unwrapRefusalTTL.
-func (e *Envelope) wasRefused(wrapped []byte) bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
+// refusedLocked reports, with e.mu held, whether the service refused to
+// unwrap wrapped within unwrapRefusalTTL.
+func (e *Envelope) refusedLocked(wrapped []byte, now time.Time) bool {
 	until, ok := e.refused[string(wrapped)]
-	if ok && e.opts.Now().UnixNano() >= until {
+	if ok && now.UnixNano() >= until {
 		delete(e.refused, string(wrapped))
 		return false
 	}
@@ -373,14 +371,16 @@ func invalidLocal(op string) error {
 // dataKey returns the data key env commits to, from the cache or (one call
 // however many ask at once) by unwrapping env's wrapped key.
 func (e *Envelope) dataKey(ctx context.Context, env *envelope.Envelope) (*envelope.Key, error) {
+	now := e.opts.Now()
 	e.mu.Lock()
 	gen := e.gen
-	k, ok := e.lookupLocked(env.Wrapped, e.opts.Now())
+	k, ok := e.lookupLocked(env.Wrapped, now)
+	refused := !ok && e.refusedLocked(env.Wrapped, now)
 	e.mu.Unlock()
-	if ok {
+	switch {
+	case ok:
 		return k, nil
-	}
-	if e.wasRefused(env.Wrapped) {
+	case refused:
 		return nil, errUnwrapRefused
 	}
 	// A copy: the unwrap goes on for other callers after this one may have
@@ -401,13 +401,20 @@ func (e *Envelope) dataKey(ctx context.Context, env *envelope.Envelope) (*envelo
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchTimeout)
 		defer cancel()
 		dk, err := e.c.DecryptDataKey(fctx, e.name, wrapped, []byte(envelope.DataKeyContext))
+		if errors.Is(err, ErrInvalidCiphertext) || errors.Is(err, ErrPermissionDenied) {
+			// Not authentic, or not this caller's to unwrap: remembered,
+			// so that the next envelopes of this data key go straight to
+			// the service.
+			e.noteRefused(gen, wrapped)
+			return nil, fmt.Errorf("%w: %w", errUnwrapRefused, err)
+		}
 		if err != nil {
 			return nil, fetchError(fctx, "local decrypt with "+e.name, err)
 		}
 		k, err := envelope.NewKey(dk, wrapped)
 		clear(dk)
 		if err != nil {
-			return nil, invalidLocal("local decrypt with " + e.name)
+			return nil, fmt.Errorf("%w: %w", errUnwrapRefused, invalidLocal("local decrypt with "+e.name))
 		}
 		e.remember(gen, &decKey{wrapped: ws, k: k, expires: e.opts.Now().Add(e.opts.DecryptTTL)})
 		return k, nil

@@ -216,12 +216,13 @@ func (c *Client) callError(ctx context.Context, op string, err error) error {
 	}
 	e := errorFromStatus(st)
 	switch {
-	case c.closed.Load() && (e.Code == codes.Unavailable || e.Code == codes.Canceled):
-		// Cut off by Close (gRPC reports the closed transport as
-		// UNAVAILABLE): CANCELLED, as the docs say, never "retry".
-		e.Code, e.cause, e.status = codes.Canceled, ErrClosed, nil
 	case c.closed.Load():
 		e.cause = ErrClosed
+		if e.Code == codes.Unavailable || e.Code == codes.Canceled {
+			// Cut off by Close (gRPC reports the closed transport as
+			// UNAVAILABLE): CANCELLED, as the docs say, never "retry".
+			e.Code, e.status = codes.Canceled, nil
+		}
 	case e.Code == codes.Canceled || e.Code == codes.DeadlineExceeded:
 		e.cause = ctx.Err()
 	}

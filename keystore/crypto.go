@@ -59,22 +59,23 @@ func (s *Service) seal(e *keyEntry, op string, plaintext, aad []byte) ([]byte, e
 // Every authentication failure is ErrInvalidCiphertext; a disabled, destroyed
 // or too-old version is reported as such.
 func (s *Service) Decrypt(ctx context.Context, ref KeyRef, ciphertext, aad []byte) ([]byte, uint32, error) {
-	reserved := isDataKeyAAD(aad)
-	if envelope.IsEnvelope(ciphertext) && !reserved {
+	if isDataKeyAAD(aad) {
+		// No field is bound to data keys' associated data: not authentic,
+		// once the key is known to exist and serve, as in a batch.
+		b, err := s.Batch(ctx, ref, "decrypt")
+		if err != nil {
+			return nil, 0, err
+		}
+		defer b.Done()
+		return b.Decrypt(ctx, ciphertext, aad)
+	}
+	if envelope.IsEnvelope(ciphertext) {
 		pt, v, _, err := s.decryptEnvelope(ctx, ref, ciphertext, aad)
 		return pt, v, err
 	}
 	e, err := s.m.key(ctx, ref)
 	if err != nil {
 		return nil, 0, err
-	}
-	if reserved {
-		// No field is bound to data keys' associated data: not authentic,
-		// once the key is known to exist and serve (as in a batch).
-		if e.rec.Purpose != PurposeEncrypt && e.rec.Purpose != PurposeEncryptDeterministic {
-			return nil, 0, wrongPurpose("decrypt", e, PurposeEncrypt, PurposeEncryptDeterministic)
-		}
-		return nil, 0, ErrInvalidCiphertext
 	}
 	return s.decryptWith(ctx, e, "decrypt", ciphertext, aad)
 }

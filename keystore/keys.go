@@ -87,9 +87,13 @@ func (s *Service) CreateKey(ctx context.Context, ref KeyRef, spec KeySpec) (Key,
 	return rec.toKey(ref), nil
 }
 
-// checkRotationPeriod accepts 0 (no automatic rotation) or at least an hour.
+// MinRotationPeriod is the shortest automatic rotation period.
+const MinRotationPeriod = time.Hour
+
+// checkRotationPeriod accepts 0 (no automatic rotation) or at least
+// MinRotationPeriod.
 func checkRotationPeriod(d time.Duration) error {
-	if d < 0 || (d > 0 && d < time.Hour) {
+	if d < 0 || (d > 0 && d < MinRotationPeriod) {
 		return fmt.Errorf("%w: key.rotation_period must be zero or at least 1h", ErrInvalidArgument)
 	}
 	return nil

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -372,7 +373,7 @@ func auditQuery(tenant string, req *custosv1.ListAuditEventsRequest) (audit.Quer
 	if q.Result != "" && !audit.ValidResult(q.Result) {
 		return bad("result %q is not OK, FAILED or a gRPC code name such as PERMISSION_DENIED", truncate(q.Result))
 	}
-	from, err := decodeAuditToken(req.GetPageToken(), queryDigest(q))
+	from, err := decodeAuditToken(req.GetPageToken(), q)
 	if err != nil {
 		return audit.Query{}, err
 	}
@@ -416,24 +417,29 @@ func encodeAuditToken(digest string, next uint64) string {
 	return base64.RawURLEncoding.EncodeToString(fmt.Appendf(nil, "%s%s:%x", auditTokenPrefix, digest, next))
 }
 
-func decodeAuditToken(tok, digest string) (uint64, error) {
+func decodeAuditToken(tok string, q audit.Query) (uint64, error) {
 	if tok == "" {
 		return 0, nil
 	}
-	if len(tok) <= 64 {
-		if b, err := base64.RawURLEncoding.DecodeString(tok); err == nil {
-			rest, ok := strings.CutPrefix(string(b), auditTokenPrefix)
-			d, h, ok2 := strings.Cut(rest, ":")
-			if ok && ok2 && d != digest {
-				return 0, status.Error(codes.InvalidArgument, "page_token was made for another tenant or other filters")
-			}
-			if ok && ok2 && len(h) > 0 && len(h) <= 16 {
-				var n uint64
-				if _, err := fmt.Sscanf(h, "%x", &n); err == nil && fmt.Sprintf("%x", n) == h {
-					return n, nil
-				}
-			}
-		}
+	malformed := status.Error(codes.InvalidArgument, "page_token is malformed")
+	if len(tok) > 64 {
+		return 0, malformed
 	}
-	return 0, status.Error(codes.InvalidArgument, "page_token is malformed")
+	b, err := base64.RawURLEncoding.DecodeString(tok)
+	if err != nil {
+		return 0, malformed
+	}
+	rest, ok := strings.CutPrefix(string(b), auditTokenPrefix)
+	d, h, ok2 := strings.Cut(rest, ":")
+	switch {
+	case !ok || !ok2:
+		return 0, malformed
+	case d != queryDigest(q):
+		return 0, status.Error(codes.InvalidArgument, "page_token was made for another tenant or other filters")
+	}
+	n, err := strconv.ParseUint(h, 16, 64)
+	if err != nil || len(h) > 16 || strconv.FormatUint(n, 16) != h {
+		return 0, malformed
+	}
+	return n, nil
 }

@@ -3,8 +3,6 @@ package server
 import (
 	"context"
 
-	"google.golang.org/grpc/status"
-
 	"github.com/custos-kms/custos/internal/slab"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 )
@@ -36,7 +34,7 @@ func (s cryptoService) RewrapBatch(ctx context.Context, req *custosv1.RewrapBatc
 		r := resp.Results[i]
 		r.Status = okStatus
 		if err := checkCiphertextItem(it.GetCiphertext(), it.GetAssociatedData()); err != nil {
-			r.Status = status.Convert(withInvalidDetails(err)).Proto()
+			r.Status = s.itemStatus(ctx, err)
 			continue
 		}
 		ct, v, err := b.Rewrap(ctx, it.GetCiphertext(), it.GetAssociatedData())

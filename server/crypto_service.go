@@ -143,7 +143,7 @@ func (s cryptoService) EncryptBatch(ctx context.Context, req *custosv1.EncryptBa
 		r := resp.Results[i]
 		r.Status = okStatus
 		if err := s.checkEncryptItem(it.GetPlaintext(), it.GetAssociatedData()); err != nil {
-			r.Status = status.Convert(withInvalidDetails(err)).Proto()
+			r.Status = s.itemStatus(ctx, err)
 			continue
 		}
 		ct, v, err := b.Encrypt(it.GetPlaintext(), it.GetAssociatedData())
@@ -173,7 +173,7 @@ func (s cryptoService) DecryptBatch(ctx context.Context, req *custosv1.DecryptBa
 		r := resp.Results[i]
 		r.Status = okStatus
 		if err := checkCiphertextItem(it.GetCiphertext(), it.GetAssociatedData()); err != nil {
-			r.Status = status.Convert(withInvalidDetails(err)).Proto()
+			r.Status = s.itemStatus(ctx, err)
 			continue
 		}
 		pt, v, err := b.Decrypt(ctx, it.GetCiphertext(), it.GetAssociatedData())

@@ -62,14 +62,18 @@ var blandMessages = map[codes.Code]string{
 	codes.Internal:    "internal error",
 }
 
-// toStatus converts a handler error to a gRPC status, logging internal
-// failures. Errors that already are statuses pass through.
 // itemStatus is a batch item's status for err, with the details a whole
 // call's refusal of the same error carries (withInvalidDetails).
 func (s *Server) itemStatus(ctx context.Context, err error) *spb.Status {
-	return status.Convert(withInvalidDetails(s.toStatus(ctx, err).Err())).Proto()
+	st := s.toStatus(ctx, err)
+	if st.Code() != codes.InvalidArgument {
+		return st.Proto()
+	}
+	return status.Convert(withInvalidDetails(st.Err())).Proto()
 }
 
+// toStatus converts a handler error to a gRPC status, logging internal
+// failures. Errors that already are statuses pass through.
 func (s *Server) toStatus(ctx context.Context, err error) *status.Status {
 	// Only an error that is itself a status (made by a handler) passes
 	// through: a status wrapped deeper (say a cloud KMS's gRPC error inside

@@ -87,14 +87,18 @@ func (c *conn) dial(cmd *cobra.Command) (*client.Client, error) {
 	return client.New(cmd.Context(), client.Config{Address: c.addr, CAFile: c.ca, CertFile: c.cert, KeyFile: c.key})
 }
 
-// callContext bounds the calls of a command that bounded nothing before
-// (one that reads what a person types): --timeout from now.
+// callContext is cmd's context bounded by --timeout from now (with
+// --timeout 0, only cancellable).
 func (c *conn) callContext(cmd *cobra.Command) (context.Context, context.CancelFunc) {
 	if c.timeout > 0 {
 		return context.WithTimeout(cmd.Context(), c.timeout)
 	}
 	return context.WithCancel(cmd.Context())
 }
+
+// ownTimeout annotates a command that applies --timeout to its calls
+// itself, with callContext, instead of to the whole command.
+const ownTimeout = "own-timeout"
 
 // run dials, runs f and closes the connection.
 func (c *conn) run(f func(cmd *cobra.Command, cl *client.Client, args []string) error) func(*cobra.Command, []string) error {
@@ -107,11 +111,11 @@ func (c *conn) run(f func(cmd *cobra.Command, cl *client.Client, args []string) 
 		if c.envErr != nil && !cmd.Flags().Changed("timeout") {
 			return c.envErr
 		}
-		// A command that follows (audit tail) bounds each call instead; one
-		// that reads a typed password bounds the calls after the reading
-		// (callContext).
-		if c.timeout > 0 && cmd.Annotations["follow"] == "" && cmd.Annotations["stdin"] == "" {
-			ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
+		// A command annotated ownTimeout bounds its calls itself
+		// (callContext): audit tail each call, password hash and verify the
+		// calls after a person has typed the password.
+		if cmd.Annotations[ownTimeout] == "" {
+			ctx, cancel := c.callContext(cmd)
 			defer cancel()
 			cmd.SetContext(ctx)
 		}
@@ -344,7 +348,7 @@ func splitKeyName(name string) (parent, id string, ok bool) {
 // checkRotationPeriod refuses, before anything is dialled, a
 // --rotation-period the service would: it is 0 (never) or at least 1h.
 func checkRotationPeriod(d time.Duration) error {
-	if d < 0 || d > 0 && d < time.Hour {
+	if d < 0 || d > 0 && d < keystore.MinRotationPeriod {
 		return usageError{fmt.Errorf("--rotation-period %v: want 0 (never) or at least 1h", d)}
 	}
 	return nil
@@ -405,15 +409,15 @@ func when(t time.Time) string {
 // label: value lines (one tenant in text), or as JSON lines with -o json;
 // every command that shows tenants prints them so.
 func (c *conn) tenants(cmd *cobra.Command, ts ...client.Tenant) error {
-	return c.printTenants(cmd, false, ts...)
+	return c.showTenants(cmd, false, ts...)
 }
 
 // tenant prints the one tenant a command returned.
 func (c *conn) tenant(cmd *cobra.Command, t client.Tenant) error {
-	return c.printTenants(cmd, true, t)
+	return c.showTenants(cmd, true, t)
 }
 
-func (c *conn) printTenants(cmd *cobra.Command, single bool, ts ...client.Tenant) error {
+func (c *conn) showTenants(cmd *cobra.Command, single bool, ts ...client.Tenant) error {
 	switch {
 	case c.output == "table", c.output == "text" && !single:
 		printTenants(cmd.OutOrStdout(), ts...)

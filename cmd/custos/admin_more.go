@@ -134,10 +134,7 @@ func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
 		Use: "update tenants/TENANT/keys/KEY", Short: "Change a key's rotation period or minimum decryption version", Args: keyArgs(1),
 		PreRunE: func(*cobra.Command, []string) error { return checkRotationPeriod(rotation) },
 		RunE: k.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
-			name, err := keyNameArg(args[0])
-			if err != nil {
-				return err
-			}
+			name := args[0] // checked by keyArgs
 			var u client.KeyUpdate
 			if cmd.Flags().Changed("rotation-period") {
 				u.RotationPeriod = &rotation
@@ -169,10 +166,7 @@ func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
 			Use: op + " tenants/TENANT/keys/KEY VERSION", Short: strings.ToUpper(op[:1]) + op[1:] + " a version", Args: keyArgs(2),
 			PreRunE: func(*cobra.Command, []string) error { return checkWaiting(destroyWaiting) },
 			RunE: k.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
-				name, err := keyNameArg(args[0])
-				if err != nil {
-					return err
-				}
+				name := args[0] // checked by keyArgs
 				v, err := strconv.ParseUint(args[1], 10, 32)
 				if err != nil || v == 0 {
 					return usageError{fmt.Errorf("VERSION %q is not a version number", args[1])}
@@ -263,7 +257,7 @@ func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
 	var subject string
 	pverify := outFlag(&cobra.Command{
 		Use: "verify tenants/TENANT/keys/KEY HASH", Short: "Check the password on standard input against HASH; exits 5 when it does not match", Args: keyArgs(2),
-		Annotations: map[string]string{"stdin": "true"},
+		Annotations: map[string]string{ownTimeout: "true"},
 		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
 			pw, err := readPassword(cmd)
 			if err != nil {
@@ -288,7 +282,7 @@ func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
 	pverify.Flags().StringVar(&subject, "subject", "", "the account the password belongs to (for lockout)")
 	password.AddCommand(outFlag(&cobra.Command{
 		Use: "hash tenants/TENANT/keys/KEY", Short: "Hash the password on standard input", Args: keyArgs(1),
-		Annotations: map[string]string{"stdin": "true"},
+		Annotations: map[string]string{ownTimeout: "true"},
 		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
 			pw, err := readPassword(cmd)
 			if err != nil {

@@ -111,7 +111,7 @@ func newAuditCmd() *cobra.Command {
 	var interval time.Duration
 	var includeReads bool
 	tail := &cobra.Command{
-		Annotations: map[string]string{"follow": "true"},
+		Annotations: map[string]string{ownTimeout: "true"},
 		Use:         "tail --tenant T",
 		Short:       "Follow a tenant's audit events as the log signs them (Ctrl-C to stop)",
 		Args:        cobra.NoArgs,
@@ -136,10 +136,7 @@ func newAuditCmd() *cobra.Command {
 			t := time.NewTicker(interval)
 			defer t.Stop()
 			for {
-				cctx, cancel := ctx, context.CancelFunc(func() {})
-				if c.timeout > 0 {
-					cctx, cancel = context.WithTimeout(ctx, c.timeout)
-				}
+				cctx, cancel := c.callContext(cmd)
 				page, err := cl.ListAuditEvents(cctx, parent, f)
 				cancel()
 				if err != nil {

@@ -91,7 +91,7 @@ func Setup(ctx context.Context, conn grpc.ClientConnInterface) error {
 		"enc": {Purpose: custosv1.KeyPurpose_KEY_PURPOSE_ENCRYPT},
 		"mac": {Purpose: custosv1.KeyPurpose_KEY_PURPOSE_MAC},
 		"pw":  {Purpose: custosv1.KeyPurpose_KEY_PURPOSE_PASSWORD},
-		// ArgonKeys' key: argon2id with its default (OWASP) parameters.
+		// Argon2idKeys' key: argon2id with its default (OWASP) parameters.
 		"pw-argon2id": {Purpose: custosv1.KeyPurpose_KEY_PURPOSE_PASSWORD, PasswordPolicy: argon2id},
 	} {
 		_, err := kc.CreateKey(ctx, &custosv1.CreateKeyRequest{Parent: "tenants/bench", KeyId: id, Key: k})

@@ -149,6 +149,7 @@ func openSpool(prefix string) (sp *spool, entries []spoolEntry, torn int64, corr
 // damaged entry does not cost the acknowledged entries after it.
 func readSegment(r io.ReaderAt, n uint64) (entries []spoolEntry, good int64, corrupt int, err error) {
 	var off int64
+	bad := 0 // damaged entries since the last intact one
 	for {
 		e, next, err := readEntry(r, n, off)
 		if err != nil {
@@ -157,30 +158,14 @@ func readSegment(r io.ReaderAt, n uint64) (entries []spoolEntry, good int64, cor
 		switch {
 		case e != nil:
 			entries = append(entries, *e)
-			off = next
-			continue
+			corrupt += bad // an intact entry follows them: damage, not a torn tail
+			bad, good = 0, next
 		case next > off:
-			// Whole entries whose checksums fail: damage, if an intact
-			// entry follows them; else a torn tail.
-			bad, at := 1, next
-			for {
-				after, afterNext, err := readEntry(r, n, at)
-				if err != nil {
-					return nil, 0, 0, err
-				}
-				if after != nil {
-					corrupt += bad
-					off = at
-					break
-				}
-				if afterNext == at {
-					return entries, off, corrupt, nil
-				}
-				bad, at = bad+1, afterNext
-			}
-			continue
+			bad++
+		default:
+			return entries, good, corrupt, nil
 		}
-		return entries, off, corrupt, nil
+		off = next
 	}
 }
 

@@ -241,9 +241,12 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 		}
 		return nil
 	}
+	addTombstone := func(ts keystore.Tombstone) error {
+		b, _ := json.Marshal(ts)
+		return add(storage.Op{Key: keystore.TombstonePrefix + ts.Tenant, Value: b, Expect: storage.AnyVersion})
+	}
 	for _, t := range rep.Shredded {
-		b, _ := json.Marshal(keep[t])
-		if err := add(storage.Op{Key: keystore.TombstonePrefix + t, Value: b, Expect: storage.AnyVersion}); err != nil {
+		if err := addTombstone(keep[t]); err != nil {
 			return nil, err
 		}
 		if err := flush(); err != nil { // the tombstone before any delete
@@ -303,8 +306,7 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 		if shred[t] || inTarget[t] {
 			continue
 		}
-		b, _ := json.Marshal(newest[t])
-		if err := add(storage.Op{Key: keystore.TombstonePrefix + t, Value: b, Expect: storage.AnyVersion}); err != nil {
+		if err := addTombstone(newest[t]); err != nil {
 			return nil, err
 		}
 	}

@@ -304,11 +304,10 @@ func Parse(data []byte) (*Policy, error) {
 		for _, l := range r.limits {
 			// Unnamed rules with the same globs and class: the second one's
 			// limit is "#2", and so on, in file order.
-			if n := ids[l.ID]; n > 0 {
-				ids[l.ID] = n + 1
-				l.ID = fmt.Sprintf("%s #%d", l.ID, n+1)
-			} else {
-				ids[l.ID] = 1
+			seen := ids[l.ID]
+			ids[l.ID] = seen + 1
+			if seen > 0 {
+				l.ID = fmt.Sprintf("%s #%d", l.ID, seen+1)
 			}
 		}
 		p.rules = append(p.rules, r)
