@@ -88,7 +88,8 @@ func auditEvent(ctx context.Context, rid, fullMethod string, c *call, start time
 	if m, ok := methods[fullMethod]; ok {
 		ev.Operation = m.op
 	} else {
-		ev.Operation = "unknown"
+		// A method no service has: the caller's path, bounded.
+		ev.Operation, ev.Method = "unknown", clip(fullMethod)
 	}
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		ev.Peer = clip(p.Addr.String())

@@ -90,6 +90,9 @@ func (u *unaryPath) intercept(ctx context.Context, req any, info *grpc.UnaryServ
 func (u *unaryPath) validate(req any) error {
 	msg, ok := req.(proto.Message)
 	if !ok {
+		if u, ok := req.(undecoded); ok {
+			return u.err
+		}
 		return status.Errorf(codes.Internal, "unsupported message type: %T", req)
 	}
 	if handChecked[msg.ProtoReflect().Descriptor().FullName()] {

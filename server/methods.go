@@ -269,6 +269,9 @@ func (s *Server) streamRequestPath(srv any, ss grpc.ServerStream, info *grpc.Str
 		return err
 	}
 	c.identity = id
+	if srv == nil {
+		return unknownMethod(srv, ss) // no service: grpc.UnknownServiceHandler
+	}
 	if m, ok := methods[info.FullMethod]; ok && m.scope == scopePublic {
 		wrapped := middleware.WrapServerStream(ss)
 		wrapped.WrappedContext = identity.NewContext(ctx, id)

@@ -152,7 +152,13 @@ func (m *metrics) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerI
 	case !info.IsClientStream && info.IsServerStream:
 		typ = "server_stream"
 	}
-	mm := m.method(info.FullMethod, typ)
+	name := info.FullMethod
+	if srv == nil {
+		// No service has the method: one series for all such calls, not
+		// one per path a caller makes up.
+		name = "/unknown/unknown"
+	}
+	mm := m.method(name, typ)
 	mm.started.Inc()
 	start := time.Now()
 	err := handler(srv, ss)

@@ -168,10 +168,10 @@ func New(cfg Config) (*Server, error) {
 
 // Register registers the Custos services, health and reflection on r.
 func (s *Server) Register(r grpc.ServiceRegistrar) {
-	custosv1.RegisterKeyServiceServer(r, keyService{Server: s})
-	custosv1.RegisterCryptoServiceServer(r, cryptoService{Server: s})
-	custosv1.RegisterAuditServiceServer(r, auditService{Server: s})
-	healthpb.RegisterHealthServer(r, s.health)
+	r.RegisterService(auditUndecodable(&custosv1.KeyService_ServiceDesc), keyService{Server: s})
+	r.RegisterService(auditUndecodable(&custosv1.CryptoService_ServiceDesc), cryptoService{Server: s})
+	r.RegisterService(auditUndecodable(&custosv1.AuditService_ServiceDesc), auditService{Server: s})
+	r.RegisterService(auditUndecodable(&healthpb.Health_ServiceDesc), s.health)
 	for _, svc := range []string{"", custosv1.KeyService_ServiceDesc.ServiceName, custosv1.CryptoService_ServiceDesc.ServiceName, custosv1.AuditService_ServiceDesc.ServiceName} {
 		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
 	}
@@ -225,6 +225,7 @@ func (s *Server) NewGRPCServer(tlsConf *tls.Config, opts ...grpc.ServerOption) (
 		grpc.NumStreamWorkers(streamWorkers),
 		grpc.MaxRecvMsgSize(s.limits.MaxMessageBytes),
 		grpc.MaxSendMsgSize(s.limits.MaxMessageBytes),
+		grpc.UnknownServiceHandler(unknownMethod),
 		grpc.ChainUnaryInterceptor((&unaryPath{s: s, validator: validator}).intercept),
 		grpc.ChainStreamInterceptor(
 			s.metrics.stream,
