@@ -817,3 +817,86 @@ func TestABatchReloadsOnceThroughAnOutage(t *testing.T) {
 		t.Fatalf("the forged ciphertext after the outage: %v, want ErrInvalidCiphertext", err)
 	}
 }
+
+// pausingList pauses the first List of one prefix after it has read, so a
+// test can act between a listing and the deletes made from it.
+type pausingList struct {
+	storage.Store
+	prefix          string
+	paused, release chan struct{}
+	once            sync.Once
+}
+
+func (p *pausingList) List(ctx context.Context, prefix, after string, limit int) ([]storage.Record, error) {
+	recs, err := p.Store.List(ctx, prefix, after, limit)
+	if prefix == p.prefix {
+		p.once.Do(func() {
+			close(p.paused)
+			<-p.release
+		})
+	}
+	return recs, err
+}
+
+// Two shreds of one tenant at once (a lease that changed hands mid-shred,
+// or RunOnce beside the holder): when one finishes and the id is created
+// again, the other must not go on deleting the new tenant's keys.
+func TestAStaleShredSparesTheTenantCreatedAgain(t *testing.T) {
+	ctx := context.Background()
+	lr, err := local.Create(filepath.Join(t.TempDir(), "root.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem := memory.New()
+	ref := KeyRef{Tenant: "t", Key: "k"}
+	pl := &pausingList{Store: mem, prefix: keyStoragePrefix(ref.Tenant), paused: make(chan struct{}), release: make(chan struct{})}
+	a, err := New(Config{Storage: mem, Root: lr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(Config{Storage: pl, Root: lr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.CreateTenant(ctx, ref.Tenant); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.CreateKey(ctx, ref, KeySpec{Purpose: PurposeEncrypt}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.DeleteTenant(ctx, ref.Tenant, 0); err != nil {
+		t.Fatal(err)
+	}
+	later := func() time.Time { return time.Now().Add(400 * 24 * time.Hour) }
+	a.now, b.now = later, later
+	type result struct {
+		ok  bool
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		ok, err := b.shredTenant(ctx, ref.Tenant)
+		done <- result{ok, err}
+	}()
+	within(t, pl.paused, "the stale shred lists the old keys")
+	if ok, err := a.shredTenant(ctx, ref.Tenant); !ok || err != nil {
+		t.Fatalf("shred: %v, %v", ok, err)
+	}
+	if _, err := a.CreateTenant(ctx, ref.Tenant); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.CreateKey(ctx, ref, KeySpec{Purpose: PurposeEncrypt}); err != nil {
+		t.Fatal(err)
+	}
+	close(pl.release)
+	r := within(t, done, "the stale shred ends")
+	if r.ok {
+		t.Errorf("the stale shred reports it shredded the tenant (err %v)", r.err)
+	}
+	if _, err := mem.Get(ctx, keyStorageKey(ref)); err != nil {
+		t.Fatalf("the new tenant's key after the stale shred: %v", err)
+	}
+	if _, err := mem.Get(ctx, tenantStorageKey(ref.Tenant)); err != nil {
+		t.Fatalf("the new tenant's record after the stale shred: %v", err)
+	}
+}

@@ -156,8 +156,28 @@ func (s *Service) shredTenant(ctx context.Context, tenant string) (bool, error) 
 		return false, err
 	}
 	s.m.invalidateTenant(tenant)
+	// Another shred of this tenant may run at once (a lease that changed
+	// hands mid-shred, RunOnce beside the holder). Once it has finished,
+	// the id may be created again: each page of records is deleted only
+	// while the tenant record this shred marked is still there, so a stale
+	// shred stops before it reaches the new tenant's records. (Versions
+	// are never reused, so a record listed before the check and created
+	// again since is a conflict, not a delete.)
+	ours := func(ctx context.Context) (bool, error) {
+		cur, _, err := s.readTenant(ctx, tenant)
+		if errors.Is(err, ErrNotFound) {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		return cur.CreateTime.Equal(rec.CreateTime) && !cur.ShredTime.IsZero(), nil
+	}
 	for _, prefix := range tenantScopedPrefixes(tenant) {
-		if err := s.deletePrefix(ctx, prefix); err != nil {
+		if err := s.deletePrefix(ctx, prefix, ours); err != nil {
+			if errors.Is(err, errShredSuperseded) {
+				return false, nil
+			}
 			return false, fmt.Errorf("shred tenant %q: %w", tenant, err)
 		}
 	}
@@ -171,10 +191,17 @@ func (s *Service) shredTenant(ctx context.Context, tenant string) (bool, error) 
 	return true, nil
 }
 
+// errShredSuperseded: the tenant a shred was deleting is gone, or is
+// another tenant of the same id, so its records are not this shred's to
+// delete.
+var errShredSuperseded = errors.New("the tenant was shredded meanwhile")
+
 // deletePrefix deletes every record whose key starts with prefix, however
-// many there are; it gives up (ErrAborted) only when concurrent writes keep
-// conflicting with its deletes.
-func (s *Service) deletePrefix(ctx context.Context, prefix string) error {
+// many there are, as long as ours says (after each listing) that they still
+// belong to the tenant being shredded (else errShredSuperseded); it gives up
+// (ErrAborted) only when concurrent writes keep conflicting with its
+// deletes.
+func (s *Service) deletePrefix(ctx context.Context, prefix string, ours func(context.Context) (bool, error)) error {
 	conflicts := 0
 	for {
 		recs, err := s.store.List(ctx, prefix, "", shredPageSize)
@@ -183,6 +210,11 @@ func (s *Service) deletePrefix(ctx context.Context, prefix string) error {
 		}
 		if len(recs) == 0 {
 			return nil
+		}
+		if ok, err := ours(ctx); err != nil {
+			return err
+		} else if !ok {
+			return errShredSuperseded
 		}
 		for _, r := range recs {
 			err := s.store.Delete(ctx, r.Key, r.Version)
