@@ -21,6 +21,13 @@ func main() {
 		earlySIGHUP = catchSIGHUP()
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// The first SIGINT or SIGTERM starts a graceful stop; once it has, the
+	// signals are no longer caught, so a second one ends the process at
+	// once (a drain can last shutdown_timeout). The goroutine ends with ctx.
+	go func() {
+		<-ctx.Done()
+		stop()
+	}()
 	err := newRootCmd().ExecuteContext(ctx)
 	stop()
 	if err != nil {

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
 	"github.com/custos-kms/custos/client"
 )
 
@@ -153,4 +155,37 @@ func waitExists(t *testing.T, path string) {
 		time.Sleep(time.Millisecond)
 	}
 	t.Fatalf("%s did not appear within 10s", path)
+}
+
+// A second SIGINT or SIGTERM during a long drain (a watch stream keeps the
+// drain going for the whole shutdown_timeout) ends the process at once, as
+// an operator pressing Ctrl-C twice expects; it was caught and ignored.
+func TestASecondSignalEndsALongDrain(t *testing.T) {
+	dir, path := newFaultConfig(t, "", "shutdown_timeout: 60s\n")
+	srv := startFaultServer(t, dir, path)
+	conn := devConn(t, dir, srv.addr)
+	watch, err := healthpb.NewHealthClient(conn).Watch(t.Context(), &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := watch.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	// The drain has begun once the watch hears NOT_SERVING.
+	if r, err := watch.Recv(); err != nil || r.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("the watch after SIGTERM: %v, %v; want NOT_SERVING", r, err)
+	}
+	begin := time.Now()
+	if err := srv.c.cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-srv.c.done:
+		t.Logf("exited %v after the second signal", time.Since(begin))
+	case <-time.After(10 * time.Second):
+		t.Fatal("the server still drains 10s after a second signal")
+	}
 }
