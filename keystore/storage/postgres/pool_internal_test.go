@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/custos-kms/custos/internal/pgtest"
 	"github.com/custos-kms/custos/keystore/storage"
@@ -77,5 +79,50 @@ func TestRunningOutOfConnectionsKeepsThePool(t *testing.T) {
 	}
 	if _, err := s.Get(ctx, "k"); err != nil {
 		t.Fatalf("a read on the kept connection: %v", err)
+	}
+}
+
+// A server that stops answering right after the watcher's connection is
+// made (its LISTEN unanswered) does not hold Watch, and with it a server's
+// start, until TCP gives up: the LISTEN has the ping deadline.
+func TestAnUnansweredListenDoesNotHoldWatch(t *testing.T) {
+	oldPing := pingTimeout
+	pingTimeout = 500 * time.Millisecond
+	t.Cleanup(func() { pingTimeout = oldPing })
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	pg := pgtest.StartDedicated(t)
+	s, err := Open(ctx, Config{URL: pg.NewDatabase(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var frozen atomic.Bool
+	t.Cleanup(func() {
+		if frozen.Swap(false) {
+			pg.Thaw(t)
+		}
+		s.Close()
+	})
+	s.connConfig.AfterConnect = func(context.Context, *pgconn.PgConn) error {
+		if frozen.CompareAndSwap(false, true) {
+			pg.Freeze(t)
+		}
+		return nil
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Watch(ctx)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Watch: %v; want it to return and keep trying", err)
+		}
+	case <-time.After(15 * time.Second):
+		if frozen.Swap(false) {
+			pg.Thaw(t)
+		}
+		t.Fatal("Watch still waits for an unanswered LISTEN after 15s")
 	}
 }

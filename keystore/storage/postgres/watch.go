@@ -137,13 +137,19 @@ func (s *Store) watch(ctx context.Context, conn *pgx.Conn, ch chan<- storage.Cha
 	}
 }
 
-// listen opens a connection and LISTENs on notifyChannel.
+// listen opens a connection and LISTENs on notifyChannel. The connect is
+// bounded by the configured connect timeout, the LISTEN by pingTimeout: a
+// server that stops answering in between must not hold Watch (a server's
+// start) or the reconnect loop until TCP gives up.
 func (s *Store) listen(ctx context.Context) (*pgx.Conn, error) {
 	conn, err := pgx.ConnectConfig(ctx, s.connConfig)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := conn.Exec(ctx, "LISTEN "+notifyChannel); err != nil {
+	lctx, cancel := context.WithTimeout(ctx, pingTimeout)
+	_, err = conn.Exec(lctx, "LISTEN "+notifyChannel)
+	cancel()
+	if err != nil {
 		closeConn(conn)
 		return nil, err
 	}
