@@ -126,3 +126,53 @@ func TestAnUnansweredListenDoesNotHoldWatch(t *testing.T) {
 		t.Fatal("Watch still waits for an unanswered LISTEN after 15s")
 	}
 }
+
+// A server that takes no writes (a hot standby after a failover, which a
+// multi-host URL or stale DNS can still lead to) is not used: connections
+// must be read-write unless the URL says otherwise, so a replica neither
+// serves stale records from it nor keeps failing writes on it.
+func TestAReadOnlyServerIsNotUsed(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	dbURL := pgtest.Start(t).NewDatabase(t)
+	admin, err := Open(ctx, Config{URL: dbURL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.Put(ctx, "k", []byte("v"), 0); err != nil {
+		t.Fatal(err)
+	}
+	var db string
+	if err := admin.pool.QueryRow(ctx, "SELECT current_database()").Scan(&db); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.pool.Exec(ctx, "ALTER DATABASE "+pgx.Identifier{db}.Sanitize()+" SET default_transaction_read_only = on"); err != nil {
+		t.Skipf("cannot make the database read-only here (an external server?): %v", err)
+	}
+	admin.Close()
+
+	ro, err := Open(ctx, Config{URL: dbURL, NoMigrate: true})
+	if err == nil {
+		defer ro.Close()
+		_, err = ro.Get(ctx, "k")
+	}
+	if !errors.Is(err, storage.ErrUnavailable) {
+		t.Fatalf("reading from a read-only server: %v, want ErrUnavailable", err)
+	}
+	// The URL's own choice stands.
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := u.Query()
+	q.Set("target_session_attrs", "any")
+	u.RawQuery = q.Encode()
+	anyServer, err := Open(ctx, Config{URL: u.String(), NoMigrate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer anyServer.Close()
+	if r, err := anyServer.Get(ctx, "k"); err != nil || string(r.Value) != "v" {
+		t.Fatalf("with target_session_attrs=any: %q, %v", r.Value, err)
+	}
+}

@@ -23,11 +23,13 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/custos-kms/custos/keystore/storage"
@@ -125,6 +127,14 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		pcfg.ConnConfig.ConnectTimeout = cfg.ConnectTimeout
 	} else if pcfg.ConnConfig.ConnectTimeout == 0 {
 		pcfg.ConnConfig.ConnectTimeout = DefaultConnectTimeout
+	}
+	if !strings.Contains(cfg.URL, "target_session_attrs") {
+		// Custos writes: a server that takes no writes (a hot standby
+		// after a failover, reached through a multi-host URL or stale DNS)
+		// is skipped for the next host, as libpq's
+		// target_session_attrs=read-write does, instead of serving stale
+		// records and failing every write. The watcher's connections too.
+		pcfg.ConnConfig.ValidateConnect = pgconn.ValidateConnectTargetSessionAttrsReadWrite
 	}
 	pcfg.PrepareConn = func(_ context.Context, c *pgx.Conn) (bool, error) {
 		// false: the pool destroys the connection and takes another.
