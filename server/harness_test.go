@@ -220,6 +220,8 @@ type options struct {
 	sighup bool
 	// serverOptions are added to the gRPC server's options.
 	serverOptions []grpc.ServerOption
+	// listener replaces the listener bound to the configured address.
+	listener net.Listener
 }
 
 // testServer is one running server on files.
@@ -261,7 +263,7 @@ func start(tb testing.TB, f *files, o options) *testServer {
 		signal.Notify(reload, syscall.SIGHUP)
 		tb.Cleanup(func() { signal.Stop(reload) })
 	}
-	rt, err := custos.New(context.Background(), cfg, custos.Options{Logger: logger, Root: r, Register: o.register, Reload: reload, ServerOptions: o.serverOptions})
+	rt, err := custos.New(context.Background(), cfg, custos.Options{Logger: logger, Root: r, Register: o.register, Reload: reload, ServerOptions: o.serverOptions, Listener: o.listener})
 	if err != nil {
 		tb.Fatal(err)
 	}

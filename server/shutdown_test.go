@@ -8,14 +8,17 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	"github.com/custos-kms/custos/internal/config"
 	"github.com/custos-kms/custos/internal/custos"
+	"github.com/custos-kms/custos/keystore/root"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 )
 
@@ -148,4 +151,68 @@ func TestReadyzSaysDrainingDuringTheDrain(t *testing.T) {
 		t.Fatalf("/readyz during the drain: %d %s, want 503 saying draining", code, body)
 	}
 	<-stopped
+}
+
+// gatedRoot holds every Wrap until release is closed, telling entered
+// when the first one starts.
+type gatedRoot struct {
+	root.Root
+	entered, release chan struct{}
+	once             sync.Once
+}
+
+func (g *gatedRoot) Wrap(ctx context.Context, plaintext, aad []byte) ([]byte, error) {
+	g.once.Do(func() { close(g.entered) })
+	select {
+	case <-g.release:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return g.Root.Wrap(ctx, plaintext, aad)
+}
+
+// When the gRPC listener fails, the calls in flight still finish and are
+// answered, as on SIGTERM: the runtime stopped the server without waiting
+// for them and closed the audit trail and the store under them.
+func TestAFailedListenerLetsTheCallsInFlightFinish(t *testing.T) {
+	f := newFiles(t)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gr := &gatedRoot{Root: f.root, entered: make(chan struct{}), release: make(chan struct{})}
+	ts := start(t, f, options{root: gr, listener: lis, configure: func(c *config.Config) { c.ShutdownTimeout = 20 * time.Second }})
+	ctx := testContext(t)
+	conn := ts.conn(t, idAdmin)
+	hc := healthpb.NewHealthClient(conn)
+	if _, err := hc.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := custosv1.NewKeyServiceClient(conn).CreateTenant(ctx, &custosv1.CreateTenantRequest{TenantId: "a"})
+		done <- err
+	}()
+	select {
+	case <-gr.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("CreateTenant never reached the root")
+	}
+	if err := lis.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// The runtime has seen Serve fail once health says NOT_SERVING.
+	waitFor(t, 10*time.Second, "health NOT_SERVING on the open connection after the listener failed (a cut connection never says so)", func() bool {
+		r, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
+		return err == nil && r.GetStatus() == healthpb.HealthCheckResponse_NOT_SERVING
+	})
+	close(gr.release)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("the call in flight when the listener failed: %v, want it answered", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the call in flight was not answered within 10s")
+	}
 }

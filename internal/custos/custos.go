@@ -68,6 +68,10 @@ type Options struct {
 	// configured gc_percent unless GOGC is in the environment. Only the
 	// process's one server sets it (custos serve and dev).
 	TuneRuntime bool
+	// Listener, if set, is the gRPC listener in place of one bound to the
+	// configured address (a socket handed over by systemd, or a test's);
+	// the Runtime closes it.
+	Listener net.Listener
 	// Reload, if set, reloads the policy and the TLS files on every
 	// receive. A process's one
 	// server passes a channel registered for SIGHUP with signal.Notify as
@@ -141,8 +145,10 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 	if rt.policy, err = policy.NewHolder(cfg.PolicyFile); err != nil {
 		return nil, err
 	}
-	if rt.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
-		return nil, fmt.Errorf("listen: %w", err)
+	if rt.lis = opts.Listener; rt.lis == nil {
+		if rt.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
+			return nil, fmt.Errorf("listen: %w", err)
+		}
 	}
 	rt.closers = append(rt.closers, func() { rt.lis.Close() })
 	if cfg.Ops.Listen != "off" {
@@ -430,8 +436,12 @@ func (rt *Runtime) Run(ctx context.Context) error {
 	var serveErr error
 	select {
 	case serveErr = <-errc:
+		// The listener failed: no new connections, but the calls in
+		// flight finish as on a signal, before the trail and the store
+		// close under them.
+		logger.Error("custos listener failed; stopping", "error", serveErr.Error(), "timeout", cfg.ShutdownTimeout.String())
 		rt.srv.Shutdown()
-		rt.gs.Stop()
+		rt.drain(cfg.ShutdownTimeout)
 	case <-ctx.Done():
 		logger.Info("custos stopping", "timeout", cfg.ShutdownTimeout.String())
 		rt.srv.Shutdown()
