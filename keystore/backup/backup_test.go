@@ -17,6 +17,7 @@ import (
 
 	"github.com/custos-kms/custos/internal/pgtest"
 	"github.com/custos-kms/custos/keystore"
+	"github.com/custos-kms/custos/keystore/audit"
 	"github.com/custos-kms/custos/keystore/backup"
 	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/root/local"
@@ -708,5 +709,25 @@ func TestAForcedRestoreIsRefusedWhileServersRun(t *testing.T) {
 	w.clock.add(2 * time.Minute) // the lease expired: its holder is gone
 	if _, err := restore(w, file, target, backup.RestoreOptions{Force: true}); err != nil {
 		t.Fatalf("a forced restore once the lease expired: %v", err)
+	}
+}
+
+// On PostgreSQL the leases are judged by the database's clock, not the
+// operator's: a restore run on a machine whose clock is ahead by more than
+// a lease's TTL still sees the servers that hold one.
+func TestAForcedRestoreSeesHeldLeasesWhateverTheOperatorsClock(t *testing.T) {
+	ctx := context.Background()
+	w := newWorld(t)
+	src := memory.New()
+	populate(t, w.keystore(t, src), "a")
+	file := backupOf(t, w, src)
+	target := pgStore(t)
+	l := lease.Lease{Store: target, Key: audit.LeaseStorageKey, Now: time.Now}
+	if held, _, err := l.Acquire(ctx, "replica-1", time.Minute); err != nil || !held {
+		t.Fatalf("take the lease: %v, %v", held, err)
+	}
+	w.clock.add(time.Now().Add(10 * time.Minute).Sub(w.clock.now())) // the operator's clock is ahead
+	if _, err := restore(w, file, target, backup.RestoreOptions{Force: true}); err == nil || !strings.Contains(err.Error(), "servers are running") {
+		t.Fatalf("a forced restore under a held lease, the operator's clock ahead: %v, want it refused", err)
 	}
 }

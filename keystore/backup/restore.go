@@ -125,8 +125,16 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 		// half restored (they check for a restore only at start), and could
 		// shred a tenant the restore then writes back: refuse while one of
 		// them holds a lease.
+		leaseNow := opts.Now
+		if c, ok := target.(storage.Clock); ok {
+			t, err := c.Now(ctx)
+			if err != nil {
+				return nil, fmt.Errorf("backup: read the target store's clock: %w", err)
+			}
+			leaseNow = func() time.Time { return t }
+		}
 		for _, key := range []string{keystore.LeaseStorageKey, audit.LeaseStorageKey} {
-			holder, until, held, err := lease.Lease{Store: target, Key: key, Now: opts.Now}.Holder(ctx)
+			holder, until, held, err := lease.Lease{Store: target, Key: key, Now: leaseNow}.Holder(ctx)
 			if err != nil {
 				return nil, fmt.Errorf("backup: read the target store: %w", err)
 			}

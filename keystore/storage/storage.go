@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 // Sentinel errors. Backends wrap them with context; callers test with errors.Is.
@@ -155,6 +156,15 @@ type Change struct {
 	// deleted or the backend cannot tell: caches built from a record at
 	// Version or newer are still current.
 	Version uint64
+}
+
+// Clock is implemented by stores with a clock of their own (PostgreSQL's
+// now()). A tool that judges the leases servers write (a restore asking
+// whether servers run) reads it instead of its own machine's clock, which
+// may be off by more than a lease's TTL; the servers' clocks are kept in
+// step with the database's (operations.md).
+type Clock interface {
+	Now(ctx context.Context) (time.Time, error)
 }
 
 // Watcher is implemented by stores that can tell every process sharing them

@@ -172,6 +172,18 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	return s, nil
 }
 
+// Now returns the database server's clock (storage.Clock).
+func (s *Store) Now(ctx context.Context) (time.Time, error) {
+	if err := s.ready(ctx); err != nil {
+		return time.Time{}, fmt.Errorf("postgres: now: %w", err)
+	}
+	var t time.Time
+	if err := s.pool.QueryRow(ctx, `SELECT now()`).Scan(&t); err != nil {
+		return time.Time{}, fmt.Errorf("postgres: now: %w", s.fail(ctx, err))
+	}
+	return t, nil
+}
+
 // Get returns the record stored under key, or an error wrapping
 // storage.ErrNotFound.
 func (s *Store) Get(ctx context.Context, key string) (storage.Record, error) {
