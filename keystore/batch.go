@@ -66,8 +66,7 @@ func (b *Batch) Decrypt(ctx context.Context, ciphertext, aad []byte) ([]byte, ui
 		return nil, 0, ErrInvalidCiphertext
 	}
 	if envelope.IsEnvelope(ciphertext) {
-		pt, v, _, err := b.s.decryptEnvelope(ctx, b.e.ref, ciphertext, aad)
-		return pt, v, err
+		return b.decryptEnvelope(ctx, ciphertext, aad)
 	}
 	return b.decrypt(ctx, "decrypt", ciphertext, aad)
 }
@@ -104,7 +103,7 @@ func (b *Batch) Rewrap(ctx context.Context, ciphertext, aad []byte) ([]byte, uin
 		return nil, 0, ErrInvalidCiphertext
 	}
 	if envelope.IsEnvelope(ciphertext) {
-		return b.s.rewrapEnvelope(ctx, b.e.ref, ciphertext, aad)
+		return b.rewrapEnvelope(ctx, ciphertext, aad)
 	}
 	inner := aad
 	pt, v, err := b.decrypt(ctx, "rewrap", ciphertext, aad)

@@ -59,19 +59,16 @@ func (s *Service) seal(e *keyEntry, op string, plaintext, aad []byte) ([]byte, e
 // Every authentication failure is ErrInvalidCiphertext; a disabled, destroyed
 // or too-old version is reported as such.
 func (s *Service) Decrypt(ctx context.Context, ref KeyRef, ciphertext, aad []byte) ([]byte, uint32, error) {
-	if isDataKeyAAD(aad) {
+	if isDataKeyAAD(aad) || envelope.IsEnvelope(ciphertext) {
 		// No field is bound to data keys' associated data: not authentic,
-		// once the key is known to exist and serve, as in a batch.
+		// once the key is known to exist and serve, as in a batch. An
+		// envelope is opened as in a batch, too.
 		b, err := s.Batch(ctx, ref, "decrypt")
 		if err != nil {
 			return nil, 0, err
 		}
 		defer b.Done()
 		return b.Decrypt(ctx, ciphertext, aad)
-	}
-	if envelope.IsEnvelope(ciphertext) {
-		pt, v, _, err := s.decryptEnvelope(ctx, ref, ciphertext, aad)
-		return pt, v, err
 	}
 	e, err := s.m.key(ctx, ref)
 	if err != nil {

@@ -11,21 +11,19 @@ import (
 // the service decrypts them too, so callers in other languages read what Go
 // services wrote, and rewraps them by re-wrapping only their data key.
 
-// decryptEnvelope unwraps ciphertext's data key under ref and opens it.
-func (s *Service) decryptEnvelope(ctx context.Context, ref KeyRef, ciphertext, aad []byte) ([]byte, uint32, *envelope.Envelope, error) {
-	pt, v, env, dk, err := s.openEnvelope(ctx, ref, ciphertext, aad)
-	clear(dk)
-	return pt, v, env, err
-}
-
-// openEnvelope is decryptEnvelope that also returns the unwrapped data key,
-// which the caller clears.
-func (s *Service) openEnvelope(ctx context.Context, ref KeyRef, ciphertext, aad []byte) (pt []byte, v uint32, env *envelope.Envelope, dk []byte, err error) {
+// openEnvelope unwraps ciphertext's data key under the batch's key and
+// opens it; it also returns the data key, which the caller clears. The
+// unwrap is one of the batch's decryptions, so an unknown version's reload
+// (and an outage it meets) is shared with the batch's other items.
+func (b *Batch) openEnvelope(ctx context.Context, ciphertext, aad []byte) (pt []byte, v uint32, env *envelope.Envelope, dk []byte, err error) {
 	env, err = envelope.Parse(ciphertext)
 	if err != nil {
 		return nil, 0, nil, nil, ErrInvalidCiphertext
 	}
-	dk, v, err = s.DecryptDataKey(ctx, ref, env.Wrapped, []byte(envelope.DataKeyContext))
+	if b.e.rec.Purpose != PurposeEncrypt {
+		return nil, 0, nil, nil, wrongPurpose("decrypt data key", b.e, PurposeEncrypt)
+	}
+	dk, v, err = b.decrypt(ctx, "decrypt data key", env.Wrapped, dataKeyAAD([]byte(envelope.DataKeyContext)))
 	if err != nil {
 		return nil, 0, nil, nil, err
 	}
@@ -41,34 +39,39 @@ func (s *Service) openEnvelope(ctx context.Context, ref KeyRef, ciphertext, aad 
 	return pt, v, env, dk, nil
 }
 
+// decryptEnvelope is openEnvelope without the data key.
+func (b *Batch) decryptEnvelope(ctx context.Context, ciphertext, aad []byte) ([]byte, uint32, error) {
+	pt, v, _, dk, err := b.openEnvelope(ctx, ciphertext, aad)
+	clear(dk)
+	return pt, v, err
+}
+
 // rewrapEnvelope checks the envelope (it must open with aad), then wraps
-// its data key again under the primary version: the bulk stays. The data
-// key is unwrapped once, to open the envelope, and wrapped again from that.
-func (s *Service) rewrapEnvelope(ctx context.Context, ref KeyRef, ciphertext, aad []byte) ([]byte, uint32, error) {
-	pt, v, env, dk, err := s.openEnvelope(ctx, ref, ciphertext, aad)
+// its data key again under the batch's primary version: the bulk stays.
+// The data key is unwrapped once, to open the envelope, and wrapped again
+// from that.
+func (b *Batch) rewrapEnvelope(ctx context.Context, ciphertext, aad []byte) ([]byte, uint32, error) {
+	pt, v, env, dk, err := b.openEnvelope(ctx, ciphertext, aad)
 	if err != nil {
 		return nil, 0, err
 	}
 	clear(pt)
 	defer clear(dk)
-	e, err := s.m.key(ctx, ref)
-	if err != nil {
-		return nil, 0, err
-	}
+	e := b.e
 	if v >= e.rec.Primary {
 		return ciphertext, v, nil // already under the primary (the newest): unchanged, as Rewrap does; never down
 	}
-	// Every envelope of one data key gets the same new wrapping (within the
-	// cache's reach), so that clients' data-key caches, keyed by wrapping,
-	// keep working after a rewrap of many rows.
-	ck := rewrapKey{ref: ref, commitment: string(env.Commitment()), from: string(env.Wrapped)}
-	r, fresh, _ := s.envRewraps.get(ck)
+	// Every envelope of one data key gets the same new wrapping (within
+	// this process's cache), so that clients' data-key caches, keyed by
+	// wrapping, keep working after a rewrap of many rows.
+	ck := rewrapKey{ref: e.ref, commitment: string(env.Commitment()), from: string(env.Wrapped)}
+	r, fresh, _ := b.s.envRewraps.get(ck)
 	wrapped, nv := r.wrapped, r.version
 	if !fresh || nv != e.rec.Primary {
-		if wrapped, nv, err = s.encryptWith(e, "rewrap", dk, dataKeyAAD([]byte(envelope.DataKeyContext))); err != nil {
+		if wrapped, nv, err = b.seal("rewrap", dk, dataKeyAAD([]byte(envelope.DataKeyContext))); err != nil {
 			return nil, 0, err
 		}
-		s.envRewraps.put(ck, rewrapped{wrapped: wrapped, version: nv})
+		b.s.envRewraps.put(ck, rewrapped{wrapped: wrapped, version: nv})
 	}
 	out, err := envelope.Rewrapped(ciphertext, wrapped)
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/custos-kms/custos/keystore/root"
+	"github.com/custos-kms/custos/envelope"
 	"github.com/custos-kms/custos/keystore/root/local"
 	"github.com/custos-kms/custos/keystore/storage"
 	"github.com/custos-kms/custos/keystore/storage/memory"
@@ -898,5 +899,54 @@ func TestAStaleShredSparesTheTenantCreatedAgain(t *testing.T) {
 	}
 	if _, err := mem.Get(ctx, tenantStorageKey(ref.Tenant)); err != nil {
 		t.Fatalf("the new tenant's record after the stale shred: %v", err)
+	}
+}
+
+// The same for envelopes: an envelope whose data key names a version in the
+// reload window costs the batch one storage read during an outage, not one
+// per item, whether the batch decrypts or rewraps it.
+func TestABatchOfEnvelopesReloadsOnceThroughAnOutage(t *testing.T) {
+	ctx := context.Background()
+	s, hs, _ := newReviewSvc(t)
+	ref, ct := setupRotated(t, s)
+	if _, _, err := s.Decrypt(ctx, ref, ct, nil); err != nil {
+		t.Fatal(err)
+	}
+	_, wrapped, _, err := s.GenerateDataKey(ctx, ref, []byte(envelope.DataKeyContext), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forgedWrapped := bytes.Clone(wrapped)
+	binary.BigEndian.PutUint32(forgedWrapped[1:5], 7) // a version in the reload window
+	k, err := envelope.NewKey(make([]byte, 32), forgedWrapped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged, err := k.Seal([]byte("x"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, op := range []string{"decrypt", "rewrap"} {
+		hs.down.Store(true)
+		before := hs.gets.Load()
+		b, err := s.Batch(ctx, ref, op)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 50 {
+			if op == "decrypt" {
+				_, _, err = b.Decrypt(ctx, forged, nil)
+			} else {
+				_, _, err = b.Rewrap(ctx, forged, nil)
+			}
+			if !errors.Is(err, ErrUnavailable) {
+				t.Fatalf("%s: item %d during the outage: %v, want ErrUnavailable", op, i, err)
+			}
+		}
+		b.Done()
+		if n := hs.gets.Load() - before; n > 2 {
+			t.Fatalf("%s: 50 forged envelopes read the storage %d times during the outage, want at most 2", op, n)
+		}
+		hs.down.Store(false)
 	}
 }
