@@ -267,12 +267,12 @@ func (e *Envelope) refresh(ctx context.Context, old *encKey) error {
 // Every tampered, truncated or foreign ciphertext fails with
 // [ErrInvalidCiphertext].
 func (e *Envelope) Decrypt(ctx context.Context, ciphertext, associatedData []byte) ([]byte, error) {
+	if e.c.closed.Load() {
+		return nil, e.closed("decrypt")
+	}
 	if !envelope.IsEnvelope(ciphertext) {
 		pt, _, err := e.c.Decrypt(ctx, e.name, ciphertext, associatedData)
 		return pt, err
-	}
-	if e.c.closed.Load() {
-		return nil, e.closed("local decrypt")
 	}
 	if envelope.ReservedAssociatedData(associatedData) {
 		return nil, invalidLocal(e.op("local decrypt")) // as the service answers

@@ -727,3 +727,34 @@ func TestOneRefusedDataKeyLeavesTheOthersLocal(t *testing.T) {
 		t.Fatalf("a valid envelope read right after a tampered one: %q %v", pt, err)
 	}
 }
+
+// Once the client is closed, an Envelope's next call drops the data keys it
+// holds, whatever the call: a ciphertext that is not an envelope too.
+func TestAClosedClientsEnvelopeDropsItsKeysAtItsNextCall(t *testing.T) {
+	ctx := context.Background()
+	e := startEnvelopeEnv(t)
+	env := e.c.Envelope(e.name, client.EnvelopeOptions{Now: e.now})
+	ct, err := env.Encrypt(ctx, []byte("x"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.Decrypt(ctx, ct, nil); err != nil {
+		t.Fatal(err)
+	}
+	service, _, err := e.c.Encrypt(ctx, e.name, []byte("y"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := client.HeldDataKeys(env); n == 0 {
+		t.Fatal("the envelope holds no data key after encrypting and decrypting")
+	}
+	if err := e.c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.Decrypt(ctx, service, nil); !errors.Is(err, client.ErrClosed) {
+		t.Fatalf("Decrypt of a service ciphertext after Close: %v, want ErrClosed", err)
+	}
+	if n := client.HeldDataKeys(env); n != 0 {
+		t.Fatalf("the envelope still holds %d data keys after a call on a closed client", n)
+	}
+}
