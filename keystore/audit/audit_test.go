@@ -898,3 +898,48 @@ func TestAStalledExportNeverHoldsUpCalls(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// hangingMarks is flaky whose reads of shipped marks, once hang is set,
+// wait until their context ends: a connection that stopped answering.
+type hangingMarks struct {
+	flaky
+	hang atomic.Bool
+}
+
+func (h *hangingMarks) Get(ctx context.Context, key string) (storage.Record, error) {
+	if h.hang.Load() && strings.Contains(key, "/shipped/") {
+		<-ctx.Done()
+		return storage.Record{}, fmt.Errorf("hanging: %w", storage.ErrUnavailable)
+	}
+	return h.flaky.Get(ctx, key)
+}
+
+// Shipping reads each writer's shipped mark within the commit timeout: a
+// store that stopped answering must not hold the shipper (and its lock)
+// until the server stops.
+func TestShippingGivesUpOnAStoreThatStoppedAnswering(t *testing.T) {
+	st := &hangingMarks{flaky: flaky{Store: memory.New()}}
+	spool := filepath.Join(t.TempDir(), "audit.spool")
+	w, err := audit.NewWriter(audit.WriterConfig{Store: st, SpoolPath: spool, CommitTimeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	st.set(true)
+	if err := w.Record(event("a", 1)); err != nil {
+		t.Fatal(err)
+	}
+	st.set(false)
+	st.hang.Store(true)
+	done := make(chan error, 1)
+	go func() { done <- w.ShipOnce(context.Background()) }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("ShipOnce succeeded against a store that does not answer")
+		}
+	case <-time.After(10 * time.Second):
+		st.hang.Store(false)
+		t.Fatal("ShipOnce still waits for a shipped mark after 10s")
+	}
+}

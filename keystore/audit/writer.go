@@ -569,7 +569,11 @@ func (w *Writer) putAll(ctx context.Context, ops []storage.Op) error {
 	return nil
 }
 
+// shippedMark reads the last counter of writer in the tree, within the
+// commit timeout: a store that stopped answering must not hold the shipper.
 func (w *Writer) shippedMark(ctx context.Context, writer string) (uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, w.cfg.CommitTimeout)
+	defer cancel()
 	rec, err := w.cfg.Store.Get(ctx, shippedPrefix+writer)
 	if errors.Is(err, storage.ErrNotFound) {
 		return 0, nil
