@@ -943,3 +943,51 @@ func TestShippingGivesUpOnAStoreThatStoppedAnswering(t *testing.T) {
 		t.Fatal("ShipOnce still waits for a shipped mark after 10s")
 	}
 }
+
+// A tree size tampered to far beyond what is stored does not make verify
+// walk empty indexes for ever (silencing the tool meant to find it): it
+// reports the events the state claims and the store lacks, and ends.
+func TestVerifyOfAnInflatedTreeSizeEnds(t *testing.T) {
+	f := newFixture(t, memory.New(), "")
+	f.record(t, 10, "a", "b")
+	r := get(t, f.store, "audit/tree")
+	var st map[string]any
+	if err := json.Unmarshal(r.Value, &st); err != nil {
+		t.Fatal(err)
+	}
+	st["size"] = uint64(1) << 62
+	r.Value, _ = json.Marshal(st)
+	put(t, f.store, r)
+	v, err := audit.VerifierOf(context.Background(), f.store, f.root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		rep *audit.Report
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		rep, err := audit.Verify(context.Background(), f.store, v)
+		done <- result{rep, err}
+	}()
+	var rep *audit.Report
+	select {
+	case r := <-done:
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		rep = r.rep
+	case <-time.After(20 * time.Second):
+		t.Fatal("verify of a tree whose size was inflated still runs after 20s")
+	}
+	want := fmt.Sprintf("event 20: truncated: events 20 to %d are missing", uint64(1)<<62-1)
+	var got []string
+	for _, fd := range rep.Findings {
+		got = append(got, fd.String())
+		if strings.Contains(fd.String(), want) {
+			return
+		}
+	}
+	t.Fatalf("findings %q do not report %q", got, want)
+}

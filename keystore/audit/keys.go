@@ -62,8 +62,11 @@ const stripLen = 256
 
 // stripKey is the key of the strip holding node id.
 func stripKey(id compact.NodeID) string {
-	return fmt.Sprintf("%s%02x/%016x", nodePrefix, id.Level, id.Index/stripLen)
+	return fmt.Sprintf("%s%016x", levelPrefix(id.Level), id.Index/stripLen)
 }
+
+// levelPrefix is the prefix of the strips of one level of the tree.
+func levelPrefix(level uint) string { return fmt.Sprintf("%s%02x/", nodePrefix, level) }
 
 // appendIndexes encodes a tenant view record: the indexes, ascending, as
 // uvarint deltas from 0.
