@@ -991,3 +991,77 @@ func TestVerifyOfAnInflatedTreeSizeEnds(t *testing.T) {
 	}
 	t.Fatalf("findings %q do not report %q", got, want)
 }
+
+// Write access to the store alone must not get a rewritten history signed:
+// a tree whose nodes and state were replaced by another history's is not
+// an extension of the checkpoint already signed, and the log refuses to
+// sign it (the events and their proofs would otherwise verify against the
+// genuine key).
+func TestARewrittenHistoryIsNotSigned(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, memory.New(), "")
+	f.record(t, 10, "a", "b")
+	forged := newFixture(t, memory.New(), "")
+	forged.record(t, 10, "a", "c")
+	for _, prefix := range []string{"audit/n/", "audit/l/"} {
+		recs, err := forged.store.List(ctx, prefix, "", 10000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range recs {
+			cur, err := f.store.Get(ctx, r.Key)
+			if err == nil {
+				r.Version = cur.Version
+			} else {
+				r.Version = 0
+			}
+			put(t, f.store, r)
+		}
+	}
+	var genuine, fake map[string]any
+	gr := get(t, f.store, "audit/tree")
+	if err := json.Unmarshal(gr.Value, &genuine); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(get(t, forged.store, "audit/tree").Value, &fake); err != nil {
+		t.Fatal(err)
+	}
+	genuine["range"] = fake["range"] // same size, another history
+	gr.Value, _ = json.Marshal(genuine)
+	put(t, f.store, gr)
+	if err := f.w.Record(event("a", 99)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.log.Integrate(ctx, 100); err != nil {
+		t.Fatal(err)
+	}
+	if cp, err := f.log.Sign(ctx); err == nil {
+		t.Fatalf("the log signed a rewritten history (size %d)", cp.Size)
+	}
+}
+
+// A deleted signing key is not replaced by a new one once the log has a
+// tree: the new key, wrapped under the root like the old, would sign
+// whatever the store holds and verify as genuine.
+func TestADeletedSigningKeyIsNotReplaced(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, memory.New(), "")
+	f.record(t, 3, "a")
+	del(t, f.store, "audit/signing-key")
+	l, err := audit.Open(ctx, audit.Config{Store: f.store, Root: f.root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.w.Record(event("a", 50)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Integrate(ctx, 100); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Sign(ctx); err == nil {
+		t.Fatal("a log whose signing key was deleted made a new key and signed")
+	}
+	if _, err := f.store.Get(ctx, "audit/signing-key"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("a new signing key was stored: %v", err)
+	}
+}

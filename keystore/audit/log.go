@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -131,6 +132,9 @@ type Log struct {
 	verifier note.Verifier // vkey's verifier
 	now      func() time.Time
 	logger   *slog.Logger
+
+	// lastSigned is the tree this process signed last (guarded by keyMu).
+	lastSigned signedTree
 
 	nodesMu sync.Mutex
 	strips  map[string][]byte // full strips: they never change
@@ -360,6 +364,9 @@ func (l *Log) sign(ctx context.Context, historyAll bool) (*Checkpoint, error) {
 	if err != nil {
 		return nil, fmt.Errorf("audit: root hash: %w", err)
 	}
+	if err := l.checkExtends(ctx, st, rootHash); err != nil {
+		return nil, err
+	}
 	text := string(tlog.Checkpoint{Origin: signer.Name(), Size: st.Size, Hash: rootHash}.Marshal()) +
 		"time " + l.now().UTC().Format(time.RFC3339Nano) + "\n"
 	if st.Pruned > 0 {
@@ -380,7 +387,60 @@ func (l *Log) sign(ctx context.Context, historyAll bool) (*Checkpoint, error) {
 	if err != nil {
 		return nil, fmt.Errorf("audit: store checkpoint: %w", err)
 	}
+	l.keyMu.Lock()
+	l.lastSigned = signedTree{size: st.Size, root: rootHash}
+	l.keyMu.Unlock()
 	return l.checkpointOf(ctx, st)
+}
+
+// signedTree is a tree size and root a checkpoint signed.
+type signedTree struct {
+	size uint64
+	root []byte
+}
+
+// checkExtends refuses to sign a tree (st, whose root is root) that is not
+// an extension of what was signed before: the checkpoint in the stored
+// state, and the last one this process signed. Someone who can write the
+// store but not the root could otherwise have a rewritten history signed
+// with the genuine key.
+func (l *Log) checkExtends(ctx context.Context, st treeState, root []byte) error {
+	var before []signedTree
+	if st.Checkpoint != nil {
+		l.keyMu.Lock()
+		v := l.verifier
+		l.keyMu.Unlock()
+		cp, err := ParseCheckpoint(st.Checkpoint, v)
+		if err != nil {
+			return fmt.Errorf("audit: the stored checkpoint does not verify (%w): refusing to sign; run custos audit verify", err)
+		}
+		before = append(before, signedTree{size: cp.Size, root: cp.Root})
+	}
+	l.keyMu.Lock()
+	if l.lastSigned.size > 0 {
+		before = append(before, l.lastSigned)
+	}
+	l.keyMu.Unlock()
+	for _, b := range before {
+		var err error
+		switch {
+		case b.size > st.Size:
+			err = fmt.Errorf("the stored tree has %d events, a checkpoint of %d was signed", st.Size, b.size)
+		case b.size == st.Size:
+			if !bytes.Equal(b.root, root) {
+				err = fmt.Errorf("the stored tree of %d events is not the one signed", st.Size)
+			}
+		default:
+			var p [][]byte
+			if p, err = l.ConsistencyProof(ctx, b.size, st.Size); err == nil {
+				err = proof.VerifyConsistency(rfc6962.DefaultHasher, b.size, st.Size, p, b.root, root)
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("audit: the stored tree is not an extension of the checkpoint of size %d signed before (%w): refusing to sign; run custos audit verify", b.size, err)
+		}
+	}
+	return nil
 }
 
 func (l *Log) checkpointOf(ctx context.Context, st treeState) (*Checkpoint, error) {

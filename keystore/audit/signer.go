@@ -28,6 +28,33 @@ type signingKeyRecord struct {
 
 const signingKeyFormat = 1
 
+// neverSigned fails unless the log has no signed checkpoint: only such a
+// log gets a new signing key. A new key for a log that was signed (its key
+// record deleted) would sign whatever the store holds, and verify as
+// genuine.
+func neverSigned(ctx context.Context, store storage.Store) error {
+	signed := false
+	rec, err := store.Get(ctx, treeKey)
+	switch {
+	case err == nil:
+		st, perr := parseTree(rec.Value)
+		signed = perr != nil || st.Checkpoint != nil
+	case !errors.Is(err, storage.ErrNotFound):
+		return fmt.Errorf("audit: read tree state: %w", err)
+	}
+	if !signed {
+		cps, err := store.List(ctx, cpPrefix, "", 1)
+		if err != nil {
+			return fmt.Errorf("audit: list checkpoints: %w", err)
+		}
+		signed = len(cps) > 0
+	}
+	if signed {
+		return errors.New("audit: the signing key record is missing but the log has signed checkpoints: refusing to make a new key; restore the record (audit/signing-key) from a backup")
+	}
+	return nil
+}
+
 func signingKeyAAD(verifier string) []byte {
 	return []byte("custos audit signing key v1\x00" + verifier)
 }
@@ -38,6 +65,9 @@ func loadSigner(ctx context.Context, store storage.Store, r root.Root, origin st
 	for range 3 {
 		rec, err := store.Get(ctx, signingKeyKey)
 		if errors.Is(err, storage.ErrNotFound) {
+			if err := neverSigned(ctx, store); err != nil {
+				return nil, "", err
+			}
 			skey, vkey, err := note.GenerateKey(rand.Reader, origin)
 			if err != nil {
 				return nil, "", fmt.Errorf("audit: generate signing key: %w", err)
