@@ -515,25 +515,45 @@ func newStat(v []float64) Stat {
 }
 
 // Compare runs w rounds times against custos and, when base is not nil and
-// the operation has one, against the baseline, alternating (baseline first)
-// so that both see the same machine.
+// the operation has one, against the baseline, in pairs so that both see
+// the same machine. The pairs alternate which runs first (baseline first
+// in odd rounds, Custos first in even ones): work a server goes on doing
+// after its run (Custos integrates audit events every checkpoint interval)
+// falls into the next run, so a fixed order would always charge it to the
+// same side.
 func Compare(ctx context.Context, custos Target, base *Target, w Workload, rounds int) (Comparison, error) {
 	cmp := Comparison{Workload: w.label()}
 	var thr, p50 []float64
-	for range max(rounds, 1) {
-		var b Result
-		if base != nil && w.Op.HasBaseline() {
-			var err error
+	for round := range max(rounds, 1) {
+		var b, c Result
+		var err error
+		runBase := func() error {
+			if base == nil || !w.Op.HasBaseline() {
+				return nil
+			}
 			if b, err = Run(ctx, *base, w); err != nil {
-				return cmp, err
+				return err
 			}
 			cmp.Baseline = append(cmp.Baseline, b)
+			return nil
 		}
-		c, err := Run(ctx, custos, w)
-		if err != nil {
+		runCustos := func() error {
+			if c, err = Run(ctx, custos, w); err != nil {
+				return err
+			}
+			cmp.Custos = append(cmp.Custos, c)
+			return nil
+		}
+		first, second := runBase, runCustos
+		if round%2 == 1 {
+			first, second = runCustos, runBase
+		}
+		if err := first(); err != nil {
 			return cmp, err
 		}
-		cmp.Custos = append(cmp.Custos, c)
+		if err := second(); err != nil {
+			return cmp, err
+		}
 		if b.ItemsPerSec > 0 && b.P50 > 0 {
 			thr = append(thr, c.ItemsPerSec/b.ItemsPerSec)
 			if c.P50 > 0 { // a round with no successful call has no latency, not a zero one
@@ -563,10 +583,17 @@ type Contention struct {
 func Contend(ctx context.Context, custos Target, w, bg Workload, rounds int) (Contention, error) {
 	res := Contention{Workload: w.label(), Background: bg.label()}
 	var thr, p99 []float64
-	for range max(rounds, 1) {
-		u, err := Run(ctx, custos, w)
-		if err != nil {
-			return res, err
+	for round := range max(rounds, 1) {
+		var u Result
+		var err error
+		// Unloaded first in odd rounds, after the loaded run in even ones,
+		// so that what the background leaves behind (hashes it started
+		// that outlast it) does not always fall into the unloaded run.
+		unloadedFirst := round%2 == 0
+		if unloadedFirst {
+			if u, err = Run(ctx, custos, w); err != nil {
+				return res, err
+			}
 		}
 		// The background starts first (bg.Warmup ahead, to saturate) and
 		// outlasts the measured run; all of its calls count.
@@ -595,6 +622,11 @@ func Contend(ctx context.Context, custos Target, w, bg Workload, rounds int) (Co
 		}
 		if err != nil {
 			return res, err
+		}
+		if !unloadedFirst {
+			if u, err = Run(ctx, custos, w); err != nil {
+				return res, err
+			}
 		}
 		l.Background = &b
 		res.Unloaded, res.Loaded = append(res.Unloaded, u), append(res.Loaded, l)
