@@ -50,10 +50,6 @@ func (s *Service) CreateKey(ctx context.Context, ref KeyRef, spec KeySpec) (Key,
 	if err != nil {
 		return Key{}, err
 	}
-	sealed, err := sealKeyset(h, kek, ref)
-	if err != nil {
-		return Key{}, err
-	}
 	now := s.now().UTC()
 	rec := &keyRecord{
 		Format:         recordFormat,
@@ -61,8 +57,10 @@ func (s *Service) CreateKey(ctx context.Context, ref KeyRef, spec KeySpec) (Key,
 		CreateTime:     now,
 		Primary:        1,
 		Versions:       []versionRecord{{Version: 1, State: VersionEnabled, CreateTime: now}},
-		Keyset:         sealed,
 		PasswordPolicy: policy,
+	}
+	if err := sealKeyset(h, kek, ref, rec); err != nil {
+		return Key{}, err
 	}
 	if spec.RotationPeriod > 0 {
 		rec.RotationPeriod = spec.RotationPeriod
@@ -199,7 +197,7 @@ func (s *Service) updateKey(ctx context.Context, ref KeyRef, op string, mutate f
 		if err != nil {
 			return err
 		}
-		h, err := openKeyset(rec.Keyset, kek, ref)
+		h, err := openKeyset(kek, ref, rec)
 		if err != nil {
 			s.logger.Error("stored keyset failed authentication", "key", ref.String())
 			return err
@@ -212,7 +210,7 @@ func (s *Service) updateKey(ctx context.Context, ref KeyRef, op string, mutate f
 			nh = h
 		}
 		if nh != h {
-			if rec.Keyset, err = sealKeyset(nh, kek, ref); err != nil {
+			if err := sealKeyset(nh, kek, ref, rec); err != nil {
 				return err
 			}
 		}

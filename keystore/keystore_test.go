@@ -3,6 +3,7 @@ package keystore_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"path/filepath"
 	"regexp"
@@ -366,4 +367,51 @@ func FuzzValidIDMatchesThePattern(f *testing.F) {
 			t.Fatalf("ValidID(%q) = %v, the pattern says %v", s, got, want)
 		}
 	})
+}
+
+// A key's purpose is bound to its keyset: a PASSWORD key relabelled MAC in
+// the store (the same HMAC keysets) would answer ComputeMAC with its pepper
+// tag, an oracle for the pepper with no lockout and no hashing cost. It
+// fails authentication instead; so does a downgrade to the old binding.
+func TestAKeysPurposeRelabelledInTheStoreNeverServes(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	ref := keystore.KeyRef{Tenant: "tenant-a", Key: "pw"}
+	if _, err := f.ks.CreateTenant(ctx, ref.Tenant); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.ks.CreateKey(ctx, ref, keystore.KeySpec{Purpose: keystore.PurposePassword}); err != nil {
+		t.Fatal(err)
+	}
+	for name, change := range map[string]func(map[string]any){
+		"relabelled MAC":              func(m map[string]any) { m["purpose"] = float64(keystore.PurposeMAC) },
+		"relabelled MAC, old binding": func(m map[string]any) { m["purpose"] = float64(keystore.PurposeMAC); delete(m, "binding") },
+	} {
+		t.Run(name, func(t *testing.T) {
+			r, err := f.store.Get(ctx, "keys/tenant-a/pw")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var m map[string]any
+			if err := json.Unmarshal(r.Value, &m); err != nil {
+				t.Fatal(err)
+			}
+			orig := r.Value
+			change(m)
+			b, _ := json.Marshal(m)
+			ver, err := f.store.Put(ctx, "keys/tenant-a/pw", b, r.Version)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() {
+				if _, err := f.store.Put(ctx, "keys/tenant-a/pw", orig, ver); err != nil {
+					t.Fatal(err)
+				}
+			}()
+			ks := f.open(t) // cold cache: must read the changed row
+			if _, _, err := ks.ComputeMAC(ctx, ref, []byte("password")); !errors.Is(err, keystore.ErrIntegrity) {
+				t.Fatalf("MAC with a relabelled PASSWORD key: %v, want ErrIntegrity", err)
+			}
+		})
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -154,12 +155,20 @@ func (f *lcFixture) storedKeyset(ref keystore.KeyRef) *keyset.Handle {
 		f.t.Fatal(err)
 	}
 	var key struct {
-		Keyset []byte `json:"keyset"`
+		Keyset  []byte `json:"keyset"`
+		Purpose int    `json:"purpose"`
+		Binding int    `json:"binding"`
 	}
 	if err := json.Unmarshal(kr.Value, &key); err != nil {
 		f.t.Fatal(err)
 	}
-	h, err := keyset.ReadWithAssociatedData(keyset.NewBinaryReader(bytes.NewReader(key.Keyset)), kek, []byte("custos:key:"+ref.Tenant+"/"+ref.Key))
+	// The associated data docs/formats.md gives for binding 1: the name
+	// and the purpose.
+	if key.Binding != 1 {
+		f.t.Fatalf("the stored keyset's binding is %d, want 1", key.Binding)
+	}
+	aad := fmt.Sprintf("custos:key:%s/%s\x00purpose:%d", ref.Tenant, ref.Key, key.Purpose)
+	h, err := keyset.ReadWithAssociatedData(keyset.NewBinaryReader(bytes.NewReader(key.Keyset)), kek, []byte(aad))
 	if err != nil {
 		f.t.Fatal(err)
 	}

@@ -127,19 +127,30 @@ func addVersion(h *keyset.Handle, p Purpose, version uint32) (*keyset.Handle, er
 	return m.Handle()
 }
 
-// sealKeyset encrypts h under the tenant KEK, bound to the key's name.
-func sealKeyset(h *keyset.Handle, kek tink.AEAD, ref KeyRef) ([]byte, error) {
-	var buf bytes.Buffer
-	if err := h.WriteWithAssociatedData(keyset.NewBinaryWriter(&buf), kek, keysetAAD(ref)); err != nil {
-		return nil, fmt.Errorf("seal keyset: %w", err)
+// sealKeyset encrypts h under the tenant KEK into rec.Keyset, bound to the
+// key's name and to its purpose (rec.Binding keysetBindsPurpose).
+func sealKeyset(h *keyset.Handle, kek tink.AEAD, ref KeyRef, rec *keyRecord) error {
+	rec.Binding = keysetBindsPurpose
+	aad, err := keysetAAD(ref, rec)
+	if err != nil {
+		return err
 	}
-	return buf.Bytes(), nil
+	var buf bytes.Buffer
+	if err := h.WriteWithAssociatedData(keyset.NewBinaryWriter(&buf), kek, aad); err != nil {
+		return fmt.Errorf("seal keyset: %w", err)
+	}
+	rec.Keyset = buf.Bytes()
+	return nil
 }
 
-// openKeyset decrypts a sealed keyset. A keyset sealed for another tenant or
-// key, or tampered with, fails with ErrIntegrity.
-func openKeyset(sealed []byte, kek tink.AEAD, ref KeyRef) (*keyset.Handle, error) {
-	h, err := keyset.ReadWithAssociatedData(keyset.NewBinaryReader(bytes.NewReader(sealed)), kek, keysetAAD(ref))
+// openKeyset decrypts rec's sealed keyset. A keyset sealed for another
+// tenant, key or purpose, or tampered with, fails with ErrIntegrity.
+func openKeyset(kek tink.AEAD, ref KeyRef, rec *keyRecord) (*keyset.Handle, error) {
+	aad, err := keysetAAD(ref, rec)
+	if err != nil {
+		return nil, err
+	}
+	h, err := keyset.ReadWithAssociatedData(keyset.NewBinaryReader(bytes.NewReader(rec.Keyset)), kek, aad)
 	if err != nil {
 		return nil, fmt.Errorf("%w: keyset of %s", ErrIntegrity, ref)
 	}

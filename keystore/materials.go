@@ -273,7 +273,7 @@ func (m *materials) loadKey(ctx context.Context, ref KeyRef) (*keyEntry, error) 
 }
 
 func (m *materials) newKeyEntry(ref KeyRef, rec *keyRecord, kek tink.AEAD) (*keyEntry, error) {
-	h, err := openKeyset(rec.Keyset, kek, ref)
+	h, err := openKeyset(kek, ref, rec)
 	if err != nil {
 		m.logger.Error("stored keyset failed authentication", "key", ref.String())
 		return nil, err

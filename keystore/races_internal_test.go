@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/envelope"
+	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/root/local"
 	"github.com/custos-kms/custos/keystore/storage"
 	"github.com/custos-kms/custos/keystore/storage/memory"

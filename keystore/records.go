@@ -3,6 +3,7 @@ package keystore
 import (
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"time"
 )
 
@@ -49,6 +50,9 @@ type keyRecord struct {
 	// Keyset is the Tink keyset encrypted under the tenant KEK with AAD
 	// keysetAAD (a serialized Tink EncryptedKeyset).
 	Keyset []byte `json:"keyset"`
+	// Binding is what Keyset's associated data binds: keysetBindsName or
+	// keysetBindsPurpose.
+	Binding int `json:"binding,omitzero"`
 }
 
 type versionRecord struct {
@@ -135,5 +139,26 @@ func (r *keyRecord) toKey(ref KeyRef) Key {
 // tenantKEKAAD binds a wrapped KEK to its tenant.
 func tenantKEKAAD(tenant string) []byte { return []byte("custos:tenant:" + tenant) }
 
-// keysetAAD binds a wrapped keyset to its tenant and key.
-func keysetAAD(r KeyRef) []byte { return []byte("custos:key:" + r.Tenant + "/" + r.Key) }
+// What a sealed keyset's associated data binds (keyRecord.Binding).
+const (
+	// keysetBindsName: the tenant and key (records sealed before the
+	// purpose was bound; re-sealed with it at their next keyset change).
+	keysetBindsName = 0
+	// keysetBindsPurpose: the tenant, the key and its purpose, which
+	// never changes: a record relabelled in the store (a PASSWORD key as
+	// MAC: the same HMAC keysets) fails authentication.
+	keysetBindsPurpose = 1
+)
+
+// keysetAAD binds a wrapped keyset to its tenant and key, and with
+// rec.Binding keysetBindsPurpose to the key's purpose.
+func keysetAAD(r KeyRef, rec *keyRecord) ([]byte, error) {
+	name := "custos:key:" + r.Tenant + "/" + r.Key
+	switch rec.Binding {
+	case keysetBindsName:
+		return []byte(name), nil
+	case keysetBindsPurpose:
+		return []byte(name + "\x00purpose:" + strconv.Itoa(int(rec.Purpose))), nil
+	}
+	return nil, fmt.Errorf("%w: keyset of %s: unknown binding %d", ErrIntegrity, r, rec.Binding)
+}

@@ -1,8 +1,12 @@
 package keystore
 
 import (
+	"bytes"
+	"context"
 	"slices"
 	"testing"
+
+	"github.com/tink-crypto/tink-go/v2/keyset"
 )
 
 func TestVersionFindsEachVersionWhereverTheRecordKeepsIt(t *testing.T) {
@@ -38,5 +42,54 @@ func TestVersionFindsEachVersionWhereverTheRecordKeepsIt(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A keyset sealed before the purpose was bound (binding 0) still opens,
+// and its next keyset change seals it with the purpose.
+func TestALegacyKeysetBindingOpensAndIsUpgraded(t *testing.T) {
+	ctx := context.Background()
+	s, hs, open := newReviewSvc(t)
+	ref, ct := setupRotated(t, s)
+	kek, _, err := s.m.activeTenant(ctx, ref.Tenant)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, ver, err := s.readKey(ctx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Binding != keysetBindsPurpose {
+		t.Fatalf("a new key's binding is %d", rec.Binding)
+	}
+	h, err := openKeyset(kek, ref, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.Binding = keysetBindsName
+	var buf bytes.Buffer
+	if err := h.WriteWithAssociatedData(keyset.NewBinaryWriter(&buf), kek, []byte("custos:key:"+ref.Tenant+"/"+ref.Key)); err != nil {
+		t.Fatal(err)
+	}
+	rec.Keyset = buf.Bytes()
+	b, err := encodeRecord(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hs.Put(ctx, keyStorageKey(ref), b, ver); err != nil {
+		t.Fatal(err)
+	}
+	cold := open()
+	if _, _, err := cold.Decrypt(ctx, ref, ct, nil); err != nil {
+		t.Fatalf("decrypt under a legacy binding: %v", err)
+	}
+	if _, err := cold.RotateKey(ctx, ref); err != nil {
+		t.Fatal(err)
+	}
+	if rec, _, err = cold.readKey(ctx, ref); err != nil || rec.Binding != keysetBindsPurpose {
+		t.Fatalf("binding after a rotation: %d, %v; want %d", rec.Binding, err, keysetBindsPurpose)
+	}
+	if _, _, err := open().Decrypt(ctx, ref, ct, nil); err != nil {
+		t.Fatalf("decrypt after the upgrade: %v", err)
 	}
 }
