@@ -4,7 +4,7 @@
 //
 //	root (local file, Vault Transit, KMS, HSM)
 //	  └─ tenant KEK, AES-256, wrapped with AAD "custos:tenant:<tenant>"
-//	       └─ key's Tink keyset, wrapped with AAD "custos:key:<tenant>/<key>"
+//	       └─ key's Tink keyset, wrapped with AAD "custos:key:<tenant>/<key>\x00purpose:<n>"
 //	            └─ key versions encrypt data with the caller's associated data
 //
 // Unwrapped material is cached (bounded size and TTL) so the root is called
