@@ -21,7 +21,9 @@ func (b *Batch) openEnvelope(ctx context.Context, ciphertext, aad []byte) (pt []
 		return nil, 0, nil, nil, ErrInvalidCiphertext
 	}
 	if b.e.rec.Purpose != PurposeEncrypt {
-		return nil, 0, nil, nil, wrongPurpose("decrypt data key", b.e, PurposeEncrypt)
+		// Only ENCRYPT keys wrap data keys: no envelope is authentic under
+		// another key, and decryption's failures are one generic error.
+		return nil, 0, nil, nil, ErrInvalidCiphertext
 	}
 	dk, v, err = b.decrypt(ctx, "decrypt data key", env.Wrapped, dataKeyAAD([]byte(envelope.DataKeyContext)))
 	if err != nil {

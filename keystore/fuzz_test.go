@@ -6,6 +6,7 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/custos-kms/custos/envelope"
 	"github.com/custos-kms/custos/keystore"
 )
 
@@ -36,6 +37,18 @@ func FuzzDecrypt(f *testing.F) {
 	}
 	f.Add([]byte{0x01, 0, 0, 0, 1}, []byte(nil), false)
 	f.Add([]byte{}, []byte("x"), true)
+	// A well-formed envelope, under either key: no data key of theirs
+	// opens it.
+	ek, err := envelope.NewKey(make([]byte, 32), append([]byte{0x01, 0, 0, 0, 1}, make([]byte, 40)...))
+	if err != nil {
+		f.Fatal(err)
+	}
+	env, err := ek.Seal([]byte("x"), nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(env, []byte(nil), false)
+	f.Add(env, []byte(nil), true)
 	f.Fuzz(func(t *testing.T, ct, aad []byte, deterministic bool) {
 		ref := enc
 		if deterministic {
