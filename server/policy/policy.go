@@ -288,9 +288,10 @@ func Parse(data []byte) (*Policy, error) {
 	p := &Policy{rules: make([]rule, 0, len(doc.Rules))}
 	names := map[string]bool{}
 	ids := map[string]int{} // limits' bucket ids, made unique
+	budget := maxEntries
 	for i := range doc.Rules {
 		n := &doc.Rules[i]
-		r, name, err := parseRule(n, i)
+		r, name, err := parseRule(n, i, &budget)
 		if err == nil && names[name] {
 			err = fmt.Errorf("name %q is used by another rule", name)
 		}
@@ -325,7 +326,7 @@ type policyFile struct {
 // parseRule checks the fields of one rule by hand, so that errors can name
 // the rule, and compiles it. It returns the rule's name (default
 // "rules[index]") even with an error.
-func parseRule(n *yaml.Node, index int) (rule, string, error) {
+func parseRule(n *yaml.Node, index int, budget *int) (rule, string, error) {
 	name := fmt.Sprintf("rules[%d]", index)
 	explicit := false
 	n = resolveAlias(n)
@@ -353,6 +354,9 @@ func parseRule(n *yaml.Node, index int) (rule, string, error) {
 			if val.Kind != yaml.SequenceNode {
 				return rule{}, name, errors.New("rate_limits must be a list")
 			}
+			if err := spend(budget, len(val.Content)); err != nil {
+				return rule{}, name, err
+			}
 			limits = make([]yaml.Node, len(val.Content))
 			for j, c := range val.Content {
 				limits[j] = *c
@@ -369,6 +373,9 @@ func parseRule(n *yaml.Node, index int) (rule, string, error) {
 		}
 		if val.Kind != yaml.SequenceNode {
 			return rule{}, name, fmt.Errorf("%s must be a list", key)
+		}
+		if err := spend(budget, len(val.Content)); err != nil {
+			return rule{}, name, err
 		}
 		if err := val.Decode(dst); err != nil {
 			return rule{}, name, fmt.Errorf("%s: %w", key, err)
@@ -484,6 +491,20 @@ func classOrAll(c Class) string {
 		return "every call"
 	}
 	return string(c)
+}
+
+// maxEntries bounds a policy's identities, tenants, permissions and rate
+// limits over all its rules, an alias counted each time it is expanded:
+// YAML aliases would otherwise let a small file expand into a policy too
+// large to compile.
+const maxEntries = 100_000
+
+// spend takes n entries from the policy's budget.
+func spend(budget *int, n int) error {
+	if *budget -= n; *budget < 0 {
+		return fmt.Errorf("the policy has more than %d entries (identities, tenants, permissions and rate limits over all rules, aliases expanded)", maxEntries)
+	}
+	return nil
 }
 
 func resolveAlias(n *yaml.Node) *yaml.Node {

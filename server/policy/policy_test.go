@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 const examplePolicy = `
@@ -363,6 +364,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(examplePolicy))
 	f.Add([]byte("rules:\n  - {identities: [x], tenants: [t], permissions: ['*']}\n"))
 	f.Add([]byte("rules: [a, {b: c}]"))
+	f.Add([]byte("rules:\n  - {identities: [x], tenants: [t], rate_limits: [{requests_per_second: 1, burst: 1}]}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p, err := Parse(data)
 		if err != nil {
@@ -372,9 +374,43 @@ func FuzzParse(f *testing.F) {
 			t.Fatal("parsed a policy without rules")
 		}
 		for _, r := range p.rules {
-			if len(r.identities) == 0 || len(r.tenants) == 0 || r.perms == 0 {
+			// A rule grants permissions, limits calls, or both.
+			if len(r.identities) == 0 || len(r.tenants) == 0 || r.perms == 0 && len(r.limits) == 0 {
 				t.Fatalf("parsed an incomplete rule %+v", r)
 			}
 		}
 	})
+}
+
+// YAML aliases cannot make a small policy file expand into a huge one: the
+// rules' entries are counted as they are expanded, and a policy over the
+// limit is refused at once (the file is the operator's, but it is parsed
+// at every SIGHUP, and its parsing is bounded like every format's).
+func TestAliasesCannotExpandAPolicyWithoutBound(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("rules: [&r {identities: [")
+	for i := range 20000 {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		b.WriteString("a")
+	}
+	b.WriteString("], tenants: [t], permissions: [encrypt]}")
+	for range 20000 {
+		b.WriteString(", *r")
+	}
+	b.WriteString("]\n")
+	done := make(chan error, 1)
+	go func() {
+		_, err := Parse([]byte(b.String()))
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "entries") {
+			t.Fatalf("a policy of 20,000 rules of 20,000 identities each: %v, want it refused for its size", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("parsing an aliased policy still runs after 20s")
+	}
 }
