@@ -2,8 +2,10 @@ package audit
 
 import (
 	"bytes"
+	"encoding/binary"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 )
 
@@ -82,4 +84,22 @@ func FuzzSpoolSegment(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A damaged length field is checked against what the segment holds before
+// anything is allocated for it: a 16-byte file claiming a 60 MiB entry
+// allocates nothing near that.
+func TestASpoolEntryLengthIsBoundedByTheSegment(t *testing.T) {
+	b := make([]byte, 16)
+	binary.BigEndian.PutUint32(b, 60<<20)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	entries, _, _, err := readSegment(bytes.NewReader(b), int64(len(b)), 1)
+	runtime.ReadMemStats(&after)
+	if err != nil || len(entries) != 0 {
+		t.Fatalf("readSegment: %v, %v", entries, err)
+	}
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 1<<20 {
+		t.Fatalf("reading a 16-byte segment allocated %d bytes", grew)
+	}
 }

@@ -113,16 +113,16 @@ func openSpool(prefix string) (sp *spool, entries []spoolEntry, torn int64, corr
 		}
 		seg := &segment{n: n, f: f}
 		s.segs = append(s.segs, seg)
-		es, good, bad, err := readSegment(f, n)
-		corrupt += bad
-		if err != nil {
-			s.close()
-			return nil, nil, 0, 0, err
-		}
 		st, err := f.Stat()
 		if err != nil {
 			s.close()
 			return nil, nil, 0, 0, fmt.Errorf("audit: spool: %w", err)
+		}
+		es, good, bad, err := readSegment(f, st.Size(), n)
+		corrupt += bad
+		if err != nil {
+			s.close()
+			return nil, nil, 0, 0, err
 		}
 		if cut, err := nonZero(f, good, st.Size()); err != nil {
 			s.close()
@@ -147,11 +147,11 @@ func openSpool(prefix string) (sp *spool, entries []spoolEntry, torn int64, corr
 // entry follows it cannot be a torn write (only the last entry can be):
 // it is skipped and counted in corrupt, and reading goes on, so one
 // damaged entry does not cost the acknowledged entries after it.
-func readSegment(r io.ReaderAt, n uint64) (entries []spoolEntry, good int64, corrupt int, err error) {
+func readSegment(r io.ReaderAt, size int64, n uint64) (entries []spoolEntry, good int64, corrupt int, err error) {
 	var off int64
 	bad := 0 // damaged entries since the last intact one
 	for {
-		e, next, err := readEntry(r, n, off)
+		e, next, err := readEntry(r, size, n, off)
 		if err != nil {
 			return nil, 0, 0, err
 		}
@@ -172,7 +172,7 @@ func readSegment(r io.ReaderAt, n uint64) (entries []spoolEntry, good int64, cor
 // readEntry reads the entry at off. It returns the entry and the offset
 // after it; no entry and next > off for a whole entry whose payload fails
 // its checksum or framing; no entry and next == off where no entry is.
-func readEntry(r io.ReaderAt, n uint64, off int64) (e *spoolEntry, next int64, err error) {
+func readEntry(r io.ReaderAt, segSize int64, n uint64, off int64) (e *spoolEntry, next int64, err error) {
 	var hdr [8]byte
 	if _, err := r.ReadAt(hdr[:], off); err != nil {
 		if errors.Is(err, io.EOF) {
@@ -181,8 +181,8 @@ func readEntry(r io.ReaderAt, n uint64, off int64) (e *spoolEntry, next int64, e
 		return nil, off, fmt.Errorf("audit: read spool: %w", err)
 	}
 	size := binary.BigEndian.Uint32(hdr[:4])
-	if size < 2 || size > maxSpoolEntry {
-		return nil, off, nil
+	if size < 2 || size > maxSpoolEntry || int64(size) > segSize-off-8 {
+		return nil, off, nil // no entry here, or one cut short
 	}
 	p := make([]byte, size)
 	if _, err := r.ReadAt(p, off+8); err != nil {
@@ -280,6 +280,9 @@ func (s *spool) read(e spoolEntry) ([]byte, error) {
 				return nil, fmt.Errorf("audit: spool entry at %d of segment %d changed on disk: %w", e.off, e.seg, errSpoolCorrupt)
 			}
 			kl := int(binary.BigEndian.Uint16(p[8:]))
+			if 8+2+kl > len(p) {
+				return nil, fmt.Errorf("audit: spool entry at %d of segment %d changed on disk: %w", e.off, e.seg, errSpoolCorrupt)
+			}
 			return p[8+2+kl:], nil
 		}
 	}
