@@ -72,7 +72,7 @@ func (s keyService) UpdateKey(ctx context.Context, req *custosv1.UpdateKeyReques
 			}
 			u.PasswordPolicy = pp
 		default:
-			return nil, status.Errorf(codes.InvalidArgument, "update_mask: path %q is not updatable (rotation_period, min_decryption_version, password_policy)", p)
+			return nil, status.Errorf(codes.InvalidArgument, "update_mask: path %q is not updatable (rotation_period, min_decryption_version, password_policy)", truncate(p))
 		}
 	}
 	k, err := s.ks.UpdateKey(ctx, ref, u)

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	"github.com/custos-kms/custos/internal/config"
 	"github.com/custos-kms/custos/internal/custos"
@@ -401,4 +402,21 @@ func hasBadRequestField(st *status.Status, field string) bool {
 		}
 	}
 	return false
+}
+
+// An update_mask path the server does not know is named in the error, cut
+// short: a caller cannot make its refusal (returned and logged) as large as
+// the message limit.
+func TestAnUnknownUpdateMaskPathIsQuotedShort(t *testing.T) {
+	ts := start(t, newFiles(t), options{})
+	setup(t, ts, "a")
+	long := strings.Repeat("x", 10000)
+	_, err := ts.clients(t, idAdmin).keys.UpdateKey(testContext(t), &custosv1.UpdateKeyRequest{
+		Key:        &custosv1.Key{Name: keyName("a")},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{long}},
+	})
+	st := wantCode(t, err, codes.InvalidArgument)
+	if len(st.Message()) > 300 {
+		t.Fatalf("the refusal quotes %d bytes of the path", len(st.Message()))
+	}
 }
