@@ -420,3 +420,27 @@ func TestAnUnknownUpdateMaskPathIsQuotedShort(t *testing.T) {
 		t.Fatalf("the refusal quotes %d bytes of the path", len(st.Message()))
 	}
 }
+
+// A long malformed name, cut for its error message (here inside a
+// character), still gets its ErrorInfo and BadRequest: the message stays
+// valid UTF-8, which a protobuf string needs.
+func TestALongMalformedNameKeepsItsErrorDetails(t *testing.T) {
+	ts := start(t, newFiles(t), options{})
+	for _, prefix := range []string{"tenants/", "tenants/" + strings.Repeat("a", 63)} {
+		name := prefix + strings.Repeat("é", 200)
+		_, err := ts.clients(t, idAdmin).crypto.Encrypt(testContext(t), &custosv1.EncryptRequest{Name: name, Plaintext: []byte("x")})
+		st := wantCode(t, err, codes.InvalidArgument)
+		var info, br bool
+		for _, d := range st.Details() {
+			switch d.(type) {
+			case *errdetails.ErrorInfo:
+				info = true
+			case *errdetails.BadRequest:
+				br = true
+			}
+		}
+		if !info || !br {
+			t.Fatalf("a long malformed name (prefix %d bytes): ErrorInfo %v, BadRequest %v; message %q", len(prefix), info, br, st.Message())
+		}
+	}
+}

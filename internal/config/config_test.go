@@ -117,3 +117,18 @@ func TestSchedulerSettingsAreCheckedAgainstTheEffectiveDefaults(t *testing.T) {
 		})
 	}
 }
+
+// FuzzParse: arbitrary configuration files never panic, in parsing or in
+// validation.
+func FuzzParse(f *testing.F) {
+	f.Add([]byte("listen: 127.0.0.1:8443\nstorage:\n  type: bbolt\n  bbolt:\n    path: custos.db\n"))
+	f.Add([]byte("limits: {max_message_bytes: 1048576}\n---\n"))
+	f.Add([]byte("root: {type: vault, vault: {address: 'https://v:8200'}}\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := config.Parse(b, "/nonexistent")
+		if err != nil {
+			return
+		}
+		_ = c.Validate() // Parse reads; Load also validates
+	})
+}
