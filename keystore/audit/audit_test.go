@@ -958,6 +958,11 @@ func TestVerifyOfAnInflatedTreeSizeEnds(t *testing.T) {
 	st["size"] = uint64(1) << 62
 	r.Value, _ = json.Marshal(st)
 	put(t, f.store, r)
+	// And a body planted near that end, so that something is stored "later"
+	// at every step.
+	planted := get(t, f.store, "audit/l/0000000000000001")
+	planted.Key, planted.Version = fmt.Sprintf("audit/l/%016x", uint64(1)<<62-1), 0
+	put(t, f.store, planted)
 	v, err := audit.VerifierOf(context.Background(), f.store, f.root)
 	if err != nil {
 		t.Fatal(err)
@@ -981,7 +986,7 @@ func TestVerifyOfAnInflatedTreeSizeEnds(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("verify of a tree whose size was inflated still runs after 20s")
 	}
-	want := fmt.Sprintf("event 20: truncated: events 20 to %d are missing", uint64(1)<<62-1)
+	want := fmt.Sprintf("event 20: deleted: events 20 to %d are missing", uint64(1)<<62-2)
 	var got []string
 	for _, fd := range rep.Findings {
 		got = append(got, fd.String())

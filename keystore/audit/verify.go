@@ -252,27 +252,36 @@ func Verify(ctx context.Context, store storage.Store, v note.Verifier, kept ...[
 	var unhashed [][2]uint64 // runs of leaf hashes not stored [from, to)
 	var unhashedFrom int64 = -1
 	next := 0
+	rootsLost := false // a gap was skipped: the roots can no longer be computed
 	for i := uint64(0); i < end; i++ {
 		if i%stripLen == 0 {
-			// Nothing stored from here on (no body, no strip of leaf
-			// hashes): the rest of what the state claims is missing.
-			// Walking it an index at a time could take for ever (a
-			// tampered size), so it is reported as one run.
-			more, err := storedFrom(ctx, store, bodies, i)
+			// A whole strip with nothing stored (no body, no leaf hashes)
+			// is skipped to the next thing stored, as one missing run:
+			// walking it an index at a time could take for ever (a
+			// tampered size). A log never loses its leaf hashes, so only
+			// tampering leaves such a gap.
+			j, found, err := nextStored(ctx, store, bodies, i)
 			if err != nil {
 				return nil, err
 			}
-			if !more {
+			if !found || j >= i+stripLen {
 				if missingFrom < 0 {
 					missingFrom = int64(i)
 				}
 				if unhashedFrom < 0 {
 					unhashedFrom = int64(i)
 				}
-				for ; next < len(cps); next++ {
-					add(Finding{Index: -1, Kind: "root-mismatch", Detail: fmt.Sprintf("the checkpoint of size %d (signed %s) covers events that are not stored", cps[next].Size, cps[next].Time.Format("2006-01-02T15:04:05Z07:00"))})
+				if !rootsLost {
+					rootsLost = true
+					for ; next < len(cps); next++ {
+						add(Finding{Index: -1, Kind: "root-mismatch", Detail: fmt.Sprintf("the checkpoint of size %d (signed %s) covers events that are not stored", cps[next].Size, cps[next].Time.Format("2006-01-02T15:04:05Z07:00"))})
+					}
 				}
-				break
+				if !found || j-j%stripLen >= end {
+					break
+				}
+				i = j - j%stripLen - 1
+				continue
 			}
 		}
 		body, err := bodies.at(i)
@@ -323,6 +332,9 @@ func Verify(ctx context.Context, store storage.Store, v note.Verifier, kept ...[
 				missingFrom = int64(i)
 			}
 			h = node
+		}
+		if rootsLost {
+			continue
 		}
 		if h == nil {
 			h = make([]byte, hashLen) // unknowable: the roots below will not match
@@ -419,11 +431,20 @@ func Verify(ctx context.Context, store storage.Store, v note.Verifier, kept ...[
 	return rep, nil
 }
 
-// storedFrom reports whether anything of leaf i or after is stored: a body
-// (bodies has read those before i) or a strip of leaf hashes.
-func storedFrom(ctx context.Context, store storage.Store, bodies *cursor, i uint64) (bool, error) {
-	if r, err := bodies.peek(); err != nil || r != nil {
-		return r != nil, err
+// nextStored returns the first index, from leaf i on, that has a body or
+// lies in a stored strip of leaf hashes (bodies has read those before i);
+// found is false when nothing is stored from i on.
+func nextStored(ctx context.Context, store storage.Store, bodies *cursor, i uint64) (j uint64, found bool, err error) {
+	r, err := bodies.peek()
+	if err != nil {
+		return 0, false, err
+	}
+	if r != nil {
+		if b, ok := parseHex16(strings.TrimPrefix(r.Key, leafPrefix)); ok {
+			j, found = max(b, i), true
+		} else {
+			return i, true, nil // not an index: walk on and let the walk report it
+		}
 	}
 	after := ""
 	if i > 0 {
@@ -431,9 +452,23 @@ func storedFrom(ctx context.Context, store storage.Store, bodies *cursor, i uint
 	}
 	recs, err := store.List(ctx, levelPrefix(0), after, 1)
 	if err != nil {
-		return false, fmt.Errorf("audit: list tree strips: %w", err)
+		return 0, false, fmt.Errorf("audit: list tree strips: %w", err)
 	}
-	return len(recs) > 0, nil
+	if len(recs) > 0 {
+		n, ok := parseHex16(strings.TrimPrefix(recs[0].Key, levelPrefix(0)))
+		if !ok {
+			return i, true, nil
+		}
+		s := max(n*stripLen, i)
+		if n > (1<<64-1)/stripLen {
+			s = i // an impossible strip number: walk on
+		}
+		if !found || s < j {
+			j = s
+		}
+		found = true
+	}
+	return j, found, nil
 }
 
 // cursor reads the records under a prefix whose key ends in a 16-digit
