@@ -151,13 +151,22 @@ func TestAReadOnlyServerIsNotUsed(t *testing.T) {
 	}
 	admin.Close()
 
-	ro, err := Open(ctx, Config{URL: dbURL, NoMigrate: true})
+	ro, err := Open(ctx, Config{URL: dbURL})
 	if err == nil {
 		defer ro.Close()
 		_, err = ro.Get(ctx, "k")
 	}
 	if !errors.Is(err, storage.ErrUnavailable) {
-		t.Fatalf("reading from a read-only server: %v, want ErrUnavailable", err)
+		t.Fatalf("opening a read-only server: %v, want ErrUnavailable", err)
+	}
+	// A read-only look (NoMigrate) takes it.
+	look, err := Open(ctx, Config{URL: dbURL, NoMigrate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer look.Close()
+	if r, err := look.Get(ctx, "k"); err != nil || string(r.Value) != "v" {
+		t.Fatalf("a read-only look at a read-only server: %q, %v", r.Value, err)
 	}
 	// The URL's own choice stands.
 	u, err := url.Parse(dbURL)
