@@ -1043,6 +1043,23 @@ func TestARewrittenHistoryIsNotSigned(t *testing.T) {
 	if cp, err := f.log.Sign(ctx); err == nil {
 		t.Fatalf("the log signed a rewritten history (size %d)", cp.Size)
 	}
+	// The same with the state's checkpoint removed, signed by a server
+	// that never signed (just started): the history's checkpoints still
+	// say what was signed.
+	gr = get(t, f.store, "audit/tree")
+	if err := json.Unmarshal(gr.Value, &genuine); err != nil {
+		t.Fatal(err)
+	}
+	genuine["checkpoint"] = nil
+	gr.Value, _ = json.Marshal(genuine)
+	put(t, f.store, gr)
+	fresh, err := audit.Open(ctx, audit.Config{Store: f.store, Root: f.root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cp, err := fresh.Sign(ctx); err == nil {
+		t.Fatalf("a fresh server signed a rewritten history whose state lost its checkpoint (size %d)", cp.Size)
+	}
 }
 
 // A deleted signing key is not replaced by a new one once the log has a

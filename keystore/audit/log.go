@@ -393,6 +393,24 @@ func (l *Log) sign(ctx context.Context, historyAll bool) (*Checkpoint, error) {
 	return l.checkpointOf(ctx, st)
 }
 
+// newestKept returns the checkpoint of the largest size in the history, or
+// nil when it holds none.
+func (l *Log) newestKept(ctx context.Context) ([]byte, error) {
+	var newest []byte
+	for after := ""; ; {
+		recs, err := l.store.List(ctx, cpPrefix, after, 1000)
+		if err != nil {
+			return nil, fmt.Errorf("audit: list checkpoints: %w", err)
+		}
+		for _, r := range recs {
+			newest, after = r.Value, r.Key // keys sort by size (16 hex digits)
+		}
+		if len(recs) < 1000 {
+			return newest, nil
+		}
+	}
+}
+
 // signedTree is a tree size and root a checkpoint signed.
 type signedTree struct {
 	size uint64
@@ -405,22 +423,29 @@ type signedTree struct {
 // store but not the root could otherwise have a rewritten history signed
 // with the genuine key.
 func (l *Log) checkExtends(ctx context.Context, st treeState, root []byte) error {
+	l.keyMu.Lock()
+	v, last := l.verifier, l.lastSigned
+	l.keyMu.Unlock()
+	signed := st.Checkpoint
+	if signed == nil {
+		// Signed before, the state says not: the newest checkpoint kept
+		// in the history (none for a log never signed).
+		var err error
+		if signed, err = l.newestKept(ctx); err != nil {
+			return err
+		}
+	}
 	var before []signedTree
-	if st.Checkpoint != nil {
-		l.keyMu.Lock()
-		v := l.verifier
-		l.keyMu.Unlock()
-		cp, err := ParseCheckpoint(st.Checkpoint, v)
+	if signed != nil {
+		cp, err := ParseCheckpoint(signed, v)
 		if err != nil {
 			return fmt.Errorf("audit: the stored checkpoint does not verify (%w): refusing to sign; run custos audit verify", err)
 		}
 		before = append(before, signedTree{size: cp.Size, root: cp.Root})
 	}
-	l.keyMu.Lock()
-	if l.lastSigned.size > 0 {
-		before = append(before, l.lastSigned)
+	if last.size > 0 && (len(before) == 0 || last.size != before[0].size || !bytes.Equal(last.root, before[0].root)) {
+		before = append(before, last)
 	}
-	l.keyMu.Unlock()
 	for _, b := range before {
 		var err error
 		switch {
