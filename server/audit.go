@@ -74,6 +74,10 @@ func newRequestID() string {
 // auditEvent builds the event of a finished call from what the request
 // path resolved, never from payloads: no plaintext, ciphertext, associated
 // data, passwords, MACs or password subjects.
+// unknownOperation is the operation of the events of calls to methods no
+// service has.
+const unknownOperation = "unknown"
+
 func auditEvent(ctx context.Context, rid, fullMethod string, c *call, start time.Time, req, resp any, err error) *custosv1.AuditEvent {
 	a := &eventAlloc{}
 	a.ts.Seconds, a.ts.Nanos = start.Unix(), int32(start.Nanosecond())
@@ -89,7 +93,7 @@ func auditEvent(ctx context.Context, rid, fullMethod string, c *call, start time
 		ev.Operation = m.op
 	} else {
 		// A method no service has: the caller's path, bounded.
-		ev.Operation, ev.Method = "unknown", clip(fullMethod)
+		ev.Operation, ev.Method = unknownOperation, clip(fullMethod)
 	}
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		ev.Peer = clip(p.Addr.String())
@@ -401,7 +405,12 @@ func truncate(s string) string {
 	return s
 }
 
+// knownOperation reports whether events can have operation op: a method
+// table's name, or "unknown" (a method no service has).
 func knownOperation(op string) bool {
+	if op == unknownOperation {
+		return true
+	}
 	for _, m := range methods {
 		if m.op == op {
 			return true

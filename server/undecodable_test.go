@@ -89,6 +89,13 @@ func TestCallsRefusedBeforeTheInterceptorAreAudited(t *testing.T) {
 			t.Errorf("%s: event operation %q method %q identity %q tenant %q", c.name, ev.GetOperation(), ev.GetMethod(), ev.GetIdentity(), ev.GetTenant())
 		}
 	}
+	// Calls to unknown methods can be listed by their operation.
+	resp, err := custosv1.NewAuditServiceClient(conn).ListAuditEvents(ctx, &custosv1.ListAuditEventsRequest{Parent: "tenants/a", Operation: "unknown"})
+	if err != nil {
+		t.Fatalf("ListAuditEvents with operation unknown: %v", err)
+	}
+	_ = resp // tenant a's view holds no such call (they name no tenant)
+
 	// The metrics count them too, unknown methods under one series.
 	ops := ts.rt.OpsAddr().String()
 	for name, want := range map[string]float64{

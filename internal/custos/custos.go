@@ -113,6 +113,11 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 			rt.close()
 		}
 	}()
+	if opts.Listener != nil {
+		// Ours from here on, whatever fails first.
+		rt.lis = opts.Listener
+		rt.closers = append(rt.closers, func() { rt.lis.Close() })
+	}
 	if rt.logger == nil {
 		w := opts.LogWriter
 		if w == nil {
@@ -145,12 +150,12 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 	if rt.policy, err = policy.NewHolder(cfg.PolicyFile); err != nil {
 		return nil, err
 	}
-	if rt.lis = opts.Listener; rt.lis == nil {
+	if rt.lis == nil {
 		if rt.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
 			return nil, fmt.Errorf("listen: %w", err)
 		}
+		rt.closers = append(rt.closers, func() { rt.lis.Close() })
 	}
-	rt.closers = append(rt.closers, func() { rt.lis.Close() })
 	if cfg.Ops.Listen != "off" {
 		if rt.opsLis, err = net.Listen("tcp", cfg.Ops.Listen); err != nil {
 			return nil, fmt.Errorf("ops listen: %w", err)
