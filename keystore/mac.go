@@ -59,16 +59,22 @@ func (s *Service) VerifyMAC(ctx context.Context, ref KeyRef, data, mac []byte) (
 	return e.prim.mac.VerifyMAC(mac, data) == nil, nil
 }
 
+// MaxBlindIndexVersions bounds the versions a blind index is computed
+// under: one call hashes its data once per version, and a key rotated for
+// years keeps every version it did not disable.
+const MaxBlindIndexVersions = 32
+
 // BlindIndex returns the MAC of data under every enabled version at or above
 // the minimum decryption version, primary first, then newest to oldest. Each
 // MAC is exactly what ComputeMAC returns under that version, so rows indexed
-// before a rotation are still found after it.
+// before a rotation are still found after it. A key with more than
+// MaxBlindIndexVersions such versions is refused (ErrWrongState).
 func (s *Service) BlindIndex(ctx context.Context, ref KeyRef, data []byte) ([]MACEntry, error) {
 	e, err := s.macKey(ctx, ref, "blind index")
 	if err != nil {
 		return nil, err
 	}
-	out := make([]MACEntry, 0, len(e.prim.order))
+	var versions []uint32
 	for _, v := range e.prim.order {
 		if v < e.rec.MinDecryptionVersion {
 			continue
@@ -76,6 +82,13 @@ func (s *Service) BlindIndex(ctx context.Context, ref KeyRef, data []byte) ([]MA
 		if vr, ok := e.rec.version(v); !ok || vr.State != VersionEnabled {
 			continue
 		}
+		versions = append(versions, v)
+	}
+	if len(versions) > MaxBlindIndexVersions {
+		return nil, fmt.Errorf("blind index with %s: %d enabled versions at or above the minimum decryption version, at most %d: raise min_decryption_version or disable old versions once rows are indexed anew: %w", ref, len(versions), MaxBlindIndexVersions, ErrWrongState)
+	}
+	out := make([]MACEntry, 0, len(versions))
+	for _, v := range versions {
 		m, err := e.prim.macs[v].ComputeMAC(data)
 		if err != nil {
 			return nil, fmt.Errorf("blind index with %s version %d: %w", ref, v, err)

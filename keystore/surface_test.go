@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/custos-kms/custos/keystore"
@@ -162,5 +163,31 @@ func TestRewrapMovesToThePrimaryAndKeepsCurrentOnesUnchanged(t *testing.T) {
 	}
 	if _, _, err := f.ks.Rewrap(ctx, ref, old, []byte("r2")); !errors.Is(err, keystore.ErrInvalidCiphertext) {
 		t.Fatalf("rewrap with wrong AAD: %v", err)
+	}
+}
+
+// A blind index is computed under at most MaxBlindIndexVersions versions:
+// a key with more enabled versions (rotated again and again) is refused
+// with a clear error instead of one call hashing its data under each of
+// them.
+func TestABlindIndexOverTooManyVersionsIsRefused(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	ref := f.key(t, "acme", "idx", keystore.PurposeMAC)
+	for range keystore.MaxBlindIndexVersions {
+		if _, err := f.ks.RotateKey(ctx, ref); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := f.ks.BlindIndex(ctx, ref, []byte("alice"))
+	if !errors.Is(err, keystore.ErrWrongState) || !strings.Contains(err.Error(), "min_decryption_version") {
+		t.Fatalf("a blind index over %d enabled versions: %v, want ErrWrongState naming the way out", keystore.MaxBlindIndexVersions+1, err)
+	}
+	if _, err := f.ks.DisableKeyVersion(ctx, ref, 1); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := f.ks.BlindIndex(ctx, ref, []byte("alice"))
+	if err != nil || len(entries) != keystore.MaxBlindIndexVersions {
+		t.Fatalf("after disabling one: %d entries, %v", len(entries), err)
 	}
 }
