@@ -8,11 +8,13 @@ import (
 	"log/slog"
 	"slices"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
@@ -271,5 +273,35 @@ func TestLogsNeverContainPlaintext(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// One connection carries at most MaxStreamsPerConnection calls at once: a
+// caller holding streams open waits for one to end instead of making the
+// server keep a goroutine and buffers for each.
+func TestAConnectionCarriesABoundedNumberOfCalls(t *testing.T) {
+	ts := start(t, newFiles(t), options{})
+	conn := ts.conn(t, idAdmin)
+	ctx, cancel := context.WithCancel(testContext(t))
+	defer cancel()
+	hc := healthpb.NewHealthClient(conn)
+	for i := range server.MaxStreamsPerConnection {
+		st, err := hc.Watch(ctx, &healthpb.HealthCheckRequest{})
+		if err != nil {
+			t.Fatalf("watch %d: %v", i, err)
+		}
+		if _, err := st.Recv(); err != nil {
+			t.Fatalf("watch %d: %v", i, err)
+		}
+	}
+	short, cancelShort := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancelShort()
+	_, err := hc.Check(short, &healthpb.HealthCheckRequest{})
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("a call past %d open streams on one connection: %v, want it to wait (DEADLINE_EXCEEDED)", server.MaxStreamsPerConnection, err)
+	}
+	// Another connection is not held up.
+	if _, err := healthpb.NewHealthClient(ts.conn(t, idAdmin)).Check(testContext(t), &healthpb.HealthCheckRequest{}); err != nil {
+		t.Fatalf("a call on another connection: %v", err)
 	}
 }

@@ -223,6 +223,10 @@ func (s *Server) NewGRPCServer(tlsConf *tls.Config, opts ...grpc.ServerOption) (
 		// sixth of the server's CPU growing its stack (runtime.newstack).
 		// When all are busy, gRPC starts a goroutine for the call as before.
 		grpc.NumStreamWorkers(streamWorkers),
+		// Calls at once on one connection (gRPC's default is unbounded): a
+		// caller holding streams open (health watches, requests it never
+		// finishes sending) costs the server a goroutine and buffers each.
+		grpc.MaxConcurrentStreams(MaxStreamsPerConnection),
 		grpc.MaxRecvMsgSize(s.limits.MaxMessageBytes),
 		grpc.MaxSendMsgSize(s.limits.MaxMessageBytes),
 		grpc.UnknownServiceHandler(unknownMethod),
@@ -247,6 +251,10 @@ func (s *Server) NewGRPCServer(tlsConf *tls.Config, opts ...grpc.ServerOption) (
 
 // streamWorkers is how many goroutines serve calls (grpc.NumStreamWorkers).
 const streamWorkers = 256
+
+// MaxStreamsPerConnection is how many calls one connection may have in
+// flight at once; more wait for one to end.
+const MaxStreamsPerConnection = 1024
 
 // callFields are the fields Custos adds to a stream's log line: the
 // caller's identity.
