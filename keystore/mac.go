@@ -74,21 +74,24 @@ func (s *Service) BlindIndex(ctx context.Context, ref KeyRef, data []byte) ([]MA
 	if err != nil {
 		return nil, err
 	}
-	var versions []uint32
+	indexed := func(v uint32) bool {
+		vr, ok := e.rec.version(v)
+		return ok && vr.State == VersionEnabled && v >= e.rec.MinDecryptionVersion
+	}
+	n := 0
 	for _, v := range e.prim.order {
-		if v < e.rec.MinDecryptionVersion {
+		if indexed(v) {
+			n++
+		}
+	}
+	if n > MaxBlindIndexVersions {
+		return nil, fmt.Errorf("blind index with %s: %d enabled versions at or above the minimum decryption version, at most %d: raise min_decryption_version or disable old versions once rows are indexed anew: %w", ref, n, MaxBlindIndexVersions, ErrWrongState)
+	}
+	out := make([]MACEntry, 0, n)
+	for _, v := range e.prim.order {
+		if !indexed(v) {
 			continue
 		}
-		if vr, ok := e.rec.version(v); !ok || vr.State != VersionEnabled {
-			continue
-		}
-		versions = append(versions, v)
-	}
-	if len(versions) > MaxBlindIndexVersions {
-		return nil, fmt.Errorf("blind index with %s: %d enabled versions at or above the minimum decryption version, at most %d: raise min_decryption_version or disable old versions once rows are indexed anew: %w", ref, len(versions), MaxBlindIndexVersions, ErrWrongState)
-	}
-	out := make([]MACEntry, 0, len(versions))
-	for _, v := range versions {
 		m, err := e.prim.macs[v].ComputeMAC(data)
 		if err != nil {
 			return nil, fmt.Errorf("blind index with %s version %d: %w", ref, v, err)
