@@ -595,28 +595,29 @@ func (l *Log) hash(ctx context.Context, id compact.NodeID) ([]byte, error) {
 	return strip[off : off+hashLen], nil
 }
 
-// leafTenant reads an event's tenant (field 5) without decoding the rest.
+// leafTenant reads an event's tenant (field 5) without decoding the rest:
+// the last occurrence, as protobuf decoding takes it, so that the tenant
+// an event is listed under is the one its readers decode (no server writes
+// the field twice; a leaf queued by someone else may).
 func leafTenant(leaf []byte) string {
+	tenant := ""
 	for len(leaf) > 0 {
 		num, typ, n := protowire.ConsumeTag(leaf)
 		if n < 0 {
 			return ""
 		}
 		leaf = leaf[n:]
-		if num == 5 && typ == protowire.BytesType {
-			v, m := protowire.ConsumeBytes(leaf)
-			if m < 0 {
-				return ""
-			}
-			return string(v)
-		}
 		m := protowire.ConsumeFieldValue(num, typ, leaf)
 		if m < 0 {
 			return ""
 		}
+		if num == 5 && typ == protowire.BytesType {
+			v, _ := protowire.ConsumeBytes(leaf)
+			tenant = string(v)
+		}
 		leaf = leaf[m:]
 	}
-	return ""
+	return tenant
 }
 
 // InclusionProof is the RFC 6962 inclusion proof of leaf index in the tree

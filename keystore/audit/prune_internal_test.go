@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/custos-kms/custos/keystore/root/local"
@@ -89,4 +90,28 @@ func newMemoryLog(t *testing.T) (*memory.Store, *Log) {
 		t.Fatal(err)
 	}
 	return store, l
+}
+
+// A leaf naming two tenants (field 5 twice: no server writes one, a store
+// writer could queue one) is listed under the tenant its decoding gives,
+// the last one, as protobuf reads it: indexed under the first, it was in
+// neither tenant's answers and hidden from the one it names.
+func TestALeafWithTwoTenantsIsListedUnderTheOneItDecodesTo(t *testing.T) {
+	ctx := context.Background()
+	store, l := newMemoryLog(t)
+	ev, err := Marshal(&custosv1.AuditEvent{Time: timestamppb.Now(), RequestId: "r1", Tenant: "a", Operation: "encrypt", Code: "OK"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	twice := protowire.AppendBytes(protowire.AppendTag(ev, 5, protowire.BytesType), []byte("b"))
+	if _, err := store.Put(ctx, queueKey("w", 1), encodeBatch([][]byte{twice}), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	recs, _, _, err := l.Events(ctx, Query{Tenant: "b", Limit: 10})
+	if err != nil || len(recs) != 1 || recs[0].Event.GetTenant() != "b" {
+		t.Fatalf("tenant b's events: %d, %v; want the leaf that decodes as b's", len(recs), err)
+	}
 }
