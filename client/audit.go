@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 	"time"
 
 	tlog "github.com/transparency-dev/formats/log"
@@ -82,6 +83,9 @@ type AuditPage struct {
 	Checkpoint AuditCheckpoint
 	// NextPageToken is empty on the last page.
 	NextPageToken string
+	// Parent is the tenant the page was asked for ("tenants/{tenant}"):
+	// [VerifyAuditEvents] checks that every event is that tenant's.
+	Parent string
 }
 
 // ListAuditEvents returns one page of the audit events of the tenant parent
@@ -106,7 +110,7 @@ func (c *Client) ListAuditEvents(ctx context.Context, parent string, f AuditFilt
 	if err != nil {
 		return AuditPage{}, c.callError(ctx, op, err)
 	}
-	page := AuditPage{Checkpoint: checkpointFromProto(resp.GetCheckpoint()), NextPageToken: resp.GetNextPageToken()}
+	page := AuditPage{Checkpoint: checkpointFromProto(resp.GetCheckpoint()), NextPageToken: resp.GetNextPageToken(), Parent: parent}
 	for _, r := range resp.GetRecords() {
 		ev, err := auditEventFromLeaf(r.GetLeaf())
 		if err != nil {
@@ -136,7 +140,8 @@ func (c *Client) AuditCheckpoint(ctx context.Context, parent string, firstSize u
 // publicKey, its Origin, Size, Root and Time must be the ones the signature
 // covers, and each event's leaf must be included in it. A page without
 // events and without a checkpoint (a log not yet signed) verifies; one
-// with a checkpoint has it checked. Pin publicKey (take it once from
+// with a checkpoint has it checked. The events must be in log order, none
+// twice, and, when the page has a Parent, all of that tenant. Pin publicKey (take it once from
 // [Client.AuditCheckpoint] or from your operator and keep it): a key taken
 // from the same server on every call proves only that the server is
 // consistent with itself. A page is checked on its own: that two pages, or
@@ -153,13 +158,20 @@ func VerifyAuditEvents(publicKey string, page AuditPage) error {
 	if got := page.Checkpoint; got.Origin != cp.Origin || got.Size != cp.Size || !bytes.Equal(got.Root, cp.Root) || !got.Time.Equal(cp.Time) {
 		return errors.New("custos: the page's audit checkpoint does not match its signed note")
 	}
-	for _, ev := range page.Events {
+	tenant, scoped := strings.CutPrefix(page.Parent, "tenants/")
+	for i, ev := range page.Events {
+		if i > 0 && ev.Index <= page.Events[i-1].Index {
+			return fmt.Errorf("custos: audit event %d follows event %d: a page is in log order, each event once", ev.Index, page.Events[i-1].Index)
+		}
 		if err := proof.VerifyInclusion(rfc6962.DefaultHasher, ev.Index, cp.Size, rfc6962.DefaultHasher.HashLeaf(ev.Leaf), ev.Proof, cp.Root); err != nil {
 			return fmt.Errorf("custos: audit event %d is not in the signed checkpoint: %w", ev.Index, err)
 		}
 		decoded, err := auditEventFromLeaf(ev.Leaf)
 		if err != nil || !sameEvent(decoded, ev) {
 			return fmt.Errorf("custos: audit event %d does not match its leaf", ev.Index)
+		}
+		if scoped && decoded.Tenant != tenant {
+			return fmt.Errorf("custos: audit event %d is tenant %q's, not %q's", ev.Index, decoded.Tenant, tenant)
 		}
 	}
 	return nil

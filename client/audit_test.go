@@ -78,6 +78,28 @@ func TestVerifyAuditEventsWithTheAnswersAlone(t *testing.T) {
 	if err := client.VerifyAuditEvents(other, page); err == nil {
 		t.Fatal("a page verified under another key")
 	}
+	// A page repeats no event and keeps log order.
+	bad.Events = []client.AuditEvent{page.Events[0], page.Events[0]}
+	if err := client.VerifyAuditEvents(pub, bad); err == nil {
+		t.Fatal("a page showing one event twice verified")
+	}
+	bad.Events = []client.AuditEvent{page.Events[1], page.Events[0]}
+	if err := client.VerifyAuditEvents(pub, bad); err == nil {
+		t.Fatal("a page out of log order verified")
+	}
+	// Tenant b's real event, in a page of tenant a, does not verify.
+	pageB, err := c.ListAuditEvents(ctx, client.TenantName("b"), client.AuditFilter{})
+	if err != nil || len(pageB.Events) == 0 {
+		t.Fatalf("tenant b's events: %d, %v", len(pageB.Events), err)
+	}
+	if page.Parent != "tenants/a" {
+		t.Fatalf("the page's parent is %q", page.Parent)
+	}
+	mixed := pageB
+	mixed.Parent = page.Parent
+	if err := client.VerifyAuditEvents(pub, mixed); err == nil {
+		t.Fatal("tenant b's events verified as a page of tenant a")
+	}
 	// The page's checkpoint fields are the ones its note signs.
 	for what, change := range map[string]func(*client.AuditCheckpoint){
 		"size":   func(c *client.AuditCheckpoint) { c.Size-- },

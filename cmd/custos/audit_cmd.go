@@ -97,7 +97,11 @@ func newAuditCmd() *cobra.Command {
 			}
 			p.flush()
 			if verify && output == "text" {
-				fmt.Fprintf(cmd.ErrOrStderr(), "%d events verified: each is tenant %s's and in the log's signed checkpoint, and every page's checkpoint is consistent with the others\n", n, pv.tenant)
+				against := "the pinned key"
+				if publicKey == "" {
+					against = "the key this server sent, which proves only that the server agrees with itself (pin the key with --public-key)"
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "%d events verified against %s: each is tenant %s's and in the log's signed checkpoint, and every page's checkpoint is consistent with the others\n", n, against, pv.tenant)
 			}
 			return nil
 		}),
@@ -215,6 +219,8 @@ type pageVerifier struct {
 	pinned, pub    string
 	verify         bool
 	last           *client.AuditCheckpoint // the newest checkpoint verified so far
+	seen           bool                    // an event was verified: lastIndex is its index
+	lastIndex      uint64
 }
 
 func newPageVerifier(cmd *cobra.Command, cl checkpointSource, parent, pinned string, verify bool) (*pageVerifier, error) {
@@ -245,6 +251,11 @@ func (v *pageVerifier) check(page client.AuditPage) error {
 	if err := client.VerifyAuditEvents(v.pub, page); err != nil {
 		return err
 	}
+	// Pages follow each other in log order: none shows an event again.
+	if first := page.Events[0].Index; v.seen && first <= v.lastIndex {
+		return fmt.Errorf("audit event %d comes after event %d, in an earlier page", first, v.lastIndex)
+	}
+	v.seen, v.lastIndex = true, page.Events[len(page.Events)-1].Index
 	for _, ev := range page.Events {
 		if ev.Tenant != v.tenant {
 			return fmt.Errorf("audit event %d is tenant %q's, not %q's", ev.Index, ev.Tenant, v.tenant)

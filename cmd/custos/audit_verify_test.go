@@ -4,15 +4,20 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/spf13/cobra"
 	tlog "github.com/transparency-dev/formats/log"
+	"github.com/transparency-dev/merkle/rfc6962"
 	"golang.org/x/mod/sumdb/note"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/custos-kms/custos/client"
+	"github.com/custos-kms/custos/keystore/audit"
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 )
 
 // lyingSource answers GetAuditCheckpoint with what it was told to: a
@@ -65,5 +70,59 @@ func TestPagesShowingDifferentHistoriesAreRefused(t *testing.T) {
 	v.cl = lyingSource{a.Size: b, b.Size: b}
 	if err := v.consistent(a, b); err == nil || !strings.Contains(err.Error(), "different histories") {
 		t.Fatalf("two checkpoints of different histories and no proof: %v, want them reported as such", err)
+	}
+}
+
+// Pages follow each other in log order: a page showing an event again (or
+// an earlier one) after a later page is refused, as a server repeating or
+// reordering events across pages would otherwise pass.
+func TestAPageShowingAnEventAgainIsRefused(t *testing.T) {
+	skey, vkey, err := note.GenerateKey(rand.Reader, "custos-audit")
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := note.NewSigner(skey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var leaves [][]byte
+	var events []client.AuditEvent
+	t0 := time.Date(2026, 11, 28, 0, 0, 0, 0, time.UTC)
+	for i := range 2 {
+		leaf, err := audit.Marshal(&custosv1.AuditEvent{Time: timestamppb.New(t0), RequestId: fmt.Sprint("r", i), Tenant: "acme", Operation: "encrypt", Code: "OK"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaves = append(leaves, leaf)
+	}
+	h := rfc6962.DefaultHasher
+	h0, h1 := h.HashLeaf(leaves[0]), h.HashLeaf(leaves[1])
+	root := h.HashChildren(h0, h1)
+	text := string(tlog.Checkpoint{Origin: signer.Name(), Size: 2, Hash: root}.Marshal()) + "time " + time.Now().UTC().Format(time.RFC3339Nano) + "\n"
+	signed, err := note.Sign(&note.Note{Text: text}, signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp, err := client.VerifyAuditCheckpoint(vkey, signed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range [][][]byte{{h1}, {h0}} {
+		events = append(events, client.AuditEvent{Index: uint64(i), Proof: p, Leaf: leaves[i], Time: t0, RequestID: fmt.Sprint("r", i), Tenant: "acme", Operation: "encrypt", Code: "OK"})
+	}
+	cmd := &cobra.Command{}
+	cmd.SetContext(t.Context())
+	v := &pageVerifier{cmd: cmd, cl: lyingSource{}, parent: "tenants/acme", tenant: "acme", pub: vkey, verify: true}
+	page := func(evs ...client.AuditEvent) client.AuditPage {
+		return client.AuditPage{Events: evs, Checkpoint: cp, Parent: "tenants/acme"}
+	}
+	if err := v.check(page(events[1])); err != nil {
+		t.Fatalf("the first page: %v", err)
+	}
+	if err := v.check(page(events[1])); err == nil {
+		t.Fatal("a page showing the previous page's event again verified")
+	}
+	if err := v.check(page(events[0])); err == nil {
+		t.Fatal("a page showing an earlier event after a later page verified")
 	}
 }
