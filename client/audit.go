@@ -43,7 +43,9 @@ type AuditEvent struct {
 	// Index is the event's leaf index in the log.
 	Index uint64
 	// Leaf is the exact bytes the log hashed; the fields above are decoded
-	// from it, so what you read is what the proof covers.
+	// from it (as protobuf decodes: a field given twice reads as its last
+	// value, and fields this client does not know are not shown), so what
+	// you read is covered by the proof.
 	Leaf []byte
 	// Proof is the leaf's inclusion proof in the page's checkpoint.
 	Proof [][]byte
