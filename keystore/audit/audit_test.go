@@ -963,6 +963,10 @@ func TestVerifyOfAnInflatedTreeSizeEnds(t *testing.T) {
 	planted := get(t, f.store, "audit/l/0000000000000001")
 	planted.Key, planted.Version = fmt.Sprintf("audit/l/%016x", uint64(1)<<62-1), 0
 	put(t, f.store, planted)
+	// And strip records whose keys sort after every real one.
+	for _, k := range []string{"audit/n/00/zz", "audit/n/00/ffffffffffffffff"} {
+		put(t, f.store, storage.Record{Key: k, Value: make([]byte, 32)})
+	}
 	v, err := audit.VerifierOf(context.Background(), f.store, f.root)
 	if err != nil {
 		t.Fatal(err)

@@ -446,29 +446,32 @@ func nextStored(ctx context.Context, store storage.Store, bodies *cursor, i uint
 			return i, true, nil // not an index: walk on and let the walk report it
 		}
 	}
+	// The first strip at or after i's, skipping keys that are no strip's
+	// (no server writes one; they must not keep the walk going).
 	after := ""
 	if i > 0 {
 		after = stripKey(compact.NewNodeID(0, i-1))
 	}
-	recs, err := store.List(ctx, levelPrefix(0), after, 1)
-	if err != nil {
-		return 0, false, fmt.Errorf("audit: list tree strips: %w", err)
+	for {
+		recs, err := store.List(ctx, levelPrefix(0), after, 64)
+		if err != nil {
+			return 0, false, fmt.Errorf("audit: list tree strips: %w", err)
+		}
+		for _, r := range recs {
+			n, ok := parseHex16(strings.TrimPrefix(r.Key, levelPrefix(0)))
+			if !ok || n > (1<<64-1)/stripLen {
+				continue
+			}
+			if s := max(n*stripLen, i); !found || s < j {
+				j = s
+			}
+			return j, true, nil
+		}
+		if len(recs) < 64 {
+			return j, found, nil
+		}
+		after = recs[len(recs)-1].Key
 	}
-	if len(recs) > 0 {
-		n, ok := parseHex16(strings.TrimPrefix(recs[0].Key, levelPrefix(0)))
-		if !ok {
-			return i, true, nil
-		}
-		s := max(n*stripLen, i)
-		if n > (1<<64-1)/stripLen {
-			s = i // an impossible strip number: walk on
-		}
-		if !found || s < j {
-			j = s
-		}
-		found = true
-	}
-	return j, found, nil
 }
 
 // cursor reads the records under a prefix whose key ends in a 16-digit
