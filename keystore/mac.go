@@ -59,16 +59,24 @@ func (s *Service) VerifyMAC(ctx context.Context, ref KeyRef, data, mac []byte) (
 	return e.prim.mac.VerifyMAC(mac, data) == nil, nil
 }
 
-// MaxBlindIndexVersions bounds the versions a blind index is computed
-// under: one call hashes its data once per version, and a key rotated for
-// years keeps every version it did not disable.
-const MaxBlindIndexVersions = 32
+// A blind index hashes its data once per version, and a key rotated for
+// years (a rotation period of an hour is allowed) keeps every version it
+// did not disable; what one call may cost is bounded.
+const (
+	// MaxBlindIndexVersions bounds the versions one blind index is
+	// computed under (its audit event lists them all).
+	MaxBlindIndexVersions = 1024
+	// MaxBlindIndexBytes bounds the bytes one blind index hashes: the
+	// data's length times the versions (32 versions of 64 KiB, thousands
+	// of an e-mail address).
+	MaxBlindIndexBytes = 2 << 20
+)
 
 // BlindIndex returns the MAC of data under every enabled version at or above
 // the minimum decryption version, primary first, then newest to oldest. Each
 // MAC is exactly what ComputeMAC returns under that version, so rows indexed
-// before a rotation are still found after it. A key with more than
-// MaxBlindIndexVersions such versions is refused (ErrWrongState).
+// before a rotation are still found after it. A call that would pass
+// MaxBlindIndexVersions or MaxBlindIndexBytes is refused (ErrWrongState).
 func (s *Service) BlindIndex(ctx context.Context, ref KeyRef, data []byte) ([]MACEntry, error) {
 	e, err := s.macKey(ctx, ref, "blind index")
 	if err != nil {
@@ -84,8 +92,9 @@ func (s *Service) BlindIndex(ctx context.Context, ref KeyRef, data []byte) ([]MA
 			n++
 		}
 	}
-	if n > MaxBlindIndexVersions {
-		return nil, fmt.Errorf("blind index with %s: %d enabled versions at or above the minimum decryption version, at most %d: raise min_decryption_version or disable old versions once rows are indexed anew: %w", ref, n, MaxBlindIndexVersions, ErrWrongState)
+	if n > MaxBlindIndexVersions || n*max(len(data), 1) > MaxBlindIndexBytes {
+		return nil, fmt.Errorf("blind index with %s: %d enabled versions at or above the minimum decryption version, for %d bytes of data: at most %d versions and %d bytes hashed in all; raise min_decryption_version or disable old versions once rows are indexed anew: %w",
+			ref, n, len(data), MaxBlindIndexVersions, MaxBlindIndexBytes, ErrWrongState)
 	}
 	out := make([]MACEntry, 0, n)
 	for _, v := range e.prim.order {

@@ -166,28 +166,33 @@ func TestRewrapMovesToThePrimaryAndKeepsCurrentOnesUnchanged(t *testing.T) {
 	}
 }
 
-// A blind index is computed under at most MaxBlindIndexVersions versions:
-// a key with more enabled versions (rotated again and again) is refused
-// with a clear error instead of one call hashing its data under each of
-// them.
+// A blind index hashes its data once per version: a call that would hash
+// more than MaxBlindIndexBytes (64 KiB of data under a key rotated again and
+// again) is refused with a clear error, and the same key still indexes
+// short values.
 func TestABlindIndexOverTooManyVersionsIsRefused(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
 	ref := f.key(t, "acme", "idx", keystore.PurposeMAC)
-	for range keystore.MaxBlindIndexVersions {
+	big := make([]byte, 64<<10)
+	versions := keystore.MaxBlindIndexBytes / len(big) // the most such data may be hashed under
+	for range versions {
 		if _, err := f.ks.RotateKey(ctx, ref); err != nil {
 			t.Fatal(err)
 		}
 	}
-	_, err := f.ks.BlindIndex(ctx, ref, []byte("alice"))
+	_, err := f.ks.BlindIndex(ctx, ref, big)
 	if !errors.Is(err, keystore.ErrWrongState) || !strings.Contains(err.Error(), "min_decryption_version") {
-		t.Fatalf("a blind index over %d enabled versions: %v, want ErrWrongState naming the way out", keystore.MaxBlindIndexVersions+1, err)
+		t.Fatalf("a blind index of 64 KiB under %d versions: %v, want ErrWrongState naming the way out", versions+1, err)
+	}
+	if entries, err := f.ks.BlindIndex(ctx, ref, []byte("alice@example.com")); err != nil || len(entries) != versions+1 {
+		t.Fatalf("a short value under the same key: %d entries, %v", len(entries), err)
 	}
 	if _, err := f.ks.DisableKeyVersion(ctx, ref, 1); err != nil {
 		t.Fatal(err)
 	}
-	entries, err := f.ks.BlindIndex(ctx, ref, []byte("alice"))
-	if err != nil || len(entries) != keystore.MaxBlindIndexVersions {
+	entries, err := f.ks.BlindIndex(ctx, ref, big)
+	if err != nil || len(entries) != versions {
 		t.Fatalf("after disabling one: %d entries, %v", len(entries), err)
 	}
 }

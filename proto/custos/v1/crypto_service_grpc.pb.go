@@ -71,9 +71,10 @@ type CryptoServiceClient interface {
 	// Verifies a MAC made by any enabled version, in constant time.
 	VerifyMac(ctx context.Context, in *VerifyMacRequest, opts ...grpc.CallOption) (*VerifyMacResponse, error)
 	// Returns the MAC of a value under every enabled version, so lookups keep
-	// working across a rotation. A key with more than 32 enabled versions at
-	// or above its minimum decryption version is FAILED_PRECONDITION
-	// (WRONG_STATE).
+	// working across a rotation. A call that would hash under more than 1024
+	// versions, or more than 2 MiB in all (versions times the value's
+	// length), is FAILED_PRECONDITION (WRONG_STATE): raise the key's minimum
+	// decryption version or disable old versions.
 	BlindIndex(ctx context.Context, in *BlindIndexRequest, opts ...grpc.CallOption) (*BlindIndexResponse, error)
 	// Hashes a password: HMAC-SHA256 pepper, then bcrypt or argon2id.
 	HashPassword(ctx context.Context, in *HashPasswordRequest, opts ...grpc.CallOption) (*HashPasswordResponse, error)
@@ -247,9 +248,10 @@ type CryptoServiceServer interface {
 	// Verifies a MAC made by any enabled version, in constant time.
 	VerifyMac(context.Context, *VerifyMacRequest) (*VerifyMacResponse, error)
 	// Returns the MAC of a value under every enabled version, so lookups keep
-	// working across a rotation. A key with more than 32 enabled versions at
-	// or above its minimum decryption version is FAILED_PRECONDITION
-	// (WRONG_STATE).
+	// working across a rotation. A call that would hash under more than 1024
+	// versions, or more than 2 MiB in all (versions times the value's
+	// length), is FAILED_PRECONDITION (WRONG_STATE): raise the key's minimum
+	// decryption version or disable old versions.
 	BlindIndex(context.Context, *BlindIndexRequest) (*BlindIndexResponse, error)
 	// Hashes a password: HMAC-SHA256 pepper, then bcrypt or argon2id.
 	HashPassword(context.Context, *HashPasswordRequest) (*HashPasswordResponse, error)
