@@ -171,8 +171,10 @@ func ServeBaseline(ctx context.Context, lis net.Listener, tlsConf *tls.Config, m
 		return fmt.Errorf("baseline: %w", err)
 	}
 	// The transport settings Custos's server uses (server.NewGRPCServer),
-	// stream workers included, so that the ratio isolates Custos's work.
-	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsConf)), grpc.MaxRecvMsgSize(maxMsg), grpc.MaxSendMsgSize(maxMsg), grpc.NumStreamWorkers(StreamWorkers))
+	// stream workers and the calls a connection may carry at once included,
+	// so that the ratio isolates Custos's work.
+	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsConf)), grpc.MaxRecvMsgSize(maxMsg), grpc.MaxSendMsgSize(maxMsg),
+		grpc.NumStreamWorkers(StreamWorkers), grpc.MaxConcurrentStreams(server.MaxStreamsPerConnection))
 	custosv1.RegisterCryptoServiceServer(gs, impl)
 	errc := make(chan error, 1)
 	go func() { errc <- gs.Serve(lis) }()
