@@ -99,7 +99,17 @@ func prepareDev(dir string) (*config.Config, error) {
 	if _, err := pki.WriteDevFiles(dir); err != nil {
 		return nil, fmt.Errorf("dev PKI: %w", err)
 	}
-	if _, err := local.OpenOrCreate(filepath.Join(dir, "root.key")); err != nil {
+	// A new root key only for a directory without data: with custos.db
+	// there, its tenants are wrapped under the key that is missing, and a
+	// new one would serve beside them, mixing two roots in one store.
+	rootPath := filepath.Join(dir, "root.key")
+	if _, err := os.Stat(filepath.Join(dir, "custos.db")); err == nil {
+		if _, err := local.Open(rootPath); errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%s holds data but its root key %s is missing: restore the key file (or remove the whole directory to start over)", dir, rootPath)
+		} else if err != nil {
+			return nil, err
+		}
+	} else if _, err := local.OpenOrCreate(rootPath); err != nil {
 		return nil, err
 	}
 	for name, content := range map[string]string{"policy.yaml": devPolicy, "custos.yaml": devConfig} {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -96,5 +97,34 @@ func TestWriteIfMissingCreatesOnceAndWhole(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
 		t.Fatalf("%d entries in the directory, want the file alone", len(entries))
+	}
+}
+
+// A dev directory whose data is there but whose root key is gone is
+// refused: a new key would serve beside the tenants wrapped under the old
+// one, mixing two roots in one store. Without data, the key is made.
+func TestDevRefusesDataWhoseRootKeyIsMissing(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), ".custos-dev")
+	if _, err := prepareDev(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, "root.key")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := prepareDev(dir); err != nil {
+		t.Fatalf("a directory without data and without a root key: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "custos.db"), []byte("data"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, "root.key")); err != nil {
+		t.Fatal(err)
+	}
+	_, err := prepareDev(dir)
+	if err == nil || !strings.Contains(err.Error(), "root key") {
+		t.Fatalf("a directory with data but no root key: %v, want it refused", err)
+	}
+	if _, serr := os.Stat(filepath.Join(dir, "root.key")); !errors.Is(serr, os.ErrNotExist) {
+		t.Fatalf("a new root key was made beside the data: %v", serr)
 	}
 }
