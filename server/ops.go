@@ -271,7 +271,7 @@ func (s *Server) OpsHandler(withPprof bool) http.Handler {
 			}
 			defer busy.Unlock()
 			s.logger.Info("backup requested on the ops listener", "remote", r.RemoteAddr)
-			cw := &countingWriter{w: w}
+			cw := &countingWriter{w: w, rc: http.NewResponseController(w)}
 			w.Header().Set("Content-Type", "application/octet-stream")
 			if err := s.backup(r.Context(), cw); err != nil {
 				s.logger.Error("backup over the ops listener failed", "error", err.Error())
@@ -280,7 +280,13 @@ func (s *Server) OpsHandler(withPprof bool) http.Handler {
 					if errors.Is(err, root.ErrUnavailable) || errors.Is(err, storage.ErrUnavailable) {
 						code = http.StatusServiceUnavailable // a dependency is down: retry later
 					}
-					http.Error(w, "backup failed: "+err.Error(), code)
+					// The error names the server's files; it is logged, and
+					// the ops listener does not authenticate its callers.
+					msg := "backup failed (the server's log says why)"
+					if code == http.StatusServiceUnavailable {
+						msg = "backup failed: the root or the storage is unavailable; retry later"
+					}
+					http.Error(w, msg, code)
 					return
 				}
 				// Cut the response: the client sees a broken stream, not
@@ -293,13 +299,22 @@ func (s *Server) OpsHandler(withPprof bool) http.Handler {
 	return mux
 }
 
-// countingWriter counts what it passes on.
+// backupWriteTimeout is how long one write of a backup may wait for its
+// reader: a caller that stops reading must not hold the one backup slot.
+var backupWriteTimeout = 30 * time.Second
+
+// countingWriter counts what it passes on, each write bounded by
+// backupWriteTimeout when rc can set write deadlines.
 type countingWriter struct {
-	w io.Writer
-	n int64
+	w  io.Writer
+	rc *http.ResponseController
+	n  int64
 }
 
 func (c *countingWriter) Write(p []byte) (int, error) {
+	if c.rc != nil {
+		_ = c.rc.SetWriteDeadline(time.Now().Add(backupWriteTimeout)) // not supported: unbounded, as before
+	}
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err

@@ -372,7 +372,7 @@ func (rt *Runtime) Run(ctx context.Context) error {
 	var ops *http.Server
 	opsDone := make(chan struct{})
 	if rt.opsLis != nil {
-		ops = &http.Server{Handler: rt.srv.OpsHandler(cfg.Ops.Pprof), ReadHeaderTimeout: 5 * time.Second}
+		ops = &http.Server{Handler: rt.srv.OpsHandler(cfg.Ops.Pprof), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
 		go func() {
 			defer close(opsDone)
 			if err := ops.Serve(rt.opsLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
