@@ -272,6 +272,8 @@ func (s *Server) OpsHandler(withPprof bool) http.Handler {
 			defer busy.Unlock()
 			s.logger.Info("backup requested on the ops listener", "remote", r.RemoteAddr)
 			cw := &countingWriter{w: w, rc: http.NewResponseController(w)}
+			// The connection may serve other requests after this one.
+			defer func() { _ = cw.rc.SetWriteDeadline(time.Time{}) }()
 			w.Header().Set("Content-Type", "application/octet-stream")
 			if err := s.backup(r.Context(), cw); err != nil {
 				s.logger.Error("backup over the ops listener failed", "error", err.Error())
