@@ -28,6 +28,20 @@ func (l lyingSource) AuditCheckpoint(_ context.Context, _ string, firstSize uint
 	return l[firstSize], "", nil, nil
 }
 
+// newLogKey makes a log signing key and its verifier key.
+func newLogKey(t *testing.T) (note.Signer, string) {
+	t.Helper()
+	skey, vkey, err := note.GenerateKey(rand.Reader, "custos-audit")
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := note.NewSigner(skey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return signer, vkey
+}
+
 // signedCheckpoint signs a checkpoint of size over a made-up root.
 func signedCheckpoint(t *testing.T, signer note.Signer, vkey string, size uint64, seed string) client.AuditCheckpoint {
 	t.Helper()
@@ -48,14 +62,7 @@ func signedCheckpoint(t *testing.T, signer note.Signer, vkey string, size uint64
 // when the server answers the consistency check with one checkpoint's note
 // under the other's size and root (fields the note does not vouch for).
 func TestPagesShowingDifferentHistoriesAreRefused(t *testing.T) {
-	skey, vkey, err := note.GenerateKey(rand.Reader, "custos-audit")
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := note.NewSigner(skey)
-	if err != nil {
-		t.Fatal(err)
-	}
+	signer, vkey := newLogKey(t)
 	a := signedCheckpoint(t, signer, vkey, 100, "history one")
 	b := signedCheckpoint(t, signer, vkey, 120, "history two")
 	lie := a
@@ -77,14 +84,7 @@ func TestPagesShowingDifferentHistoriesAreRefused(t *testing.T) {
 // an earlier one) after a later page is refused, as a server repeating or
 // reordering events across pages would otherwise pass.
 func TestAPageShowingAnEventAgainIsRefused(t *testing.T) {
-	skey, vkey, err := note.GenerateKey(rand.Reader, "custos-audit")
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := note.NewSigner(skey)
-	if err != nil {
-		t.Fatal(err)
-	}
+	signer, vkey := newLogKey(t)
 	var leaves [][]byte
 	var events []client.AuditEvent
 	t0 := time.Date(2026, 11, 28, 0, 0, 0, 0, time.UTC)
