@@ -92,7 +92,7 @@ func (s *Service) BlindIndex(ctx context.Context, ref KeyRef, data []byte) ([]MA
 			n++
 		}
 	}
-	if n > MaxBlindIndexVersions || n*max(len(data), 1) > MaxBlindIndexBytes {
+	if n > MaxBlindIndexVersions || int64(n)*int64(max(len(data), 1)) > MaxBlindIndexBytes {
 		return nil, fmt.Errorf("blind index with %s: %d enabled versions at or above the minimum decryption version, for %d bytes of data: at most %d versions and %d bytes hashed in all; raise min_decryption_version or disable old versions once rows are indexed anew: %w",
 			ref, n, len(data), MaxBlindIndexVersions, MaxBlindIndexBytes, ErrWrongState)
 	}

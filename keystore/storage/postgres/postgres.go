@@ -129,14 +129,20 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	} else if pcfg.ConnConfig.ConnectTimeout == 0 {
 		pcfg.ConnConfig.ConnectTimeout = DefaultConnectTimeout
 	}
-	if !strings.Contains(cfg.URL, "target_session_attrs") && os.Getenv("PGTARGETSESSIONATTRS") == "" {
+	switch {
+	case strings.Contains(cfg.URL, "target_session_attrs") || os.Getenv("PGTARGETSESSIONATTRS") != "":
+		// The operator chose.
+	case cfg.NoMigrate:
+		// A read-only look (a restore's tombstones) must be current: the
+		// primary, not a standby's lagging copy; it may use a role whose
+		// transactions are read-only.
+		pcfg.ConnConfig.ValidateConnect = pgconn.ValidateConnectTargetSessionAttrsPrimary
+	default:
 		// Custos writes: a server that takes no writes (a hot standby
 		// after a failover, reached through a multi-host URL or stale DNS)
 		// is skipped for the next host, as libpq's
 		// target_session_attrs=read-write does, instead of serving stale
-		// records and failing every write. The watcher's connections too,
-		// and read-only looks (NoMigrate: a restore's tombstones must be
-		// current, not a standby's lagging copy).
+		// records and failing every write. The watcher's connections too.
 		pcfg.ConnConfig.ValidateConnect = pgconn.ValidateConnectTargetSessionAttrsReadWrite
 	}
 	pcfg.PrepareConn = func(_ context.Context, c *pgx.Conn) (bool, error) {
