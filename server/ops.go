@@ -301,8 +301,11 @@ func (s *Server) OpsHandler(withPprof bool) http.Handler {
 	return mux
 }
 
-// backupWriteTimeout is how long one write of a backup may wait for its
-// reader: a caller that stops reading must not hold the one backup slot.
+// backupWriteTimeout is how long one write of a backup (up to 1 MiB, the
+// backup's buffer) may wait for its reader: a caller that stops reading
+// must not hold the one backup slot. (Smaller writes would not lower the
+// rate a reader needs much: a blocked write waits until the kernel has
+// freed a good part of the socket's send buffer, megabytes on a fast link.)
 var backupWriteTimeout = 30 * time.Second
 
 // countingWriter counts what it passes on, each write bounded by
