@@ -1091,3 +1091,49 @@ func TestADeletedSigningKeyIsNotReplaced(t *testing.T) {
 		t.Fatalf("a new signing key was stored: %v", err)
 	}
 }
+
+// countingLists counts the Lists of one prefix.
+type countingLists struct {
+	storage.Store
+	prefix string
+	n      atomic.Int64
+}
+
+func (c *countingLists) Apply(ctx context.Context, ops []storage.Op) error {
+	return c.Store.(storage.Applier).Apply(ctx, ops)
+}
+
+func (c *countingLists) List(ctx context.Context, prefix, after string, limit int) ([]storage.Record, error) {
+	if prefix == c.prefix {
+		c.n.Add(1)
+	}
+	return c.Store.List(ctx, prefix, after, limit)
+}
+
+// Keys that are no strip's, planted after the real ones, are listed once,
+// not again at every step of a walk over planted bodies far apart.
+func TestVerifyListsPlantedStripKeysOnce(t *testing.T) {
+	cl := &countingLists{Store: memory.New(), prefix: "audit/n/00/"}
+	f := newFixture(t, cl, "")
+	f.record(t, 10, "a")
+	r := get(t, f.store, "audit/tree")
+	var st map[string]any
+	if err := json.Unmarshal(r.Value, &st); err != nil {
+		t.Fatal(err)
+	}
+	st["size"] = 1000 * 256
+	r.Value, _ = json.Marshal(st)
+	put(t, f.store, r)
+	body := get(t, f.store, "audit/l/0000000000000001")
+	for k := range 500 {
+		put(t, f.store, storage.Record{Key: fmt.Sprintf("audit/l/%016x", (k+2)*256), Value: body.Value})
+	}
+	for k := range 2000 {
+		put(t, f.store, storage.Record{Key: fmt.Sprintf("audit/n/00/zz%08d", k), Value: make([]byte, 32)})
+	}
+	cl.n.Store(0)
+	verify(t, f)
+	if n := cl.n.Load(); n > 200 {
+		t.Fatalf("verify listed the strips %d times", n)
+	}
+}

@@ -253,6 +253,7 @@ func Verify(ctx context.Context, store storage.Store, v note.Verifier, kept ...[
 	var unhashedFrom int64 = -1
 	next := 0
 	rootsLost := false // a gap was skipped: the roots can no longer be computed
+	var strips stripScan
 	for i := uint64(0); i < end; i++ {
 		if i%stripLen == 0 {
 			// A whole strip with nothing stored (no body, no leaf hashes)
@@ -260,7 +261,7 @@ func Verify(ctx context.Context, store storage.Store, v note.Verifier, kept ...[
 			// walking it an index at a time could take for ever (a
 			// tampered size). A log never loses its leaf hashes, so only
 			// tampering leaves such a gap.
-			j, found, err := nextStored(ctx, store, bodies, i)
+			j, found, err := nextStored(ctx, store, bodies, &strips, i)
 			if err != nil {
 				return nil, err
 			}
@@ -434,7 +435,7 @@ func Verify(ctx context.Context, store storage.Store, v note.Verifier, kept ...[
 // nextStored returns the first index, from leaf i on, that has a body or
 // lies in a stored strip of leaf hashes (bodies has read those before i);
 // found is false when nothing is stored from i on.
-func nextStored(ctx context.Context, store storage.Store, bodies *cursor, i uint64) (j uint64, found bool, err error) {
+func nextStored(ctx context.Context, store storage.Store, bodies *cursor, strips *stripScan, i uint64) (j uint64, found bool, err error) {
 	r, err := bodies.peek()
 	if err != nil {
 		return 0, false, err
@@ -452,6 +453,10 @@ func nextStored(ctx context.Context, store storage.Store, bodies *cursor, i uint
 	if i > 0 {
 		after = stripKey(compact.NewNodeID(0, i-1))
 	}
+	if strips.exhausted && after >= strips.noneAfter {
+		return j, found, nil // an earlier scan found no strip past here
+	}
+	from := after
 	for {
 		recs, err := store.List(ctx, levelPrefix(0), after, 64)
 		if err != nil {
@@ -468,10 +473,18 @@ func nextStored(ctx context.Context, store storage.Store, bodies *cursor, i uint
 			return j, true, nil
 		}
 		if len(recs) < 64 {
+			strips.exhausted, strips.noneAfter = true, from
 			return j, found, nil
 		}
 		after = recs[len(recs)-1].Key
 	}
+}
+
+// stripScan remembers where nextStored found no strip left, so that keys
+// that are no strip's are not listed again at every later step.
+type stripScan struct {
+	exhausted bool
+	noneAfter string
 }
 
 // cursor reads the records under a prefix whose key ends in a 16-digit
