@@ -99,19 +99,6 @@ func prepareDev(dir string) (*config.Config, error) {
 	if _, err := pki.WriteDevFiles(dir); err != nil {
 		return nil, fmt.Errorf("dev PKI: %w", err)
 	}
-	// A new root key only for a directory without data: with custos.db
-	// there, its tenants are wrapped under the key that is missing, and a
-	// new one would serve beside them, mixing two roots in one store.
-	rootPath := filepath.Join(dir, "root.key")
-	if _, err := os.Stat(filepath.Join(dir, "custos.db")); err == nil {
-		if _, err := local.Open(rootPath); errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("%s holds data but its root key %s is missing: restore the key file (or remove the whole directory to start over)", dir, rootPath)
-		} else if err != nil {
-			return nil, err
-		}
-	} else if _, err := local.OpenOrCreate(rootPath); err != nil {
-		return nil, err
-	}
 	for name, content := range map[string]string{"policy.yaml": devPolicy, "custos.yaml": devConfig} {
 		if err := writeIfMissing(filepath.Join(dir, name), content); err != nil {
 			return nil, err
@@ -120,6 +107,22 @@ func prepareDev(dir string) (*config.Config, error) {
 	cfg, err := config.Load(filepath.Join(dir, "custos.yaml"))
 	if err != nil {
 		return nil, err
+	}
+	// A new root key only for a store without data (the paths the
+	// configuration names, which its user may have changed): with data
+	// there, its tenants are wrapped under the key that is missing, and a
+	// new one would serve beside them, mixing two roots in one store.
+	if cfg.Root.Type == "local" {
+		rootPath := cfg.Root.Local.KeyFile
+		if _, err := os.Stat(cfg.Storage.Bbolt.Path); cfg.Storage.Type == "bbolt" && err == nil {
+			if _, err := local.Open(rootPath); errors.Is(err, fs.ErrNotExist) {
+				return nil, fmt.Errorf("%s holds data but its root key %s is missing: restore the key file (or remove the whole directory to start over)", cfg.Storage.Bbolt.Path, rootPath)
+			} else if err != nil {
+				return nil, err
+			}
+		} else if _, err := local.OpenOrCreate(rootPath); err != nil {
+			return nil, err
+		}
 	}
 	cfg.Ops.Backup = true // custos backup --config .custos-dev/custos.yaml while it runs
 	return cfg, nil

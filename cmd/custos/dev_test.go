@@ -128,3 +128,29 @@ func TestDevRefusesDataWhoseRootKeyIsMissing(t *testing.T) {
 		t.Fatalf("a new root key was made beside the data: %v", serr)
 	}
 }
+
+// The same when the configuration names another data file: the check
+// follows the paths the configuration gives.
+func TestDevRefusesDataWhoseRootKeyIsMissingAtTheConfiguredPaths(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), ".custos-dev")
+	if _, err := prepareDev(dir); err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(dir, "custos.yaml")
+	b, err := os.ReadFile(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(conf, []byte(strings.Replace(string(b), "path: custos.db", "path: data.db", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "data.db"), []byte("data"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, "root.key")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := prepareDev(dir); err == nil || !strings.Contains(err.Error(), "root key") {
+		t.Fatalf("data at the configured path but no root key: %v, want it refused", err)
+	}
+}
