@@ -11,6 +11,10 @@ import (
 // the service decrypts them too, so callers in other languages read what Go
 // services wrote, and rewraps them by re-wrapping only their data key.
 
+// envelopeDataKeyAAD is the associated data an envelope's data key is
+// wrapped with (reserved for data keys; Tink does not keep or change it).
+var envelopeDataKeyAAD = dataKeyAAD([]byte(envelope.DataKeyContext))
+
 // openEnvelope unwraps ciphertext's data key under the batch's key and
 // opens it; it also returns the data key, which the caller clears. The
 // unwrap is one of the batch's decryptions, so an unknown version's reload
@@ -25,7 +29,7 @@ func (b *Batch) openEnvelope(ctx context.Context, ciphertext, aad []byte) (pt []
 		// another key, and decryption's failures are one generic error.
 		return nil, 0, nil, nil, ErrInvalidCiphertext
 	}
-	dk, v, err = b.decrypt(ctx, "decrypt data key", env.Wrapped, dataKeyAAD([]byte(envelope.DataKeyContext)))
+	dk, v, err = b.decrypt(ctx, "decrypt data key", env.Wrapped, envelopeDataKeyAAD)
 	if err != nil {
 		return nil, 0, nil, nil, err
 	}
@@ -70,7 +74,7 @@ func (b *Batch) rewrapEnvelope(ctx context.Context, ciphertext, aad []byte) ([]b
 	r, fresh, _ := b.s.envRewraps.get(ck)
 	wrapped, nv := r.wrapped, r.version
 	if !fresh || nv != e.rec.Primary {
-		if wrapped, nv, err = b.seal("rewrap", dk, dataKeyAAD([]byte(envelope.DataKeyContext))); err != nil {
+		if wrapped, nv, err = b.seal("rewrap", dk, envelopeDataKeyAAD); err != nil {
 			return nil, 0, err
 		}
 		b.s.envRewraps.put(ck, rewrapped{wrapped: wrapped, version: nv})

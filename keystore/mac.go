@@ -67,8 +67,8 @@ const (
 	// computed under (its audit event lists them all).
 	MaxBlindIndexVersions = 1024
 	// MaxBlindIndexBytes bounds the bytes one blind index hashes: the
-	// data's length times the versions (32 versions of 64 KiB, thousands
-	// of an e-mail address).
+	// data's length times the versions (32 versions of 64 KiB; an e-mail
+	// address reaches MaxBlindIndexVersions first).
 	MaxBlindIndexBytes = 2 << 20
 )
 
@@ -93,8 +93,9 @@ func (s *Service) BlindIndex(ctx context.Context, ref KeyRef, data []byte) ([]MA
 		}
 	}
 	if n > MaxBlindIndexVersions || int64(n)*int64(max(len(data), 1)) > MaxBlindIndexBytes {
-		return nil, fmt.Errorf("blind index with %s: %d enabled versions at or above the minimum decryption version, for %d bytes of data: at most %d versions and %d bytes hashed in all; raise min_decryption_version or disable old versions once rows are indexed anew: %w",
-			ref, n, len(data), MaxBlindIndexVersions, MaxBlindIndexBytes, ErrWrongState)
+		// The data's length stays out of the message (it is logged).
+		return nil, fmt.Errorf("blind index with %s: %d enabled versions at or above the minimum decryption version, too many for this value (at most %d versions, and %d bytes hashed in all); raise min_decryption_version or disable old versions once rows are indexed anew: %w",
+			ref, n, MaxBlindIndexVersions, MaxBlindIndexBytes, ErrWrongState)
 	}
 	out := make([]MACEntry, 0, n)
 	for _, v := range e.prim.order {

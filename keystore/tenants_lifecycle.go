@@ -126,7 +126,8 @@ func tenantScopedPrefixes(tenant string) []string {
 // record under tenantScopedPrefixes, then the tenant record holding the
 // wrapped KEK, and drops every cache. It is safe to repeat after a crash at any step:
 // the tenant record goes last, so the next pass finds it and finishes.
-// It reports whether the tenant was shredded (false: not due any more).
+// It reports whether the tenant was shredded (false: not due any more, or
+// shredded by another pass).
 func (s *Service) shredTenant(ctx context.Context, tenant string) (bool, error) {
 	rec, ver, err := s.readTenant(ctx, tenant)
 	if errors.Is(err, ErrNotFound) {
@@ -182,6 +183,9 @@ func (s *Service) shredTenant(ctx context.Context, tenant string) (bool, error) 
 		}
 	}
 	err = s.store.Delete(ctx, tenantStorageKey(tenant), ver)
+	if errors.Is(err, storage.ErrConflict) {
+		return false, nil // shredded by another pass, the id created again since
+	}
 	if err != nil && !errors.Is(err, storage.ErrNotFound) {
 		return false, storageErr(fmt.Sprintf("shred tenant %q: delete tenant record", tenant), err)
 	}

@@ -195,11 +195,24 @@ func readEntry(r io.ReaderAt, segSize int64, n uint64, off int64) (e *spoolEntry
 	if crc32.Checksum(p, crcTable) != binary.BigEndian.Uint32(hdr[4:]) {
 		return nil, next, nil
 	}
-	kl := int(binary.BigEndian.Uint16(p))
-	if kl == 0 || 2+kl > len(p) {
+	key, _, ok := splitPayload(p)
+	if !ok {
 		return nil, next, nil
 	}
-	return &spoolEntry{seg: n, off: off + 8, end: next, key: string(p[2 : 2+kl])}, next, nil
+	return &spoolEntry{seg: n, off: off + 8, end: next, key: string(key)}, next, nil
+}
+
+// splitPayload splits an entry's payload into its key (a 2-byte length,
+// then the key, never empty) and its value.
+func splitPayload(p []byte) (key, value []byte, ok bool) {
+	if len(p) < 2 {
+		return nil, nil, false
+	}
+	kl := int(binary.BigEndian.Uint16(p))
+	if kl == 0 || 2+kl > len(p) {
+		return nil, nil, false
+	}
+	return p[2 : 2+kl], p[2+kl:], true
 }
 
 // append writes one entry to the last segment and, unless the spool is
@@ -279,11 +292,11 @@ func (s *spool) read(e spoolEntry) ([]byte, error) {
 			if binary.BigEndian.Uint32(p) != uint32(e.end-e.off) || crc32.Checksum(p[8:], crcTable) != binary.BigEndian.Uint32(p[4:]) {
 				return nil, fmt.Errorf("audit: spool entry at %d of segment %d changed on disk: %w", e.off, e.seg, errSpoolCorrupt)
 			}
-			kl := int(binary.BigEndian.Uint16(p[8:]))
-			if 8+2+kl > len(p) {
+			key, value, ok := splitPayload(p[8:])
+			if !ok || string(key) != e.key {
 				return nil, fmt.Errorf("audit: spool entry at %d of segment %d changed on disk: %w", e.off, e.seg, errSpoolCorrupt)
 			}
-			return p[8+2+kl:], nil
+			return value, nil
 		}
 	}
 	return nil, fmt.Errorf("audit: spool segment %d is gone", e.seg)

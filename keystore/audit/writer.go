@@ -487,20 +487,16 @@ func (w *Writer) ShipOnce(ctx context.Context) error {
 	w.spoolMu.Lock()
 	todo := len(w.pending) // what is pending now; later entries wait for the next pass
 	w.spoolMu.Unlock()
-	shipped, waiting := 0, todo
+	shipped := 0
 	marks := map[string]uint64{}
 	var shipErr error
-	for shipErr == nil {
+	for shipped < todo && shipErr == nil {
 		// A chunk at a time: during a long outage the list holds every
 		// event since, and each tick fails at its first chunk. Only this
 		// function removes entries, under shipMu, so the front is stable.
 		w.spoolMu.Lock()
 		chunk := slices.Clone(w.pending[shipped:min(shipped+shipChunk, todo)])
 		w.spoolMu.Unlock()
-		waiting = todo - shipped
-		if len(chunk) == 0 {
-			break
-		}
 		var ops []storage.Op
 		for _, e := range chunk {
 			writer, n, ok := parseQueueKey(e.key)
@@ -553,7 +549,7 @@ func (w *Writer) ShipOnce(ctx context.Context) error {
 		return err
 	}
 	if shipErr != nil {
-		return fmt.Errorf("audit: %d spooled batches wait for the store: %w", waiting, shipErr)
+		return fmt.Errorf("audit: %d spooled batches wait for the store: %w", todo-shipped, shipErr)
 	}
 	return nil
 }
