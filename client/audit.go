@@ -161,6 +161,9 @@ func VerifyAuditEvents(publicKey string, page AuditPage) error {
 		return errors.New("custos: the page's audit checkpoint does not match its signed note")
 	}
 	tenant, scoped := strings.CutPrefix(page.Parent, "tenants/")
+	if page.Parent != "" && !scoped {
+		return fmt.Errorf("custos: audit page parent %q is not tenants/{tenant}", page.Parent)
+	}
 	for i, ev := range page.Events {
 		if i > 0 && ev.Index <= page.Events[i-1].Index {
 			return fmt.Errorf("custos: audit event %d follows event %d: a page is in log order, each event once", ev.Index, page.Events[i-1].Index)

@@ -71,13 +71,13 @@ func newRequestID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// auditEvent builds the event of a finished call from what the request
-// path resolved, never from payloads: no plaintext, ciphertext, associated
-// data, passwords, MACs or password subjects.
 // unknownOperation is the operation of the events of calls to methods no
 // service has.
 const unknownOperation = "unknown"
 
+// auditEvent builds the event of a finished call from what the request
+// path resolved, never from payloads: no plaintext, ciphertext, associated
+// data, passwords, MACs or password subjects.
 func auditEvent(ctx context.Context, rid, fullMethod string, c *call, start time.Time, req, resp any, err error) *custosv1.AuditEvent {
 	a := &eventAlloc{}
 	a.ts.Seconds, a.ts.Nanos = start.Unix(), int32(start.Nanosecond())

@@ -222,6 +222,9 @@ type options struct {
 	serverOptions []grpc.ServerOption
 	// listener replaces the listener bound to the configured address.
 	listener net.Listener
+	// runErr, if set, receives Run's error when the server stops, instead
+	// of the test failing on it.
+	runErr *error
 }
 
 // testServer is one running server on files.
@@ -268,14 +271,18 @@ func start(tb testing.TB, f *files, o options) *testServer {
 		tb.Fatal(err)
 	}
 	ts := &testServer{files: f, addr: rt.Addr().String(), rt: rt}
-	ts.stopRun = runInBackground(tb, rt)
+	if o.runErr != nil {
+		ts.stopRun = runInBackground(tb, rt, o.runErr)
+	} else {
+		ts.stopRun = runInBackground(tb, rt)
+	}
 	tb.Cleanup(ts.stop)
 	return ts
 }
 
 // runInBackground runs rt until the returned stop is called, failing the test
-// if Run fails.
-func runInBackground(tb testing.TB, rt *custos.Runtime) (stop func()) {
+// if Run fails (unless runErr is given: then Run's error is stored there).
+func runInBackground(tb testing.TB, rt *custos.Runtime, runErr ...*error) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- rt.Run(ctx) }()
@@ -283,7 +290,9 @@ func runInBackground(tb testing.TB, rt *custos.Runtime) (stop func()) {
 		cancel()
 		select {
 		case err := <-done:
-			if err != nil {
+			if len(runErr) > 0 {
+				*runErr[0] = err
+			} else if err != nil {
 				tb.Errorf("custos runtime: %v", err)
 			}
 		case <-time.After(30 * time.Second):

@@ -183,7 +183,8 @@ func TestAFailedListenerLetsTheCallsInFlightFinish(t *testing.T) {
 	}
 	gr := &gatedRoot{Root: f.root, entered: make(chan struct{}), release: make(chan struct{})}
 	logs := &syncBuffer{}
-	ts := start(t, f, options{root: gr, listener: lis, logger: slog.New(slog.NewJSONHandler(logs, nil)), configure: func(c *config.Config) { c.ShutdownTimeout = 20 * time.Second }})
+	var runErr error
+	ts := start(t, f, options{root: gr, listener: lis, runErr: &runErr, logger: slog.New(slog.NewJSONHandler(logs, nil)), configure: func(c *config.Config) { c.ShutdownTimeout = 20 * time.Second }})
 	ctx := testContext(t)
 	conn := ts.conn(t, idAdmin)
 	hc := healthpb.NewHealthClient(conn)
@@ -216,6 +217,11 @@ func TestAFailedListenerLetsTheCallsInFlightFinish(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the call in flight was not answered within 10s")
+	}
+	// And the runtime fails, so that a supervisor restarts the process.
+	ts.stop()
+	if runErr == nil || !strings.Contains(runErr.Error(), "listener failed") {
+		t.Fatalf("Run after its listener failed: %v, want an error", runErr)
 	}
 }
 

@@ -46,7 +46,13 @@ func newLogKey(t *testing.T) (note.Signer, string) {
 func signedCheckpoint(t *testing.T, signer note.Signer, vkey string, size uint64, seed string) client.AuditCheckpoint {
 	t.Helper()
 	root := sha256.Sum256([]byte(seed))
-	text := string(tlog.Checkpoint{Origin: signer.Name(), Size: size, Hash: root[:]}.Marshal()) + "time " + time.Now().UTC().Format(time.RFC3339Nano) + "\n"
+	return signedCheckpointOf(t, signer, vkey, size, root[:])
+}
+
+// signedCheckpointOf signs a checkpoint of size over root.
+func signedCheckpointOf(t *testing.T, signer note.Signer, vkey string, size uint64, root []byte) client.AuditCheckpoint {
+	t.Helper()
+	text := string(tlog.Checkpoint{Origin: signer.Name(), Size: size, Hash: root}.Marshal()) + "time " + time.Now().UTC().Format(time.RFC3339Nano) + "\n"
 	signed, err := note.Sign(&note.Note{Text: text}, signer)
 	if err != nil {
 		t.Fatal(err)
@@ -97,16 +103,7 @@ func TestAPageShowingAnEventAgainIsRefused(t *testing.T) {
 	}
 	h := rfc6962.DefaultHasher
 	h0, h1 := h.HashLeaf(leaves[0]), h.HashLeaf(leaves[1])
-	root := h.HashChildren(h0, h1)
-	text := string(tlog.Checkpoint{Origin: signer.Name(), Size: 2, Hash: root}.Marshal()) + "time " + time.Now().UTC().Format(time.RFC3339Nano) + "\n"
-	signed, err := note.Sign(&note.Note{Text: text}, signer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cp, err := client.VerifyAuditCheckpoint(vkey, signed)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cp := signedCheckpointOf(t, signer, vkey, 2, h.HashChildren(h0, h1))
 	for i, p := range [][][]byte{{h1}, {h0}} {
 		events = append(events, client.AuditEvent{Index: uint64(i), Proof: p, Leaf: leaves[i], Time: t0, RequestID: fmt.Sprint("r", i), Tenant: "acme", Operation: "encrypt", Code: "OK"})
 	}

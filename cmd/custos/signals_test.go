@@ -164,7 +164,9 @@ func TestASecondSignalEndsALongDrain(t *testing.T) {
 	dir, path := newFaultConfig(t, "", "shutdown_timeout: 60s\n")
 	srv := startFaultServer(t, dir, path)
 	conn := devConn(t, dir, srv.addr)
-	watch, err := healthpb.NewHealthClient(conn).Watch(t.Context(), &healthpb.HealthCheckRequest{})
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	watch, err := healthpb.NewHealthClient(conn).Watch(ctx, &healthpb.HealthCheckRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}

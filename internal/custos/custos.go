@@ -12,6 +12,7 @@
 package custos
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -438,19 +439,22 @@ func (rt *Runtime) Run(ctx context.Context) error {
 	logger.Info("custos serving", "addr", rt.lis.Addr().String(), "ops", cfg.Ops.Listen, "root", cfg.Root.Type, "storage", cfg.Storage.Type)
 	errc := make(chan error, 1)
 	go func() { errc <- rt.gs.Serve(rt.lis) }()
-	var serveErr error
+	var serveErr, failed error
 	select {
 	case serveErr = <-errc:
-		// The listener failed: no new connections, but the calls in
-		// flight finish as on a signal, before the trail and the store
-		// close under them.
-		logger.Error("custos listener failed; stopping", "error", serveErr.Error(), "timeout", cfg.ShutdownTimeout.String())
-		rt.srv.Shutdown()
-		rt.drain(cfg.ShutdownTimeout)
+		// The listener failed (whatever Serve says, net.ErrClosed
+		// included: nothing here closed it): no new connections, but the
+		// calls in flight finish as on a signal, before the trail and the
+		// store close under them, and Run fails so that a supervisor
+		// restarts the process.
+		failed = fmt.Errorf("serve: the listener failed: %w", cmp.Or(serveErr, errors.New("Serve returned")))
+		logger.Error("custos listener failed; stopping", "error", failed.Error(), "timeout", cfg.ShutdownTimeout.String())
 	case <-ctx.Done():
 		logger.Info("custos stopping", "timeout", cfg.ShutdownTimeout.String())
-		rt.srv.Shutdown()
-		rt.drain(cfg.ShutdownTimeout)
+	}
+	rt.srv.Shutdown()
+	rt.drain(cfg.ShutdownTimeout)
+	if failed == nil {
 		serveErr = <-errc
 	}
 	stopBackground()
@@ -464,6 +468,9 @@ func (rt *Runtime) Run(ctx context.Context) error {
 		cancel()
 	}
 	<-opsDone
+	if failed != nil {
+		return failed
+	}
 	if serveErr != nil && !errors.Is(serveErr, grpc.ErrServerStopped) && !errors.Is(serveErr, net.ErrClosed) {
 		return fmt.Errorf("serve: %w", serveErr)
 	}
