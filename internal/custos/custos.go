@@ -447,7 +447,7 @@ func (rt *Runtime) Run(ctx context.Context) error {
 		// calls in flight finish as on a signal, before the trail and the
 		// store close under them, and Run fails so that a supervisor
 		// restarts the process.
-		failed = fmt.Errorf("serve: the listener failed: %w", cmp.Or(serveErr, errors.New("Serve returned")))
+		failed = fmt.Errorf("serve: the listener failed: %w", cmp.Or(serveErr, errors.New("serve returned")))
 		logger.Error("custos listener failed; stopping", "error", failed.Error(), "timeout", cfg.ShutdownTimeout.String())
 	case <-ctx.Done():
 		logger.Info("custos stopping", "timeout", cfg.ShutdownTimeout.String())
