@@ -114,17 +114,17 @@ func prepareDev(dir string) (*config.Config, error) {
 	// new one would serve beside them, mixing two roots in one store.
 	if cfg.Root.Type == "local" {
 		rootPath := cfg.Root.Local.KeyFile
-		data := false
+		data, where := true, "the configured store" // another backend: it may hold data
 		if cfg.Storage.Type == "bbolt" {
 			_, err := os.Stat(cfg.Storage.Bbolt.Path)
 			if err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return nil, fmt.Errorf("the data file: %w", err) // cannot tell: make no key
 			}
-			data = err == nil
+			data, where = err == nil, cfg.Storage.Bbolt.Path
 		}
 		if data {
 			if _, err := local.Open(rootPath); errors.Is(err, fs.ErrNotExist) {
-				return nil, fmt.Errorf("%s holds data but its root key %s is missing: restore the key file (or remove the whole directory to start over)", cfg.Storage.Bbolt.Path, rootPath)
+				return nil, fmt.Errorf("%s may hold data but its root key %s is missing: restore the key file (or remove the whole directory to start over)", where, rootPath)
 			} else if err != nil {
 				return nil, err
 			}
