@@ -72,7 +72,7 @@ func (u *unaryPath) intercept(ctx context.Context, req any, info *grpc.UnaryServ
 		}
 		mm.done(start, err)
 		annotateSpan(ctx, rid, c)
-		s.logCall(ctx, rid, c, info.FullMethod, start, err)
+		s.logCall(ctx, rid, c, info.FullMethod, "unary", start, err)
 	}()
 	// The identity travels with the call value, not in a context value of
 	// its own: one allocation less per call.
@@ -116,7 +116,7 @@ func (u *unaryPath) validate(req any) error {
 // logCall writes a call's "finished call" line: failures at info or above
 // (codeToLevel), successes only at debug, so a successful call at the
 // default level pays for one Enabled check.
-func (s *Server) logCall(ctx context.Context, rid string, c *call, fullMethod string, start time.Time, err error) {
+func (s *Server) logCall(ctx context.Context, rid string, c *call, fullMethod, methodType string, start time.Time, err error) {
 	code := status.Code(err)
 	lvl := slog.Level(codeToLevel(code))
 	if !s.logger.Enabled(ctx, lvl) {
@@ -135,7 +135,7 @@ func (s *Server) logCall(ctx context.Context, rid string, c *call, fullMethod st
 		slog.String("grpc.component", "server"),
 		slog.String("grpc.service", service),
 		slog.String("grpc.method", method),
-		slog.String("grpc.method_type", "unary"),
+		slog.String("grpc.method_type", methodType),
 	)
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		attrs = append(attrs, slog.String("peer.address", p.Addr.String()))

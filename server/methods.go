@@ -270,7 +270,12 @@ func (s *Server) streamRequestPath(srv any, ss grpc.ServerStream, info *grpc.Str
 	}
 	c.identity = id
 	if srv == nil {
-		return unknownMethod(srv, ss) // no service: grpc.UnknownServiceHandler
+		// No service (grpc.UnknownServiceHandler): the call log line the
+		// interceptors after this one would have written, the caller's
+		// path bounded.
+		err = unknownMethod(srv, ss)
+		s.logCall(ctx, rid, c, clip(info.FullMethod), "bidi_stream", start, err)
+		return err
 	}
 	if m, ok := methods[info.FullMethod]; ok && m.scope == scopePublic {
 		wrapped := middleware.WrapServerStream(ss)

@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -30,10 +31,10 @@ func (rawCodec) Name() string { return "proto" }
 // Calls that gRPC refuses before Custos's interceptor sees them — a
 // request that does not decode, one larger than the message limit, a
 // method no service has — are audited and counted like every other call:
-// one event each, with the code the caller saw. (The first two are logged
-// too; a call to an unknown method has its event and its count only.)
+// one event each, with the code the caller saw, and a call log line.
 func TestCallsRefusedBeforeTheInterceptorAreAudited(t *testing.T) {
-	ts := start(t, newFiles(t), options{limits: server.Limits{MaxMessageBytes: 4 << 10}, configure: func(c *config.Config) {
+	logs := &syncBuffer{}
+	ts := start(t, newFiles(t), options{limits: server.Limits{MaxMessageBytes: 4 << 10}, logger: slog.New(slog.NewJSONHandler(logs, nil)), configure: func(c *config.Config) {
 		c.Ops.Listen = "127.0.0.1:0"
 	}})
 	setup(t, ts, "a")
@@ -95,6 +96,13 @@ func TestCallsRefusedBeforeTheInterceptorAreAudited(t *testing.T) {
 	resp, err := custosv1.NewAuditServiceClient(conn).ListAuditEvents(ctx, &custosv1.ListAuditEventsRequest{Parent: "tenants/a", Operation: "unknown"})
 	if err != nil || len(resp.GetRecords()) != 0 {
 		t.Fatalf("ListAuditEvents with operation unknown: %d records, %v; want none and no error", len(resp.GetRecords()), err)
+	}
+
+	// Each has its call log line, request id included.
+	for rid := range rids {
+		if !strings.Contains(logs.String(), `"request_id":"`+rid+`"`) {
+			t.Errorf("no log line for the call %s", rid)
+		}
 	}
 
 	// The metrics count them too, unknown methods under one series.
