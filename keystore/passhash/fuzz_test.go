@@ -16,7 +16,7 @@ func FuzzParse(f *testing.F) {
 	for _, s := range []string{
 		vectorBcrypt,
 		vectorArgon2id,
-		"$custos-bcrypt$v=4294967295$$2b$31$" + vectorBcrypt[len(vectorBcrypt)-53:],
+		"$custos-bcrypt$v=4294967295$$2a$31$" + vectorBcrypt[len(vectorBcrypt)-53:],
 		"$custos-argon2id$v=1$m=4194304,t=64,p=64$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
 		"$custos-argon2id$v=1$m=16,t=1,p=2$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
 		"$custos-argon2id$v=01$m=64,t=1,p=1$$",

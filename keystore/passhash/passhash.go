@@ -279,15 +279,16 @@ func parseUint32(s string, lo, hi uint64) (uint32, error) {
 // bcrypt's own base64 alphabet.
 const bcryptAlphabet = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
-// parseBcrypt checks a bcrypt hash, "$2a$" or "$2b$", a two-digit cost, '$',
-// then 22 characters of salt and 31 of digest, and returns its cost.
+// parseBcrypt checks a bcrypt hash, "$2a$" (what Go's bcrypt, and so the
+// encoder, writes), a two-digit cost, '$', then 22 characters of salt and
+// 31 of digest, and returns its cost.
 func parseBcrypt(s string) (int, error) {
 	const size = 4 + 3 + 22 + 31
 	if len(s) != size {
 		return 0, malformed(fmt.Sprintf("bcrypt hash must be %d bytes", size))
 	}
-	if s[0] != '$' || s[1] != '2' || (s[2] != 'a' && s[2] != 'b') || s[3] != '$' || s[6] != '$' {
-		return 0, malformed("bcrypt hash is not $2a$ or $2b$")
+	if !strings.HasPrefix(s, "$2a$") || s[6] != '$' {
+		return 0, malformed("bcrypt hash is not $2a$")
 	}
 	if s[4] < '0' || s[4] > '9' || s[5] < '0' || s[5] > '9' {
 		return 0, malformed("bcrypt cost is not two digits")
@@ -300,6 +301,12 @@ func parseBcrypt(s string) (int, error) {
 		if strings.IndexByte(bcryptAlphabet, s[i]) < 0 {
 			return 0, malformed("bcrypt salt or digest has a character outside bcrypt's base64")
 		}
+	}
+	// One spelling per hash: the last character of the salt (16 bytes in
+	// 22 characters) and of the digest (23 bytes in 31) carries unused low
+	// bits, which must be zero; bcrypt itself decodes leniently.
+	if strings.IndexByte(bcryptAlphabet, s[7+21])&0x0f != 0 || strings.IndexByte(bcryptAlphabet, s[len(s)-1])&0x03 != 0 {
+		return 0, malformed("bcrypt salt or digest is not in its canonical encoding")
 	}
 	return cost, nil
 }

@@ -173,3 +173,23 @@ func (randReader) Read(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
+
+// A bcrypt hash has one spelling: "$2a$" (what the encoder writes) and
+// salt and digest whose last characters carry no bits beyond the bytes
+// they encode. bcrypt decodes leniently, so other spellings of one hash
+// would verify too.
+func TestABcryptHashHasOneSpelling(t *testing.T) {
+	if _, err := passhash.Parse(vectorBcrypt); err != nil {
+		t.Fatal(err)
+	}
+	salt := strings.Index(vectorBcrypt, "$2a$04$") + len("$2a$04$")
+	for name, s := range map[string]string{
+		"$2b$":                    strings.Replace(vectorBcrypt, "$2a$", "$2b$", 1),
+		"salt with unused bits":   vectorBcrypt[:salt+21] + "P" + vectorBcrypt[salt+22:],
+		"digest with unused bits": vectorBcrypt[:len(vectorBcrypt)-1] + "b",
+	} {
+		if _, err := passhash.Parse(s); !errors.Is(err, passhash.ErrMalformed) {
+			t.Errorf("%s: %v, want ErrMalformed", name, err)
+		}
+	}
+}
