@@ -59,8 +59,8 @@ type Config struct {
 	// Store keeps the lockout state. Required.
 	Store storage.Store
 	// Pool runs the slow hashes. The caller owns it and may share it among
-	// Services. When nil, New makes one from Workers and Queue; that pool
-	// holds no goroutines while idle, so it needs no Close.
+	// Services. When nil, New makes one from Workers, Queue and Nice, whose
+	// threads run until Close: call it.
 	Pool *workpool.Pool
 	// Workers bounds concurrent hashes when Pool is nil. Default
 	// DefaultWorkers(): half the CPUs Go may use, at least one.
