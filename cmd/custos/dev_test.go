@@ -129,58 +129,47 @@ func TestDevRefusesDataWhoseRootKeyIsMissing(t *testing.T) {
 	}
 }
 
-// The same when the configuration names another data file: the check
-// follows the paths the configuration gives.
-func TestDevRefusesDataWhoseRootKeyIsMissingAtTheConfiguredPaths(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), ".custos-dev")
-	if _, err := prepareDev(dir); err != nil {
-		t.Fatal(err)
-	}
-	conf := filepath.Join(dir, "custos.yaml")
-	b, err := os.ReadFile(conf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(conf, []byte(strings.Replace(string(b), "path: custos.db", "path: data.db", 1)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "data.db"), []byte("data"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Remove(filepath.Join(dir, "root.key")); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := prepareDev(dir); err == nil || !strings.Contains(err.Error(), "root key") {
-		t.Fatalf("data at the configured path but no root key: %v, want it refused", err)
-	}
-}
-
-// With another backend configured, whether data is there cannot be told
-// without opening it: a missing root key is refused, never made anew.
-func TestDevMakesNoRootKeyBesideAnotherBackend(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), ".custos-dev")
-	if _, err := prepareDev(dir); err != nil {
-		t.Fatal(err)
-	}
-	conf := filepath.Join(dir, "custos.yaml")
-	b, err := os.ReadFile(conf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pg := strings.Replace(string(b), "  type: bbolt\n  bbolt:\n    path: custos.db\n", "  type: postgres\n  postgres:\n    url: postgres://custos@127.0.0.1:1/custos\n", 1)
-	if pg == string(b) {
-		t.Fatal("the dev configuration's storage section changed; update this test")
-	}
-	if err := os.WriteFile(conf, []byte(pg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Remove(filepath.Join(dir, "root.key")); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := prepareDev(dir); err == nil || !strings.Contains(err.Error(), "root key") {
-		t.Fatalf("another backend and no root key: %v, want it refused", err)
-	}
-	if _, err := os.Stat(filepath.Join(dir, "root.key")); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("a root key was made: %v", err)
+// The same at the paths the configuration names (another data file), and
+// for a store it cannot look into (another backend): a missing root key is
+// refused there, never made anew.
+func TestDevRefusesAMissingRootKeyWhereverTheDataMayBe(t *testing.T) {
+	for name, c := range map[string]struct {
+		from, to, data string
+	}{
+		"another data file": {"path: custos.db", "path: data.db", "data.db"},
+		"another backend":   {"  type: bbolt\n  bbolt:\n    path: custos.db\n", "  type: postgres\n  postgres:\n    url: postgres://custos@127.0.0.1:1/custos\n", ""},
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), ".custos-dev")
+			if _, err := prepareDev(dir); err != nil {
+				t.Fatal(err)
+			}
+			conf := filepath.Join(dir, "custos.yaml")
+			b, err := os.ReadFile(conf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			edited := strings.Replace(string(b), c.from, c.to, 1)
+			if edited == string(b) {
+				t.Fatal("the dev configuration changed; update this test")
+			}
+			if err := os.WriteFile(conf, []byte(edited), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if c.data != "" {
+				if err := os.WriteFile(filepath.Join(dir, c.data), []byte("data"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := os.Remove(filepath.Join(dir, "root.key")); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := prepareDev(dir); err == nil || !strings.Contains(err.Error(), "root key") {
+				t.Fatalf("no root key: %v, want it refused", err)
+			}
+			if _, err := os.Stat(filepath.Join(dir, "root.key")); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("a root key was made: %v", err)
+			}
+		})
 	}
 }
