@@ -110,7 +110,11 @@ var (
 	// ErrResourceExhausted.
 	ErrSubjectLocked = &Error{Code: codes.ResourceExhausted, Reason: ReasonSubjectLocked}
 	// ErrUnavailable: the server, its root KMS or its storage cannot be
-	// reached; the call may be retried.
+	// reached. Reads and cryptographic calls may be retried. A change
+	// (CreateKey, RotateKey, a version's state, a tenant's) may have been
+	// made all the same (its audit event failed after it, or the server
+	// stopped as it answered): read the state back (GetKey, GetTenant)
+	// before retrying it, or a retried RotateKey rotates twice.
 	ErrUnavailable = &Error{Code: codes.Unavailable}
 )
 

@@ -19,6 +19,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -78,6 +79,19 @@ func (f *Files) schedule() {
 	}
 }
 
+// wholePEM reports whether b has nothing but white space after its last
+// PEM block. A file without any block is left to the parsers, which say so.
+func wholePEM(b []byte) bool {
+	found := false
+	for {
+		block, rest := pem.Decode(b)
+		if block == nil {
+			return !found || len(bytes.TrimSpace(b)) == 0
+		}
+		found, b = true, rest
+	}
+}
+
 // filesSet is a Set and the digest of the files it came from.
 type filesSet struct {
 	Set
@@ -90,6 +104,11 @@ func (f *Files) read() (*filesSet, error) {
 		b, err := os.ReadFile(p)
 		if err != nil {
 			return nil, fmt.Errorf("%s: read %s %s: %w", f.opts.Name, what, p, errors.Unwrap(err))
+		}
+		if !wholePEM(b) {
+			// Caught half written (a writer that does not rename into
+			// place): Go's parsers stop quietly at a cut last block.
+			return nil, fmt.Errorf("%s: %s %s has data after its last whole PEM block (half written?)", f.opts.Name, what, p)
 		}
 		all.Write(b)
 		all.WriteByte(0)

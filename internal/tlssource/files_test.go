@@ -141,3 +141,49 @@ func TestALoadedSetHasItsLeafWhateverGODEBUGSays(t *testing.T) {
 		time.Sleep(2 * time.Millisecond)
 	}
 }
+
+// A file caught half written (a writer that does not rename into place)
+// is refused, and the set in use kept: a truncated last PEM block would
+// otherwise pass as a shorter chain or a smaller CA bundle.
+func TestAHalfWrittenFileIsRefused(t *testing.T) {
+	ca, err := pki.NewCA("t", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := pki.NewCA("u", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile, caFile := writeSet(t, ca, dir)
+	f, err := Load(certFile, keyFile, caFile, Options{Name: "server TLS"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := os.ReadFile(certFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second := other.CertPEM()
+	for name, c := range map[string]struct {
+		path string
+		body []byte
+	}{
+		"a chain cut in its second certificate": {certFile, append(bytes.Clone(cert), second[:len(second)/2]...)},
+		"a bundle cut in its second CA":         {caFile, append(bytes.Clone(ca.CertPEM()), second[:len(second)/2]...)},
+	} {
+		t.Run(name, func(t *testing.T) {
+			orig, err := os.ReadFile(c.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = os.WriteFile(c.path, orig, 0o600) })
+			if err := os.WriteFile(c.path, c.body, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if changed, err := f.Reload(); changed || err == nil {
+				t.Fatalf("Reload of a half-written file: changed %v, error %v; want it refused", changed, err)
+			}
+		})
+	}
+}
