@@ -33,16 +33,7 @@ func TestShutdownTimeoutBoundsTheStopWithAHashInFlight(t *testing.T) {
 		c.Passwords.HashWorkers = 1
 	}})
 	ctx := testContext(t)
-	c := ts.clients(t, idAdmin)
-	if _, err := c.keys.CreateTenant(ctx, &custosv1.CreateTenantRequest{TenantId: "a"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.keys.CreateKey(ctx, &custosv1.CreateKeyRequest{Parent: "tenants/a", KeyId: "pw", Key: &custosv1.Key{
-		Purpose:        custosv1.KeyPurpose_KEY_PURPOSE_PASSWORD,
-		PasswordPolicy: &custosv1.PasswordPolicy{Algorithm: custosv1.PasswordAlgorithm_PASSWORD_ALGORITHM_BCRYPT, BcryptCost: 15},
-	}}); err != nil {
-		t.Fatal(err)
-	}
+	c := slowHashKey(t, ts)
 	// bcrypt cost 15 takes over a second here (many under -race).
 	hashErr := make(chan error, 1)
 	go func() {
@@ -111,16 +102,7 @@ func TestReadyzSaysDrainingDuringTheDrain(t *testing.T) {
 		c.Ops.Listen = "127.0.0.1:0"
 	}})
 	ctx := testContext(t)
-	c := ts.clients(t, idAdmin)
-	if _, err := c.keys.CreateTenant(ctx, &custosv1.CreateTenantRequest{TenantId: "a"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.keys.CreateKey(ctx, &custosv1.CreateKeyRequest{Parent: "tenants/a", KeyId: "pw", Key: &custosv1.Key{
-		Purpose:        custosv1.KeyPurpose_KEY_PURPOSE_PASSWORD,
-		PasswordPolicy: &custosv1.PasswordPolicy{Algorithm: custosv1.PasswordAlgorithm_PASSWORD_ALGORITHM_BCRYPT, BcryptCost: 15},
-	}}); err != nil {
-		t.Fatal(err)
-	}
+	c := slowHashKey(t, ts)
 	readyz := func() (int, string) {
 		resp, err := http.Get("http://" + ts.rt.OpsAddr().String() + "/readyz")
 		if err != nil {
@@ -257,4 +239,22 @@ func TestAFailedStartClosesTheListenerItWasGiven(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the listener given to a failed start is still open")
 	}
+}
+
+// slowHashKey creates tenant a with PASSWORD key pw at bcrypt cost 15 (over
+// a second a hash here) and returns clients as the admin.
+func slowHashKey(t *testing.T, ts *testServer) clients {
+	t.Helper()
+	ctx := testContext(t)
+	c := ts.clients(t, idAdmin)
+	if _, err := c.keys.CreateTenant(ctx, &custosv1.CreateTenantRequest{TenantId: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.keys.CreateKey(ctx, &custosv1.CreateKeyRequest{Parent: "tenants/a", KeyId: "pw", Key: &custosv1.Key{
+		Purpose:        custosv1.KeyPurpose_KEY_PURPOSE_PASSWORD,
+		PasswordPolicy: &custosv1.PasswordPolicy{Algorithm: custosv1.PasswordAlgorithm_PASSWORD_ALGORITHM_BCRYPT, BcryptCost: 15},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

@@ -61,17 +61,7 @@ func TestLoadNamesTheFileAtFault(t *testing.T) {
 }
 
 func TestCurrentTakesChangesWithinTheIntervalAndLogsARefusalOnce(t *testing.T) {
-	ca, err := pki.NewCA("t", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	certFile, keyFile, caFile := writeSet(t, ca, dir)
-	var logs bytes.Buffer
-	f, err := Load(certFile, keyFile, caFile, Options{Interval: time.Millisecond, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca, dir, certFile, f, logs := loadLogged(t)
 	first, _ := f.Current()
 	// A certificate without its key: refused, however often it is checked.
 	other := t.TempDir()
@@ -111,17 +101,7 @@ func TestCurrentTakesChangesWithinTheIntervalAndLogsARefusalOnce(t *testing.T) {
 // without a nil dereference.
 func TestALoadedSetHasItsLeafWhateverGODEBUGSays(t *testing.T) {
 	t.Setenv("GODEBUG", "x509keypairleaf=0")
-	ca, err := pki.NewCA("t", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	certFile, keyFile, caFile := writeSet(t, ca, dir)
-	var logs bytes.Buffer
-	f, err := Load(certFile, keyFile, caFile, Options{Interval: time.Millisecond, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca, dir, _, f, _ := loadLogged(t)
 	first, _ := f.Current()
 	if first.Cert.Leaf == nil {
 		t.Fatal("the loaded set has no Leaf")
@@ -186,4 +166,22 @@ func TestAHalfWrittenFileIsRefused(t *testing.T) {
 			}
 		})
 	}
+}
+
+// loadLogged writes a set under a new CA into dir and loads it, checked
+// every millisecond, logging into the returned buffer.
+func loadLogged(t *testing.T) (ca *pki.CA, dir, certFile string, f *Files, logs *bytes.Buffer) {
+	t.Helper()
+	ca, err := pki.NewCA("t", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir = t.TempDir()
+	certFile, keyFile, caFile := writeSet(t, ca, dir)
+	logs = &bytes.Buffer{}
+	f, err = Load(certFile, keyFile, caFile, Options{Interval: time.Millisecond, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca, dir, certFile, f, logs
 }
