@@ -108,7 +108,7 @@ func (m *materials) activeTenant(ctx context.Context, tenant string) (tink.AEAD,
 	if ok && fresh {
 		return cached.aead, tver, nil
 	}
-	if f, _, found := m.failed.get(tenant); found && !ok && f.created.Equal(rec.CreateTime) && bytes.Equal(f.wrapped, rec.WrappedKEK) {
+	if f, _, found := m.failed.get(tenant); found && f.created.Equal(rec.CreateTime) && bytes.Equal(f.wrapped, rec.WrappedKEK) {
 		return nil, 0, f.err // the root refused within the backoff
 	}
 	v, err := m.shared(ctx, "kek\x00"+tenant+"\x00"+string(rec.WrappedKEK), func(ctx context.Context) (any, error) {

@@ -966,3 +966,34 @@ func TestABatchOfEnvelopesReloadsOnceThroughAnOutage(t *testing.T) {
 		hs.down.Store(false)
 	}
 }
+
+// The same when the tenant's KEK is cached but past its TTL (within its
+// grace): a refusal is remembered for it too, not met again by every
+// request's reload.
+func TestARefusedUnwrapIsNotRetriedForAStaleCachedKEK(t *testing.T) {
+	ctx := context.Background()
+	lr, err := local.Create(filepath.Join(t.TempDir(), "root.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt := &flakyRoot{Root: lr}
+	s, err := New(Config{Storage: memory.New(), Root: rt, CacheTTL: 20 * time.Millisecond, UnavailableGrace: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, _ := setupRotated(t, s)
+	if _, _, err := s.Encrypt(ctx, ref, []byte("x"), nil); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // past the TTL, within the grace
+	rt.denied.Store(true)
+	before := rt.unwraps.Load()
+	for range 10 {
+		if _, _, err := s.Encrypt(ctx, ref, []byte("x"), nil); err == nil || errors.Is(err, ErrUnavailable) {
+			t.Fatalf("encrypt with a stale KEK the root now refuses: %v, want the refusal", err)
+		}
+	}
+	if n := rt.unwraps.Load() - before; n != 1 {
+		t.Fatalf("10 requests asked the root %d times within the backoff, want 1", n)
+	}
+}
