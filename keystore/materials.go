@@ -162,31 +162,34 @@ func (m *materials) key(ctx context.Context, ref KeyRef) (*keyEntry, error) {
 		return cached, nil
 	}
 	m.misses.Add(1)
-	if ok && cached.suspect.Load() {
-		e, err := m.recheck(ctx, ref, cached)
-		switch {
-		case err == nil && e != nil:
-			return e, nil
-		case err == nil:
+	suspect := ok && cached.suspect.Load()
+	var e *keyEntry
+	var err error
+	if suspect {
+		if e, err = m.recheck(ctx, ref, cached); err == nil && e == nil {
 			// Changed: it reloads, and never serves the old entry again.
 			return m.loadKey(ctx, ref)
-		case errors.Is(err, ErrUnavailable) && ctx.Err() == nil:
-			// The storage could not be read (not the caller's deadline).
-			if m.keys.postpone(ref, retryBackoff) {
-				m.logger.Warn("storage unavailable; serving cached key", "key", ref.String(), "error", err.Error())
-			}
-			return cached, nil
 		}
-		return nil, err
+	} else {
+		e, err = m.loadKey(ctx, ref)
 	}
-	e, err := m.loadKey(ctx, ref)
-	if err != nil && ok && errors.Is(err, ErrUnavailable) {
+	// While the storage or the root cannot be reached, the cached entry
+	// serves; a suspect one only while the storage itself cannot be read,
+	// not when the caller's deadline ended its check.
+	if err != nil && ok && errors.Is(err, ErrUnavailable) && (!suspect || ctx.Err() == nil) {
 		if m.keys.postpone(ref, retryBackoff) { // once per attempt, not per waiting caller
-			m.logger.Warn("refresh failed; serving cached key", "key", ref.String(), "error", err.Error())
+			msg := "refresh failed; serving cached key"
+			if suspect {
+				msg = "storage unavailable; serving cached key"
+			}
+			m.logger.Warn(msg, "key", ref.String(), "error", err.Error())
 		}
 		return cached, nil
 	}
-	return e, err
+	if err != nil {
+		return nil, err
+	}
+	return e, nil
 }
 
 // recheck reads back the tenant and key records a suspect entry was built

@@ -18,13 +18,19 @@ func decodePageToken(tok string) (string, error) {
 	if tok == "" {
 		return "", nil
 	}
-	b, err := base64.RawURLEncoding.DecodeString(tok)
-	if err == nil && len(b) > len(pageTokenPrefix) && string(b[:len(pageTokenPrefix)]) == pageTokenPrefix {
-		if id := string(b[len(pageTokenPrefix):]); ValidID(id) {
-			return id, nil
-		}
+	if id, ok := decodePrefixed(tok, pageTokenPrefix); ok && ValidID(id) {
+		return id, nil
 	}
 	return "", errMalformedPageToken
+}
+
+// decodePrefixed returns what follows prefix in the base64url token tok.
+func decodePrefixed(tok, prefix string) (string, bool) {
+	b, err := base64.RawURLEncoding.DecodeString(tok)
+	if err != nil {
+		return "", false
+	}
+	return strings.CutPrefix(string(b), prefix)
 }
 
 // ListKeys's page tokens name the tenant they page, so that one made for a
@@ -40,12 +46,9 @@ func decodeKeysPageToken(tok, tenant string) (string, error) {
 	if tok == "" {
 		return "", nil
 	}
-	b, err := base64.RawURLEncoding.DecodeString(tok)
-	if err == nil {
-		if rest, ok := strings.CutPrefix(string(b), keysPageTokenPrefix); ok {
-			if t, id, ok := strings.Cut(rest, "/"); ok && t == tenant && ValidID(id) {
-				return id, nil
-			}
+	if rest, ok := decodePrefixed(tok, keysPageTokenPrefix); ok {
+		if t, id, ok := strings.Cut(rest, "/"); ok && t == tenant && ValidID(id) {
+			return id, nil
 		}
 	}
 	return "", errMalformedPageToken

@@ -427,11 +427,13 @@ func encodeAuditToken(digest string, next uint64) string {
 	return base64.RawURLEncoding.EncodeToString(fmt.Appendf(nil, "%s%s:%x", auditTokenPrefix, digest, next))
 }
 
+var errMalformedAuditToken = status.Error(codes.InvalidArgument, "page_token is malformed")
+
 func decodeAuditToken(tok string, q audit.Query) (uint64, error) {
 	if tok == "" {
 		return 0, nil
 	}
-	malformed := status.Error(codes.InvalidArgument, "page_token is malformed")
+	malformed := errMalformedAuditToken
 	if len(tok) > 64 {
 		return 0, malformed
 	}

@@ -114,26 +114,37 @@ func prepareDev(dir string) (*config.Config, error) {
 	// new one would serve beside them, mixing two roots in one store.
 	if cfg.Root.Type == "local" {
 		rootPath := cfg.Root.Local.KeyFile
-		data, where := true, "the configured store" // another backend: it may hold data
-		if cfg.Storage.Type == "bbolt" {
-			_, err := os.Stat(cfg.Storage.Bbolt.Path)
-			if err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return nil, fmt.Errorf("the data file: %w", err) // cannot tell: make no key
+		where, data, err := devStoreData(cfg)
+		switch {
+		case err != nil:
+			return nil, err
+		case !data:
+			_, err = local.OpenOrCreate(rootPath)
+		default:
+			if _, err = local.Open(rootPath); errors.Is(err, fs.ErrNotExist) {
+				err = fmt.Errorf("%s may hold data but its root key %s is missing: restore the key file (or remove the whole directory to start over)", where, rootPath)
 			}
-			data, where = err == nil, cfg.Storage.Bbolt.Path
 		}
-		if data {
-			if _, err := local.Open(rootPath); errors.Is(err, fs.ErrNotExist) {
-				return nil, fmt.Errorf("%s may hold data but its root key %s is missing: restore the key file (or remove the whole directory to start over)", where, rootPath)
-			} else if err != nil {
-				return nil, err
-			}
-		} else if _, err := local.OpenOrCreate(rootPath); err != nil {
+		if err != nil {
 			return nil, err
 		}
 	}
 	cfg.Ops.Backup = true // custos backup --config .custos-dev/custos.yaml while it runs
 	return cfg, nil
+}
+
+// devStoreData reports whether the store cfg names may hold data, and
+// names it: a bbolt file that exists; any other backend, which it cannot
+// tell without opening it. An error means it cannot tell either.
+func devStoreData(cfg *config.Config) (where string, data bool, err error) {
+	if cfg.Storage.Type != "bbolt" {
+		return "the configured store", true, nil
+	}
+	_, err = os.Stat(cfg.Storage.Bbolt.Path)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return "", false, fmt.Errorf("the data file: %w", err)
+	}
+	return cfg.Storage.Bbolt.Path, err == nil, nil
 }
 
 // writeIfMissing creates path with content unless it exists. The file

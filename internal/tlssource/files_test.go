@@ -61,7 +61,7 @@ func TestLoadNamesTheFileAtFault(t *testing.T) {
 }
 
 func TestCurrentTakesChangesWithinTheIntervalAndLogsARefusalOnce(t *testing.T) {
-	ca, dir, certFile, f, logs := loadLogged(t)
+	ca, dir, certFile, _, f, logs := loadLogged(t)
 	first, _ := f.Current()
 	// A certificate without its key: refused, however often it is checked.
 	other := t.TempDir()
@@ -101,7 +101,7 @@ func TestCurrentTakesChangesWithinTheIntervalAndLogsARefusalOnce(t *testing.T) {
 // without a nil dereference.
 func TestALoadedSetHasItsLeafWhateverGODEBUGSays(t *testing.T) {
 	t.Setenv("GODEBUG", "x509keypairleaf=0")
-	ca, dir, _, f, _ := loadLogged(t)
+	ca, dir, _, _, f, _ := loadLogged(t)
 	first, _ := f.Current()
 	if first.Cert.Leaf == nil {
 		t.Fatal("the loaded set has no Leaf")
@@ -126,17 +126,8 @@ func TestALoadedSetHasItsLeafWhateverGODEBUGSays(t *testing.T) {
 // is refused, and the set in use kept: a truncated last PEM block would
 // otherwise pass as a shorter chain or a smaller CA bundle.
 func TestAHalfWrittenFileIsRefused(t *testing.T) {
-	ca, err := pki.NewCA("t", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca, _, certFile, caFile, f, _ := loadLogged(t)
 	other, err := pki.NewCA("u", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	certFile, keyFile, caFile := writeSet(t, ca, dir)
-	f, err := Load(certFile, keyFile, caFile, Options{Name: "server TLS"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,8 +160,9 @@ func TestAHalfWrittenFileIsRefused(t *testing.T) {
 }
 
 // loadLogged writes a set under a new CA into dir and loads it, checked
-// every millisecond, logging into the returned buffer.
-func loadLogged(t *testing.T) (ca *pki.CA, dir, certFile string, f *Files, logs *bytes.Buffer) {
+// every millisecond (unless reloaded by hand), logging into the returned
+// buffer.
+func loadLogged(t *testing.T) (ca *pki.CA, dir, certFile, caFile string, f *Files, logs *bytes.Buffer) {
 	t.Helper()
 	ca, err := pki.NewCA("t", time.Hour)
 	if err != nil {
@@ -183,5 +175,5 @@ func loadLogged(t *testing.T) (ca *pki.CA, dir, certFile string, f *Files, logs 
 	if err != nil {
 		t.Fatal(err)
 	}
-	return ca, dir, certFile, f, logs
+	return ca, dir, certFile, caFile, f, logs
 }
