@@ -10,13 +10,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/custos-kms/custos/internal/config"
 	"github.com/custos-kms/custos/internal/custos"
+	"github.com/custos-kms/custos/internal/durable"
 	"github.com/custos-kms/custos/keystore"
 	"github.com/custos-kms/custos/keystore/backup"
 	"github.com/custos-kms/custos/keystore/storage"
@@ -73,7 +73,7 @@ the root. "-" writes to standard output. See docs/backup.md.`,
 				if err := os.Rename(f.Name(), out); err != nil {
 					return err
 				}
-				if err := syncDir(filepath.Dir(out)); err != nil {
+				if err := durable.SyncDir(filepath.Dir(out)); err != nil {
 					return fmt.Errorf("the backup is in place, but its directory could not be synced (a power loss could lose it): %w", err)
 				}
 			}
@@ -365,18 +365,4 @@ func (p *progress) done() {
 	if p.any {
 		fmt.Fprintln(p.w)
 	}
-}
-
-// syncDir makes a rename in dir durable, where the file system can sync a
-// directory at all.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOTSUP) {
-		return err
-	}
-	return nil
 }

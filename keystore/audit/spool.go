@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/custos-kms/custos/internal/durable"
 )
 
 // The spool is a local append-only journal of queue records: those the
@@ -334,7 +336,11 @@ func createSegment(path string) (*os.File, error) {
 		os.Remove(path)
 		return nil, err
 	}
-	syncDir(filepath.Dir(path))
+	if err := durable.SyncDir(filepath.Dir(path)); err != nil {
+		f.Close()
+		os.Remove(path)
+		return nil, err
+	}
 	return f, nil
 }
 
@@ -402,12 +408,4 @@ func (s *spool) close() error {
 		}
 	}
 	return first
-}
-
-// syncDir makes a new file's directory entry durable.
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
 }

@@ -15,7 +15,9 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path/filepath"
 
+	"github.com/custos-kms/custos/internal/durable"
 	"github.com/custos-kms/custos/keystore/root"
 )
 
@@ -126,6 +128,11 @@ func Create(path string) (*Root, error) {
 	}
 	if err := f.Close(); err != nil {
 		return nil, fmt.Errorf("local root: close %s: %w", path, err)
+	}
+	// Data wrapped under the new key may be synced next: the key's
+	// directory entry must not be the one thing a power loss takes.
+	if err := durable.SyncDir(filepath.Dir(path)); err != nil {
+		return nil, fmt.Errorf("local root: %s written: %w", path, err)
 	}
 	return newRoot(path, key)
 }
