@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -246,29 +245,21 @@ func addAdminCommands(root *cobra.Command) {
 // newCryptoCmd is `custos encrypt` or `custos decrypt`.
 func newCryptoCmd(op string) *cobra.Command {
 	var c conn
-	var ad string
-	var noAD, raw bool
+	var ad adFlags
+	var raw bool
 	use, short := "encrypt NAME PLAINTEXT|-", "Encrypt a field; prints the base64 ciphertext"
 	if op == "decrypt" {
 		use, short = "decrypt NAME CIPHERTEXT_BASE64|-", "Decrypt a base64 ciphertext; prints the plaintext"
 	}
 	cmd := &cobra.Command{
 		Use: use, Short: short, Args: keyArgs(2),
-		PreRunE: func(*cobra.Command, []string) error {
-			if ad == "" && !noAD {
-				return usageError{errors.New("pass --ad with the record id and field the value belongs to (or --no-ad to bind nothing)")}
-			}
-			return nil
-		},
+		PreRunE: func(*cobra.Command, []string) error { return ad.check(true) },
 		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
 			in, err := input(cmd, args[1])
 			if err != nil {
 				return err
 			}
-			var aad []byte
-			if !noAD {
-				aad = []byte(ad)
-			}
+			aad := ad.bytes()
 			out := cmd.OutOrStdout()
 			if op == "encrypt" {
 				ct, v, err := cl.Encrypt(cmd.Context(), args[0], in, aad)
@@ -307,8 +298,7 @@ func newCryptoCmd(op string) *cobra.Command {
 		}),
 	}
 	c.flags(cmd)
-	cmd.Flags().StringVar(&ad, "ad", "", "associated data bound to the ciphertext, e.g. \"customer-42/email\"")
-	cmd.Flags().BoolVar(&noAD, "no-ad", false, "bind no associated data")
+	ad.add(cmd.Flags(), "bound to the ciphertext", true)
 	if op == "decrypt" {
 		cmd.Flags().BoolVar(&raw, "raw", false, "write the plaintext byte for byte, with no newline")
 	}

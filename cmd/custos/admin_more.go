@@ -299,14 +299,15 @@ func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
 		}),
 	}), pverify)
 
-	var ad string
+	var ad adFlags
 	datakey := &cobra.Command{Use: "datakey", Short: "Generate and unwrap data keys of an ENCRYPT key (base64)"}
 	c.flags(datakey)
-	datakey.PersistentFlags().StringVar(&ad, "ad", "", "associated data the wrapped key is bound to")
+	ad.add(datakey.PersistentFlags(), "the wrapped key is bound to", false)
+	datakey.PersistentPreRunE = func(*cobra.Command, []string) error { return ad.check(false) }
 	datakey.AddCommand(outFlag(&cobra.Command{
 		Use: "generate tenants/TENANT/keys/KEY", Short: "A new data key: plaintext and wrapped", Args: keyArgs(1),
 		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
-			dk, err := cl.GenerateDataKey(cmd.Context(), args[0], []byte(ad))
+			dk, err := cl.GenerateDataKey(cmd.Context(), args[0], ad.bytes())
 			if err != nil {
 				return err
 			}
@@ -320,7 +321,7 @@ func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
 			if err != nil {
 				return usageError{fmt.Errorf("WRAPPED is not base64: %w", err)}
 			}
-			pt, err := cl.DecryptDataKey(cmd.Context(), args[0], w, []byte(ad))
+			pt, err := cl.DecryptDataKey(cmd.Context(), args[0], w, ad.bytes())
 			if err != nil {
 				return err
 			}
@@ -329,16 +330,10 @@ func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
 		}),
 	}))
 
-	var rad string
-	var rnoAD bool
+	var rad adFlags
 	rewrap := outFlag(&cobra.Command{
 		Use: "rewrap tenants/TENANT/keys/KEY CIPHERTEXT_BASE64|-", Short: "Re-encrypt a ciphertext under the key's primary version, inside the service (base64)", Args: keyArgs(2),
-		PreRunE: func(*cobra.Command, []string) error {
-			if rad == "" && !rnoAD {
-				return usageError{errors.New("pass --ad with the associated data the ciphertext was made with (or --no-ad)")}
-			}
-			return nil
-		},
+		PreRunE: func(*cobra.Command, []string) error { return rad.check(true) },
 		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
 			in, err := input(cmd, args[1])
 			if err != nil {
@@ -348,11 +343,7 @@ func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
 			if err != nil {
 				return usageError{fmt.Errorf("ciphertext is not base64: %w", err)}
 			}
-			var aad []byte
-			if !rnoAD {
-				aad = []byte(rad)
-			}
-			out, v, err := cl.Rewrap(cmd.Context(), args[0], ct, aad)
+			out, v, err := cl.Rewrap(cmd.Context(), args[0], ct, rad.bytes())
 			if err != nil {
 				return err
 			}
@@ -366,8 +357,7 @@ func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
 			return emit(cmd, c.output, map[string]any{"ciphertext": b64(out), "key_version": v}, "ciphertext", "key_version")
 		}),
 	})
-	rewrap.Flags().StringVar(&rad, "ad", "", "the associated data the ciphertext was made with")
-	rewrap.Flags().BoolVar(&rnoAD, "no-ad", false, "the ciphertext binds no associated data")
+	rad.add(rewrap.Flags(), "the ciphertext was made with", true)
 	c.flags(rewrap)
 	root.AddCommand(mac, password, datakey, rewrap)
 }

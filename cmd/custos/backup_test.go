@@ -76,7 +76,7 @@ func TestBackupOfARunningServerRestoresIntoPostgreSQL(t *testing.T) {
 		t.Fatal(err)
 	}
 	live := filepath.Join(dir, "live.yaml")
-	if err := os.WriteFile(live, append(conf, []byte("ops:\n  listen: "+ops+"\n")...), 0o600); err != nil {
+	if err := os.WriteFile(live, []byte(replaceOnce(t, string(conf), "  listen: 127.0.0.1:9464", "  listen: "+ops)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	file := filepath.Join(t.TempDir(), "custos.backup")
@@ -277,7 +277,7 @@ func TestABackupThroughTheServerSaysWhenToRetry(t *testing.T) {
 			http.Error(w, "the server's own reason", code)
 		}))
 		cfgPath := filepath.Join(dir, fmt.Sprintf("custos-%d.yaml", code))
-		if err := os.WriteFile(cfgPath, []byte(devConfig+"ops:\n  listen: "+strings.TrimPrefix(srv.URL, "http://")+"\n"), 0o600); err != nil {
+		if err := os.WriteFile(cfgPath, []byte(replaceOnce(t, devConfig, "  listen: 127.0.0.1:9464", "  listen: "+strings.TrimPrefix(srv.URL, "http://"))), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		_, errOut, err := runCLI(t, "backup", "--config", cfgPath, "--out", filepath.Join(t.TempDir(), "b"))

@@ -43,6 +43,9 @@ storage:
   type: bbolt
   bbolt:
     path: custos.db
+ops:
+  listen: 127.0.0.1:9464
+  backup: true # custos backup --config custos.yaml while custos serve runs
 `
 
 func newDevCmd() *cobra.Command {

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/custos-kms/custos/internal/config"
 )
 
 // startDev prepares dir like `custos dev` and serves it on a free port until
@@ -53,6 +55,11 @@ func TestDevServesAndKeepsDataAcrossARestart(t *testing.T) {
 		}
 	}
 	rootKey, _ := os.ReadFile(filepath.Join(dir, "root.key"))
+	// custos serve --config on the dev files serves what custos dev
+	// serves, backups of the running server included.
+	if cfg, err := config.Load(filepath.Join(dir, "custos.yaml")); err != nil || !cfg.Ops.Backup {
+		t.Errorf("the dev config: %v, ops.backup %v; want it to load with backups on", err, cfg != nil && cfg.Ops.Backup)
+	}
 
 	addr, stop = startDev(t, dir) // second run reuses everything
 	defer stop()

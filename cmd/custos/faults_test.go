@@ -206,7 +206,7 @@ func newFaultConfig(t *testing.T, pgURL, extra string) (dir, path string) {
 		conf = onPostgres(t, conf, pgURL)
 		conf += "audit:\n  spool: spool\n"
 	}
-	conf += "ops:\n  listen: \"off\"\n" + extra
+	conf = replaceOnce(t, conf, "  listen: 127.0.0.1:9464", "  listen: \"off\"") + extra
 	path = filepath.Join(dir, "fault.yaml")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
