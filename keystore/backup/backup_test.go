@@ -731,3 +731,114 @@ func TestAForcedRestoreSeesHeldLeasesWhateverTheOperatorsClock(t *testing.T) {
 		t.Fatalf("a forced restore under a held lease, the operator's clock ahead: %v, want it refused", err)
 	}
 }
+
+// A forced restore of a backup that holds a tenant's later incarnation,
+// over a store that kept an earlier one the backup's tombstone covers,
+// clears the earlier one and restores the later: only the covered
+// incarnation is shredded.
+func TestAForcedRestoreRestoresALaterIncarnationOverACoveredOne(t *testing.T) {
+	ctx := context.Background()
+	w := newWorld(t)
+	target := memory.New()
+	kt := w.keystore(t, target)
+	populate(t, kt, "acme") // the first incarnation, kept by the target
+	ref := keystore.KeyRef{Tenant: "acme", Key: "only-in-the-first"}
+	if _, err := kt.CreateKey(ctx, ref, keystore.KeySpec{Purpose: keystore.PurposeEncrypt}); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := target.Get(ctx, "tenants/acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := keystore.ParseTenantRecord(rec.Value)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The backup: the first incarnation's tombstone, and acme created again.
+	src := memory.New()
+	w.clock.add(time.Hour)
+	b, err := json.Marshal(keystore.Tombstone{Tenant: "acme", CreateTime: first.CreateTime.UTC(), ShredTime: w.clock.now().UTC()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.Put(ctx, keystore.TombstonePrefix+"acme", b, 0); err != nil {
+		t.Fatal(err)
+	}
+	w.clock.add(time.Hour)
+	second := populate(t, w.keystore(t, src), "acme")
+	file := backupOf(t, w, src)
+
+	rep, err := restore(w, file, target, backup.RestoreOptions{Force: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(rep.Shredded, "acme") {
+		t.Fatalf("the backup's acme, created after the shred, was kept out: shredded %v", rep.Shredded)
+	}
+	mustDecrypt(t, w.keystore(t, target), second)
+	if _, err := target.Get(ctx, "keys/acme/only-in-the-first"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("the first incarnation's key after the restore: %v, want it cleared", err)
+	}
+}
+
+// hookStore runs hook once, at the first listing of tombstones: in
+// Restore, after it has looked at the target and before it claims it.
+type hookStore struct {
+	*memory.Store
+	hook func()
+}
+
+func (h *hookStore) List(ctx context.Context, prefix, after string, limit int) ([]storage.Record, error) {
+	if f := h.hook; f != nil && prefix == keystore.TombstonePrefix {
+		h.hook = nil
+		f()
+	}
+	return h.Store.List(ctx, prefix, after, limit)
+}
+
+// Two restores into one store never both write it: one that found the
+// target empty and meets it written by another restore (which finished
+// meanwhile) refuses and leaves the other's result alone; one whose
+// marker another restore replaced while it wrote fails at its end.
+func TestTwoRestoresIntoOneStoreDoNotMix(t *testing.T) {
+	ctx := context.Background()
+	w := newWorld(t)
+	srcA, srcB := memory.New(), memory.New()
+	ctA := populate(t, w.keystore(t, srcA), "alpha")
+	populate(t, w.keystore(t, srcB), "beta")
+	fileA, fileB := backupOf(t, w, srcA), backupOf(t, w, srcB)
+
+	target := &hookStore{Store: memory.New()}
+	var errA error
+	target.hook = func() { _, errA = restore(w, fileA, target.Store, backup.RestoreOptions{}) }
+	if _, err := restore(w, fileB, target, backup.RestoreOptions{}); err == nil || !strings.Contains(err.Error(), "written to while this restore read") {
+		t.Fatalf("the second restore into a store the first wrote meanwhile: %v, want a refusal", err)
+	}
+	if errA != nil {
+		t.Fatalf("the first restore: %v", errA)
+	}
+	if _, err := target.Get(ctx, "tenants/beta"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("beta in the target: %v, want none", err)
+	}
+	if _, err := target.Get(ctx, backup.MarkerKey); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("the marker after the refusal: %v, want the first restore's result unmarked", err)
+	}
+	mustDecrypt(t, w.keystore(t, target.Store), ctA)
+
+	// A forced restore that takes over the marker while another writes:
+	// the other fails at its end instead of reporting success.
+	over := memory.New()
+	var errB error
+	hooked := false
+	if _, err := restore(w, fileA, over, backup.RestoreOptions{Progress: func(uint64) {
+		if !hooked {
+			hooked = true
+			_, errB = restore(w, fileB, over, backup.RestoreOptions{Force: true})
+		}
+	}}); err == nil || !strings.Contains(err.Error(), "another restore marked the target") {
+		t.Fatalf("a restore whose marker another replaced: %v, want it to fail", err)
+	}
+	if errB != nil {
+		t.Fatalf("the forced restore: %v", errB)
+	}
+}

@@ -106,41 +106,27 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 	}
 	rep := &RestoreReport{Manifest: m}
 
-	// 2. The target: empty, or this backup's interrupted restore.
+	// 2. The target: empty, or this backup's interrupted restore. The
+	// marker's version, read first, is what claiming the target (step 4)
+	// expects to find.
+	prev, err := target.Get(ctx, markerKey)
+	if err != nil && !errors.Is(err, storage.ErrNotFound) {
+		return nil, fmt.Errorf("backup: read the target store: %w", err)
+	}
 	existing, err := target.List(ctx, "", "", 2)
 	if err != nil {
 		return nil, fmt.Errorf("backup: read the target store: %w", err)
 	}
-	if len(existing) > 0 {
-		marker, err := target.Get(ctx, markerKey)
+	empty := len(existing) == 0
+	if !empty {
 		switch {
-		case err == nil && string(marker.Value) == m.ID:
+		case prev.Version != 0 && string(prev.Value) == m.ID:
 			rep.Resumed = true
-		case err != nil && !errors.Is(err, storage.ErrNotFound):
-			return nil, fmt.Errorf("backup: read the target store: %w", err)
 		case !opts.Force:
 			return nil, errors.New("backup: the target store is not empty; restore into an empty store, or pass --force to write over it")
 		}
-		// Servers running on the target would serve, and write to, a store
-		// half restored (they check for a restore only at start), and could
-		// shred a tenant the restore then writes back: refuse while one of
-		// them holds a lease.
-		leaseNow := opts.Now
-		if c, ok := target.(storage.Clock); ok {
-			t, err := c.Now(ctx)
-			if err != nil {
-				return nil, fmt.Errorf("backup: read the target store's clock: %w", err)
-			}
-			leaseNow = func() time.Time { return t }
-		}
-		for _, key := range []string{keystore.LeaseStorageKey, audit.LeaseStorageKey} {
-			holder, until, held, err := lease.Lease{Store: target, Key: key, Now: leaseNow}.Holder(ctx)
-			if err != nil {
-				return nil, fmt.Errorf("backup: read the target store: %w", err)
-			}
-			if held {
-				return nil, fmt.Errorf("backup: servers are running on the target store (%s is held by %s until %s): stop them before restoring over it", key, holder, until.UTC().Format(time.RFC3339))
-			}
+		if err := noServers(ctx, target, opts.Now); err != nil {
+			return nil, err
 		}
 	}
 
@@ -196,7 +182,10 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 	}
 	// A tenant the target holds that a known tombstone covers goes too,
 	// whether or not the backup holds it (a forced restore of a newer
-	// backup over a store that kept a shredded tenant's records).
+	// backup over a store that kept a shredded tenant's records). Its
+	// records in the target are cleared; the backup's, of a later
+	// incarnation the tombstone does not cover, are still restored.
+	clearTarget := maps.Clone(shred)
 	for t, ts := range newest {
 		if shred[t] {
 			continue
@@ -209,7 +198,7 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 			return nil, fmt.Errorf("backup: read the target's tenant %s: %w", t, err)
 		}
 		if info, err := keystore.ParseTenantRecord(rec.Value); err == nil && ts.Covers(info.CreateTime) {
-			shred[t] = true
+			clearTarget[t] = true
 			keep[t] = ts
 		}
 	}
@@ -222,8 +211,9 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 	// first, then their records already in the target go (a forced
 	// restore, an interrupted one re-run after a deletion date passed),
 	// then the backup's records.
-	if err := apply.Apply(ctx, []storage.Op{{Key: markerKey, Value: []byte(m.ID), Expect: storage.AnyVersion}}); err != nil {
-		return nil, fmt.Errorf("backup: mark the target: %w", err)
+	ours, err := claim(ctx, target, apply, m.ID, prev, empty, opts.Now)
+	if err != nil {
+		return nil, err
 	}
 	var ops []storage.Op
 	size := 0
@@ -253,7 +243,7 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 		b, _ := json.Marshal(ts)
 		return add(storage.Op{Key: keystore.TombstonePrefix + ts.Tenant, Value: b, Expect: storage.AnyVersion})
 	}
-	for _, t := range rep.Shredded {
+	for _, t := range slices.Sorted(maps.Keys(clearTarget)) {
 		if err := addTombstone(keep[t]); err != nil {
 			return nil, err
 		}
@@ -268,9 +258,6 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 			}
 		} else if !errors.Is(err, storage.ErrNotFound) {
 			return nil, fmt.Errorf("backup: read the target's tenant %s: %w", t, err)
-		}
-		if err := add(storage.Op{Key: keystore.TenantStorageKey(t), Delete: true, Expect: storage.AnyVersion}); err != nil {
-			return nil, err
 		}
 		for _, p := range keystore.TenantScopedPrefixes(t) {
 			// Page on, never back to the start: what a page deletes is
@@ -292,6 +279,14 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 				after = recs[len(recs)-1].Key
 			}
 		}
+		// The tenant record last: a restore interrupted before it finds
+		// the covered tenant again when run again, and clears the rest.
+		if err := add(storage.Op{Key: keystore.TenantStorageKey(t), Delete: true, Expect: storage.AnyVersion}); err != nil {
+			return nil, err
+		}
+		if err := flush(); err != nil {
+			return nil, err
+		}
 	}
 	rep.Written = 0
 	if _, err := readAll(ctx, in, r, m, func(key string, value []byte) error {
@@ -311,7 +306,7 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 	// The other tenants' newest tombstones, where the target does not
 	// hold that one already.
 	for _, t := range slices.Sorted(maps.Keys(newest)) {
-		if shred[t] || inTarget[t] {
+		if clearTarget[t] || inTarget[t] {
 			continue
 		}
 		if err := addTombstone(newest[t]); err != nil {
@@ -321,10 +316,88 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 	if err := flush(); err != nil {
 		return nil, err
 	}
-	if err := apply.Apply(ctx, []storage.Op{{Key: markerKey, Delete: true, Expect: storage.AnyVersion}}); err != nil {
+	if err := apply.Apply(ctx, []storage.Op{{Key: markerKey, Delete: true, Expect: ours}}); err != nil {
+		if errors.Is(err, storage.ErrConflict) {
+			return nil, errors.New("backup: another restore marked the target while this one wrote to it: the target holds records of both; restore one backup again with --force, alone")
+		}
 		return nil, fmt.Errorf("backup: unmark the target: %w", err)
 	}
 	return rep, nil
+}
+
+// errAnotherRestore refuses a restore that met another one writing to the
+// same target.
+var errAnotherRestore = errors.New("backup: another restore is writing to the target store; let it finish (or stop it), then run this one again")
+
+// claim marks the target as being restored, by compare-and-swap on the
+// marker as step 2 read it (prev), so that of two restores started
+// together only one writes; and returns the marker's version, which
+// unmarking expects. Then, with the marker in place (servers starting now
+// refuse the store), it checks what step 2 saw still holds: a target that
+// was empty holds nothing else now (another restore did not write and
+// finish meanwhile), and no server holds a lease. If not, it puts the
+// marker back as it was.
+func claim(ctx context.Context, target storage.Store, apply storage.Applier, id string, prev storage.Record, empty bool, now func() time.Time) (uint64, error) {
+	if err := apply.Apply(ctx, []storage.Op{{Key: markerKey, Value: []byte(id), Expect: prev.Version}}); err != nil {
+		if errors.Is(err, storage.ErrConflict) {
+			return 0, errAnotherRestore
+		}
+		return 0, fmt.Errorf("backup: mark the target: %w", err)
+	}
+	rec, err := target.Get(ctx, markerKey)
+	if err != nil {
+		return 0, fmt.Errorf("backup: read the target's marker: %w", err)
+	}
+	if string(rec.Value) != id {
+		return 0, errAnotherRestore
+	}
+	check := noServers(ctx, target, now)
+	if check == nil && empty {
+		recs, err := target.List(ctx, "", "", 2)
+		switch {
+		case err != nil:
+			check = fmt.Errorf("backup: read the target store: %w", err)
+		case len(recs) != 1 || recs[0].Key != markerKey:
+			check = errors.New("backup: the target store was written to while this restore read the backup (another restore, or a server); restore into an empty store, or pass --force to write over it")
+		}
+	}
+	if check == nil {
+		return rec.Version, nil
+	}
+	undo := storage.Op{Key: markerKey, Delete: true, Expect: rec.Version}
+	if prev.Version != 0 {
+		undo = storage.Op{Key: markerKey, Value: prev.Value, Expect: rec.Version}
+	}
+	if err := apply.Apply(ctx, []storage.Op{undo}); err != nil {
+		return 0, fmt.Errorf("%w (and putting the target's marker back failed: %w)", check, err)
+	}
+	return 0, check
+}
+
+// noServers refuses a target on which servers are running: they would
+// serve, and write to, a store half restored (they check for a restore
+// only at start), and could shred a tenant the restore then writes back.
+// A server holds a lease while it runs. Leases are judged by the store's
+// clock where it has one.
+func noServers(ctx context.Context, target storage.Store, now func() time.Time) error {
+	leaseNow := now
+	if c, ok := target.(storage.Clock); ok {
+		t, err := c.Now(ctx)
+		if err != nil {
+			return fmt.Errorf("backup: read the target store's clock: %w", err)
+		}
+		leaseNow = func() time.Time { return t }
+	}
+	for _, key := range []string{keystore.LeaseStorageKey, audit.LeaseStorageKey} {
+		holder, until, held, err := lease.Lease{Store: target, Key: key, Now: leaseNow}.Holder(ctx)
+		if err != nil {
+			return fmt.Errorf("backup: read the target store: %w", err)
+		}
+		if held {
+			return fmt.Errorf("backup: servers are running on the target store (%s is held by %s until %s): stop them before restoring over it", key, holder, until.UTC().Format(time.RFC3339))
+		}
+	}
+	return nil
 }
 
 // skipKey: the leases (their holders are gone) and shredded tenants'
