@@ -98,6 +98,9 @@ type Server struct {
 	ready   atomic.Pointer[readiness]
 	// draining is set by Shutdown: /readyz answers 503 from then on.
 	draining atomic.Bool
+	// drained is cancelled by Shutdown: health watches end then.
+	drained    context.Context
+	endWatches context.CancelFunc
 
 	audit    AuditRecorder
 	auditLog AuditLog
@@ -159,10 +162,12 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("server: audit metrics: %w", err)
 		}
 	}
+	drained, endWatches := context.WithCancel(context.Background())
 	return &Server{
 		ks: cfg.Keystore, pw: cfg.Passwords, policy: cfg.Policy, logger: cfg.Logger, limits: cfg.Limits,
 		health: health.NewServer(), metrics: m, limiter: newLimiter(cfg.Policy, m.rateLimited),
 		audit: cfg.Audit, auditLog: cfg.AuditLog, backup: cfg.Backup,
+		drained: drained, endWatches: endWatches,
 	}, nil
 }
 
@@ -171,7 +176,7 @@ func (s *Server) Register(r grpc.ServiceRegistrar) {
 	r.RegisterService(auditUndecodable(&custosv1.KeyService_ServiceDesc), keyService{Server: s})
 	r.RegisterService(auditUndecodable(&custosv1.CryptoService_ServiceDesc), cryptoService{Server: s})
 	r.RegisterService(auditUndecodable(&custosv1.AuditService_ServiceDesc), auditService{Server: s})
-	r.RegisterService(auditUndecodable(&healthpb.Health_ServiceDesc), s.health)
+	r.RegisterService(auditUndecodable(&healthpb.Health_ServiceDesc), healthService{s.health, s.drained})
 	for _, svc := range []string{"", custosv1.KeyService_ServiceDesc.ServiceName, custosv1.CryptoService_ServiceDesc.ServiceName, custosv1.AuditService_ServiceDesc.ServiceName} {
 		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
 	}
@@ -185,7 +190,42 @@ func (s *Server) Register(r grpc.ServiceRegistrar) {
 func (s *Server) Shutdown() {
 	s.draining.Store(true)
 	s.health.Shutdown()
+	s.endWatches()
 }
+
+// healthService is gRPC's health service whose watches end when the
+// server drains: a watch returns only when its stream ends, and a graceful
+// stop waits for every handler, so a peer watching (client-side health
+// checking) held every stop to shutdown_timeout.
+type healthService struct {
+	*health.Server
+	drained context.Context
+}
+
+// Watch is health.Server's, ended once the server drains with a last
+// NOT_SERVING and UNAVAILABLE.
+func (h healthService) Watch(req *healthpb.HealthCheckRequest, stream healthpb.Health_WatchServer) error {
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	defer context.AfterFunc(h.drained, cancel)()
+	err := h.Server.Watch(req, watchStream{stream, ctx})
+	if h.drained.Err() == nil || stream.Context().Err() != nil {
+		return err
+	}
+	// The watch has returned, so this is the only send: whichever of the
+	// NOT_SERVING update and the drain the watch saw first, the watcher
+	// hears NOT_SERVING last.
+	_ = stream.Send(&healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_NOT_SERVING})
+	return status.Error(codes.Unavailable, "the server is shutting down")
+}
+
+// watchStream is a watch's stream with a context that also ends on drain.
+type watchStream struct {
+	healthpb.Health_WatchServer
+	ctx context.Context
+}
+
+func (w watchStream) Context() context.Context { return w.ctx }
 
 // NewGRPCServer returns a *grpc.Server that serves only mutual TLS with
 // tlsConf and has s registered. Unary calls go through one interceptor

@@ -258,3 +258,38 @@ func slowHashKey(t *testing.T, ts *testServer) clients {
 	}
 	return c
 }
+
+// A peer watching the health service does not hold the stop to
+// shutdown_timeout: its watch hears NOT_SERVING and ends when the drain
+// starts.
+func TestAHealthWatchDoesNotHoldTheStop(t *testing.T) {
+	const timeout = 20 * time.Second
+	ts := start(t, newFiles(t), options{configure: func(c *config.Config) { c.ShutdownTimeout = timeout }})
+	ctx := testContext(t)
+	watch, err := healthpb.NewHealthClient(ts.conn(t, idAdmin)).Watch(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := watch.Recv(); err != nil || m.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("first watch answer: %v, %v; want SERVING", m, err)
+	}
+	begin := time.Now()
+	ts.stop()
+	if took := time.Since(begin); took > timeout/4 {
+		t.Fatalf("the stop took %v with a health watch open (shutdown_timeout %v)", took, timeout)
+	}
+	var last healthpb.HealthCheckResponse_ServingStatus
+	for {
+		m, err := watch.Recv()
+		if err != nil {
+			if code := status.Code(err); code != codes.Unavailable {
+				t.Fatalf("the watch ended with %v, want UNAVAILABLE", err)
+			}
+			break
+		}
+		last = m.GetStatus()
+	}
+	if last != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("the watch's last status: %v, want NOT_SERVING", last)
+	}
+}
