@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -291,5 +292,24 @@ func TestAHealthWatchDoesNotHoldTheStop(t *testing.T) {
 	}
 	if last != healthpb.HealthCheckResponse_NOT_SERVING {
 		t.Fatalf("the watch's last status: %v, want NOT_SERVING", last)
+	}
+}
+
+// A runtime closed without running leaves no goroutines behind (the gRPC
+// server's stream workers start when it is built).
+func TestARuntimeClosedWithoutRunningLeavesNoGoroutines(t *testing.T) {
+	f := newFiles(t)
+	before := runtime.NumGoroutine()
+	for range 3 {
+		rt, err := custos.New(context.Background(), f.config(t), custos.Options{Logger: discardLogger(), Root: f.root})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rt.Close()
+	}
+	for deadline := time.Now().Add(10 * time.Second); runtime.NumGoroutine() >= before+50; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines 10s after three New and Close, %d before", runtime.NumGoroutine(), before)
+		}
 	}
 }

@@ -292,6 +292,9 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 	if rt.gs, err = rt.srv.NewGRPCServer(tlssource.ServerConfig(tlsSrc), serverOpts...); err != nil {
 		return nil, err
 	}
+	// The server's stream workers run from its creation: a Runtime
+	// closed without running stops them (after Run's drain, a no-op).
+	rt.closers = append(rt.closers, rt.gs.Stop)
 	if opts.Register != nil {
 		opts.Register(rt.gs)
 	}
