@@ -306,7 +306,11 @@ func (m *materials) countsWritten(ref KeyRef, old, nver uint64) {
 		if cur.tombstone() || cur.ver != old {
 			return nil, false
 		}
-		return &keyEntry{ref: cur.ref, rec: cur.rec, prim: cur.prim, ver: nver, tenantVer: cur.tenantVer}, true
+		e := &keyEntry{ref: cur.ref, rec: cur.rec, prim: cur.prim, ver: nver, tenantVer: cur.tenantVer}
+		// The write checked the key record only: a suspect entry (its
+		// tenant record may have changed unseen) stays suspect.
+		e.suspect.Store(cur.suspect.Load())
+		return e, true
 	})
 	if !renamed {
 		m.noteWrite(ref, nver)

@@ -997,3 +997,41 @@ func TestARefusedUnwrapIsNotRetriedForAStaleCachedKEK(t *testing.T) {
 		t.Fatalf("10 requests asked the root %d times within the backoff, want 1", n)
 	}
 }
+
+// An entry made suspect (the watch listening again) stays suspect when
+// this replica's count flush rewrites its key record: the flush checks only
+// the key record, not the tenant's, which another replica may have changed
+// unseen (here: scheduled for deletion). A caller whose deadline ends the
+// re-check is not served from it.
+func TestACountFlushKeepsAnEntrySuspect(t *testing.T) {
+	ctx := context.Background()
+	a, b, hs, _ := twoReplicas(t)
+	ref, _ := setupRotated(t, a)
+	if _, _, err := a.Encrypt(ctx, ref, []byte("counted"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.DeleteTenant(ctx, ref.Tenant, 24*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	a.m.apply(storage.Change{})
+	if err := a.FlushUsage(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	paused, release := hs.arm(tenantStorageKey(ref.Tenant), true)
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	_, _, err := a.Encrypt(short, ref, []byte("after the flush"), nil)
+	cancel()
+	if err == nil {
+		t.Fatal("a suspect entry of a tenant deleted elsewhere encrypted after a count flush, without its records read back")
+	}
+	select {
+	case <-paused:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the re-check never read the tenant record")
+	}
+	close(release)
+	if _, _, err := a.Encrypt(ctx, ref, []byte("x"), nil); !errors.Is(err, ErrTenantDeleted) {
+		t.Fatalf("encrypt once the re-check can read: %v, want ErrTenantDeleted", err)
+	}
+}
