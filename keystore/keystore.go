@@ -18,7 +18,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -88,8 +87,10 @@ type Service struct {
 
 	pwLimits PasswordLimits // the deployment's caps on password policies
 
-	pageToken   atomic.Pointer[tink.AEAD] // seals ListTenants' page tokens (pagetoken.go)
-	pageTokenMu sync.Mutex                // one unwrap or creation of it at a time
+	pageToken atomic.Pointer[tink.AEAD] // seals ListTenants' page tokens (pagetoken.go)
+	// pageTokenSem lets one caller at a time unwrap or make it; the others
+	// wait only as long as their context allows.
+	pageTokenSem chan struct{}
 
 	// Actions of the scheduler in this process (SchedulerStats).
 	autoRotations, autoDestructions, autoShreds atomic.Uint64
@@ -134,12 +135,13 @@ func New(cfg Config) (*Service, error) {
 		return nil, err
 	}
 	return &Service{
-		pwLimits: pwLimits,
-		records:  recs,
-		root:     cfg.Root,
-		now:      cfg.Now,
-		rand:     cfg.Rand,
-		logger:   cfg.Logger,
+		pageTokenSem: make(chan struct{}, 1),
+		pwLimits:     pwLimits,
+		records:      recs,
+		root:         cfg.Root,
+		now:          cfg.Now,
+		rand:         cfg.Rand,
+		logger:       cfg.Logger,
 		m: &materials{
 			records: recs,
 			root:    cfg.Root,

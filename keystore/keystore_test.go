@@ -415,3 +415,55 @@ func TestAKeysPurposeRelabelledInTheStoreNeverServes(t *testing.T) {
 		})
 	}
 }
+
+// gateRoot holds every Wrap until release is closed, telling entered when
+// the first one starts.
+type gateRoot struct {
+	root.Root
+	entered, release chan struct{}
+	once             sync.Once
+}
+
+func (g *gateRoot) Wrap(ctx context.Context, pt, aad []byte) ([]byte, error) {
+	g.once.Do(func() { close(g.entered) })
+	select {
+	case <-g.release:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return g.Root.Wrap(ctx, pt, aad)
+}
+
+// A caller waiting for another to make the page-token key waits only as
+// long as its own deadline allows.
+func TestPageTokensWaitForTheKeyOnlyUntilTheCallersDeadline(t *testing.T) {
+	f := newFixture(t)
+	g := &gateRoot{Root: f.root, entered: make(chan struct{}), release: make(chan struct{})}
+	ks, err := keystore.New(keystore.Config{Storage: f.store, Root: g})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := make(chan error, 1)
+	go func() { _, err := ks.SealPageToken(context.Background(), "tenants/a"); first <- err }()
+	select {
+	case <-g.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("making the page-token key never asked the root")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { _, err := ks.SealPageToken(ctx, "tenants/b"); done <- err }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("the waiting caller: %v, want its deadline", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("a caller with a 100 ms deadline waited for another's root call")
+	}
+	close(g.release)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+}

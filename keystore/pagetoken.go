@@ -78,11 +78,19 @@ func (s *Service) pageTokenAEAD(ctx context.Context) (tink.AEAD, error) {
 	if a := s.pageToken.Load(); a != nil {
 		return *a, nil
 	}
-	s.pageTokenMu.Lock()
-	defer s.pageTokenMu.Unlock()
+	select {
+	case s.pageTokenSem <- struct{}{}:
+		defer func() { <-s.pageTokenSem }()
+	case <-ctx.Done():
+		return nil, fmt.Errorf("page-token key: waiting for another caller to unwrap it: %w", ctx.Err())
+	}
 	if a := s.pageToken.Load(); a != nil {
 		return *a, nil
 	}
+	// The root is asked on the caller's context: bounded as a load is,
+	// whatever the caller's deadline (or lack of one).
+	ctx, cancel := context.WithTimeout(ctx, loadTimeout)
+	defer cancel()
 	for range 3 {
 		rec, err := s.store.Get(ctx, pageTokenKeyKey)
 		switch {

@@ -24,7 +24,9 @@ func (s *Service) CreateTenant(ctx context.Context, id string) (Tenant, error) {
 	if err != nil {
 		return Tenant{}, err
 	}
-	wrapped, err := s.root.Wrap(ctx, raw, tenantKEKAAD(id))
+	wctx, cancel := context.WithTimeout(ctx, loadTimeout) // as a load's unwrap, whatever the caller's deadline
+	wrapped, err := s.root.Wrap(wctx, raw, tenantKEKAAD(id))
+	cancel()
 	if err != nil {
 		return Tenant{}, rootErr("create tenant: wrap KEK", err)
 	}

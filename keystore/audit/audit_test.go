@@ -1137,3 +1137,64 @@ func TestVerifyListsPlantedStripKeysOnce(t *testing.T) {
 		t.Fatalf("verify listed the strips %d times", n)
 	}
 }
+
+// blockingRoot holds every Unwrap until release is closed, telling
+// entered when the first one starts.
+type blockingRoot struct {
+	*local.Root
+	entered, release chan struct{}
+	once             sync.Once
+}
+
+func (b *blockingRoot) Unwrap(ctx context.Context, blob, aad []byte) ([]byte, error) {
+	b.once.Do(func() { close(b.entered) })
+	<-b.release
+	return b.Root.Unwrap(ctx, blob, aad)
+}
+
+// While the signing key's unwrap waits on a slow root, the log's public
+// key (GetAuditCheckpoint, ListAuditEvents) is still answered.
+func TestThePublicKeyDoesNotWaitForASlowRoot(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, memory.New(), "")
+	f.record(t, 3, "a")
+	want, err := f.log.PublicKey(ctx)
+	if err != nil || want == "" {
+		t.Fatalf("public key: %q, %v", want, err)
+	}
+	br := &blockingRoot{Root: f.root, entered: make(chan struct{}), release: make(chan struct{})}
+	l, err := audit.Open(ctx, audit.Config{Store: f.store, Root: br})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.w.Record(event("a", 50)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Integrate(ctx, 100); err != nil {
+		t.Fatal(err)
+	}
+	signed := make(chan error, 1)
+	go func() { _, err := l.Sign(ctx); signed <- err }()
+	select {
+	case <-br.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("signing never asked the root")
+	}
+	got := make(chan string, 1)
+	go func() {
+		pk, _ := l.PublicKey(ctx)
+		got <- pk
+	}()
+	select {
+	case pk := <-got:
+		if pk != want {
+			t.Errorf("public key %q, want %q", pk, want)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("the public key waited for the signing key's unwrap")
+	}
+	close(br.release)
+	if err := <-signed; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -163,16 +163,26 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	return &Log{store: cfg.Store, applier: a, root: cfg.Root, origin: cfg.Origin, now: cfg.Now, logger: cfg.Logger, strips: make(map[string][]byte)}, nil
 }
 
-// signing returns the log's signer, unwrapping or creating the key once.
+// signing returns the log's signer, unwrapping or creating the key on
+// first use. keyMu is not held across the storage and root calls, which
+// may take as long as the root's timeout: Verifier and PublicKey, which
+// callers' RPCs reach, would wait on it past their deadlines. (Two loads
+// at once agree: loadSigner creates the key by compare-and-swap.)
 func (l *Log) signing(ctx context.Context) (note.Signer, error) {
+	l.keyMu.Lock()
+	signer := l.signer
+	l.keyMu.Unlock()
+	if signer != nil {
+		return signer, nil
+	}
+	s, vkey, err := loadSigner(ctx, l.store, l.root, l.origin)
+	if err != nil {
+		return nil, err
+	}
+	v, _ := note.NewVerifier(vkey) // checked by loadSigner
 	l.keyMu.Lock()
 	defer l.keyMu.Unlock()
 	if l.signer == nil {
-		s, vkey, err := loadSigner(ctx, l.store, l.root, l.origin)
-		if err != nil {
-			return nil, err
-		}
-		v, _ := note.NewVerifier(vkey) // checked by loadSigner
 		l.signer, l.vkey, l.verifier = s, vkey, v
 	}
 	return l.signer, nil
@@ -183,12 +193,18 @@ func (l *Log) signing(ctx context.Context) (note.Signer, error) {
 // log has no key yet).
 func (l *Log) Verifier(ctx context.Context) (note.Verifier, error) {
 	l.keyMu.Lock()
+	v := l.verifier
+	l.keyMu.Unlock()
+	if v != nil {
+		return v, nil
+	}
+	vkey, err := storedVerifier(ctx, l.store) // outside keyMu, as in signing
+	if err != nil || vkey == "" {
+		return nil, err
+	}
+	l.keyMu.Lock()
 	defer l.keyMu.Unlock()
 	if l.verifier == nil {
-		vkey, err := storedVerifier(ctx, l.store)
-		if err != nil || vkey == "" {
-			return nil, err
-		}
 		l.vkey = vkey
 		l.verifier, _ = note.NewVerifier(vkey) // checked by storedVerifier
 	}
