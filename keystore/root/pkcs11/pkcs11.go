@@ -496,7 +496,10 @@ func login(c *p11.Ctx, h p11.SessionHandle, pin string) error {
 }
 
 // findKey finds the one secret key labelled label and checks that it is a
-// sensitive, non-extractable AES-256 key that may encrypt and decrypt.
+// private, sensitive, non-extractable AES-256 token object that may encrypt
+// and decrypt and nothing else (roots.md): a public key decrypts without
+// the PIN, and a key that may wrap, unwrap, derive, sign or verify has
+// other ways out than the root's.
 func findKey(c *p11.Ctx, h p11.SessionHandle, label string) (p11.ObjectHandle, error) {
 	key, found, err := lookupKey(c, h, label)
 	if err != nil {
@@ -512,6 +515,13 @@ func findKey(c *p11.Ctx, h p11.SessionHandle, label string) (p11.ObjectHandle, e
 		p11.NewAttribute(p11.CKA_EXTRACTABLE, nil),
 		p11.NewAttribute(p11.CKA_ENCRYPT, nil),
 		p11.NewAttribute(p11.CKA_DECRYPT, nil),
+		p11.NewAttribute(p11.CKA_TOKEN, nil),
+		p11.NewAttribute(p11.CKA_PRIVATE, nil),
+		p11.NewAttribute(p11.CKA_WRAP, nil),
+		p11.NewAttribute(p11.CKA_UNWRAP, nil),
+		p11.NewAttribute(p11.CKA_DERIVE, nil),
+		p11.NewAttribute(p11.CKA_SIGN, nil),
+		p11.NewAttribute(p11.CKA_VERIFY, nil),
 	})
 	if err != nil {
 		return 0, err
@@ -527,6 +537,10 @@ func findKey(c *p11.Ctx, h p11.SessionHandle, label string) (p11.ObjectHandle, e
 		return 0, fmt.Errorf("key %q must be sensitive and not extractable: a root key never leaves the token", label)
 	case !boolean(v[p11.CKA_ENCRYPT]) || !boolean(v[p11.CKA_DECRYPT]):
 		return 0, fmt.Errorf("key %q must allow encrypt and decrypt", label)
+	case !boolean(v[p11.CKA_TOKEN]) || !boolean(v[p11.CKA_PRIVATE]):
+		return 0, fmt.Errorf("key %q must be a private token object (CKA_TOKEN, CKA_PRIVATE): a public key decrypts without the PIN", label)
+	case boolean(v[p11.CKA_WRAP]) || boolean(v[p11.CKA_UNWRAP]) || boolean(v[p11.CKA_DERIVE]) || boolean(v[p11.CKA_SIGN]) || boolean(v[p11.CKA_VERIFY]):
+		return 0, fmt.Errorf("key %q must allow encrypt and decrypt only (CKA_WRAP, CKA_UNWRAP, CKA_DERIVE, CKA_SIGN, CKA_VERIFY false)", label)
 	}
 	return key, nil
 }

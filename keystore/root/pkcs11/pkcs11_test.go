@@ -105,41 +105,90 @@ func TestTheKeyNeverLeavesTheToken(t *testing.T) {
 	}
 }
 
-func TestNewRefusesAnExtractableKey(t *testing.T) {
+// New refuses a root key weaker than roots.md allows: extractable, not
+// sensitive, public (it decrypts without the PIN), or allowed more than
+// encrypt and decrypt.
+func TestNewRefusesAWeakKey(t *testing.T) {
 	h := newSoftHSM(t)
+	for label, c := range map[string]struct {
+		attrs []*p11.Attribute
+		want  string
+	}{
+		"extractable": {[]*p11.Attribute{p11.NewAttribute(p11.CKA_SENSITIVE, false), p11.NewAttribute(p11.CKA_EXTRACTABLE, true)}, "not extractable"},
+		"public":      {[]*p11.Attribute{p11.NewAttribute(p11.CKA_PRIVATE, false)}, "private token object"},
+		"wraps":       {[]*p11.Attribute{p11.NewAttribute(p11.CKA_WRAP, true)}, "encrypt and decrypt only"},
+		"derives":     {[]*p11.Attribute{p11.NewAttribute(p11.CKA_DERIVE, true)}, "encrypt and decrypt only"},
+		"signs":       {[]*p11.Attribute{p11.NewAttribute(p11.CKA_SIGN, true)}, "encrypt and decrypt only"},
+	} {
+		generateKey(t, h, label, c.attrs...)
+		cfg := h.cfg
+		cfg.KeyLabel = label
+		r, err := pkcs11.New(t.Context(), cfg)
+		if err == nil {
+			r.Close()
+		}
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("New with a key that %s: %v; want a refusal saying %q", label, err, c.want)
+		}
+	}
+	// The same key with the documented attributes is taken.
+	generateKey(t, h, "strong")
 	cfg := h.cfg
-	cfg.KeyLabel = "extractable"
+	cfg.KeyLabel = "strong"
+	r, err := pkcs11.New(t.Context(), cfg)
+	if err != nil {
+		t.Fatalf("New with a key of the documented attributes: %v", err)
+	}
+	r.Close()
+}
+
+// generateKey makes an AES-256 token key labelled label in h's token with
+// the documented root attributes, changed by override.
+func generateKey(t *testing.T, h *softHSM, label string, override ...*p11.Attribute) {
+	t.Helper()
 	c := p11.New(h.module)
 	if err := c.Initialize(); err != nil {
 		t.Fatal(err)
 	}
+	defer func() { c.Finalize(); c.Destroy() }()
 	slots, _ := c.GetSlotList(true)
 	sh, err := c.OpenSession(slots[0], p11.CKF_SERIAL_SESSION|p11.CKF_RW_SESSION)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer c.CloseSession(sh)
 	if err := c.Login(sh, p11.CKU_USER, userPIN); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.GenerateKey(sh, []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_KEY_GEN, nil)}, []*p11.Attribute{
+	attrs := map[uint]*p11.Attribute{}
+	for _, a := range []*p11.Attribute{
 		p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
 		p11.NewAttribute(p11.CKA_KEY_TYPE, p11.CKK_AES),
 		p11.NewAttribute(p11.CKA_VALUE_LEN, 32),
-		p11.NewAttribute(p11.CKA_LABEL, "extractable"),
+		p11.NewAttribute(p11.CKA_LABEL, label),
 		p11.NewAttribute(p11.CKA_TOKEN, true),
-		p11.NewAttribute(p11.CKA_SENSITIVE, false),
-		p11.NewAttribute(p11.CKA_EXTRACTABLE, true),
+		p11.NewAttribute(p11.CKA_PRIVATE, true),
+		p11.NewAttribute(p11.CKA_SENSITIVE, true),
+		p11.NewAttribute(p11.CKA_EXTRACTABLE, false),
 		p11.NewAttribute(p11.CKA_ENCRYPT, true),
 		p11.NewAttribute(p11.CKA_DECRYPT, true),
-	}); err != nil {
-		t.Fatal(err)
+		p11.NewAttribute(p11.CKA_WRAP, false),
+		p11.NewAttribute(p11.CKA_UNWRAP, false),
+		p11.NewAttribute(p11.CKA_SIGN, false),
+		p11.NewAttribute(p11.CKA_VERIFY, false),
+		p11.NewAttribute(p11.CKA_DERIVE, false),
+	} {
+		attrs[a.Type] = a
 	}
-	c.CloseSession(sh)
-	c.Finalize()
-	c.Destroy()
-	_, err = pkcs11.New(t.Context(), cfg)
-	if err == nil || !strings.Contains(err.Error(), "not extractable") {
-		t.Fatalf("New with an extractable key: %v; want a refusal", err)
+	for _, a := range override {
+		attrs[a.Type] = a
+	}
+	template := make([]*p11.Attribute, 0, len(attrs))
+	for _, a := range attrs {
+		template = append(template, a)
+	}
+	if _, err := c.GenerateKey(sh, []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_KEY_GEN, nil)}, template); err != nil {
+		t.Fatalf("generate %s: %v", label, err)
 	}
 }
 
