@@ -233,6 +233,10 @@ func newRoot(cfg Config) (*Root, error) {
 func newClient(apiCfg *api.Config, namespace string) (*api.Client, error) {
 	c, err := api.NewClient(apiCfg)
 	if err != nil {
+		if def := api.DefaultConfig(); def != nil && def.Error != nil {
+			// Custos uses none of them, but api.NewClient parses them.
+			return nil, fmt.Errorf("vault root: client: a VAULT_* environment variable is malformed (Custos does not use them; unset it): %w", err)
+		}
 		return nil, fmt.Errorf("vault root: client: %w", err)
 	}
 	c.SetHeaders(http.Header{api.RequestHeaderName: []string{"true"}})

@@ -159,6 +159,17 @@ func TestEnvironmentDoesNotLeakIntoTheClient(t *testing.T) {
 	}
 }
 
+// A malformed VAULT_* variable, which Custos does not use but Vault's
+// client parses, stops the start with an error that says what to do.
+func TestAMalformedVaultVariableIsNamedAsTheCause(t *testing.T) {
+	t.Setenv("VAULT_CACERT", filepath.Join(t.TempDir(), "missing.pem"))
+	f := newFakeVault(t)
+	_, err := vault.New(t.Context(), f.config(vault.Auth{Token: "static-token"}))
+	if err == nil || !strings.Contains(err.Error(), "VAULT_* environment variable is malformed") {
+		t.Fatalf("New with a malformed VAULT_CACERT: %v; want an error naming the environment", err)
+	}
+}
+
 func TestWrapRecordsTheTransitKeyVersion(t *testing.T) {
 	f := newFakeVault(t)
 	r, err := vault.New(t.Context(), f.config(vault.Auth{Token: "static-token"}))
