@@ -99,14 +99,24 @@ func (b *Batch) decrypt(ctx context.Context, op string, ciphertext, aad []byte) 
 
 // Rewrap is Service.Rewrap for one item of the batch.
 func (b *Batch) Rewrap(ctx context.Context, ciphertext, aad []byte) ([]byte, uint32, error) {
-	if isDataKeyAAD(aad) {
-		return nil, 0, ErrInvalidCiphertext
-	}
+	// Associated data reserved for data keys is no field's (Encrypt
+	// refuses it), so only a data key can be under it: one GenerateDataKey
+	// made with it (the client's envelopes wrap theirs with
+	// envelope.DataKeyContext).
+	reserved := isDataKeyAAD(aad)
 	if envelope.IsEnvelope(ciphertext) {
+		if reserved {
+			return nil, 0, ErrInvalidCiphertext
+		}
 		return b.rewrapEnvelope(ctx, ciphertext, aad)
 	}
 	inner := aad
-	pt, v, err := b.decrypt(ctx, "rewrap", ciphertext, aad)
+	var pt []byte
+	var v uint32
+	err := ErrInvalidCiphertext
+	if !reserved {
+		pt, v, err = b.decrypt(ctx, "rewrap", ciphertext, aad)
+	}
 	if errors.Is(err, ErrInvalidCiphertext) && b.e.rec.Purpose == PurposeEncrypt {
 		inner = dataKeyAAD(aad)
 		pt, v, err = b.decrypt(ctx, "rewrap", ciphertext, inner)

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/custos-kms/custos/envelope"
 	"github.com/custos-kms/custos/keystore"
 )
 
@@ -163,6 +164,33 @@ func TestRewrapMovesToThePrimaryAndKeepsCurrentOnesUnchanged(t *testing.T) {
 	}
 	if _, _, err := f.ks.Rewrap(ctx, ref, old, []byte("r2")); !errors.Is(err, keystore.ErrInvalidCiphertext) {
 		t.Fatalf("rewrap with wrong AAD: %v", err)
+	}
+}
+
+// A data key wrapped with associated data reserved for data keys (the
+// client's envelopes wrap theirs with envelope.DataKeyContext) rewraps
+// like any other data key; no field can be under such data.
+func TestADataKeyUnderReservedAssociatedDataRewraps(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	ref := f.key(t, "acme", "dek", keystore.PurposeEncrypt)
+	ad := []byte(envelope.DataKeyContext)
+	pt, wrapped, _, err := f.ks.GenerateDataKey(ctx, ref, ad, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.ks.RotateKey(ctx, ref); err != nil {
+		t.Fatal(err)
+	}
+	nk, v, err := f.ks.Rewrap(ctx, ref, wrapped, ad)
+	if err != nil || v != 2 {
+		t.Fatalf("rewrap of a data key under reserved associated data: v%d %v", v, err)
+	}
+	if got, v, err := f.ks.DecryptDataKey(ctx, ref, nk, ad); err != nil || v != 2 || !bytes.Equal(got, pt) {
+		t.Fatalf("the rewrapped data key: v%d %v", v, err)
+	}
+	if _, _, err := f.ks.Rewrap(ctx, ref, wrapped, []byte("custos:datakey:other")); !errors.Is(err, keystore.ErrInvalidCiphertext) {
+		t.Fatalf("rewrap under other reserved associated data: %v, want not authentic", err)
 	}
 }
 
