@@ -322,11 +322,14 @@ func (a auditService) GetAuditCheckpoint(ctx context.Context, req *custosv1.GetA
 }
 
 // logError maps an error of the audit log: the store out of reach is
-// UNAVAILABLE; anything else (a node or record that should be there and is
-// not) is INTERNAL, logged.
+// UNAVAILABLE; a caller that went away, CANCELLED; anything else (a node or
+// record that should be there and is not) is INTERNAL, logged.
 func (a auditService) logError(ctx context.Context, err error) error {
 	if errors.Is(err, storage.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
 		return a.toError(ctx, fmt.Errorf("%w: %w", keystore.ErrUnavailable, err))
+	}
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+		return status.Error(codes.Canceled, "the call was cancelled")
 	}
 	a.logger.Error("audit log read failed", "error", err.Error())
 	return status.Error(codes.Internal, "internal error")

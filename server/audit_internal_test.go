@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"testing"
@@ -10,6 +12,7 @@ import (
 
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -124,4 +127,20 @@ func FuzzAuditPageToken(f *testing.F) {
 			t.Fatalf("token %q names index %d, which reads back as %d, %v", tok, next, again, err)
 		}
 	})
+}
+
+// An audit log read cut by the caller's cancellation is CANCELLED, as the
+// caller did it, not an INTERNAL failure logged at error level; the same
+// error with the caller still there (the store's own cancellation) is.
+func TestAnAuditReadTheCallerCancelledIsCancelled(t *testing.T) {
+	a := auditService{Server: &Server{logger: slog.New(slog.DiscardHandler)}}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := fmt.Errorf("audit: read tree node 0/0: %w", context.Canceled)
+	if got := status.Code(a.logError(ctx, err)); got != codes.Canceled {
+		t.Errorf("a read the caller cancelled: %v, want CANCELLED", got)
+	}
+	if got := status.Code(a.logError(context.Background(), err)); got != codes.Internal {
+		t.Errorf("a cancellation not the caller's: %v, want INTERNAL", got)
+	}
 }
