@@ -120,10 +120,18 @@ func (s *Server) toError(ctx context.Context, err error) error {
 	return s.toStatus(ctx, err).Err()
 }
 
-// fieldPrefix is how hand-written INVALID_ARGUMENT messages start: the
-// field at fault ("items[3].plaintext: …", "page_size 0 must …"), after
-// the keystore's "invalid argument: " when it made the error.
-var fieldPrefix = regexp.MustCompile(`^(?:invalid argument: )?([a-z][a-z0-9_]*(?:\[[0-9]+\])?(?:\.[a-z][a-z0-9_]*(?:\[[0-9]+\])?)*)[: ]`)
+// fieldPath is a request field's path: "items[3].plaintext".
+const fieldPath = `([a-z][a-z0-9_]*(?:\[[0-9]+\])?(?:\.[a-z][a-z0-9_]*(?:\[[0-9]+\])?)*)[: ]`
+
+// keystoreField and fieldPrefix find the field at fault in hand-written
+// INVALID_ARGUMENT messages: after the keystore's "invalid argument: "
+// when it made the error, wherever its operation's context put that
+// ("update key tenants/a/keys/k: invalid argument: key.min_decryption_version
+// …"); else at the start ("page_size 0 must …").
+var (
+	keystoreField = regexp.MustCompile(`invalid argument: ` + fieldPath)
+	fieldPrefix   = regexp.MustCompile(`^` + fieldPath)
+)
 
 // withInvalidDetails gives an INVALID_ARGUMENT status without an ErrorInfo
 // the standard details other languages read: ErrorInfo (reason
@@ -152,7 +160,11 @@ func withInvalidDetails(err error) error {
 		}
 	}
 	if len(br.FieldViolations) == 0 {
-		if m := fieldPrefix.FindStringSubmatch(st.Message()); m != nil {
+		m := keystoreField.FindStringSubmatch(st.Message())
+		if m == nil {
+			m = fieldPrefix.FindStringSubmatch(st.Message())
+		}
+		if m != nil {
 			br.FieldViolations = append(br.FieldViolations, &errdetails.BadRequest_FieldViolation{Field: m[1], Description: st.Message()})
 		}
 	}
