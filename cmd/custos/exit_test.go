@@ -165,3 +165,23 @@ func TestCUSTOSDEVDIRYieldsToCUSTOSCA(t *testing.T) {
 		t.Fatalf("ca %q, cert %q: want CUSTOS_CA's and the dev dir's", c.ca, c.cert)
 	}
 }
+
+// A server certificate the client cannot verify ends the TLS handshake:
+// exit 4 (not authenticated), not 7 (unavailable: retry later).
+func TestAServerCertificateTheClientCannotVerifyIsNotAuthenticated(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), ".custos-dev")
+	addr, stop := startDev(t, dir)
+	defer stop()
+	other := filepath.Join(t.TempDir(), ".custos-dev")
+	if _, err := prepareDev(other); err != nil {
+		t.Fatal(err)
+	}
+	cmd := newRootCmd()
+	cmd.SetOut(io.Discard)
+	cmd.SetErr(io.Discard)
+	cmd.SetArgs([]string{"tenant", "list", "--addr", addr, "--ca", filepath.Join(other, "ca.pem"), "--cert", filepath.Join(dir, "client.pem"), "--key", filepath.Join(dir, "client-key.pem"), "--timeout", "5s"})
+	err := cmd.ExecuteContext(t.Context())
+	if code := exitCode(err); code != exitPermission {
+		t.Errorf("a server certificate of another CA: exit %d (%v), want %d", code, err, exitPermission)
+	}
+}
