@@ -141,7 +141,9 @@ LINT_VAULT ?=
 BREAKING_AGAINST ?= HEAD~1
 lint: tools vet ## buf lint and breaking (against BREAKING_AGAINST, default HEAD~1), go vet, staticcheck, go mod tidy check (LINT_VAULT=1 adds test/vault, ~15 min cold)
 	$(TOOLS)/buf lint
-	$(TOOLS)/buf breaking --against '.git#ref=$(BREAKING_AGAINST)'
+	@if git rev-parse --verify -q '$(BREAKING_AGAINST)^{commit}' >/dev/null; then \
+	  $(TOOLS)/buf breaking --against '.git#ref=$(BREAKING_AGAINST)'; \
+	else echo "lint: buf breaking skipped ($(BREAKING_AGAINST) is not in this clone: a shallow or one-commit clone)"; fi
 	$(TOOLS)/staticcheck ./...
 	$(GO) mod tidy -diff
 	@if [ -n "$(LINT_VAULT)" ]; then cd test/vault && $(TOOLS)/staticcheck ./...; \
