@@ -211,12 +211,21 @@ func (r *Root) Unwrap(ctx context.Context, wrapped, aad []byte) ([]byte, error) 
 			// could also be a fault. A round trip on the same session tells:
 			// if the token works, the blob was at fault.
 			if perr := r.probe(h, key); perr != nil {
-				return nil, perr
+				return nil, probeFailed(perr)
 			}
 			return nil, errNotAuthentic
 		}
 		return nil, err
 	})
+}
+
+// probeFailed is the error of an unwrap whose failure was ambiguous and
+// whose probe then failed too: the token is at fault, not the blob, so the
+// unwrap is unavailable (roots.md), whatever code the probe got. A code
+// that means a stale session still resets and retries (isStale sees it
+// through the wrapping).
+func probeFailed(perr error) error {
+	return fmt.Errorf("%w: the token failed a test encryption after a decrypt failed: %w", root.ErrUnavailable, perr)
 }
 
 // probe checks that the token can encrypt and decrypt on session h.
