@@ -407,6 +407,12 @@ func TestAnInterruptedRestoreCompletesWhenRunAgain(t *testing.T) {
 	if _, err := backup.Write(ctx, io.Discard, dst.(storage.Snapshotter), w.root, backup.Options{}); !errors.Is(err, backup.ErrRestoring) {
 		t.Fatalf("a backup of a half-restored store: %v, want ErrRestoring", err)
 	}
+	// Run again at once, the marker looks like a restore still running,
+	// and is left alone; once it is stale, the run resumes.
+	if _, err := restore(w, file, dst, backup.RestoreOptions{}); err == nil || !strings.Contains(err.Error(), "another restore is writing") {
+		t.Fatalf("a second run while the marker is fresh: %v, want a refusal", err)
+	}
+	w.clock.add(2 * time.Minute)
 	rep, err := restore(w, file, dst, backup.RestoreOptions{})
 	if err != nil {
 		t.Fatalf("second run: %v", err)
@@ -653,8 +659,12 @@ func TestAForcedRestoreClearsATombstonedTenantTheBackupLacks(t *testing.T) {
 		t.Fatal(err)
 	}
 	ts := keystore.Tombstone{Tenant: "gone", CreateTime: info.CreateTime.UTC(), ShredTime: w.clock.now().UTC()}
-	if _, err := restore(w, file, target, backup.RestoreOptions{Force: true, Tombstones: []keystore.Tombstone{ts}}); err != nil {
+	rep, err := restore(w, file, target, backup.RestoreOptions{Force: true, Tombstones: []keystore.Tombstone{ts}})
+	if err != nil {
 		t.Fatal(err)
+	}
+	if !slices.Contains(rep.Shredded, "gone") {
+		t.Errorf("the report's kept-shredded tenants %v lack the one cleared from the target", rep.Shredded)
 	}
 	if _, err := target.Get(ctx, "tenants/gone"); !errors.Is(err, storage.ErrNotFound) {
 		t.Fatalf("the tombstoned tenant's record after the forced restore: %v", err)
@@ -825,20 +835,47 @@ func TestTwoRestoresIntoOneStoreDoNotMix(t *testing.T) {
 	}
 	mustDecrypt(t, w.keystore(t, target.Store), ctA)
 
-	// A forced restore that takes over the marker while another writes:
-	// the other fails at its end instead of reporting success.
+	// A second restore while one writes, of the same backup (a retried
+	// job) or, forced, of another, is refused: the marker is fresh.
 	over := memory.New()
-	var errB error
+	var errSame, errForced error
 	hooked := false
-	if _, err := restore(w, fileA, over, backup.RestoreOptions{Progress: func(uint64) {
+	repA, err := restore(w, fileA, over, backup.RestoreOptions{Progress: func(uint64) {
 		if !hooked {
 			hooked = true
-			_, errB = restore(w, fileB, over, backup.RestoreOptions{Force: true})
+			_, errSame = restore(w, fileA, over, backup.RestoreOptions{})
+			_, errForced = restore(w, fileB, over, backup.RestoreOptions{Force: true})
+		}
+	}})
+	if err != nil {
+		t.Fatalf("the restore running: %v", err)
+	}
+	for what, err := range map[string]error{"the same backup": errSame, "another backup, forced": errForced} {
+		if err == nil || !strings.Contains(err.Error(), "another restore is writing") {
+			t.Errorf("a restore of %s while one runs: %v, want a refusal", what, err)
+		}
+	}
+	if repA.Resumed {
+		t.Error("the running restore reported itself resumed")
+	}
+	mustDecrypt(t, w.keystore(t, over), ctA)
+
+	// One whose marker went stale (a restore stopped, or stalled) is taken
+	// over by a forced restore; if it was only stalled, it stops at its
+	// next renewal instead of writing on.
+	stalled := memory.New()
+	hooked = false
+	var errB error
+	if _, err := restore(w, fileA, stalled, backup.RestoreOptions{Progress: func(uint64) {
+		if !hooked {
+			hooked = true
+			w.clock.add(2 * time.Minute)
+			_, errB = restore(w, fileB, stalled, backup.RestoreOptions{Force: true})
 		}
 	}}); err == nil || !strings.Contains(err.Error(), "another restore marked the target") {
-		t.Fatalf("a restore whose marker another replaced: %v, want it to fail", err)
+		t.Fatalf("a restore whose stale marker another replaced: %v, want it to stop", err)
 	}
 	if errB != nil {
-		t.Fatalf("the forced restore: %v", errB)
+		t.Fatalf("the forced restore over a stale marker: %v", errB)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -113,6 +114,16 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 	if err != nil && !errors.Is(err, storage.ErrNotFound) {
 		return nil, fmt.Errorf("backup: read the target store: %w", err)
 	}
+	pm := parseMarker(prev.Value)
+	if prev.Version != 0 && !pm.renewed.IsZero() {
+		t, err := clockOf(ctx, target, opts.Now)
+		if err != nil {
+			return nil, err
+		}
+		if t.Sub(pm.renewed) < markerFresh {
+			return nil, fmt.Errorf("%w (of backup %s, its marker renewed at %s); if it was stopped, run again after %s", errAnotherRestore, pm.id, pm.renewed.UTC().Format(time.RFC3339), pm.renewed.Add(markerFresh).UTC().Format(time.RFC3339))
+		}
+	}
 	existing, err := target.List(ctx, "", "", 2)
 	if err != nil {
 		return nil, fmt.Errorf("backup: read the target store: %w", err)
@@ -120,12 +131,16 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 	empty := len(existing) == 0
 	if !empty {
 		switch {
-		case prev.Version != 0 && string(prev.Value) == m.ID:
+		case prev.Version != 0 && pm.id == m.ID:
 			rep.Resumed = true
 		case !opts.Force:
 			return nil, errors.New("backup: the target store is not empty; restore into an empty store, or pass --force to write over it")
 		}
-		if err := noServers(ctx, target, opts.Now); err != nil {
+		t, err := clockOf(ctx, target, opts.Now)
+		if err != nil {
+			return nil, err
+		}
+		if err := noServers(ctx, target, t); err != nil {
 			return nil, err
 		}
 	}
@@ -158,6 +173,7 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 			newest[ts.Tenant], inTarget[ts.Tenant] = ts, i < len(targetTombs)
 		}
 	}
+	inBackup := map[string]bool{} // the tombstoned tenants the backup holds
 	if len(newest) > 0 {
 		// The backed-up tenants' creation times, read for the tombstoned
 		// ones only (tenant records sort after key records, so this is a
@@ -167,6 +183,7 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 			if _, tombstoned := newest[t]; !ok || !tombstoned {
 				return nil
 			}
+			inBackup[t] = true
 			info, err := keystore.ParseTenantRecord(value)
 			if err != nil {
 				return fmt.Errorf("backup: tenant %s: %w", t, err)
@@ -202,8 +219,12 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 			keep[t] = ts
 		}
 	}
-	for t := range shred {
-		rep.Shredded = append(rep.Shredded, t)
+	// Reported: the tenants left out of the backup's records, and those
+	// cleared from the target that the backup does not bring back.
+	for t := range clearTarget {
+		if shred[t] || !inBackup[t] {
+			rep.Shredded = append(rep.Shredded, t)
+		}
 	}
 	slices.Sort(rep.Shredded)
 
@@ -211,7 +232,7 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 	// first, then their records already in the target go (a forced
 	// restore, an interrupted one re-run after a deletion date passed),
 	// then the backup's records.
-	ours, err := claim(ctx, target, apply, m.ID, prev, empty, opts.Now)
+	ours, renewed, err := claim(ctx, target, apply, m.ID, prev, empty, opts.Now)
 	if err != nil {
 		return nil, err
 	}
@@ -223,6 +244,21 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 		}
 		if err := apply.Apply(ctx, ops); err != nil {
 			return fmt.Errorf("backup: write the target: %w", err)
+		}
+		// The marker says the restore is running while it is renewed: a
+		// second run (of any backup) refuses it until it is stale, and
+		// this one stops at once if another took it over.
+		if t, err := clockOf(ctx, target, opts.Now); err != nil {
+			return err
+		} else if t.Sub(renewed) >= markerRenew {
+			v, err := target.Put(ctx, markerKey, marker{m.ID, t}.encode(), ours)
+			if errors.Is(err, storage.ErrConflict) {
+				return errTakenOver
+			}
+			if err != nil {
+				return fmt.Errorf("backup: renew the target's marker: %w", err)
+			}
+			ours, renewed = v, t
 		}
 		rep.Written += uint64(len(ops))
 		ops, size = ops[:0], 0
@@ -318,16 +354,66 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 	}
 	if err := apply.Apply(ctx, []storage.Op{{Key: markerKey, Delete: true, Expect: ours}}); err != nil {
 		if errors.Is(err, storage.ErrConflict) {
-			return nil, errors.New("backup: another restore marked the target while this one wrote to it: the target holds records of both; restore one backup again with --force, alone")
+			return nil, errTakenOver
 		}
 		return nil, fmt.Errorf("backup: unmark the target: %w", err)
 	}
 	return rep, nil
 }
 
-// errAnotherRestore refuses a restore that met another one writing to the
-// same target.
-var errAnotherRestore = errors.New("backup: another restore is writing to the target store; let it finish (or stop it), then run this one again")
+var (
+	// errAnotherRestore refuses a restore that met another one writing to
+	// the same target.
+	errAnotherRestore = errors.New("backup: another restore is writing to the target store; let it finish (or stop it), then run this one again")
+	// errTakenOver stops a restore whose marker another one replaced.
+	errTakenOver = errors.New("backup: another restore marked the target while this one wrote to it: the target holds records of both; restore one backup again with --force, alone")
+)
+
+// A restore renews its marker every markerRenew while it writes; a marker
+// renewed within markerFresh is a restore running, which another refuses
+// to take over (an interrupted restore is resumed once its marker is older).
+const (
+	markerRenew = 10 * time.Second
+	markerFresh = time.Minute
+)
+
+// marker is the marker record's content: the backup being restored and
+// when its restore last renewed it ("ID\nUNIX-NANOS"; a marker of a
+// version before renewals holds the ID alone).
+type marker struct {
+	id      string
+	renewed time.Time
+}
+
+func parseMarker(v []byte) marker {
+	id, ts, ok := strings.Cut(string(v), "\n")
+	m := marker{id: id}
+	if n, err := strconv.ParseInt(ts, 10, 64); ok && err == nil {
+		m.renewed = time.Unix(0, n)
+	}
+	return m
+}
+
+func (m marker) encode() []byte {
+	return []byte(m.id + "\n" + strconv.FormatInt(m.renewed.UnixNano(), 10))
+}
+
+// MarkerBackupID is the id of the backup whose restore left the marker
+// value v.
+func MarkerBackupID(v []byte) string { return parseMarker(v).id }
+
+// clockOf is the target store's clock where it has one (PostgreSQL's, so
+// that restores on machines whose clocks differ agree), else now.
+func clockOf(ctx context.Context, target storage.Store, now func() time.Time) (time.Time, error) {
+	if c, ok := target.(storage.Clock); ok {
+		t, err := c.Now(ctx)
+		if err != nil {
+			return time.Time{}, fmt.Errorf("backup: read the target store's clock: %w", err)
+		}
+		return t, nil
+	}
+	return now(), nil
+}
 
 // claim marks the target as being restored, by compare-and-swap on the
 // marker as step 2 read it (prev), so that of two restores started
@@ -337,21 +423,18 @@ var errAnotherRestore = errors.New("backup: another restore is writing to the ta
 // was empty holds nothing else now (another restore did not write and
 // finish meanwhile), and no server holds a lease. If not, it puts the
 // marker back as it was.
-func claim(ctx context.Context, target storage.Store, apply storage.Applier, id string, prev storage.Record, empty bool, now func() time.Time) (uint64, error) {
-	if err := apply.Apply(ctx, []storage.Op{{Key: markerKey, Value: []byte(id), Expect: prev.Version}}); err != nil {
-		if errors.Is(err, storage.ErrConflict) {
-			return 0, errAnotherRestore
-		}
-		return 0, fmt.Errorf("backup: mark the target: %w", err)
+func claim(ctx context.Context, target storage.Store, apply storage.Applier, id string, prev storage.Record, empty bool, now func() time.Time) (ours uint64, renewed time.Time, err error) {
+	if renewed, err = clockOf(ctx, target, now); err != nil {
+		return 0, time.Time{}, err
 	}
-	rec, err := target.Get(ctx, markerKey)
+	ours, err = target.Put(ctx, markerKey, marker{id, renewed}.encode(), prev.Version)
+	if errors.Is(err, storage.ErrConflict) {
+		return 0, time.Time{}, errAnotherRestore
+	}
 	if err != nil {
-		return 0, fmt.Errorf("backup: read the target's marker: %w", err)
+		return 0, time.Time{}, fmt.Errorf("backup: mark the target: %w", err)
 	}
-	if string(rec.Value) != id {
-		return 0, errAnotherRestore
-	}
-	check := noServers(ctx, target, now)
+	check := noServers(ctx, target, renewed)
 	if check == nil && empty {
 		recs, err := target.List(ctx, "", "", 2)
 		switch {
@@ -362,34 +445,26 @@ func claim(ctx context.Context, target storage.Store, apply storage.Applier, id 
 		}
 	}
 	if check == nil {
-		return rec.Version, nil
+		return ours, renewed, nil
 	}
-	undo := storage.Op{Key: markerKey, Delete: true, Expect: rec.Version}
+	undo := storage.Op{Key: markerKey, Delete: true, Expect: ours}
 	if prev.Version != 0 {
-		undo = storage.Op{Key: markerKey, Value: prev.Value, Expect: rec.Version}
+		undo = storage.Op{Key: markerKey, Value: prev.Value, Expect: ours}
 	}
 	if err := apply.Apply(ctx, []storage.Op{undo}); err != nil {
-		return 0, fmt.Errorf("%w (and putting the target's marker back failed: %w)", check, err)
+		return 0, time.Time{}, fmt.Errorf("%w (and putting the target's marker back failed: %w)", check, err)
 	}
-	return 0, check
+	return 0, time.Time{}, check
 }
 
 // noServers refuses a target on which servers are running: they would
 // serve, and write to, a store half restored (they check for a restore
 // only at start), and could shred a tenant the restore then writes back.
-// A server holds a lease while it runs. Leases are judged by the store's
-// clock where it has one.
-func noServers(ctx context.Context, target storage.Store, now func() time.Time) error {
-	leaseNow := now
-	if c, ok := target.(storage.Clock); ok {
-		t, err := c.Now(ctx)
-		if err != nil {
-			return fmt.Errorf("backup: read the target store's clock: %w", err)
-		}
-		leaseNow = func() time.Time { return t }
-	}
+// A server holds a lease while it runs; leases are judged at now (the
+// store's clock where it has one: clockOf).
+func noServers(ctx context.Context, target storage.Store, now time.Time) error {
 	for _, key := range []string{keystore.LeaseStorageKey, audit.LeaseStorageKey} {
-		holder, until, held, err := lease.Lease{Store: target, Key: key, Now: leaseNow}.Holder(ctx)
+		holder, until, held, err := lease.Lease{Store: target, Key: key, Now: func() time.Time { return now }}.Holder(ctx)
 		if err != nil {
 			return fmt.Errorf("backup: read the target store: %w", err)
 		}
