@@ -125,11 +125,12 @@ const fieldPath = `([a-z][a-z0-9_]*(?:\[[0-9]+\])?(?:\.[a-z][a-z0-9_]*(?:\[[0-9]
 
 // keystoreField and fieldPrefix find the field at fault in hand-written
 // INVALID_ARGUMENT messages: after the keystore's "invalid argument: "
-// when it made the error, wherever its operation's context put that
-// ("update key tenants/a/keys/k: invalid argument: key.min_decryption_version
-// …"); else at the start ("page_size 0 must …").
+// when it made the error, behind its operation's context ("update key
+// tenants/a/keys/k: invalid argument: key.min_decryption_version …") but
+// never inside a quoted value a caller chose; else at the start
+// ("page_size 0 must …").
 var (
-	keystoreField = regexp.MustCompile(`invalid argument: ` + fieldPath)
+	keystoreField = regexp.MustCompile(`^[^"]*?invalid argument: ` + fieldPath)
 	fieldPrefix   = regexp.MustCompile(`^` + fieldPath)
 )
 

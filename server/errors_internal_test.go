@@ -16,6 +16,7 @@ func TestInvalidArgumentDetailsNameTheField(t *testing.T) {
 		"invalid argument: key.password_policy applies to PASSWORD keys only":                                        "key.password_policy",
 		"page_size 0 must be between 1 and 1000":                                                                     "page_size",
 		"items[3].plaintext: empty":                                                                                  "items[3].plaintext",
+		`update_mask: path "invalid argument: evil x" is not updatable`:                                              "update_mask",
 	} {
 		st, _ := status.FromError(withInvalidDetails(status.Error(codes.InvalidArgument, msg)))
 		var got string

@@ -203,7 +203,9 @@ type healthService struct {
 }
 
 // Watch is health.Server's, ended once the server drains with a last
-// NOT_SERVING and UNAVAILABLE.
+// NOT_SERVING. The watch then ends OK, not UNAVAILABLE: its end is the
+// expected part of every stop, not a failure to log at error level once per
+// watching connection.
 func (h healthService) Watch(req *healthpb.HealthCheckRequest, stream healthpb.Health_WatchServer) error {
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
@@ -215,8 +217,7 @@ func (h healthService) Watch(req *healthpb.HealthCheckRequest, stream healthpb.H
 	// The watch has returned, so this is the only send: whichever of the
 	// NOT_SERVING update and the drain the watch saw first, the watcher
 	// hears NOT_SERVING last.
-	_ = stream.Send(&healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_NOT_SERVING})
-	return status.Error(codes.Unavailable, "the server is shutting down")
+	return stream.Send(&healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_NOT_SERVING})
 }
 
 // watchStream is a watch's stream with a context that also ends on drain.

@@ -261,8 +261,8 @@ func slowHashKey(t *testing.T, ts *testServer) clients {
 }
 
 // A peer watching the health service does not hold the stop to
-// shutdown_timeout: its watch hears NOT_SERVING and ends when the drain
-// starts.
+// shutdown_timeout: its watch hears NOT_SERVING and ends (OK, not an error
+// logged per watching connection) when the drain starts.
 func TestAHealthWatchDoesNotHoldTheStop(t *testing.T) {
 	const timeout = 20 * time.Second
 	ts := start(t, newFiles(t), options{configure: func(c *config.Config) { c.ShutdownTimeout = timeout }})
@@ -283,8 +283,8 @@ func TestAHealthWatchDoesNotHoldTheStop(t *testing.T) {
 	for {
 		m, err := watch.Recv()
 		if err != nil {
-			if code := status.Code(err); code != codes.Unavailable {
-				t.Fatalf("the watch ended with %v, want UNAVAILABLE", err)
+			if !errors.Is(err, io.EOF) {
+				t.Fatalf("the watch ended with %v, want its end (OK)", err)
 			}
 			break
 		}

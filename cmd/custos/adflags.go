@@ -40,8 +40,10 @@ func (a *adFlags) check(required bool) error {
 		}
 	}
 	switch {
-	case given > 1:
+	case given > 1 && required:
 		return usageError{errors.New("--ad, --ad-part and --no-ad exclude each other")}
+	case given > 1:
+		return usageError{errors.New("--ad and --ad-part exclude each other")}
 	case given == 0 && required:
 		return usageError{errors.New("pass --ad (or --ad-part, once per part) with the record id and field the value belongs to, or --no-ad to bind nothing")}
 	}

@@ -246,8 +246,11 @@ func backupFromServer(cmd *cobra.Command, cfg *config.Config, w io.Writer, f *os
 	if resp.StatusCode != http.StatusOK {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		err := fmt.Errorf("backup through the server: %s: %s", resp.Status, strings.TrimSpace(string(body)))
-		if resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusTooManyRequests {
+		switch resp.StatusCode {
+		case http.StatusServiceUnavailable, http.StatusTooManyRequests:
 			err = fmt.Errorf("%w (%w)", err, errRetryLater) // exit 7
+		case http.StatusNotFound:
+			err = fmt.Errorf("%w: the server does not serve backups; set ops.backup: true in its configuration and restart it (a .custos-dev/custos.yaml written before this version lacks it)", err)
 		}
 		return nil, err
 	}

@@ -272,7 +272,7 @@ func TestABackupThroughTheServerSaysWhenToRetry(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer held.Close()
-	for code, want := range map[int]int{http.StatusServiceUnavailable: exitUnavailable, http.StatusTooManyRequests: exitUnavailable, http.StatusInternalServerError: exitOther} {
+	for code, want := range map[int]int{http.StatusServiceUnavailable: exitUnavailable, http.StatusTooManyRequests: exitUnavailable, http.StatusInternalServerError: exitOther, http.StatusNotFound: exitOther} {
 		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 			http.Error(w, "the server's own reason", code)
 		}))
@@ -284,6 +284,9 @@ func TestABackupThroughTheServerSaysWhenToRetry(t *testing.T) {
 		srv.Close()
 		if got := exitCode(err); got != want || !strings.Contains(err.Error(), "the server's own reason") || strings.Contains(err.Error(), "storage: unavailable") {
 			t.Errorf("server answering %d: exit %d (%v)\n%s; want exit %d with the server's message", code, got, err, errOut, want)
+		}
+		if code == http.StatusNotFound && (err == nil || !strings.Contains(err.Error(), "ops.backup: true")) {
+			t.Errorf("a server without the backup endpoint: %v; want the setting named", err)
 		}
 	}
 }

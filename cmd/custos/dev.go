@@ -188,7 +188,7 @@ Or with the CLI and the Go example:
 
 %[7]s  go run ./cmd/custos tenant create acme
   go run ./cmd/custos key create tenants/acme/keys/pii
-  go run ./cmd/custos encrypt tenants/acme/keys/pii "hello" --ad "customer-42/email"
+  go run ./cmd/custos encrypt tenants/acme/keys/pii "hello" --ad-part customer-42 --ad-part email
   go run ./examples/fieldencryption%[8]s
 
 Ctrl-C stops the server.

@@ -84,7 +84,7 @@ func exitCode(err error) int {
 // client often sees only the connection closed: exit 7, as documented.)
 func tlsRefusal(msg string) bool {
 	for _, s := range []string{
-		"authentication handshake failed",
+		"tls: failed to verify certificate", "x509: ",
 		"tls: bad certificate", "tls: unknown certificate authority", "tls: certificate required",
 		"tls: expired certificate", "tls: revoked certificate", "tls: unsupported certificate",
 		"tls: unknown certificate", "tls: access denied",
