@@ -42,7 +42,7 @@ func exitCode(err error) int {
 	if errors.Is(err, backup.ErrDamaged) {
 		return exitInvalid
 	}
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, root.ErrUnavailable) || errors.Is(err, storage.ErrUnavailable) || errors.Is(err, errRetryLater) {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, root.ErrUnavailable) || errors.Is(err, storage.ErrUnavailable) || errors.Is(err, errRetryLater) || errors.Is(err, backup.ErrRestoreRunning) {
 		return exitUnavailable // a command on the store directly (the root or the store is down), or a server's "retry later"
 	}
 	if errors.Is(err, backup.ErrRestoring) {

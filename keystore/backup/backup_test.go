@@ -836,39 +836,51 @@ func TestTwoRestoresIntoOneStoreDoNotMix(t *testing.T) {
 	mustDecrypt(t, w.keystore(t, target.Store), ctA)
 
 	// A second restore while one writes, of the same backup (a retried
-	// job) or, forced, of another, is refused: the marker is fresh.
+	// job) or, forced, of another, is refused: the marker is fresh, even
+	// minutes into a long restore (renewed with each batch).
+	big := memory.New()
+	populate(t, w.keystore(t, big), "gamma")
+	for i := range 1500 { // three batches
+		if _, err := big.Put(ctx, fmt.Sprintf("lockout/gamma/pii/%04d", i), []byte("x"), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fileBig := backupOf(t, w, big)
 	over := memory.New()
 	var errSame, errForced error
-	hooked := false
-	repA, err := restore(w, fileA, over, backup.RestoreOptions{Progress: func(uint64) {
-		if !hooked {
-			hooked = true
-			_, errSame = restore(w, fileA, over, backup.RestoreOptions{})
+	batches := 0
+	repBig, err := restore(w, fileBig, over, backup.RestoreOptions{Progress: func(uint64) {
+		batches++
+		w.clock.add(50 * time.Second)
+		if batches == 3 {
+			_, errSame = restore(w, fileBig, over, backup.RestoreOptions{})
 			_, errForced = restore(w, fileB, over, backup.RestoreOptions{Force: true})
 		}
 	}})
 	if err != nil {
 		t.Fatalf("the restore running: %v", err)
 	}
+	if batches < 3 {
+		t.Fatalf("%d batches, want at least 3", batches)
+	}
 	for what, err := range map[string]error{"the same backup": errSame, "another backup, forced": errForced} {
-		if err == nil || !strings.Contains(err.Error(), "another restore is writing") {
-			t.Errorf("a restore of %s while one runs: %v, want a refusal", what, err)
+		if !errors.Is(err, backup.ErrRestoreRunning) {
+			t.Errorf("a restore of %s while one runs: %v, want ErrRestoreRunning", what, err)
 		}
 	}
-	if repA.Resumed {
+	if repBig.Resumed {
 		t.Error("the running restore reported itself resumed")
 	}
-	mustDecrypt(t, w.keystore(t, over), ctA)
 
 	// One whose marker went stale (a restore stopped, or stalled) is taken
-	// over by a forced restore; if it was only stalled, it stops at its
-	// next renewal instead of writing on.
+	// over by a forced restore; if it was only stalled, it writes nothing
+	// more: its next batch fails with the marker.
 	stalled := memory.New()
-	hooked = false
+	batches = 0
 	var errB error
-	if _, err := restore(w, fileA, stalled, backup.RestoreOptions{Progress: func(uint64) {
-		if !hooked {
-			hooked = true
+	if _, err := restore(w, fileBig, stalled, backup.RestoreOptions{Progress: func(uint64) {
+		batches++
+		if batches == 1 {
 			w.clock.add(2 * time.Minute)
 			_, errB = restore(w, fileB, stalled, backup.RestoreOptions{Force: true})
 		}
@@ -878,4 +890,34 @@ func TestTwoRestoresIntoOneStoreDoNotMix(t *testing.T) {
 	if errB != nil {
 		t.Fatalf("the forced restore over a stale marker: %v", errB)
 	}
+	if _, err := stalled.Get(ctx, "lockout/gamma/pii/0900"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("a record of the stalled restore's next batch: %v, want none written after the takeover", err)
+	}
+}
+
+// A marker dated more than a minute ahead (written by a wrong clock) is
+// stale: it does not lock the store until that time.
+func TestAMarkerFromAClockAheadDoesNotLockTheStore(t *testing.T) {
+	ctx := context.Background()
+	w := newWorld(t)
+	src := memory.New()
+	cts := populate(t, w.keystore(t, src), "a")
+	file := backupOf(t, w, src)
+	first, err := restore(w, file, memory.New(), backup.RestoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := memory.New()
+	ahead := fmt.Sprintf("%s\n%d", first.Manifest.ID, w.clock.now().Add(2*time.Hour).UnixNano())
+	if _, err := target.Put(ctx, backup.MarkerKey, []byte(ahead), 0); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := restore(w, file, target, backup.RestoreOptions{})
+	if err != nil {
+		t.Fatalf("a restore over a marker dated two hours ahead: %v", err)
+	}
+	if !rep.Resumed {
+		t.Error("the restore did not take the marker of its backup as its own, interrupted")
+	}
+	mustDecrypt(t, w.keystore(t, target), cts)
 }

@@ -1,6 +1,7 @@
 package backup
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -120,8 +121,12 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 		if err != nil {
 			return nil, err
 		}
-		if t.Sub(pm.renewed) < markerFresh {
-			return nil, fmt.Errorf("%w (of backup %s, its marker renewed at %s); if it was stopped, run again after %s", errAnotherRestore, pm.id, pm.renewed.UTC().Format(time.RFC3339), pm.renewed.Add(markerFresh).UTC().Format(time.RFC3339))
+		// A marker dated more than markerFresh ahead was written by a
+		// clock that was wrong: stale, or it could lock the store for as
+		// long. (Taking over a restore that is in fact running is safe:
+		// it then writes nothing more.)
+		if age := t.Sub(pm.renewed); age < markerFresh && age > -markerFresh {
+			return nil, fmt.Errorf("%w (of backup %s, its marker renewed at %s by the store's clock); if it was stopped, run again a minute after that", ErrRestoreRunning, pm.id, pm.renewed.UTC().Format(time.RFC3339))
 		}
 	}
 	existing, err := target.List(ctx, "", "", 2)
@@ -232,9 +237,38 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 	// first, then their records already in the target go (a forced
 	// restore, an interrupted one re-run after a deletion date passed),
 	// then the backup's records.
-	ours, renewed, err := claim(ctx, target, apply, m.ID, prev, empty, opts.Now)
+	ours, err := claim(ctx, target, apply, m.ID, prev, empty, opts.Now)
 	if err != nil {
 		return nil, err
+	}
+	// write applies ops with the marker renewed in the same transaction,
+	// expecting the version this restore wrote last: a restore whose
+	// marker another took over (its own was stale) writes nothing more. A
+	// marker renewed within markerFresh tells a second run (of any backup)
+	// that this restore is running.
+	lastRenew := opts.Now() // by this machine's clock: when to renew
+	write := func(ops []storage.Op) error {
+		t, err := clockOf(ctx, target, opts.Now)
+		if err != nil {
+			return err
+		}
+		val := marker{m.ID, t}.encode()
+		// Every other op expects any version: a conflict is the marker's.
+		if err := apply.Apply(ctx, append(ops, storage.Op{Key: markerKey, Value: val, Expect: ours})); err != nil {
+			if errors.Is(err, storage.ErrConflict) {
+				return errTakenOver
+			}
+			return fmt.Errorf("backup: write the target: %w", err)
+		}
+		rec, err := target.Get(ctx, markerKey)
+		if err != nil {
+			return fmt.Errorf("backup: read the target's marker: %w", err)
+		}
+		if !bytes.Equal(rec.Value, val) {
+			return errTakenOver
+		}
+		ours, lastRenew = rec.Version, opts.Now()
+		return nil
 	}
 	var ops []storage.Op
 	size := 0
@@ -242,23 +276,8 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 		if len(ops) == 0 {
 			return nil
 		}
-		if err := apply.Apply(ctx, ops); err != nil {
-			return fmt.Errorf("backup: write the target: %w", err)
-		}
-		// The marker says the restore is running while it is renewed: a
-		// second run (of any backup) refuses it until it is stale, and
-		// this one stops at once if another took it over.
-		if t, err := clockOf(ctx, target, opts.Now); err != nil {
+		if err := write(ops); err != nil {
 			return err
-		} else if t.Sub(renewed) >= markerRenew {
-			v, err := target.Put(ctx, markerKey, marker{m.ID, t}.encode(), ours)
-			if errors.Is(err, storage.ErrConflict) {
-				return errTakenOver
-			}
-			if err != nil {
-				return fmt.Errorf("backup: renew the target's marker: %w", err)
-			}
-			ours, renewed = v, t
 		}
 		rep.Written += uint64(len(ops))
 		ops, size = ops[:0], 0
@@ -328,6 +347,9 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 	if _, err := readAll(ctx, in, r, m, func(key string, value []byte) error {
 		if key == markerKey || skipKey(key, shred) {
 			rep.Skipped++
+			if opts.Now().Sub(lastRenew) >= markerRenew { // a long run of skipped records
+				return write(nil)
+			}
 			return nil
 		}
 		if strings.HasPrefix(key, keystore.TombstonePrefix) {
@@ -362,16 +384,17 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 }
 
 var (
-	// errAnotherRestore refuses a restore that met another one writing to
-	// the same target.
-	errAnotherRestore = errors.New("backup: another restore is writing to the target store; let it finish (or stop it), then run this one again")
+	// ErrRestoreRunning refuses a restore that met another one writing to
+	// the same target: retry once it has finished (or its marker is stale).
+	ErrRestoreRunning = errors.New("backup: another restore is writing to the target store; let it finish (or stop it), then run this one again")
 	// errTakenOver stops a restore whose marker another one replaced.
 	errTakenOver = errors.New("backup: another restore marked the target while this one wrote to it: the target holds records of both; restore one backup again with --force, alone")
 )
 
-// A restore renews its marker every markerRenew while it writes; a marker
-// renewed within markerFresh is a restore running, which another refuses
-// to take over (an interrupted restore is resumed once its marker is older).
+// A restore renews its marker with every batch it writes, and every
+// markerRenew through long runs of records it skips; a marker renewed
+// within markerFresh is a restore running, which another refuses to take
+// over (an interrupted restore is resumed once its marker is older).
 const (
 	markerRenew = 10 * time.Second
 	markerFresh = time.Minute
@@ -423,18 +446,19 @@ func clockOf(ctx context.Context, target storage.Store, now func() time.Time) (t
 // was empty holds nothing else now (another restore did not write and
 // finish meanwhile), and no server holds a lease. If not, it puts the
 // marker back as it was.
-func claim(ctx context.Context, target storage.Store, apply storage.Applier, id string, prev storage.Record, empty bool, now func() time.Time) (ours uint64, renewed time.Time, err error) {
-	if renewed, err = clockOf(ctx, target, now); err != nil {
-		return 0, time.Time{}, err
+func claim(ctx context.Context, target storage.Store, apply storage.Applier, id string, prev storage.Record, empty bool, now func() time.Time) (uint64, error) {
+	t, err := clockOf(ctx, target, now)
+	if err != nil {
+		return 0, err
 	}
-	ours, err = target.Put(ctx, markerKey, marker{id, renewed}.encode(), prev.Version)
+	ours, err := target.Put(ctx, markerKey, marker{id, t}.encode(), prev.Version)
 	if errors.Is(err, storage.ErrConflict) {
-		return 0, time.Time{}, errAnotherRestore
+		return 0, ErrRestoreRunning
 	}
 	if err != nil {
-		return 0, time.Time{}, fmt.Errorf("backup: mark the target: %w", err)
+		return 0, fmt.Errorf("backup: mark the target: %w", err)
 	}
-	check := noServers(ctx, target, renewed)
+	check := noServers(ctx, target, t)
 	if check == nil && empty {
 		recs, err := target.List(ctx, "", "", 2)
 		switch {
@@ -445,16 +469,16 @@ func claim(ctx context.Context, target storage.Store, apply storage.Applier, id 
 		}
 	}
 	if check == nil {
-		return ours, renewed, nil
+		return ours, nil
 	}
 	undo := storage.Op{Key: markerKey, Delete: true, Expect: ours}
 	if prev.Version != 0 {
 		undo = storage.Op{Key: markerKey, Value: prev.Value, Expect: ours}
 	}
 	if err := apply.Apply(ctx, []storage.Op{undo}); err != nil {
-		return 0, time.Time{}, fmt.Errorf("%w (and putting the target's marker back failed: %w)", check, err)
+		return 0, fmt.Errorf("%w (and putting the target's marker back failed: %w)", check, err)
 	}
-	return 0, time.Time{}, check
+	return 0, check
 }
 
 // noServers refuses a target on which servers are running: they would
