@@ -126,7 +126,7 @@ func newBackupVerifyCmd() *cobra.Command {
 
 func newRestoreCmd() *cobra.Command {
 	var path, in, tombsFrom string
-	var force bool
+	var force, takeOver bool
 	var maxAge time.Duration
 	cmd := &cobra.Command{
 		Use:   "restore --config FILE --in PATH",
@@ -164,7 +164,7 @@ docs/backup.md.`,
 				return err
 			}
 			defer closeDirect()
-			opts := backup.RestoreOptions{Force: force, MaxAge: maxAge}
+			opts := backup.RestoreOptions{Force: force, MaxAge: maxAge, TakeOver: takeOver}
 			if tombsFrom != "" {
 				if opts.Tombstones, err = tombstonesFrom(cmd.Context(), tombsFrom); err != nil {
 					return err
@@ -199,6 +199,7 @@ docs/backup.md.`,
 	cmd.Flags().StringVar(&path, "config", "custos.yaml", "configuration file of the target (storage and root)")
 	cmd.Flags().StringVar(&in, "in", "", `backup file, or "-" for standard input`)
 	cmd.Flags().BoolVar(&force, "force", false, "write into a store that already holds records")
+	cmd.Flags().BoolVar(&takeOver, "take-over", false, "the restore whose marker was renewed within the last minute was stopped (killed): take its marker over now instead of waiting")
 	cmd.Flags().DurationVar(&maxAge, "max-age", backup.DefaultMaxAge, "refuse backups older than this (negative: no limit)")
 	cmd.Flags().StringVar(&tombsFrom, "tombstones-from", "", "the config of another store (the live deployment) whose tombstones count too")
 	return cmd

@@ -550,7 +550,12 @@ func TestFaultRestoreKilledMidwayFinishesWhenRunAgain(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "unfinished restore") {
 			t.Fatalf("serve on the half-restored store: %v", err)
 		}
-		again := runMain(t, "restore", "--config", pgPath, "--in", file)
+		// Run again at once, the killed restore's marker is fresh: refused
+		// (exit 7) unless the operator says it was stopped.
+		if out, err := runMainErr(t, "restore", "--config", pgPath, "--in", file); err == nil || exitCode(err) != exitUnavailable || !strings.Contains(err.Error(), "--take-over") {
+			t.Fatalf("a restore run again at once: exit %d (%v)\n%s; want 7 naming --take-over", exitCode(err), err, out)
+		}
+		again := runMain(t, "restore", "--config", pgPath, "--in", file, "--take-over")
 		if !strings.Contains(again, "resumed an interrupted restore") {
 			t.Fatalf("the second restore did not resume the first:\n%s", again)
 		}

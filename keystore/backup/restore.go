@@ -53,6 +53,11 @@ type RestoreOptions struct {
 	// Tombstones are shredded tenants known elsewhere (the live store of
 	// the deployment, a newer backup): they stay shredded too.
 	Tombstones []keystore.Tombstone
+	// TakeOver takes a marker renewed within the last minute as a restore
+	// that was stopped (the operator knows it: killed, its machine gone),
+	// not as one running. If that restore is in fact running, it writes
+	// nothing more once this one claims the marker.
+	TakeOver bool
 }
 
 // RestoreReport says what a restore did.
@@ -116,7 +121,7 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 		return nil, fmt.Errorf("backup: read the target store: %w", err)
 	}
 	pm := parseMarker(prev.Value)
-	if prev.Version != 0 && !pm.renewed.IsZero() {
+	if prev.Version != 0 && !pm.renewed.IsZero() && !opts.TakeOver {
 		t, err := clockOf(ctx, target, opts.Now)
 		if err != nil {
 			return nil, err
@@ -126,7 +131,7 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 		// long. (Taking over a restore that is in fact running is safe:
 		// it then writes nothing more.)
 		if age := t.Sub(pm.renewed); age < markerFresh && age > -markerFresh {
-			return nil, fmt.Errorf("%w (of backup %s, its marker renewed at %s by the store's clock); if it was stopped, run again a minute after that", ErrRestoreRunning, pm.id, pm.renewed.UTC().Format(time.RFC3339))
+			return nil, fmt.Errorf("%w (of backup %s, its marker renewed at %s by the store's clock); if it was stopped, run again a minute after that, or now with --take-over", ErrRestoreRunning, pm.id, pm.renewed.UTC().Format(time.RFC3339))
 		}
 	}
 	existing, err := target.List(ctx, "", "", 2)
