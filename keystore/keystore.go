@@ -88,9 +88,6 @@ type Service struct {
 	pwLimits PasswordLimits // the deployment's caps on password policies
 
 	pageToken atomic.Pointer[tink.AEAD] // seals ListTenants' page tokens (pagetoken.go)
-	// pageTokenSem lets one caller at a time unwrap or make it; the others
-	// wait only as long as their context allows.
-	pageTokenSem chan struct{}
 
 	// Actions of the scheduler in this process (SchedulerStats).
 	autoRotations, autoDestructions, autoShreds atomic.Uint64
@@ -135,13 +132,12 @@ func New(cfg Config) (*Service, error) {
 		return nil, err
 	}
 	return &Service{
-		pageTokenSem: make(chan struct{}, 1),
-		pwLimits:     pwLimits,
-		records:      recs,
-		root:         cfg.Root,
-		now:          cfg.Now,
-		rand:         cfg.Rand,
-		logger:       cfg.Logger,
+		pwLimits: pwLimits,
+		records:  recs,
+		root:     cfg.Root,
+		now:      cfg.Now,
+		rand:     cfg.Rand,
+		logger:   cfg.Logger,
 		m: &materials{
 			records: recs,
 			root:    cfg.Root,

@@ -73,24 +73,27 @@ func (s *Service) OpenPageToken(ctx context.Context, tok string) (string, error)
 }
 
 // pageTokenAEAD returns the page-token key, unwrapping it on first use, or
-// making it if the deployment has none yet.
+// making it if the deployment has none yet: once for all concurrent
+// callers, bounded as a load is, each caller waiting only until its own
+// deadline (materials.shared).
 func (s *Service) pageTokenAEAD(ctx context.Context) (tink.AEAD, error) {
 	if a := s.pageToken.Load(); a != nil {
 		return *a, nil
 	}
-	select {
-	case s.pageTokenSem <- struct{}{}:
-		defer func() { <-s.pageTokenSem }()
-	case <-ctx.Done():
-		return nil, fmt.Errorf("page-token key: waiting for another caller to unwrap it: %w", ctx.Err())
+	v, err := s.m.shared(ctx, "page-token key", func(ctx context.Context) (any, error) {
+		if a := s.pageToken.Load(); a != nil {
+			return *a, nil
+		}
+		return s.loadPageTokenAEAD(ctx)
+	})
+	if err != nil {
+		return nil, err
 	}
-	if a := s.pageToken.Load(); a != nil {
-		return *a, nil
-	}
-	// The root is asked on the caller's context: bounded as a load is,
-	// whatever the caller's deadline (or lack of one).
-	ctx, cancel := context.WithTimeout(ctx, loadTimeout)
-	defer cancel()
+	return v.(tink.AEAD), nil
+}
+
+// loadPageTokenAEAD unwraps the stored page-token key, or makes one.
+func (s *Service) loadPageTokenAEAD(ctx context.Context) (tink.AEAD, error) {
 	for range 3 {
 		rec, err := s.store.Get(ctx, pageTokenKeyKey)
 		switch {

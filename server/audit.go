@@ -329,7 +329,7 @@ func (a auditService) logError(ctx context.Context, err error) error {
 		return a.toError(ctx, fmt.Errorf("%w: %w", keystore.ErrUnavailable, err))
 	}
 	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
-		return status.Error(codes.Canceled, "the call was cancelled")
+		return a.toError(ctx, context.Canceled)
 	}
 	a.logger.Error("audit log read failed", "error", err.Error())
 	return status.Error(codes.Internal, "internal error")

@@ -123,16 +123,12 @@ func (s *Server) toError(ctx context.Context, err error) error {
 // fieldPath is a request field's path: "items[3].plaintext".
 const fieldPath = `([a-z][a-z0-9_]*(?:\[[0-9]+\])?(?:\.[a-z][a-z0-9_]*(?:\[[0-9]+\])?)*)[: ]`
 
-// keystoreField and fieldPrefix find the field at fault in hand-written
-// INVALID_ARGUMENT messages: after the keystore's "invalid argument: "
-// when it made the error, behind its operation's context ("update key
-// tenants/a/keys/k: invalid argument: key.min_decryption_version …") but
-// never inside a quoted value a caller chose; else at the start
-// ("page_size 0 must …").
-var (
-	keystoreField = regexp.MustCompile(`^[^"]*?invalid argument: ` + fieldPath)
-	fieldPrefix   = regexp.MustCompile(`^` + fieldPath)
-)
+// fieldPrefix finds the field at fault in hand-written INVALID_ARGUMENT
+// messages: after the keystore's "invalid argument: " when it made the
+// error, behind its operation's context ("update key tenants/a/keys/k:
+// invalid argument: key.min_decryption_version …") but never inside a
+// quoted value a caller chose; else at the start ("page_size 0 must …").
+var fieldPrefix = regexp.MustCompile(`^(?:[^"]*?invalid argument: )?` + fieldPath)
 
 // withInvalidDetails gives an INVALID_ARGUMENT status without an ErrorInfo
 // the standard details other languages read: ErrorInfo (reason
@@ -161,11 +157,7 @@ func withInvalidDetails(err error) error {
 		}
 	}
 	if len(br.FieldViolations) == 0 {
-		m := keystoreField.FindStringSubmatch(st.Message())
-		if m == nil {
-			m = fieldPrefix.FindStringSubmatch(st.Message())
-		}
-		if m != nil {
+		if m := fieldPrefix.FindStringSubmatch(st.Message()); m != nil {
 			br.FieldViolations = append(br.FieldViolations, &errdetails.BadRequest_FieldViolation{Field: m[1], Description: st.Message()})
 		}
 	}

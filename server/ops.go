@@ -245,7 +245,7 @@ func (s *Server) OpsHandler(withPprof bool) http.Handler {
 		if r == nil {
 			r = &readiness{Storage: "unknown", Root: "unknown"}
 		}
-		if s.draining.Load() {
+		if s.drained.Err() != nil {
 			d := *r
 			d.Draining = true
 			r = &d

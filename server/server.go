@@ -96,9 +96,8 @@ type Server struct {
 	metrics *metrics
 	limiter *limiter
 	ready   atomic.Pointer[readiness]
-	// draining is set by Shutdown: /readyz answers 503 from then on.
-	draining atomic.Bool
-	// drained is cancelled by Shutdown: health watches end then.
+	// drained is cancelled by Shutdown: /readyz answers 503 from then on,
+	// and health watches end.
 	drained    context.Context
 	endWatches context.CancelFunc
 
@@ -188,7 +187,6 @@ func (s *Server) Register(r grpc.ServiceRegistrar) {
 // Shutdown marks every service NOT_SERVING and /readyz 503 ("draining"), so
 // load balancers and probers drain the server before it stops.
 func (s *Server) Shutdown() {
-	s.draining.Store(true)
 	s.health.Shutdown()
 	s.endWatches()
 }

@@ -59,9 +59,16 @@ func TestCallsRefusedBeforeTheInterceptorAreAudited(t *testing.T) {
 		rid := "undecodable-" + strings.ReplaceAll(c.name, " ", "-")
 		cctx := metadata.AppendToOutgoingContext(ctx, server.RequestIDHeader, rid)
 		var out []byte
-		err := conn.Invoke(cctx, c.method, c.body, &out, grpc.ForceCodec(rawCodec{}))
+		var hdr metadata.MD
+		err := conn.Invoke(cctx, c.method, c.body, &out, grpc.ForceCodec(rawCodec{}), grpc.Header(&hdr))
 		if status.Code(err) != c.code {
 			t.Fatalf("%s: %v, want %s", c.name, err, c.code)
+		}
+		// An unknown method is answered by the request path, with its
+		// request id; a request that does not decode is answered by gRPC
+		// as it reads it, before (audit.md: no x-request-id back).
+		if got := hdr.Get(server.RequestIDHeader); c.op == "unknown" && (len(got) != 1 || got[0] != rid) || c.op != "unknown" && len(got) != 0 {
+			t.Errorf("%s: x-request-id %q (the caller's was %q)", c.name, got, rid)
 		}
 		rids[rid] = i
 	}

@@ -173,13 +173,10 @@ func addAdminCommands(root *cobra.Command) {
 	key := &cobra.Command{Use: "key", Short: "Create, show, list, rotate and update keys and their versions"}
 	k.flags(key)
 	create := &cobra.Command{
-		Use: "create tenants/TENANT/keys/KEY", Short: "Create a key (--purpose, default encrypt: AES-256-GCM)", Args: cobra.ExactArgs(1),
+		Use: "create tenants/TENANT/keys/KEY", Short: "Create a key (--purpose, default encrypt: AES-256-GCM)", Args: keyArgs(1),
 		PreRunE: func(*cobra.Command, []string) error { return checkRotationPeriod(rotation) },
 		RunE: k.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
-			parent, id, ok := splitKeyName(args[0])
-			if !ok {
-				return usageError{fmt.Errorf("%q is not a key name: want tenants/{tenant}/keys/{key}", args[0])}
-			}
+			parent, id, _ := splitKeyName(args[0]) // checked by keyArgs
 			p, err := parsePurpose(purpose)
 			if err != nil {
 				return err
@@ -253,7 +250,7 @@ func newCryptoCmd(op string) *cobra.Command {
 	}
 	cmd := &cobra.Command{
 		Use: use, Short: short, Args: keyArgs(2),
-		PreRunE: func(*cobra.Command, []string) error { return ad.check(true) },
+		PreRunE: func(*cobra.Command, []string) error { return ad.check() },
 		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
 			in, err := input(cmd, args[1])
 			if err != nil {
@@ -361,8 +358,10 @@ func keyArgs(n int) cobra.PositionalArgs {
 		if err := cobra.ExactArgs(n)(cmd, args); err != nil {
 			return err
 		}
-		_, err := keyNameArg(args[0])
-		return err
+		if _, _, ok := splitKeyName(args[0]); !ok {
+			return errNotAKeyName
+		}
+		return nil
 	}
 }
 

@@ -32,13 +32,10 @@ func parsePurpose(s string) (client.Purpose, error) {
 	return 0, usageError{fmt.Errorf("--purpose %q is not one of encrypt, encrypt-deterministic, mac, password", s)}
 }
 
-// keyNameArg checks a key name argument, showing the expected form.
-func keyNameArg(s string) (string, error) {
-	if _, _, ok := splitKeyName(s); !ok {
-		return "", usageError{fmt.Errorf("%q is not a key name: want tenants/{tenant}/keys/{key}", s)}
-	}
-	return s, nil
-}
+// errNotAKeyName refuses a malformed key name argument, showing the
+// expected form but not the argument: swapped with a plaintext, it would
+// print the plaintext.
+var errNotAKeyName = usageError{errors.New("the first argument is not a key name: want tenants/{tenant}/keys/{key}")}
 
 // input returns arg, or standard input when arg is "-".
 func input(cmd *cobra.Command, arg string) ([]byte, error) {
@@ -303,7 +300,7 @@ func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
 	datakey := &cobra.Command{Use: "datakey", Short: "Generate and unwrap data keys of an ENCRYPT key (base64)"}
 	c.flags(datakey)
 	ad.add(datakey.PersistentFlags(), "the wrapped key is bound to", false)
-	datakey.PersistentPreRunE = func(*cobra.Command, []string) error { return ad.check(false) }
+	datakey.PersistentPreRunE = func(*cobra.Command, []string) error { return ad.check() }
 	datakey.AddCommand(outFlag(&cobra.Command{
 		Use: "generate tenants/TENANT/keys/KEY", Short: "A new data key: plaintext and wrapped", Args: keyArgs(1),
 		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
@@ -333,7 +330,7 @@ func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
 	var rad adFlags
 	rewrap := outFlag(&cobra.Command{
 		Use: "rewrap tenants/TENANT/keys/KEY CIPHERTEXT_BASE64|-", Short: "Re-encrypt a ciphertext under the key's primary version, inside the service (base64)", Args: keyArgs(2),
-		PreRunE: func(*cobra.Command, []string) error { return rad.check(true) },
+		PreRunE: func(*cobra.Command, []string) error { return rad.check() },
 		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
 			in, err := input(cmd, args[1])
 			if err != nil {

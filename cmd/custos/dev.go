@@ -132,7 +132,6 @@ func prepareDev(dir string) (*config.Config, error) {
 			return nil, err
 		}
 	}
-	cfg.Ops.Backup = true // custos backup --config .custos-dev/custos.yaml while it runs
 	return cfg, nil
 }
 

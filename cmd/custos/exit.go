@@ -84,8 +84,8 @@ func exitCode(err error) int {
 // client often sees only the connection closed: exit 7, as documented.)
 func tlsRefusal(msg string) bool {
 	for _, s := range []string{
-		"tls: failed to verify certificate", "x509: ",
-		"tls: bad certificate", "tls: unknown certificate authority", "tls: certificate required",
+		"x509: ", // the client's check of the server's certificate
+		"tls: bad certificate", "tls: certificate required",
 		"tls: expired certificate", "tls: revoked certificate", "tls: unsupported certificate",
 		"tls: unknown certificate", "tls: access denied",
 	} {

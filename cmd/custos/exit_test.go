@@ -176,11 +176,7 @@ func TestAServerCertificateTheClientCannotVerifyIsNotAuthenticated(t *testing.T)
 	if _, err := prepareDev(other); err != nil {
 		t.Fatal(err)
 	}
-	cmd := newRootCmd()
-	cmd.SetOut(io.Discard)
-	cmd.SetErr(io.Discard)
-	cmd.SetArgs([]string{"tenant", "list", "--addr", addr, "--ca", filepath.Join(other, "ca.pem"), "--cert", filepath.Join(dir, "client.pem"), "--key", filepath.Join(dir, "client-key.pem"), "--timeout", "5s"})
-	err := cmd.ExecuteContext(t.Context())
+	_, _, err := runCLI(t, "tenant", "list", "--addr", addr, "--ca", filepath.Join(other, "ca.pem"), "--cert", filepath.Join(dir, "client.pem"), "--key", filepath.Join(dir, "client-key.pem"), "--timeout", "5s")
 	if code := exitCode(err); code != exitPermission {
 		t.Errorf("a server certificate of another CA: exit %d (%v), want %d", code, err, exitPermission)
 	}

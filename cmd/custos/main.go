@@ -23,11 +23,8 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	// The first SIGINT or SIGTERM starts a graceful stop; once it has, the
 	// signals are no longer caught, so a second one ends the process at
-	// once (a drain can last shutdown_timeout). The goroutine ends with ctx.
-	go func() {
-		<-ctx.Done()
-		stop()
-	}()
+	// once (a drain can last shutdown_timeout).
+	context.AfterFunc(ctx, stop)
 	err := newRootCmd().ExecuteContext(ctx)
 	stop()
 	if err != nil {
