@@ -62,3 +62,15 @@ func TestADPartsMatchTheGoClient(t *testing.T) {
 		}
 	}
 }
+
+// Arguments swapped by mistake: the usage error shows the expected form,
+// never the argument (here a plaintext).
+func TestAMalformedKeyNameIsNotEchoed(t *testing.T) {
+	_, errOut, err := runCLI(t, "encrypt", "alice@example.com", "tenants/acme/keys/pii", "--no-ad", "--addr", "127.0.0.1:1")
+	if exitCode(err) != exitUsage {
+		t.Fatalf("exit %d (%v), want %d", exitCode(err), err, exitUsage)
+	}
+	if strings.Contains(err.Error()+errOut, "alice@example.com") {
+		t.Fatalf("the refusal printed the argument: %v\n%s", err, errOut)
+	}
+}
