@@ -251,9 +251,12 @@ type auditService struct {
 	*Server
 }
 
-func (a auditService) log() (AuditLog, error) {
+// errAuditDisabled refuses AuditService calls when the trail is off.
+var errAuditDisabled = fmt.Errorf("%w: the audit trail is disabled in this deployment (audit.disabled)", keystore.ErrWrongState)
+
+func (a auditService) log(ctx context.Context) (AuditLog, error) {
 	if a.auditLog == nil {
-		return nil, status.Error(codes.FailedPrecondition, "the audit trail is disabled in this deployment (audit.disabled)")
+		return nil, a.toError(ctx, errAuditDisabled)
 	}
 	return a.auditLog, nil
 }
@@ -265,7 +268,7 @@ func (a auditService) ListAuditEvents(ctx context.Context, req *custosv1.ListAud
 	if err != nil {
 		return nil, err
 	}
-	log, err := a.log()
+	log, err := a.log(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -297,7 +300,7 @@ func (a auditService) ListAuditEvents(ctx context.Context, req *custosv1.ListAud
 
 // GetAuditCheckpoint returns the latest signed checkpoint and its key.
 func (a auditService) GetAuditCheckpoint(ctx context.Context, req *custosv1.GetAuditCheckpointRequest) (*custosv1.GetAuditCheckpointResponse, error) {
-	log, err := a.log()
+	log, err := a.log(ctx)
 	if err != nil {
 		return nil, err
 	}

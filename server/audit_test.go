@@ -504,6 +504,18 @@ func TestErrorsCarryErrorInfo(t *testing.T) {
 	}
 }
 
+// With the trail off, AuditService's refusal carries its ErrorInfo like
+// every other error: WRONG_STATE, as FAILED_PRECONDITION's reason.
+func TestAuditDisabledCarriesErrorInfo(t *testing.T) {
+	ts := start(t, newFiles(t), options{configure: func(c *config.Config) { c.Audit.Disabled = true }})
+	setup(t, ts, "a")
+	ctx := testContext(t)
+	_, err := custosv1.NewAuditServiceClient(ts.conn(t, idAdmin)).GetAuditCheckpoint(ctx, &custosv1.GetAuditCheckpointRequest{Parent: "tenants/a"})
+	if info := errorInfo(wantCode(t, err, codes.FailedPrecondition)); info == nil || info.GetReason() != custosv1.ReasonWrongState || info.GetDomain() != custosv1.ErrorDomain {
+		t.Fatalf("audit disabled carries %v", info)
+	}
+}
+
 // INVALID_ARGUMENT carries the standard details: ErrorInfo and a
 // google.rpc.BadRequest naming the field, for protovalidate's checks and the
 // hand-written ones alike.
