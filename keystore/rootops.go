@@ -46,6 +46,8 @@ func (s *Service) RewrapTenantKEKs(ctx context.Context, progress RewrapProgress)
 // running with the old key keep it until they restart. It reports whether
 // there was a key, and whether it replaced it.
 func (s *Service) RewrapPageTokenKey(ctx context.Context) (found, replaced bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, loadTimeout) // as rewrapTenantKEK
+	defer cancel()
 	err = retryCAS("rewrap the page-token key", func() error {
 		found, replaced = false, false
 		rec, err := s.store.Get(ctx, pageTokenKeyKey)
@@ -79,6 +81,10 @@ func (s *Service) RewrapPageTokenKey(ctx context.Context) (found, replaced bool,
 }
 
 func (s *Service) rewrapTenantKEK(ctx context.Context, tenant string) error {
+	// Bounded like a load's unwrap: a root that stops answering fails the
+	// run (which is simply started again) instead of hanging it.
+	ctx, cancel := context.WithTimeout(ctx, loadTimeout)
+	defer cancel()
 	return retryCAS(fmt.Sprintf("rewrap tenant %q", tenant), func() error {
 		rec, ver, err := s.readTenant(ctx, tenant)
 		if errors.Is(err, ErrNotFound) {

@@ -5,9 +5,11 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 
 	"github.com/custos-kms/custos/keystore"
+	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/root/local"
 	"github.com/custos-kms/custos/keystore/storage"
 	"github.com/custos-kms/custos/keystore/storage/memory"
@@ -111,5 +113,55 @@ func TestTheProbeClearsAFullStoreOnceSpaceIsBack(t *testing.T) {
 	}
 	if s, r := ks.Dependencies(ctx); s != nil || r != nil {
 		t.Fatalf("space back, after the probe: storage %v, root %v; want both healthy", s, r)
+	}
+}
+
+// deadlineRoot records root calls made without a deadline.
+type deadlineRoot struct {
+	root.Root
+	calls, unbounded atomic.Int64
+}
+
+func (r *deadlineRoot) note(ctx context.Context) {
+	r.calls.Add(1)
+	if _, ok := ctx.Deadline(); !ok {
+		r.unbounded.Add(1)
+	}
+}
+
+func (r *deadlineRoot) Wrap(ctx context.Context, pt, aad []byte) ([]byte, error) {
+	r.note(ctx)
+	return r.Root.Wrap(ctx, pt, aad)
+}
+
+func (r *deadlineRoot) Unwrap(ctx context.Context, w, aad []byte) ([]byte, error) {
+	r.note(ctx)
+	return r.Root.Unwrap(ctx, w, aad)
+}
+
+// custos root rewrap runs with no deadline of its own: each of its root
+// calls is bounded, so a root that stops answering fails the run instead
+// of hanging it.
+func TestRewrapBoundsEachRootCall(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	f.tenantKey(t, "a", "k")
+	f.tenantKey(t, "b", "k")
+	if _, err := f.ks.SealPageToken(ctx, "a"); err != nil { // makes the page-token key
+		t.Fatal(err)
+	}
+	dr := &deadlineRoot{Root: f.root}
+	ks, err := keystore.New(keystore.Config{Storage: f.store, Root: dr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := ks.RewrapTenantKEKs(ctx, nil); err != nil || n != 2 {
+		t.Fatalf("RewrapTenantKEKs = %d, %v", n, err)
+	}
+	if found, _, err := ks.RewrapPageTokenKey(ctx); err != nil || !found {
+		t.Fatalf("RewrapPageTokenKey = %v, %v", found, err)
+	}
+	if dr.calls.Load() < 6 || dr.unbounded.Load() != 0 {
+		t.Fatalf("%d root calls, %d of them without a deadline", dr.calls.Load(), dr.unbounded.Load())
 	}
 }

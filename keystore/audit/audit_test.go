@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/custos-kms/custos/keystore/audit"
+	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/root/local"
 	"github.com/custos-kms/custos/keystore/storage"
 	"github.com/custos-kms/custos/keystore/storage/bbolt"
@@ -723,6 +724,31 @@ func TestJournalFirstShipsInBulkAndDeletesShippedSegments(t *testing.T) {
 	}
 }
 
+// boundedRoot fails the test on a root call without a deadline: a root
+// that stops answering must fail a re-wrap, not hang it.
+type boundedRoot struct {
+	root.Root
+	t     *testing.T
+	calls int
+}
+
+func (r *boundedRoot) check(ctx context.Context) {
+	r.calls++
+	if _, ok := ctx.Deadline(); !ok {
+		r.t.Error("a root call without a deadline")
+	}
+}
+
+func (r *boundedRoot) Wrap(ctx context.Context, pt, aad []byte) ([]byte, error) {
+	r.check(ctx)
+	return r.Root.Wrap(ctx, pt, aad)
+}
+
+func (r *boundedRoot) Unwrap(ctx context.Context, w, aad []byte) ([]byte, error) {
+	r.check(ctx)
+	return r.Root.Unwrap(ctx, w, aad)
+}
+
 func TestRewrapSigningKeyKeepsTheLogVerifiable(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t, memory.New(), "")
@@ -731,8 +757,12 @@ func TestRewrapSigningKeyKeepsTheLogVerifiable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := audit.RewrapSigningKey(ctx, f.store, f.root); err != nil {
+	bounded := &boundedRoot{Root: f.root, t: t}
+	if err := audit.RewrapSigningKey(ctx, f.store, bounded); err != nil {
 		t.Fatal(err)
+	}
+	if bounded.calls != 2 {
+		t.Fatalf("%d root calls, want an unwrap and a wrap", bounded.calls)
 	}
 	after, err := f.store.Get(ctx, "audit/signing-key")
 	if err != nil {
