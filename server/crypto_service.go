@@ -39,8 +39,8 @@ func (s *Server) checkPlaintext(field string, n int) error {
 // failing the whole call only for what concerns the call, and a bad item in
 // that item's own status, so one bad item never fails the others.
 const (
-	maxBatchItemsCeiling = 10000                      // the protos' max_items
-	maxPlaintextCeiling  = 1 << 20                    // the protos' plaintext max_len
+	maxBatchItemsCeiling = custosv1.MaxBatchItems     // the protos' max_items
+	maxPlaintextCeiling  = custosv1.MaxPlaintextBytes // the protos' plaintext max_len
 	maxCiphertextBytes   = 1114112                    // the protos' ciphertext max_len
 	maxAssociatedData    = envelope.MaxAssociatedData // the protos' associated_data max_len
 )

@@ -15,7 +15,9 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/custos-kms/custos/envelope"
 	"github.com/custos-kms/custos/keystore"
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 )
 
 // Config is the whole configuration.
@@ -412,7 +414,7 @@ func (c *Config) validate() error {
 	} else if c.TLS.CertFile != "" || c.TLS.KeyFile != "" || c.TLS.ClientCAFile != "" {
 		errs = append(errs, errors.New("tls: set either spiffe.workload_api or cert_file, key_file and client_ca_file, not both"))
 	}
-	if r := c.Tracing.SampleRatio; r != nil && (*r < 0 || *r > 1) {
+	if r := c.Tracing.SampleRatio; r != nil && !(*r >= 0 && *r <= 1) { // NaN too
 		errs = append(errs, errors.New("tracing.sample_ratio must be between 0 and 1"))
 	}
 	if c.Tracing.Endpoint == "" && (c.Tracing.Insecure || c.Tracing.CAFile != "") {
@@ -480,10 +482,39 @@ func (c *Config) validate() error {
 	if c.Audit.Origin != "" && !validOrigin(c.Audit.Origin) {
 		errs = append(errs, fmt.Errorf("audit.origin %q must be printable ASCII without spaces or '+'", c.Audit.Origin))
 	}
-	if c.Limits.MaxPlaintextBytes < 0 || c.Limits.MaxBatchItems < 0 || c.Limits.MaxMessageBytes < 0 {
-		errs = append(errs, errors.New("limits must not be negative"))
+	errs = append(errs, c.Limits.validate()...)
+	if c.Storage.Postgres.MaxConns < 0 {
+		errs = append(errs, fmt.Errorf("storage.postgres.max_conns %d must not be negative (0: the default)", c.Storage.Postgres.MaxConns))
 	}
 	return errors.Join(errs...)
+}
+
+// Limits' defaults (server.DefaultMaxPlaintextBytes) and the room a message needs beside its
+// largest plaintext: the most associated data, and a margin for the rest.
+const (
+	defaultMaxPlaintextBytes = 64 << 10
+	messageOverhead          = envelope.MaxAssociatedData + 4<<10
+)
+
+func (l Limits) validate() []error {
+	var errs []error
+	if l.MaxPlaintextBytes < 0 || l.MaxBatchItems < 0 || l.MaxMessageBytes < 0 {
+		errs = append(errs, errors.New("limits must not be negative"))
+	}
+	if l.MaxBatchItems > custosv1.MaxBatchItems {
+		errs = append(errs, fmt.Errorf("limits.max_batch_items %d is above the API's %d", l.MaxBatchItems, custosv1.MaxBatchItems))
+	}
+	if l.MaxPlaintextBytes > custosv1.MaxPlaintextBytes {
+		errs = append(errs, fmt.Errorf("limits.max_plaintext_bytes %d is above the API's %d (1 MiB)", l.MaxPlaintextBytes, custosv1.MaxPlaintextBytes))
+	}
+	pt := l.MaxPlaintextBytes
+	if pt <= 0 {
+		pt = defaultMaxPlaintextBytes
+	}
+	if l.MaxMessageBytes > 0 && l.MaxMessageBytes < pt+messageOverhead {
+		errs = append(errs, fmt.Errorf("limits.max_message_bytes %d cannot carry a field of limits.max_plaintext_bytes (%d) with its associated data: want at least %d", l.MaxMessageBytes, pt, pt+messageOverhead))
+	}
+	return errs
 }
 
 // validOrigin: a note key name (golang.org/x/mod/sumdb/note): non-empty,

@@ -45,6 +45,14 @@ func TestParseRejects(t *testing.T) {
 		"a second YAML document":           {valid + "---\nlog: {level: debug}\n", "more than one YAML document"},
 		"an empty file":                    {"", "no settings"},
 		"a negative sweep interval":        {valid + "scheduler: {sweep_interval: -1s}\n", "scheduler.sweep_interval"},
+		// Caught before anything is opened, not by the server after the
+		// root logged in and the store was created.
+		"a plaintext limit above the API's":      {valid + "limits: {max_plaintext_bytes: 2097152}\n", "limits.max_plaintext_bytes"},
+		"a batch limit above the API's":          {valid + "limits: {max_batch_items: 10001}\n", "limits.max_batch_items"},
+		"a message limit below a field's":        {valid + "limits: {max_message_bytes: 1024}\n", "limits.max_message_bytes"},
+		"a message limit below a larger field's": {valid + "limits: {max_plaintext_bytes: 1048576, max_message_bytes: 1048576}\n", "limits.max_message_bytes"},
+		"a negative pool size":                   {strings.Replace(valid, "storage: {type: bbolt, bbolt: {path: data/custos.db}}", "storage: {type: postgres, postgres: {url: postgres://x/y, max_conns: -5}}", 1), "storage.postgres.max_conns"},
+		"a sample ratio that is not a number":    {valid + "tracing: {sample_ratio: .nan}\n", "tracing.sample_ratio"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
