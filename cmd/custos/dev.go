@@ -61,6 +61,12 @@ serves on 127.0.0.1:8443. Later runs reuse everything, so data written before a
 restart still decrypts. Never use it in production.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// An empty address would listen on every interface (where
+			// custos serve takes "" as the loopback default): the ops
+			// listener, with /backup and no authentication, too.
+			if listen == "" || opsListen == "" {
+				return usageError{errors.New(`--listen and --ops-listen need an address (--ops-listen "off" turns the ops listener off)`)}
+			}
 			hup := catchSIGHUP()
 			if ephemeral {
 				// Nothing kept: a throwaway PKI and root in a temporary

@@ -180,3 +180,15 @@ func TestDevRefusesAMissingRootKeyWhereverTheDataMayBe(t *testing.T) {
 		})
 	}
 }
+
+// An empty address is refused before anything starts: it would have
+// bound every interface, the unauthenticated ops listener's /backup too.
+func TestDevRefusesAnEmptyAddress(t *testing.T) {
+	for _, flag := range []string{"--listen=", "--ops-listen="} {
+		_, _, err := runCLI(t, "dev", "--ephemeral", "--listen", "127.0.0.1:0", flag)
+		var u usageError
+		if !errors.As(err, &u) || !strings.Contains(err.Error(), "need an address") {
+			t.Errorf("%s: %v, want a usage error", flag, err)
+		}
+	}
+}
