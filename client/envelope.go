@@ -171,6 +171,11 @@ func (e *Envelope) Encrypt(ctx context.Context, plaintext, associatedData []byte
 	if err := checkLocalAD(e.op, "local encrypt", associatedData); err != nil {
 		return nil, err
 	}
+	if len(plaintext) == 0 {
+		// As the service refuses an empty field: the two modes accept the
+		// same records.
+		return nil, localError(e.op("local encrypt"), codes.InvalidArgument, "plaintext must not be empty")
+	}
 	if len(plaintext) > MaxEnvelopePlaintext || uint64(len(plaintext)) > e.opts.MaxBytes {
 		return nil, localError(e.op("local encrypt"), codes.InvalidArgument, "plaintext of %d bytes is larger than %d", len(plaintext), min(MaxEnvelopePlaintext, e.opts.MaxBytes))
 	}
@@ -182,6 +187,11 @@ func (e *Envelope) Encrypt(ctx context.Context, plaintext, associatedData []byte
 		k := e.cur.Load()
 		if k == nil || !e.opts.Now().Before(k.expires) || !k.take(uint64(len(plaintext)), e.opts) {
 			if err := e.refresh(ctx, k); err != nil {
+				if k != nil && !e.opts.Now().Before(k.expires) {
+					// Past its age it serves no one: not kept while
+					// fetches fail.
+					e.cur.CompareAndSwap(k, nil)
+				}
 				return nil, err
 			}
 			continue

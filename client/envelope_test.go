@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/custos-kms/custos/client"
 	"github.com/custos-kms/custos/client/clienttest"
@@ -30,6 +32,7 @@ type envEnv struct {
 	dataKeys    atomic.Int64
 	decrypts    atomic.Int64
 	hold        atomic.Pointer[chan struct{}] // if set, Decrypt calls wait for it to close
+	failFetch   atomic.Bool                   // if set, GenerateDataKey fails UNAVAILABLE
 	clockMu     sync.Mutex
 	clock       time.Time
 	name, other string
@@ -49,6 +52,9 @@ func startEnvelopeEnv(t testing.TB) *envEnv {
 		switch info.FullMethod {
 		case custosv1.CryptoService_GenerateDataKey_FullMethodName:
 			e.dataKeys.Add(1)
+			if e.failFetch.Load() {
+				return nil, status.Error(codes.Unavailable, "test: data keys unavailable")
+			}
 		case custosv1.CryptoService_Decrypt_FullMethodName:
 			e.decrypts.Add(1)
 			if hold := e.hold.Load(); hold != nil {
@@ -756,5 +762,44 @@ func TestAClosedClientsEnvelopeDropsItsKeysAtItsNextCall(t *testing.T) {
 	}
 	if n := client.HeldDataKeys(env); n != 0 {
 		t.Fatalf("the envelope still holds %d data keys after a call on a closed client", n)
+	}
+}
+
+// An empty field is refused locally as the service refuses it, so the two
+// modes accept the same records.
+func TestEnvelopeRefusesAnEmptyPlaintextLikeTheService(t *testing.T) {
+	ctx := context.Background()
+	e := startEnvelopeEnv(t)
+	env := e.c.Envelope(e.name, client.EnvelopeOptions{Now: e.now})
+	ad := client.AssociatedData("customer-42", "note")
+	if _, err := env.Encrypt(ctx, nil, ad); !errors.Is(err, client.ErrInvalidArgument) {
+		t.Fatalf("local: %v, want ErrInvalidArgument", err)
+	}
+	if _, _, err := e.c.Encrypt(ctx, e.name, nil, ad); !errors.Is(err, client.ErrInvalidArgument) {
+		t.Fatalf("service: %v, want ErrInvalidArgument", err)
+	}
+}
+
+// A current data key past its age is dropped by the call that finds it so,
+// even when no new one can be fetched (it was kept until a fetch
+// succeeded); its copy cached for decryption stays for DecryptTTL.
+func TestAnExpiredDataKeyIsDroppedWhileFetchesFail(t *testing.T) {
+	ctx := context.Background()
+	e := startEnvelopeEnv(t)
+	env := e.c.Envelope(e.name, client.EnvelopeOptions{MaxAge: time.Minute, DecryptTTL: time.Hour, Now: e.now})
+	ad := client.AssociatedData("customer-42", "email")
+	if _, err := env.Encrypt(ctx, []byte("alice@example.com"), ad); err != nil {
+		t.Fatal(err)
+	}
+	if n := client.HeldDataKeys(env); n != 2 {
+		t.Fatalf("%d keys held, want the current one and its cached copy", n)
+	}
+	e.failFetch.Store(true)
+	e.advance(2 * time.Minute)
+	if _, err := env.Encrypt(ctx, []byte("alice@example.com"), ad); !errors.Is(err, client.ErrUnavailable) {
+		t.Fatalf("encrypt with fetches failing: %v, want ErrUnavailable", err)
+	}
+	if n := client.HeldDataKeys(env); n != 1 {
+		t.Fatalf("%d keys held, want only the cached copy", n)
 	}
 }
