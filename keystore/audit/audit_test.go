@@ -646,6 +646,45 @@ func TestAKeptCheckpointCatchesALogRolledBack(t *testing.T) {
 	}
 }
 
+// A log whose tree state was deleted is checked as empty: its kept and
+// stored checkpoints and its bodies are reported, where verify used to
+// stop at the missing state and report nothing.
+func TestALogWithoutItsStateIsNotClean(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, memory.New(), "")
+	f.record(t, 10, "a")
+	rep := verify(t, f)
+	if len(rep.Findings) != 0 || rep.Size != 10 {
+		t.Fatalf("the log of 10 events: size %d, findings %v", rep.Size, rep.Findings)
+	}
+	v, err := audit.VerifierOf(ctx, f.store, f.root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	state, err := f.store.Get(ctx, "audit/tree")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.store.Delete(ctx, "audit/tree", state.Version); err != nil {
+		t.Fatal(err)
+	}
+	got, err := audit.Verify(ctx, f.store, v, rep.Latest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]int{}
+	for _, fd := range got.Findings {
+		kinds[fd.Kind]++
+	}
+	if kinds["truncated"] == 0 || kinds["inserted"] != 10 {
+		t.Fatalf("findings %v; want the kept checkpoint truncated and the 10 bodies inserted", got.Findings)
+	}
+	// An empty store is an empty log, and clean.
+	if got, err := audit.Verify(ctx, memory.New(), v); err != nil || len(got.Findings) != 0 || got.Events != 0 {
+		t.Fatalf("an empty store: %v, %v", got, err)
+	}
+}
+
 // growingState is a store whose tree state grows to later after its first
 // read: servers integrating while a verify runs.
 type growingState struct {

@@ -107,11 +107,15 @@ func Verify(ctx context.Context, store storage.Store, v note.Verifier, kept ...[
 		return &st, nil
 	}
 	s0, err := readState()
-	if err != nil || s0 == nil {
-		if err != nil {
-			add(Finding{Index: -1, Kind: "state", Detail: err.Error()})
-		}
+	if err != nil {
+		add(Finding{Index: -1, Kind: "state", Detail: err.Error()})
 		return rep, nil
+	}
+	if s0 == nil {
+		// No state: an empty log, or one whose state was deleted. Checked
+		// as empty, so that the signed checkpoints, kept ones and bodies
+		// of a deleted state are reported, not passed over.
+		s0 = &treeState{}
 	}
 	end := s0.Size
 
