@@ -25,6 +25,7 @@ import (
 
 	"github.com/custos-kms/custos/keystore"
 	"github.com/custos-kms/custos/keystore/audit"
+	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/storage"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 )
@@ -324,18 +325,21 @@ func (a auditService) GetAuditCheckpoint(ctx context.Context, req *custosv1.GetA
 	return resp, nil
 }
 
-// logError maps an error of the audit log: the store out of reach is
-// UNAVAILABLE; a caller that went away, CANCELLED; anything else (a node or
-// record that should be there and is not) is INTERNAL, logged.
+// logError maps an error of the audit log: the store or the root (which
+// vouches for the signing key's verifier key) out of reach is UNAVAILABLE;
+// a caller that went away, CANCELLED; anything else (a node or record that
+// should be there and is not, a verifier key the root does not vouch for)
+// is INTERNAL, logged.
 func (a auditService) logError(ctx context.Context, err error) error {
-	if errors.Is(err, storage.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
+	if errors.Is(err, storage.ErrUnavailable) || errors.Is(err, root.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
 		return a.toError(ctx, fmt.Errorf("%w: %w", keystore.ErrUnavailable, err))
 	}
 	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
 		return a.toError(ctx, context.Canceled)
 	}
-	a.logger.Error("audit log read failed", "error", err.Error())
-	return status.Error(codes.Internal, "internal error")
+	// %v: no entry of the error table applies (a cancellation not the
+	// caller's included), so INTERNAL with its ErrorInfo, logged.
+	return a.toError(ctx, fmt.Errorf("audit log read: %v", err))
 }
 
 func checkpointPB(cp *audit.Checkpoint) *custosv1.AuditCheckpoint {

@@ -3,6 +3,7 @@ package audit_test
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
+	"golang.org/x/mod/sumdb/note"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/custos-kms/custos/keystore/audit"
@@ -1217,13 +1219,19 @@ type blockingRoot struct {
 
 func (b *blockingRoot) Unwrap(ctx context.Context, blob, aad []byte) ([]byte, error) {
 	b.once.Do(func() { close(b.entered) })
-	<-b.release
+	select {
+	case <-b.release:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 	return b.Root.Unwrap(ctx, blob, aad)
 }
 
 // While the signing key's unwrap waits on a slow root, the log's public
-// key (GetAuditCheckpoint, ListAuditEvents) is still answered.
-func TestThePublicKeyDoesNotWaitForASlowRoot(t *testing.T) {
+// key (GetAuditCheckpoint, ListAuditEvents) is not answered until the root
+// vouches for it, but a caller waits only until its own deadline (no lock
+// held across the other's unwrap); once unwrapped, it is answered at once.
+func TestThePublicKeyWaitsForTheRootOnlyUntilItsDeadline(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t, memory.New(), "")
 	f.record(t, 3, "a")
@@ -1249,21 +1257,65 @@ func TestThePublicKeyDoesNotWaitForASlowRoot(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("signing never asked the root")
 	}
-	got := make(chan string, 1)
+	got := make(chan error, 1)
 	go func() {
-		pk, _ := l.PublicKey(ctx)
-		got <- pk
+		dctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		defer cancel()
+		pk, err := l.PublicKey(dctx)
+		if err == nil {
+			err = fmt.Errorf("answered %q before the root vouched for it", pk)
+		}
+		got <- err
 	}()
 	select {
-	case pk := <-got:
-		if pk != want {
-			t.Errorf("public key %q, want %q", pk, want)
+	case err := <-got:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("public key while the root is slow: %v, want its deadline", err)
 		}
 	case <-time.After(5 * time.Second):
-		t.Error("the public key waited for the signing key's unwrap")
+		t.Error("the public key waited past its caller's deadline")
 	}
 	close(br.release)
 	if err := <-signed; err != nil {
 		t.Fatal(err)
+	}
+	if pk, err := l.PublicKey(ctx); err != nil || pk != want {
+		t.Fatalf("public key once unwrapped: %q, %v; want %q", pk, err, want)
+	}
+}
+
+// The verifier key stored in the clear is bound to the wrapped signing key:
+// one swapped in by write access to the store alone (a forger's, to sign a
+// rewritten history) is never served to callers, who would pin it.
+func TestAVerifierKeySwappedInTheStoreIsNotServed(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, memory.New(), "")
+	f.record(t, 3, "a")
+	rec, err := f.store.Get(ctx, "audit/signing-key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sk map[string]any
+	if err := json.Unmarshal(rec.Value, &sk); err != nil {
+		t.Fatal(err)
+	}
+	_, forged, err := note.GenerateKey(rand.Reader, audit.DefaultOrigin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sk["verifier"] = forged
+	b, _ := json.Marshal(sk)
+	if _, err := f.store.Put(ctx, "audit/signing-key", b, rec.Version); err != nil {
+		t.Fatal(err)
+	}
+	l, err := audit.Open(ctx, audit.Config{Store: f.store, Root: f.root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pk, err := l.PublicKey(ctx); err == nil || pk == forged {
+		t.Fatalf("public key %q, %v; want the swapped key refused", pk, err)
+	}
+	if _, err := l.Latest(ctx); err == nil {
+		t.Fatal("Latest verified a checkpoint with the swapped key")
 	}
 }

@@ -179,18 +179,16 @@ func (l *Log) signing(ctx context.Context) (note.Signer, error) {
 	if err != nil {
 		return nil, err
 	}
-	v, _ := note.NewVerifier(vkey) // checked by loadSigner
+	l.install(s, vkey)
 	l.keyMu.Lock()
 	defer l.keyMu.Unlock()
-	if l.signer == nil {
-		l.signer, l.vkey, l.verifier = s, vkey, v
-	}
 	return l.signer, nil
 }
 
-// Verifier verifies the log's checkpoints: the signer's, or the verifier
-// key the store holds next to the wrapped signing key (nil, nil when the
-// log has no key yet).
+// Verifier verifies the log's checkpoints (nil, nil when the log has no
+// key yet). Its key is the signer's, loaded as signing loads it but never
+// created: the verifier key stored next to the wrapped signing key counts
+// only once the root has unwrapped the key it is bound to.
 func (l *Log) Verifier(ctx context.Context) (note.Verifier, error) {
 	l.keyMu.Lock()
 	v := l.verifier
@@ -198,17 +196,24 @@ func (l *Log) Verifier(ctx context.Context) (note.Verifier, error) {
 	if v != nil {
 		return v, nil
 	}
-	vkey, err := storedVerifier(ctx, l.store) // outside keyMu, as in signing
-	if err != nil || vkey == "" {
+	s, vkey, err := openSigner(ctx, l.store, l.root) // outside keyMu, as in signing
+	if err != nil || s == nil {
 		return nil, err
 	}
+	l.install(s, vkey)
 	l.keyMu.Lock()
 	defer l.keyMu.Unlock()
-	if l.verifier == nil {
-		l.vkey = vkey
-		l.verifier, _ = note.NewVerifier(vkey) // checked by storedVerifier
-	}
 	return l.verifier, nil
+}
+
+// install makes s the log's signer, unless another load did first.
+func (l *Log) install(s note.Signer, vkey string) {
+	v, _ := note.NewVerifier(vkey) // checked by signerOf
+	l.keyMu.Lock()
+	defer l.keyMu.Unlock()
+	if l.signer == nil {
+		l.signer, l.vkey, l.verifier = s, vkey, v
+	}
 }
 
 // PublicKey is the verifier key of the log's signing key, in the note

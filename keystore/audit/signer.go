@@ -64,39 +64,28 @@ func signingKeyAAD(verifier string) []byte {
 // first replica to store it wins; the others use its key).
 func loadSigner(ctx context.Context, store storage.Store, r root.Root, origin string) (note.Signer, string, error) {
 	for range 3 {
-		rec, err := store.Get(ctx, signingKeyKey)
-		if errors.Is(err, storage.ErrNotFound) {
-			if err := neverSigned(ctx, store); err != nil {
-				return nil, "", err
-			}
-			skey, vkey, err := note.GenerateKey(rand.Reader, origin)
-			if err != nil {
-				return nil, "", fmt.Errorf("audit: generate signing key: %w", err)
-			}
-			wrapped, err := r.Wrap(ctx, []byte(skey), signingKeyAAD(vkey))
-			if err != nil {
-				return nil, "", fmt.Errorf("audit: wrap signing key under the root: %w", err)
-			}
-			b, _ := json.Marshal(signingKeyRecord{Format: signingKeyFormat, Verifier: vkey, Wrapped: wrapped})
-			if _, err := store.Put(ctx, signingKeyKey, b, 0); errors.Is(err, storage.ErrConflict) {
-				continue // another replica made one first
-			} else if err != nil {
-				return nil, "", fmt.Errorf("audit: store signing key: %w", err)
-			}
-			return signerOf(skey, vkey)
+		s, vkey, err := openSigner(ctx, store, r)
+		if err != nil || s != nil {
+			return s, vkey, err
 		}
+		if err := neverSigned(ctx, store); err != nil {
+			return nil, "", err
+		}
+		skey, vkey, err := note.GenerateKey(rand.Reader, origin)
 		if err != nil {
-			return nil, "", fmt.Errorf("audit: read signing key: %w", err)
+			return nil, "", fmt.Errorf("audit: generate signing key: %w", err)
 		}
-		var sk signingKeyRecord
-		if err := json.Unmarshal(rec.Value, &sk); err != nil || sk.Format != signingKeyFormat {
-			return nil, "", fmt.Errorf("audit: signing key record is unreadable")
-		}
-		skey, err := r.Unwrap(ctx, sk.Wrapped, signingKeyAAD(sk.Verifier))
+		wrapped, err := r.Wrap(ctx, []byte(skey), signingKeyAAD(vkey))
 		if err != nil {
-			return nil, "", fmt.Errorf("audit: unwrap signing key: %w", err)
+			return nil, "", fmt.Errorf("audit: wrap signing key under the root: %w", err)
 		}
-		return signerOf(string(skey), sk.Verifier)
+		b, _ := json.Marshal(signingKeyRecord{Format: signingKeyFormat, Verifier: vkey, Wrapped: wrapped})
+		if _, err := store.Put(ctx, signingKeyKey, b, 0); errors.Is(err, storage.ErrConflict) {
+			continue // another replica made one first
+		} else if err != nil {
+			return nil, "", fmt.Errorf("audit: store signing key: %w", err)
+		}
+		return signerOf(skey, vkey)
 	}
 	return nil, "", errors.New("audit: signing key kept changing while being read")
 }
@@ -155,22 +144,27 @@ func RewrapSigningKey(ctx context.Context, store storage.Store, r root.Root) err
 	return nil
 }
 
-// storedVerifier is the verifier key the store holds next to the wrapped
-// signing key, read without the root; nil when there is no key yet.
-func storedVerifier(ctx context.Context, store storage.Store) (string, error) {
+// openSigner unwraps the log's signing key under the root and returns it
+// with its verifier key; nil when there is no key yet. The verifier key
+// stored in the clear is trusted only once the unwrap, whose associated
+// data binds it, has succeeded: write access to the store alone must not
+// get callers to pin a key of its choosing.
+func openSigner(ctx context.Context, store storage.Store, r root.Root) (note.Signer, string, error) {
 	rec, err := store.Get(ctx, signingKeyKey)
 	if errors.Is(err, storage.ErrNotFound) {
-		return "", nil
+		return nil, "", nil
 	}
 	if err != nil {
-		return "", fmt.Errorf("audit: read signing key: %w", err)
+		return nil, "", fmt.Errorf("audit: read signing key: %w", err)
 	}
 	var sk signingKeyRecord
 	if err := json.Unmarshal(rec.Value, &sk); err != nil || sk.Format != signingKeyFormat {
-		return "", fmt.Errorf("audit: signing key record is unreadable")
+		return nil, "", fmt.Errorf("audit: signing key record is unreadable")
 	}
-	if _, err := note.NewVerifier(sk.Verifier); err != nil {
-		return "", fmt.Errorf("audit: verifier key: %w", err)
+	skey, err := r.Unwrap(ctx, sk.Wrapped, signingKeyAAD(sk.Verifier))
+	if err != nil {
+		return nil, "", fmt.Errorf("audit: unwrap signing key: %w", err)
 	}
-	return sk.Verifier, nil
+	defer clear(skey)
+	return signerOf(string(skey), sk.Verifier)
 }
