@@ -687,6 +687,34 @@ func TestALogWithoutItsStateIsNotClean(t *testing.T) {
 	}
 }
 
+// An integrator that finds the tree state behind the stored events (the
+// state deleted) stops rather than overwrite their bodies from index 0.
+func TestIntegrationNeverOverwritesStoredEvents(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, memory.New(), "")
+	f.record(t, 5, "a")
+	first, err := f.store.Get(ctx, "audit/l/0000000000000000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	state, err := f.store.Get(ctx, "audit/tree")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.store.Delete(ctx, "audit/tree", state.Version); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.w.Record(event("a", 99)); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := f.log.Integrate(ctx, 100); err == nil || !strings.Contains(err.Error(), "behind the log") {
+		t.Fatalf("Integrate = %d, %v; want it refused", n, err)
+	}
+	if now, err := f.store.Get(ctx, "audit/l/0000000000000000"); err != nil || !bytes.Equal(now.Value, first.Value) {
+		t.Fatalf("event 0 after the refused integration: %v (changed: %v)", err, err == nil && !bytes.Equal(now.Value, first.Value))
+	}
+}
+
 // growingState is a store whose tree state grows to later after its first
 // read: servers integrating while a verify runs.
 type growingState struct {
