@@ -592,3 +592,63 @@ func TestAnUndeletedTenantsKeysAreScannedOnceDespiteAFailingKey(t *testing.T) {
 		t.Fatalf("the undeleted tenant's keys were listed %d times in three passes, want 1", n)
 	}
 }
+
+// failKeyListOnce fails the first list of one tenant's keys.
+type failKeyListOnce struct {
+	storage.Store
+	prefix string
+	failed atomic.Bool
+}
+
+func (s *failKeyListOnce) List(ctx context.Context, prefix, after string, limit int) ([]storage.Record, error) {
+	if prefix == s.prefix && s.failed.CompareAndSwap(false, true) {
+		return nil, fmt.Errorf("test store: %w", storage.ErrUnavailable)
+	}
+	return s.Store.List(ctx, prefix, after, limit)
+}
+
+// A sweep whose list of a tenant's keys fails is not finished: the next
+// tick goes on from that tenant, so a key whose hint was lost is still
+// maintained (the sweep counted the tenant as done, and the key waited
+// for the next full sweep, a day later).
+func TestASweepCutShortInATenantsKeysGoesOnFromThatTenant(t *testing.T) {
+	f := newLCFixture(t)
+	ctx := context.Background()
+	f.newKey("t0", "k", keystore.KeySpec{Purpose: keystore.PurposeEncrypt})
+	ref := f.newKey("t1", "k", keystore.KeySpec{Purpose: keystore.PurposeEncrypt, RotationPeriod: time.Hour})
+	f.newKey("t2", "k", keystore.KeySpec{Purpose: keystore.PurposeEncrypt})
+	f.clock.Advance(2 * time.Hour)
+	hints, err := f.store.List(ctx, "due/", "", 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range hints { // lost, as in a crash between a write and its hint
+		if err := f.store.Delete(ctx, h.Key, h.Version); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := f.cfg
+	cfg.Storage = &failKeyListOnce{Store: f.store, prefix: "keys/t1/"}
+	ks, err := keystore.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- ks.RunScheduler(runCtx, keystore.SchedulerConfig{Interval: 5 * time.Millisecond, LeaseTTL: time.Minute, HolderID: "a"})
+	}()
+	waitFor(t, "a finished sweep", func() bool { return keystore.SweepsDone(ks) >= 1 })
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("RunScheduler did not return within 10s")
+	}
+	if k := f.getKey(ref); k.PrimaryVersion != 2 {
+		t.Fatalf("after the sweep: primary %d, want the due rotation done", k.PrimaryVersion)
+	}
+}

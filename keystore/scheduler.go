@@ -300,6 +300,12 @@ func (s *Service) sweep(ctx context.Context, after string, renew func() bool) (l
 			if errors.Is(err, errLeaseLost) {
 				return last, false, joinCapped(append([]error{err}, errs...))
 			}
+			if errors.Is(err, errScanCut) {
+				// Keys of this tenant went unseen, with no hint to
+				// retry them: the sweep is not finished, and goes on
+				// from this tenant.
+				return last, false, joinCapped(append(errs, err))
+			}
 			errs = append(errs, err)
 		}
 		last = r.Key
