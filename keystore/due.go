@@ -145,8 +145,10 @@ func (s *Service) duePass(ctx context.Context, renew func() bool) error {
 			break
 		}
 		if err := s.store.Delete(ctx, r.Key, r.Version); err != nil && !errors.Is(err, storage.ErrNotFound) && !errors.Is(err, storage.ErrConflict) {
+			// The delete may have committed all the same (a connection
+			// lost after the commit): the work runs, re-checking its
+			// condition, rather than wait for the next full sweep.
 			errs = append(errs, storageErr("scheduler: delete a due hint", err))
-			continue
 		}
 		if !ok {
 			continue // not a hint this version writes

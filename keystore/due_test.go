@@ -652,3 +652,60 @@ func TestASweepCutShortInATenantsKeysGoesOnFromThatTenant(t *testing.T) {
 		t.Fatalf("after the sweep: primary %d, want the due rotation done", k.PrimaryVersion)
 	}
 }
+
+// lostDeleteAnswer commits the first delete of a due-time hint and then
+// reports the storage unavailable, as a connection lost after the commit
+// does.
+type lostDeleteAnswer struct {
+	storage.Store
+	lost atomic.Bool
+}
+
+func (s *lostDeleteAnswer) Delete(ctx context.Context, key string, expect uint64) error {
+	err := s.Store.Delete(ctx, key, expect)
+	if err == nil && strings.HasPrefix(key, "due/") && s.lost.CompareAndSwap(false, true) {
+		return fmt.Errorf("test store: connection lost: %w", storage.ErrUnavailable)
+	}
+	return err
+}
+
+// A due hint whose delete had an unknown outcome still has its work done
+// (the work re-checks its condition): the hint may be gone, and the work
+// waited for the next full sweep.
+func TestDueWorkIsDoneWhenItsHintsDeleteHadAnUnknownOutcome(t *testing.T) {
+	f := newLCFixture(t)
+	ctx := context.Background()
+	ref := f.newKey("t1", "k", keystore.KeySpec{Purpose: keystore.PurposeEncrypt, RotationPeriod: time.Hour})
+	cfg := f.cfg
+	store := &lostDeleteAnswer{Store: f.store}
+	cfg.Storage = store
+	ks, err := keystore.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- ks.RunScheduler(runCtx, keystore.SchedulerConfig{Interval: 5 * time.Millisecond, LeaseTTL: 10 * time.Hour, HolderID: "a"})
+	}()
+	waitFor(t, "the first sweep", func() bool { return keystore.SweepsDone(ks) >= 1 })
+	f.clock.Advance(2 * time.Hour)
+	waitFor(t, "the hint's delete", func() bool { return store.lost.Load() })
+	passes := keystore.LeaderPasses(ks)
+	waitFor(t, "two more passes", func() bool { return keystore.LeaderPasses(ks) >= passes+2 })
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("RunScheduler did not return within 10s")
+	}
+	if n := keystore.Sweeps(ks); n != 1 {
+		t.Fatalf("%d sweeps; the due pass must have done it", n)
+	}
+	if k := f.getKey(ref); k.PrimaryVersion != 2 {
+		t.Fatalf("primary %d, want the due rotation done", k.PrimaryVersion)
+	}
+}
