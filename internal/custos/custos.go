@@ -14,6 +14,7 @@ package custos
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -406,6 +407,7 @@ func (rt *Runtime) Run(ctx context.Context) error {
 		wg.Go(func() { rt.reloadOn(bg) })
 	}
 	wg.Go(func() { rt.ks.RunCountFlush(bg, cfg.Scheduler.FlushInterval) })
+	holder := holderID(rt.lis.Addr())
 	if rt.audit != nil {
 		// Stopped after the last call has drained (and so after its event
 		// was queued): the lease holder's last pass integrates and signs
@@ -413,7 +415,7 @@ func (rt *Runtime) Run(ctx context.Context) error {
 		wg.Go(func() { rt.writer.Ship(bg) })
 		wg.Go(func() {
 			rt.audit.Run(bg, audit.RunConfig{
-				Holder:             holderID(rt.lis.Addr()),
+				Holder:             holder,
 				CheckpointInterval: cfg.Audit.CheckpointInterval,
 				LeaseTTL:           cfg.Scheduler.LeaseTTL,
 				Retention:          cfg.Audit.Retention,
@@ -431,7 +433,7 @@ func (rt *Runtime) Run(ctx context.Context) error {
 				Interval:      cfg.Scheduler.Interval,
 				LeaseTTL:      cfg.Scheduler.LeaseTTL,
 				SweepInterval: cfg.Scheduler.SweepInterval,
-				HolderID:      holderID(rt.lis.Addr()),
+				HolderID:      holder,
 			})
 			if err != nil {
 				logger.Error("scheduler stopped", "error", err.Error())
@@ -522,10 +524,14 @@ func (rt *Runtime) drain(timeout time.Duration) {
 	}
 }
 
-// holderID names this replica in the scheduler's lease.
+// holderID names this replica in the scheduler's and the audit log's
+// leases. Host, process and address say which replica it is; the random
+// part keeps two replicas apart where those are the same (containers with
+// a fixed hostname, each process 1 listening on the same address), which
+// would otherwise both count as the holder and both run the passes.
 func holderID(addr net.Addr) string {
 	host, _ := os.Hostname()
-	return fmt.Sprintf("%s/%d/%s", host, os.Getpid(), addr)
+	return fmt.Sprintf("%s/%d/%s/%s", host, os.Getpid(), addr, rand.Text()[:8])
 }
 
 // openAudit opens the audit log and its writer (and export) and fills the
