@@ -61,7 +61,9 @@ func resourcesShort(err error) bool {
 
 // unavailable reports whether err means the server is down, unreachable,
 // shutting down, starting up, out of connections or read-only (a standby
-// after a failover): an outage that a later attempt may not meet. A
+// after a failover), or that it rolled the statement back for a passing
+// reason (a serialization failure or deadlock, a statement or lock
+// timeout the operator set): a failure that a later attempt may not meet. A
 // statement whose connection broke may or may not have taken effect;
 // compare-and-swap makes the retry safe, as it then reports a conflict.
 func unavailable(err error) bool {
@@ -79,6 +81,10 @@ func unavailable(err error) bool {
 		case strings.HasPrefix(code, "57P"): // admin_shutdown, crash_shutdown, cannot_connect_now, ...
 			return true
 		case code == "25006": // read_only_sql_transaction
+			return true
+		case code == "40001", code == "40P01": // serialization_failure, deadlock_detected: rolled back
+			return true
+		case code == "57014", code == "55P03": // query_canceled (statement_timeout), lock_not_available (lock_timeout)
 			return true
 		}
 		return false

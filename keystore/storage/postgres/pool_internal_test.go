@@ -187,3 +187,58 @@ func TestAReadOnlyServerIsNotUsed(t *testing.T) {
 		t.Fatalf("with target_session_attrs=any: %q, %v", r.Value, err)
 	}
 }
+
+// A database (or role) whose transactions default to a stricter isolation
+// level does not change compare-and-swap: racing writers of one record see
+// ErrConflict, as under READ COMMITTED, never a serialization failure
+// (SQLSTATE 40001) that reached callers as INTERNAL.
+func TestCompareAndSwapHoldsWhateverTheDatabasesIsolationDefault(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	dbURL := pgtest.Start(t).NewDatabase(t)
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin, err := Open(ctx, Config{URL: dbURL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { admin.Close() })
+	db := pgx.Identifier{u.Path[1:]}.Sanitize()
+	if _, err := admin.pool.Exec(ctx, `ALTER DATABASE `+db+` SET default_transaction_isolation = 'serializable'`); err != nil {
+		t.Skipf("cannot set the database's isolation default here: %v", err)
+	}
+	s, err := Open(ctx, Config{URL: dbURL, MaxConns: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	var level string
+	if err := s.pool.QueryRow(ctx, `SHOW transaction_isolation`).Scan(&level); err != nil || level != "read committed" {
+		t.Fatalf("isolation %q, %v; want read committed", level, err)
+	}
+	if _, err := s.Put(ctx, "race", []byte("0"), 0); err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 64)
+	for range 8 {
+		go func() {
+			for range 8 {
+				r, err := s.Get(ctx, "race")
+				if err == nil {
+					_, err = s.Put(ctx, "race", []byte("x"), r.Version)
+				}
+				if errors.Is(err, storage.ErrConflict) {
+					err = nil
+				}
+				errs <- err
+			}
+		}()
+	}
+	for range 64 {
+		if err := <-errs; err != nil {
+			t.Fatalf("a racing compare-and-swap: %v", err)
+		}
+	}
+}

@@ -145,6 +145,10 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		// records and failing every write. The watcher's connections too.
 		pcfg.ConnConfig.ValidateConnect = pgconn.ValidateConnectTargetSessionAttrsReadWrite
 	}
+	// Compare-and-swap relies on READ COMMITTED: a write that lost a race
+	// matches no row (ErrConflict, retried). Under a stricter default set
+	// for the role or database it would fail with a serialization error.
+	pcfg.ConnConfig.RuntimeParams["default_transaction_isolation"] = "read committed"
 	pcfg.PrepareConn = func(_ context.Context, c *pgx.Conn) (bool, error) {
 		// false: the pool destroys the connection and takes another.
 		return connAlive(c.PgConn().Conn()), nil
