@@ -172,21 +172,9 @@ func TestDueWorkIsFoundThroughTheIndexNotByWalking(t *testing.T) {
 // index only.
 func TestTheSchedulerSweepsOnceThenReadsTheIndex(t *testing.T) {
 	f := newLCFixture(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- f.ks.RunScheduler(ctx, keystore.SchedulerConfig{Interval: 5 * time.Millisecond, LeaseTTL: time.Minute, HolderID: "a"})
-	}()
+	stop := startScheduler(t, f.ks, keystore.SchedulerConfig{Interval: 5 * time.Millisecond, LeaseTTL: time.Minute, HolderID: "a"})
 	waitFor(t, "several passes", func() bool { return keystore.LeaderPasses(f.ks) >= 5 })
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("RunScheduler did not return within 10s")
-	}
+	stop()
 	if n := keystore.Sweeps(f.ks); n != 1 {
 		t.Fatalf("%d full sweeps in %d passes, want 1", n, keystore.LeaderPasses(f.ks))
 	}
@@ -593,6 +581,27 @@ func TestAnUndeletedTenantsKeysAreScannedOnceDespiteAFailingKey(t *testing.T) {
 	}
 }
 
+// startScheduler runs ks's scheduler until the returned stop, which waits
+// for it (at most 10 s) and fails the test on its error.
+func startScheduler(t *testing.T, ks *keystore.Service, cfg keystore.SchedulerConfig) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ks.RunScheduler(ctx, cfg) }()
+	return func() {
+		t.Helper()
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("RunScheduler did not return within 10s")
+		}
+	}
+}
+
 // failKeyListOnce fails the first list of one tenant's keys.
 type failKeyListOnce struct {
 	storage.Store
@@ -633,21 +642,9 @@ func TestASweepCutShortInATenantsKeysGoesOnFromThatTenant(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() {
-		done <- ks.RunScheduler(runCtx, keystore.SchedulerConfig{Interval: 5 * time.Millisecond, LeaseTTL: time.Minute, HolderID: "a"})
-	}()
+	stop := startScheduler(t, ks, keystore.SchedulerConfig{Interval: 5 * time.Millisecond, LeaseTTL: time.Minute, HolderID: "a"})
 	waitFor(t, "a finished sweep", func() bool { return keystore.SweepsDone(ks) >= 1 })
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("RunScheduler did not return within 10s")
-	}
+	stop()
 	if k := f.getKey(ref); k.PrimaryVersion != 2 {
 		t.Fatalf("after the sweep: primary %d, want the due rotation done", k.PrimaryVersion)
 	}
@@ -674,7 +671,6 @@ func (s *lostDeleteAnswer) Delete(ctx context.Context, key string, expect uint64
 // waited for the next full sweep.
 func TestDueWorkIsDoneWhenItsHintsDeleteHadAnUnknownOutcome(t *testing.T) {
 	f := newLCFixture(t)
-	ctx := context.Background()
 	ref := f.newKey("t1", "k", keystore.KeySpec{Purpose: keystore.PurposeEncrypt, RotationPeriod: time.Hour})
 	cfg := f.cfg
 	store := &lostDeleteAnswer{Store: f.store}
@@ -683,25 +679,13 @@ func TestDueWorkIsDoneWhenItsHintsDeleteHadAnUnknownOutcome(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() {
-		done <- ks.RunScheduler(runCtx, keystore.SchedulerConfig{Interval: 5 * time.Millisecond, LeaseTTL: 10 * time.Hour, HolderID: "a"})
-	}()
+	stop := startScheduler(t, ks, keystore.SchedulerConfig{Interval: 5 * time.Millisecond, LeaseTTL: 10 * time.Hour, HolderID: "a"})
 	waitFor(t, "the first sweep", func() bool { return keystore.SweepsDone(ks) >= 1 })
 	f.clock.Advance(2 * time.Hour)
 	waitFor(t, "the hint's delete", func() bool { return store.lost.Load() })
 	passes := keystore.LeaderPasses(ks)
 	waitFor(t, "two more passes", func() bool { return keystore.LeaderPasses(ks) >= passes+2 })
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("RunScheduler did not return within 10s")
-	}
+	stop()
 	if n := keystore.Sweeps(ks); n != 1 {
 		t.Fatalf("%d sweeps; the due pass must have done it", n)
 	}

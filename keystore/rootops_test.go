@@ -5,12 +5,11 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
-	"sync/atomic"
 	"testing"
 
 	"github.com/custos-kms/custos/keystore"
-	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/root/local"
+	"github.com/custos-kms/custos/keystore/root/roottest"
 	"github.com/custos-kms/custos/keystore/storage"
 	"github.com/custos-kms/custos/keystore/storage/memory"
 )
@@ -116,29 +115,6 @@ func TestTheProbeClearsAFullStoreOnceSpaceIsBack(t *testing.T) {
 	}
 }
 
-// deadlineRoot records root calls made without a deadline.
-type deadlineRoot struct {
-	root.Root
-	calls, unbounded atomic.Int64
-}
-
-func (r *deadlineRoot) note(ctx context.Context) {
-	r.calls.Add(1)
-	if _, ok := ctx.Deadline(); !ok {
-		r.unbounded.Add(1)
-	}
-}
-
-func (r *deadlineRoot) Wrap(ctx context.Context, pt, aad []byte) ([]byte, error) {
-	r.note(ctx)
-	return r.Root.Wrap(ctx, pt, aad)
-}
-
-func (r *deadlineRoot) Unwrap(ctx context.Context, w, aad []byte) ([]byte, error) {
-	r.note(ctx)
-	return r.Root.Unwrap(ctx, w, aad)
-}
-
 // custos root rewrap runs with no deadline of its own: each of its root
 // calls is bounded, so a root that stops answering fails the run instead
 // of hanging it.
@@ -150,7 +126,7 @@ func TestRewrapBoundsEachRootCall(t *testing.T) {
 	if _, err := f.ks.SealPageToken(ctx, "a"); err != nil { // makes the page-token key
 		t.Fatal(err)
 	}
-	dr := &deadlineRoot{Root: f.root}
+	dr := &roottest.Deadlines{Root: f.root}
 	ks, err := keystore.New(keystore.Config{Storage: f.store, Root: dr})
 	if err != nil {
 		t.Fatal(err)
@@ -161,7 +137,7 @@ func TestRewrapBoundsEachRootCall(t *testing.T) {
 	if found, _, err := ks.RewrapPageTokenKey(ctx); err != nil || !found {
 		t.Fatalf("RewrapPageTokenKey = %v, %v", found, err)
 	}
-	if dr.calls.Load() < 6 || dr.unbounded.Load() != 0 {
-		t.Fatalf("%d root calls, %d of them without a deadline", dr.calls.Load(), dr.unbounded.Load())
+	if dr.Calls.Load() < 6 || dr.Unbounded.Load() != 0 {
+		t.Fatalf("%d root calls, %d of them without a deadline", dr.Calls.Load(), dr.Unbounded.Load())
 	}
 }

@@ -21,8 +21,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/custos-kms/custos/keystore/audit"
-	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/root/local"
+	"github.com/custos-kms/custos/keystore/root/roottest"
 	"github.com/custos-kms/custos/keystore/storage"
 	"github.com/custos-kms/custos/keystore/storage/bbolt"
 	"github.com/custos-kms/custos/keystore/storage/memory"
@@ -663,13 +663,7 @@ func TestALogWithoutItsStateIsNotClean(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	state, err := f.store.Get(ctx, "audit/tree")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.store.Delete(ctx, "audit/tree", state.Version); err != nil {
-		t.Fatal(err)
-	}
+	del(t, f.store, "audit/tree")
 	got, err := audit.Verify(ctx, f.store, v, rep.Latest)
 	if err != nil {
 		t.Fatal(err)
@@ -693,17 +687,8 @@ func TestIntegrationNeverOverwritesStoredEvents(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t, memory.New(), "")
 	f.record(t, 5, "a")
-	first, err := f.store.Get(ctx, "audit/l/0000000000000000")
-	if err != nil {
-		t.Fatal(err)
-	}
-	state, err := f.store.Get(ctx, "audit/tree")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.store.Delete(ctx, "audit/tree", state.Version); err != nil {
-		t.Fatal(err)
-	}
+	first := get(t, f.store, "audit/l/0000000000000000")
+	del(t, f.store, "audit/tree")
 	if err := f.w.Record(event("a", 99)); err != nil {
 		t.Fatal(err)
 	}
@@ -793,31 +778,6 @@ func TestJournalFirstShipsInBulkAndDeletesShippedSegments(t *testing.T) {
 	}
 }
 
-// boundedRoot fails the test on a root call without a deadline: a root
-// that stops answering must fail a re-wrap, not hang it.
-type boundedRoot struct {
-	root.Root
-	t     *testing.T
-	calls int
-}
-
-func (r *boundedRoot) check(ctx context.Context) {
-	r.calls++
-	if _, ok := ctx.Deadline(); !ok {
-		r.t.Error("a root call without a deadline")
-	}
-}
-
-func (r *boundedRoot) Wrap(ctx context.Context, pt, aad []byte) ([]byte, error) {
-	r.check(ctx)
-	return r.Root.Wrap(ctx, pt, aad)
-}
-
-func (r *boundedRoot) Unwrap(ctx context.Context, w, aad []byte) ([]byte, error) {
-	r.check(ctx)
-	return r.Root.Unwrap(ctx, w, aad)
-}
-
 func TestRewrapSigningKeyKeepsTheLogVerifiable(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t, memory.New(), "")
@@ -826,12 +786,12 @@ func TestRewrapSigningKeyKeepsTheLogVerifiable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bounded := &boundedRoot{Root: f.root, t: t}
+	bounded := &roottest.Deadlines{Root: f.root}
 	if err := audit.RewrapSigningKey(ctx, f.store, bounded); err != nil {
 		t.Fatal(err)
 	}
-	if bounded.calls != 2 {
-		t.Fatalf("%d root calls, want an unwrap and a wrap", bounded.calls)
+	if bounded.Calls.Load() != 2 || bounded.Unbounded.Load() != 0 {
+		t.Fatalf("%d root calls (want an unwrap and a wrap), %d without a deadline", bounded.Calls.Load(), bounded.Unbounded.Load())
 	}
 	after, err := f.store.Get(ctx, "audit/signing-key")
 	if err != nil {
