@@ -398,24 +398,12 @@ func TestASweepFinishesThroughStorageHiccups(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() {
-				done <- ks.RunScheduler(ctx, keystore.SchedulerConfig{Interval: 20 * time.Millisecond, LeaseTTL: 400 * time.Millisecond, HolderID: "a"})
-			}()
+			stop := startScheduler(t, ks, keystore.SchedulerConfig{Interval: 20 * time.Millisecond, LeaseTTL: 400 * time.Millisecond, HolderID: "a"})
 			deadline := time.Now().Add(30 * time.Second)
 			for keystore.SweepsDone(ks) == 0 && time.Now().Before(deadline) {
 				time.Sleep(20 * time.Millisecond)
 			}
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Fatal(err)
-				}
-			case <-time.After(10 * time.Second):
-				t.Fatal("RunScheduler did not return within 10s")
-			}
+			stop()
 			if keystore.SweepsDone(ks) == 0 {
 				t.Fatalf("no sweep finished in 30 s (%d begun, %d passes)", keystore.Sweeps(ks), keystore.LeaderPasses(ks))
 			}
