@@ -3,7 +3,9 @@ package bench
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"sort"
@@ -315,28 +317,39 @@ func Run(ctx context.Context, t Target, w Workload) (Result, error) {
 		t.readClient(&u)
 		open <- u
 	})
+	// A server that stops answering fails the run StallGrace after the
+	// window, instead of holding it for ever.
+	callCtx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	watchdog := time.AfterFunc(w.Warmup+w.Duration+StallGrace, func() { stop(errStalled) })
+	defer watchdog.Stop()
 	var wg sync.WaitGroup
 	for i := range workers {
 		c := mk(i)
 		tl := &tallies[i]
 		tl.errors = map[string]int64{}
 		wg.Go(func() {
-			for ctx.Err() == nil {
+			for callCtx.Err() == nil {
 				t0 := time.Now()
 				if !t0.Before(measureTo) {
 					return
 				}
-				n, err := c(ctx)
+				n, err := c(callCtx)
 				t1 := time.Now()
-				// A call counts when it both started and ended inside the
-				// measured window, so the window's length is the time base.
-				if t0.Before(measureFrom) || t1.After(measureTo) {
+				if t0.Before(measureFrom) || callCtx.Err() != nil {
+					continue
+				}
+				if t1.After(measureTo) {
+					// Started inside the window, ended after it: its
+					// items are outside the window, the time base of the
+					// throughput, but its latency counts, or a stall
+					// at the window's end would vanish from the tail.
+					if err == nil {
+						tl.lat = append(tl.lat, t1.Sub(t0))
+					}
 					continue
 				}
 				if err != nil {
-					if ctx.Err() != nil {
-						return
-					}
 					tl.errors[status.Code(err).String()]++
 					continue
 				}
@@ -348,6 +361,10 @@ func Run(ctx context.Context, t Target, w Workload) (Result, error) {
 	wg.Wait()
 	if err := ctx.Err(); err != nil {
 		opening.Stop() // a reading already under way sends into the buffer
+		return Result{}, err
+	}
+	if err := context.Cause(callCtx); err != nil {
+		opening.Stop()
 		return Result{}, err
 	}
 	var closed usage
@@ -455,12 +472,20 @@ func (t Target) usage() usage {
 	return u
 }
 
-// pct is the p-th percentile of sorted latencies, in microseconds.
+// StallGrace is how long after its measured window a run waits for the
+// calls still under way before it fails with errStalled.
+var StallGrace = 30 * time.Second
+
+var errStalled = errors.New("bench: calls still under way long after the measured window: the server stopped answering")
+
+// pct is the p-th percentile of sorted latencies, in microseconds: the
+// nearest-rank method, the smallest latency at least p% of the calls do
+// not exceed (rank ⌈n·p/100⌉).
 func pct(sorted []time.Duration, p float64) float64 {
 	if len(sorted) == 0 {
 		return 0
 	}
-	i := int(float64(len(sorted))*p/100+0.5) - 1
+	i := int(math.Ceil(float64(len(sorted))*p/100)) - 1
 	i = min(max(i, 0), len(sorted)-1)
 	return float64(sorted[i].Nanoseconds()) / 1e3
 }

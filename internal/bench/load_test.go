@@ -327,3 +327,39 @@ func TestMetricsAnsweredWithAnErrorStatusAreAnError(t *testing.T) {
 		t.Error("the soak's scrape of a 404 succeeded")
 	}
 }
+
+// A server that stops answering fails the run StallGrace after its window
+// (it held the run for ever); a slow call that ends after the window still
+// counts in the latencies (it vanished from the tail).
+func TestAStalledServerFailsTheRunAndASlowLastCallCounts(t *testing.T) {
+	defer func(g time.Duration) { StallGrace = g }(StallGrace)
+	StallGrace = 200 * time.Millisecond
+	w := runWorkload()
+	w.Concurrency = 1
+	stalled := &fakeConn{delay: time.Hour}
+	done := make(chan error, 1)
+	go func() {
+		_, err := Run(context.Background(), Target{Name: "stalled", Conn: stalled}, w)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, errStalled) {
+			t.Fatalf("Run against a stalled server: %v, want errStalled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run against a stalled server still running after 10s")
+	}
+
+	// One call of 400 ms in a 500 ms window after a 50 ms warm-up: the
+	// second starts inside the window and ends after it.
+	StallGrace = 5 * time.Second
+	slow := &fakeConn{delay: 400 * time.Millisecond}
+	r, err := Run(context.Background(), Target{Name: "slow", Conn: slow}, w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.P50 < 350_000 {
+		t.Fatalf("p50 %.0f µs, want the slow calls' latency counted", r.P50)
+	}
+}

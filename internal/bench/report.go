@@ -162,17 +162,46 @@ func errorCount(rs []Result) int64 {
 	return n
 }
 
-// medianResult is the round with the median throughput.
+// medianResult is each figure's median over the rounds, taken one figure
+// at a time: the round with the median throughput need not have the median
+// p99 or CPU. A figure a round did not read (zero: no successful call, no
+// CPU reading) is left out of its median.
 func medianResult(rs []Result) Result {
 	if len(rs) == 0 {
 		return Result{}
 	}
-	s := make([]Result, len(rs))
-	copy(s, rs)
-	for i := 1; i < len(s); i++ {
-		for j := i; j > 0 && s[j].ItemsPerSec < s[j-1].ItemsPerSec; j-- {
-			s[j], s[j-1] = s[j-1], s[j]
+	med := func(f func(Result) float64, keepZero bool) float64 {
+		v := make([]float64, 0, len(rs))
+		for _, r := range rs {
+			if x := f(r); x != 0 || keepZero {
+				v = append(v, x)
+			}
+		}
+		return newStat(v).Median
+	}
+	m := rs[0]
+	m.Background = nil
+	m.Errors = nil
+	m.Calls, m.Items, m.Seconds = 0, 0, 0
+	m.OpsPerSec = med(func(r Result) float64 { return r.OpsPerSec }, true)
+	m.ItemsPerSec = med(func(r Result) float64 { return r.ItemsPerSec }, true)
+	m.P50 = med(func(r Result) float64 { return r.P50 }, false)
+	m.P90 = med(func(r Result) float64 { return r.P90 }, false)
+	m.P99 = med(func(r Result) float64 { return r.P99 }, false)
+	m.P999 = med(func(r Result) float64 { return r.P999 }, false)
+	m.ServerCPUPerCall = med(func(r Result) float64 { return r.ServerCPUPerCall }, false)
+	m.ServerAllocsPerCall = med(func(r Result) float64 { return r.ServerAllocsPerCall }, false)
+	m.ClientCPUPerCall = med(func(r Result) float64 { return r.ClientCPUPerCall }, false)
+	m.IdleShare = nil
+	var idle []float64
+	for _, r := range rs {
+		if r.IdleShare != nil {
+			idle = append(idle, *r.IdleShare)
 		}
 	}
-	return s[len(s)/2]
+	if len(idle) > 0 {
+		v := newStat(idle).Median
+		m.IdleShare = &v
+	}
+	return m
 }

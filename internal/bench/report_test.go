@@ -3,6 +3,7 @@ package bench
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestTheTextReportShowsWhereEachCallsCPUWent(t *testing.T) {
@@ -47,5 +48,43 @@ func TestTheTextReportShowsWhereEachCallsCPUWent(t *testing.T) {
 	}
 	if strings.Contains(b.String(), "CPU µs per call") {
 		t.Errorf("a CPU section without readings:\n%s", b.String())
+	}
+}
+
+// Each figure of the text report is its own median over the rounds, not
+// that of the round with the median throughput.
+func TestTheReportsFiguresAreEachTheirOwnMedian(t *testing.T) {
+	m := medianResult([]Result{
+		{ItemsPerSec: 100, P50: 300, P99: 900, ServerCPUPerCall: 30},
+		{ItemsPerSec: 200, P50: 100, P99: 5000, ServerCPUPerCall: 10},
+		{ItemsPerSec: 300, P50: 200, P99: 700, ServerCPUPerCall: 0}, // CPU not read
+	})
+	if m.ItemsPerSec != 200 || m.P50 != 200 || m.P99 != 900 || m.ServerCPUPerCall != 20 {
+		t.Fatalf("medians: %.0f items/s, p50 %.0f, p99 %.0f, cpu %.0f; want 200, 200, 900, 20", m.ItemsPerSec, m.P50, m.P99, m.ServerCPUPerCall)
+	}
+}
+
+// Percentiles are nearest-rank: rank ⌈n·p/100⌉.
+func TestPercentilesAreNearestRank(t *testing.T) {
+	lat := func(n int) []time.Duration {
+		s := make([]time.Duration, n)
+		for i := range s {
+			s[i] = time.Duration(i+1) * time.Microsecond
+		}
+		return s
+	}
+	for _, c := range []struct {
+		n    int
+		p    float64
+		want float64
+	}{
+		{160, 99, 159}, // 158.4 → 159 (rounding to nearest took 158)
+		{100, 50, 50},
+		{600, 99.9, 600}, // 599.4 → 600, the largest
+		{1, 99.9, 1},
+	} {
+		if got := pct(lat(c.n), c.p); got != c.want {
+			t.Errorf("p%v of 1..%d µs = %v, want %v", c.p, c.n, got, c.want)
+		}
 	}
 }
