@@ -38,6 +38,7 @@ import (
 	"github.com/custos-kms/custos/client"
 	"github.com/custos-kms/custos/internal/config"
 	"github.com/custos-kms/custos/internal/pki"
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 )
 
 // shortConnections makes the server end every connection after about
@@ -451,4 +452,38 @@ func TestTheClientRefusesAServerCertificateForAnotherAddress(t *testing.T) {
 			t.Fatalf("dialling %s, a server certificate for 10.9.9.9 and elsewhere.internal was accepted (err %v)", addr, err)
 		}
 	}
+}
+
+// A CA taken out of the client bundle cuts off the connections it let in,
+// at their next call, not only new handshakes: the connection's chain is
+// checked against the bundle in force at each call (it kept all its grants
+// until the certificate expired).
+func TestARetiredCACutsOffItsOpenConnections(t *testing.T) {
+	f := newFiles(t)
+	ts := start(t, f, options{configure: func(c *config.Config) { c.TLS.ReloadInterval = 20 * time.Millisecond }})
+	setup(t, ts, "a")
+	c := ts.clients(t, idAdmin) // one connection, its certificate from CA 1
+	ctx := testContext(t)
+	if _, err := c.keys.GetTenant(ctx, &custosv1.GetTenantRequest{Name: "tenants/a"}); err != nil {
+		t.Fatal(err)
+	}
+	ca2, err := pki.NewCA("Custos test CA 2", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeAtomic(t, f.pki.caFile, ca2.CertPEM())
+	var last error
+	waitFor(t, 10*time.Second, "the open connection refused", func() bool {
+		_, last = c.keys.GetTenant(ctx, &custosv1.GetTenantRequest{Name: "tenants/a"})
+		return status.Code(last) == codes.Unauthenticated
+	})
+	if !strings.Contains(last.Error(), "no longer trusted") {
+		t.Fatalf("refusal %v, want it to say the authority is no longer trusted", last)
+	}
+	// Trusted again (CA 1 back in the bundle), the same connection serves.
+	writeAtomic(t, f.pki.caFile, f.pki.ca.CertPEM(), ca2.CertPEM())
+	waitFor(t, 10*time.Second, "the connection served again", func() bool {
+		_, last = c.keys.GetTenant(ctx, &custosv1.GetTenantRequest{Name: "tenants/a"})
+		return last == nil
+	})
 }

@@ -264,7 +264,7 @@ func (s *Server) streamRequestPath(srv any, ss grpc.ServerStream, info *grpc.Str
 			}
 		}()
 	}
-	id, err := identity.Authenticate(ctx)
+	id, err := identity.Authenticate(ctx, s.trust)
 	if err != nil {
 		return err
 	}

@@ -256,14 +256,15 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 		}
 	}
 	rt.srv, err = server.New(server.Config{
-		Backup:     backupFn,
-		Audit:      auditCfg.Audit,
-		AuditLog:   auditCfg.AuditLog,
-		Collectors: append(auditCfg.Collectors, mr.collectors()...),
-		Keystore:   rt.ks,
-		Passwords:  pw,
-		Policy:     rt.policy,
-		Logger:     rt.logger,
+		ClientTrust: tlssource.Trust(tlsSrc),
+		Backup:      backupFn,
+		Audit:       auditCfg.Audit,
+		AuditLog:    auditCfg.AuditLog,
+		Collectors:  append(auditCfg.Collectors, mr.collectors()...),
+		Keystore:    rt.ks,
+		Passwords:   pw,
+		Policy:      rt.policy,
+		Logger:      rt.logger,
 		Limits: server.Limits{
 			MaxPlaintextBytes: cfg.Limits.MaxPlaintextBytes,
 			MaxBatchItems:     cfg.Limits.MaxBatchItems,

@@ -3,7 +3,6 @@ package tlssource
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"sync"
 
@@ -64,11 +63,7 @@ func (s *SPIFFE) Current() (*Set, error) {
 	for _, c := range svid.Certificates {
 		cert.Certificate = append(cert.Certificate, c.Raw)
 	}
-	pool := x509.NewCertPool()
-	for _, c := range b.X509Authorities() {
-		pool.AddCert(c)
-	}
-	s.svid, s.bndl, s.set = svid, b, &Set{Cert: cert, Pool: pool}
+	s.svid, s.bndl, s.set = svid, b, newSet(cert, b.X509Authorities())
 	return s.set, nil
 }
 
