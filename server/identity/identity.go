@@ -10,6 +10,7 @@ package identity
 import (
 	"context"
 	"crypto/x509"
+	"encoding/asn1"
 	"errors"
 	"fmt"
 	"strings"
@@ -39,6 +40,9 @@ var ErrCertificateExpired = errors.New("identity: the client certificate has exp
 // ambiguously or malformed.
 var ErrNoIdentity = errors.New("identity: certificate carries no usable identity")
 
+// oidCommonName is the subject attribute of a common name (2.5.4.3).
+var oidCommonName = asn1.ObjectIdentifier{2, 5, 4, 3}
+
 // FromCertificate returns the identity named by cert.
 //
 // If any URI SAN has the spiffe scheme, the certificate is treated as an
@@ -46,7 +50,7 @@ var ErrNoIdentity = errors.New("identity: certificate carries no usable identity
 // returned. A certificate mixing a SPIFFE ID with other URIs, or carrying a
 // malformed one, is refused rather than falling back to its common name.
 // Otherwise (no URIs, or only non-SPIFFE URIs) the subject common name is
-// returned. The error wraps ErrNoIdentity when there is neither.
+// returned; a subject with more than one is refused. The error wraps ErrNoIdentity when there is neither.
 func FromCertificate(cert *x509.Certificate) (string, error) {
 	if cert == nil {
 		return "", fmt.Errorf("%w: no certificate", ErrNoIdentity)
@@ -59,6 +63,17 @@ func FromCertificate(cert *x509.Certificate) (string, error) {
 			}
 			return id.String(), nil
 		}
+	}
+	cns := 0
+	for _, n := range cert.Subject.Names {
+		if n.Type.Equal(oidCommonName) {
+			cns++
+		}
+	}
+	if cns > 1 {
+		// Go keeps the last, other tools (and the CA's checks) may read
+		// the first: which one is the caller is ambiguous.
+		return "", fmt.Errorf("%w: the subject has %d common names", ErrNoIdentity, cns)
 	}
 	if cn := cert.Subject.CommonName; cn != "" {
 		// A SPIFFE ID is only ever taken from a URI SAN: a common name that

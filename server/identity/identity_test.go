@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"errors"
 	"net"
 	"net/url"
@@ -96,6 +98,9 @@ func TestFromCertificate(t *testing.T) {
 		{"a nil certificate is an error", nil, "", true},
 		{"a common name spelling a SPIFFE ID is not that identity", p.client(t, "spiffe://custos.dev/dev-client"), "", true},
 		{"a common name spelling a SPIFFE ID in upper case is refused too", p.client(t, "SPIFFE://custos.dev/dev-client"), "", true},
+		{"two common names are ambiguous", &x509.Certificate{Subject: pkix.Name{CommonName: "ops-admin", Names: []pkix.AttributeTypeAndValue{
+			{Type: asn1.ObjectIdentifier{2, 5, 4, 3}, Value: "alice-laptop"}, {Type: asn1.ObjectIdentifier{2, 5, 4, 3}, Value: "ops-admin"},
+		}}}, "", true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
