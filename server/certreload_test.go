@@ -487,3 +487,29 @@ func TestARetiredCACutsOffItsOpenConnections(t *testing.T) {
 		return last == nil
 	})
 }
+
+// In SPIFFE mode only SVIDs of the server's own trust domain are callers:
+// a certificate the bundle's authority signed for another trust domain, or
+// with no SPIFFE ID (its common name would have been the identity), is
+// refused at the handshake.
+func TestSPIFFEModeRefusesCertificatesThatAreNotSVIDsOfItsTrustDomain(t *testing.T) {
+	f := newFiles(t)
+	ca := f.pki.ca
+	serverAPI := &fakeWorkloadAPI{}
+	serverAPI.set(t, ca, "spiffe://custos.test/custos", true)
+	ts := start(t, f, options{configure: func(c *config.Config) {
+		c.TLS = config.TLS{SPIFFE: config.SPIFFE{WorkloadAPI: serveWorkloadAPI(t, serverAPI)}}
+	}})
+	own, ownKey, _ := issue(t, ca, clientReq(idAdmin))
+	if _, err := handshake(t, ts.addr, pair(t, own, ownKey)); err != nil {
+		t.Fatalf("an SVID of the trust domain: %v", err)
+	}
+	foreign, foreignKey, _ := issue(t, ca, clientReq("spiffe://partner.test/admin"))
+	if _, err := handshake(t, ts.addr, pair(t, foreign, foreignKey)); err == nil {
+		t.Error("an SVID of another trust domain was accepted")
+	}
+	cn, cnKey, _ := issue(t, ca, pki.IssueRequest{CommonName: "ops-admin", Client: true})
+	if _, err := handshake(t, ts.addr, pair(t, cn, cnKey)); err == nil {
+		t.Error("a certificate with no SPIFFE ID was accepted")
+	}
+}

@@ -3,6 +3,7 @@ package tlssource
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"sync"
 
@@ -63,7 +64,23 @@ func (s *SPIFFE) Current() (*Set, error) {
 	for _, c := range svid.Certificates {
 		cert.Certificate = append(cert.Certificate, c.Raw)
 	}
-	s.svid, s.bndl, s.set = svid, b, newSet(cert, b.X509Authorities())
+	set := newSet(cert, b.X509Authorities())
+	td := svid.ID.TrustDomain()
+	set.peer = func(leaf *x509.Certificate) error {
+		// As go-spiffe's x509svid.Verify: the bundle's authorities may
+		// sign more than this trust domain's SVIDs (an upstream CA's
+		// root, a federated domain's IDs); only this domain's SVIDs are
+		// callers.
+		id, err := x509svid.IDFromCert(leaf)
+		if err != nil {
+			return fmt.Errorf("the client certificate is not an X509-SVID: %w", err)
+		}
+		if id.TrustDomain() != td {
+			return fmt.Errorf("the client's SPIFFE ID %s is not of trust domain %s", id, td)
+		}
+		return nil
+	}
+	s.svid, s.bndl, s.set = svid, b, set
 	return s.set, nil
 }
 

@@ -27,6 +27,9 @@ type Set struct {
 	Pool *x509.CertPool
 	// cas are the bundle's certificates (DER), for Trusts.
 	cas map[string]struct{}
+	// peer, if set, checks a peer's leaf certificate beyond its chain
+	// (a SPIFFE source: an SVID of its own trust domain).
+	peer func(leaf *x509.Certificate) error
 }
 
 // newSet makes a Set of cert and the bundle cas.
@@ -83,12 +86,21 @@ func ServerConfig(src Source) *tls.Config {
 			if err != nil {
 				return nil, err
 			}
-			return &tls.Config{
+			c := &tls.Config{
 				MinVersion:   tls.VersionTLS13,
 				Certificates: []tls.Certificate{s.Cert},
 				ClientAuth:   tls.RequireAndVerifyClientCert,
 				ClientCAs:    s.Pool,
-			}, nil
+			}
+			if s.peer != nil {
+				c.VerifyConnection = func(cs tls.ConnectionState) error {
+					if len(cs.PeerCertificates) == 0 {
+						return errors.New("no client certificate")
+					}
+					return s.peer(cs.PeerCertificates[0])
+				}
+			}
+			return c, nil
 		},
 	}
 }
