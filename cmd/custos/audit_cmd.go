@@ -68,7 +68,7 @@ func newAuditCmd() *cobra.Command {
 				return usageError{fmt.Errorf("-o %q: want text, json or table", output)}
 			}
 			ctx, parent := cmd.Context(), tenantName(tenant)
-			pv, err := newPageVerifier(cmd, cl, parent, publicKey, verify)
+			pv, err := newPageVerifier(cmd, func() (context.Context, context.CancelFunc) { return c.callContext(cmd) }, cl, parent, publicKey, verify)
 			if err != nil {
 				return err
 			}
@@ -130,7 +130,7 @@ func newAuditCmd() *cobra.Command {
 				return usageError{fmt.Errorf("-o %q: want text, json or table", output)}
 			}
 			ctx, parent := cmd.Context(), tenantName(tenant)
-			pv, err := newPageVerifier(cmd, cl, parent, publicKey, verify)
+			pv, err := newPageVerifier(cmd, func() (context.Context, context.CancelFunc) { return c.callContext(cmd) }, cl, parent, publicKey, verify)
 			if err != nil {
 				return err
 			}
@@ -181,8 +181,9 @@ func newAuditCmd() *cobra.Command {
 }
 
 // auditKey returns the key to verify with: the pinned one, or the server's
-// (said on stderr, since it proves only the server's self-consistency).
-func auditKey(cmd *cobra.Command, cl checkpointSource, parent, pinned string, verify bool) (string, error) {
+// (said on stderr, since it proves only the server's self-consistency),
+// asked for within the context call gives.
+func auditKey(cmd *cobra.Command, call callContext, cl checkpointSource, parent, pinned string, verify bool) (string, error) {
 	if !verify {
 		return "", nil
 	}
@@ -192,7 +193,9 @@ func auditKey(cmd *cobra.Command, cl checkpointSource, parent, pinned string, ve
 		}
 		return pinned, nil
 	}
-	_, pub, _, err := cl.AuditCheckpoint(cmd.Context(), parent, 0)
+	ctx, cancel := call()
+	defer cancel()
+	_, pub, _, err := cl.AuditCheckpoint(ctx, parent, 0)
 	if err != nil {
 		return "", err
 	}
@@ -202,6 +205,10 @@ func auditKey(cmd *cobra.Command, cl checkpointSource, parent, pinned string, ve
 	fmt.Fprintf(cmd.ErrOrStderr(), "verifying with the server's log key %s (pin it with --public-key)\n", pub)
 	return pub, nil
 }
+
+// callContext gives the context of one call: bounded by --timeout in a
+// command that bounds its calls one by one (audit tail).
+type callContext func() (context.Context, context.CancelFunc)
 
 // checkpointSource answers GetAuditCheckpoint: *client.Client.
 type checkpointSource interface {
@@ -214,6 +221,7 @@ type checkpointSource interface {
 // newest seen before, so that no two pages show different histories.
 type pageVerifier struct {
 	cmd            *cobra.Command
+	call           callContext
 	cl             checkpointSource
 	parent, tenant string
 	pinned, pub    string
@@ -223,14 +231,14 @@ type pageVerifier struct {
 	lastIndex      uint64
 }
 
-func newPageVerifier(cmd *cobra.Command, cl checkpointSource, parent, pinned string, verify bool) (*pageVerifier, error) {
-	pub, err := auditKey(cmd, cl, parent, pinned, verify)
+func newPageVerifier(cmd *cobra.Command, call callContext, cl checkpointSource, parent, pinned string, verify bool) (*pageVerifier, error) {
+	pub, err := auditKey(cmd, call, cl, parent, pinned, verify)
 	if err != nil {
 		return nil, err
 	}
 	// The events name the bare id, whichever form --tenant took.
 	id := strings.TrimPrefix(parent, "tenants/")
-	return &pageVerifier{cmd: cmd, cl: cl, parent: parent, tenant: id, pinned: pinned, pub: pub, verify: verify}, nil
+	return &pageVerifier{cmd: cmd, call: call, cl: cl, parent: parent, tenant: id, pinned: pinned, pub: pub, verify: verify}, nil
 }
 
 // check verifies a page, fetching the server's key if the log had none
@@ -241,7 +249,7 @@ func (v *pageVerifier) check(page client.AuditPage) error {
 	}
 	if v.pub == "" {
 		var err error
-		if v.pub, err = auditKey(v.cmd, v.cl, v.parent, v.pinned, v.verify); err != nil {
+		if v.pub, err = auditKey(v.cmd, v.call, v.cl, v.parent, v.pinned, v.verify); err != nil {
 			return err
 		}
 		if v.pub == "" {
@@ -278,13 +286,18 @@ func (v *pageVerifier) consistent(a, b client.AuditCheckpoint) error {
 	if a.Size == b.Size && bytes.Equal(a.Root, b.Root) {
 		return nil
 	}
-	ctx := v.cmd.Context()
+	checkpoint := func(size uint64) (client.AuditCheckpoint, [][]byte, error) {
+		ctx, cancel := v.call()
+		defer cancel()
+		cp, _, proof, err := v.cl.AuditCheckpoint(ctx, v.parent, size)
+		return cp, proof, err
+	}
 	for range 3 {
-		la, _, pa, err := v.cl.AuditCheckpoint(ctx, v.parent, a.Size)
+		la, pa, err := checkpoint(a.Size)
 		if err != nil {
 			return err
 		}
-		lb, _, pb, err := v.cl.AuditCheckpoint(ctx, v.parent, b.Size)
+		lb, pb, err := checkpoint(b.Size)
 		if err != nil {
 			return err
 		}

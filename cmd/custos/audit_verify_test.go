@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -75,7 +76,7 @@ func TestPagesShowingDifferentHistoriesAreRefused(t *testing.T) {
 	lie.Size, lie.Root = b.Size, b.Root // a's note, b's fields
 	cmd := &cobra.Command{}
 	cmd.SetContext(t.Context())
-	v := &pageVerifier{cmd: cmd, cl: lyingSource{a.Size: lie, b.Size: b}, parent: "tenants/acme", tenant: "acme", pub: vkey, verify: true}
+	v := &pageVerifier{cmd: cmd, call: func() (context.Context, context.CancelFunc) { return context.WithCancel(cmd.Context()) }, cl: lyingSource{a.Size: lie, b.Size: b}, parent: "tenants/acme", tenant: "acme", pub: vkey, verify: true}
 	if err := v.consistent(a, b); err == nil {
 		t.Fatal("two checkpoints of different histories passed as one")
 	}
@@ -109,7 +110,7 @@ func TestAPageShowingAnEventAgainIsRefused(t *testing.T) {
 	}
 	cmd := &cobra.Command{}
 	cmd.SetContext(t.Context())
-	v := &pageVerifier{cmd: cmd, cl: lyingSource{}, parent: "tenants/acme", tenant: "acme", pub: vkey, verify: true}
+	v := &pageVerifier{cmd: cmd, call: func() (context.Context, context.CancelFunc) { return context.WithCancel(cmd.Context()) }, cl: lyingSource{}, parent: "tenants/acme", tenant: "acme", pub: vkey, verify: true}
 	page := func(evs ...client.AuditEvent) client.AuditPage {
 		return client.AuditPage{Events: evs, Checkpoint: cp, Parent: "tenants/acme"}
 	}
@@ -121,5 +122,45 @@ func TestAPageShowingAnEventAgainIsRefused(t *testing.T) {
 	}
 	if err := v.check(page(events[0])); err == nil {
 		t.Fatal("a page showing an earlier event after a later page verified")
+	}
+}
+
+// stalledSource answers no checkpoint until its caller gives up.
+type stalledSource struct{}
+
+func (stalledSource) AuditCheckpoint(ctx context.Context, _ string, _ uint64) (client.AuditCheckpoint, string, [][]byte, error) {
+	<-ctx.Done()
+	return client.AuditCheckpoint{}, "", nil, ctx.Err()
+}
+
+// audit tail bounds each of its checkpoint calls by --timeout, as its
+// listings: a server that stops answering them hung it until Ctrl-C.
+func TestTailsCheckpointCallsAreBounded(t *testing.T) {
+	signer, vkey := newLogKey(t)
+	a := signedCheckpoint(t, signer, vkey, 100, "history one")
+	b := signedCheckpoint(t, signer, vkey, 120, "history one, longer")
+	cmd := &cobra.Command{}
+	cmd.SetContext(t.Context())
+	call := func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(cmd.Context(), 50*time.Millisecond)
+	}
+	done := make(chan error, 2)
+	go func() {
+		v := &pageVerifier{cmd: cmd, call: call, cl: stalledSource{}, parent: "tenants/acme", tenant: "acme", pub: vkey, verify: true}
+		done <- v.consistent(a, b)
+	}()
+	go func() {
+		_, err := newPageVerifier(cmd, call, stalledSource{}, "tenants/acme", "", true)
+		done <- err
+	}()
+	for range 2 {
+		select {
+		case err := <-done:
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("a stalled checkpoint call: %v, want its deadline", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("a stalled checkpoint call still waiting after 10s")
+		}
 	}
 }
