@@ -232,8 +232,33 @@ func writeBackup(cmd *cobra.Command, cfg *config.Config, w io.Writer, f *os.File
 	return backup.Write(ctx, w, sn, d.Root, backup.Options{Source: cfg.Storage.Type, Progress: p.update})
 }
 
+// backupStall is how long a server taking a backup may send nothing (its
+// answer, then each part of it) before custos backup gives up (exit 7):
+// a backup has no deadline as a whole, however large the store.
+var backupStall = 2 * time.Minute
+
+// errBackupStalled is why: the server stopped sending.
+var errBackupStalled = fmt.Errorf("the server sent nothing for a while: %w", errRetryLater)
+
+// stallReader reads r, putting off stall each time data comes.
+type stallReader struct {
+	r     io.Reader
+	stall *time.Timer
+}
+
+func (s stallReader) Read(b []byte) (int, error) {
+	n, err := s.r.Read(b)
+	if n > 0 {
+		s.stall.Reset(backupStall)
+	}
+	return n, err
+}
+
 func backupFromServer(cmd *cobra.Command, cfg *config.Config, w io.Writer, f *os.File, p *progress) (*backup.Manifest, error) {
-	ctx := cmd.Context()
+	ctx, cancel := context.WithCancelCause(cmd.Context())
+	defer cancel(nil)
+	stall := time.AfterFunc(backupStall, func() { cancel(errBackupStalled) })
+	defer stall.Stop()
 	fmt.Fprintf(cmd.ErrOrStderr(), "the bbolt file is held by a running server: taking the backup through its ops listener %s\n", cfg.Ops.Listen)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+cfg.Ops.Listen+"/backup", nil)
 	if err != nil {
@@ -241,9 +266,13 @@ func backupFromServer(cmd *cobra.Command, cfg *config.Config, w io.Writer, f *os
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("backup through the server: %w", err)
+		return nil, fmt.Errorf("backup through the server: %w", stalled(ctx, err))
 	}
 	defer resp.Body.Close()
+	resp.Body = struct {
+		io.Reader
+		io.Closer
+	}{stallReader{resp.Body, stall}, resp.Body}
 	if resp.StatusCode != http.StatusOK {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		err := fmt.Errorf("backup through the server: %s: %s", resp.Status, strings.TrimSpace(string(body)))
@@ -273,22 +302,32 @@ func backupFromServer(cmd *cobra.Command, cfg *config.Config, w io.Writer, f *os
 			checked <- err
 		}()
 		_, err := io.Copy(io.MultiWriter(w, pw), io.TeeReader(resp.Body, progressWriter{p}))
+		stall.Stop() // all received: the check's time is its own
 		pw.CloseWithError(err)
 		if cerr := <-checked; err == nil {
 			err = cerr
 		}
 		if err != nil {
-			return nil, fmt.Errorf("backup through the server: %w", err)
+			return nil, fmt.Errorf("backup through the server: %w", stalled(ctx, err))
 		}
 		return m, nil
 	}
 	if _, err := io.Copy(w, io.TeeReader(resp.Body, progressWriter{p})); err != nil {
-		return nil, fmt.Errorf("backup through the server: %w", err)
+		return nil, fmt.Errorf("backup through the server: %w", stalled(ctx, err))
 	}
+	stall.Stop() // all received: the check's time is its own
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return nil, err
 	}
 	return backup.Read(ctx, f, r, nil)
+}
+
+// stalled is err, or errBackupStalled if that is why ctx ended.
+func stalled(ctx context.Context, err error) error {
+	if cause := context.Cause(ctx); errors.Is(cause, errBackupStalled) {
+		return cause
+	}
+	return err
 }
 
 // progressWriter reports bytes received.

@@ -14,11 +14,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/custos-kms/custos/internal/config"
 	"github.com/custos-kms/custos/internal/custos"
 	"github.com/custos-kms/custos/internal/pgtest"
 	"github.com/custos-kms/custos/keystore"
 	"github.com/custos-kms/custos/keystore/backup"
+	"github.com/custos-kms/custos/keystore/root/local"
 	"github.com/custos-kms/custos/keystore/storage"
 	"github.com/custos-kms/custos/keystore/storage/bbolt"
 	"github.com/custos-kms/custos/keystore/storage/memory"
@@ -288,5 +291,46 @@ func TestABackupThroughTheServerSaysWhenToRetry(t *testing.T) {
 		if code == http.StatusNotFound && (err == nil || !strings.Contains(err.Error(), "ops.backup: true")) {
 			t.Errorf("a server without the backup endpoint: %v; want the setting named", err)
 		}
+	}
+}
+
+// A server that stops sending (before its answer, or midway) fails custos
+// backup with exit 7 once nothing came for backupStall: it waited for ever.
+func TestABackupFromAServerThatStopsSendingFails(t *testing.T) {
+	defer func(d time.Duration) { backupStall = d }(backupStall)
+	backupStall = 100 * time.Millisecond
+	for name, handler := range map[string]http.HandlerFunc{
+		"before its answer": func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() },
+		"midway": func(w http.ResponseWriter, r *http.Request) {
+			_, _ = w.Write([]byte("CUSTOS-BACKUP"))
+			w.(http.Flusher).Flush()
+			<-r.Context().Done()
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			srv := httptest.NewServer(handler)
+			defer srv.Close()
+			key := filepath.Join(t.TempDir(), "root.key")
+			if _, err := local.Create(key); err != nil {
+				t.Fatal(err)
+			}
+			cfg := &config.Config{Ops: config.Ops{Listen: strings.TrimPrefix(srv.URL, "http://")}, Root: config.Root{Type: "local", Local: config.LocalRoot{KeyFile: key}}}
+			cmd := &cobra.Command{}
+			cmd.SetContext(t.Context())
+			cmd.SetErr(io.Discard)
+			done := make(chan error, 1)
+			go func() {
+				_, err := backupFromServer(cmd, cfg, io.Discard, nil, newProgress(io.Discard, "backup"))
+				done <- err
+			}()
+			select {
+			case err := <-done:
+				if !errors.Is(err, errRetryLater) || exitCode(err) != 7 {
+					t.Fatalf("%v (exit %d), want a stall, exit 7", err, exitCode(err))
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("custos backup still waiting 10s after the server stopped sending")
+			}
+		})
 	}
 }
