@@ -110,6 +110,9 @@ func (c *conn) run(f func(cmd *cobra.Command, cl *client.Client, args []string) 
 		if c.envErr != nil && !cmd.Flags().Changed("timeout") {
 			return c.envErr
 		}
+		if c.timeout < 0 {
+			return usageError{fmt.Errorf("--timeout %v (or CUSTOS_TIMEOUT): want a duration, 0 for none", c.timeout)}
+		}
 		// A command annotated ownTimeout bounds its calls itself
 		// (callContext): audit tail each call, password hash and verify the
 		// calls after a person has typed the password.

@@ -393,14 +393,14 @@ that is not an extension of it. Run it as
 			}
 			var kept [][]byte
 			if keptPath != "" {
-				b, err := os.ReadFile(keptPath)
+				b, err := readBounded(keptPath, maxKeptCheckpoint)
 				switch {
 				case errors.Is(err, os.ErrNotExist) && keptPath == savePath:
 					fmt.Fprintf(cmd.ErrOrStderr(), "no kept checkpoint at %s yet: this run keeps one\n", keptPath)
 				case err != nil:
 					return fmt.Errorf("--checkpoint: %w", err)
 				case len(b) > maxKeptCheckpoint:
-					return fmt.Errorf("--checkpoint: %s holds %d bytes, more than a checkpoint", keptPath, len(b))
+					return fmt.Errorf("--checkpoint: %s holds more than %d bytes, more than a checkpoint", keptPath, maxKeptCheckpoint)
 				default:
 					kept = append(kept, b)
 				}
@@ -433,6 +433,18 @@ that is not an extension of it. Run it as
 	cmd.Flags().StringVar(&keptPath, "checkpoint", "", "a checkpoint kept from an earlier run (--save-checkpoint): report a log that is not an extension of it")
 	cmd.Flags().StringVar(&savePath, "save-checkpoint", "", "after a clean run, keep the latest checkpoint in this file")
 	return cmd
+}
+
+// readBounded reads the file at path, up to max+1 bytes: more than max
+// means it is too large, without reading all of it (--checkpoint
+// /dev/zero).
+func readBounded(path string, max int) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, int64(max)+1))
 }
 
 // maxKeptCheckpoint bounds a kept checkpoint file (a signed note of a few

@@ -181,3 +181,22 @@ func TestAServerCertificateTheClientCannotVerifyIsNotAuthenticated(t *testing.T)
 		t.Errorf("a server certificate of another CA: exit %d (%v), want %d", code, err, exitPermission)
 	}
 }
+
+// A negative --timeout is refused (exit 2): it meant "never", which only 0
+// says.
+func TestANegativeTimeoutIsAUsageError(t *testing.T) {
+	_, _, err := runCLI(t, "tenant", "list", "--addr", "127.0.0.1:1", "--timeout", "-5s")
+	var u usageError
+	if !errors.As(err, &u) || exitCode(err) != 2 {
+		t.Fatalf("%v (exit %d), want a usage error", err, exitCode(err))
+	}
+}
+
+// A kept checkpoint is read no further than its bound: /dev/zero is too
+// large at once, not read until memory runs out.
+func TestAKeptCheckpointIsReadBounded(t *testing.T) {
+	b, err := readBounded("/dev/zero", maxKeptCheckpoint)
+	if err != nil || len(b) != maxKeptCheckpoint+1 {
+		t.Fatalf("read %d bytes, %v; want %d", len(b), err, maxKeptCheckpoint+1)
+	}
+}
