@@ -382,10 +382,13 @@ func printKey(w io.Writer, k client.Key) {
 	if k.RotationPeriod > 0 {
 		fmt.Fprintf(w, "rotation: every %v, next %s\n", k.RotationPeriod, when(k.NextRotationTime))
 	}
+	if k.MinDecryptionVersion > 0 {
+		fmt.Fprintf(w, "min decryption version: %d\n", k.MinDecryptionVersion)
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "VERSION\tSTATE\tCREATED\tENCRYPTIONS")
+	fmt.Fprintln(tw, "VERSION\tSTATE\tCREATED\tDESTROY\tENCRYPTIONS")
 	for _, v := range k.Versions {
-		fmt.Fprintf(tw, "%d\t%v\t%s\t%d\n", v.Version, v.State, when(v.CreateTime), v.EncryptCount)
+		fmt.Fprintf(tw, "%d\t%v\t%s\t%s\t%d\n", v.Version, v.State, when(v.CreateTime), when(v.DestroyTime), v.EncryptCount)
 	}
 	tw.Flush()
 }

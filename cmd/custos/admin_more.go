@@ -378,9 +378,9 @@ func emitKey(cmd *cobra.Command, output string, k client.Key) error {
 	case "json":
 	case "table":
 		tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tPURPOSE\tPRIMARY\tVERSION\tSTATE\tCREATED\tENCRYPTIONS")
+		fmt.Fprintln(tw, "NAME\tPURPOSE\tPRIMARY\tVERSION\tSTATE\tCREATED\tDESTROY\tENCRYPTIONS")
 		for _, v := range k.Versions {
-			fmt.Fprintf(tw, "%s\t%v\t%d\t%d\t%v\t%s\t%d\n", k.Name, k.Purpose, k.PrimaryVersion, v.Version, v.State, when(v.CreateTime), v.EncryptCount)
+			fmt.Fprintf(tw, "%s\t%v\t%d\t%d\t%v\t%s\t%s\t%d\n", k.Name, k.Purpose, k.PrimaryVersion, v.Version, v.State, when(v.CreateTime), when(v.DestroyTime), v.EncryptCount)
 		}
 		return tw.Flush()
 	default:
@@ -389,9 +389,18 @@ func emitKey(cmd *cobra.Command, output string, k client.Key) error {
 	}
 	versions := make([]map[string]any, 0, len(k.Versions))
 	for _, v := range k.Versions {
-		versions = append(versions, map[string]any{"version": v.Version, "state": v.State.String(), "create_time": v.CreateTime, "encryptions": v.EncryptCount})
+		m := map[string]any{"version": v.Version, "state": v.State.String(), "create_time": v.CreateTime, "encryptions": v.EncryptCount}
+		if !v.DestroyTime.IsZero() {
+			m["destroy_time"] = v.DestroyTime
+		}
+		versions = append(versions, m)
 	}
-	return emit(cmd, output, map[string]any{"name": k.Name, "purpose": k.Purpose.String(), "primary_version": k.PrimaryVersion, "versions": versions})
+	m := map[string]any{"name": k.Name, "purpose": k.Purpose.String(), "primary_version": k.PrimaryVersion, "create_time": k.CreateTime,
+		"min_decryption_version": k.MinDecryptionVersion, "versions": versions}
+	if k.RotationPeriod > 0 {
+		m["rotation_period"], m["next_rotation_time"] = k.RotationPeriod.String(), k.NextRotationTime
+	}
+	return emit(cmd, output, m)
 }
 
 // readStdin reads up to limit bytes of standard input, or stops when the

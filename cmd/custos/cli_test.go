@@ -169,13 +169,16 @@ func TestEveryCommandGroupWithJSON(t *testing.T) {
 	if pt := strings.TrimSpace(cli(t, dir, addr, "decrypt", "tenants/acme/keys/enc", rct, "--ad", "r1")); pt != "x" {
 		t.Fatalf("decrypt of rewrap's output: %q, want x", pt)
 	}
-	if k := js("key", "update", "tenants/acme/keys/enc", "--min-decryption-version", "2"); k["primary_version"].(float64) != 2 {
+	// What update and destroy change shows in the key they print.
+	if k := js("key", "update", "tenants/acme/keys/enc", "--min-decryption-version", "2"); k["primary_version"].(float64) != 2 || k["min_decryption_version"].(float64) != 2 {
 		t.Fatalf("update: %v", k)
 	}
 	js("key", "update", "tenants/acme/keys/enc", "--min-decryption-version", "0")
 	js("key", "version", "disable", "tenants/acme/keys/enc", "1")
 	js("key", "version", "enable", "tenants/acme/keys/enc", "1")
-	js("key", "version", "destroy", "tenants/acme/keys/enc", "1")
+	if k := js("key", "version", "destroy", "tenants/acme/keys/enc", "1"); k["versions"].([]any)[0].(map[string]any)["destroy_time"] == nil {
+		t.Fatalf("destroy: %v, want version 1's destroy_time", k)
+	}
 	js("key", "version", "restore", "tenants/acme/keys/enc", "1")
 	// Passwords come on standard input.
 	pw := func(args ...string) (map[string]any, int) {
