@@ -208,20 +208,26 @@ func addAdminCommands(root *cobra.Command) {
 			Use: "list tenants/TENANT", Short: "List a tenant's keys", Args: cobra.ExactArgs(1),
 			RunE: k.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
 				w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-				if k.output != "json" { // text and table
+				switch k.output {
+				case "text":
 					fmt.Fprintln(w, "NAME\tPURPOSE\tPRIMARY\tVERSIONS")
+				case "table": // one row per version, as key get -o table
+					fmt.Fprintln(w, keyTableHeader)
 				}
 				for kk, err := range cl.AllKeys(cmd.Context(), tenantName(args[0])) {
 					if err != nil {
 						return err
 					}
-					if k.output == "json" { // one key object per line, as key get prints it
+					switch k.output {
+					case "json": // one key object per line, as key get prints it
 						if err := emitKey(cmd, "json", kk); err != nil {
 							return err
 						}
-						continue
+					case "table":
+						keyTableRows(w, kk)
+					default:
+						fmt.Fprintf(w, "%s\t%v\t%d\t%d\n", kk.Name, kk.Purpose, kk.PrimaryVersion, len(kk.Versions))
 					}
-					fmt.Fprintf(w, "%s\t%v\t%d\t%d\n", kk.Name, kk.Purpose, kk.PrimaryVersion, len(kk.Versions))
 				}
 				return w.Flush()
 			}),

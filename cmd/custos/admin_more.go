@@ -373,15 +373,23 @@ func readPassword(cmd *cobra.Command) ([]byte, error) {
 	return pw, nil
 }
 
+// keyTableHeader heads -o table's rows of keys, one per version.
+const keyTableHeader = "NAME\tPURPOSE\tPRIMARY\tVERSION\tSTATE\tCREATED\tDESTROY\tENCRYPTIONS"
+
+// keyTableRows writes k's rows, one per version.
+func keyTableRows(w io.Writer, k client.Key) {
+	for _, v := range k.Versions {
+		fmt.Fprintf(w, "%s\t%v\t%d\t%d\t%v\t%s\t%s\t%d\n", k.Name, k.Purpose, k.PrimaryVersion, v.Version, v.State, when(v.CreateTime), when(v.DestroyTime), v.EncryptCount)
+	}
+}
+
 func emitKey(cmd *cobra.Command, output string, k client.Key) error {
 	switch output {
 	case "json":
 	case "table":
 		tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tPURPOSE\tPRIMARY\tVERSION\tSTATE\tCREATED\tDESTROY\tENCRYPTIONS")
-		for _, v := range k.Versions {
-			fmt.Fprintf(tw, "%s\t%v\t%d\t%d\t%v\t%s\t%s\t%d\n", k.Name, k.Purpose, k.PrimaryVersion, v.Version, v.State, when(v.CreateTime), when(v.DestroyTime), v.EncryptCount)
-		}
+		fmt.Fprintln(tw, keyTableHeader)
+		keyTableRows(tw, k)
 		return tw.Flush()
 	default:
 		printKey(cmd.OutOrStdout(), k)

@@ -144,6 +144,14 @@ func TestEveryCommandGroupWithJSON(t *testing.T) {
 			t.Fatalf("key list -o json line %q: %v", l, err)
 		}
 	}
+	// -o table: one row per version, for key list as for key get.
+	listTable, _ := runDev(t, dir, addr, "key", "list", "tenants/acme", "-o", "table")
+	getTable, _ := runDev(t, dir, addr, "key", "get", "tenants/acme/keys/enc", "-o", "table")
+	lh, _, _ := strings.Cut(listTable, "\n")
+	gh, _, _ := strings.Cut(getTable, "\n")
+	if strings.Join(strings.Fields(lh), " ") != strings.Join(strings.Fields(gh), " ") || strings.Count(listTable, "\n") != 5 {
+		t.Fatalf("key list -o table:\n%s\nkey get -o table:\n%s", listTable, getTable)
+	}
 	m := js("mac", "compute", "tenants/acme/keys/idx", "hello")
 	js("mac", "verify", "tenants/acme/keys/idx", "hello", m["mac"].(string))
 	if _, code := runDev(t, dir, addr, "mac", "verify", "tenants/acme/keys/idx", "other", m["mac"].(string)); code != exitInvalid {
