@@ -45,8 +45,11 @@ func exitCode(err error) int {
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, root.ErrUnavailable) || errors.Is(err, storage.ErrUnavailable) || errors.Is(err, errRetryLater) || errors.Is(err, backup.ErrRestoreRunning) {
 		return exitUnavailable // a command on the store directly (the root or the store is down), or a server's "retry later"
 	}
-	if errors.Is(err, backup.ErrRestoring) {
+	if errors.Is(err, backup.ErrRestoring) || errors.Is(err, backup.ErrTargetNotEmpty) {
 		return exitPrecondition
+	}
+	if errors.Is(err, context.Canceled) {
+		return exitOther // the user's own interrupt (Ctrl-C) is no outage to retry
 	}
 	var ce *client.Error
 	if !errors.As(err, &ce) {
@@ -69,8 +72,10 @@ func exitCode(err error) int {
 			return exitPermission
 		}
 		return exitUnavailable
-	case codes.DeadlineExceeded, codes.ResourceExhausted, codes.Canceled:
+	case codes.DeadlineExceeded, codes.ResourceExhausted:
 		return exitUnavailable
+	case codes.Canceled:
+		return exitOther // the caller gave up: an interrupt (Ctrl-C), no outage to retry
 	}
 	return exitOther
 }

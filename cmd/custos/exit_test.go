@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
 
+	"github.com/custos-kms/custos/client"
 	"github.com/custos-kms/custos/keystore/backup"
 	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/storage"
@@ -26,6 +28,11 @@ func TestExitCodesOfCommandsOnTheStoreDirectly(t *testing.T) {
 		fmt.Errorf("backup: snapshot: %w", storage.ErrUnavailable): exitUnavailable,
 		fmt.Errorf("backup: %w", backup.ErrDamaged):                exitInvalid,
 		backup.ErrRestoring: exitPrecondition,
+		fmt.Errorf("restore: %w", backup.ErrTargetNotEmpty): exitPrecondition,
+		// The user's interrupt, during a read of standard input or a call,
+		// is no outage a script should retry.
+		context.Canceled:                    exitOther,
+		&client.Error{Code: codes.Canceled}: exitOther,
 		fmt.Errorf("backup through the server: 429 Too Many Requests: a backup is already being taken (%w)", errRetryLater): exitUnavailable,
 	} {
 		if got := exitCode(err); got != want {

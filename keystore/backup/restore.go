@@ -144,7 +144,7 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 		case prev.Version != 0 && pm.id == m.ID:
 			rep.Resumed = true
 		case !opts.Force:
-			return nil, errors.New("backup: the target store is not empty; restore into an empty store, or pass --force to write over it")
+			return nil, ErrTargetNotEmpty
 		}
 		t, err := clockOf(ctx, target, opts.Now)
 		if err != nil {
@@ -389,6 +389,9 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 }
 
 var (
+	// ErrTargetNotEmpty refuses a restore into a store that holds
+	// records, unless forced.
+	ErrTargetNotEmpty = errors.New("backup: the target store is not empty; restore into an empty store, or pass --force to write over it")
 	// ErrRestoreRunning refuses a restore that met another one writing to
 	// the same target: retry once it has finished (or its marker is stale).
 	ErrRestoreRunning = errors.New("backup: another restore is writing to the target store; let it finish (or stop it), then run this one again")
