@@ -152,11 +152,13 @@ docs/backup.md.`,
 					return err
 				}
 				defer os.Remove(tmp.Name())
-				if _, err := io.Copy(tmp, cmd.InOrStdin()); err != nil {
-					tmp.Close()
+				err = copyUntilDone(cmd.Context(), tmp, cmd.InOrStdin())
+				if cerr := tmp.Close(); err == nil {
+					err = cerr
+				}
+				if err != nil {
 					return err
 				}
-				tmp.Close()
 				file = tmp.Name()
 			}
 			_, d, closeDirect, err := openDirect(cmd, path)
@@ -320,6 +322,24 @@ func backupFromServer(cmd *cobra.Command, cfg *config.Config, w io.Writer, f *os
 		return nil, err
 	}
 	return backup.Read(ctx, f, r, nil)
+}
+
+// copyUntilDone copies r to w until r ends or ctx does (Ctrl-C: main's
+// signal context catches the signal, and a read of a pipe that never
+// closes would wait for ever; the copy goes on until the process ends,
+// writing to a file the caller removes).
+func copyUntilDone(ctx context.Context, w io.Writer, r io.Reader) error {
+	done := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(w, r)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // stalled is err, or errBackupStalled if that is why ctx ended.

@@ -334,3 +334,34 @@ func TestABackupFromAServerThatStopsSendingFails(t *testing.T) {
 		})
 	}
 }
+
+// restore --in - stops reading standard input when its context ends, and
+// its temporary copy is removed: the read of a pipe that never closed
+// ignored Ctrl-C, and a second Ctrl-C left the copy behind.
+func TestARestoreFromStandardInputStopsWithTheCommand(t *testing.T) {
+	tmpdir := t.TempDir()
+	t.Setenv("TMPDIR", tmpdir)
+	pr, pw := io.Pipe() // never closed: a producer that stalls
+	defer pw.Close()
+	go func() { _, _ = pw.Write([]byte("CUSTOS-BACKUP partial")) }()
+	cmd := newRootCmd()
+	cmd.SetIn(pr)
+	cmd.SetOut(io.Discard)
+	cmd.SetErr(io.Discard)
+	cmd.SetArgs([]string{"restore", "--in", "-", "--config", filepath.Join(tmpdir, "none.yaml")})
+	ctx, cancel := context.WithCancel(t.Context())
+	time.AfterFunc(200*time.Millisecond, cancel)
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("restore --in - after Ctrl-C: %v, want context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("restore --in - still reading 10s after its context ended")
+	}
+	if left, _ := filepath.Glob(filepath.Join(tmpdir, "custos-restore-*")); len(left) != 0 {
+		t.Fatalf("temporary copies left: %v", left)
+	}
+}
