@@ -392,9 +392,9 @@ func printKey(w io.Writer, k client.Key) {
 		fmt.Fprintf(w, "min decryption version: %d\n", k.MinDecryptionVersion)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "VERSION\tSTATE\tCREATED\tDESTROY\tENCRYPTIONS")
+	fmt.Fprintln(tw, "VERSION\tSTATE\tCREATED\tENCRYPTIONS\tDESTROY")
 	for _, v := range k.Versions {
-		fmt.Fprintf(tw, "%d\t%v\t%s\t%s\t%d\n", v.Version, v.State, when(v.CreateTime), when(v.DestroyTime), v.EncryptCount)
+		fmt.Fprintf(tw, "%d\t%v\t%s\t%d\t%s\n", v.Version, v.State, when(v.CreateTime), v.EncryptCount, when(v.DestroyTime))
 	}
 	tw.Flush()
 }

@@ -373,13 +373,14 @@ func readPassword(cmd *cobra.Command) ([]byte, error) {
 	return pw, nil
 }
 
-// keyTableHeader heads -o table's rows of keys, one per version.
-const keyTableHeader = "NAME\tPURPOSE\tPRIMARY\tVERSION\tSTATE\tCREATED\tDESTROY\tENCRYPTIONS"
+// keyTableHeader heads -o table's rows of keys, one per version (columns
+// added since go last, so that scripts reading by position keep working).
+const keyTableHeader = "NAME\tPURPOSE\tPRIMARY\tVERSION\tSTATE\tCREATED\tENCRYPTIONS\tDESTROY"
 
 // keyTableRows writes k's rows, one per version.
 func keyTableRows(w io.Writer, k client.Key) {
 	for _, v := range k.Versions {
-		fmt.Fprintf(w, "%s\t%v\t%d\t%d\t%v\t%s\t%s\t%d\n", k.Name, k.Purpose, k.PrimaryVersion, v.Version, v.State, when(v.CreateTime), when(v.DestroyTime), v.EncryptCount)
+		fmt.Fprintf(w, "%s\t%v\t%d\t%d\t%v\t%s\t%d\t%s\n", k.Name, k.Purpose, k.PrimaryVersion, v.Version, v.State, when(v.CreateTime), v.EncryptCount, when(v.DestroyTime))
 	}
 }
 

@@ -299,7 +299,8 @@ func Run(ctx context.Context, t Target, w Workload) (Result, error) {
 	}
 	workers := max(w.Concurrency, 1)
 	type tally struct {
-		lat    []time.Duration
+		lat    []time.Duration // of calls in the window, and of those it cut
+		calls  int64           // successful calls in the window
 		items  int64
 		errors map[string]int64
 	}
@@ -354,6 +355,7 @@ func Run(ctx context.Context, t Target, w Workload) (Result, error) {
 					continue
 				}
 				tl.lat = append(tl.lat, t1.Sub(t0))
+				tl.calls++
 				tl.items += int64(n)
 			}
 		})
@@ -379,6 +381,7 @@ func Run(ctx context.Context, t Target, w Workload) (Result, error) {
 	var lat []time.Duration
 	for _, tl := range tallies {
 		lat = append(lat, tl.lat...)
+		r.Calls += tl.calls
 		r.Items += tl.items
 		for k, v := range tl.errors {
 			r.Errors[k] += v
@@ -387,7 +390,6 @@ func Run(ctx context.Context, t Target, w Workload) (Result, error) {
 	if len(r.Errors) == 0 {
 		r.Errors = nil
 	}
-	r.Calls = int64(len(lat))
 	r.Seconds = w.Duration.Seconds()
 	if r.Seconds > 0 {
 		r.OpsPerSec = float64(r.Calls) / r.Seconds
