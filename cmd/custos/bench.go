@@ -332,6 +332,10 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 	}
 
 	rep := bench.NewReport(f.rounds, base)
+	rep.Settings.Baseline = f.baseline
+	if f.baseline == "spawn" {
+		rep.Settings.BaselineGCPercent = f.baseGC
+	}
 	for _, w := range workloads {
 		fmt.Fprintf(progress, "running %s@%d %d×…\n", w.Op, w.Concurrency, f.rounds)
 		c, err := bench.Compare(ctx, custos, baseline, w, f.rounds)

@@ -91,6 +91,10 @@ func TestBenchMeasuresEveryOperationAgainstItsBaseline(t *testing.T) {
 	if len(rep.Comparisons) != len(strings.Split(ops, ",")) || rep.Rounds != 2 {
 		t.Fatalf("%d comparisons, %d rounds; want %d, 2", len(rep.Comparisons), rep.Rounds, len(strings.Split(ops, ",")))
 	}
+	// The settings say what the run was against and with which keys.
+	if s := rep.Settings; s.Baseline != lis.Addr().String() || s.PasswordKey != bench.DefaultKeys.Password || s.BatchSize != 5 {
+		t.Fatalf("settings %+v", s)
+	}
 	for _, c := range rep.Comparisons {
 		if len(c.Custos) != 2 {
 			t.Errorf("%s: %d Custos rounds, want 2", c.Workload, len(c.Custos))

@@ -26,10 +26,21 @@ type WorkloadFlags struct {
 	BatchSize    int     `json:"batch_size"`
 	WarmupSec    float64 `json:"warmup_seconds"`
 	DurationSec  float64 `json:"duration_seconds"`
+	// Tenants spreads encrypt over that many seeded tenants (0: one key).
+	Tenants int `json:"tenants,omitempty"`
+	// PasswordKey is the key hash and verify use (bcrypt or argon2id).
+	PasswordKey string `json:"password_key,omitempty"`
+	// Baseline is --baseline ("spawn", "audit-off", "off", an address),
+	// and BaselineGCPercent the spawned baseline's GC target.
+	Baseline          string `json:"baseline,omitempty"`
+	BaselineGCPercent int    `json:"baseline_gc_percent,omitempty"`
 }
 
 // NewReport starts a report.
 func NewReport(rounds int, w Workload) *Report {
+	if w.Keys == (Keys{}) {
+		w.Keys = DefaultKeys
+	}
 	return &Report{
 		Machine: fmt.Sprintf("%s/%s, %d CPUs", runtime.GOOS, runtime.GOARCH, runtime.NumCPU()),
 		Started: time.Now().UTC(),
@@ -37,6 +48,7 @@ func NewReport(rounds int, w Workload) *Report {
 		Settings: WorkloadFlags{
 			PayloadBytes: w.PayloadBytes, BatchSize: w.BatchSize,
 			WarmupSec: w.Warmup.Seconds(), DurationSec: w.Duration.Seconds(),
+			Tenants: w.Tenants, PasswordKey: w.Keys.Password,
 		},
 	}
 }
