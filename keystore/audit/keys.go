@@ -28,6 +28,9 @@ const (
 // LeaseStorageKey is the integration lease's storage key.
 const LeaseStorageKey = prefix + "lease"
 
+// StoragePrefix starts the storage key of every record of the audit trail.
+const StoragePrefix = prefix
+
 func hex16(n uint64) string {
 	var b [16]byte
 	return string(appendHex16(b[:0], n))

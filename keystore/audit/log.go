@@ -267,13 +267,14 @@ func (l *Log) Integrate(ctx context.Context, limit int) (int, error) {
 	}
 	slices.SortFunc(queued, func(a, b storage.Record) int { return cmp.Compare(a.Version, b.Version) })
 	// The next leaf's place is empty in a log whose state is its own. A
-	// state deleted or put back behind the stored events (tampering, or a
-	// partial restore) would make this integration overwrite their bodies
-	// and node hashes, destroying the evidence verify reports.
-	if _, err := l.store.Get(ctx, leafKey(st.Size)); err == nil {
-		return 0, fmt.Errorf("audit: the tree state says %d events, but event %d is stored: the state is behind the log (deleted or rolled back); integration stops rather than overwrite it — run custos audit verify and restore the state from a backup", st.Size, st.Size)
-	} else if !errors.Is(err, storage.ErrNotFound) {
-		return 0, fmt.Errorf("audit: read leaf %d: %w", st.Size, err)
+	// state deleted or put back behind the stored events (tampering)
+	// would make this integration overwrite their bodies and node hashes,
+	// destroying the evidence verify reports. The leaf's hash is what is
+	// looked for: retention deletes bodies, never hashes.
+	if h, err := l.hash(ctx, compact.NewNodeID(0, st.Size)); err != nil {
+		return 0, err
+	} else if h != nil {
+		return 0, fmt.Errorf("audit: the tree state says %d events, but event %d is stored: the state is behind the log (deleted or rolled back); integration stops rather than overwrite it — run custos audit verify, and restore the store from a backup", st.Size, st.Size)
 	}
 	rng, err := rangeFactory.NewRange(0, st.Size, st.Range)
 	if err != nil {

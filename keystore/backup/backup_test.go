@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	"github.com/custos-kms/custos/internal/pgtest"
 	"github.com/custos-kms/custos/keystore"
 	"github.com/custos-kms/custos/keystore/audit"
@@ -26,6 +28,7 @@ import (
 	"github.com/custos-kms/custos/keystore/storage/lease"
 	"github.com/custos-kms/custos/keystore/storage/memory"
 	"github.com/custos-kms/custos/keystore/storage/postgres"
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 )
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
@@ -919,4 +922,59 @@ func TestAMarkerFromAClockAheadDoesNotLockTheStore(t *testing.T) {
 		t.Error("the restore did not take the marker of its backup as its own, interrupted")
 	}
 	mustDecrypt(t, w.keystore(t, target), cts)
+}
+
+// auditEvents records n events of tenant in store's audit trail, then
+// integrates and signs them.
+func auditEvents(t *testing.T, w *world, store storage.Store, tenant string, from, n int) *audit.Log {
+	t.Helper()
+	ctx := context.Background()
+	l, err := audit.Open(ctx, audit.Config{Store: store, Root: w.root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wr, err := audit.NewWriter(audit.WriterConfig{Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wr.Close()
+	for i := from; i < from+n; i++ {
+		if err := wr.Record(&custosv1.AuditEvent{Time: timestamppb.New(w.clock.now()), RequestId: fmt.Sprintf("req-%d", i), Tenant: tenant, Operation: "encrypt", Code: "OK"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// A forced restore of an older backup over a store whose audit trail went
+// on replaces the trail by the backup's: the log then integrates, signs
+// and verifies clean. (The later events, node hashes and checkpoints left
+// in place made the log refuse to integrate, or to sign, for good.)
+func TestAForcedRestoreReplacesTheAuditTrail(t *testing.T) {
+	ctx := context.Background()
+	w := newWorld(t)
+	store := bboltStore(t)
+	populate(t, w.keystore(t, store), "acme")
+	auditEvents(t, w, store, "acme", 0, 300)
+	file := backupOf(t, w, store)
+	auditEvents(t, w, store, "acme", 300, 300) // the live trail goes on past the backup
+	if _, err := restore(w, file, store, backup.RestoreOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	l := auditEvents(t, w, store, "acme", 600, 10)
+	cp, err := l.Latest(ctx)
+	if err != nil || cp == nil || cp.Size != 310 {
+		t.Fatalf("after the restore and 10 more events: checkpoint %+v, %v; want the backup's 300 and 10", cp, err)
+	}
+	v, err := audit.VerifierOf(ctx, store, w.root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := audit.Verify(ctx, store, v)
+	if err != nil || len(rep.Findings) != 0 || rep.Events != 310 {
+		t.Fatalf("verify after the restore: %v events, %v, %v", rep.Events, rep.Findings, err)
+	}
 }

@@ -303,6 +303,40 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 		b, _ := json.Marshal(ts)
 		return add(storage.Op{Key: keystore.TombstonePrefix + ts.Tenant, Value: b, Expect: storage.AnyVersion})
 	}
+	// clearPrefix deletes the target's records under p, but those keep
+	// says to keep. It pages on, never back to the start: what a page
+	// deletes is only deleted when the batch is flushed.
+	clearPrefix := func(p string, keep func(key string) bool) error {
+		for after := ""; ; {
+			recs, err := target.List(ctx, p, after, restoreBatch)
+			if err != nil {
+				return err
+			}
+			for _, rec := range recs {
+				if keep == nil || !keep(rec.Key) {
+					ops = append(ops, storage.Op{Key: rec.Key, Delete: true, Expect: storage.AnyVersion})
+				}
+			}
+			if err := flush(); err != nil {
+				return err
+			}
+			if len(recs) < restoreBatch {
+				return nil
+			}
+			after = recs[len(recs)-1].Key
+		}
+	}
+	if !empty {
+		// The target's audit trail gives way to the backup's whole: one
+		// of a later history (a forced restore over the live deployment)
+		// would leave events, node hashes and checkpoints past the
+		// backup's tree, which the log could neither extend nor sign.
+		// The events the target recorded since the backup leave the
+		// trail; a tenant's kept checkpoint shows the rollback.
+		if err := clearPrefix(audit.StoragePrefix, func(key string) bool { return key == audit.LeaseStorageKey }); err != nil {
+			return nil, fmt.Errorf("backup: clear the target's audit trail: %w", err)
+		}
+	}
 	for _, t := range slices.Sorted(maps.Keys(clearTarget)) {
 		if err := addTombstone(keep[t]); err != nil {
 			return nil, err
@@ -320,23 +354,8 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 			return nil, fmt.Errorf("backup: read the target's tenant %s: %w", t, err)
 		}
 		for _, p := range keystore.TenantScopedPrefixes(t) {
-			// Page on, never back to the start: what a page deletes is
-			// only deleted when the batch is flushed.
-			for after := ""; ; {
-				recs, err := target.List(ctx, p, after, restoreBatch)
-				if err != nil {
-					return nil, fmt.Errorf("backup: clear shredded tenant %s: %w", t, err)
-				}
-				for _, rec := range recs {
-					ops = append(ops, storage.Op{Key: rec.Key, Delete: true, Expect: storage.AnyVersion})
-				}
-				if err := flush(); err != nil {
-					return nil, err
-				}
-				if len(recs) < restoreBatch {
-					break
-				}
-				after = recs[len(recs)-1].Key
+			if err := clearPrefix(p, nil); err != nil {
+				return nil, fmt.Errorf("backup: clear shredded tenant %s: %w", t, err)
 			}
 		}
 		// The tenant record last: a restore interrupted before it finds
