@@ -326,17 +326,6 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 			after = recs[len(recs)-1].Key
 		}
 	}
-	if !empty {
-		// The target's audit trail gives way to the backup's whole: one
-		// of a later history (a forced restore over the live deployment)
-		// would leave events, node hashes and checkpoints past the
-		// backup's tree, which the log could neither extend nor sign.
-		// The events the target recorded since the backup leave the
-		// trail; a tenant's kept checkpoint shows the rollback.
-		if err := clearPrefix(audit.StoragePrefix, func(key string) bool { return key == audit.LeaseStorageKey }); err != nil {
-			return nil, fmt.Errorf("backup: clear the target's audit trail: %w", err)
-		}
-	}
 	for _, t := range slices.Sorted(maps.Keys(clearTarget)) {
 		if err := addTombstone(keep[t]); err != nil {
 			return nil, err
@@ -365,6 +354,17 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 		}
 		if err := flush(); err != nil {
 			return nil, err
+		}
+	}
+	if !empty {
+		// The target's audit trail gives way to the backup's whole: one
+		// of a later history (a forced restore over the live deployment)
+		// would leave events, node hashes and checkpoints past the
+		// backup's tree, which the log could neither extend nor sign.
+		// The events the target recorded since the backup leave the
+		// trail; a tenant's kept checkpoint shows the rollback.
+		if err := clearPrefix(audit.StoragePrefix, func(key string) bool { return key == audit.LeaseStorageKey }); err != nil {
+			return nil, fmt.Errorf("backup: clear the target's audit trail: %w", err)
 		}
 	}
 	rep.Written = 0
