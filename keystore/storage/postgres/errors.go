@@ -50,13 +50,30 @@ func classify(ctx context.Context, err error) error {
 	return err
 }
 
-// resourcesShort reports an error of a server that is up but short of
-// resources (SQLSTATE class 53: too many connections, out of memory): its
-// connections are sound, and dropping them all would only send every one
-// back into the queue for the scarce slots.
-func resourcesShort(err error) bool {
+// connectionsSound reports an error of a server that is up and whose
+// connections are sound: short of resources (SQLSTATE class 53: too many
+// connections, out of memory), where dropping them all would only send
+// every one back into the queue for the scarce slots; or one statement
+// rolled back for a passing reason (a serialization failure, a deadlock, a
+// statement or lock timeout), where the next statement on the same
+// connection goes through.
+func connectionsSound(err error) bool {
 	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "53")
+	if !errors.As(err, &pgErr) {
+		return false
+	}
+	switch code := pgErr.Code; {
+	case strings.HasPrefix(code, "53"), rolledBack(code):
+		return true
+	}
+	return false
+}
+
+// rolledBack reports a SQLSTATE of a statement the server rolled back for
+// a passing reason: serialization_failure, deadlock_detected,
+// query_canceled (statement_timeout) and lock_not_available (lock_timeout).
+func rolledBack(code string) bool {
+	return code == "40001" || code == "40P01" || code == "57014" || code == "55P03"
 }
 
 // unavailable reports whether err means the server is down, unreachable,
@@ -82,9 +99,7 @@ func unavailable(err error) bool {
 			return true
 		case code == "25006": // read_only_sql_transaction
 			return true
-		case code == "40001", code == "40P01": // serialization_failure, deadlock_detected: rolled back
-			return true
-		case code == "57014", code == "55P03": // query_canceled (statement_timeout), lock_not_available (lock_timeout)
+		case rolledBack(code):
 			return true
 		}
 		return false

@@ -71,13 +71,15 @@ func TestClassify(t *testing.T) {
 }
 
 // A server short of resources is up: its connections are kept (dropping
-// them all would send each back into the queue for the scarce slots); one
-// that went away is not.
+// them all would send each back into the queue for the scarce slots), as
+// they are when one statement was rolled back for a passing reason (a
+// timeout the operator set, a deadlock); one that went away is not.
 func TestOnlyAServerThatWentAwayCostsThePool(t *testing.T) {
-	for code, short := range map[string]bool{"53300": true, "53200": true, "08006": false, "57P01": false, "25006": false} {
+	for code, sound := range map[string]bool{"53300": true, "53200": true, "40001": true, "40P01": true, "57014": true, "55P03": true,
+		"08006": false, "57P01": false, "25006": false} {
 		err := fmt.Errorf("query: %w", &pgconn.PgError{Code: code})
-		if got := resourcesShort(err); got != short {
-			t.Errorf("SQLSTATE %s: short of resources %v, want %v", code, got, short)
+		if got := connectionsSound(err); got != sound {
+			t.Errorf("SQLSTATE %s: connections sound %v, want %v", code, got, sound)
 		}
 		if !unavailable(err) {
 			t.Errorf("SQLSTATE %s is not an outage to the caller", code)

@@ -148,7 +148,13 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	// Compare-and-swap relies on READ COMMITTED: a write that lost a race
 	// matches no row (ErrConflict, retried). Under a stricter default set
 	// for the role or database it would fail with a serialization error.
-	pcfg.ConnConfig.RuntimeParams["default_transaction_isolation"] = "read committed"
+	// Set on each new connection, not in the startup packet, which a
+	// connection pooler (PgBouncer) refuses with parameters it does not
+	// know.
+	pcfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
+		_, err := c.Exec(ctx, "SET default_transaction_isolation = 'read committed'")
+		return err
+	}
 	pcfg.PrepareConn = func(_ context.Context, c *pgx.Conn) (bool, error) {
 		// false: the pool destroys the connection and takes another.
 		return connAlive(c.PgConn().Conn()), nil
@@ -383,14 +389,14 @@ func (s *Store) fail(ctx context.Context, err error) error {
 	if s.closed.Load() {
 		return fmt.Errorf("%w: %w", storage.ErrClosed, err)
 	}
-	short := resourcesShort(err)
+	sound := connectionsSound(err)
 	err = classify(ctx, err)
 	if errors.Is(err, storage.ErrFull) {
 		// The server is up, its disk full: keep the connections.
 		s.full.Note(err)
 		return err
 	}
-	if ctx.Err() == nil && errors.Is(err, storage.ErrUnavailable) && !short {
+	if ctx.Err() == nil && errors.Is(err, storage.ErrUnavailable) && !sound {
 		// The server went away, or is going: its other connections are
 		// most likely dead too. Drop them all, so that the first calls
 		// once it is back do not meet them.
