@@ -301,10 +301,12 @@ func (s *Service) sweep(ctx context.Context, after string, renew func() bool) (l
 				return last, false, joinCapped(append([]error{err}, errs...))
 			}
 			if errors.Is(err, errScanCut) {
-				// Keys of this tenant went unseen, with no hint to
-				// retry them: the sweep is not finished, and goes on
-				// from this tenant.
-				return last, false, joinCapped(append(errs, err))
+				// Keys of this tenant went unseen: a hint to scan them
+				// again now, which the next due pass takes (as for an
+				// undeletion), and the sweep goes on. Stopping here
+				// would let one tenant whose list always fails keep
+				// every sweep from finishing.
+				s.noteDue(ctx, s.now(), dueKeysKind, strings.TrimPrefix(r.Key, tenantPrefix))
 			}
 			errs = append(errs, err)
 		}
