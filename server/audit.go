@@ -325,17 +325,18 @@ func (a auditService) GetAuditCheckpoint(ctx context.Context, req *custosv1.GetA
 	return resp, nil
 }
 
-// logError maps an error of the audit log: the store or the root (which
-// vouches for the signing key's verifier key) out of reach is UNAVAILABLE;
-// a caller that went away, CANCELLED; anything else (a node or record that
+// logError maps an error of the audit log: a caller that went away or ran
+// out of time, CANCELLED or DEADLINE_EXCEEDED; the store or the root (which
+// vouches for the signing key's verifier key) out of reach, UNAVAILABLE;
+// anything else (a node or record that
 // should be there and is not, a verifier key the root does not vouch for)
 // is INTERNAL, logged.
 func (a auditService) logError(ctx context.Context, err error) error {
+	if cerr := ctx.Err(); cerr != nil {
+		return a.toError(ctx, cerr) // the caller's own deadline or cancellation
+	}
 	if errors.Is(err, storage.ErrUnavailable) || errors.Is(err, root.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
 		return a.toError(ctx, fmt.Errorf("%w: %w", keystore.ErrUnavailable, err))
-	}
-	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
-		return a.toError(ctx, context.Canceled)
 	}
 	// %v: no entry of the error table applies (a cancellation not the
 	// caller's included), so INTERNAL with its ErrorInfo, logged.

@@ -143,4 +143,15 @@ func TestAnAuditReadTheCallerCancelledIsCancelled(t *testing.T) {
 	if got := status.Code(a.logError(context.Background(), err)); got != codes.Internal {
 		t.Errorf("a cancellation not the caller's: %v, want INTERNAL", got)
 	}
+	// The caller's own deadline is DEADLINE_EXCEEDED, not an outage to
+	// retry; a timeout inside the server is UNAVAILABLE.
+	expired, cancel2 := context.WithTimeout(context.Background(), 0)
+	defer cancel2()
+	late := fmt.Errorf("audit: read tree node 0/0: %w", context.DeadlineExceeded)
+	if got := status.Code(a.logError(expired, late)); got != codes.DeadlineExceeded {
+		t.Errorf("a read past the caller's deadline: %v, want DEADLINE_EXCEEDED", got)
+	}
+	if got := status.Code(a.logError(context.Background(), late)); got != codes.Unavailable {
+		t.Errorf("a timeout inside the server: %v, want UNAVAILABLE", got)
+	}
 }

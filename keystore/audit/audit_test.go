@@ -1203,9 +1203,11 @@ type blockingRoot struct {
 	*local.Root
 	entered, release chan struct{}
 	once             sync.Once
+	unwraps          atomic.Int32
 }
 
 func (b *blockingRoot) Unwrap(ctx context.Context, blob, aad []byte) ([]byte, error) {
+	b.unwraps.Add(1)
 	b.once.Do(func() { close(b.entered) })
 	select {
 	case <-b.release:
@@ -1305,5 +1307,42 @@ func TestAVerifierKeySwappedInTheStoreIsNotServed(t *testing.T) {
 	}
 	if _, err := l.Latest(ctx); err == nil {
 		t.Fatal("Latest verified a checkpoint with the swapped key")
+	}
+}
+
+// Reads that need the verifier key before the log has it share one unwrap
+// of the signing key (each made its own: a burst of reads on a new replica
+// was a burst of root calls), which outlives a caller that gives up.
+func TestReadsShareOneUnwrapOfTheSigningKey(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, memory.New(), "")
+	f.record(t, 3, "a")
+	br := &blockingRoot{Root: f.root, entered: make(chan struct{}), release: make(chan struct{})}
+	l, err := audit.Open(ctx, audit.Config{Store: f.store, Root: br})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first caller gives up at once; the unwrap goes on for the others.
+	gone, cancel := context.WithCancel(ctx)
+	go func() { _, _ = l.PublicKey(gone) }()
+	select {
+	case <-br.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no read asked the root")
+	}
+	cancel()
+	errs := make(chan error, 20)
+	for range 20 {
+		go func() { _, err := l.PublicKey(ctx); errs <- err }()
+	}
+	time.Sleep(50 * time.Millisecond)
+	close(br.release)
+	for range 20 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := br.unwraps.Load(); n != 1 {
+		t.Fatalf("%d unwraps for 21 reads, want 1", n)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
 	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/sync/singleflight"
 	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/custos-kms/custos/keystore/root"
@@ -127,11 +128,14 @@ type Log struct {
 	origin  string
 
 	keyMu    sync.Mutex
-	signer   note.Signer   // loaded (or created) by the first Sign
+	signer   note.Signer   // loaded by the first Sign or read (created by a Sign)
 	vkey     string        // the verifier key, from the key record
 	verifier note.Verifier // vkey's verifier
-	now      func() time.Time
-	logger   *slog.Logger
+	// keyLoad shares one unwrap of the signing key among the reads that
+	// need its verifier before any has it.
+	keyLoad singleflight.Group
+	now     func() time.Time
+	logger  *slog.Logger
 
 	// lastSigned is the tree this process signed last (guarded by keyMu).
 	lastSigned signedTree
@@ -144,8 +148,9 @@ type Log struct {
 const maxCachedStrips = 4096
 
 // Open opens the log in cfg.Store. It does not call the root: the signing
-// key is unwrapped (or created and wrapped) by the first Sign, so a root
-// that is down at start delays checkpoints, not the server.
+// key is unwrapped (or created and wrapped) by the first Sign or read that
+// needs it, so a root that is down at start delays checkpoints and audit
+// reads, not the server.
 func Open(ctx context.Context, cfg Config) (*Log, error) {
 	a, ok := cfg.Store.(storage.Applier)
 	if !ok {
@@ -196,15 +201,35 @@ func (l *Log) Verifier(ctx context.Context) (note.Verifier, error) {
 	if v != nil {
 		return v, nil
 	}
-	s, vkey, err := openSigner(ctx, l.store, l.root) // outside keyMu, as in signing
-	if err != nil || s == nil {
+	// One unwrap for all the callers waiting, outside keyMu (as in
+	// signing), bounded like a keystore load and not by the first
+	// caller's deadline: each caller waits until its own.
+	ch := l.keyLoad.DoChan("signer", func() (any, error) {
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rootTimeout)
+		defer cancel()
+		s, vkey, err := openSigner(lctx, l.store, l.root)
+		if err == nil && s != nil {
+			l.install(s, vkey)
+		}
 		return nil, err
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
-	l.install(s, vkey)
 	l.keyMu.Lock()
 	defer l.keyMu.Unlock()
-	return l.verifier, nil
+	return l.verifier, nil // nil: the log has no key yet
 }
+
+// rootTimeout bounds the root calls of the signing key made for others
+// (reads waiting for its verifier, custos root rewrap), as the keystore
+// bounds its loads.
+const rootTimeout = 30 * time.Second
 
 // install makes s the log's signer, unless another load did first.
 func (l *Log) install(s note.Signer, vkey string) {

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"time"
 
 	"golang.org/x/mod/sumdb/note"
 
@@ -106,17 +105,13 @@ func signerOf(skey, vkey string) (note.Signer, string, error) {
 	return s, vkey, nil
 }
 
-// rewrapTimeout bounds RewrapSigningKey, as the keystore bounds each
-// tenant's re-wrap.
-const rewrapTimeout = 30 * time.Second
-
 // RewrapSigningKey wraps the log's signing key again under the current
 // root version (part of custos root rewrap). It does nothing when the log
 // has no key yet.
 func RewrapSigningKey(ctx context.Context, store storage.Store, r root.Root) error {
 	// Bounded like the keystore's re-wraps: a root that stops answering
 	// fails the run instead of hanging it.
-	ctx, cancel := context.WithTimeout(ctx, rewrapTimeout)
+	ctx, cancel := context.WithTimeout(ctx, rootTimeout)
 	defer cancel()
 	rec, err := store.Get(ctx, signingKeyKey)
 	if errors.Is(err, storage.ErrNotFound) {
