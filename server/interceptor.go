@@ -76,7 +76,7 @@ func (u *unaryPath) intercept(ctx context.Context, req any, info *grpc.UnaryServ
 	}()
 	// The identity travels with the call value, not in a context value of
 	// its own: one allocation less per call.
-	if c.identity, err = identity.Authenticate(ctx, s.trust); err != nil {
+	if c.identity, err = identity.Authenticate(ctx); err != nil {
 		return nil, err
 	}
 	if err := u.validate(req); err != nil {

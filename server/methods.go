@@ -264,7 +264,7 @@ func (s *Server) streamRequestPath(srv any, ss grpc.ServerStream, info *grpc.Str
 			}
 		}()
 	}
-	id, err := identity.Authenticate(ctx, s.trust)
+	id, err := identity.Authenticate(ctx)
 	if err != nil {
 		return err
 	}

@@ -83,10 +83,6 @@ type Config struct {
 	// serves it at GET /backup (custos backup uses it when the store is a
 	// bbolt file the server holds).
 	Backup func(ctx context.Context, w io.Writer) error
-	// ClientTrust, if set, reports whether a CA is in the client bundle
-	// now (tlssource.Trust): each call's connection must have been
-	// verified by one still trusted.
-	ClientTrust identity.Trust
 }
 
 // Server implements custosv1.KeyServiceServer and custosv1.CryptoServiceServer.
@@ -108,7 +104,6 @@ type Server struct {
 	audit    AuditRecorder
 	auditLog AuditLog
 	backup   func(ctx context.Context, w io.Writer) error
-	trust    identity.Trust
 }
 
 // New returns a Server.
@@ -170,7 +165,7 @@ func New(cfg Config) (*Server, error) {
 	return &Server{
 		ks: cfg.Keystore, pw: cfg.Passwords, policy: cfg.Policy, logger: cfg.Logger, limits: cfg.Limits,
 		health: health.NewServer(), metrics: m, limiter: newLimiter(cfg.Policy, m.rateLimited),
-		audit: cfg.Audit, auditLog: cfg.AuditLog, backup: cfg.Backup, trust: cfg.ClientTrust,
+		audit: cfg.Audit, auditLog: cfg.AuditLog, backup: cfg.Backup,
 		drained: drained, endWatches: endWatches,
 	}, nil
 }

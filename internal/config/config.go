@@ -212,6 +212,12 @@ type TLS struct {
 	// ReloadInterval is the longest a change to the three files goes
 	// unnoticed (default 5s); SIGHUP reloads them at once.
 	ReloadInterval time.Duration `yaml:"reload_interval"`
+	// MaxConnectionAge is how long a client connection lasts before the
+	// server ends it gracefully (HTTP/2 GOAWAY: calls in flight finish)
+	// and the client reconnects, verified against the bundle and
+	// presenting the certificates current then: a CA dropped from the
+	// bundle stops serving within it. Default 30m; negative: never.
+	MaxConnectionAge time.Duration `yaml:"max_connection_age"`
 	// SPIFFE takes the certificate and bundle from a SPIFFE Workload API
 	// instead of the files.
 	SPIFFE SPIFFE `yaml:"spiffe"`
@@ -298,6 +304,9 @@ func (p PostgresConfig) PostgresURL() (string, error) {
 	return "", errors.New("storage.postgres: no url configured")
 }
 
+// DefaultMaxConnectionAge is tls.max_connection_age's default.
+const DefaultMaxConnectionAge = 30 * time.Minute
+
 // Load reads, defaults and validates the file at path.
 func Load(path string) (*Config, error) {
 	b, err := os.ReadFile(path)
@@ -379,6 +388,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Ops.Listen == "" {
 		c.Ops.Listen = "127.0.0.1:9464"
+	}
+	if c.TLS.MaxConnectionAge == 0 {
+		c.TLS.MaxConnectionAge = DefaultMaxConnectionAge
 	}
 	if c.GCPercent == 0 {
 		c.GCPercent = DefaultGCPercent

@@ -31,6 +31,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/custos-kms/custos/internal/config"
 	"github.com/custos-kms/custos/internal/tlssource"
@@ -256,15 +257,14 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 		}
 	}
 	rt.srv, err = server.New(server.Config{
-		ClientTrust: tlssource.Trust(tlsSrc),
-		Backup:      backupFn,
-		Audit:       auditCfg.Audit,
-		AuditLog:    auditCfg.AuditLog,
-		Collectors:  append(auditCfg.Collectors, mr.collectors()...),
-		Keystore:    rt.ks,
-		Passwords:   pw,
-		Policy:      rt.policy,
-		Logger:      rt.logger,
+		Backup:     backupFn,
+		Audit:      auditCfg.Audit,
+		AuditLog:   auditCfg.AuditLog,
+		Collectors: append(auditCfg.Collectors, mr.collectors()...),
+		Keystore:   rt.ks,
+		Passwords:  pw,
+		Policy:     rt.policy,
+		Logger:     rt.logger,
 		Limits: server.Limits{
 			MaxPlaintextBytes: cfg.Limits.MaxPlaintextBytes,
 			MaxBatchItems:     cfg.Limits.MaxBatchItems,
@@ -275,6 +275,12 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 		return nil, err
 	}
 	serverOpts := opts.ServerOptions
+	if age := cfg.TLS.MaxConnectionAge; age > 0 {
+		// First, so that options a caller gives (tests) win.
+		serverOpts = append([]grpc.ServerOption{grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionAge: age, MaxConnectionAgeGrace: connectionAgeGrace,
+		})}, serverOpts...)
+	}
 	if cfg.Tracing.Endpoint != "" {
 		tp, opt, err := newTracing(ctx, cfg.Tracing)
 		if err != nil {
@@ -524,6 +530,11 @@ func (rt *Runtime) drain(timeout time.Duration) {
 		rt.logger.Warn("calls still running at the shutdown deadline were abandoned (password hashing cannot be interrupted)")
 	}
 }
+
+// connectionAgeGrace is how long calls in flight on a connection past
+// tls.max_connection_age may take to finish before it is closed (streams
+// such as health watches are cut then, and their clients watch again).
+const connectionAgeGrace = time.Minute
 
 // holderID names this replica in the scheduler's and the audit log's
 // leases. Host, process and address say which replica it is; the random

@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"sync/atomic"
 
 	"google.golang.org/grpc/credentials"
 )
@@ -25,8 +24,6 @@ type Set struct {
 	Cert tls.Certificate
 	// Pool holds the CA bundle's certificates.
 	Pool *x509.CertPool
-	// cas are the bundle's certificates (DER), for Trusts.
-	cas map[string]struct{}
 	// peer, if set, checks a peer's leaf certificate beyond its chain
 	// (a SPIFFE source: an SVID of its own trust domain).
 	peer func(leaf *x509.Certificate) error
@@ -34,38 +31,11 @@ type Set struct {
 
 // newSet makes a Set of cert and the bundle cas.
 func newSet(cert tls.Certificate, cas []*x509.Certificate) *Set {
-	s := &Set{Cert: cert, Pool: x509.NewCertPool(), cas: make(map[string]struct{}, len(cas))}
+	s := &Set{Cert: cert, Pool: x509.NewCertPool()}
 	for _, c := range cas {
 		s.Pool.AddCert(c)
-		s.cas[string(c.Raw)] = struct{}{}
 	}
 	return s
-}
-
-// Trusts reports whether ca is one of the set's bundle.
-func (s *Set) Trusts(ca *x509.Certificate) bool {
-	_, ok := s.cas[string(ca.Raw)]
-	return ok
-}
-
-// Trust returns a check of whether a CA certificate is in src's bundle
-// now: a connection verified at its handshake against a CA since removed
-// from the bundle is refused by a server that checks each call with it
-// (identity.Authenticate). While src cannot give its current set (the
-// SPIFFE Workload API unreachable), the last set it gave is used.
-func Trust(src Source) func(ca *x509.Certificate) bool {
-	var last atomic.Pointer[Set]
-	return func(ca *x509.Certificate) bool {
-		s, err := src.Current()
-		if err != nil || s == nil {
-			if s = last.Load(); s == nil {
-				return false
-			}
-		} else {
-			last.Store(s)
-		}
-		return s.Trusts(ca)
-	}
 }
 
 // Source gives the Set to use for the next handshake.

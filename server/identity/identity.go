@@ -190,31 +190,17 @@ func FromContext(ctx context.Context) (id string, ok bool) {
 // usable identity fails with UNAUTHENTICATED saying why. No service is
 // exempt: health checking and reflection need a certificate too.
 func AuthFunc(ctx context.Context) (context.Context, error) {
-	id, err := Authenticate(ctx, nil)
+	id, err := Authenticate(ctx)
 	if err != nil {
 		return nil, err
 	}
 	return NewContext(ctx, id), nil
 }
 
-// Trust reports whether a CA certificate is in the bundle that verifies
-// clients now (tlssource.Trust).
-type Trust func(ca *x509.Certificate) bool
-
-// ErrAuthorityUntrusted is returned by Authenticate when the CA that
-// verified the call's connection at its handshake has left the bundle
-// since: no longer trusting a CA cuts off the connections it let in, not
-// only new ones.
-var ErrAuthorityUntrusted = errors.New("identity: the client certificate's authority is no longer trusted; reconnect with a certificate from a trusted one")
-
 // Authenticate is AuthFunc without the context: the caller's identity, or
-// the UNAUTHENTICATED status AuthFunc returns. With trust, the CA ending a
-// verified chain of the connection must still be trusted.
-func Authenticate(ctx context.Context, trust Trust) (string, error) {
+// the UNAUTHENTICATED status AuthFunc returns.
+func Authenticate(ctx context.Context) (string, error) {
 	id, err := FromPeer(ctx)
-	if err == nil && trust != nil && !stillTrusted(ctx, trust) {
-		err = ErrAuthorityUntrusted
-	}
 	switch {
 	case errors.Is(err, ErrNoVerifiedCertificate):
 		return "", status.Error(codes.Unauthenticated, "no verified client certificate")
@@ -222,17 +208,4 @@ func Authenticate(ctx context.Context, trust Trust) (string, error) {
 		return "", status.Error(codes.Unauthenticated, strings.TrimPrefix(err.Error(), "identity: "))
 	}
 	return id, nil
-}
-
-// stillTrusted reports whether a verified chain of the call's connection
-// ends in a CA trust holds (FromPeer has found the chains).
-func stillTrusted(ctx context.Context, trust Trust) bool {
-	p, _ := peer.FromContext(ctx)
-	info, _ := p.AuthInfo.(credentials.TLSInfo)
-	for _, chain := range info.State.VerifiedChains {
-		if len(chain) > 0 && trust(chain[len(chain)-1]) {
-			return true
-		}
-	}
-	return false
 }
