@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
@@ -318,12 +319,29 @@ func Run(ctx context.Context, t Target, w Workload) (Result, error) {
 		t.readClient(&u)
 		open <- u
 	})
-	// A server that stops answering fails the run StallGrace after the
-	// window, instead of holding it for ever.
+	// A server that stops answering fails the run once, after the window,
+	// no call has ended for StallGrace, instead of holding it for ever.
+	// (Slow calls that go on ending, such as password hashes queued 64
+	// deep, are not a stall.)
 	callCtx, stop := context.WithCancelCause(ctx)
 	defer stop(nil)
-	watchdog := time.AfterFunc(w.Warmup+w.Duration+StallGrace, func() { stop(errStalled) })
-	defer watchdog.Stop()
+	var lastEnded atomic.Int64 // when a call last ended, in Unix nanoseconds
+	lastEnded.Store(time.Now().UnixNano())
+	go func() {
+		tick := time.NewTicker(min(time.Second, StallGrace/4))
+		defer tick.Stop()
+		for {
+			select {
+			case <-callCtx.Done():
+				return
+			case now := <-tick.C:
+				if now.After(measureTo) && now.Sub(time.Unix(0, lastEnded.Load())) >= StallGrace {
+					stop(errStalled)
+					return
+				}
+			}
+		}
+	}()
 	var wg sync.WaitGroup
 	for i := range workers {
 		c := mk(i)
@@ -337,6 +355,7 @@ func Run(ctx context.Context, t Target, w Workload) (Result, error) {
 				}
 				n, err := c(callCtx)
 				t1 := time.Now()
+				lastEnded.Store(t1.UnixNano())
 				if t0.Before(measureFrom) || callCtx.Err() != nil {
 					continue
 				}
@@ -474,8 +493,8 @@ func (t Target) usage() usage {
 	return u
 }
 
-// StallGrace is how long after its measured window a run waits for the
-// calls still under way before it fails with errStalled.
+// StallGrace is how long, after its measured window, a run waits with no
+// call ending before it fails with errStalled.
 var StallGrace = 30 * time.Second
 
 var errStalled = errors.New("bench: calls still under way long after the measured window: the server stopped answering")
