@@ -242,18 +242,18 @@ var backupStall = 2 * time.Minute
 // errBackupStalled is why: the server stopped sending.
 var errBackupStalled = fmt.Errorf("the server sent nothing for a while: %w", errRetryLater)
 
-// stallReader reads r, putting off stall each time data comes.
+// stallReader reads r with stall armed while each read waits, so that
+// only the server's silence counts, not the time this side takes with
+// what it received (a slow --out, the root's unwraps while checking).
 type stallReader struct {
 	r     io.Reader
 	stall *time.Timer
 }
 
 func (s stallReader) Read(b []byte) (int, error) {
-	n, err := s.r.Read(b)
-	if n > 0 {
-		s.stall.Reset(backupStall)
-	}
-	return n, err
+	s.stall.Reset(backupStall)
+	defer s.stall.Stop()
+	return s.r.Read(b)
 }
 
 func backupFromServer(cmd *cobra.Command, cfg *config.Config, w io.Writer, f *os.File, p *progress) (*backup.Manifest, error) {
@@ -267,6 +267,7 @@ func backupFromServer(cmd *cobra.Command, cfg *config.Config, w io.Writer, f *os
 		return nil, err
 	}
 	resp, err := http.DefaultClient.Do(req)
+	stall.Stop() // armed again by each read of the answer
 	if err != nil {
 		return nil, fmt.Errorf("backup through the server: %w", stalled(ctx, err))
 	}
@@ -304,7 +305,6 @@ func backupFromServer(cmd *cobra.Command, cfg *config.Config, w io.Writer, f *os
 			checked <- err
 		}()
 		_, err := io.Copy(io.MultiWriter(w, pw), io.TeeReader(resp.Body, progressWriter{p}))
-		stall.Stop() // all received: the check's time is its own
 		pw.CloseWithError(err)
 		if cerr := <-checked; err == nil {
 			err = cerr
@@ -317,7 +317,6 @@ func backupFromServer(cmd *cobra.Command, cfg *config.Config, w io.Writer, f *os
 	if _, err := io.Copy(w, io.TeeReader(resp.Body, progressWriter{p})); err != nil {
 		return nil, fmt.Errorf("backup through the server: %w", stalled(ctx, err))
 	}
-	stall.Stop() // all received: the check's time is its own
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return nil, err
 	}
