@@ -113,27 +113,16 @@ func RewrapSigningKey(ctx context.Context, store storage.Store, r root.Root) err
 	// fails the run instead of hanging it.
 	ctx, cancel := context.WithTimeout(ctx, rootTimeout)
 	defer cancel()
-	rec, err := store.Get(ctx, signingKeyKey)
-	if errors.Is(err, storage.ErrNotFound) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("audit: read signing key: %w", err)
-	}
-	var sk signingKeyRecord
-	if err := json.Unmarshal(rec.Value, &sk); err != nil || sk.Format != signingKeyFormat {
-		return fmt.Errorf("audit: signing key record is unreadable")
-	}
-	skey, err := r.Unwrap(ctx, sk.Wrapped, signingKeyAAD(sk.Verifier))
-	if err != nil {
-		return fmt.Errorf("audit: unwrap signing key: %w", err)
+	sk, skey, version, err := unwrapSigningKey(ctx, store, r)
+	if err != nil || version == 0 {
+		return err
 	}
 	defer clear(skey)
 	if sk.Wrapped, err = r.Wrap(ctx, skey, signingKeyAAD(sk.Verifier)); err != nil {
 		return fmt.Errorf("audit: wrap signing key: %w", err)
 	}
 	b, _ := json.Marshal(sk)
-	if _, err := store.Put(ctx, signingKeyKey, b, rec.Version); err != nil {
+	if _, err := store.Put(ctx, signingKeyKey, b, version); err != nil {
 		return fmt.Errorf("audit: store rewrapped signing key: %w", err)
 	}
 	return nil
@@ -145,21 +134,29 @@ func RewrapSigningKey(ctx context.Context, store storage.Store, r root.Root) err
 // data binds it, has succeeded: write access to the store alone must not
 // get callers to pin a key of its choosing.
 func openSigner(ctx context.Context, store storage.Store, r root.Root) (note.Signer, string, error) {
-	rec, err := store.Get(ctx, signingKeyKey)
-	if errors.Is(err, storage.ErrNotFound) {
-		return nil, "", nil
-	}
-	if err != nil {
-		return nil, "", fmt.Errorf("audit: read signing key: %w", err)
-	}
-	var sk signingKeyRecord
-	if err := json.Unmarshal(rec.Value, &sk); err != nil || sk.Format != signingKeyFormat {
-		return nil, "", fmt.Errorf("audit: signing key record is unreadable")
-	}
-	skey, err := r.Unwrap(ctx, sk.Wrapped, signingKeyAAD(sk.Verifier))
-	if err != nil {
-		return nil, "", fmt.Errorf("audit: unwrap signing key: %w", err)
+	sk, skey, version, err := unwrapSigningKey(ctx, store, r)
+	if err != nil || version == 0 {
+		return nil, "", err
 	}
 	defer clear(skey)
 	return signerOf(string(skey), sk.Verifier)
+}
+
+// unwrapSigningKey reads the signing key record and unwraps its key under
+// the root; version 0 when there is no key yet. The caller clears skey.
+func unwrapSigningKey(ctx context.Context, store storage.Store, r root.Root) (sk signingKeyRecord, skey []byte, version uint64, err error) {
+	rec, err := store.Get(ctx, signingKeyKey)
+	if errors.Is(err, storage.ErrNotFound) {
+		return sk, nil, 0, nil
+	}
+	if err != nil {
+		return sk, nil, 0, fmt.Errorf("audit: read signing key: %w", err)
+	}
+	if err := json.Unmarshal(rec.Value, &sk); err != nil || sk.Format != signingKeyFormat {
+		return sk, nil, 0, fmt.Errorf("audit: signing key record is unreadable")
+	}
+	if skey, err = r.Unwrap(ctx, sk.Wrapped, signingKeyAAD(sk.Verifier)); err != nil {
+		return sk, nil, 0, fmt.Errorf("audit: unwrap signing key: %w", err)
+	}
+	return sk, skey, rec.Version, nil
 }
