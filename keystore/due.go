@@ -74,15 +74,17 @@ func parseDueKey(k string) (t time.Time, kind, name string, ok bool) {
 const noteTimeout = 5 * time.Second
 
 // noteDue writes the hint that something of name falls due at t. A hint
-// already there is fine; a failure is logged, and the next full sweep
-// writes the hint again.
-func (s *Service) noteDue(ctx context.Context, t time.Time, kind, name string) {
+// already there is fine; a failure is logged (the next full sweep writes
+// the hint again) and returned, for a caller that cannot leave it there.
+func (s *Service) noteDue(ctx context.Context, t time.Time, kind, name string) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), noteTimeout)
 	defer cancel()
 	_, err := s.store.Put(ctx, dueStorageKey(t, kind, name), hintValue, 0)
 	if err != nil && !errors.Is(err, storage.ErrConflict) {
 		s.logger.Warn("scheduler: could not record a due date; the next full sweep will", "name", name, "error", err.Error())
+		return err
 	}
+	return nil
 }
 
 // keyDue is the earliest date on which the scheduler must act on rec: its

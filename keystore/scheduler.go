@@ -305,8 +305,12 @@ func (s *Service) sweep(ctx context.Context, after string, renew func() bool) (l
 				// again now, which the next due pass takes (as for an
 				// undeletion), and the sweep goes on. Stopping here
 				// would let one tenant whose list always fails keep
-				// every sweep from finishing.
-				s.noteDue(ctx, s.now(), dueKeysKind, strings.TrimPrefix(r.Key, tenantPrefix))
+				// every sweep from finishing. Without the hint (the
+				// store failing that too), the sweep is not finished
+				// and the next tick goes on from this tenant.
+				if nerr := s.noteDue(ctx, s.now(), dueKeysKind, strings.TrimPrefix(r.Key, tenantPrefix)); nerr != nil {
+					return last, false, joinCapped(append(errs, err))
+				}
 			}
 			errs = append(errs, err)
 		}

@@ -200,7 +200,7 @@ docs/backup.md.`,
 	}
 	cmd.Flags().StringVar(&path, "config", "custos.yaml", "configuration file of the target (storage and root)")
 	cmd.Flags().StringVar(&in, "in", "", `backup file, or "-" for standard input`)
-	cmd.Flags().BoolVar(&force, "force", false, "write into a store that already holds records")
+	cmd.Flags().BoolVar(&force, "force", false, "write into a store that already holds records (its audit trail gives way to the backup's)")
 	cmd.Flags().BoolVar(&takeOver, "take-over", false, "the restore whose marker was renewed within the last minute was stopped (killed): take its marker over now instead of waiting")
 	cmd.Flags().DurationVar(&maxAge, "max-age", backup.DefaultMaxAge, "refuse backups older than this (negative: no limit)")
 	cmd.Flags().StringVar(&tombsFrom, "tombstones-from", "", "the config of another store (the live deployment) whose tombstones count too")

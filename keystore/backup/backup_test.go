@@ -974,7 +974,35 @@ func TestAForcedRestoreReplacesTheAuditTrail(t *testing.T) {
 		t.Fatal(err)
 	}
 	rep, err := audit.Verify(ctx, store, v)
-	if err != nil || len(rep.Findings) != 0 || rep.Events != 310 {
-		t.Fatalf("verify after the restore: %v events, %v, %v", rep.Events, rep.Findings, err)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Findings) != 0 || rep.Events != 310 {
+		t.Fatalf("verify after the restore: %v events, %v", rep.Events, rep.Findings)
+	}
+}
+
+// A forced restore of a backup without an audit trail (taken with the
+// trail off) leaves the target's trail as it is.
+func TestAForcedRestoreOfABackupWithoutATrailKeepsTheTargets(t *testing.T) {
+	ctx := context.Background()
+	w := newWorld(t)
+	src, store := bboltStore(t), bboltStore(t)
+	populate(t, w.keystore(t, src), "acme")
+	file := backupOf(t, w, src) // no audit records
+	auditEvents(t, w, store, "beta", 0, 20)
+	if _, err := restore(w, file, store, backup.RestoreOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	v, err := audit.VerifierOf(ctx, store, w.root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := audit.Verify(ctx, store, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Events != 20 || len(rep.Findings) != 0 {
+		t.Fatalf("the target's trail after the restore: %v events, %v", rep.Events, rep.Findings)
 	}
 }

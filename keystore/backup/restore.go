@@ -41,7 +41,9 @@ const (
 // RestoreOptions configure Restore.
 type RestoreOptions struct {
 	// Force restores into a store that already holds records (they are
-	// overwritten where the backup has the same keys, kept otherwise).
+	// overwritten where the backup has the same keys, kept otherwise; but
+	// the target's audit trail, which the backup's replaces whole when it
+	// has one).
 	Force bool
 	// MaxAge refuses older backups. Default DefaultMaxAge; negative: no
 	// limit.
@@ -96,7 +98,11 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 	// 1. Authenticate the whole file, collecting its tombstones; write
 	// nothing.
 	var tombs []keystore.Tombstone
+	hasTrail := false // the backup holds an audit trail (more than a lease)
 	m, err := readAll(ctx, in, r, nil, func(key string, value []byte) error {
+		if strings.HasPrefix(key, audit.StoragePrefix) && key != audit.LeaseStorageKey {
+			hasTrail = true
+		}
 		if strings.HasPrefix(key, keystore.TombstonePrefix) {
 			if ts, err := keystore.ParseTombstone(value); err == nil {
 				tombs = append(tombs, ts)
@@ -356,13 +362,14 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 			return nil, err
 		}
 	}
-	if !empty {
+	if !empty && hasTrail {
 		// The target's audit trail gives way to the backup's whole: one
 		// of a later history (a forced restore over the live deployment)
 		// would leave events, node hashes and checkpoints past the
 		// backup's tree, which the log could neither extend nor sign.
 		// The events the target recorded since the backup leave the
-		// trail; a tenant's kept checkpoint shows the rollback.
+		// trail; a tenant's kept checkpoint shows the rollback. A backup
+		// without a trail (audit off) leaves the target's as it is.
 		if err := clearPrefix(audit.StoragePrefix, func(key string) bool { return key == audit.LeaseStorageKey }); err != nil {
 			return nil, fmt.Errorf("backup: clear the target's audit trail: %w", err)
 		}
