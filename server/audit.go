@@ -332,7 +332,7 @@ func (a auditService) GetAuditCheckpoint(ctx context.Context, req *custosv1.GetA
 // should be there and is not, a verifier key the root does not vouch for)
 // is INTERNAL, logged.
 func (a auditService) logError(ctx context.Context, err error) error {
-	if cerr := ctx.Err(); cerr != nil {
+	if cerr := ctx.Err(); cerr != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
 		return a.toError(ctx, cerr) // the caller's own deadline or cancellation
 	}
 	if errors.Is(err, storage.ErrUnavailable) || errors.Is(err, root.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {

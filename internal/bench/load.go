@@ -325,17 +325,17 @@ func Run(ctx context.Context, t Target, w Workload) (Result, error) {
 	// deep, are not a stall.)
 	callCtx, stop := context.WithCancelCause(ctx)
 	defer stop(nil)
-	var lastEnded atomic.Int64 // when a call last ended, in Unix nanoseconds
-	lastEnded.Store(time.Now().UnixNano())
+	grace := max(StallGrace, time.Millisecond)
+	var lastEnded atomic.Int64 // when a call last ended, as time since start
 	go func() {
-		tick := time.NewTicker(min(time.Second, StallGrace/4))
+		tick := time.NewTicker(min(time.Second, grace/4))
 		defer tick.Stop()
 		for {
 			select {
 			case <-callCtx.Done():
 				return
-			case now := <-tick.C:
-				if now.After(measureTo) && now.Sub(time.Unix(0, lastEnded.Load())) >= StallGrace {
+			case <-tick.C:
+				if since := time.Since(start); since > w.Warmup+w.Duration && since-time.Duration(lastEnded.Load()) >= grace {
 					stop(errStalled)
 					return
 				}
@@ -355,7 +355,7 @@ func Run(ctx context.Context, t Target, w Workload) (Result, error) {
 				}
 				n, err := c(callCtx)
 				t1 := time.Now()
-				lastEnded.Store(t1.UnixNano())
+				lastEnded.Store(int64(t1.Sub(start)))
 				if t0.Before(measureFrom) || callCtx.Err() != nil {
 					continue
 				}

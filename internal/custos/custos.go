@@ -275,7 +275,11 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 		return nil, err
 	}
 	serverOpts := opts.ServerOptions
-	if age := cfg.TLS.MaxConnectionAge; age > 0 {
+	age := cfg.TLS.MaxConnectionAge
+	if age == 0 { // a Config built in code, not loaded
+		age = config.DefaultMaxConnectionAge
+	}
+	if age > 0 {
 		// First, so that options a caller gives (tests) win.
 		serverOpts = append([]grpc.ServerOption{grpc.KeepaliveParams(keepalive.ServerParameters{
 			MaxConnectionAge: age, MaxConnectionAgeGrace: connectionAgeGrace,
