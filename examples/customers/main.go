@@ -4,7 +4,8 @@
 // column to find customers by email, then rotates the keys under it.
 //
 // Start `custos dev` (make run) in another terminal and point it at a
-// PostgreSQL database you may write a "customers" table into:
+// PostgreSQL database where it may drop and create the table
+// custos_example_customers:
 //
 //	go run ./examples/customers --pg 'postgres://user:pass@localhost:5432/db'
 //

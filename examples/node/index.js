@@ -32,6 +32,18 @@ root.loadSync(['google/rpc/status.proto', 'google/rpc/error_details.proto']);
 const Status = root.lookupType('google.rpc.Status');
 const ErrorInfo = root.lookupType('google.rpc.ErrorInfo');
 
+// associatedData encodes parts as the Go client's client.AssociatedData
+// does (docs/formats.md), so that a field one language encrypts the other
+// decrypts: each part's length as 4 bytes big-endian, then its bytes.
+function associatedData(...parts) {
+  return Buffer.concat(parts.flatMap((p) => {
+    const b = Buffer.from(p);
+    const n = Buffer.alloc(4);
+    n.writeUInt32BE(b.length);
+    return [n, b];
+  }));
+}
+
 const creds = grpc.credentials.createSsl(
   fs.readFileSync(path.join(devDir, 'ca.pem')),
   fs.readFileSync(path.join(devDir, 'client-key.pem')),
@@ -71,20 +83,22 @@ async function main() {
   ok(`tenant ${t} with 3 keys`, true);
   const enc = `tenants/${t}/keys/enc`;
 
-  const ad = Buffer.from('customer-42/email');
+  const ad = associatedData('customer-42', 'email');
   const e = await call(crypto, 'Encrypt', { name: enc, plaintext: Buffer.from('alice@example.com'), associated_data: ad });
   const d = await call(crypto, 'Decrypt', { name: enc, ciphertext: e.ciphertext, associated_data: ad });
   ok('encrypt and decrypt with associated data', d.plaintext.toString() === 'alice@example.com' && d.key_version === 1);
+  // For the test: the Go client decrypts this with client.AssociatedData.
+  console.log(`cross-check: ${enc} ${e.ciphertext.toString('base64')}`);
 
   const b = await call(crypto, 'DecryptBatch', {
     name: enc,
-    items: [{ ciphertext: e.ciphertext, associated_data: ad }, { ciphertext: e.ciphertext, associated_data: Buffer.from('customer-43/email') }],
+    items: [{ ciphertext: e.ciphertext, associated_data: ad }, { ciphertext: e.ciphertext, associated_data: associatedData('customer-43', 'email') }],
   });
   ok('a batch with one bad item: item 1 OK, item 2 INVALID_ARGUMENT',
     b.results[0].status.code === 0 && b.results[0].plaintext.toString() === 'alice@example.com' && b.results[1].status.code === 3);
 
   try {
-    await call(crypto, 'Decrypt', { name: enc, ciphertext: e.ciphertext, associated_data: Buffer.from('customer-43/email') });
+    await call(crypto, 'Decrypt', { name: enc, ciphertext: e.ciphertext, associated_data: associatedData('customer-43', 'email') });
     throw new Error('a decrypt with the wrong associated data succeeded');
   } catch (err) {
     ok(`a refused call's ErrorInfo reason: ${reason(err)}`, err.code === grpc.status.INVALID_ARGUMENT && reason(err) === 'CIPHERTEXT_NOT_AUTHENTIC');

@@ -31,5 +31,6 @@ func TestNodeExample(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), "every call answered as expected") {
 		t.Fatalf("node index.js: %v\n%s", err, out)
 	}
+	srv.CrossCheck(t, string(out))
 	t.Logf("%s", out)
 }

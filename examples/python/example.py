@@ -1,4 +1,4 @@
-"""Calls Custos from Python with nothing but the protos in proto/.
+r"""Calls Custos from Python with nothing but the protos in proto/.
 
 Debian's python3-grpcio and python3-grpc-tools; the stubs are generated
 from a copy of proto/ first. (Debian's grpc-tools bundle protoc 3.5, which
@@ -19,6 +19,7 @@ key, encrypts and decrypts with associated data, runs a batch with one bad
 item and reads its per-item status, reads the ErrorInfo reason of a refused
 call, computes a blind index, and hashes and verifies a password.
 """
+import base64
 import os
 import sys
 import time
@@ -50,6 +51,17 @@ def ok(what, cond):
     print(f"ok  {what}")
 
 
+def associated_data(*parts):
+    """Encodes parts as the Go client's client.AssociatedData does
+    (docs/formats.md), so that a field one language encrypts the other
+    decrypts: each part's length as 4 bytes big-endian, then its bytes."""
+    out = b""
+    for p in parts:
+        b = p.encode() if isinstance(p, str) else p
+        out += len(b).to_bytes(4, "big") + b
+    return out
+
+
 def reason(err):
     """The google.rpc.ErrorInfo reason of a failed call."""
     for key, value in err.trailing_metadata() or ():
@@ -78,20 +90,22 @@ def main(addr, dev):
     ok(f"tenant {tenant} with 3 keys", True)
     enc = f"tenants/{tenant}/keys/enc"
 
-    ad = b"customer-42/email"
+    ad = associated_data("customer-42", "email")
     e = crypto.Encrypt(cpb.EncryptRequest(name=enc, plaintext=b"alice@example.com", associated_data=ad), timeout=t)
     d = crypto.Decrypt(cpb.DecryptRequest(name=enc, ciphertext=e.ciphertext, associated_data=ad), timeout=t)
     ok("encrypt and decrypt with associated data", d.plaintext == b"alice@example.com" and d.key_version == 1)
+    # For the test: the Go client decrypts this with client.AssociatedData.
+    print(f"cross-check: {enc} {base64.b64encode(e.ciphertext).decode()}")
 
     b = crypto.DecryptBatch(cpb.DecryptBatchRequest(name=enc, items=[
         cpb.DecryptBatchRequest.Item(ciphertext=e.ciphertext, associated_data=ad),
-        cpb.DecryptBatchRequest.Item(ciphertext=e.ciphertext, associated_data=b"customer-43/email"),
+        cpb.DecryptBatchRequest.Item(ciphertext=e.ciphertext, associated_data=associated_data("customer-43", "email")),
     ]), timeout=t)
     ok("a batch with one bad item: item 1 OK, item 2 INVALID_ARGUMENT",
        b.results[0].status.code == 0 and b.results[0].plaintext == b"alice@example.com" and b.results[1].status.code == 3)
 
     try:
-        crypto.Decrypt(cpb.DecryptRequest(name=enc, ciphertext=e.ciphertext, associated_data=b"customer-43/email"), timeout=t)
+        crypto.Decrypt(cpb.DecryptRequest(name=enc, ciphertext=e.ciphertext, associated_data=associated_data("customer-43", "email")), timeout=t)
         raise SystemExit("python example: a decrypt with the wrong associated data succeeded")
     except grpc.RpcError as err:
         r = reason(err)

@@ -53,6 +53,7 @@ func TestPythonExample(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), "every call answered as expected") {
 		t.Fatalf("example.py: %v\n%s", err, out)
 	}
+	srv.CrossCheck(t, string(out))
 	t.Logf("%s", out)
 }
 

@@ -31,7 +31,10 @@ type EncryptRequest struct {
 	// The field to encrypt: 1 byte to 1 MiB.
 	Plaintext []byte `protobuf:"bytes,2,opt,name=plaintext,proto3" json:"plaintext,omitempty"`
 	// Bound to the ciphertext: decrypt must present the same bytes. Use the
-	// record id and field name so a ciphertext cannot be moved between rows.
+	// record id and field name so a ciphertext cannot be moved between rows,
+	// encoded as the Go client's AssociatedData does to share fields with Go
+	// code (docs/formats.md). Values starting with "custos:datakey:", and
+	// "custos envelope v1", are reserved for data keys: INVALID_ARGUMENT.
 	AssociatedData []byte `protobuf:"bytes,3,opt,name=associated_data,json=associatedData,proto3" json:"associated_data,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache

@@ -31,8 +31,10 @@ const (
 	TenantState_TENANT_STATE_UNSPECIFIED TenantState = 0
 	// The tenant is usable.
 	TenantState_TENANT_STATE_ACTIVE TenantState = 1
-	// The tenant is scheduled for crypto-shredding at delete_time; every
-	// operation on it fails with FAILED_PRECONDITION until it is undeleted.
+	// The tenant is scheduled for crypto-shredding at delete_time; its key
+	// and data operations fail with FAILED_PRECONDITION (TENANT_DELETED)
+	// until it is undeleted. GetTenant, UndeleteTenant and its audit trail
+	// still answer.
 	TenantState_TENANT_STATE_DELETE_SCHEDULED TenantState = 2
 )
 
