@@ -16,7 +16,7 @@ import (
 // ErrNotFound for an unknown tenant and ErrAlreadyExists if the id is taken.
 func (s *Service) CreateKey(ctx context.Context, ref KeyRef, spec KeySpec) (Key, error) {
 	if !ValidID(ref.Tenant) || !ValidID(ref.Key) {
-		return Key{}, fmt.Errorf("%w: key %q is malformed", ErrInvalidArgument, truncate(ref.String()))
+		return Key{}, fmt.Errorf("%w: key is malformed (not tenants/{tenant}/keys/{key})", ErrInvalidArgument)
 	}
 	switch spec.Purpose {
 	case PurposeEncrypt, PurposeEncryptDeterministic, PurposeMAC, PurposePassword:
@@ -100,7 +100,7 @@ func checkRotationPeriod(d time.Duration) error {
 // GetKey returns a key's metadata, read from storage.
 func (s *Service) GetKey(ctx context.Context, ref KeyRef) (Key, error) {
 	if !ValidID(ref.Tenant) || !ValidID(ref.Key) {
-		return Key{}, fmt.Errorf("%w: key %q is malformed", ErrInvalidArgument, truncate(ref.String()))
+		return Key{}, fmt.Errorf("%w: key is malformed (not tenants/{tenant}/keys/{key})", ErrInvalidArgument)
 	}
 	if err := s.checkTenantActive(ctx, ref.Tenant); err != nil {
 		return Key{}, err
@@ -116,7 +116,7 @@ func (s *Service) GetKey(ctx context.Context, ref KeyRef) (Key, error) {
 // token, and the next page's token ("" on the last page).
 func (s *Service) ListKeys(ctx context.Context, tenant string, size int, token string) ([]Key, string, error) {
 	if !ValidID(tenant) {
-		return nil, "", fmt.Errorf("%w: parent %q is malformed", ErrInvalidArgument, truncate(tenant))
+		return nil, "", fmt.Errorf("%w: parent is malformed (not tenants/{tenant})", ErrInvalidArgument)
 	}
 	size, err := pageSize(size)
 	if err != nil {
@@ -184,7 +184,7 @@ func (s *Service) rotate(rec *keyRecord, h *keyset.Handle) (*keyset.Handle, erro
 // for "no keyset change").
 func (s *Service) updateKey(ctx context.Context, ref KeyRef, op string, mutate func(rec *keyRecord, h *keyset.Handle) (*keyset.Handle, error)) (Key, error) {
 	if !ValidID(ref.Tenant) || !ValidID(ref.Key) {
-		return Key{}, fmt.Errorf("%w: key %q is malformed", ErrInvalidArgument, truncate(ref.String()))
+		return Key{}, fmt.Errorf("%w: key is malformed (not tenants/{tenant}/keys/{key})", ErrInvalidArgument)
 	}
 	var out Key
 	err := retryCAS(fmt.Sprintf("%s %s", op, ref), func() error {

@@ -13,7 +13,7 @@ import (
 // It returns ErrAlreadyExists if the id is taken.
 func (s *Service) CreateTenant(ctx context.Context, id string) (Tenant, error) {
 	if !ValidID(id) {
-		return Tenant{}, fmt.Errorf("%w: tenant_id %q must match %s", ErrInvalidArgument, truncate(id), IDPattern)
+		return Tenant{}, fmt.Errorf("%w: tenant_id must match %s", ErrInvalidArgument, IDPattern)
 	}
 	raw, err := s.newKEK()
 	if err != nil {
@@ -53,7 +53,7 @@ func (s *Service) CreateTenant(ctx context.Context, id string) (Tenant, error) {
 // GetTenant returns a tenant, or ErrNotFound.
 func (s *Service) GetTenant(ctx context.Context, id string) (Tenant, error) {
 	if !ValidID(id) {
-		return Tenant{}, fmt.Errorf("%w: tenant id %q is malformed", ErrInvalidArgument, truncate(id))
+		return Tenant{}, fmt.Errorf("%w: tenant id is malformed (want %s)", ErrInvalidArgument, IDPattern)
 	}
 	rec, _, err := s.readTenant(ctx, id)
 	if err != nil {

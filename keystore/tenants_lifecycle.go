@@ -23,7 +23,7 @@ import (
 // tenant is already scheduled (its date stays).
 func (s *Service) DeleteTenant(ctx context.Context, tenant string, waiting time.Duration) (Tenant, error) {
 	if !ValidID(tenant) {
-		return Tenant{}, fmt.Errorf("%w: tenant id %q is malformed", ErrInvalidArgument, truncate(tenant))
+		return Tenant{}, fmt.Errorf("%w: tenant id is malformed (want %s)", ErrInvalidArgument, IDPattern)
 	}
 	waiting, err := waitingPeriod("waiting_period", waiting)
 	if err != nil {
@@ -46,7 +46,7 @@ func (s *Service) DeleteTenant(ctx context.Context, tenant string, waiting time.
 // and ErrNotFound for an unknown (or already shredded) tenant.
 func (s *Service) UndeleteTenant(ctx context.Context, tenant string) (Tenant, error) {
 	if !ValidID(tenant) {
-		return Tenant{}, fmt.Errorf("%w: tenant id %q is malformed", ErrInvalidArgument, truncate(tenant))
+		return Tenant{}, fmt.Errorf("%w: tenant id is malformed (want %s)", ErrInvalidArgument, IDPattern)
 	}
 	t, err := s.updateTenant(ctx, tenant, "undelete tenant", func(rec *tenantRecord) error {
 		if rec.State != TenantDeleteScheduled {

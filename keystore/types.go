@@ -176,12 +176,14 @@ func (r KeyRef) String() string { return "tenants/" + r.Tenant + "/keys/" + r.Ke
 func ParseTenantName(name string) (string, error) {
 	id, ok := strings.CutPrefix(name, "tenants/")
 	if !ok || !ValidID(id) {
-		return "", fmt.Errorf("%w: name %q is not tenants/{tenant}", ErrInvalidArgument, truncate(name))
+		return "", fmt.Errorf("%w: name is not tenants/{tenant}", ErrInvalidArgument)
 	}
 	return id, nil
 }
 
-// ParseKeyName parses tenants/{tenant}/keys/{key}.
+// ParseKeyName parses tenants/{tenant}/keys/{key}. Its error does not
+// repeat the name: a caller that swapped its arguments sent a plaintext
+// there, which the log line and the status would then carry.
 func ParseKeyName(name string) (KeyRef, error) {
 	rest, ok := strings.CutPrefix(name, "tenants/")
 	if ok {
@@ -190,14 +192,5 @@ func ParseKeyName(name string) (KeyRef, error) {
 			return KeyRef{Tenant: tenant, Key: key}, nil
 		}
 	}
-	return KeyRef{}, fmt.Errorf("%w: name %q is not tenants/{tenant}/keys/{key}", ErrInvalidArgument, truncate(name))
-}
-
-// truncate bounds user-supplied names echoed in error messages.
-func truncate(s string) string {
-	const max = 200
-	if len(s) > max {
-		return s[:max] + "…"
-	}
-	return s
+	return KeyRef{}, fmt.Errorf("%w: name is not tenants/{tenant}/keys/{key}", ErrInvalidArgument)
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -568,6 +569,40 @@ func TestFailureLogLinesNameRequestTenantAndKey(t *testing.T) {
 	}
 	if strings.Contains(logs, "MARKER") {
 		t.Fatal("request data reached the log")
+	}
+}
+
+// A caller that swapped its arguments, sending a plaintext as the key
+// name, finds it neither in the refusal nor in the log: the hand-checked
+// calls' name errors echoed it (protovalidate's never did).
+func TestASwappedKeyNameIsNotEchoed(t *testing.T) {
+	var buf syncBuffer
+	ts := start(t, newFiles(t), options{logger: slog.New(slog.NewJSONHandler(&buf, nil))})
+	setup(t, ts, "a")
+	c := ts.clients(t, idAdmin)
+	ctx := testContext(t)
+	secret := "MARKER-alice@example.com"
+	for what, call := range map[string]func() error{
+		"Encrypt": func() error {
+			_, err := c.crypto.Encrypt(ctx, &custosv1.EncryptRequest{Name: secret, Plaintext: []byte(keyName("a"))})
+			return err
+		},
+		"BlindIndex": func() error {
+			_, err := c.crypto.BlindIndex(ctx, &custosv1.BlindIndexRequest{Name: secret, Data: []byte(keyName("a"))})
+			return err
+		},
+		"EncryptBatch": func() error {
+			_, err := c.crypto.EncryptBatch(ctx, &custosv1.EncryptBatchRequest{Name: secret, Items: []*custosv1.EncryptBatchRequest_Item{{Plaintext: []byte("x")}}})
+			return err
+		},
+	} {
+		st := wantCode(t, call(), codes.InvalidArgument)
+		if strings.Contains(fmt.Sprint(st.Proto()), "MARKER") {
+			t.Errorf("%s: the refusal carries the name: %v", what, st.Proto())
+		}
+	}
+	if strings.Contains(string(buf.Bytes()), "MARKER") {
+		t.Fatal("the swapped name reached the log")
 	}
 }
 
