@@ -62,6 +62,14 @@ type method struct {
 	scope scope
 }
 
+// KnownMethod reports whether fullMethod ("/package.Service/Method") is
+// one the server serves: a path outside the table is the caller's own text
+// (telemetry keyed by it would carry and multiply it).
+func KnownMethod(fullMethod string) bool {
+	_, ok := methods[fullMethod]
+	return ok
+}
+
 func row(op string, class policy.Class, sc scope, perms ...policy.Permission) method {
 	return method{op: op, perms: perms, class: class, scope: sc}
 }

@@ -268,6 +268,9 @@ func (s *Server) NewGRPCServer(tlsConf *tls.Config, opts ...grpc.ServerOption) (
 		grpc.MaxConcurrentStreams(MaxStreamsPerConnection),
 		grpc.MaxRecvMsgSize(s.limits.MaxMessageBytes),
 		grpc.MaxSendMsgSize(s.limits.MaxMessageBytes),
+		// A request's headers (its path and metadata) are small; gRPC's
+		// default bound is 16 MiB a request.
+		grpc.MaxHeaderListSize(MaxHeaderListSize),
 		grpc.UnknownServiceHandler(unknownMethod),
 		grpc.ChainUnaryInterceptor((&unaryPath{s: s, validator: validator}).intercept),
 		grpc.ChainStreamInterceptor(
@@ -287,6 +290,9 @@ func (s *Server) NewGRPCServer(tlsConf *tls.Config, opts ...grpc.ServerOption) (
 	s.Register(gs)
 	return gs, nil
 }
+
+// MaxHeaderListSize bounds the headers of one request.
+const MaxHeaderListSize = 64 << 10
 
 // streamWorkers is how many goroutines serve calls (grpc.NumStreamWorkers).
 const streamWorkers = 256

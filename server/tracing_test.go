@@ -16,6 +16,9 @@ import (
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/custos-kms/custos/client"
 	"github.com/custos-kms/custos/internal/config"
@@ -97,6 +100,14 @@ func TestTracesJoinTheCallersTraceAndCarryNoData(t *testing.T) {
 	}
 	parent.End()
 	traceID := parent.SpanContext().TraceID()
+	// A call to a path no service has, and a caller's tracestate: neither
+	// is the caller's text to put in spans.
+	md := metadata.Pairs("traceparent", "00-"+traceID.String()+"-"+parent.SpanContext().SpanID().String()+"-01", "tracestate", "k=statemarker1")
+	err = ts.conn(t, idAdmin).Invoke(metadata.NewOutgoingContext(testContext(t), md), "/x.UNKNOWNMARKER/y", &emptypb.Empty{}, &emptypb.Empty{})
+	wantCode(t, err, codes.Unimplemented)
+	if _, err := c.GetTenant(metadata.NewOutgoingContext(testContext(t), md), "tenants/a"); err != nil {
+		t.Fatal(err)
+	}
 
 	// The client's span for Encrypt is the server span's parent.
 	var clientSpan sdktrace.ReadOnlySpan
@@ -155,6 +166,16 @@ func TestTracesJoinTheCallersTraceAndCarryNoData(t *testing.T) {
 	if bytes.Contains(all.Bytes(), []byte(marker)) || bytes.Contains(all.Bytes(), []byte("AD-MARKER")) {
 		t.Fatal("a span carries the plaintext or the associated data")
 	}
+	if bytes.Contains(all.Bytes(), []byte("UNKNOWNMARKER")) {
+		t.Fatal("a span names the caller's unknown path")
+	}
+	col.mu.Lock()
+	for _, sp := range col.spans {
+		if strings.Contains(sp.GetTraceState(), "statemarker") {
+			t.Errorf("span %s carries the caller's tracestate %q", sp.GetName(), sp.GetTraceState())
+		}
+	}
+	col.mu.Unlock()
 
 	// The failed call's log line names the trace.
 	found := false

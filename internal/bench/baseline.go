@@ -222,7 +222,7 @@ func ServeBaseline(ctx context.Context, lis net.Listener, tlsConf *tls.Config, m
 	// stream workers and the calls a connection may carry at once included,
 	// so that the ratio isolates Custos's work.
 	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsConf)), grpc.MaxRecvMsgSize(maxMsg), grpc.MaxSendMsgSize(maxMsg),
-		grpc.NumStreamWorkers(StreamWorkers), grpc.MaxConcurrentStreams(server.MaxStreamsPerConnection))
+		grpc.NumStreamWorkers(StreamWorkers), grpc.MaxConcurrentStreams(server.MaxStreamsPerConnection), grpc.MaxHeaderListSize(server.MaxHeaderListSize))
 	custosv1.RegisterCryptoServiceServer(gs, impl)
 	errc := make(chan error, 1)
 	go func() { errc <- gs.Serve(lis) }()

@@ -10,10 +10,13 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/stats"
 
 	"github.com/custos-kms/custos/internal/config"
+	"github.com/custos-kms/custos/server"
 )
 
 // newTracing builds the OTLP/gRPC exporter and tracer provider cfg asks
@@ -52,8 +55,26 @@ func newTracing(ctx context.Context, cfg config.Tracing) (*sdktrace.TracerProvid
 	)
 	h := otelgrpc.NewServerHandler(
 		otelgrpc.WithTracerProvider(tp),
-		otelgrpc.WithPropagators(propagation.TraceContext{}),
+		otelgrpc.WithPropagators(traceparentOnly{}),
 		// No WithMessageEvents: spans carry no per-message events.
+		// No span for a path no service has: its name would be the
+		// caller's text, as long as gRPC lets a header be, and one span
+		// name per path. (Its call is still logged and audited.)
+		otelgrpc.WithFilter(func(info *stats.RPCTagInfo) bool { return server.KnownMethod(info.FullMethodName) }),
 	)
 	return tp, grpc.StatsHandler(h), nil
+}
+
+// traceparentOnly joins the caller's trace (W3C traceparent) and passes
+// on no tracestate: that is the caller's free text, which spans would
+// carry to the collector.
+type traceparentOnly struct{ propagation.TraceContext }
+
+// Extract reads the traceparent, dropping the tracestate.
+func (p traceparentOnly) Extract(ctx context.Context, carrier propagation.TextMapCarrier) context.Context {
+	ctx = p.TraceContext.Extract(ctx, carrier)
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		ctx = trace.ContextWithRemoteSpanContext(ctx, sc.WithTraceState(trace.TraceState{}))
+	}
+	return ctx
 }
