@@ -15,8 +15,11 @@ import (
 // CreateKey creates a key with version 1 as its primary. It returns
 // ErrNotFound for an unknown tenant and ErrAlreadyExists if the id is taken.
 func (s *Service) CreateKey(ctx context.Context, ref KeyRef, spec KeySpec) (Key, error) {
-	if !ValidID(ref.Tenant) || !ValidID(ref.Key) {
-		return Key{}, fmt.Errorf("%w: key is malformed (not tenants/{tenant}/keys/{key})", ErrInvalidArgument)
+	if !ValidID(ref.Tenant) {
+		return Key{}, fmt.Errorf("%w: parent is malformed (not tenants/{tenant})", ErrInvalidArgument)
+	}
+	if !ValidID(ref.Key) {
+		return Key{}, fmt.Errorf("%w: key_id must match %s", ErrInvalidArgument, IDPattern)
 	}
 	switch spec.Purpose {
 	case PurposeEncrypt, PurposeEncryptDeterministic, PurposeMAC, PurposePassword:

@@ -242,7 +242,8 @@ var errScanCut = errors.New("scheduler: the list of keys was cut short")
 // does not take the lease: every change re-checks its condition under
 // compare-and-swap, so running it beside the lease holder never rotates a
 // key twice or loses a write. It returns the failures joined (at most a
-// few, then a count); the work that did not fail is done.
+// few, then a count); the work that did not fail is done (a sweep cut
+// short by the storage stops where it was cut).
 func (s *Service) RunOnce(ctx context.Context) error {
 	flushErr := s.FlushUsage(ctx)
 	_, _, err := s.sweep(ctx, "", nil)
@@ -278,11 +279,13 @@ func (s *Service) lease() lease.Lease {
 // first) once: shreds those past their deletion date, maintains the keys of
 // active ones, and writes the due-time hints of every future date. A
 // failure on one tenant or key does not stop the others; its work gets a
-// hint for now, so the next pass retries it. renew, if not nil, is called
+// hint for now, so the next pass retries it (a tenant whose keys could not
+// be listed, a hint to list them again), unless that hint cannot be
+// written either: then the sweep stops there. renew, if not nil, is called
 // between tenants and between keys; when it reports the lease lost the
 // sweep stops with errLeaseLost. complete is false when the sweep did not
-// reach the end (a failed List, a lost lease, ctx done); last is then the
-// storage key of the last tenant it finished.
+// reach the end (a failed List, an unwritable hint, a lost lease, ctx
+// done); last is then the storage key of the last tenant it finished.
 func (s *Service) sweep(ctx context.Context, after string, renew func() bool) (last string, complete bool, err error) {
 	var errs []error
 	last = after
@@ -309,7 +312,7 @@ func (s *Service) sweep(ctx context.Context, after string, renew func() bool) (l
 				// store failing that too), the sweep is not finished
 				// and the next tick goes on from this tenant.
 				if nerr := s.noteDue(ctx, s.now(), dueKeysKind, strings.TrimPrefix(r.Key, tenantPrefix)); nerr != nil {
-					return last, false, joinCapped(append(errs, err))
+					return last, false, joinCapped(append(errs, err, nerr))
 				}
 			}
 			errs = append(errs, err)

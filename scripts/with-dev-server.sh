@@ -20,7 +20,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$1" build -o "$dir/custos" ./cmd/custos # the toolchain make test runs with
+${GO:-go} build -o "$dir/custos" ./cmd/custos # the toolchain make test runs with (GO may be several words)
 "$dir/custos" dev --dir "$dir/dev" >"$dir/dev.log" 2>&1 &
 pid=$!
 for _ in $(seq 300); do

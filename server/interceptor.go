@@ -127,7 +127,9 @@ func (s *Server) logCall(ctx context.Context, rid string, c *call, fullMethod, m
 	attrs = append(attrs,
 		slog.String("request_id", rid),
 	)
-	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+	// A span of this server's (not the caller's context alone, which a
+	// call given no span, to an unknown path, still holds).
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() && !sc.IsRemote() {
 		attrs = append(attrs, slog.String("trace_id", sc.TraceID().String()))
 	}
 	attrs = append(attrs,

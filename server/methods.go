@@ -162,7 +162,7 @@ func (c *call) resolve(req any) error {
 	case scopeTenantID:
 		c.tenant = req.(interface{ GetTenantId() string }).GetTenantId()
 		if !keystore.ValidID(c.tenant) {
-			return fmt.Errorf("%w: tenant_id %q must match [a-z0-9][a-z0-9-]{0,62}", keystore.ErrInvalidArgument, c.tenant)
+			return fmt.Errorf("%w: tenant_id must match %s", keystore.ErrInvalidArgument, keystore.IDPattern)
 		}
 	case scopeTenantName:
 		c.tenant, err = keystore.ParseTenantName(req.(interface{ GetName() string }).GetName())

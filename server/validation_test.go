@@ -421,9 +421,9 @@ func TestAnUnknownUpdateMaskPathIsQuotedShort(t *testing.T) {
 	}
 }
 
-// A long malformed name, cut for its error message (here inside a
-// character), still gets its ErrorInfo and BadRequest: the message stays
-// valid UTF-8, which a protobuf string needs.
+// A long malformed name (ending inside a character) still gets its
+// ErrorInfo and BadRequest, with a message that is valid UTF-8, which a
+// protobuf string needs (the message no longer repeats the name).
 func TestALongMalformedNameKeepsItsErrorDetails(t *testing.T) {
 	ts := start(t, newFiles(t), options{})
 	for _, prefix := range []string{"tenants/", "tenants/" + strings.Repeat("a", 63)} {

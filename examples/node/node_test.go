@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/custos-kms/custos/client/clienttest"
+	"github.com/custos-kms/custos/internal/testkit"
 )
 
 func TestNodeExample(t *testing.T) {
@@ -31,6 +32,6 @@ func TestNodeExample(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), "every call answered as expected") {
 		t.Fatalf("node index.js: %v\n%s", err, out)
 	}
-	srv.CrossCheck(t, string(out))
+	testkit.CrossCheck(t, srv.Client(t), string(out))
 	t.Logf("%s", out)
 }

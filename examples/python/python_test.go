@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/custos-kms/custos/client/clienttest"
+	"github.com/custos-kms/custos/internal/testkit"
 )
 
 // python is Debian's interpreter, where python3-grpcio is installed.
@@ -53,7 +54,7 @@ func TestPythonExample(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), "every call answered as expected") {
 		t.Fatalf("example.py: %v\n%s", err, out)
 	}
-	srv.CrossCheck(t, string(out))
+	testkit.CrossCheck(t, srv.Client(t), string(out))
 	t.Logf("%s", out)
 }
 

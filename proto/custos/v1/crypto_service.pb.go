@@ -1374,7 +1374,9 @@ type EncryptBatchRequest_Item struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The field: 1 byte to 1 MiB.
 	Plaintext []byte `protobuf:"bytes,1,opt,name=plaintext,proto3" json:"plaintext,omitempty"`
-	// Bound to this item's ciphertext.
+	// Bound to this item's ciphertext, as EncryptRequest.associated_data
+	// (the same encoding, the same reserved values: INVALID_ARGUMENT in
+	// this item's status).
 	AssociatedData []byte `protobuf:"bytes,2,opt,name=associated_data,json=associatedData,proto3" json:"associated_data,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache

@@ -1,4 +1,4 @@
-package clienttest
+package testkit
 
 import (
 	"context"
@@ -15,11 +15,11 @@ import (
 // the associated data ("customer-42", "email"), encoded as they encode it.
 var crossCheckLine = regexp.MustCompile(`(?m)^cross-check: (\S+) (\S+)$`)
 
-// CrossCheck decrypts, with the Go client and client.AssociatedData, the
-// ciphertext an example in another language printed in out, and fails the
-// test unless it reads back: the two encode associated data alike, so a
-// field one writes the other reads.
-func (s *Server) CrossCheck(t testing.TB, out string) {
+// CrossCheck decrypts with c, under client.AssociatedData, the ciphertext
+// an example in another language printed in out, and fails the test unless
+// it reads back: the two encode associated data alike, so a field one
+// writes the other reads.
+func CrossCheck(t testing.TB, c *client.Client, out string) {
 	t.Helper()
 	m := crossCheckLine.FindStringSubmatch(out)
 	if m == nil {
@@ -31,7 +31,7 @@ func (s *Server) CrossCheck(t testing.TB, out string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	pt, _, err := s.Client(t).Decrypt(ctx, m[1], ct, client.AssociatedData("customer-42", "email"))
+	pt, _, err := c.Decrypt(ctx, m[1], ct, client.AssociatedData("customer-42", "email"))
 	if err != nil || string(pt) != "alice@example.com" {
 		t.Fatalf("the Go client decrypting the example's field under client.AssociatedData: %q, %v", pt, err)
 	}
