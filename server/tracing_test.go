@@ -187,4 +187,10 @@ func TestTracesJoinTheCallersTraceAndCarryNoData(t *testing.T) {
 	if !found {
 		t.Errorf("no failure log line with trace_id %s:\n%s", traceID, logs.Bytes())
 	}
+	// The call to an unknown path had no span: its line names no trace.
+	for line := range strings.SplitSeq(string(logs.Bytes()), "\n") {
+		if strings.Contains(line, "UNKNOWNMARKER") && strings.Contains(line, `"trace_id"`) {
+			t.Errorf("the unknown path's log line names a trace it has no span in: %s", line)
+		}
+	}
 }
