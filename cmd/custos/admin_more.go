@@ -7,12 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
 	"github.com/custos-kms/custos/client"
 )
@@ -360,7 +362,13 @@ func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
 }
 
 func readPassword(cmd *cobra.Command) ([]byte, error) {
-	b, err := readStdin(cmd, 4097)
+	var b []byte
+	var err error
+	if f, ok := cmd.InOrStdin().(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		b, err = promptPassword(cmd, int(f.Fd()))
+	} else {
+		b, err = readStdin(cmd, 4097)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -410,6 +418,38 @@ func emitKey(cmd *cobra.Command, output string, k client.Key) error {
 		m["rotation_period"], m["next_rotation_time"] = k.RotationPeriod.String(), k.NextRotationTime
 	}
 	return emit(cmd, output, m)
+}
+
+// promptPassword asks for the password on the terminal fd and reads one
+// line without echoing it. Ctrl-C (the command's context) ends the wait
+// with the terminal's echo restored.
+func promptPassword(cmd *cobra.Command, fd int) ([]byte, error) {
+	state, err := term.GetState(fd)
+	if err != nil {
+		return nil, fmt.Errorf("read the password from the terminal: %w", err)
+	}
+	stderr := cmd.ErrOrStderr()
+	fmt.Fprint(stderr, "Password: ")
+	defer fmt.Fprintln(stderr) // the newline the terminal did not echo
+	type read struct {
+		b   []byte
+		err error
+	}
+	ch := make(chan read, 1)
+	go func() {
+		b, err := term.ReadPassword(fd)
+		ch <- read{b, err}
+	}()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			return nil, fmt.Errorf("read the password from the terminal: %w", r.err)
+		}
+		return r.b, nil
+	case <-cmd.Context().Done():
+		_ = term.Restore(fd, state)
+		return nil, cmd.Context().Err()
+	}
 }
 
 // readStdin reads up to limit bytes of standard input, or stops when the
