@@ -299,7 +299,8 @@ func (s *Service) sweep(ctx context.Context, after string, renew func() bool) (l
 		if renew != nil && !renew() {
 			return last, false, joinCapped(append([]error{errLeaseLost}, errs...))
 		}
-		if err := s.tenantPass(ctx, strings.TrimPrefix(r.Key, tenantPrefix), r.Value, renew); err != nil {
+		tenant := strings.TrimPrefix(r.Key, tenantPrefix)
+		if err := s.tenantPass(ctx, tenant, r.Value, renew); err != nil {
 			if errors.Is(err, errLeaseLost) {
 				return last, false, joinCapped(append([]error{err}, errs...))
 			}
@@ -311,8 +312,8 @@ func (s *Service) sweep(ctx context.Context, after string, renew func() bool) (l
 				// every sweep from finishing. Without the hint (the
 				// store failing that too), the sweep is not finished
 				// and the next tick goes on from this tenant.
-				if nerr := s.noteDue(ctx, s.now(), dueKeysKind, strings.TrimPrefix(r.Key, tenantPrefix)); nerr != nil {
-					return last, false, joinCapped(append(errs, err, nerr))
+				if s.noteDue(ctx, s.now(), dueKeysKind, tenant) != nil { // logged by noteDue
+					return last, false, joinCapped(append(errs, err))
 				}
 			}
 			errs = append(errs, err)

@@ -330,7 +330,9 @@ func (a auditService) GetAuditCheckpoint(ctx context.Context, req *custosv1.GetA
 // vouches for the signing key's verifier key) out of reach, UNAVAILABLE;
 // anything else (a node or record that
 // should be there and is not, a verifier key the root does not vouch for)
-// is INTERNAL, logged.
+// is INTERNAL, logged. (The audit log's errors come from the store and the
+// root directly, not through the keystore's storageErr and rootErr, which
+// classify KeyService's and CryptoService's.)
 func (a auditService) logError(ctx context.Context, err error) error {
 	if cerr := ctx.Err(); cerr != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
 		return a.toError(ctx, cerr) // the caller's own deadline or cancellation
@@ -444,25 +446,24 @@ func decodeAuditToken(tok string, q audit.Query) (uint64, error) {
 	if tok == "" {
 		return 0, nil
 	}
-	malformed := errMalformedAuditToken
 	if len(tok) > 64 {
-		return 0, malformed
+		return 0, errMalformedAuditToken
 	}
 	b, err := base64.RawURLEncoding.DecodeString(tok)
 	if err != nil {
-		return 0, malformed
+		return 0, errMalformedAuditToken
 	}
 	rest, ok := strings.CutPrefix(string(b), auditTokenPrefix)
 	d, h, ok2 := strings.Cut(rest, ":")
 	switch {
 	case !ok || !ok2:
-		return 0, malformed
+		return 0, errMalformedAuditToken
 	case d != queryDigest(q):
 		return 0, status.Error(codes.InvalidArgument, "page_token was made for another tenant or other filters")
 	}
 	n, err := strconv.ParseUint(h, 16, 64)
 	if err != nil || len(h) > 16 || strconv.FormatUint(n, 16) != h {
-		return 0, malformed
+		return 0, errMalformedAuditToken
 	}
 	return n, nil
 }

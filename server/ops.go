@@ -278,15 +278,12 @@ func (s *Server) OpsHandler(withPprof bool) http.Handler {
 			if err := s.backup(r.Context(), cw); err != nil {
 				s.logger.Error("backup over the ops listener failed", "error", err.Error())
 				if cw.n == 0 {
-					code := http.StatusInternalServerError
-					if errors.Is(err, root.ErrUnavailable) || errors.Is(err, storage.ErrUnavailable) {
-						code = http.StatusServiceUnavailable // a dependency is down: retry later
-					}
 					// The error names the server's files; it is logged, and
 					// the ops listener does not authenticate its callers.
-					msg := "backup failed (the server's log says why)"
-					if code == http.StatusServiceUnavailable {
-						msg = "backup failed: the root or the storage is unavailable; retry later"
+					code, msg := http.StatusInternalServerError, "backup failed (the server's log says why)"
+					if errors.Is(err, root.ErrUnavailable) || errors.Is(err, storage.ErrUnavailable) {
+						// A dependency is down: retry later.
+						code, msg = http.StatusServiceUnavailable, "backup failed: the root or the storage is unavailable; retry later"
 					}
 					http.Error(w, msg, code)
 					return
@@ -317,9 +314,7 @@ type countingWriter struct {
 }
 
 func (c *countingWriter) Write(p []byte) (int, error) {
-	if c.rc != nil {
-		_ = c.rc.SetWriteDeadline(time.Now().Add(backupWriteTimeout)) // not supported: unbounded, as before
-	}
+	_ = c.rc.SetWriteDeadline(time.Now().Add(backupWriteTimeout)) // not supported: unbounded, as before
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -431,46 +432,43 @@ func promptPassword(cmd *cobra.Command, fd int) ([]byte, error) {
 	stderr := cmd.ErrOrStderr()
 	fmt.Fprint(stderr, "Password: ")
 	defer fmt.Fprintln(stderr) // the newline the terminal did not echo
-	type read struct {
-		b   []byte
-		err error
-	}
-	ch := make(chan read, 1)
-	go func() {
-		b, err := term.ReadPassword(fd)
-		ch <- read{b, err}
-	}()
-	select {
-	case r := <-ch:
-		if r.err != nil {
-			return nil, fmt.Errorf("read the password from the terminal: %w", r.err)
+	b, err := untilDone(cmd.Context(), func() ([]byte, error) { return term.ReadPassword(fd) })
+	if err != nil {
+		if cmd.Context().Err() != nil {
+			_ = term.Restore(fd, state)
+			return nil, err
 		}
-		return r.b, nil
-	case <-cmd.Context().Done():
-		_ = term.Restore(fd, state)
-		return nil, cmd.Context().Err()
+		return nil, fmt.Errorf("read the password from the terminal: %w", err)
 	}
+	return b, nil
 }
 
 // readStdin reads up to limit bytes of standard input, or stops when the
-// command's context ends (Ctrl-C: main's signal context catches the
-// signal, so a blocked read would otherwise wait for end of input). The
-// reading goroutine ends with the input or with the process.
+// command's context ends.
 func readStdin(cmd *cobra.Command, limit int64) ([]byte, error) {
-	type read struct {
-		b   []byte
+	in := cmd.InOrStdin()
+	return untilDone(cmd.Context(), func() ([]byte, error) { return io.ReadAll(io.LimitReader(in, limit)) })
+}
+
+// untilDone runs f, a read of the terminal or standard input, and returns
+// its result, or ctx's error as soon as ctx ends (Ctrl-C: main's signal
+// context catches the signal, so a blocked read would otherwise wait for
+// the end of input). f goes on until its input or the process ends.
+func untilDone[T any](ctx context.Context, f func() (T, error)) (T, error) {
+	type result struct {
+		v   T
 		err error
 	}
-	ch := make(chan read, 1)
-	in := cmd.InOrStdin()
+	ch := make(chan result, 1)
 	go func() {
-		b, err := io.ReadAll(io.LimitReader(in, limit))
-		ch <- read{b, err}
+		v, err := f()
+		ch <- result{v, err}
 	}()
 	select {
 	case r := <-ch:
-		return r.b, r.err
-	case <-cmd.Context().Done():
-		return nil, cmd.Context().Err()
+		return r.v, r.err
+	case <-ctx.Done():
+		var zero T
+		return zero, ctx.Err()
 	}
 }

@@ -328,17 +328,8 @@ func backupFromServer(cmd *cobra.Command, cfg *config.Config, w io.Writer, f *os
 // closes would wait for ever; the copy goes on until the process ends,
 // writing to a file the caller removes).
 func copyUntilDone(ctx context.Context, w io.Writer, r io.Reader) error {
-	done := make(chan error, 1)
-	go func() {
-		_, err := io.Copy(w, r)
-		done <- err
-	}()
-	select {
-	case err := <-done:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	_, err := untilDone(ctx, func() (int64, error) { return io.Copy(w, r) })
+	return err
 }
 
 // stalled is err, or errBackupStalled if that is why ctx ended.

@@ -126,6 +126,14 @@ type Workload struct {
 	TenantPrefix string
 }
 
+// keys are the key names w uses: w.Keys, or DefaultKeys if unset.
+func (w Workload) keys() Keys {
+	if w.Keys == (Keys{}) {
+		return DefaultKeys
+	}
+	return w.Keys
+}
+
 func (w Workload) label() string {
 	if w.Op.Batch() {
 		return fmt.Sprintf("%s(%d)@%d", w.Op, w.BatchSize, w.Concurrency)
@@ -177,10 +185,7 @@ type call func(ctx context.Context) (items int, err error)
 // its own request so that no two workers share a message.
 func prepare(ctx context.Context, conn grpc.ClientConnInterface, w Workload) (func(worker int) call, error) {
 	c := custosv1.NewCryptoServiceClient(conn)
-	k := w.Keys
-	if k == (Keys{}) {
-		k = DefaultKeys
-	}
+	k := w.keys()
 	payload := bytes.Repeat([]byte("p"), max(w.PayloadBytes, 1))
 	aad := []byte("bench/field")
 	// A ciphertext of this server, for the decrypting operations.
@@ -326,7 +331,11 @@ func Run(ctx context.Context, t Target, w Workload) (Result, error) {
 	callCtx, stop := context.WithCancelCause(ctx)
 	defer stop(nil)
 	grace := max(StallGrace, time.Millisecond)
-	var lastEnded atomic.Int64 // when a call last ended, as time since start
+	// When a call last ended, as time since start, once the window is over
+	// (one store per worker then, not a shared write on every call); the
+	// window's end until then.
+	var lastEnded atomic.Int64
+	lastEnded.Store(int64(w.Warmup + w.Duration))
 	go func() {
 		tick := time.NewTicker(min(time.Second, grace/4))
 		defer tick.Stop()
@@ -355,7 +364,9 @@ func Run(ctx context.Context, t Target, w Workload) (Result, error) {
 				}
 				n, err := c(callCtx)
 				t1 := time.Now()
-				lastEnded.Store(int64(t1.Sub(start)))
+				if t1.After(measureTo) {
+					lastEnded.Store(int64(t1.Sub(start)))
+				}
 				if t0.Before(measureFrom) || callCtx.Err() != nil {
 					continue
 				}

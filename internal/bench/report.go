@@ -38,9 +38,6 @@ type WorkloadFlags struct {
 
 // NewReport starts a report.
 func NewReport(rounds int, w Workload) *Report {
-	if w.Keys == (Keys{}) {
-		w.Keys = DefaultKeys
-	}
 	return &Report{
 		Machine: fmt.Sprintf("%s/%s, %d CPUs", runtime.GOOS, runtime.GOARCH, runtime.NumCPU()),
 		Started: time.Now().UTC(),
@@ -48,7 +45,7 @@ func NewReport(rounds int, w Workload) *Report {
 		Settings: WorkloadFlags{
 			PayloadBytes: w.PayloadBytes, BatchSize: w.BatchSize,
 			WarmupSec: w.Warmup.Seconds(), DurationSec: w.Duration.Seconds(),
-			Tenants: w.Tenants, PasswordKey: w.Keys.Password,
+			Tenants: w.Tenants, PasswordKey: w.keys().Password,
 		},
 	}
 }

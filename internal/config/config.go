@@ -18,6 +18,7 @@ import (
 	"github.com/custos-kms/custos/envelope"
 	"github.com/custos-kms/custos/keystore"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
+	"github.com/custos-kms/custos/server"
 )
 
 // Config is the whole configuration.
@@ -501,12 +502,9 @@ func (c *Config) validate() error {
 	return errors.Join(errs...)
 }
 
-// Limits' defaults (server.DefaultMaxPlaintextBytes) and the room a message needs beside its
-// largest plaintext: the most associated data, and a margin for the rest.
-const (
-	defaultMaxPlaintextBytes = 64 << 10
-	messageOverhead          = envelope.MaxAssociatedData + 4<<10
-)
+// messageOverhead is the room a message needs beside its largest
+// plaintext: the most associated data, and a margin for the rest.
+const messageOverhead = envelope.MaxAssociatedData + 4<<10
 
 func (l Limits) validate() []error {
 	var errs []error
@@ -521,7 +519,7 @@ func (l Limits) validate() []error {
 	}
 	pt := l.MaxPlaintextBytes
 	if pt <= 0 {
-		pt = defaultMaxPlaintextBytes
+		pt = server.DefaultMaxPlaintextBytes
 	}
 	if l.MaxMessageBytes > 0 && l.MaxMessageBytes < pt+messageOverhead {
 		errs = append(errs, fmt.Errorf("limits.max_message_bytes %d cannot carry a field of limits.max_plaintext_bytes (%d) with its associated data: want at least %d", l.MaxMessageBytes, pt, pt+messageOverhead))

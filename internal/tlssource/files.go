@@ -137,11 +137,11 @@ func (f *Files) read() (*filesSet, error) {
 			return nil, fmt.Errorf("%s: certificate %s: %w", f.opts.Name, f.certFile, err)
 		}
 	}
-	cas, err := parseBundle(caPEM)
-	if err != nil {
-		return nil, fmt.Errorf("%s: CA bundle %s: %w", f.opts.Name, f.caFile, err)
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("%s: CA bundle %s holds no PEM certificate", f.opts.Name, f.caFile)
 	}
-	return &filesSet{Set: *newSet(cert, cas), digest: sha256.Sum256(all.Bytes())}, nil
+	return &filesSet{Set: Set{Cert: cert, Pool: pool}, digest: sha256.Sum256(all.Bytes())}, nil
 }
 
 // Current returns the set in use, first checking the files if the interval
@@ -187,27 +187,4 @@ func (f *Files) log(level slog.Level, msg string, args ...any) {
 	if f.opts.Logger != nil {
 		f.opts.Logger.Log(context.Background(), level, f.opts.Name+": "+msg, args...)
 	}
-}
-
-// parseBundle reads the certificates of a PEM bundle, as
-// x509.CertPool.AppendCertsFromPEM does: blocks that are not certificates,
-// or do not parse, are skipped; a bundle without one is an error.
-func parseBundle(b []byte) ([]*x509.Certificate, error) {
-	var cas []*x509.Certificate
-	for len(b) > 0 {
-		var block *pem.Block
-		if block, b = pem.Decode(b); block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" || len(block.Headers) != 0 {
-			continue
-		}
-		if c, err := x509.ParseCertificate(block.Bytes); err == nil {
-			cas = append(cas, c)
-		}
-	}
-	if len(cas) == 0 {
-		return nil, errors.New("holds no PEM certificate")
-	}
-	return cas, nil
 }

@@ -64,7 +64,11 @@ func (s *SPIFFE) Current() (*Set, error) {
 	for _, c := range svid.Certificates {
 		cert.Certificate = append(cert.Certificate, c.Raw)
 	}
-	set := newSet(cert, b.X509Authorities())
+	pool := x509.NewCertPool()
+	for _, c := range b.X509Authorities() {
+		pool.AddCert(c)
+	}
+	set := &Set{Cert: cert, Pool: pool}
 	td := svid.ID.TrustDomain()
 	set.peer = func(leaf *x509.Certificate) error {
 		// As go-spiffe's x509svid.Verify: the bundle's authorities may

@@ -29,15 +29,6 @@ type Set struct {
 	peer func(leaf *x509.Certificate) error
 }
 
-// newSet makes a Set of cert and the bundle cas.
-func newSet(cert tls.Certificate, cas []*x509.Certificate) *Set {
-	s := &Set{Cert: cert, Pool: x509.NewCertPool()}
-	for _, c := range cas {
-		s.Pool.AddCert(c)
-	}
-	return s
-}
-
 // Source gives the Set to use for the next handshake.
 type Source interface {
 	Current() (*Set, error)
