@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
+
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -65,7 +67,14 @@ var (
 	// ErrPermissionDenied: the policy does not let the caller's identity do
 	// this on this tenant.
 	ErrPermissionDenied = &Error{Code: codes.PermissionDenied}
-	// ErrUnauthenticated: the server did not accept a client certificate.
+	// ErrUnauthenticated: the server did not accept the client's
+	// certificate, or the client did not accept the server's (another CA,
+	// expired, another name). gRPC reports a refused TLS handshake as
+	// UNAVAILABLE; the client reports it as UNAUTHENTICATED, because
+	// retrying cannot help until the certificates or the CA change. (With
+	// TLS 1.3 the server refuses a client certificate after the client's
+	// side of the handshake, so the client may see only the connection
+	// closed: ErrUnavailable.)
 	ErrUnauthenticated = &Error{Code: codes.Unauthenticated}
 	// ErrFailedPrecondition: the resource is not in a state that allows the
 	// operation. The more specific sentinels below also match it.
@@ -192,6 +201,10 @@ func (e *Error) GRPCStatus() *status.Status {
 // from its first google.rpc.ErrorInfo detail with domain ErrorDomain.
 func errorFromStatus(st *status.Status) *Error {
 	e := &Error{Code: st.Code(), Message: st.Message(), status: st}
+	if e.Code == codes.Unavailable && tlsRefusal(e.Message) {
+		e.Code, e.status = codes.Unauthenticated, nil
+		return e
+	}
 	for _, d := range st.Details() {
 		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == ErrorDomain {
 			e.Reason = info.GetReason()
@@ -199,6 +212,23 @@ func errorFromStatus(st *status.Status) *Error {
 		}
 	}
 	return e
+}
+
+// tlsRefusal recognises, in the message of an UNAVAILABLE call, a TLS
+// handshake that authentication ended: the client could not verify the
+// server's certificate, or it read the server's alert refusing its own.
+func tlsRefusal(msg string) bool {
+	for _, s := range []string{
+		"x509: ", // the client's check of the server's certificate
+		"tls: bad certificate", "tls: certificate required",
+		"tls: expired certificate", "tls: revoked certificate", "tls: unsupported certificate",
+		"tls: unknown certificate", "tls: access denied",
+	} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // itemError converts the status of one batch item: nil for OK (or for no

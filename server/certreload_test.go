@@ -451,6 +451,10 @@ func TestTheClientRefusesAServerCertificateForAnotherAddress(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "certificate") {
 			t.Fatalf("dialling %s, a server certificate for 10.9.9.9 and elsewhere.internal was accepted (err %v)", addr, err)
 		}
+		// Not UNAVAILABLE, which callers retry: no retry can help.
+		if !errors.Is(err, client.ErrUnauthenticated) {
+			t.Errorf("dialling %s, the refused handshake is %v, want ErrUnauthenticated", addr, err)
+		}
 	}
 }
 

@@ -67,38 +67,12 @@ func exitCode(err error) int {
 		return exitInvalid
 	case codes.FailedPrecondition, codes.AlreadyExists, codes.Aborted:
 		return exitPrecondition
-	case codes.Unavailable:
-		if tlsRefusal(ce.Message) {
-			return exitPermission
-		}
-		return exitUnavailable
-	case codes.DeadlineExceeded, codes.ResourceExhausted:
+	case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted:
 		return exitUnavailable
 	case codes.Canceled:
 		return exitOther // the caller gave up: an interrupt (Ctrl-C), no outage to retry
 	}
 	return exitOther
-}
-
-// tlsRefusal recognises, in the message of an UNAVAILABLE call, a TLS
-// handshake that authentication ended: the client could not verify the
-// server's certificate, or the server's alert refusing the client's was
-// read. gRPC reports both as UNAVAILABLE, but retrying cannot help: the
-// certificates or the CA are wrong. (With TLS 1.3 the server refuses a
-// client certificate after the client's side of the handshake, so the
-// client often sees only the connection closed: exit 7, as documented.)
-func tlsRefusal(msg string) bool {
-	for _, s := range []string{
-		"x509: ", // the client's check of the server's certificate
-		"tls: bad certificate", "tls: certificate required",
-		"tls: expired certificate", "tls: revoked certificate", "tls: unsupported certificate",
-		"tls: unknown certificate", "tls: access denied",
-	} {
-		if strings.Contains(msg, s) {
-			return true
-		}
-	}
-	return false
 }
 
 // isCobraUsage recognises cobra's own usage errors (argument counts,
