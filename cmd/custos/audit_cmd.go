@@ -340,10 +340,7 @@ func (p *eventPrinter) print(ev client.AuditEvent) {
 		fmt.Fprintf(p.out, "%s\n", b)
 		return
 	}
-	if !p.head {
-		fmt.Fprintln(p.tw, "INDEX\tTIME\tIDENTITY\tOPERATION\tKEY\tVERSIONS\tCODE\tREQUEST_ID")
-		p.head = true
-	}
+	p.header()
 	key := ev.Key
 	if key == "" {
 		key = "-"
@@ -351,7 +348,19 @@ func (p *eventPrinter) print(ev client.AuditEvent) {
 	fmt.Fprintf(p.tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", ev.Index, ev.Time.UTC().Format(time.RFC3339), ev.Identity, ev.Operation, key, cell(ev.KeyVersions), ev.Code, ev.RequestID)
 }
 
-func (p *eventPrinter) flush() { _ = p.tw.Flush() }
+// header writes the table's header once, before the first row or, when
+// there is none, at the first flush: an empty table still names its columns.
+func (p *eventPrinter) header() {
+	if !p.head && !p.json {
+		fmt.Fprintln(p.tw, "INDEX\tTIME\tIDENTITY\tOPERATION\tKEY\tVERSIONS\tCODE\tREQUEST_ID")
+		p.head = true
+	}
+}
+
+func (p *eventPrinter) flush() {
+	p.header()
+	_ = p.tw.Flush()
+}
 
 func newAuditVerifyCmd() *cobra.Command {
 	var path, publicKey, keptPath, savePath string

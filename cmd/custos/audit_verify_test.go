@@ -164,3 +164,17 @@ func TestTailsCheckpointCallsAreBounded(t *testing.T) {
 		}
 	}
 }
+
+// An audit listing with no event still names its columns in text and
+// table output, and writes nothing in JSON (one object per event).
+func TestAnEmptyAuditTableNamesItsColumns(t *testing.T) {
+	for output, want := range map[string]string{"text": "INDEX", "table": "INDEX", "json": ""} {
+		var b strings.Builder
+		p := newEventPrinter(&b, output)
+		p.flush()
+		p.flush()
+		if got := b.String(); !strings.HasPrefix(got, want) || strings.Count(got, "INDEX") > 1 || (want == "" && got != "") {
+			t.Errorf("-o %s with no event: %q", output, got)
+		}
+	}
+}
