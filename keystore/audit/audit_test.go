@@ -1346,3 +1346,37 @@ func TestReadsShareOneUnwrapOfTheSigningKey(t *testing.T) {
 		t.Fatalf("%d unwraps for 21 reads, want 1", n)
 	}
 }
+
+// The signing key's first load (the lease holder's first checkpoint, and
+// audit verify's key) is bounded: a root that stops answering fails it
+// instead of hanging the log.
+func TestTheSigningKeysLoadsAreBounded(t *testing.T) {
+	ctx := context.Background()
+	store := memory.New()
+	r, err := local.Create(filepath.Join(t.TempDir(), "root.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bounded := &roottest.Deadlines{Root: r}
+	l, err := audit.Open(ctx, audit.Config{Store: store, Root: bounded})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := audit.NewWriter(audit.WriterConfig{Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if err := w.Record(event("a", 1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := audit.VerifierOf(ctx, store, bounded); err != nil {
+		t.Fatal(err)
+	}
+	if bounded.Calls.Load() < 2 || bounded.Unbounded.Load() != 0 {
+		t.Fatalf("%d root calls (want the first signing's wrap and verify's unwrap), %d without a deadline", bounded.Calls.Load(), bounded.Unbounded.Load())
+	}
+}

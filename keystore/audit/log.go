@@ -226,9 +226,9 @@ func (l *Log) Verifier(ctx context.Context) (note.Verifier, error) {
 	return l.verifier, nil // nil: the log has no key yet
 }
 
-// rootTimeout bounds the root calls of the signing key made for others
-// (reads waiting for its verifier, custos root rewrap), as the keystore
-// bounds its loads.
+// rootTimeout bounds the root calls of the signing key (its first load
+// for signing, reads waiting for its verifier, audit verify, custos root
+// rewrap), as the keystore bounds its loads.
 const rootTimeout = 30 * time.Second
 
 // install makes s the log's signer, unless another load did first.

@@ -62,6 +62,11 @@ func signingKeyAAD(verifier string) []byte {
 // loadSigner returns the log's signer, creating the key on first use (the
 // first replica to store it wins; the others use its key).
 func loadSigner(ctx context.Context, store storage.Store, r root.Root, origin string) (note.Signer, string, error) {
+	// Bounded like the keystore's loads: the lease holder's first
+	// signing and audit verify wait no longer on a root that stops
+	// answering.
+	ctx, cancel := context.WithTimeout(ctx, rootTimeout)
+	defer cancel()
 	for range 3 {
 		s, vkey, err := openSigner(ctx, store, r)
 		if err != nil || s != nil {
