@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
+	"github.com/custos-kms/custos/envelope"
 	"github.com/custos-kms/custos/internal/tlssource"
 	"github.com/custos-kms/custos/keystore"
 	"github.com/custos-kms/custos/keystore/password"
@@ -53,6 +54,47 @@ const (
 	DefaultMaxBatchItems     = 1000
 	DefaultMaxMessageBytes   = 16 << 20
 )
+
+// messageOverhead is the room a message needs beside its largest
+// plaintext: the most associated data, and a margin for the rest.
+const messageOverhead = envelope.MaxAssociatedData + 4<<10
+
+// withDefaults fills in the defaults of the limits left at zero.
+func (l Limits) withDefaults() Limits {
+	if l.MaxPlaintextBytes <= 0 {
+		l.MaxPlaintextBytes = DefaultMaxPlaintextBytes
+	}
+	if l.MaxBatchItems <= 0 {
+		l.MaxBatchItems = DefaultMaxBatchItems
+	}
+	if l.MaxMessageBytes <= 0 {
+		l.MaxMessageBytes = DefaultMaxMessageBytes
+	}
+	return l
+}
+
+// Validate reports the limits no server could serve as configured (zero
+// is the default): a negative one, one above the API's own bounds (it
+// could never be reached: refused rather than serve less than the
+// configuration says), or a message limit too small for the largest field
+// with its associated data. Errors name the configuration's fields.
+func (l Limits) Validate() error {
+	var errs []error
+	if l.MaxPlaintextBytes < 0 || l.MaxBatchItems < 0 || l.MaxMessageBytes < 0 {
+		errs = append(errs, errors.New("limits must not be negative"))
+	}
+	if l.MaxBatchItems > maxBatchItemsCeiling {
+		errs = append(errs, fmt.Errorf("limits.max_batch_items %d is above the API's %d", l.MaxBatchItems, maxBatchItemsCeiling))
+	}
+	if l.MaxPlaintextBytes > maxPlaintextCeiling {
+		errs = append(errs, fmt.Errorf("limits.max_plaintext_bytes %d is above the API's %d (1 MiB)", l.MaxPlaintextBytes, maxPlaintextCeiling))
+	}
+	pt := l.withDefaults().MaxPlaintextBytes
+	if l.MaxMessageBytes > 0 && l.MaxMessageBytes < pt+messageOverhead {
+		errs = append(errs, fmt.Errorf("limits.max_message_bytes %d cannot carry a field of limits.max_plaintext_bytes (%d) with its associated data: want at least %d", l.MaxMessageBytes, pt, pt+messageOverhead))
+	}
+	return errors.Join(errs...)
+}
 
 // PolicySource returns the policy in force; *policy.Holder is one.
 type PolicySource interface {
@@ -114,24 +156,10 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	l := &cfg.Limits
-	if l.MaxPlaintextBytes <= 0 {
-		l.MaxPlaintextBytes = DefaultMaxPlaintextBytes
+	if err := cfg.Limits.Validate(); err != nil {
+		return nil, fmt.Errorf("server: %w", err)
 	}
-	if l.MaxBatchItems <= 0 {
-		l.MaxBatchItems = DefaultMaxBatchItems
-	}
-	// Above the API's own bounds a limit could never be reached: refuse
-	// it rather than serve less than the configuration says.
-	if l.MaxBatchItems > maxBatchItemsCeiling {
-		return nil, fmt.Errorf("server: limits.max_batch_items %d is above the API's %d", l.MaxBatchItems, maxBatchItemsCeiling)
-	}
-	if l.MaxPlaintextBytes > maxPlaintextCeiling {
-		return nil, fmt.Errorf("server: limits.max_plaintext_bytes %d is above the API's %d (1 MiB)", l.MaxPlaintextBytes, maxPlaintextCeiling)
-	}
-	if l.MaxMessageBytes <= 0 {
-		l.MaxMessageBytes = DefaultMaxMessageBytes
-	}
+	cfg.Limits = cfg.Limits.withDefaults()
 	m := newMetrics()
 	ks := cfg.Keystore
 	m.registry.MustRegister(

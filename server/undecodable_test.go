@@ -34,13 +34,13 @@ func (rawCodec) Name() string { return "proto" }
 // one event each, with the code the caller saw, and a call log line.
 func TestCallsRefusedBeforeTheInterceptorAreAudited(t *testing.T) {
 	logs := &syncBuffer{}
-	ts := start(t, newFiles(t), options{limits: server.Limits{MaxMessageBytes: 4 << 10}, logger: slog.New(slog.NewJSONHandler(logs, nil)), configure: func(c *config.Config) {
+	ts := start(t, newFiles(t), options{limits: server.Limits{MaxPlaintextBytes: 1 << 10, MaxMessageBytes: 72 << 10}, logger: slog.New(slog.NewJSONHandler(logs, nil)), configure: func(c *config.Config) {
 		c.Ops.Listen = "127.0.0.1:0"
 	}})
 	setup(t, ts, "a")
 	ctx := testContext(t)
 	conn := ts.conn(t, idAdmin)
-	big := make([]byte, 8<<10)
+	big := make([]byte, 80<<10) // above the 72 KiB message limit
 	cases := []struct {
 		name, method string
 		body         []byte
@@ -50,7 +50,7 @@ func TestCallsRefusedBeforeTheInterceptorAreAudited(t *testing.T) {
 		// Field 1 (name) as a string holding invalid UTF-8.
 		{"undecodable", custosv1.CryptoService_Encrypt_FullMethodName, []byte{0x0a, 0x02, 0xff, 0xfe}, codes.Internal, "encrypt"},
 		{"truncated", custosv1.KeyService_ListTenants_FullMethodName, []byte{0x0a, 0x10, 'a'}, codes.Internal, "list_tenants"},
-		{"too large", custosv1.CryptoService_Encrypt_FullMethodName, append([]byte{0x12, 0x80, 0x40}, big...), codes.ResourceExhausted, "encrypt"},
+		{"too large", custosv1.CryptoService_Encrypt_FullMethodName, append([]byte{0x12, 0x80, 0x80, 0x05}, big...), codes.ResourceExhausted, "encrypt"},
 		{"unknown method", "/custos.v1.CryptoService/NoSuchMethod", nil, codes.Unimplemented, "unknown"},
 		{"unknown service", "/no.such.Service/Call", nil, codes.Unimplemented, "unknown"},
 	}

@@ -15,9 +15,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/custos-kms/custos/envelope"
 	"github.com/custos-kms/custos/keystore"
-	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 	"github.com/custos-kms/custos/server"
 )
 
@@ -502,29 +500,11 @@ func (c *Config) validate() error {
 	return errors.Join(errs...)
 }
 
-// messageOverhead is the room a message needs beside its largest
-// plaintext: the most associated data, and a margin for the rest.
-const messageOverhead = envelope.MaxAssociatedData + 4<<10
-
 func (l Limits) validate() []error {
-	var errs []error
-	if l.MaxPlaintextBytes < 0 || l.MaxBatchItems < 0 || l.MaxMessageBytes < 0 {
-		errs = append(errs, errors.New("limits must not be negative"))
+	if err := (server.Limits{MaxPlaintextBytes: l.MaxPlaintextBytes, MaxBatchItems: l.MaxBatchItems, MaxMessageBytes: l.MaxMessageBytes}).Validate(); err != nil {
+		return []error{err}
 	}
-	if l.MaxBatchItems > custosv1.MaxBatchItems {
-		errs = append(errs, fmt.Errorf("limits.max_batch_items %d is above the API's %d", l.MaxBatchItems, custosv1.MaxBatchItems))
-	}
-	if l.MaxPlaintextBytes > custosv1.MaxPlaintextBytes {
-		errs = append(errs, fmt.Errorf("limits.max_plaintext_bytes %d is above the API's %d (1 MiB)", l.MaxPlaintextBytes, custosv1.MaxPlaintextBytes))
-	}
-	pt := l.MaxPlaintextBytes
-	if pt <= 0 {
-		pt = server.DefaultMaxPlaintextBytes
-	}
-	if l.MaxMessageBytes > 0 && l.MaxMessageBytes < pt+messageOverhead {
-		errs = append(errs, fmt.Errorf("limits.max_message_bytes %d cannot carry a field of limits.max_plaintext_bytes (%d) with its associated data: want at least %d", l.MaxMessageBytes, pt, pt+messageOverhead))
-	}
-	return errs
+	return nil
 }
 
 // validOrigin: a note key name (golang.org/x/mod/sumdb/note): non-empty,
