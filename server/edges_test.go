@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/custos-kms/custos/keystore/root/gcpkms"
@@ -137,5 +138,32 @@ func TestADecryptOnlyCallerCannotReadDataKeys(t *testing.T) {
 		if err != nil || r.Results[0].Status.GetCode() != int32(codes.InvalidArgument) {
 			t.Fatalf("batch: %v %v", err, r)
 		}
+	}
+}
+
+// An answer may outgrow the message limit, which bounds requests: a batch
+// whose request fits gets its answer, not a RESOURCE_EXHAUSTED after its
+// event, metrics and log said OK (gRPC checked its send limit after the
+// interceptor had recorded the call).
+func TestABatchAnswerLargerThanTheMessageLimitIsSent(t *testing.T) {
+	f := newFiles(t)
+	const limit = 72 << 10
+	ts := start(t, f, options{limits: server.Limits{MaxPlaintextBytes: 1 << 10, MaxMessageBytes: limit}})
+	setup(t, ts, "a")
+	c := ts.clients(t, idAdmin)
+	ctx := testContext(t)
+	req := &custosv1.EncryptBatchRequest{Name: keyName("a")}
+	for range 1000 {
+		req.Items = append(req.Items, &custosv1.EncryptBatchRequest_Item{Plaintext: make([]byte, 64)})
+	}
+	if n := proto.Size(req); n >= limit {
+		t.Fatalf("the request is %d bytes: want it under the %d limit", n, limit)
+	}
+	resp, err := c.crypto.EncryptBatch(ctx, req, grpc.MaxCallRecvMsgSize(1<<20))
+	if err != nil {
+		t.Fatalf("a request under the limit, its answer over it: %v", err)
+	}
+	if n := proto.Size(resp); n <= limit || len(resp.Results) != 1000 {
+		t.Fatalf("the answer is %d bytes with %d results: want over the %d limit, 1000 results", n, len(resp.Results), limit)
 	}
 }

@@ -44,7 +44,8 @@ type Limits struct {
 	MaxPlaintextBytes int
 	// MaxBatchItems bounds the items of one batch call. Default 1000.
 	MaxBatchItems int
-	// MaxMessageBytes bounds one gRPC message. Default 16 MiB.
+	// MaxMessageBytes bounds one request message (answers are not
+	// bounded: a batch's answer outgrows its request). Default 16 MiB.
 	MaxMessageBytes int
 }
 
@@ -294,8 +295,12 @@ func (s *Server) NewGRPCServer(tlsConf *tls.Config, opts ...grpc.ServerOption) (
 		// caller holding streams open (health watches, requests it never
 		// finishes sending) costs the server a goroutine and buffers each.
 		grpc.MaxConcurrentStreams(MaxStreamsPerConnection),
+		// The limit bounds requests. Answers keep gRPC's own (2 GiB):
+		// an answer is bounded by its request and is built, recorded and
+		// counted before gRPC sends it, so a send limit would fail a call
+		// whose event, metrics and log said OK (a batch's answer outgrows
+		// its request by its ciphertexts' overhead and item statuses).
 		grpc.MaxRecvMsgSize(s.limits.MaxMessageBytes),
-		grpc.MaxSendMsgSize(s.limits.MaxMessageBytes),
 		// A request's headers (its path and metadata) are small; gRPC's
 		// default bound is 16 MiB a request.
 		grpc.MaxHeaderListSize(MaxHeaderListSize),

@@ -43,10 +43,11 @@ const (
 //
 // Size ceilings in the rules below are absolute; a server may be configured
 // with lower limits (by default 64 KiB of plaintext, 1,000 batch items),
-// which it reports as INVALID_ARGUMENT naming the field. A whole message over
+// which it reports as INVALID_ARGUMENT naming the field. A whole request over
 // the server's message limit (default 16 MiB) is refused by gRPC itself:
-// RESOURCE_EXHAUSTED, without details. gRPC clients in most languages take
-// responses of at most 4 MiB by default: raise that (for example
+// RESOURCE_EXHAUSTED, without details. Answers are not bounded by it (a
+// batch's answer is larger than its request). gRPC clients in most languages
+// take responses of at most 4 MiB by default: raise that (for example
 // max_receive_message_length) for large batches.
 type CryptoServiceClient interface {
 	// Encrypts one field under the key's primary version.
@@ -220,10 +221,11 @@ func (c *cryptoServiceClient) VerifyPassword(ctx context.Context, in *VerifyPass
 //
 // Size ceilings in the rules below are absolute; a server may be configured
 // with lower limits (by default 64 KiB of plaintext, 1,000 batch items),
-// which it reports as INVALID_ARGUMENT naming the field. A whole message over
+// which it reports as INVALID_ARGUMENT naming the field. A whole request over
 // the server's message limit (default 16 MiB) is refused by gRPC itself:
-// RESOURCE_EXHAUSTED, without details. gRPC clients in most languages take
-// responses of at most 4 MiB by default: raise that (for example
+// RESOURCE_EXHAUSTED, without details. Answers are not bounded by it (a
+// batch's answer is larger than its request). gRPC clients in most languages
+// take responses of at most 4 MiB by default: raise that (for example
 // max_receive_message_length) for large batches.
 type CryptoServiceServer interface {
 	// Encrypts one field under the key's primary version.
