@@ -172,7 +172,9 @@ func (c *call) resolve(req any) error {
 		c.key, err = keystore.ParseKeyName(req.(interface{ GetName() string }).GetName())
 		c.tenant = c.key.Tenant
 	case scopeUpdateKey:
-		c.key, err = keystore.ParseKeyName(req.(*custosv1.UpdateKeyRequest).GetKey().GetName())
+		if c.key, err = keystore.ParseKeyName(req.(*custosv1.UpdateKeyRequest).GetKey().GetName()); err != nil {
+			err = fmt.Errorf("%w: key.name is not tenants/{tenant}/keys/{key}", keystore.ErrInvalidArgument)
+		}
 		c.tenant = c.key.Tenant
 	}
 	return err

@@ -180,12 +180,23 @@ func TestInvalidArgumentsNameTheField(t *testing.T) {
 			_, err := c.keys.CreateKey(ctx, &custosv1.CreateKeyRequest{Parent: "a", KeyId: "k9", Key: encryptKey})
 			return err
 		}, "parent"},
+		{"UpdateKey with a malformed key name names key.name", func(ctx context.Context) error {
+			_, err := c.keys.UpdateKey(ctx, &custosv1.UpdateKeyRequest{Key: &custosv1.Key{Name: "bad"}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"rotation_period"}}})
+			return err
+		}, "key.name"},
+		{"ListKeys with a malformed parent names parent", func(ctx context.Context) error {
+			_, err := c.keys.ListKeys(ctx, &custosv1.ListKeysRequest{Parent: "tenants/"})
+			return err
+		}, "parent"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			st := wantCode(t, tt.call(ctx), codes.InvalidArgument)
 			if !containsField(st.Message(), tt.field) {
 				t.Errorf("message %q does not name %s", st.Message(), tt.field)
+			}
+			if !hasBadRequestField(st, tt.field) {
+				t.Errorf("no BadRequest naming %s in %v", tt.field, st.Details())
 			}
 		})
 	}
