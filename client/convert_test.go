@@ -2,8 +2,11 @@ package client
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"reflect"
 	"slices"
 	"strconv"
@@ -11,13 +14,14 @@ import (
 	"testing"
 	"time"
 
-	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 )
 
 var (
@@ -303,11 +307,28 @@ func TestBlindIndexEntriesKeepTheServersOrder(t *testing.T) {
 func TestDataKeyNeverPrintsItsPlaintext(t *testing.T) {
 	secret := []byte("0123456789abcdef0123456789abcdef")
 	k := DataKey{Plaintext: secret, Wrapped: []byte("wrapped-bytes"), Version: 7}
-	for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%x", "%q"} {
-		out := fmt.Sprintf(verb, k)
-		if strings.Contains(out, string(secret)) || strings.Contains(out, fmt.Sprintf("%x", secret)) ||
-			strings.Contains(out, "48 49 50") || strings.Contains(out, "[48 49") {
+	leaks := func(out string) bool {
+		return strings.Contains(out, string(secret)) || strings.Contains(out, fmt.Sprintf("%x", secret)) ||
+			strings.Contains(out, "48 49 50") || strings.Contains(out, "[48 49") || strings.Contains(out, "110000 110001") ||
+			strings.Contains(out, "60 61 62") || strings.Contains(out, base64.StdEncoding.EncodeToString(secret))
+	}
+	for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%x", "%q", "%d", "%b", "%o"} {
+		if out := fmt.Sprintf(verb, k); leaks(out) || !strings.Contains(out, "REDACTED") {
 			t.Errorf("Sprintf(%q, DataKey) = %q: it shows the plaintext", verb, out)
+		}
+	}
+	// Loggers that write JSON: slog's handler, and those that use
+	// json.Marshal (zap's Any, zerolog's Interface).
+	var logs strings.Builder
+	slog.New(slog.NewJSONHandler(&logs, nil)).Info("fetched", "dk", k, "ptr", &k)
+	slog.New(slog.NewTextHandler(&logs, nil)).Info("fetched", "dk", k)
+	js, err := json.Marshal(map[string]any{"dk": k, "ptr": &k})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, out := range []string{logs.String(), string(js)} {
+		if leaks(out) || !strings.Contains(out, "REDACTED") {
+			t.Errorf("logged as %s: it shows the plaintext", out)
 		}
 	}
 	if got, want := k.String(), "DataKey{Plaintext: [REDACTED 32 bytes], Wrapped: 13 bytes, Version: 7}"; got != want {

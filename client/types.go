@@ -1,10 +1,15 @@
 package client
 
 import (
-	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
 	"strconv"
 	"strings"
 	"time"
+
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 )
 
 // TenantName returns the resource name of a tenant: "tenants/{tenant}".
@@ -194,8 +199,11 @@ type RewrapResult struct {
 // AES-256 key, store Wrapped next to the data, and forget Plaintext as soon
 // as possible. [Client.DecryptDataKey] turns Wrapped back into Plaintext.
 //
-// Its String and GoString methods never print Plaintext, so logging a
-// DataKey by mistake does not leak it.
+// Its String, GoString, Format, LogValue (log/slog) and MarshalJSON
+// methods never write Plaintext, so logging a DataKey by mistake, as text or as JSON, does
+// not leak it. (fmt cannot call methods on a struct's unexported field: a
+// DataKey held in one prints whole with %v. Keep it in a variable, or
+// print Wrapped and Version only.)
 type DataKey struct {
 	// Plaintext is the 32-byte key. Keep it in memory only.
 	Plaintext []byte
@@ -209,12 +217,47 @@ type DataKey struct {
 
 // String describes the data key without its plaintext.
 func (k DataKey) String() string {
-	return "DataKey{Plaintext: [REDACTED " + strconv.Itoa(len(k.Plaintext)) + " bytes], Wrapped: " +
+	return "DataKey{Plaintext: " + k.redacted() + ", Wrapped: " +
 		strconv.Itoa(len(k.Wrapped)) + " bytes, Version: " + strconv.FormatUint(uint64(k.Version), 10) + "}"
 }
 
 // GoString is String, so %#v does not print the plaintext either.
 func (k DataKey) GoString() string { return "client." + k.String() }
+
+// Format writes String for every verb (GoString for %#v): fmt calls
+// String only for %v, %s, %q, %x and %X, and would print the plaintext's
+// bytes for %d.
+func (k DataKey) Format(f fmt.State, verb rune) {
+	if verb == 'v' && f.Flag('#') {
+		_, _ = io.WriteString(f, k.GoString())
+		return
+	}
+	_, _ = io.WriteString(f, k.String())
+}
+
+// LogValue is the data key without its plaintext, for log/slog.
+func (k DataKey) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("Plaintext", k.redacted()),
+		slog.Int("Wrapped", len(k.Wrapped)),
+		slog.Uint64("Version", uint64(k.Version)),
+	)
+}
+
+// MarshalJSON writes the data key without its plaintext (loggers that
+// write JSON, such as zap's Any, zerolog's Interface and slog's JSON
+// handler, use it): Plaintext as "[REDACTED n bytes]", Wrapped in base64.
+func (k DataKey) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		Plaintext string
+		Wrapped   []byte
+		Version   uint32
+	}{k.redacted(), k.Wrapped, k.Version})
+}
+
+func (k DataKey) redacted() string {
+	return "[REDACTED " + strconv.Itoa(len(k.Plaintext)) + " bytes]"
+}
 
 // BlindIndexEntry is the MAC of a value under one key version; see
 // [Client.BlindIndex].
