@@ -512,3 +512,49 @@ func TestSPIFFEModeRefusesCertificatesThatAreNotSVIDsOfItsTrustDomain(t *testing
 		t.Error("a certificate with no SPIFFE ID was accepted")
 	}
 }
+
+// A connection ends when the client certificate it was verified with
+// expires, so that a client holding a renewed certificate reconnects with
+// it: the connection had been kept until tls.max_connection_age (30
+// minutes by default), every call on it refused as made with an expired
+// certificate.
+func TestAConnectionEndsWhenItsClientCertificateExpires(t *testing.T) {
+	f := newFiles(t)
+	ts := start(t, f, options{})
+	setup(t, ts, "a")
+	req := clientReq(idAdmin)
+	req.Validity = 3 * time.Second
+	short, shortKey, err := f.pki.ca.Issue(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := pem.Decode(short)
+	leaf, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem")
+	writeAtomic(t, certFile, short)
+	writeAtomic(t, keyFile, shortKey)
+	c, err := client.New(context.Background(), client.Config{Address: ts.addr, CAFile: f.pki.caFile, CertFile: certFile, KeyFile: keyFile, ReloadInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := testContext(t)
+	if _, err := c.GetTenant(ctx, client.TenantName("a")); err != nil {
+		t.Fatal(err)
+	}
+	renewed, renewedKey, _ := issue(t, f.pki.ca, clientReq(idAdmin))
+	writeAtomic(t, keyFile, renewedKey)
+	writeAtomic(t, certFile, renewed)
+	select {
+	case <-time.After(time.Until(leaf.NotAfter) + 500*time.Millisecond):
+	case <-ctx.Done():
+		t.Fatal(ctx.Err())
+	}
+	if _, err := c.GetTenant(ctx, client.TenantName("a")); err != nil {
+		t.Fatalf("after the first certificate expired, with a renewed one loaded: %v", err)
+	}
+}

@@ -285,7 +285,7 @@ func (s *Server) NewGRPCServer(tlsConf *tls.Config, opts ...grpc.ServerOption) (
 		s.logger.Log(ctx, slog.Level(lvl), msg, fields...)
 	})
 	all := []grpc.ServerOption{
-		grpc.Creds(credentials.NewTLS(tlsConf)),
+		grpc.Creds(expiringCreds{credentials.NewTLS(tlsConf)}),
 		// Calls run on long-lived goroutines whose stacks have already grown
 		// through the interceptor chain: a new goroutine per call spent a
 		// sixth of the server's CPU growing its stack (runtime.newstack).
