@@ -155,6 +155,16 @@ func (c *lru[K, V]) remove(k K) {
 	}
 }
 
+// removeValue drops k if its value is v (not one put since).
+func (c *lru[K, V]) removeValue(k K, v V, same func(a, b V) bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if el, ok := c.items[k]; ok && same(el.Value.(*lruEntry[K, V]).value, v) {
+		c.ll.Remove(el)
+		delete(c.items, k)
+	}
+}
+
 // removeIf drops every entry whose key satisfies pred.
 func (c *lru[K, V]) removeIf(pred func(K) bool) {
 	c.mu.Lock()

@@ -121,8 +121,11 @@ func (m *materials) activeTenant(ctx context.Context, tenant string) (tink.AEAD,
 			if !errors.Is(err, ErrUnavailable) {
 				// A refusal (a denied policy, a blob that is not
 				// authentic) is remembered; an outage is not, so that a
-				// root that comes back serves at once.
+				// root that comes back serves at once. The KEK cached
+				// before the refusal no longer serves, not in a later
+				// root outage either.
 				m.failed.put(tenant, &failedUnwrap{err: err, created: rec.CreateTime, wrapped: rec.WrappedKEK})
+				m.keks.removeValue(tenant, nil, func(old, _ *kekEntry) bool { return old.created.Equal(rec.CreateTime) })
 			}
 			return nil, err
 		}
@@ -167,7 +170,9 @@ func (m *materials) key(ctx context.Context, ref KeyRef) (*keyEntry, error) {
 	var err error
 	if suspect {
 		if e, err = m.recheck(ctx, ref, cached); err == nil && e == nil {
-			// Changed: it reloads, and never serves the old entry again.
+			// Changed: it reloads, and never serves the old entry again,
+			// not in a later outage either.
+			m.forgetKey(cached)
 			return m.loadKey(ctx, ref)
 		}
 	} else {
@@ -187,9 +192,20 @@ func (m *materials) key(ctx context.Context, ref KeyRef) (*keyEntry, error) {
 		return cached, nil
 	}
 	if err != nil {
+		if ok && !errors.Is(err, ErrUnavailable) && ctx.Err() == nil {
+			// A refusal (the tenant deleted, the key gone, its records
+			// not intact, the root's refusal) stands: the old entry must
+			// not serve again in a later outage.
+			m.forgetKey(cached)
+		}
 		return nil, err
 	}
 	return e, nil
+}
+
+// forgetKey drops e from the cache, unless another entry replaced it.
+func (m *materials) forgetKey(e *keyEntry) {
+	m.keys.removeValue(e.ref, e, func(a, b *keyEntry) bool { return a == b })
 }
 
 // recheck reads back the tenant and key records a suspect entry was built

@@ -1034,4 +1034,69 @@ func TestACountFlushKeepsAnEntrySuspect(t *testing.T) {
 	if _, _, err := a.Encrypt(ctx, ref, []byte("x"), nil); !errors.Is(err, ErrTenantDeleted) {
 		t.Fatalf("encrypt once the re-check can read: %v, want ErrTenantDeleted", err)
 	}
+	// The change found, the old entry does not serve in a later outage.
+	hs.down.Store(true)
+	if _, _, err := a.Encrypt(ctx, ref, []byte("x"), nil); err == nil {
+		t.Fatal("the suspect entry of a tenant found deleted encrypted again once the storage went down")
+	}
+}
+
+// clockedReplica opens a service on hs and rt with a clock the test moves,
+// a one-minute cache TTL and an hour's grace.
+func clockedReplica(t *testing.T, hs *hookStore, rt *flakyRoot) (*Service, *atomic.Int64) {
+	t.Helper()
+	var offset atomic.Int64
+	s, err := New(Config{Storage: hs, Root: rt, CacheTTL: time.Minute, UnavailableGrace: time.Hour,
+		Now: func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, &offset
+}
+
+// A cached key whose reload was refused (its tenant deleted elsewhere)
+// never serves again: not in a storage outage after it, within the grace
+// that would let a key whose reload could not be made serve.
+func TestARefusedKeyDoesNotServeAgainInALaterOutage(t *testing.T) {
+	ctx := context.Background()
+	_, b, hs, rt := twoReplicas(t)
+	ref, _ := setupRotated(t, b)
+	a, offset := clockedReplica(t, hs, rt)
+	if _, _, err := a.Encrypt(ctx, ref, []byte("cached"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.DeleteTenant(ctx, ref.Tenant, 24*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	offset.Add(int64(2 * time.Minute)) // past the TTL
+	if _, _, err := a.Encrypt(ctx, ref, []byte("x"), nil); !errors.Is(err, ErrTenantDeleted) {
+		t.Fatalf("encrypt past the TTL: %v, want ErrTenantDeleted", err)
+	}
+	hs.down.Store(true)
+	if _, _, err := a.Encrypt(ctx, ref, []byte("x"), nil); err == nil {
+		t.Fatal("the key of a tenant found deleted encrypted again once the storage went down")
+	}
+}
+
+// A cached KEK the root then refused to unwrap again (a revoked permission)
+// never serves again: not in a root outage after it.
+func TestAKEKTheRootRefusedDoesNotServeAgainInALaterOutage(t *testing.T) {
+	ctx := context.Background()
+	_, b, hs, rt := twoReplicas(t)
+	ref, _ := setupRotated(t, b)
+	a, offset := clockedReplica(t, hs, rt)
+	if _, _, err := a.Encrypt(ctx, ref, []byte("cached"), nil); err != nil {
+		t.Fatal(err)
+	}
+	offset.Add(int64(2 * time.Minute)) // past the TTL
+	rt.denied.Store(true)
+	if _, _, err := a.Encrypt(ctx, ref, []byte("x"), nil); err == nil || errors.Is(err, ErrUnavailable) {
+		t.Fatalf("encrypt with the root refusing: %v, want its refusal", err)
+	}
+	rt.denied.Store(false)
+	rt.down.Store(true)
+	offset.Add(int64(10 * time.Second)) // past the refusal's backoff
+	if _, _, err := a.Encrypt(ctx, ref, []byte("x"), nil); err == nil {
+		t.Fatal("a KEK the root refused encrypted again once the root became unreachable")
+	}
 }
