@@ -87,6 +87,8 @@ type Service struct {
 
 	pwLimits PasswordLimits // the deployment's caps on password policies
 
+	flushTimeout time.Duration // bounds one RunCountFlush pass (flushTimeout)
+
 	pageToken atomic.Pointer[tink.AEAD] // seals ListTenants' page tokens (pagetoken.go)
 
 	// Actions of the scheduler in this process (SchedulerStats).
@@ -132,12 +134,13 @@ func New(cfg Config) (*Service, error) {
 		return nil, err
 	}
 	return &Service{
-		pwLimits: pwLimits,
-		records:  recs,
-		root:     cfg.Root,
-		now:      cfg.Now,
-		rand:     cfg.Rand,
-		logger:   cfg.Logger,
+		pwLimits:     pwLimits,
+		records:      recs,
+		root:         cfg.Root,
+		now:          cfg.Now,
+		flushTimeout: flushTimeout,
+		rand:         cfg.Rand,
+		logger:       cfg.Logger,
 		m: &materials{
 			records: recs,
 			root:    cfg.Root,

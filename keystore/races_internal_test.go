@@ -1100,3 +1100,83 @@ func TestAKEKTheRootRefusedDoesNotServeAgainInALaterOutage(t *testing.T) {
 		t.Fatal("a KEK the root refused encrypted again once the root became unreachable")
 	}
 }
+
+// stallPuts is a store whose writes of one key wait until their context
+// ends: a storage connection gone silent.
+type stallPuts struct {
+	storage.Store
+	key     string
+	stalled chan struct{} // receives once a write waits
+	release chan struct{} // closed: writes go on
+}
+
+func (s *stallPuts) Put(ctx context.Context, key string, v []byte, expect uint64) (uint64, error) {
+	if key == s.key {
+		select {
+		case s.stalled <- struct{}{}:
+		default:
+		}
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("test: %w", ctx.Err())
+		case <-s.release:
+		}
+	}
+	return s.Store.Put(ctx, key, v, expect)
+}
+
+// A count flush whose write stalls is cut by its bound, so the other keys'
+// counts still reach storage at the next pass: the flush loop waited for
+// ever (until TCP gave up), holding back every key's counts.
+func TestAStalledCountFlushDoesNotHoldBackTheOthers(t *testing.T) {
+	ctx := context.Background()
+	r, err := local.Create(filepath.Join(t.TempDir(), "root.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &stallPuts{Store: memory.New(), stalled: make(chan struct{}, 1), release: make(chan struct{})}
+	s, err := New(Config{Storage: st, Root: r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.flushTimeout = 200 * time.Millisecond
+	stuck, other := KeyRef{Tenant: "t", Key: "stuck"}, KeyRef{Tenant: "t", Key: "other"}
+	if _, err := s.CreateTenant(ctx, "t"); err != nil {
+		t.Fatal(err)
+	}
+	for _, ref := range []KeyRef{stuck, other} {
+		if _, err := s.CreateKey(ctx, ref, KeySpec{Purpose: PurposeEncrypt}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := s.Encrypt(ctx, stuck, []byte("x"), nil); err != nil {
+		t.Fatal(err)
+	}
+	st.key = keyStorageKey(stuck) // set before the loop starts: no race
+	run, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); s.RunCountFlush(run, 20*time.Millisecond) }()
+	defer func() { close(st.release); stop(); <-done }()
+	select {
+	case <-st.stalled:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the flush never wrote the stalled key")
+	}
+	if _, _, err := s.Encrypt(ctx, other, []byte("x"), nil); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		info, err := s.GetKey(ctx, other)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.Versions[0].EncryptCount == 1 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the other key's count never reached storage while one key's flush stalled")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

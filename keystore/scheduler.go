@@ -127,12 +127,23 @@ func (s *Service) RunCountFlush(ctx context.Context, interval time.Duration) {
 			}
 			return
 		case <-t.C:
-			if err := s.FlushUsage(ctx); err != nil && ctx.Err() == nil {
+			// Bounded: a storage connection gone silent (a failover
+			// without a reset) must not hold back every key's counts
+			// until TCP gives up; the counts not written are kept for
+			// the next pass.
+			pass, cancel := context.WithTimeout(ctx, s.flushTimeout)
+			if err := s.FlushUsage(pass); err != nil && ctx.Err() == nil {
 				s.logger.Warn("flush encrypt counts failed; will retry", "error", err.Error())
 			}
+			cancel()
 		}
 	}
 }
+
+// flushTimeout bounds one pass of RunCountFlush. With the default interval
+// the stored counts then trail by well under the minute the usage
+// threshold's headroom allows (lifecycle.md).
+const flushTimeout = 30 * time.Second
 
 // leaderState is what the scheduler remembers between ticks while this
 // replica holds the lease.
