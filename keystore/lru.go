@@ -105,6 +105,23 @@ func (c *lru[K, V]) upsertIf(k K, v V, keep func(old V) bool, still func() bool)
 	c.putLocked(k, v)
 }
 
+// upsertKnown is upsert for a key that is present, or absent but for
+// which absent() holds (checked under the cache's lock): a marker that
+// would otherwise take a live entry's place goes only where it can matter.
+func (c *lru[K, V]) upsertKnown(k K, v V, keep func(old V) bool, absent func() bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if el, ok := c.items[k]; ok {
+		if !keep(el.Value.(*lruEntry[K, V]).value) {
+			c.putLocked(k, v)
+		}
+		return
+	}
+	if absent() {
+		c.putLocked(k, v)
+	}
+}
+
 // swap replaces the value under k by f's result, keeping the entry's
 // expiry, when f returns true. It reports whether it did.
 func (c *lru[K, V]) swap(k K, f func(old V) (V, bool)) bool {

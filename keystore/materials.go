@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -35,6 +36,12 @@ type materials struct {
 	failed *lru[string, *failedUnwrap]
 	keys   *lru[KeyRef, *keyEntry]
 	loads  singleflight.Group
+
+	// reading counts, per key, the loads and re-checks in flight that read
+	// its records: a change notice for a key neither cached nor being
+	// read needs no tombstone (apply), which would push a live entry out.
+	readingMu sync.Mutex
+	reading   map[KeyRef]int
 
 	// hits and misses count key lookups served fresh from the cache and
 	// those that loaded (CacheStats).
@@ -216,6 +223,7 @@ func (m *materials) recheck(ctx context.Context, ref KeyRef, cached *keyEntry) (
 	gen := m.gen.Load()
 	flight := "check\x00" + ref.String() + "\x00" + strconv.FormatUint(cached.ver, 10) + "\x00" + strconv.FormatUint(gen, 10)
 	v, err := m.shared(ctx, flight, func(ctx context.Context) (any, error) {
+		defer m.beginRead(ref)()
 		trec, tver, err := m.readTenant(ctx, ref.Tenant)
 		if err != nil {
 			return nil, err
@@ -269,6 +277,7 @@ func (m *materials) loadKey(ctx context.Context, ref KeyRef) (*keyEntry, error) 
 	// deleted, say) never joins a load that read the tenant before it.
 	gen := m.gen.Load()
 	v, err := m.shared(ctx, "key\x00"+ref.String()+"\x00"+strconv.FormatUint(gen, 10), func(ctx context.Context) (any, error) {
+		defer m.beginRead(ref)()
 		kek, tver, err := m.activeTenant(ctx, ref.Tenant)
 		if err != nil {
 			return nil, err
@@ -394,9 +403,36 @@ func (m *materials) apply(c storage.Change) {
 			return
 		}
 		// Record that version c.Version exists: an older entry, or an older
-		// record a load is still reading, can no longer be cached.
-		m.keys.upsert(ref, &keyEntry{ref: ref, ver: c.Version}, func(old *keyEntry) bool { return old.ver >= c.Version })
+		// record a load is still reading, can no longer be cached. A key
+		// neither cached nor being read gets no record of it (every
+		// replica's count flush writes each key it used).
+		m.keys.upsertKnown(ref, &keyEntry{ref: ref, ver: c.Version}, func(old *keyEntry) bool { return old.ver >= c.Version },
+			func() bool { return m.isReading(ref) })
 	}
+}
+
+// beginRead counts a read of ref's records in flight until the returned
+// func is called.
+func (m *materials) beginRead(ref KeyRef) (end func()) {
+	m.readingMu.Lock()
+	if m.reading == nil {
+		m.reading = make(map[KeyRef]int)
+	}
+	m.reading[ref]++
+	m.readingMu.Unlock()
+	return func() {
+		m.readingMu.Lock()
+		if m.reading[ref]--; m.reading[ref] == 0 {
+			delete(m.reading, ref)
+		}
+		m.readingMu.Unlock()
+	}
+}
+
+func (m *materials) isReading(ref KeyRef) bool {
+	m.readingMu.Lock()
+	defer m.readingMu.Unlock()
+	return m.reading[ref] > 0
 }
 
 // Watch invalidates cached material whenever any replica sharing the storage

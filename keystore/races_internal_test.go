@@ -1180,3 +1180,53 @@ func TestAStalledCountFlushDoesNotHoldBackTheOthers(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// A change notice for a key this replica neither caches nor is loading
+// leaves the cache alone: its marker pushed a live entry out, and every
+// replica's count flush writes each key it used, so a replica serving
+// some tenants lost its entries to the keys others used.
+func TestNoticesForKeysNotCachedEvictNothing(t *testing.T) {
+	ctx := context.Background()
+	r, err := local.Create(filepath.Join(t.TempDir(), "root.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Config{Storage: memory.New(), Root: r, CacheSize: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateTenant(ctx, "t"); err != nil {
+		t.Fatal(err)
+	}
+	refs := []KeyRef{{Tenant: "t", Key: "a"}, {Tenant: "t", Key: "b"}}
+	for _, ref := range refs {
+		if _, err := s.CreateKey(ctx, ref, KeySpec{Purpose: PurposeEncrypt}); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := s.Encrypt(ctx, ref, []byte("x"), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, _, evictions := s.CacheStats()
+	for i, other := range []string{"c", "d", "e"} {
+		s.m.apply(storage.Change{Key: keyStorageKey(KeyRef{Tenant: "t", Key: other}), Version: uint64(1000 + i)})
+	}
+	_, misses, _ := s.CacheStats()
+	for _, ref := range refs {
+		if _, _, err := s.Encrypt(ctx, ref, []byte("x"), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, missesAfter, evictionsAfter := s.CacheStats()
+	if evictionsAfter != evictions || missesAfter != misses {
+		t.Fatalf("notices for keys not cached: %d evictions and %d misses, want none", evictionsAfter-evictions, missesAfter-misses)
+	}
+	// A notice for a key that is cached still voids its entry.
+	s.m.apply(storage.Change{Key: keyStorageKey(refs[0]), Version: 1 << 40})
+	if _, _, err := s.Encrypt(ctx, refs[0], []byte("x"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, m, _ := s.CacheStats(); m != missesAfter+1 {
+		t.Fatalf("a notice for a cached key: %d misses after it, want 1", m-missesAfter)
+	}
+}
