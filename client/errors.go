@@ -216,8 +216,16 @@ func errorFromStatus(st *status.Status) *Error {
 
 // tlsRefusal recognises, in the message of an UNAVAILABLE call, a TLS
 // handshake that authentication ended: the client could not verify the
-// server's certificate, or it read the server's alert refusing its own.
+// server's certificate (crypto/tls's check, or go-spiffe's of an SVID and
+// its ID), or it read the server's alert refusing its own.
 func tlsRefusal(msg string) bool {
+	if strings.Contains(msg, "authentication handshake failed") {
+		for _, s := range []string{"x509svid: ", "unexpected ID ", "unexpected trust domain "} {
+			if strings.Contains(msg, s) {
+				return true
+			}
+		}
+	}
 	for _, s := range []string{
 		"x509: ", // the client's check of the server's certificate
 		"tls: bad certificate", "tls: certificate required",

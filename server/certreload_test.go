@@ -558,3 +558,38 @@ func TestAConnectionEndsWhenItsClientCertificateExpires(t *testing.T) {
 		t.Fatalf("after the first certificate expired, with a renewed one loaded: %v", err)
 	}
 }
+
+// A SPIFFE client that refuses the server's ID (go-spiffe's check, not
+// crypto/tls's) gets ErrUnauthenticated, as for a certificate crypto/tls
+// refuses: not ErrUnavailable, which callers retry.
+func TestASPIFFEClientRefusingTheServersIDIsUnauthenticated(t *testing.T) {
+	f := newFiles(t)
+	serverAPI, clientAPI := &fakeWorkloadAPI{}, &fakeWorkloadAPI{}
+	serverAPI.set(t, f.pki.ca, "spiffe://custos.test/custos", true)
+	clientAPI.set(t, f.pki.ca, idAdmin, false)
+	ts := start(t, f, options{configure: func(c *config.Config) {
+		c.TLS = config.TLS{SPIFFE: config.SPIFFE{WorkloadAPI: serveWorkloadAPI(t, serverAPI)}}
+	}})
+	ctx := testContext(t)
+	src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr(serveWorkloadAPI(t, clientAPI))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	for _, authorize := range []tlsconfig.Authorizer{
+		tlsconfig.AuthorizeID(spiffeid.RequireFromString("spiffe://custos.test/not-custos")),
+		tlsconfig.AuthorizeMemberOf(spiffeid.RequireTrustDomainFromString("elsewhere.test")),
+	} {
+		c, err := client.New(context.Background(), client.Config{Address: ts.addr, TLSConfig: tlsconfig.MTLSClientConfig(src, src, authorize)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, _, err = c.ListTenants(cctx, client.ListOptions{})
+		cancel()
+		c.Close()
+		if !errors.Is(err, client.ErrUnauthenticated) {
+			t.Errorf("a server ID the client does not authorize: %v, want ErrUnauthenticated", err)
+		}
+	}
+}
