@@ -258,7 +258,14 @@ func (e *Envelope) refresh(ctx context.Context, old *encKey) error {
 			if testHookInstall != nil {
 				testHookInstall(dk.Wrapped)
 			}
-			e.cur.CompareAndSwap(old, &encKey{k: k, expires: now.Add(e.opts.MaxAge)})
+			// Over old, or over none: a caller whose context ended while
+			// this fetch ran dropped old, past its age (Encrypt); the
+			// fetch still serves the callers waiting on it. (A Purge
+			// meanwhile made rememberLocked refuse.)
+			nk := &encKey{k: k, expires: now.Add(e.opts.MaxAge)}
+			if !e.cur.CompareAndSwap(old, nk) {
+				e.cur.CompareAndSwap(nil, nk)
+			}
 		}
 		return nil, nil
 	})

@@ -32,6 +32,8 @@ type envEnv struct {
 	dataKeys    atomic.Int64
 	decrypts    atomic.Int64
 	hold        atomic.Pointer[chan struct{}] // if set, Decrypt calls wait for it to close
+	holdFetch   atomic.Pointer[chan struct{}] // if set, GenerateDataKey calls wait for it to close
+	fetching    chan struct{}                 // receives as a GenerateDataKey call starts, when holdFetch is set
 	failFetch   atomic.Bool                   // if set, GenerateDataKey fails UNAVAILABLE
 	clockMu     sync.Mutex
 	clock       time.Time
@@ -52,6 +54,10 @@ func startEnvelopeEnv(t testing.TB) *envEnv {
 		switch info.FullMethod {
 		case custosv1.CryptoService_GenerateDataKey_FullMethodName:
 			e.dataKeys.Add(1)
+			if hold := e.holdFetch.Load(); hold != nil {
+				e.fetching <- struct{}{}
+				<-*hold
+			}
 			if e.failFetch.Load() {
 				return nil, status.Error(codes.Unavailable, "test: data keys unavailable")
 			}
@@ -801,5 +807,51 @@ func TestAnExpiredDataKeyIsDroppedWhileFetchesFail(t *testing.T) {
 	}
 	if n := client.HeldDataKeys(env); n != 1 {
 		t.Fatalf("%d keys held, want only the cached copy", n)
+	}
+}
+
+// A caller whose context ends while a shared data-key fetch runs does not
+// waste it: the fetched key still becomes current for the callers waiting
+// on it (the expired key the caller dropped made it miss its place, and
+// the waiters fetched a second one).
+func TestACallerGivingUpDoesNotWasteASharedFetch(t *testing.T) {
+	ctx := context.Background()
+	e := startEnvelopeEnv(t)
+	env := e.c.Envelope(e.name, client.EnvelopeOptions{MaxAge: time.Minute, Now: e.now})
+	ad := client.AssociatedData("customer-42", "email")
+	if _, err := env.Encrypt(ctx, []byte("x"), ad); err != nil {
+		t.Fatal(err)
+	}
+	e.advance(2 * time.Minute) // the current key is past its age
+	before := e.dataKeys.Load()
+	release := make(chan struct{})
+	e.fetching = make(chan struct{}, 8)
+	e.holdFetch.Store(&release)
+	defer e.holdFetch.Store(nil)
+	done := make(chan error, 1)
+	go func() { _, err := env.Encrypt(ctx, []byte("x"), ad); done <- err }()
+	select {
+	case <-e.fetching:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the fetch never started")
+	}
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	_, err := env.Encrypt(short, []byte("x"), ad)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("the caller that gave up: %v, want its deadline", err)
+	}
+	e.holdFetch.Store(nil)
+	close(release)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiting caller never returned")
+	}
+	if n := e.dataKeys.Load() - before; n != 1 {
+		t.Fatalf("%d data keys fetched, want the one shared fetch", n)
 	}
 }
