@@ -1002,3 +1002,57 @@ func TestAForcedRestoreOfABackupWithoutATrailKeepsTheTargets(t *testing.T) {
 	}
 	wantCleanTrail(t, w, store, 20)
 }
+
+// shredDuringList is a store that shreds one tenant (its tombstone
+// written, then its record deleted, as the scheduler does) just before
+// the first listing of the tenants: a shred racing ShreddedOrDue on a live
+// store.
+type shredDuringList struct {
+	storage.Store
+	tenant string
+	once   sync.Once
+}
+
+func (s *shredDuringList) List(ctx context.Context, prefix, after string, limit int) ([]storage.Record, error) {
+	if prefix == keystore.TenantStoragePrefix {
+		var err error
+		s.once.Do(func() {
+			var rec storage.Record
+			if rec, err = s.Store.Get(ctx, keystore.TenantStoragePrefix+s.tenant); err != nil {
+				return
+			}
+			info, perr := keystore.ParseTenantRecord(rec.Value)
+			if perr != nil {
+				err = perr
+				return
+			}
+			b, _ := json.Marshal(keystore.Tombstone{Tenant: s.tenant, CreateTime: info.CreateTime.UTC(), ShredTime: time.Now().UTC()})
+			if _, err = s.Store.Put(ctx, keystore.TombstonePrefix+s.tenant, b, 0); err != nil {
+				return
+			}
+			err = s.Store.Delete(ctx, keystore.TenantStoragePrefix+s.tenant, rec.Version)
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return s.Store.List(ctx, prefix, after, limit)
+}
+
+// A tenant shredded while ShreddedOrDue reads a live store is in its
+// answer: the tombstones were read first, the tenants after, and a shred in
+// between was in neither.
+func TestATenantShreddedWhileTheLiveStoreIsReadStaysShredded(t *testing.T) {
+	ctx := context.Background()
+	w := newWorld(t)
+	live := memory.New()
+	ks := w.keystore(t, live)
+	populate(t, ks, "keep", "gone")
+	known, err := backup.ShreddedOrDue(ctx, &shredDuringList{Store: live, tenant: "gone"}, w.clock.now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(known) != 1 || known[0].Tenant != "gone" {
+		t.Fatalf("what the live store says must stay shredded: %v, want gone's tombstone", known)
+	}
+}

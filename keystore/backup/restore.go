@@ -583,12 +583,13 @@ func (m *Manifest) TenantCount() int {
 // RestoreOptions.Tombstones, and the target of a restore): its tombstones,
 // and one made up at now for each tenant scheduled for deletion whose date
 // has passed but that the scheduler has not shredded yet (its server was
-// down, or the shred keeps failing), which would otherwise come back.
+// down, or the shred keeps failing), which would otherwise come back. The
+// tenants are read before the tombstones: a shred writes the tombstone
+// before it deletes the tenant record, so a tenant shredded while this
+// reads is seen in one or the other (the other order could miss it in
+// both, on a live store).
 func ShreddedOrDue(ctx context.Context, s storage.Store, now time.Time) ([]keystore.Tombstone, error) {
-	out, err := Tombstones(ctx, s)
-	if err != nil {
-		return nil, err
-	}
+	var out []keystore.Tombstone
 	for after := ""; ; {
 		recs, err := s.List(ctx, keystore.TenantStoragePrefix, after, 1000)
 		if err != nil {
@@ -609,9 +610,14 @@ func ShreddedOrDue(ctx context.Context, s storage.Store, now time.Time) ([]keyst
 			}
 		}
 		if len(recs) < 1000 {
-			return out, nil
+			break
 		}
 	}
+	tombs, err := Tombstones(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	return append(out, tombs...), nil
 }
 
 // Tombstones lists the tombstones a store holds (for
