@@ -365,3 +365,29 @@ func TestARestoreFromStandardInputStopsWithTheCommand(t *testing.T) {
 		t.Fatalf("temporary copies left: %v", left)
 	}
 }
+
+// custos root rewrap refuses a store whose restore did not finish (exit
+// 6): running the restore again would put the backup's wrappings, under
+// the older root version, back over what it re-wrapped.
+func TestRootRewrapRefusesAHalfRestoredStore(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), ".custos-dev")
+	cfg, err := prepareDev(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := bbolt.Open(cfg.Storage.Bbolt.Path, bbolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Put(t.Context(), backup.MarkerKey, []byte("0123"), 0); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	out, err := runMainErr(t, "root", "rewrap", "--config", filepath.Join(dir, "custos.yaml"))
+	if err == nil {
+		t.Fatalf("root rewrap of a half-restored store succeeded:\n%s", out)
+	}
+	if !errors.Is(err, backup.ErrRestoring) || exitCode(err) != exitPrecondition || strings.Contains(out, "re-wrapped") {
+		t.Fatalf("root rewrap of a half-restored store: %v (exit %d)\n%s", err, exitCode(err), out)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"github.com/custos-kms/custos/internal/config"
 	"github.com/custos-kms/custos/internal/custos"
 	"github.com/custos-kms/custos/keystore/audit"
+	"github.com/custos-kms/custos/keystore/backup"
 )
 
 // newRootAdminCmd is `custos root …`: operations on the root key that work
@@ -38,6 +39,9 @@ re-wrapped too.`,
 				return err
 			}
 			defer closeDirect()
+			if err := backup.Unfinished(cmd.Context(), d.Store); err != nil {
+				return err
+			}
 			out := cmd.OutOrStdout()
 			n, err := d.Keystore.RewrapTenantKEKs(cmd.Context(), func(tenant string) { fmt.Fprintf(out, "re-wrapped tenants/%s\n", tenant) })
 			fmt.Fprintf(out, "%d tenant KEKs re-wrapped\n", n)

@@ -190,10 +190,8 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 	// backup. Nor is one that could not be checked (the database was
 	// reachable for the migration a moment ago): it would be served once
 	// it answers again.
-	if rec, err := store.Get(ctx, backup.MarkerKey); err == nil {
-		return nil, fmt.Errorf("the store holds an unfinished restore of backup %s: run the same custos restore again to finish it", backup.MarkerBackupID(rec.Value))
-	} else if !errors.Is(err, storage.ErrNotFound) {
-		return nil, fmt.Errorf("storage: checking for an unfinished restore: %w", err)
+	if err := backup.Unfinished(ctx, store); err != nil {
+		return nil, err
 	}
 	kcfg := KeystoreConfig(cfg, store, r, rt.logger)
 	kcfg.Now = opts.Now

@@ -124,6 +124,24 @@ func (a *rootAEAD) Decrypt(ct, aad []byte) ([]byte, error) {
 // restore of it would drop the marker and start a server on half a store.
 var ErrRestoring = errors.New("backup: the store holds an unfinished restore (restore/in-progress); finish or repeat the restore first")
 
+// Unfinished checks store for an unfinished restore: an error wrapping
+// ErrRestoring that names the backup, or the storage's error when the
+// check could not be made (a store not checked must not be served or
+// changed as if whole); nil when there is none. A server checks before it
+// serves, custos root rewrap before it re-wraps (a restore run again
+// would put the backup's older wrappings back).
+func Unfinished(ctx context.Context, store storage.Store) error {
+	rec, err := store.Get(ctx, MarkerKey)
+	switch {
+	case err == nil:
+		return fmt.Errorf("%w (backup %s)", ErrRestoring, MarkerBackupID(rec.Value))
+	case errors.Is(err, storage.ErrNotFound):
+		return nil
+	default:
+		return fmt.Errorf("storage: checking for an unfinished restore: %w", err)
+	}
+}
+
 // Options configure Write.
 type Options struct {
 	// Source names the store in the manifest.
