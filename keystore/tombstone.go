@@ -83,6 +83,34 @@ func ParseTenantRecord(value []byte) (TenantInfo, error) {
 	return TenantInfo{State: rec.State, CreateTime: rec.CreateTime, DeleteTime: rec.DeleteTime}, nil
 }
 
+// Deletion is a tenant's deletion scheduled for DeleteTime in a store (a
+// restore carries it onto the same incarnation's older record).
+type Deletion struct {
+	Tenant     string
+	CreateTime time.Time // the incarnation's
+	DeleteTime time.Time
+}
+
+// WithDeletion returns a tenant record value with d's deletion scheduled,
+// and the storage key and value of the hint the scheduler finds it by. It
+// changes nothing (changed false) for a record of another incarnation, or
+// one whose own deletion is due no later. Used by restores: a backup taken
+// before a deletion was scheduled must not cancel it.
+func WithDeletion(value []byte, d Deletion) (out []byte, hintKey string, hint []byte, changed bool, err error) {
+	var rec tenantRecord
+	if err := json.Unmarshal(value, &rec); err != nil {
+		return nil, "", nil, false, fmt.Errorf("keystore: malformed tenant record: %w", err)
+	}
+	if !rec.CreateTime.Equal(d.CreateTime) || (rec.State == TenantDeleteScheduled && !rec.DeleteTime.After(d.DeleteTime)) {
+		return value, "", nil, false, nil
+	}
+	rec.State, rec.DeleteTime = TenantDeleteScheduled, d.DeleteTime.UTC()
+	if out, err = json.Marshal(rec); err != nil {
+		return nil, "", nil, false, err
+	}
+	return out, dueStorageKey(rec.DeleteTime, dueTenantKind, d.Tenant), hintValue, true, nil
+}
+
 // TenantOfStorageKey returns the tenant whose record key is, if it is a
 // tenant record (tenants/{id}).
 func TenantOfStorageKey(key string) (string, bool) {

@@ -135,8 +135,8 @@ func newRestoreCmd() *cobra.Command {
 nothing unless it is whole, authentic, made under this root and younger than
 --max-age. It then writes every record into the store named in the config,
 which must be empty (or --force). Tenants whose deletion date has passed, and
-tenants with a tombstone in the target or in --tombstones-from, stay shredded.
-An interrupted restore is finished by running it again. Restoring a bbolt
+tenants with a tombstone in the target or in --tombstones-from, stay shredded;
+a deletion scheduled there since the backup stays scheduled. An interrupted restore is finished by running it again. Restoring a bbolt
 backup into PostgreSQL (or back) is the migration between the two. See
 docs/backup.md.`,
 		Args: cobra.NoArgs,
@@ -168,10 +168,10 @@ docs/backup.md.`,
 			defer closeDirect()
 			opts := backup.RestoreOptions{Force: force, MaxAge: maxAge, TakeOver: takeOver}
 			if tombsFrom != "" {
-				if opts.Tombstones, err = tombstonesFrom(cmd.Context(), tombsFrom); err != nil {
+				if opts.Tombstones, opts.Deletions, err = tombstonesFrom(cmd.Context(), tombsFrom); err != nil {
 					return err
 				}
-				fmt.Fprintf(cmd.ErrOrStderr(), "%d tombstones read from %s\n", len(opts.Tombstones), tombsFrom)
+				fmt.Fprintf(cmd.ErrOrStderr(), "%d tombstones and %d scheduled deletions read from %s\n", len(opts.Tombstones), len(opts.Deletions), tombsFrom)
 			}
 			p := newProgress(cmd.ErrOrStderr(), "restore")
 			opts.Progress = func(n uint64) { p.update(n, 0) }
@@ -195,6 +195,9 @@ docs/backup.md.`,
 			if len(rep.Shredded) > 0 {
 				fmt.Fprintf(w, "kept shredded (not restored): %s\n", strings.Join(rep.Shredded, ", "))
 			}
+			if len(rep.Rescheduled) > 0 {
+				fmt.Fprintf(w, "restored with the deletion scheduled since the backup: %s\n", strings.Join(rep.Rescheduled, ", "))
+			}
 			return nil
 		},
 	}
@@ -203,7 +206,7 @@ docs/backup.md.`,
 	cmd.Flags().BoolVar(&force, "force", false, "write into a store that already holds records (its audit trail gives way to the backup's)")
 	cmd.Flags().BoolVar(&takeOver, "take-over", false, "the restore whose marker was renewed within the last minute was stopped (killed): take its marker over now instead of waiting")
 	cmd.Flags().DurationVar(&maxAge, "max-age", backup.DefaultMaxAge, "refuse backups older than this (negative: no limit)")
-	cmd.Flags().StringVar(&tombsFrom, "tombstones-from", "", "the config of another store (the live deployment) whose tombstones count too")
+	cmd.Flags().StringVar(&tombsFrom, "tombstones-from", "", "the config of another store (the live deployment) whose tombstones and scheduled deletions count too")
 	return cmd
 }
 
@@ -362,23 +365,24 @@ func openDirect(cmd *cobra.Command, path string) (*config.Config, *custos.Direct
 	return cfg, d, closeDirect, nil
 }
 
-// tombstonesFrom reads the tombstones of the store another config names,
-// without writing to it: a bbolt file opened read-only (it must exist, and
-// its server must be stopped), a PostgreSQL database without migrations.
-func tombstonesFrom(ctx context.Context, path string) ([]keystore.Tombstone, error) {
+// tombstonesFrom reads the tombstones and scheduled deletions of the store
+// another config names, without writing to it: a bbolt file opened
+// read-only (it must exist, and its server must be stopped), a PostgreSQL
+// database without migrations.
+func tombstonesFrom(ctx context.Context, path string) ([]keystore.Tombstone, []keystore.Deletion, error) {
 	cfg, err := config.Load(path)
 	if err != nil {
-		return nil, fmt.Errorf("--tombstones-from: %w", err)
+		return nil, nil, fmt.Errorf("--tombstones-from: %w", err)
 	}
 	s, err := custos.OpenStorageReadOnly(ctx, cfg, slog.New(slog.DiscardHandler))
 	if errors.Is(err, bbolt.ErrLocked) {
 		err = fmt.Errorf("%w (stop its server first)", err)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("--tombstones-from: %w", err)
+		return nil, nil, fmt.Errorf("--tombstones-from: %w", err)
 	}
 	defer s.Close()
-	return backup.ShreddedOrDue(ctx, s, time.Now())
+	return backup.Deletions(ctx, s, time.Now())
 }
 
 // progress draws a one-line progress report on a terminal, and nothing

@@ -205,7 +205,7 @@ func TestTombstonesFromReadsAnotherStoreReadOnly(t *testing.T) {
 	if err := os.WriteFile(conf, []byte("tls:\n  cert_file: s.pem\n  key_file: s.key\n  client_ca_file: ca.pem\nstorage:\n  type: bbolt\n  bbolt:\n    path: live.db\nroot:\n  type: local\n  local:\n    key_file: root.key\npolicy_file: policy.yaml\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tombstonesFrom(ctx, conf); err == nil {
+	if _, _, err := tombstonesFrom(ctx, conf); err == nil {
 		t.Fatal("a missing bbolt file was opened (or created)")
 	}
 	if _, err := os.Stat(db); !os.IsNotExist(err) {
@@ -218,11 +218,11 @@ func TestTombstonesFromReadsAnotherStoreReadOnly(t *testing.T) {
 	if _, err := s.Put(ctx, keystore.TombstonePrefix+"gone", []byte(`{"tenant":"gone","create_time":"2026-01-01T00:00:00Z","shred_time":"2026-02-01T00:00:00Z"}`), 0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tombstonesFrom(ctx, conf); err == nil || !strings.Contains(err.Error(), "stop its server first") {
+	if _, _, err := tombstonesFrom(ctx, conf); err == nil || !strings.Contains(err.Error(), "stop its server first") {
 		t.Fatalf("while another process holds the file: %v, want an error saying to stop its server", err)
 	}
 	s.Close()
-	tombs, err := tombstonesFrom(ctx, conf)
+	tombs, _, err := tombstonesFrom(ctx, conf)
 	if err != nil || len(tombs) != 1 || tombs[0].Tenant != "gone" {
 		t.Fatalf("tombstones %+v, %v; want tenant gone", tombs, err)
 	}

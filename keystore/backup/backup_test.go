@@ -1056,3 +1056,61 @@ func TestATenantShreddedWhileTheLiveStoreIsReadStaysShredded(t *testing.T) {
 		t.Fatalf("what the live store says must stay shredded: %v, want gone's tombstone", known)
 	}
 }
+
+// A deletion scheduled after the backup was taken, not yet due, survives a
+// restore that knows of it (the live store's, through Deletions, or the
+// target's own in a forced restore): the tenant comes back scheduled for
+// the same date, with the hint the scheduler finds it by, not active with
+// the erasure request silently dropped.
+func TestARestoreKeepsADeletionScheduledSinceTheBackup(t *testing.T) {
+	ctx := context.Background()
+	w := newWorld(t)
+	live := memory.New()
+	ks := w.keystore(t, live)
+	populate(t, ks, "keep", "later")
+	file := backupOf(t, w, live)
+	scheduled, err := ks.DeleteTenant(ctx, "later", 30*24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.clock.add(7 * 24 * time.Hour) // scheduled, not due
+	tombs, dels, err := backup.Deletions(ctx, live, w.clock.now())
+	if err != nil || len(tombs) != 0 || len(dels) != 1 || dels[0].Tenant != "later" {
+		t.Fatalf("what the live store says of deletions: %v, %v, %v", tombs, dels, err)
+	}
+	check := func(t *testing.T, s storage.Store, rep *backup.RestoreReport) {
+		t.Helper()
+		if strings.Join(rep.Rescheduled, ",") != "later" {
+			t.Errorf("rescheduled on restore: %v, want later", rep.Rescheduled)
+		}
+		got, err := w.keystore(t, s).GetTenant(ctx, "later")
+		if err != nil || got.State != keystore.TenantDeleteScheduled || !got.DeleteTime.Equal(scheduled.DeleteTime) {
+			t.Errorf("the restored tenant: %+v, %v; want scheduled for deletion at %v", got, err, scheduled.DeleteTime)
+		}
+		if kept, err := w.keystore(t, s).GetTenant(ctx, "keep"); err != nil || kept.State != keystore.TenantActive {
+			t.Errorf("the other tenant: %+v, %v; want it active", kept, err)
+		}
+		hints, err := s.List(ctx, "due/", "", 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, h := range hints {
+			found = found || strings.HasSuffix(h.Key, "/t/later")
+		}
+		if !found {
+			t.Errorf("no due hint for the deletion among %d hints", len(hints))
+		}
+	}
+	dst := memory.New()
+	rep, err := restore(w, file, dst, backup.RestoreOptions{Tombstones: tombs, Deletions: dels})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("into a new store", func(t *testing.T) { check(t, dst, rep) })
+	rep, err = restore(w, file, live, backup.RestoreOptions{Force: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("forced over the live store", func(t *testing.T) { check(t, live, rep) })
+}

@@ -55,6 +55,10 @@ type RestoreOptions struct {
 	// Tombstones are shredded tenants known elsewhere (the live store of
 	// the deployment, a newer backup): they stay shredded too.
 	Tombstones []keystore.Tombstone
+	// Deletions are deletions scheduled elsewhere (the live store): a
+	// restored tenant of the same incarnation keeps them, as it keeps
+	// those the target has, rather than come back active.
+	Deletions []keystore.Deletion
 	// TakeOver takes a marker renewed within the last minute as a restore
 	// that was stopped (the operator knows it: killed, its machine gone),
 	// not as one running. If that restore is in fact running, it writes
@@ -70,6 +74,9 @@ type RestoreReport struct {
 	// Shredded lists the tenants not restored: their deletion date passed
 	// or the target holds their tombstone.
 	Shredded []string
+	// Rescheduled lists the tenants restored with a deletion scheduled
+	// since the backup was taken (in the target or opts.Deletions).
+	Rescheduled []string
 	// Skipped counts records left out on purpose: the shredded tenants'
 	// records and leases.
 	Skipped uint64
@@ -175,9 +182,18 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 		}
 	}
 	tombs = append(tombs, opts.Tombstones...)
-	targetTombs, err := ShreddedOrDue(ctx, target, now)
+	targetTombs, targetDeletions, err := Deletions(ctx, target, now)
 	if err != nil {
 		return nil, err
+	}
+	// The earliest deletion scheduled for each tenant, by the target or
+	// opts: carried onto the backup's record of the same incarnation.
+	deletions := map[string]keystore.Deletion{}
+	for _, d := range slices.Concat(targetDeletions, opts.Deletions) {
+		if cur, ok := deletions[d.Tenant]; !ok || d.CreateTime.After(cur.CreateTime) ||
+			(d.CreateTime.Equal(cur.CreateTime) && d.DeleteTime.Before(cur.DeleteTime)) {
+			deletions[d.Tenant] = d
+		}
 	}
 	// newest is each tenant's newest tombstone (the latest incarnation
 	// shredded) from the backup, opts and the target: the one the target
@@ -388,6 +404,21 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 				return nil // the newest of each tenant's is written below
 			}
 		}
+		if t, ok := keystore.TenantOfStorageKey(key); ok {
+			if d, ok := deletions[t]; ok {
+				v, hintKey, hint, changed, err := keystore.WithDeletion(value, d)
+				if err != nil {
+					return fmt.Errorf("backup: tenant %s: %w", t, err)
+				}
+				if changed {
+					value = v
+					rep.Rescheduled = append(rep.Rescheduled, t)
+					if err := add(storage.Op{Key: hintKey, Value: hint, Expect: storage.AnyVersion}); err != nil {
+						return err
+					}
+				}
+			}
+		}
 		return add(storage.Op{Key: key, Value: value, Expect: storage.AnyVersion})
 	}); err != nil {
 		return nil, err
@@ -589,11 +620,19 @@ func (m *Manifest) TenantCount() int {
 // reads is seen in one or the other (the other order could miss it in
 // both, on a live store).
 func ShreddedOrDue(ctx context.Context, s storage.Store, now time.Time) ([]keystore.Tombstone, error) {
+	tombs, _, err := Deletions(ctx, s, now)
+	return tombs, err
+}
+
+// Deletions reads what a store says of deletions: ShreddedOrDue's
+// tombstones, and the deletions it has scheduled that are not due yet
+// (for RestoreOptions.Deletions).
+func Deletions(ctx context.Context, s storage.Store, now time.Time) (tombs []keystore.Tombstone, scheduled []keystore.Deletion, err error) {
 	var out []keystore.Tombstone
 	for after := ""; ; {
 		recs, err := s.List(ctx, keystore.TenantStoragePrefix, after, 1000)
 		if err != nil {
-			return nil, fmt.Errorf("backup: list tenants: %w", err)
+			return nil, nil, fmt.Errorf("backup: list tenants: %w", err)
 		}
 		for _, rec := range recs {
 			after = rec.Key
@@ -603,9 +642,14 @@ func ShreddedOrDue(ctx context.Context, s storage.Store, now time.Time) ([]keyst
 			}
 			info, err := keystore.ParseTenantRecord(rec.Value)
 			if err != nil {
-				return nil, fmt.Errorf("backup: tenant %s: %w", t, err)
+				return nil, nil, fmt.Errorf("backup: tenant %s: %w", t, err)
 			}
-			if info.State == keystore.TenantDeleteScheduled && !info.DeleteTime.IsZero() && !now.Before(info.DeleteTime) {
+			if info.State != keystore.TenantDeleteScheduled || info.DeleteTime.IsZero() {
+				continue
+			}
+			if now.Before(info.DeleteTime) {
+				scheduled = append(scheduled, keystore.Deletion{Tenant: t, CreateTime: info.CreateTime, DeleteTime: info.DeleteTime})
+			} else {
 				out = append(out, keystore.Tombstone{Tenant: t, CreateTime: info.CreateTime.UTC(), ShredTime: now.UTC()})
 			}
 		}
@@ -613,11 +657,11 @@ func ShreddedOrDue(ctx context.Context, s storage.Store, now time.Time) ([]keyst
 			break
 		}
 	}
-	tombs, err := Tombstones(ctx, s)
+	stored, err := Tombstones(ctx, s)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return append(out, tombs...), nil
+	return append(out, stored...), scheduled, nil
 }
 
 // Tombstones lists the tombstones a store holds (for
