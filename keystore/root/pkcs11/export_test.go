@@ -4,6 +4,7 @@ package pkcs11
 
 import (
 	"context"
+	"time"
 
 	p11 "github.com/miekg/pkcs11"
 )
@@ -26,3 +27,6 @@ func (r *Root) CloseAllSessions() error {
 	r.mu.Unlock()
 	return r.mod.ctx.CloseAllSessions(slot)
 }
+
+// SetCloseWait sets how long Close waits for token calls.
+func (r *Root) SetCloseWait(d time.Duration) { r.closeWait = d }

@@ -13,6 +13,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	p11 "github.com/miekg/pkcs11"
 
@@ -32,9 +33,10 @@ type Root struct {
 	slots chan struct{} // one per open session, in use or idle
 	done  chan struct{} // closed by Close
 
-	life     sync.Mutex     // guards closed; orders inflight.Add before Close's Wait
-	closed   bool           // guarded by life
-	inflight sync.WaitGroup // operations running on the library
+	life      sync.Mutex     // guards closed; orders inflight.Add before Close's Wait
+	closed    bool           // guarded by life
+	inflight  sync.WaitGroup // operations running on the library
+	closeWait time.Duration  // how long Close waits for them (defaultCloseWait)
 
 	mu    sync.Mutex // guards state; held while (re)finding the token and key
 	state tokenState
@@ -99,6 +101,7 @@ func New(ctx context.Context, cfg Config) (*Root, error) {
 		idle:       make(chan *session, cfg.MaxSessions),
 		slots:      make(chan struct{}, cfg.MaxSessions),
 		done:       make(chan struct{}),
+		closeWait:  defaultCloseWait,
 	}
 	// Find the token and the key now, so that a misconfiguration fails here.
 	if _, err := r.do(ctx, "open", func(p11.SessionHandle, p11.ObjectHandle) ([]byte, error) { return nil, nil }); err != nil {
@@ -134,8 +137,16 @@ func readPIN(cfg Config) (string, error) {
 	return "", errors.New("pkcs11 root: a PIN file or PIN environment variable is required")
 }
 
+// defaultCloseWait bounds how long Close waits for a token call: PKCS#11
+// calls cannot be interrupted, and a token that stopped answering would
+// otherwise hold a command's exit or a server's shutdown for ever.
+const defaultCloseWait = 10 * time.Second
+
 // Close waits for operations in flight (including ones whose callers gave
 // up), closes the sessions and releases the library. Later operations fail.
+// If a token call has not returned within defaultCloseWait, it returns an
+// error wrapping root.ErrUnavailable and leaves the library loaded (the
+// call may still be using it).
 func (r *Root) Close() error {
 	r.life.Lock()
 	if r.closed {
@@ -145,7 +156,13 @@ func (r *Root) Close() error {
 	r.closed = true
 	r.life.Unlock()
 	close(r.done)
-	r.inflight.Wait()
+	drained := make(chan struct{})
+	go func() { r.inflight.Wait(); close(drained) }() // ends when the token answers
+	select {
+	case <-drained:
+	case <-time.After(r.closeWait):
+		return fmt.Errorf("pkcs11 root: close: %w: a token call has not returned after %v; the library is left loaded", root.ErrUnavailable, r.closeWait)
+	}
 	for len(r.idle) > 0 {
 		r.discard(<-r.idle)
 	}

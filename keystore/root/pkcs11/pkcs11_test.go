@@ -365,3 +365,29 @@ func TestAWrapRetriedOnAStaleSessionWrapsThePlaintext(t *testing.T) {
 		t.Fatalf("Unwrap of what the retried Wrap made: %x, %v; want the plaintext %x", got, err, kek)
 	}
 }
+
+// Close gives up on a token call that never returns (reporting it) instead
+// of waiting for ever: custos root rewrap, backup and a server's shutdown
+// close the root on their way out.
+func TestCloseDoesNotWaitForEverOnAHungToken(t *testing.T) {
+	h := newSoftHSM(t)
+	r := newRoot(t, h.cfg)
+	r.SetCloseWait(200 * time.Millisecond)
+	release := make(chan struct{})
+	defer close(release)
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	if err := r.Hang(ctx, release); !errors.Is(err, root.ErrUnavailable) {
+		t.Fatalf("the hung call: %v, want ErrUnavailable", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- r.Close() }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, root.ErrUnavailable) {
+			t.Fatalf("Close with a call hung in the token: %v, want ErrUnavailable", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close waited for a token call that never returns")
+	}
+}
