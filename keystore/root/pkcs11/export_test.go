@@ -30,3 +30,19 @@ func (r *Root) CloseAllSessions() error {
 
 // SetCloseWait sets how long Close waits for token calls.
 func (r *Root) SetCloseWait(d time.Duration) { r.closeWait = d }
+
+// HangThenReturn runs an operation that blocks until release is closed and
+// then returns out, standing for an unwrap the caller stopped waiting for.
+func (r *Root) HangThenReturn(ctx context.Context, release <-chan struct{}, out []byte) error {
+	_, err := r.do(ctx, "hang", func(p11.SessionHandle, p11.ObjectHandle) ([]byte, error) {
+		<-release
+		return out, nil
+	})
+	return err
+}
+
+// Drain waits until no operation runs on the library.
+func (r *Root) Drain() { r.inflight.Wait() }
+
+// WaitReleased waits until Close has released the sessions and the library.
+func (r *Root) WaitReleased() { <-r.released }

@@ -37,6 +37,7 @@ type Root struct {
 	closed    bool           // guarded by life
 	inflight  sync.WaitGroup // operations running on the library
 	closeWait time.Duration  // how long Close waits for them (defaultCloseWait)
+	released  chan struct{}  // closed once Close released the sessions and the library
 
 	mu    sync.Mutex // guards state; held while (re)finding the token and key
 	state tokenState
@@ -102,6 +103,7 @@ func New(ctx context.Context, cfg Config) (*Root, error) {
 		slots:      make(chan struct{}, cfg.MaxSessions),
 		done:       make(chan struct{}),
 		closeWait:  defaultCloseWait,
+		released:   make(chan struct{}),
 	}
 	// Find the token and the key now, so that a misconfiguration fails here.
 	if _, err := r.do(ctx, "open", func(p11.SessionHandle, p11.ObjectHandle) ([]byte, error) { return nil, nil }); err != nil {
@@ -145,8 +147,8 @@ const defaultCloseWait = 10 * time.Second
 // Close waits for operations in flight (including ones whose callers gave
 // up), closes the sessions and releases the library. Later operations fail.
 // If a token call has not returned within defaultCloseWait, it returns an
-// error wrapping root.ErrUnavailable and leaves the library loaded (the
-// call may still be using it).
+// error wrapping root.ErrUnavailable at once, and the sessions and the
+// library are released when the call returns.
 func (r *Root) Close() error {
 	r.life.Lock()
 	if r.closed {
@@ -156,18 +158,20 @@ func (r *Root) Close() error {
 	r.closed = true
 	r.life.Unlock()
 	close(r.done)
-	drained := make(chan struct{})
-	go func() { r.inflight.Wait(); close(drained) }() // ends when the token answers
+	go func() { // ends when the last token call returns
+		defer close(r.released)
+		r.inflight.Wait()
+		for len(r.idle) > 0 {
+			r.discard(<-r.idle)
+		}
+		r.mod.release()
+	}()
 	select {
-	case <-drained:
+	case <-r.released:
+		return nil
 	case <-time.After(r.closeWait):
-		return fmt.Errorf("pkcs11 root: close: %w: a token call has not returned after %v; the library is left loaded", root.ErrUnavailable, r.closeWait)
+		return fmt.Errorf("pkcs11 root: close: %w: a token call has not returned after %v; the library is released when it does", root.ErrUnavailable, r.closeWait)
 	}
-	for len(r.idle) > 0 {
-		r.discard(<-r.idle)
-	}
-	r.mod.release()
-	return nil
 }
 
 // Wrap encrypts plaintext with AES-256-GCM under the token's key, binding aad.
@@ -315,6 +319,10 @@ func (r *Root) doThen(ctx context.Context, what string, op func(p11.SessionHandl
 		err error
 	}
 	ch := make(chan result, 1)
+	// gone is set once the caller stopped waiting; what op returns then
+	// (an unwrapped KEK) is cleared, not left for the garbage collector.
+	var mu sync.Mutex
+	gone := false
 	go func() {
 		defer r.inflight.Done()
 		if after != nil {
@@ -323,6 +331,12 @@ func (r *Root) doThen(ctx context.Context, what string, op func(p11.SessionHandl
 		out, err := r.attempt(ctx, op)
 		if err != nil && isStale(err) && ctx.Err() == nil {
 			out, err = r.attempt(ctx, op)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if gone {
+			clear(out)
+			return
 		}
 		ch <- result{out, err}
 	}()
@@ -333,6 +347,14 @@ func (r *Root) doThen(ctx context.Context, what string, op func(p11.SessionHandl
 		}
 		return res.out, nil
 	case <-ctx.Done():
+		mu.Lock()
+		gone = true
+		select {
+		case res := <-ch: // it ended as the caller gave up
+			clear(res.out)
+		default:
+		}
+		mu.Unlock()
 		return nil, ctxError(what, ctx.Err())
 	}
 }

@@ -374,7 +374,10 @@ func TestCloseDoesNotWaitForEverOnAHungToken(t *testing.T) {
 	r := newRoot(t, h.cfg)
 	r.SetCloseWait(200 * time.Millisecond)
 	release := make(chan struct{})
-	defer close(release)
+	defer func() {
+		close(release) // the token answers at last: the library is released
+		r.WaitReleased()
+	}()
 	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
 	defer cancel()
 	if err := r.Hang(ctx, release); !errors.Is(err, root.ErrUnavailable) {
@@ -389,5 +392,24 @@ func TestCloseDoesNotWaitForEverOnAHungToken(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("Close waited for a token call that never returns")
+	}
+}
+
+// What an operation returns after its caller stopped waiting (an unwrapped
+// KEK) is cleared, not left in memory for the garbage collector.
+func TestAnAbandonedResultIsCleared(t *testing.T) {
+	h := newSoftHSM(t)
+	r := newRoot(t, h.cfg)
+	release := make(chan struct{})
+	kek := bytes.Repeat([]byte{0x5a}, 32)
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	if err := r.HangThenReturn(ctx, release, kek); !errors.Is(err, root.ErrUnavailable) {
+		t.Fatalf("the abandoned call: %v, want ErrUnavailable", err)
+	}
+	close(release)
+	r.Drain()
+	if !bytes.Equal(kek, make([]byte, 32)) {
+		t.Fatalf("the abandoned result was left as it was: %x", kek)
 	}
 }
