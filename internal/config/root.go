@@ -109,6 +109,8 @@ type AWSKMSRoot struct {
 	Endpoint string `yaml:"endpoint"`
 	// MaxAttempts bounds the SDK's attempts per call. Default: the SDK's (3).
 	MaxAttempts int `yaml:"max_attempts"`
+	// Timeout bounds each call, its attempts included. Default 30s.
+	Timeout time.Duration `yaml:"timeout"`
 }
 
 // GCPKMSRoot is a Cloud KMS symmetric CryptoKey.
@@ -201,6 +203,15 @@ func (r *Root) validate() []error {
 	case "awskms":
 		need("key_id", r.AWSKMS.KeyID)
 		notNegative("max_attempts", int64(r.AWSKMS.MaxAttempts))
+		notNegative("timeout", int64(r.AWSKMS.Timeout))
+		if e := r.AWSKMS.Endpoint; e != "" {
+			if u, err := url.Parse(e); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+				errs = append(errs, errors.New("root.awskms.endpoint must be an http(s) URL, e.g. https://vpce-….kms.eu-west-1.vpce.amazonaws.com"))
+			} else if u.Scheme == "http" && !loopbackHost(u.Hostname()) {
+				// Tenant KEKs would cross the network in clear.
+				errs = append(errs, errors.New("root.awskms.endpoint: plain http is allowed only to a loopback address (a local emulator); use https"))
+			}
+		}
 	case "gcpkms":
 		need("key_name", r.GCPKMS.KeyName)
 		if k := r.GCPKMS.KeyName; k != "" && (!strings.HasPrefix(k, "projects/") || strings.Contains(k, "/cryptoKeyVersions/")) {

@@ -141,6 +141,12 @@ func TestParseRejectsIncompleteRoots(t *testing.T) {
 		"awskms without a key": {`
   type: awskms
   awskms: {region: eu-west-1}`, "root.awskms.key_id"},
+		"awskms with a negative timeout": {`
+  type: awskms
+  awskms: {key_id: k, timeout: -1s}`, "root.awskms.timeout"},
+		"awskms with a relative endpoint": {`
+  type: awskms
+  awskms: {key_id: k, endpoint: kms.internal}`, "root.awskms.endpoint"},
 		"gcpkms naming a key version": {`
   type: gcpkms
   gcpkms: {key_name: projects/p/locations/l/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1}`, "not a version"},
@@ -167,6 +173,20 @@ func TestPlainHTTPVaultIsAllowedOnLoopbackOnly(t *testing.T) {
 		_, err := config.Parse([]byte(doc), "/x")
 		if (err == nil) != ok {
 			t.Errorf("%s: err = %v, want ok=%v", addr, err, ok)
+		}
+	}
+}
+
+func TestPlainHTTPAWSKMSEndpointIsAllowedOnLoopbackOnly(t *testing.T) {
+	for endpoint, ok := range map[string]bool{
+		"http://127.0.0.1:4566": true, "http://localhost:4566": true,
+		"http://kms.internal:4566": false, "https://vpce-1.kms.eu-west-1.vpce.amazonaws.com": true,
+	} {
+		doc := strings.Replace(valid, "root: {type: local, local: {key_file: root.key}}",
+			`root: {type: awskms, awskms: {key_id: k, region: eu-west-1, endpoint: "`+endpoint+`"}}`, 1)
+		_, err := config.Parse([]byte(doc), "/x")
+		if (err == nil) != ok {
+			t.Errorf("%s: err = %v, want ok=%v", endpoint, err, ok)
 		}
 	}
 }

@@ -75,7 +75,7 @@ func OpenRoot(ctx context.Context, cfg *config.Config) (root.Root, error) {
 		})
 	case "awskms":
 		a := rc.AWSKMS
-		return awskms.New(ctx, awskms.Config{KeyID: a.KeyID, Region: a.Region, Profile: a.Profile, Endpoint: a.Endpoint, MaxAttempts: a.MaxAttempts})
+		return awskms.New(ctx, awskms.Config{KeyID: a.KeyID, Region: a.Region, Profile: a.Profile, Endpoint: a.Endpoint, MaxAttempts: a.MaxAttempts, Timeout: a.Timeout})
 	case "gcpkms":
 		g := rc.GCPKMS
 		// The client keeps the context for its lifetime (credential refresh).

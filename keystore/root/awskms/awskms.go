@@ -37,6 +37,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
@@ -76,12 +77,22 @@ type Config struct {
 	// MaxAttempts bounds the SDK's attempts per call, retries included.
 	// Zero keeps the SDK's default (3).
 	MaxAttempts int
+	// Timeout bounds each Wrap and Unwrap, its attempts included, within
+	// the caller's deadline. Default DefaultTimeout. (The SDK's client
+	// bounds connecting, not an answer: an endpoint that accepts and never
+	// answers held a caller without a deadline for ever.)
+	Timeout time.Duration
 }
+
+// DefaultTimeout bounds a call when Config.Timeout is zero, as Vault's
+// default does.
+const DefaultTimeout = 30 * time.Second
 
 // Root is an AWS KMS root. It is safe for concurrent use.
 type Root struct {
-	client Client
-	keyID  string
+	client  Client
+	keyID   string
+	timeout time.Duration
 }
 
 var _ root.Root = (*Root)(nil)
@@ -111,6 +122,9 @@ func New(ctx context.Context, cfg Config) (*Root, error) {
 	if cfg.MaxAttempts < 0 {
 		return nil, errors.New("awskms root: max attempts must not be negative")
 	}
+	if cfg.Timeout < 0 {
+		return nil, errors.New("awskms root: timeout must not be negative")
+	}
 	client := kms.NewFromConfig(awsCfg, func(o *kms.Options) {
 		if cfg.Endpoint != "" {
 			o.BaseEndpoint = aws.String(cfg.Endpoint)
@@ -119,7 +133,11 @@ func New(ctx context.Context, cfg Config) (*Root, error) {
 			o.RetryMaxAttempts = cfg.MaxAttempts
 		}
 	})
-	return NewWithClient(client, cfg.KeyID)
+	r, err := NewWithClient(client, cfg.KeyID)
+	if err == nil && cfg.Timeout > 0 {
+		r.timeout = cfg.Timeout
+	}
+	return r, err
 }
 
 // NewWithClient returns a root that wraps under keyID through client.
@@ -127,7 +145,7 @@ func NewWithClient(client Client, keyID string) (*Root, error) {
 	if client == nil || keyID == "" {
 		return nil, errors.New("awskms root: a client and a key ID are required")
 	}
-	return &Root{client: client, keyID: keyID}, nil
+	return &Root{client: client, keyID: keyID, timeout: DefaultTimeout}, nil
 }
 
 // encryptionContext binds aad; nil for empty aad.
@@ -143,6 +161,8 @@ func (r *Root) Wrap(ctx context.Context, plaintext, aad []byte) ([]byte, error) 
 	if err := ctx.Err(); err != nil {
 		return nil, classify(ctx, "wrap", err)
 	}
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
 	out, err := r.client.Encrypt(ctx, &kms.EncryptInput{
 		KeyId:             aws.String(r.keyID),
 		Plaintext:         plaintext,
@@ -165,6 +185,8 @@ func (r *Root) Unwrap(ctx context.Context, wrapped, aad []byte) ([]byte, error) 
 	if err := ctx.Err(); err != nil {
 		return nil, classify(ctx, "unwrap", err)
 	}
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
 	out, err := r.client.Decrypt(ctx, &kms.DecryptInput{
 		KeyId:             aws.String(r.keyID),
 		CiphertextBlob:    wrapped[1:],

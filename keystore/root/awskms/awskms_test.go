@@ -20,6 +20,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
@@ -315,6 +316,23 @@ func TestUnresponsiveEndpointHonoursTheDeadline(t *testing.T) {
 	}()
 	r := realSDK(t, "http://"+ln.Addr().String())
 	roottest.TestUnresponsive(t, r, []byte{1, 2, 3, 4})
+
+	// A caller without a deadline (custos backup, restore) is bounded by
+	// the root's own timeout.
+	bounded, err := awskms.New(t.Context(), awskms.Config{KeyID: keyARN, Region: "eu-west-1", Endpoint: "http://" + ln.Addr().String(), MaxAttempts: 1, Timeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := bounded.Wrap(context.Background(), []byte("kek"), nil); done <- err }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, root.ErrUnavailable) {
+			t.Fatalf("Wrap without a deadline against a silent endpoint: %v, want ErrUnavailable", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Wrap without a deadline waited for a silent endpoint past the root's timeout")
+	}
 }
 
 func TestNewNeedsAKeyAndARegion(t *testing.T) {
