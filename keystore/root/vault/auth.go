@@ -110,10 +110,19 @@ type session struct {
 	sem         chan struct{}
 
 	// Guarded by sem.
-	epoch   uint64    // incremented by each successful login
-	refresh time.Time // log in again after this; zero: no need
-	expire  time.Time // the token is dead after this; zero: unknown
+	epoch    uint64    // incremented by each successful login
+	refresh  time.Time // log in again after this; zero: no need
+	expire   time.Time // the token is dead after this; zero: unknown
+	renewing bool      // an early renewal runs in the background
 }
+
+// earlyLoginTimeout bounds a renewal made while the token in use still
+// has time, and earlyLoginRetry is how long after a failed one the next is
+// tried (never past the token's expiry).
+const (
+	earlyLoginTimeout = 30 * time.Second
+	earlyLoginRetry   = 10 * time.Second
+)
 
 func newSession(client, loginClient *api.Client, login loginFunc, renewable bool, now func() time.Time) *session {
 	return &session{
@@ -153,13 +162,44 @@ func (s *session) current(ctx context.Context) (uint64, error) {
 	if s.epoch > 0 && (s.refresh.IsZero() || now.Before(s.refresh)) {
 		return s.epoch, nil
 	}
-	if err := s.doLogin(ctx); err != nil {
-		if s.epoch > 0 && (s.expire.IsZero() || now.Before(s.expire)) {
-			return s.epoch, nil // renewal failed early; the old token still has time
+	if s.epoch > 0 && (s.expire.IsZero() || now.Before(s.expire)) {
+		// Due for renewal while the token in use still has time: one
+		// renewal runs in the background, and calls go on with the
+		// token meanwhile. A slow or failing login (a standby cut off
+		// from the active node) then costs no call its deadline.
+		if !s.renewing {
+			s.renewing = true
+			go s.renewEarly(s.epoch)
 		}
+		return s.epoch, nil
+	}
+	if err := s.doLogin(ctx); err != nil {
 		return 0, err
 	}
 	return s.epoch, nil
+}
+
+// renewEarly logs in for a new token while the one of epoch seen still
+// works, without holding the semaphore during the login; it ends within
+// earlyLoginTimeout. A failure is tried again after earlyLoginRetry.
+func (s *session) renewEarly(seen uint64) {
+	ctx, cancel := context.WithTimeout(context.Background(), earlyLoginTimeout)
+	defer cancel()
+	token, ttl, err := s.login(ctx, s.loginClient)
+	s.sem <- struct{}{} // no caller holds it for long: logins under it are bounded by their callers
+	defer s.unlock()
+	s.renewing = false
+	switch {
+	case s.epoch != seen:
+		// Another login (Vault refused the token) made a newer one.
+	case err != nil:
+		s.refresh = s.now().Add(earlyLoginRetry)
+		if !s.expire.IsZero() && s.refresh.After(s.expire) {
+			s.refresh = s.expire
+		}
+	default:
+		s.install(token, ttl)
+	}
 }
 
 // renew logs in again after Vault refused the token of epoch seen, unless
@@ -180,6 +220,12 @@ func (s *session) doLogin(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	s.install(token, ttl)
+	return nil
+}
+
+// install makes token, valid for ttl (0: unknown), the one in use.
+func (s *session) install(token string, ttl time.Duration) {
 	s.client.SetToken(token)
 	s.epoch++
 	now := s.now()
@@ -188,5 +234,4 @@ func (s *session) doLogin(ctx context.Context) error {
 		s.refresh = now.Add(ttl * 3 / 4)
 		s.expire = now.Add(ttl)
 	}
-	return nil
 }

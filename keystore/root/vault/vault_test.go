@@ -42,6 +42,7 @@ type fakeVault struct {
 	logins     atomic.Int64
 	failWith   atomic.Pointer[cannedError]
 	tokenTTL   time.Duration
+	hangLogin  atomic.Pointer[chan struct{}] // if set, logins wait until it closes (or the client gives up)
 }
 
 type cannedError struct {
@@ -67,6 +68,14 @@ func (f *fakeVault) serve(w http.ResponseWriter, r *http.Request) {
 	f.namespaces[r.URL.Path] = r.Header.Get("X-Vault-Namespace")
 	f.mu.Unlock()
 	if r.URL.Path == "/v1/auth/approle/login" {
+		if hang := f.hangLogin.Load(); hang != nil {
+			select {
+			case <-*hang:
+			case <-r.Context().Done():
+			}
+			writeJSON(w, 503, map[string]any{"errors": []string{"standby cannot reach the active node"}})
+			return
+		}
 		n := f.logins.Add(1)
 		token := fmt.Sprintf("approle-token-%d", n)
 		f.mu.Lock()
@@ -348,6 +357,38 @@ func TestConcurrentCallsShareOneLoginPerToken(t *testing.T) {
 	// About one login per 750ms (plus the first), not one per caller.
 	if n := f.logins.Load(); n < 2 || n > 6 {
 		t.Fatalf("%d logins in 2s with a 1s token TTL; want 2 to 6", n)
+	}
+}
+
+// A renewal due while the token in use still has time runs in the
+// background: a login that hangs (a standby cut off from the active node)
+// costs no call its deadline, and calls go on with the token in use.
+func TestAHangingEarlyRenewalFailsNoCall(t *testing.T) {
+	f := newFakeVault(t)
+	f.tokenTTL = 4 * time.Second // renewed after 3s
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) }) // before the server closes: it waits for its handlers
+	secretFile := filepath.Join(t.TempDir(), "secret-id")
+	if err := os.WriteFile(secretFile, []byte("s3cret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r, err := vault.New(t.Context(), f.config(vault.Auth{AppRole: &vault.AppRole{RoleID: "role", SecretIDFile: secretFile}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.hangLogin.Store(&release)
+	select {
+	case <-time.After(3200 * time.Millisecond): // past the renewal time, before the expiry
+	case <-t.Context().Done():
+		t.Fatal(t.Context().Err())
+	}
+	for i := range 3 {
+		ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+		_, err := r.Wrap(ctx, []byte("kek"), nil)
+		cancel()
+		if err != nil {
+			t.Fatalf("call %d while the renewal hangs, the token still valid: %v", i, err)
+		}
 	}
 }
 
