@@ -37,12 +37,14 @@ func (c *Client) HashPassword(ctx context.Context, name string, password []byte)
 // [Client.HashPassword] with the key named name, and, on a match, whether
 // the caller should hash the password again and store the new hash
 // (needsRehash): the key was rotated since, so the hash uses an old pepper
-// version, or its algorithm or cost is below the key's current policy.
-// needsRehash is never true without a match. A password that does not match
-// — including a hash made with another key — is (false, false, nil).
+// version, or its algorithm or cost is below the key's current policy, or
+// its cost is above the deployment's limits. needsRehash is never true
+// without a match. A password that does not match is (false, false, nil);
+// so is a hash made with another key, when this key has the pepper version
+// it names (else the call fails: formats.md).
 //
 // subject, if not empty, names who is logging in (a user id, at most 256
-// bytes) for the key's brute-force lockout: when the policy enables it, a
+// characters) for the key's brute-force lockout: when the policy enables it, a
 // subject with too many failed verifications within the window fails with
 // [ErrSubjectLocked] (also [ErrResourceExhausted]) without the password
 // being checked, until the lockout duration has passed; a match resets the

@@ -149,6 +149,12 @@ func (l *lockout) abandon(ctx context.Context, window time.Time) {
 			return false, nil
 		}
 		r.InFlight--
+		if r.InFlight == 0 && r.Failures == 0 {
+			// Nothing left to count: deleted, so that verifications
+			// refused before hashing (a full queue, a deadline) leave no
+			// record per subject behind.
+			*r = lockoutRecord{}
+		}
 		return true, nil
 	})
 	if err != nil {

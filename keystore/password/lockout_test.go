@@ -375,3 +375,39 @@ func TestLockoutGuessesStraddlingAWindowsEndStillCount(t *testing.T) {
 	}
 	lf.mustBeLocked(t, ks, subjectAlice)
 }
+
+// A verification refused before it was hashed (the pool full, or its
+// deadline ended while queued) leaves no lockout record behind: one record
+// per subject tried had stayed for good, without any hashing cost.
+func TestLockoutAnAbandonedVerificationLeavesNoRecord(t *testing.T) {
+	t.Parallel()
+	lf := newLockoutFixture(t)
+	pool := workpool.New(1, 0)
+	t.Cleanup(pool.Close)
+	ks := lf.openPasswordService(t, password.Config{Now: lf.clock.Now, Pool: pool})
+	block := make(chan struct{})
+	blocked := make(chan error, 1)
+	holding := make(chan struct{})
+	go func() { blocked <- pool.Do(context.Background(), func() { close(holding); <-block }) }()
+	t.Cleanup(func() { close(block); <-blocked })
+	select {
+	case <-holding:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the pool never ran the task holding its worker")
+	}
+	for i := range 5 {
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		_, _, err := ks.Verify(ctx, lf.ref, []byte("guess"), lf.hash[subjectAlice], fmt.Sprintf("subject-%d", i))
+		cancel()
+		if err == nil {
+			t.Fatal("a verification ran with the pool's only worker held")
+		}
+	}
+	recs, err := lf.store.List(context.Background(), keystore.LockoutStoragePrefix(lf.ref.Tenant), "", 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 0 {
+		t.Fatalf("%d lockout records left by verifications that never ran", len(recs))
+	}
+}
