@@ -44,6 +44,7 @@ func (s *Service) CreateKey(ctx context.Context, ref KeyRef, spec KeySpec) (Key,
 	if err := checkRotationPeriod(spec.RotationPeriod); err != nil {
 		return Key{}, err
 	}
+	defer s.m.beginRead(ref)() // from before its read to after its put
 	gen := s.m.gen.Load()
 	kek, tver, err := s.m.activeTenant(ctx, ref.Tenant)
 	if err != nil {
@@ -190,6 +191,7 @@ func (s *Service) updateKey(ctx context.Context, ref KeyRef, op string, mutate f
 		return Key{}, fmt.Errorf("%w: key is malformed (not tenants/{tenant}/keys/{key})", ErrInvalidArgument)
 	}
 	var out Key
+	defer s.m.beginRead(ref)() // from before its read to after its put
 	err := retryCAS(fmt.Sprintf("%s %s", op, ref), func() error {
 		gen := s.m.gen.Load()
 		kek, tver, err := s.m.activeTenant(ctx, ref.Tenant)

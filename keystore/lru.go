@@ -86,13 +86,10 @@ func (c *lru[K, V]) putLocked(k K, v V) {
 	}
 }
 
-// upsert stores v under k as fresh unless an entry is there that keep says
-// must stay (for example, a newer version than v). The check and the write
-// are one step: no other upsert comes between them.
-func (c *lru[K, V]) upsert(k K, v V, keep func(old V) bool) { c.upsertIf(k, v, keep, nil) }
-
-// upsertIf is upsert, done only if still (when not nil) holds, checked in
-// the same step as keep.
+// upsertIf stores v under k as fresh unless an entry is there that keep
+// says must stay (for example, a newer version than v), and only if still
+// (when not nil) holds. The checks and the write are one step: no other
+// write comes between them.
 func (c *lru[K, V]) upsertIf(k K, v V, keep func(old V) bool, still func() bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -133,6 +133,7 @@ func (m *materials) activeTenant(ctx context.Context, tenant string) (tink.AEAD,
 				// root outage either.
 				m.failed.put(tenant, &failedUnwrap{err: err, created: rec.CreateTime, wrapped: rec.WrappedKEK})
 				m.keks.removeValue(tenant, nil, func(old, _ *kekEntry) bool { return old.created.Equal(rec.CreateTime) })
+				m.keys.removeIf(func(r KeyRef) bool { return r.Tenant == tenant }) // unwrapped under that KEK
 			}
 			return nil, err
 		}
@@ -199,10 +200,15 @@ func (m *materials) key(ctx context.Context, ref KeyRef) (*keyEntry, error) {
 		return cached, nil
 	}
 	if err != nil {
-		if ok && !errors.Is(err, ErrUnavailable) && ctx.Err() == nil {
-			// A refusal (the tenant deleted, the key gone, its records
-			// not intact, the root's refusal) stands: the old entry must
-			// not serve again in a later outage.
+		switch {
+		case ok && errors.Is(err, ErrTenantDeleted):
+			// The tenant's every key, not this one alone: none may
+			// serve again in a later outage.
+			m.dropTenant(ref.Tenant)
+		case ok && !errors.Is(err, ErrUnavailable) && ctx.Err() == nil:
+			// A refusal (the key gone, its records not intact, the
+			// root's refusal) stands: the old entry must not serve
+			// again in a later outage.
 			m.forgetKey(cached)
 		}
 		return nil, err
@@ -318,7 +324,17 @@ func (m *materials) newKeyEntry(ref KeyRef, rec *keyRecord, kek tink.AEAD) (*key
 // before the write must not undo it), even if the caller's own put is
 // refused.
 func (m *materials) noteWrite(ref KeyRef, ver uint64) {
-	m.keys.upsert(ref, &keyEntry{ref: ref, ver: ver}, func(old *keyEntry) bool { return old.ver >= ver })
+	m.noteVersion(ref, ver)
+}
+
+// noteVersion records that version ver of ref's record exists: an older
+// entry, or an older record a load is still reading, can no longer be
+// cached. A key neither cached nor being read gets no record of it, which
+// would push a live entry out (every replica's count flush writes each key
+// it used).
+func (m *materials) noteVersion(ref KeyRef, ver uint64) {
+	m.keys.upsertKnown(ref, &keyEntry{ref: ref, ver: ver}, func(old *keyEntry) bool { return old.ver >= ver },
+		func() bool { return m.isReading(ref) })
 }
 
 // countsWritten notes that this replica rewrote ref's record from version
@@ -357,6 +373,11 @@ func (m *materials) put(gen uint64, e *keyEntry) {
 // that began before this call not cache what they read.
 func (m *materials) invalidateTenant(tenant string) {
 	m.gen.Add(1)
+	m.dropTenant(tenant)
+}
+
+// dropTenant drops a tenant's cached KEK and keys.
+func (m *materials) dropTenant(tenant string) {
 	m.keks.remove(tenant)
 	m.keys.removeIf(func(r KeyRef) bool { return r.Tenant == tenant })
 }
@@ -402,12 +423,7 @@ func (m *materials) apply(c storage.Change) {
 			m.keys.remove(ref)
 			return
 		}
-		// Record that version c.Version exists: an older entry, or an older
-		// record a load is still reading, can no longer be cached. A key
-		// neither cached nor being read gets no record of it (every
-		// replica's count flush writes each key it used).
-		m.keys.upsertKnown(ref, &keyEntry{ref: ref, ver: c.Version}, func(old *keyEntry) bool { return old.ver >= c.Version },
-			func() bool { return m.isReading(ref) })
+		m.noteVersion(ref, c.Version)
 	}
 }
 

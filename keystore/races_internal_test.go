@@ -1061,9 +1061,12 @@ func TestARefusedKeyDoesNotServeAgainInALaterOutage(t *testing.T) {
 	ctx := context.Background()
 	_, b, hs, rt := twoReplicas(t)
 	ref, _ := setupRotated(t, b)
+	other := secondKey(t, b, ref)
 	a, offset := clockedReplica(t, hs, rt)
-	if _, _, err := a.Encrypt(ctx, ref, []byte("cached"), nil); err != nil {
-		t.Fatal(err)
+	for _, r := range []KeyRef{ref, other} {
+		if _, _, err := a.Encrypt(ctx, r, []byte("cached"), nil); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if _, err := b.DeleteTenant(ctx, ref.Tenant, 24*time.Hour); err != nil {
 		t.Fatal(err)
@@ -1073,9 +1076,21 @@ func TestARefusedKeyDoesNotServeAgainInALaterOutage(t *testing.T) {
 		t.Fatalf("encrypt past the TTL: %v, want ErrTenantDeleted", err)
 	}
 	hs.down.Store(true)
-	if _, _, err := a.Encrypt(ctx, ref, []byte("x"), nil); err == nil {
-		t.Fatal("the key of a tenant found deleted encrypted again once the storage went down")
+	for _, r := range []KeyRef{ref, other} { // the tenant's other key too
+		if _, _, err := a.Encrypt(ctx, r, []byte("x"), nil); err == nil {
+			t.Fatalf("%s, of a tenant found deleted, encrypted again once the storage went down", r)
+		}
 	}
+}
+
+// secondKey creates another ENCRYPT key of ref's tenant.
+func secondKey(t *testing.T, s *Service, ref KeyRef) KeyRef {
+	t.Helper()
+	other := KeyRef{Tenant: ref.Tenant, Key: ref.Key + "-2"}
+	if _, err := s.CreateKey(context.Background(), other, KeySpec{Purpose: PurposeEncrypt}); err != nil {
+		t.Fatal(err)
+	}
+	return other
 }
 
 // A cached KEK the root then refused to unwrap again (a revoked permission)
@@ -1084,9 +1099,12 @@ func TestAKEKTheRootRefusedDoesNotServeAgainInALaterOutage(t *testing.T) {
 	ctx := context.Background()
 	_, b, hs, rt := twoReplicas(t)
 	ref, _ := setupRotated(t, b)
+	other := secondKey(t, b, ref)
 	a, offset := clockedReplica(t, hs, rt)
-	if _, _, err := a.Encrypt(ctx, ref, []byte("cached"), nil); err != nil {
-		t.Fatal(err)
+	for _, r := range []KeyRef{ref, other} {
+		if _, _, err := a.Encrypt(ctx, r, []byte("cached"), nil); err != nil {
+			t.Fatal(err)
+		}
 	}
 	offset.Add(int64(2 * time.Minute)) // past the TTL
 	rt.denied.Store(true)
@@ -1096,8 +1114,10 @@ func TestAKEKTheRootRefusedDoesNotServeAgainInALaterOutage(t *testing.T) {
 	rt.denied.Store(false)
 	rt.down.Store(true)
 	offset.Add(int64(10 * time.Second)) // past the refusal's backoff
-	if _, _, err := a.Encrypt(ctx, ref, []byte("x"), nil); err == nil {
-		t.Fatal("a KEK the root refused encrypted again once the root became unreachable")
+	for _, r := range []KeyRef{ref, other} { // the tenant's other key too
+		if _, _, err := a.Encrypt(ctx, r, []byte("x"), nil); err == nil {
+			t.Fatalf("%s: a KEK the root refused encrypted again once the root became unreachable", r)
+		}
 	}
 }
 
