@@ -391,3 +391,24 @@ func TestRootRewrapRefusesAHalfRestoredStore(t *testing.T) {
 		t.Fatalf("root rewrap of a half-restored store: %v (exit %d)\n%s", err, exitCode(err), out)
 	}
 }
+
+// A PostgreSQL server with no state directory for its default audit spool
+// (and none configured) does not start: the spool is never defaulted into
+// the shared temporary directory, nor silently turned off.
+func TestAPostgresServerWithoutASpoolDirectoryDoesNotStart(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), ".custos-dev")
+	cfg, err := prepareDev(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Listen, cfg.Ops.Listen = "127.0.0.1:0", "off"
+	cfg.Storage.Type, cfg.Audit.Spool = "postgres", ""
+	rt, err := custos.New(t.Context(), cfg, custos.Options{Store: memory.New(), LogWriter: io.Discard})
+	if err == nil {
+		rt.Close()
+		t.Fatal("a PostgreSQL server started without an audit spool")
+	}
+	if !strings.Contains(err.Error(), "audit.spool") {
+		t.Fatalf("the start failed with %v, want an error naming audit.spool", err)
+	}
+}

@@ -493,9 +493,6 @@ func (c *Config) validate() error {
 	if c.Audit.Origin != "" && !validOrigin(c.Audit.Origin) {
 		errs = append(errs, fmt.Errorf("audit.origin %q must be printable ASCII without spaces or '+'", c.Audit.Origin))
 	}
-	if c.Storage.Type == "postgres" && !c.Audit.Disabled && c.Audit.Spool == "" {
-		errs = append(errs, errors.New("audit.spool: no state directory for the default ($STATE_DIRECTORY, $XDG_STATE_HOME and $HOME are unset): set audit.spool to a directory of this server's own"))
-	}
 	errs = append(errs, c.Limits.validate()...)
 	if c.Storage.Postgres.MaxConns < 0 {
 		errs = append(errs, fmt.Errorf("storage.postgres.max_conns %d must not be negative (0: the default)", c.Storage.Postgres.MaxConns))
@@ -525,9 +522,10 @@ func validOrigin(s string) bool {
 // its state directory: systemd's $STATE_DIRECTORY, else $XDG_STATE_HOME,
 // else ~/.local/state; named after the listen address, so that replicas on
 // one host do not share one (a shared spool is refused at start anyway).
-// Empty when there is no such directory (no $HOME): never the shared
-// temporary directory, where another local user could plant or point the
-// spool's files, and which a reboot empties of acknowledged events.
+// Empty when there is no such directory (no $HOME), which a server then
+// refuses (commands that use no spool go on): never the shared temporary
+// directory, where another local user could plant or point the spool's
+// files, and which a reboot empties of acknowledged events.
 func DefaultPostgresSpool(listen string) string {
 	dir := os.Getenv("STATE_DIRECTORY")
 	if i := strings.IndexByte(dir, ':'); i >= 0 {

@@ -562,6 +562,10 @@ func (rt *Runtime) openAudit(ctx context.Context, store storage.Store, r root.Ro
 		rt.closers = append(rt.closers, func() { _ = exp.Close() })
 	}
 	spool := ac.Spool
+	if spool == "" && rt.cfg.Storage.Type == "postgres" {
+		// config.DefaultPostgresSpool found no state directory.
+		return errors.New("audit.spool: no state directory for the default ($STATE_DIRECTORY, $XDG_STATE_HOME and $HOME are unset): set audit.spool to a directory of this server's own")
+	}
 	if spool == "off" {
 		spool = ""
 	}
