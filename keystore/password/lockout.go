@@ -99,8 +99,8 @@ func (l *lockout) admit(ctx context.Context) (window time.Time, err error) {
 }
 
 // finish settles a verification admitted in window: a match resets the
-// subject's counts, a failure counts (in the window now current) and may
-// lock the subject; it is uncounted from in flight only in the window
+// subject's counts, a failure counts (in the window now current, or in one
+// of its own after a reset) and may lock the subject; it is uncounted from in flight only in the window
 // that counted it. Storage failures are logged, not
 // returned: the verification was admitted under the limit, and an unsettled
 // one keeps counting until the window ends, so the limit holds.
@@ -110,15 +110,19 @@ func (l *lockout) finish(ctx context.Context, window time.Time, match bool) {
 	locked := false
 	err := l.update(ctx, "settle lockout state", func(r *lockoutRecord, now time.Time) (bool, error) {
 		locked = false
-		if r.WindowStart.IsZero() {
-			// Reset by a match, or locked, meanwhile: nothing to settle.
-			return false, nil
+		if now.Before(r.LockedUntil) {
+			return false, nil // locked meanwhile: nothing to settle
 		}
 		if match {
 			*r = lockoutRecord{} // deleted: the right password resets any window
 			return true, nil
 		}
-		if r.WindowStart.Equal(window) {
+		if r.WindowStart.IsZero() {
+			// Reset meanwhile (by a match, or deleted with nothing
+			// counted): the failure counts in a window of its own, so
+			// that guesses in flight across a reset are not forgotten.
+			r.WindowStart = now
+		} else if r.WindowStart.Equal(window) {
 			r.InFlight = max(r.InFlight, 1) - 1
 		}
 		// A failure counts in the window it ends in, even one admitted in

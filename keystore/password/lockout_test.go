@@ -411,3 +411,44 @@ func TestLockoutAnAbandonedVerificationLeavesNoRecord(t *testing.T) {
 		t.Fatalf("%d lockout records left by verifications that never ran", len(recs))
 	}
 }
+
+// Guesses in flight while the right password resets the count still count
+// when they fail: they were forgotten, which let about 2N − 1 guesses run
+// around each successful login.
+func TestLockoutGuessesInFlightAcrossAMatchStillCount(t *testing.T) {
+	t.Parallel()
+	lf := newLockoutFixture(t)
+	pool := workpool.New(1, 64)
+	t.Cleanup(pool.Close)
+	guesser := lf.openPasswordService(t, password.Config{Now: lf.clock.Now, Pool: pool})
+	block := make(chan struct{})
+	blocked := make(chan error, 1)
+	holding := make(chan struct{})
+	go func() { blocked <- pool.Do(context.Background(), func() { close(holding); <-block }) }()
+	select {
+	case <-holding:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the pool never ran the task holding its worker")
+	}
+	done := make(chan error, 2)
+	for range 2 {
+		go func() { _, err := lf.try(guesser, subjectAlice, "guess"); done <- err }()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for pool.Waiting() != 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d guesses queued, want 2", pool.Waiting())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	lf.mustMatch(t, lf.ks, subjectAlice) // another replica: the count resets
+	close(block)
+	<-blocked
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Fatalf("a guess: %v", err)
+		}
+	}
+	lf.mustFail(t, subjectAlice) // the third failure since the two in flight
+	lf.mustBeLocked(t, lf.ks, subjectAlice)
+}
