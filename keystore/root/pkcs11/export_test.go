@@ -46,3 +46,6 @@ func (r *Root) Drain() { r.inflight.Wait() }
 
 // WaitReleased waits until Close has released the sessions and the library.
 func (r *Root) WaitReleased() { <-r.released }
+
+// SetCallTimeout sets the bound of each operation.
+func (r *Root) SetCallTimeout(d time.Duration) { r.callTimeout = d }

@@ -33,11 +33,12 @@ type Root struct {
 	slots chan struct{} // one per open session, in use or idle
 	done  chan struct{} // closed by Close
 
-	life      sync.Mutex     // guards closed; orders inflight.Add before Close's Wait
-	closed    bool           // guarded by life
-	inflight  sync.WaitGroup // operations running on the library
-	closeWait time.Duration  // how long Close waits for them (defaultCloseWait)
-	released  chan struct{}  // closed once Close released the sessions and the library
+	life        sync.Mutex     // guards closed; orders inflight.Add before Close's Wait
+	closed      bool           // guarded by life
+	inflight    sync.WaitGroup // operations running on the library
+	closeWait   time.Duration  // how long Close waits for them (defaultCloseWait)
+	callTimeout time.Duration  // bounds each operation (defaultCallTimeout)
+	released    chan struct{}  // closed once Close released the sessions and the library
 
 	mu    sync.Mutex // guards state; held while (re)finding the token and key
 	state tokenState
@@ -94,16 +95,17 @@ func New(ctx context.Context, cfg Config) (*Root, error) {
 		return nil, err
 	}
 	r := &Root{
-		mod:        mod,
-		tokenLabel: cfg.TokenLabel,
-		keyLabel:   cfg.KeyLabel,
-		pin:        pin,
-		rand:       cfg.Rand,
-		idle:       make(chan *session, cfg.MaxSessions),
-		slots:      make(chan struct{}, cfg.MaxSessions),
-		done:       make(chan struct{}),
-		closeWait:  defaultCloseWait,
-		released:   make(chan struct{}),
+		mod:         mod,
+		tokenLabel:  cfg.TokenLabel,
+		keyLabel:    cfg.KeyLabel,
+		pin:         pin,
+		rand:        cfg.Rand,
+		idle:        make(chan *session, cfg.MaxSessions),
+		slots:       make(chan struct{}, cfg.MaxSessions),
+		done:        make(chan struct{}),
+		closeWait:   defaultCloseWait,
+		callTimeout: defaultCallTimeout,
+		released:    make(chan struct{}),
 	}
 	// Find the token and the key now, so that a misconfiguration fails here.
 	if _, err := r.do(ctx, "open", func(p11.SessionHandle, p11.ObjectHandle) ([]byte, error) { return nil, nil }); err != nil {
@@ -138,6 +140,12 @@ func readPIN(cfg Config) (string, error) {
 	}
 	return "", errors.New("pkcs11 root: a PIN file or PIN environment variable is required")
 }
+
+// defaultCallTimeout bounds each Wrap and Unwrap within the caller's
+// deadline, as Vault's default timeout does: a network HSM that stops
+// answering held a caller without a deadline (custos backup, root rewrap)
+// for ever.
+const defaultCallTimeout = 30 * time.Second
 
 // defaultCloseWait bounds how long Close waits for a token call: PKCS#11
 // calls cannot be interrupted, and a token that stopped answering would
@@ -307,6 +315,8 @@ func (r *Root) doThen(ctx context.Context, what string, op func(p11.SessionHandl
 	if err := ctx.Err(); err != nil {
 		return nil, ctxError(what, err)
 	}
+	ctx, cancel := context.WithTimeout(ctx, r.callTimeout)
+	defer cancel()
 	r.life.Lock()
 	if r.closed {
 		r.life.Unlock()

@@ -413,3 +413,23 @@ func TestAnAbandonedResultIsCleared(t *testing.T) {
 		t.Fatalf("the abandoned result was left as it was: %x", kek)
 	}
 }
+
+// A call made without a deadline (custos backup, root rewrap) is bounded
+// by the root's own timeout when the token stops answering.
+func TestACallWithoutADeadlineIsBounded(t *testing.T) {
+	h := newSoftHSM(t)
+	r := newRoot(t, h.cfg)
+	r.SetCallTimeout(200 * time.Millisecond)
+	release := make(chan struct{})
+	defer close(release)
+	done := make(chan error, 1)
+	go func() { done <- r.Hang(context.Background(), release) }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, root.ErrUnavailable) {
+			t.Fatalf("a hung call without a deadline: %v, want ErrUnavailable", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a call without a deadline waited for a token that never answers")
+	}
+}
