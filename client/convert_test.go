@@ -331,6 +331,15 @@ func TestDataKeyNeverPrintsItsPlaintext(t *testing.T) {
 			t.Errorf("logged as %s: it shows the plaintext", out)
 		}
 	}
+	// What JSON keeps reads back: Wrapped and Version, no plaintext.
+	b, err := json.Marshal(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back DataKey
+	if err := json.Unmarshal(b, &back); err != nil || string(back.Wrapped) != "wrapped-bytes" || back.Version != 7 || back.Plaintext != nil {
+		t.Errorf("JSON round trip: %+v, %v; want Wrapped and Version, no plaintext", back, err)
+	}
 	if got, want := k.String(), "DataKey{Plaintext: [REDACTED 32 bytes], Wrapped: 13 bytes, Version: 7}"; got != want {
 		t.Errorf("String() = %q, want %q", got, want)
 	}

@@ -255,6 +255,20 @@ func (k DataKey) MarshalJSON() ([]byte, error) {
 	}{k.redacted(), k.Wrapped, k.Version})
 }
 
+// UnmarshalJSON reads what MarshalJSON writes: Wrapped and Version, and
+// no Plaintext (the JSON holds none; [Client.DecryptDataKey] recovers it).
+func (k *DataKey) UnmarshalJSON(b []byte) error {
+	var v struct {
+		Wrapped []byte
+		Version uint32
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	*k = DataKey{Wrapped: v.Wrapped, Version: v.Version}
+	return nil
+}
+
 func (k DataKey) redacted() string {
 	return "[REDACTED " + strconv.Itoa(len(k.Plaintext)) + " bytes]"
 }

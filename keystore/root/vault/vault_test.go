@@ -365,7 +365,7 @@ func TestConcurrentCallsShareOneLoginPerToken(t *testing.T) {
 // costs no call its deadline, and calls go on with the token in use.
 func TestAHangingEarlyRenewalFailsNoCall(t *testing.T) {
 	f := newFakeVault(t)
-	f.tokenTTL = 4 * time.Second // renewed after 3s
+	f.tokenTTL = 8 * time.Second // renewed after 6s
 	release := make(chan struct{})
 	t.Cleanup(func() { close(release) }) // before the server closes: it waits for its handlers
 	secretFile := filepath.Join(t.TempDir(), "secret-id")
@@ -378,7 +378,7 @@ func TestAHangingEarlyRenewalFailsNoCall(t *testing.T) {
 	}
 	f.hangLogin.Store(&release)
 	select {
-	case <-time.After(3200 * time.Millisecond): // past the renewal time, before the expiry
+	case <-time.After(6200 * time.Millisecond): // past the renewal time, well before the expiry
 	case <-t.Context().Done():
 		t.Fatal(t.Context().Err())
 	}
