@@ -500,13 +500,22 @@ func TestRetentionKeepsTheLogVerifiable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Until a checkpoint signs the new horizon, the deleted bodies are
-	// findings; the log's Run signs right after pruning.
-	if rep := verify(t, f); len(rep.Findings) == 0 {
-		t.Fatal("bodies deleted before a checkpoint states the horizon verified clean")
+	// The horizon is signed before the bodies go: the log verifies clean
+	// at once, and a checkpoint signed later keeps the horizon.
+	if rep := verify(t, f); len(rep.Findings) != 0 {
+		t.Fatalf("right after retention: findings %v", rep.Findings)
 	}
-	if _, err := f.log.Sign(ctx); err != nil {
+	if cp, err := f.log.Latest(ctx); err != nil || cp.Pruned != uint64(n) {
+		t.Fatalf("the latest checkpoint: %+v, %v; want the horizon %d signed", cp, err, n)
+	}
+	if err := f.w.Record(event("a", 99)); err != nil {
 		t.Fatal(err)
+	}
+	if err := f.log.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if cp, err := f.log.Latest(ctx); err != nil || cp.Pruned != uint64(n) {
+		t.Fatalf("a checkpoint signed after retention: %+v, %v; want the horizon %d kept", cp, err, n)
 	}
 	if n == 0 {
 		t.Fatal("nothing pruned")
@@ -1378,5 +1387,42 @@ func TestTheSigningKeysLoadsAreBounded(t *testing.T) {
 	}
 	if bounded.Calls.Load() < 2 || bounded.Unbounded.Load() != 0 {
 		t.Fatalf("%d root calls (want the first signing's wrap and verify's unwrap), %d without a deadline", bounded.Calls.Load(), bounded.Unbounded.Load())
+	}
+}
+
+// Bodies deleted and the retention horizon raised in the stored state are
+// not excused by the checkpoints the log goes on signing: it signs only a
+// horizon its own retention reached (the state's was signed as it was), and
+// retention stops at the gap.
+func TestARaisedHorizonInTheStateIsNotSigned(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, memory.New(), "")
+	f.record(t, 10, "a", "b")
+	r := get(t, f.store, "audit/tree")
+	var st map[string]any
+	if err := json.Unmarshal(r.Value, &st); err != nil {
+		t.Fatal(err)
+	}
+	st["pruned"] = 20
+	r.Value, _ = json.Marshal(st)
+	put(t, f.store, r)
+	del(t, f.store, "audit/l/0000000000000011")
+	f.record(t, 1, "a") // the log signs a new checkpoint
+	if _, err := f.log.Sign(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if cp, err := f.log.Latest(ctx); err != nil || cp.Pruned != 0 {
+		t.Fatalf("the checkpoint signed after the tampering: %+v, %v; want no retention horizon", cp, err)
+	}
+	rep := verify(t, f)
+	found := false
+	for _, fd := range rep.Findings {
+		found = found || strings.Contains(fd.String(), "event 17: deleted")
+	}
+	if !found {
+		t.Fatalf("findings %v do not report event 17 deleted", rep.Findings)
+	}
+	if _, err := f.log.Prune(ctx, time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)); !errors.Is(err, audit.ErrRetentionStopped) {
+		t.Fatalf("retention over the gap: %v, want ErrRetentionStopped", err)
 	}
 }

@@ -401,11 +401,36 @@ func (l *Log) Sign(ctx context.Context) (*Checkpoint, error) { return l.sign(ctx
 const historyInterval = time.Minute
 
 func (l *Log) sign(ctx context.Context, historyAll bool) (*Checkpoint, error) {
+	return l.signHorizon(ctx, historyAll, 0)
+}
+
+// signedPruned is the retention horizon of st's latest signed checkpoint
+// (0 before the first): the one horizon a signer may sign again. The
+// state's own Pruned is not signed as it is: whoever writes to the store
+// could raise it over bodies they deleted, and the next checkpoint would
+// excuse them.
+func (l *Log) signedPruned(ctx context.Context, st treeState) (uint64, error) {
+	cp, err := l.checkpointOf(ctx, st)
+	if err != nil || cp == nil {
+		return 0, err
+	}
+	return cp.Pruned, nil
+}
+
+// signHorizon signs a checkpoint of the stored tree whose retention
+// horizon is the last signed one, or raise when Prune (which checked
+// every body below it) raises it.
+func (l *Log) signHorizon(ctx context.Context, historyAll bool, raise uint64) (*Checkpoint, error) {
 	st, ver, err := l.loadTree(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if st.Size == 0 || (st.Checkpoint != nil && st.CheckpointSize == st.Size && st.CheckpointPruned == st.Pruned) {
+	pruned, err := l.signedPruned(ctx, st)
+	if err != nil {
+		return nil, err
+	}
+	pruned = min(max(pruned, raise), st.Size)
+	if st.Size == 0 || (st.Checkpoint != nil && st.CheckpointSize == st.Size && st.CheckpointPruned == pruned) {
 		return l.checkpointOf(ctx, st)
 	}
 	signer, err := l.signing(ctx)
@@ -425,14 +450,14 @@ func (l *Log) sign(ctx context.Context, historyAll bool) (*Checkpoint, error) {
 	}
 	text := string(tlog.Checkpoint{Origin: signer.Name(), Size: st.Size, Hash: rootHash}.Marshal()) +
 		"time " + l.now().UTC().Format(time.RFC3339Nano) + "\n"
-	if st.Pruned > 0 {
-		text += "pruned " + strconv.FormatUint(st.Pruned, 10) + "\n"
+	if pruned > 0 {
+		text += "pruned " + strconv.FormatUint(pruned, 10) + "\n"
 	}
 	signed, err := note.Sign(&note.Note{Text: text}, signer)
 	if err != nil {
 		return nil, fmt.Errorf("audit: sign checkpoint: %w", err)
 	}
-	st.Checkpoint, st.CheckpointSize, st.CheckpointPruned = signed, st.Size, st.Pruned
+	st.Checkpoint, st.CheckpointSize, st.CheckpointPruned = signed, st.Size, pruned
 	var ops []storage.Op
 	if now := l.now(); historyAll || now.Sub(st.HistoryTime) >= historyInterval {
 		st.HistoryTime = now.UTC()

@@ -104,11 +104,6 @@ func (l *Log) Run(ctx context.Context, cfg RunConfig) {
 			}
 			if n > 0 {
 				l.logger.Info("audit: retention deleted event bodies", "events", n)
-				// The new horizon goes into a signed checkpoint at once,
-				// so that verifiers accept the deleted bodies.
-				if _, err := l.sign(ctx, true); err != nil && ctx.Err() == nil {
-					l.logger.Warn("audit: signing the retention horizon failed; retrying", "error", err.Error())
-				}
 			}
 		}
 	}
@@ -144,17 +139,24 @@ func (l *Log) tick(ctx context.Context, chunks int, history bool) error {
 // deleted: the horizon a checkpoint then signs excuses the missing bodies
 // below it, so retention must not excuse a body someone else deleted or
 // changed. At such a body Prune stops with ErrRetentionStopped, and
-// `custos audit verify` reports it.
+// `custos audit verify` reports it. Each batch's horizon is signed before
+// its bodies are deleted, and Prune goes on from the signed horizon, never
+// beyond it: a horizon raised in the stored state alone excuses nothing.
 func (l *Log) Prune(ctx context.Context, cutoff time.Time) (int, error) {
-	total := 0
+	total, conflicts := 0, 0
 	for {
-		st, ver, err := l.loadTree(ctx)
+		st, _, err := l.loadTree(ctx)
 		if err != nil {
 			return total, err
 		}
+		signed, err := l.signedPruned(ctx, st)
+		if err != nil {
+			return total, err
+		}
+		from := min(st.Pruned, signed) // a batch signed but not yet deleted goes again
 		after := ""
-		if st.Pruned > 0 {
-			after = leafKey(st.Pruned - 1)
+		if from > 0 {
+			after = leafKey(from - 1)
 		}
 		recs, err := l.store.List(ctx, leafPrefix, after, 500)
 		if err != nil {
@@ -162,7 +164,7 @@ func (l *Log) Prune(ctx context.Context, cutoff time.Time) (int, error) {
 		}
 		var ops []storage.Op
 		deleted := 0
-		next, done := st.Pruned, len(recs) < 500
+		next, done := from, len(recs) < 500
 		var stopped error
 		for _, r := range recs {
 			i, ok := parseHex16(strings.TrimPrefix(r.Key, leafPrefix))
@@ -195,10 +197,23 @@ func (l *Log) Prune(ctx context.Context, cutoff time.Time) (int, error) {
 			deleted++
 		}
 		if len(ops) > 0 {
-			st.Pruned = next
+			// The horizon first, signed (and kept in the history), then
+			// the bodies: a crash between the two leaves bodies that the
+			// next pass deletes, never a gap no checkpoint excuses.
+			if _, err := l.signHorizon(ctx, true, next); err != nil {
+				return total, fmt.Errorf("audit: prune: sign the horizon: %w", err)
+			}
+			st, ver, err := l.loadTree(ctx)
+			if err != nil {
+				return total, err
+			}
+			st.Pruned = max(st.Pruned, next)
 			b, _ := json.Marshal(st)
 			ops = append(ops, storage.Op{Key: treeKey, Value: b, Expect: ver})
-			if err := l.applier.Apply(ctx, ops); err != nil {
+			if err := l.applier.Apply(ctx, ops); errors.Is(err, storage.ErrConflict) && conflicts < 10 {
+				conflicts++
+				continue // the tree moved on meanwhile: this batch again
+			} else if err != nil {
 				return total, fmt.Errorf("audit: prune: %w", err)
 			}
 			total += deleted
