@@ -317,6 +317,16 @@ func (s *spool) release(seg uint64) error {
 	}
 	if seg == 0 && s.segs[0].size > 0 {
 		if err := zero(s.segs[0].f, 0, s.segs[0].size); err != nil {
+			// Part of it may read as zeros now, and an entry appended
+			// after them would be cut as a torn tail at the next start:
+			// later entries go to a new segment, and this one (all
+			// shipped) goes at the next release. Without a new one, the
+			// spool takes no more entries.
+			if f, nerr := createSegment(s.segPath(s.segs[0].n + 1)); nerr != nil {
+				s.syncErr = fmt.Errorf("audit: empty spool: %w", err)
+			} else {
+				s.segs = append(s.segs, &segment{n: s.segs[0].n + 1, f: f})
+			}
 			return fmt.Errorf("audit: empty spool: %w", err)
 		}
 		s.segs[0].size, s.segs[0].dirty = 0, false // zero synced it

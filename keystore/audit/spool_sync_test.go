@@ -304,3 +304,55 @@ func TestADamagedSpoolEntryDoesNotCostTheEntriesAfterIt(t *testing.T) {
 		})
 	}
 }
+
+// A failed emptying of a shipped spool (its zeros written, or part of
+// them, but not synced) does not cost the entries appended after it: they
+// went after a region that reads as zeros, and the next start cut them as
+// a torn tail although their calls were answered.
+func TestAFailedEmptyingDoesNotCostLaterEntries(t *testing.T) {
+	prefix := filepath.Join(t.TempDir(), "spool")
+	sp, _, _, _, err := openSpool(prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"audit/q/w/1", "audit/q/w/2"} {
+		if _, err := sp.append(k, []byte("shipped")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	real := writeAt
+	failed := false
+	writeAt = func(f *os.File, p []byte, off int64) error {
+		if err := real(f, p, off); err != nil {
+			return err
+		}
+		if !failed && off == 0 && strings.Count(string(p), "\x00") == len(p) {
+			failed = true
+			return syscall.EIO // the zeros written, the call failing after
+		}
+		return nil
+	}
+	err = sp.release(0)
+	writeAt = real
+	if err == nil {
+		t.Fatal("the emptying with a failing write reported no error")
+	}
+	if _, err := sp.append("audit/q/w/3", []byte("answered")); err != nil {
+		t.Fatal(err)
+	}
+	if err := sp.close(); err != nil {
+		t.Fatal(err)
+	}
+	sp, entries, _, _, err := openSpool(prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.close()
+	found := false
+	for _, e := range entries {
+		found = found || e.key == "audit/q/w/3"
+	}
+	if !found {
+		t.Fatalf("the entry appended after the failed emptying is gone at the next start (%d entries)", len(entries))
+	}
+}
