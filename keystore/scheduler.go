@@ -145,6 +145,15 @@ func (s *Service) RunCountFlush(ctx context.Context, interval time.Duration) {
 // threshold's headroom allows (lifecycle.md).
 const flushTimeout = 30 * time.Second
 
+// acquireLeaseWithin takes or renews the scheduler lease, giving up after
+// the lease's TTL (the lease is lost by then anyway): a storage call gone
+// silent must not stop the scheduler until TCP gives up.
+func (s *Service) acquireLeaseWithin(ctx context.Context, cfg SchedulerConfig) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, cfg.LeaseTTL)
+	defer cancel()
+	return s.acquireLease(ctx, cfg.HolderID, cfg.LeaseTTL)
+}
+
 // leaderState is what the scheduler remembers between ticks while this
 // replica holds the lease.
 type leaderState struct {
@@ -166,7 +175,7 @@ type leaderState struct {
 // pass every Interval, so work that falls due meanwhile (a key past its
 // usage threshold) does not wait for the sweep's end.
 func (s *Service) leaderTick(ctx context.Context, cfg SchedulerConfig, st *leaderState) {
-	held, err := s.acquireLease(ctx, cfg.HolderID, cfg.LeaseTTL)
+	held, err := s.acquireLeaseWithin(ctx, cfg)
 	if err != nil {
 		if ctx.Err() == nil {
 			s.logger.Warn("scheduler: lease", "error", err.Error())
@@ -187,7 +196,7 @@ func (s *Service) leaderTick(ctx context.Context, cfg SchedulerConfig, st *leade
 		if time.Since(lastRenew) < cfg.Interval {
 			return true, false
 		}
-		held, err := s.acquireLease(ctx, cfg.HolderID, cfg.LeaseTTL)
+		held, err := s.acquireLeaseWithin(ctx, cfg)
 		if err != nil {
 			return ctx.Err() == nil && time.Since(lastRenew) < cfg.LeaseTTL-cfg.Interval, false
 		}

@@ -155,6 +155,11 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		_, err := c.Exec(ctx, "SET default_transaction_isolation = 'read committed'")
 		return err
 	}
+	// The pool pings a connection idle for a second before handing it
+	// out, with the caller's context: without a bound, one to a server
+	// gone silent (a failover without a reset) held a caller that has no
+	// deadline (the scheduler) until TCP gave up, some 15 minutes.
+	pcfg.PingTimeout = pingTimeout
 	pcfg.PrepareConn = func(_ context.Context, c *pgx.Conn) (bool, error) {
 		// false: the pool destroys the connection and takes another.
 		return connAlive(c.PgConn().Conn()), nil

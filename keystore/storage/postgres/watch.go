@@ -96,12 +96,20 @@ func (s *Store) Watch(ctx context.Context) (<-chan storage.Change, error) {
 func (s *Store) watch(ctx context.Context, conn *pgx.Conn, ch chan<- storage.Change) {
 	missed := conn == nil // changes may have gone by unseen
 	wait := reconnectMin
+	var lastWarn time.Time
 	for {
 		if conn == nil {
 			var err error
 			if conn, err = s.listen(ctx); err != nil {
 				if ctx.Err() != nil {
 					return
+				}
+				// Said at least every minute while it lasts: meanwhile
+				// this replica hears of no other's changes, and serves
+				// what it cached until its TTL.
+				if time.Since(lastWarn) >= time.Minute {
+					lastWarn = time.Now()
+					s.logger.Warn("postgres: watch: cannot listen again; cached entries serve until their TTL, other replicas' changes unseen", "err", err)
 				}
 				// Full jitter over the upper half, so replicas that lost
 				// the server together do not reconnect in step.
@@ -114,7 +122,7 @@ func (s *Store) watch(ctx context.Context, conn *pgx.Conn, ch chan<- storage.Cha
 				}
 				continue
 			}
-			wait = reconnectMin
+			wait, lastWarn = reconnectMin, time.Time{}
 			if missed {
 				s.logger.Info("postgres: watch: listening again; every cached entry is suspect")
 			}
