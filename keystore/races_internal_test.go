@@ -1113,7 +1113,7 @@ func TestAKEKTheRootRefusedDoesNotServeAgainInALaterOutage(t *testing.T) {
 	}
 	rt.denied.Store(false)
 	rt.down.Store(true)
-	offset.Add(int64(10 * time.Second)) // past the refusal's backoff
+	offset.Add(int64(10 * time.Second))      // past the refusal's backoff
 	for _, r := range []KeyRef{ref, other} { // the tenant's other key too
 		if _, _, err := a.Encrypt(ctx, r, []byte("x"), nil); err == nil {
 			t.Fatalf("%s: a KEK the root refused encrypted again once the root became unreachable", r)
