@@ -181,7 +181,8 @@ func (m *materials) key(ctx context.Context, ref KeyRef) (*keyEntry, error) {
 			// Changed: it reloads, and never serves the old entry again,
 			// not in a later outage either.
 			m.forgetKey(cached)
-			return m.loadKey(ctx, ref)
+			e, err = m.loadKey(ctx, ref)
+			return e, m.refused(ctx, ref, cached, err)
 		}
 	} else {
 		e, err = m.loadKey(ctx, ref)
@@ -200,20 +201,33 @@ func (m *materials) key(ctx context.Context, ref KeyRef) (*keyEntry, error) {
 		return cached, nil
 	}
 	if err != nil {
-		switch {
-		case ok && errors.Is(err, ErrTenantDeleted):
-			// The tenant's every key, not this one alone: none may
-			// serve again in a later outage.
-			m.dropTenant(ref.Tenant)
-		case ok && !errors.Is(err, ErrUnavailable) && ctx.Err() == nil:
-			// A refusal (the key gone, its records not intact, the
-			// root's refusal) stands: the old entry must not serve
-			// again in a later outage.
-			m.forgetKey(cached)
+		if !ok {
+			cached = nil
 		}
-		return nil, err
+		return nil, m.refused(ctx, ref, cached, err)
 	}
 	return e, nil
+}
+
+// refused handles the failure of a load or re-check of ref (cached: the
+// entry it refreshed, or nil) and returns err. A refusal stands, unlike an
+// outage or the caller's own deadline: what it voids leaves the cache, so
+// that a later outage never serves it again. A tenant deleted or shredded
+// voids every key of it cached here, not this one alone.
+func (m *materials) refused(ctx context.Context, ref KeyRef, cached *keyEntry, err error) error {
+	if err == nil || errors.Is(err, ErrUnavailable) || ctx.Err() != nil {
+		return err
+	}
+	if errors.Is(err, ErrTenantDeleted) || errors.Is(err, errTenantNotFound) {
+		// Only when something of it is cached: calls naming a deleted
+		// tenant must not each cost a walk of the cache.
+		if _, _, kek := m.keks.get(ref.Tenant); cached != nil || kek {
+			m.dropTenant(ref.Tenant)
+		}
+	} else if cached != nil {
+		m.forgetKey(cached)
+	}
+	return err
 }
 
 // forgetKey drops e from the cache, unless another entry replaced it.

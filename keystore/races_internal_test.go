@@ -1250,3 +1250,40 @@ func TestNoticesForKeysNotCachedEvictNothing(t *testing.T) {
 		t.Fatalf("a notice for a cached key: %d misses after it, want 1", m-missesAfter)
 	}
 }
+
+// A tenant found deleted or shredded by the re-check of a suspect entry
+// (the watch listening again after missing the change) voids every key of
+// it cached here: only the refreshed key left the cache, and the others
+// served in a later storage outage.
+func TestATenantFoundGoneOnARecheckVoidsAllItsKeys(t *testing.T) {
+	for _, shred := range []bool{false, true} {
+		t.Run(fmt.Sprintf("shredded=%v", shred), func(t *testing.T) {
+			ctx := context.Background()
+			a, b, hs, _ := twoReplicas(t)
+			ref, _ := setupRotated(t, b)
+			other := secondKey(t, b, ref)
+			for _, r := range []KeyRef{ref, other} {
+				if _, _, err := a.Encrypt(ctx, r, []byte("cached"), nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := b.DeleteTenant(ctx, ref.Tenant, 0); err != nil {
+				t.Fatal(err)
+			}
+			if shred {
+				b.now = func() time.Time { return time.Now().Add(400 * 24 * time.Hour) } // past the default waiting period
+				if ok, err := b.shredTenant(ctx, ref.Tenant); !ok || err != nil {
+					t.Fatalf("shred: %v, %v", ok, err)
+				}
+			}
+			a.m.apply(storage.Change{}) // the watch listening again: everything suspect
+			if _, _, err := a.Encrypt(ctx, ref, []byte("x"), nil); err == nil {
+				t.Fatal("the re-check of a tenant gone encrypted")
+			}
+			hs.down.Store(true)
+			if _, _, err := a.Encrypt(ctx, other, []byte("x"), nil); err == nil {
+				t.Fatal("another key of the tenant found gone encrypted once the storage went down")
+			}
+		})
+	}
+}

@@ -86,11 +86,15 @@ func (s records) scanAfter(ctx context.Context, op, prefix, after string) iter.S
 	}
 }
 
+// errTenantNotFound is ErrNotFound for a tenant's record (not a key's):
+// the tenant is gone, shredded or never made.
+var errTenantNotFound = fmt.Errorf("%w", ErrNotFound)
+
 // readTenant reads a tenant's record and its storage version.
 func (s records) readTenant(ctx context.Context, tenant string) (*tenantRecord, uint64, error) {
 	r, err := s.store.Get(ctx, tenantStorageKey(tenant))
 	if errors.Is(err, storage.ErrNotFound) {
-		return nil, 0, fmt.Errorf("tenant %q: %w", tenant, ErrNotFound)
+		return nil, 0, fmt.Errorf("tenant %q: %w", tenant, errTenantNotFound)
 	}
 	if err != nil {
 		return nil, 0, storageErr("read tenant", err)

@@ -546,6 +546,9 @@ func (w *Writer) ShipOnce(ctx context.Context) error {
 		release = w.pending[0].seg
 	}
 	if err := w.spool.release(release); err != nil {
+		if w.spool.syncErr != nil {
+			w.logger.Error("AUDIT SPOOL OFF: emptying the shipped spool failed and no new segment could be made; every later batch the spool would take fails closed (or, with audit.fail_open, loses its events) until the server restarts; with bbolt that is every call", "error", err.Error())
+		}
 		return err
 	}
 	if shipErr != nil {
