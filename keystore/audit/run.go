@@ -86,7 +86,12 @@ func (l *Log) Run(ctx context.Context, cfg RunConfig) {
 			return
 		case <-t.C:
 		}
-		held, _, err := ls.Acquire(ctx, cfg.Holder, cfg.LeaseTTL)
+		// Bounded by the lease's TTL (it is lost by then anyway), as the
+		// scheduler's: a storage call gone silent must not stop the
+		// trail until TCP gives up.
+		actx, cancel := context.WithTimeout(ctx, cfg.LeaseTTL)
+		held, _, err := ls.Acquire(actx, cfg.Holder, cfg.LeaseTTL)
+		cancel()
 		if err != nil || !held {
 			if err != nil && ctx.Err() == nil {
 				l.logger.Warn("audit: integration lease unavailable", "error", err.Error())
