@@ -601,5 +601,8 @@ func (rt *Runtime) openAudit(ctx context.Context, store storage.Store, r root.Ro
 	}
 	rt.audit, rt.writer = log, w
 	sc.Audit, sc.AuditLog, sc.Collectors = w, log, w.Collectors()
+	if exp != nil {
+		sc.Collectors = append(sc.Collectors, exp.Collectors()...)
+	}
 	return nil
 }

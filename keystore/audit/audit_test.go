@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -1426,3 +1427,99 @@ func TestARaisedHorizonInTheStateIsNotSigned(t *testing.T) {
 		t.Fatalf("retention over the gap: %v, want ErrRetentionStopped", err)
 	}
 }
+
+// gateWriter blocks writes while closed (a stalled shipper) and fails them
+// while failing.
+type gateWriter struct {
+	mu      sync.Mutex
+	open    *sync.Cond
+	closed  bool
+	failing bool
+	writes  int
+}
+
+func newGateWriter() *gateWriter {
+	g := &gateWriter{}
+	g.open = sync.NewCond(&g.mu)
+	return g
+}
+
+func (g *gateWriter) Write(p []byte) (int, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for g.closed {
+		g.open.Wait()
+	}
+	g.writes++
+	if g.failing {
+		return 0, errors.New("test: disk gone")
+	}
+	return len(p), nil
+}
+
+func (g *gateWriter) set(closed, failing bool) {
+	g.mu.Lock()
+	g.closed, g.failing = closed, failing
+	g.mu.Unlock()
+	g.open.Broadcast()
+}
+
+// Every run of export drops is logged, not only the first in the process's
+// life, and drops and failed writes are counted.
+func TestEveryRunOfExportDropsIsLoggedAndCounted(t *testing.T) {
+	var logs syncBuf
+	g := newGateWriter()
+	exp := audit.NewExporter(audit.ExportConfig{Path: "-", Stdout: g, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	defer exp.Close()
+	batch := []*custosv1.AuditEvent{event("a", 1)}
+	stall := func() {
+		g.set(true, false)
+		before := exp.Dropped()
+		for exp.Dropped() == before {
+			exp.Write(batch)
+		}
+	}
+	drain := func() {
+		g.set(false, false)
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			g.mu.Lock()
+			n := g.writes
+			g.mu.Unlock()
+			exp.Write(batch)
+			if n > 1100 && strings.Count(logs.String(), "cannot keep up") > 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the export never drained")
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	stall()
+	drain()
+	stall()
+	g.set(false, false)
+	if n := strings.Count(logs.String(), "cannot keep up"); n != 2 {
+		t.Fatalf("%d log lines for two runs of drops, want 2:\n%s", n, logs.String())
+	}
+	before := exp.Dropped()
+	g.set(false, true)
+	exp.Write(batch)
+	deadline := time.Now().Add(10 * time.Second)
+	for exp.Dropped() == before {
+		if time.Now().After(deadline) {
+			t.Fatal("a failed write was not counted")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// syncBuf is a bytes.Buffer safe for the exporter's goroutine and the test.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }

@@ -12,6 +12,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"gopkg.in/natefinch/lumberjack.v2"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 )
 
@@ -56,10 +58,11 @@ type Exporter struct {
 	// The writer hands batches over; one goroutine writes them, so a slow
 	// reader of the export never holds up a call. A full queue drops the
 	// batch (counted in Dropped).
-	queue   chan []*custosv1.AuditEvent
-	done    chan struct{}
-	once    sync.Once
-	dropped atomic.Uint64
+	queue    chan []*custosv1.AuditEvent
+	done     chan struct{}
+	once     sync.Once
+	dropped  atomic.Uint64 // events dropped or not written
+	dropping atomic.Bool   // since the last write that succeeded
 }
 
 // exportQueue is how many batches may wait for the export writer.
@@ -116,15 +119,24 @@ func (e *Exporter) Write(events []*custosv1.AuditEvent) {
 	select {
 	case e.queue <- events:
 	default:
-		if e.dropped.Add(uint64(len(events))) == uint64(len(events)) {
+		e.dropped.Add(uint64(len(events)))
+		if !e.dropping.Swap(true) { // once per episode, not per batch
 			e.logger.Error("audit: the export cannot keep up; dropping lines (events stay in the log)")
 		}
 	}
 }
 
-// Dropped is how many events the export dropped because it could not keep
-// up.
+// Dropped is how many events the export dropped (it could not keep up) or
+// failed to write.
 func (e *Exporter) Dropped() uint64 { return e.dropped.Load() }
+
+// Collectors returns the export's metric: custos_audit_export_dropped_total.
+func (e *Exporter) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "custos_audit_export_dropped_total",
+		Help: "Events the audit export dropped or failed to write (they stay in the log).",
+	}, func() float64 { return float64(e.dropped.Load()) })}
+}
 
 func (e *Exporter) write(events []*custosv1.AuditEvent) {
 	var buf []byte
@@ -136,6 +148,7 @@ func (e *Exporter) write(events []*custosv1.AuditEvent) {
 		buf = append(append(buf, b...), '\n')
 	}
 	if _, err := e.w.Write(buf); err != nil {
+		e.dropped.Add(uint64(len(events)))
 		if !e.failed {
 			e.logger.Error("audit: export failed; events stay in the log", "error", err.Error())
 		}
@@ -143,6 +156,7 @@ func (e *Exporter) write(events []*custosv1.AuditEvent) {
 		return
 	}
 	e.failed = false
+	e.dropping.Store(false) // the next drop is a new episode, logged again
 }
 
 // Close writes what is queued and closes the export file. Call it after
