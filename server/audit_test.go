@@ -719,3 +719,41 @@ func TestAnAuditPageTokenIsBoundToItsQuery(t *testing.T) {
 		})
 	}
 }
+
+// A stream's call log line names its request id, as a unary call's does:
+// the id the caller got in x-request-id and its audit event carry.
+func TestAStreamsLogLineNamesItsRequestID(t *testing.T) {
+	logs := &syncBuffer{}
+	ts := start(t, newFiles(t), options{logger: slog.New(slog.NewJSONHandler(logs, nil))})
+	conn := ts.conn(t, idAdmin)
+	ctx, cancel := context.WithCancel(testContext(t))
+	st, err := healthpb.NewHealthClient(conn).Watch(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	header, err := st.Header()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rid := requestID(header, nil)
+	cancel() // the watch ends CANCELLED: logged at info
+	if rid == "" {
+		t.Fatal("the watch got no request id")
+	}
+	defer func() {
+		if t.Failed() {
+			t.Log(logs.String())
+		}
+	}()
+	waitFor(t, 10*time.Second, "the watch's log line with its request id", func() bool {
+		for line := range strings.Lines(logs.String()) {
+			if strings.Contains(line, `"grpc.method":"Watch"`) && strings.Contains(line, `"request_id":"`+rid+`"`) {
+				return true
+			}
+		}
+		return false
+	})
+}

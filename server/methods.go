@@ -288,8 +288,10 @@ func (s *Server) streamRequestPath(srv any, ss grpc.ServerStream, info *grpc.Str
 		return err
 	}
 	if m, ok := methods[info.FullMethod]; ok && m.scope == scopePublic {
+		annotateSpan(ctx, rid, c)
 		wrapped := middleware.WrapServerStream(ss)
-		wrapped.WrappedContext = identity.NewContext(ctx, id)
+		// The call log line (callFields) names the request id too.
+		wrapped.WrappedContext = context.WithValue(identity.NewContext(ctx, id), requestIDKey{}, rid)
 		return handler(srv, wrapped)
 	}
 	s.logger.LogAttrs(ctx, slog.LevelError, "streaming method has no request path; refused", slog.String("method", info.FullMethod), slog.String("request_id", rid), slog.String("identity", id))

@@ -337,11 +337,18 @@ const MaxStreamsPerConnection = 1024
 // callFields are the fields Custos adds to a stream's log line: the
 // caller's identity.
 func callFields(ctx context.Context) logging.Fields {
-	if id, ok := identity.FromContext(ctx); ok {
-		return logging.Fields{"identity", id}
+	var f logging.Fields
+	if rid, ok := ctx.Value(requestIDKey{}).(string); ok {
+		f = append(f, "request_id", rid)
 	}
-	return nil
+	if id, ok := identity.FromContext(ctx); ok {
+		f = append(f, "identity", id)
+	}
+	return f
 }
+
+// requestIDKey carries a stream's request id to its call log line.
+type requestIDKey struct{}
 
 // codeToLevel logs successful calls at debug level only, so the hot path does
 // not write a log line per request at the default info level.
