@@ -482,7 +482,7 @@ func (c *Config) validate() error {
 		errs = append(errs, fmt.Errorf("passwords: %w", err))
 	}
 	if c.Scheduler.UsageRotateThreshold > keystore.MaxUsageRotateThreshold {
-		errs = append(errs, fmt.Errorf("scheduler.usage_rotate_threshold %d is above %d: AES-GCM with random nonces must rotate before 2^30 encryptions", c.Scheduler.UsageRotateThreshold, uint64(keystore.MaxUsageRotateThreshold)))
+		errs = append(errs, fmt.Errorf("scheduler.usage_rotate_threshold %d is above %d (2^30): AES-GCM with random nonces must rotate by 2^30 encryptions, and the counts reach the scheduler late (the default leaves 2^27 for that)", c.Scheduler.UsageRotateThreshold, uint64(keystore.MaxUsageRotateThreshold)))
 	}
 	if c.Audit.CheckpointInterval < 0 || c.Audit.Export.MaxSizeMB < 0 || c.Audit.Export.MaxFiles < 0 {
 		errs = append(errs, errors.New("audit.checkpoint_interval, audit.export.max_size_mb and audit.export.max_files must not be negative"))
