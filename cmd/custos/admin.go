@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -105,7 +106,8 @@ func (c *conn) run(f func(cmd *cobra.Command, cl *client.Client, args []string) 
 		switch c.output {
 		case "text", "json", "table":
 		default:
-			return usageError{fmt.Errorf("-o %q: want text, json or table", c.output)}
+			// Not quoted: "-oVALUE" sets it, and VALUE may be a secret.
+			return usageError{errors.New("-o: want text, json or table")}
 		}
 		if c.envErr != nil && !cmd.Flags().Changed("timeout") {
 			return c.envErr

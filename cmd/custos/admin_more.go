@@ -259,7 +259,7 @@ func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
 		Use: "verify tenants/TENANT/keys/KEY HASH", Short: "Check the password on standard input against HASH; exits 5 when it does not match", Args: keyArgs(2),
 		Annotations: map[string]string{ownTimeout: "true"},
 		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
-			pw, err := readPassword(cmd)
+			pw, err := readPassword(cmd, c.timeout)
 			if err != nil {
 				return err
 			}
@@ -284,7 +284,7 @@ func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
 		Use: "hash tenants/TENANT/keys/KEY", Short: "Hash the password on standard input", Args: keyArgs(1),
 		Annotations: map[string]string{ownTimeout: "true"},
 		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, args []string) error {
-			pw, err := readPassword(cmd)
+			pw, err := readPassword(cmd, c.timeout)
 			if err != nil {
 				return err
 			}
@@ -362,13 +362,20 @@ func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
 	root.AddCommand(mac, password, datakey, rewrap)
 }
 
-func readPassword(cmd *cobra.Command) ([]byte, error) {
+func readPassword(cmd *cobra.Command, timeout time.Duration) ([]byte, error) {
 	var b []byte
 	var err error
 	if f, ok := cmd.InOrStdin().(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		b, err = promptPassword(cmd, int(f.Fd()))
+		b, err = promptPassword(cmd, int(f.Fd())) // a person types: no timeout
 	} else {
-		b, err = readStdin(cmd, 4097)
+		// A pipe or file: a writer that never closes it (an inherited
+		// stdin) must not hold the command past --timeout.
+		ctx, cancel := cmd.Context(), context.CancelFunc(func() {})
+		if timeout > 0 {
+			ctx, cancel = context.WithTimeout(ctx, timeout)
+		}
+		b, err = readStdinUntil(ctx, cmd, 4097)
+		cancel()
 	}
 	if err != nil {
 		return nil, err
@@ -446,8 +453,13 @@ func promptPassword(cmd *cobra.Command, fd int) ([]byte, error) {
 // readStdin reads up to limit bytes of standard input, or stops when the
 // command's context ends.
 func readStdin(cmd *cobra.Command, limit int64) ([]byte, error) {
+	return readStdinUntil(cmd.Context(), cmd, limit)
+}
+
+// readStdinUntil is readStdin, giving up when ctx ends.
+func readStdinUntil(ctx context.Context, cmd *cobra.Command, limit int64) ([]byte, error) {
 	in := cmd.InOrStdin()
-	return untilDone(cmd.Context(), func() ([]byte, error) { return io.ReadAll(io.LimitReader(in, limit)) })
+	return untilDone(ctx, func() ([]byte, error) { return io.ReadAll(io.LimitReader(in, limit)) })
 }
 
 // untilDone runs f, a read of the terminal or standard input, and returns

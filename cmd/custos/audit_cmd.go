@@ -40,7 +40,7 @@ func newAuditCmd() *cobra.Command {
 		f.StringVar(&identity, "identity", "", "only this caller identity")
 		f.StringVar(&result, "result", "", "only OK, FAILED or one gRPC code (PERMISSION_DENIED, …)")
 		f.StringVarP(&output, "output", "o", "text", "text (a table), table, or json (one JSON object per line)")
-		f.StringVar(&publicKey, "public-key", "", "verify against this pinned log key (note verifier key); default: the server's")
+		f.StringVar(&publicKey, "public-key", "", "verify against this pinned log key (note verifier key; implies --verify); default: the server's")
 		_ = sub.MarkFlagRequired("tenant")
 	}
 	filter := func(since time.Duration) client.AuditFilter {
@@ -65,7 +65,7 @@ func newAuditCmd() *cobra.Command {
 		},
 		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, _ []string) error {
 			if output != "text" && output != "json" && output != "table" {
-				return usageError{fmt.Errorf("-o %q: want text, json or table", output)}
+				return usageError{errors.New("-o: want text, json or table")}
 			}
 			ctx, parent := cmd.Context(), tenantName(tenant)
 			pv, err := newPageVerifier(cmd, func() (context.Context, context.CancelFunc) { return c.callContext(cmd) }, cl, parent, publicKey, verify)
@@ -79,9 +79,11 @@ func newAuditCmd() *cobra.Command {
 			for n < limit {
 				page, err := cl.ListAuditEvents(ctx, parent, f)
 				if err != nil {
+					p.flush() // the rows of the pages before it
 					return err
 				}
 				if err := pv.check(page); err != nil {
+					p.flush()
 					return err
 				}
 				for _, ev := range page.Events {
@@ -96,7 +98,7 @@ func newAuditCmd() *cobra.Command {
 				}
 			}
 			p.flush()
-			if verify && output == "text" {
+			if pv.verify && output == "text" {
 				against := "the pinned key"
 				if publicKey == "" {
 					against = "the key this server sent, which proves only that the server agrees with itself (pin the key with --public-key)"
@@ -127,7 +129,7 @@ func newAuditCmd() *cobra.Command {
 		},
 		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, _ []string) error {
 			if output != "text" && output != "json" && output != "table" {
-				return usageError{fmt.Errorf("-o %q: want text, json or table", output)}
+				return usageError{errors.New("-o: want text, json or table")}
 			}
 			ctx, parent := cmd.Context(), tenantName(tenant)
 			pv, err := newPageVerifier(cmd, func() (context.Context, context.CancelFunc) { return c.callContext(cmd) }, cl, parent, publicKey, verify)
@@ -150,6 +152,9 @@ func newAuditCmd() *cobra.Command {
 					return err
 				}
 				if err := pv.check(page); err != nil {
+					if ctx.Err() != nil {
+						return nil // Ctrl-C, during the check as between polls
+					}
 					return err
 				}
 				for _, ev := range page.Events {
@@ -232,6 +237,7 @@ type pageVerifier struct {
 }
 
 func newPageVerifier(cmd *cobra.Command, call callContext, cl checkpointSource, parent, pinned string, verify bool) (*pageVerifier, error) {
+	verify = verify || pinned != "" // a pinned key is for checking with: it implies --verify
 	pub, err := auditKey(cmd, call, cl, parent, pinned, verify)
 	if err != nil {
 		return nil, err

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -205,5 +207,69 @@ func TestAKeptCheckpointIsReadBounded(t *testing.T) {
 	b, err := readBounded("/dev/zero", maxKeptCheckpoint)
 	if err != nil || len(b) != maxKeptCheckpoint+1 {
 		t.Fatalf("read %d bytes, %v; want %d", len(b), err, maxKeptCheckpoint+1)
+	}
+}
+
+// An argument that starts with "-" (a token, a plaintext) is read as
+// flags; the usage error that follows does not repeat it, nor the value
+// of a "-oVALUE" it set.
+func TestAFlagErrorDoesNotRepeatTheArgument(t *testing.T) {
+	for _, args := range [][]string{
+		{"encrypt", "tenants/a/keys/k", "-Zs3cretvalue", "--no-ad"},
+		{"encrypt", "tenants/a/keys/k", "--s3cretvalue", "--no-ad"},
+		{"encrypt", "tenants/a/keys/k", "-os3cretvalue", "--no-ad", "--addr", "127.0.0.1:1"},
+	} {
+		out, errOut, err := runCLI(t, args...)
+		if err == nil || exitCode(err) != exitUsage {
+			t.Fatalf("custos %v: %v (exit %d), want a usage error", args, err, exitCode(err))
+		}
+		if strings.Contains(err.Error()+out+errOut, "s3cret") {
+			t.Errorf("custos %v: the error repeats the argument: %v", args, err)
+		}
+	}
+}
+
+// audit list --public-key checks with the key it pins, as --verify does:
+// a key that is no key fails, where it was ignored without --verify.
+func TestAPinnedAuditKeyImpliesVerify(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), ".custos-dev")
+	addr, stop := startDev(t, dir)
+	defer stop()
+	cli(t, dir, addr, "tenant", "create", "acme")
+	_, _, err := runCLI(t, "audit", "list", "--tenant", "acme", "--public-key", "not-a-key", "--addr", addr,
+		"--ca", filepath.Join(dir, "ca.pem"), "--cert", filepath.Join(dir, "client.pem"), "--key", filepath.Join(dir, "client-key.pem"))
+	if err == nil || !strings.Contains(err.Error(), "--public-key") {
+		t.Fatalf("audit list with a malformed pinned key and no --verify: %v, want it refused", err)
+	}
+}
+
+// password hash reading a pipe that never closes (a stdin inherited from a
+// script) gives up at --timeout with exit 7: the timeout waits only for a
+// person typing at a terminal.
+func TestPasswordFromAPipeThatNeverClosesTimesOut(t *testing.T) {
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	defer pw.Close()
+	dir := filepath.Join(t.TempDir(), ".custos-dev")
+	if _, err := prepareDev(dir); err != nil {
+		t.Fatal(err)
+	}
+	cmd := newRootCmd()
+	cmd.SetIn(pr)
+	cmd.SetOut(&bytes.Buffer{})
+	cmd.SetErr(&bytes.Buffer{})
+	cmd.SetArgs([]string{"password", "hash", "tenants/a/keys/pw", "--timeout", "200ms", "--addr", "127.0.0.1:1", "--dev-dir", dir})
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(t.Context()) }()
+	select {
+	case err := <-done:
+		if code := exitCode(err); code != exitUnavailable {
+			t.Fatalf("%v (exit %d), want exit %d", err, code, exitUnavailable)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("password hash waited for a pipe that never closes past --timeout")
 	}
 }

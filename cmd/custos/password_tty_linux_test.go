@@ -50,7 +50,7 @@ func TestAPasswordTypedAtATerminalIsNotEchoed(t *testing.T) {
 	cmd.SetContext(t.Context())
 	done := make(chan []byte, 1)
 	go func() {
-		pw, err := readPassword(cmd)
+		pw, err := readPassword(cmd, 0)
 		if err != nil {
 			t.Error(err)
 		}
@@ -95,7 +95,7 @@ func TestAPasswordTypedAtATerminalIsNotEchoed(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	cmd.SetContext(ctx)
 	errc := make(chan error, 1)
-	go func() { _, err := readPassword(cmd); errc <- err }()
+	go func() { _, err := readPassword(cmd, 0); errc <- err }()
 	time.Sleep(50 * time.Millisecond)
 	cancel()
 	if err := <-errc; !errors.Is(err, context.Canceled) {

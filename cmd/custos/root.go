@@ -18,7 +18,7 @@ func newRootCmd() *cobra.Command {
 	}
 	root.Version = buildVersion()
 	// Flag errors (unknown, malformed) exit with the usage code.
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{flagError(err)} })
 	root.AddCommand(newServeCmd(), newDevCmd(), newRootAdminCmd(), newBenchCmd(), newAuditCmd(), newBackupCmd(), newRestoreCmd())
 	addAdminCommands(root)
 	root.InitDefaultCompletionCmd() // cobra would add it at Execute, after the walk below
@@ -69,4 +69,15 @@ func buildVersion() string {
 		}
 	}
 	return v
+}
+
+// flagError is a flag parsing error that repeats no argument: a value that
+// starts with "-" (a token, a plaintext) is read as flags, and pflag's
+// message would quote it.
+func flagError(err error) error {
+	msg := err.Error()
+	if strings.HasPrefix(msg, "unknown shorthand flag") || strings.HasPrefix(msg, "unknown flag") {
+		return errors.New("an argument that starts with '-' is no flag of this command (put -- before a value that starts with '-', e.g. custos encrypt NAME -- -value)")
+	}
+	return err
 }

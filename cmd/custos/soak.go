@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"text/tabwriter"
@@ -56,7 +57,7 @@ See docs/operations.md for this machine's figures.`,
 				return usageErr(cmd, fmt.Errorf("--sample %v: want a positive duration no longer than --duration (%v)", sampleEv, duration))
 			}
 			if c.output != "text" && c.output != "json" {
-				return usageErr(cmd, fmt.Errorf("-o %q: want text or json", c.output))
+				return usageErr(cmd, errors.New("-o: want text or json"))
 			}
 			progress := cmd.ErrOrStderr()
 			c.applyDevDir(cmd)
