@@ -30,17 +30,18 @@
 //
 // A rule may limit the calls of the identities it matches:
 //
-//   - name: billing
-//     identities: ["spiffe://example.org/billing/*"]
-//     tenants: ["acme"]
-//     permissions: [encrypt, decrypt]
-//     rate_limits:
-//   - requests_per_second: 200   # tokens added per second (> 0)
-//     burst: 400                 # bucket size (≥ 1)
-//   - class: hashing             # only HashPassword/VerifyPassword
-//     requests_per_second: 5
-//     burst: 10
-//     per_tenant: true           # a bucket per identity and tenant
+//	rules:
+//	  - name: billing
+//	    identities: ["spiffe://example.org/billing/*"]
+//	    tenants: ["acme"]
+//	    permissions: [encrypt, decrypt]
+//	    rate_limits:
+//	      - requests_per_second: 200   # tokens added per second (> 0)
+//	        burst: 400                 # bucket size (≥ 1)
+//	      - class: hashing             # only HashPassword/VerifyPassword
+//	        requests_per_second: 5
+//	        burst: 10
+//	        per_tenant: true           # a bucket per identity and tenant
 //
 // Each limit is a token bucket per identity (or per identity and tenant with
 // per_tenant). A call is limited by every limit of every rule whose
@@ -102,7 +103,7 @@ const (
 	KeysWrite    Permission = "keys.write"    // CreateKey, UpdateKey, key version state changes
 	KeysRotate   Permission = "keys.rotate"   // RotateKey
 	TenantsAdmin Permission = "tenants.admin" // Create/Get/List/Delete/UndeleteTenant
-	AuditRead    Permission = "audit.read"    // ListAuditEvents
+	AuditRead    Permission = "audit.read"    // ListAuditEvents, GetAuditCheckpoint
 
 	// All, written "*" in a policy file, grants every permission above. It
 	// is not itself a permission to check: Allowed(…, All) is always false.
