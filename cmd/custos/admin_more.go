@@ -376,6 +376,9 @@ func readPassword(cmd *cobra.Command, timeout time.Duration) ([]byte, error) {
 		}
 		b, err = readStdinUntil(ctx, cmd, 4097)
 		cancel()
+		if errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("no password on standard input within --timeout: %w", err)
+		}
 	}
 	if err != nil {
 		return nil, err

@@ -134,6 +134,9 @@ func newAuditCmd() *cobra.Command {
 			ctx, parent := cmd.Context(), tenantName(tenant)
 			pv, err := newPageVerifier(cmd, func() (context.Context, context.CancelFunc) { return c.callContext(cmd) }, cl, parent, publicKey, verify)
 			if err != nil {
+				if stoppedByInterrupt(ctx, err) {
+					return nil // Ctrl-C while fetching the key
+				}
 				return err
 			}
 			f := filter(tailSince)
@@ -152,7 +155,7 @@ func newAuditCmd() *cobra.Command {
 					return err
 				}
 				if err := pv.check(page); err != nil {
-					if ctx.Err() != nil {
+					if stoppedByInterrupt(ctx, err) {
 						return nil // Ctrl-C, during the check as between polls
 					}
 					return err
@@ -465,3 +468,10 @@ func readBounded(path string, max int) ([]byte, error) {
 // maxKeptCheckpoint bounds a kept checkpoint file (a signed note of a few
 // lines).
 const maxKeptCheckpoint = 64 << 10
+
+// stoppedByInterrupt reports whether err is a call cut short by the user's
+// interrupt (ctx is the command's, which Ctrl-C ends), not a failure met
+// as it came, such as a verification finding.
+func stoppedByInterrupt(ctx context.Context, err error) bool {
+	return ctx.Err() != nil && errors.Is(err, context.Canceled)
+}

@@ -229,7 +229,7 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 		}
 	}
 	if f.output != "text" && f.output != "json" {
-		return usageErr(cmd, fmt.Errorf("--output %q: want text or json", f.output))
+		return usageErr(cmd, errors.New("--output: want text or json"))
 	}
 	switch {
 	case f.duration <= 0:

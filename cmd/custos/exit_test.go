@@ -218,6 +218,8 @@ func TestAFlagErrorDoesNotRepeatTheArgument(t *testing.T) {
 		{"encrypt", "tenants/a/keys/k", "-Zs3cretvalue", "--no-ad"},
 		{"encrypt", "tenants/a/keys/k", "--s3cretvalue", "--no-ad"},
 		{"encrypt", "tenants/a/keys/k", "-os3cretvalue", "--no-ad", "--addr", "127.0.0.1:1"},
+		{"encrypt", "tenants/a/keys/k", "-----BEGIN s3cret-----", "--no-ad"},
+		{"encrypt", "tenants/a/keys/k", "--=s3cretvalue", "--no-ad"},
 	} {
 		out, errOut, err := runCLI(t, args...)
 		if err == nil || exitCode(err) != exitUsage {

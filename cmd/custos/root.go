@@ -76,8 +76,10 @@ func buildVersion() string {
 // message would quote it.
 func flagError(err error) error {
 	msg := err.Error()
-	if strings.HasPrefix(msg, "unknown shorthand flag") || strings.HasPrefix(msg, "unknown flag") {
-		return errors.New("an argument that starts with '-' is no flag of this command (put -- before a value that starts with '-', e.g. custos encrypt NAME -- -value)")
+	for _, p := range []string{"unknown shorthand flag", "unknown flag", "bad flag syntax"} {
+		if strings.HasPrefix(msg, p) {
+			return errors.New("an argument that starts with '-' is no flag of this command (--help lists its flags; a value that starts with '-' goes after --)")
+		}
 	}
 	return err
 }

@@ -1523,3 +1523,33 @@ type syncBuf struct {
 
 func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
 func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+// slowWriter takes a millisecond per write: a collector that keeps up with
+// less than the export's rate.
+type slowWriter struct{}
+
+func (slowWriter) Write(p []byte) (int, error) { time.Sleep(time.Millisecond); return len(p), nil }
+
+// Under steady overload (a slow reader, not a stalled one) the drops are
+// one run, logged once: each write that freed a slot started a new run.
+func TestExportDropsUnderSteadyOverloadAreLoggedOnce(t *testing.T) {
+	var logs syncBuf
+	exp := audit.NewExporter(audit.ExportConfig{Path: "-", Stdout: slowWriter{}, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	batch := []*custosv1.AuditEvent{event("a", 1)}
+	stop := time.Now().Add(500 * time.Millisecond)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for time.Now().Before(stop) {
+				exp.Write(batch)
+			}
+		})
+	}
+	wg.Wait()
+	if n := strings.Count(logs.String(), "cannot keep up"); n > 2 || exp.Dropped() == 0 {
+		t.Fatalf("%d log lines for one run of drops (%d dropped), want 1", n, exp.Dropped())
+	}
+	if err := exp.Close(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -156,7 +156,9 @@ func (e *Exporter) write(events []*custosv1.AuditEvent) {
 		return
 	}
 	e.failed = false
-	e.dropping.Store(false) // the next drop is a new episode, logged again
+	if len(e.queue) == 0 {
+		e.dropping.Store(false) // caught up: the next drop is a new run, logged again
+	}
 }
 
 // Close writes what is queued and closes the export file. Call it after

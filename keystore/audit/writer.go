@@ -545,8 +545,9 @@ func (w *Writer) ShipOnce(ctx context.Context) error {
 	if len(w.pending) > 0 {
 		release = w.pending[0].seg
 	}
+	wasOn := w.spool.syncErr == nil
 	if err := w.spool.release(release); err != nil {
-		if w.spool.syncErr != nil {
+		if wasOn && w.spool.syncErr != nil { // this release switched it off
 			w.logger.Error("AUDIT SPOOL OFF: emptying the shipped spool failed and no new segment could be made; every later batch the spool would take fails closed (or, with audit.fail_open, loses its events) until the server restarts; with bbolt that is every call", "error", err.Error())
 		}
 		return err
