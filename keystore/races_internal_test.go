@@ -1063,11 +1063,7 @@ func TestARefusedKeyDoesNotServeAgainInALaterOutage(t *testing.T) {
 	ref, _ := setupRotated(t, b)
 	other := secondKey(t, b, ref)
 	a, offset := clockedReplica(t, hs, rt)
-	for _, r := range []KeyRef{ref, other} {
-		if _, _, err := a.Encrypt(ctx, r, []byte("cached"), nil); err != nil {
-			t.Fatal(err)
-		}
-	}
+	cacheKeys(t, a, ref, other)
 	if _, err := b.DeleteTenant(ctx, ref.Tenant, 24*time.Hour); err != nil {
 		t.Fatal(err)
 	}
@@ -1079,6 +1075,16 @@ func TestARefusedKeyDoesNotServeAgainInALaterOutage(t *testing.T) {
 	for _, r := range []KeyRef{ref, other} { // the tenant's other key too
 		if _, _, err := a.Encrypt(ctx, r, []byte("x"), nil); err == nil {
 			t.Fatalf("%s, of a tenant found deleted, encrypted again once the storage went down", r)
+		}
+	}
+}
+
+// cacheKeys encrypts once with each key, so that s caches it.
+func cacheKeys(t *testing.T, s *Service, refs ...KeyRef) {
+	t.Helper()
+	for _, r := range refs {
+		if _, _, err := s.Encrypt(context.Background(), r, []byte("cached"), nil); err != nil {
+			t.Fatal(err)
 		}
 	}
 }
@@ -1101,11 +1107,7 @@ func TestAKEKTheRootRefusedDoesNotServeAgainInALaterOutage(t *testing.T) {
 	ref, _ := setupRotated(t, b)
 	other := secondKey(t, b, ref)
 	a, offset := clockedReplica(t, hs, rt)
-	for _, r := range []KeyRef{ref, other} {
-		if _, _, err := a.Encrypt(ctx, r, []byte("cached"), nil); err != nil {
-			t.Fatal(err)
-		}
-	}
+	cacheKeys(t, a, ref, other)
 	offset.Add(int64(2 * time.Minute)) // past the TTL
 	rt.denied.Store(true)
 	if _, _, err := a.Encrypt(ctx, ref, []byte("x"), nil); err == nil || errors.Is(err, ErrUnavailable) {
@@ -1262,11 +1264,7 @@ func TestATenantFoundGoneOnARecheckVoidsAllItsKeys(t *testing.T) {
 			a, b, hs, _ := twoReplicas(t)
 			ref, _ := setupRotated(t, b)
 			other := secondKey(t, b, ref)
-			for _, r := range []KeyRef{ref, other} {
-				if _, _, err := a.Encrypt(ctx, r, []byte("cached"), nil); err != nil {
-					t.Fatal(err)
-				}
-			}
+			cacheKeys(t, a, ref, other)
 			if _, err := b.DeleteTenant(ctx, ref.Tenant, 0); err != nil {
 				t.Fatal(err)
 			}

@@ -144,21 +144,9 @@ func TestBackupOfARunningServerRestoresIntoPostgreSQL(t *testing.T) {
 
 // A server does not start on a store whose restore did not finish.
 func TestAServerRefusesAHalfRestoredStore(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), ".custos-dev")
-	cfg, err := prepareDev(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := bbolt.Open(cfg.Storage.Bbolt.Path, bbolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Put(t.Context(), backup.MarkerKey, []byte("0123"), 0); err != nil {
-		t.Fatal(err)
-	}
-	s.Close()
+	_, cfg := halfRestoredDev(t)
 	cfg.Listen, cfg.Ops.Listen = "127.0.0.1:0", "off"
-	err = serve(t.Context(), cfg, &syncBuffer{}, nil, func(net.Addr, net.Addr) {})
+	err := serve(t.Context(), cfg, &syncBuffer{}, nil, func(net.Addr, net.Addr) {})
 	if err == nil || !strings.Contains(err.Error(), "unfinished restore") {
 		t.Fatalf("serve on a half-restored store: %v", err)
 	}
@@ -370,19 +358,7 @@ func TestARestoreFromStandardInputStopsWithTheCommand(t *testing.T) {
 // 6): running the restore again would put the backup's wrappings, under
 // the older root version, back over what it re-wrapped.
 func TestRootRewrapRefusesAHalfRestoredStore(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), ".custos-dev")
-	cfg, err := prepareDev(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := bbolt.Open(cfg.Storage.Bbolt.Path, bbolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Put(t.Context(), backup.MarkerKey, []byte("0123"), 0); err != nil {
-		t.Fatal(err)
-	}
-	s.Close()
+	dir, _ := halfRestoredDev(t)
 	out, err := runMainErr(t, "root", "rewrap", "--config", filepath.Join(dir, "custos.yaml"))
 	if err == nil {
 		t.Fatalf("root rewrap of a half-restored store succeeded:\n%s", out)
@@ -411,4 +387,24 @@ func TestAPostgresServerWithoutASpoolDirectoryDoesNotStart(t *testing.T) {
 	if !strings.Contains(err.Error(), "audit.spool") {
 		t.Fatalf("the start failed with %v, want an error naming audit.spool", err)
 	}
+}
+
+// halfRestoredDev prepares a custos dev directory whose bbolt store holds
+// an unfinished restore's marker.
+func halfRestoredDev(t *testing.T) (dir string, cfg *config.Config) {
+	t.Helper()
+	dir = filepath.Join(t.TempDir(), ".custos-dev")
+	cfg, err := prepareDev(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := bbolt.Open(cfg.Storage.Bbolt.Path, bbolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Put(t.Context(), backup.MarkerKey, []byte("0123"), 0); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	return dir, cfg
 }

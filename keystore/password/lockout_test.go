@@ -265,18 +265,7 @@ func TestLockoutAnAttemptFromAnEndedWindowFreesNoSlotInTheNext(t *testing.T) {
 	pool := workpool.New(1, 64)
 	t.Cleanup(pool.Close)
 	ks := lf.openPasswordService(t, password.Config{Now: lf.clock.Now, Pool: pool})
-	block := make(chan struct{})
-	blocked := make(chan error, 1)
-	holding := make(chan struct{})
-	go func() { blocked <- pool.Do(context.Background(), func() { close(holding); <-block }) }()
-	t.Cleanup(func() { close(block); <-blocked })
-	select {
-	case <-holding:
-	case err := <-blocked:
-		t.Fatalf("the task holding the pool's worker: %v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("the pool never ran the task holding its worker")
-	}
+	holdWorker(t, pool)
 	waitQueued := func(n int) {
 		t.Helper()
 		deadline := time.Now().Add(10 * time.Second)
@@ -334,15 +323,7 @@ func TestLockoutGuessesStraddlingAWindowsEndStillCount(t *testing.T) {
 	pool := workpool.New(1, 64)
 	t.Cleanup(pool.Close)
 	ks := lf.openPasswordService(t, password.Config{Now: lf.clock.Now, Pool: pool})
-	block := make(chan struct{})
-	holding := make(chan struct{})
-	blocked := make(chan error, 1)
-	go func() { blocked <- pool.Do(context.Background(), func() { close(holding); <-block }) }()
-	select {
-	case <-holding:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the pool never ran the task holding its worker")
-	}
+	release := holdWorker(t, pool)
 	early := make(chan error, 2)
 	for range 2 {
 		go func() { _, err := lf.try2(context.Background(), ks, subjectAlice, "guess"); early <- err }()
@@ -363,8 +344,7 @@ func TestLockoutGuessesStraddlingAWindowsEndStillCount(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	close(block)
-	<-blocked
+	release()
 	for range 2 {
 		if err := <-early; err != nil {
 			t.Fatal(err)
@@ -385,16 +365,7 @@ func TestLockoutAnAbandonedVerificationLeavesNoRecord(t *testing.T) {
 	pool := workpool.New(1, 0)
 	t.Cleanup(pool.Close)
 	ks := lf.openPasswordService(t, password.Config{Now: lf.clock.Now, Pool: pool})
-	block := make(chan struct{})
-	blocked := make(chan error, 1)
-	holding := make(chan struct{})
-	go func() { blocked <- pool.Do(context.Background(), func() { close(holding); <-block }) }()
-	t.Cleanup(func() { close(block); <-blocked })
-	select {
-	case <-holding:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the pool never ran the task holding its worker")
-	}
+	holdWorker(t, pool)
 	for i := range 5 {
 		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 		_, _, err := ks.Verify(ctx, lf.ref, []byte("guess"), lf.hash[subjectAlice], fmt.Sprintf("subject-%d", i))
@@ -421,15 +392,7 @@ func TestLockoutGuessesInFlightAcrossAMatchStillCount(t *testing.T) {
 	pool := workpool.New(1, 64)
 	t.Cleanup(pool.Close)
 	guesser := lf.openPasswordService(t, password.Config{Now: lf.clock.Now, Pool: pool})
-	block := make(chan struct{})
-	blocked := make(chan error, 1)
-	holding := make(chan struct{})
-	go func() { blocked <- pool.Do(context.Background(), func() { close(holding); <-block }) }()
-	select {
-	case <-holding:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the pool never ran the task holding its worker")
-	}
+	release := holdWorker(t, pool)
 	done := make(chan error, 2)
 	for range 2 {
 		go func() { _, err := lf.try(guesser, subjectAlice, "guess"); done <- err }()
@@ -442,8 +405,7 @@ func TestLockoutGuessesInFlightAcrossAMatchStillCount(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	lf.mustMatch(t, lf.ks, subjectAlice) // another replica: the count resets
-	close(block)
-	<-blocked
+	release()
 	for range 2 {
 		if err := <-done; err != nil {
 			t.Fatalf("a guess: %v", err)
@@ -451,4 +413,24 @@ func TestLockoutGuessesInFlightAcrossAMatchStillCount(t *testing.T) {
 	}
 	lf.mustFail(t, subjectAlice) // the third failure since the two in flight
 	lf.mustBeLocked(t, lf.ks, subjectAlice)
+}
+
+// holdWorker runs a task that holds the pool's only worker until release
+// is called (or the test ends), once the worker runs it.
+func holdWorker(t *testing.T, pool *workpool.Pool) (release func()) {
+	t.Helper()
+	block, holding := make(chan struct{}), make(chan struct{})
+	blocked := make(chan error, 1)
+	go func() { blocked <- pool.Do(context.Background(), func() { close(holding); <-block }) }()
+	var once sync.Once
+	release = func() { once.Do(func() { close(block); <-blocked }) }
+	t.Cleanup(release)
+	select {
+	case <-holding:
+	case err := <-blocked:
+		t.Fatalf("the task holding the pool's worker: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the pool never ran the task holding its worker")
+	}
+	return release
 }
