@@ -80,14 +80,15 @@ func run(ctx context.Context, out io.Writer, addr, dev, pgURL string, n int) err
 		return err
 	}
 	piiName, idxName := client.KeyName("acme", pii), client.KeyName("acme", idx)
-	fields := c.Envelope(piiName, client.EnvelopeOptions{}).Fields()
+	env := c.Envelope(piiName, client.EnvelopeOptions{})
+	fields := env.Fields()
 
 	// 1. Insert: fields sealed locally, the blind index from the service.
 	start := time.Now()
 	rows := make([][]any, n)
 	err = parallel(ctx, n, func(ctx context.Context, i int) error {
 		id := fmt.Sprint(i)
-		email := fmt.Sprintf("customer%d@example.com", i)
+		email := emailOf(i)
 		ct, err := fields.Encrypt(ctx, id, client.Fields{"email": []byte(email), "iban": []byte(fmt.Sprintf("DE89%018d", i))})
 		if err != nil {
 			return err
@@ -108,7 +109,7 @@ func run(ctx context.Context, out io.Writer, addr, dev, pgURL string, n int) err
 	fmt.Fprintf(out, "inserted %d customers with encrypted email and IBAN in %v\n", n, time.Since(start).Round(time.Millisecond))
 
 	lookup := func(when string) error {
-		email := fmt.Sprintf("customer%d@example.com", n/2)
+		email := emailOf(n / 2)
 		_, query, err := c.BlindIndexValues(ctx, idxName, []byte(email))
 		if err != nil {
 			return err
@@ -124,7 +125,11 @@ func run(ctx context.Context, out io.Writer, addr, dev, pgURL string, n int) err
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(out, "%s: found customer %d by email through %d index value(s): %s, %s\n", when, id, len(query), pt["email"], pt["iban"])
+		if string(pt["email"]) != email {
+			return fmt.Errorf("%s: customer %d's email does not decrypt to the one looked up", when, id)
+		}
+		// Not the values: what a service prints ends up in logs.
+		fmt.Fprintf(out, "%s: found customer %d by email through %d index value(s); email and IBAN decrypted\n", when, id, len(query))
 		return nil
 	}
 	if err := lookup("lookup"); err != nil {
@@ -143,6 +148,11 @@ func run(ctx context.Context, out io.Writer, addr, dev, pgURL string, n int) err
 		primary[name] = k.PrimaryVersion
 	}
 	fmt.Fprintf(out, "rotated pii to version %d and email-idx to version %d\n", primary[piiName], primary[idxName])
+	// Writers seal with the data key they hold until its MaxAge (5 min):
+	// before the rewrap, every writer purges it (here, the one writer) or
+	// the rewrap waits MaxAge, so that no row is written under the old
+	// version behind the rewrap's back (docs/client.md).
+	env.Purge()
 	if err := lookup("after rotation"); err != nil {
 		return err
 	}
@@ -154,41 +164,22 @@ func run(ctx context.Context, out io.Writer, addr, dev, pgURL string, n int) err
 	var rewrapped int64
 	var mu sync.Mutex
 	err = parallel(ctx, n, func(ctx context.Context, i int) error {
-		id := fmt.Sprint(i)
-		var e, b []byte
-		if err := db.QueryRow(ctx, `SELECT email, iban FROM custos_example_customers WHERE id = $1`, int64(i)).Scan(&e, &b); err != nil {
-			return err
-		}
-		res, err := c.RewrapBatch(ctx, piiName, []client.RewrapItem{
-			{Ciphertext: e, AssociatedData: client.AssociatedData(id, "email")},
-			{Ciphertext: b, AssociatedData: client.AssociatedData(id, "iban")},
-		})
-		if err != nil {
-			return err
-		}
-		for _, r := range res {
-			if r.Err != nil {
-				return r.Err
+		// A row changed by its service between the read and the write
+		// (the write checks) is read and rewrapped again; one that keeps
+		// changing stops the job before the old version is retired.
+		for range 3 {
+			moved, err := rewrapRow(ctx, db, c, fields, piiName, idxName, i)
+			if err != nil {
+				return err
+			}
+			if moved {
+				mu.Lock()
+				rewrapped++
+				mu.Unlock()
+				return nil
 			}
 		}
-		pt, err := fields.Decrypt(ctx, id, client.Fields{"email": res[0].Ciphertext})
-		if err != nil {
-			return err
-		}
-		store, _, err := c.BlindIndexValues(ctx, idxName, pt["email"])
-		if err != nil {
-			return err
-		}
-		// Only if the row is still what was read: a concurrent change of
-		// the customer wins over the rewrap (run it again for that row).
-		if _, err := db.Exec(ctx, `UPDATE custos_example_customers SET email = $2, iban = $3, email_idx = $4 WHERE id = $1 AND email = $5 AND iban = $6`,
-			int64(i), res[0].Ciphertext, res[1].Ciphertext, store, e, b); err != nil {
-			return err
-		}
-		mu.Lock()
-		rewrapped++
-		mu.Unlock()
-		return nil
+		return fmt.Errorf("customer %d changed during each of 3 rewraps: run the rewrap again before retiring the old version", i)
 	})
 	if err != nil {
 		return err
@@ -220,6 +211,48 @@ func ensureKeys(ctx context.Context, c *client.Client) error {
 
 // parallel runs fn for 0…n-1, 16 at a time, and returns the first error;
 // after one, no more are started and fn's context is cancelled.
+// emailOf is customer i's email.
+func emailOf(i int) string { return fmt.Sprintf("customer%d@example.com", i) }
+
+// rewrapRow moves customer i's fields and blind index to the keys' primary
+// versions. It reports false, writing nothing, when the row changed after
+// it was read (its service wrote it meanwhile): the caller reads it again.
+func rewrapRow(ctx context.Context, db *pgxpool.Pool, c *client.Client, fields *client.FieldCipher, piiName, idxName string, i int) (bool, error) {
+	id := fmt.Sprint(i)
+	var e, b []byte
+	if err := db.QueryRow(ctx, `SELECT email, iban FROM custos_example_customers WHERE id = $1`, int64(i)).Scan(&e, &b); err != nil {
+		return false, err
+	}
+	res, err := c.RewrapBatch(ctx, piiName, []client.RewrapItem{
+		{Ciphertext: e, AssociatedData: client.AssociatedData(id, "email")},
+		{Ciphertext: b, AssociatedData: client.AssociatedData(id, "iban")},
+	})
+	if err != nil {
+		return false, err
+	}
+	for _, r := range res {
+		if r.Err != nil {
+			return false, r.Err
+		}
+	}
+	pt, err := fields.Decrypt(ctx, id, client.Fields{"email": res[0].Ciphertext})
+	if err != nil {
+		return false, err
+	}
+	store, _, err := c.BlindIndexValues(ctx, idxName, pt["email"])
+	if err != nil {
+		return false, err
+	}
+	// Only if the row is still what was read: a concurrent change of the
+	// customer wins over the rewrap.
+	tag, err := db.Exec(ctx, `UPDATE custos_example_customers SET email = $2, iban = $3, email_idx = $4 WHERE id = $1 AND email = $5 AND iban = $6`,
+		int64(i), res[0].Ciphertext, res[1].Ciphertext, store, e, b)
+	if err != nil {
+		return false, err
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
 func parallel(ctx context.Context, n int, fn func(context.Context, int) error) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(16)
