@@ -2,10 +2,12 @@ package keystore
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"github.com/custos-kms/custos/envelope"
 	"strings"
 	"time"
+
+	"github.com/custos-kms/custos/envelope"
 )
 
 // reloadWindow bounds how far past the newest known version a ciphertext may
@@ -151,8 +153,14 @@ func (s *Service) entryKnowing(ctx context.Context, e *keyEntry, v uint32) (*key
 	if last := e.missed.Load(); last != 0 && now.Sub(time.Unix(0, last)) < time.Second {
 		return nil, ErrInvalidCiphertext
 	}
+	if last := e.reloadFailed.Load(); last != 0 && now.Sub(time.Unix(0, last)) < time.Second {
+		return nil, fmt.Errorf("%w: key %s could not be reloaded for version %d within the last second", ErrUnavailable, e.ref, v)
+	}
 	fresh, err := s.m.loadKey(ctx, e.ref)
 	if err != nil {
+		if errors.Is(err, ErrUnavailable) && ctx.Err() == nil {
+			e.reloadFailed.Store(now.UnixNano())
+		}
 		return nil, err
 	}
 	if _, ok := fresh.rec.version(v); !ok {

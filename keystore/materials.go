@@ -85,6 +85,10 @@ type keyEntry struct {
 	// missed is when (unix ns) a reload last failed to find a version a
 	// ciphertext named; another reload for an unknown version waits a second.
 	missed atomic.Int64
+	// reloadFailed is when (unix ns) such a reload last could not be
+	// made (the storage or the root unreachable): the next is tried a
+	// second later, not on every call naming an unknown version.
+	reloadFailed atomic.Int64
 	// suspect is set when a change may have been missed (the storage's
 	// watch began again): the entry serves again only once the records it
 	// was built from are read back unchanged, or while that read fails.
