@@ -159,7 +159,7 @@ func (s *Service) entryKnowing(ctx context.Context, e *keyEntry, v uint32) (*key
 	fresh, err := s.m.loadKey(ctx, e.ref)
 	if err != nil {
 		if errors.Is(err, ErrUnavailable) && ctx.Err() == nil {
-			e.reloadFailed.Store(now.UnixNano())
+			e.reloadFailed.Store(s.now().UnixNano()) // when it failed: a load may take up to its timeout
 		}
 		return nil, err
 	}

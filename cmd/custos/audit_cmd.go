@@ -149,7 +149,7 @@ func newAuditCmd() *cobra.Command {
 				page, err := cl.ListAuditEvents(cctx, parent, f)
 				cancel()
 				if err != nil {
-					if ctx.Err() != nil {
+					if stoppedByInterrupt(ctx, err) {
 						return nil
 					}
 					return err

@@ -17,6 +17,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -25,7 +26,7 @@ import (
 	"log"
 	"os"
 	"path/filepath"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -161,30 +162,49 @@ func run(ctx context.Context, out io.Writer, addr, dev, pgURL string, n int) err
 	// field's data key under version 2 (the bulk stays), and the blind
 	// index is stored again under version 2.
 	start = time.Now()
-	var rewrapped int64
-	var mu sync.Mutex
-	err = parallel(ctx, n, func(ctx context.Context, i int) error {
-		// A row changed by its service between the read and the write
-		// (the write checks) is read and rewrapped again; one that keeps
-		// changing stops the job before the old version is retired.
-		for range 3 {
-			moved, err := rewrapRow(ctx, db, c, fields, piiName, idxName, i)
-			if err != nil {
+	rewrapAll := func() (int64, error) {
+		var wrote atomic.Int64
+		err := parallel(ctx, n, func(ctx context.Context, i int) error {
+			// A row changed by its service between the read and the
+			// write (the write checks) is read and rewrapped again; one
+			// that keeps changing stops the job before the old version
+			// is retired.
+			for range 3 {
+				w, err := rewrapRow(ctx, db, c, fields, piiName, idxName, i)
+				if errors.Is(err, errRowChanged) {
+					continue
+				}
+				if w {
+					wrote.Add(1)
+				}
 				return err
 			}
-			if moved {
-				mu.Lock()
-				rewrapped++
-				mu.Unlock()
-				return nil
-			}
-		}
-		return fmt.Errorf("customer %d changed during each of 3 rewraps: run the rewrap again before retiring the old version", i)
-	})
+			return fmt.Errorf("customer %d changed during each of 3 rewraps: run the rewrap again before retiring the old version", i)
+		})
+		return wrote.Load(), err
+	}
+	rewrapped, err := rewrapAll()
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "rewrapped %d rows under pii version %d in %v (data keys re-wrapped, bulk unchanged)\n", rewrapped, primary[piiName], time.Since(start).Round(time.Millisecond))
+	// The check: a pass that writes nothing shows every row under the
+	// primary versions (a row written under the old ones behind the first
+	// pass, by a write in flight at the rotation, is moved by this one).
+	for pass := 1; ; pass++ {
+		moved, err := rewrapAll()
+		if err != nil {
+			return err
+		}
+		if moved == 0 {
+			fmt.Fprintln(out, "check: every row under the primary versions")
+			break
+		}
+		if pass == 3 {
+			return fmt.Errorf("%d rows were still written under the old versions in the third check: purge every writer's data keys first", moved)
+		}
+		fmt.Fprintf(out, "check: moved %d rows written under the old versions behind the pass before\n", moved)
+	}
 
 	// 4. Retire the old version of both keys: nothing needs it any more.
 	for _, name := range []string{piiName, idxName} {
@@ -209,18 +229,24 @@ func ensureKeys(ctx context.Context, c *client.Client) error {
 	return nil
 }
 
-// parallel runs fn for 0…n-1, 16 at a time, and returns the first error;
-// after one, no more are started and fn's context is cancelled.
 // emailOf is customer i's email.
 func emailOf(i int) string { return fmt.Sprintf("customer%d@example.com", i) }
 
+// errRowChanged: the row changed after it was read (its service wrote it
+// meanwhile); read it again.
+var errRowChanged = errors.New("the row changed while it was rewrapped")
+
 // rewrapRow moves customer i's fields and blind index to the keys' primary
-// versions. It reports false, writing nothing, when the row changed after
-// it was read (its service wrote it meanwhile): the caller reads it again.
+// versions, and reports whether it wrote the row: not when everything was
+// under them already (or the row is gone). errRowChanged: nothing written.
 func rewrapRow(ctx context.Context, db *pgxpool.Pool, c *client.Client, fields *client.FieldCipher, piiName, idxName string, i int) (bool, error) {
 	id := fmt.Sprint(i)
-	var e, b []byte
-	if err := db.QueryRow(ctx, `SELECT email, iban FROM custos_example_customers WHERE id = $1`, int64(i)).Scan(&e, &b); err != nil {
+	var e, b, idx []byte
+	err := db.QueryRow(ctx, `SELECT email, iban, email_idx FROM custos_example_customers WHERE id = $1`, int64(i)).Scan(&e, &b, &idx)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil // deleted by its service meanwhile: nothing left to move
+	}
+	if err != nil {
 		return false, err
 	}
 	res, err := c.RewrapBatch(ctx, piiName, []client.RewrapItem{
@@ -243,6 +269,9 @@ func rewrapRow(ctx context.Context, db *pgxpool.Pool, c *client.Client, fields *
 	if err != nil {
 		return false, err
 	}
+	if bytes.Equal(res[0].Ciphertext, e) && bytes.Equal(res[1].Ciphertext, b) && bytes.Equal(store, idx) {
+		return false, nil // under the primary versions already
+	}
 	// Only if the row is still what was read: a concurrent change of the
 	// customer wins over the rewrap.
 	tag, err := db.Exec(ctx, `UPDATE custos_example_customers SET email = $2, iban = $3, email_idx = $4 WHERE id = $1 AND email = $5 AND iban = $6`,
@@ -250,9 +279,14 @@ func rewrapRow(ctx context.Context, db *pgxpool.Pool, c *client.Client, fields *
 	if err != nil {
 		return false, err
 	}
-	return tag.RowsAffected() == 1, nil
+	if tag.RowsAffected() != 1 {
+		return false, errRowChanged
+	}
+	return true, nil
 }
 
+// parallel runs fn for 0…n-1, 16 at a time, and returns the first error;
+// after one, no more are started and fn's context is cancelled.
 func parallel(ctx context.Context, n int, fn func(context.Context, int) error) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(16)

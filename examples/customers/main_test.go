@@ -40,7 +40,7 @@ func TestRunAgainstARealServerAndPostgreSQL(t *testing.T) {
 		if err := runExample(t, srv, url, &out); err != nil {
 			t.Fatalf("run %d: %v\n%s", run+1, err, out.String())
 		}
-		for _, want := range []string{"inserted 10000 customers", "lookup: found customer 5000", versions, "after rotation: found customer 5000 by email through 2 index value(s)", "rewrapped 10000 rows", "after retiring the old versions"} {
+		for _, want := range []string{"inserted 10000 customers", "lookup: found customer 5000", versions, "after rotation: found customer 5000 by email through 2 index value(s)", "rewrapped 10000 rows", "check: every row under the primary versions", "after retiring the old versions"} {
 			if !strings.Contains(out.String(), want) {
 				t.Fatalf("run %d: output lacks %q:\n%s", run+1, want, out.String())
 			}
