@@ -166,8 +166,9 @@ func (s *Service) entryKnowing(ctx context.Context, e *keyEntry, v uint32) (*key
 	if _, ok := fresh.rec.version(v); !ok {
 		// Both: callers still holding e (a batch, a call in flight) are
 		// limited too, not only those that get fresh from the cache.
-		fresh.missed.Store(now.UnixNano())
-		e.missed.Store(now.UnixNano())
+		at := s.now().UnixNano() // after the reload, which may take a while
+		fresh.missed.Store(at)
+		e.missed.Store(at)
 		return fresh, ErrInvalidCiphertext
 	}
 	return fresh, nil
