@@ -158,6 +158,9 @@ func (s *Service) entryKnowing(ctx context.Context, e *keyEntry, v uint32) (*key
 	}
 	fresh, err := s.m.loadKey(ctx, e.ref)
 	if err != nil {
+		// A refusal (the tenant or key gone) voids what is cached, as
+		// when the cache's own refresh meets it.
+		err = s.m.refused(ctx, e.ref, e, err)
 		if errors.Is(err, ErrUnavailable) && ctx.Err() == nil {
 			e.reloadFailed.Store(s.now().UnixNano()) // when it failed: a load may take up to its timeout
 		}

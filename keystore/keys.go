@@ -81,7 +81,7 @@ func (s *Service) CreateKey(ctx context.Context, ref KeyRef, spec KeySpec) (Key,
 		}
 		return Key{}, storageErr("create key", err)
 	}
-	s.m.noteWrite(ref, ver)
+	s.m.noteVersion(ref, ver)
 	s.noteKeyDue(ctx, ref, rec)
 	if prim, err := newPrimitives(rec.Purpose, h); err == nil {
 		s.m.put(gen, &keyEntry{ref: ref, rec: rec, prim: prim, ver: ver, tenantVer: tver})
@@ -227,7 +227,7 @@ func (s *Service) updateKey(ctx context.Context, ref KeyRef, op string, mutate f
 		if err != nil {
 			return storageErr(op, err)
 		}
-		s.m.noteWrite(ref, nver)
+		s.m.noteVersion(ref, nver)
 		s.noteKeyDue(ctx, ref, rec)
 		if prim, err := newPrimitives(rec.Purpose, nh); err == nil {
 			s.m.put(gen, &keyEntry{ref: ref, rec: rec, prim: prim, ver: nver, tenantVer: tver})

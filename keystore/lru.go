@@ -102,9 +102,10 @@ func (c *lru[K, V]) upsertIf(k K, v V, keep func(old V) bool, still func() bool)
 	c.putLocked(k, v)
 }
 
-// upsertKnown is upsert for a key that is present, or absent but for
-// which absent() holds (checked under the cache's lock): a marker that
-// would otherwise take a live entry's place goes only where it can matter.
+// upsertKnown is upsertIf (without its still) for a key that is present,
+// or absent but for which absent() holds (checked under the cache's lock):
+// a marker that would otherwise take a live entry's place goes only where
+// it can matter.
 func (c *lru[K, V]) upsertKnown(k K, v V, keep func(old V) bool, absent func() bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -23,7 +23,7 @@ import (
 // keys, cached (bounded, with a TTL and an outage grace), loaded once for
 // all concurrent callers (one storage read, one root unwrap), and kept
 // coherent with what other replicas write (apply) and with this replica's
-// own writes (noteWrite, invalidateTenant).
+// own writes (noteVersion, invalidateTenant).
 type materials struct {
 	records
 	root   root.Root
@@ -337,19 +337,13 @@ func (m *materials) newKeyEntry(ref KeyRef, rec *keyRecord, kek tink.AEAD) (*key
 	return &keyEntry{ref: ref, rec: rec, prim: prim}, nil
 }
 
-// noteWrite records that this replica wrote version ver of ref's record: from
-// now on no entry built from an older record can be cached (a load that read
-// before the write must not undo it), even if the caller's own put is
-// refused.
-func (m *materials) noteWrite(ref KeyRef, ver uint64) {
-	m.noteVersion(ref, ver)
-}
-
-// noteVersion records that version ver of ref's record exists: an older
-// entry, or an older record a load is still reading, can no longer be
-// cached. A key neither cached nor being read gets no record of it, which
-// would push a live entry out (every replica's count flush writes each key
-// it used).
+// noteVersion records that version ver of ref's record exists (written by
+// this replica, or by another as a change notice says): an older entry, or
+// an older record a load is still reading, can no longer be cached, even
+// if the writer's own put is refused. A key neither cached nor being read
+// gets no record of it, which would push a live entry out (every
+// replica's count flush writes each key it used): so every reader of a
+// key's records, writers included, counts itself with beginRead.
 func (m *materials) noteVersion(ref KeyRef, ver uint64) {
 	m.keys.upsertKnown(ref, &keyEntry{ref: ref, ver: ver}, func(old *keyEntry) bool { return old.ver >= ver },
 		func() bool { return m.isReading(ref) })
@@ -372,7 +366,7 @@ func (m *materials) countsWritten(ref KeyRef, old, nver uint64) {
 		return e, true
 	})
 	if !renamed {
-		m.noteWrite(ref, nver)
+		m.noteVersion(ref, nver)
 	}
 }
 

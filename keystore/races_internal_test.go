@@ -1314,3 +1314,25 @@ func TestUnknownVersionsDuringAnOutageReloadOnceASecond(t *testing.T) {
 		t.Fatalf("%d storage reads for 20 calls within a second, want at most one reload's", n)
 	}
 }
+
+// A reload for an unknown version that finds the tenant deleted (the watch
+// missed it) voids the tenant's cached keys, as the cache's own refresh
+// does: they served on, and again in a later outage.
+func TestAReloadForAnUnknownVersionThatFindsTheTenantGoneVoidsItsKeys(t *testing.T) {
+	ctx := context.Background()
+	a, b, hs, _ := twoReplicas(t)
+	ref, ct := setupRotated(t, b)
+	cacheKeys(t, a, ref)
+	if _, err := b.DeleteTenant(ctx, ref.Tenant, 24*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	forged := append([]byte(nil), ct...)
+	forged[4] = 3 // the version after the primary (2): a reload looks for it
+	if _, _, err := a.Decrypt(ctx, ref, forged, nil); !errors.Is(err, ErrTenantDeleted) {
+		t.Fatalf("the reload for an unknown version: %v, want ErrTenantDeleted", err)
+	}
+	hs.down.Store(true)
+	if _, _, err := a.Encrypt(ctx, ref, []byte("x"), nil); err == nil {
+		t.Fatal("the key of a tenant found deleted encrypted again once the storage went down")
+	}
+}

@@ -334,8 +334,8 @@ const streamWorkers = 256
 // flight at once; more wait for one to end.
 const MaxStreamsPerConnection = 1024
 
-// callFields are the fields Custos adds to a stream's log line: the
-// caller's identity.
+// callFields are the fields Custos adds to a stream's log line: its
+// request id and the caller's identity.
 func callFields(ctx context.Context) logging.Fields {
 	var f logging.Fields
 	if rid, ok := ctx.Value(requestIDKey{}).(string); ok {

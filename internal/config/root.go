@@ -174,11 +174,8 @@ func (r *Root) validate() []error {
 	case "vault":
 		v := r.Vault
 		need("address", v.Address)
-		if u, err := url.Parse(v.Address); v.Address != "" && (err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "") {
-			errs = append(errs, errors.New("root.vault.address must be an http(s) URL, e.g. https://vault.example.com:8200"))
-		} else if v.Address != "" && u.Scheme == "http" && !loopbackHost(u.Hostname()) {
-			// Tenant KEKs and the Vault token would cross the network in clear.
-			errs = append(errs, errors.New("root.vault.address: plain http is allowed only to a loopback address (a local Vault Agent); use https"))
+		if err := endpointErr("root.vault.address", v.Address, "https://vault.example.com:8200", "a local Vault Agent"); err != nil {
+			errs = append(errs, err)
 		}
 		need("key_name", v.KeyName)
 		notNegative("timeout", int64(v.Timeout))
@@ -204,13 +201,8 @@ func (r *Root) validate() []error {
 		need("key_id", r.AWSKMS.KeyID)
 		notNegative("max_attempts", int64(r.AWSKMS.MaxAttempts))
 		notNegative("timeout", int64(r.AWSKMS.Timeout))
-		if e := r.AWSKMS.Endpoint; e != "" {
-			if u, err := url.Parse(e); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-				errs = append(errs, errors.New("root.awskms.endpoint must be an http(s) URL, e.g. https://vpce-….kms.eu-west-1.vpce.amazonaws.com"))
-			} else if u.Scheme == "http" && !loopbackHost(u.Hostname()) {
-				// Tenant KEKs would cross the network in clear.
-				errs = append(errs, errors.New("root.awskms.endpoint: plain http is allowed only to a loopback address (a local emulator); use https"))
-			}
+		if err := endpointErr("root.awskms.endpoint", r.AWSKMS.Endpoint, "https://vpce-….kms.eu-west-1.vpce.amazonaws.com", "a local emulator"); err != nil {
+			errs = append(errs, err)
 		}
 	case "gcpkms":
 		need("key_name", r.GCPKMS.KeyName)
@@ -252,4 +244,22 @@ func loopbackHost(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// endpointErr checks a root's endpoint URL (empty: not set): http(s), with
+// a host, and plain http only to a loopback address (local names what
+// listens there), since tenant KEKs and credentials would cross the
+// network in clear.
+func endpointErr(field, endpoint, example, local string) error {
+	if endpoint == "" {
+		return nil
+	}
+	u, err := url.Parse(endpoint)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return fmt.Errorf("%s must be an http(s) URL, e.g. %s", field, example)
+	}
+	if u.Scheme == "http" && !loopbackHost(u.Hostname()) {
+		return fmt.Errorf("%s: plain http is allowed only to a loopback address (%s); use https", field, local)
+	}
+	return nil
 }
