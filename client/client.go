@@ -55,11 +55,16 @@ type Config struct {
 	TracerProvider trace.TracerProvider
 
 	// DialOptions are extra options for grpc.NewClient, such as
-	// interceptors or grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(n))
-	// for large batches. They cannot replace the mutual-TLS transport
+	// interceptors, or grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(n))
+	// for answers above DefaultMaxRecvMsgSize (a server whose message
+	// limit is raised). They cannot replace the mutual-TLS transport
 	// credentials.
 	DialOptions []grpc.DialOption
 }
+
+// DefaultMaxRecvMsgSize is the largest answer the client takes unless
+// DialOptions say otherwise: twice the server's default request limit.
+const DefaultMaxRecvMsgSize = 32 << 20
 
 // Client calls a Custos server. It is safe for concurrent use; share one per
 // server rather than making one per request.
@@ -97,7 +102,12 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	// could add retries to calls that must not repeat (RotateKey,
 	// CreateKey). One given in DialOptions (WithDefaultServiceConfig) is
 	// still used.
-	opts := append([]grpc.DialOption{grpc.WithDisableServiceConfig()}, cfg.DialOptions...)
+	//
+	// Answers may be larger than the 4 MiB gRPC takes by default: the
+	// server bounds requests (16 MiB by default), and a batch's answer can
+	// outgrow its request. A call the server served and recorded must not
+	// fail here; a MaxCallRecvMsgSize in DialOptions still wins.
+	opts := append([]grpc.DialOption{grpc.WithDisableServiceConfig(), grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(DefaultMaxRecvMsgSize))}, cfg.DialOptions...)
 	opts = append(opts,
 		grpc.WithStatsHandler(otelgrpc.NewClientHandler(traceOpts...)),
 		grpc.WithTransportCredentials(creds))

@@ -969,3 +969,30 @@ func TestACallInFlightWhenTheClientClosesIsCancelled(t *testing.T) {
 		t.Fatalf("a call cut off by Close: %v (code %v), want ErrClosed with CANCELLED, not ErrUnavailable", err, status.Code(err))
 	}
 }
+
+// A batch whose answer is above gRPC's default 4 MiB (the server bounds
+// requests, at 16 MiB by default) reaches the caller: with the default it
+// failed RESOURCE_EXHAUSTED here after the server had served it.
+func TestABatchAnswerAboveFourMiBIsReceived(t *testing.T) {
+	env := startEnv(t)
+	c := newClient(t, env)
+	ctx := t.Context()
+	if _, err := c.CreateTenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	k, err := c.CreateKey(ctx, client.TenantName("acme"), "pii", client.KeySpec{Purpose: client.PurposeEncrypt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	items := make([]client.EncryptItem, 600)
+	for i := range items {
+		items[i] = client.EncryptItem{Plaintext: make([]byte, 8<<10)}
+	}
+	res, err := c.EncryptBatch(ctx, k.Name, items)
+	if err != nil {
+		t.Fatalf("a batch of 600 × 8 KiB (an answer of about 5 MiB): %v", err)
+	}
+	if len(res) != len(items) || res[0].Err != nil {
+		t.Fatalf("%d results, first %v", len(res), res[0].Err)
+	}
+}

@@ -201,7 +201,9 @@ func (e *Error) GRPCStatus() *status.Status {
 // from its first google.rpc.ErrorInfo detail with domain ErrorDomain.
 func errorFromStatus(st *status.Status) *Error {
 	e := &Error{Code: st.Code(), Message: st.Message(), status: st}
-	if e.Code == codes.Unavailable && tlsRefusal(e.Message) {
+	// The client's own transport errors carry no details; the server's
+	// UNAVAILABLE carries its ErrorInfo and is never a TLS refusal.
+	if e.Code == codes.Unavailable && len(st.Details()) == 0 && tlsRefusal(e.Message) {
 		e.Code, e.status = codes.Unauthenticated, nil
 		return e
 	}

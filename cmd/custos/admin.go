@@ -103,11 +103,8 @@ const ownTimeout = "own-timeout"
 // run dials, runs f and closes the connection.
 func (c *conn) run(f func(cmd *cobra.Command, cl *client.Client, args []string) error) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, args []string) error {
-		switch c.output {
-		case "text", "json", "table":
-		default:
-			// Not quoted: "-oVALUE" sets it, and VALUE may be a secret.
-			return usageError{errors.New("-o: want text, json or table")}
+		if err := checkOutput(c.output); err != nil {
+			return err
 		}
 		if c.envErr != nil && !cmd.Flags().Changed("timeout") {
 			return c.envErr
@@ -440,4 +437,14 @@ func (c *conn) showTenants(cmd *cobra.Command, single bool, ts ...client.Tenant)
 		}
 	}
 	return nil
+}
+
+// checkOutput refuses an -o value other than text, json and table, without
+// repeating it: "-oVALUE" sets it, and VALUE may be a secret.
+func checkOutput(o string) error {
+	switch o {
+	case "text", "json", "table":
+		return nil
+	}
+	return usageError{errors.New("-o: want text, json or table")}
 }

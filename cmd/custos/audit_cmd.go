@@ -64,8 +64,8 @@ func newAuditCmd() *cobra.Command {
 			return nil
 		},
 		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, _ []string) error {
-			if output != "text" && output != "json" && output != "table" {
-				return usageError{errors.New("-o: want text, json or table")}
+			if err := checkOutput(output); err != nil {
+				return err
 			}
 			ctx, parent := cmd.Context(), tenantName(tenant)
 			pv, err := newPageVerifier(cmd, func() (context.Context, context.CancelFunc) { return c.callContext(cmd) }, cl, parent, publicKey, verify)
@@ -128,8 +128,8 @@ func newAuditCmd() *cobra.Command {
 			return nil
 		},
 		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, _ []string) error {
-			if output != "text" && output != "json" && output != "table" {
-				return usageError{errors.New("-o: want text, json or table")}
+			if err := checkOutput(output); err != nil {
+				return err
 			}
 			ctx, parent := cmd.Context(), tenantName(tenant)
 			pv, err := newPageVerifier(cmd, func() (context.Context, context.CancelFunc) { return c.callContext(cmd) }, cl, parent, publicKey, verify)
