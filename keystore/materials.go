@@ -226,7 +226,9 @@ func (m *materials) refused(ctx context.Context, ref KeyRef, cached *keyEntry, e
 		// Only when something of it is cached: calls naming a deleted
 		// tenant must not each cost a walk of the cache.
 		if _, _, kek := m.keks.get(ref.Tenant); cached != nil || kek {
-			m.dropTenant(ref.Tenant)
+			// With the generation moved on, as for a local deletion: a
+			// load in flight that read the tenant before caches nothing.
+			m.invalidateTenant(ref.Tenant)
 		}
 	} else if cached != nil {
 		m.forgetKey(cached)

@@ -2,6 +2,7 @@ package server
 
 import (
 	"net"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc/credentials"
@@ -36,8 +37,23 @@ func (c expiringCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.Auth
 	}
 	ec := &expiringConn{Conn: conn}
 	ec.timer = time.AfterFunc(time.Until(end), func() { _ = conn.Close() })
+	if sc, ok := conn.(syscall.Conn); ok {
+		// Kept visible, as credentials.NewTLS keeps it: gRPC reads the
+		// socket's options through it (channelz).
+		return expiringSyscallConn{ec, sc}, info, nil
+	}
 	return ec, info, nil
 }
+
+// expiringSyscallConn is an expiringConn over a connection that gives
+// access to its socket.
+type expiringSyscallConn struct {
+	*expiringConn
+	sc syscall.Conn
+}
+
+// SyscallConn implements syscall.Conn.
+func (c expiringSyscallConn) SyscallConn() (syscall.RawConn, error) { return c.sc.SyscallConn() }
 
 // Clone implements credentials.TransportCredentials.
 func (c expiringCreds) Clone() credentials.TransportCredentials {
