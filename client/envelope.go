@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/custos-kms/custos/envelope"
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 )
 
 // Local mode defaults (docs/client.md explains the choice).
@@ -125,7 +126,7 @@ var testHookInstall func(wrapped []byte)
 // MaxEnvelopePlaintext is the largest field local mode encrypts: the
 // service decrypts and rewraps envelopes up to its ciphertext limit, so
 // every envelope stays readable by polyglot callers.
-const MaxEnvelopePlaintext = 1 << 20
+const MaxEnvelopePlaintext = custosv1.MaxPlaintextBytes // the API's plaintext ceiling
 
 // fetchTimeout bounds a data-key call shared by concurrent callers (it does
 // not end with the first caller's context, nor outlast 30 s for a caller

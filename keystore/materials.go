@@ -136,8 +136,7 @@ func (m *materials) activeTenant(ctx context.Context, tenant string) (tink.AEAD,
 				// before the refusal no longer serves, not in a later
 				// root outage either.
 				m.failed.put(tenant, &failedUnwrap{err: err, created: rec.CreateTime, wrapped: rec.WrappedKEK})
-				m.keks.removeValue(tenant, nil, func(old, _ *kekEntry) bool { return old.created.Equal(rec.CreateTime) })
-				m.keys.removeIf(func(r KeyRef) bool { return r.Tenant == tenant }) // unwrapped under that KEK
+				m.dropTenant(tenant) // its KEK, and the keys unwrapped under it
 			}
 			return nil, err
 		}

@@ -425,13 +425,19 @@ func (l *Log) signHorizon(ctx context.Context, historyAll bool, raise uint64) (*
 	if err != nil {
 		return nil, err
 	}
-	pruned, err := l.signedPruned(ctx, st)
+	// The horizon a signer may sign again is the one its latest
+	// checkpoint signed (verified here, once), never the state's own.
+	last, err := l.checkpointOf(ctx, st)
 	if err != nil {
 		return nil, err
 	}
+	var pruned uint64
+	if last != nil {
+		pruned = last.Pruned
+	}
 	pruned = min(max(pruned, raise), st.Size)
-	if st.Size == 0 || (st.Checkpoint != nil && st.CheckpointSize == st.Size && st.CheckpointPruned == pruned) {
-		return l.checkpointOf(ctx, st)
+	if st.Size == 0 || (last != nil && st.CheckpointSize == st.Size && last.Pruned == pruned) {
+		return last, nil
 	}
 	signer, err := l.signing(ctx)
 	if err != nil {
