@@ -231,6 +231,22 @@ func TestAFlagErrorDoesNotRepeatTheArgument(t *testing.T) {
 	}
 }
 
+// A mistyped long flag is answered with the flags it is close to, which
+// are the command's words, never the caller's.
+func TestAMistypedFlagNamesTheFlagsItIsCloseTo(t *testing.T) {
+	_, _, err := runCLI(t, "audit", "list", "--tenat", "acme")
+	if err == nil || exitCode(err) != exitUsage {
+		t.Fatalf("audit list --tenat: %v (exit %d), want a usage error", err, exitCode(err))
+	}
+	if !strings.Contains(err.Error(), "did you mean --tenant?") || strings.Contains(err.Error(), "tenat") {
+		t.Errorf("audit list --tenat: %v, want a suggestion of --tenant that does not repeat the argument", err)
+	}
+	_, _, err = runCLI(t, "audit", "list", "--zzzzzzzz")
+	if err == nil || strings.Contains(err.Error(), "did you mean") || !strings.Contains(err.Error(), "--help lists its flags") {
+		t.Errorf("audit list --zzzzzzzz: %v, want no suggestion", err)
+	}
+}
+
 // audit list --public-key checks with the key it pins, as --verify does:
 // a key that is no key fails, where it was ignored without --verify.
 func TestAPinnedAuditKeyImpliesVerify(t *testing.T) {

@@ -4,9 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 func newRootCmd() *cobra.Command {
@@ -18,7 +20,7 @@ func newRootCmd() *cobra.Command {
 	}
 	root.Version = buildVersion()
 	// Flag errors (unknown, malformed) exit with the usage code.
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{flagError(err)} })
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{flagError(c, err)} })
 	root.AddCommand(newServeCmd(), newDevCmd(), newRootAdminCmd(), newBenchCmd(), newAuditCmd(), newBackupCmd(), newRestoreCmd())
 	addAdminCommands(root)
 	root.InitDefaultCompletionCmd() // cobra would add it at Execute, after the walk below
@@ -73,13 +75,60 @@ func buildVersion() string {
 
 // flagError is a flag parsing error that repeats no argument: a value that
 // starts with "-" (a token, a plaintext) is read as flags, and pflag's
-// message would quote it.
-func flagError(err error) error {
+// message would quote it. For a mistyped long flag it names the flags of c
+// the argument is close to, which are c's words, not the caller's.
+func flagError(c *cobra.Command, err error) error {
 	msg := err.Error()
 	for _, p := range []string{"unknown shorthand flag", "unknown flag", "bad flag syntax"} {
 		if strings.HasPrefix(msg, p) {
-			return errors.New("an argument that starts with '-' is no flag of this command (--help lists its flags; a value that starts with '-' goes after --)")
+			hint := "--help lists its flags"
+			if name, ok := strings.CutPrefix(msg, "unknown flag: --"); ok && c != nil {
+				if s := flagSuggestions(c, name); len(s) > 0 {
+					hint = "did you mean " + strings.Join(s, " or ") + "?"
+				}
+			}
+			return errors.New("an argument that starts with '-' is no flag of this command (" + hint + "; a value that starts with '-' goes after --)")
 		}
 	}
 	return err
+}
+
+// flagSuggestions are c's flags (its own and inherited) within two edits of
+// name, as "--flag", in order.
+func flagSuggestions(c *cobra.Command, name string) []string {
+	var out []string
+	visit := func(f *pflag.Flag) {
+		if !f.Hidden && !slices.Contains(out, "--"+f.Name) && editDistance(name, f.Name) <= 2 {
+			out = append(out, "--"+f.Name)
+		}
+	}
+	c.Flags().VisitAll(visit)
+	c.InheritedFlags().VisitAll(visit)
+	slices.Sort(out)
+	return out
+}
+
+// editDistance is the Levenshtein distance between a and b, in bytes; it
+// gives up (returning a large value) for a name far longer than any flag's.
+func editDistance(a, b string) int {
+	if len(a) > 64 || len(b) > 64 {
+		return len(a) + len(b)
+	}
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
