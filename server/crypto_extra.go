@@ -29,17 +29,19 @@ func (s cryptoService) RewrapBatch(ctx context.Context, req *custosv1.RewrapBatc
 		return nil, s.toError(ctx, err)
 	}
 	defer b.Done()
+	statuses := itemStatuses{s: s.Server}
+	defer statuses.done(ctx)
 	resp := &custosv1.RewrapBatchResponse{Results: slab.Of[custosv1.RewrapBatchResponse_Result](len(items))}
 	for i, it := range items {
 		r := resp.Results[i]
 		r.Status = okStatus
 		if err := checkCiphertextItem(it.GetCiphertext(), it.GetAssociatedData()); err != nil {
-			r.Status = s.itemStatus(ctx, err)
+			r.Status = statuses.of(ctx, err)
 			continue
 		}
 		ct, v, err := b.Rewrap(ctx, it.GetCiphertext(), it.GetAssociatedData())
 		if err != nil {
-			r.Status = s.itemStatus(ctx, err)
+			r.Status = statuses.of(ctx, err)
 			continue
 		}
 		r.Ciphertext, r.KeyVersion = ct, v

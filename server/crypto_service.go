@@ -138,17 +138,19 @@ func (s cryptoService) EncryptBatch(ctx context.Context, req *custosv1.EncryptBa
 		return nil, s.toError(ctx, err)
 	}
 	defer b.Done()
+	statuses := itemStatuses{s: s.Server}
+	defer statuses.done(ctx)
 	resp := &custosv1.EncryptBatchResponse{Results: slab.Of[custosv1.EncryptBatchResponse_Result](len(items))}
 	for i, it := range items {
 		r := resp.Results[i]
 		r.Status = okStatus
 		if err := s.checkEncryptItem(it.GetPlaintext(), it.GetAssociatedData()); err != nil {
-			r.Status = s.itemStatus(ctx, err)
+			r.Status = statuses.of(ctx, err)
 			continue
 		}
 		ct, v, err := b.Encrypt(it.GetPlaintext(), it.GetAssociatedData())
 		if err != nil {
-			r.Status = s.itemStatus(ctx, err)
+			r.Status = statuses.of(ctx, err)
 			continue
 		}
 		r.Ciphertext, r.KeyVersion = ct, v
@@ -168,17 +170,19 @@ func (s cryptoService) DecryptBatch(ctx context.Context, req *custosv1.DecryptBa
 		return nil, s.toError(ctx, err)
 	}
 	defer b.Done()
+	statuses := itemStatuses{s: s.Server}
+	defer statuses.done(ctx)
 	resp := &custosv1.DecryptBatchResponse{Results: slab.Of[custosv1.DecryptBatchResponse_Result](len(items))}
 	for i, it := range items {
 		r := resp.Results[i]
 		r.Status = okStatus
 		if err := checkCiphertextItem(it.GetCiphertext(), it.GetAssociatedData()); err != nil {
-			r.Status = s.itemStatus(ctx, err)
+			r.Status = statuses.of(ctx, err)
 			continue
 		}
 		pt, v, err := b.Decrypt(ctx, it.GetCiphertext(), it.GetAssociatedData())
 		if err != nil {
-			r.Status = s.itemStatus(ctx, err)
+			r.Status = statuses.of(ctx, err)
 			continue
 		}
 		r.Plaintext, r.KeyVersion = pt, v

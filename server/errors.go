@@ -62,32 +62,77 @@ var blandMessages = map[codes.Code]string{
 	codes.Internal:    "internal error",
 }
 
-// itemStatus is a batch item's status for err, with the details a whole
-// call's refusal of the same error carries (withInvalidDetails).
-func (s *Server) itemStatus(ctx context.Context, err error) *spb.Status {
-	st := s.toStatus(ctx, err)
+// itemStatuses gives a batch's items their statuses. An internal failure
+// is logged once per call for each distinct message, not once per item:
+// a batch of 10,000 items that meets one outage is one line (and a count),
+// not 10,000. Use one per call; done logs the count.
+type itemStatuses struct {
+	s       *Server
+	logged  map[string]struct{} // internal failures logged in this call
+	repeats int                 // items whose internal failure was logged for an item before
+}
+
+// of is an item's status for err, with the details a whole call's refusal
+// of the same error carries (withInvalidDetails).
+func (b *itemStatuses) of(ctx context.Context, err error) *spb.Status {
+	st, internal := statusOf(err)
+	if internal != "" {
+		if _, ok := b.logged[internal]; ok {
+			b.repeats++
+		} else {
+			if b.logged == nil {
+				b.logged = make(map[string]struct{})
+			}
+			b.logged[internal] = struct{}{}
+			b.s.logRequestFailed(ctx, st.Code(), internal)
+		}
+	}
 	if st.Code() != codes.InvalidArgument {
 		return st.Proto()
 	}
 	return status.Convert(withInvalidDetails(st.Err())).Proto()
 }
 
+// done logs how many more items failed as logged above, if any.
+func (b *itemStatuses) done(ctx context.Context) {
+	if b.repeats > 0 {
+		b.s.logger.LogAttrs(ctx, slog.LevelError, "more batch items failed as logged above", slog.Int("items", b.repeats))
+	}
+}
+
 // toStatus converts a handler error to a gRPC status, logging internal
 // failures. Errors that already are statuses pass through.
 func (s *Server) toStatus(ctx context.Context, err error) *status.Status {
+	st, internal := statusOf(err)
+	if internal != "" {
+		s.logRequestFailed(ctx, st.Code(), internal)
+	}
+	return st
+}
+
+// logRequestFailed logs an internal failure's detail, which its caller
+// does not see.
+func (s *Server) logRequestFailed(ctx context.Context, code codes.Code, detail string) {
+	s.logger.LogAttrs(ctx, slog.LevelError, "request failed", slog.String("code", code.String()), slog.String("error", detail))
+}
+
+// statusOf converts a handler error to a gRPC status. For an internal
+// failure, whose caller gets a bland message, it also returns the detail to
+// log; else "".
+func statusOf(err error) (*status.Status, string) {
 	// Only an error that is itself a status (made by a handler) passes
 	// through: a status wrapped deeper (say a cloud KMS's gRPC error inside
 	// a root error) is an internal detail and goes through the table.
 	if se, ok := err.(interface{ GRPCStatus() *status.Status }); ok {
-		return se.GRPCStatus()
+		return se.GRPCStatus(), ""
 	}
 	for _, k := range errorTable {
 		if !errors.Is(err, k.err) {
 			continue
 		}
-		msg := err.Error()
+		msg, internal := err.Error(), ""
 		if k.internal {
-			s.logger.LogAttrs(ctx, slog.LevelError, "request failed", slog.String("code", k.code.String()), slog.String("error", err.Error()))
+			internal = msg
 			msg = blandMessages[k.code]
 			if k.bland != "" {
 				msg = k.bland
@@ -99,17 +144,16 @@ func (s *Server) toStatus(ctx context.Context, err error) *status.Status {
 		st := status.New(k.code, msg)
 		if k.reason != "" {
 			if ds, derr := st.WithDetails(&errdetails.ErrorInfo{Reason: k.reason, Domain: custosv1.ErrorDomain}); derr == nil {
-				return ds
+				return ds, internal
 			}
 		}
-		return st
+		return st, internal
 	}
-	s.logger.LogAttrs(ctx, slog.LevelError, "request failed", slog.String("code", codes.Internal.String()), slog.String("error", err.Error()))
 	st := status.New(codes.Internal, blandMessages[codes.Internal])
 	if ds, derr := st.WithDetails(&errdetails.ErrorInfo{Reason: custosv1.ReasonInternal, Domain: custosv1.ErrorDomain}); derr == nil {
-		return ds
+		return ds, err.Error()
 	}
-	return st
+	return st, err.Error()
 }
 
 // toError is toStatus as an error.
