@@ -3,12 +3,12 @@ package config
 import (
 	"errors"
 	"fmt"
-	"net"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/custos-kms/custos/keystore/root"
 )
 
 // Root selects the root key provider; Type names the one configured and
@@ -237,15 +237,6 @@ func fromEnv(field, name string) (string, error) {
 	return "", fmt.Errorf("%s: $%s is unset or empty", field, name)
 }
 
-// loopbackHost reports whether host is localhost or a loopback IP.
-func loopbackHost(host string) bool {
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
-}
-
 // endpointErr checks a root's endpoint URL (empty: not set): http(s), with
 // a host, and plain http only to a loopback address (local names what
 // listens there), since tenant KEKs and credentials would cross the
@@ -254,12 +245,11 @@ func endpointErr(field, endpoint, example, local string) error {
 	if endpoint == "" {
 		return nil
 	}
-	u, err := url.Parse(endpoint)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return fmt.Errorf("%s must be an http(s) URL, e.g. %s", field, example)
-	}
-	if u.Scheme == "http" && !loopbackHost(u.Hostname()) {
+	switch err := root.CheckEndpoint(endpoint); {
+	case errors.Is(err, root.ErrPlainHTTP):
 		return fmt.Errorf("%s: plain http is allowed only to a loopback address (%s); use https", field, local)
+	case err != nil:
+		return fmt.Errorf("%s must be an http(s) URL, e.g. %s", field, example)
 	}
 	return nil
 }

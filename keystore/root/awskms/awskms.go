@@ -105,6 +105,11 @@ func New(ctx context.Context, cfg Config) (*Root, error) {
 	if cfg.KeyID == "" {
 		return nil, errors.New("awskms root: key ID is required")
 	}
+	if cfg.Endpoint != "" {
+		if err := root.CheckEndpoint(cfg.Endpoint); err != nil {
+			return nil, fmt.Errorf("awskms root: endpoint: %w", err)
+		}
+	}
 	var opts []func(*config.LoadOptions) error
 	if cfg.Region != "" {
 		opts = append(opts, config.WithRegion(cfg.Region))

@@ -347,3 +347,15 @@ func TestNewNeedsAKeyAndARegion(t *testing.T) {
 		t.Fatalf("New without a region: %v", err)
 	}
 }
+
+// A Go caller gets the configuration's check too: KEKs never go to a
+// remote endpoint over plain http.
+func TestNewRefusesPlainHTTPToARemoteEndpoint(t *testing.T) {
+	_, err := awskms.New(t.Context(), awskms.Config{KeyID: keyARN, Region: "eu-west-1", Endpoint: "http://kms.example.com"})
+	if !errors.Is(err, root.ErrPlainHTTP) {
+		t.Fatalf("New with a plain-http remote endpoint: %v, want root.ErrPlainHTTP", err)
+	}
+	if _, err := awskms.New(t.Context(), awskms.Config{KeyID: keyARN, Region: "eu-west-1", Endpoint: "http://127.0.0.1:4566"}); err != nil {
+		t.Fatalf("New with a plain-http loopback endpoint: %v", err)
+	}
+}

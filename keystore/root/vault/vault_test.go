@@ -401,11 +401,16 @@ func TestConfigIsValidated(t *testing.T) {
 		"AppRole without role_id":  {Address: "https://v", KeyName: "k", Auth: vault.Auth{AppRole: &vault.AppRole{SecretID: "s"}}},
 		"AppRole with two secrets": {Address: "https://v", KeyName: "k", Auth: vault.Auth{AppRole: &vault.AppRole{RoleID: "r", SecretID: "s", SecretIDFile: "/f"}}},
 		"cert without key":         {Address: "https://v", KeyName: "k", Auth: vault.Auth{Cert: &vault.Cert{CertFile: "/c"}}},
+		"plain http to a remote":   {Address: "http://vault.example.com:8200", KeyName: "k", Auth: vault.Auth{Token: "t"}},
+		"no URL":                   {Address: "vault.example.com:8200", KeyName: "k", Auth: vault.Auth{Token: "t"}},
 	}
 	for name, cfg := range cases {
 		t.Run(name, func(t *testing.T) {
 			if _, err := vault.New(t.Context(), cfg); err == nil {
 				t.Fatal("New succeeded")
+			}
+			if _, err := vault.NewUnchecked(cfg); err == nil {
+				t.Fatal("NewUnchecked succeeded")
 			}
 		})
 	}
