@@ -99,7 +99,7 @@ func newBackupVerifyCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			r, err := custos.OpenRoot(cmd.Context(), cfg)
+			r, err := custos.OpenRoot(cmd.Context(), cfg, custos.NewLogger(cmd.ErrOrStderr(), "warn"))
 			if err != nil {
 				return err
 			}
@@ -290,7 +290,7 @@ func backupFromServer(cmd *cobra.Command, cfg *config.Config, w io.Writer, f *os
 		}
 		return nil, err
 	}
-	r, err := custos.OpenRoot(ctx, cfg)
+	r, err := custos.OpenRoot(ctx, cfg, custos.NewLogger(cmd.ErrOrStderr(), "warn"))
 	if err != nil {
 		return nil, err
 	}

@@ -19,6 +19,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -254,7 +255,7 @@ audit: {spool: %q}
 }
 
 func openKeystoreAt(ctx context.Context, cfg *config.Config, now time.Time) (*keystore.Service, func(), error) {
-	rt, err := custos.OpenRoot(ctx, cfg)
+	rt, err := custos.OpenRoot(ctx, cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		return nil, nil, err
 	}

@@ -167,7 +167,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 	}
 	r := opts.Root
 	if r == nil {
-		if r, err = OpenRoot(ctx, cfg); err != nil {
+		if r, err = OpenRoot(ctx, cfg, rt.logger); err != nil {
 			return nil, err
 		}
 		rt.closers = append(rt.closers, func() { CloseRoot(r) })

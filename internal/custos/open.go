@@ -28,8 +28,9 @@ const rootOpenTimeout = time.Minute
 
 // OpenRoot opens the configured root provider, giving up when ctx ends
 // (a signal) or after rootOpenTimeout. The cloud KMS clients are built
-// without a call. Close it with CloseRoot.
-func OpenRoot(ctx context.Context, cfg *config.Config) (root.Root, error) {
+// without a call. Close it with CloseRoot. logger receives what the
+// provider does in the background (Vault's token renewals).
+func OpenRoot(ctx context.Context, cfg *config.Config, logger *slog.Logger) (root.Root, error) {
 	ctx, cancel := context.WithTimeout(ctx, rootOpenTimeout)
 	defer cancel()
 	rc := cfg.Root
@@ -62,6 +63,7 @@ func OpenRoot(ctx context.Context, cfg *config.Config) (root.Root, error) {
 			Auth:       auth,
 			Timeout:    v.Timeout,
 			MaxRetries: v.MaxRetries,
+			Logger:     logger,
 		})
 	case "pkcs11":
 		p := rc.PKCS11
@@ -151,7 +153,7 @@ type Direct struct {
 // OpenDirect opens the configured root and storage and builds a keystore
 // over them. close closes the store and the root.
 func OpenDirect(ctx context.Context, cfg *config.Config, logger *slog.Logger) (d *Direct, close func(), err error) {
-	rt, err := OpenRoot(ctx, cfg)
+	rt, err := OpenRoot(ctx, cfg, logger)
 	if err != nil {
 		return nil, nil, err
 	}

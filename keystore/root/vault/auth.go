@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strings"
 	"time"
@@ -107,6 +108,7 @@ type session struct {
 	login       loginFunc
 	renewable   bool
 	now         func() time.Time
+	logger      *slog.Logger
 	sem         chan struct{}
 
 	// Guarded by sem.
@@ -124,13 +126,17 @@ const (
 	earlyLoginRetry   = 10 * time.Second
 )
 
-func newSession(client, loginClient *api.Client, login loginFunc, renewable bool, now func() time.Time) *session {
+func newSession(client, loginClient *api.Client, login loginFunc, renewable bool, now func() time.Time, logger *slog.Logger) *session {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
 	return &session{
 		client:      client,
 		loginClient: loginClient,
 		login:       login,
 		renewable:   renewable,
 		now:         now,
+		logger:      logger,
 		sem:         make(chan struct{}, 1),
 	}
 }
@@ -197,6 +203,13 @@ func (s *session) renewEarly(seen uint64) {
 		if !s.expire.IsZero() && s.refresh.After(s.expire) {
 			s.refresh = s.expire
 		}
+		// No call fails yet, so nothing else would tell: a login that
+		// keeps failing becomes an outage when the token expires.
+		attrs := []any{"retry_at", s.refresh.UTC().Format(time.RFC3339), "error", err.Error()}
+		if !s.expire.IsZero() {
+			attrs = append(attrs, "token_expires", s.expire.UTC().Format(time.RFC3339))
+		}
+		s.logger.Warn("vault root: renewing the token failed; the current token serves until it expires", attrs...)
 	default:
 		s.install(token, ttl)
 	}

@@ -47,6 +47,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -89,6 +90,10 @@ type Config struct {
 	// failed with a connection error, 412 or 5xx, with a 1–1.5 s pause. Zero
 	// disables retries: the keystore above has its own policy.
 	MaxRetries int
+	// Logger receives what no call returns: a failed renewal of the token
+	// made in the background while the current one still serves. Nil
+	// discards it.
+	Logger *slog.Logger
 }
 
 // Auth is exactly one Vault authentication method.
@@ -223,7 +228,7 @@ func newRoot(cfg Config) (*Root, error) {
 	base := cfg.Mount + "/"
 	return &Root{
 		client:      client,
-		session:     newSession(client, loginClient, login, renewable, time.Now),
+		session:     newSession(client, loginClient, login, renewable, time.Now, cfg.Logger),
 		keyPath:     base + "keys/" + cfg.KeyName,
 		encryptPath: base + "encrypt/" + cfg.KeyName,
 		decryptPath: base + "decrypt/" + cfg.KeyName,

@@ -14,6 +14,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -390,6 +391,60 @@ func TestAHangingEarlyRenewalFailsNoCall(t *testing.T) {
 			t.Fatalf("call %d while the renewal hangs, the token still valid: %v", i, err)
 		}
 	}
+}
+
+// A renewal that fails in the background, while the token in use still
+// serves, is logged: no call fails yet, and nothing else would tell that
+// an outage comes when the token expires.
+func TestAFailedEarlyRenewalIsLogged(t *testing.T) {
+	f := newFakeVault(t)
+	f.tokenTTL = 2 * time.Second // renewed after 1.5s
+	secretFile := filepath.Join(t.TempDir(), "secret-id")
+	if err := os.WriteFile(secretFile, []byte("s3cret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	cfg := f.config(vault.Auth{AppRole: &vault.AppRole{RoleID: "role", SecretIDFile: secretFile}})
+	cfg.Logger = slog.New(slog.NewJSONHandler(logs, nil))
+	r, err := vault.New(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := make(chan struct{})
+	close(refused) // logins answer 503 at once
+	f.hangLogin.Store(&refused)
+	time.Sleep(1600 * time.Millisecond) // past the renewal time, before the expiry
+	if _, err := r.Wrap(t.Context(), []byte("kek"), nil); err != nil {
+		t.Fatalf("Wrap while the token still serves: %v", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(logs.String(), "renewing the token failed") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line for the failed renewal within 5s; logs: %q", logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := logs.String(); !strings.Contains(got, "token_expires") || strings.Contains(got, "s3cret") {
+		t.Errorf("log: %q, want the token's expiry and no secret", got)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger's goroutine and the test.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func TestConfigIsValidated(t *testing.T) {
