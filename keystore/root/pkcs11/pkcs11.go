@@ -156,24 +156,26 @@ const defaultCloseWait = 10 * time.Second
 // up), closes the sessions and releases the library. Later operations fail.
 // If a token call has not returned within defaultCloseWait, it returns an
 // error wrapping root.ErrUnavailable at once, and the sessions and the
-// library are released when the call returns.
+// library are released when the call returns. Closing again waits and
+// reports the same way.
 func (r *Root) Close() error {
 	r.life.Lock()
-	if r.closed {
-		r.life.Unlock()
-		return nil
-	}
+	first := !r.closed
 	r.closed = true
 	r.life.Unlock()
-	close(r.done)
-	go func() { // ends when the last token call returns
-		defer close(r.released)
-		r.inflight.Wait()
-		for len(r.idle) > 0 {
-			r.discard(<-r.idle)
-		}
-		r.mod.release()
-	}()
+	if first {
+		close(r.done)
+		go func() { // ends when the last token call returns
+			defer close(r.released)
+			r.inflight.Wait()
+			for len(r.idle) > 0 {
+				r.discard(<-r.idle)
+			}
+			r.mod.release()
+		}()
+	}
+	// A later Close waits as the first did, and reports the same while
+	// the library is still held.
 	select {
 	case <-r.released:
 		return nil

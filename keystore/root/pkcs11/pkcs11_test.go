@@ -393,6 +393,10 @@ func TestCloseDoesNotWaitForEverOnAHungToken(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Close waited for a token call that never returns")
 	}
+	// Closed again while the call still hangs: not a success either.
+	if err := r.Close(); !errors.Is(err, root.ErrUnavailable) {
+		t.Fatalf("a second Close with the call still hung: %v, want ErrUnavailable", err)
+	}
 }
 
 // What an operation returns after its caller stopped waiting (an unwrapped
