@@ -36,12 +36,12 @@ func (s cryptoService) RewrapBatch(ctx context.Context, req *custosv1.RewrapBatc
 		r := resp.Results[i]
 		r.Status = okStatus
 		if err := checkCiphertextItem(it.GetCiphertext(), it.GetAssociatedData()); err != nil {
-			r.Status = statuses.of(ctx, err)
+			r.Status = statuses.of(err)
 			continue
 		}
 		ct, v, err := b.Rewrap(ctx, it.GetCiphertext(), it.GetAssociatedData())
 		if err != nil {
-			r.Status = statuses.of(ctx, err)
+			r.Status = statuses.of(err)
 			continue
 		}
 		r.Ciphertext, r.KeyVersion = ct, v

@@ -145,12 +145,12 @@ func (s cryptoService) EncryptBatch(ctx context.Context, req *custosv1.EncryptBa
 		r := resp.Results[i]
 		r.Status = okStatus
 		if err := s.checkEncryptItem(it.GetPlaintext(), it.GetAssociatedData()); err != nil {
-			r.Status = statuses.of(ctx, err)
+			r.Status = statuses.of(err)
 			continue
 		}
 		ct, v, err := b.Encrypt(it.GetPlaintext(), it.GetAssociatedData())
 		if err != nil {
-			r.Status = statuses.of(ctx, err)
+			r.Status = statuses.of(err)
 			continue
 		}
 		r.Ciphertext, r.KeyVersion = ct, v
@@ -177,12 +177,12 @@ func (s cryptoService) DecryptBatch(ctx context.Context, req *custosv1.DecryptBa
 		r := resp.Results[i]
 		r.Status = okStatus
 		if err := checkCiphertextItem(it.GetCiphertext(), it.GetAssociatedData()); err != nil {
-			r.Status = statuses.of(ctx, err)
+			r.Status = statuses.of(err)
 			continue
 		}
 		pt, v, err := b.Decrypt(ctx, it.GetCiphertext(), it.GetAssociatedData())
 		if err != nil {
-			r.Status = statuses.of(ctx, err)
+			r.Status = statuses.of(err)
 			continue
 		}
 		r.Plaintext, r.KeyVersion = pt, v

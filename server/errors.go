@@ -62,30 +62,39 @@ var blandMessages = map[codes.Code]string{
 	codes.Internal:    "internal error",
 }
 
-// itemStatuses gives a batch's items their statuses. An internal failure
-// is logged once per call for each distinct message, not once per item:
-// a batch of 10,000 items that meets one outage is one line (and a count),
-// not 10,000. Use one per call; done logs the count.
+// itemStatuses gives a batch's items their statuses. Internal failures
+// are logged when the batch ends, one line for each distinct failure (at
+// most maxFailureLines) with the number of items that met it and the
+// call's request id: a batch of 10,000 items that meets one outage is one
+// line, not 10,000. Use one per call, and call done at its end.
 type itemStatuses struct {
-	s       *Server
-	logged  map[string]struct{} // internal failures logged in this call
-	repeats int                 // items whose internal failure was logged for an item before
+	s      *Server
+	failed []itemFailure          // internal failures, in order of first occurrence
+	index  map[itemFailureKey]int // into failed
 }
+
+// itemFailureKey identifies one distinct internal failure of a batch's
+// items; itemFailure counts its items.
+type itemFailureKey struct {
+	code   codes.Code
+	detail string
+}
+
+type itemFailure struct {
+	itemFailureKey
+	items int
+}
+
+// maxFailureLines bounds the lines one batch logs; the items of further
+// distinct failures are counted on one more.
+const maxFailureLines = 10
 
 // of is an item's status for err, with the details a whole call's refusal
 // of the same error carries (withInvalidDetails).
-func (b *itemStatuses) of(ctx context.Context, err error) *spb.Status {
+func (b *itemStatuses) of(err error) *spb.Status {
 	st, internal := statusOf(err)
 	if internal != "" {
-		if _, ok := b.logged[internal]; ok {
-			b.repeats++
-		} else {
-			if b.logged == nil {
-				b.logged = make(map[string]struct{})
-			}
-			b.logged[internal] = struct{}{}
-			b.s.logRequestFailed(ctx, st.Code(), internal)
-		}
+		b.note(st.Code(), internal)
 	}
 	if st.Code() != codes.InvalidArgument {
 		return st.Proto()
@@ -93,10 +102,39 @@ func (b *itemStatuses) of(ctx context.Context, err error) *spb.Status {
 	return status.Convert(withInvalidDetails(st.Err())).Proto()
 }
 
-// done logs how many more items failed as logged above, if any.
+// note counts an item's internal failure.
+func (b *itemStatuses) note(code codes.Code, detail string) {
+	k := itemFailureKey{code, detail}
+	if i, ok := b.index[k]; ok {
+		b.failed[i].items++
+		return
+	}
+	if b.index == nil {
+		b.index = make(map[itemFailureKey]int)
+	}
+	b.index[k] = len(b.failed)
+	b.failed = append(b.failed, itemFailure{itemFailureKey: k, items: 1})
+}
+
+// done logs the batch's internal failures, if any.
 func (b *itemStatuses) done(ctx context.Context) {
-	if b.repeats > 0 {
-		b.s.logger.LogAttrs(ctx, slog.LevelError, "more batch items failed as logged above", slog.Int("items", b.repeats))
+	if len(b.failed) == 0 {
+		return
+	}
+	c := callOf(ctx)
+	others := 0
+	for i, f := range b.failed {
+		if i >= maxFailureLines {
+			others += f.items
+			continue
+		}
+		b.s.logger.LogAttrs(ctx, slog.LevelError, "batch items failed",
+			slog.String("request_id", c.rid), slog.String("key", c.key.String()),
+			slog.String("code", f.code.String()), slog.String("error", f.detail), slog.Int("items", f.items))
+	}
+	if others > 0 {
+		b.s.logger.LogAttrs(ctx, slog.LevelError, "batch items failed in other ways",
+			slog.String("request_id", c.rid), slog.String("key", c.key.String()), slog.Int("items", others))
 	}
 }
 
@@ -105,15 +143,9 @@ func (b *itemStatuses) done(ctx context.Context) {
 func (s *Server) toStatus(ctx context.Context, err error) *status.Status {
 	st, internal := statusOf(err)
 	if internal != "" {
-		s.logRequestFailed(ctx, st.Code(), internal)
+		s.logger.LogAttrs(ctx, slog.LevelError, "request failed", slog.String("code", st.Code().String()), slog.String("error", internal))
 	}
 	return st
-}
-
-// logRequestFailed logs an internal failure's detail, which its caller
-// does not see.
-func (s *Server) logRequestFailed(ctx context.Context, code codes.Code, detail string) {
-	s.logger.LogAttrs(ctx, slog.LevelError, "request failed", slog.String("code", code.String()), slog.String("error", detail))
 }
 
 // statusOf converts a handler error to a gRPC status. For an internal

@@ -38,28 +38,50 @@ func TestInvalidArgumentDetailsNameTheField(t *testing.T) {
 	}
 }
 
-// A batch whose items meet one outage logs it once, with a count of the
-// other items, not once per item; another failure is logged on its own.
-func TestABatchLogsAnInternalFailureOncePerCall(t *testing.T) {
+// A batch whose items meet one outage logs it once, with the number of
+// items and the call's request id, not once per item; another failure gets
+// its own line, and a caller's error none.
+func TestABatchLogsEachInternalFailureOnce(t *testing.T) {
 	var buf bytes.Buffer
 	s := &Server{logger: slog.New(slog.NewJSONHandler(&buf, nil))}
-	ctx := context.Background()
+	ref := keystore.KeyRef{Tenant: "a", Key: "k"}
+	ctx := context.WithValue(context.Background(), callKey{}, &call{rid: "rid-1", key: ref})
 	statuses := itemStatuses{s: s}
 	outage := fmt.Errorf("reload key tenants/a/keys/k: %w", keystore.ErrUnavailable)
 	for range 1000 {
-		if st := statuses.of(ctx, outage); codes.Code(st.GetCode()) != codes.Unavailable || strings.Contains(st.GetMessage(), "reload") {
+		if st := statuses.of(outage); codes.Code(st.GetCode()) != codes.Unavailable || strings.Contains(st.GetMessage(), "reload") {
 			t.Fatalf("item status %v, want a bland UNAVAILABLE", st)
 		}
 	}
-	other := fmt.Errorf("read key tenants/a/keys/k: %w", keystore.ErrUnavailable)
-	statuses.of(ctx, other)
-	statuses.of(ctx, keystore.ErrInvalidCiphertext) // a caller's error: not logged
+	statuses.of(fmt.Errorf("read key tenants/a/keys/k: %w", keystore.ErrUnavailable))
+	statuses.of(keystore.ErrInvalidCiphertext) // a caller's error: not logged
+	if buf.Len() != 0 {
+		t.Fatalf("logged before the batch ended: %s", buf.String())
+	}
 	statuses.done(ctx)
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
-	if len(lines) != 3 {
-		t.Fatalf("%d log lines, want 3 (each failure once, then the count):\n%s", len(lines), buf.String())
+	if len(lines) != 2 {
+		t.Fatalf("%d log lines, want 2 (each failure once):\n%s", len(lines), buf.String())
 	}
-	if !strings.Contains(lines[0], "reload key") || !strings.Contains(lines[1], "read key") || !strings.Contains(lines[2], `"items":999`) {
-		t.Errorf("log lines:\n%s", buf.String())
+	for i, want := range []string{`"items":1000`, `"items":1`} {
+		if !strings.Contains(lines[i], want) || !strings.Contains(lines[i], `"request_id":"rid-1"`) || !strings.Contains(lines[i], `"key":"tenants/a/keys/k"`) {
+			t.Errorf("line %d: %s; want %s, the request id and the key", i, lines[i], want)
+		}
+	}
+}
+
+// Past maxFailureLines distinct failures, the rest are counted on one line.
+func TestABatchBoundsItsFailureLines(t *testing.T) {
+	var buf bytes.Buffer
+	s := &Server{logger: slog.New(slog.NewJSONHandler(&buf, nil))}
+	ctx := context.WithValue(context.Background(), callKey{}, &call{rid: "rid-2"})
+	statuses := itemStatuses{s: s}
+	for i := range 100 {
+		statuses.of(fmt.Errorf("failure %d: %w", i, keystore.ErrUnavailable))
+	}
+	statuses.done(ctx)
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != maxFailureLines+1 || !strings.Contains(lines[maxFailureLines], `"items":90`) {
+		t.Fatalf("%d lines, last %s; want %d, the last counting 90 items", len(lines), lines[len(lines)-1], maxFailureLines+1)
 	}
 }

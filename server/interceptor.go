@@ -46,7 +46,7 @@ func (u *unaryPath) intercept(ctx context.Context, req any, info *grpc.UnaryServ
 	setRequestID(ctx, rid)
 	// c collects what the request path resolves (identity, tenant, key);
 	// the audit event is built from it, whatever step refused the call.
-	c := &call{}
+	c := &call{rid: rid}
 	if s.audit != nil {
 		s.audit.Begin()
 	}

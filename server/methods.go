@@ -119,6 +119,8 @@ var methods = map[string]method{
 // call is what the request path resolved for one call; handlers read it
 // with callOf.
 type call struct {
+	// rid is the call's request id (x-request-id).
+	rid      string
 	method   *method
 	identity string
 	// policy is the policy the call was authorized under; a handler that
