@@ -105,11 +105,6 @@ func New(ctx context.Context, cfg Config) (*Root, error) {
 	if cfg.KeyID == "" {
 		return nil, errors.New("awskms root: key ID is required")
 	}
-	if cfg.Endpoint != "" {
-		if err := root.CheckEndpoint(cfg.Endpoint); err != nil {
-			return nil, fmt.Errorf("awskms root: endpoint: %w", err)
-		}
-	}
 	var opts []func(*config.LoadOptions) error
 	if cfg.Region != "" {
 		opts = append(opts, config.WithRegion(cfg.Region))
@@ -138,6 +133,13 @@ func New(ctx context.Context, cfg Config) (*Root, error) {
 			o.RetryMaxAttempts = cfg.MaxAttempts
 		}
 	})
+	// The endpoint the client will use, wherever it came from: the
+	// configuration, AWS_ENDPOINT_URL(_KMS) or a profile's endpoint_url.
+	if ep := client.Options().BaseEndpoint; ep != nil {
+		if err := root.CheckEndpoint(*ep); err != nil {
+			return nil, fmt.Errorf("awskms root: endpoint: %w", err)
+		}
+	}
 	r, err := NewWithClient(client, cfg.KeyID)
 	if err == nil && cfg.Timeout > 0 {
 		r.timeout = cfg.Timeout

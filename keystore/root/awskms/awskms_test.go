@@ -358,4 +358,13 @@ func TestNewRefusesPlainHTTPToARemoteEndpoint(t *testing.T) {
 	if _, err := awskms.New(t.Context(), awskms.Config{KeyID: keyARN, Region: "eu-west-1", Endpoint: "http://127.0.0.1:4566"}); err != nil {
 		t.Fatalf("New with a plain-http loopback endpoint: %v", err)
 	}
+	// From the environment, which the SDK reads, as well.
+	for _, env := range []string{"AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_KMS"} {
+		t.Run(env, func(t *testing.T) {
+			t.Setenv(env, "http://kms.example.com")
+			if _, err := awskms.New(t.Context(), awskms.Config{KeyID: keyARN, Region: "eu-west-1"}); !errors.Is(err, root.ErrPlainHTTP) {
+				t.Fatalf("New with %s a plain-http remote endpoint: %v, want root.ErrPlainHTTP", env, err)
+			}
+		})
+	}
 }

@@ -175,8 +175,12 @@ func newRoot(cfg Config) (*Root, error) {
 	if cfg.Address == "" {
 		return nil, errors.New("vault root: address is required")
 	}
-	if err := root.CheckEndpoint(cfg.Address); err != nil {
-		return nil, fmt.Errorf("vault root: address: %w", err)
+	// A Vault Agent's unix socket (which Vault's client dials) is local;
+	// any other address is checked as a URL.
+	if !strings.HasPrefix(cfg.Address, "unix://") {
+		if err := root.CheckEndpoint(cfg.Address); err != nil {
+			return nil, fmt.Errorf("vault root: address: %w", err)
+		}
 	}
 	if cfg.KeyName == "" || strings.Contains(cfg.KeyName, "/") {
 		return nil, errors.New("vault root: key name is required and must not contain '/'")

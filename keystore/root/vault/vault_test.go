@@ -459,6 +459,10 @@ func TestConfigIsValidated(t *testing.T) {
 		"plain http to a remote":   {Address: "http://vault.example.com:8200", KeyName: "k", Auth: vault.Auth{Token: "t"}},
 		"no URL":                   {Address: "vault.example.com:8200", KeyName: "k", Auth: vault.Auth{Token: "t"}},
 	}
+	// A Vault Agent's socket is local: accepted by the constructor.
+	if _, err := vault.NewUnchecked(vault.Config{Address: "unix:///run/vault-agent.sock", KeyName: "k", Auth: vault.Auth{Token: "t"}}); err != nil {
+		t.Errorf("a unix socket address: %v", err)
+	}
 	for name, cfg := range cases {
 		t.Run(name, func(t *testing.T) {
 			if _, err := vault.New(t.Context(), cfg); err == nil {
