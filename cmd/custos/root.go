@@ -94,11 +94,21 @@ func flagError(c *cobra.Command, err error) error {
 }
 
 // flagSuggestions are c's flags (its own and inherited) within two edits of
-// name, as "--flag", in order.
+// name (one for a name under five characters), as "--flag", in order. A
+// suggestion tells that the argument was close to a flag's name, so only
+// a name that looks like one (lower-case letters, digits and hyphens) gets
+// any: not a token or a password that happens to start with "--".
 func flagSuggestions(c *cobra.Command, name string) []string {
+	if !flagLike(name) {
+		return nil
+	}
+	within := 2
+	if len(name) < 5 {
+		within = 1
+	}
 	var out []string
 	visit := func(f *pflag.Flag) {
-		if !f.Hidden && !slices.Contains(out, "--"+f.Name) && editDistance(name, f.Name) <= 2 {
+		if !f.Hidden && !slices.Contains(out, "--"+f.Name) && editDistance(name, f.Name) <= within {
 			out = append(out, "--"+f.Name)
 		}
 	}
@@ -106,6 +116,19 @@ func flagSuggestions(c *cobra.Command, name string) []string {
 	c.InheritedFlags().VisitAll(visit)
 	slices.Sort(out)
 	return out
+}
+
+// flagLike reports whether name could be a mistyped flag name.
+func flagLike(name string) bool {
+	if name == "" || len(name) > 40 {
+		return false
+	}
+	for _, r := range name {
+		if !('a' <= r && r <= 'z' || '0' <= r && r <= '9' || r == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // editDistance is the Levenshtein distance between a and b, in bytes; it
