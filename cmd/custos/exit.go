@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/custos-kms/custos/client"
+	"github.com/custos-kms/custos/keystore"
 	"github.com/custos-kms/custos/keystore/backup"
 	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/storage"
@@ -42,8 +43,12 @@ func exitCode(err error) int {
 	if errors.Is(err, backup.ErrDamaged) {
 		return exitInvalid
 	}
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, root.ErrUnavailable) || errors.Is(err, storage.ErrUnavailable) || errors.Is(err, errRetryLater) || errors.Is(err, backup.ErrRestoreRunning) {
-		return exitUnavailable // a command on the store directly (the root or the store is down), or a server's "retry later"
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, root.ErrUnavailable) || errors.Is(err, storage.ErrUnavailable) ||
+		errors.Is(err, keystore.ErrUnavailable) || errors.Is(err, errRetryLater) || errors.Is(err, backup.ErrRestoreRunning) {
+		// A command on the store directly (the root or the store is down,
+		// as the root's, the store's or the keystore's own error says), or
+		// a server's "retry later".
+		return exitUnavailable
 	}
 	if errors.Is(err, backup.ErrRestoring) || errors.Is(err, backup.ErrTargetNotEmpty) {
 		return exitPrecondition

@@ -6,11 +6,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/custos-kms/custos/keystore"
+	"github.com/custos-kms/custos/keystore/root/local"
+	"github.com/custos-kms/custos/keystore/storage/memory"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/codes"
@@ -41,6 +47,45 @@ func TestExitCodesOfCommandsOnTheStoreDirectly(t *testing.T) {
 			t.Errorf("exit code of %q: %d, want %d", err, got, want)
 		}
 	}
+}
+
+// custos root rewrap meets the keystore's errors, which carry a root's or
+// a store's outage as keystore.ErrUnavailable: exit 7, so that a script
+// retries, as for the other commands on the store.
+func TestARootOutageDuringRootRewrapExitsUnavailable(t *testing.T) {
+	lr, err := local.OpenOrCreate(filepath.Join(t.TempDir(), "root.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &switchableRoot{Root: lr}
+	ks, err := keystore.New(keystore.Config{Storage: memory.New(), Root: r, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ks.CreateTenant(t.Context(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	r.down.Store(true)
+	_, err = ks.RewrapTenantKEKs(t.Context(), func(string) {})
+	if got := exitCode(err); err == nil || got != exitUnavailable {
+		t.Fatalf("root rewrap with the root down: %v, exit %d; want exit %d", err, got, exitUnavailable)
+	}
+	if got := exitCode(fmt.Errorf("rewrap: %w", keystore.ErrStorageFull)); got != exitUnavailable {
+		t.Errorf("a full store: exit %d, want %d", got, exitUnavailable)
+	}
+}
+
+// switchableRoot is a real root that can be made unavailable.
+type switchableRoot struct {
+	root.Root
+	down atomic.Bool
+}
+
+func (r *switchableRoot) Unwrap(ctx context.Context, wrapped, aad []byte) ([]byte, error) {
+	if r.down.Load() {
+		return nil, fmt.Errorf("test root: %w", root.ErrUnavailable)
+	}
+	return r.Root.Unwrap(ctx, wrapped, aad)
 }
 
 // A command waiting on standard input stops when its context ends (Ctrl-C
