@@ -177,7 +177,7 @@ func New(cfg Config) (*Server, error) {
 			func() float64 { return float64(pw.Stats().Running) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "custos_password_hashing_queued", Help: "Password hashing calls waiting for a worker (queue depth)."},
 			func() float64 { return float64(pw.Stats().Queued) }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "custos_password_hashing_rejected_total", Help: "Password hashing calls refused with RESOURCE_EXHAUSTED because the queue was full (passwords.queue)."},
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "custos_password_hashing_rejected_total", Help: "Password hashing calls refused with RESOURCE_EXHAUSTED because the queue was full (passwords.hash_queue)."},
 			func() float64 { return float64(pw.Stats().Rejected) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "custos_password_lockouts_total", Help: "Subjects locked out after too many failed verifications."},
 			func() float64 { return float64(pw.Stats().Lockouts) }),
