@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/pprof"
@@ -19,6 +20,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
+	"github.com/custos-kms/custos/keystore"
 	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/storage"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
@@ -295,7 +297,67 @@ func (s *Server) OpsHandler(withPprof bool) http.Handler {
 			s.logger.Info("backup taken on the ops listener", "bytes", cw.n)
 		})
 	}
+	if s.rewrap != nil {
+		mux.Handle("POST /root/rewrap", s.rootRewrapHandler())
+	}
 	return mux
+}
+
+// The last line of an answer to POST /root/rewrap: how the run ended.
+// A failure says only whether to retry; the server's log has the detail.
+const (
+	RootRewrapDone        = "done"
+	RootRewrapUnavailable = "failed: the root or the storage is unavailable; run it again later (it resumes without loss)"
+	RootRewrapFailed      = "failed: the server's log says why"
+)
+
+// rootRewrapHandler re-wraps the store's KEKs inside the server (the one
+// process that may open a bbolt file), one run at a time, streaming its
+// lines (tenant names, as custos root rewrap prints them) and then one of
+// the RootRewrap lines. The run stops if the caller leaves (or the server
+// shuts down): every step is a compare-and-swap, and a run cut short is
+// only started again.
+func (s *Server) rootRewrapHandler() http.Handler {
+	var busy sync.Mutex
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !busy.TryLock() {
+			http.Error(w, "a root rewrap is already running", http.StatusTooManyRequests)
+			return
+		}
+		defer busy.Unlock()
+		s.logger.Info("root rewrap requested on the ops listener", "remote", r.RemoteAddr)
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(http.StatusOK)
+		fw := &flushWriter{w: w, rc: http.NewResponseController(w)}
+		err := s.rewrap(r.Context(), fw)
+		last := RootRewrapDone
+		switch {
+		case err == nil:
+			s.logger.Info("root rewrap on the ops listener finished")
+		case errors.Is(err, keystore.ErrUnavailable) || errors.Is(err, root.ErrUnavailable) || errors.Is(err, storage.ErrUnavailable):
+			s.logger.Error("root rewrap on the ops listener failed", "error", err.Error())
+			last = RootRewrapUnavailable
+		default:
+			s.logger.Error("root rewrap on the ops listener failed", "error", err.Error())
+			last = RootRewrapFailed
+		}
+		fmt.Fprintln(fw, last)
+	})
+}
+
+// flushWriter sends each write to the client at once, so that a long run
+// shows its progress (and custos root rewrap's stall timer sees it).
+type flushWriter struct {
+	w  io.Writer
+	rc *http.ResponseController
+}
+
+func (f *flushWriter) Write(b []byte) (int, error) {
+	n, err := f.w.Write(b)
+	if err == nil {
+		_ = f.rc.Flush()
+	}
+	return n, err
 }
 
 // backupWriteTimeout is how long one write of a backup (up to 1 MiB, the

@@ -126,6 +126,11 @@ type Config struct {
 	// serves it at GET /backup (custos backup uses it when the store is a
 	// bbolt file the server holds).
 	Backup func(ctx context.Context, w io.Writer) error
+	// RootRewrap, if set, re-wraps the store's KEKs under the root's
+	// current version, writing a line per step to w; the ops listener
+	// serves it at POST /root/rewrap (custos root rewrap uses it when the
+	// store is a bbolt file the server holds).
+	RootRewrap func(ctx context.Context, w io.Writer) error
 }
 
 // Server implements custosv1.KeyServiceServer and custosv1.CryptoServiceServer.
@@ -147,6 +152,7 @@ type Server struct {
 	audit    AuditRecorder
 	auditLog AuditLog
 	backup   func(ctx context.Context, w io.Writer) error
+	rewrap   func(ctx context.Context, w io.Writer) error
 }
 
 // New returns a Server.
@@ -194,7 +200,7 @@ func New(cfg Config) (*Server, error) {
 	return &Server{
 		ks: cfg.Keystore, pw: cfg.Passwords, policy: cfg.Policy, logger: cfg.Logger, limits: cfg.Limits,
 		health: health.NewServer(), metrics: m, limiter: newLimiter(cfg.Policy, m.rateLimited),
-		audit: cfg.Audit, auditLog: cfg.AuditLog, backup: cfg.Backup,
+		audit: cfg.Audit, auditLog: cfg.AuditLog, backup: cfg.Backup, rewrap: cfg.RootRewrap,
 		drained: drained, endWatches: endWatches,
 	}, nil
 }

@@ -335,9 +335,10 @@ func copyUntilDone(ctx context.Context, w io.Writer, r io.Reader) error {
 	return err
 }
 
-// stalled is err, or errBackupStalled if that is why ctx ended.
+// stalled is err, or errBackupStalled or errRewrapStalled if that is why
+// ctx ended.
 func stalled(ctx context.Context, err error) error {
-	if cause := context.Cause(ctx); errors.Is(cause, errBackupStalled) {
+	if cause := context.Cause(ctx); errors.Is(cause, errBackupStalled) || errors.Is(cause, errRewrapStalled) {
 		return cause
 	}
 	return err

@@ -32,11 +32,21 @@ import (
 // the gRPC and ops addresses.
 func startDevWithOps(t *testing.T, dir string) (addr, ops string, stop func()) {
 	t.Helper()
+	return startDevWithOpsConfig(t, dir, nil)
+}
+
+// startDevWithOpsConfig is startDevWithOps with configure applied to the
+// configuration first.
+func startDevWithOpsConfig(t *testing.T, dir string, configure func(*config.Config)) (addr, ops string, stop func()) {
+	t.Helper()
 	cfg, err := prepareDev(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg.Listen, cfg.Ops.Listen = "127.0.0.1:0", "127.0.0.1:0"
+	if configure != nil {
+		configure(cfg)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan [2]string, 1)
 	done := make(chan error, 1)

@@ -46,6 +46,7 @@ storage:
 ops:
   listen: 127.0.0.1:9464
   backup: true # custos backup --config custos.yaml while custos serve runs
+  root_rewrap: true # custos root rewrap --config custos.yaml while custos serve runs
 `
 
 func newDevCmd() *cobra.Command {
@@ -90,6 +91,9 @@ restart still decrypts. Never use it in production.`,
 			cfg.Ops.Listen = opsListen
 			// GET /backup serves bbolt files, on the ops listener.
 			cfg.Ops.Backup = !ephemeral && opsListen != "off"
+			// POST /root/rewrap re-wraps the bbolt file's KEKs, on the ops
+			// listener too.
+			cfg.Ops.RootRewrap = !ephemeral && opsListen != "off"
 			cfg.Audit.Disabled = !auditOn
 			out := cmd.OutOrStdout()
 			return serve(cmd.Context(), cfg, cmd.ErrOrStderr(), hup, func(addr, ops net.Addr) { printDevHelp(out, dir, addr, ops) })

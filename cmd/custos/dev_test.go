@@ -57,8 +57,8 @@ func TestDevServesAndKeepsDataAcrossARestart(t *testing.T) {
 	rootKey, _ := os.ReadFile(filepath.Join(dir, "root.key"))
 	// custos serve --config on the dev files serves what custos dev
 	// serves, backups of the running server included.
-	if cfg, err := config.Load(filepath.Join(dir, "custos.yaml")); err != nil || !cfg.Ops.Backup {
-		t.Errorf("the dev config: %v, ops.backup %v; want it to load with backups on", err, cfg != nil && cfg.Ops.Backup)
+	if cfg, err := config.Load(filepath.Join(dir, "custos.yaml")); err != nil || !cfg.Ops.Backup || !cfg.Ops.RootRewrap {
+		t.Errorf("the dev config: %v, ops.backup and ops.root_rewrap %v; want it to load with both on", err, cfg != nil && cfg.Ops.Backup && cfg.Ops.RootRewrap)
 	}
 
 	addr, stop = startDev(t, dir) // second run reuses everything

@@ -1,19 +1,28 @@
 package main
 
 import (
+	"bufio"
+	"context"
+	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
+	"strings"
+	"time"
+
+	"github.com/custos-kms/custos/keystore/storage/bbolt"
+	"github.com/custos-kms/custos/server"
 
 	"github.com/spf13/cobra"
 
 	"github.com/custos-kms/custos/internal/config"
 	"github.com/custos-kms/custos/internal/custos"
-	"github.com/custos-kms/custos/keystore/audit"
-	"github.com/custos-kms/custos/keystore/backup"
 )
 
 // newRootAdminCmd is `custos root …`: operations on the root key that work
-// directly on the configured storage and root, with no running server needed.
+// directly on the configured storage and root, or through the server that
+// holds a bbolt file.
 func newRootAdminCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "root", Short: "Operate on the root key (re-wrap tenant KEKs after a root rotation)"}
 	var path string
@@ -23,9 +32,11 @@ func newRootAdminCmd() *cobra.Command {
 		Long: `After rotating the root key (a new Vault Transit or KMS key version), re-wrap
 every tenant KEK under the current version so older root versions can be retired.
 Runs against the storage and root named in the config: on PostgreSQL while the
-service keeps serving; on bbolt, whose file one process holds at a time, with
-the server stopped. Each tenant is updated atomically, so an interrupted run is
-simply started again. The audit log's signing key and the page-token key are
+service keeps serving. A bbolt file is one process's at a time: while a server
+holds it, the server re-wraps, asked on its ops listener (POST /root/rewrap,
+which ops.root_rewrap: true turns on); with the server stopped, this command
+does. Each tenant is updated atomically, so an interrupted run is simply
+started again. The audit log's signing key and the page-token key are
 re-wrapped too.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -35,36 +46,92 @@ re-wrapped too.`,
 			}
 			logger := custos.NewLogger(os.Stderr, cfg.Log.Level)
 			d, closeDirect, err := custos.OpenDirect(cmd.Context(), cfg, logger)
+			if errors.Is(err, bbolt.ErrLocked) && cfg.Ops.Listen != "off" {
+				return rewrapThroughServer(cmd, cfg)
+			}
 			if err != nil {
 				return err
 			}
 			defer closeDirect()
-			if err := backup.Unfinished(cmd.Context(), d.Store); err != nil {
-				return err
-			}
-			out := cmd.OutOrStdout()
-			n, err := d.Keystore.RewrapTenantKEKs(cmd.Context(), func(tenant string) { fmt.Fprintf(out, "re-wrapped tenants/%s\n", tenant) })
-			fmt.Fprintf(out, "%d tenant KEKs re-wrapped\n", n)
-			if err != nil {
-				return err
-			}
-			if err := audit.RewrapSigningKey(cmd.Context(), d.Store, d.Root); err != nil {
-				return err
-			}
-			fmt.Fprintln(out, "audit signing key re-wrapped")
-			found, replaced, err := d.Keystore.RewrapPageTokenKey(cmd.Context())
-			switch {
-			case err != nil:
-				return err
-			case replaced:
-				fmt.Fprintln(out, "page-token key replaced (the root no longer opened it): ListTenants page tokens out now are void; restart the servers")
-			case found:
-				fmt.Fprintln(out, "page-token key re-wrapped")
-			}
-			return nil
+			return custos.RewrapRoot(cmd.Context(), d.Store, d.Keystore, d.Root, cmd.OutOrStdout())
 		},
 	}
 	rewrap.Flags().StringVar(&path, "config", "custos.yaml", "configuration file")
 	cmd.AddCommand(rewrap)
 	return cmd
 }
+
+// rewrapStall is how long a server re-wrapping may send nothing before
+// custos root rewrap gives up (exit 7): its root calls are bounded to 30 s
+// a tenant.
+var rewrapStall = 2 * time.Minute
+
+// rewrapThroughServer asks the server holding the bbolt file of cfg to
+// re-wrap (POST /root/rewrap on its ops listener) and copies its lines.
+// The answer's last line says how the run ended: "done", or "failed: "
+// and why, in the terms an unauthenticated caller may read (the server's
+// log has the detail).
+func rewrapThroughServer(cmd *cobra.Command, cfg *config.Config) error {
+	ctx, cancel := context.WithCancelCause(cmd.Context())
+	defer cancel(nil)
+	stall := time.AfterFunc(rewrapStall, func() { cancel(errRewrapStalled) })
+	defer stall.Stop()
+	fmt.Fprintf(cmd.ErrOrStderr(), "the bbolt file is held by a running server: re-wrapping through its ops listener %s\n", cfg.Ops.Listen)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+cfg.Ops.Listen+"/root/rewrap", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	stall.Stop() // armed again by each read of the answer
+	if err != nil {
+		return fmt.Errorf("root rewrap through the server: %w", stalled(ctx, err))
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		err := fmt.Errorf("root rewrap through the server: %s: %s", resp.Status, strings.TrimSpace(string(body)))
+		switch resp.StatusCode {
+		case http.StatusServiceUnavailable, http.StatusTooManyRequests:
+			err = fmt.Errorf("%w (%w)", err, errRetryLater) // exit 7
+		case http.StatusNotFound:
+			err = fmt.Errorf("%w: the server does not re-wrap on request; set ops.root_rewrap: true in its configuration and restart it, or stop it and run this again", err)
+		}
+		return err
+	}
+	out := cmd.OutOrStdout()
+	sc := bufio.NewScanner(stallReader{resp.Body, stall})
+	last := ""
+	for sc.Scan() {
+		if last != "" {
+			fmt.Fprintln(out, last)
+		}
+		last = sc.Text()
+	}
+	if err := sc.Err(); err != nil {
+		if cause := context.Cause(ctx); cause != nil {
+			return fmt.Errorf("root rewrap through the server: %w", cause) // the server's silence, or the user's interrupt
+		}
+		return fmt.Errorf("root rewrap through the server: the answer broke off (run it again: it resumes without loss): %w (%w)", err, errRetryLater)
+	}
+	switch {
+	case last == rewrapDone:
+		return nil
+	case last == rewrapUnavailable:
+		return fmt.Errorf("root rewrap through the server: %s (%w)", last, errRetryLater)
+	case strings.HasPrefix(last, "failed: "):
+		return fmt.Errorf("root rewrap through the server: %s", last)
+	}
+	if last != "" {
+		fmt.Fprintln(out, last)
+	}
+	return fmt.Errorf("root rewrap through the server: the answer ended without saying how the run ended (run it again: it resumes without loss) (%w)", errRetryLater)
+}
+
+// The last line of the server's answer to POST /root/rewrap.
+const (
+	rewrapDone        = server.RootRewrapDone
+	rewrapUnavailable = server.RootRewrapUnavailable
+)
+
+// errRewrapStalled is why custos root rewrap gave up on a silent server.
+var errRewrapStalled = fmt.Errorf("the server sent nothing for a while: %w", errRetryLater)

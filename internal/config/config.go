@@ -172,6 +172,13 @@ type Ops struct {
 	// turns it on). The file is encrypted under the root, but anyone who
 	// reaches the listener can take one.
 	Backup bool `yaml:"backup"`
+	// RootRewrap serves POST /root/rewrap on the ops listener: this server
+	// re-wraps the store's KEKs under the root's current version, which
+	// custos root rewrap asks for when the store is a bbolt file the
+	// server holds. bbolt only; default off (custos dev turns it on).
+	// Anyone who reaches the listener can start one: it changes no key,
+	// only their wrapping, at the cost of root calls.
+	RootRewrap bool `yaml:"root_rewrap"`
 	// Pprof serves Go's profiles under /debug/pprof/ on the ops listener.
 	// Off by default: profiles show what the process is doing (never key
 	// material, but function names and timings).

@@ -245,6 +245,15 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 	case cfg.Ops.Backup && rt.opsLis == nil:
 		rt.logger.Warn("ops.backup is on but the ops listener is off (ops.listen); GET /backup is not served")
 	}
+	var rewrapFn func(context.Context, io.Writer) error
+	switch {
+	case cfg.Ops.RootRewrap && cfg.Storage.Type != "bbolt":
+		rt.logger.Warn("ops.root_rewrap is on but serves bbolt stores only; custos root rewrap works on this storage directly", "storage", cfg.Storage.Type)
+	case cfg.Ops.RootRewrap && rt.opsLis == nil:
+		rt.logger.Warn("ops.root_rewrap is on but the ops listener is off (ops.listen); POST /root/rewrap is not served")
+	case cfg.Ops.RootRewrap:
+		rewrapFn = func(ctx context.Context, w io.Writer) error { return RewrapRoot(ctx, store, rt.ks, r, w) }
+	}
 	if cfg.Ops.Pprof && rt.opsLis == nil {
 		rt.logger.Warn("ops.pprof is on but the ops listener is off (ops.listen); /debug/pprof is not served")
 	}
@@ -256,6 +265,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 	}
 	rt.srv, err = server.New(server.Config{
 		Backup:     backupFn,
+		RootRewrap: rewrapFn,
 		Audit:      auditCfg.Audit,
 		AuditLog:   auditCfg.AuditLog,
 		Collectors: append(auditCfg.Collectors, mr.collectors()...),

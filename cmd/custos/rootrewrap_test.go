@@ -1,0 +1,121 @@
+package main
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/custos-kms/custos/server"
+
+	"github.com/custos-kms/custos/internal/config"
+)
+
+// liveConfig writes the dev config of dir with the running server's ops
+// address, as the CLI on the same host would read it.
+func liveConfig(t *testing.T, dir, ops string) string {
+	t.Helper()
+	conf, err := os.ReadFile(filepath.Join(dir, "custos.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := filepath.Join(dir, "live.yaml")
+	if err := os.WriteFile(live, []byte(replaceOnce(t, string(conf), "  listen: 127.0.0.1:9464", "  listen: "+ops)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return live
+}
+
+// On bbolt, whose file the server holds, custos root rewrap has the
+// running server re-wrap (root rotation without downtime): every tenant
+// KEK and the audit log's signing key, while it goes on serving;
+// and what it wrote serves after a restart, from the store.
+func TestRootRewrapOfARunningBboltServer(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), ".custos-dev")
+	addr, ops, stop := startDevWithOps(t, dir)
+	for _, tenant := range []string{"acme", "beta"} {
+		cli(t, dir, addr, "tenant", "create", tenant)
+		cli(t, dir, addr, "key", "create", "tenants/"+tenant+"/keys/pii")
+	}
+	ct := strings.TrimSpace(cli(t, dir, addr, "encrypt", "tenants/acme/keys/pii", "--no-ad", "before the rewrap"))
+
+	out := runMain(t, "root", "rewrap", "--config", liveConfig(t, dir, ops))
+	for _, want := range []string{"through its ops listener", "re-wrapped tenants/acme", "re-wrapped tenants/beta", "2 tenant KEKs re-wrapped", "audit signing key re-wrapped"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("root rewrap said:\n%s\nwant %q", out, want)
+		}
+	}
+	if strings.Contains(out, "done") {
+		t.Errorf("root rewrap printed the server's last line:\n%s", out)
+	}
+	if pt := cli(t, dir, addr, "decrypt", "tenants/acme/keys/pii", "--no-ad", ct); !strings.Contains(pt, "before the rewrap") {
+		t.Fatalf("decrypt after the rewrap: %q", pt)
+	}
+	stop()
+
+	// A new server unwraps the re-wrapped KEK from the store.
+	addr, _, stop = startDevWithOps(t, dir)
+	defer stop()
+	if pt := cli(t, dir, addr, "decrypt", "tenants/acme/keys/pii", "--no-ad", ct); !strings.Contains(pt, "before the rewrap") {
+		t.Fatalf("decrypt after a restart: %q", pt)
+	}
+}
+
+// A server that does not re-wrap on request (ops.root_rewrap off) is
+// named as the reason, with what to do.
+func TestRootRewrapOfAServerThatDoesNotServeIt(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), ".custos-dev")
+	_, ops, stop := startDevWithOpsConfig(t, dir, func(cfg *config.Config) { cfg.Ops.RootRewrap = false })
+	defer stop()
+	out, err := runMainErr(t, "root", "rewrap", "--config", liveConfig(t, dir, ops))
+	if err == nil || !strings.Contains(err.Error(), "ops.root_rewrap: true") || exitCode(err) != exitOther {
+		t.Fatalf("root rewrap of a server without ops.root_rewrap: %v (exit %d)\n%s", err, exitCode(err), out)
+	}
+}
+
+// How the server's run ended decides the exit code: done 0, an outage 7
+// (run it again), a failure 1; an answer cut before its last line is 7
+// too. The server's lines are printed, its last one not.
+func TestRootRewrapThroughAServerExitsAsItsRunEnded(t *testing.T) {
+	for name, c := range map[string]struct {
+		body string
+		want int
+	}{
+		"done":             {"re-wrapped tenants/acme\n" + server.RootRewrapDone + "\n", 0},
+		"an outage":        {"re-wrapped tenants/acme\n" + server.RootRewrapUnavailable + "\n", exitUnavailable},
+		"a failure":        {"re-wrapped tenants/acme\n" + server.RootRewrapFailed + "\n", exitOther},
+		"cut short":        {"re-wrapped tenants/acme\n", exitUnavailable},
+		"no answer at all": {"", exitUnavailable},
+	} {
+		t.Run(name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method != http.MethodPost || r.URL.Path != "/root/rewrap" {
+					http.NotFound(w, r)
+					return
+				}
+				io.WriteString(w, c.body)
+			}))
+			defer srv.Close()
+			cmd := newRootCmd()
+			var out bytes.Buffer
+			cmd.SetOut(&out)
+			cmd.SetErr(io.Discard)
+			cmd.SetContext(t.Context())
+			err := rewrapThroughServer(cmd, &config.Config{Ops: config.Ops{Listen: strings.TrimPrefix(srv.URL, "http://")}})
+			got := 0
+			if err != nil {
+				got = exitCode(err)
+			}
+			if got != c.want {
+				t.Fatalf("%v: exit %d, want %d", err, got, c.want)
+			}
+			if c.body != "" && !strings.Contains(out.String(), "re-wrapped tenants/acme") || strings.Contains(out.String(), "failed:") || strings.Contains(out.String(), "done") {
+				t.Errorf("printed %q", out.String())
+			}
+		})
+	}
+}
