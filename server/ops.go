@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/pprof"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -303,6 +304,11 @@ func (s *Server) OpsHandler(withPprof bool) http.Handler {
 	return mux
 }
 
+// RootRewrapStoreHeader names, in a POST /root/rewrap, the store file the
+// caller means to re-wrap. Being a header no HTML form sets, it also keeps
+// a web page the operator has open from starting a run.
+const RootRewrapStoreHeader = "Custos-Store"
+
 // The last line of an answer to POST /root/rewrap: how the run ended.
 // A failure says only whether to retry; the server's log has the detail.
 const (
@@ -312,14 +318,24 @@ const (
 )
 
 // rootRewrapHandler re-wraps the store's KEKs inside the server (the one
-// process that may open a bbolt file), one run at a time, streaming its
-// lines (tenant names, as custos root rewrap prints them) and then one of
-// the RootRewrap lines. The run stops if the caller leaves (or the server
+// process that may open a bbolt file), one run at a time, for a request
+// naming this server's store file, streaming counts (never tenant names:
+// the listener authenticates nobody) and then one of the RootRewrap lines. The run stops if the caller leaves (or the server
 // shuts down): every step is a compare-and-swap, and a run cut short is
 // only started again.
 func (s *Server) rootRewrapHandler() http.Handler {
 	var busy sync.Mutex
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		want := r.Header.Get(RootRewrapStoreHeader)
+		if want == "" {
+			http.Error(w, "name the store file to re-wrap in the "+RootRewrapStoreHeader+" header (custos root rewrap does)", http.StatusBadRequest)
+			return
+		}
+		if !sameFile(want, s.rewrapStore) {
+			// Its own path is not told: the listener authenticates nobody.
+			http.Error(w, "this server holds another store file", http.StatusConflict)
+			return
+		}
 		if !busy.TryLock() {
 			http.Error(w, "a root rewrap is already running", http.StatusTooManyRequests)
 			return
@@ -343,6 +359,16 @@ func (s *Server) rootRewrapHandler() http.Handler {
 		}
 		fmt.Fprintln(fw, last)
 	})
+}
+
+// sameFile reports whether paths a and b name one existing file.
+func sameFile(a, b string) bool {
+	fa, err := os.Stat(a)
+	if err != nil {
+		return false
+	}
+	fb, err := os.Stat(b)
+	return err == nil && os.SameFile(fa, fb)
 }
 
 // flushWriter sends each write to the client at once, so that a long run

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -27,12 +29,12 @@ func TestARootRewrapAnswerEndsWithHowItEnded(t *testing.T) {
 		"anything else": {fmt.Errorf("rewrap: /secret/dir/custos.db: bad record"), RootRewrapFailed},
 	} {
 		t.Run(name, func(t *testing.T) {
-			s := &Server{logger: slog.New(slog.DiscardHandler), metrics: newMetrics(), rewrap: func(_ context.Context, w io.Writer) error {
+			s := &Server{logger: slog.New(slog.DiscardHandler), metrics: newMetrics(), rewrapStore: storeFile(t), rewrap: func(_ context.Context, w io.Writer) error {
 				fmt.Fprintln(w, "re-wrapped tenants/acme")
 				return c.err
 			}}
 			rec := httptest.NewRecorder()
-			s.OpsHandler(false).ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/root/rewrap", nil))
+			s.OpsHandler(false).ServeHTTP(rec, rewrapRequest(s.rewrapStore))
 			lines := strings.Split(strings.TrimSpace(rec.Body.String()), "\n")
 			if rec.Code != http.StatusOK || len(lines) != 2 || lines[0] != "re-wrapped tenants/acme" || lines[1] != c.want {
 				t.Fatalf("POST /root/rewrap: %d %q, want 200 with the step's line, then %q", rec.Code, rec.Body.String(), c.want)
@@ -48,7 +50,7 @@ func TestARootRewrapAnswerEndsWithHowItEnded(t *testing.T) {
 // serve the path.
 func TestOneRootRewrapAtATime(t *testing.T) {
 	started, release := make(chan struct{}), make(chan struct{})
-	s := &Server{logger: slog.New(slog.DiscardHandler), metrics: newMetrics(), rewrap: func(context.Context, io.Writer) error {
+	s := &Server{logger: slog.New(slog.DiscardHandler), metrics: newMetrics(), rewrapStore: storeFile(t), rewrap: func(context.Context, io.Writer) error {
 		close(started)
 		<-release
 		return nil
@@ -57,7 +59,7 @@ func TestOneRootRewrapAtATime(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodPost, "/root/rewrap", nil))
+		h.ServeHTTP(httptest.NewRecorder(), rewrapRequest(s.rewrapStore))
 	}()
 	select {
 	case <-started:
@@ -65,7 +67,7 @@ func TestOneRootRewrapAtATime(t *testing.T) {
 		t.Fatal("the first run did not start within 10s")
 	}
 	rec := httptest.NewRecorder()
-	h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/root/rewrap", nil))
+	h.ServeHTTP(rec, rewrapRequest(s.rewrapStore))
 	close(release)
 	select {
 	case <-done:
@@ -77,8 +79,63 @@ func TestOneRootRewrapAtATime(t *testing.T) {
 	}
 	off := &Server{logger: slog.New(slog.DiscardHandler), metrics: newMetrics()}
 	rec = httptest.NewRecorder()
-	off.OpsHandler(false).ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/root/rewrap", nil))
+	off.OpsHandler(false).ServeHTTP(rec, rewrapRequest(s.rewrapStore))
 	if rec.Code != http.StatusNotFound {
 		t.Fatalf("POST /root/rewrap without ops.root_rewrap: %d, want 404", rec.Code)
 	}
+}
+
+// A request must name this server's store file: none (a web page's form
+// cannot set the header) is a bad request, another file a conflict that
+// does not tell this server's path; neither starts a run.
+func TestARootRewrapRequestMustNameThisServersStore(t *testing.T) {
+	ran := false
+	s := &Server{logger: slog.New(slog.DiscardHandler), metrics: newMetrics(), rewrapStore: storeFile(t), rewrap: func(context.Context, io.Writer) error {
+		ran = true
+		return nil
+	}}
+	for name, c := range map[string]struct {
+		req  *http.Request
+		want int
+	}{
+		"no header":    {httptest.NewRequest(http.MethodPost, "/root/rewrap", nil), http.StatusBadRequest},
+		"another file": {rewrapRequest(storeFile(t)), http.StatusConflict},
+		"no file":      {rewrapRequest(filepath.Join(t.TempDir(), "none.db")), http.StatusConflict},
+	} {
+		rec := httptest.NewRecorder()
+		s.OpsHandler(false).ServeHTTP(rec, c.req)
+		if rec.Code != c.want || strings.Contains(rec.Body.String(), s.rewrapStore) {
+			t.Errorf("%s: %d %q, want %d without the server's path", name, rec.Code, rec.Body.String(), c.want)
+		}
+	}
+	if ran {
+		t.Fatal("a refused request started a run")
+	}
+	// The same file by another path (a symbolic link) is the same store.
+	link := filepath.Join(t.TempDir(), "link.db")
+	if err := os.Symlink(s.rewrapStore, link); err != nil {
+		t.Fatal(err)
+	}
+	rec := httptest.NewRecorder()
+	s.OpsHandler(false).ServeHTTP(rec, rewrapRequest(link))
+	if rec.Code != http.StatusOK || !ran {
+		t.Fatalf("the store by a link: %d %q, want a run", rec.Code, rec.Body.String())
+	}
+}
+
+// storeFile is an empty file standing for a store.
+func storeFile(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "custos.db")
+	if err := os.WriteFile(p, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// rewrapRequest is POST /root/rewrap naming store.
+func rewrapRequest(store string) *http.Request {
+	r := httptest.NewRequest(http.MethodPost, "/root/rewrap", nil)
+	r.Header.Set(RootRewrapStoreHeader, store)
+	return r
 }

@@ -131,6 +131,11 @@ type Config struct {
 	// serves it at POST /root/rewrap (custos root rewrap uses it when the
 	// store is a bbolt file the server holds).
 	RootRewrap func(ctx context.Context, w io.Writer) error
+	// RootRewrapStore is the file of the store RootRewrap re-wraps. A
+	// request names the file it means (RootRewrapStoreHeader), and one
+	// that names another (a configuration whose ops.listen reaches another
+	// server) is refused.
+	RootRewrapStore string
 }
 
 // Server implements custosv1.KeyServiceServer and custosv1.CryptoServiceServer.
@@ -153,6 +158,8 @@ type Server struct {
 	auditLog AuditLog
 	backup   func(ctx context.Context, w io.Writer) error
 	rewrap   func(ctx context.Context, w io.Writer) error
+	// rewrapStore is the file rewrap re-wraps.
+	rewrapStore string
 }
 
 // New returns a Server.
@@ -200,7 +207,7 @@ func New(cfg Config) (*Server, error) {
 	return &Server{
 		ks: cfg.Keystore, pw: cfg.Passwords, policy: cfg.Policy, logger: cfg.Logger, limits: cfg.Limits,
 		health: health.NewServer(), metrics: m, limiter: newLimiter(cfg.Policy, m.rateLimited),
-		audit: cfg.Audit, auditLog: cfg.AuditLog, backup: cfg.Backup, rewrap: cfg.RootRewrap,
+		audit: cfg.Audit, auditLog: cfg.AuditLog, backup: cfg.Backup, rewrap: cfg.RootRewrap, rewrapStore: cfg.RootRewrapStore,
 		drained: drained, endWatches: endWatches,
 	}, nil
 }

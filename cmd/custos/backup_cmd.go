@@ -251,10 +251,11 @@ var errBackupStalled = fmt.Errorf("the server sent nothing for a while: %w", err
 type stallReader struct {
 	r     io.Reader
 	stall *time.Timer
+	after time.Duration // the silence allowed
 }
 
 func (s stallReader) Read(b []byte) (int, error) {
-	s.stall.Reset(backupStall)
+	s.stall.Reset(s.after)
 	defer s.stall.Stop()
 	return s.r.Read(b)
 }
@@ -278,7 +279,7 @@ func backupFromServer(cmd *cobra.Command, cfg *config.Config, w io.Writer, f *os
 	resp.Body = struct {
 		io.Reader
 		io.Closer
-	}{stallReader{resp.Body, stall}, resp.Body}
+	}{stallReader{resp.Body, stall, backupStall}, resp.Body}
 	if resp.StatusCode != http.StatusOK {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		err := fmt.Errorf("backup through the server: %s: %s", resp.Status, strings.TrimSpace(string(body)))

@@ -44,6 +44,13 @@ re-wrapped too.`,
 			if err != nil {
 				return err
 			}
+			if cfg.Storage.Type == "bbolt" {
+				// A mistyped path must not become a new, empty store that
+				// is "re-wrapped" with success.
+				if _, err := os.Stat(cfg.Storage.Bbolt.Path); err != nil {
+					return fmt.Errorf("storage: %w", err)
+				}
+			}
 			logger := custos.NewLogger(os.Stderr, cfg.Log.Level)
 			d, closeDirect, err := custos.OpenDirect(cmd.Context(), cfg, logger)
 			if errors.Is(err, bbolt.ErrLocked) && cfg.Ops.Listen != "off" {
@@ -53,7 +60,7 @@ re-wrapped too.`,
 				return err
 			}
 			defer closeDirect()
-			return custos.RewrapRoot(cmd.Context(), d.Store, d.Keystore, d.Root, cmd.OutOrStdout())
+			return custos.RewrapRoot(cmd.Context(), d.Store, d.Keystore, d.Root, cmd.OutOrStdout(), true)
 		},
 	}
 	rewrap.Flags().StringVar(&path, "config", "custos.yaml", "configuration file")
@@ -76,11 +83,14 @@ func rewrapThroughServer(cmd *cobra.Command, cfg *config.Config) error {
 	defer cancel(nil)
 	stall := time.AfterFunc(rewrapStall, func() { cancel(errRewrapStalled) })
 	defer stall.Stop()
-	fmt.Fprintf(cmd.ErrOrStderr(), "the bbolt file is held by a running server: re-wrapping through its ops listener %s\n", cfg.Ops.Listen)
+	fmt.Fprintf(cmd.ErrOrStderr(), "the bbolt file is held by a running server: re-wrapping through its ops listener %s (it reports counts, not tenant names)\n", cfg.Ops.Listen)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+cfg.Ops.Listen+"/root/rewrap", nil)
 	if err != nil {
 		return err
 	}
+	// The file meant: a server holding another (ops.listen reaching the
+	// wrong one) refuses, rather than re-wrap its own and answer "done".
+	req.Header.Set(server.RootRewrapStoreHeader, cfg.Storage.Bbolt.Path)
 	resp, err := http.DefaultClient.Do(req)
 	stall.Stop() // armed again by each read of the answer
 	if err != nil {
@@ -95,11 +105,13 @@ func rewrapThroughServer(cmd *cobra.Command, cfg *config.Config) error {
 			err = fmt.Errorf("%w (%w)", err, errRetryLater) // exit 7
 		case http.StatusNotFound:
 			err = fmt.Errorf("%w: the server does not re-wrap on request; set ops.root_rewrap: true in its configuration and restart it, or stop it and run this again", err)
+		case http.StatusConflict:
+			err = fmt.Errorf("%w: the server at ops.listen %s is not the one holding %s; check ops.listen in the configuration", err, cfg.Ops.Listen, cfg.Storage.Bbolt.Path)
 		}
 		return err
 	}
 	out := cmd.OutOrStdout()
-	sc := bufio.NewScanner(stallReader{resp.Body, stall})
+	sc := bufio.NewScanner(stallReader{resp.Body, stall, rewrapStall})
 	last := ""
 	for sc.Scan() {
 		if last != "" {

@@ -176,8 +176,9 @@ type Ops struct {
 	// re-wraps the store's KEKs under the root's current version, which
 	// custos root rewrap asks for when the store is a bbolt file the
 	// server holds. bbolt only; default off (custos dev turns it on).
-	// Anyone who reaches the listener can start one: it changes no key,
-	// only their wrapping, at the cost of root calls.
+	// Anyone who reaches the listener and names the store's file can start
+	// one: it changes no key, only their wrapping, at the cost of root
+	// calls; its answer holds counts, not tenant names.
 	RootRewrap bool `yaml:"root_rewrap"`
 	// Pprof serves Go's profiles under /debug/pprof/ on the ops listener.
 	// Off by default: profiles show what the process is doing (never key

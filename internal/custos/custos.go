@@ -252,7 +252,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 	case cfg.Ops.RootRewrap && rt.opsLis == nil:
 		rt.logger.Warn("ops.root_rewrap is on but the ops listener is off (ops.listen); POST /root/rewrap is not served")
 	case cfg.Ops.RootRewrap:
-		rewrapFn = func(ctx context.Context, w io.Writer) error { return RewrapRoot(ctx, store, rt.ks, r, w) }
+		rewrapFn = func(ctx context.Context, w io.Writer) error { return RewrapRoot(ctx, store, rt.ks, r, w, false) }
 	}
 	if cfg.Ops.Pprof && rt.opsLis == nil {
 		rt.logger.Warn("ops.pprof is on but the ops listener is off (ops.listen); /debug/pprof is not served")
@@ -266,13 +266,15 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 	rt.srv, err = server.New(server.Config{
 		Backup:     backupFn,
 		RootRewrap: rewrapFn,
-		Audit:      auditCfg.Audit,
-		AuditLog:   auditCfg.AuditLog,
-		Collectors: append(auditCfg.Collectors, mr.collectors()...),
-		Keystore:   rt.ks,
-		Passwords:  pw,
-		Policy:     rt.policy,
-		Logger:     rt.logger,
+		// The file it re-wraps: a request that means another is refused.
+		RootRewrapStore: cfg.Storage.Bbolt.Path,
+		Audit:           auditCfg.Audit,
+		AuditLog:        auditCfg.AuditLog,
+		Collectors:      append(auditCfg.Collectors, mr.collectors()...),
+		Keystore:        rt.ks,
+		Passwords:       pw,
+		Policy:          rt.policy,
+		Logger:          rt.logger,
 		Limits: server.Limits{
 			MaxPlaintextBytes: cfg.Limits.MaxPlaintextBytes,
 			MaxBatchItems:     cfg.Limits.MaxBatchItems,

@@ -150,16 +150,18 @@ type Direct struct {
 	Keystore *keystore.Service
 }
 
-// OpenDirect opens the configured root and storage and builds a keystore
-// over them. close closes the store and the root.
+// OpenDirect opens the configured storage and root and builds a keystore
+// over them. close closes the store and the root. The storage comes first:
+// a bbolt file a server holds (bbolt.ErrLocked, which the commands answer
+// by asking that server) fails before the root is asked for anything.
 func OpenDirect(ctx context.Context, cfg *config.Config, logger *slog.Logger) (d *Direct, close func(), err error) {
-	rt, err := OpenRoot(ctx, cfg, logger)
+	store, err := OpenStorage(ctx, cfg, logger)
 	if err != nil {
 		return nil, nil, err
 	}
-	store, err := OpenStorage(ctx, cfg, logger)
+	rt, err := OpenRoot(ctx, cfg, logger)
 	if err != nil {
-		CloseRoot(rt)
+		store.Close()
 		return nil, nil, err
 	}
 	ks, err := keystore.New(KeystoreConfig(cfg, store, rt, logger))

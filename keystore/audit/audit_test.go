@@ -797,8 +797,8 @@ func TestRewrapSigningKeyKeepsTheLogVerifiable(t *testing.T) {
 		t.Fatal(err)
 	}
 	bounded := &roottest.Deadlines{Root: f.root}
-	if err := audit.RewrapSigningKey(ctx, f.store, bounded); err != nil {
-		t.Fatal(err)
+	if found, err := audit.RewrapSigningKey(ctx, f.store, bounded); err != nil || !found {
+		t.Fatal(found, err)
 	}
 	if bounded.Calls.Load() != 2 || bounded.Unbounded.Load() != 0 {
 		t.Fatalf("%d root calls (want an unwrap and a wrap), %d without a deadline", bounded.Calls.Load(), bounded.Unbounded.Load())

@@ -111,26 +111,26 @@ func signerOf(skey, vkey string) (note.Signer, string, error) {
 }
 
 // RewrapSigningKey wraps the log's signing key again under the current
-// root version (part of custos root rewrap). It does nothing when the log
-// has no key yet.
-func RewrapSigningKey(ctx context.Context, store storage.Store, r root.Root) error {
+// root version (part of custos root rewrap), and reports whether there was
+// one: it does nothing when the log has no key yet.
+func RewrapSigningKey(ctx context.Context, store storage.Store, r root.Root) (bool, error) {
 	// Bounded like the keystore's re-wraps: a root that stops answering
 	// fails the run instead of hanging it.
 	ctx, cancel := context.WithTimeout(ctx, rootTimeout)
 	defer cancel()
 	sk, skey, version, err := unwrapSigningKey(ctx, store, r)
 	if err != nil || version == 0 {
-		return err
+		return false, err
 	}
 	defer clear(skey)
 	if sk.Wrapped, err = r.Wrap(ctx, skey, signingKeyAAD(sk.Verifier)); err != nil {
-		return fmt.Errorf("audit: wrap signing key: %w", err)
+		return true, fmt.Errorf("audit: wrap signing key: %w", err)
 	}
 	b, _ := json.Marshal(sk)
 	if _, err := store.Put(ctx, signingKeyKey, b, version); err != nil {
-		return fmt.Errorf("audit: store rewrapped signing key: %w", err)
+		return true, fmt.Errorf("audit: store rewrapped signing key: %w", err)
 	}
-	return nil
+	return true, nil
 }
 
 // openSigner unwraps the log's signing key under the root and returns it
