@@ -84,12 +84,9 @@ func TestBackupOfARunningServerRestoresIntoPostgreSQL(t *testing.T) {
 	ct := strings.TrimSpace(cli(t, dir, addr, "encrypt", "tenants/acme/keys/pii", "--no-ad", "before the backup"))
 
 	// The config the CLI reads, with the server's real ops address.
+	live := liveConfig(t, dir, ops)
 	conf, err := os.ReadFile(filepath.Join(dir, "custos.yaml"))
 	if err != nil {
-		t.Fatal(err)
-	}
-	live := filepath.Join(dir, "live.yaml")
-	if err := os.WriteFile(live, []byte(replaceOnce(t, string(conf), "  listen: 127.0.0.1:9464", "  listen: "+ops)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	file := filepath.Join(t.TempDir(), "custos.backup")

@@ -238,26 +238,14 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 			return nil, err
 		}
 	}
-	var backupFn func(context.Context, io.Writer) error
-	switch {
-	case cfg.Ops.Backup && cfg.Storage.Type != "bbolt":
-		rt.logger.Warn("ops.backup is on but serves bbolt stores only; custos backup reads this storage directly", "storage", cfg.Storage.Type)
-	case cfg.Ops.Backup && rt.opsLis == nil:
-		rt.logger.Warn("ops.backup is on but the ops listener is off (ops.listen); GET /backup is not served")
-	}
-	var rewrapFn func(context.Context, io.Writer) error
-	switch {
-	case cfg.Ops.RootRewrap && cfg.Storage.Type != "bbolt":
-		rt.logger.Warn("ops.root_rewrap is on but serves bbolt stores only; custos root rewrap works on this storage directly", "storage", cfg.Storage.Type)
-	case cfg.Ops.RootRewrap && rt.opsLis == nil:
-		rt.logger.Warn("ops.root_rewrap is on but the ops listener is off (ops.listen); POST /root/rewrap is not served")
-	case cfg.Ops.RootRewrap:
+	var backupFn, rewrapFn func(context.Context, io.Writer) error
+	if rt.bboltOpsEndpoint(cfg, cfg.Ops.RootRewrap, "ops.root_rewrap", "POST /root/rewrap", "custos root rewrap works on this storage directly") {
 		rewrapFn = func(ctx context.Context, w io.Writer) error { return RewrapRoot(ctx, store, rt.ks, r, w, false) }
 	}
 	if cfg.Ops.Pprof && rt.opsLis == nil {
 		rt.logger.Warn("ops.pprof is on but the ops listener is off (ops.listen); /debug/pprof is not served")
 	}
-	if sn, ok := store.(storage.Snapshotter); ok && cfg.Ops.Backup && cfg.Storage.Type == "bbolt" {
+	if sn, ok := store.(storage.Snapshotter); ok && rt.bboltOpsEndpoint(cfg, cfg.Ops.Backup, "ops.backup", "GET /backup", "custos backup reads this storage directly") {
 		backupFn = func(ctx context.Context, w io.Writer) error {
 			_, err := backup.Write(ctx, w, sn, r, backup.Options{Source: cfg.Storage.Type})
 			return err
@@ -617,4 +605,22 @@ func (rt *Runtime) openAudit(ctx context.Context, store storage.Store, r root.Ro
 		sc.Collectors = append(sc.Collectors, exp.Collectors()...)
 	}
 	return nil
+}
+
+// bboltOpsEndpoint reports whether to serve an ops endpoint that works on
+// a bbolt file inside the server (GET /backup, POST /root/rewrap): on in
+// the configuration (key), the store a bbolt file, and the ops listener
+// on. When on but not served, it says why.
+func (rt *Runtime) bboltOpsEndpoint(cfg *config.Config, on bool, key, endpoint, elsewise string) bool {
+	switch {
+	case !on:
+		return false
+	case cfg.Storage.Type != "bbolt":
+		rt.logger.Warn(key+" is on but serves bbolt stores only; "+elsewise, "storage", cfg.Storage.Type)
+		return false
+	case rt.opsLis == nil:
+		rt.logger.Warn(key + " is on but the ops listener is off (ops.listen); " + endpoint + " is not served")
+		return false
+	}
+	return true
 }

@@ -26,6 +26,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/custos-kms/custos/internal/testkit"
+
 	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/root/roottest"
 	"github.com/custos-kms/custos/keystore/root/vault"
@@ -403,7 +405,7 @@ func TestAFailedEarlyRenewalIsLogged(t *testing.T) {
 	if err := os.WriteFile(secretFile, []byte("s3cret"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	cfg := f.config(vault.Auth{AppRole: &vault.AppRole{RoleID: "role", SecretIDFile: secretFile}})
 	cfg.Logger = slog.New(slog.NewJSONHandler(logs, nil))
 	r, err := vault.New(t.Context(), cfg)
@@ -427,24 +429,6 @@ func TestAFailedEarlyRenewalIsLogged(t *testing.T) {
 	if got := logs.String(); !strings.Contains(got, "token_expires") || strings.Contains(got, "s3cret") {
 		t.Errorf("log: %q, want the token's expiry and no secret", got)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger's goroutine and the test.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func TestConfigIsValidated(t *testing.T) {
