@@ -61,7 +61,7 @@ func newAuditCmd() *cobra.Command {
 			if limit < 1 {
 				return usageError{fmt.Errorf("--limit %d: want at least 1", limit)}
 			}
-			return nil
+			return checkAuditFlags(output, publicKey)
 		},
 		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, _ []string) error {
 			if err := checkOutput(output); err != nil {
@@ -75,7 +75,7 @@ func newAuditCmd() *cobra.Command {
 			f := filter(listSince)
 			f.PageSize = min(limit, 1000)
 			p := newEventPrinter(cmd.OutOrStdout(), output)
-			n := 0
+			n, more := 0, false
 			for n < limit {
 				page, err := cl.ListAuditEvents(ctx, parent, f)
 				if err != nil {
@@ -86,18 +86,26 @@ func newAuditCmd() *cobra.Command {
 					p.flush()
 					return err
 				}
-				for _, ev := range page.Events {
+				for i, ev := range page.Events {
 					if n == limit {
+						more = true
 						break
 					}
 					p.print(ev)
 					n++
+					if n == limit && (i < len(page.Events)-1 || page.NextPageToken != "") {
+						more = true
+					}
 				}
 				if f.PageToken = page.NextPageToken; f.PageToken == "" {
 					break
 				}
 			}
 			p.flush()
+			if more {
+				// Oldest first: what was left out is the newest.
+				fmt.Fprintf(cmd.ErrOrStderr(), "stopped at --limit %d: newer events follow; raise --limit, or narrow with --since and the filters\n", limit)
+			}
 			if pv.verify && output == "text" {
 				against := "the pinned key"
 				if publicKey == "" {
@@ -125,7 +133,7 @@ func newAuditCmd() *cobra.Command {
 			if interval <= 0 {
 				return usageError{fmt.Errorf("--interval %v: want a positive duration", interval)}
 			}
-			return nil
+			return checkAuditFlags(output, publicKey)
 		},
 		RunE: c.run(func(cmd *cobra.Command, cl *client.Client, _ []string) error {
 			if err := checkOutput(output); err != nil {
@@ -197,7 +205,7 @@ func auditKey(cmd *cobra.Command, call callContext, cl checkpointSource, parent,
 	}
 	if pinned != "" {
 		if _, err := note.NewVerifier(pinned); err != nil {
-			return "", fmt.Errorf("--public-key: %w", err)
+			return "", usageError{fmt.Errorf("--public-key: %w", err)}
 		}
 		return pinned, nil
 	}
@@ -396,6 +404,9 @@ that is not an extension of it. Run it as
 			if err != nil {
 				return err
 			}
+			if err := bboltFileExists(cfg); err != nil {
+				return err
+			}
 			d, closeDirect, err := custos.OpenDirect(cmd.Context(), cfg, custos.NewLogger(os.Stderr, cfg.Log.Level))
 			if err != nil {
 				return err
@@ -404,7 +415,7 @@ that is not an extension of it. Run it as
 			var v note.Verifier
 			if publicKey != "" {
 				if v, err = note.NewVerifier(publicKey); err != nil {
-					return fmt.Errorf("--public-key: %w", err)
+					return usageError{fmt.Errorf("--public-key: %w", err)}
 				}
 			} else if v, err = audit.VerifierOf(cmd.Context(), d.Store, d.Root); err != nil {
 				return err
@@ -474,4 +485,19 @@ const maxKeptCheckpoint = 64 << 10
 // as it came, such as a verification finding.
 func stoppedByInterrupt(ctx context.Context, err error) bool {
 	return ctx.Err() != nil && errors.Is(err, context.Canceled)
+}
+
+// checkAuditFlags checks audit list's and tail's -o and --public-key
+// before anything is dialled or read: a usage error (exit 2) whatever the
+// connection files.
+func checkAuditFlags(output, publicKey string) error {
+	if err := checkOutput(output); err != nil {
+		return err
+	}
+	if publicKey != "" {
+		if _, err := note.NewVerifier(publicKey); err != nil {
+			return usageError{fmt.Errorf("--public-key: %w", err)}
+		}
+	}
+	return nil
 }

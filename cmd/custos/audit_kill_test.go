@@ -188,6 +188,14 @@ func TestAuditCommands(t *testing.T) {
 		}
 	}
 	js := cli(t, dir, addr, "audit", "list", "--tenant", "acme", "--operation", "encrypt", "-o", "json")
+	// A --limit that leaves events out says so on standard error (oldest
+	// first: the newest are the ones left out); one that does not, not.
+	if _, errOut, err := runCLI(t, "audit", "list", "--tenant", "acme", "--limit", "1", "--addr", addr, "--dev-dir", dir); err != nil || !strings.Contains(errOut, "stopped at --limit 1") {
+		t.Fatalf("audit list --limit 1: %v, stderr %q", err, errOut)
+	}
+	if _, errOut, err := runCLI(t, "audit", "list", "--tenant", "acme", "--addr", addr, "--dev-dir", dir); err != nil || strings.Contains(errOut, "stopped at") {
+		t.Fatalf("audit list: %v, stderr %q", err, errOut)
+	}
 	// tail follows: it prints what is there, then what comes, until stopped.
 	tailCtx, cancelTail := context.WithTimeout(t.Context(), 4*time.Second)
 	defer cancelTail()

@@ -215,12 +215,8 @@ docs/backup.md.`,
 // listener (GET /backup), checked here with the root before it is kept.
 func writeBackup(cmd *cobra.Command, cfg *config.Config, w io.Writer, f *os.File, p *progress) (*backup.Manifest, error) {
 	ctx := cmd.Context()
-	if cfg.Storage.Type == "bbolt" {
-		// A mistyped path must not become a new, empty store and an empty
-		// backup.
-		if _, err := os.Stat(cfg.Storage.Bbolt.Path); err != nil {
-			return nil, fmt.Errorf("storage: %w", err)
-		}
+	if err := bboltFileExists(cfg); err != nil {
+		return nil, err
 	}
 	d, closeDirect, err := custos.OpenDirect(ctx, cfg, custos.NewLogger(cmd.ErrOrStderr(), "warn"))
 	if errors.Is(err, bbolt.ErrLocked) && cfg.Ops.Listen != "off" {
@@ -424,4 +420,18 @@ func (p *progress) done() {
 	if p.any {
 		fmt.Fprintln(p.w)
 	}
+}
+
+// bboltFileExists refuses a configured bbolt file that does not exist, for
+// the commands that read a store (backup, audit verify, root rewrap): bbolt
+// would create it, and a mistyped path would become a new, empty store
+// backed up, verified or re-wrapped with success.
+func bboltFileExists(cfg *config.Config) error {
+	if cfg.Storage.Type != "bbolt" {
+		return nil
+	}
+	if _, err := os.Stat(cfg.Storage.Bbolt.Path); err != nil {
+		return fmt.Errorf("storage: %w", err)
+	}
+	return nil
 }

@@ -340,3 +340,33 @@ func TestPasswordFromAPipeThatNeverClosesTimesOut(t *testing.T) {
 		t.Fatal("password hash waited for a pipe that never closes past --timeout")
 	}
 }
+
+// audit verify of a bbolt path that names no file fails and creates none.
+func TestAuditVerifyOfAMissingBboltFileFails(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), ".custos-dev")
+	if _, err := prepareDev(dir); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := runMainErr(t, "audit", "verify", "--config", filepath.Join(dir, "custos.yaml")); err == nil {
+		t.Fatalf("audit verify of a missing file succeeded:\n%s", out)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "custos.db")); !os.IsNotExist(err) {
+		t.Fatalf("audit verify created the store: %v", err)
+	}
+}
+
+// audit list and tail check -o and --public-key before they dial: a
+// usage error (exit 2) even where no connection files are.
+func TestAuditFlagsAreCheckedBeforeDialling(t *testing.T) {
+	t.Chdir(t.TempDir()) // no .custos-dev here
+	for _, args := range [][]string{
+		{"audit", "list", "--tenant", "acme", "-o", "yaml"},
+		{"audit", "tail", "--tenant", "acme", "-o", "yaml"},
+		{"audit", "list", "--tenant", "acme", "--public-key", "not-a-key"},
+		{"audit", "tail", "--tenant", "acme", "--public-key", "not-a-key"},
+	} {
+		if _, _, err := runCLI(t, args...); exitCode(err) != exitUsage {
+			t.Errorf("custos %v: %v (exit %d), want exit %d", args, err, exitCode(err), exitUsage)
+		}
+	}
+}

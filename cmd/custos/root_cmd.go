@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -44,18 +45,26 @@ re-wrapped too.`,
 			if err != nil {
 				return err
 			}
-			if cfg.Storage.Type == "bbolt" {
-				// A mistyped path must not become a new, empty store that
-				// is "re-wrapped" with success.
-				if _, err := os.Stat(cfg.Storage.Bbolt.Path); err != nil {
-					return fmt.Errorf("storage: %w", err)
-				}
+			if err := bboltFileExists(cfg); err != nil {
+				return err
 			}
 			logger := custos.NewLogger(os.Stderr, cfg.Log.Level)
-			d, closeDirect, err := custos.OpenDirect(cmd.Context(), cfg, logger)
-			if errors.Is(err, bbolt.ErrLocked) && cfg.Ops.Listen != "off" {
-				return rewrapThroughServer(cmd, cfg)
+			if cfg.Storage.Type == "bbolt" && cfg.Ops.Listen != "off" {
+				// A file a server holds is re-wrapped by that server: asked
+				// before this command opens the root, whose credentials
+				// its host may not have.
+				s, err := custos.OpenStorage(cmd.Context(), cfg, logger)
+				if errors.Is(err, bbolt.ErrLocked) {
+					return rewrapThroughServer(cmd, cfg)
+				}
+				if err != nil {
+					return err
+				}
+				if err := s.Close(); err != nil {
+					return err
+				}
 			}
+			d, closeDirect, err := custos.OpenDirect(cmd.Context(), cfg, logger)
 			if err != nil {
 				return err
 			}
@@ -90,15 +99,21 @@ func rewrapThroughServer(cmd *cobra.Command, cfg *config.Config) error {
 	}
 	// The file meant: a server holding another (ops.listen reaching the
 	// wrong one) refuses, rather than re-wrap its own and answer "done".
-	req.Header.Set(server.RootRewrapStoreHeader, cfg.Storage.Bbolt.Path)
+	// Absolute: the server resolves it in its own working directory.
+	store, err := filepath.Abs(cfg.Storage.Bbolt.Path)
+	if err != nil {
+		return err
+	}
+	req.Header.Set(server.RootRewrapStoreHeader, store)
 	resp, err := http.DefaultClient.Do(req)
 	stall.Stop() // armed again by each read of the answer
 	if err != nil {
 		return fmt.Errorf("root rewrap through the server: %w", stalled(ctx, err))
 	}
 	defer resp.Body.Close()
+	body := stallReader{resp.Body, stall, rewrapStall}
 	if resp.StatusCode != http.StatusOK {
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		body, _ := io.ReadAll(io.LimitReader(body, 4096))
 		err := fmt.Errorf("root rewrap through the server: %s: %s", resp.Status, strings.TrimSpace(string(body)))
 		switch resp.StatusCode {
 		case http.StatusServiceUnavailable, http.StatusTooManyRequests:
@@ -111,7 +126,7 @@ func rewrapThroughServer(cmd *cobra.Command, cfg *config.Config) error {
 		return err
 	}
 	out := cmd.OutOrStdout()
-	sc := bufio.NewScanner(stallReader{resp.Body, stall, rewrapStall})
+	sc := bufio.NewScanner(body)
 	last := ""
 	for sc.Scan() {
 		if last != "" {

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/custos-kms/custos/server"
 
@@ -156,5 +157,65 @@ func TestRootRewrapOfAMissingBboltFileFails(t *testing.T) {
 	}
 	if _, err := os.Stat(missing); !os.IsNotExist(err) {
 		t.Fatalf("root rewrap created the store: %v", err)
+	}
+}
+
+// The store is named by its absolute path: the server resolves a relative
+// one in its own working directory, which is not the command's.
+func TestRootRewrapNamesTheStoreAbsolutely(t *testing.T) {
+	got := make(chan string, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- r.Header.Get(server.RootRewrapStoreHeader)
+		io.WriteString(w, server.RootRewrapDone+"\n")
+	}))
+	defer srv.Close()
+	t.Chdir(t.TempDir())
+	cmd := newRootCmd()
+	cmd.SetOut(io.Discard)
+	cmd.SetErr(io.Discard)
+	cmd.SetContext(t.Context())
+	cfg := &config.Config{Ops: config.Ops{Listen: strings.TrimPrefix(srv.URL, "http://")}}
+	cfg.Storage.Bbolt.Path = "custos.db"
+	if err := rewrapThroughServer(cmd, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if name := <-got; !filepath.IsAbs(name) || filepath.Base(name) != "custos.db" {
+		t.Fatalf("the request named %q, want the absolute path of custos.db", name)
+	}
+}
+
+// Whatever answers on ops.listen and then goes silent (a proxy, another
+// service) fails the command with exit 7 once the stall bound passes, even
+// in the middle of an error answer.
+func TestRootRewrapGivesUpOnASilentAnswer(t *testing.T) {
+	old := rewrapStall
+	rewrapStall = 200 * time.Millisecond
+	defer func() { rewrapStall = old }()
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer srv.Close()
+	defer close(release)
+	cmd := newRootCmd()
+	cmd.SetOut(io.Discard)
+	cmd.SetErr(io.Discard)
+	cmd.SetContext(t.Context())
+	done := make(chan error, 1)
+	go func() {
+		done <- rewrapThroughServer(cmd, &config.Config{Ops: config.Ops{Listen: strings.TrimPrefix(srv.URL, "http://")}})
+	}()
+	select {
+	case err := <-done:
+		if exitCode(err) != exitUnavailable {
+			t.Fatalf("%v: exit %d, want %d", err, exitCode(err), exitUnavailable)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("root rewrap waited for a silent answer past its stall bound")
 	}
 }

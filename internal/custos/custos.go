@@ -239,8 +239,14 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 		}
 	}
 	var backupFn, rewrapFn func(context.Context, io.Writer) error
+	var rewrapStore string
 	if rt.bboltOpsEndpoint(cfg, cfg.Ops.RootRewrap, "ops.root_rewrap", "POST /root/rewrap", "custos root rewrap works on this storage directly") {
 		rewrapFn = func(ctx context.Context, w io.Writer) error { return RewrapRoot(ctx, store, rt.ks, r, w, false) }
+		// Absolute, as custos root rewrap names it (and this process
+		// could change directory).
+		if rewrapStore, err = filepath.Abs(cfg.Storage.Bbolt.Path); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.Ops.Pprof && rt.opsLis == nil {
 		rt.logger.Warn("ops.pprof is on but the ops listener is off (ops.listen); /debug/pprof is not served")
@@ -255,7 +261,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 		Backup:     backupFn,
 		RootRewrap: rewrapFn,
 		// The file it re-wraps: a request that means another is refused.
-		RootRewrapStore: cfg.Storage.Bbolt.Path,
+		RootRewrapStore: rewrapStore,
 		Audit:           auditCfg.Audit,
 		AuditLog:        auditCfg.AuditLog,
 		Collectors:      append(auditCfg.Collectors, mr.collectors()...),

@@ -150,18 +150,17 @@ type Direct struct {
 	Keystore *keystore.Service
 }
 
-// OpenDirect opens the configured storage and root and builds a keystore
-// over them. close closes the store and the root. The storage comes first:
-// a bbolt file a server holds (bbolt.ErrLocked, which the commands answer
-// by asking that server) fails before the root is asked for anything.
+// OpenDirect opens the configured root and storage and builds a keystore
+// over them. close closes the store and the root. The root comes first: a
+// root that fails leaves the store untouched (no migration, no new file).
 func OpenDirect(ctx context.Context, cfg *config.Config, logger *slog.Logger) (d *Direct, close func(), err error) {
-	store, err := OpenStorage(ctx, cfg, logger)
+	rt, err := OpenRoot(ctx, cfg, logger)
 	if err != nil {
 		return nil, nil, err
 	}
-	rt, err := OpenRoot(ctx, cfg, logger)
+	store, err := OpenStorage(ctx, cfg, logger)
 	if err != nil {
-		store.Close()
+		CloseRoot(rt)
 		return nil, nil, err
 	}
 	ks, err := keystore.New(KeystoreConfig(cfg, store, rt, logger))

@@ -400,7 +400,7 @@ func TestAHangingEarlyRenewalFailsNoCall(t *testing.T) {
 // an outage comes when the token expires.
 func TestAFailedEarlyRenewalIsLogged(t *testing.T) {
 	f := newFakeVault(t)
-	f.tokenTTL = 2 * time.Second // renewed after 1.5s
+	f.tokenTTL = 6 * time.Second // renewed after 4.5s; 1.4s of margin after the Wrap below
 	secretFile := filepath.Join(t.TempDir(), "secret-id")
 	if err := os.WriteFile(secretFile, []byte("s3cret"), 0o600); err != nil {
 		t.Fatal(err)
@@ -415,7 +415,7 @@ func TestAFailedEarlyRenewalIsLogged(t *testing.T) {
 	refused := make(chan struct{})
 	close(refused) // logins answer 503 at once
 	f.hangLogin.Store(&refused)
-	time.Sleep(1600 * time.Millisecond) // past the renewal time, before the expiry
+	time.Sleep(4600 * time.Millisecond) // past the renewal time, well before the expiry
 	if _, err := r.Wrap(t.Context(), []byte("kek"), nil); err != nil {
 		t.Fatalf("Wrap while the token still serves: %v", err)
 	}
