@@ -87,19 +87,28 @@ func newAuditCmd() *cobra.Command {
 					return err
 				}
 				for i, ev := range page.Events {
-					if n == limit {
-						more = true
-						break
-					}
 					p.print(ev)
 					n++
-					if n == limit && (i < len(page.Events)-1 || page.NextPageToken != "") {
-						more = true
+					if n == limit {
+						more = i < len(page.Events)-1
+						break
 					}
 				}
 				if f.PageToken = page.NextPageToken; f.PageToken == "" {
 					break
 				}
+			}
+			// A full page comes with a token whether or not anything
+			// follows: ask for one more event to know (a page the
+			// server's scan budget cut short may be empty and still
+			// have a token; a few are followed).
+			for probe, tries := f, 0; n == limit && !more && probe.PageToken != "" && tries < 8; tries++ {
+				probe.PageSize = 1
+				page, err := cl.ListAuditEvents(ctx, parent, probe)
+				if err != nil {
+					break // the rows are printed; the note is only a hint
+				}
+				more, probe.PageToken = len(page.Events) > 0, page.NextPageToken
 			}
 			p.flush()
 			if more {
@@ -400,6 +409,13 @@ that is not an extension of it. Run it as
 (a missing --checkpoint file is allowed on the first run).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			var v note.Verifier
+			if publicKey != "" { // a usage error before anything is read
+				var err error
+				if v, err = note.NewVerifier(publicKey); err != nil {
+					return usageError{fmt.Errorf("--public-key: %w", err)}
+				}
+			}
 			cfg, err := config.Load(path)
 			if err != nil {
 				return err
@@ -412,13 +428,10 @@ that is not an extension of it. Run it as
 				return err
 			}
 			defer closeDirect()
-			var v note.Verifier
-			if publicKey != "" {
-				if v, err = note.NewVerifier(publicKey); err != nil {
-					return usageError{fmt.Errorf("--public-key: %w", err)}
+			if v == nil {
+				if v, err = audit.VerifierOf(cmd.Context(), d.Store, d.Root); err != nil {
+					return err
 				}
-			} else if v, err = audit.VerifierOf(cmd.Context(), d.Store, d.Root); err != nil {
-				return err
 			}
 			var kept [][]byte
 			if keptPath != "" {

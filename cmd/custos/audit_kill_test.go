@@ -193,8 +193,15 @@ func TestAuditCommands(t *testing.T) {
 	if _, errOut, err := runCLI(t, "audit", "list", "--tenant", "acme", "--limit", "1", "--addr", addr, "--dev-dir", dir); err != nil || !strings.Contains(errOut, "stopped at --limit 1") {
 		t.Fatalf("audit list --limit 1: %v, stderr %q", err, errOut)
 	}
-	if _, errOut, err := runCLI(t, "audit", "list", "--tenant", "acme", "--addr", addr, "--dev-dir", dir); err != nil || strings.Contains(errOut, "stopped at") {
-		t.Fatalf("audit list: %v, stderr %q", err, errOut)
+	for _, args := range [][]string{
+		{"audit", "list", "--tenant", "acme"},
+		// Exactly as many as the limit: the full page's token is no sign
+		// of more.
+		{"audit", "list", "--tenant", "acme", "--operation", "create_key", "--limit", "1"},
+	} {
+		if _, errOut, err := runCLI(t, append(args, "--addr", addr, "--dev-dir", dir)...); err != nil || strings.Contains(errOut, "stopped at") {
+			t.Fatalf("custos %v: %v, stderr %q", args, err, errOut)
+		}
 	}
 	// tail follows: it prints what is there, then what comes, until stopped.
 	tailCtx, cancelTail := context.WithTimeout(t.Context(), 4*time.Second)

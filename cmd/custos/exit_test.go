@@ -364,6 +364,7 @@ func TestAuditFlagsAreCheckedBeforeDialling(t *testing.T) {
 		{"audit", "tail", "--tenant", "acme", "-o", "yaml"},
 		{"audit", "list", "--tenant", "acme", "--public-key", "not-a-key"},
 		{"audit", "tail", "--tenant", "acme", "--public-key", "not-a-key"},
+		{"audit", "verify", "--config", "missing.yaml", "--public-key", "not-a-key"},
 	} {
 		if _, _, err := runCLI(t, args...); exitCode(err) != exitUsage {
 			t.Errorf("custos %v: %v (exit %d), want exit %d", args, err, exitCode(err), exitUsage)

@@ -53,7 +53,7 @@ re-wrapped too.`,
 				// A file a server holds is re-wrapped by that server: asked
 				// before this command opens the root, whose credentials
 				// its host may not have.
-				s, err := custos.OpenStorage(cmd.Context(), cfg, logger)
+				s, err := custos.OpenStorageReadOnly(cmd.Context(), cfg, logger) // writes nothing
 				if errors.Is(err, bbolt.ErrLocked) {
 					return rewrapThroughServer(cmd, cfg)
 				}
@@ -65,6 +65,9 @@ re-wrapped too.`,
 				}
 			}
 			d, closeDirect, err := custos.OpenDirect(cmd.Context(), cfg, logger)
+			if errors.Is(err, bbolt.ErrLocked) && cfg.Ops.Listen != "off" {
+				return rewrapThroughServer(cmd, cfg) // a server started since the probe
+			}
 			if err != nil {
 				return err
 			}
