@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/pprof"
 	"os"
@@ -268,6 +269,9 @@ func (s *Server) OpsHandler(withPprof bool) http.Handler {
 		// under a key only the root unwraps. One at a time.
 		var busy sync.Mutex
 		mux.HandleFunc("GET /backup", func(w http.ResponseWriter, r *http.Request) {
+			if !s.opsHostAllowed(w, r) {
+				return
+			}
 			if !busy.TryLock() {
 				http.Error(w, "a backup is already being taken", http.StatusTooManyRequests)
 				return
@@ -326,6 +330,9 @@ const (
 func (s *Server) rootRewrapHandler() http.Handler {
 	var busy sync.Mutex
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !s.opsHostAllowed(w, r) {
+			return
+		}
 		want := r.Header.Get(RootRewrapStoreHeader)
 		if want == "" {
 			http.Error(w, "name the store file to re-wrap in the "+RootRewrapStoreHeader+" header (custos root rewrap does)", http.StatusBadRequest)
@@ -359,6 +366,26 @@ func (s *Server) rootRewrapHandler() http.Handler {
 		}
 		fmt.Fprintln(fw, last)
 	})
+}
+
+// opsHostAllowed answers 421 Misdirected Request, and returns false, for a
+// request to a host name that is not the ops listener's own (OpsHost) nor
+// localhost nor an IP address: what a web page sends after rebinding its
+// DNS name to the listener's address, to reach the endpoints that work on
+// the store.
+func (s *Server) opsHostAllowed(w http.ResponseWriter, r *http.Request) bool {
+	host := r.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	// "" is what Go's client sends for an address without a host
+	// (ops.listen ":9464"); a browser never does.
+	if host == "" || net.ParseIP(host) != nil || strings.EqualFold(host, "localhost") || (s.opsHost != "" && strings.EqualFold(host, s.opsHost)) {
+		return true
+	}
+	http.Error(w, "this endpoint answers requests to the ops listener's own address only", http.StatusMisdirectedRequest)
+	return false
 }
 
 // sameFile reports whether paths a and b name one existing file.

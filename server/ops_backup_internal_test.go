@@ -30,7 +30,7 @@ func TestABackupThatMeetsAnOutageAnswersServiceUnavailable(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			s := &Server{logger: slog.New(slog.DiscardHandler), metrics: newMetrics(), backup: func(context.Context, io.Writer) error { return c.err }}
 			rec := httptest.NewRecorder()
-			s.OpsHandler(false).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/backup", nil))
+			s.OpsHandler(false).ServeHTTP(rec, opsRequest(http.MethodGet, "/backup"))
 			if rec.Code != c.want {
 				t.Fatalf("GET /backup: %d, want %d", rec.Code, c.want)
 			}
@@ -46,7 +46,7 @@ func TestABackupFailureTellsTheCallerNoPath(t *testing.T) {
 		return fmt.Errorf("bbolt: snapshot: %w", &fs.PathError{Op: "open", Path: "/secret/dir/custos.db.snapshot", Err: syscall.ENOSPC})
 	}}
 	rec := httptest.NewRecorder()
-	s.OpsHandler(false).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/backup", nil))
+	s.OpsHandler(false).ServeHTTP(rec, opsRequest(http.MethodGet, "/backup"))
 	if strings.Contains(rec.Body.String(), "/secret") {
 		t.Fatalf("the answer holds the server's path: %q", rec.Body.String())
 	}

@@ -98,7 +98,7 @@ func TestARootRewrapRequestMustNameThisServersStore(t *testing.T) {
 		req  *http.Request
 		want int
 	}{
-		"no header":    {httptest.NewRequest(http.MethodPost, "/root/rewrap", nil), http.StatusBadRequest},
+		"no header":    {opsRequest(http.MethodPost, "/root/rewrap"), http.StatusBadRequest},
 		"another file": {rewrapRequest(storeFile(t)), http.StatusConflict},
 		"no file":      {rewrapRequest(filepath.Join(t.TempDir(), "none.db")), http.StatusConflict},
 	} {
@@ -135,7 +135,49 @@ func storeFile(t *testing.T) string {
 
 // rewrapRequest is POST /root/rewrap naming store.
 func rewrapRequest(store string) *http.Request {
-	r := httptest.NewRequest(http.MethodPost, "/root/rewrap", nil)
+	r := opsRequest(http.MethodPost, "/root/rewrap")
 	r.Header.Set(RootRewrapStoreHeader, store)
 	return r
+}
+
+// opsRequest is a request to the ops listener at its loopback address, as
+// custos backup and custos root rewrap send them.
+func opsRequest(method, path string) *http.Request {
+	r := httptest.NewRequest(method, path, nil)
+	r.Host = "127.0.0.1:9464"
+	return r
+}
+
+// The endpoints that work on the store answer requests to the listener's
+// own address (an IP address, localhost, or the host name of ops.listen)
+// and refuse any other host name: a web page that rebinds its own DNS name
+// to the loopback address sends that name.
+func TestStoreEndpointsRefuseOtherHostNames(t *testing.T) {
+	ran := false
+	s := &Server{logger: slog.New(slog.DiscardHandler), metrics: newMetrics(), opsHost: "custos-ops.internal", rewrapStore: storeFile(t),
+		rewrap: func(context.Context, io.Writer) error { ran = true; return nil },
+		backup: func(context.Context, io.Writer) error { ran = true; return nil }}
+	h := s.OpsHandler(false)
+	for host, allowed := range map[string]bool{
+		"127.0.0.1:9464": true, "[::1]:9464": true, "localhost:9464": true, "custos-ops.internal:9464": true, ":9464": true,
+		"attacker.example:9464": false, "attacker.example": false, "localhost.attacker.example:9464": false,
+	} {
+		for _, r := range []*http.Request{opsRequest(http.MethodGet, "/backup"), rewrapRequest(s.rewrapStore)} {
+			r.Host = host
+			ran = false
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, r)
+			if refused := rec.Code == http.StatusMisdirectedRequest; refused == allowed || ran != allowed {
+				t.Errorf("%s %s to host %q: %d (ran %v), want allowed %v", r.Method, r.URL.Path, host, rec.Code, ran, allowed)
+			}
+		}
+	}
+	// /metrics and the probes answer any host, as before.
+	r := opsRequest(http.MethodGet, "/healthz")
+	r.Host = "attacker.example"
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, r)
+	if rec.Code != http.StatusOK {
+		t.Errorf("/healthz to another host name: %d", rec.Code)
+	}
 }

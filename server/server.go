@@ -136,6 +136,12 @@ type Config struct {
 	// that names another (a configuration whose ops.listen reaches another
 	// server) is refused.
 	RootRewrapStore string
+	// OpsHost is the host name the ops listener is reached by, if its
+	// address names one (ops.listen); GET /backup and POST /root/rewrap
+	// answer requests addressed to it, to an IP address or to localhost,
+	// and refuse others: a web page that rebinds its own DNS name to the
+	// listener's address sends that name.
+	OpsHost string
 }
 
 // Server implements custosv1.KeyServiceServer and custosv1.CryptoServiceServer.
@@ -160,6 +166,7 @@ type Server struct {
 	rewrap   func(ctx context.Context, w io.Writer) error
 	// rewrapStore is the file rewrap re-wraps.
 	rewrapStore string
+	opsHost     string
 }
 
 // New returns a Server.
@@ -207,7 +214,7 @@ func New(cfg Config) (*Server, error) {
 	return &Server{
 		ks: cfg.Keystore, pw: cfg.Passwords, policy: cfg.Policy, logger: cfg.Logger, limits: cfg.Limits,
 		health: health.NewServer(), metrics: m, limiter: newLimiter(cfg.Policy, m.rateLimited),
-		audit: cfg.Audit, auditLog: cfg.AuditLog, backup: cfg.Backup, rewrap: cfg.RootRewrap, rewrapStore: cfg.RootRewrapStore,
+		audit: cfg.Audit, auditLog: cfg.AuditLog, backup: cfg.Backup, rewrap: cfg.RootRewrap, rewrapStore: cfg.RootRewrapStore, opsHost: cfg.OpsHost,
 		drained: drained, endWatches: endWatches,
 	}, nil
 }

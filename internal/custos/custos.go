@@ -262,6 +262,7 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 		RootRewrap: rewrapFn,
 		// The file it re-wraps: a request that means another is refused.
 		RootRewrapStore: rewrapStore,
+		OpsHost:         opsHost(cfg.Ops.Listen),
 		Audit:           auditCfg.Audit,
 		AuditLog:        auditCfg.AuditLog,
 		Collectors:      append(auditCfg.Collectors, mr.collectors()...),
@@ -629,4 +630,14 @@ func (rt *Runtime) bboltOpsEndpoint(cfg *config.Config, on bool, key, endpoint, 
 		return false
 	}
 	return true
+}
+
+// opsHost is the host name in the ops listener's address, or "" for an IP
+// address or none.
+func opsHost(listen string) string {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil || net.ParseIP(host) != nil {
+		return ""
+	}
+	return host
 }
