@@ -269,7 +269,7 @@ func (s *Server) OpsHandler(withPprof bool) http.Handler {
 		// under a key only the root unwraps. One at a time.
 		var busy sync.Mutex
 		mux.HandleFunc("GET /backup", func(w http.ResponseWriter, r *http.Request) {
-			if !s.opsHostAllowed(w, r) {
+			if !s.opsHostAllowed(w, r) || !s.namesThisStore(w, r) {
 				return
 			}
 			if !busy.TryLock() {
@@ -308,10 +308,29 @@ func (s *Server) OpsHandler(withPprof bool) http.Handler {
 	return mux
 }
 
-// RootRewrapStoreHeader names, in a POST /root/rewrap, the store file the
-// caller means to re-wrap. Being a header no HTML form sets, it also keeps
-// a web page the operator has open from starting a run.
-const RootRewrapStoreHeader = "Custos-Store"
+// StoreFileHeader names, in a GET /backup or a POST /root/rewrap, the
+// absolute path of the store file the caller means. Being a header no HTML
+// form or image sets (and one a cross-site script may not send without
+// asking), it also keeps a web page the operator has open from starting a
+// backup or a run.
+const StoreFileHeader = "Custos-Store"
+
+// namesThisStore answers, and returns false, unless the request names
+// this server's store file (StoreFileHeader): 400 without one, 409 for
+// another, without telling this server's path, since the listener
+// authenticates nobody.
+func (s *Server) namesThisStore(w http.ResponseWriter, r *http.Request) bool {
+	want := r.Header.Get(StoreFileHeader)
+	if want == "" {
+		http.Error(w, "name the store file in the "+StoreFileHeader+" header (custos backup and custos root rewrap do)", http.StatusBadRequest)
+		return false
+	}
+	if !sameFile(want, s.storeFile) {
+		http.Error(w, "this server holds another store file", http.StatusConflict)
+		return false
+	}
+	return true
+}
 
 // The last line of an answer to POST /root/rewrap: how the run ended.
 // A failure says only whether to retry; the server's log has the detail.
@@ -330,17 +349,7 @@ const (
 func (s *Server) rootRewrapHandler() http.Handler {
 	var busy sync.Mutex
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !s.opsHostAllowed(w, r) {
-			return
-		}
-		want := r.Header.Get(RootRewrapStoreHeader)
-		if want == "" {
-			http.Error(w, "name the store file to re-wrap in the "+RootRewrapStoreHeader+" header (custos root rewrap does)", http.StatusBadRequest)
-			return
-		}
-		if !sameFile(want, s.rewrapStore) {
-			// Its own path is not told: the listener authenticates nobody.
-			http.Error(w, "this server holds another store file", http.StatusConflict)
+		if !s.opsHostAllowed(w, r) || !s.namesThisStore(w, r) {
 			return
 		}
 		if !busy.TryLock() {
@@ -379,6 +388,7 @@ func (s *Server) opsHostAllowed(w http.ResponseWriter, r *http.Request) bool {
 		host = h
 	}
 	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	host = strings.TrimSuffix(host, ".") // the fully qualified form of the same name
 	// "" is what Go's client sends for an address without a host
 	// (ops.listen ":9464"); a browser never does.
 	if host == "" || net.ParseIP(host) != nil || strings.EqualFold(host, "localhost") || (s.opsHost != "" && strings.EqualFold(host, s.opsHost)) {

@@ -28,9 +28,9 @@ func TestABackupThatMeetsAnOutageAnswersServiceUnavailable(t *testing.T) {
 		"anything else":        {fmt.Errorf("backup: no records bucket"), http.StatusInternalServerError},
 	} {
 		t.Run(name, func(t *testing.T) {
-			s := &Server{logger: slog.New(slog.DiscardHandler), metrics: newMetrics(), backup: func(context.Context, io.Writer) error { return c.err }}
+			s := &Server{logger: slog.New(slog.DiscardHandler), metrics: newMetrics(), storeFile: storeFile(t), backup: func(context.Context, io.Writer) error { return c.err }}
 			rec := httptest.NewRecorder()
-			s.OpsHandler(false).ServeHTTP(rec, opsRequest(http.MethodGet, "/backup"))
+			s.OpsHandler(false).ServeHTTP(rec, backupRequest(s.storeFile))
 			if rec.Code != c.want {
 				t.Fatalf("GET /backup: %d, want %d", rec.Code, c.want)
 			}
@@ -42,11 +42,11 @@ func TestABackupThatMeetsAnOutageAnswersServiceUnavailable(t *testing.T) {
 // error itself (paths of the server's files): the ops listener does not
 // authenticate its callers.
 func TestABackupFailureTellsTheCallerNoPath(t *testing.T) {
-	s := &Server{logger: slog.New(slog.DiscardHandler), metrics: newMetrics(), backup: func(context.Context, io.Writer) error {
+	s := &Server{logger: slog.New(slog.DiscardHandler), metrics: newMetrics(), storeFile: storeFile(t), backup: func(context.Context, io.Writer) error {
 		return fmt.Errorf("bbolt: snapshot: %w", &fs.PathError{Op: "open", Path: "/secret/dir/custos.db.snapshot", Err: syscall.ENOSPC})
 	}}
 	rec := httptest.NewRecorder()
-	s.OpsHandler(false).ServeHTTP(rec, opsRequest(http.MethodGet, "/backup"))
+	s.OpsHandler(false).ServeHTTP(rec, backupRequest(s.storeFile))
 	if strings.Contains(rec.Body.String(), "/secret") {
 		t.Fatalf("the answer holds the server's path: %q", rec.Body.String())
 	}
@@ -59,7 +59,7 @@ func TestAStalledBackupReaderDoesNotBlockTheNext(t *testing.T) {
 	old := backupWriteTimeout
 	backupWriteTimeout = 300 * time.Millisecond
 	t.Cleanup(func() { backupWriteTimeout = old })
-	s := &Server{logger: slog.New(slog.DiscardHandler), metrics: newMetrics(), backup: func(ctx context.Context, w io.Writer) error {
+	s := &Server{logger: slog.New(slog.DiscardHandler), metrics: newMetrics(), storeFile: storeFile(t), backup: func(ctx context.Context, w io.Writer) error {
 		chunk := make([]byte, 1<<20)
 		for range 64 { // 64 MiB, far more than the socket buffers hold
 			if _, err := w.Write(chunk); err != nil {
@@ -75,7 +75,7 @@ func TestAStalledBackupReaderDoesNotBlockTheNext(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	if _, err := fmt.Fprintf(conn, "GET /backup HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+	if _, err := fmt.Fprintf(conn, "GET /backup HTTP/1.1\r\nHost: 127.0.0.1\r\n%s: %s\r\n\r\n", StoreFileHeader, s.storeFile); err != nil {
 		t.Fatal(err)
 	}
 	// The stalled caller reads nothing. A second one is served once the
@@ -83,7 +83,12 @@ func TestAStalledBackupReaderDoesNotBlockTheNext(t *testing.T) {
 	client := &http.Client{Timeout: 20 * time.Second}
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		resp, err := client.Get(srv.URL + "/backup")
+		req, err := http.NewRequest(http.MethodGet, srv.URL+"/backup", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set(StoreFileHeader, s.storeFile)
+		resp, err := client.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -29,12 +29,12 @@ func TestARootRewrapAnswerEndsWithHowItEnded(t *testing.T) {
 		"anything else": {fmt.Errorf("rewrap: /secret/dir/custos.db: bad record"), RootRewrapFailed},
 	} {
 		t.Run(name, func(t *testing.T) {
-			s := &Server{logger: slog.New(slog.DiscardHandler), metrics: newMetrics(), rewrapStore: storeFile(t), rewrap: func(_ context.Context, w io.Writer) error {
+			s := &Server{logger: slog.New(slog.DiscardHandler), metrics: newMetrics(), storeFile: storeFile(t), rewrap: func(_ context.Context, w io.Writer) error {
 				fmt.Fprintln(w, "re-wrapped tenants/acme")
 				return c.err
 			}}
 			rec := httptest.NewRecorder()
-			s.OpsHandler(false).ServeHTTP(rec, rewrapRequest(s.rewrapStore))
+			s.OpsHandler(false).ServeHTTP(rec, rewrapRequest(s.storeFile))
 			lines := strings.Split(strings.TrimSpace(rec.Body.String()), "\n")
 			if rec.Code != http.StatusOK || len(lines) != 2 || lines[0] != "re-wrapped tenants/acme" || lines[1] != c.want {
 				t.Fatalf("POST /root/rewrap: %d %q, want 200 with the step's line, then %q", rec.Code, rec.Body.String(), c.want)
@@ -50,7 +50,7 @@ func TestARootRewrapAnswerEndsWithHowItEnded(t *testing.T) {
 // serve the path.
 func TestOneRootRewrapAtATime(t *testing.T) {
 	started, release := make(chan struct{}), make(chan struct{})
-	s := &Server{logger: slog.New(slog.DiscardHandler), metrics: newMetrics(), rewrapStore: storeFile(t), rewrap: func(context.Context, io.Writer) error {
+	s := &Server{logger: slog.New(slog.DiscardHandler), metrics: newMetrics(), storeFile: storeFile(t), rewrap: func(context.Context, io.Writer) error {
 		close(started)
 		<-release
 		return nil
@@ -59,7 +59,7 @@ func TestOneRootRewrapAtATime(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		h.ServeHTTP(httptest.NewRecorder(), rewrapRequest(s.rewrapStore))
+		h.ServeHTTP(httptest.NewRecorder(), rewrapRequest(s.storeFile))
 	}()
 	select {
 	case <-started:
@@ -67,7 +67,7 @@ func TestOneRootRewrapAtATime(t *testing.T) {
 		t.Fatal("the first run did not start within 10s")
 	}
 	rec := httptest.NewRecorder()
-	h.ServeHTTP(rec, rewrapRequest(s.rewrapStore))
+	h.ServeHTTP(rec, rewrapRequest(s.storeFile))
 	close(release)
 	select {
 	case <-done:
@@ -79,7 +79,7 @@ func TestOneRootRewrapAtATime(t *testing.T) {
 	}
 	off := &Server{logger: slog.New(slog.DiscardHandler), metrics: newMetrics()}
 	rec = httptest.NewRecorder()
-	off.OpsHandler(false).ServeHTTP(rec, rewrapRequest(s.rewrapStore))
+	off.OpsHandler(false).ServeHTTP(rec, rewrapRequest(s.storeFile))
 	if rec.Code != http.StatusNotFound {
 		t.Fatalf("POST /root/rewrap without ops.root_rewrap: %d, want 404", rec.Code)
 	}
@@ -90,7 +90,10 @@ func TestOneRootRewrapAtATime(t *testing.T) {
 // does not tell this server's path; neither starts a run.
 func TestARootRewrapRequestMustNameThisServersStore(t *testing.T) {
 	ran := false
-	s := &Server{logger: slog.New(slog.DiscardHandler), metrics: newMetrics(), rewrapStore: storeFile(t), rewrap: func(context.Context, io.Writer) error {
+	s := &Server{logger: slog.New(slog.DiscardHandler), metrics: newMetrics(), storeFile: storeFile(t), rewrap: func(context.Context, io.Writer) error {
+		ran = true
+		return nil
+	}, backup: func(context.Context, io.Writer) error {
 		ran = true
 		return nil
 	}}
@@ -98,13 +101,15 @@ func TestARootRewrapRequestMustNameThisServersStore(t *testing.T) {
 		req  *http.Request
 		want int
 	}{
-		"no header":    {opsRequest(http.MethodPost, "/root/rewrap"), http.StatusBadRequest},
-		"another file": {rewrapRequest(storeFile(t)), http.StatusConflict},
-		"no file":      {rewrapRequest(filepath.Join(t.TempDir(), "none.db")), http.StatusConflict},
+		"no header":           {opsRequest(http.MethodPost, "/root/rewrap"), http.StatusBadRequest},
+		"another file":        {rewrapRequest(storeFile(t)), http.StatusConflict},
+		"no file":             {rewrapRequest(filepath.Join(t.TempDir(), "none.db")), http.StatusConflict},
+		"a backup, no header": {opsRequest(http.MethodGet, "/backup"), http.StatusBadRequest},
+		"a backup of another": {backupRequest(storeFile(t)), http.StatusConflict},
 	} {
 		rec := httptest.NewRecorder()
 		s.OpsHandler(false).ServeHTTP(rec, c.req)
-		if rec.Code != c.want || strings.Contains(rec.Body.String(), s.rewrapStore) {
+		if rec.Code != c.want || strings.Contains(rec.Body.String(), s.storeFile) {
 			t.Errorf("%s: %d %q, want %d without the server's path", name, rec.Code, rec.Body.String(), c.want)
 		}
 	}
@@ -113,7 +118,7 @@ func TestARootRewrapRequestMustNameThisServersStore(t *testing.T) {
 	}
 	// The same file by another path (a symbolic link) is the same store.
 	link := filepath.Join(t.TempDir(), "link.db")
-	if err := os.Symlink(s.rewrapStore, link); err != nil {
+	if err := os.Symlink(s.storeFile, link); err != nil {
 		t.Fatal(err)
 	}
 	rec := httptest.NewRecorder()
@@ -136,7 +141,14 @@ func storeFile(t *testing.T) string {
 // rewrapRequest is POST /root/rewrap naming store.
 func rewrapRequest(store string) *http.Request {
 	r := opsRequest(http.MethodPost, "/root/rewrap")
-	r.Header.Set(RootRewrapStoreHeader, store)
+	r.Header.Set(StoreFileHeader, store)
+	return r
+}
+
+// backupRequest is GET /backup naming store.
+func backupRequest(store string) *http.Request {
+	r := opsRequest(http.MethodGet, "/backup")
+	r.Header.Set(StoreFileHeader, store)
 	return r
 }
 
@@ -154,15 +166,16 @@ func opsRequest(method, path string) *http.Request {
 // to the loopback address sends that name.
 func TestStoreEndpointsRefuseOtherHostNames(t *testing.T) {
 	ran := false
-	s := &Server{logger: slog.New(slog.DiscardHandler), metrics: newMetrics(), opsHost: "custos-ops.internal", rewrapStore: storeFile(t),
+	s := &Server{logger: slog.New(slog.DiscardHandler), metrics: newMetrics(), opsHost: "custos-ops.internal", storeFile: storeFile(t),
 		rewrap: func(context.Context, io.Writer) error { ran = true; return nil },
 		backup: func(context.Context, io.Writer) error { ran = true; return nil }}
 	h := s.OpsHandler(false)
 	for host, allowed := range map[string]bool{
 		"127.0.0.1:9464": true, "[::1]:9464": true, "localhost:9464": true, "custos-ops.internal:9464": true, ":9464": true,
+		"localhost.:9464": true, "custos-ops.internal.:9464": true,
 		"attacker.example:9464": false, "attacker.example": false, "localhost.attacker.example:9464": false,
 	} {
-		for _, r := range []*http.Request{opsRequest(http.MethodGet, "/backup"), rewrapRequest(s.rewrapStore)} {
+		for _, r := range []*http.Request{backupRequest(s.storeFile), rewrapRequest(s.storeFile)} {
 			r.Host = host
 			ran = false
 			rec := httptest.NewRecorder()

@@ -131,11 +131,11 @@ type Config struct {
 	// serves it at POST /root/rewrap (custos root rewrap uses it when the
 	// store is a bbolt file the server holds).
 	RootRewrap func(ctx context.Context, w io.Writer) error
-	// RootRewrapStore is the file of the store RootRewrap re-wraps. A
-	// request names the file it means (RootRewrapStoreHeader), and one
-	// that names another (a configuration whose ops.listen reaches another
+	// StoreFile is the file of the store Backup and RootRewrap work on.
+	// A request names the file it means (StoreFileHeader), and one that
+	// names another (a configuration whose ops.listen reaches another
 	// server) is refused.
-	RootRewrapStore string
+	StoreFile string
 	// OpsHost is the host name the ops listener is reached by, if its
 	// address names one (ops.listen); GET /backup and POST /root/rewrap
 	// answer requests addressed to it, to an IP address or to localhost,
@@ -164,9 +164,9 @@ type Server struct {
 	auditLog AuditLog
 	backup   func(ctx context.Context, w io.Writer) error
 	rewrap   func(ctx context.Context, w io.Writer) error
-	// rewrapStore is the file rewrap re-wraps.
-	rewrapStore string
-	opsHost     string
+	// storeFile is the file backup and rewrap work on.
+	storeFile string
+	opsHost   string
 }
 
 // New returns a Server.
@@ -214,7 +214,7 @@ func New(cfg Config) (*Server, error) {
 	return &Server{
 		ks: cfg.Keystore, pw: cfg.Passwords, policy: cfg.Policy, logger: cfg.Logger, limits: cfg.Limits,
 		health: health.NewServer(), metrics: m, limiter: newLimiter(cfg.Policy, m.rateLimited),
-		audit: cfg.Audit, auditLog: cfg.AuditLog, backup: cfg.Backup, rewrap: cfg.RootRewrap, rewrapStore: cfg.RootRewrapStore, opsHost: cfg.OpsHost,
+		audit: cfg.Audit, auditLog: cfg.AuditLog, backup: cfg.Backup, rewrap: cfg.RootRewrap, storeFile: cfg.StoreFile, opsHost: cfg.OpsHost,
 		drained: drained, endWatches: endWatches,
 	}, nil
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,6 +22,7 @@ import (
 	"github.com/custos-kms/custos/keystore/backup"
 	"github.com/custos-kms/custos/keystore/storage"
 	"github.com/custos-kms/custos/keystore/storage/bbolt"
+	"github.com/custos-kms/custos/server"
 )
 
 func newBackupCmd() *cobra.Command {
@@ -262,14 +264,14 @@ func backupFromServer(cmd *cobra.Command, cfg *config.Config, w io.Writer, f *os
 	stall := time.AfterFunc(backupStall, func() { cancel(errBackupStalled) })
 	defer stall.Stop()
 	fmt.Fprintf(cmd.ErrOrStderr(), "the bbolt file is held by a running server: taking the backup through its ops listener %s\n", cfg.Ops.Listen)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+cfg.Ops.Listen+"/backup", nil)
+	req, err := opsRequest(ctx, cfg, http.MethodGet, "/backup")
 	if err != nil {
 		return nil, err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	stall.Stop() // armed again by each read of the answer
 	if err != nil {
-		return nil, fmt.Errorf("backup through the server: %w", stalled(ctx, err))
+		return nil, fmt.Errorf("backup through the server: %w", opsDialErr(ctx, cfg, err))
 	}
 	defer resp.Body.Close()
 	resp.Body = struct {
@@ -284,6 +286,8 @@ func backupFromServer(cmd *cobra.Command, cfg *config.Config, w io.Writer, f *os
 			err = fmt.Errorf("%w (%w)", err, errRetryLater) // exit 7
 		case http.StatusNotFound:
 			err = fmt.Errorf("%w: the server does not serve backups; set ops.backup: true in its configuration and restart it (a .custos-dev/custos.yaml written before this version lacks it)", err)
+		case http.StatusConflict:
+			err = fmt.Errorf("%w: the server at ops.listen %s is not the one holding %s; check ops.listen in the configuration", err, cfg.Ops.Listen, cfg.Storage.Bbolt.Path)
 		}
 		return nil, err
 	}
@@ -434,4 +438,35 @@ func bboltFileExists(cfg *config.Config) error {
 		return fmt.Errorf("storage: %w", err)
 	}
 	return nil
+}
+
+// opsRequest is a request to the ops listener of cfg (a server holding its
+// bbolt file) naming that file, by absolute path, in server.StoreFileHeader:
+// a server holding another file (an ops.listen that reaches the wrong one)
+// refuses instead of answering for its own.
+func opsRequest(ctx context.Context, cfg *config.Config, method, path string) (*http.Request, error) {
+	store, err := filepath.Abs(cfg.Storage.Bbolt.Path) // the server resolves it in its own directory
+	if err != nil {
+		return nil, err
+	}
+	// url.URL escapes what an address may hold that a URL may not (an IPv6
+	// zone's "%").
+	u := url.URL{Scheme: "http", Host: cfg.Ops.Listen, Path: path}
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set(server.StoreFileHeader, store)
+	return req, nil
+}
+
+// opsDialErr is the error of a request to the ops listener that got no
+// answer: the stall, or, since the file is locked, whatever holds it is
+// not a server answering there (one without an ops listener, one shutting
+// down, another command): exit 7, retry later.
+func opsDialErr(ctx context.Context, cfg *config.Config, err error) error {
+	if cause := context.Cause(ctx); cause != nil {
+		return stalled(ctx, err)
+	}
+	return fmt.Errorf("the bbolt file is locked, and nothing answers on ops.listen %s (a server without an ops listener, one shutting down, or another command holds it): %w (%w)", cfg.Ops.Listen, err, errRetryLater)
 }

@@ -335,9 +335,12 @@ func TestDevBannerForANonDefaultAddress(t *testing.T) {
 	var b bytes.Buffer
 	addr := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 18443} // printed, never bound
 	dir := filepath.Join(t.TempDir(), ".custos-dev")
-	printDevHelp(&b, dir, addr, nil)
+	ops := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 19465} // printed, never bound
+	printDevHelp(&b, dir, addr, ops)
 	s := b.String()
-	for _, want := range []string{"export CUSTOS_ADDR=" + addr.String() + " CUSTOS_CA=" + filepath.Join(dir, "ca.pem"), "go run ./cmd/custos tenant create acme\n  go run ./cmd/custos key create", "-addr " + addr.String() + " -dev-dir " + dir} {
+	for _, want := range []string{"export CUSTOS_ADDR=" + addr.String() + " CUSTOS_CA=" + filepath.Join(dir, "ca.pem"), "go run ./cmd/custos tenant create acme\n  go run ./cmd/custos key create", "-addr " + addr.String() + " -dev-dir " + dir,
+		// custos backup and root rewrap read ops.listen from the file.
+		"set it to 127.0.0.1:19465"} {
 		if !strings.Contains(s, want) {
 			t.Errorf("banner lacks %q:\n%s", want, s)
 		}

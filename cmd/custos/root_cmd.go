@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -96,22 +95,14 @@ func rewrapThroughServer(cmd *cobra.Command, cfg *config.Config) error {
 	stall := time.AfterFunc(rewrapStall, func() { cancel(errRewrapStalled) })
 	defer stall.Stop()
 	fmt.Fprintf(cmd.ErrOrStderr(), "the bbolt file is held by a running server: re-wrapping through its ops listener %s (it reports counts, not tenant names)\n", cfg.Ops.Listen)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+cfg.Ops.Listen+"/root/rewrap", nil)
+	req, err := opsRequest(ctx, cfg, http.MethodPost, "/root/rewrap")
 	if err != nil {
 		return err
 	}
-	// The file meant: a server holding another (ops.listen reaching the
-	// wrong one) refuses, rather than re-wrap its own and answer "done".
-	// Absolute: the server resolves it in its own working directory.
-	store, err := filepath.Abs(cfg.Storage.Bbolt.Path)
-	if err != nil {
-		return err
-	}
-	req.Header.Set(server.RootRewrapStoreHeader, store)
 	resp, err := http.DefaultClient.Do(req)
 	stall.Stop() // armed again by each read of the answer
 	if err != nil {
-		return fmt.Errorf("root rewrap through the server: %w", stalled(ctx, err))
+		return fmt.Errorf("root rewrap through the server: %w", opsDialErr(ctx, cfg, err))
 	}
 	defer resp.Body.Close()
 	body := stallReader{resp.Body, stall, rewrapStall}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -165,7 +166,7 @@ func TestRootRewrapOfAMissingBboltFileFails(t *testing.T) {
 func TestRootRewrapNamesTheStoreAbsolutely(t *testing.T) {
 	got := make(chan string, 1)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got <- r.Header.Get(server.RootRewrapStoreHeader)
+		got <- r.Header.Get(server.StoreFileHeader)
 		io.WriteString(w, server.RootRewrapDone+"\n")
 	}))
 	defer srv.Close()
@@ -217,5 +218,58 @@ func TestRootRewrapGivesUpOnASilentAnswer(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("root rewrap waited for a silent answer past its stall bound")
+	}
+}
+
+// custos backup through a server holding another file is refused too: it
+// took that server's whole store, which checked out under a shared root.
+func TestBackupRefusesAServerHoldingAnotherFile(t *testing.T) {
+	dirA := filepath.Join(t.TempDir(), ".custos-dev")
+	_, opsA, stopA := startDevWithOps(t, dirA)
+	defer stopA()
+	dirB := filepath.Join(t.TempDir(), ".custos-dev")
+	_, _, stopB := startDevWithOps(t, dirB)
+	defer stopB()
+	out, err := runMainErr(t, "backup", "--config", liveConfig(t, dirB, opsA), "--out", filepath.Join(t.TempDir(), "b.backup"))
+	if err == nil || !strings.Contains(err.Error(), "check ops.listen") {
+		t.Fatalf("backup of B through A: %v\n%s", err, out)
+	}
+}
+
+// A locked file with nothing answering on ops.listen (a server without an
+// ops listener, one shutting down, another command) is exit 7, retry
+// later, for backup and root rewrap alike.
+func TestALockedFileWithNoListenerIsRetryLater(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().String()
+	ln.Close() // nothing answers there now
+	cmd := newRootCmd()
+	cmd.SetOut(io.Discard)
+	cmd.SetErr(io.Discard)
+	cmd.SetContext(t.Context())
+	cfg := &config.Config{Ops: config.Ops{Listen: closed}}
+	cfg.Storage.Bbolt.Path = filepath.Join(t.TempDir(), "custos.db")
+	if err := rewrapThroughServer(cmd, cfg); exitCode(err) != exitUnavailable || !strings.Contains(err.Error(), "nothing answers") {
+		t.Errorf("root rewrap: %v (exit %d), want exit %d", err, exitCode(err), exitUnavailable)
+	}
+	if _, err := backupFromServer(cmd, cfg, io.Discard, nil, &progress{}); exitCode(err) != exitUnavailable {
+		t.Errorf("backup: %v (exit %d), want exit %d", err, exitCode(err), exitUnavailable)
+	}
+}
+
+// An ops.listen with an IPv6 zone makes a request (its "%" escaped in the
+// URL), where it failed to parse.
+func TestAnOpsRequestToAZonedAddress(t *testing.T) {
+	cfg := &config.Config{Ops: config.Ops{Listen: "[fe80::1%eth0]:9464"}}
+	cfg.Storage.Bbolt.Path = "custos.db"
+	req, err := opsRequest(t.Context(), cfg, http.MethodGet, "/backup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if req.URL.Host != "[fe80::1%eth0]:9464" {
+		t.Fatalf("request to host %q", req.URL.Host)
 	}
 }

@@ -239,14 +239,8 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 		}
 	}
 	var backupFn, rewrapFn func(context.Context, io.Writer) error
-	var rewrapStore string
 	if rt.bboltOpsEndpoint(cfg, cfg.Ops.RootRewrap, "ops.root_rewrap", "POST /root/rewrap", "custos root rewrap works on this storage directly") {
 		rewrapFn = func(ctx context.Context, w io.Writer) error { return RewrapRoot(ctx, store, rt.ks, r, w, false) }
-		// Absolute, as custos root rewrap names it (and this process
-		// could change directory).
-		if rewrapStore, err = filepath.Abs(cfg.Storage.Bbolt.Path); err != nil {
-			return nil, err
-		}
 	}
 	if cfg.Ops.Pprof && rt.opsLis == nil {
 		rt.logger.Warn("ops.pprof is on but the ops listener is off (ops.listen); /debug/pprof is not served")
@@ -257,19 +251,27 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 			return err
 		}
 	}
+	var storeFile string
+	if backupFn != nil || rewrapFn != nil {
+		// The file they work on, absolute as the CLI names it (and this
+		// process could change directory): a request that means another
+		// is refused.
+		if storeFile, err = filepath.Abs(cfg.Storage.Bbolt.Path); err != nil {
+			return nil, err
+		}
+	}
 	rt.srv, err = server.New(server.Config{
 		Backup:     backupFn,
 		RootRewrap: rewrapFn,
-		// The file it re-wraps: a request that means another is refused.
-		RootRewrapStore: rewrapStore,
-		OpsHost:         opsHost(cfg.Ops.Listen),
-		Audit:           auditCfg.Audit,
-		AuditLog:        auditCfg.AuditLog,
-		Collectors:      append(auditCfg.Collectors, mr.collectors()...),
-		Keystore:        rt.ks,
-		Passwords:       pw,
-		Policy:          rt.policy,
-		Logger:          rt.logger,
+		StoreFile:  storeFile,
+		OpsHost:    opsHost(cfg.Ops.Listen),
+		Audit:      auditCfg.Audit,
+		AuditLog:   auditCfg.AuditLog,
+		Collectors: append(auditCfg.Collectors, mr.collectors()...),
+		Keystore:   rt.ks,
+		Passwords:  pw,
+		Policy:     rt.policy,
+		Logger:     rt.logger,
 		Limits: server.Limits{
 			MaxPlaintextBytes: cfg.Limits.MaxPlaintextBytes,
 			MaxBatchItems:     cfg.Limits.MaxBatchItems,
