@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system packages the tests need, when missing: PostgreSQL server
 # binaries (tests start a throwaway server from /usr/lib/postgresql/*/bin),
-# SoftHSM2 (the PKCS#11 root is tested against it), Node.js and npm, and
-# Debian's python3-grpcio and python3-grpc-tools (the polyglot examples). Idempotent; quiet when
+# SoftHSM2 (the PKCS#11 root is tested against it), a C compiler (go test
+# -race and the PKCS#11 root need cgo), Node.js and npm, and Debian's
+# python3-grpcio and python3-grpc-tools (the polyglot examples). Idempotent; quiet when
 # everything is present. Needs root (or sudo) only when something is missing.
 set -euo pipefail
 
@@ -10,6 +11,8 @@ need=()
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 { compgen -G '/usr/lib/softhsm/libsofthsm2.so' >/dev/null || compgen -G '/usr/lib/*/softhsm/libsofthsm2.so' >/dev/null; } || need+=(softhsm2)
 command -v softhsm2-util >/dev/null || need+=(softhsm2)
+# cgo: without a C compiler Go turns it off, and go test -race refuses to run.
+command -v gcc >/dev/null || command -v cc >/dev/null || need+=(gcc libc6-dev)
 # The polyglot examples: Node.js with npm, and Debian's Python gRPC.
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
