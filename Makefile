@@ -2,6 +2,8 @@
 
 SHELL := /usr/bin/env bash
 GO    ?= go
+# Tests that build a binary (the real custos, local-kms) use the same go.
+export GO
 TOOLS := $(CURDIR)/.tools/bin
 export PATH := $(TOOLS):$(PATH)
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"os"
@@ -110,7 +111,8 @@ func TestSIGHUPDuringStartUpIsNotFatal(t *testing.T) {
 	// machine, may not even reach main within that time, and no program can
 	// catch a signal before its own code runs.
 	exe := filepath.Join(t.TempDir(), "custos")
-	if out, err := exec.Command("go", "build", "-o", exe, ".").CombinedOutput(); err != nil {
+	// $GO is the toolchain make test runs with (go on PATH otherwise).
+	if out, err := exec.Command(cmp.Or(os.Getenv("GO"), "go"), "build", "-o", exe, ".").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	for i := range 4 {

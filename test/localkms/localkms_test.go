@@ -2,6 +2,7 @@ package localkms
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -50,7 +51,8 @@ func emulator(t *testing.T) string {
 		kmsBinary = filepath.Join(dir, "local-kms")
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
-		out, err := exec.CommandContext(ctx, "go", "build", "-o", kmsBinary, "github.com/nsmithuk/local-kms").CombinedOutput()
+		// $GO is the toolchain make test runs with (go on PATH otherwise).
+		out, err := exec.CommandContext(ctx, cmp.Or(os.Getenv("GO"), "go"), "build", "-o", kmsBinary, "github.com/nsmithuk/local-kms").CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build local-kms: %w\n%s", err, out)
 		}

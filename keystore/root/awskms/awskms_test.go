@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -351,6 +352,12 @@ func TestNewNeedsAKeyAndARegion(t *testing.T) {
 // A Go caller gets the configuration's check too: KEKs never go to a
 // remote endpoint over plain http.
 func TestNewRefusesPlainHTTPToARemoteEndpoint(t *testing.T) {
+	// Nothing of the developer's AWS setup: only what each case sets.
+	for _, env := range []string{"AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_KMS", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"} {
+		t.Setenv(env, "")
+	}
+	t.Setenv("AWS_CONFIG_FILE", filepath.Join(t.TempDir(), "none"))
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(t.TempDir(), "none"))
 	_, err := awskms.New(t.Context(), awskms.Config{KeyID: keyARN, Region: "eu-west-1", Endpoint: "http://kms.example.com"})
 	if !errors.Is(err, root.ErrPlainHTTP) {
 		t.Fatalf("New with a plain-http remote endpoint: %v, want root.ErrPlainHTTP", err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -37,7 +38,7 @@ func TestRunningOutOfConnectionsKeepsThePool(t *testing.T) {
 		`GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO ` + quoted,
 	} {
 		if _, err := admin.pool.Exec(ctx, q); err != nil {
-			t.Skipf("cannot make a role with a connection limit here (an external server?): %v", err)
+			skipOnExternal(t, "cannot make a role with a connection limit here: %v", err)
 		}
 	}
 	t.Cleanup(func() {
@@ -56,7 +57,7 @@ func TestRunningOutOfConnectionsKeepsThePool(t *testing.T) {
 	u.User = url.User(role)
 	s, err := Open(ctx, Config{URL: u.String(), MaxConns: 2, NoMigrate: true})
 	if err != nil {
-		t.Skipf("cannot connect as the limited role here: %v", err)
+		skipOnExternal(t, "cannot connect as the limited role here: %v", err)
 	}
 	defer s.Close()
 	if _, err := s.Put(ctx, "k", []byte("v"), 0); err != nil {
@@ -147,7 +148,7 @@ func TestAReadOnlyServerIsNotUsed(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := admin.pool.Exec(ctx, "ALTER DATABASE "+pgx.Identifier{db}.Sanitize()+" SET default_transaction_read_only = on"); err != nil {
-		t.Skipf("cannot make the database read-only here (an external server?): %v", err)
+		skipOnExternal(t, "cannot make the database read-only here: %v", err)
 	}
 	admin.Close()
 
@@ -207,7 +208,7 @@ func TestCompareAndSwapHoldsWhateverTheDatabasesIsolationDefault(t *testing.T) {
 	t.Cleanup(func() { admin.Close() })
 	db := pgx.Identifier{u.Path[1:]}.Sanitize()
 	if _, err := admin.pool.Exec(ctx, `ALTER DATABASE `+db+` SET default_transaction_isolation = 'serializable'`); err != nil {
-		t.Skipf("cannot set the database's isolation default here: %v", err)
+		skipOnExternal(t, "cannot set the database's isolation default here: %v", err)
 	}
 	s, err := Open(ctx, Config{URL: dbURL, MaxConns: 8})
 	if err != nil {
@@ -241,4 +242,16 @@ func TestCompareAndSwapHoldsWhateverTheDatabasesIsolationDefault(t *testing.T) {
 			t.Fatalf("a racing compare-and-swap: %v", err)
 		}
 	}
+}
+
+// skipOnExternal skips the test on an external server (pgtest.EnvURL),
+// whose role may lack what the test needs, and fails it on the throwaway
+// server the tests start, where it cannot be a setup problem: a failure
+// there must not pass as a skip.
+func skipOnExternal(t *testing.T, format string, args ...any) {
+	t.Helper()
+	if os.Getenv(pgtest.EnvURL) != "" {
+		t.Skipf(format, args...)
+	}
+	t.Fatalf(format, args...)
 }
