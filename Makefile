@@ -8,11 +8,14 @@ TOOLS := $(CURDIR)/.tools/bin
 export PATH := $(TOOLS):$(PATH)
 
 # Pinned tool versions, installed from source by `go install` into .tools/bin.
-BUF_VERSION                ?= v1.75.0
-PROTOC_GEN_GO_VERSION      ?= v1.36.12
-PROTOC_GEN_GO_GRPC_VERSION ?= v1.6.2
-STATICCHECK_VERSION        ?= v0.8.2
-GRPCURL_VERSION            ?= v1.9.4
+# An environment variable of the same name does not replace a pin (make
+# VAR=… on the command line does), and a changed pin reinstalls the tool
+# (each tool depends on a stamp named after its version).
+BUF_VERSION                := v1.75.0
+PROTOC_GEN_GO_VERSION      := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
+STATICCHECK_VERSION        := v0.8.2
+GRPCURL_VERSION            := v1.9.4
 
 DEV_ADDR ?= 127.0.0.1:8443
 
@@ -175,15 +178,18 @@ generate-check: tools ## regenerate into a temp dir and fail if the checked-in c
 .PHONY: tools
 tools: $(TOOLS)/buf $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc $(TOOLS)/staticcheck $(TOOLS)/grpcurl ## install pinned tools into .tools/bin (grpcurl: the tour's test)
 
-$(TOOLS)/buf:
+.PRECIOUS: $(TOOLS)/.version-%
+$(TOOLS)/.version-%:
+	@mkdir -p $(TOOLS) && touch $@
+$(TOOLS)/buf: $(TOOLS)/.version-buf-$(BUF_VERSION)
 	GOBIN=$(TOOLS) $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
-$(TOOLS)/protoc-gen-go:
+$(TOOLS)/protoc-gen-go: $(TOOLS)/.version-protoc-gen-go-$(PROTOC_GEN_GO_VERSION)
 	GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
-$(TOOLS)/protoc-gen-go-grpc:
+$(TOOLS)/protoc-gen-go-grpc: $(TOOLS)/.version-protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION)
 	GOBIN=$(TOOLS) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
-$(TOOLS)/staticcheck:
+$(TOOLS)/staticcheck: $(TOOLS)/.version-staticcheck-$(STATICCHECK_VERSION)
 	GOBIN=$(TOOLS) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
-$(TOOLS)/grpcurl:
+$(TOOLS)/grpcurl: $(TOOLS)/.version-grpcurl-$(GRPCURL_VERSION)
 	GOBIN=$(TOOLS) $(GO) install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 
 .PHONY: grpcurl
