@@ -178,9 +178,11 @@ generate-check: tools ## regenerate into a temp dir and fail if the checked-in c
 .PHONY: tools
 tools: $(TOOLS)/buf $(TOOLS)/protoc-gen-go $(TOOLS)/protoc-gen-go-grpc $(TOOLS)/staticcheck $(TOOLS)/grpcurl ## install pinned tools into .tools/bin (grpcurl: the tour's test)
 
+# A tool's stamp for another version goes, so that a pin changed back
+# reinstalls the tool too.
 .PRECIOUS: $(TOOLS)/.version-%
 $(TOOLS)/.version-%:
-	@mkdir -p $(TOOLS) && touch $@
+	@mkdir -p $(TOOLS) && t='$*' && rm -f $(TOOLS)/.version-$${t%-v*}-v* && touch $@
 $(TOOLS)/buf: $(TOOLS)/.version-buf-$(BUF_VERSION)
 	GOBIN=$(TOOLS) $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
 $(TOOLS)/protoc-gen-go: $(TOOLS)/.version-protoc-gen-go-$(PROTOC_GEN_GO_VERSION)

@@ -11,8 +11,10 @@ need=()
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 { compgen -G '/usr/lib/softhsm/libsofthsm2.so' >/dev/null || compgen -G '/usr/lib/*/softhsm/libsofthsm2.so' >/dev/null; } || need+=(softhsm2)
 command -v softhsm2-util >/dev/null || need+=(softhsm2)
-# cgo: without a C compiler Go turns it off, and go test -race refuses to run.
-command -v gcc >/dev/null || command -v cc >/dev/null || need+=(gcc libc6-dev)
+# cgo: without a C compiler Go turns it off, and go test -race refuses to
+# run. The compiler Go uses (go env CC) must find the C library's headers.
+cc=$("${GO:-go}" env CC 2>/dev/null || echo gcc)
+echo '#include <stdlib.h>' | $cc -x c -E - >/dev/null 2>&1 || need+=(gcc libc6-dev)
 # The polyglot examples: Node.js with npm, and Debian's Python gRPC.
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
