@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -268,7 +269,7 @@ func backupFromServer(cmd *cobra.Command, cfg *config.Config, w io.Writer, f *os
 	if err != nil {
 		return nil, err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := opsClient.Do(req)
 	stall.Stop() // armed again by each read of the answer
 	if err != nil {
 		return nil, fmt.Errorf("backup through the server: %w", opsDialErr(ctx, cfg, err))
@@ -460,13 +461,27 @@ func opsRequest(ctx context.Context, cfg *config.Config, method, path string) (*
 	return req, nil
 }
 
+// opsClient asks the ops listener directly, never through a proxy of the
+// environment (HTTP_PROXY would get ops.listen's non-loopback addresses,
+// and the store's path with them).
+var opsClient = &http.Client{Transport: func() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.Proxy = nil
+	return t
+}()}
+
 // opsDialErr is the error of a request to the ops listener that got no
-// answer: the stall, or, since the file is locked, whatever holds it is
-// not a server answering there (one without an ops listener, one shutting
-// down, another command): exit 7, retry later.
+// answer: the stall; or, when the connection was refused or reset (the
+// file is locked, so whatever holds it is not a server answering there:
+// one without an ops listener, one shutting down, another command), exit
+// 7, retry later; anything else (a name that does not resolve, something
+// that is not an ops listener) as it is.
 func opsDialErr(ctx context.Context, cfg *config.Config, err error) error {
 	if cause := context.Cause(ctx); cause != nil {
 		return stalled(ctx, err)
 	}
-	return fmt.Errorf("the bbolt file is locked, and nothing answers on ops.listen %s (a server without an ops listener, one shutting down, or another command holds it): %w (%w)", cfg.Ops.Listen, err, errRetryLater)
+	if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) {
+		return fmt.Errorf("the bbolt file is locked, and nothing answers on ops.listen %s (a server without an ops listener, one shutting down, or another command holds it): %w (%w)", cfg.Ops.Listen, err, errRetryLater)
+	}
+	return fmt.Errorf("ops.listen %s: %w", cfg.Ops.Listen, err)
 }

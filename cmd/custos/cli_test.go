@@ -336,13 +336,28 @@ func TestDevBannerForANonDefaultAddress(t *testing.T) {
 	addr := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 18443} // printed, never bound
 	dir := filepath.Join(t.TempDir(), ".custos-dev")
 	ops := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 19465} // printed, never bound
-	printDevHelp(&b, dir, addr, ops)
+	printDevHelp(&b, dir, addr, ops, "127.0.0.1:9464")
 	s := b.String()
 	for _, want := range []string{"export CUSTOS_ADDR=" + addr.String() + " CUSTOS_CA=" + filepath.Join(dir, "ca.pem"), "go run ./cmd/custos tenant create acme\n  go run ./cmd/custos key create", "-addr " + addr.String() + " -dev-dir " + dir,
 		// custos backup and root rewrap read ops.listen from the file.
 		"set it to 127.0.0.1:19465"} {
 		if !strings.Contains(s, want) {
 			t.Errorf("banner lacks %q:\n%s", want, s)
+		}
+	}
+}
+
+// The note on ops.listen compares with what the config file says, not
+// with the default: a file already naming the bound address needs none,
+// and one naming another gets it.
+func TestDevBannerNotesAnOpsAddressTheConfigDoesNotName(t *testing.T) {
+	ops := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9464} // printed, never bound
+	addr := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 8443}
+	for file, note := range map[string]bool{"127.0.0.1:9464": false, "127.0.0.1:19464": true} {
+		var b bytes.Buffer
+		printDevHelp(&b, ".custos-dev", addr, ops, file)
+		if got := strings.Contains(b.String(), "set it to 127.0.0.1:9464"); got != note {
+			t.Errorf("config naming %s: note %v, want %v:\n%s", file, got, note, b.String())
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -88,6 +89,7 @@ restart still decrypts. Never use it in production.`,
 				cfg.Audit.Spool = ""
 			}
 			cfg.Listen = listen
+			fileOps := cfg.Ops.Listen // what custos backup and root rewrap will read
 			cfg.Ops.Listen = opsListen
 			// GET /backup serves bbolt files, on the ops listener.
 			cfg.Ops.Backup = !ephemeral && opsListen != "off"
@@ -96,7 +98,7 @@ restart still decrypts. Never use it in production.`,
 			cfg.Ops.RootRewrap = !ephemeral && opsListen != "off"
 			cfg.Audit.Disabled = !auditOn
 			out := cmd.OutOrStdout()
-			return serve(cmd.Context(), cfg, cmd.ErrOrStderr(), hup, func(addr, ops net.Addr) { printDevHelp(out, dir, addr, ops) })
+			return serve(cmd.Context(), cfg, cmd.ErrOrStderr(), hup, func(addr, ops net.Addr) { printDevHelp(out, dir, addr, ops, fileOps) })
 		},
 	}
 	cmd.Flags().StringVar(&dir, "dir", ".custos-dev", "directory for the dev PKI, root key, data and policy")
@@ -172,7 +174,7 @@ func writeIfMissing(path, content string) error {
 	return renameio.WriteFile(path, []byte(content), 0o600, renameio.WithStaticPermissions(0o600))
 }
 
-func printDevHelp(w io.Writer, dir string, addr, ops net.Addr) {
+func printDevHelp(w io.Writer, dir string, addr, ops net.Addr, fileOps string) {
 	p := func(name string) string { return filepath.Join(dir, name) }
 	grpcurl := "grpcurl"
 	if _, err := os.Stat(filepath.Join(".tools", "bin", "grpcurl")); err == nil {
@@ -204,9 +206,9 @@ Ctrl-C stops the server.
 `, addr, dir, p("ca.pem"), p("client.pem"), p("client-key.pem"), grpcurl, env, exampleFlags)
 	if ops != nil {
 		fmt.Fprintf(w, "Ops listener (/healthz, /readyz, /metrics) on %s\n", ops)
-		if a := ops.String(); a != "127.0.0.1:9464" {
+		if a := ops.String(); a != fileOps && !(fileOps == "" && a == "127.0.0.1:9464") {
 			// custos backup and root rewrap find the server by the file.
-			fmt.Fprintf(w, "custos backup and custos root rewrap --config %s reach the server at the ops.listen written there (127.0.0.1:9464): set it to %s to use them with this server\n", p("custos.yaml"), a)
+			fmt.Fprintf(w, "custos backup and custos root rewrap --config %s reach the server at the ops.listen written there (%s): set it to %s to use them with this server\n", p("custos.yaml"), cmp.Or(fileOps, "127.0.0.1:9464"), a)
 		}
 	}
 }

@@ -99,7 +99,7 @@ func rewrapThroughServer(cmd *cobra.Command, cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := opsClient.Do(req)
 	stall.Stop() // armed again by each read of the answer
 	if err != nil {
 		return fmt.Errorf("root rewrap through the server: %w", opsDialErr(ctx, cfg, err))

@@ -258,6 +258,12 @@ func TestALockedFileWithNoListenerIsRetryLater(t *testing.T) {
 	if _, err := backupFromServer(cmd, cfg, io.Discard, nil, &progress{}); exitCode(err) != exitUnavailable {
 		t.Errorf("backup: %v (exit %d), want exit %d", err, exitCode(err), exitUnavailable)
 	}
+	// A name that does not resolve is a mistake to fix, not an outage to
+	// wait out.
+	cfg.Ops.Listen = "custos-ops.invalid:9464"
+	if err := rewrapThroughServer(cmd, cfg); err == nil || exitCode(err) == exitUnavailable {
+		t.Errorf("root rewrap to a name that does not resolve: %v (exit %d), want an exit other than %d", err, exitCode(err), exitUnavailable)
+	}
 }
 
 // An ops.listen with an IPv6 zone makes a request (its "%" escaped in the
