@@ -48,6 +48,15 @@ type EnvelopeOptions struct {
 	// DecryptTTL is how long one stays.
 	CacheSize  int
 	DecryptTTL time.Duration
+	// MaxPlaintext bounds one field: at most (and by default)
+	// MaxEnvelopePlaintext, the API's ceiling. A deployment may set lower
+	// limits (limits.max_plaintext_bytes, 64 KiB by default, and
+	// limits.max_message_bytes): set MaxPlaintext to its
+	// max_plaintext_bytes so that local and remote encryption refuse the
+	// same fields, and every envelope fits the requests with which the
+	// service's Decrypt (polyglot readers, decrypt-only readers) and
+	// Rewrap take it.
+	MaxPlaintext int
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
 }
@@ -155,13 +164,16 @@ func (c *Client) Envelope(name string, opts EnvelopeOptions) *Envelope {
 	if opts.DecryptTTL <= 0 {
 		opts.DecryptTTL = DefaultEnvelopeDecryptTTL
 	}
+	if opts.MaxPlaintext <= 0 || opts.MaxPlaintext > MaxEnvelopePlaintext {
+		opts.MaxPlaintext = MaxEnvelopePlaintext
+	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
 	return &Envelope{c: c, name: name, opts: opts, cache: map[string]*list.Element{}}
 }
 
-// Encrypt seals plaintext (at most MaxEnvelopePlaintext bytes) locally,
+// Encrypt seals plaintext (at most EnvelopeOptions.MaxPlaintext bytes) locally,
 // bound to associatedData, with the current data key, getting a new one
 // from the service when the current one has reached a limit. Its cost,
 // with a data key in hand, is one AES-256-GCM seal and one allocation.
@@ -173,12 +185,12 @@ func (e *Envelope) Encrypt(ctx context.Context, plaintext, associatedData []byte
 		return nil, err
 	}
 	if len(plaintext) == 0 {
-		// As the service refuses an empty field: the two modes accept the
-		// same records.
+		// As the service refuses an empty field (and a larger one than
+		// its limit, with MaxPlaintext set to it).
 		return nil, localError(e.op("local encrypt"), codes.InvalidArgument, "plaintext must not be empty")
 	}
-	if len(plaintext) > MaxEnvelopePlaintext || uint64(len(plaintext)) > e.opts.MaxBytes {
-		return nil, localError(e.op("local encrypt"), codes.InvalidArgument, "plaintext of %d bytes is larger than %d", len(plaintext), min(MaxEnvelopePlaintext, e.opts.MaxBytes))
+	if limit := min(uint64(e.opts.MaxPlaintext), e.opts.MaxBytes); uint64(len(plaintext)) > limit {
+		return nil, localError(e.op("local encrypt"), codes.InvalidArgument, "plaintext of %d bytes is larger than %d", len(plaintext), limit)
 	}
 	// Each round either seals or waits for a new data key; many callers at
 	// once with a small MaxMessages may each lose a few rounds to the

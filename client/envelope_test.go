@@ -786,6 +786,33 @@ func TestEnvelopeRefusesAnEmptyPlaintextLikeTheService(t *testing.T) {
 	}
 }
 
+// With MaxPlaintext set to the deployment's limit (the test server's is
+// the default 64 KiB), a field too large for the service is refused
+// locally too, and one within it is taken by both modes; without it, the
+// API's ceiling applies (1 MiB).
+func TestEnvelopeMaxPlaintextMatchesTheServiceLimit(t *testing.T) {
+	ctx := context.Background()
+	e := startEnvelopeEnv(t)
+	ad := client.AssociatedData("customer-42", "note")
+	limited := e.c.Envelope(e.name, client.EnvelopeOptions{MaxPlaintext: 64 << 10, Now: e.now})
+	over := bytes.Repeat([]byte("x"), 64<<10+1)
+	if _, err := limited.Encrypt(ctx, over, ad); !errors.Is(err, client.ErrInvalidArgument) {
+		t.Fatalf("local, over the limit: %v, want ErrInvalidArgument", err)
+	}
+	if _, _, err := e.c.Encrypt(ctx, e.name, over, ad); !errors.Is(err, client.ErrInvalidArgument) {
+		t.Fatalf("service, over the limit: %v, want ErrInvalidArgument", err)
+	}
+	if _, err := limited.Encrypt(ctx, over[:64<<10], ad); err != nil {
+		t.Fatalf("local, at the limit: %v", err)
+	}
+	if _, err := e.c.Envelope(e.name, client.EnvelopeOptions{Now: e.now}).Encrypt(ctx, over, ad); err != nil {
+		t.Fatalf("local without MaxPlaintext (the API's ceiling): %v", err)
+	}
+	if _, err := e.c.Envelope(e.name, client.EnvelopeOptions{Now: e.now}).Encrypt(ctx, bytes.Repeat([]byte("x"), client.MaxEnvelopePlaintext+1), ad); !errors.Is(err, client.ErrInvalidArgument) {
+		t.Fatalf("local over the API's ceiling: %v, want ErrInvalidArgument", err)
+	}
+}
+
 // A current data key past its age is dropped by the call that finds it so,
 // even when no new one can be fetched (it was kept until a fetch
 // succeeded); its copy cached for decryption stays for DecryptTTL.
