@@ -343,9 +343,10 @@ const (
 // rootRewrapHandler re-wraps the store's KEKs inside the server (the one
 // process that may open a bbolt file), one run at a time, for a request
 // naming this server's store file, streaming counts (never tenant names:
-// the listener authenticates nobody) and then one of the RootRewrap lines. The run stops if the caller leaves (or the server
-// shuts down): every step is a compare-and-swap, and a run cut short is
-// only started again.
+// the listener authenticates nobody) and then one of the RootRewrap
+// lines. The run stops if the caller leaves (or the server shuts down):
+// every step is a compare-and-swap, and a run cut short is only started
+// again.
 func (s *Server) rootRewrapHandler() http.Handler {
 	var busy sync.Mutex
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
