@@ -14,17 +14,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/custos-kms/custos/keystore"
-	"github.com/custos-kms/custos/keystore/root/local"
-	"github.com/custos-kms/custos/keystore/storage/memory"
-
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/codes"
 
 	"github.com/custos-kms/custos/client"
+	"github.com/custos-kms/custos/keystore"
 	"github.com/custos-kms/custos/keystore/backup"
 	"github.com/custos-kms/custos/keystore/root"
+	"github.com/custos-kms/custos/keystore/root/local"
 	"github.com/custos-kms/custos/keystore/storage"
+	"github.com/custos-kms/custos/keystore/storage/memory"
 )
 
 // Commands that work on the store directly (backup, restore, root rewrap,

@@ -11,13 +11,12 @@ import (
 	"strings"
 	"time"
 
-	"github.com/custos-kms/custos/keystore/storage/bbolt"
-	"github.com/custos-kms/custos/server"
-
 	"github.com/spf13/cobra"
 
 	"github.com/custos-kms/custos/internal/config"
 	"github.com/custos-kms/custos/internal/custos"
+	"github.com/custos-kms/custos/keystore/storage/bbolt"
+	"github.com/custos-kms/custos/server"
 )
 
 // newRootAdminCmd is `custos root …`: operations on the root key that work
@@ -135,9 +134,9 @@ func rewrapThroughServer(cmd *cobra.Command, cfg *config.Config) error {
 		return fmt.Errorf("root rewrap through the server: the answer broke off (run it again: it resumes without loss): %w (%w)", err, errRetryLater)
 	}
 	switch {
-	case last == rewrapDone:
+	case last == server.RootRewrapDone:
 		return nil
-	case last == rewrapUnavailable:
+	case last == server.RootRewrapUnavailable:
 		return fmt.Errorf("root rewrap through the server: %s (%w)", last, errRetryLater)
 	case strings.HasPrefix(last, "failed: "):
 		return fmt.Errorf("root rewrap through the server: %s", last)
@@ -147,12 +146,6 @@ func rewrapThroughServer(cmd *cobra.Command, cfg *config.Config) error {
 	}
 	return fmt.Errorf("root rewrap through the server: the answer ended without saying how the run ended (run it again: it resumes without loss) (%w)", errRetryLater)
 }
-
-// The last line of the server's answer to POST /root/rewrap.
-const (
-	rewrapDone        = server.RootRewrapDone
-	rewrapUnavailable = server.RootRewrapUnavailable
-)
 
 // errRewrapStalled is why custos root rewrap gave up on a silent server.
 var errRewrapStalled = fmt.Errorf("the server sent nothing for a while: %w", errRetryLater)

@@ -12,9 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/custos-kms/custos/server"
-
 	"github.com/custos-kms/custos/internal/config"
+	"github.com/custos-kms/custos/server"
 )
 
 // liveConfig writes the dev config of dir with the running server's ops

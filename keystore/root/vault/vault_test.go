@@ -27,7 +27,6 @@ import (
 	"time"
 
 	"github.com/custos-kms/custos/internal/testkit"
-
 	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/root/roottest"
 	"github.com/custos-kms/custos/keystore/root/vault"
