@@ -230,6 +230,7 @@ func (s *Service) Hash(ctx context.Context, ref keystore.KeyRef, password []byte
 				Iterations:  policy.Argon2Iterations,
 				Parallelism: uint8(policy.Argon2Parallelism),
 			}, s.rand)
+			collectArgon2(policy.Argon2MemoryKiB)
 		default:
 			h, herr = passhash.NewBcrypt(v, tag, policy.BcryptCost)
 		}
@@ -333,7 +334,12 @@ func (s *Service) verifyPeppered(ctx context.Context, op string, pep *keystore.P
 	defer clear(tag)
 	var ok bool
 	var verr error
-	if err := s.run(ctx, op, func() { ok, verr = h.Verify(tag) }); err != nil {
+	if err := s.run(ctx, op, func() {
+		ok, verr = h.Verify(tag)
+		if h.Algorithm == passhash.Argon2id {
+			collectArgon2(h.Argon2.MemoryKiB)
+		}
+	}); err != nil {
 		return false, err
 	}
 	if verr != nil {
@@ -429,3 +435,24 @@ func (s *Service) run(ctx context.Context, op string, f func()) error {
 	}
 	return fmt.Errorf("%s: %w", op, err)
 }
+
+// collectArgon2 returns an argon2id hash's memory (memKiB) to the heap at
+// once, when it is large. Each hash allocates its own (x/crypto/argon2),
+// and with the server's GC target (gc_percent, 400 by default) the heap may
+// grow to five times what was live at the last collection, which a hash
+// itself had made large: finished hashes' memory would pile up to several
+// times the workers' max_argon2_memory_kib before the collector ran, past
+// what passwords.md prices (one hash's memory per worker). A collection
+// costs in proportion to what is live (the caches), little beside a hash
+// of this size.
+func collectArgon2(memKiB uint32) {
+	if memKiB >= collectArgon2KiB {
+		runtime.GC()
+	}
+}
+
+// collectArgon2KiB is the argon2id memory from which collectArgon2
+// collects: 32 MiB. Smaller hashes (the default policy's is 19 MiB) may
+// leave up to gc_percent's multiple of it each before the collector runs;
+// a collection beside one of them would cost a tenth of its time.
+const collectArgon2KiB = 32 << 10

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"testing"
@@ -467,5 +469,33 @@ func TestSwitchingAlgorithmKeepsVerifyingTheHashesMadeBefore(t *testing.T) {
 	overM.Argon2.MemoryKiB++
 	if err := password.CheckVerifyCost(overM, toBcrypt, l); !errors.Is(err, keystore.ErrInvalidArgument) {
 		t.Errorf("an argon2id hash above the memory limit: %v, want ErrInvalidArgument", err)
+	}
+}
+
+// A large argon2id hash's memory goes back to the heap when the hash ends:
+// with the server's GC target (400) it piled up to several hashes' worth
+// per worker before the collector ran. Not parallel: it reads the heap.
+func TestLargeArgon2idHashesDoNotPileUp(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(400))
+	f := newFixture(t)
+	const memKiB = 64 << 10
+	ref := f.passwordKey(t, "acme", "big", keystore.PasswordPolicy{Algorithm: keystore.PasswordArgon2id,
+		Argon2MemoryKiB: memKiB, Argon2Iterations: 1, Argon2Parallelism: 1})
+	pw := []byte("correct horse battery staple")
+	h := pwHash(t, f.pw, ref, pw)
+	runtime.GC()
+	var base runtime.MemStats
+	runtime.ReadMemStats(&base)
+	var peak uint64
+	for range 3 {
+		if m, _ := pwVerify(t, f.pw, ref, pw, h); !m {
+			t.Fatal("the right password did not match")
+		}
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		peak = max(peak, ms.HeapAlloc)
+	}
+	if limit := base.HeapAlloc + memKiB<<10; peak > limit {
+		t.Fatalf("heap at %d MiB after hashes of %d MiB each (%d MiB before them): their memory piles up", peak>>20, memKiB>>10, base.HeapAlloc>>20)
 	}
 }
