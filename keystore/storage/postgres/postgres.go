@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"net"
 	"os"
 	"strings"
 	"sync"
@@ -160,6 +161,11 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	// gone silent (a failover without a reset) held a caller that has no
 	// deadline (the scheduler) until TCP gave up, some 15 minutes.
 	pcfg.PingTimeout = pingTimeout
+	// And in the middle of a statement: the kernel gives a connection up
+	// when what was sent stays unacknowledged for userTimeout (Linux).
+	// pgconn's own dialer otherwise (keep-alive every 5 minutes).
+	dialer := &net.Dialer{KeepAlive: 5 * time.Minute, Control: setUserTimeout}
+	pcfg.ConnConfig.DialFunc = dialer.DialContext
 	pcfg.PrepareConn = func(_ context.Context, c *pgx.Conn) (bool, error) {
 		// false: the pool destroys the connection and takes another.
 		return connAlive(c.PgConn().Conn()), nil
