@@ -267,17 +267,7 @@ func (s *Server) OpsHandler(withPprof bool) http.Handler {
 		// A backup of the whole store, taken inside the server (the one
 		// process that may open a bbolt file). Its content is encrypted
 		// under a key only the root unwraps. One at a time.
-		var busy sync.Mutex
-		mux.HandleFunc("GET /backup", func(w http.ResponseWriter, r *http.Request) {
-			if !s.opsHostAllowed(w, r) || !s.namesThisStore(w, r) {
-				return
-			}
-			if !busy.TryLock() {
-				http.Error(w, "a backup is already being taken", http.StatusTooManyRequests)
-				return
-			}
-			defer busy.Unlock()
-			s.logger.Info("backup requested on the ops listener", "remote", r.RemoteAddr)
+		mux.HandleFunc("GET /backup", s.storeEndpoint("backup", "a backup is already being taken", func(w http.ResponseWriter, r *http.Request) {
 			cw := &countingWriter{w: w, rc: http.NewResponseController(w)}
 			// The connection may serve other requests after this one.
 			defer func() { _ = cw.rc.SetWriteDeadline(time.Time{}) }()
@@ -300,12 +290,31 @@ func (s *Server) OpsHandler(withPprof bool) http.Handler {
 				panic(http.ErrAbortHandler)
 			}
 			s.logger.Info("backup taken on the ops listener", "bytes", cw.n)
-		})
+		}))
 	}
 	if s.rewrap != nil {
-		mux.Handle("POST /root/rewrap", s.rootRewrapHandler())
+		mux.HandleFunc("POST /root/rewrap", s.storeEndpoint("root rewrap", "a root rewrap is already running", s.rootRewrap))
 	}
 	return mux
+}
+
+// storeEndpoint wraps the handler of an endpoint that works on the store
+// (what): it answers only requests to the ops listener's own address that
+// name this server's store file, one at a time (429, busy, while one runs).
+func (s *Server) storeEndpoint(what, busy string, h http.HandlerFunc) http.HandlerFunc {
+	var running sync.Mutex
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !s.opsHostAllowed(w, r) || !s.namesThisStore(w, r) {
+			return
+		}
+		if !running.TryLock() {
+			http.Error(w, busy, http.StatusTooManyRequests)
+			return
+		}
+		defer running.Unlock()
+		s.logger.Info(what+" requested on the ops listener", "remote", r.RemoteAddr)
+		h(w, r)
+	}
 }
 
 // StoreFileHeader names, in a GET /backup or a POST /root/rewrap, the
@@ -340,42 +349,28 @@ const (
 	RootRewrapFailed      = "failed: the server's log says why"
 )
 
-// rootRewrapHandler re-wraps the store's KEKs inside the server (the one
-// process that may open a bbolt file), one run at a time, for a request
-// naming this server's store file, streaming counts (never tenant names:
-// the listener authenticates nobody) and then one of the RootRewrap
-// lines. The run stops if the caller leaves (or the server shuts down):
-// every step is a compare-and-swap, and a run cut short is only started
-// again.
-func (s *Server) rootRewrapHandler() http.Handler {
-	var busy sync.Mutex
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !s.opsHostAllowed(w, r) || !s.namesThisStore(w, r) {
-			return
-		}
-		if !busy.TryLock() {
-			http.Error(w, "a root rewrap is already running", http.StatusTooManyRequests)
-			return
-		}
-		defer busy.Unlock()
-		s.logger.Info("root rewrap requested on the ops listener", "remote", r.RemoteAddr)
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		w.WriteHeader(http.StatusOK)
-		fw := &flushWriter{w: w, rc: http.NewResponseController(w)}
-		err := s.rewrap(r.Context(), fw)
-		last := RootRewrapDone
-		switch {
-		case err == nil:
-			s.logger.Info("root rewrap on the ops listener finished")
-		case errors.Is(err, keystore.ErrUnavailable) || errors.Is(err, root.ErrUnavailable) || errors.Is(err, storage.ErrUnavailable):
-			s.logger.Error("root rewrap on the ops listener failed", "error", err.Error())
-			last = RootRewrapUnavailable
-		default:
-			s.logger.Error("root rewrap on the ops listener failed", "error", err.Error())
-			last = RootRewrapFailed
-		}
-		fmt.Fprintln(fw, last)
-	})
+// rootRewrap re-wraps the store's KEKs inside the server (the one process
+// that may open a bbolt file), streaming counts (never tenant names: the
+// listener authenticates nobody) and then one of the RootRewrap lines. The
+// run stops if the caller leaves (or the server shuts down): every step is
+// a compare-and-swap, and a run cut short is only started again.
+func (s *Server) rootRewrap(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(http.StatusOK)
+	fw := &flushWriter{w: w, rc: http.NewResponseController(w)}
+	err := s.rewrap(r.Context(), fw)
+	last := RootRewrapDone
+	switch {
+	case err == nil:
+		s.logger.Info("root rewrap on the ops listener finished")
+	case errors.Is(err, keystore.ErrUnavailable) || errors.Is(err, root.ErrUnavailable) || errors.Is(err, storage.ErrUnavailable):
+		s.logger.Error("root rewrap on the ops listener failed", "error", err.Error())
+		last = RootRewrapUnavailable
+	default:
+		s.logger.Error("root rewrap on the ops listener failed", "error", err.Error())
+		last = RootRewrapFailed
+	}
+	fmt.Fprintln(fw, last)
 }
 
 // opsHostAllowed answers 421 Misdirected Request, and returns false, for a
