@@ -443,8 +443,10 @@ func (s *Service) run(ctx context.Context, op string, f func()) error {
 // itself had made large: finished hashes' memory would pile up to several
 // times the workers' max_argon2_memory_kib before the collector ran, past
 // what passwords.md prices (one hash's memory per worker). A collection
-// costs in proportion to what is live (the caches), little beside a hash
-// of this size.
+// marks what is live (mostly the key cache) at normal priority: on a full
+// cache about as much CPU as a 32 MiB hash, a small part of one from
+// collectArgon2KiB up, which also bounds what a verifier can make the
+// server hold with hashes it supplies.
 func collectArgon2(memKiB uint32) {
 	if memKiB >= collectArgon2KiB {
 		runtime.GC()
@@ -452,7 +454,7 @@ func collectArgon2(memKiB uint32) {
 }
 
 // collectArgon2KiB is the argon2id memory from which collectArgon2
-// collects: 32 MiB. Smaller hashes (the default policy's is 19 MiB) may
-// leave up to gc_percent's multiple of it each before the collector runs;
-// a collection beside one of them would cost a tenth of its time.
-const collectArgon2KiB = 32 << 10
+// collects: 64 MiB. Smaller hashes (the default policy's is 19 MiB,
+// OWASP's other 46 MiB) may leave up to gc_percent's multiple of it each
+// before the collector runs (GOMEMLIMIT bounds that; passwords.md).
+const collectArgon2KiB = 64 << 10

@@ -478,7 +478,7 @@ func TestSwitchingAlgorithmKeepsVerifyingTheHashesMadeBefore(t *testing.T) {
 func TestLargeArgon2idHashesDoNotPileUp(t *testing.T) {
 	defer debug.SetGCPercent(debug.SetGCPercent(400))
 	f := newFixture(t)
-	const memKiB = 64 << 10
+	const memKiB = 96 << 10
 	ref := f.passwordKey(t, "acme", "big", keystore.PasswordPolicy{Algorithm: keystore.PasswordArgon2id,
 		Argon2MemoryKiB: memKiB, Argon2Iterations: 1, Argon2Parallelism: 1})
 	pw := []byte("correct horse battery staple")

@@ -163,8 +163,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	pcfg.PingTimeout = pingTimeout
 	// And in the middle of a statement: the kernel gives a connection up
 	// when what was sent stays unacknowledged for userTimeout (Linux).
-	// pgconn's own dialer otherwise (keep-alive every 5 minutes).
-	dialer := &net.Dialer{KeepAlive: 5 * time.Minute, Control: setUserTimeout}
+	// Otherwise pgconn's own dialer: Go's keep-alive defaults (a probe
+	// after 15 s idle, which also keeps NAT entries open).
+	dialer := &net.Dialer{Control: setUserTimeout}
 	pcfg.ConnConfig.DialFunc = dialer.DialContext
 	pcfg.PrepareConn = func(_ context.Context, c *pgx.Conn) (bool, error) {
 		// false: the pool destroys the connection and takes another.

@@ -47,4 +47,12 @@ func TestConnectionsHaveAUserTimeout(t *testing.T) {
 	if want := int(userTimeout / time.Millisecond); got != want {
 		t.Fatalf("TCP_USER_TIMEOUT %d ms, want %d", got, want)
 	}
+	// Go's keep-alive defaults, as pgconn's dialer has them: a probe after
+	// 15 s idle.
+	if err := raw.Control(func(fd uintptr) { got, gerr = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPIDLE) }); err != nil || gerr != nil {
+		t.Fatal(err, gerr)
+	}
+	if got != 15 {
+		t.Fatalf("TCP_KEEPIDLE %d s, want Go's default 15", got)
+	}
 }
