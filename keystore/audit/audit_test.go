@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -1552,4 +1553,64 @@ func TestExportDropsUnderSteadyOverloadAreLoggedOnce(t *testing.T) {
 	if err := exp.Close(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// A tenant's view records must each start past the one before: an event
+// moved into a later record is still listed once, under its tenant, but a
+// page of ListAuditEvents that began after the first record skips it.
+func TestVerifyReportsAnEventMovedBetweenViewRecords(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, memory.New(), "")
+	f.record(t, 5, "a", "b")
+	f.record(t, 5, "a", "b") // a second integration: a second view record each
+	if rep := verify(t, f); len(rep.Findings) != 0 {
+		t.Fatalf("before tampering: %v", rep.Findings)
+	}
+	recs, err := f.store.List(ctx, "audit/t/b/", "", 100)
+	if err != nil || len(recs) < 2 {
+		t.Fatalf("tenant b's view has %d records (%v); the test needs two", len(recs), err)
+	}
+	first, last := decodeViewIndexes(t, recs[0].Value), decodeViewIndexes(t, recs[len(recs)-1].Value)
+	if len(first) < 2 {
+		t.Fatalf("tenant b's first view record holds %d indexes; the test needs two", len(first))
+	}
+	recs[0].Value = encodeViewIndexes(first[1:])
+	recs[len(recs)-1].Value = encodeViewIndexes(append([]uint64{first[0]}, last...))
+	put(t, f.store, recs[0])
+	put(t, f.store, recs[len(recs)-1])
+	rep := verify(t, f)
+	for _, fd := range rep.Findings {
+		if strings.Contains(fd.String(), "starts at or before the end of the record before it in tenant b's view") {
+			return
+		}
+	}
+	t.Fatalf("findings %v, want the overlap reported", rep.Findings)
+}
+
+// decodeViewIndexes and encodeViewIndexes read and write a tenant view
+// record's value: the indexes as uvarint deltas.
+func decodeViewIndexes(t *testing.T, b []byte) []uint64 {
+	t.Helper()
+	var out []uint64
+	var prev uint64
+	for len(b) > 0 {
+		d, n := binary.Uvarint(b)
+		if n <= 0 {
+			t.Fatalf("a view record that does not decode: %x", b)
+		}
+		prev += d
+		out = append(out, prev)
+		b = b[n:]
+	}
+	return out
+}
+
+func encodeViewIndexes(idx []uint64) []byte {
+	var b []byte
+	var prev uint64
+	for _, i := range idx {
+		b = binary.AppendUvarint(b, i-prev)
+		prev = i
+	}
+	return b
 }

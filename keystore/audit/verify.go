@@ -180,6 +180,10 @@ func Verify(ctx context.Context, store storage.Store, v note.Verifier, kept ...[
 		t string
 	}
 	var listed []listing
+	// A tenant's records, in key order, must each start past the one
+	// before: ListAuditEvents pages through them so, and an index moved
+	// into a later record would be skipped by a page that began after it.
+	prevTenant, prevLast := "", uint64(0)
 	for after := ""; ; {
 		recs, err := store.List(ctx, tenantPrefix, after, 1000)
 		if err != nil {
@@ -194,7 +198,11 @@ func Verify(ctx context.Context, store storage.Store, v note.Verifier, kept ...[
 			case !ok || !ok2 || len(idx) == 0 || idx[len(idx)-1] != lastIdx:
 				add(Finding{Index: -1, Kind: "tenant-view", Detail: fmt.Sprintf("record %q is malformed", r.Key)})
 				continue
-			case lastIdx >= end:
+			case tenant == prevTenant && idx[0] <= prevLast:
+				add(Finding{Index: int64(idx[0]), Kind: "tenant-view", Detail: fmt.Sprintf("record %q starts at or before the end of the record before it in tenant %s's view", r.Key, tenant)})
+			}
+			prevTenant, prevLast = tenant, lastIdx
+			if lastIdx >= end {
 				continue // integrated after the state was read
 			}
 			for _, i := range idx {
