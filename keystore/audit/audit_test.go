@@ -1587,6 +1587,59 @@ func TestVerifyReportsAnEventMovedBetweenViewRecords(t *testing.T) {
 	t.Fatalf("findings %v, want the overlap reported", rep.Findings)
 }
 
+// A store writer who rolls the tree back (state and all) to an older
+// signed size and grows another history from there is refused by a server
+// that never signed, as long as the history keeps a newer checkpoint: the
+// state's own checkpoint, older, is not all that was signed.
+func TestAHistoryForkedAfterAnOlderCheckpointIsNotSigned(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, memory.New(), "")
+	f.record(t, 10, "a", "b") // signed at 20, kept
+	snap := map[string]storage.Record{}
+	for _, prefix := range []string{"audit/l/", "audit/n/", "audit/t/", "audit/tree"} {
+		recs, err := f.store.List(ctx, prefix, "", 100000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range recs {
+			snap[r.Key] = r
+		}
+	}
+	f.record(t, 10, "a", "b") // signed at 40, kept
+	// Back to the tree of size 20 (its state names the checkpoint of 20),
+	// the history's checkpoint of 40 left where it is.
+	for _, prefix := range []string{"audit/l/", "audit/n/", "audit/t/", "audit/tree"} {
+		recs, err := f.store.List(ctx, prefix, "", 100000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range recs {
+			old, ok := snap[r.Key]
+			if !ok {
+				del(t, f.store, r.Key)
+				continue
+			}
+			old.Version = r.Version
+			put(t, f.store, old)
+		}
+	}
+	forger, err := audit.Open(ctx, audit.Config{Store: f.store, Root: f.root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		if err := f.w.Record(event("c", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := forger.Integrate(ctx, 100); err != nil {
+		t.Fatal(err)
+	}
+	if cp, err := forger.Sign(ctx); err == nil {
+		t.Fatalf("a server that never signed signed a history forked after the state's older checkpoint (size %d), with a newer one kept", cp.Size)
+	}
+}
+
 // decodeViewIndexes and encodeViewIndexes read and write a tenant view
 // record's value: the indexes as uvarint deltas.
 func decodeViewIndexes(t *testing.T, b []byte) []uint64 {

@@ -506,32 +506,47 @@ type signedTree struct {
 
 // checkExtends refuses to sign a tree (st, whose root is root) that is not
 // an extension of what was signed before: the checkpoint in the stored
-// state, and the last one this process signed. Someone who can write the
-// store but not the root could otherwise have a rewritten history signed
-// with the genuine key.
+// state, the last one this process signed, and, until this process has
+// signed, the newest checkpoint kept in the history (the state's may have
+// been put back to an older one). Someone who can write the store but not
+// the root could otherwise have a rewritten history signed with the
+// genuine key.
 func (l *Log) checkExtends(ctx context.Context, st treeState, root []byte) error {
 	l.keyMu.Lock()
 	v, last := l.verifier, l.lastSigned
 	l.keyMu.Unlock()
-	signed := st.Checkpoint
-	if signed == nil {
-		// Signed before, the state says not: the newest checkpoint kept
-		// in the history (none for a log never signed).
-		var err error
-		if signed, err = l.newestKept(ctx); err != nil {
+	var before []signedTree
+	add := func(t signedTree) {
+		for _, b := range before {
+			if b.size == t.size && bytes.Equal(b.root, t.root) {
+				return
+			}
+		}
+		before = append(before, t)
+	}
+	notes := [][]byte{st.Checkpoint}
+	if st.Checkpoint == nil || last.size == 0 {
+		// A log never signed keeps none. (Once this process has signed,
+		// what it signed stands for the history: one read of it a tick
+		// would cost a listing of every kept checkpoint.)
+		kept, err := l.newestKept(ctx)
+		if err != nil {
 			return err
 		}
+		notes = append(notes, kept)
 	}
-	var before []signedTree
-	if signed != nil {
-		cp, err := ParseCheckpoint(signed, v)
+	for _, n := range notes {
+		if n == nil {
+			continue
+		}
+		cp, err := ParseCheckpoint(n, v)
 		if err != nil {
 			return fmt.Errorf("audit: the stored checkpoint does not verify (%w): refusing to sign; run custos audit verify", err)
 		}
-		before = append(before, signedTree{size: cp.Size, root: cp.Root})
+		add(signedTree{size: cp.Size, root: cp.Root})
 	}
-	if last.size > 0 && (len(before) == 0 || last.size != before[0].size || !bytes.Equal(last.root, before[0].root)) {
-		before = append(before, last)
+	if last.size > 0 {
+		add(last)
 	}
 	for _, b := range before {
 		var err error
