@@ -1595,34 +1595,11 @@ func TestAHistoryForkedAfterAnOlderCheckpointIsNotSigned(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t, memory.New(), "")
 	f.record(t, 10, "a", "b") // signed at 20, kept
-	snap := map[string]storage.Record{}
-	for _, prefix := range []string{"audit/l/", "audit/n/", "audit/t/", "audit/tree"} {
-		recs, err := f.store.List(ctx, prefix, "", 100000)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range recs {
-			snap[r.Key] = r
-		}
-	}
+	snap := snapshotTree(t, f.store)
 	f.record(t, 10, "a", "b") // signed at 40, kept
 	// Back to the tree of size 20 (its state names the checkpoint of 20),
 	// the history's checkpoint of 40 left where it is.
-	for _, prefix := range []string{"audit/l/", "audit/n/", "audit/t/", "audit/tree"} {
-		recs, err := f.store.List(ctx, prefix, "", 100000)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range recs {
-			old, ok := snap[r.Key]
-			if !ok {
-				del(t, f.store, r.Key)
-				continue
-			}
-			old.Version = r.Version
-			put(t, f.store, old)
-		}
-	}
+	restoreTree(t, f.store, snap)
 	forger, err := audit.Open(ctx, audit.Config{Store: f.store, Root: f.root})
 	if err != nil {
 		t.Fatal(err)
@@ -1637,6 +1614,141 @@ func TestAHistoryForkedAfterAnOlderCheckpointIsNotSigned(t *testing.T) {
 	}
 	if cp, err := forger.Sign(ctx); err == nil {
 		t.Fatalf("a server that never signed signed a history forked after the state's older checkpoint (size %d), with a newer one kept", cp.Size)
+	} else if !strings.Contains(err.Error(), "refusing to sign") {
+		t.Fatalf("Sign: %v, want a refusal", err)
+	}
+}
+
+// The same with a replica that signed before, lost the lease, and gets it
+// back on a tree rolled back behind what the other replica signed since:
+// its own last checkpoint is older than the state's, so the history is
+// read too.
+func TestAReplicaThatSignedBeforeDoesNotSignAForkedHistory(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, memory.New(), "")
+	f.record(t, 10, "a", "b") // A (f.log) signs at 20
+	b, err := audit.Open(ctx, audit.Config{Store: f.store, Root: f.root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	recordWith := func(l *audit.Log, tenant string) {
+		t.Helper()
+		for i := range 10 {
+			if err := f.w.Record(event(tenant, i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := l.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recordWith(b, "a") // B signs at 30
+	snap := snapshotTree(t, f.store)
+	recordWith(b, "a") // B signs at 40, kept
+	restoreTree(t, f.store, snap)
+	for i := range 10 {
+		if err := f.w.Record(event("c", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := f.log.Integrate(ctx, 100); err != nil {
+		t.Fatal(err)
+	}
+	if cp, err := f.log.Sign(ctx); err == nil {
+		t.Fatalf("a replica that signed before signed a history forked behind a newer kept checkpoint (size %d)", cp.Size)
+	} else if !strings.Contains(err.Error(), "refusing to sign") {
+		t.Fatalf("Sign: %v, want a refusal", err)
+	}
+}
+
+// A replica signing for the first time while the old lease holder signs
+// a newer checkpoint (their leases overlapped) sees the kept checkpoint
+// past its state: a race to retry (a conflict), not a rewritten history.
+func TestACheckpointSignedMeanwhileIsAConflictNotARefusal(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, memory.New(), "")
+	f.record(t, 10, "a", "b") // A (f.log) signs at 20
+	for i := range 10 {
+		if err := f.w.Record(event("c", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hooked := &listHook{Store: f.store, Applier: f.store.(storage.Applier), prefix: "audit/c/", hook: func() {
+		// A, meanwhile, integrates more and signs.
+		for i := range 10 {
+			if err := f.w.Record(event("d", i)); err != nil {
+				t.Error(err)
+			}
+		}
+		if err := f.log.Flush(ctx); err != nil {
+			t.Error(err)
+		}
+	}}
+	b, err := audit.Open(ctx, audit.Config{Store: hooked, Root: f.root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Integrate(ctx, 10); err != nil { // B's state: 30 events, signed at 20
+		t.Fatal(err)
+	}
+	_, err = b.Sign(ctx)
+	if !errors.Is(err, storage.ErrConflict) || strings.Contains(err.Error(), "refusing to sign") {
+		t.Fatalf("B's first Sign while A signed: %v, want a conflict", err)
+	}
+	if rep := verify(t, f); len(rep.Findings) != 0 {
+		t.Fatalf("the log after the race: %v", rep.Findings)
+	}
+}
+
+// listHook runs hook once, before the first listing under prefix.
+type listHook struct {
+	storage.Store
+	storage.Applier
+	prefix string
+	hook   func()
+	once   sync.Once
+}
+
+func (h *listHook) List(ctx context.Context, prefix, after string, limit int) ([]storage.Record, error) {
+	if prefix == h.prefix {
+		h.once.Do(h.hook)
+	}
+	return h.Store.List(ctx, prefix, after, limit)
+}
+
+// snapshotTree copies the log's tree (bodies, nodes, views and state);
+// restoreTree puts such a copy back, the kept checkpoints left as they are.
+func snapshotTree(t *testing.T, s storage.Store) map[string]storage.Record {
+	t.Helper()
+	snap := map[string]storage.Record{}
+	for _, prefix := range []string{"audit/l/", "audit/n/", "audit/t/", "audit/tree"} {
+		recs, err := s.List(context.Background(), prefix, "", 100000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range recs {
+			snap[r.Key] = r
+		}
+	}
+	return snap
+}
+
+func restoreTree(t *testing.T, s storage.Store, snap map[string]storage.Record) {
+	t.Helper()
+	for _, prefix := range []string{"audit/l/", "audit/n/", "audit/t/", "audit/tree"} {
+		recs, err := s.List(context.Background(), prefix, "", 100000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range recs {
+			old, ok := snap[r.Key]
+			if !ok {
+				del(t, s, r.Key)
+				continue
+			}
+			old.Version = r.Version
+			put(t, s, old)
+		}
 	}
 }
 

@@ -451,7 +451,7 @@ func (l *Log) signHorizon(ctx context.Context, historyAll bool, raise uint64) (*
 	if err != nil {
 		return nil, fmt.Errorf("audit: root hash: %w", err)
 	}
-	if err := l.checkExtends(ctx, st, rootHash); err != nil {
+	if err := l.checkExtends(ctx, st, ver, rootHash); err != nil {
 		return nil, err
 	}
 	text := string(tlog.Checkpoint{Origin: signer.Name(), Size: st.Size, Hash: rootHash}.Marshal()) +
@@ -504,14 +504,15 @@ type signedTree struct {
 	root []byte
 }
 
-// checkExtends refuses to sign a tree (st, whose root is root) that is not
-// an extension of what was signed before: the checkpoint in the stored
-// state, the last one this process signed, and, until this process has
-// signed, the newest checkpoint kept in the history (the state's may have
-// been put back to an older one). Someone who can write the store but not
-// the root could otherwise have a rewritten history signed with the
-// genuine key.
-func (l *Log) checkExtends(ctx context.Context, st treeState, root []byte) error {
+// checkExtends refuses to sign a tree (st, read at version ver, whose root
+// is root) that is not an extension of what was signed before: the
+// checkpoint in the stored state, the last one this process signed, and,
+// unless the state's checkpoint is that last one, the newest checkpoint
+// kept in the history (the state's may have been put back to an older
+// one, while this process was not signing). Someone who can write the
+// store but not the root could otherwise have a rewritten history signed
+// with the genuine key.
+func (l *Log) checkExtends(ctx context.Context, st treeState, ver uint64, root []byte) error {
 	l.keyMu.Lock()
 	v, last := l.verifier, l.lastSigned
 	l.keyMu.Unlock()
@@ -524,26 +525,40 @@ func (l *Log) checkExtends(ctx context.Context, st treeState, root []byte) error
 		}
 		before = append(before, t)
 	}
-	notes := [][]byte{st.Checkpoint}
-	if st.Checkpoint == nil || last.size == 0 {
-		// A log never signed keeps none. (Once this process has signed,
-		// what it signed stands for the history: one read of it a tick
-		// would cost a listing of every kept checkpoint.)
+	var stateCP *Checkpoint
+	if st.Checkpoint != nil {
+		cp, err := ParseCheckpoint(st.Checkpoint, v)
+		if err != nil {
+			return fmt.Errorf("audit: the stored checkpoint does not verify (%w): refusing to sign; run custos audit verify", err)
+		}
+		stateCP = cp
+		add(signedTree{size: cp.Size, root: cp.Root})
+	}
+	// The history, unless the state's checkpoint is the one this process
+	// signed last (the steady state of the lease holder: then what it
+	// signed stands for the history, and a tick costs no listing of every
+	// kept checkpoint). A log never signed keeps none.
+	if stateCP == nil || last.size != stateCP.Size || !bytes.Equal(last.root, stateCP.Root) {
 		kept, err := l.newestKept(ctx)
 		if err != nil {
 			return err
 		}
-		notes = append(notes, kept)
-	}
-	for _, n := range notes {
-		if n == nil {
-			continue
+		if kept != nil {
+			cp, err := ParseCheckpoint(kept, v)
+			if err != nil {
+				return fmt.Errorf("audit: the newest kept checkpoint does not verify (%w): refusing to sign; run custos audit verify", err)
+			}
+			if cp.Size > st.Size {
+				// Signed since the state was read (another replica, whose
+				// lease this one took while it still ran), or a tree put
+				// back: a state that moved on is a race to retry, not a
+				// rewritten history.
+				if cur, err := l.store.Get(ctx, treeKey); err == nil && cur.Version != ver {
+					return fmt.Errorf("audit: the tree state changed while signing: %w", storage.ErrConflict)
+				}
+			}
+			add(signedTree{size: cp.Size, root: cp.Root})
 		}
-		cp, err := ParseCheckpoint(n, v)
-		if err != nil {
-			return fmt.Errorf("audit: the stored checkpoint does not verify (%w): refusing to sign; run custos audit verify", err)
-		}
-		add(signedTree{size: cp.Size, root: cp.Root})
 	}
 	if last.size > 0 {
 		add(last)
