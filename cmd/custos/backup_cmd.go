@@ -280,17 +280,7 @@ func backupFromServer(cmd *cobra.Command, cfg *config.Config, w io.Writer, f *os
 		io.Closer
 	}{stallReader{resp.Body, stall, backupStall}, resp.Body}
 	if resp.StatusCode != http.StatusOK {
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		err := fmt.Errorf("backup through the server: %s: %s", resp.Status, strings.TrimSpace(string(body)))
-		switch resp.StatusCode {
-		case http.StatusServiceUnavailable, http.StatusTooManyRequests:
-			err = fmt.Errorf("%w (%w)", err, errRetryLater) // exit 7
-		case http.StatusNotFound:
-			err = fmt.Errorf("%w: the server does not serve backups; set ops.backup: true in its configuration and restart it (a .custos-dev/custos.yaml written before this version lacks it)", err)
-		case http.StatusConflict:
-			err = fmt.Errorf("%w: the server at ops.listen %s is not the one holding %s; check ops.listen in the configuration", err, cfg.Ops.Listen, cfg.Storage.Bbolt.Path)
-		}
-		return nil, err
+		return nil, opsAnswerErr(cfg, "backup", resp, resp.Body, "the server does not serve backups; set ops.backup: true in its configuration and restart it (a .custos-dev/custos.yaml written before this version lacks it)")
 	}
 	r, err := custos.OpenRoot(ctx, cfg, custos.NewLogger(cmd.ErrOrStderr(), "warn"))
 	if err != nil {
@@ -484,4 +474,22 @@ func opsDialErr(ctx context.Context, cfg *config.Config, err error) error {
 		return fmt.Errorf("the bbolt file is locked, and nothing answers on ops.listen %s (a server without an ops listener, one shutting down, or another command holds it): %w (%w)", cfg.Ops.Listen, err, errRetryLater)
 	}
 	return fmt.Errorf("ops.listen %s: %w", cfg.Ops.Listen, err)
+}
+
+// opsAnswerErr is the error of an answer other than 200 from the ops
+// listener to what (backup, root rewrap), its text read from body:
+// 503 and 429 are "retry later" (exit 7), 404 says notServed, 409 that
+// ops.listen reaches a server holding another file.
+func opsAnswerErr(cfg *config.Config, what string, resp *http.Response, body io.Reader, notServed string) error {
+	text, _ := io.ReadAll(io.LimitReader(body, 4096))
+	err := fmt.Errorf("%s through the server: %s: %s", what, resp.Status, strings.TrimSpace(string(text)))
+	switch resp.StatusCode {
+	case http.StatusServiceUnavailable, http.StatusTooManyRequests:
+		return fmt.Errorf("%w (%w)", err, errRetryLater)
+	case http.StatusNotFound:
+		return fmt.Errorf("%w: %s", err, notServed)
+	case http.StatusConflict:
+		return fmt.Errorf("%w: the server at ops.listen %s is not the one holding %s; check ops.listen in the configuration", err, cfg.Ops.Listen, cfg.Storage.Bbolt.Path)
+	}
+	return err
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"strings"
@@ -106,17 +105,7 @@ func rewrapThroughServer(cmd *cobra.Command, cfg *config.Config) error {
 	defer resp.Body.Close()
 	body := stallReader{resp.Body, stall, rewrapStall}
 	if resp.StatusCode != http.StatusOK {
-		body, _ := io.ReadAll(io.LimitReader(body, 4096))
-		err := fmt.Errorf("root rewrap through the server: %s: %s", resp.Status, strings.TrimSpace(string(body)))
-		switch resp.StatusCode {
-		case http.StatusServiceUnavailable, http.StatusTooManyRequests:
-			err = fmt.Errorf("%w (%w)", err, errRetryLater) // exit 7
-		case http.StatusNotFound:
-			err = fmt.Errorf("%w: the server does not re-wrap on request; set ops.root_rewrap: true in its configuration and restart it, or stop it and run this again", err)
-		case http.StatusConflict:
-			err = fmt.Errorf("%w: the server at ops.listen %s is not the one holding %s; check ops.listen in the configuration", err, cfg.Ops.Listen, cfg.Storage.Bbolt.Path)
-		}
-		return err
+		return opsAnswerErr(cfg, "root rewrap", resp, body, "the server does not re-wrap on request; set ops.root_rewrap: true in its configuration and restart it, or stop it and run this again")
 	}
 	out := cmd.OutOrStdout()
 	sc := bufio.NewScanner(body)

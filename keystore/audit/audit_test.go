@@ -1604,19 +1604,7 @@ func TestAHistoryForkedAfterAnOlderCheckpointIsNotSigned(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := range 20 {
-		if err := f.w.Record(event("c", i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := forger.Integrate(ctx, 100); err != nil {
-		t.Fatal(err)
-	}
-	if cp, err := forger.Sign(ctx); err == nil {
-		t.Fatalf("a server that never signed signed a history forked after the state's older checkpoint (size %d), with a newer one kept", cp.Size)
-	} else if !strings.Contains(err.Error(), "refusing to sign") {
-		t.Fatalf("Sign: %v, want a refusal", err)
-	}
+	wantForkRefused(t, f, forger, "a server that never signed")
 }
 
 // The same with a replica that signed before, lost the lease, and gets it
@@ -1646,16 +1634,24 @@ func TestAReplicaThatSignedBeforeDoesNotSignAForkedHistory(t *testing.T) {
 	snap := snapshotTree(t, f.store)
 	recordWith(b, "a") // B signs at 40, kept
 	restoreTree(t, f.store, snap)
-	for i := range 10 {
+	wantForkRefused(t, f, f.log, "a replica that signed before")
+}
+
+// wantForkRefused records other events on a rolled-back tree (a fork of
+// the history), has l integrate them, and wants l to refuse to sign.
+func wantForkRefused(t *testing.T, f *fixture, l *audit.Log, who string) {
+	t.Helper()
+	ctx := context.Background()
+	for i := range 20 {
 		if err := f.w.Record(event("c", i)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := f.log.Integrate(ctx, 100); err != nil {
+	if _, err := l.Integrate(ctx, 100); err != nil {
 		t.Fatal(err)
 	}
-	if cp, err := f.log.Sign(ctx); err == nil {
-		t.Fatalf("a replica that signed before signed a history forked behind a newer kept checkpoint (size %d)", cp.Size)
+	if cp, err := l.Sign(ctx); err == nil {
+		t.Fatalf("%s signed a history forked behind a newer kept checkpoint (size %d)", who, cp.Size)
 	} else if !strings.Contains(err.Error(), "refusing to sign") {
 		t.Fatalf("Sign: %v, want a refusal", err)
 	}

@@ -330,10 +330,7 @@ func TestUnresponsiveVaultHonoursTheDeadline(t *testing.T) {
 func TestConcurrentCallsShareOneLoginPerToken(t *testing.T) {
 	f := newFakeVault(t)
 	f.tokenTTL = time.Second // renewed every 750ms
-	secretFile := filepath.Join(t.TempDir(), "secret-id")
-	if err := os.WriteFile(secretFile, []byte("s3cret"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	secretFile := writeSecretID(t)
 	r, err := vault.New(t.Context(), f.config(vault.Auth{AppRole: &vault.AppRole{RoleID: "role", SecretIDFile: secretFile}}))
 	if err != nil {
 		t.Fatal(err)
@@ -370,10 +367,7 @@ func TestAHangingEarlyRenewalFailsNoCall(t *testing.T) {
 	f.tokenTTL = 8 * time.Second // renewed after 6s
 	release := make(chan struct{})
 	t.Cleanup(func() { close(release) }) // before the server closes: it waits for its handlers
-	secretFile := filepath.Join(t.TempDir(), "secret-id")
-	if err := os.WriteFile(secretFile, []byte("s3cret"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	secretFile := writeSecretID(t)
 	r, err := vault.New(t.Context(), f.config(vault.Auth{AppRole: &vault.AppRole{RoleID: "role", SecretIDFile: secretFile}}))
 	if err != nil {
 		t.Fatal(err)
@@ -400,10 +394,7 @@ func TestAHangingEarlyRenewalFailsNoCall(t *testing.T) {
 func TestAFailedEarlyRenewalIsLogged(t *testing.T) {
 	f := newFakeVault(t)
 	f.tokenTTL = 6 * time.Second // renewed after 4.5s; 1.4s of margin after the Wrap below
-	secretFile := filepath.Join(t.TempDir(), "secret-id")
-	if err := os.WriteFile(secretFile, []byte("s3cret"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	secretFile := writeSecretID(t)
 	logs := &testkit.SyncBuffer{}
 	cfg := f.config(vault.Auth{AppRole: &vault.AppRole{RoleID: "role", SecretIDFile: secretFile}})
 	cfg.Logger = slog.New(slog.NewJSONHandler(logs, nil))
@@ -456,4 +447,15 @@ func TestConfigIsValidated(t *testing.T) {
 			}
 		})
 	}
+}
+
+// writeSecretID writes an AppRole secret_id file ("s3cret") and returns
+// its path.
+func writeSecretID(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "secret-id")
+	if err := os.WriteFile(p, []byte("s3cret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
