@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/custos-kms/custos/envelope"
@@ -150,10 +151,10 @@ func (s *Service) entryKnowing(ctx context.Context, e *keyEntry, v uint32) (*key
 	// key looks for versions it does not know, and the cached entry stays
 	// until the reload replaces it.
 	now := s.now()
-	if last := e.missed.Load(); last != 0 && now.Sub(time.Unix(0, last)) < time.Second {
+	if stampedWithin(&e.missed, now, time.Second) {
 		return nil, ErrInvalidCiphertext
 	}
-	if last := e.reloadFailed.Load(); last != 0 && now.Sub(time.Unix(0, last)) < time.Second {
+	if stampedWithin(&e.reloadFailed, now, time.Second) {
 		return nil, fmt.Errorf("%w: key %s could not be reloaded for version %d within the last second", ErrUnavailable, e.ref, v)
 	}
 	fresh, err := s.m.loadKey(ctx, e.ref)
@@ -175,4 +176,11 @@ func (s *Service) entryKnowing(ctx context.Context, e *keyEntry, v uint32) (*key
 		return fresh, ErrInvalidCiphertext
 	}
 	return fresh, nil
+}
+
+// stampedWithin reports whether the time stamped in at (unix ns, 0: never) is
+// less than d before now.
+func stampedWithin(at *atomic.Int64, now time.Time, d time.Duration) bool {
+	last := at.Load()
+	return last != 0 && now.Sub(time.Unix(0, last)) < d
 }

@@ -25,7 +25,6 @@ import (
 
 	"github.com/custos-kms/custos/keystore"
 	"github.com/custos-kms/custos/keystore/audit"
-	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/storage"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 )
@@ -337,7 +336,7 @@ func (a auditService) logError(ctx context.Context, err error) error {
 	if cerr := ctx.Err(); cerr != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
 		return a.toError(ctx, cerr) // the caller's own deadline or cancellation
 	}
-	if errors.Is(err, storage.ErrUnavailable) || errors.Is(err, root.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
+	if dependencyDown(err) || errors.Is(err, context.DeadlineExceeded) {
 		return a.toError(ctx, fmt.Errorf("%w: %w", keystore.ErrUnavailable, err))
 	}
 	// %v: no entry of the error table applies (a cancellation not the

@@ -278,7 +278,7 @@ func (s *Server) OpsHandler(withPprof bool) http.Handler {
 					// The error names the server's files; it is logged, and
 					// the ops listener does not authenticate its callers.
 					code, msg := http.StatusInternalServerError, "backup failed (the server's log says why)"
-					if errors.Is(err, root.ErrUnavailable) || errors.Is(err, storage.ErrUnavailable) {
+					if dependencyDown(err) {
 						// A dependency is down: retry later.
 						code, msg = http.StatusServiceUnavailable, "backup failed: the root or the storage is unavailable; retry later"
 					}
@@ -359,15 +359,17 @@ func (s *Server) rootRewrap(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 	fw := &flushWriter{w: w, rc: http.NewResponseController(w)}
 	err := s.rewrap(r.Context(), fw)
+	if err != nil {
+		s.logger.Error("root rewrap on the ops listener failed", "error", err.Error())
+	} else {
+		s.logger.Info("root rewrap on the ops listener finished")
+	}
 	last := RootRewrapDone
 	switch {
 	case err == nil:
-		s.logger.Info("root rewrap on the ops listener finished")
-	case errors.Is(err, keystore.ErrUnavailable) || errors.Is(err, root.ErrUnavailable) || errors.Is(err, storage.ErrUnavailable):
-		s.logger.Error("root rewrap on the ops listener failed", "error", err.Error())
+	case dependencyDown(err):
 		last = RootRewrapUnavailable
 	default:
-		s.logger.Error("root rewrap on the ops listener failed", "error", err.Error())
 		last = RootRewrapFailed
 	}
 	fmt.Fprintln(fw, last)
@@ -387,7 +389,7 @@ func (s *Server) opsHostAllowed(w http.ResponseWriter, r *http.Request) bool {
 	host = strings.TrimSuffix(host, ".") // the fully qualified form of the same name
 	// "" is what Go's client sends for an address without a host
 	// (ops.listen ":9464"); a browser never does.
-	if host == "" || net.ParseIP(host) != nil || strings.EqualFold(host, "localhost") || (s.opsHost != "" && strings.EqualFold(host, s.opsHost)) {
+	if host == "" || net.ParseIP(host) != nil || root.LoopbackHost(host) || (s.opsHost != "" && strings.EqualFold(host, s.opsHost)) {
 		return true
 	}
 	http.Error(w, "this endpoint answers requests to the ops listener's own address only", http.StatusMisdirectedRequest)
@@ -439,4 +441,10 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
+}
+
+// dependencyDown reports whether err says the root or the storage is out
+// of reach (directly, or through the keystore): a failure to retry later.
+func dependencyDown(err error) bool {
+	return errors.Is(err, keystore.ErrUnavailable) || errors.Is(err, root.ErrUnavailable) || errors.Is(err, storage.ErrUnavailable)
 }
