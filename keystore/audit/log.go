@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -480,9 +481,73 @@ func (l *Log) signHorizon(ctx context.Context, historyAll bool, raise uint64) (*
 	return l.checkpointOf(ctx, st)
 }
 
-// newestKept returns the checkpoint of the largest size in the history, or
-// nil when it holds none.
+// newestKept returns the last record of the history (the checkpoint of
+// the largest size), or nil when it holds none. It bisects the key space,
+// sizes being 16 lower-case hex digits, with listings of one record: at
+// most about 66 small reads however many checkpoints are kept (one a
+// minute, without bound when retention is off), where a scan read them
+// all. A key in another form (no server writes one) falls back to the
+// scan, which ends at the last key as the bisection does.
 func (l *Log) newestKept(ctx context.Context) ([]byte, error) {
+	// after lists the first record past key; found reports one.
+	after := func(key string) (storage.Record, bool, error) {
+		recs, err := l.store.List(ctx, cpPrefix, key, 1)
+		if err != nil {
+			return storage.Record{}, false, fmt.Errorf("audit: list checkpoints: %w", err)
+		}
+		if len(recs) == 0 {
+			return storage.Record{}, false, nil
+		}
+		return recs[0], true, nil
+	}
+	cur, found, err := after("")
+	if err != nil || !found {
+		return nil, err
+	}
+	lo, ok := cpSize(cur.Key)
+	if !ok {
+		return l.scanKept(ctx)
+	}
+	// Invariant: cur is the record of size lo, and no key sorts after
+	// cpKey(hi).
+	hi := uint64(math.MaxUint64)
+	if _, past, err := after(cpKey(hi)); err != nil {
+		return nil, err
+	} else if past {
+		return l.scanKept(ctx)
+	}
+	for lo < hi {
+		mid := lo + (hi-lo)/2 + 1 // lo < mid <= hi
+		r, found, err := after(cpKey(mid - 1))
+		if err != nil {
+			return nil, err
+		}
+		if !found {
+			hi = mid - 1
+			continue
+		}
+		size, ok := cpSize(r.Key)
+		if !ok {
+			return l.scanKept(ctx)
+		}
+		lo, cur = size, r
+	}
+	return cur.Value, nil
+}
+
+// cpSize parses a history key as cpKey writes it.
+func cpSize(key string) (uint64, bool) {
+	s, ok := strings.CutPrefix(key, cpPrefix)
+	if !ok {
+		return 0, false
+	}
+	n, ok := parseHex16(s)
+	return n, ok && hex16(n) == s
+}
+
+// scanKept returns the value of the history's last key, reading every
+// kept checkpoint.
+func (l *Log) scanKept(ctx context.Context) ([]byte, error) {
 	var newest []byte
 	for after := ""; ; {
 		recs, err := l.store.List(ctx, cpPrefix, after, 1000)
@@ -490,7 +555,7 @@ func (l *Log) newestKept(ctx context.Context) ([]byte, error) {
 			return nil, fmt.Errorf("audit: list checkpoints: %w", err)
 		}
 		for _, r := range recs {
-			newest, after = r.Value, r.Key // keys sort by size (16 hex digits)
+			newest, after = r.Value, r.Key
 		}
 		if len(recs) < 1000 {
 			return newest, nil
