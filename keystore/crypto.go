@@ -167,6 +167,12 @@ func (s *Service) entryKnowing(ctx context.Context, e *keyEntry, v uint32) (*key
 		}
 		return nil, err
 	}
+	if fresh.rec.Purpose != e.rec.Purpose {
+		// The name holds another key since e was cached (its tenant
+		// created again, a store restored, unseen here): the caller
+		// checked e's purpose, and fresh lacks the primitive it would use.
+		return nil, fmt.Errorf("%w: %s is now a key of purpose %v, not %v", ErrWrongPurpose, e.ref, fresh.rec.Purpose, e.rec.Purpose)
+	}
 	if _, ok := fresh.rec.version(v); !ok {
 		// Both: callers still holding e (a batch, a call in flight) are
 		// limited too, not only those that get fresh from the cache.

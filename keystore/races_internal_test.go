@@ -1336,3 +1336,84 @@ func TestAReloadForAnUnknownVersionThatFindsTheTenantGoneVoidsItsKeys(t *testing
 		t.Fatal("the key of a tenant found deleted encrypted again once the storage went down")
 	}
 }
+
+// A name that holds another key since it was cached (its tenant shredded
+// and created again, or a store restored, unseen by this replica), of
+// another purpose with more versions: a call naming a version only the
+// new key has reloads it, and must refuse the new purpose rather than
+// call a primitive the entry does not have.
+func TestAReloadThatFindsAnotherPurposeIsRefused(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name          string
+		cached, other Purpose
+		call          func(s *Service, ref KeyRef, msg []byte) error
+	}{
+		{"decrypt", PurposeEncrypt, PurposeMAC, func(s *Service, ref KeyRef, msg []byte) error {
+			_, _, err := s.Decrypt(ctx, ref, msg, nil)
+			return err
+		}},
+		{"verify MAC", PurposeMAC, PurposeEncrypt, func(s *Service, ref KeyRef, msg []byte) error {
+			_, err := s.VerifyMAC(ctx, ref, []byte("data"), msg)
+			return err
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := local.Create(filepath.Join(t.TempDir(), "root.key"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			open := func(st storage.Store) *Service {
+				s, err := New(Config{Storage: st, Root: r})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return s
+			}
+			mk := func(s *Service, p Purpose, versions int) KeyRef {
+				ref := KeyRef{Tenant: "t", Key: "k"}
+				if _, err := s.CreateTenant(ctx, "t"); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := s.CreateKey(ctx, ref, KeySpec{Purpose: p}); err != nil {
+					t.Fatal(err)
+				}
+				for range versions - 1 {
+					if _, err := s.RotateKey(ctx, ref); err != nil {
+						t.Fatal(err)
+					}
+				}
+				return ref
+			}
+			store := memory.New()
+			s := open(store)
+			ref := mk(s, tc.cached, 1)
+			if _, err := s.m.key(ctx, ref); err != nil { // cached
+				t.Fatal(err)
+			}
+			elsewhere := memory.New()
+			other := open(elsewhere)
+			mk(other, tc.other, 2)
+			for _, key := range []string{tenantStorageKey("t"), keyStorageKey(ref)} {
+				rec, err := elsewhere.Get(ctx, key)
+				if err != nil {
+					t.Fatal(err)
+				}
+				cur, err := store.Get(ctx, key)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := store.Put(ctx, key, rec.Value, cur.Version); err != nil {
+					t.Fatal(err)
+				}
+			}
+			msg := make([]byte, 5+32)
+			msg[0] = 1
+			binary.BigEndian.PutUint32(msg[1:], 2) // a version only the new key has
+			err = tc.call(s, ref, msg)
+			if !errors.Is(err, ErrWrongPurpose) {
+				t.Fatalf("a call reaching the key now of purpose %v: %v, want ErrWrongPurpose", tc.other, err)
+			}
+		})
+	}
+}
