@@ -64,18 +64,17 @@ func (c *Client) GenerateWrappedDataKey(ctx context.Context, name string, associ
 // hold the datakey permission on the tenant: a caller with only the decrypt
 // permission gets [ErrInvalidCiphertext], as it does for a wrong key or
 // wrong associated data. A field ciphertext from [Client.Encrypt] is not a
-// data key and fails with [ErrInvalidCiphertext] too: the server refuses it
-// to a caller without the decrypt permission, and for a caller that holds
-// both the client refuses any plaintext that is not 32 bytes long (it
-// cannot tell a 32-byte field from a key, so do not mix the two under one
-// associated data).
+// data key and fails with [ErrInvalidCiphertext] too, even for a caller
+// that holds both permissions (the server says which kind it decrypted): a
+// caller allowed only to encrypt cannot pass 32 bytes of its choosing off
+// as a data key.
 func (c *Client) DecryptDataKey(ctx context.Context, name string, wrapped, associatedData []byte) ([]byte, error) {
 	op := "decrypt data key with " + name
 	resp, err := c.crypto.Decrypt(ctx, &custosv1.DecryptRequest{Name: name, Ciphertext: wrapped, AssociatedData: associatedData})
 	if err != nil {
 		return nil, c.callError(ctx, op, err)
 	}
-	if len(resp.GetPlaintext()) != DataKeySize {
+	if !resp.GetDataKey() || len(resp.GetPlaintext()) != DataKeySize {
 		clear(resp.GetPlaintext())
 		return nil, fmt.Errorf("custos: %s: %w", op, &Error{
 			Code:    codes.InvalidArgument,

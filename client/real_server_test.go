@@ -588,6 +588,34 @@ func TestDataKeys(t *testing.T) {
 			t.Errorf("DecryptDataKey with only the datakey permission = %x, %v", pt, err)
 		}
 	})
+	t.Run("a 32-byte field is not a data key", func(t *testing.T) {
+		// A caller allowed to encrypt fields makes one of 32 bytes it
+		// chose, under the associated data of a wrapped key; a reader
+		// holding both decrypt and datakey must not take it for a key.
+		chosen := bytes.Repeat([]byte{0x42}, client.DataKeySize)
+		forged, _, err := c.Encrypt(ctx, name, chosen, ad)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pt, err := c.DecryptDataKey(ctx, name, forged, ad)
+		if err == nil {
+			t.Fatalf("DecryptDataKey took a field of 32 chosen bytes for a data key: %x", pt)
+		}
+		checkSentinels(t, err, client.ErrInvalidCiphertext, client.ErrInvalidArgument)
+		if pt, _, err := c.Decrypt(ctx, name, forged, ad); err != nil || !bytes.Equal(pt, chosen) {
+			t.Errorf("Decrypt of that field = %x, %v; want the field", pt, err)
+		}
+	})
+	t.Run("a key that makes no data keys is the wrong purpose", func(t *testing.T) {
+		// As GenerateDataKey answers on it, for a caller holding only
+		// datakey as for one holding everything.
+		mac := createKey(t, c, "tags", client.KeySpec{Purpose: client.PurposeMAC})
+		keysOnly := srv.ClientAs(t, "spiffe://custos.dev/keys-only")
+		_, err := keysOnly.GenerateDataKey(ctx, mac, ad)
+		checkSentinels(t, err, client.ErrWrongPurpose, client.ErrFailedPrecondition)
+		_, err = keysOnly.DecryptDataKey(ctx, mac, dk.Wrapped, ad)
+		checkSentinels(t, err, client.ErrWrongPurpose, client.ErrFailedPrecondition)
+	})
 	t.Run("unwrapping needs the datakey permission", func(t *testing.T) {
 		fieldsOnly := srv.ClientAs(t, "spiffe://custos.dev/fields-only")
 		_, err := fieldsOnly.DecryptDataKey(ctx, name, dk.Wrapped, ad)

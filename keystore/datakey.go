@@ -16,7 +16,8 @@ const DataKeySize = 32
 // key is wrapped with associated data dataKeyAADPrefix+aad, and Encrypt
 // refuses associated data with this prefix, so a caller allowed to encrypt
 // fields cannot forge something that unwraps as a data key, and a caller
-// allowed to unwrap data keys cannot decrypt fields.
+// allowed to unwrap data keys cannot decrypt fields. (To a caller allowed
+// both, Decrypt says which kind it returned: a field is not a data key.)
 const dataKeyAADPrefix = envelope.DataKeyAADPrefix
 
 // errReservedAAD refuses to encrypt with associated data isDataKeyAAD

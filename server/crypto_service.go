@@ -98,7 +98,8 @@ func (s cryptoService) Encrypt(ctx context.Context, req *custosv1.EncryptRequest
 
 // Decrypt decrypts a field (needs decrypt) or unwraps a data key from
 // GenerateDataKey (needs datakey). A caller holding both gets whichever the
-// ciphertext is; a caller holding one cannot use the other kind.
+// ciphertext is, and the answer's data_key says which; a caller holding one
+// cannot use the other kind.
 func (s cryptoService) Decrypt(ctx context.Context, req *custosv1.DecryptRequest) (*custosv1.DecryptResponse, error) {
 	c := callOf(ctx)
 	ref, fields, dataKeys := c.key, c.has(policy.Decrypt), c.has(policy.DataKey)
@@ -109,19 +110,23 @@ func (s cryptoService) Decrypt(ctx context.Context, req *custosv1.DecryptRequest
 	if fields {
 		pt, v, err = s.ks.Decrypt(ctx, ref, ct, aad)
 	}
+	dataKey := false
 	if dataKeys && errors.Is(err, keystore.ErrInvalidCiphertext) {
 		fieldErr := err
 		pt, v, err = s.ks.DecryptDataKey(ctx, ref, ct, aad)
-		if errors.Is(err, keystore.ErrWrongPurpose) {
-			// Not an ENCRYPT key, so not a data key: the field error stands
-			// (a datakey-only caller learns nothing more than "not authentic").
+		dataKey = err == nil
+		if fields && errors.Is(err, keystore.ErrWrongPurpose) {
+			// Not an ENCRYPT key, so not a data key, but a key this
+			// caller may decrypt fields with: the field's error stands.
+			// A datakey-only caller gets WRONG_PURPOSE, as from
+			// GenerateDataKey.
 			err = fieldErr
 		}
 	}
 	if err != nil {
 		return nil, s.toError(ctx, err)
 	}
-	return &custosv1.DecryptResponse{Plaintext: pt, KeyVersion: v}, nil
+	return &custosv1.DecryptResponse{Plaintext: pt, KeyVersion: v, DataKey: dataKey}, nil
 }
 
 // EncryptBatch fails as a whole only for what concerns the call (name,

@@ -213,10 +213,17 @@ func (x *DecryptRequest) GetAssociatedData() []byte {
 // Response of Decrypt.
 type DecryptResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The field.
+	// The field, or the data key.
 	Plaintext []byte `protobuf:"bytes,1,opt,name=plaintext,proto3" json:"plaintext,omitempty"`
 	// The version that had encrypted it.
-	KeyVersion    uint32 `protobuf:"varint,2,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
+	KeyVersion uint32 `protobuf:"varint,2,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
+	// True when the ciphertext was a wrapped data key from GenerateDataKey
+	// (unwrapped for a caller holding datakey), false when it was a field.
+	// A caller unwrapping a data key must check it: a caller holding only
+	// encrypt can make a field of any 32 bytes, under any associated data
+	// but the reserved ones, and a caller holding both decrypt and datakey
+	// gets whichever kind the ciphertext is.
+	DataKey       bool `protobuf:"varint,3,opt,name=data_key,json=dataKey,proto3" json:"data_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -263,6 +270,13 @@ func (x *DecryptResponse) GetKeyVersion() uint32 {
 		return x.KeyVersion
 	}
 	return 0
+}
+
+func (x *DecryptResponse) GetDataKey() bool {
+	if x != nil {
+		return x.DataKey
+	}
+	return false
 }
 
 // Request of EncryptBatch.
@@ -1803,11 +1817,12 @@ const file_custos_v1_crypto_service_proto_rawDesc = "" +
 	"\n" +
 	"ciphertext\x18\x02 \x01(\fB\v\xbaH\bz\x06\x10\x01\x18\x80\x80DR\n" +
 	"ciphertext\x122\n" +
-	"\x0fassociated_data\x18\x03 \x01(\fB\t\xbaH\x06z\x04\x18\x80\x80\x04R\x0eassociatedData\"P\n" +
+	"\x0fassociated_data\x18\x03 \x01(\fB\t\xbaH\x06z\x04\x18\x80\x80\x04R\x0eassociatedData\"k\n" +
 	"\x0fDecryptResponse\x12\x1c\n" +
 	"\tplaintext\x18\x01 \x01(\fR\tplaintext\x12\x1f\n" +
 	"\vkey_version\x18\x02 \x01(\rR\n" +
-	"keyVersion\"\x9f\x02\n" +
+	"keyVersion\x12\x19\n" +
+	"\bdata_key\x18\x03 \x01(\bR\adataKey\"\x9f\x02\n" +
 	"\x13EncryptBatchRequest\x12Y\n" +
 	"\x04name\x18\x01 \x01(\tBE\xbaHBr@2>^tenants/[a-z0-9][a-z0-9-]{0,62}/keys/[a-z0-9][a-z0-9-]{0,62}$R\x04name\x12F\n" +
 	"\x05items\x18\x02 \x03(\v2#.custos.v1.EncryptBatchRequest.ItemB\v\xbaH\b\x92\x01\x05\b\x01\x10\x90NR\x05items\x1ae\n" +
