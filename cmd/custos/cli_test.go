@@ -340,7 +340,10 @@ func TestDevBannerForANonDefaultAddress(t *testing.T) {
 	s := b.String()
 	for _, want := range []string{"export CUSTOS_ADDR=" + addr.String() + " CUSTOS_CA=" + filepath.Join(dir, "ca.pem"), "go run ./cmd/custos tenant create acme\n  go run ./cmd/custos key create", "-addr " + addr.String() + " -dev-dir " + dir,
 		// custos backup and root rewrap read ops.listen from the file.
-		"set it to 127.0.0.1:19465"} {
+		"set it to 127.0.0.1:19465",
+		// A call that changes nothing: the README's step 2 creates the
+		// tenant after it.
+		"-key " + filepath.Join(dir, "client-key.pem") + " \\\n    " + addr.String() + " list\n"} {
 		if !strings.Contains(s, want) {
 			t.Errorf("banner lacks %q:\n%s", want, s)
 		}

@@ -193,7 +193,7 @@ Custos dev server listening on %[1]s (mutual TLS; files in %[2]s)
 Try it with grpcurl (make grpcurl installs it in .tools/bin):
 
   %[6]s -cacert %[3]s -cert %[4]s -key %[5]s \
-    -d '{"tenant_id":"acme"}' %[1]s custos.v1.KeyService/CreateTenant
+    %[1]s list
 
 Or with the CLI and the Go example:
 
