@@ -262,9 +262,18 @@ func (s stallReader) Read(b []byte) (int, error) {
 func backupFromServer(cmd *cobra.Command, cfg *config.Config, w io.Writer, f *os.File, p *progress) (*backup.Manifest, error) {
 	ctx, cancel := context.WithCancelCause(cmd.Context())
 	defer cancel(nil)
+	fmt.Fprintf(cmd.ErrOrStderr(), "the bbolt file is held by a running server: taking the backup through its ops listener %s\n", cfg.Ops.Listen)
+	// The root first: the server bounds each write of the backup (30 s),
+	// and an open that takes that long (a Vault login retried, a slow
+	// HSM) would have it abort the stream; a root that does not open
+	// needs no backup taken.
+	r, err := custos.OpenRoot(ctx, cfg, custos.NewLogger(cmd.ErrOrStderr(), "warn"))
+	if err != nil {
+		return nil, err
+	}
+	defer custos.CloseRoot(r)
 	stall := time.AfterFunc(backupStall, func() { cancel(errBackupStalled) })
 	defer stall.Stop()
-	fmt.Fprintf(cmd.ErrOrStderr(), "the bbolt file is held by a running server: taking the backup through its ops listener %s\n", cfg.Ops.Listen)
 	req, err := opsRequest(ctx, cfg, http.MethodGet, "/backup")
 	if err != nil {
 		return nil, err
@@ -282,11 +291,6 @@ func backupFromServer(cmd *cobra.Command, cfg *config.Config, w io.Writer, f *os
 	if resp.StatusCode != http.StatusOK {
 		return nil, opsAnswerErr(cfg, "backup", resp, resp.Body, "the server does not serve backups; set ops.backup: true in its configuration and restart it (a .custos-dev/custos.yaml written before this version lacks it)")
 	}
-	r, err := custos.OpenRoot(ctx, cfg, custos.NewLogger(cmd.ErrOrStderr(), "warn"))
-	if err != nil {
-		return nil, err
-	}
-	defer custos.CloseRoot(r)
 	if f == nil {
 		// Streamed on: checked with the root as it passes, and the command
 		// fails if it does not check out.

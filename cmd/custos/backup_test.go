@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -414,4 +415,29 @@ func halfRestoredDev(t *testing.T) (dir string, cfg *config.Config) {
 	}
 	s.Close()
 	return dir, cfg
+}
+
+// The root is opened before the server is asked: a root that does not open
+// fails the command without a backup taken for nothing (holding the
+// server's one backup slot), and one slow to open (a Vault login retried)
+// cannot make the server give up a stream it bounds per write.
+func TestABackupThroughTheServerOpensTheRootFirst(t *testing.T) {
+	var asked atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		asked.Store(true)
+		http.Error(w, "not this time", http.StatusServiceUnavailable)
+	}))
+	defer srv.Close()
+	missing := filepath.Join(t.TempDir(), "root.key") // never created
+	cfg := &config.Config{Ops: config.Ops{Listen: strings.TrimPrefix(srv.URL, "http://")}, Root: config.Root{Type: "local", Local: config.LocalRoot{KeyFile: missing}}}
+	cmd := &cobra.Command{}
+	cmd.SetContext(t.Context())
+	cmd.SetErr(io.Discard)
+	_, err := backupFromServer(cmd, cfg, io.Discard, nil, newProgress(io.Discard, "backup"))
+	if err == nil || !strings.Contains(err.Error(), "root.key") {
+		t.Fatalf("a root key file that is missing: %v, want it named", err)
+	}
+	if asked.Load() {
+		t.Fatal("the server was asked for a backup before the root was opened")
+	}
 }
