@@ -47,15 +47,16 @@ the root. "-" writes to standard output. See docs/backup.md.`,
 			}
 			var w io.Writer = cmd.OutOrStdout()
 			var f *os.File
+			var pending *durable.Pending
 			if out != "-" {
-				// Written beside the target and renamed at the end, so that
-				// a failed backup never leaves a file that looks whole.
-				if f, err = os.CreateTemp(filepath.Dir(out), filepath.Base(out)+".partial-*"); err != nil {
+				// Named only when whole, so that a failed or killed backup
+				// never leaves a file that looks whole, nor a partial copy
+				// of the store that no one removes.
+				if pending, err = durable.CreatePending(out); err != nil {
 					return err
 				}
-				defer os.Remove(f.Name())
-				defer f.Close()
-				w = f
+				defer pending.Close()
+				f, w = pending.File, pending.File
 			}
 			p := newProgress(cmd.ErrOrStderr(), "backup")
 			m, err := writeBackup(cmd, cfg, w, f, p)
@@ -63,21 +64,9 @@ the root. "-" writes to standard output. See docs/backup.md.`,
 			if err != nil {
 				return err
 			}
-			if f != nil {
-				if err := f.Sync(); err != nil {
-					return err
-				}
-				if err := f.Close(); err != nil {
-					return err
-				}
-				if err := os.Chmod(f.Name(), 0o600); err != nil {
-					return err
-				}
-				if err := os.Rename(f.Name(), out); err != nil {
-					return err
-				}
-				if err := durable.SyncDir(filepath.Dir(out)); err != nil {
-					return fmt.Errorf("the backup is in place, but its directory could not be synced (a power loss could lose it): %w", err)
+			if pending != nil {
+				if err := pending.Publish(); err != nil {
+					return fmt.Errorf("backup: %w", err)
 				}
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "backup %s: %d records (%d bytes), %d tenants %s, taken %s from %s\n",
@@ -147,22 +136,28 @@ docs/backup.md.`,
 			if in == "" {
 				return usageError{fmt.Errorf("--in is required")}
 			}
-			file := in
+			var f *os.File
 			if in == "-" {
-				// Two passes: the first authenticates, the second writes.
+				// Two passes: the first authenticates, the second writes,
+				// so standard input is copied to a file first. Its name
+				// goes at once: the open file is all the passes need, and
+				// a restore killed midway leaves no copy of the store.
 				tmp, err := os.CreateTemp("", "custos-restore-*")
 				if err != nil {
 					return err
 				}
-				defer os.Remove(tmp.Name())
-				err = copyUntilDone(cmd.Context(), tmp, cmd.InOrStdin())
-				if cerr := tmp.Close(); err == nil {
-					err = cerr
-				}
-				if err != nil {
+				if err := os.Remove(tmp.Name()); err != nil {
+					tmp.Close()
 					return err
 				}
-				file = tmp.Name()
+				defer tmp.Close()
+				if err := copyUntilDone(cmd.Context(), tmp, cmd.InOrStdin()); err != nil {
+					return err
+				}
+				if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+					return err
+				}
+				f = tmp
 			}
 			_, d, closeDirect, err := openDirect(cmd, path)
 			if err != nil {
@@ -178,13 +173,14 @@ docs/backup.md.`,
 			}
 			p := newProgress(cmd.ErrOrStderr(), "restore")
 			opts.Progress = func(n uint64) { p.update(n, 0) }
-			// Opened once: every pass reads the same file, even if another
-			// is renamed over its path meanwhile.
-			f, err := os.Open(file)
-			if err != nil {
-				return err
+			if f == nil {
+				// Opened once: every pass reads the same file, even if
+				// another is renamed over its path meanwhile.
+				if f, err = os.Open(in); err != nil {
+					return err
+				}
+				defer f.Close()
 			}
-			defer f.Close()
 			rep, err := backup.Restore(cmd.Context(), f, d.Store, d.Root, opts)
 			p.done()
 			if err != nil {

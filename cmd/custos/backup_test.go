@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -112,9 +114,20 @@ func TestBackupOfARunningServerRestoresIntoPostgreSQL(t *testing.T) {
 	if _, err := config.Load(pgConf); err != nil {
 		t.Fatal(err)
 	}
-	out = runMain(t, "restore", "--config", pgConf, "--in", file)
-	if !strings.Contains(out, "records written") {
-		t.Fatalf("restore:\n%s", out)
+	// From standard input (copied to an unnamed file for its two passes).
+	in, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	restore := newRootCmd()
+	var restored bytes.Buffer
+	restore.SetIn(in)
+	restore.SetOut(&restored)
+	restore.SetErr(&restored)
+	restore.SetArgs([]string{"restore", "--config", pgConf, "--in", "-"})
+	if err := restore.ExecuteContext(t.Context()); err != nil || !strings.Contains(restored.String(), "records written") {
+		t.Fatalf("restore --in -: %v\n%s", err, restored.String())
 	}
 	// A second restore into the now full store is refused.
 	if out, err := runMainErr(t, "restore", "--config", pgConf, "--in", file); err == nil || !strings.Contains(err.Error(), "not empty") {
@@ -339,16 +352,31 @@ func TestARestoreFromStandardInputStopsWithTheCommand(t *testing.T) {
 	t.Setenv("TMPDIR", tmpdir)
 	pr, pw := io.Pipe() // never closed: a producer that stalls
 	defer pw.Close()
-	go func() { _, _ = pw.Write([]byte("CUSTOS-BACKUP partial")) }()
+	read := make(chan struct{})
+	go func() {
+		_, _ = pw.Write([]byte("CUSTOS-BACKUP partial"))
+		close(read)
+	}()
 	cmd := newRootCmd()
 	cmd.SetIn(pr)
 	cmd.SetOut(io.Discard)
 	cmd.SetErr(io.Discard)
 	cmd.SetArgs([]string{"restore", "--in", "-", "--config", filepath.Join(tmpdir, "none.yaml")})
 	ctx, cancel := context.WithCancel(t.Context())
-	time.AfterFunc(200*time.Millisecond, cancel)
+	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- cmd.ExecuteContext(ctx) }()
+	select {
+	case <-read:
+	case <-time.After(10 * time.Second):
+		t.Fatal("restore --in - did not read standard input within 10s")
+	}
+	// What it copied so far has no name: a restore killed now (kill -9,
+	// out of memory) leaves no copy of the store behind.
+	if left, _ := filepath.Glob(filepath.Join(tmpdir, "custos-restore-*")); len(left) != 0 {
+		t.Fatalf("a named copy of standard input while the restore reads it: %v", left)
+	}
+	cancel()
 	select {
 	case err := <-done:
 		if !errors.Is(err, context.Canceled) {
@@ -439,5 +467,66 @@ func TestABackupThroughTheServerOpensTheRootFirst(t *testing.T) {
 	}
 	if asked.Load() {
 		t.Fatal("the server was asked for a backup before the root was opened")
+	}
+}
+
+// While a backup is being received it has no name beside --out (Linux): a
+// command killed midway leaves no partial copy of the store behind.
+func TestABackupBeingWrittenHasNoName(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("unnamed files (O_TMPFILE) are Linux's; elsewhere a partial file is removed only by a command that ends")
+	}
+	dir := filepath.Join(t.TempDir(), ".custos-dev")
+	if _, err := prepareDev(dir); err != nil {
+		t.Fatal(err)
+	}
+	held, err := bbolt.Open(filepath.Join(dir, "custos.db"), bbolt.Options{}) // as a running server holds it
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	sent, release := make(chan struct{}), make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("CUSTOS-BACKUP a first part"))
+		w.(http.Flusher).Flush()
+		close(sent)
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer srv.Close()
+	cfgPath := filepath.Join(dir, "custos-ops.yaml")
+	if err := os.WriteFile(cfgPath, []byte(replaceOnce(t, devConfig, "  listen: 127.0.0.1:9464", "  listen: "+strings.TrimPrefix(srv.URL, "http://"))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	outDir := t.TempDir()
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := runCLI(t, "backup", "--config", cfgPath, "--out", filepath.Join(outDir, "b.backup"))
+		done <- err
+	}()
+	select {
+	case <-sent:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the command did not ask the server within 30s")
+	}
+	// The part sent may still be on its way to the file: what matters is
+	// that no name appears for it.
+	time.Sleep(100 * time.Millisecond)
+	if des, err := os.ReadDir(outDir); err != nil || len(des) != 0 {
+		t.Errorf("while the backup is received, %s holds %v (%v); want nothing named", outDir, des, err)
+	}
+	close(release)
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("a backup cut short succeeded")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the command did not end within 30s of the server's answer ending")
+	}
+	if des, _ := os.ReadDir(outDir); len(des) != 0 {
+		t.Fatalf("a failed backup left %v", des)
 	}
 }
