@@ -57,10 +57,14 @@ const (
 
 // Limits of what a backup file may hold; larger is refused as damaged.
 const (
-	maxKeysetBytes   = 64 << 10
-	maxFrameBytes    = storage.MaxKeyLen + storage.MaxValueLen + 16
-	maxManifestBytes = 256 << 20
+	maxKeysetBytes = 64 << 10
+	maxFrameBytes  = storage.MaxKeyLen + storage.MaxValueLen + 16
 )
+
+// maxManifestBytes bounds the manifest, which lists every tenant scheduled
+// for deletion (about 190 bytes each): Write refuses to make a backup whose
+// manifest Read would refuse. A variable for the tests.
+var maxManifestBytes = 256 << 20
 
 // ErrDamaged is wrapped by the error of a backup that is truncated, was
 // changed, or was not made under this root.
@@ -224,6 +228,9 @@ func Write(ctx context.Context, w io.Writer, store storage.Snapshotter, r root.R
 	if err != nil {
 		return nil, err
 	}
+	if len(mb) > maxManifestBytes {
+		return nil, fmt.Errorf("backup: the manifest would be %d bytes (%d tenants scheduled for deletion), over the %d a restore reads: no backup was made", len(mb), len(m.Deleting), maxManifestBytes)
+	}
 	frame = append(frame[:0], frameManifest)
 	frame = binary.AppendUvarint(frame, uint64(len(mb)))
 	frame = append(frame, mb...)
@@ -344,7 +351,7 @@ func Read(ctx context.Context, in io.Reader, r root.Root, fn func(key string, va
 				}
 			}
 		case frameManifest:
-			if size > maxManifestBytes {
+			if size > uint64(maxManifestBytes) {
 				return nil, fmt.Errorf("%w: manifest of %d bytes", ErrDamaged, size)
 			}
 			mb := make([]byte, size)

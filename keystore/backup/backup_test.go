@@ -1114,3 +1114,33 @@ func TestARestoreKeepsADeletionScheduledSinceTheBackup(t *testing.T) {
 	}
 	t.Run("forced over the live store", func(t *testing.T) { check(t, live, rep) })
 }
+
+// A manifest too large for a restore to read (it lists every tenant
+// scheduled for deletion) fails the backup: Write reported such a backup
+// made, and every verify and restore of it then said "damaged".
+func TestABackupWhoseManifestARestoreWouldRefuseIsNotMade(t *testing.T) {
+	w := newWorld(t)
+	s := bboltStore(t)
+	ks := w.keystore(t, s)
+	populate(t, ks, "a", "b", "c")
+	ctx := context.Background()
+	for _, tn := range []string{"a", "b", "c"} {
+		if _, err := ks.DeleteTenant(ctx, tn, 24*time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+	file := backupOf(t, w, s)
+	if _, err := backup.Read(ctx, bytes.NewReader(file), w.root, nil); err != nil {
+		t.Fatalf("under the limit: %v", err)
+	}
+	defer backup.SetMaxManifestBytes(300)()
+	var buf bytes.Buffer
+	_, err := backup.Write(ctx, &buf, s.(storage.Snapshotter), w.root, backup.Options{Source: "test", Now: w.clock.now})
+	if err == nil {
+		_, rerr := backup.Read(ctx, bytes.NewReader(buf.Bytes()), w.root, nil)
+		t.Fatalf("a backup whose manifest is over the limit was made; reading it: %v", rerr)
+	}
+	if !strings.Contains(err.Error(), "3 tenants scheduled for deletion") {
+		t.Fatalf("Write: %v, want the tenants scheduled for deletion named as the cause", err)
+	}
+}
