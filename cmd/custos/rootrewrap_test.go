@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/custos-kms/custos/internal/config"
+	"github.com/custos-kms/custos/keystore/root/local"
 	"github.com/custos-kms/custos/server"
 )
 
@@ -249,7 +250,11 @@ func TestALockedFileWithNoListenerIsRetryLater(t *testing.T) {
 	cmd.SetOut(io.Discard)
 	cmd.SetErr(io.Discard)
 	cmd.SetContext(t.Context())
-	cfg := &config.Config{Ops: config.Ops{Listen: closed}}
+	key := filepath.Join(t.TempDir(), "root.key") // backup opens the root before it asks
+	if _, err := local.Create(key); err != nil {
+		t.Fatal(err)
+	}
+	cfg := &config.Config{Ops: config.Ops{Listen: closed}, Root: config.Root{Type: "local", Local: config.LocalRoot{KeyFile: key}}}
 	cfg.Storage.Bbolt.Path = filepath.Join(t.TempDir(), "custos.db")
 	if err := rewrapThroughServer(cmd, cfg); exitCode(err) != exitUnavailable || !strings.Contains(err.Error(), "nothing answers") {
 		t.Errorf("root rewrap: %v (exit %d), want exit %d", err, exitCode(err), exitUnavailable)
