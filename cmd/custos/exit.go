@@ -12,6 +12,7 @@ import (
 	"github.com/custos-kms/custos/keystore/backup"
 	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/storage"
+	"github.com/custos-kms/custos/keystore/storage/bbolt"
 )
 
 // Exit codes by class of failure (docs/cli.md), so that scripts can tell
@@ -40,7 +41,7 @@ func exitCode(err error) int {
 	if errors.As(err, &u) {
 		return exitUsage
 	}
-	if errors.Is(err, backup.ErrDamaged) {
+	if errors.Is(err, backup.ErrDamaged) || errors.Is(err, backup.ErrUnknownFormat) {
 		return exitInvalid
 	}
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, root.ErrUnavailable) || errors.Is(err, storage.ErrUnavailable) ||
@@ -50,7 +51,10 @@ func exitCode(err error) int {
 		// a server's "retry later".
 		return exitUnavailable
 	}
-	if errors.Is(err, backup.ErrRestoring) || errors.Is(err, backup.ErrTargetNotEmpty) {
+	if errors.Is(err, backup.ErrRestoring) || errors.Is(err, backup.ErrTargetNotEmpty) || errors.Is(err, backup.ErrTooOld) ||
+		errors.Is(err, backup.ErrServersRunning) || errors.Is(err, bbolt.ErrLocked) {
+		// Each says what to do first: a newer backup (or --max-age), the
+		// servers (or the one holding the bbolt file) stopped.
 		return exitPrecondition
 	}
 	if errors.Is(err, context.Canceled) {

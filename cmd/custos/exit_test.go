@@ -23,6 +23,7 @@ import (
 	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/root/local"
 	"github.com/custos-kms/custos/keystore/storage"
+	"github.com/custos-kms/custos/keystore/storage/bbolt"
 	"github.com/custos-kms/custos/keystore/storage/memory"
 )
 
@@ -36,6 +37,11 @@ func TestExitCodesOfCommandsOnTheStoreDirectly(t *testing.T) {
 		fmt.Errorf("backup: %w", backup.ErrDamaged):                exitInvalid,
 		backup.ErrRestoring: exitPrecondition,
 		fmt.Errorf("restore: %w", backup.ErrTargetNotEmpty): exitPrecondition,
+		fmt.Errorf("restore: %w", backup.ErrTooOld):         exitPrecondition,
+		fmt.Errorf("restore: %w", backup.ErrServersRunning): exitPrecondition,
+		fmt.Errorf("restore: %w", backup.ErrUnknownFormat):  exitInvalid,
+		// The target's bbolt file held by a running server (stop it).
+		fmt.Errorf("open: %w", bbolt.ErrLocked): exitPrecondition,
 		// The user's interrupt, during a read of standard input or a call,
 		// is no outage a script should retry.
 		context.Canceled:                    exitOther,

@@ -70,6 +70,10 @@ var maxManifestBytes = 256 << 20
 // changed, or was not made under this root.
 var ErrDamaged = errors.New("backup: damaged, truncated, or not made under this deployment's root")
 
+// ErrUnknownFormat is wrapped by the error of a backup in a format this
+// version does not read (a later version's), in its header or manifest.
+var ErrUnknownFormat = errors.New("backup: a format this version does not read")
+
 // Manifest describes a backup; it is the body's last frame, so it is
 // encrypted and authenticated with everything else.
 type Manifest struct {
@@ -265,7 +269,33 @@ func appendRecordFrame(b []byte, key string, value []byte) []byte {
 // returns its manifest once the whole file is read and authenticated.
 // Records reach fn before the end is authenticated: to act only on a good
 // file, read it once with a nil fn (Verify), then again.
+//
+// A file that cannot be read (an I/O error, a stream cut off by its
+// sender) is that error, not ErrDamaged: the file may be whole.
 func Read(ctx context.Context, in io.Reader, r root.Root, fn func(key string, value []byte) error) (*Manifest, error) {
+	src := &sourceReader{r: in}
+	m, err := read(ctx, src, r, fn)
+	if src.err != nil && errors.Is(err, ErrDamaged) {
+		return nil, fmt.Errorf("backup: read: %w", src.err)
+	}
+	return m, err
+}
+
+// sourceReader keeps the first error of r other than the end of file.
+type sourceReader struct {
+	r   io.Reader
+	err error
+}
+
+func (s *sourceReader) Read(b []byte) (int, error) {
+	n, err := s.r.Read(b)
+	if err != nil && err != io.EOF && s.err == nil {
+		s.err = err
+	}
+	return n, err
+}
+
+func read(ctx context.Context, in io.Reader, r root.Root, fn func(key string, value []byte) error) (*Manifest, error) {
 	br := bufio.NewReaderSize(in, 1<<20)
 	head := make([]byte, len(magic)+4)
 	if _, err := io.ReadFull(br, head); err != nil {
@@ -273,7 +303,7 @@ func Read(ctx context.Context, in io.Reader, r root.Root, fn func(key string, va
 	}
 	if string(head[:len(magic)]) != magic {
 		if bytes.HasPrefix(head, []byte("custos-backup\x00")) {
-			return nil, fmt.Errorf("backup: format %q is not one this version reads (1)", bytes.TrimSpace(head[len("custos-backup\x00"):len(magic)]))
+			return nil, fmt.Errorf("%w: format %q is not one this version reads (1)", ErrUnknownFormat, bytes.TrimSpace(head[len("custos-backup\x00"):len(magic)]))
 		}
 		return nil, fmt.Errorf("%w: not a Custos backup", ErrDamaged)
 	}
@@ -367,7 +397,7 @@ func Read(ctx context.Context, in io.Reader, r root.Root, fn func(key string, va
 				return nil, fmt.Errorf("%w: manifest: %v", ErrDamaged, err)
 			}
 			if m.Format != Format {
-				return nil, fmt.Errorf("backup: manifest format %d is not one this version reads (%d)", m.Format, Format)
+				return nil, fmt.Errorf("%w: manifest format %d is not one this version reads (%d)", ErrUnknownFormat, m.Format, Format)
 			}
 			if m.Records != records || m.Bytes != nbytes || m.Digest != hex.EncodeToString(digest.Sum(nil)) {
 				return nil, fmt.Errorf("%w: the records do not match the manifest", ErrDamaged)

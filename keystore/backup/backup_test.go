@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -236,6 +237,9 @@ func TestDamagedBackupsAreRefusedBeforeAnythingIsWritten(t *testing.T) {
 	f := bytes.Clone(file)
 	copy(f, "custos-backup\x00v9\n")
 	refused("an unknown format", f, backup.RestoreOptions{}, "format")
+	if _, err := restore(w, f, memory.New(), backup.RestoreOptions{}); !errors.Is(err, backup.ErrUnknownFormat) || errors.Is(err, backup.ErrDamaged) {
+		t.Fatalf("an unknown format: %v, want ErrUnknownFormat (not damaged)", err)
+	}
 	other := newWorld(t)
 	other.clock = w.clock
 	dst := memory.New()
@@ -244,6 +248,9 @@ func TestDamagedBackupsAreRefusedBeforeAnythingIsWritten(t *testing.T) {
 	}
 	w.clock.add(backup.DefaultMaxAge + time.Hour)
 	refused("older than the maximum age", file, backup.RestoreOptions{}, "maximum age")
+	if _, err := restore(w, file, memory.New(), backup.RestoreOptions{}); !errors.Is(err, backup.ErrTooOld) {
+		t.Fatalf("older than the maximum age: %v, want ErrTooOld", err)
+	}
 	w.clock.add(-backup.DefaultMaxAge - time.Hour)
 
 	// A target that holds records: refused unless forced.
@@ -712,7 +719,7 @@ func TestAForcedRestoreIsRefusedWhileServersRun(t *testing.T) {
 	if held, _, err := l.Acquire(ctx, "replica-1", time.Minute); err != nil || !held {
 		t.Fatalf("take the lease: %v, %v", held, err)
 	}
-	if _, err := restore(w, file, target, backup.RestoreOptions{Force: true}); err == nil || !strings.Contains(err.Error(), "servers are running") {
+	if _, err := restore(w, file, target, backup.RestoreOptions{Force: true}); !errors.Is(err, backup.ErrServersRunning) || !strings.Contains(err.Error(), "servers are running") {
 		t.Fatalf("a forced restore under a held lease: %v, want it refused", err)
 	}
 	if _, err := target.Get(ctx, backup.MarkerKey); !errors.Is(err, storage.ErrNotFound) {
@@ -739,7 +746,7 @@ func TestAForcedRestoreSeesHeldLeasesWhateverTheOperatorsClock(t *testing.T) {
 		t.Fatalf("take the lease: %v, %v", held, err)
 	}
 	w.clock.add(time.Now().Add(10 * time.Minute).Sub(w.clock.now())) // the operator's clock is ahead
-	if _, err := restore(w, file, target, backup.RestoreOptions{Force: true}); err == nil || !strings.Contains(err.Error(), "servers are running") {
+	if _, err := restore(w, file, target, backup.RestoreOptions{Force: true}); !errors.Is(err, backup.ErrServersRunning) || !strings.Contains(err.Error(), "servers are running") {
 		t.Fatalf("a forced restore under a held lease, the operator's clock ahead: %v, want it refused", err)
 	}
 }
@@ -1142,5 +1149,27 @@ func TestABackupWhoseManifestARestoreWouldRefuseIsNotMade(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "3 tenants scheduled for deletion") {
 		t.Fatalf("Write: %v, want the tenants scheduled for deletion named as the cause", err)
+	}
+}
+
+// A file that cannot be read to its end (an I/O error, a stream its
+// sender cut off) is that error, not a damaged backup: exit 5 told the
+// operator to throw away a file that may be whole.
+func TestAReadErrorIsNotADamagedBackup(t *testing.T) {
+	w := newWorld(t)
+	src := memory.New()
+	populate(t, w.keystore(t, src), "acme")
+	file := backupOf(t, w, src)
+	eio := errors.New("input/output error")
+	for _, at := range []int{0, 10, len(file) / 2, len(file) - 1} {
+		in := io.MultiReader(bytes.NewReader(file[:at]), iotest.ErrReader(eio))
+		_, err := backup.Read(context.Background(), in, w.root, nil)
+		if !errors.Is(err, eio) || errors.Is(err, backup.ErrDamaged) {
+			t.Errorf("a read failing after %d of %d bytes: %v, want the read's error, not ErrDamaged", at, len(file), err)
+		}
+	}
+	// Cut short without an error is still a damaged (truncated) file.
+	if _, err := backup.Read(context.Background(), bytes.NewReader(file[:len(file)/2]), w.root, nil); !errors.Is(err, backup.ErrDamaged) {
+		t.Errorf("a truncated file: %v, want ErrDamaged", err)
 	}
 }

@@ -122,7 +122,7 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 	}
 	now := opts.Now()
 	if age := now.Sub(m.Created); opts.MaxAge > 0 && age > opts.MaxAge {
-		return nil, fmt.Errorf("backup: taken %s, %v ago: older than the maximum age %v (tenants shredded since could come back; --max-age overrides)", m.Created.Format(time.RFC3339), age.Round(time.Hour), opts.MaxAge)
+		return nil, fmt.Errorf("%w: taken %s, %v ago, the maximum is %v (tenants shredded since could come back; --max-age overrides)", ErrTooOld, m.Created.Format(time.RFC3339), age.Round(time.Hour), opts.MaxAge)
 	}
 	rep := &RestoreReport{Manifest: m}
 
@@ -452,6 +452,11 @@ var (
 	// ErrRestoreRunning refuses a restore that met another one writing to
 	// the same target: retry once it has finished (or its marker is stale).
 	ErrRestoreRunning = errors.New("backup: another restore is writing to the target store; let it finish (or stop it), then run this one again")
+	// ErrServersRunning refuses a forced restore over a store on which
+	// servers run (one holds a lease).
+	ErrServersRunning = errors.New("backup: servers are running on the target store")
+	// ErrTooOld refuses a backup older than RestoreOptions.MaxAge.
+	ErrTooOld = errors.New("backup: older than the maximum age")
 	// errTakenOver stops a restore whose marker another one replaced.
 	errTakenOver = errors.New("backup: another restore marked the target while this one wrote to it: the target holds records of both; restore one backup again with --force, alone")
 )
@@ -558,7 +563,7 @@ func noServers(ctx context.Context, target storage.Store, now time.Time) error {
 			return fmt.Errorf("backup: read the target store: %w", err)
 		}
 		if held {
-			return fmt.Errorf("backup: servers are running on the target store (%s is held by %s until %s): stop them before restoring over it", key, holder, until.UTC().Format(time.RFC3339))
+			return fmt.Errorf("%w (%s is held by %s until %s): stop them before restoring over it", ErrServersRunning, key, holder, until.UTC().Format(time.RFC3339))
 		}
 	}
 	return nil
