@@ -45,7 +45,7 @@ func (s *Service) CreateKey(ctx context.Context, ref KeyRef, spec KeySpec) (Key,
 		return Key{}, err
 	}
 	defer s.m.beginRead(ref)() // from before its read to after its put
-	gen := s.m.gen.Load()
+	gen := s.m.gens.of(ref.Tenant)
 	kek, tver, err := s.m.activeTenant(ctx, ref.Tenant)
 	if err != nil {
 		return Key{}, err
@@ -193,7 +193,7 @@ func (s *Service) updateKey(ctx context.Context, ref KeyRef, op string, mutate f
 	var out Key
 	defer s.m.beginRead(ref)() // from before its read to after its put
 	err := retryCAS(fmt.Sprintf("%s %s", op, ref), func() error {
-		gen := s.m.gen.Load()
+		gen := s.m.gens.of(ref.Tenant)
 		kek, tver, err := s.m.activeTenant(ctx, ref.Tenant)
 		if err != nil {
 			return err

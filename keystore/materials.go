@@ -47,11 +47,57 @@ type materials struct {
 	// those that loaded (CacheStats).
 	hits, misses atomic.Uint64
 
-	// gen changes whenever cached material of a tenant is dropped
+	// gens changes whenever cached material of a tenant is dropped
 	// (deletion, undeletion, a tenant record changed on another replica). A
 	// load that began before the change does not cache what it read, so a
 	// tenant scheduled for deletion stops serving at once.
-	gen atomic.Uint64
+	gens generations
+}
+
+// generations count the invalidations of cached material: one counter
+// for every tenant (a gap in the change feed) and one per stripe of
+// tenants, so that a notice for one tenant stops only the loads of the
+// tenants in its stripe from being cached. With one counter for all, a
+// replica writing tenant records one after another (a root re-wrap, a
+// shredding, tenants being created) kept every replica from caching any
+// key whose load straddled a notice.
+type generations struct {
+	all     atomic.Uint64
+	stripes [genStripes]atomic.Uint64
+}
+
+// genStripes is the number of tenant stripes: two tenants sharing one only
+// cost each other a load now and then.
+const genStripes = 256
+
+// generation is what a load read of generations before it began.
+type generation struct{ all, tenant uint64 }
+
+func (g *generations) stripe(tenant string) *atomic.Uint64 {
+	h := uint32(2166136261) // FNV-1a
+	for i := range len(tenant) {
+		h = (h ^ uint32(tenant[i])) * 16777619
+	}
+	return &g.stripes[h%genStripes]
+}
+
+// of reads the generation of tenant's material.
+func (g *generations) of(tenant string) generation {
+	return generation{all: g.all.Load(), tenant: g.stripe(tenant).Load()}
+}
+
+// same reports whether nothing of tenant was invalidated since at.
+func (g *generations) same(tenant string, at generation) bool { return g.of(tenant) == at }
+
+// bump invalidates tenant's material (and its stripe's).
+func (g *generations) bump(tenant string) { g.stripe(tenant).Add(1) }
+
+// bumpAll invalidates every tenant's material.
+func (g *generations) bumpAll() { g.all.Add(1) }
+
+// String is the generation as a singleflight key part.
+func (at generation) String() string {
+	return strconv.FormatUint(at.all, 10) + "." + strconv.FormatUint(at.tenant, 10)
 }
 
 // kekEntry is a cached, unwrapped tenant KEK and the creation time of the
@@ -105,6 +151,7 @@ func (e *keyEntry) tombstone() bool { return e.rec == nil }
 // When the root is unreachable, a KEK cached earlier keeps serving until its
 // grace runs out.
 func (m *materials) activeTenant(ctx context.Context, tenant string) (tink.AEAD, uint64, error) {
+	gen := m.gens.of(tenant) // before the record is read: see the KEK's put
 	rec, tver, err := m.readTenant(ctx, tenant)
 	if err != nil {
 		return nil, 0, err
@@ -146,7 +193,10 @@ func (m *materials) activeTenant(ctx context.Context, tenant string) (tink.AEAD,
 		if err != nil {
 			return nil, err
 		}
-		m.keks.put(tenant, &kekEntry{aead: kek, created: rec.CreateTime})
+		// Not cached if the tenant changed meanwhile (shredded, say): a
+		// KEK no record needs any more must not go back into memory.
+		m.keks.upsertIf(tenant, &kekEntry{aead: kek, created: rec.CreateTime}, func(*kekEntry) bool { return false },
+			func() bool { return m.gens.same(tenant, gen) })
 		return kek, nil
 	})
 	if err != nil {
@@ -245,8 +295,8 @@ func (m *materials) forgetKey(e *keyEntry) {
 // the entry as no longer suspect; if either did, it returns nil. It asks
 // the root nothing, so a root outage cannot make a changed entry serve.
 func (m *materials) recheck(ctx context.Context, ref KeyRef, cached *keyEntry) (*keyEntry, error) {
-	gen := m.gen.Load()
-	flight := "check\x00" + ref.String() + "\x00" + strconv.FormatUint(cached.ver, 10) + "\x00" + strconv.FormatUint(gen, 10)
+	gen := m.gens.of(ref.Tenant)
+	flight := "check\x00" + ref.String() + "\x00" + strconv.FormatUint(cached.ver, 10) + "\x00" + gen.String()
 	v, err := m.shared(ctx, flight, func(ctx context.Context) (any, error) {
 		defer m.beginRead(ref)()
 		trec, tver, err := m.readTenant(ctx, ref.Tenant)
@@ -300,8 +350,8 @@ func (m *materials) shared(ctx context.Context, key string, fn func(context.Cont
 func (m *materials) loadKey(ctx context.Context, ref KeyRef) (*keyEntry, error) {
 	// One load per generation: a caller after an invalidation (a tenant
 	// deleted, say) never joins a load that read the tenant before it.
-	gen := m.gen.Load()
-	v, err := m.shared(ctx, "key\x00"+ref.String()+"\x00"+strconv.FormatUint(gen, 10), func(ctx context.Context) (any, error) {
+	gen := m.gens.of(ref.Tenant)
+	v, err := m.shared(ctx, "key\x00"+ref.String()+"\x00"+gen.String(), func(ctx context.Context) (any, error) {
 		defer m.beginRead(ref)()
 		kek, tver, err := m.activeTenant(ctx, ref.Tenant)
 		if err != nil {
@@ -376,16 +426,16 @@ func (m *materials) countsWritten(ref KeyRef, old, nver uint64) {
 // The check is made under the cache's lock, in the step that writes: an
 // invalidation bumps gen before it takes that lock to drop entries, so it
 // either stops this put or drops what it wrote.
-func (m *materials) put(gen uint64, e *keyEntry) {
+func (m *materials) put(gen generation, e *keyEntry) {
 	// Never replace an entry (or tombstone) from a newer record: a load that
 	// read before a change must not undo it.
-	m.keys.upsertIf(e.ref, e, func(old *keyEntry) bool { return old.ver > e.ver }, func() bool { return m.gen.Load() == gen })
+	m.keys.upsertIf(e.ref, e, func(old *keyEntry) bool { return old.ver > e.ver }, func() bool { return m.gens.same(e.ref.Tenant, gen) })
 }
 
 // invalidateTenant drops a tenant's cached KEK and keys, and makes loads
 // that began before this call not cache what they read.
 func (m *materials) invalidateTenant(tenant string) {
-	m.gen.Add(1)
+	m.gens.bump(tenant)
 	m.dropTenant(tenant)
 }
 
@@ -408,11 +458,11 @@ func (m *materials) apply(c storage.Change) {
 		// a storage stall that made every replica listen again costs a
 		// read per key, not a root unwrap per tenant, and a root outage at
 		// that moment fails nobody.
-		m.gen.Add(1)
+		m.gens.bumpAll()
 		m.keys.staleAll(func(e *keyEntry) { e.suspect.Store(true) })
 	case strings.HasPrefix(k, tenantPrefix):
 		tenant := strings.TrimPrefix(k, tenantPrefix)
-		m.gen.Add(1)
+		m.gens.bump(tenant)
 		if c.Version == 0 {
 			// Deleted (shredded), or version unknown: the KEK may be gone.
 			m.keks.remove(tenant)
@@ -432,7 +482,7 @@ func (m *materials) apply(c storage.Change) {
 		if c.Version == 0 {
 			// Deleted, or version unknown: drop it, and keep a load now in
 			// flight from caching what it read before.
-			m.gen.Add(1)
+			m.gens.bump(tenant)
 			m.keys.remove(ref)
 			return
 		}

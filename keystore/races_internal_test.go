@@ -1417,3 +1417,71 @@ func TestAReloadThatFindsAnotherPurposeIsRefused(t *testing.T) {
 		})
 	}
 }
+
+// A notice about another tenant (one created, re-wrapped or shredded
+// elsewhere) during a load does not keep what the load read from being
+// cached, nor, through the KEK, from being cached next time: with one
+// generation for all tenants, a replica writing tenant records one after
+// another (custos root rewrap on PostgreSQL) kept every replica's loads
+// from caching anything.
+func TestANoticeAboutAnotherTenantDoesNotStopALoadFromCaching(t *testing.T) {
+	ctx := context.Background()
+	a, hs, open := newReviewSvc(t)
+	ref, ct := setupRotated(t, a)
+	other := "x"
+	for i := 0; a.m.gens.stripe(other) == a.m.gens.stripe(ref.Tenant); i++ {
+		other = fmt.Sprint("x", i) // a tenant of another stripe
+	}
+	if _, err := a.CreateTenant(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{tenantStorageKey(ref.Tenant), keyStorageKey(ref)} {
+		b := open()
+		paused, release := hs.arm(key, false)
+		done := make(chan error, 1)
+		go func() { _, _, err := b.Decrypt(ctx, ref, ct, nil); done <- err }()
+		within(t, paused, "the load to pause")
+		r, err := hs.Store.Get(ctx, tenantStorageKey(other))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.m.apply(storage.Change{Key: tenantStorageKey(other), Version: r.Version})
+		close(release)
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if _, _, ok := b.m.keks.get(ref.Tenant); !ok {
+			t.Errorf("paused at %s: the tenant's KEK was not cached", key)
+		}
+		if e, _, ok := b.m.keys.get(ref); !ok || e.tombstone() {
+			t.Errorf("paused at %s: the key was not cached", key)
+		}
+		_, before, _ := b.CacheStats()
+		if _, _, err := b.Decrypt(ctx, ref, ct, nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, after, _ := b.CacheStats(); after != before {
+			t.Errorf("paused at %s: the next call loaded again (misses %d → %d)", key, before, after)
+		}
+	}
+}
+
+// A load of a tenant's KEK that a notice of that tenant's deletion
+// overtook does not put the KEK back in memory: a shredded tenant's KEK
+// stayed there until it expired.
+func TestAKEKLoadOvertakenByTheTenantsDeletionIsNotCached(t *testing.T) {
+	ctx := context.Background()
+	a, hs, open := newReviewSvc(t)
+	ref, ct := setupRotated(t, a)
+	b := open()
+	paused, release := hs.arm(tenantStorageKey(ref.Tenant), false)
+	done := make(chan error, 1)
+	go func() { _, _, err := b.Decrypt(ctx, ref, ct, nil); done <- err }()
+	within(t, paused, "the load to pause")
+	b.m.apply(storage.Change{Key: tenantStorageKey(ref.Tenant)}) // deleted (version 0)
+	close(release)
+	<-done
+	if _, _, ok := b.m.keks.get(ref.Tenant); ok {
+		t.Fatal("the KEK of a tenant deleted during its load was cached")
+	}
+}
