@@ -139,7 +139,9 @@ func (s *Service) Dependencies(ctx context.Context) (storageErr, rootErr error) 
 	} else if c, ok := s.root.(root.Checker); ok {
 		if err := c.Check(ctx); err != nil {
 			rootErr = err
-			s.logger.Error("ROOT KEY AT RISK: the root works now but would not come back after a restart", "error", err.Error())
+			if errors.Is(err, root.ErrAtRisk) { // not a check cut short (its deadline)
+				s.logger.Error("ROOT KEY AT RISK: the root works now but would not come back after a restart", "error", err.Error())
+			}
 		}
 	}
 	return storageErr, rootErr

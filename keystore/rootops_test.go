@@ -3,11 +3,15 @@ package keystore_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/custos-kms/custos/keystore"
+	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/root/local"
 	"github.com/custos-kms/custos/keystore/root/roottest"
 	"github.com/custos-kms/custos/keystore/storage"
@@ -139,5 +143,43 @@ func TestRewrapBoundsEachRootCall(t *testing.T) {
 	}
 	if dr.Calls.Load() < 6 || dr.Unbounded.Load() != 0 {
 		t.Fatalf("%d root calls, %d of them without a deadline", dr.Calls.Load(), dr.Unbounded.Load())
+	}
+}
+
+// checkFails is a working root whose restart check fails with err.
+type checkFails struct {
+	*local.Root
+	err error
+}
+
+func (c checkFails) Check(context.Context) error { return c.err }
+
+// Only a check that found the root at risk logs "ROOT KEY AT RISK"; one
+// cut short (its deadline, an outage) reports the root, without the alarm
+// that tells an operator to restore the key file.
+func TestOnlyARootAtRiskIsLoggedAsAtRisk(t *testing.T) {
+	lr, err := local.Create(filepath.Join(t.TempDir(), "root.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		err   error
+		alarm bool
+	}{
+		{fmt.Errorf("%w: the key file is gone", root.ErrAtRisk), true},
+		{fmt.Errorf("check: %w", context.DeadlineExceeded), false},
+		{fmt.Errorf("check: %w", root.ErrUnavailable), false},
+	} {
+		var logs bytes.Buffer
+		ks, err := keystore.New(keystore.Config{Storage: memory.New(), Root: checkFails{lr, tc.err}, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, r := ks.Dependencies(t.Context()); !errors.Is(r, tc.err) {
+			t.Errorf("check failing with %v: the root's state %v", tc.err, r)
+		}
+		if got := strings.Contains(logs.String(), "AT RISK"); got != tc.alarm {
+			t.Errorf("check failing with %v: logged at risk %v, want %v\n%s", tc.err, got, tc.alarm, logs.String())
+		}
 	}
 }
