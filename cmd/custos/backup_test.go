@@ -271,19 +271,27 @@ func TestRootRewrapOnAStoppedBboltServer(t *testing.T) {
 	}
 }
 
-// A backup through a server that answers "retry later" (503: its root is
-// down; 429: a backup is already being taken) exits 7 with the server's
-// message; any other failure exits 1.
-func TestABackupThroughTheServerSaysWhenToRetry(t *testing.T) {
+// heldDevDir prepares a custos dev directory whose bbolt file is held
+// until the test ends, as a running server holds it.
+func heldDevDir(t *testing.T) string {
+	t.Helper()
 	dir := filepath.Join(t.TempDir(), ".custos-dev")
 	if _, err := prepareDev(dir); err != nil {
 		t.Fatal(err)
 	}
-	held, err := bbolt.Open(filepath.Join(dir, "custos.db"), bbolt.Options{}) // as a running server holds it
+	held, err := bbolt.Open(filepath.Join(dir, "custos.db"), bbolt.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer held.Close()
+	t.Cleanup(func() { held.Close() })
+	return dir
+}
+
+// A backup through a server that answers "retry later" (503: its root is
+// down; 429: a backup is already being taken) exits 7 with the server's
+// message; any other failure exits 1.
+func TestABackupThroughTheServerSaysWhenToRetry(t *testing.T) {
+	dir := heldDevDir(t)
 	for code, want := range map[int]int{http.StatusServiceUnavailable: exitUnavailable, http.StatusTooManyRequests: exitUnavailable, http.StatusInternalServerError: exitOther, http.StatusNotFound: exitOther} {
 		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 			http.Error(w, "the server's own reason", code)
@@ -476,15 +484,7 @@ func TestABackupBeingWrittenHasNoName(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("unnamed files (O_TMPFILE) are Linux's; elsewhere a partial file is removed only by a command that ends")
 	}
-	dir := filepath.Join(t.TempDir(), ".custos-dev")
-	if _, err := prepareDev(dir); err != nil {
-		t.Fatal(err)
-	}
-	held, err := bbolt.Open(filepath.Join(dir, "custos.db"), bbolt.Options{}) // as a running server holds it
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer held.Close()
+	dir := heldDevDir(t)
 	sent, release := make(chan struct{}), make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte("CUSTOS-BACKUP a first part"))
