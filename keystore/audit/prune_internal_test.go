@@ -2,8 +2,10 @@ package audit
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -113,5 +115,38 @@ func TestALeafWithTwoTenantsIsListedUnderTheOneItDecodesTo(t *testing.T) {
 	recs, _, _, err := l.Events(ctx, Query{Tenant: "b", Limit: 10})
 	if err != nil || len(recs) != 1 || recs[0].Event.GetTenant() != "b" {
 		t.Fatalf("tenant b's events: %d, %v; want the leaf that decodes as b's", len(recs), err)
+	}
+}
+
+// An event dated in the future (its server's clock ran ahead) holds back
+// retention, and every body after it, until its time: retention says so
+// rather than keeping them past the retention unseen, and still forgets
+// old checkpoints.
+func TestRetentionSaysItWaitsBehindAnEventDatedInTheFuture(t *testing.T) {
+	ctx := context.Background()
+	store, l := newMemoryLog(t)
+	old := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	ev := func(at time.Time, n int) []byte {
+		b, err := Marshal(&custosv1.AuditEvent{Time: timestamppb.New(at), RequestId: fmt.Sprint("r", n), Operation: "encrypt", Code: "OK"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	ahead := time.Now().Add(365 * 24 * time.Hour)
+	leaves := [][]byte{ev(old, 0), ev(old, 1), ev(ahead, 2), ev(old, 3)}
+	if _, err := store.Put(ctx, queueKey("w", 1), encodeBatch(leaves), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	n, err := l.Prune(ctx, old.Add(time.Hour))
+	if n != 2 || !errors.Is(err, ErrRetentionWaiting) || !strings.Contains(err.Error(), "event 2 is dated") {
+		t.Fatalf("Prune: %d deleted, %v; want the 2 before the event dated ahead, and the wait named", n, err)
+	}
+	// A cutoff the event is not after: no wait to report.
+	if _, err := l.Prune(ctx, ahead.Add(time.Hour)); err != nil {
+		t.Fatalf("Prune past the event's time: %v", err)
 	}
 }

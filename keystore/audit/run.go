@@ -104,7 +104,11 @@ func (l *Log) Run(ctx context.Context, cfg RunConfig) {
 		if cfg.Retention > 0 && l.now().Sub(lastPrune) >= cfg.PruneInterval {
 			lastPrune = l.now()
 			n, err := l.Prune(ctx, l.now().Add(-cfg.Retention))
-			if err != nil && ctx.Err() == nil {
+			switch {
+			case err == nil || ctx.Err() != nil:
+			case errors.Is(err, ErrRetentionWaiting):
+				l.logger.Warn("audit: retention waits", "error", err.Error())
+			default:
 				l.logger.Warn("audit: retention failed; retrying", "error", err.Error())
 			}
 			if n > 0 {
@@ -193,6 +197,13 @@ func (l *Log) Prune(ctx context.Context, cutoff time.Time) (int, error) {
 			// server writes one) has no time; it goes with the old ones
 			// rather than stopping retention for good.
 			if ev, err := Unmarshal(r.Value); err == nil && !ev.GetTime().AsTime().Before(cutoff) {
+				if at := ev.GetTime().AsTime(); at.After(l.now().Add(futureSkew)) {
+					// Retention waits for it as for any newer event, and
+					// the bodies after it with it: say so, or a clock that
+					// ran ahead keeps them past the retention unseen.
+					stopped = fmt.Errorf("%w: event %d is dated %s, after now: the clock of the server that recorded it ran ahead; the bodies from it on are kept until then (audit.md)",
+						ErrRetentionWaiting, i, at.UTC().Format(time.RFC3339))
+				}
 				done = true
 				break
 			}
@@ -223,6 +234,13 @@ func (l *Log) Prune(ctx context.Context, cutoff time.Time) (int, error) {
 			}
 			total += deleted
 		}
+		if errors.Is(stopped, ErrRetentionWaiting) {
+			// Old checkpoints go all the same.
+			if err := l.pruneSide(ctx, cutoff); err != nil {
+				return total, err
+			}
+			return total, stopped
+		}
 		if stopped != nil {
 			return total, stopped
 		}
@@ -236,6 +254,14 @@ func (l *Log) Prune(ctx context.Context, cutoff time.Time) (int, error) {
 // ErrRetentionStopped: retention met an event body it must not delete
 // (missing, or not the one integrated) and stopped there.
 var ErrRetentionStopped = errors.New("audit: retention stopped; run custos audit verify")
+
+// ErrRetentionWaiting: retention met an event dated in the future (a
+// server's clock ahead), which holds back the bodies after it.
+var ErrRetentionWaiting = errors.New("audit: retention waits behind an event dated in the future")
+
+// futureSkew is how far after now an event's time may be before retention
+// says that it waits for it: more than replicas' clocks drift apart.
+const futureSkew = time.Hour
 
 // integrated reports whether leaf is the body event i was integrated
 // with (it hashes to the stored leaf hash; a hash not stored is not).
