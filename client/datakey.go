@@ -79,7 +79,7 @@ func (c *Client) DecryptDataKey(ctx context.Context, name string, wrapped, assoc
 		return nil, fmt.Errorf("custos: %s: %w", op, &Error{
 			Code:    codes.InvalidArgument,
 			Reason:  ReasonCiphertextNotAuthentic,
-			Message: "the ciphertext is not a wrapped data key",
+			Message: "the ciphertext is not a wrapped data key (or the server predates DecryptResponse.data_key: upgrade it)",
 		})
 	}
 	return resp.GetPlaintext(), nil

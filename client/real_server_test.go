@@ -606,6 +606,15 @@ func TestDataKeys(t *testing.T) {
 			t.Errorf("Decrypt of that field = %x, %v; want the field", pt, err)
 		}
 	})
+	t.Run("a data key is not a field", func(t *testing.T) {
+		// A wrapped key put where a field belongs (under that field's
+		// associated data) must not be shown as the field's value.
+		pt, _, err := c.Decrypt(ctx, name, dk.Wrapped, ad)
+		if err == nil {
+			t.Fatalf("Decrypt returned a data key as a field: %x", pt)
+		}
+		checkSentinels(t, err, client.ErrInvalidCiphertext, client.ErrInvalidArgument)
+	})
 	t.Run("a key that makes no data keys is the wrong purpose", func(t *testing.T) {
 		// As GenerateDataKey answers on it, for a caller holding only
 		// datakey as for one holding everything.
