@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 )
@@ -50,8 +51,13 @@ func (p *Pending) Publish() error {
 	from := p.Name()
 	if !p.named {
 		from = p.target + ".partial-" + rand.Text()
-		if err := linkUnnamed(p.File, from); err != nil {
-			return fmt.Errorf("name %s: %w", p.target, err)
+		if err := link(p.File, from); err != nil {
+			// Made, but it cannot be linked here (a sandbox, a file
+			// system that makes unnamed files but links none): copied
+			// to a name instead, rather than lost.
+			if from, err = p.copyToName(); err != nil {
+				return fmt.Errorf("name %s: %w", p.target, err)
+			}
 		}
 	}
 	if err := os.Rename(from, p.target); err != nil {
@@ -66,6 +72,33 @@ func (p *Pending) Publish() error {
 	}
 	return nil
 }
+
+// copyToName copies the unnamed file to a new temporary file beside the
+// target, synced, and returns its name.
+func (p *Pending) copyToName() (string, error) {
+	if _, err := p.Seek(0, io.SeekStart); err != nil {
+		return "", err
+	}
+	f, err := os.CreateTemp(filepath.Dir(p.target), filepath.Base(p.target)+".partial-*")
+	if err != nil {
+		return "", err
+	}
+	_, err = io.Copy(f, p.File)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = os.Remove(f.Name())
+		return "", err
+	}
+	return f.Name(), nil
+}
+
+// link names an unnamed file (a variable for the tests).
+var link = linkUnnamed
 
 // Close closes the file and, unless it was published, removes its
 // temporary name (an unnamed file is gone once closed).
