@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -74,15 +76,51 @@ func parseDueKey(k string) (t time.Time, kind, name string, ok bool) {
 const noteTimeout = 5 * time.Second
 
 // noteDue writes the hint that something of name falls due at t. A hint
-// already there is fine; a failure is logged (the next full sweep writes
-// the hint again) and returned, for a caller that cannot leave it there.
+// already there is fine; a failure is logged and returned, for a caller
+// that cannot leave it there, and the hint is kept to be written again by
+// the next count flush (writeUnwrittenHints).
 func (s *Service) noteDue(ctx context.Context, t time.Time, kind, name string) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), noteTimeout)
 	defer cancel()
-	_, err := s.store.Put(ctx, dueStorageKey(t, kind, name), hintValue, 0)
+	key := dueStorageKey(t, kind, name)
+	_, err := s.store.Put(ctx, key, hintValue, 0)
 	if err != nil && !errors.Is(err, storage.ErrConflict) {
-		s.logger.Warn("scheduler: could not record a due date; the next full sweep will", "name", name, "error", err.Error())
+		l := s.life
+		l.unwrittenMu.Lock()
+		kept := len(l.unwritten) < maxUnwrittenHints
+		if kept {
+			if l.unwritten == nil {
+				l.unwritten = map[string]struct{}{}
+			}
+			l.unwritten[key] = struct{}{}
+		}
+		l.unwrittenMu.Unlock()
+		if kept {
+			s.logger.Warn("scheduler: could not record a due date; retrying with the next count flush", "name", name, "error", err.Error())
+		} else {
+			s.logger.Warn("scheduler: could not record a due date; the next full sweep will", "name", name, "error", err.Error())
+		}
 		return err
+	}
+	return nil
+}
+
+// writeUnwrittenHints writes the due hints whose writes failed before. A
+// hint now written (or found there) is done; the first that fails again
+// ends the pass (the storage is still out), to be retried next time.
+func (s *Service) writeUnwrittenHints(ctx context.Context) error {
+	l := s.life
+	l.unwrittenMu.Lock()
+	keys := slices.Collect(maps.Keys(l.unwritten))
+	l.unwrittenMu.Unlock()
+	slices.Sort(keys) // oldest due first
+	for _, key := range keys {
+		if _, err := s.store.Put(ctx, key, hintValue, 0); err != nil && !errors.Is(err, storage.ErrConflict) {
+			return storageErr("scheduler: write a due hint again", err)
+		}
+		l.unwrittenMu.Lock()
+		delete(l.unwritten, key)
+		l.unwrittenMu.Unlock()
 	}
 	return nil
 }

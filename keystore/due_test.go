@@ -681,3 +681,89 @@ func TestDueWorkIsDoneWhenItsHintsDeleteHadAnUnknownOutcome(t *testing.T) {
 		t.Fatalf("primary %d, want the due rotation done", k.PrimaryVersion)
 	}
 }
+
+// outageAfterDueDelete deletes the first due hint it is asked to, then
+// fails every call until up is called: the hint is gone, and neither the
+// work nor the hint written again for it gets through.
+type outageAfterDueDelete struct {
+	storage.Store
+	down, tripped atomic.Bool
+	rewriteLost   atomic.Bool // a hint's write was refused during the outage
+}
+
+func (s *outageAfterDueDelete) err() error {
+	if s.down.Load() {
+		return fmt.Errorf("test store: %w", storage.ErrUnavailable)
+	}
+	return nil
+}
+
+func (s *outageAfterDueDelete) Delete(ctx context.Context, key string, expect uint64) error {
+	if err := s.err(); err != nil {
+		return err
+	}
+	err := s.Store.Delete(ctx, key, expect)
+	if err == nil && strings.HasPrefix(key, "due/") && s.tripped.CompareAndSwap(false, true) {
+		s.down.Store(true)
+	}
+	return err
+}
+
+func (s *outageAfterDueDelete) Get(ctx context.Context, key string) (storage.Record, error) {
+	if err := s.err(); err != nil {
+		return storage.Record{}, err
+	}
+	return s.Store.Get(ctx, key)
+}
+
+func (s *outageAfterDueDelete) Put(ctx context.Context, key string, v []byte, expect uint64) (uint64, error) {
+	if err := s.err(); err != nil {
+		if strings.HasPrefix(key, "due/") {
+			s.rewriteLost.Store(true)
+		}
+		return 0, err
+	}
+	return s.Store.Put(ctx, key, v, expect)
+}
+
+func (s *outageAfterDueDelete) List(ctx context.Context, prefix, after string, limit int) ([]storage.Record, error) {
+	if err := s.err(); err != nil {
+		return nil, err
+	}
+	return s.Store.List(ctx, prefix, after, limit)
+}
+
+// A due hint deleted by a pass whose work then met an outage, and whose
+// rewrite failed too, is written again once the storage is back (by the
+// count flush every replica runs): its work does not wait for the next
+// full sweep (24 h by default).
+func TestAHintLostToAnOutageIsWrittenAgain(t *testing.T) {
+	f := newLCFixture(t)
+	ref := f.newKey("t1", "k", keystore.KeySpec{Purpose: keystore.PurposeEncrypt, RotationPeriod: time.Hour})
+	cfg := f.cfg
+	store := &outageAfterDueDelete{Store: f.store}
+	cfg.Storage = store
+	ks, err := keystore.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	flushed := make(chan struct{})
+	go func() { ks.RunCountFlush(ctx, 5*time.Millisecond); close(flushed) }()
+	defer func() { cancel(); <-flushed }()
+	stop := startScheduler(t, ks, keystore.SchedulerConfig{Interval: 5 * time.Millisecond, LeaseTTL: 10 * time.Hour, SweepInterval: 1000 * time.Hour, HolderID: "a"})
+	defer stop()
+	waitFor(t, "the first sweep", func() bool { return keystore.SweepsDone(ks) >= 1 })
+	f.clock.Advance(2 * time.Hour)
+	waitFor(t, "the hint deleted, its work failed and its rewrite refused", func() bool { return store.rewriteLost.Load() })
+	passes := keystore.LeaderPasses(ks)
+	store.down.Store(false)
+	waitFor(t, "the due rotation", func() bool {
+		k, err := ks.GetKey(context.Background(), ref)
+		return err == nil && k.PrimaryVersion == 2
+	})
+	if n := keystore.Sweeps(ks); n != 1 {
+		t.Fatalf("%d sweeps (%d passes since the outage); the due pass must have done it", n, keystore.LeaderPasses(ks)-passes)
+	}
+}

@@ -110,7 +110,9 @@ func (s *Service) RunScheduler(ctx context.Context, cfg SchedulerConfig) error {
 // RunCountFlush adds this replica's encryption counts to storage
 // (FlushUsage) every interval (default DefaultFlushInterval) until ctx is
 // done, then once more, so every encryption served before ctx ended is
-// counted. Every replica runs it.
+// counted. Every replica runs it. Each pass also writes the due hints
+// whose writes failed (an outage), so that their work does not wait for
+// the next full sweep.
 func (s *Service) RunCountFlush(ctx context.Context, interval time.Duration) {
 	if interval <= 0 {
 		interval = DefaultFlushInterval
@@ -125,6 +127,9 @@ func (s *Service) RunCountFlush(ctx context.Context, interval time.Duration) {
 			if err := s.FlushUsage(stop); err != nil {
 				s.logger.Warn("final flush of encrypt counts failed", "error", err.Error())
 			}
+			if err := s.writeUnwrittenHints(stop); err != nil {
+				s.logger.Warn("scheduler: due hints not written; the next full sweep will", "error", err.Error())
+			}
 			return
 		case <-t.C:
 			// Bounded: a storage connection gone silent (a failover
@@ -134,6 +139,9 @@ func (s *Service) RunCountFlush(ctx context.Context, interval time.Duration) {
 			pass, cancel := context.WithTimeout(ctx, s.flushTimeout)
 			if err := s.FlushUsage(pass); err != nil && ctx.Err() == nil {
 				s.logger.Warn("flush encrypt counts failed; will retry", "error", err.Error())
+			}
+			if err := s.writeUnwrittenHints(pass); err != nil && ctx.Err() == nil {
+				s.logger.Warn("scheduler: due hints not written yet; will retry", "error", err.Error())
 			}
 			cancel()
 		}

@@ -44,7 +44,18 @@ type lifecycleState struct {
 	// sweeps, the full sweeps of every tenant and key begun, and
 	// sweepsDone, those that reached the end.
 	leaderPasses, sweeps, sweepsDone atomic.Uint64
+
+	// unwritten holds the storage keys of due hints whose writes failed
+	// (an outage), written again by each count flush, which every replica
+	// runs, until they are: a hint never written waits for the next full
+	// sweep (24 h by default), and so does its work. At most
+	// maxUnwrittenHints; past that, the full sweep finds the rest.
+	unwrittenMu sync.Mutex
+	unwritten   map[string]struct{}
 }
+
+// maxUnwrittenHints bounds the hints a replica keeps to write again.
+const maxUnwrittenHints = 10_000
 
 type usageKey struct {
 	ref     KeyRef
