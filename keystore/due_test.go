@@ -767,3 +767,45 @@ func TestAHintLostToAnOutageIsWrittenAgain(t *testing.T) {
 		t.Fatalf("%d sweeps (%d passes since the outage); the due pass must have done it", n, keystore.LeaderPasses(ks)-passes)
 	}
 }
+
+// leaseOutage fails the scheduler lease's reads and writes while down.
+type leaseOutage struct {
+	storage.Store
+	down atomic.Bool
+}
+
+func (s *leaseOutage) Get(ctx context.Context, key string) (storage.Record, error) {
+	if key == keystore.LeaseStorageKey && s.down.Load() {
+		return storage.Record{}, fmt.Errorf("test store: %w", storage.ErrUnavailable)
+	}
+	return s.Store.Get(ctx, key)
+}
+
+func (s *leaseOutage) Put(ctx context.Context, key string, v []byte, expect uint64) (uint64, error) {
+	if key == keystore.LeaseStorageKey && s.down.Load() {
+		return 0, fmt.Errorf("test store: %w", storage.ErrUnavailable)
+	}
+	return s.Store.Put(ctx, key, v, expect)
+}
+
+// A replica that could not reach the lease for longer than its TTL
+// sweeps when it holds the lease again, as a replica taking it over does:
+// another may have held it meanwhile and lost hints in a crash.
+func TestALeaseUnreachableForItsTTLIsSweptAfter(t *testing.T) {
+	f := newLCFixture(t)
+	cfg := f.cfg
+	store := &leaseOutage{Store: f.store}
+	cfg.Storage = store
+	ks, err := keystore.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const ttl = 100 * time.Millisecond
+	stop := startScheduler(t, ks, keystore.SchedulerConfig{Interval: 5 * time.Millisecond, LeaseTTL: ttl, SweepInterval: 1000 * time.Hour, HolderID: "a"})
+	defer stop()
+	waitFor(t, "the first sweep", func() bool { return keystore.SweepsDone(ks) >= 1 })
+	store.down.Store(true)
+	time.Sleep(3 * ttl) // the lease out of reach for longer than its TTL
+	store.down.Store(false)
+	waitFor(t, "a sweep after the lease came back", func() bool { return keystore.Sweeps(ks) >= 2 })
+}

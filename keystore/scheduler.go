@@ -174,6 +174,9 @@ type leaderState struct {
 	// still reaches every tenant.
 	resume   string
 	sweeping bool
+	// heldAt is when this replica last found the lease held by itself
+	// (this machine's monotonic clock).
+	heldAt time.Time
 }
 
 // leaderTick takes or renews the lease and, when held, runs one pass: the
@@ -188,12 +191,19 @@ func (s *Service) leaderTick(ctx context.Context, cfg SchedulerConfig, st *leade
 		if ctx.Err() == nil {
 			s.logger.Warn("scheduler: lease", "error", err.Error())
 		}
+		if !st.heldAt.IsZero() && time.Since(st.heldAt) >= cfg.LeaseTTL {
+			// Another replica may have held the lease meanwhile (and
+			// lost hints in a crash): this one sweeps first when it takes
+			// the lease again, as any replica taking it over does.
+			*st = leaderState{}
+		}
 		return
 	}
 	if !held {
 		*st = leaderState{} // whoever takes it over next sweeps first
 		return
 	}
+	st.heldAt = time.Now()
 	s.life.leaderPasses.Add(1)
 	now := s.now()
 	// keep renews the lease every Interval while a pass goes on, and says
@@ -210,6 +220,7 @@ func (s *Service) leaderTick(ctx context.Context, cfg SchedulerConfig, st *leade
 		}
 		if held {
 			lastRenew = time.Now()
+			st.heldAt = lastRenew
 		}
 		return held, held
 	}
@@ -253,7 +264,7 @@ func (s *Service) leaderTick(ctx context.Context, cfg SchedulerConfig, st *leade
 	}
 	s.life.sweepsDone.Add(1)
 	s.logger.Info("scheduler: full sweep finished", "seconds", time.Since(start).Seconds())
-	*st = leaderState{lastSweep: now}
+	*st = leaderState{lastSweep: now, heldAt: st.heldAt}
 }
 
 // errLeaseLost stops a sweep whose replica no longer holds the lease. It
