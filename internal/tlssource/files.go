@@ -137,11 +137,56 @@ func (f *Files) read() (*filesSet, error) {
 			return nil, fmt.Errorf("%s: certificate %s: %w", f.opts.Name, f.certFile, err)
 		}
 	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(caPEM) {
-		return nil, fmt.Errorf("%s: CA bundle %s holds no PEM certificate", f.opts.Name, f.caFile)
+	now := time.Now()
+	if leaf := cert.Leaf; now.After(leaf.NotAfter) || now.Add(notBeforeSkew).Before(leaf.NotBefore) {
+		// Every handshake would fail with it: the set in use stays.
+		return nil, fmt.Errorf("%s: certificate %s is not valid now (valid from %s to %s)", f.opts.Name, f.certFile,
+			leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
+	pool, err := caPool(caPEM, now)
+	if err != nil {
+		return nil, fmt.Errorf("%s: CA bundle %s: %w", f.opts.Name, f.caFile, err)
 	}
 	return &filesSet{Set: Set{Cert: cert, Pool: pool}, digest: sha256.Sum256(all.Bytes())}, nil
+}
+
+// notBeforeSkew is how far in the future a certificate's NotBefore may be
+// (another machine's clock a little ahead) and it still be taken.
+const notBeforeSkew = time.Minute
+
+// caPool parses a CA bundle: every CERTIFICATE block must parse (one cut or
+// damaged, say the new CA's in the first step of a rotation, would be
+// skipped quietly by x509.CertPool.AppendCertsFromPEM, and refused only
+// once certificates move to it), and one CA at least must be valid now.
+// Blocks of other types are skipped.
+func caPool(b []byte, now time.Time) (*x509.CertPool, error) {
+	pool := x509.NewCertPool()
+	n, valid := 0, 0
+	for len(b) > 0 {
+		var block *pem.Block
+		if block, b = pem.Decode(b); block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" || len(block.Headers) != 0 {
+			continue
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("certificate %d does not parse: %w", n+1, err)
+		}
+		pool.AddCert(c)
+		n++
+		if !now.After(c.NotAfter) && !now.Add(notBeforeSkew).Before(c.NotBefore) {
+			valid++
+		}
+	}
+	switch {
+	case n == 0:
+		return nil, errors.New("holds no PEM certificate")
+	case valid == 0:
+		return nil, fmt.Errorf("none of its %d certificates is valid now", n)
+	}
+	return pool, nil
 }
 
 // Current returns the set in use, first checking the files if the interval

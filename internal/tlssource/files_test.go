@@ -2,7 +2,14 @@ package tlssource
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"log/slog"
+	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -176,4 +183,77 @@ func loadLogged(t *testing.T) (ca *pki.CA, dir, certFile, caFile string, f *File
 		t.Fatal(err)
 	}
 	return ca, dir, certFile, caFile, f, logs
+}
+
+// selfSigned is a self-signed certificate valid from notBefore to notAfter,
+// and its key, in PEM.
+func selfSigned(t *testing.T, notBefore, notAfter time.Time) (certPEM, keyPEM []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "s"},
+		NotBefore: notBefore, NotAfter: notAfter, IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})
+}
+
+// A set every handshake would fail with is refused, and the one in use
+// stays: a certificate expired or not yet valid (a stale copy written
+// back), a CA bundle with a block that does not parse (a damaged new CA in
+// the first step of a rotation), a bundle of CAs none of which is valid.
+func TestASetThatCannotWorkIsNotTaken(t *testing.T) {
+	ca, err := pki.NewCA("t", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile, caFile := writeSet(t, ca, dir)
+	f, err := Load(certFile, keyFile, caFile, Options{Name: "server TLS"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, _ := f.Current()
+	now := time.Now()
+	expired, expiredKey := selfSigned(t, now.Add(-2*time.Hour), now.Add(-time.Hour))
+	future, futureKey := selfSigned(t, now.Add(time.Hour), now.Add(2*time.Hour))
+	damaged := append(bytes.Clone(ca.CertPEM()), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte("not DER")})...)
+	validCert, validKey, err := ca.Issue(pki.IssueRequest{CommonName: "s", Server: true, Validity: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, files := range map[string][3][]byte{
+		"an expired certificate":           {expired, expiredKey, ca.CertPEM()},
+		"a certificate not yet valid":      {future, futureKey, ca.CertPEM()},
+		"a CA bundle with a damaged block": {validCert, validKey, damaged},
+		"a bundle of expired CAs":          {validCert, validKey, expired},
+	} {
+		for p, b := range map[string][]byte{certFile: files[0], keyFile: files[1], caFile: files[2]} {
+			if err := os.WriteFile(p, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		took, err := f.Reload()
+		if took || err == nil {
+			t.Errorf("%s: taken (%v, %v)", name, took, err)
+			continue
+		}
+		if cur, _ := f.Current(); !cur.Cert.Leaf.Equal(good.Cert.Leaf) {
+			t.Errorf("%s: the set in use changed", name)
+		}
+		if _, err := Load(certFile, keyFile, caFile, Options{Name: "server TLS"}); err == nil {
+			t.Errorf("%s: loaded at start", name)
+		}
+	}
 }
