@@ -51,7 +51,8 @@
 // A class narrows a limit to one kind of call: data (the data plane of
 // CryptoService but password hashing), control (KeyService and
 // AuditService) or hashing (HashPassword, VerifyPassword); without a class
-// it counts every call. A batch call takes one token per item.
+// it counts every call (of Custos's services: health and reflection are
+// never limited). A batch call takes one token per item.
 //
 // Identities and tenants are globs in which '*' matches any run of
 // characters, '/' included, and every other character matches only itself.
