@@ -3,11 +3,13 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -30,6 +32,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/custos-kms/custos/internal/config"
+	"github.com/custos-kms/custos/internal/pki"
 	"github.com/custos-kms/custos/keystore/audit"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 	"github.com/custos-kms/custos/server"
@@ -751,6 +754,50 @@ func TestAStreamsLogLineNamesItsRequestID(t *testing.T) {
 	waitFor(t, 10*time.Second, "the watch's log line with its request id", func() bool {
 		for line := range strings.Lines(logs.String()) {
 			if strings.Contains(line, `"grpc.method":"Watch"`) && strings.Contains(line, `"request_id":"`+rid+`"`) {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// A stream refused before its identity is known (a certificate naming two
+// SPIFFE IDs) gets its call log line, as a unary call refused so does: it
+// was audited and counted, but not logged.
+func TestAStreamRefusedAtAuthenticationIsLogged(t *testing.T) {
+	logs := &syncBuffer{}
+	f := newFiles(t)
+	ts := start(t, f, options{logger: slog.New(slog.NewJSONHandler(logs, nil))})
+	req := pki.IssueRequest{Client: true, Validity: time.Hour}
+	for _, id := range []string{"spiffe://custos.test/one", "spiffe://custos.test/two"} {
+		u, err := url.Parse(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.URIs = append(req.URIs, u)
+	}
+	certPEM, keyPEM, err := f.pki.ca.Issue(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := dial(t, ts.addr, f.pki.clientTLS(cert))
+	st, err := healthpb.NewHealthClient(conn).Watch(testContext(t), &healthpb.HealthCheckRequest{})
+	if err == nil {
+		_, err = st.Recv()
+	}
+	wantCode(t, err, codes.Unauthenticated)
+	defer func() {
+		if t.Failed() {
+			t.Log(logs.String())
+		}
+	}()
+	waitFor(t, 10*time.Second, "the refused watch's log line", func() bool {
+		for line := range strings.Lines(logs.String()) {
+			if strings.Contains(line, `"grpc.method":"Watch"`) && strings.Contains(line, `"grpc.code":"Unauthenticated"`) {
 				return true
 			}
 		}

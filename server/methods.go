@@ -278,6 +278,9 @@ func (s *Server) streamRequestPath(srv any, ss grpc.ServerStream, info *grpc.Str
 	}
 	id, err := identity.Authenticate(ctx)
 	if err != nil {
+		// Refused before the interceptors that log a finished call: its
+		// line here, as the unary path writes one.
+		s.logCall(ctx, rid, c, clip(info.FullMethod), streamType(info), start, err)
 		return err
 	}
 	c.identity = id

@@ -149,13 +149,7 @@ func (mm *methodMetrics) done(start time.Time, err error) {
 
 // stream counts and times streaming calls (health watches, reflection).
 func (m *metrics) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	typ := "bidi_stream"
-	switch {
-	case info.IsClientStream && !info.IsServerStream:
-		typ = "client_stream"
-	case !info.IsClientStream && info.IsServerStream:
-		typ = "server_stream"
-	}
+	typ := streamType(info)
 	name := info.FullMethod
 	if srv == nil {
 		// No service has the method: one series for all such calls, not
@@ -168,6 +162,18 @@ func (m *metrics) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerI
 	err := handler(srv, ss)
 	mm.done(start, err)
 	return err
+}
+
+// streamType is a streaming method's type as the metrics and the call log
+// name it.
+func streamType(info *grpc.StreamServerInfo) string {
+	switch {
+	case info.IsClientStream && !info.IsServerStream:
+		return "client_stream"
+	case !info.IsClientStream && info.IsServerStream:
+		return "server_stream"
+	}
+	return "bidi_stream"
 }
 
 // WatchDependencies probes the storage and the root every interval until ctx
