@@ -1775,3 +1775,43 @@ func encodeViewIndexes(idx []uint64) []byte {
 	}
 	return b
 }
+
+// A record under the events' keys that names no event (a store writer's:
+// an index with a suffix, or in upper-case digits) is reported by verify,
+// and takes no event's place in a page: a listing of a run of events read
+// as many records as it wanted events, so the stray one pushed the last
+// event out of the tenant's page while verify stayed clean.
+func TestAStrayKeyAmongTheEventsIsReportedAndHidesNoEvent(t *testing.T) {
+	ctx := context.Background()
+	for _, stray := range []string{"audit/l/000000000000000a~", "audit/l/000000000000000A"} {
+		t.Run(stray, func(t *testing.T) {
+			f := newFixture(t, memory.New(), "")
+			f.record(t, 12, "acme")
+			if rep := verify(t, f); len(rep.Findings) != 0 {
+				t.Fatalf("before: %v", rep.Findings)
+			}
+			if _, err := f.store.Put(ctx, stray, []byte("x"), 0); err != nil {
+				t.Fatal(err)
+			}
+			rep := verify(t, f)
+			found := false
+			for _, fd := range rep.Findings {
+				found = found || strings.Contains(fd.String(), "names no event")
+			}
+			if !found {
+				t.Errorf("verify's findings %v, want the stray record reported", rep.Findings)
+			}
+			recs, _, _, err := f.log.Events(ctx, audit.Query{Tenant: "acme", Limit: 100})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(recs) != 12 {
+				var got []uint64
+				for _, r := range recs {
+					got = append(got, r.Index)
+				}
+				t.Errorf("the tenant's page lists events %v, want all 12", got)
+			}
+		})
+	}
+}

@@ -42,12 +42,14 @@ func appendHex16(b []byte, n uint64) []byte {
 	return hex.AppendEncode(b, binary.BigEndian.AppendUint64(be[:0], n))
 }
 
+// parseHex16 parses s as hex16 writes it, and nothing else: upper-case
+// digits would name a second key for one index, sorting elsewhere.
 func parseHex16(s string) (uint64, bool) {
 	if len(s) != 16 {
 		return 0, false
 	}
 	n, err := strconv.ParseUint(s, 16, 64)
-	return n, err == nil
+	return n, err == nil && hex16(n) == s
 }
 
 func leafKey(i uint64) string {

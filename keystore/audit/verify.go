@@ -399,8 +399,11 @@ func Verify(ctx context.Context, store storage.Store, v note.Verifier, kept ...[
 		if k == "" {
 			break
 		}
-		i, _ := parseHex16(strings.TrimPrefix(k, leafPrefix))
-		past = append(past, i)
+		if i, ok := parseHex16(strings.TrimPrefix(k, leafPrefix)); ok {
+			past = append(past, i)
+		} else {
+			bodies.stray(k)
+		}
 	}
 
 	// What servers did meanwhile: a checkpoint signed since (with a newer
@@ -419,6 +422,18 @@ func Verify(ctx context.Context, store storage.Store, v note.Verifier, kept ...[
 		if s1 == nil || i >= s1.Size {
 			add(Finding{Index: int64(i), Kind: "inserted", Detail: "an event past the end of the tree"})
 		}
+	}
+	// A key among the events' that names no event: it can take the place
+	// of an event in a listing (a page of ListAuditEvents that reads a
+	// run of events), so it is an insertion too.
+	for _, k := range bodies.strays {
+		if len(k) > 80 {
+			k = k[:80] + "…"
+		}
+		add(Finding{Index: -1, Kind: "inserted", Detail: fmt.Sprintf("record %q under the events' keys names no event", k)})
+	}
+	if n := bodies.nStrays - len(bodies.strays); n > 0 {
+		add(Finding{Index: -1, Kind: "inserted", Detail: fmt.Sprintf("%d more records under the events' keys name no event", n)})
 	}
 	for _, cp := range later {
 		if s1 == nil || cp.Size > s1.Size {
@@ -508,6 +523,19 @@ type cursor struct {
 	buf    []storage.Record
 	after  string
 	done   bool
+	// strays are keys under the prefix that name no index (no server
+	// writes one): the first maxStrays, and how many there were.
+	strays  []string
+	nStrays int
+}
+
+// maxStrays bounds the stray keys a cursor keeps to report.
+const maxStrays = 100
+
+func (c *cursor) stray(key string) {
+	if c.nStrays++; len(c.strays) < maxStrays {
+		c.strays = append(c.strays, key)
+	}
 }
 
 func newCursor(ctx context.Context, s storage.Store, prefix string) *cursor {
@@ -540,6 +568,9 @@ func (c *cursor) at(i uint64) ([]byte, error) {
 			return nil, err
 		}
 		j, ok := parseHex16(strings.TrimPrefix(r.Key, c.prefix))
+		if !ok {
+			c.stray(r.Key)
+		}
 		if !ok || j < i {
 			c.buf = c.buf[1:]
 			continue
