@@ -89,13 +89,21 @@ func openSpool(prefix string) (sp *spool, entries []spoolEntry, torn int64, corr
 		return nil, nil, 0, 0, fmt.Errorf("audit: spool %s: %w", prefix, err)
 	}
 	s.lock = lock
-	matches, err := filepath.Glob(prefix + ".*")
+	// The directory read, not a glob: a path holding a glob's special
+	// characters ("[") must not hide segments.
+	des, err := os.ReadDir(filepath.Dir(prefix))
 	if err != nil {
+		s.close()
 		return nil, nil, 0, 0, fmt.Errorf("audit: spool: %w", err)
 	}
 	var nums []uint64
-	for _, m := range matches {
-		if n, err := strconv.ParseUint(strings.TrimPrefix(m, prefix+"."), 16, 64); err == nil && len(m) == len(prefix)+17 {
+	base := filepath.Base(prefix) + "."
+	for _, de := range des {
+		name, ok := strings.CutPrefix(de.Name(), base)
+		if !ok || len(name) != 16 {
+			continue
+		}
+		if n, err := strconv.ParseUint(name, 16, 64); err == nil {
 			nums = append(nums, n)
 		}
 	}

@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -354,5 +355,40 @@ func TestAFailedEmptyingDoesNotCostLaterEntries(t *testing.T) {
 	}
 	if !found {
 		t.Fatalf("the entry appended after the failed emptying is gone at the next start (%d entries)", len(entries))
+	}
+}
+
+// A spool whose path holds a glob's special characters finds all its
+// segments again: segments after the first were missed, and the
+// acknowledged events in them never shipped.
+func TestASpoolUnderAGlobLikePathFindsEverySegment(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "custos[x]")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	prefix := filepath.Join(dir, "spool")
+	s, _, _, _, err := openSpool(prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := bytes.Repeat([]byte{'e'}, 1<<20)
+	n := 0
+	for len(s.segs) < 2 {
+		if _, err := s.append(fmt.Sprintf("audit/q/w/%016x", n+1), big); err != nil {
+			t.Fatal(err)
+		}
+		n++
+		if n > 100 {
+			t.Fatal("no second segment after 100 MiB")
+		}
+	}
+	s.close()
+	s, entries, _, _, err := openSpool(prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close()
+	if len(entries) != n {
+		t.Fatalf("reopened: %d entries, want the %d appended across %d segments", len(entries), n, 2)
 	}
 }
