@@ -18,7 +18,9 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 
 	"github.com/custos-kms/custos/internal/bench"
 	"github.com/custos-kms/custos/internal/config"
@@ -242,6 +244,20 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 		return usageErr(cmd, fmt.Errorf("--batch %d: want 1 to 10000 (the API's limit)", f.batch))
 	case f.payload < 1 || f.payload > 1<<20:
 		return usageErr(cmd, fmt.Errorf("--payload %d: want 1 to 1048576 bytes (the API's limit)", f.payload))
+	case f.baseline == "audit-off" && !f.spawnDev:
+		// The trail's cost is the same server without it: a throwaway
+		// custos dev with and without, not any server against one.
+		return usageErr(cmd, errors.New("--baseline audit-off needs --spawn-dev (it compares custos dev with the trail against custos dev without)"))
+	}
+	// The contention workloads too, before minutes of measuring.
+	var contentionOp, contentionBg bench.Workload
+	if f.contention {
+		if contentionOp, err = parseWorkload(f.contentionOp, base); err != nil {
+			return usageErr(cmd, fmt.Errorf("--contention-op: %w", err))
+		}
+		if contentionBg, err = parseWorkload(f.contentionConc, base); err != nil {
+			return usageErr(cmd, fmt.Errorf("--contention-background: %w", err))
+		}
 	}
 	progress := cmd.ErrOrStderr()
 
@@ -328,6 +344,13 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 			return err
 		}
 		defer conn.Close()
+		if f.setup {
+			// A Custos server as the baseline (an A/B of two builds)
+			// needs the bench tenant too; an echo has no KeyService.
+			if err := setupBench(ctx, conn); err != nil && status.Code(err) != codes.Unimplemented {
+				return fmt.Errorf("--baseline %s: %w", f.baseline, err)
+			}
+		}
 		baseline = &bench.Target{Name: "baseline", Conn: conn, Client: self}
 	}
 
@@ -345,14 +368,7 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 		rep.Comparisons = append(rep.Comparisons, c)
 	}
 	if f.contention {
-		w, err := parseWorkload(f.contentionOp, base)
-		if err != nil {
-			return usageErr(cmd, fmt.Errorf("--contention-op: %w", err))
-		}
-		bg, err := parseWorkload(f.contentionConc, base)
-		if err != nil {
-			return usageErr(cmd, fmt.Errorf("--contention-background: %w", err))
-		}
+		w, bg := contentionOp, contentionBg
 		bg.Warmup = 2 * time.Second // let the background saturate the hashing pool first
 		fmt.Fprintf(progress, "running %s beside %s %d×…\n", f.contentionOp, f.contentionConc, f.rounds)
 		c, err := bench.Contend(ctx, custos, w, bg, f.rounds)

@@ -194,6 +194,24 @@ func TestBenchRefusesBadFlags(t *testing.T) {
 	}
 }
 
+// Flags of the contention run and --baseline audit-off without
+// --spawn-dev are refused before anything is measured: the contention
+// workloads were parsed after minutes of comparisons, and audit-off took
+// any server's ratio to a throwaway custos dev's for the trail's cost.
+func TestBenchRefusesBadFlagsBeforeMeasuring(t *testing.T) {
+	for _, args := range [][]string{
+		{"--baseline", "audit-off"},
+		{"--baseline", "off", "--contention", "--contention-op", "encrypt@0"},
+		{"--baseline", "off", "--contention", "--contention-background", "nope@4"},
+	} {
+		_, _, err := runCLI(t, append([]string{"bench", "--addr", "127.0.0.1:1", "--setup=false"}, args...)...)
+		var ue usageError
+		if !errors.As(err, &ue) {
+			t.Errorf("%v: %v, want a usage error", args, err)
+		}
+	}
+}
+
 // Bad soak flags are refused before anything is dialled or measured
 // (the peak alone takes seconds), each error naming its flag.
 func TestBenchSoakRefusesBadFlagsFirst(t *testing.T) {

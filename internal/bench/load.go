@@ -689,7 +689,9 @@ func Contend(ctx context.Context, custos Target, w, bg Workload, rounds int) (Co
 		res.Unloaded, res.Loaded = append(res.Unloaded, u), append(res.Loaded, l)
 		if u.ItemsPerSec > 0 && u.P99 > 0 {
 			thr = append(thr, l.ItemsPerSec/u.ItemsPerSec)
-			p99 = append(p99, l.P99/u.P99)
+			if l.P99 > 0 { // a loaded run without a successful call has no p99
+				p99 = append(p99, l.P99/u.P99)
+			}
 		}
 	}
 	res.Throughput, res.P99 = newStat(thr), newStat(p99)

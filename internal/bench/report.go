@@ -73,7 +73,7 @@ func (r *Report) WriteText(w io.Writer) error {
 			if len(c.P50.Values) > 0 {
 				p50 = fmt.Sprintf("%.2f×", c.P50.Median)
 			}
-			row += fmt.Sprintf("%.0f\t%.0f\t%s\t%s\t%.2f×\t(%.2f–%.2f)\t%s\t", b.ItemsPerSec, b.P50, cpu(b), allocs(b), c.Throughput.Median, c.Throughput.Min, c.Throughput.Max, p50)
+			row += fmt.Sprintf("%.0f\t%.0f\t%s\t%s\t%s\t%s\t", b.ItemsPerSec, b.P50, cpu(b), allocs(b), ratio(c.Throughput), p50)
 		} else {
 			row += "–\t–\t–\t–\t–\t\t–\t"
 		}
@@ -94,11 +94,37 @@ func (r *Report) WriteText(w io.Writer) error {
 				bgRate += x.Background.ItemsPerSec / float64(len(c.Loaded))
 			}
 		}
-		fmt.Fprintf(w, "\n%s beside %s: %.0f → %.0f items/s (%.2f×, %.2f–%.2f), p99 %.0f → %.0f µs (%.2f×, %.2f–%.2f); background %.1f calls/s\n",
-			c.Workload, c.Background, u.ItemsPerSec, l.ItemsPerSec, c.Throughput.Median, c.Throughput.Min, c.Throughput.Max,
-			u.P99, l.P99, c.P99.Median, c.P99.Min, c.P99.Max, bgRate)
+		var bgErrors int64
+		for _, x := range c.Loaded {
+			if x.Background != nil {
+				bgErrors += errorCount([]Result{*x.Background})
+			}
+		}
+		fmt.Fprintf(w, "\n%s beside %s: %.0f → %.0f items/s (%s), p99 %.0f → %.0f µs (%s); background %.1f calls/s; errors %d unloaded, %d loaded, %d background\n",
+			c.Workload, c.Background, u.ItemsPerSec, l.ItemsPerSec, inlineRatio(c.Throughput),
+			u.P99, l.P99, inlineRatio(c.P99), bgRate, errorCount(c.Unloaded), errorCount(c.Loaded), bgErrors)
+		if bgRate == 0 {
+			fmt.Fprintln(w, "  the background made no successful call: nothing contended")
+		}
 	}
 	return nil
+}
+
+// inlineRatio is a ratio's median and spread within a sentence, or "–".
+func inlineRatio(s Stat) string {
+	if len(s.Values) == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f×, %.2f–%.2f", s.Median, s.Min, s.Max)
+}
+
+// ratio is a ratio's median and spread as two tab-separated cells, or "–"
+// when no round gave one (a side without a successful call).
+func ratio(s Stat) string {
+	if len(s.Values) == 0 {
+		return "–\t"
+	}
+	return fmt.Sprintf("%.2f×\t(%.2f–%.2f)", s.Median, s.Min, s.Max)
 }
 
 // writeCPUShares writes, when the runs read them, where each call's CPU

@@ -88,3 +88,36 @@ func TestPercentilesAreNearestRank(t *testing.T) {
 		}
 	}
 }
+
+// A ratio no round gave (a side without a successful call) prints as "–",
+// not as 0.00×; the contention line names its errors and a background that
+// made no call, which left the ratio looking met while nothing contended.
+func TestTheTextReportShowsWhatWasNotMeasured(t *testing.T) {
+	rep := &Report{Rounds: 1,
+		Comparisons: []Comparison{{
+			Workload: "encrypt-batch@64",
+			Custos:   []Result{{ItemsPerSec: 90000}},
+			Baseline: []Result{{Errors: map[string]int64{"NotFound": 12}}},
+		}},
+		Contention: []Contention{{
+			Workload: "encrypt@64", Background: "hash@4",
+			Unloaded:   []Result{{ItemsPerSec: 40000, P99: 900}},
+			Loaded:     []Result{{ItemsPerSec: 39000, P99: 950, Background: &Result{Errors: map[string]int64{"PermissionDenied": 7}}}},
+			Throughput: newStat([]float64{0.975}),
+			P99:        newStat([]float64{1.06}),
+		}},
+	}
+	var b strings.Builder
+	if err := rep.WriteText(&b); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	if strings.Contains(out, "0.00×") {
+		t.Errorf("a ratio without values printed as 0.00×:\n%s", out)
+	}
+	for _, want := range []string{"7 background", "the background made no successful call"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the report lacks %q:\n%s", want, out)
+		}
+	}
+}
