@@ -195,7 +195,10 @@ func TestEveryCommandGroupWithJSON(t *testing.T) {
 		var out bytes.Buffer
 		cmd.SetOut(&out)
 		cmd.SetErr(&bytes.Buffer{})
-		cmd.SetArgs(append(args, "-o", "json", "--addr", addr, "--ca", filepath.Join(dir, "ca.pem"), "--cert", filepath.Join(dir, "client.pem"), "--key", filepath.Join(dir, "client-key.pem")))
+		// A hash of the in-process server (built with -race, its pool at
+		// half the cores and niced) can take more than the default 10 s
+		// on a loaded machine.
+		cmd.SetArgs(append(args, "-o", "json", "--timeout", "60s", "--addr", addr, "--ca", filepath.Join(dir, "ca.pem"), "--cert", filepath.Join(dir, "client.pem"), "--key", filepath.Join(dir, "client-key.pem")))
 		code := 0
 		if err := cmd.ExecuteContext(t.Context()); err != nil {
 			code = exitCode(err)
