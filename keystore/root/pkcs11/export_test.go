@@ -49,3 +49,14 @@ func (r *Root) WaitReleased() { <-r.released }
 
 // SetCallTimeout sets the bound of each operation.
 func (r *Root) SetCallTimeout(d time.Duration) { r.callTimeout = d }
+
+// SetPIN changes the PIN the root logs in with, standing for a PIN changed
+// on the token while the root runs.
+func (r *Root) SetPIN(pin string) { r.pin = pin }
+
+// Logins is how many times the root tried to log in.
+func (r *Root) Logins() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.logins
+}

@@ -42,7 +42,17 @@ type Root struct {
 
 	mu    sync.Mutex // guards state; held while (re)finding the token and key
 	state tokenState
+	// pinErr is the token's refusal of the PIN at pinAt (guarded by mu):
+	// not tried again for pinBackoff. logins counts the tries (tests).
+	pinErr error
+	pinAt  time.Time
+	logins int
 }
+
+// pinBackoff is how long a PIN the token refused is not tried again: HSMs
+// lock a user PIN after a few wrong tries (on a shared partition, for every
+// application on it), and every call and readiness probe would try it.
+const pinBackoff = time.Minute
 
 // tokenState is what the provider found in the token. Each reset starts a
 // new generation; sessions of an older one are closed when next met.
@@ -459,6 +469,9 @@ func (r *Root) open() (*session, p11.ObjectHandle, error) {
 		}
 		r.state.slot = slot
 	}
+	if r.pinErr != nil && time.Since(r.pinAt) < pinBackoff {
+		return nil, 0, fmt.Errorf("log in: %w (not tried again before %s: a wrong PIN tried again can lock it)", r.pinErr, r.pinAt.Add(pinBackoff).UTC().Format(time.TimeOnly))
+	}
 	h, err := c.OpenSession(r.state.slot, p11.CKF_SERIAL_SESSION)
 	if err != nil {
 		if isStale(err) {
@@ -467,10 +480,15 @@ func (r *Root) open() (*session, p11.ObjectHandle, error) {
 		}
 		return nil, 0, fmt.Errorf("open a session: %w", err)
 	}
+	r.logins++
 	if err := login(c, h, r.pin); err != nil {
 		_ = c.CloseSession(h)
+		if isPINRefusal(err) {
+			r.pinErr, r.pinAt = err, time.Now()
+		}
 		return nil, 0, fmt.Errorf("log in: %w", err)
 	}
+	r.pinErr = nil
 	if !r.state.ready {
 		key, err := findKey(c, h, r.keyLabel)
 		if err != nil {
@@ -545,6 +563,16 @@ func findSlot(c *p11.Ctx, label string) (uint, error) {
 		}
 	}
 	return 0, errTokenNotFound{label}
+}
+
+// isPINRefusal reports a token refusing the PIN itself (not an outage).
+func isPINRefusal(err error) bool {
+	for _, code := range []uint{p11.CKR_PIN_INCORRECT, p11.CKR_PIN_INVALID, p11.CKR_PIN_LEN_RANGE, p11.CKR_PIN_EXPIRED, p11.CKR_PIN_LOCKED} {
+		if errors.Is(err, p11.Error(code)) {
+			return true
+		}
+	}
+	return false
 }
 
 func login(c *p11.Ctx, h p11.SessionHandle, pin string) error {

@@ -437,3 +437,26 @@ func TestACallWithoutADeadlineIsBounded(t *testing.T) {
 		t.Fatal("a call without a deadline waited for a token that never answers")
 	}
 }
+
+// A PIN the token refuses (changed on the HSM while the root ran, then a
+// reset made it log in again) is not tried again on every call and probe:
+// HSMs lock a user PIN after a few wrong tries.
+func TestARefusedPINIsNotTriedOnEveryCall(t *testing.T) {
+	h := newSoftHSM(t)
+	r := newRoot(t, h.cfg)
+	r.SetPIN("987654")
+	if err := r.CloseAllSessions(); err != nil { // logs the application out
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	for range 20 {
+		if _, err := r.Wrap(ctx, make([]byte, 32), []byte("aad")); err == nil {
+			t.Fatal("a wrap with the PIN refused succeeded")
+		} else if strings.Contains(err.Error(), "987654") {
+			t.Fatalf("the error reveals the PIN: %v", err)
+		}
+	}
+	if n := r.Logins(); n > 2 { // New's, and the one refused
+		t.Fatalf("%d logins for 20 calls with the PIN refused; want it tried once", n)
+	}
+}
