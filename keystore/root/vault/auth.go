@@ -116,7 +116,16 @@ type session struct {
 	refresh  time.Time // log in again after this; zero: no need
 	expire   time.Time // the token is dead after this; zero: unknown
 	renewing bool      // an early renewal runs in the background
+	loggedIn time.Time // when the token in use was installed
 }
+
+// forbiddenRelogin is how long after a login a 403 is first checked
+// against the token itself (lookup-self) before logging in again: a token
+// that still looks itself up was refused by the policy, and logging in
+// would not help. Each login makes a token and a lease, and uses up one
+// use of a secret_id limited to a few; with a policy that denies, every
+// call logged in.
+const forbiddenRelogin = 5 * time.Second
 
 // earlyLoginTimeout bounds a renewal made while the token in use still
 // has time, and earlyLoginRetry is how long after a failed one the next is
@@ -216,16 +225,23 @@ func (s *session) renewEarly(seen uint64) {
 }
 
 // renew logs in again after Vault refused the token of epoch seen, unless
-// another caller already has.
-func (s *session) renew(ctx context.Context, seen uint64) error {
+// another caller already has (then fresh reports a newer token to retry
+// with), or the token is younger than forbiddenRelogin (then the refusal
+// is the policy's, and fresh is false).
+func (s *session) renew(ctx context.Context, seen uint64) (fresh bool, err error) {
 	if err := s.lock(ctx); err != nil {
-		return err
+		return false, err
 	}
 	defer s.unlock()
 	if s.epoch != seen {
-		return nil
+		return true, nil
 	}
-	return s.doLogin(ctx)
+	if s.now().Sub(s.loggedIn) < forbiddenRelogin {
+		if _, err := s.client.Auth().Token().LookupSelfWithContext(ctx); err == nil {
+			return false, nil // the token is good: the policy refused
+		}
+	}
+	return true, s.doLogin(ctx)
 }
 
 func (s *session) doLogin(ctx context.Context) error {
@@ -242,6 +258,7 @@ func (s *session) install(token string, ttl time.Duration) {
 	s.client.SetToken(token)
 	s.epoch++
 	now := s.now()
+	s.loggedIn = now
 	s.refresh, s.expire = time.Time{}, time.Time{}
 	if ttl > 0 {
 		s.refresh = now.Add(ttl * 3 / 4)

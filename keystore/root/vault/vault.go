@@ -390,10 +390,13 @@ func (r *Root) call(ctx context.Context, what string, op func(context.Context) (
 	}
 	s, err := op(ctx)
 	if isForbidden(err) && r.session.canRenew() {
-		if lerr := r.session.renew(ctx, epoch); lerr != nil {
+		fresh, lerr := r.session.renew(ctx, epoch)
+		if lerr != nil {
 			return nil, lerr
 		}
-		s, err = op(ctx)
+		if fresh {
+			s, err = op(ctx)
+		}
 	}
 	if err != nil {
 		return nil, classify(ctx, what, err)

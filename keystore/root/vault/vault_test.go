@@ -93,6 +93,10 @@ func (f *fakeVault) serve(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, 403, map[string]any{"errors": []string{"permission denied"}})
 		return
 	}
+	if r.URL.Path == "/v1/auth/token/lookup-self" {
+		writeJSON(w, 200, map[string]any{"data": map[string]any{"id": r.Header.Get("X-Vault-Token")}})
+		return
+	}
 	if e := f.failWith.Load(); e != nil && r.URL.Path != "/v1/transit/keys/custos" {
 		w.WriteHeader(e.status)
 		fmt.Fprint(w, e.body)
@@ -458,4 +462,39 @@ func writeSecretID(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// A 403 for a token that still looks itself up is the policy's answer:
+// the provider does not log in again for it on every call (each login is
+// a token, a lease and one use of a secret_id that may allow only a few).
+// A token Vault no longer knows is logged in again at once (the real-Vault
+// tests revoke one).
+func TestAPolicyRefusalDoesNotLogInOnEveryCall(t *testing.T) {
+	f := newFakeVault(t)
+	secretFile := writeSecretID(t)
+	r, err := vault.New(t.Context(), f.config(vault.Auth{AppRole: &vault.AppRole{RoleID: "role", SecretIDFile: secretFile}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := f.logins.Load()
+	f.failWith.Store(&cannedError{403, `{"errors":["1 error occurred:\n\t* permission denied\n\n"]}`})
+	for range 10 {
+		if _, err := r.Wrap(t.Context(), []byte("kek"), nil); !errors.Is(err, vault.ErrPermissionDenied) {
+			t.Fatalf("Wrap refused by the policy: %v, want ErrPermissionDenied", err)
+		}
+	}
+	if n := f.logins.Load() - before; n != 0 {
+		t.Fatalf("%d logins for 10 calls the policy refused; want none", n)
+	}
+	// The token revoked: the next call logs in again and goes through.
+	f.failWith.Store(nil)
+	f.mu.Lock()
+	clear(f.tokens)
+	f.mu.Unlock()
+	if _, err := r.Wrap(t.Context(), []byte("kek"), nil); err != nil {
+		t.Fatalf("Wrap after the token was revoked: %v", err)
+	}
+	if n := f.logins.Load() - before; n != 1 {
+		t.Fatalf("%d logins after the revocation; want 1", n)
+	}
 }
