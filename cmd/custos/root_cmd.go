@@ -35,7 +35,9 @@ holds it, the server re-wraps, asked on its ops listener (POST /root/rewrap,
 which ops.root_rewrap: true turns on); with the server stopped, this command
 does. Each tenant is updated atomically, so an interrupted run is simply
 started again. The audit log's signing key and the page-token key are
-re-wrapped too.`,
+re-wrapped too. To move to another key or provider, configure the new root
+with the old one as root.previous (it only unwraps), restart the servers,
+run this, then remove root.previous (docs/roots.md).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := config.Load(path)

@@ -283,3 +283,47 @@ func TestAnOpsRequestToAZonedAddress(t *testing.T) {
 		t.Fatalf("request to host %q", req.URL.Host)
 	}
 }
+
+// Moving to another root (here a new local key; another provider alike):
+// a server given the new root with the old one as root.previous serves
+// every tenant, custos root rewrap re-wraps them all under the new one
+// while it serves, and then the new root alone serves them. The docs told
+// PKCS#11 and local users to move keys this way; root rewrap had only the
+// one root to unwrap and wrap with.
+func TestMovingToAnotherRootWithoutDowntime(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), ".custos-dev")
+	addr, ops, stop := startDevWithOps(t, dir)
+	cli(t, dir, addr, "tenant", "create", "acme")
+	cli(t, dir, addr, "key", "create", "tenants/acme/keys/pii")
+	ct := strings.TrimSpace(cli(t, dir, addr, "encrypt", "tenants/acme/keys/pii", "--no-ad", "under the old root"))
+	stop()
+	_ = ops
+
+	var oldRoot config.Root
+	newKey := filepath.Join(dir, "root-new.key")
+	if _, err := local.Create(newKey); err != nil {
+		t.Fatal(err)
+	}
+	both := func(c *config.Config) {
+		oldRoot = c.Root
+		c.Root = config.Root{Type: "local", Local: config.LocalRoot{KeyFile: newKey}, Previous: &oldRoot}
+	}
+	addr, ops, stop = startDevWithOpsConfig(t, dir, both)
+	if pt := cli(t, dir, addr, "decrypt", "tenants/acme/keys/pii", "--no-ad", ct); !strings.Contains(pt, "under the old root") {
+		t.Fatalf("decrypt with the old root as previous: %q", pt)
+	}
+	if out := runMain(t, "root", "rewrap", "--config", liveConfig(t, dir, ops)); !strings.Contains(out, "1 tenant KEK") {
+		t.Fatalf("root rewrap said:\n%s", out)
+	}
+	stop()
+
+	// The new root alone: everything was moved to it.
+	addr, _, stop = startDevWithOpsConfig(t, dir, func(c *config.Config) { c.Root = config.Root{Type: "local", Local: config.LocalRoot{KeyFile: newKey}} })
+	defer stop()
+	if pt := cli(t, dir, addr, "decrypt", "tenants/acme/keys/pii", "--no-ad", ct); !strings.Contains(pt, "under the old root") {
+		t.Fatalf("decrypt with the new root alone after the rewrap: %q", pt)
+	}
+	if _, err := os.Stat(oldRoot.Local.KeyFile); err != nil {
+		t.Fatalf("the old root's key file: %v", err)
+	}
+}

@@ -27,6 +27,16 @@ func TestParseResolvesRelativePathsAndDefaults(t *testing.T) {
 	if c.TLS.CertFile != filepath.Join("/srv/custos", "s.pem") || c.TLS.ClientCAFile != "/etc/ca.pem" || c.Storage.Bbolt.Path != "/srv/custos/data/custos.db" {
 		t.Fatalf("paths not resolved: %+v", c)
 	}
+	if c.Root.Previous != nil {
+		t.Fatalf("a previous root that was not configured: %+v", c.Root.Previous)
+	}
+	p, err := config.Parse([]byte(strings.Replace(valid, "local: {key_file: root.key}}", "local: {key_file: root.key}, previous: {type: local, local: {key_file: old.key}}}", 1)), "/srv/custos")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Root.Previous == nil || p.Root.Previous.Local.KeyFile != "/srv/custos/old.key" {
+		t.Fatalf("the previous root's key file not resolved: %+v", p.Root.Previous)
+	}
 	if c.Cache.TTL != time.Minute || c.Log.Level != "info" || c.ShutdownTimeout != 10*time.Second || c.GCPercent != config.DefaultGCPercent {
 		t.Fatalf("defaults/durations wrong: %+v", c)
 	}
@@ -53,6 +63,8 @@ func TestParseRejects(t *testing.T) {
 		"a message limit below a larger field's": {valid + "limits: {max_plaintext_bytes: 1048576, max_message_bytes: 1048576}\n", "limits.max_message_bytes"},
 		"a negative pool size":                   {strings.Replace(valid, "storage: {type: bbolt, bbolt: {path: data/custos.db}}", "storage: {type: postgres, postgres: {url: postgres://x/y, max_conns: -5}}", 1), "storage.postgres.max_conns"},
 		"a sample ratio that is not a number":    {valid + "tracing: {sample_ratio: .nan}\n", "tracing.sample_ratio"},
+		"a previous root without its key":        {strings.Replace(valid, "local: {key_file: root.key}}", "local: {key_file: root.key}, previous: {type: local}}", 1), "root.previous.local.key_file"},
+		"a previous root of a previous root":     {strings.Replace(valid, "local: {key_file: root.key}}", "local: {key_file: root.key}, previous: {type: local, local: {key_file: a.key}, previous: {type: local, local: {key_file: b.key}}}}", 1), "root.previous.previous"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {

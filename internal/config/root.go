@@ -21,6 +21,11 @@ type Root struct {
 	PKCS11 PKCS11Root `yaml:"pkcs11"`
 	AWSKMS AWSKMSRoot `yaml:"awskms"`
 	GCPKMS GCPKMSRoot `yaml:"gcpkms"`
+	// Previous is the root a deployment moves from (another provider, or
+	// another key of one without versions: local, pkcs11): it unwraps
+	// what it wrapped until custos root rewrap has re-wrapped everything
+	// under this root, then is removed. It wraps nothing.
+	Previous *Root `yaml:"previous"`
 }
 
 // LocalRoot is a 32-byte key file readable by its owner only (dev and tests).
@@ -127,6 +132,9 @@ type GCPKMSRoot struct {
 // resolvePaths makes the selected provider's relative file paths relative
 // to baseDir.
 func (r *Root) resolvePaths(baseDir string) {
+	if r.Previous != nil {
+		r.Previous.resolvePaths(baseDir)
+	}
 	paths := []*string{&r.Local.KeyFile, &r.Vault.CACertFile, &r.Vault.Auth.TokenFile, &r.PKCS11.PINFile, &r.GCPKMS.CredentialsFile}
 	if a := r.Vault.Auth.AppRole; a != nil {
 		paths = append(paths, &a.SecretIDFile)
@@ -144,12 +152,26 @@ func (r *Root) resolvePaths(baseDir string) {
 	}
 }
 
-// validate checks the selected provider's required fields.
+// validate checks the selected provider's required fields, and those of
+// the previous root if one is set.
 func (r *Root) validate() []error {
+	errs := r.validateAt("root")
+	if p := r.Previous; p != nil {
+		if p.Previous != nil {
+			errs = append(errs, errors.New("root.previous.previous: one previous root only (finish moving from it first: custos root rewrap)"))
+		}
+		errs = append(errs, p.validateAt("root.previous")...)
+	}
+	return errs
+}
+
+// validateAt checks the selected provider's required fields, naming them
+// under at ("root", "root.previous").
+func (r *Root) validateAt(at string) []error {
 	var errs []error
 	need := func(field, v string) {
 		if v == "" {
-			errs = append(errs, fmt.Errorf("root.%s.%s is required", r.Type, field))
+			errs = append(errs, fmt.Errorf("%s.%s.%s is required", at, r.Type, field))
 		}
 	}
 	exactlyOne := func(what string, set ...bool) {
@@ -160,12 +182,12 @@ func (r *Root) validate() []error {
 			}
 		}
 		if n != 1 {
-			errs = append(errs, fmt.Errorf("root.%s needs exactly one of %s", r.Type, what))
+			errs = append(errs, fmt.Errorf("%s.%s needs exactly one of %s", at, r.Type, what))
 		}
 	}
 	notNegative := func(field string, v int64) {
 		if v < 0 {
-			errs = append(errs, fmt.Errorf("root.%s.%s must not be negative", r.Type, field))
+			errs = append(errs, fmt.Errorf("%s.%s.%s must not be negative", at, r.Type, field))
 		}
 	}
 	switch r.Type {
@@ -174,7 +196,7 @@ func (r *Root) validate() []error {
 	case "vault":
 		v := r.Vault
 		need("address", v.Address)
-		if err := endpointErr("root.vault.address", v.Address, "https://vault.example.com:8200", "a local Vault Agent"); err != nil {
+		if err := endpointErr(at+".vault.address", v.Address, "https://vault.example.com:8200", "a local Vault Agent"); err != nil {
 			errs = append(errs, err)
 		}
 		need("key_name", v.KeyName)
@@ -201,16 +223,16 @@ func (r *Root) validate() []error {
 		need("key_id", r.AWSKMS.KeyID)
 		notNegative("max_attempts", int64(r.AWSKMS.MaxAttempts))
 		notNegative("timeout", int64(r.AWSKMS.Timeout))
-		if err := endpointErr("root.awskms.endpoint", r.AWSKMS.Endpoint, "https://vpce-….kms.eu-west-1.vpce.amazonaws.com", "a local emulator"); err != nil {
+		if err := endpointErr(at+".awskms.endpoint", r.AWSKMS.Endpoint, "https://vpce-….kms.eu-west-1.vpce.amazonaws.com", "a local emulator"); err != nil {
 			errs = append(errs, err)
 		}
 	case "gcpkms":
 		need("key_name", r.GCPKMS.KeyName)
 		if k := r.GCPKMS.KeyName; k != "" && (!strings.HasPrefix(k, "projects/") || strings.Contains(k, "/cryptoKeyVersions/")) {
-			errs = append(errs, errors.New("root.gcpkms.key_name must be projects/P/locations/L/keyRings/R/cryptoKeys/K (a CryptoKey, not a version)"))
+			errs = append(errs, errors.New(at + ".gcpkms.key_name must be projects/P/locations/L/keyRings/R/cryptoKeys/K (a CryptoKey, not a version)"))
 		}
 	default:
-		errs = append(errs, fmt.Errorf("root.type %q is not one of: local, vault, pkcs11, awskms, gcpkms", r.Type))
+		errs = append(errs, fmt.Errorf("%s.type %q is not one of: local, vault, pkcs11, awskms, gcpkms", at, r.Type))
 	}
 	return errs
 }

@@ -29,11 +29,26 @@ const rootOpenTimeout = time.Minute
 // OpenRoot opens the configured root provider, giving up when ctx ends
 // (a signal) or after rootOpenTimeout. The cloud KMS clients are built
 // without a call. Close it with CloseRoot. logger receives what the
-// provider does in the background (Vault's token renewals).
+// provider does in the background (Vault's token renewals). With
+// root.previous set it opens both, and the root it returns also unwraps
+// what the previous one wrapped (root.WithPrevious).
 func OpenRoot(ctx context.Context, cfg *config.Config, logger *slog.Logger) (root.Root, error) {
 	ctx, cancel := context.WithTimeout(ctx, rootOpenTimeout)
 	defer cancel()
-	rc := cfg.Root
+	cur, err := openRoot(ctx, cfg.Root, logger)
+	if err != nil || cfg.Root.Previous == nil {
+		return cur, err
+	}
+	prev, err := openRoot(ctx, *cfg.Root.Previous, logger)
+	if err != nil {
+		CloseRoot(cur)
+		return nil, fmt.Errorf("root.previous: %w", err)
+	}
+	return root.WithPrevious(cur, prev), nil
+}
+
+// openRoot opens the root rc configures.
+func openRoot(ctx context.Context, rc config.Root, logger *slog.Logger) (root.Root, error) {
 	switch rc.Type {
 	case "local":
 		return local.Open(rc.Local.KeyFile)
