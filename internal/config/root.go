@@ -229,7 +229,7 @@ func (r *Root) validateAt(at string) []error {
 	case "gcpkms":
 		need("key_name", r.GCPKMS.KeyName)
 		if k := r.GCPKMS.KeyName; k != "" && (!strings.HasPrefix(k, "projects/") || strings.Contains(k, "/cryptoKeyVersions/")) {
-			errs = append(errs, errors.New(at + ".gcpkms.key_name must be projects/P/locations/L/keyRings/R/cryptoKeys/K (a CryptoKey, not a version)"))
+			errs = append(errs, errors.New(at+".gcpkms.key_name must be projects/P/locations/L/keyRings/R/cryptoKeys/K (a CryptoKey, not a version)"))
 		}
 	default:
 		errs = append(errs, fmt.Errorf("%s.type %q is not one of: local, vault, pkcs11, awskms, gcpkms", at, r.Type))
