@@ -553,16 +553,25 @@ func findSlot(c *p11.Ctx, label string) (uint, error) {
 	if err != nil {
 		return 0, err
 	}
+	var found []uint
 	for _, s := range slots {
 		info, err := c.GetTokenInfo(s)
 		if err != nil {
 			continue
 		}
 		if strings.TrimRight(info.Label, " \x00") == label {
-			return s, nil
+			found = append(found, s)
 		}
 	}
-	return 0, errTokenNotFound{label}
+	switch len(found) {
+	case 0:
+		return 0, errTokenNotFound{label}
+	case 1:
+		return found[0], nil
+	}
+	// Which one is found first depends on the slot order: tenants wrapped
+	// under one token's key would be "not authentic" under the other's.
+	return 0, fmt.Errorf("%d tokens are labelled %q (slots %v): give the root's token a label no other token has", len(found), label, found)
 }
 
 // isPINRefusal reports a token refusing the PIN itself (not an outage).

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -458,5 +459,23 @@ func TestARefusedPINIsNotTriedOnEveryCall(t *testing.T) {
 	}
 	if n := r.Logins(); n > 2 { // New's, and the one refused
 		t.Fatalf("%d logins for 20 calls with the PIN refused; want it tried once", n)
+	}
+}
+
+// Two tokens with the root's token label are refused: which one was used
+// depended on the slot order, and tenants wrapped under one token's key
+// would be "not authentic" under the other's.
+func TestTwoTokensWithTheLabelAreRefused(t *testing.T) {
+	h := newSoftHSM(t)
+	if _, err := pkcs11.CreateKey(t.Context(), h.cfg); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("softhsm2-util", "--init-token", "--free", "--label", tokenLabel, "--pin", userPIN, "--so-pin", "5678").CombinedOutput()
+	if err != nil {
+		t.Fatalf("softhsm2-util --init-token: %v\n%s", err, out)
+	}
+	_, err = pkcs11.New(t.Context(), h.cfg)
+	if err == nil || !strings.Contains(err.Error(), "2 tokens are labelled") {
+		t.Fatalf("New with two tokens of one label: %v, want the ambiguity named", err)
 	}
 }
