@@ -184,9 +184,15 @@ func (r *Root) Wrap(ctx context.Context, plaintext, aad []byte) ([]byte, error) 
 	return append([]byte{formatVersion}, out.CiphertextBlob...), nil
 }
 
+// maxCiphertextBlob is the most a KMS Decrypt takes (CiphertextBlob: 1 to
+// 6144 bytes).
+const maxCiphertextBlob = 6144
+
 // Unwrap decrypts a blob made by Wrap with the same aad.
 func (r *Root) Unwrap(ctx context.Context, wrapped, aad []byte) ([]byte, error) {
-	if len(wrapped) < 2 || wrapped[0] != formatVersion {
+	// Past KMS's ciphertext limit no blob of Wrap's is: KMS would refuse
+	// it as a malformed request, which reads as a misconfiguration.
+	if len(wrapped) < 2 || len(wrapped) > 1+maxCiphertextBlob || wrapped[0] != formatVersion {
 		return nil, fmt.Errorf("awskms root: %w", root.ErrNotAuthentic)
 	}
 	if err := ctx.Err(); err != nil {

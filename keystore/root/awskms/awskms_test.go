@@ -375,3 +375,21 @@ func TestNewRefusesPlainHTTPToARemoteEndpoint(t *testing.T) {
 		})
 	}
 }
+
+// A blob longer than any KMS ciphertext is not authentic, and KMS is not
+// asked: it refuses such a request as malformed (ValidationException),
+// which read as a misconfiguration of the root, not a tampered blob.
+func TestABlobPastKMSsLimitIsNotAuthentic(t *testing.T) {
+	s := newKMSServer(t)
+	s.answer(400, `{"__type":"ValidationException","message":"1 validation error detected: Value at 'ciphertextBlob' failed to satisfy constraint: Member must have length less than or equal to 6144"}`)
+	r := realSDK(t, s.URL)
+	_, err := r.Unwrap(t.Context(), append([]byte{1}, make([]byte, 7000)...), []byte("aad"))
+	if !errors.Is(err, root.ErrNotAuthentic) {
+		t.Fatalf("Unwrap of a 7001-byte blob: %v, want not authentic", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.requests) != 0 {
+		t.Fatalf("KMS was asked %d times", len(s.requests))
+	}
+}
