@@ -205,8 +205,9 @@ func prepare(ctx context.Context, conn grpc.ClientConnInterface, w Workload) (fu
 		}
 		hash = r.GetHash()
 	}
-	n := max(w.BatchSize, 1)
-	batchOf := func(op Op) call {
+	// n is each builder's own: the mixed profile's batches are of 10, and a
+	// variable shared with workers already running would race.
+	batchOf := func(op Op, n int) call {
 		switch op {
 		case OpEncryptBatch:
 			req := &custosv1.EncryptBatchRequest{Name: k.Encrypt, Items: make([]*custosv1.EncryptBatchRequest_Item, n)}
@@ -266,15 +267,14 @@ func prepare(ctx context.Context, conn grpc.ClientConnInterface, w Workload) (fu
 			req := &custosv1.VerifyPasswordRequest{Name: k.Password, Password: payload, Hash: hash}
 			return func(ctx context.Context) (int, error) { _, err := c.VerifyPassword(ctx, req); return 1, err }
 		}
-		return batchOf(op)
+		return batchOf(op, max(w.BatchSize, 1))
 	}
 	return func(worker int) call {
 		if w.Op != OpMixed {
 			return single(w.Op)
 		}
 		enc, dec, bi, dk := single(OpEncrypt), single(OpDecrypt), single(OpBlindIndex), single(OpDataKey)
-		n = 10
-		batch := batchOf(OpEncryptBatch)
+		batch := batchOf(OpEncryptBatch, 10)
 		rng := rand.New(rand.NewPCG(uint64(worker), 42))
 		return func(ctx context.Context) (int, error) {
 			switch r := rng.IntN(100); {
@@ -305,10 +305,11 @@ func Run(ctx context.Context, t Target, w Workload) (Result, error) {
 	}
 	workers := max(w.Concurrency, 1)
 	type tally struct {
-		lat    []time.Duration // of calls in the window, and of those it cut
-		calls  int64           // successful calls in the window
-		items  int64
-		errors map[string]int64
+		lat      []time.Duration // of calls in the window, and of those it cut
+		calls    int64           // successful calls in the window
+		answered int64           // calls begun in the window and answered, however
+		items    int64
+		errors   map[string]int64
 	}
 	tallies := make([]tally, workers)
 	start := time.Now()
@@ -370,13 +371,18 @@ func Run(ctx context.Context, t Target, w Workload) (Result, error) {
 				if t0.Before(measureFrom) || callCtx.Err() != nil {
 					continue
 				}
+				tl.answered++
 				if t1.After(measureTo) {
 					// Started inside the window, ended after it: its
 					// items are outside the window, the time base of the
 					// throughput, but its latency counts, or a stall
-					// at the window's end would vanish from the tail.
+					// at the window's end would vanish from the tail,
+					// and so does its failure (a server dying as the
+					// window closes).
 					if err == nil {
 						tl.lat = append(tl.lat, t1.Sub(t0))
+					} else {
+						tl.errors[status.Code(err).String()]++
 					}
 					continue
 				}
@@ -409,8 +415,10 @@ func Run(ctx context.Context, t Target, w Workload) (Result, error) {
 		r.BatchSize = max(w.BatchSize, 1)
 	}
 	var lat []time.Duration
+	var answered int64
 	for _, tl := range tallies {
 		lat = append(lat, tl.lat...)
+		answered += tl.answered
 		r.Calls += tl.calls
 		r.Items += tl.items
 		for k, v := range tl.errors {
@@ -427,16 +435,17 @@ func Run(ctx context.Context, t Target, w Workload) (Result, error) {
 	}
 	slices.Sort(lat)
 	r.P50, r.P90, r.P99, r.P999 = pct(lat, 50), pct(lat, 90), pct(lat, 99), pct(lat, 99.9)
-	// What the drain after the window used is counted too: calls that end
-	// late are few, and their share small.
+	// Per call answered from the window's start to the reading after the
+	// drain, failed ones and those ending late included: each used CPU
+	// in that span (calls begun in the warm-up and ending in it are few).
 	if r.Calls > 0 && opened.cpuOK && closed.cpuOK && closed.cpu >= opened.cpu {
-		r.ServerCPUPerCall = float64((closed.cpu - opened.cpu).Microseconds()) / float64(r.Calls)
+		r.ServerCPUPerCall = float64((closed.cpu - opened.cpu).Microseconds()) / float64(answered)
 	}
 	if r.Calls >= minCallsForAllocs && opened.allocsOK && closed.allocsOK && closed.allocs >= opened.allocs {
-		r.ServerAllocsPerCall = float64(closed.allocs-opened.allocs) / float64(r.Calls)
+		r.ServerAllocsPerCall = float64(closed.allocs-opened.allocs) / float64(answered)
 	}
 	if r.Calls > 0 && opened.selfOK && closed.selfOK && closed.self >= opened.self {
-		r.ClientCPUPerCall = float64((closed.self - opened.self).Microseconds()) / float64(r.Calls)
+		r.ClientCPUPerCall = float64((closed.self - opened.self).Microseconds()) / float64(answered)
 	}
 	if opened.hostOK && closed.hostOK && closed.host.total > opened.host.total && closed.host.idle >= opened.host.idle {
 		idle := float64(closed.host.idle-opened.host.idle) / float64(closed.host.total-opened.host.total)

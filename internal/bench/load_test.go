@@ -12,14 +12,17 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // fakeConn answers every unary call after a short pause, counting them: a
 // stand-in for a server, so that Run's own arithmetic can be checked
 // exactly. The real tool is tested against real servers in cmd/custos.
 type fakeConn struct {
-	delay time.Duration // default 200µs
-	calls atomic.Int64
+	delay    time.Duration // default 200µs
+	calls    atomic.Int64
+	failHalf bool // every other call fails (UNAVAILABLE)
 }
 
 func (f *fakeConn) Invoke(ctx context.Context, _ string, _, _ any, _ ...grpc.CallOption) error {
@@ -32,7 +35,9 @@ func (f *fakeConn) Invoke(ctx context.Context, _ string, _, _ any, _ ...grpc.Cal
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	f.calls.Add(1)
+	if n := f.calls.Add(1); f.failHalf && n%2 == 0 {
+		return status.Error(codes.Unavailable, "fakeConn: every other call fails")
+	}
 	return nil
 }
 
@@ -83,6 +88,24 @@ func TestRunReportsTheServersCPUAndAllocationsPerCall(t *testing.T) {
 	}
 	if res.ServerAllocsPerCall < 47.5 || res.ServerAllocsPerCall > 60 {
 		t.Errorf("allocations per call %.2f, want about 50", res.ServerAllocsPerCall)
+	}
+}
+
+// A failed call used the server's CPU too: the CPU per call is divided by
+// every call answered, not only the successful ones (a run of half fast
+// errors doubled it).
+func TestRunCountsFailedCallsInTheCPUPerCall(t *testing.T) {
+	conn := &fakeConn{failHalf: true}
+	r := perCall{conn: conn, cpu: 10 * time.Microsecond}
+	res, err := Run(context.Background(), Target{Name: "fake", Conn: conn, CPU: r}, runWorkload())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Errors["Unavailable"] == 0 {
+		t.Fatalf("no errors counted: %+v", res.Errors)
+	}
+	if res.ServerCPUPerCall < 9 || res.ServerCPUPerCall > 12 {
+		t.Errorf("CPU per call %.2f µs with half the calls failing, want about 10", res.ServerCPUPerCall)
 	}
 }
 
@@ -363,3 +386,4 @@ func TestAStalledServerFailsTheRunAndASlowLastCallCounts(t *testing.T) {
 		t.Fatalf("p50 %.0f µs, want the slow calls' latency counted", r.P50)
 	}
 }
+
