@@ -386,4 +386,3 @@ func TestAStalledServerFailsTheRunAndASlowLastCallCounts(t *testing.T) {
 		t.Fatalf("p50 %.0f µs, want the slow calls' latency counted", r.P50)
 	}
 }
-
