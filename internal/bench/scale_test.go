@@ -207,9 +207,15 @@ audit: {spool: %q}
 
 	// Idle CPU after the sweep, over 30 s.
 	cpu := bench.ProcCPU(srv.Process.Pid)
-	c0, _ := cpu.CPU()
+	c0, err := cpu.CPU()
+	if err != nil {
+		t.Fatalf("read the server's CPU: %v", err) // 0 ms/s would pass the target
+	}
 	time.Sleep(30 * time.Second)
-	c1, _ := cpu.CPU()
+	c1, err := cpu.CPU()
+	if err != nil {
+		t.Fatalf("read the server's CPU: %v", err)
+	}
 	res.IdleCPUmsPerSec = float64((c1 - c0).Milliseconds()) / 30
 
 	// A rotation that falls due now: a key created on a clock two hours
