@@ -660,13 +660,8 @@ func (s *lostDeleteAnswer) Delete(ctx context.Context, key string, expect uint64
 func TestDueWorkIsDoneWhenItsHintsDeleteHadAnUnknownOutcome(t *testing.T) {
 	f := newLCFixture(t)
 	ref := f.newKey("t1", "k", keystore.KeySpec{Purpose: keystore.PurposeEncrypt, RotationPeriod: time.Hour})
-	cfg := f.cfg
 	store := &lostDeleteAnswer{Store: f.store}
-	cfg.Storage = store
-	ks, err := keystore.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ks := f.keystoreOn(t, store)
 	stop := startScheduler(t, ks, keystore.SchedulerConfig{Interval: 5 * time.Millisecond, LeaseTTL: 10 * time.Hour, HolderID: "a"})
 	waitFor(t, "the first sweep", func() bool { return keystore.SweepsDone(ks) >= 1 })
 	f.clock.Advance(2 * time.Hour)
@@ -740,13 +735,8 @@ func (s *outageAfterDueDelete) List(ctx context.Context, prefix, after string, l
 func TestAHintLostToAnOutageIsWrittenAgain(t *testing.T) {
 	f := newLCFixture(t)
 	ref := f.newKey("t1", "k", keystore.KeySpec{Purpose: keystore.PurposeEncrypt, RotationPeriod: time.Hour})
-	cfg := f.cfg
 	store := &outageAfterDueDelete{Store: f.store}
-	cfg.Storage = store
-	ks, err := keystore.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ks := f.keystoreOn(t, store)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	flushed := make(chan struct{})
@@ -793,13 +783,8 @@ func (s *leaseOutage) Put(ctx context.Context, key string, v []byte, expect uint
 // another may have held it meanwhile and lost hints in a crash.
 func TestALeaseUnreachableForItsTTLIsSweptAfter(t *testing.T) {
 	f := newLCFixture(t)
-	cfg := f.cfg
 	store := &leaseOutage{Store: f.store}
-	cfg.Storage = store
-	ks, err := keystore.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ks := f.keystoreOn(t, store)
 	const ttl = 100 * time.Millisecond
 	stop := startScheduler(t, ks, keystore.SchedulerConfig{Interval: 5 * time.Millisecond, LeaseTTL: ttl, SweepInterval: 1000 * time.Hour, HolderID: "a"})
 	defer stop()
@@ -808,4 +793,17 @@ func TestALeaseUnreachableForItsTTLIsSweptAfter(t *testing.T) {
 	time.Sleep(3 * ttl) // the lease out of reach for longer than its TTL
 	store.down.Store(false)
 	waitFor(t, "a sweep after the lease came back", func() bool { return keystore.Sweeps(ks) >= 2 })
+}
+
+// keystoreOn is a keystore of f's configuration on store (a wrapper of
+// f's).
+func (f *lcFixture) keystoreOn(t *testing.T, store storage.Store) *keystore.Service {
+	t.Helper()
+	cfg := f.cfg
+	cfg.Storage = store
+	ks, err := keystore.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ks
 }
