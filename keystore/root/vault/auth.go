@@ -124,8 +124,10 @@ type session struct {
 // that still looks itself up was refused by the policy, and logging in
 // would not help. Each login makes a token and a lease, and uses up one
 // use of a secret_id limited to a few; with a policy that denies, every
-// call logged in.
-const forbiddenRelogin = 5 * time.Second
+// call logged in. After it, a 403 logs in again (at most once a minute
+// while the policy denies): a role whose policies were changed since gives
+// the new ones only to a new token.
+const forbiddenRelogin = time.Minute
 
 // earlyLoginTimeout bounds a renewal made while the token in use still
 // has time, and earlyLoginRetry is how long after a failed one the next is
