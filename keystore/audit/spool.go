@@ -91,13 +91,17 @@ func openSpool(prefix string) (sp *spool, entries []spoolEntry, torn int64, corr
 	s.lock = lock
 	// The directory read, not a glob: a path holding a glob's special
 	// characters ("[") must not hide segments.
-	des, err := os.ReadDir(filepath.Dir(prefix))
+	dir, base := filepath.Split(prefix) // "…/spool/" names files ".<n>" in it
+	if dir == "" {
+		dir = "."
+	}
+	des, err := os.ReadDir(dir)
 	if err != nil {
 		s.close()
 		return nil, nil, 0, 0, fmt.Errorf("audit: spool: %w", err)
 	}
 	var nums []uint64
-	base := filepath.Base(prefix) + "."
+	base += "."
 	for _, de := range des {
 		name, ok := strings.CutPrefix(de.Name(), base)
 		if !ok || len(name) != 16 {

@@ -358,15 +358,26 @@ func TestAFailedEmptyingDoesNotCostLaterEntries(t *testing.T) {
 	}
 }
 
-// A spool whose path holds a glob's special characters finds all its
-// segments again: segments after the first were missed, and the
+// A spool whose path holds a glob's special characters, or names a
+// directory (a trailing slash: its segments are ".<n>" in it), finds all
+// its segments again: segments after the first were missed, and the
 // acknowledged events in them never shipped.
 func TestASpoolUnderAGlobLikePathFindsEverySegment(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "custos[x]")
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	prefix := filepath.Join(dir, "spool")
+	for _, prefix := range []string{filepath.Join(dir, "spool"), filepath.Join(dir, "in") + "/"} {
+		if strings.HasSuffix(prefix, "/") {
+			if err := os.Mkdir(prefix, 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}
+		t.Run(prefix, func(t *testing.T) { spoolFindsItsSegments(t, prefix) })
+	}
+}
+
+func spoolFindsItsSegments(t *testing.T, prefix string) {
 	s, _, _, _, err := openSpool(prefix)
 	if err != nil {
 		t.Fatal(err)
