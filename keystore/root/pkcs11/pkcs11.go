@@ -44,15 +44,10 @@ type Root struct {
 	state tokenState
 	// pinErr is the token's refusal of the PIN at pinAt (guarded by mu):
 	// not tried again for pinBackoff. logins counts the tries (tests).
-	pinErr error
-	pinAt  time.Time
-	logins int
+	pinErr  error
+	logins  int
+	readPIN func() (string, error) // the PIN from its file or variable, read again
 }
-
-// pinBackoff is how long a PIN the token refused is not tried again: HSMs
-// lock a user PIN after a few wrong tries (on a shared partition, for every
-// application on it), and every call and readiness probe would try it.
-const pinBackoff = time.Minute
 
 // tokenState is what the provider found in the token. Each reset starts a
 // new generation; sessions of an older one are closed when next met.
@@ -109,6 +104,7 @@ func New(ctx context.Context, cfg Config) (*Root, error) {
 		tokenLabel:  cfg.TokenLabel,
 		keyLabel:    cfg.KeyLabel,
 		pin:         pin,
+		readPIN:     func() (string, error) { return readPIN(cfg) },
 		rand:        cfg.Rand,
 		idle:        make(chan *session, cfg.MaxSessions),
 		slots:       make(chan struct{}, cfg.MaxSessions),
@@ -469,8 +465,16 @@ func (r *Root) open() (*session, p11.ObjectHandle, error) {
 		}
 		r.state.slot = slot
 	}
-	if r.pinErr != nil && time.Since(r.pinAt) < pinBackoff {
-		return nil, 0, fmt.Errorf("log in: %w (not tried again before %s: a wrong PIN tried again can lock it)", r.pinErr, r.pinAt.Add(pinBackoff).UTC().Format(time.TimeOnly))
+	if r.pinErr != nil {
+		// A PIN the token refused is never tried again: HSMs lock a user
+		// PIN after a few wrong tries (on a shared partition, for every
+		// application on it), and every call and readiness probe would
+		// try it. Only a new one from the PIN file or variable is.
+		pin, err := r.readPIN()
+		if err != nil || pin == r.pin {
+			return nil, 0, fmt.Errorf("log in: %w (not tried again until the PIN file holds another, or a restart: a wrong PIN tried again can lock it)", r.pinErr)
+		}
+		r.pin = pin
 	}
 	h, err := c.OpenSession(r.state.slot, p11.CKF_SERIAL_SESSION)
 	if err != nil {
@@ -484,7 +488,7 @@ func (r *Root) open() (*session, p11.ObjectHandle, error) {
 	if err := login(c, h, r.pin); err != nil {
 		_ = c.CloseSession(h)
 		if isPINRefusal(err) {
-			r.pinErr, r.pinAt = err, time.Now()
+			r.pinErr = err
 		}
 		return nil, 0, fmt.Errorf("log in: %w", err)
 	}
@@ -554,6 +558,7 @@ func findSlot(c *p11.Ctx, label string) (uint, error) {
 		return 0, err
 	}
 	var found []uint
+	serials := map[string]bool{}
 	for _, s := range slots {
 		info, err := c.GetTokenInfo(s)
 		if err != nil {
@@ -561,12 +566,15 @@ func findSlot(c *p11.Ctx, label string) (uint, error) {
 		}
 		if strings.TrimRight(info.Label, " \x00") == label {
 			found = append(found, s)
+			serials[strings.TrimRight(info.SerialNumber, " \x00")] = true
 		}
 	}
-	switch len(found) {
-	case 0:
+	switch {
+	case len(found) == 0:
 		return 0, errTokenNotFound{label}
-	case 1:
+	case len(found) == 1 || len(serials) == 1 && !serials[""]:
+		// One token seen in several slots (an HSM client without load
+		// sharing lists it once per path): any slot reaches it.
 		return found[0], nil
 	}
 	// Which one is found first depends on the slot order: tenants wrapped

@@ -440,11 +440,14 @@ func TestACallWithoutADeadlineIsBounded(t *testing.T) {
 }
 
 // A PIN the token refuses (changed on the HSM while the root ran, then a
-// reset made it log in again) is not tried again on every call and probe:
-// HSMs lock a user PIN after a few wrong tries.
+// reset made it log in again) is not tried again, by calls or probes,
+// until the PIN file holds another: HSMs lock a user PIN after a few
+// wrong tries.
 func TestARefusedPINIsNotTriedOnEveryCall(t *testing.T) {
 	h := newSoftHSM(t)
 	r := newRoot(t, h.cfg)
+	// The token's PIN is no longer the one the root has (and its file).
+	writeFile(t, h.cfg.PINFile, "987654\n")
 	r.SetPIN("987654")
 	if err := r.CloseAllSessions(); err != nil { // logs the application out
 		t.Fatal(err)
@@ -459,6 +462,11 @@ func TestARefusedPINIsNotTriedOnEveryCall(t *testing.T) {
 	}
 	if n := r.Logins(); n > 2 { // New's, and the one refused
 		t.Fatalf("%d logins for 20 calls with the PIN refused; want it tried once", n)
+	}
+	// The PIN file updated: the next call logs in with it.
+	writeFile(t, h.cfg.PINFile, userPIN+"\n")
+	if _, err := r.Wrap(ctx, make([]byte, 32), []byte("aad")); err != nil {
+		t.Fatalf("a wrap after the PIN file was updated: %v", err)
 	}
 }
 
