@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -69,6 +70,7 @@ func Load(certFile, keyFile, caFile string, opts Options) (*Files, error) {
 		return nil, err
 	}
 	f.cur.Store(s)
+	f.warnUnparsed(s)
 	f.schedule()
 	return f, nil
 }
@@ -96,6 +98,16 @@ func wholePEM(b []byte) bool {
 type filesSet struct {
 	Set
 	digest [sha256.Size]byte
+	// unparsed says which certificates of the CA bundle did not parse
+	// (skipped, as x509.CertPool.AppendCertsFromPEM skips them), "" if none.
+	unparsed string
+}
+
+// warnUnparsed logs the certificates of s's CA bundle that were skipped.
+func (f *Files) warnUnparsed(s *filesSet) {
+	if s.unparsed != "" {
+		f.log(slog.LevelWarn, "CA bundle certificates that do not parse are skipped: callers whose chains need them are refused", "ca_file", f.caFile, "skipped", s.unparsed)
+	}
 }
 
 func (f *Files) read() (*filesSet, error) {
@@ -143,25 +155,28 @@ func (f *Files) read() (*filesSet, error) {
 		return nil, fmt.Errorf("%s: certificate %s is not valid now (valid from %s to %s)", f.opts.Name, f.certFile,
 			leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339))
 	}
-	pool, err := caPool(caPEM, now)
+	pool, unparsed, err := caPool(caPEM, now)
 	if err != nil {
 		return nil, fmt.Errorf("%s: CA bundle %s: %w", f.opts.Name, f.caFile, err)
 	}
-	return &filesSet{Set: Set{Cert: cert, Pool: pool}, digest: sha256.Sum256(all.Bytes())}, nil
+	return &filesSet{Set: Set{Cert: cert, Pool: pool}, digest: sha256.Sum256(all.Bytes()), unparsed: unparsed}, nil
 }
 
 // notBeforeSkew is how far in the future a certificate's NotBefore may be
 // (another machine's clock a little ahead) and it still be taken.
 const notBeforeSkew = time.Minute
 
-// caPool parses a CA bundle: every CERTIFICATE block must parse (one cut or
-// damaged, say the new CA's in the first step of a rotation, would be
-// skipped quietly by x509.CertPool.AppendCertsFromPEM, and refused only
-// once certificates move to it), and one CA at least must be valid now.
-// Blocks of other types are skipped.
-func caPool(b []byte, now time.Time) (*x509.CertPool, error) {
-	pool := x509.NewCertPool()
-	n, valid := 0, 0
+// caPool parses a CA bundle, of which one CA at least must be valid now. A
+// CERTIFICATE block that does not parse is skipped, as
+// x509.CertPool.AppendCertsFromPEM skips it (a bundle that served before
+// still loads), but said in unparsed, which is logged: one cut or damaged,
+// say the new CA's in the first step of a rotation, was skipped quietly
+// and found out only once certificates moved to it. Blocks of other types
+// are skipped.
+func caPool(b []byte, now time.Time) (pool *x509.CertPool, unparsed string, err error) {
+	pool = x509.NewCertPool()
+	n, valid, i := 0, 0, 0
+	var bad []string
 	for len(b) > 0 {
 		var block *pem.Block
 		if block, b = pem.Decode(b); block == nil {
@@ -170,9 +185,11 @@ func caPool(b []byte, now time.Time) (*x509.CertPool, error) {
 		if block.Type != "CERTIFICATE" || len(block.Headers) != 0 {
 			continue
 		}
+		i++
 		c, err := x509.ParseCertificate(block.Bytes)
 		if err != nil {
-			return nil, fmt.Errorf("certificate %d does not parse: %w", n+1, err)
+			bad = append(bad, fmt.Sprintf("certificate %d: %v", i, err))
+			continue
 		}
 		pool.AddCert(c)
 		n++
@@ -182,11 +199,11 @@ func caPool(b []byte, now time.Time) (*x509.CertPool, error) {
 	}
 	switch {
 	case n == 0:
-		return nil, errors.New("holds no PEM certificate")
+		return nil, "", errors.New("holds no PEM certificate that parses")
 	case valid == 0:
-		return nil, fmt.Errorf("none of its %d certificates is valid now", n)
+		return nil, "", fmt.Errorf("none of its %d certificates is valid now", n)
 	}
-	return pool, nil
+	return pool, strings.Join(bad, "; "), nil
 }
 
 // Current returns the set in use, first checking the files if the interval
@@ -223,6 +240,7 @@ func (f *Files) reloadLocked() (bool, error) {
 		return false, nil
 	}
 	f.cur.Store(s)
+	f.warnUnparsed(s)
 	f.log(slog.LevelInfo, "new files taken", "cert", f.certFile, "subject", s.Cert.Leaf.Subject.String(),
 		"not_after", s.Cert.Leaf.NotAfter.UTC().Format(time.RFC3339))
 	return true, nil

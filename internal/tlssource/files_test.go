@@ -211,8 +211,9 @@ func selfSigned(t *testing.T, notBefore, notAfter time.Time) (certPEM, keyPEM []
 
 // A set every handshake would fail with is refused, and the one in use
 // stays: a certificate expired or not yet valid (a stale copy written
-// back), a CA bundle with a block that does not parse (a damaged new CA in
-// the first step of a rotation), a bundle of CAs none of which is valid.
+// back), a bundle of CAs none of which is valid. A CA bundle with a block
+// that does not parse (a damaged new CA in the first step of a rotation)
+// is taken, as before, but says so in the log.
 func TestASetThatCannotWorkIsNotTaken(t *testing.T) {
 	ca, err := pki.NewCA("t", time.Hour)
 	if err != nil {
@@ -220,7 +221,8 @@ func TestASetThatCannotWorkIsNotTaken(t *testing.T) {
 	}
 	dir := t.TempDir()
 	certFile, keyFile, caFile := writeSet(t, ca, dir)
-	f, err := Load(certFile, keyFile, caFile, Options{Name: "server TLS"})
+	var logs bytes.Buffer
+	f, err := Load(certFile, keyFile, caFile, Options{Name: "server TLS", Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,10 +236,9 @@ func TestASetThatCannotWorkIsNotTaken(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, files := range map[string][3][]byte{
-		"an expired certificate":           {expired, expiredKey, ca.CertPEM()},
-		"a certificate not yet valid":      {future, futureKey, ca.CertPEM()},
-		"a CA bundle with a damaged block": {validCert, validKey, damaged},
-		"a bundle of expired CAs":          {validCert, validKey, expired},
+		"an expired certificate":      {expired, expiredKey, ca.CertPEM()},
+		"a certificate not yet valid": {future, futureKey, ca.CertPEM()},
+		"a bundle of expired CAs":     {validCert, validKey, expired},
 	} {
 		for p, b := range map[string][]byte{certFile: files[0], keyFile: files[1], caFile: files[2]} {
 			if err := os.WriteFile(p, b, 0o600); err != nil {
@@ -255,5 +256,16 @@ func TestASetThatCannotWorkIsNotTaken(t *testing.T) {
 		if _, err := Load(certFile, keyFile, caFile, Options{Name: "server TLS"}); err == nil {
 			t.Errorf("%s: loaded at start", name)
 		}
+	}
+	for p, b := range map[string][]byte{certFile: validCert, keyFile: validKey, caFile: damaged} {
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if took, err := f.Reload(); !took || err != nil {
+		t.Fatalf("a CA bundle with a damaged block besides a good CA: (%v, %v), want it taken", took, err)
+	}
+	if !strings.Contains(logs.String(), "do not parse") || !strings.Contains(logs.String(), "certificate 2") {
+		t.Fatalf("the damaged block was not logged:\n%s", logs.String())
 	}
 }

@@ -3,6 +3,7 @@ package root
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 )
 
@@ -36,8 +37,10 @@ func (w *withPrevious) Unwrap(ctx context.Context, wrapped, aad []byte) ([]byte,
 	return nil, perr // the previous root out: the blob may be its
 }
 
-// Check checks both roots, where they can be checked: either lost at a
-// restart loses tenants (those not yet re-wrapped need the previous one).
+// Check checks both roots, where they can be checked (either lost at a
+// restart loses tenants: those not yet re-wrapped need the previous one),
+// and that the previous root answers (readiness probes the current one
+// with a wrap): tenants not yet re-wrapped fail while it does not.
 func (w *withPrevious) Check(ctx context.Context) error {
 	for _, r := range []Root{w.cur, w.prev} {
 		if c, ok := r.(Checker); ok {
@@ -45,6 +48,9 @@ func (w *withPrevious) Check(ctx context.Context) error {
 				return err
 			}
 		}
+	}
+	if _, err := w.prev.Wrap(ctx, make([]byte, 32), []byte("custos:probe")); err != nil {
+		return fmt.Errorf("root.previous: %w", err)
 	}
 	return nil
 }

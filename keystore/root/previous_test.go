@@ -84,6 +84,13 @@ func TestARootWithAPreviousOne(t *testing.T) {
 	if _, err := root.WithPrevious(cur, d).Unwrap(ctx, fromPrev, aad); !errors.Is(err, root.ErrUnavailable) || d.calls != 1 {
 		t.Fatalf("the previous root out: %v (%d calls), want unavailable", err, d.calls)
 	}
+	// Readiness's check: the previous root must answer too.
+	if err := root.WithPrevious(cur, prev).(root.Checker).Check(ctx); err != nil {
+		t.Fatalf("Check with both roots up: %v", err)
+	}
+	if err := root.WithPrevious(cur, &down{}).(root.Checker).Check(ctx); !errors.Is(err, root.ErrUnavailable) {
+		t.Fatalf("Check with the previous root out: %v, want unavailable", err)
+	}
 	// A blob of the current root never reaches the previous one.
 	d = &down{}
 	if got, err := root.WithPrevious(cur, d).Unwrap(ctx, wrapped, aad); err != nil || !bytes.Equal(got, kek) || d.calls != 0 {
