@@ -1,6 +1,7 @@
 package root
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -39,21 +40,33 @@ func (w *withPrevious) Unwrap(ctx context.Context, wrapped, aad []byte) ([]byte,
 
 // Check checks both roots, where they can be checked (either lost at a
 // restart loses tenants: those not yet re-wrapped need the previous one),
-// and that the previous root answers (readiness probes the current one
-// with a wrap): tenants not yet re-wrapped fail while it does not.
+// and that the previous root answers an unwrap (readiness probes the
+// current one with a wrap; the previous one may be allowed to decrypt
+// only): tenants not yet re-wrapped fail while it does not. An outage
+// outranks a root at risk, which counts as ready.
 func (w *withPrevious) Check(ctx context.Context) error {
+	var atRisk error
 	for _, r := range []Root{w.cur, w.prev} {
 		if c, ok := r.(Checker); ok {
-			if err := c.Check(ctx); err != nil {
+			if err := c.Check(ctx); errors.Is(err, ErrAtRisk) {
+				atRisk = cmp.Or(atRisk, err)
+			} else if err != nil {
 				return err
 			}
 		}
 	}
-	if _, err := w.prev.Wrap(ctx, make([]byte, 32), []byte("custos:probe")); err != nil {
+	// A blob no root made: "not authentic" is the answer of a root that
+	// can be reached.
+	if _, err := w.prev.Unwrap(ctx, probeBlob, []byte("custos:probe")); err != nil && !errors.Is(err, ErrNotAuthentic) {
 		return fmt.Errorf("root.previous: %w", err)
 	}
-	return nil
+	return atRisk
 }
+
+// probeBlob is shaped like a wrapped key (a format byte of 1, a Transit
+// key version of 1, then a nonce's and a tag's worth of zeros and more),
+// so that each provider asks its backend rather than refusing it unread.
+var probeBlob = append([]byte{1, 0, 0, 0, 1}, make([]byte, 56)...)
 
 // Close closes both roots, where they hold anything.
 func (w *withPrevious) Close() error {

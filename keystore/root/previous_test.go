@@ -91,9 +91,33 @@ func TestARootWithAPreviousOne(t *testing.T) {
 	if err := root.WithPrevious(cur, &down{}).(root.Checker).Check(ctx); !errors.Is(err, root.ErrUnavailable) {
 		t.Fatalf("Check with the previous root out: %v, want unavailable", err)
 	}
+	// A previous key allowed to decrypt only is ready.
+	if err := root.WithPrevious(cur, decryptOnly{prev}).(root.Checker).Check(ctx); err != nil {
+		t.Fatalf("Check with a decrypt-only previous root: %v, want ready", err)
+	}
+	// The current root at risk does not hide the previous one's outage
+	// (at risk counts as ready).
+	if err := root.WithPrevious(atRisk{cur}, &down{}).(root.Checker).Check(ctx); !errors.Is(err, root.ErrUnavailable) {
+		t.Fatalf("Check with the current root at risk and the previous out: %v, want unavailable", err)
+	}
+	if err := root.WithPrevious(atRisk{cur}, prev).(root.Checker).Check(ctx); !errors.Is(err, root.ErrAtRisk) {
+		t.Fatalf("Check with the current root at risk: %v, want at risk", err)
+	}
 	// A blob of the current root never reaches the previous one.
 	d = &down{}
 	if got, err := root.WithPrevious(cur, d).Unwrap(ctx, wrapped, aad); err != nil || !bytes.Equal(got, kek) || d.calls != 0 {
 		t.Fatalf("a current blob with the previous root out: %x, %v, %d calls to it", got, err, d.calls)
 	}
 }
+
+// decryptOnly is a root whose key may unwrap but not wrap.
+type decryptOnly struct{ root.Root }
+
+func (decryptOnly) Wrap(context.Context, []byte, []byte) ([]byte, error) {
+	return nil, errors.New("test root: permission denied")
+}
+
+// atRisk is a working root whose restart check finds it at risk.
+type atRisk struct{ root.Root }
+
+func (atRisk) Check(context.Context) error { return fmt.Errorf("test root: %w", root.ErrAtRisk) }

@@ -42,11 +42,12 @@ type Root struct {
 
 	mu    sync.Mutex // guards state; held while (re)finding the token and key
 	state tokenState
-	// pinErr is the token's refusal of the PIN at pinAt (guarded by mu):
-	// not tried again for pinBackoff. logins counts the tries (tests).
-	pinErr  error
-	logins  int
-	readPIN func() (string, error) // the PIN from its file or variable, read again
+	// pinErr is the token's refusal of refusedPIN (guarded by mu), which
+	// is not tried again. logins counts the tries (tests).
+	pinErr     error
+	refusedPIN string
+	logins     int
+	readPIN    func() (string, error) // the PIN from its file or variable, read again
 }
 
 // tokenState is what the provider found in the token. Each reset starts a
@@ -471,7 +472,7 @@ func (r *Root) open() (*session, p11.ObjectHandle, error) {
 		// application on it), and every call and readiness probe would
 		// try it. Only a new one from the PIN file or variable is.
 		pin, err := r.readPIN()
-		if err != nil || pin == r.pin {
+		if err != nil || pin == r.refusedPIN {
 			return nil, 0, fmt.Errorf("log in: %w (not tried again until the PIN file holds another, or a restart: a wrong PIN tried again can lock it)", r.pinErr)
 		}
 		r.pin = pin
@@ -488,7 +489,7 @@ func (r *Root) open() (*session, p11.ObjectHandle, error) {
 	if err := login(c, h, r.pin); err != nil {
 		_ = c.CloseSession(h)
 		if isPINRefusal(err) {
-			r.pinErr = err
+			r.pinErr, r.refusedPIN = err, r.pin
 		}
 		return nil, 0, fmt.Errorf("log in: %w", err)
 	}

@@ -124,9 +124,10 @@ type session struct {
 // that still looks itself up was refused by the policy, and logging in
 // would not help. Each login makes a token and a lease, and uses up one
 // use of a secret_id limited to a few; with a policy that denies, every
-// call logged in. After it, a 403 logs in again (at most once a minute
-// while the policy denies): a role whose policies were changed since gives
-// the new ones only to a new token.
+// call logged in. After it, a 403 logs in again (about once a minute while
+// the policy denies): a role whose policies were changed since gives the
+// new ones only to a new token. A token that may not look itself up (no
+// default policy) logs in again at every 403.
 const forbiddenRelogin = time.Minute
 
 // earlyLoginTimeout bounds a renewal made while the token in use still
@@ -234,14 +235,24 @@ func (s *session) renew(ctx context.Context, seen uint64) (fresh bool, err error
 	if err := s.lock(ctx); err != nil {
 		return false, err
 	}
-	defer s.unlock()
 	if s.epoch != seen {
+		s.unlock()
 		return true, nil
 	}
-	if s.now().Sub(s.loggedIn) < forbiddenRelogin {
+	young := s.now().Sub(s.loggedIn) < forbiddenRelogin
+	s.unlock()
+	// Outside the semaphore: denied calls must not hold up the others.
+	if young {
 		if _, err := s.client.Auth().Token().LookupSelfWithContext(ctx); err == nil {
 			return false, nil // the token is good: the policy refused
 		}
+	}
+	if err := s.lock(ctx); err != nil {
+		return false, err
+	}
+	defer s.unlock()
+	if s.epoch != seen {
+		return true, nil
 	}
 	return true, s.doLogin(ctx)
 }
