@@ -198,8 +198,10 @@ func caPool(b []byte, now time.Time) (pool *x509.CertPool, unparsed string, err 
 		}
 	}
 	switch {
+	case n == 0 && len(bad) > 0:
+		return nil, "", fmt.Errorf("holds no PEM certificate that parses (%s)", bad[0])
 	case n == 0:
-		return nil, "", errors.New("holds no PEM certificate that parses")
+		return nil, "", errors.New("holds no PEM certificate")
 	case valid == 0:
 		return nil, "", fmt.Errorf("none of its %d certificates is valid now", n)
 	}
