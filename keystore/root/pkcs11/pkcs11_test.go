@@ -469,6 +469,7 @@ func TestARefusedPINIsNotTriedOnEveryCall(t *testing.T) {
 		t.Fatalf("a wrap after the PIN file was updated: %v", err)
 	}
 }
+
 // Two tokens with the root's token label are refused: which one was used
 // depended on the slot order, and tenants wrapped under one token's key
 // would be "not authentic" under the other's.
