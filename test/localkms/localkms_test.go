@@ -79,6 +79,7 @@ type kmsProcess struct {
 	seed      string
 	port      int
 	cmd       *exec.Cmd
+	exited    chan error // cmd's Wait, once it ends
 	log       *testkit.SyncBuffer
 }
 
@@ -133,8 +134,7 @@ func (p *kmsProcess) start() error {
 		c, err := net.DialTimeout("tcp", p.addr(), 200*time.Millisecond)
 		if err == nil {
 			c.Close()
-			// Keep reaping in the background.
-			go func() { <-exited }()
+			p.exited = exited // stop waits on it
 			return nil
 		}
 		select {
@@ -152,11 +152,20 @@ func (p *kmsProcess) start() error {
 	}
 }
 
+// stop kills the emulator and waits until it has exited: a start right
+// after would find its database still locked by the dying process (local-kms
+// then panics with "resource temporarily unavailable").
 func (p *kmsProcess) stop() {
-	if p.cmd != nil {
-		_ = p.cmd.Process.Kill()
-		p.cmd = nil
+	if p.cmd == nil {
+		return
 	}
+	_ = p.cmd.Process.Kill()
+	select {
+	case <-p.exited:
+	case <-time.After(10 * time.Second):
+		p.t.Errorf("local-kms (pid %d) had not exited 10s after it was killed", p.cmd.Process.Pid)
+	}
+	p.cmd = nil
 }
 
 func (p *kmsProcess) addr() string     { return "127.0.0.1:" + strconv.Itoa(p.port) }
