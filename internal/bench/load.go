@@ -569,7 +569,7 @@ type Stat struct {
 
 func newStat(v []float64) Stat {
 	if len(v) == 0 {
-		return Stat{}
+		return Stat{Values: []float64{}} // "values": [] in JSON, not null
 	}
 	s := slices.Clone(v)
 	sort.Float64s(s)

@@ -121,3 +121,15 @@ func TestTheTextReportShowsWhatWasNotMeasured(t *testing.T) {
 		}
 	}
 }
+
+// A statistic without values is an empty list in JSON, not null.
+func TestAnEmptyStatisticIsAnEmptyList(t *testing.T) {
+	var b strings.Builder
+	rep := &Report{Rounds: 1, Comparisons: []Comparison{{Workload: "encrypt@1", Custos: []Result{{}}, Throughput: newStat(nil), P50: newStat(nil)}}}
+	if err := rep.WriteJSON(&b); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(b.String(), `"values": null`) {
+		t.Fatalf("an empty statistic's values are null:\n%s", b.String())
+	}
+}
