@@ -159,13 +159,21 @@ func clip(s string) string {
 
 type keyVersioned interface{ GetKeyVersion() uint32 }
 
-// usage reads the key versions a successful call used, and a batch's item
-// counts, from its response (or, for version operations, its request).
-// The versions are appended to buf.
+// maxEventVersions bounds the key versions an event lists (a blind
+// index's bound): a DecryptBatch of 10,000 items, each of another version
+// of a key rotated hourly for a year, made an event past
+// audit.MaxLeafBytes, which failed the call (or, failing open, went
+// unrecorded).
+const maxEventVersions = 1024
+
+// usage reads the key versions a successful call used (the first
+// maxEventVersions of them), and a batch's item counts, from its response
+// (or, for version operations, its request). The versions are appended to
+// buf.
 func usage(req, resp any, buf []uint32) (versions []uint32, ok, failed uint32) {
 	versions = buf
 	add := func(v uint32) {
-		if v != 0 && !slices.Contains(versions, v) {
+		if v != 0 && len(versions) < maxEventVersions && !slices.Contains(versions, v) {
 			versions = append(versions, v)
 		}
 	}

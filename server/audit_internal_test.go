@@ -155,3 +155,22 @@ func TestAnAuditReadTheCallerCancelledIsCancelled(t *testing.T) {
 		t.Errorf("a timeout inside the server: %v, want UNAVAILABLE", got)
 	}
 }
+
+// A batch whose items used more key versions than an event lists (a
+// DecryptBatch of 10,000 items of a key rotated hourly for a year, and a
+// long identity) still makes an event that can be recorded: its versions
+// made it larger than a leaf may be, which failed the call.
+func TestABatchOfManyVersionsMakesAnEventThatCanBeRecorded(t *testing.T) {
+	resp := &custosv1.DecryptBatchResponse{}
+	for v := range uint32(10_000) {
+		resp.Results = append(resp.Results, &custosv1.DecryptBatchResponse_Result{KeyVersion: v + 1, Status: okStatus})
+	}
+	c := &call{identity: "spiffe://custos.test/" + strings.Repeat("x", 2000)}
+	ev := auditEvent(context.Background(), "rid-1", custosv1.CryptoService_DecryptBatch_FullMethodName, c, time.Now(), &custosv1.DecryptBatchRequest{}, resp, nil)
+	if _, err := audit.Marshal(ev); err != nil {
+		t.Fatalf("the event of a batch of 10,000 versions cannot be recorded: %v", err)
+	}
+	if n := len(ev.GetKeyVersions()); n != maxEventVersions || ev.GetItemsOk() != 10_000 {
+		t.Fatalf("the event lists %d versions and %d items; want %d and 10000", n, ev.GetItemsOk(), maxEventVersions)
+	}
+}
