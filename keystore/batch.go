@@ -20,8 +20,9 @@ type Batch struct {
 	s         *Service
 	e         *keyEntry
 	encrypted uint64
-	// reloadErr is the outage a reload for an unknown version met: the
-	// batch's other items get it too instead of reloading again each.
+	// reloadErr is the outage or refusal a reload for an unknown version
+	// met: the batch's other items get it too instead of reloading again
+	// each.
 	reloadErr error
 }
 
@@ -81,7 +82,10 @@ func (b *Batch) decrypt(ctx context.Context, op string, ciphertext, aad []byte) 
 			return nil, 0, b.reloadErr
 		}
 		e, err := b.s.entryKnowing(ctx, b.e, v)
-		if errors.Is(err, ErrUnavailable) && ctx.Err() == nil {
+		if err != nil && !errors.Is(err, ErrInvalidCiphertext) && ctx.Err() == nil {
+			// An outage, or a refusal (the tenant or the key gone): the
+			// batch's other items of new versions get it too, rather than
+			// each a reload (and each refusal a walk of the whole cache).
 			b.reloadErr = err
 		}
 		// A reload goes on serving the batch even when it did not know v

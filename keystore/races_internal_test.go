@@ -1485,3 +1485,38 @@ func TestAKEKLoadOvertakenByTheTenantsDeletionIsNotCached(t *testing.T) {
 		t.Fatal("the KEK of a tenant deleted during its load was cached")
 	}
 }
+
+// A batch whose key is refused on reload (its tenant deleted, unseen when
+// the batch began) gives the refusal to its other items of new versions,
+// rather than reloading for each: 10,000 items meant 10,000 reads and as
+// many walks of the whole key cache under its lock.
+func TestABatchRefusedOnReloadDoesNotReloadPerItem(t *testing.T) {
+	ctx := context.Background()
+	s, hs, _ := newReviewSvc(t)
+	ref, ct := setupRotated(t, s)
+	b, err := s.Batch(ctx, ref, "decrypt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Done()
+	// The tenant deleted behind the batch's back (another replica's write,
+	// its notice not yet here).
+	rec, err := hs.Store.Get(ctx, tenantStorageKey(ref.Tenant))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := hs.Store.Delete(ctx, rec.Key, rec.Version); err != nil {
+		t.Fatal(err)
+	}
+	newer := append([]byte(nil), ct...)
+	binary.BigEndian.PutUint32(newer[1:], b.e.rec.maxVersion()+1)
+	before := hs.gets.Load()
+	for range 100 {
+		if _, _, err := b.Decrypt(ctx, newer, nil); err == nil || errors.Is(err, ErrInvalidCiphertext) {
+			t.Fatalf("an item of a newer version with the tenant gone: %v, want the refusal", err)
+		}
+	}
+	if n := hs.gets.Load() - before; n > 2 {
+		t.Fatalf("100 items of a newer version with the tenant gone: %d storage reads, want one reload", n)
+	}
+}
