@@ -594,6 +594,18 @@ func (rt *Runtime) openAudit(ctx context.Context, store storage.Store, r root.Ro
 	if err != nil {
 		return err
 	}
+	if spool != "" {
+		// Events another spool here holds (this server's, under another
+		// listen address or audit.spool) are shipped by no one.
+		stranded, err := audit.StrandedSpools(spool)
+		if err != nil {
+			rt.logger.Warn("audit: could not look for other spools", "error", err.Error())
+		}
+		for _, s := range stranded {
+			rt.logger.Warn("audit: another spool beside this server's holds entries not shipped; unless a running server uses it, start one with audit.spool set to it to ship them",
+				"spool", s.Path, "entries", s.Events)
+		}
+	}
 	// Only the journal (bbolt) answers before its sync; with PostgreSQL an
 	// answered event is in its commit, and only events spooled during an
 	// outage wait for the interval.

@@ -431,3 +431,60 @@ func (s *spool) close() error {
 	}
 	return first
 }
+
+// StrandedSpool is another spool beside one and the events it holds.
+type StrandedSpool struct {
+	Path   string // its prefix, as audit.spool names it
+	Events int    // entries not shipped (each a batch of one or more events)
+}
+
+// StrandedSpools lists the other spools in prefix's directory that hold
+// entries not shipped, reading them without taking their locks or
+// changing them. A PostgreSQL server's default spool is named after its
+// listen address, and a journal after audit.spool: one started with
+// another leaves the events of the earlier one where no server ships them.
+// A spool a running server uses is listed too while it holds entries.
+func StrandedSpools(prefix string) ([]StrandedSpool, error) {
+	dir, base := filepath.Split(prefix)
+	if dir == "" {
+		dir = "."
+	}
+	des, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("audit: spool directory: %w", err)
+	}
+	segs := map[string][]uint64{} // other prefix (base) → its segments
+	for _, de := range des {
+		name := de.Name()
+		i := strings.LastIndexByte(name, '.')
+		if i < 0 || len(name)-i-1 != 16 || name[:i] == base {
+			continue
+		}
+		if n, err := strconv.ParseUint(name[i+1:], 16, 64); err == nil && de.Type().IsRegular() {
+			segs[name[:i]] = append(segs[name[:i]], n)
+		}
+	}
+	var out []StrandedSpool
+	for b, ns := range segs {
+		if _, err := os.Stat(filepath.Join(dir, b+".lock")); err != nil {
+			continue // not a spool's
+		}
+		events := 0
+		for _, n := range ns {
+			f, err := os.Open(filepath.Join(dir, fmt.Sprintf("%s.%016x", b, n)))
+			if err != nil {
+				continue
+			}
+			if st, err := f.Stat(); err == nil {
+				es, _, _, _ := readSegment(f, st.Size(), n)
+				events += len(es)
+			}
+			f.Close()
+		}
+		if events > 0 {
+			out = append(out, StrandedSpool{Path: filepath.Join(dir, b), Events: events})
+		}
+	}
+	slices.SortFunc(out, func(a, b StrandedSpool) int { return strings.Compare(a.Path, b.Path) })
+	return out, nil
+}

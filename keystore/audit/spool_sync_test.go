@@ -403,3 +403,49 @@ func spoolFindsItsSegments(t *testing.T, prefix string) {
 		t.Fatalf("reopened: %d entries, want the %d appended across %d segments", len(entries), n, 2)
 	}
 }
+
+// A spool left with entries beside this server's (a PostgreSQL server's
+// default spool is named after its listen address) is found, read without
+// being changed; this server's own and empty ones are not listed.
+func TestStrandedSpoolsAreFound(t *testing.T) {
+	dir := t.TempDir()
+	old := filepath.Join(dir, "audit-0.0.0.0_8443.spool")
+	s, _, _, _, err := openSpool(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if _, err := s.append(fmt.Sprintf("audit/q/w/%016x", i+1), encodeBatch([][]byte{[]byte(fmt.Sprint("event ", i))})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.close()
+	empty := filepath.Join(dir, "audit-empty.spool")
+	e, _, _, _, err := openSpool(empty)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.close()
+	cur := filepath.Join(dir, "audit-_8443.spool")
+	c, _, _, _, err := openSpool(cur)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	got, err := StrandedSpools(cur)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].Path != old || got[0].Events != 3 {
+		t.Fatalf("stranded spools %+v, want %s with 3 entries", got, old)
+	}
+	// Read, not changed: its entries are all there when it is opened.
+	s, entries, _, _, err := openSpool(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close()
+	if len(entries) != 3 {
+		t.Fatalf("the stranded spool holds %d entries after the look, want 3", len(entries))
+	}
+}
