@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/custos-kms/custos/client"
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 )
 
 // startServeProcess runs `custos dev` on dir as a process of its own (this
@@ -159,28 +159,40 @@ func waitExists(t *testing.T, path string) {
 	t.Fatalf("%s did not appear within 10s", path)
 }
 
-// A second SIGINT or SIGTERM during a long drain (a watch stream keeps the
-// drain going for the whole shutdown_timeout) ends the process at once, as
-// an operator pressing Ctrl-C twice expects; it was caught and ignored.
+// A second SIGINT or SIGTERM during a long drain (a bcrypt-17 hash in
+// flight keeps the drain going, shutdown_timeout 60 s) ends the process at
+// once, killed by that signal, as an operator pressing Ctrl-C twice
+// expects; it was caught and ignored. (A health watch held the drain
+// before; since watches end when the drain begins, this test had stopped
+// testing the second signal.)
 func TestASecondSignalEndsALongDrain(t *testing.T) {
-	dir, path := newFaultConfig(t, "", "shutdown_timeout: 60s\n")
+	dir, path := newFaultConfig(t, "", "shutdown_timeout: 60s\npasswords:\n  max_bcrypt_cost: 17\n")
 	srv := startFaultServer(t, dir, path)
+	setupKeys(t, dir, srv.addr, "a")
 	conn := devConn(t, dir, srv.addr)
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	kc, cc := custosv1.NewKeyServiceClient(conn), custosv1.NewCryptoServiceClient(conn)
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
-	watch, err := healthpb.NewHealthClient(conn).Watch(ctx, &healthpb.HealthCheckRequest{})
-	if err != nil {
+	if _, err := kc.CreateKey(ctx, &custosv1.CreateKeyRequest{Parent: "tenants/acme", KeyId: "pw", Key: &custosv1.Key{
+		Purpose:        custosv1.KeyPurpose_KEY_PURPOSE_PASSWORD,
+		PasswordPolicy: &custosv1.PasswordPolicy{Algorithm: custosv1.PasswordAlgorithm_PASSWORD_ALGORITHM_BCRYPT, BcryptCost: 17},
+	}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := watch.Recv(); err != nil {
-		t.Fatal(err)
-	}
+	hashDone := make(chan error, 1)
+	go func() {
+		_, err := cc.HashPassword(ctx, &custosv1.HashPasswordRequest{Name: "tenants/acme/keys/pw", Password: []byte("p")})
+		hashDone <- err
+	}()
+	time.Sleep(500 * time.Millisecond) // the hash under way
 	if err := srv.c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	// The drain has begun once the watch hears NOT_SERVING.
-	if r, err := watch.Recv(); err != nil || r.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
-		t.Fatalf("the watch after SIGTERM: %v, %v; want NOT_SERVING", r, err)
+	time.Sleep(500 * time.Millisecond) // the drain under way, held by the hash
+	select {
+	case <-srv.c.done:
+		t.Fatal("the server exited before the second signal: nothing held the drain")
+	default:
 	}
 	begin := time.Now()
 	if err := srv.c.cmd.Process.Signal(os.Interrupt); err != nil {
@@ -191,5 +203,12 @@ func TestASecondSignalEndsALongDrain(t *testing.T) {
 		t.Logf("exited %v after the second signal", time.Since(begin))
 	case <-time.After(10 * time.Second):
 		t.Fatal("the server still drains 10s after a second signal")
+	}
+	ws, ok := srv.c.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if !ok || !ws.Signaled() || ws.Signal() != os.Interrupt {
+		t.Fatalf("the server ended with %v; want it killed by the second signal (SIGINT)", srv.c.cmd.ProcessState)
+	}
+	if err := <-hashDone; err == nil {
+		t.Error("the hash in flight completed: the drain was not cut short")
 	}
 }
