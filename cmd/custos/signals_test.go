@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/custos-kms/custos/client"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 )
