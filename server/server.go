@@ -81,8 +81,13 @@ func (l Limits) withDefaults() Limits {
 // with its associated data. Errors name the configuration's fields.
 func (l Limits) Validate() error {
 	var errs []error
-	if l.MaxPlaintextBytes < 0 || l.MaxBatchItems < 0 || l.MaxMessageBytes < 0 {
-		errs = append(errs, errors.New("limits must not be negative"))
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"limits.max_plaintext_bytes", l.MaxPlaintextBytes}, {"limits.max_batch_items", l.MaxBatchItems}, {"limits.max_message_bytes", l.MaxMessageBytes}} {
+		if f.v < 0 {
+			errs = append(errs, fmt.Errorf("%s must not be negative", f.name))
+		}
 	}
 	if l.MaxBatchItems > maxBatchItemsCeiling {
 		errs = append(errs, fmt.Errorf("limits.max_batch_items %d is above the API's %d", l.MaxBatchItems, maxBatchItemsCeiling))

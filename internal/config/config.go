@@ -469,9 +469,18 @@ func (c *Config) validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("log.level %q is not one of: debug, info, warn, error", c.Log.Level))
 	}
-	if c.Cache.Size < 0 || c.Cache.TTL < 0 || c.ShutdownTimeout < 0 || c.Ops.ProbeInterval < 0 ||
-		c.Scheduler.Interval < 0 || c.Scheduler.LeaseTTL < 0 || c.Scheduler.FlushInterval < 0 || c.Scheduler.SweepInterval < 0 || c.Passwords.HashWorkers < 0 {
-		errs = append(errs, errors.New("cache.size, cache.ttl, shutdown_timeout, ops.probe_interval, scheduler.interval, scheduler.lease_ttl, scheduler.flush_interval, scheduler.sweep_interval and passwords.hash_workers must not be negative"))
+	for _, f := range []struct {
+		name     string
+		negative bool
+	}{
+		{"cache.size", c.Cache.Size < 0}, {"cache.ttl", c.Cache.TTL < 0}, {"shutdown_timeout", c.ShutdownTimeout < 0},
+		{"ops.probe_interval", c.Ops.ProbeInterval < 0}, {"scheduler.interval", c.Scheduler.Interval < 0},
+		{"scheduler.lease_ttl", c.Scheduler.LeaseTTL < 0}, {"scheduler.flush_interval", c.Scheduler.FlushInterval < 0},
+		{"scheduler.sweep_interval", c.Scheduler.SweepInterval < 0}, {"passwords.hash_workers", c.Passwords.HashWorkers < 0},
+	} {
+		if f.negative {
+			errs = append(errs, fmt.Errorf("%s must not be negative", f.name))
+		}
 	}
 	interval := c.Scheduler.Interval
 	if interval == 0 {

@@ -54,7 +54,9 @@ func TestParseRejects(t *testing.T) {
 		"an audit sync interval under 1ms": {valid + "audit: {sync_interval: 10us}\n", "audit.sync_interval"},
 		"a second YAML document":           {valid + "---\nlog: {level: debug}\n", "more than one YAML document"},
 		"an empty file":                    {"", "no settings"},
-		"a negative sweep interval":        {valid + "scheduler: {sweep_interval: -1s}\n", "scheduler.sweep_interval"},
+		"a negative sweep interval":        {valid + "scheduler: {sweep_interval: -1s}\n", "scheduler.sweep_interval must not be negative"},
+		"a negative cache size":            {strings.Replace(valid, "cache: {size: 10, ttl: 1m}", "cache: {size: -1, ttl: 1m}", 1), "cache.size must not be negative"},
+		"a negative batch limit":           {valid + "limits: {max_batch_items: -1}\n", "limits.max_batch_items must not be negative"},
 		// Caught before anything is opened, not by the server after the
 		// root logged in and the store was created.
 		"a plaintext limit above the API's":      {valid + "limits: {max_plaintext_bytes: 2097152}\n", "limits.max_plaintext_bytes"},
