@@ -230,7 +230,8 @@ func (s *Service) deletePrefix(ctx context.Context, prefix string, ours func(con
 					return fmt.Errorf("delete %s: %w", prefix, ErrAborted)
 				}
 			default:
-				return storageErr("delete "+r.Key, err)
+				// Not the key: under lockout/ it holds a subject's HMAC.
+				return storageErr("delete a record under "+prefix, storage.Keyless(err))
 			}
 		}
 	}

@@ -177,7 +177,9 @@ func (l *lockout) update(ctx context.Context, op string, mutate func(r *lockoutR
 		switch {
 		case errors.Is(err, storage.ErrNotFound):
 		case err != nil:
-			return keystore.StorageError(op, err)
+			// The store's text names the record's key, an HMAC of the
+			// subject: only what went wrong, and whose key.
+			return keystore.StorageError(op+" of "+l.ref.String(), storage.Keyless(err))
 		default:
 			if err := json.Unmarshal(got.Value, &rec); err != nil || rec.Format != recordFormat {
 				return fmt.Errorf("%s: %w: lockout record of %s is not readable", op, keystore.ErrIntegrity, l.ref)
@@ -205,7 +207,7 @@ func (l *lockout) update(ctx context.Context, op string, mutate func(r *lockoutR
 			_, err = l.s.store.Put(ctx, l.key, b, ver)
 		}
 		if err != nil {
-			return keystore.StorageError(op, err)
+			return keystore.StorageError(op+" of "+l.ref.String(), storage.Keyless(err))
 		}
 		return nil
 	})

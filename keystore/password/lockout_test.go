@@ -181,7 +181,8 @@ func TestLockoutCannotBeOutrunByParallelGuesses(t *testing.T) {
 	lf.mustBeLocked(t, lf.ks, subjectAlice)
 }
 
-// lockoutStore fails lockout reads or writes on demand.
+// lockoutStore fails lockout reads or writes on demand, its errors quoting
+// the key as the real stores' do.
 type lockoutStore struct {
 	storage.Store
 	failGets, failPuts, conflictPuts atomic.Bool
@@ -189,14 +190,14 @@ type lockoutStore struct {
 
 func (s *lockoutStore) Get(ctx context.Context, key string) (storage.Record, error) {
 	if s.failGets.Load() && strings.HasPrefix(key, "lockout/") {
-		return storage.Record{}, fmt.Errorf("test store: %w", storage.ErrUnavailable)
+		return storage.Record{}, fmt.Errorf("test store: get %q: %w", key, storage.ErrUnavailable)
 	}
 	return s.Store.Get(ctx, key)
 }
 
 func (s *lockoutStore) Put(ctx context.Context, key string, v []byte, expect uint64) (uint64, error) {
 	if s.failPuts.Load() && strings.HasPrefix(key, "lockout/") {
-		return 0, fmt.Errorf("test store: %w", storage.ErrUnavailable)
+		return 0, fmt.Errorf("test store: put %q: %w", key, storage.ErrUnavailable)
 	}
 	if s.conflictPuts.Load() && strings.HasPrefix(key, "lockout/") {
 		return 0, fmt.Errorf("test store: %w", storage.ErrConflict)
@@ -221,11 +222,17 @@ func TestLockoutFailsClosedWhenItsStateIsUnreachable(t *testing.T) {
 	st.failGets.Store(true)
 	if m, err := lf.try(ks, subjectAlice, lockoutPasswords[subjectAlice]); m || !errors.Is(err, keystore.ErrUnavailable) {
 		t.Fatalf("lockout state unreadable: match=%v err=%v; want ErrUnavailable", m, err)
+	} else if strings.Contains(err.Error(), "lockout/") {
+		// The record's key holds an HMAC of the subject: a pseudonym that
+		// links a user's attempts, which the logs get with the error.
+		t.Fatalf("the error names the lockout record's key: %v", err)
 	}
 	st.failGets.Store(false)
 	st.failPuts.Store(true)
 	if m, err := lf.try(ks, subjectAlice, lockoutPasswords[subjectAlice]); m || !errors.Is(err, keystore.ErrUnavailable) {
 		t.Fatalf("lockout state unwritable: match=%v err=%v; want ErrUnavailable", m, err)
+	} else if strings.Contains(err.Error(), "lockout/") {
+		t.Fatalf("the error names the lockout record's key: %v", err)
 	}
 	st.failPuts.Store(false)
 	// A record whose compare-and-swap keeps losing (verifications of one

@@ -230,3 +230,35 @@ type Snapshotter interface {
 	// It stops at fn's first error and returns it.
 	Snapshot(ctx context.Context, fn func(Record) error) error
 }
+
+// Keyless is err without its text, which may quote a storage key that must
+// not reach a log (a lockout record's key holds an HMAC of its subject):
+// what it is (errors.Is sees through it) and nothing more.
+func Keyless(err error) error {
+	if err == nil {
+		return nil
+	}
+	return keyless{err}
+}
+
+type keyless struct{ err error }
+
+func (k keyless) Unwrap() error { return k.err }
+
+func (k keyless) Error() string {
+	switch {
+	case errors.Is(k.err, ErrUnavailable):
+		return "storage unavailable"
+	case errors.Is(k.err, ErrFull):
+		return "storage full"
+	case errors.Is(k.err, ErrConflict):
+		return "storage: version conflict"
+	case errors.Is(k.err, ErrNotFound):
+		return "storage: not found"
+	case errors.Is(k.err, context.Canceled):
+		return "storage: " + context.Canceled.Error()
+	case errors.Is(k.err, context.DeadlineExceeded):
+		return "storage: " + context.DeadlineExceeded.Error()
+	}
+	return "storage error"
+}
