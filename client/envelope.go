@@ -242,6 +242,11 @@ func (k *encKey) take(n uint64, o EnvelopeOptions) bool {
 // refresh replaces old (nil: none yet) with a new data key, once however
 // many callers ask at the same time; each waits on its own context.
 func (e *Envelope) refresh(ctx context.Context, old *encKey) error {
+	if ctx.Err() != nil {
+		// No fetch for a caller already gone: it would go on without it
+		// (a GenerateDataKey audited and counted for nothing).
+		return contextError(e.op("local encrypt"), ctx)
+	}
 	e.mu.Lock()
 	gen := e.gen
 	e.mu.Unlock()
@@ -412,6 +417,8 @@ func (e *Envelope) dataKey(ctx context.Context, env *envelope.Envelope) (*envelo
 		return k, nil
 	case refused:
 		return nil, errUnwrapRefused
+	case ctx.Err() != nil:
+		return nil, contextError(e.op("local decrypt"), ctx) // no unwrap for a caller already gone
 	}
 	// A copy: the unwrap goes on for other callers after this one may have
 	// given up and reused its ciphertext's buffer.

@@ -882,3 +882,30 @@ func TestACallerGivingUpDoesNotWasteASharedFetch(t *testing.T) {
 		t.Fatalf("%d data keys fetched, want the one shared fetch", n)
 	}
 }
+
+// A caller whose context has already ended makes no data-key call: the
+// shared fetch runs detached from its callers, so it would have made a
+// GenerateDataKey (audited, and counted as an encryption) or an unwrap
+// for no one.
+func TestACancelledCallerMakesNoDataKeyCall(t *testing.T) {
+	e := startEnvelopeEnv(t)
+	ad := client.AssociatedData("customer-42", "email")
+	sealed, err := e.c.Envelope(e.name, client.EnvelopeOptions{Now: e.now}).Encrypt(context.Background(), []byte("alice@example.com"), ad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone, cancel := context.WithCancel(context.Background())
+	cancel()
+	env := e.c.Envelope(e.name, client.EnvelopeOptions{Now: e.now}) // nothing cached
+	keys, unwraps := e.dataKeys.Load(), e.decrypts.Load()
+	if _, err := env.Encrypt(gone, []byte("bob@example.com"), ad); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Encrypt with its context ended: %v, want context.Canceled", err)
+	}
+	if _, err := env.Decrypt(gone, sealed, ad); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Decrypt with its context ended: %v, want context.Canceled", err)
+	}
+	time.Sleep(100 * time.Millisecond) // a detached fetch, had one started, would have reached the server
+	if n, m := e.dataKeys.Load()-keys, e.decrypts.Load()-unwraps; n != 0 || m != 0 {
+		t.Fatalf("%d GenerateDataKey and %d Decrypt calls for callers already gone; want none", n, m)
+	}
+}
