@@ -52,20 +52,15 @@ func (c *Client) Encrypt(ctx context.Context, name string, plaintext, associated
 // caller that holds the datakey permission: [Client.DecryptDataKey]
 // unwraps those.
 func (c *Client) Decrypt(ctx context.Context, name string, ciphertext, associatedData []byte) (plaintext []byte, version uint32, err error) {
-	op := "decrypt with " + name
 	resp, err := c.crypto.Decrypt(ctx, &custosv1.DecryptRequest{Name: name, Ciphertext: ciphertext, AssociatedData: associatedData})
 	if err != nil {
-		return nil, 0, c.callError(ctx, op, err)
+		return nil, 0, c.callError(ctx, "decrypt with "+name, err)
 	}
 	if resp.GetDataKey() {
 		// A wrapped key put where a field belongs: its key is no field
 		// value to show.
 		clear(resp.GetPlaintext())
-		return nil, 0, fmt.Errorf("custos: %s: %w", op, &Error{
-			Code:    codes.InvalidArgument,
-			Reason:  ReasonCiphertextNotAuthentic,
-			Message: "the ciphertext is a wrapped data key, not a field",
-		})
+		return nil, 0, notAuthentic("decrypt with "+name, "the ciphertext is a wrapped data key, not a field")
 	}
 	return resp.GetPlaintext(), resp.GetKeyVersion(), nil
 }

@@ -2,7 +2,6 @@ package client
 
 import (
 	"context"
-	"fmt"
 
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 	"google.golang.org/grpc/codes"
@@ -76,11 +75,7 @@ func (c *Client) DecryptDataKey(ctx context.Context, name string, wrapped, assoc
 	}
 	if !resp.GetDataKey() || len(resp.GetPlaintext()) != DataKeySize {
 		clear(resp.GetPlaintext())
-		return nil, fmt.Errorf("custos: %s: %w", op, &Error{
-			Code:    codes.InvalidArgument,
-			Reason:  ReasonCiphertextNotAuthentic,
-			Message: "the ciphertext is not a wrapped data key (or the server predates DecryptResponse.data_key: upgrade it)",
-		})
+		return nil, notAuthentic(op, "the ciphertext is not a wrapped data key (or the server predates DecryptResponse.data_key: upgrade it)")
 	}
 	return resp.GetPlaintext(), nil
 }

@@ -399,8 +399,11 @@ func (e *Envelope) closed(verb string) error {
 	return fmt.Errorf("custos: %s: %w", e.op(verb), &Error{Code: codes.Canceled, Message: "the client is closed", cause: ErrClosed})
 }
 
-func invalidLocal(op string) error {
-	return fmt.Errorf("custos: %s: %w", op, &Error{Code: codes.InvalidArgument, Reason: ReasonCiphertextNotAuthentic, Message: "ciphertext is not authentic"})
+func invalidLocal(op string) error { return notAuthentic(op, "ciphertext is not authentic") }
+
+// notAuthentic is op's ErrInvalidCiphertext, saying msg.
+func notAuthentic(op, msg string) error {
+	return fmt.Errorf("custos: %s: %w", op, &Error{Code: codes.InvalidArgument, Reason: ReasonCiphertextNotAuthentic, Message: msg})
 }
 
 // dataKey returns the data key env commits to, from the cache or (one call

@@ -210,7 +210,7 @@ func (s *Service) deletePrefix(ctx context.Context, prefix string, ours func(con
 	for {
 		recs, err := s.store.List(ctx, prefix, "", shredPageSize)
 		if err != nil {
-			return storageErr("list "+prefix, err)
+			return storageErr("list "+prefix, storage.Keyless(err)) // a record's key may be quoted
 		}
 		if len(recs) == 0 {
 			return nil

@@ -164,7 +164,7 @@ type keyVersioned interface{ GetKeyVersion() uint32 }
 // of a key rotated hourly for a year, made an event past
 // audit.MaxLeafBytes, which failed the call (or, failing open, went
 // unrecorded).
-const maxEventVersions = 1024
+const maxEventVersions = keystore.MaxBlindIndexVersions
 
 // usage reads the key versions a successful call used (the first
 // maxEventVersions of them), and a batch's item counts, from its response

@@ -496,10 +496,7 @@ func TestABackupBeingWrittenHasNoName(t *testing.T) {
 		}
 	}))
 	defer srv.Close()
-	cfgPath := filepath.Join(dir, "custos-ops.yaml")
-	if err := os.WriteFile(cfgPath, []byte(replaceOnce(t, devConfig, "  listen: 127.0.0.1:9464", "  listen: "+strings.TrimPrefix(srv.URL, "http://"))), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	cfgPath := liveConfig(t, dir, strings.TrimPrefix(srv.URL, "http://"))
 	outDir := t.TempDir()
 	done := make(chan error, 1)
 	go func() {

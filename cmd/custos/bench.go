@@ -368,10 +368,9 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 		rep.Comparisons = append(rep.Comparisons, c)
 	}
 	if f.contention {
-		w, bg := contentionOp, contentionBg
-		bg.Warmup = 2 * time.Second // let the background saturate the hashing pool first
+		contentionBg.Warmup = 2 * time.Second // let the background saturate the hashing pool first
 		fmt.Fprintf(progress, "running %s beside %s %d×…\n", f.contentionOp, f.contentionConc, f.rounds)
-		c, err := bench.Contend(ctx, custos, w, bg, f.rounds)
+		c, err := bench.Contend(ctx, custos, contentionOp, contentionBg, f.rounds)
 		if err != nil {
 			return err
 		}

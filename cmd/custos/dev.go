@@ -1,7 +1,6 @@
 package main
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -206,9 +205,9 @@ Ctrl-C stops the server.
 `, addr, dir, p("ca.pem"), p("client.pem"), p("client-key.pem"), grpcurl, env, exampleFlags)
 	if ops != nil {
 		fmt.Fprintf(w, "Ops listener (/healthz, /readyz, /metrics) on %s\n", ops)
-		if a := ops.String(); a != fileOps && !(fileOps == "" && a == "127.0.0.1:9464") {
+		if a := ops.String(); a != fileOps { // the file's, defaults filled in by config.Load
 			// custos backup and root rewrap find the server by the file.
-			fmt.Fprintf(w, "custos backup and custos root rewrap --config %s reach the server at the ops.listen written there (%s): set it to %s to use them with this server\n", p("custos.yaml"), cmp.Or(fileOps, "127.0.0.1:9464"), a)
+			fmt.Fprintf(w, "custos backup and custos root rewrap --config %s reach the server at the ops.listen written there (%s): set it to %s to use them with this server\n", p("custos.yaml"), fileOps, a)
 		}
 	}
 }

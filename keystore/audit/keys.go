@@ -49,7 +49,8 @@ func parseHex16(s string) (uint64, bool) {
 		return 0, false
 	}
 	n, err := strconv.ParseUint(s, 16, 64)
-	return n, err == nil && hex16(n) == s
+	var b [16]byte
+	return n, err == nil && string(appendHex16(b[:0], n)) == s
 }
 
 func leafKey(i uint64) string {

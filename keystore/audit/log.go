@@ -541,8 +541,7 @@ func cpSize(key string) (uint64, bool) {
 	if !ok {
 		return 0, false
 	}
-	n, ok := parseHex16(s)
-	return n, ok && hex16(n) == s
+	return parseHex16(s)
 }
 
 // scanKept returns the value of the history's last key, reading every

@@ -153,6 +153,7 @@ func (l *Log) tick(ctx context.Context, chunks int, history bool) error {
 // beyond it: a horizon raised in the stored state alone excuses nothing.
 func (l *Log) Prune(ctx context.Context, cutoff time.Time) (int, error) {
 	total, conflicts := 0, 0
+	var waiting error // an event dated in the future holds the rest back
 	for {
 		st, _, err := l.loadTree(ctx)
 		if err != nil {
@@ -204,7 +205,7 @@ func (l *Log) Prune(ctx context.Context, cutoff time.Time) (int, error) {
 					// Retention waits for it as for any newer event, and
 					// the bodies after it with it: say so, or a clock that
 					// ran ahead keeps them past the retention unseen.
-					stopped = fmt.Errorf("%w: event %d is dated %s, after now: the clock of the server that recorded it ran ahead; the bodies from it on are kept until then (audit.md)",
+					waiting = fmt.Errorf("%w: event %d is dated %s, after now: the clock of the server that recorded it ran ahead; the bodies from it on are kept until then (audit.md)",
 						ErrRetentionWaiting, i, at.UTC().Format(time.RFC3339))
 				}
 				done = true
@@ -237,13 +238,6 @@ func (l *Log) Prune(ctx context.Context, cutoff time.Time) (int, error) {
 			}
 			total += deleted
 		}
-		if errors.Is(stopped, ErrRetentionWaiting) {
-			// Old checkpoints go all the same.
-			if err := l.pruneSide(ctx, cutoff); err != nil {
-				return total, err
-			}
-			return total, stopped
-		}
 		if stopped != nil {
 			return total, stopped
 		}
@@ -251,7 +245,10 @@ func (l *Log) Prune(ctx context.Context, cutoff time.Time) (int, error) {
 			break
 		}
 	}
-	return total, l.pruneSide(ctx, cutoff)
+	if err := l.pruneSide(ctx, cutoff); err != nil { // old checkpoints go, waiting or not
+		return total, err
+	}
+	return total, waiting
 }
 
 // ErrRetentionStopped: retention met an event body it must not delete

@@ -76,7 +76,41 @@ type spool struct {
 	syncErr error
 }
 
-func (s *spool) segPath(n uint64) string { return fmt.Sprintf("%s.%016x", s.prefix, n) }
+func (s *spool) segPath(n uint64) string { return segPath(s.prefix, n) }
+
+func segPath(prefix string, n uint64) string { return fmt.Sprintf("%s.%016x", prefix, n) }
+
+// spoolDir splits a spool prefix into its directory and its files' base
+// ("…/spool/" names files ".<n>" in that directory).
+func spoolDir(prefix string) (dir, base string) {
+	dir, base = filepath.Split(prefix)
+	if dir == "" {
+		dir = "."
+	}
+	return dir, base
+}
+
+// spoolSegments lists the segment files in dir (regular files named
+// <base>.<16 hex digits>) by base. The directory is read, not globbed: a
+// path holding a glob's special characters ("[") must not hide segments.
+func spoolSegments(dir string) (map[string][]uint64, error) {
+	des, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("audit: spool directory: %w", err)
+	}
+	segs := map[string][]uint64{}
+	for _, de := range des {
+		name := de.Name()
+		i := strings.LastIndexByte(name, '.')
+		if i < 0 || len(name)-i-1 != 16 || !de.Type().IsRegular() {
+			continue
+		}
+		if n, err := strconv.ParseUint(name[i+1:], 16, 64); err == nil {
+			segs[name[:i]] = append(segs[name[:i]], n)
+		}
+	}
+	return segs, nil
+}
 
 // openSpool opens the spool at prefix (creating its first segment) and
 // returns the entries in it, in order; torn is how many bytes of a torn
@@ -89,28 +123,13 @@ func openSpool(prefix string) (sp *spool, entries []spoolEntry, torn int64, corr
 		return nil, nil, 0, 0, fmt.Errorf("audit: spool %s: %w", prefix, err)
 	}
 	s.lock = lock
-	// The directory read, not a glob: a path holding a glob's special
-	// characters ("[") must not hide segments.
-	dir, base := filepath.Split(prefix) // "…/spool/" names files ".<n>" in it
-	if dir == "" {
-		dir = "."
-	}
-	des, err := os.ReadDir(dir)
+	dir, base := spoolDir(prefix)
+	all, err := spoolSegments(dir)
 	if err != nil {
 		s.close()
-		return nil, nil, 0, 0, fmt.Errorf("audit: spool: %w", err)
+		return nil, nil, 0, 0, err
 	}
-	var nums []uint64
-	base += "."
-	for _, de := range des {
-		name, ok := strings.CutPrefix(de.Name(), base)
-		if !ok || len(name) != 16 {
-			continue
-		}
-		if n, err := strconv.ParseUint(name, 16, 64); err == nil {
-			nums = append(nums, n)
-		}
-	}
+	nums := all[base]
 	slices.Sort(nums)
 	fresh := len(nums) == 0
 	if fresh {
@@ -445,33 +464,22 @@ type StrandedSpool struct {
 // another leaves the events of the earlier one where no server ships them.
 // A spool a running server uses is listed too while it holds entries.
 func StrandedSpools(prefix string) ([]StrandedSpool, error) {
-	dir, base := filepath.Split(prefix)
-	if dir == "" {
-		dir = "."
-	}
-	des, err := os.ReadDir(dir)
+	dir, base := spoolDir(prefix)
+	segs, err := spoolSegments(dir)
 	if err != nil {
-		return nil, fmt.Errorf("audit: spool directory: %w", err)
-	}
-	segs := map[string][]uint64{} // other prefix (base) → its segments
-	for _, de := range des {
-		name := de.Name()
-		i := strings.LastIndexByte(name, '.')
-		if i < 0 || len(name)-i-1 != 16 || name[:i] == base {
-			continue
-		}
-		if n, err := strconv.ParseUint(name[i+1:], 16, 64); err == nil && de.Type().IsRegular() {
-			segs[name[:i]] = append(segs[name[:i]], n)
-		}
+		return nil, err
 	}
 	var out []StrandedSpool
 	for b, ns := range segs {
+		if b == base {
+			continue
+		}
 		if _, err := os.Stat(filepath.Join(dir, b+".lock")); err != nil {
 			continue // not a spool's
 		}
 		events := 0
 		for _, n := range ns {
-			f, err := os.Open(filepath.Join(dir, fmt.Sprintf("%s.%016x", b, n)))
+			f, err := os.Open(segPath(filepath.Join(dir, b), n))
 			if err != nil {
 				continue
 			}

@@ -245,20 +245,4 @@ type keyless struct{ err error }
 
 func (k keyless) Unwrap() error { return k.err }
 
-func (k keyless) Error() string {
-	switch {
-	case errors.Is(k.err, ErrUnavailable):
-		return "storage unavailable"
-	case errors.Is(k.err, ErrFull):
-		return "storage full"
-	case errors.Is(k.err, ErrConflict):
-		return "storage: version conflict"
-	case errors.Is(k.err, ErrNotFound):
-		return "storage: not found"
-	case errors.Is(k.err, context.Canceled):
-		return "storage: " + context.Canceled.Error()
-	case errors.Is(k.err, context.DeadlineExceeded):
-		return "storage: " + context.DeadlineExceeded.Error()
-	}
-	return "storage error"
-}
+func (k keyless) Error() string { return "storage error (key withheld)" }
