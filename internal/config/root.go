@@ -50,6 +50,12 @@ type VaultRoot struct {
 	// MaxRetries is how often the Vault client retries a failed request.
 	// Default 0: the keystore has its own policy.
 	MaxRetries int `yaml:"max_retries"`
+	// AllowKeyExport accepts a Transit key created exportable or with
+	// allow_plaintext_backup, whose material Vault hands to anyone its
+	// policies let read transit/export or transit/backup. Default false:
+	// such a key is refused at start (as root.previous it is accepted
+	// with a warning, so a deployment can move off it).
+	AllowKeyExport bool `yaml:"allow_key_export"`
 	// Auth is exactly one authentication method.
 	Auth VaultAuth `yaml:"auth"`
 }

@@ -35,11 +35,11 @@ const rootOpenTimeout = time.Minute
 func OpenRoot(ctx context.Context, cfg *config.Config, logger *slog.Logger) (root.Root, error) {
 	ctx, cancel := context.WithTimeout(ctx, rootOpenTimeout)
 	defer cancel()
-	cur, err := openRoot(ctx, cfg.Root, logger)
+	cur, err := openRoot(ctx, cfg.Root, logger, false)
 	if err != nil || cfg.Root.Previous == nil {
 		return cur, err
 	}
-	prev, err := openRoot(ctx, *cfg.Root.Previous, logger)
+	prev, err := openRoot(ctx, *cfg.Root.Previous, logger, true)
 	if err != nil {
 		CloseRoot(cur)
 		return nil, fmt.Errorf("root.previous: %w", err)
@@ -47,8 +47,10 @@ func OpenRoot(ctx context.Context, cfg *config.Config, logger *slog.Logger) (roo
 	return root.WithPrevious(cur, prev), nil
 }
 
-// openRoot opens the root rc configures.
-func openRoot(ctx context.Context, rc config.Root, logger *slog.Logger) (root.Root, error) {
+// openRoot opens the root rc configures. A previous root (one being moved
+// off) is opened even if its key could be exported: moving off it is the
+// remedy.
+func openRoot(ctx context.Context, rc config.Root, logger *slog.Logger, previous bool) (root.Root, error) {
 	switch rc.Type {
 	case "local":
 		return local.Open(rc.Local.KeyFile)
@@ -70,15 +72,16 @@ func openRoot(ctx context.Context, rc config.Root, logger *slog.Logger) (root.Ro
 			auth.Cert = &vaultroot.Cert{Mount: c.Mount, Role: c.Role, CertFile: c.CertFile, KeyFile: c.KeyFile}
 		}
 		return vaultroot.New(ctx, vaultroot.Config{
-			Address:    v.Address,
-			Namespace:  v.Namespace,
-			Mount:      v.Mount,
-			KeyName:    v.KeyName,
-			CACertFile: v.CACertFile,
-			Auth:       auth,
-			Timeout:    v.Timeout,
-			MaxRetries: v.MaxRetries,
-			Logger:     logger,
+			Address:        v.Address,
+			Namespace:      v.Namespace,
+			Mount:          v.Mount,
+			KeyName:        v.KeyName,
+			CACertFile:     v.CACertFile,
+			Auth:           auth,
+			Timeout:        v.Timeout,
+			MaxRetries:     v.MaxRetries,
+			AllowKeyExport: v.AllowKeyExport || previous,
+			Logger:         logger,
 		})
 	case "pkcs11":
 		p := rc.PKCS11

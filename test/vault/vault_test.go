@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"log/slog"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -199,6 +200,46 @@ func TestNewRefusesKeysThatCannotBindAssociatedData(t *testing.T) {
 	cfg.KeyName = "missing"
 	if _, err := vaultroot.New(t.Context(), cfg); err == nil || !strings.Contains(err.Error(), "not found") {
 		t.Fatalf("New with a missing key: %v; want not found", err)
+	}
+}
+
+// TestNewRefusesExportableKeys: a key whose material Vault would hand out
+// (exportable, allow_plaintext_backup; neither can be unset) is refused
+// unless AllowKeyExport accepts it, and then a warning names the flags.
+func TestNewRefusesExportableKeys(t *testing.T) {
+	v := startVault(t)
+	if err := v.admin.Sys().PutPolicy("export-keys", `
+path "transit/keys/export-*" { capabilities = ["read"] }
+path "transit/encrypt/export-*" { capabilities = ["update"] }
+path "transit/decrypt/export-*" { capabilities = ["update"] }
+`); err != nil {
+		t.Fatal(err)
+	}
+	token := v.token(t, "export-keys")
+	cases := map[string]map[string]any{
+		"exportable":             {"type": "aes256-gcm96", "exportable": true},
+		"allow_plaintext_backup": {"type": "aes256-gcm96", "allow_plaintext_backup": true},
+	}
+	for flag, params := range cases {
+		t.Run(flag, func(t *testing.T) {
+			key := "export-" + strings.ReplaceAll(flag, "_", "-")
+			if _, err := v.admin.Logical().Write("transit/keys/"+key, params); err != nil {
+				t.Fatal(err)
+			}
+			cfg := v.config(vaultroot.Auth{Token: token})
+			cfg.KeyName = key
+			if _, err := vaultroot.New(t.Context(), cfg); err == nil || !strings.Contains(err.Error(), flag) || !strings.Contains(err.Error(), "allow_key_export") {
+				t.Fatalf("New with a key %s: %v; want a refusal naming %s and allow_key_export", flag, err, flag)
+			}
+			var logs bytes.Buffer
+			cfg.AllowKeyExport = true
+			cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+			r := newRoot(t, cfg)
+			if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), flag) {
+				t.Fatalf("accepted with AllowKeyExport, the log says %q; want a warning naming %s", logs.String(), flag)
+			}
+			roottest.Test(t, r)
+		})
 	}
 }
 

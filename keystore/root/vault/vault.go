@@ -4,8 +4,9 @@
 // Wrap calls <mount>/encrypt/<key> and Unwrap <mount>/decrypt/<key>, passing
 // the associated data as Transit's associated_data (not context, which
 // Transit silently ignores on non-derived keys). The Transit key must be of
-// type aes256-gcm96, not derived and not convergent; New reads
-// <mount>/keys/<key> and refuses anything else.
+// type aes256-gcm96, not derived and not convergent, and (unless
+// Config.AllowKeyExport) neither exportable nor allow_plaintext_backup;
+// New reads <mount>/keys/<key> and refuses anything else.
 //
 // # Wrapped blob format
 //
@@ -90,6 +91,11 @@ type Config struct {
 	// failed with a connection error, 412 or 5xx, with a 1–1.5 s pause. Zero
 	// disables retries: the keystore above has its own policy.
 	MaxRetries int
+	// AllowKeyExport accepts a key created exportable or with
+	// allow_plaintext_backup: Vault hands its material to whoever may read
+	// transit/export or transit/backup, so by default New refuses it. With
+	// this set New accepts it and logs a warning naming the flags.
+	AllowKeyExport bool
 	// Logger receives what no call returns: a failed renewal of the token
 	// made in the background while the current one still serves. Nil
 	// discards it.
@@ -153,7 +159,8 @@ const (
 )
 
 // New connects to Vault, authenticates, and checks that the Transit key
-// exists and is an aes256-gcm96 key that is neither derived nor convergent.
+// exists and is an aes256-gcm96 key that is neither derived nor convergent
+// (nor exportable, unless cfg.AllowKeyExport).
 // It fails with an error wrapping root.ErrUnavailable when Vault cannot be
 // reached and ErrPermissionDenied when the credentials or policy are wrong.
 func New(ctx context.Context, cfg Config) (*Root, error) {
@@ -279,6 +286,19 @@ func (r *Root) checkKey(ctx context.Context, cfg Config) error {
 	}
 	if c, _ := s.Data["convergent_encryption"].(bool); c {
 		return fmt.Errorf("vault root: transit key %q uses convergent encryption; use a non-convergent key", cfg.KeyName)
+	}
+	var export []string
+	for _, flag := range []string{"exportable", "allow_plaintext_backup"} {
+		if on, _ := s.Data[flag].(bool); on {
+			export = append(export, flag)
+		}
+	}
+	switch {
+	case len(export) == 0:
+	case !cfg.AllowKeyExport:
+		return fmt.Errorf("vault root: transit key %q is %s: Vault gives its material to any token allowed transit/export or transit/backup, and the flag cannot be unset; create a key without it and move to it (root.previous, then custos root rewrap), or set allow_key_export to accept this one", cfg.KeyName, strings.Join(export, " and "))
+	default:
+		r.session.logger.Warn("vault root: the transit key's material can leave Vault (allow_key_export is set)", "key", cfg.KeyName, "flags", strings.Join(export, ","))
 	}
 	return nil
 }
