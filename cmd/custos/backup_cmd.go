@@ -159,11 +159,11 @@ docs/backup.md.`,
 				}
 				f = tmp
 			}
-			_, d, closeDirect, err := openDirect(cmd, path)
+			cfg, err := config.Load(path)
 			if err != nil {
 				return err
 			}
-			defer closeDirect()
+			logger := custos.NewLogger(cmd.ErrOrStderr(), "warn")
 			opts := backup.RestoreOptions{Force: force, MaxAge: maxAge, TakeOver: takeOver}
 			if tombsFrom != "" {
 				if opts.Tombstones, opts.Deletions, err = tombstonesFrom(cmd.Context(), tombsFrom); err != nil {
@@ -181,7 +181,24 @@ docs/backup.md.`,
 				}
 				defer f.Close()
 			}
-			rep, err := backup.Restore(cmd.Context(), f, d.Store, d.Root, opts)
+			// The backup is authenticated with the root alone, before the
+			// target is opened: a refused backup leaves the target as it
+			// was (no bbolt file created, no PostgreSQL schema migrated).
+			rt, err := custos.OpenRoot(cmd.Context(), cfg, logger)
+			if err != nil {
+				return err
+			}
+			defer custos.CloseRoot(rt)
+			a, err := backup.Authenticate(cmd.Context(), f, rt, opts)
+			if err != nil {
+				return err
+			}
+			store, err := custos.OpenStorage(cmd.Context(), cfg, logger)
+			if err != nil {
+				return err
+			}
+			defer store.Close()
+			rep, err := a.Restore(cmd.Context(), store)
 			p.done()
 			if err != nil {
 				return err

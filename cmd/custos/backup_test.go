@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -525,5 +526,30 @@ func TestABackupBeingWrittenHasNoName(t *testing.T) {
 	}
 	if des, _ := os.ReadDir(outDir); len(des) != 0 {
 		t.Fatalf("a failed backup left %v", des)
+	}
+}
+
+// A restore authenticates the backup before it opens the target: a backup
+// it refuses leaves the target as it was, here no bbolt file created (on
+// PostgreSQL, no schema migrated).
+func TestARefusedRestoreDoesNotTouchTheTarget(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), ".custos-dev")
+	cfg, err := prepareDev(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(cfg.Storage.Bbolt.Path); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the target's bbolt file before the restore: %v; want none", err)
+	}
+	damaged := filepath.Join(t.TempDir(), "damaged.backup")
+	if err := os.WriteFile(damaged, []byte("not a backup at all"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := runMainErr(t, "restore", "--config", filepath.Join(dir, "custos.yaml"), "--in", damaged)
+	if err == nil {
+		t.Fatalf("restore of a damaged backup succeeded:\n%s", out)
+	}
+	if _, err := os.Stat(cfg.Storage.Bbolt.Path); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the target's bbolt file after a refused restore: %v; want none", err)
 	}
 }

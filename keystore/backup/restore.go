@@ -90,29 +90,50 @@ type RestoreReport struct {
 // or unless it is an interrupted restore of the same backup), then reads it
 // again and writes every record, except those of tenants that must stay
 // shredded and the leases (whose holders are gone). Run again after an
-// interruption, it completes with the same result.
+// interruption, it completes with the same result. It is Authenticate
+// followed by Authenticated.Restore.
 func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root.Root, opts RestoreOptions) (*RestoreReport, error) {
+	a, err := Authenticate(ctx, in, r, opts)
+	if err != nil {
+		return nil, err
+	}
+	return a.Restore(ctx, target)
+}
+
+// Authenticated is a backup read whole and found authentic under its root
+// and young enough, that nothing has been written from yet.
+type Authenticated struct {
+	in       io.ReadSeeker
+	r        root.Root
+	opts     RestoreOptions
+	m        *Manifest
+	tombs    []keystore.Tombstone // the backup's
+	hasTrail bool                 // the backup holds an audit trail (more than a lease)
+}
+
+// Manifest is the authenticated backup's manifest.
+func (a *Authenticated) Manifest() *Manifest { return a.m }
+
+// Authenticate reads the whole backup that in holds once, checking it
+// under r, and refuses one older than opts.MaxAge. It needs no target, so
+// a command can check a backup before it opens (and migrates) the store
+// it restores into.
+func Authenticate(ctx context.Context, in io.ReadSeeker, r root.Root, opts RestoreOptions) (*Authenticated, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
 	if opts.MaxAge == 0 {
 		opts.MaxAge = DefaultMaxAge
 	}
-	apply, ok := target.(storage.Applier)
-	if !ok {
-		return nil, fmt.Errorf("backup: storage %T cannot write in batches", target)
-	}
-	// 1. Authenticate the whole file, collecting its tombstones; write
-	// nothing.
-	var tombs []keystore.Tombstone
-	hasTrail := false // the backup holds an audit trail (more than a lease)
+	a := &Authenticated{in: in, r: r, opts: opts}
+	// Collect the backup's tombstones; write nothing.
 	m, err := readAll(ctx, in, r, nil, func(key string, value []byte) error {
 		if strings.HasPrefix(key, audit.StoragePrefix) && key != audit.LeaseStorageKey {
-			hasTrail = true
+			a.hasTrail = true
 		}
 		if strings.HasPrefix(key, keystore.TombstonePrefix) {
 			if ts, err := keystore.ParseTombstone(value); err == nil {
-				tombs = append(tombs, ts)
+				a.tombs = append(a.tombs, ts)
 			}
 		}
 		return nil
@@ -120,12 +141,26 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 	if err != nil {
 		return nil, err
 	}
-	now := opts.Now()
-	if age := now.Sub(m.Created); opts.MaxAge > 0 && age > opts.MaxAge {
+	if age := opts.Now().Sub(m.Created); opts.MaxAge > 0 && age > opts.MaxAge {
 		return nil, fmt.Errorf("%w: taken %s, %v ago, the maximum is %v (tenants shredded since could come back; --max-age overrides)", ErrTooOld, m.Created.Format(time.RFC3339), age.Round(time.Hour), opts.MaxAge)
 	}
+	a.m = m
+	return a, nil
+}
+
+// Restore writes the authenticated backup into target, as the package's
+// Restore does after authenticating: it reads the backup again, and fails
+// if it no longer matches what Authenticate read.
+func (a *Authenticated) Restore(ctx context.Context, target storage.Store) (*RestoreReport, error) {
+	in, r, m, opts, hasTrail := a.in, a.r, a.m, a.opts, a.hasTrail
+	apply, ok := target.(storage.Applier)
+	if !ok {
+		return nil, fmt.Errorf("backup: storage %T cannot write in batches", target)
+	}
+	now := opts.Now()
 	rep := &RestoreReport{Manifest: m}
 
+	// 1. The backup was authenticated (Authenticate).
 	// 2. The target: empty, or this backup's interrupted restore. The
 	// marker's version, read first, is what claiming the target (step 4)
 	// expects to find.
@@ -181,7 +216,7 @@ func Restore(ctx context.Context, in io.ReadSeeker, target storage.Store, r root
 			keep[t.ID] = keystore.Tombstone{Tenant: t.ID, CreateTime: t.CreateTime.UTC(), ShredTime: now.UTC()}
 		}
 	}
-	tombs = append(tombs, opts.Tombstones...)
+	tombs := slices.Concat(a.tombs, opts.Tombstones)
 	targetTombs, targetDeletions, err := Deletions(ctx, target, now)
 	if err != nil {
 		return nil, err
