@@ -176,14 +176,20 @@ func streamType(info *grpc.StreamServerInfo) string {
 	return "bidi_stream"
 }
 
+// minProbeTimeout is the least time a dependency probe gets, whatever the
+// interval: a short probe_interval must not make a KMS that answers in two
+// seconds look unavailable at every probe.
+const minProbeTimeout = 5 * time.Second
+
 // WatchDependencies probes the storage and the root every interval until ctx
-// is done, updating /readyz, the custos_dependency_up metric and gRPC health:
+// is done (each probe bounded by the interval, or minProbeTimeout if longer),
+// updating /readyz, the custos_dependency_up metric and gRPC health:
 // KeyService is NOT_SERVING while either is unreachable (it cannot write);
 // CryptoService stays SERVING, because it keeps serving cached tenants for the
 // keystore's grace period (uncached ones get UNAVAILABLE).
 func (s *Server) WatchDependencies(ctx context.Context, dc DependencyChecker, interval time.Duration) {
 	probe := func() {
-		pctx, cancel := context.WithTimeout(ctx, interval)
+		pctx, cancel := context.WithTimeout(ctx, max(interval, minProbeTimeout))
 		defer cancel()
 		serr, rerr := dc.Dependencies(pctx)
 		r := &readiness{Storage: "ok", Root: "ok", Checked: time.Now().UTC()}

@@ -164,7 +164,8 @@ type Ops struct {
 	// It has no authentication: keep it on loopback or a private network.
 	Listen string `yaml:"listen"`
 	// ProbeInterval is how often the storage and the root are probed for
-	// /readyz and gRPC health. Default 5s.
+	// /readyz and gRPC health. Default 5s. Each probe may take as long, and
+	// at least 5s.
 	ProbeInterval time.Duration `yaml:"probe_interval"`
 	// Backup serves GET /backup on the ops listener: a backup of the store
 	// taken by this server, which custos backup fetches when the store is
