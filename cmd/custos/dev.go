@@ -68,6 +68,9 @@ restart still decrypts. Never use it in production.`,
 			if listen == "" || opsListen == "" {
 				return usageError{errors.New(`--listen and --ops-listen need an address (--ops-listen "off" turns the ops listener off)`)}
 			}
+			if ephemeral && cmd.Flags().Changed("dir") {
+				return usageError{errors.New("--ephemeral keeps nothing, in a temporary directory of its own: give --dir or --ephemeral, not both")}
+			}
 			hup := catchSIGHUP()
 			if ephemeral {
 				// Nothing kept: a throwaway PKI and root in a temporary

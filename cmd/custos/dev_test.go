@@ -2,11 +2,15 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/custos-kms/custos/internal/config"
 )
@@ -190,5 +194,25 @@ func TestDevRefusesAnEmptyAddress(t *testing.T) {
 		if !errors.As(err, &u) || !strings.Contains(err.Error(), "need an address") {
 			t.Errorf("%s: %v, want a usage error", flag, err)
 		}
+	}
+}
+
+// --ephemeral keeps its PKI and root in a temporary directory of its own:
+// a --dir beside it was silently ignored, and is refused now.
+func TestDevRefusesADirWithEphemeral(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "kept")
+	cmd := newRootCmd()
+	cmd.SetOut(io.Discard)
+	cmd.SetErr(io.Discard)
+	cmd.SetArgs([]string{"dev", "--ephemeral", "--dir", dir, "--listen", "127.0.0.1:0", "--ops-listen", "off"})
+	// Bounded: a dev server that starts instead serves until this ends.
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	err := cmd.ExecuteContext(ctx)
+	if err == nil || exitCode(err) != exitUsage || !strings.Contains(err.Error(), "not both") {
+		t.Fatalf("dev --ephemeral --dir: %v (exit %d), want a usage error", err, exitCode(err))
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the --dir given: %v; want it not created", err)
 	}
 }

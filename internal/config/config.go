@@ -437,14 +437,17 @@ func (c *Config) validate() error {
 	if r := c.Tracing.SampleRatio; r != nil && !(*r >= 0 && *r <= 1) { // NaN too
 		errs = append(errs, errors.New("tracing.sample_ratio must be between 0 and 1"))
 	}
-	if c.Tracing.Endpoint == "" && (c.Tracing.Insecure || c.Tracing.CAFile != "") {
-		errs = append(errs, errors.New("tracing: insecure or ca_file set without tracing.endpoint"))
+	if c.Tracing.Endpoint == "" && (c.Tracing.Insecure || c.Tracing.CAFile != "" || c.Tracing.SampleRatio != nil) {
+		errs = append(errs, errors.New("tracing: insecure, ca_file or sample_ratio set without tracing.endpoint (which turns tracing on)"))
 	}
 	if c.Tracing.Insecure && c.Tracing.CAFile != "" {
 		errs = append(errs, errors.New("tracing: set insecure or ca_file, not both"))
 	}
 	if c.TLS.ReloadInterval < 0 {
 		errs = append(errs, errors.New("tls.reload_interval must not be negative"))
+	}
+	if c.TLS.ReloadInterval != 0 && c.TLS.SPIFFE.WorkloadAPI != "" {
+		errs = append(errs, errors.New("tls.reload_interval applies to cert_file, key_file and client_ca_file; the SPIFFE Workload API sends new SVIDs itself: remove it"))
 	}
 	need("policy_file", c.PolicyFile)
 	errs = append(errs, c.Root.validate()...)
