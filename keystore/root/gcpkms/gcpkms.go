@@ -218,6 +218,12 @@ func classify(ctx context.Context, what string, err error) error {
 	}
 	switch code := status.Code(err); code {
 	case codes.InvalidArgument:
+		if msg := strings.ToLower(status.Convert(err).Message()); strings.Contains(msg, "crc32c") || strings.Contains(msg, "checksum") {
+			// Cloud KMS found a request's checksum not matching what
+			// it received: corrupted in transit, which its docs say to
+			// retry a few times. Not a verdict on the blob.
+			return fmt.Errorf("gcpkms root: %s: %w: %w", what, root.ErrUnavailable, errCorrupted)
+		}
 		if what == "unwrap" {
 			return fmt.Errorf("gcpkms root: %w", root.ErrNotAuthentic)
 		}

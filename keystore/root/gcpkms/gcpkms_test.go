@@ -220,19 +220,27 @@ func TestRealClientErrorsAreClassified(t *testing.T) {
 	cases := []struct {
 		name string
 		code codes.Code
-		want error // nil: neither sentinel
+		msg  string // empty: "canned"
+		want error  // nil: neither sentinel
 	}{
-		{"INVALID_ARGUMENT is not authentic", codes.InvalidArgument, root.ErrNotAuthentic},
-		{"UNAVAILABLE is unavailable", codes.Unavailable, root.ErrUnavailable},
-		{"RESOURCE_EXHAUSTED is unavailable", codes.ResourceExhausted, root.ErrUnavailable},
-		{"INTERNAL is unavailable", codes.Internal, root.ErrUnavailable},
-		{"PERMISSION_DENIED is neither", codes.PermissionDenied, nil},
-		{"FAILED_PRECONDITION (a disabled version) is neither", codes.FailedPrecondition, nil},
-		{"NOT_FOUND is neither", codes.NotFound, nil},
+		{"INVALID_ARGUMENT is not authentic", codes.InvalidArgument, "", root.ErrNotAuthentic},
+		// Cloud KMS refusing the request's own checksum: corrupted on the
+		// way there, retried, not a verdict on the blob.
+		{"INVALID_ARGUMENT on a request checksum is unavailable", codes.InvalidArgument, "The checksum in field ciphertext_crc32c did not match the data in field ciphertext.", root.ErrUnavailable},
+		{"UNAVAILABLE is unavailable", codes.Unavailable, "", root.ErrUnavailable},
+		{"RESOURCE_EXHAUSTED is unavailable", codes.ResourceExhausted, "", root.ErrUnavailable},
+		{"INTERNAL is unavailable", codes.Internal, "", root.ErrUnavailable},
+		{"PERMISSION_DENIED is neither", codes.PermissionDenied, "", nil},
+		{"FAILED_PRECONDITION (a disabled version) is neither", codes.FailedPrecondition, "", nil},
+		{"NOT_FOUND is neither", codes.NotFound, "", nil},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			s.fail.Store(status.New(c.code, "canned"))
+			msg := c.msg
+			if msg == "" {
+				msg = "canned"
+			}
+			s.fail.Store(status.New(c.code, msg))
 			defer s.fail.Store(nil)
 			// The client retries UNAVAILABLE until the deadline.
 			ctx, cancel := context.WithTimeout(t.Context(), time.Second)
