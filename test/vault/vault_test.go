@@ -334,6 +334,49 @@ func TestTLSCertificateAuth(t *testing.T) {
 	}
 }
 
+// The client certificate and key are read again for each login: files
+// renewed in place (cert-manager, Vault Agent) are presented from the next
+// login on. Here Vault's role moves to another CA, the files to a
+// certificate from it, and the provider's token is revoked.
+func TestTLSCertificateAuthReadsRenewedFiles(t *testing.T) {
+	v := startVault(t)
+	if err := v.admin.Sys().EnableAuthWithOptions("cert", &api.EnableAuthOptions{Type: "cert"}); err != nil {
+		t.Fatal(err)
+	}
+	caPEM, certFile, keyFile := clientCertificate(t, t.TempDir())
+	trust := func(ca []byte) {
+		t.Helper()
+		if _, err := v.admin.Logical().Write("auth/cert/certs/custos", map[string]any{
+			"certificate":    string(ca),
+			"token_policies": "custos",
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	trust(caPEM)
+	r := newRoot(t, v.config(vaultroot.Auth{Cert: &vaultroot.Cert{Role: "custos", CertFile: certFile, KeyFile: keyFile}}))
+	ctx := t.Context()
+	if _, err := r.Wrap(ctx, []byte("kek"), []byte("aad")); err != nil {
+		t.Fatal(err)
+	}
+
+	newCA, newCert, newKey := clientCertificate(t, t.TempDir())
+	trust(newCA)
+	for src, dst := range map[string]string{newCert: certFile, newKey: keyFile} {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, dst, string(b))
+	}
+	if _, err := v.admin.Logical().Write("sys/leases/revoke-prefix/auth/cert/login", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Wrap(ctx, []byte("kek"), []byte("aad")); err != nil {
+		t.Fatalf("Wrap after the certificate files were renewed and the token revoked: %v", err)
+	}
+}
+
 // clientCertificate writes a fresh CA-signed client certificate and key to
 // dir and returns the CA's PEM and the two file names.
 func clientCertificate(t *testing.T, dir string) (caPEM []byte, certFile, keyFile string) {

@@ -55,6 +55,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/vault/api"
@@ -210,29 +211,42 @@ func newRoot(cfg Config) (*Root, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
 	tr.TLSHandshakeTimeout = 10 * time.Second
-	apiCfg := &api.Config{
-		Address: cfg.Address,
-		HttpClient: &http.Client{
-			Transport: tr,
-			CheckRedirect: func(*http.Request, []*http.Request) error {
-				return http.ErrUseLastResponse // the Vault client follows redirects itself
+	apiConfig := func(tr *http.Transport) *api.Config {
+		return &api.Config{
+			Address: cfg.Address,
+			HttpClient: &http.Client{
+				Transport: tr,
+				CheckRedirect: func(*http.Request, []*http.Request) error {
+					return http.ErrUseLastResponse // the Vault client follows redirects itself
+				},
 			},
-		},
-		Timeout:    cfg.Timeout,
-		MaxRetries: cfg.MaxRetries,
+			Timeout:    cfg.Timeout,
+			MaxRetries: cfg.MaxRetries,
+		}
 	}
-	tlsCfg := &api.TLSConfig{CACert: cfg.CACertFile}
-	if c := cfg.Auth.Cert; c != nil {
-		tlsCfg.ClientCert, tlsCfg.ClientKey = c.CertFile, c.KeyFile
-	}
-	if err := apiCfg.ConfigureTLS(tlsCfg); err != nil {
+	apiCfg := apiConfig(tr)
+	if err := apiCfg.ConfigureTLS(&api.TLSConfig{CACert: cfg.CACertFile}); err != nil {
 		return nil, fmt.Errorf("vault root: TLS configuration: %w", err)
+	}
+	loginTr := tr
+	if c := cfg.Auth.Cert; c != nil {
+		cc := &clientCert{certFile: c.CertFile, keyFile: c.KeyFile}
+		if _, err := cc.get(nil); err != nil {
+			return nil, fmt.Errorf("vault root: client certificate: %w", err)
+		}
+		tr.TLSClientConfig.GetClientCertificate = cc.get
+		// Each login on a connection of its own, so that it presents
+		// the certificate the files hold now: cert-manager or Vault
+		// Agent renew them in place, and a pooled connection would
+		// present the one it was opened with.
+		loginTr = tr.Clone()
+		loginTr.DisableKeepAlives = true
 	}
 	client, err := newClient(apiCfg, cfg.Namespace)
 	if err != nil {
 		return nil, err
 	}
-	loginClient, err := newClient(apiCfg, cfg.Namespace)
+	loginClient, err := newClient(apiConfig(loginTr), cfg.Namespace)
 	if err != nil {
 		return nil, err
 	}
@@ -244,6 +258,30 @@ func newRoot(cfg Config) (*Root, error) {
 		encryptPath: base + "encrypt/" + cfg.KeyName,
 		decryptPath: base + "decrypt/" + cfg.KeyName,
 	}, nil
+}
+
+// clientCert gives a TLS handshake the client certificate and key their
+// files hold now: they are read at each handshake (Vault's connections are
+// kept alive, so that is seldom), and the last pair that loaded serves
+// while a read fails (a file being rewritten).
+type clientCert struct {
+	certFile, keyFile string
+	mu                sync.Mutex
+	last              *tls.Certificate
+}
+
+func (c *clientCert) get(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	pair, err := tls.LoadX509KeyPair(c.certFile, c.keyFile)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		if c.last != nil {
+			return c.last, nil
+		}
+		return nil, err
+	}
+	c.last = &pair
+	return c.last, nil
 }
 
 // newClient builds an API client configured only by apiCfg and namespace:
