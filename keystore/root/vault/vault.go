@@ -136,7 +136,8 @@ type Cert struct {
 	// Role is the name of the certificate role to log in as; empty lets
 	// Vault pick the role matching the certificate.
 	Role string
-	// CertFile and KeyFile are the PEM client certificate and its key. Required.
+	// CertFile and KeyFile are the PEM client certificate and its key,
+	// read at each new connection (each login opens one). Required.
 	CertFile string
 	KeyFile  string
 }
