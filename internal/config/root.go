@@ -202,7 +202,12 @@ func (r *Root) validateAt(at string) []error {
 	case "vault":
 		v := r.Vault
 		need("address", v.Address)
-		if err := endpointErr(at+".vault.address", v.Address, "https://vault.example.com:8200", "a local Vault Agent"); err != nil {
+		if sock, ok := strings.CutPrefix(v.Address, "unix://"); ok {
+			// A Vault Agent's (or Vault Proxy's) listener on a unix socket.
+			if !filepath.IsAbs(sock) {
+				errs = append(errs, fmt.Errorf("%s.vault.address: a unix socket needs an absolute path, e.g. unix:///run/vault-agent.sock", at))
+			}
+		} else if err := endpointErr(at+".vault.address", v.Address, "https://vault.example.com:8200", "a local Vault Agent"); err != nil {
 			errs = append(errs, err)
 		}
 		need("key_name", v.KeyName)

@@ -167,6 +167,8 @@ func TestPlainHTTPVaultIsAllowedOnLoopbackOnly(t *testing.T) {
 	for addr, ok := range map[string]bool{
 		"http://127.0.0.1:8200": true, "http://localhost:8200": true, "http://[::1]:8200": true,
 		"http://10.0.0.5:8200": false, "https://vault.internal:8200": true,
+		// A Vault Agent's unix socket, by an absolute path only.
+		"unix:///run/vault-agent.sock": true, "unix://run/vault-agent.sock": false,
 	} {
 		doc := strings.Replace(valid, "root: {type: local, local: {key_file: root.key}}",
 			`root: {type: vault, vault: {address: "`+addr+`", key_name: k, auth: {token_file: t}}}`, 1)

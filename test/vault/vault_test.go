@@ -6,12 +6,17 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
 	"log/slog"
 	"math/big"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -241,6 +246,38 @@ path "transit/decrypt/export-*" { capabilities = ["update"] }
 			roottest.Test(t, r)
 		})
 	}
+}
+
+// A Vault Agent (or Vault Proxy) listening on a unix socket: stood in for
+// by a reverse proxy on a socket that forwards to the test cluster over
+// TLS, as the agent's API proxy does.
+func TestThroughAVaultAgentSocket(t *testing.T) {
+	v := startVault(t)
+	caPEM, err := os.ReadFile(v.caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		t.Fatal("the cluster's CA does not parse")
+	}
+	target, err := url.Parse(v.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	proxy.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: proxy, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+
+	r := newRoot(t, vaultroot.Config{Address: "unix://" + sock, KeyName: keyName, Auth: vaultroot.Auth{Token: v.token(t, "custos")}})
+	roottest.Test(t, r)
 }
 
 func TestAppRole(t *testing.T) {
