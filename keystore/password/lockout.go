@@ -117,12 +117,18 @@ func (l *lockout) finish(ctx context.Context, window time.Time, match bool) {
 			*r = lockoutRecord{} // deleted: the right password resets any window
 			return true, nil
 		}
-		if r.WindowStart.IsZero() {
+		switch {
+		case r.WindowStart.IsZero():
 			// Reset meanwhile (by a match, or deleted with nothing
 			// counted): the failure counts in a window of its own, so
 			// that guesses in flight across a reset are not forgotten.
 			r.WindowStart = now
-		} else if r.WindowStart.Equal(window) {
+		case !now.Before(r.WindowStart.Add(l.policy.LockoutWindow)):
+			// The window ended and no attempt has opened the next one
+			// (which would reset this record, as admit does): the
+			// failure opens it, or the reset would forget it.
+			r.Failures, r.InFlight, r.WindowStart = 0, 0, now
+		case r.WindowStart.Equal(window):
 			r.InFlight = max(r.InFlight, 1) - 1
 		}
 		// A failure counts in the window it ends in, even one admitted in

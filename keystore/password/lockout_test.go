@@ -363,6 +363,42 @@ func TestLockoutGuessesStraddlingAWindowsEndStillCount(t *testing.T) {
 	lf.mustBeLocked(t, ks, subjectAlice)
 }
 
+// A failure that ends after its window did, before any attempt opened the
+// next window, opens that window itself: it was added to the ended one,
+// which the next attempt then reset, forgetting it.
+func TestLockoutAFailureEndingAfterItsWindowOpensTheNext(t *testing.T) {
+	t.Parallel()
+	lf := newLockoutFixture(t)
+	pool := workpool.New(1, 64)
+	t.Cleanup(pool.Close)
+	ks := lf.openPasswordService(t, password.Config{Now: lf.clock.Now, Pool: pool})
+	if ok, err := lf.try(ks, subjectAlice, "guess"); ok || err != nil {
+		t.Fatalf("first guess: %v %v", ok, err)
+	}
+	release := holdWorker(t, pool)
+	straddling := make(chan error, 1)
+	go func() { _, err := lf.try2(context.Background(), ks, subjectAlice, "guess"); straddling <- err }()
+	deadline := time.Now().Add(10 * time.Second)
+	for pool.Waiting() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d guesses queued, want 1", pool.Waiting())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	lf.clock.Advance(2 * time.Minute) // the window ends under the queued guess
+	release()
+	if err := <-straddling; err != nil {
+		t.Fatal(err)
+	}
+	// The straddling failure counts in the new window: two more make three.
+	for i := range 2 {
+		if ok, err := lf.try(ks, subjectAlice, "guess"); ok || err != nil {
+			t.Fatalf("guess %d in the new window: %v %v", i+1, ok, err)
+		}
+	}
+	lf.mustBeLocked(t, ks, subjectAlice)
+}
+
 // A verification refused before it was hashed (the pool full, or its
 // deadline ended while queued) leaves no lockout record behind: one record
 // per subject tried had stayed for good, without any hashing cost.
