@@ -305,6 +305,11 @@ func (e *Envelope) Decrypt(ctx context.Context, ciphertext, associatedData []byt
 	if e.c.closed.Load() {
 		return nil, e.closed("decrypt")
 	}
+	if len(ciphertext) == 0 {
+		// Truncated to nothing: no envelope, and no field the service
+		// made (which it would refuse as a malformed request).
+		return nil, invalidLocal(e.op("local decrypt"))
+	}
 	if !envelope.IsEnvelope(ciphertext) {
 		pt, _, err := e.c.Decrypt(ctx, e.name, ciphertext, associatedData)
 		return pt, err
@@ -358,10 +363,20 @@ func (e *Envelope) noteRefused(gen uint64, wrapped []byte) {
 	if e.gen != gen {
 		return
 	}
+	now := e.opts.Now()
+	if len(e.refused) >= maxRefused {
+		// Those past their time go first; only if none has does the
+		// whole memory go (each entry is a call saved, not a guard).
+		for w, until := range e.refused {
+			if now.UnixNano() >= until {
+				delete(e.refused, w)
+			}
+		}
+	}
 	if e.refused == nil || len(e.refused) >= maxRefused {
 		e.refused = map[string]int64{}
 	}
-	e.refused[string(wrapped)] = e.opts.Now().Add(unwrapRefusalTTL).UnixNano()
+	e.refused[string(wrapped)] = now.Add(unwrapRefusalTTL).UnixNano()
 }
 
 // refusedLocked reports, with e.mu held, whether the service refused to
@@ -497,10 +512,22 @@ func (e *Envelope) remember(gen uint64, d *decKey) bool {
 	return e.rememberLocked(gen, d)
 }
 
-// rememberLocked is remember with e.mu held.
+// rememberLocked is remember with e.mu held. It also drops the data keys
+// past their decrypt TTL, so that keys no call looks up again (a writer's
+// own) are not kept until the cache is full: one walk of at most
+// CacheSize entries per data key fetched.
 func (e *Envelope) rememberLocked(gen uint64, d *decKey) bool {
 	if gen != e.gen {
 		return false
+	}
+	now := e.opts.Now()
+	for el := e.lru.Back(); el != nil; {
+		prev := el.Prev()
+		if old := el.Value.(*decKey); !now.Before(old.expires) {
+			e.lru.Remove(el)
+			delete(e.cache, old.wrapped)
+		}
+		el = prev
 	}
 	if el, ok := e.cache[d.wrapped]; ok {
 		e.lru.Remove(el)

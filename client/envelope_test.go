@@ -909,3 +909,66 @@ func TestACancelledCallerMakesNoDataKeyCall(t *testing.T) {
 		t.Fatalf("%d GenerateDataKey and %d Decrypt calls for callers already gone; want none", n, m)
 	}
 }
+
+// A data key past its decrypt TTL is not kept until the cache fills: each
+// new data key cached drops those expired. A writer that never reads its
+// keys back held the derived keys of its last CacheSize data keys (83 hours
+// of them with the defaults).
+func TestEnvelopeDropsExpiredDataKeysAsItCachesNewOnes(t *testing.T) {
+	ctx := context.Background()
+	e := startEnvelopeEnv(t)
+	env := e.c.Envelope(e.name, client.EnvelopeOptions{MaxMessages: 1, MaxAge: time.Minute, DecryptTTL: time.Minute, Now: e.now})
+	for range 10 {
+		if _, err := env.Encrypt(ctx, []byte("x"), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := client.HeldDataKeys(env); n < 10 {
+		t.Fatalf("%d data keys held after 10 encryptions of one message each, want at least 10", n)
+	}
+	e.advance(6 * time.Minute)
+	if _, err := env.Encrypt(ctx, []byte("x"), nil); err != nil {
+		t.Fatal(err)
+	}
+	// The new data key, cached and current.
+	if n := client.HeldDataKeys(env); n != 2 {
+		t.Fatalf("%d data keys held after the others' TTL passed, want 2 (the new one, cached and current)", n)
+	}
+}
+
+// A field truncated to nothing fails as any truncated ciphertext does
+// (ErrInvalidCiphertext), without a call: the service refused it as a
+// malformed request, INVALID_ARGUMENT without the not-authentic reason.
+func TestEnvelopeAnEmptyCiphertextIsInvalid(t *testing.T) {
+	e := startEnvelopeEnv(t)
+	env := e.c.Envelope(e.name, client.EnvelopeOptions{Now: e.now})
+	before := e.decrypts.Load()
+	if _, err := env.Decrypt(context.Background(), nil, nil); !errors.Is(err, client.ErrInvalidCiphertext) {
+		t.Fatalf("Decrypt of an empty ciphertext: %v, want ErrInvalidCiphertext", err)
+	}
+	if n := e.decrypts.Load() - before; n != 0 {
+		t.Fatalf("%d Decrypt calls for an empty ciphertext, want none", n)
+	}
+}
+
+// The memory of refused unwraps, when full, drops those past their 10 s
+// before anything else: it was wiped whole, so a refusal made a moment
+// before was asked again at once (docs/client.md promises one refused
+// unwrap per data key per 10 s).
+func TestEnvelopeRefusedUnwrapsOutliveAFullMemory(t *testing.T) {
+	e := startEnvelopeEnv(t)
+	env := e.c.Envelope(e.name, client.EnvelopeOptions{Now: e.now})
+	for i := range client.MaxRefused - 1 {
+		client.NoteRefused(env, fmt.Appendf(nil, "old-%d", i))
+	}
+	e.advance(11 * time.Second) // the old ones' time is up
+	recent := []byte("recent")
+	client.NoteRefused(env, recent) // the memory is full now
+	client.NoteRefused(env, []byte("newest"))
+	if !client.RecentlyRefused(env, recent) {
+		t.Fatal("a refusal made a moment ago was forgotten when the memory filled")
+	}
+	if !client.RecentlyRefused(env, []byte("newest")) {
+		t.Fatal("the newest refusal is not remembered")
+	}
+}

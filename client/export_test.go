@@ -18,3 +18,23 @@ func HeldDataKeys(e *Envelope) int {
 	}
 	return n
 }
+
+// MaxRefused is how many refused unwraps an Envelope remembers.
+const MaxRefused = maxRefused
+
+// NoteRefused records that the service refused to unwrap wrapped, as a
+// refused DecryptDataKey does.
+func NoteRefused(e *Envelope, wrapped []byte) {
+	e.mu.Lock()
+	gen := e.gen
+	e.mu.Unlock()
+	e.noteRefused(gen, wrapped)
+}
+
+// RecentlyRefused reports whether e would send an envelope of wrapped
+// straight to the service.
+func RecentlyRefused(e *Envelope, wrapped []byte) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.refusedLocked(wrapped, e.opts.Now())
+}
