@@ -52,7 +52,8 @@ func newLimiter(src PolicySource, refused *prometheus.CounterVec) *limiter {
 
 // allow takes n tokens from every bucket that limits c under the policy in
 // force, or none: it fails with RESOURCE_EXHAUSTED, reason RATE_LIMITED and
-// a RetryInfo saying when the call could pass, if any of them lacks tokens.
+// a RetryInfo saying when the call could pass (the longest wait of those
+// that lack tokens, naming its rule), if any of them lacks tokens.
 // The policy is read under the lock, so the buckets only ever follow a
 // reload forward, even for a call authorized just before it.
 func (l *limiter) allow(c *call, n int) error {
@@ -75,9 +76,13 @@ func (l *limiter) allow(c *call, n int) error {
 			return false
 		}
 		if d := r.DelayFrom(now); d > 0 {
+			// Refused; the others are still asked, so that the retry
+			// delay is the longest (the call passes only then).
 			r.CancelAt(now)
-			refusedBy, wait = rl, d
-			return false
+			if refusedBy == nil || d > wait {
+				refusedBy, wait = rl, d
+			}
+			return true
 		}
 		taken = append(taken, r)
 		return true

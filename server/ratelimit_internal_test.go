@@ -3,8 +3,11 @@ package server
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/status"
 
 	"github.com/custos-kms/custos/server/policy"
 )
@@ -134,5 +137,43 @@ func TestAReloadThatMovesAnUnnamedRuleKeepsItsBuckets(t *testing.T) {
 	src.p = b // reloaded with a rule before the limited one
 	if err := l.allow(callOn(b, "x", "t"), 1); err == nil {
 		t.Fatal("the drained bucket was refilled by a reload that only moved its rule")
+	}
+}
+
+// A call refused by several limits is told the longest wait, and the rule
+// that sets it: the first refusing limit's shorter wait sent a client that
+// obeyed it back to be refused again.
+func TestARefusalByTwoLimitsGivesTheLongerWait(t *testing.T) {
+	p := mustPolicy(t, `
+rules:
+  - name: fast
+    identities: [x]
+    tenants: [t]
+    rate_limits: [{requests_per_second: 1, burst: 1}]
+  - name: slow
+    identities: [x]
+    tenants: [t]
+    rate_limits: [{requests_per_second: 0.01, burst: 1}]
+`)
+	l := newTestLimiter(&fixedPolicy{p})
+	now := time.Now()
+	l.now = func() time.Time { return now }
+	if err := l.allow(callOn(p, "x", "t"), 1); err != nil {
+		t.Fatal(err)
+	}
+	err := l.allow(callOn(p, "x", "t"), 1)
+	st := status.Convert(err)
+	var delay time.Duration
+	var rule string
+	for _, d := range st.Details() {
+		switch d := d.(type) {
+		case *errdetails.RetryInfo:
+			delay = d.GetRetryDelay().AsDuration()
+		case *errdetails.ErrorInfo:
+			rule = d.GetMetadata()["rule"]
+		}
+	}
+	if delay < 99*time.Second || rule != "slow" {
+		t.Fatalf("the second call: retry in %v, rule %q; want about 100s, rule slow (%v)", delay, rule, err)
 	}
 }
