@@ -362,19 +362,6 @@ func (pw progressWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// openDirect loads the config and opens its store and root.
-func openDirect(cmd *cobra.Command, path string) (*config.Config, *custos.Direct, func(), error) {
-	cfg, err := config.Load(path)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	d, closeDirect, err := custos.OpenDirect(cmd.Context(), cfg, custos.NewLogger(cmd.ErrOrStderr(), "warn"))
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	return cfg, d, closeDirect, nil
-}
-
 // tombstonesFrom reads the tombstones and scheduled deletions of the store
 // another config names, without writing to it: a bbolt file opened
 // read-only (it must exist, and its server must be stopped), a PostgreSQL
