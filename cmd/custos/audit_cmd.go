@@ -149,7 +149,8 @@ func newAuditCmd() *cobra.Command {
 				return err
 			}
 			ctx, parent := cmd.Context(), tenantName(tenant)
-			pv, err := newPageVerifier(cmd, func() (context.Context, context.CancelFunc) { return c.callContext(cmd) }, cl, parent, publicKey, verify)
+			call := func() (context.Context, context.CancelFunc) { return c.callContext(cmd) }
+			pv, err := newPageVerifier(cmd, call, cl, parent, publicKey, verify)
 			if err != nil {
 				if stoppedByInterrupt(ctx, err) {
 					return nil // Ctrl-C while fetching the key
@@ -159,41 +160,7 @@ func newAuditCmd() *cobra.Command {
 			f := filter(tailSince)
 			f.PageSize = 1000
 			p := newEventPrinter(cmd.OutOrStdout(), output)
-			t := time.NewTicker(interval)
-			defer t.Stop()
-			for {
-				cctx, cancel := c.callContext(cmd)
-				page, err := cl.ListAuditEvents(cctx, parent, f)
-				cancel()
-				if err != nil {
-					if stoppedByInterrupt(ctx, err) {
-						return nil
-					}
-					return err
-				}
-				if err := pv.check(page); err != nil {
-					if stoppedByInterrupt(ctx, err) {
-						return nil // Ctrl-C, during the check as between polls
-					}
-					return err
-				}
-				for _, ev := range page.Events {
-					f.StartIndex = ev.Index + 1
-					if !includeReads && operation == "" && (ev.Operation == "list_audit_events" || ev.Operation == "get_audit_checkpoint") {
-						continue // our own polls, and other readers of the trail
-					}
-					p.print(ev)
-				}
-				p.flush()
-				if f.PageToken = page.NextPageToken; f.PageToken != "" {
-					continue
-				}
-				select {
-				case <-ctx.Done():
-					return nil
-				case <-t.C:
-				}
-			}
+			return tailEvents(ctx, call, cl, parent, f, pv, p, interval, !includeReads && operation == "")
 		}),
 	}
 	filterFlags(tail)
@@ -203,6 +170,57 @@ func newAuditCmd() *cobra.Command {
 	tail.Flags().BoolVar(&includeReads, "include-reads", false, "also print reads of the audit trail (tail's own polls among them)")
 	cmd.AddCommand(list, tail)
 	return cmd
+}
+
+// auditLister answers ListAuditEvents: *client.Client.
+type auditLister interface {
+	ListAuditEvents(ctx context.Context, parent string, f client.AuditFilter) (client.AuditPage, error)
+}
+
+// tailEvents polls parent's events from f on every interval until ctx
+// ends, printing each once; hideReads leaves out reads of the trail (its
+// own polls among them).
+func tailEvents(ctx context.Context, call callContext, cl auditLister, parent string, f client.AuditFilter, pv *pageVerifier, p *eventPrinter, interval time.Duration, hideReads bool) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		cctx, cancel := call()
+		page, err := cl.ListAuditEvents(cctx, parent, f)
+		cancel()
+		if err != nil {
+			if stoppedByInterrupt(ctx, err) {
+				return nil
+			}
+			return err
+		}
+		if err := pv.check(page); err != nil {
+			if stoppedByInterrupt(ctx, err) {
+				return nil // Ctrl-C, during the check as between polls
+			}
+			return err
+		}
+		for _, ev := range page.Events {
+			f.StartIndex = ev.Index + 1
+			if hideReads && (ev.Operation == "list_audit_events" || ev.Operation == "get_audit_checkpoint") {
+				continue // our own polls, and other readers of the trail
+			}
+			p.print(ev)
+		}
+		p.flush()
+		if f.PageToken = page.NextPageToken; f.PageToken != "" {
+			continue
+		}
+		// The listing read every event the page's checkpoint covers: the
+		// next poll starts past them, not again from the last event that
+		// matched (a selective filter re-read the whole history on every
+		// poll).
+		f.StartIndex = max(f.StartIndex, page.Checkpoint.Size)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
 }
 
 // auditKey returns the key to verify with: the pinned one, or the server's

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -176,5 +177,37 @@ func TestAnEmptyAuditTableNamesItsColumns(t *testing.T) {
 		if got := b.String(); !strings.HasPrefix(got, want) || strings.Count(got, "INDEX") > 1 || (want == "" && got != "") {
 			t.Errorf("-o %s with no event: %q", output, got)
 		}
+	}
+}
+
+// pollRecorder is a ListAuditEvents that finds nothing matching in a log
+// of checkpoint size 500, and records where each poll starts.
+type pollRecorder struct {
+	starts []uint64
+	stop   context.CancelFunc
+}
+
+func (r *pollRecorder) ListAuditEvents(_ context.Context, _ string, f client.AuditFilter) (client.AuditPage, error) {
+	r.starts = append(r.starts, f.StartIndex)
+	if len(r.starts) == 2 {
+		r.stop()
+	}
+	return client.AuditPage{Checkpoint: client.AuditCheckpoint{Size: 500}}, nil
+}
+
+// A tail whose filter matched nothing yet starts its next poll past what
+// the last one read (the page's checkpoint): it started again from the
+// beginning, re-reading the tenant's whole history every interval.
+func TestAuditTailPollsFromWhereTheLastPollEnded(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	r := &pollRecorder{stop: cancel}
+	call := func() (context.Context, context.CancelFunc) { return context.WithCancel(ctx) }
+	err := tailEvents(ctx, call, r, "tenants/acme", client.AuditFilter{PageSize: 1000, Operation: "rotate_key"}, &pageVerifier{}, newEventPrinter(io.Discard, "text"), time.Millisecond, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.starts) != 2 || r.starts[1] < 500 {
+		t.Fatalf("polls started at %v; want the second at 500 or after", r.starts)
 	}
 }
