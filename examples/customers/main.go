@@ -19,6 +19,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"flag"
 	"fmt"
@@ -170,7 +171,7 @@ func run(ctx context.Context, out io.Writer, addr, dev, pgURL string, n int) err
 			// that keeps changing stops the job before the old version
 			// is retired.
 			for range 3 {
-				w, err := rewrapRow(ctx, db, c, fields, piiName, idxName, i)
+				w, err := rewrapRow(ctx, db, c, fields, piiName, idxName, primary, i)
 				if errors.Is(err, errRowChanged) {
 					continue
 				}
@@ -239,7 +240,7 @@ var errRowChanged = errors.New("the row changed while it was rewrapped")
 // rewrapRow moves customer i's fields and blind index to the keys' primary
 // versions, and reports whether it wrote the row: not when everything was
 // under them already (or the row is gone). errRowChanged: nothing written.
-func rewrapRow(ctx context.Context, db *pgxpool.Pool, c *client.Client, fields *client.FieldCipher, piiName, idxName string, i int) (bool, error) {
+func rewrapRow(ctx context.Context, db *pgxpool.Pool, c *client.Client, fields *client.FieldCipher, piiName, idxName string, primary map[string]uint32, i int) (bool, error) {
 	id := fmt.Sprint(i)
 	var e, b, idx []byte
 	err := db.QueryRow(ctx, `SELECT email, iban, email_idx FROM custos_example_customers WHERE id = $1`, int64(i)).Scan(&e, &b, &idx)
@@ -269,6 +270,18 @@ func rewrapRow(ctx context.Context, db *pgxpool.Pool, c *client.Client, fields *
 	if err != nil {
 		return false, err
 	}
+	// The versions the service answered under: a replica that has not yet
+	// seen the rotation (about a second after it; longer while it cannot
+	// read storage) returns the old version's bytes unchanged, which
+	// would pass for "moved".
+	for _, r := range res {
+		if r.Version < primary[piiName] {
+			return false, fmt.Errorf("customer %d: the service answered under %s version %d, not the primary %d (a replica that has not seen the rotation yet): run the rewrap again", i, piiName, r.Version, primary[piiName])
+		}
+	}
+	if v := blindIndexVersion(store); v < primary[idxName] {
+		return false, fmt.Errorf("customer %d: the blind index came under %s version %d, not the primary %d (a replica that has not seen the rotation yet): run the rewrap again", i, idxName, v, primary[idxName])
+	}
 	if bytes.Equal(res[0].Ciphertext, e) && bytes.Equal(res[1].Ciphertext, b) && bytes.Equal(store, idx) {
 		return false, nil // under the primary versions already
 	}
@@ -283,6 +296,16 @@ func rewrapRow(ctx context.Context, db *pgxpool.Pool, c *client.Client, fields *
 		return false, errRowChanged
 	}
 	return true, nil
+}
+
+// blindIndexVersion is the key version of a blind index entry (a MAC:
+// 0x01 | version, 4 bytes big-endian | tag; docs/formats.md), 0 if it is
+// not one.
+func blindIndexVersion(mac []byte) uint32 {
+	if len(mac) < 5 || mac[0] != 0x01 {
+		return 0
+	}
+	return binary.BigEndian.Uint32(mac[1:5])
 }
 
 // parallel runs fn for 0…n-1, 16 at a time, and returns the first error;
