@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -140,7 +141,7 @@ func addMoreCommands(root, tenant, key *cobra.Command, c, k *conn) {
 				u.RotationPeriod = &rotation
 			}
 			if cmd.Flags().Changed("min-decryption-version") {
-				if minVersion < 0 || minVersion > 1<<31 {
+				if minVersion < 0 || minVersion > math.MaxUint32 {
 					return usageError{errors.New("--min-decryption-version is out of range")}
 				}
 				v := uint32(minVersion)

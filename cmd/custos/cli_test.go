@@ -52,6 +52,10 @@ func TestExitCodesByClass(t *testing.T) {
 		{"a tenant that does not exist", []string{"tenant", "get", "nobody"}, exitNotFound},
 		{"wrong associated data", []string{"decrypt", "tenants/acme/keys/pii", "--ad", "r1/iban", ct}, exitInvalid},
 		{"an existing tenant", []string{"tenant", "create", "acme"}, exitPrecondition},
+		// A valid uint32 the server refuses (above the primary), not a
+		// usage error.
+		{"a minimum decryption version past 2^31", []string{"key", "update", "tenants/acme/keys/pii", "--min-decryption-version", "3000000000"}, exitInvalid},
+		{"a minimum decryption version past uint32", []string{"key", "update", "tenants/acme/keys/pii", "--min-decryption-version", "4294967296"}, exitUsage},
 	} {
 		if _, code := runDev(t, dir, addr, c.args...); code != c.want {
 			t.Errorf("%s: exit %d, want %d", c.what, code, c.want)

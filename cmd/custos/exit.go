@@ -74,9 +74,11 @@ func exitCode(err error) int {
 		return exitPermission
 	case codes.InvalidArgument, codes.OutOfRange:
 		return exitInvalid
-	case codes.FailedPrecondition, codes.AlreadyExists, codes.Aborted:
+	case codes.FailedPrecondition, codes.AlreadyExists:
 		return exitPrecondition
-	case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted:
+	case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.Aborted:
+		// ABORTED: a change that lost to concurrent ones too often; as
+		// the others here, retrying may succeed.
 		return exitUnavailable
 	case codes.Canceled:
 		return exitOther // the caller gave up: an interrupt (Ctrl-C), no outage to retry

@@ -46,6 +46,8 @@ func TestExitCodesOfCommandsOnTheStoreDirectly(t *testing.T) {
 		// is no outage a script should retry.
 		context.Canceled:                    exitOther,
 		&client.Error{Code: codes.Canceled}: exitOther,
+		// A change that lost to concurrent ones too often: retry it.
+		&client.Error{Code: codes.Aborted}: exitUnavailable,
 		fmt.Errorf("backup through the server: 429 Too Many Requests: a backup is already being taken (%w)", errRetryLater): exitUnavailable,
 	} {
 		if got := exitCode(err); got != want {
