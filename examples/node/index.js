@@ -56,12 +56,15 @@ const call = (client, method, req) => new Promise((resolve, reject) => {
   client[method](req, { deadline: Date.now() + 10000 }, (err, resp) => (err ? reject(err) : resolve(resp)));
 });
 
-// reason reads the google.rpc.ErrorInfo reason of a failed call.
+// reason reads Custos's google.rpc.ErrorInfo reason of a failed call (domain
+// custos.dev: a proxy on the way may add ErrorInfo of its own).
 function reason(err) {
   const bin = err.metadata && err.metadata.get('grpc-status-details-bin')[0];
   if (!bin) return '';
   for (const any of Status.decode(bin).details) {
-    if (any.type_url.endsWith('/google.rpc.ErrorInfo')) return ErrorInfo.decode(any.value).reason;
+    if (!any.type_url.endsWith('/google.rpc.ErrorInfo')) continue;
+    const info = ErrorInfo.decode(any.value);
+    if (info.domain === 'custos.dev') return info.reason;
   }
   return '';
 }

@@ -63,13 +63,14 @@ def associated_data(*parts):
 
 
 def reason(err):
-    """The google.rpc.ErrorInfo reason of a failed call."""
+    """Custos's google.rpc.ErrorInfo reason of a failed call (domain
+    custos.dev: a proxy on the way may add ErrorInfo of its own)."""
     for key, value in err.trailing_metadata() or ():
         if key == "grpc-status-details-bin":
             st = status_pb2.Status.FromString(value)
             for any_ in st.details:
                 info = error_details_pb2.ErrorInfo()
-                if any_.Unpack(info):
+                if any_.Unpack(info) and info.domain == "custos.dev":
                     return info.reason
     return ""
 

@@ -28,8 +28,9 @@ const (
 // message over the size limit, one that does not decode) or an INTERNAL
 // from a failure the server did not foresee; other INTERNALs carry reason
 // INTERNAL.
-// Callers in any language compare ErrorInfo.reason with these names; the Go
-// constants are in reasons.go.
+// Callers in any language compare ErrorInfo.reason, of the ErrorInfo whose
+// domain is "custos.dev" (a proxy may add its own), with these names; the
+// Go constants are in reasons.go.
 type ErrorReason int32
 
 const (
