@@ -334,6 +334,11 @@ func (v *pageVerifier) consistent(a, b client.AuditCheckpoint) error {
 		ctx, cancel := v.call()
 		defer cancel()
 		cp, _, proof, err := v.cl.AuditCheckpoint(ctx, v.parent, size)
+		if errors.Is(err, client.ErrInvalidArgument) {
+			// size is a checkpoint a page showed: the log's latest is
+			// now smaller (rolled back), a finding, not a bad argument.
+			return cp, nil, fmt.Errorf("the pages show different histories: a page showed a checkpoint of %d events, and the server's latest is now smaller (%v)", size, err)
+		}
 		return cp, proof, err
 	}
 	for range 3 {

@@ -15,6 +15,7 @@ import (
 	tlog "github.com/transparency-dev/formats/log"
 	"github.com/transparency-dev/merkle/rfc6962"
 	"golang.org/x/mod/sumdb/note"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/custos-kms/custos/client"
@@ -209,5 +210,28 @@ func TestAuditTailPollsFromWhereTheLastPollEnded(t *testing.T) {
 	}
 	if len(r.starts) != 2 || r.starts[1] < 500 {
 		t.Fatalf("polls started at %v; want the second at 500 or after", r.starts)
+	}
+}
+
+// rolledBackSource answers GetAuditCheckpoint as a server whose log was
+// rolled back below a size a page showed: first_size beyond the latest.
+type rolledBackSource struct{}
+
+func (rolledBackSource) AuditCheckpoint(context.Context, string, uint64) (client.AuditCheckpoint, string, [][]byte, error) {
+	return client.AuditCheckpoint{}, "", nil, &client.Error{Code: codes.InvalidArgument, Message: "first_size 120 is beyond the latest checkpoint's size"}
+}
+
+// A log rolled back between two pages is a finding (exit 1, "different
+// histories"), not an invalid argument (exit 5) that names none.
+func TestALogRolledBackBetweenPagesIsAFinding(t *testing.T) {
+	signer, vkey := newLogKey(t)
+	a := signedCheckpoint(t, signer, vkey, 100, "one")
+	b := signedCheckpoint(t, signer, vkey, 120, "two")
+	cmd := &cobra.Command{}
+	cmd.SetContext(t.Context())
+	v := &pageVerifier{cmd: cmd, call: func() (context.Context, context.CancelFunc) { return context.WithCancel(cmd.Context()) }, cl: rolledBackSource{}, parent: "tenants/acme", tenant: "acme", pub: vkey, verify: true}
+	err := v.consistent(a, b)
+	if err == nil || exitCode(err) != exitOther || !strings.Contains(err.Error(), "different histories") {
+		t.Fatalf("consistency check against a rolled-back log: %v (exit %d); want a finding, exit %d", err, exitCode(err), exitOther)
 	}
 }
