@@ -82,6 +82,13 @@ func (l *Log) Events(ctx context.Context, q Query) (out []Record, cp *Checkpoint
 					want = append(want, i)
 				}
 			}
+			// One record lists up to an integration's worth of the
+			// tenant's events (thousands): no more bodies are read than
+			// the budget has left, and the next page goes on after them.
+			cut := len(want) > budget
+			if cut {
+				want = want[:budget]
+			}
 			bodies, err := l.bodies(ctx, want)
 			if err != nil {
 				return nil, nil, 0, err
@@ -100,6 +107,9 @@ func (l *Log) Events(ctx context.Context, q Query) (out []Record, cp *Checkpoint
 				if len(out) == q.Limit {
 					return l.withProofs(ctx, out, cp, i+1)
 				}
+			}
+			if cut {
+				return l.withProofs(ctx, out, cp, want[len(want)-1]+1)
 			}
 			if len(idx) > 0 && idx[len(idx)-1] >= cp.Size {
 				return l.withProofs(ctx, out, cp, 0) // the rest is not signed yet
