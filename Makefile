@@ -138,8 +138,9 @@ test-deps: ## install PostgreSQL and SoftHSM2 from Debian packages when missing
 	bash scripts/test-deps.sh
 
 .PHONY: vet
-vet: ## go vet
+vet: ## go vet, also of the measurement code behind -tags scale (make bench-scale and co.)
 	$(GO) vet ./...
+	$(GO) vet -tags scale ./internal/bench/
 
 .PHONY: lint
 # staticcheck of test/vault compiles most of Vault (about 15 minutes cold on

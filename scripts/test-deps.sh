@@ -11,6 +11,8 @@ need=()
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 { compgen -G '/usr/lib/softhsm/libsofthsm2.so' >/dev/null || compgen -G '/usr/lib/*/softhsm/libsofthsm2.so' >/dev/null; } || need+=(softhsm2)
 command -v softhsm2-util >/dev/null || need+=(softhsm2)
+# pgrep: the PostgreSQL tests check that no server process is left behind.
+command -v pgrep >/dev/null || need+=(procps)
 # cgo: without a C compiler Go turns it off, and go test -race refuses to
 # run. The compiler Go uses (go env CC) must find the C library's headers.
 cc=$("${GO:-go}" env CC 2>/dev/null || echo gcc)

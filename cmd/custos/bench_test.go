@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/custos-kms/custos/internal/bench"
+	"github.com/custos-kms/custos/internal/pgtest"
 	"github.com/custos-kms/custos/server"
 )
 
@@ -25,7 +26,7 @@ func TestMain(m *testing.M) {
 		main()
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	os.Exit(pgtest.Main(m)) // stops the shared PostgreSQL the tests started
 }
 
 // runCLI runs a custos command line in-process and returns its standard

@@ -117,9 +117,13 @@ func TestSIGHUPDuringStartUpIsNotFatal(t *testing.T) {
 	for i := range 4 {
 		dir := filepath.Join(t.TempDir(), ".custos-dev")
 		cmd := exec.Command(exe, "dev", "--dir", dir, "--listen", "127.0.0.1:0", "--ops-listen", "off")
+		cmd.SysProcAttr = childProcAttr() // it dies with the test
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
+		// Killed if the test fails before it is stopped (a server left
+		// running would keep its directory from being removed).
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _, _ = cmd.Process.Wait() })
 		// No program can catch a signal before its own code runs: on a busy
 		// machine the process may take longer than 20ms to reach main.
 		// Wait until it has run main (custos dev's first act after

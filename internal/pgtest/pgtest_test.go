@@ -122,6 +122,9 @@ func TestStopLeavesNoProcessOrDirectory(t *testing.T) {
 		t.Errorf("data directory %s still there after Stop (err %v)", dataDir, err)
 	}
 	// The backend was the postmaster's child; immediate shutdown ends both.
+	if _, err := exec.LookPath("pgrep"); err != nil {
+		t.Fatalf("pgrep (procps), which scripts/test-deps.sh installs: %v", err)
+	}
 	if out, err := exec.Command("pgrep", "-f", "-a", "postgres -D "+dataDir).Output(); err == nil {
 		t.Errorf("postgres processes left after Stop:\n%s", out)
 	}
