@@ -86,11 +86,16 @@ func NoSpace(err error) bool {
 	if err == nil {
 		return false
 	}
-	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+	if errors.Is(err, syscall.ENOSPC) {
 		return true
 	}
-	msg := err.Error()
-	return strings.Contains(msg, "no space left on device") || strings.Contains(msg, "disk quota exceeded")
+	return strings.Contains(err.Error(), "no space left on device") || OverQuota(err)
+}
+
+// OverQuota reports whether err is the operating system's "disk quota
+// exceeded": a lack of space the filesystem's free space does not show.
+func OverQuota(err error) bool {
+	return err != nil && (errors.Is(err, syscall.EDQUOT) || strings.Contains(err.Error(), "disk quota exceeded"))
 }
 
 // Record is one stored value and the version compare-and-swap compares.

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -70,10 +71,13 @@ const minFree = 1 << 20
 // A small write succeeding says nothing (bbolt reuses free pages of the
 // file first); free space on the filesystem does. Where free space cannot
 // be read, it is reported once.
+//
+// A quota refused the write: the filesystem's free space does not show
+// quotas, so that lasts until a write succeeds.
 func (s *Store) WriteHealth() error {
 	err := s.full.WriteHealth()
-	if err == nil {
-		return nil
+	if err == nil || storage.OverQuota(err) {
+		return err
 	}
 	free, ok := freeBytes(filepath.Dir(s.path))
 	if !ok || free >= minFree {
@@ -128,17 +132,22 @@ func Open(path string, opts Options) (*Store, error) {
 	return &Store{db: db, path: path}, nil
 }
 
-// snapshotPattern names the copies Snapshot makes beside the file.
-func snapshotPattern(path string) string { return filepath.Base(path) + ".snapshot-*" }
+// snapshotPrefix begins the names of the copies Snapshot makes beside the
+// file (os.CreateTemp adds a random suffix).
+func snapshotPrefix(path string) string { return filepath.Base(path) + ".snapshot-" }
 
 // removeStaleSnapshots deletes copies a Snapshot left when its process
 // died: each is a whole copy of the store, and would keep a tenant
 // shredded since unwrappable. The caller holds the file's exclusive lock,
-// so no other process is taking a snapshot of it.
+// so no other process is taking a snapshot of it. The directory is read,
+// not globbed: the file's name may hold pattern characters.
 func removeStaleSnapshots(path string) {
-	stale, _ := filepath.Glob(filepath.Join(filepath.Dir(path), snapshotPattern(path)))
-	for _, f := range stale {
-		_ = os.Remove(f)
+	dir, prefix := filepath.Dir(path), snapshotPrefix(path)
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), prefix) && e.Type().IsRegular() {
+			_ = os.Remove(filepath.Join(dir, e.Name()))
+		}
 	}
 }
 
@@ -312,9 +321,12 @@ func (s *Store) update(ctx context.Context, fn func(*bolt.Bucket) error) error {
 		}
 		return fn(tx.Bucket(bucket))
 	})
-	if storage.NoSpace(err) {
+	switch {
+	case storage.NoSpace(err):
 		err = fmt.Errorf("%w: %w", storage.ErrFull, err)
 		s.full.Note(err)
+	case err == nil && storage.OverQuota(s.full.WriteHealth()):
+		s.full.Note(nil) // the quota let a write through
 	}
 	return err
 }
@@ -385,7 +397,7 @@ var _ storage.Snapshotter = (*Store)(nil)
 // copy, a write that must grow the file's memory map waits for it to end
 // (bbolt remaps only with no reader), and reads queue behind that write.
 func (s *Store) Snapshot(ctx context.Context, fn func(storage.Record) error) error {
-	tmp, err := os.CreateTemp(filepath.Dir(s.path), snapshotPattern(s.path))
+	tmp, err := os.CreateTemp(filepath.Dir(s.path), snapshotPrefix(s.path)+"*")
 	if err != nil {
 		return fmt.Errorf("bbolt: snapshot: %w", err)
 	}
