@@ -218,7 +218,7 @@ func (s *Store) Now(ctx context.Context) (time.Time, error) {
 // Get returns the record stored under key, or an error wrapping
 // storage.ErrNotFound.
 func (s *Store) Get(ctx context.Context, key string) (storage.Record, error) {
-	if err := checkKey(key); err != nil {
+	if err := validate.Key(key); err != nil {
 		return storage.Record{}, fmt.Errorf("postgres: get: %w", err)
 	}
 	if err := s.ready(ctx); err != nil {
@@ -243,7 +243,7 @@ func (s *Store) Get(ctx context.Context, key string) (storage.Record, error) {
 // wrapping storage.ErrConflict. A Put that fails with storage.ErrUnavailable
 // may or may not have been stored; retrying it with the same expect is safe.
 func (s *Store) Put(ctx context.Context, key string, value []byte, expect uint64) (uint64, error) {
-	if err := checkKey(key); err != nil {
+	if err := validate.Key(key); err != nil {
 		return 0, fmt.Errorf("postgres: put: %w", err)
 	}
 	if err := validate.Value(value); err != nil {
@@ -288,7 +288,7 @@ func (s *Store) Put(ctx context.Context, key string, value []byte, expect uint64
 // returns an error wrapping storage.ErrNotFound if there is no record and
 // storage.ErrConflict if the version differs.
 func (s *Store) Delete(ctx context.Context, key string, expect uint64) error {
-	if err := checkKey(key); err != nil {
+	if err := validate.Key(key); err != nil {
 		return fmt.Errorf("postgres: delete: %w", err)
 	}
 	if err := s.ready(ctx); err != nil {
@@ -417,16 +417,6 @@ func (s *Store) fail(ctx context.Context, err error) error {
 	return err
 }
 
-// checkKey validates key against the storage limits and PostgreSQL text.
-func checkKey(key string) error {
-	if err := validate.Key(key); err != nil {
-		return err
-	}
-	if !validKey(key) {
-		return fmt.Errorf("key %q is not valid UTF-8 or contains NUL, which PostgreSQL text cannot hold: %w", key, storage.ErrInvalid)
-	}
-	return nil
-}
 
 // dbVersion returns expect as the bigint the version column holds. Versions
 // above math.MaxInt64 were never handed out, so they become -1, which
@@ -445,11 +435,6 @@ var _ storage.Applier = (*Store)(nil)
 func (s *Store) Apply(ctx context.Context, ops []storage.Op) error {
 	if err := validate.Ops(ops); err != nil {
 		return fmt.Errorf("postgres: apply: %w", err)
-	}
-	for _, op := range ops {
-		if !validKey(op.Key) {
-			return fmt.Errorf("postgres: apply: key %q is not valid UTF-8 or contains NUL: %w", op.Key, storage.ErrInvalid)
-		}
 	}
 	if err := s.ready(ctx); err != nil {
 		return fmt.Errorf("postgres: apply: %w", err)

@@ -378,6 +378,10 @@ func testInvalid(t *testing.T, s storage.Store) {
 		{"Put of an empty key", func(ctx context.Context) error { _, err := s.Put(ctx, "", []byte("x"), 0); return err }},
 		{"Put of a key longer than MaxKeyLen", func(ctx context.Context) error { _, err := s.Put(ctx, long, []byte("x"), 0); return err }},
 		{"Put of a value longer than MaxValueLen", func(ctx context.Context) error { _, err := s.Put(ctx, "k", big, 0); return err }},
+		// Keys are valid UTF-8 without NUL (what PostgreSQL text holds), on
+		// every backend: a bbolt store must restore into PostgreSQL.
+		{"Put of a key that is not UTF-8", func(ctx context.Context) error { _, err := s.Put(ctx, "bad\xff", []byte("x"), 0); return err }},
+		{"Put of a key holding NUL", func(ctx context.Context) error { _, err := s.Put(ctx, "a\x00b", []byte("x"), 0); return err }},
 		{"Delete of an empty key", func(ctx context.Context) error { return s.Delete(ctx, "", 1) }},
 		{"Delete of a key longer than MaxKeyLen", func(ctx context.Context) error { return s.Delete(ctx, long, 1) }},
 		{"List with limit 0", func(ctx context.Context) error { _, err := s.List(ctx, "", "", 0); return err }},

@@ -4,18 +4,24 @@ package validate
 
 import (
 	"fmt"
+	"strings"
+	"unicode/utf8"
 
 	"github.com/custos-kms/custos/keystore/storage"
 )
 
-// Key reports an error wrapping storage.ErrInvalid if key is empty or longer
-// than storage.MaxKeyLen bytes.
+// Key reports an error wrapping storage.ErrInvalid if key is empty, longer
+// than storage.MaxKeyLen bytes, not valid UTF-8 or holds NUL (what
+// PostgreSQL text cannot hold: every backend refuses it, so that a store of
+// one restores into another).
 func Key(key string) error {
 	switch {
 	case key == "":
 		return fmt.Errorf("empty key: %w", storage.ErrInvalid)
 	case len(key) > storage.MaxKeyLen:
 		return fmt.Errorf("key is %d bytes, more than %d: %w", len(key), storage.MaxKeyLen, storage.ErrInvalid)
+	case !utf8.ValidString(key) || strings.IndexByte(key, 0) >= 0:
+		return fmt.Errorf("key %q is not valid UTF-8 or holds NUL: %w", key, storage.ErrInvalid)
 	}
 	return nil
 }
