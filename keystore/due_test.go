@@ -807,3 +807,50 @@ func (f *lcFixture) keystoreOn(t *testing.T, store storage.Store) *keystore.Serv
 	}
 	return ks
 }
+
+// lostAnswer writes a Put on one key and then reports it failed, as a
+// connection lost after COMMIT does: the write landed, the caller cannot
+// know.
+type lostAnswer struct {
+	storage.Store
+	key atomic.Pointer[string]
+}
+
+func (l *lostAnswer) Put(ctx context.Context, key string, value []byte, expect uint64) (uint64, error) {
+	v, err := l.Store.Put(ctx, key, value, expect)
+	if k := l.key.Load(); err == nil && k != nil && *k == key {
+		l.key.Store(nil)
+		return 0, fmt.Errorf("%w: connection lost after commit", storage.ErrUnavailable)
+	}
+	return v, err
+}
+
+// A deletion whose write landed but whose answer was lost still leaves its
+// due hint: the tenant is shredded by the due pass after its date, not by
+// the next full sweep (a day later by default). The retry the caller makes
+// is refused (already scheduled) and wrote no hint either.
+func TestADeletionWhoseAnswerWasLostIsShreddedOnTime(t *testing.T) {
+	f := newLCFixture(t)
+	ctx := context.Background()
+	la := &lostAnswer{Store: f.store}
+	f.store = la
+	ks := f.replica()
+	if _, err := ks.CreateTenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	key := "tenants/acme"
+	la.key.Store(&key)
+	if _, err := ks.DeleteTenant(ctx, "acme", 24*time.Hour); err == nil {
+		t.Fatal("DeleteTenant whose answer was lost succeeded")
+	}
+	if _, err := ks.DeleteTenant(ctx, "acme", 24*time.Hour); !errors.Is(err, keystore.ErrTenantDeleted) {
+		t.Fatalf("DeleteTenant again: %v, want ErrTenantDeleted (already scheduled)", err)
+	}
+	f.clock.Advance(25 * time.Hour)
+	if err := keystore.DuePass(ctx, ks); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.store.Get(ctx, key); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("the tenant after the due pass past its date: %v, want it shredded", err)
+	}
+}

@@ -36,7 +36,7 @@ func (s *Service) DeleteTenant(ctx context.Context, tenant string, waiting time.
 		rec.State = TenantDeleteScheduled
 		rec.DeleteTime = s.now().UTC().Add(waiting)
 		return nil
-	})
+	}, func(rec *tenantRecord) { s.noteTenantDue(ctx, tenant, rec) })
 }
 
 // UndeleteTenant cancels a tenant's scheduled deletion before its
@@ -59,20 +59,26 @@ func (s *Service) UndeleteTenant(ctx context.Context, tenant string) (Tenant, er
 		rec.State = TenantActive
 		rec.DeleteTime = time.Time{}
 		return nil
-	})
-	if err == nil {
+	}, func(*tenantRecord) {
 		// Work of its keys that fell due meanwhile was put off: one hint,
 		// due now, has the next due pass go through them (however many
 		// there are, and whatever becomes of this call's context).
 		s.noteDue(ctx, s.now(), dueKeysKind, tenant)
-	}
+	})
 	return t, err
 }
 
 // updateTenant is a read-modify-write of a tenant record with
 // compare-and-swap, retrying on conflicts. After a write it drops the
 // tenant's cached material on this replica.
-func (s *Service) updateTenant(ctx context.Context, tenant, op string, mutate func(rec *tenantRecord) error) (Tenant, error) {
+//
+// noteDue writes the due hint of the change made: after the write, and
+// also after a write whose outcome is unknown (an error other than a
+// conflict: a connection lost after COMMIT), since a change that did land
+// would otherwise wait for the next full sweep, and the caller's retry is
+// refused before it writes anything. A hint whose change did not land
+// does nothing.
+func (s *Service) updateTenant(ctx context.Context, tenant, op string, mutate func(rec *tenantRecord) error, noteDue func(rec *tenantRecord)) (Tenant, error) {
 	var out Tenant
 	err := retryCAS(fmt.Sprintf("%s %q", op, tenant), func() error {
 		rec, ver, err := s.readTenant(ctx, tenant)
@@ -87,10 +93,14 @@ func (s *Service) updateTenant(ctx context.Context, tenant, op string, mutate fu
 			return err
 		}
 		if _, err := s.store.Put(ctx, tenantStorageKey(tenant), b, ver); err != nil {
+			if !errors.Is(err, storage.ErrConflict) {
+				s.m.invalidateTenant(tenant)
+				noteDue(rec)
+			}
 			return storageErr(op, err)
 		}
 		s.m.invalidateTenant(tenant)
-		s.noteTenantDue(ctx, tenant, rec)
+		noteDue(rec)
 		out = rec.toTenant(tenant)
 		return nil
 	})
