@@ -417,7 +417,6 @@ func (s *Store) fail(ctx context.Context, err error) error {
 	return err
 }
 
-
 // dbVersion returns expect as the bigint the version column holds. Versions
 // above math.MaxInt64 were never handed out, so they become -1, which
 // matches no record.
