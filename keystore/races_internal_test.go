@@ -1520,3 +1520,30 @@ func TestABatchRefusedOnReloadDoesNotReloadPerItem(t *testing.T) {
 		t.Fatalf("100 items of a newer version with the tenant gone: %d storage reads, want one reload", n)
 	}
 }
+
+// A stale shred of an older incarnation, stalled while the id was created
+// and shredded again, does not put its older tombstone over the newer one
+// (which covers more: a restore would bring the later tenant back).
+func TestAnOlderTombstoneDoesNotReplaceANewerOne(t *testing.T) {
+	ctx := context.Background()
+	s, hs, _ := newReviewSvc(t)
+	t1 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	t2 := t1.Add(48 * time.Hour)
+	if err := s.writeTombstone(ctx, tenantRecord{CreateTime: t2, ShredTime: t2.Add(time.Hour)}, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.writeTombstone(ctx, tenantRecord{CreateTime: t1, ShredTime: t1.Add(time.Hour)}, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := hs.Get(ctx, TombstonePrefix+"acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts, err := ParseTombstone(rec.Value)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ts.CreateTime.Equal(t2) {
+		t.Fatalf("the tombstone after an older incarnation's shred: created %v, want the newer %v", ts.CreateTime, t2)
+	}
+}

@@ -53,10 +53,17 @@ func (s *Service) writeTombstone(ctx context.Context, rec tenantRecord, tenant s
 	_, err = s.store.Put(ctx, key, b, 0)
 	if errors.Is(err, storage.ErrConflict) {
 		// A tombstone of an earlier incarnation, or this one's from a pass
-		// that crashed: the newest shred wins.
+		// that crashed: the newest incarnation's wins. One of a later
+		// incarnation stays (a stale shred of an older one, stalled while
+		// the id was created and shredded again, must not put the older
+		// tombstone back: it would cover less, and a restore would bring
+		// the later tenant back).
 		old, gerr := s.store.Get(ctx, key)
 		if gerr != nil {
 			return storageErr("shred tenant: tombstone", gerr)
+		}
+		if cur, perr := ParseTombstone(old.Value); perr == nil && cur.CreateTime.After(rec.CreateTime) {
+			return nil
 		}
 		_, err = s.store.Put(ctx, key, b, old.Version)
 	}
