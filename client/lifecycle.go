@@ -13,8 +13,9 @@ import (
 // crypto-shredding after waiting, which must be 1 to 365 days; zero means
 // the server's default, 30 days. It returns the tenant in state
 // [TenantDeleteScheduled] with its DeleteTime. From now on every call on the
-// tenant fails with [ErrTenantDeleted], until [Client.UndeleteTenant]
-// cancels the deletion; once DeleteTime has passed, the tenant's keys are
+// tenant's keys fails with [ErrTenantDeleted] (GetTenant, ListTenants,
+// UndeleteTenant and the audit reads still work), until
+// [Client.UndeleteTenant] cancels the deletion; once DeleteTime has passed, the tenant's keys are
 // erased and nothing encrypted under them can ever be decrypted again.
 //
 // It fails with [ErrInvalidArgument] for a waiting period out of range,
@@ -35,8 +36,9 @@ func (c *Client) DeleteTenant(ctx context.Context, name string, waiting time.Dur
 // UndeleteTenant cancels the scheduled deletion of the tenant named name
 // before its DeleteTime, and returns it active again, with every key as it
 // was. It fails with [ErrWrongState] if the tenant is not scheduled for
-// deletion, and with [ErrTenantDeleted] once its DeleteTime has passed
-// (both are also [ErrFailedPrecondition]).
+// deletion, with [ErrTenantDeleted] once its DeleteTime has passed (both
+// are also [ErrFailedPrecondition]), and with [ErrNotFound] for an unknown
+// or already shredded tenant.
 func (c *Client) UndeleteTenant(ctx context.Context, name string) (Tenant, error) {
 	op := "undelete tenant " + name
 	resp, err := c.keys.UndeleteTenant(ctx, &custosv1.UndeleteTenantRequest{Name: name})
