@@ -100,7 +100,9 @@ type Runtime struct {
 	lis     net.Listener
 	opsLis  net.Listener
 	closers []func() // run in reverse order by close
-	ran     atomic.Bool
+	// presence tells restores that this server writes to the store.
+	presence *backup.Presence
+	ran      atomic.Bool
 	// abandoned is set when the drain's deadline passed with handlers
 	// still running (hashes): closing does not wait for them.
 	abandoned atomic.Bool
@@ -189,10 +191,20 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 	// A store a restore has not finished is not served: it holds part of a
 	// backup. Nor is one that could not be checked (the database was
 	// reachable for the migration a moment ago): it would be served once
-	// it answers again.
-	if err := backup.Unfinished(ctx, store); err != nil {
+	// it answers again. The presence record comes first, so that a
+	// restore starting meanwhile refuses to write beside this server
+	// (backup.Announce); it is renewed while the server runs and
+	// withdrawn when it stops.
+	if rt.presence, err = backup.Announce(ctx, store, "custos server "+holderID(rt.lis.Addr())); err != nil {
 		return nil, err
 	}
+	rt.closers = append(rt.closers, func() {
+		wctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := rt.presence.Withdraw(wctx); err != nil {
+			rt.logger.Warn("the presence record stays until it expires (a forced restore waits for it)", "error", err.Error())
+		}
+	})
 	kcfg := KeystoreConfig(cfg, store, r, rt.logger)
 	kcfg.Now = opts.Now
 	if rt.ks, err = keystore.New(kcfg); err != nil {
@@ -425,6 +437,15 @@ func (rt *Runtime) Run(ctx context.Context) error {
 		wg.Go(func() { rt.reloadOn(bg) })
 	}
 	wg.Go(func() { rt.ks.RunCountFlush(bg, cfg.Scheduler.FlushInterval) })
+	wg.Go(func() {
+		backup.RunPresence(bg, rt.presence, func(msg string, err error) {
+			if errors.Is(err, backup.ErrRestoring) {
+				logger.Error("a restore is writing to the store this server serves: stop the server, let the restore finish, start it again", "error", err.Error())
+				return
+			}
+			logger.Warn(msg, "error", err.Error())
+		})
+	})
 	holder := holderID(rt.lis.Addr())
 	if rt.audit != nil {
 		// Stopped after the last call has drained (and so after its event

@@ -2,8 +2,10 @@ package custos
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/custos-kms/custos/keystore"
@@ -22,10 +24,37 @@ import (
 // tenant is updated with compare-and-swap, so an interrupted run is simply
 // started again. custos root rewrap runs it on the store directly, and a
 // server holding a bbolt file for its POST /root/rewrap.
-func RewrapRoot(ctx context.Context, store storage.Store, ks *keystore.Service, r root.Root, out io.Writer, byName bool) error {
-	if err := backup.Unfinished(ctx, store); err != nil {
+//
+// It holds a presence record while it runs (backup.Announce), so that a
+// forced restore does not start beside it and put the backup's older
+// wrappings back over what it re-wrapped; one found started anyway (the
+// record having lapsed in a storage outage) stops it.
+func RewrapRoot(ctx context.Context, store storage.Store, ks *keystore.Service, r root.Root, out io.Writer, byName bool) (err error) {
+	p, err := backup.Announce(ctx, store, "custos root rewrap")
+	if err != nil {
 		return err
 	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		backup.RunPresence(ctx, p, func(_ string, err error) {
+			if errors.Is(err, backup.ErrRestoring) {
+				cancel(err)
+			}
+		})
+	})
+	defer func() {
+		cancel(nil)
+		wg.Wait()
+		if cause := context.Cause(ctx); err != nil && errors.Is(cause, backup.ErrRestoring) {
+			err = cause
+		}
+		wctx, wcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer wcancel()
+		if werr := p.Withdraw(wctx); werr != nil {
+			fmt.Fprintf(out, "the presence record stays until it expires, within %v (a forced restore waits for it): %v\n", backup.PresenceTTL, werr)
+		}
+	}()
 	done, last := 0, time.Now()
 	n, err := ks.RewrapTenantKEKs(ctx, func(tenant string) {
 		done++

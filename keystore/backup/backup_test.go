@@ -1173,3 +1173,75 @@ func TestAReadErrorIsNotADamagedBackup(t *testing.T) {
 		t.Errorf("a truncated file: %v, want ErrDamaged", err)
 	}
 }
+
+// A process that writes to a store (a server, custos root rewrap)
+// announces itself before it checks for a restore, and a forced restore
+// refuses to write beside an announced one, judged by the store's clock:
+// of a restore and a server starting together, one sees the other. A
+// withdrawn record lets the restore go ahead.
+func TestAPresenceRecordRefusesAForcedRestore(t *testing.T) {
+	ctx := context.Background()
+	w := newWorld(t)
+	src := memory.New()
+	populate(t, w.keystore(t, src), "a")
+	file := backupOf(t, w, src)
+	target := pgStore(t)
+	populate(t, w.keystore(t, target), "b")
+	p, err := backup.Announce(ctx, target, "custos server test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.clock.add(time.Now().Add(10 * time.Minute).Sub(w.clock.now())) // the operator's clock is ahead
+	if _, err := restore(w, file, target, backup.RestoreOptions{Force: true}); !errors.Is(err, backup.ErrServersRunning) || !strings.Contains(err.Error(), "custos server test") {
+		t.Fatalf("a forced restore beside an announced server: %v, want it refused naming the server", err)
+	}
+	if err := p.Withdraw(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := restore(w, file, target, backup.RestoreOptions{Force: true}); err != nil {
+		t.Fatalf("a forced restore once the server withdrew: %v", err)
+	}
+	if recs, err := target.List(ctx, backup.PresencePrefix, "", 10); err != nil || len(recs) != 0 {
+		t.Fatalf("presence records after the restore: %v, %v; want none (a backup's are not restored)", recs, err)
+	}
+}
+
+// A process that announces itself on a store a restore has marked is
+// refused, and leaves no presence record behind (which would keep that
+// restore, run again, refused).
+func TestAnAnnouncementOnAStoreBeingRestoredIsRefused(t *testing.T) {
+	ctx := context.Background()
+	target := memory.New()
+	if _, err := target.Put(ctx, backup.MarkerKey, []byte("some-backup"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := backup.Announce(ctx, target, "custos server test"); !errors.Is(err, backup.ErrRestoring) {
+		t.Fatalf("Announce on a store being restored: %v, want ErrRestoring", err)
+	}
+	if recs, err := target.List(ctx, backup.PresencePrefix, "", 10); err != nil || len(recs) != 0 {
+		t.Fatalf("presence records after the refusal: %v, %v; want none", recs, err)
+	}
+}
+
+// A forced restore into a bbolt file holds the file's lock, so no server
+// runs on it: leases (and presence records) a killed server left do not
+// refuse it for their TTL.
+func TestAForcedRestoreIntoBboltIgnoresWhatAKilledServerLeft(t *testing.T) {
+	ctx := context.Background()
+	w := newWorld(t)
+	src := memory.New()
+	populate(t, w.keystore(t, src), "a")
+	file := backupOf(t, w, src)
+	target := bboltStore(t)
+	populate(t, w.keystore(t, target), "b")
+	l := lease.Lease{Store: target, Key: keystore.LeaseStorageKey, Now: w.clock.now}
+	if held, _, err := l.Acquire(ctx, "killed-replica", time.Minute); err != nil || !held {
+		t.Fatalf("take the lease: %v, %v", held, err)
+	}
+	if _, err := backup.Announce(ctx, target, "killed server"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := restore(w, file, target, backup.RestoreOptions{Force: true}); err != nil {
+		t.Fatalf("a forced restore into a bbolt file a killed server left a lease in: %v", err)
+	}
+}

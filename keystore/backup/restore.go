@@ -589,9 +589,19 @@ func claim(ctx context.Context, target storage.Store, apply storage.Applier, id 
 // noServers refuses a target on which servers are running: they would
 // serve, and write to, a store half restored (they check for a restore
 // only at start), and could shred a tenant the restore then writes back.
-// A server holds a lease while it runs; leases are judged at now (the
-// store's clock where it has one: clockOf).
+// A server (and custos root rewrap) holds a presence record while it runs
+// (Announce), and a lease while it schedules or integrates the trail;
+// both are judged at now (the store's clock where it has one: clockOf).
 func noServers(ctx context.Context, target storage.Store, now time.Time) error {
+	if x, ok := target.(storage.Exclusive); ok && x.Exclusive() {
+		// Opened by this process alone (a bbolt file, locked while
+		// open): no server runs on it, whatever leases a killed one
+		// left behind.
+		return nil
+	}
+	if err := presentWriters(ctx, target, now); err != nil {
+		return err
+	}
 	for _, key := range []string{keystore.LeaseStorageKey, audit.LeaseStorageKey} {
 		holder, until, held, err := lease.Lease{Store: target, Key: key, Now: func() time.Time { return now }}.Holder(ctx)
 		if err != nil {
@@ -604,10 +614,10 @@ func noServers(ctx context.Context, target storage.Store, now time.Time) error {
 	return nil
 }
 
-// skipKey: the leases (their holders are gone) and shredded tenants'
-// records.
+// skipKey: the leases and presence records (their holders are gone) and
+// shredded tenants' records.
 func skipKey(key string, shred map[string]bool) bool {
-	if key == keystore.LeaseStorageKey || key == audit.LeaseStorageKey {
+	if key == keystore.LeaseStorageKey || key == audit.LeaseStorageKey || strings.HasPrefix(key, PresencePrefix) {
 		return true
 	}
 	for _, p := range []string{"tenants/", "keys/", "lockout/"} {

@@ -79,6 +79,13 @@ func (t *FullTracker) WriteHealth() error {
 	return nil
 }
 
+// Exclusive is implemented by a store that one process at a time can open
+// (a bbolt file, locked while open): while this process holds it, no other
+// writes to it.
+type Exclusive interface {
+	Exclusive() bool
+}
+
 // NoSpace reports whether err is the operating system's "no space left on
 // device" or "disk quota exceeded", also when a library flattened it into
 // a message (bbolt's "file resize error").

@@ -89,6 +89,13 @@ func (s *Store) WriteHealth() error {
 	return err
 }
 
+var _ storage.Exclusive = (*Store)(nil)
+
+// Exclusive reports true: bbolt locks the file for the process that opened
+// it (a read-only open too, shared with other readers only), so no other
+// process writes to it meanwhile.
+func (s *Store) Exclusive() bool { return true }
+
 // Open opens the store in the file at path, creating it with mode 0600 if
 // it does not exist. If the file stays locked by another holder for
 // opts.Timeout, Open returns an error wrapping ErrLocked.

@@ -1,0 +1,128 @@
+package custos
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/custos-kms/custos/internal/config"
+	"github.com/custos-kms/custos/internal/pki"
+	"github.com/custos-kms/custos/keystore"
+	"github.com/custos-kms/custos/keystore/backup"
+	"github.com/custos-kms/custos/keystore/root/local"
+	"github.com/custos-kms/custos/keystore/storage/memory"
+)
+
+// A forced restore does not write under a server that has started on the
+// store, even one that holds no lease yet (the scheduler and the trail
+// off, or not yet at their first tick): the server's presence record
+// refuses it. Once the server stops, the restore goes ahead.
+func TestAForcedRestoreRefusesAServerThatHoldsNoLease(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	files, err := pki.WriteDevFiles(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := local.Create(filepath.Join(dir, "root.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	policyFile := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(policyFile, []byte("rules:\n  - {identities: [\"spiffe://custos.dev/dev-client\"], tenants: [\"*\"], permissions: [\"*\"]}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	store := memory.New()
+	var b bytes.Buffer
+	if _, err := backup.Write(ctx, &b, store, r, backup.Options{Source: "memory"}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := &config.Config{
+		Listen:     "127.0.0.1:0",
+		TLS:        config.TLS{CertFile: files.ServerCert, KeyFile: files.ServerKey, ClientCAFile: files.CA},
+		PolicyFile: policyFile,
+		Root:       config.Root{Type: "local", Local: config.LocalRoot{KeyFile: filepath.Join(dir, "root.key")}},
+		Storage:    config.Storage{Type: "memory"},
+		Ops:        config.Ops{Listen: "off"},
+		Scheduler:  config.Scheduler{Disabled: true},
+		Audit:      config.Audit{Disabled: true},
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	rt, err := New(ctx, cfg, Options{Store: store, Root: r, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	restore := func() error {
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		_, err := backup.Restore(rctx, bytes.NewReader(b.Bytes()), store, r, backup.RestoreOptions{Force: true})
+		return err
+	}
+	if err := restore(); !errors.Is(err, backup.ErrServersRunning) {
+		t.Fatalf("a forced restore beside a server that started: %v; want ErrServersRunning", err)
+	}
+	rt.Close()
+	if err := restore(); err != nil {
+		t.Fatalf("a forced restore once the server stopped: %v", err)
+	}
+}
+
+// hookWriter calls fn at its first write.
+type hookWriter struct {
+	fn   func()
+	done bool
+}
+
+func (h *hookWriter) Write(b []byte) (int, error) {
+	if !h.done {
+		h.done = true
+		h.fn()
+	}
+	return len(b), nil
+}
+
+// custos root rewrap on the store directly holds no lease; a forced
+// restore started while it runs would put the backup's wrappings, under
+// the old root, back over what it re-wrapped. Its presence record refuses
+// that restore.
+func TestAForcedRestoreRefusesARunningRootRewrap(t *testing.T) {
+	ctx := context.Background()
+	r, err := local.Create(filepath.Join(t.TempDir(), "root.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := memory.New()
+	ks, err := keystore.New(keystore.Config{Storage: store, Root: r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tn := range []string{"a", "b"} {
+		if _, err := ks.CreateTenant(ctx, tn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var b bytes.Buffer
+	if _, err := backup.Write(ctx, &b, store, r, backup.Options{Source: "memory"}); err != nil {
+		t.Fatal(err)
+	}
+	var restoreErr error
+	out := &hookWriter{fn: func() {
+		_, restoreErr = backup.Restore(ctx, bytes.NewReader(b.Bytes()), store, r, backup.RestoreOptions{Force: true})
+	}}
+	if err := RewrapRoot(ctx, store, ks, r, out, true); err != nil {
+		t.Fatal(err)
+	}
+	if !errors.Is(restoreErr, backup.ErrServersRunning) {
+		t.Fatalf("a forced restore while custos root rewrap ran: %v; want ErrServersRunning", restoreErr)
+	}
+	if recs, err := store.List(ctx, backup.PresencePrefix, "", 10); err != nil || len(recs) != 0 {
+		t.Fatalf("presence records after the rewrap: %v, %v; want none", recs, err)
+	}
+}
