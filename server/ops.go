@@ -251,7 +251,16 @@ func HandlePprof(mux *http.ServeMux) {
 func (s *Server) OpsHandler(withPprof bool) http.Handler {
 	mux := http.NewServeMux()
 	if withPprof {
-		HandlePprof(mux)
+		// Behind the Host check too: a page rebinding its DNS name to
+		// the listener would read the command line and the goroutines'
+		// stacks, or start a profile of any length.
+		pp := http.NewServeMux()
+		HandlePprof(pp)
+		mux.Handle("/debug/pprof/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if s.opsHostAllowed(w, r) {
+				pp.ServeHTTP(w, r)
+			}
+		}))
 	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n"))
