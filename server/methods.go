@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"time"
 
@@ -297,8 +298,35 @@ func (s *Server) streamRequestPath(srv any, ss grpc.ServerStream, info *grpc.Str
 		wrapped := middleware.WrapServerStream(ss)
 		// The call log line (callFields) names the request id too.
 		wrapped.WrappedContext = context.WithValue(identity.NewContext(ctx, id), requestIDKey{}, rid)
+		if m.op == "reflection" {
+			return handler(srv, drainingStream{wrapped, s.drained})
+		}
 		return handler(srv, wrapped)
 	}
 	s.logger.LogAttrs(ctx, slog.LevelError, "streaming method has no request path; refused", slog.String("method", info.FullMethod), slog.String("request_id", rid), slog.String("identity", id))
 	return status.Error(codes.PermissionDenied, "method is not authorized for anyone")
+}
+
+// drainingStream is a reflection stream whose RecvMsg ends (io.EOF, as
+// when the client closes its side) once the server drains: the handler
+// waits in it for the client's next request, and a graceful stop waits for
+// every handler, so an open reflection client held every stop to
+// shutdown_timeout. The abandoned read ends with the stream.
+type drainingStream struct {
+	grpc.ServerStream
+	drained context.Context
+}
+
+func (d drainingStream) RecvMsg(m any) error {
+	if d.drained.Err() != nil {
+		return io.EOF
+	}
+	done := make(chan error, 1)
+	go func() { done <- d.ServerStream.RecvMsg(m) }()
+	select {
+	case err := <-done:
+		return err
+	case <-d.drained.Done():
+		return io.EOF
+	}
 }

@@ -16,6 +16,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectionv1 "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 
 	"github.com/custos-kms/custos/internal/config"
@@ -311,5 +312,29 @@ func TestARuntimeClosedWithoutRunningLeavesNoGoroutines(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d goroutines 10s after three New and Close, %d before", runtime.NumGoroutine(), before)
 		}
+	}
+}
+
+// A reflection stream kept open (grpcui, a reflection client not reset)
+// does not hold the stop either: it waits in Recv for the client's next
+// request, and a graceful stop waits for every handler.
+func TestAReflectionStreamDoesNotHoldTheStop(t *testing.T) {
+	const timeout = 20 * time.Second
+	ts := start(t, newFiles(t), options{configure: func(c *config.Config) { c.ShutdownTimeout = timeout }})
+	ctx := testContext(t)
+	stream, err := reflectionv1.NewServerReflectionClient(ts.conn(t, idAdmin)).ServerReflectionInfo(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&reflectionv1.ServerReflectionRequest{MessageRequest: &reflectionv1.ServerReflectionRequest_ListServices{}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatalf("list services: %v", err)
+	}
+	begin := time.Now()
+	ts.stop()
+	if took := time.Since(begin); took > timeout/4 {
+		t.Fatalf("the stop took %v with a reflection stream open (shutdown_timeout %v)", took, timeout)
 	}
 }
