@@ -321,11 +321,18 @@ func (s *Server) OpsHandler(withPprof bool) http.Handler {
 
 // storeEndpoint wraps the handler of an endpoint that works on the store
 // (what): it answers only requests to the ops listener's own address that
-// name this server's store file, one at a time (429, busy, while one runs).
+// name this server's store file, one at a time (429, busy, while one runs),
+// and none once the server drains (503).
 func (s *Server) storeEndpoint(what, busy string, h http.HandlerFunc) http.HandlerFunc {
 	var running sync.Mutex
 	return func(w http.ResponseWriter, r *http.Request) {
 		if !s.opsHostAllowed(w, r) || !s.namesThisStore(w, r) {
+			return
+		}
+		if s.drained != nil && s.drained.Err() != nil {
+			// Stopping: the store and the root close once the calls
+			// have drained, which this would outlast.
+			http.Error(w, "the server is stopping; run it again against the next one, or once this one is back", http.StatusServiceUnavailable)
 			return
 		}
 		if !running.TryLock() {

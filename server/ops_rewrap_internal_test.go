@@ -194,3 +194,21 @@ func TestStoreEndpointsRefuseOtherHostNames(t *testing.T) {
 		t.Errorf("/healthz to another host name: %d", rec.Code)
 	}
 }
+
+// Once the server drains, the endpoints that work on the store refuse new
+// runs (503, retry against the next server): the store and the root close
+// after the drain, which a run started then would outlast.
+func TestStoreEndpointsRefuseNewRunsWhileDraining(t *testing.T) {
+	drained, drain := context.WithCancel(context.Background())
+	drain()
+	ran := false
+	s := &Server{logger: slog.New(slog.DiscardHandler), metrics: newMetrics(), storeFile: storeFile(t), drained: drained, rewrap: func(context.Context, io.Writer) error {
+		ran = true
+		return nil
+	}}
+	rec := httptest.NewRecorder()
+	s.OpsHandler(false).ServeHTTP(rec, rewrapRequest(s.storeFile))
+	if rec.Code != http.StatusServiceUnavailable || ran {
+		t.Fatalf("POST /root/rewrap while draining: %d (ran: %v), want 503 and no run", rec.Code, ran)
+	}
+}
