@@ -2,6 +2,7 @@ package audit
 
 import (
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
@@ -161,11 +162,24 @@ func (e *Exporter) write(events []*custosv1.AuditEvent) {
 	}
 }
 
+// exportCloseTimeout bounds how long Close waits for the queued lines to be
+// written: a stalled standard output (a pipe nobody reads) or a hung
+// filesystem must not hold the server's stop for ever.
+var exportCloseTimeout = 10 * time.Second
+
 // Close writes what is queued and closes the export file. Call it after
-// the writer that feeds it is closed.
+// the writer that feeds it is closed. If the lines cannot be written
+// within exportCloseTimeout it gives up on them (they stay in the log) and
+// leaves the file as it is.
 func (e *Exporter) Close() error {
 	e.once.Do(func() { close(e.queue) })
-	<-e.done
+	select {
+	case <-e.done:
+	case <-time.After(exportCloseTimeout):
+		n := len(e.queue)
+		e.logger.Error("audit: the export did not finish writing at stop; its last lines are lost (the events stay in the log)", "batches_queued", n)
+		return errors.New("audit: export: writing did not finish in time")
+	}
 	if e.closer != nil {
 		return e.closer.Close()
 	}
