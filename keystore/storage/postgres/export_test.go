@@ -33,3 +33,14 @@ const (
 
 // NoteFull marks s as full, as a write that failed for lack of space does.
 func NoteFull(s *Store, err error) { s.full.Note(err) }
+
+// MigrationLock is the advisory lock's key migrations take.
+const MigrationLock = migrationLock
+
+// SetMigrationLockWait shortens how long one try waits for the migration
+// lock until t ends. Tests that call it must not run in parallel.
+func SetMigrationLockWait(t *testing.T, d time.Duration) {
+	old := migrationLockWait
+	migrationLockWait = d
+	t.Cleanup(func() { migrationLockWait = old })
+}

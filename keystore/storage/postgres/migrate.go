@@ -6,11 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"path"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -69,10 +72,36 @@ func loadMigrations(fsys fs.FS) ([]migration, error) {
 // Replicas opening at once wait for each other, and the later ones find
 // nothing left to do. A database that a newer release has migrated further
 // is accepted.
-func migrate(ctx context.Context, pool *pgxpool.Pool, ms []migration) error {
+//
+// While another session holds the lock (a replica migrating, or one hung
+// with its transaction open), it logs through logger every
+// migrationLockWait that it is waiting, and waits on until ctx ends.
+func migrate(ctx context.Context, pool *pgxpool.Pool, ms []migration, logger *slog.Logger) error {
+	for waited := time.Duration(0); ; waited += migrationLockWait {
+		err := migrateOnce(ctx, pool, ms)
+		var pgErr *pgconn.PgError // 55P03: lock_not_available, the lock_timeout
+		if !errors.As(err, &pgErr) || pgErr.Code != "55P03" || ctx.Err() != nil {
+			return err
+		}
+		if logger != nil {
+			logger.Warn("postgres: waiting for the schema migration lock, which another session holds (a replica migrating, or one whose transaction hangs open)", "waited", (waited + migrationLockWait).String())
+		}
+	}
+}
+
+// migrationLockWait is how long one try waits for the migration lock.
+var migrationLockWait = 10 * time.Second
+
+func migrateOnce(ctx context.Context, pool *pgxpool.Pool, ms []migration) error {
 	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", migrationLockWait.Milliseconds())); err != nil {
+			return fmt.Errorf("set lock_timeout: %w", err)
+		}
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", migrationLock); err != nil {
 			return fmt.Errorf("take migration lock: %w", err)
+		}
+		if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = 0"); err != nil {
+			return fmt.Errorf("set lock_timeout: %w", err)
 		}
 		// Created under the lock: two concurrent CREATE TABLE IF NOT
 		// EXISTS can both try to create it and one fail.

@@ -182,7 +182,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	// NoMigrate writes nothing; a database never migrated fails at the
 	// first read.
 	if !cfg.NoMigrate {
-		if err := migrate(ctx, pool, ms); err != nil {
+		if err := migrate(ctx, pool, ms, cfg.Logger); err != nil {
 			pool.Close()
 			return nil, fmt.Errorf("postgres: open: migrate: %w", classify(ctx, err))
 		}

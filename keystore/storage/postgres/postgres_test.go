@@ -1,9 +1,11 @@
 package postgres_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"slices"
 	"strconv"
@@ -447,4 +449,70 @@ func TestConcurrentUpsertsNeverLowerTheVersion(t *testing.T) {
 		t.Fatal(err)
 	default:
 	}
+}
+
+// An Open that waits for the migration lock says so (every try's wait):
+// another session holding it (a replica hung with its transaction open)
+// made every other replica's start hang without a word. It goes on once
+// the lock is free.
+func TestOpenWaitingForTheMigrationLockSaysSo(t *testing.T) {
+	postgres.SetMigrationLockWait(t, 200*time.Millisecond)
+	url := pgtest.Start(t).NewDatabase(t)
+	open(t, postgres.Config{URL: url}).Close()
+	ctx := t.Context()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", postgres.MigrationLock); err != nil {
+		t.Fatal(err)
+	}
+	logs := &lockedBuffer{}
+	opened := make(chan error, 1)
+	go func() {
+		s, err := postgres.Open(ctx, postgres.Config{URL: url, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+		if err == nil {
+			s.Close()
+		}
+		opened <- err
+	}()
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(logs.String(), "waiting for the schema migration lock"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line within 10s while the migration lock was held; logs: %q", logs.String())
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-opened:
+		if err != nil {
+			t.Fatalf("Open once the lock was free: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Open still waiting 10s after the lock was freed")
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for a logger and a reader at once.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
