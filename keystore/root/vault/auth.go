@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/vault/api"
@@ -110,8 +111,14 @@ type session struct {
 	now         func() time.Time
 	logger      *slog.Logger
 	sem         chan struct{}
+	// base bounds the renewals made in the background; stop ends it
+	// (Close), and renewals counts them.
+	base     context.Context
+	stop     context.CancelFunc
+	renewals sync.WaitGroup
 
 	// Guarded by sem.
+	closed   bool      // Close was called: no renewal starts
 	epoch    uint64    // incremented by each successful login
 	refresh  time.Time // log in again after this; zero: no need
 	expire   time.Time // the token is dead after this; zero: unknown
@@ -142,6 +149,7 @@ func newSession(client, loginClient *api.Client, login loginFunc, renewable bool
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
+	base, stop := context.WithCancel(context.Background())
 	return &session{
 		client:      client,
 		loginClient: loginClient,
@@ -150,7 +158,18 @@ func newSession(client, loginClient *api.Client, login loginFunc, renewable bool
 		now:         now,
 		logger:      logger,
 		sem:         make(chan struct{}, 1),
+		base:        base,
+		stop:        stop,
 	}
+}
+
+// close ends a renewal running in the background, and waits for it.
+func (s *session) close() {
+	s.sem <- struct{}{}
+	s.closed = true
+	s.unlock()
+	s.stop()
+	s.renewals.Wait()
 }
 
 // canRenew reports whether another login could yield another token: false
@@ -185,9 +204,10 @@ func (s *session) current(ctx context.Context) (uint64, error) {
 		// renewal runs in the background, and calls go on with the
 		// token meanwhile. A slow or failing login (a standby cut off
 		// from the active node) then costs no call its deadline.
-		if !s.renewing {
+		if !s.renewing && !s.closed {
 			s.renewing = true
-			go s.renewEarly(s.epoch)
+			seen := s.epoch
+			s.renewals.Go(func() { s.renewEarly(seen) })
 		}
 		return s.epoch, nil
 	}
@@ -201,13 +221,15 @@ func (s *session) current(ctx context.Context) (uint64, error) {
 // works, without holding the semaphore during the login; it ends within
 // earlyLoginTimeout. A failure is tried again after earlyLoginRetry.
 func (s *session) renewEarly(seen uint64) {
-	ctx, cancel := context.WithTimeout(context.Background(), earlyLoginTimeout)
+	ctx, cancel := context.WithTimeout(s.base, earlyLoginTimeout)
 	defer cancel()
 	token, ttl, err := s.login(ctx, s.loginClient)
 	s.sem <- struct{}{} // no caller holds it for long: logins under it are bounded by their callers
 	defer s.unlock()
 	s.renewing = false
 	switch {
+	case s.closed:
+		// The root was closed: nothing more to renew for.
 	case s.epoch != seen:
 		// Another login (Vault refused the token) made a newer one.
 	case err != nil:

@@ -342,6 +342,20 @@ func (r *Root) checkKey(ctx context.Context, cfg Config) error {
 	return nil
 }
 
+// Close ends a token renewal running in the background (waiting for it)
+// and closes the idle connections to Vault. The token stays valid until
+// its TTL. Calls after Close still work, logging in as they need to, but
+// start no background renewal.
+func (r *Root) Close() error {
+	r.session.close()
+	for _, c := range []*api.Client{r.client, r.session.loginClient} {
+		if hc := c.CloneConfig().HttpClient; hc != nil {
+			hc.CloseIdleConnections()
+		}
+	}
+	return nil
+}
+
 // Wrap encrypts plaintext with the Transit key's latest version, binding aad.
 func (r *Root) Wrap(ctx context.Context, plaintext, aad []byte) ([]byte, error) {
 	data := map[string]any{

@@ -14,6 +14,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -45,6 +46,8 @@ type fakeVault struct {
 	failWith   atomic.Pointer[cannedError]
 	tokenTTL   time.Duration
 	hangLogin  atomic.Pointer[chan struct{}] // if set, logins wait until it closes (or the client gives up)
+	hung       atomic.Int64                  // logins that began to hang
+	gaveUp     atomic.Int64                  // hung logins the client gave up
 }
 
 type cannedError struct {
@@ -71,9 +74,12 @@ func (f *fakeVault) serve(w http.ResponseWriter, r *http.Request) {
 	f.mu.Unlock()
 	if r.URL.Path == "/v1/auth/approle/login" {
 		if hang := f.hangLogin.Load(); hang != nil {
+			_, _ = io.Copy(io.Discard, r.Body) // read whole, so a client that hangs up ends r.Context()
+			f.hung.Add(1)
 			select {
 			case <-*hang:
 			case <-r.Context().Done():
+				f.gaveUp.Add(1)
 			}
 			writeJSON(w, 503, map[string]any{"errors": []string{"standby cannot reach the active node"}})
 			return
@@ -388,6 +394,44 @@ func TestAHangingEarlyRenewalFailsNoCall(t *testing.T) {
 		cancel()
 		if err != nil {
 			t.Fatalf("call %d while the renewal hangs, the token still valid: %v", i, err)
+		}
+	}
+}
+
+// Close ends a renewal running in the background and waits for it: it
+// belonged to nothing, and ran on for up to 30 s after the server stopped.
+func TestCloseEndsABackgroundRenewal(t *testing.T) {
+	f := newFakeVault(t)
+	f.tokenTTL = 4 * time.Second // renewed after 3s
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	r, err := vault.New(t.Context(), f.config(vault.Auth{AppRole: &vault.AppRole{RoleID: "role", SecretIDFile: writeSecretID(t)}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.hangLogin.Store(&release)
+	time.Sleep(3200 * time.Millisecond) // past the renewal time
+	if _, err := r.Wrap(t.Context(), []byte("kek"), nil); err != nil {
+		t.Fatal(err) // starts the renewal, which hangs
+	}
+	for deadline := time.Now().Add(10 * time.Second); f.hung.Load() == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no renewal began within 10s")
+		}
+	}
+	done := make(chan error, 1)
+	go func() { done <- r.Close() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close still waiting 10s for the renewal")
+	}
+	for deadline := time.Now().Add(10 * time.Second); f.gaveUp.Load() == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the renewal's login still hangs 10s after Close")
 		}
 	}
 }
