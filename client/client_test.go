@@ -79,6 +79,7 @@ var sentinels = []struct {
 	{"ErrHashQueueFull", client.ErrHashQueueFull},
 	{"ErrSubjectLocked", client.ErrSubjectLocked},
 	{"ErrUnavailable", client.ErrUnavailable},
+	{"ErrAborted", client.ErrAborted},
 	{"ErrClosed", client.ErrClosed},
 }
 
@@ -612,6 +613,7 @@ func TestErrorMappingOverTheWire(t *testing.T) {
 		{"RESOURCE_EXHAUSTED with HASH_QUEUE_FULL is also ErrHashQueueFull", reasonError(codes.ResourceExhausted, "HASH_QUEUE_FULL", "hashing queue full"), "HASH_QUEUE_FULL", []error{client.ErrResourceExhausted, client.ErrHashQueueFull}},
 		{"RESOURCE_EXHAUSTED with SUBJECT_LOCKED is also ErrSubjectLocked", reasonError(codes.ResourceExhausted, "SUBJECT_LOCKED", "subject locked"), "SUBJECT_LOCKED", []error{client.ErrResourceExhausted, client.ErrSubjectLocked}},
 		{"UNAVAILABLE is ErrUnavailable", status.Error(codes.Unavailable, "root KMS unreachable"), "", []error{client.ErrUnavailable}},
+		{"ABORTED is ErrAborted", reasonError(codes.Aborted, "CONFLICT", "too many concurrent changes"), "CONFLICT", []error{client.ErrAborted}},
 		{"INTERNAL matches no sentinel", status.Error(codes.Internal, "internal error"), "", nil},
 	}
 	for _, tt := range tests {

@@ -89,6 +89,7 @@
 //	| ErrHashQueueFull        | RESOURCE_EXHAUSTED   | HASH_QUEUE_FULL                         |
 //	| ErrSubjectLocked        | RESOURCE_EXHAUSTED   | SUBJECT_LOCKED                          |
 //	| ErrUnavailable          | UNAVAILABLE          | any                                     |
+//	| ErrAborted              | ABORTED              | any                                     |
 //
 // A sentinel with a reason also matches its code's general sentinel: an error
 // that is [ErrInvalidCiphertext] is also [ErrInvalidArgument],

@@ -102,7 +102,10 @@ var (
 	// ErrWrongState: the tenant or key version is not in a state that
 	// allows the operation, e.g. undeleting an active tenant, restoring a
 	// version not scheduled for destruction, or enabling one that is
-	// (restore it first).
+	// (restore it first); or a blind index of a key with more than 1,024
+	// versions it would hash under, or more than 2 MiB in all (versions
+	// times the value's length): raise the key's minimum decryption
+	// version or disable old versions.
 	ErrWrongState = &Error{Code: codes.FailedPrecondition, Reason: ReasonWrongState}
 	// ErrResourceExhausted: a rate limit or the server's hashing queue is
 	// full (retry later with backoff), or a subject is locked out. The more
@@ -125,6 +128,9 @@ var (
 	// stopped as it answered): read the state back (GetKey, GetTenant)
 	// before retrying it, or a retried RotateKey rotates twice.
 	ErrUnavailable = &Error{Code: codes.Unavailable}
+	// ErrAborted: a change lost to concurrent changes of the same record
+	// too many times (a busy key's rotations and counts); retry the call.
+	ErrAborted = &Error{Code: codes.Aborted}
 )
 
 // ErrClosed is matched by the error of a call made on, or interrupted by, a

@@ -30,7 +30,15 @@ func (c *Client) ComputeMAC(ctx context.Context, name string, data []byte) (mac 
 // data, another key, a disabled or destroyed version, malformed bytes — is
 // false with a nil error; errors are for calls that could not be checked
 // (unknown key, wrong purpose, permission…).
+//
+// An empty MAC (a NULL column) or one longer than any MAC (1 KiB) is
+// false too: the call is made with a byte in its place that no MAC
+// starts with, so that the key and the caller's permission are still
+// checked (the service refuses such a field as malformed).
 func (c *Client) VerifyMAC(ctx context.Context, name string, data, mac []byte) (bool, error) {
+	if len(mac) == 0 || len(mac) > maxMACBytes {
+		mac = notAMAC
+	}
 	resp, err := c.crypto.VerifyMac(ctx, &custosv1.VerifyMacRequest{Name: name, Data: data, Mac: mac})
 	if err != nil {
 		return false, c.callError(ctx, "verify MAC with "+name, err)
@@ -73,3 +81,9 @@ func (c *Client) BlindIndex(ctx context.Context, name string, data []byte) ([]Bl
 	}
 	return blindIndexFromProto(resp.GetEntries()), nil
 }
+
+// maxMACBytes is the longest MAC the service takes in VerifyMac, and
+// notAMAC a MAC that never verifies (no MAC format starts with 0x00).
+const maxMACBytes = 1024
+
+var notAMAC = []byte{0}

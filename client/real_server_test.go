@@ -7,6 +7,7 @@ package client_test
 
 import (
 	"bytes"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -452,6 +453,14 @@ func TestMACVerifiesAcrossRotation(t *testing.T) {
 	flipped[len(flipped)-1] ^= 1
 	if verify(data, flipped) || verify(data, mac1[:10]) {
 		t.Error("a tampered or truncated MAC verifies")
+	}
+	// An empty MAC (a NULL column) and an oversized one are false, as the
+	// doc says of malformed bytes, not an error; the key is still checked.
+	if verify(data, nil) || verify(data, make([]byte, 2000)) {
+		t.Error("an empty or oversized MAC verifies")
+	}
+	if _, err := c.VerifyMAC(ctx, name+"-missing", data, nil); !errors.Is(err, client.ErrNotFound) {
+		t.Errorf("VerifyMAC of an empty MAC with an unknown key: %v, want ErrNotFound", err)
 	}
 
 	rotate(t, c, name)
