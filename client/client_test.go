@@ -998,3 +998,29 @@ func TestABatchAnswerAboveFourMiBIsReceived(t *testing.T) {
 		t.Fatalf("%d results, first %v", len(res), res[0].Err)
 	}
 }
+
+// A batch item answered OK without its ciphertext (a misbehaving server or
+// proxy) fails on its own as INTERNAL: taken as it came, it was a field of
+// no bytes that the record helper stored as encrypted.
+func TestABatchItemAnsweredEmptyFails(t *testing.T) {
+	env := startEnv(t)
+	c := newClient(t, env)
+	name := setupKey(t, c)
+	env.hooks.setEncryptItemErr(func(i int) error {
+		if i == 0 {
+			return errAnsweredEmpty
+		}
+		return nil
+	})
+	defer env.hooks.setEncryptItemErr(nil)
+	res, err := c.EncryptBatch(t.Context(), name, []client.EncryptItem{{Plaintext: []byte("a")}, {Plaintext: []byte("b")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := status.FromError(res[0].Err); res[0].Err == nil || st.Code() != codes.Internal {
+		t.Fatalf("an item answered OK and empty: %+v, want an INTERNAL error", res[0])
+	}
+	if res[1].Err != nil || len(res[1].Ciphertext) == 0 {
+		t.Fatalf("the other item: %+v", res[1])
+	}
+}

@@ -9,10 +9,12 @@ import (
 	"strings"
 	"time"
 
-	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 )
 
 // tenantFromProto converts a tenant; ID is derived from the name.
@@ -225,6 +227,9 @@ func rewrapResultFromProto(r *custosv1.RewrapBatchResponse_Result) RewrapResult 
 	if err := itemError(r.GetStatus()); err != nil {
 		return RewrapResult{Err: err}
 	}
+	if len(r.GetCiphertext()) == 0 {
+		return RewrapResult{Err: answeredEmpty("ciphertext")}
+	}
 	return RewrapResult{Ciphertext: r.GetCiphertext(), Version: r.GetKeyVersion()}
 }
 
@@ -247,6 +252,9 @@ func encryptResultFromProto(r *custosv1.EncryptBatchResponse_Result) EncryptResu
 	if err := itemError(r.GetStatus()); err != nil {
 		return EncryptResult{Err: err}
 	}
+	if len(r.GetCiphertext()) == 0 {
+		return EncryptResult{Err: answeredEmpty("ciphertext")}
+	}
 	return EncryptResult{Ciphertext: r.GetCiphertext(), Version: r.GetKeyVersion()}
 }
 
@@ -257,6 +265,14 @@ func decryptResultFromProto(r *custosv1.DecryptBatchResponse_Result) DecryptResu
 		return DecryptResult{Err: err}
 	}
 	return DecryptResult{Plaintext: r.GetPlaintext(), Version: r.GetKeyVersion()}
+}
+
+// answeredEmpty is the error of a batch item the service answered OK with
+// no ciphertext: a misbehaving server or proxy, never a ciphertext of no
+// bytes. (A plaintext is not checked: an envelope an earlier client sealed
+// may hold an empty one.)
+func answeredEmpty(what string) error {
+	return &Error{Code: codes.Internal, Message: "the service answered the item OK without its " + what}
 }
 
 // timeFromProto returns the zero time for an unset timestamp, else the

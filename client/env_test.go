@@ -8,6 +8,7 @@ package client_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"slices"
 	"sync"
@@ -161,11 +162,18 @@ func (h *hooks) intercept(ctx context.Context, req any, info *grpc.UnaryServerIn
 		for i, res := range r.GetResults() {
 			if e := itemErr(i); e != nil {
 				res.Ciphertext, res.KeyVersion, res.Status = nil, 0, status.Convert(e).Proto()
+				if e == errAnsweredEmpty {
+					res.Status = nil // "OK", with nothing in it
+				}
 			}
 		}
 	}
 	return resp, err
 }
+
+// errAnsweredEmpty, returned by an itemErr hook, makes the item an OK
+// result without a ciphertext: what a misbehaving server or proxy sends.
+var errAnsweredEmpty = errors.New("test: answered OK and empty")
 
 // injectNext makes the next call fail with err.
 func (h *hooks) injectNext(err error) {

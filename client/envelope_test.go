@@ -423,6 +423,11 @@ func TestRecordHelpersRemoteAndLocal(t *testing.T) {
 		if _, err := fc.Encrypt(ctx, "", rec); !errors.Is(err, client.ErrInvalidArgument) {
 			t.Fatalf("%s: no record id: %v", name, err)
 		}
+		// A field truncated to nothing (a NULL column) is a truncated
+		// ciphertext in both modes.
+		if _, err := fc.Decrypt(ctx, "customer-42", client.Fields{"email": ct["email"], "iban": nil}); !errors.Is(err, client.ErrInvalidCiphertext) {
+			t.Fatalf("%s: an empty field: %v, want ErrInvalidCiphertext", name, err)
+		}
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 
 	"google.golang.org/grpc/codes"
@@ -16,7 +17,17 @@ type Fields map[string][]byte
 
 // FieldCipher encrypts the fields of one record, each bound to the record's
 // id and its own name (AssociatedData(recordID, field)), so that no
-// ciphertext can be moved to another record or another column unnoticed.
+// ciphertext can be moved to another record or another column of the same
+// name unnoticed. The binding names neither the table nor the key's
+// tenant: a field of record 42 in one table opens as the same field of
+// record 42 in another under the same key; use a key per table, or record
+// ids that name their table ("customers/42"). Decryption fails on the
+// first field (in name order) that fails, naming it.
+//
+// Do not use it with an ENCRYPT_DETERMINISTIC key for columns searched by
+// equality: the record id in the binding makes equal values of different
+// records encrypt differently.
+//
 // Remote ([Client.Fields]) it sends all of a record's fields in one batch
 // call; local ([Envelope.Fields]) it seals them in-process.
 type FieldCipher struct {
@@ -53,6 +64,14 @@ func (f *FieldCipher) Decrypt(ctx context.Context, recordID string, fields Field
 	const op = "decrypt the fields of a record"
 	if f.env != nil {
 		return localFields(ctx, op, recordID, fields, f.env.Decrypt)
+	}
+	for _, n := range slices.Sorted(maps.Keys(fields)) {
+		if len(fields[n]) == 0 {
+			// Truncated to nothing (a NULL column): a truncated
+			// ciphertext, as local mode says, where the service would
+			// refuse a malformed request.
+			return nil, fmt.Errorf("field %s: %w", n, invalidLocal(op))
+		}
 	}
 	return batchFields(ctx, op, recordID, fields,
 		func(ct, aad []byte) DecryptItem { return DecryptItem{Ciphertext: ct, AssociatedData: aad} },
