@@ -1,7 +1,6 @@
 package postgres_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -17,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/custos-kms/custos/internal/pgtest"
+	"github.com/custos-kms/custos/internal/testkit"
 	"github.com/custos-kms/custos/keystore/storage"
 	"github.com/custos-kms/custos/keystore/storage/postgres"
 	"github.com/custos-kms/custos/keystore/storage/storagetest"
@@ -472,7 +472,7 @@ func TestOpenWaitingForTheMigrationLockSaysSo(t *testing.T) {
 	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", postgres.MigrationLock); err != nil {
 		t.Fatal(err)
 	}
-	logs := &lockedBuffer{}
+	logs := &testkit.SyncBuffer{}
 	opened := make(chan error, 1)
 	go func() {
 		s, err := postgres.Open(ctx, postgres.Config{URL: url, Logger: slog.New(slog.NewTextHandler(logs, nil))})
@@ -497,22 +497,4 @@ func TestOpenWaitingForTheMigrationLockSaysSo(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Open still waiting 10s after the lock was freed")
 	}
-}
-
-// lockedBuffer is a bytes.Buffer safe for a logger and a reader at once.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
