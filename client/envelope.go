@@ -86,6 +86,7 @@ type Envelope struct {
 	// once per decryption.
 	cache map[string]*list.Element // wrapped key → *decKey element
 	lru   list.List
+	swept time.Time // when the cache was last swept of expired keys
 	// refused (wrapped key → unix ns, under mu): data keys the service
 	// refused to unwrap for this caller (no datakey permission, or not
 	// authentic). Until then envelopes under that data key go straight to
@@ -514,20 +515,22 @@ func (e *Envelope) remember(gen uint64, d *decKey) bool {
 
 // rememberLocked is remember with e.mu held. It also drops the data keys
 // past their decrypt TTL, so that keys no call looks up again (a writer's
-// own) are not kept until the cache is full: one walk of at most
-// CacheSize entries per data key fetched.
+// own) are not kept until the cache is full: a walk of at most CacheSize
+// entries, at most once a second.
 func (e *Envelope) rememberLocked(gen uint64, d *decKey) bool {
 	if gen != e.gen {
 		return false
 	}
-	now := e.opts.Now()
-	for el := e.lru.Back(); el != nil; {
-		prev := el.Prev()
-		if old := el.Value.(*decKey); !now.Before(old.expires) {
-			e.lru.Remove(el)
-			delete(e.cache, old.wrapped)
+	if now := e.opts.Now(); now.Sub(e.swept) >= time.Second {
+		e.swept = now
+		for el := e.lru.Back(); el != nil; {
+			prev := el.Prev()
+			if old := el.Value.(*decKey); !now.Before(old.expires) {
+				e.lru.Remove(el)
+				delete(e.cache, old.wrapped)
+			}
+			el = prev
 		}
-		el = prev
 	}
 	if el, ok := e.cache[d.wrapped]; ok {
 		e.lru.Remove(el)

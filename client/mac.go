@@ -82,8 +82,9 @@ func (c *Client) BlindIndex(ctx context.Context, name string, data []byte) ([]Bl
 	return blindIndexFromProto(resp.GetEntries()), nil
 }
 
-// maxMACBytes is the longest MAC the service takes in VerifyMac, and
-// notAMAC a MAC that never verifies (no MAC format starts with 0x00).
+// maxMACBytes is the longest MAC the service takes in VerifyMac (the
+// server's maxMACBytes, server/validate.go: change both), and notAMAC a MAC
+// that never verifies (no MAC format starts with 0x00).
 const maxMACBytes = 1024
 
 var notAMAC = []byte{0}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
 
 	"google.golang.org/grpc/codes"
@@ -65,7 +64,11 @@ func (f *FieldCipher) Decrypt(ctx context.Context, recordID string, fields Field
 	if f.env != nil {
 		return localFields(ctx, op, recordID, fields, f.env.Decrypt)
 	}
-	for _, n := range slices.Sorted(maps.Keys(fields)) {
+	names, err := fieldNames(op, recordID, fields)
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range names {
 		if len(fields[n]) == 0 {
 			// Truncated to nothing (a NULL column): a truncated
 			// ciphertext, as local mode says, where the service would

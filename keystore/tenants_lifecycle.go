@@ -92,15 +92,14 @@ func (s *Service) updateTenant(ctx context.Context, tenant, op string, mutate fu
 		if err != nil {
 			return err
 		}
-		if _, err := s.store.Put(ctx, tenantStorageKey(tenant), b, ver); err != nil {
-			if !errors.Is(err, storage.ErrConflict) {
-				s.m.invalidateTenant(tenant)
-				noteDue(rec)
-			}
+		_, err = s.store.Put(ctx, tenantStorageKey(tenant), b, ver)
+		if err == nil || !errors.Is(err, storage.ErrConflict) { // written, or maybe
+			s.m.invalidateTenant(tenant)
+			noteDue(rec)
+		}
+		if err != nil {
 			return storageErr(op, err)
 		}
-		s.m.invalidateTenant(tenant)
-		noteDue(rec)
 		out = rec.toTenant(tenant)
 		return nil
 	})

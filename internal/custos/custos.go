@@ -100,9 +100,11 @@ type Runtime struct {
 	lis     net.Listener
 	opsLis  net.Listener
 	closers []func() // run in reverse order by close
-	// presence tells restores that this server writes to the store.
-	presence *backup.Presence
-	ran      atomic.Bool
+	// presence tells restores that this server writes to the store; it is
+	// renewed every presenceEvery (0: backup.RunPresence's default).
+	presence      *backup.Presence
+	presenceEvery time.Duration
+	ran           atomic.Bool
 	// abandoned is set when the drain's deadline passed with handlers
 	// still running (hashes): closing does not wait for them.
 	abandoned atomic.Bool
@@ -197,6 +199,11 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 	// withdrawn when it stops.
 	if rt.presence, err = backup.Announce(ctx, store, "custos server "+holderID(rt.lis.Addr())); err != nil {
 		return nil, err
+	}
+	if !rt.presence.Recorded() {
+		// A full store: it serves reads (and a restore cannot write to
+		// it either); the record is written once space returns.
+		rt.logger.Warn("the store is full: this server's presence record waits for space (a forced restore meanwhile would not see this server)")
 	}
 	rt.closers = append(rt.closers, func() {
 		wctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -437,10 +444,18 @@ func (rt *Runtime) Run(ctx context.Context) error {
 		wg.Go(func() { rt.reloadOn(bg) })
 	}
 	wg.Go(func() { rt.ks.RunCountFlush(bg, cfg.Scheduler.FlushInterval) })
+	// A restore found writing to the store (one started while this
+	// server's presence record had lapsed, in a storage outage longer than
+	// its TTL) stops the server: it must not serve a store half restored.
+	// Its supervisor's restart is refused until the restore has finished.
+	restoring := make(chan error, 1)
 	wg.Go(func() {
-		backup.RunPresence(bg, rt.presence, func(msg string, err error) {
+		backup.RunPresence(bg, rt.presence, rt.presenceEvery, func(msg string, err error) {
 			if errors.Is(err, backup.ErrRestoring) {
-				logger.Error("a restore is writing to the store this server serves: stop the server, let the restore finish, start it again", "error", err.Error())
+				select {
+				case restoring <- err:
+				default:
+				}
 				return
 			}
 			logger.Warn(msg, "error", err.Error())
@@ -493,6 +508,9 @@ func (rt *Runtime) Run(ctx context.Context) error {
 		// restarts the process.
 		failed = fmt.Errorf("serve: the listener failed: %w", cmp.Or(serveErr, errors.New("serve returned")))
 		logger.Error("custos listener failed; stopping", "error", failed.Error(), "timeout", cfg.ShutdownTimeout.String())
+	case err := <-restoring:
+		failed = fmt.Errorf("a restore is writing to the store: %w", err)
+		logger.Error("a restore is writing to the store this server serves; stopping (start it again once the restore has finished)", "error", err.Error(), "timeout", cfg.ShutdownTimeout.String())
 	case <-ctx.Done():
 		logger.Info("custos stopping", "timeout", cfg.ShutdownTimeout.String())
 	}

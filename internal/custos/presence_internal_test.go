@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"github.com/custos-kms/custos/keystore"
 	"github.com/custos-kms/custos/keystore/backup"
 	"github.com/custos-kms/custos/keystore/root/local"
+	"github.com/custos-kms/custos/keystore/storage"
 	"github.com/custos-kms/custos/keystore/storage/memory"
 )
 
@@ -124,5 +126,90 @@ func TestAForcedRestoreRefusesARunningRootRewrap(t *testing.T) {
 	}
 	if recs, err := store.List(ctx, backup.PresencePrefix, "", 10); err != nil || len(recs) != 0 {
 		t.Fatalf("presence records after the rewrap: %v, %v; want none", recs, err)
+	}
+}
+
+// fullStore refuses every write for lack of space.
+type fullStore struct{ *memory.Store }
+
+func (fullStore) Put(context.Context, string, []byte, uint64) (uint64, error) {
+	return 0, fmt.Errorf("test: %w", storage.ErrFull)
+}
+
+// testRuntimeConfig is a runtime's configuration under dir, without the
+// scheduler and the trail (which hold leases).
+func testRuntimeConfig(t *testing.T, dir string) *config.Config {
+	t.Helper()
+	files, err := pki.WriteDevFiles(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	policyFile := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(policyFile, []byte("rules:\n  - {identities: [\"spiffe://custos.dev/dev-client\"], tenants: [\"*\"], permissions: [\"*\"]}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := &config.Config{
+		Listen:     "127.0.0.1:0",
+		TLS:        config.TLS{CertFile: files.ServerCert, KeyFile: files.ServerKey, ClientCAFile: files.CA},
+		PolicyFile: policyFile,
+		Root:       config.Root{Type: "local", Local: config.LocalRoot{KeyFile: filepath.Join(dir, "root.key")}},
+		Storage:    config.Storage{Type: "memory"},
+		Ops:        config.Ops{Listen: "off"},
+		Scheduler:  config.Scheduler{Disabled: true},
+		Audit:      config.Audit{Disabled: true},
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// A server starts on a full store (its presence record waits for space):
+// a full store serves reads, and a replica restarted during the incident
+// must come back.
+func TestAServerStartsOnAFullStore(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testRuntimeConfig(t, dir)
+	r, err := local.Create(filepath.Join(dir, "root.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt, err := New(context.Background(), cfg, Options{Store: fullStore{memory.New()}, Root: r, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatalf("New on a full store: %v", err)
+	}
+	rt.Close()
+}
+
+// A server that finds a restore writing to its store (one begun while its
+// presence record had lapsed) stops, and Run says why: it must not serve a
+// store half restored.
+func TestAServerStopsWhenARestoreWritesToItsStore(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testRuntimeConfig(t, dir)
+	r, err := local.Create(filepath.Join(dir, "root.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := memory.New()
+	rt, err := New(context.Background(), cfg, Options{Store: store, Root: r, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt.presenceEvery = 50 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- rt.Run(ctx) }()
+	if _, err := store.Put(ctx, backup.MarkerKey, []byte("some-backup"), 0); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, backup.ErrRestoring) {
+			t.Fatalf("Run after a restore marked the store: %v, want ErrRestoring", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the server still runs 20s after a restore marked its store")
 	}
 }

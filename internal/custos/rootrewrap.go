@@ -37,7 +37,7 @@ func RewrapRoot(ctx context.Context, store storage.Store, ks *keystore.Service, 
 	ctx, cancel := context.WithCancelCause(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		backup.RunPresence(ctx, p, func(_ string, err error) {
+		backup.RunPresence(ctx, p, 0, func(_ string, err error) {
 			if errors.Is(err, backup.ErrRestoring) {
 				cancel(err)
 			}

@@ -1245,3 +1245,26 @@ func TestAForcedRestoreIntoBboltIgnoresWhatAKilledServerLeft(t *testing.T) {
 		t.Fatalf("a forced restore into a bbolt file a killed server left a lease in: %v", err)
 	}
 }
+
+// A presence record its process left when it was killed is removed by a
+// later start once long expired: one per crash would pile up, and travel in
+// every backup.
+func TestALongExpiredPresenceRecordIsRemovedAtTheNextStart(t *testing.T) {
+	ctx := context.Background()
+	store := memory.New()
+	old := lease.Lease{Store: store, Key: backup.PresencePrefix + "killed", Now: func() time.Time { return time.Now().Add(-3 * time.Hour) }}
+	if held, _, err := old.Acquire(ctx, "killed server", backup.PresenceTTL); err != nil || !held {
+		t.Fatalf("write the old record: %v, %v", held, err)
+	}
+	p, err := backup.Announce(ctx, store, "custos server test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, err := store.List(ctx, backup.PresencePrefix, "", 10)
+	if err != nil || len(recs) != 1 || recs[0].Key == backup.PresencePrefix+"killed" {
+		t.Fatalf("presence records after a start: %v, %v; want only the new one", recs, err)
+	}
+	if err := p.Withdraw(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -28,9 +28,15 @@ const PresenceTTL = time.Minute
 
 // Presence is one process's presence record.
 type Presence struct {
-	l      lease.Lease
-	holder string
+	l        lease.Lease
+	holder   string
+	recorded bool // the record was written (false: the store was full)
 }
+
+// Recorded reports whether the record has been written: Announce on a
+// full store checks for a restore all the same, and leaves the record to
+// the first renewal that finds space.
+func (p *Presence) Recorded() bool { return p.recorded }
 
 // Announce writes a presence record naming holder (who is writing: a
 // server's address, a command), then checks store for an unfinished
@@ -38,8 +44,13 @@ type Presence struct {
 // Renew it while the process writes to the store; Withdraw it at the end.
 func Announce(ctx context.Context, store storage.Store, holder string) (*Presence, error) {
 	p := &Presence{l: lease.Lease{Store: store, Key: PresencePrefix + rand.Text()}, holder: holder}
-	if err := p.Renew(ctx); err != nil {
+	switch err := p.Renew(ctx); {
+	case errors.Is(err, storage.ErrFull):
+		// A full store still serves reads, and takes no restore either.
+	case err != nil:
 		return nil, err
+	default:
+		removeExpiredPresence(ctx, store)
 	}
 	if err := Unfinished(ctx, store); err != nil {
 		if werr := p.Withdraw(ctx); werr != nil {
@@ -59,6 +70,7 @@ func (p *Presence) Renew(ctx context.Context) error {
 	if !held {
 		return fmt.Errorf("backup: presence record %s is held by another process", p.l.Key)
 	}
+	p.recorded = true
 	return nil
 }
 
@@ -70,13 +82,16 @@ func (p *Presence) Withdraw(ctx context.Context) error {
 	return nil
 }
 
-// RunPresence renews p every PresenceTTL/3 until ctx ends, logging through
-// warn what fails: a renewal (the record may lapse, and a restore then
-// start beside this process), and an unfinished restore found on the store
-// (one started while the record had lapsed: an error wrapping
-// ErrRestoring).
-func RunPresence(ctx context.Context, p *Presence, warn func(msg string, err error)) {
-	t := time.NewTicker(PresenceTTL / 3)
+// RunPresence renews p every interval (PresenceTTL/3 if 0) until ctx
+// ends, reporting through warn what fails: a renewal (the record may lapse,
+// and a restore then start beside this process), and an unfinished restore
+// found on the store (one started while the record had lapsed: an error
+// wrapping ErrRestoring).
+func RunPresence(ctx context.Context, p *Presence, interval time.Duration, warn func(msg string, err error)) {
+	if interval <= 0 {
+		interval = PresenceTTL / 3
+	}
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
@@ -105,16 +120,36 @@ func presentWriters(ctx context.Context, target storage.Store, now time.Time) er
 			return fmt.Errorf("backup: read the target store: %w", err)
 		}
 		for _, r := range recs {
-			holder, until, held, err := lease.Lease{Store: target, Key: r.Key, Now: func() time.Time { return now }}.Holder(ctx)
-			if err != nil {
-				return fmt.Errorf("backup: read the target store: %w", err)
-			}
-			if held {
+			if holder, until, held := lease.HolderOf(r.Value, now); held {
 				return fmt.Errorf("%w (%s is writing to it, its presence record %s lasts until %s unless renewed)", ErrServersRunning, holder, r.Key, until.UTC().Format(time.RFC3339))
 			}
 		}
 		if len(recs) < 100 {
 			return nil
+		}
+		after = recs[len(recs)-1].Key
+	}
+}
+
+// removeExpiredPresence deletes the presence records that expired (their
+// processes were killed) an hour ago or more, judged by this process's
+// clock with that margin for clocks that disagree: one per crash would
+// pile up, and travel in every backup. Best effort: a failure leaves them
+// for the next start.
+func removeExpiredPresence(ctx context.Context, store storage.Store) {
+	old := time.Now().Add(-time.Hour)
+	for after := ""; ; {
+		recs, err := store.List(ctx, PresencePrefix, after, 100)
+		if err != nil {
+			return
+		}
+		for _, r := range recs {
+			if _, _, held := lease.HolderOf(r.Value, old); !held {
+				_ = store.Delete(ctx, r.Key, r.Version) // a renewal meanwhile is a conflict: it stays
+			}
+		}
+		if len(recs) < 100 {
+			return
 		}
 		after = recs[len(recs)-1].Key
 	}

@@ -402,7 +402,7 @@ func TestAHangingEarlyRenewalFailsNoCall(t *testing.T) {
 // belonged to nothing, and ran on for up to 30 s after the server stopped.
 func TestCloseEndsABackgroundRenewal(t *testing.T) {
 	f := newFakeVault(t)
-	f.tokenTTL = 4 * time.Second // renewed after 3s
+	f.tokenTTL = 8 * time.Second // renewed after 6s, well before the expiry
 	release := make(chan struct{})
 	t.Cleanup(func() { close(release) })
 	r, err := vault.New(t.Context(), f.config(vault.Auth{AppRole: &vault.AppRole{RoleID: "role", SecretIDFile: writeSecretID(t)}}))
@@ -410,7 +410,7 @@ func TestCloseEndsABackgroundRenewal(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.hangLogin.Store(&release)
-	time.Sleep(3200 * time.Millisecond) // past the renewal time
+	time.Sleep(6200 * time.Millisecond) // past the renewal time, well before the expiry
 	if _, err := r.Wrap(t.Context(), []byte("kek"), nil); err != nil {
 		t.Fatal(err) // starts the renewal, which hangs
 	}

@@ -106,9 +106,16 @@ func (l Lease) Holder(ctx context.Context) (holder string, until time.Time, held
 	if err != nil {
 		return "", time.Time{}, false, fmt.Errorf("read lease %s: %w", l.Key, err)
 	}
+	holder, until, held = HolderOf(r.Value, l.now())
+	return holder, until, held, nil
+}
+
+// HolderOf reads a lease record's value: who holds it and until when, if
+// someone does at now (held is false when it is unreadable or expired).
+func HolderOf(value []byte, now time.Time) (holder string, until time.Time, held bool) {
 	var rec record
-	if err := json.Unmarshal(r.Value, &rec); err != nil || rec.Format != recordFormat || !l.now().Before(rec.ExpireTime) {
-		return "", time.Time{}, false, nil
+	if err := json.Unmarshal(value, &rec); err != nil || rec.Format != recordFormat || !now.Before(rec.ExpireTime) {
+		return "", time.Time{}, false
 	}
-	return rec.Holder, rec.ExpireTime, true, nil
+	return rec.Holder, rec.ExpireTime, true
 }

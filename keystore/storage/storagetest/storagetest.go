@@ -382,6 +382,8 @@ func testInvalid(t *testing.T, s storage.Store) {
 		// every backend: a bbolt store must restore into PostgreSQL.
 		{"Put of a key that is not UTF-8", func(ctx context.Context) error { _, err := s.Put(ctx, "bad\xff", []byte("x"), 0); return err }},
 		{"Put of a key holding NUL", func(ctx context.Context) error { _, err := s.Put(ctx, "a\x00b", []byte("x"), 0); return err }},
+		{"Get of a key that is not UTF-8", func(ctx context.Context) error { _, err := s.Get(ctx, "bad\xff"); return err }},
+		{"Delete of a key holding NUL", func(ctx context.Context) error { return s.Delete(ctx, "a\x00b", 1) }},
 		{"Delete of an empty key", func(ctx context.Context) error { return s.Delete(ctx, "", 1) }},
 		{"Delete of a key longer than MaxKeyLen", func(ctx context.Context) error { return s.Delete(ctx, long, 1) }},
 		{"List with limit 0", func(ctx context.Context) error { _, err := s.List(ctx, "", "", 0); return err }},
@@ -665,6 +667,8 @@ func testApplyInvalid(t *testing.T, s storage.Store) {
 	err := a.Apply(ctx, []storage.Op{{Key: "c/x", Value: []byte("1"), Expect: storage.AnyVersion}, {Key: "c/x", Delete: true, Expect: storage.AnyVersion}})
 	wantErr(t, err, storage.ErrInvalid, "a key named twice")
 	wantErr(t, a.Apply(ctx, nil), storage.ErrInvalid, "no writes")
+	err = a.Apply(ctx, []storage.Op{{Key: "c/x", Value: []byte("1"), Expect: storage.AnyVersion}, {Key: "c/bad\xff", Value: []byte("1"), Expect: storage.AnyVersion}})
+	wantErr(t, err, storage.ErrInvalid, "a key that is not UTF-8")
 	_, err = s.Get(ctx, "c/x")
 	wantErr(t, err, storage.ErrNotFound, "Get c/x")
 }
