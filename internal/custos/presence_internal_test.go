@@ -185,6 +185,12 @@ func TestAServerStartsOnAFullStore(t *testing.T) {
 // presence record had lapsed) stops, and Run says why: it must not serve a
 // store half restored.
 func TestAServerStopsWhenARestoreWritesToItsStore(t *testing.T) {
+	t.Run("the store takes writes", func(t *testing.T) { testStopsForARestore(t, false) })
+	// A full store takes no renewal, but reads: the marker is still seen.
+	t.Run("the store is full", func(t *testing.T) { testStopsForARestore(t, true) })
+}
+
+func testStopsForARestore(t *testing.T, full bool) {
 	dir := t.TempDir()
 	cfg := testRuntimeConfig(t, dir)
 	r, err := local.Create(filepath.Join(dir, "root.key"))
@@ -192,7 +198,11 @@ func TestAServerStopsWhenARestoreWritesToItsStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	store := memory.New()
-	rt, err := New(context.Background(), cfg, Options{Store: store, Root: r, Logger: slog.New(slog.DiscardHandler)})
+	var served storage.Store = store
+	if full {
+		served = fullStore{store}
+	}
+	rt, err := New(context.Background(), cfg, Options{Store: served, Root: r, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -46,8 +46,13 @@ func RewrapRoot(ctx context.Context, store storage.Store, ks *keystore.Service, 
 	defer func() {
 		cancel(nil)
 		wg.Wait()
-		if cause := context.Cause(ctx); err != nil && errors.Is(cause, backup.ErrRestoring) {
+		if cause := context.Cause(ctx); errors.Is(cause, backup.ErrRestoring) {
 			err = cause
+		} else if err == nil {
+			// A restore begun beside the run (this record not seen: a
+			// clock far behind) and not yet noticed would put the
+			// older wrappings back: not done.
+			err = backup.Unfinished(context.WithoutCancel(ctx), store)
 		}
 		wctx, wcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer wcancel()

@@ -94,19 +94,27 @@ func RunPresence(ctx context.Context, p *Presence, interval time.Duration, warn 
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
+		// At once first: the record was written at Announce, and the
+		// caller may have taken a while since (a slow start).
+		rctx, cancel := context.WithTimeout(ctx, PresenceTTL/3)
+		rerr := p.Renew(rctx)
+		// Whether or not the renewal went through (a full store still
+		// reads): a restore found is what matters most.
+		uerr := Unfinished(rctx, p.l.Store)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if uerr != nil {
+			warn("unfinished restore", uerr)
+		}
+		if rerr != nil {
+			warn("presence record", rerr)
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-		}
-		rctx, cancel := context.WithTimeout(ctx, PresenceTTL/3)
-		err := p.Renew(rctx)
-		if err == nil {
-			err = Unfinished(rctx, p.l.Store)
-		}
-		cancel()
-		if err != nil && ctx.Err() == nil {
-			warn("presence record", err)
 		}
 	}
 }
@@ -132,12 +140,16 @@ func presentWriters(ctx context.Context, target storage.Store, now time.Time) er
 }
 
 // removeExpiredPresence deletes the presence records that expired (their
-// processes were killed) an hour ago or more, judged by this process's
-// clock with that margin for clocks that disagree: one per crash would
-// pile up, and travel in every backup. Best effort: a failure leaves them
-// for the next start.
+// processes were killed) an hour ago or more, judged by the store's clock
+// where it has one (else this process's), with that margin for the
+// writers' clocks: one per crash would pile up, and travel in every
+// backup. Best effort: a failure leaves them for the next start.
 func removeExpiredPresence(ctx context.Context, store storage.Store) {
-	old := time.Now().Add(-time.Hour)
+	now, err := clockOf(ctx, store, time.Now)
+	if err != nil {
+		return
+	}
+	old := now.Add(-time.Hour)
 	for after := ""; ; {
 		recs, err := store.List(ctx, PresencePrefix, after, 100)
 		if err != nil {
