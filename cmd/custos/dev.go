@@ -99,6 +99,9 @@ restart still decrypts. Never use it in production.`,
 			// listener too.
 			cfg.Ops.RootRewrap = !ephemeral && opsListen != "off"
 			cfg.Audit.Disabled = !auditOn
+			if cfg.Ops.Backup && !loopbackAddr(opsListen) {
+				fmt.Fprintf(cmd.ErrOrStderr(), "warning: --ops-listen %s is not a loopback address: its GET /backup and POST /root/rewrap, which have no authentication, answer on it\n", opsListen)
+			}
 			out := cmd.OutOrStdout()
 			return serve(cmd.Context(), cfg, cmd.ErrOrStderr(), hup, func(addr, ops net.Addr) { printDevHelp(out, dir, addr, ops, fileOps) })
 		},
@@ -213,4 +216,17 @@ Ctrl-C stops the server.
 			fmt.Fprintf(w, "custos backup and custos root rewrap --config %s reach the server at the ops.listen written there (%s): set it to %s to use them with this server\n", p("custos.yaml"), fileOps, a)
 		}
 	}
+}
+
+// loopbackAddr reports whether addr (host:port) listens on loopback only.
+func loopbackAddr(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

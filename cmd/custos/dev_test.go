@@ -216,3 +216,16 @@ func TestDevRefusesADirWithEphemeral(t *testing.T) {
 		t.Fatalf("the --dir given: %v; want it not created", err)
 	}
 }
+
+// custos dev warns when its ops listener, which serves /backup and
+// /root/rewrap without authentication, is not on loopback.
+func TestLoopbackAddr(t *testing.T) {
+	for addr, want := range map[string]bool{
+		"127.0.0.1:9464": true, "[::1]:9464": true, "localhost:9464": true,
+		"0.0.0.0:9464": false, ":9464": false, "10.0.0.5:9464": false, "ops.lan:9464": false,
+	} {
+		if got := loopbackAddr(addr); got != want {
+			t.Errorf("loopbackAddr(%q) = %v, want %v", addr, got, want)
+		}
+	}
+}

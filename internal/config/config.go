@@ -127,6 +127,14 @@ type AuditExport struct {
 	MaxFiles int `yaml:"max_files"`
 }
 
+// MaxHashWorkers and MaxHashQueue bound the password-hashing pool: each
+// worker holds an OS thread (Go stops a process past 10,000) and a hash's
+// memory, and each queued hash a slot.
+const (
+	MaxHashWorkers = 1024
+	MaxHashQueue   = 1 << 20
+)
+
 // DefaultGCPercent is the default gc_percent: with a full key cache the
 // collector otherwise scans it so often that a million-tenant deployment's
 // p99 was 1.31× a small one's (docs/performance.md).
@@ -445,6 +453,12 @@ func (c *Config) validate() error {
 	}
 	if c.TLS.ReloadInterval < 0 {
 		errs = append(errs, errors.New("tls.reload_interval must not be negative"))
+	}
+	if n := c.Passwords.HashWorkers; n > MaxHashWorkers {
+		errs = append(errs, fmt.Errorf("passwords.hash_workers %d is more than %d: each worker holds an OS thread, and a hash's memory", n, MaxHashWorkers))
+	}
+	if n := c.Passwords.HashQueue; n > MaxHashQueue {
+		errs = append(errs, fmt.Errorf("passwords.hash_queue %d is more than %d", n, MaxHashQueue))
 	}
 	if c.TLS.ReloadInterval != 0 && c.TLS.SPIFFE.WorkloadAPI != "" {
 		errs = append(errs, errors.New("tls.reload_interval applies to cert_file, key_file and client_ca_file; the SPIFFE Workload API sends new SVIDs itself: remove it"))

@@ -65,6 +65,9 @@ func TestParseRejects(t *testing.T) {
 		"a message limit below a larger field's": {valid + "limits: {max_plaintext_bytes: 1048576, max_message_bytes: 1048576}\n", "limits.max_message_bytes"},
 		"a negative pool size":                   {strings.Replace(valid, "storage: {type: bbolt, bbolt: {path: data/custos.db}}", "storage: {type: postgres, postgres: {url: postgres://x/y, max_conns: -5}}", 1), "storage.postgres.max_conns"},
 		"a sample ratio that is not a number":    {valid + "tracing: {sample_ratio: .nan}\n", "tracing.sample_ratio"},
+		// A pool a process cannot hold (each worker an OS thread).
+		"too many hash workers":    {valid + "passwords: {hash_workers: 20000}\n", "passwords.hash_workers"},
+		"a hash queue of millions": {valid + "passwords: {hash_queue: 100000000}\n", "passwords.hash_queue"},
 		// Settings that would have no effect: refused, not ignored.
 		"a sample ratio without an endpoint": {valid + "tracing: {sample_ratio: 0.5}\n", "sample_ratio set without tracing.endpoint"},
 		"a reload interval with SPIFFE":      {strings.Replace(valid, "tls: {cert_file: s.pem, key_file: s-key.pem, client_ca_file: /etc/ca.pem}", "tls: {reload_interval: 1m, spiffe: {workload_api: unix:///run/spire.sock}}", 1), "tls.reload_interval applies to"},

@@ -169,6 +169,32 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 		}
 		rt.closers = append(rt.closers, func() { rt.opsLis.Close() })
 	}
+	// A PostgreSQL server without a spool directory is refused before the
+	// database is opened (and migrated); commands that use no spool
+	// (backup, restore) take the same configuration.
+	if err := checkSpool(cfg); err != nil {
+		return nil, err
+	}
+	// Tracing before the root and the store too: a tracing.ca_file that
+	// does not load fails the start before a store file, a migration or
+	// an audit signing key is made.
+	var tracingOpt grpc.ServerOption
+	if cfg.Tracing.Endpoint != "" {
+		tp, opt, err := newTracing(ctx, cfg.Tracing)
+		if err != nil {
+			return nil, err
+		}
+		// Closed after the gRPC server has stopped: the last spans are
+		// flushed, for at most 5 s.
+		rt.closers = append(rt.closers, func() {
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			if err := tp.Shutdown(sctx); err != nil {
+				rt.logger.Warn("tracing: spans not flushed at shutdown", "error", err.Error())
+			}
+		})
+		tracingOpt = opt
+	}
 	r := opts.Root
 	if r == nil {
 		if r, err = OpenRoot(ctx, cfg, rt.logger); err != nil {
@@ -311,21 +337,8 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Runtime, err
 			MaxConnectionAge: age, MaxConnectionAgeGrace: connectionAgeGrace,
 		})}, serverOpts...)
 	}
-	if cfg.Tracing.Endpoint != "" {
-		tp, opt, err := newTracing(ctx, cfg.Tracing)
-		if err != nil {
-			return nil, err
-		}
-		// Closed after the gRPC server has stopped: the last spans are
-		// flushed, for at most 5 s.
-		rt.closers = append(rt.closers, func() {
-			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			defer cancel()
-			if err := tp.Shutdown(sctx); err != nil {
-				rt.logger.Warn("tracing: spans not flushed at shutdown", "error", err.Error())
-			}
-		})
-		serverOpts = append(slices.Clone(serverOpts), opt)
+	if tracingOpt != nil {
+		serverOpts = append(slices.Clone(serverOpts), tracingOpt)
 	}
 	if rt.gs, err = rt.srv.NewGRPCServer(tlssource.ServerConfig(tlsSrc), serverOpts...); err != nil {
 		return nil, err
@@ -471,8 +484,11 @@ func (rt *Runtime) Run(ctx context.Context) error {
 			rt.audit.Run(bg, audit.RunConfig{
 				Holder:             holder,
 				CheckpointInterval: cfg.Audit.CheckpointInterval,
-				LeaseTTL:           cfg.Scheduler.LeaseTTL,
-				Retention:          cfg.Audit.Retention,
+				// The trail's own: 30 s, or three checkpoint intervals
+				// when longer (the scheduler's lease TTL, used before,
+				// kept a dead holder's lease for as long as that).
+				LeaseTTL:  max(audit.DefaultLeaseTTL, 3*cfg.Audit.CheckpointInterval),
+				Retention: cfg.Audit.Retention,
 				BeforeFinal: func(ctx context.Context) {
 					if err := rt.writer.ShipOnce(ctx); err != nil {
 						logger.Warn("audit: spooled events stay in the spool for the next start", "error", err.Error())
@@ -596,6 +612,15 @@ func holderID(addr net.Addr) string {
 	return fmt.Sprintf("%s/%d/%s/%s", host, os.Getpid(), addr, rand.Text()[:8])
 }
 
+// checkSpool refuses a PostgreSQL server with the trail on and no spool:
+// config.DefaultPostgresSpool found no state directory.
+func checkSpool(cfg *config.Config) error {
+	if cfg.Storage.Type == "postgres" && cfg.Audit.Spool == "" && !cfg.Audit.Disabled {
+		return errors.New("audit.spool: no state directory for the default ($STATE_DIRECTORY, $XDG_STATE_HOME and $HOME are unset): set audit.spool to a directory of this server's own")
+	}
+	return nil
+}
+
 // openAudit opens the audit log and its writer (and export) and fills the
 // server's audit settings.
 func (rt *Runtime) openAudit(ctx context.Context, store storage.Store, r root.Root, now func() time.Time, sc *server.Config) error {
@@ -610,10 +635,6 @@ func (rt *Runtime) openAudit(ctx context.Context, store storage.Store, r root.Ro
 		rt.closers = append(rt.closers, func() { _ = exp.Close() })
 	}
 	spool := ac.Spool
-	if spool == "" && rt.cfg.Storage.Type == "postgres" {
-		// config.DefaultPostgresSpool found no state directory.
-		return errors.New("audit.spool: no state directory for the default ($STATE_DIRECTORY, $XDG_STATE_HOME and $HOME are unset): set audit.spool to a directory of this server's own")
-	}
 	if spool == "off" {
 		spool = ""
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -221,5 +222,30 @@ func testStopsForARestore(t *testing.T, full bool) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("the server still runs 20s after a restore marked its store")
+	}
+}
+
+// A configuration error found at start (a tracing CA that does not load)
+// fails it before the store is opened: no bbolt file is left behind, no
+// schema migrated, no audit signing key made.
+func TestAStartThatFailsOnTracingLeavesNoStore(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testRuntimeConfig(t, dir)
+	if _, err := local.Create(filepath.Join(dir, "root.key")); err != nil {
+		t.Fatal(err)
+	}
+	dbPath := filepath.Join(dir, "custos.db")
+	cfg.Storage = config.Storage{Type: "bbolt", Bbolt: config.BboltConfig{Path: dbPath}}
+	cfg.Audit = config.Audit{}
+	cfg.Tracing = config.Tracing{Endpoint: "127.0.0.1:4317", CAFile: filepath.Join(dir, "missing-ca.pem")}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if rt, err := New(context.Background(), cfg, Options{Logger: slog.New(slog.DiscardHandler)}); err == nil {
+		rt.Close()
+		t.Fatal("a start with a tracing CA that does not load succeeded")
+	}
+	if _, err := os.Stat(dbPath); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the bbolt file after the failed start: %v; want none", err)
 	}
 }
