@@ -854,3 +854,43 @@ func TestADeletionWhoseAnswerWasLostIsShreddedOnTime(t *testing.T) {
 		t.Fatalf("the tenant after the due pass past its date: %v, want it shredded", err)
 	}
 }
+
+// A version scheduled for destruction whose answer was lost is destroyed
+// on time: the retry is refused (already scheduled) and wrote no hint, so
+// it waited for the next full sweep.
+func TestADestructionWhoseAnswerWasLostHappensOnTime(t *testing.T) {
+	f := newLCFixture(t)
+	ctx := context.Background()
+	la := &lostAnswer{Store: f.store}
+	f.store = la
+	ks := f.replica()
+	if _, err := ks.CreateTenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	ref := keystore.KeyRef{Tenant: "acme", Key: "k"}
+	if _, err := ks.CreateKey(ctx, ref, keystore.KeySpec{Purpose: keystore.PurposeEncrypt}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ks.RotateKey(ctx, ref); err != nil {
+		t.Fatal(err)
+	}
+	key := "keys/acme/k"
+	la.key.Store(&key)
+	if _, err := ks.DestroyKeyVersion(ctx, ref, 1, 24*time.Hour); err == nil {
+		t.Fatal("DestroyKeyVersion whose answer was lost succeeded")
+	}
+	if _, err := ks.DestroyKeyVersion(ctx, ref, 1, 24*time.Hour); !errors.Is(err, keystore.ErrWrongState) {
+		t.Fatalf("DestroyKeyVersion again: %v, want ErrWrongState (already scheduled)", err)
+	}
+	f.clock.Advance(25 * time.Hour)
+	if err := keystore.DuePass(ctx, ks); err != nil {
+		t.Fatal(err)
+	}
+	k, err := ks.GetKey(ctx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := k.Versions[0].State; st != keystore.VersionDestroyed {
+		t.Fatalf("version 1 after the due pass past its date: %v, want DESTROYED", st)
+	}
+}

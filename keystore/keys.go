@@ -79,6 +79,10 @@ func (s *Service) CreateKey(ctx context.Context, ref KeyRef, spec KeySpec) (Key,
 		if errors.Is(err, storage.ErrConflict) {
 			return Key{}, fmt.Errorf("key %s: %w", ref, ErrAlreadyExists)
 		}
+		// The outcome is unknown (an answer lost after COMMIT): the
+		// rotation's hint, which does nothing if the key was not made,
+		// since a retry is refused (ALREADY_EXISTS) before it writes.
+		s.noteKeyDue(ctx, ref, rec)
 		return Key{}, storageErr("create key", err)
 	}
 	s.m.noteVersion(ref, ver)
@@ -89,14 +93,19 @@ func (s *Service) CreateKey(ctx context.Context, ref KeyRef, spec KeySpec) (Key,
 	return rec.toKey(ref), nil
 }
 
-// MinRotationPeriod is the shortest automatic rotation period.
-const MinRotationPeriod = time.Hour
+// MinRotationPeriod and MaxRotationPeriod bound an automatic rotation
+// period. The longest is 100 years: the API's durations saturate near 292
+// years, so a longer one would be stored as other than asked.
+const (
+	MinRotationPeriod = time.Hour
+	MaxRotationPeriod = 100 * 365 * 24 * time.Hour
+)
 
-// checkRotationPeriod accepts 0 (no automatic rotation) or at least
-// MinRotationPeriod.
+// checkRotationPeriod accepts 0 (no automatic rotation) or a period from
+// MinRotationPeriod to MaxRotationPeriod.
 func checkRotationPeriod(d time.Duration) error {
-	if d < 0 || (d > 0 && d < MinRotationPeriod) {
-		return fmt.Errorf("%w: key.rotation_period must be zero or at least 1h", ErrInvalidArgument)
+	if d < 0 || (d > 0 && d < MinRotationPeriod) || d > MaxRotationPeriod {
+		return fmt.Errorf("%w: key.rotation_period must be zero, or from 1h to 100 years (876000h)", ErrInvalidArgument)
 	}
 	return nil
 }
@@ -225,6 +234,13 @@ func (s *Service) updateKey(ctx context.Context, ref KeyRef, op string, mutate f
 		}
 		nver, err := s.store.Put(ctx, keyStorageKey(ref), b, ver)
 		if err != nil {
+			if !errors.Is(err, storage.ErrConflict) {
+				// The outcome is unknown (an answer lost after
+				// COMMIT): the change's hint, as updateTenant writes
+				// it (a retried DestroyKeyVersion is refused before it
+				// writes).
+				s.noteKeyDue(ctx, ref, rec)
+			}
 			return storageErr(op, err)
 		}
 		s.m.noteVersion(ref, nver)

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -430,6 +431,9 @@ func TestUpdateKeyValidatesEachField(t *testing.T) {
 	}{
 		{"a rotation period under an hour", enc, keystore.KeyUpdate{RotationPeriod: dur(30 * time.Minute)}, "rotation_period"},
 		{"a negative rotation period", enc, keystore.KeyUpdate{RotationPeriod: dur(-time.Hour)}, "rotation_period"},
+		// The API's durations saturate near 292 years: such a period was
+		// stored as other than asked.
+		{"a rotation period past 100 years", enc, keystore.KeyUpdate{RotationPeriod: dur(time.Duration(math.MaxInt64))}, "rotation_period"},
 		{"a password policy on an ENCRYPT key", enc, keystore.KeyUpdate{PasswordPolicy: &keystore.PasswordPolicy{}}, "password_policy"},
 		{"a bcrypt cost below the floor", pw, keystore.KeyUpdate{PasswordPolicy: &keystore.PasswordPolicy{BcryptCost: 4}}, "bcrypt_cost"},
 		{"a bcrypt cost above the deployment's limit", pw, keystore.KeyUpdate{PasswordPolicy: &keystore.PasswordPolicy{BcryptCost: 31}}, "passwords.max_bcrypt_cost"},

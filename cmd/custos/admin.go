@@ -343,8 +343,8 @@ func splitKeyName(name string) (parent, id string, ok bool) {
 // checkRotationPeriod refuses, before anything is dialled, a
 // --rotation-period the service would: it is 0 (never) or at least 1h.
 func checkRotationPeriod(d time.Duration) error {
-	if d < 0 || d > 0 && d < keystore.MinRotationPeriod {
-		return usageError{fmt.Errorf("--rotation-period %v: want 0 (never) or at least 1h", d)}
+	if d < 0 || d > 0 && d < keystore.MinRotationPeriod || d > keystore.MaxRotationPeriod {
+		return usageError{fmt.Errorf("--rotation-period %v: want 0 (never), or from 1h to 876000h (100 years)", d)}
 	}
 	return nil
 }
