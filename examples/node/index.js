@@ -52,8 +52,10 @@ const keys = new def.custos.v1.KeyService(addr, creds);
 const crypto = new def.custos.v1.CryptoService(addr, creds);
 const health = new def.grpc.health.v1.Health(addr, creds);
 
-const call = (client, method, req) => new Promise((resolve, reject) => {
-  client[method](req, { deadline: Date.now() + 10000 }, (err, resp) => (err ? reject(err) : resolve(resp)));
+// Each call gets 10 s; hashing, slow by design (bcrypt cost 12) and queued
+// behind other callers' hashes, 60 s.
+const call = (client, method, req, seconds = 10) => new Promise((resolve, reject) => {
+  client[method](req, { deadline: Date.now() + seconds * 1000 }, (err, resp) => (err ? reject(err) : resolve(resp)));
 });
 
 // reason reads Custos's google.rpc.ErrorInfo reason of a failed call (domain
@@ -111,9 +113,9 @@ async function main() {
   ok('blind index: one entry per enabled version', bi.entries.length === 1 && bi.entries[0].mac.length > 32);
 
   const pwKey = `tenants/${t}/keys/pw`;
-  const hp = await call(crypto, 'HashPassword', { name: pwKey, password: Buffer.from('correct horse') });
-  const vp = await call(crypto, 'VerifyPassword', { name: pwKey, password: Buffer.from('correct horse'), hash: hp.hash });
-  const bad = await call(crypto, 'VerifyPassword', { name: pwKey, password: Buffer.from('wrong horse'), hash: hp.hash });
+  const hp = await call(crypto, 'HashPassword', { name: pwKey, password: Buffer.from('correct horse') }, 60);
+  const vp = await call(crypto, 'VerifyPassword', { name: pwKey, password: Buffer.from('correct horse'), hash: hp.hash }, 60);
+  const bad = await call(crypto, 'VerifyPassword', { name: pwKey, password: Buffer.from('wrong horse'), hash: hp.hash }, 60);
   ok('hash and verify a password', vp.match === true && bad.match === false);
   console.log('node example: every call answered as expected');
 }
