@@ -38,8 +38,8 @@ func waitingPeriod(field string, d time.Duration) (time.Duration, error) {
 // password policy; nil fields of u stay as they are, and an update with no
 // field set returns the key unchanged.
 //
-//   - RotationPeriod: 0 turns automatic rotation off, otherwise at least an
-//     hour; the next rotation is one period from now.
+//   - RotationPeriod: 0 turns automatic rotation off, otherwise from an
+//     hour to 100 years; the next rotation is one period from now.
 //   - MinDecryptionVersion: 0 removes the minimum; otherwise at most the
 //     primary version, so the primary always decrypts. Ciphertexts of older
 //     versions fail with ErrKeyVersionTooOld.

@@ -52,7 +52,9 @@ func RewrapRoot(ctx context.Context, store storage.Store, ks *keystore.Service, 
 			// A restore begun beside the run (this record not seen: a
 			// clock far behind) and not yet noticed would put the
 			// older wrappings back: not done.
-			err = backup.Unfinished(context.WithoutCancel(ctx), store)
+			uctx, ucancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			err = backup.Unfinished(uctx, store)
+			ucancel()
 		}
 		wctx, wcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer wcancel()

@@ -98,15 +98,18 @@ func RunPresence(ctx context.Context, p *Presence, interval time.Duration, warn 
 		// caller may have taken a while since (a slow start).
 		rctx, cancel := context.WithTimeout(ctx, PresenceTTL/3)
 		rerr := p.Renew(rctx)
+		cancel()
 		// Whether or not the renewal went through (a full store still
-		// reads): a restore found is what matters most.
-		uerr := Unfinished(rctx, p.l.Store)
+		// reads; a write that hangs used up only its own deadline): a
+		// restore found is what matters most.
+		uctx, cancel := context.WithTimeout(ctx, PresenceTTL/3)
+		uerr := Unfinished(uctx, p.l.Store)
 		cancel()
 		if ctx.Err() != nil {
 			return
 		}
 		if uerr != nil {
-			warn("unfinished restore", uerr)
+			warn("could not check the store for a restore", uerr) // or ErrRestoring: one found
 		}
 		if rerr != nil {
 			warn("presence record", rerr)
