@@ -28,34 +28,14 @@ import (
 func TestAForcedRestoreRefusesAServerThatHoldsNoLease(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	files, err := pki.WriteDevFiles(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := testRuntimeConfig(t, dir)
 	r, err := local.Create(filepath.Join(dir, "root.key"))
 	if err != nil {
-		t.Fatal(err)
-	}
-	policyFile := filepath.Join(dir, "policy.yaml")
-	if err := os.WriteFile(policyFile, []byte("rules:\n  - {identities: [\"spiffe://custos.dev/dev-client\"], tenants: [\"*\"], permissions: [\"*\"]}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	store := memory.New()
 	var b bytes.Buffer
 	if _, err := backup.Write(ctx, &b, store, r, backup.Options{Source: "memory"}); err != nil {
-		t.Fatal(err)
-	}
-	cfg := &config.Config{
-		Listen:     "127.0.0.1:0",
-		TLS:        config.TLS{CertFile: files.ServerCert, KeyFile: files.ServerKey, ClientCAFile: files.CA},
-		PolicyFile: policyFile,
-		Root:       config.Root{Type: "local", Local: config.LocalRoot{KeyFile: filepath.Join(dir, "root.key")}},
-		Storage:    config.Storage{Type: "memory"},
-		Ops:        config.Ops{Listen: "off"},
-		Scheduler:  config.Scheduler{Disabled: true},
-		Audit:      config.Audit{Disabled: true},
-	}
-	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
 	rt, err := New(ctx, cfg, Options{Store: store, Root: r, Logger: slog.New(slog.DiscardHandler)})
