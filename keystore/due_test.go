@@ -894,3 +894,35 @@ func TestADestructionWhoseAnswerWasLostHappensOnTime(t *testing.T) {
 		t.Fatalf("version 1 after the due pass past its date: %v, want DESTROYED", st)
 	}
 }
+
+// slowDueList makes the due pass's next listing take pause, once: this
+// replica holds up its own tick (a long GC pause, SIGSTOP, a slow read)
+// with no error seen.
+type slowDueList struct {
+	storage.Store
+	pause atomic.Int64 // nanoseconds; 0: none
+}
+
+func (s *slowDueList) List(ctx context.Context, prefix, after string, limit int) ([]storage.Record, error) {
+	if prefix == "due/" {
+		if d := s.pause.Swap(0); d > 0 {
+			time.Sleep(time.Duration(d))
+		}
+	}
+	return s.Store.List(ctx, prefix, after, limit)
+}
+
+// A replica whose lease lapsed while its own tick stalled (no error seen)
+// sweeps when it holds the lease again: another replica may have held it
+// meanwhile, and lost hints in a crash.
+func TestALeaseLapsedByAStalledTickIsSweptAfter(t *testing.T) {
+	f := newLCFixture(t)
+	store := &slowDueList{Store: f.store}
+	ks := f.keystoreOn(t, store)
+	const ttl = 100 * time.Millisecond
+	stop := startScheduler(t, ks, keystore.SchedulerConfig{Interval: 5 * time.Millisecond, LeaseTTL: ttl, SweepInterval: 1000 * time.Hour, HolderID: "a"})
+	defer stop()
+	waitFor(t, "the first sweep", func() bool { return keystore.SweepsDone(ks) >= 1 })
+	store.pause.Store(int64(3 * ttl))
+	waitFor(t, "a sweep after the stalled tick", func() bool { return keystore.Sweeps(ks) >= 2 })
+}

@@ -203,6 +203,13 @@ func (s *Service) leaderTick(ctx context.Context, cfg SchedulerConfig, st *leade
 		*st = leaderState{} // whoever takes it over next sweeps first
 		return
 	}
+	if !st.heldAt.IsZero() && time.Since(st.heldAt) >= cfg.LeaseTTL {
+		// Not renewed for its TTL, with no error seen (this replica's
+		// own tick stalled: a pause, a slow read): the lease lapsed, and
+		// another replica may have held it meanwhile (and lost hints in
+		// a crash). This one sweeps first, as one taking it over does.
+		*st = leaderState{}
+	}
 	st.heldAt = time.Now()
 	s.life.leaderPasses.Add(1)
 	now := s.now()
