@@ -151,6 +151,17 @@ func (s *Service) keyDue(rec *keyRecord, now time.Time) (time.Time, bool) {
 	return due, !due.IsZero()
 }
 
+// dropDue deletes the hint of name at t, if there is one: best effort (a
+// hint left does nothing when it comes due but read the record).
+func (s *Service) dropDue(ctx context.Context, t time.Time, kind, name string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), noteTimeout)
+	defer cancel()
+	key := dueStorageKey(t, kind, name)
+	if rec, err := s.store.Get(ctx, key); err == nil {
+		_ = s.store.Delete(ctx, key, rec.Version)
+	}
+}
+
 // noteKeyDue writes the hint of rec's next due date, if it has one.
 func (s *Service) noteKeyDue(ctx context.Context, ref KeyRef, rec *keyRecord) {
 	if t, ok := s.keyDue(rec, s.now()); ok {

@@ -926,3 +926,44 @@ func TestALeaseLapsedByAStalledTickIsSweptAfter(t *testing.T) {
 	store.pause.Store(int64(3 * ttl))
 	waitFor(t, "a sweep after the stalled tick", func() bool { return keystore.Sweeps(ks) >= 2 })
 }
+
+// Moving a key's due date drops the hint of the old one: a deployment that
+// sets a key's rotation period again and again (configuration applied every
+// minute) or rotates it often left one hint per change, each kept until its
+// date, the key's name in it.
+func TestAKeyKeepsOneDueHint(t *testing.T) {
+	f := newLCFixture(t)
+	ctx := context.Background()
+	ks := f.ks
+	if _, err := ks.CreateTenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	ref := keystore.KeyRef{Tenant: "acme", Key: "k"}
+	if _, err := ks.CreateKey(ctx, ref, keystore.KeySpec{Purpose: keystore.PurposeEncrypt, RotationPeriod: 365 * 24 * time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	year := 365 * 24 * time.Hour
+	for i := range 20 {
+		f.clock.Advance(time.Minute)
+		if i%2 == 0 {
+			if _, err := ks.RotateKey(ctx, ref); err != nil {
+				t.Fatal(err)
+			}
+		} else if _, err := ks.UpdateKey(ctx, ref, keystore.KeyUpdate{RotationPeriod: &year}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recs, err := f.store.List(ctx, "due/", "", 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, r := range recs {
+		if strings.HasSuffix(r.Key, "/acme/k") {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("%d due hints for the key after 20 changes of its date, want 1", n)
+	}
+}

@@ -211,6 +211,7 @@ func (s *Service) updateKey(ctx context.Context, ref KeyRef, op string, mutate f
 		if err != nil {
 			return err
 		}
+		wasDue, hadDue := s.keyDue(rec, s.now())
 		h, err := openKeyset(kek, ref, rec)
 		if err != nil {
 			s.logger.Error("stored keyset failed authentication", "key", ref.String())
@@ -245,6 +246,14 @@ func (s *Service) updateKey(ctx context.Context, ref KeyRef, op string, mutate f
 		}
 		s.m.noteVersion(ref, nver)
 		s.noteKeyDue(ctx, ref, rec)
+		if hadDue {
+			// The hint of the date this change moved is of no use any
+			// more: dropped, or one per rotation (or per rotation period
+			// set again) piles up until its date, a key's name in it.
+			if due, ok := s.keyDue(rec, s.now()); !ok || dueStorageKey(due, dueKeyKind, "") != dueStorageKey(wasDue, dueKeyKind, "") {
+				s.dropDue(ctx, wasDue, dueKeyKind, ref.Tenant+"/"+ref.Key)
+			}
+		}
 		if prim, err := newPrimitives(rec.Purpose, nh); err == nil {
 			s.m.put(gen, &keyEntry{ref: ref, rec: rec, prim: prim, ver: nver, tenantVer: tver})
 		}
