@@ -292,12 +292,11 @@ func TestAnOpsRequestToAZonedAddress(t *testing.T) {
 // one root to unwrap and wrap with.
 func TestMovingToAnotherRootWithoutDowntime(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), ".custos-dev")
-	addr, ops, stop := startDevWithOps(t, dir)
+	addr, _, stop := startDevWithOps(t, dir)
 	cli(t, dir, addr, "tenant", "create", "acme")
 	cli(t, dir, addr, "key", "create", "tenants/acme/keys/pii")
 	ct := strings.TrimSpace(cli(t, dir, addr, "encrypt", "tenants/acme/keys/pii", "--no-ad", "under the old root"))
 	stop()
-	_ = ops
 
 	var oldRoot config.Root
 	newKey := filepath.Join(dir, "root-new.key")
@@ -308,7 +307,7 @@ func TestMovingToAnotherRootWithoutDowntime(t *testing.T) {
 		oldRoot = c.Root
 		c.Root = config.Root{Type: "local", Local: config.LocalRoot{KeyFile: newKey}, Previous: &oldRoot}
 	}
-	addr, ops, stop = startDevWithOpsConfig(t, dir, both)
+	addr, ops, stop := startDevWithOpsConfig(t, dir, both)
 	if pt := cli(t, dir, addr, "decrypt", "tenants/acme/keys/pii", "--no-ad", ct); !strings.Contains(pt, "under the old root") {
 		t.Fatalf("decrypt with the old root as previous: %q", pt)
 	}

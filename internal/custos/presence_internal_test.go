@@ -27,12 +27,7 @@ import (
 // refuses it. Once the server stops, the restore goes ahead.
 func TestAForcedRestoreRefusesAServerThatHoldsNoLease(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	cfg := testRuntimeConfig(t, dir)
-	r, err := local.Create(filepath.Join(dir, "root.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg, _, r := testRuntimeConfig(t)
 	store := memory.New()
 	var b bytes.Buffer
 	if _, err := backup.Write(ctx, &b, store, r, backup.Options{Source: "memory"}); err != nil {
@@ -117,10 +112,16 @@ func (fullStore) Put(context.Context, string, []byte, uint64) (uint64, error) {
 	return 0, fmt.Errorf("test: %w", storage.ErrFull)
 }
 
-// testRuntimeConfig is a runtime's configuration under dir, without the
-// scheduler and the trail (which hold leases).
-func testRuntimeConfig(t *testing.T, dir string) *config.Config {
+// testRuntimeConfig is a runtime's configuration in a directory of its
+// own (returned), without the scheduler and the trail (which hold
+// leases), and its local root, created.
+func testRuntimeConfig(t *testing.T) (*config.Config, string, *local.Root) {
 	t.Helper()
+	dir := t.TempDir()
+	r, err := local.Create(filepath.Join(dir, "root.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	files, err := pki.WriteDevFiles(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -142,19 +143,14 @@ func testRuntimeConfig(t *testing.T, dir string) *config.Config {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	return cfg
+	return cfg, dir, r
 }
 
 // A server starts on a full store (its presence record waits for space):
 // a full store serves reads, and a replica restarted during the incident
 // must come back.
 func TestAServerStartsOnAFullStore(t *testing.T) {
-	dir := t.TempDir()
-	cfg := testRuntimeConfig(t, dir)
-	r, err := local.Create(filepath.Join(dir, "root.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg, _, r := testRuntimeConfig(t)
 	rt, err := New(context.Background(), cfg, Options{Store: fullStore{memory.New()}, Root: r, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatalf("New on a full store: %v", err)
@@ -172,12 +168,7 @@ func TestAServerStopsWhenARestoreWritesToItsStore(t *testing.T) {
 }
 
 func testStopsForARestore(t *testing.T, full bool) {
-	dir := t.TempDir()
-	cfg := testRuntimeConfig(t, dir)
-	r, err := local.Create(filepath.Join(dir, "root.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg, _, r := testRuntimeConfig(t)
 	store := memory.New()
 	var served storage.Store = store
 	if full {
@@ -209,11 +200,7 @@ func testStopsForARestore(t *testing.T, full bool) {
 // fails it before the store is opened: no bbolt file is left behind, no
 // schema migrated, no audit signing key made.
 func TestAStartThatFailsOnTracingLeavesNoStore(t *testing.T) {
-	dir := t.TempDir()
-	cfg := testRuntimeConfig(t, dir)
-	if _, err := local.Create(filepath.Join(dir, "root.key")); err != nil {
-		t.Fatal(err)
-	}
+	cfg, dir, _ := testRuntimeConfig(t)
 	dbPath := filepath.Join(dir, "custos.db")
 	cfg.Storage = config.Storage{Type: "bbolt", Bbolt: config.BboltConfig{Path: dbPath}}
 	cfg.Audit = config.Audit{}
