@@ -234,26 +234,26 @@ func (s *Service) updateKey(ctx context.Context, ref KeyRef, op string, mutate f
 			return err
 		}
 		nver, err := s.store.Put(ctx, keyStorageKey(ref), b, ver)
+		if err != nil && errors.Is(err, storage.ErrConflict) {
+			return storageErr(op, err)
+		}
+		// Written, or maybe (an answer lost after COMMIT, and a retried
+		// DestroyKeyVersion is refused before it writes): the hint of the
+		// new due date; and the old date's, now of no use, dropped (one
+		// per rotation, or per rotation period set again, piled up until
+		// its date, a key's name in it).
+		name := ref.Tenant + "/" + ref.Key
+		due, hasDue := s.keyDue(rec, s.now())
+		if hasDue {
+			s.noteDue(ctx, due, dueKeyKind, name)
+		}
+		if hadDue && (!hasDue || dueStorageKey(due, dueKeyKind, name) != dueStorageKey(wasDue, dueKeyKind, name)) {
+			s.dropDue(ctx, wasDue, dueKeyKind, name)
+		}
 		if err != nil {
-			if !errors.Is(err, storage.ErrConflict) {
-				// The outcome is unknown (an answer lost after
-				// COMMIT): the change's hint, as updateTenant writes
-				// it (a retried DestroyKeyVersion is refused before it
-				// writes).
-				s.noteKeyDue(ctx, ref, rec)
-			}
 			return storageErr(op, err)
 		}
 		s.m.noteVersion(ref, nver)
-		s.noteKeyDue(ctx, ref, rec)
-		if hadDue {
-			// The hint of the date this change moved is of no use any
-			// more: dropped, or one per rotation (or per rotation period
-			// set again) piles up until its date, a key's name in it.
-			if due, ok := s.keyDue(rec, s.now()); !ok || dueStorageKey(due, dueKeyKind, "") != dueStorageKey(wasDue, dueKeyKind, "") {
-				s.dropDue(ctx, wasDue, dueKeyKind, ref.Tenant+"/"+ref.Key)
-			}
-		}
 		if prim, err := newPrimitives(rec.Purpose, nh); err == nil {
 			s.m.put(gen, &keyEntry{ref: ref, rec: rec, prim: prim, ver: nver, tenantVer: tver})
 		}

@@ -186,29 +186,24 @@ type leaderState struct {
 // pass every Interval, so work that falls due meanwhile (a key past its
 // usage threshold) does not wait for the sweep's end.
 func (s *Service) leaderTick(ctx context.Context, cfg SchedulerConfig, st *leaderState) {
+	if !st.heldAt.IsZero() && time.Since(st.heldAt) >= cfg.LeaseTTL {
+		// Not renewed for its TTL (the lease unreachable, or this
+		// replica's own tick stalled: a pause, a slow read): it lapsed,
+		// and another replica may have held it meanwhile (and lost hints
+		// in a crash). This one sweeps first when it holds it again, as
+		// one taking it over does.
+		*st = leaderState{}
+	}
 	held, err := s.acquireLeaseWithin(ctx, cfg)
 	if err != nil {
 		if ctx.Err() == nil {
 			s.logger.Warn("scheduler: lease", "error", err.Error())
-		}
-		if !st.heldAt.IsZero() && time.Since(st.heldAt) >= cfg.LeaseTTL {
-			// Another replica may have held the lease meanwhile (and
-			// lost hints in a crash): this one sweeps first when it takes
-			// the lease again, as any replica taking it over does.
-			*st = leaderState{}
 		}
 		return
 	}
 	if !held {
 		*st = leaderState{} // whoever takes it over next sweeps first
 		return
-	}
-	if !st.heldAt.IsZero() && time.Since(st.heldAt) >= cfg.LeaseTTL {
-		// Not renewed for its TTL, with no error seen (this replica's
-		// own tick stalled: a pause, a slow read): the lease lapsed, and
-		// another replica may have held it meanwhile (and lost hints in
-		// a crash). This one sweeps first, as one taking it over does.
-		*st = leaderState{}
 	}
 	st.heldAt = time.Now()
 	s.life.leaderPasses.Add(1)

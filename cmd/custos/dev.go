@@ -14,6 +14,7 @@ import (
 
 	"github.com/custos-kms/custos/internal/config"
 	"github.com/custos-kms/custos/internal/pki"
+	"github.com/custos-kms/custos/keystore/root"
 	"github.com/custos-kms/custos/keystore/root/local"
 )
 
@@ -221,12 +222,5 @@ Ctrl-C stops the server.
 // loopbackAddr reports whether addr (host:port) listens on loopback only.
 func loopbackAddr(addr string) bool {
 	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return false
-	}
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
+	return err == nil && root.LoopbackHost(host)
 }

@@ -484,10 +484,8 @@ func (rt *Runtime) Run(ctx context.Context) error {
 			rt.audit.Run(bg, audit.RunConfig{
 				Holder:             holder,
 				CheckpointInterval: cfg.Audit.CheckpointInterval,
-				// The trail's own: 30 s, or three checkpoint intervals
-				// when longer (the scheduler's lease TTL, used before,
-				// kept a dead holder's lease for as long as that).
-				LeaseTTL:  max(audit.DefaultLeaseTTL, 3*cfg.Audit.CheckpointInterval),
+				// The trail's own lease TTL (audit.Run's default), not
+				// the scheduler's.
 				Retention: cfg.Audit.Retention,
 				BeforeFinal: func(ctx context.Context) {
 					if err := rt.writer.ShipOnce(ctx); err != nil {

@@ -35,7 +35,8 @@ type RunConfig struct {
 	// CheckpointInterval is how often queued events are integrated and a
 	// checkpoint signed. Default DefaultCheckpointInterval.
 	CheckpointInterval time.Duration
-	// LeaseTTL. Default DefaultLeaseTTL.
+	// LeaseTTL. Default DefaultLeaseTTL, or three CheckpointIntervals
+	// when longer.
 	LeaseTTL time.Duration
 	// Retention: event bodies older than this are deleted (their hashes
 	// stay). Default DefaultRetention; negative keeps them forever.
@@ -57,7 +58,9 @@ func (l *Log) Run(ctx context.Context, cfg RunConfig) {
 		cfg.CheckpointInterval = DefaultCheckpointInterval
 	}
 	if cfg.LeaseTTL <= 0 {
-		cfg.LeaseTTL = DefaultLeaseTTL
+		// Three intervals at least: a holder that renews at every tick
+		// keeps it through a late one.
+		cfg.LeaseTTL = max(DefaultLeaseTTL, 3*cfg.CheckpointInterval)
 	}
 	if cfg.Retention == 0 {
 		cfg.Retention = DefaultRetention

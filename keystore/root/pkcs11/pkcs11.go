@@ -584,14 +584,7 @@ func findSlot(c *p11.Ctx, label string) (uint, error) {
 }
 
 // isPINRefusal reports a token refusing the PIN itself (not an outage).
-func isPINRefusal(err error) bool {
-	for _, code := range []uint{p11.CKR_PIN_INCORRECT, p11.CKR_PIN_INVALID, p11.CKR_PIN_LEN_RANGE, p11.CKR_PIN_EXPIRED, p11.CKR_PIN_LOCKED} {
-		if errors.Is(err, p11.Error(code)) {
-			return true
-		}
-	}
-	return false
-}
+func isPINRefusal(err error) bool { return hasCode(err, pinCodes) }
 
 func login(c *p11.Ctx, h p11.SessionHandle, pin string) error {
 	err := c.Login(h, p11.CKU_USER, pin)

@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"sort"
-	"strings"
 	"unicode/utf8"
 )
 
@@ -14,11 +13,6 @@ import (
 // range, which the primary key's index serves directly. Under the "C"
 // collation PostgreSQL compares UTF-8 text byte-wise, which for valid UTF-8
 // is also code point order, so Go's string comparison agrees with it.
-
-// validKey reports whether PostgreSQL can store key as text.
-func validKey(key string) bool {
-	return utf8.ValidString(key) && strings.IndexByte(key, 0) < 0
-}
 
 // listRange returns the range [lo, hi) of valid keys that start with
 // prefix and sort after after, byte-wise. If hasHi is false the range has no

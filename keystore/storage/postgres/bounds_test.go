@@ -80,3 +80,9 @@ func TestCeil(t *testing.T) {
 		}
 	}
 }
+
+// validKey reports whether PostgreSQL can store key as text (the empty
+// string too: a range's bound, not a key).
+func validKey(key string) bool {
+	return utf8.ValidString(key) && strings.IndexByte(key, 0) < 0
+}
