@@ -37,6 +37,7 @@ func TestAForcedRestoreRefusesAServerThatHoldsNoLease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(rt.Close) // if the test fails first; a second Close does nothing
 	restore := func() error {
 		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
