@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -478,11 +477,8 @@ func TestTwoTokensWithTheLabelAreRefused(t *testing.T) {
 	if _, err := pkcs11.CreateKey(t.Context(), h.cfg); err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command("softhsm2-util", "--init-token", "--free", "--label", tokenLabel, "--pin", userPIN, "--so-pin", "5678").CombinedOutput()
-	if err != nil {
-		t.Fatalf("softhsm2-util --init-token: %v\n%s", err, out)
-	}
-	_, err = pkcs11.New(t.Context(), h.cfg)
+	initToken(t)
+	_, err := pkcs11.New(t.Context(), h.cfg)
 	if err == nil || !strings.Contains(err.Error(), "2 tokens are labelled") {
 		t.Fatalf("New with two tokens of one label: %v, want the ambiguity named", err)
 	}

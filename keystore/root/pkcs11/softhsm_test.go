@@ -38,10 +38,7 @@ func newSoftHSM(t *testing.T) *softHSM {
 	conf := filepath.Join(dir, "softhsm2.conf")
 	writeFile(t, conf, "directories.tokendir = "+tokens+"\nobjectstore.backend = file\nlog.level = ERROR\n")
 	t.Setenv("SOFTHSM2_CONF", conf)
-	out, err := exec.Command("softhsm2-util", "--init-token", "--free", "--label", tokenLabel, "--pin", userPIN, "--so-pin", "5678").CombinedOutput()
-	if err != nil {
-		t.Fatalf("softhsm2-util --init-token: %v\n%s", err, out)
-	}
+	initToken(t)
 	pinFile := filepath.Join(dir, "pin")
 	writeFile(t, pinFile, userPIN+"\n")
 	return &softHSM{
@@ -74,5 +71,15 @@ func writeFile(t *testing.T, path, content string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// initToken initialises a free slot of the SoftHSM2 that SOFTHSM2_CONF
+// names as a token labelled tokenLabel, with userPIN.
+func initToken(t *testing.T) {
+	t.Helper()
+	out, err := exec.Command("softhsm2-util", "--init-token", "--free", "--label", tokenLabel, "--pin", userPIN, "--so-pin", "5678").CombinedOutput()
+	if err != nil {
+		t.Fatalf("softhsm2-util --init-token: %v\n%s", err, out)
 	}
 }
