@@ -10,11 +10,13 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/custos-kms/custos/internal/yamlint"
 	"github.com/custos-kms/custos/keystore"
 	"github.com/custos-kms/custos/server"
 )
@@ -358,6 +360,15 @@ func Parse(b []byte, baseDir string) (*Config, error) {
 		if err != nil || !emptyDocument(&n) {
 			return nil, errors.New("the file holds more than one YAML document; put every setting in one")
 		}
+	}
+	// yaml.v3 truncates 1.5 into an integer and reads 010 as octal: refuse
+	// both rather than run with a number nobody wrote.
+	var doc yaml.Node
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return nil, err
+	}
+	if err := yamlint.Check(&doc, reflect.TypeOf(c)); err != nil {
+		return nil, err
 	}
 	c.resolvePaths(baseDir)
 	return &c, c.Validate()

@@ -83,10 +83,13 @@ import (
 	"io"
 	"math"
 	"os"
+	"reflect"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"gopkg.in/yaml.v3"
+
+	"github.com/custos-kms/custos/internal/yamlint"
 )
 
 // Permission names an operation a rule can grant.
@@ -461,6 +464,9 @@ func parseRateLimit(n *yaml.Node) (*RateLimit, error) {
 		seen[key] = true
 	}
 	if err := n.Decode(&f); err != nil {
+		return nil, err
+	}
+	if err := yamlint.Check(n, reflect.TypeOf(f)); err != nil {
 		return nil, err
 	}
 	l := &RateLimit{Class: Class(f.Class), PerTenant: f.PerTenant}

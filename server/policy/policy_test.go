@@ -146,6 +146,8 @@ func TestParseRejectsInvalidPolicies(t *testing.T) {
 		{"a negative rate", rule("{name: billing, identities: [x], tenants: [t], rate_limits: [{requests_per_second: -1, burst: 5}]}"), `rules[1] "billing" (line 5): rate_limits[0]: requests_per_second -1 must be a positive number`},
 		{"a zero rate", rule("{identities: [x], tenants: [t], rate_limits: [{requests_per_second: 0, burst: 5}]}"), "rules[1] (line 5): rate_limits[0]: requests_per_second 0 must be a positive number"},
 		{"a zero burst", rule("{identities: [x], tenants: [t], rate_limits: [{requests_per_second: 10, burst: 0}]}"), "rate_limits[0]: burst 0 must be at least 1"},
+		{"a fractional burst", rule("{identities: [x], tenants: [t], rate_limits: [{requests_per_second: 10, burst: 1.5}]}"), "rate_limits[0]: line 5: burst: 1.5 is not a whole number"},
+		{"an octal-looking burst", rule("{identities: [x], tenants: [t], rate_limits: [{requests_per_second: 10, burst: 010}]}"), "rate_limits[0]: line 5: burst: 010 has a leading zero"},
 		{"a missing burst", rule("{identities: [x], tenants: [t], rate_limits: [{requests_per_second: 10}]}"), "rate_limits[0]: burst is missing"},
 		{"a missing rate", rule("{identities: [x], tenants: [t], rate_limits: [{burst: 10}]}"), "rate_limits[0]: requests_per_second is missing"},
 		{"an unknown class", rule("{identities: [x], tenants: [t], rate_limits: [{class: admin, requests_per_second: 1, burst: 1}]}"), `rate_limits[0]: unknown class "admin"`},
