@@ -70,10 +70,10 @@ func TestParseRejects(t *testing.T) {
 		"a hash queue of millions": {valid + "passwords: {hash_queue: 100000000}\n", "passwords.hash_queue"},
 		// Numbers yaml.v3 would read as other integers: refused, not
 		// truncated or read as octal.
-		"a fractional integer setting":     {valid + "passwords: {hash_workers: 1.5}\n", "line 8: passwords.hash_workers: 1.5 is not a whole number"},
-		"an exponent in an integer":        {valid + "limits: {max_batch_items: 1e3}\n", "limits.max_batch_items: 1e3 is not a whole number"},
-		"a leading zero in an integer":     {strings.Replace(valid, "size: 10,", "size: 010,", 1), "cache.size: 010 has a leading zero"},
-		"a fractional uint32 setting": {valid + "passwords: {max_argon2_iterations: 2.5}\n", "passwords.max_argon2_iterations: 2.5"},
+		"a fractional integer setting": {valid + "passwords: {hash_workers: 1.5}\n", "line 8: passwords.hash_workers: 1.5 is not a whole number"},
+		"an exponent in an integer":    {valid + "limits: {max_batch_items: 1e3}\n", "limits.max_batch_items: 1e3 is not a whole number"},
+		"a leading zero in an integer": {strings.Replace(valid, "size: 10,", "size: 010,", 1), "cache.size: 010 has a leading zero"},
+		"a fractional uint32 setting":  {valid + "passwords: {max_argon2_iterations: 2.5}\n", "passwords.max_argon2_iterations: 2.5"},
 		// Settings that would have no effect: refused, not ignored.
 		"a sample ratio without an endpoint": {valid + "tracing: {sample_ratio: 0.5}\n", "sample_ratio set without tracing.endpoint"},
 		"a reload interval with SPIFFE":      {strings.Replace(valid, "tls: {cert_file: s.pem, key_file: s-key.pem, client_ca_file: /etc/ca.pem}", "tls: {reload_interval: 1m, spiffe: {workload_api: unix:///run/spire.sock}}", 1), "tls.reload_interval applies to"},
