@@ -35,7 +35,7 @@ run: ## start `custos dev`: the embedded default on $(DEV_ADDR)
 .PHONY: test
 # The tests run while a `custos dev` holds the default ports (as when
 # `make run` is going in another terminal), so none may depend on them.
-test: tools test-deps vet generate-check ## vet, check generated code, run every test with -race beside a custos dev, then the real-Vault and local-kms tests
+test: tools test-deps lint generate-check ## lint (vet, staticcheck, buf, tidy), check generated code, run every test with -race beside a custos dev, then the real-Vault and local-kms tests
 	GO='$(GO)' bash scripts/with-dev-server.sh $(GO) test -race -count=1 ./...
 	$(MAKE) --no-print-directory test-vault
 	$(MAKE) --no-print-directory test-localkms
