@@ -2,7 +2,10 @@ package main
 
 import (
 	"encoding/base64"
+	"fmt"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -73,4 +76,58 @@ func TestAMalformedKeyNameIsNotEchoed(t *testing.T) {
 	if strings.Contains(err.Error()+errOut, "alice@example.com") {
 		t.Fatalf("the refusal printed the argument: %v\n%s", err, errOut)
 	}
+}
+
+// TestREADMERotateStep runs README step 4's commands (with the test
+// server's address and directory in place of the defaults), twice against
+// one store as a reader running the walkthrough again would: the old
+// ciphertext decrypts under the version encrypt printed, and rotate makes
+// the next version primary.
+func TestREADMERotateStep(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), ".custos-dev")
+	addr, stop := startDev(t, dir)
+	defer stop()
+	cli(t, dir, addr, "tenant", "create", "acme")
+	cli(t, dir, addr, "key", "create", "tenants/acme/keys/pii")
+	conn := []string{"--addr", addr, "--dev-dir", dir}
+	run := func(args ...string) (string, string) {
+		t.Helper()
+		out, errOut, err := runCLI(t, append(args, conn...)...)
+		if err != nil {
+			t.Fatalf("custos %q: %v\n%s", args, err, errOut)
+		}
+		return out, errOut
+	}
+	versionRe := regexp.MustCompile(`\(key version (\d+)\)`)
+	for pass := 1; pass <= 2; pass++ {
+		old, encErr := run("encrypt", "tenants/acme/keys/pii", "alice@example.com", "--ad-part", "customer-42", "--ad-part", "email")
+		encV := versionRe.FindStringSubmatch(encErr)
+		if encV == nil {
+			t.Fatalf("pass %d: encrypt printed no key version: %q", pass, encErr)
+		}
+		rotated, _ := run("key", "rotate", "tenants/acme/keys/pii")
+		wantPrimary := fmt.Sprintf("primary:  %d", atoi(t, encV[1])+1)
+		if !strings.Contains(rotated, wantPrimary) {
+			t.Fatalf("pass %d: rotate after encrypt under version %s printed %q, want %q", pass, encV[1], rotated, wantPrimary)
+		}
+		pt, decErr := run("decrypt", "tenants/acme/keys/pii", strings.TrimSpace(old), "--ad-part", "customer-42", "--ad-part", "email")
+		if strings.TrimSpace(pt) != "alice@example.com" {
+			t.Fatalf("pass %d: decrypt gave %q", pass, pt)
+		}
+		if decV := versionRe.FindStringSubmatch(decErr); decV == nil || decV[1] != encV[1] {
+			t.Fatalf("pass %d: decrypt reported %q, want key version %s (encrypt's)", pass, decErr, encV[1])
+		}
+		if got, _ := run("key", "get", "tenants/acme/keys/pii"); !strings.Contains(got, wantPrimary) {
+			t.Fatalf("pass %d: key get printed %q, want %q", pass, got, wantPrimary)
+		}
+	}
+}
+
+func atoi(t *testing.T, s string) int {
+	t.Helper()
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

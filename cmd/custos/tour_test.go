@@ -10,10 +10,14 @@ import (
 	"time"
 )
 
-// The grpcurl tour (scripts/grpcurl-tour.sh, the README's walkthrough of
-// every RPC from outside Go) passes against a dev server, and fails when an
-// answer is wrong. It needs grpcurl (make grpcurl; make test installs it)
-// and python3.
+// The grpcurl tour (scripts/grpcurl-tour.sh, the README's step 7: every RPC
+// from outside Go) passes against a dev server, and fails when an answer
+// it checks is wrong. It needs grpcurl (make grpcurl; make test installs
+// it) and python3. The README's other steps are run elsewhere, with the
+// test server's address and directory in place of the defaults (no test
+// binds the fixed ports): step 4 by TestREADMERotateStep, the audit and
+// backup commands by the audit and backup tests, the examples by their
+// own main_test.go.
 func TestTheGrpcurlTourPasses(t *testing.T) {
 	root, err := filepath.Abs(filepath.Join("..", ".."))
 	if err != nil {
