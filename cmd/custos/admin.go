@@ -125,7 +125,12 @@ func (c *conn) run(f func(cmd *cobra.Command, cl *client.Client, args []string) 
 			return err
 		}
 		defer cl.Close()
-		return f(cmd, cl, args)
+		out := &outputWriter{w: cmd.OutOrStdout()}
+		cmd.SetOut(out)
+		if err := f(cmd, cl, args); err != nil {
+			return err
+		}
+		return out.err
 	}
 }
 

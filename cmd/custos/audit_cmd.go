@@ -110,7 +110,9 @@ func newAuditCmd() *cobra.Command {
 				}
 				more, probe.PageToken = len(page.Events) > 0, page.NextPageToken
 			}
-			p.flush()
+			if err := p.flush(); err != nil {
+				return err
+			}
 			if more {
 				// Oldest first: what was left out is the newest.
 				fmt.Fprintf(cmd.ErrOrStderr(), "stopped at --limit %d: newer events follow; raise --limit, or narrow with --since and the filters\n", limit)
@@ -206,7 +208,9 @@ func tailEvents(ctx context.Context, call callContext, cl auditLister, parent st
 			}
 			p.print(ev)
 		}
-		p.flush()
+		if err := p.flush(); err != nil {
+			return err // nobody reads what follows
+		}
 		if f.PageToken = page.NextPageToken; f.PageToken != "" {
 			continue
 		}
@@ -394,7 +398,7 @@ func (p *eventPrinter) print(ev client.AuditEvent) {
 	if key == "" {
 		key = "-"
 	}
-	fmt.Fprintf(p.tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", ev.Index, ev.Time.UTC().Format(time.RFC3339), ev.Identity, ev.Operation, key, cell(ev.KeyVersions), ev.Code, ev.RequestID)
+	fmt.Fprintf(p.tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", ev.Index, ev.Time.UTC().Format(time.RFC3339), cellText(ev.Identity), cellText(ev.Operation), cellText(key), cell(ev.KeyVersions), cellText(ev.Code), cellText(ev.RequestID))
 }
 
 // header writes the table's header once, before the first row or, when
@@ -406,9 +410,15 @@ func (p *eventPrinter) header() {
 	}
 }
 
-func (p *eventPrinter) flush() {
+// flush writes the rows printed so far; its error is the output's first
+// failed write (a table's or a JSON line's).
+func (p *eventPrinter) flush() error {
 	p.header()
-	_ = p.tw.Flush()
+	err := p.tw.Flush()
+	if o, ok := p.out.(*outputWriter); ok && o.err != nil {
+		return o.err
+	}
+	return err
 }
 
 func newAuditVerifyCmd() *cobra.Command {

@@ -1,0 +1,90 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/custos-kms/custos/client"
+)
+
+// enospcWriter fails every write as a full disk does.
+type enospcWriter struct{ writes int }
+
+func (w *enospcWriter) Write([]byte) (int, error) {
+	w.writes++
+	return 0, syscall.ENOSPC
+}
+
+// A command whose standard output cannot be written fails (exit 1): it
+// exited 0, so `custos rewrap … > new.ct && mv new.ct old.ct` on a full
+// disk replaced the ciphertext with an empty file.
+func TestAFailedWriteOfTheOutputIsAnError(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), ".custos-dev")
+	addr, stop := startDev(t, dir)
+	defer stop()
+	cli(t, dir, addr, "tenant", "create", "acme")
+	cli(t, dir, addr, "key", "create", "tenants/acme/keys/pii")
+	ct := strings.TrimSpace(cli(t, dir, addr, "encrypt", "tenants/acme/keys/pii", "v", "--no-ad"))
+	conn := []string{"--addr", addr, "--dev-dir", dir}
+	for _, args := range [][]string{
+		{"encrypt", "tenants/acme/keys/pii", "v", "--no-ad"},
+		{"decrypt", "tenants/acme/keys/pii", ct, "--no-ad", "--raw"},
+		{"rewrap", "tenants/acme/keys/pii", ct, "--no-ad"},
+		{"datakey", "generate", "tenants/acme/keys/pii", "-o", "json"},
+		{"key", "get", "tenants/acme/keys/pii"},
+		{"tenant", "list"},
+		{"audit", "list", "--tenant", "acme"},
+	} {
+		cmd := newRootCmd()
+		w := &enospcWriter{}
+		cmd.SetOut(w)
+		cmd.SetErr(&bytes.Buffer{})
+		cmd.SetArgs(append(args, conn...))
+		err := cmd.ExecuteContext(t.Context())
+		if err == nil {
+			t.Errorf("%q with a full disk for its output: no error", args)
+		} else if !errors.Is(err, syscall.ENOSPC) || exitCode(err) != exitOther {
+			t.Errorf("%q with a full disk for its output: %v (exit %d), want ENOSPC, exit %d", args, err, exitCode(err), exitOther)
+		}
+		if w.writes == 0 {
+			t.Errorf("%q wrote nothing", args)
+		}
+	}
+}
+
+// A tail whose output fails stops with the error instead of polling on.
+func TestAuditTailStopsWhenItsOutputFails(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	r := &pollRecorder{stop: func() {}}
+	call := func() (context.Context, context.CancelFunc) { return context.WithCancel(ctx) }
+	p := newEventPrinter(&outputWriter{w: &enospcWriter{}}, "json")
+	err := tailEvents(ctx, call, r, "tenants/acme", client.AuditFilter{PageSize: 1000}, &pageVerifier{}, p, time.Millisecond, false)
+	if !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("tail with a failing output: %v, want ENOSPC", err)
+	}
+}
+
+// A caller's certificate common name is taken as sent: in a text listing
+// its control characters are escaped, so it cannot forge a row or send
+// escape sequences to the reader's terminal.
+func TestAnAuditRowCannotBeForgedByAnIdentity(t *testing.T) {
+	for _, output := range []string{"text", "table"} {
+		var b strings.Builder
+		p := newEventPrinter(&b, output)
+		p.print(client.AuditEvent{Index: 1, Identity: "a\n2\t2025-01-01T00:00:00Z\tadmin\tdelete_tenant\x1b[2J", Operation: "encrypt", Code: "OK", RequestID: "r"})
+		if err := p.flush(); err != nil {
+			t.Fatal(err)
+		}
+		got := b.String()
+		if lines := strings.Count(got, "\n"); lines != 2 || strings.ContainsAny(got, "\x1b") {
+			t.Errorf("-o %s: %d lines, want the header and one row:\n%s", output, lines, got)
+		}
+	}
+}
