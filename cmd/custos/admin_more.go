@@ -41,12 +41,23 @@ func parsePurpose(s string) (client.Purpose, error) {
 // print the plaintext.
 var errNotAKeyName = usageError{errors.New("the first argument is not a key name: want tenants/{tenant}/keys/{key}")}
 
-// input returns arg, or standard input when arg is "-".
+// maxInput bounds an argument read from standard input: above the
+// largest field any call takes (the base64 of the largest ciphertext is
+// about 1.42 MiB; a plaintext is at most 1 MiB).
+const maxInput = 2 << 20
+
+// input returns arg, or standard input when arg is "-". More than
+// maxInput bytes is a usage error: no call could take it, and cut to the
+// bound it would be sent as something else.
 func input(cmd *cobra.Command, arg string) ([]byte, error) {
 	if arg != "-" {
 		return []byte(arg), nil
 	}
-	return readStdin(cmd, 16<<20)
+	b, err := readStdin(cmd, maxInput+1)
+	if err == nil && len(b) > maxInput {
+		return nil, usageError{fmt.Errorf("standard input holds more than %d bytes (2 MiB): no field takes that much", maxInput)}
+	}
+	return b, err
 }
 
 // emit prints v as one JSON object (-o json), as a table with a header row

@@ -453,6 +453,9 @@ that is not an extension of it. Run it as
 			if err != nil {
 				return err
 			}
+			if err := notAConfiguredFile("--save-checkpoint", savePath, path, cfg); err != nil {
+				return err
+			}
 			if err := bboltFileExists(cfg); err != nil {
 				return err
 			}

@@ -45,6 +45,9 @@ the root. "-" writes to standard output. See docs/backup.md.`,
 			if err != nil {
 				return err
 			}
+			if err := notAConfiguredFile("--out", out, path, cfg); err != nil {
+				return err
+			}
 			var w io.Writer = cmd.OutOrStdout()
 			var f *os.File
 			var pending *durable.Pending
@@ -229,6 +232,35 @@ docs/backup.md.`,
 // writeBackup writes the backup: from the store directly, or, when the
 // store is a bbolt file a running server holds, from that server's ops
 // listener (GET /backup), checked here with the root before it is kept.
+// notAConfiguredFile refuses an output path that names the configuration
+// file or a file it names (the store, a key file…): a backup renamed over
+// the bbolt file replaced the live store, and over the root's key file
+// would leave every backup unreadable.
+func notAConfiguredFile(flag, out, configPath string, cfg *config.Config) error {
+	if out == "" || out == "-" {
+		return nil
+	}
+	for _, f := range append(cfg.Files(), configPath) {
+		if sameFile(out, f) {
+			return usageError{fmt.Errorf("%s %s is %s, which the configuration uses: name another file", flag, out, f)}
+		}
+	}
+	return nil
+}
+
+// sameFile reports whether a and b name one file: the same cleaned
+// absolute path, or (both existing) the same inode, through links.
+func sameFile(a, b string) bool {
+	aa, errA := filepath.Abs(a)
+	ab, errB := filepath.Abs(b)
+	if errA == nil && errB == nil && aa == ab {
+		return true
+	}
+	sa, errA := os.Stat(a)
+	sb, errB := os.Stat(b)
+	return errA == nil && errB == nil && os.SameFile(sa, sb)
+}
+
 func writeBackup(cmd *cobra.Command, cfg *config.Config, w io.Writer, f *os.File, p *progress) (*backup.Manifest, error) {
 	ctx := cmd.Context()
 	if err := bboltFileExists(cfg); err != nil {

@@ -553,3 +553,46 @@ func TestARefusedRestoreDoesNotTouchTheTarget(t *testing.T) {
 		t.Fatalf("the target's bbolt file after a refused restore: %v; want none", err)
 	}
 }
+
+// A backup or a saved checkpoint is never written over a file the
+// configuration names: renamed over the bbolt file, a backup replaced the
+// live store (and over the root's key file, it would leave every backup
+// unreadable). A symbolic link to one is refused too.
+func TestOutputOverAConfiguredFileIsRefused(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), ".custos-dev")
+	_, ops, stop := startDevWithOps(t, dir)
+	defer stop()
+	live := liveConfig(t, dir, ops)
+	link := filepath.Join(t.TempDir(), "looks-new.db")
+	if err := os.Symlink(filepath.Join(dir, "custos.db"), link); err != nil {
+		t.Fatal(err)
+	}
+	before := map[string][]byte{}
+	for _, f := range []string{"root.key", "custos.yaml"} {
+		b, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[f] = b
+	}
+	for _, args := range [][]string{
+		{"backup", "--config", live, "--out", filepath.Join(dir, "custos.db")},
+		{"backup", "--config", live, "--out", filepath.Join(dir, ".", "root.key")},
+		{"backup", "--config", live, "--out", live},
+		{"backup", "--config", live, "--out", link},
+		{"audit", "verify", "--config", live, "--save-checkpoint", filepath.Join(dir, "root.key")},
+	} {
+		out, err := runMainErr(t, args...)
+		if err == nil || exitCode(err) != exitUsage || !strings.Contains(err.Error(), "which the configuration uses") {
+			t.Errorf("%q: %v (exit %d), want a usage error\n%s", args, err, exitCode(err), out)
+		}
+	}
+	for f, b := range before {
+		if now, err := os.ReadFile(filepath.Join(dir, f)); err != nil || !bytes.Equal(now, b) {
+			t.Errorf("%s changed: %v", f, err)
+		}
+	}
+	if fi, err := os.Lstat(filepath.Join(dir, "custos.db")); err != nil || !fi.Mode().IsRegular() {
+		t.Fatalf("the store file: %v, %v", fi, err)
+	}
+}

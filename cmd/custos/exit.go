@@ -35,8 +35,11 @@ type usageError struct{ error }
 
 func (u usageError) Unwrap() error { return u.error }
 
-// exitCode is the exit code of err.
+// exitCode is the exit code of err (0 for none).
 func exitCode(err error) int {
+	if err == nil {
+		return 0
+	}
 	var u usageError
 	if errors.As(err, &u) {
 		return exitUsage

@@ -88,3 +88,33 @@ func TestAnAuditRowCannotBeForgedByAnIdentity(t *testing.T) {
 		}
 	}
 }
+
+// Standard input larger than any field is a usage error, not cut to a
+// bound and sent (a 17 MiB MAC input exited 7, "retry", as the message
+// limit refused its first 16 MiB).
+func TestOversizedStandardInputIsAUsageError(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), ".custos-dev")
+	addr, stop := startDev(t, dir)
+	defer stop()
+	cli(t, dir, addr, "tenant", "create", "acme")
+	cli(t, dir, addr, "key", "create", "tenants/acme/keys/idx", "--purpose", "mac")
+	run := func(in []byte) (string, error) {
+		cmd := newRootCmd()
+		var out bytes.Buffer
+		cmd.SetIn(bytes.NewReader(in))
+		cmd.SetOut(&out)
+		cmd.SetErr(&bytes.Buffer{})
+		cmd.SetArgs([]string{"mac", "compute", "tenants/acme/keys/idx", "-", "--addr", addr, "--dev-dir", dir})
+		err := cmd.ExecuteContext(t.Context())
+		return out.String(), err
+	}
+	if _, err := run(make([]byte, maxInput+1)); err == nil || exitCode(err) != exitUsage || !strings.Contains(err.Error(), "more than") {
+		t.Fatalf("mac compute of %d bytes on stdin: %v, want a usage error", maxInput+1, err)
+	}
+	if _, err := run(make([]byte, 17<<20)); err == nil || exitCode(err) != exitUsage {
+		t.Fatalf("mac compute of 17 MiB on stdin: %v, want a usage error", err)
+	}
+	if out, err := run([]byte("row-1")); err != nil || out == "" {
+		t.Fatalf("mac compute of a small stdin: %q, %v", out, err)
+	}
+}

@@ -392,7 +392,7 @@ func (c *Config) Validate() error {
 }
 
 func (c *Config) resolvePaths(baseDir string) {
-	for _, p := range []*string{&c.TLS.CertFile, &c.TLS.KeyFile, &c.TLS.ClientCAFile, &c.PolicyFile, &c.Storage.Bbolt.Path, &c.Storage.Postgres.URLFile, &c.Audit.Spool, &c.Audit.Export.Path, &c.Tracing.CAFile} {
+	for _, p := range c.paths() {
 		if *p == "-" || *p == "off" {
 			continue
 		}
@@ -401,6 +401,24 @@ func (c *Config) resolvePaths(baseDir string) {
 		}
 	}
 	c.Root.resolvePaths(baseDir)
+}
+
+// paths are the path settings outside the root's.
+func (c *Config) paths() []*string {
+	return []*string{&c.TLS.CertFile, &c.TLS.KeyFile, &c.TLS.ClientCAFile, &c.PolicyFile, &c.Storage.Bbolt.Path, &c.Storage.Postgres.URLFile, &c.Audit.Spool, &c.Audit.Export.Path, &c.Tracing.CAFile}
+}
+
+// Files are the paths the configuration names, the root's among them
+// (the store, its key files, the audit spool's prefix…), so that a command
+// writing a file can refuse to write over one of them.
+func (c *Config) Files() []string {
+	var files []string
+	for _, p := range append(c.paths(), c.Root.paths()...) {
+		if *p != "" && *p != "-" && *p != "off" {
+			files = append(files, *p)
+		}
+	}
+	return files
 }
 
 func (c *Config) setDefaults() {

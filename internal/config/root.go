@@ -138,9 +138,15 @@ type GCPKMSRoot struct {
 // resolvePaths makes the selected provider's relative file paths relative
 // to baseDir.
 func (r *Root) resolvePaths(baseDir string) {
-	if r.Previous != nil {
-		r.Previous.resolvePaths(baseDir)
+	for _, p := range r.paths() {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(baseDir, *p)
+		}
 	}
+}
+
+// paths are the root's path settings, the previous root's too.
+func (r *Root) paths() []*string {
 	paths := []*string{&r.Local.KeyFile, &r.Vault.CACertFile, &r.Vault.Auth.TokenFile, &r.PKCS11.PINFile, &r.GCPKMS.CredentialsFile}
 	if a := r.Vault.Auth.AppRole; a != nil {
 		paths = append(paths, &a.SecretIDFile)
@@ -151,11 +157,10 @@ func (r *Root) resolvePaths(baseDir string) {
 	if strings.Contains(r.PKCS11.Module, "/") {
 		paths = append(paths, &r.PKCS11.Module)
 	}
-	for _, p := range paths {
-		if *p != "" && !filepath.IsAbs(*p) {
-			*p = filepath.Join(baseDir, *p)
-		}
+	if r.Previous != nil {
+		paths = append(paths, r.Previous.paths()...)
 	}
+	return paths
 }
 
 // validate checks the selected provider's required fields, and those of
