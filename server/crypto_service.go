@@ -147,6 +147,9 @@ func (s cryptoService) EncryptBatch(ctx context.Context, req *custosv1.EncryptBa
 	defer statuses.done(ctx)
 	resp := &custosv1.EncryptBatchResponse{Results: slab.Of[custosv1.EncryptBatchResponse_Result](len(items))}
 	for i, it := range items {
+		if err := callEnded(ctx, i); err != nil {
+			return nil, err
+		}
 		r := resp.Results[i]
 		r.Status = okStatus
 		if err := s.checkEncryptItem(it.GetPlaintext(), it.GetAssociatedData()); err != nil {
@@ -179,6 +182,9 @@ func (s cryptoService) DecryptBatch(ctx context.Context, req *custosv1.DecryptBa
 	defer statuses.done(ctx)
 	resp := &custosv1.DecryptBatchResponse{Results: slab.Of[custosv1.DecryptBatchResponse_Result](len(items))}
 	for i, it := range items {
+		if err := callEnded(ctx, i); err != nil {
+			return nil, err
+		}
 		r := resp.Results[i]
 		r.Status = okStatus
 		if err := checkCiphertextItem(it.GetCiphertext(), it.GetAssociatedData()); err != nil {
@@ -193,4 +199,21 @@ func (s cryptoService) DecryptBatch(ctx context.Context, req *custosv1.DecryptBa
 		r.Plaintext, r.KeyVersion = pt, v
 	}
 	return resp, nil
+}
+
+// callEndedEvery is how many items a batch handles between looks at its
+// call's context.
+const callEndedEvery = 64
+
+// callEnded is the status of a batch's call whose caller went away or ran
+// out of time, looked at every callEndedEvery items from item 0: a batch
+// of 10,000 items does not run on for a caller that has its answer.
+func callEnded(ctx context.Context, i int) error {
+	if i%callEndedEvery != 0 {
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		return status.FromContextError(err).Err()
+	}
+	return nil
 }

@@ -142,6 +142,12 @@ func (b *itemStatuses) done(ctx context.Context) {
 // failures. Errors that already are statuses pass through.
 func (s *Server) toStatus(ctx context.Context, err error) *status.Status {
 	st, internal := statusOf(err)
+	if cerr := ctx.Err(); cerr != nil && errors.Is(err, keystore.ErrUnavailable) && !errors.Is(err, keystore.ErrStorageFull) {
+		// The caller's own deadline or cancellation ended what the call
+		// waited on (a store read, the root): not an outage to log, count
+		// or retry. A full store stays what it is.
+		st, internal = statusOf(cerr)
+	}
 	if internal != "" {
 		s.logger.LogAttrs(ctx, slog.LevelError, "request failed", slog.String("code", st.Code().String()), slog.String("error", internal))
 	}

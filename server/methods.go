@@ -257,6 +257,13 @@ func (s *Server) requestPath(ctx context.Context, c *call, req any, info *grpc.U
 			return nil, err
 		}
 	}
+	// A call whose deadline passed (in the queue, or as sent) is not run:
+	// its caller has its answer already, and an encryption would be counted
+	// and recorded as OK for nobody. grpc-go refuses such a call only when
+	// it notices before the request is read.
+	if err := ctx.Err(); err != nil {
+		return nil, status.FromContextError(err).Err()
+	}
 	return handler(context.WithValue(ctx, callKey{}, c), req)
 }
 
