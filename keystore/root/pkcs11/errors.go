@@ -88,6 +88,10 @@ func classify(what string, err error) error {
 		return fmt.Errorf("pkcs11 root: %s: the token refused the PIN (check the PIN file or variable): %w", what, err)
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		return ctxError(what, err)
+	case isAmbiguous(err):
+		// An unwrap has told a failed tag from a fault by now (probe);
+		// anywhere else (a wrap, the probe itself) no blob is to blame.
+		return fmt.Errorf("pkcs11 root: %s: %w: %w", what, root.ErrUnavailable, err)
 	}
 	return fmt.Errorf("pkcs11 root: %s: %w", what, err)
 }

@@ -25,3 +25,18 @@ func TestAFailedProbeIsUnavailable(t *testing.T) {
 		t.Error("a probe that met a stale session is not taken as stale")
 	}
 }
+
+// A wrap (or any call but an unwrap, which probes) that fails with a
+// general error is the token's fault: unavailable, to retry, not a
+// misconfiguration answered INTERNAL.
+func TestAGeneralFailureOutsideAnUnwrapIsUnavailable(t *testing.T) {
+	for _, code := range []uint{p11.CKR_FUNCTION_FAILED, p11.CKR_GENERAL_ERROR} {
+		err := classify("wrap", p11.Error(code))
+		if !errors.Is(err, root.ErrUnavailable) || errors.Is(err, root.ErrNotAuthentic) {
+			t.Errorf("wrap failed with %v: %v, want ErrUnavailable", p11.Error(code), err)
+		}
+	}
+	if err := classify("wrap", p11.Error(p11.CKR_KEY_FUNCTION_NOT_PERMITTED)); errors.Is(err, root.ErrUnavailable) {
+		t.Errorf("a key that does not allow the operation: %v, want a misconfiguration, not unavailable", err)
+	}
+}
