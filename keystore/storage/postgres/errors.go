@@ -2,6 +2,8 @@ package postgres
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -110,6 +112,8 @@ func unavailable(err error) bool {
 	var connectErr *pgconn.ConnectError
 	var netErr net.Error
 	switch {
+	case tlsMismatch(err):
+		return false
 	case errors.As(err, &connectErr), errors.As(err, &netErr):
 		return true
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, pgconn.ErrConnClosed):
@@ -118,4 +122,17 @@ func unavailable(err error) bool {
 		return true
 	}
 	return false
+}
+
+// tlsMismatch reports a connection refused over TLS settings, which a
+// retry does not change: a certificate the configured roots or name do
+// not verify, or (sslmode=require) a server without TLS, which pgconn
+// reports only in words.
+func tlsMismatch(err error) bool {
+	var unknownCA x509.UnknownAuthorityError
+	var hostname x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	var verify *tls.CertificateVerificationError
+	return errors.As(err, &unknownCA) || errors.As(err, &hostname) || errors.As(err, &invalid) || errors.As(err, &verify) ||
+		strings.Contains(err.Error(), "server refused TLS connection")
 }

@@ -498,3 +498,26 @@ func TestOpenWaitingForTheMigrationLockSaysSo(t *testing.T) {
 		t.Fatal("Open still waiting 10s after the lock was freed")
 	}
 }
+
+// A TLS setting the server cannot meet (sslmode=require on a server
+// without TLS) is a configuration error, as a wrong password is: it does
+// not pass with a retry, so it is not reported as an outage (exit 7,
+// readiness "unavailable").
+func TestATLSMismatchIsNotAnOutage(t *testing.T) {
+	url := pgtest.Start(t).NewDatabase(t)
+	if strings.Contains(url, "sslmode=") {
+		url = strings.NewReplacer("sslmode=disable", "sslmode=require", "sslmode=prefer", "sslmode=require").Replace(url)
+	} else if strings.Contains(url, "?") {
+		url += "&sslmode=require"
+	} else {
+		url += "?sslmode=require"
+	}
+	s, err := postgres.Open(t.Context(), postgres.Config{URL: url, ConnectTimeout: 5 * time.Second})
+	if err == nil {
+		s.Close()
+		t.Fatal("the test server accepted TLS; this test needs one without")
+	}
+	if errors.Is(err, storage.ErrUnavailable) {
+		t.Fatalf("Open with sslmode=require against a server without TLS: %v; want a configuration error, not unavailable", err)
+	}
+}
