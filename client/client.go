@@ -15,6 +15,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 )
 
 // Config says where a [Client] connects and how it authenticates. Give
@@ -43,9 +44,10 @@ type Config struct {
 	// e.g. go-spiffe's tlsconfig.MTLSClientConfig over a
 	// workloadapi.X509Source, which follows SVID rotation. It is cloned;
 	// its MinVersion is raised to TLS 1.3. It must present a client
-	// certificate (Certificates or GetClientCertificate), and may set
-	// InsecureSkipVerify only with its own VerifyPeerCertificate or
-	// VerifyConnection.
+	// certificate (Certificates or GetClientCertificate), and set RootCAs
+	// (nil would trust the system's public roots), or InsecureSkipVerify
+	// with its own VerifyPeerCertificate or VerifyConnection, as go-spiffe's
+	// configurations do.
 	TLSConfig *tls.Config
 
 	// TracerProvider makes the client's spans (one per call, otelgrpc's
@@ -54,12 +56,41 @@ type Config struct {
 	// traceparent header, so the server's spans join the caller's trace.
 	TracerProvider trace.TracerProvider
 
+	// KeepaliveTime is how long a connection may go without hearing from
+	// the server before the client pings it; a ping not answered within a
+	// third of that (at most 10 s) ends the connection. A connection the
+	// network dropped without a reset (a NAT or load balancer forgetting
+	// it, a failover) then fails its calls with [ErrUnavailable] and is
+	// made again, instead of holding calls until the operating system
+	// gives up on it (about 15 minutes). Zero means 30 seconds; gRPC
+	// raises anything below 10 seconds to 10; negative turns the pings
+	// off. Servers allow pings every 10 seconds.
+	KeepaliveTime time.Duration
+
 	// DialOptions are extra options for grpc.NewClient, such as
 	// interceptors, or grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(n))
 	// for answers above DefaultMaxRecvMsgSize (a server whose message
 	// limit is raised). They cannot replace the mutual-TLS transport
 	// credentials.
 	DialOptions []grpc.DialOption
+}
+
+// DefaultKeepaliveTime is Config.KeepaliveTime's default.
+const DefaultKeepaliveTime = 30 * time.Second
+
+// keepalive is the connection's ping settings, false when they are off.
+// Idle connections are pinged too: a dead one is found before a call
+// meets it.
+func (cfg Config) keepalive() (keepalive.ClientParameters, bool) {
+	t := cfg.KeepaliveTime
+	switch {
+	case t < 0:
+		return keepalive.ClientParameters{}, false
+	case t == 0:
+		t = DefaultKeepaliveTime
+	}
+	t = max(t, 10*time.Second) // gRPC's floor, said here so the timeout follows it
+	return keepalive.ClientParameters{Time: t, Timeout: min(t/3, 10*time.Second), PermitWithoutStream: true}, true
 }
 
 // DefaultMaxRecvMsgSize is the largest answer the client takes unless
@@ -107,7 +138,11 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	// server bounds requests (16 MiB by default), and a batch's answer can
 	// outgrow its request. A call the server served and recorded must not
 	// fail here; a MaxCallRecvMsgSize in DialOptions still wins.
-	opts := append([]grpc.DialOption{grpc.WithDisableServiceConfig(), grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(DefaultMaxRecvMsgSize))}, cfg.DialOptions...)
+	opts := []grpc.DialOption{grpc.WithDisableServiceConfig(), grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(DefaultMaxRecvMsgSize))}
+	if kp, ok := cfg.keepalive(); ok {
+		opts = append(opts, grpc.WithKeepaliveParams(kp))
+	}
+	opts = append(opts, cfg.DialOptions...)
 	opts = append(opts,
 		grpc.WithStatsHandler(otelgrpc.NewClientHandler(traceOpts...)),
 		grpc.WithTransportCredentials(creds))
@@ -172,6 +207,11 @@ func checkTLSConfig(in *tls.Config) (*tls.Config, error) {
 	}
 	if tc.InsecureSkipVerify && tc.VerifyPeerCertificate == nil && tc.VerifyConnection == nil {
 		return nil, errors.New("TLSConfig.InsecureSkipVerify is set without VerifyPeerCertificate or VerifyConnection; the server would not be authenticated")
+	}
+	if !tc.InsecureSkipVerify && tc.RootCAs == nil {
+		// crypto/tls would verify the server against the system's public
+		// roots: any of them could then issue a certificate for its name.
+		return nil, errors.New("TLSConfig.RootCAs is not set: set the CA that signed the server's certificate (x509.SystemCertPool() only if a public CA did)")
 	}
 	return tc, nil
 }

@@ -1024,3 +1024,38 @@ func TestABatchItemAnsweredEmptyFails(t *testing.T) {
 		t.Fatalf("the other item: %+v", res[1])
 	}
 }
+
+// A single call answered OK without its bytes (a misbehaving proxy) is
+// INTERNAL, as a batch item is: a rewrap job wrote the empty answer over
+// the row's only ciphertext.
+func TestASingleCallAnsweredEmptyFails(t *testing.T) {
+	env := startEnv(t)
+	c := newClient(t, env)
+	name := setupKey(t, c)
+	ct, _, err := c.Encrypt(t.Context(), name, []byte("v"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mk, err := c.CreateKey(t.Context(), client.TenantName("acme"), "empty-mac", client.KeySpec{Purpose: client.PurposeMAC})
+	if err != nil {
+		t.Fatal(err)
+	}
+	macKey := mk.Name
+	for op, call := range map[string]func() error{
+		"Encrypt": func() error { _, _, err := c.Encrypt(t.Context(), name, []byte("v"), nil); return err },
+		"Decrypt": func() error { _, _, err := c.Decrypt(t.Context(), name, ct, nil); return err },
+		"Rewrap":  func() error { _, _, err := c.Rewrap(t.Context(), name, ct, nil); return err },
+		"ComputeMAC": func() error {
+			_, _, err := c.ComputeMAC(t.Context(), macKey, []byte("d"))
+			return err
+		},
+	} {
+		env.hooks.answerEmptyNext()
+		if err := call(); status.Code(err) != codes.Internal {
+			t.Errorf("%s answered OK and empty: %v, want INTERNAL", op, err)
+		}
+		if err := call(); err != nil {
+			t.Errorf("%s answered in full: %v", op, err)
+		}
+	}
+}

@@ -134,13 +134,16 @@ type hooks struct {
 	pageSize int32
 	// itemErr, if set, fails the EncryptBatch items it returns an error for.
 	itemErr func(index int) error
+	// emptyNext makes the next call's answer OK with its bytes left out,
+	// as a misbehaving proxy might send it.
+	emptyNext bool
 }
 
 func (h *hooks) intercept(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	h.mu.Lock()
 	h.calls[info.FullMethod]++
-	inject, pageSize, itemErr := h.inject, h.pageSize, h.itemErr
-	h.inject = nil
+	inject, pageSize, itemErr, empty := h.inject, h.pageSize, h.itemErr, h.emptyNext
+	h.inject, h.emptyNext = nil, false
 	h.mu.Unlock()
 	if inject != nil {
 		return nil, inject
@@ -158,6 +161,18 @@ func (h *hooks) intercept(ctx context.Context, req any, info *grpc.UnaryServerIn
 		}
 	}
 	resp, err := handler(ctx, req)
+	if empty {
+		switch r := resp.(type) {
+		case *custosv1.EncryptResponse:
+			r.Ciphertext = nil
+		case *custosv1.DecryptResponse:
+			r.Plaintext = nil
+		case *custosv1.RewrapResponse:
+			r.Ciphertext = nil
+		case *custosv1.ComputeMacResponse:
+			r.Mac = nil
+		}
+	}
 	if r, ok := resp.(*custosv1.EncryptBatchResponse); ok && itemErr != nil {
 		for i, res := range r.GetResults() {
 			if e := itemErr(i); e != nil {
@@ -192,6 +207,13 @@ func (h *hooks) setPageSize(n int32) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.pageSize = n
+}
+
+// answerEmptyNext makes the next call's answer OK and empty.
+func (h *hooks) answerEmptyNext() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.emptyNext = true
 }
 
 func (h *hooks) setEncryptItemErr(fn func(int) error) {

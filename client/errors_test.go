@@ -3,7 +3,9 @@ package client
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
+	"strings"
 	"testing"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -129,7 +131,7 @@ func TestCallErrorKeepsNonStatusErrors(t *testing.T) {
 func TestCheckTLSConfig(t *testing.T) {
 	cert := tls.Certificate{Certificate: [][]byte{{1}}}
 	t.Run("MinVersion is raised to TLS 1.3 on a copy", func(t *testing.T) {
-		in := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		in := &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: x509.NewCertPool(), MinVersion: tls.VersionTLS12}
 		out, err := checkTLSConfig(in)
 		if err != nil {
 			t.Fatal(err)
@@ -139,9 +141,15 @@ func TestCheckTLSConfig(t *testing.T) {
 		}
 	})
 	t.Run("GetClientCertificate counts as presenting a certificate", func(t *testing.T) {
-		in := &tls.Config{GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }}
+		in := &tls.Config{RootCAs: x509.NewCertPool(), GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }}
 		if _, err := checkTLSConfig(in); err != nil {
 			t.Error(err)
+		}
+	})
+	t.Run("no RootCAs is refused: the system's public roots would verify the server", func(t *testing.T) {
+		in := &tls.Config{Certificates: []tls.Certificate{cert}}
+		if _, err := checkTLSConfig(in); err == nil || !strings.Contains(err.Error(), "RootCAs") {
+			t.Errorf("a TLSConfig without RootCAs: %v, want it refused", err)
 		}
 	})
 	t.Run("InsecureSkipVerify is accepted with a verifier of its own", func(t *testing.T) {

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
@@ -280,6 +281,13 @@ type watchStream struct {
 
 func (w watchStream) Context() context.Context { return w.ctx }
 
+// KeepaliveEnforcement lets clients ping every 10 seconds (gRPC's floor
+// for its clients), idle connections too: the Go client pings every 30
+// (client.Config.KeepaliveTime) to find connections the network dropped
+// silently. gRPC's default allowed one ping in 5 minutes, and none without
+// a call, and ended the connection of a client that pinged more often.
+var KeepaliveEnforcement = keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}
+
 // NewGRPCServer returns a *grpc.Server that serves only mutual TLS with
 // tlsConf and has s registered. Unary calls go through one interceptor
 // (metrics, recovery, identity, validation, the request path's
@@ -329,6 +337,7 @@ func (s *Server) NewGRPCServer(tlsConf *tls.Config, opts ...grpc.ServerOption) (
 		// A request's headers (its path and metadata) are small; gRPC's
 		// default bound is 16 MiB a request.
 		grpc.MaxHeaderListSize(MaxHeaderListSize),
+		grpc.KeepaliveEnforcementPolicy(KeepaliveEnforcement),
 		grpc.UnknownServiceHandler(unknownMethod),
 		grpc.ChainUnaryInterceptor((&unaryPath{s: s, validator: validator}).intercept),
 		grpc.ChainStreamInterceptor(

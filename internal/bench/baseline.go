@@ -224,7 +224,8 @@ func ServeBaseline(ctx context.Context, lis net.Listener, tlsConf *tls.Config, m
 	// connection when the client certificate expires is left out: one per
 	// connection, no work per call.)
 	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsConf)), grpc.MaxRecvMsgSize(maxMsg),
-		grpc.NumStreamWorkers(StreamWorkers), grpc.MaxConcurrentStreams(server.MaxStreamsPerConnection), grpc.MaxHeaderListSize(server.MaxHeaderListSize))
+		grpc.NumStreamWorkers(StreamWorkers), grpc.MaxConcurrentStreams(server.MaxStreamsPerConnection), grpc.MaxHeaderListSize(server.MaxHeaderListSize),
+		grpc.KeepaliveEnforcementPolicy(server.KeepaliveEnforcement))
 	custosv1.RegisterCryptoServiceServer(gs, impl)
 	errc := make(chan error, 1)
 	go func() { errc <- gs.Serve(lis) }()
