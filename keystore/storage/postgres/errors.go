@@ -112,8 +112,6 @@ func unavailable(err error) bool {
 	var connectErr *pgconn.ConnectError
 	var netErr net.Error
 	switch {
-	case tlsMismatch(err):
-		return false
 	case errors.As(err, &connectErr), errors.As(err, &netErr):
 		return true
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, pgconn.ErrConnClosed):
@@ -122,6 +120,18 @@ func unavailable(err error) bool {
 		return true
 	}
 	return false
+}
+
+// openError classifies a failure of Open: as classify does, except that a
+// connection refused over TLS settings is a configuration error, as a
+// wrong password is. Once the store is open the same refusal (a database
+// certificate expired, a failover to a host of another name) is an outage
+// like any other connect failure: cached keys keep serving meanwhile.
+func openError(ctx context.Context, err error) error {
+	if ctx.Err() == nil && tlsMismatch(err) {
+		return err
+	}
+	return classify(ctx, err)
 }
 
 // tlsMismatch reports a connection refused over TLS settings, which a

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -84,5 +85,19 @@ func TestOnlyAServerThatWentAwayCostsThePool(t *testing.T) {
 		if !unavailable(err) {
 			t.Errorf("SQLSTATE %s is not an outage to the caller", code)
 		}
+	}
+}
+
+// Once open, a TLS refusal (a certificate expired, a failover to another
+// host name) is an outage like any connect failure: classify keeps it
+// unavailable, so cached keys keep serving; only Open takes it as
+// configuration.
+func TestATLSRefusalAfterOpenIsAnOutage(t *testing.T) {
+	refused := &net.OpError{Op: "remote error", Err: x509.UnknownAuthorityError{}}
+	if err := classify(context.Background(), refused); !errors.Is(err, storage.ErrUnavailable) {
+		t.Fatalf("classify of a TLS refusal on a running store: %v, want unavailable", err)
+	}
+	if err := openError(context.Background(), refused); errors.Is(err, storage.ErrUnavailable) {
+		t.Fatalf("openError of a TLS refusal: %v, want a configuration error", err)
 	}
 }

@@ -177,14 +177,14 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
-		return nil, fmt.Errorf("postgres: open: %w", classify(ctx, err))
+		return nil, fmt.Errorf("postgres: open: %w", openError(ctx, err))
 	}
 	// NoMigrate writes nothing; a database never migrated fails at the
 	// first read.
 	if !cfg.NoMigrate {
 		if err := migrate(ctx, pool, ms, cfg.Logger); err != nil {
 			pool.Close()
-			return nil, fmt.Errorf("postgres: open: migrate: %w", classify(ctx, err))
+			return nil, fmt.Errorf("postgres: open: migrate: %w", openError(ctx, err))
 		}
 	}
 	s := &Store{
