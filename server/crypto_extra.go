@@ -29,8 +29,8 @@ func (s cryptoService) RewrapBatch(ctx context.Context, req *custosv1.RewrapBatc
 		return nil, s.toError(ctx, err)
 	}
 	defer b.Done()
-	statuses := itemStatuses{s: s.Server}
-	defer statuses.done(ctx)
+	statuses := newItemStatuses(ctx, s.Server)
+	defer statuses.done()
 	resp := &custosv1.RewrapBatchResponse{Results: slab.Of[custosv1.RewrapBatchResponse_Result](len(items))}
 	for i, it := range items {
 		if err := callEnded(ctx, i); err != nil {

@@ -143,8 +143,8 @@ func (s cryptoService) EncryptBatch(ctx context.Context, req *custosv1.EncryptBa
 		return nil, s.toError(ctx, err)
 	}
 	defer b.Done()
-	statuses := itemStatuses{s: s.Server}
-	defer statuses.done(ctx)
+	statuses := newItemStatuses(ctx, s.Server)
+	defer statuses.done()
 	resp := &custosv1.EncryptBatchResponse{Results: slab.Of[custosv1.EncryptBatchResponse_Result](len(items))}
 	for i, it := range items {
 		if err := callEnded(ctx, i); err != nil {
@@ -178,8 +178,8 @@ func (s cryptoService) DecryptBatch(ctx context.Context, req *custosv1.DecryptBa
 		return nil, s.toError(ctx, err)
 	}
 	defer b.Done()
-	statuses := itemStatuses{s: s.Server}
-	defer statuses.done(ctx)
+	statuses := newItemStatuses(ctx, s.Server)
+	defer statuses.done()
 	resp := &custosv1.DecryptBatchResponse{Results: slab.Of[custosv1.DecryptBatchResponse_Result](len(items))}
 	for i, it := range items {
 		if err := callEnded(ctx, i); err != nil {

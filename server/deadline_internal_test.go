@@ -1,10 +1,12 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc"
@@ -111,5 +113,27 @@ func TestTheCallersDeadlineIsNotAnOutage(t *testing.T) {
 	}
 	if got := status.Code(s.toError(expired(t), keystore.ErrInvalidCiphertext)); got != codes.InvalidArgument {
 		t.Errorf("a caller's error past its deadline: %v, want INVALID_ARGUMENT", got)
+	}
+}
+
+// Inside a batch too, an item whose wait the caller's deadline ended is
+// the deadline, logged at WARN with the outage's detail, not an outage
+// logged at ERROR.
+func TestABatchItemCutByTheDeadlineIsNotAnOutage(t *testing.T) {
+	var buf bytes.Buffer
+	s := &Server{logger: slog.New(slog.NewJSONHandler(&buf, nil))}
+	ctx := context.WithValue(expired(t), callKey{}, &call{rid: "rid-3"})
+	statuses := newItemStatuses(ctx, s)
+	outage := fmt.Errorf("reload key tenants/a/keys/k: %w: storage: context deadline exceeded", keystore.ErrUnavailable)
+	if st := statuses.of(outage); codes.Code(st.GetCode()) != codes.DeadlineExceeded {
+		t.Fatalf("an item cut by the caller's deadline: %v, want DEADLINE_EXCEEDED", st)
+	}
+	statuses.done()
+	if out := buf.String(); strings.Contains(out, `"level":"ERROR"`) || !strings.Contains(out, `"level":"WARN"`) || !strings.Contains(out, "reload key") {
+		t.Fatalf("logged: %s; want one WARN line with the outage's detail", out)
+	}
+	buf.Reset()
+	if s.toError(expired(t), outage); !strings.Contains(buf.String(), `"level":"WARN"`) || !strings.Contains(buf.String(), "reload key") {
+		t.Fatalf("a single call cut by its deadline logged: %s; want a WARN line with the outage's detail", buf.String())
 	}
 }

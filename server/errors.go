@@ -69,8 +69,14 @@ var blandMessages = map[codes.Code]string{
 // line, not 10,000. Use one per call, and call done at its end.
 type itemStatuses struct {
 	s      *Server
+	ctx    context.Context        // the call's
 	failed []itemFailure          // internal failures, in order of first occurrence
 	index  map[itemFailureKey]int // into failed
+}
+
+// newItemStatuses returns the item statuses of the batch call of ctx.
+func newItemStatuses(ctx context.Context, s *Server) *itemStatuses {
+	return &itemStatuses{s: s, ctx: ctx}
 }
 
 // itemFailureKey identifies one distinct internal failure of a batch's
@@ -92,7 +98,7 @@ const maxFailureLines = 10
 // of is an item's status for err, with the details a whole call's refusal
 // of the same error carries (withInvalidDetails).
 func (b *itemStatuses) of(err error) *spb.Status {
-	st, internal := statusOf(err)
+	st, internal, _ := statusIn(b.ctx, err)
 	if internal != "" {
 		b.note(st.Code(), internal)
 	}
@@ -116,11 +122,13 @@ func (b *itemStatuses) note(code codes.Code, detail string) {
 	b.failed = append(b.failed, itemFailure{itemFailureKey: k, items: 1})
 }
 
-// done logs the batch's internal failures, if any.
-func (b *itemStatuses) done(ctx context.Context) {
+// done logs the batch's internal failures, if any: at WARN those its
+// caller's deadline cut short (statusIn), else at ERROR.
+func (b *itemStatuses) done() {
 	if len(b.failed) == 0 {
 		return
 	}
+	ctx := b.ctx
 	c := callOf(ctx)
 	others := 0
 	for i, f := range b.failed {
@@ -128,7 +136,11 @@ func (b *itemStatuses) done(ctx context.Context) {
 			others += f.items
 			continue
 		}
-		b.s.logger.LogAttrs(ctx, slog.LevelError, "batch items failed",
+		level := slog.LevelError
+		if f.code == codes.DeadlineExceeded || f.code == codes.Canceled {
+			level = slog.LevelWarn
+		}
+		b.s.logger.LogAttrs(ctx, level, "batch items failed",
 			slog.String("request_id", c.rid), slog.String("key", c.key.String()),
 			slog.String("code", f.code.String()), slog.String("error", f.detail), slog.Int("items", f.items))
 	}
@@ -141,17 +153,28 @@ func (b *itemStatuses) done(ctx context.Context) {
 // toStatus converts a handler error to a gRPC status, logging internal
 // failures. Errors that already are statuses pass through.
 func (s *Server) toStatus(ctx context.Context, err error) *status.Status {
-	st, internal := statusOf(err)
-	if cerr := ctx.Err(); cerr != nil && errors.Is(err, keystore.ErrUnavailable) && !errors.Is(err, keystore.ErrStorageFull) {
-		// The caller's own deadline or cancellation ended what the call
-		// waited on (a store read, the root): not an outage to log, count
-		// or retry. A full store stays what it is.
-		st, internal = statusOf(cerr)
-	}
-	if internal != "" {
+	st, internal, cut := statusIn(ctx, err)
+	switch {
+	case cut:
+		s.logger.LogAttrs(ctx, slog.LevelWarn, "the caller's deadline ended a wait on a dependency", slog.String("code", st.Code().String()), slog.String("error", internal))
+	case internal != "":
 		s.logger.LogAttrs(ctx, slog.LevelError, "request failed", slog.String("code", st.Code().String()), slog.String("error", internal))
 	}
 	return st
+}
+
+// statusIn is statusOf for an error a call met. An outage met because the
+// caller's own deadline or cancellation ended what the call waited on (a
+// store read, the root) is the caller's code: not an outage to count or
+// retry, and not an ERROR; cut is then true and internal the outage's
+// detail, for a warning. A full store stays what it is.
+func statusIn(ctx context.Context, err error) (st *status.Status, internal string, cut bool) {
+	if cerr := ctx.Err(); cerr != nil && errors.Is(err, keystore.ErrUnavailable) && !errors.Is(err, keystore.ErrStorageFull) {
+		st, _ = statusOf(cerr)
+		return st, err.Error(), true
+	}
+	st, internal = statusOf(err)
+	return st, internal, false
 }
 
 // statusOf converts a handler error to a gRPC status. For an internal

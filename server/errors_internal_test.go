@@ -46,7 +46,7 @@ func TestABatchLogsEachInternalFailureOnce(t *testing.T) {
 	s := &Server{logger: slog.New(slog.NewJSONHandler(&buf, nil))}
 	ref := keystore.KeyRef{Tenant: "a", Key: "k"}
 	ctx := context.WithValue(context.Background(), callKey{}, &call{rid: "rid-1", key: ref})
-	statuses := itemStatuses{s: s}
+	statuses := newItemStatuses(ctx, s)
 	outage := fmt.Errorf("reload key tenants/a/keys/k: %w", keystore.ErrUnavailable)
 	for range 1000 {
 		if st := statuses.of(outage); codes.Code(st.GetCode()) != codes.Unavailable || strings.Contains(st.GetMessage(), "reload") {
@@ -58,7 +58,7 @@ func TestABatchLogsEachInternalFailureOnce(t *testing.T) {
 	if buf.Len() != 0 {
 		t.Fatalf("logged before the batch ended: %s", buf.String())
 	}
-	statuses.done(ctx)
+	statuses.done()
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 	if len(lines) != 2 {
 		t.Fatalf("%d log lines, want 2 (each failure once):\n%s", len(lines), buf.String())
@@ -75,11 +75,11 @@ func TestABatchBoundsItsFailureLines(t *testing.T) {
 	var buf bytes.Buffer
 	s := &Server{logger: slog.New(slog.NewJSONHandler(&buf, nil))}
 	ctx := context.WithValue(context.Background(), callKey{}, &call{rid: "rid-2"})
-	statuses := itemStatuses{s: s}
+	statuses := newItemStatuses(ctx, s)
 	for i := range 100 {
 		statuses.of(fmt.Errorf("failure %d: %w", i, keystore.ErrUnavailable))
 	}
-	statuses.done(ctx)
+	statuses.done()
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 	if len(lines) != maxFailureLines+1 || !strings.Contains(lines[maxFailureLines], `"items":90`) {
 		t.Fatalf("%d lines, last %s; want %d, the last counting 90 items", len(lines), lines[len(lines)-1], maxFailureLines+1)
