@@ -233,32 +233,51 @@ docs/backup.md.`,
 // store is a bbolt file a running server holds, from that server's ops
 // listener (GET /backup), checked here with the root before it is kept.
 // notAConfiguredFile refuses an output path that names the configuration
-// file or a file it names (the store, a key file…): a backup renamed over
-// the bbolt file replaced the live store, and over the root's key file
-// would leave every backup unreadable.
+// file, a file it names (the store, a key file…) or one the server makes
+// beside them (the audit spool's segments, the export's rotated files),
+// also through a link: a backup renamed over the bbolt file replaced the
+// live store, and over the root's key file would leave every backup
+// unreadable.
 func notAConfiguredFile(flag, out, configPath string, cfg *config.Config) error {
 	if out == "" || out == "-" {
 		return nil
 	}
+	o := canonicalPath(out)
+	refuse := func(f string) error {
+		return usageError{fmt.Errorf("%s %s is %s, which the configuration uses: name another file", flag, out, f)}
+	}
+	oi, oerr := os.Stat(out)
 	for _, f := range append(cfg.Files(), configPath) {
-		if sameFile(out, f) {
-			return usageError{fmt.Errorf("%s %s is %s, which the configuration uses: name another file", flag, out, f)}
+		if o == canonicalPath(f) {
+			return refuse(f)
+		}
+		if fi, err := os.Stat(f); oerr == nil && err == nil && os.SameFile(oi, fi) { // a hard link
+			return refuse(f)
+		}
+	}
+	for _, p := range cfg.FilePrefixes() {
+		// The prefix's directory resolved, its last part kept as text.
+		if strings.HasPrefix(o, filepath.Join(canonicalPath(filepath.Dir(p)), filepath.Base(p))) {
+			return refuse(p + "…")
 		}
 	}
 	return nil
 }
 
-// sameFile reports whether a and b name one file: the same cleaned
-// absolute path, or (both existing) the same inode, through links.
-func sameFile(a, b string) bool {
-	aa, errA := filepath.Abs(a)
-	ab, errB := filepath.Abs(b)
-	if errA == nil && errB == nil && aa == ab {
-		return true
+// canonicalPath is p absolute and clean, with its links resolved: p's own
+// if it exists, else its directory's.
+func canonicalPath(p string) string {
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return filepath.Clean(p)
 	}
-	sa, errA := os.Stat(a)
-	sb, errB := os.Stat(b)
-	return errA == nil && errB == nil && os.SameFile(sa, sb)
+	if r, err := filepath.EvalSymlinks(abs); err == nil {
+		return r
+	}
+	if d, err := filepath.EvalSymlinks(filepath.Dir(abs)); err == nil {
+		return filepath.Join(d, filepath.Base(abs))
+	}
+	return abs
 }
 
 func writeBackup(cmd *cobra.Command, cfg *config.Config, w io.Writer, f *os.File, p *progress) (*backup.Manifest, error) {

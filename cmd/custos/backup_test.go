@@ -567,6 +567,10 @@ func TestOutputOverAConfiguredFileIsRefused(t *testing.T) {
 	if err := os.Symlink(filepath.Join(dir, "custos.db"), link); err != nil {
 		t.Fatal(err)
 	}
+	hard := filepath.Join(dir, "root-copy.key")
+	if err := os.Link(filepath.Join(dir, "root.key"), hard); err != nil {
+		t.Fatal(err)
+	}
 	before := map[string][]byte{}
 	for _, f := range []string{"root.key", "custos.yaml"} {
 		b, err := os.ReadFile(filepath.Join(dir, f))
@@ -581,6 +585,9 @@ func TestOutputOverAConfiguredFileIsRefused(t *testing.T) {
 		{"backup", "--config", live, "--out", live},
 		{"backup", "--config", live, "--out", link},
 		{"audit", "verify", "--config", live, "--save-checkpoint", filepath.Join(dir, "root.key")},
+		// Files the server makes beside the ones named: a spool segment.
+		{"backup", "--config", live, "--out", filepath.Join(dir, "custos.db.audit-spool.0000000000000001")},
+		{"backup", "--config", live, "--out", hard},
 	} {
 		out, err := runMainErr(t, args...)
 		if err == nil || exitCode(err) != exitUsage || !strings.Contains(err.Error(), "which the configuration uses") {

@@ -409,8 +409,9 @@ func (c *Config) paths() []*string {
 }
 
 // Files are the paths the configuration names, the root's among them
-// (the store, its key files, the audit spool's prefix…), so that a command
-// writing a file can refuse to write over one of them.
+// (the store, its key files…), so that a command writing a file can
+// refuse to write over one of them. FilePrefixes names the files it makes
+// beside them.
 func (c *Config) Files() []string {
 	var files []string
 	for _, p := range append(c.paths(), c.Root.paths()...) {
@@ -419,6 +420,20 @@ func (c *Config) Files() []string {
 		}
 	}
 	return files
+}
+
+// FilePrefixes are the beginnings of the paths of files the server makes
+// from a setting: the audit spool's segments and lock ("<spool>.…"), the
+// audit export's rotated files ("<name>-<time><ext>").
+func (c *Config) FilePrefixes() []string {
+	var prefixes []string
+	if sp := c.Audit.Spool; sp != "" && sp != "off" {
+		prefixes = append(prefixes, sp+".")
+	}
+	if ex := c.Audit.Export.Path; ex != "" && ex != "-" {
+		prefixes = append(prefixes, strings.TrimSuffix(ex, filepath.Ext(ex))+"-")
+	}
+	return prefixes
 }
 
 func (c *Config) setDefaults() {
