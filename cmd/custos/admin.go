@@ -125,12 +125,7 @@ func (c *conn) run(f func(cmd *cobra.Command, cl *client.Client, args []string) 
 			return err
 		}
 		defer cl.Close()
-		out := &outputWriter{w: cmd.OutOrStdout()}
-		cmd.SetOut(out)
-		if err := f(cmd, cl, args); err != nil {
-			return err
-		}
-		return out.err
+		return f(cmd, cl, args)
 	}
 }
 

@@ -118,3 +118,23 @@ func TestOversizedStandardInputIsAUsageError(t *testing.T) {
 		t.Fatalf("mac compute of a small stdin: %q, %v", out, err)
 	}
 }
+
+// Commands that call no server (audit verify, backup verify, root
+// rewrap…) fail on a failed write of their output too.
+func TestEveryCommandChecksItsOutput(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), ".custos-dev")
+	addr, stop := startDev(t, dir)
+	cli(t, dir, addr, "tenant", "create", "acme")
+	stop() // signs its last checkpoint; audit verify opens the bbolt file itself
+	conf := filepath.Join(dir, "custos.yaml")
+	if _, errOut, err := runCLI(t, "audit", "verify", "--config", conf); err != nil {
+		t.Fatalf("audit verify of a new store: %v\n%s", err, errOut)
+	}
+	cmd := newRootCmd()
+	cmd.SetOut(&enospcWriter{})
+	cmd.SetErr(&bytes.Buffer{})
+	cmd.SetArgs([]string{"audit", "verify", "--config", conf})
+	if err := cmd.ExecuteContext(t.Context()); !errors.Is(err, syscall.ENOSPC) || exitCode(err) != exitOther {
+		t.Fatalf("audit verify with a full disk for its output: %v, want ENOSPC, exit %d", err, exitOther)
+	}
+}

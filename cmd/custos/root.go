@@ -25,7 +25,29 @@ func newRootCmd() *cobra.Command {
 	addAdminCommands(root)
 	root.InitDefaultCompletionCmd() // cobra would add it at Execute, after the walk below
 	refuseUnknownSubcommands(root)
+	checkOutputWrites(root)
 	return root
+}
+
+// checkOutputWrites makes every command that runs fail when its standard
+// output could not be written (outputWriter), instead of exiting 0 with
+// what it printed cut short.
+func checkOutputWrites(cmd *cobra.Command) {
+	for _, sub := range cmd.Commands() {
+		checkOutputWrites(sub)
+	}
+	run := cmd.RunE
+	if run == nil {
+		return
+	}
+	cmd.RunE = func(c *cobra.Command, args []string) error {
+		out := &outputWriter{w: c.OutOrStdout()}
+		c.SetOut(out)
+		if err := run(c, args); err != nil {
+			return err
+		}
+		return out.err
+	}
 }
 
 // refuseUnknownSubcommands makes every command group (tenant, key, key
