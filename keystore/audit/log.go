@@ -276,20 +276,29 @@ func parseTree(b []byte) (treeState, error) {
 
 // Integrate moves up to limit queued events (at least one queue record's)
 // into the tree in one atomic write, oldest queue records first (by the
-// store's record version). It returns how many it integrated; zero when
-// the queue is empty. A concurrent integrator makes it fail with
-// storage.ErrConflict and integrate nothing.
+// store's record version). It returns how many it integrated: zero when
+// the queue is empty, and also when every record it read was dropped
+// (already in the log, or malformed). A concurrent integrator makes it
+// fail with storage.ErrConflict and integrate nothing.
 func (l *Log) Integrate(ctx context.Context, limit int) (int, error) {
+	n, _, err := l.integrate(ctx, limit)
+	return n, err
+}
+
+// integrate is Integrate, also returning how many queue records it took
+// off the queue (integrated or dropped): zero only when the queue was
+// empty.
+func (l *Log) integrate(ctx context.Context, limit int) (events, records int, err error) {
 	st, ver, err := l.loadTree(ctx)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	queued, err := l.store.List(ctx, queuePrefix, "", 256)
 	if err != nil {
-		return 0, fmt.Errorf("audit: list queue: %w", err)
+		return 0, 0, fmt.Errorf("audit: list queue: %w", err)
 	}
 	if len(queued) == 0 {
-		return 0, nil
+		return 0, 0, nil
 	}
 	slices.SortFunc(queued, func(a, b storage.Record) int { return cmp.Compare(a.Version, b.Version) })
 	// The next leaf's place is empty in a log whose state is its own. A
@@ -298,13 +307,13 @@ func (l *Log) Integrate(ctx context.Context, limit int) (int, error) {
 	// destroying the evidence verify reports. The leaf's hash is what is
 	// looked for: retention deletes bodies, never hashes.
 	if h, err := l.hash(ctx, compact.NewNodeID(0, st.Size)); err != nil {
-		return 0, err
+		return 0, 0, err
 	} else if h != nil {
-		return 0, fmt.Errorf("audit: the tree state says %d events, but event %d is stored: the state is behind the log (deleted or rolled back); integration stops rather than overwrite it — run custos audit verify, and restore the store from a backup", st.Size, st.Size)
+		return 0, 0, fmt.Errorf("audit: the tree state says %d events, but event %d is stored: the state is behind the log (deleted or rolled back); integration stops rather than overwrite it — run custos audit verify, and restore the store from a backup", st.Size, st.Size)
 	}
 	rng, err := rangeFactory.NewRange(0, st.Size, st.Range)
 	if err != nil {
-		return 0, fmt.Errorf("audit: tree state: %w", err)
+		return 0, 0, fmt.Errorf("audit: tree state: %w", err)
 	}
 	var ops []storage.Op
 	// New node hashes by level: each level's new nodes are contiguous and
@@ -327,17 +336,18 @@ func (l *Log) Integrate(ctx context.Context, limit int) (int, error) {
 	// below its writer's mark is in the tree already (a write that timed
 	// out and committed late, a spool entry shipped twice) and is dropped.
 	marks := map[string]*markState{}
-	n := 0
+	n, taken := 0, 0
 	for _, q := range queued {
 		if n > 0 && n >= limit {
 			break
 		}
+		taken++
 		ops = append(ops, storage.Op{Key: q.Key, Delete: true, Expect: q.Version})
 		writer, counter, ok := parseQueueKey(q.Key)
 		if ok {
 			m, err := l.mark(ctx, marks, writer)
 			if err != nil {
-				return 0, err
+				return 0, 0, err
 			}
 			if counter <= m.stored {
 				l.logger.Warn("audit: dropped a batch already in the log", "key", q.Key)
@@ -355,7 +365,7 @@ func (l *Log) Integrate(ctx context.Context, limit int) (int, error) {
 		for _, leaf := range leaves {
 			i := rng.End()
 			if err := rng.Append(LeafHash(leaf), visit); err != nil {
-				return 0, fmt.Errorf("audit: extend tree: %w", err)
+				return 0, 0, fmt.Errorf("audit: extend tree: %w", err)
 			}
 			ops = append(ops, storage.Op{Key: leafKey(i), Value: leaf, Expect: storage.AnyVersion})
 			if t := leafTenant(leaf); validTenant(t) {
@@ -367,7 +377,7 @@ func (l *Log) Integrate(ctx context.Context, limit int) (int, error) {
 	for level, r := range levels {
 		strips, err := l.extendStrips(ctx, level, r.first, r.hashes)
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		ops = append(ops, strips...)
 	}
@@ -386,9 +396,9 @@ func (l *Log) Integrate(ctx context.Context, limit int) (int, error) {
 	b, _ := json.Marshal(st)
 	ops = append(ops, storage.Op{Key: treeKey, Value: b, Expect: ver})
 	if err := l.applier.Apply(ctx, ops); err != nil {
-		return 0, fmt.Errorf("audit: integrate %d events: %w", n, err)
+		return 0, 0, fmt.Errorf("audit: integrate %d events: %w", n, err)
 	}
-	return n, nil
+	return n, taken, nil
 }
 
 // Sign signs a checkpoint of the tree as it is, unless the latest one

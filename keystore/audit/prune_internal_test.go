@@ -150,3 +150,37 @@ func TestRetentionSaysItWaitsBehindAnEventDatedInTheFuture(t *testing.T) {
 		t.Fatalf("Prune past the event's time: %v", err)
 	}
 }
+
+// A queue whose first page is all batches already in the log (a killed
+// server's spool shipped again) does not stop Flush short: the real batch
+// behind them is integrated and signed. Flush stopped at the first page
+// that integrated nothing.
+func TestFlushGoesOnPastAPageOfDuplicates(t *testing.T) {
+	ctx := context.Background()
+	store, l := newMemoryLog(t)
+	ev, err := Marshal(&custosv1.AuditEvent{Time: timestamppb.Now(), RequestId: "r1", Operation: "encrypt", Code: "OK"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Put(ctx, shippedPrefix+"aaaa", []byte(`{"counter":1000}`), 0); err != nil {
+		t.Fatal(err)
+	}
+	for n := uint64(1); n <= 300; n++ {
+		if _, err := store.Put(ctx, queueKey("aaaa", n), encodeBatch([][]byte{ev}), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := store.Put(ctx, queueKey("bbbb", 1), encodeBatch([][]byte{ev}), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cp, err := l.Latest(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cp == nil || cp.Size != 1 {
+		t.Fatalf("after Flush the checkpoint is %+v; want size 1 (the real batch behind 300 duplicates)", cp)
+	}
+}

@@ -127,11 +127,13 @@ func (l *Log) Flush(ctx context.Context) error { return l.tick(ctx, 1<<20, true)
 
 func (l *Log) tick(ctx context.Context, chunks int, history bool) error {
 	for range chunks {
-		n, err := l.Integrate(ctx, integrateChunk)
+		// Until the queue is empty: a page of batches already in the log
+		// integrates nothing, yet real ones may follow.
+		_, taken, err := l.integrate(ctx, integrateChunk)
 		if err != nil {
 			return err
 		}
-		if n == 0 {
+		if taken == 0 {
 			break
 		}
 	}
