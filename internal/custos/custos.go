@@ -664,11 +664,14 @@ func (rt *Runtime) openAudit(ctx context.Context, store storage.Store, r root.Ro
 				"spool", s.Path, "entries", s.Events)
 		}
 	}
-	// Only the journal (bbolt) answers before its sync; with PostgreSQL an
-	// answered event is in its commit, and only events spooled during an
-	// outage wait for the interval.
-	if ac.SyncInterval > 0 && journal {
+	// The journal (bbolt) answers every event before its sync; with
+	// PostgreSQL an answered event is in its commit, and only events
+	// spooled during an outage wait for the interval.
+	switch {
+	case ac.SyncInterval > 0 && journal:
 		rt.logger.Warn("audit.sync_interval is set: events are in the operating system, not yet on disk, when their calls are answered; a power loss or kernel crash can lose up to that interval of them", "sync_interval", ac.SyncInterval.String())
+	case ac.SyncInterval > 0 && spool != "":
+		rt.logger.Warn("audit.sync_interval is set: events spooled while the store is out of reach are in the operating system, not yet on disk, when their calls are answered; a power loss or kernel crash can lose up to that interval of them", "sync_interval", ac.SyncInterval.String())
 	}
 	rt.closers = append(rt.closers, func() {
 		if err := w.Close(); err != nil {
