@@ -1857,3 +1857,23 @@ func TestAQueryReadsNoMoreBodiesThanItsBound(t *testing.T) {
 		t.Fatalf("paging found %d events, want 3000", seen)
 	}
 }
+
+// With fail_open, an event recorded after the writer closed (a call
+// finishing during shutdown) is lost loudly: counted and logged with
+// AUDIT EVENTS LOST, as a batch the sinks refused is.
+func TestAFailOpenLossIsAlwaysLogged(t *testing.T) {
+	var logs bytes.Buffer
+	w, err := audit.NewWriter(audit.WriterConfig{Store: memory.New(), FailOpen: true, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Record(event("a", 1)); err != nil {
+		t.Fatalf("fail-open Record after Close: %v, want nil", err)
+	}
+	if !strings.Contains(logs.String(), "AUDIT EVENTS LOST") {
+		t.Fatalf("a fail-open loss was not logged:\n%s", logs.String())
+	}
+}

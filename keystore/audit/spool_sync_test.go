@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/custos-kms/custos/internal/testkit"
@@ -301,6 +302,20 @@ func TestADamagedSpoolEntryDoesNotCostTheEntriesAfterIt(t *testing.T) {
 			}
 			if entries[len(entries)-1].key != written[3].key {
 				t.Fatalf("the last entry %q is not the last written", entries[len(entries)-1].key)
+			}
+			s.close()
+			// A writer opening the spool counts the damaged entries.
+			w, err := NewWriter(WriterConfig{Store: memory.New(), SpoolPath: prefix, Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Close()
+			var m dto.Metric
+			if err := w.damaged.Write(&m); err != nil {
+				t.Fatal(err)
+			}
+			if got := m.GetCounter().GetValue(); got != float64(len(damaged)) {
+				t.Fatalf("custos_audit_spool_damaged_entries_total %v, want %d", got, len(damaged))
 			}
 		})
 	}

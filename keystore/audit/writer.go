@@ -109,6 +109,7 @@ type Writer struct {
 
 	events    *prometheus.CounterVec
 	dropped   prometheus.Counter
+	damaged   prometheus.Counter // spool entries lost to damage on disk
 	refused   prometheus.Counter
 	spooled   prometheus.Gauge // entries waiting in the spool
 	commitDur prometheus.Histogram
@@ -172,6 +173,9 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 		dropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "custos_audit_dropped_total", Help: "Audit events lost because neither the store nor the spool took them, with fail-open configured (the calls succeeded).",
 		}),
+		damaged: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "custos_audit_spool_damaged_entries_total", Help: "Spool entries (batches of audit events, of a number the damage hides) lost because they no longer read back as written.",
+		}),
 		refused: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "custos_audit_failed_closed_total", Help: "Calls failed with UNAVAILABLE because their audit event could not be made durable.",
 		}),
@@ -193,6 +197,7 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 		}
 		if corrupt > 0 {
 			w.logger.Error("AUDIT EVENTS LOST: spool entries no longer read back as written (damaged on disk) and were skipped; the entries after them are kept and shipped", "entries", corrupt, "spool", cfg.SpoolPath)
+			w.damaged.Add(float64(corrupt))
 		}
 		w.spool, w.pending = sp, entries
 		w.spooled.Set(float64(len(entries)))
@@ -208,7 +213,7 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 
 // Collectors are the writer's Prometheus metrics.
 func (w *Writer) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{w.events, w.dropped, w.refused, w.spooled, w.commitDur}
+	return []prometheus.Collector{w.events, w.dropped, w.damaged, w.refused, w.spooled, w.commitDur}
 }
 
 // Begin tells the writer that a call has begun whose event Record will
@@ -259,6 +264,7 @@ func (w *Writer) Record(ev *custosv1.AuditEvent) error {
 func (w *Writer) failed(err error, count int) error {
 	if w.cfg.FailOpen {
 		w.dropped.Add(float64(count))
+		w.logger.Error("AUDIT EVENTS LOST: the event could not be recorded; the call is answered because audit.fail_open is set", "events", count, "error", err.Error())
 		return nil
 	}
 	w.refused.Inc()
@@ -519,7 +525,7 @@ func (w *Writer) ShipOnce(ctx context.Context) error {
 			if errors.Is(err, errSpoolCorrupt) {
 				// It can never be shipped; waiting would stop the spool.
 				w.logger.Error("AUDIT EVENTS LOST: a spool entry changed on disk since it was written", "key", e.key, "error", err.Error())
-				w.dropped.Inc()
+				w.damaged.Inc()
 				continue
 			}
 			if err != nil {
