@@ -17,8 +17,11 @@ import (
 // call that began a moment earlier); an item of a version newer than the
 // batch knows reloads the key, as a single call would.
 type Batch struct {
-	s         *Service
-	e         *keyEntry
+	s *Service
+	e *keyEntry
+	// maxV is e's newest version, found once: a key rotated hourly for
+	// years has tens of thousands of versions to look through.
+	maxV      uint32
 	encrypted uint64
 	// reloadErr is the outage or refusal a reload for an unknown version
 	// met: the batch's other items get it too instead of reloading again
@@ -40,7 +43,7 @@ func (s *Service) Batch(ctx context.Context, ref KeyRef, op string) (*Batch, err
 	if e.rec.Purpose != PurposeEncrypt && e.rec.Purpose != PurposeEncryptDeterministic {
 		return nil, wrongPurpose(op, e, PurposeEncrypt, PurposeEncryptDeterministic)
 	}
-	return &Batch{s: s, e: e}, nil
+	return &Batch{s: s, e: e, maxV: e.rec.maxVersion()}, nil
 }
 
 // Encrypt is Service.Encrypt for one item of the batch.
@@ -77,8 +80,8 @@ func (b *Batch) Decrypt(ctx context.Context, ciphertext, aad []byte) ([]byte, ui
 // reloads the key, at most once a second per key as for single calls, and
 // the batch keeps what the reload found for its other items.
 func (b *Batch) decrypt(ctx context.Context, op string, ciphertext, aad []byte) ([]byte, uint32, error) {
-	if v, ok := versionOf(ciphertext); ok && v > b.e.rec.maxVersion() {
-		if b.reloadErr != nil && v <= b.e.rec.maxVersion()+reloadWindow {
+	if v, ok := versionOf(ciphertext); ok && v > b.maxV {
+		if b.reloadErr != nil && v <= b.maxV+reloadWindow {
 			return nil, 0, b.reloadErr
 		}
 		e, err := b.s.entryKnowing(ctx, b.e, v)
@@ -92,7 +95,7 @@ func (b *Batch) decrypt(ctx context.Context, op string, ciphertext, aad []byte) 
 		// (a forged item): it may know versions newer than the batch's.
 		if e != nil && e != b.e {
 			b.Done() // counted under the primary they were made with
-			b.e = e
+			b.e, b.maxV = e, e.rec.maxVersion()
 		}
 		if err != nil {
 			return nil, 0, err
