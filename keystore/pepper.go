@@ -11,8 +11,13 @@ import (
 // PepperSize is the size of a pepper tag: an HMAC-SHA256.
 const PepperSize = 32
 
-// lockoutSubjectLabel separates lockout subject ids from other uses of a
-// PASSWORD key.
+// lockoutSubjectLabel prefixes the subjects whose ids a PASSWORD key
+// computes. The pepper is the same HMAC of the password with no label, so
+// the id of subject S equals the pepper of the password
+// "custos:lockout:S": someone holding both the lockout records and the
+// hashes learns the pepper of a user only if that is their password. The
+// pepper takes no label of its own because that would change every stored
+// hash (formats.md).
 const lockoutSubjectLabel = "custos:lockout:"
 
 // Pepper is one version of a PASSWORD key as password hashing
