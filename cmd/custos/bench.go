@@ -336,7 +336,7 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 		if err := setupBench(ctx, conn); err != nil {
 			return err
 		}
-		baseline = &bench.Target{Name: "audit-off", Conn: conn, CPU: bench.ProcCPU(dev.cmd.Process.Pid), Allocs: dev.allocs(), Client: self}
+		baseline = &bench.Target{Name: "audit-off", Conn: conn, CPU: bench.ProcCPU(dev.cmd.Process.Pid), Allocs: dev.allocs(), Client: self, Custos: true}
 		fmt.Fprintf(progress, "baseline: custos dev --audit=false (pid %d) on %s, ops listener (/metrics) on %s\n", dev.cmd.Process.Pid, dev.addr, dev.ops)
 	default:
 		conn, err := grpc.NewClient(f.baseline, grpc.WithTransportCredentials(clientCreds))
@@ -344,14 +344,17 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 			return err
 		}
 		defer conn.Close()
+		isCustos := false
 		if f.setup {
 			// A Custos server as the baseline (an A/B of two builds)
 			// needs the bench tenant too; an echo has no KeyService.
-			if err := setupBench(ctx, conn); err != nil && status.Code(err) != codes.Unimplemented {
+			err := setupBench(ctx, conn)
+			if err != nil && status.Code(err) != codes.Unimplemented {
 				return fmt.Errorf("--baseline %s: %w", f.baseline, err)
 			}
+			isCustos = err == nil
 		}
-		baseline = &bench.Target{Name: "baseline", Conn: conn, Client: self}
+		baseline = &bench.Target{Name: "baseline", Conn: conn, Client: self, Custos: isCustos}
 	}
 
 	rep := bench.NewReport(f.rounds, base)

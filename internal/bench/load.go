@@ -43,9 +43,10 @@ const (
 // Ops lists every operation.
 var Ops = []Op{OpEncrypt, OpDecrypt, OpEncryptBatch, OpDecryptBatch, OpRewrapBatch, OpBlindIndex, OpDataKey, OpHash, OpVerify, OpMixed}
 
-// HasBaseline reports whether the baseline server answers op, so that a
-// ratio can be taken. Password hashing has none: its cost is the hash.
-func (o Op) HasBaseline() bool { return o != OpHash && o != OpVerify && o != OpMixed }
+// HasBaseline reports whether the baseline echo server answers op, so
+// that a ratio can be taken. Password hashing has none there (its cost is
+// the hash); a Custos server as the baseline (Target.Custos) answers it.
+func (o Op) HasBaseline() bool { return o != OpHash && o != OpVerify }
 
 // Batch reports whether op sends batches.
 func (o Op) Batch() bool { return o == OpEncryptBatch || o == OpDecryptBatch || o == OpRewrapBatch }
@@ -521,12 +522,15 @@ var errStalled = errors.New("bench: calls still under way long after the measure
 
 // pct is the p-th percentile of sorted latencies, in microseconds: the
 // nearest-rank method, the smallest latency at least p% of the calls do
-// not exceed (rank ⌈n·p/100⌉).
+// not exceed (rank ⌈n·p/100⌉). p is taken to a tenth of a percent and the
+// rank computed in integers: in floating point 41000·99.9/100 is a little
+// above 40959, and its ceiling one rank too high.
 func pct(sorted []time.Duration, p float64) float64 {
 	if len(sorted) == 0 {
 		return 0
 	}
-	i := int(math.Ceil(float64(len(sorted))*p/100)) - 1
+	n, permille := int64(len(sorted)), int64(math.Round(p*10))
+	i := int((n*permille+999)/1000) - 1
 	i = min(max(i, 0), len(sorted)-1)
 	return float64(sorted[i].Nanoseconds()) / 1e3
 }
@@ -540,6 +544,10 @@ type Target struct {
 	CPU CPUReader
 	// Allocs reads its process's allocation count; nil if unknown.
 	Allocs AllocReader
+	// Custos is set for a baseline that is a Custos server (another build,
+	// or the same with the audit trail off): it answers every operation,
+	// password hashing too.
+	Custos bool
 	// Client reads the load generator's own CPU time (ProcCPU of this
 	// process); with it, a run also reports this machine's idle share.
 	// nil: neither is reported (as when this process makes other calls
@@ -594,7 +602,7 @@ func Compare(ctx context.Context, custos Target, base *Target, w Workload, round
 		var b, c Result
 		var err error
 		runBase := func() error {
-			if base == nil || !w.Op.HasBaseline() {
+			if base == nil || !(w.Op.HasBaseline() || base.Custos) {
 				return nil
 			}
 			if b, err = Run(ctx, *base, w); err != nil {

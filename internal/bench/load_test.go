@@ -386,3 +386,25 @@ func TestAStalledServerFailsTheRunAndASlowLastCallCounts(t *testing.T) {
 		t.Fatalf("p50 %.0f µs, want the slow calls' latency counted", r.P50)
 	}
 }
+
+// A Custos server as the baseline answers password hashing, so hashing
+// gets its ratio against it; against the echo, which does not, it runs
+// alone. The mixed profile runs against the echo too: it answers each of
+// its calls.
+func TestHashingRunsAgainstACustosBaselineOnly(t *testing.T) {
+	for _, c := range []struct {
+		op     Op
+		custos bool
+		want   int
+	}{{OpHash, true, 1}, {OpHash, false, 0}, {OpVerify, true, 1}, {OpMixed, false, 1}} {
+		w := runWorkload()
+		w.Op = c.op
+		cmp, err := Compare(context.Background(), Target{Name: "custos", Conn: &fakeConn{}}, &Target{Name: "baseline", Conn: &fakeConn{}, Custos: c.custos}, w, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(cmp.Baseline) != c.want || len(cmp.Throughput.Values) != c.want {
+			t.Errorf("%s against a baseline (Custos: %v): %d baseline rounds, %d ratios; want %d", c.op, c.custos, len(cmp.Baseline), len(cmp.Throughput.Values), c.want)
+		}
+	}
+}

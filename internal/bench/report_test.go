@@ -82,6 +82,8 @@ func TestPercentilesAreNearestRank(t *testing.T) {
 		{100, 50, 50},
 		{600, 99.9, 600}, // 599.4 → 600, the largest
 		{1, 99.9, 1},
+		{41000, 99.9, 40959}, // 40959 exactly; in floating point 40959.00000000001
+		{82000, 99.9, 81918},
 	} {
 		if got := pct(lat(c.n), c.p); got != c.want {
 			t.Errorf("p%v of 1..%d µs = %v, want %v", c.p, c.n, got, c.want)
