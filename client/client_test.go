@@ -1059,3 +1059,13 @@ func TestASingleCallAnsweredEmptyFails(t *testing.T) {
 		}
 	}
 }
+
+// A name that is not UTF-8 cannot be sent: the call fails with
+// ErrInvalidArgument before it leaves, not INTERNAL.
+func TestANameThatIsNotUTF8IsInvalidArgument(t *testing.T) {
+	env := startEnv(t)
+	c := newClient(t, env)
+	if _, _, err := c.Encrypt(t.Context(), "tenants/\xff/keys/k", []byte("v"), nil); !errors.Is(err, client.ErrInvalidArgument) {
+		t.Fatalf("Encrypt under a name that is not UTF-8: %v, want ErrInvalidArgument", err)
+	}
+}

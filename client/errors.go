@@ -265,16 +265,24 @@ func (c *Client) callError(ctx context.Context, op string, err error) error {
 		return fmt.Errorf("custos: %s: %w", op, err)
 	}
 	e := errorFromStatus(st)
+	cut := e.Code == codes.Canceled || e.Code == codes.DeadlineExceeded
 	switch {
-	case c.closed.Load():
-		e.cause = ErrClosed
-		if e.Code == codes.Unavailable || e.Code == codes.Canceled {
-			// Cut off by Close (gRPC reports the closed transport as
-			// UNAVAILABLE): CANCELLED, as the docs say, never "retry".
-			e.Code, e.status = codes.Canceled, nil
-		}
-	case e.Code == codes.Canceled || e.Code == codes.DeadlineExceeded:
+	case cut && ctx.Err() != nil:
+		// The caller's own context, even if Close ran meanwhile.
 		e.cause = ctx.Err()
+	case c.closed.Load() && (e.Code == codes.Unavailable || e.Code == codes.Canceled):
+		// Cut off by Close (gRPC reports the closed transport as
+		// UNAVAILABLE): CANCELLED, as the docs say, never "retry". An
+		// answer the server gave just before stays what it is.
+		e.cause = ErrClosed
+		e.Code, e.status = codes.Canceled, nil
+	case cut:
+		e.cause = ctx.Err()
+	case e.Code == codes.Internal && len(st.Details()) == 0 && strings.HasPrefix(e.Message, "grpc: error while marshaling"):
+		// The request never left: an argument the protocol cannot carry
+		// (a name, hash or subject that is not UTF-8). The caller's
+		// mistake, as the server would have said.
+		e.Code, e.status = codes.InvalidArgument, nil
 	}
 	return fmt.Errorf("custos: %s: %w", op, e)
 }

@@ -159,3 +159,35 @@ func TestCheckTLSConfig(t *testing.T) {
 		}
 	})
 }
+
+// A call whose own context ended as Close ran matches the context's error;
+// an answer the server gave as Close ran keeps its code and is not
+// ErrClosed; a call cut off by Close alone is ErrClosed (CANCELLED).
+func TestCallErrorAfterClose(t *testing.T) {
+	c := &Client{}
+	c.closed.Store(true)
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := c.callError(cancelled, "op", status.Error(codes.Canceled, "context canceled")); !errors.Is(err, context.Canceled) {
+		t.Errorf("a call whose context was cancelled, Close meanwhile: %v, want context.Canceled", err)
+	}
+	if err := c.callError(context.Background(), "op", status.Error(codes.NotFound, "no key")); errors.Is(err, ErrClosed) || status.Code(err) != codes.NotFound {
+		t.Errorf("an answer given as Close ran: %v, want NOT_FOUND, not ErrClosed", err)
+	}
+	if err := c.callError(context.Background(), "op", status.Error(codes.Unavailable, "transport is closing")); !errors.Is(err, ErrClosed) || status.Code(err) != codes.Canceled {
+		t.Errorf("a call cut off by Close: %v, want ErrClosed, CANCELLED", err)
+	}
+}
+
+// A request gRPC cannot encode (a string field that is not UTF-8) never
+// leaves: the caller's argument, ErrInvalidArgument, not an INTERNAL fault.
+func TestAnUnencodableRequestIsInvalidArgument(t *testing.T) {
+	c := &Client{}
+	err := c.callError(context.Background(), "verify password", status.Error(codes.Internal, "grpc: error while marshaling: string field contains invalid UTF-8"))
+	if !errors.Is(err, ErrInvalidArgument) || status.Code(err) != codes.InvalidArgument {
+		t.Errorf("an unencodable request: %v, want ErrInvalidArgument", err)
+	}
+	if err := c.callError(context.Background(), "op", status.Error(codes.Internal, "internal error")); status.Code(err) != codes.Internal {
+		t.Errorf("the server's INTERNAL: %v", err)
+	}
+}
