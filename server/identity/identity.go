@@ -107,61 +107,55 @@ func FromPeer(ctx context.Context) (string, error) {
 	if len(chains) == 0 || len(chains[0]) == 0 {
 		return "", ErrNoVerifiedCertificate
 	}
-	c, err := fromChainCached(chains[0])
+	chain := chains[0]
+	id, err := fromLeafCached(chain[0])
 	if err != nil {
 		return "", err
 	}
-	if time.Now().After(c.notAfter) {
-		return "", ErrCertificateExpired
+	// The chain's own expiry, each call: resumed connections share one
+	// leaf pointer (crypto/tls's certificate cache) with chains of their
+	// own, so it is not cached with the identity.
+	now := time.Now()
+	for _, cert := range chain {
+		if now.After(cert.NotAfter) {
+			return "", ErrCertificateExpired
+		}
 	}
-	return c.id, nil
+	return id, nil
 }
 
 // certCache remembers the identity of recently seen client certificates.
-// Every call of a connection shares its peer's *x509.Certificate, so the
-// identity is derived once per connection instead of once per call. It is
+// Every call of a connection shares its peer's *x509.Certificate (and
+// resumed connections with the same certificate share one too), so the
+// identity is derived once per certificate instead of once per call. It is
 // bounded (cleared when full), keyed by pointer, and holds only identities
-// derived by FromCertificate, so it can never hold one for a certificate
-// that did not verify.
+// derived by FromCertificate from a leaf of a verified chain, so it can
+// never hold one for a certificate that did not verify.
 var certCache struct {
 	sync.Mutex
-	m map[*x509.Certificate]cachedIdentity
-}
-
-// cachedIdentity is a verified chain's identity and when the first of its
-// certificates expires.
-type cachedIdentity struct {
-	id       string
-	notAfter time.Time
+	m map[*x509.Certificate]string
 }
 
 const certCacheSize = 4096
 
-func fromChainCached(chain []*x509.Certificate) (cachedIdentity, error) {
-	leaf := chain[0]
+func fromLeafCached(leaf *x509.Certificate) (string, error) {
 	certCache.Lock()
-	c, ok := certCache.m[leaf]
+	id, ok := certCache.m[leaf]
 	certCache.Unlock()
 	if ok {
-		return c, nil
+		return id, nil
 	}
 	id, err := FromCertificate(leaf)
 	if err != nil {
-		return cachedIdentity{}, err
-	}
-	c = cachedIdentity{id: id, notAfter: leaf.NotAfter}
-	for _, cert := range chain[1:] {
-		if cert.NotAfter.Before(c.notAfter) {
-			c.notAfter = cert.NotAfter
-		}
+		return "", err
 	}
 	certCache.Lock()
 	if certCache.m == nil || len(certCache.m) >= certCacheSize {
-		certCache.m = make(map[*x509.Certificate]cachedIdentity, 64)
+		certCache.m = make(map[*x509.Certificate]string, 64)
 	}
-	certCache.m[leaf] = c
+	certCache.m[leaf] = id
 	certCache.Unlock()
-	return c, nil
+	return id, nil
 }
 
 type contextKey struct{}

@@ -325,3 +325,28 @@ func TestACallAfterTheClientCertificateExpiredIsRefused(t *testing.T) {
 		t.Fatalf("a call on the same connection after the certificate expired: %v, want UNAUTHENTICATED saying it expired", err)
 	}
 }
+
+// Resumed TLS 1.3 connections share one leaf pointer (crypto/tls's
+// certificate cache), each with the chain its ticket carried: one chain's
+// expiry is not another's. A leaf first seen under an intermediate about
+// to expire was refused as expired on a connection whose chain (a renewed
+// intermediate) is valid.
+func TestAChainsExpiryIsItsOwn(t *testing.T) {
+	now := time.Now()
+	leaf := &x509.Certificate{Subject: pkix.Name{CommonName: "svc-a"}, NotAfter: now.Add(time.Hour)}
+	short := &x509.Certificate{Subject: pkix.Name{CommonName: "intermediate"}, NotAfter: now.Add(50 * time.Millisecond)}
+	long := &x509.Certificate{Subject: pkix.Name{CommonName: "intermediate"}, NotAfter: now.Add(time.Hour)}
+	ctxOf := func(chain ...*x509.Certificate) context.Context {
+		return peer.NewContext(context.Background(), &peer.Peer{AuthInfo: credentials.TLSInfo{State: tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{chain}}}})
+	}
+	if id, err := identity.FromPeer(ctxOf(leaf, short)); err != nil || id != "svc-a" {
+		t.Fatalf("the first chain: %q, %v", id, err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if _, err := identity.FromPeer(ctxOf(leaf, short)); !errors.Is(err, identity.ErrCertificateExpired) {
+		t.Fatalf("the chain whose intermediate expired: %v, want ErrCertificateExpired", err)
+	}
+	if id, err := identity.FromPeer(ctxOf(leaf, long)); err != nil || id != "svc-a" {
+		t.Fatalf("the same leaf under a renewed intermediate: %q, %v; want svc-a", id, err)
+	}
+}
