@@ -252,6 +252,20 @@ func TestDamagedBackupsAreRefusedBeforeAnythingIsWritten(t *testing.T) {
 		t.Fatalf("older than the maximum age: %v, want ErrTooOld", err)
 	}
 	w.clock.add(-backup.DefaultMaxAge - time.Hour)
+	// Dated well in the future (taken on a machine whose clock was ahead):
+	// it would pass the maximum age for as long again.
+	w.clock.add(-2 * time.Hour)
+	if _, err := restore(w, file, memory.New(), backup.RestoreOptions{}); !errors.Is(err, backup.ErrTooOld) || !strings.Contains(err.Error(), "future") {
+		t.Fatalf("a backup dated 2 hours ahead: %v, want ErrTooOld naming the future", err)
+	}
+	if _, err := restore(w, file, memory.New(), backup.RestoreOptions{MaxAge: -1}); err != nil {
+		t.Fatalf("a backup dated ahead with no maximum age: %v", err)
+	}
+	w.clock.add(2*time.Hour - 5*time.Minute)
+	if _, err := restore(w, file, memory.New(), backup.RestoreOptions{}); err != nil {
+		t.Fatalf("a backup dated 5 minutes ahead (clock skew): %v", err)
+	}
+	w.clock.add(5 * time.Minute)
 
 	// A target that holds records: refused unless forced.
 	full := memory.New()

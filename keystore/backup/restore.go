@@ -25,6 +25,10 @@ import (
 // shredded meanwhile cannot come back from an older copy.
 const DefaultMaxAge = 90 * 24 * time.Hour
 
+// maxClockSkew is how far in the future a backup may be dated before its
+// age is taken as unknown and the backup refused like a too old one.
+const maxClockSkew = time.Hour
+
 // MarkerKey is the record a restore in progress leaves in the target, so
 // that an interrupted restore of the same backup can be run again (and a
 // server refuses to start on a store half restored).
@@ -141,8 +145,14 @@ func Authenticate(ctx context.Context, in io.ReadSeeker, r root.Root, opts Resto
 	if err != nil {
 		return nil, err
 	}
-	if age := opts.Now().Sub(m.Created); opts.MaxAge > 0 && age > opts.MaxAge {
+	age := opts.Now().Sub(m.Created)
+	if opts.MaxAge > 0 && age > opts.MaxAge {
 		return nil, fmt.Errorf("%w: taken %s, %v ago, the maximum is %v (tenants shredded since could come back; --max-age overrides)", ErrTooOld, m.Created.Format(time.RFC3339), age.Round(time.Hour), opts.MaxAge)
+	}
+	if opts.MaxAge > 0 && -age > maxClockSkew {
+		// Dated by a clock that was ahead: it would pass the maximum age
+		// for as long again as that clock's lead.
+		return nil, fmt.Errorf("%w: taken %s, %v in the future by this clock (the clock of the machine that took it was ahead); its age cannot be told (--max-age -1 overrides)", ErrTooOld, m.Created.Format(time.RFC3339), (-age).Round(time.Minute))
 	}
 	a.m = m
 	return a, nil
