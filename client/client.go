@@ -56,15 +56,17 @@ type Config struct {
 	// traceparent header, so the server's spans join the caller's trace.
 	TracerProvider trace.TracerProvider
 
-	// KeepaliveTime is how long a connection may go without hearing from
-	// the server before the client pings it; a ping not answered within a
-	// third of that (at most 10 s) ends the connection. A connection the
-	// network dropped without a reset (a NAT or load balancer forgetting
-	// it, a failover) then fails its calls with [ErrUnavailable] and is
-	// made again, instead of holding calls until the operating system
-	// gives up on it (about 15 minutes). Zero means 30 seconds; gRPC
-	// raises anything below 10 seconds to 10; negative turns the pings
-	// off. Servers allow pings every 10 seconds.
+	// KeepaliveTime is how long a connection with calls open may go
+	// without hearing from the server before the client pings it; a ping
+	// not answered within a third of that (at most 10 s) ends the
+	// connection. A connection the network dropped without a reset (a NAT
+	// or load balancer forgetting it, a failover) then fails its calls
+	// with [ErrUnavailable] and is made again, instead of holding them
+	// until the operating system gives up on it (about 15 minutes). Idle
+	// connections are not pinged. Zero means 30 seconds; gRPC raises
+	// anything below 10 seconds to 10; negative turns the pings off.
+	// Servers allow pings every 10 seconds (older ones every 5 minutes:
+	// against those, a call open longer than that may cost its connection).
 	KeepaliveTime time.Duration
 
 	// DialOptions are extra options for grpc.NewClient, such as
@@ -79,8 +81,6 @@ type Config struct {
 const DefaultKeepaliveTime = 30 * time.Second
 
 // keepalive is the connection's ping settings, false when they are off.
-// Idle connections are pinged too: a dead one is found before a call
-// meets it.
 func (cfg Config) keepalive() (keepalive.ClientParameters, bool) {
 	t := cfg.KeepaliveTime
 	switch {
@@ -90,7 +90,11 @@ func (cfg Config) keepalive() (keepalive.ClientParameters, bool) {
 		t = DefaultKeepaliveTime
 	}
 	t = max(t, 10*time.Second) // gRPC's floor, said here so the timeout follows it
-	return keepalive.ClientParameters{Time: t, Timeout: min(t/3, 10*time.Second), PermitWithoutStream: true}, true
+	// Only while calls are open: a server from before this version allows
+	// one ping in 5 minutes and none without a call, and closes the
+	// connection of a client that pings an idle connection more often. A
+	// dead idle connection is then found by the first call on it.
+	return keepalive.ClientParameters{Time: t, Timeout: min(t/3, 10*time.Second)}, true
 }
 
 // DefaultMaxRecvMsgSize is the largest answer the client takes unless
@@ -138,7 +142,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	// server bounds requests (16 MiB by default), and a batch's answer can
 	// outgrow its request. A call the server served and recorded must not
 	// fail here; a MaxCallRecvMsgSize in DialOptions still wins.
-	opts := []grpc.DialOption{grpc.WithDisableServiceConfig(), grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(DefaultMaxRecvMsgSize))}
+	opts := []grpc.DialOption{grpc.WithDisableServiceConfig(), grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(DefaultMaxRecvMsgSize)), grpc.WithChainUnaryInterceptor(unencodable)}
 	if kp, ok := cfg.keepalive(); ok {
 		opts = append(opts, grpc.WithKeepaliveParams(kp))
 	}

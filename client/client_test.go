@@ -1049,6 +1049,10 @@ func TestASingleCallAnsweredEmptyFails(t *testing.T) {
 			_, _, err := c.ComputeMAC(t.Context(), macKey, []byte("d"))
 			return err
 		},
+		"BlindIndex": func() error {
+			_, err := c.BlindIndex(t.Context(), macKey, []byte("d"))
+			return err
+		},
 	} {
 		env.hooks.answerEmptyNext()
 		if err := call(); status.Code(err) != codes.Internal {

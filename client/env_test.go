@@ -171,6 +171,10 @@ func (h *hooks) intercept(ctx context.Context, req any, info *grpc.UnaryServerIn
 			r.Ciphertext = nil
 		case *custosv1.ComputeMacResponse:
 			r.Mac = nil
+		case *custosv1.BlindIndexResponse:
+			for _, e := range r.GetEntries() {
+				e.Mac = nil
+			}
 		}
 	}
 	if r, ok := resp.(*custosv1.EncryptBatchResponse); ok && itemErr != nil {

@@ -10,8 +10,10 @@ import (
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	spb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 )
 
 // ErrorDomain is the google.rpc.ErrorInfo domain of Custos errors. Only an
@@ -278,11 +280,6 @@ func (c *Client) callError(ctx context.Context, op string, err error) error {
 		e.Code, e.status = codes.Canceled, nil
 	case cut:
 		e.cause = ctx.Err()
-	case e.Code == codes.Internal && len(st.Details()) == 0 && strings.HasPrefix(e.Message, "grpc: error while marshaling"):
-		// The request never left: an argument the protocol cannot carry
-		// (a name, hash or subject that is not UTF-8). The caller's
-		// mistake, as the server would have said.
-		e.Code, e.status = codes.InvalidArgument, nil
 	}
 	return fmt.Errorf("custos: %s: %w", op, e)
 }
@@ -298,4 +295,23 @@ func contextError(op string, ctx context.Context) error {
 // the code the server would have used.
 func localError(op string, code codes.Code, format string, args ...any) error {
 	return fmt.Errorf("custos: %s: %w", op, &Error{Code: code, Message: fmt.Sprintf(format, args...)})
+}
+
+// unencodable turns the INTERNAL of a request gRPC could not encode (a
+// name, hash or subject that is not UTF-8: it never left) into the
+// INVALID_ARGUMENT the server would have answered, the caller's mistake.
+// The request is encoded again only when a call failed INTERNAL, to tell
+// this from a server's own INTERNAL (whose message can be the same).
+func unencodable(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	err := invoker(ctx, method, req, reply, cc, opts...)
+	if status.Code(err) != codes.Internal {
+		return err
+	}
+	if m, ok := req.(proto.Message); ok {
+		if _, merr := proto.Marshal(m); merr != nil {
+			// merr names the field, never its value.
+			return status.Error(codes.InvalidArgument, "the request cannot be sent: "+merr.Error())
+		}
+	}
+	return err
 }

@@ -10,8 +10,11 @@ import (
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	spb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 )
 
 func withInfo(t *testing.T, code codes.Code, msg, domain, reason string) *status.Status {
@@ -180,14 +183,19 @@ func TestCallErrorAfterClose(t *testing.T) {
 }
 
 // A request gRPC cannot encode (a string field that is not UTF-8) never
-// leaves: the caller's argument, ErrInvalidArgument, not an INTERNAL fault.
+// leaves: the caller's argument, INVALID_ARGUMENT, not INTERNAL. A
+// server's own INTERNAL with the same message, for a request that encodes,
+// stays INTERNAL.
 func TestAnUnencodableRequestIsInvalidArgument(t *testing.T) {
-	c := &Client{}
-	err := c.callError(context.Background(), "verify password", status.Error(codes.Internal, "grpc: error while marshaling: string field contains invalid UTF-8"))
-	if !errors.Is(err, ErrInvalidArgument) || status.Code(err) != codes.InvalidArgument {
-		t.Errorf("an unencodable request: %v, want ErrInvalidArgument", err)
+	internal := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error {
+		return status.Error(codes.Internal, "grpc: error while marshaling: string field contains invalid UTF-8")
 	}
-	if err := c.callError(context.Background(), "op", status.Error(codes.Internal, "internal error")); status.Code(err) != codes.Internal {
-		t.Errorf("the server's INTERNAL: %v", err)
+	err := unencodable(context.Background(), "/m", &custosv1.EncryptRequest{Name: "tenants/\xff/keys/k"}, nil, nil, internal)
+	if status.Code(err) != codes.InvalidArgument || strings.Contains(err.Error(), "\xff") {
+		t.Errorf("an unencodable request: %v, want INVALID_ARGUMENT without the value", err)
+	}
+	err = unencodable(context.Background(), "/m", &custosv1.EncryptRequest{Name: "tenants/a/keys/k"}, nil, nil, internal)
+	if status.Code(err) != codes.Internal {
+		t.Errorf("the server's INTERNAL for a request that encodes: %v, want INTERNAL", err)
 	}
 }

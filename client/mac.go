@@ -83,6 +83,12 @@ func (c *Client) BlindIndex(ctx context.Context, name string, data []byte) ([]Bl
 		// callers may rely on entries[0].
 		return nil, localError(op, codes.Internal, "response has no entries")
 	}
+	for _, e := range resp.GetEntries() {
+		if len(e.GetMac()) == 0 {
+			// Stored, every row would get the same empty index.
+			return nil, localError(op, codes.Internal, "response has an entry without its MAC")
+		}
+	}
 	return blindIndexFromProto(resp.GetEntries()), nil
 }
 

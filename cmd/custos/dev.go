@@ -54,8 +54,9 @@ func newDevCmd() *cobra.Command {
 	var dir, listen, opsListen string
 	var auditOn, ephemeral bool
 	cmd := &cobra.Command{
-		Use:   "dev",
-		Short: "Serve the embedded default: dev PKI, local root and bbolt under ./.custos-dev",
+		Use:         "dev",
+		Annotations: map[string]string{servesUntilStopped: "true"},
+		Short:       "Serve the embedded default: dev PKI, local root and bbolt under ./.custos-dev",
 		Long: `custos dev creates ./.custos-dev on first run (a dev CA, a server certificate
 for localhost and 127.0.0.1, a client certificate for ` + pki.DevClientID + `,
 a local root key, a bbolt file and an allow-all policy for the dev client) and

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -14,11 +15,22 @@ import (
 )
 
 // enospcWriter fails every write as a full disk does.
-type enospcWriter struct{ writes int }
+type enospcWriter struct {
+	mu     sync.Mutex
+	writes int
+}
 
 func (w *enospcWriter) Write([]byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	w.writes++
 	return 0, syscall.ENOSPC
+}
+
+func (w *enospcWriter) writesSoFar() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.writes
 }
 
 // A command whose standard output cannot be written fails (exit 1): it
@@ -52,7 +64,7 @@ func TestAFailedWriteOfTheOutputIsAnError(t *testing.T) {
 		} else if !errors.Is(err, syscall.ENOSPC) || exitCode(err) != exitOther {
 			t.Errorf("%q with a full disk for its output: %v (exit %d), want ENOSPC, exit %d", args, err, exitCode(err), exitOther)
 		}
-		if w.writes == 0 {
+		if w.writesSoFar() == 0 {
 			t.Errorf("%q wrote nothing", args)
 		}
 	}
@@ -136,5 +148,40 @@ func TestEveryCommandChecksItsOutput(t *testing.T) {
 	cmd.SetArgs([]string{"audit", "verify", "--config", conf})
 	if err := cmd.ExecuteContext(t.Context()); !errors.Is(err, syscall.ENOSPC) || exitCode(err) != exitOther {
 		t.Fatalf("audit verify with a full disk for its output: %v, want ENOSPC, exit %d", err, exitOther)
+	}
+}
+
+// A server whose banner could not be written still stops cleanly (exit 0)
+// when asked to: its stdout is not its output, and a supervisor would
+// record an intended stop as a failure.
+func TestAServerStopsCleanlyAfterAFailedBanner(t *testing.T) {
+	w := &enospcWriter{}
+	cmd := newRootCmd()
+	cmd.SetOut(w)
+	cmd.SetErr(&bytes.Buffer{})
+	cmd.SetArgs([]string{"dev", "--dir", filepath.Join(t.TempDir(), "dev"), "--listen", "127.0.0.1:0", "--ops-listen", "off"})
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+	// The banner is written once the server listens.
+	deadline := time.After(30 * time.Second)
+	for w.writesSoFar() == 0 {
+		select {
+		case err := <-done:
+			t.Fatalf("dev ended before writing its banner: %v", err)
+		case <-deadline:
+			t.Fatal("dev wrote no banner within 30s")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("dev stopped after a failed banner: %v, want nil", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("dev still running 30s after it was stopped")
 	}
 }

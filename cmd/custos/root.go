@@ -29,15 +29,20 @@ func newRootCmd() *cobra.Command {
 	return root
 }
 
+// servesUntilStopped marks a command that serves until it is stopped
+// (serve, dev): what it prints is a banner, and a failed write of it must
+// not turn an intended stop, days later, into exit 1.
+const servesUntilStopped = "serves-until-stopped"
+
 // checkOutputWrites makes every command that runs fail when its standard
 // output could not be written (outputWriter), instead of exiting 0 with
-// what it printed cut short.
+// what it printed cut short; servers (servesUntilStopped) excepted.
 func checkOutputWrites(cmd *cobra.Command) {
 	for _, sub := range cmd.Commands() {
 		checkOutputWrites(sub)
 	}
 	run := cmd.RunE
-	if run == nil {
+	if run == nil || cmd.Annotations[servesUntilStopped] != "" {
 		return
 	}
 	cmd.RunE = func(c *cobra.Command, args []string) error {

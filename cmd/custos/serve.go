@@ -18,9 +18,10 @@ import (
 func newServeCmd() *cobra.Command {
 	var path string
 	cmd := &cobra.Command{
-		Use:   "serve --config FILE",
-		Short: "Serve the Custos API as configured in a YAML file",
-		Args:  cobra.NoArgs,
+		Use:         "serve --config FILE",
+		Short:       "Serve the Custos API as configured in a YAML file",
+		Args:        cobra.NoArgs,
+		Annotations: map[string]string{servesUntilStopped: "true"},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			hup := catchSIGHUP()
 			cfg, err := config.Load(path)
