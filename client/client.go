@@ -65,8 +65,10 @@ type Config struct {
 	// until the operating system gives up on it (about 15 minutes). Idle
 	// connections are not pinged. Zero means 30 seconds; gRPC raises
 	// anything below 10 seconds to 10; negative turns the pings off.
-	// Servers allow pings every 10 seconds (older ones every 5 minutes:
-	// against those, a call open longer than that may cost its connection).
+	// Servers allow pings every 10 seconds. A server from before this
+	// version allows one in 5 minutes and ends the connection at the third
+	// ping too soon: there a call open longer than about four
+	// KeepaliveTimes (2 minutes by default) fails with [ErrUnavailable].
 	KeepaliveTime time.Duration
 
 	// DialOptions are extra options for grpc.NewClient, such as

@@ -152,7 +152,7 @@ func Authenticate(ctx context.Context, in io.ReadSeeker, r root.Root, opts Resto
 	if opts.MaxAge > 0 && -age > maxClockSkew {
 		// Dated by a clock that was ahead: it would pass the maximum age
 		// for as long again as that clock's lead.
-		return nil, fmt.Errorf("%w: taken %s, %v in the future by this clock (the clock of the machine that took it was ahead); its age cannot be told (--max-age -1 overrides)", ErrTooOld, m.Created.Format(time.RFC3339), (-age).Round(time.Minute))
+		return nil, fmt.Errorf("%w: taken %s, %v in the future by this clock (the clock of the machine that took it was ahead); its age cannot be told (--max-age=-1h overrides)", ErrTooOld, m.Created.Format(time.RFC3339), (-age).Round(time.Minute))
 	}
 	a.m = m
 	return a, nil
