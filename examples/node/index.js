@@ -2,12 +2,14 @@
 // @grpc/grpc-js, @grpc/proto-loader and protobufjs from npm (pinned in
 // package-lock.json). Against `custos dev` (make run):
 //
-//   cd examples/node && npm ci && node index.js 127.0.0.1:8443 ../../.custos-dev
+//   cd examples/node && npm ci --ignore-scripts && node index.js 127.0.0.1:8443 ../../.custos-dev
 //
 // It checks health, creates a tenant with an ENCRYPT, a MAC and a PASSWORD
 // key, encrypts and decrypts with associated data, runs a batch with one bad
 // item and reads its per-item status, reads the ErrorInfo reason of a
-// refused call, computes a blind index, and hashes and verifies a password.
+// refused call, computes a blind index, and hashes and verifies a password
+// (with a subject, for the lockout), hashing it again when a rotation makes
+// the answer say needs_rehash.
 'use strict';
 
 const fs = require('fs');
@@ -102,21 +104,41 @@ async function main() {
   ok('a batch with one bad item: item 1 OK, item 2 INVALID_ARGUMENT',
     b.results[0].status.code === 0 && b.results[0].plaintext.toString() === 'alice@example.com' && b.results[1].status.code === 3);
 
+  let refused = null;
   try {
     await call(crypto, 'Decrypt', { name: enc, ciphertext: e.ciphertext, associated_data: associatedData('customer-43', 'email') });
-    throw new Error('a decrypt with the wrong associated data succeeded');
   } catch (err) {
-    ok(`a refused call's ErrorInfo reason: ${reason(err)}`, err.code === grpc.status.INVALID_ARGUMENT && reason(err) === 'CIPHERTEXT_NOT_AUTHENTIC');
+    refused = err;
   }
+  if (!refused) throw new Error('a decrypt with the wrong associated data succeeded');
+  ok(`a refused call's ErrorInfo reason: ${reason(refused)}`, refused.code === grpc.status.INVALID_ARGUMENT && reason(refused) === 'CIPHERTEXT_NOT_AUTHENTIC');
 
   const bi = await call(crypto, 'BlindIndex', { name: `tenants/${t}/keys/idx`, data: Buffer.from('alice@example.com') });
   ok('blind index: one entry per enabled version', bi.entries.length === 1 && bi.entries[0].mac.length > 32);
 
+  // A login: verify with the user's id as subject (failures count towards
+  // the key's lockout), and when the answer says needs_rehash (the key
+  // rotated, or its policy was raised), hash the password again and store
+  // the new hash, before the old version is disabled.
   const pwKey = `tenants/${t}/keys/pw`;
-  const hp = await call(crypto, 'HashPassword', { name: pwKey, password: Buffer.from('correct horse') }, 60);
-  const vp = await call(crypto, 'VerifyPassword', { name: pwKey, password: Buffer.from('correct horse'), hash: hp.hash }, 60);
-  const bad = await call(crypto, 'VerifyPassword', { name: pwKey, password: Buffer.from('wrong horse'), hash: hp.hash }, 60);
-  ok('hash and verify a password', vp.match === true && bad.match === false);
+  const password = Buffer.from('correct horse');
+  const login = async (stored) => {
+    const v = await call(crypto, 'VerifyPassword', { name: pwKey, password, hash: stored, subject: 'user-42' }, 60);
+    if (v.match && v.needs_rehash) {
+      const fresh = await call(crypto, 'HashPassword', { name: pwKey, password }, 60);
+      console.log('    rehashed (store the new hash)');
+      return { match: true, stored: fresh.hash };
+    }
+    return { match: v.match, stored };
+  };
+  const hp = await call(crypto, 'HashPassword', { name: pwKey, password }, 60);
+  const first = await login(hp.hash);
+  const bad = await call(crypto, 'VerifyPassword', { name: pwKey, password: Buffer.from('wrong horse'), hash: hp.hash, subject: 'user-42' }, 60);
+  ok('hash and verify a password', first.match === true && first.stored === hp.hash && bad.match === false);
+  await call(keys, 'RotateKey', { name: pwKey }); // what a rotation means for stored hashes
+  const second = await login(first.stored);
+  const check = await call(crypto, 'VerifyPassword', { name: pwKey, password, hash: second.stored }, 60);
+  ok('after a rotation: needs_rehash, hashed again under the new version', second.match && second.stored !== first.stored && check.match && !check.needs_rehash);
   console.log('node example: every call answered as expected');
 }
 

@@ -29,7 +29,7 @@ func TestNodeExample(t *testing.T) {
 	srv := clienttest.Start(t)
 	node := exec.CommandContext(ctx, "node", "--no-deprecation", "index.js", srv.Addr, srv.Dir)
 	out, err := node.CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "every call answered as expected") {
+	if err != nil || !strings.Contains(string(out), "every call answered as expected") || !strings.Contains(string(out), "rehashed") {
 		t.Fatalf("node index.js: %v\n%s", err, out)
 	}
 	testkit.CrossCheck(t, srv.Client(t), string(out))

@@ -17,7 +17,9 @@ directory, against `custos dev` (make run):
 It checks health, creates a tenant with an ENCRYPT, a MAC and a PASSWORD
 key, encrypts and decrypts with associated data, runs a batch with one bad
 item and reads its per-item status, reads the ErrorInfo reason of a refused
-call, computes a blind index, and hashes and verifies a password.
+call, computes a blind index, and hashes and verifies a password (with a
+subject, for the lockout), hashing it again when a rotation makes the answer
+say needs_rehash.
 """
 import base64
 import os
@@ -118,10 +120,28 @@ def main(addr, dev):
     # Hashing is slow by design (bcrypt cost 12), and waits in the server's
     # hashing queue behind other callers': a longer deadline.
     pw, th = f"tenants/{tenant}/keys/pw", 60
-    hp = crypto.HashPassword(cpb.HashPasswordRequest(name=pw, password=b"correct horse"), timeout=th)
-    vp = crypto.VerifyPassword(cpb.VerifyPasswordRequest(name=pw, password=b"correct horse", hash=hp.hash), timeout=th)
-    bad = crypto.VerifyPassword(cpb.VerifyPasswordRequest(name=pw, password=b"wrong horse", hash=hp.hash), timeout=th)
-    ok("hash and verify a password", vp.match and not bad.match)
+    password = b"correct horse"
+
+    # A login: verify with the user's id as subject (failures count towards
+    # the key's lockout), and when the answer says needs_rehash (the key
+    # rotated, or its policy was raised), hash the password again and store
+    # the new hash, before the old version is disabled.
+    def login(stored):
+        v = crypto.VerifyPassword(cpb.VerifyPasswordRequest(name=pw, password=password, hash=stored, subject="user-42"), timeout=th)
+        if v.match and v.needs_rehash:
+            fresh = crypto.HashPassword(cpb.HashPasswordRequest(name=pw, password=password), timeout=th)
+            print("    rehashed (store the new hash)")
+            return True, fresh.hash
+        return v.match, stored
+
+    hp = crypto.HashPassword(cpb.HashPasswordRequest(name=pw, password=password), timeout=th)
+    match, stored = login(hp.hash)
+    bad = crypto.VerifyPassword(cpb.VerifyPasswordRequest(name=pw, password=b"wrong horse", hash=hp.hash, subject="user-42"), timeout=th)
+    ok("hash and verify a password", match and stored == hp.hash and not bad.match)
+    keys.RotateKey(kpb.RotateKeyRequest(name=pw), timeout=t)  # what a rotation means for stored hashes
+    match2, stored2 = login(stored)
+    check = crypto.VerifyPassword(cpb.VerifyPasswordRequest(name=pw, password=password, hash=stored2), timeout=th)
+    ok("after a rotation: needs_rehash, hashed again under the new version", match2 and stored2 != stored and check.match and not check.needs_rehash)
     print("python example: every call answered as expected")
 
 

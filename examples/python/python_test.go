@@ -51,7 +51,7 @@ func TestPythonExample(t *testing.T) {
 	run := exec.CommandContext(ctx, python, "example.py", srv.Addr, srv.Dir)
 	run.Env = append(os.Environ(), "PYTHONPATH="+stubs)
 	out, err := run.CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "every call answered as expected") {
+	if err != nil || !strings.Contains(string(out), "every call answered as expected") || !strings.Contains(string(out), "rehashed") {
 		t.Fatalf("example.py: %v\n%s", err, out)
 	}
 	testkit.CrossCheck(t, srv.Client(t), string(out))
