@@ -59,24 +59,16 @@ test-localkms: ## the awskms root against a local-kms process (nested module tes
 	cd test/localkms && $(GO) vet ./... && $(GO) test -count=1 ./...
 
 # Each fuzz target runs for FUZZTIME; go test -fuzz takes one target at a time.
+# The targets are found in the test files (every func FuzzX of the main
+# module), so a new one cannot be left out.
 FUZZTIME ?= 20s
-FUZZ_TARGETS := \
-	./keystore:FuzzDecrypt \
-	./keystore:FuzzVerifyMAC \
-	./keystore:FuzzValidIDMatchesThePattern \
-	./keystore/audit:FuzzDecodeBatch \
-	./keystore/audit:FuzzDecodeIndexes \
-	./keystore/audit:FuzzSpoolSegment \
-	./keystore/backup:FuzzRead \
-	./envelope:FuzzParseOpen \
-	./keystore/passhash:FuzzParse \
-	./keystore/passhash:FuzzEncode \
-	./server/policy:FuzzGlob \
-	./server/policy:FuzzParse
+FUZZ_TARGETS = $(shell grep -rl --include='*_test.go' '^func Fuzz' . | grep -v '^./test/' | sort | \
+	while read -r f; do d=$$(dirname "$$f"); grep -h '^func Fuzz' "$$f" | sed -e 's/^func \(Fuzz[A-Za-z0-9_]*\).*/\1/' -e "s|^|$$d:|"; done)
 
 .PHONY: fuzz
 fuzz: ## run every fuzz target for FUZZTIME (default 20s) each
-	@set -e; for t in $(FUZZ_TARGETS); do \
+	@set -e; targets="$(FUZZ_TARGETS)"; [ -n "$$targets" ] || { echo "fuzz: no targets found" >&2; exit 1; }; \
+	for t in $$targets; do \
 	  pkg=$${t%%:*}; fn=$${t##*:}; \
 	  echo "fuzz $$pkg $$fn ($(FUZZTIME))"; \
 	  $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) $$pkg; \
@@ -134,7 +126,7 @@ bench-scale: test-deps ## idle CPU, due rotations, hot-set p99 and cold first ca
 	CUSTOS_SCALE_TENANTS=$(SCALE_TENANTS) CUSTOS_SCALE_SERVER_GOGC=$(SCALE_SERVER_GOGC) $(GO) test -tags scale -run TestScale -timeout 60m -count=1 -v ./internal/bench/
 
 .PHONY: test-deps
-test-deps: ## install PostgreSQL and SoftHSM2 from Debian packages when missing
+test-deps: ## install from Debian packages what the tests need and this machine lacks: PostgreSQL, SoftHSM2, gcc, procps, Node and npm, python3-grpcio
 	bash scripts/test-deps.sh
 
 .PHONY: vet

@@ -12,6 +12,7 @@ import (
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	spb "google.golang.org/genproto/googleapis/rpc/status"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -141,8 +142,7 @@ func (b *itemStatuses) done() {
 			level = slog.LevelWarn
 		}
 		b.s.logger.LogAttrs(ctx, level, "batch items failed",
-			slog.String("request_id", c.rid), slog.String("key", c.key.String()),
-			slog.String("code", f.code.String()), slog.String("error", f.detail), slog.Int("items", f.items))
+			append(failureAttrs(ctx, f.code, f.detail), slog.String("key", c.key.String()), slog.Int("items", f.items))...)
 	}
 	if others > 0 {
 		b.s.logger.LogAttrs(ctx, slog.LevelError, "batch items failed in other ways",
@@ -156,11 +156,25 @@ func (s *Server) toStatus(ctx context.Context, err error) *status.Status {
 	st, internal, cut := statusIn(ctx, err)
 	switch {
 	case cut:
-		s.logger.LogAttrs(ctx, slog.LevelWarn, "the caller's deadline ended a wait on a dependency", slog.String("code", st.Code().String()), slog.String("error", internal))
+		s.logger.LogAttrs(ctx, slog.LevelWarn, "the caller's deadline ended a wait on a dependency", failureAttrs(ctx, st.Code(), internal)...)
 	case internal != "":
-		s.logger.LogAttrs(ctx, slog.LevelError, "request failed", slog.String("code", st.Code().String()), slog.String("error", internal))
+		s.logger.LogAttrs(ctx, slog.LevelError, "request failed", failureAttrs(ctx, st.Code(), internal)...)
 	}
 	return st
+}
+
+// failureAttrs are the attributes of a failure's log line: the call's
+// request id and, for a traced call, its trace id (as its call log line
+// has them, so the two can be joined), the code and the detail.
+func failureAttrs(ctx context.Context, code codes.Code, detail string) []slog.Attr {
+	attrs := make([]slog.Attr, 0, 4)
+	if c, _ := ctx.Value(callKey{}).(*call); c != nil && c.rid != "" {
+		attrs = append(attrs, slog.String("request_id", c.rid))
+	}
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() && !sc.IsRemote() {
+		attrs = append(attrs, slog.String("trace_id", sc.TraceID().String()))
+	}
+	return append(attrs, slog.String("code", code.String()), slog.String("error", detail))
 }
 
 // statusIn is statusOf for an error a call met. An outage met because the

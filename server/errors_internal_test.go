@@ -85,3 +85,16 @@ func TestABatchBoundsItsFailureLines(t *testing.T) {
 		t.Fatalf("%d lines, last %s; want %d, the last counting 90 items", len(lines), lines[len(lines)-1], maxFailureLines+1)
 	}
 }
+
+// An internal failure's log line, with the detail its caller does not
+// see, names the call's request id, so that it can be joined with the
+// call's own log line and the x-request-id a caller reports.
+func TestAFailureLineNamesItsRequest(t *testing.T) {
+	var buf bytes.Buffer
+	s := &Server{logger: slog.New(slog.NewJSONHandler(&buf, nil))}
+	ctx := context.WithValue(context.Background(), callKey{}, &call{rid: "rid-9"})
+	s.toError(ctx, fmt.Errorf("unwrap tenant a: %w: MARKER", keystore.ErrUnavailable))
+	if line := buf.String(); !strings.Contains(line, "MARKER") || !strings.Contains(line, `"request_id":"rid-9"`) {
+		t.Fatalf("logged %s; want the detail and the request id", line)
+	}
+}

@@ -240,7 +240,7 @@ func (s *Server) requestPath(ctx context.Context, c *call, req any, info *grpc.U
 		return nil, err
 	}
 	if err := c.resolve(req); err != nil {
-		return nil, s.toError(ctx, err)
+		return nil, s.toError(context.WithValue(ctx, callKey{}, c), err) // its log line names the call
 	}
 	if err := c.authorize(); err != nil {
 		return nil, err
