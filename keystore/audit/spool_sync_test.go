@@ -2,6 +2,7 @@ package audit
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/custos-kms/custos/internal/testkit"
+	"github.com/custos-kms/custos/keystore/storage"
 	"github.com/custos-kms/custos/keystore/storage/memory"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 )
@@ -462,5 +464,61 @@ func TestStrandedSpoolsAreFound(t *testing.T) {
 	defer s.close()
 	if len(entries) != 3 {
 		t.Fatalf("the stranded spool holds %d entries after the look, want 3", len(entries))
+	}
+}
+
+// writesRefused is a store that reads but takes no write, as a full store
+// or a PostgreSQL failover onto a read-only node does.
+type writesRefused struct{ *memory.Store }
+
+func (writesRefused) Put(context.Context, string, []byte, uint64) (uint64, error) {
+	return 0, storage.ErrFull
+}
+
+func (writesRefused) Apply(context.Context, []storage.Op) error { return storage.ErrFull }
+
+// A damaged spool entry met by shipping passes whose write then fails (it
+// stays pending) is counted and logged once, not once a pass: a store full
+// for an hour counted one lost entry 3,600 times.
+func TestADamagedEntryIsCountedOnce(t *testing.T) {
+	prefix := filepath.Join(t.TempDir(), "spool")
+	var logs bytes.Buffer
+	w, err := NewWriter(WriterConfig{Store: writesRefused{memory.New()}, SpoolPath: prefix, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	for i := range 2 {
+		ev := &custosv1.AuditEvent{Time: timestamppb.Now(), RequestId: fmt.Sprint("r", i), Operation: "encrypt", Code: "OK"}
+		if err := w.Record(ev); err != nil {
+			t.Fatalf("Record with the store refusing writes: %v (want it spooled)", err)
+		}
+	}
+	w.spoolMu.Lock()
+	first := w.pending[0]
+	f := w.spool.segs[0].f
+	w.spoolMu.Unlock()
+	b := []byte{0}
+	if _, err := f.ReadAt(b, first.end-1); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 1
+	if _, err := f.WriteAt(b, first.end-1); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := w.ShipOnce(context.Background()); err == nil {
+			t.Fatal("ShipOnce to a store that takes no write: nil error")
+		}
+	}
+	var m dto.Metric
+	if err := w.damaged.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.GetCounter().GetValue(); got != 1 {
+		t.Fatalf("custos_audit_spool_damaged_entries_total %v after three passes, want 1", got)
+	}
+	if n := strings.Count(logs.String(), "AUDIT EVENTS LOST"); n != 1 {
+		t.Fatalf("the loss was logged %d times, want once", n)
 	}
 }

@@ -110,6 +110,10 @@ type Writer struct {
 	events    *prometheus.CounterVec
 	dropped   prometheus.Counter
 	damaged   prometheus.Counter // spool entries lost to damage on disk
+	// seenDamaged are the keys of damaged entries ShipOnce has counted: a
+	// pass whose write fails leaves them pending, to be met again. Under
+	// shipMu.
+	seenDamaged map[string]bool
 	refused   prometheus.Counter
 	spooled   prometheus.Gauge // entries waiting in the spool
 	commitDur prometheus.Histogram
@@ -524,8 +528,15 @@ func (w *Writer) ShipOnce(ctx context.Context) error {
 			w.spoolMu.Unlock()
 			if errors.Is(err, errSpoolCorrupt) {
 				// It can never be shipped; waiting would stop the spool.
-				w.logger.Error("AUDIT EVENTS LOST: a spool entry changed on disk since it was written", "key", e.key, "error", err.Error())
-				w.damaged.Inc()
+				// Counted and logged once, however many passes meet it.
+				if !w.seenDamaged[e.key] {
+					if w.seenDamaged == nil {
+						w.seenDamaged = map[string]bool{}
+					}
+					w.seenDamaged[e.key] = true
+					w.logger.Error("AUDIT EVENTS LOST: a spool entry changed on disk since it was written", "key", e.key, "error", err.Error())
+					w.damaged.Inc()
+				}
 				continue
 			}
 			if err != nil {
