@@ -107,16 +107,16 @@ type Writer struct {
 	shipKick chan struct{}
 	synced   chan struct{} // closed when syncLoop has stopped (SyncInterval > 0)
 
-	events    *prometheus.CounterVec
-	dropped   prometheus.Counter
-	damaged   prometheus.Counter // spool entries lost to damage on disk
+	events  *prometheus.CounterVec
+	dropped prometheus.Counter
+	damaged prometheus.Counter // spool entries lost to damage on disk
 	// seenDamaged are the keys of damaged entries ShipOnce has counted: a
 	// pass whose write fails leaves them pending, to be met again. Under
 	// shipMu.
 	seenDamaged map[string]bool
-	refused   prometheus.Counter
-	spooled   prometheus.Gauge // entries waiting in the spool
-	commitDur prometheus.Histogram
+	refused     prometheus.Counter
+	spooled     prometheus.Gauge // entries waiting in the spool
+	commitDur   prometheus.Histogram
 }
 
 type batch struct {
