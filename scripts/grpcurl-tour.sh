@@ -11,7 +11,7 @@ grpcurl=$(command -v grpcurl || echo .tools/bin/grpcurl)
 t=tour-$RANDOM$RANDOM # a fresh tenant per run
 
 call() { # call METHOD JSON -> prints the response
-  "$grpcurl" -cacert "$dir/ca.pem" -cert "$dir/client.pem" -key "$dir/client-key.pem" \
+  "$grpcurl" -max-time 60 -cacert "$dir/ca.pem" -cert "$dir/client.pem" -key "$dir/client-key.pem" \
     -d "$2" "$addr" "custos.v1.$1"
 }
 field() { python3 -c "import json,sys; d=json.load(sys.stdin); print(eval('d'+sys.argv[1]))" "$1"; }

@@ -29,6 +29,8 @@ mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
 echo "test-deps: installing ${need[*]}" >&2
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
-export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -qq
-$sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# sudo resets the environment: the variable goes through env. A freshly
+# booted machine's automatic updates may hold apt's lock for a while.
+apt=($sudo env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -o Acquire::Retries=3)
+"${apt[@]}" update -qq
+"${apt[@]}" install -y -qq --no-install-recommends "${need[@]}" >/dev/null
