@@ -27,6 +27,7 @@ import (
 	"log"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -89,7 +90,7 @@ func run(ctx context.Context, out io.Writer, addr, dev, pgURL string, n int) err
 	start := time.Now()
 	rows := make([][]any, n)
 	err = parallel(ctx, n, func(ctx context.Context, i int) error {
-		id := fmt.Sprint(i)
+		id := recordID(int64(i))
 		email := emailOf(i)
 		ct, err := fields.Encrypt(ctx, id, client.Fields{"email": []byte(email), "iban": []byte(fmt.Sprintf("DE89%018d", i))})
 		if err != nil {
@@ -123,7 +124,7 @@ func run(ctx context.Context, out io.Writer, addr, dev, pgURL string, n int) err
 			return fmt.Errorf("look up a customer by its email's blind index: %w", err) // not the email: errors end up in logs
 		}
 		ct["email"], ct["iban"] = e, b
-		pt, err := fields.Decrypt(ctx, fmt.Sprint(id), ct)
+		pt, err := fields.Decrypt(ctx, recordID(id), ct)
 		if err != nil {
 			return err
 		}
@@ -233,6 +234,11 @@ func ensureKeys(ctx context.Context, c *client.Client) error {
 // emailOf is customer i's email.
 func emailOf(i int) string { return fmt.Sprintf("customer%d@example.com", i) }
 
+// recordID is the id a customer row's fields are bound to: the table's
+// name with the row's key, since the pii key may serve other tables (a
+// field of row 42 of another table must not open as this one's).
+func recordID(id int64) string { return "custos_example_customers/" + strconv.FormatInt(id, 10) }
+
 // errRowChanged: the row changed after it was read (its service wrote it
 // meanwhile); read it again.
 var errRowChanged = errors.New("the row changed while it was rewrapped")
@@ -241,7 +247,7 @@ var errRowChanged = errors.New("the row changed while it was rewrapped")
 // versions, and reports whether it wrote the row: not when everything was
 // under them already (or the row is gone). errRowChanged: nothing written.
 func rewrapRow(ctx context.Context, db *pgxpool.Pool, c *client.Client, fields *client.FieldCipher, piiName, idxName string, primary map[string]uint32, i int) (bool, error) {
-	id := fmt.Sprint(i)
+	id := recordID(int64(i))
 	var e, b, idx []byte
 	err := db.QueryRow(ctx, `SELECT email, iban, email_idx FROM custos_example_customers WHERE id = $1`, int64(i)).Scan(&e, &b, &idx)
 	if errors.Is(err, pgx.ErrNoRows) {

@@ -17,7 +17,6 @@ import (
 	"flag"
 	"fmt"
 	"log"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -89,8 +88,7 @@ func run(addr, dev string) error {
 	// The email's ciphertext presented as the IBAN field: refused.
 	_, _, err = c.Decrypt(ctx, key, stored["email"], client.AssociatedData(recordID, "iban"))
 	if !errors.Is(err, client.ErrInvalidCiphertext) {
-		fmt.Fprintf(os.Stderr, "expected ErrInvalidCiphertext for the wrong associated data, got %v\n", err)
-		os.Exit(1)
+		return fmt.Errorf("expected ErrInvalidCiphertext for the wrong associated data, got %v", err)
 	}
 	fmt.Printf("email ciphertext under the iban field's associated data: refused (%v)\n", err)
 	return nil
