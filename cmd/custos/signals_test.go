@@ -1,7 +1,6 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"os"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/custos-kms/custos/client"
+	"github.com/custos-kms/custos/internal/testkit"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
 )
 
@@ -111,7 +111,7 @@ func TestSIGHUPDuringStartUpIsNotFatal(t *testing.T) {
 	// catch a signal before its own code runs.
 	exe := filepath.Join(t.TempDir(), "custos")
 	// $GO is the toolchain make test runs with (go on PATH otherwise).
-	if out, err := exec.Command(cmp.Or(os.Getenv("GO"), "go"), "build", "-o", exe, ".").CombinedOutput(); err != nil {
+	if out, err := testkit.GoCommand(context.Background(), "build", "-o", exe, ".").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	for i := range 4 {

@@ -28,6 +28,7 @@ import (
 	"github.com/custos-kms/custos/internal/bench"
 	"github.com/custos-kms/custos/internal/pgtest"
 	"github.com/custos-kms/custos/internal/pki"
+	"github.com/custos-kms/custos/internal/testkit"
 	"github.com/custos-kms/custos/keystore/audit"
 	"github.com/custos-kms/custos/keystore/root/local"
 	"github.com/custos-kms/custos/keystore/storage"
@@ -40,7 +41,7 @@ func TestAuditOverheadOnPostgreSQL(t *testing.T) {
 	t.Setenv("CUSTOS_PGTEST_DURABLE", "1")
 	ctx := context.Background()
 	bin := filepath.Join(t.TempDir(), "custos")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/custos-kms/custos/cmd/custos").CombinedOutput(); err != nil {
+	if out, err := testkit.GoCommand(context.Background(), "build", "-o", bin, "github.com/custos-kms/custos/cmd/custos").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	pg := pgtest.StartDedicated(t)

@@ -25,6 +25,7 @@ import (
 	"github.com/custos-kms/custos/internal/config"
 	"github.com/custos-kms/custos/internal/custos"
 	"github.com/custos-kms/custos/internal/pgtest"
+	"github.com/custos-kms/custos/internal/testkit"
 	"github.com/custos-kms/custos/keystore"
 	"github.com/custos-kms/custos/keystore/root/local"
 )
@@ -37,7 +38,7 @@ func TestBackupAndRestoreAtScale(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "custos")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/custos-kms/custos/cmd/custos").CombinedOutput(); err != nil {
+	if out, err := testkit.GoCommand(context.Background(), "build", "-o", bin, "github.com/custos-kms/custos/cmd/custos").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	if _, err := local.Create(filepath.Join(dir, "root.key")); err != nil {

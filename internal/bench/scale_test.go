@@ -38,6 +38,7 @@ import (
 	"github.com/custos-kms/custos/internal/custos"
 	"github.com/custos-kms/custos/internal/pgtest"
 	"github.com/custos-kms/custos/internal/pki"
+	"github.com/custos-kms/custos/internal/testkit"
 	"github.com/custos-kms/custos/keystore"
 	"github.com/custos-kms/custos/keystore/root/local"
 	custosv1 "github.com/custos-kms/custos/proto/custos/v1"
@@ -69,7 +70,7 @@ func TestScale(t *testing.T) {
 		}
 	}
 	bin := filepath.Join(t.TempDir(), "custos")
-	build := exec.Command("go", "build", "-o", bin, "github.com/custos-kms/custos/cmd/custos")
+	build := testkit.GoCommand(context.Background(), "build", "-o", bin, "github.com/custos-kms/custos/cmd/custos")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}

@@ -2,7 +2,6 @@ package localkms
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -52,7 +51,7 @@ func emulator(t *testing.T) string {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
 		// $GO is the toolchain make test runs with (go on PATH otherwise).
-		out, err := exec.CommandContext(ctx, cmp.Or(os.Getenv("GO"), "go"), "build", "-o", kmsBinary, "github.com/nsmithuk/local-kms").CombinedOutput()
+		out, err := testkit.GoCommand(ctx, "build", "-o", kmsBinary, "github.com/nsmithuk/local-kms").CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build local-kms: %w\n%s", err, out)
 		}
