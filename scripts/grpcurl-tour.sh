@@ -95,7 +95,7 @@ call KeyService/DeleteTenant "{\"name\":\"tenants/$t\",\"waiting_period\":\"8640
 expect_fail FailedPrecondition CryptoService/Encrypt "{\"name\":\"$K\",\"plaintext\":\"$(b64 x)\"}"
 call KeyService/UndeleteTenant "{\"name\":\"tenants/$t\"}" | has TENANT_STATE_ACTIVE || fail KeyService/UndeleteTenant; ok KeyService/UndeleteTenant
 call CryptoService/Encrypt "{\"name\":\"$K\",\"plaintext\":\"$(b64 x)\"}" >/dev/null || fail "CryptoService/Encrypt (after undelete)"; ok "CryptoService/Encrypt (after undelete)"
-"$grpcurl" -cacert "$dir/ca.pem" -cert "$dir/client.pem" -key "$dir/client-key.pem" "$addr" grpc.health.v1.Health/Check | has SERVING || fail grpc.health.v1.Health/Check; ok grpc.health.v1.Health/Check
+"$grpcurl" -max-time 60 -cacert "$dir/ca.pem" -cert "$dir/client.pem" -key "$dir/client-key.pem" "$addr" grpc.health.v1.Health/Check | has SERVING || fail grpc.health.v1.Health/Check; ok grpc.health.v1.Health/Check
 
 # The audit trail: the tenant's events appear once the log signs a
 # checkpoint (every 2s by default); each comes with its inclusion proof.

@@ -15,7 +15,7 @@ command -v softhsm2-util >/dev/null || need+=(softhsm2)
 command -v pgrep >/dev/null || need+=(procps)
 # cgo: without a C compiler Go turns it off, and go test -race refuses to
 # run. The compiler Go uses (go env CC) must find the C library's headers.
-cc=$("${GO:-go}" env CC 2>/dev/null || echo gcc)
+cc=$(${GO:-go} env CC 2>/dev/null || echo gcc) # GO may be several words
 echo '#include <stdlib.h>' | $cc -x c -E - >/dev/null 2>&1 || need+=(gcc libc6-dev)
 # The polyglot examples: Node.js with npm, and Debian's Python gRPC.
 command -v node >/dev/null || need+=(nodejs)
@@ -32,5 +32,12 @@ sudo=""
 # sudo resets the environment: the variable goes through env. A freshly
 # booted machine's automatic updates may hold apt's lock for a while.
 apt=($sudo env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -o Acquire::Retries=3)
-"${apt[@]}" update -qq
+# apt-get update takes the lists' lock, for which DPkg::Lock::Timeout does
+# not wait: try again for up to 10 minutes.
+for i in $(seq 60); do
+  "${apt[@]}" update -qq && break
+  [ "$i" -lt 60 ] || exit 1
+  echo "test-deps: apt-get update failed (the lists' lock held by automatic updates?); trying again in 10 s" >&2
+  sleep 10
+done
 "${apt[@]}" install -y -qq --no-install-recommends "${need[@]}" >/dev/null

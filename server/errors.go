@@ -146,7 +146,7 @@ func (b *itemStatuses) done() {
 	}
 	if others > 0 {
 		b.s.logger.LogAttrs(ctx, slog.LevelError, "batch items failed in other ways",
-			slog.String("request_id", c.rid), slog.String("key", c.key.String()), slog.Int("items", others))
+			append(callIDAttrs(ctx), slog.String("key", c.key.String()), slog.Int("items", others))...)
 	}
 }
 
@@ -163,18 +163,24 @@ func (s *Server) toStatus(ctx context.Context, err error) *status.Status {
 	return st
 }
 
-// failureAttrs are the attributes of a failure's log line: the call's
-// request id and, for a traced call, its trace id (as its call log line
-// has them, so the two can be joined), the code and the detail.
+// failureAttrs are the attributes of a failure's log line: the call's ids
+// (callIDAttrs), the code and the detail.
 func failureAttrs(ctx context.Context, code codes.Code, detail string) []slog.Attr {
-	attrs := make([]slog.Attr, 0, 4)
+	return append(callIDAttrs(ctx), slog.String("code", code.String()), slog.String("error", detail))
+}
+
+// callIDAttrs are the call's request id and, for a traced call, its trace
+// id, as its call log line has them, so that the two can be joined. There
+// is room for four more attributes.
+func callIDAttrs(ctx context.Context) []slog.Attr {
+	attrs := make([]slog.Attr, 0, 6)
 	if c, _ := ctx.Value(callKey{}).(*call); c != nil && c.rid != "" {
 		attrs = append(attrs, slog.String("request_id", c.rid))
 	}
 	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() && !sc.IsRemote() {
 		attrs = append(attrs, slog.String("trace_id", sc.TraceID().String()))
 	}
-	return append(attrs, slog.String("code", code.String()), slog.String("error", detail))
+	return attrs
 }
 
 // statusIn is statusOf for an error a call met. An outage met because the
