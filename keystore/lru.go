@@ -68,9 +68,16 @@ func (c *lru[K, V]) put(k K, v V) {
 }
 
 // putLocked is put with c.mu held.
-func (c *lru[K, V]) putLocked(k K, v V) {
+func (c *lru[K, V]) putLocked(k K, v V) { c.putLockedUntil(k, v, time.Time{}) }
+
+// putLockedUntil is putLocked with the entry's freshness and grace ending
+// by limit at the latest (no limit when zero).
+func (c *lru[K, V]) putLockedUntil(k K, v V, limit time.Time) {
 	now := c.now()
 	fresh, stale := now.Add(c.ttl), now.Add(c.ttl+c.grace)
+	if !limit.IsZero() {
+		fresh, stale = minTime(fresh, limit), minTime(stale, limit)
+	}
 	if el, ok := c.items[k]; ok {
 		e := el.Value.(*lruEntry[K, V])
 		e.value, e.freshUntil, e.staleUntil = v, fresh, stale
@@ -86,11 +93,36 @@ func (c *lru[K, V]) putLocked(k K, v V) {
 	}
 }
 
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+// until is when the entry under k stops serving (its grace's end), if
+// there is one.
+func (c *lru[K, V]) until(k K) (time.Time, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	el, ok := c.items[k]
+	if !ok {
+		return time.Time{}, false
+	}
+	return el.Value.(*lruEntry[K, V]).staleUntil, true
+}
+
 // upsertIf stores v under k as fresh unless an entry is there that keep
 // says must stay (for example, a newer version than v), and only if still
 // (when not nil) holds. The checks and the write are one step: no other
 // write comes between them.
 func (c *lru[K, V]) upsertIf(k K, v V, keep func(old V) bool, still func() bool) {
+	c.upsertIfUntil(k, v, keep, still, time.Time{})
+}
+
+// upsertIfUntil is upsertIf with the entry's freshness and grace ending by
+// limit at the latest (no limit when zero).
+func (c *lru[K, V]) upsertIfUntil(k K, v V, keep func(old V) bool, still func() bool, limit time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if still != nil && !still() {
@@ -99,7 +131,7 @@ func (c *lru[K, V]) upsertIf(k K, v V, keep func(old V) bool, still func() bool)
 	if el, ok := c.items[k]; ok && keep(el.Value.(*lruEntry[K, V]).value) {
 		return
 	}
-	c.putLocked(k, v)
+	c.putLockedUntil(k, v, limit)
 }
 
 // upsertKnown is upsertIf (without its still) for a key that is present,

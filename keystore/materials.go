@@ -292,8 +292,9 @@ func (m *materials) forgetKey(e *keyEntry) {
 
 // recheck reads back the tenant and key records a suspect entry was built
 // from. If neither changed (and the tenant is active) it caches and returns
-// the entry as no longer suspect; if either did, it returns nil. It asks
-// the root nothing, so a root outage cannot make a changed entry serve.
+// the entry as no longer suspect, with the expiry it had; if either did, it
+// returns nil. It asks the root nothing, so a root outage cannot make a
+// changed entry serve.
 func (m *materials) recheck(ctx context.Context, ref KeyRef, cached *keyEntry) (*keyEntry, error) {
 	gen := m.gens.of(ref.Tenant)
 	flight := "check\x00" + ref.String() + "\x00" + strconv.FormatUint(cached.ver, 10) + "\x00" + gen.String()
@@ -310,8 +311,13 @@ func (m *materials) recheck(ctx context.Context, ref KeyRef, cached *keyEntry) (
 		if trec.State != TenantActive || tver != cached.tenantVer || ver != cached.ver {
 			return (*keyEntry)(nil), nil
 		}
+		// Unchanged: it serves again, with the expiry it had. The records
+		// read back are not the root's answer, so they renew no grace.
 		e := &keyEntry{ref: cached.ref, rec: cached.rec, prim: cached.prim, ver: cached.ver, tenantVer: cached.tenantVer}
-		m.put(gen, e)
+		// Not cached if it was replaced or the tenant's generation moved
+		// meanwhile (a change may have come after these reads): it serves
+		// this call, and the cache keeps what it holds.
+		m.keys.swap(ref, func(old *keyEntry) (*keyEntry, bool) { return e, old == cached && m.gens.same(ref.Tenant, gen) })
 		return e, nil
 	})
 	if err != nil {
@@ -427,9 +433,15 @@ func (m *materials) countsWritten(ref KeyRef, old, nver uint64) {
 // invalidation bumps gen before it takes that lock to drop entries, so it
 // either stops this put or drops what it wrote.
 func (m *materials) put(gen generation, e *keyEntry) {
+	// A key serves no longer than the tenant KEK it was opened with: the
+	// grace counts from the root's last answer, and a key reloaded from
+	// storage during an outage (under the KEK of the grace) does not start
+	// one of its own. (A KEK that has left the cache sets no limit: the
+	// key's own TTL and grace apply.)
+	limit, _ := m.keks.until(e.ref.Tenant)
 	// Never replace an entry (or tombstone) from a newer record: a load that
 	// read before a change must not undo it.
-	m.keys.upsertIf(e.ref, e, func(old *keyEntry) bool { return old.ver > e.ver }, func() bool { return m.gens.same(e.ref.Tenant, gen) })
+	m.keys.upsertIfUntil(e.ref, e, func(old *keyEntry) bool { return old.ver > e.ver }, func() bool { return m.gens.same(e.ref.Tenant, gen) }, limit)
 }
 
 // invalidateTenant drops a tenant's cached KEK and keys, and makes loads

@@ -179,3 +179,40 @@ func TestAFailedRefreshIsLoggedOncePerAttempt(t *testing.T) {
 		t.Fatalf("32 callers sharing one failed refresh logged it %d times, want once:\n%s", n, logs.String())
 	}
 }
+
+// The grace counts from the last answer of the root: a key reloaded during
+// an outage (its storage record read again, under the KEK served from the
+// grace) does not start a grace of its own. A hot key was served for
+// about twice the grace with no root answer.
+func TestAKeyReloadedInAnOutageKeepsItsTenantsGrace(t *testing.T) {
+	ctx := context.Background()
+	lr, err := local.Create(filepath.Join(t.TempDir(), "root.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt := &switchableRoot{Root: lr}
+	clock := &testClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	ks, err := keystore.New(keystore.Config{Storage: memory.New(), Root: rt, Now: clock.Now, CacheTTL: time.Minute, UnavailableGrace: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := keystore.KeyRef{Tenant: "t", Key: "k"}
+	if _, err := ks.CreateTenant(ctx, "t"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ks.CreateKey(ctx, ref, keystore.KeySpec{Purpose: keystore.PurposeEncrypt}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := ks.Encrypt(ctx, ref, []byte("x"), nil); err != nil { // the root's last answer: now
+		t.Fatal(err)
+	}
+	rt.down.Store(true)
+	clock.Advance(10 * time.Minute) // the key reloads under the KEK of the grace
+	if _, _, err := ks.Encrypt(ctx, ref, []byte("y"), nil); err != nil {
+		t.Fatalf("within the grace: %v", err)
+	}
+	clock.Advance(55 * time.Minute) // 1h05m since the root answered: past TTL + grace
+	if _, _, err := ks.Encrypt(ctx, ref, []byte("z"), nil); !errors.Is(err, keystore.ErrUnavailable) {
+		t.Fatalf("1h05m after the root's last answer (TTL 1m, grace 1h): %v, want ErrUnavailable", err)
+	}
+}
