@@ -967,3 +967,59 @@ func TestAKeyKeepsOneDueHint(t *testing.T) {
 		t.Fatalf("%d due hints for the key after 20 changes of its date, want 1", n)
 	}
 }
+
+// refusedPut refuses a Put on one key without writing it, once: a storage
+// outage or a full store.
+type refusedPut struct {
+	storage.Store
+	key atomic.Pointer[string]
+}
+
+func (r *refusedPut) Put(ctx context.Context, key string, value []byte, expect uint64) (uint64, error) {
+	if k := r.key.Load(); k != nil && *k == key {
+		r.key.Store(nil)
+		return 0, fmt.Errorf("%w: test store refuses the write", storage.ErrUnavailable)
+	}
+	return r.Store.Put(ctx, key, value, expect)
+}
+
+// A change whose write did not land (the storage refused it) keeps the
+// key's due hint: the record still says what was due, and the due pass
+// acts on it on time. The hint was dropped, and the destruction waited
+// for the next full sweep.
+func TestAFailedChangeKeepsTheDueHint(t *testing.T) {
+	f := newLCFixture(t)
+	ctx := context.Background()
+	rp := &refusedPut{Store: f.store}
+	f.store = rp
+	ks := f.replica()
+	if _, err := ks.CreateTenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	ref := keystore.KeyRef{Tenant: "acme", Key: "k"}
+	if _, err := ks.CreateKey(ctx, ref, keystore.KeySpec{Purpose: keystore.PurposeEncrypt}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ks.RotateKey(ctx, ref); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ks.DestroyKeyVersion(ctx, ref, 1, 24*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	key := "keys/acme/k"
+	rp.key.Store(&key)
+	if _, err := ks.RestoreKeyVersion(ctx, ref, 1); err == nil {
+		t.Fatal("RestoreKeyVersion whose write was refused succeeded")
+	}
+	f.clock.Advance(25 * time.Hour)
+	if err := keystore.DuePass(ctx, ks); err != nil {
+		t.Fatal(err)
+	}
+	k, err := ks.GetKey(ctx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := k.Versions[0].State; st != keystore.VersionDestroyed {
+		t.Fatalf("version 1 after the due pass past its date: %v, want DESTROYED (the restore did not land)", st)
+	}
+}

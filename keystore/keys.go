@@ -239,15 +239,17 @@ func (s *Service) updateKey(ctx context.Context, ref KeyRef, op string, mutate f
 		}
 		// Written, or maybe (an answer lost after COMMIT, and a retried
 		// DestroyKeyVersion is refused before it writes): the hint of the
-		// new due date; and the old date's, now of no use, dropped (one
-		// per rotation, or per rotation period set again, piled up until
-		// its date, a key's name in it).
+		// new due date. The old date's, now of no use, is dropped once the
+		// write is known to have landed (one per rotation, or per rotation
+		// period set again, piled up until its date, a key's name in it);
+		// while the record may still say it, it stays (a hint re-reads the
+		// record, so a spare one costs a read).
 		name := ref.Tenant + "/" + ref.Key
 		due, hasDue := s.keyDue(rec, s.now())
 		if hasDue {
 			s.noteDue(ctx, due, dueKeyKind, name)
 		}
-		if hadDue && (!hasDue || dueStorageKey(due, dueKeyKind, name) != dueStorageKey(wasDue, dueKeyKind, name)) {
+		if err == nil && hadDue && (!hasDue || dueStorageKey(due, dueKeyKind, name) != dueStorageKey(wasDue, dueKeyKind, name)) {
 			s.dropDue(ctx, wasDue, dueKeyKind, name)
 		}
 		if err != nil {
