@@ -194,6 +194,10 @@ func (s *Service) leaderTick(ctx context.Context, cfg SchedulerConfig, st *leade
 		// one taking it over does.
 		*st = leaderState{}
 	}
+	// A lease runs from before the call that took it (the store dates it
+	// from its own read): timed from the answer, a slow renewal made this
+	// replica count on a lease already lapsed, beside its next holder.
+	asked := time.Now()
 	held, err := s.acquireLeaseWithin(ctx, cfg)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -205,23 +209,24 @@ func (s *Service) leaderTick(ctx context.Context, cfg SchedulerConfig, st *leade
 		*st = leaderState{} // whoever takes it over next sweeps first
 		return
 	}
-	st.heldAt = time.Now()
+	st.heldAt = asked
 	s.life.leaderPasses.Add(1)
 	now := s.now()
 	// keep renews the lease every Interval while a pass goes on, and says
 	// whether it is still held: a failed renewal stops the pass only when
 	// less than an interval of the lease renewed last is left.
-	lastRenew := time.Now()
+	lastRenew := asked
 	keep := func() (held, renewed bool) {
 		if time.Since(lastRenew) < cfg.Interval {
 			return true, false
 		}
+		asked := time.Now()
 		held, err := s.acquireLeaseWithin(ctx, cfg)
 		if err != nil {
 			return ctx.Err() == nil && time.Since(lastRenew) < cfg.LeaseTTL-cfg.Interval, false
 		}
 		if held {
-			lastRenew = time.Now()
+			lastRenew = asked
 			st.heldAt = lastRenew
 		}
 		return held, held
