@@ -81,3 +81,40 @@ func TestARecheckKeepsTheGrace(t *testing.T) {
 	}
 	t.Fatal("a key was served 2h30m after the root's last answer (TTL 1m, grace 1h)")
 }
+
+// A key rechecked unchanged after a watch reconnect is fresh again: its
+// next call reads nothing. Kept stale, it was loaded again on its next
+// call, two more reads per key right after the storage came back.
+func TestARecheckedKeyIsFreshAgain(t *testing.T) {
+	ctx := context.Background()
+	lr, err := local.Create(filepath.Join(t.TempDir(), "root.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &hookStore{Store: memory.New()}
+	s, err := New(Config{Storage: hs, Root: lr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := KeyRef{Tenant: "t", Key: "k"}
+	if _, err := s.CreateTenant(ctx, "t"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateKey(ctx, ref, KeySpec{Purpose: PurposeEncrypt}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Encrypt(ctx, ref, []byte("x"), nil); err != nil {
+		t.Fatal(err)
+	}
+	s.m.apply(storage.Change{}) // the watch began again
+	if _, _, err := s.Encrypt(ctx, ref, []byte("x"), nil); err != nil { // rechecks
+		t.Fatal(err)
+	}
+	before := hs.gets.Load()
+	if _, _, err := s.Encrypt(ctx, ref, []byte("x"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := hs.gets.Load() - before; n != 0 {
+		t.Fatalf("the call after the recheck read the store %d times, want 0", n)
+	}
+}

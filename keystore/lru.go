@@ -169,6 +169,25 @@ func (c *lru[K, V]) swap(k K, f func(old V) (V, bool)) bool {
 	return ok
 }
 
+// renew is swap that also makes the entry fresh again for the TTL, never
+// past the end of its grace, which it keeps: for an entry checked and
+// found unchanged, which was not made anew.
+func (c *lru[K, V]) renew(k K, f func(old V) (V, bool)) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	el, found := c.items[k]
+	if !found {
+		return false
+	}
+	e := el.Value.(*lruEntry[K, V])
+	v, ok := f(e.value)
+	if ok {
+		e.value = v
+		e.freshUntil = minTime(c.now().Add(c.ttl), e.staleUntil)
+	}
+	return ok
+}
+
 // postpone makes the stale entry under k count as fresh for d more (but never
 // past its grace), so an outage costs one failed refresh per d, not one per
 // request. It does nothing if the entry is gone or was replaced. It reports

@@ -292,7 +292,7 @@ func (m *materials) forgetKey(e *keyEntry) {
 
 // recheck reads back the tenant and key records a suspect entry was built
 // from. If neither changed (and the tenant is active) it caches and returns
-// the entry as no longer suspect, with the expiry it had; if either did, it
+// the entry as no longer suspect, fresh again within the grace it had; if either did, it
 // returns nil. It asks the root nothing, so a root outage cannot make a
 // changed entry serve.
 func (m *materials) recheck(ctx context.Context, ref KeyRef, cached *keyEntry) (*keyEntry, error) {
@@ -311,13 +311,14 @@ func (m *materials) recheck(ctx context.Context, ref KeyRef, cached *keyEntry) (
 		if trec.State != TenantActive || tver != cached.tenantVer || ver != cached.ver {
 			return (*keyEntry)(nil), nil
 		}
-		// Unchanged: it serves again, with the expiry it had. The records
-		// read back are not the root's answer, so they renew no grace.
+		// Unchanged: it serves again, fresh for the TTL within the grace
+		// it had. The records read back are not the root's answer, so
+		// they renew no grace.
 		e := &keyEntry{ref: cached.ref, rec: cached.rec, prim: cached.prim, ver: cached.ver, tenantVer: cached.tenantVer}
 		// Not cached if it was replaced or the tenant's generation moved
 		// meanwhile (a change may have come after these reads): it serves
 		// this call, and the cache keeps what it holds.
-		m.keys.swap(ref, func(old *keyEntry) (*keyEntry, bool) { return e, old == cached && m.gens.same(ref.Tenant, gen) })
+		m.keys.renew(ref, func(old *keyEntry) (*keyEntry, bool) { return e, old == cached && m.gens.same(ref.Tenant, gen) })
 		return e, nil
 	})
 	if err != nil {
