@@ -6,8 +6,9 @@
 //
 // A [Client] always uses mutual TLS 1.3: give [New] the CA certificate that
 // signed the server's certificate and the caller's own certificate and key,
-// either as PEM files or as a ready [crypto/tls.Config]. There is no way to
-// make a plaintext connection.
+// either as PEM files or as a ready [crypto/tls.Config] (which must set
+// RootCAs, or a verifier of its own). There is no way to make a plaintext
+// connection.
 //
 //	c, err := client.New(ctx, client.Config{
 //		Address:  "custos.internal:8443",

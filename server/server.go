@@ -282,9 +282,10 @@ type watchStream struct {
 func (w watchStream) Context() context.Context { return w.ctx }
 
 // KeepaliveEnforcement lets clients ping every 10 seconds (gRPC's floor
-// for its clients), idle connections too: the Go client pings every 30
-// (client.Config.KeepaliveTime) to find connections the network dropped
-// silently. gRPC's default allowed one ping in 5 minutes, and none without
+// for its clients), idle connections too: the Go client pings a connection
+// with calls open after 30 s of silence (client.Config.KeepaliveTime) to
+// find connections the network dropped silently; other clients may ping
+// idle ones. gRPC's default allowed one ping in 5 minutes, and none without
 // a call, and ended the connection of a client that pinged more often.
 var KeepaliveEnforcement = keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}
 

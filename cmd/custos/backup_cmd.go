@@ -127,8 +127,8 @@ func newRestoreCmd() *cobra.Command {
 		Use:   "restore --config FILE --in PATH",
 		Short: "Restore a backup into the (empty) store named in the config, of either backend",
 		Long: `custos restore reads the whole backup once to authenticate it, and writes
-nothing unless it is whole, authentic, made under this root and younger than
---max-age. It then writes every record into the store named in the config,
+nothing unless it is whole, authentic, made under this root, younger than
+--max-age and dated no more than an hour ahead of this clock. It then writes every record into the store named in the config,
 which must be empty (or --force). Tenants whose deletion date has passed, and
 tenants with a tombstone in the target or in --tombstones-from, stay shredded;
 a deletion scheduled there since the backup stays scheduled. An interrupted restore is finished by running it again. Restoring a bbolt
@@ -224,7 +224,7 @@ docs/backup.md.`,
 	cmd.Flags().StringVar(&in, "in", "", `backup file, or "-" for standard input`)
 	cmd.Flags().BoolVar(&force, "force", false, "write into a store that already holds records (its audit trail gives way to the backup's)")
 	cmd.Flags().BoolVar(&takeOver, "take-over", false, "the restore whose marker was renewed within the last minute was stopped (killed): take its marker over now instead of waiting")
-	cmd.Flags().DurationVar(&maxAge, "max-age", backup.DefaultMaxAge, "refuse backups older than this (negative: no limit)")
+	cmd.Flags().DurationVar(&maxAge, "max-age", backup.DefaultMaxAge, "refuse backups older than this, and those dated more than an hour ahead (negative, such as -1h: no limit)")
 	cmd.Flags().StringVar(&tombsFrom, "tombstones-from", "", "the config of another store (the live deployment) whose tombstones and scheduled deletions count too")
 	return cmd
 }

@@ -49,8 +49,8 @@ type RestoreOptions struct {
 	// the target's audit trail, which the backup's replaces whole when it
 	// has one).
 	Force bool
-	// MaxAge refuses older backups. Default DefaultMaxAge; negative: no
-	// limit.
+	// MaxAge refuses older backups, and those dated more than an hour
+	// ahead (ErrTooOld). Default DefaultMaxAge; negative: no limit.
 	MaxAge time.Duration
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
@@ -500,7 +500,8 @@ var (
 	// ErrServersRunning refuses a forced restore over a store on which
 	// servers run (one holds a lease).
 	ErrServersRunning = errors.New("backup: servers are running on the target store")
-	// ErrTooOld refuses a backup older than RestoreOptions.MaxAge.
+	// ErrTooOld refuses a backup older than RestoreOptions.MaxAge, or dated
+	// more than an hour ahead of the restore's clock (its age unknown).
 	ErrTooOld = errors.New("backup: older than the maximum age")
 	// errTakenOver stops a restore whose marker another one replaced.
 	errTakenOver = errors.New("backup: another restore marked the target while this one wrote to it: the target holds records of both; restore one backup again with --force, alone")
