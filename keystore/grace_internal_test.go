@@ -106,7 +106,7 @@ func TestARecheckedKeyIsFreshAgain(t *testing.T) {
 	if _, _, err := s.Encrypt(ctx, ref, []byte("x"), nil); err != nil {
 		t.Fatal(err)
 	}
-	s.m.apply(storage.Change{}) // the watch began again
+	s.m.apply(storage.Change{})                                         // the watch began again
 	if _, _, err := s.Encrypt(ctx, ref, []byte("x"), nil); err != nil { // rechecks
 		t.Fatal(err)
 	}
