@@ -106,8 +106,9 @@ func TestARecheckedKeyIsFreshAgain(t *testing.T) {
 	if _, _, err := s.Encrypt(ctx, ref, []byte("x"), nil); err != nil {
 		t.Fatal(err)
 	}
-	s.m.apply(storage.Change{})                                         // the watch began again
-	if _, _, err := s.Encrypt(ctx, ref, []byte("x"), nil); err != nil { // rechecks
+	s.m.apply(storage.Change{}) // the watch began again
+	// This call rechecks the key.
+	if _, _, err := s.Encrypt(ctx, ref, []byte("x"), nil); err != nil {
 		t.Fatal(err)
 	}
 	before := hs.gets.Load()
