@@ -53,20 +53,7 @@ func TestARecheckKeepsTheGrace(t *testing.T) {
 	}
 	rt := &downRoot{Root: lr}
 	clock := &manualClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	s, err := New(Config{Storage: memory.New(), Root: rt, Now: clock.Now, CacheTTL: time.Minute, UnavailableGrace: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref := KeyRef{Tenant: "t", Key: "k"}
-	if _, err := s.CreateTenant(ctx, "t"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.CreateKey(ctx, ref, KeySpec{Purpose: PurposeEncrypt}); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := s.Encrypt(ctx, ref, []byte("x"), nil); err != nil {
-		t.Fatal(err)
-	}
+	s, ref := usedKey(t, Config{Storage: memory.New(), Root: rt, Now: clock.Now, CacheTTL: time.Minute, UnavailableGrace: time.Hour})
 	rt.down.Store(true)
 	for range 3 { // a watch reconnect and a use every 50 minutes
 		clock.advance(50 * time.Minute)
@@ -92,7 +79,27 @@ func TestARecheckedKeyIsFreshAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	hs := &hookStore{Store: memory.New()}
-	s, err := New(Config{Storage: hs, Root: lr})
+	s, ref := usedKey(t, Config{Storage: hs, Root: lr})
+	s.m.apply(storage.Change{}) // the watch began again
+	// This call rechecks the key.
+	if _, _, err := s.Encrypt(ctx, ref, []byte("x"), nil); err != nil {
+		t.Fatal(err)
+	}
+	before := hs.gets.Load()
+	if _, _, err := s.Encrypt(ctx, ref, []byte("x"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := hs.gets.Load() - before; n != 0 {
+		t.Fatalf("the call after the recheck read the store %d times, want 0", n)
+	}
+}
+
+// usedKey is a service on cfg with tenant t's ENCRYPT key k, used once
+// (so its tenant KEK and the key are cached).
+func usedKey(t *testing.T, cfg Config) (*Service, KeyRef) {
+	t.Helper()
+	ctx := context.Background()
+	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,16 +113,5 @@ func TestARecheckedKeyIsFreshAgain(t *testing.T) {
 	if _, _, err := s.Encrypt(ctx, ref, []byte("x"), nil); err != nil {
 		t.Fatal(err)
 	}
-	s.m.apply(storage.Change{}) // the watch began again
-	// This call rechecks the key.
-	if _, _, err := s.Encrypt(ctx, ref, []byte("x"), nil); err != nil {
-		t.Fatal(err)
-	}
-	before := hs.gets.Load()
-	if _, _, err := s.Encrypt(ctx, ref, []byte("x"), nil); err != nil {
-		t.Fatal(err)
-	}
-	if n := hs.gets.Load() - before; n != 0 {
-		t.Fatalf("the call after the recheck read the store %d times, want 0", n)
-	}
+	return s, ref
 }

@@ -154,25 +154,15 @@ func (c *lru[K, V]) upsertKnown(k K, v V, keep func(old V) bool, absent func() b
 
 // swap replaces the value under k by f's result, keeping the entry's
 // expiry, when f returns true. It reports whether it did.
-func (c *lru[K, V]) swap(k K, f func(old V) (V, bool)) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	el, found := c.items[k]
-	if !found {
-		return false
-	}
-	e := el.Value.(*lruEntry[K, V])
-	v, ok := f(e.value)
-	if ok {
-		e.value = v
-	}
-	return ok
-}
+func (c *lru[K, V]) swap(k K, f func(old V) (V, bool)) bool { return c.replace(k, f, false) }
 
 // renew is swap that also makes the entry fresh again for the TTL, never
 // past the end of its grace, which it keeps: for an entry checked and
 // found unchanged, which was not made anew.
-func (c *lru[K, V]) renew(k K, f func(old V) (V, bool)) bool {
+func (c *lru[K, V]) renew(k K, f func(old V) (V, bool)) bool { return c.replace(k, f, true) }
+
+// replace is swap, and renew when fresh is set.
+func (c *lru[K, V]) replace(k K, f func(old V) (V, bool), fresh bool) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	el, found := c.items[k]
@@ -183,7 +173,9 @@ func (c *lru[K, V]) renew(k K, f func(old V) (V, bool)) bool {
 	v, ok := f(e.value)
 	if ok {
 		e.value = v
-		e.freshUntil = minTime(c.now().Add(c.ttl), e.staleUntil)
+		if fresh {
+			e.freshUntil = minTime(c.now().Add(c.ttl), e.staleUntil)
+		}
 	}
 	return ok
 }
