@@ -207,7 +207,7 @@ func New(cfg Config) (*Server, error) {
 			func() float64 { return float64(pw.Stats().Rejected) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "custos_password_lockouts_total", Help: "Subjects locked out after too many failed verifications."},
 			func() float64 { return float64(pw.Stats().Lockouts) }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "custos_password_locked_refusals_total", Help: "Verifications refused because their subject was locked out."},
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "custos_password_locked_refusals_total", Help: "Verifications refused SUBJECT_LOCKED: their subject locked out, or at its limit counting the attempts in flight."},
 			func() float64 { return float64(pw.Stats().LockedRefusals) }),
 		schedulerCollector{ks},
 	)
