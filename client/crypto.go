@@ -32,14 +32,13 @@ import (
 // tenant scheduled for deletion and [ErrWrongPurpose] for a key that does
 // not encrypt.
 func (c *Client) Encrypt(ctx context.Context, name string, plaintext, associatedData []byte) (ciphertext []byte, version uint32, err error) {
-	op := "encrypt with " + name
 	resp, err := c.crypto.Encrypt(ctx, &custosv1.EncryptRequest{Name: name, Plaintext: plaintext, AssociatedData: associatedData})
 	if err != nil {
-		return nil, 0, c.callError(ctx, op, err)
+		return nil, 0, c.callError(ctx, "encrypt with "+name, err)
 	}
 	if len(resp.GetCiphertext()) == 0 {
 		// A misbehaving proxy's OK: stored, it would stand for the field.
-		return nil, 0, localError(op, codes.Internal, "response has no ciphertext")
+		return nil, 0, localError("encrypt with "+name, codes.Internal, "response has no ciphertext")
 	}
 	return resp.GetCiphertext(), resp.GetKeyVersion(), nil
 }
@@ -57,20 +56,19 @@ func (c *Client) Encrypt(ctx context.Context, name string, plaintext, associated
 // caller that holds the datakey permission: [Client.DecryptDataKey]
 // unwraps those.
 func (c *Client) Decrypt(ctx context.Context, name string, ciphertext, associatedData []byte) (plaintext []byte, version uint32, err error) {
-	op := "decrypt with " + name
 	resp, err := c.crypto.Decrypt(ctx, &custosv1.DecryptRequest{Name: name, Ciphertext: ciphertext, AssociatedData: associatedData})
 	if err != nil {
-		return nil, 0, c.callError(ctx, op, err)
+		return nil, 0, c.callError(ctx, "decrypt with "+name, err)
 	}
 	if resp.GetDataKey() {
 		// A wrapped key put where a field belongs: its key is no field
 		// value to show.
 		clear(resp.GetPlaintext())
-		return nil, 0, notAuthentic(op, "the ciphertext is a wrapped data key, not a field")
+		return nil, 0, notAuthentic("decrypt with "+name, "the ciphertext is a wrapped data key, not a field")
 	}
 	if len(resp.GetPlaintext()) == 0 {
 		// No plaintext is empty (the service encrypts none).
-		return nil, 0, localError(op, codes.Internal, "response has no plaintext")
+		return nil, 0, localError("decrypt with "+name, codes.Internal, "response has no plaintext")
 	}
 	return resp.GetPlaintext(), resp.GetKeyVersion(), nil
 }
@@ -149,14 +147,13 @@ func (c *Client) DecryptBatch(ctx context.Context, name string, items []DecryptI
 // old one. It fails like [Client.Decrypt] when the ciphertext cannot be
 // decrypted.
 func (c *Client) Rewrap(ctx context.Context, name string, ciphertext, associatedData []byte) ([]byte, uint32, error) {
-	op := "rewrap with " + name
 	resp, err := c.crypto.Rewrap(ctx, &custosv1.RewrapRequest{Name: name, Ciphertext: ciphertext, AssociatedData: associatedData})
 	if err != nil {
-		return nil, 0, c.callError(ctx, op, err)
+		return nil, 0, c.callError(ctx, "rewrap with "+name, err)
 	}
 	if len(resp.GetCiphertext()) == 0 {
 		// Written back, it would replace the row's only copy.
-		return nil, 0, localError(op, codes.Internal, "response has no ciphertext")
+		return nil, 0, localError("rewrap with "+name, codes.Internal, "response has no ciphertext")
 	}
 	return resp.GetCiphertext(), resp.GetKeyVersion(), nil
 }

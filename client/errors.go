@@ -309,7 +309,7 @@ func unencodable(ctx context.Context, method string, req, reply any, cc *grpc.Cl
 	}
 	if m, ok := req.(proto.Message); ok {
 		if _, merr := proto.Marshal(m); merr != nil {
-			// merr names the field, never its value.
+			// merr names neither the field nor its value.
 			return status.Error(codes.InvalidArgument, "the request cannot be sent: "+merr.Error())
 		}
 	}

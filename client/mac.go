@@ -16,13 +16,12 @@ import (
 // It needs the mac permission, and fails with [ErrWrongPurpose] for a key
 // that is not [PurposeMAC].
 func (c *Client) ComputeMAC(ctx context.Context, name string, data []byte) (mac []byte, version uint32, err error) {
-	op := "compute MAC with " + name
 	resp, err := c.crypto.ComputeMac(ctx, &custosv1.ComputeMacRequest{Name: name, Data: data})
 	if err != nil {
-		return nil, 0, c.callError(ctx, op, err)
+		return nil, 0, c.callError(ctx, "compute MAC with "+name, err)
 	}
 	if len(resp.GetMac()) == 0 {
-		return nil, 0, localError(op, codes.Internal, "response has no MAC")
+		return nil, 0, localError("compute MAC with "+name, codes.Internal, "response has no MAC")
 	}
 	return resp.GetMac(), resp.GetKeyVersion(), nil
 }

@@ -64,15 +64,12 @@ func (c *lru[K, V]) get(k K) (v V, fresh, ok bool) {
 func (c *lru[K, V]) put(k K, v V) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.putLocked(k, v)
+	c.putLocked(k, v, time.Time{})
 }
 
-// putLocked is put with c.mu held.
-func (c *lru[K, V]) putLocked(k K, v V) { c.putLockedUntil(k, v, time.Time{}) }
-
-// putLockedUntil is putLocked with the entry's freshness and grace ending
+// putLocked is put with c.mu held, the entry's freshness and grace ending
 // by limit at the latest (no limit when zero).
-func (c *lru[K, V]) putLockedUntil(k K, v V, limit time.Time) {
+func (c *lru[K, V]) putLocked(k K, v V, limit time.Time) {
 	now := c.now()
 	fresh, stale := now.Add(c.ttl), now.Add(c.ttl+c.grace)
 	if !limit.IsZero() {
@@ -114,15 +111,10 @@ func (c *lru[K, V]) until(k K) (time.Time, bool) {
 
 // upsertIf stores v under k as fresh unless an entry is there that keep
 // says must stay (for example, a newer version than v), and only if still
-// (when not nil) holds. The checks and the write are one step: no other
-// write comes between them.
-func (c *lru[K, V]) upsertIf(k K, v V, keep func(old V) bool, still func() bool) {
-	c.upsertIfUntil(k, v, keep, still, time.Time{})
-}
-
-// upsertIfUntil is upsertIf with the entry's freshness and grace ending by
-// limit at the latest (no limit when zero).
-func (c *lru[K, V]) upsertIfUntil(k K, v V, keep func(old V) bool, still func() bool, limit time.Time) {
+// (when not nil) holds, its freshness and grace ending by limit at the
+// latest (none when zero). The checks and the write are one step: no
+// other write comes between them.
+func (c *lru[K, V]) upsertIf(k K, v V, keep func(old V) bool, still func() bool, limit time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if still != nil && !still() {
@@ -131,7 +123,7 @@ func (c *lru[K, V]) upsertIfUntil(k K, v V, keep func(old V) bool, still func() 
 	if el, ok := c.items[k]; ok && keep(el.Value.(*lruEntry[K, V]).value) {
 		return
 	}
-	c.putLockedUntil(k, v, limit)
+	c.putLocked(k, v, limit)
 }
 
 // upsertKnown is upsertIf (without its still) for a key that is present,
@@ -143,12 +135,12 @@ func (c *lru[K, V]) upsertKnown(k K, v V, keep func(old V) bool, absent func() b
 	defer c.mu.Unlock()
 	if el, ok := c.items[k]; ok {
 		if !keep(el.Value.(*lruEntry[K, V]).value) {
-			c.putLocked(k, v)
+			c.putLocked(k, v, time.Time{})
 		}
 		return
 	}
 	if absent() {
-		c.putLocked(k, v)
+		c.putLocked(k, v, time.Time{})
 	}
 }
 

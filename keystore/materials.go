@@ -196,7 +196,7 @@ func (m *materials) activeTenant(ctx context.Context, tenant string) (tink.AEAD,
 		// Not cached if the tenant changed meanwhile (shredded, say): a
 		// KEK no record needs any more must not go back into memory.
 		m.keks.upsertIf(tenant, &kekEntry{aead: kek, created: rec.CreateTime}, func(*kekEntry) bool { return false },
-			func() bool { return m.gens.same(tenant, gen) })
+			func() bool { return m.gens.same(tenant, gen) }, time.Time{})
 		return kek, nil
 	})
 	if err != nil {
@@ -442,7 +442,7 @@ func (m *materials) put(gen generation, e *keyEntry) {
 	limit, _ := m.keks.until(e.ref.Tenant)
 	// Never replace an entry (or tombstone) from a newer record: a load that
 	// read before a change must not undo it.
-	m.keys.upsertIfUntil(e.ref, e, func(old *keyEntry) bool { return old.ver > e.ver }, func() bool { return m.gens.same(e.ref.Tenant, gen) }, limit)
+	m.keys.upsertIf(e.ref, e, func(old *keyEntry) bool { return old.ver > e.ver }, func() bool { return m.gens.same(e.ref.Tenant, gen) }, limit)
 }
 
 // invalidateTenant drops a tenant's cached KEK and keys, and makes loads

@@ -305,7 +305,9 @@ func (s *Server) streamRequestPath(srv any, ss grpc.ServerStream, info *grpc.Str
 		wrapped := middleware.WrapServerStream(ss)
 		// The call log line (callFields) names the request id too.
 		wrapped.WrappedContext = context.WithValue(identity.NewContext(ctx, id), requestIDKey{}, rid)
-		if m.op == "reflection" {
+		if info.IsClientStream {
+			// A read waiting on the client (reflection's) ends when the
+			// server drains, as health watches do.
 			return handler(srv, drainingStream{wrapped, s.drained})
 		}
 		return handler(srv, wrapped)

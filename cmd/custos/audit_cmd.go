@@ -373,6 +373,7 @@ type eventPrinter struct {
 	tw   *tabwriter.Writer
 	json bool
 	head bool
+	err  error // the first failed write of a JSON line
 }
 
 func newEventPrinter(w io.Writer, output string) *eventPrinter {
@@ -390,7 +391,9 @@ func (p *eventPrinter) print(ev client.AuditEvent) {
 			ItemsOK: ev.ItemsOK, ItemsFailed: ev.ItemsFailed, DurationMS: float64(ev.Duration.Microseconds()) / 1000,
 		}}
 		b, _ := json.Marshal(line)
-		fmt.Fprintf(p.out, "%s\n", b)
+		if _, err := fmt.Fprintf(p.out, "%s\n", b); err != nil && p.err == nil {
+			p.err = err
+		}
 		return
 	}
 	p.header()
@@ -411,14 +414,13 @@ func (p *eventPrinter) header() {
 }
 
 // flush writes the rows printed so far; its error is the output's first
-// failed write (a table's or a JSON line's).
+// failed write (a JSON line's, or the table's).
 func (p *eventPrinter) flush() error {
 	p.header()
-	err := p.tw.Flush()
-	if o, ok := p.out.(*outputWriter); ok && o.err != nil {
-		return o.err
+	if err := p.tw.Flush(); err != nil {
+		return err
 	}
-	return err
+	return p.err
 }
 
 func newAuditVerifyCmd() *cobra.Command {

@@ -229,9 +229,6 @@ docs/backup.md.`,
 	return cmd
 }
 
-// writeBackup writes the backup: from the store directly, or, when the
-// store is a bbolt file a running server holds, from that server's ops
-// listener (GET /backup), checked here with the root before it is kept.
 // notAConfiguredFile refuses an output path that names the configuration
 // file, a file it names (the store, a key file…) or one the server makes
 // beside them (the audit spool's segments, the export's rotated files),
@@ -280,6 +277,9 @@ func canonicalPath(p string) string {
 	return abs
 }
 
+// writeBackup writes the backup: from the store directly, or, when the
+// store is a bbolt file a running server holds, from that server's ops
+// listener (GET /backup), checked here with the root before it is kept.
 func writeBackup(cmd *cobra.Command, cfg *config.Config, w io.Writer, f *os.File, p *progress) (*backup.Manifest, error) {
 	ctx := cmd.Context()
 	if err := bboltFileExists(cfg); err != nil {

@@ -9,8 +9,8 @@ import (
 
 // outputWriter is a command's standard output that remembers its first
 // failed write. A command's writes are many small ones whose errors go
-// unchecked (fmt.Fprintln); conn.run returns the failure instead of exit
-// 0, so that `custos rewrap … > new.ct && mv new.ct old.ct` on a full
+// unchecked (fmt.Fprintln); checkOutputWrites returns the failure instead
+// of exit 0, so that `custos rewrap … > new.ct && mv new.ct old.ct` on a full
 // disk does not replace a ciphertext with an empty file. After a failure
 // every write fails, so nothing follows a gap.
 type outputWriter struct {
